@@ -1,0 +1,148 @@
+// The contract between the addon's JS binding (addon/), the backends (cpu/, cuda/) and the
+// communicators (comm/). One forward, two backends: a Backend owns the weights of one shard
+// (a TP rank of a contiguous layer range) and its paged KV cache, and runs one step at a time.
+//
+// Shapes are per rank. Megatron slicing: q/k/v/gate/up are column-parallel (rows of the HF
+// [out, in] weight), o_proj/down are row-parallel (columns), followed by an all-reduce. Embedding
+// and LM head are vocab-parallel: rank r owns rows [vocab_start, vocab_end); the embedding is
+// all-reduced (rows outside the shard contribute zero), the logits all-gathered.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ns {
+
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
+
+enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2 };
+
+struct RopeConfig {
+  RopeType type = RopeType::Default;
+  float theta = 10000.f;
+  float factor = 1.f;             // linear and llama3
+  float low_freq_factor = 1.f;    // llama3
+  float high_freq_factor = 4.f;   // llama3
+  int original_max_pos = 8192;    // llama3
+};
+
+// Everything a backend needs to know about its shard. All head/intermediate counts are this
+// rank's share (full / tp_size); vocab_size is the full vocabulary.
+struct ShardConfig {
+  int hidden = 0;
+  int intermediate = 0;   // per rank
+  int n_heads = 0;        // per rank
+  int n_kv_heads = 0;     // per rank (MQA with tp_size > kv heads: replicated, 1 per rank)
+  int head_dim = 0;
+  int vocab_size = 0;     // full
+  int vocab_start = 0;    // this rank's rows of embedding / LM head
+  int vocab_end = 0;
+  int layer_start = 0;    // global index of the first layer this shard holds
+  int layer_end = 0;      // one past the last
+  int max_position = 0;
+  float rms_eps = 1e-5f;
+  bool qkv_bias = false;
+  bool tied_embeddings = false;
+  bool has_embedding = false;   // first pipeline stage
+  bool has_head = false;        // last pipeline stage (final norm + LM head + sampling)
+  int tp_rank = 0;
+  int tp_size = 1;
+  RopeConfig rope;
+  DType compute = DType::F32;   // CPU: F32. CUDA: BF16 or F16 (fp32 accumulation)
+  int kv_block_size = 16;       // tokens per KV block
+  int kv_blocks = 0;            // 0: backend sizes it (CUDA: from free memory x gpu_memory_fraction)
+  float gpu_memory_fraction = 0.9f;
+  int device_index = 0;
+  int threads = 0;              // CPU: 0 = cores given to the process
+};
+
+struct SamplingParams {
+  float temperature = 0.f;  // 0 = greedy
+  int top_k = 0;            // 0 = off
+  float top_p = 1.f;        // 1 = off
+  uint64_t seed = 0;
+};
+
+// One sequence's slice of a step: n_tokens new tokens starting at absolute position pos.
+// A prefill is n_tokens = prompt length (or a chunk of it); a decode is n_tokens = 1.
+// block_table maps logical block i (positions [i*B, (i+1)*B)) to a physical KV block; it must
+// cover positions [0, pos + n_tokens).
+struct SeqInput {
+  const int32_t* tokens = nullptr;  // n_tokens ids (first stage); ignored on later stages
+  int n_tokens = 0;
+  int pos = 0;
+  const int32_t* block_table = nullptr;
+  int n_blocks = 0;
+  SamplingParams sampling;
+  bool sample = true;        // last stage: sample one token from the last position
+  bool all_logits = false;   // last stage: return logits of every position, not only the last
+};
+
+struct StepInput {
+  std::vector<SeqInput> seqs;
+  // Later pipeline stages: activations from the previous stage, [total_tokens, hidden] in
+  // `compute` dtype, host memory. nullptr on the first stage.
+  const void* hidden_in = nullptr;
+  bool want_logits = false;  // last stage: copy logits back (tests, reference checks)
+};
+
+struct StepOutput {
+  std::vector<int32_t> sampled;       // one per seq with sample=true (last stage)
+  std::vector<float> logits;          // want_logits: per seq, last (or all) positions x vocab
+  std::vector<uint8_t> hidden_out;    // non-last stage: [total_tokens, hidden] in compute dtype
+};
+
+// A collective group. CPU: TCP sockets. CUDA: NCCL. Buffers live where the backend computes
+// (host for CPU, device for CUDA); `stream` is the backend's CUDA stream or nullptr.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual void all_reduce_sum(void* buf, size_t count, DType dt, void* stream) = 0;
+  // Each rank contributes `count` elements; out holds size()*count in rank order.
+  virtual void all_gather(const void* in, void* out, size_t count, DType dt, void* stream) = 0;
+  virtual void broadcast(void* buf, size_t bytes, int root, void* stream) = 0;
+  virtual void send(const void* buf, size_t bytes, int peer, void* stream) = 0;
+  virtual void recv(void* buf, size_t bytes, int peer, void* stream) = 0;
+  // Makes every pending and future call fail fast (throws) instead of blocking on a dead peer.
+  virtual void abort() = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  // Copies one tensor of this shard (already sliced by the loader) into backend memory,
+  // converting to the storage dtype the backend keeps. `name` is the HF tensor name.
+  virtual void load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                           const void* data, size_t bytes) = 0;
+  // Checks every expected tensor arrived (throws naming the first missing one) and allocates
+  // the KV cache. Returns the number of KV blocks.
+  virtual int finalize() = 0;
+  virtual void set_tp_comm(std::shared_ptr<Communicator> comm) = 0;
+  virtual void step(const StepInput& in, StepOutput& out) = 0;
+  virtual std::string describe() const = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(const ShardConfig& cfg);
+// Defined in cuda/ when built with CUDA; otherwise throws "cuda: unavailable (not built with CUDA)".
+std::unique_ptr<Backend> make_cuda_backend(const ShardConfig& cfg);
+// "" when CUDA can be used, else the reason ("not built with CUDA", "no CUDA device", ...).
+std::string cuda_unavailable_reason();
+
+// Seeded sampling shared by both backends: the random draw for a token depends only on
+// (seed, position), so a replayed request draws the same numbers. Returns a uniform in [0, 1).
+inline float sampling_uniform(uint64_t seed, int64_t position) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(position + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+}
+
+}  // namespace ns

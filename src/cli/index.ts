@@ -1,0 +1,16 @@
+import { Command } from 'commander';
+
+// One file per command (src/cli/<name>.ts), each exporting `register(program)`.
+// Add a command by importing its register function here; keep this file a plain list.
+const registrars: Array<(program: Command) => void> = [];
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command();
+  program
+    .name('nodespeed')
+    .description('Multi-node LLM inference: launch workers from a DeepSpeed hostfile and serve a Hugging Face model over gRPC')
+    .version('0.1.0')
+    .showHelpAfterError();
+  for (const register of registrars) register(program);
+  await program.parseAsync(argv);
+}

@@ -1,0 +1,2 @@
+// Public library entry: `import { ... } from 'nodespeed'`.
+export {};
