@@ -1,0 +1,140 @@
+// Paged-KV causal attention with GQA, one kernel for prefill and decode. Grid (q head, token,
+// split): each block handles `chunk` key positions of one (token, head); its 8 warps take keys
+// round-robin, each keeping an online softmax (running max, sum, and its lanes' slice of the
+// weighted V sum), merged through shared memory. With several splits (flash-decoding, for long
+// contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
+// merges them.
+#include <cfloat>
+
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+
+namespace ns::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kMaxHeadDim = 256;
+
+template <typename T, int EPL>
+__global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
+  const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int hd = a.hd, nkv = a.nkv, B = a.block_size;
+  const int kh = h / (a.nh / nkv);
+  const int ctx = a.tok_pos[t] + 1;  // causal: keys [0, pos]
+  const int k0 = split * a.chunk;
+  const int k1 = min(ctx, k0 + a.chunk);
+  const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
+  const T* q = static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * hd + (size_t)h * hd;
+  const T* kc = static_cast<const T*>(a.kcache);
+  const T* vc = static_cast<const T*>(a.vcache);
+
+  float qr[EPL], acc[EPL];
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) {
+    const int d = lane * EPL + e;
+    qr[e] = d < hd ? to_f(q[d]) * scale : 0.f;
+    acc[e] = 0.f;
+  }
+  float m = -FLT_MAX, l = 0.f;
+  for (int j = k0 + warp; j < k1; j += kWarps) {
+    const size_t base = (((size_t)bt[j / B] * B + j % B) * nkv + kh) * hd;
+    float kv[EPL], vv[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) {
+      const int d = lane * EPL + e;
+      kv[e] = d < hd ? to_f(kc[base + d]) : 0.f;
+      vv[e] = d < hd ? to_f(vc[base + d]) : 0.f;
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) s += qr[e] * kv[e];
+    s = warp_sum(s);
+    const float mn = fmaxf(m, s);
+    const float corr = __expf(m - mn);
+    const float p = __expf(s - mn);
+    l = l * corr + p;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) acc[e] = acc[e] * corr + p * vv[e];
+    m = mn;
+  }
+
+  __shared__ float sm[kWarps], sl[kWarps];
+  __shared__ float sacc[kWarps][kMaxHeadDim];
+  if (lane == 0) { sm[warp] = m; sl[warp] = l; }
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) {
+    const int d = lane * EPL + e;
+    if (d < hd) sacc[warp][d] = acc[e];
+  }
+  __syncthreads();
+  float M = -FLT_MAX;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) L += sl[w] * __expf(sm[w] - M);
+  const size_t th = (size_t)t * a.nh + h;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) o += sacc[w][d] * __expf(sm[w] - M);
+    if (a.n_splits == 1) {
+      static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+    } else {
+      float* ws = a.ws + ((size_t)split * a.T * a.nh + th) * (hd + 2);
+      ws[2 + d] = o;
+      if (d == 0) { ws[0] = M; ws[1] = L; }
+    }
+  }
+}
+
+template <typename T>
+__global__ void attn_merge_kernel(AttnArgs a) {
+  const int h = blockIdx.x, t = blockIdx.y, hd = a.hd;
+  const size_t th = (size_t)t * a.nh + h;
+  const size_t split_stride = (size_t)a.T * a.nh * (hd + 2);
+  const float* ws = a.ws + th * (hd + 2);
+  float M = -FLT_MAX;
+  for (int s = 0; s < a.n_splits; ++s) if (ws[s * split_stride + 1] > 0.f) M = fmaxf(M, ws[s * split_stride]);
+  float L = 0.f;
+  for (int s = 0; s < a.n_splits; ++s) {
+    const float* p = ws + s * split_stride;
+    if (p[1] > 0.f) L += p[1] * __expf(p[0] - M);
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < a.n_splits; ++s) {
+      const float* p = ws + s * split_stride;
+      if (p[1] > 0.f) o += p[2 + d] * __expf(p[0] - M);
+    }
+    static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+  }
+}
+
+template <typename T, int EPL>
+void launch(const AttnArgs& a, cudaStream_t s) {
+  const dim3 grid(a.nh, a.T, a.n_splits);
+  attn_kernel<T, EPL><<<grid, kWarps * 32, 0, s>>>(a, rsqrtf(static_cast<float>(a.hd)));
+  NS_LAUNCHED("attention");
+  if (a.n_splits > 1) {
+    attn_merge_kernel<T><<<dim3(a.nh, a.T), 128, 0, s>>>(a);
+    NS_LAUNCHED("attention merge");
+  }
+}
+
+}  // namespace
+
+void attention(DType act, const AttnArgs& a, cudaStream_t s) {
+  if (a.T == 0) return;
+  if (a.hd > kMaxHeadDim) throw std::runtime_error("cuda: head_dim > 256 is not supported");
+  const int epl = (a.hd + 31) / 32;
+  NS_DISPATCH_ACT(act, E, {
+    if (epl <= 1) launch<E, 1>(a, s);
+    else if (epl <= 2) launch<E, 2>(a, s);
+    else if (epl <= 4) launch<E, 4>(a, s);
+    else launch<E, 8>(a, s);
+  });
+}
+
+}  // namespace ns::cuda

@@ -1,0 +1,330 @@
+// CudaBackend: construction, weight upload (slice by slice, converted on the GPU), KV-cache
+// sizing, and the matrix-product helpers. The forward step is in cuda_step.cu.
+#include "cuda/cuda_backend.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+
+namespace ns::cuda {
+
+void DeviceBuffer::reserve(size_t need) {
+  if (need <= bytes) return;
+  if (ptr) NS_CUDA(cudaFree(ptr));
+  ptr = nullptr;
+  bytes = 0;
+  const cudaError_t e = cudaMalloc(&ptr, need);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    ptr = nullptr;
+    throw std::runtime_error("cuda: out of device memory allocating " + std::to_string(need >> 20) + " MiB (" +
+                             cudaGetErrorString(e) + ")");
+  }
+  bytes = need;
+}
+void DeviceBuffer::release() {
+  if (ptr) cudaFree(ptr);
+  ptr = nullptr;
+  bytes = 0;
+}
+DeviceBuffer::~DeviceBuffer() { release(); }
+
+void PinnedBuffer::reserve(size_t need) {
+  if (need <= bytes) return;
+  if (ptr) NS_CUDA(cudaFreeHost(ptr));
+  ptr = nullptr;
+  bytes = 0;
+  NS_CUDA(cudaMallocHost(&ptr, need));
+  bytes = need;
+}
+PinnedBuffer::~PinnedBuffer() { if (ptr) cudaFreeHost(ptr); }
+
+namespace {
+
+std::vector<float> rope_inv_freq(const ShardConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> f(half);
+  for (int j = 0; j < half; ++j)  // float32 like HF: 1 / theta^(2j / d)
+    f[j] = 1.0f / std::pow(c.rope.theta, static_cast<float>(2 * j) / static_cast<float>(c.head_dim));
+  if (c.rope.type == RopeType::Linear) {
+    for (auto& v : f) v /= c.rope.factor;
+  } else if (c.rope.type == RopeType::Llama3) {  // transformers' _compute_llama3_parameters
+    const float old_len = static_cast<float>(c.rope.original_max_pos);
+    const float low_wl = old_len / c.rope.low_freq_factor, high_wl = old_len / c.rope.high_freq_factor;
+    for (auto& v : f) {
+      const float wl = 2.f * static_cast<float>(M_PI) / v;
+      float scaled = wl > low_wl ? v / c.rope.factor : v;
+      if (!(wl < high_wl) && !(wl > low_wl)) {
+        const float smooth = (old_len / wl - c.rope.low_freq_factor) / (c.rope.high_freq_factor - c.rope.low_freq_factor);
+        scaled = (1.f - smooth) * scaled / c.rope.factor + smooth * scaled;
+      }
+      v = scaled;
+    }
+  }
+  return f;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+size_t numel(const std::vector<int64_t>& s) {
+  size_t n = 1;
+  for (auto d : s) n *= static_cast<size_t>(d);
+  return n;
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) {
+  if (act_ != DType::BF16 && act_ != DType::F16) act_ = DType::BF16;  // the CPU default F32 means "unset" here
+  cfg_.compute = act_;
+  const auto& c = cfg_;
+  if (c.hidden <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || c.intermediate <= 0)
+    throw std::runtime_error("cuda: ShardConfig has a zero size (hidden/heads/head_dim/intermediate)");
+  if (c.n_heads % c.n_kv_heads != 0) throw std::runtime_error("cuda: n_heads must be a multiple of n_kv_heads");
+  if (c.head_dim % 2 != 0 || c.head_dim > 256) throw std::runtime_error("cuda: head_dim must be even and <= 256");
+  if (c.kv_block_size <= 0) throw std::runtime_error("cuda: kv_block_size must be > 0");
+  n_layers_ = c.layer_end - c.layer_start;
+  qkv_rows_ = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
+  vocab_shard_ = c.vocab_end - c.vocab_start;
+  if (c.has_head && vocab_shard_ * c.tp_size != c.vocab_size)
+    throw std::runtime_error("cuda: the vocabulary must split evenly over tp ranks (vocab " +
+                             std::to_string(c.vocab_size) + ", shard " + std::to_string(vocab_shard_) + ")");
+  if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
+
+  NS_CUDA(cudaSetDevice(c.device_index));
+  cudaDeviceProp prop{};
+  NS_CUDA(cudaGetDeviceProperties(&prop, c.device_index));
+  sm_count_ = prop.multiProcessorCount;
+  device_name_ = prop.name;
+  std::string why;
+  api_ = cublas_api(&why);
+  if (!api_) throw std::runtime_error("cuda: unavailable (" + why + ")");
+  NS_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (api_->create(&blas_) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda: cublasCreate failed");
+  api_->set_stream(blas_, stream_);
+
+  const size_t es = dtype_size(act_), H = c.hidden;
+  layers_.resize(n_layers_);
+  for (int l = 0; l < n_layers_; ++l) {
+    auto& L = layers_[l];
+    L.qkv.reserve(es * qkv_rows_ * H);
+    if (c.qkv_bias) L.qkv_bias.reserve(es * qkv_rows_);
+    L.o.reserve(es * H * c.n_heads * c.head_dim);
+    L.gate_up.reserve(es * 2 * c.intermediate * H);
+    L.down.reserve(es * H * c.intermediate);
+    L.in_norm.reserve(4 * H);
+    L.post_norm.reserve(4 * H);
+    const std::string p = "model.layers." + std::to_string(c.layer_start + l) + ".";
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+      expect(p + n);
+    if (c.qkv_bias)
+      for (const char* n : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) expect(p + n);
+  }
+  if (c.has_embedding || (c.has_head && c.tied_embeddings)) {
+    embed_.reserve(es * vocab_shard_ * H);
+    expect("model.embed_tokens.weight");
+  }
+  if (c.has_head) {
+    final_norm_.reserve(4 * H);
+    expect("model.norm.weight");
+    if (!c.tied_embeddings) {
+      lm_head_.reserve(es * vocab_shard_ * H);
+      expect("lm_head.weight");
+    }
+  }
+  const auto f = rope_inv_freq(c);
+  inv_freq_.reserve(4 * f.size());
+  NS_CUDA(cudaMemcpy(inv_freq_.ptr, f.data(), 4 * f.size(), cudaMemcpyHostToDevice));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(cfg_.device_index);
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (blas_ && api_) api_->destroy(blas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+// Where an HF tensor goes: its buffer, storage dtype, expected (per-rank) shape and the element
+// offset inside a concatenated buffer (q|k|v rows, gate|up rows).
+CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
+  const auto& c = cfg_;
+  const int64_t H = c.hidden, I = c.intermediate, qd = (int64_t)c.n_heads * c.head_dim,
+                kvd = (int64_t)c.n_kv_heads * c.head_dim, Vs = vocab_shard_;
+  if (name == "model.embed_tokens.weight" && embed_.ptr) return {embed_.ptr, act_, {Vs, H}, 0};
+  if (name == "lm_head.weight" && lm_head_.ptr) return {lm_head_.ptr, act_, {Vs, H}, 0};
+  if (name == "model.norm.weight" && final_norm_.ptr) return {final_norm_.ptr, DType::F32, {H}, 0};
+  const std::string pre = "model.layers.";
+  if (name.rfind(pre, 0) == 0) {
+    size_t dot = name.find('.', pre.size());
+    const int g = std::atoi(name.substr(pre.size(), dot - pre.size()).c_str());
+    const int l = g - c.layer_start;
+    if (dot != std::string::npos && l >= 0 && l < n_layers_) {
+      const std::string rest = name.substr(dot + 1);
+      const LayerWeights& L = layers_[l];
+      if (rest == "input_layernorm.weight") return {L.in_norm.ptr, DType::F32, {H}, 0};
+      if (rest == "post_attention_layernorm.weight") return {L.post_norm.ptr, DType::F32, {H}, 0};
+      if (rest == "self_attn.q_proj.weight") return {L.qkv.ptr, act_, {qd, H}, 0};
+      if (rest == "self_attn.k_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)(qd * H)};
+      if (rest == "self_attn.v_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)((qd + kvd) * H)};
+      if (rest == "self_attn.o_proj.weight") return {L.o.ptr, act_, {H, qd}, 0};
+      if (rest == "mlp.gate_proj.weight") return {L.gate_up.ptr, act_, {I, H}, 0};
+      if (rest == "mlp.up_proj.weight") return {L.gate_up.ptr, act_, {I, H}, (size_t)(I * H)};
+      if (rest == "mlp.down_proj.weight") return {L.down.ptr, act_, {H, I}, 0};
+      if (c.qkv_bias) {
+        if (rest == "self_attn.q_proj.bias") return {L.qkv_bias.ptr, act_, {qd}, 0};
+        if (rest == "self_attn.k_proj.bias") return {L.qkv_bias.ptr, act_, {kvd}, (size_t)qd};
+        if (rest == "self_attn.v_proj.bias") return {L.qkv_bias.ptr, act_, {kvd}, (size_t)(qd + kvd)};
+      }
+    }
+  }
+  throw std::runtime_error("cuda: unexpected tensor " + name + " for this shard (layers " +
+                           std::to_string(c.layer_start) + ".." + std::to_string(c.layer_end - 1) + ")");
+}
+
+void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                              const void* data, size_t bytes) {
+  NS_CUDA(cudaSetDevice(cfg_.device_index));
+  const Target t = target_for(name);
+  if (shape != t.shape)
+    throw std::runtime_error("cuda: tensor " + name + " has shape " + shape_str(shape) + ", expected " +
+                             shape_str(t.shape));
+  const size_t n = numel(shape);
+  if (bytes != n * dtype_size(dtype))
+    throw std::runtime_error("cuda: tensor " + name + " has " + std::to_string(bytes) + " bytes, expected " +
+                             std::to_string(n * dtype_size(dtype)));
+  char* dst = static_cast<char*>(t.dst) + t.offset_elems * dtype_size(t.dt);
+  if (dtype == t.dt) {
+    // From pageable memory this returns once the bytes are staged, so the caller may unmap them.
+    NS_CUDA(cudaMemcpyAsync(dst, data, bytes, cudaMemcpyHostToDevice, stream_));
+  } else {
+    NS_CUDA(cudaStreamSynchronize(stream_));  // the staging buffer may still feed the last conversion
+    staging_.reserve(bytes);
+    NS_CUDA(cudaMemcpyAsync(staging_.ptr, data, bytes, cudaMemcpyHostToDevice, stream_));
+    convert(t.dt, dst, dtype, staging_.ptr, n, stream_);
+  }
+  loaded_.insert(name);
+}
+
+size_t CudaBackend::activation_bytes(int T) const {
+  const auto& c = cfg_;
+  const size_t es = dtype_size(act_), H = c.hidden;
+  return (size_t)T * (8 * H + es * (H + qkv_rows_ + (size_t)c.n_heads * c.head_dim + 3 * (size_t)c.intermediate));
+}
+
+int CudaBackend::finalize() {
+  NS_CUDA(cudaSetDevice(cfg_.device_index));
+  for (const auto& n : expected_)
+    if (!loaded_.count(n)) throw std::runtime_error("cuda: tensor " + n + " was not loaded");
+  NS_CUDA(cudaStreamSynchronize(stream_));
+  staging_.release();
+  const auto& c = cfg_;
+  const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * dtype_size(act_);
+  const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
+  ensure_activations(std::min(2048, std::max(c.max_position, 256)), 256, 64, 0);
+  if (c.kv_blocks > 0) {
+    kv_blocks_ = c.kv_blocks;
+  } else {
+    size_t free_b = 0, total_b = 0;
+    NS_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    // Budget: fraction of the whole card, less what is already used (weights, scratch, other
+    // processes), less headroom for larger steps' scratch and cuBLAS workspaces.
+    const double budget = c.gpu_memory_fraction * (double)total_b - (double)(total_b - free_b) -
+                          (double)activation_bytes(2048) - 256.0 * (1 << 20);
+    kv_blocks_ = budget > 0 ? static_cast<int>(budget / per_block_all_layers) : 0;
+    if (kv_blocks_ < 1)
+      throw std::runtime_error("cuda: no GPU memory left for the KV cache after the weights (free " +
+                               std::to_string(free_b >> 20) + " MiB of " + std::to_string(total_b >> 20) +
+                               " MiB, gpu_memory_fraction " + std::to_string(c.gpu_memory_fraction) + ")");
+  }
+  kv_pool_.reserve(per_block_all_layers * kv_blocks_);
+  const size_t layer_bytes = block_bytes / 2 * kv_blocks_;
+  for (int l = 0; l < n_layers_; ++l) {
+    kcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l) * layer_bytes);
+    vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
+  }
+  finalized_ = true;
+  return kv_blocks_;
+}
+
+void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_floats) {
+  const auto& c = cfg_;
+  const size_t es = dtype_size(act_), H = c.hidden;
+  if (T > cap_tokens_) {
+    NS_CUDA(cudaStreamSynchronize(stream_));
+    residual_.reserve(4 * T * H);
+    tmp_.reserve(4 * T * H);
+    xb_.reserve(es * T * H);
+    qkv_.reserve(es * T * qkv_rows_);
+    attn_.reserve(es * T * c.n_heads * c.head_dim);
+    gu_.reserve(es * T * 2 * c.intermediate);
+    act_mlp_.reserve(es * T * c.intermediate);
+    cap_tokens_ = T;
+  }
+  const size_t need_logits = (size_t)4 * R * c.vocab_size;
+  const size_t need_ws = (size_t)4 * attn_ws_floats;
+  const size_t need_ids = (size_t)4 * std::max(n_sample, 1);
+  if (need_logits > logits_.bytes || need_ws > attn_ws_.bytes || need_ids > ids_.bytes) {
+    NS_CUDA(cudaStreamSynchronize(stream_));
+    if (c.has_head) {
+      logits_.reserve(need_logits);
+      if (c.tp_size > 1) {
+        logits_local_.reserve((size_t)4 * R * vocab_shard_);
+        logits_gather_.reserve(need_logits);
+      }
+    }
+    attn_ws_.reserve(need_ws);
+    ids_.reserve(need_ids);
+    ids_host_.reserve(need_ids);
+  }
+}
+
+void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode) {
+  if (M == 0) return;
+  if (use_gemv_ && M <= 4 && K % 8 == 0) {
+    gemv(act_, w, x, M, N, K, y, mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddF32,
+         stream_);
+    return;
+  }
+  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T.
+  const float alpha = 1.f, beta = mode == Out::AddF32 ? 1.f : 0.f;
+  const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
+  const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
+                                          y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("cuda: cublasGemmEx failed with status " + std::to_string(st) + " (M=" +
+                             std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + ")");
+}
+
+// o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
+// summed over the TP group before joining the residual stream.
+void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K) {
+  const size_t n = (size_t)T * cfg_.hidden;
+  if (cfg_.tp_size == 1 || !comm_) {
+    matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddF32);
+    return;
+  }
+  matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32);
+  comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
+  add_f32(residual_.as<float>(), tmp_.as<float>(), n, stream_);
+}
+
+std::string CudaBackend::describe() const {
+  std::ostringstream s;
+  s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
+    << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
+    << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
+    << (use_gemv_ ? ", gemv decode" : "");
+  return s.str();
+}
+
+}  // namespace ns::cuda

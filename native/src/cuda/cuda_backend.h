@@ -1,0 +1,90 @@
+// The CUDA backend: one shard's weights and paged KV cache on one GPU, a forward step on one
+// CUDA stream. Weights and activations are bf16 or fp16 (ShardConfig::compute); the residual
+// stream, norms, softmax and logits are fp32. q/k/v and gate/up are concatenated at load time so
+// that each layer runs 4 matrix products (qkv, o, gate_up, down).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cuda/cublas_api.h"
+#include "engine.h"
+
+namespace ns::cuda {
+
+// A device allocation that only grows (growing frees the old contents).
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  void reserve(size_t need);
+  void release();
+  template <typename T> T* as() const { return static_cast<T*>(ptr); }
+  ~DeviceBuffer();
+};
+
+struct PinnedBuffer {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  void reserve(size_t need);
+  ~PinnedBuffer();
+};
+
+struct LayerWeights {
+  DeviceBuffer qkv, qkv_bias, o, gate_up, down, in_norm, post_norm;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const ShardConfig& cfg);
+  ~CudaBackend() override;
+  void load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                   size_t bytes) override;
+  int finalize() override;
+  void set_tp_comm(std::shared_ptr<Communicator> comm) override { comm_ = std::move(comm); }
+  void step(const StepInput& in, StepOutput& out) override;
+  std::string describe() const override;
+
+ private:
+  enum class Out { Act, F32, AddF32 };
+  struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
+  Target target_for(const std::string& name) const;
+  void expect(const std::string& name) { expected_.insert(name); }
+  void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode);
+  void row_parallel_into_residual(const void* x, const void* w, int T, int K);
+  void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
+  size_t activation_bytes(int T) const;
+
+  ShardConfig cfg_;
+  DType act_;
+  int n_layers_;
+  int qkv_rows_;     // (n_heads + 2 kv_heads) * head_dim
+  int vocab_shard_;  // vocab_end - vocab_start
+  int sm_count_ = 0;
+  std::string device_name_;
+  bool use_gemv_ = true;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  const CublasApi* api_ = nullptr;
+  std::shared_ptr<Communicator> comm_;
+
+  std::vector<LayerWeights> layers_;
+  DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_, staging_;
+  std::set<std::string> expected_, loaded_;
+
+  DeviceBuffer kv_pool_;
+  std::vector<void*> kcache_, vcache_;
+  int kv_blocks_ = 0;
+  bool finalized_ = false;
+
+  // Step scratch, sized for `cap_tokens_` tokens (grown on demand).
+  int cap_tokens_ = 0;
+  DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
+  DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
+  PinnedBuffer meta_host_, ids_host_;
+};
+
+}  // namespace ns::cuda

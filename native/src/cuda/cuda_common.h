@@ -1,0 +1,72 @@
+// Shared by every .cu file of the CUDA backend: error checks, element-type helpers and the
+// dispatch from ns::DType to the CUDA element type. Activations and weights are bf16 or fp16
+// ("act"); accumulation, the residual stream, norms and logits are fp32.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "engine.h"
+
+namespace ns::cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("cuda: ") + what + " failed: " + cudaGetErrorString(e));
+}
+#define NS_CUDA(x) ::ns::cuda::check((x), #x)
+// After a kernel launch: catches bad launch configurations at once (asynchronous faults surface
+// at the step's final synchronization).
+#define NS_LAUNCHED(name) ::ns::cuda::check(cudaGetLastError(), name)
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+template <typename T> struct CudaTypeOf;
+template <> struct CudaTypeOf<__nv_bfloat16> { static constexpr cudaDataType value = CUDA_R_16BF; };
+template <> struct CudaTypeOf<__half> { static constexpr cudaDataType value = CUDA_R_16F; };
+
+inline cudaDataType cuda_type(DType d) {
+  return d == DType::BF16 ? CUDA_R_16BF : d == DType::F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+// Runs BODY with `T` bound to the element type of an activation dtype (bf16 or fp16).
+#define NS_DISPATCH_ACT(dt, T, ...)                                                  \
+  do {                                                                               \
+    if ((dt) == ::ns::DType::BF16) { using T = __nv_bfloat16; __VA_ARGS__; }         \
+    else if ((dt) == ::ns::DType::F16) { using T = __half; __VA_ARGS__; }            \
+    else throw std::runtime_error("cuda: compute dtype must be bf16 or fp16");       \
+  } while (0)
+
+// Runs BODY with `T` bound to any storage dtype (f32, bf16, fp16).
+#define NS_DISPATCH_ANY(dt, T, ...)                                                  \
+  do {                                                                               \
+    if ((dt) == ::ns::DType::F32) { using T = float; __VA_ARGS__; }                  \
+    else NS_DISPATCH_ACT(dt, T, __VA_ARGS__);                                        \
+  } while (0)
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+}  // namespace ns::cuda

@@ -1,0 +1,93 @@
+// Decode-time matrix-vector products (1..4 rows): the step is bound by reading the weights once,
+// so each warp owns one output row and streams it with 16-byte loads, four in flight per lane,
+// reusing each weight load for every input row. Needs K % 8 == 0 (callers fall back to cuBLAS).
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+
+namespace ns::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+
+__device__ __forceinline__ void unpack8(const uint4& v, float* f, __nv_bfloat16*) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(p[i]);
+    f[2 * i] = t.x; f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ void unpack8(const uint4& v, float* f, __half*) {
+  const __half2* p = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __half22float2(p[i]);
+    f[2 * i] = t.x; f[2 * i + 1] = t.y;
+  }
+}
+
+template <typename T, int R, GemvOut MODE>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
+                                                           int N, int K, void* __restrict__ y) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + warp;
+  if (n >= N) return;
+  const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
+  const int K8 = K / 8;
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+#pragma unroll 4
+  for (int i = lane; i < K8; i += 32) {
+    const uint4 wv = __ldg(w + i);
+    float wf[8];
+    unpack8(wv, wf, static_cast<T*>(nullptr));
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i);
+      float xf[8];
+      unpack8(xv, xf, static_cast<T*>(nullptr));
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t o = (size_t)r * N + n;
+    if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(acc[r]);
+    else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = acc[r];
+    else static_cast<float*>(y)[o] += acc[r];
+  }
+}
+
+template <typename T, GemvOut MODE>
+void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
+  const unsigned grid = ceil_div(N, kWarps);
+  switch (R) {
+    case 1: gemv_kernel<T, 1, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 2: gemv_kernel<T, 2, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 3: gemv_kernel<T, 3, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 4: gemv_kernel<T, 4, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    default: throw std::runtime_error("cuda: gemv supports 1..4 rows");
+  }
+}
+
+}  // namespace
+
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s) {
+  if (R == 0) return;
+  if (K % 8 != 0) throw std::runtime_error("cuda: gemv needs K % 8 == 0");
+  NS_DISPATCH_ACT(act, E, {
+    const E* w = static_cast<const E*>(W);
+    const E* xx = static_cast<const E*>(x);
+    if (mode == GemvOut::Act) launch_rows<E, GemvOut::Act>(w, xx, R, N, K, y, s);
+    else if (mode == GemvOut::F32) launch_rows<E, GemvOut::F32>(w, xx, R, N, K, y, s);
+    else launch_rows<E, GemvOut::AddF32>(w, xx, R, N, K, y, s);
+  });
+  NS_LAUNCHED("gemv");
+}
+
+}  // namespace ns::cuda

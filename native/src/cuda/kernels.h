@@ -1,0 +1,60 @@
+// Launchers of the CUDA backend's kernels. `act` is the activation/weight dtype (bf16 or fp16);
+// pointers are device memory; everything is enqueued on `s` and returns at once.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engine.h"
+
+namespace ns::cuda {
+
+// Elementwise dtype conversion (f32/bf16/fp16 in any direction), e.g. f32 checkpoints to bf16.
+void convert(DType dst_dt, void* dst, DType src_dt, const void* src, size_t n, cudaStream_t s);
+
+// residual[t, :] = emb[tokens[t] - vstart] for ids in [vstart, vend), else 0 (vocab-parallel:
+// the other ranks' rows are added by the all-reduce).
+void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, int vstart, int vend,
+               float* residual, cudaStream_t s);
+
+// out[r, :] = act(x[row] * rsqrt(mean(x[row]^2) + eps) * w) with row = rows ? rows[r] : r.
+void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
+             void* out, cudaStream_t s);
+
+// Per token: adds the optional q/k/v bias, rotates q and k (HF rotate_half) with cos/sin of
+// pos * inv_freq, and writes k and v into the paged cache at slot[t] (block * B + offset).
+void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
+                   const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
+                   void* vcache, cudaStream_t s);
+
+// Causal GQA attention of every token over its sequence's cached keys [0, pos]. Keys are split
+// into chunks of `chunk` positions handled by separate blocks (flash-decoding) and merged when
+// n_splits > 1; `ws` holds n_splits * T * nh * (hd + 2) floats.
+struct AttnArgs {
+  const void* qkv; int T, nh, nkv, hd;
+  const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
+  int block_size; const void* kcache; const void* vcache; void* out;
+  int n_splits; int chunk; float* ws;
+};
+void attention(DType act, const AttnArgs& a, cudaStream_t s);
+
+// out[t, i] = silu(gu[t, i]) * gu[t, I + i]  (gate and up fused in one [T, 2I] GEMM output).
+void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);
+
+void add_f32(float* dst, const float* src, size_t n, cudaStream_t s);
+
+// Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
+enum class GemvOut { Act, F32, AddF32 };
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode,
+          cudaStream_t s);
+
+// All-gathered vocab shards [tp, R, Vs] -> [R, tp * Vs].
+void unshard_logits(const float* in, float* out, int tp, int R, int Vs, cudaStream_t s);
+
+// Per sampled row i: params[4 * i ..] = {temperature, top_k, top_p, uniform}; logits rows[i].
+void sample(const float* logits, int V, const int32_t* rows, const float* params, int n, int32_t* out,
+            cudaStream_t s);
+
+}  // namespace ns::cuda

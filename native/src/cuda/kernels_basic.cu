@@ -1,0 +1,119 @@
+// Elementwise and row-wise kernels: dtype conversion, embedding, RMSNorm, SwiGLU, adds.
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+
+namespace ns::cuda {
+namespace {
+
+template <typename D, typename S>
+__global__ void convert_kernel(D* dst, const S* src, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = from_f<D>(to_f(src[i]));
+}
+
+template <typename T>
+__global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int vstart, int vend, float* res) {
+  const int t = blockIdx.x;
+  const int id = tokens[t];
+  float* out = res + (size_t)t * H;
+  const bool mine = id >= vstart && id < vend;
+  const T* row = emb + (size_t)(mine ? id - vstart : 0) * H;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = mine ? to_f(row[i]) : 0.f;
+}
+
+template <typename T>
+__global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out) {
+  const int r = blockIdx.x;
+  const float* xr = x + (size_t)(rows ? rows[r] : r) * H;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(part[0] / H + eps);
+  T* o = out + (size_t)r * H;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(xr[i] * inv * w[i]);
+}
+
+template <typename T>
+__global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t t = i / I, j = i % I;
+    const float g = to_f(gu[t * 2 * I + j]);
+    const float u = to_f(gu[t * 2 * I + I + j]);
+    out[i] = from_f<T>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+__global__ void add_kernel(float* dst, const float* src, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] += src[i];
+}
+
+__global__ void unshard_kernel(const float* in, float* out, int tp, int R, int Vs) {
+  const size_t n = (size_t)tp * R * Vs;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t v = i % Vs, r = (i / Vs) % R, rank = i / ((size_t)Vs * R);
+    out[r * (size_t)tp * Vs + rank * Vs + v] = in[i];
+  }
+}
+
+unsigned grid_for(size_t n) { return static_cast<unsigned>(std::min<size_t>(ceil_div(n, 256), 65535u * 8)); }
+
+}  // namespace
+
+void convert(DType dst_dt, void* dst, DType src_dt, const void* src, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  NS_DISPATCH_ANY(dst_dt, D, NS_DISPATCH_ANY(src_dt, S, {
+    convert_kernel<D, S><<<grid_for(n), 256, 0, s>>>(static_cast<D*>(dst), static_cast<const S*>(src), n);
+  }));
+  NS_LAUNCHED("convert");
+}
+
+void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, int vstart, int vend,
+               float* residual, cudaStream_t s) {
+  if (T == 0) return;
+  NS_DISPATCH_ACT(act, E, {
+    embedding_kernel<E><<<T, 256, 0, s>>>(static_cast<const E*>(emb), tokens, H, vstart, vend, residual);
+  });
+  NS_LAUNCHED("embedding");
+}
+
+void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
+             void* out, cudaStream_t s) {
+  if (R == 0) return;
+  const int threads = H >= 4096 ? 1024 : H >= 1024 ? 512 : 128;
+  NS_DISPATCH_ACT(act, E, { rmsnorm_kernel<E><<<R, threads, 0, s>>>(x, rows, H, w, eps, static_cast<E*>(out)); });
+  NS_LAUNCHED("rmsnorm");
+}
+
+void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) {
+  const size_t n = (size_t)T * I;
+  if (n == 0) return;
+  NS_DISPATCH_ACT(act, E, {
+    swiglu_kernel<E><<<grid_for(n), 256, 0, s>>>(static_cast<const E*>(gu), I, n, static_cast<E*>(out));
+  });
+  NS_LAUNCHED("swiglu");
+}
+
+void add_f32(float* dst, const float* src, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n), 256, 0, s>>>(dst, src, n);
+  NS_LAUNCHED("add_f32");
+}
+
+void unshard_logits(const float* in, float* out, int tp, int R, int Vs, cudaStream_t s) {
+  const size_t n = (size_t)tp * R * Vs;
+  if (n == 0) return;
+  unshard_kernel<<<grid_for(n), 256, 0, s>>>(in, out, tp, R, Vs);
+  NS_LAUNCHED("unshard_logits");
+}
+
+}  // namespace ns::cuda
