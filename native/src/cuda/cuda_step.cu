@@ -2,7 +2,10 @@
 // mixed), then the LM head and sampling on the GPU. The host packs all per-token metadata into
 // one pinned buffer copied with a single transfer; the only host wait is the final one for the
 // sampled ids (and logits / hidden states when asked for).
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda/cuda_backend.h"
@@ -20,7 +23,21 @@ struct MetaLayout {
 
 }  // namespace
 
+// NODESPEED_CUDA_PROFILE_STEP=N brackets the N-th step (0-based, per process) with
+// cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one step.
+struct ProfileWindow {
+  bool on = false;
+  explicit ProfileWindow(long step) {
+    static const long want = [] { const char* e = std::getenv("NODESPEED_CUDA_PROFILE_STEP"); return e ? std::atol(e) : -1L; }();
+    on = want >= 0 && step == want;
+    if (on) cudaProfilerStart();
+  }
+  ~ProfileWindow() { if (on) cudaProfilerStop(); }
+};
+
 void CudaBackend::step(const StepInput& in, StepOutput& out) {
+  static long step_counter = 0;
+  ProfileWindow profile(step_counter++);
   if (!finalized_) throw std::runtime_error("cuda: step before finalize");
   if (cfg_.tp_size > 1 && !comm_) throw std::runtime_error("cuda: tp_size > 1 needs set_tp_comm before step");
   NS_CUDA(cudaSetDevice(cfg_.device_index));

@@ -1,0 +1,26 @@
+"""HF transformers reference for test/gpu/model-7b.mjs: logits of every position of one prompt.
+
+usage: python3 hf_logits.py MODEL_DIR IDS_JSON OUT_BIN
+Loads MODEL_DIR in bf16 on cuda:0 (eager attention), runs the prompt ids (a JSON list) in one
+forward and writes the logits [n, vocab] as little-endian float32 to OUT_BIN.
+"""
+import json
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    model_dir, ids_path, out_path = sys.argv[1:4]
+    ids = json.load(open(ids_path))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="eager")
+    model = model.to("cuda").eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device="cuda")).logits[0].float().cpu()
+    logits.numpy().astype("<f4").tofile(out_path)
+    print(json.dumps({"hf_logits": list(logits.shape), "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}))
+
+
+if __name__ == "__main__":
+    main()
