@@ -1,0 +1,86 @@
+// Decode benchmark (issue 4, part 4), run on a GPU host: ours vs HF transformers eager
+// `generate`, Llama-2-7B-shaped bf16 checkpoint, 128-token prompts, 128 new tokens, batch 1 and
+// 32, and the memory roofline = measured device-to-device copy bandwidth / weight bytes read per
+// token. Writes bench/results/decode-<gpu>.json (or $RESULTS_DIR).
+// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf]
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+
+import { blockTables, gpuName, openCudaEngine, requireCuda, root, writeResult } from '../../test/gpu/lib.mjs';
+
+const args = process.argv.slice(2);
+const dir = args[0];
+const opt = (name, def) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : def; };
+if (!dir) { console.error('usage: node bench/decode/run.mjs MODEL_DIR [--prompt N] [--new N] [--batches 1,32] [--no-hf]'); process.exit(2); }
+const PROMPT = Number(opt('--prompt', 128)), NEW = Number(opt('--new', 128));
+const BATCHES = String(opt('--batches', '1,32')).split(',').map(Number);
+requireCuda();
+
+const { engine, cfg, blockSize, kvBlocks, weightBytes, loadSeconds } = await openCudaEngine(dir, { dtype: 'bf16' });
+const V = cfg.vocabSize, H = cfg.hiddenSize;
+// Bytes read per decode token: every weight once, except the embedding, of which one row is read
+// (when tied, the LM head reads the whole matrix anyway).
+const bytesPerToken = weightBytes - (cfg.tieWordEmbeddings ? 0 : V * H * 2 - H * 2);
+
+let seed = 7;
+const rand = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed; };
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+
+async function run(batch, newTokens) {
+  const tables = blockTables(batch, PROMPT + newTokens, blockSize, kvBlocks);
+  const prompts = Array.from({ length: batch }, () => Int32Array.from({ length: PROMPT }, () => 3 + (rand() % (V - 3))));
+  let t0 = performance.now();
+  const first = await engine.step({ seqs: prompts.map((tokens, i) => ({ tokens, pos: 0, blockTable: tables[i] })) });
+  const prefillMs = performance.now() - t0;
+  let last = first.sampled;
+  const stepMs = [];
+  t0 = performance.now();
+  for (let i = 1; i < newTokens; i++) {
+    const s0 = performance.now();
+    const r = await engine.step({ seqs: last.length ? Array.from(last, (tok, j) => ({ tokens: Int32Array.of(tok), pos: PROMPT + i - 1, blockTable: tables[j] })) : [] });
+    stepMs.push(performance.now() - s0);
+    last = r.sampled;
+  }
+  const decodeMs = performance.now() - t0;
+  return { batch, prefillMs, decodeMs, stepMsMedian: median(stepMs), decodeTokS: (batch * (newTokens - 1)) / (decodeMs / 1000),
+    e2eTokS: (batch * newTokens) / ((prefillMs + decodeMs) / 1000) };
+}
+
+const ours = {};
+for (const b of BATCHES) {
+  await run(b, 8);  // warm-up: cuBLAS heuristics, first-touch of scratch buffers
+  ours[b] = await run(b, NEW);
+  console.error(JSON.stringify({ ours: ours[b] }));
+}
+const description = engine.describe();
+engine.dispose();
+
+let hf = null, copy = null, hfError = null;
+if (!args.includes('--no-hf')) {
+  const py = spawnSync('python3', [join(root, 'bench', 'decode', 'hf_generate.py'), dir, String(PROMPT), String(NEW), BATCHES.join(',')],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
+  if (py.status === 0) { const r = JSON.parse(py.stdout.trim().split('\n').pop()); hf = r.hf; copy = r.copy; }
+  else hfError = `hf_generate.py exited ${py.status}`;
+}
+
+const rooflineTokS = copy ? copy.bytes_per_s / bytesPerToken : null;
+const summary = {};
+for (const b of BATCHES) {
+  summary[b] = {
+    oursDecodeTokS: ours[b].decodeTokS,
+    hfDecodeTokS: hf?.[b]?.decode_tok_s ?? null,
+    speedupVsHf: hf?.[b] ? ours[b].decodeTokS / hf[b].decode_tok_s : null,
+    ...(b === 1 && rooflineTokS ? { rooflineTokS, fractionOfRoofline: ours[b].decodeTokS / rooflineTokS } : {}),
+  };
+}
+const bars = {
+  batch1AtLeast70PctRoofline: summary[1]?.fractionOfRoofline != null ? summary[1].fractionOfRoofline >= 0.7 : null,
+  batch32AtLeast3xHf: summary[32]?.speedupVsHf != null ? summary[32].speedupVsHf >= 3 : null,
+};
+const gpu = gpuName();
+const slug = gpu.split(',')[0].replace(/NVIDIA\s*/i, '').trim().replace(/[^A-Za-z0-9]+/g, '-').toLowerCase();
+const doc = writeResult(`decode-${slug}.json`, {
+  model: dir, modelShape: { hidden: H, layers: cfg.numLayers, vocab: V }, promptTokens: PROMPT, newTokens: NEW,
+  engine: description, loadSeconds, weightBytesPerToken: bytesPerToken, copyBandwidth: copy, ours, hf, hfError, summary, bars,
+});
+console.log(JSON.stringify({ summary: doc.summary, bars: doc.bars }));

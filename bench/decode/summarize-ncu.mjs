@@ -1,0 +1,24 @@
+// Sums an `ncu --csv --metrics gpu__time_duration.sum` log by kernel name: where one decode
+// step's GPU time goes. usage: node bench/decode/summarize-ncu.mjs NCU_CSV [STEP_WALL_MS]
+import { readFileSync } from 'node:fs';
+
+const [file, wall] = process.argv.slice(2);
+const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.startsWith('"'));
+const header = lines.shift()?.match(/"([^"]*)"/g)?.map((s) => s.slice(1, -1)) ?? [];
+const iName = header.indexOf('Kernel Name'), iMetric = header.indexOf('Metric Name'), iUnit = header.indexOf('Metric Unit'),
+  iValue = header.indexOf('Metric Value');
+const byKernel = new Map();
+let totalUs = 0, launches = 0;
+for (const l of lines) {
+  const f = l.match(/"([^"]*)"/g).map((s) => s.slice(1, -1));
+  if (f[iMetric] !== 'gpu__time_duration.sum') continue;
+  const scale = { nsecond: 1e-3, usecond: 1, msecond: 1e3 }[f[iUnit]] ?? 1;
+  const us = Number(f[iValue].replace(/,/g, '')) * scale;
+  const name = f[iName].replace(/\(.*$/, '').replace(/^void /, '').slice(0, 80);
+  const k = byKernel.get(name) ?? { kernel: name, launches: 0, us: 0 };
+  k.launches++; k.us += us; byKernel.set(name, k);
+  totalUs += us; launches++;
+}
+const rows = [...byKernel.values()].sort((a, b) => b.us - a.us).map((k) => ({ ...k, us: +k.us.toFixed(1), pct: +((100 * k.us) / totalUs).toFixed(1) }));
+const out = { launches, kernelSumUs: +totalUs.toFixed(1), ...(wall ? { stepWallUs: Number(wall) * 1000, gapUs: +(Number(wall) * 1000 - totalUs).toFixed(1) } : {}), kernels: rows };
+console.log(JSON.stringify(out, null, 1));

@@ -1,0 +1,92 @@
+// Shared by the GPU-host scripts in test/gpu and bench/decode: open one model folder as a
+// single-shard CUDA engine through the real loader (dist/model) and addon, and run steps on it.
+// Plain Node (no vitest): the GPU host gets only .gpu/node, build/, dist/ and node_modules.
+import { createRequire } from 'node:module';
+import { execSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const addon = createRequire(import.meta.url)(join(root, 'build', 'Release', 'nodespeed.node'));
+
+export function requireCuda() {
+  const info = addon.info();
+  if (!info.cuda.available) {
+    console.log(JSON.stringify({ ok: false, error: `cuda unavailable: ${info.cuda.reason}` }));
+    process.exit(2);
+  }
+  return info;
+}
+
+// Loads `dir` onto cuda:0 as one shard (tp 1, every layer). Returns the addon engine and config.
+export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction } = {}) {
+  const model = await import(join(root, 'dist', 'model', 'index.js'));
+  const cfg = model.loadModelConfig(dir);
+  const ckpt = await model.openCheckpoint(dir);
+  const plan = model.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
+  const shard = { ...plan.shardConfig, device: 'cuda', compute: dtype, kvBlocks, deviceIndex: 0 };
+  if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
+  const engine = new addon.Engine(shard);
+  let weightBytes = 0;
+  const t0 = performance.now();
+  await model.loadShard(ckpt, plan, async (name, dt, shape, data) => {
+    weightBytes += shape.reduce((a, b) => a * b, 1) * 2;
+    await engine.loadTensor(name, dt, shape, data);
+  });
+  const fin = await engine.finalize();
+  const loadSeconds = (performance.now() - t0) / 1000;
+  if (ckpt.close) await ckpt.close();
+  return { engine, cfg, shard, kvBlocks: fin.kvBlocks, blockSize: fin.kvBlockSize, weightBytes, loadSeconds };
+}
+
+// A trivial block allocator for scripts: sequence i gets blocks [i * per, (i + 1) * per).
+export function blockTables(nSeqs, maxTokens, blockSize, kvBlocks) {
+  const per = Math.ceil(maxTokens / blockSize);
+  if (per * nSeqs > kvBlocks) throw new Error(`need ${per * nSeqs} KV blocks, engine has ${kvBlocks}`);
+  return Array.from({ length: nSeqs }, (_, i) => Int32Array.from({ length: per }, (_, b) => i * per + b));
+}
+
+export function cosine(a, b) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  return dot / Math.sqrt(na * nb);
+}
+
+export function argmax(a, off = 0, n = a.length) {
+  let best = 0;
+  for (let i = 1; i < n; i++) if (a[off + i] > a[off + best]) best = i;
+  return best;
+}
+
+// Greedy continuation: prefill `ids`, then `n - 1` single-token decodes. Returns the n new ids
+// and the last-position logits of the prefill.
+export async function greedy(engine, ids, n, blockTable) {
+  const first = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable }], wantLogits: true });
+  const out = [first.sampled[0]];
+  for (let i = 1; i < n; i++) {
+    const r = await engine.step({ seqs: [{ tokens: Int32Array.of(out[i - 1]), pos: ids.length + i - 1, blockTable }] });
+    out.push(r.sampled[0]);
+  }
+  return { tokens: out, lastLogits: first.logits };
+}
+
+export function gitCommit() {
+  try { return execSync('git rev-parse HEAD', { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); }
+  catch { return process.env.NODESPEED_COMMIT ?? 'unknown'; }
+}
+
+export function gpuName() {
+  try { return execSync('nvidia-smi --query-gpu=name,driver_version --format=csv,noheader', { encoding: 'utf8' }).trim().split('\n')[0]; }
+  catch { return 'unknown'; }
+}
+
+// Writes a result JSON (with GPU, commit and command) into RESULTS_DIR (default bench/results).
+export function writeResult(name, body) {
+  const dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const doc = { gpu: gpuName(), commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
+    date: new Date().toISOString(), ...body };
+  writeFileSync(join(dir, name), JSON.stringify(doc, null, 2) + '\n');
+  return doc;
+}
