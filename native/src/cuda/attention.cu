@@ -1,5 +1,5 @@
 // Paged-KV causal attention with GQA, one kernel for prefill and decode. Grid (q head, token,
-// split): each block handles `chunk` key positions of one (token, head); its 8 warps take keys
+// split): each block handles 1/n_splits of the key positions of one (token, head); its 8 warps take keys
 // round-robin, each keeping an online softmax (running max, sum, and its lanes' slice of the
 // weighted V sum), merged through shared memory. With several splits (flash-decoding, for long
 // contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
@@ -22,8 +22,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   const int hd = a.hd, nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;  // causal: keys [0, pos]
-  const int k0 = split * a.chunk;
-  const int k1 = min(ctx, k0 + a.chunk);
+  const int chunk = (ctx + a.n_splits - 1) / a.n_splits;  // each token's keys split evenly
+  const int k0 = split * chunk;
+  const int k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
   const T* q = static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * hd + (size_t)h * hd;
   const T* kc = static_cast<const T*>(a.kcache);

@@ -12,8 +12,8 @@
 
 namespace ns::cuda {
 
-void DeviceBuffer::reserve(size_t need) {
-  if (need <= bytes) return;
+bool DeviceBuffer::reserve(size_t need) {
+  if (need <= bytes) return false;
   if (ptr) NS_CUDA(cudaFree(ptr));
   ptr = nullptr;
   bytes = 0;
@@ -25,6 +25,7 @@ void DeviceBuffer::reserve(size_t need) {
                              cudaGetErrorString(e) + ")");
   }
   bytes = need;
+  return true;
 }
 void DeviceBuffer::release() {
   if (ptr) cudaFree(ptr);
@@ -98,6 +99,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     throw std::runtime_error("cuda: the vocabulary must split evenly over tp ranks (vocab " +
                              std::to_string(c.vocab_size) + ", shard " + std::to_string(vocab_shard_) + ")");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -150,6 +152,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(cfg_.device_index);
   if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& g : graphs_) if (g.exec) cudaGraphExecDestroy(g.exec);
   if (blas_ && api_) api_->destroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -252,6 +255,7 @@ int CudaBackend::finalize() {
     kcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l) * layer_bytes);
     vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
   }
+  max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
   finalized_ = true;
   return kv_blocks_;
 }
@@ -260,6 +264,7 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
   const auto& c = cfg_;
   const size_t es = dtype_size(act_), H = c.hidden;
   if (T > cap_tokens_) {
+    ++epoch_;
     NS_CUDA(cudaStreamSynchronize(stream_));
     residual_.reserve(4 * T * H);
     tmp_.reserve(4 * T * H);
@@ -274,6 +279,7 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
   const size_t need_ws = (size_t)4 * attn_ws_floats;
   const size_t need_ids = (size_t)4 * std::max(n_sample, 1);
   if (need_logits > logits_.bytes || need_ws > attn_ws_.bytes || need_ids > ids_.bytes) {
+    ++epoch_;
     NS_CUDA(cudaStreamSynchronize(stream_));
     if (c.has_head) {
       logits_.reserve(need_logits);

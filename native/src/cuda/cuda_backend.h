@@ -20,7 +20,7 @@ namespace ns::cuda {
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
-  void reserve(size_t need);
+  bool reserve(size_t need);  // true when it (re)allocated
   void release();
   template <typename T> T* as() const { return static_cast<T*>(ptr); }
   ~DeviceBuffer();
@@ -50,6 +50,19 @@ class CudaBackend final : public Backend {
 
  private:
   enum class Out { Act, F32, AddF32 };
+  // Offsets (int32 words) of the per-step arrays in the packed metadata buffer, and the counts.
+  struct StepPlan {
+    int T = 0, S = 0, n_bt = 0, R = 0, NS = 0, splits = 1, bucket = 0;  // bucket > 0: CUDA-graph decode
+    bool copy_logits = false;
+    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, total;
+    void layout();
+  };
+  struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; };
+  StepPlan plan_step(const StepInput& in) const;
+  void pack(const StepInput& in, const StepPlan& p);
+  void enqueue_forward(const StepPlan& p, const StepInput& in);
+  int attention_splits(int T) const;
+  void run_graph(const StepPlan& p, const StepInput& in);
   struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
   Target target_for(const std::string& name) const;
   void expect(const std::string& name) { expected_.insert(name); }
@@ -85,6 +98,12 @@ class CudaBackend final : public Backend {
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
+  // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so
+  // any reallocation of scratch (epoch_ bump) invalidates them.
+  bool use_graphs_ = true;
+  int max_blocks_per_seq_ = 0;
+  uint64_t epoch_ = 1;
+  DecodeGraph graphs_[5];
 };
 
 }  // namespace ns::cuda

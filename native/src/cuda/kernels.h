@@ -29,14 +29,14 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
                    void* vcache, cudaStream_t s);
 
-// Causal GQA attention of every token over its sequence's cached keys [0, pos]. Keys are split
-// into chunks of `chunk` positions handled by separate blocks (flash-decoding) and merged when
-// n_splits > 1; `ws` holds n_splits * T * nh * (hd + 2) floats.
+// Causal GQA attention of every token over its sequence's cached keys [0, pos]. Each token's keys
+// are split evenly over n_splits blocks (flash-decoding) and merged when n_splits > 1 (the split
+// count depends only on T, so a captured CUDA graph stays valid as contexts grow); `ws` holds n_splits * T * nh * (hd + 2) floats.
 struct AttnArgs {
   const void* qkv; int T, nh, nkv, hd;
   const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
   int block_size; const void* kcache; const void* vcache; void* out;
-  int n_splits; int chunk; float* ws;
+  int n_splits; float* ws;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
