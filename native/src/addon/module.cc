@@ -2,6 +2,7 @@
 // addon.Comm / addon.ncclUniqueId.
 #include <napi.h>
 
+#include "addon/engine_binding.h"
 #include "addon/info.h"
 
 #if __has_include("../comm/comm_binding.h")
@@ -13,6 +14,7 @@ namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, ns::addon::Info, "info"));
+  ns::addon::InitEngine(env, exports);
 #ifdef NS_HAVE_COMM_BINDING
   ns::InitComm(env, exports);
 #endif

@@ -1,0 +1,297 @@
+// addon.Engine: a Backend behind a JS class. Every call that computes (loadTensor, finalize,
+// step) runs on a libuv worker thread (Napi::AsyncWorker) and resolves a promise; a per-engine
+// mutex serializes them, so the JS thread never waits on the backend.
+#include "addon/engine_binding.h"
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "addon/js_config.h"
+#include "engine.h"
+
+#if __has_include("../comm/comm_binding.h")
+#include "../comm/comm_binding.h"
+#define NS_HAVE_COMM_BINDING 1
+#endif
+
+namespace ns::addon {
+
+namespace {
+
+// Shared by the JS object and its in-flight workers: dispose() may come while a step runs.
+struct EngineState {
+  std::mutex mu;
+  std::unique_ptr<Backend> backend;
+  bool disposed = false;
+  int hidden = 0;
+  int kv_block_size = 0;
+  DType compute = DType::F32;
+};
+
+// Runs fn() under the engine's mutex on a worker thread; resolve(env) builds the result.
+class EngineWork : public Napi::AsyncWorker {
+ public:
+  using Fn = std::function<void(Backend&)>;
+  using Resolve = std::function<Napi::Value(Napi::Env)>;
+  EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve)
+      : Napi::AsyncWorker(env, what), st_(std::move(st)), what_(what), fn_(std::move(fn)), resolve_(std::move(resolve)),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  std::vector<Napi::Reference<Napi::Value>> keep;  // JS buffers the worker reads
+
+ protected:
+  void Execute() override {
+    std::lock_guard<std::mutex> lock(st_->mu);
+    if (st_->disposed || !st_->backend) {
+      st_->backend.reset();
+      SetError(std::string(what_) + ": the engine was disposed");
+      return;
+    }
+    try {
+      fn_(*st_->backend);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+    if (st_->disposed) st_->backend.reset();  // dispose() came while this call ran
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    try {
+      deferred_.Resolve(resolve_ ? resolve_(env) : env.Undefined());
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  std::shared_ptr<EngineState> st_;
+  const char* what_;
+  Fn fn_;
+  Resolve resolve_;
+  Napi::Promise::Deferred deferred_;
+};
+
+// The parsed step request, owned by the worker (copies of the small JS arrays).
+struct StepJob {
+  std::vector<std::vector<int32_t>> tokens, tables;
+  std::vector<int> token_counts;
+  StepInput in;
+  std::vector<uint8_t> hidden_in;
+  StepOutput out;
+};
+
+class Engine : public Napi::ObjectWrap<Engine> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {InstanceMethod("loadTensor", &Engine::LoadTensor), InstanceMethod("finalize", &Engine::Finalize),
+                        InstanceMethod("setTpComm", &Engine::SetTpComm), InstanceMethod("step", &Engine::Step),
+                        InstanceMethod("describe", &Engine::Describe), InstanceMethod("dispose", &Engine::Dispose)});
+  }
+
+  explicit Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "new Engine(config): config object required");
+    std::string device;
+    ShardConfig cfg = ParseShardConfig(info[0].As<Napi::Object>(), &device);
+    st_ = std::make_shared<EngineState>();
+    st_->hidden = cfg.hidden;
+    st_->compute = cfg.compute;
+    st_->kv_block_size = cfg.kv_block_size;
+    try {
+      st_->backend = device == "cuda" ? make_cuda_backend(cfg) : make_cpu_backend(cfg);
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(env, e.what());
+    }
+  }
+
+ private:
+  void CheckLive(Napi::Env env, const char* what) {
+    if (st_->disposed) throw Napi::Error::New(env, std::string(what) + ": the engine was disposed");
+  }
+
+  Napi::Value LoadTensor(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLive(env, "loadTensor");
+    if (info.Length() < 4 || !info[0].IsString() || !info[2].IsArray() || !info[3].IsTypedArray())
+      throw Napi::TypeError::New(env, "loadTensor(name, dtype, shape: number[], data: Uint8Array)");
+    std::string name = info[0].As<Napi::String>().Utf8Value();
+    DType dt = ParseDType(info[1], "loadTensor(" + name + "): dtype");
+    Napi::Array shape_js = info[2].As<Napi::Array>();
+    std::vector<int64_t> shape;
+    for (uint32_t i = 0; i < shape_js.Length(); ++i) {
+      Napi::Value d = shape_js.Get(i);
+      if (!d.IsNumber() || d.As<Napi::Number>().DoubleValue() < 0)
+        throw Napi::TypeError::New(env, "loadTensor(" + name + "): shape must hold non-negative numbers");
+      shape.push_back(d.As<Napi::Number>().Int64Value());
+    }
+    Napi::TypedArray arr = info[3].As<Napi::TypedArray>();
+    const uint8_t* data = static_cast<const uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
+    size_t bytes = arr.ByteLength();
+    auto* w = new EngineWork(env, st_, "loadTensor",
+                             [name, dt, shape, data, bytes](Backend& b) { b.load_tensor(name, dt, shape, data, bytes); },
+                             nullptr);
+    w->keep.emplace_back(Napi::Persistent(info[3]));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Finalize(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLive(env, "finalize");
+    auto blocks = std::make_shared<int>(0);
+    const int block_size = st_->kv_block_size;
+    auto* w = new EngineWork(env, st_, "finalize", [blocks](Backend& b) { *blocks = b.finalize(); },
+                             [blocks, block_size](Napi::Env e) {
+                               Napi::Object o = Napi::Object::New(e);
+                               o.Set("kvBlocks", *blocks);
+                               o.Set("kvBlockSize", block_size);
+                               return static_cast<Napi::Value>(o);
+                             });
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  void SetTpComm(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLive(env, "setTpComm");
+#ifdef NS_HAVE_COMM_BINDING
+    std::shared_ptr<Communicator> comm = UnwrapComm(info[0]);
+    std::unique_lock<std::mutex> lock(st_->mu, std::try_to_lock);
+    if (!lock.owns_lock()) throw Napi::Error::New(env, "setTpComm: a step is running; set the communicator before stepping");
+    try {
+      st_->backend->set_tp_comm(std::move(comm));
+    } catch (const std::exception& e) {
+      throw Napi::Error::New(env, e.what());
+    }
+#else
+    throw Napi::Error::New(env, "setTpComm: this addon was built without the communicator binding (native/src/comm)");
+#endif
+  }
+
+  Napi::Value Step(const Napi::CallbackInfo& info);
+
+  Napi::Value Describe(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLive(env, "describe");
+    std::unique_lock<std::mutex> lock(st_->mu, std::try_to_lock);
+    if (!lock.owns_lock()) return Napi::String::New(env, "busy (a call is running)");
+    return Napi::String::New(env, st_->backend->describe());
+  }
+
+  void Dispose(const Napi::CallbackInfo& info) {
+    // Frees now if idle; otherwise the running call frees on its way out (no JS-thread wait).
+    std::unique_lock<std::mutex> lock(st_->mu, std::try_to_lock);
+    st_->disposed = true;
+    if (lock.owns_lock()) st_->backend.reset();
+  }
+
+  std::shared_ptr<EngineState> st_;
+};
+
+Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CheckLive(env, "step");
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "step(request): request object required");
+  Napi::Object req = info[0].As<Napi::Object>();
+  if (!req.Get("seqs").IsArray()) throw Napi::TypeError::New(env, "step: seqs must be an array");
+  Napi::Array seqs = req.Get("seqs").As<Napi::Array>();
+  auto job = std::make_shared<StepJob>();
+  const uint32_t n = seqs.Length();
+  job->tokens.resize(n);
+  job->tables.resize(n);
+  job->in.seqs.resize(n);
+  int total_tokens = 0;
+  auto int32s = [&](const Napi::Value& v, const std::string& field, std::vector<int32_t>& dst) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Napi::TypeError::New(env, field + " must be an Int32Array");
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    dst.assign(a.Data(), a.Data() + a.ElementLength());
+  };
+  for (uint32_t i = 0; i < n; ++i) {
+    const std::string f = "step: seqs[" + std::to_string(i) + "]";
+    if (!seqs.Get(i).IsObject()) throw Napi::TypeError::New(env, f + " must be an object");
+    Napi::Object s = seqs.Get(i).As<Napi::Object>();
+    int32s(s.Get("tokens"), f + ".tokens", job->tokens[i]);
+    int32s(s.Get("blockTable"), f + ".blockTable", job->tables[i]);
+    SeqInput& si = job->in.seqs[i];
+    si.tokens = job->tokens[i].data();
+    si.n_tokens = static_cast<int>(job->tokens[i].size());
+    Napi::Value pos = s.Get("pos");
+    if (!pos.IsNumber()) throw Napi::TypeError::New(env, f + ".pos must be a number");
+    si.pos = pos.As<Napi::Number>().Int32Value();
+    si.block_table = job->tables[i].data();
+    si.n_blocks = static_cast<int>(job->tables[i].size());
+    auto num = [&](const char* key, double def) {
+      Napi::Value v = s.Get(key);
+      if (v.IsUndefined() || v.IsNull()) return def;
+      if (!v.IsNumber()) throw Napi::TypeError::New(env, f + "." + key + " must be a number");
+      return v.As<Napi::Number>().DoubleValue();
+    };
+    auto flag = [&](const char* key, bool def) {
+      Napi::Value v = s.Get(key);
+      if (v.IsUndefined() || v.IsNull()) return def;
+      if (!v.IsBoolean()) throw Napi::TypeError::New(env, f + "." + key + " must be a boolean");
+      return v.As<Napi::Boolean>().Value();
+    };
+    si.sampling.temperature = static_cast<float>(num("temperature", 0));
+    si.sampling.top_k = static_cast<int>(num("topK", 0));
+    si.sampling.top_p = static_cast<float>(num("topP", 1));
+    Napi::Value seed = s.Get("seed");
+    si.sampling.seed = seed.IsUndefined() || seed.IsNull() ? 0 : ParseSeed(seed, f + ".seed");
+    si.sample = flag("sample", true);
+    si.all_logits = flag("allLogits", false);
+    total_tokens += si.n_tokens;
+  }
+  Napi::Value hidden = req.Get("hiddenIn");
+  if (!hidden.IsUndefined() && !hidden.IsNull()) {
+    if (!hidden.IsTypedArray()) throw Napi::TypeError::New(env, "step: hiddenIn must be a Uint8Array");
+    Napi::TypedArray h = hidden.As<Napi::TypedArray>();
+    const size_t want = size_t(total_tokens) * st_->hidden * dtype_size(st_->compute);
+    if (h.ByteLength() != want)
+      throw Napi::RangeError::New(env, "step: hiddenIn has " + std::to_string(h.ByteLength()) + " bytes, expected " +
+                                           std::to_string(want) + " (" + std::to_string(total_tokens) + " tokens x " +
+                                           std::to_string(st_->hidden) + " x " + DTypeName(st_->compute) + ")");
+    const uint8_t* p = static_cast<const uint8_t*>(h.ArrayBuffer().Data()) + h.ByteOffset();
+    job->hidden_in.assign(p, p + want);
+    job->in.hidden_in = job->hidden_in.data();
+  }
+  Napi::Value want = req.Get("wantLogits");
+  job->in.want_logits = want.IsBoolean() && want.As<Napi::Boolean>().Value();
+
+  auto* w = new EngineWork(
+      env, st_, "step", [job](Backend& b) { b.step(job->in, job->out); },
+      [job](Napi::Env e) {
+        Napi::Object o = Napi::Object::New(e);
+        const StepOutput& out = job->out;
+        Napi::Int32Array sampled = Napi::Int32Array::New(e, out.sampled.size());
+        std::copy(out.sampled.begin(), out.sampled.end(), sampled.Data());
+        o.Set("sampled", sampled);
+        if (job->in.want_logits) {
+          Napi::Float32Array logits = Napi::Float32Array::New(e, out.logits.size());
+          std::copy(out.logits.begin(), out.logits.end(), logits.Data());
+          o.Set("logits", logits);
+        }
+        if (!out.hidden_out.empty()) {
+          Napi::Uint8Array h = Napi::Uint8Array::New(e, out.hidden_out.size());
+          std::copy(out.hidden_out.begin(), out.hidden_out.end(), h.Data());
+          o.Set("hiddenOut", h);
+        }
+        return static_cast<Napi::Value>(o);
+      });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", Engine::Define(env)); }
+
+}  // namespace ns::addon

@@ -1,0 +1,118 @@
+#include "addon/js_config.h"
+
+#include <cmath>
+
+namespace ns::addon {
+
+namespace {
+
+[[noreturn]] void Bad(Napi::Env env, const std::string& msg) { throw Napi::TypeError::New(env, msg); }
+
+int Int(const Napi::Object& o, const char* key, int def, const std::string& prefix = "") {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsNumber()) Bad(o.Env(), prefix + key + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 2147483647.0)
+    Bad(o.Env(), prefix + key + " must be an integer (got " + std::to_string(d) + ")");
+  return static_cast<int>(d);
+}
+
+float Float(const Napi::Object& o, const char* key, float def, const std::string& prefix = "") {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsNumber()) Bad(o.Env(), prefix + key + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) Bad(o.Env(), prefix + key + " must be finite");
+  return static_cast<float>(d);
+}
+
+bool Bool(const Napi::Object& o, const char* key, bool def) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return def;
+  if (!v.IsBoolean()) Bad(o.Env(), std::string(key) + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+}  // namespace
+
+const char* DTypeName(DType d) { return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : "f16"; }
+
+DType ParseDType(const Napi::Value& v, const std::string& field) {
+  if (v.IsString()) {
+    std::string s = v.As<Napi::String>().Utf8Value();
+    if (s == "f32" || s == "float32") return DType::F32;
+    if (s == "bf16" || s == "bfloat16") return DType::BF16;
+    if (s == "f16" || s == "float16") return DType::F16;
+  }
+  throw Napi::TypeError::New(v.Env(), field + " must be 'f32', 'bf16' or 'f16'");
+}
+
+uint64_t ParseSeed(const Napi::Value& v, const std::string& field) {
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    uint64_t s = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(v.Env(), field + " must fit in an unsigned 64-bit integer");
+    return s;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0) || d != std::floor(d) || d > 9007199254740991.0)
+      throw Napi::RangeError::New(v.Env(), field + " must be a non-negative safe integer or a bigint");
+    return static_cast<uint64_t>(d);
+  }
+  throw Napi::TypeError::New(v.Env(), field + " must be a number or a bigint");
+}
+
+ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
+  ShardConfig c;
+  Napi::Env env = o.Env();
+  Napi::Value dev = o.Get("device");
+  *device = dev.IsString() ? dev.As<Napi::String>().Utf8Value() : dev.IsUndefined() ? "cpu" : "";
+  if (*device != "cpu" && *device != "cuda") Bad(env, "device must be 'cpu' or 'cuda'");
+  c.hidden = Int(o, "hidden", 0);
+  c.intermediate = Int(o, "intermediate", 0);
+  c.n_heads = Int(o, "nHeads", 0);
+  c.n_kv_heads = Int(o, "nKvHeads", 0);
+  c.head_dim = Int(o, "headDim", 0);
+  c.vocab_size = Int(o, "vocabSize", 0);
+  c.vocab_start = Int(o, "vocabStart", 0);
+  c.vocab_end = Int(o, "vocabEnd", c.vocab_size);
+  c.layer_start = Int(o, "layerStart", 0);
+  c.layer_end = Int(o, "layerEnd", 0);
+  c.max_position = Int(o, "maxPosition", 0);
+  c.rms_eps = Float(o, "rmsEps", c.rms_eps);
+  c.qkv_bias = Bool(o, "qkvBias", false);
+  c.tied_embeddings = Bool(o, "tiedEmbeddings", false);
+  c.has_embedding = Bool(o, "hasEmbedding", false);
+  c.has_head = Bool(o, "hasHead", false);
+  c.tp_rank = Int(o, "tpRank", 0);
+  c.tp_size = Int(o, "tpSize", 1);
+  Napi::Value rope = o.Get("rope");
+  if (!rope.IsUndefined() && !rope.IsNull()) {
+    if (!rope.IsObject()) Bad(env, "rope must be an object");
+    Napi::Object r = rope.As<Napi::Object>();
+    Napi::Value type = r.Get("type");
+    std::string t = type.IsString() ? type.As<Napi::String>().Utf8Value() : type.IsUndefined() ? "default" : "?";
+    if (type.IsNumber()) t = std::to_string(type.As<Napi::Number>().Int32Value());
+    if (t == "default" || t == "0") c.rope.type = RopeType::Default;
+    else if (t == "linear" || t == "1") c.rope.type = RopeType::Linear;
+    else if (t == "llama3" || t == "2") c.rope.type = RopeType::Llama3;
+    else Bad(env, "rope.type must be 'default', 'linear' or 'llama3'");
+    c.rope.theta = Float(r, "theta", c.rope.theta, "rope.");
+    c.rope.factor = Float(r, "factor", c.rope.factor, "rope.");
+    c.rope.low_freq_factor = Float(r, "lowFreqFactor", c.rope.low_freq_factor, "rope.");
+    c.rope.high_freq_factor = Float(r, "highFreqFactor", c.rope.high_freq_factor, "rope.");
+    c.rope.original_max_pos = Int(r, "originalMaxPos", c.rope.original_max_pos, "rope.");
+  }
+  Napi::Value compute = o.Get("compute");
+  c.compute = compute.IsUndefined() ? (*device == "cpu" ? DType::F32 : DType::BF16) : ParseDType(compute, "compute");
+  c.kv_block_size = Int(o, "kvBlockSize", c.kv_block_size);
+  c.kv_blocks = Int(o, "kvBlocks", 0);
+  c.gpu_memory_fraction = Float(o, "gpuMemoryFraction", c.gpu_memory_fraction);
+  c.device_index = Int(o, "deviceIndex", 0);
+  c.threads = Int(o, "threads", 0);
+  return c;
+}
+
+}  // namespace ns::addon

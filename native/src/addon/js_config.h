@@ -1,0 +1,17 @@
+// Reading JS arguments into engine.h structs, with errors that name the field.
+#pragma once
+
+#include <napi.h>
+
+#include "engine.h"
+
+namespace ns::addon {
+
+// ShardConfigJS (camelCase of ns::ShardConfig, plus device: 'cpu' | 'cuda') → ShardConfig.
+ShardConfig ParseShardConfig(const Napi::Object& js, std::string* device);
+DType ParseDType(const Napi::Value& v, const std::string& field);
+const char* DTypeName(DType d);
+// A non-negative integer seed from a number or a bigint.
+uint64_t ParseSeed(const Napi::Value& v, const std::string& field);
+
+}  // namespace ns::addon

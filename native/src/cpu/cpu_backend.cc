@@ -1,0 +1,195 @@
+// CpuBackend: shard bookkeeping, tensor loading (with shape checks naming the tensor), KV cache
+// allocation. The forward pass is in cpu_forward.cc.
+#include "cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+
+#include "cpu/cpu_info.h"
+#include "cpu/kernels.h"
+#include "cpu/rope.h"
+
+namespace ns::cpu {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+const char* dtype_name(DType d) { return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : "f16"; }
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("cpu backend: " + what);
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const ShardConfig& c)
+    : cfg_(c),
+      n_layers_(c.layer_end - c.layer_start),
+      vocab_shard_(c.vocab_end - c.vocab_start),
+      vocab_stride_(c.tp_size > 0 ? (c.vocab_size + c.tp_size - 1) / c.tp_size : 0),
+      pool_(c.threads > 0 ? c.threads : default_threads()) {
+  require(c.hidden > 0 && c.intermediate > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0,
+          "hidden, intermediate, nHeads, nKvHeads and headDim must be positive");
+  require(c.head_dim % 2 == 0, "headDim must be even (RoPE)");
+  require(c.n_heads % c.n_kv_heads == 0, "nHeads must be a multiple of nKvHeads");
+  require(c.vocab_size > 0, "vocabSize must be positive");
+  require(c.tp_size >= 1 && c.tp_rank >= 0 && c.tp_rank < c.tp_size, "tpRank must be in [0, tpSize)");
+  require(c.layer_start >= 0 && c.layer_end >= c.layer_start, "layerStart..layerEnd is not a valid range");
+  require(c.max_position > 0, "maxPosition must be positive");
+  require(c.kv_block_size > 0, "kvBlockSize must be positive");
+  require(c.kv_blocks >= 0, "kvBlocks must be >= 0");
+  require(c.compute == DType::F32, "the CPU backend computes in f32 (compute must be 'f32')");
+  if (c.has_embedding || c.has_head) {
+    // Vocab-parallel slots are ceil(vocab / tp) rows each, rank r's starting at r * that.
+    require(c.vocab_start == c.tp_rank * vocab_stride_ &&
+                c.vocab_end == std::min(c.vocab_size, (c.tp_rank + 1) * vocab_stride_),
+            "vocab shard [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
+                ") is not rank " + std::to_string(c.tp_rank) + "'s slot of ceil(vocab / tp) rows");
+  }
+
+  const int64_t H = c.hidden, D = c.head_dim;
+  const int64_t q_rows = int64_t(c.n_heads) * D, kv_rows = int64_t(c.n_kv_heads) * D;
+  if (c.has_embedding || (c.has_head && c.tied_embeddings)) expect("model.embed_tokens.weight", {vocab_shard_, H});
+  for (int l = c.layer_start; l < c.layer_end; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    expect(p + "input_layernorm.weight", {H});
+    expect(p + "self_attn.q_proj.weight", {q_rows, H});
+    expect(p + "self_attn.k_proj.weight", {kv_rows, H});
+    expect(p + "self_attn.v_proj.weight", {kv_rows, H});
+    if (c.qkv_bias) {
+      expect(p + "self_attn.q_proj.bias", {q_rows});
+      expect(p + "self_attn.k_proj.bias", {kv_rows});
+      expect(p + "self_attn.v_proj.bias", {kv_rows});
+    }
+    expect(p + "self_attn.o_proj.weight", {H, q_rows});
+    expect(p + "post_attention_layernorm.weight", {H});
+    expect(p + "mlp.gate_proj.weight", {c.intermediate, H});
+    expect(p + "mlp.up_proj.weight", {c.intermediate, H});
+    expect(p + "mlp.down_proj.weight", {H, c.intermediate});
+  }
+  if (c.has_head) {
+    expect("model.norm.weight", {H});
+    if (!c.tied_embeddings) expect("lm_head.weight", {vocab_shard_, H});
+  }
+  layers_.resize(n_layers_);
+  inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+}
+
+void CpuBackend::expect(const std::string& name, std::vector<int64_t> shape) {
+  expected_.emplace_back(name, std::move(shape));
+}
+
+void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                             const void* data, size_t bytes) {
+  if (finalized_) throw std::runtime_error("tensor " + name + ": the engine is already finalized");
+  auto it = std::find_if(expected_.begin(), expected_.end(), [&](const auto& e) { return e.first == name; });
+  if (it == expected_.end())
+    throw std::invalid_argument("tensor " + name + ": not part of this shard (layers " + std::to_string(cfg_.layer_start) +
+                                ".." + std::to_string(cfg_.layer_end - 1) + ")");
+  if (shape != it->second)
+    throw std::invalid_argument("tensor " + name + ": shape " + shape_str(shape) + ", expected " + shape_str(it->second));
+  size_t count = 1;
+  for (int64_t d : shape) count *= static_cast<size_t>(d);
+  if (bytes != count * dtype_size(dtype))
+    throw std::invalid_argument("tensor " + name + ": " + std::to_string(bytes) + " bytes for " + std::to_string(count) +
+                                " " + dtype_name(dtype) + " elements");
+
+  // Vectors (norms, biases) become f32; matrices keep the stored dtype.
+  auto vec = [&](std::vector<float>& dst) {
+    dst.resize(count);
+    to_f32(data, dtype, dst.data(), count);
+  };
+  auto mat = [&](Matrix& dst) {
+    dst.dtype = dtype;
+    dst.rows = static_cast<int>(shape[0]);
+    dst.cols = static_cast<int>(shape[1]);
+    dst.data.assign(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
+  };
+
+  if (name == "model.embed_tokens.weight") mat(embed_);
+  else if (name == "lm_head.weight") mat(lm_head_);
+  else if (name == "model.norm.weight") vec(final_norm_);
+  else {
+    // model.layers.<l>.<rest>
+    const size_t dot = name.find('.', 13);
+    Layer& L = layers_[std::stoi(name.substr(13, dot - 13)) - cfg_.layer_start];
+    const std::string rest = name.substr(dot + 1);
+    if (rest == "input_layernorm.weight") vec(L.in_norm);
+    else if (rest == "post_attention_layernorm.weight") vec(L.post_norm);
+    else if (rest == "self_attn.q_proj.weight") mat(L.q);
+    else if (rest == "self_attn.k_proj.weight") mat(L.k);
+    else if (rest == "self_attn.v_proj.weight") mat(L.v);
+    else if (rest == "self_attn.o_proj.weight") mat(L.o);
+    else if (rest == "self_attn.q_proj.bias") vec(L.q_bias);
+    else if (rest == "self_attn.k_proj.bias") vec(L.k_bias);
+    else if (rest == "self_attn.v_proj.bias") vec(L.v_bias);
+    else if (rest == "mlp.gate_proj.weight") mat(L.gate);
+    else if (rest == "mlp.up_proj.weight") mat(L.up);
+    else if (rest == "mlp.down_proj.weight") mat(L.down);
+  }
+  loaded_.insert(name);
+}
+
+int CpuBackend::finalize() {
+  if (finalized_) return kv_blocks_;
+  for (const auto& e : expected_)
+    if (!loaded_.count(e.first)) throw std::runtime_error("tensor " + e.first + ": missing (never loaded)");
+
+  const size_t block_floats = size_t(cfg_.kv_block_size) * cfg_.n_kv_heads * cfg_.head_dim;
+  kv_blocks_ = cfg_.kv_blocks;
+  if (kv_blocks_ == 0) {
+    // Room for 8 sequences of min(max_position, 4096) tokens, at most 2 GiB of K+V.
+    const int per_seq = (std::min(cfg_.max_position, 4096) + cfg_.kv_block_size - 1) / cfg_.kv_block_size;
+    const size_t bytes_per_block = std::max<size_t>(1, block_floats * 4 * 2 * std::max(1, n_layers_));
+    const size_t cap = (size_t(2) << 30) / bytes_per_block;
+    kv_blocks_ = static_cast<int>(std::max<size_t>(per_seq, std::min<size_t>(size_t(8) * per_seq, cap)));
+  }
+  k_cache_.assign(n_layers_, std::vector<float>());
+  v_cache_.assign(n_layers_, std::vector<float>());
+  for (int l = 0; l < n_layers_; ++l) {
+    k_cache_[l].assign(block_floats * kv_blocks_, 0.f);
+    v_cache_[l].assign(block_floats * kv_blocks_, 0.f);
+  }
+  s_.scores.assign(size_t(pool_.size()) * cfg_.max_position, 0.f);
+  finalized_ = true;
+  return kv_blocks_;
+}
+
+void CpuBackend::set_tp_comm(std::shared_ptr<Communicator> comm) {
+  if (comm && (comm->size() != cfg_.tp_size || comm->rank() != cfg_.tp_rank))
+    throw std::invalid_argument("setTpComm: communicator is rank " + std::to_string(comm->rank()) + " of " +
+                                std::to_string(comm->size()) + ", the shard is TP rank " + std::to_string(cfg_.tp_rank) +
+                                " of " + std::to_string(cfg_.tp_size));
+  comm_ = std::move(comm);
+}
+
+const Matrix& CpuBackend::lm_head() const { return cfg_.tied_embeddings && lm_head_.data.empty() ? embed_ : lm_head_; }
+
+std::string CpuBackend::describe() const {
+  size_t weight_bytes = embed_.data.size() + lm_head_.data.size();
+  for (const auto& L : layers_)
+    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) weight_bytes += m->data.size();
+  size_t kv_bytes = 0;
+  for (int l = 0; l < n_layers_; ++l) kv_bytes += (k_cache_[l].size() + v_cache_[l].size()) * 4;
+  std::ostringstream o;
+  o << "cpu (" << simd_name() << ", " << pool_.size() << " threads): layers " << cfg_.layer_start << ".."
+    << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size << ", weights "
+    << weight_bytes / (1 << 20) << " MiB, kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens ("
+    << kv_bytes / (1 << 20) << " MiB)";
+  return o.str();
+}
+
+}  // namespace ns::cpu
+
+namespace ns {
+std::unique_ptr<Backend> make_cpu_backend(const ShardConfig& cfg) { return std::make_unique<cpu::CpuBackend>(cfg); }
+}  // namespace ns

@@ -1,0 +1,88 @@
+// The CPU backend: one shard's weights (kept in their stored dtype) and its paged KV cache (f32)
+// in host memory, and the forward step (cpu_forward.cc) run on a thread pool.
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cpu/thread_pool.h"
+#include "engine.h"
+
+namespace ns::cpu {
+
+// A weight matrix as the checkpoint stores it: row-major [rows, cols].
+struct Matrix {
+  std::vector<uint8_t> data;
+  DType dtype = DType::F32;
+  int rows = 0, cols = 0;
+  const void* ptr() const { return data.data(); }
+};
+
+struct Layer {
+  std::vector<float> in_norm, post_norm;     // [hidden]
+  Matrix q, k, v, o, gate, up, down;
+  std::vector<float> q_bias, k_bias, v_bias;  // only with qkv_bias
+};
+
+// Per-step activations; grow-only so steady-state decoding does not allocate.
+struct Scratch {
+  std::vector<float> x, xn, q, k, v, attn, proj, gate, up;  // per token
+  std::vector<float> head_in, logits, gathered;              // per logits row
+  std::vector<float> scores;                                 // per worker: max_position floats
+  std::vector<int> tok_seq, tok_pos;                         // per token: its sequence and position
+  std::vector<float> rope_cos, rope_sin;                     // per token: head_dim / 2
+};
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(const ShardConfig& cfg);
+  void load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                   size_t bytes) override;
+  int finalize() override;
+  void set_tp_comm(std::shared_ptr<Communicator> comm) override;
+  void step(const StepInput& in, StepOutput& out) override;
+  std::string describe() const override;
+
+ private:
+  // cpu_backend.cc: loading
+  void expect(const std::string& name, std::vector<int64_t> shape);
+  // cpu_forward.cc: the forward pass, top to bottom
+  void validate(const StepInput& in) const;
+  void prepare(const StepInput& in, int total_tokens);
+  void embed(const StepInput& in, int T);
+  void attention_block(int layer, const StepInput& in, int T);
+  void mlp_block(int layer, int T);
+  void head(const StepInput& in, int T, StepOutput& out);
+  void rms_norm(const float* x, const std::vector<float>& w, float* y, int T) const;
+  struct MatJob { const Matrix* w; float* y; };
+  void matmul(const float* x, int T, std::initializer_list<MatJob> jobs);
+  void all_reduce(float* buf, size_t count);
+  const Matrix& lm_head() const;
+
+  ShardConfig cfg_;
+  int n_layers_;
+  int vocab_shard_;   // rows of embedding / LM head on this rank
+  int vocab_stride_;  // ceil(vocab / tp): each rank's slot in the gathered logits
+  bool finalized_ = false;
+  ThreadPool pool_;
+  std::shared_ptr<Communicator> comm_;
+
+  Matrix embed_, lm_head_;
+  std::vector<float> final_norm_;
+  std::vector<Layer> layers_;
+  std::vector<float> inv_freq_;  // head_dim / 2 RoPE frequencies, scaling applied
+
+  // Expected tensors: name -> shape; filled by the constructor, ticked off by load_tensor.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected_;
+  std::set<std::string> loaded_;
+
+  int kv_blocks_ = 0;
+  std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer [blocks, block_size, kv_heads, head_dim]
+
+  Scratch s_;
+  std::vector<std::pair<float, int>> sample_scratch_;
+};
+
+}  // namespace ns::cpu

@@ -1,0 +1,309 @@
+// The CPU forward pass, llama2.c style, read top to bottom: step() → embed → per layer
+// (attention_block, mlp_block) → head. All sequences of a step (prefills and decodes at any
+// positions) are packed into one [T, hidden] activation matrix, so every weight matrix is read
+// once per step; only attention looks at which sequence a token belongs to.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/kernels.h"
+#include "cpu/rope.h"
+#include "cpu/sampling.h"
+
+namespace ns::cpu {
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+std::string seq_name(size_t i) { return "seqs[" + std::to_string(i) + "]"; }
+
+}  // namespace
+
+void CpuBackend::step(const StepInput& in, StepOutput& out) {
+  if (!finalized_) throw std::runtime_error("step: call finalize() first");
+  validate(in);
+  int T = 0;
+  for (const auto& s : in.seqs) T += s.n_tokens;
+  out.sampled.clear();
+  out.logits.clear();
+  out.hidden_out.clear();
+  if (T == 0) return;
+  prepare(in, T);
+  embed(in, T);
+  for (int l = 0; l < n_layers_; ++l) {
+    attention_block(l, in, T);
+    mlp_block(l, T);
+  }
+  if (cfg_.has_head) {
+    head(in, T, out);
+  } else {
+    const size_t bytes = size_t(T) * cfg_.hidden * sizeof(float);
+    out.hidden_out.resize(bytes);
+    std::memcpy(out.hidden_out.data(), s_.x.data(), bytes);
+  }
+}
+
+void CpuBackend::validate(const StepInput& in) const {
+  if (cfg_.tp_size > 1 && !comm_)
+    throw std::runtime_error("step: tpSize is " + std::to_string(cfg_.tp_size) +
+                             " but no TP communicator was set (engine.setTpComm)");
+  if (!cfg_.has_embedding && !in.hidden_in)
+    throw std::invalid_argument("step: hiddenIn is required on a pipeline stage without the embedding");
+  const int B = cfg_.kv_block_size;
+  for (size_t i = 0; i < in.seqs.size(); ++i) {
+    const SeqInput& s = in.seqs[i];
+    if (s.n_tokens < 1) throw std::invalid_argument(seq_name(i) + ": tokens is empty");
+    if (s.pos < 0) throw std::invalid_argument(seq_name(i) + ": pos must be >= 0");
+    if (s.pos + s.n_tokens > cfg_.max_position)
+      throw std::invalid_argument(seq_name(i) + ": positions up to " + std::to_string(s.pos + s.n_tokens) +
+                                  " exceed maxPosition " + std::to_string(cfg_.max_position));
+    const int need = (s.pos + s.n_tokens + B - 1) / B;
+    if (s.n_blocks < need)
+      throw std::invalid_argument(seq_name(i) + ": blockTable has " + std::to_string(s.n_blocks) + " blocks, " +
+                                  std::to_string(need) + " needed for " + std::to_string(s.pos + s.n_tokens) + " positions");
+    for (int b = 0; b < need; ++b)
+      if (s.block_table[b] < 0 || s.block_table[b] >= kv_blocks_)
+        throw std::invalid_argument(seq_name(i) + ": blockTable[" + std::to_string(b) + "] = " +
+                                    std::to_string(s.block_table[b]) + " is outside [0, " + std::to_string(kv_blocks_) + ")");
+    if (cfg_.has_embedding)
+      for (int t = 0; t < s.n_tokens; ++t)
+        if (s.tokens[t] < 0 || s.tokens[t] >= cfg_.vocab_size)
+          throw std::invalid_argument(seq_name(i) + ": token id " + std::to_string(s.tokens[t]) + " is outside [0, " +
+                                      std::to_string(cfg_.vocab_size) + ")");
+    if (cfg_.has_head && s.sampling.temperature < 0)
+      throw std::invalid_argument(seq_name(i) + ": temperature must be >= 0");
+  }
+}
+
+// Sizes the activation buffers for T tokens and fills per-token sequence/position and RoPE tables.
+void CpuBackend::prepare(const StepInput& in, int T) {
+  const size_t H = cfg_.hidden, QD = size_t(cfg_.n_heads) * cfg_.head_dim, KD = size_t(cfg_.n_kv_heads) * cfg_.head_dim;
+  const size_t half = cfg_.head_dim / 2;
+  grow(s_.x, T * H);
+  grow(s_.xn, T * H);
+  grow(s_.proj, T * H);
+  grow(s_.q, T * QD);
+  grow(s_.attn, T * QD);
+  grow(s_.k, T * KD);
+  grow(s_.v, T * KD);
+  grow(s_.gate, T * size_t(cfg_.intermediate));
+  grow(s_.up, T * size_t(cfg_.intermediate));
+  grow(s_.tok_seq, T);
+  grow(s_.tok_pos, T);
+  grow(s_.rope_cos, T * half);
+  grow(s_.rope_sin, T * half);
+  int t = 0;
+  for (size_t i = 0; i < in.seqs.size(); ++i) {
+    for (int j = 0; j < in.seqs[i].n_tokens; ++j, ++t) {
+      const int p = in.seqs[i].pos + j;
+      s_.tok_seq[t] = static_cast<int>(i);
+      s_.tok_pos[t] = p;
+      for (size_t f = 0; f < half; ++f) {
+        const float angle = static_cast<float>(p) * inv_freq_[f];  // f32 product, as HF computes it
+        s_.rope_cos[t * half + f] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        s_.rope_sin[t * half + f] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    }
+  }
+}
+
+void CpuBackend::all_reduce(float* buf, size_t count) {
+  if (cfg_.tp_size > 1) comm_->all_reduce_sum(buf, count, DType::F32, nullptr);
+}
+
+// Embedding rows of this rank's vocab slice; other ids contribute zeros, summed over TP ranks.
+void CpuBackend::embed(const StepInput& in, int T) {
+  const int H = cfg_.hidden;
+  float* x = s_.x.data();
+  if (!cfg_.has_embedding) {
+    std::memcpy(x, in.hidden_in, size_t(T) * H * sizeof(float));
+    return;
+  }
+  const size_t row_bytes = size_t(H) * dtype_size(embed_.dtype);
+  int t = 0;
+  for (const auto& s : in.seqs) {
+    for (int j = 0; j < s.n_tokens; ++j, ++t) {
+      const int id = s.tokens[j];
+      if (id >= cfg_.vocab_start && id < cfg_.vocab_end)
+        to_f32(embed_.data.data() + size_t(id - cfg_.vocab_start) * row_bytes, embed_.dtype, x + size_t(t) * H, H);
+      else
+        std::fill(x + size_t(t) * H, x + size_t(t + 1) * H, 0.f);
+    }
+  }
+  all_reduce(x, size_t(T) * H);
+}
+
+// HF LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * w, in f32.
+void CpuBackend::rms_norm(const float* x, const std::vector<float>& w, float* y, int T) const {
+  const int H = cfg_.hidden;
+  for (int t = 0; t < T; ++t) {
+    const float* xt = x + size_t(t) * H;
+    float* yt = y + size_t(t) * H;
+    double ss = 0;
+    for (int i = 0; i < H; ++i) ss += double(xt[i]) * xt[i];
+    const float scale = 1.0f / std::sqrt(static_cast<float>(ss / H) + cfg_.rms_eps);
+    for (int i = 0; i < H; ++i) yt[i] = w[i] * (xt[i] * scale);
+  }
+}
+
+// y_j = x @ W_j^T for several weights sharing the input (q/k/v, gate/up): one parallel region
+// over all their rows, split in contiguous ranges of 4 rows.
+void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> jobs) {
+  int total = 0;
+  for (const auto& j : jobs) total += j.w->rows;
+  const KernelTable& k = kernels();
+  const int in = jobs.begin()->w->cols;
+  pool_.parallel_for(total, [&](int64_t b, int64_t e) {
+    int base = 0;
+    for (const auto& j : jobs) {
+      const int lo = std::max<int64_t>(b - base, 0), hi = std::min<int64_t>(e - base, j.w->rows);
+      if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, in, lo, hi, j.y, j.w->rows);
+      base += j.w->rows;
+    }
+  }, 4);
+}
+
+void CpuBackend::attention_block(int l, const StepInput& in, int T) {
+  const Layer& L = layers_[l];
+  const int H = cfg_.hidden, D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads, half = D / 2;
+  const int QD = NH * D, KD = NKV * D, B = cfg_.kv_block_size;
+  rms_norm(s_.x.data(), L.in_norm, s_.xn.data(), T);
+  matmul(s_.xn.data(), T, {{&L.q, s_.q.data()}, {&L.k, s_.k.data()}, {&L.v, s_.v.data()}});
+
+  // Bias, RoPE on q and k, then K/V of every new token into its sequence's cache blocks (before
+  // attention: a prefill's tokens attend to each other).
+  float* kc = k_cache_[l].data();
+  float* vc = v_cache_[l].data();
+  for (int t = 0; t < T; ++t) {
+    float* q = s_.q.data() + size_t(t) * QD;
+    float* k = s_.k.data() + size_t(t) * KD;
+    float* v = s_.v.data() + size_t(t) * KD;
+    if (cfg_.qkv_bias) {
+      for (int i = 0; i < QD; ++i) q[i] += L.q_bias[i];
+      for (int i = 0; i < KD; ++i) k[i] += L.k_bias[i];
+      for (int i = 0; i < KD; ++i) v[i] += L.v_bias[i];
+    }
+    const float* cs = s_.rope_cos.data() + size_t(t) * half;
+    const float* sn = s_.rope_sin.data() + size_t(t) * half;
+    for (int h = 0; h < NH; ++h) rope_apply(q + h * D, cs, sn, half);
+    for (int h = 0; h < NKV; ++h) rope_apply(k + h * D, cs, sn, half);
+    const SeqInput& s = in.seqs[s_.tok_seq[t]];
+    const int p = s_.tok_pos[t];
+    const size_t slot = (size_t(s.block_table[p / B]) * B + p % B) * KD;
+    std::memcpy(kc + slot, k, KD * sizeof(float));
+    std::memcpy(vc + slot, v, KD * sizeof(float));
+  }
+
+  // Causal attention over the paged cache, one (token, head) per work item; GQA maps query head
+  // h to KV head h / (NH / NKV).
+  const KernelTable& kt = kernels();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int group = NH / NKV;
+  pool_.parallel_dynamic(int64_t(T) * NH, [&](int64_t item, int w) {
+    const int t = static_cast<int>(item / NH), h = static_cast<int>(item % NH), kvh = h / group;
+    const SeqInput& s = in.seqs[s_.tok_seq[t]];
+    const int n = s_.tok_pos[t] + 1;  // positions 0..p
+    const float* q = s_.q.data() + size_t(t) * QD + size_t(h) * D;
+    float* scores = s_.scores.data() + size_t(w) * cfg_.max_position;
+    float mx = -INFINITY;
+    for (int j = 0; j < n; ++j) {
+      const float* kp = kc + (size_t(s.block_table[j / B]) * B + j % B) * KD + size_t(kvh) * D;
+      scores[j] = kt.dot(q, kp, D) * scale;
+      mx = std::max(mx, scores[j]);
+    }
+    float sum = 0;
+    for (int j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+    const float inv = 1.0f / sum;
+    float* o = s_.attn.data() + size_t(t) * QD + size_t(h) * D;
+    std::fill(o, o + D, 0.f);
+    for (int j = 0; j < n; ++j) {
+      const float* vp = vc + (size_t(s.block_table[j / B]) * B + j % B) * KD + size_t(kvh) * D;
+      kt.axpy(scores[j] * inv, vp, o, D);
+    }
+  });
+
+  matmul(s_.attn.data(), T, {{&L.o, s_.proj.data()}});
+  all_reduce(s_.proj.data(), size_t(T) * H);
+  float* x = s_.x.data();
+  const float* p = s_.proj.data();
+  for (size_t i = 0, n = size_t(T) * H; i < n; ++i) x[i] += p[i];
+}
+
+void CpuBackend::mlp_block(int l, int T) {
+  const Layer& L = layers_[l];
+  const size_t H = cfg_.hidden, I = cfg_.intermediate;
+  rms_norm(s_.x.data(), L.post_norm, s_.xn.data(), T);
+  matmul(s_.xn.data(), T, {{&L.gate, s_.gate.data()}, {&L.up, s_.up.data()}});
+  float* g = s_.gate.data();
+  const float* u = s_.up.data();
+  for (size_t i = 0, n = T * I; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];  // SiLU(gate) * up
+  matmul(g, T, {{&L.down, s_.proj.data()}});
+  all_reduce(s_.proj.data(), T * H);
+  float* x = s_.x.data();
+  const float* p = s_.proj.data();
+  for (size_t i = 0, n = T * H; i < n; ++i) x[i] += p[i];
+}
+
+// Final norm and LM head on the rows that need logits (each sequence's last position, or all of
+// them with allLogits), gather the vocab shards, sample.
+void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
+  const int H = cfg_.hidden, V = cfg_.vocab_size;
+  int R = 0;
+  for (const auto& s : in.seqs) R += s.all_logits ? s.n_tokens : (s.sample || in.want_logits) ? 1 : 0;
+  if (R == 0) return;
+  grow(s_.head_in, size_t(R) * H);
+  int r = 0, t0 = 0;
+  for (const auto& s : in.seqs) {
+    const int rows = s.all_logits ? s.n_tokens : (s.sample || in.want_logits) ? 1 : 0;
+    const int first = t0 + s.n_tokens - rows;
+    std::memcpy(s_.head_in.data() + size_t(r) * H, s_.x.data() + size_t(first) * H, size_t(rows) * H * sizeof(float));
+    r += rows;
+    t0 += s.n_tokens;
+  }
+  rms_norm(s_.head_in.data(), final_norm_, s_.head_in.data(), R);
+
+  // Local logits in this rank's slot of width vocab_stride_ (padding = -inf), then gather.
+  const int W = vocab_stride_;
+  grow(s_.logits, size_t(R) * W);
+  const Matrix& lm = lm_head();
+  for (int i = 0; i < R; ++i) std::fill(s_.logits.data() + size_t(i) * W + vocab_shard_, s_.logits.data() + size_t(i + 1) * W, -INFINITY);
+  const KernelTable& k = kernels();
+  pool_.parallel_for(vocab_shard_, [&](int64_t b, int64_t e) {
+    k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
+  }, 4);
+  const float* full = s_.logits.data();
+  if (cfg_.tp_size > 1) {
+    const size_t slot = size_t(R) * W;
+    grow(s_.gathered, slot * cfg_.tp_size + size_t(R) * V);
+    comm_->all_gather(s_.logits.data(), s_.gathered.data(), slot, DType::F32, nullptr);
+    float* dst = s_.gathered.data() + slot * cfg_.tp_size;  // [R, V] after the gathered slots
+    for (int rank = 0; rank < cfg_.tp_size; ++rank) {
+      const int start = rank * W, len = std::min(W, V - start);
+      for (int i = 0; i < R && len > 0; ++i)
+        std::memcpy(dst + size_t(i) * V + start, s_.gathered.data() + rank * slot + size_t(i) * W, size_t(len) * sizeof(float));
+    }
+    full = dst;
+  }
+  const size_t ld = cfg_.tp_size > 1 ? size_t(V) : size_t(W);  // W == V when tp_size == 1
+
+  r = 0;
+  for (const auto& s : in.seqs) {
+    const int rows = s.all_logits ? s.n_tokens : (s.sample || in.want_logits) ? 1 : 0;
+    if (s.sample) {
+      const float* last = full + size_t(r + rows - 1) * ld;
+      out.sampled.push_back(sample(last, V, s.sampling, int64_t(s.pos) + s.n_tokens, sample_scratch_));
+    }
+    if (in.want_logits)
+      for (int i = 0; i < rows; ++i) out.logits.insert(out.logits.end(), full + size_t(r + i) * ld, full + size_t(r + i) * ld + V);
+    r += rows;
+  }
+}
+
+}  // namespace ns::cpu

@@ -1,0 +1,162 @@
+// AVX2 + FMA + F16C kernels. Only this file is compiled for those extensions (the pragma below,
+// after every non-intrinsic include so no shared inline code gets AVX2 instructions); they run
+// only when cpu_info says the CPU has them. Keep the STL out of this file for the same reason.
+#include "cpu/kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#include <immintrin.h>
+
+namespace ns::cpu {
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 sh = _mm_movehdup_ps(lo);
+  __m128 s = _mm_add_ps(lo, sh);
+  sh = _mm_movehl_ps(sh, s);
+  return _mm_cvtss_f32(_mm_add_ss(s, sh));
+}
+
+template <DType WT>
+inline __m256 load8(const void* w, size_t i) {
+  if constexpr (WT == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else if constexpr (WT == DType::BF16) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+template <DType WT>
+inline float load1(const void* w, size_t i) {
+  if constexpr (WT == DType::F32) {
+    return static_cast<const float*>(w)[i];
+  } else if constexpr (WT == DType::BF16) {
+    unsigned u = static_cast<unsigned>(static_cast<const uint16_t*>(w)[i]) << 16;
+    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(u))));
+  } else {
+    return _cvtsh_ss(static_cast<const uint16_t*>(w)[i]);
+  }
+}
+
+// NR weight rows x NT tokens: NR*NT accumulators; each weight vector is loaded (and widened)
+// once and used NT times, each activation vector used NR times.
+template <DType WT, int NR, int NT>
+inline void micro(const float* x, int ldx, const void* w, int in, int r, float* y, int ldy) {
+  __m256 acc[NR][NT];
+  for (int a = 0; a < NR; ++a)
+    for (int t = 0; t < NT; ++t) acc[a][t] = _mm256_setzero_ps();
+  const size_t base = static_cast<size_t>(r) * in;
+  int i = 0;
+  for (; i + 8 <= in; i += 8) {
+    __m256 wv[NR];
+    for (int a = 0; a < NR; ++a) wv[a] = load8<WT>(w, base + static_cast<size_t>(a) * in + i);
+    for (int t = 0; t < NT; ++t) {
+      __m256 xv = _mm256_loadu_ps(x + static_cast<size_t>(t) * ldx + i);
+      for (int a = 0; a < NR; ++a) acc[a][t] = _mm256_fmadd_ps(wv[a], xv, acc[a][t]);
+    }
+  }
+  for (int a = 0; a < NR; ++a) {
+    for (int t = 0; t < NT; ++t) {
+      float s = hsum(acc[a][t]);
+      const float* xt = x + static_cast<size_t>(t) * ldx;
+      for (int j = i; j < in; ++j) s += xt[j] * load1<WT>(w, base + static_cast<size_t>(a) * in + j);
+      y[static_cast<size_t>(t) * ldy + r + a] = s;
+    }
+  }
+}
+
+template <DType WT, int NT>
+inline void rows_for_tokens(const float* x, int ldx, const void* w, int in, int r0, int r1, float* y, int ldy) {
+  int r = r0;
+  if constexpr (NT == 1) {
+    for (; r + 4 <= r1; r += 4) micro<WT, 4, 1>(x, ldx, w, in, r, y, ldy);
+  } else {
+    for (; r + 2 <= r1; r += 2) micro<WT, 2, NT>(x, ldx, w, in, r, y, ldy);
+  }
+  for (; r < r1; ++r) micro<WT, 1, NT>(x, ldx, w, in, r, y, ldy);
+}
+
+template <DType WT>
+void matmul_t(const float* x, int nt, int ldx, const void* w, int in, int r0, int r1, float* y, int ldy) {
+  // Row chunk of ~64 KiB of weights: stays in L2 while all token groups pass over it.
+  const int wsize = WT == DType::F32 ? 4 : 2;
+  int chunk = static_cast<int>((64 * 1024) / (static_cast<size_t>(in) * wsize));
+  chunk = chunk < 4 ? 4 : (chunk & ~3);
+  for (int rc = r0; rc < r1; rc += chunk) {
+    const int re = rc + chunk < r1 ? rc + chunk : r1;
+    int t = 0;
+    for (; t + 4 <= nt; t += 4)
+      rows_for_tokens<WT, 4>(x + static_cast<size_t>(t) * ldx, ldx, w, in, rc, re, y + static_cast<size_t>(t) * ldy, ldy);
+    const float* xt = x + static_cast<size_t>(t) * ldx;
+    float* yt = y + static_cast<size_t>(t) * ldy;
+    switch (nt - t) {
+      case 3: rows_for_tokens<WT, 3>(xt, ldx, w, in, rc, re, yt, ldy); break;
+      case 2: rows_for_tokens<WT, 2>(xt, ldx, w, in, rc, re, yt, ldy); break;
+      case 1: rows_for_tokens<WT, 1>(xt, ldx, w, in, rc, re, yt, ldy); break;
+      default: break;
+    }
+  }
+}
+
+void matmul(const float* x, int nt, int ldx, const void* w, DType wt, int in, int r0, int r1, float* y, int ldy) {
+  switch (wt) {
+    case DType::F32: return matmul_t<DType::F32>(x, nt, ldx, w, in, r0, r1, y, ldy);
+    case DType::BF16: return matmul_t<DType::BF16>(x, nt, ldx, w, in, r0, r1, y, ldy);
+    case DType::F16: return matmul_t<DType::F16>(x, nt, ldx, w, in, r0, r1, y, ldy);
+  }
+}
+
+float dot(const float* a, const float* b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy(float a, const float* x, float* y, int n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+const KernelTable kAvx2{matmul, dot, axpy};
+
+}  // namespace
+
+const KernelTable* avx2_kernels() { return &kAvx2; }
+
+}  // namespace ns::cpu
+
+#ifdef __clang__
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else  // not x86-64 GCC/clang
+
+namespace ns::cpu {
+const KernelTable* avx2_kernels() { return nullptr; }
+}  // namespace ns::cpu
+
+#endif
