@@ -19,18 +19,21 @@ export function requireCuda() {
   return info;
 }
 
-// Loads `dir` onto cuda:0 as one shard (tp 1, every layer). Returns the addon engine and config.
+// Loads `dir` onto cuda:0 as one shard (tp 1, every layer) through the project's loader
+// (dist/model) when it is built, else through minimal-safetensors.mjs (whole tensors, tp 1).
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction } = {}) {
-  const model = await import(join(root, 'dist', 'model', 'index.js'));
-  const cfg = model.loadModelConfig(dir);
-  const ckpt = await model.openCheckpoint(dir);
-  const plan = model.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
+  let loader;
+  try { loader = await import(join(root, 'dist', 'model', 'index.js')); }
+  catch { loader = await import('./minimal-safetensors.mjs'); }
+  const cfg = loader.loadModelConfig(dir);
+  const ckpt = await loader.openCheckpoint(dir);
+  const plan = loader.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
   const shard = { ...plan.shardConfig, device: 'cuda', compute: dtype, kvBlocks, deviceIndex: 0 };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   let weightBytes = 0;
   const t0 = performance.now();
-  await model.loadShard(ckpt, plan, async (name, dt, shape, data) => {
+  await loader.loadShard(ckpt, plan, async (name, dt, shape, data) => {
     weightBytes += shape.reduce((a, b) => a * b, 1) * 2;
     await engine.loadTensor(name, dt, shape, data);
   });
