@@ -10,8 +10,13 @@ import { fileURLToPath } from 'node:url';
 export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const addon = createRequire(import.meta.url)(join(root, 'build', 'Release', 'nodespeed.node'));
 
+// NODESPEED_TEST_DEVICE=cpu runs these scripts on the CPU backend: a dry run of the scripts
+// themselves on a machine without a GPU (the results then say device 'cpu').
+export const device = process.env.NODESPEED_TEST_DEVICE ?? 'cuda';
+
 export function requireCuda() {
   const info = addon.info();
+  if (device === 'cpu') return info;
   if (!info.cuda.available) {
     console.log(JSON.stringify({ ok: false, error: `cuda unavailable: ${info.cuda.reason}` }));
     process.exit(2);
@@ -28,7 +33,7 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
   const plan = loader.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
-  const shard = { ...plan.shardConfig, device: 'cuda', compute: dtype, kvBlocks, deviceIndex: 0 };
+  const shard = { ...plan.shardConfig, device, compute: device === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex: 0 };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   let weightBytes = 0;
@@ -80,7 +85,7 @@ export function gitCommit() {
 }
 
 export function gpuName() {
-  try { return execSync('nvidia-smi --query-gpu=name,driver_version --format=csv,noheader', { encoding: 'utf8' }).trim().split('\n')[0]; }
+  try { return execSync('nvidia-smi --query-gpu=name,driver_version --format=csv,noheader', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n')[0]; }
   catch { return 'unknown'; }
 }
 
@@ -88,7 +93,7 @@ export function gpuName() {
 export function writeResult(name, body) {
   const dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
-  const doc = { gpu: gpuName(), commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
+  const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
     date: new Date().toISOString(), ...body };
   writeFileSync(join(dir, name), JSON.stringify(doc, null, 2) + '\n');
   return doc;

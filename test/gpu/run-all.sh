@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything issue 4 runs on a GPU host, in one go (device tool `run`, repo root as cwd):
+#   correctness (fixtures, py-tiny, sampling; 7B-shape vs HF), the decode benchmark, and an ncu
+#   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
+#   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
+# usage: bash test/gpu/run-all.sh [fixtures|7b|bench|profile ...]   (default: all)
+set -uo pipefail
+OUT=${OUT:-/tmp/ns-out}; mkdir -p "$OUT"
+export RESULTS_DIR=${RESULTS_DIR:-$OUT}
+export NCCL_NVLS_ENABLE=0
+if ! command -v node >/dev/null || [[ $(node -v) != v2* ]]; then
+  [ -x /tmp/node ] || { xz -dc .gpu/node.xz > /tmp/node && chmod +x /tmp/node; }
+  export PATH=/tmp:$PATH
+fi
+[ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
+MODEL=${MODEL:-/tmp/llama-7b-shape}
+steps=${*:-fixtures 7b bench profile}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+node -e "console.log(JSON.stringify(require('./build/Release/nodespeed.node').info().cuda))" || exit 1
+status=0
+run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$OUT/$name.log" | tail -c 3000; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"; [ $rc = 0 ] || status=1; }
+make_model() {
+  [ -f "$MODEL/config.json" ] && return 0
+  if [ -f dist/cli/index.js ] && node bin/nodespeed model init --preset 7b --dtype bf16 "$MODEL" >/dev/null 2>"$OUT/model-init.log"; then
+    echo "model: nodespeed model init"; else rm -rf "$MODEL"; echo "model: test/gpu/make_7b.py"; python3 test/gpu/make_7b.py "$MODEL"; fi
+}
+for s in $steps; do
+  case $s in
+    fixtures) run fixtures node test/gpu/fixtures.mjs
+              [ $status = 0 ] || run sanitizer compute-sanitizer --print-limit 5 node test/gpu/fixtures.mjs ;;
+    7b) make_model; run model-7b node test/gpu/model-7b.mjs "$MODEL" ;;
+    bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
+    profile) make_model
+      wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
+      NODESPEED_CUDA_PROFILE_STEP=4 ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
+        node bench/decode/profile-step.mjs "$MODEL" > "$OUT/ncu.csv" 2>"$OUT/ncu.err"
+      run profile node bench/decode/summarize-ncu.mjs "$OUT/ncu.csv" "$wall" ;;
+  esac
+done
+exit $status
