@@ -5,7 +5,7 @@
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
 # usage: bash test/gpu/run-all.sh [fixtures|7b|bench|profile ...]   (default: all)
 set -uo pipefail
-OUT=${OUT:-/tmp/ns-out}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0
 if ! command -v node >/dev/null || [[ $(node -v) != v2* ]]; then
@@ -18,10 +18,11 @@ steps=${*:-fixtures 7b bench profile}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 node -e "console.log(JSON.stringify(require('./build/Release/nodespeed.node').info().cuda))" || exit 1
 status=0
-run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$OUT/$name.log" | tail -c 3000; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"; [ $rc = 0 ] || status=1; }
+run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$LOGS/$name.log" | tail -c 2500; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"
+  { echo "== $name rc=$rc"; cat "$LOGS/$name.log"; } >> "$OUT/all.log"; [ $rc = 0 ] || status=1; }
 make_model() {
   [ -f "$MODEL/config.json" ] && return 0
-  if [ -f dist/cli/index.js ] && node bin/nodespeed model init --preset 7b --dtype bf16 "$MODEL" >/dev/null 2>"$OUT/model-init.log"; then
+  if [ -f dist/cli/index.js ] && node bin/nodespeed model init --preset 7b --dtype bf16 "$MODEL" >/dev/null 2>"$LOGS/model-init.log"; then
     echo "model: nodespeed model init"; else rm -rf "$MODEL"; echo "model: test/gpu/make_7b.py"; python3 test/gpu/make_7b.py "$MODEL"; fi
 }
 for s in $steps; do
@@ -33,8 +34,8 @@ for s in $steps; do
     profile) make_model
       wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
       NODESPEED_CUDA_PROFILE_STEP=4 ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
-        node bench/decode/profile-step.mjs "$MODEL" > "$OUT/ncu.csv" 2>"$OUT/ncu.err"
-      run profile node bench/decode/summarize-ncu.mjs "$OUT/ncu.csv" "$wall" ;;
+        node bench/decode/profile-step.mjs "$MODEL" > "$LOGS/ncu.csv" 2>"$LOGS/ncu.err"; tail -5 "$LOGS/ncu.err"
+      node bench/decode/summarize-ncu.mjs "$LOGS/ncu.csv" "$wall" > "$OUT/profile-decode-step.json"; head -c 2500 "$OUT/profile-decode-step.json" ;;
   esac
 done
 exit $status
