@@ -159,7 +159,7 @@ int CpuBackend::finalize() {
     k_cache_[l].assign(block_floats * kv_blocks_, 0.f);
     v_cache_[l].assign(block_floats * kv_blocks_, 0.f);
   }
-  s_.scores.assign(size_t(pool_.size()) * cfg_.max_position, 0.f);
+  s_.scores.assign(size_t(pool_.size()) * cfg_.max_position * (cfg_.n_heads / cfg_.n_kv_heads), 0.f);
   finalized_ = true;
   return kv_blocks_;
 }

@@ -201,32 +201,18 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
     std::memcpy(vc + slot, v, KD * sizeof(float));
   }
 
-  // Causal attention over the paged cache, one (token, head) per work item; GQA maps query head
-  // h to KV head h / (NH / NKV).
+  // Causal attention over the paged cache, one (token, KV head) per work item: the group of
+  // query heads h = kvh * G + g that share KV head kvh (GQA) reads each K/V row once.
   const KernelTable& kt = kernels();
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const int group = NH / NKV;
-  pool_.parallel_dynamic(int64_t(T) * NH, [&](int64_t item, int w) {
-    const int t = static_cast<int>(item / NH), h = static_cast<int>(item % NH), kvh = h / group;
+  const int G = NH / NKV;
+  pool_.parallel_dynamic(int64_t(T) * NKV, [&](int64_t item, int w) {
+    const int t = static_cast<int>(item / NKV), kvh = static_cast<int>(item % NKV);
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
-    const int n = s_.tok_pos[t] + 1;  // positions 0..p
-    const float* q = s_.q.data() + size_t(t) * QD + size_t(h) * D;
-    float* scores = s_.scores.data() + size_t(w) * cfg_.max_position;
-    float mx = -INFINITY;
-    for (int j = 0; j < n; ++j) {
-      const float* kp = kc + (size_t(s.block_table[j / B]) * B + j % B) * KD + size_t(kvh) * D;
-      scores[j] = kt.dot(q, kp, D) * scale;
-      mx = std::max(mx, scores[j]);
-    }
-    float sum = 0;
-    for (int j = 0; j < n; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-    const float inv = 1.0f / sum;
-    float* o = s_.attn.data() + size_t(t) * QD + size_t(h) * D;
-    std::fill(o, o + D, 0.f);
-    for (int j = 0; j < n; ++j) {
-      const float* vp = vc + (size_t(s.block_table[j / B]) * B + j % B) * KD + size_t(kvh) * D;
-      kt.axpy(scores[j] * inv, vp, o, D);
-    }
+    const size_t q_off = size_t(t) * QD + size_t(kvh) * G * D;
+    float* scores = s_.scores.data() + size_t(w) * G * cfg_.max_position;
+    kt.attend(s_.q.data() + q_off, G, kc, vc, s.block_table, B, KD, size_t(kvh) * D, s_.tok_pos[t] + 1, D, scale, scores,
+              s_.attn.data() + q_off);
   });
 
   matmul(s_.attn.data(), T, {{&L.o, s_.proj.data()}});

@@ -139,7 +139,65 @@ void axpy(float a, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-const KernelTable kAvx2{matmul, dot, axpy};
+// exp for the softmax, vectorized (Cephes-style polynomial, ~1 ulp on the range used here).
+inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-88.3762626647949f));
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+void attend(const float* q, int G, const float* kc, const float* vc, const int32_t* table, int B, size_t row_stride,
+            size_t head_off, int n, int D, float scale, float* scores, float* out) {
+  for (int j = 0; j < n; ++j) {
+    const float* k = kc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
+    for (int g = 0; g < G; ++g) scores[size_t(g) * n + j] = dot(q + size_t(g) * D, k, D) * scale;
+  }
+  for (int g = 0; g < G; ++g) {
+    float* sc = scores + size_t(g) * n;
+    __m256 m8 = _mm256_set1_ps(-3.4e38f);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(sc + j));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float mx = _mm_cvtss_f32(m4);
+    for (; j < n; ++j) mx = sc[j] > mx ? sc[j] : mx;
+    const __m256 mxv = _mm256_set1_ps(mx);
+    __m256 s8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= n; j += 8) {
+      __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + j), mxv));
+      _mm256_storeu_ps(sc + j, e);
+      s8 = _mm256_add_ps(s8, e);
+    }
+    float sum = hsum(s8);
+    for (; j < n; ++j) {
+      float e[8] = {sc[j] - mx, 0, 0, 0, 0, 0, 0, 0};
+      _mm256_storeu_ps(e, exp256(_mm256_loadu_ps(e)));
+      sum += (sc[j] = e[0]);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(_mm256_loadu_ps(sc + j), inv));
+    for (; j < n; ++j) sc[j] *= 1.0f / sum;
+  }
+  for (int i = 0; i < G * D; ++i) out[i] = 0.f;
+  for (int j = 0; j < n; ++j) {
+    const float* v = vc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
+    for (int g = 0; g < G; ++g) axpy(scores[size_t(g) * n + j], v, out + size_t(g) * D, D);
+  }
+}
+
+const KernelTable kAvx2{matmul, dot, axpy, attend};
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 // Portable kernels: plain loops with several independent accumulators, which -O3 vectorizes
 // with whatever SIMD the baseline target has. Also the run-time choice of kernel table.
+#include <cmath>
 #include <cstring>
 
 #include "common/half.h"
@@ -62,7 +63,29 @@ void axpy(float a, const float* x, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-const KernelTable kGeneric{matmul, dot, axpy};
+void attend(const float* q, int G, const float* kc, const float* vc, const int32_t* table, int B, size_t row_stride,
+            size_t head_off, int n, int D, float scale, float* scores, float* out) {
+  for (int j = 0; j < n; ++j) {
+    const float* k = kc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
+    for (int g = 0; g < G; ++g) scores[size_t(g) * n + j] = dot(q + size_t(g) * D, k, D) * scale;
+  }
+  for (int g = 0; g < G; ++g) {
+    float* sc = scores + size_t(g) * n;
+    float mx = sc[0];
+    for (int j = 1; j < n; ++j) mx = sc[j] > mx ? sc[j] : mx;
+    float sum = 0;
+    for (int j = 0; j < n; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < n; ++j) sc[j] *= inv;
+  }
+  for (int i = 0; i < G * D; ++i) out[i] = 0.f;
+  for (int j = 0; j < n; ++j) {
+    const float* v = vc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
+    for (int g = 0; g < G; ++g) axpy(scores[size_t(g) * n + j], v, out + size_t(g) * D, D);
+  }
+}
+
+const KernelTable kGeneric{matmul, dot, axpy, attend};
 
 }  // namespace
 
