@@ -12,7 +12,8 @@ let totalUs = 0, launches = 0;
 for (const l of lines) {
   const f = l.match(/"([^"]*)"/g).map((s) => s.slice(1, -1));
   if (f[iMetric] !== 'gpu__time_duration.sum') continue;
-  const scale = { nsecond: 1e-3, usecond: 1, msecond: 1e3 }[f[iUnit]] ?? 1;
+  const scale = { nsecond: 1e-3, ns: 1e-3, usecond: 1, us: 1, msecond: 1e3, ms: 1e3 }[f[iUnit]];
+  if (scale === undefined) throw new Error(`${file}: unknown time unit ${f[iUnit]}`);
   const us = Number(f[iValue].replace(/,/g, '')) * scale;
   const name = f[iName].replace(/\(.*$/, '').replace(/^void /, '').slice(0, 80);
   const k = byKernel.get(name) ?? { kernel: name, launches: 0, us: 0 };

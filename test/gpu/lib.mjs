@@ -26,14 +26,14 @@ export function requireCuda() {
 
 // Loads `dir` onto cuda:0 as one shard (tp 1, every layer) through the project's loader
 // (dist/model) when it is built, else through minimal-safetensors.mjs (whole tensors, tp 1).
-export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction } = {}) {
+export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device } = {}) {
   let loader;
   try { loader = await import(join(root, 'dist', 'model', 'index.js')); }
   catch { loader = await import('./minimal-safetensors.mjs'); }
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
   const plan = loader.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
-  const shard = { ...plan.shardConfig, device, compute: device === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex: 0 };
+  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex: 0 };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   let weightBytes = 0;

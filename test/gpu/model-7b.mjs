@@ -22,9 +22,9 @@ let x = 12345;  // fixed LCG: the same prompt every run
 const ids = [1, ...Array.from({ length: N - 1 }, () => { x = (x * 1103515245 + 12345) % 2147483648; return 3 + (x % (V - 3)); })];
 const [bt0, bt1] = blockTables(2, N, blockSize, kvBlocks);
 
-const prefill = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt0, allLogits: true, sample: false }] });
+const prefill = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt0, allLogits: true, sample: false }], wantLogits: true });
 const decodeLogits = new Float32Array(N * V);
-const head = await engine.step({ seqs: [{ tokens: Int32Array.from(ids.slice(0, SPLIT)), pos: 0, blockTable: bt1, allLogits: true, sample: false }] });
+const head = await engine.step({ seqs: [{ tokens: Int32Array.from(ids.slice(0, SPLIT)), pos: 0, blockTable: bt1, allLogits: true, sample: false }], wantLogits: true });
 decodeLogits.set(head.logits, 0);
 for (let p = SPLIT; p < N; p++) {
   const r = await engine.step({ seqs: [{ tokens: Int32Array.of(ids[p]), pos: p, blockTable: bt1, sample: false }], wantLogits: true });

@@ -294,12 +294,16 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
   }
 }
 
-void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode) {
+void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in) {
   if (M == 0) return;
   if (use_gemv_ && M <= 4 && K % 8 == 0) {
     gemv(act_, w, x, M, N, K, y, mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddF32,
-         stream_);
+         swiglu_in, stream_);
     return;
+  }
+  if (swiglu_in) {
+    swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
+    x = act_mlp_.ptr;
   }
   // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T.
   const float alpha = 1.f, beta = mode == Out::AddF32 ? 1.f : 0.f;
@@ -313,13 +317,13 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
 // summed over the TP group before joining the residual stream.
-void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K) {
+void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
-    matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddF32);
+    matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddF32, swiglu_in);
     return;
   }
-  matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32);
+  matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
   add_f32(residual_.as<float>(), tmp_.as<float>(), n, stream_);
 }

@@ -66,8 +66,9 @@ class CudaBackend final : public Backend {
   struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
   Target target_for(const std::string& name) const;
   void expect(const std::string& name) { expected_.insert(name); }
-  void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode);
-  void row_parallel_into_residual(const void* x, const void* w, int T, int K);
+  // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU is fused into the GEMV or run first.
+  void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
+  void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
   size_t activation_bytes(int T) const;
 

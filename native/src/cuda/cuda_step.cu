@@ -179,8 +179,7 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd);
     rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-    swiglu(act_, gu_.ptr, T, c.intermediate, act_mlp_.ptr, st);
-    row_parallel_into_residual(act_mlp_.ptr, L.down.ptr, T, c.intermediate);
+    row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true);
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);

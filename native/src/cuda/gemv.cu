@@ -1,6 +1,8 @@
 // Decode-time matrix-vector products (1..4 rows): the step is bound by reading the weights once,
 // so each warp owns one output row and streams it with 16-byte loads, four in flight per lane,
 // reusing each weight load for every input row. Needs K % 8 == 0 (callers fall back to cuBLAS).
+#include <stdexcept>
+
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 
@@ -26,34 +28,63 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f, __half*) {
   }
 }
 
-template <typename T, int R, GemvOut MODE>
+// KS warps share one output row (interleaved 512-byte chunks, so each warp's loads stay
+// coalesced) when there are too few rows to keep enough loads in flight (o_proj, down_proj);
+// partial sums meet in shared memory. SWIGLU: x is the fused gate|up output [R, 2K] and the
+// input element is silu(gate) * up, computed on the fly (no separate SwiGLU pass).
+template <typename T, int R, GemvOut MODE, int KS, bool SWIGLU>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
                                                            int N, int K, void* __restrict__ y) {
+  constexpr int kRows = kWarps / KS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kWarps + warp;
-  if (n >= N) return;
-  const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
+  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
   const int K8 = K / 8;
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  if (n < N) {
+    const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
 #pragma unroll 4
-  for (int i = lane; i < K8; i += 32) {
-    const uint4 wv = __ldg(w + i);
-    float wf[8];
-    unpack8(wv, wf, static_cast<T*>(nullptr));
+    for (int i = part * 32 + lane; i < K8; i += 32 * KS) {
+      const uint4 wv = __ldg(w + i);
+      float wf[8];
+      unpack8(wv, wf, static_cast<T*>(nullptr));
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i);
-      float xf[8];
-      unpack8(xv, xf, static_cast<T*>(nullptr));
+      for (int r = 0; r < R; ++r) {
+        float xf[8];
+        if constexpr (SWIGLU) {
+          const uint4* row = reinterpret_cast<const uint4*>(x + (size_t)r * 2 * K);
+          float g[8], u[8];
+          unpack8(__ldg(row + i), g, static_cast<T*>(nullptr));
+          unpack8(__ldg(row + K8 + i), u, static_cast<T*>(nullptr));
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+          for (int e = 0; e < 8; ++e) xf[e] = g[e] / (1.f + __expf(-g[e])) * u[e];
+        } else {
+          unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i), xf, static_cast<T*>(nullptr));
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+      }
     }
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-  if (lane != 0) return;
+  if constexpr (KS > 1) {
+    __shared__ float red[kWarps][R];
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r) red[warp][r] = acc[r];
+    __syncthreads();
+    if (part != 0) return;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float s = 0.f;
+#pragma unroll
+      for (int p = 0; p < KS; ++p) s += red[warp + p][r];
+      acc[r] = s;
+    }
+  }
+  if (lane != 0 || n >= N) return;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t o = (size_t)r * N + n;
@@ -63,29 +94,42 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   }
 }
 
-template <typename T, GemvOut MODE>
+template <typename T, GemvOut MODE, int KS, bool SWIGLU>
 void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
-  const unsigned grid = ceil_div(N, kWarps);
+  const unsigned grid = ceil_div(N, kWarps / KS);
   switch (R) {
-    case 1: gemv_kernel<T, 1, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 2: gemv_kernel<T, 2, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 3: gemv_kernel<T, 3, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 4: gemv_kernel<T, 4, MODE><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 1: gemv_kernel<T, 1, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 2: gemv_kernel<T, 2, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 3: gemv_kernel<T, 3, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 4: gemv_kernel<T, 4, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
     default: throw std::runtime_error("cuda: gemv supports 1..4 rows");
   }
 }
 
+template <typename T, GemvOut MODE, bool SWIGLU>
+void launch_split(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
+  if (N >= 12288) launch_rows<T, MODE, 1, SWIGLU>(W, x, R, N, K, y, s);
+  else launch_rows<T, MODE, 4, SWIGLU>(W, x, R, N, K, y, s);
+}
+
+template <typename T, GemvOut MODE>
+void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, bool swiglu_in, cudaStream_t s) {
+  if (swiglu_in) launch_split<T, MODE, true>(W, x, R, N, K, y, s);
+  else launch_split<T, MODE, false>(W, x, R, N, K, y, s);
+}
+
 }  // namespace
 
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s) {
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, bool swiglu_in,
+          cudaStream_t s) {
   if (R == 0) return;
   if (K % 8 != 0) throw std::runtime_error("cuda: gemv needs K % 8 == 0");
   NS_DISPATCH_ACT(act, E, {
     const E* w = static_cast<const E*>(W);
     const E* xx = static_cast<const E*>(x);
-    if (mode == GemvOut::Act) launch_rows<E, GemvOut::Act>(w, xx, R, N, K, y, s);
-    else if (mode == GemvOut::F32) launch_rows<E, GemvOut::F32>(w, xx, R, N, K, y, s);
-    else launch_rows<E, GemvOut::AddF32>(w, xx, R, N, K, y, s);
+    if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, swiglu_in, s);
+    else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, swiglu_in, s);
+    else launch_mode<E, GemvOut::AddF32>(w, xx, R, N, K, y, swiglu_in, s);
   });
   NS_LAUNCHED("gemv");
 }
