@@ -24,6 +24,10 @@ void grow(std::vector<T>& v, size_t n) {
 
 std::string seq_name(size_t i) { return "seqs[" + std::to_string(i) + "]"; }
 
+// Below this many multiply-adds a parallel region costs more than it saves (measured on py-tiny:
+// one thread decodes a token in 0.7 ms, two threads with a region per product in 1.4 ms).
+constexpr int64_t kMinParallelMacs = 1 << 20;
+
 }  // namespace
 
 void CpuBackend::step(const StepInput& in, StepOutput& out) {
@@ -160,14 +164,17 @@ void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> job
   for (const auto& j : jobs) total += j.w->rows;
   const KernelTable& k = kernels();
   const int in = jobs.begin()->w->cols;
-  pool_.parallel_for(total, [&](int64_t b, int64_t e) {
+  auto rows = [&](int64_t b, int64_t e) {
     int base = 0;
     for (const auto& j : jobs) {
       const int lo = std::max<int64_t>(b - base, 0), hi = std::min<int64_t>(e - base, j.w->rows);
       if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, in, lo, hi, j.y, j.w->rows);
       base += j.w->rows;
     }
-  }, 4);
+  };
+  // Waking the other workers costs more than a small product (a tiny model's decode step).
+  if (int64_t(total) * in * T < kMinParallelMacs) rows(0, total);
+  else pool_.parallel_for(total, rows, 4);
 }
 
 void CpuBackend::attention_block(int l, const StepInput& in, int T) {
@@ -206,14 +213,21 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
   const KernelTable& kt = kernels();
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int G = NH / NKV;
-  pool_.parallel_dynamic(int64_t(T) * NKV, [&](int64_t item, int w) {
+  int64_t attn_macs = 0;
+  for (int t = 0; t < T; ++t) attn_macs += int64_t(s_.tok_pos[t] + 1) * QD * 2;
+  auto attend = [&](int64_t item, int w) {
     const int t = static_cast<int>(item / NKV), kvh = static_cast<int>(item % NKV);
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
     const size_t q_off = size_t(t) * QD + size_t(kvh) * G * D;
     float* scores = s_.scores.data() + size_t(w) * G * cfg_.max_position;
     kt.attend(s_.q.data() + q_off, G, kc, vc, s.block_table, B, KD, size_t(kvh) * D, s_.tok_pos[t] + 1, D, scale, scores,
               s_.attn.data() + q_off);
-  });
+  };
+  if (attn_macs < kMinParallelMacs) {
+    for (int64_t i = 0; i < int64_t(T) * NKV; ++i) attend(i, 0);
+  } else {
+    pool_.parallel_dynamic(int64_t(T) * NKV, attend);
+  }
 
   matmul(s_.attn.data(), T, {{&L.o, s_.proj.data()}});
   all_reduce(s_.proj.data(), size_t(T) * H);
@@ -261,9 +275,11 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   const Matrix& lm = lm_head();
   for (int i = 0; i < R; ++i) std::fill(s_.logits.data() + size_t(i) * W + vocab_shard_, s_.logits.data() + size_t(i + 1) * W, -INFINITY);
   const KernelTable& k = kernels();
-  pool_.parallel_for(vocab_shard_, [&](int64_t b, int64_t e) {
+  auto head_rows = [&](int64_t b, int64_t e) {
     k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
-  }, 4);
+  };
+  if (int64_t(vocab_shard_) * H * R < kMinParallelMacs) head_rows(0, vocab_shard_);
+  else pool_.parallel_for(vocab_shard_, head_rows, 4);
   const float* full = s_.logits.data();
   if (cfg_.tp_size > 1) {
     const size_t slot = size_t(R) * W;
