@@ -2,3 +2,4 @@
 export * from './config.js';
 export * from './safetensors.js';
 export * from './weights.js';
+export * from './tokenizer.js';

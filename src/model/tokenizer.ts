@@ -1,0 +1,186 @@
+// tokenizer.json through @huggingface/tokenizers (normalizer, pre-tokenizer, BPE, post-processor
+// and added/special tokens exactly as the Rust library defines them), chat templates from
+// tokenizer_config.json through @huggingface/jinja, and an incremental decoder for streaming.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { Template } from '@huggingface/jinja';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+
+import { loadGenerationConfig } from './config.js';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export interface ChatTemplateOptions {
+  /** Append the assistant turn's opening so the model answers (HF's add_generation_prompt). */
+  addGenerationPrompt?: boolean;
+  /** Named template when tokenizer_config.json holds several (default: "default"). */
+  templateName?: string;
+  /** Extra variables for the template (tools, documents, ...). */
+  extra?: Record<string, unknown>;
+}
+
+export class TokenizerError extends Error {}
+
+function readJsonObject(file: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new TokenizerError(`${file}: ${code ? `cannot read (${code})` : `not valid JSON (${(err as Error).message})`}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TokenizerError(`${file}: expected a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/** tokenizer_config.json writes special tokens as strings or as AddedToken objects. */
+function tokenContent(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+export class Tokenizer {
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  /** EOS ids: generation_config.json's first (may be a list), then tokenizer_config.json's eos_token. */
+  readonly eosTokenIds: number[];
+  readonly vocabSize: number;
+
+  private constructor(readonly dir: string, private readonly hf: HfTokenizer, private readonly config: Record<string, unknown>, eosIds: number[]) {
+    this.bosToken = tokenContent(config.bos_token);
+    this.eosToken = tokenContent(config.eos_token);
+    const ids = [...eosIds];
+    const eos = this.eosToken !== null ? hf.token_to_id(this.eosToken) : undefined;
+    if (eos !== undefined && !ids.includes(eos)) ids.push(eos);
+    this.eosTokenIds = ids;
+    this.vocabSize = hf.get_vocab(true).size;
+  }
+
+  static load(dir: string): Tokenizer {
+    const tokFile = join(dir, 'tokenizer.json');
+    if (!existsSync(tokFile)) throw new TokenizerError(`${tokFile}: no such file (the model folder needs a tokenizer.json)`);
+    const json = readJsonObject(tokFile);
+    const cfgFile = join(dir, 'tokenizer_config.json');
+    const config = existsSync(cfgFile) ? readJsonObject(cfgFile) : {};
+    let hf: HfTokenizer;
+    try {
+      hf = new HfTokenizer(json, config);
+    } catch (err) {
+      throw new TokenizerError(`${tokFile}: cannot build the tokenizer (${(err as Error).message})`);
+    }
+    return new Tokenizer(dir, hf, config, loadGenerationConfig(dir).eosTokenIds);
+  }
+
+  /** Ids of `text`, special tokens in the text recognised and the post-processor applied (BOS). */
+  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  }
+
+  decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
+    if (ids.length === 0) return ''; // the library rejects an empty list
+    return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.hf.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.hf.id_to_token(id);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.chatTemplateSource(undefined, false) !== null;
+  }
+
+  private chatTemplateSource(name: string | undefined, required: boolean): string | null {
+    const t = this.config.chat_template;
+    const file = join(this.dir, 'tokenizer_config.json');
+    if (typeof t === 'string') return t;
+    if (Array.isArray(t)) {
+      const wanted = name ?? 'default';
+      const hit = t.find((x) => (x as { name?: unknown }).name === wanted) as { template?: unknown } | undefined;
+      if (hit && typeof hit.template === 'string') return hit.template;
+      if (required) throw new TokenizerError(`${file}: field chat_template has no template named ${JSON.stringify(wanted)}`);
+      return null;
+    }
+    // transformers >= 4.43 may keep the template beside the config instead.
+    const jinjaFile = join(this.dir, 'chat_template.jinja');
+    if (existsSync(jinjaFile)) return readFileSync(jinjaFile, 'utf8');
+    if (required) throw new TokenizerError(`${file}: this model has no chat template (field chat_template is absent); send plain prompts instead`);
+    return null;
+  }
+
+  /** Renders `messages` with the model's chat template; encode the result with addSpecialTokens: false. */
+  applyChatTemplate(messages: ChatMessage[], opts: ChatTemplateOptions = {}): string {
+    const src = this.chatTemplateSource(opts.templateName, true)!;
+    let template: Template;
+    try {
+      template = new Template(src);
+    } catch (err) {
+      throw new TokenizerError(`${join(this.dir, 'tokenizer_config.json')}: field chat_template does not parse (${(err as Error).message})`);
+    }
+    try {
+      return template.render({
+        ...opts.extra,
+        messages,
+        add_generation_prompt: opts.addGenerationPrompt ?? false,
+        bos_token: this.bosToken ?? '',
+        eos_token: this.eosToken ?? '',
+        pad_token: tokenContent(this.config.pad_token) ?? '',
+        unk_token: tokenContent(this.config.unk_token) ?? '',
+      });
+    } catch (err) {
+      throw new TokenizerError(`chat template: ${(err as Error).message}`);
+    }
+  }
+
+  /** A decoder that turns a stream of ids into text deltas (see IncrementalDecoder). */
+  incrementalDecoder(opts: { skipSpecialTokens?: boolean } = {}): IncrementalDecoder {
+    return new IncrementalDecoder((ids) => this.decode(ids, opts));
+  }
+}
+
+/**
+ * Streaming detokenization. Decoding token by token breaks characters whose UTF-8 bytes span
+ * several byte-level tokens, and loses the spaces some decoders add between tokens. So, as
+ * vLLM/TGI do, decode a window from a few tokens back (prefix) and emit only what it adds beyond
+ * the prefix's text, holding back while the new text ends in U+FFFD (an incomplete character).
+ */
+export class IncrementalDecoder {
+  private ids: number[] = [];
+  private prefixOffset = 0;
+  private readOffset = 0;
+
+  constructor(private readonly decodeIds: (ids: number[]) => string) {}
+
+  /** Adds one token; returns the text it completes ('' while a character is incomplete). */
+  push(id: number): string {
+    this.ids.push(id);
+    const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.decodeIds(this.ids.slice(this.prefixOffset));
+    if (full.length > prefix.length && !full.endsWith('\uFFFD')) {
+      this.prefixOffset = this.readOffset;
+      this.readOffset = this.ids.length;
+      return full.slice(prefix.length);
+    }
+    return '';
+  }
+
+  /** Text still held back at the end of the stream (an incomplete character decodes as U+FFFD). */
+  flush(): string {
+    const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.decodeIds(this.ids.slice(this.prefixOffset));
+    this.prefixOffset = this.readOffset = this.ids.length;
+    return full.length > prefix.length ? full.slice(prefix.length) : '';
+  }
+}
+
+export async function loadTokenizer(dir: string): Promise<Tokenizer> {
+  return Tokenizer.load(dir);
+}
