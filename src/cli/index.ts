@@ -1,8 +1,10 @@
 import { Command } from 'commander';
 
+import { register as registerGenerate } from './generate.js';
+
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [];
+const registrars: Array<(program: Command) => void> = [registerGenerate];
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();

@@ -50,7 +50,7 @@ CpuBackend::CpuBackend(const ShardConfig& c)
   require(c.compute == DType::F32, "the CPU backend computes in f32 (compute must be 'f32')");
   if (c.has_embedding || c.has_head) {
     // Vocab-parallel slots are ceil(vocab / tp) rows each, rank r's starting at r * that.
-    require(c.vocab_start == c.tp_rank * vocab_stride_ &&
+    require(c.vocab_start == std::min(c.vocab_size, c.tp_rank * vocab_stride_) &&
                 c.vocab_end == std::min(c.vocab_size, (c.tp_rank + 1) * vocab_stride_),
             "vocab shard [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
                 ") is not rank " + std::to_string(c.tp_rank) + "'s slot of ceil(vocab / tp) rows");

@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// CPU benchmark: decode (and prefill) tokens/s at batch 1 and 8 for py-tiny and a ~100M-parameter
+// `nodespeed model init` checkpoint, nodespeed's CPU backend beside PyTorch CPU (Debian's
+// python3-torch, bench/cpu/torch_llama.py: a plain fp32 forward over the same HF weights), in one
+// run on one machine. Writes bench/results/cpu-<timestamp>.json.
+//
+//   npm run build && node bench/cpu/run.mjs [--steps 64] [--prompt 32] [--model-100m DIR] [--no-torch]
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { values: args } = parseArgs({
+  options: {
+    steps: { type: 'string', default: '64' },
+    prompt: { type: 'string', default: '32' },
+    'model-100m': { type: 'string' },
+    'no-torch': { type: 'boolean', default: false },
+    batches: { type: 'string', default: '1,8' },
+  },
+});
+const steps = Number(args.steps), prompt = Number(args.prompt);
+const batches = args.batches.split(',').map(Number);
+
+const engineModule = join(root, 'dist', 'engine', 'index.js');
+if (!existsSync(engineModule)) {
+  console.error('bench/cpu: dist/ is missing; run `npm run build` first');
+  process.exit(1);
+}
+const { Engine, BlockAllocator } = await import(engineModule);
+
+function model100m() {
+  const dir = args['model-100m'] ?? join(tmpdir(), 'nodespeed-bench-llama-100m');
+  if (!existsSync(join(dir, 'config.json'))) {
+    console.error(`bench/cpu: writing a random 100M checkpoint to ${dir} (nodespeed model init)`);
+    const r = spawnSync(process.execPath, [join(root, 'bin', 'nodespeed'), 'model', 'init', '--arch', 'llama', '--preset', '100m',
+      '--dtype', 'bf16', '--seed', '1', dir], { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (r.status !== 0) throw new Error('`nodespeed model init --preset 100m` failed');
+  }
+  return dir;
+}
+
+async function benchNodespeed(dir, batch, dtype) {
+  const engine = await Engine.load(dir, { device: 'cpu', dtype });
+  try {
+    const vocab = engine.shard.vocabSize;
+    const alloc = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+    const tables = Array.from({ length: batch }, (_, b) => alloc.allocate(b, prompt + steps + 1));
+    const prompts = tables.map((_, b) => Int32Array.from({ length: prompt }, (_, j) => (b * prompt * 17 + j * 17 + 3) % vocab));
+    const run = async () => {
+      let t0 = performance.now();
+      let res = await engine.step({ seqs: tables.map((blockTable, b) => ({ tokens: prompts[b], pos: 0, blockTable })) });
+      const prefillMs = performance.now() - t0;
+      t0 = performance.now();
+      for (let i = 0; i < steps; i++)
+        res = await engine.step({ seqs: tables.map((blockTable, b) => ({ tokens: res.sampled.subarray(b, b + 1), pos: prompt + i, blockTable })) });
+      return { prefillMs, decodeMs: performance.now() - t0 };
+    };
+    await run(); // warm-up: page in weights and KV, size the scratch buffers
+    const { prefillMs, decodeMs } = await run();
+    return { prefill_tok_s: (batch * prompt * 1000) / prefillMs, decode_tok_s: (batch * steps * 1000) / decodeMs, describe: engine.describe() };
+  } finally {
+    engine.dispose();
+  }
+}
+
+function benchTorch(dir, batch) {
+  const out = execFileSync('/usr/bin/python3', [join(root, 'bench', 'cpu', 'torch_llama.py'), '--model', dir, '--batch', String(batch),
+    '--prompt', String(prompt), '--steps', String(steps), '--threads', String(cpus().length)], { encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').pop());
+}
+
+function lscpu(field) {
+  try {
+    const line = execFileSync('lscpu', { encoding: 'utf8' }).split('\n').find((l) => l.startsWith(field + ':'));
+    return line ? line.slice(field.length + 1).trim() : '';
+  } catch {
+    return '';
+  }
+}
+
+const torchOk = !args['no-torch'] && spawnSync('/usr/bin/python3', ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
+if (!args['no-torch'] && !torchOk) console.error('bench/cpu: /usr/bin/python3 has no torch (apt-get install python3-torch); skipping the PyTorch baseline');
+
+const models = [['py-tiny', join(root, 'models', 'py-tiny')], ['llama-100m', model100m()]];
+const results = [];
+for (const [name, dir] of models) {
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  for (const batch of batches) {
+    for (const dtype of ['auto', 'f32']) {
+      const r = await benchNodespeed(dir, batch, dtype);
+      results.push({ model: name, runtime: 'nodespeed', weights: dtype === 'auto' ? `as stored (${cfg.dtype ?? cfg.torch_dtype})` : 'f32', batch, ...r });
+      console.log(`${name} b=${batch} nodespeed weights=${dtype}: decode ${r.decode_tok_s.toFixed(1)} tok/s, prefill ${r.prefill_tok_s.toFixed(0)} tok/s`);
+    }
+    if (torchOk) {
+      const r = benchTorch(dir, batch);
+      results.push({ model: name, runtime: 'pytorch', weights: 'f32', batch, ...r });
+      console.log(`${name} b=${batch} pytorch ${r.torch} fp32: decode ${r.decode_tok_s.toFixed(1)} tok/s, prefill ${r.prefill_tok_s.toFixed(0)} tok/s`);
+    }
+  }
+}
+
+let commit = '';
+try {
+  commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+} catch { /* not a git checkout */ }
+const record = {
+  benchmark: 'cpu decode/prefill tokens/s',
+  date: new Date().toISOString(),
+  commit,
+  machine: { cpu: lscpu('Model name'), cores: cpus().length, threads_per_core: lscpu('Thread(s) per core'), node: process.version },
+  settings: { prompt_tokens: prompt, decode_steps: steps, sampling: 'greedy', timing: 'second of two runs (first warms up)' },
+  results,
+};
+mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+const file = join(root, 'bench', 'results', `cpu-${record.date.replace(/[:.]/g, '-')}.json`);
+writeFileSync(file, JSON.stringify(record, null, 2) + '\n');
+console.log(`wrote ${file}`);

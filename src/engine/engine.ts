@@ -1,0 +1,127 @@
+// One shard of a model on one device: the model loader (src/model) feeding the native backend
+// (src/native/addon.ts). Used by `nodespeed generate` in-process and by serving workers.
+import { loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/index.js';
+import type { ModelConfig } from '../model/index.js';
+import { loadAddon } from '../native/addon.js';
+import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult } from '../native/addon.js';
+import { convertTensor } from './convert.js';
+
+export type DeviceChoice = DeviceName | 'auto';
+export type DTypeChoice = DTypeName | 'auto';
+
+export interface EngineLoadOptions {
+  device?: DeviceChoice;
+  /** CPU: storage dtype of the weights (compute is f32); CUDA: compute dtype. auto: as stored. */
+  dtype?: DTypeChoice;
+  tpRank?: number;
+  tpSize?: number;
+  layerStart?: number;
+  layerEnd?: number;
+  kvBlocks?: number;
+  kvBlockSize?: number;
+  threads?: number;
+  deviceIndex?: number;
+  gpuMemoryFraction?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+const DEVICES = ['cpu', 'cuda', 'auto'];
+const DTYPES = ['auto', 'f32', 'bf16', 'f16'];
+
+/** auto = cuda when the addon can use a GPU, else cpu; an explicit cuda that cannot work is an error. */
+export function resolveDevice(device: DeviceChoice, info: AddonInfo): DeviceName {
+  if (!DEVICES.includes(device)) throw new RangeError(`--device must be cpu, cuda or auto (got ${String(device)})`);
+  if (device === 'auto') return info.cuda.available ? 'cuda' : 'cpu';
+  if (device === 'cuda' && !info.cuda.available) throw new Error(`--device cuda: CUDA unavailable (${info.cuda.reason})`);
+  return device;
+}
+
+export class Engine {
+  private disposed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly device: DeviceName,
+    readonly config: ModelConfig,
+    readonly shard: ShardConfigJS,
+    readonly native: NativeEngine,
+    readonly kvBlocks: number,
+    readonly kvBlockSize: number,
+  ) {}
+
+  static async load(dir: string, opts: EngineLoadOptions = {}): Promise<Engine> {
+    const addon = loadAddon();
+    const device = resolveDevice(opts.device ?? 'auto', addon.info());
+    const dtype = opts.dtype ?? 'auto';
+    if (!DTYPES.includes(dtype)) throw new RangeError(`--dtype must be auto, f32, bf16 or f16 (got ${String(dtype)})`);
+    const config = loadModelConfig(dir);
+    const tpSize = opts.tpSize ?? 1;
+    const plan = planShard(config, {
+      tpRank: opts.tpRank ?? 0,
+      tpSize,
+      layerStart: opts.layerStart ?? 0,
+      layerEnd: opts.layerEnd ?? config.numLayers,
+    });
+    let compute: DTypeName = 'f32';
+    let storage: DTypeName | undefined; // CPU: convert weights to this dtype on load
+    if (device === 'cuda') {
+      if (dtype === 'f32') throw new RangeError('--dtype f32: the CUDA backend computes in bf16 or f16');
+      compute = dtype === 'auto' ? (config.dtype === 'f16' ? 'f16' : 'bf16') : dtype;
+    } else if (dtype !== 'auto') {
+      storage = dtype;
+    }
+    const shard: ShardConfigJS = {
+      ...plan.shardConfig,
+      device,
+      compute,
+      ...(opts.kvBlocks !== undefined ? { kvBlocks: opts.kvBlocks } : {}),
+      ...(opts.kvBlockSize !== undefined ? { kvBlockSize: opts.kvBlockSize } : {}),
+      ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
+      ...(opts.deviceIndex !== undefined ? { deviceIndex: opts.deviceIndex } : {}),
+      ...(opts.gpuMemoryFraction !== undefined ? { gpuMemoryFraction: opts.gpuMemoryFraction } : {}),
+    };
+    const native = new addon.Engine(shard);
+    try {
+      const ckpt = await openCheckpoint(dir);
+      try {
+        await loadShard(ckpt, plan, async (name: string, dt: DTypeName, shape: number[], data: Uint8Array) => {
+          // Vectors (norms, biases) are widened to f32 by the backend anyway; convert matrices only.
+          const target = storage && shape.length === 2 ? storage : dt;
+          await native.loadTensor(name, target, shape, convertTensor(data, dt, target));
+        }, opts.onProgress);
+      } finally {
+        await ckpt.close();
+      }
+      const { kvBlocks, kvBlockSize } = await native.finalize();
+      return new Engine(dir, device, config, shard, native, kvBlocks, kvBlockSize);
+    } catch (err) {
+      native.dispose();
+      throw err;
+    }
+  }
+
+  get maxPosition(): number {
+    return this.shard.maxPosition;
+  }
+
+  setTpComm(comm: NativeComm): void {
+    this.native.setTpComm(comm);
+  }
+
+  /** One forward step (docs/ENGINE.md); argument errors reject too, like compute errors. */
+  async step(req: StepRequest): Promise<StepResult> {
+    if (this.disposed) throw new Error('step: the engine was disposed');
+    return this.native.step(req);
+  }
+
+  describe(): string {
+    return this.native.describe();
+  }
+
+  /** Frees weights and KV cache now. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.native.dispose();
+  }
+}

@@ -1,0 +1,130 @@
+// Single-process generation: admit requests while KV blocks last, prefill them, then decode all
+// running sequences together, one engine step per token (prefills of newly admitted requests ride
+// in the same steps as decodes). This is the reference the distributed path must equal.
+import { BlockAllocator } from './block-allocator.js';
+import type { Engine } from './engine.js';
+import { validateSampling } from './sampling.js';
+import type { SamplingOptions, SamplingParams } from './sampling.js';
+import { StopChecker } from './stop-checker.js';
+import type { FinishReason } from './stop-checker.js';
+
+export interface TokenizerLike {
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+  eosTokenIds: number[];
+}
+
+export interface GenerateRequest extends SamplingOptions {
+  /** Text, tokenized with the tokenizer's own special-token rules (BOS where it adds one). */
+  prompt?: string;
+  /** Or ids, used as given. */
+  promptIds?: number[];
+}
+
+export interface GenerateResult {
+  promptIds: number[];
+  tokenIds: number[];
+  text: string;
+  finishReason: FinishReason;
+  /** Request start to first sampled token. */
+  ttftMs: number;
+  /** Tokens after the first, per second of decoding (0 when fewer than 2 tokens). */
+  tokensPerS: number;
+}
+
+export type GenerateEvent =
+  | { index: number; type: 'token'; token: number; delta: string }
+  | { index: number; type: 'done'; delta: string; result: GenerateResult };
+
+interface Running {
+  index: number;
+  promptIds: number[];
+  params: SamplingParams;
+  stop: StopChecker;
+  pos: number;          // tokens already in the KV cache
+  next: number[];       // tokens to feed in the next step
+  start: number;
+  firstAt?: number;
+}
+
+export async function* generate(engine: Engine, tokenizer: TokenizerLike,
+  requests: GenerateRequest[]): AsyncGenerator<GenerateEvent> {
+  const maxPos = engine.maxPosition;
+  const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+  const waiting: Running[] = requests.map((req, index) => {
+    const params = validateSampling(req);
+    const promptIds = req.promptIds ? [...req.promptIds] : tokenizer.encode(req.prompt ?? '');
+    if (promptIds.length === 0) throw new RangeError(`request ${index}: empty prompt`);
+    if (promptIds.length >= maxPos)
+      throw new RangeError(`request ${index}: prompt of ${promptIds.length} tokens leaves no room in the model's context of ${maxPos}`);
+    // The context bounds the output too; that ends as 'length' like max tokens.
+    const maxTokens = Math.min(params.maxTokens, maxPos - promptIds.length);
+    const stop = new StopChecker({ eosTokenIds: tokenizer.eosTokenIds, stop: params.stop, maxTokens,
+      ignoreEos: params.ignoreEos, decode: (ids) => tokenizer.decode(ids) });
+    return { index, promptIds, params, stop, pos: 0, next: promptIds, start: performance.now() };
+  });
+  const running: Running[] = [];
+  // Reserve a sequence's whole budget (prompt + max output) on admission: no preemption needed.
+  const budget = (r: Running) => r.promptIds.length + Math.min(r.params.maxTokens, maxPos - r.promptIds.length);
+  try {
+    while (waiting.length || running.length) {
+      while (waiting.length && allocator.canAllocate(waiting[0]!.index, budget(waiting[0]!))) {
+        const r = waiting.shift()!;
+        allocator.allocate(r.index, budget(r));
+        running.push(r);
+      }
+      if (running.length === 0) {
+        const r = waiting[0]!;
+        throw new Error(`request ${r.index}: needs ${allocator.blocksFor(budget(r))} KV blocks, the cache has ${allocator.numBlocks}`);
+      }
+      const res = await engine.step({
+        seqs: running.map((r) => ({
+          tokens: Int32Array.from(r.next),
+          pos: r.pos,
+          blockTable: allocator.table(r.index),
+          temperature: r.params.temperature,
+          topK: r.params.topK,
+          topP: r.params.topP,
+          seed: r.params.seed,
+        })),
+      });
+      const now = performance.now();
+      const finished: Running[] = [];
+      for (let i = 0; i < running.length; i++) {
+        const r = running[i]!;
+        const token = res.sampled[i]!;
+        r.pos += r.next.length;
+        r.next = [token];
+        r.firstAt ??= now;
+        const upd = r.stop.push(token);
+        if (!upd.done) {
+          yield { index: r.index, type: 'token', token, delta: upd.delta };
+          continue;
+        }
+        finished.push(r);
+        const n = r.stop.tokens.length;
+        const decodeMs = now - r.firstAt;
+        yield {
+          index: r.index, type: 'done', delta: upd.delta,
+          result: {
+            promptIds: r.promptIds, tokenIds: [...r.stop.tokens], text: r.stop.text, finishReason: upd.finishReason!,
+            ttftMs: r.firstAt - r.start, tokensPerS: n > 1 && decodeMs > 0 ? ((n - 1) * 1000) / decodeMs : 0,
+          },
+        };
+      }
+      for (const r of finished) {
+        allocator.free(r.index);
+        running.splice(running.indexOf(r), 1);
+      }
+    }
+  } finally {
+    for (const r of running) allocator.free(r.index);
+  }
+}
+
+/** Runs requests to completion and returns their results in request order. */
+export async function generateAll(engine: Engine, tokenizer: TokenizerLike, requests: GenerateRequest[]): Promise<GenerateResult[]> {
+  const out: GenerateResult[] = new Array(requests.length);
+  for await (const ev of generate(engine, tokenizer, requests)) if (ev.type === 'done') out[ev.index] = ev.result;
+  return out;
+}

@@ -1,0 +1,127 @@
+// Typed loader for the native addon (build/Release/nodespeed.node, built by
+// scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API".
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type DTypeName = 'f32' | 'bf16' | 'f16';
+export type DeviceName = 'cpu' | 'cuda';
+
+export interface RopeConfigJS {
+  type: 'default' | 'linear' | 'llama3';
+  theta: number;
+  factor?: number;
+  lowFreqFactor?: number;
+  highFreqFactor?: number;
+  originalMaxPos?: number;
+}
+
+/** camelCase of ns::ShardConfig (native/src/engine.h), plus the device. */
+export interface ShardConfigJS {
+  device?: DeviceName;
+  hidden: number;
+  intermediate: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  vocabStart: number;
+  vocabEnd: number;
+  layerStart: number;
+  layerEnd: number;
+  maxPosition: number;
+  rmsEps: number;
+  qkvBias: boolean;
+  tiedEmbeddings: boolean;
+  hasEmbedding: boolean;
+  hasHead: boolean;
+  tpRank: number;
+  tpSize: number;
+  rope: RopeConfigJS;
+  compute?: DTypeName;
+  kvBlockSize?: number;
+  kvBlocks?: number;
+  gpuMemoryFraction?: number;
+  deviceIndex?: number;
+  threads?: number;
+}
+
+export interface AddonInfo {
+  cpu: { simd: 'avx2' | 'generic'; threads: number };
+  cuda: { available: boolean; reason: string; devices: { name: string; totalMemory: number; freeMemory: number }[] };
+}
+
+export interface StepSeq {
+  tokens: Int32Array;
+  pos: number;
+  blockTable: Int32Array;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number | bigint;
+  sample?: boolean;
+  allLogits?: boolean;
+}
+
+export interface StepRequest {
+  seqs: StepSeq[];
+  hiddenIn?: Uint8Array;
+  wantLogits?: boolean;
+}
+
+export interface StepResult {
+  sampled: Int32Array;
+  logits?: Float32Array;
+  hiddenOut?: Uint8Array;
+}
+
+/** A communicator made by the addon (native/src/comm); opaque to the engine. */
+export interface NativeComm {
+  allReduce(buf: Float32Array): Promise<void>;
+  allGather(input: Uint8Array, output: Uint8Array): Promise<void>;
+  broadcast(buf: Uint8Array, root: number): Promise<void>;
+  send(buf: Uint8Array, peer: number): Promise<void>;
+  recv(buf: Uint8Array, peer: number): Promise<void>;
+  asyncError(): string | null;
+  abort(): void;
+  listen?(host: string): Promise<number>;
+  connect?(addresses: string[]): Promise<void>;
+  init?(): Promise<void>;
+}
+
+export interface NativeEngine {
+  loadTensor(name: string, dtype: DTypeName, shape: number[], data: Uint8Array): Promise<void>;
+  finalize(): Promise<{ kvBlocks: number; kvBlockSize: number }>;
+  setTpComm(comm: NativeComm): void;
+  step(req: StepRequest): Promise<StepResult>;
+  describe(): string;
+  dispose(): void;
+}
+
+export interface Addon {
+  info(): AddonInfo;
+  Engine: new (cfg: ShardConfigJS) => NativeEngine;
+  Comm?: new (opts: Record<string, unknown>) => NativeComm;
+  ncclUniqueId?(): Uint8Array;
+}
+
+// dist/native/addon.js and src/native/addon.ts both sit two levels below the package root.
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+let cached: Addon | undefined;
+
+/** Loads the addon once; throws a clear error when it has not been built. */
+export function loadAddon(): Addon {
+  if (cached) return cached;
+  const path = process.env.NODESPEED_ADDON ?? join(packageRoot, 'build', 'Release', 'nodespeed.node');
+  if (!existsSync(path)) {
+    throw new Error(`nodespeed: native addon not built (${path} is missing); run \`npm run build:native\``);
+  }
+  try {
+    cached = createRequire(import.meta.url)(path) as Addon;
+  } catch (err) {
+    throw new Error(`nodespeed: cannot load the native addon ${path}: ${(err as Error).message}; ` +
+      'rebuild it with `npm run build:native`');
+  }
+  return cached;
+}
