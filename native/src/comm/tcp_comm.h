@@ -1,0 +1,121 @@
+// The CPU communicator: a full mesh of TCP connections between the ranks of a group, with the
+// same collectives as NCCL (ns::Communicator, native/src/engine.h) on host buffers.
+//
+// Forming the group: every rank listen()s on an ephemeral port, the ports are exchanged out of
+// band (the coordinator), then connect() with every rank's "host:port". For each pair the lower
+// rank accepts and the higher rank connects; a handshake carries rank, group size and a hash of
+// the job nonce (job token + membership generation), so a stray or stale connection is refused.
+//
+// Determinism: all_reduce_sum adds the contributions of every element in rank order 0..n-1 with
+// f32 accumulation (bf16/f16 are rounded once at the end), so every rank gets bitwise-identical
+// results and the sum does not depend on which process got which rank. Small buffers use a
+// direct exchange (everyone sends everything to everyone: one round trip); large ones a
+// reduce-scatter (rank p owns chunk p and receives only that chunk from every peer) followed by
+// an all-gather. A ring would send the same bytes per rank but rotate the summation order with
+// the chunk, which breaks the rank-order rule; on a full mesh the direct scatter costs the same.
+//
+// Failure: I/O is non-blocking and poll()-based. abort() (any thread) wakes every wait through an
+// eventfd and shuts the sockets down; a peer that closes or resets its connection, or an op that
+// overruns op_timeout_ms, fails the call with an error naming the peer rank and address. After
+// the first failure the communicator is broken: every later call throws the stored error at once,
+// and its sockets are shut down so the peers waiting on this rank fail fast too.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+
+namespace ns {
+
+struct TcpCommOptions {
+  std::string nonce;              // peers must present the same one (job token + generation)
+  int connect_timeout_ms = 60000;  // listen→connect: retries until this deadline
+  int op_timeout_ms = 0;           // per collective; 0 = no limit (EOF/RST/keepalive still detect death)
+};
+
+class TcpComm : public Communicator {
+ public:
+  TcpComm(int rank, int size, TcpCommOptions opts);
+  ~TcpComm() override;
+  TcpComm(const TcpComm&) = delete;
+  TcpComm& operator=(const TcpComm&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  // Binds host:0 and starts listening; returns the port the kernel chose.
+  int listen(const std::string& host);
+  // addresses[r] = "host:port" of rank r (IPv6 as "[addr]:port"); our own entry is not used.
+  void connect(const std::vector<std::string>& addresses);
+
+  void all_reduce_sum(void* buf, size_t count, DType dt, void* stream) override;
+  void all_gather(const void* in, void* out, size_t count, DType dt, void* stream) override;
+  void broadcast(void* buf, size_t bytes, int root, void* stream) override;
+  void send(const void* buf, size_t bytes, int peer, void* stream) override;
+  void recv(void* buf, size_t bytes, int peer, void* stream) override;
+  void abort() override;
+
+  // The error that broke the communicator ("" while healthy).
+  std::string async_error() const;
+  // Stray connections refused while forming the group (wrong nonce, size, rank), for logs.
+  std::vector<std::string> refused() const;
+
+  // Buffers up to this size use the direct exchange in all_reduce_sum.
+  static constexpr size_t kDirectAllReduceBytes = 64 * 1024;
+
+ private:
+  struct Xfer {  // one framed message to or from one peer, progressed by transfer()
+    int peer = -1;
+    bool is_send = false;
+    uint8_t* data = nullptr;
+    size_t bytes = 0;
+    uint32_t op = 0;
+    uint8_t hdr[16] = {};
+    size_t hdr_done = 0;
+    size_t done = 0;
+  };
+  static Xfer make_send(int peer, uint32_t op, const void* data, size_t bytes);
+  static Xfer make_recv(int peer, uint32_t op, void* data, size_t bytes);
+
+  // Moves every Xfer to completion concurrently (so no pair of ranks can deadlock on full
+  // socket buffers), or throws after breaking the communicator.
+  void transfer(std::vector<Xfer>& xs, const char* what);
+  bool progress(Xfer& x, const char* what);  // false: would block
+  [[noreturn]] void fail(const std::string& msg);
+  void check_usable(const char* what);
+  std::string peer_name(int peer) const;
+  void shutdown_all_locked();
+
+  // Mesh forming (tcp_mesh.cc).
+  int connect_to_lower(int peer, const std::string& address, int64_t deadline_ms);
+  void accept_higher(int64_t deadline_ms);
+  void wait_fd(int fd, short events, int64_t deadline_ms, const std::string& what);
+  void read_exact(int fd, void* buf, size_t n, int64_t deadline_ms, const std::string& what);
+  void write_exact(int fd, const void* buf, size_t n, int64_t deadline_ms, const std::string& what);
+
+  void reduce_rank_order(DType dt, void* out, const std::vector<const uint8_t*>& srcs, size_t count);
+
+  const int rank_;
+  const int size_;
+  const TcpCommOptions opts_;
+  const uint64_t nonce_hash_;
+  int wake_fd_ = -1;    // eventfd written by abort()
+  int listen_fd_ = -1;
+  std::vector<int> fds_;              // by peer rank; -1 for self
+  std::vector<std::string> addrs_;    // by peer rank, for messages
+  std::atomic<bool> aborted_{false};
+  std::atomic<bool> broken_{false};
+  mutable std::mutex mu_;             // guards error_, refused_, fds_ against abort()
+  std::string error_;
+  std::vector<std::string> refused_;
+  std::vector<uint8_t> scratch_;
+  bool connected_ = false;
+};
+
+uint64_t tcp_nonce_hash(const std::string& nonce);
+
+}  // namespace ns
