@@ -17,11 +17,10 @@ let ok = true;
 
 // Where a prompt's greedy run leaves HF's before token 8, how close HF's top two were there: the
 // f32 CPU backend (cosine 1 - 1e-10 to HF f32 on these fixtures) re-scores the reference sequence.
-async function referenceMargin(dir, c, at) {
+async function referenceMargin(dir, prompt, greedyRef, at) {
   const { engine, blockSize, kvBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
-  const [bt] = blockTables(1, 64, blockSize, kvBlocks);
-  const prompt = c.ids[0] === 0 ? c.ids.slice(1) : c.ids;
-  const seq = [...prompt, ...c.greedy_24.slice(0, at)];
+  const [bt] = blockTables(1, 1024, blockSize, kvBlocks);
+  const seq = [...prompt, ...greedyRef.slice(0, at)];
   const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, sample: false }], wantLogits: true });
   engine.dispose();
   const s = Array.from(r.logits).sort((a, b) => b - a);
@@ -45,7 +44,7 @@ for (const [name, dtype] of [['tiny-llama-gqa-f32', 'bf16'], ['tiny-llama-gqa-bf
     const cos = cosine(lastLogits, c.last_logits);
     const pass = match >= 8 && cos >= 0.999;
     ok &&= pass;
-    const hfTop2MarginAtDivergence = match < 24 ? await referenceMargin(dir, c, match) : null;
+    const hfTop2MarginAtDivergence = match < 24 ? await referenceMargin(dir, c.ids[0] === 0 ? c.ids.slice(1) : c.ids, c.greedy_24, match) : null;
     results.fixtures.push({ model: name, compute: dtype, text: c.text, cosine: cos, greedyMatch: match, hfTop2MarginAtDivergence, pass });
   }
   engine.dispose();
@@ -62,7 +61,8 @@ for (const [name, dtype] of [['tiny-llama-gqa-f32', 'bf16'], ['tiny-llama-gqa-bf
     while (match < 48 && tokens[match] === c.greedy_48[match]) match++;
     const pass = match >= 16;
     ok &&= pass;
-    results.pyTiny.push({ text: c.text, greedyMatch: match, pass });
+    const hfTop2MarginAtDivergence = match < 48 ? await referenceMargin(dir, c.ids, c.greedy_48, match) : null;
+    results.pyTiny.push({ text: c.text, greedyMatch: match, hfTop2MarginAtDivergence, pass });
   }
 
   // Sampling: many seeded draws over the same prompt with several settings; each GPU draw is

@@ -34,14 +34,19 @@ engine.dispose();
 
 const tmp = mkdtempSync(join(tmpdir(), 'ns7b-'));
 writeFileSync(join(tmp, 'ids.json'), JSON.stringify(ids));
-const py = spawnSync('python3', [join(root, 'test', 'gpu', 'hf_logits.py'), dir, join(tmp, 'ids.json'), join(tmp, 'hf.bin')],
+const py = spawnSync('python3', [join(root, 'test', 'gpu', 'hf_logits.py'), dir, join(tmp, 'ids.json'), join(tmp, 'hf.bin'), join(tmp, 'hf32.bin')],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 if (py.status !== 0) { console.log(JSON.stringify({ ok: false, error: 'hf_logits.py failed' })); process.exit(1); }
-const hfb = readFileSync(join(tmp, 'hf.bin'));
-const hf = new Float32Array(hfb.buffer, hfb.byteOffset, hfb.byteLength / 4);
-if (hf.length !== N * V) throw new Error(`hf logits have ${hf.length} values, expected ${N * V}`);
+function readF32(file) {
+  const b = readFileSync(file);
+  const a = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  if (a.length !== N * V) throw new Error(`${file}: ${a.length} logits, expected ${N * V}`);
+  return a;
+}
+const hfBf16 = readF32(join(tmp, 'hf.bin'));
+const hfF32 = readF32(join(tmp, 'hf32.bin'));
 
-function compare(ours) {
+function compare(ours, hf = hfBf16) {
   let minCos = 1, agree = 0, worst = -1;
   for (let p = 0; p < N; p++) {
     const a = ours.subarray(p * V, (p + 1) * V), b = hf.subarray(p * V, (p + 1) * V);
@@ -51,8 +56,11 @@ function compare(ours) {
   }
   return { minCosine: minCos, worstPosition: worst, top1Agreement: agree / N, pass: minCos >= 0.995 && agree / N >= 0.95 };
 }
+// The bar compares with HF bf16. Against HF float32 (same folder, same GPU) as well: how far each
+// bf16 implementation is from the exact function, i.e. whose rounding the disagreements come from.
 const res = { model: dir, positions: N, vocab: V, kvBlocks, loadSeconds, prefillPath: compare(prefill.logits),
-  decodePath: compare(decodeLogits), hfInfo: py.stdout.trim() };
+  decodePath: compare(decodeLogits), oursVsHfF32: compare(prefill.logits, hfF32), hfBf16VsHfF32: compare(hfBf16, hfF32),
+  hfInfo: py.stdout.trim() };
 const ok = res.prefillPath.pass && res.decodePath.pass;
 writeResult('gpu-7b-logits.json', { ok, ...res });
 console.log(JSON.stringify({ ok, ...res }));

@@ -66,7 +66,7 @@ class CudaBackend final : public Backend {
   struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
   Target target_for(const std::string& name) const;
   void expect(const std::string& name) { expected_.insert(name); }
-  // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU is fused into the GEMV or run first.
+  // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
   void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);

@@ -1,5 +1,5 @@
 // Decode-time matrix-vector products (1..4 rows): the step is bound by reading the weights once,
-// so each warp owns one output row and streams it with 16-byte loads, four in flight per lane,
+// so warps stream weight rows with 16-byte loads, four in flight per lane,
 // reusing each weight load for every input row. Needs K % 8 == 0 (callers fall back to cuBLAS).
 #include <stdexcept>
 
@@ -30,12 +30,25 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* f, __half*) {
 
 // KS warps share one output row (interleaved 512-byte chunks, so each warp's loads stay
 // coalesced) when there are too few rows to keep enough loads in flight (o_proj, down_proj);
-// partial sums meet in shared memory. SWIGLU: x is the fused gate|up output [R, 2K] and the
-// input element is silu(gate) * up, computed on the fly (no separate SwiGLU pass).
-template <typename T, int R, GemvOut MODE, int KS, bool SWIGLU>
+// partial sums meet in shared memory. Each lane issues 4 weight loads before using any.
+template <typename T, int R>
+__device__ __forceinline__ void fma_chunk(const uint4& wv, const T* x, int K, int i, float* acc) {
+  float wf[8];
+  unpack8(wv, wf, static_cast<T*>(nullptr));
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float xf[8];
+    unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i), xf, static_cast<T*>(nullptr));
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+  }
+}
+
+template <typename T, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
                                                            int N, int K, void* __restrict__ y) {
   constexpr int kRows = kWarps / KS;
+  constexpr int kStride = 32 * KS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
   const int K8 = K / 8;
@@ -44,28 +57,16 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {
     const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
-#pragma unroll 4
-    for (int i = part * 32 + lane; i < K8; i += 32 * KS) {
-      const uint4 wv = __ldg(w + i);
-      float wf[8];
-      unpack8(wv, wf, static_cast<T*>(nullptr));
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float xf[8];
-        if constexpr (SWIGLU) {
-          const uint4* row = reinterpret_cast<const uint4*>(x + (size_t)r * 2 * K);
-          float g[8], u[8];
-          unpack8(__ldg(row + i), g, static_cast<T*>(nullptr));
-          unpack8(__ldg(row + K8 + i), u, static_cast<T*>(nullptr));
-#pragma unroll
-          for (int e = 0; e < 8; ++e) xf[e] = g[e] / (1.f + __expf(-g[e])) * u[e];
-        } else {
-          unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i), xf, static_cast<T*>(nullptr));
-        }
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
-      }
+    int i = part * 32 + lane;
+    for (; i + 3 * kStride < K8; i += 4 * kStride) {
+      const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride),
+                  w3 = __ldg(w + i + 3 * kStride);
+      fma_chunk<T, R>(w0, x, K, i, acc);
+      fma_chunk<T, R>(w1, x, K, i + kStride, acc);
+      fma_chunk<T, R>(w2, x, K, i + 2 * kStride, acc);
+      fma_chunk<T, R>(w3, x, K, i + 3 * kStride, acc);
     }
+    for (; i < K8; i += kStride) fma_chunk<T, R>(__ldg(w + i), x, K, i, acc);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
@@ -94,42 +95,36 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   }
 }
 
-template <typename T, GemvOut MODE, int KS, bool SWIGLU>
+template <typename T, GemvOut MODE, int KS>
 void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
   const unsigned grid = ceil_div(N, kWarps / KS);
   switch (R) {
-    case 1: gemv_kernel<T, 1, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 2: gemv_kernel<T, 2, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 3: gemv_kernel<T, 3, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 4: gemv_kernel<T, 4, MODE, KS, SWIGLU><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 1: gemv_kernel<T, 1, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 2: gemv_kernel<T, 2, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 3: gemv_kernel<T, 3, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 4: gemv_kernel<T, 4, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
     default: throw std::runtime_error("cuda: gemv supports 1..4 rows");
   }
 }
 
-template <typename T, GemvOut MODE, bool SWIGLU>
-void launch_split(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
-  if (N >= 12288) launch_rows<T, MODE, 1, SWIGLU>(W, x, R, N, K, y, s);
-  else launch_rows<T, MODE, 4, SWIGLU>(W, x, R, N, K, y, s);
-}
-
+// Rows per launch decide the split: 12288+ rows (qkv, gate_up, LM head) fill the GPU alone.
 template <typename T, GemvOut MODE>
-void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, bool swiglu_in, cudaStream_t s) {
-  if (swiglu_in) launch_split<T, MODE, true>(W, x, R, N, K, y, s);
-  else launch_split<T, MODE, false>(W, x, R, N, K, y, s);
+void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
+  if (N >= 12288) launch_rows<T, MODE, 1>(W, x, R, N, K, y, s);
+  else launch_rows<T, MODE, 2>(W, x, R, N, K, y, s);
 }
 
 }  // namespace
 
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, bool swiglu_in,
-          cudaStream_t s) {
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s) {
   if (R == 0) return;
   if (K % 8 != 0) throw std::runtime_error("cuda: gemv needs K % 8 == 0");
   NS_DISPATCH_ACT(act, E, {
     const E* w = static_cast<const E*>(W);
     const E* xx = static_cast<const E*>(x);
-    if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, swiglu_in, s);
-    else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, swiglu_in, s);
-    else launch_mode<E, GemvOut::AddF32>(w, xx, R, N, K, y, swiglu_in, s);
+    if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, s);
+    else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, s);
+    else launch_mode<E, GemvOut::AddF32>(w, xx, R, N, K, y, s);
   });
   NS_LAUNCHED("gemv");
 }

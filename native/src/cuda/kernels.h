@@ -46,10 +46,8 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);
 void add_f32(float* dst, const float* src, size_t n, cudaStream_t s);
 
 // Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
-// swiglu_in: x is the fused gate|up output [R, 2K] and x[r, k] = silu(gate) * up.
 enum class GemvOut { Act, F32, AddF32 };
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, bool swiglu_in,
-          cudaStream_t s);
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
 
 // All-gathered vocab shards [tp, R, Vs] -> [R, tp * Vs].
 void unshard_logits(const float* in, float* out, int tp, int R, int Vs, cudaStream_t s);
