@@ -24,12 +24,14 @@ export function requireCuda() {
   return info;
 }
 
+let loaderUsed = null;
+
 // Loads `dir` onto cuda:0 as one shard (tp 1, every layer) through the project's loader
 // (dist/model) when it is built, else through minimal-safetensors.mjs (whole tensors, tp 1).
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device } = {}) {
   let loader;
-  try { loader = await import(join(root, 'dist', 'model', 'index.js')); }
-  catch { loader = await import('./minimal-safetensors.mjs'); }
+  try { loader = await import(join(root, 'dist', 'model', 'index.js')); loaderUsed = 'dist/model'; }
+  catch { loader = await import('./minimal-safetensors.mjs'); loaderUsed = 'test/gpu/minimal-safetensors.mjs'; }
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
   const plan = loader.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
@@ -93,7 +95,7 @@ export function gpuName() {
 export function writeResult(name, body) {
   const dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
-  const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
+  const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, loader: loaderUsed, commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
     date: new Date().toISOString(), ...body };
   writeFileSync(join(dir, name), JSON.stringify(doc, null, 2) + '\n');
   return doc;
