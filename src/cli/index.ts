@@ -1,10 +1,13 @@
 import { Command } from 'commander';
 
 import { register as registerGenerate } from './generate.js';
+import { register as registerRun } from './run.js';
+import { register as registerHostfile } from './hostfile.js';
+import { register as registerModel } from './model.js';
 
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [registerGenerate];
+const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel];
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();

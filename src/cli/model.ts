@@ -1,0 +1,60 @@
+// `nodespeed model info DIR` and `nodespeed model init ... OUT` (src/model/info.ts, src/model/init.ts).
+import { Command, InvalidArgumentError, Option } from 'commander';
+
+import type { DType } from '../model/index.js';
+import { formatBytes, formatInfo, initModel, modelInfo, PRESETS } from '../model/index.js';
+
+const DTYPE_FLAG: Record<string, DType> = { bf16: 'bf16', fp16: 'f16', f16: 'f16', f32: 'f32', fp32: 'f32' };
+
+function seedArg(v: string): bigint {
+  if (!/^\d+$/.test(v) || BigInt(v) >= 1n << 64n) throw new InvalidArgumentError(`--seed must be an integer in [0, 2^64) (got ${v})`);
+  return BigInt(v);
+}
+
+function shardArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 1) throw new InvalidArgumentError(`--max-shard-gb must be a number >= 1 (got ${v})`);
+  return n * 1e9;
+}
+
+export function register(program: Command): void {
+  const model = program.command('model').description('Inspect or create Hugging Face Llama-family checkpoints');
+
+  model
+    .command('info')
+    .description('Architecture, parameter count, dtypes and memory needed per tensor-parallel degree')
+    .argument('<dir>', 'Hugging Face model folder')
+    .option('--json', 'print one JSON object instead of the table', false)
+    .action(async (dir: string, o: { json: boolean }) => {
+      const info = await modelInfo(dir);
+      process.stdout.write((o.json ? JSON.stringify(info) : formatInfo(info)) + '\n');
+    });
+
+  model
+    .command('init')
+    .description('Write a random-weight Hugging Face checkpoint (config, sharded safetensors, tokenizer) for tests and benchmarks')
+    .argument('<out>', 'output folder (created; must be empty if it exists)')
+    .addOption(new Option('--arch <arch>', 'architecture').choices(['llama']).default('llama'))
+    .addOption(new Option('--preset <preset>', 'model size').choices(Object.keys(PRESETS)).makeOptionMandatory())
+    .addOption(new Option('--dtype <dtype>', 'storage dtype').choices(['bf16', 'fp16', 'f16', 'f32', 'fp32']).default('bf16'))
+    .option('--seed <s>', 'weights seed (same seed, same bytes)', seedArg, 0n)
+    .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 2e9)
+    .action(async (out: string, o: { arch: string; preset: string; dtype: string; seed: bigint; maxShardGb: number }) => {
+      const started = performance.now();
+      let lastReport = 0;
+      const tty = process.stderr.isTTY;
+      const r = await initModel({
+        arch: o.arch, preset: o.preset, dtype: DTYPE_FLAG[o.dtype]!, seed: o.seed, out, maxShardBytes: o.maxShardGb,
+        onProgress: (done, total) => {
+          const now = performance.now();
+          if (!tty || (now - lastReport < 250 && done < total)) return;
+          lastReport = now;
+          process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
+        },
+      });
+      if (tty) process.stderr.write('\n');
+      const secs = (performance.now() - started) / 1000;
+      process.stdout.write(`wrote ${out}: ${o.preset} llama, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
+        `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
+    });
+}

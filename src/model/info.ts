@@ -1,0 +1,119 @@
+// `nodespeed model info`: what a checkpoint is and what it needs per tensor-parallel degree.
+import type { DType, ModelConfig } from './config.js';
+import { loadModelConfig } from './config.js';
+import { DTYPE_BYTES, openCheckpoint } from './safetensors.js';
+import { planShard, sliceBytes } from './weights.js';
+
+export interface TpMemory {
+  tp: number;
+  /** Why this degree cannot split the model (heads/intermediate not divisible), else null. */
+  unsupported: string | null;
+  /** Weight bytes of the largest rank (rank 0: vocab slots round up) at the checkpoint dtype. */
+  weightBytesPerRank: number;
+  /** K and V of one token over all layers on one rank, in 16-bit (GPU) and f32 (CPU) storage. */
+  kvBytesPerToken16: number;
+  kvBytesPerToken32: number;
+  /** Weights + a full max_position_embeddings context of KV (16-bit) on one rank. */
+  totalBytesPerRankAtMaxContext: number;
+}
+
+export interface ModelInfo {
+  dir: string;
+  architecture: string;
+  modelType: string;
+  config: ModelConfig;
+  /** Parameters as config.json implies them (a tied head counted once). */
+  parameters: number;
+  /** Parameters and bytes actually in the safetensors files, per dtype. */
+  checkpoint: { tensors: number; parameters: number; bytes: number; dtypes: Partial<Record<DType, number>>; files: number };
+  memory: TpMemory[];
+}
+
+export function parameterCount(cfg: ModelConfig): number {
+  const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
+  return plan.tensors.reduce((s, t) => s + t.fullShape.reduce((a, b) => a * b, 1), 0);
+}
+
+export function tpMemory(cfg: ModelConfig, tp: number): TpMemory {
+  const empty = { tp, weightBytesPerRank: 0, kvBytesPerToken16: 0, kvBytesPerToken32: 0, totalBytesPerRankAtMaxContext: 0 };
+  let plan;
+  try {
+    plan = planShard(cfg, { tpRank: 0, tpSize: tp, layerStart: 0, layerEnd: cfg.numLayers });
+  } catch (err) {
+    return { ...empty, unsupported: (err as Error).message };
+  }
+  const weights = plan.tensors.reduce((s, t) => s + sliceBytes(t, cfg.dtype), 0);
+  const kvElems = 2 * cfg.numLayers * plan.shardConfig.nKvHeads * cfg.headDim;
+  return {
+    tp, unsupported: null, weightBytesPerRank: weights, kvBytesPerToken16: kvElems * 2, kvBytesPerToken32: kvElems * 4,
+    totalBytesPerRankAtMaxContext: weights + kvElems * 2 * plan.shardConfig.maxPosition,
+  };
+}
+
+export async function modelInfo(dir: string, tpDegrees = [1, 2, 4, 8]): Promise<ModelInfo> {
+  const cfg = loadModelConfig(dir);
+  const ck = await openCheckpoint(dir);
+  const dtypes: Partial<Record<DType, number>> = {};
+  let parameters = 0, bytes = 0;
+  try {
+    for (const t of ck.tensors.values()) {
+      const n = t.bytes / DTYPE_BYTES[t.dtype];
+      dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + n;
+      parameters += n;
+      bytes += t.bytes;
+    }
+    return {
+      dir, architecture: cfg.architecture, modelType: cfg.modelType, config: cfg, parameters: parameterCount(cfg),
+      checkpoint: { tensors: ck.tensors.size, parameters, bytes, dtypes, files: ck.files.length },
+      memory: tpDegrees.map((tp) => tpMemory(cfg, tp)),
+    };
+  } finally {
+    await ck.close();
+  }
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i === 0 ? n : n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2)} ${units[i]}`;
+}
+
+export function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}
+
+export function formatInfo(i: ModelInfo): string {
+  const c = i.config;
+  const rope = c.rope.type === 'default' ? `default, theta ${c.rope.theta}`
+    : `${c.rope.type}, theta ${c.rope.theta}, factor ${c.rope.factor}` +
+      (c.rope.type === 'llama3' ? `, low/high freq ${c.rope.lowFreqFactor}/${c.rope.highFreqFactor}, original max ${c.rope.originalMaxPos}` : '');
+  const attn = c.numKvHeads === c.numHeads ? 'MHA' : c.numKvHeads === 1 ? 'MQA' : 'GQA';
+  const lines = [
+    `model         ${i.dir}`,
+    `architecture  ${i.architecture} (model_type ${i.modelType})`,
+    `layers        ${c.numLayers}, hidden ${c.hiddenSize}, intermediate ${c.intermediateSize}`,
+    `attention     ${c.numHeads} heads, ${c.numKvHeads} KV heads (${attn}), head_dim ${c.headDim}${c.qkvBias ? ', q/k/v bias' : ''}`,
+    `vocab         ${c.vocabSize}${c.tieWordEmbeddings ? ' (tied embeddings)' : ''}`,
+    `context       ${c.maxPosition} positions${c.slidingWindow ? `, sliding window ${c.slidingWindow} (context capped to it)` : ''}`,
+    `rope          ${rope}`,
+    `parameters    ${formatCount(i.parameters)} (${i.parameters})`,
+    `dtype         config ${c.torchDtype || '(unset)'}; tensors ${Object.entries(i.checkpoint.dtypes).map(([d, n]) => `${d} ${formatCount(n!)}`).join(', ')}`,
+    `checkpoint    ${i.checkpoint.tensors} tensors in ${i.checkpoint.files} file(s), ${formatBytes(i.checkpoint.bytes)}`,
+    '',
+    `memory per rank (weights at ${c.dtype}; KV cache per token over all layers: 16-bit on GPU, f32 on CPU)`,
+    '  tp  weights      KV/token 16-bit  KV/token f32  weights + KV at max context (16-bit)',
+  ];
+  for (const m of i.memory) {
+    if (m.unsupported) {
+      lines.push(`  ${String(m.tp).padEnd(3)} n/a: ${m.unsupported}`);
+      continue;
+    }
+    lines.push(`  ${String(m.tp).padEnd(3)} ${formatBytes(m.weightBytesPerRank).padEnd(12)} ${formatBytes(m.kvBytesPerToken16).padEnd(16)} ` +
+      `${formatBytes(m.kvBytesPerToken32).padEnd(13)} ${formatBytes(m.totalBytesPerRankAtMaxContext)}`);
+  }
+  return lines.join('\n');
+}
