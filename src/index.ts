@@ -1,2 +1,2 @@
 // Public library entry: `import { ... } from 'nodespeed'`.
-export {};
+export { rankInfo, type RankInfo } from './rankinfo.js';
