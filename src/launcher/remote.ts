@@ -15,8 +15,12 @@ export interface RemoteSpawn {
 }
 
 const PGID_MARK = '__NODESPEED_PGID__=';
-/** Two commands so the login shell forks: `setsid` then never needs to fork itself and `$?` carries 128+signal. */
-export const REMOTE_BOOTSTRAP = 'setsid -w /bin/sh -s; exit $?';
+/**
+ * Several commands so the login shell forks: `setsid` then never needs to fork itself and `$?` carries
+ * 128+signal. The login shell's own stderr goes to /dev/null (bash would print "Terminated" after a kill);
+ * the rank's stderr is the channel's, kept on fd 3.
+ */
+export const REMOTE_BOOTSTRAP = 'exec 3>&2 2>/dev/null; setsid -w /bin/sh -s 2>&3 3>&-; exit $?';
 
 export function shellQuote(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
