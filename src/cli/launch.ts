@@ -1,0 +1,180 @@
+// `nodespeed launch --model DIR [launcher flags] [--tp N] [--pp N] [--replicas N|auto] ...`: the
+// coordinator in this process, one worker per rank through the launcher, one progress bar for the
+// whole load, and exactly one line `nodespeed ready <addr:port> ...` on stdout once every replica
+// serves. Ctrl-C (or SIGTERM) tears everything down. --dry-run prints the layout and the per-rank
+// memory estimate, and fails when the layout does not fit.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import cliProgress from 'cli-progress';
+
+import { loadAddon } from '../native/addon.js';
+import { loadModelConfig } from '../model/config.js';
+import { launchCluster } from '../coordinator/cluster.js';
+import type { Cluster } from '../coordinator/cluster.js';
+import { hostSlots } from '../coordinator/cluster.js';
+import { describeLayout, planLayout } from '../coordinator/layout.js';
+import { estimateMemory, gib } from '../coordinator/memory.js';
+import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
+
+export interface LaunchFlags {
+  model: string;
+  tp: number;
+  pp: number;
+  replicas: number | 'auto';
+  device: 'auto' | 'cpu' | 'cuda';
+  dtype: string;
+  port: number;
+  bind: string;
+  advertiseAddr?: string;
+  kvBlocks: number;
+  threads: number;
+  maxBatchTokens: number;
+  maxQueue: number;
+  heartbeatInterval: number;
+  heartbeatTimeout: number;
+  allowTpAcrossHosts: boolean;
+  authToken?: string;
+  progress: boolean;
+}
+
+export function intArg(flag: string, min: number) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v.trim()) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
+    return n;
+  };
+}
+
+function secondsArg(flag: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number of seconds > 0 (got ${v})`);
+    return n;
+  };
+}
+
+function replicasArg(v: string): number | 'auto' {
+  if (v === 'auto') return 'auto';
+  return intArg('--replicas', 1)(v);
+}
+
+/** The serving flags (shared with the demo, which sets its own defaults). */
+export function addServingOptions(cmd: Command): Command {
+  return cmd
+    .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), 1)
+    .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
+    .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
+    .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default('auto'))
+    .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+    .option('--port <port>', 'port of the gRPC API (0: any free port)', intArg('--port', 0), 50051)
+    .option('--bind <addr>', 'address the gRPC server listens on', '0.0.0.0')
+    .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
+    .option('--kv-blocks <n>', 'KV cache blocks per rank (0: the backend decides)', intArg('--kv-blocks', 0), 0)
+    .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0), 0)
+    .option('--max-batch-tokens <n>', 'most tokens per step (longer prefills are chunked)', intArg('--max-batch-tokens', 1), 256)
+    .option('--max-queue <n>', 'most requests in flight before RESOURCE_EXHAUSTED', intArg('--max-queue', 1), 1024)
+    .option('--heartbeat-interval <s>', 'seconds between heartbeats', secondsArg('--heartbeat-interval'), 1)
+    .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
+    .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
+    .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
+    .option('--no-progress', 'no progress bar');
+}
+
+export function resolveDeviceFlag(d: LaunchFlags['device']): 'cpu' | 'cuda' {
+  if (d !== 'auto') return d;
+  try {
+    return loadAddon().info().cuda.available ? 'cuda' : 'cpu';
+  } catch {
+    return 'cpu';
+  }
+}
+
+function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
+  const lo = readLauncherOptions(raw);
+  const config = loadModelConfig(f.model);
+  const placement = planFromOptions(lo);
+  const layout = planLayout(config, hostSlots(placement), { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts });
+  const device = resolveDeviceFlag(f.device);
+  let gpuMemory: number | undefined;
+  if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
+  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16, ...(gpuMemory ? { gpuMemory } : {}) });
+  const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
+    ...describeLayout(layout), 'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
+  for (const r of mem.ranks) {
+    const p = layout.ranks[r.rank]!;
+    out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
+      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
+  }
+  process.stdout.write(out.join('\n') + '\n');
+  if (mem.problems.length) {
+    process.stderr.write(`nodespeed launch: the layout does not fit:\n  ${mem.problems.join('\n  ')}\n`);
+    return 1;
+  }
+  return 0;
+}
+
+/** Starts the cluster with these flags; shared by `launch` and `demo`. */
+export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>, log = (l: string) => process.stderr.write(`${l}\n`)): Promise<Cluster> {
+  const lo = readLauncherOptions(raw);
+  const placement = planFromOptions(lo);
+  const device = resolveDeviceFlag(f.device);
+  const bar = f.progress && process.stderr.isTTY
+    ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {value}/{total} tensors', stream: process.stderr, hideCursor: true },
+      cliProgress.Presets.shades_classic)
+    : undefined;
+  let barStarted = false;
+  try {
+    return await launchCluster({
+      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
+      ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
+      maxBatchTokens: f.maxBatchTokens, maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
+      heartbeatTimeoutMs: f.heartbeatTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
+      ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
+      ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
+      ...(lo.logDir ? { logDir: lo.logDir } : {}),
+      log,
+      onWorkerLine: (l) => log(l),
+      onProgress: (done, total) => {
+        if (!bar) return;
+        if (!barStarted) {
+          bar.start(total, 0);
+          barStarted = true;
+        }
+        bar.setTotal(total);
+        bar.update(done);
+      },
+    });
+  } finally {
+    bar?.stop();
+  }
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('launch')
+    .description('Serve a Hugging Face model over gRPC: coordinator here, one worker per slot of the hostfile (TP x PP x replicas)')
+    .requiredOption('--model <dir>', 'Hugging Face model folder');
+  addServingOptions(cmd);
+  addLauncherOptions(cmd);
+  cmd.action(async (o: LaunchFlags & Record<string, unknown>) => {
+    if (readLauncherOptions(o).dryRun) {
+      process.exitCode = dryRun(o, o);
+      return;
+    }
+    const cluster = await startFromFlags(o, o);
+    const l = cluster.layout;
+    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}\n`);
+    await new Promise<void>((resolve) => {
+      let stopping = false;
+      const onSignal = (sig: string) => {
+        if (stopping) return;
+        stopping = true;
+        process.stderr.write(`nodespeed: ${sig}, shutting down\n`);
+        void cluster.stop(`received ${sig}`).then(resolve);
+      };
+      process.once('SIGINT', () => onSignal('SIGINT'));
+      process.once('SIGTERM', () => onSignal('SIGTERM'));
+      void cluster.job.done.then(() => onSignal('job exit'));
+    });
+  });
+}

@@ -1,0 +1,108 @@
+// The typed client of a nodespeed server (nodespeed.v1.Inference):
+//   import { NodespeedClient } from 'nodespeed/client';
+//   const c = new NodespeedClient('localhost:50051');
+//   for await (const m of c.generate({ prompt: 'def f(x):', maxTokens: 32 })) process.stdout.write(m.text);
+import * as grpc from '@grpc/grpc-js';
+
+import { INFERENCE_SERVICE, clientConstructor, inferencePackageDefinition } from './proto.js';
+import type {
+  ClusterStatusMsg, CompleteResponseMsg, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
+} from './types.js';
+
+export type * from './types.js';
+export { INFERENCE_PROTO, CONTROL_PROTO } from './proto.js';
+
+export interface ClientOptions {
+  /** Sent as `authorization: Bearer <token>` when the server requires it. */
+  authToken?: string;
+  credentials?: grpc.ChannelCredentials;
+}
+
+export interface CallOptions {
+  /** Milliseconds from now; the server stops the work when it passes. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export class NodespeedError extends Error {
+  constructor(readonly code: grpc.status, readonly details: string) {
+    super(`${grpc.status[code] ?? code}: ${details}`);
+    this.name = 'NodespeedError';
+  }
+}
+
+function wrap(err: unknown): Error {
+  const e = err as grpc.ServiceError;
+  return typeof e?.code === 'number' ? new NodespeedError(e.code, e.details ?? e.message) : (err as Error);
+}
+
+type Unary<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall;
+
+export class NodespeedClient {
+  private readonly client: grpc.Client;
+
+  constructor(readonly address: string, private readonly o: ClientOptions = {}) {
+    const Ctor = clientConstructor(inferencePackageDefinition(), INFERENCE_SERVICE);
+    this.client = new Ctor(address, o.credentials ?? grpc.credentials.createInsecure());
+  }
+
+  private md(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    if (this.o.authToken) md.set('authorization', `Bearer ${this.o.authToken}`);
+    return md;
+  }
+
+  private callOpts(c: CallOptions): grpc.CallOptions {
+    return c.timeoutMs ? { deadline: Date.now() + c.timeoutMs } : {};
+  }
+
+  private unary<Req, Res>(method: string, req: Req, c: CallOptions = {}): Promise<Res> {
+    const fn = (this.client as unknown as Record<string, Unary<Req, Res>>)[method]!.bind(this.client);
+    return new Promise((resolve, reject) => {
+      const call = fn(req, this.md(), this.callOpts(c), (err, res) => (err ? reject(wrap(err)) : resolve(res!)));
+      c.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+    });
+  }
+
+  /** Streams the generation; breaking out of the loop (or the signal) cancels it on the server. */
+  async *generate(req: GenerateRequestMsg, c: CallOptions = {}): AsyncGenerator<GenerateResponseMsg> {
+    const fn = (this.client as unknown as Record<string, (r: GenerateRequestMsg, md: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<GenerateResponseMsg>>).Generate!;
+    const call = fn.call(this.client, req, this.md(), this.callOpts(c));
+    const onAbort = () => call.cancel();
+    c.signal?.addEventListener('abort', onAbort, { once: true });
+    let finished = false;
+    try {
+      for await (const m of call as AsyncIterable<GenerateResponseMsg>) {
+        yield m;
+        if (m.finishReason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
+      }
+    } catch (err) {
+      throw wrap(err);
+    } finally {
+      c.signal?.removeEventListener('abort', onAbort);
+      if (!finished) call.cancel();
+    }
+  }
+
+  complete(req: GenerateRequestMsg, c: CallOptions = {}): Promise<CompleteResponseMsg> {
+    return this.unary('Complete', req, c);
+  }
+
+  async listModels(c: CallOptions = {}): Promise<ModelInfoMsg[]> {
+    return (await this.unary<object, { models: ModelInfoMsg[] }>('ListModels', {}, c)).models;
+  }
+
+  clusterStatus(c: CallOptions = {}): Promise<ClusterStatusMsg> {
+    return this.unary('ClusterStatus', {}, c);
+  }
+
+  /** Resolves when the channel is connected (or rejects after timeoutMs). */
+  waitForReady(timeoutMs = 10_000): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve())));
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,47 @@
+// Finds and loads the .proto files (proto/ at the package root) with @grpc/proto-loader. The one
+// place that knows where they are, shared by the coordinator, the workers and the client.
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+// dist/client/proto.js and src/client/proto.ts both sit two levels below the package root.
+export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'proto');
+export const INFERENCE_PROTO = join(PROTO_DIR, 'inference.proto');
+export const CONTROL_PROTO = join(PROTO_DIR, 'control.proto');
+
+// uint64 (seed, generation) as decimal strings: no precision loss above 2^53.
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
+
+function load(path: string): protoLoader.PackageDefinition {
+  if (!existsSync(path)) throw new Error(`nodespeed: ${path} is missing (the package is incomplete)`);
+  return protoLoader.loadSync(path, LOADER_OPTIONS);
+}
+
+let inference: protoLoader.PackageDefinition | undefined;
+let control: protoLoader.PackageDefinition | undefined;
+
+export function inferencePackageDefinition(): protoLoader.PackageDefinition {
+  return (inference ??= load(INFERENCE_PROTO));
+}
+
+export function controlPackageDefinition(): protoLoader.PackageDefinition {
+  return (control ??= load(CONTROL_PROTO));
+}
+
+export const INFERENCE_SERVICE = 'nodespeed.v1.Inference';
+export const CONTROL_SERVICE = 'nodespeed.control.v1.Control';
+
+/** The service definition of a fully qualified service name in a package definition. */
+export function serviceDefinition(def: protoLoader.PackageDefinition, name: string): grpc.ServiceDefinition {
+  const svc = def[name];
+  if (!svc || 'format' in svc) throw new Error(`proto: service ${name} not found`);
+  return svc as grpc.ServiceDefinition;
+}
+
+/** A client constructor for a service (grpc.makeClientConstructor over the loaded definition). */
+export function clientConstructor(def: protoLoader.PackageDefinition, name: string): grpc.ServiceClientConstructor {
+  return grpc.makeClientConstructor(serviceDefinition(def, name), name);
+}

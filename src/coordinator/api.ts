@@ -1,0 +1,168 @@
+// The public service nodespeed.v1.Inference: validation (INVALID_ARGUMENT naming the field),
+// admission (RESOURCE_EXHAUSTED when the queue is full), optional bearer-token auth, streaming of
+// the driver's tokens, and cancellation/deadlines propagated to the driver so it frees the KV blocks.
+import { timingSafeEqual } from 'node:crypto';
+
+import * as grpc from '@grpc/grpc-js';
+
+import type {
+  ClusterStatusMsg, CompleteResponseMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
+} from '../client/types.js';
+import type { Membership } from './membership.js';
+import { RequestRecord } from './requests.js';
+import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
+import type { Router } from './router.js';
+import { InvalidRequestError, validateRequest } from './validate.js';
+import type { ModelFacts } from './validate.js';
+
+export interface ApiOptions {
+  model: ModelFacts & { path: string; architecture: string; numLayers: number; dtype: string };
+  /** Most requests accepted and not finished, over the whole cluster. */
+  maxQueue: number;
+  /** When set, every call must carry `authorization: Bearer <token>`. */
+  authToken?: string;
+  state: () => string;
+}
+
+const FINISH: FinishReasonName[] = ['FINISH_REASON_UNSPECIFIED', 'FINISH_REASON_STOP', 'FINISH_REASON_LENGTH'];
+
+type Status = { code: grpc.status; details: string };
+
+export class InferenceApi {
+  constructor(private readonly members: Membership, private readonly store: RequestStore,
+    private readonly router: Router, private readonly o: ApiOptions) {}
+
+  private authorize(md: grpc.Metadata): Status | null {
+    if (!this.o.authToken) return null;
+    const h = String(md.get('authorization')[0] ?? '');
+    const want = Buffer.from(`Bearer ${this.o.authToken}`);
+    const got = Buffer.from(h);
+    if (got.length === want.length && timingSafeEqual(got, want)) return null;
+    return { code: grpc.status.UNAUTHENTICATED, details: 'authorization: a valid "Bearer <token>" is required' };
+  }
+
+  /** Validates, admits and routes a request; the sink receives its tokens. */
+  private accept(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+    const denied = this.authorize(md);
+    if (denied) return denied;
+    let v: ReturnType<typeof validateRequest>;
+    try {
+      v = validateRequest(req, this.o.model);
+    } catch (err) {
+      if (err instanceof InvalidRequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+      throw err;
+    }
+    if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
+    if (this.store.size >= this.o.maxQueue)
+      return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
+    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, sink);
+    this.store.add(rec);
+    this.router.submit(rec);
+    return rec;
+  }
+
+  /** Client cancellation or deadline: forget the request and tell its driver to free its blocks. */
+  private abandon(rec: RequestRecord, why: string): void {
+    if (rec.done) return;
+    rec.done = true;
+    this.store.remove(rec.id);
+    this.router.cancel(rec, why);
+  }
+
+  private generate(call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>): void {
+    let rec: RequestRecord | undefined;
+    const sink: RequestSink = {
+      update: (u: RequestUpdate) => {
+        const last = u.finishReason !== 0;
+        if (!u.tokenIds.length && !u.text && !last) return;
+        call.write({
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: FINISH[u.finishReason]!,
+          usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
+          requestId: rec?.id ?? '',
+        });
+        if (last) call.end();
+      },
+      fail: (code, details) => call.emit('error', { code, details }),
+    };
+    const r = this.accept(call.request, call.metadata, sink);
+    if (!(r instanceof RequestRecord)) {
+      call.emit('error', r);
+      return;
+    }
+    rec = r;
+    // 'cancelled' fires on client cancellation and on an expired deadline.
+    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+  }
+
+  private complete(call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>,
+    cb: grpc.sendUnaryData<CompleteResponseMsg>): void {
+    let rec: RequestRecord | undefined;
+    const sink: RequestSink = {
+      update: (u) => {
+        if (u.finishReason === 0 || !rec) return;
+        cb(null, {
+          tokenIds: rec.tokens, text: rec.text, finishReason: FINISH[u.finishReason]!, requestId: rec.id,
+          usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
+        });
+      },
+      fail: (code, details) => cb({ code, details }),
+    };
+    const r = this.accept(call.request, call.metadata, sink);
+    if (!(r instanceof RequestRecord)) {
+      cb(r);
+      return;
+    }
+    rec = r;
+    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+  }
+
+  private listModels(call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>): void {
+    const denied = this.authorize(call.metadata);
+    if (denied) return cb(denied);
+    const m = this.o.model;
+    cb(null, { models: [{ name: m.name, path: m.path, architecture: m.architecture, contextLength: m.contextLength,
+      vocabSize: m.vocabSize, numLayers: m.numLayers, dtype: m.dtype }] });
+  }
+
+  status(): ClusterStatusMsg {
+    const now = Date.now();
+    const layout = this.members.layout;
+    return {
+      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: this.members.gen,
+      state: this.o.state(),
+      hosts: [...new Set(layout.ranks.map((r) => r.host))],
+      pendingRequests: this.store.pending().length,
+      activeRequests: this.store.size,
+      replicas: this.members.replicas.map((r) => ({
+        id: r.id, state: r.state, running: r.load?.running ?? 0, queued: r.load?.queued ?? 0,
+        kvBlocksTotal: r.load?.kvBlocksTotal ?? r.kvBlocks, kvBlocksFree: r.load?.kvBlocksFree ?? r.kvBlocks,
+        kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
+        recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
+      })),
+      workers: layout.ranks.map((p) => {
+        const w = this.members.workers.get(p.rank);
+        return {
+          rank: p.rank, replica: p.replica, stage: p.stage, tpRank: p.tpRank, host: p.host, pid: w?.join.pid ?? 0,
+          state: w?.state ?? 'starting', device: w?.join.device?.kind ?? '', layerStart: p.layerStart, layerEnd: p.layerEnd,
+          lastHeartbeatMsAgo: w ? now - w.lastHeartbeat : -1,
+          loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
+        };
+      }),
+    };
+  }
+
+  handlers(): grpc.UntypedServiceImplementation {
+    return {
+      Generate: (call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>) => this.generate(call),
+      Complete: (call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>, cb: grpc.sendUnaryData<CompleteResponseMsg>) =>
+        this.complete(call, cb),
+      ListModels: (call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>) =>
+        this.listModels(call, cb),
+      ClusterStatus: (call: grpc.ServerUnaryCall<unknown, ClusterStatusMsg>, cb: grpc.sendUnaryData<ClusterStatusMsg>) => {
+        const denied = this.authorize(call.metadata);
+        if (denied) return cb(denied);
+        cb(null, this.status());
+      },
+    };
+  }
+}

@@ -1,0 +1,166 @@
+// `nodespeed launch` as a function: plan the layout, start the coordinator in this process and one
+// worker per rank through the launcher, show load progress, and resolve once every replica serves.
+// Used by the launch command and the demo.
+import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { loadModelConfig } from '../model/config.js';
+import type { ModelConfig } from '../model/config.js';
+import { isLocalHost } from '../launcher/plan.js';
+import type { Placement } from '../launcher/plan.js';
+import { startJob } from '../launcher/supervisor.js';
+import type { Job } from '../launcher/supervisor.js';
+import type { SshOptions } from '../launcher/ssh.js';
+import { loadTokenizer } from '../model/tokenizer.js';
+import { planLayout } from './layout.js';
+import type { HostSlots, Layout } from './layout.js';
+import { Coordinator } from './server.js';
+
+export interface ClusterOptions {
+  model: string;
+  placement: Placement;
+  tp: number;
+  pp: number;
+  replicas: number | 'auto';
+  device: 'cpu' | 'cuda';
+  dtype: string;
+  bind: string;
+  port: number;
+  /** Address the workers dial; default: the address this machine uses to reach the first remote host. */
+  advertise?: string;
+  kvBlocks: number;
+  threads: number;
+  maxBatchTokens: number;
+  maxQueue: number;
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  allowTpAcrossHosts: boolean;
+  authToken?: string;
+  ssh?: SshOptions;
+  remoteWorkdir?: string;
+  node?: string;
+  logDir?: string;
+  log: (line: string) => void;
+  /** Worker output lines, already prefixed with [host:rank]. */
+  onWorkerLine?: (line: string) => void;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface Cluster {
+  coordinator: Coordinator;
+  job: Job;
+  layout: Layout;
+  config: ModelConfig;
+  /** host:port clients can dial. */
+  address: string;
+  stop(reason?: string): Promise<void>;
+}
+
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const WORKER_SCRIPT = join(packageRoot, 'dist', 'worker', 'main.js');
+
+/** Hosts with their slot counts, in rank order (the launcher numbers ranks host by host). */
+export function hostSlots(p: Placement): HostSlots[] {
+  const out: HostSlots[] = [];
+  for (const r of p.ranks) {
+    const last = out[out.length - 1];
+    if (last && last.host === r.host) last.slots++;
+    else out.push({ host: r.host, slots: 1 });
+  }
+  return out;
+}
+
+/** The first `world` ranks of the placement: a layout may leave slots unused. */
+export function trimPlacement(p: Placement, world: number): Placement {
+  const ranks = p.ranks.slice(0, world);
+  return { ...p, ranks, worldSize: world, numNodes: new Set(ranks.map((r) => r.host)).size };
+}
+
+/** The source address the kernel would use to reach `host` (no packet is sent). */
+async function routeTo(host: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    s.on('error', () => {
+      s.close();
+      resolve('127.0.0.1');
+    });
+    s.connect(9, host, () => {
+      const a = s.address().address;
+      s.close();
+      resolve(a);
+    });
+  });
+}
+
+export async function workerAddress(p: Placement, bind: string, port: number, advertise?: string): Promise<string> {
+  if (advertise) return `${advertise}:${port}`;
+  const remote = p.ranks.find((r) => !r.isLocal && !isLocalHost(r.host));
+  let host = bind === '0.0.0.0' || bind === '::' ? '127.0.0.1' : bind;
+  if (remote) host = await routeTo(remote.host);
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
+  const config = loadModelConfig(o.model);
+  const layout = planLayout(config, hostSlots(o.placement), { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts });
+  const placement = trimPlacement(o.placement, layout.world);
+  const tokenizer = await loadTokenizer(o.model);
+  const token = randomBytes(24).toString('hex');
+  const coordinator = new Coordinator({
+    layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
+    maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
+    heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, bind: o.bind, port: o.port,
+    ...(o.authToken ? { authToken: o.authToken } : {}),
+    model: {
+      name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
+      contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
+      encode: (text: string) => tokenizer.encode(text),
+    },
+  });
+  const port = await coordinator.start();
+  if (o.onProgress) coordinator.members.on('progress', o.onProgress);
+  const dial = await workerAddress(placement, o.bind, port, o.advertise);
+  let job: Job;
+  try {
+    job = await startJob({
+      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false,
+      env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs) },
+      cwd: process.cwd(),
+      ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
+      ...(o.logDir ? { logDir: o.logDir } : {}),
+    }, (j) => {
+      j.on('line', (e) => o.onWorkerLine?.(`[${e.host}:${e.rank}] ${e.line}`));
+      j.on('rank-exit', (e) => {
+        if (!e.expected && e.code !== 0) o.log(`launcher: rank ${e.rank} on ${e.host} exited (code ${e.code ?? '?'}${e.signal ? `, ${e.signal}` : ''})`);
+      });
+    });
+  } catch (err) {
+    await coordinator.stop('launch failed');
+    throw err;
+  }
+  const stop = async (reason = 'shutting down') => {
+    await coordinator.stop(reason);
+    // Workers exit on the Stop message; the launcher reaps (or kills) what is left.
+    const t = setTimeout(() => void job.stop(reason), 3000);
+    await Promise.race([job.done, new Promise((r) => setTimeout(r, 3500))]);
+    clearTimeout(t);
+    await job.stop(reason);
+  };
+  // A worker that dies before the cluster serves makes the launch fail (with its exit in the log).
+  const died = new Promise<never>((_, reject) => {
+    job.on('rank-exit', (e) => {
+      if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready`));
+    });
+  });
+  try {
+    await Promise.race([coordinator.whenAllServing(), died]);
+  } catch (err) {
+    await stop('launch failed');
+    throw err;
+  }
+  died.catch(() => {});
+  const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
+  return { coordinator, job, layout, config, address: `${host}:${port}`, stop };
+}

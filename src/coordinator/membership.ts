@@ -1,0 +1,312 @@
+// Who is in the job: workers join over their control stream with the job token, get their
+// assignment from the layout, meet their communicator peers through the coordinator (rendezvous),
+// report load progress and readiness, and heartbeat both ways from the first message on. Owns the
+// membership generation that every control message carries; a message of another generation is
+// stale and ignored.
+import { timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+
+import * as grpc from '@grpc/grpc-js';
+
+import type {
+  CoordinatorMessage, HeartbeatMsg, JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, TokensMsg, WorkerMessage,
+} from './control-messages.js';
+import type { Layout, RankPlan } from './layout.js';
+
+export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
+export type ReplicaState = 'forming' | 'loading' | 'serving' | 'lost';
+
+export interface MembershipOptions {
+  token: string;
+  modelDir: string;
+  dtype: string;
+  device: string;
+  kvBlocks: number;
+  threads: number;
+  maxBatchTokens: number;
+  maxQueue: number;
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  log: (line: string) => void;
+}
+
+type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
+
+export class WorkerConn {
+  state: WorkerState = 'joined';
+  lastHeartbeat = Date.now();
+  loadDone = 0;
+  loadTotal = 0;
+  kvBlocks = 0;
+  kvBlockSize = 0;
+  lostReason = '';
+
+  constructor(readonly plan: RankPlan, readonly join: JoinMsg, private readonly call: ControlCall) {}
+
+  get rank(): number {
+    return this.plan.rank;
+  }
+
+  send(m: OutgoingCoordinatorMessage): void {
+    if (this.state === 'lost') return;
+    try {
+      this.call.write(m);
+    } catch {
+      // The stream is closing; its 'end'/'error' handler marks the worker lost.
+    }
+  }
+
+  close(): void {
+    try {
+      this.call.end();
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+export class Replica {
+  state: ReplicaState = 'forming';
+  load: ReplicaLoadMsg | null = null;
+  kvBlocks = 0;
+  kvBlockSize = 0;
+
+  constructor(readonly id: number, readonly ranks: number[]) {}
+}
+
+interface RendezvousGroup {
+  size: number;
+  payloads: (Buffer | undefined)[];
+  members: Set<number>;
+}
+
+export interface MembershipEvents {
+  progress: [done: number, total: number];
+  'replica-serving': [replica: Replica];
+  'replica-lost': [replica: Replica, reason: string];
+  'worker-lost': [worker: WorkerConn, reason: string];
+  tokens: [replica: Replica, msg: TokensMsg];
+  refused: [join: JoinMsg, reason: string];
+}
+
+export class Membership extends EventEmitter<MembershipEvents> {
+  generation = 1n;
+  readonly workers = new Map<number, WorkerConn>();
+  readonly replicas: Replica[];
+  private readonly groups = new Map<string, RendezvousGroup>();
+  private readonly monitor: NodeJS.Timeout;
+  private stopping = false;
+
+  constructor(readonly layout: Layout, private readonly o: MembershipOptions) {
+    super();
+    this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
+      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank)));
+    // One timer both sends the coordinator's heartbeats and declares silent workers lost.
+    this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
+    this.monitor.unref();
+  }
+
+  get gen(): string {
+    return this.generation.toString();
+  }
+
+  /** The Control.Connect handler: one call per worker for its whole life. */
+  handleStream(call: ControlCall): void {
+    let worker: WorkerConn | undefined;
+    call.on('data', (m: WorkerMessage) => {
+      try {
+        if (!worker) {
+          if (m.msg !== 'join') return this.refuse(call, null, 'the first message must be Join');
+          worker = this.admit(call, m.join);
+          return;
+        }
+        this.onMessage(worker, m);
+      } catch (err) {
+        this.o.log(`coordinator: control message from rank ${worker?.rank ?? '?'}: ${(err as Error).message}`);
+      }
+    });
+    const gone = (why: string) => {
+      if (worker && this.workers.get(worker.rank) === worker) this.lose(worker, why);
+    };
+    call.on('end', () => {
+      gone('control stream closed');
+      try {
+        call.end();
+      } catch {
+        /* already ended */
+      }
+    });
+    call.on('error', (err) => gone(`control stream failed: ${err.message}`));
+    call.on('cancelled', () => gone('control stream cancelled'));
+  }
+
+  private refuse(call: ControlCall, join: JoinMsg | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
+    this.o.log(`coordinator: refused worker ${join ? `rank ${join.rank} pid ${join.pid} on ${join.host || '?'}` : '(no Join)'}: ${reason}`);
+    if (join) this.emit('refused', join, reason);
+    // grpc-js: emitting 'error' on a server stream ends the call with that status.
+    call.emit('error', { code, details: reason, metadata: new grpc.Metadata() });
+    return undefined;
+  }
+
+  private tokenOk(given: string): boolean {
+    const a = Buffer.from(given);
+    const b = Buffer.from(this.o.token);
+    return a.length === b.length && timingSafeEqual(a, b);
+  }
+
+  private admit(call: ControlCall, join: JoinMsg): WorkerConn | undefined {
+    if (!this.tokenOk(join.token)) return this.refuse(call, join, 'wrong job token');
+    const plan = this.layout.ranks[join.rank];
+    if (!plan) return this.refuse(call, join, `rank ${join.rank} is not in this job's world of ${this.layout.world}`, grpc.status.INVALID_ARGUMENT);
+    const old = this.workers.get(join.rank);
+    if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
+    const w = new WorkerConn(plan, join, call);
+    this.workers.set(join.rank, w);
+    const replica = this.replicas[plan.replica]!;
+    if (replica.state === 'forming') replica.state = 'loading';
+    this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})`);
+    const peers = replica.ranks.map((r) => {
+      const p = this.layout.ranks[r]!;
+      return { rank: r, host: p.host, listenAddresses: this.workers.get(r)?.join.listenAddresses ?? [] };
+    });
+    w.send({
+      assignment: {
+        generation: this.gen, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
+        tp: this.layout.tp, pp: this.layout.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
+        modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
+        peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
+        maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue,
+      },
+    });
+    return w;
+  }
+
+  private stale(w: WorkerConn, generation: string): boolean {
+    if (generation === this.gen) return false;
+    this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (now ${this.gen})`);
+    return true;
+  }
+
+  private onMessage(w: WorkerConn, m: WorkerMessage): void {
+    if (w.state === 'lost') return;
+    w.lastHeartbeat = Date.now(); // any message proves the worker alive
+    switch (m.msg) {
+      case 'heartbeat':
+        if (this.stale(w, m.heartbeat.generation)) return;
+        if (m.heartbeat.load) this.replicas[w.plan.replica]!.load = m.heartbeat.load;
+        return;
+      case 'loadProgress':
+        if (this.stale(w, m.loadProgress.generation)) return;
+        w.state = 'loading';
+        w.loadDone = Number(m.loadProgress.done);
+        w.loadTotal = Number(m.loadProgress.total);
+        this.emit('progress', ...this.progress());
+        return;
+      case 'ready':
+        if (this.stale(w, m.ready.generation)) return;
+        w.state = 'ready';
+        w.kvBlocks = m.ready.kvBlocks;
+        w.kvBlockSize = m.ready.kvBlockSize;
+        w.loadDone = w.loadTotal = Math.max(w.loadTotal, 1);
+        this.o.log(`coordinator: rank ${w.rank} ready (${m.ready.describe})`);
+        this.emit('progress', ...this.progress());
+        this.maybeStart(this.replicas[w.plan.replica]!);
+        return;
+      case 'commOffer':
+        if (this.stale(w, m.commOffer.generation)) return;
+        this.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload);
+        return;
+      case 'tokens':
+        if (this.stale(w, m.tokens.generation)) return;
+        this.emit('tokens', this.replicas[w.plan.replica]!, m.tokens);
+        return;
+      case 'error':
+        this.o.log(`worker ${w.rank}: ${m.error.message}`);
+        if (m.error.fatal) this.lose(w, m.error.message);
+        return;
+      case 'join':
+        this.o.log(`coordinator: rank ${w.rank} sent Join twice; ignored`);
+    }
+  }
+
+  /** Sum of every worker's load progress (a worker that has not reported counts as 0 of 1). */
+  progress(): [number, number] {
+    let done = 0;
+    let total = 0;
+    for (const p of this.layout.ranks) {
+      const w = this.workers.get(p.rank);
+      const t = w && w.loadTotal > 0 ? w.loadTotal : 1;
+      total += t;
+      done += w ? Math.min(w.loadDone, t) : 0;
+    }
+    return [done, total];
+  }
+
+  // Communicator rendezvous: all-gather of one blob per group member, by group rank.
+  private offer(w: WorkerConn, name: string, groupRank: number, size: number, payload: Buffer): void {
+    const g = this.groups.get(name) ?? { size, payloads: new Array<Buffer | undefined>(size).fill(undefined), members: new Set<number>() };
+    if (g.size !== size || groupRank >= size) throw new Error(`comm group ${name}: rank ${w.rank} offered group rank ${groupRank} of ${size}, expected a group of ${g.size}`);
+    this.groups.set(name, g);
+    g.payloads[groupRank] = Buffer.from(payload);
+    g.members.add(w.rank);
+    if (g.payloads.some((p) => p === undefined)) return;
+    this.groups.delete(name);
+    for (const r of g.members) this.workers.get(r)?.send({ commPeers: { generation: this.gen, group: name, payloads: g.payloads } });
+  }
+
+  private maybeStart(replica: Replica): void {
+    const ws = replica.ranks.map((r) => this.workers.get(r));
+    if (ws.some((w) => !w || w.state !== 'ready')) return;
+    replica.kvBlocks = Math.min(...ws.map((w) => w!.kvBlocks));
+    replica.kvBlockSize = ws[0]!.kvBlockSize;
+    replica.state = 'serving';
+    for (const w of ws) {
+      w!.state = 'serving';
+      w!.send({ start: { generation: this.gen, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
+    }
+    this.o.log(`coordinator: replica ${replica.id} serving (${replica.kvBlocks} KV blocks of ${replica.kvBlockSize} tokens)`);
+    this.emit('replica-serving', replica);
+  }
+
+  /** The replica's driver (stage 0, TP rank 0): the one that schedules and streams tokens. */
+  driver(replica: Replica): WorkerConn | undefined {
+    return this.workers.get(replica.ranks[0]!);
+  }
+
+  private lose(w: WorkerConn, reason: string): void {
+    if (w.state === 'lost' || this.stopping) return;
+    w.state = 'lost';
+    w.lostReason = reason;
+    this.o.log(`coordinator: rank ${w.rank} (${w.join.host} pid ${w.join.pid}) lost: ${reason}`);
+    this.emit('worker-lost', w, reason);
+    const replica = this.replicas[w.plan.replica]!;
+    if (replica.state === 'lost') return;
+    replica.state = 'lost';
+    // The survivors must not block forever on the dead peer: tell them to abort their communicators.
+    for (const r of replica.ranks) if (r !== w.rank) this.workers.get(r)?.send({ abort: { generation: this.gen, reason: `rank ${w.rank} lost: ${reason}` } });
+    this.emit('replica-lost', replica, `rank ${w.rank} lost: ${reason}`);
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    const hb: HeartbeatMsg = { generation: this.gen, sentAtMs: now, load: null };
+    for (const w of this.workers.values()) {
+      if (w.state === 'lost') continue;
+      if (now - w.lastHeartbeat > this.o.heartbeatTimeoutMs) {
+        this.lose(w, `no heartbeat for ${now - w.lastHeartbeat} ms`);
+        continue;
+      }
+      w.send({ heartbeat: { generation: hb.generation, sentAtMs: hb.sentAtMs } });
+    }
+  }
+
+  /** Tells every worker to stop and closes the streams. */
+  stopAll(reason: string): void {
+    this.stopping = true;
+    clearInterval(this.monitor);
+    for (const w of this.workers.values()) {
+      w.send({ stop: { generation: this.gen, reason } });
+      w.close();
+    }
+  }
+}

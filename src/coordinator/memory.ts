@@ -1,0 +1,89 @@
+// Per-rank memory estimate for `nodespeed launch --dry-run` (and the check that refuses a layout
+// that does not fit): the rank's weight slices, its KV cache and a fixed working reserve.
+import { totalmem } from 'node:os';
+
+import type { ModelConfig } from '../model/config.js';
+import type { Layout, RankPlan } from './layout.js';
+
+export interface RankMemory {
+  rank: number;
+  host: string;
+  weightBytes: number;
+  kvBytes: number;
+  totalBytes: number;
+}
+
+export interface MemoryCheck {
+  ranks: RankMemory[];
+  /** Memory one rank may use: a GPU's memory x fraction, or a host's RAM shared by its ranks. */
+  budgetBytes: Map<string, number>;
+  problems: string[];
+}
+
+const RESERVE = 256 * 2 ** 20; // activations, runtime, allocator slack
+
+function bytesOf(dtype: string, fallback: string): number {
+  const d = dtype === 'auto' ? fallback : dtype;
+  return d === 'f32' ? 4 : 2;
+}
+
+/** Weight bytes a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
+export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, pp: number): number {
+  const h = c.hiddenSize;
+  const kvHeads = Math.max(1, c.numKvHeads / tp); // replicated when tp > kv heads
+  const perLayer = (h * c.numHeads * c.headDim) / tp + 2 * h * kvHeads * c.headDim + (c.numHeads * c.headDim * h) / tp +
+    (3 * h * c.intermediateSize) / tp + 2 * h;
+  let n = (p.layerEnd - p.layerStart) * perLayer;
+  const vocabShare = Math.ceil(c.vocabSize / tp) * h;
+  if (p.stage === 0) n += vocabShare;
+  if (p.stage === pp - 1) n += (c.tieWordEmbeddings && pp === 1 ? 0 : vocabShare) + h;
+  return n;
+}
+
+export interface MemoryOptions {
+  device: 'cpu' | 'cuda';
+  dtype: string;
+  kvBlocks: number;
+  kvBlockSize: number;
+  /** Per-GPU memory (bytes) for cuda; ignored for cpu. */
+  gpuMemory?: number;
+  gpuMemoryFraction?: number;
+}
+
+export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
+  // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
+  const wBytes = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
+  const kvElt = o.device === 'cpu' ? 4 : 2;
+  const kvHeads = Math.max(1, c.numKvHeads / l.tp);
+  // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
+  const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
+  const ranks = l.ranks.map((p) => {
+    const weightBytes = rankWeightParams(c, p, l.tp, l.pp) * wBytes;
+    const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
+    return { rank: p.rank, host: p.host, weightBytes, kvBytes, totalBytes: weightBytes + kvBytes + RESERVE };
+  });
+  const budgetBytes = new Map<string, number>();
+  const problems: string[] = [];
+  if (o.device === 'cuda') {
+    const budget = (o.gpuMemory ?? 0) * (o.gpuMemoryFraction ?? 0.9);
+    for (const r of ranks) {
+      budgetBytes.set(r.host, budget);
+      if (budget > 0 && r.totalBytes > budget)
+        problems.push(`rank ${r.rank} on ${r.host} needs ~${gib(r.totalBytes)} GiB, a GPU offers ${gib(budget)} GiB`);
+    }
+  } else {
+    // Hosts are assumed alike: this machine's RAM is the yardstick for every host.
+    const ram = totalmem() * 0.9;
+    const perHost = new Map<string, number>();
+    for (const r of ranks) perHost.set(r.host, (perHost.get(r.host) ?? 0) + r.totalBytes);
+    for (const [host, need] of perHost) {
+      budgetBytes.set(host, ram);
+      if (need > ram) problems.push(`the ranks on ${host} need ~${gib(need)} GiB together, the host has ~${gib(ram)} GiB`);
+    }
+  }
+  return { ranks, budgetBytes, problems };
+}
+
+export function gib(b: number): string {
+  return (b / 2 ** 30).toFixed(b < 2 ** 30 ? 3 : 1);
+}

@@ -1,0 +1,115 @@
+// Puts each accepted request on a replica: the serving replica with the fewest unfinished
+// requests (ties: the most free KV blocks, then the lowest id). Requests wait in the coordinator
+// while no replica serves yet, and are dispatched when one starts.
+import * as grpc from '@grpc/grpc-js';
+
+import { FINISH_LENGTH, FINISH_STOP } from './control-messages.js';
+import type { TokensMsg } from './control-messages.js';
+import type { Membership, Replica } from './membership.js';
+import type { RequestRecord, RequestStore } from './requests.js';
+
+export class Router {
+  constructor(private readonly members: Membership, private readonly store: RequestStore,
+    private readonly log: (line: string) => void) {
+    members.on('replica-serving', () => this.dispatchPending());
+    members.on('tokens', (replica, msg) => this.onTokens(replica, msg));
+    members.on('replica-lost', (replica, reason) => this.onReplicaLost(replica, reason));
+  }
+
+  private active(replica: Replica): number {
+    return this.store.onReplica(replica.id).length;
+  }
+
+  pick(): Replica | undefined {
+    let best: Replica | undefined;
+    let bestLoad = Infinity;
+    for (const r of this.members.replicas) {
+      if (r.state !== 'serving') continue;
+      const load = this.active(r);
+      const free = r.load?.kvBlocksFree ?? r.kvBlocks;
+      const bestFree = best ? (best.load?.kvBlocksFree ?? best.kvBlocks) : -1;
+      if (load < bestLoad || (load === bestLoad && free > bestFree)) {
+        best = r;
+        bestLoad = load;
+      }
+    }
+    return best;
+  }
+
+  /** Whether any replica serves now or may still come up. */
+  anyAlive(): boolean {
+    return this.members.replicas.some((r) => r.state !== 'lost');
+  }
+
+  submit(rec: RequestRecord): void {
+    const replica = this.pick();
+    if (!replica) return; // stays pending until a replica serves
+    const driver = this.members.driver(replica);
+    if (!driver) return;
+    rec.replica = replica.id;
+    const p = rec.params;
+    driver.send({
+      submit: {
+        generation: this.members.gen, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
+        topK: p.topK, topP: p.topP, seed: p.seed.toString(), maxTokens: p.maxTokens, stop: p.stop,
+        ignoreEos: p.ignoreEos, generatedIds: rec.tokens,
+      },
+    });
+  }
+
+  cancel(rec: RequestRecord, reason: string): void {
+    if (rec.replica === null) return;
+    const replica = this.members.replicas[rec.replica];
+    const driver = replica && this.members.driver(replica);
+    driver?.send({ cancel: { generation: this.members.gen, requestId: rec.id, reason } });
+  }
+
+  private dispatchPending(): void {
+    for (const rec of this.store.pending()) this.submit(rec);
+  }
+
+  private onTokens(replica: Replica, msg: TokensMsg): void {
+    for (const u of msg.updates) {
+      const rec = this.store.get(u.requestId);
+      if (!rec || rec.done || rec.replica !== replica.id) continue; // cancelled meanwhile, or stale
+      if (u.error) {
+        rec.done = true;
+        this.store.remove(rec.id);
+        rec.sink.fail(grpc.status.INTERNAL, u.error);
+        continue;
+      }
+      // Tokens the client already has (a replay re-sends from an earlier index) are dropped here.
+      const skip = rec.tokens.length - u.index;
+      if (skip < 0) {
+        this.log(`coordinator: request ${rec.id}: gap in the token stream (have ${rec.tokens.length}, got index ${u.index})`);
+        continue;
+      }
+      const fresh = u.tokenIds.slice(skip);
+      if (fresh.length) rec.firstTokenAt ??= Date.now();
+      rec.tokens.push(...fresh);
+      rec.text += u.text;
+      const finish = u.finishReason === FINISH_STOP || u.finishReason === FINISH_LENGTH ? u.finishReason : 0;
+      if (finish) {
+        rec.finishReason = finish;
+        rec.done = true;
+        this.store.remove(rec.id);
+      }
+      rec.sink.update({ tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: finish });
+    }
+  }
+
+  // Until failover exists (issue 6), requests on a lost replica fail; pending ones wait for another.
+  private onReplicaLost(replica: Replica, reason: string): void {
+    for (const rec of this.store.onReplica(replica.id)) {
+      rec.done = true;
+      this.store.remove(rec.id);
+      rec.sink.fail(grpc.status.UNAVAILABLE, `replica ${replica.id} failed: ${reason}`);
+    }
+    if (!this.anyAlive())
+      for (const rec of this.store.pending()) {
+        rec.done = true;
+        this.store.remove(rec.id);
+        rec.sink.fail(grpc.status.UNAVAILABLE, 'no replica left to serve the request');
+      }
+  }
+}

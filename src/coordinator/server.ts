@@ -1,0 +1,119 @@
+// The coordinator: one gRPC server carrying the public API (nodespeed.v1.Inference), the workers'
+// control streams (nodespeed.control.v1.Control), grpc.health.v1 and server reflection. Runs inside
+// `nodespeed launch`.
+import * as grpc from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+
+import {
+  CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
+} from '../client/proto.js';
+import { InferenceApi } from './api.js';
+import type { ApiOptions } from './api.js';
+import type { Layout } from './layout.js';
+import { Membership } from './membership.js';
+import type { MembershipOptions, Replica } from './membership.js';
+import { RequestStore } from './requests.js';
+import { Router } from './router.js';
+
+export interface CoordinatorOptions extends MembershipOptions {
+  layout: Layout;
+  model: ApiOptions['model'];
+  authToken?: string;
+  /** Address to bind, e.g. 0.0.0.0 or 127.0.0.1. */
+  bind: string;
+  /** 0 picks a free port. */
+  port: number;
+}
+
+export class Coordinator {
+  readonly members: Membership;
+  readonly store = new RequestStore();
+  readonly router: Router;
+  readonly api: InferenceApi;
+  readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
+  private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+  private state = 'starting';
+  port = 0;
+
+  constructor(readonly o: CoordinatorOptions) {
+    this.members = new Membership(o.layout, o);
+    this.router = new Router(this.members, this.store, o.log);
+    this.api = new InferenceApi(this.members, this.store, this.router, {
+      model: o.model, maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
+    });
+    this.members.on('replica-serving', () => this.updateHealth());
+    this.members.on('replica-lost', () => this.updateHealth());
+  }
+
+  private updateHealth(): void {
+    const serving = this.members.replicas.some((r) => r.state === 'serving');
+    if (this.state !== 'stopping') this.state = serving ? 'serving' : 'starting';
+    const s = serving ? 'SERVING' : 'NOT_SERVING';
+    this.health.setStatus('', s);
+    this.health.setStatus(INFERENCE_SERVICE, s);
+  }
+
+  async start(): Promise<number> {
+    const inference = inferencePackageDefinition();
+    const control = controlPackageDefinition();
+    this.server.addService(serviceDefinition(inference, INFERENCE_SERVICE), this.api.handlers());
+    this.server.addService(serviceDefinition(control, CONTROL_SERVICE), {
+      Connect: (call: Parameters<Membership['handleStream']>[0]) => this.members.handleStream(call),
+    });
+    this.health.addToServer(this.server);
+    // Reflection describes the public API only; the control plane is internal.
+    new ReflectionService(inference).addToServer(this.server);
+    const host = this.o.bind.includes(':') ? `[${this.o.bind}]` : this.o.bind;
+    this.port = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(`${host}:${this.o.port}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
+        if (err) reject(new Error(`cannot listen on ${host}:${this.o.port}: ${err.message}`));
+        else resolve(port);
+      }));
+    return this.port;
+  }
+
+  /** Resolves when every replica serves; rejects when one is lost before that. */
+  whenAllServing(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.members.replicas.every((r) => r.state === 'serving')) {
+          cleanup();
+          resolve();
+        }
+      };
+      const lost = (r: Replica, reason: string) => {
+        cleanup();
+        reject(new Error(`replica ${r.id} failed while starting: ${reason}`));
+      };
+      const cleanup = () => {
+        this.members.off('replica-serving', check);
+        this.members.off('replica-lost', lost);
+      };
+      this.members.on('replica-serving', check);
+      this.members.on('replica-lost', lost);
+      check();
+    });
+  }
+
+  /** Stops the workers (Stop message), fails what is still in flight, closes the server. */
+  async stop(reason = 'shutting down'): Promise<void> {
+    this.state = 'stopping';
+    for (const rec of [...this.store.values()]) {
+      rec.done = true;
+      this.store.remove(rec.id);
+      rec.sink.fail(grpc.status.UNAVAILABLE, `server ${reason}`);
+    }
+    this.members.stopAll(reason);
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,112 @@
+// The worker's end of the control plane: one bidirectional stream to the coordinator. Sends Join
+// first, heartbeats from then on (every message carries the membership generation), and hands the
+// coordinator's messages to the worker as events. Also the communicator rendezvous: every member
+// of a group offers a blob, the coordinator answers with all of them in rank order.
+import { EventEmitter } from 'node:events';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../client/proto.js';
+import type {
+  AbortMsg, AssignmentMsg, CancelMsg, CommPeersMsg, CoordinatorMessage, JoinMsg, OutgoingWorkerMessage, ReplicaLoadMsg,
+  StartMsg, StopMsg, SubmitMsg,
+} from '../coordinator/control-messages.js';
+
+export interface ControlEvents {
+  assignment: [AssignmentMsg];
+  start: [StartMsg];
+  submit: [SubmitMsg];
+  cancel: [CancelMsg];
+  stop: [StopMsg];
+  abort: [AbortMsg];
+  /** The stream ended or failed: the coordinator is gone or refused us. */
+  closed: [Error | null];
+}
+
+export class ControlClient extends EventEmitter<ControlEvents> {
+  generation = '0';
+  private readonly client: grpc.Client;
+  private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
+  private readonly rendezvous = new Map<string, (payloads: Buffer[]) => void>();
+  private heartbeat: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Filled by the replica driver: sent with every heartbeat. */
+  load: (() => ReplicaLoadMsg) | undefined;
+
+  constructor(address: string, join: JoinMsg, heartbeatMs: number) {
+    super();
+    const Ctor = clientConstructor(controlPackageDefinition(), CONTROL_SERVICE);
+    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 });
+    this.call = (this.client as unknown as { Connect(): grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage> }).Connect();
+    this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
+    this.call.on('error', (err: Error) => this.finish(err));
+    this.call.on('end', () => this.finish(null));
+    this.call.write({ join: { ...join } as unknown as Record<string, unknown> });
+    this.startHeartbeat(heartbeatMs);
+  }
+
+  private startHeartbeat(ms: number): void {
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => {
+      this.send({ heartbeat: { generation: this.generation, sentAtMs: Date.now(), ...(this.load ? { load: this.load() } : {}) } });
+    }, ms);
+  }
+
+  private onMessage(m: CoordinatorMessage): void {
+    switch (m.msg) {
+      case 'assignment':
+        this.generation = m.assignment.generation;
+        if (m.assignment.heartbeatIntervalMs > 0) this.startHeartbeat(m.assignment.heartbeatIntervalMs);
+        this.emit('assignment', m.assignment);
+        return;
+      case 'heartbeat':
+        return; // proof the coordinator is alive; nothing to do
+      case 'commPeers':
+        if (m.commPeers.generation !== this.generation) return;
+        this.rendezvous.get(m.commPeers.group)?.(m.commPeers.payloads);
+        this.rendezvous.delete(m.commPeers.group);
+        return;
+      default: {
+        const body = (m as unknown as Record<string, { generation: string }>)[m.msg]!;
+        if (body.generation !== this.generation) return; // stale: another membership generation
+        this.emit(m.msg as 'start', body as never);
+      }
+    }
+  }
+
+  private finish(err: Error | null): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.heartbeat);
+    for (const [group] of this.rendezvous) this.rendezvous.delete(group);
+    this.emit('closed', err);
+  }
+
+  send(m: OutgoingWorkerMessage): void {
+    if (this.closed) return;
+    this.call.write(m);
+  }
+
+  /** Sends this member's blob of `group` and resolves with every member's, by group rank. */
+  exchange(group: string, groupRank: number, groupSize: number, payload: Uint8Array): Promise<Buffer[]> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new Error(`rendezvous ${group}: the control stream is closed`));
+      this.rendezvous.set(group, resolve);
+      this.once('closed', (err) => reject(new Error(`rendezvous ${group}: control stream closed${err ? `: ${err.message}` : ''}`)));
+      this.send({ commOffer: { generation: this.generation, group, groupRank, groupSize, payload: Buffer.from(payload) } });
+    });
+  }
+
+  close(): void {
+    clearInterval(this.heartbeat);
+    if (!this.closed) {
+      this.closed = true;
+      try {
+        this.call.end();
+      } catch {
+        /* already closed */
+      }
+    }
+    this.client.close();
+  }
+}

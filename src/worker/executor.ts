@@ -1,0 +1,113 @@
+// The per-step loops of a replica over the data plane (the replica's communicator, not gRPC).
+//
+// Replica-local rank i = stage * tp + tpRank; the driver is local rank 0 (stage 0, TP rank 0).
+// Driver: plans a micro-batch (Scheduler), sends its metadata to every other rank, runs its own
+// stage-0 shard, hands the activations to stage 1, and keeps up to `pp` micro-batches in flight
+// before it waits for the oldest one's sampled tokens from the last stage. Other ranks: receive
+// metadata, receive activations from the previous stage (same TP rank), step, pass activations on;
+// the last stage's TP rank 0 returns the sampled tokens to the driver. Every rank processes the
+// same sequence of micro-batches, so TP collectives inside the engine always pair up.
+import type { Engine } from '../engine/engine.js';
+import type { NativeComm } from '../native/addon.js';
+import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
+import type { PlannedStep, Scheduler } from './scheduler.js';
+import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
+
+export interface ReplicaPosition {
+  stage: number;
+  tpRank: number;
+  tp: number;
+  pp: number;
+}
+
+export type DataPlane = Pick<NativeComm, 'send' | 'recv' | 'abort'>;
+
+function localRank(p: { stage: number; tpRank: number; tp: number }): number {
+  return p.stage * p.tp + p.tpRank;
+}
+
+function hiddenBytes(engine: Engine, tokens: number): number {
+  return tokens * engine.shard.hidden * (engine.shard.compute === 'f32' || !engine.shard.compute ? 4 : 2);
+}
+
+/** Runs a non-driver rank until the driver sends STOP (resolves) or the data plane fails (rejects). */
+export async function runFollower(engine: Engine, plane: DataPlane, pos: ReplicaPosition): Promise<void> {
+  const hdr = new Uint8Array(FRAME_BYTES);
+  const last = pos.stage === pos.pp - 1;
+  const prev = pos.stage > 0 ? localRank({ ...pos, stage: pos.stage - 1 }) : -1;
+  const next = last ? -1 : localRank({ ...pos, stage: pos.stage + 1 });
+  for (;;) {
+    await plane.recv(hdr, 0);
+    const f = readFrame(hdr);
+    if (f.kind === KIND_STOP) return;
+    if (f.kind !== KIND_STEP) throw new Error(`data plane: unexpected frame kind ${f.kind} from the driver`);
+    const body = new Uint8Array(f.bytes);
+    await plane.recv(body, 0);
+    const meta = decodeStep(body);
+    let hiddenIn: Uint8Array | undefined;
+    if (prev >= 0) {
+      hiddenIn = new Uint8Array(hiddenBytes(engine, totalTokens(meta.seqs)));
+      await plane.recv(hiddenIn, prev);
+    }
+    const out = await engine.step({ seqs: meta.seqs, ...(hiddenIn ? { hiddenIn } : {}) });
+    if (!last) await plane.send(out.hiddenOut!, next);
+    else if (pos.tpRank === 0 && pos.stage > 0 && out.sampled.length > 0) await plane.send(new Uint8Array(out.sampled.buffer, out.sampled.byteOffset, out.sampled.byteLength), 0);
+  }
+}
+
+// A micro-batch of prefill chunks only samples nothing, and then nothing is sent back.
+async function recvSampled(plane: DataPlane, step: PlannedStep, from: number): Promise<Int32Array> {
+  const sampled = new Int32Array(step.nSample);
+  if (step.nSample > 0) await plane.recv(new Uint8Array(sampled.buffer), from);
+  return sampled;
+}
+
+export interface DriverHooks {
+  /** Sends token updates to the coordinator. */
+  emit(updates: TokenUpdateMsg[]): void;
+  /** Resolves when there may be new work (a submit or cancel arrived) or stop was requested. */
+  waitForWork(): Promise<void>;
+  stopping(): boolean;
+}
+
+/** The replica driver's loop; resolves after telling every rank to stop. */
+export async function runDriver(engine: Engine, plane: DataPlane | null, pos: ReplicaPosition, sched: Scheduler,
+  hooks: DriverHooks): Promise<void> {
+  const world = pos.tp * pos.pp;
+  const lastStage0 = (pos.pp - 1) * pos.tp;
+  const inFlight: PlannedStep[] = [];
+  for (;;) {
+    if (hooks.stopping()) break;
+    // Fill the pipeline: up to pp micro-batches in flight.
+    let launched = false;
+    while (inFlight.length < pos.pp) {
+      const step = sched.next(pos.pp);
+      if (!step) break;
+      launched = true;
+      const body = encodeStep({ step: sched.steps, seqs: step.seqs });
+      if (plane) {
+        const f = frame(KIND_STEP, body.byteLength);
+        for (let r = 1; r < world; r++) {
+          await plane.send(f, r);
+          await plane.send(body, r);
+        }
+      }
+      const out = await engine.step({ seqs: step.seqs });
+      if (pos.pp === 1) {
+        hooks.emit(sched.complete(step, out.sampled));
+        continue;
+      }
+      await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
+      inFlight.push(step);
+    }
+    if (inFlight.length) {
+      const step = inFlight.shift()!;
+      hooks.emit(sched.complete(step, await recvSampled(plane!, step, lastStage0)));
+      continue;
+    }
+    if (!launched) await hooks.waitForWork();
+  }
+  // Drain what is still in the pipeline so every rank ends at the same step, then stop them.
+  while (inFlight.length) await recvSampled(plane!, inFlight.shift()!, lastStage0);
+  if (plane) for (let r = 1; r < world; r++) await plane.send(frame(KIND_STOP, 0), r);
+}

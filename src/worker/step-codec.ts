@@ -1,0 +1,99 @@
+// The per-step metadata the replica driver sends to every other rank of its replica over the data
+// plane: which sequences run, their new tokens, positions, KV block tables and sampling
+// parameters. A fixed 8-byte frame (kind, payload bytes) precedes each payload so receivers know
+// how much to read. Little-endian int32 words; floats and the 64-bit seed as raw bits.
+import type { StepSeq } from '../native/addon.js';
+
+export const FRAME_BYTES = 8;
+export const KIND_STEP = 1;
+export const KIND_STOP = 2;
+
+const MAGIC = 0x4e535450; // 'NSTP'
+const SEQ_WORDS = 9;
+
+export interface StepMeta {
+  step: number;
+  seqs: StepSeq[];
+}
+
+export function totalTokens(seqs: StepSeq[]): number {
+  let n = 0;
+  for (const s of seqs) n += s.tokens.length;
+  return n;
+}
+
+export function frame(kind: number, bytes: number): Uint8Array {
+  const f = new Int32Array([kind, bytes]);
+  return new Uint8Array(f.buffer);
+}
+
+export function readFrame(buf: Uint8Array): { kind: number; bytes: number } {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  return { kind: v.getInt32(0, true), bytes: v.getInt32(4, true) };
+}
+
+export function encodeStep(meta: StepMeta): Uint8Array {
+  let words = 3;
+  for (const s of meta.seqs) words += SEQ_WORDS + s.tokens.length + s.blockTable.length;
+  const buf = new ArrayBuffer(words * 4);
+  const v = new DataView(buf);
+  let o = 0;
+  const put = (x: number) => {
+    v.setInt32(o, x, true);
+    o += 4;
+  };
+  put(MAGIC);
+  put(meta.step);
+  put(meta.seqs.length);
+  for (const s of meta.seqs) {
+    put(s.tokens.length);
+    put(s.pos);
+    put(s.blockTable.length);
+    put(s.sample === false ? 0 : 1);
+    put(s.topK ?? 0);
+    v.setFloat32(o, s.temperature ?? 0, true);
+    o += 4;
+    v.setFloat32(o, s.topP ?? 1, true);
+    o += 4;
+    const seed = BigInt(s.seed ?? 0);
+    v.setBigUint64(o, seed, true);
+    o += 8;
+    for (const t of s.tokens) put(t);
+    for (const b of s.blockTable) put(b);
+  }
+  return new Uint8Array(buf);
+}
+
+export function decodeStep(buf: Uint8Array): StepMeta {
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let o = 0;
+  const get = () => {
+    const x = v.getInt32(o, true);
+    o += 4;
+    return x;
+  };
+  if (get() !== MAGIC) throw new Error('step metadata: bad magic (the data plane is out of sync)');
+  const step = get();
+  const n = get();
+  const seqs: StepSeq[] = [];
+  for (let i = 0; i < n; i++) {
+    const nTokens = get();
+    const pos = get();
+    const nBlocks = get();
+    const sample = get() !== 0;
+    const topK = get();
+    const temperature = v.getFloat32(o, true);
+    o += 4;
+    const topP = v.getFloat32(o, true);
+    o += 4;
+    const seed = v.getBigUint64(o, true);
+    o += 8;
+    const tokens = new Int32Array(nTokens);
+    for (let k = 0; k < nTokens; k++) tokens[k] = get();
+    const blockTable = new Int32Array(nBlocks);
+    for (let k = 0; k < nBlocks; k++) blockTable[k] = get();
+    seqs.push({ tokens, pos, blockTable, sample, topK, temperature, topP, seed });
+  }
+  if (o !== buf.byteLength) throw new Error(`step metadata: ${buf.byteLength - o} trailing bytes`);
+  return { step, seqs };
+}
