@@ -269,14 +269,13 @@ void NcclComm::host_all_reduce_sum(void* buf, size_t count, DType dt) {
   wait_stream("allReduce");
 }
 
-void NcclComm::host_all_gather(const void* in, void* out, size_t count, DType dt) {
+void NcclComm::host_all_gather(const void* in, void* out, size_t bytes) {
   use_device("allGather");
-  const size_t bytes = count * dtype_size(dt);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes * size_t(size_ + 1));
   uint8_t* dev_in = static_cast<uint8_t*>(staging_) + bytes * size_t(size_);
   cuda_check(cudaMemcpyAsync(dev_in, in, bytes, cudaMemcpyHostToDevice, s), "copy to device");
-  all_gather(dev_in, staging_, count, dt, nullptr);
+  NS_NCCL_CALL("allGather", lib().AllGather(dev_in, staging_, bytes, ncclUint8, comm_, own_stream_));
   cuda_check(cudaMemcpyAsync(out, staging_, bytes * size_t(size_), cudaMemcpyDeviceToHost, s), "copy to host");
   wait_stream("allGather");
 }

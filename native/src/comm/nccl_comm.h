@@ -43,7 +43,7 @@ class NcclComm : public Communicator {
   // Host-buffer versions for the JS binding: staged through device memory on the comm's own
   // stream and waited for (polling, abortable).
   void host_all_reduce_sum(void* buf, size_t count, DType dt);
-  void host_all_gather(const void* in, void* out, size_t count, DType dt);
+  void host_all_gather(const void* in, void* out, size_t bytes);
   void host_broadcast(void* buf, size_t bytes, int root);
   void host_send(const void* buf, size_t bytes, int peer);
   void host_recv(void* buf, size_t bytes, int peer);

@@ -82,7 +82,9 @@ void TcpComm::fail(const std::string& msg) {
     if (error_.empty()) error_ = msg;
 
     broken_ = true;
-    shutdown_all_locked();  // peers blocked on us fail at once instead of waiting forever
+    // No shutdown here: every peer has its own connection to a dead rank and sees it die itself,
+    // so its error names the rank that actually failed. abort() (from the worker's failure
+    // handling or the coordinator) is what closes this rank's sockets.
   }
   throw std::runtime_error(msg);
 }
@@ -293,8 +295,11 @@ void TcpComm::all_reduce_sum(void* buf, size_t count, DType dt, void*) {
 }
 
 void TcpComm::all_gather(const void* in, void* out, size_t count, DType dt, void*) {
+  all_gather_bytes(in, out, count * dtype_size(dt));
+}
+
+void TcpComm::all_gather_bytes(const void* in, void* out, size_t bytes) {
   check_usable("all_gather");
-  const size_t bytes = count * dtype_size(dt);
   uint8_t* o = static_cast<uint8_t*>(out);
   if (o + bytes * size_t(rank_) != in) std::memmove(o + bytes * size_t(rank_), in, bytes);
   if (size_ == 1 || bytes == 0) return;

@@ -17,8 +17,8 @@
 // Failure: I/O is non-blocking and poll()-based. abort() (any thread) wakes every wait through an
 // eventfd and shuts the sockets down; a peer that closes or resets its connection, or an op that
 // overruns op_timeout_ms, fails the call with an error naming the peer rank and address. After
-// the first failure the communicator is broken: every later call throws the stored error at once,
-// and its sockets are shut down so the peers waiting on this rank fail fast too.
+// the first failure the communicator is broken: every later call throws the stored error at once.
+// Its sockets stay open until abort(), so each peer's error names the rank that really failed.
 #pragma once
 
 #include <atomic>
@@ -54,6 +54,8 @@ class TcpComm : public Communicator {
 
   void all_reduce_sum(void* buf, size_t count, DType dt, void* stream) override;
   void all_gather(const void* in, void* out, size_t count, DType dt, void* stream) override;
+  // all_gather of raw bytes (the JS binding's allGather takes any typed array).
+  void all_gather_bytes(const void* in, void* out, size_t bytes);
   void broadcast(void* buf, size_t bytes, int root, void* stream) override;
   void send(const void* buf, size_t bytes, int peer, void* stream) override;
   void recv(void* buf, size_t bytes, int peer, void* stream) override;

@@ -1,0 +1,68 @@
+// Runs a TCP comm group of real Node processes (fixtures/rank.mjs) with this process as the
+// rendezvous, the way workers get their peers' addresses from the coordinator.
+import { fork } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const root = resolve(here, '..', '..');
+const fixture = join(here, 'fixtures', 'rank.mjs');
+
+export function requireBuilt(): void {
+  for (const f of ['dist/comm/index.js', 'build/Release/nodespeed.node'])
+    if (!existsSync(join(root, f)) && !(f.endsWith('.node') && process.env.NODESPEED_ADDON))
+      throw new Error(`${f} is missing: run \`npx tsc -p tsconfig.json\` and \`npm run build:native\` first`);
+}
+
+export interface RankMessage { rank: number; type: string; [k: string]: unknown }
+
+export interface Group {
+  procs: ChildProcess[];
+  /** Resolves with the first message of `type` from every listed rank (default: all). */
+  waitAll(type: string, ranks?: number[], timeoutMs?: number): Promise<RankMessage[]>;
+  send(rank: number, msg: object): void;
+  /** Kills every child still running. */
+  close(): void;
+}
+
+export function startGroup(scenario: string, size: number, opts: { nonce?: (rank: number) => string; env?: NodeJS.ProcessEnv } = {}): Group {
+  const messages: RankMessage[] = [];
+  const listeners: (() => void)[] = [];
+  const procs = Array.from({ length: size }, (_, rank) => {
+    const p = fork(fixture, [scenario, String(rank), String(size), opts.nonce?.(rank) ?? 'test-job:1'], {
+      env: { ...process.env, ...opts.env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    p.on('message', (m) => { messages.push(m as RankMessage); for (const l of [...listeners]) l(); });
+    return p;
+  });
+  const waitAll = (type: string, ranks = procs.map((_, i) => i), timeoutMs = 30_000) =>
+    new Promise<RankMessage[]>((res, rej) => {
+      const timer = setTimeout(() => {
+        const have = messages.filter((m) => m.type === type).map((m) => m.rank);
+        rej(new Error(`timed out after ${timeoutMs} ms waiting for '${type}' from ranks ${ranks.filter((r) => !have.includes(r))}`));
+      }, timeoutMs);
+      const check = () => {
+        const got = ranks.map((r) => messages.find((m) => m.rank === r && m.type === type));
+        if (got.every(Boolean)) {
+          clearTimeout(timer);
+          listeners.splice(listeners.indexOf(check), 1);
+          res(got as RankMessage[]);
+        }
+      };
+      listeners.push(check);
+      check();
+    });
+  const group: Group = {
+    procs,
+    waitAll,
+    send: (rank, msg) => { procs[rank]!.send(msg); },
+    close: () => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); },
+  };
+  // Rendezvous: collect every rank's info, hand the full list back to all.
+  void waitAll('info').then((infos) => {
+    for (const p of procs) if (p.connected) p.send({ type: 'infos', infos: infos.map((m) => m.info) });
+  }, () => {});
+  return group;
+}
