@@ -4,10 +4,13 @@ import { register as registerGenerate } from './generate.js';
 import { register as registerRun } from './run.js';
 import { register as registerHostfile } from './hostfile.js';
 import { register as registerModel } from './model.js';
+import { register as registerLaunch } from './launch.js';
+import { register as registerStatus } from './status.js';
+import { register as registerDemo } from './demo.js';
 
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel];
+const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo];
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();

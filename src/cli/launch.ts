@@ -114,7 +114,8 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
 }
 
 /** Starts the cluster with these flags; shared by `launch` and `demo`. */
-export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>, log = (l: string) => process.stderr.write(`${l}\n`)): Promise<Cluster> {
+export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>,
+  log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`)): Promise<Cluster> {
   const lo = readLauncherOptions(raw);
   const placement = planFromOptions(lo);
   const device = resolveDeviceFlag(f.device);

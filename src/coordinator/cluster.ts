@@ -142,10 +142,10 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   }
   const stop = async (reason = 'shutting down') => {
     await coordinator.stop(reason);
-    // Workers exit on the Stop message; the launcher reaps (or kills) what is left.
-    const t = setTimeout(() => void job.stop(reason), 3000);
-    await Promise.race([job.done, new Promise((r) => setTimeout(r, 3500))]);
-    clearTimeout(t);
+    // Workers exit on the Stop message; give them a moment, then the launcher kills what is left.
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline && placement.ranks.some((r) => job.rankState(r.rank).running))
+      await new Promise((r) => setTimeout(r, 50));
     await job.stop(reason);
   };
   // A worker that dies before the cluster serves makes the launch fail (with its exit in the log).

@@ -1,0 +1,69 @@
+// `nodespeed demo` (and `npm start`): the embedded default. Launches 2 CPU workers on this machine
+// as TP=2 with the bundled demo model (models/py-tiny), sends a prompt through the gRPC API,
+// streams the answer, prints the layout and tokens/s, and shuts everything down.
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { Command } from 'commander';
+
+import { NodespeedClient } from '../client/index.js';
+import { describeLayout } from '../coordinator/layout.js';
+import { addLauncherOptions } from './launcher-flags.js';
+import { addServingOptions, startFromFlags } from './launch.js';
+import type { LaunchFlags } from './launch.js';
+
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const DEMO_MODEL = join(packageRoot, 'models', 'py-tiny');
+const DEMO_PROMPT = 'class Stack:\n    def __init__(self):\n';
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('demo')
+    .description('Serve the bundled demo model on 2 local CPU workers (TP=2), stream one answer over gRPC, shut down')
+    .option('--model <dir>', 'model folder', DEMO_MODEL)
+    .option('--prompt <text>', 'prompt to complete', DEMO_PROMPT)
+    .option('--max-tokens <n>', 'tokens to generate', '64');
+  addServingOptions(cmd);
+  addLauncherOptions(cmd);
+  // The demo's own defaults: TP=2 on the CPU, any free port on loopback.
+  cmd.setOptionValueWithSource('tp', 2, 'default');
+  cmd.setOptionValueWithSource('device', 'cpu', 'default');
+  cmd.setOptionValueWithSource('port', 0, 'default');
+  cmd.setOptionValueWithSource('bind', '127.0.0.1', 'default');
+  cmd.action(async (o: LaunchFlags & { prompt: string; maxTokens: string } & Record<string, unknown>) => {
+    const maxTokens = Number(o.maxTokens);
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new Error(`--max-tokens must be an integer >= 1 (got ${o.maxTokens})`);
+    if (o.num_cpu_workers === undefined && o.numCpuWorkers === undefined && !o.hostfile) o.num_cpu_workers = String(o.tp * o.pp);
+    const quiet = (line: string) => {
+      if (process.env.NODESPEED_DEMO_VERBOSE) process.stderr.write(`${line}\n`);
+    };
+    const t0 = performance.now();
+    process.stderr.write(`nodespeed demo: starting ${o.tp * o.pp} CPU worker(s) with ${o.model}\n`);
+    const cluster = await startFromFlags(o, o, quiet);
+    const stop = () => void cluster.stop('demo interrupted').then(() => process.exit(130));
+    process.once('SIGINT', stop);
+    const client = new NodespeedClient(cluster.address);
+    try {
+      const up = (performance.now() - t0) / 1000;
+      process.stdout.write(`serving at ${cluster.address} (ready in ${up.toFixed(1)} s)\n${describeLayout(cluster.layout).join('\n')}\n\n`);
+      process.stdout.write(`prompt: ${JSON.stringify(o.prompt)}\n\n${o.prompt}`);
+      let first: number | undefined;
+      let n = 0;
+      const start = performance.now();
+      for await (const m of client.generate({ prompt: o.prompt, maxTokens, ignoreEos: false })) {
+        first ??= performance.now();
+        n += m.tokenIds.length;
+        process.stdout.write(m.text);
+      }
+      const end = performance.now();
+      const decodeS = (end - first!) / 1000;
+      process.stdout.write(`\n\n${n} tokens in ${((end - start) / 1000).toFixed(2)} s: ` +
+        `time to first token ${(first! - start).toFixed(0)} ms, ${n > 1 ? ((n - 1) / decodeS).toFixed(1) : '-'} tokens/s decoding ` +
+        `(${cluster.layout.replicas} replica x pp ${cluster.layout.pp} x tp ${cluster.layout.tp} on ${cluster.layout.world} CPU worker(s))\n`);
+    } finally {
+      client.close();
+      process.off('SIGINT', stop);
+      await cluster.stop('demo finished');
+    }
+  });
+}

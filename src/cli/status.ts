@@ -1,0 +1,45 @@
+// `nodespeed status --server ADDR [--json]`: the cluster as the coordinator sees it. --json prints
+// the whole ClusterStatus (every worker with rank, replica, stage, TP rank, host, pid and state).
+import { Command } from 'commander';
+
+import { NodespeedClient } from '../client/index.js';
+import type { ClusterStatusMsg } from '../client/index.js';
+
+function table(header: string[], rows: string[][]): string {
+  const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+export function formatStatus(s: ClusterStatusMsg): string {
+  const head = `${s.model}: ${s.state}, ${s.replicaCount} replica(s) x pp ${s.pp} x tp ${s.tp}, generation ${s.generation}, ` +
+    `${s.activeRequests} request(s) in flight (${s.pendingRequests} waiting for a replica)`;
+  const replicas = table(['REPLICA', 'STATE', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH'],
+    s.replicas.map((r) => [String(r.id), r.state, String(r.running), String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`,
+      r.steps, r.generatedTokens, String(r.maxStepBatch)]));
+  const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
+    s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
+      w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));
+  return `${head}\n\n${replicas}\n\n${workers}\n`;
+}
+
+export function register(program: Command): void {
+  program
+    .command('status')
+    .description('Show the replicas and workers of a running `nodespeed launch`')
+    .requiredOption('--server <addr>', 'address of the gRPC API, host:port')
+    .option('--json', 'print the full ClusterStatus as JSON', false)
+    .option('--auth-token <token>', 'bearer token (or NODESPEED_AUTH_TOKEN)')
+    .option('--timeout <s>', 'seconds to wait for the server', '10')
+    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: string }) => {
+      const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
+      const client = new NodespeedClient(o.server, token ? { authToken: token } : {});
+      try {
+        const s = await client.clusterStatus({ timeoutMs: Number(o.timeout) * 1000 });
+        process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));
+      } catch (err) {
+        throw new Error(`nodespeed status --server ${o.server}: ${(err as Error).message}`);
+      } finally {
+        client.close();
+      }
+    });
+}
