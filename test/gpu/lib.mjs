@@ -26,18 +26,24 @@ export function requireCuda() {
 
 let loaderUsed = null;
 
-// Loads `dir` onto cuda:0 as one shard (tp 1, every layer) through the project's loader
-// (dist/model) when it is built, else through minimal-safetensors.mjs (whole tensors, tp 1).
-export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device } = {}) {
+// Loads `dir` as one shard (every layer; tp rank `tpRank` of `tpSize`, on cuda:deviceIndex)
+// through the project's loader (dist/model) when it is built, else through
+// minimal-safetensors.mjs (whole tensors, tp 1 only). `comm` (tp > 1) is set before loading.
+export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
+  tpRank = 0, tpSize = 1, deviceIndex = 0, comm } = {}) {
   let loader;
   try { loader = await import(join(root, 'dist', 'model', 'index.js')); loaderUsed = 'dist/model'; }
-  catch { loader = await import('./minimal-safetensors.mjs'); loaderUsed = 'test/gpu/minimal-safetensors.mjs'; }
+  catch (e) {
+    if (tpSize > 1) throw new Error(`tp ${tpSize} needs dist/model (npx tsc): ${e.message}`);
+    loader = await import('./minimal-safetensors.mjs'); loaderUsed = 'test/gpu/minimal-safetensors.mjs';
+  }
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
-  const plan = loader.planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
-  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex: 0 };
+  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart: 0, layerEnd: cfg.numLayers });
+  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
+  if (comm) engine.setTpComm(comm);
   let weightBytes = 0;
   const t0 = performance.now();
   await loader.loadShard(ckpt, plan, async (name, dt, shape, data) => {

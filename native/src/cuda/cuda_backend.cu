@@ -2,6 +2,7 @@
 // sizing, and the matrix-product helpers. The forward step is in cuda_step.cu.
 #include "cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -95,9 +96,11 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   n_layers_ = c.layer_end - c.layer_start;
   qkv_rows_ = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
   vocab_shard_ = c.vocab_end - c.vocab_start;
-  if (c.has_head && vocab_shard_ * c.tp_size != c.vocab_size)
-    throw std::runtime_error("cuda: the vocabulary must split evenly over tp ranks (vocab " +
-                             std::to_string(c.vocab_size) + ", shard " + std::to_string(vocab_shard_) + ")");
+  vocab_stride_ = (c.vocab_size + c.tp_size - 1) / c.tp_size;
+  if (c.tp_size > 1 && (c.vocab_start != std::min(c.vocab_size, c.tp_rank * vocab_stride_) || vocab_shard_ > vocab_stride_))
+    throw std::runtime_error("cuda: vocab rows [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
+                             ") of tp rank " + std::to_string(c.tp_rank) + " are not slot " + std::to_string(c.tp_rank) +
+                             " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
 
@@ -284,8 +287,8 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
     if (c.has_head) {
       logits_.reserve(need_logits);
       if (c.tp_size > 1) {
-        logits_local_.reserve((size_t)4 * R * vocab_shard_);
-        logits_gather_.reserve(need_logits);
+        logits_local_.reserve((size_t)4 * R * vocab_stride_);
+        logits_gather_.reserve((size_t)4 * R * vocab_stride_ * c.tp_size);
       }
     }
     attn_ws_.reserve(need_ws);

@@ -76,7 +76,8 @@ class CudaBackend final : public Backend {
   DType act_;
   int n_layers_;
   int qkv_rows_;     // (n_heads + 2 kv_heads) * head_dim
-  int vocab_shard_;  // vocab_end - vocab_start
+  int vocab_shard_;   // vocab_end - vocab_start
+  int vocab_stride_;  // ceil(vocab / tp): every rank's slot in the logits all-gather
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;

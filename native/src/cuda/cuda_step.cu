@@ -189,8 +189,8 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits, Out::F32);
   } else {
     matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits_local_.ptr, Out::F32);
-    comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_shard_, DType::F32, st);
-    unshard_logits(logits_gather_.as<float>(), logits, c.tp_size, p.R, vocab_shard_, st);
+    comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
+    unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
   sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
          ids_.as<int32_t>(), st);

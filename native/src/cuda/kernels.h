@@ -49,8 +49,9 @@ void add_f32(float* dst, const float* src, size_t n, cudaStream_t s);
 enum class GemvOut { Act, F32, AddF32 };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
 
-// All-gathered vocab shards [tp, R, Vs] -> [R, tp * Vs].
-void unshard_logits(const float* in, float* out, int tp, int R, int Vs, cudaStream_t s);
+// All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
+// R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.
+void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s);
 
 // Per sampled row i: params[4 * i ..] = {temperature, top_k, top_p, uniform}; logits rows[i].
 void sample(const float* logits, int V, const int32_t* rows, const float* params, int n, int32_t* out,

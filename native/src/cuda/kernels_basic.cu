@@ -57,11 +57,15 @@ __global__ void add_kernel(float* dst, const float* src, size_t n) {
     dst[i] += src[i];
 }
 
-__global__ void unshard_kernel(const float* in, float* out, int tp, int R, int Vs) {
-  const size_t n = (size_t)tp * R * Vs;
+// Output column c of row r comes from rank c / stride, whose compact [R, Vs_rank] block starts at
+// rank * R * stride in the gathered buffer (the last rank's shard may be shorter).
+__global__ void unshard_kernel(const float* in, float* out, int R, int stride, int V) {
+  const size_t n = (size_t)R * V;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    const size_t v = i % Vs, r = (i / Vs) % R, rank = i / ((size_t)Vs * R);
-    out[r * (size_t)tp * Vs + rank * Vs + v] = in[i];
+    const int row = static_cast<int>(i / V), col = static_cast<int>(i % V);
+    const int rank = col / stride, v = col % stride;
+    const int vs = min(V, (rank + 1) * stride) - rank * stride;
+    out[i] = in[(size_t)rank * R * stride + (size_t)row * vs + v];
   }
 }
 
@@ -109,10 +113,10 @@ void add_f32(float* dst, const float* src, size_t n, cudaStream_t s) {
   NS_LAUNCHED("add_f32");
 }
 
-void unshard_logits(const float* in, float* out, int tp, int R, int Vs, cudaStream_t s) {
-  const size_t n = (size_t)tp * R * Vs;
+void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s) {
+  const size_t n = (size_t)R * V;
   if (n == 0) return;
-  unshard_kernel<<<grid_for(n), 256, 0, s>>>(in, out, tp, R, Vs);
+  unshard_kernel<<<grid_for(n), 256, 0, s>>>(in, out, R, stride, V);
   NS_LAUNCHED("unshard_logits");
 }
 

@@ -1,0 +1,64 @@
+// Tensor parallelism on two GPUs through NCCL (issue 4, run on nvidia-h200-x2): py-tiny split over
+// ranks 0 and 1 (Megatron slices from dist/model, all-reduce after o_proj/down_proj and the
+// embedding, all-gather of vocab-parallel logits) must give the tp-1 engine's logits (cosine
+// >= 0.9999 on the prompt's last position) and HF's greedy tokens (first 16 of greedy_48), with
+// both ranks sampling the same ids. Both ranks run in this one process, one engine per GPU.
+// usage: node test/gpu/tp2.mjs   (prints JSON; exits 1 on failure, 2 when there are < 2 GPUs)
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { addon, blockTables, cosine, device, greedy, openCudaEngine, requireCuda, root, writeResult } from './lib.mjs';
+
+const info = requireCuda();
+if (device !== 'cpu' && (info.cuda.devices.length < 2 || !addon.ncclUniqueId)) {
+  console.log(JSON.stringify({ ok: false, skipped: `needs 2 GPUs and the NCCL binding (devices: ${info.cuda.devices.length})` }));
+  process.exit(2);
+}
+const dir = join(root, 'models', 'py-tiny');
+const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8'));
+
+const single = await openCudaEngine(dir, { kvBlocks: 64 });
+const [bt] = blockTables(1, 512, single.blockSize, single.kvBlocks);
+const tp1 = [];
+for (const c of ref.cases) tp1.push(await greedy(single.engine, c.ids, 16, bt));
+single.engine.dispose();
+
+let comms;
+if (device === 'cpu') {  // dry run of this script on the CPU backend over TCP
+  comms = [0, 1].map((rank) => new addon.Comm({ kind: 'tcp', rank, size: 2 }));
+  const ports = await Promise.all(comms.map((c) => c.listen('127.0.0.1')));
+  await Promise.all(comms.map((c) => c.connect(ports.map((p) => `127.0.0.1:${p}`))));
+} else {
+  const uniqueId = addon.ncclUniqueId();
+  comms = [0, 1].map((rank) => new addon.Comm({ kind: 'nccl', rank, size: 2, uniqueId, deviceIndex: rank }));
+  await Promise.all(comms.map((c) => c.init()));
+}
+const ranks = await Promise.all([0, 1].map((r) => openCudaEngine(dir, { kvBlocks: 64, tpRank: r, tpSize: 2, deviceIndex: r, comm: comms[r] })));
+
+// One step on both ranks at once (each blocks in NCCL until the other joins).
+const both = (req) => Promise.all(ranks.map((r) => r.engine.step(req)));
+const cases = [];
+let ok = true;
+for (const [i, c] of ref.cases.entries()) {
+  const [a, b] = await both({ seqs: [{ tokens: Int32Array.from(c.ids), pos: 0, blockTable: bt }], wantLogits: true });
+  const tokens = [a.sampled[0]];
+  let ranksAgree = a.sampled[0] === b.sampled[0];
+  for (let k = 1; k < 16; k++) {
+    const [x, y] = await both({ seqs: [{ tokens: Int32Array.of(tokens[k - 1]), pos: c.ids.length + k - 1, blockTable: bt }] });
+    ranksAgree &&= x.sampled[0] === y.sampled[0];
+    tokens.push(x.sampled[0]);
+  }
+  let match = 0;
+  while (match < 16 && tokens[match] === c.greedy_48[match]) match++;
+  const cosTp1 = cosine(a.logits, tp1[i].lastLogits);
+  const pass = ranksAgree && match >= 16 && cosTp1 >= 0.9999;
+  ok &&= pass;
+  cases.push({ text: c.text, cosineVsTp1: cosTp1, cosineRank0VsRank1: cosine(a.logits, b.logits), greedyMatch: match,
+    sameAsTp1: tokens.every((t, k) => t === tp1[i].tokens[k]), ranksAgree, pass });
+}
+const describe = ranks.map((r) => r.engine.describe());
+ranks.forEach((r) => r.engine.dispose());
+comms.forEach((c) => c.abort?.());
+writeResult('gpu-tp2.json', { ok, model: 'models/py-tiny', engines: describe, cases });
+console.log(JSON.stringify({ ok, cases }));
+process.exit(ok ? 0 : 1);
