@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
-import { blockTables, gpuName, openCudaEngine, requireCuda, root, writeResult } from '../../test/gpu/lib.mjs';
+import { blockTables, openCudaEngine, requireCuda, root, writeResult } from '../../test/gpu/lib.mjs';
 
 const args = process.argv.slice(2);
 const dir = args[0];
@@ -77,9 +77,7 @@ const bars = {
   batch1AtLeast70PctRoofline: summary[1]?.fractionOfRoofline != null ? summary[1].fractionOfRoofline >= 0.7 : null,
   batch32AtLeast3xHf: summary[32]?.speedupVsHf != null ? summary[32].speedupVsHf >= 3 : null,
 };
-const gpu = gpuName();
-const slug = gpu.split(',')[0].replace(/NVIDIA\s*/i, '').trim().replace(/[^A-Za-z0-9]+/g, '-').toLowerCase();
-const doc = writeResult(`decode-${slug}.json`, {
+const doc = writeResult('decode.json', {
   model: dir, modelShape: { hidden: H, layers: cfg.numLayers, vocab: V }, promptTokens: PROMPT, newTokens: NEW,
   engine: description, loadSeconds, weightBytesPerToken: bytesPerToken, copyBandwidth: copy, ours, hf, hfError, summary, bars,
 });

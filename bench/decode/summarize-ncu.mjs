@@ -1,6 +1,9 @@
 // Sums an `ncu --csv --metrics gpu__time_duration.sum` log by kernel name: where one decode
-// step's GPU time goes. usage: node bench/decode/summarize-ncu.mjs NCU_CSV [STEP_WALL_MS]
+// step's GPU time goes. Writes decode-profile-<gpu>.json (RESULTS_DIR) and prints it.
+// usage: node bench/decode/summarize-ncu.mjs NCU_CSV [STEP_WALL_MS]
 import { readFileSync } from 'node:fs';
+
+import { writeResult } from '../../test/gpu/lib.mjs';
 
 const [file, wall] = process.argv.slice(2);
 const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.startsWith('"'));
@@ -22,4 +25,7 @@ for (const l of lines) {
 }
 const rows = [...byKernel.values()].sort((a, b) => b.us - a.us).map((k) => ({ ...k, us: +k.us.toFixed(1), pct: +((100 * k.us) / totalUs).toFixed(1) }));
 const out = { launches, kernelSumUs: +totalUs.toFixed(1), ...(wall ? { stepWallUs: Number(wall) * 1000, gapUs: +(Number(wall) * 1000 - totalUs).toFixed(1) } : {}), kernels: rows };
-console.log(JSON.stringify(out, null, 1));
+const doc = writeResult('decode-profile.json', {
+  what: 'one batch-1 decode step of the 7B-shape model (CUDA graph replay), ncu --clock-control none --cache-control none, gpu__time_duration per kernel; stepWallUs: median step time without the profiler',
+  ...out });
+console.log(JSON.stringify(doc, null, 1));

@@ -97,10 +97,16 @@ export function gpuName() {
   catch { return 'unknown'; }
 }
 
-// Writes a result JSON (with GPU, commit and command) into RESULTS_DIR (default bench/results).
+export function gpuSlug() {
+  return gpuName().split(',')[0].replace(/NVIDIA\s*/i, '').trim().replace(/[^A-Za-z0-9]+/g, '-').toLowerCase();
+}
+
+// Writes a result JSON (with GPU, commit and command) into RESULTS_DIR (default bench/results),
+// as NAME-<gpu>.json so runs on different GPUs sit side by side.
 export function writeResult(name, body) {
   const dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results');
   mkdirSync(dir, { recursive: true });
+  name = name.replace(/\.json$/, `-${device === 'cpu' ? 'cpu-dry-run' : gpuSlug()}.json`);
   const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, loader: loaderUsed, commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
     date: new Date().toISOString(), ...body };
   writeFileSync(join(dir, name), JSON.stringify(doc, null, 2) + '\n');

@@ -38,7 +38,7 @@ for s in $steps; do
       wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
       NODESPEED_CUDA_PROFILE_STEP=4 ncu --profile-from-start off --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
         node bench/decode/profile-step.mjs "$MODEL" > "$LOGS/ncu.csv" 2>"$LOGS/ncu.err"; tail -5 "$LOGS/ncu.err"
-      node bench/decode/summarize-ncu.mjs "$LOGS/ncu.csv" "$wall" > "$OUT/profile-decode-step.json"; head -c 2500 "$OUT/profile-decode-step.json" ;;
+      node bench/decode/summarize-ncu.mjs "$LOGS/ncu.csv" "$wall" | head -c 2500 ;;
   esac
 done
 exit $status
