@@ -1,7 +1,7 @@
 // Hugging Face config.json / generation_config.json → one normalized ModelConfig for the
 // Llama family (llama, mistral, qwen2). Every field the forward pass depends on is checked here, so
 // a bad folder fails at load with the file and field named rather than deep inside the addon.
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
 export type DType = 'f32' | 'bf16' | 'f16';
@@ -41,6 +41,8 @@ export interface ModelConfig {
   dtype: DType;
   /** The raw dtype string of config.json ('' when absent). */
   torchDtype: string;
+  /** Where `dtype` came from: config.json, or (when it declares none) the first weights header. */
+  dtypeSource: 'config' | 'weights' | 'default';
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -221,7 +223,15 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
   if (f.bool('mlp_bias', false)) throw new ConfigError(`${file}: field mlp_bias is true; MLP biases are not supported`);
   const maxPosition = f.int('max_position_embeddings', 1);
   const torchDtype = f.str('dtype') ?? f.str('torch_dtype') ?? '';
-  const dtype = torchDtype === '' ? 'f32' : parseDType(torchDtype, `${file}: field ${f.has('dtype') ? 'dtype' : 'torch_dtype'}`);
+  let dtype: DType, dtypeSource: ModelConfig['dtypeSource'];
+  if (torchDtype !== '') {
+    dtype = parseDType(torchDtype, `${file}: field ${f.has('dtype') ? 'dtype' : 'torch_dtype'}`);
+    dtypeSource = 'config';
+  } else {
+    const fromWeights = weightsDType(dir);
+    dtype = fromWeights ?? 'f32';
+    dtypeSource = fromWeights ? 'weights' : 'default';
+  }
   // sliding_window only bites when use_sliding_window is not false (qwen2 ships it disabled).
   let slidingWindow: number | null = null;
   if (mt !== 'qwen2' || f.bool('use_sliding_window', false)) {
@@ -251,9 +261,43 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     slidingWindow,
     dtype,
     torchDtype,
+    dtypeSource,
     bosTokenId: gen.bosTokenId ?? bos[0] ?? null,
     eosTokenIds: gen.eosTokenIds.length ? gen.eosTokenIds : eos,
   };
+}
+
+/**
+ * Older configs may not declare a dtype: then the dtype of the first tensor in the first weights
+ * file decides (read from its header only). null when there is no readable weights file.
+ */
+function weightsDType(dir: string): DType | null {
+  let file = join(dir, 'model.safetensors');
+  const index = join(dir, 'model.safetensors.index.json');
+  let fd: number | undefined;
+  try {
+    if (existsSync(index)) {
+      const wm = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
+      const first = Object.values(wm)[0];
+      if (!first) return null;
+      file = join(dir, first);
+    }
+    fd = openSync(file, 'r');
+    const len = Buffer.alloc(8);
+    if (readSync(fd, len, 0, 8, 0) !== 8) return null;
+    const n = Number(len.readBigUInt64LE());
+    if (n > 100 * 1024 * 1024) return null;
+    const hb = Buffer.alloc(n);
+    if (readSync(fd, hb, 0, n, 8) !== n) return null;
+    for (const [k, v] of Object.entries(JSON.parse(hb.toString('utf8')) as Record<string, { dtype?: string }>)) {
+      if (k !== '__metadata__' && typeof v?.dtype === 'string') return parseDType(v.dtype, `${file}: tensor ${k}`);
+    }
+    return null;
+  } catch {
+    return null; // the safetensors reader reports what is wrong with the file, with more context
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** Reads and normalizes DIR/config.json (and generation_config.json for BOS/EOS). */

@@ -61,8 +61,9 @@ export interface ShardPlan {
   range: ShardRange;
   shardConfig: ShardModelConfig;
   tensors: PlannedTensor[];
-  /** Expected dtype of every tensor (config.json's dtype). */
+  /** Expected dtype of every tensor (config.json's dtype, else the first tensor's). */
   dtype: DType;
+  dtypeFrom: string;
 }
 
 export class ShardPlanError extends Error {}
@@ -142,6 +143,7 @@ export function planShard(cfg: ModelConfig, range: ShardRange): ShardPlan {
   return {
     range: { ...range },
     dtype: cfg.dtype,
+    dtypeFrom: cfg.dtypeSource === 'config' ? `config.json's dtype ${cfg.dtype}` : `${cfg.dtype}, the first tensor's dtype (config.json declares none)`,
     tensors,
     shardConfig: {
       hidden: H, intermediate: L.interPerRank, nHeads: L.qPerRank, nKvHeads: L.kvPerRank, headDim: D,
@@ -164,14 +166,14 @@ function sameShape(a: number[], b: number[]): boolean {
 }
 
 /** Checks a checkpoint tensor against what config.json implies; the error names file and tensor. */
-export function checkTensor(ckpt: Checkpoint, t: PlannedTensor, dtype: DType): TensorInfo {
+export function checkTensor(ckpt: Checkpoint, t: PlannedTensor, dtype: DType, dtypeFrom = `config.json's dtype ${dtype}`): TensorInfo {
   const info = ckpt.get(t.name);
   if (!info) throw new ShardPlanError(`${ckpt.dir}: tensor ${t.name} is missing from the checkpoint`);
   if (!sameShape(info.shape, t.fullShape)) {
     throw new ShardPlanError(`${info.file}: tensor ${t.name}: shape [${info.shape.join(', ')}] does not match config.json, which implies [${t.fullShape.join(', ')}]`);
   }
   if (info.dtype !== dtype) {
-    throw new ShardPlanError(`${info.file}: tensor ${t.name}: dtype ${info.dtype} does not match config.json's dtype ${dtype}`);
+    throw new ShardPlanError(`${info.file}: tensor ${t.name}: dtype ${info.dtype} does not match ${dtypeFrom}`);
   }
   return info;
 }
@@ -185,7 +187,7 @@ export type TensorSink = (name: string, dtype: DType, shape: number[], data: Uin
  */
 export async function loadShard(ckpt: Checkpoint, plan: ShardPlan, sink: TensorSink,
   onProgress?: (done: number, total: number) => void): Promise<void> {
-  const infos = plan.tensors.map((t) => checkTensor(ckpt, t, plan.dtype));
+  const infos = plan.tensors.map((t) => checkTensor(ckpt, t, plan.dtype, plan.dtypeFrom));
   const total = plan.tensors.reduce((s, t) => s + sliceBytes(t, plan.dtype), 0);
   let done = 0;
   for (let i = 0; i < plan.tensors.length; i++) {

@@ -114,3 +114,26 @@ describe('checkpoint vs config.json', () => {
     await expect(openCheckpoint(dir)).rejects.toThrow(/index\.json: field weight_map is missing or not an object/);
   });
 });
+
+describe('config.json without a dtype', () => {
+  it('takes the dtype from the first weights header and requires the rest to match', async () => {
+    const { dtype: _d, ...noDtype } = TINY_CONFIG;
+    const toBf16 = (t: ReturnType<typeof tensorsFor>[0]) => ({ ...t, dtype: 'BF16', data: t.data.subarray(0, t.data.byteLength / 2) });
+    const ts = tensorsFor(TINY_CONFIG).map(toBf16);
+    const dir = writeModel(noDtype, ts, 2);
+    const cfg = loadModelConfig(dir);
+    expect([cfg.dtype, cfg.dtypeSource]).toEqual(['bf16', 'weights']);
+    const ck = await openCheckpoint(dir);
+    let n = 0;
+    await loadShard(ck, planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 }), async (_n, dt) => { expect(dt).toBe('bf16'); n++; });
+    await ck.close();
+    expect(n).toBe(ts.length);
+
+    const mixed = writeModel(noDtype, tensorsFor(TINY_CONFIG).map((t, i) => (i === 0 ? toBf16(t) : t)));
+    const ck2 = await openCheckpoint(mixed);
+    await expect(loadShard(ck2, planShard(loadModelConfig(mixed), { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 }), async () => {}))
+      .rejects.toThrow(/tensor model\.layers\.0\.input_layernorm\.weight: dtype f32 does not match bf16, the first tensor's dtype \(config\.json declares none\)/);
+    await ck2.close();
+    expect(loadModelConfig(writeModel(noDtype, [])).dtypeSource).toBe('default');
+  });
+});
