@@ -5,6 +5,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
 import { loadTokenizer } from '../model/index.js';
+// --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
+import { generateRemote } from '../client/generate-remote.js';
 
 export interface GenerateCliOptions {
   model?: string;
@@ -18,6 +20,7 @@ export interface GenerateCliOptions {
   stop: string[];
   threads?: number;
   json: boolean;
+  server?: string;
 }
 
 function intArg(flag: string, min: number) {
@@ -92,7 +95,14 @@ export function register(program: Command): void {
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
+    .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
     .action(async (prompt: string, o: GenerateCliOptions) => {
-      await generateLocal(prompt, o);
+      if (!o.server) return void (await generateLocal(prompt, o));
+      const result = await generateRemote(prompt, {
+        server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
+        ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(process.env.NODESPEED_AUTH_TOKEN ? { authToken: process.env.NODESPEED_AUTH_TOKEN } : {}),
+        ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
+      });
+      process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
     });
 }

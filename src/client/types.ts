@@ -28,6 +28,7 @@ export interface GenerateResponseMsg {
   finishReason: FinishReasonName;
   usage: UsageMsg | null;
   requestId: string;
+  promptIds: number[];
 }
 
 export interface CompleteResponseMsg {

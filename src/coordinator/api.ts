@@ -78,7 +78,7 @@ export class InferenceApi {
         call.write({
           tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: FINISH[u.finishReason]!,
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
-          requestId: rec?.id ?? '',
+          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [],
         });
         if (last) call.end();
       },
