@@ -41,6 +41,24 @@ def load_safetensors(model_dir):
     return tensors
 
 
+def scale_inv_freq(inv, rp):
+    """transformers' ROPE_INIT_FUNCTIONS for 'linear' and 'llama3' (modeling_rope_utils.py)."""
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    if kind == "linear":
+        return inv / rp["factor"]
+    if kind == "llama3":
+        factor, low, high = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"]
+        old = rp["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv
+
+
 class Llama:
     def __init__(self, model_dir, max_seq, batch):
         with open(os.path.join(model_dir, "config.json")) as f:
@@ -51,13 +69,14 @@ class Llama:
         self.D = c.get("head_dim") or self.H // self.nh
         self.L = c["num_hidden_layers"]
         self.eps = c.get("rms_norm_eps", 1e-5)
-        rp = c.get("rope_parameters") or {}
+        rp = c.get("rope_parameters") or c.get("rope_scaling") or {}
         theta = rp.get("rope_theta", c.get("rope_theta", 10000.0))
         w = load_safetensors(model_dir)
         self.w = w
         self.embed = w["model.embed_tokens.weight"]
         self.head = w.get("lm_head.weight", self.embed)
         inv = 1.0 / (theta ** (torch.arange(0, self.D, 2).float() / self.D))
+        inv = scale_inv_freq(inv, rp)
         ang = torch.outer(torch.arange(max_seq).float(), inv)
         self.cos = torch.cat([ang.cos(), ang.cos()], -1)
         self.sin = torch.cat([ang.sin(), ang.sin()], -1)
@@ -106,7 +125,13 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--check", help="comma-separated prompt ids: print the greedy continuation and exit")
+    ap.add_argument("--logits", help="comma-separated prompt ids: print the last position's logits and exit")
     a = ap.parse_args()
+    if a.logits:
+        ids = [int(t) for t in a.logits.split(",")]
+        m = Llama(a.model, len(ids), 1)
+        print(json.dumps(m.forward(torch.tensor([ids]), 0)[0].tolist()))
+        return
     if a.check:
         ids = [int(t) for t in a.check.split(",")]
         m = Llama(a.model, len(ids) + 16, 1)
