@@ -86,6 +86,11 @@ class Llama:
     def norm(self, x, w):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
+    def proj(self, h, name):
+        y = h @ self.w[name + ".weight"].T
+        bias = self.w.get(name + ".bias")  # qwen2's q/k/v biases
+        return y if bias is None else y + bias
+
     def rope(self, x, pos, n):
         cos, sin = self.cos[pos:pos + n], self.sin[pos:pos + n]
         x1, x2 = x[..., : self.D // 2], x[..., self.D // 2:]
@@ -98,9 +103,9 @@ class Llama:
         for l in range(self.L):
             p = f"model.layers.{l}."
             h = self.norm(x, self.w[p + "input_layernorm.weight"])
-            q = (h @ self.w[p + "self_attn.q_proj.weight"].T).view(B, T, self.nh, self.D).transpose(1, 2)
-            k = (h @ self.w[p + "self_attn.k_proj.weight"].T).view(B, T, self.nkv, self.D).transpose(1, 2)
-            v = (h @ self.w[p + "self_attn.v_proj.weight"].T).view(B, T, self.nkv, self.D).transpose(1, 2)
+            q = self.proj(h, p + "self_attn.q_proj").view(B, T, self.nh, self.D).transpose(1, 2)
+            k = self.proj(h, p + "self_attn.k_proj").view(B, T, self.nkv, self.D).transpose(1, 2)
+            v = self.proj(h, p + "self_attn.v_proj").view(B, T, self.nkv, self.D).transpose(1, 2)
             q, k = self.rope(q, pos, T), self.rope(k, pos, T)
             self.k[l, :, :, pos:pos + T] = k
             self.v[l, :, :, pos:pos + T] = v
