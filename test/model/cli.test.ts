@@ -2,9 +2,11 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { expect, it } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
 
-import { tmpDir } from './helpers.js';
+import { tmpDir, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 const run = promisify(execFile);
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'nodespeed');

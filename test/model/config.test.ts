@@ -1,9 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { loadModelConfig } from '../../src/model/index.js';
-import { TINY_CONFIG, tmpDir } from './helpers.js';
+import { TINY_CONFIG, tmpDir, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'hf-reference');
 

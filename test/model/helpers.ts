@@ -1,5 +1,5 @@
 // Builders for small HF folders and (possibly corrupt) safetensors files.
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -10,8 +10,17 @@ export interface RawTensor {
   data: Uint8Array;
 }
 
+const made: string[] = [];
+
+/** A fresh temporary folder, removed by removeTmpDirs (each test file calls it in afterAll). */
 export function tmpDir(prefix = 'ns-model-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  made.push(d);
+  return d;
+}
+
+export function removeTmpDirs(): void {
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
 /** A safetensors file; `edit` may rewrite the header object before it is serialized. */

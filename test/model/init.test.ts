@@ -1,13 +1,15 @@
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 
 import { register } from '../../src/cli/model.js';
 import { initModel, loadModelConfig, loadShard, loadTokenizer, openCheckpoint, planShard } from '../../src/model/index.js';
 import { byteLevelBpe } from '../../src/model/init-tokenizer.js';
 import { bf16Bits, f16Bits } from '../../src/model/random.js';
-import { tmpDir } from './helpers.js';
+import { tmpDir, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'hf-reference');
 

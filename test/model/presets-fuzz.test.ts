@@ -1,10 +1,12 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { openCheckpoint, parameterCount, parseModelConfig, PRESETS, SafetensorsError, tpMemory } from '../../src/model/index.js';
 import { llamaConfigJson } from '../../src/model/init.js';
-import { buildSafetensors, iota, tmpDir } from './helpers.js';
+import { buildSafetensors, iota, tmpDir, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 describe('presets', () => {
   const cfgOf = (p: string) => parseModelConfig(llamaConfigJson(PRESETS[p]!, 'bf16', 1, 2), 'preset/config.json', '/nonexistent');

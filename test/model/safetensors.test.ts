@@ -1,9 +1,11 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { loadModelConfig, loadShard, openCheckpoint, planShard } from '../../src/model/index.js';
-import { buildSafetensors, iota, TINY_CONFIG, tensorsFor, tmpDir, writeModel } from './helpers.js';
+import { buildSafetensors, iota, TINY_CONFIG, tensorsFor, tmpDir, writeModel, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 function fileWith(buf: Buffer): string {
   const dir = tmpDir('ns-st-');

@@ -1,9 +1,11 @@
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { loadTokenizer } from '../../src/model/index.js';
-import { tmpDir } from './helpers.js';
+import { tmpDir, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'hf-reference');
 const ENCODINGS: Record<string, number[]> = JSON.parse(readFileSync(join(FIXTURES, 'tok512_encodings.json'), 'utf8'));

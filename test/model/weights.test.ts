@@ -1,7 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 
 import { loadModelConfig, loadShard, openCheckpoint, planShard } from '../../src/model/index.js';
-import { TINY_CONFIG, tensorsFor, writeModel } from './helpers.js';
+import { TINY_CONFIG, tensorsFor, writeModel, removeTmpDirs } from './helpers.js';
+
+afterAll(removeTmpDirs);
 
 type Loaded = Map<string, { dtype: string; shape: number[]; values: Float32Array }>;
 
