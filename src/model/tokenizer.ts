@@ -140,6 +140,14 @@ export class Tokenizer {
     }
   }
 
+  /**
+   * Prompt ids of a chat: the rendered template, encoded without the post-processor's special
+   * tokens (the template writes its own BOS, as HF's apply_chat_template(tokenize=True) does).
+   */
+  encodeChat(messages: ChatMessage[], opts: ChatTemplateOptions = {}): number[] {
+    return this.encode(this.applyChatTemplate(messages, opts), { addSpecialTokens: false });
+  }
+
   /** A decoder that turns a stream of ids into text deltas (see IncrementalDecoder). */
   incrementalDecoder(opts: { skipSpecialTokens?: boolean } = {}): IncrementalDecoder {
     return new IncrementalDecoder((ids) => this.decode(ids, opts));

@@ -56,6 +56,10 @@ describe('tokenizer', () => {
     const msgs = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }];
     expect(tok.applyChatTemplate(msgs)).toBe('<|bos|><system>Be brief.<|eos|><user>Hi<|eos|>');
     expect(tok.applyChatTemplate(msgs, { addGenerationPrompt: true })).toBe('<|bos|><system>Be brief.<|eos|><user>Hi<|eos|><assistant>');
+    const ids = tok.encodeChat(msgs, { addGenerationPrompt: true });
+    expect(ids.filter((i) => i === 0)).toHaveLength(1); // the template's BOS only, not a second one
+    expect(ids[0]).toBe(0);
+    expect(ids.filter((i) => i === 1)).toHaveLength(2); // the two <|eos|> as special tokens
     const raising = await loadTokenizer(tokDir({ ...BASE, chat_template: "{{ raise_exception('no system role') }}" }));
     expect(() => raising.applyChatTemplate(msgs)).toThrow(/chat template: .*no system role/);
   });
