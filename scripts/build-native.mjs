@@ -54,7 +54,11 @@ function nodeGyp() {
 function firstError(output) {
   const lines = output.split('\n');
   const i = lines.findIndex((l) => /(error|undefined reference|fatal)/i.test(l) && !/^gyp (ERR|info|WARN)/.test(l));
-  if (i < 0) return lines.filter((l) => l.trim()).slice(-3).join('\n  ');
+  if (i < 0) {
+    // No compiler message (e.g. make or gyp itself failed): the informative gyp lines only.
+    const boring = /gyp ERR! (node -v|node-gyp -v|cwd|command|System|Node-gyp failed|Try to update|not ok)/;
+    return lines.filter((l) => l.trim() && !boring.test(l) && !/^gyp info/.test(l)).slice(0, 3).join('\n  ');
+  }
   return lines.slice(i, i + 2).join('\n  ');
 }
 

@@ -76,6 +76,18 @@ for (const [dir, tol] of [[F32, 1e-3], [BF16, 2e-2]] as const) {
       }
     });
 
+    it('steps issued without awaiting run in order (prefill, then each decode)', async () => {
+      const c = cases[0]!;
+      const prompt = c.ids.slice(1);
+      const alloc = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+      const blockTable = alloc.allocate(0, prompt.length + 24);
+      const steps = [engine.step({ seqs: [{ tokens: Int32Array.from(prompt), pos: 0, blockTable }] })];
+      for (let i = 0; i < 23; i++)
+        steps.push(engine.step({ seqs: [{ tokens: Int32Array.of(c.greedy_24[i]!), pos: prompt.length + i, blockTable }] }));
+      const sampled = (await Promise.all(steps)).map((r) => r.sampled[0]);
+      expect(sampled).toEqual(c.greedy_24);  // case 0 has no near-tie in either fixture
+    });
+
     it('the 4 prompts decoded as one batch give what each gives alone', async () => {
       const reqs = cases.map((c) => ({ promptIds: c.ids, maxTokens: 24, ignoreEos: true }));
       const batched = await generateAll(engine, idsOnly, reqs);

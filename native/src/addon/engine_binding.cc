@@ -3,6 +3,7 @@
 // mutex serializes them, so the JS thread never waits on the backend.
 #include "addon/engine_binding.h"
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -24,6 +25,11 @@ namespace {
 // Shared by the JS object and its in-flight workers: dispose() may come while a step runs.
 struct EngineState {
   std::mutex mu;
+  // Calls run in the order JS made them (a step must not overtake the one before it): each worker
+  // takes a ticket on the JS thread and waits for its turn. libuv starts queued work in FIFO
+  // order, so the holder of the next ticket is always already running or first in line.
+  std::condition_variable turn;
+  uint64_t next_ticket = 0, now_serving = 0;
   std::unique_ptr<Backend> backend;
   bool disposed = false;
   int hidden = 0;
@@ -38,24 +44,27 @@ class EngineWork : public Napi::AsyncWorker {
   using Resolve = std::function<Napi::Value(Napi::Env)>;
   EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve)
       : Napi::AsyncWorker(env, what), st_(std::move(st)), what_(what), fn_(std::move(fn)), resolve_(std::move(resolve)),
-        deferred_(Napi::Promise::Deferred::New(env)) {}
+        deferred_(Napi::Promise::Deferred::New(env)), ticket_(st_->next_ticket++) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   std::vector<Napi::Reference<Napi::Value>> keep;  // JS buffers the worker reads
 
  protected:
   void Execute() override {
-    std::lock_guard<std::mutex> lock(st_->mu);
+    std::unique_lock<std::mutex> lock(st_->mu);
+    st_->turn.wait(lock, [&] { return st_->now_serving == ticket_; });
     if (st_->disposed || !st_->backend) {
       st_->backend.reset();
       SetError(std::string(what_) + ": the engine was disposed");
-      return;
+    } else {
+      try {
+        fn_(*st_->backend);
+      } catch (const std::exception& e) {
+        SetError(e.what());
+      }
+      if (st_->disposed) st_->backend.reset();  // dispose() came while this call ran
     }
-    try {
-      fn_(*st_->backend);
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-    if (st_->disposed) st_->backend.reset();  // dispose() came while this call ran
+    ++st_->now_serving;
+    st_->turn.notify_all();
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -73,6 +82,7 @@ class EngineWork : public Napi::AsyncWorker {
   Fn fn_;
   Resolve resolve_;
   Napi::Promise::Deferred deferred_;
+  uint64_t ticket_;
 };
 
 // The parsed step request, owned by the worker (copies of the small JS arrays).
