@@ -23,6 +23,8 @@ export interface Group {
   /** Resolves with the first message of `type` from every listed rank (default: all). */
   waitAll(type: string, ranks?: number[], timeoutMs?: number): Promise<RankMessage[]>;
   send(rank: number, msg: object): void;
+  /** Exit code (or signal name) of every child, once all have exited. */
+  exits(timeoutMs?: number): Promise<(number | string)[]>;
   /** Kills every child still running. */
   close(): void;
 }
@@ -54,9 +56,17 @@ export function startGroup(scenario: string, size: number, opts: { nonce?: (rank
       listeners.push(check);
       check();
     });
+  const exited = procs.map((p) => new Promise<number | string>((res) => {
+    p.on('exit', (code, signal) => res(code ?? signal ?? 'unknown'));
+  }));
+  const exits = (timeoutMs = 10_000) => Promise.race([
+    Promise.all(exited),
+    new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`children still running after ${timeoutMs} ms`)), timeoutMs)),
+  ]);
   const group: Group = {
     procs,
     waitAll,
+    exits,
     send: (rank, msg) => { procs[rank]!.send(msg); },
     close: () => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); },
   };

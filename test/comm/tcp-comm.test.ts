@@ -51,6 +51,8 @@ describe.each([2, 3, 4])('a group of %i processes', (n) => {
       expect(r.ring).toEqual([(r.rank + n - 1) % n, (r.rank + n - 1) % n]);
       expect(r.asyncError).toBeNull();
     }
+    // Each rank exits on its own with its communicator still connected (teardown must be clean).
+    expect(await group.exits()).toEqual(Array(n).fill(0));
     console.log(`tcp comm n=${n}: 16 MB f32 all-reduce ${results.map((r) => (r.largeMs as number).toFixed(0)).join('/')} ms`);
   });
 

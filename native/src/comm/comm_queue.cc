@@ -2,8 +2,17 @@
 
 namespace ns {
 
-CommQueue::CommQueue(Napi::Env env, const char* name) {
-  tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1);
+CommQueue::CommQueue(Napi::Env env, const char* name) : tsfn_closed_(std::make_shared<std::atomic<bool>>(false)) {
+  // At environment teardown Node closes the thread-safe function itself, possibly before the Comm
+  // is finalized; the finalizer records that so stop() does not release a closed one.
+  using Flag = std::shared_ptr<std::atomic<bool>>;
+  tsfn_ = Napi::ThreadSafeFunction::New(
+      env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1,
+      [](Napi::Env, Flag* closed) {
+        (*closed)->store(true);
+        delete closed;
+      },
+      new Flag(tsfn_closed_));
   tsfn_.Unref(env);  // an idle communicator must not keep the process alive
   thread_ = std::thread([this] { loop(); });
 }
@@ -18,7 +27,7 @@ void CommQueue::stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  tsfn_.Release();
+  if (!tsfn_closed_->load()) tsfn_.Release();
 }
 
 Napi::Promise CommQueue::submit(Napi::Env env, Op* op) {

@@ -6,7 +6,9 @@
 
 #include <napi.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -40,6 +42,7 @@ class CommQueue {
   static void complete(Napi::Env env, Napi::Function, Op* op);
 
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<std::atomic<bool>> tsfn_closed_;  // set by the TSFN's finalizer
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Op*> ops_;

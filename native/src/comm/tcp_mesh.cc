@@ -209,7 +209,8 @@ int TcpComm::connect_to_lower(int peer, const std::string& address, int64_t dead
       } catch (const std::runtime_error& e) {
         ::close(fd);
         if (aborted_ || broken_) { freeaddrinfo(res); throw; }
-        last = e.what();
+        // Keep the reason of a real attempt ("Connection refused") over the final deadline hit.
+        if (std::strcmp(e.what(), "timed out") != 0 || last == "no attempt") last = e.what();
       }
     }
     freeaddrinfo(res);
