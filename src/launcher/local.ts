@@ -1,5 +1,6 @@
 // Local ranks: a child process in its own process group (detached), so a kill reaches its children too.
 import { execa } from 'execa';
+import { WATCHDOG } from './remote.js';
 import { pipeLines, signalExitCode, type LineSink, type RankExit, type RankProcess } from './rank-process.js';
 
 export interface LocalSpawn {
@@ -18,9 +19,14 @@ function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
   }
 }
 
+/** Same watchdog as remote ranks: our stdin pipe closing (launcher killed) SIGKILLs the rank's group. */
+const LOCAL_WRAPPER = `exec 3<&0; ${WATCHDOG} exec "$@" </dev/null 3<&-`;
+
 export function startLocalRank({ command, cwd, env, sink }: LocalSpawn): RankProcess {
-  const [file, ...args] = command as [string, ...string[]];
-  const child = execa(file, args, { cwd, env, extendEnv: false, detached: true, stdin: 'ignore', buffer: false, reject: false, cleanup: false });
+  const file = command[0]!;
+  const child = execa('/bin/sh', ['-c', LOCAL_WRAPPER, 'nodespeed-rank', ...command], {
+    cwd, env, extendEnv: false, detached: true, stdin: 'pipe', buffer: false, reject: false, cleanup: false,
+  });
   const streams = Promise.all([pipeLines(child.stdout!, 'stdout', sink), pipeLines(child.stderr!, 'stderr', sink)]);
   const exited: Promise<RankExit> = child.then(async (result) => {
     await streams;
@@ -36,7 +42,10 @@ export function startLocalRank({ command, cwd, env, sink }: LocalSpawn): RankPro
     pid: child.pid,
     exited,
     kill: async (signal) => killGroup(child.pid, signal),
-    sweep: async () => killGroup(child.pid, 'SIGKILL'),
+    sweep: async () => {
+      killGroup(child.pid, 'SIGKILL');
+      child.stdin?.destroy();
+    },
   };
 }
 

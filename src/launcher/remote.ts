@@ -26,11 +26,21 @@ export function shellQuote(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/**
+ * A watchdog in the rank's process group holds the channel's stdin, which the launcher never closes while
+ * it lives: if the launcher dies without a teardown (SIGKILL, lost connection), stdin reaches EOF and the
+ * watchdog SIGKILLs the group. The whole script is one brace group so the shell has parsed all of it before
+ * the watchdog starts reading the same stdin.
+ */
+export const WATCHDOG = '( while read -r _ <&3; do :; done; kill -s KILL -- -$$ ) </dev/null >/dev/null 2>&1 &';
+
 export function remoteScript(command: string[], cwd: string, env: Record<string, string>): string {
-  const lines = [`printf '${PGID_MARK}%s\\n' "$$" >&2`];
+  const lines = ['{', `printf '${PGID_MARK}%s\\n' "$$" >&2`];
   for (const [k, v] of Object.entries(env)) lines.push(`export ${k}=${shellQuote(v)}`);
   lines.push(`cd -- ${shellQuote(cwd)} || exit 127`);
-  lines.push(`exec ${command.map(shellQuote).join(' ')} </dev/null`);
+  lines.push('exec 3<&0', WATCHDOG);
+  lines.push(`exec ${command.map(shellQuote).join(' ')} </dev/null 3<&-`);
+  lines.push('}');
   return lines.join('\n') + '\n';
 }
 
@@ -66,7 +76,8 @@ export async function startRemoteRank(spec: RemoteSpawn): Promise<RankProcess> {
     resolvePgid(pgid);
     return e;
   });
-  channel.end(remoteScript(spec.command, spec.cwd, spec.env));
+  // stdin stays open: closing it is the watchdog's signal that the launcher is gone.
+  channel.write(remoteScript(spec.command, spec.cwd, spec.env));
 
   const signalGroup = async (signal: string): Promise<void> => {
     const id = await pgidKnown;

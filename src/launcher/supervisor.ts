@@ -62,6 +62,8 @@ interface RankState {
   log?: WriteStream;
 }
 
+class StoppedWhileStarting extends Error {}
+
 export declare interface Job {
   on(event: 'line', listener: (e: RankLine) => void): this;
   on(event: 'rank-start', listener: (e: { rank: number; host: string; pid: number | undefined }) => void): this;
@@ -94,13 +96,16 @@ export class Job extends EventEmitter {
     process.on('exit', this.exitGuard);
   }
 
-  /** Starts every rank in parallel; on any failure tears the job down and throws every failure's message. */
+  /**
+   * Starts every rank in parallel. If a rank cannot start, tears the job down and throws every failure's
+   * message. If the job is stopped meanwhile (a rank already failed, a signal), resolves: `done` says why.
+   */
   async start(): Promise<void> {
     const results = await Promise.allSettled(this.spec.placement.ranks.map((p) => this.startRank(p.rank)));
-    const failures = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+    const failures = results.flatMap((r) => (r.status === 'rejected' && !(r.reason instanceof StoppedWhileStarting) ? [(r.reason as Error).message] : []));
     if (failures.length > 0) {
       await this.stop('start failed', 1);
-      throw new Error([...new Set(failures)].filter((m) => !m.startsWith('job stopped while')).join('\n') || failures[0]);
+      throw new Error([...new Set(failures)].join('\n'));
     }
   }
 
@@ -165,7 +170,7 @@ export class Job extends EventEmitter {
       // Teardown began while this rank was connecting: it must not outlive the job.
       await proc.kill('SIGKILL');
       await proc.sweep();
-      throw new Error(`job stopped while rank ${rank} on ${p.host} was starting`);
+      throw new StoppedWhileStarting(`job stopped while rank ${rank} on ${p.host} was starting`);
     }
     s.proc = proc;
     s.running = true;

@@ -24,6 +24,9 @@ function until<T>(job: Job, event: 'line' | 'rank-exit', pred: (e: T) => boolean
   });
 }
 
+/** The job's processes, leaving out local ranks' watchdog shells (they carry the command line too). */
+const ranksAndChildren = (tag: string) => processesWith(tag).filter((p) => !p.cmdline.startsWith('/bin/sh -c'));
+
 suite('launcher API (startJob) with local and SSH ranks', () => {
   let sshd: SshdHarness;
   let cwd: string;
@@ -67,13 +70,13 @@ suite('launcher API (startJob) with local and SSH ranks', () => {
   it('killRank + restartRank under a supervisor (failFast off), then stop() leaves nothing behind', async () => {
     const { job, tag, lines, exits } = await hanging('hang', false);
     expect(job.rankState(0)).toMatchObject({ running: true, starts: 1 });
-    expect(processesWith(tag)).toHaveLength(6);
+    expect(ranksAndChildren(tag)).toHaveLength(6);
     const exited = until<RankExitEvent>(job, 'rank-exit', (e) => e.rank === 1);
     await job.killRank(1, 'SIGKILL');
     expect(await exited).toMatchObject({ rank: 1, host: '127.0.0.2', code: 137, expected: true });
     await new Promise((r) => setTimeout(r, 300));
     // the killed rank's whole process group is gone, the other ranks keep running
-    expect(processesWith(tag)).toHaveLength(4);
+    expect(ranksAndChildren(tag)).toHaveLength(4);
     expect(job.rankState(0).running && job.rankState(2).running).toBe(true);
 
     const again = until<RankLine>(job, 'line', (l) => l.rank === 1 && l.line.startsWith('READY'));

@@ -82,13 +82,14 @@ suite('nodespeed run over SSH (real sshd)', () => {
     for (const run of launched.splice(0)) if (run.child.exitCode === null && run.child.signalCode === null) run.child.kill('SIGKILL');
   });
 
-  async function startHangingJob(extra: string[] = [], ranks = 6) {
+  async function startHangingJob(extra: string[] = [], ranks = 6, hf = hostfile) {
     const tag = `tag-${randomUUID()}`;
-    const run = startCli(['run', '-H', hostfile, ...extra, PROBE, 'hang', tag], { env, cwd: work });
+    const run = startCli(['run', '-H', hf, ...extra, PROBE, 'hang', tag], { env, cwd: work });
     launched.push(run);
     const ready = await run.waitFor(/\] READY rank=\d pid=\d+ child=\d+$/, ranks);
     // launcher + one process per rank + its grandchild in the rank's process group
-    expect(processesWith(tag)).toHaveLength(1 + 2 * ranks);
+    // (local ranks' watchdog shells carry the command line too; they are not counted here)
+    expect(processesWith(tag).filter((p) => !p.cmdline.startsWith('/bin/sh -c'))).toHaveLength(1 + 2 * ranks);
     const pidOf = (rank: number): number => Number(/pid=(\d+)/.exec(ready.find((l) => l.includes(`READY rank=${rank} `))!)![1]);
     return { tag, run, pidOf };
   }
@@ -118,6 +119,17 @@ suite('nodespeed run over SSH (real sshd)', () => {
     const { tag, run } = await startHangingJob(['--include', '127.0.0.2@127.0.0.4'], 4);
     run.child.kill('SIGTERM');
     expect((await run.done).code).toBe(143);
+    expect(processesWith(tag)).toEqual([]);
+  });
+
+  it('SIGKILL of the launcher (no teardown possible) still leaves no rank behind, local or remote', async () => {
+    const mixed = join(work, 'hostfile-mixed');
+    writeFileSync(mixed, 'localhost slots=1\n127.0.0.2 slots=2\n127.0.0.3 slots=1\n');
+    const { tag, run } = await startHangingJob([], 4, mixed);
+    run.child.kill('SIGKILL');
+    await run.done;
+    const t0 = Date.now();
+    while (processesWith(tag).length > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 100));
     expect(processesWith(tag)).toEqual([]);
   });
 
