@@ -69,14 +69,26 @@ const nodedir = process.env.NODESPEED_NODEDIR
   ?? (existsSync(join(dirname(process.execPath), '..', 'include', 'node', 'node_api.h')) ? resolve(dirname(process.execPath), '..') : '/usr');
 // configure + build, not `rebuild`: node-gyp's clean step would delete build/cuda/libnscuda.a.
 const quiet = verbose ? [] : ['--loglevel=error'];
-const steps = [
-  [...pre, 'configure', ...quiet, `--nodedir=${nodedir}`, '--', `-Dcuda=${cuda ? 1 : 0}`],
-  [...pre, 'build', ...quiet, `--nodedir=${nodedir}`, `--jobs=${Math.max(1, cpus().length)}`],
-];
-let r;
-for (const args of steps) {
-  r = spawnSync(cmd, args, { cwd: root, stdio: verbose ? 'inherit' : ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
-  if (r.error || r.status !== 0) break;
+function gyp(withCuda) {
+  const steps = [
+    [...pre, 'configure', ...quiet, `--nodedir=${nodedir}`, '--', `-Dcuda=${withCuda ? 1 : 0}`],
+    [...pre, 'build', ...quiet, `--nodedir=${nodedir}`, `--jobs=${Math.max(1, cpus().length)}`],
+  ];
+  let r;
+  for (const args of steps) {
+    r = spawnSync(cmd, args, { cwd: root, stdio: verbose ? 'inherit' : ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+    if (r.error || r.status !== 0) break;
+  }
+  return r;
+}
+let cudaLinked = cuda;
+let r = gyp(cuda);
+if (cuda && (r.error || r.status !== 0)) {
+  // The CPU backend must not depend on the CUDA one: say why, then build without it.
+  const out = `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
+  console.error(`nodespeed: building with the CUDA backend failed, building the CPU backend only\n  ${firstError(out)}`);
+  cudaLinked = false;
+  r = gyp(false);
 }
 if (r.error || r.status !== 0) {
   const out = `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
@@ -84,4 +96,4 @@ if (r.error || r.status !== 0) {
     '  (run NODESPEED_BUILD_VERBOSE=1 npm run build:native for the full log)');
   process.exit(1);
 }
-if (verbose) console.error(`nodespeed: built build/Release/nodespeed.node (${cuda ? 'CPU + CUDA' : 'CPU'})`);
+if (verbose) console.error(`nodespeed: built build/Release/nodespeed.node (${cudaLinked ? 'CPU + CUDA' : 'CPU'})`);
