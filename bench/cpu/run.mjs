@@ -7,7 +7,7 @@
 //   npm run build && node bench/cpu/run.mjs [--steps 64] [--prompt 32] [--model-100m DIR] [--no-torch]
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -86,6 +86,7 @@ const torchOk = !args['no-torch'] && spawnSync('/usr/bin/python3', ['-c', 'impor
 if (!args['no-torch'] && !torchOk) console.error('bench/cpu: /usr/bin/python3 has no torch (apt-get install python3-torch); skipping the PyTorch baseline');
 
 const models = [['py-tiny', join(root, 'models', 'py-tiny')], ['llama-100m', model100m()]];
+const loadBefore = loadavg()[0];
 const results = [];
 for (const [name, dir] of models) {
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
@@ -111,7 +112,9 @@ const record = {
   benchmark: 'cpu decode/prefill tokens/s',
   date: new Date().toISOString(),
   commit,
-  machine: { cpu: lscpu('Model name'), cores: cpus().length, threads_per_core: lscpu('Thread(s) per core'), node: process.version },
+  machine: { cpu: lscpu('Model name'), cores: cpus().length, threads_per_core: lscpu('Thread(s) per core'), node: process.version,
+    // 1-minute load average before and after: other work on a shared machine slows both runtimes.
+    load_average: [Number(loadBefore.toFixed(2)), Number(loadavg()[0].toFixed(2))] },
   settings: { prompt_tokens: prompt, decode_steps: steps, sampling: 'greedy', timing: 'second of two runs (first warms up)' },
   results,
 };
