@@ -140,6 +140,38 @@ suite('nodespeed run over SSH (real sshd)', () => {
     expect(got).toEqual([['[127.0.0.3:0]', '1'], ['[127.0.0.4:1]', '0'], ['[127.0.0.4:2]', '1']]);
   });
 
+  it('~/.ssh/config aliases (HostName/Port/User/IdentityFile) and --remote_workdir are honoured', async () => {
+    const dir = sshDirVariant('alias', (d) => {
+      writeFileSync(join(d, 'config'), `Host node-b\n  HostName 127.0.0.3\n  Port ${sshd.port}\n  User root\n  IdentityFile ${join(d, 'id_ed25519')}\n`);
+    });
+    const hf = join(work, 'hostfile-alias');
+    writeFileSync(hf, 'node-b slots=1\n');
+    const r = await runCli(['run', '-H', hf, '--remote-workdir', '/tmp', PROBE, 'env'], { env: { ...env, NODESPEED_SSH_DIR: dir }, cwd: work });
+    expect(r.code, r.stderr).toBe(0);
+    const line = r.stdout.split('\n').find((l) => l.startsWith('[node-b:0] {'))!;
+    expect(JSON.parse(line.slice(line.indexOf(' ') + 1))).toMatchObject({ cwd: '/tmp', env: { MASTER_ADDR: 'node-b', RANK: '0' } });
+  });
+
+  it('keys held by the SSH agent are used when no key file is there', async () => {
+    const dir = sshDirVariant('agent-only', (d) => {
+      rmSync(join(d, 'id_ed25519'));
+      writeFileSync(join(d, 'config'), `Host 127.0.0.*\n  Port ${sshd.port}\n  User root\n`);
+    });
+    const sock = join(work, 'agent.sock');
+    const agentPid = Number(/SSH_AGENT_PID=(\d+)/.exec(execFileSync('ssh-agent', ['-a', sock], { encoding: 'utf8' }))![1]);
+    try {
+      execFileSync('ssh-add', ['-q', join(sshd.sshDir, 'id_ed25519')], { env: { ...process.env, SSH_AUTH_SOCK: sock }, stdio: 'ignore' });
+      const r = await runCli(['run', '-H', hostfile, '--num_nodes', '1', '--num_gpus', '1', PROBE, 'env'], { env: { ...env, NODESPEED_SSH_DIR: dir, SSH_AUTH_SOCK: sock }, cwd: work });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/^\[127\.0\.0\.2:0\] \{/m);
+      const without = await runCli(['run', '-H', hostfile, '--num_nodes', '1', PROBE, 'env'], { env: { ...env, NODESPEED_SSH_DIR: dir, SSH_AUTH_SOCK: '' }, cwd: work });
+      expect(without.code).toBe(1);
+      expect(without.stderr).toContain('no usable identity');
+    } finally {
+      process.kill(agentPid, 'SIGTERM');
+    }
+  });
+
   it('an unknown host key is refused with a clear message; --ssh-accept-new records it', async () => {
     const dir = sshDirVariant('no-known-hosts', (d) => rmSync(join(d, 'known_hosts')));
     const tag = `tag-${randomUUID()}`;
