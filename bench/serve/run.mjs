@@ -1,0 +1,146 @@
+#!/usr/bin/env node
+// Serving benchmark through the public gRPC API of a real `nodespeed launch` (coordinator +
+// worker processes): batch-1 decode tokens/s at tp=1 and tp=2, and generated tokens/s with many
+// concurrent streams at tp=1, in one run, optionally beside HF transformers (bench/decode/hf_generate.py,
+// GPU hosts). Writes bench/results/serve-<device>-<timestamp>.json.
+//
+//   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
+//        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf]
+// CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { values: a } = parseArgs({
+  options: {
+    model: { type: 'string', default: join(root, 'models', 'py-tiny') },
+    device: { type: 'string', default: 'cpu' },
+    streams: { type: 'string', default: '64' },
+    'prompt-len': { type: 'string' },
+    'new-tokens': { type: 'string' },
+    'decode-tokens': { type: 'string', default: '128' },
+    'kv-blocks': { type: 'string' },
+    tp: { type: 'string', default: '1,2' },
+    hf: { type: 'boolean', default: false },
+    out: { type: 'string' },
+  },
+});
+const gpu = a.device === 'cuda';
+const streams = Number(a.streams);
+const promptLen = Number(a['prompt-len'] ?? (gpu ? 512 : 128));
+const newTokens = Number(a['new-tokens'] ?? (gpu ? 256 : 128));
+const decodeTokens = Number(a['decode-tokens']);
+const tps = a.tp.split(',').map(Number);
+
+const clientModule = join(root, 'dist', 'client', 'index.js');
+if (!existsSync(clientModule) || !existsSync(join(root, 'dist', 'worker', 'main.js'))) {
+  console.error('bench/serve: dist/ is missing; run `npm run build` first');
+  process.exit(1);
+}
+const { NodespeedClient } = await import(clientModule);
+const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
+if (promptLen + newTokens > (config.max_position_embeddings ?? Infinity)) {
+  console.error(`bench/serve: --prompt-len ${promptLen} + --new-tokens ${newTokens} exceed the model's context of ${config.max_position_embeddings}`);
+  process.exit(1);
+}
+
+/** Starts `nodespeed launch` and resolves at its ready line. */
+function launch(tp, extra = []) {
+  const workers = gpu ? ['--num_gpus', String(tp)] : ['--num_cpu_workers', String(tp)];
+  const blocks = a['kv-blocks'] ?? String(Math.ceil(((promptLen + newTokens) / 16 + 1) * (streams + 1)));
+  const args = [join(root, 'bin', 'nodespeed'), 'launch', '--model', a.model, '--device', a.device, '--tp', String(tp),
+    '--port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks, ...workers, ...extra];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  proc.stderr.on('data', (d) => (err += d));
+  return new Promise((resolveReady, reject) => {
+    let out = '';
+    proc.stdout.on('data', (d) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('nodespeed ready '));
+      if (line) resolveReady({ proc, address: line.split(' ')[2], stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
+    });
+    proc.once('exit', (code) => reject(new Error(`launch exited with ${code}:\n${err}`)));
+  });
+}
+
+// Deterministic prompt ids of the requested length (no BOS games: ids are sent as given).
+function promptIds(len, salt) {
+  const v = config.vocab_size;
+  return Array.from({ length: len }, (_, i) => 2 + ((i * 7919 + salt * 104729) % (v - 2)));
+}
+
+async function streamOne(client, req) {
+  const t0 = performance.now();
+  let first, last, n = 0;
+  for await (const m of client.generate(req)) {
+    if (m.tokenIds.length) {
+      first ??= performance.now();
+      last = performance.now();
+      n += m.tokenIds.length;
+    }
+  }
+  return { n, ttftMs: first - t0, decodeTokS: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, wallMs: performance.now() - t0 };
+}
+
+async function batch1(client) {
+  await streamOne(client, { promptIds: promptIds(32, 0), maxTokens: 8, ignoreEos: true }); // warm-up
+  const runs = [];
+  for (let i = 0; i < 3; i++) runs.push(await streamOne(client, { promptIds: promptIds(32, i + 1), maxTokens: decodeTokens, ignoreEos: true }));
+  runs.sort((x, y) => x.decodeTokS - y.decodeTokS);
+  return { median_decode_tok_s: runs[1].decodeTokS, ttft_ms: runs[1].ttftMs, runs: runs.map((r) => r.decodeTokS) };
+}
+
+async function concurrent(client) {
+  await streamOne(client, { promptIds: promptIds(promptLen, 999), maxTokens: 4, ignoreEos: true }); // warm-up
+  const t0 = performance.now();
+  const res = await Promise.all(Array.from({ length: streams }, (_, i) =>
+    streamOne(client, { promptIds: promptIds(promptLen, i + 10), maxTokens: newTokens, ignoreEos: true })));
+  const wall = (performance.now() - t0) / 1000;
+  const generated = res.reduce((s, r) => s + r.n, 0);
+  const status = await client.clusterStatus();
+  const ttfts = res.map((r) => r.ttftMs).sort((x, y) => x - y);
+  return {
+    streams, prompt_len: promptLen, new_tokens: newTokens, generated_tokens: generated, wall_s: wall,
+    generated_tok_s: generated / wall, ttft_ms_p50: ttfts[Math.floor(ttfts.length / 2)], ttft_ms_max: ttfts[ttfts.length - 1],
+    max_step_batch: status.replicas[0].maxStepBatch, steps: Number(status.replicas[0].steps),
+  };
+}
+
+const result = {
+  bench: 'serve', date: new Date().toISOString(), device: a.device, model: a.model,
+  // The load average at the start: on a shared machine, other work competes for the cores.
+  machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
+  command: `node bench/serve/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),
+  batch1: {}, concurrent: null, hf: null,
+};
+for (const tp of tps) {
+  const c = await launch(tp);
+  const client = new NodespeedClient(c.address);
+  try {
+    result.batch1[`tp${tp}`] = await batch1(client);
+    console.error(`tp=${tp}: batch-1 decode ${result.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
+    if (tp === 1) {
+      result.concurrent = await concurrent(client);
+      console.error(`tp=1: ${streams} streams x ${newTokens} tokens (prompt ${promptLen}): ${result.concurrent.generated_tok_s.toFixed(1)} generated tok/s`);
+    }
+  } finally {
+    client.close();
+    await c.stop();
+  }
+}
+if (result.batch1.tp1 && result.batch1.tp2) result.tp2_over_tp1 = result.batch1.tp2.median_decode_tok_s / result.batch1.tp1.median_decode_tok_s;
+if (a.hf) {
+  const hf = spawnSync('python3', [join(root, 'bench', 'decode', 'hf_generate.py'), a.model, String(promptLen), String(newTokens), `1,${streams}`], { encoding: 'utf8' });
+  result.hf = hf.status === 0 ? JSON.parse(hf.stdout) : { error: hf.stderr.trim().split('\n').pop() };
+}
+const dir = join(root, 'bench', 'results');
+mkdirSync(dir, { recursive: true });
+const file = a.out ?? join(dir, `serve-${a.device}-${result.date.replace(/[:.]/g, '-')}.json`);
+writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+console.log(JSON.stringify(result, null, 2));
+console.error(`bench/serve: wrote ${file}`);
