@@ -101,3 +101,18 @@ describe('py-tiny stop strings and EOS', () => {
     expect(r!.tokenIds).toEqual(c.greedy_48.slice(0, c.greedy_48.indexOf(c.greedy_48[5]!)));
   });
 });
+
+describe('py-tiny with a small KV cache', () => {
+  it('admits requests as blocks free up and still matches the reference', async () => {
+    const small = await Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 7 });
+    try {
+      // Each request reserves prompt + 24 tokens (3 blocks of 16): two run at a time.
+      const results = await generateAll(small, tokenizer, cases.map((c) => ({ prompt: c.text, maxTokens: 24 })));
+      for (const [i, c] of cases.entries()) expect(results[i]!.tokenIds).toEqual(c.greedy_48.slice(0, 24));
+      await expect(generateAll(small, tokenizer, [{ prompt: cases[0]!.text, maxTokens: 200 }]))
+        .rejects.toThrow(/request 0: needs 14 KV blocks, the cache has 7/);
+    } finally {
+      small.dispose();
+    }
+  });
+});
