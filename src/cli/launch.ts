@@ -167,15 +167,21 @@ export function register(program: Command): void {
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
-      const onSignal = (sig: string) => {
+      const shutdown = (why: string, code: number) => {
         if (stopping) return;
         stopping = true;
-        process.stderr.write(`nodespeed: ${sig}, shutting down\n`);
-        void cluster.stop(`received ${sig}`).then(resolve);
+        process.stderr.write(`nodespeed: ${why}, shutting down\n`);
+        process.exitCode = code;
+        void cluster.stop(why).then(resolve);
       };
-      process.once('SIGINT', () => onSignal('SIGINT'));
-      process.once('SIGTERM', () => onSignal('SIGTERM'));
-      void cluster.job.done.then(() => onSignal('job exit'));
+      process.once('SIGINT', () => shutdown('SIGINT', 0));
+      process.once('SIGTERM', () => shutdown('SIGTERM', 0));
+      void cluster.job.done.then(() => shutdown('the job ended', 1));
+      // Until failover re-forms replicas, a cluster whose every replica is lost cannot serve: tear
+      // the whole job down at once instead of leaving ranks blocked on dead peers.
+      cluster.coordinator.members.on('replica-lost', () => {
+        if (cluster.coordinator.members.replicas.every((r) => r.state === 'lost')) shutdown('every replica is lost', 1);
+      });
     });
   });
 }
