@@ -17,6 +17,7 @@ constexpr int kMaxHeadDim = 256;
 
 template <typename T, int EPL>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
+  grid_dependency_wait();
   const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hd = a.hd, nkv = a.nkv, B = a.block_size;
@@ -92,6 +93,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 
 template <typename T>
 __global__ void attn_merge_kernel(AttnArgs a) {
+  grid_dependency_wait();
   const int h = blockIdx.x, t = blockIdx.y, hd = a.hd;
   const size_t th = (size_t)t * a.nh + h;
   const size_t split_stride = (size_t)a.T * a.nh * (hd + 2);
@@ -116,12 +118,8 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.T, a.n_splits);
-  attn_kernel<T, EPL><<<grid, kWarps * 32, 0, s>>>(a, rsqrtf(static_cast<float>(a.hd)));
-  NS_LAUNCHED("attention");
-  if (a.n_splits > 1) {
-    attn_merge_kernel<T><<<dim3(a.nh, a.T), 128, 0, s>>>(a);
-    NS_LAUNCHED("attention merge");
-  }
+  launch("attention", attn_kernel<T, EPL>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
+  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.T), dim3(128), s, a);
 }
 
 }  // namespace

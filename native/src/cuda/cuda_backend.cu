@@ -45,6 +45,18 @@ void PinnedBuffer::reserve(size_t need) {
 }
 PinnedBuffer::~PinnedBuffer() { if (ptr) cudaFreeHost(ptr); }
 
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("NODESPEED_CUDA_PDL");
+    if (e && std::strcmp(e, "0") == 0) return false;
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    return major >= 9;
+  }();
+  return on;
+}
+
 namespace {
 
 std::vector<float> rope_inv_freq(const ShardConfig& c) {
@@ -338,7 +350,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

@@ -9,6 +9,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "engine.h"
 
@@ -68,5 +69,33 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Programmatic dependent launch (Hopper+): a kernel may be scheduled while the previous one in the
+// stream drains, hiding launch latency and the previous kernel's tail (~300 kernels per decode
+// step). Every kernel therefore starts with grid_dependency_wait() before touching memory an
+// earlier kernel wrote; it returns once those kernels finished and their writes are visible, so
+// ordering is the same as plain stream order. NODESPEED_CUDA_PDL=0 turns it off.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+bool pdl_enabled();  // cuda_backend.cu: env switch and compute capability >= 9.0 (cached)
+
+template <typename... KArgs, typename... Args>
+void launch(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
 
 }  // namespace ns::cuda

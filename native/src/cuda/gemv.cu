@@ -52,6 +52,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
   const int K8 = K / 8;
+  // Weights never change during a step: start pulling this lane's first chunks into L2 while the
+  // previous kernel (whose output x is) still drains, then wait for it.
+  if (n < N) {
+    const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = part * 32 + lane + j * kStride;
+      if (i < K8) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
+    }
+  }
+  grid_dependency_wait();
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
@@ -99,10 +110,10 @@ template <typename T, GemvOut MODE, int KS>
 void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
   const unsigned grid = ceil_div(N, kWarps / KS);
   switch (R) {
-    case 1: gemv_kernel<T, 1, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 2: gemv_kernel<T, 2, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 3: gemv_kernel<T, 3, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
-    case 4: gemv_kernel<T, 4, MODE, KS><<<grid, kWarps * 32, 0, s>>>(W, x, N, K, y); break;
+    case 1: launch("gemv", gemv_kernel<T, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y); break;
+    case 2: launch("gemv", gemv_kernel<T, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y); break;
+    case 3: launch("gemv", gemv_kernel<T, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y); break;
+    case 4: launch("gemv", gemv_kernel<T, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y); break;
     default: throw std::runtime_error("cuda: gemv supports 1..4 rows");
   }
 }

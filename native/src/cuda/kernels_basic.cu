@@ -7,12 +7,14 @@ namespace {
 
 template <typename D, typename S>
 __global__ void convert_kernel(D* dst, const S* src, size_t n) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     dst[i] = from_f<D>(to_f(src[i]));
 }
 
 template <typename T>
 __global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int vstart, int vend, float* res) {
+  grid_dependency_wait();
   const int t = blockIdx.x;
   const int id = tokens[t];
   float* out = res + (size_t)t * H;
@@ -23,6 +25,7 @@ __global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int
 
 template <typename T>
 __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out) {
+  grid_dependency_wait();
   const int r = blockIdx.x;
   const float* xr = x + (size_t)(rows ? rows[r] : r) * H;
   float ss = 0.f;
@@ -44,6 +47,7 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const
 
 template <typename T>
 __global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const size_t t = i / I, j = i % I;
     const float g = to_f(gu[t * 2 * I + j]);
@@ -53,6 +57,7 @@ __global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out) {
 }
 
 __global__ void add_kernel(float* dst, const float* src, size_t n) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     dst[i] += src[i];
 }
@@ -60,6 +65,7 @@ __global__ void add_kernel(float* dst, const float* src, size_t n) {
 // Output column c of row r comes from rank c / stride, whose compact [R, Vs_rank] block starts at
 // rank * R * stride in the gathered buffer (the last rank's shard may be shorter).
 __global__ void unshard_kernel(const float* in, float* out, int R, int stride, int V) {
+  grid_dependency_wait();
   const size_t n = (size_t)R * V;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const int row = static_cast<int>(i / V), col = static_cast<int>(i % V);
@@ -76,7 +82,7 @@ unsigned grid_for(size_t n) { return static_cast<unsigned>(std::min<size_t>(ceil
 void convert(DType dst_dt, void* dst, DType src_dt, const void* src, size_t n, cudaStream_t s) {
   if (n == 0) return;
   NS_DISPATCH_ANY(dst_dt, D, NS_DISPATCH_ANY(src_dt, S, {
-    convert_kernel<D, S><<<grid_for(n), 256, 0, s>>>(static_cast<D*>(dst), static_cast<const S*>(src), n);
+    launch("convert", convert_kernel<D, S>, dim3(grid_for(n)), dim3(256), s, static_cast<D*>(dst), static_cast<const S*>(src), n);
   }));
   NS_LAUNCHED("convert");
 }
@@ -85,7 +91,7 @@ void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, 
                float* residual, cudaStream_t s) {
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    embedding_kernel<E><<<T, 256, 0, s>>>(static_cast<const E*>(emb), tokens, H, vstart, vend, residual);
+    launch("embedding", embedding_kernel<E>, dim3(T), dim3(256), s, static_cast<const E*>(emb), tokens, H, vstart, vend, residual);
   });
   NS_LAUNCHED("embedding");
 }
@@ -94,7 +100,7 @@ void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const
              void* out, cudaStream_t s) {
   if (R == 0) return;
   const int threads = H >= 4096 ? 1024 : H >= 1024 ? 512 : 128;
-  NS_DISPATCH_ACT(act, E, { rmsnorm_kernel<E><<<R, threads, 0, s>>>(x, rows, H, w, eps, static_cast<E*>(out)); });
+  NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_kernel<E>, dim3(R), dim3(threads), s, x, rows, H, w, eps, static_cast<E*>(out)); });
   NS_LAUNCHED("rmsnorm");
 }
 
@@ -102,21 +108,21 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) 
   const size_t n = (size_t)T * I;
   if (n == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    swiglu_kernel<E><<<grid_for(n), 256, 0, s>>>(static_cast<const E*>(gu), I, n, static_cast<E*>(out));
+    launch("swiglu", swiglu_kernel<E>, dim3(grid_for(n)), dim3(256), s, static_cast<const E*>(gu), I, n, static_cast<E*>(out));
   });
   NS_LAUNCHED("swiglu");
 }
 
 void add_f32(float* dst, const float* src, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_kernel<<<grid_for(n), 256, 0, s>>>(dst, src, n);
+  launch("add_f32", add_kernel, dim3(grid_for(n)), dim3(256), s, dst, src, n);
   NS_LAUNCHED("add_f32");
 }
 
 void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s) {
   const size_t n = (size_t)R * V;
   if (n == 0) return;
-  unshard_kernel<<<grid_for(n), 256, 0, s>>>(in, out, R, stride, V);
+  launch("unshard_logits", unshard_kernel, dim3(grid_for(n)), dim3(256), s, in, out, R, stride, V);
   NS_LAUNCHED("unshard_logits");
 }
 

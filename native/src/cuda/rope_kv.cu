@@ -12,6 +12,7 @@ namespace {
 template <typename T>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, const int32_t* pos,
                                const int32_t* slot, const float* inv_freq, T* kc, T* vc) {
+  grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y;
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
   const int sl = slot[t];
@@ -50,7 +51,7 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
                    void* vcache, cudaStream_t s) {
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    rope_kv_kernel<E><<<dim3(T, nh + 2 * nkv), std::max(32, std::min(128, hd / 2)), 0, s>>>(static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos,
+    launch("rope_kv_write", rope_kv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(std::max(32, std::min(128, hd / 2))), s, static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos,
                                         slot, inv_freq, static_cast<E*>(kcache), static_cast<E*>(vcache));
   });
   NS_LAUNCHED("rope_kv_write");

@@ -97,6 +97,7 @@ __device__ uint32_t search_key(const float* z, int V, float inv_t, float m, uint
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, int V, const int32_t* rows,
                                                           const float* params, int32_t* out) {
+  grid_dependency_wait();
   __shared__ float sh[32];
   __shared__ int shi[32];
   __shared__ float shv[32];
@@ -136,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
 void sample(const float* logits, int V, const int32_t* rows, const float* params, int n, int32_t* out,
             cudaStream_t s) {
   if (n == 0) return;
-  sample_kernel<<<n, kThreads, 0, s>>>(logits, V, rows, params, out);
+  launch("sample", sample_kernel, dim3(n), dim3(kThreads), s, logits, V, rows, params, out);
   NS_LAUNCHED("sample");
 }
 
