@@ -77,7 +77,7 @@ export function planWorld(hosts: SelectedHost[], opts: PlanOptions = {}): Placem
 export function detectLocalGpus(env: NodeJS.ProcessEnv = process.env): number[] {
   let count = 0;
   try {
-    const out = execFileSync('nvidia-smi', ['--query-gpu=index', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('nvidia-smi', ['--query-gpu=index', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'], env });
     count = out.split('\n').filter((l) => l.trim() !== '').length;
   } catch {
     return [];

@@ -74,6 +74,10 @@ describe('nodespeed run (local ranks)', () => {
     expect(r.stdout).toContain("NODESPEED_JOB_TOKEN='<secret, generated per job>'");
     expect(lines[8]!.endsWith(`${process.execPath} ${PROBE} hang ${tag}`)).toBe(true);
     expect(processesWith(tag)).toEqual([]);
+    const custom = await runCli(['run', '-H', hf, '--node', '/opt/node22/bin/node', '--dry_run', 'worker.mjs', 'a'], { cwd: dir, env: { NODESPEED_SSH_DIR: dir } });
+    expect(custom.stdout.split('\n').filter((l) => l.startsWith('[')).every((l) => l.endsWith(' /opt/node22/bin/node worker.mjs a'))).toBe(true);
+    const binary = await runCli(['run', '-H', hf, '--dry_run', '/bin/echo', 'hi'], { cwd: dir, env: { NODESPEED_SSH_DIR: dir } });
+    expect(binary.stdout).toMatch(/\[localhost:0\] local: .* \/bin\/echo hi$/m);
   });
 
   it('without a hostfile runs --num_cpu_workers ranks here (default 2) and passes program args through', async () => {

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { parseHostfile } from '../../src/launcher/hostfile.js';
 import { selectHosts } from '../../src/launcher/select.js';
-import { defaultLocalHosts, isLocalHost, planWorld } from '../../src/launcher/plan.js';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { defaultLocalHosts, detectLocalGpus, isLocalHost, planWorld } from '../../src/launcher/plan.js';
 
 const hosts = parseHostfile('worker-0 slots=4\nworker-1 slots=4\nworker-2 slots=2 device=cpu\n', 'hf');
 const pick = (o: Parameters<typeof selectHosts>[1]): Array<[string, number[]]> => selectHosts(hosts, o).map((h) => [h.host, h.slots]);
@@ -75,5 +78,17 @@ describe('placement', () => {
     const p = planWorld(defaultLocalHosts({ gpus: [] }));
     expect(p.ranks.map((r) => [r.gpu, r.isLocal])).toEqual([[null, true], [null, true]]);
     expect(p.masterAddr).toBe('localhost');
+  });
+});
+
+describe('local GPU detection', () => {
+  it('counts nvidia-smi rows, honours CUDA_VISIBLE_DEVICES, and finds none without nvidia-smi', () => {
+    // A stand-in nvidia-smi (CI has no GPU) answering the query the launcher makes, for a 3-GPU machine.
+    const bin = mkdtempSync(join(tmpdir(), 'smi-'));
+    writeFileSync(join(bin, 'nvidia-smi'), '#!/bin/sh\n[ "$1" = "--query-gpu=index" ] || exit 9\nprintf "0\\n1\\n2\\n"\n');
+    chmodSync(join(bin, 'nvidia-smi'), 0o755);
+    expect(detectLocalGpus({ PATH: bin })).toEqual([0, 1, 2]);
+    expect(detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: '2,0' })).toEqual([2, 0]);
+    expect(detectLocalGpus({ PATH: mkdtempSync(join(tmpdir(), 'empty-')) })).toEqual([]);
   });
 });
