@@ -206,6 +206,7 @@ ns_cudaStream_t NcclComm::pick(void* stream) const {
 
 #define NS_NCCL_CALL(what, call)                                                          \
   do {                                                                                   \
+    std::lock_guard<std::recursive_mutex> serial(op_mu_);                                \
     use_device(what);                                                                    \
     ncclResult_t r_;                                                                     \
     {                                                                                    \
@@ -259,6 +260,7 @@ void NcclComm::ensure_staging(size_t bytes) {
 }
 
 void NcclComm::host_all_reduce_sum(void* buf, size_t count, DType dt) {
+  std::lock_guard<std::recursive_mutex> serial(op_mu_);  // staging buffer and op order
   use_device("allReduce");
   const size_t bytes = count * dtype_size(dt);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
@@ -270,6 +272,7 @@ void NcclComm::host_all_reduce_sum(void* buf, size_t count, DType dt) {
 }
 
 void NcclComm::host_all_gather(const void* in, void* out, size_t bytes) {
+  std::lock_guard<std::recursive_mutex> serial(op_mu_);  // staging buffer and op order
   use_device("allGather");
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes * size_t(size_ + 1));
@@ -281,6 +284,7 @@ void NcclComm::host_all_gather(const void* in, void* out, size_t bytes) {
 }
 
 void NcclComm::host_broadcast(void* buf, size_t bytes, int root) {
+  std::lock_guard<std::recursive_mutex> serial(op_mu_);  // staging buffer and op order
   use_device("broadcast");
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes);
@@ -291,6 +295,7 @@ void NcclComm::host_broadcast(void* buf, size_t bytes, int root) {
 }
 
 void NcclComm::host_send(const void* buf, size_t bytes, int peer) {
+  std::lock_guard<std::recursive_mutex> serial(op_mu_);  // staging buffer and op order
   use_device("send");
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes);
@@ -300,6 +305,7 @@ void NcclComm::host_send(const void* buf, size_t bytes, int peer) {
 }
 
 void NcclComm::host_recv(void* buf, size_t bytes, int peer) {
+  std::lock_guard<std::recursive_mutex> serial(op_mu_);  // staging buffer and op order
   use_device("recv");
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes);

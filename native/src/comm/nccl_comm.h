@@ -63,6 +63,7 @@ class NcclComm : public Communicator {
   ncclUniqueId id_{};
   ncclComm_t comm_ = nullptr;
   std::mutex mu_;                   // guards comm_ between polls and abort()
+  std::recursive_mutex op_mu_;      // one op (and the staging buffer) at a time, whichever thread
   std::atomic<bool> aborted_{false};
   std::string error_;
   ns_cudaStream_t own_stream_ = nullptr;

@@ -192,6 +192,9 @@ void TcpComm::transfer(std::vector<Xfer>& xs, const char* what) {
   const int64_t deadline = opts_.op_timeout_ms > 0 ? now_ms() + opts_.op_timeout_ms : 0;
   std::vector<pollfd> pfds;
   std::vector<Xfer*> active;
+  // Try every transfer once before the first poll(): small sends fit the socket buffer and a
+  // peer's data is often there already, so a decode-sized all-reduce needs no poll at all.
+  for (auto& x : xs) progress(x, what);
   for (;;) {
     pfds.clear();
     active.clear();
@@ -253,6 +256,7 @@ void TcpComm::reduce_rank_order(DType dt, void* out, const std::vector<const uin
 }
 
 void TcpComm::all_reduce_sum(void* buf, size_t count, DType dt, void*) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   check_usable("all_reduce");
   if (size_ == 1 || count == 0) return;
   const size_t es = dtype_size(dt), bytes = count * es;
@@ -299,6 +303,7 @@ void TcpComm::all_gather(const void* in, void* out, size_t count, DType dt, void
 }
 
 void TcpComm::all_gather_bytes(const void* in, void* out, size_t bytes) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   check_usable("all_gather");
   uint8_t* o = static_cast<uint8_t*>(out);
   if (o + bytes * size_t(rank_) != in) std::memmove(o + bytes * size_t(rank_), in, bytes);
@@ -313,6 +318,7 @@ void TcpComm::all_gather_bytes(const void* in, void* out, size_t bytes) {
 }
 
 void TcpComm::broadcast(void* buf, size_t bytes, int root, void*) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   check_usable("broadcast");
   if (root < 0 || root >= size_)
     throw std::invalid_argument("tcp comm: broadcast root " + std::to_string(root) + " outside [0, " +
@@ -329,6 +335,7 @@ void TcpComm::broadcast(void* buf, size_t bytes, int root, void*) {
 }
 
 void TcpComm::send(const void* buf, size_t bytes, int peer, void*) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   check_usable("send");
   if (peer < 0 || peer >= size_ || peer == rank_)
     throw std::invalid_argument("tcp comm rank " + std::to_string(rank_) + ": send to invalid peer " +
@@ -338,6 +345,7 @@ void TcpComm::send(const void* buf, size_t bytes, int peer, void*) {
 }
 
 void TcpComm::recv(void* buf, size_t bytes, int peer, void*) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   check_usable("recv");
   if (peer < 0 || peer >= size_ || peer == rank_)
     throw std::invalid_argument("tcp comm rank " + std::to_string(rank_) + ": recv from invalid peer " +

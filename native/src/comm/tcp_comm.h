@@ -14,6 +14,10 @@
 // an all-gather. A ring would send the same bytes per rank but rotate the summation order with
 // the chunk, which breaks the rank-order rule; on a full mesh the direct scatter costs the same.
 //
+// Threads: calls from several threads (the engine's step thread doing TP all-reduces, the JS
+// binding's comm thread) are serialized, never interleaved on the wire; every rank must still
+// issue the same sequence of ops. Keep TP traffic and other traffic on separate comms.
+//
 // Failure: I/O is non-blocking and poll()-based. abort() (any thread) wakes every wait through an
 // eventfd and shuts the sockets down; a peer that closes or resets its connection, or an op that
 // overruns op_timeout_ms, fails the call with an error naming the peer rank and address. After
@@ -112,6 +116,7 @@ class TcpComm : public Communicator {
   std::atomic<bool> aborted_{false};
   std::atomic<bool> broken_{false};
   mutable std::mutex mu_;             // guards error_, refused_, fds_ against abort()
+  std::mutex op_mu_;                  // one op at a time on the wire, whichever thread calls
   std::string error_;
   std::vector<std::string> refused_;
   std::vector<uint8_t> scratch_;

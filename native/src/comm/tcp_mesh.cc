@@ -153,6 +153,7 @@ int TcpComm::listen(const std::string& host) {
 }
 
 void TcpComm::connect(const std::vector<std::string>& addresses) {
+  std::lock_guard<std::mutex> serial(op_mu_);
   if (connected_) throw std::runtime_error("tcp comm: connect() called twice");
   if (int(addresses.size()) != size_)
     throw std::invalid_argument("tcp comm rank " + std::to_string(rank_) + ": connect() got " +
