@@ -160,6 +160,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
     if (!plan) return this.refuse(call, join, `rank ${join.rank} is not in this job's world of ${this.layout.world}`, grpc.status.INVALID_ARGUMENT);
     const old = this.workers.get(join.rank);
     if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
+    // A rank lost in this generation cannot come back into it: its peers have aborted their
+    // communicators. Only a re-formed membership (a new generation) may take it again.
+    if (old) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
+      grpc.status.FAILED_PRECONDITION);
     const w = new WorkerConn(plan, join, call);
     this.workers.set(join.rank, w);
     const replica = this.replicas[plan.replica]!;

@@ -8,7 +8,7 @@
 // the last stage's TP rank 0 returns the sampled tokens to the driver. Every rank processes the
 // same sequence of micro-batches, so TP collectives inside the engine always pair up.
 import type { Engine } from '../engine/engine.js';
-import type { NativeComm } from '../native/addon.js';
+import type { Comm } from '../comm/comm.js';
 import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
 import type { PlannedStep, Scheduler } from './scheduler.js';
 import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
@@ -20,7 +20,7 @@ export interface ReplicaPosition {
   pp: number;
 }
 
-export type DataPlane = Pick<NativeComm, 'send' | 'recv' | 'abort'>;
+export type DataPlane = Pick<Comm, 'send' | 'recv' | 'abort'>;
 
 function localRank(p: { stage: number; tpRank: number; tp: number }): number {
   return p.stage * p.tp + p.tpRank;

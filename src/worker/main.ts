@@ -3,17 +3,17 @@
 // joins the coordinator, receives its assignment, forms its communicators, loads only its shard,
 // reports progress and readiness, and then runs steps until told to stop. Heartbeats flow from the
 // first message on; the engine and the communicators run off the JS thread, so they keep flowing.
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 
 import { Engine } from '../engine/engine.js';
 import { loadTokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
-import type { NativeComm } from '../native/addon.js';
+import type { Comm } from '../comm/comm.js';
 import type { AssignmentMsg, StartMsg, SubmitMsg } from '../coordinator/control-messages.js';
 import { ControlClient } from './control-client.js';
 import { runDriver, runFollower } from './executor.js';
 import type { ReplicaPosition } from './executor.js';
-import { formGroup } from './groups.js';
+import { formWorkerGroup } from './groups.js';
 import { Scheduler } from './scheduler.js';
 
 function env(name: string): string {
@@ -36,7 +36,7 @@ function deviceInfo() {
 
 class Worker {
   private engine: Engine | undefined;
-  private comms: NativeComm[] = [];
+  private comms: Comm[] = [];
   stopRequested = false;
   private wake: (() => void) | undefined;
   private scheduler: Scheduler | undefined;
@@ -56,27 +56,31 @@ class Worker {
     this.control.on('submit', (s) => this.onSubmit(s));
     this.control.on('cancel', (c) => this.onCancel(c.requestId));
     // Communicators first (cheap, and a missing peer shows up before minutes of loading).
-    let tpComm: NativeComm | undefined;
+    let tpComm: Comm | undefined;
     if (a.tp > 1)
-      tpComm = await formGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
+      tpComm = await formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
         kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce });
-    let plane: NativeComm | undefined;
+    let plane: Comm | undefined;
     if (a.tp * a.pp > 1)
-      plane = await formGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
+      plane = await formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
         advertise, deviceIndex, nonce });
-    this.comms = [tpComm, plane].filter((c): c is NativeComm => !!c);
+    this.comms = [tpComm, plane].filter((c): c is Comm => !!c);
     const driver = local === 0;
+    // CPU workers sharing a host split its cores instead of each spawning one thread per core
+    // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
+    const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
+    const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
     const [engine, tokenizer] = await Promise.all([
       Engine.load(a.modelDir, {
         device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
         layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
-        ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(a.threads ? { threads: a.threads } : {}),
+        ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
         onProgress: (done, total) => this.control.send({ loadProgress: { generation: this.control.generation, done, total } }),
       }),
       driver ? loadTokenizer(a.modelDir) : Promise.resolve(undefined),
     ]);
     this.engine = engine;
-    if (tpComm) engine.setTpComm(tpComm);
+    if (tpComm) engine.setTpComm(tpComm.native);
     this.control.send({ ready: { generation: this.control.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
       describe: engine.describe() } });
     const start = await started;
