@@ -79,7 +79,8 @@ export class Job extends EventEmitter {
   private readonly baseEnv: Record<string, string>;
   private stopping: Promise<void> | undefined;
   private result: { code?: number; reason?: string; failedRank?: number } = {};
-  private readonly sweeps = new Set<Promise<void>>();
+  /** One SIGKILL sweep per started process (a sweep costs an SSH round trip; never do it twice). */
+  private readonly sweeps = new Map<RankProcess, Promise<void>>();
   private readonly starting = new Set<Promise<void>>();
   private readonly exitGuard = (): void => {
     for (const s of this.ranks.values()) if (s.placement.isLocal) killLocalGroupSync(s.proc?.pid);
@@ -183,9 +184,7 @@ export class Job extends EventEmitter {
   private onRankExit(s: RankState, proc: RankProcess, e: RankExit): void {
     if (s.proc !== proc) return;
     s.running = false;
-    const sweep = proc.sweep().catch(() => {});
-    this.sweeps.add(sweep);
-    void sweep.then(() => this.sweeps.delete(sweep));
+    void this.sweep(proc);
     const rank = s.placement.rank;
     this.emit('rank-exit', { rank, host: s.placement.host, ...e, expected: s.killedByUs || this.stopping !== undefined } satisfies RankExitEvent);
     if (this.stopping) return;
@@ -195,6 +194,15 @@ export class Job extends EventEmitter {
     } else if (failFast && [...this.ranks.values()].every((r) => !r.running)) {
       void this.stop('all ranks exited', 0);
     }
+  }
+
+  private sweep(proc: RankProcess): Promise<void> {
+    let p = this.sweeps.get(proc);
+    if (!p) {
+      p = proc.sweep().catch(() => {});
+      this.sweeps.set(proc, p);
+    }
+    return p;
   }
 
   /** Signals one rank's process group (its exit then follows the job's policy). */
@@ -228,8 +236,8 @@ export class Job extends EventEmitter {
       await Promise.all(stubborn.map((s) => s.proc!.kill('SIGKILL')));
       await waitAll(stubborn, 1500);
       await Promise.allSettled([...this.starting]);
-      await Promise.all([...this.ranks.values()].map((s) => s.proc?.sweep().catch(() => {})));
-      await Promise.all(this.sweeps);
+      await Promise.all([...this.ranks.values()].map((s) => (s.proc ? this.sweep(s.proc) : undefined)));
+      await Promise.all(this.sweeps.values());
       await Promise.all([...this.ranks.values()].map((s) => new Promise<void>((r) => (s.log ? s.log.end(r) : r()))));
       process.off('exit', this.exitGuard);
       const res: JobResult = { code: this.result.code ?? 0, reason: this.result.reason ?? reason };
