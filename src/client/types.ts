@@ -78,6 +78,7 @@ export interface ReplicaStatusMsg {
   recentStepBatch: number[];
   maxStepBatch: number;
   ranks: number[];
+  maxInFlight: number;
 }
 
 export interface ClusterStatusMsg {

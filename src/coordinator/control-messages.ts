@@ -6,7 +6,7 @@ export interface DeviceInfoMsg { kind: string; name: string; totalMemory: string
 export interface JoinMsg { token: string; rank: number; host: string; pid: number; device: DeviceInfoMsg | null; listenAddresses: string[] }
 export interface ReplicaLoadMsg {
   running: number; queued: number; kvBlocksTotal: number; kvBlocksFree: number; kvBlockSize: number;
-  steps: string; generatedTokens: string; recentStepBatch: number[]; maxStepBatch: number;
+  steps: string; generatedTokens: string; recentStepBatch: number[]; maxStepBatch: number; maxInFlight: number;
 }
 export interface HeartbeatMsg { generation: string; sentAtMs: number; load: ReplicaLoadMsg | null }
 export interface PeerMsg { rank: number; host: string; listenAddresses: string[] }

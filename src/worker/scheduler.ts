@@ -41,6 +41,9 @@ export class Scheduler {
   steps = 0;
   generated = 0;
   maxStepBatch = 0;
+  /** Micro-batches planned and not completed yet, and the most there ever were. */
+  inFlight = 0;
+  maxInFlight = 0;
   private readonly recent: number[] = [];
 
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
@@ -123,6 +126,8 @@ export class Scheduler {
       };
     });
     this.steps++;
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     this.maxStepBatch = Math.max(this.maxStepBatch, seqs.length);
     this.recent.push(seqs.length);
     if (this.recent.length > RECENT_STEPS) this.recent.shift();
@@ -132,6 +137,7 @@ export class Scheduler {
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
   complete(step: PlannedStep, sampled: Int32Array): TokenUpdateMsg[] {
     const updates: TokenUpdateMsg[] = [];
+    this.inFlight--;
     let j = 0;
     for (const { seq, n, sample } of step.members) {
       seq.inFlight = false;
@@ -163,6 +169,7 @@ export class Scheduler {
       running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
       kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),
       generatedTokens: String(this.generated), recentStepBatch: [...this.recent], maxStepBatch: this.maxStepBatch,
+      maxInFlight: this.maxInFlight,
     };
   }
 }

@@ -71,6 +71,13 @@ for (const dir of [F32, BF16]) {
           expect(seeded.some((s, i) => JSON.stringify(s.tokenIds) !== JSON.stringify(local.greedy[i]!.tokenIds))).toBe(true);
           const st = await cluster.client.clusterStatus();
           expect(st.workers.every((w) => w.state === 'serving')).toBe(true);
+          if (layout.args.includes('--pp')) {
+            // The driver keeps 2 micro-batches in the 2-stage pipeline, each with part of the batch.
+            await new Promise((r) => setTimeout(r, 1500));
+            const after = await cluster.client.clusterStatus();
+            expect(after.replicas[0]!.maxInFlight).toBe(2);
+            expect(after.replicas[0]!.maxStepBatch).toBeLessThan(cases.length);
+          }
           if (layout.name === '2 replicas') {
             // The router spread the 8 concurrent requests over both replicas (drivers report each heartbeat).
             await new Promise((r) => setTimeout(r, 1500));
