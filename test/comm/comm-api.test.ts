@@ -85,6 +85,31 @@ describe('blocking ops', () => {
     expect(performance.now() - t0).toBeGreaterThanOrEqual(290);
   });
 
+  it('abort() during connect rejects it at once', async () => {
+    const lower = createTcpComm({ rank: 0, size: 2 });  // listens but never accepts (no connect())
+    const c = createTcpComm({ rank: 1, size: 2 });
+    open.push(lower, c);
+    const ports = [await lower.listen('127.0.0.1'), await c.listen('127.0.0.1')];
+    const pending = c.connect(ports.map((p) => `127.0.0.1:${p}`));
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = performance.now();
+    c.abort();
+    await expect(pending).rejects.toThrow(/tcp comm rank 1: connect: aborted/);
+    expect(performance.now() - t0).toBeLessThan(200);
+  });
+
+  it('a group of one needs no connection: all-reduce is a no-op, all-gather a copy', async () => {
+    const c = createTcpComm({ rank: 0, size: 1 });
+    open.push(c);
+    await c.connect(['unused:1']);
+    const x = new Float32Array([1.5, -2]);
+    await c.allReduce(x);
+    expect(Array.from(x)).toEqual([1.5, -2]);
+    const out = new Uint8Array(3);
+    await c.allGather(new Uint8Array([7, 8, 9]), out);
+    expect(Array.from(out)).toEqual([7, 8, 9]);
+  });
+
   it('run in submission order on one comm', async () => {
     const [a, b] = await pair();
     const order: string[] = [];
