@@ -44,8 +44,30 @@ export function remoteScript(command: string[], cwd: string, env: Record<string,
   return lines.join('\n') + '\n';
 }
 
+/**
+ * Each rank has its own connection, but sshd drops unauthenticated connections at random beyond
+ * MaxStartups (default 10): at most this many handshakes run against one host at a time.
+ */
+const HANDSHAKES_PER_HOST = 4;
+const handshakes = new Map<string, { active: number; queue: Array<() => void> }>();
+
+async function limitedConnect(t: SshTarget, ssh: SshOptions): Promise<SshClient> {
+  const key = `${t.hostName}:${t.port}`;
+  const slot = handshakes.get(key) ?? { active: 0, queue: [] };
+  handshakes.set(key, slot);
+  if (slot.active >= HANDSHAKES_PER_HOST) await new Promise<void>((r) => slot.queue.push(r));
+  slot.active++;
+  try {
+    return await connect(t, ssh);
+  } finally {
+    slot.active--;
+    slot.queue.shift()?.();
+    if (slot.active === 0 && slot.queue.length === 0) handshakes.delete(key);
+  }
+}
+
 export async function startRemoteRank(spec: RemoteSpawn): Promise<RankProcess> {
-  const client: SshClient = await connect(spec.target, spec.ssh);
+  const client: SshClient = await limitedConnect(spec.target, spec.ssh);
   client.on('error', () => {}); // a dropped connection surfaces as the channel closing (exit 255)
   let pgid: number | undefined;
   let resolvePgid!: (v: number | undefined) => void;

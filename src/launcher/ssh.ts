@@ -111,6 +111,8 @@ function classify(err: NodeJS.ErrnoException & { level?: string }, t: SshTarget,
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
       return new SshError('unreachable', t.host, `ssh ${where}: host unreachable (${err.code})`);
+    case 'ECONNRESET':
+      return new SshError('refused', t.host, `ssh ${where}: connection reset during the handshake (sshd MaxStartups or a firewall?)`);
     case 'ETIMEDOUT':
       return new SshError('timeout', t.host, `ssh ${where}: connection timed out after ${timeoutMs} ms`);
   }

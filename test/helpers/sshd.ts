@@ -93,8 +93,6 @@ async function launch(dir: string, port: number, hosts: string[]): Promise<Child
       'PasswordAuthentication no',
       'KbdInteractiveAuthentication no',
       'PubkeyAuthentication yes',
-      'MaxStartups 100',
-      'MaxSessions 50',
       'LogLevel VERBOSE',
       '',
     ].join('\n'),

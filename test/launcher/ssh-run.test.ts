@@ -133,6 +133,14 @@ suite('nodespeed run over SSH (real sshd)', () => {
     expect(processesWith(tag)).toEqual([]);
   });
 
+  it('a host with more slots than sshd lets handshake at once (MaxStartups 10) still starts every rank', async () => {
+    const hf = join(work, 'hostfile-wide');
+    writeFileSync(hf, '127.0.0.2 slots=14\n');
+    const r = await runCli(['run', '-H', hf, PROBE, 'exit', '0'], { env, cwd: work });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.split('\n').filter((l) => /^\[127\.0\.0\.2:\d+\] out \d+$/.test(l))).toHaveLength(14);
+  });
+
   it('--include/--exclude pick hosts and slots; CUDA_VISIBLE_DEVICES follows the slot', async () => {
     const r = await runCli(['run', '-H', hostfile, '--include', '127.0.0.3:1@127.0.0.4', PROBE, 'env'], { env, cwd: work });
     expect(r.code, r.stderr).toBe(0);
