@@ -14,6 +14,8 @@ if ! command -v node >/dev/null || [[ $(node -v) != v2* ]]; then
   export PATH=/tmp:$PATH
 fi
 [ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
+# A snapshot of the addon built here (others rebuild build/ concurrently on the dev machine).
+if [ -f .gpu/nodespeed.node ]; then mkdir -p build/Release && cp .gpu/nodespeed.node build/Release/nodespeed.node; fi
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 steps=${*:-fixtures tp2 nccl 7b bench profile}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
