@@ -191,7 +191,8 @@ export class Job extends EventEmitter {
     const failFast = this.spec.failFast ?? true;
     if (e.code !== 0 && failFast) {
       void this.stop(`rank ${rank} on ${s.placement.host} exited with code ${e.code}`, e.code, rank);
-    } else if (failFast && [...this.ranks.values()].every((r) => !r.running)) {
+    } else if (failFast && this.starting.size === 0 && [...this.ranks.values()].every((r) => !r.running && r.starts > 0)) {
+      // Only when every rank has run: with staggered SSH handshakes, early ranks can finish before late ones start.
       void this.stop('all ranks exited', 0);
     }
   }

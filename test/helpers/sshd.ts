@@ -94,9 +94,13 @@ async function launch(dir: string, port: number, hosts: string[]): Promise<Child
       'KbdInteractiveAuthentication no',
       'PubkeyAuthentication yes',
       'LogLevel VERBOSE',
+      // Sessions get a HOME of their own: bash run by sshd sources ~/.bashrc, and this machine's (pyenv
+      // init, rehash lock) is slow, or hangs for 60 s when a killed session left its lock behind.
+      `SetEnv HOME=${join(dir, 'home')}`,
       '',
     ].join('\n'),
   );
+  mkdirSync(join(dir, 'home'), { recursive: true });
   mkdirSync('/run/sshd', { recursive: true }); // privilege-separation dir Debian's sshd insists on
   const child = spawn(SSHD_BIN, ['-D', '-f', config, '-E', join(dir, 'sshd.log')], { stdio: 'ignore' });
   const deadline = Date.now() + 5000;
@@ -156,8 +160,15 @@ export async function startSshd(opts: SshdOptions = {}): Promise<SshdHarness> {
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  // A failing test or a crashed runner must not leave sshd listening or keys on disk.
+  // A failing test or a crashed runner must not leave sshd listening or keys on disk: 'exit' covers a normal
+  // end, and a guard process holding a pipe from us covers a runner killed by a signal (its stdin hits EOF).
   process.once('exit', killAll);
+  const guard = spawn('/bin/sh', ['-c', 'read _; pkill -KILL -P "$1"; kill -KILL "$1"; rm -rf "$2"', 'nodespeed-sshd-guard', String(sshdPid), dir], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true,
+  });
+  guard.unref();
+  (guard.stdin as unknown as { unref?: () => void }).unref?.();
   return {
     dir,
     sshDir,
@@ -167,7 +178,8 @@ export async function startSshd(opts: SshdOptions = {}): Promise<SshdHarness> {
     env: { NODESPEED_SSH_DIR: sshDir },
     logFile: join(dir, 'sshd.log'),
     stop: async () => {
-      const exited = child!.exitCode !== null ? Promise.resolve() : new Promise<void>((r) => child!.once('exit', () => r()));
+      guard.kill('SIGKILL');
+      const exited = child!.exitCode !== null || child!.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child!.once('exit', () => r()));
       killAll();
       await exited;
       process.off('exit', killAll);
