@@ -12,9 +12,12 @@
 namespace ns::cpu {
 
 namespace {
-// About 50-100 µs of spinning before sleeping: longer than the gap between the parallel regions
-// of one step, far shorter than the gap between steps.
-constexpr int kSpinIterations = 20000;
+// Workers spin ~20-50 µs before sleeping: longer than the gap between the parallel regions of one
+// step, far shorter than the gap between steps. The caller, once its own share is done, spins
+// briefly and then yields: if a worker was preempted (a shared machine), spinning would only keep
+// it off the core it needs.
+constexpr int kSpinIterations = 4000;
+constexpr int kCallerSpinIterations = 1000;
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) : n_(std::max(1, threads)) {
@@ -43,7 +46,7 @@ void ThreadPool::dispatch(Call call, void* ctx) {
   cv_.notify_all();
   call(ctx, 0);
   for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-    if (spins < kSpinIterations) NS_CPU_RELAX();
+    if (spins < kCallerSpinIterations) NS_CPU_RELAX();
     else std::this_thread::yield();
   }
 }
