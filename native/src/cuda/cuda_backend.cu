@@ -115,7 +115,6 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_FUSED_NORM")) use_fused_norm_ = std::strcmp(g, "0") != 0;
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -271,7 +270,6 @@ int CudaBackend::finalize() {
     kcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l) * layer_bytes);
     vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
   }
-  for (auto& b : norm_partials_) b.reserve(sizeof(float) * 4 * gemv_blocks(c.hidden));
   max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
   finalized_ = true;
   return kv_blocks_;
@@ -347,18 +345,12 @@ void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T
   add_f32(residual_.as<float>(), tmp_.as<float>(), n, stream_);
 }
 
-bool CudaBackend::fused_norm_ok(int T) const {
-  const auto& c = cfg_;
-  return use_fused_norm_ && use_gemv_ && T <= 4 && c.tp_size == 1 && c.hidden % 8 == 0 && c.intermediate % 8 == 0 &&
-         (c.n_heads * c.head_dim) % 8 == 0;
-}
-
 std::string CudaBackend::describe() const {
   std::ostringstream s;
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (pdl_enabled() ? ", pdl" : "") << (use_fused_norm_ ? ", fused norm" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

@@ -99,11 +99,6 @@ class CudaBackend final : public Backend {
   int cap_tokens_ = 0;
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
-  // Decode (<= 4 tokens, tp 1): RMSNorm folded into the GEMVs through per-block sums of squares,
-  // alternating between the two buffers (o_proj -> gate_up, down -> next qkv / LM head).
-  DeviceBuffer norm_partials_[2];
-  bool use_fused_norm_ = true;
-  bool fused_norm_ok(int T) const;
   PinnedBuffer meta_host_, ids_host_;
   // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so
   // any reallocation of scratch (epoch_ bump) invalidates them.

@@ -167,61 +167,30 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     convert(DType::F32, res, act_, xb_.ptr, (size_t)T * H, st);
   }
   const int qd = c.n_heads * c.head_dim;
-  const bool fused = fused_norm_ok(T);
-  float* part_attn = norm_partials_[0].as<float>();  // written by o_proj, read by gate_up
-  float* part_mlp = norm_partials_[1].as<float>();   // written by down, read by the next qkv / LM head
-  const int n_part = gemv_blocks(c.hidden);
-  auto norm_in = [&](const float* w, const float* partials) {
-    GemvExtra e;
-    e.res = res; e.norm_w = w; e.partials = partials; e.n_partials = n_part; e.eps = c.rms_eps;
-    return e;
-  };
-  auto add_partials = [&](float* out) { GemvExtra e; e.partials_out = out; return e; };
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    if (fused && l > 0) {
-      const GemvExtra e = norm_in(L.in_norm.as<float>(), part_mlp);
-      gemv(act_, L.qkv.ptr, nullptr, T, qkv_rows_, c.hidden, qkv_.ptr, GemvOut::Act, st, &e);
-    } else {
-      rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-      matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-    }
+    rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>()};
     attention(act_, a, st);
-    if (fused) {
-      const GemvExtra e = add_partials(part_attn);
-      gemv(act_, L.o.ptr, attn_.ptr, T, c.hidden, qd, res, GemvOut::AddF32, st, &e);
-      const GemvExtra n = norm_in(L.post_norm.as<float>(), part_attn);
-      gemv(act_, L.gate_up.ptr, nullptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, GemvOut::Act, st, &n);
-      swiglu(act_, gu_.ptr, T, c.intermediate, act_mlp_.ptr, st);
-      const GemvExtra m = add_partials(part_mlp);
-      gemv(act_, L.down.ptr, act_mlp_.ptr, T, c.hidden, c.intermediate, res, GemvOut::AddF32, st, &m);
-      continue;
-    }
     row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd);
     rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true);
   }
   if (!c.has_head || p.R == 0) return;
+  rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
   const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
   float* logits = logits_.as<float>();
-  // Every token gives one logits row in order (decode): the final norm folds into the LM head.
-  if (fused && n_layers_ > 0 && p.R == T) {
-    const GemvExtra e = norm_in(final_norm_.as<float>(), part_mlp);
-    gemv(act_, head, nullptr, T, vocab_shard_, c.hidden, logits, GemvOut::F32, st, &e);
+  if (c.tp_size == 1) {
+    matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits, Out::F32);
   } else {
-    rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
-    if (c.tp_size == 1) {
-      matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits, Out::F32);
-    } else {
-      matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits_local_.ptr, Out::F32);
-      comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
-      unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
-    }
+    matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits_local_.ptr, Out::F32);
+    comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
+    unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
   sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
          ids_.as<int32_t>(), st);

@@ -46,17 +46,8 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);
 void add_f32(float* dst, const float* src, size_t n, cudaStream_t s);
 
 // Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
-// extra->res != nullptr: x is RMSNorm(res) [R, K] fp32 with weight norm_w, its rows' sums of squares
-// being the n_partials per-block partials a previous AddF32 GEMV with partials_out wrote.
-// extra->partials_out (AddF32 only): write those partials (gemv_blocks(N) blocks x 4 floats).
 enum class GemvOut { Act, F32, AddF32 };
-struct GemvExtra {
-  const float* res = nullptr; const float* norm_w = nullptr; const float* partials = nullptr; int n_partials = 0;
-  float eps = 0.f; float* partials_out = nullptr;
-};
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s,
-          const GemvExtra* extra = nullptr);
-int gemv_blocks(int N);
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.
