@@ -14,7 +14,7 @@ export interface AssignmentMsg {
   generation: string; rank: number; replica: number; stage: number; tpRank: number; tp: number; pp: number;
   layerStart: number; layerEnd: number; modelDir: string; dtype: string; device: string; deviceIndex: number;
   peers: PeerMsg[]; kvBlocks: number; threads: number; heartbeatIntervalMs: number;
-  maxBatchTokens: number; maxQueue: number;
+  maxBatchTokens: number; maxQueue: number; heartbeatTimeoutMs: number;
 }
 export interface LoadProgressMsg { generation: string; done: string; total: string }
 export interface ReadyMsg { generation: string; kvBlocks: number; kvBlockSize: number; describe: string }

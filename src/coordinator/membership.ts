@@ -179,7 +179,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         tp: this.layout.tp, pp: this.layout.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
-        maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue,
+        maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
       },
     });
     return w;

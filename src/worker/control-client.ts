@@ -29,6 +29,8 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
   private readonly rendezvous = new Map<string, (payloads: Buffer[]) => void>();
   private heartbeat: NodeJS.Timeout | undefined;
+  private lastHeard = Date.now();
+  private timeoutMs = 0;
   private closed = false;
   /** Filled by the replica driver: sent with every heartbeat. */
   load: (() => ReplicaLoadMsg) | undefined;
@@ -48,14 +50,23 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private startHeartbeat(ms: number): void {
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
+      // A coordinator that is silent past the timeout is hung or cut off: stop rather than serve on.
+      if (this.timeoutMs > 0 && Date.now() - this.lastHeard > this.timeoutMs) {
+        this.finish(new Error(`no message from the coordinator for ${Date.now() - this.lastHeard} ms`));
+        this.call.cancel();
+        this.close();
+        return;
+      }
       this.send({ heartbeat: { generation: this.generation, sentAtMs: Date.now(), ...(this.load ? { load: this.load() } : {}) } });
     }, ms);
   }
 
   private onMessage(m: CoordinatorMessage): void {
+    this.lastHeard = Date.now();
     switch (m.msg) {
       case 'assignment':
         this.generation = m.assignment.generation;
+        this.timeoutMs = m.assignment.heartbeatTimeoutMs;
         if (m.assignment.heartbeatIntervalMs > 0) this.startHeartbeat(m.assignment.heartbeatIntervalMs);
         this.emit('assignment', m.assignment);
         return;

@@ -2,6 +2,7 @@
 // ClusterStatus, and a lost worker tearing the whole job down (until failover re-forms replicas)
 // with the in-flight stream answered UNAVAILABLE and no process left behind.
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
@@ -63,6 +64,37 @@ describe('cluster lifecycle', () => {
       expect(await exit).toBe(1);
       expect(cluster.stderr()).toContain('every replica is lost');
     } finally {
+      await cluster.stop();
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 60_000);
+
+  it('workers stop on their own when the coordinator hangs (SIGSTOP) past the heartbeat timeout', async () => {
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '1.5']);
+    const exit = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+    try {
+      const pids = (await cluster.client.clusterStatus()).workers.map((w) => w.pid);
+      process.kill(cluster.proc.pid!, 'SIGSTOP');
+      const t0 = Date.now();
+      // Exited workers stay zombies until the (stopped) launcher reaps them: running means not 'Z'.
+      const alive = () => pids.filter((p) => {
+        try {
+          return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${p}/stat`, 'utf8'));
+        } catch {
+          return false;
+        }
+      });
+      while (alive().length && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 100));
+      const waited = Date.now() - t0;
+      process.kill(cluster.proc.pid!, 'SIGCONT');
+      expect(alive()).toEqual([]);
+      expect(waited).toBeGreaterThan(1000); // not before the timeout...
+      expect(waited).toBeLessThan(6000); // ...and soon after it
+      // Back from the stop, the coordinator finds its workers gone and tears the job down.
+      expect(await exit).toBe(1);
+      expect(cluster.stderr()).toContain('no message from the coordinator');
+    } finally {
+      if (cluster.proc.exitCode === null) process.kill(cluster.proc.pid!, 'SIGCONT');
       await cluster.stop();
     }
     expect(workerProcesses()).toEqual([]);
