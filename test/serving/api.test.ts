@@ -96,6 +96,28 @@ describe('serving py-tiny with tp=2', () => {
     await idle();
   }, 180_000);
 
+  it('chunks a prompt longer than a step\'s token budget, and honours stop strings, like the single-process engine', async () => {
+    const long = 'def f(x):\n    return x + 1\n\n'.repeat(40); // ~400 tokens: two prefill chunks of at most 256
+    const reqs: GenerateRequest[] = [
+      { prompt: long, maxTokens: 40, temperature: 0 },
+      { prompt: 'class Stack:\n    def __init__(self):\n', maxTokens: 60, temperature: 0, stop: ['self.stack'] },
+      { prompt: 'import os\n\n', maxTokens: 60, temperature: 0.7, seed: 5, stop: ['(', 'return'] },
+    ];
+    const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu' }), loadTokenizer(PY_TINY)]);
+    const local = await generateAll(engine, tok, reqs).finally(() => engine.dispose());
+    expect(local[0]!.promptIds.length).toBeGreaterThan(256);
+    expect(local[1]!.finishReason).toBe('stop');
+    const got = await Promise.all(reqs.map((r) => stream(cluster.client, { prompt: r.prompt!, maxTokens: r.maxTokens!, temperature: r.temperature!,
+      ...(r.stop ? { stop: r.stop } : {}), ...(r.seed !== undefined ? { seed: String(r.seed) } : {}) })));
+    got.forEach((g, i) => {
+      expect(g.tokenIds, `request ${i}`).toEqual(local[i]!.tokenIds);
+      expect(g.text, `request ${i}`).toBe(local[i]!.text);
+      expect(g.usage?.promptTokens).toBe(local[i]!.promptIds.length);
+    });
+    expect(got[1]!.finishReason).toBe('FINISH_REASON_STOP');
+    expect(got[1]!.text).not.toContain('self.stack');
+  }, 60_000);
+
   it('a cancelled stream frees its KV blocks', async () => {
     await idle();
     let seen = 0;
