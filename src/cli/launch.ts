@@ -120,7 +120,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   const placement = planFromOptions(lo);
   const device = resolveDeviceFlag(f.device);
   const bar = f.progress && process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {value}/{total} tensors', stream: process.stderr, hideCursor: true },
+    ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {doneMiB}/{totalMiB} MiB of weights, all ranks', stream: process.stderr, hideCursor: true },
       cliProgress.Presets.shades_classic)
     : undefined;
   let barStarted = false;
@@ -137,12 +137,14 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       onWorkerLine: (l) => log(l),
       onProgress: (done, total) => {
         if (!bar) return;
+        // Each rank reports the bytes of its shard; the bar sums every rank's.
+        const mib = { doneMiB: (done / 2 ** 20).toFixed(1), totalMiB: (total / 2 ** 20).toFixed(1) };
         if (!barStarted) {
-          bar.start(total, 0);
+          bar.start(total, 0, mib);
           barStarted = true;
         }
         bar.setTotal(total);
-        bar.update(done);
+        bar.update(done, mib);
       },
     });
   } finally {
