@@ -164,7 +164,20 @@ export function register(program: Command): void {
       process.exitCode = dryRun(o, o);
       return;
     }
+    // Ctrl-C while starting: exit now; the launcher's exit guard kills the local ranks' process
+    // groups, remote ranks die with their SSH channels, and every worker exits when its control
+    // stream to this process closes.
+    const interrupted = (sig: string) => {
+      process.stderr.write(`nodespeed: ${sig} while starting, shutting down\n`);
+      process.exit(130);
+    };
+    const onInt = () => interrupted('SIGINT');
+    const onTerm = () => interrupted('SIGTERM');
+    process.once('SIGINT', onInt);
+    process.once('SIGTERM', onTerm);
     const cluster = await startFromFlags(o, o);
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
     const l = cluster.layout;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}\n`);
     await new Promise<void>((resolve) => {
