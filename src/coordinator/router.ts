@@ -73,9 +73,11 @@ export class Router {
       const rec = this.store.get(u.requestId);
       if (!rec || rec.done || rec.replica !== replica.id) continue; // cancelled meanwhile, or stale
       if (u.error) {
+        // The driver refuses only for capacity: its queue is full, or the request's prompt plus
+        // max_tokens needs more KV blocks than the replica's whole cache.
         rec.done = true;
         this.store.remove(rec.id);
-        rec.sink.fail(grpc.status.INTERNAL, u.error);
+        rec.sink.fail(grpc.status.RESOURCE_EXHAUSTED, `replica ${replica.id}: ${u.error}`);
         continue;
       }
       // Tokens the client already has (a replay re-sends from an earlier index) are dropped here.

@@ -22,7 +22,7 @@ async function failure(p: Promise<unknown>): Promise<NodespeedError> {
 
 describe('cluster lifecycle', () => {
   it('requires the bearer token when --auth-token is set', async () => {
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token', 's3cret', '--heartbeat-interval', '0.2']);
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token', 's3cret', '--heartbeat-interval', '0.2', '--kv-blocks', '16']);
     try {
       const anon = await failure(cluster.client.complete({ prompt: 'x', maxTokens: 2 }));
       expect(anon.code).toBe(grpc.status.UNAUTHENTICATED);
@@ -33,6 +33,10 @@ describe('cluster lifecycle', () => {
       const authed = new NodespeedClient(cluster.address, { authToken: 's3cret' });
       const c = await authed.complete({ prompt: 'import os\n\n', maxTokens: 5, ignoreEos: true });
       expect(c.tokenIds).toEqual([200, 333, 361, 414, 64]);
+      // 16 KV blocks of 16 tokens: 4 prompt + 300 tokens need 19, so the request can never run.
+      const big = await failure(authed.complete({ prompt: 'import os\n\n', maxTokens: 300 }));
+      expect(big.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(big.details).toContain('needs 19 KV blocks, the replica\'s cache has 16');
       // Heartbeats flow every 0.2 s in both directions.
       const st = await authed.clusterStatus();
       expect(st.workers[0]!.lastHeartbeatMsAgo).toBeLessThan(1000);
