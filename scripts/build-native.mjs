@@ -57,7 +57,8 @@ function firstError(output) {
   if (i < 0) {
     // No compiler message (e.g. make or gyp itself failed): the informative gyp lines only.
     const boring = /gyp ERR! (node -v|node-gyp -v|cwd|command|System|Node-gyp failed|Try to update|not ok)/;
-    return lines.filter((l) => l.trim() && !boring.test(l) && !/^gyp info/.test(l)).slice(0, 3).join('\n  ');
+    const useful = lines.filter((l) => l.trim() && !boring.test(l) && !/^(gyp info|make: (Entering|Leaving))|^\s+(CXX|CC|SOLINK_MODULE|LINK|COPY)\(/.test(l));
+    return (useful.length ? useful.slice(-3) : lines.filter((l) => l.trim()).slice(-3)).join('\n  ');
   }
   return lines.slice(i, i + 2).join('\n  ');
 }
