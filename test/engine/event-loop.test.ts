@@ -1,8 +1,10 @@
 // Compute runs off the JS thread: while a long prefill runs, a 1 ms interval timer keeps firing.
 // Bar: the largest gap between ticks stays under 50 ms on this 2-core shared machine, where the
-// backend's threads take both cores (the JS thread then competes with them for CPU time, so a
-// tick can be late by a scheduler slice or two; a blocked event loop would instead show a gap as
-// long as the whole step, ~1 s here, which the test also checks the step takes).
+// backend's threads take both cores and the JS thread competes with them (and with other jobs)
+// for CPU time. When the machine itself is loaded, a control period of the same length with no
+// engine work shows how late timers are anyway, and the bar becomes that plus 50 ms. A blocked
+// event loop would instead show one gap as long as the whole step (the step takes > 200 ms,
+// checked), and a handful of ticks.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { BlockAllocator, Engine } from '../../src/engine/index.js';
@@ -14,14 +16,8 @@ beforeAll(async () => {
 });
 afterAll(() => engine?.dispose());
 
-it('event loop keeps ticking during a long prefill', async () => {
-  const alloc = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
-  const len = 500;
-  const seqs = Array.from({ length: 8 }, (_, i) => ({
-    tokens: Int32Array.from({ length: len }, (_, j) => (i * 131 + j * 17) % 2048),
-    pos: 0,
-    blockTable: alloc.allocate(i, len),
-  }));
+/** Runs `work` while a 1 ms interval ticks; returns the largest gap between ticks and their count. */
+async function ticking(work: () => Promise<unknown>): Promise<{ maxGap: number; ticks: number; ms: number }> {
   let last = performance.now();
   let maxGap = 0;
   let ticks = 0;
@@ -32,11 +28,25 @@ it('event loop keeps ticking during a long prefill', async () => {
     ticks++;
   }, 1);
   const t0 = performance.now();
-  await engine.step({ seqs });
-  const stepMs = performance.now() - t0;
+  await work();
+  const ms = performance.now() - t0;
   clearInterval(timer);
-  console.log(`prefill of ${8 * len} tokens: ${stepMs.toFixed(0)} ms, ${ticks} ticks, max timer gap ${maxGap.toFixed(1)} ms`);
-  expect(stepMs).toBeGreaterThan(200);
-  expect(ticks).toBeGreaterThan(stepMs / 10);
-  expect(maxGap).toBeLessThan(50);
+  return { maxGap: Math.max(maxGap, performance.now() - last), ticks, ms };
+}
+
+it('event loop keeps ticking during a long prefill', async () => {
+  const alloc = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+  const len = 500;
+  const seqs = Array.from({ length: 8 }, (_, i) => ({
+    tokens: Int32Array.from({ length: len }, (_, j) => (i * 131 + j * 17) % 2048),
+    pos: 0,
+    blockTable: alloc.allocate(i, len),
+  }));
+  const step = await ticking(() => engine.step({ seqs }));
+  const control = await ticking(() => new Promise((r) => setTimeout(r, step.ms)));
+  console.log(`prefill of ${8 * len} tokens: ${step.ms.toFixed(0)} ms, ${step.ticks} ticks, max timer gap ${step.maxGap.toFixed(1)} ms ` +
+    `(idle control: ${control.maxGap.toFixed(1)} ms)`);
+  expect(step.ms).toBeGreaterThan(200);
+  expect(step.ticks).toBeGreaterThan(step.ms / 10);
+  expect(step.maxGap).toBeLessThan(Math.max(50, control.maxGap + 50));
 });
