@@ -162,7 +162,9 @@ async function main(): Promise<void> {
       log(`worker ${rank}: control stream closed: ${err.message}`);
       exitCode = 1;
     }
-    worker.abortComms();
+    // After a Stop the stream closes normally while the driver still tells its peers to stop over
+    // the data plane (the Stop handler's timer aborts if that hangs); otherwise abort at once.
+    if (err || !worker.stopRequested) worker.abortComms();
     worker.requestStop();
     signalStop();
   });
