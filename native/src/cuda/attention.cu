@@ -2,8 +2,8 @@
 // split): each block handles 1/n_splits of the key positions of one (token, head); its 8 warps take keys
 // round-robin, each keeping an online softmax (running max, sum, and its lanes' slice of the
 // weighted V sum), merged through shared memory. With several splits (flash-decoding, for long
-// contexts and small batches), partial (max, sum, acc) go to a workspace and the last split block
-// of each (token, head) merges them.
+// contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
+// merges them.
 #include <cfloat>
 
 #include "cuda/cuda_common.h"
@@ -89,37 +89,29 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
       if (d == 0) { ws[0] = M; ws[1] = L; }
     }
   }
-  if (a.n_splits == 1) return;
-  // The last split block of this (token, head) to finish merges all splits (no second launch).
-  // Release: partials visible device-wide before the counter moves; the merging block resets
-  // the counter for the next launch (and graph replay).
-  __threadfence();
-  __syncthreads();
-  __shared__ bool s_last;
-  if (threadIdx.x == 0) s_last = atomicAdd(&a.counters[th], 1) == a.n_splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  if (threadIdx.x == 0) a.counters[th] = 0;
+}
+
+template <typename T>
+__global__ void attn_merge_kernel(AttnArgs a) {
+  grid_dependency_wait();
+  const int h = blockIdx.x, t = blockIdx.y, hd = a.hd;
+  const size_t th = (size_t)t * a.nh + h;
   const size_t split_stride = (size_t)a.T * a.nh * (hd + 2);
   const float* ws = a.ws + th * (hd + 2);
-  float MM = -FLT_MAX;
-  for (int sp = 0; sp < a.n_splits; ++sp)
-    if (__ldcg(ws + sp * split_stride + 1) > 0.f) MM = fmaxf(MM, __ldcg(ws + sp * split_stride));
-  float LL = 0.f;
-  for (int sp = 0; sp < a.n_splits; ++sp) {
-    const float* q = ws + sp * split_stride;
-    const float lq = __ldcg(q + 1);
-    if (lq > 0.f) LL += lq * __expf(__ldcg(q) - MM);
+  float M = -FLT_MAX;
+  for (int s = 0; s < a.n_splits; ++s) if (ws[s * split_stride + 1] > 0.f) M = fmaxf(M, ws[s * split_stride]);
+  float L = 0.f;
+  for (int s = 0; s < a.n_splits; ++s) {
+    const float* p = ws + s * split_stride;
+    if (p[1] > 0.f) L += p[1] * __expf(p[0] - M);
   }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.f;
-    for (int sp = 0; sp < a.n_splits; ++sp) {
-      const float* q = ws + sp * split_stride;
-      const float lq = __ldcg(q + 1);
-      if (lq > 0.f) o += __ldcg(q + 2 + d) * __expf(__ldcg(q) - MM);
+    for (int s = 0; s < a.n_splits; ++s) {
+      const float* p = ws + s * split_stride;
+      if (p[1] > 0.f) o += p[2 + d] * __expf(p[0] - M);
     }
-    static_cast<T*>(a.out)[th * hd + d] = from_f<T>(LL > 0.f ? o / LL : 0.f);
+    static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
   }
 }
 
@@ -127,6 +119,7 @@ template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.T, a.n_splits);
   launch("attention", attn_kernel<T, EPL>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
+  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.T), dim3(128), s, a);
 }
 
 }  // namespace

@@ -288,8 +288,6 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
     attn_.reserve(es * T * c.n_heads * c.head_dim);
     gu_.reserve(es * T * 2 * c.intermediate);
     act_mlp_.reserve(es * T * c.intermediate);
-    if (attn_counters_.reserve(sizeof(int) * T * c.n_heads))
-      NS_CUDA(cudaMemsetAsync(attn_counters_.ptr, 0, attn_counters_.bytes, stream_));
     cap_tokens_ = T;
   }
   const size_t need_logits = (size_t)4 * R * c.vocab_size;

@@ -97,7 +97,7 @@ class CudaBackend final : public Backend {
 
   // Step scratch, sized for `cap_tokens_` tokens (grown on demand).
   int cap_tokens_ = 0;
-  DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_, attn_counters_;
+  DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
   // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so

@@ -37,7 +37,6 @@ struct AttnArgs {
   const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
   int block_size; const void* kcache; const void* vcache; void* out;
   int n_splits; float* ws;
-  int* counters;  // T * nh zeros (n_splits > 1): arrivals per (token, head); left at zero
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
