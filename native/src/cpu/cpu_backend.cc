@@ -144,6 +144,10 @@ int CpuBackend::finalize() {
   for (const auto& e : expected_)
     if (!loaded_.count(e.first)) throw std::runtime_error("tensor " + e.first + ": missing (never loaded)");
 
+  macs_per_token_ = cfg_.has_head ? int64_t(lm_head().rows) * lm_head().cols : 0;
+  for (const auto& L : layers_)
+    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) macs_per_token_ += int64_t(m->rows) * m->cols;
+
   const size_t block_floats = size_t(cfg_.kv_block_size) * cfg_.n_kv_heads * cfg_.head_dim;
   kv_blocks_ = cfg_.kv_blocks;
   if (kv_blocks_ == 0) {

@@ -50,6 +50,7 @@ class CpuBackend final : public Backend {
   void expect(const std::string& name, std::vector<int64_t> shape);
   // cpu_forward.cc: the forward pass, top to bottom
   void validate(const StepInput& in) const;
+  void forward(const StepInput& in, StepOutput& out);
   void prepare(const StepInput& in, int total_tokens);
   void embed(const StepInput& in, int T);
   void attention_block(int layer, const StepInput& in, int T);
@@ -78,6 +79,7 @@ class CpuBackend final : public Backend {
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected_;
   std::set<std::string> loaded_;
 
+  int64_t macs_per_token_ = 0;  // weight elements of this shard: the matmul work of one token
   int kv_blocks_ = 0;
   std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer [blocks, block_size, kv_heads, head_dim]
 

@@ -1,12 +1,17 @@
-// A fixed pool of worker threads for the CPU backend's parallel loops. The calling thread takes
-// part as worker 0. Dispatch is one atomic generation bump: workers spin briefly (a decode step
-// issues dozens of parallel regions back to back) and then sleep on a condition variable, so an
-// idle engine costs no CPU. One parallel region at a time (a backend's steps are serialized).
+// A fixed pool of compute threads for the CPU backend. execute(fn) hands a whole step to the
+// pool's own driver thread (worker 0) and sleeps until it is done, so the step's caller (a libuv
+// thread) holds no core; inside fn, run()/parallel_for() split loops over all workers, the driver
+// taking part as worker 0. Dispatch is one atomic generation bump: workers spin briefly (a decode
+// step issues dozens of parallel regions back to back) and then sleep on a condition variable, so
+// an idle engine costs no CPU. Pool threads run at a slightly lower priority than the process's
+// other threads (nice +NODESPEED_COMPUTE_NICE, default 2), so Node's event loop wins a contended
+// core: heartbeats and gRPC keep flowing while a long prefill runs.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -21,6 +26,13 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_; }
+
+  // Runs fn() on the driver thread and returns when it has finished (rethrowing what it threw).
+  template <typename F>
+  void execute(F&& fn) {
+    auto trampoline = [](void* ctx) { (*static_cast<F*>(ctx))(); };
+    submit(trampoline, &fn);
+  }
 
   // Calls fn(worker) once for each worker in [0, size()) and returns when all are done.
   template <typename F>
@@ -63,8 +75,11 @@ class ThreadPool {
 
  private:
   using Call = void (*)(void*, int);
+  using Job = void (*)(void*);
   void dispatch(Call call, void* ctx);
+  void submit(Job job, void* ctx);
   void worker(int index);
+  void driver();
 
   int n_;
   std::vector<std::thread> threads_;
@@ -75,6 +90,15 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   Call call_ = nullptr;
   void* ctx_ = nullptr;
+
+  // The driver thread and its one pending job.
+  std::thread driver_;
+  std::mutex job_mu_;
+  std::condition_variable job_cv_;
+  Job job_ = nullptr;
+  void* job_ctx_ = nullptr;
+  bool job_done_ = false;
+  std::exception_ptr job_error_;
 };
 
 }  // namespace ns::cpu
