@@ -1,6 +1,7 @@
 // Decode-time matrix-vector products (1..4 rows): the step is bound by reading the weights once,
 // so warps stream weight rows with 16-byte loads, four in flight per lane,
 // reusing each weight load for every input row. Needs K % 8 == 0 (callers fall back to cuBLAS).
+#include <cstdlib>
 #include <stdexcept>
 
 #include "cuda/cuda_common.h"
@@ -118,10 +119,17 @@ void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStrea
   }
 }
 
-// Rows per launch decide the split: 12288+ rows (qkv, gate_up, LM head) fill the GPU alone.
+// Rows per launch decide the split: 12288+ rows (qkv, gate_up, LM head) fill the GPU alone;
+// shorter matrices (o_proj, down_proj) use 2 warps per row (NODESPEED_CUDA_GEMV_SPLIT=4: 4).
+int short_split() {
+  static const int ks = [] { const char* e = std::getenv("NODESPEED_CUDA_GEMV_SPLIT"); return e && std::atoi(e) == 4 ? 4 : 2; }();
+  return ks;
+}
+
 template <typename T, GemvOut MODE>
 void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
   if (N >= 12288) launch_rows<T, MODE, 1>(W, x, R, N, K, y, s);
+  else if (short_split() == 4) launch_rows<T, MODE, 4>(W, x, R, N, K, y, s);
   else launch_rows<T, MODE, 2>(W, x, R, N, K, y, s);
 }
 
