@@ -5,7 +5,7 @@
 // GPU hosts). Writes bench/results/serve-<device>-<timestamp>.json.
 //
 //   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
-//        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf]
+//        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args '--max-batch-tokens 4096']
 // CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -26,6 +26,7 @@ const { values: a } = parseArgs({
     'kv-blocks': { type: 'string' },
     tp: { type: 'string', default: '1,2' },
     hf: { type: 'boolean', default: false },
+    'launch-args': { type: 'string', default: '' },
     out: { type: 'string' },
   },
 });
@@ -53,7 +54,8 @@ function launch(tp, extra = []) {
   const workers = gpu ? ['--num_gpus', String(tp)] : ['--num_cpu_workers', String(tp)];
   const blocks = a['kv-blocks'] ?? String(Math.ceil(((promptLen + newTokens) / 16 + 1) * (streams + 1)));
   const args = [join(root, 'bin', 'nodespeed'), 'launch', '--model', a.model, '--device', a.device, '--tp', String(tp),
-    '--port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks, ...workers, ...extra];
+    '--port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks, ...workers, ...extra,
+    ...a['launch-args'].split(' ').filter(Boolean)];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   proc.stderr.on('data', (d) => (err += d));
