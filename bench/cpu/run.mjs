@@ -28,6 +28,10 @@ const batches = args.batches.split(',').map(Number);
 // Timed runs per measurement, best kept: on a shared machine other jobs only ever slow a run down.
 const repeat = Number(args.repeat);
 
+// The engine's compute threads normally run at nice +2 (below the event loop); here they get the
+// same priority as the PyTorch process they are compared with.
+process.env.NODESPEED_COMPUTE_NICE ??= '0';
+
 const engineModule = join(root, 'dist', 'engine', 'index.js');
 if (!existsSync(engineModule)) {
   console.error('bench/cpu: dist/ is missing; run `npm run build` first');
