@@ -2,15 +2,10 @@
 // token already streamed to the client. Workers are replaceable; this store is what a replay after
 // a failover (issue 6) starts from.
 
-export interface RequestParams {
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed: bigint;
-  maxTokens: number;
-  stop: string[];
-  ignoreEos: boolean;
-}
+import type { SamplingParams } from '../engine/sampling.js';
+
+/** Validated sampling and stopping rules: the same record the single-process engine uses. */
+export type RequestParams = SamplingParams;
 
 export interface RequestUpdate {
   tokenIds: number[];
