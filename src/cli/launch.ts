@@ -31,6 +31,7 @@ export interface LaunchFlags {
   maxQueue: number;
   heartbeatInterval: number;
   heartbeatTimeout: number;
+  requestTimeout: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   progress: boolean;
@@ -75,6 +76,8 @@ export function addServingOptions(cmd: Command): Command {
     .option('--max-queue <n>', 'most requests in flight before RESOURCE_EXHAUSTED', intArg('--max-queue', 1), 1024)
     .option('--heartbeat-interval <s>', 'seconds between heartbeats', secondsArg('--heartbeat-interval'), 1)
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
+    .option('--request-timeout <s>', 'seconds a request may wait for a replica to recover before it fails UNAVAILABLE',
+      secondsArg('--request-timeout'), 60)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
     .option('--no-progress', 'no progress bar');
@@ -130,7 +133,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
       // A GPU step costs about the same for 1 or 2048 tokens of prefill; a CPU step grows with them.
       maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 2048 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
-      heartbeatTimeoutMs: f.heartbeatTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
+      heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
@@ -193,10 +196,10 @@ export function register(program: Command): void {
       process.once('SIGINT', () => shutdown('SIGINT', 0));
       process.once('SIGTERM', () => shutdown('SIGTERM', 0));
       void cluster.job.done.then(() => shutdown('the job ended', 1));
-      // Until failover re-forms replicas, a cluster whose every replica is lost cannot serve: tear
-      // the whole job down at once instead of leaving ranks blocked on dead peers.
-      cluster.coordinator.members.on('replica-lost', () => {
-        if (cluster.coordinator.members.replicas.every((r) => r.state === 'lost')) shutdown('every replica is lost', 1);
+      // Lost replicas are re-formed by failover; only when every replica is retired (it could not
+      // be re-formed) is there nothing left to serve with.
+      cluster.coordinator.failover.on('retired', () => {
+        if (cluster.coordinator.members.replicas.every((r) => r.state === 'lost')) shutdown('every replica is lost and none could be re-formed', 1);
       });
     });
   });

@@ -36,6 +36,8 @@ export interface ClusterOptions {
   maxQueue: number;
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
+  /** See CoordinatorOptions.requestTimeoutMs. */
+  requestTimeoutMs: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   ssh?: SshOptions;
@@ -111,7 +113,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
-    heartbeatTimeoutMs: o.heartbeatTimeoutMs, log: o.log, bind: o.bind, port: o.port,
+    heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, log: o.log, bind: o.bind, port: o.port,
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
@@ -161,6 +163,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     throw err;
   }
   died.catch(() => {});
+  // From now on a lost rank is recovered (respawned by this job) instead of failing the launch.
+  coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
   return { coordinator, job, layout, config, address: `${host}:${port}`, stop };
 }

@@ -41,7 +41,8 @@ export class WorkerConn {
   kvBlockSize = 0;
   lostReason = '';
 
-  constructor(readonly plan: RankPlan, readonly join: JoinMsg, private readonly call: ControlCall) {}
+  /** The generation this worker was assigned in: its messages must carry it, ours to it do. */
+  constructor(readonly plan: RankPlan, readonly join: JoinMsg, private readonly call: ControlCall, readonly generation: string) {}
 
   get rank(): number {
     return this.plan.rank;
@@ -70,6 +71,8 @@ export class Replica {
   load: ReplicaLoadMsg | null = null;
   kvBlocks = 0;
   kvBlockSize = 0;
+  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
+  reforming = false;
 
   constructor(readonly id: number, readonly ranks: number[]) {}
 }
@@ -159,14 +162,14 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const plan = this.layout.ranks[join.rank];
     if (!plan) return this.refuse(call, join, `rank ${join.rank} is not in this job's world of ${this.layout.world}`, grpc.status.INVALID_ARGUMENT);
     const old = this.workers.get(join.rank);
+    const replica = this.replicas[plan.replica]!;
     if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
     // A rank lost in this generation cannot come back into it: its peers have aborted their
     // communicators. Only a re-formed membership (a new generation) may take it again.
-    if (old) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
+    if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
       grpc.status.FAILED_PRECONDITION);
-    const w = new WorkerConn(plan, join, call);
+    const w = new WorkerConn(plan, join, call, this.gen);
     this.workers.set(join.rank, w);
-    const replica = this.replicas[plan.replica]!;
     if (replica.state === 'forming') replica.state = 'loading';
     this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})`);
     const peers = replica.ranks.map((r) => {
@@ -175,7 +178,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     });
     w.send({
       assignment: {
-        generation: this.gen, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
+        generation: w.generation, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
         tp: this.layout.tp, pp: this.layout.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
@@ -186,8 +189,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private stale(w: WorkerConn, generation: string): boolean {
-    if (generation === this.gen) return false;
-    this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (now ${this.gen})`);
+    if (generation === w.generation) return false;
+    this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (assigned ${w.generation})`);
     return true;
   }
 
@@ -248,6 +251,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   // Communicator rendezvous: all-gather of one blob per group member, by group rank.
   private offer(w: WorkerConn, name: string, groupRank: number, size: number, payload: Buffer): void {
+    // Groups are per generation: offers of a replica's earlier incarnation never mix with the new.
+    name = `${w.generation}/${name}`;
     const g = this.groups.get(name) ?? { size, payloads: new Array<Buffer | undefined>(size).fill(undefined), members: new Set<number>() };
     if (g.size !== size || groupRank >= size) throw new Error(`comm group ${name}: rank ${w.rank} offered group rank ${groupRank} of ${size}, expected a group of ${g.size}`);
     this.groups.set(name, g);
@@ -255,7 +260,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     g.members.add(w.rank);
     if (g.payloads.some((p) => p === undefined)) return;
     this.groups.delete(name);
-    for (const r of g.members) this.workers.get(r)?.send({ commPeers: { generation: this.gen, group: name, payloads: g.payloads } });
+    for (const r of g.members) this.workers.get(r)?.send({ commPeers: { generation: w.generation, group: name.slice(name.indexOf('/') + 1), payloads: g.payloads } });
   }
 
   private maybeStart(replica: Replica): void {
@@ -264,9 +269,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
     replica.kvBlocks = Math.min(...ws.map((w) => w!.kvBlocks));
     replica.kvBlockSize = ws[0]!.kvBlockSize;
     replica.state = 'serving';
+    replica.reforming = false;
     for (const w of ws) {
       w!.state = 'serving';
-      w!.send({ start: { generation: this.gen, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
+      w!.send({ start: { generation: w!.generation, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
     }
     this.o.log(`coordinator: replica ${replica.id} serving (${replica.kvBlocks} KV blocks of ${replica.kvBlockSize} tokens)`);
     this.emit('replica-serving', replica);
@@ -275,6 +281,38 @@ export class Membership extends EventEmitter<MembershipEvents> {
   /** The replica's driver (stage 0, TP rank 0): the one that schedules and streams tokens. */
   driver(replica: Replica): WorkerConn | undefined {
     return this.workers.get(replica.ranks[0]!);
+  }
+
+  /** Declares a rank lost from outside the control stream (its process exited). */
+  loseRank(rank: number, reason: string): void {
+    const w = this.workers.get(rank);
+    if (w) this.lose(w, reason);
+  }
+
+  /**
+   * Starts re-forming a lost replica: a new membership generation, its old workers forgotten (a
+   * late message of theirs is ignored: their connections stay marked lost), its ranks free to join
+   * again, and only into the new generation.
+   */
+  reform(replica: Replica): string {
+    this.generation++;
+    for (const r of replica.ranks) this.workers.delete(r);
+    for (const name of [...this.groups.keys()]) if (name.includes(`/r${replica.id}/`)) this.groups.delete(name);
+    replica.state = 'forming';
+    replica.reforming = true;
+    replica.load = null;
+    this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${this.gen}`);
+    return this.gen;
+  }
+
+  /** The replica cannot be re-formed: it stays lost and the others carry the load. */
+  retire(replica: Replica): void {
+    replica.reforming = false;
+    replica.state = 'lost';
+  }
+
+  get isStopping(): boolean {
+    return this.stopping;
   }
 
   private lose(w: WorkerConn, reason: string): void {
@@ -287,7 +325,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     if (replica.state === 'lost') return;
     replica.state = 'lost';
     // The survivors must not block forever on the dead peer: tell them to abort their communicators.
-    for (const r of replica.ranks) if (r !== w.rank) this.workers.get(r)?.send({ abort: { generation: this.gen, reason: `rank ${w.rank} lost: ${reason}` } });
+    for (const r of replica.ranks) if (r !== w.rank) for (const s of [this.workers.get(r)]) s?.send({ abort: { generation: s.generation, reason: `rank ${w.rank} lost: ${reason}` } });
     this.emit('replica-lost', replica, `rank ${w.rank} lost: ${reason}`);
   }
 
@@ -300,7 +338,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         this.lose(w, `no heartbeat for ${now - w.lastHeartbeat} ms`);
         continue;
       }
-      w.send({ heartbeat: { generation: hb.generation, sentAtMs: hb.sentAtMs } });
+      w.send({ heartbeat: { generation: w.generation, sentAtMs: hb.sentAtMs } });
     }
   }
 
@@ -309,7 +347,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     this.stopping = true;
     clearInterval(this.monitor);
     for (const w of this.workers.values()) {
-      w.send({ stop: { generation: this.gen, reason } });
+      w.send({ stop: { generation: w.generation, reason } });
       w.close();
     }
   }

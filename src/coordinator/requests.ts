@@ -30,6 +30,10 @@ export class RequestRecord {
   done = false;
   readonly createdAt = Date.now();
   firstTokenAt: number | undefined;
+  /** Since when the request waits for a replica (set when a failover re-queues it). */
+  pendingSince: number | undefined;
+  /** How many times a failover moved it. */
+  replays = 0;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: RequestParams, readonly sink: RequestSink) {}
 }

@@ -13,7 +13,6 @@ export class Router {
     private readonly log: (line: string) => void) {
     members.on('replica-serving', () => this.dispatchPending());
     members.on('tokens', (replica, msg) => this.onTokens(replica, msg));
-    members.on('replica-lost', (replica, reason) => this.onReplicaLost(replica, reason));
   }
 
   private active(replica: Replica): number {
@@ -47,10 +46,11 @@ export class Router {
     const driver = this.members.driver(replica);
     if (!driver) return;
     rec.replica = replica.id;
+    rec.pendingSince = undefined;
     const p = rec.params;
     driver.send({
       submit: {
-        generation: this.members.gen, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
+        generation: driver.generation, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
         topK: p.topK, topP: p.topP, seed: p.seed.toString(), maxTokens: p.maxTokens, stop: p.stop,
         ignoreEos: p.ignoreEos, generatedIds: rec.tokens,
       },
@@ -61,10 +61,10 @@ export class Router {
     if (rec.replica === null) return;
     const replica = this.members.replicas[rec.replica];
     const driver = replica && this.members.driver(replica);
-    driver?.send({ cancel: { generation: this.members.gen, requestId: rec.id, reason } });
+    driver?.send({ cancel: { generation: driver.generation, requestId: rec.id, reason } });
   }
 
-  private dispatchPending(): void {
+  dispatchPending(): void {
     for (const rec of this.store.pending()) this.submit(rec);
   }
 
@@ -100,18 +100,33 @@ export class Router {
     }
   }
 
-  // Until failover exists (issue 6), requests on a lost replica fail; pending ones wait for another.
-  private onReplicaLost(replica: Replica, reason: string): void {
-    for (const rec of this.store.onReplica(replica.id)) {
+  /**
+   * Takes every request off a lost replica and routes it again (another serving replica, or the
+   * re-formed one once it serves): the replay starts from prompt + the tokens the client has.
+   */
+  requeue(replica: Replica): RequestRecord[] {
+    const moved = this.store.onReplica(replica.id);
+    const now = Date.now();
+    for (const rec of moved) {
+      rec.replica = null;
+      rec.pendingSince = now;
+      rec.replays++;
+    }
+    for (const rec of moved) this.submit(rec);
+    return moved;
+  }
+
+  /** Fails every request still waiting for a replica. */
+  failPending(code: number, message: string, olderThanMs = 0): number {
+    const now = Date.now();
+    let n = 0;
+    for (const rec of this.store.pending()) {
+      if (now - (rec.pendingSince ?? rec.createdAt) < olderThanMs) continue;
       rec.done = true;
       this.store.remove(rec.id);
-      rec.sink.fail(grpc.status.UNAVAILABLE, `replica ${replica.id} failed: ${reason}`);
+      rec.sink.fail(code, message);
+      n++;
     }
-    if (!this.anyAlive())
-      for (const rec of this.store.pending()) {
-        rec.done = true;
-        this.store.remove(rec.id);
-        rec.sink.fail(grpc.status.UNAVAILABLE, 'no replica left to serve the request');
-      }
+    return n;
   }
 }

@@ -9,6 +9,7 @@ import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
 } from '../client/proto.js';
 import { InferenceApi } from './api.js';
+import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
@@ -24,6 +25,8 @@ export interface CoordinatorOptions extends MembershipOptions {
   bind: string;
   /** 0 picks a free port. */
   port: number;
+  /** A request that waits this long for a serving replica (after a failure) fails UNAVAILABLE. */
+  requestTimeoutMs: number;
 }
 
 export class Coordinator {
@@ -31,6 +34,7 @@ export class Coordinator {
   readonly store = new RequestStore();
   readonly router: Router;
   readonly api: InferenceApi;
+  readonly failover: Failover;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
   private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
   private state = 'starting';
@@ -39,11 +43,13 @@ export class Coordinator {
   constructor(readonly o: CoordinatorOptions) {
     this.members = new Membership(o.layout, o);
     this.router = new Router(this.members, this.store, o.log);
+    this.failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log });
     this.api = new InferenceApi(this.members, this.store, this.router, {
       model: o.model, maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
     });
     this.members.on('replica-serving', () => this.updateHealth());
     this.members.on('replica-lost', () => this.updateHealth());
+    this.failover.on('retired', () => this.updateHealth());
   }
 
   private updateHealth(): void {
@@ -99,6 +105,7 @@ export class Coordinator {
   /** Stops the workers (Stop message), fails what is still in flight, closes the server. */
   async stop(reason = 'shutting down'): Promise<void> {
     this.state = 'stopping';
+    this.failover.dispose();
     for (const rec of [...this.store.values()]) {
       rec.done = true;
       this.store.remove(rec.id);

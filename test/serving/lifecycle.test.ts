@@ -1,6 +1,7 @@
 // Lifecycle of a launched cluster: bearer-token auth on the API, heartbeats visible in
-// ClusterStatus, and a lost worker tearing the whole job down (until failover re-forms replicas)
-// with the in-flight stream answered UNAVAILABLE and no process left behind.
+// ClusterStatus, a lost worker's replica re-formed by failover (a stream that waits past
+// --request-timeout answered UNAVAILABLE), workers leaving a hung coordinator, and no process left
+// behind.
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -18,6 +19,17 @@ async function failure(p: Promise<unknown>): Promise<NodespeedError> {
     throw err;
   }
   throw new Error('expected the call to fail');
+}
+
+/** Waits until every replica serves in a generation after `since`. */
+async function serving(client: NodespeedClient, since: string): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const st = await client.clusterStatus();
+    if (BigInt(st.generation) > BigInt(since) && st.replicas.every((r) => r.state === 'serving')) return;
+    if (Date.now() - t0 > 20_000) throw new Error(`no replica re-formed after 20 s: ${JSON.stringify(st.replicas)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 describe('cluster lifecycle', () => {
@@ -51,9 +63,9 @@ describe('cluster lifecycle', () => {
     expect(workerProcesses()).toEqual([]);
   }, 60_000);
 
-  it('a killed worker fails its in-flight requests with UNAVAILABLE and tears the job down', async () => {
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2']);
-    const exit = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
+  it('a killed worker whose replica is not back within --request-timeout fails its streams UNAVAILABLE; the replica still recovers', async () => {
+    // Respawning a rank takes far more than 0.2 s, so the in-flight stream outlives its timeout.
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--request-timeout', '0.2']);
     try {
       const st = await cluster.client.clusterStatus();
       const victim = st.workers[1]!.pid;
@@ -64,20 +76,25 @@ describe('cluster lifecycle', () => {
       expect(err.code).toBe(grpc.status.UNAVAILABLE);
       // Either the coordinator sees rank 1's stream close first, or the driver's collective fails
       // naming its dead peer: both name rank 1.
-      expect(err.details).toMatch(/^replica 0 failed: (rank 1 lost|rank 0 lost: .*peer rank 1)/);
-      expect(await exit).toBe(1);
-      expect(cluster.stderr()).toContain('every replica is lost');
+      expect(err.details).toMatch(/^no replica could serve the request within --request-timeout \(0.2 s\); last failure: (rank 1 lost|rank 0 lost: .*peer rank 1)/);
+      // The replica is re-formed in a new generation and serves again.
+      await serving(cluster.client, st.generation);
+      const c = await cluster.client.complete({ prompt: 'import os\n\n', maxTokens: 5, ignoreEos: true });
+      expect(c.tokenIds).toEqual([200, 333, 361, 414, 64]);
+      const after = await cluster.client.clusterStatus();
+      expect(BigInt(after.generation)).toBeGreaterThan(BigInt(st.generation));
+      expect(after.workers.map((w) => w.pid)).not.toContain(victim);
     } finally {
-      await cluster.stop();
+      expect(await cluster.stop()).toBe(0);
     }
     expect(workerProcesses()).toEqual([]);
   }, 60_000);
 
-  it('workers stop on their own when the coordinator hangs (SIGSTOP) past the heartbeat timeout', async () => {
+  it('workers stop on their own when the coordinator hangs (SIGSTOP) past the heartbeat timeout; back, it re-forms the replica', async () => {
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '1.5']);
-    const exit = new Promise<number | null>((r) => cluster.proc.once('exit', (code) => r(code)));
     try {
-      const pids = (await cluster.client.clusterStatus()).workers.map((w) => w.pid);
+      const before = await cluster.client.clusterStatus();
+      const pids = before.workers.map((w) => w.pid);
       process.kill(cluster.proc.pid!, 'SIGSTOP');
       const t0 = Date.now();
       // Exited workers stay zombies until the (stopped) launcher reaps them: running means not 'Z'.
@@ -94,12 +111,16 @@ describe('cluster lifecycle', () => {
       expect(alive()).toEqual([]);
       expect(waited).toBeGreaterThan(1000); // not before the timeout...
       expect(waited).toBeLessThan(6000); // ...and soon after it
-      // Back from the stop, the coordinator finds its workers gone and tears the job down.
-      expect(await exit).toBe(1);
+      // Back from the stop, the coordinator finds its workers gone and respawns them (failover).
+      await serving(cluster.client, before.generation);
       expect(cluster.stderr()).toContain('no message from the coordinator');
+      const after = await cluster.client.clusterStatus();
+      for (const p of pids) expect(after.workers.map((w) => w.pid)).not.toContain(p);
+      const c = await cluster.client.complete({ prompt: 'import os\n\n', maxTokens: 5, ignoreEos: true });
+      expect(c.tokenIds).toEqual([200, 333, 361, 414, 64]);
     } finally {
       if (cluster.proc.exitCode === null) process.kill(cluster.proc.pid!, 'SIGCONT');
-      await cluster.stop();
+      expect(await cluster.stop()).toBe(0);
     }
     expect(workerProcesses()).toEqual([]);
   }, 60_000);

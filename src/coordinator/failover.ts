@@ -1,0 +1,176 @@
+// Heartbeat-driven failover (issue 6): when a rank of a serving replica is lost (its control stream
+// closes, its process exits, or it misses heartbeats past --heartbeat-timeout), the membership has
+// already stopped routing to the replica and told the survivors to abort their communicators. This
+// module then
+//   1. re-queues every request of that replica: each is replayed from prompt + the tokens the
+//      client already has, on another serving replica or on the re-formed one; seeded sampling is a
+//      function of (seed, position), so the continuation is the one a fault-free run produces and
+//      the router drops nothing the client has not seen (no repeat, no gap);
+//   2. re-forms the replica by respawn: a new membership generation, the replica's surviving ranks
+//      stopped through the launcher, every rank of the replica restarted on its host
+//      (job.restartRank), fresh rendezvous and reload; the replica serves again when all are ready;
+//   3. answers UNAVAILABLE to any request that waited longer than --request-timeout for a replica.
+// Every failure is recorded (who, when, cause, recovery, time to recover) for ClusterStatus.
+import { EventEmitter } from 'node:events';
+
+import * as grpc from '@grpc/grpc-js';
+
+import type { Job } from '../launcher/supervisor.js';
+import type { Membership, Replica, WorkerConn } from './membership.js';
+import type { RequestStore } from './requests.js';
+import type { Router } from './router.js';
+
+export interface FailoverOptions {
+  /** A request waiting this long for a serving replica fails with UNAVAILABLE. */
+  requestTimeoutMs: number;
+  log: (line: string) => void;
+}
+
+export type Recovery = 'respawning' | 'respawned' | 'retired';
+
+export interface FailureRecord {
+  rank: number;
+  host: string;
+  pid: number;
+  replica: number;
+  cause: string;
+  at: number;
+  /** The generation the replica is re-formed in. */
+  generation: string;
+  recovery: Recovery;
+  recoveredAt?: number;
+  recoveryMs?: number;
+  replayedRequests: number;
+  replayedTokens: number;
+}
+
+export interface FailoverCounters {
+  failures: number;
+  recoveries: number;
+  replayedRequests: number;
+  replayedTokens: number;
+}
+
+export interface FailoverEvents {
+  recovered: [record: FailureRecord];
+  retired: [replica: Replica, reason: string];
+}
+
+/** Consecutive failures of a replica while it re-forms, before it is retired. */
+const MAX_ATTEMPTS = 3;
+/** How long the survivors of a lost replica may take to exit once the launcher kills them. */
+const EXIT_WAIT_MS = 10_000;
+
+export class Failover extends EventEmitter<FailoverEvents> {
+  readonly failures: FailureRecord[] = [];
+  readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
+  private job: Job | undefined;
+  private readonly lastLost = new Map<number, WorkerConn>();
+  private readonly open = new Map<number, FailureRecord>();
+  private readonly attempts = new Map<number, number>();
+  private readonly timer: NodeJS.Timeout;
+  private lastCause = '';
+
+  constructor(private readonly members: Membership, private readonly store: RequestStore, private readonly router: Router,
+    private readonly o: FailoverOptions) {
+    super();
+    members.on('worker-lost', (w) => this.lastLost.set(w.plan.replica, w));
+    members.on('replica-lost', (replica, reason) => this.onReplicaLost(replica, reason));
+    members.on('replica-serving', (replica) => this.onServing(replica));
+    this.timer = setInterval(() => this.expire(), Math.min(500, o.requestTimeoutMs));
+    this.timer.unref();
+  }
+
+  /**
+   * Arms recovery once the cluster serves (a failure while starting fails the launch instead):
+   * from now on a rank's process exit counts as a loss, and lost replicas are re-formed.
+   */
+  attach(job: Job): void {
+    this.job = job;
+    job.on('rank-exit', (e) => {
+      if (e.expected) return;
+      this.members.loseRank(e.rank, `process exited (${e.signal ?? `code ${e.code ?? '?'}`})`);
+    });
+  }
+
+  dispose(): void {
+    clearInterval(this.timer);
+  }
+
+  private onReplicaLost(replica: Replica, reason: string): void {
+    if (this.members.isStopping) return;
+    const w = this.lastLost.get(replica.id);
+    this.lastCause = reason;
+    // Requests are moved even without a job to re-form with: another replica may serve them.
+    const moved = this.router.requeue(replica);
+    const tokens = moved.reduce((n, r) => n + r.tokens.length, 0);
+    this.counters.replayedRequests += moved.length;
+    this.counters.replayedTokens += tokens;
+    if (!this.job) return;
+    this.counters.failures++;
+    const prev = this.open.get(replica.id);
+    const attempt = (this.attempts.get(replica.id) ?? 0) + 1;
+    this.attempts.set(replica.id, attempt);
+    const generation = this.members.reform(replica);
+    const rec: FailureRecord = {
+      rank: w?.rank ?? -1, host: w?.join.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
+      at: prev?.at ?? Date.now(), generation, recovery: 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
+    };
+    if (prev) prev.recovery = 'retired'; // superseded by this attempt
+    this.failures.push(rec);
+    this.open.set(replica.id, rec);
+    this.o.log(`failover: replica ${replica.id} lost (${reason}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
+      `respawning its ranks in generation ${generation} (attempt ${attempt})`);
+    if (attempt > MAX_ATTEMPTS) {
+      this.retire(replica, rec, `failed ${attempt} times in a row while re-forming`);
+      return;
+    }
+    void this.respawn(replica, rec).catch((err: unknown) => this.retire(replica, rec, (err as Error).message));
+  }
+
+  private async respawn(replica: Replica, rec: FailureRecord): Promise<void> {
+    const job = this.job!;
+    // The survivors were told to abort; stop them for good so each rank restarts from a clean
+    // process (and a new communicator) on its host.
+    await Promise.all(replica.ranks.map((r) => job.killRank(r, 'SIGKILL')));
+    const deadline = Date.now() + EXIT_WAIT_MS;
+    while (replica.ranks.some((r) => job.rankState(r).running)) {
+      if (Date.now() > deadline) throw new Error(`ranks of replica ${replica.id} did not exit within ${EXIT_WAIT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    if (this.open.get(replica.id) !== rec || this.members.isStopping) return; // superseded or shutting down
+    await Promise.all(replica.ranks.map((r) => job.restartRank(r)));
+    this.o.log(`launcher: restarted ranks ${replica.ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
+  }
+
+  private retire(replica: Replica, rec: FailureRecord, why: string): void {
+    if (this.members.isStopping) return;
+    rec.recovery = 'retired';
+    this.open.delete(replica.id);
+    this.members.retire(replica);
+    this.o.log(`failover: replica ${replica.id} retired: ${why}`);
+    this.emit('retired', replica, why);
+  }
+
+  private onServing(replica: Replica): void {
+    const rec = this.open.get(replica.id);
+    if (!rec) return;
+    this.open.delete(replica.id);
+    this.attempts.delete(replica.id);
+    rec.recovery = 'respawned';
+    rec.recoveredAt = Date.now();
+    rec.recoveryMs = rec.recoveredAt - rec.at;
+    this.counters.recoveries++;
+    this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost`);
+    this.emit('recovered', rec);
+  }
+
+  // Requests that waited too long for a replica get a clear UNAVAILABLE instead of hanging.
+  private expire(): void {
+    if (this.members.isStopping || this.store.size === 0) return;
+    const n = this.router.failPending(grpc.status.UNAVAILABLE,
+      `no replica could serve the request within --request-timeout (${this.o.requestTimeoutMs / 1000} s)` +
+      `${this.lastCause ? `; last failure: ${this.lastCause}` : ''}`, this.o.requestTimeoutMs);
+    if (n) this.o.log(`failover: ${n} requests failed after waiting ${this.o.requestTimeoutMs / 1000} s for a replica`);
+  }
+}
