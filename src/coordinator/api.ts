@@ -22,6 +22,8 @@ export interface ApiOptions {
   /** When set, every call must carry `authorization: Bearer <token>`. */
   authToken?: string;
   state: () => string;
+  /** Failures and failover counters (ClusterStatus fields 12-13), from the failover module. */
+  failover?: () => Record<string, unknown>;
 }
 
 const FINISH: FinishReasonName[] = ['FINISH_REASON_UNSPECIFIED', 'FINISH_REASON_STOP', 'FINISH_REASON_LENGTH'];
@@ -149,6 +151,7 @@ export class InferenceApi {
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
         };
       }),
+      ...(this.o.failover?.() ?? {}),
     };
   }
 

@@ -51,6 +51,16 @@ export interface FailoverCounters {
   replayedTokens: number;
 }
 
+/** ClusterStatus fields 12-13 (proto/inference.proto FailureStatus, FailoverCounters) as decoded. */
+export interface FailureStatusMsg {
+  rank: number; host: string; pid: number; replica: number; cause: string; atUnixMs: number; recovery: Recovery;
+  recoveryMs: number; generation: string; replayedRequests: number; replayedTokens: number;
+}
+export interface FailoverStatusMsg {
+  failures: FailureStatusMsg[];
+  failover: FailoverCounters;
+}
+
 export interface FailoverEvents {
   recovered: [record: FailureRecord];
   retired: [replica: Replica, reason: string];
@@ -93,6 +103,16 @@ export class Failover extends EventEmitter<FailoverEvents> {
     });
   }
 
+  status(): FailoverStatusMsg {
+    return {
+      failures: this.failures.map((f) => ({
+        rank: Math.max(0, f.rank), host: f.host, pid: f.pid, replica: f.replica, cause: f.cause, atUnixMs: f.at, recovery: f.recovery,
+        recoveryMs: f.recoveryMs ?? 0, generation: f.generation, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens,
+      })),
+      failover: { ...this.counters },
+    };
+  }
+
   dispose(): void {
     clearInterval(this.timer);
   }
@@ -107,18 +127,27 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.counters.replayedRequests += moved.length;
     this.counters.replayedTokens += tokens;
     if (!this.job) return;
-    this.counters.failures++;
     const prev = this.open.get(replica.id);
     const attempt = (this.attempts.get(replica.id) ?? 0) + 1;
     this.attempts.set(replica.id, attempt);
     const generation = this.members.reform(replica);
-    const rec: FailureRecord = {
-      rank: w?.rank ?? -1, host: w?.join.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
-      at: prev?.at ?? Date.now(), generation, recovery: 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
-    };
-    if (prev) prev.recovery = 'retired'; // superseded by this attempt
-    this.failures.push(rec);
-    this.open.set(replica.id, rec);
+    let rec: FailureRecord;
+    if (prev) {
+      // Lost again while re-forming: the same incident, one more attempt.
+      rec = prev;
+      rec.cause += `; while re-forming: ${reason}`;
+      rec.generation = generation;
+      rec.replayedRequests += moved.length;
+      rec.replayedTokens += tokens;
+    } else {
+      rec = {
+        rank: w?.rank ?? -1, host: w?.join.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
+        at: Date.now(), generation, recovery: 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
+      };
+      this.failures.push(rec);
+      this.open.set(replica.id, rec);
+      this.counters.failures++;
+    }
     this.o.log(`failover: replica ${replica.id} lost (${reason}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
       `respawning its ranks in generation ${generation} (attempt ${attempt})`);
     if (attempt > MAX_ATTEMPTS) {

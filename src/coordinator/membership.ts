@@ -296,7 +296,16 @@ export class Membership extends EventEmitter<MembershipEvents> {
    */
   reform(replica: Replica): string {
     this.generation++;
-    for (const r of replica.ranks) this.workers.delete(r);
+    for (const r of replica.ranks) {
+      // The survivors' connections go quiet too: whatever they still send (a collective that
+      // failed on the dead peer, a late heartbeat) belongs to the old generation and is ignored.
+      const w = this.workers.get(r);
+      if (w && w.state !== 'lost') {
+        w.state = 'lost';
+        w.lostReason = `replica ${replica.id} re-formed in generation ${this.generation}`;
+      }
+      this.workers.delete(r);
+    }
     for (const name of [...this.groups.keys()]) if (name.includes(`/r${replica.id}/`)) this.groups.delete(name);
     replica.state = 'forming';
     replica.reforming = true;
@@ -316,7 +325,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private lose(w: WorkerConn, reason: string): void {
-    if (w.state === 'lost' || this.stopping) return;
+    if (w.state === 'lost' || this.stopping || this.workers.get(w.rank) !== w) return;
     w.state = 'lost';
     w.lostReason = reason;
     this.o.log(`coordinator: rank ${w.rank} (${w.join.host} pid ${w.join.pid}) lost: ${reason}`);

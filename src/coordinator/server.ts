@@ -43,9 +43,10 @@ export class Coordinator {
   constructor(readonly o: CoordinatorOptions) {
     this.members = new Membership(o.layout, o);
     this.router = new Router(this.members, this.store, o.log);
-    this.failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log });
+    const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log });
+    this.failover = failover;
     this.api = new InferenceApi(this.members, this.store, this.router, {
-      model: o.model, maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
+      model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
     });
     this.members.on('replica-serving', () => this.updateHealth());
     this.members.on('replica-lost', () => this.updateHealth());

@@ -8,7 +8,8 @@ import { describe, expect, it, beforeAll } from 'vitest';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
-import type { NodespeedClient } from '../../src/client/index.js';
+import type { ClusterStatusMsg, NodespeedClient } from '../../src/client/index.js';
+import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
 import { PY_TINY, launch, reference, workerProcesses } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 
@@ -67,7 +68,7 @@ describe('failover by respawn on tp=2', () => {
         expect(atKill.some((n) => n === TOKENS), 'every stream was still running at the kill').toBe(false);
         got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
         // The replica really was re-formed: a new generation, new worker processes.
-        const after = await cluster.client.clusterStatus();
+        const after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
         expect(BigInt(after.generation)).toBeGreaterThan(BigInt(before.generation));
         expect(after.workers.map((w) => w.pid)).not.toContain(pid);
         const log = cluster.stderr();
@@ -75,6 +76,18 @@ describe('failover by respawn on tp=2', () => {
         expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
         const m = /failover: replica 0 serving again in generation \d+, (\d+) ms after rank (\d+) was lost/.exec(log);
         expect(m, log).not.toBeNull();
+        // ClusterStatus: the failure (who, when, cause, recovery, time to recover) and the counters.
+        console.log(log.split('\n').filter((l) => /lost|failover|launcher: restarted/.test(l)).join('\n'));
+        expect(after.failures).toHaveLength(1);
+        const f = after.failures[0]!;
+        console.log(`failure as ClusterStatus reports it: ${JSON.stringify(f)}`);
+        // The victim's own stream closes, or its peer's collective fails naming it first.
+        expect(f.rank === victim.rank || f.cause.includes(`peer rank ${victim.rank}`), f.cause).toBe(true);
+        expect(f).toMatchObject({ replica: 0, recovery: 'respawned', recoveryMs: Number(m![1]), generation: after.generation, replayedRequests: STREAMS });
+        expect(f.atUnixMs).toBeGreaterThanOrEqual(killedAt);
+        expect(f.replayedTokens).toBeGreaterThanOrEqual(atKill.reduce((a, b) => a + b, 0));
+        expect(f.replayedTokens).toBeLessThan(STREAMS * TOKENS);
+        expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens });
         // The first token any client got after the kill and after the replica serves again.
         const resumed = Math.min(...got.flatMap((g) => g.arrivals.filter((t) => t > killedAt + Number(m![1]))));
         console.log(`failover (kill -9 ${victim.what}): replica serving again ${m![1]} ms after the loss; ` +
