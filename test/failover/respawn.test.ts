@@ -98,4 +98,45 @@ describe('failover by respawn on tp=2', () => {
       expect(workerProcesses()).toEqual([]);
     }, 60_000);
   }
+
+  it('2 replicas: the healthy replica keeps serving, takes the lost replica\'s streams, and every stream equals the fault-free run', async () => {
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '4', '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2',
+      '--request-timeout', '30', '--kv-blocks', '256']);
+    try {
+      expect(cluster.readyLine).toContain('replicas=2');
+      const before = await cluster.client.clusterStatus();
+      const pid = before.workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
+      const reqs = requests();
+      const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
+      const all = Promise.all(reqs.map((r, i) => follow(cluster.client, r, got[i]!)));
+      const received = () => got.reduce((n, g) => n + g.tokenIds.length, 0);
+      const t0 = Date.now();
+      while (received() < (STREAMS * TOKENS) / 4 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
+      const killedAt = Date.now();
+      process.kill(pid, 'SIGKILL');
+      await all;
+      got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
+      // The streams may all finish on replica 1 before replica 0 is back: wait for its recovery.
+      let after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
+      while (after.failures[0]?.recovery !== 'respawned' && Date.now() - killedAt < 20_000) {
+        await new Promise((r) => setTimeout(r, 100));
+        after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
+      }
+      const log = cluster.stderr();
+      expect(log).not.toMatch(/failover: replica 1 lost/);
+      expect(after.failures.map((f) => f.replica)).toEqual([0]);
+      const f = after.failures[0]!;
+      expect(f.recovery).toBe('respawned');
+      // Replica 1 kept its workers (same processes) and served during replica 0's recovery.
+      const pids1 = (s: ClusterStatusMsg) => s.workers.filter((w) => w.replica === 1).map((w) => w.pid);
+      expect(pids1(after)).toEqual(pids1(before));
+      const during = got.flatMap((g) => g.arrivals.filter((t) => t > killedAt + 50 && t < killedAt + f.recoveryMs)).length;
+      console.log(`failover with 2 replicas: replica 0 serving again ${f.recoveryMs} ms after the loss; ${f.replayedRequests} streams moved, ` +
+        `${during} tokens delivered by replica 1 during the recovery`);
+      expect(during).toBeGreaterThan(0);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 60_000);
 });
