@@ -32,7 +32,9 @@ export function register(program: Command): void {
 
   model
     .command('init')
-    .description('Write a random-weight Hugging Face checkpoint (config, sharded safetensors, tokenizer) for tests and benchmarks')
+    .description('Write a random-weight Hugging Face checkpoint (config, sharded safetensors, tokenizer) for tests and benchmarks. ' +
+      'Matrices N(0, 0.02), norms N(1, 0.02); o_proj and down_proj N(0, 0.02 / sqrt(2 x layers)), the scaled residual init of ' +
+      'GPT-2 / Megatron-LM, so a deep random model stays well-conditioned (see src/model/README.md)')
     .argument('<out>', 'output folder (created; must be empty if it exists)')
     .addOption(new Option('--arch <arch>', 'architecture').choices(['llama']).default('llama'))
     .addOption(new Option('--preset <preset>', 'model size').choices(Object.keys(PRESETS)).makeOptionMandatory())

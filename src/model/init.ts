@@ -65,9 +65,21 @@ export function llamaConfigJson(s: LlamaShape, dtype: DType, bos: number, eos: n
   };
 }
 
-/** Norms ~1 (± 0.02); matrices N(0, 0.02) as HF's initializer_range, which keeps activations sane. */
-function distribution(name: string): { mean: number; std: number } {
-  return name.endsWith('norm.weight') ? { mean: 1, std: 0.02 } : { mean: 0, std: 0.02 };
+/** HF's initializer_range (config.json's too): the std of every matrix except the residual outputs. */
+export const INIT_STD = 0.02;
+
+/**
+ * Norms ~1 (± 0.02); matrices N(0, 0.02) as HF's initializer_range, except the two projections
+ * that write into the residual stream (o_proj, down_proj): N(0, 0.02 / sqrt(2 × layers)), the
+ * scaled init of GPT-2 and Megatron-LM. Why: each of the 2 × layers residual writes otherwise adds
+ * an update about as large as the stream itself, so a deep random model's stream is chaotic and
+ * its logits flat, and bf16 rounding alone changes its top-1 token at many positions (bf16 vs
+ * f32 HF at the 7b shape: top-1 79%) — such a checkpoint cannot tell an engine bug from noise.
+ */
+export function initDistribution(name: string, layers: number): { mean: number; std: number } {
+  if (name.endsWith('norm.weight')) return { mean: 1, std: INIT_STD };
+  if (name.endsWith('.o_proj.weight') || name.endsWith('.down_proj.weight')) return { mean: 0, std: INIT_STD / Math.sqrt(2 * layers) };
+  return { mean: 0, std: INIT_STD };
 }
 
 /** Consecutive tensors grouped into files of at most maxBytes (a larger tensor gets a file alone). */
@@ -139,7 +151,7 @@ export async function initModel(o: InitOptions): Promise<InitResult> {
   let done = 0;
   for (let i = 0; i < groups.length; i++) {
     await writeSafetensors(join(o.out, names[i]!), groups[i]!, (t) => {
-      const { mean, std } = distribution(t.name);
+      const { mean, std } = initDistribution(t.name, shape.layers);
       return normalFiller(o.seed, t.name, t.dtype, mean, std);
     }, (n) => { done += n; o.onProgress?.(done, total); });
   }

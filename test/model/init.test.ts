@@ -55,6 +55,20 @@ describe('model init', () => {
       expect(Math.abs(mean)).toBeLessThan(0.002);
       expect(std).toBeGreaterThan(0.018);
       expect(std).toBeLessThan(0.022);
+      // The residual outputs (o_proj, down_proj) use the scaled init: std 0.02 / sqrt(2 × 4 layers) = 0.00707.
+      for (const name of ['model.layers.0.self_attn.o_proj.weight', 'model.layers.3.mlp.down_proj.weight']) {
+        const w = [...full.get(name)!].map(bf16ToF32);
+        const m = w.reduce((a, b) => a + b, 0) / w.length;
+        const sd = Math.sqrt(w.reduce((a, b) => a + (b - m) ** 2, 0) / w.length);
+        expect(Math.abs(m), name).toBeLessThan(0.001);
+        expect(sd, name).toBeGreaterThan(0.0064);
+        expect(sd, name).toBeLessThan(0.0078);
+      }
+      // …and the other matrices keep 0.02 (gate_proj here; q_proj above).
+      const gate = [...full.get('model.layers.1.mlp.gate_proj.weight')!].map(bf16ToF32);
+      const gateSd = Math.sqrt(gate.reduce((a, b) => a + b * b, 0) / gate.length);
+      expect(gateSd).toBeGreaterThan(0.018);
+      expect(gateSd).toBeLessThan(0.022);
       const norm = [...full.get('model.norm.weight')!].map(bf16ToF32);
       for (const v of norm) expect(Math.abs(v - 1)).toBeLessThan(0.15);
       // tp=2 rank 1's down_proj is the right half of the columns of the full one.
