@@ -1,5 +1,5 @@
-// Failover by respawn (issue 6): kill -9 a rank of a tp=2 replica while 32 seeded streams of 64
-// tokens are mid-way. The coordinator re-forms the replica (new generation, ranks restarted by the
+// Failover by respawn (issue 6): kill -9 (or SIGSTOP) a rank of a tp=2 or pp=2 replica while 32
+// seeded streams of 64 tokens are mid-way. The coordinator re-forms the replica (new generation, ranks restarted by the
 // launcher, fresh rendezvous and reload) and replays every in-flight request from prompt + tokens
 // already streamed: each stream completes with exactly the tokens of a fault-free run (the
 // single-process engine), with no repeat and no gap, and the recovery time is printed.
@@ -46,14 +46,23 @@ beforeAll(async () => {
   }
 }, 60_000);
 
-describe('failover by respawn on tp=2', () => {
-  for (const victim of [{ rank: 1, what: 'a TP rank (rank 1)' }, { rank: 0, what: 'the replica driver (rank 0)' }]) {
-    it(`kill -9 of ${victim.what} mid-stream: every stream completes with the fault-free tokens`, async () => {
-      const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2',
-        '--request-timeout', '30', '--kv-blocks', '256']);
+describe('failover by respawn (py-tiny, 2 CPU workers per replica)', () => {
+  const faults = [
+    { rank: 1, what: 'kill -9 of a TP rank (rank 1)', layout: ['--tp', '2'], signal: 'SIGKILL', timeout: '2' },
+    { rank: 0, what: 'kill -9 of the replica driver (rank 0)', layout: ['--tp', '2'], signal: 'SIGKILL', timeout: '2' },
+    { rank: 1, what: 'kill -9 of PP stage 1 (rank 1, pp=2)', layout: ['--pp', '2'], signal: 'SIGKILL', timeout: '2' },
+    // A hang: the stream stays open and the peer's collective just waits; only the heartbeat
+    // timeout can tell. The stopped process is killed by the launcher, never back in any generation.
+    { rank: 1, what: 'SIGSTOP (hang) of a TP rank (rank 1)', layout: ['--tp', '2'], signal: 'SIGSTOP', timeout: '1' },
+  ] as const;
+  for (const victim of faults) {
+    it(`${victim.what} mid-stream: every stream completes with the fault-free tokens`, async () => {
+      const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', ...victim.layout, '--heartbeat-interval', '0.2',
+        '--heartbeat-timeout', victim.timeout, '--request-timeout', '30', '--kv-blocks', '256']);
+      let pid = 0;
       try {
         const before = await cluster.client.clusterStatus();
-        const pid = before.workers.find((w) => w.rank === victim.rank)!.pid;
+        pid = before.workers.find((w) => w.rank === victim.rank)!.pid;
         const reqs = requests();
         const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
         const all = Promise.all(reqs.map((r, i) => follow(cluster.client, r, got[i]!)));
@@ -63,7 +72,7 @@ describe('failover by respawn on tp=2', () => {
         while (received() < (STREAMS * TOKENS) / 4 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
         const killedAt = Date.now();
         const atKill = got.map((g) => g.tokenIds.length);
-        process.kill(pid, 'SIGKILL');
+        process.kill(pid, victim.signal);
         await all;
         expect(atKill.some((n) => n === TOKENS), 'every stream was still running at the kill').toBe(false);
         got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
@@ -71,6 +80,7 @@ describe('failover by respawn on tp=2', () => {
         const after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
         expect(BigInt(after.generation)).toBeGreaterThan(BigInt(before.generation));
         expect(after.workers.map((w) => w.pid)).not.toContain(pid);
+        expect(() => process.kill(pid, 0), 'the lost process is gone').toThrow();
         const log = cluster.stderr();
         expect(log).toMatch(/failover: replica 0 lost .*requests re-queued/);
         expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
@@ -81,8 +91,9 @@ describe('failover by respawn on tp=2', () => {
         expect(after.failures).toHaveLength(1);
         const f = after.failures[0]!;
         console.log(`failure as ClusterStatus reports it: ${JSON.stringify(f)}`);
-        // The victim's own stream closes, or its peer's collective fails naming it first.
+        // The victim's own stream closes (or misses heartbeats), or its peer's data plane fails naming it first.
         expect(f.rank === victim.rank || f.cause.includes(`peer rank ${victim.rank}`), f.cause).toBe(true);
+        if (victim.signal === 'SIGSTOP') expect(f.cause).toMatch(/no heartbeat for \d+ ms/);
         expect(f).toMatchObject({ replica: 0, recovery: 'respawned', recoveryMs: Number(m![1]), generation: after.generation, replayedRequests: STREAMS });
         expect(f.atUnixMs).toBeGreaterThanOrEqual(killedAt);
         expect(f.replayedTokens).toBeGreaterThanOrEqual(atKill.reduce((a, b) => a + b, 0));
@@ -90,9 +101,10 @@ describe('failover by respawn on tp=2', () => {
         expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens });
         // The first token any client got after the kill and after the replica serves again.
         const resumed = Math.min(...got.flatMap((g) => g.arrivals.filter((t) => t > killedAt + Number(m![1]))));
-        console.log(`failover (kill -9 ${victim.what}): replica serving again ${m![1]} ms after the loss; ` +
+        console.log(`failover (${victim.what}): replica serving again ${m![1]} ms after the loss; ` +
           `first token after recovery ${resumed - killedAt} ms after the kill; ${atKill.reduce((a, b) => a + b, 0)} of ${STREAMS * TOKENS} tokens streamed before it`);
       } finally {
+        if (victim.signal === 'SIGSTOP' && pid) try { process.kill(pid, 'SIGCONT'); } catch { /* killed by the launcher, as it should be */ }
         expect(await cluster.stop()).toBe(0);
       }
       expect(workerProcesses()).toEqual([]);
