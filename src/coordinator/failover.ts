@@ -66,6 +66,9 @@ export interface FailoverEvents {
   retired: [replica: Replica, reason: string];
 }
 
+/** Causes observed on the lost rank itself (as opposed to a survivor's report about its peer). */
+const DIRECT_CAUSE = /^rank \d+ lost: (control stream|no heartbeat|process exited)/;
+
 /** Consecutive failures of a replica while it re-forms, before it is retired. */
 const MAX_ATTEMPTS = 3;
 /** How long the survivors of a lost replica may take to exit once the launcher kills them. */
@@ -77,6 +80,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private job: Job | undefined;
   private readonly lastLost = new Map<number, WorkerConn>();
   private readonly open = new Map<number, FailureRecord>();
+  /** Pid and host of every rank of the replicas being re-formed, as they joined before the loss. */
+  private readonly lostWorkers = new Map<number, { pid: number; host: string }>();
   private readonly attempts = new Map<number, number>();
   private readonly timer: NodeJS.Timeout;
   private lastCause = '';
@@ -99,7 +104,9 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.job = job;
     job.on('rank-exit', (e) => {
       if (e.expected) return;
-      this.members.loseRank(e.rank, `process exited (${e.signal ?? `code ${e.code ?? '?'}`})`);
+      const how = `process exited (${e.signal ?? `code ${e.code ?? '?'}`})`;
+      this.attribute(e.rank, how);
+      this.members.loseRank(e.rank, how);
     });
   }
 
@@ -111,6 +118,23 @@ export class Failover extends EventEmitter<FailoverEvents> {
       })),
       failover: { ...this.counters },
     };
+  }
+
+  /**
+   * When a survivor reported the failure first (its data plane broke on the dead peer), the rank
+   * whose process then exits on its own is the one that was really lost: name it in the record.
+   * Best effort: when the launcher sees that exit only after respawn() killed the replica's ranks,
+   * the exit counts as expected and the record keeps naming the survivor (its cause names the peer).
+   */
+  private attribute(rank: number, how: string): void {
+    const replica = this.members.layout.ranks[rank]?.replica;
+    const rec = replica === undefined ? undefined : this.open.get(replica);
+    if (!rec || rec.rank === rank || DIRECT_CAUSE.test(rec.cause)) return;
+    const who = this.lostWorkers.get(rank);
+    rec.cause = `rank ${rank} ${how}; first seen by ${rec.cause}`;
+    rec.rank = rank;
+    rec.pid = who?.pid ?? 0;
+    rec.host = who?.host ?? this.members.layout.ranks[rank]!.host;
   }
 
   dispose(): void {
@@ -130,6 +154,10 @@ export class Failover extends EventEmitter<FailoverEvents> {
     const prev = this.open.get(replica.id);
     const attempt = (this.attempts.get(replica.id) ?? 0) + 1;
     this.attempts.set(replica.id, attempt);
+    for (const r of replica.ranks) {
+      const old = this.members.workers.get(r);
+      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.join.host });
+    }
     const generation = this.members.reform(replica);
     let rec: FailureRecord;
     if (prev) {
