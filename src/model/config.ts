@@ -32,7 +32,7 @@ export interface ModelConfig {
   rmsEps: number;
   maxPosition: number;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry a bias (qwen2 always; llama/mistral when attention_bias). */
+  /** q/k/v projections carry a bias (qwen2). llama/mistral with attention_bias are refused (o_proj bias). */
   qkvBias: boolean;
   rope: RopeConfig;
   /** Mistral's sliding attention window (tokens), or null when attention is full. */
@@ -256,7 +256,9 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     rmsEps: f.num('rms_norm_eps', (n) => n > 0, 'a positive number', 1e-6),
     maxPosition,
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
-    qkvBias: mt === 'qwen2' ? true : f.bool('attention_bias', false),
+    // qwen2 always has q/k/v biases. A llama/mistral config with attention_bias has an o_proj bias
+    // too, which the backends do not add yet: refuse it rather than compute something else.
+    qkvBias: mt === 'qwen2' ? true : refuseAttentionBias(f, mt),
     rope: parseRope(f, maxPosition),
     slidingWindow,
     dtype,
@@ -265,6 +267,13 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     bosTokenId: gen.bosTokenId ?? bos[0] ?? null,
     eosTokenIds: gen.eosTokenIds.length ? gen.eosTokenIds : eos,
   };
+}
+
+function refuseAttentionBias(f: Fields, modelType: string): false {
+  if (f.bool('attention_bias', false)) {
+    throw new ConfigError(`${f.file}: field attention_bias is true: ${modelType} with attention biases also has an o_proj bias, which nodespeed does not support yet (qwen2-style q/k/v biases are supported)`);
+  }
+  return false;
 }
 
 /**

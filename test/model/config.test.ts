@@ -58,9 +58,10 @@ describe('loadModelConfig', () => {
       slidingWindow: null, bosTokenId: 3, eosTokenIds: [7, 8] });
   });
 
-  it('mistral records its sliding window; llama attention_bias', () => {
+  it('mistral records its sliding window; llama attention_bias (which implies an o_proj bias) is refused by name', () => {
     expect(loadModelConfig(configDir({ ...TINY_CONFIG, model_type: 'mistral', sliding_window: 4096 })).slidingWindow).toBe(4096);
-    expect(loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: true })).qkvBias).toBe(true);
+    expect(() => loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: true }))).toThrow(/config\.json: field attention_bias is true: llama .* o_proj bias/);
+    expect(loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: false })).qkvBias).toBe(false);
   });
 
   it('errors name config.json and the field', () => {

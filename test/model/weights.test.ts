@@ -32,7 +32,8 @@ function colsOf(full: Float32Array, rows: number, cols: number, c0: number, c1: 
 }
 
 describe('planShard / loadShard', () => {
-  const cfg = { ...TINY_CONFIG, attention_bias: true };
+  // qwen2: q/k/v carry biases, so their slicing is covered too.
+  const cfg = { ...TINY_CONFIG, model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'], attention_bias: true };
   const tensors = tensorsFor(cfg);
   const full = new Map(tensors.map((t) => [t.name, new Float32Array(t.data.slice().buffer)]));
   const dir = writeModel(cfg, tensors, 2);
