@@ -5,6 +5,8 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import type { ShardModelConfig } from '../model/weights.js';
+
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 export type DeviceName = 'cpu' | 'cuda';
 
@@ -17,27 +19,12 @@ export interface RopeConfigJS {
   originalMaxPos?: number;
 }
 
-/** camelCase of ns::ShardConfig (native/src/engine.h), plus the device. */
-export interface ShardConfigJS {
+/**
+ * camelCase of ns::ShardConfig (native/src/engine.h): the model's part, as planShard makes it, plus
+ * the device and the runtime knobs.
+ */
+export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope'> {
   device?: DeviceName;
-  hidden: number;
-  intermediate: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  vocabStart: number;
-  vocabEnd: number;
-  layerStart: number;
-  layerEnd: number;
-  maxPosition: number;
-  rmsEps: number;
-  qkvBias: boolean;
-  tiedEmbeddings: boolean;
-  hasEmbedding: boolean;
-  hasHead: boolean;
-  tpRank: number;
-  tpSize: number;
   rope: RopeConfigJS;
   compute?: DTypeName;
   kvBlockSize?: number;
