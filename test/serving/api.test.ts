@@ -14,7 +14,7 @@ import type { GenerateRequestMsg } from '../../src/client/index.js';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import type { GenerateRequest } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
-import { BIN, PY_TINY, launch, reference, root, stream, workerProcesses } from './helpers.js';
+import { BIN, PY_TINY, grpcError, launch, reference, root, stream, workerProcesses } from './helpers.js';
 import type { LaunchedCluster, PyTinyCase } from './helpers.js';
 
 const MAX_QUEUE = 80;
@@ -42,16 +42,6 @@ async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boo
 
 const idle = () => until('the replica to be idle with every KV block free', () => cluster.client.clusterStatus(),
   (s) => s.replicas[0]!.running === 0 && s.replicas[0]!.kvBlocksFree === s.replicas[0]!.kvBlocksTotal && s.activeRequests === 0);
-
-async function grpcError(p: Promise<unknown>): Promise<NodespeedError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof NodespeedError) return err;
-    throw err;
-  }
-  throw new Error('expected the call to fail');
-}
 
 describe('serving py-tiny with tp=2', () => {
   it('serves the reference greedy continuations', async () => {

@@ -5,7 +5,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { NodespeedClient } from '../../src/client/index.js';
+import { NodespeedClient, NodespeedError } from '../../src/client/index.js';
 import type { GenerateRequestMsg, GenerateResponseMsg } from '../../src/client/index.js';
 
 export const root = resolve(import.meta.dirname, '..', '..');
@@ -106,4 +106,15 @@ export function workerProcesses(): number[] {
     }
   }
   return pids;
+}
+
+/** The NodespeedError a call fails with; throws if it succeeds or fails with anything else. */
+export async function grpcError(p: Promise<unknown>): Promise<NodespeedError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof NodespeedError) return err;
+    throw err;
+  }
+  throw new Error('expected the call to fail');
 }

@@ -8,18 +8,8 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 
-import { NodespeedClient, NodespeedError } from '../../src/client/index.js';
-import { BIN, PY_TINY, launch, stream, workerProcesses } from './helpers.js';
-
-async function failure(p: Promise<unknown>): Promise<NodespeedError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof NodespeedError) return err;
-    throw err;
-  }
-  throw new Error('expected the call to fail');
-}
+import { NodespeedClient } from '../../src/client/index.js';
+import { BIN, PY_TINY, grpcError, launch, stream, workerProcesses } from './helpers.js';
 
 /** Waits until every replica serves in a generation after `since`. */
 async function serving(client: NodespeedClient, since: string): Promise<void> {
@@ -36,17 +26,17 @@ describe('cluster lifecycle', () => {
   it('requires the bearer token when --auth-token is set', async () => {
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token', 's3cret', '--heartbeat-interval', '0.2', '--kv-blocks', '16']);
     try {
-      const anon = await failure(cluster.client.complete({ prompt: 'x', maxTokens: 2 }));
+      const anon = await grpcError(cluster.client.complete({ prompt: 'x', maxTokens: 2 }));
       expect(anon.code).toBe(grpc.status.UNAUTHENTICATED);
-      expect((await failure(cluster.client.clusterStatus())).code).toBe(grpc.status.UNAUTHENTICATED);
+      expect((await grpcError(cluster.client.clusterStatus())).code).toBe(grpc.status.UNAUTHENTICATED);
       const wrong = new NodespeedClient(cluster.address, { authToken: 'guess' });
-      expect((await failure(stream(wrong, { prompt: 'x', maxTokens: 2 }))).code).toBe(grpc.status.UNAUTHENTICATED);
+      expect((await grpcError(stream(wrong, { prompt: 'x', maxTokens: 2 }))).code).toBe(grpc.status.UNAUTHENTICATED);
       wrong.close();
       const authed = new NodespeedClient(cluster.address, { authToken: 's3cret' });
       const c = await authed.complete({ prompt: 'import os\n\n', maxTokens: 5, ignoreEos: true });
       expect(c.tokenIds).toEqual([200, 333, 361, 414, 64]);
       // 16 KV blocks of 16 tokens: 4 prompt + 300 tokens need 19, so the request can never run.
-      const big = await failure(authed.complete({ prompt: 'import os\n\n', maxTokens: 300 }));
+      const big = await grpcError(authed.complete({ prompt: 'import os\n\n', maxTokens: 300 }));
       expect(big.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
       expect(big.details).toContain('needs 19 KV blocks, the replica\'s cache has 16');
       // Heartbeats flow every 0.2 s in both directions.
@@ -69,7 +59,7 @@ describe('cluster lifecycle', () => {
     try {
       const st = await cluster.client.clusterStatus();
       const victim = st.workers[1]!.pid;
-      const inflight = failure(stream(cluster.client, { prompt: 'def main():\n', maxTokens: 450, ignoreEos: true }));
+      const inflight = grpcError(stream(cluster.client, { prompt: 'def main():\n', maxTokens: 450, ignoreEos: true }));
       await new Promise((r) => setTimeout(r, 300));
       process.kill(victim, 'SIGKILL');
       const err = await inflight;
