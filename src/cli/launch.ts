@@ -32,6 +32,7 @@ export interface LaunchFlags {
   heartbeatInterval: number;
   heartbeatTimeout: number;
   requestTimeout: number;
+  metricsPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   progress: boolean;
@@ -49,6 +50,14 @@ function secondsArg(flag: string) {
   return (v: string) => {
     const n = Number(v);
     if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number of seconds > 0 (got ${v})`);
+    return n;
+  };
+}
+
+function portArg(flag: string) {
+  return (v: string) => {
+    const n = intArg(flag, 0)(v);
+    if (n > 65535) throw new InvalidArgumentError(`${flag} must be a port number 0-65535 (got ${v})`);
     return n;
   };
 }
@@ -78,6 +87,8 @@ export function addServingOptions(cmd: Command): Command {
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
     .option('--request-timeout <s>', 'seconds a request may wait for a replica to recover before it fails UNAVAILABLE',
       secondsArg('--request-timeout'), 60)
+    .option('--metrics-port <port>', 'serve Prometheus metrics at http://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
+      portArg('--metrics-port'))
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
     .option('--no-progress', 'no progress bar');
@@ -134,6 +145,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       // A GPU step costs about the same for 1 or 2048 tokens of prefill; a CPU step grows with them.
       maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 2048 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
+      ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
@@ -183,7 +195,8 @@ export function register(program: Command): void {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
-    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}\n`);
+    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
+      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

@@ -1,13 +1,33 @@
 // `nodespeed status --server ADDR [--json]`: the cluster as the coordinator sees it. --json prints
-// the whole ClusterStatus (every worker with rank, replica, stage, TP rank, host, pid and state).
+// the whole ClusterStatus (every worker with rank, replica, stage, TP rank, host, pid and state,
+// every failure and the failover counters).
 import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
-import type { ClusterStatusMsg } from '../client/index.js';
+import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(w[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+/**
+ * One line per failure, so a log scraper or a person can read each incident whole:
+ *   2026-11-23T13:10:01.123Z rank 1 @host pid 4242 (replica 0): process exited (SIGKILL) -> respawned in 3412 ms (generation 3); replayed 32 requests, 512 tokens
+ */
+export function formatFailure(f: FailureStatusMsg, now = Date.now()): string {
+  const outcome = f.recovery === 'respawned' ? `respawned in ${Math.round(f.recoveryMs)} ms`
+    : f.recovery === 'respawning' ? `respawning (${Math.round(now - f.atUnixMs)} ms so far)` : f.recovery;
+  return `${new Date(f.atUnixMs).toISOString()} rank ${f.rank} @${f.host} pid ${f.pid} (replica ${f.replica}): ${f.cause} -> ${outcome} ` +
+    `(generation ${f.generation}); replayed ${f.replayedRequests} requests, ${f.replayedTokens} tokens`;
+}
+
+function formatFailover(s: ClusterStatusMsg): string {
+  const c = s.failover ?? { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
+  const head = `failover: ${c.failures} failure(s), ${c.recoveries} recovered, ${c.replayedRequests} request(s) replayed ` +
+    `(${c.replayedTokens} tokens already streamed)`;
+  const failures = s.failures ?? [];
+  return failures.length ? `${head}\nfailures (oldest first):\n${failures.map((f) => `  ${formatFailure(f)}`).join('\n')}` : head;
 }
 
 export function formatStatus(s: ClusterStatusMsg): string {
@@ -19,7 +39,7 @@ export function formatStatus(s: ClusterStatusMsg): string {
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
       w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));
-  return `${head}\n\n${replicas}\n\n${workers}\n`;
+  return `${head}\n\n${replicas}\n\n${workers}\n\n${formatFailover(s)}\n`;
 }
 
 export function register(program: Command): void {

@@ -81,6 +81,36 @@ export interface ReplicaStatusMsg {
   maxInFlight: number;
 }
 
+/** How failover handled a loss: respawning (in progress), respawned (serving again), retired (gave up). */
+export type RecoveryName = 'respawning' | 'respawned' | 'retired' | (string & {});
+
+/** One lost worker and what failover did about it (FailureStatus, issue 6). */
+export interface FailureStatusMsg {
+  rank: number;
+  host: string;
+  /** The lost process. */
+  pid: number;
+  replica: number;
+  cause: string;
+  /** When it was declared lost (Unix ms). */
+  atUnixMs: number;
+  recovery: RecoveryName;
+  /** Loss to serving again; 0 until recovered. */
+  recoveryMs: number;
+  /** The membership generation the replica was re-formed in (uint64 as a decimal string). */
+  generation: string;
+  /** In-flight requests re-queued from the lost replica, and the tokens they had already streamed. */
+  replayedRequests: number;
+  replayedTokens: number;
+}
+
+export interface FailoverCountersMsg {
+  failures: number;
+  recoveries: number;
+  replayedRequests: number;
+  replayedTokens: number;
+}
+
 export interface ClusterStatusMsg {
   model: string;
   tp: number;
@@ -93,4 +123,8 @@ export interface ClusterStatusMsg {
   pendingRequests: number;
   activeRequests: number;
   state: string;
+  /** Every failure since launch, oldest first. */
+  failures: FailureStatusMsg[];
+  /** Totals since launch; zeros before any failure (a nodespeed server always sets it). */
+  failover: FailoverCountersMsg;
 }

@@ -6,9 +6,10 @@ import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
+  ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
 } from '../client/types.js';
 import type { Membership } from './membership.js';
+import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import type { Router } from './router.js';
@@ -23,7 +24,9 @@ export interface ApiOptions {
   authToken?: string;
   state: () => string;
   /** Failures and failover counters (ClusterStatus fields 12-13), from the failover module. */
-  failover?: () => Record<string, unknown>;
+  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg };
+  /** Counts requests and streamed tokens for Prometheus (--metrics-port). */
+  metrics?: ApiMetrics;
 }
 
 const FINISH: FinishReasonName[] = ['FINISH_REASON_UNSPECIFIED', 'FINISH_REASON_STOP', 'FINISH_REASON_LENGTH'];
@@ -45,6 +48,14 @@ export class InferenceApi {
 
   /** Validates, admits and routes a request; the sink receives its tokens. */
   private accept(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+    const r = this.admit(req, md, sink);
+    const m = this.o.metrics;
+    if (m && r instanceof RequestRecord) m.accepted();
+    else if (m) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
+    return r;
+  }
+
+  private admit(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const denied = this.authorize(md);
     if (denied) return denied;
     let v: ReturnType<typeof validateRequest>;
@@ -57,7 +68,10 @@ export class InferenceApi {
     if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
     if (this.store.size >= this.o.maxQueue)
       return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
-    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, sink);
+    const m = this.o.metrics;
+    // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
+    const counted: RequestSink = m ? { update: (u) => (m.streamed(u.tokenIds.length), sink.update(u)), fail: (c, d) => sink.fail(c, d) } : sink;
+    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, counted);
     this.store.add(rec);
     this.router.submit(rec);
     return rec;
@@ -151,7 +165,7 @@ export class InferenceApi {
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
         };
       }),
-      ...(this.o.failover?.() ?? {}),
+      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 } }),
     };
   }
 

@@ -38,6 +38,8 @@ export interface ClusterOptions {
   heartbeatTimeoutMs: number;
   /** See CoordinatorOptions.requestTimeoutMs. */
   requestTimeoutMs: number;
+  /** See CoordinatorOptions.metricsPort. */
+  metricsPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   ssh?: SshOptions;
@@ -57,6 +59,8 @@ export interface Cluster {
   config: ModelConfig;
   /** host:port clients can dial. */
   address: string;
+  /** host:port of the Prometheus endpoint (GET /metrics), with --metrics-port. */
+  metricsAddress?: string;
   stop(reason?: string): Promise<void>;
 }
 
@@ -114,6 +118,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, log: o.log, bind: o.bind, port: o.port,
+    ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
@@ -166,5 +171,6 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   // From now on a lost rank is recovered (respawned by this job) instead of failing the launch.
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
-  return { coordinator, job, layout, config, address: `${host}:${port}`, stop };
+  const metrics = coordinator.metricsServer;
+  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}), stop };
 }

@@ -13,6 +13,8 @@ import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
+import { CoordinatorMetrics, serveMetrics } from './metrics.js';
+import type { MetricsServer } from './metrics.js';
 import type { MembershipOptions, Replica } from './membership.js';
 import { RequestStore } from './requests.js';
 import { Router } from './router.js';
@@ -27,6 +29,8 @@ export interface CoordinatorOptions extends MembershipOptions {
   port: number;
   /** A request that waits this long for a serving replica (after a failure) fails UNAVAILABLE. */
   requestTimeoutMs: number;
+  /** Serve Prometheus metrics over HTTP on this port of `bind` (0: any free port); absent: off. */
+  metricsPort?: number;
 }
 
 export class Coordinator {
@@ -35,6 +39,9 @@ export class Coordinator {
   readonly router: Router;
   readonly api: InferenceApi;
   readonly failover: Failover;
+  /** Only with metricsPort: nothing is counted when nobody can scrape it. */
+  readonly metrics: CoordinatorMetrics | undefined;
+  metricsServer: MetricsServer | undefined;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
   private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
   private state = 'starting';
@@ -45,8 +52,10 @@ export class Coordinator {
     this.router = new Router(this.members, this.store, o.log);
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log });
     this.failover = failover;
+    this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });
     this.api = new InferenceApi(this.members, this.store, this.router, {
       model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
+      ...(this.metrics ? { metrics: this.metrics } : {}),
     });
     this.members.on('replica-serving', () => this.updateHealth());
     this.members.on('replica-lost', () => this.updateHealth());
@@ -77,6 +86,15 @@ export class Coordinator {
         if (err) reject(new Error(`cannot listen on ${host}:${this.o.port}: ${err.message}`));
         else resolve(port);
       }));
+    if (this.metrics) {
+      try {
+        this.metricsServer = await serveMetrics(this.metrics.registry, this.o.bind, this.o.metricsPort!);
+      } catch (err) {
+        this.server.forceShutdown();
+        throw err;
+      }
+      this.o.log(`coordinator: Prometheus metrics at http://${this.metricsServer.address}/metrics`);
+    }
     return this.port;
   }
 
@@ -113,6 +131,7 @@ export class Coordinator {
       rec.sink.fail(grpc.status.UNAVAILABLE, `server ${reason}`);
     }
     this.members.stopAll(reason);
+    await this.metricsServer?.close();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.server.forceShutdown();

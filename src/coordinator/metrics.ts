@@ -1,0 +1,161 @@
+// Prometheus metrics of the coordinator (issue 6, item 4, plus the serving basics), served in the
+// text exposition format over HTTP by `nodespeed launch --metrics-port N`.
+//
+// prom-client with a registry of our own, never the global default one: an application that
+// embeds the coordinator (launchCluster) keeps its own default registry to itself, and two
+// coordinators in one process (tests) do not collide on metric names.
+//
+// Two kinds of sources:
+//   - events only the API sees (a request accepted or refused, tokens streamed to a client) are
+//     counted as they happen, through the ApiMetrics hooks;
+//   - everything the coordinator already keeps (failover counters, membership generation, replica
+//     load) is read at scrape time in collect(), so a scrape can never disagree with ClusterStatus.
+//     The failover counters are prom Counters fed by the difference since the last scrape: they
+//     only ever grow, and Prometheus' rate() sees a proper counter.
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+import type { Failover, FailoverCounters } from './failover.js';
+import type { Membership } from './membership.js';
+import type { RequestStore } from './requests.js';
+
+/** What the public API reports as it happens (see InferenceApi). */
+export interface ApiMetrics {
+  accepted(): void;
+  /** A request refused before it was accepted, by gRPC status name (INVALID_ARGUMENT, ...). */
+  rejected(code: string): void;
+  /** Tokens sent to a client (each token once: a replay's re-sent prefix is not counted). */
+  streamed(tokens: number): void;
+}
+
+export interface MetricsSources {
+  members: Membership;
+  store: RequestStore;
+  failover: Failover;
+}
+
+/** A counter that follows a monotonic number kept elsewhere, read at scrape time. */
+function mirroredCounter(registry: Registry, name: string, help: string, read: () => number): Counter {
+  let seen = 0;
+  return new Counter({
+    name, help, registers: [registry],
+    collect() {
+      const now = read();
+      if (now > seen) this.inc(now - seen);
+      seen = Math.max(seen, now);
+    },
+  });
+}
+
+export class CoordinatorMetrics implements ApiMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter;
+  private readonly rejections: Counter<'code'>;
+  private readonly tokens: Counter;
+
+  constructor(src: MetricsSources) {
+    const r = this.registry;
+    const { members, store, failover } = src;
+    // Process CPU, memory and event-loop lag of the coordinator: a stalled event loop delays
+    // heartbeats and gets healthy workers declared dead, so it is worth watching.
+    collectDefaultMetrics({ register: r });
+
+    this.requests = new Counter({ name: 'nodespeed_requests_total', help: 'Generate/Complete requests accepted', registers: [r] });
+    this.rejections = new Counter({
+      name: 'nodespeed_requests_rejected_total', help: 'Requests refused before acceptance, by gRPC status', labelNames: ['code'], registers: [r],
+    });
+    this.tokens = new Counter({
+      name: 'nodespeed_generated_tokens_total', help: 'Tokens streamed to clients (a replayed prefix counts once)', registers: [r],
+    });
+    new Gauge({
+      name: 'nodespeed_requests_in_flight', help: 'Requests accepted and not finished', registers: [r],
+      collect() { this.set(store.size); },
+    });
+    new Gauge({
+      name: 'nodespeed_requests_pending', help: 'Accepted requests waiting for a serving replica (e.g. during a failover)', registers: [r],
+      collect() { this.set(store.pending().length); },
+    });
+    // Per-replica state from the drivers' last load report (a re-forming replica has none: 0).
+    const perReplica = (name: string, help: string, read: (rep: Membership['replicas'][number]) => number) => new Gauge({
+      name, help, labelNames: ['replica'], registers: [r],
+      collect() {
+        this.reset();
+        for (const rep of members.replicas) this.set({ replica: String(rep.id) }, read(rep));
+      },
+    });
+    perReplica('nodespeed_replica_queue_depth', 'Requests routed to the replica and not admitted to its batch yet', (rep) => rep.load?.queued ?? 0);
+    perReplica('nodespeed_replica_running', 'Sequences in the replica\'s batch', (rep) => rep.load?.running ?? 0);
+    perReplica('nodespeed_kv_blocks_total', 'KV cache blocks of the replica', (rep) => rep.load?.kvBlocksTotal ?? rep.kvBlocks);
+    perReplica('nodespeed_kv_blocks_used', 'KV cache blocks in use', (rep) => rep.load ? rep.load.kvBlocksTotal - rep.load.kvBlocksFree : 0);
+    perReplica('nodespeed_replica_serving', '1 while the replica serves, 0 while it forms, loads or is lost', (rep) => (rep.state === 'serving' ? 1 : 0));
+    new Gauge({
+      name: 'nodespeed_replicas_serving', help: 'Replicas serving now', registers: [r],
+      collect() { this.set(members.replicas.filter((rep) => rep.state === 'serving').length); },
+    });
+    new Gauge({
+      name: 'nodespeed_membership_generation', help: 'Membership generation (grows by one each time a replica is re-formed)', registers: [r],
+      collect() { this.set(Number(members.generation)); },
+    });
+
+    const c = (k: keyof FailoverCounters) => () => failover.counters[k];
+    mirroredCounter(r, 'nodespeed_failures_total', 'Workers lost (one per incident, as in ClusterStatus failures)', c('failures'));
+    mirroredCounter(r, 'nodespeed_recoveries_total', 'Lost replicas serving again', c('recoveries'));
+    mirroredCounter(r, 'nodespeed_replayed_requests_total', 'In-flight requests re-queued from a lost replica', c('replayedRequests'));
+    mirroredCounter(r, 'nodespeed_replayed_tokens_total', 'Tokens those requests had already streamed (replayed as prompt)', c('replayedTokens'));
+    const recovery = new Histogram({
+      name: 'nodespeed_recovery_seconds', help: 'Loss of a worker to its replica serving again', registers: [r],
+      buckets: [0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120],
+    });
+    failover.on('recovered', (rec) => recovery.observe((rec.recoveryMs ?? 0) / 1000));
+  }
+
+  accepted(): void {
+    this.requests.inc();
+  }
+
+  rejected(code: string): void {
+    this.rejections.inc({ code });
+  }
+
+  streamed(tokens: number): void {
+    if (tokens > 0) this.tokens.inc(tokens);
+  }
+}
+
+export interface MetricsServer {
+  /** host:port it listens on. */
+  address: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves the registry at GET /metrics (Prometheus text format); 404 elsewhere. */
+export async function serveMetrics(registry: Registry, bind: string, port: number): Promise<MetricsServer> {
+  const server: Server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' || path !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('nodespeed: metrics are at GET /metrics\n');
+      return;
+    }
+    registry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+      (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`),
+    );
+  });
+  const host = bind.includes(':') ? `[${bind}]` : bind;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`--metrics-port: cannot listen on ${host}:${port}: ${err.message}`)));
+    server.listen(port, bind, () => resolve());
+  });
+  const actual = (server.address() as AddressInfo).port;
+  return {
+    address: `${host}:${actual}`, port: actual,
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
+  };
+}
