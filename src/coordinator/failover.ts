@@ -176,7 +176,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
       this.open.set(replica.id, rec);
       this.counters.failures++;
     }
-    this.o.log(`failover: replica ${replica.id} lost (${reason}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
+    // One line per event (failure, recovery, retirement), each whole: who, cause, what is done, ms.
+    this.o.log(`failover: replica ${replica.id} lost (${reason}; pid ${w?.join.pid ?? '?'} on ${w?.join.host ?? '?'}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
       `respawning its ranks in generation ${generation} (attempt ${attempt})`);
     if (attempt > MAX_ATTEMPTS) {
       this.retire(replica, rec, `failed ${attempt} times in a row while re-forming`);
@@ -205,7 +206,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recovery = 'retired';
     this.open.delete(replica.id);
     this.members.retire(replica);
-    this.o.log(`failover: replica ${replica.id} retired: ${why}`);
+    this.o.log(`failover: replica ${replica.id} retired ${Date.now() - rec.at} ms after rank ${rec.rank} (pid ${rec.pid} on ${rec.host}) was lost: ${why}; ` +
+      `cause: ${rec.cause}; the other replicas carry its requests`);
     this.emit('retired', replica, why);
   }
 
@@ -218,7 +220,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recoveredAt = Date.now();
     rec.recoveryMs = rec.recoveredAt - rec.at;
     this.counters.recoveries++;
-    this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost`);
+    this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
+      `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovered by respawn, ${rec.replayedRequests} requests replayed`);
     this.emit('recovered', rec);
   }
 
