@@ -16,8 +16,9 @@ function table(header: string[], rows: string[][]): string {
  *   2026-11-23T13:10:01.123Z rank 1 @host pid 4242 (replica 0): process exited (SIGKILL) -> respawned in 3412 ms (generation 3); replayed 32 requests, 512 tokens
  */
 export function formatFailure(f: FailureStatusMsg, now = Date.now()): string {
-  const outcome = f.recovery === 'respawned' ? `respawned in ${Math.round(f.recoveryMs)} ms`
-    : f.recovery === 'respawning' ? `respawning (${Math.round(now - f.atUnixMs)} ms so far)` : f.recovery;
+  // recoveryMs is set once the replica serves again, whatever re-formed it (respawn, a spare).
+  const outcome = f.recovery === 'retired' ? 'retired'
+    : f.recoveryMs > 0 ? `${f.recovery} in ${Math.round(f.recoveryMs)} ms` : `${f.recovery} (${Math.round(now - f.atUnixMs)} ms so far)`;
   return `${new Date(f.atUnixMs).toISOString()} rank ${f.rank} @${f.host} pid ${f.pid} (replica ${f.replica}): ${f.cause} -> ${outcome} ` +
     `(generation ${f.generation}); replayed ${f.replayedRequests} requests, ${f.replayedTokens} tokens`;
 }

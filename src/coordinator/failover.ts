@@ -221,7 +221,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recoveryMs = rec.recoveredAt - rec.at;
     this.counters.recoveries++;
     this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
-      `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovered by respawn, ${rec.replayedRequests} requests replayed`);
+      `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovery: ${rec.recovery}, ${rec.replayedRequests} requests replayed`);
     this.emit('recovered', rec);
   }
 

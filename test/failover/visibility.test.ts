@@ -146,7 +146,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
       expect(events[0]).toMatch(new RegExp(`^failover: replica 1 lost \\(rank ${victim.rank} lost: .+; pid ${victim.pid} on ${f.host}\\); ` +
         `${f.replayedRequests} requests re-queued \\(${f.replayedTokens} tokens streamed\\), respawning its ranks in generation ${f.generation}`));
       expect(events[1]).toBe(`failover: replica 1 serving again in generation ${f.generation}, ${f.recoveryMs} ms after rank ${victim.rank} was lost ` +
-        `(pid ${victim.pid} on ${f.host}: ${f.cause}); recovered by respawn, ${f.replayedRequests} requests replayed`);
+        `(pid ${victim.pid} on ${f.host}: ${f.cause}); recovery: respawned, ${f.replayedRequests} requests replayed`);
     } finally {
       expect(await cluster.stop()).toBe(0);
     }
