@@ -11,6 +11,7 @@ import type { Engine } from '../engine/engine.js';
 import type { Comm } from '../comm/comm.js';
 import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
 import type { PlannedStep, Scheduler } from './scheduler.js';
+import { stepTracer } from './step-trace.js';
 import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
 
 export interface ReplicaPosition {
@@ -76,6 +77,7 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
   const world = pos.tp * pos.pp;
   const lastStage0 = (pos.pp - 1) * pos.tp;
   const inFlight: PlannedStep[] = [];
+  const trace = stepTracer();
   for (;;) {
     if (hooks.stopping()) break;
     // Fill the pipeline: up to pp micro-batches in flight.
@@ -92,7 +94,9 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
           await plane.send(body, r);
         }
       }
+      const t0 = trace ? performance.now() : 0;
       const out = await engine.step({ seqs: step.seqs });
+      trace?.(step, performance.now() - t0);
       if (pos.pp === 1) {
         hooks.emit(sched.complete(step, out.sampled));
         continue;

@@ -34,6 +34,11 @@ engine.dispose();
 
 const tmp = mkdtempSync(join(tmpdir(), 'ns7b-'));
 writeFileSync(join(tmp, 'ids.json'), JSON.stringify(ids));
+// NS_DUMP_DIR=dir keeps the ids and our prefill-path logits for bench/decode/hf_noise.py.
+if (process.env.NS_DUMP_DIR) {
+  writeFileSync(join(process.env.NS_DUMP_DIR, 'ids.json'), JSON.stringify(ids));
+  writeFileSync(join(process.env.NS_DUMP_DIR, 'ours.bin'), Buffer.from(prefill.logits.buffer, prefill.logits.byteOffset, prefill.logits.byteLength));
+}
 const py = spawnSync('python3', [join(root, 'test', 'gpu', 'hf_logits.py'), dir, join(tmp, 'ids.json'), join(tmp, 'hf.bin'), join(tmp, 'hf32.bin')],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 if (py.status !== 0) { console.log(JSON.stringify({ ok: false, error: 'hf_logits.py failed' })); process.exit(1); }

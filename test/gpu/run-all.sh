@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|7b|bench|profile ...]   (default: all)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|serve|bench|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -34,7 +34,15 @@ for s in $steps; do
               [ $status = 0 ] || run sanitizer compute-sanitizer --print-limit 5 node test/gpu/fixtures.mjs ;;
     tp2) run tp2 node test/gpu/tp2.mjs ;;
     nccl) if [ -f test/gpu/nccl-allreduce.mjs ]; then run nccl node test/gpu/nccl-allreduce.mjs; else echo "== nccl: test/gpu/nccl-allreduce.mjs not present"; fi ;;
-    7b) make_model; run model-7b node test/gpu/model-7b.mjs "$MODEL" ;;
+    7b) make_model; NS_DUMP_DIR=/tmp run model-7b node test/gpu/model-7b.mjs "$MODEL" ;;
+    noise) make_model; [ -f /tmp/ids.json ] || NS_DUMP_DIR=/tmp run model-7b node test/gpu/model-7b.mjs "$MODEL"
+           run hf-noise python3 bench/decode/hf_noise.py "$MODEL" /tmp/ids.json /tmp/ours.bin; cp "$LOGS/hf-noise.log" "$OUT/hf-noise.json" ;;
+    batchprofile) make_model  # ncu of one 2048-token prefill step (index 1) and one batch-64 decode step (index 32)
+      for st in 1 32; do NODESPEED_CUDA_PROFILE_STEP=$st ncu --profile-from-start off --clock-control none --cache-control none --csv \
+        --metrics gpu__time_duration.sum node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 24 > "$LOGS/ncu-$st.csv" 2>"$LOGS/ncu-$st.err"
+        tail -2 "$LOGS/ncu-$st.err"; echo "-- step $st"; RESULTS_DIR=/tmp node bench/decode/summarize-ncu.mjs "$LOGS/ncu-$st.csv" | head -c 3000; cp /tmp/decode-profile-*.json "$OUT/batch-profile-step$st.json"; done ;;
+    batchstep) make_model; run batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 256 ;;
+    serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
     profile) make_model
       wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")

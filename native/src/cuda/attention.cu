@@ -56,8 +56,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
     const float corr = __expf(m - mn);
     const float p = __expf(s - mn);
     l = l * corr + p;
+    // P is rounded to the activation dtype before P·V, as in flash attention (PyTorch SDPA, HF's
+    // default); the row sum l keeps the f32 p.
+    const float pr = to_f(from_f<T>(p));
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) acc[e] = acc[e] * corr + p * vv[e];
+    for (int e = 0; e < EPL; ++e) acc[e] = acc[e] * corr + pr * vv[e];
     m = mn;
   }
 

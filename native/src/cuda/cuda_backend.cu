@@ -318,12 +318,17 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
     x = act_mlp_.ptr;
   }
   if (use_gemv_ && M <= 4 && K % 8 == 0) {
-    gemv(act_, w, x, M, N, K, y, mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddF32,
+    gemv(act_, w, x, M, N, K, y, mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddResidual,
          stream_);
     return;
   }
+  if (mode == Out::AddResidual) {  // cuBLAS writes the projection in the activation dtype, then the rounded add
+    matmul(x, w, M, N, K, tmp_.ptr, Out::Act);
+    residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
+    return;
+  }
   // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T.
-  const float alpha = 1.f, beta = mode == Out::AddF32 ? 1.f : 0.f;
+  const float alpha = 1.f, beta = 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
   const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
                                           y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -337,12 +342,12 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
 void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
-    matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddF32, swiglu_in);
+    matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddResidual, swiglu_in);
     return;
   }
   matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
-  add_f32(residual_.as<float>(), tmp_.as<float>(), n, stream_);
+  residual_add(act_, residual_.as<float>(), DType::F32, tmp_.ptr, n, stream_);
 }
 
 std::string CudaBackend::describe() const {

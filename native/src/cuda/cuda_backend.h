@@ -49,7 +49,7 @@ class CudaBackend final : public Backend {
   std::string describe() const override;
 
  private:
-  enum class Out { Act, F32, AddF32 };
+  enum class Out { Act, F32, AddResidual };
   // Offsets (int32 words) of the per-step arrays in the packed metadata buffer, and the counts.
   struct StepPlan {
     int T = 0, S = 0, n_bt = 0, R = 0, NS = 0, splits = 1, bucket = 0;  // bucket > 0: CUDA-graph decode

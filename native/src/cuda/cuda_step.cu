@@ -192,6 +192,7 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
     unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
+  round_to_act(act_, logits, (size_t)p.R * c.vocab_size, st);  // HF's logits are an activation-dtype tensor
   sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
          ids_.as<int32_t>(), st);
 }

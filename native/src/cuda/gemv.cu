@@ -103,7 +103,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
     const size_t o = (size_t)r * N + n;
     if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(acc[r]);
     else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = acc[r];
-    else static_cast<float*>(y)[o] += acc[r];
+    else {
+      float* res = static_cast<float*>(y) + o;
+      *res = to_f(from_f<T>(*res + to_f(from_f<T>(acc[r]))));
+    }
   }
 }
 
@@ -143,7 +146,7 @@ void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y,
     const E* xx = static_cast<const E*>(x);
     if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, s);
     else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, s);
-    else launch_mode<E, GemvOut::AddF32>(w, xx, R, N, K, y, s);
+    else launch_mode<E, GemvOut::AddResidual>(w, xx, R, N, K, y, s);
   });
   NS_LAUNCHED("gemv");
 }

@@ -19,7 +19,7 @@ void convert(DType dst_dt, void* dst, DType src_dt, const void* src, size_t n, c
 void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, int vstart, int vend,
                float* residual, cudaStream_t s);
 
-// out[r, :] = act(x[row] * rsqrt(mean(x[row]^2) + eps) * w) with row = rows ? rows[r] : r.
+// out[r, :] = act(act(x[row] * rsqrt(mean(x[row]^2) + eps)) * w) with row = rows ? rows[r] : r.
 void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
              void* out, cudaStream_t s);
 
@@ -40,13 +40,19 @@ struct AttnArgs {
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
-// out[t, i] = silu(gu[t, i]) * gu[t, I + i]  (gate and up fused in one [T, 2I] GEMM output).
+// out[t, i] = act(act(silu(gu[t, i])) * gu[t, I + i])  (gate and up fused in one [T, 2I] GEMM output).
 void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);
 
-void add_f32(float* dst, const float* src, size_t n, cudaStream_t s);
+// The residual stream lives in f32 buffers but holds activation-dtype values, as in HF:
+// residual = act(residual + act(x)), x in the activation dtype or f32 (an all-reduced partial sum).
+void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t n, cudaStream_t s);
+
+// x = act(x) in place: logits are an activation-dtype tensor in HF before sampling sees them.
+void round_to_act(DType act, float* x, size_t n, cudaStream_t s);
 
 // Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
-enum class GemvOut { Act, F32, AddF32 };
+// AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
+enum class GemvOut { Act, F32, AddResidual };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first

@@ -1,4 +1,7 @@
 // Elementwise and row-wise kernels: dtype conversion, embedding, RMSNorm, SwiGLU, adds.
+// Rounding follows Hugging Face transformers' bf16/fp16 forward op by op (docs/ENGINE.md "CUDA
+// numerics"): every tensor HF materialises in the activation dtype is rounded to it here too, so
+// our logits track HF's own rounding instead of adding an independent one.
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 
@@ -42,7 +45,8 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const
   __syncthreads();
   const float inv = rsqrtf(part[0] / H + eps);
   T* o = out + (size_t)r * H;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(xr[i] * inv * w[i]);
+  // HF: weight * (x * rsqrt(var + eps)).to(dtype): the normalised row is rounded before the weight.
+  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(to_f(from_f<T>(xr[i] * inv)) * w[i]);
 }
 
 template <typename T>
@@ -52,14 +56,24 @@ __global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out) {
     const size_t t = i / I, j = i % I;
     const float g = to_f(gu[t * 2 * I + j]);
     const float u = to_f(gu[t * 2 * I + I + j]);
-    out[i] = from_f<T>(g / (1.f + __expf(-g)) * u);
+    out[i] = from_f<T>(to_f(from_f<T>(g / (1.f + __expf(-g)))) * u);  // HF: act_fn(gate) is a tensor, then * up
   }
 }
 
-__global__ void add_kernel(float* dst, const float* src, size_t n) {
+// residual = round(residual + round(x)): the projection's output and the sum are both tensors of
+// the activation dtype in HF (x may already be in it, or an fp32 all-reduced partial sum).
+template <typename T, typename S>
+__global__ void residual_add_kernel(float* res, const S* x, size_t n) {
   grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    dst[i] += src[i];
+    res[i] = to_f(from_f<T>(res[i] + to_f(from_f<T>(to_f(x[i])))));
+}
+
+template <typename T>
+__global__ void round_kernel(float* x, size_t n) {
+  grid_dependency_wait();
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    x[i] = to_f(from_f<T>(x[i]));
 }
 
 // Output column c of row r comes from rank c / stride, whose compact [R, Vs_rank] block starts at
@@ -113,10 +127,19 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) 
   NS_LAUNCHED("swiglu");
 }
 
-void add_f32(float* dst, const float* src, size_t n, cudaStream_t s) {
+void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  launch("add_f32", add_kernel, dim3(grid_for(n)), dim3(256), s, dst, src, n);
-  NS_LAUNCHED("add_f32");
+  NS_DISPATCH_ACT(act, E, {
+    if (x_dt == DType::F32) launch("residual_add", residual_add_kernel<E, float>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const float*>(x), n);
+    else launch("residual_add", residual_add_kernel<E, E>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const E*>(x), n);
+  });
+  NS_LAUNCHED("residual_add");
+}
+
+void round_to_act(DType act, float* x, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  NS_DISPATCH_ACT(act, E, { launch("round_to_act", round_kernel<E>, dim3(grid_for(n)), dim3(256), s, x, n); });
+  NS_LAUNCHED("round_to_act");
 }
 
 void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s) {

@@ -23,11 +23,14 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, c
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
       const int a = h * hd + j, b = a + half;
       float x1 = to_f(row[a]), x2 = to_f(row[b]);
-      if (bias) { x1 += to_f(bias[a]); x2 += to_f(bias[b]); }
+      if (bias) { x1 = to_f(from_f<T>(x1 + to_f(bias[a]))); x2 = to_f(from_f<T>(x2 + to_f(bias[b]))); }
       float sn, cs;
       sincosf(p * inv_freq[j], &sn, &cs);
-      const T o1 = from_f<T>(x1 * cs - x2 * sn);
-      const T o2 = from_f<T>(x2 * cs + x1 * sn);
+      // HF: q * cos + rotate_half(q) * sin with cos, sin and both products activation-dtype tensors.
+      cs = to_f(from_f<T>(cs));
+      sn = to_f(from_f<T>(sn));
+      const T o1 = from_f<T>(to_f(from_f<T>(x1 * cs)) + to_f(from_f<T>(-x2 * sn)));
+      const T o2 = from_f<T>(to_f(from_f<T>(x2 * cs)) + to_f(from_f<T>(x1 * sn)));
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
