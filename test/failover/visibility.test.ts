@@ -58,6 +58,11 @@ describe('failover visibility: status, metrics and the launcher log after a kill
       expect(m0.get('nodespeed_replicas_serving')).toBe(2);
       expect(m0.get('nodespeed_membership_generation')).toBe(Number(before.generation));
       expect(m0.get('nodespeed_kv_blocks_total{replica="1"}')).toBe(256);
+      // A refused request is counted by its gRPC status, and not as accepted.
+      await expect(cluster.client.complete({ prompt: 'x', maxTokens: 0 })).rejects.toThrow(/max_tokens/);
+      const mr = await scrape(metricsAddr);
+      expect(mr.get('nodespeed_requests_rejected_total{code="INVALID_ARGUMENT"}')).toBe(1);
+      expect(mr.get('nodespeed_requests_total')).toBe(0);
       const quiet = cli(['status', '--server', cluster.address]);
       expect(quiet.status, quiet.stderr).toBe(0);
       expect(quiet.stdout).toContain('failover: 0 failure(s), 0 recovered, 0 request(s) replayed');

@@ -1,0 +1,36 @@
+// `nodespeed status` prints each failure on one line whatever its state: recovered (with the ms it
+// took), still re-forming (with the ms so far), or retired. The recovered case on a real launch is
+// in visibility.test.ts; these are the states a healthy CI run does not reach.
+import { describe, expect, it } from 'vitest';
+
+import { formatFailure, formatStatus } from '../../src/cli/status.js';
+import type { ClusterStatusMsg, FailureStatusMsg } from '../../src/client/index.js';
+
+const base: FailureStatusMsg = {
+  rank: 3, host: 'gpu-b', pid: 4242, replica: 1, cause: 'rank 3 lost: no heartbeat for 5003 ms', atUnixMs: Date.UTC(2026, 10, 23, 13, 0, 0),
+  recovery: 'respawned', recoveryMs: 8123, generation: '4', replayedRequests: 12, replayedTokens: 345,
+};
+
+describe('nodespeed status: failures', () => {
+  it('one line per failure state: recovered, re-forming, retired', () => {
+    expect(formatFailure(base)).toBe('2026-11-23T13:00:00.000Z rank 3 @gpu-b pid 4242 (replica 1): rank 3 lost: no heartbeat for 5003 ms ' +
+      '-> respawned in 8123 ms (generation 4); replayed 12 requests, 345 tokens');
+    expect(formatFailure({ ...base, recovery: 'respawning', recoveryMs: 0 }, base.atUnixMs + 2500))
+      .toContain('-> respawning (2500 ms so far) (generation 4)');
+    expect(formatFailure({ ...base, recovery: 'retired', recoveryMs: 0 })).toContain('-> retired (generation 4)');
+  });
+
+  it('the status text lists every failure, oldest first, under the counters', () => {
+    const s: ClusterStatusMsg = {
+      model: 'm', tp: 1, pp: 1, replicaCount: 2, generation: '5', replicas: [], workers: [], hosts: ['a'], pendingRequests: 0,
+      activeRequests: 0, state: 'serving', failures: [base, { ...base, rank: 0, replica: 0, atUnixMs: base.atUnixMs + 60_000, generation: '5' }],
+      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 },
+    };
+    const lines = formatStatus(s).split('\n');
+    const head = lines.findIndex((l) => l === 'failover: 2 failure(s), 2 recovered, 24 request(s) replayed (690 tokens already streamed)');
+    expect(head).toBeGreaterThan(0);
+    expect(lines[head + 1]).toBe('failures (oldest first):');
+    expect(lines[head + 2]).toBe(`  ${formatFailure(s.failures[0]!)}`);
+    expect(lines[head + 3]).toBe(`  ${formatFailure(s.failures[1]!)}`);
+  });
+});
