@@ -115,6 +115,8 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
+  // Opt-in until it has run on a GPU (written in a session whose GPU lease ended first).
+  if (const char* g = std::getenv("NODESPEED_CUDA_FUSED_NORM")) use_fused_norm_ = std::strcmp(g, "1") == 0;
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -345,7 +347,7 @@ bool CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T
                                              const float* next_norm) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
-    if (next_norm && use_gemv_ && T <= 4 && K % 8 == 0) {
+    if (next_norm && use_fused_norm_ && use_gemv_ && T <= 4 && K % 8 == 0) {
       if (swiglu_in) {
         swiglu(act_, x, T, K, act_mlp_.ptr, stream_);
         x = act_mlp_.ptr;

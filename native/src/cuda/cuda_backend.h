@@ -85,6 +85,7 @@ class CudaBackend final : public Backend {
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;
+  bool use_fused_norm_ = false;  // NODESPEED_CUDA_FUSED_NORM=1: RMSNorm in the o_proj/down GEMV's last block
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   const CublasApi* api_ = nullptr;
