@@ -5,7 +5,7 @@
 // missing or fails, it says so in one line and builds the CPU backend only.
 // Quiet on success; on failure prints what failed and the first compiler error, exits 1.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +82,9 @@ function gyp(withCuda) {
   }
   return r;
 }
+// make does not see build/cuda/libnscuda.a as an input of the link: drop the linked addon so a
+// rebuilt CUDA archive is always linked in (a relink costs seconds).
+if (cuda) for (const f of [['Release', 'nodespeed.node'], ['Release', 'obj.target', 'nodespeed.node']]) rmSync(join(root, 'build', ...f), { force: true });
 let cudaLinked = cuda;
 let r = gyp(cuda);
 if (cuda && (r.error || r.status !== 0)) {

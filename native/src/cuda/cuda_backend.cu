@@ -115,6 +115,8 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
+  // Opt-in until it has run on a GPU (written in a session whose GPU lease ended first).
+  if (const char* g = std::getenv("NODESPEED_CUDA_FUSED_NORM")) use_fused_norm_ = std::strcmp(g, "1") == 0;
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -245,6 +247,8 @@ int CudaBackend::finalize() {
     if (!loaded_.count(n)) throw std::runtime_error("cuda: tensor " + n + " was not loaded");
   NS_CUDA(cudaStreamSynchronize(stream_));
   staging_.release();
+  norm_scratch_.reserve(32);
+  NS_CUDA(cudaMemset(norm_scratch_.ptr, 0, 32));
   const auto& c = cfg_;
   const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * dtype_size(act_);
   const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
@@ -339,15 +343,27 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
 // summed over the TP group before joining the residual stream.
-void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in) {
+bool CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
+                                             const float* next_norm) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
+    if (next_norm && use_fused_norm_ && use_gemv_ && T <= 4 && K % 8 == 0) {
+      if (swiglu_in) {
+        swiglu(act_, x, T, K, act_mlp_.ptr, stream_);
+        x = act_mlp_.ptr;
+      }
+      float* sums = norm_scratch_.as<float>();
+      const GemvNorm norm{next_norm, cfg_.rms_eps, xb_.ptr, sums, reinterpret_cast<unsigned*>(sums + 4)};
+      gemv(act_, w, x, T, cfg_.hidden, K, residual_.ptr, GemvOut::AddResidualNorm, stream_, norm);
+      return true;
+    }
     matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddResidual, swiglu_in);
-    return;
+    return false;
   }
   matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
   residual_add(act_, residual_.as<float>(), DType::F32, tmp_.ptr, n, stream_);
+  return false;
 }
 
 std::string CudaBackend::describe() const {

@@ -68,7 +68,11 @@ class CudaBackend final : public Backend {
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
-  void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
+  // Adds the row-parallel projection to the residual stream; with `next_norm`, also writes
+  // rmsnorm(residual) with that weight into xb_ and returns true when it could fuse the two (the
+  // caller then skips its own RMSNorm).
+  bool row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false,
+                                  const float* next_norm = nullptr);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
   size_t activation_bytes(int T) const;
 
@@ -81,6 +85,7 @@ class CudaBackend final : public Backend {
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;
+  bool use_fused_norm_ = false;  // NODESPEED_CUDA_FUSED_NORM=1: RMSNorm in the o_proj/down GEMV's last block
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   const CublasApi* api_ = nullptr;
@@ -98,6 +103,7 @@ class CudaBackend final : public Backend {
   // Step scratch, sized for `cap_tokens_` tokens (grown on demand).
   int cap_tokens_ = 0;
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
+  DeviceBuffer norm_scratch_;  // GemvOut::AddResidualNorm: 4 row sums + the block counter, kept zeroed
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
   // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so

@@ -167,22 +167,28 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     convert(DType::F32, res, act_, xb_.ptr, (size_t)T * H, st);
   }
   const int qd = c.n_heads * c.head_dim;
+  // Each RMSNorm is fused into the projection before it when that one is a decode GEMV
+  // (row_parallel_into_residual says so); the final norm only when every token is a row.
+  bool normed = false;
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>()};
     attention(act_, a, st);
-    row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd);
-    rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
+      rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-    row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true);
+    const bool last = l + 1 == n_layers_;
+    // After the last layer xb_ rows must be the head's rows (p.rows): fusable when those are all tokens.
+    const float* next = !last ? layers_[l + 1].in_norm.as<float>() : c.has_head && p.R == T ? final_norm_.as<float>() : nullptr;
+    normed = row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true, next);
   }
   if (!c.has_head || p.R == 0) return;
-  rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
+  if (!normed) rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
   const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
   float* logits = logits_.as<float>();
   if (c.tp_size == 1) {
@@ -192,7 +198,6 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
     unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
-  round_to_act(act_, logits, (size_t)p.R * c.vocab_size, st);  // HF's logits are an activation-dtype tensor
   sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
          ids_.as<int32_t>(), st);
 }

@@ -47,13 +47,16 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);
 // residual = act(residual + act(x)), x in the activation dtype or f32 (an all-reduced partial sum).
 void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t n, cudaStream_t s);
 
-// x = act(x) in place: logits are an activation-dtype tensor in HF before sampling sees them.
-void round_to_act(DType act, float* x, size_t n, cudaStream_t s);
 
 // Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
-enum class GemvOut { Act, F32, AddResidual };
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
+// AddResidualNorm: the same, then norm.out = rmsnorm(y) with weight norm.w (the next RMSNorm,
+// done by the last block to finish); norm.sums (R floats) and norm.counter start at 0 and are
+// left at 0.
+enum class GemvOut { Act, F32, AddResidual, AddResidualNorm };
+struct GemvNorm { const float* w = nullptr; float eps = 0.f; void* out = nullptr; float* sums = nullptr; unsigned* counter = nullptr; };
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s,
+          const GemvNorm& norm = {});
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.

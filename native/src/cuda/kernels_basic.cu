@@ -69,12 +69,6 @@ __global__ void residual_add_kernel(float* res, const S* x, size_t n) {
     res[i] = to_f(from_f<T>(res[i] + to_f(from_f<T>(to_f(x[i])))));
 }
 
-template <typename T>
-__global__ void round_kernel(float* x, size_t n) {
-  grid_dependency_wait();
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    x[i] = to_f(from_f<T>(x[i]));
-}
 
 // Output column c of row r comes from rank c / stride, whose compact [R, Vs_rank] block starts at
 // rank * R * stride in the gathered buffer (the last rank's shard may be shorter).
@@ -136,11 +130,6 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
   NS_LAUNCHED("residual_add");
 }
 
-void round_to_act(DType act, float* x, size_t n, cudaStream_t s) {
-  if (n == 0) return;
-  NS_DISPATCH_ACT(act, E, { launch("round_to_act", round_kernel<E>, dim3(grid_for(n)), dim3(256), s, x, n); });
-  NS_LAUNCHED("round_to_act");
-}
 
 void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s) {
   const size_t n = (size_t)R * V;
