@@ -1,8 +1,13 @@
 // The tensor-core flash prefill attention (native/src/cuda/attention_prefill.cu) against the SIMT
-// kernel it replaces for long chunks: the same steps run on an engine made with
-// NODESPEED_CUDA_FLASH=1 and then on one made with NODESPEED_CUDA_FLASH=0 (the switch is read when
-// an engine is constructed), and every returned position's logits are compared: cosine >= 0.9999
-// at every position and the same argmax at >= 99% of positions, per scenario:
+// kernel it replaces for long chunks: the same steps run on engines made with
+// NODESPEED_CUDA_FLASH=1 and with NODESPEED_CUDA_FLASH=0 (the switch is read when an engine is
+// constructed), in fp16 and in bf16 compute, and every returned position's logits are compared.
+// The bar (per scenario): cosine >= 0.9999 at every position and the same argmax at >= 99% of
+// positions, flash vs SIMT. fp16 must meet it. In bf16 a random-weight 7B amplifies rounding
+// noise (bench/decode/NOTES.md: HF bf16 vs HF f32 min cosine 0.995 on it), so a bf16 scenario
+// also passes when flash is no further than the SIMT kernel from the fp16 SIMT run (the most
+// precise one we have): 1 - minCos(flash, ref) <= 1.5 (1 - minCos(simt, ref)) + 1e-5 and top-1
+// agreement with ref at most 2 points lower; both are reported. Scenarios:
 //   prefill300   one 300-token prefill (5 query tiles, the last of 44 tokens)
 //   decode       4 decode steps after it (CUDA-graph path, reading flash-written context)
 //   mixed        one step: prefills of 200 and 77 tokens, a decode token of a third sequence
@@ -27,9 +32,9 @@ function lcg(seed) {
   return () => { x = (x * 1103515245 + 12345) % 2147483648; return x; };
 }
 
-async function scenarios(dir, flash) {
+async function scenarios(dir, flash, dtype) {
   process.env.NODESPEED_CUDA_FLASH = flash ? '1' : '0';
-  const { engine, cfg, blockSize } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: KV_BLOCKS });
+  const { engine, cfg, blockSize } = await openCudaEngine(dir, { dtype, kvBlocks: KV_BLOCKS });
   const desc = engine.describe();
   if (device === 'cuda' && desc.includes('flash prefill') !== flash)
     throw new Error(`NODESPEED_CUDA_FLASH=${flash ? 1 : 0} but the engine says: ${desc}`);
@@ -84,24 +89,35 @@ async function scenarios(dir, flash) {
 function compare(a, b, V) {
   if (a.length !== b.length || a.length % V) throw new Error(`logit counts differ: ${a.length} vs ${b.length}`);
   const P = a.length / V;
-  let minCos = 1, worst = -1, agree = 0;
+  let minCos = 1, sumCos = 0, worst = -1, agree = 0;
   for (let p = 0; p < P; p++) {
     const x = a.subarray(p * V, (p + 1) * V), y = b.subarray(p * V, (p + 1) * V);
     const c = cosine(x, y);
+    sumCos += c;
     if (!(c >= minCos)) { minCos = c; worst = p; }
     agree += argmax(x) === argmax(y) ? 1 : 0;
   }
-  return { positions: P, minCosine: +minCos.toFixed(7), worstPosition: worst, top1Agreement: +(agree / P).toFixed(4),
-    pass: minCos >= MIN_COS && agree / P >= MIN_TOP1 };
+  return { positions: P, minCosine: +minCos.toFixed(7), meanCosine: +(sumCos / P).toFixed(7), worstPosition: worst,
+    top1Agreement: +(agree / P).toFixed(4), pass: minCos >= MIN_COS && agree / P >= MIN_TOP1 };
 }
 
 async function checkModel(dir, label) {
-  const on = await scenarios(dir, true);
-  const off = await scenarios(dir, false);
-  const res = { model: label, headDim: on.headDim, heads: on.heads, kvHeads: on.kvHeads, engine: on.desc, scenarios: {},
-    stepMs: { flash: on.ms, simt: off.ms } };
-  for (const k of Object.keys(on.out)) res.scenarios[k] = compare(on.out[k], off.out[k], on.V);
-  res.pass = Object.values(res.scenarios).every((s) => s.pass);
+  const run = {};
+  for (const dtype of ['f16', 'bf16'])
+    for (const flash of [true, false]) run[`${dtype}/${flash ? 'flash' : 'simt'}`] = await scenarios(dir, flash, dtype);
+  const ref = run['f16/simt'];
+  const res = { model: label, headDim: ref.headDim, heads: ref.heads, kvHeads: ref.kvHeads, engine: run['bf16/flash'].desc,
+    f16: {}, bf16: {}, stepMs: Object.fromEntries(Object.entries(run).map(([k, v]) => [k, v.ms])) };
+  for (const k of Object.keys(ref.out)) {
+    res.f16[k] = compare(run['f16/flash'].out[k], ref.out[k], ref.V);
+    const direct = compare(run['bf16/flash'].out[k], run['bf16/simt'].out[k], ref.V);
+    const flashVsRef = compare(run['bf16/flash'].out[k], ref.out[k], ref.V);
+    const simtVsRef = compare(run['bf16/simt'].out[k], ref.out[k], ref.V);
+    const noNoisier = 1 - flashVsRef.minCosine <= 1.5 * (1 - simtVsRef.minCosine) + 1e-5 &&
+      flashVsRef.top1Agreement >= simtVsRef.top1Agreement - 0.02;
+    res.bf16[k] = { flashVsSimt: direct, flashVsF16Ref: flashVsRef, simtVsF16Ref: simtVsRef, pass: direct.pass || noNoisier };
+  }
+  res.pass = [...Object.values(res.f16), ...Object.values(res.bf16)].every((s) => s.pass);
   return res;
 }
 
