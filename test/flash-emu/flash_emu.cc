@@ -151,6 +151,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
   for (int w = 0; w < kWarps; ++w)
     for (int ln = 0; ln < 32; ++ln) m[w][ln][0] = m[w][ln][1] = -INFINITY, l[w][ln][0] = l[w][ln][1] = 0.f;
 
+  auto active = [&](int w) { return w * 16 < n; };
   const int n_tiles = (n_keys + kBc - 1) / kBc;
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int j0 = kt * kBc;
@@ -160,7 +161,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
     static float s[kWarps][kNT][32][4];
     std::memset(s, 0, sizeof s);
     for (int w = 0; w < kWarps; ++w)
-      for (int ks = 0; ks < kDK; ++ks)
+      for (int ks = 0; ks < kDK && active(w); ++ks)
         for (int np = 0; np < kNT / 2; ++np) {
           int addr[32];
           uint32_t b[32][4], b01[32][2], b23[32][2];
@@ -174,7 +175,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
     cp.commit();
     const bool masked = j0 + kBc - 1 > p_first;
     for (int w = 0; w < kWarps; ++w)
-      for (int i = 0; i < 2; ++i) {
+      for (int i = 0; i < 2 && active(w); ++i) {
         float mx[32];
         for (int ln = 0; ln < 32; ++ln) {
           mx[ln] = -INFINITY;
@@ -209,7 +210,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
       }
     cp.wait(1);
     for (int w = 0; w < kWarps; ++w)
-      for (int kk = 0; kk < kBc / 16; ++kk) {
+      for (int kk = 0; kk < kBc / 16 && active(w); ++kk) {
         uint32_t pa[32][4];
         for (int ln = 0; ln < 32; ++ln)
           for (int r = 0; r < 4; ++r) {

@@ -144,6 +144,8 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
   for (int i = 0; i < kDT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this thread's columns only
 
+  // Warps whose 16 rows all lie past the tile's end only help with the copies and barriers.
+  const bool active = warp * 16 < n;
   const int n_tiles = (n_keys + kBc - 1) / kBc;
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int j0 = kt * kBc;
@@ -156,14 +158,16 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
     float s[kNT][4];
 #pragma unroll
     for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if (active) {
 #pragma unroll
-    for (int ks = 0; ks < kDK; ++ks) {
+      for (int ks = 0; ks < kDK; ++ks) {
 #pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t b[4];
-        ldsm_x4(smem_addr(sK + swz<D>(flash::k_row(np, lane), flash::k_chunk(ks, lane))), b);
-        mma16816(s[2 * np], qf[ks], b[0], b[1], static_cast<T*>(nullptr));
-        mma16816(s[2 * np + 1], qf[ks], b[2], b[3], static_cast<T*>(nullptr));
+        for (int np = 0; np < kNT / 2; ++np) {
+          uint32_t b[4];
+          ldsm_x4(smem_addr(sK + swz<D>(flash::k_row(np, lane), flash::k_chunk(ks, lane))), b);
+          mma16816(s[2 * np], qf[ks], b[0], b[1], static_cast<T*>(nullptr));
+          mma16816(s[2 * np + 1], qf[ks], b[2], b[3], static_cast<T*>(nullptr));
+        }
       }
     }
     __syncthreads();  // every warp is done with sK: stream the next key tile into it
@@ -175,6 +179,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
     const bool masked = j0 + kBc - 1 > p_first;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
+      if (!active) break;
       float mx = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
@@ -211,6 +216,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
     // ldmatrix.x4.trans feeds d-tiles 2 dp and 2 dp + 1 (flash_layout.h).
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
+      if (!active) break;
       uint32_t pa[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
