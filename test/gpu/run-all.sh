@@ -42,8 +42,11 @@ for s in $steps; do
         --metrics gpu__time_duration.sum node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 24 > "$LOGS/ncu-$st.csv" 2>"$LOGS/ncu-$st.err"
         tail -2 "$LOGS/ncu-$st.err"; echo "-- step $st"; RESULTS_DIR=/tmp node bench/decode/summarize-ncu.mjs "$LOGS/ncu-$st.csv" | head -c 3000; cp /tmp/decode-profile-*.json "$OUT/batch-profile-step$st.json"; done ;;
     batchstep) make_model; run batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 256 ;;
-    flash) make_model  # flash prefill attention vs the SIMT kernel: logits, then prefill step times A/B
-      run attention-flash node test/gpu/attention-flash.mjs "$MODEL"
+    flash)  # flash prefill attention: the kernel alone (vs a CPU reference; sanitizer on failure), then
+            # flash vs SIMT logits through the engine, then prefill step times A/B
+      run flash-kernel sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel && /tmp/flash-kernel'
+      grep -q '"ok":true' "$LOGS/flash-kernel.log" || run flash-kernel-sanitizer compute-sanitizer --print-limit 5 /tmp/flash-kernel
+      make_model; run attention-flash node test/gpu/attention-flash.mjs "$MODEL"
       NODESPEED_CUDA_FLASH=0 run batch-step-simt node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16
       run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;

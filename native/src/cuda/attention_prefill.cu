@@ -62,6 +62,13 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the SFU (ex2.approx, ~2 ulp; 2^-inf = 0), as FlashAttention builds with fast math.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Two floats -> one register of two 16-bit values, x in the low half (the lower column).
 __device__ __forceinline__ uint32_t pack2(float x, float y, __nv_bfloat16*) {
   __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
@@ -194,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[i], mx);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with no visible key yet
-      const float corr = exp2f(m[i] - m_use);
+      const float corr = fast_exp2(m[i] - m_use);
       m[i] = m_new;
       float sum = 0.f;
 #pragma unroll
@@ -202,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s[nt][2 * i + e];
-          x = exp2f(x - m_use);
+          x = fast_exp2(x - m_use);
           sum += x;
         }
       l[i] = l[i] * corr + sum;
