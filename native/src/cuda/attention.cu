@@ -1,8 +1,9 @@
 // Paged-KV causal attention with GQA, the SIMT kernel: decode tokens and short prefill chunks
 // (long prefill chunks go to the tensor-core kernel of attention_prefill.cu, launched from here
-// on the other tokens of the step). Grid (q head, token, split): each block handles 1/n_splits of the key positions of one (token, head); its 8 warps take keys
-// round-robin, each keeping an online softmax (running max, sum, and its lanes' slice of the
-// weighted V sum), merged through shared memory. With several splits (flash-decoding, for long
+// on the other tokens of the step). Grid (q head, listed token, split): each block handles
+// 1/n_splits of the key positions of one (token, head); its 8 warps take keys round-robin, each
+// keeping an online softmax (running max, sum, and its lanes' slice of the weighted V sum),
+// merged through shared memory. With several splits (flash-decoding, for long
 // contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
 // merges them.
 #include <cfloat>

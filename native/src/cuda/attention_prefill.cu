@@ -144,7 +144,8 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
   // Q fragments (A operand, row-major), kept in registers for the whole key loop.
   uint32_t qf[kDK][4];
 #pragma unroll
-  for (int ks = 0; ks < kDK; ++ks) ldsm_x4(smem_addr(sQ + swz<D>(flash::q_row(warp, lane), flash::q_chunk(ks, lane))), qf[ks]);
+  for (int ks = 0; ks < kDK; ++ks)
+    ldsm_x4(smem_addr(sQ + swz<D>(flash::q_row(warp, lane), flash::q_chunk(ks, lane))), qf[ks]);
 
   float o[kDT][4];
 #pragma unroll
