@@ -48,7 +48,7 @@ for s in $steps; do
       grep -q '"ok":true' "$LOGS/flash-kernel.log" || run flash-kernel-sanitizer compute-sanitizer --print-limit 5 /tmp/flash-kernel
       make_model; run attention-flash node test/gpu/attention-flash.mjs "$MODEL"
       NODESPEED_CUDA_FLASH=0 run batch-step-simt node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16
-      run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
+      NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
     profile) make_model

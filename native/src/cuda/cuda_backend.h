@@ -90,7 +90,7 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool use_fused_norm_ = false;  // NODESPEED_CUDA_FUSED_NORM=1: RMSNorm in the o_proj/down GEMV's last block
-  bool use_flash_ = true;  // NODESPEED_CUDA_FLASH=0: every token through the SIMT attention kernel
+  bool use_flash_ = false;  // NODESPEED_CUDA_FLASH=1: long prefill chunks through the tensor-core kernel
   bool flash_seq(int n_tokens) const;  // does a sequence with n_tokens new tokens take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
