@@ -217,6 +217,7 @@ class Worker {
 
   /** A peer is gone: make every pending and later collective fail at once. */
   abortComms(): void {
+    this.health.quiet(); // an abort on purpose is not a communicator failure to report
     for (const c of this.comms) c.abort();
     this.comms = [];
   }
