@@ -173,7 +173,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.attempts.set(replica.id, attempt);
     for (const r of replica.ranks) {
       const old = this.members.workers.get(r);
-      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.join.host });
+      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.plan.host });
     }
     // (a) a spare takes the lost rank, survivors re-form in place; only on the first attempt (a
     // failed in-place re-form falls back to respawning every rank from clean processes).
@@ -189,7 +189,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
       rec.replayedTokens += tokens;
     } else {
       rec = {
-        rank: w?.rank ?? -1, host: w?.join.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
+        rank: w?.rank ?? -1, host: w?.plan.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
         at: Date.now(), generation, recovery: spare ? 'replacing' : 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
       };
       this.failures.push(rec);

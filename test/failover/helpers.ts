@@ -20,15 +20,15 @@ export const TOKENS = 64;
 
 export type Status = ClusterStatusMsg & FailoverStatusMsg;
 
-/** 32 seeded sampling requests; `promptTokens` > 0 makes every prompt that long (a long prefill). */
-export function requests(promptTokens = 0): GenerateRequest[] {
+/** 32 seeded sampling requests of `tokens` each; `promptTokens` > 0 makes every prompt that long (a long prefill). */
+export function requests(promptTokens = 0, tokens = TOKENS): GenerateRequest[] {
   const { cases } = reference<PyTinyCase>(PY_TINY);
   const all = cases.flatMap((c) => c.ids);
   return Array.from({ length: STREAMS }, (_, i) => {
     let promptIds = cases[i % cases.length]!.ids;
     // Different long prompts: the case texts' ids, rotated by the stream index, repeated.
     if (promptTokens > 0) promptIds = Array.from({ length: promptTokens }, (_, k) => all[(k + 7 * i) % all.length]!);
-    return { promptIds, maxTokens: TOKENS, ignoreEos: true, temperature: 0.8, topK: 40, topP: 0.95, seed: 1000 + 17 * i };
+    return { promptIds, maxTokens: tokens, ignoreEos: true, temperature: 0.8, topK: 40, topP: 0.95, seed: 1000 + 17 * i };
   });
 }
 
@@ -82,9 +82,9 @@ export async function status(cluster: LaunchedCluster): Promise<Status> {
   return await cluster.client.clusterStatus() as Status;
 }
 
-/** Waits until a quarter of all tokens have been delivered (mid-stream) and returns the time. */
-export async function midStream(s: Streams): Promise<number> {
-  await until('a quarter of the tokens', () => s.received() >= (STREAMS * TOKENS) / 4);
+/** Waits until `fraction` of all tokens have been delivered (mid-stream) and returns the time. */
+export async function midStream(s: Streams, fraction = 1 / 4, tokens = TOKENS): Promise<number> {
+  await until(`${fraction} of the tokens`, () => s.received() >= STREAMS * tokens * fraction, 30_000, 5);
   return Date.now();
 }
 
@@ -103,10 +103,11 @@ export function firstTokenAfter(got: Received[], t: number): number {
   return Math.min(...got.flatMap((g) => g.arrivals.filter((a) => a > t)));
 }
 
+/** Whether the process runs (a zombie, killed and not reaped yet, does not). */
 export function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
   } catch {
     return false;
   }
