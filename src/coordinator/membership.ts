@@ -8,15 +8,16 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type {
-  CoordinatorMessage, HeartbeatMsg, JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, TokensMsg, WorkerMessage,
-} from './control-messages.js';
-import type { Layout, RankPlan } from './layout.js';
+import type { HeartbeatMsg, JoinMsg, TokensMsg, WorkerMessage } from './control-messages.js';
+import type { Layout } from './layout.js';
+import { Rendezvous } from './rendezvous.js';
 import { Slots } from './spares.js';
 import type { SlotInfo, Spare } from './spares.js';
+import { Replica, WorkerConn } from './worker-conn.js';
+import type { ControlCall } from './worker-conn.js';
 
-export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
-export type ReplicaState = 'forming' | 'loading' | 'serving' | 'lost';
+export { Replica, WorkerConn } from './worker-conn.js';
+export type { ReplicaState, WorkerState } from './worker-conn.js';
 
 export interface MembershipOptions {
   token: string;
@@ -34,64 +35,6 @@ export interface MembershipOptions {
   log: (line: string) => void;
 }
 
-type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
-
-export class WorkerConn {
-  state: WorkerState = 'joined';
-  lastHeartbeat = Date.now();
-  loadDone = 0;
-  loadTotal = 0;
-  kvBlocks = 0;
-  kvBlockSize = 0;
-  lostReason = '';
-  /** It spoke after it was declared lost, and was told it cannot rejoin. */
-  toldLost = false;
-
-  /**
-   * `generation`: the one this worker is assigned in (its messages must carry it, ours to it do);
-   * a survivor re-formed in place moves to the new one.
-   */
-  constructor(readonly plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
-
-  get rank(): number {
-    return this.plan.rank;
-  }
-
-  send(m: OutgoingCoordinatorMessage): void {
-    if (this.state === 'lost') return;
-    try {
-      this.call.write(m);
-    } catch {
-      // The stream is closing; its 'end'/'error' handler marks the worker lost.
-    }
-  }
-
-  close(): void {
-    try {
-      this.call.end();
-    } catch {
-      /* already closed */
-    }
-  }
-}
-
-export class Replica {
-  state: ReplicaState = 'forming';
-  load: ReplicaLoadMsg | null = null;
-  kvBlocks = 0;
-  kvBlockSize = 0;
-  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
-  reforming = false;
-
-  constructor(readonly id: number, readonly ranks: number[]) {}
-}
-
-interface RendezvousGroup {
-  size: number;
-  payloads: (Buffer | undefined)[];
-  members: Set<number>;
-}
-
 export interface MembershipEvents {
   progress: [done: number, total: number];
   'replica-serving': [replica: Replica];
@@ -106,7 +49,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   readonly workers = new Map<number, WorkerConn>();
   readonly replicas: Replica[];
   readonly slots: Slots;
-  private readonly groups = new Map<string, RendezvousGroup>();
+  private readonly rendezvous = new Rendezvous();
   private readonly monitor: NodeJS.Timeout;
   private stopping = false;
 
@@ -274,7 +217,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         return;
       case 'commOffer':
         if (this.stale(w, m.commOffer.generation)) return;
-        this.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload);
+        this.rendezvous.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload, (r) => this.workers.get(r));
         return;
       case 'tokens':
         if (this.stale(w, m.tokens.generation)) return;
@@ -301,20 +244,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
       done += w ? Math.min(w.loadDone, t) : 0;
     }
     return [done, total];
-  }
-
-  // Communicator rendezvous: all-gather of one blob per group member, by group rank.
-  private offer(w: WorkerConn, name: string, groupRank: number, size: number, payload: Buffer): void {
-    // Groups are per generation: offers of a replica's earlier incarnation never mix with the new.
-    name = `${w.generation}/${name}`;
-    const g = this.groups.get(name) ?? { size, payloads: new Array<Buffer | undefined>(size).fill(undefined), members: new Set<number>() };
-    if (g.size !== size || groupRank >= size) throw new Error(`comm group ${name}: rank ${w.rank} offered group rank ${groupRank} of ${size}, expected a group of ${g.size}`);
-    this.groups.set(name, g);
-    g.payloads[groupRank] = Buffer.from(payload);
-    g.members.add(w.rank);
-    if (g.payloads.some((p) => p === undefined)) return;
-    this.groups.delete(name);
-    for (const r of g.members) this.workers.get(r)?.send({ commPeers: { generation: w.generation, group: name.slice(name.indexOf('/') + 1), payloads: g.payloads } });
   }
 
   private maybeStart(replica: Replica): void {
@@ -405,7 +334,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   private bumpGeneration(replica: Replica): string {
     this.generation++;
-    for (const name of [...this.groups.keys()]) if (name.includes(`/r${replica.id}/`)) this.groups.delete(name);
+    this.rendezvous.dropReplica(replica.id);
     replica.state = 'forming';
     replica.reforming = true;
     replica.load = null;
@@ -468,18 +397,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
       w.send({ heartbeat: { generation: w.generation, sentAtMs: hb.sentAtMs } });
     }
-    for (const s of this.slots.allSpares()) {
-      if (now - s.lastHeartbeat > this.o.heartbeatTimeoutMs) {
-        this.slots.dropSpare(s.slot);
-        this.o.log(`coordinator: spare in slot ${s.slot} (pid ${s.join.pid}) dropped: no heartbeat for ${now - s.lastHeartbeat} ms`);
-        continue;
-      }
-      try {
-        s.call.write({ heartbeat: { generation: '0', sentAtMs: now } });
-      } catch {
-        /* closing; its stream handler drops it */
-      }
-    }
+    this.slots.tickSpares(now, this.o.heartbeatTimeoutMs, this.o.log);
   }
 
   /** Tells every worker to stop and closes the streams. */
@@ -490,13 +408,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
       w.send({ stop: { generation: w.generation, reason } });
       w.close();
     }
-    for (const s of this.slots.allSpares()) {
-      try {
-        s.call.write({ stop: { generation: '0', reason } });
-        s.call.end();
-      } catch {
-        /* already closed */
-      }
-    }
+    this.slots.stopSpares(reason);
   }
 }

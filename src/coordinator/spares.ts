@@ -4,17 +4,14 @@
 // joined with the job token, heartbeat, and have no assignment (no weights loaded). When a rank is
 // lost, a spare takes it over: from then on the spare's slot holds that rank, and the lost rank's
 // old slot, once its process is gone, is started again and joins as a spare (topping the pool up).
-import type * as grpc from '@grpc/grpc-js';
-
-import type { JoinMsg, OutgoingCoordinatorMessage, WorkerMessage } from './control-messages.js';
+import type { JoinMsg } from './control-messages.js';
+import type { ControlCall } from './worker-conn.js';
 
 /** Where a launcher slot is: its host and its index among that host's slots (its device). */
 export interface SlotInfo {
   host: string;
   localRank: number;
 }
-
-type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
 
 export interface Spare {
   slot: number;
@@ -82,7 +79,34 @@ export class Slots {
     return s;
   }
 
-  allSpares(): Spare[] {
-    return [...this.spares.values()];
+  /**
+   * The coordinator's heartbeat to each spare (a spare has no generation yet: '0'), and drops a
+   * spare silent past the timeout (a hung spare must not be handed a rank).
+   */
+  tickSpares(now: number, timeoutMs: number, log: (line: string) => void): void {
+    for (const s of [...this.spares.values()]) {
+      if (now - s.lastHeartbeat > timeoutMs) {
+        this.spares.delete(s.slot);
+        log(`coordinator: spare in slot ${s.slot} (pid ${s.join.pid}) dropped: no heartbeat for ${now - s.lastHeartbeat} ms`);
+        continue;
+      }
+      try {
+        s.call.write({ heartbeat: { generation: '0', sentAtMs: now } });
+      } catch {
+        /* closing; its stream handler drops it */
+      }
+    }
+  }
+
+  /** Tells every spare to stop (the job ends) and closes its stream. */
+  stopSpares(reason: string): void {
+    for (const s of this.spares.values()) {
+      try {
+        s.call.write({ stop: { generation: '0', reason } });
+        s.call.end();
+      } catch {
+        /* already closed */
+      }
+    }
   }
 }
