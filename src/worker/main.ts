@@ -243,6 +243,7 @@ async function main(): Promise<void> {
   const health = new WorkerHealth({
     stepTimeoutMs, pollMs: Math.max(50, Math.min(500, heartbeatMs / 2)),
     unhealthy: (reason, kind) => {
+      if (worker.stopRequested) return; // peers hanging up during a shutdown are expected
       log(`worker ${rank}: unhealthy: ${reason}`);
       control.send({ error: { generation: control.generation, message: reason, fatal: true } });
       // A wedged step: stop beating so the coordinator's heartbeat timeout confirms it even if the
