@@ -103,12 +103,16 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   const config = loadModelConfig(f.model);
   const placement = planFromOptions(lo);
   const device = resolveDeviceFlag(f.device);
-  const { layout } = planWithSpares(config, placement, { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts }, f.spares, device);
+  const planned = planWithSpares(config, placement, { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts }, f.spares, device);
+  const { layout } = planned;
+  const spareSlots = planned.placement.ranks.slice(layout.world);
   let gpuMemory: number | undefined;
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
   const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16, ...(gpuMemory ? { gpuMemory } : {}) });
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
-    ...describeLayout(layout), 'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
+    ...describeLayout(layout),
+    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
+    'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
   for (const r of mem.ranks) {
     const p = layout.ranks[r.rank]!;
     out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +

@@ -101,7 +101,7 @@ export function planWithSpares(config: ModelConfig, placement: Placement, o: Lay
   if (replicas === 'auto' && spares > 0 && total - spares >= perReplica) replicas = Math.floor((total - spares) / perReplica);
   const layout = planLayout(config, slots, { ...o, replicas });
   const free = total - layout.world;
-  const ranks = placement.ranks.slice(0, layout.world + Math.min(spares, free));
+  const ranks = placement.ranks.slice(0, layout.world + Math.min(spares, free)).map((r) => ({ ...r }));
   if (free < spares) {
     const localCpu = device === 'cpu' && placement.ranks.every((r) => r.isLocal && r.host === placement.ranks[0]!.host);
     if (!localCpu)

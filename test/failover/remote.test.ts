@@ -74,7 +74,7 @@ suite('failover of remote workers over SSH (real sshd, py-tiny)', () => {
         console.log(failoverLines(log));
         const f = st.failures[0]!;
         expect(f).toMatchObject({ replica: 0, host: '127.0.0.2' });
-        expect([0, 1]).toContain(f.rank);
+        expect(f).toMatchObject({ rank: 1, pid: w1.pid });
         expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
         expect(log).not.toMatch(/failover: replica 1 lost/);
         // The old remote worker is gone (the watchdog in its process group saw the channel close).
