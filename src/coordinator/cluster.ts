@@ -78,12 +78,6 @@ export function hostSlots(p: Placement): HostSlots[] {
   return out;
 }
 
-/** The first `world` ranks of the placement: a layout may leave slots unused. */
-export function trimPlacement(p: Placement, world: number): Placement {
-  const ranks = p.ranks.slice(0, world);
-  return { ...p, ranks, worldSize: world, numNodes: new Set(ranks.map((r) => r.host)).size };
-}
-
 /**
  * The layout plus `spares` spare slots (--spares). Spares use the slots the layout leaves free
  * (with --replicas auto, replicas are counted after setting the spares' slots aside). When the
