@@ -138,8 +138,9 @@ export class Failover extends EventEmitter<FailoverEvents> {
   }
 
   /**
-   * When a survivor reported the failure first (its data plane broke on the dead peer), the rank
-   * whose process then exits on its own is the one that was really lost: name it in the record.
+   * When a survivor's report was believed first (the victim's own loss did not arrive within the
+   * membership's grace, see Membership.reportedFailure), the rank whose process then exits on its
+   * own is the one that was really lost: name it in the record.
    * Best effort: when the launcher sees that exit only after respawn() killed the replica's ranks,
    * the exit counts as expected and the record keeps naming the survivor (its cause names the peer).
    */
@@ -203,7 +204,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
       return;
     }
     rec.recovery = 'respawning';
-    this.topUp.delete(replica.id);
+    this.refillNow(replica.id);
     if (attempt > MAX_ATTEMPTS) {
       this.retire(replica, rec, `failed ${attempt} times in a row while re-forming`);
       return;
@@ -223,6 +224,17 @@ export class Failover extends EventEmitter<FailoverEvents> {
       if (Date.now() > deadline) throw new Error(`slots ${slots.join(', ')} did not exit within ${EXIT_WAIT_MS} ms`);
       await new Promise((r) => setTimeout(r, 20));
     }
+  }
+
+  /**
+   * A spare's re-form failed (or the replica is retired) before the lost rank's old slot was
+   * refilled: refill it now, so the lost process (maybe only stopped) does not outlive its replica.
+   */
+  private refillNow(replica: number): void {
+    const slot = this.topUp.get(replica);
+    this.topUp.delete(replica);
+    if (slot !== undefined && this.job)
+      void this.refillSpare(slot).catch((err: unknown) => this.o.log(`launcher: slot ${slot} not restarted as a spare: ${(err as Error).message}`));
   }
 
   /** After a spare took a rank: stop the lost process for good and start its slot again as a spare. */
@@ -252,7 +264,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recovery = 'retired';
     this.open.delete(replica.id);
     this.members.retire(replica);
-    this.topUp.delete(replica.id);
+    this.refillNow(replica.id);
     this.o.log(`failover: replica ${replica.id} retired: ${why}; the other replicas carry its load`);
     // Stop what is left of it (survivors waiting to be re-formed); a host that is gone is skipped.
     for (const s of this.slotsOf(replica)) void this.job?.killRank(s, 'SIGKILL').catch(() => {});
@@ -270,10 +282,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.counters.recoveries++;
     this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost`);
     this.emit('recovered', rec);
-    const slot = this.topUp.get(replica.id);
-    this.topUp.delete(replica.id);
-    if (slot !== undefined && this.job)
-      void this.refillSpare(slot).catch((err: unknown) => this.o.log(`launcher: slot ${slot} not restarted as a spare: ${(err as Error).message}`));
+    this.refillNow(replica.id);
   }
 
   // Requests that waited too long for a replica get a clear UNAVAILABLE instead of hanging.

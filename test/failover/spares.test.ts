@@ -19,7 +19,7 @@ beforeAll(async () => {
   local = await faultFree(requests());
 }, 60_000);
 
-const BASE = ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.2', '--request-timeout', '30', '--kv-blocks', '256'];
+const BASE = ['--num_cpu_workers', '2', '--heartbeat-interval', '0.2', '--request-timeout', '30', '--kv-blocks', '256'];
 
 /** kill -9 of TP rank 1 mid-stream; returns the failure record and the status before and after. */
 async function killRank1(args: string[]): Promise<{ f: Status['failures'][number]; before: Status; after: Status; log: string; firstAfterMs: number }> {
@@ -48,9 +48,9 @@ async function killRank1(args: string[]): Promise<{ f: Status['failures'][number
   }
 }
 
-describe('failover with a spare (py-tiny, tp=2, CPU workers)', () => {
+describe('failover with a spare (py-tiny, 2 CPU workers + 1 spare)', () => {
   it('kill -9 of a TP rank: the spare takes it, the survivor re-forms in place, faster than a respawn, and the pool is topped up', async () => {
-    const spare = await killRank1(['--spares', '1']);
+    const spare = await killRank1(['--tp', '2', '--spares', '1']);
     console.log(failoverLines(spare.log));
     console.log(`failure as ClusterStatus reports it (spare): ${JSON.stringify(spare.f)}`);
     expect(spare.before.spares).toBe(1);
@@ -65,7 +65,7 @@ describe('failover with a spare (py-tiny, tp=2, CPU workers)', () => {
     expect(spare.log).toMatch(/launcher: restarted slot 1 as a spare/);
     expect(spare.log).not.toContain('launcher: restarted ranks');
     // The same fault without a spare: the replica is respawned (every rank restarted and reloaded).
-    const respawn = await killRank1([]);
+    const respawn = await killRank1(['--tp', '2']);
     expect(respawn.before.spares).toBe(0);
     expect(respawn.f.recovery).toBe('respawned');
     console.log(`failover recovery, kill -9 of rank 1 (tp=2, py-tiny, CPU): with a spare ${spare.f.recoveryMs} ms ` +
@@ -73,8 +73,19 @@ describe('failover with a spare (py-tiny, tp=2, CPU workers)', () => {
     expect(spare.f.recoveryMs).toBeLessThan(respawn.f.recoveryMs);
   }, 120_000);
 
+  it('kill -9 of pipeline stage 1 (pp=2): the spare loads stage 1\'s layers, stage 0 re-forms in place', async () => {
+    const r = await killRank1(['--pp', '2', '--spares', '1']);
+    console.log(failoverLines(r.log));
+    expect(r.f).toMatchObject({ rank: 1, replica: 0, recovery: 'spare', replayedRequests: STREAMS });
+    const w = (s: Status, rank: number) => s.workers.find((x) => x.rank === rank)!;
+    expect(w(r.after, 0).pid).toBe(w(r.before, 0).pid);
+    expect(w(r.after, 1)).toMatchObject({ stage: 1, layerStart: w(r.before, 1).layerStart, layerEnd: w(r.before, 1).layerEnd, state: 'serving' });
+    expect(w(r.after, 1).pid).not.toBe(w(r.before, 1).pid);
+    console.log(`pp=2, stage 1 killed: the spare serving ${r.f.recoveryMs} ms after the loss (first token ${r.firstAfterMs} ms after the kill)`);
+  }, 60_000);
+
   it('SIGSTOP of a TP rank, SIGCONT once it was declared dead: the spare serves in its place and the resumed process never rejoins', async () => {
-    const cluster = await launch(PY_TINY, [...BASE, '--heartbeat-timeout', '1', '--spares', '1']);
+    const cluster = await launch(PY_TINY, [...BASE, '--tp', '2', '--heartbeat-timeout', '1', '--spares', '1']);
     let pid = 0;
     try {
       const before = await status(cluster);
