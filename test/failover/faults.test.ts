@@ -1,6 +1,8 @@
 // More faults (issue 6), each with 32 seeded streams of 64 tokens compared with the fault-free run:
 //   - two replicas lose a worker at the same moment while a third keeps serving;
 //   - the replica driver is killed while long prompts are still being prefilled (a spare replaces it);
+//   - both ranks of a replica die at once with a spare present: the re-form with the spare fails
+//     (its survivor is dead too) and falls back to respawning the replica;
 //   - a collective wedged on a hung peer: the step watchdog (--step-timeout) of the waiting worker
 //     reports it while its heartbeats still flow (the heartbeat timeout is set far away).
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -89,6 +91,38 @@ describe('failover: simultaneous faults, faults during prefill, wedged steps (py
     }
     expect(workerProcesses()).toEqual([]);
   }, 120_000);
+
+  it('kill -9 of both ranks of a replica with a spare: the re-form falls back to a respawn, every stream completes', async () => {
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--spares', '1', '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      const before = await status(cluster);
+      const victims = [pidOf(before, 0), pidOf(before, 1)];
+      const s = startStreams(cluster.client, requests());
+      await midStream(s);
+      for (const pid of victims) process.kill(pid, 'SIGKILL');
+      await s.all;
+      expectFaultFree(s.got, local);
+      let st = await status(cluster);
+      await until('recovery and a full spare pool', async () => {
+        st = await status(cluster);
+        return st.replicas[0]!.state === 'serving' && st.failures[0]?.recoveryMs > 0 && st.spares === 1;
+      });
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      // One incident; recovered by the spare if the second loss came first, else by the respawn fallback.
+      expect(st.failures).toHaveLength(1);
+      const f = st.failures[0]!;
+      expect(['spare', 'respawned']).toContain(f.recovery);
+      expect(victims).toContain(f.pid);
+      expect(st.workers.map((w) => w.pid).filter((p) => victims.includes(p))).toEqual([]);
+      for (const pid of victims) expect(alive(pid)).toBe(false);
+      console.log(`both ranks of the replica killed with a spare present: ${f.recovery} ${f.recoveryMs} ms after the loss (${f.cause})`);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
 
   it('a collective wedged on a hung peer: the step watchdog reports it before any heartbeat timeout, and the replica recovers', async () => {
     // The heartbeat timeout (20 s) is far beyond the test's reach: only the watchdog can end the wedge.
