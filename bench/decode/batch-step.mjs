@@ -3,12 +3,15 @@
 // of each prefill chunk step and the median decode step at the start and the end of generation.
 // With NODESPEED_CUDA_PROFILE_STEP=N the backend brackets step N for `ncu --profile-from-start off`
 // (steps are counted from 0: the prefill chunks first, then the decodes).
+// A/B of the flash prefill attention: NODESPEED_CUDA_FLASH=1 (tensor-core prefill kernel, opt-in) vs
+// unset (SIMT kernel for every token); the line says which one ran (`flash`, from the engine's description).
 // usage: node bench/decode/batch-step.mjs MODEL_DIR [S=64] [P=512] [C=2048] [NEW=256]
 import { blockTables, openCudaEngine, requireCuda } from '../../test/gpu/lib.mjs';
 
 requireCuda();
 const [dir, S = 64, P = 512, C = 2048, NEW = 256] = process.argv.slice(2).map((v, i) => (i ? Number(v) : v));
 const { engine, cfg, blockSize, kvBlocks } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: Math.ceil((P + NEW) / 16 + 1) * S });
+const engineDesc = engine.describe();
 const bts = blockTables(S, P + NEW, blockSize, kvBlocks);
 const prompts = bts.map((_, s) => Int32Array.from({ length: P }, (_, i) => 3 + ((s * 7919 + i * 104729) % (cfg.vocabSize - 3))));
 const prefillMs = [];
@@ -35,6 +38,6 @@ for (let k = 0; k < NEW - 1; k++) {
 engine.dispose();
 const med = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
 const sum = (a) => a.reduce((x, y) => x + y, 0);
-console.log(JSON.stringify({ S, P, C, NEW, prefillStepMs: prefillMs.map((x) => +x.toFixed(2)), prefillTotalMs: +sum(prefillMs).toFixed(1),
+console.log(JSON.stringify({ S, P, C, NEW, flash: engineDesc.includes('flash prefill'), prefillStepMs: prefillMs.map((x) => +x.toFixed(2)), prefillTotalMs: +sum(prefillMs).toFixed(1),
   decodeFirst16MedianMs: +med(decodeMs.slice(0, 16)).toFixed(3), decodeLast16MedianMs: +med(decodeMs.slice(-16)).toFixed(3),
-  decodeTotalMs: +sum(decodeMs).toFixed(1), generatedTokS: +((S * NEW) / ((sum(prefillMs) + sum(decodeMs)) / 1000)).toFixed(0) }));
+  prefillStepMsMedian: +med(prefillMs.length > 1 ? prefillMs.slice(1) : prefillMs).toFixed(2), decodeTotalMs: +sum(decodeMs).toFixed(1), generatedTokS: +((S * NEW) / ((sum(prefillMs) + sum(decodeMs)) / 1000)).toFixed(0) }));

@@ -10,8 +10,8 @@ import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
 import { launchCluster } from '../coordinator/cluster.js';
 import type { Cluster } from '../coordinator/cluster.js';
-import { hostSlots } from '../coordinator/cluster.js';
-import { describeLayout, planLayout } from '../coordinator/layout.js';
+import { planWithSpares } from '../coordinator/cluster.js';
+import { describeLayout } from '../coordinator/layout.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
 
@@ -32,6 +32,8 @@ export interface LaunchFlags {
   heartbeatInterval: number;
   heartbeatTimeout: number;
   requestTimeout: number;
+  stepTimeout: number;
+  spares: number;
   metricsPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
@@ -87,6 +89,10 @@ export function addServingOptions(cmd: Command): Command {
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
     .option('--request-timeout <s>', 'seconds a request may wait for a replica to recover before it fails UNAVAILABLE',
       secondsArg('--request-timeout'), 60)
+    .option('--step-timeout <s>', 'seconds one forward step may run before its worker declares itself wedged (stops heartbeating)',
+      secondsArg('--step-timeout'), 30)
+    .option('--spares <n>', 'spare workers kept joined (no weights loaded) to take over a lost rank; they use the slots beyond ' +
+      'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
@@ -107,13 +113,17 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   const lo = readLauncherOptions(raw);
   const config = loadModelConfig(f.model);
   const placement = planFromOptions(lo);
-  const layout = planLayout(config, hostSlots(placement), { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts });
   const device = resolveDeviceFlag(f.device);
+  const planned = planWithSpares(config, placement, { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts }, f.spares, device);
+  const { layout } = planned;
+  const spareSlots = planned.placement.ranks.slice(layout.world);
   let gpuMemory: number | undefined;
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
   const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16, ...(gpuMemory ? { gpuMemory } : {}) });
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
-    ...describeLayout(layout), 'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
+    ...describeLayout(layout),
+    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
+    'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
   for (const r of mem.ranks) {
     const p = layout.ranks[r.rank]!;
     out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
@@ -145,6 +155,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       // A GPU step costs about the same for 1 or 2048 tokens of prefill; a CPU step grows with them.
       maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 2048 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
+      stepTimeoutMs: f.stepTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,

@@ -26,7 +26,7 @@ export function formatFailure(f: FailureStatusMsg, now = Date.now()): string {
 function formatFailover(s: ClusterStatusMsg): string {
   const c = s.failover ?? { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
   const head = `failover: ${c.failures} failure(s), ${c.recoveries} recovered, ${c.replayedRequests} request(s) replayed ` +
-    `(${c.replayedTokens} tokens already streamed)`;
+    `(${c.replayedTokens} tokens already streamed), ${s.spares ?? 0} spare(s) waiting`;
   const failures = s.failures ?? [];
   return failures.length ? `${head}\nfailures (oldest first):\n${failures.map((f) => `  ${formatFailure(f)}`).join('\n')}` : head;
 }

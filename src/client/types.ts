@@ -81,8 +81,11 @@ export interface ReplicaStatusMsg {
   maxInFlight: number;
 }
 
-/** How failover handled a loss: respawning (in progress), respawned (serving again), retired (gave up). */
-export type RecoveryName = 'respawning' | 'respawned' | 'retired' | (string & {});
+/**
+ * How failover handled a loss: `replacing` then `spare` (a spare took the lost rank), `respawning`
+ * then `respawned` (the replica's ranks restarted), or `retired` (the other replicas carry its load).
+ */
+export type RecoveryName = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'retired' | (string & {});
 
 /** One lost worker and what failover did about it (FailureStatus, issue 6). */
 export interface FailureStatusMsg {
@@ -127,4 +130,6 @@ export interface ClusterStatusMsg {
   failures: FailureStatusMsg[];
   /** Totals since launch; zeros before any failure (a nodespeed server always sets it). */
   failover: FailoverCountersMsg;
+  /** Spare workers joined and waiting to take a lost rank (--spares). */
+  spares: number;
 }

@@ -24,7 +24,7 @@ export interface ApiOptions {
   authToken?: string;
   state: () => string;
   /** Failures and failover counters (ClusterStatus fields 12-13), from the failover module. */
-  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg };
+  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg; spares: number };
   /** Counts requests and streamed tokens for Prometheus (--metrics-port). */
   metrics?: ApiMetrics;
 }
@@ -165,7 +165,7 @@ export class InferenceApi {
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
         };
       }),
-      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 } }),
+      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 }, spares: 0 }),
     };
   }
 

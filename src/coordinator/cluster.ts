@@ -15,7 +15,7 @@ import type { Job } from '../launcher/supervisor.js';
 import type { SshOptions } from '../launcher/ssh.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { planLayout } from './layout.js';
-import type { HostSlots, Layout } from './layout.js';
+import type { HostSlots, Layout, LayoutOptions } from './layout.js';
 import { Coordinator } from './server.js';
 
 export interface ClusterOptions {
@@ -38,6 +38,10 @@ export interface ClusterOptions {
   heartbeatTimeoutMs: number;
   /** See CoordinatorOptions.requestTimeoutMs. */
   requestTimeoutMs: number;
+  /** A worker whose forward step runs longer declares itself wedged (0: no watchdog). */
+  stepTimeoutMs?: number;
+  /** Spare workers kept joined to take over a lost rank (--spares). */
+  spares?: number;
   /** See CoordinatorOptions.metricsPort. */
   metricsPort?: number;
   allowTpAcrossHosts: boolean;
@@ -78,10 +82,36 @@ export function hostSlots(p: Placement): HostSlots[] {
   return out;
 }
 
-/** The first `world` ranks of the placement: a layout may leave slots unused. */
-export function trimPlacement(p: Placement, world: number): Placement {
-  const ranks = p.ranks.slice(0, world);
-  return { ...p, ranks, worldSize: world, numNodes: new Set(ranks.map((r) => r.host)).size };
+/**
+ * The layout plus `spares` spare slots (--spares). Spares use the slots the layout leaves free
+ * (with --replicas auto, replicas are counted after setting the spares' slots aside). When the
+ * slots run short and every worker is a local CPU worker, the missing spares are extra local
+ * processes; otherwise that is an error naming --spares. Returns the placement trimmed to
+ * world + spares slots (spares last).
+ */
+export function planWithSpares(config: ModelConfig, placement: Placement, o: LayoutOptions, spares: number,
+  device: 'cpu' | 'cuda'): { layout: Layout; placement: Placement } {
+  if (!Number.isInteger(spares) || spares < 0) throw new Error(`--spares must be an integer >= 0 (got ${spares})`);
+  const slots = hostSlots(placement);
+  const total = placement.ranks.length;
+  const perReplica = o.tp * o.pp;
+  let replicas = o.replicas;
+  if (replicas === 'auto' && spares > 0 && total - spares >= perReplica) replicas = Math.floor((total - spares) / perReplica);
+  const layout = planLayout(config, slots, { ...o, replicas });
+  const free = total - layout.world;
+  const ranks = placement.ranks.slice(0, layout.world + Math.min(spares, free)).map((r) => ({ ...r }));
+  if (free < spares) {
+    const localCpu = device === 'cpu' && placement.ranks.every((r) => r.isLocal && r.host === placement.ranks[0]!.host);
+    if (!localCpu)
+      throw new Error(`--spares ${spares}: the hosts have ${total} slots and the layout uses ${layout.world}, so only ${free} ` +
+        'are free for spares (extra spare processes are only added when every worker is a local CPU worker)');
+    for (let i = free; i < spares; i++) {
+      const last = ranks[ranks.length - 1]!;
+      ranks.push({ ...last, rank: ranks.length, localRank: last.localRank + 1 });
+    }
+    for (const r of ranks) r.localWorldSize = ranks.length;
+  }
+  return { layout, placement: { ...placement, ranks, worldSize: ranks.length, numNodes: new Set(ranks.map((r) => r.host)).size } };
 }
 
 /** The source address the kernel would use to reach `host` (no packet is sent). */
@@ -110,14 +140,15 @@ export async function workerAddress(p: Placement, bind: string, port: number, ad
 
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
-  const layout = planLayout(config, hostSlots(o.placement), { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts });
-  const placement = trimPlacement(o.placement, layout.world);
+  const { layout, placement } = planWithSpares(config, o.placement,
+    { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
   const token = randomBytes(24).toString('hex');
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, log: o.log, bind: o.bind, port: o.port,
+    slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
@@ -133,7 +164,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   try {
     job = await startJob({
       placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false,
-      env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs) },
+      env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
+        NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000) },
       cwd: process.cwd(),
       ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
       ...(o.logDir ? { logDir: o.logDir } : {}),

@@ -6,9 +6,18 @@
 //      client already has, on another serving replica or on the re-formed one; seeded sampling is a
 //      function of (seed, position), so the continuation is the one a fault-free run produces and
 //      the router drops nothing the client has not seen (no repeat, no gap);
-//   2. re-forms the replica by respawn: a new membership generation, the replica's surviving ranks
-//      stopped through the launcher, every rank of the replica restarted on its host
-//      (job.restartRank), fresh rendezvous and reload; the replica serves again when all are ready;
+//   2. re-forms the replica, in this order of preference:
+//      (a) with a spare (--spares): a joined spare takes the lost rank, the survivors keep their
+//          processes and shards and re-form in place in a new generation (fresh communicators);
+//          once the replica serves, the lost rank's old slot is killed and started again as a
+//          spare (the pool is topped up; after recovery so a slow kill never delays serving);
+//      (b) by respawn: a new generation, the replica's surviving ranks stopped through the launcher,
+//          every rank of the replica restarted on its host (job.restartRank), fresh rendezvous and
+//          reload; also the fallback when a re-form with a spare fails;
+//      (d) when a rank cannot be restarted (its host no longer answers over SSH) or the replica
+//          keeps failing, it is retired: its processes are stopped and the other replicas carry
+//          the load. (c), a smaller layout for the survivors, is not implemented: TP/PP shapes are
+//          fixed per job, and a replica of another shape would need its own layout and router.
 //   3. answers UNAVAILABLE to any request that waited longer than --request-timeout for a replica.
 // Every failure is recorded (who, when, cause, recovery, time to recover) for ClusterStatus.
 import { EventEmitter } from 'node:events';
@@ -26,7 +35,8 @@ export interface FailoverOptions {
   log: (line: string) => void;
 }
 
-export type Recovery = 'respawning' | 'respawned' | 'retired';
+/** replacing → spare (a spare took the lost rank); respawning → respawned; either → retired. */
+export type Recovery = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'retired';
 
 export interface FailureRecord {
   rank: number;
@@ -59,6 +69,8 @@ export interface FailureStatusMsg {
 export interface FailoverStatusMsg {
   failures: FailureStatusMsg[];
   failover: FailoverCounters;
+  /** ClusterStatus field 14: spares joined and waiting (--spares). */
+  spares: number;
 }
 
 export interface FailoverEvents {
@@ -82,6 +94,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private readonly open = new Map<number, FailureRecord>();
   /** Pid and host of every rank of the replicas being re-formed, as they joined before the loss. */
   private readonly lostWorkers = new Map<number, { pid: number; host: string }>();
+  /** Replica → the launcher slot whose lost process a spare replaced: killed and restarted as a spare once it serves. */
+  private readonly topUp = new Map<number, number>();
   private readonly attempts = new Map<number, number>();
   private readonly timer: NodeJS.Timeout;
   private lastCause = '';
@@ -104,9 +118,11 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.job = job;
     job.on('rank-exit', (e) => {
       if (e.expected) return;
+      // e.rank is the launcher slot; the layout rank it holds (if any) is the one lost.
       const how = `process exited (${e.signal ?? `code ${e.code ?? '?'}`})`;
-      this.attribute(e.rank, how);
-      this.members.loseRank(e.rank, how);
+      const rank = this.members.slots.rankOf(e.rank);
+      if (rank !== undefined) this.attribute(rank, how);
+      this.members.loseSlot(e.rank, how);
     });
   }
 
@@ -117,12 +133,14 @@ export class Failover extends EventEmitter<FailoverEvents> {
         recoveryMs: f.recoveryMs ?? 0, generation: f.generation, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens,
       })),
       failover: { ...this.counters },
+      spares: this.members.slots.spareCount,
     };
   }
 
   /**
-   * When a survivor reported the failure first (its data plane broke on the dead peer), the rank
-   * whose process then exits on its own is the one that was really lost: name it in the record.
+   * When a survivor's report was believed first (the victim's own loss did not arrive within the
+   * membership's grace, see Membership.reportedFailure), the rank whose process then exits on its
+   * own is the one that was really lost: name it in the record.
    * Best effort: when the launcher sees that exit only after respawn() killed the replica's ranks,
    * the exit counts as expected and the record keeps naming the survivor (its cause names the peer).
    */
@@ -156,9 +174,12 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.attempts.set(replica.id, attempt);
     for (const r of replica.ranks) {
       const old = this.members.workers.get(r);
-      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.join.host });
+      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.plan.host });
     }
-    const generation = this.members.reform(replica);
+    // (a) a spare takes the lost rank, survivors re-form in place; only on the first attempt (a
+    // failed in-place re-form falls back to respawning every rank from clean processes).
+    const spare = !prev && w && w.plan.replica === replica.id ? this.members.reformWithSpare(replica, w.rank) : undefined;
+    const generation = spare ? this.members.gen : this.members.reform(replica);
     let rec: FailureRecord;
     if (prev) {
       // Lost again while re-forming: the same incident, one more attempt.
@@ -169,16 +190,22 @@ export class Failover extends EventEmitter<FailoverEvents> {
       rec.replayedTokens += tokens;
     } else {
       rec = {
-        rank: w?.rank ?? -1, host: w?.join.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
-        at: Date.now(), generation, recovery: 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
+        rank: w?.rank ?? -1, host: w?.plan.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
+        at: Date.now(), generation, recovery: spare ? 'replacing' : 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
       };
       this.failures.push(rec);
       this.open.set(replica.id, rec);
       this.counters.failures++;
     }
     // One line per event (failure, recovery, retirement), each whole: who, cause, what is done, ms.
-    this.o.log(`failover: replica ${replica.id} lost (${reason}; pid ${w?.join.pid ?? '?'} on ${w?.join.host ?? '?'}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
-      `respawning its ranks in generation ${generation} (attempt ${attempt})`);
+    this.o.log(`failover: replica ${replica.id} lost (${reason}; pid ${w?.join.pid ?? '?'} on ${w?.plan.host ?? '?'}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
+      (spare ? `the spare in slot ${spare.slot} takes rank ${w!.rank}` : 'respawning its ranks') + ` in generation ${generation} (attempt ${attempt})`);
+    if (spare) {
+      this.topUp.set(replica.id, w!.join.rank);
+      return;
+    }
+    rec.recovery = 'respawning';
+    this.refillNow(replica.id);
     if (attempt > MAX_ATTEMPTS) {
       this.retire(replica, rec, `failed ${attempt} times in a row while re-forming`);
       return;
@@ -186,18 +213,50 @@ export class Failover extends EventEmitter<FailoverEvents> {
     void this.respawn(replica, rec).catch((err: unknown) => this.retire(replica, rec, (err as Error).message));
   }
 
+  /** Launcher slots of the replica's ranks (a spare that took a rank holds it in its own slot). */
+  private slotsOf(replica: Replica): number[] {
+    return replica.ranks.map((r) => this.members.slots.slotOf(r));
+  }
+
+  private async waitExit(slots: number[]): Promise<void> {
+    const job = this.job!;
+    const deadline = Date.now() + EXIT_WAIT_MS;
+    while (slots.some((s) => job.rankState(s).running)) {
+      if (Date.now() > deadline) throw new Error(`slots ${slots.join(', ')} did not exit within ${EXIT_WAIT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /**
+   * A spare's re-form failed (or the replica is retired) before the lost rank's old slot was
+   * refilled: refill it now, so the lost process (maybe only stopped) does not outlive its replica.
+   */
+  private refillNow(replica: number): void {
+    const slot = this.topUp.get(replica);
+    this.topUp.delete(replica);
+    if (slot !== undefined && this.job)
+      void this.refillSpare(slot).catch((err: unknown) => this.o.log(`launcher: slot ${slot} not restarted as a spare: ${(err as Error).message}`));
+  }
+
+  /** After a spare took a rank: stop the lost process for good and start its slot again as a spare. */
+  private async refillSpare(slot: number): Promise<void> {
+    const job = this.job!;
+    await job.killRank(slot, 'SIGKILL');
+    await this.waitExit([slot]);
+    if (this.members.isStopping || this.members.slots.rankOf(slot) !== undefined) return;
+    await job.restartRank(slot);
+    this.o.log(`launcher: restarted slot ${slot} as a spare`);
+  }
+
   private async respawn(replica: Replica, rec: FailureRecord): Promise<void> {
     const job = this.job!;
     // The survivors were told to abort; stop them for good so each rank restarts from a clean
     // process (and a new communicator) on its host.
-    await Promise.all(replica.ranks.map((r) => job.killRank(r, 'SIGKILL')));
-    const deadline = Date.now() + EXIT_WAIT_MS;
-    while (replica.ranks.some((r) => job.rankState(r).running)) {
-      if (Date.now() > deadline) throw new Error(`ranks of replica ${replica.id} did not exit within ${EXIT_WAIT_MS} ms`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const slots = this.slotsOf(replica);
+    await Promise.all(slots.map((s) => job.killRank(s, 'SIGKILL')));
+    await this.waitExit(slots);
     if (this.open.get(replica.id) !== rec || this.members.isStopping) return; // superseded or shutting down
-    await Promise.all(replica.ranks.map((r) => job.restartRank(r)));
+    await Promise.all(slots.map((s) => job.restartRank(s)));
     this.o.log(`launcher: restarted ranks ${replica.ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
   }
 
@@ -206,8 +265,11 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recovery = 'retired';
     this.open.delete(replica.id);
     this.members.retire(replica);
-    this.o.log(`failover: replica ${replica.id} retired ${Date.now() - rec.at} ms after rank ${rec.rank} (pid ${rec.pid} on ${rec.host}) was lost: ${why}; ` +
-      `cause: ${rec.cause}; the other replicas carry its requests`);
+    this.refillNow(replica.id);
+    this.o.log(`failover: replica ${replica.id} retired: ${why}; rank ${rec.rank} (pid ${rec.pid} on ${rec.host}) was lost ${Date.now() - rec.at} ms ago ` +
+      `(${rec.cause}); the other replicas carry its load`);
+    // Stop what is left of it (survivors waiting to be re-formed); a host that is gone is skipped.
+    for (const s of this.slotsOf(replica)) void this.job?.killRank(s, 'SIGKILL').catch(() => {});
     this.emit('retired', replica, why);
   }
 
@@ -216,13 +278,14 @@ export class Failover extends EventEmitter<FailoverEvents> {
     if (!rec) return;
     this.open.delete(replica.id);
     this.attempts.delete(replica.id);
-    rec.recovery = 'respawned';
+    rec.recovery = rec.recovery === 'replacing' ? 'spare' : 'respawned';
     rec.recoveredAt = Date.now();
     rec.recoveryMs = rec.recoveredAt - rec.at;
     this.counters.recoveries++;
     this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
       `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovery: ${rec.recovery}, ${rec.replayedRequests} requests replayed`);
     this.emit('recovered', rec);
+    this.refillNow(replica.id);
   }
 
   // Requests that waited too long for a replica get a clear UNAVAILABLE instead of hanging.

@@ -8,13 +8,16 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type {
-  CoordinatorMessage, HeartbeatMsg, JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, TokensMsg, WorkerMessage,
-} from './control-messages.js';
-import type { Layout, RankPlan } from './layout.js';
+import type { HeartbeatMsg, JoinMsg, TokensMsg, WorkerMessage } from './control-messages.js';
+import type { Layout } from './layout.js';
+import { Rendezvous } from './rendezvous.js';
+import { Slots } from './spares.js';
+import type { SlotInfo, Spare } from './spares.js';
+import { Replica, WorkerConn } from './worker-conn.js';
+import type { ControlCall } from './worker-conn.js';
 
-export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
-export type ReplicaState = 'forming' | 'loading' | 'serving' | 'lost';
+export { Replica, WorkerConn } from './worker-conn.js';
+export type { ReplicaState, WorkerState } from './worker-conn.js';
 
 export interface MembershipOptions {
   token: string;
@@ -27,60 +30,9 @@ export interface MembershipOptions {
   maxQueue: number;
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
+  /** Every launcher slot (spares included), by slot; default: the layout's ranks, no spares. */
+  slots?: SlotInfo[];
   log: (line: string) => void;
-}
-
-type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
-
-export class WorkerConn {
-  state: WorkerState = 'joined';
-  lastHeartbeat = Date.now();
-  loadDone = 0;
-  loadTotal = 0;
-  kvBlocks = 0;
-  kvBlockSize = 0;
-  lostReason = '';
-
-  /** The generation this worker was assigned in: its messages must carry it, ours to it do. */
-  constructor(readonly plan: RankPlan, readonly join: JoinMsg, private readonly call: ControlCall, readonly generation: string) {}
-
-  get rank(): number {
-    return this.plan.rank;
-  }
-
-  send(m: OutgoingCoordinatorMessage): void {
-    if (this.state === 'lost') return;
-    try {
-      this.call.write(m);
-    } catch {
-      // The stream is closing; its 'end'/'error' handler marks the worker lost.
-    }
-  }
-
-  close(): void {
-    try {
-      this.call.end();
-    } catch {
-      /* already closed */
-    }
-  }
-}
-
-export class Replica {
-  state: ReplicaState = 'forming';
-  load: ReplicaLoadMsg | null = null;
-  kvBlocks = 0;
-  kvBlockSize = 0;
-  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
-  reforming = false;
-
-  constructor(readonly id: number, readonly ranks: number[]) {}
-}
-
-interface RendezvousGroup {
-  size: number;
-  payloads: (Buffer | undefined)[];
-  members: Set<number>;
 }
 
 export interface MembershipEvents {
@@ -96,12 +48,14 @@ export class Membership extends EventEmitter<MembershipEvents> {
   generation = 1n;
   readonly workers = new Map<number, WorkerConn>();
   readonly replicas: Replica[];
-  private readonly groups = new Map<string, RendezvousGroup>();
+  readonly slots: Slots;
+  private readonly rendezvous = new Rendezvous();
   private readonly monitor: NodeJS.Timeout;
   private stopping = false;
 
   constructor(readonly layout: Layout, private readonly o: MembershipOptions) {
     super();
+    this.slots = new Slots(o.slots ?? layout.ranks.map((p) => ({ host: p.host, localRank: p.localRank })), layout.world);
     this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
       new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank)));
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
@@ -116,11 +70,21 @@ export class Membership extends EventEmitter<MembershipEvents> {
   /** The Control.Connect handler: one call per worker for its whole life. */
   handleStream(call: ControlCall): void {
     let worker: WorkerConn | undefined;
+    let spare: number | undefined;
     call.on('data', (m: WorkerMessage) => {
       try {
+        if (!worker && spare !== undefined) {
+          const s = this.slots.spare(spare);
+          if (s) s.lastHeartbeat = Date.now();
+          return;
+        }
         if (!worker) {
           if (m.msg !== 'join') return this.refuse(call, null, 'the first message must be Join');
-          worker = this.admit(call, m.join);
+          worker = this.admit(call, m.join, (slot) => {
+            spare = slot;
+          }, (rank) => {
+            worker = this.workers.get(rank);
+          });
           return;
         }
         this.onMessage(worker, m);
@@ -129,6 +93,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
     });
     const gone = (why: string) => {
+      if (!worker && spare !== undefined && this.slots.dropSpare(spare, call)) this.o.log(`coordinator: spare in slot ${spare} gone: ${why}`);
       if (worker && this.workers.get(worker.rank) === worker) this.lose(worker, why);
     };
     call.on('end', () => {
@@ -157,11 +122,24 @@ export class Membership extends EventEmitter<MembershipEvents> {
     return a.length === b.length && timingSafeEqual(a, b);
   }
 
-  private admit(call: ControlCall, join: JoinMsg): WorkerConn | undefined {
+  /**
+   * A Join names the worker's launcher slot (RANK). A slot holding a layout rank gets that rank's
+   * assignment; a spare slot's worker waits as a spare (`asSpare`) until `takeOver` hands it a rank.
+   */
+  private admit(call: ControlCall, join: JoinMsg, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
     if (!this.tokenOk(join.token)) return this.refuse(call, join, 'wrong job token');
-    const plan = this.layout.ranks[join.rank];
-    if (!plan) return this.refuse(call, join, `rank ${join.rank} is not in this job's world of ${this.layout.world}`, grpc.status.INVALID_ARGUMENT);
-    const old = this.workers.get(join.rank);
+    if (join.rank >= this.slots.info.length)
+      return this.refuse(call, join, `rank ${join.rank} is not in this job's ${this.slots.info.length} launcher slots`, grpc.status.INVALID_ARGUMENT);
+    const rank = this.slots.rankOf(join.rank);
+    if (rank === undefined) {
+      if (this.slots.spare(join.rank)) return this.refuse(call, join, `spare slot ${join.rank} already joined`, grpc.status.ALREADY_EXISTS);
+      this.slots.addSpare({ slot: join.rank, join, call, lastHeartbeat: Date.now(), bind: takeOver });
+      asSpare(join.rank);
+      this.o.log(`coordinator: spare joined in slot ${join.rank} from ${join.host} (pid ${join.pid}); ${this.slots.spareCount} spare(s) ready`);
+      return undefined;
+    }
+    const plan = this.layout.ranks[rank]!;
+    const old = this.workers.get(rank);
     const replica = this.replicas[plan.replica]!;
     if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
     // A rank lost in this generation cannot come back into it: its peers have aborted their
@@ -169,9 +147,17 @@ export class Membership extends EventEmitter<MembershipEvents> {
     if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
       grpc.status.FAILED_PRECONDITION);
     const w = new WorkerConn(plan, join, call, this.gen);
-    this.workers.set(join.rank, w);
+    this.workers.set(rank, w);
     if (replica.state === 'forming') replica.state = 'loading';
     this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})`);
+    this.assign(w);
+    return w;
+  }
+
+  /** Sends the worker its assignment in its generation (the peers are the replica's current hosts). */
+  private assign(w: WorkerConn): void {
+    const plan = w.plan;
+    const replica = this.replicas[plan.replica]!;
     const peers = replica.ranks.map((r) => {
       const p = this.layout.ranks[r]!;
       return { rank: r, host: p.host, listenAddresses: this.workers.get(r)?.join.listenAddresses ?? [] };
@@ -185,7 +171,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
         maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
       },
     });
-    return w;
   }
 
   private stale(w: WorkerConn, generation: string): boolean {
@@ -195,7 +180,18 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private onMessage(w: WorkerConn, m: WorkerMessage): void {
-    if (w.state === 'lost') return;
+    if (w.state === 'lost') {
+      // Declared lost (a hang that ended, a SIGCONT): its replica moved on without it. It cannot
+      // rejoin any generation on this stream; ending the stream makes it exit.
+      if (!w.toldLost) {
+        w.toldLost = true;
+        this.o.log(`coordinator: rank ${w.rank} (pid ${w.join.pid}) spoke after it was declared lost (${w.lostReason}); ` +
+          `its ${m.msg} of generation ${(m as unknown as Record<string, { generation?: string }>)[m.msg]?.generation ?? '?'} is ignored and its stream ended`);
+        w.call.emit('error', { code: grpc.status.FAILED_PRECONDITION, details: `rank ${w.rank} was declared lost (${w.lostReason}); it cannot rejoin`,
+          metadata: new grpc.Metadata() });
+      }
+      return;
+    }
     w.lastHeartbeat = Date.now(); // any message proves the worker alive
     switch (m.msg) {
       case 'heartbeat':
@@ -221,15 +217,16 @@ export class Membership extends EventEmitter<MembershipEvents> {
         return;
       case 'commOffer':
         if (this.stale(w, m.commOffer.generation)) return;
-        this.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload);
+        this.rendezvous.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload, (r) => this.workers.get(r));
         return;
       case 'tokens':
         if (this.stale(w, m.tokens.generation)) return;
         this.emit('tokens', this.replicas[w.plan.replica]!, m.tokens);
         return;
       case 'error':
+        if (this.stale(w, m.error.generation)) return;
         this.o.log(`worker ${w.rank}: ${m.error.message}`);
-        if (m.error.fatal) this.lose(w, m.error.message);
+        if (m.error.fatal) this.reportedFailure(w, m.error.message);
         return;
       case 'join':
         this.o.log(`coordinator: rank ${w.rank} sent Join twice; ignored`);
@@ -247,20 +244,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
       done += w ? Math.min(w.loadDone, t) : 0;
     }
     return [done, total];
-  }
-
-  // Communicator rendezvous: all-gather of one blob per group member, by group rank.
-  private offer(w: WorkerConn, name: string, groupRank: number, size: number, payload: Buffer): void {
-    // Groups are per generation: offers of a replica's earlier incarnation never mix with the new.
-    name = `${w.generation}/${name}`;
-    const g = this.groups.get(name) ?? { size, payloads: new Array<Buffer | undefined>(size).fill(undefined), members: new Set<number>() };
-    if (g.size !== size || groupRank >= size) throw new Error(`comm group ${name}: rank ${w.rank} offered group rank ${groupRank} of ${size}, expected a group of ${g.size}`);
-    this.groups.set(name, g);
-    g.payloads[groupRank] = Buffer.from(payload);
-    g.members.add(w.rank);
-    if (g.payloads.some((p) => p === undefined)) return;
-    this.groups.delete(name);
-    for (const r of g.members) this.workers.get(r)?.send({ commPeers: { generation: w.generation, group: name.slice(name.indexOf('/') + 1), payloads: g.payloads } });
   }
 
   private maybeStart(replica: Replica): void {
@@ -283,10 +266,79 @@ export class Membership extends EventEmitter<MembershipEvents> {
     return this.workers.get(replica.ranks[0]!);
   }
 
-  /** Declares a rank lost from outside the control stream (its process exited). */
-  loseRank(rank: number, reason: string): void {
+  /**
+   * A launcher slot's process exited: its rank is lost, or its spare leaves the pool. Returns the
+   * layout rank the slot held, if any.
+   */
+  loseSlot(slot: number, reason: string): number | undefined {
+    const rank = this.slots.rankOf(slot);
+    if (rank === undefined) {
+      const s = this.slots.spare(slot);
+      if (s && this.slots.dropSpare(slot)) this.o.log(`coordinator: spare in slot ${slot} (pid ${s.join.pid}) ${reason}`);
+      return undefined;
+    }
     const w = this.workers.get(rank);
     if (w) this.lose(w, reason);
+    return rank;
+  }
+
+  /**
+   * A worker reported a fatal error. When it is a survivor whose collective failed on a dead peer,
+   * the peer's own loss (its stream closing, its process exiting, its heartbeats stopping) usually
+   * arrives a moment later: wait for it briefly, so the loss is recorded against the rank that was
+   * really lost and a spare replaces that one, not the survivor. If nothing else happened meanwhile,
+   * the reporting worker is the lost one.
+   */
+  private reportedFailure(w: WorkerConn, message: string): void {
+    const gen = w.generation;
+    const grace = Math.min(this.o.heartbeatTimeoutMs + this.o.heartbeatIntervalMs, 3000);
+    setTimeout(() => {
+      if (this.workers.get(w.rank) === w && w.generation === gen) this.lose(w, message);
+    }, grace).unref();
+  }
+
+  /**
+   * Re-forms a lost replica in place with a spare (issue 6, recovery (a)): a new generation, the
+   * spare takes the lost rank (the rank moves to the spare's slot and host), the survivors keep their
+   * processes and loaded shards and get the new generation's assignment (fresh communicators, new
+   * unique id). Returns the spare, or undefined (and changes nothing) when no spare is joined or a
+   * survivor is not connected.
+   */
+  reformWithSpare(replica: Replica, lost: number): Spare | undefined {
+    const survivors = replica.ranks.filter((r) => r !== lost).map((r) => this.workers.get(r));
+    if (survivors.some((w) => !w || w.state === 'lost')) return undefined;
+    const old = this.workers.get(lost);
+    const spare = this.slots.takeSpare(lost, this.slots.info[this.slots.slotOf(lost)]!.host);
+    if (!spare) return undefined;
+    const generation = this.bumpGeneration(replica);
+    if (old && old.state !== 'lost') {
+      old.state = 'lost';
+      old.lostReason = `replaced by the spare in slot ${spare.slot} in generation ${generation}`;
+    }
+    this.workers.delete(lost);
+    const where = this.slots.info[spare.slot]!;
+    const plan = { ...this.layout.ranks[lost]!, host: where.host, localRank: where.localRank };
+    this.layout.ranks[lost] = plan;
+    const w = new WorkerConn(plan, spare.join, spare.call, generation);
+    this.workers.set(lost, w);
+    spare.bind(lost);
+    for (const s of survivors) {
+      s!.generation = generation;
+      s!.state = 'joined';
+    }
+    this.o.log(`coordinator: the spare in slot ${spare.slot} (${where.host} pid ${spare.join.pid}) takes rank ${lost} of replica ${replica.id}; ` +
+      `survivors ${survivors.map((s) => s!.rank).join(', ') || '(none)'} re-form in place in generation ${generation}`);
+    for (const r of replica.ranks) this.assign(this.workers.get(r)!);
+    return spare;
+  }
+
+  private bumpGeneration(replica: Replica): string {
+    this.generation++;
+    this.rendezvous.dropReplica(replica.id);
+    replica.state = 'forming';
+    replica.reforming = true;
+    replica.load = null;
+    return this.gen;
   }
 
   /**
@@ -295,7 +347,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
    * again, and only into the new generation.
    */
   reform(replica: Replica): string {
-    this.generation++;
+    this.bumpGeneration(replica);
     for (const r of replica.ranks) {
       // The survivors' connections go quiet too: whatever they still send (a collective that
       // failed on the dead peer, a late heartbeat) belongs to the old generation and is ignored.
@@ -306,10 +358,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
       this.workers.delete(r);
     }
-    for (const name of [...this.groups.keys()]) if (name.includes(`/r${replica.id}/`)) this.groups.delete(name);
-    replica.state = 'forming';
-    replica.reforming = true;
-    replica.load = null;
     this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${this.gen}`);
     return this.gen;
   }
@@ -349,6 +397,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
       w.send({ heartbeat: { generation: w.generation, sentAtMs: hb.sentAtMs } });
     }
+    this.slots.tickSpares(now, this.o.heartbeatTimeoutMs, this.o.log);
   }
 
   /** Tells every worker to stop and closes the streams. */
@@ -359,5 +408,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
       w.send({ stop: { generation: w.generation, reason } });
       w.close();
     }
+    this.slots.stopSpares(reason);
   }
 }

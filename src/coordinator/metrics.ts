@@ -100,6 +100,11 @@ export class CoordinatorMetrics implements ApiMetrics {
       collect() { this.set(Number(members.generation)); },
     });
 
+    new Gauge({
+      name: 'nodespeed_spares', help: 'Spare workers joined and waiting to take a lost rank (--spares)', registers: [r],
+      collect() { this.set(failover.status().spares); },
+    });
+
     const c = (k: keyof FailoverCounters) => () => failover.counters[k];
     mirroredCounter(r, 'nodespeed_failures_total', 'Workers lost (one per incident, as in ClusterStatus failures)', c('failures'));
     mirroredCounter(r, 'nodespeed_recoveries_total', 'Lost replicas serving again', c('recoveries'));

@@ -27,7 +27,8 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   generation = '0';
   private readonly client: grpc.Client;
   private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
-  private readonly rendezvous = new Map<string, (payloads: Buffer[]) => void>();
+  private readonly rendezvous = new Map<string, { resolve: (payloads: Buffer[]) => void; reject: (err: Error) => void }>();
+  private beating = true;
   private heartbeat: NodeJS.Timeout | undefined;
   private lastHeard = Date.now();
   private timeoutMs = 0;
@@ -50,6 +51,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private startHeartbeat(ms: number): void {
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
+      if (!this.beating) return;
       // A coordinator that is silent past the timeout is hung or cut off: stop rather than serve on.
       if (this.timeoutMs > 0 && Date.now() - this.lastHeard > this.timeoutMs) {
         this.finish(new Error(`no message from the coordinator for ${Date.now() - this.lastHeard} ms`));
@@ -74,7 +76,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
         return; // proof the coordinator is alive; nothing to do
       case 'commPeers':
         if (m.commPeers.generation !== this.generation) return;
-        this.rendezvous.get(m.commPeers.group)?.(m.commPeers.payloads);
+        this.rendezvous.get(m.commPeers.group)?.resolve(m.commPeers.payloads);
         this.rendezvous.delete(m.commPeers.group);
         return;
       default: {
@@ -89,8 +91,24 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.heartbeat);
-    for (const [group] of this.rendezvous) this.rendezvous.delete(group);
+    this.cancelRendezvous(`control stream closed${err ? `: ${err.message}` : ''}`);
     this.emit('closed', err);
+  }
+
+  /** Fails every pending rendezvous (its generation was aborted: the coordinator dropped the group). */
+  cancelRendezvous(why: string): void {
+    for (const [group, r] of this.rendezvous) {
+      this.rendezvous.delete(group);
+      r.reject(new Error(`rendezvous ${group}: ${why}`));
+    }
+  }
+
+  /**
+   * The worker declared itself wedged: no more heartbeats, so the coordinator's heartbeat timeout
+   * confirms the loss even if the worker's own report got lost. Other messages still flow.
+   */
+  stopBeating(): void {
+    this.beating = false;
   }
 
   send(m: OutgoingWorkerMessage): void {
@@ -102,8 +120,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   exchange(group: string, groupRank: number, groupSize: number, payload: Uint8Array): Promise<Buffer[]> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new Error(`rendezvous ${group}: the control stream is closed`));
-      this.rendezvous.set(group, resolve);
-      this.once('closed', (err) => reject(new Error(`rendezvous ${group}: control stream closed${err ? `: ${err.message}` : ''}`)));
+      this.rendezvous.set(group, { resolve, reject });
       this.send({ commOffer: { generation: this.generation, group, groupRank, groupSize, payload: Buffer.from(payload) } });
     });
   }

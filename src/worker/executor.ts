@@ -23,6 +23,10 @@ export interface ReplicaPosition {
 
 export type DataPlane = Pick<Comm, 'send' | 'recv' | 'abort'>;
 
+/** Runs one engine step (the worker passes its step watchdog here). */
+export type StepRunner = <T>(run: () => Promise<T>) => Promise<T>;
+const unwatched: StepRunner = (run) => run();
+
 function localRank(p: { stage: number; tpRank: number; tp: number }): number {
   return p.stage * p.tp + p.tpRank;
 }
@@ -32,7 +36,7 @@ function hiddenBytes(engine: Engine, tokens: number): number {
 }
 
 /** Runs a non-driver rank until the driver sends STOP (resolves) or the data plane fails (rejects). */
-export async function runFollower(engine: Engine, plane: DataPlane, pos: ReplicaPosition): Promise<void> {
+export async function runFollower(engine: Engine, plane: DataPlane, pos: ReplicaPosition, watch: StepRunner = unwatched): Promise<void> {
   const hdr = new Uint8Array(FRAME_BYTES);
   const last = pos.stage === pos.pp - 1;
   const prev = pos.stage > 0 ? localRank({ ...pos, stage: pos.stage - 1 }) : -1;
@@ -50,7 +54,7 @@ export async function runFollower(engine: Engine, plane: DataPlane, pos: Replica
       hiddenIn = new Uint8Array(hiddenBytes(engine, totalTokens(meta.seqs)));
       await plane.recv(hiddenIn, prev);
     }
-    const out = await engine.step({ seqs: meta.seqs, ...(hiddenIn ? { hiddenIn } : {}) });
+    const out = await watch(() => engine.step({ seqs: meta.seqs, ...(hiddenIn ? { hiddenIn } : {}) }));
     if (!last) await plane.send(out.hiddenOut!, next);
     else if (pos.tpRank === 0 && pos.stage > 0 && out.sampled.length > 0) await plane.send(new Uint8Array(out.sampled.buffer, out.sampled.byteOffset, out.sampled.byteLength), 0);
   }
@@ -73,7 +77,7 @@ export interface DriverHooks {
 
 /** The replica driver's loop; resolves after telling every rank to stop. */
 export async function runDriver(engine: Engine, plane: DataPlane | null, pos: ReplicaPosition, sched: Scheduler,
-  hooks: DriverHooks): Promise<void> {
+  hooks: DriverHooks, watch: StepRunner = unwatched): Promise<void> {
   const world = pos.tp * pos.pp;
   const lastStage0 = (pos.pp - 1) * pos.tp;
   const inFlight: PlannedStep[] = [];
@@ -95,7 +99,7 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
         }
       }
       const t0 = trace ? performance.now() : 0;
-      const out = await engine.step({ seqs: step.seqs });
+      const out = await watch(() => engine.step({ seqs: step.seqs }));
       trace?.(step, performance.now() - t0);
       if (pos.pp === 1) {
         hooks.emit(sched.complete(step, out.sampled));

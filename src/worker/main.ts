@@ -3,10 +3,18 @@
 // joins the coordinator, receives its assignment, forms its communicators, loads only its shard,
 // reports progress and readiness, and then runs steps until told to stop. Heartbeats flow from the
 // first message on; the engine and the communicators run off the JS thread, so they keep flowing.
+//
+// A worker lives through membership generations (issue 6). When its replica loses a peer, the
+// coordinator aborts the generation; a surviving worker keeps its process and its loaded shard,
+// waits for the next generation's assignment (fresh communicators with a new unique id, a spare in
+// the lost peer's place) and serves again. A spare is a worker that joined and got no assignment
+// yet: it waits, heartbeating, until the coordinator hands it a lost rank. The step watchdog and
+// the communicator poll (health.ts) report a wedged step or a broken communicator.
 import { availableParallelism, hostname } from 'node:os';
 
 import { Engine } from '../engine/engine.js';
 import { loadTokenizer } from '../model/index.js';
+import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { AssignmentMsg, StartMsg, SubmitMsg } from '../coordinator/control-messages.js';
@@ -14,6 +22,7 @@ import { ControlClient } from './control-client.js';
 import { runDriver, runFollower } from './executor.js';
 import type { ReplicaPosition } from './executor.js';
 import { formWorkerGroup } from './groups.js';
+import { WorkerHealth } from './health.js';
 import { Scheduler } from './scheduler.js';
 
 function env(name: string): string {
@@ -34,107 +43,183 @@ function deviceInfo() {
     : { kind: 'cpu', name: info.cpu.simd, totalMemory: '0', freeMemory: '0', threads: info.cpu.threads };
 }
 
-class Worker {
-  private engine: Engine | undefined;
-  private comms: Comm[] = [];
-  stopRequested = false;
-  private wake: (() => void) | undefined;
-  private scheduler: Scheduler | undefined;
-  private readonly early: { submit: SubmitMsg[]; cancel: string[] } = { submit: [], cancel: [] };
+/** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
+function shardKey(a: AssignmentMsg): string {
+  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
+}
 
-  constructor(private readonly control: ControlClient, private readonly token: string) {}
+/** One membership generation of this worker: aborted when the coordinator gives up on it. */
+class Generation {
+  aborted = false;
+  scheduler: Scheduler | undefined;
+  wake: (() => void) | undefined;
+  readonly early: { submit: SubmitMsg[]; cancel: string[] } = { submit: [], cancel: [] };
+  private rejectAborted!: (err: Error) => void;
+  /** Rejects when the generation is aborted: raced against every wait that only the coordinator ends. */
+  readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
 
-  async run(a: AssignmentMsg): Promise<void> {
-    const pos: ReplicaPosition = { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp };
-    const local = a.stage * a.tp + a.tpRank;
-    const me = a.peers[local];
-    const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? me?.host ?? hostname();
-    const nonce = `${this.token}/${a.generation}`;
-    const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
-    const deviceIndex = cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
-    const started = new Promise<StartMsg>((resolve) => this.control.once('start', resolve));
-    this.control.on('submit', (s) => this.onSubmit(s));
-    this.control.on('cancel', (c) => this.onCancel(c.requestId));
-    // Communicators first (cheap, and a missing peer shows up before minutes of loading).
-    let tpComm: Comm | undefined;
-    if (a.tp > 1)
-      tpComm = await formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
-        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce });
-    let plane: Comm | undefined;
-    if (a.tp * a.pp > 1)
-      plane = await formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
-        advertise, deviceIndex, nonce });
-    this.comms = [tpComm, plane].filter((c): c is Comm => !!c);
-    const driver = local === 0;
-    // CPU workers sharing a host split its cores instead of each spawning one thread per core
-    // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
-    const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
-    const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
-    const [engine, tokenizer] = await Promise.all([
-      Engine.load(a.modelDir, {
-        device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
-        layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
-        ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
-        onProgress: (done, total) => this.control.send({ loadProgress: { generation: this.control.generation, done, total } }),
-      }),
-      driver ? loadTokenizer(a.modelDir) : Promise.resolve(undefined),
-    ]);
-    this.engine = engine;
-    if (tpComm) engine.setTpComm(tpComm.native);
-    this.control.send({ ready: { generation: this.control.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
-      describe: engine.describe() } });
-    const start = await started;
-    if (!driver) return runFollower(engine, plane!, pos);
-    const sched = new Scheduler(start.kvBlocks, start.kvBlockSize, tokenizer!, a.maxBatchTokens || 256, a.maxQueue || 1024,
-      engine.maxPosition);
-    this.scheduler = sched;
-    this.control.load = () => sched.load();
-    for (const s of this.early.submit) this.onSubmit(s);
-    for (const c of this.early.cancel) this.onCancel(c);
-    await runDriver(engine, plane ?? null, pos, sched, {
-      emit: (updates) => {
-        if (updates.length) this.control.send({ tokens: { generation: this.control.generation, updates } });
-      },
-      waitForWork: () => new Promise<void>((resolve) => {
-        this.wake = resolve;
-      }),
-      stopping: () => this.stopRequested,
-    });
+  constructor(readonly id: string) {
+    this.abortedSignal.catch(() => {});
   }
 
-  private poke(): void {
+  abort(reason: string): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.rejectAborted(new Error(`generation ${this.id} aborted: ${reason}`));
+    this.poke();
+  }
+
+  poke(): void {
     const w = this.wake;
     this.wake = undefined;
     w?.();
   }
+}
+
+class Worker {
+  private engine: Engine | undefined;
+  private engineKey = '';
+  private tokenizer: Tokenizer | undefined;
+  private comms: Comm[] = [];
+  private gen: Generation | undefined;
+  stopRequested = false;
+  /** Set once this worker has served (got Start): a later failure waits to be re-formed instead of exiting. */
+  served = false;
+
+  constructor(private readonly control: ControlClient, private readonly token: string, readonly health: WorkerHealth) {
+    this.control.on('submit', (s) => this.onSubmit(s));
+    this.control.on('cancel', (c) => this.onCancel(c.requestId));
+  }
+
+  get generationAborted(): boolean {
+    return this.gen?.aborted ?? false;
+  }
+
+  /** Runs one generation: resolves when told to stop, rejects on a failure or when the generation is aborted. */
+  async run(a: AssignmentMsg): Promise<void> {
+    const gen = new Generation(a.generation);
+    this.gen = gen;
+    const pos: ReplicaPosition = { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp };
+    const local = a.stage * a.tp + a.tpRank;
+    const me = a.peers[local];
+    const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? me?.host ?? hostname();
+    // The nonce carries the generation: a peer of an older generation cannot connect to this one.
+    const nonce = `${this.token}/${a.generation}`;
+    const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
+    const deviceIndex = cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
+    const started = Promise.race([new Promise<StartMsg>((resolve) => {
+      const on = (s: StartMsg) => {
+        if (s.generation !== a.generation) return;
+        this.control.off('start', on);
+        resolve(s);
+      };
+      this.control.on('start', on);
+      void gen.abortedSignal.catch(() => this.control.off('start', on));
+    }), gen.abortedSignal]);
+    // Communicators first (cheap, and a missing peer shows up before minutes of loading).
+    let tpComm: Comm | undefined;
+    if (a.tp > 1)
+      tpComm = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
+        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce }), gen.abortedSignal]);
+    if (tpComm) this.comms.push(tpComm);
+    let plane: Comm | undefined;
+    if (a.tp * a.pp > 1)
+      plane = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
+        advertise, deviceIndex, nonce }), gen.abortedSignal]);
+    if (plane) this.comms.push(plane);
+    this.health.reset([...(tpComm ? [{ name: `r${a.replica}/tp/s${a.stage}`, comm: tpComm }] : []),
+      ...(plane ? [{ name: `r${a.replica}/replica`, comm: plane }] : [])]);
+    const driver = local === 0;
+    const key = shardKey(a);
+    if (this.engine && this.engineKey !== key) {
+      this.engine.dispose();
+      this.engine = undefined;
+    }
+    if (!this.engine) {
+      // CPU workers sharing a host split its cores instead of each spawning one thread per core
+      // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
+      const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
+      const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
+      this.engine = await Engine.load(a.modelDir, {
+        device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
+        layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
+        ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
+        onProgress: (done, total) => this.control.send({ loadProgress: { generation: a.generation, done, total } }),
+      });
+      this.engineKey = key;
+    } else {
+      this.control.send({ loadProgress: { generation: a.generation, done: 1, total: 1 } });
+    }
+    if (driver && !this.tokenizer) this.tokenizer = await loadTokenizer(a.modelDir);
+    const engine = this.engine;
+    if (gen.aborted) throw new Error(`generation ${a.generation} aborted while loading`);
+    if (tpComm) engine.setTpComm(tpComm.native);
+    this.control.send({ ready: { generation: a.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
+      describe: engine.describe() } });
+    const start = await started;
+    this.served = true;
+    const watch = <T>(run: () => Promise<T>) => this.health.step(run);
+    if (!driver) return runFollower(engine, plane!, pos, watch);
+    const sched = new Scheduler(start.kvBlocks, start.kvBlockSize, this.tokenizer!, a.maxBatchTokens || 256, a.maxQueue || 1024,
+      engine.maxPosition);
+    gen.scheduler = sched;
+    this.control.load = () => sched.load();
+    for (const s of gen.early.submit) this.onSubmit(s);
+    for (const c of gen.early.cancel) this.onCancel(c);
+    await runDriver(engine, plane ?? null, pos, sched, {
+      emit: (updates) => {
+        if (updates.length && !gen.aborted) this.control.send({ tokens: { generation: a.generation, updates } });
+      },
+      waitForWork: () => new Promise<void>((resolve) => {
+        gen.wake = resolve;
+      }),
+      stopping: () => this.stopRequested || gen.aborted,
+    }, watch);
+    if (gen.aborted) throw new Error(`generation ${a.generation} aborted`);
+  }
 
   private onSubmit(s: SubmitMsg): void {
-    if (!this.scheduler) {
-      this.early.submit.push(s);
+    const gen = this.gen;
+    if (!gen || s.generation !== gen.id) return;
+    if (!gen.scheduler) {
+      gen.early.submit.push(s);
       return;
     }
-    const err = this.scheduler.submit(s);
-    if (err) this.control.send({ tokens: { generation: this.control.generation, updates: [err] } });
-    this.poke();
+    const err = gen.scheduler.submit(s);
+    if (err) this.control.send({ tokens: { generation: gen.id, updates: [err] } });
+    gen.poke();
   }
 
   private onCancel(id: string): void {
-    if (!this.scheduler) {
-      this.early.cancel.push(id);
+    const gen = this.gen;
+    if (!gen) return;
+    if (!gen.scheduler) {
+      gen.early.cancel.push(id);
       return;
     }
-    this.scheduler.cancel(id);
-    this.poke();
+    gen.scheduler.cancel(id);
+    gen.poke();
   }
 
   requestStop(): void {
     this.stopRequested = true;
-    this.poke();
+    this.gen?.poke();
+  }
+
+  /** The coordinator gave up on this generation: unblock everything of it, keep the process and the shard. */
+  abortGeneration(reason: string): void {
+    this.health.quiet();
+    this.gen?.abort(reason);
+    this.control.load = undefined;
+    this.control.cancelRendezvous(`generation aborted: ${reason}`);
+    this.abortComms();
   }
 
   /** A peer is gone: make every pending and later collective fail at once. */
   abortComms(): void {
+    this.health.quiet(); // an abort on purpose is not a communicator failure to report
     for (const c of this.comms) c.abort();
+    this.comms = [];
   }
 
   dispose(): void {
@@ -142,16 +227,32 @@ class Worker {
   }
 }
 
+/** How long a worker whose generation failed waits for the next one before it gives up and exits. */
+const REFORM_WAIT_MS = 120_000;
+
 async function main(): Promise<void> {
   const token = env('NODESPEED_JOB_TOKEN');
   const address = env('NODESPEED_COORDINATOR');
   const rank = Number(env('RANK'));
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`worker: RANK must be a non-negative integer (got ${process.env.RANK})`);
   const heartbeatMs = Number(process.env.NODESPEED_HEARTBEAT_MS ?? 1000);
+  const stepTimeoutMs = Number(process.env.NODESPEED_STEP_TIMEOUT_MS ?? 30_000);
   const control = new ControlClient(address, {
     token, rank, host: process.env.NODESPEED_HOST ?? hostname(), pid: process.pid, device: deviceInfo(), listenAddresses: [],
   }, heartbeatMs);
-  const worker = new Worker(control, token);
+  const health = new WorkerHealth({
+    stepTimeoutMs, pollMs: Math.max(50, Math.min(500, heartbeatMs / 2)),
+    unhealthy: (reason, kind) => {
+      if (worker.stopRequested) return; // peers hanging up during a shutdown are expected
+      log(`worker ${rank}: unhealthy: ${reason}`);
+      control.send({ error: { generation: control.generation, message: reason, fatal: true } });
+      // A wedged step: stop beating so the coordinator's heartbeat timeout confirms it even if the
+      // report is lost. A broken communicator leaves the process healthy (it can be re-formed).
+      if (kind === 'step') control.stopBeating();
+      worker.abortComms();
+    },
+  });
+  const worker = new Worker(control, token, health);
   let exitCode = 0;
   let signalStop: () => void = () => {};
   const stopped = new Promise<void>((resolve) => {
@@ -175,29 +276,55 @@ async function main(): Promise<void> {
     signalStop();
   });
   control.on('abort', (m) => {
-    log(`worker ${rank}: abort: ${m.reason}`);
-    exitCode = 1;
-    worker.abortComms();
-    worker.requestStop();
-    signalStop();
+    log(`worker ${rank}: abort of generation ${m.generation}: ${m.reason}`);
+    worker.abortGeneration(m.reason);
   });
-  const assignment = await Promise.race([
-    new Promise<AssignmentMsg>((resolve) => control.once('assignment', resolve)),
-    stopped.then(() => null),
-  ]);
+  const assignments: AssignmentMsg[] = [];
+  let assigned: (() => void) | undefined;
+  control.on('assignment', (a) => {
+    assignments.push(a);
+    assigned?.();
+  });
+  const nextAssignment = async (limitMs: number): Promise<AssignmentMsg | null> => {
+    const timeout = new Promise<null>((r) => setTimeout(() => r(null), limitMs).unref());
+    while (!assignments.length) {
+      const got = await Promise.race([new Promise<boolean>((r) => (assigned = () => r(true))), stopped.then(() => false), timeout.then(() => false)]);
+      assigned = undefined;
+      if (!got) return null;
+    }
+    // Only the newest matters: an assignment superseded while this worker was busy is stale.
+    const a = assignments[assignments.length - 1]!;
+    assignments.length = 0;
+    return a;
+  };
   let clean = false;
-  if (assignment) {
+  // A spare may wait for its first assignment as long as the job lives.
+  let a = await nextAssignment(2 ** 31 - 1);
+  while (a && !worker.stopRequested) {
     try {
       // Loading cannot be interrupted by the data plane; a stop during it ends the process.
-      await Promise.race([worker.run(assignment).then(() => { clean = true; }), stopped.then(() => new Promise((r) => setTimeout(r, 6000)))]);
+      await Promise.race([worker.run(a).then(() => { clean = true; }), stopped.then(() => new Promise((r) => setTimeout(r, 6000)))]);
+      break;
     } catch (err) {
-      if (!worker.stopRequested) {
+      if (worker.stopRequested) break;
+      if (!worker.generationAborted) {
         log(`worker ${rank}: ${(err as Error).message}`);
         control.send({ error: { generation: control.generation, message: (err as Error).message, fatal: true } });
+      }
+      worker.abortComms();
+      if (!worker.served) {
+        // Never served: a failure while starting is the launch's failure, not something to re-form.
         exitCode = 1;
+        break;
       }
     }
+    a = await nextAssignment(REFORM_WAIT_MS);
+    if (!a && !worker.stopRequested) {
+      log(`worker ${rank}: no new assignment within ${REFORM_WAIT_MS / 1000} s after the generation failed; exiting`);
+      exitCode = 1;
+    }
   }
+  health.dispose();
   if (clean) worker.dispose();
   control.close();
   // Native threads of an aborted communicator or engine may still be parked; do not wait on them.

@@ -99,6 +99,14 @@ it('refuses a peer with another nonce (job/generation) and names it on both side
   expect(r0!.error).toMatch(/timed out after 1500 ms waiting for peer rank\(s\) 1 \(127\.0\.0\.1:\d+\) to connect/);
 });
 
+it('asyncError() names a peer that closed its connection while no op is pending (the CPU side of the NCCL async-error poll)', async () => {
+  group = startGroup('idle-exit', 2);
+  const [r0] = await group.waitAll('result', [0], 10_000);
+  expect(r0!.before).toBeNull();
+  expect(r0!.asyncError).toMatch(/tcp comm rank 0: peer rank 1 \(127\.0\.0\.1:\d+\) closed its connection/);
+  expect(r0!.ms).toBeLessThan(5000);
+});
+
 it('a recv whose length differs from the send fails naming both sizes', async () => {
   group = startGroup('length', 2);
   const [, r1] = await group.waitAll('result', [0, 1], 10_000);

@@ -13,6 +13,8 @@ const base: FailureStatusMsg = {
 
 describe('nodespeed status: failures', () => {
   it('one line per failure state: recovered, re-forming, retired', () => {
+    expect(formatFailure({ ...base, recovery: 'spare', recoveryMs: 912 })).toContain('-> spare in 912 ms (generation 4)');
+    expect(formatFailure({ ...base, recovery: 'replacing', recoveryMs: 0 }, base.atUnixMs + 300)).toContain('-> replacing (300 ms so far)');
     expect(formatFailure(base)).toBe('2026-11-23T13:00:00.000Z rank 3 @gpu-b pid 4242 (replica 1): rank 3 lost: no heartbeat for 5003 ms ' +
       '-> respawned in 8123 ms (generation 4); replayed 12 requests, 345 tokens');
     expect(formatFailure({ ...base, recovery: 'respawning', recoveryMs: 0 }, base.atUnixMs + 2500))
@@ -24,10 +26,10 @@ describe('nodespeed status: failures', () => {
     const s: ClusterStatusMsg = {
       model: 'm', tp: 1, pp: 1, replicaCount: 2, generation: '5', replicas: [], workers: [], hosts: ['a'], pendingRequests: 0,
       activeRequests: 0, state: 'serving', failures: [base, { ...base, rank: 0, replica: 0, atUnixMs: base.atUnixMs + 60_000, generation: '5' }],
-      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 },
+      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 }, spares: 1,
     };
     const lines = formatStatus(s).split('\n');
-    const head = lines.findIndex((l) => l === 'failover: 2 failure(s), 2 recovered, 24 request(s) replayed (690 tokens already streamed)');
+    const head = lines.findIndex((l) => l === 'failover: 2 failure(s), 2 recovered, 24 request(s) replayed (690 tokens already streamed), 1 spare(s) waiting');
     expect(head).toBeGreaterThan(0);
     expect(lines[head + 1]).toBe('failures (oldest first):');
     expect(lines[head + 2]).toBe(`  ${formatFailure(s.failures[0]!)}`);

@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|serve|bench|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|flash|serve|bench|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -42,6 +42,13 @@ for s in $steps; do
         --metrics gpu__time_duration.sum node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 24 > "$LOGS/ncu-$st.csv" 2>"$LOGS/ncu-$st.err"
         tail -2 "$LOGS/ncu-$st.err"; echo "-- step $st"; RESULTS_DIR=/tmp node bench/decode/summarize-ncu.mjs "$LOGS/ncu-$st.csv" | head -c 3000; cp /tmp/decode-profile-*.json "$OUT/batch-profile-step$st.json"; done ;;
     batchstep) make_model; run batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 256 ;;
+    flash)  # flash prefill attention: the kernel alone (vs a CPU reference; sanitizer on failure), then
+            # flash vs SIMT logits through the engine, then prefill step times A/B
+      run flash-kernel sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel && /tmp/flash-kernel'
+      grep -q '"ok":true' "$LOGS/flash-kernel.log" || run flash-kernel-sanitizer compute-sanitizer --print-limit 5 /tmp/flash-kernel
+      make_model; run attention-flash node test/gpu/attention-flash.mjs "$MODEL"
+      NODESPEED_CUDA_FLASH=0 run batch-step-simt node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16
+      NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
     profile) make_model

@@ -112,7 +112,22 @@ void TcpComm::abort() {
 
 std::string TcpComm::async_error() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return error_;
+  if (!error_.empty() || aborted_ || !connected_) return error_;
+  // The CPU equivalent of ncclCommGetAsyncError: a peer connection that hung up or carries a
+  // socket error, seen without waiting for the next op to trip over it (a zero-timeout poll that
+  // consumes nothing, safe next to an op in progress on another thread).
+  for (int peer = 0; peer < size_; peer++) {
+    int fd = fds_[peer];
+    if (fd < 0) continue;
+    pollfd p{fd, static_cast<short>(POLLRDHUP), 0};
+    if (::poll(&p, 1, 0) <= 0 || !(p.revents & (POLLERR | POLLHUP | POLLRDHUP))) continue;
+    int so = 0;
+    socklen_t len = sizeof so;
+    ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &len);
+    return "tcp comm rank " + std::to_string(rank_) + ": " + peer_name(peer) +
+           (so ? std::string(": socket error: ") + std::strerror(so) : std::string(" closed its connection"));
+  }
+  return "";
 }
 
 std::vector<std::string> TcpComm::refused() const {

@@ -65,7 +65,8 @@ class TcpComm : public Communicator {
   void recv(void* buf, size_t bytes, int peer, void* stream) override;
   void abort() override;
 
-  // The error that broke the communicator ("" while healthy).
+  // The error that broke the communicator, else a peer connection that hung up or has a socket
+  // error (polled without blocking); "" while healthy.
   std::string async_error() const;
   // Stray connections refused while forming the group (wrong nonce, size, rank), for logs.
   std::vector<std::string> refused() const;

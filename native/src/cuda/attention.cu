@@ -1,7 +1,9 @@
-// Paged-KV causal attention with GQA, one kernel for prefill and decode. Grid (q head, token,
-// split): each block handles 1/n_splits of the key positions of one (token, head); its 8 warps take keys
-// round-robin, each keeping an online softmax (running max, sum, and its lanes' slice of the
-// weighted V sum), merged through shared memory. With several splits (flash-decoding, for long
+// Paged-KV causal attention with GQA, the SIMT kernel: decode tokens and short prefill chunks
+// (long prefill chunks go to the tensor-core kernel of attention_prefill.cu, launched from here
+// on the other tokens of the step). Grid (q head, listed token, split): each block handles
+// 1/n_splits of the key positions of one (token, head); its 8 warps take keys round-robin, each
+// keeping an online softmax (running max, sum, and its lanes' slice of the weighted V sum),
+// merged through shared memory. With several splits (flash-decoding, for long
 // contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
 // merges them.
 #include <cfloat>
@@ -18,7 +20,8 @@ constexpr int kMaxHeadDim = 256;
 template <typename T, int EPL>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
   grid_dependency_wait();
-  const int h = blockIdx.x, t = blockIdx.y, split = blockIdx.z;
+  const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;  // row: index into simt_tokens
+  const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hd = a.hd, nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
@@ -87,7 +90,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
     if (a.n_splits == 1) {
       static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
     } else {
-      float* ws = a.ws + ((size_t)split * a.T * a.nh + th) * (hd + 2);
+      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
       ws[2 + d] = o;
       if (d == 0) { ws[0] = M; ws[1] = L; }
     }
@@ -97,10 +100,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 template <typename T>
 __global__ void attn_merge_kernel(AttnArgs a) {
   grid_dependency_wait();
-  const int h = blockIdx.x, t = blockIdx.y, hd = a.hd;
+  const int h = blockIdx.x, row = blockIdx.y, hd = a.hd;
+  const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const size_t th = (size_t)t * a.nh + h;
-  const size_t split_stride = (size_t)a.T * a.nh * (hd + 2);
-  const float* ws = a.ws + th * (hd + 2);
+  const size_t split_stride = (size_t)a.n_simt * a.nh * (hd + 2);
+  const float* ws = a.ws + ((size_t)row * a.nh + h) * (hd + 2);
   float M = -FLT_MAX;
   for (int s = 0; s < a.n_splits; ++s) if (ws[s * split_stride + 1] > 0.f) M = fmaxf(M, ws[s * split_stride]);
   float L = 0.f;
@@ -120,9 +124,9 @@ __global__ void attn_merge_kernel(AttnArgs a) {
 
 template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
-  const dim3 grid(a.nh, a.T, a.n_splits);
+  const dim3 grid(a.nh, a.n_simt, a.n_splits);
   launch("attention", attn_kernel<T, EPL>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
-  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.T), dim3(128), s, a);
+  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.n_simt), dim3(128), s, a);
 }
 
 }  // namespace
@@ -130,6 +134,10 @@ void launch(const AttnArgs& a, cudaStream_t s) {
 void attention(DType act, const AttnArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   if (a.hd > kMaxHeadDim) throw std::runtime_error("cuda: head_dim > 256 is not supported");
+  if (a.n_simt < 0 || a.n_simt > a.T || (!a.simt_tokens && a.n_simt != a.T && a.n_simt != 0))
+    throw std::runtime_error("cuda: attention token lists are inconsistent");
+  attention_flash(act, a, s);  // the prefill tiles, if any; the SIMT kernel takes the rest
+  if (a.n_simt == 0) return;
   const int epl = (a.hd + 31) / 32;
   NS_DISPATCH_ACT(act, E, {
     if (epl <= 1) launch<E, 1>(a, s);

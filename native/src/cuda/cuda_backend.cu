@@ -115,8 +115,11 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
-  // Opt-in until it has run on a GPU (written in a session whose GPU lease ended first).
+  // Both opt-in until they have run on a GPU (written in a session whose GPU lease ended first):
+  // test/gpu/run-all.sh steps `flash` and `bench` check them; then make them the default.
   if (const char* g = std::getenv("NODESPEED_CUDA_FUSED_NORM")) use_fused_norm_ = std::strcmp(g, "1") == 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "1") == 0;
+  use_flash_ = use_flash_ && flash_attention_supported(c.head_dim);
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -371,7 +374,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

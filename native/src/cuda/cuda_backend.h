@@ -51,10 +51,14 @@ class CudaBackend final : public Backend {
  private:
   enum class Out { Act, F32, AddResidual };
   // Offsets (int32 words) of the per-step arrays in the packed metadata buffer, and the counts.
+  // Attention: n_tiles flash query tiles {first token, n} (`tiles`, sequences with >=
+  // kFlashMinTokens new tokens) and the n_simt other tokens (`simt_tokens`; with no tiles the list
+  // is left out and the SIMT kernel takes tokens 0..T-1, as in CUDA-graph decode steps).
   struct StepPlan {
     int T = 0, S = 0, n_bt = 0, R = 0, NS = 0, splits = 1, bucket = 0;  // bucket > 0: CUDA-graph decode
+    int n_tiles = 0, n_simt = 0;
     bool copy_logits = false;
-    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, total;
+    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
   };
   struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; };
@@ -86,6 +90,8 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool use_fused_norm_ = false;  // NODESPEED_CUDA_FUSED_NORM=1: RMSNorm in the o_proj/down GEMV's last block
+  bool use_flash_ = false;  // NODESPEED_CUDA_FLASH=1: long prefill chunks through the tensor-core kernel
+  bool flash_seq(int n_tokens) const;  // does a sequence with n_tokens new tokens take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   const CublasApi* api_ = nullptr;

@@ -44,8 +44,12 @@ void CudaBackend::StepPlan::layout() {
   rows = o; o += R;
   sample_rows = o; o += NS;
   params = o; o += 4 * (size_t)NS;
+  tiles = o; o += 2 * (size_t)n_tiles;
+  simt_tokens = o; o += n_tiles > 0 ? n_simt : 0;
   total = o;
 }
+
+bool CudaBackend::flash_seq(int n_tokens) const { return use_flash_ && n_tokens >= kFlashMinTokens; }
 
 // Flash-decoding split: enough (token, head, split) blocks to fill the GPU twice over.
 int CudaBackend::attention_splits(int T) const {
@@ -73,6 +77,7 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     if (c.has_embedding && !q.tokens) throw std::runtime_error(seq_name(s) + " has no token ids");
     p.T += q.n_tokens;
     p.n_bt += q.n_blocks;
+    if (flash_seq(q.n_tokens)) p.n_tiles += (q.n_tokens + kFlashTileQ - 1) / kFlashTileQ;
     if (c.has_head && (q.sample || in.want_logits || q.all_logits)) p.R += q.all_logits ? q.n_tokens : 1;
     if (c.has_head && q.sample) ++p.NS;
     all_decode &= q.n_tokens == 1 && q.n_blocks <= max_blocks_per_seq_;
@@ -88,7 +93,9 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     p.T = p.S = p.R = p.NS = p.bucket;
     p.n_bt = p.bucket * max_blocks_per_seq_;
   }
-  p.splits = attention_splits(p.T);
+  if (p.n_tiles == 0) p.n_simt = p.T;  // (graph steps: always, all decode)
+  else for (const SeqInput& q : in.seqs) p.n_simt += flash_seq(q.n_tokens) ? 0 : q.n_tokens;
+  p.splits = p.n_simt > 0 ? attention_splits(p.n_simt) : 1;
   p.layout();
   return p;
 }
@@ -102,10 +109,20 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   int32_t* h = static_cast<int32_t*>(meta_host_.ptr);
   if (padded) std::memset(h, 0, 4 * p.total);
   float* hp = reinterpret_cast<float*>(h + p.params);
-  int t = 0, bt_off = 0, r = 0, ns = 0;
+  int t = 0, bt_off = 0, r = 0, ns = 0, n_tiles = 0, n_simt = 0;
   const int real = static_cast<int>(in.seqs.size());
   for (int s = 0; s < real; ++s) {
     const SeqInput& q = in.seqs[s];
+    if (p.n_tiles > 0) {  // attention split: flash query tiles of this sequence, or SIMT tokens
+      if (flash_seq(q.n_tokens)) {
+        for (int i0 = 0; i0 < q.n_tokens; i0 += kFlashTileQ, ++n_tiles) {
+          h[p.tiles + 2 * n_tiles] = t + i0;
+          h[p.tiles + 2 * n_tiles + 1] = std::min(kFlashTileQ, q.n_tokens - i0);
+        }
+      } else {
+        for (int i = 0; i < q.n_tokens; ++i) h[p.simt_tokens + n_simt++] = t + i;
+      }
+    }
     h[p.seq_bt_off + s] = bt_off;
     for (int b = 0; b < q.n_blocks; ++b) {
       const int blk = q.block_table[b];
@@ -140,6 +157,15 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
         h[p.rows + r++] = t;
       }
     }
+  }
+  if (n_tiles != p.n_tiles || (p.n_tiles > 0 && n_simt != p.n_simt))
+    throw std::runtime_error("cuda: attention tile plan mismatch");
+  if (p.n_tiles > 1) {  // the tiles with the most keys first (they finish last otherwise)
+    struct Tile { int32_t t0, n; };
+    Tile* tiles = reinterpret_cast<Tile*>(h + p.tiles);
+    const int32_t* pos = h + p.pos;
+    std::stable_sort(tiles, tiles + p.n_tiles,
+                     [pos](const Tile& x, const Tile& y) { return pos[x.t0] + x.n > pos[y.t0] + y.n; });
   }
   for (int s = real; padded && s < p.bucket; ++s, ++t, ++r, ++ns) {  // dummies: block 0, no KV write
     h[p.seq_bt_off + s] = s * max_blocks_per_seq_;
@@ -177,7 +203,8 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
-               d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>()};
+               d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles};
     attention(act_, a, st);
     if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
       rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
@@ -214,7 +241,7 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   out.hidden_out.clear();
   const StepPlan p = plan_step(in);
   if (p.T == 0) return;
-  ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.T * c.n_heads * (c.head_dim + 2) : 0);
+  ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.n_simt * c.n_heads * (c.head_dim + 2) : 0);
   pack(in, p);
   cudaStream_t st = stream_;
   NS_CUDA(cudaMemcpyAsync(meta_.ptr, meta_host_.ptr, 4 * p.total, cudaMemcpyHostToDevice, st));

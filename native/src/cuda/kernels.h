@@ -29,16 +29,32 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
                    void* vcache, cudaStream_t s);
 
-// Causal GQA attention of every token over its sequence's cached keys [0, pos]. Each token's keys
-// are split evenly over n_splits blocks (flash-decoding) and merged when n_splits > 1 (the split
-// count depends only on T, so a captured CUDA graph stays valid as contexts grow); `ws` holds n_splits * T * nh * (hd + 2) floats.
+// Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
+// token sets:
+//  - n_tiles query tiles {first token, n tokens} (`tiles`, 2 ints each; n <= kFlashTileQ
+//    consecutive tokens of one sequence) through the tensor-core flash kernel
+//    (attention_prefill.cu; head_dim 64 or 128);
+//  - n_simt tokens (`simt_tokens`, or tokens 0..T-1 when it is null and n_simt == T) through the
+//    SIMT kernel (attention.cu): each token's keys are split evenly over n_splits blocks
+//    (flash-decoding) and merged when n_splits > 1 (the split count depends only on the token
+//    count, so a captured CUDA graph stays valid as contexts grow); `ws` holds
+//    n_splits * n_simt * nh * (hd + 2) floats.
 struct AttnArgs {
   const void* qkv; int T, nh, nkv, hd;
   const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
   int block_size; const void* kcache; const void* vcache; void* out;
   int n_splits; float* ws;
+  const int32_t* simt_tokens; int n_simt;
+  const int32_t* tiles; int n_tiles;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
+
+// The flash prefill kernel: query tiles of kFlashTileQ tokens; the host sends sequences with at
+// least kFlashMinTokens new tokens in a step through it (fewer: the SIMT kernel).
+constexpr int kFlashTileQ = 64;
+constexpr int kFlashMinTokens = 16;
+bool flash_attention_supported(int head_dim);
+void attention_flash(DType act, const AttnArgs& a, cudaStream_t s);  // the tiles only
 
 // out[t, i] = act(act(silu(gu[t, i])) * gu[t, I + i])  (gate and up fused in one [T, 2I] GEMM output).
 void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s);

@@ -1,0 +1,60 @@
+// The coordinator's view of one worker connection and of one replica (membership.ts owns them).
+import type * as grpc from '@grpc/grpc-js';
+
+import type { JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, WorkerMessage } from './control-messages.js';
+import type { RankPlan } from './layout.js';
+
+export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
+export type ReplicaState = 'forming' | 'loading' | 'serving' | 'lost';
+
+export type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
+
+export class WorkerConn {
+  state: WorkerState = 'joined';
+  lastHeartbeat = Date.now();
+  loadDone = 0;
+  loadTotal = 0;
+  kvBlocks = 0;
+  kvBlockSize = 0;
+  lostReason = '';
+  /** It spoke after it was declared lost, and was told it cannot rejoin. */
+  toldLost = false;
+
+  /**
+   * `generation`: the one this worker is assigned in (its messages must carry it, ours to it do);
+   * a survivor re-formed in place moves to the new one.
+   */
+  constructor(readonly plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
+
+  get rank(): number {
+    return this.plan.rank;
+  }
+
+  send(m: OutgoingCoordinatorMessage): void {
+    if (this.state === 'lost') return;
+    try {
+      this.call.write(m);
+    } catch {
+      // The stream is closing; its 'end'/'error' handler marks the worker lost.
+    }
+  }
+
+  close(): void {
+    try {
+      this.call.end();
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+export class Replica {
+  state: ReplicaState = 'forming';
+  load: ReplicaLoadMsg | null = null;
+  kvBlocks = 0;
+  kvBlockSize = 0;
+  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
+  reforming = false;
+
+  constructor(readonly id: number, readonly ranks: number[]) {}
+}

@@ -1,0 +1,129 @@
+// Shared by the failover tests (issue 6): 32 seeded streams of 64 tokens, their fault-free result
+// from the single-process engine, a stream follower that fails on a repeated or missing token and
+// records when each token arrived (and on which replica, when the test asks ClusterStatus), and
+// small waits. Every test compares every stream with the fault-free run: exact tokens, no gap, no
+// repeat.
+import { readFileSync } from 'node:fs';
+
+import { expect } from 'vitest';
+
+import { Engine, generateAll } from '../../src/engine/index.js';
+import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
+import { loadTokenizer } from '../../src/model/index.js';
+import type { ClusterStatusMsg, NodespeedClient } from '../../src/client/index.js';
+import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
+import { PY_TINY, reference } from '../serving/helpers.js';
+import type { LaunchedCluster, PyTinyCase } from '../serving/helpers.js';
+
+export const STREAMS = 32;
+export const TOKENS = 64;
+
+export type Status = ClusterStatusMsg & FailoverStatusMsg;
+
+/** 32 seeded sampling requests of `tokens` each; `promptTokens` > 0 makes every prompt that long (a long prefill). */
+export function requests(promptTokens = 0, tokens = TOKENS): GenerateRequest[] {
+  const { cases } = reference<PyTinyCase>(PY_TINY);
+  const all = cases.flatMap((c) => c.ids);
+  return Array.from({ length: STREAMS }, (_, i) => {
+    let promptIds = cases[i % cases.length]!.ids;
+    // Different long prompts: the case texts' ids, rotated by the stream index, repeated.
+    if (promptTokens > 0) promptIds = Array.from({ length: promptTokens }, (_, k) => all[(k + 7 * i) % all.length]!);
+    return { promptIds, maxTokens: tokens, ignoreEos: true, temperature: 0.8, topK: 40, topP: 0.95, seed: 1000 + 17 * i };
+  });
+}
+
+/** The same requests on one in-process engine, without any fault. */
+export async function faultFree(reqs: GenerateRequest[]): Promise<GenerateResult[]> {
+  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024 }), loadTokenizer(PY_TINY)]);
+  try {
+    return await generateAll(engine, tok, reqs);
+  } finally {
+    engine.dispose();
+  }
+}
+
+export interface Received { tokenIds: number[]; arrivals: number[] }
+
+/** One stream; fails on a repeated or missing index, records each token's arrival time. */
+export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received): Promise<void> {
+  for await (const m of client.generate({ promptIds: r.promptIds!, maxTokens: r.maxTokens!, ignoreEos: true, temperature: r.temperature!,
+    topK: r.topK!, topP: r.topP!, seed: String(r.seed) })) {
+    if (m.index !== out.tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${out.tokenIds.length} tokens received`);
+    out.tokenIds.push(...m.tokenIds);
+    for (const _ of m.tokenIds) out.arrivals.push(Date.now());
+  }
+}
+
+export interface Streams {
+  got: Received[];
+  all: Promise<void[]>;
+  received(): number;
+}
+
+export function startStreams(client: NodespeedClient, reqs: GenerateRequest[]): Streams {
+  const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
+  const all = Promise.all(reqs.map((r, i) => follow(client, r, got[i]!)));
+  all.catch(() => {});
+  return { got, all, received: () => got.reduce((n, g) => n + g.tokenIds.length, 0) };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Polls until `ok` holds; throws with `what` after `ms`. */
+export async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 30_000, every = 10): Promise<void> {
+  const t0 = Date.now();
+  while (!(await ok())) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
+
+export async function status(cluster: LaunchedCluster): Promise<Status> {
+  return await cluster.client.clusterStatus() as Status;
+}
+
+/** Waits until `fraction` of all tokens have been delivered (mid-stream) and returns the time. */
+export async function midStream(s: Streams, fraction = 1 / 4, tokens = TOKENS): Promise<number> {
+  await until(`${fraction} of the tokens`, () => s.received() >= STREAMS * tokens * fraction, 30_000, 5);
+  return Date.now();
+}
+
+/** Every stream equals the fault-free run: same tokens, none missing, none repeated. */
+export function expectFaultFree(got: Received[], local: GenerateResult[]): void {
+  got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
+}
+
+/** Tokens that arrived in (from, to): proof that some replica kept serving in that window. */
+export function tokensBetween(got: Received[], from: number, to: number): number {
+  return got.flatMap((g) => g.arrivals.filter((t) => t > from && t < to)).length;
+}
+
+/** The first token any stream received after `t`. */
+export function firstTokenAfter(got: Received[], t: number): number {
+  return Math.min(...got.flatMap((g) => g.arrivals.filter((a) => a > t)));
+}
+
+/** Whether the process runs (a zombie, killed and not reaped yet, does not). */
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Parent pid from /proc (to find the sshd session process that serves a remote worker). */
+export function parentOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
+
+export function commOf(pid: number): string {
+  return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+}
+
+/** The recovery-relevant lines of the launcher's log, for the test output. */
+export function failoverLines(log: string): string {
+  return log.split('\n').filter((l) => /lost|failover|launcher: restarted|spare|retired|watchdog|spoke after/.test(l)).join('\n');
+}

@@ -1,0 +1,135 @@
+// Failover of remote workers (issue 6) through a real OpenSSH sshd on loopback: replica 0 (tp=2)
+// runs on "host" 127.0.0.2 over SSH, replica 1 (tp=2) on this machine. 32 seeded streams of 128
+// tokens, each compared with the fault-free run.
+//   - The SSH connection of a remote worker drops (its sshd session process is killed): the host
+//     still answers, so the launcher restarts the replica's ranks there; replica 1 serves meanwhile.
+//   - The host is gone (its sshd and everything under it killed): the ranks cannot be restarted, the
+//     replica is retired with a clear ClusterStatus record, and replica 1 finishes every stream.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import type { GenerateResult } from '../../src/engine/index.js';
+import { sshdAvailable, startSshd } from '../helpers/sshd.js';
+import type { SshdHarness } from '../helpers/sshd.js';
+import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
+import type { LaunchedCluster } from '../serving/helpers.js';
+import {
+  STREAMS, alive, commOf, expectFaultFree, failoverLines, faultFree, firstTokenAfter, midStream, parentOf, requests, startStreams, status,
+  tokensBetween, until,
+} from './helpers.js';
+import type { Status } from './helpers.js';
+
+const suite = sshdAvailable() ? describe : describe.skip;
+/** Longer streams than elsewhere: the fault must land while both replicas are mid-stream, and a
+ * loaded 2-core machine delivers tokens to the test in bursts. */
+const LONG = 128;
+
+let local: GenerateResult[];
+let work: string;
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'nodespeed-failover-ssh-'));
+  local = await faultFree(requests(0, LONG));
+}, 60_000);
+afterAll(() => {
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+async function twoHosts(sshd: SshdHarness): Promise<LaunchedCluster> {
+  const hostfile = join(work, 'hostfile');
+  writeFileSync(hostfile, '127.0.0.2 slots=2 device=cpu\nlocalhost slots=2 device=cpu\n');
+  const cluster = await launch(PY_TINY, ['-H', hostfile, '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2',
+    '--request-timeout', '60', '--kv-blocks', '256'], { env: sshd.env, timeoutMs: 90_000 });
+  expect(cluster.readyLine).toContain('replicas=2');
+  return cluster;
+}
+
+/** The sshd session process that serves a remote worker: its nearest sshd ancestor (never the listener). */
+function sshdSessionOf(pid: number): number {
+  for (let p = parentOf(pid); p > 1; p = parentOf(p)) if (commOf(p).startsWith('sshd')) return p;
+  throw new Error(`pid ${pid} has no sshd ancestor`);
+}
+
+suite('failover of remote workers over SSH (real sshd, py-tiny)', () => {
+  it('the SSH connection of a remote worker drops: its replica is restarted on the host, the local replica serves meanwhile', async () => {
+    const sshd = await startSshd({ hosts: ['127.0.0.2'] });
+    try {
+      const cluster = await twoHosts(sshd);
+      try {
+        const before = await status(cluster);
+        const w1 = before.workers.find((w) => w.rank === 1)!;
+        expect(w1.host).toBe('127.0.0.2');
+        const session = sshdSessionOf(w1.pid);
+        const s = startStreams(cluster.client, requests(0, LONG));
+        const droppedAt = await midStream(s, 1 / 8, LONG);
+        process.kill(session, 'SIGKILL');
+        await s.all;
+        expectFaultFree(s.got, local);
+        let st: Status = await status(cluster);
+        await until('replica 0 respawned', async () => (st = await status(cluster)).failures[0]?.recovery === 'respawned', 60_000);
+        const log = cluster.stderr();
+        console.log(failoverLines(log));
+        const f = st.failures[0]!;
+        expect(f).toMatchObject({ replica: 0, host: '127.0.0.2' });
+        expect(f).toMatchObject({ rank: 1, pid: w1.pid });
+        expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
+        expect(log).not.toMatch(/failover: replica 1 lost/);
+        // The old remote worker is gone (the watchdog in its process group saw the channel close).
+        await until('the disconnected worker to exit', () => !alive(w1.pid), 10_000);
+        const now = st.workers.filter((w) => w.replica === 0);
+        expect(now.every((w) => w.host === '127.0.0.2' && w.state === 'serving' && w.pid !== w1.pid)).toBe(true);
+        const during = tokensBetween(s.got, f.atUnixMs, f.atUnixMs + f.recoveryMs);
+        const first = firstTokenAfter(s.got, f.atUnixMs + f.recoveryMs);
+        console.log(`SSH connection dropped: loss detected ${f.atUnixMs - droppedAt} ms after the drop (${f.cause}); ` +
+          `replica 0 restarted on 127.0.0.2 and serving ${f.recoveryMs} ms after the loss ` +
+          `(${Number.isFinite(first) ? `first token after it ${first - droppedAt} ms after the drop` : 'every stream had already finished on replica 1'}); ` +
+          `${f.replayedRequests} streams moved, ${during} tokens delivered by replica 1 meanwhile`);
+        expect(f.replayedRequests, 'the drop hit replica 0 mid-stream').toBeGreaterThan(0);
+        expect(during).toBeGreaterThan(0);
+      } finally {
+        expect(await cluster.stop()).toBe(0);
+      }
+    } finally {
+      await sshd.stop();
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 150_000);
+
+  it('the remote host is gone: its replica is retired and the local replica finishes every stream', async () => {
+    const sshd = await startSshd({ hosts: ['127.0.0.2'] });
+    try {
+      const cluster = await twoHosts(sshd);
+      try {
+        const before = await status(cluster);
+        const remote = before.workers.filter((w) => w.replica === 0).map((w) => w.pid);
+        const s = startStreams(cluster.client, requests(0, LONG));
+        const goneAt = await midStream(s, 1 / 8, LONG);
+        await sshd.stop(); // sshd and every process under it: the workers die, and nothing can be started there
+        await s.all;
+        expectFaultFree(s.got, local);
+        let st: Status = await status(cluster);
+        await until('replica 0 retired', async () => (st = await status(cluster)).failures[0]?.recovery === 'retired', 60_000);
+        const log = cluster.stderr();
+        console.log(failoverLines(log));
+        const f = st.failures[0]!;
+        expect(f).toMatchObject({ replica: 0, host: '127.0.0.2', recovery: 'retired', recoveryMs: 0, replayedRequests: expect.any(Number) });
+        expect(f.replayedRequests).toBeGreaterThan(0);
+        expect(f.replayedRequests).toBeLessThanOrEqual(STREAMS);
+        expect(log).toMatch(/failover: replica 0 retired: .*127\.0\.0\.2.*; the other replicas carry its load/);
+        expect(st.replicas.map((r) => r.state)).toEqual(['lost', 'serving']);
+        expect(st.state).toBe('serving');
+        await until('the remote workers to be gone', () => remote.every((pid) => !alive(pid)), 10_000);
+        console.log(`remote host gone: replica 0 retired ${Date.now() - goneAt} ms after the host went away (record at +${f.atUnixMs - goneAt} ms); ` +
+          `${f.replayedRequests} streams replayed on replica 1, all ${STREAMS} equal to the fault-free run`);
+      } finally {
+        expect(await cluster.stop()).toBe(0);
+      }
+    } finally {
+      await sshd.stop();
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 150_000);
+});
