@@ -103,7 +103,10 @@ async function runOne(spares, fault) {
   const client = new NodespeedClient(c.address);
   let pid = 0;
   try {
-    const before = await client.clusterStatus();
+    // The ready line waits for the replicas, not the spares: the fault must find the spare joined.
+    let before = await client.clusterStatus();
+    for (const t0 = Date.now(); spares && (before.spares ?? 0) < spares && Date.now() - t0 < 60_000; before = await client.clusterStatus()) await sleep(100);
+    if (spares && (before.spares ?? 0) < spares) throw new Error(`only ${before.spares ?? 0} of ${spares} spare(s) joined within 60 s`);
     pid = before.workers.find((w) => w.rank === victimRank).pid;
     const load = steadyLoad(client, { concurrency, promptIds, maxTokens: newTokens });
     await sleep(1000 + beforeS * 1000); // 1 s of warm-up, then the measured steady state
@@ -167,7 +170,9 @@ const result = {
 };
 for (const spares of spareVariants) for (const fault of faults) {
   console.error(`bench/failover: ${spares ? `with ${spares} spare(s)` : 'without spare'}, ${fault === 'kill' ? 'kill -9' : 'SIGSTOP'} of rank ${victimRank} ...`);
-  const r = await runOne(spares, fault);
+  // A run that breaks (no spare joined, a victim that is not there) is recorded, and the next runs still go.
+  const r = await runOne(spares, fault).catch((err) => ({ variant: spares ? `with ${spares} spare(s)` : 'without spare', spares, fault,
+    status: 'not run', reason: err.message }));
   result.runs.push(r);
   if (r.status === 'not run') console.error(`  not run: ${r.reason.split('\n')[0]}`);
   else console.error(`  ${r.status}: detected ${r.detection_ms} ms, serving again ${r.kill_to_serving_again_ms} ms after the kill ` +

@@ -54,7 +54,12 @@ describe('failover visibility: status, metrics and the launcher log after a kill
       expect(cluster.stderr()).toContain(`coordinator: Prometheus metrics at http://${metricsAddr}/metrics`);
 
       // Before any failure: zeros everywhere, generation 1, both replicas serving.
-      const before = await cluster.client.clusterStatus();
+      // The ready line waits for the replicas, not for the spare to join: wait for it too.
+      let before = await cluster.client.clusterStatus();
+      for (const t0 = Date.now(); before.spares !== v.spares && Date.now() - t0 < 60_000;) {
+        await new Promise((r) => setTimeout(r, 100));
+        before = await cluster.client.clusterStatus();
+      }
       expect(before.failures).toEqual([]);
       expect(before.failover).toEqual({ failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 });
       const m0 = await scrape(metricsAddr);
