@@ -195,6 +195,11 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   });
   try {
     await Promise.race([coordinator.whenAllServing(), died]);
+    // Ready means ready to heal too: the spares have joined (they load nothing, so this is quick).
+    const spares = placement.ranks.length - layout.world;
+    await Promise.race([(async () => {
+      while (coordinator.members.slots.spareCount < spares) await new Promise((r) => setTimeout(r, 20));
+    })(), died]);
   } catch (err) {
     await stop('launch failed');
     throw err;

@@ -83,6 +83,8 @@ const DIRECT_CAUSE = /^rank \d+ lost: (control stream|no heartbeat|process exite
 
 /** Consecutive failures of a replica while it re-forms, before it is retired. */
 const MAX_ATTEMPTS = 3;
+/** Restarts of a spare slot whose spare died or hung, before the slot is left empty (a crash loop). */
+const MAX_SPARE_RESTARTS = 3;
 /** How long the survivors of a lost replica may take to exit once the launcher kills them. */
 const EXIT_WAIT_MS = 10_000;
 
@@ -96,6 +98,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private readonly lostWorkers = new Map<number, { pid: number; host: string }>();
   /** Replica → the launcher slot whose lost process a spare replaced: killed and restarted as a spare once it serves. */
   private readonly topUp = new Map<number, number>();
+  private readonly spareRestarts = new Map<number, number>();
+  private readonly refilling = new Set<number>();
   private readonly attempts = new Map<number, number>();
   private readonly timer: NodeJS.Timeout;
   private lastCause = '';
@@ -106,6 +110,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     members.on('worker-lost', (w) => this.lastLost.set(w.plan.replica, w));
     members.on('replica-lost', (replica, reason) => this.onReplicaLost(replica, reason));
     members.on('replica-serving', (replica) => this.onServing(replica));
+    members.on('spare-lost', (slot, why) => this.replaceSpare(slot, why));
     this.timer = setInterval(() => this.expire(), Math.min(500, o.requestTimeoutMs));
     this.timer.unref();
   }
@@ -123,6 +128,8 @@ export class Failover extends EventEmitter<FailoverEvents> {
       const rank = this.members.slots.rankOf(e.rank);
       if (rank !== undefined) this.attribute(rank, how);
       this.members.loseSlot(e.rank, how);
+      // A spare slot's process died (maybe before it even joined): start another.
+      if (rank === undefined) this.replaceSpare(e.rank, how);
     });
   }
 
@@ -234,8 +241,33 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private refillNow(replica: number): void {
     const slot = this.topUp.get(replica);
     this.topUp.delete(replica);
-    if (slot !== undefined && this.job)
-      void this.refillSpare(slot).catch((err: unknown) => this.o.log(`launcher: slot ${slot} not restarted as a spare: ${(err as Error).message}`));
+    if (slot !== undefined && this.job) this.startRefill(slot);
+  }
+
+  /**
+   * A spare died or went silent: kill what is left of it and start its slot again, at most
+   * MAX_SPARE_RESTARTS times per slot (a spare that keeps crashing is a bug to see, not to loop on).
+   */
+  private replaceSpare(slot: number, why: string): void {
+    // A lost rank's old slot waiting for its top-up (after its replica serves) is not a spare yet.
+    if ([...this.topUp.values()].includes(slot)) return;
+    if (!this.job || this.members.isStopping || this.members.slots.rankOf(slot) !== undefined || this.refilling.has(slot)) return;
+    const n = (this.spareRestarts.get(slot) ?? 0) + 1;
+    if (n > MAX_SPARE_RESTARTS) {
+      this.o.log(`launcher: spare slot ${slot} left empty (${why}): it was restarted ${MAX_SPARE_RESTARTS} times already`);
+      return;
+    }
+    this.spareRestarts.set(slot, n);
+    this.startRefill(slot);
+  }
+
+  /** One refill of a slot at a time (a top-up and a dead spare's replacement never race). */
+  private startRefill(slot: number): void {
+    if (this.refilling.has(slot)) return;
+    this.refilling.add(slot);
+    void this.refillSpare(slot)
+      .catch((err: unknown) => this.o.log(`launcher: slot ${slot} not restarted as a spare: ${(err as Error).message}`))
+      .finally(() => this.refilling.delete(slot));
   }
 
   /** After a spare took a rank: stop the lost process for good and start its slot again as a spare. */

@@ -42,6 +42,8 @@ export interface MembershipEvents {
   'worker-lost': [worker: WorkerConn, reason: string];
   tokens: [replica: Replica, msg: TokensMsg];
   refused: [join: JoinMsg, reason: string];
+  /** A spare left the pool (its stream ended, its process exited, it went silent). */
+  'spare-lost': [slot: number, reason: string];
 }
 
 export class Membership extends EventEmitter<MembershipEvents> {
@@ -93,7 +95,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
     });
     const gone = (why: string) => {
-      if (!worker && spare !== undefined && this.slots.dropSpare(spare, call)) this.o.log(`coordinator: spare in slot ${spare} gone: ${why}`);
+      if (!worker && spare !== undefined && this.slots.dropSpare(spare, call)) {
+        this.o.log(`coordinator: spare in slot ${spare} gone: ${why}`);
+        if (!this.stopping) this.emit('spare-lost', spare, why);
+      }
       if (worker && this.workers.get(worker.rank) === worker) this.lose(worker, why);
     };
     call.on('end', () => {
@@ -274,7 +279,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const rank = this.slots.rankOf(slot);
     if (rank === undefined) {
       const s = this.slots.spare(slot);
-      if (s && this.slots.dropSpare(slot)) this.o.log(`coordinator: spare in slot ${slot} (pid ${s.join.pid}) ${reason}`);
+      if (s && this.slots.dropSpare(slot)) {
+        this.o.log(`coordinator: spare in slot ${slot} (pid ${s.join.pid}) ${reason}`);
+        if (!this.stopping) this.emit('spare-lost', slot, reason);
+      }
       return undefined;
     }
     const w = this.workers.get(rank);
@@ -397,7 +405,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
       w.send({ heartbeat: { generation: w.generation, sentAtMs: hb.sentAtMs } });
     }
-    this.slots.tickSpares(now, this.o.heartbeatTimeoutMs, this.o.log);
+    for (const slot of this.slots.tickSpares(now, this.o.heartbeatTimeoutMs, this.o.log)) this.emit('spare-lost', slot, 'no heartbeat');
   }
 
   /** Tells every worker to stop and closes the streams. */

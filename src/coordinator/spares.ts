@@ -81,12 +81,14 @@ export class Slots {
 
   /**
    * The coordinator's heartbeat to each spare (a spare has no generation yet: '0'), and drops a
-   * spare silent past the timeout (a hung spare must not be handed a rank).
+   * spare silent past the timeout (a hung spare must not be handed a rank). Returns the dropped slots.
    */
-  tickSpares(now: number, timeoutMs: number, log: (line: string) => void): void {
+  tickSpares(now: number, timeoutMs: number, log: (line: string) => void): number[] {
+    const dropped: number[] = [];
     for (const s of [...this.spares.values()]) {
       if (now - s.lastHeartbeat > timeoutMs) {
         this.spares.delete(s.slot);
+        dropped.push(s.slot);
         log(`coordinator: spare in slot ${s.slot} (pid ${s.join.pid}) dropped: no heartbeat for ${now - s.lastHeartbeat} ms`);
         continue;
       }
@@ -96,6 +98,7 @@ export class Slots {
         /* closing; its stream handler drops it */
       }
     }
+    return dropped;
   }
 
   /** Tells every spare to stop (the job ends) and closes its stream. */

@@ -10,19 +10,22 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateResult } from '../../src/engine/index.js';
 import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
 import {
-  STREAMS, TOKENS, alive, expectFaultFree, failoverLines, faultFree, firstTokenAfter, midStream, requests, sleep, startStreams, status, tokensBetween,
-  until,
+  STREAMS, TOKENS, alive, expectFaultFree, failoverLines, faultFree, firstTokenAfter, midStream, replicasMidStream, requests, sleep, startStreams,
+  status, tokensBetween, until,
 } from './helpers.js';
 import type { Status } from './helpers.js';
 
-const PROMPT = 384; // tokens per prompt in the prefill test (+64 generated stays under py-tiny's 512)
+const PROMPT = 384;
+const LONG = 128; // tokens per stream where three fast tp=1 replicas must still be mid-stream at the kill // tokens per prompt in the prefill test (+64 generated stays under py-tiny's 512)
 
 let local: GenerateResult[];
 let localLong: GenerateResult[];
+let local128: GenerateResult[];
 
 beforeAll(async () => {
   local = await faultFree(requests());
   localLong = await faultFree(requests(PROMPT));
+  local128 = await faultFree(requests(0, LONG));
 }, 120_000);
 
 const pidOf = (s: Status, rank: number) => s.workers.find((w) => w.rank === rank)!.pid;
@@ -35,11 +38,11 @@ describe('failover: simultaneous faults, faults during prefill, wedged steps (py
       expect(cluster.readyLine).toContain('replicas=3');
       const before = await status(cluster);
       const victims = [pidOf(before, 0), pidOf(before, 1)];
-      const s = startStreams(cluster.client, requests());
-      const killedAt = await midStream(s);
+      const s = startStreams(cluster.client, requests(0, LONG));
+      const killedAt = await replicasMidStream(cluster, [0, 1], (STREAMS / 3) * (LONG / 8));
       for (const pid of victims) process.kill(pid, 'SIGKILL');
       await s.all;
-      expectFaultFree(s.got, local);
+      expectFaultFree(s.got, local128);
       let st = await status(cluster);
       await until('both replicas recovered', async () => (st = await status(cluster)).failures.filter((f) => f.recovery === 'respawned').length === 2);
       const log = cluster.stderr();
@@ -47,6 +50,7 @@ describe('failover: simultaneous faults, faults during prefill, wedged steps (py
       expect(st.failures.map((f) => [f.replica, f.rank]).sort()).toEqual([[0, 0], [1, 1]]);
       expect(st.failures.map((f) => f.pid).sort()).toEqual([...victims].sort());
       expect(st.failover).toMatchObject({ failures: 2, recoveries: 2 });
+      for (const f of st.failures) expect(f.replayedRequests, `replica ${f.replica} was mid-stream`).toBeGreaterThan(0);
       expect(log).not.toMatch(/failover: replica 2 lost/);
       expect(pidOf(st, 2)).toBe(pidOf(before, 2));
       const slowest = Math.max(...st.failures.map((f) => f.recoveryMs));

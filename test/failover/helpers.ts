@@ -88,6 +88,19 @@ export async function midStream(s: Streams, fraction = 1 / 4, tokens = TOKENS): 
   return Date.now();
 }
 
+/**
+ * Waits until each of `replicas` is mid-way through its streams as the coordinator sees it (running
+ * requests, at least `tokens` generated). The test process, starved on a loaded 2-core box, can
+ * receive tokens in late bursts, so counting what it received may find the streams already done.
+ */
+export async function replicasMidStream(cluster: LaunchedCluster, replicas: number[], tokens: number): Promise<number> {
+  await until(`replicas ${replicas.join(', ')} mid-stream`, async () => {
+    const st = await status(cluster);
+    return replicas.every((id) => st.replicas[id]!.running > 0 && Number(st.replicas[id]!.generatedTokens) >= tokens);
+  }, 30_000, 5);
+  return Date.now();
+}
+
 /** Every stream equals the fault-free run: same tokens, none missing, none repeated. */
 export function expectFaultFree(got: Received[], local: GenerateResult[]): void {
   got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));

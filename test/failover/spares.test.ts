@@ -39,6 +39,8 @@ async function killRank1(args: string[]): Promise<{ f: Status['failures'][number
     await until('recovery and top-up', async () => {
       after = await status(cluster);
       return after.failures[0]?.recovery === want && after.spares === before.spares;
+    }).catch((err: Error) => {
+      throw new Error(`${err.message}\nstatus: ${JSON.stringify({ failures: after.failures, spares: after.spares })}\n${cluster.stderr()}`);
     });
     const log = cluster.stderr();
     return { f: after.failures[0]!, before, after, log, firstAfterMs: firstTokenAfter(s.got, killedAt + after.failures[0]!.recoveryMs) - killedAt };
@@ -83,6 +85,35 @@ describe('failover with a spare (py-tiny, 2 CPU workers + 1 spare)', () => {
     expect(w(r.after, 1).pid).not.toBe(w(r.before, 1).pid);
     console.log(`pp=2, stage 1 killed: the spare serving ${r.f.recoveryMs} ms after the loss (first token ${r.firstAfterMs} ms after the kill)`);
   }, 60_000);
+
+  it('a spare that dies is started again, and a spare that hangs is dropped, killed and started again', async () => {
+    const cluster = await launch(PY_TINY, [...BASE, '--tp', '2', '--heartbeat-timeout', '1', '--spares', '1']);
+    try {
+      // The spare's pid, as it joined (the newest join of slot 2).
+      const sparePid = () => Number([...cluster.stderr().matchAll(/spare joined in slot 2 from .* \(pid (\d+)\)/g)].at(-1)?.[1] ?? 0);
+      let st = await status(cluster);
+      const first = sparePid();
+      expect(alive(first), 'the spare process').toBe(true);
+      process.kill(first, 'SIGKILL');
+      await until('a new spare', async () => (st = await status(cluster)).spares === 1 && sparePid() !== first, 20_000);
+      const second = sparePid();
+      process.kill(second, 'SIGSTOP');
+      await until('the hung spare dropped', async () => (st = await status(cluster)).spares === 0, 20_000);
+      await until('a third spare', async () => (st = await status(cluster)).spares === 1 && sparePid() !== second, 20_000);
+      expect(alive(second), 'the hung spare was killed').toBe(false);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      expect(log).toMatch(new RegExp(`spare in slot 2 \\(pid ${first}\\) process exited \\(SIGKILL\\)|spare in slot 2 gone`));
+      expect(log).toMatch(new RegExp(`spare in slot 2 \\(pid ${second}\\) dropped: no heartbeat for \\d+ ms`));
+      expect(log.match(/launcher: restarted slot 2 as a spare/g)).toHaveLength(2);
+      // The serving replica was never touched.
+      expect(st.failures).toEqual([]);
+      expect(st.replicas[0]!.state).toBe('serving');
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
 
   it('SIGSTOP of a TP rank, SIGCONT once it was declared dead: the spare serves in its place and the resumed process never rejoins', async () => {
     const cluster = await launch(PY_TINY, [...BASE, '--tp', '2', '--heartbeat-timeout', '1', '--spares', '1']);
