@@ -12,10 +12,12 @@ import { describe, expect, it } from 'vitest';
 import type { ClusterStatusMsg } from '../../src/client/index.js';
 import { formatFailure } from '../../src/cli/status.js';
 import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
+import { replicasMidStream } from './helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 
 const STREAMS = 16;
-const TOKENS = 64;
+// Long enough that replica 1 is still streaming when the kill lands (status reports lag a little).
+const TOKENS = 192;
 
 /** Prometheus text format → sample name (with labels) → value. */
 function parseMetrics(text: string): Map<string, number> {
@@ -93,9 +95,9 @@ describe('failover visibility: status, metrics and the launcher log after a kill
         }
         return ids;
       }));
-      // Early in the streams (an eighth of all tokens delivered), so both replicas hold running streams.
-      const t0 = Date.now();
-      while (got.reduce((a, b) => a + b, 0) < (STREAMS * TOKENS) / 8 && Date.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 5));
+      // Once the coordinator sees replica 1 mid-stream: counting what this (possibly starved) test
+      // process has received may find replica 1's streams already done (no request to replay).
+      await replicasMidStream(cluster, [1], 16);
       const killedAt = Date.now();
       process.kill(victim.pid, 'SIGKILL');
       const results = await all;
