@@ -132,7 +132,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
         float* res = static_cast<float*>(y) + o;
         const float v = to_f(from_f<T>(*res + to_f(from_f<T>(acc[r]))));
         *res = v;
-        if constexpr (MODE == GemvOut::AddResidualNorm) atomicAdd(&block_sq[r], v * v);
+        if constexpr (MODE == GemvOut::AddResidualNorm) {
+          atomicAdd(&block_sq[r], v * v);
+          __threadfence();  // this row visible GPU-wide before thread 0 takes the block's ticket
+        }
       }
     }
   }
