@@ -111,6 +111,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     members.on('replica-lost', (replica, reason) => this.onReplicaLost(replica, reason));
     members.on('replica-serving', (replica) => this.onServing(replica));
     members.on('spare-lost', (slot, why) => this.replaceSpare(slot, why));
+    router.beforeDispatch = () => this.expire();
     this.timer = setInterval(() => this.expire(), Math.min(500, o.requestTimeoutMs));
     this.timer.unref();
   }

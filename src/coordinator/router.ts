@@ -64,7 +64,15 @@ export class Router {
     driver?.send({ cancel: { generation: driver.generation, requestId: rec.id, reason } });
   }
 
+  /**
+   * Runs before waiting requests are dispatched to a replica that just started serving: the
+   * failover module fails those that already waited past --request-timeout there, so the outcome
+   * does not depend on whether its periodic sweep ran before the replica came back.
+   */
+  beforeDispatch: (() => void) | undefined;
+
   dispatchPending(): void {
+    this.beforeDispatch?.();
     for (const rec of this.store.pending()) this.submit(rec);
   }
 

@@ -94,10 +94,19 @@ export async function midStream(s: Streams, fraction = 1 / 4, tokens = TOKENS): 
  * receive tokens in late bursts, so counting what it received may find the streams already done.
  */
 export async function replicasMidStream(cluster: LaunchedCluster, replicas: number[], tokens: number): Promise<number> {
-  await until(`replicas ${replicas.join(', ')} mid-stream`, async () => {
-    const st = await status(cluster);
-    return replicas.every((id) => st.replicas[id]!.running > 0 && Number(st.replicas[id]!.generatedTokens) >= tokens);
-  }, 30_000, 5);
+  let seen = '';
+  try {
+    await until(`replicas ${replicas.join(', ')} mid-stream`, async () => {
+      const st = await status(cluster);
+      seen = replicas.map((id) => {
+        const r = st.replicas[id]!;
+        return `replica ${id}: ${r.state}, running ${r.running}, queued ${r.queued}, ${r.generatedTokens} tokens`;
+      }).join('; ');
+      return replicas.every((id) => st.replicas[id]!.running + st.replicas[id]!.queued > 0 && Number(st.replicas[id]!.generatedTokens) >= tokens);
+    }, 30_000, 5);
+  } catch (e) {
+    throw new Error(`${(e as Error).message} (${tokens} tokens wanted; last seen: ${seen})`);
+  }
   return Date.now();
 }
 
