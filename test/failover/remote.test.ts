@@ -47,6 +47,22 @@ async function twoHosts(sshd: SshdHarness): Promise<LaunchedCluster> {
   return cluster;
 }
 
+/** Runs `body` on a fresh two-host cluster, then stops it and the sshd and checks no worker is left. */
+async function onTwoHosts(body: (cluster: LaunchedCluster, sshd: SshdHarness) => Promise<void>): Promise<void> {
+  const sshd = await startSshd({ hosts: ['127.0.0.2'] });
+  try {
+    const cluster = await twoHosts(sshd);
+    try {
+      await body(cluster, sshd);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+  } finally {
+    await sshd.stop();
+  }
+  expect(workerProcesses()).toEqual([]);
+}
+
 /** The sshd session process that serves a remote worker: its nearest sshd ancestor (never the listener). */
 function sshdSessionOf(pid: number): number {
   for (let p = parentOf(pid); p > 1; p = parentOf(p)) if (commOf(p).startsWith('sshd')) return p;
@@ -55,81 +71,63 @@ function sshdSessionOf(pid: number): number {
 
 suite('failover of remote workers over SSH (real sshd, py-tiny)', () => {
   it('the SSH connection of a remote worker drops: its replica is restarted on the host, the local replica serves meanwhile', async () => {
-    const sshd = await startSshd({ hosts: ['127.0.0.2'] });
-    try {
-      const cluster = await twoHosts(sshd);
-      try {
-        const before = await status(cluster);
-        const w1 = before.workers.find((w) => w.rank === 1)!;
-        expect(w1.host).toBe('127.0.0.2');
-        const session = sshdSessionOf(w1.pid);
-        const s = startStreams(cluster.client, requests(0, LONG));
-        const droppedAt = await replicasMidStream(cluster, [0], (STREAMS / 2) * (LONG / 8));
-        process.kill(session, 'SIGKILL');
-        await s.all;
-        expectFaultFree(s.got, local);
-        let st: Status = await status(cluster);
-        await until('replica 0 respawned', async () => (st = await status(cluster)).failures[0]?.recovery === 'respawned', 60_000);
-        const log = cluster.stderr();
-        console.log(failoverLines(log));
-        const f = st.failures[0]!;
-        expect(f).toMatchObject({ replica: 0, host: '127.0.0.2' });
-        expect(f).toMatchObject({ rank: 1, pid: w1.pid });
-        expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
-        expect(log).not.toMatch(/failover: replica 1 lost/);
-        // The old remote worker is gone (the watchdog in its process group saw the channel close).
-        await until('the disconnected worker to exit', () => !alive(w1.pid), 10_000);
-        const now = st.workers.filter((w) => w.replica === 0);
-        expect(now.every((w) => w.host === '127.0.0.2' && w.state === 'serving' && w.pid !== w1.pid)).toBe(true);
-        const during = tokensBetween(s.got, f.atUnixMs, f.atUnixMs + f.recoveryMs);
-        const first = firstTokenAfter(s.got, f.atUnixMs + f.recoveryMs);
-        console.log(`SSH connection dropped: loss detected ${f.atUnixMs - droppedAt} ms after the drop (${f.cause}); ` +
-          `replica 0 restarted on 127.0.0.2 and serving ${f.recoveryMs} ms after the loss ` +
-          `(${Number.isFinite(first) ? `first token after it ${first - droppedAt} ms after the drop` : 'every stream had already finished on replica 1'}); ` +
-          `${f.replayedRequests} streams moved, ${during} tokens delivered by replica 1 meanwhile`);
-        expect(f.replayedRequests, 'the drop hit replica 0 mid-stream').toBeGreaterThan(0);
-        expect(during).toBeGreaterThan(0);
-      } finally {
-        expect(await cluster.stop()).toBe(0);
-      }
-    } finally {
-      await sshd.stop();
-    }
-    expect(workerProcesses()).toEqual([]);
+    await onTwoHosts(async (cluster) => {
+      const before = await status(cluster);
+      const w1 = before.workers.find((w) => w.rank === 1)!;
+      expect(w1.host).toBe('127.0.0.2');
+      const session = sshdSessionOf(w1.pid);
+      const s = startStreams(cluster.client, requests(0, LONG));
+      const droppedAt = await replicasMidStream(cluster, [0], (STREAMS / 2) * (LONG / 8));
+      process.kill(session, 'SIGKILL');
+      await s.all;
+      expectFaultFree(s.got, local);
+      let st: Status = await status(cluster);
+      await until('replica 0 respawned', async () => (st = await status(cluster)).failures[0]?.recovery === 'respawned', 60_000);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      const f = st.failures[0]!;
+      expect(f).toMatchObject({ replica: 0, host: '127.0.0.2' });
+      expect(f).toMatchObject({ rank: 1, pid: w1.pid });
+      expect(log).toContain('launcher: restarted ranks 0, 1 of replica 0');
+      expect(log).not.toMatch(/failover: replica 1 lost/);
+      // The old remote worker is gone (the watchdog in its process group saw the channel close).
+      await until('the disconnected worker to exit', () => !alive(w1.pid), 10_000);
+      const now = st.workers.filter((w) => w.replica === 0);
+      expect(now.every((w) => w.host === '127.0.0.2' && w.state === 'serving' && w.pid !== w1.pid)).toBe(true);
+      const during = tokensBetween(s.got, f.atUnixMs, f.atUnixMs + f.recoveryMs);
+      const first = firstTokenAfter(s.got, f.atUnixMs + f.recoveryMs);
+      console.log(`SSH connection dropped: loss detected ${f.atUnixMs - droppedAt} ms after the drop (${f.cause}); ` +
+        `replica 0 restarted on 127.0.0.2 and serving ${f.recoveryMs} ms after the loss ` +
+        `(${Number.isFinite(first) ? `first token after it ${first - droppedAt} ms after the drop` : 'every stream had already finished on replica 1'}); ` +
+        `${f.replayedRequests} streams moved, ${during} tokens delivered by replica 1 meanwhile`);
+      expect(f.replayedRequests, 'the drop hit replica 0 mid-stream').toBeGreaterThan(0);
+      expect(during).toBeGreaterThan(0);
+    });
   }, 150_000);
 
   it('the remote host is gone: its replica is retired and the local replica finishes every stream', async () => {
-    const sshd = await startSshd({ hosts: ['127.0.0.2'] });
-    try {
-      const cluster = await twoHosts(sshd);
-      try {
-        const before = await status(cluster);
-        const remote = before.workers.filter((w) => w.replica === 0).map((w) => w.pid);
-        const s = startStreams(cluster.client, requests(0, LONG));
-        const goneAt = await replicasMidStream(cluster, [0], (STREAMS / 2) * (LONG / 8));
-        await sshd.stop(); // sshd and every process under it: the workers die, and nothing can be started there
-        await s.all;
-        expectFaultFree(s.got, local);
-        let st: Status = await status(cluster);
-        await until('replica 0 retired', async () => (st = await status(cluster)).failures[0]?.recovery === 'retired', 60_000);
-        const log = cluster.stderr();
-        console.log(failoverLines(log));
-        const f = st.failures[0]!;
-        expect(f).toMatchObject({ replica: 0, host: '127.0.0.2', recovery: 'retired', recoveryMs: 0, replayedRequests: expect.any(Number) });
-        expect(f.replayedRequests).toBeGreaterThan(0);
-        expect(f.replayedRequests).toBeLessThanOrEqual(STREAMS);
-        expect(log).toMatch(/failover: replica 0 retired: .*127\.0\.0\.2.*; the other replicas carry its load/);
-        expect(st.replicas.map((r) => r.state)).toEqual(['lost', 'serving']);
-        expect(st.state).toBe('serving');
-        await until('the remote workers to be gone', () => remote.every((pid) => !alive(pid)), 10_000);
-        console.log(`remote host gone: loss recorded ${f.atUnixMs - goneAt} ms after the host went away, replica 0 retired when the restart over SSH failed; ` +
-          `${f.replayedRequests} streams replayed on replica 1, all ${STREAMS} equal to the fault-free run`);
-      } finally {
-        expect(await cluster.stop()).toBe(0);
-      }
-    } finally {
-      await sshd.stop();
-    }
-    expect(workerProcesses()).toEqual([]);
+    await onTwoHosts(async (cluster, sshd) => {
+      const before = await status(cluster);
+      const remote = before.workers.filter((w) => w.replica === 0).map((w) => w.pid);
+      const s = startStreams(cluster.client, requests(0, LONG));
+      const goneAt = await replicasMidStream(cluster, [0], (STREAMS / 2) * (LONG / 8));
+      await sshd.stop(); // sshd and every process under it: the workers die, and nothing can be started there
+      await s.all;
+      expectFaultFree(s.got, local);
+      let st: Status = await status(cluster);
+      await until('replica 0 retired', async () => (st = await status(cluster)).failures[0]?.recovery === 'retired', 60_000);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      const f = st.failures[0]!;
+      expect(f).toMatchObject({ replica: 0, host: '127.0.0.2', recovery: 'retired', recoveryMs: 0, replayedRequests: expect.any(Number) });
+      expect(f.replayedRequests).toBeGreaterThan(0);
+      expect(f.replayedRequests).toBeLessThanOrEqual(STREAMS);
+      expect(log).toMatch(/failover: replica 0 retired: .*127\.0\.0\.2.*; the other replicas carry its load/);
+      expect(st.replicas.map((r) => r.state)).toEqual(['lost', 'serving']);
+      expect(st.state).toBe('serving');
+      await until('the remote workers to be gone', () => remote.every((pid) => !alive(pid)), 10_000);
+      console.log(`remote host gone: loss recorded ${f.atUnixMs - goneAt} ms after the host went away, replica 0 retired when the restart over SSH failed; ` +
+        `${f.replayedRequests} streams replayed on replica 1, all ${STREAMS} equal to the fault-free run`);
+    });
   }, 150_000);
 });

@@ -9,8 +9,7 @@ import type { GenerateResult } from '../../src/engine/index.js';
 import type { ClusterStatusMsg } from '../../src/client/index.js';
 import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
 import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
-import { STREAMS, TOKENS, faultFree, follow, requests } from './helpers.js';
-import type { Received } from './helpers.js';
+import { STREAMS, TOKENS, expectFaultFree, faultFree, midStream, requests, startStreams } from './helpers.js';
 
 let local: GenerateResult[];
 
@@ -35,19 +34,15 @@ describe('failover by respawn (py-tiny, 2 CPU workers per replica)', () => {
       try {
         const before = await cluster.client.clusterStatus();
         pid = before.workers.find((w) => w.rank === victim.rank)!.pid;
-        const reqs = requests();
-        const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
-        const all = Promise.all(reqs.map((r, i) => follow(cluster.client, r, got[i]!)));
         // Mid-stream: a quarter of all tokens delivered, none of the streams finished.
-        const received = () => got.reduce((n, g) => n + g.tokenIds.length, 0);
-        const t0 = Date.now();
-        while (received() < (STREAMS * TOKENS) / 4 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
-        const killedAt = Date.now();
+        const streams = startStreams(cluster.client, requests());
+        const { got } = streams;
+        const killedAt = await midStream(streams);
         const atKill = got.map((g) => g.tokenIds.length);
         process.kill(pid, victim.signal);
-        await all;
+        await streams.all;
         expect(atKill.some((n) => n === TOKENS), 'every stream was still running at the kill').toBe(false);
-        got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
+        expectFaultFree(got, local);
         // The replica really was re-formed: a new generation, new worker processes.
         const after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
         expect(BigInt(after.generation)).toBeGreaterThan(BigInt(before.generation));
@@ -93,16 +88,12 @@ describe('failover by respawn (py-tiny, 2 CPU workers per replica)', () => {
       expect(cluster.readyLine).toContain('replicas=2');
       const before = await cluster.client.clusterStatus();
       const pid = before.workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
-      const reqs = requests();
-      const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
-      const all = Promise.all(reqs.map((r, i) => follow(cluster.client, r, got[i]!)));
-      const received = () => got.reduce((n, g) => n + g.tokenIds.length, 0);
-      const t0 = Date.now();
-      while (received() < (STREAMS * TOKENS) / 4 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
-      const killedAt = Date.now();
+      const streams = startStreams(cluster.client, requests());
+      const { got } = streams;
+      const killedAt = await midStream(streams);
       process.kill(pid, 'SIGKILL');
-      await all;
-      got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
+      await streams.all;
+      expectFaultFree(got, local);
       // The streams may all finish on replica 1 before replica 0 is back: wait for its recovery.
       let after = await cluster.client.clusterStatus() as ClusterStatusMsg & FailoverStatusMsg;
       while (after.failures[0]?.recovery !== 'respawned' && Date.now() - killedAt < 20_000) {
