@@ -79,6 +79,8 @@ export interface ReplicaStatusMsg {
   maxStepBatch: number;
   ranks: number[];
   maxInFlight: number;
+  /** Routed here and unfinished, from the coordinator's own records (no heartbeat lag). */
+  requests: number;
 }
 
 /**

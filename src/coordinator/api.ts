@@ -154,7 +154,7 @@ export class InferenceApi {
         kvBlocksTotal: r.load?.kvBlocksTotal ?? r.kvBlocks, kvBlocksFree: r.load?.kvBlocksFree ?? r.kvBlocks,
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
-        maxInFlight: r.load?.maxInFlight ?? 0,
+        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length,
       })),
       workers: layout.ranks.map((p) => {
         const w = this.members.workers.get(p.rank);

@@ -89,9 +89,10 @@ export async function midStream(s: Streams, fraction = 1 / 4, tokens = TOKENS): 
 }
 
 /**
- * Waits until each of `replicas` is mid-way through its streams as the coordinator sees it (running
- * requests, at least `tokens` generated). The test process, starved on a loaded 2-core box, can
- * receive tokens in late bursts, so counting what it received may find the streams already done.
+ * Waits until each of `replicas` is mid-way through its streams as the coordinator sees it
+ * (requests routed to it and unfinished, at least `tokens` generated). The test process, starved on
+ * a loaded 2-core box, can receive tokens in late bursts, so counting what it received may find the
+ * streams already done; and the replica's own running/queued counts arrive a heartbeat late.
  */
 export async function replicasMidStream(cluster: LaunchedCluster, replicas: number[], tokens: number): Promise<number> {
   let seen = '';
@@ -100,9 +101,9 @@ export async function replicasMidStream(cluster: LaunchedCluster, replicas: numb
       const st = await status(cluster);
       seen = replicas.map((id) => {
         const r = st.replicas[id]!;
-        return `replica ${id}: ${r.state}, running ${r.running}, queued ${r.queued}, ${r.generatedTokens} tokens`;
+        return `replica ${id}: ${r.state}, ${r.requests} requests, ${r.generatedTokens} tokens`;
       }).join('; ');
-      return replicas.every((id) => st.replicas[id]!.running + st.replicas[id]!.queued > 0 && Number(st.replicas[id]!.generatedTokens) >= tokens);
+      return replicas.every((id) => st.replicas[id]!.requests > 0 && Number(st.replicas[id]!.generatedTokens) >= tokens);
     }, 30_000, 5);
   } catch (e) {
     throw new Error(`${(e as Error).message} (${tokens} tokens wanted; last seen: ${seen})`);
