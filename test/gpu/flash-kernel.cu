@@ -32,7 +32,15 @@ namespace {
 struct Case {
   const char* name; DType dt; int nh, nkv, hd, B;
   std::vector<std::pair<int, int>> seqs;  // {start position, new tokens}
+  bool short_flash = false;  // short sequences (decodes) take flash tiles too (the engine's flash_short)
 };
+
+// n decode tokens at contexts spread over [lo, hi).
+std::vector<std::pair<int, int>> decodes(int n, int lo, int hi) {
+  std::vector<std::pair<int, int>> s;
+  for (int i = 0; i < n; ++i) s.push_back({lo + (int)((int64_t)(hi - lo) * i / n), 1});
+  return s;
+}
 
 uint16_t bits(DType dt, float x) {
   if (dt == DType::BF16) { __nv_bfloat16 v = __float2bfloat16(x); return *reinterpret_cast<uint16_t*>(&v); }
@@ -96,7 +104,7 @@ void build(const Case& c, uint32_t seed, Built& b) {
     b.bt_off.push_back((int32_t)b.bt.size());
     for (int i = 0; i < (p + n + c.B - 1) / c.B; ++i) b.bt.push_back(perm[used++]);
     for (int i = 0; i < n; ++i) { b.pos.push_back(p + i); b.seq.push_back((int32_t)s); }
-    if (n >= kFlashMinTokens)
+    if (n >= kFlashMinTokens || c.short_flash)
       for (int i0 = 0; i0 < n; i0 += kFlashTileQ) { tiles.push_back(first[s] + i0); tiles.push_back(std::min(kFlashTileQ, n - i0)); }
     else
       for (int i = 0; i < n; ++i) simt.push_back(first[s] + i);
@@ -193,6 +201,9 @@ int main() {
       {"fp16, GQA 8/1, long context", DType::F16, 8, 1, 128, 16, {{1000, 130}, {64, 16}, {7, 1}}},
       {"head_dim 64, GQA 12/4", DType::BF16, 12, 4, 64, 16, {{0, 150}, {17, 70}, {3, 1}}},
       {"head_dim 64 fp16", DType::F16, 4, 2, 64, 16, {{33, 64}, {0, 15}}},
+      {"64 decodes through flash, MHA", DType::BF16, 8, 8, 128, 16, decodes(64, 0, 700), true},
+      {"decodes + chunk tail through flash, GQA", DType::BF16, 8, 2, 128, 5, {{300, 1}, {0, 200}, {17, 7}, {64, 1}, {0, 1}}, true},
+      {"decodes through flash, hd 64 fp16", DType::F16, 12, 4, 64, 16, decodes(16, 100, 900), true},
   };
   bool ok = true;
   std::string json = "{\"cases\":[";
@@ -223,10 +234,23 @@ int main() {
   simt.n_splits = splits_for(b.T, perf.nh);
   const float ms_flash = time_ms(perf, b.a, 20), ms_simt = time_ms(perf, simt, 5);
   const double flops = 4.0 * 32 * (512.0 * 513 / 2) * 128 * 4;  // QK^T and PV over the causal pairs
-  char tail[512];
+  // One layer of a serving decode step: 64 decodes at contexts 512..767, 32 heads, hd 128: the SIMT
+  // kernel (as the engine splits it) vs one flash tile per sequence; GB/s of K and V read.
+  const Case dec{"64 decodes, ctx 512..767, 32 heads, hd 128", DType::BF16, 32, 32, 128, 16, decodes(64, 512, 768), true};
+  Built bd;
+  build(dec, 7, bd);
+  AttnArgs dsimt = bd.a;
+  dsimt.tiles = nullptr; dsimt.n_tiles = 0; dsimt.simt_tokens = nullptr; dsimt.n_simt = bd.T;
+  dsimt.n_splits = splits_for(bd.T, dec.nh);
+  const float dms_flash = time_ms(dec, bd.a, 50), dms_simt = time_ms(dec, dsimt, 50);
+  double kv_bytes = 0;
+  for (auto [p, n] : dec.seqs) kv_bytes += 2.0 * (p + n) * dec.nkv * dec.hd * 2;
+  char tail[1024];
   std::snprintf(tail, sizeof tail, "],\"perf\":{\"shape\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,"
-                "\"flashMsPer32Layers\":%.3f,\"simtMsPer32Layers\":%.2f,\"flashTflops\":%.1f},\"ok\":%s}",
-                perf.name, ms_flash, ms_simt, 32 * ms_flash, 32 * ms_simt, flops / (ms_flash * 1e-3) / 1e12, ok ? "true" : "false");
+                "\"flashMsPer32Layers\":%.3f,\"simtMsPer32Layers\":%.2f,\"flashTflops\":%.1f},"
+                "\"decodePerf\":{\"shape\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,\"flashGBs\":%.0f,\"simtGBs\":%.0f},\"ok\":%s}",
+                perf.name, ms_flash, ms_simt, 32 * ms_flash, 32 * ms_simt, flops / (ms_flash * 1e-3) / 1e12,
+                dec.name, dms_flash, dms_simt, kv_bytes / (dms_flash * 1e-3) / 1e9, kv_bytes / (dms_simt * 1e-3) / 1e9, ok ? "true" : "false");
   json += tail;
   std::printf("%s\n", json.c_str());
   return ok ? 0 : 1;

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
     l = l * corr + p;
     // P is rounded to the activation dtype before P·V, as in flash attention (PyTorch SDPA, HF's
     // default); the row sum l keeps the f32 p.
-    const float pr = to_f(from_f<T>(p));
+    const float pr = round_if<T>(a.round_p, p);
 #pragma unroll
     for (int e = 0; e < EPL; ++e) acc[e] = acc[e] * corr + pr * vv[e];
     m = mn;

@@ -115,10 +115,8 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
-  // Both opt-in until they have run on a GPU (written in a session whose GPU lease ended first):
-  // test/gpu/run-all.sh steps `flash` and `bench` check them; then make them the default.
-  if (const char* g = std::getenv("NODESPEED_CUDA_FUSED_NORM")) use_fused_norm_ = std::strcmp(g, "1") == 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "1") == 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
   use_flash_ = use_flash_ && flash_attention_supported(c.head_dim);
 
   NS_CUDA(cudaSetDevice(c.device_index));
@@ -250,8 +248,6 @@ int CudaBackend::finalize() {
     if (!loaded_.count(n)) throw std::runtime_error("cuda: tensor " + n + " was not loaded");
   NS_CUDA(cudaStreamSynchronize(stream_));
   staging_.release();
-  norm_scratch_.reserve(32);
-  NS_CUDA(cudaMemset(norm_scratch_.ptr, 0, 32));
   const auto& c = cfg_;
   const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * dtype_size(act_);
   const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
@@ -329,13 +325,14 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
          stream_);
     return;
   }
-  if (mode == Out::AddResidual) {  // cuBLAS writes the projection in the activation dtype, then the rounded add
+  if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // the projection in the activation dtype, then the rounded add
     matmul(x, w, M, N, K, tmp_.ptr, Out::Act);
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
     return;
   }
-  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T.
-  const float alpha = 1.f, beta = 0.f;
+  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T. AddResidual
+  // (fp32 residual stream): accumulated into y by cuBLAS (beta 1).
+  const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
   const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
                                           y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -346,27 +343,15 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
 // summed over the TP group before joining the residual stream.
-bool CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
-                                             const float* next_norm) {
+void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
-    if (next_norm && use_fused_norm_ && use_gemv_ && T <= 4 && K % 8 == 0) {
-      if (swiglu_in) {
-        swiglu(act_, x, T, K, act_mlp_.ptr, stream_);
-        x = act_mlp_.ptr;
-      }
-      float* sums = norm_scratch_.as<float>();
-      const GemvNorm norm{next_norm, cfg_.rms_eps, xb_.ptr, sums, reinterpret_cast<unsigned*>(sums + 4)};
-      gemv(act_, w, x, T, cfg_.hidden, K, residual_.ptr, GemvOut::AddResidualNorm, stream_, norm);
-      return true;
-    }
     matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddResidual, swiglu_in);
-    return false;
+    return;
   }
   matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
   residual_add(act_, residual_.as<float>(), DType::F32, tmp_.ptr, n, stream_);
-  return false;
 }
 
 std::string CudaBackend::describe() const {

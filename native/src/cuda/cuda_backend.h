@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   struct StepPlan {
     int T = 0, S = 0, n_bt = 0, R = 0, NS = 0, splits = 1, bucket = 0;  // bucket > 0: CUDA-graph decode
     int n_tiles = 0, n_simt = 0;
+    bool flash_short = false;  // the short sequences take flash tiles too (flash_decode_min_)
     bool copy_logits = false;
     size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
@@ -72,11 +73,8 @@ class CudaBackend final : public Backend {
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
-  // Adds the row-parallel projection to the residual stream; with `next_norm`, also writes
-  // rmsnorm(residual) with that weight into xb_ and returns true when it could fuse the two (the
-  // caller then skips its own RMSNorm).
-  bool row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false,
-                                  const float* next_norm = nullptr);
+  // Adds the row-parallel projection to the residual stream.
+  void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
   size_t activation_bytes(int T) const;
 
@@ -89,9 +87,13 @@ class CudaBackend final : public Backend {
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;
-  bool use_fused_norm_ = false;  // NODESPEED_CUDA_FUSED_NORM=1: RMSNorm in the o_proj/down GEMV's last block
-  bool use_flash_ = false;  // NODESPEED_CUDA_FLASH=1: long prefill chunks through the tensor-core kernel
-  bool flash_seq(int n_tokens) const;  // does a sequence with n_tokens new tokens take flash tiles
+  // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill
+  // chunks of >= kFlashMinTokens tokens always; the short sequences of a step too (one tile each)
+  // when they make at least flash_decode_min_ (tile, head) blocks, enough to fill the GPU without
+  // flash-decoding splits (NODESPEED_CUDA_FLASH_DECODE_MIN; fewer: the SIMT kernel).
+  bool use_flash_ = true;
+  int flash_decode_min_ = 2048;  // H200, 7B: 64 decodes x 32 heads gain 1%, 32 x 32 lose 4%
+  bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   const CublasApi* api_ = nullptr;
@@ -109,7 +111,6 @@ class CudaBackend final : public Backend {
   // Step scratch, sized for `cap_tokens_` tokens (grown on demand).
   int cap_tokens_ = 0;
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
-  DeviceBuffer norm_scratch_;  // GemvOut::AddResidualNorm: 4 row sums + the block counter, kept zeroed
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
   // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so

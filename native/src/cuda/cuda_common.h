@@ -68,6 +68,18 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Where the kernels also round to the activation dtype as HF transformers' bf16/fp16 forward
+// does (docs/ENGINE.md "CUDA numerics"): the residual stream, the normalised row before the
+// weight, RoPE's cos/sin and products, SiLU before the up product, P before P.V in the SIMT
+// kernel (the flash kernel always rounds P: its mma inputs are 16-bit). NODESPEED_CUDA_ROUND=<mask>;
+// the default 0 keeps these intermediates in fp32, the closest to an fp32 forward (the fixtures'
+// and py-tiny's references); kRoundHF tracks HF's own bf16 rounding (closer to HF bf16 logits).
+enum RoundSite : int { kRoundResidual = 1, kRoundNorm = 2, kRoundRope = 4, kRoundSilu = 8, kRoundP = 16, kRoundHF = 31 };
+int round_mask();  // parsed once (kernels_basic.cu)
+inline bool rounds(int site) { return (round_mask() & site) != 0; }
+template <typename T>
+__device__ __forceinline__ float round_if(bool on, float x) { return on ? to_f(from_f<T>(x)) : x; }
+
 inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 // Programmatic dependent launch (Hopper+): a kernel may be scheduled while the previous one in the

@@ -49,7 +49,9 @@ void CudaBackend::StepPlan::layout() {
   total = o;
 }
 
-bool CudaBackend::flash_seq(int n_tokens) const { return use_flash_ && n_tokens >= kFlashMinTokens; }
+bool CudaBackend::flash_seq(const StepPlan& p, int n_tokens) const {
+  return use_flash_ && (n_tokens >= kFlashMinTokens || p.flash_short);
+}
 
 // Flash-decoding split: enough (token, head, split) blocks to fill the GPU twice over.
 int CudaBackend::attention_splits(int T) const {
@@ -63,6 +65,7 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
   StepPlan p;
   p.S = static_cast<int>(in.seqs.size());
   bool all_decode = p.S > 0, any_all_logits = false, all_sample = true;
+  int n_short = 0;  // sequences with fewer than kFlashMinTokens new tokens
   for (int s = 0; s < p.S; ++s) {
     const SeqInput& q = in.seqs[s];
     if (q.n_tokens <= 0) throw std::runtime_error(seq_name(s) + " has no tokens");
@@ -77,7 +80,7 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     if (c.has_embedding && !q.tokens) throw std::runtime_error(seq_name(s) + " has no token ids");
     p.T += q.n_tokens;
     p.n_bt += q.n_blocks;
-    if (flash_seq(q.n_tokens)) p.n_tiles += (q.n_tokens + kFlashTileQ - 1) / kFlashTileQ;
+    n_short += q.n_tokens < kFlashMinTokens;
     if (c.has_head && (q.sample || in.want_logits || q.all_logits)) p.R += q.all_logits ? q.n_tokens : 1;
     if (c.has_head && q.sample) ++p.NS;
     all_decode &= q.n_tokens == 1 && q.n_blocks <= max_blocks_per_seq_;
@@ -93,8 +96,12 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     p.T = p.S = p.R = p.NS = p.bucket;
     p.n_bt = p.bucket * max_blocks_per_seq_;
   }
-  if (p.n_tiles == 0) p.n_simt = p.T;  // (graph steps: always, all decode)
-  else for (const SeqInput& q : in.seqs) p.n_simt += flash_seq(q.n_tokens) ? 0 : q.n_tokens;
+  // Graph steps (<= 4 decodes) stay on the SIMT kernel: its flash-decoding splits fill the GPU.
+  p.flash_short = use_flash_ && p.bucket == 0 && (int64_t)n_short * c.n_heads >= flash_decode_min_;
+  for (const SeqInput& q : in.seqs)
+    if (flash_seq(p, q.n_tokens)) p.n_tiles += (q.n_tokens + kFlashTileQ - 1) / kFlashTileQ;
+  if (p.n_tiles == 0) p.n_simt = p.T;
+  else for (const SeqInput& q : in.seqs) p.n_simt += flash_seq(p, q.n_tokens) ? 0 : q.n_tokens;
   p.splits = p.n_simt > 0 ? attention_splits(p.n_simt) : 1;
   p.layout();
   return p;
@@ -114,7 +121,7 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   for (int s = 0; s < real; ++s) {
     const SeqInput& q = in.seqs[s];
     if (p.n_tiles > 0) {  // attention split: flash query tiles of this sequence, or SIMT tokens
-      if (flash_seq(q.n_tokens)) {
+      if (flash_seq(p, q.n_tokens)) {
         for (int i0 = 0; i0 < q.n_tokens; i0 += kFlashTileQ, ++n_tiles) {
           h[p.tiles + 2 * n_tiles] = t + i0;
           h[p.tiles + 2 * n_tiles + 1] = std::min(kFlashTileQ, q.n_tokens - i0);
@@ -193,29 +200,23 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     convert(DType::F32, res, act_, xb_.ptr, (size_t)T * H, st);
   }
   const int qd = c.n_heads * c.head_dim;
-  // Each RMSNorm is fused into the projection before it when that one is a decode GEMV
-  // (row_parallel_into_residual says so); the final norm only when every token is a row.
-  bool normed = false;
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles};
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP)};
     attention(act_, a, st);
-    if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
-      rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd);
+    rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-    const bool last = l + 1 == n_layers_;
-    // After the last layer xb_ rows must be the head's rows (p.rows): fusable when those are all tokens.
-    const float* next = !last ? layers_[l + 1].in_norm.as<float>() : c.has_head && p.R == T ? final_norm_.as<float>() : nullptr;
-    normed = row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true, next);
+    row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true);
   }
   if (!c.has_head || p.R == 0) return;
-  if (!normed) rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
+  rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
   const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
   float* logits = logits_.as<float>();
   if (c.tp_size == 1) {

@@ -45,26 +45,9 @@ __device__ __forceinline__ void fma_chunk(const uint4& wv, const T* x, int K, in
   }
 }
 
-// The tail of GemvOut::AddResidualNorm, run by the last block to finish: every block has added its
-// rows' squares of the new residual to norm.sums, so the whole rows are known; this block writes
-// norm.out = act(act(res * rsqrt(mean + eps)) * w) (the rmsnorm kernel's rounding) and re-arms the
-// scratch for the next launch. Saves the separate RMSNorm launch after o_proj / down_proj.
-template <typename T, int R>
-__device__ void norm_tail(const float* res, int N, const GemvNorm& norm) {
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float inv = rsqrtf(__ldcg(norm.sums + r) / N + norm.eps);
-    for (int i = threadIdx.x; i < N; i += blockDim.x)
-      static_cast<T*>(norm.out)[(size_t)r * N + i] = from_f<T>(to_f(from_f<T>(__ldcg(res + (size_t)r * N + i) * inv)) * norm.w[i]);
-  }
-  __syncthreads();
-  if (threadIdx.x < R) norm.sums[threadIdx.x] = 0.f;
-  if (threadIdx.x == 0) *norm.counter = 0;
-}
-
 template <typename T, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
-                                                           int N, int K, void* __restrict__ y, GemvNorm norm) {
+                                                           int N, int K, void* __restrict__ y, bool rnd) {
   constexpr int kRows = kWarps / KS;
   constexpr int kStride = 32 * KS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -99,71 +82,43 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-  // No early returns below: the norm epilogue needs every thread at its barriers.
-  bool owner = lane == 0 && n < N;  // writes row n
   if constexpr (KS > 1) {
     __shared__ float red[kWarps][R];
     if (lane == 0)
 #pragma unroll
       for (int r = 0; r < R; ++r) red[warp][r] = acc[r];
     __syncthreads();
-    owner = owner && part == 0;
-    if (owner)
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float s = 0.f;
-#pragma unroll
-        for (int p = 0; p < KS; ++p) s += red[warp + p][r];
-        acc[r] = s;
-      }
-  }
-  __shared__ float block_sq[R];
-  if constexpr (MODE == GemvOut::AddResidualNorm) {
-    if (threadIdx.x < R) block_sq[threadIdx.x] = 0.f;
-    __syncthreads();
-  }
-  if (owner) {
+    if (part != 0) return;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const size_t o = (size_t)r * N + n;
-      if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(acc[r]);
-      else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = acc[r];
-      else {
-        float* res = static_cast<float*>(y) + o;
-        const float v = to_f(from_f<T>(*res + to_f(from_f<T>(acc[r]))));
-        *res = v;
-        if constexpr (MODE == GemvOut::AddResidualNorm) {
-          atomicAdd(&block_sq[r], v * v);
-          __threadfence();  // this row visible GPU-wide before thread 0 takes the block's ticket
-        }
-      }
+      float s = 0.f;
+#pragma unroll
+      for (int p = 0; p < KS; ++p) s += red[warp + p][r];
+      acc[r] = s;
     }
   }
-  if constexpr (MODE == GemvOut::AddResidualNorm) {
-    __shared__ bool last;
-    __syncthreads();
-    if (threadIdx.x == 0) {
+  if (lane != 0 || n >= N) return;
 #pragma unroll
-      for (int r = 0; r < R; ++r) atomicAdd(norm.sums + r, block_sq[r]);
-      __threadfence();
-      last = atomicAdd(norm.counter, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      norm_tail<T, R>(static_cast<const float*>(y), N, norm);
+  for (int r = 0; r < R; ++r) {
+    const size_t o = (size_t)r * N + n;
+    if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(acc[r]);
+    else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = acc[r];
+    else {
+      float* res = static_cast<float*>(y) + o;
+      *res = round_if<T>(rnd, *res + round_if<T>(rnd, acc[r]));
     }
   }
 }
 
 template <typename T, GemvOut MODE, int KS>
-void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, const GemvNorm& nm, cudaStream_t s) {
+void launch_rows(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
+  const bool rnd = rounds(kRoundResidual);
   const unsigned grid = ceil_div(N, kWarps / KS);
   switch (R) {
-    case 1: launch("gemv", gemv_kernel<T, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, nm); break;
-    case 2: launch("gemv", gemv_kernel<T, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, nm); break;
-    case 3: launch("gemv", gemv_kernel<T, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, nm); break;
-    case 4: launch("gemv", gemv_kernel<T, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, nm); break;
+    case 1: launch("gemv", gemv_kernel<T, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, rnd); break;
+    case 2: launch("gemv", gemv_kernel<T, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, rnd); break;
+    case 3: launch("gemv", gemv_kernel<T, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, rnd); break;
+    case 4: launch("gemv", gemv_kernel<T, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, W, x, N, K, y, rnd); break;
     default: throw std::runtime_error("cuda: gemv supports 1..4 rows");
   }
 }
@@ -176,27 +131,23 @@ int short_split() {
 }
 
 template <typename T, GemvOut MODE>
-void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, const GemvNorm& nm, cudaStream_t s) {
-  if (N >= 12288) launch_rows<T, MODE, 1>(W, x, R, N, K, y, nm, s);
-  else if (short_split() == 4) launch_rows<T, MODE, 4>(W, x, R, N, K, y, nm, s);
-  else launch_rows<T, MODE, 2>(W, x, R, N, K, y, nm, s);
+void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, cudaStream_t s) {
+  if (N >= 12288) launch_rows<T, MODE, 1>(W, x, R, N, K, y, s);
+  else if (short_split() == 4) launch_rows<T, MODE, 4>(W, x, R, N, K, y, s);
+  else launch_rows<T, MODE, 2>(W, x, R, N, K, y, s);
 }
 
 }  // namespace
 
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s,
-          const GemvNorm& norm) {
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s) {
   if (R == 0) return;
   if (K % 8 != 0) throw std::runtime_error("cuda: gemv needs K % 8 == 0");
-  if (mode == GemvOut::AddResidualNorm && (!norm.w || !norm.out || !norm.sums || !norm.counter))
-    throw std::runtime_error("cuda: gemv AddResidualNorm needs its norm weight, output and scratch");
   NS_DISPATCH_ACT(act, E, {
     const E* w = static_cast<const E*>(W);
     const E* xx = static_cast<const E*>(x);
-    if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, norm, s);
-    else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, norm, s);
-    else if (mode == GemvOut::AddResidual) launch_mode<E, GemvOut::AddResidual>(w, xx, R, N, K, y, norm, s);
-    else launch_mode<E, GemvOut::AddResidualNorm>(w, xx, R, N, K, y, norm, s);
+    if (mode == GemvOut::Act) launch_mode<E, GemvOut::Act>(w, xx, R, N, K, y, s);
+    else if (mode == GemvOut::F32) launch_mode<E, GemvOut::F32>(w, xx, R, N, K, y, s);
+    else launch_mode<E, GemvOut::AddResidual>(w, xx, R, N, K, y, s);
   });
   NS_LAUNCHED("gemv");
 }

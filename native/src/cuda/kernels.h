@@ -46,6 +46,7 @@ struct AttnArgs {
   int n_splits; float* ws;
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
+  bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
@@ -66,13 +67,8 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
 
 // Batch-few matrix-vector product for decode: y[r, n] = sum_k x[r, k] * W[n, k], r < R <= 4.
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
-// AddResidualNorm: the same, then norm.out = rmsnorm(y) with weight norm.w (the next RMSNorm,
-// done by the last block to finish); norm.sums (R floats) and norm.counter start at 0 and are
-// left at 0.
-enum class GemvOut { Act, F32, AddResidual, AddResidualNorm };
-struct GemvNorm { const float* w = nullptr; float eps = 0.f; void* out = nullptr; float* sums = nullptr; unsigned* counter = nullptr; };
-void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s,
-          const GemvNorm& norm = {});
+enum class GemvOut { Act, F32, AddResidual };
+void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.

@@ -2,10 +2,26 @@
 // Rounding follows Hugging Face transformers' bf16/fp16 forward op by op (docs/ENGINE.md "CUDA
 // numerics"): every tensor HF materialises in the activation dtype is rounded to it here too, so
 // our logits track HF's own rounding instead of adding an independent one.
+#include <cstdlib>
+
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 
 namespace ns::cuda {
+
+int round_mask() {
+  static const int mask = [] {
+    const char* e = std::getenv("NODESPEED_CUDA_ROUND");
+    if (!e || !*e) return 0;
+    char* end = nullptr;
+    const long v = std::strtol(e, &end, 0);
+    if (*end || v < 0 || v > kRoundHF)
+      throw std::runtime_error(std::string("NODESPEED_CUDA_ROUND=") + e + ": expected a mask 0.." + std::to_string(kRoundHF));
+    return static_cast<int>(v);
+  }();
+  return mask;
+}
+
 namespace {
 
 template <typename D, typename S>
@@ -27,7 +43,7 @@ __global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int
 }
 
 template <typename T>
-__global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out) {
+__global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
   grid_dependency_wait();
   const int r = blockIdx.x;
   const float* xr = x + (size_t)(rows ? rows[r] : r) * H;
@@ -46,27 +62,27 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const
   const float inv = rsqrtf(part[0] / H + eps);
   T* o = out + (size_t)r * H;
   // HF: weight * (x * rsqrt(var + eps)).to(dtype): the normalised row is rounded before the weight.
-  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(to_f(from_f<T>(xr[i] * inv)) * w[i]);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(round_if<T>(rnd, xr[i] * inv) * w[i]);
 }
 
 template <typename T>
-__global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out) {
+__global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out, bool rnd) {
   grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const size_t t = i / I, j = i % I;
     const float g = to_f(gu[t * 2 * I + j]);
     const float u = to_f(gu[t * 2 * I + I + j]);
-    out[i] = from_f<T>(to_f(from_f<T>(g / (1.f + __expf(-g)))) * u);  // HF: act_fn(gate) is a tensor, then * up
+    out[i] = from_f<T>(round_if<T>(rnd, g / (1.f + __expf(-g))) * u);  // HF: act_fn(gate) is a tensor, then * up
   }
 }
 
 // residual = round(residual + round(x)): the projection's output and the sum are both tensors of
 // the activation dtype in HF (x may already be in it, or an fp32 all-reduced partial sum).
 template <typename T, typename S>
-__global__ void residual_add_kernel(float* res, const S* x, size_t n) {
+__global__ void residual_add_kernel(float* res, const S* x, size_t n, bool rnd) {
   grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    res[i] = to_f(from_f<T>(res[i] + to_f(from_f<T>(to_f(x[i])))));
+    res[i] = round_if<T>(rnd, res[i] + round_if<T>(rnd, to_f(x[i])));
 }
 
 
@@ -108,7 +124,7 @@ void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const
              void* out, cudaStream_t s) {
   if (R == 0) return;
   const int threads = H >= 4096 ? 1024 : H >= 1024 ? 512 : 128;
-  NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_kernel<E>, dim3(R), dim3(threads), s, x, rows, H, w, eps, static_cast<E*>(out)); });
+  NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_kernel<E>, dim3(R), dim3(threads), s, x, rows, H, w, eps, static_cast<E*>(out), rounds(kRoundNorm)); });
   NS_LAUNCHED("rmsnorm");
 }
 
@@ -116,7 +132,7 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) 
   const size_t n = (size_t)T * I;
   if (n == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    launch("swiglu", swiglu_kernel<E>, dim3(grid_for(n)), dim3(256), s, static_cast<const E*>(gu), I, n, static_cast<E*>(out));
+    launch("swiglu", swiglu_kernel<E>, dim3(grid_for(n)), dim3(256), s, static_cast<const E*>(gu), I, n, static_cast<E*>(out), rounds(kRoundSilu));
   });
   NS_LAUNCHED("swiglu");
 }
@@ -124,8 +140,8 @@ void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) 
 void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t n, cudaStream_t s) {
   if (n == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    if (x_dt == DType::F32) launch("residual_add", residual_add_kernel<E, float>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const float*>(x), n);
-    else launch("residual_add", residual_add_kernel<E, E>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const E*>(x), n);
+    if (x_dt == DType::F32) launch("residual_add", residual_add_kernel<E, float>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const float*>(x), n, rounds(kRoundResidual));
+    else launch("residual_add", residual_add_kernel<E, E>, dim3(grid_for(n)), dim3(256), s, residual, static_cast<const E*>(x), n, rounds(kRoundResidual));
   });
   NS_LAUNCHED("residual_add");
 }

@@ -11,7 +11,7 @@ namespace {
 // single decode token over the GPU. q/k heads rotate pairs (j, j + hd/2); v heads are copied.
 template <typename T>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, const int32_t* pos,
-                               const int32_t* slot, const float* inv_freq, T* kc, T* vc) {
+                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, bool rnd) {
   grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y;
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
@@ -27,10 +27,10 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, c
       float sn, cs;
       sincosf(p * inv_freq[j], &sn, &cs);
       // HF: q * cos + rotate_half(q) * sin with cos, sin and both products activation-dtype tensors.
-      cs = to_f(from_f<T>(cs));
-      sn = to_f(from_f<T>(sn));
-      const T o1 = from_f<T>(to_f(from_f<T>(x1 * cs)) + to_f(from_f<T>(-x2 * sn)));
-      const T o2 = from_f<T>(to_f(from_f<T>(x2 * cs)) + to_f(from_f<T>(x1 * sn)));
+      cs = round_if<T>(rnd, cs);
+      sn = round_if<T>(rnd, sn);
+      const T o1 = from_f<T>(round_if<T>(rnd, x1 * cs) + round_if<T>(rnd, -x2 * sn));
+      const T o2 = from_f<T>(round_if<T>(rnd, x2 * cs) + round_if<T>(rnd, x1 * sn));
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
@@ -55,7 +55,7 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
     launch("rope_kv_write", rope_kv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(std::max(32, std::min(128, hd / 2))), s, static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos,
-                                        slot, inv_freq, static_cast<E*>(kcache), static_cast<E*>(vcache));
+                                        slot, inv_freq, static_cast<E*>(kcache), static_cast<E*>(vcache), rounds(kRoundRope));
   });
   NS_LAUNCHED("rope_kv_write");
 }
