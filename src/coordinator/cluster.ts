@@ -149,6 +149,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, log: o.log, bind: o.bind, port: o.port,
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
+    shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {

@@ -14,10 +14,12 @@
 //      (b) by respawn: a new generation, the replica's surviving ranks stopped through the launcher,
 //          every rank of the replica restarted on its host (job.restartRank), fresh rendezvous and
 //          reload; also the fallback when a re-form with a spare fails;
-//      (d) when a rank cannot be restarted (its host no longer answers over SSH) or the replica
-//          keeps failing, it is retired: its processes are stopped and the other replicas carry
-//          the load. (c), a smaller layout for the survivors, is not implemented: TP/PP shapes are
-//          fixed per job, and a replica of another shape would need its own layout and router.
+//      (c) when some ranks cannot be restarted (their host no longer answers), the ranks that were
+//          restarted get the largest smaller layout that fits their memory (shrink.ts: fewer TP
+//          ranks and/or pipeline stages) in a new generation and load their new shards; ranks that
+//          layout leaves out are started again as spares once it serves;
+//      (d) when nothing smaller fits, or the replica keeps failing, it is retired: its processes
+//          are stopped and the other replicas carry the load.
 //   3. answers UNAVAILABLE to any request that waited longer than --request-timeout for a replica.
 // Every failure is recorded (who, when, cause, recovery, time to recover) for ClusterStatus.
 import { EventEmitter } from 'node:events';
@@ -28,15 +30,22 @@ import type { Job } from '../launcher/supervisor.js';
 import type { Membership, Replica, WorkerConn } from './membership.js';
 import type { RequestStore } from './requests.js';
 import type { Router } from './router.js';
+import { applyShrink, planShrink, shape } from './shrink.js';
+import type { ShrinkContext } from './shrink.js';
 
 export interface FailoverOptions {
   /** A request waiting this long for a serving replica fails with UNAVAILABLE. */
   requestTimeoutMs: number;
+  /** What recovery (c) needs to pick a smaller layout; without it a replica that cannot be respawned is retired. */
+  shrink?: ShrinkContext;
   log: (line: string) => void;
 }
 
-/** replacing → spare (a spare took the lost rank); respawning → respawned; either → retired. */
-export type Recovery = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'retired';
+/**
+ * replacing → spare (a spare took the lost rank); respawning → respawned; respawning → shrinking →
+ * shrunk (re-formed with a smaller layout on the ranks that could be restarted); any → retired.
+ */
+export type Recovery = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'shrinking' | 'shrunk' | 'retired';
 
 export interface FailureRecord {
   rank: number;
@@ -52,6 +61,8 @@ export interface FailureRecord {
   recoveryMs?: number;
   replayedRequests: number;
   replayedTokens: number;
+  /** shrinking/shrunk: the replica's new layout and the one before, for the log. */
+  shape?: string;
 }
 
 export interface FailoverCounters {
@@ -91,16 +102,25 @@ const EXIT_WAIT_MS = 10_000;
 export class Failover extends EventEmitter<FailoverEvents> {
   readonly failures: FailureRecord[] = [];
   readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
+  /** Replicas re-formed with a smaller layout (recovery (c)); part of counters.recoveries. */
+  shrinks = 0;
   private job: Job | undefined;
   private readonly lastLost = new Map<number, WorkerConn>();
   private readonly open = new Map<number, FailureRecord>();
-  /** Pid and host of every rank of the replicas being re-formed, as they joined before the loss. */
-  private readonly lostWorkers = new Map<number, { pid: number; host: string }>();
-  /** Replica → the launcher slot whose lost process a spare replaced: killed and restarted as a spare once it serves. */
-  private readonly topUp = new Map<number, number>();
+  /** Pid, host and GPU memory of every rank of the replicas being re-formed, as they joined before the loss. */
+  private readonly lostWorkers = new Map<number, { pid: number; host: string; gpuMemory: number }>();
+  /**
+   * Replica → launcher slots to kill and start again as spares once it serves: the lost process a
+   * spare replaced, or the ranks a smaller layout left out.
+   */
+  private readonly topUp = new Map<number, number[]>();
+  /** Slots whose host did not answer a restart: never started again (their replica shrank or was retired). */
+  private readonly deadSlots = new Set<number>();
   private readonly spareRestarts = new Map<number, number>();
   private readonly refilling = new Set<number>();
   private readonly attempts = new Map<number, number>();
+  /** Replica → its respawn under way (settled or not): respawns of one replica run one after another. */
+  private readonly respawns = new Map<number, Promise<void>>();
   private readonly timer: NodeJS.Timeout;
   private lastCause = '';
 
@@ -182,7 +202,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.attempts.set(replica.id, attempt);
     for (const r of replica.ranks) {
       const old = this.members.workers.get(r);
-      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.plan.host });
+      if (old) this.lostWorkers.set(r, { pid: old.join.pid, host: old.plan.host, gpuMemory: Number(old.join.device?.totalMemory ?? 0) });
     }
     // (a) a spare takes the lost rank, survivors re-form in place; only on the first attempt (a
     // failed in-place re-form falls back to respawning every rank from clean processes).
@@ -209,7 +229,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.o.log(`failover: replica ${replica.id} lost (${reason}; pid ${w?.join.pid ?? '?'} on ${w?.plan.host ?? '?'}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
       (spare ? `the spare in slot ${spare.slot} takes rank ${w!.rank}` : 'respawning its ranks') + ` in generation ${generation} (attempt ${attempt})`);
     if (spare) {
-      this.topUp.set(replica.id, w!.join.rank);
+      this.topUp.set(replica.id, [w!.join.rank]);
       return;
     }
     rec.recovery = 'respawning';
@@ -218,7 +238,11 @@ export class Failover extends EventEmitter<FailoverEvents> {
       this.retire(replica, rec, `failed ${attempt} times in a row while re-forming`);
       return;
     }
-    void this.respawn(replica, rec).catch((err: unknown) => this.retire(replica, rec, (err as Error).message));
+    // One respawn of a replica at a time: a newer attempt starts once the older one has settled (it
+    // then sees itself superseded), so two never restart the same slots at once.
+    const run = (this.respawns.get(replica.id) ?? Promise.resolve()).then(() => this.respawn(replica, rec, attempt));
+    this.respawns.set(replica.id, run.catch(() => {}));
+    void run.catch((err: unknown) => this.retire(replica, rec, (err as Error).message));
   }
 
   /** Launcher slots of the replica's ranks (a spare that took a rank holds it in its own slot). */
@@ -226,13 +250,13 @@ export class Failover extends EventEmitter<FailoverEvents> {
     return replica.ranks.map((r) => this.members.slots.slotOf(r));
   }
 
-  private async waitExit(slots: number[]): Promise<void> {
+  /** Waits up to EXIT_WAIT_MS for the slots' processes to exit; returns those still running. */
+  private async waitExit(slots: number[]): Promise<number[]> {
     const job = this.job!;
     const deadline = Date.now() + EXIT_WAIT_MS;
-    while (slots.some((s) => job.rankState(s).running)) {
-      if (Date.now() > deadline) throw new Error(`slots ${slots.join(', ')} did not exit within ${EXIT_WAIT_MS} ms`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const running = () => slots.filter((s) => job.rankState(s).running);
+    while (running().length && Date.now() <= deadline) await new Promise((r) => setTimeout(r, 20));
+    return running();
   }
 
   /**
@@ -240,9 +264,9 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * refilled: refill it now, so the lost process (maybe only stopped) does not outlive its replica.
    */
   private refillNow(replica: number): void {
-    const slot = this.topUp.get(replica);
+    const slots = this.topUp.get(replica) ?? [];
     this.topUp.delete(replica);
-    if (slot !== undefined && this.job) this.startRefill(slot);
+    if (this.job) for (const slot of slots) this.startRefill(slot);
   }
 
   /**
@@ -251,7 +275,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    */
   private replaceSpare(slot: number, why: string): void {
     // A lost rank's old slot waiting for its top-up (after its replica serves) is not a spare yet.
-    if ([...this.topUp.values()].includes(slot)) return;
+    if ([...this.topUp.values()].flat().includes(slot) || this.deadSlots.has(slot)) return;
     if (!this.job || this.members.isStopping || this.members.slots.rankOf(slot) !== undefined || this.refilling.has(slot)) return;
     const n = (this.spareRestarts.get(slot) ?? 0) + 1;
     if (n > MAX_SPARE_RESTARTS) {
@@ -275,22 +299,64 @@ export class Failover extends EventEmitter<FailoverEvents> {
   private async refillSpare(slot: number): Promise<void> {
     const job = this.job!;
     await job.killRank(slot, 'SIGKILL');
-    await this.waitExit([slot]);
+    if ((await this.waitExit([slot])).length) throw new Error(`slot ${slot} did not exit within ${EXIT_WAIT_MS} ms`);
     if (this.members.isStopping || this.members.slots.rankOf(slot) !== undefined) return;
     await job.restartRank(slot);
     this.o.log(`launcher: restarted slot ${slot} as a spare`);
   }
 
-  private async respawn(replica: Replica, rec: FailureRecord): Promise<void> {
+  private async respawn(replica: Replica, rec: FailureRecord, attempt: number): Promise<void> {
     const job = this.job!;
+    const superseded = () => this.open.get(replica.id) !== rec || this.attempts.get(replica.id) !== attempt || this.members.isStopping;
+    if (superseded()) return;
     // The survivors were told to abort; stop them for good so each rank restarts from a clean
     // process (and a new communicator) on its host.
+    const ranks = [...replica.ranks];
     const slots = this.slotsOf(replica);
     await Promise.all(slots.map((s) => job.killRank(s, 'SIGKILL')));
-    await this.waitExit(slots);
-    if (this.open.get(replica.id) !== rec || this.members.isStopping) return; // superseded or shutting down
-    await Promise.all(slots.map((s) => job.restartRank(s)));
-    this.o.log(`launcher: restarted ranks ${replica.ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
+    const stuck = await this.waitExit(slots);
+    if (superseded()) return; // superseded or shutting down
+    // Whether the restarted ranks keep the replica's layout depends on every host answering: their
+    // joins wait for their assignment until every restart has settled.
+    this.members.hold(replica);
+    const results = await Promise.allSettled(slots.map((s) => (stuck.includes(s)
+      ? Promise.reject(new Error(`its process did not exit within ${EXIT_WAIT_MS} ms of SIGKILL`)) : job.restartRank(s))));
+    if (superseded()) return;
+    const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ rank: ranks[i]!, slot: slots[i]!, why: (r.reason as Error).message }] : []));
+    if (!failed.length) {
+      this.members.release(replica);
+      this.o.log(`launcher: restarted ranks ${ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
+      return;
+    }
+    this.shrink(replica, rec, ranks.filter((r) => !failed.some((f) => f.rank === r)), failed);
+  }
+
+  /**
+   * Recovery (c): some of the replica's ranks could not be restarted (their host no longer answers).
+   * The ranks that were get the largest smaller layout that fits them (shrink.ts); throws (and the
+   * replica is retired) when none does.
+   */
+  private shrink(replica: Replica, rec: FailureRecord, restarted: number[], failed: Array<{ rank: number; slot: number; why: string }>): void {
+    for (const f of failed) this.o.log(`launcher: rank ${f.rank} of replica ${replica.id} (slot ${f.slot}) not restarted: ${f.why}`);
+    const why = failed.map((f) => `rank ${f.rank} not restarted: ${f.why}`).join('; ');
+    if (!this.o.shrink) throw new Error(why);
+    const was = shape(replica.tp, replica.pp);
+    const choice = planShrink(this.members, replica, new Set(restarted), (r) => this.lostWorkers.get(r)?.gpuMemory ?? 0, this.o.shrink);
+    const plan = choice.plan;
+    if (!plan) throw new Error(`${why}; no smaller layout fits the ${restarted.length} rank(s) left (${choice.refused.join('; ')})`);
+    for (const f of failed) this.deadSlots.add(f.slot);
+    const surplus = plan.surplus.map((r) => ({ rank: r, slot: this.members.slots.slotOf(r) }));
+    const { generation } = applyShrink(this.members, replica, plan);
+    rec.recovery = 'shrinking';
+    rec.generation = generation;
+    rec.shape = `${shape(plan.tp, plan.pp)} on rank${replica.ranks.length > 1 ? 's' : ''} ${replica.ranks.join(', ')} (was ${was})`;
+    // Ranks the smaller layout leaves out were restarted for nothing: stop them now (the CPU is the
+    // loading ranks'), start their slots again as spares once the replica serves.
+    for (const s of surplus) void this.job!.killRank(s.slot, 'SIGKILL').catch(() => {});
+    if (surplus.length) this.topUp.set(replica.id, [...(this.topUp.get(replica.id) ?? []), ...surplus.map((s) => s.slot)]);
+    this.o.log(`coordinator: replica ${replica.id} re-formed as ${rec.shape} in generation ${generation}` +
+      (choice.refused.length ? `; refused: ${choice.refused.join('; ')}` : '') +
+      (surplus.length ? `; rank(s) ${surplus.map((s) => s.rank).join(', ')} left out, their slots become spares once it serves` : ''));
   }
 
   private retire(replica: Replica, rec: FailureRecord, why: string): void {
@@ -311,12 +377,14 @@ export class Failover extends EventEmitter<FailoverEvents> {
     if (!rec) return;
     this.open.delete(replica.id);
     this.attempts.delete(replica.id);
-    rec.recovery = rec.recovery === 'replacing' ? 'spare' : 'respawned';
+    rec.recovery = rec.recovery === 'replacing' ? 'spare' : rec.recovery === 'shrinking' ? 'shrunk' : 'respawned';
     rec.recoveredAt = Date.now();
     rec.recoveryMs = rec.recoveredAt - rec.at;
     this.counters.recoveries++;
+    if (rec.recovery === 'shrunk') this.shrinks++;
     this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
-      `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovery: ${rec.recovery}, ${rec.replayedRequests} requests replayed`);
+      `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovery: ${rec.recovery}${rec.recovery === 'shrunk' ? ` to ${rec.shape}` : ''}, ` +
+      `${rec.replayedRequests} requests replayed`);
     this.emit('recovered', rec);
     this.refillNow(replica.id);
   }

@@ -99,7 +99,7 @@ export function balanceStages(c: ModelConfig, pp: number): StagePlan[] {
   return stages;
 }
 
-function checkTpDivides(c: ModelConfig, tp: number): void {
+export function checkTpDivides(c: ModelConfig, tp: number): void {
   if (!Number.isInteger(tp) || tp < 1) throw new LayoutError(`--tp must be an integer >= 1 (got ${tp})`);
   if (c.numHeads % tp) throw new LayoutError(`--tp ${tp} does not divide the model's ${c.numHeads} attention heads`);
   if (c.numKvHeads % tp && tp % c.numKvHeads)

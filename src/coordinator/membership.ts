@@ -59,7 +59,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     super();
     this.slots = new Slots(o.slots ?? layout.ranks.map((p) => ({ host: p.host, localRank: p.localRank })), layout.world);
     this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
-      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank)));
+      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), layout.tp, layout.pp));
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
@@ -154,9 +154,30 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const w = new WorkerConn(plan, join, call, this.gen);
     this.workers.set(rank, w);
     if (replica.state === 'forming') replica.state = 'loading';
-    this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})`);
-    this.assign(w);
+    this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})` +
+      (replica.holding ? `; its assignment waits until replica ${replica.id}'s layout is settled` : ''));
+    if (!replica.holding) this.assign(w);
     return w;
+  }
+
+  /**
+   * A respawn restarts the replica's ranks, but which layout they get depends on which hosts still
+   * answer (a smaller one when some do not, shrink.ts): until release(), ranks that join wait.
+   */
+  hold(replica: Replica): void {
+    replica.holding = true;
+  }
+
+  /** Ends hold(): every rank of the replica that joined meanwhile gets its assignment (plan and generation as they are now). */
+  release(replica: Replica): void {
+    replica.holding = false;
+    for (const r of replica.ranks) {
+      const w = this.workers.get(r);
+      if (!w || w.state !== 'joined') continue;
+      w.plan = this.layout.ranks[r]!;
+      w.generation = this.gen;
+      this.assign(w);
+    }
   }
 
   /** Sends the worker its assignment in its generation (the peers are the replica's current hosts). */
@@ -170,7 +191,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     w.send({
       assignment: {
         generation: w.generation, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
-        tp: this.layout.tp, pp: this.layout.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
+        tp: replica.tp, pp: replica.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
         maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
@@ -180,7 +201,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   private stale(w: WorkerConn, generation: string): boolean {
     if (generation === w.generation) return false;
-    this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (assigned ${w.generation})`);
+    // '0': a worker that has no assignment yet (held, see hold()) heartbeats; nothing to report.
+    if (generation !== '0') this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (assigned ${w.generation})`);
     return true;
   }
 
@@ -242,8 +264,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
   progress(): [number, number] {
     let done = 0;
     let total = 0;
-    for (const p of this.layout.ranks) {
-      const w = this.workers.get(p.rank);
+    for (const rank of this.replicas.flatMap((r) => r.ranks)) {
+      const w = this.workers.get(rank);
       const t = w && w.loadTotal > 0 ? w.loadTotal : 1;
       total += t;
       done += w ? Math.min(w.loadDone, t) : 0;
@@ -340,7 +362,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
     return spare;
   }
 
-  private bumpGeneration(replica: Replica): string {
+  /** A new generation for the replica's re-form (also used by shrink.ts). */
+  bumpGeneration(replica: Replica): string {
     this.generation++;
     this.rendezvous.dropReplica(replica.id);
     replica.state = 'forming';

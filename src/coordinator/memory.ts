@@ -48,6 +48,10 @@ export interface MemoryOptions {
   /** Per-GPU memory (bytes) for cuda; ignored for cpu. */
   gpuMemory?: number;
   gpuMemoryFraction?: number;
+  /** RAM of each host for cpu (bytes); default: this machine's. */
+  hostMemory?: number;
+  /** Bytes other ranks (not in `l`) already use on a host, for cpu: a re-formed replica shares the host's RAM. */
+  hostUsedBytes?: Map<string, number>;
 }
 
 export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
@@ -73,12 +77,15 @@ export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): Mem
     }
   } else {
     // Hosts are assumed alike: this machine's RAM is the yardstick for every host.
-    const ram = totalmem() * 0.9;
+    const ram = (o.hostMemory ?? totalmem()) * 0.9;
     const perHost = new Map<string, number>();
     for (const r of ranks) perHost.set(r.host, (perHost.get(r.host) ?? 0) + r.totalBytes);
     for (const [host, need] of perHost) {
-      budgetBytes.set(host, ram);
-      if (need > ram) problems.push(`the ranks on ${host} need ~${gib(need)} GiB together, the host has ~${gib(ram)} GiB`);
+      const used = o.hostUsedBytes?.get(host) ?? 0;
+      budgetBytes.set(host, ram - used);
+      if (need + used > ram)
+        problems.push(`the ranks on ${host} need ~${gib(need)} GiB together, the host has ~${gib(ram)} GiB` +
+          (used > 0 ? ` of which other ranks use ~${gib(used)} GiB` : ''));
     }
   }
   return { ranks, budgetBytes, problems };

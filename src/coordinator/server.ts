@@ -18,6 +18,7 @@ import type { MetricsServer } from './metrics.js';
 import type { MembershipOptions, Replica } from './membership.js';
 import { RequestStore } from './requests.js';
 import { Router } from './router.js';
+import type { ShrinkContext } from './shrink.js';
 
 export interface CoordinatorOptions extends MembershipOptions {
   layout: Layout;
@@ -31,6 +32,8 @@ export interface CoordinatorOptions extends MembershipOptions {
   requestTimeoutMs: number;
   /** Serve Prometheus metrics over HTTP on this port of `bind` (0: any free port); absent: off. */
   metricsPort?: number;
+  /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
+  shrink?: ShrinkContext;
 }
 
 export class Coordinator {
@@ -50,7 +53,8 @@ export class Coordinator {
   constructor(readonly o: CoordinatorOptions) {
     this.members = new Membership(o.layout, o);
     this.router = new Router(this.members, this.store, o.log);
-    const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log });
+    const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log,
+      ...(o.shrink ? { shrink: o.shrink } : {}) });
     this.failover = failover;
     this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });
     this.api = new InferenceApi(this.members, this.store, this.router, {

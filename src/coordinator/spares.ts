@@ -23,7 +23,7 @@ export interface Spare {
 }
 
 export class Slots {
-  /** holder[rank] = the launcher slot whose process holds layout rank `rank`. */
+  /** holder[rank] = the launcher slot whose process holds layout rank `rank` (-1: none, see release). */
   private readonly holder: number[];
   private readonly spares = new Map<number, Spare>();
 
@@ -40,6 +40,14 @@ export class Slots {
 
   slotOf(rank: number): number {
     return this.holder[rank]!;
+  }
+
+  /**
+   * The rank left the layout (its replica was re-formed with fewer ranks, shrink.ts): its slot holds
+   * nothing from now on; a process started there joins as a spare.
+   */
+  release(rank: number): void {
+    this.holder[rank] = -1;
   }
 
   get spareCount(): number {

@@ -22,9 +22,10 @@ export class WorkerConn {
 
   /**
    * `generation`: the one this worker is assigned in (its messages must carry it, ours to it do);
-   * a survivor re-formed in place moves to the new one.
+   * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
+   * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  constructor(readonly plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
+  constructor(public plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
 
   get rank(): number {
     return this.plan.rank;
@@ -55,6 +56,12 @@ export class Replica {
   kvBlockSize = 0;
   /** True while failover re-forms it: its ranks may join again, in a newer generation. */
   reforming = false;
+  /** Ranks that join wait for their assignment (a respawn whose layout is not settled yet, see Membership.hold). */
+  holding = false;
 
-  constructor(readonly id: number, readonly ranks: number[]) {}
+  /**
+   * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.
+   * Both are the job's layout until failover re-forms it with a smaller one (shrink.ts).
+   */
+  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number) {}
 }
