@@ -34,9 +34,10 @@ function formatFailover(s: ClusterStatusMsg): string {
 export function formatStatus(s: ClusterStatusMsg): string {
   const head = `${s.model}: ${s.state}, ${s.replicaCount} replica(s) x pp ${s.pp} x tp ${s.tp}, generation ${s.generation}, ` +
     `${s.activeRequests} request(s) in flight (${s.pendingRequests} waiting for a replica)`;
-  const replicas = table(['REPLICA', 'STATE', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH'],
-    s.replicas.map((r) => [String(r.id), r.state, String(r.running), String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`,
-      r.steps, r.generatedTokens, String(r.maxStepBatch)]));
+  // LAYOUT: the replica's own (smaller than the job's after a `shrunk` recovery) and its ranks.
+  const replicas = table(['REPLICA', 'STATE', 'LAYOUT', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH'],
+    s.replicas.map((r) => [String(r.id), r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, (r.ranks ?? []).join(',') || '-', String(r.running),
+      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch)]));
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
       w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));

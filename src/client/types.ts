@@ -81,13 +81,18 @@ export interface ReplicaStatusMsg {
   maxInFlight: number;
   /** Routed here and unfinished, from the coordinator's own records (no heartbeat lag). */
   requests: number;
+  /** The replica's own layout: the job's, or a smaller one after failover re-formed it (recovery `shrunk`). */
+  tp: number;
+  pp: number;
 }
 
 /**
  * How failover handled a loss: `replacing` then `spare` (a spare took the lost rank), `respawning`
- * then `respawned` (the replica's ranks restarted), or `retired` (the other replicas carry its load).
+ * then `respawned` (the replica's ranks restarted), `shrinking` then `shrunk` (some ranks could not
+ * be restarted: the others serve with a smaller layout, see ReplicaStatus tp/pp/ranks), or `retired`
+ * (the other replicas carry its load).
  */
-export type RecoveryName = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'retired' | (string & {});
+export type RecoveryName = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'shrinking' | 'shrunk' | 'retired' | (string & {});
 
 /** One lost worker and what failover did about it (FailureStatus, issue 6). */
 export interface FailureStatusMsg {

@@ -143,10 +143,12 @@ export class InferenceApi {
   status(): ClusterStatusMsg {
     const now = Date.now();
     const layout = this.members.layout;
+    // The ranks each replica has now (a replica re-formed with a smaller layout has fewer).
+    const ranks = this.members.replicas.flatMap((r) => r.ranks).sort((a, b) => a - b).map((r) => layout.ranks[r]!);
     return {
       model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: this.members.gen,
       state: this.o.state(),
-      hosts: [...new Set(layout.ranks.map((r) => r.host))],
+      hosts: [...new Set(ranks.map((r) => r.host))],
       pendingRequests: this.store.pending().length,
       activeRequests: this.store.size,
       replicas: this.members.replicas.map((r) => ({
@@ -154,9 +156,9 @@ export class InferenceApi {
         kvBlocksTotal: r.load?.kvBlocksTotal ?? r.kvBlocks, kvBlocksFree: r.load?.kvBlocksFree ?? r.kvBlocks,
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
-        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length,
+        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
       })),
-      workers: layout.ranks.map((p) => {
+      workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);
         return {
           rank: p.rank, replica: p.replica, stage: p.stage, tpRank: p.tpRank, host: p.host, pid: w?.join.pid ?? 0,

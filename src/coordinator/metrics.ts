@@ -91,6 +91,7 @@ export class CoordinatorMetrics implements ApiMetrics {
     perReplica('nodespeed_kv_blocks_total', 'KV cache blocks of the replica', (rep) => rep.load?.kvBlocksTotal ?? rep.kvBlocks);
     perReplica('nodespeed_kv_blocks_used', 'KV cache blocks in use', (rep) => rep.load ? rep.load.kvBlocksTotal - rep.load.kvBlocksFree : 0);
     perReplica('nodespeed_replica_serving', '1 while the replica serves, 0 while it forms, loads or is lost', (rep) => (rep.state === 'serving' ? 1 : 0));
+    perReplica('nodespeed_replica_ranks', 'Ranks of the replica (tp x pp: fewer after failover re-formed it with a smaller layout)', (rep) => rep.ranks.length);
     new Gauge({
       name: 'nodespeed_replicas_serving', help: 'Replicas serving now', registers: [r],
       collect() { this.set(members.replicas.filter((rep) => rep.state === 'serving').length); },
@@ -108,6 +109,7 @@ export class CoordinatorMetrics implements ApiMetrics {
     const c = (k: keyof FailoverCounters) => () => failover.counters[k];
     mirroredCounter(r, 'nodespeed_failures_total', 'Workers lost (one per incident, as in ClusterStatus failures)', c('failures'));
     mirroredCounter(r, 'nodespeed_recoveries_total', 'Lost replicas serving again', c('recoveries'));
+    mirroredCounter(r, 'nodespeed_replicas_shrunk_total', 'Of those, replicas re-formed with a smaller layout (recovery shrunk)', () => failover.shrinks);
     mirroredCounter(r, 'nodespeed_replayed_requests_total', 'In-flight requests re-queued from a lost replica', c('replayedRequests'));
     mirroredCounter(r, 'nodespeed_replayed_tokens_total', 'Tokens those requests had already streamed (replayed as prompt)', c('replayedTokens'));
     const recovery = new Histogram({
