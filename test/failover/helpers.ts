@@ -1,9 +1,12 @@
 // Shared by the failover tests (issue 6): 32 seeded streams of 64 tokens, their fault-free result
 // from the single-process engine, a stream follower that fails on a repeated or missing token and
-// records when each token arrived (and on which replica, when the test asks ClusterStatus), and
-// small waits. Every test compares every stream with the fault-free run: exact tokens, no gap, no
-// repeat.
-import { readFileSync } from 'node:fs';
+// records when each token arrived (and on which replica, when the test asks ClusterStatus), small
+// waits, the CLI and the metrics endpoint, and a cluster with a host reached over a real sshd. Every
+// test compares every stream with the fault-free run: exact tokens, no gap, no repeat.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import { expect } from 'vitest';
 
@@ -12,7 +15,9 @@ import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js'
 import { loadTokenizer } from '../../src/model/index.js';
 import type { ClusterStatusMsg, NodespeedClient } from '../../src/client/index.js';
 import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
-import { PY_TINY, reference } from '../serving/helpers.js';
+import { startSshd } from '../helpers/sshd.js';
+import type { SshdHarness } from '../helpers/sshd.js';
+import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
 import type { LaunchedCluster, PyTinyCase } from '../serving/helpers.js';
 
 export const STREAMS = 32;
@@ -148,5 +153,52 @@ export function commOf(pid: number): string {
 
 /** The recovery-relevant lines of the launcher's log, for the test output. */
 export function failoverLines(log: string): string {
-  return log.split('\n').filter((l) => /lost|failover|launcher: restarted|spare|retired|watchdog|spoke after/.test(l)).join('\n');
+  return log.split('\n').filter((l) => /lost|failover|launcher: restarted|spare|retired|watchdog|spoke after|not restarted|re-formed as/.test(l)).join('\n');
+}
+
+/** The `nodespeed` CLI, run to completion. */
+export function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(process.execPath, [BIN, ...args], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+}
+
+/** Prometheus text format → sample name (with labels) → value. */
+export function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const at = line.lastIndexOf(' ');
+    out.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return out;
+}
+
+export async function scrape(address: string): Promise<Map<string, number>> {
+  const res = await fetch(`http://${address}/metrics`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+  return parseMetrics(await res.text());
+}
+
+/**
+ * Runs `body` on a fresh `nodespeed launch` of py-tiny with `hostfile` (its text), where 127.0.0.2 is
+ * reached through a real sshd, then stops the cluster and the sshd and checks no worker is left.
+ * `sshd.stop()` makes 127.0.0.2 gone: sshd and every process under it die (the workers there), and
+ * nothing can be started there again.
+ */
+export async function onSshHosts(hostfile: string, args: string[], body: (cluster: LaunchedCluster, sshd: SshdHarness) => Promise<void>): Promise<void> {
+  const sshd = await startSshd({ hosts: ['127.0.0.2'] });
+  const work = mkdtempSync(join(tmpdir(), 'nodespeed-failover-ssh-'));
+  try {
+    writeFileSync(join(work, 'hostfile'), hostfile);
+    const cluster = await launch(PY_TINY, ['-H', join(work, 'hostfile'), ...args], { env: sshd.env, timeoutMs: 90_000 });
+    try {
+      await body(cluster, sshd);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+  } finally {
+    await sshd.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+  expect(workerProcesses()).toEqual([]);
 }

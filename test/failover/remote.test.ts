@@ -5,20 +5,15 @@
 //     still answers, so the launcher restarts the replica's ranks there; replica 1 serves meanwhile.
 //   - The host is gone (its sshd and everything under it killed): the ranks cannot be restarted, the
 //     replica is retired with a clear ClusterStatus record, and replica 1 finishes every stream.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 
 import type { GenerateResult } from '../../src/engine/index.js';
-import { sshdAvailable, startSshd } from '../helpers/sshd.js';
+import { sshdAvailable } from '../helpers/sshd.js';
 import type { SshdHarness } from '../helpers/sshd.js';
-import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
 import type { LaunchedCluster } from '../serving/helpers.js';
 import {
-  STREAMS, alive, commOf, expectFaultFree, failoverLines, faultFree, firstTokenAfter, parentOf, replicasMidStream, requests, startStreams, status,
-  tokensBetween, until,
+  STREAMS, alive, commOf, expectFaultFree, failoverLines, faultFree, firstTokenAfter, onSshHosts, parentOf, replicasMidStream, requests, startStreams,
+  status, tokensBetween, until,
 } from './helpers.js';
 import type { Status } from './helpers.js';
 
@@ -28,39 +23,18 @@ const suite = sshdAvailable() ? describe : describe.skip;
 const LONG = 128;
 
 let local: GenerateResult[];
-let work: string;
 
 beforeAll(async () => {
-  work = mkdtempSync(join(tmpdir(), 'nodespeed-failover-ssh-'));
   local = await faultFree(requests(0, LONG));
 }, 60_000);
-afterAll(() => {
-  if (work) rmSync(work, { recursive: true, force: true });
-});
 
-async function twoHosts(sshd: SshdHarness): Promise<LaunchedCluster> {
-  const hostfile = join(work, 'hostfile');
-  writeFileSync(hostfile, '127.0.0.2 slots=2 device=cpu\nlocalhost slots=2 device=cpu\n');
-  const cluster = await launch(PY_TINY, ['-H', hostfile, '--tp', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2',
-    '--request-timeout', '60', '--kv-blocks', '256'], { env: sshd.env, timeoutMs: 90_000 });
-  expect(cluster.readyLine).toContain('replicas=2');
-  return cluster;
-}
-
-/** Runs `body` on a fresh two-host cluster, then stops it and the sshd and checks no worker is left. */
+/** Runs `body` on a fresh two-host cluster (replica 0 on 127.0.0.2, replica 1 here), then checks no worker is left. */
 async function onTwoHosts(body: (cluster: LaunchedCluster, sshd: SshdHarness) => Promise<void>): Promise<void> {
-  const sshd = await startSshd({ hosts: ['127.0.0.2'] });
-  try {
-    const cluster = await twoHosts(sshd);
-    try {
-      await body(cluster, sshd);
-    } finally {
-      expect(await cluster.stop()).toBe(0);
-    }
-  } finally {
-    await sshd.stop();
-  }
-  expect(workerProcesses()).toEqual([]);
+  await onSshHosts('127.0.0.2 slots=2 device=cpu\nlocalhost slots=2 device=cpu\n', ['--tp', '2', '--heartbeat-interval', '0.2',
+    '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256'], async (cluster, sshd) => {
+    expect(cluster.readyLine).toContain('replicas=2');
+    await body(cluster, sshd);
+  });
 }
 
 /** The sshd session process that serves a remote worker: its nearest sshd ancestor (never the listener). */

@@ -20,6 +20,8 @@ describe('nodespeed status: failures', () => {
     expect(formatFailure({ ...base, recovery: 'respawning', recoveryMs: 0 }, base.atUnixMs + 2500))
       .toContain('-> respawning (2500 ms so far) (generation 4)');
     expect(formatFailure({ ...base, recovery: 'retired', recoveryMs: 0 })).toContain('-> retired (generation 4)');
+    expect(formatFailure({ ...base, recovery: 'shrinking', recoveryMs: 0 }, base.atUnixMs + 700)).toContain('-> shrinking (700 ms so far) (generation 4)');
+    expect(formatFailure({ ...base, recovery: 'shrunk', recoveryMs: 640 })).toContain('-> shrunk in 640 ms (generation 4)');
   });
 
   it('the status text lists every failure, oldest first, under the counters', () => {
@@ -34,5 +36,20 @@ describe('nodespeed status: failures', () => {
     expect(lines[head + 1]).toBe('failures (oldest first):');
     expect(lines[head + 2]).toBe(`  ${formatFailure(s.failures[0]!)}`);
     expect(lines[head + 3]).toBe(`  ${formatFailure(s.failures[1]!)}`);
+  });
+
+  it('the replicas table shows each replica\'s own layout and ranks (a shrunk one is smaller than the job\'s)', () => {
+    const replica = { id: 0, state: 'serving', running: 2, queued: 0, kvBlocksTotal: 256, kvBlocksFree: 200, kvBlockSize: 16, steps: '40',
+      generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1 };
+    const s: ClusterStatusMsg = {
+      model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
+      replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0 },
+      spares: 0,
+    };
+    const lines = formatStatus(s).split('\n');
+    const head = lines.findIndex((l) => l.startsWith('REPLICA'));
+    expect(lines[head]).toMatch(/^REPLICA +STATE +LAYOUT +RANKS +RUNNING/);
+    expect(lines[head + 1]).toMatch(/^0 +serving +tp 2 x pp 1 +0,1 +2 /);
+    expect(lines[head + 2]).toMatch(/^1 +serving +tp 1 x pp 1 +2 +2 /);
   });
 });

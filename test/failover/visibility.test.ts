@@ -3,7 +3,6 @@
 //     `--json` carries ClusterStatus fields 12-13 as the typed client decodes them;
 //   - the Prometheus endpoint of `--metrics-port 0` reports counters equal to ClusterStatus's;
 //   - the launcher's log has exactly one `failover:` line per event (the loss, the recovery).
-import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 
@@ -11,35 +10,13 @@ import { describe, expect, it } from 'vitest';
 
 import type { ClusterStatusMsg } from '../../src/client/index.js';
 import { formatFailure } from '../../src/cli/status.js';
-import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
-import { replicasMidStream } from './helpers.js';
+import { PY_TINY, launch, reference, workerProcesses } from '../serving/helpers.js';
+import { cli, replicasMidStream, scrape } from './helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 
 const STREAMS = 16;
 // Long enough that replica 1 is still streaming when the kill lands (status reports lag a little).
 const TOKENS = 192;
-
-/** Prometheus text format → sample name (with labels) → value. */
-function parseMetrics(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const at = line.lastIndexOf(' ');
-    out.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return out;
-}
-
-async function scrape(address: string): Promise<Map<string, number>> {
-  const res = await fetch(`http://${address}/metrics`);
-  expect(res.status).toBe(200);
-  expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
-  return parseMetrics(await res.text());
-}
-
-function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync(process.execPath, [BIN, ...args], { cwd: root, encoding: 'utf8', timeout: 60_000 });
-}
 
 describe('failover visibility: status, metrics and the launcher log after a kill -9', () => {
   const variants = [
