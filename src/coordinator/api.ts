@@ -160,9 +160,12 @@ export class InferenceApi {
       })),
       workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);
+        // No worker: still to join, or its replica was retired (lost for good).
+        const rep = this.members.replicas[p.replica];
+        const none = rep && rep.state === 'lost' && !rep.reforming ? 'lost' : 'starting';
         return {
           rank: p.rank, replica: p.replica, stage: p.stage, tpRank: p.tpRank, host: p.host, pid: w?.join.pid ?? 0,
-          state: w?.state ?? 'starting', device: w?.join.device?.kind ?? '', layerStart: p.layerStart, layerEnd: p.layerEnd,
+          state: w?.state ?? none, device: w?.join.device?.kind ?? '', layerStart: p.layerStart, layerEnd: p.layerEnd,
           lastHeartbeatMsAgo: w ? now - w.lastHeartbeat : -1,
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
         };

@@ -321,6 +321,9 @@ export class Failover extends EventEmitter<FailoverEvents> {
     this.members.hold(replica);
     const results = await Promise.allSettled(slots.map((s) => (stuck.includes(s)
       ? Promise.reject(new Error(`its process did not exit within ${EXIT_WAIT_MS} ms of SIGKILL`)) : job.restartRank(s))));
+    // Retired while these restarts were under way: what they started must not outlive the replica.
+    if (replica.state === 'lost' && !replica.reforming && !this.members.isStopping)
+      for (const s of slots) void job.killRank(s, 'SIGKILL').catch(() => {});
     if (superseded()) return;
     const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ rank: ranks[i]!, slot: slots[i]!, why: (r.reason as Error).message }] : []));
     if (!failed.length) {

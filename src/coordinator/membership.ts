@@ -151,6 +151,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
     // communicators. Only a re-formed membership (a new generation) may take it again.
     if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
       grpc.status.FAILED_PRECONDITION);
+    // A retired replica takes nobody back (a restart still under way when it was retired).
+    if (replica.state === 'lost' && !replica.reforming)
+      return this.refuse(call, join, `rank ${join.rank}'s replica ${replica.id} was retired`, grpc.status.FAILED_PRECONDITION);
     const w = new WorkerConn(plan, join, call, this.gen);
     this.workers.set(rank, w);
     if (replica.state === 'forming') replica.state = 'loading';
@@ -309,7 +312,21 @@ export class Membership extends EventEmitter<MembershipEvents> {
     }
     const w = this.workers.get(rank);
     if (w) this.lose(w, reason);
+    else this.loseUnjoined(rank, reason);
     return rank;
+  }
+
+  /**
+   * The slot's process ended before its rank joined (a restart that died at start-up, or one that
+   * never joined in time): when its replica is being re-formed, that re-form failed and the
+   * replica is lost again (failover tries once more or retires it). Without this the replica would
+   * wait for a join that cannot come.
+   */
+  loseUnjoined(rank: number, reason: string): void {
+    const replica = this.replicas[this.layout.ranks[rank]!.replica]!;
+    if (this.stopping || !replica.reforming || replica.state === 'lost' || this.workers.has(rank)) return;
+    this.o.log(`coordinator: rank ${rank} ${reason} before it joined replica ${replica.id} in generation ${this.gen}`);
+    this.replicaLost(replica, rank, `rank ${rank} lost: ${reason} before it joined`);
   }
 
   /**
@@ -411,10 +428,14 @@ export class Membership extends EventEmitter<MembershipEvents> {
     this.emit('worker-lost', w, reason);
     const replica = this.replicas[w.plan.replica]!;
     if (replica.state === 'lost') return;
+    this.replicaLost(replica, w.rank, `rank ${w.rank} lost: ${reason}`);
+  }
+
+  private replicaLost(replica: Replica, rank: number, reason: string): void {
     replica.state = 'lost';
     // The survivors must not block forever on the dead peer: tell them to abort their communicators.
-    for (const r of replica.ranks) if (r !== w.rank) for (const s of [this.workers.get(r)]) s?.send({ abort: { generation: s.generation, reason: `rank ${w.rank} lost: ${reason}` } });
-    this.emit('replica-lost', replica, `rank ${w.rank} lost: ${reason}`);
+    for (const r of replica.ranks) if (r !== rank) for (const s of [this.workers.get(r)]) s?.send({ abort: { generation: s.generation, reason } });
+    this.emit('replica-lost', replica, reason);
   }
 
   private tick(): void {

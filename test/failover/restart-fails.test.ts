@@ -1,0 +1,116 @@
+// Failover when the restarted rank itself fails before it joins (issue 6): after a kill -9 the
+// launcher restarts the replica's ranks, but rank 1's new process exits at start-up (a bad host,
+// a broken device). The coordinator must see that re-form fail at once (the process exit, not a
+// join that never comes) and try again: a transient failure recovers on the next attempt with
+// every stream equal to the fault-free run; a permanent one retires the replica after its
+// attempts while the other replica serves every stream.
+//
+// The failure is real: the workers run under `--node <wrapper>`, a shell script that execs node,
+// except for RANK 1 while a flag file exists (it exits 3 before node starts).
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import type { GenerateResult } from '../../src/engine/index.js';
+import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
+import { STREAMS, expectFaultFree, failoverLines, faultFree, midStream, requests, startStreams, status, until } from './helpers.js';
+
+let local: GenerateResult[];
+const dir = mkdtempSync(join(tmpdir(), 'ns-restart-fails-'));
+const wrapper = join(dir, 'node');
+const failFlag = join(dir, 'fail-rank-1');
+const onceFlag = join(dir, 'once');
+
+beforeAll(async () => {
+  writeFileSync(wrapper, `#!/bin/sh
+if [ "$RANK" = 1 ] && [ -f '${failFlag}' ]; then
+  [ -f '${onceFlag}' ] && rm -f '${failFlag}'
+  echo "test wrapper: rank 1 exits before it starts node" >&2
+  exit 3
+fi
+exec '${process.execPath}' "$@"
+`);
+  chmodSync(wrapper, 0o755);
+  local = await faultFree(requests());
+}, 60_000);
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function environOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8');
+  } catch {
+    return ''; // exited meanwhile
+  }
+}
+
+describe('failover when a restarted rank exits before it joins (py-tiny, CPU workers, --node wrapper)', () => {
+  it('once: the re-form fails at that exit, the next attempt serves, every stream equals the fault-free run', async () => {
+    rmSync(failFlag, { force: true });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      const before = await status(cluster);
+      const pid = before.workers.find((w) => w.rank === 1)!.pid;
+      const streams = startStreams(cluster.client, requests());
+      await midStream(streams);
+      writeFileSync(onceFlag, '');
+      writeFileSync(failFlag, '');
+      process.kill(pid, 'SIGKILL');
+      await streams.all;
+      expectFaultFree(streams.got, local);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      expect(log).toMatch(/coordinator: rank 1 process exited \(code 3\) before it joined replica 0/);
+      expect(log).toMatch(/failover: replica 0 lost \(rank 1 lost: process exited \(code 3\) before it joined;.*\(attempt 2\)/);
+      const after = await status(cluster);
+      expect(after.failures).toHaveLength(1);
+      const f = after.failures[0]!;
+      expect(f.recovery).toBe('respawned');
+      expect(f.cause).toMatch(/while re-forming: rank 1 lost: process exited \(code 3\) before it joined/);
+      expect(f.replayedRequests).toBeGreaterThanOrEqual(STREAMS);
+      console.log(`restart failed once: serving again ${f.recoveryMs} ms after the loss`);
+    } finally {
+      rmSync(failFlag, { force: true });
+      rmSync(onceFlag, { force: true });
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+
+  it('always: replica 0 is retired after its attempts, replica 1 serves every stream with the fault-free tokens', async () => {
+    rmSync(onceFlag, { force: true });
+    rmSync(failFlag, { force: true });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '4', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      expect(cluster.readyLine).toContain('replicas=2');
+      const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
+      const streams = startStreams(cluster.client, requests());
+      await midStream(streams);
+      writeFileSync(failFlag, '');
+      process.kill(pid, 'SIGKILL');
+      await streams.all;
+      expectFaultFree(streams.got, local);
+      await until('replica 0 retired', async () => (await status(cluster)).failures[0]?.recovery === 'retired', 30_000, 100);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      expect(log).toMatch(/failover: replica 0 retired: failed 4 times in a row while re-forming/);
+      expect((log.match(/rank 1 process exited \(code 3\) before it joined/g) ?? []).length).toBe(3);
+      const after = await status(cluster);
+      expect(after.replicas[0]!.state).toBe('lost');
+      expect(after.replicas[1]!.state).toBe('serving');
+      expect(after.failures.map((f) => f.recovery)).toEqual(['retired']);
+      // Nothing of replica 0 is left running: its ranks show lost, only replica 1's two workers run.
+      expect(after.workers.filter((w) => w.replica === 0).map((w) => w.state)).toEqual(['lost', 'lost']);
+      // (each worker shows twice: the launcher's shell and the node the wrapper execs)
+      await until('replica 0\'s processes gone', () => workerProcesses().every((p) => !/(^|\0)RANK=[01]\0/.test(environOf(p))), 10_000, 50);
+    } finally {
+      rmSync(failFlag, { force: true });
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+});
