@@ -33,6 +33,7 @@ export interface LaunchFlags {
   heartbeatTimeout: number;
   requestTimeout: number;
   stepTimeout: number;
+  joinTimeout: number;
   spares: number;
   metricsPort?: number;
   allowTpAcrossHosts: boolean;
@@ -89,6 +90,8 @@ export function addServingOptions(cmd: Command): Command {
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
     .option('--request-timeout <s>', 'seconds a request may wait for a replica to recover before it fails UNAVAILABLE',
       secondsArg('--request-timeout'), 60)
+    .option('--join-timeout <s>', 'seconds a started worker may take to join the coordinator (at launch: the launch fails; when restarted: the re-form attempt fails)',
+      secondsArg('--join-timeout'), 60)
     .option('--step-timeout <s>', 'seconds one forward step may run before its worker declares itself wedged (stops heartbeating)',
       secondsArg('--step-timeout'), 30)
     .option('--spares <n>', 'spare workers kept joined (no weights loaded) to take over a lost rank; they use the slots beyond ' +
@@ -155,7 +158,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       // A GPU step costs about the same for 1 or 2048 tokens of prefill; a CPU step grows with them.
       maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 2048 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
-      stepTimeoutMs: f.stepTimeout * 1000, spares: f.spares,
+      stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,

@@ -40,6 +40,8 @@ export interface ClusterOptions {
   requestTimeoutMs: number;
   /** A worker whose forward step runs longer declares itself wedged (0: no watchdog). */
   stepTimeoutMs?: number;
+  /** A started worker that has not joined after this long fails the launch (or its re-form); default 60 s. */
+  joinTimeoutMs?: number;
   /** Spare workers kept joined to take over a lost rank (--spares). */
   spares?: number;
   /** See CoordinatorOptions.metricsPort. */
@@ -147,7 +149,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
-    heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, log: o.log, bind: o.bind, port: o.port,
+    heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 60_000, log: o.log, bind: o.bind, port: o.port,
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
     shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
@@ -194,16 +196,34 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready`));
     });
   });
+  // A worker that started but never joins (hung at start-up, or it cannot reach `dial`) fails the launch too.
+  const joinMs = o.joinTimeoutMs ?? 60_000;
+  let joinTimer: NodeJS.Timeout | undefined;
+  const joined = new Promise<never>((_, reject) => {
+    joinTimer = setTimeout(() => {
+      const m = coordinator.members;
+      const missing = placement.ranks.filter((r) => {
+        const rank = m.slots.rankOf(r.rank);
+        return rank !== undefined ? !m.workers.has(rank) : !m.slots.spare(r.rank);
+      });
+      if (missing.length) reject(new Error(`rank ${missing.map((r) => `${r.rank} on ${r.host}`).join(', ')} did not join the coordinator at ` +
+        `${dial} within ${joinMs / 1000} s (--join-timeout): check that the host can reach that address (--advertise-addr) and the rank's output above`));
+    }, joinMs);
+    joinTimer.unref();
+  });
+  joined.catch(() => {});
   try {
-    await Promise.race([coordinator.whenAllServing(), died]);
+    await Promise.race([coordinator.whenAllServing(), died, joined]);
     // Ready means ready to heal too: the spares have joined (they load nothing, so this is quick).
     const spares = placement.ranks.length - layout.world;
     await Promise.race([(async () => {
       while (coordinator.members.slots.spareCount < spares) await new Promise((r) => setTimeout(r, 20));
-    })(), died]);
+    })(), died, joined]);
   } catch (err) {
     await stop('launch failed');
     throw err;
+  } finally {
+    clearTimeout(joinTimer);
   }
   died.catch(() => {});
   // From now on a lost rank is recovered (respawned by this job) instead of failing the launch.

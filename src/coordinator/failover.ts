@@ -36,6 +36,8 @@ import type { ShrinkContext } from './shrink.js';
 export interface FailoverOptions {
   /** A request waiting this long for a serving replica fails with UNAVAILABLE. */
   requestTimeoutMs: number;
+  /** A restarted rank that has not joined after this long fails the re-form attempt (0: no limit). */
+  joinTimeoutMs?: number;
   /** What recovery (c) needs to pick a smaller layout; without it a replica that cannot be respawned is retired. */
   shrink?: ShrinkContext;
   log: (line: string) => void;
@@ -329,9 +331,26 @@ export class Failover extends EventEmitter<FailoverEvents> {
     if (!failed.length) {
       this.members.release(replica);
       this.o.log(`launcher: restarted ranks ${ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
-      return;
+    } else {
+      this.shrink(replica, rec, ranks.filter((r) => !failed.some((f) => f.rank === r)), failed);
     }
-    this.shrink(replica, rec, ranks.filter((r) => !failed.some((f) => f.rank === r)), failed);
+    this.joinDeadline(replica, superseded);
+  }
+
+  /**
+   * A restarted process that hangs before it joins sends no heartbeat and does not exit: after
+   * --join-timeout it is killed and the attempt fails (the next one restarts the replica again).
+   */
+  private joinDeadline(replica: Replica, superseded: () => boolean): void {
+    const ms = this.o.joinTimeoutMs ?? 0;
+    if (!ms) return;
+    setTimeout(() => {
+      if (superseded() || replica.state === 'serving') return;
+      const missing = replica.ranks.find((r) => !this.members.workers.has(r));
+      if (missing === undefined) return;
+      void this.job!.killRank(this.members.slots.slotOf(missing), 'SIGKILL').catch(() => {});
+      this.members.loseUnjoined(missing, `did not join within ${ms / 1000} s of its restart (--join-timeout)`);
+    }, ms).unref();
   }
 
   /**

@@ -312,7 +312,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     }
     const w = this.workers.get(rank);
     if (w) this.lose(w, reason);
-    else this.loseUnjoined(rank, reason);
+    else this.loseUnjoined(rank, `${reason} before it joined`);
     return rank;
   }
 
@@ -325,8 +325,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
   loseUnjoined(rank: number, reason: string): void {
     const replica = this.replicas[this.layout.ranks[rank]!.replica]!;
     if (this.stopping || !replica.reforming || replica.state === 'lost' || this.workers.has(rank)) return;
-    this.o.log(`coordinator: rank ${rank} ${reason} before it joined replica ${replica.id} in generation ${this.gen}`);
-    this.replicaLost(replica, rank, `rank ${rank} lost: ${reason} before it joined`);
+    this.o.log(`coordinator: rank ${rank} of replica ${replica.id} (generation ${this.gen}) ${reason}`);
+    this.replicaLost(replica, rank, `rank ${rank} lost: ${reason}`);
   }
 
   /**

@@ -32,6 +32,8 @@ export interface CoordinatorOptions extends MembershipOptions {
   requestTimeoutMs: number;
   /** Serve Prometheus metrics over HTTP on this port of `bind` (0: any free port); absent: off. */
   metricsPort?: number;
+  /** A restarted rank that has not joined after this long fails its replica's re-form attempt (0: no limit). */
+  joinTimeoutMs?: number;
   /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
   shrink?: ShrinkContext;
 }
@@ -53,7 +55,7 @@ export class Coordinator {
   constructor(readonly o: CoordinatorOptions) {
     this.members = new Membership(o.layout, o);
     this.router = new Router(this.members, this.store, o.log);
-    const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, log: o.log,
+    const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,
       ...(o.shrink ? { shrink: o.shrink } : {}) });
     this.failover = failover;
     this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });

@@ -1,20 +1,22 @@
-// Failover when the restarted rank itself fails before it joins (issue 6): after a kill -9 the
-// launcher restarts the replica's ranks, but rank 1's new process exits at start-up (a bad host,
-// a broken device). The coordinator must see that re-form fail at once (the process exit, not a
-// join that never comes) and try again: a transient failure recovers on the next attempt with
-// every stream equal to the fault-free run; a permanent one retires the replica after its
-// attempts while the other replica serves every stream.
+// Ranks that fail before they join (issue 6): after a kill -9 the launcher restarts the replica's
+// ranks, but rank 1's new process exits at start-up (a bad host, a broken device) or hangs there.
+// The coordinator must fail that re-form attempt (at the exit; after --join-timeout for a hang,
+// killing the process) and try again: a transient failure recovers on the next attempt with every
+// stream equal to the fault-free run; a permanent one retires the replica after its attempts while
+// the other replica serves every stream. At launch, a rank that never joins fails the launch after
+// --join-timeout with an error naming it, and nothing is left running.
 //
-// The failure is real: the workers run under `--node <wrapper>`, a shell script that execs node,
-// except for RANK 1 while a flag file exists (it exits 3 before node starts).
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// The failures are real: the workers run under `--node <wrapper>`, a shell script that execs node,
+// except for RANK 1 while a flag file exists: it then exits 3 ("exit") or sleeps ("hang") instead.
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { GenerateResult } from '../../src/engine/index.js';
-import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
+import { BIN, PY_TINY, launch, root, workerProcesses } from '../serving/helpers.js';
 import { STREAMS, expectFaultFree, failoverLines, faultFree, midStream, requests, startStreams, status, until } from './helpers.js';
 
 let local: GenerateResult[];
@@ -22,11 +24,24 @@ const dir = mkdtempSync(join(tmpdir(), 'ns-restart-fails-'));
 const wrapper = join(dir, 'node');
 const failFlag = join(dir, 'fail-rank-1');
 const onceFlag = join(dir, 'once');
+const HANG_SECONDS = 613; // a hung start-up: `sleep 613`, found in /proc by that argument
+
+function hungSleeps(): number[] {
+  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+    try {
+      return readFileSync(`/proc/${d}/cmdline`, 'utf8') === `sleep\0${HANG_SECONDS}\0`;
+    } catch {
+      return false;
+    }
+  }).map(Number);
+}
 
 beforeAll(async () => {
   writeFileSync(wrapper, `#!/bin/sh
 if [ "$RANK" = 1 ] && [ -f '${failFlag}' ]; then
+  mode=$(cat '${failFlag}')
   [ -f '${onceFlag}' ] && rm -f '${failFlag}'
+  if [ "$mode" = hang ]; then exec sleep ${HANG_SECONDS}; fi
   echo "test wrapper: rank 1 exits before it starts node" >&2
   exit 3
 fi
@@ -46,7 +61,7 @@ function environOf(pid: number): string {
   }
 }
 
-describe('failover when a restarted rank exits before it joins (py-tiny, CPU workers, --node wrapper)', () => {
+describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper)', () => {
   it('once: the re-form fails at that exit, the next attempt serves, every stream equals the fault-free run', async () => {
     rmSync(failFlag, { force: true });
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
@@ -57,13 +72,13 @@ describe('failover when a restarted rank exits before it joins (py-tiny, CPU wor
       const streams = startStreams(cluster.client, requests());
       await midStream(streams);
       writeFileSync(onceFlag, '');
-      writeFileSync(failFlag, '');
+      writeFileSync(failFlag, 'exit');
       process.kill(pid, 'SIGKILL');
       await streams.all;
       expectFaultFree(streams.got, local);
       const log = cluster.stderr();
       console.log(failoverLines(log));
-      expect(log).toMatch(/coordinator: rank 1 process exited \(code 3\) before it joined replica 0/);
+      expect(log).toMatch(/coordinator: rank 1 of replica 0 \(generation \d+\) process exited \(code 3\) before it joined/);
       expect(log).toMatch(/failover: replica 0 lost \(rank 1 lost: process exited \(code 3\) before it joined;.*\(attempt 2\)/);
       const after = await status(cluster);
       expect(after.failures).toHaveLength(1);
@@ -90,7 +105,7 @@ describe('failover when a restarted rank exits before it joins (py-tiny, CPU wor
       const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
       const streams = startStreams(cluster.client, requests());
       await midStream(streams);
-      writeFileSync(failFlag, '');
+      writeFileSync(failFlag, 'exit');
       process.kill(pid, 'SIGKILL');
       await streams.all;
       expectFaultFree(streams.got, local);
@@ -98,7 +113,7 @@ describe('failover when a restarted rank exits before it joins (py-tiny, CPU wor
       const log = cluster.stderr();
       console.log(failoverLines(log));
       expect(log).toMatch(/failover: replica 0 retired: failed 4 times in a row while re-forming/);
-      expect((log.match(/rank 1 process exited \(code 3\) before it joined/g) ?? []).length).toBe(3);
+      expect((log.match(/coordinator: rank 1 of replica 0 \(generation \d+\) process exited \(code 3\) before it joined/g) ?? []).length).toBe(3);
       const after = await status(cluster);
       expect(after.replicas[0]!.state).toBe('lost');
       expect(after.replicas[1]!.state).toBe('serving');
@@ -111,6 +126,53 @@ describe('failover when a restarted rank exits before it joins (py-tiny, CPU wor
       rmSync(failFlag, { force: true });
       expect(await cluster.stop()).toBe(0);
     }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+
+  it('hang once: the restarted rank is killed after --join-timeout, the next attempt serves, every stream equals the fault-free run', async () => {
+    rmSync(failFlag, { force: true });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--join-timeout', '3', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid;
+      const streams = startStreams(cluster.client, requests());
+      await midStream(streams);
+      writeFileSync(onceFlag, '');
+      writeFileSync(failFlag, 'hang');
+      process.kill(pid, 'SIGKILL');
+      await streams.all;
+      expectFaultFree(streams.got, local);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      expect(log).toMatch(/coordinator: rank 1 of replica 0 \(generation \d+\) did not join within 3 s of its restart \(--join-timeout\)/);
+      const f = (await status(cluster)).failures[0]!;
+      expect(f.recovery).toBe('respawned');
+      expect(f.recoveryMs).toBeGreaterThanOrEqual(3000);
+      expect(hungSleeps(), 'the hung start-up was killed').toEqual([]);
+      console.log(`restart hung once: serving again ${f.recoveryMs} ms after the loss`);
+    } finally {
+      rmSync(failFlag, { force: true });
+      rmSync(onceFlag, { force: true });
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+
+  it('at launch: a rank that never joins fails the launch after --join-timeout, naming it, and nothing is left running', () => {
+    rmSync(onceFlag, { force: true });
+    writeFileSync(failFlag, 'hang');
+    try {
+      const t0 = Date.now();
+      const r = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--port', '0', '--bind', '127.0.0.1', '--no-progress',
+        '--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--join-timeout', '2'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+      expect(r.status, r.stderr).toBe(1);
+      expect(r.stdout).not.toContain('nodespeed ready');
+      expect(r.stderr).toMatch(/rank 1 on localhost did not join the coordinator at \S+ within 2 s \(--join-timeout\)/);
+      expect(Date.now() - t0).toBeLessThan(30_000);
+    } finally {
+      rmSync(failFlag, { force: true });
+    }
+    expect(hungSleeps()).toEqual([]);
     expect(workerProcesses()).toEqual([]);
   }, 90_000);
 });
