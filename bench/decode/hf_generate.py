@@ -1,7 +1,8 @@
 """HF transformers eager baseline for bench/decode/run.mjs, plus the device-to-device copy bandwidth.
 
 usage: python3 hf_generate.py MODEL_DIR PROMPT_LEN NEW_TOKENS BATCH[,BATCH...]
-Prints one JSON object: copy bandwidth (bytes read + written per second) and, per batch size,
+Prints one JSON object: copy bandwidth (bytes read + written per second), peak bf16 matmul FLOP/s
+(bench/serve's roofline) and, per batch size,
 the generate() wall time, the prefill time alone, and decode tokens/s = batch * (new - 1) /
 (generate - prefill). Greedy, no EOS stop (min_new_tokens = new tokens).
 """
@@ -32,10 +33,29 @@ def copy_bandwidth():
     return {"bytes_moved": 2 * n, "median_s": t, "bytes_per_s": 2 * n / t}
 
 
+def matmul_flops():
+    """Peak dense bf16 matmul FLOP/s as torch reaches it (8192^3, median of 20): the compute roof."""
+    n = 8192
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        a @ b
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1) / 1e3)
+    times.sort()
+    return {"n": n, "median_s": times[len(times) // 2], "flops_per_s": 2 * n ** 3 / times[len(times) // 2]}
+
+
 def main():
     model_dir, prompt_len, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     batches = [int(b) for b in sys.argv[4].split(",")]
-    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy": copy_bandwidth()}
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy": copy_bandwidth(), "matmul": matmul_flops()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="eager")
     model = model.to("cuda").eval()
     vocab = model.config.vocab_size

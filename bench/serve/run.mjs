@@ -12,6 +12,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { servingRoofline } from './roofline.mjs';
 import { parseArgs } from 'node:util';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -139,6 +141,16 @@ if (result.batch1.tp1 && result.batch1.tp2) result.tp2_over_tp1 = result.batch1.
 if (a.hf) {
   const hf = spawnSync('python3', [join(root, 'bench', 'decode', 'hf_generate.py'), a.model, String(promptLen), String(newTokens), `1,${streams}`], { encoding: 'utf8' });
   result.hf = hf.status === 0 ? JSON.parse(hf.stdout) : { error: hf.stderr.trim().split('\n').pop() };
+}
+// The roofline of the concurrent workload (bench/serve/roofline.mjs), from the copy bandwidth and
+// matmul FLOP/s measured beside HF on the same GPU.
+if (result.concurrent && result.hf?.copy && result.hf?.matmul) {
+  const { loadModelConfig } = await import(join(root, 'dist', 'model', 'index.js'));
+  const roof = servingRoofline(loadModelConfig(a.model), { streams, promptLen, newTokens,
+    bytesPerS: result.hf.copy.bytes_per_s, flopsPerS: result.hf.matmul.flops_per_s });
+  result.concurrent.roofline = { ...roof, fraction: result.concurrent.generated_tok_s / roof.generatedTokS };
+  console.error(`roofline of ${streams} streams: ${roof.generatedTokS.toFixed(0)} generated tok/s (prefill ${roof.prefillS.toFixed(2)} s + decode ` +
+    `${roof.decodeS.toFixed(2)} s); measured ${(100 * result.concurrent.roofline.fraction).toFixed(1)}% of it`);
 }
 const dir = join(root, 'bench', 'results');
 mkdirSync(dir, { recursive: true });

@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|flash|serve|bench|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|flash|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -51,6 +51,15 @@ for s in $steps; do
       NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
+    failover)  # bench/failover on the GPUs there are: with 2+, a spare (tp 1 + 1 spare) and tp 2 over NCCL
+               # (abort, re-form, async errors) without one; with 1, the respawn path only
+      make_model; ngpu=$(nvidia-smi -L | wc -l)
+      if [ "$ngpu" -ge 2 ]; then
+        run failover-spare node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 1 --spares 1 --faults kill,stop --out "$OUT/failover-cuda-spare.json"
+        run failover-tp2 node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 2 --spares 0 --faults kill,stop --out "$OUT/failover-cuda-tp2.json"
+      else
+        run failover-1gpu node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 1 --spares 0 --faults kill,stop --out "$OUT/failover-cuda-1gpu.json"
+      fi ;;
     profile) make_model
       wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
       NODESPEED_CUDA_PROFILE_STEP=4 ncu --profile-from-start off --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
