@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { GenerateResult } from '../../src/engine/index.js';
 import { BIN, PY_TINY, launch, root, workerProcesses } from '../serving/helpers.js';
+import type { LaunchedCluster } from '../serving/helpers.js';
 import { STREAMS, expectFaultFree, failoverLines, faultFree, midStream, requests, startStreams, status, until } from './helpers.js';
 
 let local: GenerateResult[];
@@ -61,22 +62,38 @@ function environOf(pid: number): string {
   }
 }
 
+/**
+ * A cluster of `workers` CPU workers (tp 2) under the wrapper; mid-way through 32 seeded streams,
+ * rank 1's next start is made to fail (`mode`; `once`: only that start) and rank 1 is killed -9.
+ * Every stream must equal the fault-free run; `check` then looks at the log and status.
+ */
+async function killRank1WithFailingRestart(workers: number, mode: 'exit' | 'hang', once: boolean, extra: string[],
+  check: (cluster: LaunchedCluster, log: string) => Promise<void>): Promise<void> {
+  rmSync(failFlag, { force: true });
+  rmSync(onceFlag, { force: true });
+  const cluster = await launch(PY_TINY, ['--num_cpu_workers', String(workers), '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+    '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256', ...extra]);
+  try {
+    const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
+    const streams = startStreams(cluster.client, requests());
+    await midStream(streams);
+    if (once) writeFileSync(onceFlag, '');
+    writeFileSync(failFlag, mode);
+    process.kill(pid, 'SIGKILL');
+    await streams.all;
+    expectFaultFree(streams.got, local);
+    await check(cluster, cluster.stderr());
+  } finally {
+    rmSync(failFlag, { force: true });
+    rmSync(onceFlag, { force: true });
+    expect(await cluster.stop()).toBe(0);
+  }
+  expect(workerProcesses()).toEqual([]);
+}
+
 describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper)', () => {
   it('once: the re-form fails at that exit, the next attempt serves, every stream equals the fault-free run', async () => {
-    rmSync(failFlag, { force: true });
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
-    try {
-      const before = await status(cluster);
-      const pid = before.workers.find((w) => w.rank === 1)!.pid;
-      const streams = startStreams(cluster.client, requests());
-      await midStream(streams);
-      writeFileSync(onceFlag, '');
-      writeFileSync(failFlag, 'exit');
-      process.kill(pid, 'SIGKILL');
-      await streams.all;
-      expectFaultFree(streams.got, local);
-      const log = cluster.stderr();
+    await killRank1WithFailingRestart(2, 'exit', true, [], async (cluster, log) => {
       console.log(failoverLines(log));
       expect(log).toMatch(/coordinator: rank 1 of replica 0 \(generation \d+\) process exited \(code 3\) before it joined/);
       expect(log).toMatch(/failover: replica 0 lost \(rank 1 lost: process exited \(code 3\) before it joined;.*\(attempt 2\)/);
@@ -87,28 +104,12 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       expect(f.cause).toMatch(/while re-forming: rank 1 lost: process exited \(code 3\) before it joined/);
       expect(f.replayedRequests).toBeGreaterThanOrEqual(STREAMS);
       console.log(`restart failed once: serving again ${f.recoveryMs} ms after the loss`);
-    } finally {
-      rmSync(failFlag, { force: true });
-      rmSync(onceFlag, { force: true });
-      expect(await cluster.stop()).toBe(0);
-    }
-    expect(workerProcesses()).toEqual([]);
+    });
   }, 90_000);
 
   it('always: replica 0 is retired after its attempts, replica 1 serves every stream with the fault-free tokens', async () => {
-    rmSync(onceFlag, { force: true });
-    rmSync(failFlag, { force: true });
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '4', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
-    try {
+    await killRank1WithFailingRestart(4, 'exit', false, [], async (cluster) => {
       expect(cluster.readyLine).toContain('replicas=2');
-      const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
-      const streams = startStreams(cluster.client, requests());
-      await midStream(streams);
-      writeFileSync(failFlag, 'exit');
-      process.kill(pid, 'SIGKILL');
-      await streams.all;
-      expectFaultFree(streams.got, local);
       await until('replica 0 retired', async () => (await status(cluster)).failures[0]?.recovery === 'retired', 30_000, 100);
       const log = cluster.stderr();
       console.log(failoverLines(log));
@@ -122,27 +123,11 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       expect(after.workers.filter((w) => w.replica === 0).map((w) => w.state)).toEqual(['lost', 'lost']);
       // (each worker shows twice: the launcher's shell and the node the wrapper execs)
       await until('replica 0\'s processes gone', () => workerProcesses().every((p) => !/(^|\0)RANK=[01]\0/.test(environOf(p))), 10_000, 50);
-    } finally {
-      rmSync(failFlag, { force: true });
-      expect(await cluster.stop()).toBe(0);
-    }
-    expect(workerProcesses()).toEqual([]);
+    });
   }, 90_000);
 
   it('hang once: the restarted rank is killed after --join-timeout, the next attempt serves, every stream equals the fault-free run', async () => {
-    rmSync(failFlag, { force: true });
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--join-timeout', '3', '--request-timeout', '60', '--kv-blocks', '256']);
-    try {
-      const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid;
-      const streams = startStreams(cluster.client, requests());
-      await midStream(streams);
-      writeFileSync(onceFlag, '');
-      writeFileSync(failFlag, 'hang');
-      process.kill(pid, 'SIGKILL');
-      await streams.all;
-      expectFaultFree(streams.got, local);
-      const log = cluster.stderr();
+    await killRank1WithFailingRestart(2, 'hang', true, ['--join-timeout', '3'], async (cluster, log) => {
       console.log(failoverLines(log));
       expect(log).toMatch(/coordinator: rank 1 of replica 0 \(generation \d+\) did not join within 3 s of its restart \(--join-timeout\)/);
       const f = (await status(cluster)).failures[0]!;
@@ -150,12 +135,7 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       expect(f.recoveryMs).toBeGreaterThanOrEqual(3000);
       expect(hungSleeps(), 'the hung start-up was killed').toEqual([]);
       console.log(`restart hung once: serving again ${f.recoveryMs} ms after the loss`);
-    } finally {
-      rmSync(failFlag, { force: true });
-      rmSync(onceFlag, { force: true });
-      expect(await cluster.stop()).toBe(0);
-    }
-    expect(workerProcesses()).toEqual([]);
+    });
   }, 90_000);
 
   it('at launch: a rank that never joins fails the launch after --join-timeout, naming it, and nothing is left running', () => {
