@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|flash|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -51,6 +51,15 @@ for s in $steps; do
       NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve.json" ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
+    kvlayout)  # the head-major KV cache (NODESPEED_CUDA_KV_LAYOUT=head, opt-in until this passes): kernel check
+               # in both layouts, fixtures and the 7B comparison with it, the serving step A/B, bench/serve
+      run flash-kernel sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel && /tmp/flash-kernel'
+      make_model
+      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run fixtures-kv-head node test/gpu/fixtures.mjs
+      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run model-7b-kv-head node test/gpu/model-7b.mjs "$MODEL"
+      for l in token head token head; do NODESPEED_CUDA_KV_LAYOUT=$l run batch-step-kv-$l node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
+      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run bench-kv-head node bench/decode/run.mjs "$MODEL" --no-hf
+      NODESPEED_CUDA_KV_LAYOUT=head NODESPEED_STEP_TRACE=$OUT/serve-kv-head-steps.jsonl run serve-kv-head node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve-kv-head.json" ;;
     failover)  # bench/failover on the GPUs there are: with 2+, a spare (tp 1 + 1 spare) and tp 2 over NCCL
                # (abort, re-form, async errors) without one; with 1, the respawn path only
       make_model; ngpu=$(nvidia-smi -L | wc -l)

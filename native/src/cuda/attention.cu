@@ -10,6 +10,7 @@
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
+#include "cuda/kv_layout.h"
 
 namespace ns::cuda {
 namespace {
@@ -43,7 +44,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   }
   float m = -FLT_MAX, l = 0.f;
   for (int j = k0 + warp; j < k1; j += kWarps) {
-    const size_t base = (((size_t)bt[j / B] * B + j % B) * nkv + kh) * hd;
+    const size_t base = kv_offset(a.kv_head_major, bt[j / B], j % B, kh, nkv, B, hd);
     float kv[EPL], vv[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; ++e) {

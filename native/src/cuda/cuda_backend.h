@@ -92,7 +92,8 @@ class CudaBackend final : public Backend {
   // when they make at least flash_decode_min_ (tile, head) blocks, enough to fill the GPU without
   // flash-decoding splits (NODESPEED_CUDA_FLASH_DECODE_MIN; fewer: the SIMT kernel).
   bool use_flash_ = true;
-  int flash_decode_min_ = 2048;  // H200, 7B: 64 decodes x 32 heads gain 1%, 32 x 32 lose 4%
+  int flash_decode_min_ = 2048;
+  bool kv_head_major_ = false;  // NODESPEED_CUDA_KV_LAYOUT=head (kv_layout.h); opt-in until measured on a GPU  // H200, 7B: 64 decodes x 32 heads gain 1%, 32 x 32 lose 4%
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

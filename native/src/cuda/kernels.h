@@ -24,10 +24,11 @@ void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const
              void* out, cudaStream_t s);
 
 // Per token: adds the optional q/k/v bias, rotates q and k (HF rotate_half) with cos/sin of
-// pos * inv_freq, and writes k and v into the paged cache at slot[t] (block * B + offset).
+// pos * inv_freq, and writes k and v into the paged cache at slot[t] (block * B + offset; the
+// cache's element layout: kv_layout.h).
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, cudaStream_t s);
+                   void* vcache, int block_size, bool kv_head_major, cudaStream_t s);
 
 // Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
 // token sets:
@@ -47,6 +48,7 @@ struct AttnArgs {
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
+  bool kv_head_major = false;  // the cache's layout (kv_layout.h)
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 

@@ -3,6 +3,7 @@
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
+#include "cuda/kv_layout.h"
 
 namespace ns::cuda {
 namespace {
@@ -11,7 +12,7 @@ namespace {
 // single decode token over the GPU. q/k heads rotate pairs (j, j + hd/2); v heads are copied.
 template <typename T>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, const int32_t* pos,
-                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, bool rnd) {
+                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool hm, bool rnd) {
   grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y;
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
@@ -34,7 +35,7 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, c
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
-        T* k = kc + ((size_t)sl * nkv + (h - nh)) * hd;
+        T* k = kc + kv_offset(hm, sl / B, sl % B, h - nh, nkv, B, hd);
         k[j] = o1; k[j + half] = o2;
       }
     }
@@ -42,7 +43,7 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, c
     const int kvh = h - nh - nkv;
     const T* v = row + (size_t)(nh + nkv + kvh) * hd;
     const T* vb = bias ? bias + (size_t)(nh + nkv + kvh) * hd : nullptr;
-    T* vo = vc + ((size_t)sl * nkv + kvh) * hd;
+    T* vo = vc + kv_offset(hm, sl / B, sl % B, kvh, nkv, B, hd);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) vo[i] = vb ? from_f<T>(to_f(v[i]) + to_f(vb[i])) : v[i];
   }
 }
@@ -51,11 +52,11 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, c
 
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, cudaStream_t s) {
+                   void* vcache, int block_size, bool kv_head_major, cudaStream_t s) {
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
     launch("rope_kv_write", rope_kv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(std::max(32, std::min(128, hd / 2))), s, static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos,
-                                        slot, inv_freq, static_cast<E*>(kcache), static_cast<E*>(vcache), rounds(kRoundRope));
+                                        slot, inv_freq, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size, kv_head_major, rounds(kRoundRope));
   });
   NS_LAUNCHED("rope_kv_write");
 }
