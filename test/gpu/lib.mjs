@@ -26,11 +26,11 @@ export function requireCuda() {
 
 let loaderUsed = null;
 
-// Loads `dir` as one shard (every layer; tp rank `tpRank` of `tpSize`, on cuda:deviceIndex)
+// Loads `dir` as one shard (layers [layerStart, layerEnd), default all; tp rank `tpRank` of `tpSize`, on cuda:deviceIndex)
 // through the project's loader (dist/model) when it is built, else through
 // minimal-safetensors.mjs (whole tensors, tp 1 only). `comm` (tp > 1) is set before loading.
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
-  tpRank = 0, tpSize = 1, deviceIndex = 0, comm } = {}) {
+  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd } = {}) {
   let loader;
   try { loader = await import(join(root, 'dist', 'model', 'index.js')); loaderUsed = 'dist/model'; }
   catch (e) {
@@ -39,7 +39,7 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   }
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
-  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart: 0, layerEnd: cfg.numLayers });
+  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers });
   const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
