@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -51,6 +51,10 @@ for s in $steps; do
       NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; tps=1; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2  # tp 2 >= 1.4x tp 1 (issue 5) needs 2 GPUs
       NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --hf --out "$OUT/serve.json" ;;
+    b1ab) make_model  # batch-1 A/B (issue 4's 70% bar): attention split caps and the head-major KV cache, twice each
+      for i in 1 2; do for v in NODESPEED_CUDA_ATTN_SPLITS_MAX=16 NODESPEED_CUDA_ATTN_SPLITS_MAX=4 NODESPEED_CUDA_ATTN_SPLITS_MAX=2 \
+        NODESPEED_CUDA_ATTN_SPLITS_MAX=1 NODESPEED_CUDA_KV_LAYOUT=head; do
+        echo "== b1 $v"; env $v RESULTS_DIR=/tmp/b1ab node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/b1ab.log"; done; done ;;
     parallel) make_model  # issue 5: the 7B comparison with HF through tp 2 (NCCL) and pp 2 on 2 GPUs
       for l in tp2 pp2; do run model-7b-$l node test/gpu/model-7b.mjs "$MODEL" --layout $l; done ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;

@@ -117,6 +117,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
+  if (const char* g = std::getenv("NODESPEED_CUDA_ATTN_SPLITS_MAX")) max_attn_splits_ = std::clamp(std::atoi(g), 1, 16);
   if (const char* g = std::getenv("NODESPEED_CUDA_KV_LAYOUT")) {
     if (std::strcmp(g, "head") != 0 && std::strcmp(g, "token") != 0)
       throw std::runtime_error(std::string("NODESPEED_CUDA_KV_LAYOUT=") + g + ": expected token or head");

@@ -93,6 +93,7 @@ class CudaBackend final : public Backend {
   // flash-decoding splits (NODESPEED_CUDA_FLASH_DECODE_MIN; fewer: the SIMT kernel).
   bool use_flash_ = true;
   int flash_decode_min_ = 2048;
+  int max_attn_splits_ = 16;  // NODESPEED_CUDA_ATTN_SPLITS_MAX (1..16): for A/B runs of the batch-1 attention
   bool kv_head_major_ = false;  // NODESPEED_CUDA_KV_LAYOUT=head (kv_layout.h); opt-in until measured on a GPU  // H200, 7B: 64 decodes x 32 heads gain 1%, 32 x 32 lose 4%
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;

@@ -53,11 +53,12 @@ bool CudaBackend::flash_seq(const StepPlan& p, int n_tokens) const {
   return use_flash_ && (n_tokens >= kFlashMinTokens || p.flash_short);
 }
 
-// Flash-decoding split: enough (token, head, split) blocks to fill the GPU twice over.
+// Flash-decoding split: enough (token, head, split) blocks to fill the GPU twice over, at most
+// max_attn_splits_ (NODESPEED_CUDA_ATTN_SPLITS_MAX, default 16; 1: no split and no merge kernel).
 int CudaBackend::attention_splits(int T) const {
   const int base = T * cfg_.n_heads;
   if (base >= 2 * sm_count_) return 1;
-  return std::min(16, (2 * sm_count_ + base - 1) / base);
+  return std::min(max_attn_splits_, (2 * sm_count_ + base - 1) / base);
 }
 
 CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
