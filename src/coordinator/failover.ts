@@ -209,7 +209,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     // (a) a spare takes the lost rank, survivors re-form in place; only on the first attempt (a
     // failed in-place re-form falls back to respawning every rank from clean processes).
     const spare = !prev && w && w.plan.replica === replica.id ? this.members.reformWithSpare(replica, w.rank) : undefined;
-    const generation = spare ? this.members.gen : this.members.reform(replica);
+    const generation = spare ? replica.generation : this.members.reform(replica);
     let rec: FailureRecord;
     if (prev) {
       // Lost again while re-forming: the same incident, one more attempt.

@@ -149,12 +149,12 @@ export class Membership extends EventEmitter<MembershipEvents> {
     if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
     // A rank lost in this generation cannot come back into it: its peers have aborted their
     // communicators. Only a re-formed membership (a new generation) may take it again.
-    if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${this.gen} (${old.lostReason}); it cannot rejoin it`,
+    if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${replica.generation} (${old.lostReason}); it cannot rejoin it`,
       grpc.status.FAILED_PRECONDITION);
     // A retired replica takes nobody back (a restart still under way when it was retired).
     if (replica.state === 'lost' && !replica.reforming)
       return this.refuse(call, join, `rank ${join.rank}'s replica ${replica.id} was retired`, grpc.status.FAILED_PRECONDITION);
-    const w = new WorkerConn(plan, join, call, this.gen);
+    const w = new WorkerConn(plan, join, call, replica.generation);
     this.workers.set(rank, w);
     if (replica.state === 'forming') replica.state = 'loading';
     this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})` +
@@ -178,7 +178,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       const w = this.workers.get(r);
       if (!w || w.state !== 'joined') continue;
       w.plan = this.layout.ranks[r]!;
-      w.generation = this.gen;
+      w.generation = replica.generation;
       this.assign(w);
     }
   }
@@ -325,7 +325,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   loseUnjoined(rank: number, reason: string): void {
     const replica = this.replicas[this.layout.ranks[rank]!.replica]!;
     if (this.stopping || !replica.reforming || replica.state === 'lost' || this.workers.has(rank)) return;
-    this.o.log(`coordinator: rank ${rank} of replica ${replica.id} (generation ${this.gen}) ${reason}`);
+    this.o.log(`coordinator: rank ${rank} of replica ${replica.id} (generation ${replica.generation}) ${reason}`);
     this.replicaLost(replica, rank, `rank ${rank} lost: ${reason}`);
   }
 
@@ -386,7 +386,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
     replica.state = 'forming';
     replica.reforming = true;
     replica.load = null;
-    return this.gen;
+    replica.generation = this.gen;
+    return replica.generation;
   }
 
   /**
@@ -406,8 +407,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
       this.workers.delete(r);
     }
-    this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${this.gen}`);
-    return this.gen;
+    this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${replica.generation}`);
+    return replica.generation;
   }
 
   /** The replica cannot be re-formed: it stays lost and the others carry the load. */

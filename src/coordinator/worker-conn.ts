@@ -58,6 +58,12 @@ export class Replica {
   reforming = false;
   /** Ranks that join wait for their assignment (a respawn whose layout is not settled yet, see Membership.hold). */
   holding = false;
+  /**
+   * The membership generation its ranks live in: set when it is (re-)formed. Every rank of the
+   * replica gets this one, however late it joins: another replica's re-form moves the cluster's
+   * counter on, and ranks of one replica in two generations would never meet at their rendezvous.
+   */
+  generation = '1';
 
   /**
    * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.

@@ -7,7 +7,8 @@
 // --join-timeout with an error naming it, and nothing is left running.
 //
 // The failures are real: the workers run under `--node <wrapper>`, a shell script that execs node,
-// except for RANK 1 while a flag file exists: it then exits 3 ("exit") or sleeps ("hang") instead.
+// except for RANK 1 while a flag file exists: it then exits 3 ("exit"), sleeps ("hang") instead, or
+// starts node 2 s late ("delay").
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -43,6 +44,7 @@ if [ "$RANK" = 1 ] && [ -f '${failFlag}' ]; then
   mode=$(cat '${failFlag}')
   [ -f '${onceFlag}' ] && rm -f '${failFlag}'
   if [ "$mode" = hang ]; then exec sleep ${HANG_SECONDS}; fi
+  if [ "$mode" = delay ]; then sleep 2; exec '${process.execPath}' "$@"; fi
   echo "test wrapper: rank 1 exits before it starts node" >&2
   exit 3
 fi
@@ -153,6 +155,41 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       rmSync(failFlag, { force: true });
     }
     expect(hungSleeps()).toEqual([]);
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+
+  it('a second replica fails while the first one\'s restarted ranks join: each replica re-forms in one generation of its own', async () => {
+    // Replica 0's rank 0 joins its re-form at once, its rank 1 starts 2 s late; meanwhile replica 1
+    // fails and the membership generation moves on. Both ranks of replica 0 must still get the
+    // same generation (their communicator rendezvous is per generation) and the replica must serve.
+    rmSync(failFlag, { force: true });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '4', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      const before = await status(cluster);
+      const pid = (rank: number, st = before) => st.workers.find((w) => w.rank === rank)!.pid;
+      const streams = startStreams(cluster.client, requests());
+      await midStream(streams);
+      writeFileSync(onceFlag, '');
+      writeFileSync(failFlag, 'delay');
+      process.kill(pid(1), 'SIGKILL');
+      // Replica 0's rank 0 has joined its new generation (a new process, known to the coordinator).
+      await until('replica 0 rank 0 rejoined', async () => ![0, pid(0)].includes(pid(0, await status(cluster))), 20_000, 20);
+      process.kill(pid(3), 'SIGKILL');
+      await streams.all;
+      expectFaultFree(streams.got, local);
+      await until('both replicas respawned', async () => (await status(cluster)).failures.filter((f) => f.recovery === 'respawned').length === 2, 30_000, 100);
+      const log = cluster.stderr();
+      console.log(failoverLines(log));
+      const st = await status(cluster);
+      expect(st.replicas.map((r) => r.state)).toEqual(['serving', 'serving']);
+      // Each record names the generation its replica serves in: two different ones.
+      expect(new Set(st.failures.map((f) => f.generation)).size).toBe(2);
+    } finally {
+      rmSync(failFlag, { force: true });
+      rmSync(onceFlag, { force: true });
+      expect(await cluster.stop()).toBe(0);
+    }
     expect(workerProcesses()).toEqual([]);
   }, 90_000);
 });
