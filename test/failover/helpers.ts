@@ -13,7 +13,7 @@ import { expect } from 'vitest';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
-import type { ClusterStatusMsg, NodespeedClient } from '../../src/client/index.js';
+import type { CallOptions, ClusterStatusMsg, NodespeedClient } from '../../src/client/index.js';
 import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
 import { startSshd } from '../helpers/sshd.js';
 import type { SshdHarness } from '../helpers/sshd.js';
@@ -50,9 +50,9 @@ export async function faultFree(reqs: GenerateRequest[]): Promise<GenerateResult
 export interface Received { tokenIds: number[]; arrivals: number[] }
 
 /** One stream; fails on a repeated or missing index, records each token's arrival time. */
-export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received): Promise<void> {
+export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received, opts: CallOptions = {}): Promise<void> {
   for await (const m of client.generate({ promptIds: r.promptIds!, maxTokens: r.maxTokens!, ignoreEos: true, temperature: r.temperature!,
-    topK: r.topK!, topP: r.topP!, seed: String(r.seed) })) {
+    topK: r.topK!, topP: r.topP!, seed: String(r.seed) }, opts)) {
     if (m.index !== out.tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${out.tokenIds.length} tokens received`);
     out.tokenIds.push(...m.tokenIds);
     for (const _ of m.tokenIds) out.arrivals.push(Date.now());

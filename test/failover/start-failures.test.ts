@@ -16,10 +16,14 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import * as grpc from '@grpc/grpc-js';
+
+import type { NodespeedError } from '../../src/client/index.js';
 import type { GenerateResult } from '../../src/engine/index.js';
 import { BIN, PY_TINY, launch, root, workerProcesses } from '../serving/helpers.js';
 import type { LaunchedCluster } from '../serving/helpers.js';
-import { STREAMS, expectFaultFree, failoverLines, faultFree, midStream, requests, startStreams, status, until } from './helpers.js';
+import { STREAMS, TOKENS, expectFaultFree, failoverLines, faultFree, follow, midStream, requests, startStreams, status, until } from './helpers.js';
+import type { Received } from './helpers.js';
 
 let local: GenerateResult[];
 const dir = mkdtempSync(join(tmpdir(), 'ns-restart-fails-'));
@@ -185,6 +189,43 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       expect(st.replicas.map((r) => r.state)).toEqual(['serving', 'serving']);
       // Each record names the generation its replica serves in: two different ones.
       expect(new Set(st.failures.map((f) => f.generation)).size).toBe(2);
+    } finally {
+      rmSync(failFlag, { force: true });
+      rmSync(onceFlag, { force: true });
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
+
+  it('streams cancelled and requests past their deadline while the replica is down are not replayed; the rest complete, KV all free', async () => {
+    rmSync(failFlag, { force: true });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
+    try {
+      const reqs = requests();
+      const cancel = reqs.map(() => new AbortController());
+      const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
+      const ends = reqs.map((r, i) => follow(cluster.client, r, got[i]!, { signal: cancel[i]!.signal }).then(() => null, (e: unknown) => e as NodespeedError));
+      await until('a quarter of the tokens', () => got.reduce((n, g) => n + g.tokenIds.length, 0) >= STREAMS * TOKENS / 4, 30_000, 5);
+      writeFileSync(onceFlag, '');
+      writeFileSync(failFlag, 'delay'); // the replica stays down ~2 s
+      process.kill((await status(cluster)).workers.find((w) => w.rank === 1)!.pid, 'SIGKILL');
+      await until('the replica down', async () => (await status(cluster)).replicas[0]!.state !== 'serving', 10_000, 10);
+      for (const c of cancel.slice(0, 8)) c.abort();
+      const late = await Promise.all(reqs.slice(0, 4).map((r) => follow(cluster.client, r, { tokenIds: [], arrivals: [] }, { timeoutMs: 300 })
+        .then(() => null, (e: unknown) => e as NodespeedError)));
+      const errors = await Promise.all(ends);
+      expect(errors.slice(0, 8).map((e) => e?.code)).toEqual(Array(8).fill(grpc.status.CANCELLED));
+      expect(late.map((e) => e?.code)).toEqual(Array(4).fill(grpc.status.DEADLINE_EXCEEDED));
+      expect(errors.slice(8)).toEqual(Array(STREAMS - 8).fill(null));
+      got.slice(8).forEach((g, i) => expect(g.tokenIds, `stream ${i + 8}`).toEqual(local[i + 8]!.tokenIds));
+      // Nothing left: no request pending or running, every KV block free, the replica serving.
+      await until('idle', async () => {
+        const st = await status(cluster);
+        const r = st.replicas[0]!;
+        return st.activeRequests === 0 && st.pendingRequests === 0 && r.state === 'serving' && r.requests === 0 && r.kvBlocksFree === r.kvBlocksTotal;
+      }, 20_000, 50);
+      expect((await status(cluster)).failures[0]!.recovery).toBe('respawned');
     } finally {
       rmSync(failFlag, { force: true });
       rmSync(onceFlag, { force: true });
