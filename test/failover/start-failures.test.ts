@@ -10,7 +10,7 @@
 // except for RANK 1 while a flag file exists: it then exits 3 ("exit"), sleeps ("hang") instead, or
 // starts node 2 s late ("delay").
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -20,7 +20,7 @@ import * as grpc from '@grpc/grpc-js';
 
 import type { NodespeedError } from '../../src/client/index.js';
 import type { GenerateResult } from '../../src/engine/index.js';
-import { BIN, PY_TINY, launch, root, workerProcesses } from '../serving/helpers.js';
+import { BIN, PY_TINY, launch, processesWhere, root, workerProcesses } from '../serving/helpers.js';
 import type { LaunchedCluster } from '../serving/helpers.js';
 import { STREAMS, TOKENS, expectFaultFree, failoverLines, faultFree, follow, midStream, requests, startStreams, status, until } from './helpers.js';
 import type { Received } from './helpers.js';
@@ -32,15 +32,7 @@ const failFlag = join(dir, 'fail-rank-1');
 const onceFlag = join(dir, 'once');
 const HANG_SECONDS = 613; // a hung start-up: `sleep 613`, found in /proc by that argument
 
-function hungSleeps(): number[] {
-  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
-    try {
-      return readFileSync(`/proc/${d}/cmdline`, 'utf8') === `sleep\0${HANG_SECONDS}\0`;
-    } catch {
-      return false;
-    }
-  }).map(Number);
-}
+const hungSleeps = () => processesWhere((cmd) => cmd === `sleep\0${HANG_SECONDS}\0`);
 
 beforeAll(async () => {
   writeFileSync(wrapper, `#!/bin/sh
@@ -68,19 +60,33 @@ function environOf(pid: number): string {
   }
 }
 
-/**
- * A cluster of `workers` CPU workers (tp 2) under the wrapper; mid-way through 32 seeded streams,
- * rank 1's next start is made to fail (`mode`; `once`: only that start) and rank 1 is killed -9.
- * Every stream must equal the fault-free run; `check` then looks at the log and status.
- */
-async function killRank1WithFailingRestart(workers: number, mode: 'exit' | 'hang', once: boolean, extra: string[],
-  check: (cluster: LaunchedCluster, log: string) => Promise<void>): Promise<void> {
+/** A cluster of `workers` CPU workers (tp 2) under the wrapper, flags cleared before and after; nothing may be left running. */
+async function onWrapperCluster(workers: number, extra: string[], body: (cluster: LaunchedCluster) => Promise<void>): Promise<void> {
   rmSync(failFlag, { force: true });
   rmSync(onceFlag, { force: true });
   const cluster = await launch(PY_TINY, ['--num_cpu_workers', String(workers), '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
     '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256', ...extra]);
   try {
-    const pid = (await status(cluster)).workers.find((w) => w.rank === 1)!.pid; // TP rank 1 of replica 0
+    await body(cluster);
+  } finally {
+    rmSync(failFlag, { force: true });
+    rmSync(onceFlag, { force: true });
+    expect(await cluster.stop()).toBe(0);
+  }
+  expect(workerProcesses()).toEqual([]);
+}
+
+const pidOf = async (cluster: LaunchedCluster, rank: number) => (await status(cluster)).workers.find((w) => w.rank === rank)!.pid;
+
+/**
+ * Mid-way through 32 seeded streams, rank 1's next start is made to fail (`mode`; `once`: only that
+ * start) and rank 1 (TP rank 1 of replica 0) is killed -9. Every stream must equal the fault-free
+ * run; `check` then looks at the log and status.
+ */
+async function killRank1WithFailingRestart(workers: number, mode: 'exit' | 'hang', once: boolean, extra: string[],
+  check: (cluster: LaunchedCluster, log: string) => Promise<void>): Promise<void> {
+  await onWrapperCluster(workers, extra, async (cluster) => {
+    const pid = await pidOf(cluster, 1);
     const streams = startStreams(cluster.client, requests());
     await midStream(streams);
     if (once) writeFileSync(onceFlag, '');
@@ -89,12 +95,7 @@ async function killRank1WithFailingRestart(workers: number, mode: 'exit' | 'hang
     await streams.all;
     expectFaultFree(streams.got, local);
     await check(cluster, cluster.stderr());
-  } finally {
-    rmSync(failFlag, { force: true });
-    rmSync(onceFlag, { force: true });
-    expect(await cluster.stop()).toBe(0);
-  }
-  expect(workerProcesses()).toEqual([]);
+  });
 }
 
 describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper)', () => {
@@ -166,10 +167,7 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
     // Replica 0's rank 0 joins its re-form at once, its rank 1 starts 2 s late; meanwhile replica 1
     // fails and the membership generation moves on. Both ranks of replica 0 must still get the
     // same generation (their communicator rendezvous is per generation) and the replica must serve.
-    rmSync(failFlag, { force: true });
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '4', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
-    try {
+    await onWrapperCluster(4, [], async (cluster) => {
       const before = await status(cluster);
       const pid = (rank: number, st = before) => st.workers.find((w) => w.rank === rank)!.pid;
       const streams = startStreams(cluster.client, requests());
@@ -189,19 +187,11 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       expect(st.replicas.map((r) => r.state)).toEqual(['serving', 'serving']);
       // Each record names the generation its replica serves in: two different ones.
       expect(new Set(st.failures.map((f) => f.generation)).size).toBe(2);
-    } finally {
-      rmSync(failFlag, { force: true });
-      rmSync(onceFlag, { force: true });
-      expect(await cluster.stop()).toBe(0);
-    }
-    expect(workerProcesses()).toEqual([]);
+    });
   }, 90_000);
 
   it('streams cancelled and requests past their deadline while the replica is down are not replayed; the rest complete, KV all free', async () => {
-    rmSync(failFlag, { force: true });
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256']);
-    try {
+    await onWrapperCluster(2, [], async (cluster) => {
       const reqs = requests();
       const cancel = reqs.map(() => new AbortController());
       const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
@@ -209,7 +199,7 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
       await until('a quarter of the tokens', () => got.reduce((n, g) => n + g.tokenIds.length, 0) >= STREAMS * TOKENS / 4, 30_000, 5);
       writeFileSync(onceFlag, '');
       writeFileSync(failFlag, 'delay'); // the replica stays down ~2 s
-      process.kill((await status(cluster)).workers.find((w) => w.rank === 1)!.pid, 'SIGKILL');
+      process.kill(await pidOf(cluster, 1), 'SIGKILL');
       await until('the replica down', async () => (await status(cluster)).replicas[0]!.state !== 'serving', 10_000, 10);
       for (const c of cancel.slice(0, 8)) c.abort();
       const late = await Promise.all(reqs.slice(0, 4).map((r) => follow(cluster.client, r, { tokenIds: [], arrivals: [] }, { timeoutMs: 300 })
@@ -226,11 +216,6 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
         return st.activeRequests === 0 && st.pendingRequests === 0 && r.state === 'serving' && r.requests === 0 && r.kvBlocksFree === r.kvBlocksTotal;
       }, 20_000, 50);
       expect((await status(cluster)).failures[0]!.recovery).toBe('respawned');
-    } finally {
-      rmSync(failFlag, { force: true });
-      rmSync(onceFlag, { force: true });
-      expect(await cluster.stop()).toBe(0);
-    }
-    expect(workerProcesses()).toEqual([]);
+    });
   }, 90_000);
 });

@@ -93,19 +93,23 @@ export async function stream(client: NodespeedClient, req: GenerateRequestMsg, o
   return { tokenIds, text, finishReason: last?.finishReason, usage: last?.usage, messages: msgs.length };
 }
 
-/** Worker processes (dist/worker/main.js) still alive: none may be left after a test. */
-export function workerProcesses(): number[] {
+/** Live processes whose /proc/PID/cmdline (arguments joined by NULs) satisfies `match`. */
+export function processesWhere(match: (cmdline: string) => boolean): number[] {
   const pids: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
-      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8');
-      if (cmd.includes(join(root, 'dist', 'worker', 'main.js'))) pids.push(Number(d));
+      if (match(readFileSync(`/proc/${d}/cmdline`, 'utf8'))) pids.push(Number(d));
     } catch {
       /* exited meanwhile */
     }
   }
   return pids;
+}
+
+/** Worker processes (dist/worker/main.js) still alive: none may be left after a test. */
+export function workerProcesses(): number[] {
+  return processesWhere((cmd) => cmd.includes(join(root, 'dist', 'worker', 'main.js')));
 }
 
 /** The NodespeedError a call fails with; throws if it succeeds or fails with anything else. */
