@@ -132,6 +132,14 @@ void build(const Case& c, uint32_t seed, Built& b) {
   a.n_tiles = (int)tiles.size() / 2;
 }
 
+// The same step with every token through the SIMT kernel (the engine's split count for them).
+AttnArgs simt_only(const Built& b, int nh) {
+  AttnArgs a = b.a;
+  a.tiles = nullptr; a.n_tiles = 0; a.simt_tokens = nullptr; a.n_simt = b.T;
+  a.n_splits = splits_for(b.T, nh);
+  return a;
+}
+
 std::vector<uint16_t> run(const Case& c, const AttnArgs& a) {
   NS_CUDA(cudaMemset(a.out, 0xff, (size_t)a.T * a.nh * a.hd * 2));  // NaN canary
   attention(c.dt, a, 0);
@@ -217,10 +225,7 @@ int main() {
     Built b;
     build(c, 1234 + (uint32_t)(i % cases.size()), b);
     const double e_split = error(c, b, run(c, b.a));
-    AttnArgs simt = b.a;
-    simt.tiles = nullptr; simt.n_tiles = 0; simt.simt_tokens = nullptr; simt.n_simt = b.T;
-    simt.n_splits = splits_for(b.T, c.nh);
-    const double e_simt = error(c, b, run(c, simt));
+    const double e_simt = error(c, b, run(c, simt_only(b, c.nh)));
     const bool pass = e_split < kTol && e_simt < kTol;
     ok &= pass;
     char line[512];
@@ -234,10 +239,7 @@ int main() {
   const Case perf{"4 x 512, 32 heads, hd 128", DType::BF16, 32, 32, 128, 16, {{0, 512}, {0, 512}, {0, 512}, {0, 512}}};
   Built b;
   build(perf, 99, b);
-  AttnArgs simt = b.a;
-  simt.tiles = nullptr; simt.n_tiles = 0; simt.simt_tokens = nullptr; simt.n_simt = b.T;
-  simt.n_splits = splits_for(b.T, perf.nh);
-  const float ms_flash = time_ms(perf, b.a, 20), ms_simt = time_ms(perf, simt, 5);
+  const float ms_flash = time_ms(perf, b.a, 20), ms_simt = time_ms(perf, simt_only(b, perf.nh), 5);
   const double flops = 4.0 * 32 * (512.0 * 513 / 2) * 128 * 4;  // QK^T and PV over the causal pairs
   // One layer of a serving decode step: 64 decodes at contexts 512..767, 32 heads, hd 128: the SIMT
   // kernel (as the engine splits it) vs one flash tile per sequence, in each cache layout; GB/s of K
@@ -246,10 +248,7 @@ int main() {
     Case dec{"64 decodes, ctx 512..767, 32 heads, hd 128", DType::BF16, 32, 32, 128, 16, decodes(64, 512, 768), true, head_major};
     Built bd;
     build(dec, 7, bd);
-    AttnArgs dsimt = bd.a;
-    dsimt.tiles = nullptr; dsimt.n_tiles = 0; dsimt.simt_tokens = nullptr; dsimt.n_simt = bd.T;
-    dsimt.n_splits = splits_for(bd.T, dec.nh);
-    const float dms_flash = time_ms(dec, bd.a, 50), dms_simt = time_ms(dec, dsimt, 50);
+    const float dms_flash = time_ms(dec, bd.a, 50), dms_simt = time_ms(dec, simt_only(bd, dec.nh), 50);
     double kv_bytes = 0;
     for (auto [p, n] : dec.seqs) kv_bytes += 2.0 * (p + n) * dec.nkv * dec.hd * 2;
     char out[512];

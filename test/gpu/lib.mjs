@@ -56,6 +56,21 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   return { engine, cfg, shard, kvBlocks: fin.kvBlocks, blockSize: fin.kvBlockSize, weightBytes, loadSeconds };
 }
 
+// Two or more in-process TP communicators, one per rank: NCCL from one unique id on cuda:rank, or
+// over TCP on 127.0.0.1 for the CPU dry run.
+export async function tpComms(size) {
+  if (device === 'cpu') {
+    const comms = Array.from({ length: size }, (_, rank) => new addon.Comm({ kind: 'tcp', rank, size }));
+    const ports = await Promise.all(comms.map((c) => c.listen('127.0.0.1')));
+    await Promise.all(comms.map((c) => c.connect(ports.map((p) => `127.0.0.1:${p}`))));
+    return comms;
+  }
+  const uniqueId = addon.ncclUniqueId();
+  const comms = Array.from({ length: size }, (_, rank) => new addon.Comm({ kind: 'nccl', rank, size, uniqueId, deviceIndex: rank }));
+  await Promise.all(comms.map((c) => c.init()));
+  return comms;
+}
+
 // A trivial block allocator for scripts: sequence i gets blocks [i * per, (i + 1) * per).
 export function blockTables(nSeqs, maxTokens, blockSize, kvBlocks) {
   const per = Math.ceil(maxTokens / blockSize);

@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { addon, argmax, blockTables, cosine, device, openCudaEngine, requireCuda, root, writeResult } from './lib.mjs';
+import { argmax, blockTables, cosine, device, openCudaEngine, requireCuda, root, tpComms, writeResult } from './lib.mjs';
 
 const args = process.argv.slice(2);
 const dir = args[0];
@@ -37,16 +37,7 @@ async function openLayout(kind) {
     return { ...e, step: (req) => e.engine.step(req), describe: [e.engine.describe()], dispose: () => e.engine.dispose() };
   }
   if (kind === 'tp2') {
-    let comms;
-    if (device === 'cpu') {  // dry run over TCP
-      comms = [0, 1].map((rank) => new addon.Comm({ kind: 'tcp', rank, size: 2 }));
-      const ports = await Promise.all(comms.map((c) => c.listen('127.0.0.1')));
-      await Promise.all(comms.map((c) => c.connect(ports.map((p) => `127.0.0.1:${p}`))));
-    } else {
-      const uniqueId = addon.ncclUniqueId();
-      comms = [0, 1].map((rank) => new addon.Comm({ kind: 'nccl', rank, size: 2, uniqueId, deviceIndex: rank }));
-      await Promise.all(comms.map((c) => c.init()));
-    }
+    const comms = await tpComms(2);
     const ranks = await Promise.all([0, 1].map((r) => openCudaEngine(dir, { dtype: 'bf16', tpRank: r, tpSize: 2, deviceIndex: r, comm: comms[r] })));
     return { cfg: ranks[0].cfg, blockSize: ranks[0].blockSize, kvBlocks: Math.min(...ranks.map((r) => r.kvBlocks)),
       loadSeconds: Math.max(...ranks.map((r) => r.loadSeconds)),

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { addon, blockTables, cosine, device, greedy, openCudaEngine, requireCuda, root, writeResult } from './lib.mjs';
+import { addon, blockTables, cosine, device, greedy, openCudaEngine, requireCuda, root, tpComms, writeResult } from './lib.mjs';
 
 const info = requireCuda();
 if (device !== 'cpu' && (info.cuda.devices.length < 2 || !addon.ncclUniqueId)) {
@@ -23,16 +23,7 @@ const tp1 = [];
 for (const c of ref.cases) tp1.push(await greedy(single.engine, c.ids, 16, bt));
 single.engine.dispose();
 
-let comms;
-if (device === 'cpu') {  // dry run of this script on the CPU backend over TCP
-  comms = [0, 1].map((rank) => new addon.Comm({ kind: 'tcp', rank, size: 2 }));
-  const ports = await Promise.all(comms.map((c) => c.listen('127.0.0.1')));
-  await Promise.all(comms.map((c) => c.connect(ports.map((p) => `127.0.0.1:${p}`))));
-} else {
-  const uniqueId = addon.ncclUniqueId();
-  comms = [0, 1].map((rank) => new addon.Comm({ kind: 'nccl', rank, size: 2, uniqueId, deviceIndex: rank }));
-  await Promise.all(comms.map((c) => c.init()));
-}
+const comms = await tpComms(2);  // NCCL, or TCP in a CPU dry run
 const ranks = await Promise.all([0, 1].map((r) => openCudaEngine(dir, { kvBlocks: 64, tpRank: r, tpSize: 2, deviceIndex: r, comm: comms[r] })));
 
 // One step on both ranks at once (each blocks in NCCL until the other joins).
