@@ -84,7 +84,7 @@ export function addServingOptions(cmd: Command): Command {
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
     .option('--kv-blocks <n>', 'KV cache blocks per rank (0: the backend decides)', intArg('--kv-blocks', 0), 0)
     .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0), 0)
-    .option('--max-batch-tokens <n>', 'most tokens per step; longer prefills are chunked (default: cpu 256, cuda 2048)', intArg('--max-batch-tokens', 1))
+    .option('--max-batch-tokens <n>', 'most tokens per step; longer prefills are chunked (default: cpu 256, cuda 8192)', intArg('--max-batch-tokens', 1))
     .option('--max-queue <n>', 'most requests in flight before RESOURCE_EXHAUSTED', intArg('--max-queue', 1), 1024)
     .option('--heartbeat-interval <s>', 'seconds between heartbeats', secondsArg('--heartbeat-interval'), 1)
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
@@ -155,8 +155,10 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
     return await launchCluster({
       model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
       ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
-      // A GPU step costs about the same for 1 or 2048 tokens of prefill; a CPU step grows with them.
-      maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 2048 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
+      // A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from
+      // ~2048 tokens on, and larger steps admit more prompts at once, so they start (and finish)
+      // decoding together: fewer, fuller decode steps (TensorRT-LLM's max_num_tokens default is 8192 too).
+      maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 8192 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),

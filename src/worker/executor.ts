@@ -10,7 +10,7 @@
 import type { Engine } from '../engine/engine.js';
 import type { Comm } from '../comm/comm.js';
 import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
-import type { PlannedStep, Scheduler } from './scheduler.js';
+import type { AppliedStep, PlannedStep, Scheduler } from './scheduler.js';
 import { stepTracer } from './step-trace.js';
 import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
 
@@ -82,6 +82,13 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
   const lastStage0 = (pos.pp - 1) * pos.tp;
   const inFlight: PlannedStep[] = [];
   const trace = stepTracer();
+  // pp = 1: the last step's sampled tokens, applied (the next step can use them) but not yet
+  // detokenized and reported; that happens while the next step computes.
+  let unsettled: AppliedStep | null = null;
+  const settle = () => {
+    if (unsettled) hooks.emit(sched.settle(unsettled));
+    unsettled = null;
+  };
   for (;;) {
     if (hooks.stopping()) break;
     // Fill the pipeline: up to pp micro-batches in flight.
@@ -90,8 +97,8 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
       const step = sched.next(pos.pp);
       if (!step) break;
       launched = true;
-      const body = encodeStep({ step: sched.steps, seqs: step.seqs });
       if (plane) {
+        const body = encodeStep({ step: sched.steps, seqs: step.seqs });
         const f = frame(KIND_STEP, body.byteLength);
         for (let r = 1; r < world; r++) {
           await plane.send(f, r);
@@ -99,15 +106,24 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
         }
       }
       const t0 = trace ? performance.now() : 0;
-      const out = await watch(() => engine.step({ seqs: step.seqs }));
-      trace?.(step, performance.now() - t0);
+      const running = watch(() => engine.step({ seqs: step.seqs }));
       if (pos.pp === 1) {
-        hooks.emit(sched.complete(step, out.sampled));
+        let out: Awaited<typeof running>;
+        try {
+          settle();
+        } finally {
+          out = await running;
+        }
+        trace?.(step, performance.now() - t0);
+        unsettled = sched.apply(step, out.sampled);
         continue;
       }
+      const out = await running;
+      trace?.(step, performance.now() - t0);
       await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
       inFlight.push(step);
     }
+    settle();
     if (inFlight.length) {
       const step = inFlight.shift()!;
       hooks.emit(sched.complete(step, await recvSampled(plane!, step, lastStage0)));
@@ -115,6 +131,7 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
     }
     if (!launched) await hooks.waitForWork();
   }
+  settle();
   // Drain what is still in the pipeline so every rank ends at the same step, then stop them.
   while (inFlight.length) await recvSampled(plane!, inFlight.shift()!, lastStage0);
   if (plane) for (let r = 1; r < world; r++) await plane.send(frame(KIND_STOP, 0), r);

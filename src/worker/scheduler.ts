@@ -21,7 +21,14 @@ interface Seq {
   feed: number[];
   inFlight: boolean;
   cancelled: boolean;
+  /** Its last sampled token ends it (EOS, max tokens): not planned again while that token settles. */
+  ending: boolean;
+  /** Settled as finished (a stop string) while already planned into a later step: dropped silently then. */
+  retired: boolean;
 }
+
+/** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
+export type AppliedStep = { seq: Seq; token: number }[];
 
 export interface PlannedStep {
   seqs: StepSeq[];
@@ -68,7 +75,7 @@ export class Scheduler {
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
     const seq: Seq = { id: sub.requestId, sub, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds],
-      inFlight: false, cancelled: false };
+      inFlight: false, cancelled: false, ending: false, retired: false };
     this.byId.set(seq.id, seq);
     this.waiting.push(seq);
     return null;
@@ -82,6 +89,7 @@ export class Scheduler {
   }
 
   private drop(seq: Seq): void {
+    if (this.byId.get(seq.id) !== seq) return;  // already dropped
     this.alloc.free(seq.id);
     this.byId.delete(seq.id);
     const w = this.waiting.indexOf(seq);
@@ -104,7 +112,7 @@ export class Scheduler {
    */
   next(microBatches: number): PlannedStep | null {
     this.admit();
-    const ready = this.running.filter((s) => !s.inFlight && !s.cancelled);
+    const ready = this.running.filter((s) => !s.inFlight && !s.cancelled && !s.ending && !s.retired);
     if (ready.length === 0) return null;
     const maxSeqs = Math.max(1, Math.ceil(this.running.length / microBatches));
     const decodes = ready.filter((s) => s.feed.length === 1);
@@ -136,30 +144,53 @@ export class Scheduler {
 
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
   complete(step: PlannedStep, sampled: Int32Array): TokenUpdateMsg[] {
-    const updates: TokenUpdateMsg[] = [];
+    return this.settle(this.apply(step, sampled));
+  }
+
+  /**
+   * The cheap half of complete(): positions advance and each sampled token becomes its sequence's
+   * next input, so the following step can be planned and launched at once; a token that ends its
+   * sequence for certain (EOS, max tokens) keeps the sequence out of later steps. settle() does the
+   * detokenizing and reporting, while that step runs.
+   */
+  apply(step: PlannedStep, sampled: Int32Array): AppliedStep {
+    const applied: AppliedStep = [];
     this.inFlight--;
     let j = 0;
     for (const { seq, n, sample } of step.members) {
       seq.inFlight = false;
       seq.pos += n;
       seq.feed.splice(0, n);
-      if (!sample) {
-        if (seq.cancelled) this.drop(seq);
-        continue;
-      }
-      const token = sampled[j++]!;
-      if (seq.cancelled) {
+      const token = sample ? sampled[j++]! : -1;
+      if (seq.cancelled || seq.retired) {
         this.drop(seq);
         continue;
       }
+      if (!sample) continue;
       seq.feed.push(token);
+      const eos = !seq.sub.ignoreEos && this.tokenizer.eosTokenIds.includes(token);
+      if (eos || seq.stop.tokens.length + 1 >= seq.sub.maxTokens) seq.ending = true;
+      applied.push({ seq, token });
+    }
+    return applied;
+  }
+
+  /** Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator. */
+  settle(applied: AppliedStep): TokenUpdateMsg[] {
+    const updates: TokenUpdateMsg[] = [];
+    for (const { seq, token } of applied) {
+      if (seq.cancelled || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
       const before = seq.stop.tokens.length;
       const upd = seq.stop.push(token);
       const fresh = seq.stop.tokens.slice(before);
       this.generated += fresh.length;
       const finish = upd.done ? (upd.finishReason === 'length' ? FINISH_LENGTH : FINISH_STOP) : 0;
       updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before, finishReason: finish, error: '' });
-      if (upd.done) this.drop(seq);
+      if (!upd.done) continue;
+      // Finished by a stop string while its next token is already being computed: that step's
+      // result for it is discarded and its blocks freed when the step completes.
+      if (seq.inFlight) seq.retired = true;
+      else this.drop(seq);
     }
     return updates;
   }

@@ -1,6 +1,7 @@
 // Kernel-level check of the attention launcher (native/src/cuda/attention.cu +
 // attention_prefill.cu) on a GPU, without a model: random q and paged K/V (shuffled block tables),
-// steps mixing prefill tiles, short chunks and decode tokens, MHA and GQA, head_dim 64 and 128,
+// steps mixing prefill tiles, short chunks and decode tokens, MHA and GQA, head_dim 64 and 128
+// (and 256 and 96 through the SIMT kernels only),
 // bf16 and fp16, block sizes 16 and 5. Each step runs twice: split like the engine does (flash
 // tiles + SIMT token list) and SIMT-only; both are compared with a double-precision causal
 // attention on the same rounded inputs (error relative to max |v|). Then times one layer of the
@@ -215,6 +216,8 @@ int main() {
       {"64 decodes through flash, MHA", DType::BF16, 8, 8, 128, 16, decodes(64, 0, 700), true},
       {"decodes + chunk tail through flash, GQA", DType::BF16, 8, 2, 128, 5, {{300, 1}, {0, 200}, {17, 7}, {64, 1}, {0, 1}}, true},
       {"decodes through flash, hd 64 fp16", DType::F16, 12, 4, 64, 16, decodes(16, 100, 900), true},
+      {"head_dim 256: decodes + short chunk (SIMT only)", DType::BF16, 4, 2, 256, 16, {{500, 1}, {0, 9}, {77, 1}, {3000, 1}}},
+      {"head_dim 96 (per-key kernel), GQA 6/2", DType::F16, 6, 2, 96, 5, {{300, 1}, {0, 12}, {41, 1}}},
   };
   bool ok = true;
   std::string json = "{\"cases\":[";

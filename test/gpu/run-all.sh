@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|abbin|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -55,6 +55,13 @@ for s in $steps; do
       for i in 1 2; do for v in NODESPEED_CUDA_ATTN_SPLITS_MAX=16 NODESPEED_CUDA_ATTN_SPLITS_MAX=4 NODESPEED_CUDA_ATTN_SPLITS_MAX=2 \
         NODESPEED_CUDA_ATTN_SPLITS_MAX=1 NODESPEED_CUDA_KV_LAYOUT=head; do
         echo "== b1 $v"; env $v RESULTS_DIR=/tmp/b1ab node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/b1ab.log"; done; done ;;
+    abbin) make_model  # A/B of addon builds in one run: .gpu/nodespeed-<name>.node for each name in $AB_BINS
+                       # (default "base"; "new" is .gpu/nodespeed.node), batch-1 decode and the batch-64 serving step, twice
+      for i in 1 2; do for v in new ${AB_BINS:-base}; do
+        f=.gpu/nodespeed-$v.node; [ $v = new ] && f=.gpu/nodespeed.node; cp "$f" build/Release/nodespeed.node
+        echo "== b1 $v"; RESULTS_DIR=/tmp/abbin node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/abbin.log"
+        echo "== b64 $v"; node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64 2>&1 | tail -1 | tee -a "$OUT/abbin.log"; done; done
+      cp .gpu/nodespeed.node build/Release/nodespeed.node ;;
     parallel) make_model  # issue 5: the 7B comparison with HF through tp 2 (NCCL) and pp 2 on 2 GPUs
       for l in tp2 pp2; do run model-7b-$l node test/gpu/model-7b.mjs "$MODEL" --layout $l; done ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;

@@ -1,12 +1,16 @@
-// Paged-KV causal attention with GQA, the SIMT kernel: decode tokens and short prefill chunks
-// (long prefill chunks go to the tensor-core kernel of attention_prefill.cu, launched from here
-// on the other tokens of the step). Grid (q head, listed token, split): each block handles
-// 1/n_splits of the key positions of one (token, head); its 8 warps take keys round-robin, each
-// keeping an online softmax (running max, sum, and its lanes' slice of the weighted V sum),
-// merged through shared memory. With several splits (flash-decoding, for long
-// contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
+// Paged-KV causal attention with GQA for decode tokens and short prefill chunks (long prefill
+// chunks go to the tensor-core kernel of attention_prefill.cu, launched from here on the other
+// tokens of the step). Grid (q head, listed token, split): each block handles 1/n_splits of the
+// key positions of one (token, head) with an online softmax (running max, sum, weighted V sum) per
+// lane group, merged through shuffles and shared memory. With several splits (flash-decoding, for
+// long contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
 // merges them.
+// Two kernels: attn_vec_kernel for head_dim 64/128/256 (16-byte loads, several keys in flight per
+// lane: a batch-64 decode step is bound by reading K and V), and attn_kernel, the per-key warp
+// loop, for other head dims (and NODESPEED_CUDA_ATTN_VEC=0, for A/B runs).
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
@@ -98,6 +102,115 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   }
 }
 
+// LPK = HD / 8 lanes read one key row (16 bytes each), so a warp covers KPW = 32 / LPK keys per
+// load and each lane has kVecU keys' K and V loads in flight before it uses any: the per-key warp
+// loop above keeps one 512-byte K/V pair in flight per warp and a 5-shuffle reduction between
+// loads, ~70% of copy bandwidth on a batch-64 decode step.
+constexpr int kVecWarps = 4, kVecU = 4;
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, float scale) {
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
+  grid_dependency_wait();
+  const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
+  const int t = a.simt_tokens ? a.simt_tokens[row] : row;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int grp = lane / LPK, sub = lane % LPK;  // this lane's key in the warp, its 8 elements of the row
+  const int nkv = a.nkv, B = a.block_size;
+  const int kh = h / (a.nh / nkv);
+  const int ctx = a.tok_pos[t] + 1;
+  const int chunk = (ctx + a.n_splits - 1) / a.n_splits;
+  const int k0 = split * chunk, k1 = min(ctx, k0 + chunk);
+  const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
+  const T* kc = static_cast<const T*>(a.kcache) + sub * 8;
+  const T* vc = static_cast<const T*>(a.vcache) + sub * 8;
+
+  float qr[8], acc[8];
+  unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
+                                             (size_t)h * HD + sub * 8), qr);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) { qr[e] *= scale; acc[e] = 0.f; }
+  float m = -FLT_MAX, l = 0.f;
+  const int mine = warp * KPW + grp;
+  for (int j0 = k0; j0 < k1; j0 += kVecU * KEYS) {
+    uint4 kr[kVecU], vr[kVecU];
+#pragma unroll
+    for (int u = 0; u < kVecU; ++u) {
+      const int j = j0 + u * KEYS + mine;
+      if (j < k1) {
+        const size_t base = kv_offset(a.kv_head_major, bt[j / B], j % B, kh, nkv, B, HD);
+        kr[u] = __ldg(reinterpret_cast<const uint4*>(kc + base));
+        vr[u] = __ldg(reinterpret_cast<const uint4*>(vc + base));
+      } else {
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float sc[kVecU], mn = m;
+#pragma unroll
+    for (int u = 0; u < kVecU; ++u) {
+      float kf[8], d = 0.f;
+      unpack8<T>(kr[u], kf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) d += qr[e] * kf[e];
+#pragma unroll
+      for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      sc[u] = j0 + u * KEYS + mine < k1 ? d : -FLT_MAX;
+      mn = fmaxf(mn, sc[u]);
+    }
+    const float corr = __expf(m - mn);
+    l *= corr;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] *= corr;
+#pragma unroll
+    for (int u = 0; u < kVecU; ++u) {
+      const float p = sc[u] > -FLT_MAX ? __expf(sc[u] - mn) : 0.f;
+      l += p;
+      const float pr = round_if<T>(a.round_p, p);  // P in the activation dtype before P.V (as attn_kernel)
+      float vf[8];
+      unpack8<T>(vr[u], vf);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[e] += pr * vf[e];
+    }
+    m = mn;
+  }
+  // The warp's KPW key groups hold the same 8 dims per lane: merge them (lanes LPK apart).
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+    const float mo = __shfl_xor_sync(0xffffffffu, m, o), lo = __shfl_xor_sync(0xffffffffu, l, o);
+    const float mx = fmaxf(m, mo), c1 = __expf(m - mx), c2 = __expf(mo - mx);
+    l = l * c1 + lo * c2;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
+    m = mx;
+  }
+  __shared__ float sm[kVecWarps], sl[kVecWarps];
+  __shared__ float sacc[kVecWarps][HD];
+  if (lane == 0) { sm[warp] = m; sl[warp] = l; }
+  if (grp == 0)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = acc[e];
+  __syncthreads();
+  float M = -FLT_MAX;
+#pragma unroll
+  for (int w = 0; w < kVecWarps; ++w) M = fmaxf(M, sm[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < kVecWarps; ++w) L += sl[w] * __expf(sm[w] - M);
+  const size_t th = (size_t)t * a.nh + h;
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < kVecWarps; ++w) o += sacc[w][d] * __expf(sm[w] - M);
+    if (a.n_splits == 1) {
+      static_cast<T*>(a.out)[th * HD + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+    } else {
+      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (HD + 2);
+      ws[2 + d] = o;
+      if (d == 0) { ws[0] = M; ws[1] = L; }
+    }
+  }
+}
+
 template <typename T>
 __global__ void attn_merge_kernel(AttnArgs a) {
   grid_dependency_wait();
@@ -123,11 +236,28 @@ __global__ void attn_merge_kernel(AttnArgs a) {
   }
 }
 
+template <typename T>
+void launch_merge(const AttnArgs& a, cudaStream_t s) {
+  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.n_simt), dim3(128), s, a);
+}
+
 template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
   launch("attention", attn_kernel<T, EPL>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
-  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.n_simt), dim3(128), s, a);
+  launch_merge<T>(a, s);
+}
+
+template <typename T, int HD>
+void launch_vec(const AttnArgs& a, cudaStream_t s) {
+  const dim3 grid(a.nh, a.n_simt, a.n_splits);
+  launch("attention", attn_vec_kernel<T, HD>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
+  launch_merge<T>(a, s);
+}
+
+bool use_vec_kernel() {  // NODESPEED_CUDA_ATTN_VEC=0: the per-key warp loop for every head dim (A/B runs)
+  static const bool on = [] { const char* e = std::getenv("NODESPEED_CUDA_ATTN_VEC"); return !e || std::strcmp(e, "0") != 0; }();
+  return on;
 }
 
 }  // namespace
@@ -141,7 +271,10 @@ void attention(DType act, const AttnArgs& a, cudaStream_t s) {
   if (a.n_simt == 0) return;
   const int epl = (a.hd + 31) / 32;
   NS_DISPATCH_ACT(act, E, {
-    if (epl <= 1) launch<E, 1>(a, s);
+    if (use_vec_kernel() && a.hd == 128) launch_vec<E, 128>(a, s);
+    else if (use_vec_kernel() && a.hd == 64) launch_vec<E, 64>(a, s);
+    else if (use_vec_kernel() && a.hd == 256) launch_vec<E, 256>(a, s);
+    else if (epl <= 1) launch<E, 1>(a, s);
     else if (epl <= 2) launch<E, 2>(a, s);
     else if (epl <= 4) launch<E, 4>(a, s);
     else launch<E, 8>(a, s);

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
@@ -88,13 +89,16 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill
-  // chunks of >= kFlashMinTokens tokens always; the short sequences of a step too (one tile each)
-  // when they make at least flash_decode_min_ (tile, head) blocks, enough to fill the GPU without
-  // flash-decoding splits (NODESPEED_CUDA_FLASH_DECODE_MIN; fewer: the SIMT kernel).
+  // chunks of >= kFlashMinTokens tokens. Decode tokens stay on the SIMT kernels: the vectorised
+  // one reads K/V at 4.25 TB/s on an H200 where a one-row flash tile per decode reads 2.8
+  // (test/gpu/flash-kernel.cu, 64 decodes at contexts 512..767). NODESPEED_CUDA_FLASH_DECODE_MIN=N
+  // still sends the short sequences through flash tiles when they make >= N (tile, head) blocks.
   bool use_flash_ = true;
-  int flash_decode_min_ = 2048;
+  int flash_decode_min_ = std::numeric_limits<int>::max();
   int max_attn_splits_ = 16;  // NODESPEED_CUDA_ATTN_SPLITS_MAX (1..16): for A/B runs of the batch-1 attention
-  bool kv_head_major_ = false;  // NODESPEED_CUDA_KV_LAYOUT=head (kv_layout.h); opt-in until measured on a GPU  // H200, 7B: 64 decodes x 32 heads gain 1%, 32 x 32 lose 4%
+  // NODESPEED_CUDA_KV_LAYOUT=head (kv_layout.h). Measured equal on an H200 (decode layer 4.25 TB/s
+  // in both layouts; batch-64 step 11.9 vs 11.8 ms, batch 1 within noise), so token-major stays.
+  bool kv_head_major_ = false;
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

@@ -80,6 +80,35 @@ inline bool rounds(int site) { return (round_mask() & site) != 0; }
 template <typename T>
 __device__ __forceinline__ float round_if(bool on, float x) { return on ? to_f(from_f<T>(x)) : x; }
 
+// Eight 16-bit elements (one 16-byte load) to fp32.
+__device__ __forceinline__ void unpack8(const uint4& v, float* f, __nv_bfloat16*) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(p[i]);
+    f[2 * i] = t.x; f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ void unpack8(const uint4& v, float* f, __half*) {
+  const __half2* p = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __half22float2(p[i]);
+    f[2 * i] = t.x; f[2 * i + 1] = t.y;
+  }
+}
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float* f) { unpack8(v, f, static_cast<T*>(nullptr)); }
+// Eight fp32 values to one 16-byte pack of the activation dtype.
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  uint4 v;
+  T* p = reinterpret_cast<T*>(&v);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) p[i] = from_f<T>(f[i]);
+  return v;
+}
+
 inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 // Programmatic dependent launch (Hopper+): a kernel may be scheduled while the previous one in the

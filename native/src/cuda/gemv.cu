@@ -12,23 +12,6 @@ namespace {
 
 constexpr int kWarps = 8;
 
-__device__ __forceinline__ void unpack8(const uint4& v, float* f, __nv_bfloat16*) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(p[i]);
-    f[2 * i] = t.x; f[2 * i + 1] = t.y;
-  }
-}
-__device__ __forceinline__ void unpack8(const uint4& v, float* f, __half*) {
-  const __half2* p = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __half22float2(p[i]);
-    f[2 * i] = t.x; f[2 * i + 1] = t.y;
-  }
-}
-
 // KS warps share one output row (interleaved 512-byte chunks, so each warp's loads stay
 // coalesced) when there are too few rows to keep enough loads in flight (o_proj, down_proj);
 // partial sums meet in shared memory. Each lane issues 4 weight loads before using any.

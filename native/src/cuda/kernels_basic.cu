@@ -2,6 +2,7 @@
 // Rounding follows Hugging Face transformers' bf16/fp16 forward op by op (docs/ENGINE.md "CUDA
 // numerics"): every tensor HF materialises in the activation dtype is rounded to it here too, so
 // our logits track HF's own rounding instead of adding an independent one.
+#include <algorithm>
 #include <cstdlib>
 
 #include "cuda/cuda_common.h"
@@ -42,6 +43,19 @@ __global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int
   for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = mine ? to_f(row[i]) : 0.f;
 }
 
+__device__ __forceinline__ float block_sum(float v, float* part) {  // part: 32 floats of shared memory
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    w = warp_sum(w);
+    if (threadIdx.x == 0) part[0] = w;
+  }
+  __syncthreads();
+  return part[0];
+}
+
 template <typename T>
 __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
   grid_dependency_wait();
@@ -50,19 +64,49 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
   __shared__ float part[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(part[0] / H + eps);
+  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
   T* o = out + (size_t)r * H;
   // HF: weight * (x * rsqrt(var + eps)).to(dtype): the normalised row is rounded before the weight.
   for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(round_if<T>(rnd, xr[i] * inv) * w[i]);
+}
+
+// H % 8 == 0 and H <= 8 * kNormVec * blockDim: each thread keeps its kNormVec chunks of 8 values in
+// registers between the sum of squares and the output (one read of the row, 16-byte stores).
+constexpr int kNormVec = 4;
+
+template <typename T>
+__global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
+  grid_dependency_wait();
+  const int r = blockIdx.x, H8 = H / 8;
+  const float4* xr = reinterpret_cast<const float4*>(x + (size_t)(rows ? rows[r] : r) * H);
+  float v[kNormVec][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < kNormVec; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < H8) {
+      const float4 a = xr[2 * i], b = xr[2 * i + 1];
+      v[c][0] = a.x; v[c][1] = a.y; v[c][2] = a.z; v[c][3] = a.w; v[c][4] = b.x; v[c][5] = b.y; v[c][6] = b.z; v[c][7] = b.w;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss += v[c][e] * v[c][e];
+    }
+  }
+  __shared__ float part[32];
+  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  uint4* o = reinterpret_cast<uint4*>(out + (size_t)r * H);
+#pragma unroll
+  for (int c = 0; c < kNormVec; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < H8) {
+      const float4 a = w4[2 * i], b = w4[2 * i + 1];
+      const float wv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      float y[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[e] = round_if<T>(rnd, v[c][e] * inv) * wv[e];
+      o[i] = pack8<T>(y);
+    }
+  }
 }
 
 template <typename T>
@@ -74,6 +118,21 @@ __global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out, bool rnd) {
     const float u = to_f(gu[t * 2 * I + I + j]);
     out[i] = from_f<T>(round_if<T>(rnd, g / (1.f + __expf(-g))) * u);  // HF: act_fn(gate) is a tensor, then * up
   }
+}
+
+// I % 8 == 0: grid (chunks of 8 * 256 columns, token), 16-byte loads and stores, no 64-bit division.
+template <typename T>
+__global__ void swiglu_vec_kernel(const T* gu, int I, T* out, bool rnd) {
+  grid_dependency_wait();
+  const int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= I / 8) return;
+  const uint4* g4 = reinterpret_cast<const uint4*>(gu + (size_t)t * 2 * I);
+  float g[8], u[8], y[8];
+  unpack8<T>(g4[c], g);
+  unpack8<T>(g4[I / 8 + c], u);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) y[e] = round_if<T>(rnd, g[e] / (1.f + __expf(-g[e]))) * u[e];
+  reinterpret_cast<uint4*>(out + (size_t)t * I)[c] = pack8<T>(y);
 }
 
 // residual = round(residual + round(x)): the projection's output and the sum are both tensors of
@@ -123,14 +182,26 @@ void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, 
 void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
              void* out, cudaStream_t s) {
   if (R == 0) return;
-  const int threads = H >= 4096 ? 1024 : H >= 1024 ? 512 : 128;
-  NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_kernel<E>, dim3(R), dim3(threads), s, x, rows, H, w, eps, static_cast<E*>(out), rounds(kRoundNorm)); });
+  const int vec_threads = std::max(32, (int)ceil_div(H / 8, kNormVec * 32) * 32);
+  if (H % 8 == 0 && vec_threads <= 1024) {
+    NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_vec_kernel<E>, dim3(R), dim3(vec_threads), s, x, rows, H, w, eps, static_cast<E*>(out), rounds(kRoundNorm)); });
+  } else {
+    const int threads = H >= 4096 ? 1024 : H >= 1024 ? 512 : 128;
+    NS_DISPATCH_ACT(act, E, { launch("rmsnorm", rmsnorm_kernel<E>, dim3(R), dim3(threads), s, x, rows, H, w, eps, static_cast<E*>(out), rounds(kRoundNorm)); });
+  }
   NS_LAUNCHED("rmsnorm");
 }
 
 void swiglu(DType act, const void* gu, int T, int I, void* out, cudaStream_t s) {
   const size_t n = (size_t)T * I;
   if (n == 0) return;
+  if (I % 8 == 0 && T <= 65535) {
+    NS_DISPATCH_ACT(act, E, {
+      launch("swiglu", swiglu_vec_kernel<E>, dim3(ceil_div(I / 8, 256), T), dim3(256), s, static_cast<const E*>(gu), I, static_cast<E*>(out), rounds(kRoundSilu));
+    });
+    NS_LAUNCHED("swiglu");
+    return;
+  }
   NS_DISPATCH_ACT(act, E, {
     launch("swiglu", swiglu_kernel<E>, dim3(grid_for(n)), dim3(256), s, static_cast<const E*>(gu), I, n, static_cast<E*>(out), rounds(kRoundSilu));
   });
