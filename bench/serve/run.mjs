@@ -5,7 +5,7 @@
 // GPU hosts). Writes bench/results/serve-<device>-<timestamp>.json.
 //
 //   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
-//        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args '--max-batch-tokens 4096']
+//        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args='--max-batch-tokens 4096'] (the = form: the value starts with --)
 // CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -115,8 +115,15 @@ async function concurrent(client) {
   };
 }
 
+// NODESPEED_COMMIT first: a GPU host's copy of the tree may carry a stale .git (test/gpu/run-all.sh sets it).
+function commit() {
+  if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
+  const r = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : 'unknown';
+}
+
 const result = {
-  bench: 'serve', date: new Date().toISOString(), device: a.device, model: a.model,
+  bench: 'serve', date: new Date().toISOString(), commit: commit(), device: a.device, model: a.model,
   // The load average at the start: on a shared machine, other work competes for the cores.
   machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
   command: `node bench/serve/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),

@@ -102,9 +102,12 @@ export async function greedy(engine, ids, n, blockTable) {
   return { tokens: out, lastLogits: first.logits };
 }
 
+// NODESPEED_COMMIT first: the device machine's copy of the tree carries a stale .git, so
+// `git rev-parse` there names an older commit than the one built (run-all.sh sets it from .gpu/COMMIT).
 export function gitCommit() {
+  if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
   try { return execSync('git rev-parse HEAD', { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); }
-  catch { return process.env.NODESPEED_COMMIT ?? 'unknown'; }
+  catch { return 'unknown'; }
 }
 
 export function gpuName() {

@@ -16,6 +16,8 @@ fi
 [ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
 # A snapshot of the addon built here (others rebuild build/ concurrently on the dev machine).
 if [ -f .gpu/nodespeed.node ]; then mkdir -p build/Release && cp .gpu/nodespeed.node build/Release/nodespeed.node; fi
+# The commit the addon in .gpu was built from (written next to it on the dev machine: git rev-parse HEAD > .gpu/COMMIT).
+[ -z "${NODESPEED_COMMIT:-}" ] && [ -f .gpu/COMMIT ] && export NODESPEED_COMMIT=$(cat .gpu/COMMIT)
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 steps=${*:-fixtures tp2 nccl 7b bench profile}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
