@@ -22,6 +22,33 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
 
+// The block's result from its NW warps' online-softmax states in shared memory (max sm[w], sum
+// sl[w], weighted V sums sacc[w * stride + d]): the output row of (token t, head h), or with several
+// splits the partial (M, L, acc) in the workspace for the merge kernel.
+template <typename T, int NW>
+__device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int row, int h, int split, int hd,
+                                                   const float* sm, const float* sl, const float* sacc, int stride) {
+  float M = -FLT_MAX;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) M = fmaxf(M, sm[w]);
+  float L = 0.f;
+#pragma unroll
+  for (int w = 0; w < NW; ++w) L += sl[w] * __expf(sm[w] - M);
+  const size_t th = (size_t)t * a.nh + h;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) o += sacc[w * stride + d] * __expf(sm[w] - M);
+    if (a.n_splits == 1) {
+      static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+    } else {
+      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
+      ws[2 + d] = o;
+      if (d == 0) { ws[0] = M; ws[1] = L; }
+    }
+  }
+}
+
 template <typename T, int EPL>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
   grid_dependency_wait();
@@ -81,25 +108,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
     if (d < hd) sacc[warp][d] = acc[e];
   }
   __syncthreads();
-  float M = -FLT_MAX;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w]);
-  float L = 0.f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) L += sl[w] * __expf(sm[w] - M);
-  const size_t th = (size_t)t * a.nh + h;
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float o = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) o += sacc[w][d] * __expf(sm[w] - M);
-    if (a.n_splits == 1) {
-      static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
-    } else {
-      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
-      ws[2 + d] = o;
-      if (d == 0) { ws[0] = M; ws[1] = L; }
-    }
-  }
+  write_block_result<T, kWarps>(a, t, row, h, split, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
 }
 
 // LPK = HD / 8 lanes read one key row (16 bytes each), so a warp covers KPW = 32 / LPK keys per
@@ -190,25 +199,7 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
 #pragma unroll
     for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = acc[e];
   __syncthreads();
-  float M = -FLT_MAX;
-#pragma unroll
-  for (int w = 0; w < kVecWarps; ++w) M = fmaxf(M, sm[w]);
-  float L = 0.f;
-#pragma unroll
-  for (int w = 0; w < kVecWarps; ++w) L += sl[w] * __expf(sm[w] - M);
-  const size_t th = (size_t)t * a.nh + h;
-  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-    float o = 0.f;
-#pragma unroll
-    for (int w = 0; w < kVecWarps; ++w) o += sacc[w][d] * __expf(sm[w] - M);
-    if (a.n_splits == 1) {
-      static_cast<T*>(a.out)[th * HD + d] = from_f<T>(L > 0.f ? o / L : 0.f);
-    } else {
-      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (HD + 2);
-      ws[2 + d] = o;
-      if (d == 0) { ws[0] = M; ws[1] = L; }
-    }
-  }
+  write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
 }
 
 template <typename T>
