@@ -57,6 +57,7 @@ struct ShardConfig {
   int kv_block_size = 16;       // tokens per KV block
   int kv_blocks = 0;            // 0: backend sizes it (CUDA: from free memory x gpu_memory_fraction)
   float gpu_memory_fraction = 0.9f;
+  int max_step_tokens = 0;      // most tokens one step carries (CUDA: scratch kept free beside the KV cache); 0: 2048
   int device_index = 0;
   int threads = 0;              // CPU: 0 = cores given to the process
 };

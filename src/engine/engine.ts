@@ -22,6 +22,8 @@ export interface EngineLoadOptions {
   threads?: number;
   deviceIndex?: number;
   gpuMemoryFraction?: number;
+  /** Most tokens one step will carry (a server's --max-batch-tokens): CUDA sizes the KV cache around their scratch. */
+  maxStepTokens?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -79,6 +81,7 @@ export class Engine {
       ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
       ...(opts.deviceIndex !== undefined ? { deviceIndex: opts.deviceIndex } : {}),
       ...(opts.gpuMemoryFraction !== undefined ? { gpuMemoryFraction: opts.gpuMemoryFraction } : {}),
+      ...(opts.maxStepTokens !== undefined ? { maxStepTokens: opts.maxStepTokens } : {}),
     };
     const native = new addon.Engine(shard);
     try {

@@ -30,6 +30,8 @@ export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope'> {
   kvBlockSize?: number;
   kvBlocks?: number;
   gpuMemoryFraction?: number;
+  /** Most tokens one step will carry (CUDA keeps their scratch free beside the KV cache); 0: 2048. */
+  maxStepTokens?: number;
   deviceIndex?: number;
   threads?: number;
 }

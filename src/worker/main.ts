@@ -144,6 +144,7 @@ class Worker {
         device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
         layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
         ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
+        ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
         onProgress: (done, total) => this.control.send({ loadProgress: { generation: a.generation, done, total } }),
       });
       this.engineKey = key;

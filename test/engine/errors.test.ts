@@ -58,6 +58,8 @@ describe('native engine loading checks', () => {
     expect(() => new addon.Engine({ ...tiny, rope: { type: 'yarn' as 'default', theta: 1 } })).toThrow(/rope.type/);
     expect(() => new addon.Engine({ ...tiny, hidden: 1.5 })).toThrow(/hidden must be an integer/);
     expect(() => new addon.Engine({ ...tiny, tpSize: 2, vocabEnd: 10 })).toThrow(/vocab shard/);
+    expect(() => new addon.Engine({ ...tiny, maxStepTokens: -1 })).toThrow(/maxStepTokens must be >= 0/);
+    expect(() => new addon.Engine({ ...tiny, maxStepTokens: 8192 })).not.toThrow();
   });
 
   it('a TP shard refuses to step without a communicator', async () => {

@@ -110,6 +110,8 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   c.kv_block_size = Int(o, "kvBlockSize", c.kv_block_size);
   c.kv_blocks = Int(o, "kvBlocks", 0);
   c.gpu_memory_fraction = Float(o, "gpuMemoryFraction", c.gpu_memory_fraction);
+  c.max_step_tokens = Int(o, "maxStepTokens", 0);
+  if (c.max_step_tokens < 0) Bad(o.Env(), "maxStepTokens must be >= 0 (got " + std::to_string(c.max_step_tokens) + ")");
   c.device_index = Int(o, "deviceIndex", 0);
   c.threads = Int(o, "threads", 0);
   return c;

@@ -264,9 +264,11 @@ int CudaBackend::finalize() {
     size_t free_b = 0, total_b = 0;
     NS_CUDA(cudaMemGetInfo(&free_b, &total_b));
     // Budget: fraction of the whole card, less what is already used (weights, scratch, other
-    // processes), less headroom for larger steps' scratch and cuBLAS workspaces.
+    // processes), less headroom for the largest step's scratch (a server's --max-batch-tokens, 8192
+    // by default on CUDA: ~1.1 GB on a 7B) and cuBLAS workspaces.
+    const int step_tokens = std::max(2048, c.max_step_tokens);
     const double budget = c.gpu_memory_fraction * (double)total_b - (double)(total_b - free_b) -
-                          (double)activation_bytes(2048) - 256.0 * (1 << 20);
+                          (double)activation_bytes(step_tokens) - 256.0 * (1 << 20);
     kv_blocks_ = budget > 0 ? static_cast<int>(budget / per_block_all_layers) : 0;
     if (kv_blocks_ < 1)
       throw std::runtime_error("cuda: no GPU memory left for the KV cache after the weights (free " +
