@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|abbin|serveab|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -57,6 +57,8 @@ for s in $steps; do
       for i in 1 2; do for v in NODESPEED_CUDA_ATTN_SPLITS_MAX=16 NODESPEED_CUDA_ATTN_SPLITS_MAX=4 NODESPEED_CUDA_ATTN_SPLITS_MAX=2 \
         NODESPEED_CUDA_ATTN_SPLITS_MAX=1 NODESPEED_CUDA_KV_LAYOUT=head; do
         echo "== b1 $v"; env $v RESULTS_DIR=/tmp/b1ab node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/b1ab.log"; done; done ;;
+    gemmalgos)  # issue 5: cublasGemmEx (today's path) vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs, M 8..128
+      run gemm-algos sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a test/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos && /tmp/gemm-algos > "$0"' "$OUT/gemm-algos.json" ;;
     serveab) make_model  # issue 5's 64-stream workload, no HF: tokens per step 2048 vs the default 8192, and CUDA's eager
                          # module loading (does each first use of a batch size cost 6-10 ms because cuBLAS loads kernels lazily?)
       NODESPEED_STEP_TRACE=$OUT/serve-2048-steps.jsonl run serve-2048 node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --launch-args='--max-batch-tokens 2048' --out "$OUT/serve-2048.json"
