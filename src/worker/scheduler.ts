@@ -186,7 +186,10 @@ export class Scheduler {
       this.generated += fresh.length;
       const finish = upd.done ? (upd.finishReason === 'length' ? FINISH_LENGTH : FINISH_STOP) : 0;
       updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before, finishReason: finish, error: '' });
-      if (!upd.done) continue;
+      if (!upd.done) {
+        seq.ending = false;  // apply()'s guess and the stop checker agree by construction; never strand a sequence if not
+        continue;
+      }
       // Finished by a stop string while its next token is already being computed: that step's
       // result for it is discarded and its blocks freed when the step completes.
       if (seq.inFlight) seq.retired = true;
