@@ -60,9 +60,11 @@ for s in $steps; do
     gemmalgos)  # issue 5: cublasGemmEx (today's path) vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs, M 8..128
       run gemm-algos sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a test/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos && /tmp/gemm-algos > "$0"' "$OUT/gemm-algos.json" ;;
     serveab) make_model  # issue 5's 64-stream workload, no HF: tokens per step 2048 vs the default 8192, and CUDA's eager
-                         # module loading (does each first use of a batch size cost 6-10 ms because cuBLAS loads kernels lazily?)
+                         # module loading and NODESPEED_CUDA_WARMUP=1 vs neither (does each first use of a batch size cost
+                         # 6-10 ms because cuBLAS loads kernels lazily?)
       NODESPEED_STEP_TRACE=$OUT/serve-2048-steps.jsonl run serve-2048 node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --launch-args='--max-batch-tokens 2048' --out "$OUT/serve-2048.json"
       CUDA_MODULE_LOADING=EAGER NODESPEED_STEP_TRACE=$OUT/serve-eager-steps.jsonl run serve-eager node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-eager.json"
+      NODESPEED_CUDA_WARMUP=1 NODESPEED_STEP_TRACE=$OUT/serve-warmup-steps.jsonl run serve-warmup node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-warmup.json"
       NODESPEED_STEP_TRACE=$OUT/serve-lazy-steps.jsonl run serve-lazy node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lazy.json" ;;
     abbin) make_model  # A/B of addon builds in one run: .gpu/nodespeed-<name>.node for each name in $AB_BINS
                        # (default "base"; "new" is .gpu/nodespeed.node), batch-1 decode and the batch-64 serving step, twice

@@ -116,6 +116,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "1") == 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
   if (const char* g = std::getenv("NODESPEED_CUDA_ATTN_SPLITS_MAX")) max_attn_splits_ = std::clamp(std::atoi(g), 1, 16);
   if (const char* g = std::getenv("NODESPEED_CUDA_KV_LAYOUT")) {
@@ -282,8 +283,41 @@ int CudaBackend::finalize() {
     vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
   }
   max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
+  if (warm_gemms_) warm_gemms();
   finalized_ = true;
   return kv_blocks_;
+}
+
+// NODESPEED_CUDA_WARMUP=1 (opt-in until measured: `bash test/gpu/run-all.sh serveab`): runs every
+// cuBLAS GEMM shape of a decode step once for 5..256 rows at load, in the output mode the step uses,
+// so the kernels cuBLAS picks are loaded before the first step of each batch size (CUDA loads
+// modules lazily; on an H200 the first step of each new batch size cost 6-10 ms once). Inputs are
+// zeros; the outputs land in scratch that every step overwrites (the residual stream is rewritten
+// by the embedding or the previous stage's hidden state).
+void CudaBackend::warm_gemms() {
+  const auto& c = cfg_;
+  constexpr int kMaxRows = 256;  // the logits scratch finalize() reserved
+  const int rows = std::min(kMaxRows, cap_tokens_);
+  const bool tp1 = c.tp_size == 1;
+  const int qd = c.n_heads * c.head_dim;
+  const size_t es = dtype_size(act_);
+  NS_CUDA(cudaMemsetAsync(xb_.ptr, 0, es * rows * c.hidden, stream_));
+  NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * rows * qd, stream_));
+  NS_CUDA(cudaMemsetAsync(gu_.ptr, 0, es * rows * 2 * c.intermediate, stream_));
+  const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
+    if (n_layers_ > 0) {
+      const LayerWeights& L = layers_[0];
+      void* into = tp1 ? residual_.ptr : tmp_.ptr;
+      const Out mode = tp1 ? Out::AddResidual : Out::F32;  // row_parallel_into_residual's
+      matmul(xb_.ptr, L.qkv.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+      matmul(attn_.ptr, L.o.ptr, m, c.hidden, qd, into, mode);
+      matmul(xb_.ptr, L.gate_up.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+      matmul(gu_.ptr, L.down.ptr, m, c.hidden, c.intermediate, into, mode, /*swiglu_in=*/true);
+    }
+    if (c.has_head) matmul(xb_.ptr, head, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
+  }
+  NS_CUDA(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_floats) {
@@ -367,7 +401,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

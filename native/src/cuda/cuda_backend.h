@@ -77,6 +77,7 @@ class CudaBackend final : public Backend {
   // Adds the row-parallel projection to the residual stream.
   void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
+  void warm_gemms();  // NODESPEED_CUDA_WARMUP=1 (cuda_backend.cu)
   size_t activation_bytes(int T) const;
 
   ShardConfig cfg_;
@@ -88,6 +89,7 @@ class CudaBackend final : public Backend {
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;
+  bool warm_gemms_ = false;  // NODESPEED_CUDA_WARMUP=1
   // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill
   // chunks of >= kFlashMinTokens tokens. Decode tokens stay on the SIMT kernels: the vectorised
   // one reads K/V at 4.25 TB/s on an H200 where a one-row flash tile per decode reads 2.8
