@@ -25,6 +25,9 @@ interface Seq {
   ending: boolean;
   /** Settled as finished (a stop string) while already planned into a later step: dropped silently then. */
   retired: boolean;
+  /** Its KV block table and seed, fixed at admission (the whole budget is reserved then): built once, not per step. */
+  table?: Int32Array;
+  seed: bigint;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -67,6 +70,12 @@ export class Scheduler {
     const err = (error: string): TokenUpdateMsg => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0, finishReason: 0, error });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
+    let seed: bigint;
+    try {
+      seed = BigInt(sub.seed);
+    } catch {
+      return err(`seed ${JSON.stringify(sub.seed)} is not an integer`);
+    }
     const budget = Math.min(this.contextLength, sub.promptIds.length + sub.maxTokens);
     if (this.alloc.blocksFor(budget) > this.alloc.numBlocks)
       return err(`needs ${this.alloc.blocksFor(budget)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
@@ -75,7 +84,7 @@ export class Scheduler {
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
     const seq: Seq = { id: sub.requestId, sub, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds],
-      inFlight: false, cancelled: false, ending: false, retired: false };
+      inFlight: false, cancelled: false, ending: false, retired: false, seed };
     this.byId.set(seq.id, seq);
     this.waiting.push(seq);
     return null;
@@ -102,6 +111,7 @@ export class Scheduler {
     while (this.waiting.length && this.alloc.canAllocate(this.waiting[0]!.id, this.waiting[0]!.budget)) {
       const seq = this.waiting.shift()!;
       this.alloc.allocate(seq.id, seq.budget);
+      seq.table = this.alloc.table(seq.id);
       this.running.push(seq);
     }
   }
@@ -129,8 +139,8 @@ export class Scheduler {
       seq.inFlight = true;
       const p = seq.sub;
       return {
-        tokens: Int32Array.from(seq.feed.slice(0, n)), pos: seq.pos, blockTable: this.alloc.table(seq.id), sample,
-        temperature: p.temperature, topK: p.topK, topP: p.topP, seed: BigInt(p.seed),
+        tokens: n === 1 ? Int32Array.of(seq.feed[0]!) : Int32Array.from(seq.feed.slice(0, n)), pos: seq.pos, blockTable: seq.table!, sample,
+        temperature: p.temperature, topK: p.topK, topP: p.topP, seed: seq.seed,
       };
     });
     this.steps++;
