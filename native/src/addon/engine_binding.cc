@@ -218,45 +218,57 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   job->tables.resize(n);
   job->in.seqs.resize(n);
   int total_tokens = 0;
-  auto int32s = [&](const Napi::Value& v, const std::string& field, std::vector<int32_t>& dst) {
+  // Field names for messages are built only on error: this loop runs on the JS thread for every
+  // sequence of every step (64+ per step on a GPU), ahead of the GPU's work.
+  auto field = [](uint32_t i, const char* key) { return "step: seqs[" + std::to_string(i) + "]" + (*key ? "." : "") + key; };
+  auto int32s = [&](const Napi::Value& v, uint32_t i, const char* key, std::vector<int32_t>& dst) {
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw Napi::TypeError::New(env, field + " must be an Int32Array");
+      throw Napi::TypeError::New(env, field(i, key) + " must be an Int32Array");
     Napi::Int32Array a = v.As<Napi::Int32Array>();
     dst.assign(a.Data(), a.Data() + a.ElementLength());
   };
+  // Property keys made once per call, not once per sequence and field.
+  const Napi::String k_tokens = Napi::String::New(env, "tokens"), k_table = Napi::String::New(env, "blockTable"),
+                     k_pos = Napi::String::New(env, "pos"), k_seed = Napi::String::New(env, "seed");
+  const Napi::String k_temp = Napi::String::New(env, "temperature"), k_topk = Napi::String::New(env, "topK"),
+                     k_topp = Napi::String::New(env, "topP"), k_sample = Napi::String::New(env, "sample"),
+                     k_all = Napi::String::New(env, "allLogits");
   for (uint32_t i = 0; i < n; ++i) {
-    const std::string f = "step: seqs[" + std::to_string(i) + "]";
-    if (!seqs.Get(i).IsObject()) throw Napi::TypeError::New(env, f + " must be an object");
-    Napi::Object s = seqs.Get(i).As<Napi::Object>();
-    int32s(s.Get("tokens"), f + ".tokens", job->tokens[i]);
-    int32s(s.Get("blockTable"), f + ".blockTable", job->tables[i]);
+    const Napi::Value sv = seqs.Get(i);
+    if (!sv.IsObject()) throw Napi::TypeError::New(env, field(i, "") + " must be an object");
+    Napi::Object s = sv.As<Napi::Object>();
+    int32s(s.Get(k_tokens), i, "tokens", job->tokens[i]);
+    int32s(s.Get(k_table), i, "blockTable", job->tables[i]);
     SeqInput& si = job->in.seqs[i];
     si.tokens = job->tokens[i].data();
     si.n_tokens = static_cast<int>(job->tokens[i].size());
-    Napi::Value pos = s.Get("pos");
-    if (!pos.IsNumber()) throw Napi::TypeError::New(env, f + ".pos must be a number");
+    Napi::Value pos = s.Get(k_pos);
+    if (!pos.IsNumber()) throw Napi::TypeError::New(env, field(i, "pos") + " must be a number");
     si.pos = pos.As<Napi::Number>().Int32Value();
     si.block_table = job->tables[i].data();
     si.n_blocks = static_cast<int>(job->tables[i].size());
-    auto num = [&](const char* key, double def) {
-      Napi::Value v = s.Get(key);
+    auto num = [&](const Napi::String& k, const char* key, double def) {
+      Napi::Value v = s.Get(k);
       if (v.IsUndefined() || v.IsNull()) return def;
-      if (!v.IsNumber()) throw Napi::TypeError::New(env, f + "." + key + " must be a number");
+      if (!v.IsNumber()) throw Napi::TypeError::New(env, field(i, key) + " must be a number");
       return v.As<Napi::Number>().DoubleValue();
     };
-    auto flag = [&](const char* key, bool def) {
-      Napi::Value v = s.Get(key);
+    auto flag = [&](const Napi::String& k, const char* key, bool def) {
+      Napi::Value v = s.Get(k);
       if (v.IsUndefined() || v.IsNull()) return def;
-      if (!v.IsBoolean()) throw Napi::TypeError::New(env, f + "." + key + " must be a boolean");
+      if (!v.IsBoolean()) throw Napi::TypeError::New(env, field(i, key) + " must be a boolean");
       return v.As<Napi::Boolean>().Value();
     };
-    si.sampling.temperature = static_cast<float>(num("temperature", 0));
-    si.sampling.top_k = static_cast<int>(num("topK", 0));
-    si.sampling.top_p = static_cast<float>(num("topP", 1));
-    Napi::Value seed = s.Get("seed");
-    si.sampling.seed = seed.IsUndefined() || seed.IsNull() ? 0 : ParseSeed(seed, f + ".seed");
-    si.sample = flag("sample", true);
-    si.all_logits = flag("allLogits", false);
+    si.sampling.temperature = static_cast<float>(num(k_temp, "temperature", 0));
+    si.sampling.top_k = static_cast<int>(num(k_topk, "topK", 0));
+    si.sampling.top_p = static_cast<float>(num(k_topp, "topP", 1));
+    Napi::Value seed = s.Get(k_seed);
+    // A BigInt that fits needs no message; anything else goes through ParseSeed's checks with one.
+    bool lossless = false;
+    const uint64_t fast = seed.IsBigInt() ? seed.As<Napi::BigInt>().Uint64Value(&lossless) : 0;
+    si.sampling.seed = seed.IsUndefined() || seed.IsNull() ? 0 : lossless ? fast : ParseSeed(seed, field(i, "seed"));
+    si.sample = flag(k_sample, "sample", true);
+    si.all_logits = flag(k_all, "allLogits", false);
     total_tokens += si.n_tokens;
   }
   Napi::Value hidden = req.Get("hiddenIn");
