@@ -18,9 +18,11 @@ import {
 import type { Status } from './helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
-/** Longer streams than elsewhere: the fault must land while both replicas are mid-stream, and a
- * loaded 2-core machine delivers tokens to the test in bursts. */
-const LONG = 128;
+/** Longer streams than elsewhere: the fault must land while replica 0 is mid-stream, and the
+ * replica's generated-token count reaches the test a heartbeat (0.2 s) late. At 128 tokens the 16
+ * streams of a replica took ~0.4 s once the driver overlapped detokenizing with the next step, and
+ * the drop sometimes found them all finished; 384 tokens (prompts of 5-15) stay under py-tiny's 512. */
+const LONG = 384;
 
 let local: GenerateResult[];
 
@@ -31,7 +33,7 @@ beforeAll(async () => {
 /** Runs `body` on a fresh two-host cluster (replica 0 on 127.0.0.2, replica 1 here), then checks no worker is left. */
 async function onTwoHosts(body: (cluster: LaunchedCluster, sshd: SshdHarness) => Promise<void>): Promise<void> {
   await onSshHosts('127.0.0.2 slots=2 device=cpu\nlocalhost slots=2 device=cpu\n', ['--tp', '2', '--heartbeat-interval', '0.2',
-    '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256'], async (cluster, sshd) => {
+    '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '512'], async (cluster, sshd) => {
     expect(cluster.readyLine).toContain('replicas=2');
     await body(cluster, sshd);
   });
