@@ -112,6 +112,13 @@ export function resolveDeviceFlag(d: LaunchFlags['device']): 'cpu' | 'cuda' {
   }
 }
 
+// A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from ~2048
+// tokens on, and larger steps admit more prompts at once, so they start (and finish) decoding
+// together: fewer, fuller decode steps (TensorRT-LLM's max_num_tokens default is 8192 too).
+function maxBatchTokens(f: LaunchFlags, device: 'cpu' | 'cuda'): number {
+  return f.maxBatchTokens ?? (device === 'cuda' ? 8192 : 256);
+}
+
 function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   const lo = readLauncherOptions(raw);
   const config = loadModelConfig(f.model);
@@ -122,15 +129,16 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   const spareSlots = planned.placement.ranks.slice(layout.world);
   let gpuMemory: number | undefined;
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
-  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16, ...(gpuMemory ? { gpuMemory } : {}) });
+  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
+    stepTokens: maxBatchTokens(f, device), ...(gpuMemory ? { gpuMemory } : {}) });
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
     ...describeLayout(layout),
     ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
-    'per-rank memory estimate (weights + KV cache + 256 MiB reserve):'];
+    `per-rank memory estimate (weights + KV cache + one step's scratch at ${maxBatchTokens(f, device)} tokens + 256 MiB reserve):`];
   for (const r of mem.ranks) {
     const p = layout.ranks[r.rank]!;
     out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
-      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
+      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
   }
   process.stdout.write(out.join('\n') + '\n');
   if (mem.problems.length) {
@@ -155,10 +163,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
     return await launchCluster({
       model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
       ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
-      // A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from
-      // ~2048 tokens on, and larger steps admit more prompts at once, so they start (and finish)
-      // decoding together: fewer, fuller decode steps (TensorRT-LLM's max_num_tokens default is 8192 too).
-      maxBatchTokens: f.maxBatchTokens ?? (device === 'cuda' ? 8192 : 256), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
+      maxBatchTokens: maxBatchTokens(f, device), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),

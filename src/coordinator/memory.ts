@@ -1,5 +1,6 @@
 // Per-rank memory estimate for `nodespeed launch --dry-run` (and the check that refuses a layout
-// that does not fit): the rank's weight slices, its KV cache and a fixed working reserve.
+// that does not fit): the rank's weight slices, its KV cache, the scratch of its largest step
+// (--max-batch-tokens tokens) and a fixed working reserve.
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
@@ -10,6 +11,8 @@ export interface RankMemory {
   host: string;
   weightBytes: number;
   kvBytes: number;
+  /** Activations of one step of `stepTokens` tokens (the CUDA backend keeps this much free beside the KV cache). */
+  scratchBytes: number;
   totalBytes: number;
 }
 
@@ -20,7 +23,7 @@ export interface MemoryCheck {
   problems: string[];
 }
 
-const RESERVE = 256 * 2 ** 20; // activations, runtime, allocator slack
+const RESERVE = 256 * 2 ** 20; // runtime, allocator slack
 
 function bytesOf(dtype: string, fallback: string): number {
   const d = dtype === 'auto' ? fallback : dtype;
@@ -52,6 +55,21 @@ export interface MemoryOptions {
   hostMemory?: number;
   /** Bytes other ranks (not in `l`) already use on a host, for cpu: a re-formed replica shares the host's RAM. */
   hostUsedBytes?: Map<string, number>;
+  /** Most tokens one step carries (--max-batch-tokens); 0 or absent: no step scratch counted. */
+  stepTokens?: number;
+}
+
+/**
+ * Activation bytes of one step of `tokens` tokens on a rank of TP degree `tp`: the f32 residual
+ * stream and its partial sums, and the activation-dtype input, q|k|v, attention output, gate|up and
+ * SwiGLU buffers (CudaBackend::activation_bytes).
+ */
+export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, device: 'cpu' | 'cuda'): number {
+  const act = device === 'cpu' ? 4 : 2;
+  const kvHeads = Math.max(1, c.numKvHeads / tp);
+  const qd = (c.numHeads / tp) * c.headDim;
+  const perToken = 8 * c.hiddenSize + act * (c.hiddenSize + qd + 2 * kvHeads * c.headDim + qd + (3 * c.intermediateSize) / tp);
+  return Math.ceil(tokens * perToken);
 }
 
 export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
@@ -64,7 +82,8 @@ export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): Mem
   const ranks = l.ranks.map((p) => {
     const weightBytes = rankWeightParams(c, p, l.tp, l.pp) * wBytes;
     const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
-    return { rank: p.rank, host: p.host, weightBytes, kvBytes, totalBytes: weightBytes + kvBytes + RESERVE };
+    const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
+    return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };
   });
   const budgetBytes = new Map<string, number>();
   const problems: string[] = [];

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 
 import { balanceStages, LayoutError, planLayout } from '../../src/coordinator/layout.js';
-import { estimateMemory } from '../../src/coordinator/memory.js';
+import { estimateMemory, stepScratchBytes } from '../../src/coordinator/memory.js';
 import type { TokenizerLike } from '../../src/engine/index.js';
 import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
@@ -69,6 +69,17 @@ describe('layout', () => {
     expect(m.problems).toEqual([]);
     const small = estimateMemory(llama7b, l, { device: 'cuda', dtype: 'auto', kvBlocks: 1000, kvBlockSize: 16, gpuMemory: 8e9 });
     expect(small.problems[0]).toMatch(/rank 0 on gpu needs ~\d+\.\d GiB, a GPU offers/);
+  });
+
+  it('counts one step of --max-batch-tokens tokens of scratch, as the CUDA backend sizes it', () => {
+    // CudaBackend::activation_bytes for a 7B at tp 1: 8 H + 2 (H + qkv rows + heads x dim + 3 I) = 139,776 bytes a token.
+    expect(stepScratchBytes(llama7b, 1, 8192, 'cuda')).toBe(8192 * 139_776);
+    expect(stepScratchBytes(llama7b, 2, 1, 'cuda')).toBe(8 * 4096 + 2 * (4096 + 6144 + 2048 + 16512));
+    const l = planLayout(llama7b, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 });
+    const o = { device: 'cuda' as const, dtype: 'auto', kvBlocks: 1000, kvBlockSize: 16, gpuMemory: 80e9 };
+    const without = estimateMemory(llama7b, l, o).ranks[0]!, withSteps = estimateMemory(llama7b, l, { ...o, stepTokens: 8192 }).ranks[0]!;
+    expect(without.scratchBytes).toBe(0);
+    expect(withSteps.totalBytes - without.totalBytes).toBe(8192 * 139_776);
   });
 });
 
@@ -140,7 +151,8 @@ describe('nodespeed launch --dry-run', () => {
     expect(ok.status, ok.stderr).toBe(0);
     expect(ok.stdout).toContain('world 4 = 1 replica(s) x pp 2 x tp 2');
     expect(ok.stdout).toMatch(/stage 0 layers 0-2: rank 0 \(tp 0\) @localhost, rank 1 \(tp 1\) @localhost \| stage 1 layers 3-5/);
-    expect(ok.stdout.match(/^ {2}rank \d @localhost .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
+    expect(ok.stdout.match(/^ {2}rank \d @localhost .* step scratch \d+\.\d+ GiB, total \d+\.\d+ GiB$/gm)).toHaveLength(4);
+    expect(ok.stdout).toContain("one step's scratch at 256 tokens");
     const tooBig = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--num_cpu_workers', '2', '--kv-blocks', '100000000', '--dry-run'],
       { encoding: 'utf8', cwd: root });
     expect(tooBig.status).toBe(1);
