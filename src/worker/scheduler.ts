@@ -70,12 +70,6 @@ export class Scheduler {
     const err = (error: string): TokenUpdateMsg => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0, finishReason: 0, error });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
-    let seed: bigint;
-    try {
-      seed = BigInt(sub.seed);
-    } catch {
-      return err(`seed ${JSON.stringify(sub.seed)} is not an integer`);
-    }
     const budget = Math.min(this.contextLength, sub.promptIds.length + sub.maxTokens);
     if (this.alloc.blocksFor(budget) > this.alloc.numBlocks)
       return err(`needs ${this.alloc.blocksFor(budget)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
@@ -84,7 +78,7 @@ export class Scheduler {
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
     const seq: Seq = { id: sub.requestId, sub, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds],
-      inFlight: false, cancelled: false, ending: false, retired: false, seed };
+      inFlight: false, cancelled: false, ending: false, retired: false, seed: BigInt(sub.seed) };  // validated by the coordinator (validate.ts)
     this.byId.set(seq.id, seq);
     this.waiting.push(seq);
     return null;

@@ -18,11 +18,11 @@ constexpr int kWarps = 8;
 template <typename T, int R>
 __device__ __forceinline__ void fma_chunk(const uint4& wv, const T* x, int K, int i, float* acc) {
   float wf[8];
-  unpack8(wv, wf, static_cast<T*>(nullptr));
+  unpack8<T>(wv, wf);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     float xf[8];
-    unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i), xf, static_cast<T*>(nullptr));
+    unpack8<T>(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * K) + i), xf);
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
   }
