@@ -113,6 +113,13 @@ class Communicator {
   virtual void recv(void* buf, size_t bytes, int peer, void* stream) = 0;
   // Makes every pending and future call fail fast (throws) instead of blocking on a dead peer.
   virtual void abort() = 0;
+  // acc[i] += the sum over ranks of part[i] (f32, device buffers) in one kernel, when the comm has
+  // a fused path for a message this size (NcclComm's one-shot P2P collectives); false otherwise,
+  // and nothing was enqueued.
+  virtual bool all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) { return false; }
+  // Bytes per rank up to which all_reduce_sum and all_gather run as plain kernels that a CUDA
+  // graph can capture and replay with no host involvement; 0 when none do.
+  virtual size_t graph_safe_bytes() const { return 0; }
 };
 
 class Backend {

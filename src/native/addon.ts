@@ -74,6 +74,8 @@ export interface NativeComm {
   recv(buf: Uint8Array, peer: number): Promise<void>;
   asyncError(): string | null;
   abort(): void;
+  /** NCCL: "p2p collectives up to N bytes" or why they are off (set by init()); null for TCP. */
+  readonly p2p?: string | null;
   listen?(host: string): Promise<number>;
   connect?(addresses: string[]): Promise<void>;
   init?(): Promise<void>;

@@ -69,6 +69,22 @@ async function rankMain(rank, dir) {
   if (rank === 0) { await comm.send(msg.fill(42), 1); }
   else { await comm.recv(msg, 0); }
   checks.sendRecv = rank === 0 || msg.every((v) => v === 42);
+  // Sizes around the one-shot P2P kernels' limits (native/src/cuda/p2p_collectives.h: 16-byte
+  // multiples up to 2 MiB; 3 rounds each so both buffer parities and the epoch counters turn over),
+  // then one size past the limit and one not a multiple of 16 bytes (both NCCL).
+  checks.p2p = comm.p2p ?? null;
+  checks.p2pSizes = true;
+  for (const n of [4, 4096, 16384, 262144, 524288, 524292, 4101]) {
+    for (let round = 0; round < 3; ++round) {
+      const x = new Float32Array(n).map((_, i) => (rank + 1) * ((i + round) % 13) - 0.5);
+      await comm.allReduce(x);
+      if (!x.every((v, i) => v === 3 * ((i + round) % 13) - 1)) { checks.p2pSizes = false; checks.p2pFailedAt = { n, round }; }
+    }
+  }
+  const g = new Uint8Array(64000).map((_, i) => (i * 31 + rank * 7) & 255);
+  const gathered = new Uint8Array(128000);
+  for (let round = 0; round < 2; ++round) await comm.allGather(g, gathered);
+  checks.p2pGather = gathered.every((v, i) => v === (((i % 64000) * 31 + Math.floor(i / 64000) * 7) & 255));
   // Bus bandwidth of a 64 MB all-reduce (NCCL's busbw = algbw × 2(n-1)/n), host staging included.
   const big = new Float32Array(16 << 20).fill(1);
   await comm.allReduce(big);
@@ -79,9 +95,12 @@ async function rankMain(rank, dir) {
   checks.allReduce64MBms = +(s * 1000).toFixed(2);
   checks.busGBs = +((big.byteLength / s) * (2 * (size - 1) / size) / 1e9).toFixed(2);
   checks.asyncErrorNull = comm.asyncError() === null;
-  // abort() must free a recv that would wait forever (rank 1 never sends).
+  // abort() must free an op that would wait forever: with the P2P kernels on, a small all-reduce
+  // rank 1 never joins (the kernel spins on rank 1's flag until abort); else a recv rank 1 never sends to.
+  checks.abortedOp = /^p2p collectives up to/.test(checks.p2p ?? '') ? 'p2p all-reduce' : 'recv';
   if (rank === 0) {
-    const pending = comm.recv(new Uint8Array(64), 1).then(() => 'resolved', (e) => e.message);
+    const op = checks.abortedOp === 'recv' ? comm.recv(new Uint8Array(64), 1) : comm.allReduce(new Float32Array(4096));
+    const pending = op.then(() => 'resolved', (e) => e.message);
     await sleep(300);
     const t1 = performance.now();
     comm.abort();
@@ -93,7 +112,7 @@ async function rankMain(rank, dir) {
     await sleep(1500);  // stay alive while rank 0 aborts, so the abort is what frees its recv
     comm.abort();
   }
-  const ok = ['f32', 'bf16', 'allGather', 'broadcast', 'sendRecv', 'asyncErrorNull'].every((k) => checks[k]) &&
+  const ok = ['f32', 'bf16', 'allGather', 'broadcast', 'sendRecv', 'p2pSizes', 'p2pGather', 'asyncErrorNull'].every((k) => checks[k]) &&
     (rank !== 0 || checks.abortRejected);
   console.log(JSON.stringify({ rank, ok, ...checks }));
   process.exit(ok ? 0 : 1);

@@ -65,7 +65,8 @@ class Comm : public Napi::ObjectWrap<Comm> {
                         InstanceMethod("send", &Comm::Send), InstanceMethod("recv", &Comm::Recv),
                         InstanceMethod("asyncError", &Comm::AsyncError), InstanceMethod("abort", &Comm::Abort),
                         InstanceAccessor("rank", &Comm::Rank, nullptr), InstanceAccessor("size", &Comm::Size, nullptr),
-                        InstanceAccessor("kind", &Comm::Kind, nullptr)});
+                        InstanceAccessor("kind", &Comm::Kind, nullptr),
+                        InstanceAccessor("p2p", &Comm::P2p, nullptr)});
   }
 
   explicit Comm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Comm>(info) {
@@ -308,6 +309,13 @@ class Comm : public Napi::ObjectWrap<Comm> {
   Napi::Value Rank(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), comm_->rank()); }
   Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), comm_->size()); }
   Napi::Value Kind(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), kind_); }
+  // NCCL: whether small collectives run as one-shot P2P kernels, or why not; null for TCP.
+  Napi::Value P2p(const Napi::CallbackInfo& info) {
+#ifdef NS_WITH_CUDA
+    if (nccl_) return Napi::String::New(info.Env(), nccl_->p2p_status());
+#endif
+    return info.Env().Null();
+  }
 
   std::string kind_;
   std::shared_ptr<Communicator> comm_;

@@ -6,11 +6,14 @@
 #include <cuda_runtime_api.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
 
 #include "common/dl.h"
+#include "cuda/p2p_collectives.h"
 
 namespace ns {
 namespace {
@@ -178,12 +181,44 @@ void NcclComm::init() {
     if (aborted_ && comm_) { lib().CommAbort(comm_); comm_ = nullptr; }
   }
   check(r, "init");
+  if (size_ > 1) setup_p2p();
+}
+
+void NcclComm::setup_p2p() {
+  const char* env = std::getenv("NODESPEED_P2P");
+  if (env && std::strcmp(env, "0") == 0) {
+    p2p_status_ = "p2p collectives off (NODESPEED_P2P=0)";
+    return;
+  }
+  std::string why;
+  std::unique_ptr<cuda::P2pCollectives> p2p;
+  try {
+    p2p = cuda::P2pCollectives::create(rank_, size_, device_, [this](const void* mine, void* all, size_t bytes) {
+      host_all_gather(mine, all, bytes);
+    }, &why);
+  } catch (const std::exception& e) {  // the exchange itself failed: the comm is broken anyway
+    why = e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);  // abort() reads p2p_
+    p2p_ = std::move(p2p);
+    if (aborted_ && p2p_) p2p_->abort();
+  }
+  p2p_status_ = p2p_ ? "p2p collectives up to " + std::to_string(p2p_->max_bytes()) + " bytes"
+                     : "p2p collectives off (" + why + ")";
+  if (rank_ == 0) std::fprintf(stderr, "nodespeed: nccl comm (%d ranks): %s\n", size_, p2p_status_.c_str());
+}
+
+void NcclComm::check_p2p() {
+  std::string err = p2p_->error();
+  if (!err.empty()) fail(err);
 }
 
 void NcclComm::abort() {
   std::lock_guard<std::mutex> lk(mu_);
   if (error_.empty()) error_ = "nccl comm rank " + std::to_string(rank_) + ": aborted";
   aborted_ = true;
+  if (p2p_) p2p_->abort();  // kernels spinning on a dead peer's flag exit
   if (comm_) {
     lib().CommAbort(comm_);
     comm_ = nullptr;
@@ -193,6 +228,10 @@ void NcclComm::abort() {
 std::string NcclComm::async_error() {
   std::lock_guard<std::mutex> lk(mu_);
   if (!error_.empty()) return error_;
+  if (p2p_) {
+    std::string err = p2p_->error();
+    if (!err.empty()) return err;
+  }
   if (!comm_) return "";
   ncclResult_t st = ncclSuccess;
   if (lib().CommGetAsyncError(comm_, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress))
@@ -218,10 +257,29 @@ ns_cudaStream_t NcclComm::pick(void* stream) const {
   } while (0)
 
 void NcclComm::all_reduce_sum(void* buf, size_t count, DType dt, void* stream) {
+  if (p2p_ && stream) {
+    use_device("all_reduce");
+    check_p2p();
+    if (p2p_->all_reduce_sum(buf, count, dt, stream)) return;
+  }
   NS_NCCL_CALL("all_reduce", lib().AllReduce(buf, buf, count, nccl_type(dt), ncclSum, comm_, pick(stream)));
 }
 
+bool NcclComm::all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) {
+  if (!p2p_ || !stream) return false;
+  use_device("all_reduce");
+  check_p2p();
+  return p2p_->all_reduce_add(part, acc, count, stream);
+}
+
+size_t NcclComm::graph_safe_bytes() const { return p2p_ ? p2p_->max_bytes() : 0; }
+
 void NcclComm::all_gather(const void* in, void* out, size_t count, DType dt, void* stream) {
+  if (p2p_ && stream) {
+    use_device("all_gather");
+    check_p2p();
+    if (p2p_->all_gather(in, out, count, dt, stream)) return;
+  }
   NS_NCCL_CALL("all_gather", lib().AllGather(in, out, count, nccl_type(dt), comm_, pick(stream)));
 }
 
@@ -266,7 +324,7 @@ void NcclComm::host_all_reduce_sum(void* buf, size_t count, DType dt) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   ensure_staging(bytes);
   cuda_check(cudaMemcpyAsync(staging_, buf, bytes, cudaMemcpyHostToDevice, s), "copy to device");
-  all_reduce_sum(staging_, count, dt, nullptr);
+  all_reduce_sum(staging_, count, dt, own_stream_);  // a stream: small ones may take the P2P kernels
   cuda_check(cudaMemcpyAsync(buf, staging_, bytes, cudaMemcpyDeviceToHost, s), "copy to host");
   wait_stream("allReduce");
 }
@@ -278,7 +336,9 @@ void NcclComm::host_all_gather(const void* in, void* out, size_t bytes) {
   ensure_staging(bytes * size_t(size_ + 1));
   uint8_t* dev_in = static_cast<uint8_t*>(staging_) + bytes * size_t(size_);
   cuda_check(cudaMemcpyAsync(dev_in, in, bytes, cudaMemcpyHostToDevice, s), "copy to device");
-  NS_NCCL_CALL("allGather", lib().AllGather(dev_in, staging_, bytes, ncclUint8, comm_, own_stream_));
+  // The P2P gather moves bytes; its dtype only sizes them (2-byte elements).
+  if (!(p2p_ && bytes % 2 == 0 && p2p_->all_gather(dev_in, staging_, bytes / 2, DType::BF16, own_stream_)))
+    NS_NCCL_CALL("allGather", lib().AllGather(dev_in, staging_, bytes, ncclUint8, comm_, own_stream_));
   cuda_check(cudaMemcpyAsync(out, staging_, bytes * size_t(size_), cudaMemcpyDeviceToHost, s), "copy to host");
   wait_stream("allGather");
 }

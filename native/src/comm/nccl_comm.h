@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -15,6 +16,7 @@
 #include "engine.h"
 
 namespace ns {
+namespace cuda { class P2pCollectives; }
 
 // "" when libnccl.so.2 can be loaded, else why not (where we looked).
 std::string nccl_unavailable_reason();
@@ -39,6 +41,12 @@ class NcclComm : public Communicator {
   void send(const void* buf, size_t bytes, int peer, void* stream) override;
   void recv(void* buf, size_t bytes, int peer, void* stream) override;
   void abort() override;
+  // Small messages between ranks of one host go through the one-shot P2P kernels
+  // (cuda/p2p_collectives.h) when init() could set them up; NCCL otherwise.
+  bool all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) override;
+  size_t graph_safe_bytes() const override;
+  // "p2p collectives up to N bytes" or why they are off.
+  const std::string& p2p_status() const { return p2p_status_; }
 
   // Host-buffer versions for the JS binding: staged through device memory on the comm's own
   // stream and waited for (polling, abortable).
@@ -56,6 +64,8 @@ class NcclComm : public Communicator {
   void wait_stream(const char* what);               // polls the own stream until done
   void ensure_staging(size_t bytes);
   void use_device(const char* what);
+  void setup_p2p();                                 // end of init(): collective, never throws
+  void check_p2p();                                 // throws what a P2P kernel reported
   [[noreturn]] void fail(const std::string& msg);
   ns_cudaStream_t pick(void* stream) const;
 
@@ -69,6 +79,8 @@ class NcclComm : public Communicator {
   ns_cudaStream_t own_stream_ = nullptr;
   void* staging_ = nullptr;          // device buffer for host_* ops
   size_t staging_bytes_ = 0;
+  std::unique_ptr<cuda::P2pCollectives> p2p_;
+  std::string p2p_status_ = "p2p collectives not set up";
 };
 
 }  // namespace ns

@@ -392,6 +392,9 @@ void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T
     return;
   }
   matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
+  // One kernel sums the ranks' parts into the residual where the comm can (P2P, small steps);
+  // the rounding knob keeps the separate add (it rounds the sum before adding).
+  if (!rounds(kRoundResidual) && comm_->all_reduce_add_f32(tmp_.as<float>(), residual_.as<float>(), n, stream_)) return;
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
   residual_add(act_, residual_.as<float>(), DType::F32, tmp_.ptr, n, stream_);
 }

@@ -69,6 +69,14 @@ class CudaBackend final : public Backend {
   void enqueue_forward(const StepPlan& p, const StepInput& in);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);
+  // tp > 1 decode steps of up to `rows` tokens may be graphs only when each of their collectives
+  // (hidden-row all-reduces, the logits all-gather) runs as a plain kernel (P2P), not NCCL.
+  bool tp_graphable(int rows) const {
+    if (cfg_.tp_size == 1) return true;
+    if (!comm_ || cfg_.hidden % 4 != 0 || vocab_stride_ % 4 != 0) return false;
+    const size_t widest = static_cast<size_t>(rows) * (cfg_.hidden > vocab_stride_ ? cfg_.hidden : vocab_stride_) * 4;
+    return comm_->graph_safe_bytes() >= widest;
+  }
   struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
   Target target_for(const std::string& name) const;
   void expect(const std::string& name) { expected_.insert(name); }

@@ -90,7 +90,7 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
   }
   p.copy_logits = in.want_logits || any_all_logits;
   const bool graphable = use_graphs_ && use_gemv_ && all_decode && all_sample && !any_all_logits && c.has_embedding &&
-                         c.has_head && c.tp_size == 1 && p.S <= 4 && max_blocks_per_seq_ > 0 && c.hidden % 8 == 0 &&
+                         c.has_head && tp_graphable(4) && p.S <= 4 && max_blocks_per_seq_ > 0 && c.hidden % 8 == 0 &&
                          c.intermediate % 8 == 0 && (c.n_heads * c.head_dim) % 8 == 0;
   if (graphable) {  // padded to the bucket: dummy seqs write no KV (slot -1) and are not returned
     p.bucket = p.S <= 1 ? 1 : p.S <= 2 ? 2 : 4;
