@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -73,6 +73,11 @@ for s in $steps; do
         echo "== b1 $v"; RESULTS_DIR=/tmp/abbin node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/abbin.log"
         echo "== b64 $v"; node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64 2>&1 | tail -1 | tee -a "$OUT/abbin.log"; done; done
       cp .gpu/nodespeed.node build/Release/nodespeed.node ;;
+    tpstep) make_model  # issue 5: engine-level decode steps at tp 1 and tp 2 (P2P collectives; NODESPEED_P2P=0: NCCL)
+      run tp-step node bench/tp/tp-step.mjs "$MODEL" --batches 1,64
+      NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
+    servetp) make_model  # bench/serve at tp 1 and 2 without HF (the tp-2 bar's ratio, quicker than `serve`)
+      NODESPEED_STEP_TRACE=$OUT/serve-tp-steps.jsonl run serve-tp node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1,2 --out "$OUT/serve-tp.json" ;;
     parallel) make_model  # issue 5: the 7B comparison with HF through tp 2 (NCCL) and pp 2 on 2 GPUs
       for l in tp2 pp2; do run model-7b-$l node test/gpu/model-7b.mjs "$MODEL" --layout $l; done ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
