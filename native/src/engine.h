@@ -120,6 +120,9 @@ class Communicator {
   // Bytes per rank up to which all_reduce_sum and all_gather run as plain kernels that a CUDA
   // graph can capture and replay with no host involvement; 0 when none do.
   virtual size_t graph_safe_bytes() const { return 0; }
+  // Throws when the comm was aborted or a collective reported a failure: a step whose collectives
+  // were cut short (kernels that gave up waiting for a dead peer) must not return their results.
+  virtual void check_healthy() {}
 };
 
 class Backend {

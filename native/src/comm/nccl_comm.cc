@@ -274,6 +274,11 @@ bool NcclComm::all_reduce_add_f32(const float* part, float* acc, size_t count, v
 
 size_t NcclComm::graph_safe_bytes() const { return p2p_ ? p2p_->max_bytes() : 0; }
 
+void NcclComm::check_healthy() {
+  std::string err = async_error();
+  if (!err.empty()) throw std::runtime_error(err);
+}
+
 void NcclComm::all_gather(const void* in, void* out, size_t count, DType dt, void* stream) {
   if (p2p_ && stream) {
     use_device("all_gather");
@@ -299,7 +304,10 @@ void NcclComm::wait_stream(const char* what) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(own_stream_);
   for (;;) {
     cudaError_t e = cudaStreamQuery(s);
-    if (e == cudaSuccess) return;
+    if (e == cudaSuccess) {  // an op abort() cut short completes too: its result is not one
+      check_healthy();
+      return;
+    }
     if (e != cudaErrorNotReady)
       fail("nccl comm rank " + std::to_string(rank_) + ": " + what + ": " + cudaGetErrorString(e));
     std::string err = async_error();  // a dead peer surfaces here, not as a stuck stream

@@ -45,6 +45,7 @@ class NcclComm : public Communicator {
   // (cuda/p2p_collectives.h) when init() could set them up; NCCL otherwise.
   bool all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) override;
   size_t graph_safe_bytes() const override;
+  void check_healthy() override;  // throws async_error() when it is not ""
   // "p2p collectives up to N bytes" or why they are off.
   const std::string& p2p_status() const { return p2p_status_; }
 

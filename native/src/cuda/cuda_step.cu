@@ -256,6 +256,7 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
     out.hidden_out.resize(n * dtype_size(act_));
     NS_CUDA(cudaMemcpyAsync(out.hidden_out.data(), xb_.ptr, out.hidden_out.size(), cudaMemcpyDeviceToHost, st));
     NS_CUDA(cudaStreamSynchronize(st));
+    if (c.tp_size > 1) comm_->check_healthy();
     return;
   }
   // A padded (graph) step returns only the real sequences' ids and logits.
@@ -267,6 +268,7 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
     NS_CUDA(cudaMemcpyAsync(out.logits.data(), logits_.ptr, 4 * out.logits.size(), cudaMemcpyDeviceToHost, st));
   }
   NS_CUDA(cudaStreamSynchronize(st));
+  if (c.tp_size > 1) comm_->check_healthy();
   const int32_t* ids = static_cast<const int32_t*>(ids_host_.ptr);
   out.sampled.assign(ids, ids + real_ns);
 }
