@@ -117,6 +117,10 @@ class Communicator {
   // a fused path for a message this size (NcclComm's one-shot P2P collectives); false otherwise,
   // and nothing was enqueued.
   virtual bool all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) { return false; }
+  // The same for acc [rows, cols], followed in the same kernel by the residual stream's next
+  // RMSNorm: out = acc / rms(acc) * w, in out_dt. false when the comm has no fused path for it.
+  virtual bool all_reduce_add_rmsnorm(const float* part, float* acc, int rows, int cols, const float* w, float eps,
+                                      DType out_dt, void* out, void* stream) { return false; }
   // Bytes per rank up to which all_reduce_sum and all_gather run as plain kernels that a CUDA
   // graph can capture and replay with no host involvement; 0 when none do.
   virtual size_t graph_safe_bytes() const { return 0; }

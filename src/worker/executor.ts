@@ -12,7 +12,7 @@ import type { Comm } from '../comm/comm.js';
 import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
 import type { AppliedStep, PlannedStep, Scheduler } from './scheduler.js';
 import { stepTracer } from './step-trace.js';
-import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
+import { FRAME_BYTES, INLINE_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
 
 export interface ReplicaPosition {
   stage: number;
@@ -46,8 +46,11 @@ export async function runFollower(engine: Engine, plane: DataPlane, pos: Replica
     const f = readFrame(hdr);
     if (f.kind === KIND_STOP) return;
     if (f.kind !== KIND_STEP) throw new Error(`data plane: unexpected frame kind ${f.kind} from the driver`);
-    const body = new Uint8Array(f.bytes);
-    await plane.recv(body, 0);
+    let body = f.inline;
+    if (!body) {
+      body = new Uint8Array(f.bytes);
+      await plane.recv(body, 0);
+    }
     const meta = decodeStep(body);
     let hiddenIn: Uint8Array | undefined;
     if (prev >= 0) {
@@ -97,13 +100,19 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
       const step = sched.next(pos.pp);
       if (!step) break;
       launched = true;
+      // The metadata sends are queued on the plane's thread (in order) and awaited after this
+      // rank's own step: the followers' copies go out while the driver launches and runs.
+      let sent: Promise<unknown> = Promise.resolve();
       if (plane) {
         const body = encodeStep({ step: sched.steps, seqs: step.seqs });
-        const f = frame(KIND_STEP, body.byteLength);
+        const f = frame(KIND_STEP, body);
+        const sends: Promise<void>[] = [];
         for (let r = 1; r < world; r++) {
-          await plane.send(f, r);
-          await plane.send(body, r);
+          sends.push(plane.send(f, r));
+          if (body.byteLength > INLINE_BYTES) sends.push(plane.send(body, r));
         }
+        sent = Promise.all(sends);
+        sent.catch(() => {});  // awaited below; a failure there rejects the driver loop
       }
       const t0 = trace ? performance.now() : 0;
       const running = watch(() => engine.step({ seqs: step.seqs }));
@@ -114,11 +123,13 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
         } finally {
           out = await running;
         }
+        await sent;
         trace?.(step, performance.now() - t0);
         unsettled = sched.apply(step, out.sampled);
         continue;
       }
       const out = await running;
+      await sent;
       trace?.(step, performance.now() - t0);
       await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
       inFlight.push(step);
@@ -134,5 +145,5 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
   settle();
   // Drain what is still in the pipeline so every rank ends at the same step, then stop them.
   while (inFlight.length) await recvSampled(plane!, inFlight.shift()!, lastStage0);
-  if (plane) for (let r = 1; r < world; r++) await plane.send(frame(KIND_STOP, 0), r);
+  if (plane) for (let r = 1; r < world; r++) await plane.send(frame(KIND_STOP), r);
 }

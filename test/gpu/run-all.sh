@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -76,6 +76,9 @@ for s in $steps; do
     tpstep) make_model  # issue 5: engine-level decode steps at tp 1 and tp 2 (P2P collectives; NODESPEED_P2P=0: NCCL)
       run tp-step node bench/tp/tp-step.mjs "$MODEL" --batches 1,64
       NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
+    tp7b) make_model; run model-7b-tp2 node test/gpu/model-7b.mjs "$MODEL" --layout tp2 ;;
+    servewarm) make_model  # bench/serve at tp 1 with NODESPEED_CUDA_WARMUP=1 (every decode GEMM shape run once at load)
+      NODESPEED_CUDA_WARMUP=1 NODESPEED_STEP_TRACE=$OUT/serve-warmup-steps.jsonl run serve-warmup node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-warmup.json" ;;
     servetp) make_model  # bench/serve at tp 1 and 2 without HF (the tp-2 bar's ratio, quicker than `serve`)
       NODESPEED_STEP_TRACE=$OUT/serve-tp-steps.jsonl run serve-tp node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1,2 --out "$OUT/serve-tp.json" ;;
     parallel) make_model  # issue 5: the 7B comparison with HF through tp 2 (NCCL) and pp 2 on 2 GPUs

@@ -272,6 +272,14 @@ bool NcclComm::all_reduce_add_f32(const float* part, float* acc, size_t count, v
   return p2p_->all_reduce_add(part, acc, count, stream);
 }
 
+bool NcclComm::all_reduce_add_rmsnorm(const float* part, float* acc, int rows, int cols, const float* w, float eps,
+                                      DType out_dt, void* out, void* stream) {
+  if (!p2p_ || !stream) return false;
+  use_device("all_reduce");
+  check_p2p();
+  return p2p_->all_reduce_add_rmsnorm(part, acc, rows, cols, w, eps, out_dt, out, stream);
+}
+
 size_t NcclComm::graph_safe_bytes() const { return p2p_ ? p2p_->max_bytes() : 0; }
 
 void NcclComm::check_healthy() {

@@ -44,6 +44,8 @@ class NcclComm : public Communicator {
   // Small messages between ranks of one host go through the one-shot P2P kernels
   // (cuda/p2p_collectives.h) when init() could set them up; NCCL otherwise.
   bool all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) override;
+  bool all_reduce_add_rmsnorm(const float* part, float* acc, int rows, int cols, const float* w, float eps,
+                              DType out_dt, void* out, void* stream) override;
   size_t graph_safe_bytes() const override;
   void check_healthy() override;  // throws async_error() when it is not ""
   // "p2p collectives up to N bytes" or why they are off.

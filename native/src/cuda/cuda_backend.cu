@@ -385,18 +385,25 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
 // summed over the TP group before joining the residual stream.
-void CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in) {
+bool CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
+                                             const float* next_norm) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
     matmul(x, w, T, cfg_.hidden, K, residual_.ptr, Out::AddResidual, swiglu_in);
-    return;
+    return false;
   }
   matmul(x, w, T, cfg_.hidden, K, tmp_.ptr, Out::F32, swiglu_in);
-  // One kernel sums the ranks' parts into the residual where the comm can (P2P, small steps);
-  // the rounding knob keeps the separate add (it rounds the sum before adding).
-  if (!rounds(kRoundResidual) && comm_->all_reduce_add_f32(tmp_.as<float>(), residual_.as<float>(), n, stream_)) return;
+  // One kernel sums the ranks' parts into the residual (and takes the next RMSNorm along) where
+  // the comm can (P2P, small steps); the rounding knobs keep the separate kernels (they round
+  // between the steps).
+  float* res = residual_.as<float>();
+  if (next_norm && !rounds(kRoundResidual | kRoundNorm) &&
+      comm_->all_reduce_add_rmsnorm(tmp_.as<float>(), res, T, cfg_.hidden, next_norm, cfg_.rms_eps, act_, xb_.ptr, stream_))
+    return true;
+  if (!rounds(kRoundResidual) && comm_->all_reduce_add_f32(tmp_.as<float>(), res, n, stream_)) return false;
   comm_->all_reduce_sum(tmp_.ptr, n, DType::F32, stream_);
-  residual_add(act_, residual_.as<float>(), DType::F32, tmp_.ptr, n, stream_);
+  residual_add(act_, res, DType::F32, tmp_.ptr, n, stream_);
+  return false;
 }
 
 std::string CudaBackend::describe() const {

@@ -83,7 +83,10 @@ class CudaBackend final : public Backend {
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
   // Adds the row-parallel projection to the residual stream.
-  void row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in = false);
+  // residual += x @ w^T summed over TP ranks. With next_norm, true when xb_ also holds
+  // rmsnorm(residual) * next_norm (fused into the all-reduce), so the caller skips that norm.
+  bool row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
+                                  const float* next_norm);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
   void warm_gemms();  // NODESPEED_CUDA_WARMUP=1 (cuda_backend.cu)
   size_t activation_bytes(int T) const;

@@ -201,9 +201,10 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     convert(DType::F32, res, act_, xb_.ptr, (size_t)T * H, st);
   }
   const int qd = c.n_heads * c.head_dim;
+  bool normed = false;  // xb_ already holds this layer's input norm (fused into the last all-reduce)
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, kv_head_major_, st);
@@ -211,10 +212,11 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
                p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP), kv_head_major_};
     attention(act_, a, st);
-    row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd);
-    rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
+      rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-    row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true);
+    const float* next_norm = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
+    normed = row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true, next_norm);
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);

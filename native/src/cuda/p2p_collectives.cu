@@ -136,6 +136,40 @@ __global__ void p2p_reduce_kernel(Call c, int4* buf, float* acc_out) {
   }
 }
 
+// One block per row: acc[row] += sum of the ranks' parts, then out[row] = rmsnorm(acc[row]) * w
+// (the residual stream's next norm, fused: one kernel instead of three per row-parallel layer).
+template <typename T>
+__global__ void p2p_reduce_norm_kernel(Call c, const int4* part, float* acc, const float* w, float eps, T* out, int cols) {
+  const Slot s = begin(c, part);
+  if (!exchange_flags(c, s.epoch)) return;
+  float4* a4 = reinterpret_cast<float4*>(acc);
+  float ss = 0.f;
+  for (size_t v = s.v0 + threadIdx.x; v < s.v1; v += blockDim.x) {
+    float sum[4] = {};
+    for (int p = 0; p < c.world; ++p) add_vec<float>(p == c.rank ? part[v] : peer_vec(c, s, p, v), sum);
+    float4 r = a4[v];
+    r.x += sum[0]; r.y += sum[1]; r.z += sum[2]; r.w += sum[3];
+    a4[v] = r;
+    ss += r.x * r.x + r.y * r.y + r.z * r.z + r.w * r.w;
+  }
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); ++i) total += warp_sums[i];
+  const float inv = rsqrtf(total / cols + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  for (size_t v = s.v0 + threadIdx.x; v < s.v1; v += blockDim.x) {
+    const float4 r = a4[v], g = w4[v - s.v0];
+    T* o = out + 4 * v;
+    o[0] = from_f<T>(r.x * inv * g.x);
+    o[1] = from_f<T>(r.y * inv * g.y);
+    o[2] = from_f<T>(r.z * inv * g.z);
+    o[3] = from_f<T>(r.w * inv * g.w);
+  }
+}
+
 __global__ void p2p_gather_kernel(Call c, const int4* in, int4* out) {
   const Slot s = begin(c, in);
   if (!exchange_flags(c, s.epoch)) return;
@@ -301,6 +335,23 @@ bool P2pCollectives::all_reduce_add(const float* part, float* acc, size_t count,
   const Call c = impl_->call(bytes);
   launch("p2p all_reduce_add", p2p_reduce_kernel<float, true>, dim3(impl_->blocks(c)), dim3(kThreads),
          static_cast<cudaStream_t>(stream), c, reinterpret_cast<int4*>(const_cast<float*>(part)), acc);
+  return true;
+}
+
+bool P2pCollectives::all_reduce_add_rmsnorm(const float* part, float* acc, int rows, int cols, const float* w,
+                                            float eps, DType out_dt, void* out, void* stream) {
+  const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
+  if (rows < 1 || rows > kBlocks || cols % 4 != 0 || row_bytes > kRegionBytes || out_dt == DType::F32 ||
+      !impl_->fits(part, acc, row_bytes * rows) || (reinterpret_cast<uintptr_t>(w) & 15) != 0)
+    return false;
+  Call c = impl_->call(row_bytes * rows);
+  c.vper = row_bytes / 16;  // one block per row
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int4* p = reinterpret_cast<const int4*>(part);
+  if (out_dt == DType::BF16)
+    launch("p2p all_reduce_rmsnorm", p2p_reduce_norm_kernel<__nv_bfloat16>, dim3(rows), dim3(kThreads), s, c, p, acc, w, eps, static_cast<__nv_bfloat16*>(out), cols);
+  else
+    launch("p2p all_reduce_rmsnorm", p2p_reduce_norm_kernel<__half>, dim3(rows), dim3(kThreads), s, c, p, acc, w, eps, static_cast<__half*>(out), cols);
   return true;
 }
 
