@@ -116,7 +116,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "1") == 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
   if (const char* g = std::getenv("NODESPEED_CUDA_ATTN_SPLITS_MAX")) max_attn_splits_ = std::clamp(std::atoi(g), 1, 16);
   if (const char* g = std::getenv("NODESPEED_CUDA_KV_LAYOUT")) {
@@ -288,7 +288,9 @@ int CudaBackend::finalize() {
   return kv_blocks_;
 }
 
-// NODESPEED_CUDA_WARMUP=1 (opt-in until measured: `bash test/gpu/run-all.sh serveab`): runs every
+// On by default (NODESPEED_CUDA_WARMUP=0 turns it off; session 5, H200, 64-stream bench/serve: first
+// batch-64 step 22.0 -> 9.7 ms, the tail steps of 63/48/16 sequences 16.9/18.5/14.0 -> 10.6/10.1/6.4
+// ms, 4,887 -> 4,927 generated tok/s, bench/results/serve-warmup-ab-h200.json). Runs every
 // cuBLAS GEMM shape of a decode step once for 5..256 rows at load, in the output mode the step uses,
 // so the kernels cuBLAS picks are loaded before the first step of each batch size (CUDA loads
 // modules lazily; on an H200 the first step of each new batch size cost 6-10 ms once). Inputs are

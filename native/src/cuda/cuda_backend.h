@@ -88,7 +88,7 @@ class CudaBackend final : public Backend {
   bool row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
                                   const float* next_norm);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
-  void warm_gemms();  // NODESPEED_CUDA_WARMUP=1 (cuda_backend.cu)
+  void warm_gemms();  // at finalize unless NODESPEED_CUDA_WARMUP=0 (cuda_backend.cu)
   size_t activation_bytes(int T) const;
 
   ShardConfig cfg_;
@@ -100,7 +100,7 @@ class CudaBackend final : public Backend {
   int sm_count_ = 0;
   std::string device_name_;
   bool use_gemv_ = true;
-  bool warm_gemms_ = false;  // NODESPEED_CUDA_WARMUP=1
+  bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
   // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill
   // chunks of >= kFlashMinTokens tokens. Decode tokens stay on the SIMT kernels: the vectorised
   // one reads K/V at 4.25 TB/s on an H200 where a one-row flash tile per decode reads 2.8
