@@ -155,8 +155,9 @@ async function runOne(spares, fault) {
   }
 }
 
-let commit = 'unknown';
-try {
+// NODESPEED_COMMIT first: a GPU host's copy of the tree may carry a stale .git (test/gpu/run-all.sh sets it).
+let commit = process.env.NODESPEED_COMMIT ?? 'unknown';
+if (!process.env.NODESPEED_COMMIT) try {
   const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() ? '+dirty' : '';
   commit = execFileSync('git', ['-C', root, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim() + dirty;
 } catch { /* not a git checkout */ }
