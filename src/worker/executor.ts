@@ -7,12 +7,14 @@
 // metadata, receive activations from the previous stage (same TP rank), step, pass activations on;
 // the last stage's TP rank 0 returns the sampled tokens to the driver. Every rank processes the
 // same sequence of micro-batches, so TP collectives inside the engine always pair up.
+// pp = 1 with TP followers plans one step ahead instead (run-ahead.ts).
 import type { Engine } from '../engine/engine.js';
 import type { Comm } from '../comm/comm.js';
 import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
 import type { AppliedStep, PlannedStep, Scheduler } from './scheduler.js';
+import { announce, receiveStep, runAheadEnabled, runDriverAhead, runFollowerAhead } from './run-ahead.js';
 import { stepTracer } from './step-trace.js';
-import { FRAME_BYTES, INLINE_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, frame, readFrame, totalTokens } from './step-codec.js';
+import { FRAME_BYTES, KIND_STOP, frame, totalTokens } from './step-codec.js';
 
 export interface ReplicaPosition {
   stage: number;
@@ -37,21 +39,14 @@ function hiddenBytes(engine: Engine, tokens: number): number {
 
 /** Runs a non-driver rank until the driver sends STOP (resolves) or the data plane fails (rejects). */
 export async function runFollower(engine: Engine, plane: DataPlane, pos: ReplicaPosition, watch: StepRunner = unwatched): Promise<void> {
+  if (pos.pp === 1) return runFollowerAhead(engine, plane, watch);
   const hdr = new Uint8Array(FRAME_BYTES);
   const last = pos.stage === pos.pp - 1;
   const prev = pos.stage > 0 ? localRank({ ...pos, stage: pos.stage - 1 }) : -1;
   const next = last ? -1 : localRank({ ...pos, stage: pos.stage + 1 });
   for (;;) {
-    await plane.recv(hdr, 0);
-    const f = readFrame(hdr);
-    if (f.kind === KIND_STOP) return;
-    if (f.kind !== KIND_STEP) throw new Error(`data plane: unexpected frame kind ${f.kind} from the driver`);
-    let body = f.inline;
-    if (!body) {
-      body = new Uint8Array(f.bytes);
-      await plane.recv(body, 0);
-    }
-    const meta = decodeStep(body);
+    const meta = await receiveStep(plane, hdr);
+    if (!meta) return;
     let hiddenIn: Uint8Array | undefined;
     if (prev >= 0) {
       hiddenIn = new Uint8Array(hiddenBytes(engine, totalTokens(meta.seqs)));
@@ -82,6 +77,7 @@ export interface DriverHooks {
 export async function runDriver(engine: Engine, plane: DataPlane | null, pos: ReplicaPosition, sched: Scheduler,
   hooks: DriverHooks, watch: StepRunner = unwatched): Promise<void> {
   const world = pos.tp * pos.pp;
+  if (plane && pos.pp === 1 && world > 1 && runAheadEnabled()) return runDriverAhead(engine, plane, world, sched, hooks, watch);
   const lastStage0 = (pos.pp - 1) * pos.tp;
   const inFlight: PlannedStep[] = [];
   const trace = stepTracer();
@@ -102,18 +98,7 @@ export async function runDriver(engine: Engine, plane: DataPlane | null, pos: Re
       launched = true;
       // The metadata sends are queued on the plane's thread (in order) and awaited after this
       // rank's own step: the followers' copies go out while the driver launches and runs.
-      let sent: Promise<unknown> = Promise.resolve();
-      if (plane) {
-        const body = encodeStep({ step: sched.steps, seqs: step.seqs });
-        const f = frame(KIND_STEP, body);
-        const sends: Promise<void>[] = [];
-        for (let r = 1; r < world; r++) {
-          sends.push(plane.send(f, r));
-          if (body.byteLength > INLINE_BYTES) sends.push(plane.send(body, r));
-        }
-        sent = Promise.all(sends);
-        sent.catch(() => {});  // awaited below; a failure there rejects the driver loop
-      }
+      const sent = plane ? announce(plane, world, sched.steps, step) : Promise.resolve();
       const t0 = trace ? performance.now() : 0;
       const running = watch(() => engine.step({ seqs: step.seqs }));
       if (pos.pp === 1) {

@@ -19,7 +19,8 @@ interface Seq {
   pos: number;
   /** Tokens still to feed: the prompt (plus replayed output) first, then each sampled token. */
   feed: number[];
-  inFlight: boolean;
+  /** Planned steps not yet applied (2 when run-ahead planned the next one while one runs). */
+  inFlight: number;
   cancelled: boolean;
   /** Its last sampled token ends it (EOS, max tokens): not planned again while that token settles. */
   ending: boolean;
@@ -37,9 +38,17 @@ export interface PlannedStep {
   seqs: StepSeq[];
   members: { seq: Seq; n: number; sample: boolean }[];
   nSample: number;
+  /**
+   * Run-ahead steps (nextAhead): per seq, the index in the previous step's sampled tokens that is
+   * its input token (every rank fills it from its own result), or -1 when `tokens` is complete.
+   */
+  tokenFrom?: Int32Array;
 }
 
 export class QueueFullError extends Error {}
+
+/** A sequence to plan: `skip` feed tokens are taken by the step still running, `left` remain for this one. */
+interface Pick { seq: Seq; skip: number; left: number; from: number }
 
 const RECENT_STEPS = 256;
 
@@ -78,7 +87,7 @@ export class Scheduler {
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
     const seq: Seq = { id: sub.requestId, sub, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds],
-      inFlight: false, cancelled: false, ending: false, retired: false, seed: BigInt(sub.seed) };  // validated by the coordinator (validate.ts)
+      inFlight: 0, cancelled: false, ending: false, retired: false, seed: BigInt(sub.seed) };  // validated by the coordinator (validate.ts)
     this.byId.set(seq.id, seq);
     this.waiting.push(seq);
     return null;
@@ -88,7 +97,7 @@ export class Scheduler {
     const seq = this.byId.get(id);
     if (!seq) return;
     seq.cancelled = true;
-    if (!seq.inFlight) this.drop(seq);
+    if (seq.inFlight === 0) this.drop(seq);
   }
 
   private drop(seq: Seq): void {
@@ -116,34 +125,79 @@ export class Scheduler {
    */
   next(microBatches: number): PlannedStep | null {
     this.admit();
-    const ready = this.running.filter((s) => !s.inFlight && !s.cancelled && !s.ending && !s.retired);
+    const ready = this.ready();
     if (ready.length === 0) return null;
     const maxSeqs = Math.max(1, Math.ceil(this.running.length / microBatches));
-    const decodes = ready.filter((s) => s.feed.length === 1);
-    const prefills = ready.filter((s) => s.feed.length > 1);
-    const members: PlannedStep['members'] = [];
-    let budget = this.maxBatchTokens;
-    for (const s of [...decodes, ...prefills]) {
-      if (members.length >= maxSeqs || budget <= 0) break;
-      const n = Math.min(s.feed.length, budget);
-      budget -= n;
-      members.push({ seq: s, n, sample: n === s.feed.length });
+    const picks: Pick[] = [...ready.filter((s) => s.feed.length === 1), ...ready.filter((s) => s.feed.length > 1)]
+      .map((seq) => ({ seq, skip: 0, left: seq.feed.length, from: -1 }));
+    return this.plan(picks, maxSeqs);
+  }
+
+  /**
+   * Run-ahead planning (pp = 1 with TP followers): the step after `cur`, planned while `cur`
+   * runs so that its metadata reaches the other ranks before they need it. cur's sequences go on
+   * as if none ended: a sampling member decodes cur's sampled token (`tokenFrom`, which every
+   * rank fills in from its own result), a prefill chunk continues with the next prompt tokens.
+   * One that cur's token ends (EOS, a stop string) runs once more and that result is dropped
+   * (retired, as for stop strings); its last allowed token (max tokens) is known now and ends it.
+   * New sequences join after the continuing ones, as in next().
+   */
+  nextAhead(cur: PlannedStep): PlannedStep | null {
+    this.admit();
+    const decodes: Pick[] = [];
+    const prefills: Pick[] = [];
+    let j = 0;
+    for (const m of cur.members) {
+      const from = m.sample ? j++ : -1;
+      const s = m.seq;
+      if (s.cancelled || s.ending || s.retired) continue;
+      if (m.sample) {
+        if (s.stop.tokens.length + 1 < s.sub.maxTokens) decodes.push({ seq: s, skip: m.n, left: 1, from });
+      } else {
+        prefills.push({ seq: s, skip: m.n, left: s.feed.length - m.n, from: -1 });
+      }
     }
-    const seqs: StepSeq[] = members.map(({ seq, n, sample }) => {
-      seq.inFlight = true;
+    const ready = this.ready();
+    decodes.push(...ready.filter((s) => s.feed.length === 1).map((seq) => ({ seq, skip: 0, left: 1, from: -1 })));
+    prefills.push(...ready.filter((s) => s.feed.length > 1).map((seq) => ({ seq, skip: 0, left: seq.feed.length, from: -1 })));
+    if (decodes.length + prefills.length === 0) return null;
+    return this.plan([...decodes, ...prefills], Number.MAX_SAFE_INTEGER);
+  }
+
+  private ready(): Seq[] {
+    return this.running.filter((s) => s.inFlight === 0 && !s.cancelled && !s.ending && !s.retired);
+  }
+
+  /** Takes picks in order up to the token budget and `maxSeqs`; marks them in flight. */
+  private plan(picks: Pick[], maxSeqs: number): PlannedStep {
+    const members: PlannedStep['members'] = [];
+    const seqs: StepSeq[] = [];
+    const from: number[] = [];
+    let budget = this.maxBatchTokens;
+    for (const { seq, skip, left, from: f } of picks) {
+      if (members.length >= maxSeqs || budget <= 0) break;
+      const n = Math.min(left, budget);
+      budget -= n;
+      const sample = n === left;
+      members.push({ seq, n, sample });
+      seq.inFlight++;
       const p = seq.sub;
-      return {
-        tokens: n === 1 ? Int32Array.of(seq.feed[0]!) : Int32Array.from(seq.feed.slice(0, n)), pos: seq.pos, blockTable: seq.table!, sample,
+      seqs.push({
+        tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
+        pos: seq.pos + skip, blockTable: seq.table!, sample,
         temperature: p.temperature, topK: p.topK, topP: p.topP, seed: seq.seed,
-      };
-    });
+      });
+      from.push(f);
+    }
     this.steps++;
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     this.maxStepBatch = Math.max(this.maxStepBatch, seqs.length);
     this.recent.push(seqs.length);
     if (this.recent.length > RECENT_STEPS) this.recent.shift();
-    return { seqs, members, nSample: members.filter((m) => m.sample).length };
+    const step: PlannedStep = { seqs, members, nSample: members.filter((m) => m.sample).length };
+    if (from.some((f) => f >= 0)) step.tokenFrom = Int32Array.from(from);
+    return step;
   }
 
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
@@ -162,14 +216,14 @@ export class Scheduler {
     this.inFlight--;
     let j = 0;
     for (const { seq, n, sample } of step.members) {
-      seq.inFlight = false;
-      seq.pos += n;
-      seq.feed.splice(0, n);
+      seq.inFlight--;
       const token = sample ? sampled[j++]! : -1;
       if (seq.cancelled || seq.retired) {
-        this.drop(seq);
+        if (seq.inFlight === 0) this.drop(seq);  // a run-ahead step still using its blocks drops it later
         continue;
       }
+      seq.pos += n;
+      seq.feed.splice(0, n);
       if (!sample) continue;
       seq.feed.push(token);
       const eos = !seq.sub.ignoreEos && this.tokenizer.eosTokenIds.includes(token);
@@ -196,7 +250,7 @@ export class Scheduler {
       }
       // Finished by a stop string while its next token is already being computed: that step's
       // result for it is discarded and its blocks freed when the step completes.
-      if (seq.inFlight) seq.retired = true;
+      if (seq.inFlight > 0) seq.retired = true;
       else this.drop(seq);
     }
     return updates;

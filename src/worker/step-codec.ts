@@ -14,11 +14,13 @@ export const KIND_STEP = 1;
 export const KIND_STOP = 2;
 
 const MAGIC = 0x4e535450; // 'NSTP'
-const SEQ_WORDS = 9;
+const SEQ_WORDS = 10;
 
 export interface StepMeta {
   step: number;
   seqs: StepSeq[];
+  /** Run-ahead steps: per seq, the index of the previous step's sampled token that is its input, or -1. */
+  tokenFrom?: Int32Array;
 }
 
 export function totalTokens(seqs: StepSeq[]): number {
@@ -58,7 +60,8 @@ export function encodeStep(meta: StepMeta): Uint8Array {
   put(MAGIC);
   put(meta.step);
   put(meta.seqs.length);
-  for (const s of meta.seqs) {
+  meta.seqs.forEach((s, i) => {
+    put(meta.tokenFrom ? meta.tokenFrom[i]! : -1);
     put(s.tokens.length);
     put(s.pos);
     put(s.blockTable.length);
@@ -73,8 +76,19 @@ export function encodeStep(meta: StepMeta): Uint8Array {
     o += 8;
     for (const t of s.tokens) put(t);
     for (const b of s.blockTable) put(b);
-  }
+  });
   return new Uint8Array(buf);
+}
+
+/** Fills a run-ahead step's input tokens from the previous step's sampled ones (same on every rank). */
+export function fillTokens(seqs: StepSeq[], tokenFrom: Int32Array | undefined, prevSampled: Int32Array | null): void {
+  if (!tokenFrom) return;
+  tokenFrom.forEach((f, i) => {
+    if (f < 0) return;
+    if (!prevSampled || f >= prevSampled.length)
+      throw new Error(`step metadata: seq ${i} takes sampled token ${f} of the previous step, which sampled ${prevSampled?.length ?? 0}`);
+    seqs[i]!.tokens[0] = prevSampled[f]!;
+  });
 }
 
 export function decodeStep(buf: Uint8Array): StepMeta {
@@ -89,7 +103,9 @@ export function decodeStep(buf: Uint8Array): StepMeta {
   const step = get();
   const n = get();
   const seqs: StepSeq[] = [];
+  const from = new Int32Array(n);
   for (let i = 0; i < n; i++) {
+    from[i] = get();
     const nTokens = get();
     const pos = get();
     const nBlocks = get();
@@ -108,5 +124,5 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     seqs.push({ tokens, pos, blockTable, sample, topK, temperature, topP, seed });
   }
   if (o !== buf.byteLength) throw new Error(`step metadata: ${buf.byteLength - o} trailing bytes`);
-  return { step, seqs };
+  return from.some((f) => f >= 0) ? { step, seqs, tokenFrom: from } : { step, seqs };
 }

@@ -6,10 +6,12 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { FINISH_LENGTH, FINISH_STOP } from '../../src/coordinator/control-messages.js';
-import type { SubmitMsg } from '../../src/coordinator/control-messages.js';
+import type { SubmitMsg, TokenUpdateMsg } from '../../src/coordinator/control-messages.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
+import type { PlannedStep } from '../../src/worker/scheduler.js';
+import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/worker/step-codec.js';
 import { PY_TINY } from './helpers.js';
 
 let tok: Tokenizer;
@@ -74,5 +76,120 @@ describe('scheduler: apply now, settle later', () => {
     expect(s.settle(a)).toEqual([]);
     expect(s.idle).toBe(true);
     expect(s.load().kvBlocksFree).toBe(total);
+  });
+});
+
+// Run-ahead (pp = 1 with TP followers, src/worker/run-ahead.ts): step N+1 is planned while N runs;
+// its decode inputs are N's sampled tokens, filled in by index once N is done.
+describe('scheduler: planning one step ahead', () => {
+  /** What the driver does once step `cur` finished: apply it, then fill the ahead step's tokens. */
+  function finish(s: Scheduler, cur: PlannedStep, ahead: PlannedStep | null, sampled: number[]): TokenUpdateMsg[] {
+    const out = Int32Array.from(sampled);
+    const applied = s.apply(cur, out);
+    if (ahead) fillTokens(ahead.seqs, ahead.tokenFrom, out);
+    return s.settle(applied);
+  }
+
+  it('decodes take the running step\'s tokens by index at the positions after it; the result equals planning after it', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'a');
+    submit(s, 'b');
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;
+    expect(Array.from(p2.tokenFrom!)).toEqual([0, 1]);
+    expect(p2.seqs.map((q) => q.pos)).toEqual(p1.seqs.map((q) => q.tokens.length));
+    const u1 = finish(s, p1, p2, [700, 701]);
+    expect(u1.map((u) => u.tokenIds)).toEqual([[700], [701]]);
+    expect(p2.seqs.map((q) => q.tokens[0])).toEqual([700, 701]);
+    const p3 = s.nextAhead(p2)!;
+    const u2 = finish(s, p2, p3, [702, 703]);
+    expect(u2.map((u) => [u.requestId, u.index, u.tokenIds])).toEqual([['a', 1, [702]], ['b', 1, [703]]]);
+    expect(p3.seqs.map((q) => [q.pos, q.tokens[0]])).toEqual(p1.seqs.map((q, i) => [q.tokens.length + 1, 702 + i]));
+  });
+
+  it('a sequence that EOS ends runs once more and that result is dropped; the last allowed token is not over-run; blocks come back', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'eos');
+    submit(s, 'len', { maxTokens: 1 });
+    submit(s, 'go', { maxTokens: 3 });
+    const total = s.load().kvBlocksFree;
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;
+    expect(p2.seqs.length).toBe(2);                // 'len' has its one token in p1: not planned again
+    const eos = tok.eosTokenIds[0]!;
+    const u1 = finish(s, p1, p2, [eos, 800, 801]);
+    expect(u1.map((u) => [u.requestId, u.finishReason])).toEqual([['eos', FINISH_STOP], ['len', FINISH_LENGTH], ['go', 0]]);
+    const p3 = s.nextAhead(p2)!;
+    expect(p3.seqs.length).toBe(1);                // only 'go'
+    const u2 = finish(s, p2, p3, [900, 802]);      // 900: eos's extra step, dropped
+    expect(u2.map((u) => [u.requestId, u.tokenIds])).toEqual([['go', [802]]]);
+    expect(s.nextAhead(p3)).toBeNull();            // go's third token is its last
+    const u3 = finish(s, p3, null, [803]);
+    expect(u3.map((u) => [u.requestId, u.finishReason])).toEqual([['go', FINISH_LENGTH]]);
+    expect(s.idle).toBe(true);
+    expect(s.load().kvBlocksFree).toBe(total);
+  });
+
+  it('a prompt longer than the step budget continues chunk by chunk with the right tokens and positions', () => {
+    const s = new Scheduler(64, 16, tok, 4, 16, 512);
+    const prompt = tok.encode('class Stack:\n    def push(self, x):\n');
+    expect(prompt.length).toBeGreaterThan(8);
+    submit(s, 'p', { promptIds: prompt });
+    let cur = s.next(1)!;
+    const seen: number[] = [];
+    for (;;) {
+      const q = cur.seqs[0]!;
+      if (!q.sample) {
+        expect(q.pos).toBe(seen.length);
+        expect(Array.from(q.tokens)).toEqual(prompt.slice(seen.length, seen.length + q.tokens.length));
+      }
+      seen.push(...q.tokens);
+      const ahead = s.nextAhead(cur);
+      finish(s, cur, ahead, [1000 + seen.length]);
+      if (q.sample) {
+        expect(seen.slice(0, prompt.length)).toEqual(prompt);
+        expect(ahead!.tokenFrom![0]).toBe(0);
+        expect(ahead!.seqs[0]!.tokens[0]).toBe(1000 + seen.length);
+        expect(ahead!.seqs[0]!.pos).toBe(prompt.length);
+        break;
+      }
+      cur = ahead!;
+    }
+  });
+
+  it('a stream cancelled while planned into two steps keeps its blocks until the second one is applied', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'c');
+    const total = s.load().kvBlocksFree;
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;
+    s.cancel('c');
+    expect(finish(s, p1, p2, [600])).toEqual([]);
+    expect(s.load().kvBlocksFree).toBeLessThan(total);  // p2 still writes its KV
+    expect(finish(s, p2, null, [601])).toEqual([]);
+    expect(s.idle).toBe(true);
+    expect(s.load().kvBlocksFree).toBe(total);
+  });
+});
+
+describe('step frames', () => {
+  it('small metadata rides inside the fixed frame, larger metadata follows it; tokenFrom survives both', () => {
+    const seq = (n: number, blocks: number) => ({ tokens: Int32Array.from({ length: n }, (_, i) => i + 5), pos: 3,
+      blockTable: Int32Array.from({ length: blocks }, (_, i) => i), sample: true, temperature: 0.5, topK: 7, topP: 0.75, seed: 42n });
+    for (const [nSeqs, inline] of [[2, true], [64, false]] as const) {
+      const seqs = Array.from({ length: nSeqs }, () => seq(1, 40));
+      const tokenFrom = Int32Array.from(seqs, (_, i) => (i % 2 ? i : -1));
+      const body = encodeStep({ step: 9, seqs, tokenFrom });
+      const f = readFrame(frame(KIND_STEP, body));
+      expect(f.kind).toBe(KIND_STEP);
+      expect(f.bytes).toBe(body.byteLength);
+      expect(f.inline !== null).toBe(inline);
+      const meta = decodeStep(f.inline ?? body);
+      expect(meta.step).toBe(9);
+      expect(Array.from(meta.tokenFrom!)).toEqual(Array.from(tokenFrom));
+      expect(meta.seqs[1]).toEqual(seqs[1]);
+    }
+    expect(decodeStep(encodeStep({ step: 1, seqs: [seq(3, 2)] })).tokenFrom).toBeUndefined();
+    expect(() => fillTokens([seq(1, 1)], Int32Array.of(2), Int32Array.of(1))).toThrow(/sampled token 2/);
   });
 });
