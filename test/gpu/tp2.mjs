@@ -39,6 +39,17 @@ for (const [i, c] of ref.cases.entries()) {
     ranksAgree &&= x.sampled[0] === y.sampled[0];
     tokens.push(x.sampled[0]);
   }
+  // Seeded sampling must agree across ranks too: a pp-1 replica's followers feed their own sampled
+  // tokens back (src/worker/run-ahead.ts), so any disagreement would fork the ranks' KV caches.
+  const sampling = { temperature: 0.8, topK: 40, topP: 0.9, seed: 7n };
+  let sampledAgree = true;
+  let last = tokens[15];
+  for (let k = 0; k < 16; k++) {
+    const [x, y] = await both({ seqs: [{ tokens: Int32Array.of(last), pos: c.ids.length + 15 + k, blockTable: bt, ...sampling }] });
+    sampledAgree &&= x.sampled[0] === y.sampled[0];
+    last = x.sampled[0];
+  }
+  ranksAgree &&= sampledAgree;
   let match = 0;
   while (match < 16 && tokens[match] === c.greedy_48[match]) match++;
   const cosTp1 = cosine(a.logits, tp1[i].lastLogits);
