@@ -52,12 +52,16 @@ export function loadEnvFiles(cwd: string = process.cwd(), home: string = homedir
   return { vars, files };
 }
 
-/** NCCL_* variables plus PATH and LD_LIBRARY_PATH, which DeepSpeed forgets to carry to remote hosts. */
+// The engine's A/B knobs (docs/ENGINE.md, docs/SERVING.md): set on the launching host, they reach
+// remote workers as NCCL_* does. Secrets (NODESPEED_AUTH_TOKEN, the job token) are not among them.
+const ENGINE_KNOBS = /^NODESPEED_(CUDA_[A-Z0-9_]+|P2P|P2P_NORM|P2P_TIMEOUT_S|RUN_AHEAD|THREADS|NCCL|CUBLAS)$/;
+
+/** NCCL_* variables, the engine's knobs, PATH and LD_LIBRARY_PATH, which DeepSpeed forgets to carry to remote hosts. */
 export function carriedEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) {
     if (v === undefined) continue;
-    if (k.startsWith('NCCL_') || k === 'PATH' || k === 'LD_LIBRARY_PATH') out[k] = v;
+    if (k.startsWith('NCCL_') || ENGINE_KNOBS.test(k) || k === 'PATH' || k === 'LD_LIBRARY_PATH') out[k] = v;
   }
   return out;
 }

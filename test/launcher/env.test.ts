@@ -30,12 +30,17 @@ describe('env files', () => {
     expect(vars).toEqual({ A: 'home-ds', B: 'home-ns', C: 'cwd-ds', D: 'cwd-ns' });
     expect(files).toHaveLength(4);
   });
-  it('carries NCCL_*, PATH and LD_LIBRARY_PATH only', () => {
-    expect(carriedEnv({ NCCL_DEBUG: 'INFO', NCCL_IB_DISABLE: '1', PATH: '/p', LD_LIBRARY_PATH: '/l', HOME: '/h', SECRET: 's' })).toEqual({
+  it('carries NCCL_*, the engine knobs, PATH and LD_LIBRARY_PATH only (no tokens)', () => {
+    expect(carriedEnv({ NCCL_DEBUG: 'INFO', NCCL_IB_DISABLE: '1', PATH: '/p', LD_LIBRARY_PATH: '/l', HOME: '/h', SECRET: 's',
+      NODESPEED_CUDA_WARMUP: '0', NODESPEED_P2P: '0', NODESPEED_RUN_AHEAD: '0', NODESPEED_AUTH_TOKEN: 't', NODESPEED_JOB_TOKEN: 'j',
+      NODESPEED_P2PX: '1' })).toEqual({
       NCCL_DEBUG: 'INFO',
       NCCL_IB_DISABLE: '1',
       PATH: '/p',
       LD_LIBRARY_PATH: '/l',
+      NODESPEED_CUDA_WARMUP: '0',
+      NODESPEED_P2P: '0',
+      NODESPEED_RUN_AHEAD: '0',
     });
   });
   it('rank variables, and rankInfo reads them back typed', () => {
