@@ -2,6 +2,8 @@
 // sizing, and the matrix-product helpers. The forward step is in cuda_step.cu.
 #include "cuda/cuda_backend.h"
 
+#include <cstdio>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -137,6 +139,10 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   NS_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   if (api_->create(&blas_) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda: cublasCreate failed");
   api_->set_stream(blas_, stream_);
+  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); g && std::strcmp(g, "1") == 0) {
+    lt_ = LtGemm::create(stream_, &why);
+    if (!lt_) std::fprintf(stderr, "nodespeed: NODESPEED_CUDA_LT=1 ignored: %s\n", why.c_str());
+  }
 
   const size_t es = dtype_size(act_), H = c.hidden;
   layers_.resize(n_layers_);
@@ -283,7 +289,7 @@ int CudaBackend::finalize() {
     vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
   }
   max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
-  if (warm_gemms_) warm_gemms();
+  if (warm_gemms_ || lt_) warm_gemms();
   finalized_ = true;
   return kv_blocks_;
 }
@@ -307,6 +313,29 @@ void CudaBackend::warm_gemms() {
   NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * rows * qd, stream_));
   NS_CUDA(cudaMemsetAsync(gu_.ptr, 0, es * rows * 2 * c.intermediate, stream_));
   const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  if (lt_) {  // tuning runs every shape too, so it warms them up as well
+    std::vector<const void*> qkv, o, gate_up, down;
+    for (int l = 0; l < std::min(n_layers_, 4); ++l) {  // 4 layers' copies: past L2 even for o_proj
+      qkv.push_back(layers_[l].qkv.ptr);
+      o.push_back(layers_[l].o.ptr);
+      gate_up.push_back(layers_[l].gate_up.ptr);
+      down.push_back(layers_[l].down.ptr);
+    }
+    NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * rows * c.intermediate, stream_));
+    void* into = tp1 ? residual_.ptr : tmp_.ptr;
+    const Out mode = tp1 ? Out::AddResidual : Out::F32;
+    for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
+      if (n_layers_ > 0) {
+        tune_gemm(qkv, xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+        tune_gemm(o, attn_.ptr, m, c.hidden, qd, into, mode);
+        tune_gemm(gate_up, xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+        tune_gemm(down, act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
+      }
+      if (c.has_head) tune_gemm({head}, xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
+    }
+    NS_CUDA(cudaStreamSynchronize(stream_));
+    return;
+  }
   for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
     if (n_layers_ > 0) {
       const LayerWeights& L = layers_[0];
@@ -378,11 +407,21 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
   // (fp32 residual stream): accumulated into y by cuBLAS (beta 1).
   const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
+  if (lt_ && lt_->run({M, N, K, at, ct, mode == Out::AddResidual}, w, x, y)) return;
   const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
                                           y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error("cuda: cublasGemmEx failed with status " + std::to_string(st) + " (M=" +
                              std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + ")");
+}
+
+void CudaBackend::tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode) {
+  const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
+  const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
+  lt_->tune({M, N, K, at, ct, mode == Out::AddResidual}, weights, x, y, [&](const void* w) {
+    api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta, y, ct, N, CUBLAS_COMPUTE_32F,
+                  CUBLAS_GEMM_DEFAULT);
+  });
 }
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
@@ -413,7 +452,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/cublas_api.h"
+#include "cuda/lt_gemm.h"
 #include "engine.h"
 
 namespace ns::cuda {
@@ -101,6 +102,9 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
+  std::unique_ptr<LtGemm> lt_;  // NODESPEED_CUDA_LT=1: decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h)
+  // Tunes lt_ for one decode GEMM shape on `weights` (the same matrix of several layers).
+  void tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode);
   // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill
   // chunks of >= kFlashMinTokens tokens. Decode tokens stay on the SIMT kernels: the vectorised
   // one reads K/V at 4.25 TB/s on an H200 where a one-row flash tile per decode reads 2.8

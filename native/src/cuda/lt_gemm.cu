@@ -1,0 +1,184 @@
+// LtGemm: see lt_gemm.h. The cuBLASLt declarations are written out (the build has no cuBLAS
+// headers); values are those of cublasLt.h in CUDA 12/13.
+#include "cuda/lt_gemm.h"
+
+#include <cstdint>
+#include <mutex>
+
+#include "common/dl.h"
+
+namespace ns::cuda {
+namespace {
+
+constexpr int kComputeF32 = 68;            // CUBLAS_COMPUTE_32F
+constexpr int kDescTransA = 3;             // CUBLASLT_MATMUL_DESC_TRANSA
+constexpr int kDescTransB = 4;             // CUBLASLT_MATMUL_DESC_TRANSB
+constexpr int kPrefMaxWorkspace = 1;       // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int32_t kOpN = 0, kOpT = 1;
+constexpr size_t kWorkspace = 32u << 20;
+constexpr int kCandidates = 8;
+
+struct Algo { uint64_t data[8]; };           // cublasLtMatmulAlgo_t
+struct Heuristic {                           // cublasLtMatmulHeuristicResult_t
+  Algo algo;
+  size_t workspace_size;
+  int state;
+  float waves;
+  int reserved[4];
+};
+static_assert(sizeof(Heuristic) == 96, "cublasLtMatmulHeuristicResult_t is 96 bytes");
+
+}  // namespace
+
+struct LtGemm::Api {
+  int (*create)(void**) = nullptr;
+  int (*destroy)(void*) = nullptr;
+  int (*desc_create)(void**, int compute, cudaDataType scale) = nullptr;
+  int (*desc_destroy)(void*) = nullptr;
+  int (*desc_set)(void*, int attr, const void* buf, size_t bytes) = nullptr;
+  int (*layout_create)(void**, cudaDataType, uint64_t rows, uint64_t cols, int64_t ld) = nullptr;
+  int (*layout_destroy)(void*) = nullptr;
+  int (*pref_create)(void**) = nullptr;
+  int (*pref_destroy)(void*) = nullptr;
+  int (*pref_set)(void*, int attr, const void* buf, size_t bytes) = nullptr;
+  int (*heuristic)(void* handle, void* desc, void* a, void* b, void* c, void* d, void* pref, int requested, Heuristic* out,
+                   int* returned) = nullptr;
+  int (*matmul)(void* handle, void* desc, const void* alpha, const void* A, void* a, const void* B, void* b, const void* beta,
+                const void* C, void* c, void* D, void* d, const Algo* algo, void* ws, size_t ws_bytes, cudaStream_t) = nullptr;
+  std::string error;
+};
+
+struct LtGemm::Plan {
+  const Api* api = nullptr;
+  void *desc = nullptr, *a = nullptr, *b = nullptr, *c = nullptr;
+  bool use = false;  // false: cublasGemmEx measured faster (or no candidate ran)
+  Algo algo{};
+  ~Plan() {
+    if (desc) api->desc_destroy(desc);
+    for (void* l : {a, b, c})
+      if (l) api->layout_destroy(l);
+  }
+};
+
+namespace {
+
+const LtGemm::Api& lt_api() {
+  static LtGemm::Api api;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const dl::Library lib = dl::open_library("cuBLASLt", "NODESPEED_CUBLASLT", {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"});
+    if (!lib.handle) { api.error = lib.error; return; }
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dl::symbol(lib.handle, name));
+      if (!fn && api.error.empty()) api.error = "cuBLASLt at " + lib.path + " lacks " + name;
+    };
+    sym(api.create, "cublasLtCreate");
+    sym(api.destroy, "cublasLtDestroy");
+    sym(api.desc_create, "cublasLtMatmulDescCreate");
+    sym(api.desc_destroy, "cublasLtMatmulDescDestroy");
+    sym(api.desc_set, "cublasLtMatmulDescSetAttribute");
+    sym(api.layout_create, "cublasLtMatrixLayoutCreate");
+    sym(api.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    sym(api.pref_create, "cublasLtMatmulPreferenceCreate");
+    sym(api.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    sym(api.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    sym(api.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    sym(api.matmul, "cublasLtMatmul");
+  });
+  return api;
+}
+
+}  // namespace
+
+std::unique_ptr<LtGemm> LtGemm::create(cudaStream_t stream, std::string* why) {
+  const Api& api = lt_api();
+  if (!api.error.empty()) {
+    if (why) *why = api.error;
+    return nullptr;
+  }
+  std::unique_ptr<LtGemm> g(new LtGemm());
+  g->api_ = &api;
+  g->stream_ = stream;
+  if (api.create(&g->handle_) != 0) { if (why) *why = "cublasLtCreate failed"; return nullptr; }
+  if (cudaMalloc(&g->workspace_, kWorkspace) != cudaSuccess || cudaEventCreate(&g->e0_) != cudaSuccess ||
+      cudaEventCreate(&g->e1_) != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = "no memory for the cuBLASLt workspace";
+    return nullptr;
+  }
+  return g;
+}
+
+LtGemm::~LtGemm() {
+  plans_.clear();
+  if (handle_) api_->destroy(handle_);
+  if (workspace_) cudaFree(workspace_);
+  if (e0_) cudaEventDestroy(e0_);
+  if (e1_) cudaEventDestroy(e1_);
+}
+
+void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
+                  const std::function<void(const void* w)>& baseline) {
+  if (weights.empty() || plans_.count(key(s))) return;
+  auto p = std::make_unique<Plan>();
+  p->api = api_;
+  const Api& a = *api_;
+  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T, as cublasGemmEx runs it.
+  bool ok = a.desc_create(&p->desc, kComputeF32, CUDA_R_32F) == 0 &&
+            a.desc_set(p->desc, kDescTransA, &kOpT, sizeof kOpT) == 0 && a.desc_set(p->desc, kDescTransB, &kOpN, sizeof kOpN) == 0 &&
+            a.layout_create(&p->a, s.ab, s.K, s.N, s.K) == 0 && a.layout_create(&p->b, s.ab, s.K, s.M, s.K) == 0 &&
+            a.layout_create(&p->c, s.c, s.N, s.M, s.N) == 0;
+  Heuristic res[kCandidates];
+  int n = 0;
+  void* pref = nullptr;
+  if (ok && a.pref_create(&pref) == 0) {
+    ok = a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
+         a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, &n) == 0;
+    a.pref_destroy(pref);
+  }
+  // Mean time of 2 * |weights| runs (each weight copy twice, in turn), after one untimed run.
+  const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
+  const int reps = 2 * static_cast<int>(weights.size());
+  auto time_us = [&](const std::function<bool(const void*)>& run) -> float {
+    if (!run(weights[0])) return -1.f;
+    cudaEventRecord(e0_, stream_);
+    for (int r = 0; r < reps; ++r)
+      if (!run(weights[r % weights.size()])) return -1.f;
+    cudaEventRecord(e1_, stream_);
+    if (cudaEventSynchronize(e1_) != cudaSuccess) { cudaGetLastError(); return -1.f; }
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, e0_, e1_);
+    return 1000.f * ms / reps;
+  };
+  const float base = time_us([&](const void* w) { baseline(w); return true; });
+  float best = base;
+  for (int i = 0; ok && i < n; ++i) {
+    if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
+    const float t = time_us([&](const void* w) {
+      return a.matmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &res[i].algo, workspace_, kWorkspace,
+                      stream_) == 0;
+    });
+    if (t > 0.f && t < 0.98f * best) {  // a 2% margin: ties stay with cublasGemmEx
+      best = t;
+      p->algo = res[i].algo;
+      p->use = true;
+    }
+  }
+  plans_[key(s)] = std::move(p);
+}
+
+bool LtGemm::run(const Shape& s, const void* w, const void* x, void* y) {
+  const auto it = plans_.find(key(s));
+  if (it == plans_.end() || !it->second->use) return false;
+  const Plan& p = *it->second;
+  const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
+  return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace_, kWorkspace, stream_) == 0;
+}
+
+std::string LtGemm::summary() const {
+  size_t used = 0;
+  for (const auto& [k, p] : plans_) used += p->use;
+  return "cuBLASLt for " + std::to_string(used) + " of " + std::to_string(plans_.size()) + " tuned GEMM shapes";
+}
+
+}  // namespace ns::cuda

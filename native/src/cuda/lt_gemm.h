@@ -1,0 +1,59 @@
+// Decode-sized GEMMs (5..256 rows) through cuBLASLt with an algorithm measured on this GPU, opt-in
+// with NODESPEED_CUDA_LT=1 until a serving A/B says it pays. cublasGemmEx's default choice reads a 7B's
+// weights at ~65% of copy bandwidth in a batch-64 decode step (H200, bench/results/gemm-algos-h200.json:
+// 4.94 ms of GEMMs a step); the best of cuBLASLt's heuristic candidates per shape measured 4.70 ms.
+// At load, for every decode GEMM shape and row count, each candidate (and cublasGemmEx itself) is
+// timed on weights rotated through several layers (past L2); the fastest Lt algorithm is kept only
+// where it beats cublasGemmEx. libcublasLt is dlopen'ed like libcublas (NODESPEED_CUBLASLT).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <library_types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace ns::cuda {
+
+class LtGemm {
+ public:
+  // y[M, N] = x[M, K] · w[N, K]^T (+ y when accumulate), inputs of type `ab`, y of type `c`.
+  struct Shape {
+    int M, N, K;
+    cudaDataType ab, c;
+    bool accumulate;
+  };
+  // nullptr, with `why`, when libcublasLt cannot be loaded or set up.
+  static std::unique_ptr<LtGemm> create(cudaStream_t stream, std::string* why);
+  ~LtGemm();
+
+  // Times every heuristic candidate for `s` on `weights` (copies of the same-shaped matrix, used
+  // in turn) against `baseline` (runs today's cublasGemmEx on the weights given); keeps the
+  // fastest candidate when it beats the baseline. x and y are scratch of the right size.
+  void tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
+            const std::function<void(const void* w)>& baseline);
+  // Enqueues the tuned algorithm for `s`; false (nothing enqueued) when there is none.
+  bool run(const Shape& s, const void* w, const void* x, void* y);
+  // "Lt for k of n tuned shapes" (describe()).
+  std::string summary() const;
+
+  struct Api;
+  struct Plan;
+
+ private:
+  LtGemm() = default;
+  using Key = std::tuple<int, int, int, int, int, bool>;
+  static Key key(const Shape& s) { return {s.M, s.N, s.K, static_cast<int>(s.ab), static_cast<int>(s.c), s.accumulate}; }
+  const Api* api_ = nullptr;
+  void* handle_ = nullptr;
+  void* workspace_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+  std::map<Key, std::unique_ptr<Plan>> plans_;  // tuned shapes; a plan without an algorithm: cublasGemmEx won
+};
+
+}  // namespace ns::cuda
