@@ -79,9 +79,10 @@ for s in $steps; do
     ab6) make_model  # session 5's unmeasured switches, each beside the default in one visit: the tp-2 run-ahead
                      # replica loop (NODESPEED_RUN_AHEAD=0 turns it off), the fused all-reduce + RMSNorm kernel
                      # (NODESPEED_P2P_NORM=1), cuBLASLt decode GEMMs with measured algorithms (NODESPEED_CUDA_LT=1)
-      for v in default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1; do
+      tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1"
+      for v in $vs; do
         e=; [ $v = default ] || e=$v
-        env $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1,2 --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
+        env $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
       done
       NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json" ;;
     tp7b) make_model; run model-7b-tp2 node test/gpu/model-7b.mjs "$MODEL" --layout tp2 ;;
