@@ -1,4 +1,5 @@
-// Host emulation of the CUDA flash prefill kernel's fragment layouts and pipeline (flash_emu.cc):
+// Host emulations of the CUDA tensor-core kernels' fragment layouts and pipelines (flash_emu.cc,
+// skinny_emu.cc):
 // compiled with the system C++ compiler and run; skipped where there is none.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -11,20 +12,30 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cxx = process.env.CXX ?? 'g++';
 const haveCxx = spawnSync(cxx, ['--version'], { stdio: 'ignore' }).status === 0;
 
+function compileAndRun(source: string, expected: string): void {
+  const dir = mkdtempSync(join(tmpdir(), 'ptx-emu-'));
+  try {
+    const exe = join(dir, 'emu');
+    const cc = spawnSync(cxx, ['-O2', '-std=c++17', `-I${join(root, 'native', 'src')}`, join(root, 'test', 'flash-emu', source), '-o', exe],
+      { encoding: 'utf8' });
+    expect(cc.stderr).toBe('');
+    expect(cc.status).toBe(0);
+    const run = spawnSync(exe, [], { encoding: 'utf8' });
+    expect(run.stdout).toContain(expected);
+    expect(run.status).toBe(0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('skinny decode GEMM emulation', () => {
+  it.skipIf(!haveCxx)('matches a double-precision X·W^T for 1..64 rows, split-K and not, both cp.async orders', () => {
+    compileAndRun('skinny_emu.cc', 'skinny emulation: all ok');
+  });
+});
+
 describe('flash prefill kernel emulation', () => {
   it.skipIf(!haveCxx)('matches a double-precision causal attention on paged, GQA, mixed steps', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'flash-emu-'));
-    try {
-      const exe = join(dir, 'flash_emu');
-      const cc = spawnSync(cxx, ['-O2', '-std=c++17', `-I${join(root, 'native', 'src')}`,
-        join(root, 'test', 'flash-emu', 'flash_emu.cc'), '-o', exe], { encoding: 'utf8' });
-      expect(cc.stderr).toBe('');
-      expect(cc.status).toBe(0);
-      const run = spawnSync(exe, [], { encoding: 'utf8' });
-      expect(run.stdout).toContain('flash emulation: all ok');
-      expect(run.status).toBe(0);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    compileAndRun('flash_emu.cc', 'flash emulation: all ok');
   });
 });

@@ -78,13 +78,19 @@ for s in $steps; do
       NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
     ab6) make_model  # session 5's unmeasured switches, each beside the default in one visit: the tp-2 run-ahead
                      # replica loop (NODESPEED_RUN_AHEAD=0 turns it off), the fused all-reduce + RMSNorm kernel
-                     # (NODESPEED_P2P_NORM=1), cuBLASLt decode GEMMs with measured algorithms (NODESPEED_CUDA_LT=1)
+                     # (NODESPEED_P2P_NORM=1), cuBLASLt decode GEMMs with measured algorithms (NODESPEED_CUDA_LT=1),
+                     # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1)
       tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1"
       for v in $vs; do
         e=; [ $v = default ] || e=$v
         env $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
       done
-      NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json" ;;
+      NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json"
+      # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1): correctness against cuBLAS in the engine, the
+      # batch-64 serving step, then the 64-stream run
+      run skinny-check node test/gpu/skinny-check.mjs "$MODEL"
+      for v in 0 1; do NODESPEED_CUDA_SKINNY=$v run batch-step-skinny$v node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
+      NODESPEED_CUDA_SKINNY=1 NODESPEED_STEP_TRACE=$OUT/serve-skinny-steps.jsonl run serve-skinny node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-skinny.json" ;;
     tp7b) make_model; run model-7b-tp2 node test/gpu/model-7b.mjs "$MODEL" --layout tp2 ;;
     servewarm) make_model  # bench/serve at tp 1 with NODESPEED_CUDA_WARMUP=1 (every decode GEMM shape run once at load)
       NODESPEED_CUDA_WARMUP=1 NODESPEED_STEP_TRACE=$OUT/serve-warmup-steps.jsonl run serve-warmup node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-warmup.json" ;;

@@ -139,6 +139,10 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   NS_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   if (api_->create(&blas_) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda: cublasCreate failed");
   api_->set_stream(blas_, stream_);
+  if (const char* g = std::getenv("NODESPEED_CUDA_SKINNY"); g && std::strcmp(g, "1") == 0) {
+    use_skinny_ = true;
+    skinny_ws_.reserve(24u << 20);  // split-K partials: <= 16 slices x 64 rows x 4096 fp32 and the like (skinny_gemm.cu)
+  }
   if (const char* g = std::getenv("NODESPEED_CUDA_LT"); g && std::strcmp(g, "1") == 0) {
     lt_ = LtGemm::create(stream_, &why);
     if (!lt_) std::fprintf(stderr, "nodespeed: NODESPEED_CUDA_LT=1 ignored: %s\n", why.c_str());
@@ -393,9 +397,9 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
     swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
     x = act_mlp_.ptr;
   }
+  const GemvOut out = mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddResidual;
   if (use_gemv_ && M <= 4 && K % 8 == 0) {
-    gemv(act_, w, x, M, N, K, y, mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddResidual,
-         stream_);
+    gemv(act_, w, x, M, N, K, y, out, stream_);
     return;
   }
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // the projection in the activation dtype, then the rounded add
@@ -407,6 +411,9 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
   // (fp32 residual stream): accumulated into y by cuBLAS (beta 1).
   const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
+  if (use_skinny_ &&
+      skinny_gemm(act_, x, w, M, N, K, y, out, skinny_ws_.as<float>(), skinny_ws_.bytes, sm_count_, stream_))
+    return;
   if (lt_ && lt_->run({M, N, K, at, ct, mode == Out::AddResidual}, w, x, y)) return;
   const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
                                           y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -452,7 +459,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_skinny_ ? ", skinny gemm" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

@@ -102,6 +102,8 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
+  bool use_skinny_ = false;     // NODESPEED_CUDA_SKINNY=1: decode GEMMs of <= 64 rows on our tensor-core kernel (skinny_gemm.cu)
+  DeviceBuffer skinny_ws_;      // its split-K partials
   std::unique_ptr<LtGemm> lt_;  // NODESPEED_CUDA_LT=1: decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h)
   // Tunes lt_ for one decode GEMM shape on `weights` (the same matrix of several layers).
   void tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode);

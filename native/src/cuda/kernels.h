@@ -71,6 +71,11 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
 enum class GemvOut { Act, F32, AddResidual };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
+// y[M, N] = x[M, K] · W[N, K]^T on tensor cores for 1 <= M <= 64 (skinny_gemm.cu); false, with
+// nothing enqueued, when the shape does not fit (N % 128, K % 64, alignment, `ws` too small for the
+// split-K partials).
+bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, void* y, GemvOut mode, float* ws,
+                 size_t ws_bytes, int sm_count, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.
