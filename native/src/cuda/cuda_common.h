@@ -124,12 +124,14 @@ __device__ __forceinline__ void grid_dependency_wait() {
 
 bool pdl_enabled();  // cuda_backend.cu: env switch and compute capability >= 9.0 (cached)
 
+// launch() with `smem` bytes of dynamic shared memory.
 template <typename... KArgs, typename... Args>
-void launch(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+void launch_smem(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                 Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -137,6 +139,11 @@ void launch(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, c
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
+
+template <typename... KArgs, typename... Args>
+void launch(const char* what, void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+  launch_smem(what, kernel, grid, block, 0, s, std::forward<Args>(args)...);
 }
 
 }  // namespace ns::cuda

@@ -136,18 +136,8 @@ void launch_skinny(const T* x, const T* w, int M, int N, int K, int splits, int 
                                 static_cast<int>(smem_bytes<T, MT>())) == cudaSuccess;
   }();
   if (!configured) throw std::runtime_error("cuda: skinny_gemm: cannot reserve shared memory");
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(N / kTileN, splits);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem_bytes<T, MT>();
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, skinny_gemm_kernel<T, MT>, x, w, M, N, K, k_per_split, splits > 1 ? part : nullptr, y, mode),
-        "skinny_gemm");
+  launch_smem("skinny_gemm", skinny_gemm_kernel<T, MT>, dim3(N / kTileN, splits), dim3(kThreads), smem_bytes<T, MT>(), s, x, w,
+              M, N, K, k_per_split, splits > 1 ? part : nullptr, y, mode);
 }
 
 }  // namespace
