@@ -13,6 +13,7 @@
 // kernel), the activations after. One K slice writes Y directly in the output mode; several write
 // fp32 partials that skinny_reduce_kernel sums in slice order (deterministic).
 #include <algorithm>
+#include <atomic>
 
 #include "cuda/cuda_common.h"
 #include "cuda/flash_layout.h"
@@ -131,11 +132,17 @@ __global__ void skinny_reduce_kernel(const float* __restrict__ part, int splits,
 template <typename T, int MT>
 void launch_skinny(const T* x, const T* w, int M, int N, int K, int splits, int k_per_split, float* part, void* y,
                    GemvOut mode, cudaStream_t s) {
-  static const bool configured = [] {  // > 48 KB of dynamic shared memory needs the opt-in
-    return cudaFuncSetAttribute(skinny_gemm_kernel<T, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(smem_bytes<T, MT>())) == cudaSuccess;
-  }();
-  if (!configured) throw std::runtime_error("cuda: skinny_gemm: cannot reserve shared memory");
+  // > 48 KB of dynamic shared memory needs the opt-in, once per device (one process may drive several).
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  check(cudaGetDevice(&dev), "skinny_gemm: cudaGetDevice");
+  const uint64_t bit = 1ull << (dev & 63);
+  if (!(configured.load() & bit)) {
+    check(cudaFuncSetAttribute(skinny_gemm_kernel<T, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem_bytes<T, MT>())),
+          "skinny_gemm: reserving shared memory");
+    configured.fetch_or(bit);
+  }
   launch_smem("skinny_gemm", skinny_gemm_kernel<T, MT>, dim3(N / kTileN, splits), dim3(kThreads), smem_bytes<T, MT>(), s, x, w,
               M, N, K, k_per_split, splits > 1 ? part : nullptr, y, mode);
 }
