@@ -68,7 +68,10 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane, tp: numbe
     if (!cur) {
       const step = sched.next(1);
       if (!step) {
-        settle();
+        if (unsettled) {  // settling may end sequences and free the KV blocks a queued request waits for
+          settle();
+          continue;
+        }
         await hooks.waitForWork();
         continue;
       }
