@@ -134,6 +134,8 @@ for (const tp of tps) {
   const client = new NodespeedClient(c.address);
   try {
     result.batch1[`tp${tp}`] = await batch1(client);
+    // What each rank's engine runs (kernels, collectives, switches), as it described itself at Ready.
+    result.batch1[`tp${tp}`].engines = (await client.clusterStatus()).workers.map((w) => w.engine);
     console.error(`tp=${tp}: batch-1 decode ${result.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
     if (tp === 1) {
       result.concurrent = await concurrent(client);

@@ -63,6 +63,8 @@ export interface WorkerStatusMsg {
   layerEnd: number;
   lastHeartbeatMsAgo: number;
   loadProgress: number;
+  /** The engine's description once ready ("" before). */
+  engine: string;
 }
 
 export interface ReplicaStatusMsg {

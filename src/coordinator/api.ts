@@ -168,6 +168,7 @@ export class InferenceApi {
           state: w?.state ?? none, device: w?.join.device?.kind ?? '', layerStart: p.layerStart, layerEnd: p.layerEnd,
           lastHeartbeatMsAgo: w ? now - w.lastHeartbeat : -1,
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
+          engine: w?.describe ?? '',
         };
       }),
       ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 }, spares: 0 }),

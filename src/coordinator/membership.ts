@@ -240,8 +240,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
         w.state = 'ready';
         w.kvBlocks = m.ready.kvBlocks;
         w.kvBlockSize = m.ready.kvBlockSize;
+        w.describe = m.ready.describe.slice(0, 1000);
         w.loadDone = w.loadTotal = Math.max(w.loadTotal, 1);
-        this.o.log(`coordinator: rank ${w.rank} ready (${m.ready.describe})`);
+        this.o.log(`coordinator: rank ${w.rank} ready (${w.describe})`);
         this.emit('progress', ...this.progress());
         this.maybeStart(this.replicas[w.plan.replica]!);
         return;

@@ -16,6 +16,8 @@ export class WorkerConn {
   loadTotal = 0;
   kvBlocks = 0;
   kvBlockSize = 0;
+  /** The engine's description from its Ready message (bounded: it comes from the worker). */
+  describe = '';
   lostReason = '';
   /** It spoke after it was declared lost, and was told it cannot rejoin. */
   toldLost = false;

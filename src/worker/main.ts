@@ -155,8 +155,9 @@ class Worker {
     const engine = this.engine;
     if (gen.aborted) throw new Error(`generation ${a.generation} aborted while loading`);
     if (tpComm) engine.setTpComm(tpComm.native);
+    const p2p = tpComm?.native.p2p;  // NCCL: whether the one-shot P2P collectives are on, or why not
     this.control.send({ ready: { generation: a.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
-      describe: engine.describe() } });
+      describe: engine.describe() + (p2p ? `; tp comm: ${p2p}` : '') } });
     const start = await started;
     this.served = true;
     const watch = <T>(run: () => Promise<T>) => this.health.step(run);

@@ -250,6 +250,7 @@ describe('serving py-tiny with tp=2', () => {
     s.workers.forEach((w, i) => {
       expect(w).toMatchObject({ rank: i, replica: 0, stage: 0, tpRank: i, host: 'localhost', state: 'serving' });
       expect(w.pid).toBeGreaterThan(0);
+      expect(w.engine).toMatch(new RegExp(`^cpu.*tp ${i}/2`));  // the engine's own description, from its Ready
     });
     const human = spawnSync(process.execPath, [BIN, 'status', '--server', cluster.address], { encoding: 'utf8' });
     expect(human.stdout).toMatch(/RANK\s+REPLICA\s+STAGE\s+TP/);
