@@ -209,9 +209,12 @@ void NcclComm::setup_p2p() {
   if (rank_ == 0) std::fprintf(stderr, "nodespeed: nccl comm (%d ranks): %s\n", size_, p2p_status_.c_str());
 }
 
-void NcclComm::check_p2p() {
+bool NcclComm::p2p_ready(const char* what, void* stream) {
+  if (!p2p_ || !stream) return false;  // host ops pass no stream: NCCL on the own stream
+  use_device(what);
   std::string err = p2p_->error();
   if (!err.empty()) fail(err);
+  return true;
 }
 
 void NcclComm::abort() {
@@ -257,27 +260,18 @@ ns_cudaStream_t NcclComm::pick(void* stream) const {
   } while (0)
 
 void NcclComm::all_reduce_sum(void* buf, size_t count, DType dt, void* stream) {
-  if (p2p_ && stream) {
-    use_device("all_reduce");
-    check_p2p();
-    if (p2p_->all_reduce_sum(buf, count, dt, stream)) return;
-  }
+  if (p2p_ready("all_reduce", stream) && p2p_->all_reduce_sum(buf, count, dt, stream)) return;
   NS_NCCL_CALL("all_reduce", lib().AllReduce(buf, buf, count, nccl_type(dt), ncclSum, comm_, pick(stream)));
 }
 
 bool NcclComm::all_reduce_add_f32(const float* part, float* acc, size_t count, void* stream) {
-  if (!p2p_ || !stream) return false;
-  use_device("all_reduce");
-  check_p2p();
-  return p2p_->all_reduce_add(part, acc, count, stream);
+  return p2p_ready("all_reduce", stream) && p2p_->all_reduce_add(part, acc, count, stream);
 }
 
 bool NcclComm::all_reduce_add_rmsnorm(const float* part, float* acc, int rows, int cols, const float* w, float eps,
                                       DType out_dt, void* out, void* stream) {
-  if (!p2p_ || !stream) return false;
-  use_device("all_reduce");
-  check_p2p();
-  return p2p_->all_reduce_add_rmsnorm(part, acc, rows, cols, w, eps, out_dt, out, stream);
+  return p2p_ && p2p_->fuses_norm() && p2p_ready("all_reduce", stream) &&
+         p2p_->all_reduce_add_rmsnorm(part, acc, rows, cols, w, eps, out_dt, out, stream);
 }
 
 size_t NcclComm::graph_safe_bytes() const { return p2p_ ? p2p_->max_bytes() : 0; }
@@ -288,11 +282,7 @@ void NcclComm::check_healthy() {
 }
 
 void NcclComm::all_gather(const void* in, void* out, size_t count, DType dt, void* stream) {
-  if (p2p_ && stream) {
-    use_device("all_gather");
-    check_p2p();
-    if (p2p_->all_gather(in, out, count, dt, stream)) return;
-  }
+  if (p2p_ready("all_gather", stream) && p2p_->all_gather(in, out, count, dt, stream)) return;
   NS_NCCL_CALL("all_gather", lib().AllGather(in, out, count, nccl_type(dt), comm_, pick(stream)));
 }
 

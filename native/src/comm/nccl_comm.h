@@ -68,7 +68,7 @@ class NcclComm : public Communicator {
   void ensure_staging(size_t bytes);
   void use_device(const char* what);
   void setup_p2p();                                 // end of init(): collective, never throws
-  void check_p2p();                                 // throws what a P2P kernel reported
+  bool p2p_ready(const char* what, void* stream);   // P2P set up and a stream given; throws what a P2P kernel reported
   [[noreturn]] void fail(const std::string& msg);
   ns_cudaStream_t pick(void* stream) const;
 

@@ -315,42 +315,30 @@ void CudaBackend::warm_gemms() {
   const size_t es = dtype_size(act_);
   NS_CUDA(cudaMemsetAsync(xb_.ptr, 0, es * rows * c.hidden, stream_));
   NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * rows * qd, stream_));
-  NS_CUDA(cudaMemsetAsync(gu_.ptr, 0, es * rows * 2 * c.intermediate, stream_));
+  NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * rows * c.intermediate, stream_));
   const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
-  if (lt_) {  // tuning runs every shape too, so it warms them up as well
-    std::vector<const void*> qkv, o, gate_up, down;
-    for (int l = 0; l < std::min(n_layers_, 4); ++l) {  // 4 layers' copies: past L2 even for o_proj
-      qkv.push_back(layers_[l].qkv.ptr);
-      o.push_back(layers_[l].o.ptr);
-      gate_up.push_back(layers_[l].gate_up.ptr);
-      down.push_back(layers_[l].down.ptr);
-    }
-    NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * rows * c.intermediate, stream_));
-    void* into = tp1 ? residual_.ptr : tmp_.ptr;
-    const Out mode = tp1 ? Out::AddResidual : Out::F32;
-    for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
-      if (n_layers_ > 0) {
-        tune_gemm(qkv, xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-        tune_gemm(o, attn_.ptr, m, c.hidden, qd, into, mode);
-        tune_gemm(gate_up, xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-        tune_gemm(down, act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
-      }
-      if (c.has_head) tune_gemm({head}, xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
-    }
-    NS_CUDA(cudaStreamSynchronize(stream_));
-    return;
+  std::vector<const void*> qkv, o, gate_up, down;
+  for (int l = 0; l < std::min(n_layers_, 4); ++l) {  // the tuner rotates 4 layers' copies: past L2 even for o_proj
+    qkv.push_back(layers_[l].qkv.ptr);
+    o.push_back(layers_[l].o.ptr);
+    gate_up.push_back(layers_[l].gate_up.ptr);
+    down.push_back(layers_[l].down.ptr);
   }
+  void* into = tp1 ? residual_.ptr : tmp_.ptr;
+  const Out mode = tp1 ? Out::AddResidual : Out::F32;  // row_parallel_into_residual's
+  // Each shape once: tuned with NODESPEED_CUDA_LT=1 (which runs it too), else just run.
+  auto each = [&](const std::vector<const void*>& ws, const void* x, int m, int N, int K, void* y, Out out) {
+    if (lt_) tune_gemm(ws, x, m, N, K, y, out);
+    else matmul(x, ws[0], m, N, K, y, out);
+  };
   for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
     if (n_layers_ > 0) {
-      const LayerWeights& L = layers_[0];
-      void* into = tp1 ? residual_.ptr : tmp_.ptr;
-      const Out mode = tp1 ? Out::AddResidual : Out::F32;  // row_parallel_into_residual's
-      matmul(xb_.ptr, L.qkv.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-      matmul(attn_.ptr, L.o.ptr, m, c.hidden, qd, into, mode);
-      matmul(xb_.ptr, L.gate_up.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-      matmul(gu_.ptr, L.down.ptr, m, c.hidden, c.intermediate, into, mode, /*swiglu_in=*/true);
+      each(qkv, xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+      each(o, attn_.ptr, m, c.hidden, qd, into, mode);
+      each(gate_up, xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+      each(down, act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);  // x: SwiGLU's output buffer
     }
-    if (c.has_head) matmul(xb_.ptr, head, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
+    if (c.has_head) each({head}, xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
   }
   NS_CUDA(cudaStreamSynchronize(stream_));
 }

@@ -315,6 +315,19 @@ std::unique_ptr<P2pCollectives> P2pCollectives::create(int rank, int size, int d
 
 size_t P2pCollectives::max_bytes() const { return kParityBytes; }
 
+// Opt-in (NODESPEED_P2P_NORM=1) until measured faster: the first version (256 threads looping over
+// a row: 4 dependent NVLink round trips for a 4096-wide row) made the batch-1 tp-2 step 3.31 ms vs
+// 3.05 ms with the unfused kernels (session 5, H200 x2, bench/tp/tp-step.mjs). This one gives each
+// thread one 16-byte vector (1024 threads for 4096), so a row's peer loads are all in flight at
+// once; not yet run on a GPU.
+bool P2pCollectives::fuses_norm() const {
+  static const bool enabled = [] {
+    const char* e = std::getenv("NODESPEED_P2P_NORM");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return enabled;
+}
+
 bool P2pCollectives::all_reduce_sum(void* buf, size_t count, DType dt, void* stream) {
   const size_t bytes = count * dtype_size(dt);
   if (!impl_->fits(buf, buf, bytes)) return false;
@@ -344,16 +357,7 @@ bool P2pCollectives::all_reduce_add_rmsnorm(const float* part, float* acc, int r
   if (rows < 1 || rows > kBlocks || cols % 4 != 0 || row_bytes > kRegionBytes || out_dt == DType::F32 ||
       !impl_->fits(part, acc, row_bytes * rows) || (reinterpret_cast<uintptr_t>(w) & 15) != 0)
     return false;
-  // Opt-in (NODESPEED_P2P_NORM=1) until measured faster: the first version (256 threads looping
-  // over a row: 4 dependent NVLink round trips for a 4096-wide row) made the batch-1 tp-2 step
-  // 3.31 ms vs 3.05 ms with the unfused kernels (session 5, H200 x2, bench/tp/tp-step.mjs). This
-  // one gives each thread one 16-byte vector (1024 threads for 4096), so a row's peer loads are
-  // all in flight at once; not yet run on a GPU.
-  static const bool enabled = [] {
-    const char* e = std::getenv("NODESPEED_P2P_NORM");
-    return e && std::strcmp(e, "1") == 0;
-  }();
-  if (!enabled) return false;
+  if (!fuses_norm()) return false;
   Call c = impl_->call(row_bytes * rows);
   c.vper = row_bytes / 16;  // one block per row
   const unsigned threads = std::min<unsigned>(1024, (c.vper + 31) / 32 * 32);
