@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -20,6 +20,7 @@ if [ -f .gpu/nodespeed.node ]; then mkdir -p build/Release && cp .gpu/nodespeed.
 [ -z "${NODESPEED_COMMIT:-}" ] && [ -f .gpu/COMMIT ] && export NODESPEED_COMMIT=$(cat .gpu/COMMIT)
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 steps=${*:-fixtures tp2 nccl 7b bench profile}
+steps=${steps//ab6/skinny lt abtp}  # session 5's unmeasured switches
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 node -e "console.log(JSON.stringify(require('./build/Release/nodespeed.node').info().cuda))" || exit 1
 status=0
@@ -76,21 +77,20 @@ for s in $steps; do
     tpstep) make_model  # issue 5: engine-level decode steps at tp 1 and tp 2 (P2P collectives; NODESPEED_P2P=0: NCCL)
       run tp-step node bench/tp/tp-step.mjs "$MODEL" --batches 1,64
       NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
-    ab6) make_model  # session 5's unmeasured switches, each beside the default in one visit: the tp-2 run-ahead
-                     # replica loop (NODESPEED_RUN_AHEAD=0 turns it off), the fused all-reduce + RMSNorm kernel
-                     # (NODESPEED_P2P_NORM=1), cuBLASLt decode GEMMs with measured algorithms (NODESPEED_CUDA_LT=1),
-                     # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1)
-      tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1"
-      for v in $vs; do
-        e=; [ $v = default ] || e=$v
-        env $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
-      done
-      NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json"
-      # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1): correctness against cuBLAS in the engine, the
-      # batch-64 serving step, then the 64-stream run
+    skinny) make_model  # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1): correctness against cuBLAS in the
+                        # engine, the batch-64 serving step with and without it, then the 64-stream run with it
       run skinny-check node test/gpu/skinny-check.mjs "$MODEL"
       for v in 0 1; do NODESPEED_CUDA_SKINNY=$v run batch-step-skinny$v node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
       NODESPEED_CUDA_SKINNY=1 NODESPEED_STEP_TRACE=$OUT/serve-skinny-steps.jsonl run serve-skinny node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-skinny.json" ;;
+    lt) make_model  # cuBLASLt decode GEMMs with algorithms measured at load (NODESPEED_CUDA_LT=1), 64 streams at tp 1
+      NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json" ;;
+    abtp) make_model  # bench/serve at tp 1,2 (2 GPUs) for the default, the run-ahead loop off (NODESPEED_RUN_AHEAD=0) and
+                      # the fused all-reduce + RMSNorm kernel (NODESPEED_P2P_NORM=1); $AB_ENV is added to every variant
+      tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1"
+      for v in $vs; do
+        e=; [ $v = default ] || e=$v
+        env ${AB_ENV:-} $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
+      done ;;
     tp7b) make_model; run model-7b-tp2 node test/gpu/model-7b.mjs "$MODEL" --layout tp2 ;;
     servewarm) make_model  # bench/serve at tp 1 with NODESPEED_CUDA_WARMUP=1 (every decode GEMM shape run once at load)
       NODESPEED_CUDA_WARMUP=1 NODESPEED_STEP_TRACE=$OUT/serve-warmup-steps.jsonl run serve-warmup node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-warmup.json" ;;
