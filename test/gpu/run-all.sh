@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -44,6 +44,20 @@ for s in $steps; do
       for st in 1 32; do NODESPEED_CUDA_PROFILE_STEP=$st ncu --profile-from-start off --clock-control none --cache-control none --csv \
         --metrics gpu__time_duration.sum node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 24 > "$LOGS/ncu-$st.csv" 2>"$LOGS/ncu-$st.err"
         tail -2 "$LOGS/ncu-$st.err"; echo "-- step $st"; RESULTS_DIR=/tmp node bench/decode/summarize-ncu.mjs "$LOGS/ncu-$st.csv" | head -c 3000; cp /tmp/decode-profile-*.json "$OUT/batch-profile-step$st.json"; done ;;
+    graphs) make_model  # decode CUDA graphs past 4 sequences: graph vs eager logits in one engine each (7B shape),
+                        # py-tiny through the engine (and tp 2 with a 10-sequence batch on 2 GPUs), then the batch-64
+                        # step with NODESPEED_CUDA_GRAPH_MAX=4 (eager past 4, as before) and the default, twice
+      run graph-check node test/gpu/graph-check.mjs "$MODEL"
+      run fixtures node test/gpu/fixtures.mjs
+      [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && run tp2 node test/gpu/tp2.mjs
+      for i in 1 2; do for v in 4 256; do NODESPEED_CUDA_GRAPH_MAX=$v run batch-step-graph$v-$i node bench/decode/batch-step.mjs "$MODEL" 64 512 8192 64; done; done ;;
+    where) make_model  # issue 5's 64-stream run, where the time goes: the step trace with start times (the driver's
+                       # gaps between steps), then ncu per-kernel times of one 8192-token prefill step (index 1) and one
+                       # batch-64 decode step (index 6) of the same workload in one engine, and that workload's step times
+      NODESPEED_STEP_TRACE=$OUT/where-steps.jsonl run where-serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/where-serve.json"
+      for st in 1 6; do NODESPEED_CUDA_PROFILE_STEP=$st ncu --profile-from-start off --clock-control none --cache-control none --csv \
+        --metrics gpu__time_duration.sum node bench/decode/batch-step.mjs "$MODEL" 64 512 8192 16 > "$OUT/where-ncu-$st.csv" 2>"$LOGS/where-ncu-$st.err"; tail -2 "$LOGS/where-ncu-$st.err"; done
+      run where-batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 8192 64 ;;
     batchstep) make_model; run batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 256 ;;
     flash)  # flash prefill attention: the kernel alone (vs a CPU reference; sanitizer on failure), then
             # flash vs SIMT logits through the engine, then prefill step times A/B
@@ -85,8 +99,8 @@ for s in $steps; do
     lt) make_model  # cuBLASLt decode GEMMs with algorithms measured at load (NODESPEED_CUDA_LT=1), 64 streams at tp 1
       NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json" ;;
     abtp) make_model  # bench/serve at tp 1,2 (2 GPUs) for the default, the run-ahead loop off (NODESPEED_RUN_AHEAD=0) and
-                      # the fused all-reduce + RMSNorm kernel (NODESPEED_P2P_NORM=1); $AB_ENV is added to every variant
-      tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=1"
+                      # the fused all-reduce + RMSNorm kernel off (NODESPEED_P2P_NORM=0); $AB_ENV is added to every variant
+      tps=1; vs=default; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=0"
       for v in $vs; do
         e=; [ $v = default ] || e=$v
         env ${AB_ENV:-} $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"

@@ -58,9 +58,24 @@ for (const [i, c] of ref.cases.entries()) {
   cases.push({ text: c.text, cosineVsTp1: cosTp1, cosineRank0VsRank1: cosine(a.logits, b.logits), greedyMatch: match,
     sameAsTp1: tokens.every((t, k) => t === tp1[i].tokens[k]), ranksAgree, pass });
 }
+// Batched decode: every prompt twice (10 sequences, the 16-sequence CUDA graph bucket when the P2P
+// collectives are on), 16 greedy tokens each; they must be HF's and agree across ranks.
+const copies = ref.cases.flatMap((c) => [c, c]);
+const bts = blockTables(copies.length, 64, ranks[0].blockSize, ranks[0].kvBlocks);
+let [x, y] = await both({ seqs: copies.map((c, s) => ({ tokens: Int32Array.from(c.ids), pos: 0, blockTable: bts[s] })) });
+const batchTokens = copies.map((_, s) => [x.sampled[s]]);
+let batchRanksAgree = x.sampled.every((t, s) => t === y.sampled[s]);
+for (let k = 1; k < 16; k++) {
+  [x, y] = await both({ seqs: copies.map((c, s) => ({ tokens: Int32Array.of(batchTokens[s][k - 1]), pos: c.ids.length + k - 1, blockTable: bts[s] })) });
+  batchRanksAgree &&= x.sampled.every((t, s) => t === y.sampled[s]);
+  x.sampled.forEach((t, s) => batchTokens[s].push(t));
+}
+const batchGreedy = copies.map((c, s) => batchTokens[s].every((t, k) => t === c.greedy_48[k]));
+const batch = { seqs: copies.length, ranksAgree: batchRanksAgree, greedyMatch: batchGreedy.filter(Boolean).length, pass: batchRanksAgree && batchGreedy.every(Boolean) };
+ok &&= batch.pass;
 const describe = ranks.map((r) => r.engine.describe());
 ranks.forEach((r) => r.engine.dispose());
 comms.forEach((c) => c.abort?.());
-writeResult('gpu-tp2.json', { ok, model: 'models/py-tiny', engines: describe, cases });
-console.log(JSON.stringify({ ok, cases }));
+writeResult('gpu-tp2.json', { ok, model: 'models/py-tiny', engines: describe, cases, batch });
+console.log(JSON.stringify({ ok, cases, batch }));
 process.exit(ok ? 0 : 1);

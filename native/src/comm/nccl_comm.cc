@@ -204,7 +204,7 @@ void NcclComm::setup_p2p() {
     p2p_ = std::move(p2p);
     if (aborted_ && p2p_) p2p_->abort();
   }
-  p2p_status_ = p2p_ ? "p2p collectives up to " + std::to_string(p2p_->max_bytes()) + " bytes"
+  p2p_status_ = p2p_ ? "p2p collectives up to " + std::to_string(p2p_->max_bytes()) + " bytes" + (p2p_->fuses_norm() ? ", fused norm" : "")
                      : "p2p collectives off (" + why + ")";
   if (rank_ == 0) std::fprintf(stderr, "nodespeed: nccl comm (%d ranks): %s\n", size_, p2p_status_.c_str());
 }

@@ -29,6 +29,9 @@ struct CublasApi {
                             const void* alpha, const void* A, cudaDataType Atype, int lda, const void* B,
                             cudaDataType Btype, int ldb, const void* beta, void* C, cudaDataType Ctype,
                             int ldc, cublasComputeType_t compute, cublasGemmAlgo_t algo) = nullptr;
+  // cublasSetWorkspace_v2; optional (nullptr when the library lacks it). A workspace of our own keeps
+  // cuBLAS from allocating one while a stream is being captured into a CUDA graph.
+  cublasStatus_t (*set_workspace)(cublasHandle_t, void* workspace, size_t bytes) = nullptr;
   std::string path;  // the library that was loaded
 };
 

@@ -28,6 +28,7 @@ void load() {
   g_api.destroy = reinterpret_cast<decltype(g_api.destroy)>(sym("cublasDestroy_v2"));
   g_api.set_stream = reinterpret_cast<decltype(g_api.set_stream)>(sym("cublasSetStream_v2"));
   g_api.gemm_ex = reinterpret_cast<decltype(g_api.gemm_ex)>(sym("cublasGemmEx"));
+  g_api.set_workspace = reinterpret_cast<decltype(g_api.set_workspace)>(dl::symbol(lib.handle, "cublasSetWorkspace_v2"));
   g_api.path = lib.path;
 }
 

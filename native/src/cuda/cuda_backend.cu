@@ -117,6 +117,13 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
   if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
+  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPH_MAX")) {
+    char* end = nullptr;
+    const long v = std::strtol(g, &end, 10);
+    if (!*g || *end || v < 1 || v > 256)
+      throw std::runtime_error(std::string("NODESPEED_CUDA_GRAPH_MAX=") + g + ": expected a batch size 1..256");
+    graph_max_ = static_cast<int>(v);
+  }
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "0") != 0;
   if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
@@ -139,6 +146,10 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   NS_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   if (api_->create(&blas_) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cuda: cublasCreate failed");
   api_->set_stream(blas_, stream_);
+  // 32 MiB: cuBLAS's recommendation for Hopper. Without it, graphs keep to the cuBLAS-free <= 4 rows.
+  if (!(api_->set_workspace && blas_ws_.reserve(32u << 20) &&
+        api_->set_workspace(blas_, blas_ws_.ptr, blas_ws_.bytes) == CUBLAS_STATUS_SUCCESS))
+    graph_max_ = std::min(graph_max_, 4);
   if (const char* g = std::getenv("NODESPEED_CUDA_SKINNY"); g && std::strcmp(g, "1") == 0) {
     use_skinny_ = true;
     skinny_ws_.reserve(24u << 20);  // split-K partials: <= 16 slices x 64 rows x 4096 fp32 and the like (skinny_gemm.cu)
@@ -187,7 +198,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(cfg_.device_index);
   if (stream_) cudaStreamSynchronize(stream_);
-  for (auto& g : graphs_) if (g.exec) cudaGraphExecDestroy(g.exec);
+  for (auto& [bucket, g] : graphs_) if (g.exec) cudaGraphExecDestroy(g.exec);
   if (blas_ && api_) api_->destroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -447,7 +458,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs" : "") << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_skinny_ ? ", skinny gemm" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_skinny_ ? ", skinny gemm" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();
 }
 

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <limits>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -65,6 +66,8 @@ class CudaBackend final : public Backend {
     void layout();
   };
   struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; };
+  // The graph bucket a decode step of S sequences is padded to (0: S is past graph_max_).
+  int graph_bucket(int S) const;
   StepPlan plan_step(const StepInput& in) const;
   void pack(const StepInput& in, const StepPlan& p);
   void enqueue_forward(const StepPlan& p, const StepInput& in);
@@ -138,12 +141,16 @@ class CudaBackend final : public Backend {
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
-  // Decode CUDA graphs per batch bucket (1, 2, 4). Captured kernels hold buffer addresses, so
+  // Decode CUDA graphs per batch bucket (cuda_graph.cu). Captured kernels hold buffer addresses, so
   // any reallocation of scratch (epoch_ bump) invalidates them.
   bool use_graphs_ = true;
+  // Largest decode batch that runs as a graph: NODESPEED_CUDA_GRAPH_MAX (default 256, the warm-up's
+  // rows); 4 where cuBLAS cannot be given a workspace (graphs of <= 4 rows have no cuBLAS call).
+  int graph_max_ = 256;
+  DeviceBuffer blas_ws_;  // cuBLAS's workspace (cublasSetWorkspace), so its GEMMs can be captured
   int max_blocks_per_seq_ = 0;
   uint64_t epoch_ = 1;
-  DecodeGraph graphs_[5];
+  std::map<int, DecodeGraph> graphs_;
 };
 
 }  // namespace ns::cuda

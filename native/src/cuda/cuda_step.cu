@@ -89,15 +89,18 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     any_all_logits |= q.all_logits;
   }
   p.copy_logits = in.want_logits || any_all_logits;
-  const bool graphable = use_graphs_ && use_gemv_ && all_decode && all_sample && !any_all_logits && c.has_embedding &&
-                         c.has_head && tp_graphable(4) && p.S <= 4 && max_blocks_per_seq_ > 0 && c.hidden % 8 == 0 &&
-                         c.intermediate % 8 == 0 && (c.n_heads * c.head_dim) % 8 == 0;
+  const int bucket = graph_bucket(p.S);
+  // Up to 4 rows a graph holds only our kernels (GEMV decode); larger ones capture cuBLAS's GEMMs.
+  const bool graphable = use_graphs_ && bucket > 0 && (bucket > 4 || use_gemv_) && all_decode && all_sample &&
+                         !any_all_logits && c.has_embedding && c.has_head && tp_graphable(bucket) &&
+                         max_blocks_per_seq_ > 0 && c.hidden % 8 == 0 && c.intermediate % 8 == 0 &&
+                         (c.n_heads * c.head_dim) % 8 == 0;
   if (graphable) {  // padded to the bucket: dummy seqs write no KV (slot -1) and are not returned
-    p.bucket = p.S <= 1 ? 1 : p.S <= 2 ? 2 : 4;
+    p.bucket = bucket;
     p.T = p.S = p.R = p.NS = p.bucket;
     p.n_bt = p.bucket * max_blocks_per_seq_;
   }
-  // Graph steps (<= 4 decodes) stay on the SIMT kernel: its flash-decoding splits fill the GPU.
+  // Graph steps (decodes only) stay on the SIMT kernel: its flash-decoding splits fill the GPU.
   p.flash_short = use_flash_ && p.bucket == 0 && (int64_t)n_short * c.n_heads >= flash_decode_min_;
   for (const SeqInput& q : in.seqs)
     if (flash_seq(p, q.n_tokens)) p.n_tiles += (q.n_tokens + kFlashTileQ - 1) / kFlashTileQ;

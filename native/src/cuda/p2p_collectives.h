@@ -44,7 +44,7 @@ class P2pCollectives {
   bool all_reduce_sum(void* buf, size_t count, DType dt, void* stream);  // in place
   bool all_reduce_add(const float* part, float* acc, size_t count, void* stream);  // acc += sum of parts
   bool all_gather(const void* in, void* out, size_t count, DType dt, void* stream);  // out: size * count
-  // Whether all_reduce_add_rmsnorm runs (NODESPEED_P2P_NORM=1); it returns false otherwise.
+  // Whether all_reduce_add_rmsnorm runs (default; NODESPEED_P2P_NORM=0: no); it returns false otherwise.
   bool fuses_norm() const;
   // acc [rows, cols] += sum of parts, then out = rmsnorm(acc) * w in out_dt (bf16/fp16), one block a
   // row (rows <= 32).
