@@ -112,6 +112,7 @@ async function concurrent(client) {
     streams, prompt_len: promptLen, new_tokens: newTokens, generated_tokens: generated, wall_s: wall,
     generated_tok_s: generated / wall, ttft_ms_p50: ttfts[Math.floor(ttfts.length / 2)], ttft_ms_max: ttfts[ttfts.length - 1],
     max_step_batch: status.replicas[0].maxStepBatch, steps: Number(status.replicas[0].steps),
+    start_epoch_ms: performance.timeOrigin + t0,  // lines up with NODESPEED_STEP_TRACE's epochMs
   };
 }
 

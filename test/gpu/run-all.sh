@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -49,8 +49,16 @@ for s in $steps; do
                         # step with NODESPEED_CUDA_GRAPH_MAX=4 (eager past 4, as before) and the default, twice
       run graph-check node test/gpu/graph-check.mjs "$MODEL"
       run fixtures node test/gpu/fixtures.mjs
-      [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && run tp2 node test/gpu/tp2.mjs
+      [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && run tp2 node test/gpu/tp2.mjs ;;
+    graphab) make_model  # the batch-64 step with NODESPEED_CUDA_GRAPH_MAX=4 (eager past 4, as before) and the default, twice
       for i in 1 2; do for v in 4 256; do NODESPEED_CUDA_GRAPH_MAX=$v run batch-step-graph$v-$i node bench/decode/batch-step.mjs "$MODEL" 64 512 8192 64; done; done ;;
+    serve64) make_model  # issue 5's 64-stream run at tp 1 for the default and each env switch in $AB_ENV (space-separated
+                         # VAR=value), with the GPU's clocks, power and throttle reasons sampled every 100 ms
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv -lms 100 -i 0 > "$OUT/serve64-smi.csv" 2>&1 &
+      smi=$!
+      for v in default ${AB_ENV:-}; do e=; [ $v = default ] || e=$v
+        env $e NODESPEED_STEP_TRACE=$OUT/serve64-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve64-$v.json" 2>&1 | grep -E "tok/s" | sed "s/^/$v: /"
+      done; kill $smi ;;
     where) make_model  # issue 5's 64-stream run, where the time goes: the step trace with start times (the driver's
                        # gaps between steps), then ncu per-kernel times of one 8192-token prefill step (index 1) and one
                        # batch-64 decode step (index 6) of the same workload in one engine, and that workload's step times
