@@ -1,5 +1,5 @@
 // Decode CUDA graphs past 4 sequences (native/src/cuda/cuda_graph.cu) against eager launches inside
-// the engine: the same 7B-shape checkpoint opened twice, with NODESPEED_CUDA_GRAPH_MAX=4 (batches past
+// the engine (cuBLASLt off in both): the same 7B-shape checkpoint opened twice, with NODESPEED_CUDA_GRAPH_MAX=4 (batches past
 // 4 launched eagerly, as before session 6) and with the default (graphs up to 256). Every sequence is
 // prefilled in a step of its own (the same GEMM shapes in both engines), then 6 decode steps with
 // every sequence's logits, the graph engine fed the eager engine's tokens. A GEMM's rows do not depend
@@ -33,6 +33,7 @@ async function decode(engine, V, bts, S, inputs) {
 }
 
 async function open(graphMax) {
+  process.env.NODESPEED_CUDA_LT = '0';  // cuBLASLt's tuned algorithms are picked per row count: not what this compares
   if (graphMax) process.env.NODESPEED_CUDA_GRAPH_MAX = String(graphMax);
   else delete process.env.NODESPEED_CUDA_GRAPH_MAX;
   const e = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: Math.ceil((P + STEPS + 1) / 16 + 1) * MAX_S });

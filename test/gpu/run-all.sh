@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -59,6 +59,9 @@ for s in $steps; do
       for v in default ${AB_ENV:-}; do e=; [ $v = default ] || e=$v
         env $e NODESPEED_STEP_TRACE=$OUT/serve64-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve64-$v.json" 2>&1 | grep -E "tok/s" | sed "s/^/$v: /"
       done; kill $smi ;;
+    loadtime) make_model  # a 7B's load with and without the cuBLASLt tuning (NODESPEED_CUDA_LT=0) and the warm-up + graph captures (NODESPEED_CUDA_WARMUP=0)
+      for v in default NODESPEED_CUDA_LT=0 NODESPEED_CUDA_WARMUP=0; do e=; [ $v = default ] || e=$v
+        echo "$v: $(env $e node bench/decode/load-time.mjs "$MODEL" 2>&1 | tail -1)" | tee -a "$OUT/loadtime.log"; done ;;
     where) make_model  # issue 5's 64-stream run, where the time goes: the step trace with start times (the driver's
                        # gaps between steps), then ncu per-kernel times of one 8192-token prefill step (index 1) and one
                        # batch-64 decode step (index 6) of the same workload in one engine, and that workload's step times

@@ -154,9 +154,9 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     use_skinny_ = true;
     skinny_ws_.reserve(24u << 20);  // split-K partials: <= 16 slices x 64 rows x 4096 fp32 and the like (skinny_gemm.cu)
   }
-  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); g && std::strcmp(g, "1") == 0) {
+  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); !(g && std::strcmp(g, "0") == 0)) {
     lt_ = LtGemm::create(stream_, &why);
-    if (!lt_) std::fprintf(stderr, "nodespeed: NODESPEED_CUDA_LT=1 ignored: %s\n", why.c_str());
+    if (!lt_) std::fprintf(stderr, "nodespeed: cuBLASLt decode GEMMs off (cublasGemmEx for all): %s\n", why.c_str());
   }
 
   const size_t es = dtype_size(act_), H = c.hidden;
@@ -279,18 +279,21 @@ int CudaBackend::finalize() {
   const auto& c = cfg_;
   const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * dtype_size(act_);
   const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
-  ensure_activations(std::min(2048, std::max(c.max_position, 256)), 256, 64, 0);
+  // The largest step's scratch is reserved now (a server's --max-batch-tokens, 8192 by default on
+  // CUDA: ~1.1 GB on a 7B), so the first long prefill does not reallocate it and invalidate the
+  // decode graphs captured below.
+  const int step_tokens = std::max(std::min(2048, std::max(c.max_position, 256)), c.max_step_tokens);
+  ensure_activations(step_tokens, 256, 64, 0);
   if (c.kv_blocks > 0) {
     kv_blocks_ = c.kv_blocks;
   } else {
     size_t free_b = 0, total_b = 0;
     NS_CUDA(cudaMemGetInfo(&free_b, &total_b));
-    // Budget: fraction of the whole card, less what is already used (weights, scratch, other
-    // processes), less headroom for the largest step's scratch (a server's --max-batch-tokens, 8192
-    // by default on CUDA: ~1.1 GB on a 7B) and cuBLAS workspaces.
-    const int step_tokens = std::max(2048, c.max_step_tokens);
+    // Budget: fraction of the whole card, less what is already used (weights, the step scratch
+    // reserved above, cuBLAS workspaces, other processes), less headroom for 2048 tokens' scratch
+    // past it (a longer step than planned) and the logits buffers.
     const double budget = c.gpu_memory_fraction * (double)total_b - (double)(total_b - free_b) -
-                          (double)activation_bytes(step_tokens) - 256.0 * (1 << 20);
+                          (double)activation_bytes(2048) - 256.0 * (1 << 20);
     kv_blocks_ = budget > 0 ? static_cast<int>(budget / per_block_all_layers) : 0;
     if (kv_blocks_ < 1)
       throw std::runtime_error("cuda: no GPU memory left for the KV cache after the weights (free " +
@@ -305,6 +308,7 @@ int CudaBackend::finalize() {
   }
   max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
   if (warm_gemms_ || lt_) warm_gemms();
+  if (warm_gemms_) capture_decode_graphs();
   finalized_ = true;
   return kv_blocks_;
 }
@@ -337,12 +341,15 @@ void CudaBackend::warm_gemms() {
   }
   void* into = tp1 ? residual_.ptr : tmp_.ptr;
   const Out mode = tp1 ? Out::AddResidual : Out::F32;  // row_parallel_into_residual's
-  // Each shape once: tuned with NODESPEED_CUDA_LT=1 (which runs it too), else just run.
+  // Each shape once: tuned (which runs it too) at the row counts the decode graphs use (every row
+  // count without graphs), else just run.
+  bool tune = false;
   auto each = [&](const std::vector<const void*>& ws, const void* x, int m, int N, int K, void* y, Out out) {
-    if (lt_) tune_gemm(ws, x, m, N, K, y, out);
+    if (tune) tune_gemm(ws, x, m, N, K, y, out);
     else matmul(x, ws[0], m, N, K, y, out);
   };
   for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
+    tune = lt_ && (!use_graphs_ || graph_bucket(m) == m);
     if (n_layers_ > 0) {
       each(qkv, xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
       each(o, attn_.ptr, m, c.hidden, qd, into, mode);

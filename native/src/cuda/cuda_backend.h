@@ -73,6 +73,10 @@ class CudaBackend final : public Backend {
   void enqueue_forward(const StepPlan& p, const StepInput& in);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);
+  // Captures (or re-captures) the graph of p's bucket without launching it; false with `why` on failure.
+  bool capture_graph(const StepPlan& p, const StepInput& in, std::string* why);
+  // At finalize (with the warm-up): every bucket's decode graph, so no serving step pays a capture.
+  void capture_decode_graphs();
   // tp > 1 decode steps of up to `rows` tokens may be graphs only when each of their collectives
   // (hidden-row all-reduces, the logits all-gather) runs as a plain kernel (P2P), not NCCL.
   bool tp_graphable(int rows) const {
@@ -107,7 +111,7 @@ class CudaBackend final : public Backend {
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
   bool use_skinny_ = false;     // NODESPEED_CUDA_SKINNY=1: decode GEMMs of <= 64 rows on our tensor-core kernel (skinny_gemm.cu)
   DeviceBuffer skinny_ws_;      // its split-K partials
-  std::unique_ptr<LtGemm> lt_;  // NODESPEED_CUDA_LT=1: decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h)
+  std::unique_ptr<LtGemm> lt_;  // decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h); NODESPEED_CUDA_LT=0: none
   // Tunes lt_ for one decode GEMM shape on `weights` (the same matrix of several layers).
   void tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode);
   // Tensor-core attention (attention_prefill.cu; NODESPEED_CUDA_FLASH=0 turns it off): prefill

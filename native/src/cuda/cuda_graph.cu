@@ -10,6 +10,8 @@
 // rows, and padded sequences cost one key of attention each), then multiples of 32 up to graph_max_
 // (past ~165 rows a bf16 GEMM on an H200 is compute-bound, and padding would cost real time).
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_common.h"
@@ -24,30 +26,39 @@ int CudaBackend::graph_bucket(int S) const {
   return b < graph_max_ ? b : graph_max_;  // graph_max_ itself (any value) is the last bucket
 }
 
-void CudaBackend::run_graph(const StepPlan& p, const StepInput& in) {
+bool CudaBackend::capture_graph(const StepPlan& p, const StepInput& in, std::string* why) {
   DecodeGraph& g = graphs_[p.bucket];
-  if (g.exec && g.epoch != epoch_) {
-    NS_CUDA(cudaGraphExecDestroy(g.exec));
+  if (g.exec) {
+    cudaGraphExecDestroy(g.exec);
     g.exec = nullptr;
   }
-  if (!g.exec) {
-    cudaGraph_t graph = nullptr;
-    cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
-    std::string why;
-    if (e == cudaSuccess) {
-      try {
-        enqueue_forward(p, in);
-      } catch (const std::exception& ex) {
-        why = ex.what();
-      }
-      e = cudaStreamEndCapture(stream_, &graph);
-      if (why.empty() && e == cudaSuccess) e = cudaGraphInstantiate(&g.exec, graph, 0);
-      if (graph) cudaGraphDestroy(graph);
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+  if (e == cudaSuccess) {
+    try {
+      enqueue_forward(p, in);
+    } catch (const std::exception& ex) {
+      *why = ex.what();
     }
-    if (why.empty() && e != cudaSuccess) why = cudaGetErrorString(e);
-    if (!why.empty()) {
-      cudaGetLastError();
-      g.exec = nullptr;
+    e = cudaStreamEndCapture(stream_, &graph);
+    if (why->empty() && e == cudaSuccess) e = cudaGraphInstantiate(&g.exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+  }
+  if (why->empty() && e != cudaSuccess) *why = cudaGetErrorString(e);
+  if (!why->empty()) {
+    cudaGetLastError();
+    g.exec = nullptr;
+    return false;
+  }
+  g.epoch = epoch_;
+  return true;
+}
+
+void CudaBackend::run_graph(const StepPlan& p, const StepInput& in) {
+  DecodeGraph& g = graphs_[p.bucket];
+  if (!g.exec || g.epoch != epoch_) {
+    std::string why;
+    if (!capture_graph(p, in, &why)) {
       // Up to 4 rows there is no cuBLAS call to blame: that is a real failure. Past it, a cuBLAS that
       // cannot be captured turns the larger graphs off and this step runs eagerly (same padded plan).
       if (p.bucket <= 4) throw std::runtime_error("cuda: capturing the decode graph of " + std::to_string(p.bucket) + " failed: " + why);
@@ -56,9 +67,48 @@ void CudaBackend::run_graph(const StepPlan& p, const StepInput& in) {
       enqueue_forward(p, in);
       return;
     }
-    g.epoch = epoch_;
   }
   NS_CUDA(cudaGraphLaunch(g.exec, stream_));
+}
+
+// Captures every bucket's graph from a plan of dummy decodes (token 0 at position 0 in block 0,
+// never launched: a replay reads the real step's metadata). Largest bucket first, so the metadata
+// and logits buffers grow before the smaller graphs are taken; a pass that still reallocated
+// something (epoch_ moved) is repeated. A failure leaves the bucket to be captured on first use.
+void CudaBackend::capture_decode_graphs() {
+  const auto& c = cfg_;
+  // tp > 1 graphs stay captured on first use: their collectives pair up with the peers' at run time.
+  if (!use_graphs_ || !c.has_embedding || !c.has_head || max_blocks_per_seq_ == 0 || c.tp_size > 1) return;
+  std::vector<int> buckets;
+  for (int S = graph_max_; S >= 1; --S)
+    if (graph_bucket(S) == S) buckets.push_back(S);
+  static const int32_t zero = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    const uint64_t before = epoch_;
+    for (int b : buckets) {
+      StepInput in;
+      in.seqs.resize(b);
+      for (SeqInput& q : in.seqs) {
+        q.tokens = &zero;
+        q.n_tokens = 1;
+        q.block_table = &zero;
+        q.n_blocks = 1;
+      }
+      const StepPlan p = plan_step(in);
+      if (p.bucket != b) continue;  // not graphable (GEMV off at <= 4, a TP comm without P2P, ...)
+      ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.n_simt * c.n_heads * (c.head_dim + 2) : 0);
+      pack(in, p);
+      const DecodeGraph& g = graphs_[b];
+      if (g.exec && g.epoch == epoch_) continue;
+      std::string why;
+      if (!capture_graph(p, in, &why)) {
+        std::fprintf(stderr, "nodespeed: decode graph of %d not captured at load (%s)\n", b, why.c_str());
+        if (b > 4) graph_max_ = std::min(graph_max_, 4);
+        return;
+      }
+    }
+    if (epoch_ == before) break;
+  }
 }
 
 }  // namespace ns::cuda
