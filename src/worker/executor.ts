@@ -77,7 +77,7 @@ export interface DriverHooks {
 export async function runDriver(engine: Engine, plane: DataPlane | null, pos: ReplicaPosition, sched: Scheduler,
   hooks: DriverHooks, watch: StepRunner = unwatched): Promise<void> {
   const world = pos.tp * pos.pp;
-  if (plane && pos.pp === 1 && world > 1 && runAheadEnabled()) return runDriverAhead(engine, plane, world, sched, hooks, watch);
+  if (pos.pp === 1 && (plane || world === 1) && runAheadEnabled()) return runDriverAhead(engine, plane, world, sched, hooks, watch);
   const lastStage0 = (pos.pp - 1) * pos.tp;
   const inFlight: PlannedStep[] = [];
   const trace = stepTracer();

@@ -1,8 +1,10 @@
-// Replica loops for pp = 1 with tensor-parallel followers, planning one step ahead.
+// Replica loops for pp = 1, planning one step ahead (with or without tensor-parallel followers).
 //
 // A TP follower cannot start a step before the driver's metadata for it arrives; planned after the
 // previous step's tokens are known, that metadata costs every step a driver wake-up, the planning
-// and a data-plane crossing (~0.2 ms of a ~3 ms tp-2 decode step on two H200s, session 5). Here the
+// and a data-plane crossing (~0.2 ms of a ~3 ms tp-2 decode step on two H200s, session 5; planning
+// ahead took tp-2 batch-1 serving from 291.5 to 319.7 tok/s in session 6). At tp 1 the planning
+// alone sat between steps (~0.1 ms each of a 64-stream run's 259 steps on an H200). Here the
 // driver plans step N+1 while step N runs (Scheduler.nextAhead) and sends it at once; the inputs
 // that depend on N are N's sampled tokens, which every TP rank computes identically (same logits
 // after the vocab all-gather, same seeds), so each rank fills them in from its own result
@@ -49,8 +51,8 @@ export async function receiveStep(plane: DataPlane, hdr: Uint8Array): Promise<St
   return decodeStep(body);
 }
 
-/** The driver of a pp = 1 replica with followers; resolves after telling every rank to stop. */
-export async function runDriverAhead(engine: Engine, plane: DataPlane, tp: number, sched: Scheduler,
+/** The driver of a pp = 1 replica (plane null: no followers); resolves after telling every rank to stop. */
+export async function runDriverAhead(engine: Engine, plane: DataPlane | null, tp: number, sched: Scheduler,
   hooks: DriverHooks, watch: StepRunner): Promise<void> {
   const trace = stepTracer();
   let unsettled: AppliedStep | null = null;
@@ -75,7 +77,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane, tp: numbe
         await hooks.waitForWork();
         continue;
       }
-      cur = { step, sent: announce(plane, tp, sched.steps, step) };
+      cur = { step, sent: plane ? announce(plane, tp, sched.steps, step) : Promise.resolve() };
     }
     fillTokens(cur.step.seqs, cur.step.tokenFrom, prevSampled);
     const t0 = trace ? performance.now() : 0;
@@ -86,7 +88,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane, tp: numbe
       settle();  // step N-1's reports; a stop string found here keeps its sequence out of the plan below
       if (!hooks.stopping()) {
         const next = sched.nextAhead(step);
-        if (next) ahead = { step: next, sent: announce(plane, tp, sched.steps, next) };
+        if (next) ahead = { step: next, sent: plane ? announce(plane, tp, sched.steps, next) : Promise.resolve() };
       }
     } finally {
       out = await running;
@@ -97,7 +99,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane, tp: numbe
     prevSampled = out.sampled;
   }
   settle();
-  for (let r = 1; r < tp; r++) await plane.send(frame(KIND_STOP), r);
+  if (plane) for (let r = 1; r < tp; r++) await plane.send(frame(KIND_STOP), r);
 }
 
 /** A pp = 1 follower: takes steps planned ahead or not; resolves at STOP, rejects if the plane fails. */
