@@ -24,8 +24,9 @@ import type { Status, Streams } from './helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
 const BASE = ['--heartbeat-interval', '0.2', '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256'];
-/** Streams of the 2-replica case: long enough that replica 1 is mid-stream when its host goes. */
-const LONG = 128;
+/** Streams of the 2-replica case: long enough that replica 1 is mid-stream when its host goes (256 since
+ * tp 1 plans its steps ahead, session 6: faults.test.ts's 128-token streams ended between heartbeats). */
+const LONG = 256;
 /** localhost first: the layout numbers ranks host by host, so the last rank is the remote one. */
 const hostfile = (local: number) => `localhost slots=${local} device=cpu\n127.0.0.2 slots=1 device=cpu\n`;
 

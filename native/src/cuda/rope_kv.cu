@@ -15,6 +15,19 @@ namespace {
 // block: one block per (token, head) there is ~200k tiny blocks and 4x the copy time.
 constexpr int kRopeMaxHalf = 128;  // head_dim <= 256, even (checked when the backend is constructed)
 
+// cos/sin of one token's position for the pair-starts 0..half-1 into shared memory (the caller syncs).
+// HF: q * cos + rotate_half(q) * sin with cos, sin and both products activation-dtype tensors.
+template <typename T>
+__device__ __forceinline__ void rope_table(int pos, const float* inv_freq, int half, bool rnd, float* s_cos, float* s_sin) {
+  const float p = static_cast<float>(pos);
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    float sn, cs;
+    sincosf(p * inv_freq[j], &sn, &cs);
+    s_cos[j] = round_if<T>(rnd, cs);
+    s_sin[j] = round_if<T>(rnd, sn);
+  }
+}
+
 template <typename T>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, int hpb, const int32_t* pos,
                                const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool hm, bool rnd) {
@@ -25,14 +38,7 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
   const int half = hd / 2;
   __shared__ float s_cos[kRopeMaxHalf], s_sin[kRopeMaxHalf];
   if (h0 < nh + nkv) {
-    const float p = static_cast<float>(pos[t]);
-    for (int j = threadIdx.x; j < half; j += blockDim.x) {
-      float sn, cs;
-      sincosf(p * inv_freq[j], &sn, &cs);
-      // HF: q * cos + rotate_half(q) * sin with cos, sin and both products activation-dtype tensors.
-      s_cos[j] = round_if<T>(rnd, cs);
-      s_sin[j] = round_if<T>(rnd, sn);
-    }
+    rope_table<T>(pos[t], inv_freq, half, rnd, s_cos, s_sin);
     __syncthreads();
   }
   for (int i = threadIdx.x; i < (h1 - h0) * half; i += blockDim.x) {
@@ -75,13 +81,7 @@ __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int h
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
   const int sl = slot[t];
   __shared__ float s_cos[kRopeMaxHalf], s_sin[kRopeMaxHalf];
-  const float p = static_cast<float>(pos[t]);
-  for (int j = threadIdx.x; j < half; j += blockDim.x) {
-    float sn, cs;
-    sincosf(p * inv_freq[j], &sn, &cs);
-    s_cos[j] = round_if<T>(rnd, cs);
-    s_sin[j] = round_if<T>(rnd, sn);
-  }
+  rope_table<T>(pos[t], inv_freq, half, rnd, s_cos, s_sin);
   __syncthreads();
   if (h >= nh + 2 * nkv) return;
   if (h >= nh && sl < 0) return;  // padding token of a graph bucket: no cache write
