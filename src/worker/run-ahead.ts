@@ -60,6 +60,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane | null, tp
     if (unsettled) hooks.emit(sched.settle(unsettled));
     unsettled = null;
   };
+  const send = (step: PlannedStep) => (plane ? announce(plane, tp, sched.steps, step) : Promise.resolve());
   let ahead: { step: PlannedStep; sent: Promise<unknown> } | null = null;
   let prevSampled: Int32Array | null = null;
   for (;;) {
@@ -77,7 +78,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane | null, tp
         await hooks.waitForWork();
         continue;
       }
-      cur = { step, sent: plane ? announce(plane, tp, sched.steps, step) : Promise.resolve() };
+      cur = { step, sent: send(step) };
     }
     fillTokens(cur.step.seqs, cur.step.tokenFrom, prevSampled);
     const t0 = trace ? performance.now() : 0;
@@ -88,7 +89,7 @@ export async function runDriverAhead(engine: Engine, plane: DataPlane | null, tp
       settle();  // step N-1's reports; a stop string found here keeps its sequence out of the plan below
       if (!hooks.stopping()) {
         const next = sched.nextAhead(step);
-        if (next) ahead = { step: next, sent: plane ? announce(plane, tp, sched.steps, next) : Promise.resolve() };
+        if (next) ahead = { step: next, sent: send(next) };
       }
     } finally {
       out = await running;

@@ -40,12 +40,14 @@ void CudaBackend::StepPlan::layout() {
   slot = o; o += T;
   tok_seq = o; o += T;
   seq_bt_off = o; o += S;
-  block_tables = o; o += n_bt;
   rows = o; o += R;
   sample_rows = o; o += NS;
   params = o; o += 4 * (size_t)NS;
   tiles = o; o += 2 * (size_t)n_tiles;
   simt_tokens = o; o += n_tiles > 0 ? n_simt : 0;
+  // Last: the only array whose length a graph bucket does not fix (every offset above is the same
+  // for all steps of a bucket, so a captured graph's pointers stay valid while contexts grow).
+  block_tables = o; o += n_bt;
   total = o;
 }
 
@@ -98,7 +100,7 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
   if (graphable) {  // padded to the bucket: dummy seqs write no KV (slot -1) and are not returned
     p.bucket = bucket;
     p.T = p.S = p.R = p.NS = p.bucket;
-    p.n_bt = p.bucket * max_blocks_per_seq_;
+    p.n_bt += 1;  // one zero entry that every dummy sequence's table points at
   }
   // Graph steps (decodes only) stay on the SIMT kernel: its flash-decoding splits fill the GPU.
   p.flash_short = use_flash_ && p.bucket == 0 && (int64_t)n_short * c.n_heads >= flash_decode_min_;
@@ -115,7 +117,10 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   const auto& c = cfg_;
   const int B = c.kv_block_size;
   const bool padded = p.bucket > 0;
-  if (meta_.reserve(4 * p.total)) ++epoch_;
+  // A graph step reserves the device copy for its bucket's longest possible tables at once, so the
+  // buffer (whose address the graphs hold) does not grow, and re-capture, as contexts lengthen.
+  const size_t cap = padded ? p.block_tables + (size_t)p.bucket * max_blocks_per_seq_ + 1 : p.total;
+  if (meta_.reserve(4 * cap)) ++epoch_;
   meta_host_.reserve(4 * p.total);
   int32_t* h = static_cast<int32_t*>(meta_host_.ptr);
   if (padded) std::memset(h, 0, 4 * p.total);
@@ -142,7 +147,7 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
                                  " is outside [0, " + std::to_string(kv_blocks_) + ")");
       h[p.block_tables + bt_off + b] = blk;
     }
-    bt_off += padded ? max_blocks_per_seq_ : q.n_blocks;
+    bt_off += q.n_blocks;
     for (int i = 0; i < q.n_tokens; ++i, ++t) {
       const int pos = q.pos + i;
       const int32_t tok = c.has_embedding ? q.tokens[i] : 0;
@@ -179,7 +184,7 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
                      [pos](const Tile& x, const Tile& y) { return pos[x.t0] + x.n > pos[y.t0] + y.n; });
   }
   for (int s = real; padded && s < p.bucket; ++s, ++t, ++r, ++ns) {  // dummies: block 0, no KV write
-    h[p.seq_bt_off + s] = s * max_blocks_per_seq_;
+    h[p.seq_bt_off + s] = p.n_bt - 1;  // the zero entry (memset above)
     h[p.slot + t] = -1;
     h[p.tok_seq + t] = s;
     h[p.rows + r] = t;
