@@ -12,7 +12,7 @@ export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
 export const INFERENCE_PROTO = join(PROTO_DIR, 'inference.proto');
 export const CONTROL_PROTO = join(PROTO_DIR, 'control.proto');
 
-// uint64 (seed, generation) as decimal strings: no precision loss above 2^53.
+// uint64 (seed, epoch) as decimal strings: no precision loss above 2^53.
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
 
 function load(path: string): protoLoader.PackageDefinition {

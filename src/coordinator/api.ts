@@ -146,7 +146,7 @@ export class InferenceApi {
     // The ranks each replica has now (a replica re-formed with a smaller layout has fewer).
     const ranks = this.members.replicas.flatMap((r) => r.ranks).sort((a, b) => a - b).map((r) => layout.ranks[r]!);
     return {
-      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: this.members.gen,
+      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: String(this.members.epoch),
       state: this.o.state(),
       hosts: [...new Set(ranks.map((r) => r.host))],
       pendingRequests: this.store.pending().length,

@@ -8,29 +8,29 @@ export interface ReplicaLoadMsg {
   running: number; queued: number; kvBlocksTotal: number; kvBlocksFree: number; kvBlockSize: number;
   steps: string; generatedTokens: string; recentStepBatch: number[]; maxStepBatch: number; maxInFlight: number;
 }
-export interface HeartbeatMsg { generation: string; sentAtMs: number; load: ReplicaLoadMsg | null }
+export interface HeartbeatMsg { epoch: string; sentAtMs: number; load: ReplicaLoadMsg | null }
 export interface PeerMsg { rank: number; host: string; listenAddresses: string[] }
 export interface AssignmentMsg {
-  generation: string; rank: number; replica: number; stage: number; tpRank: number; tp: number; pp: number;
+  epoch: string; rank: number; replica: number; stage: number; tpRank: number; tp: number; pp: number;
   layerStart: number; layerEnd: number; modelDir: string; dtype: string; device: string; deviceIndex: number;
   peers: PeerMsg[]; kvBlocks: number; threads: number; heartbeatIntervalMs: number;
   maxBatchTokens: number; maxQueue: number; heartbeatTimeoutMs: number;
 }
-export interface LoadProgressMsg { generation: string; done: string; total: string }
-export interface ReadyMsg { generation: string; kvBlocks: number; kvBlockSize: number; describe: string }
-export interface CommOfferMsg { generation: string; group: string; groupRank: number; groupSize: number; payload: Buffer }
-export interface CommPeersMsg { generation: string; group: string; payloads: Buffer[] }
-export interface StartMsg { generation: string; kvBlocks: number; kvBlockSize: number }
+export interface LoadProgressMsg { epoch: string; done: string; total: string }
+export interface ReadyMsg { epoch: string; kvBlocks: number; kvBlockSize: number; describe: string }
+export interface CommOfferMsg { epoch: string; group: string; groupRank: number; groupSize: number; payload: Buffer }
+export interface CommPeersMsg { epoch: string; group: string; payloads: Buffer[] }
+export interface StartMsg { epoch: string; kvBlocks: number; kvBlockSize: number }
 export interface SubmitMsg {
-  generation: string; requestId: string; promptIds: number[]; temperature: number; topK: number; topP: number;
+  epoch: string; requestId: string; promptIds: number[]; temperature: number; topK: number; topP: number;
   seed: string; maxTokens: number; stop: string[]; ignoreEos: boolean; generatedIds: number[];
 }
-export interface CancelMsg { generation: string; requestId: string; reason: string }
-export interface StopMsg { generation: string; reason: string }
-export interface AbortMsg { generation: string; reason: string }
+export interface CancelMsg { epoch: string; requestId: string; reason: string }
+export interface StopMsg { epoch: string; reason: string }
+export interface AbortMsg { epoch: string; reason: string }
 export interface TokenUpdateMsg { requestId: string; tokenIds: number[]; text: string; index: number; finishReason: number; error: string }
-export interface TokensMsg { generation: string; updates: TokenUpdateMsg[] }
-export interface WorkerErrorMsg { generation: string; message: string; fatal: boolean }
+export interface TokensMsg { epoch: string; updates: TokenUpdateMsg[] }
+export interface WorkerErrorMsg { epoch: string; message: string; fatal: boolean }
 
 /** 1 = stop (EOS or stop string), 2 = length: nodespeed.v1.FinishReason numbering. */
 export const FINISH_STOP = 1;

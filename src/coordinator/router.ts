@@ -50,7 +50,7 @@ export class Router {
     const p = rec.params;
     driver.send({
       submit: {
-        generation: driver.generation, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
+        epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
         topK: p.topK, topP: p.topP, seed: p.seed.toString(), maxTokens: p.maxTokens, stop: p.stop,
         ignoreEos: p.ignoreEos, generatedIds: rec.tokens,
       },
@@ -61,7 +61,7 @@ export class Router {
     if (rec.replica === null) return;
     const replica = this.members.replicas[rec.replica];
     const driver = replica && this.members.driver(replica);
-    driver?.send({ cancel: { generation: driver.generation, requestId: rec.id, reason } });
+    driver?.send({ cancel: { epoch: driver.epoch, requestId: rec.id, reason } });
   }
 
   /**

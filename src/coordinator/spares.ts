@@ -88,7 +88,7 @@ export class Slots {
   }
 
   /**
-   * The coordinator's heartbeat to each spare (a spare has no generation yet: '0'), and drops a
+   * The coordinator's heartbeat to each spare (a spare has no epoch yet: '0'), and drops a
    * spare silent past the timeout (a hung spare must not be handed a rank). Returns the dropped slots.
    */
   tickSpares(now: number, timeoutMs: number, log: (line: string) => void): number[] {
@@ -101,7 +101,7 @@ export class Slots {
         continue;
       }
       try {
-        s.call.write({ heartbeat: { generation: '0', sentAtMs: now } });
+        s.call.write({ heartbeat: { epoch: '0', sentAtMs: now } });
       } catch {
         /* closing; its stream handler drops it */
       }
@@ -113,7 +113,7 @@ export class Slots {
   stopSpares(reason: string): void {
     for (const s of this.spares.values()) {
       try {
-        s.call.write({ stop: { generation: '0', reason } });
+        s.call.write({ stop: { epoch: '0', reason } });
         s.call.end();
       } catch {
         /* already closed */

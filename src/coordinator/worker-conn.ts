@@ -23,11 +23,11 @@ export class WorkerConn {
   toldLost = false;
 
   /**
-   * `generation`: the one this worker is assigned in (its messages must carry it, ours to it do);
+   * `epoch`: the one this worker is assigned in (its messages must carry it, ours to it do);
    * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
    * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  constructor(public plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
+  constructor(public plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public epoch: string) {}
 
   get rank(): number {
     return this.plan.rank;
@@ -56,16 +56,16 @@ export class Replica {
   load: ReplicaLoadMsg | null = null;
   kvBlocks = 0;
   kvBlockSize = 0;
-  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
+  /** True while failover re-forms it: its ranks may join again, in a newer epoch. */
   reforming = false;
   /** Ranks that join wait for their assignment (a respawn whose layout is not settled yet, see Membership.hold). */
   holding = false;
   /**
-   * The membership generation its ranks live in: set when it is (re-)formed. Every rank of the
+   * The membership epoch its ranks live in: set when it is (re-)formed. Every rank of the
    * replica gets this one, however late it joins: another replica's re-form moves the cluster's
-   * counter on, and ranks of one replica in two generations would never meet at their rendezvous.
+   * counter on, and ranks of one replica in two epochs would never meet at their rendezvous.
    */
-  generation = '1';
+  epoch = '1';
 
   /**
    * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.

@@ -4,9 +4,9 @@
 // reports progress and readiness, and then runs steps until told to stop. Heartbeats flow from the
 // first message on; the engine and the communicators run off the JS thread, so they keep flowing.
 //
-// A worker lives through membership generations (issue 6). When its replica loses a peer, the
-// coordinator aborts the generation; a surviving worker keeps its process and its loaded shard,
-// waits for the next generation's assignment (fresh communicators with a new unique id, a spare in
+// A worker lives through membership epochs (issue 6). When its replica loses a peer, the
+// coordinator aborts the epoch; a surviving worker keeps its process and its loaded shard,
+// waits for the next epoch's assignment (fresh communicators with a new unique id, a spare in
 // the lost peer's place) and serves again. A spare is a worker that joined and got no assignment
 // yet: it waits, heartbeating, until the coordinator hands it a lost rank. The step watchdog and
 // the communicator poll (health.ts) report a wedged step or a broken communicator.
@@ -48,14 +48,14 @@ function shardKey(a: AssignmentMsg): string {
   return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
 }
 
-/** One membership generation of this worker: aborted when the coordinator gives up on it. */
-class Generation {
+/** One membership epoch of this worker: aborted when the coordinator gives up on it. */
+class Epoch {
   aborted = false;
   scheduler: Scheduler | undefined;
   wake: (() => void) | undefined;
   readonly early: { submit: SubmitMsg[]; cancel: string[] } = { submit: [], cancel: [] };
   private rejectAborted!: (err: Error) => void;
-  /** Rejects when the generation is aborted: raced against every wait that only the coordinator ends. */
+  /** Rejects when the epoch is aborted: raced against every wait that only the coordinator ends. */
   readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
 
   constructor(readonly id: string) {
@@ -81,7 +81,7 @@ class Worker {
   private engineKey = '';
   private tokenizer: Tokenizer | undefined;
   private comms: Comm[] = [];
-  private gen: Generation | undefined;
+  private gen: Epoch | undefined;
   stopRequested = false;
   /** Set once this worker has served (got Start): a later failure waits to be re-formed instead of exiting. */
   served = false;
@@ -91,25 +91,25 @@ class Worker {
     this.control.on('cancel', (c) => this.onCancel(c.requestId));
   }
 
-  get generationAborted(): boolean {
+  get epochAborted(): boolean {
     return this.gen?.aborted ?? false;
   }
 
-  /** Runs one generation: resolves when told to stop, rejects on a failure or when the generation is aborted. */
+  /** Runs one epoch: resolves when told to stop, rejects on a failure or when the epoch is aborted. */
   async run(a: AssignmentMsg): Promise<void> {
-    const gen = new Generation(a.generation);
+    const gen = new Epoch(a.epoch);
     this.gen = gen;
     const pos: ReplicaPosition = { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp };
     const local = a.stage * a.tp + a.tpRank;
     const me = a.peers[local];
     const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? me?.host ?? hostname();
-    // The nonce carries the generation: a peer of an older generation cannot connect to this one.
-    const nonce = `${this.token}/${a.generation}`;
+    // The nonce carries the epoch: a peer of an older epoch cannot connect to this one.
+    const nonce = `${this.token}/${a.epoch}`;
     const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
     const deviceIndex = cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
     const started = Promise.race([new Promise<StartMsg>((resolve) => {
       const on = (s: StartMsg) => {
-        if (s.generation !== a.generation) return;
+        if (s.epoch !== a.epoch) return;
         this.control.off('start', on);
         resolve(s);
       };
@@ -145,18 +145,18 @@ class Worker {
         layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
         ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
         ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
-        onProgress: (done, total) => this.control.send({ loadProgress: { generation: a.generation, done, total } }),
+        onProgress: (done, total) => this.control.send({ loadProgress: { epoch: a.epoch, done, total } }),
       });
       this.engineKey = key;
     } else {
-      this.control.send({ loadProgress: { generation: a.generation, done: 1, total: 1 } });
+      this.control.send({ loadProgress: { epoch: a.epoch, done: 1, total: 1 } });
     }
     if (driver && !this.tokenizer) this.tokenizer = await loadTokenizer(a.modelDir);
     const engine = this.engine;
-    if (gen.aborted) throw new Error(`generation ${a.generation} aborted while loading`);
+    if (gen.aborted) throw new Error(`generation ${a.epoch} aborted while loading`);
     if (tpComm) engine.setTpComm(tpComm.native);
     const p2p = tpComm?.native.p2p;  // NCCL: whether the one-shot P2P collectives are on, or why not
-    this.control.send({ ready: { generation: a.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
+    this.control.send({ ready: { epoch: a.epoch, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
       describe: engine.describe() + (p2p ? `; tp comm: ${p2p}` : '') } });
     const start = await started;
     this.served = true;
@@ -170,25 +170,25 @@ class Worker {
     for (const c of gen.early.cancel) this.onCancel(c);
     await runDriver(engine, plane ?? null, pos, sched, {
       emit: (updates) => {
-        if (updates.length && !gen.aborted) this.control.send({ tokens: { generation: a.generation, updates } });
+        if (updates.length && !gen.aborted) this.control.send({ tokens: { epoch: a.epoch, updates } });
       },
       waitForWork: () => new Promise<void>((resolve) => {
         gen.wake = resolve;
       }),
       stopping: () => this.stopRequested || gen.aborted,
     }, watch);
-    if (gen.aborted) throw new Error(`generation ${a.generation} aborted`);
+    if (gen.aborted) throw new Error(`generation ${a.epoch} aborted`);
   }
 
   private onSubmit(s: SubmitMsg): void {
     const gen = this.gen;
-    if (!gen || s.generation !== gen.id) return;
+    if (!gen || s.epoch !== gen.id) return;
     if (!gen.scheduler) {
       gen.early.submit.push(s);
       return;
     }
     const err = gen.scheduler.submit(s);
-    if (err) this.control.send({ tokens: { generation: gen.id, updates: [err] } });
+    if (err) this.control.send({ tokens: { epoch: gen.id, updates: [err] } });
     gen.poke();
   }
 
@@ -208,8 +208,8 @@ class Worker {
     this.gen?.poke();
   }
 
-  /** The coordinator gave up on this generation: unblock everything of it, keep the process and the shard. */
-  abortGeneration(reason: string): void {
+  /** The coordinator gave up on this epoch: unblock everything of it, keep the process and the shard. */
+  abortEpoch(reason: string): void {
     this.health.quiet();
     this.gen?.abort(reason);
     this.control.load = undefined;
@@ -229,7 +229,7 @@ class Worker {
   }
 }
 
-/** How long a worker whose generation failed waits for the next one before it gives up and exits. */
+/** How long a worker whose epoch failed waits for the next one before it gives up and exits. */
 const REFORM_WAIT_MS = 120_000;
 
 async function main(): Promise<void> {
@@ -247,7 +247,7 @@ async function main(): Promise<void> {
     unhealthy: (reason, kind) => {
       if (worker.stopRequested) return; // peers hanging up during a shutdown are expected
       log(`worker ${rank}: unhealthy: ${reason}`);
-      control.send({ error: { generation: control.generation, message: reason, fatal: true } });
+      control.send({ error: { epoch: control.epoch, message: reason, fatal: true } });
       // A wedged step: stop beating so the coordinator's heartbeat timeout confirms it even if the
       // report is lost. A broken communicator leaves the process healthy (it can be re-formed).
       if (kind === 'step') control.stopBeating();
@@ -278,8 +278,8 @@ async function main(): Promise<void> {
     signalStop();
   });
   control.on('abort', (m) => {
-    log(`worker ${rank}: abort of generation ${m.generation}: ${m.reason}`);
-    worker.abortGeneration(m.reason);
+    log(`worker ${rank}: abort of generation ${m.epoch}: ${m.reason}`);
+    worker.abortEpoch(m.reason);
   });
   const assignments: AssignmentMsg[] = [];
   let assigned: (() => void) | undefined;
@@ -309,9 +309,9 @@ async function main(): Promise<void> {
       break;
     } catch (err) {
       if (worker.stopRequested) break;
-      if (!worker.generationAborted) {
+      if (!worker.epochAborted) {
         log(`worker ${rank}: ${(err as Error).message}`);
-        control.send({ error: { generation: control.generation, message: (err as Error).message, fatal: true } });
+        control.send({ error: { epoch: control.epoch, message: (err as Error).message, fatal: true } });
       }
       worker.abortComms();
       if (!worker.served) {
