@@ -6,8 +6,9 @@ import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
-} from '../client/types.js';
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequest, GenerateResponseIn,
+  InferenceHandlers,
+} from '../protocol/api.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
@@ -47,7 +48,7 @@ export class InferenceApi {
   }
 
   /** Validates, admits and routes a request; the sink receives its tokens. */
-  private accept(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  private accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const r = this.admit(req, md, sink);
     const m = this.o.metrics;
     if (m && r instanceof RequestRecord) m.accepted();
@@ -55,7 +56,7 @@ export class InferenceApi {
     return r;
   }
 
-  private admit(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  private admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const denied = this.authorize(md);
     if (denied) return denied;
     let v: ReturnType<typeof validateRequest>;
@@ -85,7 +86,7 @@ export class InferenceApi {
     this.router.cancel(rec, why);
   }
 
-  private generate(call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>): void {
+  private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u: RequestUpdate) => {
@@ -110,8 +111,8 @@ export class InferenceApi {
     call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
   }
 
-  private complete(call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>,
-    cb: grpc.sendUnaryData<CompleteResponseMsg>): void {
+  private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
+    cb: grpc.sendUnaryData<CompleteResponseIn>): void {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u) => {
@@ -130,14 +131,6 @@ export class InferenceApi {
     }
     rec = r;
     call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
-  }
-
-  private listModels(call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>): void {
-    const denied = this.authorize(call.metadata);
-    if (denied) return cb(denied);
-    const m = this.o.model;
-    cb(null, { models: [{ name: m.name, path: m.path, architecture: m.architecture, contextLength: m.contextLength,
-      vocabSize: m.vocabSize, numLayers: m.numLayers, dtype: m.dtype }] });
   }
 
   status(): ClusterStatusMsg {
@@ -175,14 +168,18 @@ export class InferenceApi {
     };
   }
 
-  handlers(): grpc.UntypedServiceImplementation {
+  handlers(): InferenceHandlers {
     return {
-      Generate: (call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>) => this.generate(call),
-      Complete: (call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>, cb: grpc.sendUnaryData<CompleteResponseMsg>) =>
-        this.complete(call, cb),
-      ListModels: (call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>) =>
-        this.listModels(call, cb),
-      ClusterStatus: (call: grpc.ServerUnaryCall<unknown, ClusterStatusMsg>, cb: grpc.sendUnaryData<ClusterStatusMsg>) => {
+      Generate: (call) => this.generate(call),
+      Complete: (call, cb) => this.complete(call, cb),
+      ListModels: (call, cb) => {
+        const denied = this.authorize(call.metadata);
+        if (denied) return cb(denied);
+        const m = this.o.model;
+        cb(null, { models: [{ name: m.name, path: m.path, architecture: m.architecture, contextLength: m.contextLength,
+          vocabSize: m.vocabSize, numLayers: m.numLayers, dtype: m.dtype }] });
+      },
+      ClusterStatus: (call, cb) => {
         const denied = this.authorize(call.metadata);
         if (denied) return cb(denied);
         cb(null, this.status());

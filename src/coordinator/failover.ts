@@ -26,6 +26,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
+import type { FailoverCountersMsg, FailureStatusMsg, RecoveryName } from '../protocol/api.js';
 import type { Job } from '../launcher/supervisor.js';
 import type { Membership, Replica, WorkerConn } from './membership.js';
 import type { RequestStore } from './requests.js';
@@ -47,7 +48,7 @@ export interface FailoverOptions {
  * replacing → spare (a spare took the lost rank); respawning → respawned; respawning → shrinking →
  * shrunk (re-formed with a smaller layout on the ranks that could be restarted); any → retired.
  */
-export type Recovery = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'shrinking' | 'shrunk' | 'retired';
+export type Recovery = RecoveryName;
 
 export interface FailureRecord {
   rank: number;
@@ -67,22 +68,12 @@ export interface FailureRecord {
   shape?: string;
 }
 
-export interface FailoverCounters {
-  failures: number;
-  recoveries: number;
-  replayedRequests: number;
-  replayedTokens: number;
-}
+export type FailoverCounters = FailoverCountersMsg;
 
-/** ClusterStatus fields 12-13 (proto/inference.proto FailureStatus, FailoverCounters) as decoded. */
-export interface FailureStatusMsg {
-  rank: number; host: string; pid: number; replica: number; cause: string; atUnixMs: number; recovery: Recovery;
-  recoveryMs: number; generation: string; replayedRequests: number; replayedTokens: number;
-}
+/** ClusterStatus fields 12-14: every failure, the totals, the spares joined and waiting (--spares). */
 export interface FailoverStatusMsg {
   failures: FailureStatusMsg[];
   failover: FailoverCounters;
-  /** ClusterStatus field 14: spares joined and waiting (--spares). */
   spares: number;
 }
 

@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type { JoinMsg, TokensMsg, WorkerMessage } from './control-messages.js';
+import type { Join, Tokens, WorkerMessage } from '../protocol/control.js';
 import type { Layout } from './layout.js';
 import { Rendezvous } from './rendezvous.js';
 import { Slots } from './spares.js';
@@ -40,8 +40,8 @@ export interface MembershipEvents {
   'replica-serving': [replica: Replica];
   'replica-lost': [replica: Replica, reason: string];
   'worker-lost': [worker: WorkerConn, reason: string];
-  tokens: [replica: Replica, msg: TokensMsg];
-  refused: [join: JoinMsg, reason: string];
+  tokens: [replica: Replica, msg: Tokens];
+  refused: [join: Join, reason: string];
   /** A spare left the pool (its stream ended, its process exited, it went silent). */
   'spare-lost': [slot: number, reason: string];
 }
@@ -110,7 +110,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     call.on('cancelled', () => gone('control stream cancelled'));
   }
 
-  private refuse(call: ControlCall, join: JoinMsg | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
+  private refuse(call: ControlCall, join: Join | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
     this.o.log(`coordinator: refused worker ${join ? `rank ${join.rank} pid ${join.pid} on ${join.host || '?'}` : '(no Join)'}: ${reason}`);
     if (join) this.emit('refused', join, reason);
     // grpc-js: emitting 'error' on a server stream ends the call with that status.
@@ -128,7 +128,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
    * A Join names the worker's launcher slot (RANK). A slot holding a layout rank gets that rank's
    * assignment; a spare slot's worker waits as a spare (`asSpare`) until `takeOver` hands it a rank.
    */
-  private admit(call: ControlCall, join: JoinMsg, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
+  private admit(call: ControlCall, join: Join, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
     if (!this.tokenOk(join.token)) return this.refuse(call, join, 'wrong job token');
     if (join.rank >= this.slots.info.length)
       return this.refuse(call, join, `rank ${join.rank} is not in this job's ${this.slots.info.length} launcher slots`, grpc.status.INVALID_ARGUMENT);

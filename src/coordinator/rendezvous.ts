@@ -20,9 +20,10 @@ export class Rendezvous {
     this.groups.set(key, g);
     g.payloads[groupRank] = Buffer.from(payload);
     g.members.add(w.rank);
-    if (g.payloads.some((p) => p === undefined)) return;
+    const payloads = g.payloads.filter((p) => p !== undefined);
+    if (payloads.length < size) return;
     this.groups.delete(key);
-    for (const r of g.members) member(r)?.send({ commPeers: { epoch: w.epoch, group: name, payloads: g.payloads } });
+    for (const r of g.members) member(r)?.send({ commPeers: { epoch: w.epoch, group: name, payloads } });
   }
 
   /** Forgets the half-met groups of a replica that is being re-formed. */

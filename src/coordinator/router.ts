@@ -3,8 +3,8 @@
 // while no replica serves yet, and are dispatched when one starts.
 import * as grpc from '@grpc/grpc-js';
 
-import { FINISH_LENGTH, FINISH_STOP } from './control-messages.js';
-import type { TokensMsg } from './control-messages.js';
+import { FINISH_LENGTH, FINISH_STOP } from '../protocol/control.js';
+import type { Tokens } from '../protocol/control.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore } from './requests.js';
 
@@ -76,7 +76,7 @@ export class Router {
     for (const rec of this.store.pending()) this.submit(rec);
   }
 
-  private onTokens(replica: Replica, msg: TokensMsg): void {
+  private onTokens(replica: Replica, msg: Tokens): void {
     for (const u of msg.updates) {
       const rec = this.store.get(u.requestId);
       if (!rec || rec.done || rec.replica !== replica.id) continue; // cancelled meanwhile, or stale

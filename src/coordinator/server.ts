@@ -7,7 +7,7 @@ import { HealthImplementation } from 'grpc-health-check';
 
 import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
-} from '../client/proto.js';
+} from '../protocol/proto.js';
 import { InferenceApi } from './api.js';
 import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';

@@ -4,7 +4,7 @@
 // joined with the job token, heartbeat, and have no assignment (no weights loaded). When a rank is
 // lost, a spare takes it over: from then on the spare's slot holds that rank, and the lost rank's
 // old slot, once its process is gone, is started again and joins as a spare (topping the pool up).
-import type { JoinMsg } from './control-messages.js';
+import type { Join } from '../protocol/control.js';
 import type { ControlCall } from './worker-conn.js';
 
 /** Where a launcher slot is: its host and its index among that host's slots (its device). */
@@ -15,7 +15,7 @@ export interface SlotInfo {
 
 export interface Spare {
   slot: number;
-  join: JoinMsg;
+  join: Join;
   call: ControlCall;
   lastHeartbeat: number;
   /** Hands the control stream over to the worker connection that replaces the spare. */

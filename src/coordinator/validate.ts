@@ -2,7 +2,7 @@
 // runs. Every error names the proto field it is about, and becomes INVALID_ARGUMENT.
 import { randomBytes } from 'node:crypto';
 
-import type { GenerateRequestMsg } from '../client/types.js';
+import type { GenerateRequest } from '../protocol/api.js';
 import type { RequestParams } from './requests.js';
 
 export const DEFAULT_MAX_TOKENS = 128;
@@ -36,7 +36,7 @@ export function parseSeed(v: unknown): bigint {
   return bad('seed', `must be an integer in [0, 2^64) (got ${String(v)})`);
 }
 
-export function validateRequest(m: GenerateRequestMsg, model: ModelFacts): { promptIds: number[]; params: RequestParams } {
+export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: RequestParams } {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
   if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');

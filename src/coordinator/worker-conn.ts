@@ -1,7 +1,7 @@
 // The coordinator's view of one worker connection and of one replica (membership.ts owns them).
 import type * as grpc from '@grpc/grpc-js';
 
-import type { JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, WorkerMessage } from './control-messages.js';
+import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
 import type { RankPlan } from './layout.js';
 
 export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
@@ -27,7 +27,7 @@ export class WorkerConn {
    * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
    * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  constructor(public plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public epoch: string) {}
+  constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {}
 
   get rank(): number {
     return this.plan.rank;
@@ -53,7 +53,7 @@ export class WorkerConn {
 
 export class Replica {
   state: ReplicaState = 'forming';
-  load: ReplicaLoadMsg | null = null;
+  load: ReplicaLoad | null = null;
   kvBlocks = 0;
   kvBlockSize = 0;
   /** True while failover re-forms it: its ranks may join again, in a newer epoch. */

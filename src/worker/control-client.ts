@@ -6,26 +6,25 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../client/proto.js';
+import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
 import type {
-  AbortMsg, AssignmentMsg, CancelMsg, CommPeersMsg, CoordinatorMessage, JoinMsg, OutgoingWorkerMessage, ReplicaLoadMsg,
-  StartMsg, StopMsg, SubmitMsg,
-} from '../coordinator/control-messages.js';
+  Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
+} from '../protocol/control.js';
 
 export interface ControlEvents {
-  assignment: [AssignmentMsg];
-  start: [StartMsg];
-  submit: [SubmitMsg];
-  cancel: [CancelMsg];
-  stop: [StopMsg];
-  abort: [AbortMsg];
+  assignment: [Assignment];
+  start: [Start];
+  submit: [Submit];
+  cancel: [Cancel];
+  stop: [Stop];
+  abort: [Abort];
   /** The stream ended or failed: the coordinator is gone or refused us. */
   closed: [Error | null];
 }
 
 export class ControlClient extends EventEmitter<ControlEvents> {
   epoch = '0';
-  private readonly client: grpc.Client;
+  private readonly client: ControlStub;
   private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
   private readonly rendezvous = new Map<string, { resolve: (payloads: Buffer[]) => void; reject: (err: Error) => void }>();
   private beating = true;
@@ -34,17 +33,18 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private timeoutMs = 0;
   private closed = false;
   /** Filled by the replica driver: sent with every heartbeat. */
-  load: (() => ReplicaLoadMsg) | undefined;
+  load: (() => ReplicaLoadIn) | undefined;
 
-  constructor(address: string, join: JoinMsg, heartbeatMs: number) {
+  constructor(address: string, join: JoinIn, heartbeatMs: number) {
     super();
     const Ctor = clientConstructor(controlPackageDefinition(), CONTROL_SERVICE);
-    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 });
-    this.call = (this.client as unknown as { Connect(): grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage> }).Connect();
+    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 }) as unknown as ControlStub;
+    // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
+    this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
     this.call.on('error', (err: Error) => this.finish(err));
     this.call.on('end', () => this.finish(null));
-    this.call.write({ join: { ...join } as unknown as Record<string, unknown> });
+    this.call.write({ join });
     this.startHeartbeat(heartbeatMs);
   }
 

@@ -10,11 +10,11 @@
 // pp = 1 with TP followers plans one step ahead instead (run-ahead.ts).
 import type { Engine } from '../engine/engine.js';
 import type { Comm } from '../comm/comm.js';
-import type { TokenUpdateMsg } from '../coordinator/control-messages.js';
+import type { TokenUpdate } from '../protocol/control.js';
 import type { AppliedStep, PlannedStep, Scheduler } from './scheduler.js';
 import { announce, receiveStep, runAheadEnabled, runDriverAhead, runFollowerAhead } from './run-ahead.js';
 import { stepTracer } from './step-trace.js';
-import { FRAME_BYTES, KIND_STOP, frame, totalTokens } from './step-codec.js';
+import { FRAME_BYTES, KIND_STOP, frame, totalTokens } from '../protocol/step-codec.js';
 
 export interface ReplicaPosition {
   stage: number;
@@ -67,7 +67,7 @@ async function recvSampled(plane: DataPlane, step: PlannedStep, from: number): P
 
 export interface DriverHooks {
   /** Sends token updates to the coordinator. */
-  emit(updates: TokenUpdateMsg[]): void;
+  emit(updates: TokenUpdate[]): void;
   /** Resolves when there may be new work (a submit or cancel arrived) or stop was requested. */
   waitForWork(): Promise<void>;
   stopping(): boolean;

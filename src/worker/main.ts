@@ -17,7 +17,7 @@ import { loadTokenizer } from '../model/index.js';
 import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
-import type { AssignmentMsg, StartMsg, SubmitMsg } from '../coordinator/control-messages.js';
+import type { Assignment, Start, Submit } from '../protocol/control.js';
 import { ControlClient } from './control-client.js';
 import { runDriver, runFollower } from './executor.js';
 import type { ReplicaPosition } from './executor.js';
@@ -44,7 +44,7 @@ function deviceInfo() {
 }
 
 /** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
-function shardKey(a: AssignmentMsg): string {
+function shardKey(a: Assignment): string {
   return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
 }
 
@@ -53,7 +53,7 @@ class Epoch {
   aborted = false;
   scheduler: Scheduler | undefined;
   wake: (() => void) | undefined;
-  readonly early: { submit: SubmitMsg[]; cancel: string[] } = { submit: [], cancel: [] };
+  readonly early: { submit: Submit[]; cancel: string[] } = { submit: [], cancel: [] };
   private rejectAborted!: (err: Error) => void;
   /** Rejects when the epoch is aborted: raced against every wait that only the coordinator ends. */
   readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
@@ -96,7 +96,7 @@ class Worker {
   }
 
   /** Runs one epoch: resolves when told to stop, rejects on a failure or when the epoch is aborted. */
-  async run(a: AssignmentMsg): Promise<void> {
+  async run(a: Assignment): Promise<void> {
     const gen = new Epoch(a.epoch);
     this.gen = gen;
     const pos: ReplicaPosition = { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp };
@@ -107,8 +107,8 @@ class Worker {
     const nonce = `${this.token}/${a.epoch}`;
     const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
     const deviceIndex = cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
-    const started = Promise.race([new Promise<StartMsg>((resolve) => {
-      const on = (s: StartMsg) => {
+    const started = Promise.race([new Promise<Start>((resolve) => {
+      const on = (s: Start) => {
         if (s.epoch !== a.epoch) return;
         this.control.off('start', on);
         resolve(s);
@@ -180,7 +180,7 @@ class Worker {
     if (gen.aborted) throw new Error(`generation ${a.epoch} aborted`);
   }
 
-  private onSubmit(s: SubmitMsg): void {
+  private onSubmit(s: Submit): void {
     const gen = this.gen;
     if (!gen || s.epoch !== gen.id) return;
     if (!gen.scheduler) {
@@ -281,13 +281,13 @@ async function main(): Promise<void> {
     log(`worker ${rank}: abort of generation ${m.epoch}: ${m.reason}`);
     worker.abortEpoch(m.reason);
   });
-  const assignments: AssignmentMsg[] = [];
+  const assignments: Assignment[] = [];
   let assigned: (() => void) | undefined;
   control.on('assignment', (a) => {
     assignments.push(a);
     assigned?.();
   });
-  const nextAssignment = async (limitMs: number): Promise<AssignmentMsg | null> => {
+  const nextAssignment = async (limitMs: number): Promise<Assignment | null> => {
     const timeout = new Promise<null>((r) => setTimeout(() => r(null), limitMs).unref());
     while (!assignments.length) {
       const got = await Promise.race([new Promise<boolean>((r) => (assigned = () => r(true))), stopped.then(() => false), timeout.then(() => false)]);

@@ -15,8 +15,8 @@
 import type { Engine } from '../engine/engine.js';
 import type { AppliedStep, PlannedStep, Scheduler } from './scheduler.js';
 import type { DataPlane, DriverHooks, StepRunner } from './executor.js';
-import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, fillTokens, frame, INLINE_BYTES, readFrame } from './step-codec.js';
-import type { StepMeta } from './step-codec.js';
+import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, fillTokens, frame, INLINE_BYTES, readFrame } from '../protocol/step-codec.js';
+import type { StepMeta } from '../protocol/step-codec.js';
 import { stepTracer } from './step-trace.js';
 
 export function runAheadEnabled(env: NodeJS.ProcessEnv = process.env): boolean {

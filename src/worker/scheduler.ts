@@ -6,13 +6,13 @@
 import { BlockAllocator } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import { StopChecker } from '../engine/stop-checker.js';
-import type { ReplicaLoadMsg, SubmitMsg, TokenUpdateMsg } from '../coordinator/control-messages.js';
-import { FINISH_LENGTH, FINISH_STOP } from '../coordinator/control-messages.js';
+import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
+import { FINISH_LENGTH, FINISH_STOP } from '../protocol/control.js';
 import type { StepSeq } from '../native/addon.js';
 
 interface Seq {
   id: string;
-  sub: SubmitMsg;
+  sub: Submit;
   stop: StopChecker;
   budget: number;
   /** Tokens already in the KV cache. */
@@ -75,8 +75,8 @@ export class Scheduler {
   }
 
   /** Queues a request; returns an error update when it can never run. */
-  submit(sub: SubmitMsg): TokenUpdateMsg | null {
-    const err = (error: string): TokenUpdateMsg => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0, finishReason: 0, error });
+  submit(sub: Submit): TokenUpdate | null {
+    const err = (error: string): TokenUpdate => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0, finishReason: 0, error });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
     const budget = Math.min(this.contextLength, sub.promptIds.length + sub.maxTokens);
@@ -201,7 +201,7 @@ export class Scheduler {
   }
 
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
-  complete(step: PlannedStep, sampled: Int32Array): TokenUpdateMsg[] {
+  complete(step: PlannedStep, sampled: Int32Array): TokenUpdate[] {
     return this.settle(this.apply(step, sampled));
   }
 
@@ -234,8 +234,8 @@ export class Scheduler {
   }
 
   /** Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator. */
-  settle(applied: AppliedStep): TokenUpdateMsg[] {
-    const updates: TokenUpdateMsg[] = [];
+  settle(applied: AppliedStep): TokenUpdate[] {
+    const updates: TokenUpdate[] = [];
     for (const { seq, token } of applied) {
       if (seq.cancelled || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
       const before = seq.stop.tokens.length;
@@ -256,7 +256,7 @@ export class Scheduler {
     return updates;
   }
 
-  load(): ReplicaLoadMsg {
+  load(): ReplicaLoad {
     return {
       running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
       kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),

@@ -10,9 +10,9 @@ import { estimateMemory, stepScratchBytes } from '../../src/coordinator/memory.j
 import type { TokenizerLike } from '../../src/engine/index.js';
 import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
-import { decodeStep, encodeStep } from '../../src/worker/step-codec.js';
+import { decodeStep, encodeStep } from '../../src/protocol/step-codec.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
-import type { SubmitMsg } from '../../src/coordinator/control-messages.js';
+import type { Submit } from '../../src/protocol/control.js';
 import { BIN, PY_TINY, root } from './helpers.js';
 
 // Llama-2-7B's shape: 32 layers, vocab 32000 (embedding and head each ~ 0.65 of a layer).
@@ -99,7 +99,7 @@ describe('step metadata codec', () => {
 
 describe('continuous-batching scheduler', () => {
   const tok: TokenizerLike = { encode: () => [], decode: (ids) => ids.map((i) => String.fromCharCode(97 + (i % 26))).join(''), eosTokenIds: [1] };
-  const sub = (id: string, n: number, maxTokens: number): SubmitMsg => ({ generation: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
+  const sub = (id: string, n: number, maxTokens: number): Submit => ({ generation: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
     temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false, generatedIds: [] });
 
   it('admits by free KV blocks, chunks long prefills, mixes prefill and decode in one step, frees on finish and cancel', () => {

@@ -5,21 +5,21 @@
 // every KV block freed.
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FINISH_LENGTH, FINISH_STOP } from '../../src/coordinator/control-messages.js';
-import type { SubmitMsg, TokenUpdateMsg } from '../../src/coordinator/control-messages.js';
+import { FINISH_LENGTH, FINISH_STOP } from '../../src/protocol/control.js';
+import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import type { PlannedStep } from '../../src/worker/scheduler.js';
-import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/worker/step-codec.js';
+import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/protocol/step-codec.js';
 import { PY_TINY } from './helpers.js';
 
 let tok: Tokenizer;
 beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
-function submit(s: Scheduler, id: string, over: Partial<SubmitMsg> = {}): void {
+function submit(s: Scheduler, id: string, over: Partial<Submit> = {}): void {
   const err = s.submit({ requestId: id, promptIds: tok.encode('def main():\n'), maxTokens: 10, temperature: 0, topK: 0, topP: 1,
-    seed: '1', stop: [], ignoreEos: false, generatedIds: [], ...over } as SubmitMsg);
+    seed: '1', stop: [], ignoreEos: false, generatedIds: [], ...over } as Submit);
   expect(err).toBeNull();
 }
 
@@ -83,7 +83,7 @@ describe('scheduler: apply now, settle later', () => {
 // its decode inputs are N's sampled tokens, filled in by index once N is done.
 describe('scheduler: planning one step ahead', () => {
   /** What the driver does once step `cur` finished: apply it, then fill the ahead step's tokens. */
-  function finish(s: Scheduler, cur: PlannedStep, ahead: PlannedStep | null, sampled: number[]): TokenUpdateMsg[] {
+  function finish(s: Scheduler, cur: PlannedStep, ahead: PlannedStep | null, sampled: number[]): TokenUpdate[] {
     const out = Int32Array.from(sampled);
     const applied = s.apply(cur, out);
     if (ahead) fillTokens(ahead.seqs, ahead.tokenFrom, out);
