@@ -6,9 +6,9 @@ import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequest, GenerateResponseIn,
-  InferenceHandlers,
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers,
 } from '../protocol/api.js';
+import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
@@ -30,7 +30,7 @@ export interface ApiOptions {
   metrics?: ApiMetrics;
 }
 
-const FINISH: FinishReasonName[] = ['FINISH_REASON_UNSPECIFIED', 'FINISH_REASON_STOP', 'FINISH_REASON_LENGTH'];
+const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
 type Status = { code: grpc.status; details: string };
 
@@ -80,20 +80,17 @@ export class InferenceApi {
 
   /** Client cancellation or deadline: forget the request and tell its driver to free its blocks. */
   private abandon(rec: RequestRecord, why: string): void {
-    if (rec.done) return;
-    rec.done = true;
-    this.store.remove(rec.id);
-    this.router.cancel(rec, why);
+    if (this.store.finish(rec, { status: RequestStatus.CANCELLED })) this.router.cancel(rec, why);
   }
 
   private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u: RequestUpdate) => {
-        const last = u.finishReason !== 0;
+        const last = u.finishReason !== NOT_FINISHED;
         if (!u.tokenIds.length && !u.text && !last) return;
         call.write({
-          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: FINISH[u.finishReason]!,
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason,
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [],
         });
@@ -116,9 +113,9 @@ export class InferenceApi {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u) => {
-        if (u.finishReason === 0 || !rec) return;
+        if (u.finishReason === NOT_FINISHED || !rec) return;
         cb(null, {
-          tokenIds: rec.tokens, text: rec.text, finishReason: FINISH[u.finishReason]!, requestId: rec.id,
+          tokenIds: rec.tokens, text: rec.text, finishReason: u.finishReason, requestId: rec.id,
           usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
         });
       },

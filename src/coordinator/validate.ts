@@ -1,11 +1,9 @@
-// Checks a public GenerateRequest and turns it into the prompt ids and parameters the driver
-// runs. Every error names the proto field it is about, and becomes INVALID_ARGUMENT.
-import { randomBytes } from 'node:crypto';
-
+// Checks a public GenerateRequest and turns it into the prompt ids and the sampling parameters the
+// driver runs (their rules: protocol/sampling.ts). Every error names the proto field it is about,
+// and becomes INVALID_ARGUMENT.
 import type { GenerateRequest } from '../protocol/api.js';
-import type { RequestParams } from './requests.js';
-
-export const DEFAULT_MAX_TOKENS = 128;
+import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
+import type { SamplingParams } from '../protocol/sampling.js';
 
 export class InvalidRequestError extends Error {
   constructor(readonly field: string, message: string) {
@@ -25,18 +23,12 @@ function bad(field: string, message: string): never {
   throw new InvalidRequestError(field, message);
 }
 
-export function parseSeed(v: unknown): bigint {
-  if (v === undefined || v === null || v === '') return randomBytes(8).readBigUInt64LE(0);
-  try {
-    const s = BigInt(v as string | number | bigint);
-    if (s >= 0n && s < 1n << 64n) return s;
-  } catch {
-    /* fall through */
-  }
-  return bad('seed', `must be an integer in [0, 2^64) (got ${String(v)})`);
+/** A sampling field as GenerateRequest names it: maxTokens → max_tokens, stop[2] stays. */
+function protoName(field: string): string {
+  return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: RequestParams } {
+export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: SamplingParams } {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
   if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
@@ -52,23 +44,13 @@ export function validateRequest(m: GenerateRequest, model: ModelFacts): { prompt
   }
   if (promptIds.length >= model.contextLength)
     bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
-  const maxTokens = m.maxTokens ?? DEFAULT_MAX_TOKENS;
-  if (!Number.isInteger(maxTokens) || maxTokens < 1) bad('max_tokens', `must be >= 1 (got ${maxTokens})`);
-  const temperature = m.temperature ?? 0;
-  if (!Number.isFinite(temperature) || temperature < 0) bad('temperature', `must be >= 0 (got ${temperature})`);
-  const topP = m.topP ?? 1;
-  if (!(topP > 0 && topP <= 1)) bad('top_p', `must be in (0, 1] (got ${topP})`);
-  const topK = m.topK ?? 0;
-  const stop = m.stop ?? [];
-  const empty = stop.findIndex((s) => s.length === 0);
-  if (empty >= 0) bad(`stop[${empty}]`, 'is empty');
-  return {
-    promptIds,
-    params: {
-      temperature, topK, topP, seed: parseSeed(m.seed),
-      // The context bounds the output too; that ends as 'length' like max_tokens.
-      maxTokens: Math.min(maxTokens, model.contextLength - promptIds.length),
-      stop: [...stop], ignoreEos: m.ignoreEos ?? false,
-    },
-  };
+  let params: SamplingParams;
+  try {
+    params = validateSampling({ temperature: m.temperature, topK: m.topK, topP: m.topP, seed: m.seed, maxTokens: m.maxTokens,
+      stop: m.stop, ignoreEos: m.ignoreEos });
+  } catch (err) {
+    if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
+    throw err;
+  }
+  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength) };
 }

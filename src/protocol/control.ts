@@ -32,7 +32,3 @@ export type CoordinatorMessage = OneofUnion<CoordinatorMessageWire>;
 /** What each side writes: one member set (proto defaults for the fields left out). */
 export type OutgoingWorkerMessage = WorkerMessageIn;
 export type OutgoingCoordinatorMessage = CoordinatorMessageIn;
-
-/** TokenUpdate.finish_reason: 1 = stop (EOS or stop string), 2 = length (nodespeed.v1.FinishReason numbering). */
-export const FINISH_STOP = 1;
-export const FINISH_LENGTH = 2;

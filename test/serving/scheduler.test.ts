@@ -5,8 +5,8 @@
 // every KV block freed.
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FINISH_LENGTH, FINISH_STOP } from '../../src/protocol/control.js';
 import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
+import { FinishReason } from '../../src/protocol/lifecycle.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
@@ -14,12 +14,15 @@ import type { PlannedStep } from '../../src/worker/scheduler.js';
 import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/protocol/step-codec.js';
 import { PY_TINY } from './helpers.js';
 
+const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
+
 let tok: Tokenizer;
 beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
-function submit(s: Scheduler, id: string, over: Partial<Submit> = {}): void {
-  const err = s.submit({ requestId: id, promptIds: tok.encode('def main():\n'), maxTokens: 10, temperature: 0, topK: 0, topP: 1,
-    seed: '1', stop: [], ignoreEos: false, generatedIds: [], ...over } as Submit);
+function submit(s: Scheduler, id: string, over: { promptIds?: number[]; maxTokens?: number; stop?: string[] } = {}): void {
+  const { promptIds = tok.encode('def main():\n'), ...params } = over;
+  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [],
+    params: { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: '1', stop: [], ignoreEos: false, ...params } } as Submit);
   expect(err).toBeNull();
 }
 
@@ -37,8 +40,8 @@ describe('scheduler: apply now, settle later', () => {
     const p2 = s.next(1)!;                         // planned before step 1 settled: a and b decode
     expect(p2.seqs.length).toBe(2);
     const u1 = s.settle(a1);
-    expect(u1.find((u) => u.requestId === 'a')!.finishReason).toBe(FINISH_STOP);
-    expect(u1.find((u) => u.requestId === 'b')!.finishReason).toBe(0);
+    expect(u1.find((u) => u.requestId === 'a')!.finishReason).toBe(STOP);
+    expect(u1.find((u) => u.requestId === 'b')!.finishReason).toBe(NONE);
     const u2 = s.settle(s.apply(p2, new Int32Array([401, 402])));
     expect(u2.map((u) => u.requestId)).toEqual(['b']);
     expect(u2[0]!.index).toBe(1);
@@ -61,7 +64,7 @@ describe('scheduler: apply now, settle later', () => {
     expect(p2.seqs.length).toBe(1);                // only 'go'
     const u = s.settle(a1);
     expect(u.map((x) => [x.requestId, x.finishReason, x.tokenIds.length])).toEqual([
-      ['eos', FINISH_STOP, 0], ['len', FINISH_LENGTH, 1], ['go', 0, 1]]);
+      ['eos', STOP, 0], ['len', LENGTH, 1], ['go', NONE, 1]]);
     const u2 = s.complete(p2, new Int32Array([ids(s, 1)[0]!]));
     expect(u2[0]!.requestId).toBe('go');
     expect(s.load().running).toBe(1);
@@ -118,14 +121,14 @@ describe('scheduler: planning one step ahead', () => {
     expect(p2.seqs.length).toBe(2);                // 'len' has its one token in p1: not planned again
     const eos = tok.eosTokenIds[0]!;
     const u1 = finish(s, p1, p2, [eos, 800, 801]);
-    expect(u1.map((u) => [u.requestId, u.finishReason])).toEqual([['eos', FINISH_STOP], ['len', FINISH_LENGTH], ['go', 0]]);
+    expect(u1.map((u) => [u.requestId, u.finishReason])).toEqual([['eos', STOP], ['len', LENGTH], ['go', NONE]]);
     const p3 = s.nextAhead(p2)!;
     expect(p3.seqs.length).toBe(1);                // only 'go'
     const u2 = finish(s, p2, p3, [900, 802]);      // 900: eos's extra step, dropped
     expect(u2.map((u) => [u.requestId, u.tokenIds])).toEqual([['go', [802]]]);
     expect(s.nextAhead(p3)).toBeNull();            // go's third token is its last
     const u3 = finish(s, p3, null, [803]);
-    expect(u3.map((u) => [u.requestId, u.finishReason])).toEqual([['go', FINISH_LENGTH]]);
+    expect(u3.map((u) => [u.requestId, u.finishReason])).toEqual([['go', LENGTH]]);
     expect(s.idle).toBe(true);
     expect(s.load().kvBlocksFree).toBe(total);
   });

@@ -1,18 +1,13 @@
 // Original file: proto/control.proto
 
+import type { SamplingParamsIn as _nodespeed_control_v1_SamplingParamsIn, SamplingParams as _nodespeed_control_v1_SamplingParams } from '../../../nodespeed/control/v1/SamplingParams.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface SubmitIn {
   'epoch'?: (number | string | Long);
   'requestId'?: (string);
   'promptIds'?: (number)[];
-  'temperature'?: (number | string);
-  'topK'?: (number);
-  'topP'?: (number | string);
-  'seed'?: (number | string | Long);
-  'maxTokens'?: (number);
-  'stop'?: (string)[];
-  'ignoreEos'?: (boolean);
+  'params'?: (_nodespeed_control_v1_SamplingParamsIn | null);
   /**
    * Replay (failover): tokens already streamed to the client; the driver continues after them.
    */
@@ -23,13 +18,7 @@ export interface Submit {
   'epoch': (string);
   'requestId': (string);
   'promptIds': (number)[];
-  'temperature': (number);
-  'topK': (number);
-  'topP': (number);
-  'seed': (string);
-  'maxTokens': (number);
-  'stop': (string)[];
-  'ignoreEos': (boolean);
+  'params': (_nodespeed_control_v1_SamplingParams | null);
   /**
    * Replay (failover): tokens already streamed to the client; the driver continues after them.
    */

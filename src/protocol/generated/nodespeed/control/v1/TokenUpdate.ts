@@ -1,5 +1,6 @@
 // Original file: proto/control.proto
 
+import type { FinishReasonIn as _nodespeed_v1_FinishReasonIn, FinishReason as _nodespeed_v1_FinishReason } from '../../../nodespeed/v1/FinishReason.js';
 
 export interface TokenUpdateIn {
   'requestId'?: (string);
@@ -10,9 +11,9 @@ export interface TokenUpdateIn {
    */
   'index'?: (number);
   /**
-   * nodespeed.v1.FinishReason numbering; 0 = running
+   * UNSPECIFIED while the request runs
    */
-  'finishReason'?: (number);
+  'finishReason'?: (_nodespeed_v1_FinishReasonIn);
   /**
    * the driver refused or failed the request
    */
@@ -28,9 +29,9 @@ export interface TokenUpdate {
    */
   'index': (number);
   /**
-   * nodespeed.v1.FinishReason numbering; 0 = running
+   * UNSPECIFIED while the request runs
    */
-  'finishReason': (number);
+  'finishReason': (_nodespeed_v1_FinishReason);
   /**
    * the driver refused or failed the request
    */
