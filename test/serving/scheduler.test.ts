@@ -82,7 +82,7 @@ describe('scheduler: apply now, settle later', () => {
   });
 });
 
-// Run-ahead (pp = 1 with TP followers, src/worker/run-ahead.ts): step N+1 is planned while N runs;
+// Planning ahead (pp = 1, src/worker/replica.ts): step N+1 is planned while N runs;
 // its decode inputs are N's sampled tokens, filled in by index once N is done.
 describe('scheduler: planning one step ahead', () => {
   /** What the driver does once step `cur` finished: apply it, then fill the ahead step's tokens. */
