@@ -27,12 +27,22 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 
 import type { FailoverCountersMsg, FailureStatusMsg, RecoveryName } from '../protocol/api.js';
-import type { Job } from '../launcher/supervisor.js';
 import type { Membership, Replica, WorkerConn } from './membership.js';
 import type { RequestStore } from './requests.js';
 import type { Router } from './router.js';
 import { applyShrink, planShrink, shape } from './shrink.js';
 import type { ShrinkContext } from './shrink.js';
+
+/**
+ * The job's worker processes, as failover uses them (the launcher's Job is one): a slot's process
+ * exiting, and killing or starting a slot's process again. Slots are the launcher's ranks.
+ */
+export interface WorkerProcesses {
+  on(event: 'rank-exit', listener: (e: { rank: number; code: number; signal: string | null; expected: boolean }) => void): unknown;
+  rankState(slot: number): { running: boolean };
+  killRank(slot: number, signal?: NodeJS.Signals): Promise<void>;
+  restartRank(slot: number): Promise<void>;
+}
 
 export interface FailoverOptions {
   /** A request waiting this long for a serving replica fails with UNAVAILABLE. */
@@ -97,7 +107,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
   /** Replicas re-formed with a smaller layout (recovery (c)); part of counters.recoveries. */
   shrinks = 0;
-  private job: Job | undefined;
+  private job: WorkerProcesses | undefined;
   private readonly lastLost = new Map<number, WorkerConn>();
   private readonly open = new Map<number, FailureRecord>();
   /** Pid, host and GPU memory of every rank of the replicas being re-formed, as they joined before the loss. */
@@ -133,7 +143,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * Arms recovery once the cluster serves (a failure while starting fails the launch instead):
    * from now on a rank's process exit counts as a loss, and lost replicas are re-formed.
    */
-  attach(job: Job): void {
+  attach(job: WorkerProcesses): void {
     this.job = job;
     job.on('rank-exit', (e) => {
       if (e.expected) return;
