@@ -6,7 +6,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
-import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
@@ -172,6 +172,65 @@ describe('scheduler: planning one step ahead', () => {
     expect(finish(s, p2, null, [601])).toEqual([]);
     expect(s.idle).toBe(true);
     expect(s.load().kvBlocksFree).toBe(total);
+  });
+});
+
+// One status per sequence: queued while it waits for KV blocks, running once admitted, finished
+// as soon as its end is certain (EOS or its last allowed token at apply, a stop string at settle)
+// or cancelled; it leaves (blocks freed, no status) once no planned step uses it.
+describe('scheduler: a sequence\'s status', () => {
+  const { QUEUED, RUNNING, FINISHED, CANCELLED } = RequestStatus;
+
+  it('queued until blocks free up, running once admitted, finished at apply on EOS, gone after settle', () => {
+    // 16 blocks of 16 tokens: a budget of prompt + 200 tokens fits once, not twice.
+    const s = new Scheduler(16, 16, tok, 256, 16, 512);
+    submit(s, 'a', { maxTokens: 200 });
+    submit(s, 'b', { maxTokens: 200 });
+    expect([s.status('a'), s.status('b')]).toEqual([QUEUED, QUEUED]);
+    const p1 = s.next(1)!;
+    expect([s.status('a'), s.status('b'), p1.seqs.length]).toEqual([RUNNING, QUEUED, 1]);
+    const a1 = s.apply(p1, Int32Array.of(tok.eosTokenIds[0]!));
+    expect(s.status('a')).toBe(FINISHED);                     // known at apply, before the report
+    expect(s.next(1)).toBeNull();                             // not planned again; b still waits for a's blocks
+    expect(s.settle(a1).map((u) => [u.requestId, u.finishReason])).toEqual([['a', STOP]]);
+    expect(s.status('a')).toBeUndefined();                    // gone, its blocks free
+    expect(s.next(1)!.seqs.length).toBe(1);
+    expect(s.status('b')).toBe(RUNNING);
+  });
+
+  it('the last allowed token finishes at apply; a stop string only at settle, while planned ahead', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'len', { maxTokens: 1 });
+    submit(s, 'str', { stop: [tok.decode([word()])] });
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;                              // planned while p1 runs: only 'str' (len's one token is in p1)
+    expect(p2.seqs.length).toBe(1);
+    const a1 = s.apply(p1, Int32Array.of(500, word()));
+    expect([s.status('len'), s.status('str')]).toEqual([FINISHED, RUNNING]);
+    s.settle(a1);
+    expect([s.status('len'), s.status('str')]).toEqual([undefined, FINISHED]);  // str still in p2: kept until p2 completes
+    expect(s.settle(s.apply(p2, Int32Array.of(501)))).toEqual([]);            // p2's token for it is dropped
+    expect(s.status('str')).toBeUndefined();
+    expect(s.idle).toBe(true);
+  });
+
+  it('cancel: a running sequence is cancelled; a finished one stays finished until it leaves', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'run');
+    submit(s, 'end', { maxTokens: 1 });
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;                              // 'run' planned twice
+    s.cancel('run');
+    expect(s.status('run')).toBe(CANCELLED);
+    const a1 = s.apply(p1, Int32Array.of(600, 601));
+    expect(s.status('end')).toBe(FINISHED);
+    s.cancel('end');                                          // its end is certain already: finished stays finished (its report goes out; the coordinator, which sent the cancel, drops it)
+    expect(s.status('end')).toBe(FINISHED);
+    expect(s.settle(a1).map((u) => [u.requestId, u.finishReason])).toEqual([['end', LENGTH]]);
+    expect(s.status('run')).toBe(CANCELLED);                  // p2 still uses its blocks
+    s.settle(s.apply(p2, Int32Array.of(602)));
+    expect([s.status('run'), s.status('end'), s.idle]).toEqual([undefined, undefined, true]);
+    s.cancel('nobody');                                       // unknown ids are ignored
   });
 });
 
