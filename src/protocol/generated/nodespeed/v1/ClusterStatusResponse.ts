@@ -15,7 +15,7 @@ export interface ClusterStatusResponseIn {
   'pp'?: (number);
   'replicaCount'?: (number);
   /**
-   * membership generation
+   * the membership epoch: moves on each time a replica is re-formed
    */
   'generation'?: (number | string | Long);
   'replicas'?: (_nodespeed_v1_ReplicaStatusIn)[];
@@ -53,7 +53,7 @@ export interface ClusterStatusResponse {
   'pp': (number);
   'replicaCount': (number);
   /**
-   * membership generation
+   * the membership epoch: moves on each time a replica is re-formed
    */
   'generation': (string);
   'replicas': (_nodespeed_v1_ReplicaStatus)[];

@@ -31,7 +31,7 @@ export interface FailureStatusIn {
    */
   'recoveryMs'?: (number | string);
   /**
-   * the generation the replica was re-formed in
+   * the membership epoch the replica was re-formed in
    */
   'generation'?: (number | string | Long);
   /**
@@ -73,7 +73,7 @@ export interface FailureStatus {
    */
   'recoveryMs': (number);
   /**
-   * the generation the replica was re-formed in
+   * the membership epoch the replica was re-formed in
    */
   'generation': (string);
   /**
