@@ -157,7 +157,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
-      encode: (text: string) => tokenizer.encode(text),
+      encode: tokenizer.encode.bind(tokenizer),
     },
   });
   const port = await coordinator.start();
