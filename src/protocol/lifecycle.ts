@@ -3,10 +3,13 @@
 // one FinishReason (the proto enum, the same value from the stop checker to the client).
 //
 //   queued ──▶ running ──▶ finished (FinishReason STOP or LENGTH)
-//     ▲           │  ▲
-//     └───────────┤  │       running → queued: its replica was lost; it is replayed from its
-//                 ▼  │       prompt and the tokens already streamed
-//              preempted
+//     ▲  ▲        │  ▲          ▲
+//     │  └────────┤  │          │   running → queued: its replica was lost; it is replayed from its
+//     │           ▼  │          │   prompt and the tokens already streamed (preempted → queued too)
+//     └──────── preempted ──────┘   running → preempted: taken out of its replica's batch for a
+//                                   request of a higher class; it resumes (→ running) by recomputing
+//                                   its prompt and the tokens already streamed. preempted → finished:
+//                                   a stop string in its last token, seen after it was preempted
 //   queued, running, preempted ──▶ failed | cancelled
 import { FinishReason } from './generated/nodespeed/v1/FinishReason.js';
 
@@ -34,7 +37,7 @@ const { QUEUED, RUNNING, PREEMPTED, FINISHED, FAILED, CANCELLED } = RequestStatu
 const NEXT: Readonly<Record<RequestStatus, readonly RequestStatus[]>> = {
   [QUEUED]: [RUNNING, FAILED, CANCELLED],
   [RUNNING]: [QUEUED, PREEMPTED, FINISHED, FAILED, CANCELLED],
-  [PREEMPTED]: [RUNNING, FAILED, CANCELLED],
+  [PREEMPTED]: [RUNNING, QUEUED, FINISHED, FAILED, CANCELLED],
   [FINISHED]: [],
   [FAILED]: [],
   [CANCELLED]: [],

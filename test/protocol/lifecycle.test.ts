@@ -14,7 +14,7 @@ describe('request lifecycle', () => {
   it('has exactly the documented transitions', () => {
     const legal = ALL.flatMap((from) => ALL.filter((to) => canTransition(from, to)).map((to) => `${from}>${to}`));
     expect(legal.sort()).toEqual([
-      'preempted>cancelled', 'preempted>failed', 'preempted>running',
+      'preempted>cancelled', 'preempted>failed', 'preempted>finished', 'preempted>queued', 'preempted>running',
       'queued>cancelled', 'queued>failed', 'queued>running',
       'running>cancelled', 'running>failed', 'running>finished', 'running>preempted', 'running>queued',
     ]);

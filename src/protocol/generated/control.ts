@@ -23,6 +23,7 @@ import type { TokenUpdateIn as _nodespeed_control_v1_TokenUpdateIn, TokenUpdate 
 import type { TokensIn as _nodespeed_control_v1_TokensIn, Tokens as _nodespeed_control_v1_Tokens } from './nodespeed/control/v1/Tokens.js';
 import type { WorkerErrorIn as _nodespeed_control_v1_WorkerErrorIn, WorkerError as _nodespeed_control_v1_WorkerError } from './nodespeed/control/v1/WorkerError.js';
 import type { WorkerMessageIn as _nodespeed_control_v1_WorkerMessageIn, WorkerMessage as _nodespeed_control_v1_WorkerMessage } from './nodespeed/control/v1/WorkerMessage.js';
+import type { ClassStatusIn as _nodespeed_v1_ClassStatusIn, ClassStatus as _nodespeed_v1_ClassStatus } from './nodespeed/v1/ClassStatus.js';
 import type { ClusterStatusRequestIn as _nodespeed_v1_ClusterStatusRequestIn, ClusterStatusRequest as _nodespeed_v1_ClusterStatusRequest } from './nodespeed/v1/ClusterStatusRequest.js';
 import type { ClusterStatusResponseIn as _nodespeed_v1_ClusterStatusResponseIn, ClusterStatusResponse as _nodespeed_v1_ClusterStatusResponse } from './nodespeed/v1/ClusterStatusResponse.js';
 import type { CompleteResponseIn as _nodespeed_v1_CompleteResponseIn, CompleteResponse as _nodespeed_v1_CompleteResponse } from './nodespeed/v1/CompleteResponse.js';
@@ -30,7 +31,9 @@ import type { FailoverCountersIn as _nodespeed_v1_FailoverCountersIn, FailoverCo
 import type { FailureStatusIn as _nodespeed_v1_FailureStatusIn, FailureStatus as _nodespeed_v1_FailureStatus } from './nodespeed/v1/FailureStatus.js';
 import type { GenerateRequestIn as _nodespeed_v1_GenerateRequestIn, GenerateRequest as _nodespeed_v1_GenerateRequest } from './nodespeed/v1/GenerateRequest.js';
 import type { GenerateResponseIn as _nodespeed_v1_GenerateResponseIn, GenerateResponse as _nodespeed_v1_GenerateResponse } from './nodespeed/v1/GenerateResponse.js';
+import type { GroupStatusIn as _nodespeed_v1_GroupStatusIn, GroupStatus as _nodespeed_v1_GroupStatus } from './nodespeed/v1/GroupStatus.js';
 import type { InferenceClient as _nodespeed_v1_InferenceClient, InferenceDefinition as _nodespeed_v1_InferenceDefinition } from './nodespeed/v1/Inference.js';
+import type { LatencyPercentilesIn as _nodespeed_v1_LatencyPercentilesIn, LatencyPercentiles as _nodespeed_v1_LatencyPercentiles } from './nodespeed/v1/LatencyPercentiles.js';
 import type { ListModelsRequestIn as _nodespeed_v1_ListModelsRequestIn, ListModelsRequest as _nodespeed_v1_ListModelsRequest } from './nodespeed/v1/ListModelsRequest.js';
 import type { ListModelsResponseIn as _nodespeed_v1_ListModelsResponseIn, ListModelsResponse as _nodespeed_v1_ListModelsResponse } from './nodespeed/v1/ListModelsResponse.js';
 import type { ModelInfoIn as _nodespeed_v1_ModelInfoIn, ModelInfo as _nodespeed_v1_ModelInfo } from './nodespeed/v1/ModelInfo.js';
@@ -71,6 +74,7 @@ export interface ProtoGrpcType {
       }
     }
     v1: {
+      ClassStatus: MessageTypeDefinition<_nodespeed_v1_ClassStatusIn, _nodespeed_v1_ClassStatus>
       ClusterStatusRequest: MessageTypeDefinition<_nodespeed_v1_ClusterStatusRequestIn, _nodespeed_v1_ClusterStatusRequest>
       ClusterStatusResponse: MessageTypeDefinition<_nodespeed_v1_ClusterStatusResponseIn, _nodespeed_v1_ClusterStatusResponse>
       CompleteResponse: MessageTypeDefinition<_nodespeed_v1_CompleteResponseIn, _nodespeed_v1_CompleteResponse>
@@ -79,7 +83,9 @@ export interface ProtoGrpcType {
       FinishReason: EnumTypeDefinition
       GenerateRequest: MessageTypeDefinition<_nodespeed_v1_GenerateRequestIn, _nodespeed_v1_GenerateRequest>
       GenerateResponse: MessageTypeDefinition<_nodespeed_v1_GenerateResponseIn, _nodespeed_v1_GenerateResponse>
+      GroupStatus: MessageTypeDefinition<_nodespeed_v1_GroupStatusIn, _nodespeed_v1_GroupStatus>
       Inference: SubtypeConstructor<typeof grpc.Client, _nodespeed_v1_InferenceClient> & { service: _nodespeed_v1_InferenceDefinition }
+      LatencyPercentiles: MessageTypeDefinition<_nodespeed_v1_LatencyPercentilesIn, _nodespeed_v1_LatencyPercentiles>
       ListModelsRequest: MessageTypeDefinition<_nodespeed_v1_ListModelsRequestIn, _nodespeed_v1_ListModelsRequest>
       ListModelsResponse: MessageTypeDefinition<_nodespeed_v1_ListModelsResponseIn, _nodespeed_v1_ListModelsResponse>
       ModelInfo: MessageTypeDefinition<_nodespeed_v1_ModelInfoIn, _nodespeed_v1_ModelInfo>

@@ -10,6 +10,11 @@ export interface CompleteResponseIn {
   'usage'?: (_nodespeed_v1_UsageIn | null);
   'requestId'?: (string);
   'promptIds'?: (number)[];
+  /**
+   * the replica group that produced the last tokens
+   */
+  'group'?: (string);
+  'replica'?: (number);
 }
 
 export interface CompleteResponse {
@@ -19,4 +24,9 @@ export interface CompleteResponse {
   'usage': (_nodespeed_v1_Usage | null);
   'requestId': (string);
   'promptIds': (number)[];
+  /**
+   * the replica group that produced the last tokens
+   */
+  'group': (string);
+  'replica': (number);
 }

@@ -40,10 +40,27 @@ export interface GenerateRequestIn {
    */
   'stop'?: (string)[];
   'ignoreEos'?: (boolean);
+  'priorityClass'?: (string);
+  'priorityValue'?: (number);
+  /**
+   * After a failover, continue only on a replica of the same numerics (device and precision) as the
+   * one that produced its first tokens, waiting for one (up to --request-timeout) rather than moving
+   * to another kind of replica, whose tokens after the fault could differ.
+   */
+  'exact'?: (boolean);
   '_maxTokens'?: "maxTokens";
   '_temperature'?: "temperature";
   '_topP'?: "topP";
   '_seed'?: "seed";
+  /**
+   * The request's class (`launch --config`: the deployment file's `classes`; without one: realtime,
+   * standard, batch over the one group): its name, or an integer as vLLM's priority takes it (lower
+   * runs first), which falls in the class whose range holds it (realtime < 0 <= standard < 100 <=
+   * batch by default). It decides which replica groups may serve the request, in which order, the
+   * TTFT target the router holds it to, its place in a replica's queue, and whom it may preempt.
+   * Absent: standard (priority 0).
+   */
+  'priority'?: "priorityClass"|"priorityValue";
 }
 
 export interface GenerateRequest {
@@ -84,8 +101,25 @@ export interface GenerateRequest {
    */
   'stop': (string)[];
   'ignoreEos': (boolean);
+  'priorityClass'?: (string);
+  'priorityValue'?: (number);
+  /**
+   * After a failover, continue only on a replica of the same numerics (device and precision) as the
+   * one that produced its first tokens, waiting for one (up to --request-timeout) rather than moving
+   * to another kind of replica, whose tokens after the fault could differ.
+   */
+  'exact': (boolean);
   '_maxTokens'?: "maxTokens";
   '_temperature'?: "temperature";
   '_topP'?: "topP";
   '_seed'?: "seed";
+  /**
+   * The request's class (`launch --config`: the deployment file's `classes`; without one: realtime,
+   * standard, batch over the one group): its name, or an integer as vLLM's priority takes it (lower
+   * runs first), which falls in the class whose range holds it (realtime < 0 <= standard < 100 <=
+   * batch by default). It decides which replica groups may serve the request, in which order, the
+   * TTFT target the router holds it to, its place in a replica's queue, and whom it may preempt.
+   * Absent: standard (priority 0).
+   */
+  'priority'?: "priorityClass"|"priorityValue";
 }

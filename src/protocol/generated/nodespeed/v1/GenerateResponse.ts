@@ -26,6 +26,14 @@ export interface GenerateResponseIn {
    * set on the last message only: the prompt as tokenized
    */
   'promptIds'?: (number)[];
+  /**
+   * the replica group that produced these tokens (a failover may move a stream)
+   */
+  'group'?: (string);
+  /**
+   * and its replica
+   */
+  'replica'?: (number);
 }
 
 export interface GenerateResponse {
@@ -51,4 +59,12 @@ export interface GenerateResponse {
    * set on the last message only: the prompt as tokenized
    */
   'promptIds': (number)[];
+  /**
+   * the replica group that produced these tokens (a failover may move a stream)
+   */
+  'group': (string);
+  /**
+   * and its replica
+   */
+  'replica': (number);
 }

@@ -42,6 +42,18 @@ export interface ReplicaStatusIn {
    */
   'tp'?: (number);
   'pp'?: (number);
+  /**
+   * its replica group (GroupStatus.name)
+   */
+  'group'?: (string);
+  /**
+   * sequences its scheduler took out of the batch for a higher class
+   */
+  'preemptions'?: (number);
+  /**
+   * measured time of one step at its current batch; 0 before any step
+   */
+  'stepMs'?: (number | string);
 }
 
 export interface ReplicaStatus {
@@ -84,4 +96,16 @@ export interface ReplicaStatus {
    */
   'tp': (number);
   'pp': (number);
+  /**
+   * its replica group (GroupStatus.name)
+   */
+  'group': (string);
+  /**
+   * sequences its scheduler took out of the batch for a higher class
+   */
+  'preemptions': (number);
+  /**
+   * measured time of one step at its current batch; 0 before any step
+   */
+  'stepMs': (number);
 }

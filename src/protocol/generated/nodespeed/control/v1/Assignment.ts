@@ -48,6 +48,10 @@ export interface AssignmentIn {
    * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long.
    */
   'heartbeatTimeoutMs'?: (number | string);
+  /**
+   * driver: most sequences in one step's batch (0: no limit)
+   */
+  'maxSeqs'?: (number);
 }
 
 export interface Assignment {
@@ -95,4 +99,8 @@ export interface Assignment {
    * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long.
    */
   'heartbeatTimeoutMs': (number);
+  /**
+   * driver: most sequences in one step's batch (0: no limit)
+   */
+  'maxSeqs': (number);
 }

@@ -16,6 +16,16 @@ export interface ReplicaLoadIn {
    * most micro-batches in the pipeline at once
    */
   'maxInFlight'?: (number);
+  /**
+   * The driver's measured step time, ms = base + per_token x tokens in the step (a least-squares fit
+   * over its recent steps, newer ones weighing more): the router's TTFT estimate. Both 0 before any step.
+   */
+  'stepMsBase'?: (number | string);
+  'stepMsPerToken'?: (number | string);
+  /**
+   * sequences taken out of the batch for a higher class, since start
+   */
+  'preemptions'?: (number);
 }
 
 export interface ReplicaLoad {
@@ -32,4 +42,14 @@ export interface ReplicaLoad {
    * most micro-batches in the pipeline at once
    */
   'maxInFlight': (number);
+  /**
+   * The driver's measured step time, ms = base + per_token x tokens in the step (a least-squares fit
+   * over its recent steps, newer ones weighing more): the router's TTFT estimate. Both 0 before any step.
+   */
+  'stepMsBase': (number);
+  'stepMsPerToken': (number);
+  /**
+   * sequences taken out of the batch for a higher class, since start
+   */
+  'preemptions': (number);
 }

@@ -12,6 +12,12 @@ export interface SubmitIn {
    * Replay (failover): tokens already streamed to the client; the driver continues after them.
    */
   'generatedIds'?: (number)[];
+  /**
+   * Its place in the queue (lower first) and its class's rank (0: the most urgent class): a request
+   * that cannot be admitted preempts running ones of a higher class rank.
+   */
+  'priority'?: (number);
+  'classRank'?: (number);
 }
 
 export interface Submit {
@@ -23,4 +29,10 @@ export interface Submit {
    * Replay (failover): tokens already streamed to the client; the driver continues after them.
    */
   'generatedIds': (number)[];
+  /**
+   * Its place in the queue (lower first) and its class's rank (0: the most urgent class): a request
+   * that cannot be admitted preempts running ones of a higher class rank.
+   */
+  'priority': (number);
+  'classRank': (number);
 }

@@ -18,6 +18,11 @@ export interface TokenUpdateIn {
    * the driver refused or failed the request
    */
   'error'?: (string);
+  /**
+   * Taken out of the batch for a higher class (no tokens in this update): it resumes by recomputing
+   * its prompt and the tokens already sent, and continues at the next index.
+   */
+  'preempted'?: (boolean);
 }
 
 export interface TokenUpdate {
@@ -36,4 +41,9 @@ export interface TokenUpdate {
    * the driver refused or failed the request
    */
   'error': (string);
+  /**
+   * Taken out of the batch for a higher class (no tokens in this update): it resumes by recomputing
+   * its prompt and the tokens already sent, and continues at the next index.
+   */
+  'preempted': (boolean);
 }
