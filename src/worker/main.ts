@@ -151,7 +151,7 @@ class Worker {
       ...(driver ? {
         driver: {
           tokenizer: this.tokenizer!, kvBlocks: start.kvBlocks, kvBlockSize: start.kvBlockSize,
-          maxBatchTokens: a.maxBatchTokens || 256, maxQueue: a.maxQueue || 1024,
+          maxBatchTokens: a.maxBatchTokens || 256, maxQueue: a.maxQueue || 1024, maxSeqs: a.maxSeqs,
           emit: (updates) => {
             if (updates.length && !epoch.aborted) this.control.send({ tokens: { epoch: a.epoch, updates } });
           },

@@ -30,6 +30,7 @@ import {
 import type { StepMeta } from '../protocol/step-codec.js';
 import { Scheduler } from './scheduler.js';
 import type { AppliedStep, PlannedStep } from './scheduler.js';
+import { StepModel } from './step-model.js';
 import { stepTracer } from './step-trace.js';
 
 export interface ReplicaPosition {
@@ -54,6 +55,8 @@ export interface DriverOptions {
   maxBatchTokens: number;
   /** Most requests waiting for KV blocks. */
   maxQueue: number;
+  /** Most sequences in the batch (0: only the KV cache limits it). */
+  maxSeqs?: number;
   /** Sends token updates to the coordinator. */
   emit(updates: TokenUpdate[]): void;
 }
@@ -101,6 +104,8 @@ export class Replica {
   readonly scheduler: Scheduler | undefined;
   private readonly watch: StepRunner;
   private readonly world: number;
+  /** The driver's step times (launch to sampled tokens), for the router's TTFT estimate. */
+  private readonly steps = new StepModel();
   private stopped = false;
   private wake: (() => void) | undefined;
 
@@ -110,7 +115,7 @@ export class Replica {
     this.world = pos.tp * pos.pp;
     if (this.world > 1 && !plane) throw new Error(`replica of tp ${pos.tp} x pp ${pos.pp}: a data plane is required`);
     const d = o.driver;
-    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition);
+    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition, d.maxSeqs ?? 0);
   }
 
   get isDriver(): boolean {
@@ -131,7 +136,7 @@ export class Replica {
 
   /** The driver's state for its heartbeats. */
   load(): ReplicaLoad | undefined {
-    return this.scheduler?.load();
+    return this.scheduler && { ...this.scheduler.load(), ...this.steps.fit() };
   }
 
   /** The driver ends its loop at the next step boundary and tells the other ranks to stop. */
@@ -197,7 +202,7 @@ export class Replica {
         cur = { step, sent: this.send(sched, step) };
       }
       fillTokens(cur.step.seqs, cur.step.tokenFrom, prevSampled);
-      const t0 = trace ? performance.now() : 0;
+      const t0 = performance.now();
       const step = cur.step;
       const running = this.watch(() => this.engine.step({ seqs: step.seqs }));
       let out: Awaited<typeof running>;
@@ -210,8 +215,10 @@ export class Replica {
       } finally {
         out = await running;
       }
+      const ms = performance.now() - t0;
+      this.steps.observe(totalTokens(step.seqs), ms);
       await cur.sent;
-      trace?.(step, performance.now() - t0);
+      trace?.(step, ms);
       unsettled = sched.apply(step, out.sampled);
       prevSampled = out.sampled;
     }
@@ -224,7 +231,7 @@ export class Replica {
     const o = this.o.driver!;
     const trace = stepTracer();
     const lastStage0 = (pos.pp - 1) * pos.tp;
-    const inFlight: PlannedStep[] = [];
+    const inFlight: { step: PlannedStep; t0: number }[] = [];
     for (;;) {
       if (this.stopped) break;
       let launched = false;
@@ -235,22 +242,25 @@ export class Replica {
         // The frame sends are queued on the plane's thread (in order) and awaited after this rank's
         // own step: the followers' copies go out while the driver runs.
         const sent = this.send(sched, step);
-        const t0 = trace ? performance.now() : 0;
+        const t0 = performance.now();
         const out = await this.watch(() => this.engine.step({ seqs: step.seqs }));
         await sent;
         trace?.(step, performance.now() - t0);
         await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
-        inFlight.push(step);
+        inFlight.push({ step, t0 });
       }
       if (inFlight.length) {
-        const step = inFlight.shift()!;
-        o.emit(sched.complete(step, await this.receiveSampled(step, lastStage0)));
+        // A micro-batch's time is from its launch to its sampled tokens (through every stage).
+        const { step, t0 } = inFlight.shift()!;
+        const sampled = await this.receiveSampled(step, lastStage0);
+        this.steps.observe(totalTokens(step.seqs), performance.now() - t0);
+        o.emit(sched.complete(step, sampled));
         continue;
       }
       if (!launched) await this.idle();
     }
     // Drain what is still in the pipeline so every rank ends at the same step.
-    while (inFlight.length) await this.receiveSampled(inFlight.shift()!, lastStage0);
+    while (inFlight.length) await this.receiveSampled(inFlight.shift()!.step, lastStage0);
   }
 
   // A micro-batch of prefill chunks only samples nothing, and then nothing is sent back.

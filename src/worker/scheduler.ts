@@ -2,9 +2,20 @@
 // step, then apply its output). Requests join and leave at every step: each step carries the
 // decodes of running sequences and prefill chunks of newly admitted ones (long prompts are cut into
 // chunks so one prefill cannot stall everyone's decode). A request is admitted only when the KV
-// cache can hold its whole budget (prompt + max tokens), reserved up front, so nothing needs
-// preempting yet; its blocks are freed when it has finished or been cancelled. Each sequence has
+// cache can hold its whole budget (prompt + max tokens), reserved up front, and the batch has a
+// seat (--max-seqs); its blocks are freed when it has finished or been cancelled. Each sequence has
 // one status (protocol/lifecycle.ts).
+//
+// Priority: the queue is ordered by priority (lower first), then arrival. When the head of the
+// queue cannot be admitted, running sequences of a less urgent class (a higher class rank) are
+// preempted, least urgent and latest first, as many as it takes (none when even all of them would
+// not make room): each leaves the batch, its blocks are freed once no planned step uses them, and
+// it waits in the queue to resume by recomputing its prompt and every token it already produced
+// (vLLM's recompute preemption). Sampling is a function of (seed, position), so the tokens it
+// produces after resuming are the ones it would have produced unpreempted; a step result that
+// arrives for it after it was preempted is dropped (the recompute produces it again), so its
+// stream pauses and never repeats or skips a token. Within a step, each class's decodes and then
+// its prefill chunks come before the next class's.
 import { BlockAllocator } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import { StopChecker } from '../engine/stop-checker.js';
@@ -14,10 +25,11 @@ import { samplingFromWire } from '../protocol/sampling.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { StepSeq } from '../native/addon.js';
 
-const { QUEUED, RUNNING, FINISHED, CANCELLED } = RequestStatus;
+const { QUEUED, RUNNING, PREEMPTED, FINISHED, CANCELLED } = RequestStatus;
 
 /**
- * One request in the replica: queued (waiting for KV blocks) → running → finished or cancelled.
+ * One request in the replica: queued (waiting for KV blocks or a seat) → running → finished or
+ * cancelled, with running → preempted → running when a more urgent class takes its place for a while.
  * A sequence is finished as soon as its end is certain: at apply() when its token is EOS or its
  * last allowed one, at settle() when the text shows a stop string. It leaves the scheduler (its
  * KV blocks freed) once it has ended and no planned step uses it any more.
@@ -26,6 +38,14 @@ interface Seq {
   id: string;
   status: RequestStatus;
   params: SamplingParams;
+  /** Queue order: lower first; then `order` (arrival). */
+  priority: number;
+  /** Its class's rank (0: the most urgent): it may preempt running sequences of a higher rank. */
+  classRank: number;
+  order: number;
+  /** The prompt and every token produced so far (replayed ones included): what a resume recomputes. */
+  prompt: number[];
+  out: number[];
   stop: StopChecker;
   budget: number;
   /** Tokens already in the KV cache. */
@@ -54,8 +74,18 @@ export interface PlannedStep {
 
 export class QueueFullError extends Error {}
 
+/** Queue and step order: priority, then arrival. */
+function before(a: Seq, b: Seq): number {
+  return a.priority - b.priority || a.order - b.order;
+}
+
 /** A sequence to plan: `skip` feed tokens are taken by the step still running, `left` remain for this one. */
 interface Pick { seq: Seq; skip: number; left: number; from: number }
+
+/** Step order: by class, and within a class its decodes (one token left) first, then its prefill chunks; then priority and arrival. */
+function ordered(picks: Pick[]): Pick[] {
+  return picks.sort((a, b) => a.seq.classRank - b.seq.classRank || Number(a.left > 1) - Number(b.left > 1) || before(a.seq, b.seq));
+}
 
 const RECENT_STEPS = 256;
 
@@ -70,12 +100,22 @@ export class Scheduler {
   /** Micro-batches planned and not completed yet, and the most there ever were. */
   inFlight = 0;
   maxInFlight = 0;
+  /** Sequences taken out of the batch for a more urgent class, since start. */
+  preemptions = 0;
   private readonly recent: number[] = [];
+  private arrivals = 0;
+  /** `preempted` updates for the coordinator, sent with the next settle(). */
+  private notices: TokenUpdate[] = [];
 
+  /** `maxSeqs`: most sequences in the batch (running); 0 or absent: no limit but the KV cache. */
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
-    private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number) {
+    private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number,
+    maxSeqs = 0) {
     this.alloc = new BlockAllocator(kvBlocks, kvBlockSize);
+    this.maxSeqs = maxSeqs > 0 ? maxSeqs : Number.MAX_SAFE_INTEGER;
   }
+
+  private readonly maxSeqs: number;
 
   get idle(): boolean {
     return this.waiting.length === 0 && this.running.length === 0;
@@ -84,7 +124,7 @@ export class Scheduler {
   /** Queues a request; returns an error update when it can never run. */
   submit(sub: Submit): TokenUpdate | null {
     const err = (error: string): TokenUpdate => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0,
-      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error });
+      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error, preempted: false });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
     if (!sub.params) return err('no sampling parameters');
     // Validated where the request entered (the API); the seed comes as decimal text.
@@ -97,10 +137,19 @@ export class Scheduler {
       ignoreEos: params.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
-    const seq: Seq = { id: sub.requestId, status: QUEUED, params, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
+    const seq: Seq = { id: sub.requestId, status: QUEUED, params, priority: sub.priority ?? 0, classRank: sub.classRank ?? 0,
+      order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds], stop, budget, pos: 0,
+      feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);
-    this.waiting.push(seq);
+    this.enqueue(seq);
     return null;
+  }
+
+  /** Into the queue at its place (priority, then arrival). */
+  private enqueue(seq: Seq): void {
+    let i = this.waiting.length;
+    while (i > 0 && before(seq, this.waiting[i - 1]!) < 0) i--;
+    this.waiting.splice(i, 0, seq);
   }
 
   /** The client went away: no more updates; its blocks are freed once no planned step uses them. */
@@ -121,14 +170,69 @@ export class Scheduler {
     if (r >= 0) this.running.splice(r, 1);
   }
 
+  private fits(seq: Seq): boolean {
+    return this.running.length < this.maxSeqs && this.alloc.canAllocate(seq.id, seq.budget);
+  }
+
+  /** Admits the queue's head while it fits, preempting less urgent classes for it when that makes room. */
   private admit(): void {
-    while (this.waiting.length && this.alloc.canAllocate(this.waiting[0]!.id, this.waiting[0]!.budget)) {
-      const seq = this.waiting.shift()!;
+    while (this.waiting.length) {
+      const seq = this.waiting[0]!;
+      // A preempted sequence still in a planned step holds its blocks until that step completes.
+      if (seq.inFlight > 0) return;
+      if (!this.fits(seq) && !(this.preemptFor(seq) && this.fits(seq))) return;
+      this.waiting.shift();
       this.alloc.allocate(seq.id, seq.budget);
       seq.table = this.alloc.table(seq.id);
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
     }
+  }
+
+  /** Blocks preempted sequences still hold while a planned step uses them (free once it completes). */
+  private releasing(): number {
+    let n = 0;
+    for (const s of this.waiting) if (s.status === PREEMPTED && s.inFlight > 0) n += this.alloc.blocksFor(s.budget);
+    return n;
+  }
+
+  /**
+   * Preempts running sequences of a less urgent class than `head` (the least urgent, then the
+   * latest first) until there is a seat and enough blocks for it, counting blocks that preempted
+   * sequences still in flight are about to free. Preempts nothing when even all of them would not
+   * do. True when it preempted any.
+   */
+  private preemptFor(head: Seq): boolean {
+    const need = this.alloc.blocksFor(head.budget);
+    let blocks = this.alloc.freeBlocks + this.releasing();
+    let seats = this.maxSeqs - this.running.length;
+    if (blocks >= need && seats >= 1) return false;  // room is coming: a preempted sequence's step is completing
+    const victims = this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
+      .sort((a, b) => b.classRank - a.classRank || -before(a, b));
+    const chosen: Seq[] = [];
+    for (const v of victims) {
+      if (blocks >= need && seats >= 1) break;
+      chosen.push(v);
+      blocks += this.alloc.blocksFor(v.budget);
+      seats++;
+    }
+    if (blocks < need || seats < 1) return false;
+    for (const v of chosen) this.preempt(v);
+    return chosen.length > 0;
+  }
+
+  /** running → preempted: out of the batch, back in the queue to resume by recomputing prompt + output. */
+  private preempt(seq: Seq): void {
+    seq.status = transition(seq.status, PREEMPTED);
+    this.running.splice(this.running.indexOf(seq), 1);
+    seq.pos = 0;
+    seq.feed = [...seq.prompt, ...seq.out];
+    seq.table = undefined;
+    if (seq.inFlight === 0) this.alloc.free(seq.id);
+    this.enqueue(seq);
+    this.preemptions++;
+    this.notices.push({ requestId: seq.id, tokenIds: [], text: '', index: seq.stop.tokens.length,
+      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: true });
   }
 
   /**
@@ -140,9 +244,8 @@ export class Scheduler {
     const ready = this.ready();
     if (ready.length === 0) return null;
     const maxSeqs = Math.max(1, Math.ceil(this.running.length / microBatches));
-    const picks: Pick[] = [...ready.filter((s) => s.feed.length === 1), ...ready.filter((s) => s.feed.length > 1)]
-      .map((seq) => ({ seq, skip: 0, left: seq.feed.length, from: -1 }));
-    return this.plan(picks, maxSeqs);
+    const picks: Pick[] = ready.map((seq) => ({ seq, skip: 0, left: seq.feed.length, from: -1 }));
+    return this.plan(ordered(picks), maxSeqs);
   }
 
   /**
@@ -173,7 +276,7 @@ export class Scheduler {
     decodes.push(...ready.filter((s) => s.feed.length === 1).map((seq) => ({ seq, skip: 0, left: 1, from: -1 })));
     prefills.push(...ready.filter((s) => s.feed.length > 1).map((seq) => ({ seq, skip: 0, left: seq.feed.length, from: -1 })));
     if (decodes.length + prefills.length === 0) return null;
-    return this.plan([...decodes, ...prefills], Number.MAX_SAFE_INTEGER);
+    return this.plan(ordered([...decodes, ...prefills]), Number.MAX_SAFE_INTEGER);
   }
 
   /** Running sequences no planned step holds. */
@@ -233,21 +336,30 @@ export class Scheduler {
       seq.inFlight--;
       const token = sample ? sampled[j++]! : -1;
       if (seq.status !== RUNNING) {
-        // Cancelled, or finished (and reported) while this step ran: its result is not used.
-        if (seq.inFlight === 0) this.drop(seq);  // a step planned ahead still using its blocks drops it later
+        // Cancelled, finished (and reported) or preempted while this step ran: its result is not
+        // used (a preempted sequence recomputes it when it resumes). Once no planned step uses its
+        // blocks they are freed: with the sequence, or (preempted) the sequence stays queued.
+        if (seq.inFlight === 0) {
+          if (seq.status === PREEMPTED) this.alloc.free(seq.id);
+          else this.drop(seq);
+        }
         continue;
       }
       seq.pos += n;
       seq.feed.splice(0, n);
       if (!sample) continue;
       seq.feed.push(token);
+      seq.out.push(token);
       if (seq.stop.endsWith(token)) seq.status = transition(seq.status, FINISHED);
       applied.push({ seq, token });
     }
     return applied;
   }
 
-  /** Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator. */
+  /**
+   * Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator, then
+   * a `preempted` notice for each sequence preempted since the last settle (after its last tokens).
+   */
   settle(applied: AppliedStep): TokenUpdate[] {
     const updates: TokenUpdate[] = [];
     for (const { seq, token } of applied) {
@@ -257,16 +369,25 @@ export class Scheduler {
       const fresh = seq.stop.tokens.slice(before);
       this.generated += fresh.length;
       updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
-        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '' });
+        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false });
       if (!upd.done) {
         // apply() finishes a sequence only on a token that StopChecker.endsWith() says ends it.
         if (seq.status === FINISHED) throw new Error(`scheduler: ${seq.id} was finished by a token its stop checker did not end it on`);
         continue;
       }
-      if (seq.status === RUNNING) seq.status = transition(seq.status, FINISHED);  // a stop string
+      // A stop string (a preempted sequence's last token may hold one too: it ends without resuming).
+      if (seq.status === RUNNING || seq.status === PREEMPTED) seq.status = transition(seq.status, FINISHED);
       // Still planned into a step computing its next token: that result is dropped, and its blocks
       // are freed, when the step completes.
       if (seq.inFlight === 0) this.drop(seq);
+    }
+    if (this.notices.length) {
+      // A notice for a sequence that ended meanwhile is not sent (one that resumed already still is).
+      for (const n of this.notices) {
+        const st = this.byId.get(n.requestId)?.status;
+        if (st === PREEMPTED || st === RUNNING) updates.push(n);
+      }
+      this.notices = [];
     }
     return updates;
   }
@@ -281,7 +402,7 @@ export class Scheduler {
       running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
       kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),
       generatedTokens: String(this.generated), recentStepBatch: [...this.recent], maxStepBatch: this.maxStepBatch,
-      maxInFlight: this.maxInFlight,
+      maxInFlight: this.maxInFlight, preemptions: this.preemptions, stepMsBase: 0, stepMsPerToken: 0,
     };
   }
 }

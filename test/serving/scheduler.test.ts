@@ -21,7 +21,7 @@ beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
 function submit(s: Scheduler, id: string, over: { promptIds?: number[]; maxTokens?: number; stop?: string[] } = {}): void {
   const { promptIds = tok.encode('def main():\n'), ...params } = over;
-  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [],
+  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: 0, classRank: 0,
     params: { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: '1', stop: [], ignoreEos: false, ...params } } as Submit);
   expect(err).toBeNull();
 }
