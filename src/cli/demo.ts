@@ -59,7 +59,8 @@ export function register(program: Command): void {
       const decodeS = (end - first!) / 1000;
       process.stdout.write(`\n\n${n} tokens in ${((end - start) / 1000).toFixed(2)} s: ` +
         `time to first token ${(first! - start).toFixed(0)} ms, ${n > 1 ? ((n - 1) / decodeS).toFixed(1) : '-'} tokens/s decoding ` +
-        `(${cluster.layout.replicas} replica x pp ${cluster.layout.pp} x tp ${cluster.layout.tp} on ${cluster.layout.world} ${cluster.coordinator.o.device.toUpperCase()} worker(s))\n`);
+        `(${cluster.layout.replicas} replica x pp ${cluster.layout.groups[0]!.pp} x tp ${cluster.layout.groups[0]!.tp} on ${cluster.layout.world} ` +
+        `${cluster.layout.groups[0]!.serving.device.toUpperCase()} worker(s))\n`);
     } finally {
       client.close();
       process.off('SIGINT', stop);

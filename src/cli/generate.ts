@@ -8,6 +8,8 @@ import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
 import { loadTokenizer } from '../model/index.js';
 import { FinishReason, finishReasonText } from '../protocol/lifecycle.js';
+import { PriorityError, parsePriority } from '../protocol/priority.js';
+import type { Priority } from '../protocol/priority.js';
 import { SAMPLING_DEFAULTS, SamplingError, parseSamplingNumber, parseSeed } from '../protocol/sampling.js';
 import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
 
@@ -24,6 +26,8 @@ export interface GenerateCliOptions {
   threads?: number;
   json: boolean;
   server?: string;
+  /** The request class or an integer priority (with --server). */
+  priority?: Priority;
 }
 
 function intArg(flag: string, min: number) {
@@ -91,7 +95,8 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
   let promptIds: number[] = [];
   let finishReason: FinishReason = FinishReason.FINISH_REASON_LENGTH;
   try {
-    for await (const m of client.generate({ prompt, ...samplingOf(o), ignoreEos: false })) {
+    const priority = o.priority && ('className' in o.priority ? o.priority.className : o.priority.value);
+    for await (const m of client.generate({ prompt, ...samplingOf(o), ignoreEos: false, ...(priority !== undefined ? { priority } : {}) })) {
       if (m.tokenIds.length) firstAt ??= performance.now();
       tokenIds.push(...m.tokenIds);
       text += m.text;
@@ -134,7 +139,17 @@ export function register(program: Command): void {
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
+    .option('--priority <class|int>', 'with --server: the request class (realtime, standard, batch, or one the deployment names) or an integer ' +
+      '(lower runs first; it falls in the class whose range holds it)', (v: string) => {
+      try {
+        return parsePriority(v);
+      } catch (err) {
+        if (err instanceof PriorityError) throw new InvalidArgumentError(`--priority ${err.message}`);
+        throw err;
+      }
+    })
     .action(async (prompt: string, o: GenerateCliOptions) => {
+      if (o.priority && !o.server) throw new InvalidArgumentError('--priority applies to a request to a server (--server ADDR)');
       if (!o.server) return void (await generateLocal(prompt, o));
       const token = process.env.NODESPEED_AUTH_TOKEN;
       const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },

@@ -1,22 +1,38 @@
-// `nodespeed launch --model DIR [launcher flags] [--tp N] [--pp N] [--replicas N|auto] ...`: the
-// coordinator in this process, one worker per rank through the launcher, one progress bar for the
-// whole load, and exactly one line `nodespeed ready <addr:port> ...` on stdout once every replica
-// serves. Ctrl-C (or SIGTERM) tears everything down. --dry-run prints the layout and the per-rank
+// `nodespeed launch --model DIR [launcher flags] [--tp N] [--pp N] [--replicas N|auto] ...`, or
+// `nodespeed launch --config deploy.yaml` (launcher/deployment.ts: replica groups of their own
+// device, layout and precision, request classes, spares): the coordinator in this process, one
+// worker per rank through the launcher, one progress bar for the whole load, and exactly one line
+// `nodespeed ready <addr:port> ...` on stdout once every replica serves. With a deployment file the
+// flags still apply: --model, -H and --spares replace the file's; the group flags (--tp, --pp,
+// --replicas, --device, --dtype, --threads, --kv-blocks, --max-batch-tokens, --max-seqs) replace
+// the keys of its group when it has exactly one, and are refused when it has several. Ctrl-C (or
+// SIGTERM) tears everything down. --dry-run prints the layout of every group and the per-rank
 // memory estimate, and fails when the layout does not fit.
+import { existsSync } from 'node:fs';
+
 import { Command, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
+import type { ModelConfig } from '../model/config.js';
 import { launchCluster } from '../launcher/cluster.js';
 import type { Cluster } from '../launcher/cluster.js';
-import { planWithSpares } from '../launcher/cluster.js';
-import { describeLayout } from '../coordinator/layout.js';
-import { estimateMemory, gib } from '../coordinator/memory.js';
+import { localDeploymentHosts, planDeployment } from '../launcher/deploy-plan.js';
+import type { GroupOptions } from '../launcher/deploy-plan.js';
+import { DeploymentError, loadDeployment } from '../launcher/deployment.js';
+import type { Deployment } from '../launcher/deployment.js';
+import { detectLocalGpus, planWorld } from '../launcher/plan.js';
+import type { Placement } from '../launcher/plan.js';
+import type { ClassSpec } from '../coordinator/classes.js';
+import { DEFAULT_GROUP, LayoutError, describeLayout, describeServing } from '../coordinator/layout.js';
+import type { Layout } from '../coordinator/layout.js';
+import { estimateMemory, gib, groupRanks } from '../coordinator/memory.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
 
 export interface LaunchFlags {
-  model: string;
+  model?: string;
+  config?: string;
   tp: number;
   pp: number;
   replicas: number | 'auto';
@@ -28,6 +44,7 @@ export interface LaunchFlags {
   kvBlocks: number;
   threads: number;
   maxBatchTokens?: number;
+  maxSeqs: number;
   maxQueue: number;
   heartbeatInterval: number;
   heartbeatTimeout: number;
@@ -40,6 +57,9 @@ export interface LaunchFlags {
   authToken?: string;
   progress: boolean;
 }
+
+/** Which flags were given on the command line (they replace a deployment file's keys); absent: none. */
+export type GivenFlags = (flag: keyof LaunchFlags) => boolean;
 
 export function intArg(flag: string, min: number) {
   return (v: string) => {
@@ -85,6 +105,8 @@ export function addServingOptions(cmd: Command): Command {
     .option('--kv-blocks <n>', 'KV cache blocks per rank (0: the backend decides)', intArg('--kv-blocks', 0), 0)
     .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0), 0)
     .option('--max-batch-tokens <n>', 'most tokens per step; longer prefills are chunked (default: cpu 256, cuda 8192)', intArg('--max-batch-tokens', 1))
+    .option('--max-seqs <n>', 'most sequences in one replica\'s batch (vLLM\'s max_num_seqs); a more urgent class preempts a less urgent one for a seat',
+      intArg('--max-seqs', 1), 256)
     .option('--max-queue <n>', 'most requests in flight before RESOURCE_EXHAUSTED', intArg('--max-queue', 1), 1024)
     .option('--heartbeat-interval <s>', 'seconds between heartbeats', secondsArg('--heartbeat-interval'), 1)
     .option('--heartbeat-timeout <s>', 'seconds of silence before a worker is declared dead', secondsArg('--heartbeat-timeout'), 5)
@@ -115,45 +137,164 @@ export function resolveDeviceFlag(d: LaunchFlags['device']): 'cpu' | 'cuda' {
 // A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from ~2048
 // tokens on, and larger steps admit more prompts at once, so they start (and finish) decoding
 // together: fewer, fuller decode steps (TensorRT-LLM's max_num_tokens default is 8192 too).
-function maxBatchTokens(f: LaunchFlags, device: 'cpu' | 'cuda'): number {
-  return f.maxBatchTokens ?? (device === 'cuda' ? 8192 : 256);
+function defaultMaxBatchTokens(device: 'cpu' | 'cuda'): number {
+  return device === 'cuda' ? 8192 : 256;
 }
 
-function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
-  const lo = readLauncherOptions(raw);
-  const config = loadModelConfig(f.model);
-  const placement = planFromOptions(lo);
+/** The group flags and the file keys they replace. */
+const GROUP_FLAGS = [['tp', 'tp'], ['pp', 'pp'], ['replicas', 'replicas'], ['device', 'device'], ['dtype', 'precision'], ['threads', 'threads'],
+  ['kvBlocks', 'kv_blocks'], ['maxBatchTokens', 'max_batch_tokens'], ['maxSeqs', 'max_seqs']] as const;
+
+const kebab = (flag: string) => `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
+/** What a launch serves: its model, replica groups, classes and spares, from the flags and the deployment file. */
+export interface ServingPlan {
+  model: string;
+  groups: GroupOptions[];
+  classes?: ClassSpec[];
+  spares: number;
+  deployment?: Deployment;
+}
+
+/** The one group of a launch from flags. */
+function flagGroup(f: LaunchFlags): GroupOptions {
   const device = resolveDeviceFlag(f.device);
-  const planned = planWithSpares(config, placement, { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts }, f.spares, device);
-  const { layout } = planned;
-  const spareSlots = planned.placement.ranks.slice(layout.world);
-  let gpuMemory: number | undefined;
-  if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
-  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
-    stepTokens: maxBatchTokens(f, device), ...(gpuMemory ? { gpuMemory } : {}) });
-  const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
-    ...describeLayout(layout),
-    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
-    `per-rank memory estimate (weights + KV cache + one step's scratch at ${maxBatchTokens(f, device)} tokens + 256 MiB reserve):`];
-  for (const r of mem.ranks) {
-    const p = layout.ranks[r.rank]!;
-    out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
-      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
+  return { name: DEFAULT_GROUP, tp: f.tp, pp: f.pp, replicas: f.replicas,
+    serving: { device, precision: f.dtype, threads: f.threads, kvBlocks: f.kvBlocks, maxBatchTokens: f.maxBatchTokens ?? defaultMaxBatchTokens(device),
+      maxSeqs: f.maxSeqs } };
+}
+
+/** The model, groups, classes and spares of this launch: the flags alone, or `--config` with the flags given replacing its keys. */
+export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
+  if (!f.config) {
+    if (!f.model) throw new Error('--model DIR is required (or --config deploy.yaml naming a model)');
+    return { model: f.model, groups: [flagGroup(f)], spares: f.spares };
   }
+  const d = loadDeployment(f.config);
+  const model = given('model') && f.model ? f.model : d.model;
+  if (!model) throw new DeploymentError(d.file, 0, 'model', 'missing (or give --model DIR)');
+  const flags = GROUP_FLAGS.filter(([flag]) => given(flag));
+  if (flags.length && d.groups.length > 1)
+    throw new Error(`${flags.map(([flag]) => kebab(flag)).join(', ')}: the flags describe one group, and ${d.file} has ${d.groups.length} ` +
+      `(${d.groups.map((g) => g.name).join(', ')}); set ${flags.map(([, key]) => key).join(', ')} in the group instead`);
+  const groups = d.groups.map((g): GroupOptions => {
+    const over = (flag: (typeof GROUP_FLAGS)[number][0]) => flags.some(([x]) => x === flag);
+    const device = resolveDeviceFlag(over('device') ? f.device : g.device);
+    return {
+      name: g.name, tp: over('tp') ? f.tp : g.tp, pp: over('pp') ? f.pp : g.pp, replicas: over('replicas') ? f.replicas : g.replicas,
+      serving: {
+        device, precision: over('dtype') ? f.dtype : g.precision, threads: over('threads') ? f.threads : g.threads,
+        kvBlocks: over('kvBlocks') ? f.kvBlocks : g.kvBlocks ?? f.kvBlocks,
+        maxBatchTokens: over('maxBatchTokens') ? f.maxBatchTokens! : g.maxBatchTokens ?? f.maxBatchTokens ?? defaultMaxBatchTokens(device),
+        maxSeqs: over('maxSeqs') ? f.maxSeqs : g.maxSeqs ?? f.maxSeqs,
+      },
+      ...(g.hosts ? { hosts: g.hosts } : {}), ...(g.slots ? { slots: g.slots } : {}),
+    };
+  });
+  return { model, groups, ...(d.classes ? { classes: d.classes } : {}), spares: given('spares') ? f.spares : d.spares ?? f.spares, deployment: d };
+}
+
+/** A layout error about a deployment file's group, reported at the key's line. */
+function withLine(err: unknown, plan: ServingPlan): never {
+  const d = plan.deployment;
+  if (err instanceof LayoutError && d && err.group !== undefined) {
+    const path = `groups[${err.group}]${err.key ? `.${err.key}` : ''}`;
+    throw new DeploymentError(d.file, d.lineOf(path), path, err.message.replace(/^group \S+: /, ''));
+  }
+  if (err instanceof LayoutError && d && err.key === 'device') {
+    const gi = plan.groups.findIndex((g) => g.serving.device === 'cuda');
+    throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].device`), `groups[${gi}].device`, err.message.replace(/^group \S+: /, ''));
+  }
+  throw err;
+}
+
+/**
+ * The launcher's placement: the hostfile (-H, else the file's `hostfile:`, else ./hostfile) or, for
+ * a deployment without one, this machine with its GPUs and the CPU workers its cpu groups need.
+ */
+function placementOf(plan: ServingPlan, raw: Record<string, unknown>): Placement {
+  const lo = readLauncherOptions(raw);
+  if (!plan.deployment || lo.hostfile) return planFromOptions(lo);
+  const hostfile = plan.deployment.hostfile ?? (existsSync('hostfile') ? 'hostfile' : undefined);
+  if (hostfile) return planFromOptions({ ...lo, hostfile });
+  try {
+    const hosts = localDeploymentHosts(plan.groups, plan.spares, plan.groups.some((g) => g.serving.device === 'cuda') ? detectLocalGpus() : []);
+    return planWorld(hosts, { masterAddr: lo.masterAddr, masterPort: lo.masterPort, sshPort: lo.sshPort, forceSsh: lo.forceSsh });
+  } catch (err) {
+    return withLine(err, plan);
+  }
+}
+
+/** Precisions a group may name that this build cannot serve yet, with why. */
+function unsupported(plan: ServingPlan): void {
+  plan.groups.forEach((g, gi) => {
+    const p = g.serving.precision;
+    if (p !== 'int8' && p !== 'fp8') return;
+    const why = `${p} needs weight quantization at load, which this build does not have; use auto, f32, bf16 or f16`;
+    const d = plan.deployment;
+    if (d) throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].precision`), `groups[${gi}].precision`, why);
+    throw new Error(`--dtype ${why}`);
+  });
+}
+
+/** The layout and the job's placement (layout ranks, then spares); errors of a deployment file's groups name their line. */
+export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<string, unknown>, allowTpAcrossHosts: boolean): { layout: Layout; placement: Placement } {
+  const placement = placementOf(plan, raw);
+  try {
+    return planDeployment(config, placement, plan.groups, plan.spares, allowTpAcrossHosts);
+  } catch (err) {
+    return withLine(err, plan);
+  }
+}
+
+function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): number {
+  const plan = servingPlan(f, given);
+  const config = loadModelConfig(plan.model);
+  const { layout, placement } = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
+  const spareSlots = placement.ranks.slice(layout.world);
+  const single = layout.groups.length === 1 && layout.groups[0]!.name === DEFAULT_GROUP;
+  const out: string[] = [`model ${plan.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
+    ...describeLayout(layout),
+    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : [])];
+  let gpuMemory: number | undefined;
+  if (layout.groups.some((g) => g.serving.device === 'cuda')) gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
+  const problems: string[] = [];
+  // CPU ranks of every group share their host's RAM.
+  const hostUsed = new Map<string, number>();
+  for (const g of layout.groups) {
+    const s = g.serving;
+    const mem = estimateMemory(config, groupRanks(layout, g), { device: s.device, dtype: s.precision, kvBlocks: s.kvBlocks, kvBlockSize: 16,
+      stepTokens: s.maxBatchTokens, ...(gpuMemory ? { gpuMemory } : {}), ...(s.device === 'cpu' ? { hostUsedBytes: new Map(hostUsed) } : {}) });
+    out.push(single ? `per-rank memory estimate (weights + KV cache + one step's scratch at ${s.maxBatchTokens} tokens + 256 MiB reserve):`
+      : `group ${g.name} (${describeServing(s)}), per-rank memory estimate (weights + KV cache + one step's scratch at ${s.maxBatchTokens} tokens + 256 MiB reserve):`);
+    for (const r of mem.ranks) {
+      const p = layout.ranks[r.rank]!;
+      out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
+        `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
+      if (s.device === 'cpu') hostUsed.set(r.host, (hostUsed.get(r.host) ?? 0) + r.totalBytes);
+    }
+    problems.push(...mem.problems.map((m) => (single ? m : `group ${g.name}: ${m}`)));
+  }
+  if (plan.classes || !single)
+    out.push(`classes: ${[...(plan.classes ?? [])].sort((a, b) => a.priority - b.priority).map((c) => `${c.name} (priority ${c.priority}${c.ttftP99Ms ? `, TTFT p99 <= ${c.ttftP99Ms} ms` : ''}) -> ${c.groups.join(', ')}`).join('; ') ||
+      `realtime, standard, batch -> ${layout.groups.map((g) => g.name).join(', ')}`}`);
   process.stdout.write(out.join('\n') + '\n');
-  if (mem.problems.length) {
-    process.stderr.write(`nodespeed launch: the layout does not fit:\n  ${mem.problems.join('\n  ')}\n`);
+  if (problems.length) {
+    process.stderr.write(`nodespeed launch: the layout does not fit:\n  ${problems.join('\n  ')}\n`);
     return 1;
   }
   return 0;
 }
 
-/** Starts the cluster with these flags; shared by `launch` and `demo`. */
+/** Starts the cluster with these flags (and deployment file); shared by `launch` and `demo`. */
 export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>,
-  log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`)): Promise<Cluster> {
+  log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`), given: GivenFlags = () => false): Promise<Cluster> {
   const lo = readLauncherOptions(raw);
-  const placement = planFromOptions(lo);
-  const device = resolveDeviceFlag(f.device);
+  const plan = servingPlan(f, given);
+  unsupported(plan);
+  const config = loadModelConfig(plan.model);
+  // Planned here so that a deployment file's mistakes name their line.
+  const planned = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
   const bar = f.progress && process.stderr.isTTY
     ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {doneMiB}/{totalMiB} MiB of weights, all ranks', stream: process.stderr, hideCursor: true },
       cliProgress.Presets.shades_classic)
@@ -161,11 +302,11 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   let barStarted = false;
   try {
     return await launchCluster({
-      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
-      ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
-      maxBatchTokens: maxBatchTokens(f, device), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
+      model: plan.model, placement: planned.placement, planned, groups: plan.groups, ...(plan.classes ? { classes: plan.classes } : {}),
+      bind: f.bind, port: f.port,
+      ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
-      stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
+      stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
@@ -189,16 +330,26 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   }
 }
 
+/** `gpu:cuda/bf16/tp2xpp1x1,cpu:cpu/auto/tp1xpp1x2` and `realtime:gpu,standard:gpu+cpu,...` for the ready line. */
+export function readyFields(c: Cluster): string {
+  const l = c.layout;
+  const groups = l.groups.map((g) => `${g.name}:${g.serving.device}/${g.serving.precision}/tp${g.tp}xpp${g.pp}x${g.replicas.length}`).join(',');
+  const classes = c.coordinator.router.classes.list.map((k) => `${k.name}:${k.groups.join('+')}`).join(',');
+  return `groups=${groups} classes=${classes}`;
+}
+
 export function register(program: Command): void {
   const cmd = program
     .command('launch')
     .description('Serve a Hugging Face model over gRPC: coordinator here, one worker per slot of the hostfile (TP x PP x replicas)')
-    .requiredOption('--model <dir>', 'Hugging Face model folder');
+    .option('--model <dir>', 'Hugging Face model folder (required unless the deployment file names one)')
+    .option('--config <file>', 'deployment file (YAML): model, hostfile, replica groups, request classes, spares; flags given here replace its keys');
   addServingOptions(cmd);
   addLauncherOptions(cmd);
   cmd.action(async (o: LaunchFlags & Record<string, unknown>) => {
+    const given: GivenFlags = (flag) => cmd.getOptionValueSource(flag) === 'cli';
     if (readLauncherOptions(o).dryRun) {
-      process.exitCode = dryRun(o, o);
+      process.exitCode = dryRun(o, o, given);
       return;
     }
     // Ctrl-C while starting: exit now; the launcher's exit guard kills the local ranks' process
@@ -212,12 +363,13 @@ export function register(program: Command): void {
     const onTerm = () => interrupted('SIGTERM');
     process.once('SIGINT', onInt);
     process.once('SIGTERM', onTerm);
-    const cluster = await startFromFlags(o, o);
+    const cluster = await startFromFlags(o, o, undefined, given);
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
-    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
+    const first = l.groups[0]!;
+    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${first.pp} tp=${first.tp} world=${l.world} ` +
+      `${readyFields(cluster)}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

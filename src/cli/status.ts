@@ -1,10 +1,12 @@
-// `nodespeed status --server ADDR [--json]`: the cluster as the coordinator sees it. --json prints
+// `nodespeed status --server ADDR [--json]`: the cluster as the coordinator sees it: its replica
+// groups (device, precision, layout), the request classes (queue, routings and overflows,
+// preemptions, TTFT and ITL percentiles), the replicas, the workers and the failures. --json prints
 // the whole ClusterStatus (every worker with rank, replica, stage, TP rank, host, pid and state,
 // every failure and the failover counters).
 import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
-import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
+import type { ClassStatusMsg, ClusterStatusMsg, FailureStatusMsg, LatencyPercentilesMsg } from '../client/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -31,17 +33,38 @@ function formatFailover(s: ClusterStatusMsg): string {
   return failures.length ? `${head}\nfailures (oldest first):\n${failures.map((f) => `  ${formatFailure(f)}`).join('\n')}` : head;
 }
 
+/** "12/15/20" (ms, p50/p90/p99) or "-" before any sample. */
+function pct(p: LatencyPercentilesMsg | null | undefined): string {
+  return p && p.count ? [p.p50Ms, p.p90Ms, p.p99Ms].map((v) => (v < 10 ? v.toFixed(1) : v.toFixed(0))).join('/') : '-';
+}
+
+/** "12 (gpu 10, cpu 2)": routings, by group. */
+function routed(c: ClassStatusMsg): string {
+  const by = Object.entries(c.routedByGroup ?? {}).filter(([, n]) => Number(n) > 0);
+  return by.length ? `${c.routed} (${by.map(([g, n]) => `${g} ${n}`).join(', ')})` : String(c.routed);
+}
+
 export function formatStatus(s: ClusterStatusMsg): string {
-  const head = `${s.model}: ${s.state}, ${s.replicaCount} replica(s) x pp ${s.pp} x tp ${s.tp}, generation ${s.generation}, ` +
+  const groups = s.groups ?? [];
+  const shape = groups.length > 1 ? `${groups.length} groups, ${s.replicaCount} replica(s)` : `${s.replicaCount} replica(s) x pp ${s.pp} x tp ${s.tp}`;
+  const head = `${s.model}: ${s.state}, ${shape}, generation ${s.generation}, ` +
     `${s.activeRequests} request(s) in flight (${s.pendingRequests} waiting for a replica)`;
-  // LAYOUT: the replica's own (smaller than the job's after a `shrunk` recovery) and its ranks.
-  const replicas = table(['REPLICA', 'STATE', 'LAYOUT', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH'],
-    s.replicas.map((r) => [String(r.id), r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, (r.ranks ?? []).join(',') || '-', String(r.running),
-      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch)]));
+  const groupTable = table(['GROUP', 'DEVICE', 'PRECISION', 'LAYOUT', 'REPLICAS', 'THREADS', 'MAX SEQS'],
+    groups.map((g) => [g.name, g.device, g.precision, `tp ${g.tp} x pp ${g.pp}`, g.replicas.join(',') || '-', g.threads ? String(g.threads) : '-',
+      g.maxSeqs ? String(g.maxSeqs) : '-']));
+  const classTable = table(['CLASS', 'PRIORITY', 'GROUPS', 'TTFT TARGET', 'WAITING', 'RUNNING', 'PREEMPTED', 'ROUTED', 'OVERFLOW', 'REJECTED',
+    'PREEMPTIONS', 'TTFT ms p50/p90/p99', 'ITL ms p50/p90/p99'],
+  (s.classes ?? []).map((c) => [c.name, String(c.priority), c.groups.join('>'), c.ttftP99TargetMs ? `p99 <= ${c.ttftP99TargetMs} ms` : '-',
+    String(c.waiting), String(c.running), String(c.preempted), routed(c), c.overflowed, c.rejected, c.preemptions, pct(c.ttft), pct(c.itl)]));
+  // LAYOUT: the replica's own (smaller than its group's after a `shrunk` recovery) and its ranks.
+  const replicas = table(['REPLICA', 'GROUP', 'STATE', 'LAYOUT', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH', 'STEP ms', 'PREEMPTED'],
+    s.replicas.map((r) => [String(r.id), r.group || '-', r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, (r.ranks ?? []).join(',') || '-', String(r.running),
+      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch), r.stepMs ? r.stepMs.toFixed(1) : '-',
+      String(r.preemptions ?? 0)]));
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
       w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));
-  return `${head}\n\n${replicas}\n\n${workers}\n\n${formatFailover(s)}\n`;
+  return `${head}\n\n${groupTable}\n\n${classTable}\n\n${replicas}\n\n${workers}\n\n${formatFailover(s)}\n`;
 }
 
 export function register(program: Command): void {

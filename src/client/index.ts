@@ -7,11 +7,12 @@ import * as grpc from '@grpc/grpc-js';
 import type {
   ClusterStatusMsg, CompleteResponseMsg, GenerateRequestMsg, GenerateResponseMsg, GenerateRequestIn, InferenceClient, ListModelsResponse, ModelInfoMsg,
 } from '../protocol/api.js';
+import { parsePriority, priorityToWire } from '../protocol/priority.js';
 import { INFERENCE_SERVICE, clientConstructor, inferencePackageDefinition } from '../protocol/proto.js';
 
 export type {
-  ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg,
-  ModelInfoMsg, RecoveryName, ReplicaStatusMsg, UsageMsg, WorkerStatusMsg,
+  ClassStatusMsg, ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg,
+  GroupStatusMsg, LatencyPercentilesMsg, ModelInfoMsg, RecoveryName, ReplicaStatusMsg, UsageMsg, WorkerStatusMsg,
 } from '../protocol/api.js';
 export { INFERENCE_PROTO, CONTROL_PROTO } from '../protocol/proto.js';
 
@@ -39,9 +40,13 @@ function wrap(err: unknown): Error {
   return typeof e?.code === 'number' ? new NodespeedError(e.code, e.details ?? e.message) : (err as Error);
 }
 
-/** The wire form of a request: a bigint seed as its decimal string. */
+/** The wire form of a request: a bigint seed as its decimal string, the priority as its oneof member. */
 function wire(req: GenerateRequestMsg): GenerateRequestIn {
-  return typeof req.seed === 'bigint' ? { ...req, seed: req.seed.toString() } : (req as GenerateRequestIn);
+  const { priority, seed, ...rest } = req;
+  return {
+    ...rest, ...(seed !== undefined ? { seed: typeof seed === 'bigint' ? seed.toString() : seed } : {}),
+    ...(priority !== undefined ? priorityToWire(parsePriority(priority)) : {}),
+  };
 }
 
 export class NodespeedClient {

@@ -1,7 +1,8 @@
 // The public service nodespeed.v1.Inference: validation (INVALID_ARGUMENT naming the proto field;
-// the sampling rules are protocol/sampling.ts's), admission (RESOURCE_EXHAUSTED when the queue is
-// full), optional bearer-token auth, streaming of the driver's tokens, and cancellation/deadlines
-// propagated to the driver so it frees the KV blocks.
+// the sampling rules are protocol/sampling.ts's, the priority's protocol/priority.ts's and the
+// server's classes), admission (RESOURCE_EXHAUSTED when the queue is full, or when no replica the
+// request's class may use can take it), optional bearer-token auth, streaming of the driver's
+// tokens, and cancellation/deadlines propagated to the driver so it frees the KV blocks.
 import { timingSafeEqual } from 'node:crypto';
 
 import * as grpc from '@grpc/grpc-js';
@@ -10,8 +11,13 @@ import type {
   ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers,
 } from '../protocol/api.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
+import { PriorityError, parsePriority } from '../protocol/priority.js';
+import type { Priority } from '../protocol/priority.js';
 import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
 import type { SamplingParams } from '../protocol/sampling.js';
+import type { ClassTable } from './classes.js';
+import type { ClassCounters } from './class-stats.js';
+import { groupOf } from './layout.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
@@ -41,7 +47,37 @@ function protoName(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: SamplingParams } {
+export interface ValidRequest {
+  promptIds: number[];
+  params: SamplingParams;
+  /** Absent: the default class. */
+  priority?: Priority;
+  exact: boolean;
+}
+
+/** The request's priority oneof: a class name or an integer (which class it is, the server's classes say). */
+function priorityOf(m: GenerateRequest): Priority | undefined {
+  try {
+    if (m.priority === 'priorityClass') return parsePriority(m.priorityClass ?? '');
+    if (m.priority === 'priorityValue') return parsePriority(m.priorityValue ?? 0);
+  } catch (err) {
+    if (err instanceof PriorityError) bad(m.priority === 'priorityClass' ? 'priority_class' : 'priority_value', err.message);
+    throw err;
+  }
+  return undefined;
+}
+
+/** The request's class in `classes` (INVALID_ARGUMENT for a class name it does not have). */
+export function classOf(classes: ClassTable, p: Priority | undefined, field = 'priority_class'): ReturnType<ClassTable['resolve']> {
+  try {
+    return classes.resolve(p);
+  } catch (err) {
+    if (err instanceof PriorityError) bad(field, err.message);
+    throw err;
+  }
+}
+
+export function validateRequest(m: GenerateRequest, model: ModelFacts): ValidRequest {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
   if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
@@ -65,7 +101,8 @@ export function validateRequest(m: GenerateRequest, model: ModelFacts): { prompt
     if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
     throw err;
   }
-  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength) };
+  const priority = priorityOf(m);
+  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength), ...(priority ? { priority } : {}), exact: m.exact ?? false };
 }
 
 export interface ApiOptions {
@@ -110,22 +147,32 @@ export class InferenceApi {
   private admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const denied = this.authorize(md);
     if (denied) return denied;
-    let v: ReturnType<typeof validateRequest>;
+    let v: ValidRequest;
+    let sched: ReturnType<ClassTable['resolve']>;
     try {
       v = validateRequest(req, this.o.model);
+      sched = classOf(this.router.classes, v.priority, req.priority === 'priorityValue' ? 'priority_value' : 'priority_class');
     } catch (err) {
       if (err instanceof InvalidRequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
       throw err;
     }
     if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
-    if (this.store.size >= this.o.maxQueue)
+    const counters: ClassCounters = this.router.stats.of(sched.cls);
+    if (this.store.size >= this.o.maxQueue) {
+      counters.rejected++;
       return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
+    }
     const m = this.o.metrics;
     // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
     const counted: RequestSink = m ? { update: (u) => (m.streamed(u.tokenIds.length), sink.update(u)), fail: (c, d) => sink.fail(c, d) } : sink;
-    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, counted);
+    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, counted, { ...sched, exact: v.exact });
+    const route = this.router.choose(rec);
+    if ('exhausted' in route) {
+      counters.rejected++;
+      return { code: grpc.status.RESOURCE_EXHAUSTED, details: route.exhausted };
+    }
     this.store.add(rec);
-    this.router.submit(rec);
+    this.router.submit(rec, route);
     return rec;
   }
 
@@ -143,7 +190,7 @@ export class InferenceApi {
         call.write({
           tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason,
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
-          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [],
+          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
         });
         if (last) call.end();
       },
@@ -168,6 +215,7 @@ export class InferenceApi {
         cb(null, {
           tokenIds: rec.tokens, text: rec.text, finishReason: u.finishReason, requestId: rec.id,
           usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
+          group: u.group ?? '', replica: u.replica ?? 0,
         });
       },
       fail: (code, details) => cb({ code, details }),
@@ -186,11 +234,13 @@ export class InferenceApi {
     const layout = this.members.layout;
     // The ranks each replica has now (a replica re-formed with a smaller layout has fewer).
     const ranks = this.members.replicas.flatMap((r) => r.ranks).sort((a, b) => a - b).map((r) => layout.ranks[r]!);
+    const first = layout.groups[0]!;
+    const live = [...this.store.values()];
     return {
-      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: String(this.members.epoch),
+      model: this.o.model.name, tp: first.tp, pp: first.pp, replicaCount: layout.replicas, generation: String(this.members.epoch),
       state: this.o.state(),
       hosts: [...new Set(ranks.map((r) => r.host))],
-      pendingRequests: this.store.pending().length,
+      pendingRequests: this.store.pendingCount(),
       activeRequests: this.store.size,
       replicas: this.members.replicas.map((r) => ({
         id: r.id, state: r.state, running: r.load?.running ?? 0, queued: r.load?.queued ?? 0,
@@ -198,6 +248,8 @@ export class InferenceApi {
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
         maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
+        group: groupOf(layout, r.id).name, preemptions: r.load?.preemptions ?? 0,
+        stepMs: r.load && r.load.stepMsBase + r.load.stepMsPerToken > 0 ? r.load.stepMsBase + r.load.stepMsPerToken * (r.load.running || 1) : 0,
       })),
       workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);
@@ -210,6 +262,23 @@ export class InferenceApi {
           lastHeartbeatMsAgo: w ? now - w.lastHeartbeat : -1,
           loadProgress: w && w.loadTotal > 0 ? w.loadDone / w.loadTotal : 0,
           engine: w?.describe ?? '',
+        };
+      }),
+      groups: layout.groups.map((g) => ({
+        name: g.name, device: g.serving.device, precision: g.serving.precision, tp: g.tp, pp: g.pp, threads: g.serving.threads,
+        replicas: g.replicas, maxSeqs: g.serving.maxSeqs,
+      })),
+      classes: this.router.classes.list.map((c) => {
+        const k = this.router.stats.of(c);
+        const mine = live.filter((r) => r.sched.cls.name === c.name);
+        return {
+          name: c.name, priority: c.priority, groups: c.groups, ttftP99TargetMs: c.ttftP99Ms ?? 0,
+          waiting: mine.filter((r) => r.firstTokenAt === undefined).length,
+          running: mine.filter((r) => r.firstTokenAt !== undefined && r.status === RequestStatus.RUNNING).length,
+          preempted: mine.filter((r) => r.status === RequestStatus.PREEMPTED).length,
+          routed: String(k.routed), overflowed: String(k.overflowed), rejected: String(k.rejected), preemptions: String(k.preemptions),
+          finished: String(k.finished), routedByGroup: Object.fromEntries([...k.routedByGroup].map(([g, n]) => [g, String(n)])),
+          ttft: k.ttft.percentiles(now), itl: k.itl.percentiles(now),
         };
       }),
       ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 }, spares: 0 }),

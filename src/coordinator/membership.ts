@@ -22,11 +22,6 @@ export type { ReplicaState, WorkerState } from './worker-conn.js';
 export interface MembershipOptions {
   token: string;
   modelDir: string;
-  dtype: string;
-  device: string;
-  kvBlocks: number;
-  threads: number;
-  maxBatchTokens: number;
   maxQueue: number;
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
@@ -56,11 +51,17 @@ export class Membership extends EventEmitter<MembershipEvents> {
   private readonly monitor: NodeJS.Timeout;
   private stopping = false;
 
+  /** Most requests a replica's driver keeps waiting for admission. */
+  get maxQueue(): number {
+    return this.o.maxQueue;
+  }
+
   constructor(readonly layout: Layout, private readonly o: MembershipOptions) {
     super();
     this.slots = new Slots(o.slots ?? layout.ranks.map((p) => ({ host: p.host, localRank: p.localRank })), layout.world);
-    this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
-      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), layout.tp, layout.pp));
+    this.replicas = layout.groups.flatMap((g, gi) => g.replicas.map((r) =>
+      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), g.tp, g.pp, gi)));
+    this.replicas.sort((a, b) => a.id - b.id);
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
@@ -184,6 +185,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   private assign(w: WorkerConn): void {
     const plan = w.plan;
     const replica = this.replicas[plan.replica]!;
+    const g = this.layout.groups[replica.group]!.serving;
     const peers = replica.ranks.map((r) => {
       const p = this.layout.ranks[r]!;
       return { rank: r, host: p.host, listenAddresses: this.workers.get(r)?.join.listenAddresses ?? [] };
@@ -192,9 +194,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
       assignment: {
         epoch: w.epoch, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
         tp: replica.tp, pp: replica.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
-        modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
-        peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
-        maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
+        modelDir: this.o.modelDir, dtype: g.precision, device: g.device, deviceIndex: plan.localRank,
+        peers, kvBlocks: g.kvBlocks, threads: g.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
+        maxBatchTokens: g.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs, maxSeqs: g.maxSeqs,
       },
     });
   }
@@ -353,7 +355,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const survivors = replica.ranks.filter((r) => r !== lost).map((r) => this.workers.get(r));
     if (survivors.some((w) => !w || w.state === 'lost')) return undefined;
     const old = this.workers.get(lost);
-    const spare = this.slots.takeSpare(lost, this.slots.info[this.slots.slotOf(lost)]!.host);
+    const spare = this.slots.takeSpare(lost, this.slots.info[this.slots.slotOf(lost)]!.host, this.layout.groups[replica.group]!.serving.device);
     if (!spare) return undefined;
     const epoch = this.newEpoch(replica);
     if (old && old.state !== 'lost') {

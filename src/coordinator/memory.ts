@@ -4,7 +4,7 @@
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
-import type { Layout, RankPlan } from './layout.js';
+import type { GroupPlan, Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {
   rank: number;
@@ -27,7 +27,19 @@ const RESERVE = 256 * 2 ** 20; // runtime, allocator slack
 
 function bytesOf(dtype: string, fallback: string): number {
   const d = dtype === 'auto' ? fallback : dtype;
-  return d === 'f32' ? 4 : 2;
+  return d === 'f32' ? 4 : d === 'int8' || d === 'fp8' ? 1 : 2;
+}
+
+/** Ranks of one layout (tp x pp): a group's, or one replica's. */
+export interface GroupRanks {
+  tp: number;
+  pp: number;
+  ranks: RankPlan[];
+}
+
+/** A group's ranks in the layout (the first group's by default). */
+export function groupRanks(l: Layout, g: GroupPlan = l.groups[0]!): GroupRanks {
+  return { tp: g.tp, pp: g.pp, ranks: l.ranks.filter((r) => g.replicas.includes(r.replica)) };
 }
 
 /** Weight bytes a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
@@ -72,9 +84,10 @@ export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, dev
   return Math.ceil(tokens * perToken);
 }
 
-export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
-  // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
-  const wBytes = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
+export function estimateMemory(c: ModelConfig, l: GroupRanks, o: MemoryOptions): MemoryCheck {
+  // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32;
+  // CUDA computes in bf16/f16 (int8/fp8 weights: one byte each).
+  const wBytes = o.device === 'cpu' || o.dtype === 'int8' || o.dtype === 'fp8' ? bytesOf(o.dtype, c.dtype) : 2;
   const kvElt = o.device === 'cpu' ? 4 : 2;
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
   // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.

@@ -19,8 +19,11 @@ import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 import type { Failover, FailoverCounters } from './failover.js';
+import { groupOf } from './layout.js';
 import type { Membership } from './membership.js';
 import type { RequestStore } from './requests.js';
+import type { Router } from './router.js';
+import { RequestStatus } from '../protocol/lifecycle.js';
 
 /** What the public API reports as it happens (see InferenceApi). */
 export interface ApiMetrics {
@@ -35,6 +38,8 @@ export interface MetricsSources {
   members: Membership;
   store: RequestStore;
   failover: Failover;
+  /** Its class counters and latency windows (ClusterStatus classes). */
+  router?: Router;
 }
 
 /** A counter that follows a monotonic number kept elsewhere, read at scrape time. */
@@ -46,6 +51,26 @@ function mirroredCounter(registry: Registry, name: string, help: string, read: (
       const now = read();
       if (now > seen) this.inc(now - seen);
       seen = Math.max(seen, now);
+    },
+  });
+}
+
+type Labels = Record<string, string>;
+
+/** mirroredCounter with labels: `read` gives every label set's current total. */
+function mirroredLabeledCounter(registry: Registry, name: string, help: string, labelNames: string[],
+  read: () => Array<[Labels, number]>): Counter<string> {
+  const seen = new Map<string, number>();
+  return new Counter({
+    name, help, labelNames, registers: [registry],
+    collect() {
+      for (const [labels, now] of read()) {
+        const key = JSON.stringify(labels);
+        const was = seen.get(key) ?? 0;
+        if (now > was) this.inc(labels, now - was);
+        else if (!seen.has(key)) this.inc(labels, 0);
+        seen.set(key, Math.max(was, now));
+      }
     },
   });
 }
@@ -112,11 +137,68 @@ export class CoordinatorMetrics implements ApiMetrics {
     mirroredCounter(r, 'nodespeed_replicas_shrunk_total', 'Of those, replicas re-formed with a smaller layout (recovery shrunk)', () => failover.shrinks);
     mirroredCounter(r, 'nodespeed_replayed_requests_total', 'In-flight requests re-queued from a lost replica', c('replayedRequests'));
     mirroredCounter(r, 'nodespeed_replayed_tokens_total', 'Tokens those requests had already streamed (replayed as prompt)', c('replayedTokens'));
+    if (src.router) this.classMetrics(src.router, members, store);
     const recovery = new Histogram({
       name: 'nodespeed_recovery_seconds', help: 'Loss of a worker to its replica serving again', registers: [r],
       buckets: [0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120],
     });
     failover.on('recovered', (rec) => recovery.observe((rec.recoveryMs ?? 0) / 1000));
+  }
+
+  /**
+   * Per request class (label `class`): routings by group and overflows past the class's first group,
+   * refusals, preemptions, the requests waiting / streaming / preempted now, and TTFT and ITL
+   * percentiles over the class's recent requests (ClusterStatus classes). Per replica: its group,
+   * device, precision and layout (`nodespeed_replica_info`, value 1).
+   */
+  private classMetrics(router: Router, members: Membership, store: RequestStore): void {
+    const r = this.registry;
+    const all = () => router.stats.all();
+    mirroredLabeledCounter(r, 'nodespeed_class_routed_total', 'Requests routed to a replica, by class and the replica\'s group (a replay counts again)',
+      ['class', 'group'], () => all().flatMap((k) => [...k.routedByGroup].map(([group, n]): [Labels, number] => [{ class: k.cls.name, group }, n])));
+    mirroredLabeledCounter(r, 'nodespeed_class_overflow_total', 'Of those, routed to a group other than the class\'s first (its preferred groups could not meet it)',
+      ['class', 'group'], () => all().flatMap((k) => [...k.overflowByGroup].map(([group, n]): [Labels, number] => [{ class: k.cls.name, group }, n])));
+    mirroredLabeledCounter(r, 'nodespeed_class_rejected_total', 'Requests refused RESOURCE_EXHAUSTED: no replica the class may use could take them',
+      ['class'], () => all().map((k): [Labels, number] => [{ class: k.cls.name }, k.rejected]));
+    mirroredLabeledCounter(r, 'nodespeed_class_preemptions_total', 'Times a request of the class was taken out of its replica\'s batch for a more urgent class',
+      ['class'], () => all().map((k): [Labels, number] => [{ class: k.cls.name }, k.preemptions]));
+    const now = (pick: (s: RequestStatus, first: boolean) => boolean) => function (this: Gauge<string>) {
+      this.reset();
+      const live = [...store.values()];
+      for (const c of router.classes.list)
+        this.set({ class: c.name }, live.filter((x) => x.sched.cls.name === c.name && pick(x.status, x.firstTokenAt !== undefined)).length);
+    };
+    new Gauge({ name: 'nodespeed_class_queue', help: 'Requests of the class accepted with no token yet (waiting for a replica or for admission)',
+      labelNames: ['class'], registers: [r], collect: now((_, first) => !first) });
+    new Gauge({ name: 'nodespeed_class_running', help: 'Requests of the class streaming now', labelNames: ['class'], registers: [r],
+      collect: now((s, first) => first && s === RequestStatus.RUNNING) });
+    new Gauge({ name: 'nodespeed_class_preempted', help: 'Requests of the class out of their replica\'s batch now, to resume by recompute',
+      labelNames: ['class'], registers: [r], collect: now((s) => s === RequestStatus.PREEMPTED) });
+    const latency = (name: string, help: string, pick: (k: ReturnType<Router['stats']['all']>[number]) => { percentiles(): { count: number; p50Ms: number; p90Ms: number; p99Ms: number } }) =>
+      new Gauge({
+        name, help, labelNames: ['class', 'quantile'], registers: [r],
+        collect() {
+          this.reset();
+          for (const k of all()) {
+            const p = pick(k).percentiles();
+            if (!p.count) continue;
+            for (const [q, v] of [['0.5', p.p50Ms], ['0.9', p.p90Ms], ['0.99', p.p99Ms]] as const) this.set({ class: k.cls.name, quantile: q }, v / 1000);
+          }
+        },
+      });
+    latency('nodespeed_class_ttft_seconds', 'Time to first token of the class\'s recent requests (at most 1024, the last 10 minutes), by quantile', (k) => k.ttft);
+    latency('nodespeed_class_itl_seconds', 'Time between two tokens of one stream, the class\'s recent tokens, by quantile', (k) => k.itl);
+    new Gauge({
+      name: 'nodespeed_replica_info', help: 'A replica\'s group, device, precision and layout (value 1)', labelNames: ['replica', 'group', 'device', 'precision', 'layout'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const rep of members.replicas) {
+          const g = groupOf(members.layout, rep.id);
+          this.set({ replica: String(rep.id), group: g.name, device: g.serving.device, precision: g.serving.precision, layout: `tp ${rep.tp} x pp ${rep.pp}` }, 1);
+        }
+      },
+    });
   }
 
   accepted(): void {

@@ -6,6 +6,7 @@ import type * as grpc from '@grpc/grpc-js';
 
 import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
 import type { SamplingParams } from '../protocol/sampling.js';
+import type { RequestClass } from './classes.js';
 
 export interface RequestUpdate {
   tokenIds: number[];
@@ -14,6 +15,9 @@ export interface RequestUpdate {
   index: number;
   /** UNSPECIFIED until the last update. */
   finishReason: FinishReason;
+  /** The replica (and its group) that produced these tokens. */
+  replica?: number;
+  group?: string;
 }
 
 /** Where a request's output goes (the API call that accepted it). */
@@ -31,10 +35,26 @@ export type RequestEnd =
   /** The client is gone: it is told nothing. */
   | { status: typeof RequestStatus.CANCELLED };
 
+/** How the router treats a request: its class, its integer priority, whether a replay must keep its numerics. */
+export interface RequestScheduling {
+  cls: RequestClass;
+  priority: number;
+  exact: boolean;
+}
+
+let arrivals = 0;
+
 export class RequestRecord {
   status: RequestStatus = RequestStatus.QUEUED;
-  /** The replica it runs on (status running); null while it waits for one. */
+  /** The replica it runs on (status running or preempted); null while it waits for one. */
   replica: number | null = null;
+  /** It streamed a token since it was routed to `replica`: it is in that replica's batch (the TTFT estimate). */
+  started = false;
+  /** The numerics (device and precision) of the replica that produced its first tokens (an `exact` replay keeps them). */
+  numerics: string | undefined;
+  /** Arrival order, for equal priorities. */
+  readonly order = arrivals++;
+  lastTokenAt: number | undefined;
   readonly tokens: number[] = [];
   text = '';
   finishReason: FinishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
@@ -45,7 +65,8 @@ export class RequestRecord {
   /** How many times a failover moved it. */
   replays = 0;
 
-  constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink) {}
+  constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,
+    readonly sched: RequestScheduling) {}
 }
 
 export class RequestStore {
@@ -79,22 +100,42 @@ export class RequestStore {
     return [...this.records.values()].filter((r) => r.replica === replica);
   }
 
-  /** Requests waiting for a replica. */
+  pendingCount(): number {
+    let n = 0;
+    for (const r of this.records.values()) if (r.status === RequestStatus.QUEUED) n++;
+    return n;
+  }
+
+  /** Requests waiting for a replica, most urgent first (priority, then arrival). */
   pending(): RequestRecord[] {
-    return [...this.records.values()].filter((r) => r.status === RequestStatus.QUEUED);
+    return [...this.records.values()].filter((r) => r.status === RequestStatus.QUEUED)
+      .sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order);
   }
 
   /** queued → running on `replica`. */
   route(r: RequestRecord, replica: number): void {
     r.status = transition(r.status, RequestStatus.RUNNING);
     r.replica = replica;
+    r.started = false;
     r.pendingSince = undefined;
   }
 
-  /** running → queued: its replica was lost; it is replayed from its prompt and the tokens streamed. */
+  /** running → preempted: its replica took it out of the batch for a more urgent class; it resumes there. */
+  preempt(r: RequestRecord): void {
+    r.status = transition(r.status, RequestStatus.PREEMPTED);
+    r.started = false;
+  }
+
+  /** preempted → running: tokens again (it resumed by recompute). */
+  resume(r: RequestRecord): void {
+    r.status = transition(r.status, RequestStatus.RUNNING);
+  }
+
+  /** running or preempted → queued: its replica was lost; it is replayed from its prompt and the tokens streamed. */
   requeue(r: RequestRecord, now = Date.now()): void {
     r.status = transition(r.status, RequestStatus.QUEUED);
     r.replica = null;
+    r.started = false;
     r.pendingSince = now;
     r.replays++;
   }

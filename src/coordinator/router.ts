@@ -1,55 +1,142 @@
-// Puts each accepted request on a replica: the serving replica with the fewest unfinished
-// requests (ties: the most free KV blocks, then the lowest id). Requests wait in the coordinator
-// while no replica serves yet, and are dispatched when one starts.
+// Puts each accepted request on a replica. A request's class (classes.ts) lists the replica groups
+// it may use in order of preference. For each group in that order, the router estimates the
+// request's time to first token on every serving replica of the group (estimate.ts: the replica's
+// queue and batch as the coordinator routed them, its KV cache and batch limits, its measured step
+// time) and takes the group's best replica when it meets the class: its TTFT target
+// (`ttft_p99_ms`), or, for a class without one, admission without waiting for another request to
+// finish. When no group meets it, the request overflows to the best replica of all its groups (the
+// shortest estimate). It is refused (RESOURCE_EXHAUSTED) only when no serving replica it may use
+// can take it: its budget is larger than their KV caches, or their queues are full. Requests wait
+// in the coordinator while no replica they may use serves yet (starting, or re-forming after a
+// failure), and are dispatched, most urgent first, when one starts.
+//
+// A replay after a failover goes through the same choice (any replica its class allows, so a
+// stream can move to another kind of replica); a request with `exact` that has streamed tokens only
+// goes to a replica of the same numerics (device and precision) and otherwise waits.
 import * as grpc from '@grpc/grpc-js';
 
 import type { Tokens } from '../protocol/control.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
 import { samplingToWire } from '../protocol/sampling.js';
+import { ClassStats } from './class-stats.js';
+import type { ClassTable } from './classes.js';
+import { estimateTtft } from './estimate.js';
+import type { Job, ReplicaModel } from './estimate.js';
+import { numericsOf } from './layout.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
 
+/** Where a request goes: a replica (overflow: not its class's first group), nowhere yet, or nowhere. */
+export type Route =
+  | { replica: Replica; group: string; overflow: boolean; ttftMs: number }
+  | { pending: string }
+  | { exhausted: string };
+
+export interface RouterOptions {
+  log: (line: string) => void;
+  /** The checkpoint's dtype ("auto" precision is the dtype as stored: equal numerics to naming it). */
+  modelDtype?: string;
+}
+
 export class Router {
-  constructor(private readonly members: Membership, private readonly store: RequestStore,
-    private readonly log: (line: string) => void) {
+  readonly stats: ClassStats;
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly members: Membership, private readonly store: RequestStore, readonly classes: ClassTable,
+    private readonly o: RouterOptions) {
+    this.log = o.log;
+    this.stats = new ClassStats(classes.list);
     members.on('replica-serving', () => this.dispatchPending());
     members.on('tokens', (replica, msg) => this.onTokens(replica, msg));
   }
 
-  private active(replica: Replica): number {
-    return this.store.onReplica(replica.id).length;
+  /** The numerics of a replica: its group's device and precision. */
+  numerics(replica: Replica): string {
+    return numericsOf(this.members.layout.groups[replica.group]!.serving, this.o.modelDtype);
   }
 
-  pick(): Replica | undefined {
-    let best: Replica | undefined;
-    let bestLoad = Infinity;
-    for (const r of this.members.replicas) {
-      if (r.state !== 'serving') continue;
-      const load = this.active(r);
-      const free = r.load?.kvBlocksFree ?? r.kvBlocks;
-      const bestFree = best ? (best.load?.kvBlocksFree ?? best.kvBlocks) : -1;
-      if (load < bestLoad || (load === bestLoad && free > bestFree)) {
-        best = r;
-        bestLoad = load;
+  private model(r: Replica): ReplicaModel {
+    const g = this.members.layout.groups[r.group]!.serving;
+    return {
+      kvBlocks: r.load?.kvBlocksTotal || r.kvBlocks, blockSize: r.kvBlockSize || 16, maxSeqs: g.maxSeqs, maxQueue: this.members.maxQueue,
+      maxBatchTokens: g.maxBatchTokens, stepMsBase: r.load?.stepMsBase ?? 0, stepMsPerToken: r.load?.stepMsPerToken ?? 0,
+    };
+  }
+
+  private job(rec: RequestRecord): Job {
+    return {
+      priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
+      budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
+      remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
+    };
+  }
+
+  /** Where `rec` would go now (nothing is sent). */
+  choose(rec: RequestRecord): Route {
+    const cls = rec.sched.cls;
+    const target = cls.ttftP99Ms;
+    const pinned = rec.sched.exact && rec.tokens.length > 0 ? rec.numerics : undefined;
+    let best: { replica: Replica; gi: number; ttftMs: number } | undefined;
+    let serving = 0;
+    const refusals = new Set<string>();
+    for (const [k, gi] of cls.groupIndex.entries()) {
+      let groupBest: { replica: Replica; ttftMs: number; admitNow: boolean; load: number; free: number } | undefined;
+      for (const id of this.members.layout.groups[gi]!.replicas) {
+        const r = this.members.replicas[id]!;
+        if (r.state !== 'serving' || (pinned && this.numerics(r) !== pinned)) continue;
+        serving++;
+        const mine = this.store.onReplica(r.id).filter((x) => x !== rec);
+        const e = estimateTtft(this.model(r), mine.map((x) => this.job(x)), this.job(rec));
+        if (!e.fits) {
+          refusals.add(`needs ${Math.ceil((rec.promptIds.length + rec.params.maxTokens) / (r.kvBlockSize || 16))} KV blocks, ` +
+            `replica ${r.id} (${this.members.layout.groups[gi]!.name}) has ${this.model(r).kvBlocks}`);
+          continue;
+        }
+        if (e.queueFull) {
+          refusals.add(`replica ${r.id} (${this.members.layout.groups[gi]!.name}) has ${this.members.maxQueue} requests waiting (--max-queue)`);
+          continue;
+        }
+        // Equal estimates (no step measured yet, an idle group): the fewest requests, then the most free KV blocks.
+        const free = r.load?.kvBlocksFree ?? r.kvBlocks;
+        if (!groupBest || e.ttftMs < groupBest.ttftMs || (e.ttftMs === groupBest.ttftMs &&
+          (mine.length < groupBest.load || (mine.length === groupBest.load && free > groupBest.free))))
+          groupBest = { replica: r, ttftMs: e.ttftMs, admitNow: e.admitNow, load: mine.length, free };
       }
+      if (!groupBest) continue;
+      const meets = target !== undefined ? groupBest.ttftMs <= target : groupBest.admitNow;
+      if (meets) return { replica: groupBest.replica, group: this.members.layout.groups[gi]!.name, overflow: k > 0, ttftMs: groupBest.ttftMs };
+      if (!best || groupBest.ttftMs < best.ttftMs) best = { ...groupBest, gi: k };
     }
-    return best;
+    if (best) {
+      const gi = cls.groupIndex[best.gi]!;
+      return { replica: best.replica, group: this.members.layout.groups[gi]!.name, overflow: best.gi > 0, ttftMs: best.ttftMs };
+    }
+    const groups = cls.groups.join(', ');
+    if (!serving)
+      return { pending: pinned ? `no replica of its numerics (${pinned}) serves in groups ${groups} (exact)` : `no replica of groups ${groups} serves` };
+    return { exhausted: `class ${cls.name}: no replica of groups ${groups} can take the request: ${[...refusals].join('; ')}` };
   }
 
   /** Whether any replica serves now or may still come up. */
   anyAlive(): boolean {
-    return this.members.replicas.some((r) => r.state !== 'lost');
+    return this.members.replicas.some((r) => r.state !== 'lost' || r.reforming);
   }
 
-  submit(rec: RequestRecord): void {
-    const replica = this.pick();
-    if (!replica) return; // stays pending until a replica serves
-    const driver = this.members.driver(replica);
-    if (!driver) return;
-    this.store.route(rec, replica.id);
+  /**
+   * Sends the request where choose() says; a request with nowhere to go stays queued (a new
+   * request refused as exhausted is never added to the store: see the API).
+   */
+  submit(rec: RequestRecord, route: Route = this.choose(rec)): Route {
+    if (!('replica' in route)) return route;
+    const driver = this.members.driver(route.replica);
+    if (!driver) return { pending: `replica ${route.replica.id} has no driver` };
+    this.store.route(rec, route.replica.id);
+    this.stats.of(rec.sched.cls).route(route.group, route.overflow);
     driver.send({
-      submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens },
+      submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens,
+        priority: rec.sched.priority, classRank: rec.sched.cls.rank },
     });
+    return route;
   }
 
   cancel(rec: RequestRecord, reason: string): void {
@@ -72,14 +159,21 @@ export class Router {
   }
 
   private onTokens(replica: Replica, msg: Tokens): void {
+    let ended = false;
     for (const u of msg.updates) {
       const rec = this.store.get(u.requestId);
       // Ended meanwhile (cancelled, timed out), or a late report from a replica it left.
-      if (!rec || rec.status !== RequestStatus.RUNNING || rec.replica !== replica.id) continue;
+      if (!rec || (rec.status !== RequestStatus.RUNNING && rec.status !== RequestStatus.PREEMPTED) || rec.replica !== replica.id) continue;
+      const counters = this.stats.of(rec.sched.cls);
       if (u.error) {
         // The driver refuses only for capacity: its queue is full, or the request's prompt plus
         // max_tokens needs more KV blocks than the replica's whole cache.
-        this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.RESOURCE_EXHAUSTED, message: `replica ${replica.id}: ${u.error}` });
+        ended = this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.RESOURCE_EXHAUSTED, message: `replica ${replica.id}: ${u.error}` }) || ended;
+        continue;
+      }
+      if (u.preempted) {
+        if (rec.status === RequestStatus.RUNNING) this.store.preempt(rec);
+        counters.preemptions++;
         continue;
       }
       // Tokens the client already has (a replay re-sends from an earlier index) are dropped here.
@@ -88,25 +182,44 @@ export class Router {
         this.log(`coordinator: request ${rec.id}: gap in the token stream (have ${rec.tokens.length}, got index ${u.index})`);
         continue;
       }
+      if (rec.status === RequestStatus.PREEMPTED) this.store.resume(rec);
       const fresh = u.tokenIds.slice(skip);
-      if (fresh.length) rec.firstTokenAt ??= Date.now();
+      if (fresh.length) {
+        const now = Date.now();
+        if (rec.firstTokenAt === undefined) {
+          rec.firstTokenAt = now;
+          counters.ttft.add(now - rec.createdAt, now);
+        } else if (rec.lastTokenAt !== undefined) {
+          for (let i = 0; i < fresh.length; i++) counters.itl.add((now - rec.lastTokenAt) / fresh.length, now);
+        }
+        rec.lastTokenAt = now;
+        rec.started = true;
+        rec.numerics ??= this.numerics(replica);
+      }
       rec.tokens.push(...fresh);
       rec.text += u.text;
-      const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason };
+      const group = this.members.layout.groups[replica.group]!.name;
+      const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason,
+        replica: replica.id, group };
       if (u.finishReason === FinishReason.FINISH_REASON_UNSPECIFIED) rec.sink.update(update);
-      else this.store.finish(rec, { status: RequestStatus.FINISHED, last: update });
+      else if (this.store.finish(rec, { status: RequestStatus.FINISHED, last: update })) {
+        counters.finished++;
+        ended = true;
+      }
     }
+    // A request that ended made room: requests waiting for one (full queues, an exact replay) try again.
+    if (ended && this.store.pendingCount() > 0) this.dispatchPending();
   }
 
   /**
-   * Takes every request off a lost replica and routes it again (another serving replica, or the
-   * re-formed one once it serves): the replay starts from prompt + the tokens the client has.
+   * Takes every request off a lost replica and routes it again (another replica its class allows,
+   * or the re-formed one once it serves): the replay starts from prompt + the tokens the client has.
    */
   requeue(replica: Replica): RequestRecord[] {
     const moved = this.store.onReplica(replica.id);
     const now = Date.now();
     for (const rec of moved) this.store.requeue(rec, now);
-    for (const rec of moved) this.submit(rec);
+    for (const rec of moved.sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order)) this.submit(rec);
     return moved;
   }
 
@@ -116,7 +229,8 @@ export class Router {
     let n = 0;
     for (const rec of this.store.pending()) {
       if (now - (rec.pendingSince ?? rec.createdAt) < olderThanMs) continue;
-      if (this.store.finish(rec, { status: RequestStatus.FAILED, code, message })) n++;
+      const why = rec.sched.exact && rec.tokens.length ? `${message} (exact: it waits for a replica of numerics ${rec.numerics})` : message;
+      if (this.store.finish(rec, { status: RequestStatus.FAILED, code, message: why })) n++;
     }
     return n;
   }

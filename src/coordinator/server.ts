@@ -12,6 +12,8 @@ import { RequestStatus } from '../protocol/lifecycle.js';
 import { InferenceApi } from './api.js';
 import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';
+import { ClassTable, defaultClasses } from './classes.js';
+import type { ClassSpec } from './classes.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
 import { CoordinatorMetrics, serveMetrics } from './metrics.js';
@@ -37,6 +39,10 @@ export interface CoordinatorOptions extends MembershipOptions {
   joinTimeoutMs?: number;
   /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
   shrink?: ShrinkContext;
+  /** The request classes; absent: realtime, standard and batch over every group (classes.ts). */
+  classes?: ClassSpec[];
+  /** The checkpoint's dtype: what "auto" precision computes in (equal numerics for an exact replay). */
+  modelDtype?: string;
 }
 
 export class Coordinator {
@@ -55,11 +61,13 @@ export class Coordinator {
 
   constructor(readonly o: CoordinatorOptions) {
     this.members = new Membership(o.layout, o);
-    this.router = new Router(this.members, this.store, o.log);
+    const groups = o.layout.groups.map((g) => g.name);
+    const classes = new ClassTable(o.classes ?? defaultClasses(groups), groups);
+    this.router = new Router(this.members, this.store, classes, { log: o.log, ...(o.modelDtype ? { modelDtype: o.modelDtype } : {}) });
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,
       ...(o.shrink ? { shrink: o.shrink } : {}) });
     this.failover = failover;
-    this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });
+    this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover, router: this.router });
     this.api = new InferenceApi(this.members, this.store, this.router, {
       model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
       ...(this.metrics ? { metrics: this.metrics } : {}),

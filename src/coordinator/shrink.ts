@@ -15,8 +15,8 @@
 //     that still run are started again as spares (failover.ts).
 //   - Nothing fits (no survivor, heads that do not split, too little memory): the replica is retired.
 import type { ModelConfig } from '../model/config.js';
-import { LayoutError, balanceStages, checkTpDivides } from './layout.js';
-import type { Layout, RankPlan, StagePlan } from './layout.js';
+import { LayoutError, balanceStages, checkTpDivides, groupOf } from './layout.js';
+import type { GroupPlan, RankPlan, StagePlan } from './layout.js';
 import { estimateMemory } from './memory.js';
 import type { MemoryOptions } from './memory.js';
 import type { Membership, Replica } from './membership.js';
@@ -106,7 +106,7 @@ export function chooseShrink(i: ShrinkInput): ShrinkChoice {
       rank: x.rank, host: x.host, localRank: x.localRank, replica: i.replica, stage, tpRank,
       layerStart: stages[stage]!.layerStart, layerEnd: stages[stage]!.layerEnd,
     })));
-    const layout: Layout = { tp, pp, replicas: 1, world: tp * pp, stages, ranks };
+    const layout = { tp, pp, ranks };
     const gpus = groups.flat().map((x) => x.gpuMemory ?? 0).filter((m) => m > 0);
     const mem = estimateMemory(i.config, layout, { ...i.memory, ...(gpus.length ? { gpuMemory: Math.min(...gpus) } : {}) });
     if (mem.problems.length) {
@@ -120,29 +120,33 @@ export function chooseShrink(i: ShrinkInput): ShrinkChoice {
   return { refused };
 }
 
-/** What the coordinator knows for chooseShrink beyond the replica itself (from the launch flags). */
+/** What the coordinator knows for chooseShrink beyond the replica and its group (from the launch). */
 export interface ShrinkContext {
   config: ModelConfig;
-  device: 'cpu' | 'cuda';
-  dtype: string;
-  kvBlocks: number;
   allowTpAcrossHosts: boolean;
+}
+
+/** The memory estimate's options for a replica of `group` (its device, precision and KV blocks). */
+function memoryOf(g: GroupPlan, kvBlockSize: number): MemoryOptions {
+  return { device: g.serving.device, dtype: g.serving.precision, kvBlocks: g.serving.kvBlocks, kvBlockSize: kvBlockSize || 16 };
 }
 
 /**
  * chooseShrink for `replica` of a running membership: `restarted` are its ranks whose processes were
- * started again. On cpu the other replicas' ranks count against their hosts' RAM.
+ * started again. On cpu the other CPU replicas' ranks count against their hosts' RAM.
  */
 export function planShrink(m: Membership, replica: Replica, restarted: Set<number>, gpuMemoryOf: (rank: number) => number,
   c: ShrinkContext): ShrinkChoice {
-  const memory: MemoryOptions = { device: c.device, dtype: c.dtype, kvBlocks: c.kvBlocks, kvBlockSize: replica.kvBlockSize || 16 };
-  if (c.device === 'cpu') {
+  const group = groupOf(m.layout, replica.id);
+  const memory = memoryOf(group, replica.kvBlockSize);
+  if (group.serving.device === 'cpu') {
     const used = new Map<string, number>();
     for (const r of m.replicas) {
-      // Every other replica that serves or will again (a retired one is lost and not re-forming).
-      if (r === replica || (r.state === 'lost' && !r.reforming)) continue;
+      // Every other CPU replica that serves or will again (a retired one is lost and not re-forming).
+      const g = groupOf(m.layout, r.id);
+      if (r === replica || g.serving.device !== 'cpu' || (r.state === 'lost' && !r.reforming)) continue;
       const ranks = r.ranks.map((x) => m.layout.ranks[x]!);
-      const est = estimateMemory(c.config, { tp: r.tp, pp: r.pp, replicas: 1, world: ranks.length, stages: [], ranks }, memory);
+      const est = estimateMemory(c.config, { tp: r.tp, pp: r.pp, ranks }, memoryOf(g, r.kvBlockSize));
       for (const x of est.ranks) used.set(x.host, (used.get(x.host) ?? 0) + x.totalBytes);
     }
     memory.hostUsedBytes = used;

@@ -11,6 +11,8 @@ import type { ControlCall } from './worker-conn.js';
 export interface SlotInfo {
   host: string;
   localRank: number;
+  /** 'cpu': a CPU-only slot (no GPU of its own), whose spare cannot take a rank of a cuda group. */
+  device?: 'cpu';
 }
 
 export interface Spare {
@@ -75,11 +77,12 @@ export class Slots {
   }
 
   /**
-   * Takes a spare for `rank`: one on the same host as the rank's current slot if there is one (a TP
-   * group stays on its host), else the longest-joined one. The rank moves to the spare's slot.
+   * Takes a spare for `rank` of a group of `device`: one on the same host as the rank's current slot
+   * if there is one (a TP group stays on its host), else the longest-joined one; a CPU-only slot's
+   * spare never takes a cuda rank. The rank moves to the spare's slot.
    */
-  takeSpare(rank: number, host: string): Spare | undefined {
-    const all = [...this.spares.values()];
+  takeSpare(rank: number, host: string, device: 'cpu' | 'cuda' = 'cpu'): Spare | undefined {
+    const all = [...this.spares.values()].filter((x) => device === 'cpu' || this.info[x.slot]!.device !== 'cpu');
     const s = all.find((x) => this.info[x.slot]!.host === host) ?? all[0];
     if (!s) return undefined;
     this.spares.delete(s.slot);

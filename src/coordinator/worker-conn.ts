@@ -69,7 +69,8 @@ export class Replica {
 
   /**
    * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.
-   * Both are the job's layout until failover re-forms it with a smaller one (shrink.ts).
+   * Both are its group's layout until failover re-forms it with a smaller one (shrink.ts). `group`:
+   * its group's index in the layout.
    */
-  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number) {}
+  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number, readonly group = 0) {}
 }

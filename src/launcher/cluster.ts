@@ -1,17 +1,20 @@
-// `nodespeed launch` as a function: plan the layout, start the coordinator in this process and one
-// worker per rank through the launcher, show load progress, and resolve once every replica serves.
-// Used by the launch command and the demo.
+// `nodespeed launch` as a function: plan the layout of the replica groups, start the coordinator in
+// this process and one worker per rank through the launcher, show load progress, and resolve once
+// every replica serves. Used by the launch command and the demo.
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { planLayout } from '../coordinator/layout.js';
-import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js';
+import type { ClassSpec } from '../coordinator/classes.js';
+import { DEFAULT_GROUP } from '../coordinator/layout.js';
+import type { Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadTokenizer } from '../model/tokenizer.js';
+import { planDeployment } from './deploy-plan.js';
+import type { GroupOptions } from './deploy-plan.js';
 import { isLocalHost } from './plan.js';
 import type { Placement } from './plan.js';
 import type { SshOptions } from './ssh.js';
@@ -21,18 +24,16 @@ import type { Job } from './supervisor.js';
 export interface ClusterOptions {
   model: string;
   placement: Placement;
-  tp: number;
-  pp: number;
-  replicas: number | 'auto';
-  device: 'cpu' | 'cuda';
-  dtype: string;
+  /** The replica groups, in order (one for a launch from flags). */
+  groups: GroupOptions[];
+  /** The request classes; absent: realtime, standard and batch over every group. */
+  classes?: ClassSpec[];
+  /** The layout and the job's placement when planned already (planDeployment over `placement`, with the spares); absent: planned here. */
+  planned?: { layout: Layout; placement: Placement };
   bind: string;
   port: number;
   /** Address the workers dial; default: the address this machine uses to reach the first remote host. */
   advertise?: string;
-  kvBlocks: number;
-  threads: number;
-  maxBatchTokens: number;
   maxQueue: number;
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
@@ -73,47 +74,15 @@ export interface Cluster {
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const WORKER_SCRIPT = join(packageRoot, 'dist', 'worker', 'main.js');
 
-/** Hosts with their slot counts, in rank order (the launcher numbers ranks host by host). */
-export function hostSlots(p: Placement): HostSlots[] {
-  const out: HostSlots[] = [];
-  for (const r of p.ranks) {
-    const last = out[out.length - 1];
-    if (last && last.host === r.host) last.slots++;
-    else out.push({ host: r.host, slots: 1 });
-  }
-  return out;
-}
-
 /**
- * The layout plus `spares` spare slots (--spares). Spares use the slots the layout leaves free
- * (with --replicas auto, replicas are counted after setting the spares' slots aside). When the
- * slots run short and every worker is a local CPU worker, the missing spares are extra local
- * processes; otherwise that is an error naming --spares. Returns the placement trimmed to
- * world + spares slots (spares last).
+ * The one group of a launch from flags (`--tp`, `--pp`, `--replicas`, `--device`, ...) plus `spares`
+ * spare slots (planDeployment).
  */
 export function planWithSpares(config: ModelConfig, placement: Placement, o: LayoutOptions, spares: number,
   device: 'cpu' | 'cuda'): { layout: Layout; placement: Placement } {
-  if (!Number.isInteger(spares) || spares < 0) throw new Error(`--spares must be an integer >= 0 (got ${spares})`);
-  const slots = hostSlots(placement);
-  const total = placement.ranks.length;
-  const perReplica = o.tp * o.pp;
-  let replicas = o.replicas;
-  if (replicas === 'auto' && spares > 0 && total - spares >= perReplica) replicas = Math.floor((total - spares) / perReplica);
-  const layout = planLayout(config, slots, { ...o, replicas });
-  const free = total - layout.world;
-  const ranks = placement.ranks.slice(0, layout.world + Math.min(spares, free)).map((r) => ({ ...r }));
-  if (free < spares) {
-    const localCpu = device === 'cpu' && placement.ranks.every((r) => r.isLocal && r.host === placement.ranks[0]!.host);
-    if (!localCpu)
-      throw new Error(`--spares ${spares}: the hosts have ${total} slots and the layout uses ${layout.world}, so only ${free} ` +
-        'are free for spares (extra spare processes are only added when every worker is a local CPU worker)');
-    for (let i = free; i < spares; i++) {
-      const last = ranks[ranks.length - 1]!;
-      ranks.push({ ...last, rank: ranks.length, localRank: last.localRank + 1 });
-    }
-    for (const r of ranks) r.localWorldSize = ranks.length;
-  }
-  return { layout, placement: { ...placement, ranks, worldSize: ranks.length, numNodes: new Set(ranks.map((r) => r.host)).size } };
+  const group: GroupOptions = { name: DEFAULT_GROUP, tp: o.tp, pp: o.pp, replicas: o.replicas,
+    serving: { device, precision: 'auto', threads: 0, kvBlocks: 0, maxBatchTokens: device === 'cuda' ? 8192 : 256, maxSeqs: 0 } };
+  return planDeployment(config, placement, [group], spares, o.allowTpAcrossHosts ?? false);
 }
 
 /** The source address the kernel would use to reach `host` (no packet is sent). */
@@ -142,21 +111,21 @@ export async function workerAddress(p: Placement, bind: string, port: number, ad
 
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
-  const { layout, placement } = planWithSpares(config, o.placement,
-    { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
+  const { layout, placement } = o.planned ?? planDeployment(config, o.placement, o.groups, o.spares ?? 0, o.allowTpAcrossHosts);
   const tokenizer = await loadTokenizer(o.model);
   const token = randomBytes(24).toString('hex');
+  const first = o.groups[0]!.serving;
   const coordinator = new Coordinator({
-    layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
-    maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
+    layout, token, modelDir: resolve(o.model), maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 60_000, log: o.log, bind: o.bind, port: o.port,
-    slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
-    shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
+    slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank, ...(r.gpu === null ? { device: 'cpu' as const } : {}) })),
+    shrink: { config, allowTpAcrossHosts: o.allowTpAcrossHosts },
+    ...(o.classes ? { classes: o.classes } : {}), modelDtype: config.dtype,
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
-      contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
+      contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: first.precision,
       encode: tokenizer.encode.bind(tokenizer),
     },
   });

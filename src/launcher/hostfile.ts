@@ -1,6 +1,9 @@
 // DeepSpeed hostfile: `hostname slots=N [key=value ...]` per line, `#` comments, blank lines.
 // DeepSpeed only matches `^(\S+)\s+slots=(\d+)` and silently accepts slots=0 or trailing garbage;
-// we accept everything it uses correctly and report the rest with file and line.
+// we accept everything it uses correctly and report the rest with file and line. `device=cpu` after
+// the slots marks a CPU-only host (its slots are CPU workers; `device=cuda`: a GPU host); DeepSpeed
+// reads the same line as a host with N slots and ignores the rest, which is why the attribute must
+// come after `slots=N`.
 import { readFileSync } from 'node:fs';
 
 export interface HostEntry {
@@ -65,10 +68,13 @@ function parseLine(raw: string, lineNo: number, file: string, issues: HostfileIs
     } else {
       if (key in attrs) return fail(`attribute '${key}' given twice for host '${host}'`);
       if (value === '') return fail(`attribute '${key}' has no value for host '${host}'`);
+      if (key === 'device' && value !== 'cpu' && value !== 'cuda') return fail(`device must be cpu or cuda for host '${host}', got '${value}'`);
       attrs[key] = value;
     }
   }
   if (slots === undefined) return fail(`missing slots=N for host '${host}'`);
+  if (attrs.device !== undefined && !/^slots=/.test(rest[0]!))
+    return fail(`device=${attrs.device} must come after slots=N for host '${host}' (DeepSpeed reads only 'host slots=N' at the start of a line)`);
   return { host, slots, attrs, line: lineNo };
 }
 

@@ -3,18 +3,20 @@
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
 
+import { ClassTable, defaultClasses } from '../../src/coordinator/classes.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
 import type { RequestSink, RequestUpdate } from '../../src/coordinator/requests.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { validateSampling } from '../../src/protocol/sampling.js';
 
 const { QUEUED, RUNNING, FINISHED, FAILED, CANCELLED } = RequestStatus;
+const SCHED = { ...new ClassTable(defaultClasses(['default']), ['default']).resolve(undefined), exact: false };
 
 function record(store: RequestStore) {
   const updates: RequestUpdate[] = [];
   const failures: [number, string][] = [];
   const sink: RequestSink = { update: (u) => updates.push(u), fail: (code, message) => failures.push([code, message]) };
-  const rec = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ seed: 1 }), sink);
+  const rec = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ seed: 1 }), sink, SCHED);
   store.add(rec);
   return { rec, updates, failures };
 }
@@ -73,7 +75,7 @@ describe('request store', () => {
 
   it('a record the store does not hold is not ended by it', () => {
     const store = new RequestStore();
-    const stray = new RequestRecord('other', [1], validateSampling({ seed: 1 }), { update: () => {}, fail: () => {} });
+    const stray = new RequestRecord('other', [1], validateSampling({ seed: 1 }), { update: () => {}, fail: () => {} }, SCHED);
     expect(store.finish(stray, { status: CANCELLED })).toBe(false);
     expect(stray.status).toBe(QUEUED);
   });

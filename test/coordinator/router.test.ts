@@ -12,6 +12,7 @@ import type { ControlCall } from '../../src/coordinator/worker-conn.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
 import type { RequestUpdate } from '../../src/coordinator/requests.js';
 import { Router } from '../../src/coordinator/router.js';
+import { ClassTable, defaultClasses } from '../../src/coordinator/classes.js';
 import { loadModelConfig } from '../../src/model/index.js';
 import type { OutgoingCoordinatorMessage, TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
@@ -19,6 +20,7 @@ import { validateSampling } from '../../src/protocol/sampling.js';
 import { PY_TINY } from '../serving/helpers.js';
 
 const { FINISH_REASON_UNSPECIFIED: NONE, FINISH_REASON_STOP: STOP } = FinishReason;
+const CLASSES = new ClassTable(defaultClasses(['default']), ['default']);
 
 let members: Membership | undefined;
 afterEach(() => members?.stopAll('test done'));
@@ -28,8 +30,7 @@ function cluster() {
   const layout = planLayout(loadModelConfig(PY_TINY), [{ host: 'localhost', slots: 2 }], { tp: 1, pp: 1, replicas: 2 });
   const logs: string[] = [];
   members = new Membership(layout, {
-    token: 't', modelDir: PY_TINY, dtype: 'auto', device: 'cpu', kvBlocks: 0, threads: 0, maxBatchTokens: 256, maxQueue: 16,
-    heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 60_000, log: (l) => logs.push(l),
+    token: 't', modelDir: PY_TINY, maxQueue: 16, heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 60_000, log: (l) => logs.push(l),
   });
   const sent: OutgoingCoordinatorMessage[][] = [[], []];
   for (const replica of members.replicas) {
@@ -42,7 +43,7 @@ function cluster() {
     replica.kvBlocks = 64;
   }
   const store = new RequestStore();
-  const router = new Router(members, store, (l) => logs.push(l));
+  const router = new Router(members, store, new ClassTable(defaultClasses(['default']), ['default']), { log: (l) => logs.push(l) });
   return { members, store, router, sent, logs };
 }
 
@@ -50,14 +51,14 @@ function request(store: RequestStore, seed: number | bigint = 42) {
   const got: RequestUpdate[] = [];
   const failed: [number, string][] = [];
   const rec = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ seed, maxTokens: 8, stop: ['\n\n'] }),
-    { update: (u) => got.push(u), fail: (c, m) => failed.push([c, m]) });
+    { update: (u) => got.push(u), fail: (c, m) => failed.push([c, m]) }, { ...CLASSES.resolve(undefined), exact: false });
   store.add(rec);
   return { rec, got, failed };
 }
 
 /** A driver's Tokens report for one request. */
 function report(m: Membership, replica: number, u: Partial<TokenUpdate> & { requestId: string }): void {
-  m.emit('tokens', m.replicas[replica]!, { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: NONE, error: '', ...u }] });
+  m.emit('tokens', m.replicas[replica]!, { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: NONE, error: '', preempted: false, ...u }] });
 }
 
 describe('router', () => {
@@ -70,7 +71,7 @@ describe('router', () => {
     expect([a.rec.replica, b.rec.replica]).toEqual([0, 1]);
     expect([a.rec.status, b.rec.status]).toEqual([RequestStatus.RUNNING, RequestStatus.RUNNING]);
     expect(sent[0]).toEqual([{ submit: { epoch: '1', requestId: a.rec.id, promptIds: [1, 2, 3], generatedIds: [],
-      params: { temperature: 0, topK: 0, topP: 1, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false } } }]);
+      params: { temperature: 0, topK: 0, topP: 1, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false }, priority: 0, classRank: 1 } }]);
   });
 
   it('a replay after a failover: the re-sent prefix is dropped, the client sees each token once and in order', () => {
@@ -93,9 +94,9 @@ describe('router', () => {
     expect(logs.some((l) => l.includes(`request ${rec.id}: gap in the token stream (have 5, got index 9)`))).toBe(true);
     report(m, 1, { requestId: rec.id, tokenIds: [15], text: 'f', index: 5, finishReason: STOP });
     expect(got).toEqual([
-      { tokenIds: [10, 11, 12], text: 'abc', index: 0, finishReason: NONE },
-      { tokenIds: [13, 14], text: 'de', index: 3, finishReason: NONE },
-      { tokenIds: [15], text: 'f', index: 5, finishReason: STOP },
+      { tokenIds: [10, 11, 12], text: 'abc', index: 0, finishReason: NONE, replica: 0, group: 'default' },
+      { tokenIds: [13, 14], text: 'de', index: 3, finishReason: NONE, replica: 1, group: 'default' },
+      { tokenIds: [15], text: 'f', index: 5, finishReason: STOP, replica: 1, group: 'default' },
     ]);
     expect([rec.tokens, rec.text, rec.status, rec.finishReason, store.size]).toEqual([[10, 11, 12, 13, 14, 15], 'abcdef', RequestStatus.FINISHED, STOP, 0]);
     // Ended: a last word from the driver changes nothing.

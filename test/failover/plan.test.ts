@@ -41,7 +41,8 @@ describe('planWithSpares', () => {
   it('a hostfile without free slots for the spares is an error naming --spares', () => {
     expect(() => planWithSpares(config, planWorld(hosts(['node-a', 2], ['node-b', 2])), opts(2, 2), 1, 'cpu'))
       .toThrow('--spares 1: the hosts have 4 slots and the layout uses 4, so only 0 are free for spares');
-    expect(() => planWithSpares(config, planWorld(defaultLocalHosts({ numCpuWorkers: 2 })), opts(2), 1, 'cuda'))
+    const gpuHost = planWorld([{ host: 'localhost', slots: [0, 1], attrs: {} }]);
+    expect(() => planWithSpares(config, gpuHost, opts(2), 1, 'cuda'))
       .toThrow(/--spares 1: .* only 0 are free for spares \(extra spare processes are only added when every worker is a local CPU worker\)/);
     expect(() => planWithSpares(config, planWorld(defaultLocalHosts({ numCpuWorkers: 2 })), opts(2), -1, 'cpu')).toThrow('--spares must be an integer >= 0 (got -1)');
   });

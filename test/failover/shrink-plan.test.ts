@@ -83,7 +83,7 @@ describe('chooseShrink: the layout a replica is re-formed with when some ranks c
   });
 
   it('memory (cpu): the host\'s RAM is shared with the other ranks on it, as at launch', () => {
-    const one = estimateMemory(tiny, { tp: 1, pp: 1, replicas: 1, world: 1, stages: [], ranks: [{ rank: 0, host: 'node-a', localRank: 0, replica: 0, stage: 0,
+    const one = estimateMemory(tiny, { tp: 1, pp: 1, ranks: [{ rank: 0, host: 'node-a', localRank: 0, replica: 0, stage: 0,
       tpRank: 0, layerStart: 0, layerEnd: 6 }] }, cpu).ranks[0]!.totalBytes;
     const ram = (one * 1.5) / 0.9; // room for the new rank and half as much again
     expect(picked(input(2, 1, at('node-a', 0), { memory: { ...cpu, hostMemory: ram } })).shape).toBe('tp 1 x pp 1');

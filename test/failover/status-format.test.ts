@@ -28,7 +28,7 @@ describe('nodespeed status: failures', () => {
     const s: ClusterStatusMsg = {
       model: 'm', tp: 1, pp: 1, replicaCount: 2, generation: '5', replicas: [], workers: [], hosts: ['a'], pendingRequests: 0,
       activeRequests: 0, state: 'serving', failures: [base, { ...base, rank: 0, replica: 0, atUnixMs: base.atUnixMs + 60_000, generation: '5' }],
-      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 }, spares: 1,
+      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 }, spares: 1, groups: [], classes: [],
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l === 'failover: 2 failure(s), 2 recovered, 24 request(s) replayed (690 tokens already streamed), 1 spare(s) waiting');
@@ -40,16 +40,17 @@ describe('nodespeed status: failures', () => {
 
   it('the replicas table shows each replica\'s own layout and ranks (a shrunk one is smaller than the job\'s)', () => {
     const replica = { id: 0, state: 'serving', running: 2, queued: 0, kvBlocksTotal: 256, kvBlocksFree: 200, kvBlockSize: 16, steps: '40',
-      generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1 };
+      generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1, group: 'default',
+      preemptions: 0, stepMs: 0 };
     const s: ClusterStatusMsg = {
       model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
       replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0 },
-      spares: 0,
+      spares: 0, groups: [{ name: 'default', device: 'cpu', precision: 'auto', tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l.startsWith('REPLICA'));
-    expect(lines[head]).toMatch(/^REPLICA +STATE +LAYOUT +RANKS +RUNNING/);
-    expect(lines[head + 1]).toMatch(/^0 +serving +tp 2 x pp 1 +0,1 +2 /);
-    expect(lines[head + 2]).toMatch(/^1 +serving +tp 1 x pp 1 +2 +2 /);
+    expect(lines[head]).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +RANKS +RUNNING/);
+    expect(lines[head + 1]).toMatch(/^0 +default +serving +tp 2 x pp 1 +0,1 +2 /);
+    expect(lines[head + 2]).toMatch(/^1 +default +serving +tp 1 x pp 1 +2 +2 /);
   });
 });

@@ -28,6 +28,8 @@ describe('hostfile parser', () => {
     ['a slots=1\nb slots=2\na slots=3\n', "hf:3: duplicate host 'a' (first defined on line 1)"],
     ['a\n', "hf:1: missing slots=N for host 'a'"],
     ['a device=cpu\n', "hf:1: missing slots=N for host 'a'"],
+    ['a device=cpu slots=2\n', "hf:1: device=cpu must come after slots=N for host 'a' (DeepSpeed reads only 'host slots=N' at the start of a line)"],
+    ['a slots=2 device=tpu\n', "hf:1: device must be cpu or cuda for host 'a', got 'tpu'"],
     ['a slots=0\n', "hf:1: slots must be a positive integer for host 'a', got 0"],
     ['a slots=-2\n', "hf:1: slots must be a positive integer for host 'a', got -2"],
     ['a slots=1.5\n', "hf:1: slots must be a positive integer for host 'a', got '1.5'"],

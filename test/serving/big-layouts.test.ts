@@ -5,7 +5,7 @@
 // must fit these on H200s (150,109,880,320 bytes each, as the addon reports) and refuse 70B on one.
 import { describe, expect, it } from 'vitest';
 
-import { estimateMemory } from '../../src/coordinator/memory.js';
+import { estimateMemory, groupRanks } from '../../src/coordinator/memory.js';
 import { embeddingParams, layerParams, planLayout } from '../../src/coordinator/layout.js';
 import { rankWeightParams } from '../../src/coordinator/memory.js';
 import { parseModelConfig } from '../../src/model/config.js';
@@ -37,14 +37,14 @@ describe('issue 7 layouts, planned on the CPU', () => {
       // TP groups are runs of consecutive ranks (one host, consecutive local ranks = GPUs).
       for (const r of layout.ranks) expect(r.rank).toBe(((r.replica * k.pp) + r.stage) * k.tp + r.tpRank);
       // Stages: contiguous, cover every layer, and no stage is heavier than the lightest by more than a layer.
-      expect(layout.stages[0]!.layerStart).toBe(0);
-      expect(layout.stages.at(-1)!.layerEnd).toBe(c.numLayers);
-      const params = layout.stages.map((s) => s.params);
+      expect(layout.groups[0]!.stages[0]!.layerStart).toBe(0);
+      expect(layout.groups[0]!.stages.at(-1)!.layerEnd).toBe(c.numLayers);
+      const params = layout.groups[0]!.stages.map((s) => s.params);
       expect(Math.max(...params) - Math.min(...params)).toBeLessThanOrEqual(layerParams(c));
       if (k.pp === 2) {
         // The embedding on stage 0 and the LM head on stage 1 weigh the same here: an even split.
         expect(embeddingParams(c)).toBe(c.vocabSize * c.hiddenSize);
-        expect(layout.stages[0]!.layerEnd).toBe(c.numLayers / 2);
+        expect(layout.groups[0]!.stages[0]!.layerEnd).toBe(c.numLayers / 2);
       }
       // Every parameter on exactly one rank of each replica; the 2h norms per layer and the final
       // norm are replicated on each TP rank; 32000 rows split evenly at tp 2/4/8.
@@ -52,7 +52,7 @@ describe('issue 7 layouts, planned on the CPU', () => {
         const held = layout.ranks.filter((r) => r.replica === rep).reduce((n, r) => n + rankWeightParams(c, r, k.tp, k.pp), 0);
         expect(held).toBe(PARAMS[k.preset]! + (k.tp - 1) * c.hiddenSize * (2 * c.numLayers + 1));
       }
-      const mem = estimateMemory(c, layout, { device: 'cuda', dtype: 'bf16', kvBlocks: 4096, kvBlockSize: 16, gpuMemory: H200 });
+      const mem = estimateMemory(c, groupRanks(layout), { device: 'cuda', dtype: 'bf16', kvBlocks: 4096, kvBlockSize: 16, gpuMemory: H200 });
       expect(mem.problems).toEqual([]);
       const perRank = (2 * PARAMS[k.preset]!) / (k.tp * k.pp);
       for (const r of mem.ranks) expect(Math.abs(r.weightBytes - perRank) / perRank).toBeLessThan(0.02);
@@ -62,7 +62,7 @@ describe('issue 7 layouts, planned on the CPU', () => {
   it('refuses 70B on one H200 and names the rank and the sizes', () => {
     const c = config('70b');
     const layout = planLayout(c, [{ host: 'gpu-host', slots: 1 }], { tp: 1, pp: 1, replicas: 1 });
-    const mem = estimateMemory(c, layout, { device: 'cuda', dtype: 'bf16', kvBlocks: 1024, kvBlockSize: 16, gpuMemory: H200 });
+    const mem = estimateMemory(c, groupRanks(layout), { device: 'cuda', dtype: 'bf16', kvBlocks: 1024, kvBlockSize: 16, gpuMemory: H200 });
     expect(mem.problems).toHaveLength(1);
     expect(mem.problems[0]).toMatch(/^rank 0 on gpu-host needs ~13\d\.\d GiB, a GPU offers 125\.8 GiB$/);
   });

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 
 import { balanceStages, LayoutError, planLayout } from '../../src/coordinator/layout.js';
-import { estimateMemory, stepScratchBytes } from '../../src/coordinator/memory.js';
+import { estimateMemory, groupRanks, stepScratchBytes } from '../../src/coordinator/memory.js';
 import type { TokenizerLike } from '../../src/engine/index.js';
 import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
@@ -62,7 +62,7 @@ describe('layout', () => {
   });
 
   it('estimates per-rank memory and flags a layout that does not fit', () => {
-    const l = planLayout(llama7b, [{ host: 'gpu', slots: 2 }], { tp: 2, pp: 1, replicas: 1 });
+    const l = groupRanks(planLayout(llama7b, [{ host: 'gpu', slots: 2 }], { tp: 2, pp: 1, replicas: 1 }));
     const m = estimateMemory(llama7b, l, { device: 'cuda', dtype: 'auto', kvBlocks: 1000, kvBlockSize: 16, gpuMemory: 80e9 });
     // ~6.7e9 params / 2 ranks x 2 bytes.
     expect(m.ranks[0]!.weightBytes / 1e9).toBeGreaterThan(6.5);
@@ -76,7 +76,7 @@ describe('layout', () => {
     // CudaBackend::activation_bytes for a 7B at tp 1: 8 H + 2 (H + qkv rows + heads x dim + 3 I) = 139,776 bytes a token.
     expect(stepScratchBytes(llama7b, 1, 8192, 'cuda')).toBe(8192 * 139_776);
     expect(stepScratchBytes(llama7b, 2, 1, 'cuda')).toBe(8 * 4096 + 2 * (4096 + 6144 + 2048 + 16512));
-    const l = planLayout(llama7b, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 });
+    const l = groupRanks(planLayout(llama7b, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 }));
     const o = { device: 'cuda' as const, dtype: 'auto', kvBlocks: 1000, kvBlockSize: 16, gpuMemory: 80e9 };
     const without = estimateMemory(llama7b, l, o).ranks[0]!, withSteps = estimateMemory(llama7b, l, { ...o, stepTokens: 8192 }).ranks[0]!;
     expect(without.scratchBytes).toBe(0);
@@ -101,7 +101,7 @@ describe('step metadata codec', () => {
 describe('continuous-batching scheduler', () => {
   const tok: TokenizerLike = { encode: () => [], decode: (ids) => ids.map((i) => String.fromCharCode(97 + (i % 26))).join(''), eosTokenIds: [1] };
   const sub = (id: string, n: number, maxTokens: number): Submit => ({ epoch: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
-    params: { temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false }, generatedIds: [] });
+    params: { temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false }, generatedIds: [], priority: 0, classRank: 0 });
   const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
 
   it('admits by free KV blocks, chunks long prefills, mixes prefill and decode in one step, frees on finish and cancel', () => {
@@ -117,7 +117,7 @@ describe('continuous-batching scheduler', () => {
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 6, true], ['b', 4, false]]);
     expect(s.load()).toMatchObject({ running: 3, queued: 1, kvBlocksFree: 0 });
     let ups = s.complete(step, Int32Array.from([5]));
-    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '' }]);
+    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '', preempted: false }]);
     step = s.next(1)!;
     // a decodes (1 token) in the same step as b's next prefill chunk and c's prompt.
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 1, true], ['b', 8, true], ['c', 1, false]]);

@@ -1,0 +1,114 @@
+// The router's estimate of a request's time to first token on one replica, from what the
+// coordinator knows: the requests it routed there and did not see finish (their priority, class,
+// KV budget, tokens streamed and still to come), the replica's KV cache and batch limits, and its
+// driver's measured step time (ms = base + per token x tokens in the step, from its heartbeat).
+//
+// It replays the replica's scheduler (worker/scheduler.ts) forward in time: requests that have
+// streamed a token are in the batch; the others are admitted in priority order while the cache and
+// the batch have room; requests of a less urgent class than the new one do not stand in its way
+// (it would preempt them). While the new request cannot be admitted, the running request closest to
+// its end finishes next (after its remaining tokens at one decode step each: an upper bound, since
+// EOS may come first), frees its blocks and seat, and the queue moves on. Once admitted, its prompt
+// is prefilled chunk by chunk in steps beside the batch's decodes, after the step under way.
+export interface ReplicaModel {
+  kvBlocks: number;
+  blockSize: number;
+  /** Most sequences in the batch (0: no limit). */
+  maxSeqs: number;
+  /** Most requests the driver keeps waiting for admission. */
+  maxQueue: number;
+  maxBatchTokens: number;
+  stepMsBase: number;
+  stepMsPerToken: number;
+}
+
+/** A request on the replica (or the one to place) as the estimate sees it. */
+export interface Job {
+  priority: number;
+  classRank: number;
+  /** Arrival order (earlier first among equal priorities). */
+  order: number;
+  /** KV budget: min(context, prompt + max tokens) tokens. */
+  budgetTokens: number;
+  /** Tokens to prefill when admitted: the prompt plus tokens already streamed (a replay). */
+  prefillTokens: number;
+  /** Tokens still to generate (at most). */
+  remainingTokens: number;
+  /** It streamed a token since it was routed here: it is in the batch. */
+  started: boolean;
+}
+
+export interface Estimate {
+  /** Estimated ms from now to its first token; Infinity when it can never be admitted here. */
+  ttftMs: number;
+  /** Admitted without waiting for another request to finish. */
+  admitNow: boolean;
+  /** Its whole budget fits the replica's cache at all. */
+  fits: boolean;
+  /** The driver's queue is full: it would refuse the request. */
+  queueFull: boolean;
+}
+
+function blocks(m: ReplicaModel, tokens: number): number {
+  return Math.ceil(tokens / Math.max(1, m.blockSize));
+}
+
+function stepMs(m: ReplicaModel, tokens: number): number {
+  return m.stepMsBase + m.stepMsPerToken * tokens;
+}
+
+/** Prefill of `tokens` in chunks of --max-batch-tokens beside a batch of `batch` decodes. */
+function prefillMs(m: ReplicaModel, tokens: number, batch: number): number {
+  let ms = 0;
+  const chunk = Math.max(1, m.maxBatchTokens);
+  for (let left = tokens; left > 0; left -= chunk) ms += stepMs(m, batch + Math.min(chunk, left));
+  return ms;
+}
+
+export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimate {
+  const total = m.kvBlocks;
+  const seats = m.maxSeqs > 0 ? m.maxSeqs : Number.MAX_SAFE_INTEGER;
+  const need = blocks(m, q.budgetTokens);
+  const fits = total <= 0 || need <= total;
+  const byOrder = (a: Job, b: Job) => a.priority - b.priority || a.order - b.order;
+  // Those it would preempt do not count; among the rest, those queued behind it do not either.
+  const ahead = onReplica.filter((j) => j.classRank <= q.classRank && (j.started || byOrder(j, q) < 0)).sort(byOrder);
+  const waitingAll = onReplica.filter((j) => !j.started).length;
+  const queueFull = waitingAll >= m.maxQueue;
+  const batch = onReplica.filter((j) => j.started).length;
+  const decodeMs = stepMs(m, batch);
+  if (!fits) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
+  if (total <= 0) return { ttftMs: decodeMs + prefillMs(m, q.prefillTokens, batch), admitNow: true, fits, queueFull };
+
+  // The batch now: what streams, then the queue in order while it fits (stopping at the first that does not).
+  interface Run { job: Job; endMs: number }
+  const running: Run[] = [];
+  let used = 0;
+  const queue: Job[] = [];
+  for (const j of ahead) {
+    if (j.started) {
+      running.push({ job: j, endMs: j.remainingTokens * decodeMs });
+      used += blocks(m, j.budgetTokens);
+    } else queue.push(j);
+  }
+  queue.push(q);
+  let now = 0;
+  let admitNow = true;
+  for (;;) {
+    while (queue.length && running.length < seats && used + blocks(m, queue[0]!.budgetTokens) <= total) {
+      const j = queue.shift()!;
+      const first = now + decodeMs + prefillMs(m, j.prefillTokens, running.length);
+      if (j === q) return { ttftMs: first, admitNow, fits, queueFull };
+      running.push({ job: j, endMs: first + Math.max(0, j.remainingTokens - 1) * decodeMs });
+      used += blocks(m, j.budgetTokens);
+    }
+    if (!running.length) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
+    // The one closest to its end finishes and frees its blocks and seat.
+    admitNow = false;
+    let k = 0;
+    for (let i = 1; i < running.length; i++) if (running[i]!.endMs < running[k]!.endMs) k = i;
+    const done = running.splice(k, 1)[0]!;
+    now = Math.max(now, done.endMs);
+    used -= blocks(m, done.job.budgetTokens);
+  }
+}

@@ -1,0 +1,184 @@
+// The deployment file of `launch --config` without starting anything: the issue's example as
+// written, every refusal naming the file, the line and the key, placement of mixed groups over a
+// hostfile of GPU and CPU-only hosts (device= attributes, hosts:, slots:), and the CLI's --dry-run
+// with the flags replacing a one-group file's keys.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { planDeployment } from '../../src/launcher/deploy-plan.js';
+import type { GroupOptions } from '../../src/launcher/deploy-plan.js';
+import { DeploymentError, parseDeployment } from '../../src/launcher/deployment.js';
+import { parseHostfile, planWorld, selectHosts } from '../../src/launcher/index.js';
+import { LayoutError } from '../../src/coordinator/layout.js';
+import { ClassTable } from '../../src/coordinator/classes.js';
+import { loadModelConfig } from '../../src/model/config.js';
+import { BIN, PY_TINY, root } from '../serving/helpers.js';
+
+const EXAMPLE = `model: /models/llama-3.1-8b
+hostfile: ./hostfile        # optional
+groups:
+  - name: gpu
+    device: cuda
+    tp: 2
+    replicas: 1
+    precision: bf16
+  - name: cpu
+    device: cpu
+    tp: 1
+    replicas: 2
+    precision: int8
+    threads: 8
+classes:
+  realtime: { groups: [gpu], ttft_p99_ms: 300 }
+  standard: { groups: [gpu, cpu] }
+  batch: { groups: [cpu, gpu] }
+spares: 0
+`;
+
+function refusal(text: string): string {
+  try {
+    parseDeployment(text, 'deploy.yaml', '/etc');
+  } catch (err) {
+    expect(err).toBeInstanceOf(DeploymentError);
+    return (err as Error).message;
+  }
+  throw new Error('accepted');
+}
+
+describe('deployment file', () => {
+  it('reads the example as written', () => {
+    const d = parseDeployment(EXAMPLE, 'deploy.yaml', '/srv/deploy');
+    expect(d.model).toBe('/models/llama-3.1-8b');
+    expect(d.hostfile).toBe('/srv/deploy/hostfile');
+    expect(d.spares).toBe(0);
+    expect(d.groups).toEqual([
+      { name: 'gpu', device: 'cuda', tp: 2, pp: 1, replicas: 1, precision: 'bf16', threads: 0 },
+      { name: 'cpu', device: 'cpu', tp: 1, pp: 1, replicas: 2, precision: 'int8', threads: 8 },
+    ]);
+    expect(d.classes).toEqual([
+      { name: 'realtime', priority: -100, groups: ['gpu'], ttftP99Ms: 300 },
+      { name: 'standard', priority: 0, groups: ['gpu', 'cpu'] },
+      { name: 'batch', priority: 100, groups: ['cpu', 'gpu'] },
+    ]);
+    const classes = new ClassTable(d.classes!, d.groups.map((g) => g.name));
+    expect([-5, 0, 99, 100, 7000, -1000].map((p) => classes.forValue(p).name)).toEqual(['realtime', 'standard', 'standard', 'batch', 'batch', 'realtime']);
+    expect(d.lineOf('groups[1].threads')).toBe(14);
+    expect(d.lineOf('groups[1].kv_blocks')).toBe(9);   // not in the file: the group's line
+  });
+
+  it.each([
+    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    gpus: 2\n', 'deploy.yaml:5: groups[0].gpus: unknown key; the keys here are name, device, tp, pp, replicas, precision, threads, hosts, slots, kv_blocks, max_batch_tokens, max_seqs'],
+    ['model: m\ngroup:\n  - name: a\n', 'deploy.yaml:2: group: unknown key (did you mean groups?)'],
+    ['model: m\ngroups:\n  - name: a\n    count: 2\n', 'deploy.yaml:4: groups[0].count: unknown key (did you mean replicas?)'],
+    ['model: m\ngroups:\n  - name: a\n    tp: 0\n', 'deploy.yaml:4: groups[0].tp: must be an integer >= 1 (got 0)'],
+    ['model: m\ngroups:\n  - name: a\n    replicas: two\n', 'deploy.yaml:4: groups[0].replicas: must be an integer >= 1 or auto (got "two")'],
+    ['model: m\ngroups:\n  - name: a\n    precision: int4\n', 'deploy.yaml:4: groups[0].precision: must be one of auto, f32, bf16, f16, int8, fp8 (got "int4")'],
+    ['model: m\ngroups:\n  - name: a\n    device: tpu\n', 'deploy.yaml:4: groups[0].device: must be one of auto, cpu, cuda (got "tpu")'],
+    ['model: m\ngroups:\n  - name: a\n    device: cuda\n    threads: 8\n', 'deploy.yaml:5: groups[0].threads: applies to cpu groups (a cuda worker computes on its GPU)'],
+    ['model: m\ngroups:\n  - name: a\n    hosts: [x]\n    slots: "x:0"\n', 'deploy.yaml:5: groups[0].slots: give hosts or slots, not both'],
+    ['model: m\ngroups:\n  - name: a\n  - name: a\n', 'deploy.yaml:4: groups[1].name: "a" is groups[0]\'s name too'],
+    ['model: m\ngroups:\n  - tp: 1\n', 'deploy.yaml:3: groups[0]: needs a name'],
+    ['model: m\ngroups: []\n', 'deploy.yaml:2: groups: must be a non-empty list of groups'],
+    ['model: m\n', 'deploy.yaml: groups: missing: a deployment needs at least one replica group'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu] }\n  batch:\n    groups:\n      - gpu\n      - cpu\n',
+      'deploy.yaml:9: classes.batch.groups[1]: no group named "cpu" (groups: gpu)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  interactive: { groups: [gpu] }\n',
+      'deploy.yaml:5: classes.interactive: needs a priority (an integer; lower is more urgent: realtime is -100, standard 0, batch 100)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu] }\n  urgent: { groups: [gpu], priority: -100 }\n',
+      'deploy.yaml:6: classes.urgent.priority: priority -100 is realtime\'s too: each class needs its own'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], ttft_p99_ms: 0 }\n', 'deploy.yaml:5: classes.realtime.ttft_p99_ms: must be a number > 0 (got 0)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], ttft_ms: 5 }\n', 'deploy.yaml:5: classes.realtime.ttft_ms: unknown key (did you mean ttft_p99_ms?)'],
+    ['model: m\ngroups:\n  - name: gpu\nspares: -1\n', 'deploy.yaml:4: spares: must be an integer >= 0 (got -1)'],
+    ['model: m\nmodel: n\ngroups:\n  - name: gpu\n', 'deploy.yaml:2: not valid YAML: Map keys must be unique'],
+    ['', 'deploy.yaml: is empty'],
+  ])('refuses %j', (text, message) => {
+    expect(refusal(text)).toBe(message);
+  });
+});
+
+const config = loadModelConfig(PY_TINY);
+const cpu = (name: string, replicas: number | 'auto', o: Partial<GroupOptions> = {}): GroupOptions =>
+  ({ name, tp: 1, pp: 1, replicas, serving: { device: 'cpu', precision: 'auto', threads: 1, kvBlocks: 0, maxBatchTokens: 256, maxSeqs: 256 }, ...o });
+const gpu = (name: string, tp: number, replicas: number | 'auto'): GroupOptions =>
+  ({ name, tp, pp: 1, replicas, serving: { device: 'cuda', precision: 'bf16', threads: 0, kvBlocks: 0, maxBatchTokens: 8192, maxSeqs: 256 } });
+const world = (text: string) => planWorld(selectHosts(parseHostfile(text, 'hf')));
+const where = (p: ReturnType<typeof planDeployment>) => p.layout.ranks.map((r) => `${r.replica}@${r.host}:${r.localRank}`);
+
+describe('placing groups over a hostfile', () => {
+  it('cuda groups on GPU hosts, cpu groups on device=cpu hosts first, the job\'s ranks in layout order, spares after', () => {
+    const p = world('cpu-a slots=2 device=cpu\ngpu-a slots=4\ncpu-b slots=2 device=cpu\n');
+    const plan = planDeployment(config, p, [gpu('gpu', 2, 1), cpu('cpu', 3)], 1, false);
+    expect(plan.layout.groups.map((g) => [g.name, g.replicas])).toEqual([['gpu', [0]], ['cpu', [1, 2, 3]]]);
+    expect(where(plan)).toEqual(['0@gpu-a:0', '0@gpu-a:1', '1@cpu-a:0', '2@cpu-a:1', '3@cpu-b:0']);
+    // The job: layout ranks first (RANK = layout rank), the spare (the first free slot) last.
+    expect(plan.placement.ranks.map((r) => [r.rank, r.host, r.gpu])).toEqual([
+      [0, 'gpu-a', 0], [1, 'gpu-a', 1], [2, 'cpu-a', null], [3, 'cpu-a', null], [4, 'cpu-b', null], [5, 'gpu-a', 2]]);
+  });
+
+  it('hosts: and slots: restrict a group; unmarked slots serve a cpu group when no device=cpu slot is left', () => {
+    const p = world('localhost slots=2 device=cpu\n127.0.0.2 slots=2 device=cpu\n127.0.0.3 slots=2\n');
+    const plan = planDeployment(config, p, [cpu('fast', 1, { tp: 2, hosts: ['127.0.0.2'] }), cpu('slow', 'auto', { slots: 'localhost:1@127.0.0.3' })], 0, false);
+    expect(where(plan)).toEqual(['0@127.0.0.2:0', '0@127.0.0.2:1', '1@localhost:1', '2@127.0.0.3:0', '3@127.0.0.3:1']);
+    const more = planDeployment(config, p, [cpu('a', 4), cpu('b', 'auto')], 0, false);
+    expect(where(more)).toEqual(['0@localhost:0', '1@localhost:1', '2@127.0.0.2:0', '3@127.0.0.2:1', '4@127.0.0.3:0', '5@127.0.0.3:1']);
+  });
+
+  it('refuses impossible layouts naming the group and its key', () => {
+    const p = world('gpu-a slots=2\ncpu-a slots=2 device=cpu\n');
+    const layoutError = (f: () => unknown) => {
+      try {
+        f();
+      } catch (err) {
+        expect(err).toBeInstanceOf(LayoutError);
+        const e = err as LayoutError;
+        return [e.group, e.key, e.message];
+      }
+      throw new Error('accepted');
+    };
+    expect(layoutError(() => planDeployment(config, p, [gpu('gpu', 3, 1)], 0, false)))
+      .toEqual([0, 'tp', 'group gpu: tp 3 does not divide the model\'s 8 attention heads']);
+    expect(layoutError(() => planDeployment(config, p, [gpu('gpu', 2, 1), cpu('cpu', 3)], 0, false)))
+      .toEqual([1, 'replicas', 'group cpu: replicas 3 x group cpu: pp 1 x group cpu: tp 1 = 3 workers, the hosts have 2 slots free for cpu']);
+    expect(layoutError(() => planDeployment(config, p, [cpu('cpu', 1, { hosts: ['gpu-b'] })], 0, false))[1]).toBe('hosts');
+    expect(layoutError(() => planDeployment(config, p, [cpu('cpu', 1, { slots: 'cpu-a:7' })], 0, false)))
+      .toEqual([0, 'slots', 'group cpu: slots: host cpu-a has no slot "7" (it has 0,1)']);
+  });
+});
+
+describe('nodespeed launch --config --dry-run', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nodespeed-deploy-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const run = (yaml: string, args: string[] = [], hostfile?: string) => {
+    writeFileSync(join(dir, 'deploy.yaml'), yaml);
+    if (hostfile) writeFileSync(join(dir, 'hostfile'), hostfile);
+    return spawnSync(process.execPath, [BIN, 'launch', '--config', join(dir, 'deploy.yaml'), '--dry-run', ...args], { encoding: 'utf8', cwd: root });
+  };
+
+  it('prints every group\'s placement and memory per rank; a one-group file takes the group flags; a bad key names its line', () => {
+    const mixed = run(`model: ${PY_TINY}\nhostfile: ./hostfile\ngroups:\n  - name: fast\n    device: cpu\n    tp: 2\n    hosts: [n2]\n` +
+      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast] }\n  realtime: { groups: [fast], ttft_p99_ms: 250 }\n',
+      [], 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
+    expect(mixed.status, mixed.stderr).toBe(0);
+    expect(mixed.stdout).toContain('group fast (cpu auto): 1 replica(s) x pp 1 x tp 2');
+    expect(mixed.stdout).toContain('replica 0 [fast]: stage 0 layers 0-5: rank 0 (tp 0) @n2, rank 1 (tp 1) @n2');
+    expect(mixed.stdout).toContain('group slow (cpu f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
+    expect(mixed.stdout.match(/^ {2}rank \d @n\d replica \d .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
+    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms) -> fast; batch (priority 100) -> slow, fast');
+    const one = `model: ${PY_TINY}\ngroups:\n  - name: only\n    device: cpu\n    replicas: 1\n`;
+    const flags = run(one, ['--tp', '2', '--replicas', '2']);
+    expect(flags.status, flags.stderr).toBe(0);
+    expect(flags.stdout).toContain('group only (cpu auto): 2 replica(s) x pp 1 x tp 2');
+    const two = run(`${one}  - name: other\n    device: cpu\n`, ['--tp', '2']);
+    expect(two.status).not.toBe(0);
+    expect(two.stderr).toContain('--tp: the flags describe one group, and');
+    const bad = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    tp: 3\n`);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain(`${join(dir, 'deploy.yaml')}:5: groups[0].tp: tp 3 does not divide the model's 8 attention heads`);
+    const typo = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    devcie: cpu\n`);
+    expect(typo.stderr).toContain(`${join(dir, 'deploy.yaml')}:4: groups[0].devcie: unknown key (did you mean device?)`);
+  });
+});
