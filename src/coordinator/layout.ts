@@ -103,9 +103,9 @@ export class LayoutError extends Error {
   }
 }
 
-/** How errors name a group's settings: the flags for the one group of a flags-only launch, else `group NAME: key`. */
-function namer(g: GroupRequest, single: boolean): (key: string) => string {
-  return single && g.name === DEFAULT_GROUP ? (key) => `--${key}` : (key) => `group ${g.name}: ${key}`;
+/** How errors name a group's settings: the flags for the one group of a flags-only launch, else its keys after `group NAME: `. */
+function namer(g: GroupRequest, single: boolean): { name: (key: string) => string; prefix: string } {
+  return single && g.name === DEFAULT_GROUP ? { name: (key) => `--${key}`, prefix: '' } : { name: (key) => key, prefix: `group ${g.name}: ` };
 }
 
 /** The name of the one group a launch without a deployment file has. */
@@ -191,10 +191,9 @@ export function planGroups(c: ModelConfig, slots: SlotRef[], groups: GroupReques
   const plans: GroupPlan[] = [];
   let replicaId = 0;
   groups.forEach((g, gi) => {
-    const name = namer(g, groups.length === 1);
+    const { name, prefix } = namer(g, groups.length === 1);
     const withGroup = (err: unknown): never => {
-      if (err instanceof LayoutError) throw new LayoutError(groups.length === 1 && g.name === DEFAULT_GROUP ? err.message
-        : err.message.replace(/--(tp|pp)\b/g, (_, k: string) => name(k)), gi, err.key);
+      if (err instanceof LayoutError) throw new LayoutError(prefix + err.message.replace(/--(tp|pp)\b/g, (_, k: string) => name(k)), gi, err.key);
       throw err;
     };
     let stages: StagePlan[] = [];
@@ -216,14 +215,14 @@ export function planGroups(c: ModelConfig, slots: SlotRef[], groups: GroupReques
       const reserve = g.reserve ?? 0;
       n = Math.floor((mine.length - reserve >= perReplica ? mine.length - reserve : mine.length) / perReplica);
       if (n < 1)
-        throw new LayoutError(`${name('tp')} ${g.tp} x ${name('pp')} ${g.pp} needs ${perReplica} worker slots, the hosts have ${mine.length}` +
+        throw new LayoutError(`${prefix}${name('tp')} ${g.tp} x ${name('pp')} ${g.pp} needs ${perReplica} worker slots, the hosts have ${mine.length}` +
           `${groups.length > 1 || g.name !== DEFAULT_GROUP ? ` free for ${g.serving.device}${where}` : ''}`, gi, 'replicas');
     } else {
       n = g.replicas;
-      if (!Number.isInteger(n) || n < 1) throw new LayoutError(`${name('replicas')} must be an integer >= 1 or auto (got ${n})`, gi, 'replicas');
+      if (!Number.isInteger(n) || n < 1) throw new LayoutError(`${prefix}${name('replicas')} must be an integer >= 1 or auto (got ${n})`, gi, 'replicas');
     }
     if (n * perReplica > mine.length)
-      throw new LayoutError(`${name('replicas')} ${n} x ${name('pp')} ${g.pp} x ${name('tp')} ${g.tp} = ${n * perReplica} workers, the hosts have ` +
+      throw new LayoutError(`${prefix}${name('replicas')} ${n} x ${name('pp')} ${g.pp} x ${name('tp')} ${g.tp} = ${n * perReplica} workers, the hosts have ` +
         `${mine.length} slots${groups.length > 1 || g.name !== DEFAULT_GROUP ? ` free for ${g.serving.device}${where}` : ''}`, gi, 'replicas');
     const first = ranks.length;
     const ids: number[] = [];
@@ -244,7 +243,7 @@ export function planGroups(c: ModelConfig, slots: SlotRef[], groups: GroupReques
         const group = ranks.slice(r, r + g.tp);
         const spread = new Set(group.map((x) => x.host));
         if (spread.size > 1)
-          throw new LayoutError(`${groups.length > 1 || g.name !== DEFAULT_GROUP ? `group ${g.name}: ` : ''}the TP group of replica ${group[0]!.replica} ` +
+          throw new LayoutError(`${prefix}the TP group of replica ${group[0]!.replica} ` +
             `stage ${group[0]!.stage} (ranks ${r}-${r + g.tp - 1}) would span hosts ${[...spread].join(', ')}; give each host a multiple of ` +
             `${name('tp')} ${g.tp} slots, or pass --allow-tp-across-hosts`, gi, 'tp');
       }

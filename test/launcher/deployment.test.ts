@@ -142,7 +142,7 @@ describe('placing groups over a hostfile', () => {
     expect(layoutError(() => planDeployment(config, p, [gpu('gpu', 3, 1)], 0, false)))
       .toEqual([0, 'tp', 'group gpu: tp 3 does not divide the model\'s 8 attention heads']);
     expect(layoutError(() => planDeployment(config, p, [gpu('gpu', 2, 1), cpu('cpu', 3)], 0, false)))
-      .toEqual([1, 'replicas', 'group cpu: replicas 3 x group cpu: pp 1 x group cpu: tp 1 = 3 workers, the hosts have 2 slots free for cpu']);
+      .toEqual([1, 'replicas', 'group cpu: replicas 3 x pp 1 x tp 1 = 3 workers, the hosts have 2 slots free for cpu']);
     expect(layoutError(() => planDeployment(config, p, [cpu('cpu', 1, { hosts: ['gpu-b'] })], 0, false))[1]).toBe('hosts');
     expect(layoutError(() => planDeployment(config, p, [cpu('cpu', 1, { slots: 'cpu-a:7' })], 0, false)))
       .toEqual([0, 'slots', 'group cpu: slots: host cpu-a has no slot "7" (it has 0,1)']);
@@ -180,5 +180,21 @@ describe('nodespeed launch --config --dry-run', () => {
     expect(bad.stderr).toContain(`${join(dir, 'deploy.yaml')}:5: groups[0].tp: tp 3 does not divide the model's 8 attention heads`);
     const typo = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    devcie: cpu\n`);
     expect(typo.stderr).toContain(`${join(dir, 'deploy.yaml')}:4: groups[0].devcie: unknown key (did you mean device?)`);
+  });
+
+  it('launch (not a dry run) refuses a bad file with its line before starting anything', () => {
+    const launchOnly = (yaml: string) => {
+      writeFileSync(join(dir, 'launch.yaml'), yaml);
+      return spawnSync(process.execPath, [BIN, 'launch', '--config', join(dir, 'launch.yaml'), '--port', '0', '--no-progress'],
+        { encoding: 'utf8', cwd: root, timeout: 60_000 });
+    };
+    const missing = launchOnly(`model: ${PY_TINY}\ngroups:\n  - name: gpu\n    device: cpu\nclasses:\n  realtime: { groups: [gpu, cpu] }\n`);
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toContain(`${join(dir, 'launch.yaml')}:6: classes.realtime.groups[1]: no group named "cpu" (groups: gpu)`);
+    writeFileSync(join(dir, 'hostfile4'), 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
+    const tooMany = launchOnly(`model: ${PY_TINY}\nhostfile: hostfile4\ngroups:\n  - name: a\n    device: cpu\n    replicas: 9\n`);
+    expect(tooMany.status).not.toBe(0);
+    expect(tooMany.stderr).toContain(`${join(dir, 'launch.yaml')}:6: groups[0].replicas: replicas 9 x pp 1 x tp 1 = 9 workers, the hosts have 4 slots free for cpu`);
+    expect(tooMany.stdout).not.toContain('nodespeed ready');
   });
 });

@@ -1,0 +1,159 @@
+// Heterogeneous serving end to end, real processes: a deployment file of two CPU groups (fast: tp 2
+// on one "host", slow: f32 replicas elsewhere, each of its own thread count) over a hostfile whose
+// "hosts" 127.0.0.2-3 are reached through a real sshd; each class routed by its groups' order and
+// overflowing down it under load; RESOURCE_EXHAUSTED only when no allowed replica can take a
+// request; and, on a one-seat replica, a realtime request preempting a batch stream that then
+// finishes with exactly the tokens it would have produced (seeded).
+import { spawnSync } from 'node:child_process';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { sshdAvailable, startSshd } from '../helpers/sshd.js';
+import type { SshdHarness } from '../helpers/sshd.js';
+import { BIN, PY_TINY, grpcError, launch, reference, root, workerProcesses } from '../serving/helpers.js';
+import type { PyTinyCase } from '../serving/helpers.js';
+import { follow, path, seeded, singleProcess, until, workdir } from './helpers.js';
+import type { Workdir } from './helpers.js';
+
+const suite = sshdAvailable() ? describe : describe.skip;
+
+/** 16-token prompts (py-tiny's reference prompts, repeated and cut), so that every budget is 16 + max tokens. */
+function prompt16(i: number): number[] {
+  const { cases } = reference<PyTinyCase>(PY_TINY);
+  const all = cases.flatMap((c) => c.ids.slice(1));
+  return [0, ...Array.from({ length: 15 }, (_, k) => all[(k + 5 * i) % all.length]!)];
+}
+
+suite('a mixed deployment over ssh hosts: placement, class routing, overflow', () => {
+  let sshd: SshdHarness;
+  let w: Workdir;
+  beforeAll(async () => {
+    sshd = await startSshd({ hosts: ['127.0.0.2', '127.0.0.3'] });
+    w = workdir();
+  });
+  afterAll(async () => {
+    await sshd?.stop();
+    w?.remove();
+  });
+
+  it('places each group on its hosts; batch fills slow then overflows to fast, standard and realtime take fast; too big is refused', async () => {
+    w.file('hostfile', 'localhost slots=1 device=cpu\n127.0.0.2 slots=2 device=cpu\n127.0.0.3 slots=1 device=cpu\n');
+    const config = w.file('deploy.yaml', `model: ${PY_TINY}
+hostfile: hostfile
+groups:
+  - name: fast
+    device: cpu
+    tp: 2
+    hosts: [127.0.0.2]
+    threads: 1
+    kv_blocks: 24
+  - name: slow
+    device: cpu
+    replicas: auto
+    precision: f32
+    threads: 1
+    kv_blocks: 16
+classes:
+  realtime: { groups: [fast], ttft_p99_ms: 2000 }
+  standard: { groups: [fast, slow] }
+  batch: { groups: [slow, fast] }
+`);
+    // 64-token budgets: 4 blocks of 16; a slow replica (16 blocks) holds 4, the two hold 8.
+    const batch = seeded(12, 48).map((r, i) => ({ ...r, promptIds: prompt16(i) }));
+    const std = seeded(2, 24, 9100).map((r, i) => ({ ...r, promptIds: prompt16(20 + i) }));
+    const local = await singleProcess([...batch, ...std]);
+    const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25', '--metrics-port', '0'], { env: sshd.env, timeoutMs: 120_000 });
+    try {
+      expect(cluster.readyLine).toContain(' groups=fast:cpu/auto/tp2xpp1x1,slow:cpu/f32/tp1xpp1x2 classes=realtime:fast,standard:fast+slow,batch:slow+fast');
+      const st = await cluster.client.clusterStatus();
+      expect(st.groups.map((g) => [g.name, g.device, g.precision, g.tp, g.replicas, g.threads])).toEqual([
+        ['fast', 'cpu', 'auto', 2, [0], 1], ['slow', 'cpu', 'f32', 1, [1, 2], 1]]);
+      expect(st.workers.map((x) => [x.rank, x.replica, x.host, x.tpRank])).toEqual([
+        [0, 0, '127.0.0.2', 0], [1, 0, '127.0.0.2', 1], [2, 1, 'localhost', 0], [3, 2, '127.0.0.3', 0]]);
+      expect(st.replicas.map((r) => [r.id, r.group, r.kvBlocksTotal])).toEqual([[0, 'fast', 24], [1, 'slow', 16], [2, 'slow', 16]]);
+      const json = spawnSync(process.execPath, [BIN, 'status', '--server', cluster.address, '--json'], { cwd: root, encoding: 'utf8' });
+      expect(JSON.parse(json.stdout).groups.map((g: { name: string }) => g.name)).toEqual(['fast', 'slow']);
+
+      // The whole flood at once: the first 8 batch requests fill slow, the other 4 overflow to fast.
+      const batchRuns = batch.map((r) => follow(cluster.client, r, { priority: 'batch' }));
+      const stdRuns = std.map((r) => follow(cluster.client, r, { priority: 0 }));
+      const got = await Promise.all([...batchRuns, ...stdRuns]);
+      got.forEach((g, i) => expect(g.tokenIds, `stream ${i}`).toEqual(local[i]!.tokenIds));
+      const firstGroup = got.map((g) => path(g)[0]);
+      expect(firstGroup.slice(0, 12).filter((g) => g === 'slow')).toHaveLength(8);
+      expect(firstGroup.slice(0, 12).filter((g) => g === 'fast')).toHaveLength(4);
+      expect(firstGroup.slice(12)).toEqual(['fast', 'fast']);
+      const after = await cluster.client.clusterStatus();
+      const cls = Object.fromEntries(after.classes.map((c) => [c.name, c]));
+      expect([cls.batch!.routed, cls.batch!.overflowed, cls.batch!.routedByGroup]).toEqual(['12', '4', { slow: '8', fast: '4' }]);
+      expect([cls.standard!.routed, cls.standard!.overflowed]).toEqual(['2', '0']);
+      expect(cls.batch!.ttft!.count).toBe(12);
+      expect(cls.batch!.itl!.count).toBeGreaterThan(12 * 40);
+
+      // Realtime may only use fast: a budget larger than fast's cache is refused, naming the class and the replica.
+      const big = await grpcError(cluster.client.complete({ promptIds: prompt16(30), maxTokens: 450, ignoreEos: true, priority: 'realtime' }));
+      expect(big.details).toMatch(/^class realtime: no replica of groups fast can take the request: needs 30 KV blocks, replica 0 \(fast\) has 24$/);
+      // ... while standard, which may overflow, takes fast too (30 blocks fit neither group here either).
+      const rt = await follow(cluster.client, { ...std[0]!, maxTokens: 8 }, { priority: 'realtime' });
+      expect(path(rt)).toEqual(['fast']);
+      const m = await (await fetch(`http://${/ metrics=(\S+)$/.exec(cluster.readyLine)![1]}/metrics`)).text();
+      expect(m).toMatch(/^nodespeed_class_routed_total\{class="batch",group="slow"\} 8$/m);
+      expect(m).toMatch(/^nodespeed_class_overflow_total\{class="batch",group="fast"\} 4$/m);
+      expect(m).toMatch(/^nodespeed_class_rejected_total\{class="realtime"\} 1$/m);
+      expect(m).toMatch(/^nodespeed_class_ttft_seconds\{class="batch",quantile="0.99"\} [\d.e-]+$/m);
+      expect(m).toMatch(/^nodespeed_replica_info\{replica="1",group="slow",device="cpu",precision="f32",layout="tp 1 x pp 1"\} 1$/m);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 240_000);
+});
+
+describe('preemption inside a replica', () => {
+  let w: Workdir;
+  beforeAll(() => {
+    w = workdir();
+  });
+  afterAll(() => w?.remove());
+
+  it('a realtime request at a full replica preempts the batch stream, which pauses and finishes with the tokens it would have produced', async () => {
+    const config = w.file('deploy.yaml', `model: ${PY_TINY}
+groups:
+  - name: one
+    device: cpu
+    threads: 1
+    max_seqs: 1
+classes:
+  realtime: { groups: [one] }
+  batch: { groups: [one] }
+`);
+    const [long, short] = [seeded(1, 160, 4242)[0]!, seeded(1, 24, 5151)[0]!];
+    const local = await singleProcess([long, short]);
+    const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000 });
+    try {
+      const b = follow(cluster.client, long, { priority: 'batch' });
+      const bOut = { tokenIds: [] as number[] };
+      void b.then((x) => (bOut.tokenIds = x.tokenIds));
+      // Mid-stream (the coordinator's count), a realtime request arrives at the full replica (one seat).
+      let st = await cluster.client.clusterStatus();
+      await until('the batch stream mid-way', async () => {
+        st = await cluster.client.clusterStatus();
+        return Number(st.replicas[0]!.generatedTokens) >= 20;
+      });
+      const rt = await follow(cluster.client, short, { priority: 'realtime' });
+      const during = await cluster.client.clusterStatus();
+      const batch = await b;
+      expect(rt.tokenIds).toEqual(local[1]!.tokenIds);
+      expect(batch.tokenIds).toEqual(local[0]!.tokenIds);
+      // The realtime request did not wait for the batch stream's 160 tokens: it ran while batch was out of the batch.
+      expect(rt.done!).toBeLessThan(batch.done!);
+      const cls = Object.fromEntries(during.classes.map((c) => [c.name, c]));
+      expect(cls.batch!.preemptions).toBe('1');
+      expect(during.replicas[0]!.preemptions).toBe(1);
+      expect(cls.realtime!.preemptions).toBe('0');
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 180_000);
+});
