@@ -221,6 +221,12 @@ export class Replica {
       trace?.(step, ms);
       unsettled = sched.apply(step, out.sampled);
       prevSampled = out.sampled;
+      // Alone (tp 1), nobody else has the step planned ahead yet: when a more urgent class arrived
+      // meanwhile, plan it again so its prefill is not one step later.
+      if (ahead && this.world === 1 && sched.urgentWaiting(ahead.step)) {
+        sched.unplan(ahead.step);
+        ahead = null;
+      }
     }
     settle();
   }

@@ -316,6 +316,24 @@ export class Scheduler {
     return step;
   }
 
+  /**
+   * Whether a request of a more urgent class than `step`'s least urgent member waits to start: a
+   * step planned ahead and not launched yet (tp 1, where no other rank has its frame) is then better
+   * planned again, so that request's prefill is in it instead of in the step after.
+   */
+  urgentWaiting(step: PlannedStep): boolean {
+    const worst = Math.max(...step.members.map((m) => m.seq.classRank));
+    return this.waiting.some((s) => s.classRank < worst && s.inFlight === 0 && s.status === QUEUED);
+  }
+
+  /** Takes back a planned step that was never launched: its sequences are free to be planned again. */
+  unplan(step: PlannedStep): void {
+    for (const m of step.members) m.seq.inFlight--;
+    this.steps--;
+    this.inFlight--;
+    this.recent.pop();
+  }
+
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
   complete(step: PlannedStep, sampled: Int32Array): TokenUpdate[] {
     return this.settle(this.apply(step, sampled));

@@ -13,7 +13,7 @@ import type { SshdHarness } from '../helpers/sshd.js';
 import { BIN, PY_TINY, grpcError, launch, reference, root, workerProcesses } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 import { follow, path, seeded, singleProcess, until, workdir } from './helpers.js';
-import type { Workdir } from './helpers.js';
+import type { Followed, Workdir } from './helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
 
@@ -127,25 +127,21 @@ classes:
   realtime: { groups: [one] }
   batch: { groups: [one] }
 `);
-    const [long, short] = [seeded(1, 160, 4242)[0]!, seeded(1, 24, 5151)[0]!];
+    const [long, short] = [seeded(1, 400, 4242)[0]!, seeded(1, 24, 5151)[0]!];
     const local = await singleProcess([long, short]);
     const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000 });
     try {
-      const b = follow(cluster.client, long, { priority: 'batch' });
-      const bOut = { tokenIds: [] as number[] };
-      void b.then((x) => (bOut.tokenIds = x.tokenIds));
-      // Mid-stream (the coordinator's count), a realtime request arrives at the full replica (one seat).
-      let st = await cluster.client.clusterStatus();
-      await until('the batch stream mid-way', async () => {
-        st = await cluster.client.clusterStatus();
-        return Number(st.replicas[0]!.generatedTokens) >= 20;
-      });
+      // Mid-stream (20 of its 400 tokens received), a realtime request arrives at the full replica (one seat).
+      const seen: Followed = { tokenIds: [], at: [], groups: [] };
+      const b = follow(cluster.client, long, { priority: 'batch' }, seen);
+      b.catch(() => {});
+      await until('the batch stream mid-way', () => seen.tokenIds.length >= 20);
       const rt = await follow(cluster.client, short, { priority: 'realtime' });
       const during = await cluster.client.clusterStatus();
       const batch = await b;
       expect(rt.tokenIds).toEqual(local[1]!.tokenIds);
       expect(batch.tokenIds).toEqual(local[0]!.tokenIds);
-      // The realtime request did not wait for the batch stream's 160 tokens: it ran while batch was out of the batch.
+      // The realtime request did not wait for the batch stream's 400 tokens: it ran while batch was out of the batch.
       expect(rt.done!).toBeLessThan(batch.done!);
       const cls = Object.fromEntries(during.classes.map((c) => [c.name, c]));
       expect(cls.batch!.preemptions).toBe('1');

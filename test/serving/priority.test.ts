@@ -147,6 +147,29 @@ describe('scheduler priorities', () => {
     expect(s.status('b')).toBeUndefined();
   });
 
+  it('tp 1: a step planned ahead is planned again when a more urgent class arrives before it is launched', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'b', { priority: 100, classRank: 2 });
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;                             // b's decode, planned while p1 runs
+    expect(s.urgentWaiting(p2)).toBe(false);
+    submit(s, 'std', { priority: 0, classRank: 1 });
+    expect(s.urgentWaiting(p2)).toBe(true);
+    s.settle(s.apply(p1, Int32Array.of(70)));
+    const steps = s.steps;
+    s.unplan(p2);
+    expect(s.steps).toBe(steps - 1);
+    const p3 = s.next(1)!;
+    expect(p3.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['std', 3, true], ['b', 1, true]]);
+    expect(Array.from(p3.seqs[1]!.tokens)).toEqual([70]);    // b's decode input: the token p1 gave it
+    expect(p3.tokenFrom).toBeUndefined();
+    submit(s, 'rt', { priority: -100, classRank: 0 });
+    expect(s.urgentWaiting(p3)).toBe(true);
+    submit(s, 'b2', { priority: 100, classRank: 2 });
+    const only = s.nextAhead(p3)!;
+    expect(s.urgentWaiting(only)).toBe(false);               // everything waiting is in it already
+  });
+
   it('the step model fits base + per-token ms, newer steps weighing more', () => {
     const m = new StepModel();
     expect(m.fit()).toEqual({ stepMsBase: 0, stepMsPerToken: 0 });

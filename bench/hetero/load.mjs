@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// One load generator of bench/hetero, in a process of its own (a flood of hundreds of streams must
+// not delay the realtime client's reading of its own first tokens):
+//   --mode realtime   an open loop: one request every 1/--rate s for --duration s
+//   --mode flood      a closed loop: --concurrency streams, each sending its next request as soon as
+//                     the previous one ends, for --duration s (those still running are cancelled)
+// Prompts are --prompt-len token ids derived from --salt (sent as ids, no tokenizer), --new-tokens
+// each, no EOS stop, class --priority (none: the server's default). Prints one JSON line: every
+// request's start, first-token and end times and tokens, and the tokens received per 100 ms bin
+// (epoch ms), so the caller can count tokens in any window.
+import { setMaxListeners } from 'node:events';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { values: a } = parseArgs({
+  options: {
+    address: { type: 'string' },
+    mode: { type: 'string' },
+    rate: { type: 'string', default: '4' },
+    concurrency: { type: 'string', default: '64' },
+    duration: { type: 'string', default: '20' },
+    'prompt-len': { type: 'string', default: '128' },
+    'new-tokens': { type: 'string', default: '64' },
+    priority: { type: 'string' },
+    vocab: { type: 'string', default: '2048' },
+    salt: { type: 'string', default: '1' },
+  },
+});
+const { NodespeedClient } = await import(join(root, 'dist', 'client', 'index.js'));
+const client = new NodespeedClient(a.address);
+const durationMs = Number(a.duration) * 1000;
+const promptLen = Number(a['prompt-len']);
+const newTokens = Number(a['new-tokens']);
+const vocab = Number(a.vocab);
+const salt = Number(a.salt);
+const priority = a.priority === undefined ? {} : { priority: /^[+-]?\d+$/.test(a.priority) ? Number(a.priority) : a.priority };
+
+function promptIds(k) {
+  return Array.from({ length: promptLen }, (_, i) => 2 + ((i * 7919 + (k + salt * 100_003) * 104_729) % (vocab - 2)));
+}
+
+const BIN_MS = 100;
+const bins = new Map();
+const requests = [];
+const controller = new AbortController();
+setMaxListeners(0, controller.signal);  // one listener per stream of the flood
+
+async function one(k) {
+  const r = { start: Date.now(), first: null, end: null, tokens: 0, error: null };
+  requests.push(r);
+  try {
+    for await (const m of client.generate({ promptIds: promptIds(k), maxTokens: newTokens, ignoreEos: true, ...priority }, { signal: controller.signal })) {
+      if (!m.tokenIds.length) continue;
+      const now = Date.now();
+      r.first ??= now;
+      r.tokens += m.tokenIds.length;
+      const b = Math.floor(now / BIN_MS) * BIN_MS;
+      bins.set(b, (bins.get(b) ?? 0) + m.tokenIds.length);
+    }
+    r.end = Date.now();
+  } catch (err) {
+    if (!controller.signal.aborted) r.error = err.message;
+  }
+}
+
+const t0 = Date.now();
+const until = t0 + durationMs;
+let k = 0;
+const running = [];
+if (a.mode === 'realtime') {
+  const every = 1000 / Number(a.rate);
+  for (let i = 0; Date.now() < until; i++) {
+    running.push(one(k++));
+    const next = t0 + (i + 1) * every;
+    await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
+  }
+  await Promise.all(running);
+} else if (a.mode === 'flood') {
+  const loop = async () => {
+    while (Date.now() < until) await one(k++);
+  };
+  const loops = Array.from({ length: Number(a.concurrency) }, loop);
+  setTimeout(() => controller.abort(), durationMs).unref();
+  await Promise.all(loops);
+} else {
+  console.error(`bench/hetero/load: --mode realtime|flood (got ${a.mode})`);
+  process.exit(2);
+}
+client.close();
+process.stdout.write(JSON.stringify({ mode: a.mode, t0, until, requests, bins: [...bins].sort((x, y) => x[0] - y[0]) }) + '\n');
