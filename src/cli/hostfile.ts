@@ -1,10 +1,10 @@
 // `nodespeed hostfile list|add|remove|set|validate|check`: view and edit a DeepSpeed hostfile.
-import { Command } from 'commander';
-import { loadHostfile } from '../launcher/hostfile.js';
+import { Command, InvalidArgumentError } from 'commander';
+import { loadHostfile, slotsProblem } from '../launcher/hostfile.js';
 import { addHost, openHostfile, removeHost, saveHostfile, setHostSlots } from '../launcher/hostfile-edit.js';
 import { checkHost, checkTable } from '../launcher/check.js';
 import { table } from '../launcher/format.js';
-import { readLauncherOptions } from './launcher-flags.js';
+import { readLauncherOptions } from '../launcher/flags.js';
 
 const FILE_FLAG = ['-H, --hostfile <file>', 'hostfile to use', 'hostfile'] as const;
 
@@ -22,7 +22,8 @@ function guarded<A extends unknown[]>(fn: (...args: A) => Promise<number | void>
 }
 
 function slotsArg(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) <= 0) throw new Error(`--slots must be a positive integer, got '${v}'`);
+  const problem = slotsProblem(v);
+  if (problem) throw new InvalidArgumentError(`--${problem}`);
   return Number(v);
 }
 

@@ -19,6 +19,11 @@ export interface RankProcess {
   readonly exited: Promise<RankExit>;
 }
 
+/** A rank that was not started because its job began stopping first. */
+export class StoppedWhileStarting extends Error {
+  override name = 'StoppedWhileStarting';
+}
+
 export type LineSink = (stream: StreamName, line: string) => void;
 
 /** Feeds complete lines to `sink`; a trailing partial line is flushed at end of stream. */
