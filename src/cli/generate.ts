@@ -1,12 +1,15 @@
 // `nodespeed generate --model DIR PROMPT`: loads the model in this process and streams the
 // continuation to stdout; --json prints one final JSON line instead.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
 
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
 import { loadTokenizer } from '../model/index.js';
 // --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
 import { generateRemote } from '../client/generate-remote.js';
+import { NodespeedClient } from '../client/index.js';
+import { floatArg, I32_MAX, intArg, secondsArg, seedArg } from './args.js';
 
 export interface GenerateCliOptions {
   model?: string;
@@ -21,27 +24,56 @@ export interface GenerateCliOptions {
   threads?: number;
   json: boolean;
   server?: string;
+  authToken?: string;
+  timeout: number;
 }
 
-function intArg(flag: string, min: number) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
-    return n;
-  };
+/** Offset of the first byte that is not part of well-formed UTF-8, or -1. */
+export function invalidUtf8At(b: Uint8Array): number {
+  for (let i = 0; i < b.length; ) {
+    const c = b[i]!;
+    const n = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (n < 0) return i;
+    for (let k = 1; k <= n; k++) {
+      const d = b[i + k];
+      if (d === undefined || (d & 0xc0) !== 0x80) return i;
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF.
+    const d1 = b[i + 1]!;
+    if ((c === 0xe0 && d1 < 0xa0) || (c === 0xed && d1 > 0x9f) || (c === 0xf0 && d1 < 0x90) || (c === 0xf4 && d1 > 0x8f)) return i;
+    i += n + 1;
+  }
+  return -1;
 }
 
-function floatArg(flag: string, ok: (n: number) => boolean, what: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new InvalidArgumentError(`${flag} must be ${what} (got ${v})`);
-    return n;
-  };
+function strictUtf8(bytes: Uint8Array, what: string): string {
+  const at = invalidUtf8At(bytes);
+  if (at >= 0) throw new Error(`${what} is not valid UTF-8 (byte 0x${bytes[at]!.toString(16).padStart(2, '0')} at offset ${at})`);
+  return Buffer.from(bytes).toString('utf8');
 }
 
-function seedArg(v: string): bigint {
-  if (!/^\d+$/.test(v) || BigInt(v) >= 1n << 64n) throw new InvalidArgumentError(`--seed must be an integer in [0, 2^64) (got ${v})`);
-  return BigInt(v);
+/**
+ * The prompt as the user gave it: `-` reads stdin. Node has already decoded argv, replacing invalid
+ * bytes with U+FFFD, so an argument holding U+FFFD is checked against the raw command line (Linux).
+ */
+export function readPrompt(arg: string): string {
+  if (arg === '-') return strictUtf8(readFileSync(0), 'the prompt on stdin');
+  if (arg.includes('\uFFFD')) {
+    let raw: Buffer[] = [];
+    try {
+      const cmdline = readFileSync('/proc/self/cmdline');
+      for (let at = 0; at < cmdline.length; ) {
+        const end = cmdline.indexOf(0, at);
+        raw.push(cmdline.subarray(at, end < 0 ? cmdline.length : end));
+        at = end < 0 ? cmdline.length : end + 1;
+      }
+    } catch {
+      raw = [];
+    }
+    const mine = raw.find((b) => b.toString('utf8') === arg);
+    if (mine) strictUtf8(mine, 'the prompt argument');
+  }
+  return arg;
 }
 
 /** The JSON line of --json (snake_case, as documented for the CLI). */
@@ -77,32 +109,59 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   }
 }
 
+/** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
+const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads'] as const;
+/** And the reverse. */
+const SERVER_ONLY = ['authToken', 'timeout'] as const;
+
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('generate')
-    .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process')
-    .argument('<prompt>', 'prompt text (tokenized with the model\'s tokenizer, BOS added where it adds one)')
+    .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process (or through --server)')
+    .argument('<prompt>', 'prompt text (tokenized with the model\'s tokenizer, BOS added where it adds one); - reads it from stdin')
     .option('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 1), 128)
-    .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0, 'a number >= 0'), 0)
+    // The API's max_tokens is an int32, top_k a uint32: larger values would wrap on the wire.
+    .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 1, I32_MAX), 128)
+    .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0 && n <= 3.4e38, 'a number >= 0'), 0)
     .option('--top-k <k>', '0 = off', intArg('--top-k', 0), 0)
     .option('--top-p <p>', '1 = off', floatArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
     .option('--seed <s>', 'sampling seed (same seed, same tokens)', seedArg)
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
+    .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
-    .action(async (prompt: string, o: GenerateCliOptions) => {
-      if (!o.server) return void (await generateLocal(prompt, o));
-      const result = await generateRemote(prompt, {
-        server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-        ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(process.env.NODESPEED_AUTH_TOKEN ? { authToken: process.env.NODESPEED_AUTH_TOKEN } : {}),
-        ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
-      });
-      process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
+    .option('--auth-token <token>', 'with --server: bearer token (or NODESPEED_AUTH_TOKEN)')
+    .option('--timeout <s>', 'with --server: seconds to wait for the server to be reachable', secondsArg('--timeout'), 10);
+  cmd.action(async (promptArg: string, o: GenerateCliOptions) => {
+    const given = (k: string): boolean => cmd.getOptionValueSource(k) === 'cli';
+    const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    if (o.server) {
+      const ignored = LOCAL_ONLY.filter(given);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype and threads`);
+    } else {
+      const ignored = SERVER_ONLY.filter(given);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} only apply with --server`);
+    }
+    const prompt = readPrompt(promptArg);
+    if (!o.server) return void (await generateLocal(prompt, o));
+    const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
+    const probe = new NodespeedClient(o.server);
+    try {
+      await probe.waitForReady(o.timeout * 1000);
+    } catch (err) {
+      throw new Error(`generate --server ${o.server}: not reachable within ${o.timeout} s (--timeout): ${(err as Error).message}`);
+    } finally {
+      probe.close();
+    }
+    const result = await generateRemote(prompt, {
+      server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
+      ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(token ? { authToken: token } : {}),
+      ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
     });
+    process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
+  });
 }

@@ -1,8 +1,9 @@
 // `nodespeed run [launcher flags] <program> [args...]`: the generic launcher, like `deepspeed script.py`.
+import { randomBytes } from 'node:crypto';
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { execa } from 'execa';
-import { backendBinary, backendCommand, backendInstalled, nodeRankFromEnv, type BackendName } from '../launcher/backends.js';
+import { backendBinary, backendCommand, backendInstalled, nodeRankFromEnv, splitArgs, type BackendName } from '../launcher/backends.js';
 import { bindCoresScript } from '../launcher/cores.js';
 import { rankCommand } from '../launcher/command.js';
 import { carriedEnv } from '../launcher/env.js';
@@ -144,8 +145,8 @@ async function runThroughBackend(b: BackendName, o: RunOptions, prog: string, ar
     ...(o.logDir ? [`--enable_each_rank_log=${o.logDir}`] : []), ...(o.bindCores ? ['--bind_cores_to_rank'] : []),
     ...(o.bindCoreList ? [`--bind_core_list=${o.bindCoreList.join(',')}`] : []), ...(o.venvScript ? [`--venv_script=${o.venvScript}`] : []),
   ];
-  const { argv, env } = backendCommand(b, {
-    hosts, nodeFlags, program: [prog, ...args], node: o.node, cwd: o.remoteWorkdir ?? process.cwd(), exports: carriedEnv(),
+  const { argv, env, kill } = backendCommand(b, {
+    hosts, nodeFlags, launchId: randomBytes(8).toString('hex'), program: [prog, ...args], node: o.node, cwd: o.remoteWorkdir ?? process.cwd(), exports: carriedEnv(),
     launcherArgs: o.launcherArgs ? splitArgs(o.launcherArgs) : [], ...(o.sshPort !== undefined ? { sshPort: o.sshPort } : {}),
   });
   if (o.dryRun) {
@@ -160,7 +161,14 @@ async function runThroughBackend(b: BackendName, o: RunOptions, prog: string, ar
   const child = execa(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], reject: false, buffer: false });
   child.stdout!.pipe(process.stdout, { end: false });
   child.stderr!.pipe(process.stderr, { end: false });
-  const forward = (sig: NodeJS.Signals): void => void child.kill(sig);
+  let killed = false;
+  const forward = (sig: NodeJS.Signals): void => {
+    child.kill(sig);
+    if (kill && !killed) {
+      killed = true;
+      void execa(kill[0]!, kill.slice(1), { env: { ...process.env, ...env }, stdio: 'ignore', reject: false });
+    }
+  };
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
   const r = await child;
@@ -171,29 +179,4 @@ async function runThroughBackend(b: BackendName, o: RunOptions, prog: string, ar
     return 1;
   }
   return r.exitCode;
-}
-
-/** --launcher_args as a shell would split it (quotes group, backslash escapes). */
-export function splitArgs(s: string): string[] {
-  const out: string[] = [];
-  let cur: string | undefined;
-  let q: '"' | "'" | undefined;
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i]!;
-    if (q) {
-      if (c === q) q = undefined;
-      else if (c === '\\' && q === '"' && i + 1 < s.length) cur = (cur ?? '') + s[++i];
-      else cur = (cur ?? '') + c;
-    } else if (c === '"' || c === "'") {
-      q = c;
-      cur ??= '';
-    } else if (c === '\\' && i + 1 < s.length) cur = (cur ?? '') + s[++i];
-    else if (/\s/.test(c)) {
-      if (cur !== undefined) out.push(cur);
-      cur = undefined;
-    } else cur = (cur ?? '') + c;
-  }
-  if (q) throw new Error(`--launcher_args: unterminated ${q} quote in '${s}'`);
-  if (cur !== undefined) out.push(cur);
-  return out;
 }

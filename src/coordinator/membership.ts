@@ -256,8 +256,11 @@ export class Membership extends EventEmitter<MembershipEvents> {
         return;
       case 'error':
         if (this.stale(w, m.error.generation)) return;
-        this.o.log(`worker ${w.rank}: ${m.error.message}`);
-        if (m.error.fatal) this.reportedFailure(w, m.error.message);
+        // The worker printed the message itself (its output reaches the launcher's log); remember it as the cause.
+        if (m.error.fatal) {
+          if (w.reported?.generation !== w.generation) w.reported = { generation: w.generation, message: m.error.message.slice(0, 1000) };
+          this.reportedFailure(w, m.error.message);
+        }
         return;
       case 'join':
         this.o.log(`coordinator: rank ${w.rank} sent Join twice; ignored`);
@@ -424,6 +427,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   private lose(w: WorkerConn, reason: string): void {
     if (w.state === 'lost' || this.stopping || this.workers.get(w.rank) !== w) return;
+    // A worker that reported a fatal error and then exited is lost to that error, not to its closed stream.
+    if (w.reported?.generation === w.generation) reason = w.reported.message;
     w.state = 'lost';
     w.lostReason = reason;
     this.o.log(`coordinator: rank ${w.rank} (${w.join.host} pid ${w.join.pid}) lost: ${reason}`);

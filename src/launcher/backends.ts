@@ -55,6 +55,8 @@ export interface BackendJob {
   hosts: SelectedHost[];
   /** The per-node nodespeed's flags (everything but the node rank, world info and program). */
   nodeFlags: string[];
+  /** Random per launch, in every per-node command line: what the pdsh kill command matches. */
+  launchId: string;
   /** The program and its arguments. */
   program: string[];
   node: string;
@@ -69,6 +71,12 @@ export interface BackendCommand {
   argv: string[];
   /** Variables the tool itself reads (pdsh's rcmd type and ssh arguments). */
   env: Record<string, string>;
+  /**
+   * pdsh only: run on interrupt to end the per-node nodespeeds (an ssh session without a terminal
+   * does not pass the hangup on; DeepSpeed's pdsh runner kills the same way). mpirun and srun pass
+   * SIGINT/SIGTERM to their processes themselves.
+   */
+  kill?: string[];
 }
 
 /** The command line that starts one nodespeed per node through the tool. */
@@ -78,15 +86,20 @@ export function backendCommand(b: BackendName, j: BackendJob): BackendCommand {
   const n = String(names.length);
   // Without --node_rank the per-node nodespeed reads the tool's rank variable (NODE_RANK_VARS).
   const perNode = (nodeRank?: string): string[] =>
-    [j.node, NODESPEED_BIN, 'run', '--no_ssh', ...(nodeRank !== undefined ? [`--node_rank=${nodeRank}`] : []), `--world_info=${world}`, ...j.nodeFlags, '--', ...j.program];
+    [j.node, NODESPEED_BIN, 'run', '--no_ssh', ...(nodeRank !== undefined ? [`--node_rank=${nodeRank}`] : []), `--world_info=${world}`,
+      `--launch_id=${j.launchId}`, ...j.nodeFlags, '--', ...j.program];
   switch (b) {
     case 'pdsh': {
       // pdsh runs one remote shell command per host and replaces %n with the host's index in -w.
       const exports = Object.entries(j.exports).map(([k, v]) => `export ${k}=${shellQuote(v)};`);
       const remote = [...exports, `cd ${shellQuote(j.cwd)};`, ...perNode('%n').map(shellQuote)].join(' ');
+      // -S: exit with the largest remote status; -N: no "host: " prefix (the ranks' lines carry [host:rank]).
+      const env = { PDSH_RCMD_TYPE: 'ssh', ...(j.sshPort !== undefined ? { PDSH_SSH_ARGS_APPEND: `${process.env.PDSH_SSH_ARGS_APPEND ?? ''} -p ${j.sshPort}`.trim() } : {}) };
+      const hosts = ['-f', '1024', '-w', names.join(',')];
       return {
-        argv: ['pdsh', '-S', '-f', '1024', '-w', names.join(','), ...j.launcherArgs, remote],
-        env: { PDSH_RCMD_TYPE: 'ssh', ...(j.sshPort !== undefined ? { PDSH_SSH_ARGS_APPEND: `${process.env.PDSH_SSH_ARGS_APPEND ?? ''} -p ${j.sshPort}`.trim() } : {}) },
+        argv: ['pdsh', '-S', '-N', ...hosts, ...j.launcherArgs, remote],
+        env,
+        kill: ['pdsh', ...hosts, ...j.launcherArgs, `pkill -TERM -f -- ${shellQuote(`--launch_id=${j.launchId}`)}`],
       };
     }
     case 'openmpi':
@@ -115,4 +128,29 @@ export function backendCommand(b: BackendName, j: BackendJob): BackendCommand {
         env: {},
       };
   }
+}
+
+/** --launcher_args as a shell would split it (quotes group, backslash escapes). */
+export function splitArgs(s: string): string[] {
+  const out: string[] = [];
+  let cur: string | undefined;
+  let q: '"' | "'" | undefined;
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i]!;
+    if (q) {
+      if (c === q) q = undefined;
+      else if (c === '\\' && q === '"' && i + 1 < s.length) cur = (cur ?? '') + s[++i];
+      else cur = (cur ?? '') + c;
+    } else if (c === '"' || c === "'") {
+      q = c;
+      cur ??= '';
+    } else if (c === '\\' && i + 1 < s.length) cur = (cur ?? '') + s[++i];
+    else if (/\s/.test(c)) {
+      if (cur !== undefined) out.push(cur);
+      cur = undefined;
+    } else cur = (cur ?? '') + c;
+  }
+  if (q) throw new Error(`--launcher_args: unterminated ${q} quote in '${s}'`);
+  if (cur !== undefined) out.push(cur);
+  return out;
 }

@@ -67,6 +67,7 @@ const FLAGS: FlagDef[] = [
   { name: 'log_level', arg: '<level>', scope: 'run', desc: "launcher messages: debug, info (default), warning, error, critical" },
   { name: 'quiet', short: '-q', scope: 'run', desc: 'the same as --log_level error' },
   { name: 'world_info', arg: '<base64>', scope: 'run', hidden: true, desc: 'the hosts and slots of the job, from the launcher that started this one (--launcher)' },
+  { name: 'launch_id', arg: '<id>', scope: 'run', hidden: true, desc: 'marks the nodespeeds one --launcher run started (what its interrupt matches)' },
   { name: 'elastic_training', scope: 'run', refused: 'it runs the program under torch.distributed.elastic, which nodespeed does not embed; `nodespeed launch` heals its own workers (spares, respawn, shrink)' },
   { name: 'min_elastic_nodes', arg: '<n>', scope: 'run', refused: 'it only applies to --elastic_training, which nodespeed does not support' },
   { name: 'max_elastic_nodes', arg: '<n>', scope: 'run', refused: 'it only applies to --elastic_training, which nodespeed does not support' },
@@ -82,6 +83,8 @@ const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?
 export interface AddFlagsOptions {
   /** Add `run`'s script-launcher flags too. */
   run?: boolean;
+  /** Help text a command gives a flag instead of the shared one (its own default, say). */
+  descriptions?: Record<string, string>;
 }
 
 export function addLauncherOptions(cmd: Command, opts: AddFlagsOptions = {}): Command {
@@ -89,13 +92,15 @@ export function addLauncherOptions(cmd: Command, opts: AddFlagsOptions = {}): Co
     if (f.scope === 'run' && !opts.run) continue;
     const arg = f.arg ? ` ${f.arg}` : '';
     const kebab = f.name.replace(/_/g, '-');
-    const desc = f.refused ? `not supported: ${f.refused}` : (f.desc ?? '');
+    const desc = f.refused ? `not supported: ${f.refused}` : (opts.descriptions?.[f.name] ?? f.desc ?? '');
     const main = new Option(`${f.short ? `${f.short}, ` : ''}--${f.name}${arg}`, kebab !== f.name ? `${desc} (alias --${kebab})` : desc);
     if (f.repeat) main.argParser(collect);
     if (f.hidden || f.refused) main.hideHelp();
     cmd.addOption(main);
     for (const alias of [...(kebab !== f.name ? [kebab] : []), ...(f.extraAliases ?? []).flatMap((a) => [a, a.replace(/_/g, '-')])]) {
       const o = new Option(`--${alias}${arg}`).hideHelp();
+      // `--no-python` spells --no_python, not commander's negation of --python.
+      o.negate = false;
       if (f.repeat) o.argParser(collect);
       cmd.addOption(o);
     }

@@ -1,7 +1,9 @@
 // SSH connections with OpenSSH's conventions: ~/.ssh/config (HostName, Port, User, IdentityFile),
 // default identities (id_ed25519, id_ecdsa, id_rsa) plus the agent, host keys checked against known_hosts.
 // NODESPEED_SSH_DIR (or --ssh_dir) replaces ~/.ssh as a whole, so tests never touch the real one.
+import { lookup } from 'node:dns/promises';
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import SSHConfig from 'ssh-config';
@@ -123,14 +125,38 @@ function classify(err: NodeJS.ErrnoException & { level?: string }, t: SshTarget,
   return new SshError('other', t.host, `ssh ${where}: ${err.message}`);
 }
 
+/**
+ * Resolves the name first, on its own deadline: a name that does not resolve is a DNS failure, also
+ * when the resolver is slow (getaddrinfo runs on libuv's 4 threads, so thousands of slow lookups used
+ * to run past the connect deadline and read as "timeout").
+ */
+async function resolveHost(t: SshTarget, timeoutMs: number): Promise<string> {
+  if (isIP(t.hostName)) return t.hostName;
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SshError('dns', t.host, `ssh ${t.host}: cannot resolve host name '${t.hostName}' (no DNS answer within ${timeoutMs} ms)`)), timeoutMs);
+    timer.unref();
+  });
+  try {
+    return (await Promise.race([lookup(t.hostName), deadline])).address;
+  } catch (err) {
+    if (err instanceof SshError) throw err;
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new SshError('dns', t.host, `ssh ${t.host}: cannot resolve host name '${t.hostName}' (DNS ${code})`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Opens an authenticated connection, refusing unknown or changed host keys unless acceptNew. */
-export function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient> {
+export async function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient> {
   const timeoutMs = opts.connectTimeoutMs ?? 10_000;
   const { methods, tried } = authMethods(t, opts);
   const dir = sshDir(opts);
   if (methods.length === 0) {
-    return Promise.reject(new SshError('auth', t.host, `ssh ${t.host}: no usable identity (id_ed25519, id_ecdsa, id_rsa in ${dir}, IdentityFile, --ssh_identity) and no SSH agent`));
+    throw new SshError('auth', t.host, `ssh ${t.host}: no usable identity (id_ed25519, id_ecdsa, id_rsa in ${dir}, IdentityFile, --ssh_identity) and no SSH agent`);
   }
+  const address = await resolveHost(t, timeoutMs);
   return new Promise((resolve, reject) => {
     const client = new Client();
     let hostKeyError: SshError | undefined;
@@ -152,7 +178,7 @@ export function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient>
     client.on('error', (err) => finish(hostKeyError ?? classify(err, t, tried, timeoutMs)));
     client.on('close', () => finish(hostKeyError ?? new SshError('other', t.host, `ssh ${t.host}: connection closed during handshake`)));
     client.connect({
-      host: t.hostName,
+      host: address,
       port: t.port,
       username: t.user,
       readyTimeout: timeoutMs,

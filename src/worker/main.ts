@@ -12,7 +12,7 @@
 // the communicator poll (health.ts) report a wedged step or a broken communicator.
 import { availableParallelism, hostname } from 'node:os';
 
-import { Engine } from '../engine/engine.js';
+import { Engine, resolveDevice } from '../engine/engine.js';
 import { loadTokenizer } from '../model/index.js';
 import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
@@ -116,6 +116,16 @@ class Worker {
       this.control.on('start', on);
       void gen.abortedSignal.catch(() => this.control.off('start', on));
     }), gen.abortedSignal]);
+    // Awaited only once loaded: a failure before then must not leave it rejected unhandled (a stack trace).
+    started.catch(() => {});
+    // Before the communicators: without a GPU, NCCL's "unavailable" would be the error, not the cause.
+    if (a.device === 'cuda') {
+      try {
+        resolveDevice('cuda', loadAddon().info());
+      } catch (err) {
+        throw new Error(`${(err as Error).message} on ${hostname()}`);
+      }
+    }
     // Communicators first (cheap, and a missing peer shows up before minutes of loading).
     let tpComm: Comm | undefined;
     if (a.tp > 1)
