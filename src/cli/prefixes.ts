@@ -27,7 +27,13 @@ export function expandPrefixes(cmd: Command, args: string[], passThrough: boolea
     const a = out[i]!;
     if (a === '--') break;
     if (!a.startsWith('--')) {
-      if (passThrough && !a.startsWith('-')) break;
+      if (!a.startsWith('-') || a === '-') {
+        if (passThrough) break;
+        continue;
+      }
+      // A short option: skip its value when it takes one and it is not attached (-H file, not -Hfile).
+      const short = cmd.options.find((o) => o.short === a);
+      if (short && (short.required || short.optional) && i + 1 < out.length) i++;
       continue;
     }
     const eq = a.indexOf('=');

@@ -80,10 +80,13 @@ async function runCommand(prog: string, args: string[], raw: Record<string, unkn
     if (o.launcher !== 'ssh') return await runThroughBackend(o.launcher, o, prog, args, log);
     let placement = planFromOptions(o);
     if (o.noSsh) placement = ownNode(placement, o);
+    // Each rank's prelude now, so a core list too short for a node is an error before anything starts.
+    const preludes = prelude(o);
+    const perRank = preludes ? new Map(placement.ranks.map((r) => [r.rank, preludes(r)])) : undefined;
     job = new Job({
       placement, command: rankCommand(prog, args, { node: o.node, python: o.python, noPython: o.noPython, module: o.module, localRankArg: !o.noLocalRank }),
       cwd: process.cwd(), remoteWorkdir: o.remoteWorkdir, ssh: o.ssh, logDir: o.logDir, visibleDevices: 'node',
-      ...(prelude(o) ? { prelude: prelude(o)! } : {}),
+      ...(perRank ? { prelude: (r: RankPlacement) => perRank.get(r.rank) } : {}),
     });
     if (o.dryRun) {
       process.stdout.write(`${placementTable(placement)}\n${dryRunCommands(job, o.ssh, process.cwd(), o.remoteWorkdir)}\n`);

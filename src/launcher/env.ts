@@ -68,7 +68,8 @@ export function shellValue(word: string): ShellValue {
       } else if (rest.startsWith('(')) {
         throw new Error('command substitution ($(...)) is not supported');
       } else if (rest.startsWith('{') || /^[0-9@*#?$!-]/.test(rest)) {
-        throw new Error(`only $NAME and \${NAME} expansions are supported, got '$${rest.slice(0, 8)}'`);
+        const shown = rest.startsWith('{') && rest.includes('}') ? rest.slice(0, rest.indexOf('}') + 1) : rest.slice(0, 1);
+        throw new Error(`only $NAME and \${NAME} expansions are supported, got '$${shown}'`);
       } else lit(c);
       continue;
     }
