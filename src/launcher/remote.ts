@@ -7,7 +7,9 @@ import { pipeLines, signalExitCode, StoppedWhileStarting, type LineSink, type Ra
 import type { ShellValue } from './env.js';
 
 export interface RemoteSpawn {
-  target: SshTarget;
+  /** The host name as written in the hostfile, and how to resolve it (~/.ssh/config), done once a handshake slot is free. */
+  host: string;
+  target: () => SshTarget;
   ssh: SshOptions;
   command: string[];
   cwd: string;
@@ -69,10 +71,11 @@ const HANDSHAKES_PER_HOST = 4;
  */
 export const HANDSHAKES_IN_ALL = 128;
 
-/** A FIFO counting semaphore. */
+/** A FIFO counting semaphore (O(1) per waiter: 80,000 ranks may queue). */
 export class Limiter {
   private active = 0;
-  private readonly queue: Array<() => void> = [];
+  private queue: Array<() => void> = [];
+  private head = 0;
   constructor(readonly limit: number) {}
 
   async run<T>(fn: () => Promise<T>): Promise<T> {
@@ -82,29 +85,41 @@ export class Limiter {
       return await fn();
     } finally {
       this.active--;
-      this.queue.shift()?.();
+      this.next();
+    }
+  }
+
+  private next(): void {
+    if (this.head < this.queue.length) {
+      const wake = this.queue[this.head]!;
+      this.queue[this.head++] = undefined as unknown as () => void;
+      if (this.head > 1024 && this.head * 2 > this.queue.length) {
+        this.queue = this.queue.slice(this.head);
+        this.head = 0;
+      }
+      wake();
     }
   }
 
   get idle(): boolean {
-    return this.active === 0 && this.queue.length === 0;
+    return this.active === 0 && this.head >= this.queue.length;
   }
 }
 
 const perHost = new Map<string, Limiter>();
 const inAll = new Limiter(HANDSHAKES_IN_ALL);
 
-async function limitedConnect(t: SshTarget, ssh: SshOptions, isStopping?: () => boolean): Promise<SshClient> {
-  const key = `${t.hostName}:${t.port}`;
-  const host = perHost.get(key) ?? new Limiter(HANDSHAKES_PER_HOST);
-  perHost.set(key, host);
+async function limitedConnect(name: string, target: () => SshTarget, ssh: SshOptions, isStopping?: () => boolean): Promise<{ client: SshClient; t: SshTarget }> {
+  const host = perHost.get(name) ?? new Limiter(HANDSHAKES_PER_HOST);
+  perHost.set(name, host);
   try {
-    return await host.run(() => inAll.run(() => {
-      if (isStopping?.()) throw new StoppedWhileStarting(`job stopped before rank on ${t.host} connected`);
-      return connect(t, ssh);
+    return await host.run(() => inAll.run(async () => {
+      if (isStopping?.()) throw StoppedWhileStarting.quick(`job stopped before rank on ${name} connected`);
+      const t = target();
+      return { client: await connect(t, ssh), t };
     }));
   } finally {
-    if (host.idle) perHost.delete(key);
+    if (host.idle) perHost.delete(name);
   }
 }
 
@@ -132,7 +147,7 @@ export function summarizeStartFailures(failures: Error[], notStarted = 0): strin
 }
 
 export async function startRemoteRank(spec: RemoteSpawn): Promise<RankProcess> {
-  const client: SshClient = await limitedConnect(spec.target, spec.ssh, spec.isStopping);
+  const { client, t: target } = await limitedConnect(spec.host, spec.target, spec.ssh, spec.isStopping);
   client.on('error', () => {}); // a dropped connection surfaces as the channel closing (exit 255)
   let pgid: number | undefined;
   let resolvePgid!: (v: number | undefined) => void;
@@ -141,7 +156,7 @@ export async function startRemoteRank(spec: RemoteSpawn): Promise<RankProcess> {
     client.exec(REMOTE_BOOTSTRAP, (err, ch) => (err ? reject(err) : resolve(ch))),
   ).catch((err: Error) => {
     client.end();
-    throw new Error(`ssh ${spec.target.host}: cannot start command: ${err.message}`);
+    throw new Error(`ssh ${target.host}: cannot start command: ${err.message}`);
   });
   let exit: RankExit = { code: 255, signal: null };
   channel.on('exit', (code: number | null, signal?: string) => {

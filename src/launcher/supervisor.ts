@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
 import { carriedEnv, JOB_TOKEN_VAR, loadEnvFiles, rankVars, resolveAssigns, type EnvAssign, type ShellValue, type VisibleDevices } from './env.js';
 import { killLocalGroupSync, startLocalRank } from './local.js';
-import { startRemoteRank, summarizeStartFailures } from './remote.js';
-import { resolveTarget, type SshOptions } from './ssh.js';
+import { HANDSHAKES_IN_ALL, Limiter, startRemoteRank, summarizeStartFailures } from './remote.js';
+import { resolveTarget, type SshOptions, type SshTarget } from './ssh.js';
 import type { Placement, RankPlacement } from './plan.js';
 import { StoppedWhileStarting, type RankExit, type RankProcess, type StreamName } from './rank-process.js';
 
@@ -82,6 +82,7 @@ export class Job extends EventEmitter {
   /** Env-file lines, expanded by the rank's own shell (remote) or against this environment (local). */
   private readonly fileAssigns: EnvAssign[];
   private readonly logStamps = new Map<string, string>();
+  private readonly targets = new Map<string, SshTarget>();
   private stopping: Promise<void> | undefined;
   private result: { code?: number; reason?: string; failedRank?: number } = {};
   /** One SIGKILL sweep per started process (a sweep costs an SSH round trip; never do it twice). */
@@ -109,7 +110,12 @@ export class Job extends EventEmitter {
    */
   async start(): Promise<void> {
     const failures: Error[] = [];
-    const results = await Promise.allSettled(this.spec.placement.ranks.map((p) => this.startRank(p.rank).catch((err: unknown) => {
+    // Remote ranks wait here, not inside a started connection attempt each: 80,000 ranks queued as
+    // 80,000 suspended starts cost most of a gigabyte.
+    const gate = new Limiter(2 * HANDSHAKES_IN_ALL);
+    const begin = (p: RankPlacement): Promise<void> => p.isLocal ? this.startRank(p.rank)
+      : gate.run(() => (this.stopping ? Promise.reject(StoppedWhileStarting.quick(`job is stopping; rank ${p.rank} not started`)) : this.startRank(p.rank)));
+    const results = await Promise.allSettled(this.spec.placement.ranks.map((p) => begin(p).catch((err: unknown) => {
       if (!(err instanceof StoppedWhileStarting)) {
         failures.push(err as Error);
         void this.stop('start failed', 1);
@@ -121,6 +127,14 @@ export class Job extends EventEmitter {
       const notStarted = results.filter((r) => r.status === 'rejected' && r.reason instanceof StoppedWhileStarting).length;
       throw new Error(summarizeStartFailures(failures, notStarted));
     }
+  }
+
+  /** A host's SSH target, resolved once per host and port (~/.ssh/config is read each time otherwise). */
+  private target(p: RankPlacement): SshTarget {
+    const key = `${p.host}:${p.sshPort ?? ''}`;
+    let t = this.targets.get(key);
+    if (!t) this.targets.set(key, (t = resolveTarget(p.host, p.sshPort, this.spec.ssh)));
+    return t;
   }
 
   /** The argv of one rank. */
@@ -179,7 +193,7 @@ export class Job extends EventEmitter {
   private async launchRank(rank: number): Promise<void> {
     const s = this.mustRank(rank);
     if (s.running) throw new Error(`rank ${rank} on ${s.placement.host} is still running`);
-    if (this.stopping) throw new StoppedWhileStarting(`job is stopping; rank ${rank} not started`);
+    if (this.stopping) throw StoppedWhileStarting.quick(`job is stopping; rank ${rank} not started`);
     const p = s.placement;
     const log = this.logFor(s);
     const sink = (stream: StreamName, line: string): void => {
@@ -192,7 +206,8 @@ export class Job extends EventEmitter {
     const proc = p.isLocal
       ? startLocalRank({ command, cwd, env: this.rankEnv(p), sink, ...(prelude ? { prelude } : {}) })
       : await startRemoteRank({
-          target: resolveTarget(p.host, p.sshPort, this.spec.ssh),
+          host: p.host,
+          target: () => this.target(p),
           ssh: this.spec.ssh ?? {},
           command,
           cwd: this.spec.remoteWorkdir ?? cwd,
