@@ -65,7 +65,6 @@ function ownNode(p: Placement, o: RunOptions): Placement {
 
 function prelude(o: RunOptions): ((r: RankPlacement) => string | undefined) | undefined {
   if (!o.venvScript && !o.bindCores) return undefined;
-  if (o.bindCoreList && !o.bindCores) throw new Error('--bind_core_list only applies with --bind_cores_to_rank');
   const venv = o.venvScript ? `. ${shellQuote(o.venvScript.includes('/') ? o.venvScript : `./${o.venvScript}`)} || exit 1` : undefined;
   return (r) => [venv, o.bindCores ? bindCoresScript(o.bindCoreList, r.localWorldSize, r.localRank) : undefined].filter(Boolean).join('\n');
 }
@@ -133,7 +132,6 @@ async function runCommand(prog: string, args: string[], raw: Record<string, unkn
  * remote processes on them).
  */
 async function runThroughBackend(b: BackendName, o: RunOptions, prog: string, args: string[], log: ReturnType<typeof logger>): Promise<number> {
-  if (o.noSsh) throw new Error(`--no_ssh and --launcher ${b} exclude each other`);
   const placement = planFromOptions(o);
   const hosts: Array<{ host: string; slots: number[]; attrs: Record<string, string> }> = [];
   for (const r of placement.ranks) {

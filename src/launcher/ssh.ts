@@ -102,27 +102,32 @@ function authMethods(t: SshTarget, opts: SshOptions): { methods: AuthMethod[]; t
   return { methods, tried };
 }
 
+/** `user@host (hostName):port`, how SSH messages name their target. */
+function where(t: SshTarget): string {
+  return `${t.user}@${t.host}${t.hostName !== t.host ? ` (${t.hostName})` : ''}:${t.port}`;
+}
+
 function classify(err: NodeJS.ErrnoException & { level?: string }, t: SshTarget, tried: string[], timeoutMs: number): SshError {
-  const where = `${t.user}@${t.host}${t.hostName !== t.host ? ` (${t.hostName})` : ''}:${t.port}`;
+  const target = where(t);
   switch (err.code) {
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return new SshError('dns', t.host, `ssh ${where}: cannot resolve host name '${t.hostName}' (DNS ${err.code})`);
+      return new SshError('dns', t.host, `ssh ${target}: cannot resolve host name '${t.hostName}' (DNS ${err.code})`);
     case 'ECONNREFUSED':
-      return new SshError('refused', t.host, `ssh ${where}: connection refused (no SSH server on port ${t.port}?)`);
+      return new SshError('refused', t.host, `ssh ${target}: connection refused (no SSH server on port ${t.port}?)`);
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
-      return new SshError('unreachable', t.host, `ssh ${where}: host unreachable (${err.code})`);
+      return new SshError('unreachable', t.host, `ssh ${target}: host unreachable (${err.code})`);
     case 'ECONNRESET':
-      return new SshError('refused', t.host, `ssh ${where}: connection reset during the handshake (sshd MaxStartups or a firewall?)`);
+      return new SshError('refused', t.host, `ssh ${target}: connection reset during the handshake (sshd MaxStartups or a firewall?)`);
     case 'ETIMEDOUT':
-      return new SshError('timeout', t.host, `ssh ${where}: connection timed out after ${timeoutMs} ms`);
+      return new SshError('timeout', t.host, `ssh ${target}: connection timed out after ${timeoutMs} ms`);
   }
   if (err.level === 'client-authentication') {
-    return new SshError('auth', t.host, `ssh ${where}: authentication failed (tried: ${tried.join(', ') || 'nothing'})`);
+    return new SshError('auth', t.host, `ssh ${target}: authentication failed (tried: ${tried.join(', ') || 'nothing'})`);
   }
-  if (err.level === 'client-timeout') return new SshError('timeout', t.host, `ssh ${where}: connection timed out after ${timeoutMs} ms`);
-  return new SshError('other', t.host, `ssh ${where}: ${err.message}`);
+  if (err.level === 'client-timeout') return new SshError('timeout', t.host, `ssh ${target}: connection timed out after ${timeoutMs} ms`);
+  return new SshError('other', t.host, `ssh ${target}: ${err.message}`);
 }
 
 /**
@@ -132,17 +137,17 @@ function classify(err: NodeJS.ErrnoException & { level?: string }, t: SshTarget,
  */
 async function resolveHost(t: SshTarget, timeoutMs: number): Promise<string> {
   if (isIP(t.hostName)) return t.hostName;
+  const fail = (why: string): SshError => new SshError('dns', t.host, `ssh ${where(t)}: cannot resolve host name '${t.hostName}' (${why})`);
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new SshError('dns', t.host, `ssh ${t.host}: cannot resolve host name '${t.hostName}' (no DNS answer within ${timeoutMs} ms)`)), timeoutMs);
+    timer = setTimeout(() => reject(fail(`no DNS answer within ${timeoutMs} ms`)), timeoutMs);
     timer.unref();
   });
   try {
     return (await Promise.race([lookup(t.hostName), deadline])).address;
   } catch (err) {
     if (err instanceof SshError) throw err;
-    const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    throw new SshError('dns', t.host, `ssh ${t.host}: cannot resolve host name '${t.hostName}' (DNS ${code})`);
+    throw fail(`DNS ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   } finally {
     clearTimeout(timer);
   }

@@ -222,7 +222,7 @@ describe('a 10,000-host hostfile', () => {
     const lines = r.stderr.split('\n');
     expect(lines.length).toBeLessThan(10);
     expect(lines[0]).toMatch(/^nodespeed run: \d+ host\(s\) could not start their ranks:$/);
-    expect(lines[1]).toMatch(/^ {2}dns: \d+ \(host-\d+\.invalid, .*\), e\.g\. ssh host-\d+\.invalid: cannot resolve host name/);
+    expect(lines[1]).toMatch(/^ {2}dns: \d+ \(host-\d+\.invalid, .*\), e\.g\. ssh \S+@host-\d+\.invalid:22: cannot resolve host name/);
     expect(lines[lines.length - 1]).toMatch(/^\(\d+ other rank\(s\) were not started: the job stopped at the first failure\)$/);
   });
 });

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd, sshdAvailable, type SshdHarness } from '../helpers/sshd.js';
-import { PROBE, processesWith, requireBuild, runCli, startCli } from './cli-helpers.js';
+import { leftAfter, PROBE, processesWith, requireBuild, runCli, startCli } from './cli-helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
 
@@ -130,9 +130,7 @@ suite('nodespeed run over SSH (real sshd)', () => {
     const { tag, run } = await startHangingJob([], 4, mixed);
     run.child.kill('SIGKILL');
     await run.done;
-    const t0 = Date.now();
-    while (processesWith(tag).length > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 100));
-    expect(processesWith(tag)).toEqual([]);
+    expect(await leftAfter(tag, 5000)).toEqual([]);
   });
 
   it('a host with more slots than sshd lets handshake at once (MaxStartups 10) still starts every rank', async () => {
