@@ -1,15 +1,17 @@
-// `nodespeed generate --model DIR PROMPT`: loads the model in this process and streams the
-// continuation to stdout; --json prints one final JSON line instead.
+// `nodespeed generate PROMPT`: with --model DIR, loads the model in this process and streams the
+// continuation to stdout; with --server ADDR, the same generation through a running `nodespeed
+// launch` (the gRPC API), with the same result shape. --json prints one final JSON line instead.
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 
-import { Engine, generate } from '../engine/index.js';
-import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
-import { loadTokenizer } from '../model/index.js';
-// --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
-import { generateRemote } from '../client/generate-remote.js';
 import { NodespeedClient } from '../client/index.js';
-import { floatArg, I32_MAX, intArg, secondsArg, seedArg } from './args.js';
+import { Engine, generate } from '../engine/index.js';
+import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
+import { loadTokenizer } from '../model/index.js';
+import { FinishReason, finishReasonText } from '../protocol/lifecycle.js';
+import { SAMPLING_DEFAULTS, SamplingError, parseSamplingNumber, parseSeed } from '../protocol/sampling.js';
+import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
+import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
 
 export interface GenerateCliOptions {
   model?: string;
@@ -26,6 +28,29 @@ export interface GenerateCliOptions {
   server?: string;
   authToken?: string;
   timeout: number;
+}
+
+/** A sampling flag, checked by the sampling rules (protocol/sampling.ts) and reported under the flag's name. */
+function samplingArg<T>(flag: string, parse: (v: string) => T) {
+  return (v: string): T => {
+    try {
+      return parse(v);
+    } catch (err) {
+      if (err instanceof SamplingError) throw new InvalidArgumentError(`${flag} ${err.problem}`);
+      throw err;
+    }
+  };
+}
+const numberArg = (flag: string, field: NumericSamplingField) => samplingArg(flag, (v) => parseSamplingNumber(field, v));
+
+/** A sampling integer that must also fit its field on the wire (the API's max_tokens is an int32, top_k a uint32). */
+function wireIntArg(flag: string, field: NumericSamplingField, max: number) {
+  const parse = numberArg(flag, field);
+  return (v: string): number => {
+    const n = parse(v);
+    if (n > max) throw new InvalidArgumentError(`${flag} must be at most ${max}, what the API carries (got ${v})`);
+    return n;
+  };
 }
 
 /** Offset of the first byte that is not part of well-formed UTF-8, or -1. */
@@ -79,9 +104,13 @@ export function readPrompt(arg: string): string {
 /** The JSON line of --json (snake_case, as documented for the CLI). */
 export function resultJson(r: GenerateResult): string {
   return JSON.stringify({
-    prompt_ids: r.promptIds, token_ids: r.tokenIds, text: r.text, finish_reason: r.finishReason,
+    prompt_ids: r.promptIds, token_ids: r.tokenIds, text: r.text, finish_reason: finishReasonText(r.finishReason),
     ttft_ms: Number(r.ttftMs.toFixed(3)), tokens_per_s: Number(r.tokensPerS.toFixed(3)),
   });
+}
+
+function samplingOf(o: GenerateCliOptions): SamplingInput & { seed?: bigint } {
+  return { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop, ...(o.seed !== undefined ? { seed: o.seed } : {}) };
 }
 
 /** In-process generation: load, stream (or collect), print, dispose. */
@@ -92,12 +121,8 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
     Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
   ]);
   try {
-    const sampling: SamplingOptions = {
-      maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-      ...(o.seed !== undefined ? { seed: o.seed } : {}),
-    };
     let result: GenerateResult | undefined;
-    for await (const ev of generate(engine, tokenizer, [{ prompt, ...sampling }])) {
+    for await (const ev of generate(engine, tokenizer, [{ prompt, ...samplingOf(o) }])) {
       if (!o.json && ev.delta) out.write(ev.delta);
       if (ev.type === 'done') result = ev.result;
     }
@@ -109,12 +134,47 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   }
 }
 
+/** The same generation through a running `nodespeed launch` at `server`; `onText` gets each text delta. */
+export async function generateRemote(prompt: string, o: GenerateCliOptions & { server: string; authToken?: string },
+  onText?: (delta: string) => void): Promise<GenerateResult> {
+  const client = new NodespeedClient(o.server, o.authToken ? { authToken: o.authToken } : {});
+  const start = performance.now();
+  let firstAt: number | undefined;
+  const tokenIds: number[] = [];
+  let text = '';
+  let promptIds: number[] = [];
+  let finishReason: FinishReason = FinishReason.FINISH_REASON_LENGTH;
+  try {
+    for await (const m of client.generate({ prompt, ...samplingOf(o), ignoreEos: false })) {
+      if (m.tokenIds.length) firstAt ??= performance.now();
+      tokenIds.push(...m.tokenIds);
+      text += m.text;
+      if (m.text) onText?.(m.text);
+      if (m.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
+        finishReason = m.finishReason;
+        promptIds = m.promptIds;
+      }
+    }
+  } catch (err) {
+    throw new Error(`generate --server ${o.server}: ${(err as Error).message}`);
+  } finally {
+    client.close();
+  }
+  const end = performance.now();
+  const decodeMs = firstAt === undefined ? 0 : end - firstAt;
+  return {
+    promptIds, tokenIds, text, finishReason, ttftMs: (firstAt ?? end) - start,
+    tokensPerS: tokenIds.length > 1 && decodeMs > 0 ? ((tokenIds.length - 1) * 1000) / decodeMs : 0,
+  };
+}
+
 /** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
 const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads'] as const;
 /** And the reverse. */
 const SERVER_ONLY = ['authToken', 'timeout'] as const;
 
 export function register(program: Command): void {
+  const d = SAMPLING_DEFAULTS;
   const cmd = program
     .command('generate')
     .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process (or through --server)')
@@ -123,12 +183,11 @@ export function register(program: Command): void {
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    // The API's max_tokens is an int32, top_k a uint32: larger values would wrap on the wire.
-    .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 1, I32_MAX), 128)
-    .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0 && n <= 3.4e38, 'a number >= 0'), 0)
-    .option('--top-k <k>', '0 = off', intArg('--top-k', 0), 0)
-    .option('--top-p <p>', '1 = off', floatArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
-    .option('--seed <s>', 'sampling seed (same seed, same tokens)', seedArg)
+    .option('--max-tokens <n>', 'most tokens to generate', wireIntArg('--max-tokens', 'maxTokens', I32_MAX), d.maxTokens)
+    .option('--temperature <t>', '0 = greedy', numberArg('--temperature', 'temperature'), d.temperature)
+    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', U32_MAX), d.topK)
+    .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'), d.topP)
+    .option('--seed <s>', 'sampling seed (same seed, same tokens)', samplingArg('--seed', parseSeed))
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
@@ -157,11 +216,8 @@ export function register(program: Command): void {
     } finally {
       probe.close();
     }
-    const result = await generateRemote(prompt, {
-      server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-      ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(token ? { authToken: token } : {}),
-      ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
-    });
+    const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },
+      o.json ? undefined : (delta) => void process.stdout.write(delta));
     process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
   });
 }
