@@ -59,8 +59,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
   constructor(readonly layout: Layout, private readonly o: MembershipOptions) {
     super();
     this.slots = new Slots(o.slots ?? layout.ranks.map((p) => ({ host: p.host, localRank: p.localRank })), layout.world);
-    this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
-      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), layout.tp, layout.pp));
+    // Ranks grouped in one pass (a filter per replica took a minute for 80,000 single-rank replicas).
+    const ranksOf: number[][] = Array.from({ length: layout.replicas }, () => []);
+    for (const p of layout.ranks) ranksOf[p.replica]!.push(p.rank);
+    this.replicas = ranksOf.map((ranks, r) => new Replica(r, ranks, layout.tp, layout.pp));
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
