@@ -44,13 +44,9 @@ function samplingArg<T>(flag: string, parse: (v: string) => T) {
 const numberArg = (flag: string, field: NumericSamplingField) => samplingArg(flag, (v) => parseSamplingNumber(field, v));
 
 /** A sampling integer that must also fit its field on the wire (the API's max_tokens is an int32, top_k a uint32). */
-function wireIntArg(flag: string, field: NumericSamplingField, max: number) {
-  const parse = numberArg(flag, field);
-  return (v: string): number => {
-    const n = parse(v);
-    if (n > max) throw new InvalidArgumentError(`${flag} must be at most ${max}, what the API carries (got ${v})`);
-    return n;
-  };
+function wireIntArg(flag: string, field: NumericSamplingField, min: number, max: number) {
+  const rules = numberArg(flag, field);
+  return (v: string): number => rules(String(intArg(flag, min, max)(v)));
 }
 
 /** Offset of the first byte that is not part of well-formed UTF-8, or -1. */
@@ -183,9 +179,9 @@ export function register(program: Command): void {
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--max-tokens <n>', 'most tokens to generate', wireIntArg('--max-tokens', 'maxTokens', I32_MAX), d.maxTokens)
+    .option('--max-tokens <n>', 'most tokens to generate', wireIntArg('--max-tokens', 'maxTokens', 1, I32_MAX), d.maxTokens)
     .option('--temperature <t>', '0 = greedy', numberArg('--temperature', 'temperature'), d.temperature)
-    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', U32_MAX), d.topK)
+    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', 0, U32_MAX), d.topK)
     .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'), d.topP)
     .option('--seed <s>', 'sampling seed (same seed, same tokens)', samplingArg('--seed', parseSeed))
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.

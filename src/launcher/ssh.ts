@@ -93,7 +93,12 @@ function authMethods(t: SshTarget, opts: SshOptions): { methods: AuthMethod[]; t
     tried.push('ssh-agent');
   }
   for (const file of t.identityFiles) {
-    const key = readFileSync(file);
+    let key: Buffer;
+    try {
+      key = readFileSync(file);
+    } catch {
+      continue; // gone since the target was resolved (or unreadable): OpenSSH skips it too.
+    }
     const parsed = utils.parseKey(key);
     if (parsed instanceof Error) continue; // encrypted or unsupported: OpenSSH would prompt; we cannot.
     methods.push({ type: 'publickey', username: t.user, key } as AuthMethod);
