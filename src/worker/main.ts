@@ -163,7 +163,7 @@ class Worker {
     const watch = <T>(run: () => Promise<T>) => this.health.step(run);
     if (!driver) return runFollower(engine, plane!, pos, watch);
     const sched = new Scheduler(start.kvBlocks, start.kvBlockSize, this.tokenizer!, a.maxBatchTokens || 256, a.maxQueue || 1024,
-      engine.maxPosition);
+      engine.maxPosition, engine.kvWindow);
     gen.scheduler = sched;
     this.control.load = () => sched.load();
     for (const s of gen.early.submit) this.onSubmit(s);

@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BlockAllocator, Engine, generateAll } from '../../src/engine/index.js';
 import type { TokenizerLike } from '../../src/engine/index.js';
 import { loadAddon } from '../../src/native/addon.js';
-import { FAMILIES, MOE, WINDOWED, familyReference, hasTorch } from './families.js';
+import { FAMILIES, MOE, WINDOWED, familyReference, hasTorch, torchGreedy } from './families.js';
 import type { FamilyCase, FamilyReference } from './families.js';
 import { maxAbsDiff } from './helpers.js';
 
@@ -85,6 +85,23 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
           comms.forEach((c) => c.abort());
         }
       }, 120_000);
+
+      if (family === 'mistral') {
+        it('every layer windowed: a sequence far longer than the KV cache cycles through a ring of blocks, same tokens', async () => {
+          const c = ref.cases[2]!;  // 27 ids
+          const n = 150;
+          const want = torchGreedy(ref.dir, c.ids, n);
+          // 4 blocks of 16 positions hold 64 of the 177; a 27-token prefill plus a window of 12 needs 3.
+          const e = await Engine.load(ref.dir, { device: 'cpu', kvBlocks: 4 });
+          try {
+            expect(e.kvWindow).toBe(12);
+            const [g] = await generateAll(e, idsOnly, [{ promptIds: c.ids, maxTokens: n, ignoreEos: true }]);
+            expect(g!.tokenIds).toEqual(want);
+          } finally {
+            e.dispose();
+          }
+        }, 60_000);
+      }
 
       if (WINDOWED.includes(family)) {
         it('the window matters: opened to the whole context, the engine gives the full-attention answer, which differs', async () => {

@@ -47,6 +47,12 @@ function torchRun(dir: string, prompts: number[][]): FamilyCase[] {
   return out.map((r, i) => ({ ids: prompts[i]!, last_logits: r.logits, greedy_24: r.greedy }));
 }
 
+/** torch_families.py's incremental greedy continuation of `ids` (n tokens). */
+export function torchGreedy(dir: string, ids: number[], n: number): number[] {
+  const [r] = JSON.parse(execFileSync(PY, [SCRIPT, 'run', dir, ids.join(','), String(n)], { encoding: 'utf8' })) as { greedy: number[] }[];
+  return r!.greedy;
+}
+
 export function familyReference(family: Family): FamilyReference {
   const hf = join(fixtures, family);
   if (existsSync(join(hf, 'reference.json'))) {
