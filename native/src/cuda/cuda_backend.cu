@@ -107,6 +107,29 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (c.n_heads % c.n_kv_heads != 0) throw std::runtime_error("cuda: n_heads must be a multiple of n_kv_heads");
   if (c.head_dim % 2 != 0 || c.head_dim > 256) throw std::runtime_error("cuda: head_dim must be even and <= 256");
   if (c.kv_block_size <= 0) throw std::runtime_error("cuda: kv_block_size must be > 0");
+  // Family switches this backend does not run yet: refuse them by name rather than compute
+  // another model (the CPU backend runs them all; docs/ENGINE.md).
+  {
+    std::string missing;
+    auto need = [&](bool on, const char* what) { if (on) missing += std::string(missing.empty() ? "" : ", ") + what; };
+    const bool any_sliding = c.sliding_window > 0 && std::any_of(c.sliding_layers.begin(), c.sliding_layers.end(), [](uint8_t x) { return x != 0; });
+    const auto rope_ok = [&](const RopeConfig& r) {
+      return (r.type == RopeType::Default || r.type == RopeType::Linear || r.type == RopeType::Llama3) &&
+             (r.rotary_dim == 0 || r.rotary_dim == c.head_dim) && r.attention_factor == 1.f;
+    };
+    need(c.o_bias, "o_proj bias");
+    need(c.mlp_bias, "MLP biases");
+    need(c.qk_norm, "q/k norms");
+    need(c.norm_plus_one || c.sandwich_norms, "Gemma norms");
+    need(c.act != Activation::Silu, "GeGLU");
+    need(c.embed_scale != 1.f, "embedding scale");
+    need(c.attn_scale > 0 && std::fabs(c.attn_scale * std::sqrt((float)c.head_dim) - 1.f) > 1e-6f, "query_pre_attn_scalar");
+    need(c.attn_softcap > 0 || c.final_softcap > 0, "soft-capping");
+    need(any_sliding || c.has_rope_local, "sliding-window layers");
+    need(!rope_ok(c.rope), "this RoPE scaling type (dynamic, yarn, longrope or partial rotary)");
+    need(c.num_experts > 0, "mixture of experts");
+    if (!missing.empty()) throw std::runtime_error("cuda: the CUDA backend does not run " + missing + " yet; use --device cpu");
+  }
   n_layers_ = c.layer_end - c.layer_start;
   qkv_rows_ = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
   vocab_shard_ = c.vocab_end - c.vocab_start;
