@@ -16,7 +16,7 @@
 // Tied embeddings: the last stage gets embed_tokens' vocab rows under the name
 // `model.embed_tokens.weight` (the backends use it as the head when tiedEmbeddings is set); an
 // lm_head.weight in such a checkpoint is ignored.
-import type { Activation, DType, ModelConfig, RopeConfig } from './config.js';
+import type { DType, ModelConfig, RopeConfig } from './config.js';
 import type { Checkpoint, TensorInfo } from './safetensors.js';
 import { DTYPE_BYTES } from './safetensors.js';
 
@@ -27,8 +27,12 @@ export interface ShardRange {
   layerEnd: number;
 }
 
+/** The model's family switches, passed to the backend as they are (ModelConfig documents them). */
+type FamilySwitches = Pick<ModelConfig, 'qkvBias' | 'oBias' | 'mlpBias' | 'qkNorm' | 'normPlusOne' | 'sandwichNorms' | 'activation' |
+  'embedScale' | 'attnScale' | 'attnSoftcap' | 'finalSoftcap'>;
+
 /** The ShardConfigJS fields that come from the model (camelCase of ns::ShardConfig). */
-export interface ShardModelConfig {
+export interface ShardModelConfig extends FamilySwitches {
   hidden: number;
   intermediate: number;
   nHeads: number;
@@ -41,17 +45,6 @@ export interface ShardModelConfig {
   layerEnd: number;
   maxPosition: number;
   rmsEps: number;
-  qkvBias: boolean;
-  oBias: boolean;
-  mlpBias: boolean;
-  qkNorm: boolean;
-  normPlusOne: boolean;
-  sandwichNorms: boolean;
-  activation: Activation;
-  embedScale: number;
-  attnScale: number;
-  attnSoftcap: number;
-  finalSoftcap: number;
   tiedEmbeddings: boolean;
   hasEmbedding: boolean;
   hasHead: boolean;

@@ -21,6 +21,9 @@ import zlib
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "cpu"))
+from torch_llama import load_safetensors  # noqa: E402  (bf16 / f32 safetensors, sharded or not)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER_DIR = os.path.join(HERE, "..", "fixtures", "hf-reference", "tiny-llama-gqa-f32")
 
@@ -258,23 +261,6 @@ class Model:
         if s.final_cap:
             logits = torch.tanh(logits / s.final_cap) * s.final_cap
         return logits
-
-
-def load_safetensors(d):
-    out = {}
-    with open(os.path.join(d, "model.safetensors"), "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        blob = f.read()
-    for k, t in header.items():
-        if k == "__metadata__":
-            continue
-        a, b = t["data_offsets"]
-        raw = np.frombuffer(blob[a:b], dtype={"F32": np.float32, "BF16": np.uint16}[t["dtype"]])
-        if t["dtype"] == "BF16":
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        out[k] = torch.from_numpy(raw.astype(np.float32).reshape(t["shape"]))
-    return out
 
 
 def tensors_of(family, c):
