@@ -48,7 +48,6 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
 
       it('last-position logits and greedy tokens of every prompt equal the reference', async () => {
         ref = familyReference(family);
-        if (ref.source === 'torch') dirs.push(ref.dir);
         const e = await Engine.load(ref.dir, { device: 'cpu', kvBlocks: 64 });
         try {
           for (const c of ref.cases) expect(maxAbsDiff(await lastLogits(e, c.ids), c.last_logits), `${family} ${c.ids.length} ids`).toBeLessThan(tol());

@@ -2,7 +2,8 @@
 // when it is there (made by make_families.py with transformers), else a checkpoint made here by
 // test/engine/torch_families.py and that script's plain PyTorch forward (Debian's python3-torch).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -60,9 +61,24 @@ export function familyReference(family: Family): FamilyReference {
     const full = ref.full_attention?.cases.map((c, i) => ({ ...c, ids: ref.cases[i]!.ids }));
     return { dir: hf, source: 'hf', cases: ref.cases, ...(full ? { full } : {}) };
   }
-  const dir = mkdtempSync(join(tmpdir(), `nodespeed-${family}-`));
-  execFileSync(PY, [SCRIPT, 'make', family, dir]);
-  return { dir, source: 'torch', cases: torchRun(dir, [...PROMPTS, makeLongPrompt()]) };
+  // Made once per version of the scripts and shared by the test files (their workers may race:
+  // each builds in its own folder and the first rename wins).
+  const version = createHash('sha1').update(readFileSync(SCRIPT)).update(readFileSync(join(root, 'bench', 'cpu', 'torch_llama.py'))).digest('hex').slice(0, 12);
+  const cache = join(tmpdir(), `nodespeed-families-${version}`);
+  const dir = join(cache, family);
+  if (!existsSync(join(dir, 'reference.json'))) {
+    mkdirSync(cache, { recursive: true });
+    const tmp = mkdtempSync(join(cache, `.${family}-`));
+    execFileSync(PY, [SCRIPT, 'make', family, tmp]);
+    writeFileSync(join(tmp, 'reference.json'), JSON.stringify({ cases: torchRun(tmp, [...PROMPTS, makeLongPrompt()]) }));
+    try {
+      renameSync(tmp, dir);
+    } catch {
+      rmSync(tmp, { recursive: true, force: true });  // another worker was first
+    }
+  }
+  const { cases } = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: FamilyCase[] };
+  return { dir, source: 'torch', cases };
 }
 
 /** A 66-id prompt (the fixtures' longest) from the tok512 ids above. */

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/moe_route.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/kernels.h"
 #include "cpu/rope.h"
@@ -326,28 +327,9 @@ void CpuBackend::experts(const Layer& L, int T) {
   grow(s_.expert_w, size_t(T) * K);
   grow(s_.expert_id, size_t(T) * K);
   matmul(s_.xn.data(), T, {{&L.router, s_.router.data()}});
-  for (int t = 0; t < T; ++t) {
-    float* r = s_.router.data() + size_t(t) * E;
-    const float mx = *std::max_element(r, r + E);
-    float sum = 0;
-    for (int e = 0; e < E; ++e) sum += (r[e] = std::exp(r[e] - mx));
-    for (int e = 0; e < E; ++e) r[e] /= sum;
-    float* w = s_.expert_w.data() + size_t(t) * K;
-    int* id = s_.expert_id.data() + size_t(t) * K;
-    float picked = 0;
-    for (int k = 0; k < K; ++k) {  // largest first, the lower id on ties (torch.topk's order)
-      int best = -1;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int j = 0; j < k; ++j) taken |= id[j] == e;
-        if (!taken && (best < 0 || r[e] > r[best])) best = e;
-      }
-      id[k] = best;
-      picked += (w[k] = r[best]);
-    }
-    if (cfg_.norm_topk)
-      for (int k = 0; k < K; ++k) w[k] /= picked;
-  }
+  for (int t = 0; t < T; ++t)
+    route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
+               s_.expert_id.data() + size_t(t) * K);
   for (int e = cfg_.expert_start; e < cfg_.expert_end; ++e) {
     s_.ex_tok.clear();
     for (int i = 0; i < T * K; ++i)
