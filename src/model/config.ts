@@ -441,10 +441,10 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
 }
 
 /**
- * Which layers attend only to the last sliding_window positions: `layer_types` when config.json
- * lists them (transformers 5 writes it for every family with windows), else the family's rule:
- * mistral/mixtral/phi3 every layer, qwen2/qwen3 (with use_sliding_window) layers from
- * max_window_layers on, Gemma 2 the even layers, Gemma 3 all but every sliding_window_pattern-th.
+ * Which layers attend only to the last sliding_window positions: mistral/mixtral/phi3 every layer;
+ * the others `layer_types` when config.json lists them (transformers 5 writes it), else their rule:
+ * qwen2/qwen3 (with use_sliding_window) layers from max_window_layers on, Gemma 2 the even layers,
+ * Gemma 3 all but every sliding_window_pattern-th.
  */
 function parseWindow(f: Fields, fam: Family, numLayers: number): { slidingWindow: number | null; slidingLayers: boolean[] } {
   const none = { slidingWindow: null, slidingLayers: Array<boolean>(numLayers).fill(false) };
@@ -453,13 +453,15 @@ function parseWindow(f: Fields, fam: Family, numLayers: number): { slidingWindow
   const slidingWindow = f.int('sliding_window', 1);
   let slidingLayers: boolean[];
   const types = f.obj.layer_types;
-  if (types !== undefined && types !== null) {
+  if (fam.window === 'all') {
+    // mistral, mixtral and phi3 pass config.sliding_window to every layer's attention in
+    // transformers, whatever layer_types says.
+    slidingLayers = Array<boolean>(numLayers).fill(true);
+  } else if (types !== undefined && types !== null) {
     if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
       throw new ConfigError(`${f.file}: field layer_types must list 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers`);
     }
     slidingLayers = types.map((t) => t === 'sliding_attention');
-  } else if (fam.window === 'all') {
-    slidingLayers = Array<boolean>(numLayers).fill(true);
   } else if (fam.window === 'max_window_layers') {
     const from = f.int('max_window_layers', 0, numLayers);
     slidingLayers = Array.from({ length: numLayers }, (_, i) => i >= from);
@@ -479,14 +481,15 @@ function parseMoe(f: Fields, fam: Family, numLayers: number): MoeConfig | null {
       sharedIntermediate: 0, sparseLayers: Array<boolean>(numLayers).fill(true), naming: 'mixtral',
     };
   }
-  const numExperts = f.int('num_experts', 0);
+  // transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute map); Hub configs say num_experts.
+  const numExperts = f.has('num_experts') ? f.int('num_experts', 0) : f.int('num_local_experts', 0);
   const step = f.int('decoder_sparse_step', 1, 1);
   const dense = f.obj.mlp_only_layers ?? [];
   if (!Array.isArray(dense) || !dense.every((x) => Number.isInteger(x))) throw new ConfigError(`${f.file}: field mlp_only_layers must be a list of layer indices`);
   const sparseLayers = Array.from({ length: numLayers }, (_, i) => numExperts > 0 && !dense.includes(i) && (i + 1) % step === 0);
   if (!sparseLayers.some(Boolean)) return null;
   const topK = f.int('num_experts_per_tok', 1);
-  if (topK > numExperts) throw new ConfigError(`${f.file}: field num_experts_per_tok (${topK}) exceeds num_experts (${numExperts})`);
+  if (topK > numExperts) throw new ConfigError(`${f.file}: field num_experts_per_tok (${topK}) exceeds the number of experts (${numExperts})`);
   return {
     numExperts, topK, intermediate: f.int('moe_intermediate_size', 1),
     // qwen3_moe renormalises by default in transformers, qwen2_moe does not.

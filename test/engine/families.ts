@@ -54,6 +54,21 @@ export function torchGreedy(dir: string, ids: number[], n: number): number[] {
   return r!.greedy;
 }
 
+/**
+ * How many of a case's greedy tokens an engine that keeps its cache must reproduce. transformers'
+ * Phi-3 generate() drops its KV cache when the sequence first grows past
+ * original_max_position_embeddings and recomputes every position with the long longrope factors;
+ * nodespeed (like vLLM) keeps the keys it cached with the short factors, so from that token on the
+ * two continuations are different computations. Every other case: all of its tokens.
+ */
+export function comparableTokens(ref: FamilyReference, c: FamilyCase): number {
+  const cfg = JSON.parse(readFileSync(join(ref.dir, 'config.json'), 'utf8')) as { model_type: string; original_max_position_embeddings?: number };
+  const orig = cfg.original_max_position_embeddings;
+  if (ref.source !== 'hf' || cfg.model_type !== 'phi3' || orig === undefined) return c.greedy_24.length;
+  if (c.ids.length > orig || c.ids.length + c.greedy_24.length <= orig) return c.greedy_24.length;
+  return orig + 1 - c.ids.length;  // tokens made before the forward whose input reaches orig + 1 positions
+}
+
 export function familyReference(family: Family): FamilyReference {
   const hf = join(fixtures, family);
   if (existsSync(join(hf, 'reference.json'))) {
