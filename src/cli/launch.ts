@@ -9,9 +9,8 @@
 // SIGTERM) tears everything down. --dry-run prints the layout of every group and the per-rank
 // memory estimate, and fails when the layout does not fit.
 import { existsSync } from 'node:fs';
-
-import { Command, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
+import { createServer } from 'node:net';
+import { Command, Option } from 'commander';
 
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
@@ -23,12 +22,17 @@ import type { GroupOptions } from '../launcher/deploy-plan.js';
 import { DeploymentError, loadDeployment } from '../launcher/deployment.js';
 import type { Deployment } from '../launcher/deployment.js';
 import { detectLocalGpus, planWorld } from '../launcher/plan.js';
-import type { Placement } from '../launcher/plan.js';
 import type { ClassSpec } from '../coordinator/classes.js';
 import { DEFAULT_GROUP, LayoutError, describeLayout, describeServing } from '../coordinator/layout.js';
 import type { Layout } from '../coordinator/layout.js';
+import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib, groupRanks } from '../coordinator/memory.js';
-import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
+import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
+import type { Placement } from '../launcher/plan.js';
+import { intArg, portArg, secondsArg } from './args.js';
+import { checkCheckpoint } from './checkpoint.js';
+import { flushAndExit } from './exit.js';
+import { loadBar } from './progress.js';
 
 export interface LaunchFlags {
   model?: string;
@@ -61,49 +65,38 @@ export interface LaunchFlags {
 /** Which flags were given on the command line (they replace a deployment file's keys); absent: none. */
 export type GivenFlags = (flag: keyof LaunchFlags) => boolean;
 
-export function intArg(flag: string, min: number) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
-    return n;
-  };
-}
-
-function secondsArg(flag: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number of seconds > 0 (got ${v})`);
-    return n;
-  };
-}
-
-function portArg(flag: string) {
-  return (v: string) => {
-    const n = intArg(flag, 0)(v);
-    if (n > 65535) throw new InvalidArgumentError(`${flag} must be a port number 0-65535 (got ${v})`);
-    return n;
-  };
-}
+/** Most CPU threads one worker may ask for (the engine starts that many). */
+const MAX_THREADS = 4096;
 
 function replicasArg(v: string): number | 'auto' {
   if (v === 'auto') return 'auto';
   return intArg('--replicas', 1)(v);
 }
 
-/** The serving flags (shared with the demo, which sets its own defaults). */
-export function addServingOptions(cmd: Command): Command {
+/** Defaults a command gives the serving flags (the demo's differ from launch's). */
+export interface ServingDefaults {
+  tp: number;
+  device: 'auto' | 'cpu' | 'cuda';
+  port: number;
+  bind: string;
+}
+
+const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, bind: '0.0.0.0' };
+
+/** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
+export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
   return cmd
-    .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), 1)
+    .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), d.tp)
     .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
     .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
-    .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default('auto'))
+    .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default(d.device))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--port <port>', 'port of the gRPC API (0: any free port)', intArg('--port', 0), 50051)
-    .option('--bind <addr>', 'address the gRPC server listens on', '0.0.0.0')
+    .option('--port <port>', 'port of the gRPC API (0: any free port)', portArg('--port'), d.port)
+    .option('--bind <addr>', 'address the gRPC server listens on', d.bind)
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
     .option('--kv-blocks <n>', 'KV cache blocks per rank (0: the backend decides)', intArg('--kv-blocks', 0), 0)
-    .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0), 0)
+    .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0, MAX_THREADS), 0)
     .option('--max-batch-tokens <n>', 'most tokens per step; longer prefills are chunked (default: cpu 256, cuda 8192)', intArg('--max-batch-tokens', 1))
     .option('--max-seqs <n>', 'most sequences in one replica\'s batch (vLLM\'s max_num_seqs); a more urgent class preempts a less urgent one for a seat',
       intArg('--max-seqs', 1), 256)
@@ -125,13 +118,34 @@ export function addServingOptions(cmd: Command): Command {
     .option('--no-progress', 'no progress bar');
 }
 
-export function resolveDeviceFlag(d: LaunchFlags['device']): 'cpu' | 'cuda' {
-  if (d !== 'auto') return d;
+/**
+ * auto: cuda when this machine has a usable GPU. An explicit cuda is checked here when every rank is
+ * local (remote workers check their own host and report it).
+ */
+export function resolveDeviceFlag(d: LaunchFlags['device'], placement?: Placement): 'cpu' | 'cuda' {
+  let cuda: { available: boolean; reason?: string };
   try {
-    return loadAddon().info().cuda.available ? 'cuda' : 'cpu';
-  } catch {
-    return 'cpu';
+    cuda = loadAddon().info().cuda;
+  } catch (err) {
+    cuda = { available: false, reason: (err as Error).message };
   }
+  if (d === 'auto') return cuda.available ? 'cuda' : 'cpu';
+  if (d === 'cuda' && !cuda.available && placement && placement.ranks.every((r) => r.isLocal)) {
+    throw new Error(`--device cuda: this machine has no usable GPU (${cuda.reason ?? 'CUDA unavailable'}); use --device cpu`);
+  }
+  return d;
+}
+
+/** A port another process holds gives its own message, not gRPC's "No address added out of total 1 resolved". */
+async function checkPortFree(flag: string, bind: string, port: number | undefined): Promise<void> {
+  if (!port) return;
+  await new Promise<void>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => reject(new Error(err.code === 'EADDRINUSE'
+      ? `${flag} ${port}: ${bind}:${port} is already in use (another nodespeed launch?); pass another ${flag}, or ${flag} 0 for any free port`
+      : err.code === 'EADDRNOTAVAIL' ? `--bind ${bind}: not an address of this machine` : `${flag} ${port} on ${bind}: ${err.message}`)));
+    s.listen({ host: bind, port, exclusive: true }, () => s.close(() => resolve()));
+  });
 }
 
 // A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from ~2048
@@ -154,21 +168,20 @@ export interface ServingPlan {
   classes?: ClassSpec[];
   spares: number;
   deployment?: Deployment;
-}
-
-/** The one group of a launch from flags. */
-function flagGroup(f: LaunchFlags): GroupOptions {
-  const device = resolveDeviceFlag(f.device);
-  return { name: DEFAULT_GROUP, tp: f.tp, pp: f.pp, replicas: f.replicas,
-    serving: { device, precision: f.dtype, threads: f.threads, kvBlocks: f.kvBlocks, maxBatchTokens: f.maxBatchTokens ?? defaultMaxBatchTokens(device),
-      maxSeqs: f.maxSeqs } };
+  /** Groups whose device was named cuda (not resolved from auto): checked against this machine when every rank is local. */
+  explicitCuda: number[];
 }
 
 /** The model, groups, classes and spares of this launch: the flags alone, or `--config` with the flags given replacing its keys. */
 export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
   if (!f.config) {
     if (!f.model) throw new Error('--model DIR is required (or --config deploy.yaml naming a model)');
-    return { model: f.model, groups: [flagGroup(f)], spares: f.spares };
+    const device = resolveDeviceFlag(f.device);
+    return {
+      model: f.model, spares: f.spares, explicitCuda: f.device === 'cuda' ? [0] : [],
+      groups: [{ name: DEFAULT_GROUP, tp: f.tp, pp: f.pp, replicas: f.replicas, serving: { device, precision: f.dtype, threads: f.threads,
+        kvBlocks: f.kvBlocks, maxBatchTokens: f.maxBatchTokens ?? defaultMaxBatchTokens(device), maxSeqs: f.maxSeqs } }],
+    };
   }
   const d = loadDeployment(f.config);
   const model = given('model') && f.model ? f.model : d.model;
@@ -177,9 +190,12 @@ export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
   if (flags.length && d.groups.length > 1)
     throw new Error(`${flags.map(([flag]) => kebab(flag)).join(', ')}: the flags describe one group, and ${d.file} has ${d.groups.length} ` +
       `(${d.groups.map((g) => g.name).join(', ')}); set ${flags.map(([, key]) => key).join(', ')} in the group instead`);
-  const groups = d.groups.map((g): GroupOptions => {
+  const explicitCuda: number[] = [];
+  const groups = d.groups.map((g, gi): GroupOptions => {
     const over = (flag: (typeof GROUP_FLAGS)[number][0]) => flags.some(([x]) => x === flag);
-    const device = resolveDeviceFlag(over('device') ? f.device : g.device);
+    const named = over('device') ? f.device : g.device;
+    if (named === 'cuda') explicitCuda.push(gi);
+    const device = resolveDeviceFlag(named);
     return {
       name: g.name, tp: over('tp') ? f.tp : g.tp, pp: over('pp') ? f.pp : g.pp, replicas: over('replicas') ? f.replicas : g.replicas,
       serving: {
@@ -191,19 +207,17 @@ export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
       ...(g.hosts ? { hosts: g.hosts } : {}), ...(g.slots ? { slots: g.slots } : {}),
     };
   });
-  return { model, groups, ...(d.classes ? { classes: d.classes } : {}), spares: given('spares') ? f.spares : d.spares ?? f.spares, deployment: d };
+  return { model, groups, ...(d.classes ? { classes: d.classes } : {}), spares: given('spares') ? f.spares : d.spares ?? f.spares, deployment: d,
+    explicitCuda };
 }
 
 /** A layout error about a deployment file's group, reported at the key's line. */
 function withLine(err: unknown, plan: ServingPlan): never {
   const d = plan.deployment;
-  if (err instanceof LayoutError && d && err.group !== undefined) {
-    const path = `groups[${err.group}]${err.key ? `.${err.key}` : ''}`;
+  if (err instanceof LayoutError && d && (err.group !== undefined || err.key === 'device')) {
+    const gi = err.group ?? Math.max(0, plan.groups.findIndex((g) => g.serving.device === 'cuda'));
+    const path = `groups[${gi}]${err.key ? `.${err.key}` : ''}`;
     throw new DeploymentError(d.file, d.lineOf(path), path, err.message.replace(/^group \S+: /, ''));
-  }
-  if (err instanceof LayoutError && d && err.key === 'device') {
-    const gi = plan.groups.findIndex((g) => g.serving.device === 'cuda');
-    throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].device`), `groups[${gi}].device`, err.message.replace(/^group \S+: /, ''));
   }
   throw err;
 }
@@ -225,7 +239,7 @@ function placementOf(plan: ServingPlan, raw: Record<string, unknown>): Placement
   }
 }
 
-/** Precisions a group may name that this build cannot serve yet, with why. */
+/** Precisions a group may name that this build cannot serve yet. */
 function unsupported(plan: ServingPlan): void {
   plan.groups.forEach((g, gi) => {
     const p = g.serving.precision;
@@ -237,9 +251,22 @@ function unsupported(plan: ServingPlan): void {
   });
 }
 
-/** The layout and the job's placement (layout ranks, then spares); errors of a deployment file's groups name their line. */
+/**
+ * The layout and the job's placement (layout ranks, then spares); errors of a deployment file's
+ * groups name their line. A group that names cuda is checked against this machine when every rank
+ * is local (remote workers check their own host and report it).
+ */
 export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<string, unknown>, allowTpAcrossHosts: boolean): { layout: Layout; placement: Placement } {
   const placement = placementOf(plan, raw);
+  for (const gi of plan.explicitCuda) {
+    try {
+      resolveDeviceFlag('cuda', placement);
+    } catch (err) {
+      const d = plan.deployment;
+      if (!d) throw err;
+      throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].device`), `groups[${gi}].device`, (err as Error).message.replace(/^--device cuda: /, '').replace(/; use --device cpu$/, ''));
+    }
+  }
   try {
     return planDeployment(config, placement, plan.groups, plan.spares, allowTpAcrossHosts);
   } catch (err) {
@@ -247,15 +274,16 @@ export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<s
   }
 }
 
-function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): number {
+async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): Promise<number> {
   const plan = servingPlan(f, given);
   const config = loadModelConfig(plan.model);
+  await checkCheckpoint(plan.model);
   const { layout, placement } = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
   const spareSlots = placement.ranks.slice(layout.world);
   const single = layout.groups.length === 1 && layout.groups[0]!.name === DEFAULT_GROUP;
   const out: string[] = [`model ${plan.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
-    ...describeLayout(layout),
-    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : [])];
+    ...describeLayout(layout, (lines) => headTail(lines, LIST_LIMIT, (n) => `... ${n} more replica(s) laid out the same way on the following hosts`)),
+    ...(spareSlots.length ? [`spares: ${headTail(spareSlots.map((r) => `slot ${r.rank} @${r.host}`), LIST_LIMIT, (n) => `... ${n} more`).join(', ')} (joined, no weights until one takes a lost rank)`] : [])];
   let gpuMemory: number | undefined;
   if (layout.groups.some((g) => g.serving.device === 'cuda')) gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
   const problems: string[] = [];
@@ -265,18 +293,32 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags)
     const s = g.serving;
     const mem = estimateMemory(config, groupRanks(layout, g), { device: s.device, dtype: s.precision, kvBlocks: s.kvBlocks, kvBlockSize: 16,
       stepTokens: s.maxBatchTokens, ...(gpuMemory ? { gpuMemory } : {}), ...(s.device === 'cpu' ? { hostUsedBytes: new Map(hostUsed) } : {}) });
-    out.push(single ? `per-rank memory estimate (weights + KV cache + one step's scratch at ${s.maxBatchTokens} tokens + 256 MiB reserve):`
-      : `group ${g.name} (${describeServing(s)}), per-rank memory estimate (weights + KV cache + one step's scratch at ${s.maxBatchTokens} tokens + 256 MiB reserve):`);
-    for (const r of mem.ranks) {
+    out.push(`${single ? '' : `group ${g.name} (${describeServing(s)}), `}per-rank memory estimate (weights + KV cache + one step's scratch at ` +
+      `${s.maxBatchTokens} tokens + 256 MiB reserve):`);
+    const rankLine = (r: (typeof mem.ranks)[number]): string => {
       const p = layout.ranks[r.rank]!;
-      out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
-        `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
-      if (s.device === 'cpu') hostUsed.set(r.host, (hostUsed.get(r.host) ?? 0) + r.totalBytes);
+      return `  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
+        `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`;
+    };
+    if (mem.ranks.length <= LIST_LIMIT) out.push(...mem.ranks.map(rankLine));
+    else {
+      // Thousands of ranks: one line per distinct position and estimate (ranks of other replicas are alike).
+      const alike = new Map<string, { first: (typeof mem.ranks)[number]; count: number }>();
+      for (const r of mem.ranks) {
+        const p = layout.ranks[r.rank]!;
+        const key = [p.stage, p.tpRank, r.weightBytes, r.kvBytes, r.scratchBytes, r.totalBytes].join('/');
+        const a = alike.get(key);
+        if (a) a.count++;
+        else alike.set(key, { first: r, count: 1 });
+      }
+      for (const a of alike.values()) out.push(`${rankLine(a.first)}${a.count > 1 ? ` (and ${a.count - 1} more rank(s) alike)` : ''}`);
     }
+    if (s.device === 'cpu') for (const r of mem.ranks) hostUsed.set(r.host, (hostUsed.get(r.host) ?? 0) + r.totalBytes);
     problems.push(...mem.problems.map((m) => (single ? m : `group ${g.name}: ${m}`)));
   }
   if (plan.classes || !single)
-    out.push(`classes: ${[...(plan.classes ?? [])].sort((a, b) => a.priority - b.priority).map((c) => `${c.name} (priority ${c.priority}${c.ttftP99Ms ? `, TTFT p99 <= ${c.ttftP99Ms} ms` : ''}) -> ${c.groups.join(', ')}`).join('; ') ||
+    out.push(`classes: ${[...(plan.classes ?? [])].sort((a, b) => a.priority - b.priority).map((c) =>
+      `${c.name} (priority ${c.priority}${c.ttftP99Ms ? `, TTFT p99 <= ${c.ttftP99Ms} ms` : ''}) -> ${c.groups.join(', ')}`).join('; ') ||
       `realtime, standard, batch -> ${layout.groups.map((g) => g.name).join(', ')}`}`);
   process.stdout.write(out.join('\n') + '\n');
   if (problems.length) {
@@ -286,7 +328,13 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags)
   return 0;
 }
 
-/** Starts the cluster with these flags (and deployment file); shared by `launch` and `demo`. */
+/** The bar of the launch in progress, so a Ctrl-C can restore the terminal before exiting. */
+let activeBar: ReturnType<typeof loadBar>;
+
+/**
+ * Starts the cluster with these flags (and deployment file); shared by `launch` and `demo`. The
+ * deployment, the checkpoint, the devices and the ports are checked before any worker starts.
+ */
 export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>,
   log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`), given: GivenFlags = () => false): Promise<Cluster> {
   const lo = readLauncherOptions(raw);
@@ -295,38 +343,32 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   const config = loadModelConfig(plan.model);
   // Planned here so that a deployment file's mistakes name their line.
   const planned = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
-  const bar = f.progress && process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {doneMiB}/{totalMiB} MiB of weights, all ranks', stream: process.stderr, hideCursor: true },
-      cliProgress.Presets.shades_classic)
-    : undefined;
-  let barStarted = false;
+  await checkCheckpoint(plan.model);
+  await checkPortFree('--port', f.bind, f.port);
+  await checkPortFree('--metrics-port', f.bind, f.metricsPort);
+  const bar = f.progress ? loadBar() : undefined;
+  activeBar = bar;
   try {
     return await launchCluster({
       model: plan.model, placement: planned.placement, planned, groups: plan.groups, ...(plan.classes ? { classes: plan.classes } : {}),
-      bind: f.bind, port: f.port,
-      ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
-      heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
-      stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,
+      bind: f.bind, port: f.port, ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), maxQueue: f.maxQueue,
+      heartbeatIntervalMs: f.heartbeatInterval * 1000, heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000,
+      allowTpAcrossHosts: f.allowTpAcrossHosts, stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
       log,
       onWorkerLine: (l) => log(l),
-      onProgress: (done, total) => {
-        if (!bar) return;
-        // Each rank reports the bytes of its shard; the bar sums every rank's.
-        const mib = { doneMiB: (done / 2 ** 20).toFixed(1), totalMiB: (total / 2 ** 20).toFixed(1) };
-        if (!barStarted) {
-          bar.start(total, 0, mib);
-          barStarted = true;
-        }
-        bar.setTotal(total);
-        bar.update(done, mib);
-      },
+      onProgress: (done, total) => bar?.update(done, total),
     });
+  } catch (err) {
+    const m = (err as Error).message;
+    if (/No address added/.test(m)) throw new Error(`--port ${f.port}: ${f.bind}:${f.port} cannot be bound (in use?): ${m}`);
+    throw err;
   } finally {
     bar?.stop();
+    activeBar = undefined;
   }
 }
 
@@ -349,15 +391,16 @@ export function register(program: Command): void {
   cmd.action(async (o: LaunchFlags & Record<string, unknown>) => {
     const given: GivenFlags = (flag) => cmd.getOptionValueSource(flag) === 'cli';
     if (readLauncherOptions(o).dryRun) {
-      process.exitCode = dryRun(o, o, given);
+      process.exitCode = await dryRun(o, o, given);
       return;
     }
-    // Ctrl-C while starting: exit now; the launcher's exit guard kills the local ranks' process
-    // groups, remote ranks die with their SSH channels, and every worker exits when its control
-    // stream to this process closes.
+    // Ctrl-C while starting: exit now (the bar gives the terminal back first); the launcher's exit
+    // guard kills the local ranks' process groups, remote ranks die with their SSH channels, and
+    // every worker exits when its control stream to this process closes.
     const interrupted = (sig: string) => {
-      process.stderr.write(`nodespeed: ${sig} while starting, shutting down\n`);
-      process.exit(130);
+      activeBar?.stop();
+      process.stderr.write(`\nnodespeed: ${sig} while starting, shutting down\n`);
+      void flushAndExit(sig === 'SIGINT' ? 130 : 143);
     };
     const onInt = () => interrupted('SIGINT');
     const onTerm = () => interrupted('SIGTERM');

@@ -115,7 +115,8 @@ export class Replica {
     this.world = pos.tp * pos.pp;
     if (this.world > 1 && !plane) throw new Error(`replica of tp ${pos.tp} x pp ${pos.pp}: a data plane is required`);
     const d = o.driver;
-    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition, d.maxSeqs ?? 0);
+    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition,
+      engine.kvWindow, d.maxSeqs ?? 0);
   }
 
   get isDriver(): boolean {

@@ -107,11 +107,14 @@ export class Scheduler {
   /** `preempted` updates for the coordinator, sent with the next settle(). */
   private notices: TokenUpdate[] = [];
 
-  /** `maxSeqs`: most sequences in the batch (running); 0 or absent: no limit but the KV cache. */
+  /**
+   * `kvWindow`: positions every layer keeps (a sliding-window model's blocks are reused; 0: all).
+   * `maxSeqs`: most sequences in the batch (running); 0 or absent: no limit but the KV cache.
+   */
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
     private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number,
-    maxSeqs = 0) {
-    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize);
+    kvWindow = 0, maxSeqs = 0) {
+    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize, kvWindow);
     this.maxSeqs = maxSeqs > 0 ? maxSeqs : Number.MAX_SAFE_INTEGER;
   }
 
@@ -131,8 +134,9 @@ export class Scheduler {
     const params = samplingFromWire(sub.params);
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
     const budget = Math.min(this.contextLength, sub.promptIds.length + params.maxTokens);
-    if (this.alloc.blocksFor(budget) > this.alloc.numBlocks)
-      return err(`needs ${this.alloc.blocksFor(budget)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
+    const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
+    if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
+      return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
     const stop = new StopChecker({ eosTokenIds: this.tokenizer.eosTokenIds, stop: params.stop, maxTokens: params.maxTokens,
       ignoreEos: params.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
     // Replay: the tokens the client already has go back into the cache and the stop checker.
@@ -170,8 +174,18 @@ export class Scheduler {
     if (r >= 0) this.running.splice(r, 1);
   }
 
+  /** The most tokens a step carries for `seq`: at most maxBatchTokens of its feed (prefill chunks), then single tokens. */
+  private longest(seq: Seq): number {
+    return Math.min(this.maxBatchTokens, seq.feed.length);
+  }
+
+  /** Blocks `seq` holds once admitted (with a sliding window, the ring that is enough). */
+  private blocksOf(seq: Seq): number {
+    return this.alloc.blocksNeeded(seq.budget, this.longest(seq));
+  }
+
   private fits(seq: Seq): boolean {
-    return this.running.length < this.maxSeqs && this.alloc.canAllocate(seq.id, seq.budget);
+    return this.running.length < this.maxSeqs && this.alloc.canAllocate(seq.id, seq.budget, this.longest(seq));
   }
 
   /** Admits the queue's head while it fits, preempting less urgent classes for it when that makes room. */
@@ -182,7 +196,7 @@ export class Scheduler {
       if (seq.inFlight > 0) return;
       if (!this.fits(seq) && !(this.preemptFor(seq) && this.fits(seq))) return;
       this.waiting.shift();
-      this.alloc.allocate(seq.id, seq.budget);
+      this.alloc.allocate(seq.id, seq.budget, this.longest(seq));
       seq.table = this.alloc.table(seq.id);
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
@@ -192,7 +206,7 @@ export class Scheduler {
   /** Blocks preempted sequences still hold while a planned step uses them (free once it completes). */
   private releasing(): number {
     let n = 0;
-    for (const s of this.waiting) if (s.status === PREEMPTED && s.inFlight > 0) n += this.alloc.blocksFor(s.budget);
+    for (const s of this.waiting) if (s.status === PREEMPTED && s.inFlight > 0) n += this.alloc.held(s.id);
     return n;
   }
 
@@ -203,7 +217,7 @@ export class Scheduler {
    * do. True when it preempted any.
    */
   private preemptFor(head: Seq): boolean {
-    const need = this.alloc.blocksFor(head.budget);
+    const need = this.blocksOf(head);
     let blocks = this.alloc.freeBlocks + this.releasing();
     let seats = this.maxSeqs - this.running.length;
     if (blocks >= need && seats >= 1) return false;  // room is coming: a preempted sequence's step is completing
@@ -213,7 +227,7 @@ export class Scheduler {
     for (const v of victims) {
       if (blocks >= need && seats >= 1) break;
       chosen.push(v);
-      blocks += this.alloc.blocksFor(v.budget);
+      blocks += this.alloc.held(v.id);
       seats++;
     }
     if (blocks < need || seats < 1) return false;
