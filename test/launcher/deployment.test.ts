@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { planDeployment } from '../../src/launcher/deploy-plan.js';
+import { localDeploymentHosts, planDeployment } from '../../src/launcher/deploy-plan.js';
 import type { GroupOptions } from '../../src/launcher/deploy-plan.js';
 import { DeploymentError, parseDeployment } from '../../src/launcher/deployment.js';
 import { parseHostfile, planWorld, selectHosts } from '../../src/launcher/index.js';
@@ -125,6 +125,17 @@ describe('placing groups over a hostfile', () => {
     expect(where(plan)).toEqual(['0@127.0.0.2:0', '0@127.0.0.2:1', '1@localhost:1', '2@127.0.0.3:0', '3@127.0.0.3:1']);
     const more = planDeployment(config, p, [cpu('a', 4), cpu('b', 'auto')], 0, false);
     expect(where(more)).toEqual(['0@localhost:0', '1@localhost:1', '2@127.0.0.2:0', '3@127.0.0.2:1', '4@127.0.0.3:0', '5@127.0.0.3:1']);
+  });
+
+  it('without a hostfile: this machine\'s GPU for the cuda group, CPU worker processes (no GPU visible) for the cpu groups and spares', () => {
+    const groups = [gpu('gpu', 1, 1), cpu('cpu', 2), cpu('small', 1)];
+    const p = planWorld(localDeploymentHosts(groups, 1, [0]));
+    const plan = planDeployment(config, p, groups, 1, false);
+    expect(where(plan)).toEqual(['0@localhost:0', '1@localhost:0', '2@localhost:1', '3@localhost:2']);
+    expect(plan.placement.ranks.map((r) => [r.rank, r.gpu, r.attrs.device, r.localWorldSize])).toEqual([
+      [0, 0, 'cuda', 1], [1, null, 'cpu', 4], [2, null, 'cpu', 4], [3, null, 'cpu', 4], [4, null, 'cpu', 4]]);
+    expect(() => localDeploymentHosts([gpu('gpu', 1, 1)], 0, [])).toThrow(/group gpu: device cuda, and this machine has no GPU/);
+    expect(() => localDeploymentHosts([cpu('cpu', 'auto')], 0, [])).toThrow(/group cpu: replicas auto needs a hostfile/);
   });
 
   it('refuses impossible layouts naming the group and its key', () => {
