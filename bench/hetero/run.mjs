@@ -54,7 +54,7 @@ const gpu = a.device === 'cuda';
 // Defaults per device: GPU host (one GPU, 16 cores; a 1B model) or this 2-core CPU box (py-tiny).
 const d = gpu
   ? { slowReplicas: 2, slowThreads: 6, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 256, bTokens: 128, alone: 15, mixed: 25,
-    fastMaxSeqs: 128, fastMaxBatchTokens: 1024 }
+    fastMaxSeqs: 128, fastMaxBatchTokens: 512 }
   : { slowReplicas: 1, slowThreads: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, alone: 20, mixed: 20,
     fastMaxSeqs: 32, fastMaxBatchTokens: 128 };
 const o = {
