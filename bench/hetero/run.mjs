@@ -176,12 +176,12 @@ try {
   try {
     await warm(c.address);
     const [alone] = await load(c.address, [realtime(o.aloneS)]);
-    result.phases.realtime_alone = { ttft: ttft(alone) };
+    result.phases.realtime_alone = { ttft: ttft(alone), loadavg_1m_at_end: loadavg()[0] };
     log(`realtime alone: TTFT p99 ${result.phases.realtime_alone.ttft.p99_ms} ms`);
     const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS)]);
     const st = await status(c.address);
     result.phases.hetero_mixed = { ttft: ttft(rt), total: tokS([rt, fl]), batch_requests: fl.requests.length,
-      classes: st.classes, replicas: st.replicas.map((r) => ({ id: r.id, group: r.group, generated: r.generatedTokens, preemptions: r.preemptions, step_ms: r.stepMs })) };
+      loadavg_1m_at_end: loadavg()[0], classes: st.classes, replicas: st.replicas.map((r) => ({ id: r.id, group: r.group, generated: r.generatedTokens, preemptions: r.preemptions, step_ms: r.stepMs })) };
     log(`hetero mixed: realtime TTFT p99 ${result.phases.hetero_mixed.ttft.p99_ms} ms, total ${result.phases.hetero_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -190,10 +190,10 @@ try {
   try {
     await warm(c.address);
     const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.fast_alone = { total: tokS([fl]) };
+    result.phases.fast_alone = { total: tokS([fl]), loadavg_1m_at_end: loadavg()[0] };
     log(`fast alone: ${result.phases.fast_alone.total.tok_s.toFixed(1)} tok/s`);
     const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
-    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]) };
+    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), loadavg_1m_at_end: loadavg()[0] };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -202,7 +202,7 @@ try {
   try {
     await warm(c.address);
     const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.slow_alone = { total: tokS([fl]) };
+    result.phases.slow_alone = { total: tokS([fl]), loadavg_1m_at_end: loadavg()[0] };
     log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -219,6 +219,7 @@ try {
     `vs fast alone + 80% slow alone ${need.toFixed(1)} (${result.bars.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +
     `${p.fast_fifo_mixed.ttft.p99_ms} ms there, tok/s x${result.bars.over_fifo.tok_s.toFixed(2)}`);
 } finally {
+  result.machine.loadavg_at_end = loadavg();
   rmSync(work, { recursive: true, force: true });
 }
 const dir = join(root, 'bench', 'results');
