@@ -38,6 +38,7 @@ const { values: a } = parseArgs({
     'slow-replicas': { type: 'string' },
     'slow-threads': { type: 'string' },
     'slow-precision': { type: 'string', default: 'auto' },
+    'slow-max-seqs': { type: 'string' },
     'ttft-target': { type: 'string' },
     'rt-rate': { type: 'string' },
     'rt-prompt': { type: 'string' },
@@ -54,15 +55,16 @@ const gpu = a.device === 'cuda';
 // Defaults per device: GPU host (one GPU, 16 cores; a 1B model) or this 2-core CPU box (py-tiny).
 const d = gpu
   ? { slowReplicas: 2, slowThreads: 6, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 256, bTokens: 128, alone: 15, mixed: 25,
-    fastMaxSeqs: 128, fastMaxBatchTokens: 512 }
+    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16 }
   : { slowReplicas: 1, slowThreads: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, alone: 20, mixed: 20,
-    fastMaxSeqs: 32, fastMaxBatchTokens: 128 };
+    fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8 };
 const o = {
   slowReplicas: Number(a['slow-replicas'] ?? d.slowReplicas), slowThreads: Number(a['slow-threads'] ?? d.slowThreads),
   ttftTarget: Number(a['ttft-target'] ?? d.ttft), rtRate: Number(a['rt-rate'] ?? d.rtRate), rtPrompt: Number(a['rt-prompt'] ?? d.rtPrompt),
   rtTokens: Number(a['rt-tokens'] ?? d.rtTokens), conc: Number(a['batch-concurrency'] ?? d.conc), bPrompt: Number(a['batch-prompt'] ?? d.bPrompt),
   bTokens: Number(a['batch-tokens'] ?? d.bTokens), aloneS: Number(a['alone-s'] ?? d.alone), mixedS: Number(a['mixed-s'] ?? d.mixed),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
+  slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs),
 };
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
 const vocab = config.vocab_size;
@@ -78,6 +80,7 @@ const slowGroup = `  - name: slow
     replicas: ${o.slowReplicas}
     threads: ${o.slowThreads}
     precision: ${a['slow-precision']}
+    max_seqs: ${o.slowMaxSeqs}
 `;
 const deployments = {
   hetero: `model: ${a.model}\ngroups:\n${fastGroup}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget} }\n` +

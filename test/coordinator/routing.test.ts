@@ -67,7 +67,7 @@ const CLASSES: ClassSpec[] = [
 ];
 
 /** Replica 0 in group fast (cpu, as stored), replica 1 in group slow (cpu f32), both serving with 10 KV blocks of 16 tokens. */
-function cluster() {
+function cluster(classSpecs: ClassSpec[] = CLASSES) {
   const slots = [{ host: 'localhost', localRank: 0 }, { host: 'localhost', localRank: 1 }];
   const { layout } = planGroups(loadModelConfig(PY_TINY), slots, [
     { name: 'fast', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING } },
@@ -86,7 +86,7 @@ function cluster() {
     replica.kvBlockSize = 16;
   }
   const store = new RequestStore();
-  const classes = new ClassTable(CLASSES, ['fast', 'slow']);
+  const classes = new ClassTable(classSpecs, ['fast', 'slow']);
   const router = new Router(members, store, classes, { log: () => {}, modelDtype: 'bf16' });
   const add = (cls: string, maxTokens = 28, exact = false) => {
     const failed: string[] = [];
@@ -134,6 +134,21 @@ describe('class routing', () => {
     const late = add('realtime');
     expect(late.rec.replica).toBe(0);
     expect('replica' in late.route && late.route.ttftMs).toBeGreaterThan(100);
+  });
+
+  it('a class with a TTFT target overflows when its first group\'s estimate misses it, and takes the shortest estimate when no group meets it', () => {
+    const { add, members: m } = cluster([...CLASSES, { name: 'interactive', priority: -50, groups: ['fast', 'slow'], ttftP99Ms: 100 }]);
+    const idle = (stepMsBase: number) => ({ running: 0, queued: 0, kvBlocksTotal: 10, kvBlocksFree: 10, kvBlockSize: 16, steps: '10', generatedTokens: '0',
+      recentStepBatch: [], maxStepBatch: 1, maxInFlight: 1, preemptions: 0, stepMsBase, stepMsPerToken: 0 });
+    // Both idle: fast's steps take 80 ms (a step under way + the prefill step = 160 ms > 100), slow's 20 ms (40 ms).
+    m.replicas[0]!.load = idle(80);
+    m.replicas[1]!.load = idle(20);
+    const first = add('interactive');
+    expect([first.rec.replica, 'replica' in first.route && first.route.overflow, 'replica' in first.route && first.route.ttftMs]).toEqual([1, true, 40]);
+    // Now slow's steps take 200 ms and it holds the first request: neither meets 100 ms, fast's 160 ms is the shorter.
+    m.replicas[1]!.load = idle(200);
+    const second = add('interactive');
+    expect([second.rec.replica, 'replica' in second.route && second.route.overflow, 'replica' in second.route && second.route.ttftMs]).toEqual([0, false, 160]);
   });
 
   it('RESOURCE_EXHAUSTED only when no replica the class may use can take the request', () => {

@@ -6,6 +6,8 @@
 // finishes with exactly the tokens it would have produced (seeded).
 import { spawnSync } from 'node:child_process';
 
+import * as grpc from '@grpc/grpc-js';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { sshdAvailable, startSshd } from '../helpers/sshd.js';
@@ -102,6 +104,23 @@ classes:
       expect(m).toMatch(/^nodespeed_class_rejected_total\{class="realtime"\} 1$/m);
       expect(m).toMatch(/^nodespeed_class_ttft_seconds\{class="batch",quantile="0.99"\} [\d.e-]+$/m);
       expect(m).toMatch(/^nodespeed_replica_info\{replica="1",group="slow",device="cpu",precision="f32",layout="tp 1 x pp 1"\} 1$/m);
+
+      // A class name the deployment does not have is refused, naming the field and the classes there are.
+      const unknown = await grpcError(cluster.client.complete({ promptIds: prompt16(31), maxTokens: 4, priority: 'urgent' }));
+      expect([unknown.code, unknown.details]).toEqual([grpc.status.INVALID_ARGUMENT, 'priority_class: unknown class "urgent" (this server has realtime, standard, batch)']);
+      // The CLI: `generate --server --priority 150` falls in batch (the class with the largest priority <= 150), which goes to slow.
+      const cli = (args: string[]) => spawnSync(process.execPath, [BIN, ...args], { cwd: root, encoding: 'utf8' });
+      const gen = cli(['generate', '--server', cluster.address, '--priority', '150', '--max-tokens', '4', '--json', 'The quick brown fox']);
+      expect(gen.status, gen.stderr).toBe(0);
+      expect(JSON.parse(gen.stdout).token_ids.length).toBeGreaterThan(0);
+      expect(cli(['generate', '--server', cluster.address, '--priority', 'not one', 'x']).stderr).toContain('--priority must be a class name');
+      // `nodespeed status` (text): one row per group and per class, with its routings by group and overflows.
+      const text = cli(['status', '--server', cluster.address]).stdout;
+      expect(text).toMatch(/^GROUP +DEVICE +PRECISION +LAYOUT +REPLICAS +THREADS +MAX SEQS$/m);
+      expect(text).toMatch(/^fast +cpu +auto +tp 2 x pp 1 +0 +1 +\d+$/m);
+      expect(text).toMatch(/^slow +cpu +f32 +tp 1 x pp 1 +1,2 +1 +\d+$/m);
+      expect(text).toMatch(/^batch +100 +slow>fast +- +0 +0 +0 +13 \(slow 9, fast 4\) +4 +0 +0 +[\d./]+ +[\d./]+$/m);
+      expect(text).toMatch(/^realtime +-100 +fast +p99 <= 2000 ms +0 +0 +0 +1 \(fast 1\) +0 +1 +0 /m);
     } finally {
       expect(await cluster.stop()).toBe(0);
     }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Packs everything bench/hetero/gpu.sh needs on a GPU host into one file, .gpu/hetero-bundle.tar.xz
+# (~35 MB): the committed HEAD exported to a temporary folder and built there (the addon with its
+# CUDA backend, dist/), so the bundle is exactly one commit whatever the working tree holds; the
+# production node_modules; the portable Node (/work/shared/tools/portable-node.sh).
+#   usage (repo root as cwd, nvcc on PATH or in /usr/local/cuda): bash bench/hetero/pack.sh
+#   NODESPEED_JOBS=N: parallel nvcc jobs (default 1: the build machine is shared); it runs at nice 19.
+# On the GPU host, the bundle carried as .gpu/hetero-bundle.tar.xz of the repo root:
+#   mkdir -p /tmp/hb && tar -xJf .gpu/hetero-bundle.tar.xz -C /tmp/hb && cd /tmp/hb/hetero && bash bench/hetero/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+commit=$(git rev-parse --short HEAD)
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+src=$tmp/src
+mkdir -p "$src"
+git archive HEAD | tar -xf - -C "$src"
+ln -s "$repo/node_modules" "$src/node_modules"
+(
+  cd "$src"
+  export NODESPEED_JOBS=${NODESPEED_JOBS:-1}
+  nice -n 19 node scripts/build-native.mjs
+  nice -n 19 node node_modules/typescript/bin/tsc -p tsconfig.json
+)
+addon=$src/build/Release/nodespeed.node
+grep -q cudaLaunchKernelEx "$addon" || { echo "pack: the addon built at $commit has no CUDA backend (is nvcc found?)" >&2; exit 1; }
+stage=$tmp/stage/hetero
+mkdir -p "$stage/.gpu"
+cp "$addon" "$stage/.gpu/nodespeed.node"
+echo "$commit" > "$stage/.gpu/COMMIT"
+[ -f .gpu/node.xz ] || bash /work/shared/tools/portable-node.sh .gpu
+cp .gpu/node.xz "$stage/.gpu/"
+(cd "$src" && tar -cf - dist bin package.json proto bench/hetero) | tar -xf - -C "$stage"
+# Production dependencies only (no TypeScript, vitest, esbuild, node-gyp).
+npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | sed "s#^$repo/##" | sort -u | tar -cf - -T - | tar -xf - -C "$stage"
+mkdir -p .gpu
+tar -cJf .gpu/hetero-bundle.tar.xz -C "$tmp/stage" hetero
+ls -la .gpu/hetero-bundle.tar.xz
+echo "commit $commit"
