@@ -4,7 +4,8 @@
 # replica + 2 CPU replicas of 6 threads under a realtime stream plus a batch flood, the GPU replica
 # alone (flood; and the mixed load with FIFO), the CPU replicas alone (flood). ~4 minutes.
 #   usage (repo root as cwd): bash bench/hetero/gpu.sh          # results and log under $OUT
-#   carry: .gpu (node.xz, node_modules.tar.xz), build/ (the addon built with CUDA), dist/
+#   carry: .gpu/hetero-bundle.tar.xz (bench/hetero/pack.sh), unpacked on the host as pack.sh says; or .gpu
+#   (node.xz, node_modules.tar.xz or node_modules/, nodespeed.node built with CUDA, COMMIT) and dist/
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; mkdir -p "$OUT"
 if ! command -v node >/dev/null || [[ $(node -v) != v2* ]]; then
