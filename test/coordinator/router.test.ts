@@ -7,17 +7,17 @@ import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { planLayout } from '../../src/coordinator/layout.js';
-import { Membership, WorkerConn } from '../../src/coordinator/membership.js';
-import type { ControlCall } from '../../src/coordinator/worker-conn.js';
+import type { Membership } from '../../src/coordinator/membership.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
 import type { RequestUpdate } from '../../src/coordinator/requests.js';
 import { Router } from '../../src/coordinator/router.js';
 import { ClassTable, defaultClasses } from '../../src/coordinator/classes.js';
 import { loadModelConfig } from '../../src/model/index.js';
-import type { OutgoingCoordinatorMessage, TokenUpdate } from '../../src/protocol/control.js';
+import type { TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { validateSampling } from '../../src/protocol/sampling.js';
 import { PY_TINY } from '../serving/helpers.js';
+import { servingMembers } from './serving-members.js';
 
 const { FINISH_REASON_UNSPECIFIED: NONE, FINISH_REASON_STOP: STOP } = FinishReason;
 const CLASSES = new ClassTable(defaultClasses(['default']), ['default']);
@@ -29,19 +29,9 @@ afterEach(() => members?.stopAll('test done'));
 function cluster() {
   const layout = planLayout(loadModelConfig(PY_TINY), [{ host: 'localhost', slots: 2 }], { tp: 1, pp: 1, replicas: 2 });
   const logs: string[] = [];
-  members = new Membership(layout, {
-    token: 't', modelDir: PY_TINY, maxQueue: 16, heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 60_000, log: (l) => logs.push(l),
-  });
-  const sent: OutgoingCoordinatorMessage[][] = [[], []];
-  for (const replica of members.replicas) {
-    const plan = layout.ranks[replica.ranks[0]!]!;
-    const call = { write: (m: OutgoingCoordinatorMessage) => sent[replica.id]!.push(m), end: () => {} } as unknown as ControlCall;
-    const w = new WorkerConn(plan, { token: 't', rank: plan.rank, host: 'localhost', pid: 1, device: null, listenAddresses: [] }, call, '1');
-    w.state = 'serving';
-    members.workers.set(plan.rank, w);
-    replica.state = 'serving';
-    replica.kvBlocks = 64;
-  }
+  const made = servingMembers(layout, 64, (l) => logs.push(l));
+  members = made.members;
+  const { sent } = made;
   const store = new RequestStore();
   const router = new Router(members, store, new ClassTable(defaultClasses(['default']), ['default']), { log: (l) => logs.push(l) });
   return { members, store, router, sent, logs };

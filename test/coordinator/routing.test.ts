@@ -11,15 +11,15 @@ import type { ClassSpec } from '../../src/coordinator/classes.js';
 import { estimateTtft } from '../../src/coordinator/estimate.js';
 import type { Job, ReplicaModel } from '../../src/coordinator/estimate.js';
 import { DEFAULT_SERVING, planGroups } from '../../src/coordinator/layout.js';
-import { Membership, WorkerConn } from '../../src/coordinator/membership.js';
-import type { ControlCall } from '../../src/coordinator/worker-conn.js';
+import type { Membership } from '../../src/coordinator/membership.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
 import { Router } from '../../src/coordinator/router.js';
 import { loadModelConfig } from '../../src/model/index.js';
-import type { OutgoingCoordinatorMessage, TokenUpdate } from '../../src/protocol/control.js';
+import type { TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { validateSampling } from '../../src/protocol/sampling.js';
 import { PY_TINY } from '../serving/helpers.js';
+import { servingMembers } from './serving-members.js';
 
 const model: ReplicaModel = { kvBlocks: 10, blockSize: 16, maxSeqs: 0, maxQueue: 100, maxBatchTokens: 256, stepMsBase: 10, stepMsPerToken: 0.1 };
 const job = (o: Partial<Job>): Job => ({ priority: 0, classRank: 1, order: 0, budgetTokens: 32, prefillTokens: 16, remainingTokens: 16, started: false, ...o });
@@ -73,18 +73,9 @@ function cluster(classSpecs: ClassSpec[] = CLASSES) {
     { name: 'fast', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING } },
     { name: 'slow', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING, precision: 'f32' } },
   ]);
-  members = new Membership(layout, { token: 't', modelDir: PY_TINY, maxQueue: 16, heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 60_000, log: () => {} });
-  const sent: OutgoingCoordinatorMessage[][] = [[], []];
-  for (const replica of members.replicas) {
-    const plan = layout.ranks[replica.ranks[0]!]!;
-    const call = { write: (m: OutgoingCoordinatorMessage) => sent[replica.id]!.push(m), end: () => {} } as unknown as ControlCall;
-    const w = new WorkerConn(plan, { token: 't', rank: plan.rank, host: 'localhost', pid: 1, device: null, listenAddresses: [] }, call, '1');
-    w.state = 'serving';
-    members.workers.set(plan.rank, w);
-    replica.state = 'serving';
-    replica.kvBlocks = 10;
-    replica.kvBlockSize = 16;
-  }
+  const made = servingMembers(layout, 10);
+  members = made.members;
+  const { sent } = made;
   const store = new RequestStore();
   const classes = new ClassTable(classSpecs, ['fast', 'slow']);
   const router = new Router(members, store, classes, { log: () => {}, modelDtype: 'bf16' });

@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [families|moe|fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [families|moe|fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|hetero|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -137,6 +137,11 @@ for s in $steps; do
       for l in token head token head; do NODESPEED_CUDA_KV_LAYOUT=$l run batch-step-kv-$l node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
       NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run bench-kv-head node bench/decode/run.mjs "$MODEL" --no-hf
       NODESPEED_CUDA_KV_LAYOUT=head NODESPEED_STEP_TRACE=$OUT/serve-kv-head-steps.jsonl run serve-kv-head node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve-kv-head.json" ;;
+    hetero)  # bench/hetero: one GPU replica + 2 CPU replicas of 6 threads of this host under a realtime stream and a
+             # batch flood, beside the GPU replica alone (also with FIFO) and the CPU replicas alone; a 1B-shape checkpoint
+      HMODEL=${HETERO_MODEL:-/tmp/llama-1b}
+      [ -f "$HMODEL/config.json" ] || timeout 300 node bin/nodespeed model init --arch llama --preset 1b --dtype bf16 "$HMODEL" > "$OUT/model-init-1b.log" 2>&1
+      run hetero node bench/hetero/run.mjs --device cuda --model "$HMODEL" --out "$OUT/hetero-cuda.json" ;;
     failover)  # bench/failover on the GPUs there are: with 2+, a spare (tp 1 + 1 spare) and tp 2 over NCCL
                # (abort, re-form, async errors) without one; with 1, the respawn path only
       make_model; ngpu=$(nvidia-smi -L | wc -l)
