@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -20,7 +20,6 @@ if [ -f .gpu/nodespeed.node ]; then mkdir -p build/Release && cp .gpu/nodespeed.
 [ -z "${NODESPEED_COMMIT:-}" ] && [ -f .gpu/COMMIT ] && export NODESPEED_COMMIT=$(cat .gpu/COMMIT)
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 steps=${*:-fixtures tp2 nccl 7b bench profile}
-steps=${steps//ab6/skinny lt abtp}  # session 5's unmeasured switches
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 node -e "console.log(JSON.stringify(require('./build/Release/nodespeed.node').info().cuda))" || exit 1
 status=0
@@ -79,9 +78,9 @@ for s in $steps; do
       NODESPEED_CUDA_FLASH=1 run batch-step-flash node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 16 ;;
     serve) make_model; tps=1; [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && tps=1,2  # tp 2 >= 1.4x tp 1 (issue 5) needs 2 GPUs
       NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl run serve node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --hf --out "$OUT/serve.json" ;;
-    b1ab) make_model  # batch-1 A/B (issue 4's 70% bar): attention split caps and the head-major KV cache, twice each
+    b1ab) make_model  # batch-1 A/B (issue 4's 70% bar): attention split caps, twice each
       for i in 1 2; do for v in NODESPEED_CUDA_ATTN_SPLITS_MAX=16 NODESPEED_CUDA_ATTN_SPLITS_MAX=4 NODESPEED_CUDA_ATTN_SPLITS_MAX=2 \
-        NODESPEED_CUDA_ATTN_SPLITS_MAX=1 NODESPEED_CUDA_KV_LAYOUT=head; do
+        NODESPEED_CUDA_ATTN_SPLITS_MAX=1; do
         echo "== b1 $v"; env $v RESULTS_DIR=/tmp/b1ab node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/b1ab.log"; done; done ;;
     gemmalgos)  # issue 5: cublasGemmEx (today's path) vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs, M 8..128
       run gemm-algos sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a test/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos && /tmp/gemm-algos > "$0"' "$OUT/gemm-algos.json" ;;
@@ -102,11 +101,6 @@ for s in $steps; do
     tpstep) make_model  # issue 5: engine-level decode steps at tp 1 and tp 2 (P2P collectives; NODESPEED_P2P=0: NCCL)
       run tp-step node bench/tp/tp-step.mjs "$MODEL" --batches 1,64
       NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
-    skinny) make_model  # the skinny tensor-core decode GEMM (NODESPEED_CUDA_SKINNY=1): correctness against cuBLAS in the
-                        # engine, the batch-64 serving step with and without it, then the 64-stream run with it
-      run skinny-check node test/gpu/skinny-check.mjs "$MODEL"
-      for v in 0 1; do NODESPEED_CUDA_SKINNY=$v run batch-step-skinny$v node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
-      NODESPEED_CUDA_SKINNY=1 NODESPEED_STEP_TRACE=$OUT/serve-skinny-steps.jsonl run serve-skinny node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-skinny.json" ;;
     lt) make_model  # cuBLASLt decode GEMMs with algorithms measured at load (NODESPEED_CUDA_LT=1), 64 streams at tp 1
       NODESPEED_CUDA_LT=1 NODESPEED_STEP_TRACE=$OUT/serve-lt-steps.jsonl run serve-lt node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve-lt.json" ;;
     abtp) make_model  # bench/serve at tp 1,2 (2 GPUs) for the default, the run-ahead loop off (NODESPEED_RUN_AHEAD=0) and
@@ -124,15 +118,6 @@ for s in $steps; do
     parallel) make_model  # issue 5: the 7B comparison with HF through tp 2 (NCCL) and pp 2 on 2 GPUs
       for l in tp2 pp2; do run model-7b-$l node test/gpu/model-7b.mjs "$MODEL" --layout $l; done ;;
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
-    kvlayout)  # the head-major KV cache (NODESPEED_CUDA_KV_LAYOUT=head, opt-in until this passes): kernel check
-               # in both layouts, fixtures and the 7B comparison with it, the serving step A/B, bench/serve
-      run flash-kernel sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel && /tmp/flash-kernel'
-      make_model
-      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run fixtures-kv-head node test/gpu/fixtures.mjs
-      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run model-7b-kv-head node test/gpu/model-7b.mjs "$MODEL"
-      for l in token head token head; do NODESPEED_CUDA_KV_LAYOUT=$l run batch-step-kv-$l node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64; done
-      NODESPEED_CUDA_KV_LAYOUT=head RESULTS_DIR=$OUT/kv-head run bench-kv-head node bench/decode/run.mjs "$MODEL" --no-hf
-      NODESPEED_CUDA_KV_LAYOUT=head NODESPEED_STEP_TRACE=$OUT/serve-kv-head-steps.jsonl run serve-kv-head node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --hf --out "$OUT/serve-kv-head.json" ;;
     failover)  # bench/failover on the GPUs there are: with 2+, a spare (tp 1 + 1 spare) and tp 2 over NCCL
                # (abort, re-form, async errors) without one; with 1, the respawn path only
       make_model; ngpu=$(nvidia-smi -L | wc -l)

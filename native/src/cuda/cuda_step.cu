@@ -215,10 +215,10 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
-                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, kv_head_major_, st);
+                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP), kv_head_major_};
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP)};
     attention(act_, a, st);
     if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
       rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
