@@ -7,6 +7,7 @@ import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from 
 import { loadTokenizer } from '../model/index.js';
 // --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
 import { generateRemote } from '../client/generate-remote.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings.js';
 
 export interface GenerateCliOptions {
   model?: string;
@@ -19,6 +20,7 @@ export interface GenerateCliOptions {
   seed?: bigint;
   stop: string[];
   threads?: number;
+  hfRounding?: boolean;
   json: boolean;
   server?: string;
 }
@@ -55,6 +57,7 @@ export function resultJson(r: GenerateResult): string {
 /** In-process generation: load, stream (or collect), print, dispose. */
 export async function generateLocal(prompt: string, o: GenerateCliOptions, out: NodeJS.WritableStream = process.stdout): Promise<GenerateResult> {
   if (!o.model) throw new Error('--model DIR is required');
+  if (o.hfRounding) overrideSettings({ cudaRound: HF_ROUNDING });  // before the addon loads: it reads its settings then
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
     Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
@@ -94,13 +97,14 @@ export function register(program: Command): void {
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
     .action(async (prompt: string, o: GenerateCliOptions) => {
       if (!o.server) return void (await generateLocal(prompt, o));
       const result = await generateRemote(prompt, {
         server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-        ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(process.env.NODESPEED_AUTH_TOKEN ? { authToken: process.env.NODESPEED_AUTH_TOKEN } : {}),
+        ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(settings().authToken ? { authToken: settings().authToken } : {}),
         ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
       });
       process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');

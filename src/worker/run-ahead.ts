@@ -18,9 +18,10 @@ import type { DataPlane, DriverHooks, StepRunner } from './executor.js';
 import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, fillTokens, frame, INLINE_BYTES, readFrame } from './step-codec.js';
 import type { StepMeta } from './step-codec.js';
 import { stepTracer } from './step-trace.js';
+import { settings } from '../settings.js';
 
-export function runAheadEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.NODESPEED_RUN_AHEAD !== '0';
+export function runAheadEnabled(): boolean {
+  return settings().runAhead;
 }
 
 /** Sends a step's metadata to ranks 1..world-1 (queued in order on the plane's thread). */

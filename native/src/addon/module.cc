@@ -4,6 +4,7 @@
 
 #include "addon/engine_binding.h"
 #include "addon/info.h"
+#include "addon/settings_binding.h"
 
 #if __has_include("../comm/comm_binding.h")
 #include "../comm/comm_binding.h"
@@ -13,6 +14,7 @@
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ns::addon::InitSettings(env, exports);
   exports.Set("info", Napi::Function::New(env, ns::addon::Info, "info"));
   ns::addon::InitEngine(env, exports);
 #ifdef NS_HAVE_COMM_BINDING

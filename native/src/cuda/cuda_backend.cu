@@ -10,6 +10,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/settings.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 
@@ -115,20 +116,14 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     throw std::runtime_error("cuda: vocab rows [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
                              ") of tp rank " + std::to_string(c.tp_rank) + " are not slot " + std::to_string(c.tp_rank) +
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
-  if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPH_MAX")) {
-    char* end = nullptr;
-    const long v = std::strtol(g, &end, 10);
-    if (!*g || *end || v < 1 || v > 256)
-      throw std::runtime_error(std::string("NODESPEED_CUDA_GRAPH_MAX=") + g + ": expected a batch size 1..256");
-    graph_max_ = static_cast<int>(v);
-  }
-  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
-  if (const char* g = std::getenv("NODESPEED_CUDA_ATTN_SPLITS_MAX")) max_attn_splits_ = std::clamp(std::atoi(g), 1, 16);
-  use_flash_ = use_flash_ && flash_attention_supported(c.head_dim);
+  const Settings set = settings();  // the registry's switches (src/settings.ts, `nodespeed env`)
+  use_gemv_ = set.cuda_gemv;
+  use_graphs_ = set.cuda_graphs;
+  graph_max_ = std::clamp(set.cuda_graph_max, 1, 256);
+  use_flash_ = set.cuda_flash && flash_attention_supported(c.head_dim);
+  warm_gemms_ = set.cuda_warmup;
+  if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
+  max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -145,7 +140,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (!(api_->set_workspace && blas_ws_.reserve(32u << 20) &&
         api_->set_workspace(blas_, blas_ws_.ptr, blas_ws_.bytes) == CUBLAS_STATUS_SUCCESS))
     graph_max_ = std::min(graph_max_, 4);
-  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); !(g && std::strcmp(g, "0") == 0)) {
+  if (set.cuda_lt) {
     lt_ = LtGemm::create(stream_, &why);
     if (!lt_) std::fprintf(stderr, "nodespeed: cuBLASLt decode GEMMs off (cublasGemmEx for all): %s\n", why.c_str());
   }

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/settings.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
@@ -17,12 +18,12 @@ namespace ns::cuda {
 
 namespace {
 
-// NODESPEED_CUDA_PROFILE_STEP=N brackets the N-th step (0-based, per process) with
-// cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one step.
+// The cuda_profile_step setting (NODESPEED_CUDA_PROFILE_STEP=N) brackets the N-th step (0-based,
+// per process) with cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one step.
 struct ProfileWindow {
   bool on = false;
   explicit ProfileWindow(long step) {
-    static const long want = [] { const char* e = std::getenv("NODESPEED_CUDA_PROFILE_STEP"); return e ? std::atol(e) : -1L; }();
+    static const long want = settings().cuda_profile_step;
     on = want >= 0 && step == want;
     if (on) cudaProfilerStart();
   }
