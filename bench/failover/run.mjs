@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Failover benchmark (issue 6) through the public gRPC API of a real `nodespeed launch`: a steady
+// Failover benchmark through the public gRPC API of a real `nodespeed launch`: a steady
 // load of seeded streams, then one worker killed (kill -9: its control stream closes at once) or
 // hung (SIGSTOP: only the heartbeat timeout can tell), with and without a spare (--spares 1).
 // Reports per run: detection time, whole recovery time, time from the kill to the next token of

@@ -5,7 +5,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
 import { loadTokenizer } from '../model/index.js';
-// --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
+// --server: the same generation through a running `nodespeed launch`.
 import { generateRemote } from '../client/generate-remote.js';
 import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings.js';
 

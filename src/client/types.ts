@@ -96,7 +96,7 @@ export interface ReplicaStatusMsg {
  */
 export type RecoveryName = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'shrinking' | 'shrunk' | 'retired' | (string & {});
 
-/** One lost worker and what failover did about it (FailureStatus, issue 6). */
+/** One lost worker and what failover did about it (FailureStatus). */
 export interface FailureStatusMsg {
   rank: number;
   host: string;

@@ -1,6 +1,6 @@
 // The coordinator's truth about requests: each accepted request's prompt, parameters and every
 // token already streamed to the client. Workers are replaceable; this store is what a replay after
-// a failover (issue 6) starts from.
+// a failover starts from.
 
 import type { SamplingParams } from '../engine/sampling.js';
 

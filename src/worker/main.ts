@@ -4,7 +4,7 @@
 // reports progress and readiness, and then runs steps until told to stop. Heartbeats flow from the
 // first message on; the engine and the communicators run off the JS thread, so they keep flowing.
 //
-// A worker lives through membership generations (issue 6). When its replica loses a peer, the
+// A worker lives through membership generations. When its replica loses a peer, the
 // coordinator aborts the generation; a surviving worker keeps its process and its loaded shard,
 // waits for the next generation's assignment (fresh communicators with a new unique id, a spare in
 // the lost peer's place) and serves again. A spare is a worker that joined and got no assignment

@@ -2,8 +2,8 @@
 //
 // A TP follower cannot start a step before the driver's metadata for it arrives; planned after the
 // previous step's tokens are known, that metadata costs every step a driver wake-up, the planning
-// and a data-plane crossing (~0.2 ms of a ~3 ms tp-2 decode step on two H200s, session 5; planning
-// ahead took tp-2 batch-1 serving from 291.5 to 319.7 tok/s in session 6). At tp 1 the planning
+// and a data-plane crossing (~0.2 ms of a ~3 ms tp-2 decode step on two H200s; planning ahead took
+// tp-2 batch-1 serving from 291.5 to 319.7 tok/s, bench/results/serve-cuda-h200x2-ab6-bbaa8c7.json). At tp 1 the planning
 // alone sat between steps (~0.1 ms each of a 64-stream run's 259 steps on an H200). Here the
 // driver plans step N+1 while step N runs (Scheduler.nextAhead) and sends it at once; the inputs
 // that depend on N are N's sampled tokens, which every TP rank computes identically (same logits

@@ -8,7 +8,7 @@
 // Two kernels: attn_vec_kernel for head_dim 64/128/256 (16-byte loads, several keys in flight per
 // lane: a batch-64 decode step is bound by reading K and V), and attn_kernel, the per-key warp
 // loop, for other head dims. For 64/128/256 the vectorised one reads K/V of a 64-decode layer at
-// 4.25 TB/s on an H200 where the per-key loop reads 2.87 (bench/results/decode-ab-session4-h200.json).
+// 4.25 TB/s on an H200 where the per-key loop reads 2.87 (bench/results/decode-ab-7f71916-h200.json).
 #include <cfloat>
 
 #include "cuda/cuda_common.h"

@@ -299,7 +299,7 @@ int CudaBackend::finalize() {
   return kv_blocks_;
 }
 
-// On by default (NODESPEED_CUDA_WARMUP=0 turns it off; session 5, H200, 64-stream bench/serve: first
+// On by default (NODESPEED_CUDA_WARMUP=0 turns it off; H200, 64-stream bench/serve: first
 // batch-64 step 22.0 -> 9.7 ms, the tail steps of 63/48/16 sequences 16.9/18.5/14.0 -> 10.6/10.1/6.4
 // ms, 4,887 -> 4,927 generated tok/s, bench/results/serve-warmup-ab-h200.json). Runs every
 // cuBLAS GEMM shape of a decode step once for 5..256 rows at load, in the output mode the step uses,

@@ -5,7 +5,7 @@
 // block are B rows of hd elements, nkv * hd apart (8 KiB on a 7B). A head-major layout (one head's
 // B keys of a block contiguous, as vLLM's paged attention reads them) measured the same on an H200
 // with the vectorised decode kernel (decode layer 4.25 TB/s in both, batch-64 step 11.9 vs 11.8 ms,
-// bench/results/decode-ab-session4-h200.json), so there is one layout.
+// bench/results/decode-ab-7f71916-h200.json), so there is one layout.
 #pragma once
 
 #include <cstddef>

@@ -68,7 +68,7 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
 // The same operation, element for element (bit-identical outputs), with 16-byte accesses: a work item
 // is 8 consecutive pair-starts j..j+7 of one head (two 16-byte loads, two 16-byte stores), hd % 16
 // == 0. Grid (token, chunk of kRopeVecThreads items). On an H200 the scalar kernel above took 281 us
-// a layer for an 8192-token prefill step (~35% of copy bandwidth for its 400 MB; ncu, session 6).
+// a layer for an 8192-token prefill step (~35% of copy bandwidth for its 400 MB; ncu, bench/results/serve-profile-h200-bbaa8c7.json).
 constexpr int kRopeVecThreads = 128;
 
 template <typename T>
