@@ -7,7 +7,7 @@
 // attention on the same rounded inputs (error relative to max |v|). Then times one layer of the
 // serving prefill shape (4 x 512 new tokens, 32 heads, head_dim 128, bf16): flash vs SIMT, and one
 // layer of a 64-decode step.
-// If test/gpu/attention-flash.mjs fails, this says whether the kernel or the step plumbing is off.
+// If test/gpu/attention-flash.test.ts fails, this says whether the kernel or the step plumbing is off.
 // usage (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 -Inative/src \
 //     test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel \

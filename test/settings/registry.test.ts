@@ -132,6 +132,8 @@ describe('one place reads them', () => {
   const ts = sources(join(ROOT, 'src'), ['.ts']);
   const native = sources(join(ROOT, 'native', 'src'), ['.cc', '.cu', '.h']);
   const scripts = sources(join(ROOT, 'scripts'), ['.mjs']);
+  const gpuHost = [...sources(join(ROOT, 'bench'), ['.mjs', '.sh', '.py', '.cu']).filter((f) => !f.includes('/results/')),
+    ...sources(join(ROOT, 'test', 'gpu'), ['.ts', '.mjs', '.py', '.cu']), join(ROOT, 'README.md'), ...sources(join(ROOT, 'docs'), ['.md'])];
   it('TypeScript reads process.env for NODESPEED_* in src/settings.ts only', () => {
     const readers = ts.filter((f) => /process\.env(\.NODESPEED_|\[['"`]NODESPEED_)/.test(readFileSync(f, 'utf8')));
     expect(readers.map((f) => relative(ROOT, f))).toEqual([]);
@@ -141,9 +143,9 @@ describe('one place reads them', () => {
     expect(readers.map((f) => relative(ROOT, f))).toEqual(['native/src/common/dl.cc']);
     expect(readFileSync(join(ROOT, 'native', 'src', 'common', 'dl.cc'), 'utf8')).not.toMatch(/getenv\("NODESPEED_/);
   });
-  it('every NODESPEED_* name in src/, native/src and scripts/ is in the registry', () => {
+  it('every NODESPEED_* name in src/, native/src, scripts/, bench/, test/gpu/ and the docs is in the registry', () => {
     const unknown = new Set<string>();
-    for (const f of [...ts, ...native, ...scripts])
+    for (const f of [...ts, ...native, ...scripts, ...gpuHost])
       for (const m of readFileSync(f, 'utf8').matchAll(/\bNODESPEED_[A-Z0-9_]*[A-Z0-9]\b/g)) if (!settingNamed(m[0])) unknown.add(`${relative(ROOT, f)}: ${m[0]}`);
     expect([...unknown]).toEqual([]);
   });
@@ -176,6 +178,23 @@ describe('the native struct', () => {
     const script = `process.stdout.write(JSON.stringify(require(${JSON.stringify(join(ROOT, 'build', 'Release', 'nodespeed.node'))}).settings()))`;
     const fresh = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }));
     expect(fresh).toEqual(nativeSettings(parseSettings({})));
+  });
+});
+
+describe('flags that stand for a registry entry', () => {
+  it('generate --hf-rounding hands NODESPEED_CUDA_ROUND=31 to the addon before it loads', async () => {
+    const dist = (p: string) => JSON.stringify(join(ROOT, 'dist', p));
+    const script = `import { generateLocal } from ${dist('cli/generate.js')}; import { loadAddon } from ${dist('native/addon.js')};
+      const o = { model: ${JSON.stringify(join(ROOT, 'models', 'py-tiny'))}, device: 'cpu', dtype: 'auto', maxTokens: 1, temperature: 0, topK: 0,
+        topP: 1, stop: [], json: true, hfRounding: process.argv[1] === 'flag' };
+      await generateLocal('def', o, { write: () => true });
+      process.stdout.write(String(loadAddon().settings().cudaRound));`;
+    const mask = async (arg: string) => (await run(process.execPath, ['--input-type=module', '-e', script, arg])).stdout;
+    expect(await mask('flag')).toBe('31');
+    expect(await mask('none')).toBe('0');
+  });
+  it('launch --hf-rounding is a documented flag of launch, demo and generate', async () => {
+    for (const cmd of ['launch', 'demo', 'generate']) expect((await run(process.execPath, [CLI, cmd, '--help'])).stdout).toContain('--hf-rounding');
   });
 });
 
