@@ -30,6 +30,8 @@ export interface Setting<T> {
   readonly secret?: boolean;
   readonly min?: number;
   readonly max?: number;
+  /** A number that must be above `min`, not equal to it. */
+  readonly aboveMin?: boolean;
   readonly parse: (raw: string) => T;
 }
 
@@ -61,10 +63,12 @@ function integer<D extends number | undefined>(name: string, dflt: D, doc: strin
   } };
 }
 
-function positive(name: string, dflt: number, doc: string, o: Opts): Setting<number> {
-  return { name, type: 'number', default: dflt, doc, ...o, min: 0, parse: (raw) => {
+/** A finite number > 0 (>= 0 with `orZero`). */
+function positive(name: string, dflt: number, doc: string, o: Opts & { orZero?: boolean }): Setting<number> {
+  return { name, type: 'number', default: dflt, doc, scope: o.scope, ...(o.debug ? { debug: true } : {}), min: 0, aboveMin: !o.orZero, parse: (raw) => {
     const n = Number(raw.trim());
-    if (raw.trim() === '' || !Number.isFinite(n) || n <= 0) throw new SettingsError(`${name}=${raw}: expected a number > 0`);
+    if (raw.trim() === '' || !Number.isFinite(n) || n < 0 || (n === 0 && !o.orZero))
+      throw new SettingsError(`${name}=${raw}: expected a number ${o.orZero ? '>=' : '>'} 0`);
     return n;
   } };
 }
@@ -124,9 +128,9 @@ export const REGISTRY = {
   // Set by the launcher for the workers it starts.
   jobToken: text('NODESPEED_JOB_TOKEN', 'string', 'per-job secret a worker presents to the coordinator (random per job)', { scope: 'internal', secret: true }),
   coordinator: text('NODESPEED_COORDINATOR', 'string', 'host:port of the coordinator a worker joins', { scope: 'internal' }),
-  heartbeatMs: integer('NODESPEED_HEARTBEAT_MS', 1000, 'milliseconds between a worker\'s heartbeats (launch --heartbeat-interval)', { scope: 'internal', min: 1 }),
-  stepTimeoutMs: integer('NODESPEED_STEP_TIMEOUT_MS', 30_000, 'milliseconds one step may run before its worker declares itself wedged (launch --step-timeout)',
-    { scope: 'internal', min: 1 }),
+  heartbeatMs: positive('NODESPEED_HEARTBEAT_MS', 1000, 'milliseconds between a worker\'s heartbeats (launch --heartbeat-interval)', { scope: 'internal' }),
+  stepTimeoutMs: positive('NODESPEED_STEP_TIMEOUT_MS', 30_000, 'milliseconds one step may run before its worker declares itself wedged (launch --step-timeout; 0: no watchdog)',
+    { scope: 'internal', orZero: true }),
 
   // Test and benchmark scripts.
   testDevice: text('NODESPEED_TEST_DEVICE', 'string', 'cpu: the GPU checks run on the CPU backend (a dry run of the checks themselves)', { scope: 'test', defaultText: 'cuda' }),
@@ -295,7 +299,7 @@ export function nativeSettings(s: Settings = settings()): NativeSettings {
 
 /** How `nodespeed env` shows an entry's type. */
 export function typeText(s: Setting<unknown>): string {
-  if (s.type === 'number') return 'number > 0';
+  if (s.type === 'number') return `number ${s.aboveMin ? '>' : '>='} ${s.min}`;
   if (s.type === 'flag') return 'set/unset';
   if (s.type !== 'int') return s.type;
   return s.max === undefined ? `int >= ${s.min}` : `int ${s.min}..${s.max}`;

@@ -34,9 +34,9 @@ describe('parsing', () => {
   });
   it('numbers, paths and strings are typed', () => {
     const s = parseSettings({ NODESPEED_THREADS: '6', NODESPEED_P2P_TIMEOUT_S: '2.5', NODESPEED_CUDA_ROUND: '31', NODESPEED_CUDA_PROFILE_STEP: '0',
-      NODESPEED_NCCL: '/opt/nccl/libnccl.so.2', NODESPEED_HEARTBEAT_MS: '250', NODESPEED_CUDA_FLASH_DECODE_MIN: '2048' });
+      NODESPEED_NCCL: '/opt/nccl/libnccl.so.2', NODESPEED_HEARTBEAT_MS: '200.5', NODESPEED_STEP_TIMEOUT_MS: '0', NODESPEED_CUDA_FLASH_DECODE_MIN: '2048' });
     expect(s).toMatchObject({ threads: 6, p2pTimeoutS: 2.5, cudaRound: 31, cudaProfileStep: 0, ncclPath: '/opt/nccl/libnccl.so.2',
-      heartbeatMs: 250, cudaFlashDecodeMin: 2048 });
+      heartbeatMs: 200.5, stepTimeoutMs: 0, cudaFlashDecodeMin: 2048 });
   });
 });
 
@@ -51,7 +51,8 @@ describe('bad values are rejected with a message naming the variable', () => {
     [{ NODESPEED_P2P: 'maybe' }, 'NODESPEED_P2P=maybe: expected 1 or 0 (or true/false, yes/no, on/off)'],
     [{ NODESPEED_P2P_TIMEOUT_S: '0' }, 'NODESPEED_P2P_TIMEOUT_S=0: expected a number > 0'],
     [{ NODESPEED_P2P_TIMEOUT_S: 'soon' }, 'NODESPEED_P2P_TIMEOUT_S=soon: expected a number > 0'],
-    [{ NODESPEED_HEARTBEAT_MS: '1.5' }, 'NODESPEED_HEARTBEAT_MS=1.5: expected an integer >= 1'],
+    [{ NODESPEED_HEARTBEAT_MS: '0' }, 'NODESPEED_HEARTBEAT_MS=0: expected a number > 0'],
+    [{ NODESPEED_STEP_TIMEOUT_MS: '-1' }, 'NODESPEED_STEP_TIMEOUT_MS=-1: expected a number >= 0'],
   ];
   for (const [env, msg] of bad) {
     it(msg, () => {
