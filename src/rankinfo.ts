@@ -1,5 +1,5 @@
 // What a program started by `nodespeed run`/`launch` reads about its place in the job.
-import { settings } from './settings.js';
+import { settings } from './settings/index.js';
 
 export interface RankInfo {
   rank: number;

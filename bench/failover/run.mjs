@@ -156,7 +156,7 @@ async function runOne(spares, fault) {
 }
 
 // NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
-const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings.js')).href);
+const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
 let commit = settings().commit ?? 'unknown';
 if (!settings().commit) try {
   const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() ? '+dirty' : '';

@@ -117,7 +117,7 @@ async function concurrent(client) {
 }
 
 // NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
-const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings.js')).href);
+const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
 function commit() {
   if (settings().commit) return settings().commit;
   const r = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' });

@@ -8,7 +8,7 @@ import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import { describeLayout } from '../coordinator/layout.js';
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 import { addLauncherOptions } from './launcher-flags.js';
 import { addServingOptions, startFromFlags } from './launch.js';
 import type { LaunchFlags } from './launch.js';

@@ -1,12 +1,12 @@
-// `nodespeed env [--json] [--all]`: the settings registry (src/settings.ts): every NODESPEED_*
+// `nodespeed env [--json] [--all]`: the settings registry (src/settings/index.ts): every NODESPEED_*
 // variable with its type, default, scope, this process's value and what it does. Bad values are
 // shown with the reason instead of failing, so this is the command to run when another one refuses
 // to start over a variable. Secrets are shown as <set>, never their value.
 import { Command } from 'commander';
 
 import { table } from '../launcher/format.js';
-import { allSettings, defaultText, isForwarded, typeText, unknownSettings } from '../settings.js';
-import type { Setting } from '../settings.js';
+import { allSettings, defaultText, isForwarded, typeText, unknownSettings } from '../settings/index.js';
+import type { Setting } from '../settings/index.js';
 
 export interface SettingRow {
   name: string;

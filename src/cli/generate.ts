@@ -7,7 +7,7 @@ import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from 
 import { loadTokenizer } from '../model/index.js';
 // --server: the same generation through a running `nodespeed launch`.
 import { generateRemote } from '../client/generate-remote.js';
-import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings/index.js';
 
 export interface GenerateCliOptions {
   model?: string;

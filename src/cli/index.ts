@@ -8,7 +8,7 @@ import { register as registerLaunch } from './launch.js';
 import { register as registerStatus } from './status.js';
 import { register as registerDemo } from './demo.js';
 import { register as registerEnv } from './env.js';
-import { settings, unknownSettings } from '../settings.js';
+import { settings, unknownSettings } from '../settings/index.js';
 
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.

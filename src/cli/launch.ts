@@ -13,7 +13,7 @@ import type { Cluster } from '../coordinator/cluster.js';
 import { planWithSpares } from '../coordinator/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
-import { HF_ROUNDING, HF_ROUNDING_HELP, settings, settingsEnv } from '../settings.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, settings, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
 
 export interface LaunchFlags {

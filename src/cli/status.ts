@@ -5,7 +5,7 @@ import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));

@@ -52,7 +52,7 @@ export interface ClusterOptions {
   remoteWorkdir?: string;
   node?: string;
   logDir?: string;
-  /** Registry settings the workers get on top of the launching environment's (src/settings.ts settingsEnv). */
+  /** Registry settings the workers get on top of the launching environment's (src/settings/index.ts settingsEnv). */
   workerEnv?: Record<string, string>;
   log: (line: string) => void;
   /** Worker output lines, already prefixed with [host:rank]. */

@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { forwardedEnv, REGISTRY } from '../settings.js';
+import { forwardedEnv, REGISTRY } from '../settings/index.js';
 import type { Placement, RankPlacement } from './plan.js';
 
 export const ENV_FILE_NAMES = ['.nodespeed_env', '.deepspeed_env'] as const;
@@ -55,7 +55,7 @@ export function loadEnvFiles(cwd: string = process.cwd(), home: string = homedir
 
 /**
  * NCCL_* variables, PATH and LD_LIBRARY_PATH (which DeepSpeed forgets to carry to remote hosts) and
- * the registry's worker settings (src/settings.ts: user-facing, read by workers, never a token).
+ * the registry's worker settings (src/settings/index.ts: user-facing, read by workers, never a token).
  */
 export function carriedEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const out: Record<string, string> = {};

@@ -8,7 +8,7 @@ import SSHConfig from 'ssh-config';
 import ssh2 from 'ssh2';
 import type { AuthMethod, Client as SshClient } from 'ssh2';
 import { fingerprint, keyType, knownHostsName, recordHostKey, verifyHostKey } from './known-hosts.js';
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 
 const { Client, utils } = ssh2;
 

@@ -1,14 +1,14 @@
 // Typed loader for the native addon (build/Release/nodespeed.node, built by
 // scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API". On load the addon
-// gets this process's engine settings (src/settings.ts) as one struct, before anything else runs.
+// gets this process's engine settings (src/settings/index.ts) as one struct, before anything else runs.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import type { ShardModelConfig } from '../model/weights.js';
-import { nativeSettings, settings } from '../settings.js';
-import type { NativeSettings } from '../settings.js';
+import { nativeSettings, settings } from '../settings/index.js';
+import type { NativeSettings } from '../settings/index.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 export type DeviceName = 'cpu' | 'cuda';

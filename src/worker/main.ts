@@ -24,7 +24,7 @@ import type { ReplicaPosition } from './executor.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
 import { Scheduler } from './scheduler.js';
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 
 function required(name: string, v: string | undefined = process.env[name]): string {
   if (!v) throw new Error(`worker: ${name} is not set (the worker is started by \`nodespeed launch\`)`);

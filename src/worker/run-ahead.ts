@@ -18,7 +18,7 @@ import type { DataPlane, DriverHooks, StepRunner } from './executor.js';
 import { FRAME_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, fillTokens, frame, INLINE_BYTES, readFrame } from './step-codec.js';
 import type { StepMeta } from './step-codec.js';
 import { stepTracer } from './step-trace.js';
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 
 export function runAheadEnabled(): boolean {
   return settings().runAhead;

@@ -5,7 +5,7 @@
 // where its time went (prefill vs decode steps, and the driver's time between steps) without a profiler.
 import { appendFileSync } from 'node:fs';
 
-import { settings } from '../settings.js';
+import { settings } from '../settings/index.js';
 import type { PlannedStep } from './scheduler.js';
 
 export type StepTracer = (step: PlannedStep, ms: number) => void;

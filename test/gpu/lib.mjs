@@ -12,7 +12,7 @@ export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const dist = (...p) => pathToFileURL(join(root, 'dist', ...p)).href;
 if (!existsSync(join(root, 'dist', 'native', 'addon.js'))) throw new Error('test/gpu/lib.mjs: dist/ is missing: run `npx tsc` first');
 const { loadAddon } = await import(dist('native', 'addon.js'));
-const { settings } = await import(dist('settings.js'));
+const { settings } = await import(dist('settings', 'index.js'));
 const model = await import(dist('model', 'index.js'));
 
 /** The native addon, configured with this process's settings (src/native/addon.ts). */

@@ -1,4 +1,4 @@
-// The settings registry (src/settings.ts): parsing, rejection messages, what the launcher forwards,
+// The settings registry (src/settings/index.ts): parsing, rejection messages, what the launcher forwards,
 // the struct the native addon gets, `nodespeed env`, and that nothing else reads NODESPEED_* variables.
 import { execFile, execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { loadAddon } from '../../src/native/addon.js';
 import {
   allSettings, BUILD_SETTINGS, forwardedEnv, isForwarded, isUserFacing, nativeSettings, parseSettings, settingNamed,
   settingsEnv, SettingsError, unknownSettings,
-} from '../../src/settings.js';
+} from '../../src/settings/index.js';
 import { ROOT } from '../launcher/cli-helpers.js';
 
 const run = promisify(execFile);
@@ -135,7 +135,7 @@ describe('one place reads them', () => {
   const scripts = sources(join(ROOT, 'scripts'), ['.mjs']);
   const gpuHost = [...sources(join(ROOT, 'bench'), ['.mjs', '.sh', '.py', '.cu']).filter((f) => !f.includes('/results/')),
     ...sources(join(ROOT, 'test', 'gpu'), ['.ts', '.mjs', '.py', '.cu']), join(ROOT, 'README.md'), ...sources(join(ROOT, 'docs'), ['.md'])];
-  it('TypeScript reads process.env for NODESPEED_* in src/settings.ts only', () => {
+  it('TypeScript reads process.env for NODESPEED_* in src/settings/index.ts only', () => {
     const readers = ts.filter((f) => /process\.env(\.NODESPEED_|\[['"`]NODESPEED_)/.test(readFileSync(f, 'utf8')));
     expect(readers.map((f) => relative(ROOT, f))).toEqual([]);
   });

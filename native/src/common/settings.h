@@ -1,4 +1,4 @@
-// The engine's settings: the native half of the settings registry (src/settings.ts, where each one
+// The engine's settings: the native half of the settings registry (src/settings/index.ts, where each one
 // is documented with its NODESPEED_* variable). The addon gets them as one struct from JS when it is
 // loaded (addon.configure, src/native/addon.ts); native code reads no environment variable of its
 // own. The defaults here are the registry's, for programs built without the addon (GPU kernel checks).

@@ -116,7 +116,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     throw std::runtime_error("cuda: vocab rows [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
                              ") of tp rank " + std::to_string(c.tp_rank) + " are not slot " + std::to_string(c.tp_rank) +
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
-  const Settings set = settings();  // the registry's switches (src/settings.ts, `nodespeed env`)
+  const Settings set = settings();  // the registry's switches (src/settings/index.ts, `nodespeed env`)
   use_gemv_ = set.cuda_gemv;
   use_graphs_ = set.cuda_graphs;
   graph_max_ = std::clamp(set.cuda_graph_max, 1, 256);

@@ -3,7 +3,8 @@
 // process.env once per process and rejects a bad value with a message naming the variable. The
 // engine's part goes to the native addon as one struct (`nativeSettings`, handed over by
 // src/native/addon.ts when it loads the addon); the launcher forwards exactly the user-facing
-// worker entries to every rank (`forwardedEnv`); `nodespeed env` lists the table.
+// worker entries to every rank (`forwardedEnv`); `nodespeed env` lists the table. It imports
+// nothing, so every part of src/ may import it.
 //
 // Scopes:
 //   worker    set by a user, read by worker processes (engine, communicators); forwarded to every rank
