@@ -13,7 +13,7 @@
 #   serve       bench/serve at tp 1 (and 2 with 2 GPUs) beside HF eager generate
 #   servetp     bench/serve at tp 1 and 2 without HF (the tp-2 ratio)
 #   serve64     the 64-stream run at tp 1 for the default and each VAR=value of $AB_ENV, GPU clocks sampled
-#   abtp        bench/serve tp 1,2 for the default, NODESPEED_RUN_AHEAD=0 and NODESPEED_P2P_NORM=0 ($AB_ENV added to each)
+#   abtp        bench/serve tp 1,2 for the default and NODESPEED_P2P_NORM=0 ($AB_ENV added to each)
 #   loadtime    a 7B's load with and without the cuBLASLt tuning and the GEMM warm-up + graph captures
 #   graphab     the batch-64 step with NODESPEED_CUDA_GRAPH_MAX=4 (cuBLAS outside graphs) and the default, twice
 #   flashab     prefill step times with the flash kernel and with NODESPEED_CUDA_FLASH=0
@@ -74,7 +74,7 @@ for s in "$@"; do
         env $e NODESPEED_STEP_TRACE=$OUT/serve64-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 --out "$OUT/serve64-$v.json" 2>&1 | grep -E "tok/s" | sed "s/^/$v: /"
       done; kill $smi ;;
     abtp) make_model
-      tps=1; vs=default; [ "$(gpus)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_RUN_AHEAD=0 NODESPEED_P2P_NORM=0"
+      tps=1; vs=default; [ "$(gpus)" -ge 2 ] && tps=1,2 && vs="default NODESPEED_P2P_NORM=0"
       for v in $vs; do e=; [ "$v" = default ] || e=$v
         env ${AB_ENV:-} $e NODESPEED_STEP_TRACE=$OUT/serve-$v-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps --out "$OUT/serve-$v.json" 2>&1 | grep -E "tok/s|roofline" | sed "s/^/$v: /"
       done ;;

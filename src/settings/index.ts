@@ -115,7 +115,6 @@ export const REGISTRY = {
   cudaProfileStep: integer('NODESPEED_CUDA_PROFILE_STEP', undefined, 'bracket the N-th CUDA step (0-based) with cudaProfilerStart/Stop for `ncu --profile-from-start off`',
     { ...workerDebug, min: 0, defaultText: 'off' }),
   stepTrace: text('NODESPEED_STEP_TRACE', 'path', 'the replica driver appends one JSON line per step to this file (bench/serve reads it)', workerDebug),
-  runAhead: bool('NODESPEED_RUN_AHEAD', true, 'pp = 1 replicas plan step N+1 while step N runs (0: plan after each step; goes with that loop)', workerDebug),
 
   // Settings of one process or host.
   authToken: text('NODESPEED_AUTH_TOKEN', 'string', 'bearer token of the API: launch requires it, status and generate --server send it (or --auth-token)',
