@@ -7,8 +7,9 @@
 #   serve  bench/serve: 64 streams x 256 new tokens (512-token prompts) at tp 1 (and batch 1 at tp 1
 #          and 2 with 2 GPUs) beside HF transformers eager generate, with the step trace.
 #
-# usage: bash bench/gpu-visit.sh [tests] [serve]     (default: both; each fits in about 10 minutes)
-#   TESTS="fixtures graph-check"  run only these test/gpu files;  NO_HF=1  serve without the HF side
+# usage: bash bench/gpu-visit.sh [tests] [serve]     (default: both)
+#   TESTS="fixtures graph-check"  run only these test/gpu files (to split the suite over several calls;
+#   the 7B ones, model-7b graph-check attention-flash, take the longest);  NO_HF=1  serve without HF
 #   OUT (default /tmp/nodespeed-gpu-visit); NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape: made
 #   with `nodespeed model init --preset 7b` when missing); NODESPEED_COMMIT names the commit the
 #   results record when this copy of the tree has no .git.
@@ -46,7 +47,8 @@ for step in $steps; do
   case $step in
     tests)
       files=(test/gpu); [ -n "${TESTS:-}" ] && files=(); for t in ${TESTS:-}; do files+=("test/gpu/$t.test.ts"); done
-      npx vitest run "${files[@]}" --reporter=verbose --reporter=json --outputFile.json="$OUT/gpu-tests.json" 2>&1 | tee "$OUT/gpu-tests.log"
+      name=gpu-tests; [ -n "${TESTS:-}" ] && name=gpu-tests-$(echo $TESTS | tr ' ' '+')
+      npx vitest run "${files[@]}" --reporter=verbose --reporter=json --outputFile.json="$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     serve)
       if [ ! -f "$MODEL/config.json" ]; then
