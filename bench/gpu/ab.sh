@@ -23,6 +23,8 @@
 #               loaded through NODESPEED_ADDON) beside build/Release/nodespeed.node, twice
 #   gemmalgos   cublasGemmEx vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs (nvcc)
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
+#   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
+#               on $MOE_MODEL (default /tmp/qwen15-moe-a2.7b: model init --arch qwen2_moe --preset a2.7b)
 #   failover    bench/failover on the GPUs there are (a spare and tp 2 with 2+, the respawn path with 1)
 # The 7B-shape checkpoint is $NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape), made with
 # `nodespeed model init --preset 7b` when missing. Set NODESPEED_COMMIT when the tree has no .git.
@@ -32,7 +34,7 @@ OUT=${OUT:-/tmp/nodespeed-ab}; LOGS=$OUT/logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on shared hosts
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
-[ $# -gt 0 ] || { sed -n '7,30p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,32p' "$0"; exit 2; }
 node -e "const i = require('./build/Release/nodespeed.node').info().cuda; console.log(JSON.stringify(i)); process.exit(i.available ? 0 : 1)" || exit 1
 status=0
 run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$LOGS/$name.log" | tail -c 2500; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"
@@ -104,6 +106,9 @@ for s in "$@"; do
         for (let i = 1; i < 128; i++) { x = (x * 1103515245 + 12345) % 2147483648; ids.push(3 + (x % (V - 3))); }
         require('fs').writeFileSync('$OUT/ids.json', JSON.stringify(ids));"
       run hf-noise python3 bench/decode/hf_noise.py "$MODEL" "$OUT/ids.json"; cp "$LOGS/hf-noise.log" "$OUT/hf-noise.json" ;;
+    moe) MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}
+      [ -f "$MOE_MODEL/config.json" ] || node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" >/dev/null
+      run moe-decode node bench/moe/run.mjs "$MOE_MODEL" ;;
     failover) make_model
       if [ "$(gpus)" -ge 2 ]; then
         run failover-spare node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 1 --spares 1 --faults kill,stop --out "$OUT/failover-cuda-spare.json"

@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import type { DType } from '../model/index.js';
-import { formatBytes, formatInfo, initModel, modelInfo, PRESETS } from '../model/index.js';
+import { formatBytes, formatInfo, initModel, modelInfo, MOE_PRESETS, PRESETS } from '../model/index.js';
 
 const DTYPE_FLAG: Record<string, DType> = { bf16: 'bf16', fp16: 'f16', f16: 'f16', f32: 'f32', fp32: 'f32' };
 
@@ -36,8 +36,9 @@ export function register(program: Command): void {
       'Matrices N(0, 0.02), norms N(1, 0.02); o_proj and down_proj N(0, 0.02 / sqrt(2 x layers)), the scaled residual init of ' +
       'GPT-2 / Megatron-LM, so a deep random model stays well-conditioned (see src/model/README.md)')
     .argument('<out>', 'output folder (created; must be empty if it exists)')
-    .addOption(new Option('--arch <arch>', 'architecture').choices(['llama']).default('llama'))
-    .addOption(new Option('--preset <preset>', 'model size').choices(Object.keys(PRESETS)).makeOptionMandatory())
+    .addOption(new Option('--arch <arch>', 'architecture').choices(['llama', ...Object.keys(MOE_PRESETS)]).default('llama'))
+    .addOption(new Option('--preset <preset>', `model size: llama ${Object.keys(PRESETS).join('|')}; ` +
+      Object.entries(MOE_PRESETS).map(([a, p]) => `${a} ${Object.keys(p).join('|')}`).join('; ')).makeOptionMandatory())
     .addOption(new Option('--dtype <dtype>', 'storage dtype').choices(['bf16', 'fp16', 'f16', 'f32', 'fp32']).default('bf16'))
     .option('--seed <s>', 'weights seed (same seed, same bytes)', seedArg, 0n)
     .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 2e9)
@@ -56,7 +57,7 @@ export function register(program: Command): void {
       });
       if (tty) process.stderr.write('\n');
       const secs = (performance.now() - started) / 1000;
-      process.stdout.write(`wrote ${out}: ${o.preset} llama, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
+      process.stdout.write(`wrote ${out}: ${o.preset} ${o.arch}, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
     });
 }
