@@ -4,6 +4,7 @@
 import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
+import { secondsArg } from './args.js';
 import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
 import { settings } from '../settings/index.js';
 
@@ -52,8 +53,8 @@ export function register(program: Command): void {
     .requiredOption('--server <addr>', 'address of the gRPC API, host:port')
     .option('--json', 'print the full ClusterStatus as JSON', false)
     .option('--auth-token <token>', 'bearer token (or NODESPEED_AUTH_TOKEN)')
-    .option('--timeout <s>', 'seconds to wait for the server', '10')
-    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: string }) => {
+    .option('--timeout <s>', 'seconds to wait for the server', secondsArg('--timeout'), 10)
+    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: number }) => {
       const token = o.authToken ?? settings().authToken;
       const client = new NodespeedClient(o.server, token ? { authToken: token } : {});
       try {
