@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Packs everything `bash test/gpu/run-all.sh hetero` needs on a GPU host into one file, .gpu/hetero-bundle.tar.xz
+# Packs everything `bash bench/gpu-visit.sh hetero` needs on a GPU host into one file, .gpu/hetero-bundle.tar.xz
 # (~35 MB): the committed HEAD exported to a temporary folder and built there (the addon with its
 # CUDA backend, dist/), so the bundle is exactly one commit whatever the working tree holds; the
 # production node_modules; the portable Node (/work/shared/tools/portable-node.sh).
 #   usage (repo root as cwd, nvcc on PATH or in /usr/local/cuda): bash bench/hetero/pack.sh
 #   NODESPEED_JOBS=N: parallel nvcc jobs (default 1: the build machine is shared); it runs at nice 19.
 # On the GPU host, the bundle carried as .gpu/hetero-bundle.tar.xz of the repo root:
-#   mkdir -p /tmp/hb && tar -xJf .gpu/hetero-bundle.tar.xz -C /tmp/hb && cd /tmp/hb/hetero && bash test/gpu/run-all.sh hetero
+#   mkdir -p /tmp/hb && tar -xJf .gpu/hetero-bundle.tar.xz -C /tmp/hb && cd /tmp/hb/hetero && xz -dc .gpu/node.xz > /tmp/node &&
+#   chmod +x /tmp/node && PATH=/tmp:$PATH NODESPEED_COMMIT=$(cat .gpu/COMMIT) bash bench/gpu-visit.sh hetero
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -26,11 +27,12 @@ addon=$src/build/Release/nodespeed.node
 grep -q cudaLaunchKernelEx "$addon" || { echo "pack: the addon built at $commit has no CUDA backend (is nvcc found?)" >&2; exit 1; }
 stage=$tmp/stage/hetero
 mkdir -p "$stage/.gpu"
-cp "$addon" "$stage/.gpu/nodespeed.node"
+mkdir -p "$stage/build/Release"
+cp "$addon" "$stage/build/Release/nodespeed.node"
 echo "$commit" > "$stage/.gpu/COMMIT"
 [ -f .gpu/node.xz ] || bash /work/shared/tools/portable-node.sh .gpu
 cp .gpu/node.xz "$stage/.gpu/"
-(cd "$src" && tar -cf - dist bin package.json proto bench/hetero test/gpu/run-all.sh) | tar -xf - -C "$stage"
+(cd "$src" && tar -cf - dist bin package.json proto bench/hetero bench/gpu-visit.sh) | tar -xf - -C "$stage"
 # Production dependencies only (no TypeScript, vitest, esbuild, node-gyp).
 npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | sed "s#^$repo/##" | sort -u | tar -cf - -T - | tar -xf - -C "$stage"
 mkdir -p .gpu

@@ -13,7 +13,7 @@
 //            with every request in one class (FIFO: no priority, no preemption): the comparison
 //   slow     the slow group alone: the batch flood (its tok/s alone)
 //
-// Bars (the heterogeneous-serving issue): realtime TTFT p99 under the flood <= 1.5x its value
+// Bars: realtime TTFT p99 under the flood <= 1.5x its value
 // alone, and total tok/s under the mixed load >= fast alone + 0.8 x slow alone.
 //
 //   npm run build && node bench/hetero/run.mjs                     # CPU: py-tiny, fast = 1 replica of 2 threads, slow = 1 of 1

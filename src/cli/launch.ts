@@ -27,6 +27,7 @@ import { DEFAULT_GROUP, LayoutError, describeLayout, describeServing } from '../
 import type { Layout } from '../coordinator/layout.js';
 import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib, groupRanks } from '../coordinator/memory.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, settings, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
 import type { Placement } from '../launcher/plan.js';
 import { intArg, portArg, secondsArg } from './args.js';
@@ -59,6 +60,7 @@ export interface LaunchFlags {
   metricsPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
+  hfRounding: boolean;
   progress: boolean;
 }
 
@@ -115,6 +117,7 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       portArg('--metrics-port'))
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--no-progress', 'no progress bar');
 }
 
@@ -355,7 +358,8 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       heartbeatIntervalMs: f.heartbeatInterval * 1000, heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000,
       allowTpAcrossHosts: f.allowTpAcrossHosts, stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
-      ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
+      ...((f.authToken ?? settings().authToken) ? { authToken: f.authToken ?? settings().authToken } : {}),
+      ...(f.hfRounding ? { workerEnv: settingsEnv({ cudaRound: HF_ROUNDING }) } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
       log,

@@ -1,4 +1,4 @@
-// The deployment file of `launch --config` without starting anything: the issue's example as
+// The deployment file of `launch --config` without starting anything: the documented example (docs/DEPLOYMENT.md) as
 // written, every refusal naming the file, the line and the key, placement of mixed groups over a
 // hostfile of GPU and CPU-only hosts (device= attributes, hosts:, slots:), and the CLI's --dry-run
 // with the flags replacing a one-group file's keys.
