@@ -136,6 +136,8 @@ export const REGISTRY = {
   testDevice: text('NODESPEED_TEST_DEVICE', 'string', 'cpu: the GPU checks run on the CPU backend (a dry run of the checks themselves)', { scope: 'test', defaultText: 'cuda' }),
   testModel7b: text('NODESPEED_TEST_MODEL_7B', 'path', 'Llama-2-7B-shape checkpoint of the GPU checks (made with `nodespeed model init --preset 7b` when missing)',
     { scope: 'test', defaultText: '/tmp/llama-7b-shape' }),
+  testModel1b: text('NODESPEED_TEST_MODEL_1B', 'path', 'Llama-3.2-1B-shape checkpoint of bench/gpu-visit.sh hetero (made with `nodespeed model init --preset 1b` when missing)',
+    { scope: 'test', defaultText: '/tmp/llama-1b' }),
   commit: text('NODESPEED_COMMIT', 'string', 'commit recorded in bench/results when the checkout has no .git to ask', { scope: 'test', defaultText: 'git rev-parse HEAD' }),
 
 } as const;

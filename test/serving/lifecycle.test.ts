@@ -38,7 +38,7 @@ describe('cluster lifecycle', () => {
       // 16 KV blocks of 16 tokens: 4 prompt + 300 tokens need 19, so the request can never run.
       const big = await grpcError(authed.complete({ prompt: 'import os\n\n', maxTokens: 300 }));
       expect(big.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-      expect(big.details).toContain('needs 19 KV blocks, the replica\'s cache has 16');
+      expect(big.details).toBe('class standard: no replica of groups default can take the request: needs 19 KV blocks, replica 0 (default) has 16');
       // Heartbeats flow every 0.2 s in both directions.
       const st = await authed.clusterStatus();
       expect(st.workers[0]!.lastHeartbeatMsAgo).toBeLessThan(1000);
