@@ -14,7 +14,7 @@ set -euo pipefail
 OUT=${OUT:-/tmp/ns-out}; mkdir -p "$OUT"
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 A=$(pwd)
-: "${TREE_B:?TREE_B must name the base commit's tree (dist/, build/, bench/)}"
+: "${TREE_B:?TREE_B must name the tree of the base commit: dist/, build/, bench/}"
 command -v node >/dev/null && [[ $(node -v) == v2* ]] || { echo "ab: needs Node >= 20 on PATH" >&2; exit 1; }
 [ -d node_modules ] || { echo "ab: node_modules is missing (npm install)" >&2; exit 1; }
 for t in "$A" "$TREE_B"; do
