@@ -159,7 +159,12 @@ export class Tokenizer {
  * several byte-level tokens, and loses the spaces some decoders add between tokens. So, as
  * vLLM/TGI do, decode a window from a few tokens back (prefix) and emit only what it adds beyond
  * the prefix's text, holding back while the new text ends in U+FFFD (an incomplete character).
+ * A character spans at most 4 bytes, so a tail still ending in U+FFFD after MAX_HELD tokens is
+ * text that really decodes to U+FFFD (invalid bytes): it is emitted, which keeps the window, and
+ * the work per token, bounded whatever the model samples.
  */
+const MAX_HELD = 8;
+
 export class IncrementalDecoder {
   private ids: number[] = [];
   private prefixOffset = 0;
@@ -172,7 +177,7 @@ export class IncrementalDecoder {
     this.ids.push(id);
     const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.decodeIds(this.ids.slice(this.prefixOffset));
-    if (full.length > prefix.length && !full.endsWith('\uFFFD')) {
+    if (full.length > prefix.length && (!full.endsWith('\uFFFD') || this.ids.length - this.readOffset >= MAX_HELD)) {
       this.prefixOffset = this.readOffset;
       this.readOffset = this.ids.length;
       return full.slice(prefix.length);
