@@ -1,5 +1,4 @@
 // Human output: the placement table, the exact per-rank command (--dry-run), and prefixed rank lines.
-import { JOB_TOKEN_VAR } from './env.js';
 import { REMOTE_BOOTSTRAP, shellQuote } from './remote.js';
 import { resolveTarget, type SshOptions } from './ssh.js';
 import type { Placement } from './plan.js';
@@ -19,11 +18,11 @@ export function placementTable(p: Placement): string {
   );
 }
 
-/** The exact command of every rank; the job token is masked, as it only exists once the job starts. */
+/** The exact command of every rank; the job token and the rank's secrets are masked, as they only exist once the job starts. */
 export function dryRunCommands(job: Job, ssh: SshOptions, cwd: string, remoteWorkdir: string | undefined): string {
   const lines: string[] = [];
   for (const r of job.spec.placement.ranks) {
-    const env = { ...job.rankEnv(r), [JOB_TOKEN_VAR]: '<secret, generated per job>' };
+    const env = { ...job.rankEnv(r), ...Object.fromEntries(job.secretNames(r).map((k) => [k, '<secret, generated per job>'])) };
     const shown = r.isLocal ? Object.fromEntries(Object.entries(env).filter(([k]) => k in job.rankEnv({ ...r, isLocal: false }))) : env;
     const assigns = Object.entries(shown).map(([k, v]) => `${k}=${shellQuote(v)}`).join(' ');
     const run = `cd ${shellQuote(r.isLocal ? cwd : (remoteWorkdir ?? cwd))} && ${assigns} ${job.spec.command.map(shellQuote).join(' ')}`;

@@ -25,6 +25,12 @@ export interface JobSpec {
   loadEnvFiles?: boolean;
   /** Per-job secret; generated when absent. */
   jobToken?: string;
+  /**
+   * Secret variables of one rank (e.g. its slot's TLS identity): like the job token, they reach the
+   * rank only through its environment (local) or the script on the SSH channel (remote), never argv,
+   * and --dry_run masks them.
+   */
+  secrets?: (rank: RankPlacement) => Record<string, string>;
   /** Tear everything down on the first non-zero rank exit (default true; `launch` turns it off and supervises). */
   failFast?: boolean;
   /** SIGTERM → SIGKILL delay during teardown, ms (default 2500; whole teardown stays under 5 s). */
@@ -63,6 +69,9 @@ interface RankState {
 }
 
 class StoppedWhileStarting extends Error {}
+
+/** The launcher's own secrets: never passed on to a rank, not even to a local one that inherits the environment. */
+export const LAUNCHER_ONLY_VARS = ['NODESPEED_AUTH_TOKEN'];
 
 export declare interface Job {
   on(event: 'line', listener: (e: RankLine) => void): this;
@@ -110,12 +119,20 @@ export class Job extends EventEmitter {
     }
   }
 
-  /** Environment of one rank, exactly as it is sent (the token included). */
+  /** Environment of one rank, exactly as it is sent (the token and the rank's secrets included). */
   rankEnv(p: RankPlacement): Record<string, string> {
-    const own = { ...this.baseEnv, ...rankVars(this.spec.placement, p), [JOB_TOKEN_VAR]: this.jobToken };
+    const own = { ...this.baseEnv, ...rankVars(this.spec.placement, p), [JOB_TOKEN_VAR]: this.jobToken, ...this.spec.secrets?.(p) };
     if (!p.isLocal) return own;
-    const inherited = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+    // Local ranks inherit the launcher's environment, except what is the launcher's alone (the API's
+    // bearer token): a worker never needs it, and whoever can read a worker's environment must not get it.
+    const inherited = Object.fromEntries(Object.entries(process.env)
+      .filter((e): e is [string, string] => e[1] !== undefined && !LAUNCHER_ONLY_VARS.includes(e[0])));
     return { ...inherited, ...own };
+  }
+
+  /** Names of the variables --dry_run masks: the job token and the rank's secrets. */
+  secretNames(p: RankPlacement): string[] {
+    return [JOB_TOKEN_VAR, ...Object.keys(this.spec.secrets?.(p) ?? {})];
   }
 
   rankState(rank: number): { running: boolean; pid: number | undefined; starts: number } {
