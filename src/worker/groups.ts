@@ -25,7 +25,7 @@ export interface GroupSpec {
 export async function formWorkerGroup(control: ControlClient, g: GroupSpec): Promise<Comm> {
   try {
     return await formGroup({
-      kind: g.kind, rank: g.rank, size: g.size, nonce: g.nonce, deviceIndex: g.deviceIndex,
+      kind: g.kind, rank: g.rank, size: g.size, context: g.nonce, deviceIndex: g.deviceIndex,
       listenHost: '0.0.0.0', advertiseHost: g.advertise,
       exchange: async (mine: GroupMemberInfo) => {
         const all = await control.exchange(g.name, g.rank, g.size, Buffer.from(JSON.stringify(mine)));
