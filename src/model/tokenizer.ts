@@ -50,6 +50,13 @@ export class Tokenizer {
   /** EOS ids: generation_config.json's first (may be a list), then tokenizer_config.json's eos_token. */
   readonly eosTokenIds: number[];
   readonly vocabSize: number;
+  /**
+   * The most UTF-8 bytes any one token stands for (the longest vocabulary entry, added tokens
+   * included): a text longer than n × this certainly holds more than n tokens, which bounds the
+   * prompts worth tokenizing. Vocabulary entries spell bytes at least as long as the text they
+   * match (a byte-level 'Ġ' is 2 bytes for one space, '▁' 3, '<0x0A>' 6), so this only overestimates.
+   */
+  readonly maxTokenBytes: number;
 
   private constructor(readonly dir: string, private readonly hf: HfTokenizer, private readonly config: Record<string, unknown>, eosIds: number[]) {
     this.bosToken = tokenContent(config.bos_token);
@@ -58,7 +65,11 @@ export class Tokenizer {
     const eos = this.eosToken !== null ? hf.token_to_id(this.eosToken) : undefined;
     if (eos !== undefined && !ids.includes(eos)) ids.push(eos);
     this.eosTokenIds = ids;
-    this.vocabSize = hf.get_vocab(true).size;
+    const vocab = hf.get_vocab(true);
+    this.vocabSize = vocab.size;
+    let longest = 1;
+    for (const token of vocab.keys()) longest = Math.max(longest, Buffer.byteLength(token, 'utf8'));
+    this.maxTokenBytes = longest;
   }
 
   static load(dir: string): Tokenizer {
