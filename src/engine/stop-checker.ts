@@ -8,6 +8,7 @@
 // the driver's thread down (it only pays once, O(total length), to build the automaton).
 
 import { IncrementalDecoder } from '../model/tokenizer.js';
+import type { DecoderState } from '../model/tokenizer.js';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -46,11 +47,14 @@ export class StopMatcher {
   private readonly longest: Int32Array;
   private nodes = 1;
   private state = 0;
+  /** The longest stop string's length. */
+  readonly longestPattern: number;
   /** Goto and failure steps taken so far (tests check that it grows with the text, not with the stop strings). */
   steps = 0;
 
   constructor(patterns: readonly string[]) {
     const total = patterns.reduce((n, p) => n + p.length, 0);
+    this.longestPattern = patterns.reduce((n, p) => Math.max(n, p.length), 0);
     let cap = 16;
     while (cap < 2 * (total + 1)) cap *= 2;
     this.mask = cap - 1;
@@ -171,9 +175,26 @@ export class StopChecker {
   private finalText: string | undefined;
   finishReason: FinishReason | undefined;
 
-  constructor(private readonly opts: StopOptions) {
-    this.decoder = new IncrementalDecoder(opts.decode);
+  constructor(private readonly opts: StopOptions, decoder?: DecoderState) {
+    this.decoder = new IncrementalDecoder(opts.decode, decoder);
     this.matcher = new StopMatcher(opts.stop);
+  }
+
+  /**
+   * A checker that has already seen `tokens` (a request replayed after a failover), from their
+   * text and decoder window as a tokenizer thread rebuilt them (TokenizerPool.replay): the same
+   * state pushing them one by one gives, without doing that work here. None of them ended the
+   * sequence (it would not be replayed otherwise).
+   */
+  static restore(opts: StopOptions, tokens: readonly number[], text: string, decoder: DecoderState): StopChecker {
+    const c = new StopChecker(opts, decoder);
+    c.tokens.push(...tokens);
+    c.full = text;
+    // The automaton's state depends only on the last (longest stop string) characters.
+    const tail = Math.max(0, text.length - c.matcher.longestPattern);
+    c.matcher.feed(text.slice(tail), tail);
+    c.emitted = text.slice(0, text.length - c.matcher.pending);
+    return c;
   }
 
   /** Automaton steps taken matching stop strings (see StopMatcher.steps). */

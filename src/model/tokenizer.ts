@@ -176,12 +176,26 @@ export class Tokenizer {
  */
 const MAX_HELD = 8;
 
+/** Where an IncrementalDecoder stands: the window of ids it still needs (see restore). */
+export interface DecoderState {
+  ids: number[];
+  prefixOffset: number;
+  readOffset: number;
+}
+
 export class IncrementalDecoder {
+  // Only the window from prefixOffset on is kept: older ids are never decoded again.
   private ids: number[] = [];
   private prefixOffset = 0;
   private readOffset = 0;
 
-  constructor(private readonly decodeIds: (ids: number[]) => string) {}
+  constructor(private readonly decodeIds: (ids: number[]) => string, state?: DecoderState) {
+    if (state) {
+      this.ids = [...state.ids];
+      this.prefixOffset = state.prefixOffset;
+      this.readOffset = state.readOffset;
+    }
+  }
 
   /** Adds one token; returns the text it completes ('' while a character is incomplete). */
   push(id: number): string {
@@ -189,7 +203,8 @@ export class IncrementalDecoder {
     const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.decodeIds(this.ids.slice(this.prefixOffset));
     if (full.length > prefix.length && (!full.endsWith('\uFFFD') || this.ids.length - this.readOffset >= MAX_HELD)) {
-      this.prefixOffset = this.readOffset;
+      this.ids.splice(0, this.readOffset);
+      this.prefixOffset = 0;
       this.readOffset = this.ids.length;
       return full.slice(prefix.length);
     }
@@ -200,8 +215,14 @@ export class IncrementalDecoder {
   flush(): string {
     const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.decodeIds(this.ids.slice(this.prefixOffset));
-    this.prefixOffset = this.readOffset = this.ids.length;
+    this.ids = [];
+    this.prefixOffset = this.readOffset = 0;
     return full.length > prefix.length ? full.slice(prefix.length) : '';
+  }
+
+  /** The window it needs to go on (a decoder built from it continues exactly where this one is). */
+  state(): DecoderState {
+    return { ids: [...this.ids], prefixOffset: this.prefixOffset, readOffset: this.readOffset };
   }
 }
 
