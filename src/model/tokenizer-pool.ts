@@ -54,7 +54,7 @@ export class TokenizerPool {
   /** Starts `threads` threads (default: 2, or 1 on a single core) with the tokenizer of `dir`, each loaded before this resolves. */
   static async start(dir: string, threads = Math.max(1, Math.min(2, availableParallelism() - 1))): Promise<TokenizerPool> {
     const started = await Promise.all(Array.from({ length: threads }, () => new Promise<Thread>((res, rej) => {
-      const worker = new Worker(THREAD_SCRIPT, { workerData: { dir } });
+      const worker = new Worker(THREAD_SCRIPT, { workerData: { dir }, execArgv: [] });
       const onError = (err: Error) => rej(new Error(`tokenizer thread for ${dir}: ${err.message}`));
       worker.once('error', onError);
       worker.once('message', (m: { ready?: boolean }) => {
