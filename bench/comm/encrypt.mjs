@@ -2,7 +2,8 @@
 // Cost of --encrypt-data-plane: the TCP comm's all-reduce latency and bandwidth between real
 // processes, clear and with AES-256-GCM on every connection (encrypt: 'all' — the flag encrypts
 // only connections between hosts; on one machine 'all' stands in for them), run alternately
-// --reps times each, and the ceiling: one core's AES-256-GCM throughput through the same OpenSSL.
+// --reps times each; for reference, one core's AES-256-GCM throughput through Node's own OpenSSL
+// (the comm uses the system's libcrypto when there is one: crypto_provider).
 // Writes bench/results/comm-encrypt-<host>-<timestamp>.json.
 //
 //   npm run build && npm run build:native && node bench/comm/encrypt.mjs [--ranks 2] [--reps 3]
@@ -74,11 +75,13 @@ try {
 const result = {
   bench: 'comm-encrypt', date: new Date().toISOString(), commit, ranks: size, reps: Number(a.reps),
   machine: { host: hostname(), cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
-  aes_256_gcm_one_core_GBs: gcmGBs(),
+  crypto_provider: rows.all[0].cryptoProvider,
+  encrypted_links_rank0: rows.all[0].encryptedLinks,
+  aes_256_gcm_one_core_GBs_node_openssl: gcmGBs(),
   all_reduce_best_of_reps: summary,
   runs: rows,
 };
 const out = a.out ?? join(root, 'bench', 'results', `comm-encrypt-${hostname()}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-console.log(JSON.stringify({ out, aes_256_gcm_one_core_GBs: result.aes_256_gcm_one_core_GBs, all_reduce: summary, loadavg_1m: loadavg()[0] }, null, 2));
+console.log(JSON.stringify({ out, crypto_provider: result.crypto_provider, all_reduce: summary, loadavg_1m: loadavg()[0] }, null, 2));

@@ -17,6 +17,7 @@ export interface AddonComm extends NativeComm {
   allReduce(buf: Float32Array | Uint16Array | Uint8Array, dtype?: ReduceDType): Promise<void>;
   refused(): string[];
   readonly encryptedLinks: number;
+  readonly cryptoProvider: string;
   allGather(input: ArrayBufferView, output: ArrayBufferView): Promise<void>;
   broadcast(buf: ArrayBufferView, root: number): Promise<void>;
   send(buf: ArrayBufferView, peer: number): Promise<void>;
@@ -61,6 +62,8 @@ export class Comm {
   refused(): string[] { return this.native.refused(); }
   /** TCP: how many of this rank's peer connections are encrypted. */
   get encryptedLinks(): number { return this.native.encryptedLinks; }
+  /** Which OpenSSL the TCP comm's handshake and encryption use ("libcrypto.so.3", "libcrypto.so" or "node"). */
+  get cryptoProvider(): string { return this.native.cryptoProvider; }
 }
 
 export interface TcpCommOptions {

@@ -66,6 +66,7 @@ class Comm : public Napi::ObjectWrap<Comm> {
                         InstanceMethod("asyncError", &Comm::AsyncError), InstanceMethod("abort", &Comm::Abort),
                         InstanceMethod("refused", &Comm::Refused),
                         InstanceAccessor("encryptedLinks", &Comm::EncryptedLinks, nullptr),
+                        InstanceAccessor("cryptoProvider", &Comm::CryptoProvider, nullptr),
                         InstanceAccessor("rank", &Comm::Rank, nullptr), InstanceAccessor("size", &Comm::Size, nullptr),
                         InstanceAccessor("kind", &Comm::Kind, nullptr),
                         InstanceAccessor("p2p", &Comm::P2p, nullptr)});
@@ -317,6 +318,11 @@ class Comm : public Napi::ObjectWrap<Comm> {
       for (const auto& line : tcp_->refused()) out.Set(i++, Napi::String::New(env, line));
     }
     return out;
+  }
+
+  // Which OpenSSL the TCP comm's handshake and encryption use ("libcrypto.so.3", ..., "node").
+  Napi::Value CryptoProvider(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), crypto_provider());
   }
 
   Napi::Value EncryptedLinks(const Napi::CallbackInfo& info) {

@@ -1,4 +1,4 @@
-// The TCP comm's cryptography, all from the OpenSSL that Node itself links (and exports to
+// The TCP comm's cryptography, all OpenSSL (the system's libcrypto, else the one Node exports to
 // addons): the HMAC-SHA256 of the mesh handshake, which proves a peer holds the job's key, and
 // AES-256-GCM for the frames of an encrypted connection. Nothing here is hand-written crypto.
 #pragma once
@@ -17,6 +17,9 @@ constexpr size_t kMacBytes = 32;      // HMAC-SHA256
 constexpr size_t kNonceBytes = 32;    // each side's fresh challenge
 constexpr size_t kContextBytes = 16;  // SHA-256 of the group's context, truncated: says which group and epoch
 constexpr size_t kTagBytes = 16;      // GCM tag of every encrypted frame
+
+// Which libcrypto is in use: "libcrypto.so.3", "libcrypto.so" or "node".
+std::string crypto_provider();
 
 void random_bytes(uint8_t* out, size_t n);
 

@@ -186,8 +186,9 @@ bool TcpComm::progress(Xfer& x, const char* what) {
   if (x.is_send && link.send && !x.crypt) {
     // Seal once, before the first byte goes out: the header is authenticated with the payload.
     x.crypt = true;
-    x.sealed.resize(x.bytes);
-    link.send->seal(x.hdr, sizeof x.hdr, x.data, x.sealed.data(), x.bytes, x.tag);
+    if (link.sealed.size() < x.bytes) link.sealed.resize(x.bytes);
+    x.sealed = link.sealed.data();
+    link.send->seal(x.hdr, sizeof x.hdr, x.data, x.sealed, x.bytes, x.tag);
   } else if (!x.is_send && link.recv) {
     x.crypt = true;
   }
@@ -195,12 +196,14 @@ bool TcpComm::progress(Xfer& x, const char* what) {
   while (x.hdr_done < sizeof x.hdr || x.done < x.bytes || x.tag_done < tag_bytes) {
     const bool in_hdr = x.hdr_done < sizeof x.hdr;
     const bool in_tag = !in_hdr && x.done == x.bytes;
-    uint8_t* body = x.is_send && x.crypt ? x.sealed.data() : x.data;
+    uint8_t* body = x.is_send && x.crypt ? x.sealed : x.data;
     uint8_t* p = in_hdr ? x.hdr + x.hdr_done : in_tag ? x.tag + x.tag_done : body + x.done;
     size_t left = in_hdr ? sizeof x.hdr - x.hdr_done : in_tag ? tag_bytes - x.tag_done : x.bytes - x.done;
     ssize_t n;
     if (x.is_send) {
-      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (!in_tag && (x.bytes || tag_bytes) ? MSG_MORE : 0);
+      // MSG_MORE only while more of this message follows (a corked last segment waits 200 ms).
+      const bool more = in_hdr ? x.bytes + tag_bytes > 0 : !in_tag && tag_bytes > 0;
+      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0);
       n = ::send(fd, p, left, flags);
     } else {
       n = ::recv(fd, p, left, MSG_DONTWAIT);

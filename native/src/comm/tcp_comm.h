@@ -97,10 +97,10 @@ class TcpComm : public Communicator {
     uint8_t hdr[16] = {};
     size_t hdr_done = 0;
     size_t done = 0;
-    // Encrypted connections: the payload is sealed into `sealed` before the first byte is sent
-    // (the caller's buffer is never modified); a received payload is opened in place.
+    // Encrypted connections: the payload is sealed into its link's buffer before the first byte
+    // is sent (the caller's buffer is never modified); a received payload is opened in place.
     bool crypt = false;
-    std::vector<uint8_t> sealed;
+    uint8_t* sealed = nullptr;
     uint8_t tag[16] = {};
     size_t tag_done = 0;
   };
@@ -143,7 +143,9 @@ class TcpComm : public Communicator {
   std::string error_;
   struct Refused { std::string why; int count = 0; };
   std::vector<std::pair<std::string, Refused>> refused_;  // by address, in order of first refusal
-  struct Link { std::unique_ptr<FrameCipher> send, recv; };
+  // One send per peer is in flight at a time (every op sends each peer at most one message), so
+  // one sealing buffer per link, grown as needed, serves every encrypted send to that peer.
+  struct Link { std::unique_ptr<FrameCipher> send, recv; std::vector<uint8_t> sealed; };
   std::vector<Link> links_;           // by peer rank; ciphers only on encrypted connections
   std::vector<uint8_t> scratch_;
   bool connected_ = false;
