@@ -33,7 +33,7 @@ function reference(pieces: string[], stop: string[], maxTokens: number): StopUpd
     }
     if (cut >= 0 || n + 1 >= maxTokens) {
       const text = cut >= 0 ? full.slice(0, cut) : full;
-      out.push({ delta: text.length > emitted.length ? text.slice(emitted.length) : '', done: true, finishReason: cut >= 0 ? 'stop' : 'length' });
+      out.push({ delta: text.length > emitted.length ? text.slice(emitted.length) : '', done: true, finishReason: cut >= 0 ? 'FINISH_REASON_STOP' : 'FINISH_REASON_LENGTH' });
       return out;
     }
     let hold = 0;
@@ -81,9 +81,9 @@ describe('stop strings (Aho-Corasick)', () => {
 
   it('picks the earliest-starting stop string even when a shorter one ends first', () => {
     const a = run(['x', 'abcd', 'z'], ['c', 'abcd'], 10);
-    expect([a.checker.text, a.checker.finishReason, a.updates.length]).toEqual(['x', 'stop', 2]);
+    expect([a.checker.text, a.checker.finishReason, a.updates.length]).toEqual(['x', 'FINISH_REASON_STOP', 2]);
     const b = run(['xab', 'c'], ['bc', 'abc'], 10);
-    expect([b.checker.text, b.checker.finishReason, b.updates.length]).toEqual(['x', 'stop', 2]);
+    expect([b.checker.text, b.checker.finishReason, b.updates.length]).toEqual(['x', 'FINISH_REASON_STOP', 2]);
     const m = new StopMatcher(['he', 'she', 'his', 'hers']);
     expect(m.feed('ushers', 0)).toBe(1);
     expect(new StopMatcher(['', 'q']).empty).toBe(false);
