@@ -12,6 +12,8 @@ import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadTokenizer } from '../model/tokenizer.js';
+import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
+import { JobPki } from './pki.js';
 import { isLocalHost } from './plan.js';
 import type { Placement } from './plan.js';
 import type { SshOptions } from './ssh.js';
@@ -28,8 +30,12 @@ export interface ClusterOptions {
   dtype: string;
   bind: string;
   port: number;
-  /** Address the workers dial; default: the address this machine uses to reach the first remote host. */
+  /** Address the workers dial (the control plane listens there); default: the address this machine uses to reach the first remote host. */
   advertise?: string;
+  /** The control plane's port (0 or absent: any free one). */
+  controlPort?: number;
+  /** Encrypt replicas' TCP data planes between hosts. */
+  encryptDataPlane?: boolean;
   kvBlocks: number;
   threads: number;
   maxBatchTokens: number;
@@ -132,13 +138,17 @@ async function routeTo(host: string): Promise<string> {
   });
 }
 
-export async function workerAddress(p: Placement, bind: string, port: number, advertise?: string): Promise<string> {
-  if (advertise) return `${advertise}:${port}`;
+/**
+ * The address the workers dial, where the control plane listens: --advertise-addr, else the
+ * address this machine uses to reach the first remote host, else loopback (every worker local).
+ */
+export async function controlHost(p: Placement, advertise?: string): Promise<string> {
+  if (advertise) return advertise;
   const remote = p.ranks.find((r) => !r.isLocal && !isLocalHost(r.host));
-  let host = bind === '0.0.0.0' || bind === '::' ? '127.0.0.1' : bind;
-  if (remote) host = await routeTo(remote.host);
-  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  return remote ? routeTo(remote.host) : '127.0.0.1';
 }
+
+const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
 
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
@@ -146,6 +156,13 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
   const token = randomBytes(24).toString('hex');
+  // The job's secrets (SECURITY.md): its CA and certificates, and the data plane's key. Each slot's
+  // worker gets its own certificate; the CA key never leaves this process.
+  const pki = await JobPki.create();
+  const dataPlaneKey = randomBytes(32);
+  const slotSecrets = await Promise.all(placement.ranks.map(async (r) =>
+    encodeJobSecrets({ control: await pki.workerIdentity(r.rank), dataPlaneKey: dataPlaneKey.toString('hex') })));
+  const control = await controlHost(placement, o.advertise);
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
@@ -154,6 +171,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
+    control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
+    encryptDataPlane: o.encryptDataPlane ?? false,
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
@@ -162,11 +181,12 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   });
   const port = await coordinator.start();
   if (o.onProgress) coordinator.members.on('progress', o.onProgress);
-  const dial = await workerAddress(placement, o.bind, port, o.advertise);
+  const dial = hostPort(control, coordinator.controlPort);
   let job: Job;
   try {
     job = await startJob({
       placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false,
+      secrets: (r) => ({ [JOB_SECRETS_VAR]: slotSecrets[r.rank]! }),
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000) },
       cwd: process.cwd(),
@@ -228,7 +248,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   died.catch(() => {});
   // From now on a lost rank is recovered (respawned by this job) instead of failing the launch.
   coordinator.failover.attach(job);
-  const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
+  const host = o.bind === '0.0.0.0' || o.bind === '::' ? control : o.bind;
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}), stop };
+  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}), stop };
 }

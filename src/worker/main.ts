@@ -19,6 +19,7 @@ import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
+import { takeJobSecrets } from '../protocol/job-secrets.js';
 import { ControlClient } from './control-client.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
@@ -106,7 +107,8 @@ class Worker {
   /** Set once this worker has served (got Start): a later failure waits to be re-formed instead of exiting. */
   served = false;
 
-  constructor(private readonly control: ControlClient, private readonly token: string, readonly health: WorkerHealth) {
+  /** `key`: the job's data-plane key, which every peer of this worker's communicators must prove it holds. */
+  constructor(private readonly control: ControlClient, private readonly key: Uint8Array, readonly health: WorkerHealth) {
     this.control.on('submit', (s) => {
       if (s.epoch === this.epoch?.id) this.epoch.submit(s);
     });
@@ -172,18 +174,20 @@ class Worker {
   private async formGroups(a: Assignment, epoch: Epoch): Promise<{ tpComm?: Comm; plane?: Comm }> {
     const local = a.stage * a.tp + a.tpRank;
     const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? a.peers[local]?.host ?? hostname();
-    // The nonce carries the epoch: a peer of an older epoch cannot connect to this one.
-    const nonce = `${this.token}/${a.epoch}`;
     const deviceIndex = this.deviceIndex(a);
+    // Each group's handshake is keyed by the job's secret and bound to the group and epoch: a peer
+    // of another job, another group or an older epoch cannot connect to this one.
+    const group = (name: string) => ({ name, context: `${name}@${a.epoch}`, key: this.key, advertise, deviceIndex,
+      encrypt: a.encryptDataPlane ? 'cross-host' as const : 'off' as const, log });
     let tpComm: Comm | undefined;
     if (a.tp > 1)
-      tpComm = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
-        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce }), epoch.abortedSignal]);
+      tpComm = await Promise.race([formWorkerGroup(this.control, { ...group(`r${a.replica}/tp/s${a.stage}`), rank: a.tpRank, size: a.tp,
+        kind: a.device === 'cuda' ? 'nccl' : 'tcp' }), epoch.abortedSignal]);
     if (tpComm) this.comms.push(tpComm);
     let plane: Comm | undefined;
     if (a.tp * a.pp > 1)
-      plane = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
-        advertise, deviceIndex, nonce }), epoch.abortedSignal]);
+      plane = await Promise.race([formWorkerGroup(this.control, { ...group(`r${a.replica}/replica`), rank: local, size: a.tp * a.pp, kind: 'tcp' }),
+        epoch.abortedSignal]);
     if (plane) this.comms.push(plane);
     this.health.reset([...(tpComm ? [{ name: `r${a.replica}/tp/s${a.stage}`, comm: tpComm }] : []),
       ...(plane ? [{ name: `r${a.replica}/replica`, comm: plane }] : [])]);
@@ -252,6 +256,8 @@ const REFORM_WAIT_MS = 120_000;
 
 async function main(): Promise<void> {
   const token = env('NODESPEED_JOB_TOKEN');
+  const secrets = takeJobSecrets();
+  const key = new Uint8Array(Buffer.from(secrets.dataPlaneKey, 'hex'));
   const address = env('NODESPEED_COORDINATOR');
   const rank = Number(env('RANK'));
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`worker: RANK must be a non-negative integer (got ${process.env.RANK})`);
@@ -259,7 +265,7 @@ async function main(): Promise<void> {
   const stepTimeoutMs = Number(process.env.NODESPEED_STEP_TIMEOUT_MS ?? 30_000);
   const control = new ControlClient(address, {
     token, rank, host: process.env.NODESPEED_HOST ?? hostname(), pid: process.pid, device: deviceInfo(), listenAddresses: [],
-  }, heartbeatMs);
+  }, heartbeatMs, secrets.control, key);
   const health = new WorkerHealth({
     stepTimeoutMs, pollMs: Math.max(50, Math.min(500, heartbeatMs / 2)),
     unhealthy: (reason, kind) => {
@@ -272,7 +278,7 @@ async function main(): Promise<void> {
       worker.abortComms();
     },
   });
-  const worker = new Worker(control, token, health);
+  const worker = new Worker(control, key, health);
   let exitCode = 0;
   let signalStop: () => void = () => {};
   const stopped = new Promise<void>((resolve) => {
