@@ -100,14 +100,28 @@ export class Router {
 
   /**
    * Takes every request off a lost replica and routes it again (another serving replica, or the
-   * re-formed one once it serves): the replay starts from prompt + the tokens the client has.
+   * re-formed one once it serves): the replay starts from prompt + the tokens the client has. A
+   * request that has now been in flight through `quarantineAfter` replica losses is failed instead
+   * (quarantined): if it is what takes replicas down, replaying it would take the next one down too.
    */
-  requeue(replica: Replica): RequestRecord[] {
-    const moved = this.store.onReplica(replica.id);
+  requeue(replica: Replica, quarantineAfter: number, cause: string): { moved: RequestRecord[]; quarantined: RequestRecord[] } {
     const now = Date.now();
-    for (const rec of moved) this.store.requeue(rec, now);
+    const moved: RequestRecord[] = [];
+    const quarantined: RequestRecord[] = [];
+    for (const rec of this.store.onReplica(replica.id)) {
+      if (rec.replays + 1 >= quarantineAfter) {
+        rec.replays++;
+        quarantined.push(rec);
+        this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.INTERNAL,
+          message: `request quarantined: it was in flight through ${rec.replays} replica losses (the last: ${cause}); it is not replayed ` +
+            `again in case it is what takes replicas down (--quarantine-after ${quarantineAfter})` });
+        continue;
+      }
+      this.store.requeue(rec, now);
+      moved.push(rec);
+    }
     for (const rec of moved) this.submit(rec);
-    return moved;
+    return { moved, quarantined };
   }
 
   /** Fails every request still waiting for a replica. */

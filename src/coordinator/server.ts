@@ -10,11 +10,14 @@ import { HealthImplementation } from 'grpc-health-check';
 
 import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
+import type { RequestLimits } from '../protocol/limits.js';
 import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
 } from '../protocol/proto.js';
 import { RequestStatus } from '../protocol/lifecycle.js';
-import { InferenceApi } from './api.js';
+import { InferenceApi, limitedDeserializer } from './api.js';
+import { grpcServerCredentials } from './public-auth.js';
+import type { PublicTls } from './public-auth.js';
 import { Failover } from './failover.js';
 import { LivenessResponder } from './liveness.js';
 import type { ApiOptions } from './api.js';
@@ -45,6 +48,12 @@ export interface CoordinatorOptions extends MembershipOptions {
   shrink?: ShrinkContext;
   /** The control plane: its address (the one workers dial), port (0: any free one) and certificate. */
   control: ControlPlaneOptions;
+  /** What one request may ask for (protocol/limits.ts). */
+  limits: RequestLimits;
+  /** TLS of the public API and /metrics (--tls-cert, --tls-key, --tls-client-ca); absent: plaintext. */
+  tls?: PublicTls;
+  /** A request in flight through this many replica losses is failed instead of replayed (default 2). */
+  quarantineAfter?: number;
 }
 
 export interface ControlPlaneOptions {
@@ -66,7 +75,7 @@ export class Coordinator {
   readonly metrics: CoordinatorMetrics | undefined;
   metricsServer: MetricsServer | undefined;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
-  private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+  private readonly server: grpc.Server;
   // Both ends of every control stream take and send messages up to the same bound (protocol/limits.ts).
   private readonly controlServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, ...controlChannelOptions() });
   private liveness: LivenessResponder | undefined;
@@ -75,14 +84,19 @@ export class Coordinator {
   controlPort = 0;
 
   constructor(readonly o: CoordinatorOptions) {
+    // The transport takes messages up to a ceiling above --max-request-bytes, so that a request
+    // between the two is answered INVALID_ARGUMENT naming the limit rather than cut off.
+    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1,
+      'grpc.max_receive_message_length': Math.max(4 * o.limits.requestBytes, 8 * 1024 * 1024) });
     this.members = new Membership(o.layout, { ...o, slotCertificates: true, livenessPort: () => this.livenessPort });
     this.router = new Router(this.members, this.store, o.log);
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,
+      quarantineAfter: o.quarantineAfter ?? 2,
       ...(o.shrink ? { shrink: o.shrink } : {}) });
     this.failover = failover;
     this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });
     this.api = new InferenceApi(this.members, this.store, this.router, {
-      model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
+      model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, limits: o.limits, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
       ...(this.metrics ? { metrics: this.metrics } : {}),
     });
     this.members.on('replica-serving', () => this.updateHealth());
@@ -101,7 +115,11 @@ export class Coordinator {
   async start(): Promise<number> {
     const inference = inferencePackageDefinition();
     const control = controlPackageDefinition();
-    this.server.addService(serviceDefinition(inference, INFERENCE_SERVICE), this.api.handlers());
+    // Generate and Complete refuse what exceeds --max-request-bytes before decoding it.
+    const service = { ...serviceDefinition(inference, INFERENCE_SERVICE) };
+    for (const method of ['Generate', 'Complete'])
+      service[method] = { ...service[method]!, requestDeserialize: limitedDeserializer(service[method]!.requestDeserialize, this.o.limits.requestBytes) };
+    this.server.addService(service, this.api.handlers());
     this.health.addToServer(this.server);
     // Reflection describes the public API only; the control plane is internal.
     new ReflectionService(inference).addToServer(this.server);
@@ -114,7 +132,7 @@ export class Coordinator {
     this.controlPort = await bind(this.controlServer, c.host, c.port, controlCredentials, 'the control plane');
     try {
       this.liveness = await LivenessResponder.start(c.host, c.key);
-      this.port = await bind(this.server, this.o.bind, this.o.port, grpc.ServerCredentials.createInsecure(), 'the API');
+      this.port = await bind(this.server, this.o.bind, this.o.port, grpcServerCredentials(this.o.tls), 'the API');
     } catch (err) {
       this.controlServer.forceShutdown();
       await this.liveness?.stop();
@@ -122,14 +140,15 @@ export class Coordinator {
     }
     if (this.metrics) {
       try {
-        this.metricsServer = await serveMetrics(this.metrics.registry, this.o.bind, this.o.metricsPort!);
+        this.metricsServer = await serveMetrics(this.metrics.registry, this.o.bind, this.o.metricsPort!,
+          { ...(this.o.tls ? { tls: this.o.tls } : {}), ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
       } catch (err) {
         this.server.forceShutdown();
         this.controlServer.forceShutdown();
         await this.liveness?.stop();
         throw err;
       }
-      this.o.log(`coordinator: Prometheus metrics at http://${this.metricsServer.address}/metrics`);
+      this.o.log(`coordinator: Prometheus metrics at ${this.o.tls ? 'https' : 'http'}://${this.metricsServer.address}/metrics`);
     }
     return this.port;
   }

@@ -12,7 +12,11 @@ import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
 import { loadTokenizer } from '../model/tokenizer.js';
+import { TokenizerPool } from '../model/tokenizer-pool.js';
+import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
+import type { RequestLimits } from '../protocol/limits.js';
 import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
+import type { PublicTls } from '../coordinator/public-auth.js';
 import { JobPki } from './pki.js';
 import { isLocalHost } from './plan.js';
 import type { Placement } from './plan.js';
@@ -36,6 +40,12 @@ export interface ClusterOptions {
   controlPort?: number;
   /** Encrypt replicas' TCP data planes between hosts. */
   encryptDataPlane?: boolean;
+  /** What one request may ask for (default DEFAULT_REQUEST_LIMITS). */
+  limits?: RequestLimits;
+  /** TLS of the public API and /metrics. */
+  tls?: PublicTls;
+  /** A request in flight through this many replica losses is failed instead of replayed (default 2). */
+  quarantineAfter?: number;
   kvBlocks: number;
   threads: number;
   maxBatchTokens: number;
@@ -155,6 +165,12 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const { layout, placement } = planWithSpares(config, o.placement,
     { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
+  const limits = o.limits ?? DEFAULT_REQUEST_LIMITS;
+  // Fails the launch (naming the flags) when the limits would let through a request that a driver
+  // could not receive as one control message.
+  checkControlFits(config.maxPosition, limits);
+  // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
+  const tokenizers = await TokenizerPool.start(o.model);
   const token = randomBytes(24).toString('hex');
   // The job's secrets (SECURITY.md): its CA and certificates, and the data plane's key. Each slot's
   // worker gets its own certificate; the CA key never leaves this process.
@@ -172,11 +188,13 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
+    limits, ...(o.quarantineAfter !== undefined ? { quarantineAfter: o.quarantineAfter } : {}), ...(o.tls ? { tls: o.tls } : {}),
     encryptDataPlane: o.encryptDataPlane ?? false,
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
-      encode: tokenizer.encode.bind(tokenizer),
+      encode: (text: string) => tokenizers.encode(text),
+      promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
     },
   });
   const port = await coordinator.start();
@@ -200,10 +218,12 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     });
   } catch (err) {
     await coordinator.stop('launch failed');
+    await tokenizers.close();
     throw err;
   }
   const stop = async (reason = 'shutting down') => {
     await coordinator.stop(reason);
+    await tokenizers.close();
     // Workers exit on the Stop message; give them a moment, then the launcher kills what is left.
     const deadline = Date.now() + 3000;
     while (Date.now() < deadline && placement.ranks.some((r) => job.rankState(r.rank).running))

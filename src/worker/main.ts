@@ -14,12 +14,13 @@
 import { availableParallelism, hostname } from 'node:os';
 
 import { Engine } from '../engine/engine.js';
-import { loadTokenizer } from '../model/index.js';
-import type { Tokenizer } from '../model/index.js';
+import { TokenizerPool, loadTokenizer } from '../model/index.js';
+import type { ReplayedText, Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
 import { takeJobSecrets } from '../protocol/job-secrets.js';
+import { FinishReason } from '../protocol/lifecycle.js';
 import { ControlClient } from './control-client.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
@@ -52,6 +53,9 @@ function shardKey(a: Assignment): string {
  * One membership epoch of this worker: aborted when the coordinator gives up on it. Requests that
  * arrive before its replica serves wait here, then go to the replica's driver.
  */
+/** A replay with more tokens than this rebuilds its text in a tokenizer thread instead of on the event loop. */
+const REPLAY_ON_LOOP = 64;
+
 class Epoch {
   aborted = false;
   private replica: Replica | undefined;
@@ -60,7 +64,12 @@ class Epoch {
   /** Rejects when the epoch is aborted: raced against every wait that only the coordinator ends. */
   readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
 
-  constructor(readonly id: string, private readonly refuse: (update: TokenUpdate) => void) {
+  /** Replays whose stop-checker text a tokenizer thread is rebuilding: request id → cancelled meanwhile. */
+  private readonly replaying = new Map<string, { cancelled: boolean }>();
+
+  /** `replay`: a replayed request's text, rebuilt off the event loop (a long one would delay the heartbeats). */
+  constructor(readonly id: string, private readonly refuse: (update: TokenUpdate) => void,
+    private readonly replay: (ids: number[]) => Promise<ReplayedText>) {
     this.abortedSignal.catch(() => {});
   }
 
@@ -73,15 +82,37 @@ class Epoch {
 
   submit(s: Submit): void {
     if (!this.replica) this.early.submit.push(s);
-    else if (this.replica.isDriver) {
+    else if (!this.replica.isDriver) return;
+    else if (s.generatedIds.length > REPLAY_ON_LOOP) this.submitReplay(this.replica, s);
+    else {
       const refused = this.replica.submit(s);
       if (refused) this.refuse(refused);
     }
   }
 
+  private submitReplay(replica: Replica, s: Submit): void {
+    if (this.replaying.has(s.requestId)) return; // duplicate delivery
+    const state = { cancelled: false };
+    this.replaying.set(s.requestId, state);
+    void this.replay(s.generatedIds).then((replayed) => {
+      this.replaying.delete(s.requestId);
+      if (state.cancelled || this.aborted) return;
+      const refused = replica.submit(s, replayed);
+      if (refused) this.refuse(refused);
+    }, (err: unknown) => {
+      this.replaying.delete(s.requestId);
+      if (!state.cancelled && !this.aborted) this.refuse({ requestId: s.requestId, tokenIds: [], text: '', index: 0,
+        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}` });
+    });
+  }
+
   cancel(id: string): void {
     if (!this.replica) this.early.cancel.push(id);
-    else if (this.replica.isDriver) this.replica.cancel(id);
+    else if (this.replica.isDriver) {
+      const pending = this.replaying.get(id);
+      if (pending) pending.cancelled = true;
+      else this.replica.cancel(id);
+    }
   }
 
   /** Ends the replica's loop (the driver tells the other ranks). */
@@ -101,6 +132,8 @@ class Worker {
   private engine: Engine | undefined;
   private engineKey = '';
   private tokenizer: Tokenizer | undefined;
+  /** The driver's tokenizer thread (replays), started on the first long replay. */
+  private tokenizerThread: Promise<TokenizerPool> | undefined;
   private comms: Comm[] = [];
   private epoch: Epoch | undefined;
   stopRequested = false;
@@ -125,7 +158,8 @@ class Worker {
    * on a failure or when the epoch is aborted.
    */
   async run(a: Assignment): Promise<void> {
-    const epoch = new Epoch(a.epoch, (update) => this.control.send({ tokens: { epoch: a.epoch, updates: [update] } }));
+    const epoch = new Epoch(a.epoch, (update) => this.control.send({ tokens: { epoch: a.epoch, updates: [update] } }),
+      async (ids) => (await (this.tokenizerThread ??= TokenizerPool.start(a.modelDir, 1))).replay(ids));
     this.epoch = epoch;
     const started = Promise.race([new Promise<Start>((resolve) => {
       const on = (s: Start) => {

@@ -80,7 +80,7 @@ describe('router', () => {
     expect(rec.replica).toBe(0);
     report(m, 0, { requestId: rec.id, tokenIds: [10, 11, 12], text: 'abc', index: 0 });
     m.replicas[0]!.state = 'lost';
-    expect(router.requeue(m.replicas[0]!)).toEqual([rec]);
+    expect(router.requeue(m.replicas[0]!, 2, 'rank 0 lost')).toEqual({ moved: [rec], quarantined: [] });
     // Replayed on the other replica from prompt + the 3 tokens the client has.
     expect([rec.status, rec.replica, rec.replays]).toEqual([RequestStatus.RUNNING, 1, 1]);
     expect(sent[1]!.at(-1)).toMatchObject({ submit: { requestId: rec.id, promptIds: [1, 2, 3], generatedIds: [10, 11, 12] } });
@@ -101,6 +101,22 @@ describe('router', () => {
     // Ended: a last word from the driver changes nothing.
     report(m, 1, { requestId: rec.id, tokenIds: [16], text: 'g', index: 6 });
     expect(got).toHaveLength(3);
+  });
+
+  it('a request in flight through --quarantine-after replica losses is failed instead of replayed again', () => {
+    const { members: m, store, router, sent } = cluster();
+    const { rec, failed } = request(store);
+    router.submit(rec);
+    report(m, 0, { requestId: rec.id, tokenIds: [10], text: 'a', index: 0 });
+    m.replicas[0]!.state = 'lost';
+    expect(router.requeue(m.replicas[0]!, 2, 'rank 0 lost: control stream closed')).toEqual({ moved: [rec], quarantined: [] });
+    expect(rec.replica).toBe(1);
+    const submits = sent[1]!.length;
+    m.replicas[1]!.state = 'lost';
+    expect(router.requeue(m.replicas[1]!, 2, 'rank 1 lost: process exited (SIGKILL)')).toEqual({ moved: [], quarantined: [rec] });
+    expect(failed).toEqual([[grpc.status.INTERNAL, 'request quarantined: it was in flight through 2 replica losses (the last: rank 1 lost: ' +
+      'process exited (SIGKILL)); it is not replayed again in case it is what takes replicas down (--quarantine-after 2)']]);
+    expect([rec.status, rec.replays, store.size, sent[1]!.length]).toEqual([RequestStatus.FAILED, 2, 0, submits]);
   });
 
   it('a driver that refuses a request fails it RESOURCE_EXHAUSTED naming the replica', () => {
