@@ -84,10 +84,10 @@ export class Coordinator {
   controlPort = 0;
 
   constructor(readonly o: CoordinatorOptions) {
-    // The transport takes messages up to a ceiling above --max-request-bytes, so that a request
-    // between the two is answered INVALID_ARGUMENT naming the limit rather than cut off.
-    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1,
-      'grpc.max_receive_message_length': Math.max(4 * o.limits.requestBytes, 8 * 1024 * 1024) });
+    // The transport takes messages up to twice --max-request-bytes, so that a request between the
+    // two is answered INVALID_ARGUMENT naming the limit (without being decoded); beyond that gRPC
+    // itself refuses it RESOURCE_EXHAUSTED from its length prefix, before reading it.
+    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': 2 * o.limits.requestBytes });
     this.members = new Membership(o.layout, { ...o, slotCertificates: true, livenessPort: () => this.livenessPort });
     this.router = new Router(this.members, this.store, o.log);
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,

@@ -200,6 +200,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const port = await coordinator.start();
   if (o.onProgress) coordinator.members.on('progress', o.onProgress);
   const dial = hostPort(control, coordinator.controlPort);
+  o.log(`coordinator: control plane on ${dial} (mutual TLS with this job's certificates), liveness responder on port ${coordinator.livenessPort}`);
   let job: Job;
   try {
     job = await startJob({
