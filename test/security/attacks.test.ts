@@ -226,3 +226,66 @@ describe('a bearer token', () => {
     }
   }, 90_000);
 });
+
+describe('10,000 stop strings allowed by raised limits', () => {
+  it('40 such requests at once cost the driver a bounded time per token: all complete, no heartbeat missed, no failover', async () => {
+    const c = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.5', '--heartbeat-timeout', '2',
+      '--kv-blocks', '128', '--max-stop-strings', '10000', '--max-stop-chars', '200000', '--max-request-bytes', '8388608']);
+    try {
+      const stops = Array.from({ length: 10_000 }, (_, i) => `~never-${i}~`);
+      const run = async (stop: string[]) => {
+        const t0 = performance.now();
+        const rs = await Promise.all(Array.from({ length: 40 }, (_, i) =>
+          stream(c.client, { prompt: 'import os\n\n', maxTokens: 32, ignoreEos: true, temperature: 0.8, seed: String(i), stop }, { timeoutMs: 120_000 })));
+        for (const r of rs) expect(r.tokenIds).toHaveLength(32);
+        return performance.now() - t0;
+      };
+      const one = await run(['~never~']);
+      const many = await run(stops);
+      const st = await c.client.clusterStatus();
+      console.log(`40 streams x 32 tokens: ${one.toFixed(0)} ms with 1 stop string, ${many.toFixed(0)} ms with 10,000 each ` +
+        `(${(many / one).toFixed(2)}x: building 40 automata and moving 40 x 150 KB of stop strings); failovers ${st.failover!.failures}`);
+      expect(st.failover!.failures).toBe(0);
+      expect(Math.max(...st.workers.map((w) => w.lastHeartbeatMsAgo))).toBeLessThan(1000);
+    } finally {
+      expect(await c.stop()).toBe(0);
+    }
+  }, 240_000);
+});
+
+describe('poison-request quarantine', () => {
+  it('a request in flight through 2 replica losses is failed, not replayed again; it shows in ClusterStatus and the failover log', async () => {
+    const c = await launch(PY_TINY, ['--num_cpu_workers', '1', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '1', '--kv-blocks', '64',
+      '--request-timeout', '60']);
+    try {
+      const tokens: number[] = [];
+      const req = (async () => {
+        for await (const m of c.client.generate({ prompt: 'import os\n\n', maxTokens: 2000, ignoreEos: true }, { timeoutMs: 120_000 })) tokens.push(...m.tokenIds);
+      })().then(() => null, (e: Error) => e);
+      // Lose the replica twice while the request is in flight (each time once it streams again).
+      for (let loss = 1; loss <= 2; loss++) {
+        const have = tokens.length;
+        while (tokens.length < have + 8) await new Promise((r) => setTimeout(r, 20));
+        const pid = (await c.client.clusterStatus()).workers[0]!.pid;
+        process.kill(pid, 'SIGKILL');
+        if (loss === 1) while ((await c.client.clusterStatus()).failover!.recoveries < 1) await new Promise((r) => setTimeout(r, 100));
+      }
+      const err = await req;
+      expect(err).toBeInstanceOf(Error);
+      expect((err as { code?: number }).code).toBe(grpc.status.INTERNAL);
+      expect((err as Error).message).toMatch(/request quarantined: it was in flight through 2 replica losses \(the last: rank 0 lost: .*\); it is not replayed again in case it is what takes replicas down \(--quarantine-after 2\)/);
+      const st = await c.client.clusterStatus();
+      expect(st.failover!.quarantinedRequests).toBe(1);
+      expect(st.quarantined).toHaveLength(1);
+      expect(st.quarantined[0]).toMatchObject({ replicaLosses: 2, promptTokens: expect.any(Number) });
+      expect(st.quarantined[0]!.streamedTokens).toBe(tokens.length);
+      expect(c.stderr()).toMatch(new RegExp(`failover: request ${st.quarantined[0]!.requestId} quarantined: in flight through 2 replica losses`));
+      // The cluster recovers and serves others.
+      while ((await c.client.clusterStatus()).replicas[0]!.state !== 'serving') await new Promise((r) => setTimeout(r, 100));
+      const ok = await c.client.complete({ prompt: 'import os\n\n', maxTokens: 5, ignoreEos: true });
+      expect(ok.tokenIds).toEqual([200, 333, 361, 414, 64]);
+    } finally {
+      expect(await c.stop()).toBe(0);
+    }
+  }, 240_000);
+});
