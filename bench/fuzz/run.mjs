@@ -14,7 +14,7 @@
 //      engine's step(): every one must decode or throw a clean Error, never crash or hang.
 // Zero crashes and zero failovers pass. Writes bench/results/fuzz-<host>-<timestamp>.json.
 //
-//   npm run build && node bench/fuzz/run.mjs [--minutes 10] [--seed 1] [--model models/py-tiny]
+//   npm run build && node bench/fuzz/run.mjs [--minutes 10] [--seed 1] [--model models/py-tiny] [--targets api,control,frames]
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg, totalmem } from 'node:os';
@@ -29,7 +29,9 @@ const dist = (p) => join(root, 'dist', p);
 const { values: a } = parseArgs({ options: {
   minutes: { type: 'string', default: '10' }, seed: { type: 'string', default: '1' },
   model: { type: 'string', default: join(root, 'models', 'py-tiny') }, out: { type: 'string' },
+  targets: { type: 'string', default: 'api,control,frames' },
 } });
+const targets = new Set(a.targets.split(','));
 const minutes = Number(a.minutes);
 const seed = Number(a.seed);
 
@@ -248,7 +250,8 @@ const ticker = setInterval(() => {
   console.error(`fuzz: ${((Date.now() - t0) / 60_000).toFixed(1)} min; api ${stats.api.calls} calls (${stats.api.unexpected.length} unexpected), ` +
     `control ${stats.control.streams} streams / ${stats.control.messages} messages, frames ${stats.frames.cases} (${stats.frames.crashes.length} crashes)`);
 }, 30_000);
-await Promise.all([runFor(apiCase, 8), runFor(controlCase, 2), runFor(frameCase, 1)]);
+await Promise.all([targets.has('api') ? runFor(apiCase, 8) : null, targets.has('control') ? runFor(controlCase, 2) : null,
+  targets.has('frames') ? runFor(frameCase, 1) : null]);
 clearInterval(ticker);
 console.error("fuzz: run over, cleaning up");
 const status = await client.clusterStatus();
