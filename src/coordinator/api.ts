@@ -185,16 +185,26 @@ export class InferenceApi {
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
-    // 'cancelled' fires on client cancellation and on an expired deadline.
+    this.serve(call, sink, (r) => (rec = r), (s) => call.emit('error', s));
+  }
+
+  /**
+   * Admits a call's request (its prompt is tokenized off the event loop meanwhile) and keeps it
+   * tied to the call: 'cancelled' (client cancellation or an expired deadline), also while the
+   * request is still being admitted, abandons it.
+   */
+  private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: RequestSink,
+    admitted: (rec: RequestRecord) => void, refuse: (s: Status) => void): void {
+    let rec: RequestRecord | undefined;
     let cancelled = false;
     call.on('cancelled', () => {
       cancelled = true;
       if (rec) this.abandon(rec, 'client cancelled or deadline exceeded');
     });
     void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
-      if (r instanceof RequestRecord) rec = r;
-      else if (r) call.emit('error', r);
-    }, (err: unknown) => call.emit('error', { code: grpc.status.INTERNAL, details: (err as Error).message }));
+      if (r instanceof RequestRecord) admitted((rec = r));
+      else if (r) refuse(r);
+    }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
   }
 
   private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
@@ -210,15 +220,7 @@ export class InferenceApi {
       },
       fail: (code, details) => cb({ code, details }),
     };
-    let cancelled = false;
-    call.on('cancelled', () => {
-      cancelled = true;
-      if (rec) this.abandon(rec, 'client cancelled or deadline exceeded');
-    });
-    void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
-      if (r instanceof RequestRecord) rec = r;
-      else if (r) cb(r);
-    }, (err: unknown) => cb({ code: grpc.status.INTERNAL, details: (err as Error).message }));
+    this.serve(call, sink, (r) => (rec = r), (s) => cb(s));
   }
 
   status(): ClusterStatusMsg {

@@ -5,18 +5,8 @@ import { describe, expect, it } from 'vitest';
 
 import { StopChecker, StopMatcher } from '../../src/engine/stop-checker.js';
 import type { StopUpdate } from '../../src/engine/stop-checker.js';
+import { rng } from '../helpers/rng.js';
 
-/** mulberry32: a small seeded generator, so a failure names a case that can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The definition: every stop string searched with indexOf after each token, hold-back by brute force. */
 function reference(pieces: string[], stop: string[], maxTokens: number): StopUpdate[] {

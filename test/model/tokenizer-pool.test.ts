@@ -10,19 +10,10 @@ import type { StopUpdate } from '../../src/engine/stop-checker.js';
 import { TokenizerPool } from '../../src/model/tokenizer-pool.js';
 import { loadTokenizer } from '../../src/model/tokenizer.js';
 import type { Tokenizer } from '../../src/model/tokenizer.js';
+import { rng } from '../helpers/rng.js';
 
 const PY_TINY = join(import.meta.dirname, '..', '..', 'models', 'py-tiny');
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let pool: TokenizerPool;
 let tok: Tokenizer;

@@ -6,19 +6,10 @@ import { describe, expect, it } from 'vitest';
 
 import { loadTokenizer } from '../../src/model/tokenizer.js';
 import { DEFAULT_REQUEST_LIMITS, LimitError, checkRequestLimits, promptBytesLimit } from '../../src/protocol/limits.js';
+import { rng } from '../helpers/rng.js';
 
 const root = join(import.meta.dirname, '..', '..');
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('prompt bytes before tokenizing', () => {
   it.each(['models/py-tiny', 'test/fixtures/hf-reference/tiny-llama-gqa-f32'])('%s: no text is longer than its tokens × the longest token', async (dir) => {
