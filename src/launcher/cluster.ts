@@ -202,9 +202,11 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const dial = hostPort(control, coordinator.controlPort);
   o.log(`coordinator: control plane on ${dial} (mutual TLS with this job's certificates), liveness responder on port ${coordinator.livenessPort}`);
   let job: Job;
+  // Each rank's first error-looking line on stderr: what a worker that dies while starting died of.
+  const firstError = new Map<number, string>();
   try {
     job = await startJob({
-      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false,
+      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
       secrets: (r) => ({ [JOB_SECRETS_VAR]: slotSecrets[r.rank]! }),
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000) },
@@ -212,7 +214,10 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
       ...(o.logDir ? { logDir: o.logDir } : {}),
     }, (j) => {
-      j.on('line', (e) => o.onWorkerLine?.(`[${e.host}:${e.rank}] ${e.line}`));
+      j.on('line', (e) => {
+        if (e.stream === 'stderr' && !firstError.has(e.rank) && /error|cannot|failed|unavailable/i.test(e.line)) firstError.set(e.rank, e.line);
+        o.onWorkerLine?.(`[${e.host}:${e.rank}] ${e.line}`);
+      });
       j.on('rank-exit', (e) => {
         if (!e.expected && e.code !== 0) o.log(`launcher: rank ${e.rank} on ${e.host} exited (code ${e.code ?? '?'}${e.signal ? `, ${e.signal}` : ''})`);
       });
@@ -234,7 +239,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   // A worker that dies before the cluster serves makes the launch fail (with its exit in the log).
   const died = new Promise<never>((_, reject) => {
     job.on('rank-exit', (e) => {
-      if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready`));
+      if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready` +
+        (firstError.has(e.rank) ? `: ${firstError.get(e.rank)}` : '')));
     });
   });
   // A worker that started but never joins (hung at start-up, or it cannot reach `dial`) fails the launch too.

@@ -6,5 +6,5 @@ export * from './tokenizer.js';
 export { TokenizerPool } from './tokenizer-pool.js';
 export type { ReplayedText } from './tokenizer-pool.js';
 export * from './info.js';
-export { initModel, PRESETS } from './init.js';
-export type { InitOptions, InitResult, LlamaShape } from './init.js';
+export { initModel, MOE_PRESETS, PRESETS } from './init.js';
+export type { InitOptions, InitResult, LlamaShape, MoeShape } from './init.js';
