@@ -151,17 +151,29 @@ const final = await client.clusterStatus({ timeoutMs: 10_000 });
 client.close();
 await cluster.stop();
 
-const half = samples.filter((s) => s.t_ms >= (minutes * 60_000) / 2);
-const slopes = {
-  launcher_kib_per_min: slopePerMin(half.map((s) => ({ t: s.t_ms, y: s.launcher_rss_kib }))),
-  workers_kib_per_min: Object.fromEntries([...new Set(half.flatMap((s) => s.workers.map((w) => w.pid)))].map((pid) =>
-    [pid, slopePerMin(half.flatMap((s) => s.workers.filter((w) => w.pid === pid && w.rss_kib !== null).map((w) => ({ t: s.t_ms, y: w.rss_kib }))))])),
-};
+// Per process: RSS series; its slope over the second half and over the last quarter, and how much
+// its peak grew from the first half to the second. A one-time step (the V8 heap or malloc growing
+// to a new plateau) shows in the second-half slope but not in the last quarter's.
+const series = (pick) => samples.map((s) => ({ t: s.t_ms, y: pick(s) })).filter((p) => p.y !== null && p.y !== undefined);
+const processes = { launcher: series((s) => s.launcher_rss_kib),
+  ...Object.fromEntries([...new Set(samples.flatMap((s) => s.workers.map((w) => w.pid)))].map((pid) =>
+    [`worker ${pid}`, series((s) => s.workers.find((w) => w.pid === pid)?.rss_kib ?? null)])) };
+const run = minutes * 60_000;
+const memory = Object.fromEntries(Object.entries(processes).map(([name, pts]) => {
+  const peak = (xs) => Math.max(...xs.map((p) => p.y));
+  const first = pts.filter((p) => p.t < run / 2);
+  const second = pts.filter((p) => p.t >= run / 2);
+  return [name, { second_half_kib_per_min: slopePerMin(second), last_quarter_kib_per_min: slopePerMin(pts.filter((p) => p.t >= (3 * run) / 4)),
+    peak_growth_kib: first.length && second.length ? peak(second) - peak(first) : null, end_kib: pts.at(-1)?.y ?? null }];
+}));
 const kv = final.replicas.map((r) => ({ replica: r.id, total: r.kvBlocksTotal, free: r.kvBlocksFree, running: r.running, queued: r.queued }));
-// Flat: RSS grows by less than 1 MiB per minute over the second half (a leak of one request's worth
-// of state per request would be tens of MiB per minute at these rates).
+// Flat after warm-up: over the last quarter RSS grows by less than 1 MiB per minute, and the second
+// half's peak is within 32 MiB of the first half's (a leak of one request's state per request would
+// be tens of MiB per minute at these rates, and would keep growing to the end).
 const FLAT_KIB_PER_MIN = 1024;
-const flat = [slopes.launcher_kib_per_min, ...Object.values(slopes.workers_kib_per_min)].every((s) => s !== null && s < FLAT_KIB_PER_MIN);
+const STEP_KIB = 32 * 1024;
+const flat = Object.values(memory).every((m) => m.last_quarter_kib_per_min !== null && m.last_quarter_kib_per_min < FLAT_KIB_PER_MIN &&
+  m.peak_growth_kib !== null && m.peak_growth_kib < STEP_KIB);
 const verdict = {
   no_errors: stats.errors.length === 0,
   kv_all_free: kv.every((r) => r.free === r.total && r.running === 0 && r.queued === 0),
@@ -179,11 +191,11 @@ const result = {
   params: { minutes, min_streams: minStreams, max_streams: maxStreams, cancel_rate: cancelRate, max_tokens: maxTokens, seed: Number(a.seed) },
   totals: { requests: stats.requests, completed: stats.completed, cancelled: stats.cancelled, errors: stats.errors.length, tokens: stats.tokens,
     tok_s: +(stats.tokens / (minutes * 60)).toFixed(1) },
-  errors: stats.errors.slice(0, 50), kv_at_end: kv, failover: final.failover, rss_slope_second_half: slopes, flat_threshold_kib_per_min: FLAT_KIB_PER_MIN,
+  errors: stats.errors.slice(0, 50), kv_at_end: kv, failover: final.failover, memory, flat_kib_per_min: FLAT_KIB_PER_MIN, step_kib: STEP_KIB,
   verdict, pass: Object.values(verdict).every(Boolean), samples,
 };
 const out = a.out ?? join(root, 'bench', 'results', `soak-cpu-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-console.log(JSON.stringify({ out, totals: result.totals, verdict, pass: result.pass, rss_slope_second_half: slopes }, null, 2));
+console.log(JSON.stringify({ out, totals: result.totals, verdict, pass: result.pass, memory }, null, 2));
 process.exit(result.pass ? 0 : 1);
