@@ -25,6 +25,12 @@ import { parseArgs } from 'node:util';
 import { launch } from '../failover/load.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+// The code under test is the checkout as the run starts (edits made while it runs do not count).
+let commit = 'unknown';
+try {
+  const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() ? '+dirty' : '';
+  commit = execFileSync('git', ['-C', root, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim() + dirty;
+} catch { /* not a checkout */ }
 const dist = (p) => join(root, 'dist', p);
 const { values: a } = parseArgs({ options: {
   minutes: { type: 'string', default: '10' }, seed: { type: 'string', default: '1' },
@@ -264,11 +270,6 @@ console.error("fuzz: coordinator stopped");
 engine.dispose();
 console.error("fuzz: engine disposed");
 
-let commit = 'unknown';
-try {
-  const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() ? '+dirty' : '';
-  commit = execFileSync('git', ['-C', root, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim() + dirty;
-} catch { /* not a checkout */ }
 const verdict = {
   zero_failovers: status.failover.failures === 0,
   zero_unexpected_api_outcomes: stats.api.unexpected.length === 0,
