@@ -106,7 +106,7 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       secondsArg('--step-timeout'), 30)
     .option('--spares <n>', 'spare workers kept joined (no weights loaded) to take over a lost rank; they use the slots beyond ' +
       'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
-    .option('--metrics-port <port>', 'serve Prometheus metrics at http://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
+    .option('--metrics-port <port>', 'serve Prometheus metrics at http(s)://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token-file <file>', 'require "authorization: Bearer <token>" on the API and /metrics, the token being the file\'s first line ' +

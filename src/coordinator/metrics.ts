@@ -142,8 +142,7 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves the registry at GET /metrics (Prometheus text format); 404 elsewhere. */
-/** /metrics behind the API's own protection: its TLS and its bearer token, when set. */
+/** Serves the registry at GET /metrics (Prometheus text format; 404 elsewhere) behind the API's own TLS and bearer token, when set. */
 export async function serveMetrics(registry: Registry, bind: string, port: number,
   o: { tls?: PublicTls; authToken?: string } = {}): Promise<MetricsServer> {
   const handler = (req: IncomingMessage, res: ServerResponse) => {

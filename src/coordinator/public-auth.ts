@@ -16,7 +16,8 @@ export interface PublicTls {
   clientCa?: string;
 }
 
-function readFlagFile(flag: string, file: string): string {
+/** A file a flag names, its read error naming the flag and the file. */
+export function readFlagFile(flag: string, file: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {

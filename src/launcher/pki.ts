@@ -55,7 +55,9 @@ export class JobPki {
     return this.ca.toString('pem') + '\n';
   }
 
-  private async issue(commonName: string, usage: x509.ExtendedKeyUsage, names: x509.JsonGeneralName[]): Promise<TlsIdentity> {
+  /** A certificate of this CA for a TLS server or client under `commonName`, valid for `names` (subjectAltName). */
+  async issue(commonName: string, role: 'server' | 'client', names: x509.JsonGeneralName[]): Promise<TlsIdentity> {
+    const usage = role === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth;
     const keys = await crypto.subtle.generateKey(ALG, true, ['sign', 'verify']) as CryptoKeyPair;
     const cert = await x509.X509CertificateGenerator.create({
       serialNumber: (++this.serial).toString(16).padStart(2, '0'), subject: `CN=${commonName}`, issuer: this.ca.subject, ...validity(),
@@ -77,12 +79,12 @@ export class JobPki {
    * name (CONTROL_SERVER_NAME), whatever address they dial, so --advertise-addr needs no certificate change.
    */
   serverIdentity(): Promise<TlsIdentity> {
-    return this.issue(CONTROL_SERVER_NAME, x509.ExtendedKeyUsage.serverAuth, [{ type: 'dns', value: CONTROL_SERVER_NAME }]);
+    return this.issue(CONTROL_SERVER_NAME, 'server', [{ type: 'dns', value: CONTROL_SERVER_NAME }]);
   }
 
   /** The client certificate of one launcher slot: the coordinator admits its Join only for that slot. */
   workerIdentity(slot: number): Promise<TlsIdentity> {
     const cn = slotCommonName(slot);
-    return this.issue(cn, x509.ExtendedKeyUsage.clientAuth, [{ type: 'dns', value: cn }]);
+    return this.issue(cn, 'client', [{ type: 'dns', value: cn }]);
   }
 }
