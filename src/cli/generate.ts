@@ -15,6 +15,7 @@ import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.j
 import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
 import { addServerFlags, clientOptions, SERVER_FLAG_KEYS } from './server-flags.js';
 import type { ServerFlags } from './server-flags.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings } from '../settings/index.js';
 
 export interface GenerateCliOptions extends ServerFlags {
   model?: string;
@@ -27,6 +28,7 @@ export interface GenerateCliOptions extends ServerFlags {
   seed?: bigint;
   stop: string[];
   threads?: number;
+  hfRounding?: boolean;
   json: boolean;
   server?: string;
   timeout: number;
@@ -114,6 +116,7 @@ function samplingOf(o: GenerateCliOptions): SamplingInput & { seed?: bigint } {
 /** In-process generation: load, stream (or collect), print, dispose. */
 export async function generateLocal(prompt: string, o: GenerateCliOptions, out: NodeJS.WritableStream = process.stdout): Promise<GenerateResult> {
   if (!o.model) throw new Error('--model DIR is required');
+  if (o.hfRounding) overrideSettings({ cudaRound: HF_ROUNDING });  // before the addon loads: it reads its settings then
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
     Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
@@ -167,7 +170,7 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
 }
 
 /** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
-const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads'] as const;
+const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads', 'hfRounding'] as const;
 /** And the reverse. */
 const SERVER_ONLY = [...SERVER_FLAG_KEYS, 'timeout'] as const;
 
@@ -189,6 +192,7 @@ export function register(program: Command): void {
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here');
   addServerFlags(cmd, 'with --server: ')
@@ -198,7 +202,7 @@ export function register(program: Command): void {
     const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
     if (o.server) {
       const ignored = LOCAL_ONLY.filter(given);
-      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype and threads`);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype, threads and rounding`);
     } else {
       const ignored = SERVER_ONLY.filter(given);
       if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} only apply with --server`);

@@ -14,6 +14,7 @@ import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
 import type { Placement } from '../launcher/plan.js';
 import { intArg, portArg, secondsArg } from './args.js';
@@ -59,6 +60,7 @@ export interface LaunchFlags {
   maxN: number;
   maxLogprobs: number;
   quarantineAfter: number;
+  hfRounding: boolean;
   progress: boolean;
 }
 
@@ -124,6 +126,7 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
     .option('--max-logprobs <n>', 'most log-probabilities per token (logprobs)', intArg('--max-logprobs', 0), DEFAULT_REQUEST_LIMITS.logprobs)
     .option('--quarantine-after <n>', 'fail a request instead of replaying it again once it was in flight through this many replica losses',
       intArg('--quarantine-after', 1), 2)
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--no-progress', 'no progress bar');
 }
 
@@ -241,6 +244,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       ...(authToken ? { authToken } : {}), ...(tls ? { tls } : {}),
       controlPort: f.controlPort, encryptDataPlane: f.encryptDataPlane, quarantineAfter: f.quarantineAfter,
       limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs },
+      ...(f.hfRounding ? { workerEnv: settingsEnv({ cudaRound: HF_ROUNDING }) } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
       log,

@@ -29,9 +29,9 @@ export function addServerFlags(cmd: Command, scope = ''): Command {
 }
 
 /** The token (--auth-token, else --auth-token-file, else NODESPEED_AUTH_TOKEN) and the channel's credentials. */
-export function clientOptions(f: ServerFlags, env: NodeJS.ProcessEnv = process.env): ClientOptions {
+export function clientOptions(f: ServerFlags): ClientOptions {
   if (f.authToken !== undefined && f.authTokenFile !== undefined) throw new Error('--auth-token and --auth-token-file: give one of them');
-  const authToken = f.authToken ?? readAuthToken(f.authTokenFile, env);
+  const authToken = f.authToken ?? readAuthToken(f.authTokenFile);
   if (!!f.tlsCert !== !!f.tlsKey) throw new Error(`${f.tlsCert ? '--tls-key' : '--tls-cert'} is missing: a client certificate needs both --tls-cert and --tls-key`);
   const token = authToken ? { authToken } : {};
   if (!f.tls && !f.tlsCa && !f.tlsCert) return token;

@@ -8,6 +8,8 @@ import { isIP } from 'node:net';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { settings } from '../settings/index.js';
+
 /** PEM contents. */
 export interface PublicTls {
   cert: string;
@@ -43,13 +45,13 @@ export function readPublicTls(certFile: string | undefined, keyFile: string | un
 }
 
 /** The bearer token: --auth-token-file's first line, else NODESPEED_AUTH_TOKEN; undefined when neither is given. */
-export function readAuthToken(file: string | undefined, env: NodeJS.ProcessEnv = process.env): string | undefined {
+export function readAuthToken(file: string | undefined): string | undefined {
   if (file) {
     const token = readFlagFile('--auth-token-file', file).split(/\r?\n/)[0]!.trim();
     if (!token) throw new Error(`--auth-token-file ${file}: the first line is empty`);
     return token;
   }
-  const v = env.NODESPEED_AUTH_TOKEN?.trim();
+  const v = settings().authToken?.trim();
   return v ? v : undefined;
 }
 

@@ -10,6 +10,7 @@ import { HANDSHAKES_IN_ALL, Limiter, startRemoteRank, summarizeStartFailures } f
 import { resolveTarget, type SshOptions, type SshTarget } from './ssh.js';
 import type { Placement, RankPlacement } from './plan.js';
 import { StoppedWhileStarting, type RankExit, type RankProcess, type StreamName } from './rank-process.js';
+import { allSettings } from '../settings/index.js';
 
 export interface JobSpec {
   placement: Placement;
@@ -72,8 +73,11 @@ interface RankState {
   log?: WriteStream;
 }
 
-/** The launcher's own secrets: never passed on to a rank, not even to a local one that inherits the environment. */
-export const LAUNCHER_ONLY_VARS = ['NODESPEED_AUTH_TOKEN'];
+/**
+ * The launcher's own secrets (the registry's secret entries of one process: the API's bearer token):
+ * never passed on to a rank, not even to a local one that inherits the environment.
+ */
+export const LAUNCHER_ONLY_VARS = allSettings().filter((s) => s.secret && s.scope === 'process').map((s) => s.name);
 
 export declare interface Job {
   on(event: 'line', listener: (e: RankLine) => void): this;

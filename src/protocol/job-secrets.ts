@@ -4,6 +4,7 @@
 //   - its control-plane TLS identity: the job CA, and the client certificate and key of its slot;
 //   - the data plane's key: the per-job secret its communicators' handshakes are keyed with.
 // The worker reads the variable once and removes it from its environment.
+import { settings } from '../settings/index.js';
 
 /** The environment variable carrying the job's secrets to a worker (base64 of JSON). */
 export const JOB_SECRETS_VAR = 'NODESPEED_JOB_SECRETS';
@@ -57,7 +58,7 @@ export function decodeJobSecrets(value: string): JobSecrets {
 
 /** Reads the secrets and removes the variable, so nothing this process starts inherits it. */
 export function takeJobSecrets(env: NodeJS.ProcessEnv = process.env): JobSecrets {
-  const v = env[JOB_SECRETS_VAR];
+  const v = (env === process.env ? settings() : settings(env)).jobSecrets;
   if (!v) throw new Error(`worker: ${JOB_SECRETS_VAR} is not set (the worker is started by \`nodespeed launch\`)`);
   delete env[JOB_SECRETS_VAR];
   return decodeJobSecrets(v);
