@@ -9,7 +9,18 @@ import { samplingToWire } from '../protocol/sampling.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
 
+/**
+ * Requests taken off a lost replica are placed again this long after the loss, not at once:
+ * replicas lost in one incident (several processes killed together, a host going down) are all
+ * seen lost within it, so no request is placed on a replica that is already dead and charged its
+ * loss too, which would quarantine it for an incident it had no part in. It is the only delay a
+ * replay onto a serving replica adds.
+ */
+export const REPLAY_SETTLE_MS = 200;
+
 export class Router {
+  private settling: NodeJS.Timeout | undefined;
+
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly log: (line: string) => void) {
     members.on('replica-serving', () => this.dispatchPending());
@@ -99,10 +110,11 @@ export class Router {
   }
 
   /**
-   * Takes every request off a lost replica and routes it again (another serving replica, or the
-   * re-formed one once it serves): the replay starts from prompt + the tokens the client has. A
-   * request that has now been in flight through `quarantineAfter` replica losses is failed instead
-   * (quarantined): if it is what takes replicas down, replaying it would take the next one down too.
+   * Takes every request off a lost replica and routes it again REPLAY_SETTLE_MS later (another
+   * serving replica, or the re-formed one once it serves): the replay starts from prompt + the
+   * tokens the client has. A request that has now been in flight through `quarantineAfter` replica
+   * losses is failed instead (quarantined): if it is what takes replicas down, replaying it would
+   * take the next one down too.
    */
   requeue(replica: Replica, quarantineAfter: number, cause: string): { moved: RequestRecord[]; quarantined: RequestRecord[] } {
     const now = Date.now();
@@ -120,7 +132,11 @@ export class Router {
       this.store.requeue(rec, now);
       moved.push(rec);
     }
-    for (const rec of moved) this.submit(rec);
+    if (moved.length && !this.settling)
+      this.settling = setTimeout(() => {
+        this.settling = undefined;
+        this.dispatchPending();
+      }, REPLAY_SETTLE_MS).unref();
     return { moved, quarantined };
   }
 

@@ -63,6 +63,8 @@ suite('nodespeed run over SSH (real sshd)', () => {
         // DeepSpeed's launch.py: every rank of a node sees the node's GPUs and picks its own with LOCAL_RANK.
         MASTER_ADDR: '127.0.0.2', MASTER_PORT: '29611', CUDA_VISIBLE_DEVICES: '0,1', CROSS_RANK: String(Math.floor(i / 2)),
         CROSS_SIZE: '3', LOCAL_SIZE: '2', NODESPEED_JOB_TOKEN: token, NCCL_DEBUG: 'INFO', FROM_ENV_FILE: 'from cwd', LD_LIBRARY_PATH: '/opt/test-lib',
+        // `run` hands no per-rank secrets, and no rank gets the API's bearer token.
+        NODESPEED_JOB_SECRETS: null, NODESPEED_AUTH_TOKEN: null,
       });
       expect(x.cwd).toBe(work);
       expect(x.path).toBe(process.env.PATH);
