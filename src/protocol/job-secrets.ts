@@ -59,7 +59,7 @@ export function decodeJobSecrets(value: string): JobSecrets {
 /** Reads the secrets and removes the variable, so nothing this process starts inherits it. */
 export function takeJobSecrets(env: NodeJS.ProcessEnv = process.env): JobSecrets {
   const v = (env === process.env ? settings() : settings(env)).jobSecrets;
-  if (!v) throw new Error(`worker: ${JOB_SECRETS_VAR} is not set (the worker is started by \`nodespeed launch\`)`);
+  if (!v) throw new Error(`${JOB_SECRETS_VAR} is not set (the worker is started by \`nodespeed launch\`, which hands each worker its certificate)`);
   delete env[JOB_SECRETS_VAR];
   return decodeJobSecrets(v);
 }
