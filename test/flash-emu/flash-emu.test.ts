@@ -1,5 +1,5 @@
-// Host emulations of the CUDA tensor-core kernels' fragment layouts and pipelines (flash_emu.cc,
-// skinny_emu.cc):
+// Host emulations of the CUDA kernels' fragment layouts, pipelines and plans (flash_emu.cc,
+// skinny_emu.cc, moe_emu.cc):
 // compiled with the system C++ compiler and run; skipped where there is none.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -37,5 +37,11 @@ describe('skinny decode GEMM emulation', () => {
 describe('flash prefill kernel emulation', () => {
   it.skipIf(!haveCxx)('matches a double-precision causal attention on paged, GQA, mixed steps', () => {
     compileAndRun('flash_emu.cc', 'flash emulation: all ok');
+  });
+});
+
+describe('mixture-of-experts kernels emulation', () => {
+  it.skipIf(!haveCxx)('routes as the CPU router bit for bit, permutes, and matches a double-precision MoE layer (GEMV and tensor-core paths)', () => {
+    compileAndRun('moe_emu.cc', 'moe emulation: all ok');
   });
 });
