@@ -6,20 +6,17 @@
 # commit's `npx tsc -p tsconfig.json` output, commit $COMMIT_B). Only valid when native/ is the same
 # at both commits.
 #
-#   DIST_B=.gpu/dist-base COMMIT_A=<sha> COMMIT_B=<sha> bash bench/serve/ab-dist.sh
+#   DIST_B=/path/to/base/dist COMMIT_A=<sha> COMMIT_B=<sha> bash bench/serve/ab-dist.sh
 #   # writes $OUT/serve64-{a,b}-{1,2}.json, each with its commit
 #
-# Needs node (or .gpu/node.xz), node_modules (or .gpu/node_modules.tar.xz), build/Release/nodespeed.node
-# built with CUDA, and $MODEL (default /tmp/llama-7b-shape, made with `nodespeed model init` if missing).
+# Needs Node >= 20 on PATH, node_modules, build/Release/nodespeed.node built with CUDA, and $MODEL
+# (default /tmp/llama-7b-shape, made with `nodespeed model init` if missing).
 set -euo pipefail
 OUT=${OUT:-/tmp/ns-out}; mkdir -p "$OUT"
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 : "${DIST_B:?DIST_B must name the dist folder of the base commit}"
-if ! command -v node >/dev/null || [[ $(node -v) != v2* ]]; then
-  [ -x /tmp/node ] || { xz -dc .gpu/node.xz > /tmp/node && chmod +x /tmp/node; }
-  export PATH=/tmp:$PATH
-fi
-[ -d node_modules ] || tar -xJf .gpu/node_modules.tar.xz
+command -v node >/dev/null && [[ $(node -v) == v2* ]] || { echo "ab-dist: needs Node >= 20 on PATH" >&2; exit 1; }
+[ -d node_modules ] || { echo "ab-dist: node_modules is missing (npm install)" >&2; exit 1; }
 [ -d "$DIST_B/worker" ] || { echo "ab-dist: $DIST_B is not a dist/ folder" >&2; exit 1; }
 [ -f "$MODEL/config.json" ] || node bin/nodespeed model init --preset 7b --dtype bf16 "$MODEL" >/dev/null
 export NCCL_NVLS_ENABLE=0

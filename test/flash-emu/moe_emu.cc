@@ -25,7 +25,6 @@
 #include "common/moe_route.h"
 #include "cuda/flash_layout.h"
 #include "cuda/moe_plan.h"
-#include "cuda/skinny_plan.h"
 #include "ptx_emu.h"
 
 using namespace ns::cuda;
@@ -319,7 +318,8 @@ static void gemv_emu(const Experts& X, const std::vector<int>& meta, const moe::
 static void mma_block_emu(const std::vector<bf16>& x, bool gather, const bf16* wbase, size_t w_stride, int N, int K,
                           std::vector<float>& y, bool f32_out, const std::vector<int>& meta, const moe::Layout& L, int tile,
                           int by, bool eager) {
-  using namespace skinny;
+  using moe::kStages, moe::kTileK, moe::kTileN;
+  constexpr int kThreads = moe::kMmaThreads, kWarps = kThreads / 32;
   using flash::swz;
   constexpr int MT = moe::kTileM / 16;
   if (tile >= meta[L.n_tiles]) return;
@@ -465,14 +465,14 @@ static void check_layer(int T, int E, int K, bool norm, int H, int I, int Is, in
     const int tiles = moe::max_tiles(T, K, local);
     std::vector<float> gu((size_t)T * K * 2 * I, NAN);
     for (int tile = 0; tile < tiles; ++tile)
-      for (int by = 0; by < (2 * I + skinny::kTileN - 1) / skinny::kTileN; ++by)
+      for (int by = 0; by < (2 * I + moe::kTileN - 1) / moe::kTileN; ++by)
         mma_block_emu(xb, true, X.gate_up.data(), (size_t)2 * I * H, 2 * I, H, gu, false, meta, L, tile, by, eager);
     for (int row = 0; row < meta[L.n_rows]; ++row)  // moe_gated_act_kernel
       for (int j = 0; j < I; ++j)
         ex_act_f[(size_t)row * I + j] = bf2f(f2bf(act_silu(gu[(size_t)row * 2 * I + j]) * gu[(size_t)row * 2 * I + I + j]));
     const std::vector<bf16> act_bf = to_bf(ex_act_f);
     for (int tile = 0; tile < tiles; ++tile)
-      for (int by = 0; by < (H + skinny::kTileN - 1) / skinny::kTileN; ++by)
+      for (int by = 0; by < (H + moe::kTileN - 1) / moe::kTileN; ++by)
         mma_block_emu(act_bf, false, X.down.data(), (size_t)H * I, H, I, ex_out, true, meta, L, tile, by, eager);
   }
   // moe_combine_kernel, then the double-precision layer with the same routing.

@@ -10,8 +10,8 @@
 //    (tensor-core tiles), then the combine alone and fused with the residual add + next RMSNorm,
 //    against a double-precision mixture of experts on the same bf16 inputs (error relative to the
 //    largest |output|).
-// If test/gpu/families.mjs fails on the MoE fixtures, this says whether the kernels or the plumbing is off.
-// usage (repo root, on the GPU host):
+// If the MoE families of test/gpu/families.test.ts fail, this says whether the kernels or the plumbing
+// is off. Built and run by test/gpu/moe-kernels.test.ts; by hand (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src \
 //     test/gpu/moe-kernels.cu native/src/cuda/moe.cu -o /tmp/moe-kernels && /tmp/moe-kernels
 //   (one JSON line; exit 1 on failure)

@@ -12,7 +12,6 @@
 #include "cuda/flash_layout.h"
 #include "cuda/mma.h"
 #include "cuda/moe.h"
-#include "cuda/skinny_plan.h"
 
 namespace ns::cuda {
 namespace {
@@ -228,17 +227,17 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvA
   }
 }
 
-// The skinny decode GEMM's tiling and pipeline (skinny_gemm.cu, skinny_plan.h, index maps of
-// flash_layout.h) over the tiles of the active experts: 64 rows (the X operand, gathered through
-// the permutation for gate|up) x 128 features (the expert's weight rows) a block, predicated at
-// the N and K edges.
+// The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
+// tiles of the active experts: 64 rows (the X operand, gathered through the permutation for
+// gate|up) x 128 features (the expert's weight rows) a block, predicated at the N and K edges.
 constexpr int kMmaMT = moe::kTileM / 16;
 template <typename T>
-constexpr size_t mma_smem_bytes() { return sizeof(T) * skinny::kStages * (skinny::kTileN + moe::kTileM) * skinny::kTileK; }
+constexpr size_t mma_smem_bytes() { return sizeof(T) * moe::kStages * (moe::kTileN + moe::kTileM) * moe::kTileK; }
 
 template <typename T>
-__global__ void __launch_bounds__(skinny::kThreads) moe_mma_kernel(MoeMmaArgs a) {
-  using namespace skinny;
+__global__ void __launch_bounds__(moe::kMmaThreads) moe_mma_kernel(MoeMmaArgs a) {
+  using moe::kStages, moe::kTileK, moe::kTileN;
+  constexpr int kThreads = moe::kMmaThreads;
   using flash::swz;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sW = reinterpret_cast<T*>(smem);
@@ -413,7 +412,7 @@ void moe_mma(DType act, const MoeMmaArgs& a, cudaStream_t s) {
             "moe_mma: reserving shared memory");
       configured.fetch_or(bit);
     }
-    launch_smem("moe_mma", moe_mma_kernel<E>, dim3(a.grid_tiles, ceil_div(a.N, skinny::kTileN)), dim3(skinny::kThreads),
+    launch_smem("moe_mma", moe_mma_kernel<E>, dim3(a.grid_tiles, ceil_div(a.N, moe::kTileN)), dim3(moe::kMmaThreads),
                 mma_smem_bytes<E>(), s, a);
   });
   NS_LAUNCHED("moe_mma");

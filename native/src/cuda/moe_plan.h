@@ -25,9 +25,14 @@ constexpr int kGemvTokens = 8;
 // Steps of up to this many tokens run the shared expert inside the grouped GEMV launches (it is
 // then just one more group whose rows are all tokens); larger ones give it to cuBLAS.
 constexpr int kSharedInGemvTokens = 8;
-// Grouped tensor-core GEMM (prefill, larger batches): 64 rows x 128 features a block, the skinny
-// kernel's pipeline (skinny_plan.h: 64-wide K chunks, 4 cp.async stages, 8 warps).
+// Grouped tensor-core GEMM (prefill, larger batches): kTileM rows x kTileN features a block (8
+// warps of 16 features), K in chunks of kTileK (8 chunks of 16 bytes a row) through a ring of
+// kStages cp.async stages.
 constexpr int kTileM = 64;
+constexpr int kTileN = 128;
+constexpr int kTileK = 64;
+constexpr int kStages = 4;
+constexpr int kMmaThreads = kTileN / 16 * 32;
 // The route and permute kernels run in one block of this many threads; up to kFusedRouteTokens
 // tokens (one warp each) it also routes them, else a grid of warps routes first.
 constexpr int kPermuteThreads = 1024;
