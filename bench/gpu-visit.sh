@@ -51,7 +51,7 @@ for step in $steps; do
     tests)
       files=(test/gpu); [ -n "${TESTS:-}" ] && files=(); for t in ${TESTS:-}; do files+=("test/gpu/$t.test.ts"); done
       name=gpu-tests; [ -n "${TESTS:-}" ] && name=gpu-tests-$(echo $TESTS | tr ' ' '+')
-      npx vitest run "${files[@]}" --reporter=verbose --reporter=json --outputFile.json="$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+      node_modules/.bin/vitest run "${files[@]}" --reporter=verbose --reporter=json --outputFile.json="$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     serve)
       if [ ! -f "$MODEL/config.json" ]; then
