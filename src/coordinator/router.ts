@@ -10,9 +10,11 @@
 // in the coordinator while no replica they may use serves yet (starting, or re-forming after a
 // failure), and are dispatched, most urgent first, when one starts.
 //
-// A replay after a failover goes through the same choice (any replica its class allows, so a
-// stream can move to another kind of replica); a request with `exact` that has streamed tokens only
-// goes to a replica of the same numerics (device and precision) and otherwise waits.
+// A replay after a failover goes through the same choice REPLAY_SETTLE_MS after the loss (any
+// replica its class allows, so a stream can move to another kind of replica); a request with
+// `exact` that has streamed tokens only goes to a replica of the same numerics (device and
+// precision) and otherwise waits. A request in flight through --quarantine-after losses is failed
+// instead of replayed.
 import * as grpc from '@grpc/grpc-js';
 
 import type { Tokens } from '../protocol/control.js';
@@ -38,9 +40,19 @@ export interface RouterOptions {
   modelDtype?: string;
 }
 
+/**
+ * Requests taken off a lost replica are placed again this long after the loss, not at once:
+ * replicas lost in one incident (several processes killed together, a host going down) are all
+ * seen lost within it, so no request is placed on a replica that is already dead and charged its
+ * loss too, which would quarantine it for an incident it had no part in. It is the only delay a
+ * replay onto a serving replica adds.
+ */
+export const REPLAY_SETTLE_MS = 200;
+
 export class Router {
   readonly stats: ClassStats;
   private readonly log: (line: string) => void;
+  private settling: NodeJS.Timeout | undefined;
 
   constructor(private readonly members: Membership, private readonly store: RequestStore, readonly classes: ClassTable,
     private readonly o: RouterOptions) {
@@ -207,20 +219,41 @@ export class Router {
         ended = true;
       }
     }
-    // A request that ended made room: requests waiting for one (full queues, an exact replay) try again.
-    if (ended && this.store.pendingCount() > 0) this.dispatchPending();
+    // A request that ended made room: requests waiting for one (full queues, an exact replay) try
+    // again, unless a loss's replays are still settling (the settle's own dispatch places them all).
+    if (ended && !this.settling && this.store.pendingCount() > 0) this.dispatchPending();
   }
 
   /**
-   * Takes every request off a lost replica and routes it again (another replica its class allows,
-   * or the re-formed one once it serves): the replay starts from prompt + the tokens the client has.
+   * Takes every request off a lost replica and routes it again REPLAY_SETTLE_MS later (another
+   * replica its class allows, or the re-formed one once it serves), most urgent first: the replay
+   * starts from prompt + the tokens the client has. A request that has now been in flight through
+   * `quarantineAfter` replica losses is failed instead (quarantined): if it is what takes replicas
+   * down, replaying it would take the next one down too.
    */
-  requeue(replica: Replica): RequestRecord[] {
-    const moved = this.store.onReplica(replica.id);
+  requeue(replica: Replica, quarantineAfter: number, cause: string): { moved: RequestRecord[]; quarantined: RequestRecord[] } {
     const now = Date.now();
-    for (const rec of moved) this.store.requeue(rec, now);
-    for (const rec of moved.sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order)) this.submit(rec);
-    return moved;
+    const moved: RequestRecord[] = [];
+    const quarantined: RequestRecord[] = [];
+    for (const rec of this.store.onReplica(replica.id)) {
+      if (rec.replays + 1 >= quarantineAfter) {
+        rec.replays++;
+        quarantined.push(rec);
+        this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.INTERNAL,
+          message: `request quarantined: it was in flight through ${rec.replays} replica losses (the last: ${cause}); it is not replayed ` +
+            `again in case it is what takes replicas down (--quarantine-after ${quarantineAfter})` });
+        continue;
+      }
+      this.store.requeue(rec, now);
+      moved.push(rec);
+    }
+    // dispatchPending takes the waiting requests most urgent first (RequestStore.pending).
+    if (moved.length && !this.settling)
+      this.settling = setTimeout(() => {
+        this.settling = undefined;
+        this.dispatchPending();
+      }, REPLAY_SETTLE_MS).unref();
+    return { moved, quarantined };
   }
 
   /** Fails every request still waiting for a replica. */

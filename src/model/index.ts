@@ -3,6 +3,8 @@ export * from './config.js';
 export * from './safetensors.js';
 export * from './weights.js';
 export * from './tokenizer.js';
+export { TokenizerPool } from './tokenizer-pool.js';
+export type { ReplayedText } from './tokenizer-pool.js';
 export * from './info.js';
 export { initModel, MOE_PRESETS, PRESETS } from './init.js';
 export type { InitOptions, InitResult, LlamaShape, MoeShape } from './init.js';

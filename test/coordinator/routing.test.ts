@@ -4,7 +4,7 @@
 // class (its target, or room at once), lower classes not standing in a higher one's way,
 // RESOURCE_EXHAUSTED only when no allowed replica can take it, and an exact replay waiting for
 // its numerics.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { ClassTable } from '../../src/coordinator/classes.js';
 import type { ClassSpec } from '../../src/coordinator/classes.js';
@@ -13,7 +13,7 @@ import type { Job, ReplicaModel } from '../../src/coordinator/estimate.js';
 import { DEFAULT_SERVING, planGroups } from '../../src/coordinator/layout.js';
 import type { Membership } from '../../src/coordinator/membership.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
-import { Router } from '../../src/coordinator/router.js';
+import { REPLAY_SETTLE_MS, Router } from '../../src/coordinator/router.js';
 import { loadModelConfig } from '../../src/model/index.js';
 import type { TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
@@ -58,7 +58,10 @@ describe('TTFT estimate', () => {
 });
 
 let members: Membership | undefined;
-afterEach(() => members?.stopAll('test done'));
+afterEach(() => {
+  members?.stopAll('test done');
+  vi.useRealTimers();
+});
 
 const CLASSES: ClassSpec[] = [
   { name: 'realtime', priority: -100, groups: ['fast'], ttftP99Ms: 100 },
@@ -150,6 +153,7 @@ describe('class routing', () => {
   });
 
   it('failover: a replay goes to any group its class allows; with exact, only to the numerics it started on, else it waits', () => {
+    vi.useFakeTimers();
     const { add, report, router, members: m, store } = cluster();
     const free = add('standard');
     const exact = add('standard', 28, true);
@@ -158,7 +162,8 @@ describe('class routing', () => {
     report(0, { requestId: exact.rec.id, tokenIds: [7], index: 0 });
     expect(exact.rec.numerics).toBe('cpu/bf16');
     m.replicas[0]!.state = 'lost';
-    router.requeue(m.replicas[0]!);
+    router.requeue(m.replicas[0]!, 2, 'rank 0 lost');
+    vi.advanceTimersByTime(REPLAY_SETTLE_MS);
     expect([free.rec.status, free.rec.replica]).toEqual([RequestStatus.RUNNING, 1]);   // on slow (cpu/f32), from its 2 tokens
     expect([exact.rec.status, exact.rec.replica]).toEqual([RequestStatus.QUEUED, null]);
     m.replicas[0]!.state = 'serving';

@@ -28,7 +28,8 @@ describe('nodespeed status: failures', () => {
     const s: ClusterStatusMsg = {
       model: 'm', tp: 1, pp: 1, replicaCount: 2, generation: '5', replicas: [], workers: [], hosts: ['a'], pendingRequests: 0,
       activeRequests: 0, state: 'serving', failures: [base, { ...base, rank: 0, replica: 0, atUnixMs: base.atUnixMs + 60_000, generation: '5' }],
-      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690 }, spares: 1, groups: [], classes: [],
+      failover: { failures: 2, recoveries: 2, replayedRequests: 24, replayedTokens: 690, quarantinedRequests: 0 }, spares: 1,
+      quarantined: [], groups: [], classes: [],
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l === 'failover: 2 failure(s), 2 recovered, 24 request(s) replayed (690 tokens already streamed), 1 spare(s) waiting');
@@ -44,8 +45,8 @@ describe('nodespeed status: failures', () => {
       preemptions: 0, stepMs: 0 };
     const s: ClusterStatusMsg = {
       model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
-      replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0 },
-      spares: 0, groups: [{ name: 'default', device: 'cpu', precision: 'auto', tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
+      replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
+      spares: 0, quarantined: [], groups: [{ name: 'default', device: 'cpu', precision: 'auto', tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l.startsWith('REPLICA'));
