@@ -78,12 +78,4 @@ export function path(f: Followed): string[] {
   return f.groups.filter((g, i) => i === 0 || f.groups[i - 1] !== g);
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-export async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000, every = 20): Promise<void> {
-  const t0 = Date.now();
-  while (!(await ok())) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(every);
-  }
-}
+export { until } from '../failover/helpers.js';
