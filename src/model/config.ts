@@ -4,6 +4,9 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
+import type { CheckpointQuant } from './quantization.js';
+import { parseQuantizationConfig } from './quantization.js';
+
 export type DType = 'f32' | 'bf16' | 'f16';
 export type RopeType = 'default' | 'linear' | 'llama3';
 export type ModelType = 'llama' | 'mistral' | 'qwen2';
@@ -45,6 +48,8 @@ export interface ModelConfig {
   dtypeSource: 'config' | 'weights' | 'default';
   bosTokenId: number | null;
   eosTokenIds: number[];
+  /** config.json's quantization_config (a pre-quantized checkpoint), normalized; null for float weights. */
+  quantization: CheckpointQuant | null;
 }
 
 export interface GenerationConfig {
@@ -242,6 +247,7 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
   const gen = loadGenerationConfig(dir);
   const bos = f.ids('bos_token_id');
   const eos = f.ids('eos_token_id');
+  const numLayers = f.int('num_hidden_layers', 1);
   return {
     dir,
     modelType: mt,
@@ -252,7 +258,7 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     numKvHeads,
     headDim,
     vocabSize: f.int('vocab_size', 1),
-    numLayers: f.int('num_hidden_layers', 1),
+    numLayers,
     rmsEps: f.num('rms_norm_eps', (n) => n > 0, 'a positive number', 1e-6),
     maxPosition,
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
@@ -266,6 +272,7 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     dtypeSource,
     bosTokenId: gen.bosTokenId ?? bos[0] ?? null,
     eosTokenIds: gen.eosTokenIds.length ? gen.eosTokenIds : eos,
+    quantization: parseQuantizationConfig(raw.quantization_config, file, numLayers),
   };
 }
 
@@ -299,7 +306,9 @@ function weightsDType(dir: string): DType | null {
     const hb = Buffer.alloc(n);
     if (readSync(fd, hb, 0, n, 8) !== n) return null;
     for (const [k, v] of Object.entries(JSON.parse(hb.toString('utf8')) as Record<string, { dtype?: string }>)) {
-      if (k !== '__metadata__' && typeof v?.dtype === 'string') return parseDType(v.dtype, `${file}: tensor ${k}`);
+      // Quantized weights (and their int shape records) say nothing of the model's float dtype.
+      if (k === '__metadata__' || typeof v?.dtype !== 'string' || ['I8', 'F8_E4M3', 'I32', 'I64', 'U8'].includes(v.dtype)) continue;
+      return parseDType(v.dtype, `${file}: tensor ${k}`);
     }
     return null;
   } catch {

@@ -4,5 +4,6 @@ export * from './safetensors.js';
 export * from './weights.js';
 export * from './tokenizer.js';
 export * from './info.js';
+export * from './quantization.js';
 export { initModel, PRESETS } from './init.js';
 export type { InitOptions, InitResult, LlamaShape } from './init.js';
