@@ -3,7 +3,9 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import { Engine, generate } from '../engine/index.js';
-import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
+import type { DeviceChoice, DTypeChoice, GenerateResult, KvCacheDtypeChoice, SamplingOptions } from '../engine/index.js';
+import type { QuantizeChoice } from '../model/index.js';
+import { addQuantizeOptions } from './quantize-flags.js';
 import { loadTokenizer } from '../model/index.js';
 // --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
 import { generateRemote } from '../client/generate-remote.js';
@@ -12,6 +14,8 @@ export interface GenerateCliOptions {
   model?: string;
   device: DeviceChoice;
   dtype: DTypeChoice;
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   maxTokens: number;
   temperature: number;
   topK: number;
@@ -57,7 +61,8 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   if (!o.model) throw new Error('--model DIR is required');
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
-    Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
+    Engine.load(o.model, { device: o.device, dtype: o.dtype, quantize: o.quantize ?? 'none', kvCacheDtype: o.kvCacheDtype ?? 'auto',
+      ...(o.threads ? { threads: o.threads } : {}) }),
   ]);
   try {
     const sampling: SamplingOptions = {
@@ -78,14 +83,16 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('generate')
     .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process')
     .argument('<prompt>', 'prompt text (tokenized with the model\'s tokenizer, BOS added where it adds one)')
     .option('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  cmd
     .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 1), 128)
     .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0, 'a number >= 0'), 0)
     .option('--top-k <k>', '0 = off', intArg('--top-k', 0), 0)

@@ -14,6 +14,9 @@ import { planWithSpares } from '../coordinator/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
+import { addQuantizeOptions } from './quantize-flags.js';
+import type { KvCacheDtypeChoice } from '../engine/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
 
 export interface LaunchFlags {
   model: string;
@@ -22,6 +25,8 @@ export interface LaunchFlags {
   replicas: number | 'auto';
   device: 'auto' | 'cpu' | 'cuda';
   dtype: string;
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   port: number;
   bind: string;
   advertiseAddr?: string;
@@ -72,13 +77,15 @@ function replicasArg(v: string): number | 'auto' {
 
 /** The serving flags (shared with the demo, which sets its own defaults). */
 export function addServingOptions(cmd: Command): Command {
-  return cmd
+  cmd
     .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), 1)
     .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
     .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  return cmd
     .option('--port <port>', 'port of the gRPC API (0: any free port)', intArg('--port', 0), 50051)
     .option('--bind <addr>', 'address the gRPC server listens on', '0.0.0.0')
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
@@ -129,7 +136,7 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   const spareSlots = planned.placement.ranks.slice(layout.world);
   let gpuMemory: number | undefined;
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
-  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
+  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, quantize: f.quantize, kvCacheDtype: f.kvCacheDtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
     stepTokens: maxBatchTokens(f, device), ...(gpuMemory ? { gpuMemory } : {}) });
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
     ...describeLayout(layout),
@@ -161,7 +168,8 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   let barStarted = false;
   try {
     return await launchCluster({
-      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
+      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, quantize: f.quantize,
+      kvCacheDtype: f.kvCacheDtype, bind: f.bind, port: f.port,
       ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
       maxBatchTokens: maxBatchTokens(f, device), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
@@ -216,8 +224,9 @@ export function register(program: Command): void {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
+    const p = cluster.precision;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

@@ -1,8 +1,10 @@
-// `nodespeed model info DIR` and `nodespeed model init ... OUT` (src/model/info.ts, src/model/init.ts).
+// `nodespeed model info DIR`, `nodespeed model init ... OUT` and `nodespeed model quantize --to int8|fp8 IN OUT`
+// (src/model/info.ts, init.ts, quantize.ts).
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import type { DType } from '../model/index.js';
-import { formatBytes, formatInfo, initModel, modelInfo, PRESETS } from '../model/index.js';
+import { formatBytes, formatInfo, initModel, modelInfo, PRESETS, quantizeModel } from '../model/index.js';
+import { loadAddon } from '../native/addon.js';
 
 const DTYPE_FLAG: Record<string, DType> = { bf16: 'bf16', fp16: 'f16', f16: 'f16', f32: 'f32', fp32: 'f32' };
 
@@ -58,5 +60,34 @@ export function register(program: Command): void {
       const secs = (performance.now() - started) / 1000;
       process.stdout.write(`wrote ${out}: ${o.preset} llama, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
+    });
+
+  model
+    .command('quantize')
+    .description('Write a float checkpoint as a compressed-tensors folder: int8 (pack-quantized, per-channel weight-only: W8A16) or ' +
+      'fp8 (float-quantized E4M3 per-channel weights, dynamic per-token activations: W8A8). The weights are the bytes ' +
+      '`--quantize` makes at load; see docs/QUANTIZATION.md')
+    .addOption(new Option('--to <format>', 'int8 or fp8').choices(['int8', 'fp8']).makeOptionMandatory())
+    .argument('<in>', 'Hugging Face model folder with float (f32 / bf16 / f16) weights')
+    .argument('<out>', 'output folder (created; must be empty if it exists)')
+    .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 5e9)
+    .action(async (input: string, out: string, o: { to: 'int8' | 'fp8'; maxShardGb: number }) => {
+      const started = performance.now();
+      const tty = process.stderr.isTTY;
+      let lastReport = 0;
+      const addon = loadAddon();
+      const r = await quantizeModel({
+        input, out, to: o.to, maxShardBytes: o.maxShardGb,
+        quantize: (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what),
+        onProgress: (done, total) => {
+          const now = performance.now();
+          if (!tty || (now - lastReport < 250 && done < total)) return;
+          lastReport = now;
+          process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
+        },
+      });
+      if (tty) process.stderr.write('\n');
+      process.stdout.write(`wrote ${out}: compressed-tensors ${o.to} (${r.format}), ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
+        `${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     });
 }

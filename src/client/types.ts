@@ -86,6 +86,14 @@ export interface ReplicaStatusMsg {
   /** The replica's own layout: the job's, or a smaller one after failover re-formed it (recovery `shrunk`). */
   tp: number;
   pp: number;
+  /** Weights, matrix-product inputs and KV cache storage (docs/QUANTIZATION.md). */
+  precision: PrecisionMsg | null;
+}
+
+export interface PrecisionMsg {
+  weights: string;
+  activations: string;
+  kvCache: string;
 }
 
 /**

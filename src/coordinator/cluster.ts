@@ -8,6 +8,9 @@ import { fileURLToPath } from 'node:url';
 
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import { precisionOf } from '../engine/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../engine/precision.js';
 import { isLocalHost } from '../launcher/plan.js';
 import type { Placement } from '../launcher/plan.js';
 import { startJob } from '../launcher/supervisor.js';
@@ -26,6 +29,10 @@ export interface ClusterOptions {
   replicas: number | 'auto';
   device: 'cpu' | 'cuda';
   dtype: string;
+  /** --quantize: a float checkpoint's linear layers quantized as every worker loads them. */
+  quantize?: QuantizeChoice;
+  /** --kv-cache-dtype (CUDA). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   bind: string;
   port: number;
   /** Address the workers dial; default: the address this machine uses to reach the first remote host. */
@@ -67,6 +74,8 @@ export interface Cluster {
   address: string;
   /** host:port of the Prometheus endpoint (GET /metrics), with --metrics-port. */
   metricsAddress?: string;
+  /** What every replica computes with. */
+  precision: Precision;
   stop(reason?: string): Promise<void>;
 }
 
@@ -146,12 +155,15 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
   const token = randomBytes(24).toString('hex');
+  const quantize = o.quantize ?? 'none', kvCacheDtype = o.kvCacheDtype ?? 'auto';
+  const precision = precisionOf(config, { device: o.device, dtype: o.dtype, quantize, kvCacheDtype });
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
+    quantize, kvCacheDtype, precision,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 60_000, log: o.log, bind: o.bind, port: o.port,
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
-    shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
+    shrink: { config, device: o.device, dtype: o.dtype, quantize, kvCacheDtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
@@ -230,5 +242,6 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}), stop };
+  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}), precision,
+    stop };
 }

@@ -15,6 +15,7 @@ export interface AssignmentMsg {
   layerStart: number; layerEnd: number; modelDir: string; dtype: string; device: string; deviceIndex: number;
   peers: PeerMsg[]; kvBlocks: number; threads: number; heartbeatIntervalMs: number;
   maxBatchTokens: number; maxQueue: number; heartbeatTimeoutMs: number;
+  quantize: string; kvCacheDtype: string;
 }
 export interface LoadProgressMsg { generation: string; done: string; total: string }
 export interface ReadyMsg { generation: string; kvBlocks: number; kvBlockSize: number; describe: string }

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
+import type { Precision } from '../engine/precision.js';
 import type { HeartbeatMsg, JoinMsg, TokensMsg, WorkerMessage } from './control-messages.js';
 import type { Layout } from './layout.js';
 import { Rendezvous } from './rendezvous.js';
@@ -24,6 +25,11 @@ export interface MembershipOptions {
   modelDir: string;
   dtype: string;
   device: string;
+  /** --quantize (none | int8 | fp8) and --kv-cache-dtype (auto | fp8), passed to every worker. */
+  quantize?: string;
+  kvCacheDtype?: string;
+  /** What every replica computes with (one launch, one precision). */
+  precision?: Precision;
   kvBlocks: number;
   threads: number;
   maxBatchTokens: number;
@@ -59,7 +65,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     super();
     this.slots = new Slots(o.slots ?? layout.ranks.map((p) => ({ host: p.host, localRank: p.localRank })), layout.world);
     this.replicas = Array.from({ length: layout.replicas }, (_, r) =>
-      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), layout.tp, layout.pp));
+      new Replica(r, layout.ranks.filter((p) => p.replica === r).map((p) => p.rank), layout.tp, layout.pp, o.precision ?? null));
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
@@ -198,6 +204,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
         maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
+        quantize: this.o.quantize ?? 'none', kvCacheDtype: this.o.kvCacheDtype ?? 'auto',
       },
     });
   }

@@ -4,6 +4,8 @@
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import type { KvCacheDtypeChoice } from '../engine/precision.js';
 import type { Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {
@@ -30,22 +32,44 @@ function bytesOf(dtype: string, fallback: string): number {
   return d === 'f32' ? 4 : 2;
 }
 
-/** Weight bytes a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
+/** Weight parameters a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
 export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, pp: number): number {
+  const w = rankWeights(c, p, tp, pp);
+  return w.linear + w.embedding + w.head + w.norms;
+}
+
+/** rankWeightParams by kind: decoder linears, embedding rows, LM head rows (0 when tied to a held embedding), norms. */
+function rankWeights(c: ModelConfig, p: RankPlan, tp: number, pp: number) {
   const h = c.hiddenSize;
   const kvHeads = Math.max(1, c.numKvHeads / tp); // replicated when tp > kv heads
-  const perLayer = (h * c.numHeads * c.headDim) / tp + 2 * h * kvHeads * c.headDim + (c.numHeads * c.headDim * h) / tp +
-    (3 * h * c.intermediateSize) / tp + 2 * h;
-  let n = (p.layerEnd - p.layerStart) * perLayer;
+  const linear = (p.layerEnd - p.layerStart) * ((h * c.numHeads * c.headDim) / tp + 2 * h * kvHeads * c.headDim +
+    (c.numHeads * c.headDim * h) / tp + (3 * h * c.intermediateSize) / tp);
   const vocabShare = Math.ceil(c.vocabSize / tp) * h;
-  if (p.stage === 0) n += vocabShare;
-  if (p.stage === pp - 1) n += (c.tieWordEmbeddings && pp === 1 ? 0 : vocabShare) + h;
-  return n;
+  const embedding = p.stage === 0 ? vocabShare : 0;
+  const head = p.stage === pp - 1 && !(c.tieWordEmbeddings && pp === 1) ? vocabShare : 0;
+  const norms = (p.layerEnd - p.layerStart) * 2 * h + (p.stage === pp - 1 ? h : 0);
+  return { linear, embedding, head, norms, tiedHead: p.stage === pp - 1 && c.tieWordEmbeddings && pp === 1 ? vocabShare : 0 };
+}
+
+/** Bytes of a rank's weights as the backend keeps them, quantized linears at one byte (plus an f32 scale a row). */
+function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, pp: number, o: MemoryOptions): number {
+  const float = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
+  const w = rankWeights(c, p, tp, pp);
+  const q = c.quantization?.weights ?? (o.quantize && o.quantize !== 'none' ? o.quantize : null);
+  if (!q) return (w.linear + w.embedding + w.head + w.norms) * float;
+  // int8 quantizes the head too (a tied one gets its own quantized copy); fp8 keeps it as stored.
+  const headQ = q === 'int8' || (c.quantization?.headQuantized ?? false);
+  const head = headQ ? (w.head + w.tiedHead) * 1 : w.head * float;
+  return w.linear * 1 + w.embedding * float + head + w.norms * 4;
 }
 
 export interface MemoryOptions {
   device: 'cpu' | 'cuda';
   dtype: string;
+  /** --quantize: decoder linears (and with int8 the LM head) at one byte a weight. */
+  quantize?: QuantizeChoice;
+  /** --kv-cache-dtype fp8: one byte per cached element (CUDA). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   kvBlocks: number;
   kvBlockSize: number;
   /** Per-GPU memory (bytes) for cuda; ignored for cpu. */
@@ -74,13 +98,12 @@ export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, dev
 
 export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
   // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
-  const wBytes = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
-  const kvElt = o.device === 'cpu' ? 4 : 2;
+  const kvElt = o.device === 'cpu' ? 4 : o.kvCacheDtype === 'fp8' ? 1 : 2;
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
   // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
   const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
   const ranks = l.ranks.map((p) => {
-    const weightBytes = rankWeightParams(c, p, l.tp, l.pp) * wBytes;
+    const weightBytes = rankWeightBytes(c, p, l.tp, l.pp, o);
     const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
     const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
     return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };

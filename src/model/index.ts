@@ -6,4 +6,6 @@ export * from './tokenizer.js';
 export * from './info.js';
 export * from './quantization.js';
 export { initModel, PRESETS } from './init.js';
+export { compressedTensorsConfig, quantizeModel } from './quantize.js';
+export type { QuantizeModelOptions, QuantizeModelResult } from './quantize.js';
 export type { InitOptions, InitResult, LlamaShape } from './init.js';

@@ -34,7 +34,8 @@ export interface ModelInfo {
 }
 
 export function parameterCount(cfg: ModelConfig): number {
-  const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
+  // The float plan: a quantized checkpoint's packed words and scale tensors are not parameters.
+  const plan = planShard({ ...cfg, quantization: null }, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
   return plan.tensors.reduce((s, t) => s + t.fullShape.reduce((a, b) => a * b, 1), 0);
 }
 
@@ -71,9 +72,11 @@ export async function modelInfo(dir: string, tpDegrees = [1, 2, 4, 8]): Promise<
   let parameters = 0, bytes = 0;
   try {
     for (const t of ck.tensors.values()) {
-      // compressed-tensors pack-quantized int8: four weights to an int32 word.
-      const n = (t.bytes / DTYPE_BYTES[t.dtype]) * (t.dtype === 'i32' && t.name.endsWith('.weight_packed') ? 4 : 1);
-      dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + n;
+      // compressed-tensors pack-quantized int8: four int8 weights to an int32 word.
+      const packed = t.dtype === 'i32' && t.name.endsWith('.weight_packed');
+      const n = (t.bytes / DTYPE_BYTES[t.dtype]) * (packed ? 4 : 1);
+      const d = packed ? 'i8' : t.dtype;
+      dtypes[d] = (dtypes[d] ?? 0) + n;
       parameters += n;
       bytes += t.bytes;
     }
@@ -130,9 +133,9 @@ export function formatInfo(i: ModelInfo): string {
       continue;
     }
     const q = m.quantizedWeightBytesPerRank;
-    lines.push(`  ${String(m.tp).padEnd(3)} ${formatBytes(m.weightBytesPerRank).padEnd(12)} ${formatBytes(m.kvBytesPerToken16).padEnd(16)} ` +
+    lines.push((`  ${String(m.tp).padEnd(3)} ${formatBytes(m.weightBytesPerRank).padEnd(12)} ${formatBytes(m.kvBytesPerToken16).padEnd(16)} ` +
       `${formatBytes(m.kvBytesPerToken32).padEnd(13)} ${formatBytes(m.totalBytesPerRankAtMaxContext).padEnd(38)}` +
-      (q ? `${formatBytes(q.int8)} / ${formatBytes(q.fp8)}` : '').trimEnd());
+      (q ? `${formatBytes(q.int8)} / ${formatBytes(q.fp8)}` : '')).trimEnd());
   }
   return lines.join('\n');
 }

@@ -98,7 +98,8 @@ export function parseQuantizationConfig(raw: unknown, file: string, numLayers: n
   const status = raw.quantization_status;
   if (status !== undefined && status !== 'compressed')
     throw new ConfigError(`${file}: field ${q}.quantization_status is ${JSON.stringify(status)}; only "compressed" checkpoints (quantized weights on disk) load`);
-  if (raw.sparsity_config !== undefined && raw.sparsity_config !== null && isObj(raw.sparsity_config) && raw.sparsity_config.format !== 'dense')
+  const sparsity = raw.sparsity_config;
+  if (isObj(sparsity) && Object.keys(sparsity).length > 0 && sparsity.format !== 'dense')
     throw new ConfigError(`${file}: field ${q}.sparsity_config: sparse compressed-tensors checkpoints are not supported`);
   const groups = raw.config_groups;
   if (!isObj(groups) || Object.keys(groups).length === 0) throw new ConfigError(`${file}: field ${q}.config_groups must be a non-empty object`);

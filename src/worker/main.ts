@@ -14,7 +14,8 @@ import { availableParallelism, hostname } from 'node:os';
 
 import { Engine } from '../engine/engine.js';
 import { loadTokenizer } from '../model/index.js';
-import type { Tokenizer } from '../model/index.js';
+import type { QuantizeChoice, Tokenizer } from '../model/index.js';
+import type { KvCacheDtypeChoice } from '../engine/precision.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { AssignmentMsg, StartMsg, SubmitMsg } from '../coordinator/control-messages.js';
@@ -45,7 +46,8 @@ function deviceInfo() {
 
 /** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
 function shardKey(a: AssignmentMsg): string {
-  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
+  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads, a.quantize,
+    a.kvCacheDtype].join('/');
 }
 
 /** One membership generation of this worker: aborted when the coordinator gives up on it. */
@@ -145,6 +147,8 @@ class Worker {
         layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
         ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
         ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
+        ...(a.quantize ? { quantize: a.quantize as QuantizeChoice } : {}),
+        ...(a.kvCacheDtype ? { kvCacheDtype: a.kvCacheDtype as KvCacheDtypeChoice } : {}),
         onProgress: (done, total) => this.control.send({ loadProgress: { generation: a.generation, done, total } }),
       });
       this.engineKey = key;
