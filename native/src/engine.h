@@ -22,6 +22,17 @@ enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, F8E4M3 = 4 };
 
 inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : d == DType::I8 || d == DType::F8E4M3 ? 1 : 2; }
 
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I8: return "i8";
+    case DType::F8E4M3: return "f8e4m3";
+  }
+  return "?";
+}
+
 // How the weight matrices of a shard are stored. Native: the checkpoint's float dtype (CPU) or the
 // compute dtype (CUDA). Int8: symmetric int8 with one scale per output row, activations stay in the
 // compute dtype (W8A16). Fp8: E4M3 with one scale per output row; activations are quantized to E4M3
@@ -75,6 +86,7 @@ struct ShardConfig {
   WeightFormat weights = WeightFormat::Native;
   WeightFormat head_weights = WeightFormat::Native;
   bool static_input_scales = false;
+  float activation_scale_ub = 0.f;  // fp8 dynamic activations: cap on a token's absolute maximum (fbgemm_fp8); 0: none
   // CUDA: the paged KV cache in E4M3 (per-layer k/v scales, 1.0 unless the checkpoint has them),
   // half the bytes per block of the compute dtype.
   bool kv_fp8 = false;

@@ -36,16 +36,7 @@ bool Bool(const Napi::Object& o, const char* key, bool def) {
 
 }  // namespace
 
-const char* DTypeName(DType d) {
-  switch (d) {
-    case DType::F32: return "f32";
-    case DType::BF16: return "bf16";
-    case DType::F16: return "f16";
-    case DType::I8: return "i8";
-    case DType::F8E4M3: return "f8e4m3";
-  }
-  return "?";
-}
+const char* DTypeName(DType d) { return dtype_name(d); }
 
 DType ParseDType(const Napi::Value& v, const std::string& field, bool quantized) {
   if (v.IsString()) {
@@ -139,6 +130,8 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   c.weights = ParseWeightFormat(o.Get("weights"), "weights");
   c.head_weights = ParseWeightFormat(o.Get("headWeights"), "headWeights");
   c.static_input_scales = Bool(o, "staticInputScales", false);
+  c.activation_scale_ub = Float(o, "activationScaleUb", 0.f);
+  if (c.activation_scale_ub < 0) Bad(env, "activationScaleUb must be >= 0");
   Napi::Value kv = o.Get("kvCacheDtype");
   if (!kv.IsUndefined() && !kv.IsNull()) {
     const std::string k = kv.IsString() ? kv.As<Napi::String>().Utf8Value() : "";

@@ -48,11 +48,13 @@ void rows_range(const void* src, DType dt, size_t r0, size_t r1, size_t cols, We
   for (size_t r = r0; r < r1; ++r) {
     widen(src, dt, r * cols, cols, row.data());
     float amax = 0.f;
+    bool finite = true;
     for (size_t i = 0; i < cols; ++i) {
       const float a = std::fabs(row[i]);
-      if (!(a <= amax)) amax = a;  // a NaN sticks (std::max would skip it)
+      finite &= a <= 3.4028235e38f;  // false for inf and NaN
+      amax = std::max(amax, a);
     }
-    if (!std::isfinite(amax))
+    if (!finite)
       throw std::invalid_argument(std::string(what) + ": row " + std::to_string(r) + " holds a non-finite value");
     const float s = amax > 0.f ? amax / (fmt == WeightFormat::Int8 ? kInt8Max : kFp8Max) : 1.f;
     scales[r] = s;

@@ -24,17 +24,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o.str();
 }
 
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::F32: return "f32";
-    case DType::BF16: return "bf16";
-    case DType::F16: return "f16";
-    case DType::I8: return "i8";
-    case DType::F8E4M3: return "f8e4m3";
-  }
-  return "?";
-}
-
 bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
 const char* format_name(WeightFormat f) { return f == WeightFormat::Int8 ? "int8" : f == WeightFormat::Fp8 ? "fp8" : "native"; }

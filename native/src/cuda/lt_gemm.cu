@@ -111,6 +111,7 @@ std::unique_ptr<LtGemm> LtGemm::create(cudaStream_t stream, std::string* why) {
 
 LtGemm::~LtGemm() {
   plans_.clear();
+  fp8_plans_.clear();
   if (handle_) api_->destroy(handle_);
   if (workspace_) cudaFree(workspace_);
   if (e0_) cudaEventDestroy(e0_);
@@ -173,6 +174,44 @@ bool LtGemm::run(const Shape& s, const void* w, const void* x, void* y) {
   const Plan& p = *it->second;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace_, kWorkspace, stream_) == 0;
+}
+
+bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+  auto& slot = fp8_plans_[{M, N, K}];
+  const Api& a = *api_;
+  if (!slot) {
+    auto p = std::make_unique<Plan>();
+    p->api = api_;
+    // As tune(): column-major y^T [N, M] = w (op T: [K, N] stored, the "TN" layout FP8 requires) · x^T.
+    bool ok = a.desc_create(&p->desc, kComputeF32, CUDA_R_32F) == 0 &&
+              a.desc_set(p->desc, kDescTransA, &kOpT, sizeof kOpT) == 0 && a.desc_set(p->desc, kDescTransB, &kOpN, sizeof kOpN) == 0 &&
+              a.layout_create(&p->a, CUDA_R_8F_E4M3, K, N, K) == 0 && a.layout_create(&p->b, CUDA_R_8F_E4M3, K, M, K) == 0 &&
+              a.layout_create(&p->c, CUDA_R_32F, N, M, N) == 0;
+    Heuristic res[kCandidates];
+    int n = 0;
+    void* pref = nullptr;
+    if (ok && a.pref_create(&pref) == 0) {
+      ok = a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
+           a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, &n) == 0;
+      a.pref_destroy(pref);
+    }
+    for (int i = 0; ok && i < n && !p->use; ++i)
+      if (res[i].state == 0 && res[i].workspace_size <= kWorkspace) {
+        p->algo = res[i].algo;
+        p->use = true;
+      }
+    slot = std::move(p);
+  }
+  if (!slot->use) {
+    if (why) *why = "cuBLASLt offers no E4M3 GEMM for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+    return false;
+  }
+  const float alpha = 1.f, beta = 0.f;
+  const int st = a.matmul(handle_, slot->desc, &alpha, w, slot->a, x, slot->b, &beta, y, slot->c, y, slot->c, &slot->algo, workspace_,
+                          kWorkspace, stream_);
+  if (st != 0 && why) *why = "cublasLtMatmul (E4M3, M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                             ") failed with status " + std::to_string(st);
+  return st == 0;
 }
 
 std::string LtGemm::summary() const {
