@@ -35,8 +35,9 @@ inline const char* dtype_name(DType d) {
 
 // How the weight matrices of a shard are stored. Native: the checkpoint's float dtype (CPU) or the
 // compute dtype (CUDA). Int8: symmetric int8 with one scale per output row, activations stay in the
-// compute dtype (W8A16). Fp8: E4M3 with one scale per output row; activations are quantized to E4M3
-// per token (dynamic) or with the checkpoint's static per-tensor input_scale (W8A8; CUDA, sm_89+).
+// compute dtype (W8A16). Fp8: E4M3 with one scale per output row; with fp8_activations the inputs
+// are quantized to E4M3 per token (dynamic) or with the checkpoint's static per-tensor input_scale
+// (W8A8; CUDA, sm_89+), else they stay in the compute dtype (an FP8 weight-only checkpoint, W8A16).
 enum class WeightFormat : int { Native = 0, Int8 = 1, Fp8 = 2 };
 
 enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2 };
@@ -86,6 +87,7 @@ struct ShardConfig {
   WeightFormat weights = WeightFormat::Native;
   WeightFormat head_weights = WeightFormat::Native;
   bool static_input_scales = false;
+  bool fp8_activations = true;      // fp8 weights: W8A8 (true) or weight-only W8A16 (false)
   float activation_scale_ub = 0.f;  // fp8 dynamic activations: cap on a token's absolute maximum (fbgemm_fp8); 0: none
   // CUDA: the paged KV cache in E4M3 (per-layer k/v scales, 1.0 unless the checkpoint has them),
   // half the bytes per block of the compute dtype.

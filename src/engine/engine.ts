@@ -46,16 +46,20 @@ const FP8_GPUS = 'compute capability 8.9 or newer: L4, L40S, H100, H200, B200';
 export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo, deviceIndex: number, quantize: QuantizeChoice,
   kv: KvCacheDtypeChoice): void {
   const cq = cfg.quantization;
-  const what = quantize === 'fp8' ? '--quantize fp8' : cq?.weights === 'fp8' ? `${cfg.dir} holds fp8 weights (${cq.method})`
-    : kv === 'fp8' ? '--kv-cache-dtype fp8' : null;
-  if (!what) return;
+  const ckpt = cq?.weights === 'fp8' ? `${cfg.dir} holds fp8 weights (${cq.method})` : null;
+  const flag = quantize === 'fp8' ? '--quantize fp8' : null;
+  const kvFlag = kv === 'fp8' ? '--kv-cache-dtype fp8' : null;
   if (device === 'cpu') {
-    throw new Error(`${what}: needs a CUDA GPU with FP8 tensor cores (${FP8_GPUS}); the CPU backend runs ` +
-      (kv === 'fp8' && what.startsWith('--kv') ? 'its KV cache in f32' : 'int8 weights (--quantize int8 from a float checkpoint)'));
+    const what = flag ?? ckpt ?? kvFlag;
+    if (what) throw new Error(`${what}: needs a CUDA GPU with FP8 tensor cores (${FP8_GPUS}); the CPU backend runs ` +
+      (what === kvFlag ? 'its KV cache in f32' : 'int8 weights (--quantize int8 from a float checkpoint)'));
+    return;
   }
+  // An FP8 weight-only checkpoint runs W8A16 (E4M3 decoded in software) on any CUDA GPU.
+  const what = flag ?? (cq?.weights === 'fp8' && cq.activations !== 'none' ? ckpt : null) ?? kvFlag;
   const gpu = info.cuda.devices[deviceIndex];
   const cc = Number(gpu?.computeCapability ?? '0');
-  if (gpu && cc < 8.9) throw new Error(`${what}: GPU ${deviceIndex} (${gpu.name}) is compute capability ${gpu.computeCapability}; FP8 needs ${FP8_GPUS}`);
+  if (what && gpu && cc < 8.9) throw new Error(`${what}: GPU ${deviceIndex} (${gpu.name}) is compute capability ${gpu.computeCapability}; FP8 needs ${FP8_GPUS}`);
 }
 
 /** auto = cuda when the addon can use a GPU, else cpu; an explicit cuda that cannot work is an error. */

@@ -55,6 +55,8 @@ export interface ShardModelConfig {
   headWeights: WeightFormat;
   /** fp8: X.input_scale tensors (static per-tensor activation scales) instead of per-token scales. */
   staticInputScales: boolean;
+  /** fp8 weights: activations quantized too (W8A8), or weight-only (W8A16, an FP8 weight-only checkpoint). */
+  fp8Activations: boolean;
   /** fp8 dynamic activations: the per-token absolute maximum is capped at this (fbgemm_fp8); 0: no cap. */
   activationScaleUb: number;
 }
@@ -200,7 +202,7 @@ export function planShard(cfg: ModelConfig, range: ShardRange, opts: PlanOptions
       rmsEps: cfg.rmsEps, qkvBias: cfg.qkvBias, tiedEmbeddings: cfg.tieWordEmbeddings && quant.headWeights === 'native',
       hasEmbedding, hasHead, tpRank, tpSize, rope: { ...cfg.rope },
       weights: quant.weights, headWeights: quant.headWeights, staticInputScales: quant.staticInputScales,
-      activationScaleUb: quant.activationScaleUb,
+      fp8Activations: quant.fp8Activations, activationScaleUb: quant.activationScaleUb,
     },
   };
 }
@@ -249,7 +251,7 @@ function planQuantization(cfg: ModelConfig, tensors: PlannedTensor[], hasEmbeddi
     out.push({ name: `${name}_scale`, source: `${module}.weight_scale`, fullShape: perChannel ? [fullRows, 1] : [1],
       altShapes: perChannel ? [[fullRows]] : [[]], slice: scaleSlice, shape: [rowsHere], dtypes: floats, dtype: 'f32',
       convert: { kind: 'scale', rows: rowsHere } });
-    if (staticInputScales) {
+    if (staticInputScales && name !== 'lm_head.weight') {  // a quantized head takes per-token scales (the backends keep none for it)
       out.push({ name: `${name.slice(0, -'.weight'.length)}.input_scale`, source: `${module}.input_scale`, fullShape: [1], altShapes: [[]],
         slice: { kind: 'whole' }, shape: [1], dtypes: floats, dtype: 'f32', convert: { kind: 'f32' } });
     }
@@ -275,7 +277,8 @@ function planQuantization(cfg: ModelConfig, tensors: PlannedTensor[], hasEmbeddi
         slice: { kind: 'whole' }, shape: [1], dtypes: floats, dtype: 'f32', convert: { kind: 'f32' } });
     }
   }
-  return { tensors: out, weights, headWeights, staticInputScales, activationScaleUb: cq?.activationScaleUb ?? 0 };
+  return { tensors: out, weights, headWeights, staticInputScales, fp8Activations: !(cq && cq.activations === 'none'),
+    activationScaleUb: cq?.activationScaleUb ?? 0 };
 }
 
 /** Bytes the backend receives for a tensor (a quantized weight's scales not included). */

@@ -29,8 +29,10 @@ let loaderUsed = null;
 // Loads `dir` as one shard (layers [layerStart, layerEnd), default all; tp rank `tpRank` of `tpSize`, on cuda:deviceIndex)
 // through the project's loader (dist/model) when it is built, else through
 // minimal-safetensors.mjs (whole tensors, tp 1 only). `comm` (tp > 1) is set before loading.
+// quantize ('int8' | 'fp8') and kvCacheDtype ('fp8') as the engine's flags (docs/QUANTIZATION.md; dist/model only).
+// weightBytes: the bytes the backend holds (quantized matrices at one byte, their f32 scales).
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
-  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd } = {}) {
+  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd, quantize = 'none', kvCacheDtype = 'auto' } = {}) {
   let loader;
   try { loader = await import(join(root, 'dist', 'model', 'index.js')); loaderUsed = 'dist/model'; }
   catch (e) {
@@ -39,17 +41,19 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   }
   const cfg = loader.loadModelConfig(dir);
   const ckpt = await loader.openCheckpoint(dir);
-  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers });
-  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex };
+  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers }, { quantize, kvCacheFp8: kvCacheDtype === 'fp8' });
+  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex,
+    ...(kvCacheDtype === 'fp8' ? { kvCacheDtype } : {}) };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   if (comm) engine.setTpComm(comm);
   let weightBytes = 0;
   const t0 = performance.now();
   await loader.loadShard(ckpt, plan, async (name, dt, shape, data) => {
-    weightBytes += shape.reduce((a, b) => a * b, 1) * 2;
+    // Matrices and the scales of quantized ones (norms are f32 in the backend: counted as loaded, negligible).
+    weightBytes += dt === 'f32' && !name.endsWith('_scale') ? shape.reduce((a, b) => a * b, 1) * 2 : data.byteLength;
     await engine.loadTensor(name, dt, shape, data);
-  });
+  }, undefined, (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what));
   const fin = await engine.finalize();
   const loadSeconds = (performance.now() - t0) / 1000;
   if (ckpt.close) await ckpt.close();

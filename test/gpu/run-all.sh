@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile|quant|quantkernels|quantcheck|quantbench ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -21,6 +21,7 @@ if [ -f .gpu/nodespeed.node ]; then mkdir -p build/Release && cp .gpu/nodespeed.
 MODEL=${MODEL:-/tmp/llama-7b-shape}
 steps=${*:-fixtures tp2 nccl 7b bench profile}
 steps=${steps//ab6/skinny lt abtp}  # session 5's unmeasured switches
+expanded=; for s in $steps; do [ "$s" = quant ] && s="quantkernels quantcheck quantbench"; expanded="$expanded $s"; done; steps=$expanded  # docs/QUANTIZATION.md
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 node -e "console.log(JSON.stringify(require('./build/Release/nodespeed.node').info().cuda))" || exit 1
 status=0
@@ -142,6 +143,18 @@ for s in $steps; do
       else
         run failover-1gpu node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 1 --spares 0 --faults kill,stop --out "$OUT/failover-cuda-1gpu.json"
       fi ;;
+    quantkernels)  # the quantized kernels alone (test/gpu/quant-kernels.cu): .gpu/quant-kernels.xz when built on the dev machine, else compiled here
+      if [ -f .gpu/quant-kernels.xz ]; then xz -dc .gpu/quant-kernels.xz > /tmp/quant-kernels && chmod +x /tmp/quant-kernels
+      else nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
+        native/src/cuda/{quant_gemm,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant}.cc -ldl -o /tmp/quant-kernels; fi
+      run quant-kernels sh -c '/tmp/quant-kernels > "$0"' "$RESULTS_DIR/gpu-quant-kernels.json"; cat "$RESULTS_DIR/gpu-quant-kernels.json" | head -c 400; echo ;;
+    quantcheck) make_model  # py-tiny and the 7B shape at bf16 / int8 / fp8 / fp8 KV vs bf16 and vs PyTorch (test/gpu/quant-check.mjs)
+      run quant-check node test/gpu/quant-check.mjs "$MODEL" ;;
+    quantbench) make_model  # batch-1 decode bf16 / int8 / fp8 beside HF (bench/decode), then 64 streams of 512 in / 256 out at bf16 and
+                            # fp8 weights + fp8 KV beside HF (bench/serve, tp 1); each against its own roofline
+      run decode-quant node bench/decode/run.mjs "$MODEL" --batches 1 --precisions bf16,int8,fp8
+      NODESPEED_STEP_TRACE=$OUT/serve-quant-steps.jsonl run serve-quant node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 \
+        --precisions bf16,fp8+kv-fp8 --hf --out "$RESULTS_DIR/serve-quant-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/NVIDIA //; s/[^A-Za-z0-9]\+/-/g' | tr A-Z a-z).json" ;;
     profile) make_model
       wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
       NODESPEED_CUDA_PROFILE_STEP=4 ncu --profile-from-start off --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \

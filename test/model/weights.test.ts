@@ -47,7 +47,7 @@ describe('planShard / loadShard', () => {
       layerStart: 0, layerEnd: 2, maxPosition: 64, rmsEps: 1e-5, qkvBias: true, tiedEmbeddings: false,
       hasEmbedding: true, hasHead: true, tpRank: 0, tpSize: 1,
       rope: { type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 64 },
-      weights: 'native', headWeights: 'native', staticInputScales: false, activationScaleUb: 0,
+      weights: 'native', headWeights: 'native', staticInputScales: false, fp8Activations: true, activationScaleUb: 0,
     });
     const got = await load(dir, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 });
     expect([...got.keys()].sort()).toEqual(tensors.map((t) => t.name).sort());

@@ -130,6 +130,7 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   c.weights = ParseWeightFormat(o.Get("weights"), "weights");
   c.head_weights = ParseWeightFormat(o.Get("headWeights"), "headWeights");
   c.static_input_scales = Bool(o, "staticInputScales", false);
+  c.fp8_activations = Bool(o, "fp8Activations", true);
   c.activation_scale_ub = Float(o, "activationScaleUb", 0.f);
   if (c.activation_scale_ub < 0) Bad(env, "activationScaleUb must be >= 0");
   Napi::Value kv = o.Get("kvCacheDtype");

@@ -58,7 +58,7 @@ template <typename T, bool KV8>
 __device__ __forceinline__ float kv_elem(const void* cache, size_t i) {
   if constexpr (KV8) {
     float f[4];
-    quant::e4m3x4_to_f32(static_cast<const uint8_t*>(cache)[i], f);
+    e4m3x4(static_cast<const uint8_t*>(cache)[i], f);
     return f[0];
   } else {
     return to_f(static_cast<const T*>(cache)[i]);

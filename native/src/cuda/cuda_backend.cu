@@ -144,7 +144,9 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   wdt_ = storage(c.weights);
   hdt_ = storage(c.head_weights);
   kv_fp8_ = c.kv_fp8;
-  const bool fp8 = wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3;
+  // E4M3 tensor-core GEMMs (W8A8) and the E4M3 KV cache need sm_89+; FP8 weight-only checkpoints
+  // decode E4M3 in software (quant.h) and run anywhere.
+  const bool fp8 = (wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) && c.fp8_activations;
   if ((fp8 || kv_fp8_) && prop.major * 10 + prop.minor < 89)
     throw std::runtime_error(std::string("cuda: ") + (fp8 ? "fp8 weights" : "the fp8 KV cache") + " need FP8 tensor cores (compute capability 8.9 or newer); " +
                              "GPU " + std::to_string(c.device_index) + " (" + prop.name + ") is " + std::to_string(prop.major) + "." + std::to_string(prop.minor));
@@ -332,9 +334,10 @@ void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::v
     throw std::runtime_error("cuda: tensor " + name + " has " + std::to_string(bytes) + " bytes, expected " +
                              std::to_string(n * dtype_size(dtype)));
   const bool quant_t = t.dt == DType::I8 || t.dt == DType::F8E4M3, quant_in = dtype == DType::I8 || dtype == DType::F8E4M3;
-  if (quant_t != quant_in || (quant_t && dtype != t.dt) || (t.dt == DType::F32 && name.size() > 6 && name.compare(name.size() - 6, 6, "_scale") == 0 && dtype != DType::F32))
+  const bool scale = name.size() > 6 && name.compare(name.size() - 6, 6, "_scale") == 0;  // row scales arrive as f32 (the loader widens them)
+  if (quant_t != quant_in || (quant_t && dtype != t.dt) || (scale && dtype != DType::F32))
     throw std::runtime_error(std::string("cuda: tensor ") + name + " has dtype " + dtype_name(dtype) + ", expected " +
-                             (quant_t ? dtype_name(t.dt) : t.dt == DType::F32 && quant_in ? "f32" : "f32, bf16 or f16"));
+                             (quant_t ? dtype_name(t.dt) : scale ? "f32" : "f32, bf16 or f16"));
   char* dst = static_cast<char*>(t.dst) + t.offset_elems * dtype_size(t.dt);
   if (dtype == t.dt) {
     // From pageable memory this returns once the bytes are staged, so the caller may unmap them.
@@ -363,9 +366,9 @@ int CudaBackend::finalize() {
   const auto& c = cfg_;
   if (c.static_input_scales)
     for (int l = 0; l < n_layers_; ++l) NS_CUDA(cudaMemcpy(layers_[l].in_s.ptr, in_scale_host_[l].data(), 4 * 4, cudaMemcpyHostToDevice));
-  if (wdt_ == DType::I8 || hdt_ == DType::I8) {
-    // Prefill-sized int8 GEMMs dequantize into this and run on cuBLAS: room for the largest layer
-    // matrix (the head, if int8 and larger, goes through in slices of it).
+  if (wdt_ == DType::I8 || hdt_ == DType::I8 || ((wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) && !c.fp8_activations)) {
+    // Weight-only GEMMs past the GEMV dequantize into this and run on cuBLAS: room for the largest
+    // layer matrix (the head, if quantized and larger, goes through in slices of it).
     const size_t qd = (size_t)c.n_heads * c.head_dim, H = c.hidden, I = c.intermediate;
     deq_.reserve(dtype_size(act_) * std::max({(size_t)qkv_rows_ * H, H * qd, 2 * I * H}));
   }
@@ -439,7 +442,10 @@ void CudaBackend::warm_gemms() {
   bool tune = false;
   // Quantized matrices are run as the step runs them (their own kernels, cuBLASLt's E4M3 plans made
   // on first use): nothing to tune, but their kernels load and their plans exist before any capture.
+  // Only at the graph buckets' row counts: a weight-only product of more rows dequantizes its whole
+  // matrix, 250 row counts of that would take seconds.
   auto each = [&](const std::vector<const void*>& ws, const Weight& w, const void* x, int m, int N, int K, void* y, Out out) {
+    if (w.dt != act_ && use_graphs_ && graph_bucket(m) != m) return;
     if (tune && w.dt == act_) tune_gemm(ws, x, m, N, K, y, out);
     else matmul(x, w, m, N, K, y, out);
   };
@@ -516,7 +522,7 @@ void CudaBackend::matmul(const void* x, const Weight& wt, int M, int N, int K, v
     swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
     x = act_mlp_.ptr;
   }
-  if (wt.dt == DType::I8) return matmul_int8(x, wt, M, N, K, y, mode);
+  if (wt.dt == DType::I8 || (wt.dt == DType::F8E4M3 && !cfg_.fp8_activations)) return matmul_weight_only(x, wt, M, N, K, y, mode);
   if (wt.dt == DType::F8E4M3) return matmul_fp8(x, wt, M, N, K, y, mode);
   const void* w = wt.w;
   const GemvOut out = gemv_mode(mode);
@@ -581,7 +587,7 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (wdt_ != act_ ? std::string(", ") + (wdt_ == DType::I8 ? "int8 W8A16" : "fp8 W8A8") + " weights" : std::string())
+    << (wdt_ != act_ ? std::string(", ") + (wdt_ == DType::I8 ? "int8 W8A16" : (cfg_.fp8_activations ? "fp8 W8A8" : "fp8 W8A16")) + " weights" : std::string())
     << (hdt_ != wdt_ ? std::string(", LM head ") + dtype_name(hdt_) : std::string()) << (kv_fp8_ ? ", kv fp8" : "")
     << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_skinny_ ? ", skinny gemm" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
   return s.str();

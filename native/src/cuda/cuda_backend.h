@@ -110,8 +110,9 @@ class CudaBackend final : public Backend {
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
-  // The quantized cases of matmul (quant_matmul.cu): int8 (W8A16) and E4M3 (W8A8) weights.
-  void matmul_int8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
+  // The quantized cases of matmul (quant_matmul.cu): int8 or E4M3 weights with activation-dtype
+  // inputs (W8A16), E4M3 weights and inputs (W8A8).
+  void matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
   void matmul_fp8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
   // A layer's matrix as matmul takes it (the LM head: head_weight()).
   Weight weight(const DeviceBuffer& w, const DeviceBuffer& scale, const DeviceBuffer& in_scale, int which) const;

@@ -90,9 +90,9 @@ bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, v
 
 // Quantized weights (quant_gemm.cu; docs/QUANTIZATION.md). A quantized matrix W [N, K] is int8 or
 // E4M3 bytes with one f32 scale per row, wscale [N].
-// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows; wt I8: x in the
-// activation dtype (W8A16); wt F8E4M3: x E4M3 [R, K] with xscale [R] (W8A8), y also times xscale[r].
-// K % 16 == 0.
+// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows, wt I8 or F8E4M3; x in
+// the activation dtype (xscale null: weight-only, W8A16), or E4M3 [R, K] with xscale [R] (W8A8,
+// E4M3 weights only), y then also times xscale[r]. K % 16 == 0.
 struct QuantGemv {
   const void* w; const float* wscale; const void* x; const float* xscale; int R, N, K; void* y;
 };
@@ -105,8 +105,8 @@ void quantize_act(DType act, const void* x, int M, int K, const float* static_sc
 // `mode` says. N % 4 == 0.
 void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
                   cudaStream_t s);
-// out [N, K] (activation dtype) = int8 q [N, K] * scale[n]. K % 16 == 0.
-void dequantize(DType act, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
+// out [N, K] (activation dtype) = q [N, K] (int8 or E4M3, wt) * scale[n]. K % 16 == 0.
+void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.

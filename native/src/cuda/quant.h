@@ -13,6 +13,19 @@
 
 namespace ns::cuda {
 
+// Four E4M3 values of a word to f32. FP8 GPUs (sm_89+) convert two at a time in hardware
+// (cvt.rn.f16x2.e4m3x2, exact: E4M3 values are fp16 values) and widen the halves; older ones (FP8
+// weight-only checkpoints) take the integer path of quant_bits.h.
+__device__ __forceinline__ void e4m3x4(uint32_t w, float* f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  const float2 lo = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), __NV_E4M3)));
+  const float2 hi = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3)));
+  f[0] = lo.x; f[1] = lo.y; f[2] = hi.x; f[3] = hi.y;
+#else
+  quant::e4m3x4_to_f32(w, f);
+#endif
+}
+
 // 16 one-byte values (one 16-byte load) of storage type W (I8 or F8E4M3) to f32.
 template <DType W>
 __device__ __forceinline__ void unpack16(const uint4& v, float* f) {
@@ -20,14 +33,14 @@ __device__ __forceinline__ void unpack16(const uint4& v, float* f) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     if constexpr (W == DType::I8) quant::i8x4_to_f32(w[i], f + 4 * i);
-    else quant::e4m3x4_to_f32(w[i], f + 4 * i);
+    else e4m3x4(w[i], f + 4 * i);
   }
 }
 
 // 8 E4M3 values (one 8-byte load) to f32.
 __device__ __forceinline__ void unpack_e4m3x8(const uint2& v, float* f) {
-  quant::e4m3x4_to_f32(v.x, f);
-  quant::e4m3x4_to_f32(v.y, f + 4);
+  e4m3x4(v.x, f);
+  e4m3x4(v.y, f + 4);
 }
 
 __device__ __forceinline__ uint32_t f32_to_e4m3(float x) {

@@ -1,14 +1,14 @@
 // Matrix products with quantized weights (docs/QUANTIZATION.md), one f32 scale per weight row:
-//  - gemv_quant: decode rows (1..4) reading int8 weights against activation-dtype rows (W8A16) or
-//    E4M3 weights against E4M3 rows with one scale per row (W8A8); the layout and pipelining of
-//    gemv.cu (warps stream 16-byte weight chunks, four in flight per lane), with twice the
-//    elements per load;
+//  - gemv_quant: decode rows (1..4) reading int8 or E4M3 weights against activation-dtype rows
+//    (weight-only: W8A16), or E4M3 weights against E4M3 rows with one scale per row (W8A8); the
+//    layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
+//    lane), with twice the elements per load;
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
 //  - fp8_epilogue: the f32 result of cuBLASLt's E4M3 GEMM times the row and column scales, written
 //    like every other GEMM output (activation dtype, f32, or added to the residual stream);
-//  - dequantize: int8 rows times their scales into the activation dtype (the W8A16 path of
-//    prefill-sized GEMMs, which then run on cuBLAS's tensor cores).
+//  - dequantize: int8 or E4M3 rows times their scales into the activation dtype (the weight-only
+//    path of larger GEMMs, which then run on cuBLAS's tensor cores).
 #include <cfloat>
 #include <stdexcept>
 
@@ -21,15 +21,15 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// One 16-byte weight chunk (16 weights at column 16 i) against R input rows.
-template <typename T, DType W, int R>
+// One 16-byte weight chunk (16 weights at column 16 i) against R input rows; XQ: the rows are E4M3.
+template <typename T, DType W, bool XQ, int R>
 __device__ __forceinline__ void fma16(const uint4& wv, const void* x, int K, int i, float* acc) {
   float wf[16];
   unpack16<W>(wv, wf);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     float xf[16];
-    if constexpr (W == DType::I8) {  // x: activation dtype, two 16-byte loads
+    if constexpr (!XQ) {  // x: activation dtype, two 16-byte loads
       const uint4* xr = reinterpret_cast<const uint4*>(static_cast<const T*>(x) + (size_t)r * K) + 2 * i;
       unpack8<T>(__ldg(xr), xf);
       unpack8<T>(__ldg(xr + 1), xf + 8);
@@ -41,7 +41,7 @@ __device__ __forceinline__ void fma16(const uint4& wv, const void* x, int K, int
   }
 }
 
-template <typename T, DType W, int R, GemvOut MODE, int KS>
+template <typename T, DType W, bool XQ, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
                                                                  const void* __restrict__ x, const float* __restrict__ xscale,
                                                                  int N, int K, void* __restrict__ y, bool rnd) {
@@ -67,12 +67,12 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
     int i = part * 32 + lane;
     for (; i + 3 * kStride < K16; i += 4 * kStride) {
       const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
-      fma16<T, W, R>(w0, x, K, i, acc);
-      fma16<T, W, R>(w1, x, K, i + kStride, acc);
-      fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
-      fma16<T, W, R>(w3, x, K, i + 3 * kStride, acc);
+      fma16<T, W, XQ, R>(w0, x, K, i, acc);
+      fma16<T, W, XQ, R>(w1, x, K, i + kStride, acc);
+      fma16<T, W, XQ, R>(w2, x, K, i + 2 * kStride, acc);
+      fma16<T, W, XQ, R>(w3, x, K, i + 3 * kStride, acc);
     }
-    for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
+    for (; i < K16; i += kStride) fma16<T, W, XQ, R>(__ldg(w + i), x, K, i, acc);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
   const float ws = wscale[n];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const float v = W == DType::I8 ? acc[r] * ws : acc[r] * (ws * xscale[r]);
+    const float v = XQ ? acc[r] * (ws * xscale[r]) : acc[r] * ws;
     const size_t o = (size_t)r * N + n;
     if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(v);
     else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = v;
@@ -106,25 +106,32 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
   }
 }
 
-template <typename T, DType W, GemvOut MODE, int KS>
+template <typename T, DType W, bool XQ, GemvOut MODE, int KS>
 void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   const bool rnd = rounds(kRoundResidual);
   const unsigned grid = ceil_div(g.N, kWarps / KS);
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   switch (g.R) {
-    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
+    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
+    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
+    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
+    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
     default: throw std::runtime_error("cuda: gemv_quant supports 1..4 rows");
   }
 }
 
 // As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2.
-template <typename T, DType W, GemvOut MODE>
+template <typename T, DType W, bool XQ, GemvOut MODE>
 void launch_gemv(const QuantGemv& g, cudaStream_t s) {
-  if (g.N >= 12288) launch_gemv_rows<T, W, MODE, 1>(g, s);
-  else launch_gemv_rows<T, W, MODE, 2>(g, s);
+  if (g.N >= 12288) launch_gemv_rows<T, W, XQ, MODE, 1>(g, s);
+  else launch_gemv_rows<T, W, XQ, MODE, 2>(g, s);
+}
+
+template <typename T, DType W, bool XQ>
+void launch_gemv_mode(const QuantGemv& g, GemvOut mode, cudaStream_t s) {
+  if (mode == GemvOut::Act) launch_gemv<T, W, XQ, GemvOut::Act>(g, s);
+  else if (mode == GemvOut::F32) launch_gemv<T, W, XQ, GemvOut::F32>(g, s);
+  else launch_gemv<T, W, XQ, GemvOut::AddResidual>(g, s);
 }
 
 // One block a row: amax over the row (8 elements a thread per step), the scale, then E4M3 of x / s.
@@ -199,7 +206,7 @@ __global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* 
 }
 
 // out[n, k] = T(q[n, k] * scale[n]), 16 elements a thread.
-template <typename T>
+template <typename T, DType W>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ q, const float* __restrict__ scale, int N, int K, T* __restrict__ out) {
   grid_dependency_wait();
   const int K16 = K / 16;
@@ -207,7 +214,7 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ q, const float* __
   if (idx >= (size_t)N * K16) return;
   const int n = static_cast<int>(idx / K16);
   float f[16];
-  unpack16<DType::I8>(reinterpret_cast<const uint4*>(q)[idx], f);
+  unpack16<W>(reinterpret_cast<const uint4*>(q)[idx], f);
   const float s = scale[n];
 #pragma unroll
   for (int e = 0; e < 16; ++e) f[e] *= s;
@@ -221,16 +228,11 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ q, const float* __
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s) {
   if (g.R == 0) return;
   if (g.K % 16 != 0) throw std::runtime_error("cuda: gemv_quant needs K % 16 == 0");
+  if (wt == DType::I8 && g.xscale) throw std::runtime_error("cuda: gemv_quant: int8 weights take activation-dtype rows");
   NS_DISPATCH_ACT(act, E, {
-    if (wt == DType::I8) {
-      if (mode == GemvOut::Act) launch_gemv<E, DType::I8, GemvOut::Act>(g, s);
-      else if (mode == GemvOut::F32) launch_gemv<E, DType::I8, GemvOut::F32>(g, s);
-      else launch_gemv<E, DType::I8, GemvOut::AddResidual>(g, s);
-    } else {
-      if (mode == GemvOut::Act) launch_gemv<E, DType::F8E4M3, GemvOut::Act>(g, s);
-      else if (mode == GemvOut::F32) launch_gemv<E, DType::F8E4M3, GemvOut::F32>(g, s);
-      else launch_gemv<E, DType::F8E4M3, GemvOut::AddResidual>(g, s);
-    }
+    if (wt == DType::I8) launch_gemv_mode<E, DType::I8, false>(g, mode, s);
+    else if (g.xscale) launch_gemv_mode<E, DType::F8E4M3, true>(g, mode, s);
+    else launch_gemv_mode<E, DType::F8E4M3, false>(g, mode, s);
   });
   NS_LAUNCHED("gemv_quant");
 }
@@ -260,12 +262,16 @@ void fp8_epilogue(DType act, const float* acc, const float* xscale, const float*
   NS_LAUNCHED("fp8_epilogue");
 }
 
-void dequantize(DType act, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s) {
+void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s) {
   if (N == 0) return;
   if (K % 16 != 0) throw std::runtime_error("cuda: dequantize needs K % 16 == 0");
   const unsigned grid = ceil_div((size_t)N * (K / 16), 256);
   NS_DISPATCH_ACT(act, E, {
-    launch("dequantize", dequantize_kernel<E>, dim3(grid), dim3(256), s, static_cast<const uint8_t*>(q), scale, N, K, static_cast<E*>(out));
+    if (wt == DType::I8)
+      launch("dequantize", dequantize_kernel<E, DType::I8>, dim3(grid), dim3(256), s, static_cast<const uint8_t*>(q), scale, N, K, static_cast<E*>(out));
+    else
+      launch("dequantize", dequantize_kernel<E, DType::F8E4M3>, dim3(grid), dim3(256), s, static_cast<const uint8_t*>(q), scale, N, K,
+             static_cast<E*>(out));
   });
   NS_LAUNCHED("dequantize");
 }

@@ -1,7 +1,8 @@
 // CudaBackend::matmul for quantized weights (docs/QUANTIZATION.md).
-//   int8 (W8A16): decode rows (<= 4) read the int8 weights in the GEMV (gemv_quant); larger products
-//     dequantize the weights slice by slice into the activation dtype and run cublasGemmEx on them
-//     (prefill-sized products are bound by the tensor cores, where the weights' bytes matter little).
+//   weight-only (int8, or E4M3 of an FP8 weight-only checkpoint; W8A16): decode rows (<= 4) read the
+//     quantized weights in the GEMV (gemv_quant); larger products dequantize the weights slice by
+//     slice into the activation dtype and run cublasGemmEx on them (prefill-sized products are
+//     bound by the tensor cores, where the weights' bytes matter little).
 //   fp8 (W8A8): the input rows are quantized to E4M3 first (per-token or static scales); <= 4 rows
 //     then take the E4M3 GEMV, more take cuBLASLt's E4M3 GEMM (f32 out) and an epilogue that applies
 //     the row and column scales, a chunk of rows at a time (acc_ holds one chunk's f32 result).
@@ -14,31 +15,31 @@
 
 namespace ns::cuda {
 
-void CudaBackend::matmul_int8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
+void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
   const GemvOut out = gemv_mode(mode);
   if (use_gemv_ && M <= 4) {
-    gemv_quant(act_, DType::I8, QuantGemv{w.w, w.scale, x, nullptr, M, N, K, y}, out, stream_);
+    gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, nullptr, M, N, K, y}, out, stream_);
     return;
   }
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // as the float path: the product rounded, then the rounded add
-    matmul_int8(x, w, M, N, K, tmp_.ptr, Out::Act);
+    matmul_weight_only(x, w, M, N, K, tmp_.ptr, Out::Act);
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
     return;
   }
   const size_t es = dtype_size(act_);
   const int chunk = static_cast<int>(std::min<size_t>(N, deq_.bytes / (es * K)));
-  if (chunk < 1) throw std::runtime_error("cuda: no dequantization scratch for an int8 matrix of " + std::to_string(K) + " columns");
+  if (chunk < 1) throw std::runtime_error("cuda: no dequantization scratch for a matrix of " + std::to_string(K) + " columns");
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
   const size_t ys = mode == Out::Act ? es : 4;
   const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   for (int n0 = 0; n0 < N; n0 += chunk) {
     const int nc = std::min(chunk, N - n0);
-    dequantize(act_, static_cast<const uint8_t*>(w.w) + (size_t)n0 * K, w.scale + n0, nc, K, deq_.ptr, stream_);
+    dequantize(act_, w.dt, static_cast<const uint8_t*>(w.w) + (size_t)n0 * K, w.scale + n0, nc, K, deq_.ptr, stream_);
     // Rows n0.. of W are columns n0.. of y (row-major [M, N], leading dimension N).
     const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, nc, M, K, &alpha, deq_.ptr, at, K, x, at, K, &beta,
                                             static_cast<char*>(y) + (size_t)n0 * ys, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS)
-      throw std::runtime_error("cuda: cublasGemmEx (int8 weights dequantized) failed with status " + std::to_string(st) + " (M=" +
+      throw std::runtime_error("cuda: cublasGemmEx (quantized weights dequantized) failed with status " + std::to_string(st) + " (M=" +
                                std::to_string(M) + " N=" + std::to_string(nc) + " K=" + std::to_string(K) + ")");
   }
 }
