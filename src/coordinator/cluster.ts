@@ -8,8 +8,10 @@ import { fileURLToPath } from 'node:url';
 
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
+import { planShard } from '../model/weights.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import { precisionOf } from '../engine/precision.js';
+import { checkFp8Support } from '../engine/engine.js';
 import type { KvCacheDtypeChoice, Precision } from '../engine/precision.js';
 import { isLocalHost } from '../launcher/plan.js';
 import type { Placement } from '../launcher/plan.js';
@@ -156,6 +158,10 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const tokenizer = await loadTokenizer(o.model);
   const token = randomBytes(24).toString('hex');
   const quantize = o.quantize ?? 'none', kvCacheDtype = o.kvCacheDtype ?? 'auto';
+  // What every worker would refuse, refused once before any starts: fp8 on CPU workers, a --quantize
+  // that contradicts a pre-quantized checkpoint.
+  checkFp8Support(config, o.device, undefined, 0, quantize, kvCacheDtype);
+  planShard(config, { tpRank: 0, tpSize: layout.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize });
   const precision = precisionOf(config, { device: o.device, dtype: o.dtype, quantize, kvCacheDtype });
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,

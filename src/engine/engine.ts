@@ -41,9 +41,10 @@ const FP8_GPUS = 'compute capability 8.9 or newer: L4, L40S, H100, H200, B200';
 
 /**
  * Refuses fp8 where it cannot run, before anything is allocated: on CPU, and on a GPU without FP8
- * tensor cores (the CUDA backend checks again).
+ * tensor cores (the CUDA backend checks again). `info`: this process's addon (absent: the GPU is
+ * another host's, only the CPU case is decided here, as `nodespeed launch` does before starting workers).
  */
-export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo, deviceIndex: number, quantize: QuantizeChoice,
+export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo | undefined, deviceIndex: number, quantize: QuantizeChoice,
   kv: KvCacheDtypeChoice): void {
   const cq = cfg.quantization;
   const ckpt = cq?.weights === 'fp8' ? `${cfg.dir} holds fp8 weights (${cq.method})` : null;
@@ -57,7 +58,7 @@ export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: Addo
   }
   // An FP8 weight-only checkpoint runs W8A16 (E4M3 decoded in software) on any CUDA GPU.
   const what = flag ?? (cq?.weights === 'fp8' && cq.activations !== 'none' ? ckpt : null) ?? kvFlag;
-  const gpu = info.cuda.devices[deviceIndex];
+  const gpu = info?.cuda.devices[deviceIndex];
   const cc = Number(gpu?.computeCapability ?? '0');
   if (what && gpu && cc < 8.9) throw new Error(`${what}: GPU ${deviceIndex} (${gpu.name}) is compute capability ${gpu.computeCapability}; FP8 needs ${FP8_GPUS}`);
 }

@@ -1,0 +1,57 @@
+// A quantized replica through a real `nodespeed launch` (docs/QUANTIZATION.md): --quantize int8 on
+// CPU workers at tp 2 serves the tokens of the single-process int8 engine, and its precision shows
+// on the ready line, in ClusterStatus, in `nodespeed status` and in the Prometheus metrics; fp8 on
+// CPU workers is refused before any worker starts.
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+
+import { Engine, generateAll } from '../../src/engine/index.js';
+import { loadTokenizer } from '../../src/model/index.js';
+import { BIN, launch, PY_TINY, reference, root, stream, workerProcesses } from './helpers.js';
+import type { PyTinyCase } from './helpers.js';
+
+const { cases } = reference<PyTinyCase>(PY_TINY);
+
+describe('--quantize int8 through the gRPC API', () => {
+  it('tp 2 serves the int8 engine\'s greedy tokens; the ready line, ClusterStatus, status and metrics state the precision', async () => {
+    const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', quantize: 'int8' }), loadTokenizer(PY_TINY)]);
+    let local;
+    try {
+      local = await generateAll(engine, tok, cases.map((c) => ({ promptIds: c.ids, maxTokens: 24, ignoreEos: true, temperature: 0 })));
+    } finally {
+      engine.dispose();
+    }
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--quantize', 'int8', '--metrics-port', '0']);
+    try {
+      expect(cluster.readyLine).toMatch(/ tp=2 world=2 weights=int8 activations=f32 kv-cache=f32 metrics=127\.0\.0\.1:\d+$/);
+      for (const [i, c] of cases.entries()) {
+        const r = await stream(cluster.client, { promptIds: c.ids, maxTokens: 24, ignoreEos: true, temperature: 0 });
+        expect(r.tokenIds, c.text).toEqual(local[i]!.tokenIds);
+      }
+      const status = await cluster.client.clusterStatus();
+      expect(status.replicas[0]!.precision).toEqual({ weights: 'int8', activations: 'f32', kvCache: 'f32' });
+      expect(status.workers.every((w) => /int8 W8A16/.test(w.engine))).toBe(true);
+      const st = spawnSync(process.execPath, [BIN, 'status', '--server', cluster.address], { cwd: root, encoding: 'utf8' });
+      expect(st.status).toBe(0);
+      expect(st.stdout).toMatch(/REPLICA\s+STATE\s+LAYOUT\s+PRECISION/);
+      expect(st.stdout).toMatch(/tp 2 x pp 1\s+int8\/f32\/f32/);
+      const metrics = await (await fetch(`http://${cluster.readyLine.match(/metrics=(\S+)/)![1]}/metrics`)).text();
+      expect(metrics).toMatch(/^nodespeed_replica_precision_info\{replica="0",weights="int8",activations="f32",kv_cache="f32"\} 1$/m);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  });
+
+  it('fp8 on CPU workers is refused before any worker starts', () => {
+    const fp8 = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--device', 'cpu', '--quantize', 'fp8', '--port', '0',
+      '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    expect(fp8.status).toBe(1);
+    expect(fp8.stderr).toMatch(/--quantize fp8: needs a CUDA GPU with FP8 tensor cores/);
+    const kv = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--device', 'cpu', '--kv-cache-dtype', 'fp8', '--port', '0',
+      '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    expect(kv.status).toBe(1);
+    expect(kv.stderr).toMatch(/--kv-cache-dtype fp8: needs a CUDA GPU/);
+    expect(workerProcesses()).toEqual([]);
+  });
+});
