@@ -4,7 +4,8 @@
 //     (error / sum |w x|);
 //  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
 //     code and scale equal to the host quantizer's (common/quant.h: f32_to_e4m3(x / s));
-//  3. cuBLASLt's E4M3 GEMM (lt_gemm.cu) + fp8_epilogue for 5..300 rows: against the double product;
+//  3. cuBLASLt's E4M3 GEMM (lt_gemm.cu, on rows padded to 16 as matmul_fp8 runs it) + fp8_epilogue
+//     for 5..300 rows: against the double product;
 //  4. dequantize: int8 and E4M3 x scale, bit-exact against the host;
 //  5. rope_kv_write into an E4M3 cache: every byte equal to e4m3(bf16 value / scale) of the same step
 //     written into a bf16 cache (the vector kernel, head_dim 128, and the scalar one, head_dim 72);
@@ -187,12 +188,12 @@ void check_fp8_gemm() {
   if (!lt) { note("cuBLASLt for the E4M3 GEMM: " + why, 1, 0); return; }
   for (int N : {512, 2048})
     for (int M : {5, 64, 300}) {
-      const int K = 1024;
+      const int K = 1024, MP = (M + 15) / 16 * 16;
       std::vector<uint8_t> w;
       std::vector<float> ws;
       quantized(N, K, WeightFormat::Fp8, w, ws);
       std::normal_distribution<float> nd(0.f, 1.f);
-      std::vector<uint8_t> x((size_t)M * K);
+      std::vector<uint8_t> x((size_t)MP * K, 0x7f);  // padding rows hold NaN codes: their results must never matter
       std::vector<float> xs(M);
       for (int r = 0; r < M; ++r) {
         xs[r] = 0.01f * (1 + r % 7);
@@ -203,8 +204,8 @@ void check_fp8_gemm() {
       float* dws = upload(ws);
       float* dxs = upload(xs);
       float* acc = nullptr;
-      NS_CUDA(cudaMalloc(&acc, (size_t)4 * M * N));
-      if (!lt->fp8(M, N, K, dw, dx, acc, &why)) { note("cuBLASLt E4M3 GEMM: " + why, 1, 0); continue; }
+      NS_CUDA(cudaMalloc(&acc, (size_t)4 * MP * N));
+      if (!lt->fp8(MP, N, K, dw, dx, acc, &why)) { note("cuBLASLt E4M3 GEMM: " + why, 1, 0); continue; }
       for (GemvOut mode : {GemvOut::F32, GemvOut::Act}) {
         std::vector<float> zero((size_t)M * N, 0.f);
         float* dy = upload(zero);

@@ -478,8 +478,8 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
     attn_.reserve(es * T * c.n_heads * c.head_dim);
     gu_.reserve(es * T * 2 * c.intermediate);
     act_mlp_.reserve(es * T * c.intermediate);
-    if (wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) {  // E4M3 activations of the widest GEMM input, and their scales
-      xq_.reserve((size_t)T * std::max({(size_t)H, (size_t)c.n_heads * c.head_dim, (size_t)c.intermediate}));
+    if (wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) {  // E4M3 activations of the widest GEMM input (rows padded to 16), and their scales
+      xq_.reserve((size_t)(T + 16) * std::max({(size_t)H, (size_t)c.n_heads * c.head_dim, (size_t)c.intermediate}));
       xs_.reserve((size_t)4 * T);
     }
     cap_tokens_ = T;

@@ -56,13 +56,15 @@ void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
     return;
   }
-  const int chunk = static_cast<int>(std::min<size_t>(M, acc_.bytes / (4 * (size_t)N)));
-  if (chunk < 1) throw std::runtime_error("cuda: no scratch for an fp8 GEMM of " + std::to_string(N) + " columns");
+  // The GEMM runs on rows padded to a multiple of 16 (xq_ has room; the extra rows' results are never
+  // read): E4M3 GEMMs are documented for such shapes on every cuBLASLt release.
+  const int chunk = static_cast<int>(std::min<size_t>((M + 15) / 16 * 16, acc_.bytes / (4 * (size_t)N) / 16 * 16));
+  if (chunk < 16) throw std::runtime_error("cuda: no scratch for an fp8 GEMM of " + std::to_string(N) + " columns");
   const size_t ys = mode == Out::Act ? dtype_size(act_) : 4;
   std::string why;
   for (int m0 = 0; m0 < M; m0 += chunk) {
-    const int mc = std::min(chunk, M - m0);
-    if (!fp8_lt_->fp8(mc, N, K, w.w, static_cast<const uint8_t*>(xq_.ptr) + (size_t)m0 * K, acc_.as<float>(), &why))
+    const int mc = std::min(chunk, M - m0), mp = (mc + 15) / 16 * 16;
+    if (!fp8_lt_->fp8(mp, N, K, w.w, static_cast<const uint8_t*>(xq_.ptr) + (size_t)m0 * K, acc_.as<float>(), &why))
       throw std::runtime_error("cuda: " + why);
     fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>() + m0, w.scale, mc, N, static_cast<char*>(y) + (size_t)m0 * N * ys, out, stream_);
   }
