@@ -8,14 +8,14 @@ import cliProgress from 'cli-progress';
 
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
-import { launchCluster } from '../coordinator/cluster.js';
-import type { Cluster } from '../coordinator/cluster.js';
-import { planWithSpares } from '../coordinator/cluster.js';
+import { launchCluster } from '../launcher/cluster.js';
+import type { Cluster } from '../launcher/cluster.js';
+import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
 import { addQuantizeOptions } from './quantize-flags.js';
-import type { KvCacheDtypeChoice } from '../engine/precision.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 
 export interface LaunchFlags {

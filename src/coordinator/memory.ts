@@ -5,7 +5,7 @@ import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
 import type { QuantizeChoice } from '../model/quantization.js';
-import type { KvCacheDtypeChoice } from '../engine/precision.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {

@@ -4,9 +4,9 @@ import { loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/
 import type { ModelConfig, QuantizeChoice } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult, StorageDTypeName } from '../native/addon.js';
-import { convertTensor } from './convert.js';
-import { precisionOf } from './precision.js';
-import type { KvCacheDtypeChoice, Precision } from './precision.js';
+import { convertTensor } from '../model/convert.js';
+import { fp8Refusal, precisionOf } from '../model/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 
 export type DeviceChoice = DeviceName | 'auto';
 export type DTypeChoice = DTypeName | 'auto';
@@ -37,38 +37,20 @@ const DEVICES = ['cpu', 'cuda', 'auto'];
 const DTYPES = ['auto', 'f32', 'bf16', 'f16'];
 const QUANTIZE = ['none', 'int8', 'fp8'];
 const KV_DTYPES = ['auto', 'fp8'];
-const FP8_GPUS = 'compute capability 8.9 or newer: L4, L40S, H100, H200, B200';
-
-/**
- * Refuses fp8 where it cannot run, before anything is allocated: on CPU, and on a GPU without FP8
- * tensor cores (the CUDA backend checks again). `info`: this process's addon (absent: the GPU is
- * another host's, only the CPU case is decided here, as `nodespeed launch` does before starting workers).
- */
-export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo | undefined, deviceIndex: number, quantize: QuantizeChoice,
-  kv: KvCacheDtypeChoice): void {
-  const cq = cfg.quantization;
-  const ckpt = cq?.weights === 'fp8' ? `${cfg.dir} holds fp8 weights (${cq.method})` : null;
-  const flag = quantize === 'fp8' ? '--quantize fp8' : null;
-  const kvFlag = kv === 'fp8' ? '--kv-cache-dtype fp8' : null;
-  if (device === 'cpu') {
-    const what = flag ?? ckpt ?? kvFlag;
-    if (what) throw new Error(`${what}: needs a CUDA GPU with FP8 tensor cores (${FP8_GPUS}); the CPU backend runs ` +
-      (what === kvFlag ? 'its KV cache in f32' : 'int8 weights (--quantize int8 from a float checkpoint)'));
-    return;
-  }
-  // An FP8 weight-only checkpoint runs W8A16 (E4M3 decoded in software) on any CUDA GPU.
-  const what = flag ?? (cq?.weights === 'fp8' && cq.activations !== 'none' ? ckpt : null) ?? kvFlag;
-  const gpu = info?.cuda.devices[deviceIndex];
-  const cc = Number(gpu?.computeCapability ?? '0');
-  if (what && gpu && cc < 8.9) throw new Error(`${what}: GPU ${deviceIndex} (${gpu.name}) is compute capability ${gpu.computeCapability}; FP8 needs ${FP8_GPUS}`);
-}
-
 /** auto = cuda when the addon can use a GPU, else cpu; an explicit cuda that cannot work is an error. */
 export function resolveDevice(device: DeviceChoice, info: AddonInfo): DeviceName {
   if (!DEVICES.includes(device)) throw new RangeError(`--device must be cpu, cuda or auto (got ${String(device)})`);
   if (device === 'auto') return info.cuda.available ? 'cuda' : 'cpu';
   if (device === 'cuda' && !info.cuda.available) throw new Error(`--device cuda: CUDA unavailable (${info.cuda.reason})`);
   return device;
+}
+
+/** fp8Refusal (model/precision.ts) for this process's GPU, thrown. */
+export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo, deviceIndex: number, quantize: QuantizeChoice,
+  kv: KvCacheDtypeChoice): void {
+  const gpu = info.cuda.devices[deviceIndex];
+  const why = fp8Refusal(cfg, device, quantize, kv, gpu ? { index: deviceIndex, name: gpu.name, computeCapability: gpu.computeCapability } : undefined);
+  if (why) throw new Error(why);
 }
 
 export class Engine {

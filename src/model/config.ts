@@ -4,8 +4,11 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { ConfigError } from './config-error.js';
 import type { CheckpointQuant } from './quantization.js';
 import { parseQuantizationConfig } from './quantization.js';
+
+export { ConfigError };
 
 export type DType = 'f32' | 'bf16' | 'f16';
 export type RopeType = 'default' | 'linear' | 'llama3';
@@ -65,7 +68,6 @@ export interface GenerationConfig {
 
 type Json = Record<string, unknown>;
 
-export class ConfigError extends Error {}
 
 function readJson(file: string): Json {
   let text: string;

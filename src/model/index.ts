@@ -5,6 +5,7 @@ export * from './weights.js';
 export * from './tokenizer.js';
 export * from './info.js';
 export * from './quantization.js';
+export * from './precision.js';
 export { initModel, PRESETS } from './init.js';
 export { compressedTensorsConfig, quantizeModel } from './quantize.js';
 export type { QuantizeModelOptions, QuantizeModelResult } from './quantize.js';

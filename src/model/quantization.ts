@@ -10,7 +10,7 @@
 //                       activations bounded by activation_scale_ub
 // Anything else (gptq, awq, bitsandbytes, group-wise or asymmetric schemes, 4-bit, ...) is refused
 // with the method named and the supported ones listed.
-import { ConfigError } from './config.js';
+import { ConfigError } from './config-error.js';
 
 export type WeightFormat = 'native' | 'int8' | 'fp8';
 export type QuantizeChoice = 'none' | 'int8' | 'fp8';

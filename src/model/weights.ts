@@ -20,7 +20,7 @@ import type { DType, ModelConfig, RopeConfig } from './config.js';
 import type { QuantizeChoice, WeightFormat } from './quantization.js';
 import type { Checkpoint, TensorDType, TensorInfo } from './safetensors.js';
 import { DTYPE_BYTES } from './safetensors.js';
-import { convertTensor } from '../engine/convert.js';
+import { convertTensor } from './convert.js';
 
 export interface ShardRange {
   tpRank: number;

@@ -6,22 +6,21 @@ import { createSocket } from 'node:dgram';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { planLayout } from '../coordinator/layout.js';
+import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js';
+import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
 import { planShard } from '../model/weights.js';
 import type { QuantizeChoice } from '../model/quantization.js';
-import { precisionOf } from '../engine/precision.js';
-import { checkFp8Support } from '../engine/engine.js';
-import type { KvCacheDtypeChoice, Precision } from '../engine/precision.js';
-import { isLocalHost } from '../launcher/plan.js';
-import type { Placement } from '../launcher/plan.js';
-import { startJob } from '../launcher/supervisor.js';
-import type { Job } from '../launcher/supervisor.js';
-import type { SshOptions } from '../launcher/ssh.js';
+import { fp8Refusal, precisionOf } from '../model/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
-import { planLayout } from './layout.js';
-import type { HostSlots, Layout, LayoutOptions } from './layout.js';
-import { Coordinator } from './server.js';
+import { isLocalHost } from './plan.js';
+import type { Placement } from './plan.js';
+import type { SshOptions } from './ssh.js';
+import { startJob } from './supervisor.js';
+import type { Job } from './supervisor.js';
 
 export interface ClusterOptions {
   model: string;
@@ -160,7 +159,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const quantize = o.quantize ?? 'none', kvCacheDtype = o.kvCacheDtype ?? 'auto';
   // What every worker would refuse, refused once before any starts: fp8 on CPU workers, a --quantize
   // that contradicts a pre-quantized checkpoint.
-  checkFp8Support(config, o.device, undefined, 0, quantize, kvCacheDtype);
+  const refusal = fp8Refusal(config, o.device, quantize, kvCacheDtype);
+  if (refusal) throw new Error(refusal);
   planShard(config, { tpRank: 0, tpSize: layout.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize });
   const precision = precisionOf(config, { device: o.device, dtype: o.dtype, quantize, kvCacheDtype });
   const coordinator = new Coordinator({
@@ -175,7 +175,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
-      encode: (text: string) => tokenizer.encode(text),
+      encode: tokenizer.encode.bind(tokenizer),
     },
   });
   const port = await coordinator.start();
