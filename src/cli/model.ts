@@ -19,6 +19,21 @@ function shardArg(v: string): number {
   return n * 1e9;
 }
 
+/** `writing X / Y` on stderr, at most 4 times a second, when it is a terminal; end() finishes the line. */
+function writingProgress() {
+  const tty = process.stderr.isTTY;
+  let lastReport = 0;
+  return {
+    report: (done: number, total: number) => {
+      const now = performance.now();
+      if (!tty || (now - lastReport < 250 && done < total)) return;
+      lastReport = now;
+      process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
+    },
+    end: () => { if (tty) process.stderr.write('\n'); },
+  };
+}
+
 export function register(program: Command): void {
   const model = program.command('model').description('Inspect or create Hugging Face Llama-family checkpoints');
 
@@ -45,18 +60,12 @@ export function register(program: Command): void {
     .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 2e9)
     .action(async (out: string, o: { arch: string; preset: string; dtype: string; seed: bigint; maxShardGb: number }) => {
       const started = performance.now();
-      let lastReport = 0;
-      const tty = process.stderr.isTTY;
+      const progress = writingProgress();
       const r = await initModel({
         arch: o.arch, preset: o.preset, dtype: DTYPE_FLAG[o.dtype]!, seed: o.seed, out, maxShardBytes: o.maxShardGb,
-        onProgress: (done, total) => {
-          const now = performance.now();
-          if (!tty || (now - lastReport < 250 && done < total)) return;
-          lastReport = now;
-          process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
-        },
+        onProgress: progress.report,
       });
-      if (tty) process.stderr.write('\n');
+      progress.end();
       const secs = (performance.now() - started) / 1000;
       process.stdout.write(`wrote ${out}: ${o.preset} llama, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
@@ -73,20 +82,14 @@ export function register(program: Command): void {
     .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 5e9)
     .action(async (input: string, out: string, o: { to: 'int8' | 'fp8'; maxShardGb: number }) => {
       const started = performance.now();
-      const tty = process.stderr.isTTY;
-      let lastReport = 0;
+      const progress = writingProgress();
       const addon = loadAddon();
       const r = await quantizeModel({
         input, out, to: o.to, maxShardBytes: o.maxShardGb,
         quantize: (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what),
-        onProgress: (done, total) => {
-          const now = performance.now();
-          if (!tty || (now - lastReport < 250 && done < total)) return;
-          lastReport = now;
-          process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
-        },
+        onProgress: progress.report,
       });
-      if (tty) process.stderr.write('\n');
+      progress.end();
       process.stdout.write(`wrote ${out}: compressed-tensors ${o.to} (${r.format}), ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     });

@@ -28,7 +28,7 @@ import type { PyTinyCase } from './helpers.js';
 const run = promisify(execFile);
 const cli = join(root, 'bin', 'nodespeed');
 const { cases } = reference<PyTinyCase>(PY_TINY);
-const HELDOUT = join(root, 'test', 'fixtures', 'heldout', 'nodespeed-scripts.py');
+const HELDOUT = join(root, 'test', 'fixtures', 'heldout', 'nodespeed-scripts.py.txt');
 let tmp: string;
 
 beforeAll(() => { tmp = mkdtempSync(join(tmpdir(), 'ns-quant-')); });

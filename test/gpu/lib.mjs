@@ -88,6 +88,18 @@ export function cosine(a, b) {
   return dot / Math.sqrt(na * nb);
 }
 
+// Logits of N positions x V: the smallest per-position cosine (and where), and how often the top-1 agrees.
+export function compareLogits(a, b, V, N) {
+  let minCosine = 1, agree = 0, worstPosition = -1;
+  for (let p = 0; p < N; p++) {
+    const u = a.subarray(p * V, (p + 1) * V), v = b.subarray(p * V, (p + 1) * V);
+    const c = cosine(u, v);
+    if (c < minCosine) { minCosine = c; worstPosition = p; }
+    agree += argmax(u) === argmax(v) ? 1 : 0;
+  }
+  return { minCosine, worstPosition, top1Agreement: agree / N };
+}
+
 export function argmax(a, off = 0, n = a.length) {
   let best = 0;
   for (let i = 1; i < n; i++) if (a[off + i] > a[off + best]) best = i;

@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { argmax, blockTables, cosine, device, openCudaEngine, requireCuda, root, tpComms, writeResult } from './lib.mjs';
+import { blockTables, compareLogits, device, openCudaEngine, requireCuda, root, tpComms, writeResult } from './lib.mjs';
 
 const args = process.argv.slice(2);
 const dir = args[0];
@@ -107,14 +107,8 @@ if (!process.env.NS_SKIP_HF) {
 }
 
 function compare(a, b, bar = { cos: 0.995, top1: 0.95 }) {
-  let minCos = 1, agree = 0, worst = -1;
-  for (let p = 0; p < N; p++) {
-    const u = a.subarray(p * V, (p + 1) * V), v = b.subarray(p * V, (p + 1) * V);
-    const c = cosine(u, v);
-    if (c < minCos) { minCos = c; worst = p; }
-    agree += argmax(u) === argmax(v) ? 1 : 0;
-  }
-  return { minCosine: minCos, worstPosition: worst, top1Agreement: agree / N, pass: minCos >= bar.cos && agree / N >= bar.top1 };
+  const r = compareLogits(a, b, V, N);
+  return { ...r, pass: r.minCosine >= bar.cos && r.top1Agreement >= bar.top1 };
 }
 // The bar compares with HF bf16. Against HF float32 (same folder, same GPU) as well: how far each
 // bf16 implementation is from the exact function, i.e. whose rounding the disagreements come from.

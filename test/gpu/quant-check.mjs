@@ -20,7 +20,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { argmax, blockTables, cosine, device, openCudaEngine, requireCuda, root, writeResult } from './lib.mjs';
+import { blockTables, compareLogits, device, openCudaEngine, requireCuda, root, writeResult } from './lib.mjs';
 
 const args = process.argv.slice(2);
 const model7b = args[0];
@@ -82,16 +82,7 @@ async function greedy(engine, ids, n, blockTable) {
 
 const samePrefix = (a, b) => { let i = 0; while (i < a.length && a[i] === b[i]) i++; return i; };
 
-function compare(a, b, V, N) {
-  let minCos = 1, agree = 0, worst = -1;
-  for (let p = 0; p < N; p++) {
-    const u = a.subarray(p * V, (p + 1) * V), v = b.subarray(p * V, (p + 1) * V);
-    const c = cosine(u, v);
-    if (c < minCos) { minCos = c; worst = p; }
-    agree += argmax(u) === argmax(v) ? 1 : 0;
-  }
-  return { minCosine: minCos, worstPosition: worst, top1Agreement: agree / N };
-}
+const compare = compareLogits;
 
 function torchReference(dir, ids, modes) {
   if (process.env.NS_SKIP_HF) return null;
@@ -133,7 +124,7 @@ function e4m3Value(b) {
 
 // ---------------------------------------------------------------- py-tiny
 const tok = await loadTokenizer(PY);
-const heldout = tok.encode(readFileSync(join(root, 'test', 'fixtures', 'heldout', 'nodespeed-scripts.py'), 'utf8'));
+const heldout = tok.encode(readFileSync(join(root, 'test', 'fixtures', 'heldout', 'nodespeed-scripts.py.txt'), 'utf8'));
 const { cases } = JSON.parse(readFileSync(join(PY, 'reference.json'), 'utf8'));
 const probe = cases[1].ids;
 const pyLogits = {}, pyGreedy = {};

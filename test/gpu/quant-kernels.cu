@@ -28,6 +28,7 @@
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
+#include "kernel_test.h"
 #include "cuda/lt_gemm.h"
 
 namespace ns::cuda {
@@ -36,6 +37,7 @@ bool pdl_enabled() { return false; }  // (cuda_backend.cu's, which needs the who
 
 using namespace ns;
 using namespace ns::cuda;
+using namespace ns::cuda::test;
 
 namespace {
 
@@ -51,21 +53,6 @@ void note(const std::string& what, double err, double tol) {
                 std::isfinite(err) ? err : 1e30, tol, ok ? "true" : "false");
   report += buf;
   std::fprintf(stderr, "%-60s error %.3g (tolerance %.3g) %s\n", what.c_str(), err, tol, ok ? "ok" : "FAIL");
-}
-
-template <typename X>
-X* upload(const std::vector<X>& h) {
-  X* d = nullptr;
-  NS_CUDA(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(X)));
-  if (!h.empty()) NS_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(X), cudaMemcpyHostToDevice));
-  return d;
-}
-template <typename X>
-std::vector<X> download(const X* d, size_t n) {
-  std::vector<X> h(n);
-  NS_CUDA(cudaDeviceSynchronize());
-  NS_CUDA(cudaMemcpy(h.data(), d, n * sizeof(X), cudaMemcpyDeviceToHost));
-  return h;
 }
 
 uint16_t to16(DType dt, float x) { return dt == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x); }
@@ -325,17 +312,6 @@ void check_rope_kv() {
     }
     cudaFree(dpos); cudaFree(dslot); cudaFree(dinv);
   }
-}
-
-int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
-int splits_for(int tokens, int nh) {  // CudaBackend::attention_splits
-  const int base = tokens * nh, sms = sm_count();
-  return base >= 2 * sms ? 1 : std::min(16, (2 * sms + base - 1) / base);
 }
 
 void check_attention() {

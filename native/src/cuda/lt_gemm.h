@@ -49,8 +49,10 @@ class LtGemm {
 
   struct Api;
   struct Plan;
+  struct Heuristic;
 
  private:
+  std::unique_ptr<Plan> plan(int M, int N, int K, cudaDataType ab, cudaDataType c, Heuristic* res, int* n) const;
   LtGemm() = default;
   using Key = std::tuple<int, int, int, int, int, bool>;
   static Key key(const Shape& s) { return {s.M, s.N, s.K, static_cast<int>(s.ab), static_cast<int>(s.c), s.accumulate}; }

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "cuda/cuda_common.h"
+#include "cuda/gemv_common.h"
 #include "cuda/kernels.h"
 #include "cuda/quant.h"
 
@@ -74,36 +75,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
     }
     for (; i < K16; i += kStride) fma16<T, W, XQ, R>(__ldg(w + i), x, K, i, acc);
   }
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-  if constexpr (KS > 1) {
-    __shared__ float red[kWarps][R];
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < R; ++r) red[warp][r] = acc[r];
-    __syncthreads();
-    if (part != 0) return;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      float s = 0.f;
-#pragma unroll
-      for (int p = 0; p < KS; ++p) s += red[warp + p][r];
-      acc[r] = s;
-    }
-  }
-  if (lane != 0 || n >= N) return;
+  if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
   const float ws = wscale[n];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float v = XQ ? acc[r] * (ws * xscale[r]) : acc[r] * ws;
-    const size_t o = (size_t)r * N + n;
-    if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(v);
-    else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = v;
-    else {
-      float* res = static_cast<float*>(y) + o;
-      *res = round_if<T>(rnd, *res + round_if<T>(rnd, v));
-    }
-  }
+  for (int r = 0; r < R; ++r) acc[r] *= XQ ? ws * xscale[r] : ws;
+  gemv_store<T, R, MODE>(acc, n, N, y, rnd);
 }
 
 template <typename T, DType W, bool XQ, GemvOut MODE, int KS>
