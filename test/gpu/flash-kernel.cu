@@ -24,10 +24,6 @@
 #include "cuda/kv_layout.h"
 #include "kernel_test.h"
 
-namespace ns::cuda {
-bool pdl_enabled() { return false; }  // (cuda_backend.cu's, which needs the whole backend)
-}  // namespace ns::cuda
-
 using namespace ns;
 using namespace ns::cuda;
 using namespace ns::cuda::test;

@@ -1,11 +1,17 @@
-// Shared by the stand-alone kernel test programs of test/gpu (flash-kernel.cu, quant-kernels.cu):
-// host <-> device copies (download waits for the device first) and the engine's attention split count.
+// Shared by the stand-alone kernel test programs of test/gpu (flash-kernel.cu, quant-kernels.cu; one
+// translation unit each with the kernels' sources): host <-> device copies (download waits for the
+// device first), the engine's attention split count, and pdl_enabled() (off: it lives in
+// cuda_backend.cu, which needs the whole backend).
 #pragma once
 
 #include <algorithm>
 #include <vector>
 
 #include "cuda/cuda_common.h"
+
+namespace ns::cuda {
+bool pdl_enabled() { return false; }
+}  // namespace ns::cuda
 
 namespace ns::cuda::test {
 

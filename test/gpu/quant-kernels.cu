@@ -28,12 +28,8 @@
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
-#include "kernel_test.h"
 #include "cuda/lt_gemm.h"
-
-namespace ns::cuda {
-bool pdl_enabled() { return false; }  // (cuda_backend.cu's, which needs the whole backend)
-}  // namespace ns::cuda
+#include "kernel_test.h"
 
 using namespace ns;
 using namespace ns::cuda;
