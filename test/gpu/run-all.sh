@@ -150,9 +150,9 @@ for s in $steps; do
       run quant-kernels sh -c '/tmp/quant-kernels > "$0"' "$RESULTS_DIR/gpu-quant-kernels.json"; cat "$RESULTS_DIR/gpu-quant-kernels.json" | head -c 400; echo ;;
     quantcheck) make_model  # py-tiny and the 7B shape at bf16 / int8 / fp8 / fp8 KV vs bf16 and vs PyTorch (test/gpu/quant-check.mjs)
       run quant-check node test/gpu/quant-check.mjs "$MODEL" ;;
-    quantbench) make_model  # batch-1 decode bf16 / int8 / fp8 beside HF (bench/decode), then 64 streams of 512 in / 256 out at bf16 and
+    quantbench) make_model  # decode at batch 1 and 64, bf16 / int8 / fp8, beside HF (bench/decode), then 64 streams of 512 in / 256 out at bf16 and
                             # fp8 weights + fp8 KV beside HF (bench/serve, tp 1); each against its own roofline
-      run decode-quant node bench/decode/run.mjs "$MODEL" --batches 1 --precisions bf16,int8,fp8
+      run decode-quant node bench/decode/run.mjs "$MODEL" --batches 1,64 --precisions bf16,int8,fp8
       NODESPEED_STEP_TRACE=$OUT/serve-quant-steps.jsonl run serve-quant node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 \
         --precisions bf16,fp8+kv-fp8 --hf --out "$RESULTS_DIR/serve-quant-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/NVIDIA //; s/[^A-Za-z0-9]\+/-/g' | tr A-Z a-z).json" ;;
     profile) make_model
