@@ -6,6 +6,7 @@ import { totalmem } from 'node:os';
 import type { ModelConfig } from '../model/config.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
+import { planShard } from '../model/weights.js';
 import type { Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {
@@ -32,35 +33,30 @@ function bytesOf(dtype: string, fallback: string): number {
   return d === 'f32' ? 4 : 2;
 }
 
-/** Weight parameters a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
-export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, pp: number): number {
-  const w = rankWeights(c, p, tp, pp);
-  return w.linear + w.embedding + w.head + w.norms;
+/**
+ * Weight parameters a rank holds: exactly the slices planShard gives it (its TP share of its
+ * stage's layers, its whole experts of an MoE, embedding / head slices).
+ */
+export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, _pp: number): number {
+  // The float plan: a quantized checkpoint's packed words and scale tensors are not parameters.
+  const plan = planShard({ ...c, quantization: null }, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
+  return plan.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
 }
 
-/** rankWeightParams by kind: decoder linears, embedding rows, LM head rows (0 when tied to a held embedding), norms. */
-function rankWeights(c: ModelConfig, p: RankPlan, tp: number, pp: number) {
-  const h = c.hiddenSize;
-  const kvHeads = Math.max(1, c.numKvHeads / tp); // replicated when tp > kv heads
-  const linear = (p.layerEnd - p.layerStart) * ((h * c.numHeads * c.headDim) / tp + 2 * h * kvHeads * c.headDim +
-    (c.numHeads * c.headDim * h) / tp + (3 * h * c.intermediateSize) / tp);
-  const vocabShare = Math.ceil(c.vocabSize / tp) * h;
-  const embedding = p.stage === 0 ? vocabShare : 0;
-  const head = p.stage === pp - 1 && !(c.tieWordEmbeddings && pp === 1) ? vocabShare : 0;
-  const norms = (p.layerEnd - p.layerStart) * 2 * h + (p.stage === pp - 1 ? h : 0);
-  return { linear, embedding, head, norms, tiedHead: p.stage === pp - 1 && c.tieWordEmbeddings && pp === 1 ? vocabShare : 0 };
-}
-
-/** Bytes of a rank's weights as the backend keeps them, quantized linears at one byte (plus an f32 scale a row). */
-function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, pp: number, o: MemoryOptions): number {
+/**
+ * Bytes of a rank's weights as the backend keeps them: floats at the storage dtype, quantized
+ * matrices (--quantize, or a pre-quantized checkpoint) at one byte a weight plus an f32 scale a row.
+ */
+function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, o: MemoryOptions): number {
   const float = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
-  const w = rankWeights(c, p, tp, pp);
-  const q = c.quantization?.weights ?? (o.quantize && o.quantize !== 'none' ? o.quantize : null);
-  if (!q) return (w.linear + w.embedding + w.head + w.norms) * float;
-  // int8 quantizes the head too (a tied one gets its own quantized copy); fp8 keeps it as stored.
-  const headQ = q === 'int8' || (c.quantization?.headQuantized ?? false);
-  const head = headQ ? (w.head + w.tiedHead) * 1 : w.head * float;
-  return w.linear * 1 + w.embedding * float + head + w.norms * 4;
+  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd },
+    { quantize: o.quantize ?? 'none' });
+  return plan.tensors.reduce((n, t) => {
+    const elems = t.shape.reduce((a, b) => a * b, 1);
+    const quantized = t.dtype === 'i8' || t.dtype === 'f8e4m3';
+    const scales = t.convert?.kind === 'quantize' ? 4 * t.shape[0]! : 0;  // X.weight_scale, made as it loads
+    return n + elems * (quantized ? 1 : t.dtype === 'f32' ? 4 : float) + scales;
+  }, 0);
 }
 
 export interface MemoryOptions {
@@ -102,8 +98,12 @@ export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): Mem
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
   // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
   const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
+  // Ranks of equal slices (every replica's, every data-parallel copy) are planned once.
+  const weightsOf = new Map<string, number>();
   const ranks = l.ranks.map((p) => {
-    const weightBytes = rankWeightBytes(c, p, l.tp, l.pp, o);
+    const key = `${p.tpRank}:${p.layerStart}:${p.layerEnd}`;
+    const weightBytes = weightsOf.get(key) ?? rankWeightBytes(c, p, l.tp, o);
+    weightsOf.set(key, weightBytes);
     const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
     const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
     return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };

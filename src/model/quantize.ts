@@ -41,8 +41,12 @@ export interface QuantizeModelResult {
   format: string;
 }
 
-/** config.json's quantization_config for what quantizeModel writes. */
-export function compressedTensorsConfig(to: 'int8' | 'fp8', headQuantized: boolean): Record<string, unknown> {
+/**
+ * config.json's quantization_config for what quantizeModel writes. The linears left as stored are
+ * listed in `ignore`: an fp8 head, and an MoE's routers and shared-expert gates (as vLLM's FP8 MoE
+ * checkpoints list them).
+ */
+export function compressedTensorsConfig(to: 'int8' | 'fp8', headQuantized: boolean, moe = false): Record<string, unknown> {
   const format = to === 'int8' ? 'pack-quantized' : 'float-quantized';
   return {
     quant_method: 'compressed-tensors',
@@ -59,7 +63,7 @@ export function compressedTensorsConfig(to: 'int8' | 'fp8', headQuantized: boole
         format,
       },
     },
-    ignore: headQuantized ? [] : ['lm_head'],
+    ignore: [...(headQuantized ? [] : ['lm_head']), ...(moe ? ['re:.*\\.gate$', 're:.*shared_expert_gate$'] : [])],
     kv_cache_scheme: null,
     sparsity_config: {},
   };
@@ -72,14 +76,28 @@ export async function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeMo
   const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers }, { quantize: o.to });
   const headQuantized = plan.shardConfig.headWeights !== 'native';
 
+  // Tensors keep the checkpoint's names (mixtral's block_sparse_moe.*), except a tied head, which
+  // is written as its own lm_head. A fused checkpoint tensor (phi3's qkv_proj) feeds several of the
+  // loader's tensors: not written (yet); quantizing such a model at load works.
+  const fileName = new Map(plan.tensors.map((t) => [t.name, t.name === 'lm_head.weight' ? t.name : t.source ?? t.name]));
+  const feeds = new Map<string, number>();
+  for (const f of fileName.values()) feeds.set(f, (feeds.get(f) ?? 0) + 1);
+  const fused = [...feeds].find(([, n]) => n > 1);
+  if (fused) {
+    throw new Error(`${o.input}: tensor ${fused[0]} is fused (it holds ${fused[1]} of the model's matrices), which model quantize does not ` +
+      `write; serve the float checkpoint with --quantize ${o.to} instead (the same numbers, quantized at load)`);
+  }
+  const fileOf = (name: string) => (name.endsWith('_scale') ? `${fileName.get(name.slice(0, -'_scale'.length)) ?? name.slice(0, -'_scale'.length)}_scale`
+    : fileName.get(name) ?? name);
+
   // What the files hold, in the order the loader hands tensors over.
   const specs: TensorSpec[] = [];
   for (const t of plan.tensors) {
     if (t.convert?.kind !== 'quantize') {
-      specs.push({ name: t.name, dtype: plan.dtype, shape: t.fullShape });
+      specs.push({ name: fileOf(t.name), dtype: plan.dtype, shape: t.fullShape });
       continue;
     }
-    const base = t.name.slice(0, -'.weight'.length);
+    const base = fileOf(t.name).slice(0, -'.weight'.length);
     const [rows, cols] = t.shape as [number, number];
     if (o.to === 'int8') {
       if (cols % 4 !== 0) throw new Error(`${o.input}: tensor ${t.source ?? t.name} has ${cols} columns; pack-quantized int8 needs a multiple of 4`);
@@ -110,7 +128,8 @@ export async function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeMo
   const ckpt = await openCheckpoint(o.input);
   try {
     for (const s of streams) await s.open();
-    await loadShard(ckpt, plan, async (name, dtype, shape, data) => {
+    await loadShard(ckpt, plan, async (loaded, dtype, shape, data) => {
+      const name = fileOf(loaded);
       if (dtype === 'i8') {  // int8 rows -> pack-quantized words: each byte + 128 (the sign bit flipped)
         const packed = new Uint8Array(data.byteLength);
         for (let i = 0; i < data.byteLength; i++) packed[i] = data[i]! ^ 0x80;
@@ -131,7 +150,7 @@ export async function quantizeModel(o: QuantizeModelOptions): Promise<QuantizeMo
   }
 
   const raw = JSON.parse(readFileSync(join(o.input, 'config.json'), 'utf8')) as Record<string, unknown>;
-  raw.quantization_config = compressedTensorsConfig(o.to, headQuantized);
+  raw.quantization_config = compressedTensorsConfig(o.to, headQuantized, cfg.moe !== null);
   if (cfg.tieWordEmbeddings && headQuantized) raw.tie_word_embeddings = false;  // lm_head is its own (quantized) tensor now
   writeFileSync(join(o.out, 'config.json'), JSON.stringify(raw, null, 2) + '\n');
   if (groups.length > 1) {

@@ -2,11 +2,15 @@
 // Reference: our CPU engine on py-tiny's bf16 weights as stored (f32 arithmetic), the numbers that
 // reproduce models/py-tiny/reference.json (HF transformers, f32 compute) token for token.
 //  - perplexity on held-out Python text (test/fixtures/heldout): int8 within 1% of the reference;
-//  - greedy tokens of int8 equal the reference's for >= 16 tokens on every reference prompt;
+//  - greedy tokens of int8 equal the reference's for >= 16 tokens on every reference prompt, and
+//    `nodespeed generate --quantize int8` gives the int8 engine's tokens;
 //  - a folder written by `nodespeed model quantize --to int8` loads to logits bit-identical to
 //    `--quantize int8` at load, at tp 1 and tp 2;
 //  - a compressed-tensors folder whose int8 weights times their scales equal a bf16 folder's weights
 //    exactly gives that bf16 folder's tokens (scale 1, and per-row powers of two);
+//  - the families' fused (phi3) and renamed, routed-expert (mixtral) linears quantize too: logits at
+//    cosine >= 0.99 to the float weights' at every position; mixtral's model quantize folder loads
+//    bit-identical to --quantize int8; a fused tensor is refused by model quantize, naming it;
 //  - fp8 is refused on CPU, other quantization methods are refused naming the method.
 import { execFile } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -22,6 +26,7 @@ import { encodeHeader } from '../../src/model/safetensors-writer.js';
 import type { TensorSpec } from '../../src/model/safetensors-writer.js';
 import { loadAddon } from '../../src/native/addon.js';
 import type { NativeComm } from '../../src/native/addon.js';
+import { familyReference } from './families.js';
 import { PY_TINY, reference, root } from './helpers.js';
 import type { PyTinyCase } from './helpers.js';
 
@@ -117,6 +122,13 @@ describe('int8 on the CPU (py-tiny)', () => {
         while (same < got.length && got[same] === c.greedy_48[same]) same++;
         expect(same, `prompt ${JSON.stringify(c.text)}`).toBeGreaterThanOrEqual(16);
       }
+      // `nodespeed generate --quantize int8` is this engine.
+      const c = cases[0]!;
+      const { stdout } = await run(process.execPath, [cli, 'generate', '--model', PY_TINY, '--device', 'cpu', '--quantize', 'int8',
+        '--max-tokens', '16', '--json', c.text]);
+      const g = JSON.parse(stdout.trim().split('\n').pop()!) as { prompt_ids: number[]; token_ids: number[] };
+      expect(g.prompt_ids).toEqual(c.ids);
+      expect(g.token_ids).toEqual(await greedy(e, c.ids, 16));
     });
   });
 
@@ -238,6 +250,51 @@ describe('pre-quantized compressed-tensors int8 (CPU)', () => {
       if (name === 'pow2') expect(ref[0]!.slice(0, 2)).toEqual(cases[0]!.greedy_48.slice(0, 2));
     });
   }
+});
+
+function cosine(a: Float32Array, b: Float32Array): number {
+  let ab = 0, aa = 0, bb = 0;
+  for (let i = 0; i < a.length; i++) { ab += a[i]! * b[i]!; aa += a[i]! * a[i]!; bb += b[i]! * b[i]!; }
+  return ab / Math.sqrt(aa * bb);
+}
+
+describe('int8 on the model families (CPU)', () => {
+  // Every position's logits of int8 against the float weights'.
+  const expectClose = async (dir: string, ids: number[]) => {
+    const ref = await withEngine(dir, {}, (e) => allLogits(e, ids));
+    const int8 = await withEngine(dir, { quantize: 'int8' }, async (e) => {
+      expect(e.describe()).toMatch(/int8 W8A16/);
+      return allLogits(e, ids);
+    });
+    const V = ref.length / ids.length;
+    for (let p = 0; p < ids.length; p++) {
+      expect(cosine(ref.subarray(p * V, (p + 1) * V), int8.subarray(p * V, (p + 1) * V)), `position ${p}`).toBeGreaterThanOrEqual(0.99);
+    }
+    return int8;
+  };
+
+  it('mixtral (routed experts, block_sparse_moe names): int8 at cosine >= 0.99; its model quantize folder loads bit-identical', async () => {
+    const ref = familyReference('mixtral');
+    const ids = ref.cases[1]!.ids;
+    const atLoad = await expectClose(ref.dir, ids);
+    const out = join(tmp, 'mixtral-int8');
+    await run(process.execPath, [cli, 'model', 'quantize', '--to', 'int8', ref.dir, out]);
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization_config.ignore).toEqual(['re:.*\\.gate$', 're:.*shared_expert_gate$']);
+    const ck = await openCheckpoint(out);
+    expect(ck.get('model.layers.0.block_sparse_moe.experts.0.w1.weight_packed')?.dtype).toBe('i32');
+    expect(ck.get('model.layers.0.block_sparse_moe.gate.weight')?.dtype).toBe('bf16');  // the router, as stored
+    await ck.close();
+    const written = await withEngine(out, {}, (e) => allLogits(e, ids));
+    expect(Buffer.from(written.buffer).equals(Buffer.from(atLoad.buffer))).toBe(true);
+  });
+
+  it('phi3 (fused qkv_proj / gate_up_proj): int8 at cosine >= 0.99; model quantize refuses the fused tensor by name', async () => {
+    const ref = familyReference('phi3');
+    await expectClose(ref.dir, ref.cases[1]!.ids);
+    await expect(run(process.execPath, [cli, 'model', 'quantize', '--to', 'int8', ref.dir, join(tmp, 'phi3-int8')])).rejects.toMatchObject({
+      code: 1, stderr: expect.stringMatching(/tensor model\.layers\.0\.self_attn\.qkv_proj\.weight is fused .*--quantize int8 instead/),
+    });
+  });
 });
 
 describe('refusals', () => {

@@ -1,13 +1,16 @@
 // A quantized replica through a real `nodespeed launch` (docs/QUANTIZATION.md): --quantize int8 on
 // CPU workers at tp 2 serves the tokens of the single-process int8 engine, and its precision shows
-// on the ready line, in ClusterStatus, in `nodespeed status` and in the Prometheus metrics; fp8 on
-// CPU workers is refused before any worker starts.
+// on the ready line, in ClusterStatus, in `nodespeed status` and in the Prometheus metrics; a
+// replica of int8 weights lost mid-stream hands its seeded streams to another int8 replica with the
+// tokens of a fault-free int8 run; fp8 on CPU workers is refused before any worker starts.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 
 import { Engine, generateAll } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import { BIN, launch, PY_TINY, reference, root, stream, workerProcesses } from './helpers.js';
+import { expectFaultFree, faultFree, midStream, requests, startStreams } from '../failover/helpers.js';
+import type { Status } from '../failover/helpers.js';
 import type { PyTinyCase } from './helpers.js';
 
 const { cases } = reference<PyTinyCase>(PY_TINY);
@@ -42,6 +45,28 @@ describe('--quantize int8 through the gRPC API', () => {
     }
     expect(workerProcesses()).toEqual([]);
   });
+
+  it('equal numerics keep the failover promise: an int8 replica killed mid-stream, its seeded streams finish on the other int8 replica with the fault-free int8 tokens', async () => {
+    const reqs = requests(0, 32);
+    const local = await faultFree(reqs, 'int8');
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '1', '--quantize', 'int8', '--heartbeat-interval', '0.2',
+      '--heartbeat-timeout', '2', '--request-timeout', '30', '--kv-blocks', '256']);
+    try {
+      expect(cluster.readyLine).toContain('replicas=2');
+      const pid = (await cluster.client.clusterStatus()).workers.find((w) => w.rank === 0)!.pid;
+      const streams = startStreams(cluster.client, reqs);
+      await midStream(streams, 1 / 4, 32);
+      process.kill(pid, 'SIGKILL');
+      await streams.all;
+      expectFaultFree(streams.got, local);
+      const after = await cluster.client.clusterStatus() as Status;
+      expect(after.failover.replayedRequests, 'streams were moved mid-way').toBeGreaterThan(0);
+      expect(after.replicas.every((r) => r.precision?.weights === 'int8')).toBe(true);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    expect(workerProcesses()).toEqual([]);
+  }, 90_000);
 
   it('fp8 on CPU workers is refused before any worker starts', () => {
     const fp8 = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--device', 'cpu', '--quantize', 'fp8', '--port', '0',
