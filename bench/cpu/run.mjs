@@ -44,6 +44,19 @@ if (!existsSync(engineModule)) {
   process.exit(1);
 }
 const { Engine, BlockAllocator } = await import(engineModule);
+const { loadModelConfig, planShard, sliceBytes } = await import(join(root, 'dist', 'model', 'index.js'));
+
+/**
+ * Weight bytes one decode step reads (the roofline of a memory-bound decode): every planned tensor
+ * and its f32 row scales, except the embedding table, of which a step reads one row a sequence
+ * (unless it is also the LM head).
+ */
+function bytesPerStep(dir, quantize) {
+  const cfg = loadModelConfig(dir);
+  const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers }, { quantize });
+  return plan.tensors.reduce((n, t) => (t.name === 'model.embed_tokens.weight' && !plan.shardConfig.tiedEmbeddings ? n
+    : n + sliceBytes(t, plan.dtype) + (t.convert?.kind === 'quantize' ? 4 * t.shape[0] : 0)), 0);
+}
 
 function model100m() {
   const dir = args['model-100m'] ?? join(tmpdir(), 'nodespeed-bench-llama-100m');
@@ -166,7 +179,17 @@ const record = {
     const base = results.find((b) => b.runtime === 'nodespeed' && b.model === r.model && b.batch === r.batch && b.weights.startsWith('as stored'));
     return [`${r.model} b=${r.batch}`, base ? r.decode_tok_s / base.decode_tok_s : null];
   })),
+  // Its roofline: weight bytes a decode step reads as stored / as int8, and the measured speedup as
+  // a fraction of it.
+  int8_roofline: Object.fromEntries(models.map(([name, dir]) => {
+    const stored = bytesPerStep(dir, 'none'), int8 = bytesPerStep(dir, 'int8');
+    return [name, { bytes_per_step_stored: stored, bytes_per_step_int8: int8, speedup_bound: stored / int8 }];
+  })),
 };
+for (const [key, x] of Object.entries(record.int8_over_stored)) {
+  const bound = record.int8_roofline[key.split(' ')[0]]?.speedup_bound;
+  if (x !== null && bound) console.log(`${key}: int8 / bf16 decode ${x.toFixed(2)}x, ${(100 * x / bound).toFixed(0)}% of the ${bound.toFixed(2)}x roofline`);
+}
 mkdirSync(join(root, 'bench', 'results'), { recursive: true });
 const file = join(root, 'bench', 'results', `cpu-${record.date.replace(/[:.]/g, '-')}.json`);
 writeFileSync(file, JSON.stringify(record, null, 2) + '\n');
