@@ -16,7 +16,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { servingRoofline } from './roofline.mjs';
 import { parseArgs } from 'node:util';
@@ -126,9 +126,10 @@ async function concurrent(client) {
   };
 }
 
-// NODESPEED_COMMIT first: a GPU host's copy of the tree may carry a stale .git (test/gpu/run-all.sh sets it).
+// NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
+const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
 function commit() {
-  if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
+  if (settings().commit) return settings().commit;
   const r = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' });
   return r.status === 0 ? r.stdout.trim() : 'unknown';
 }

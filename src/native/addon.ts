@@ -1,5 +1,6 @@
 // Typed loader for the native addon (build/Release/nodespeed.node, built by
-// scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API".
+// scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API". On load the addon
+// gets this process's engine settings (src/settings/index.ts) as one struct, before anything else runs.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
@@ -7,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 import type { RopeConfig } from '../model/config.js';
 import type { ShardModelConfig } from '../model/weights.js';
+import { nativeSettings, settings } from '../settings/index.js';
+import type { NativeSettings } from '../settings/index.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 /** What loadTensor takes: the float dtypes and the storage of quantized matrices. */
@@ -98,6 +101,10 @@ export interface NativeEngine {
 }
 
 export interface Addon {
+  /** Hands the addon its settings (ns::Settings); the engines, kernels and comms made afterwards use them. */
+  configure(settings: NativeSettings): void;
+  /** The settings the addon holds now. */
+  settings(): NativeSettings;
   info(): AddonInfo;
   /** Rows x cols of float `data` to int8 / E4M3, one scale per row from the whole row, columns [c0, c1) kept (native/src/common/quant.h). */
   quantize(data: Uint8Array, dtype: DTypeName, rows: number, cols: number, format: 'int8' | 'fp8', c0?: number, c1?: number,
@@ -111,18 +118,21 @@ export interface Addon {
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 let cached: Addon | undefined;
 
-/** Loads the addon once; throws a clear error when it has not been built. */
+/** Loads the addon once and configures it; throws a clear error when it has not been built. */
 export function loadAddon(): Addon {
   if (cached) return cached;
-  const path = process.env.NODESPEED_ADDON ?? join(packageRoot, 'build', 'Release', 'nodespeed.node');
+  const path = settings().addon ?? join(packageRoot, 'build', 'Release', 'nodespeed.node');
   if (!existsSync(path)) {
     throw new Error(`nodespeed: native addon not built (${path} is missing); run \`npm run build:native\``);
   }
+  let addon: Addon;
   try {
-    cached = createRequire(import.meta.url)(path) as Addon;
+    addon = createRequire(import.meta.url)(path) as Addon;
   } catch (err) {
     throw new Error(`nodespeed: cannot load the native addon ${path}: ${(err as Error).message}; ` +
       'rebuild it with `npm run build:native`');
   }
-  return cached;
+  if (typeof addon.configure !== 'function') throw new Error(`nodespeed: the native addon ${path} is out of date; rebuild it with \`npm run build:native\``);
+  addon.configure(nativeSettings());
+  return (cached = addon);
 }

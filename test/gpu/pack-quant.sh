@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Packs everything `bash test/gpu/run-all.sh quant` needs on a GPU host into one file,
+# Packs everything `bash test/gpu/quant.sh` needs on a GPU host into one file,
 # .gpu/quant-bundle.tar.xz (~35 MB): the CUDA addon built on this machine, dist/, the scripts and
 # their inputs (py-tiny, the held-out text), the production node_modules, the kernel test
 # test/gpu/quant-kernels.cu compiled here, and the portable Node (/work/shared/tools/portable-node.sh).
 # On the GPU host (the bundle carried as .gpu/quant-bundle.tar.xz of the repo root):
-#   mkdir -p /tmp/qb && tar -xJf .gpu/quant-bundle.tar.xz -C /tmp/qb && cd /tmp/qb/quant && bash test/gpu/run-all.sh quant
+#   mkdir -p /tmp/qb && tar -xJf .gpu/quant-bundle.tar.xz -C /tmp/qb && cd /tmp/qb/quant && bash test/gpu/quant.sh
 # Build first: npm run build:native (with nvcc: CPU + CUDA) and npx tsc -p tsconfig.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -37,7 +37,7 @@ struct KvCache {
 // cache's element layout: kv_layout.h).
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, const KvCache& kv,
-                   int block_size, bool kv_head_major, cudaStream_t s);
+                   int block_size, cudaStream_t s);
 
 // Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
 // token sets:
@@ -57,7 +57,6 @@ struct AttnArgs {
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
-  bool kv_head_major = false;  // the cache's layout (kv_layout.h)
   bool kv_fp8 = false;  // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
   float k_scale = 1.f, v_scale = 1.f;
 };
