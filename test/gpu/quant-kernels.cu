@@ -292,8 +292,8 @@ void check_rope_kv() {
       NS_CUDA(cudaMalloc(&k8, kv)); NS_CUDA(cudaMalloc(&v8, kv));
       NS_CUDA(cudaMemset(k16, 0, 2 * kv)); NS_CUDA(cudaMemset(v16, 0, 2 * kv));
       NS_CUDA(cudaMemset(k8, 0, kv)); NS_CUDA(cudaMemset(v8, 0, kv));
-      rope_kv_write(DType::BF16, q1, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k16, v16}, st.B, false, 0);
-      rope_kv_write(DType::BF16, q2, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k8, v8, true, scale, scale * 2}, st.B, false, 0);
+      rope_kv_write(DType::BF16, q1, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k16, v16}, st.B, 0);
+      rope_kv_write(DType::BF16, q2, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k8, v8, true, scale, scale * 2}, st.B, 0);
       const auto hk16 = download(k16, kv), hv16 = download(v16, kv);
       const auto hk8 = download(k8, kv), hv8 = download(v8, kv);
       const auto hq1 = download(q1, st.T * row), hq2 = download(q2, st.T * row);
