@@ -47,10 +47,10 @@ describe('--quantize int8 through the gRPC API', () => {
   });
 
   it('equal numerics keep the failover promise: an int8 replica killed mid-stream, its seeded streams finish on the other int8 replica with the fault-free int8 tokens', async () => {
-    const reqs = requests(0, 32);
+    const reqs = requests(0, 256);  // long enough that replica 0 is seen mid-way (py-tiny decodes thousands of tokens a second)
     const local = await faultFree(reqs, 'int8');
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '1', '--quantize', 'int8', '--heartbeat-interval', '0.2',
-      '--heartbeat-timeout', '2', '--request-timeout', '30', '--kv-blocks', '256']);
+      '--heartbeat-timeout', '2', '--request-timeout', '30', '--kv-blocks', '512']);
     try {
       expect(cluster.readyLine).toContain('replicas=2');
       const pid = (await cluster.client.clusterStatus()).workers.find((w) => w.rank === 0)!.pid;
