@@ -2,20 +2,21 @@
 // the sampling rules are protocol/sampling.ts's), admission (RESOURCE_EXHAUSTED when the queue is
 // full), optional bearer-token auth, streaming of the driver's tokens, and cancellation/deadlines
 // propagated to the driver so it frees the KV blocks.
-import { timingSafeEqual } from 'node:crypto';
-
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers,
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers, QuarantinedRequestMsg,
 } from '../protocol/api.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
+import { LIMIT_FLAGS, LimitError, checkRequestLimits } from '../protocol/limits.js';
+import type { RequestLimits } from '../protocol/limits.js';
 import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
+import { bearerMatches } from './public-auth.js';
 import type { Router } from './router.js';
 
 export class InvalidRequestError extends Error {
@@ -29,7 +30,10 @@ export interface ModelFacts {
   name: string;
   contextLength: number;
   vocabSize: number;
-  encode(text: string): number[];
+  /** Tokenizes off the event loop (model/tokenizer-pool.ts). */
+  encode(text: string): Promise<number[]>;
+  /** The most bytes a prompt can have and still fit the context (protocol/limits.ts promptBytesLimit). */
+  promptBytes: number;
 }
 
 function bad(field: string, message: string): never {
@@ -41,22 +45,21 @@ function protoName(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: SamplingParams } {
+/**
+ * Checks a request and turns it into prompt ids and parameters. Everything cheap comes first (the
+ * limits, the sampling rules, the prompt's bytes), so a request that breaks a rule is refused
+ * without tokenizing it; the tokenizing itself runs off the event loop.
+ */
+export async function validateRequest(m: GenerateRequest, model: ModelFacts, limits: RequestLimits): Promise<{ promptIds: number[]; params: SamplingParams }> {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
   if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
-  let promptIds: number[];
-  if (ids.length) {
-    const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
-    if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
-    promptIds = [...ids];
-  } else {
-    if (!m.prompt) bad('prompt', 'is empty');
-    promptIds = model.encode(m.prompt);
-    if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
+  try {
+    checkRequestLimits({ ...(m.prompt ? { prompt: m.prompt } : {}), stop: m.stop ?? [] }, limits, model.promptBytes);
+  } catch (err) {
+    if (err instanceof LimitError) bad(err.field, err.message.slice(err.field.length + 2));
+    throw err;
   }
-  if (promptIds.length >= model.contextLength)
-    bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
   let params: SamplingParams;
   try {
     params = validateSampling({ temperature: m.temperature, topK: m.topK, topP: m.topP, seed: m.seed, maxTokens: m.maxTokens,
@@ -65,6 +68,20 @@ export function validateRequest(m: GenerateRequest, model: ModelFacts): { prompt
     if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
     throw err;
   }
+  let promptIds: number[];
+  if (ids.length) {
+    if (ids.length >= model.contextLength)
+      bad('prompt_ids', `has ${ids.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+    const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
+    if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
+    promptIds = [...ids];
+  } else {
+    if (!m.prompt) bad('prompt', 'is empty');
+    promptIds = await model.encode(m.prompt);
+    if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
+  }
+  if (promptIds.length >= model.contextLength)
+    bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
   return { promptIds, params: withinContext(params, promptIds.length, model.contextLength) };
 }
 
@@ -72,16 +89,32 @@ export interface ApiOptions {
   model: ModelFacts & { path: string; architecture: string; numLayers: number; dtype: string };
   /** Most requests accepted and not finished, over the whole cluster. */
   maxQueue: number;
+  /** What one request may ask for (--max-request-bytes, --max-stop-strings, ...). */
+  limits: RequestLimits;
   /** When set, every call must carry `authorization: Bearer <token>`. */
   authToken?: string;
   state: () => string;
   /** Failures and failover counters (ClusterStatus fields 12-13), from the failover module. */
-  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg; spares: number };
+  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg; spares: number; quarantined: QuarantinedRequestMsg[] };
   /** Counts requests and streamed tokens for Prometheus (--metrics-port). */
   metrics?: ApiMetrics;
 }
 
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
+
+// A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
+// this marker instead, and the handler answers INVALID_ARGUMENT naming the limit (gRPC's own
+// message-size refusal, for what exceeds the transport's ceiling, is RESOURCE_EXHAUSTED).
+const OVERSIZE = Symbol('oversize');
+
+/** Wraps a method's request deserializer so that requests over `limit` bytes are not decoded. */
+export function limitedDeserializer(decode: (b: Buffer) => unknown, limit: number): (b: Buffer) => unknown {
+  return (buf: Buffer) => (buf.length > limit ? { [OVERSIZE]: buf.length } : decode(buf));
+}
+
+function oversizeOf(req: unknown): number | undefined {
+  return (req as Record<symbol, number | undefined>)[OVERSIZE];
+}
 
 type Status = { code: grpc.status; details: string };
 
@@ -90,33 +123,36 @@ export class InferenceApi {
     private readonly router: Router, private readonly o: ApiOptions) {}
 
   private authorize(md: grpc.Metadata): Status | null {
-    if (!this.o.authToken) return null;
-    const h = String(md.get('authorization')[0] ?? '');
-    const want = Buffer.from(`Bearer ${this.o.authToken}`);
-    const got = Buffer.from(h);
-    if (got.length === want.length && timingSafeEqual(got, want)) return null;
+    if (!this.o.authToken || bearerMatches(String(md.get('authorization')[0] ?? ''), this.o.authToken)) return null;
     return { code: grpc.status.UNAUTHENTICATED, details: 'authorization: a valid "Bearer <token>" is required' };
   }
 
-  /** Validates, admits and routes a request; the sink receives its tokens. */
-  private accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
-    const r = this.admit(req, md, sink);
+  /**
+   * Validates, admits and routes a request; the sink receives its tokens. `gone` says whether the
+   * client left while the prompt was being tokenized (then nothing is admitted).
+   */
+  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink, gone: () => boolean): Promise<RequestRecord | Status | null> {
+    const r = await this.admit(req, md, sink, gone);
     const m = this.o.metrics;
     if (m && r instanceof RequestRecord) m.accepted();
-    else if (m) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
+    else if (m && r) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
     return r;
   }
 
-  private admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  private async admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink, gone: () => boolean): Promise<RequestRecord | Status | null> {
     const denied = this.authorize(md);
     if (denied) return denied;
-    let v: ReturnType<typeof validateRequest>;
+    const tooLarge = oversizeOf(req);
+    if (tooLarge !== undefined)
+      return { code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` };
+    let v: Awaited<ReturnType<typeof validateRequest>>;
     try {
-      v = validateRequest(req, this.o.model);
+      v = await validateRequest(req, this.o.model, this.o.limits);
     } catch (err) {
       if (err instanceof InvalidRequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
       throw err;
     }
+    if (gone()) return null;
     if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
     if (this.store.size >= this.o.maxQueue)
       return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
@@ -149,14 +185,26 @@ export class InferenceApi {
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
-    const r = this.accept(call.request, call.metadata, sink);
-    if (!(r instanceof RequestRecord)) {
-      call.emit('error', r);
-      return;
-    }
-    rec = r;
-    // 'cancelled' fires on client cancellation and on an expired deadline.
-    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+    this.serve(call, sink, (r) => (rec = r), (s) => call.emit('error', s));
+  }
+
+  /**
+   * Admits a call's request (its prompt is tokenized off the event loop meanwhile) and keeps it
+   * tied to the call: 'cancelled' (client cancellation or an expired deadline), also while the
+   * request is still being admitted, abandons it.
+   */
+  private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: RequestSink,
+    admitted: (rec: RequestRecord) => void, refuse: (s: Status) => void): void {
+    let rec: RequestRecord | undefined;
+    let cancelled = false;
+    call.on('cancelled', () => {
+      cancelled = true;
+      if (rec) this.abandon(rec, 'client cancelled or deadline exceeded');
+    });
+    void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
+      if (r instanceof RequestRecord) admitted((rec = r));
+      else if (r) refuse(r);
+    }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
   }
 
   private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
@@ -172,13 +220,7 @@ export class InferenceApi {
       },
       fail: (code, details) => cb({ code, details }),
     };
-    const r = this.accept(call.request, call.metadata, sink);
-    if (!(r instanceof RequestRecord)) {
-      cb(r);
-      return;
-    }
-    rec = r;
-    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+    this.serve(call, sink, (r) => (rec = r), (s) => cb(s));
   }
 
   status(): ClusterStatusMsg {
@@ -213,7 +255,8 @@ export class InferenceApi {
           engine: w?.describe ?? '',
         };
       }),
-      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 }, spares: 0 }),
+      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
+        spares: 0, quarantined: [] }),
     };
   }
 

@@ -99,9 +99,17 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     o += 4;
     return x;
   };
+  // Every count is checked against the bytes that are left before anything is allocated for it:
+  // a corrupt frame is an error, never a multi-gigabyte allocation or a read past the end.
+  const room = (count: number, words: number, what: string) => {
+    if (!Number.isInteger(count) || count < 0 || count * words * 4 > buf.byteLength - o)
+      throw new Error(`step metadata: ${what} ${count} does not fit the ${buf.byteLength - o} bytes left (the data plane is out of sync)`);
+  };
+  if (buf.byteLength < 12) throw new Error(`step metadata: ${buf.byteLength} bytes, too short for a header`);
   if (get() !== MAGIC) throw new Error('step metadata: bad magic (the data plane is out of sync)');
   const step = get();
   const n = get();
+  room(n, SEQ_WORDS, 'sequence count');
   const seqs: StepSeq[] = [];
   const from = new Int32Array(n);
   for (let i = 0; i < n; i++) {
@@ -117,6 +125,8 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     o += 4;
     const seed = v.getBigUint64(o, true);
     o += 8;
+    room(nTokens + nBlocks, 1, `token count ${nTokens} + block count`);
+    if (nTokens < 0 || nBlocks < 0) throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks)`);
     const tokens = new Int32Array(nTokens);
     for (let k = 0; k < nTokens; k++) tokens[k] = get();
     const blockTable = new Int32Array(nBlocks);

@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, root, titled } from './lib.mjs';
+import { blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, referenceMargin, root, titled } from './lib.mjs';
 import { referenceSample, samplingUniform } from './sampling-reference.mjs';
 
 interface FixtureCase { text: string; ids: number[]; greedy_24: number[]; last_logits: number[] }
@@ -23,18 +23,6 @@ interface PyTinyCase { text: string; ids: number[]; greedy_48: number[] }
 const gpu = gpuStatus();
 const NEAR_TIE = 0.01;
 const results: Record<string, unknown> = {};
-
-// Where a prompt's greedy run leaves HF's, how close HF's top two were there: the f32 CPU backend
-// (cosine 1 - 1e-10 to HF f32 on these fixtures) re-scores the reference sequence.
-async function referenceMargin(dir: string, prompt: number[], greedyRef: number[], at: number): Promise<number> {
-  const { engine, blockSize, kvBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
-  const [bt] = blockTables(1, 1024, blockSize, kvBlocks);
-  const seq = [...prompt, ...greedyRef.slice(0, at)];
-  const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, sample: false }], wantLogits: true });
-  engine.dispose();
-  const s = Array.from(r.logits as Float32Array).sort((a, b) => b - a);
-  return s[0]! - s[1]!;
-}
 
 describe.skipIf(!gpu.ok)(titled('CUDA engine vs Hugging Face references', gpu), { timeout: 600_000 }, () => {
   for (const [name, dtype] of [['tiny-llama-gqa-f32', 'bf16'], ['tiny-llama-gqa-bf16', 'bf16'], ['tiny-llama-gqa-f32', 'f16']] as const) {
@@ -54,7 +42,7 @@ describe.skipIf(!gpu.ok)(titled('CUDA engine vs Hugging Face references', gpu), 
           let match = 0;
           while (match < 24 && tokens[match] === c.greedy_24[match]) match++;
           const cos = cosine(lastLogits, c.last_logits);
-          const hfTop2MarginAtDivergence = match < 24 ? await referenceMargin(dir, prompt, c.greedy_24, match) : null;
+          const hfTop2MarginAtDivergence = match < 24 ? await referenceMargin(dir, [...prompt, ...c.greedy_24.slice(0, match)]) : null;
           rows.push({ model: name, compute: dtype, text: c.text, cosine: cos, greedyMatch: match, hfTop2MarginAtDivergence });
         }
       } finally {

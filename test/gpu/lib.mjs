@@ -167,6 +167,23 @@ export async function greedy(engine, ids, n, blockTable) {
   return { tokens: out, lastLogits: first.logits };
 }
 
+/**
+ * How close the reference's top two logits are after `seq`: the f32 CPU backend (held against HF f32
+ * to ~1e-5 on every fixture) re-scores the sequence. Where a GPU run leaves HF's greedy path, this
+ * tells a rounding flip at a near-tie from a real divergence.
+ */
+export async function referenceMargin(dir, seq) {
+  const { engine, blockSize, kvBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
+  try {
+    const [bt] = blockTables(1, 1024, blockSize, kvBlocks);
+    const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, sample: false }], wantLogits: true });
+    const s = Array.from(r.logits).sort((a, b) => b - a);
+    return s[0] - s[1];
+  } finally {
+    engine.dispose();
+  }
+}
+
 /** The commit the results belong to: NODESPEED_COMMIT (a copy of the tree without .git), else git. */
 export function gitCommit() {
   if (settings().commit) return settings().commit;

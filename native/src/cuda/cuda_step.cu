@@ -77,10 +77,12 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     const SeqInput& q = in.seqs[s];
     if (q.n_tokens <= 0) throw std::runtime_error(seq_name(s) + " has no tokens");
     if (q.pos < 0) throw std::runtime_error(seq_name(s) + ".pos is negative");
-    const int end = q.pos + q.n_tokens;
-    if (c.max_position > 0 && end > c.max_position)
-      throw std::runtime_error(seq_name(s) + " reaches position " + std::to_string(end) + " > max_position " +
+    // In 64 bits: pos near INT_MAX plus the tokens must not wrap around into a small number.
+    const int64_t end64 = int64_t(q.pos) + q.n_tokens;
+    if (c.max_position > 0 && end64 > c.max_position)
+      throw std::runtime_error(seq_name(s) + " reaches position " + std::to_string(end64) + " > max_position " +
                                std::to_string(c.max_position));
+    const int end = int(end64);
     if ((int64_t)q.n_blocks * c.kv_block_size < end)
       throw std::runtime_error(seq_name(s) + " block table covers " + std::to_string(q.n_blocks * c.kv_block_size) +
                                " positions, needs " + std::to_string(end));
