@@ -329,7 +329,7 @@ void CpuBackend::experts(const Layer& L, int T) {
   grow(s_.expert_id, size_t(T) * K);
   matmul(s_.xn.data(), T, {{&L.router, s_.router.data()}});
   for (int t = 0; t < T; ++t)
-    route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
+    moe::route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
                s_.expert_id.data() + size_t(t) * K);
   for (int e = cfg_.expert_start; e < cfg_.expert_end; ++e) {
     s_.ex_tok.clear();
