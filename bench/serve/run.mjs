@@ -6,7 +6,12 @@
 //
 //   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
 //        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args='--max-batch-tokens 4096'] (the = form: the value starts with --)
+//        [--precisions bf16,int8,fp8,fp8+kv-fp8]
 // CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
+// --precisions: after the first precision (every --tp), each further one at tp 1 (--quantize /
+// --kv-cache-dtype, docs/QUANTIZATION.md): batch 1 and the concurrent streams, their ratio to bf16
+// in the same run, and the concurrent run as a fraction of its own roofline (its bytes per weight
+// and per cached element; W8A8 prefill at the fp8 matmul peak measured beside HF).
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -29,6 +34,7 @@ const { values: a } = parseArgs({
     tp: { type: 'string', default: '1,2' },
     hf: { type: 'boolean', default: false },
     'launch-args': { type: 'string', default: '' },
+    precisions: { type: 'string', default: 'bf16' },
     out: { type: 'string' },
   },
 });
@@ -38,6 +44,10 @@ const promptLen = Number(a['prompt-len'] ?? (gpu ? 512 : 128));
 const newTokens = Number(a['new-tokens'] ?? (gpu ? 256 : 128));
 const decodeTokens = Number(a['decode-tokens']);
 const tps = a.tp.split(',').map(Number);
+const PRECISION_FLAGS = { bf16: [], int8: ['--quantize', 'int8'], fp8: ['--quantize', 'fp8'], 'fp8+kv-fp8': ['--quantize', 'fp8', '--kv-cache-dtype', 'fp8'],
+  'bf16+kv-fp8': ['--kv-cache-dtype', 'fp8'] };
+const precisions = a.precisions.split(',');
+for (const p of precisions) if (!PRECISION_FLAGS[p]) { console.error(`--precisions: ${p} is not one of ${Object.keys(PRECISION_FLAGS).join(', ')}`); process.exit(1); }
 
 const clientModule = join(root, 'dist', 'client', 'index.js');
 if (!existsSync(clientModule) || !existsSync(join(root, 'dist', 'worker', 'main.js'))) {
@@ -131,37 +141,64 @@ const result = {
   command: `node bench/serve/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),
   batch1: {}, concurrent: null, hf: null,
 };
-for (const tp of tps) {
-  const c = await launch(tp);
-  const client = new NodespeedClient(c.address);
-  try {
-    result.batch1[`tp${tp}`] = await batch1(client);
-    // What each rank's engine runs (kernels, collectives, switches), as it described itself at Ready.
-    result.batch1[`tp${tp}`].engines = (await client.clusterStatus()).workers.map((w) => w.engine);
-    console.error(`tp=${tp}: batch-1 decode ${result.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
-    if (tp === 1) {
-      result.concurrent = await concurrent(client);
-      console.error(`tp=1: ${streams} streams x ${newTokens} tokens (prompt ${promptLen}): ${result.concurrent.generated_tok_s.toFixed(1)} generated tok/s`);
+const byPrecision = {};
+for (const [i, p] of precisions.entries()) {
+  const r = { batch1: {}, concurrent: null };
+  for (const tp of i === 0 ? tps : tps.filter((t) => t === 1)) {
+    const c = await launch(tp, PRECISION_FLAGS[p]);
+    const client = new NodespeedClient(c.address);
+    try {
+      r.batch1[`tp${tp}`] = await batch1(client);
+      // What each rank's engine runs (kernels, collectives, switches), as it described itself at Ready.
+      const status = await client.clusterStatus();
+      r.batch1[`tp${tp}`].engines = status.workers.map((w) => w.engine);
+      r.precision = status.replicas[0].precision;
+      console.error(`${p} tp=${tp}: batch-1 decode ${r.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
+      if (tp === 1) {
+        r.concurrent = await concurrent(client);
+        console.error(`${p} tp=1: ${streams} streams x ${newTokens} tokens (prompt ${promptLen}): ${r.concurrent.generated_tok_s.toFixed(1)} generated tok/s`);
+      }
+    } finally {
+      client.close();
+      await c.stop();
     }
-  } finally {
-    client.close();
-    await c.stop();
   }
+  byPrecision[p] = r;
 }
+({ batch1: result.batch1, concurrent: result.concurrent } = byPrecision[precisions[0]]);
 if (result.batch1.tp1 && result.batch1.tp2) result.tp2_over_tp1 = result.batch1.tp2.median_decode_tok_s / result.batch1.tp1.median_decode_tok_s;
 if (a.hf) {
   const hf = spawnSync('python3', [join(root, 'bench', 'decode', 'hf_generate.py'), a.model, String(promptLen), String(newTokens), `1,${streams}`], { encoding: 'utf8' });
   result.hf = hf.status === 0 ? JSON.parse(hf.stdout) : { error: hf.stderr.trim().split('\n').pop() };
 }
 // The roofline of the concurrent workload (bench/serve/roofline.mjs), from the copy bandwidth and
-// matmul FLOP/s measured beside HF on the same GPU.
-if (result.concurrent && result.hf?.copy && result.hf?.matmul) {
+// matmul FLOP/s measured beside HF on the same GPU; per precision, at its bytes per element (int8
+// quantizes the LM head too, fp8 leaves it 16-bit) and, for W8A8, the measured fp8 matmul peak
+// (twice the bf16 one when torch could not measure it: the H100/H200 datasheet ratio).
+if (result.hf?.copy && result.hf?.matmul) {
   const { loadModelConfig } = await import(join(root, 'dist', 'model', 'index.js'));
-  const roof = servingRoofline(loadModelConfig(a.model), { streams, promptLen, newTokens,
-    bytesPerS: result.hf.copy.bytes_per_s, flopsPerS: result.hf.matmul.flops_per_s });
-  result.concurrent.roofline = { ...roof, fraction: result.concurrent.generated_tok_s / roof.generatedTokS };
-  console.error(`roofline of ${streams} streams: ${roof.generatedTokS.toFixed(0)} generated tok/s (prefill ${roof.prefillS.toFixed(2)} s + decode ` +
-    `${roof.decodeS.toFixed(2)} s); measured ${(100 * result.concurrent.roofline.fraction).toFixed(1)}% of it`);
+  const cfg = loadModelConfig(a.model);
+  for (const [p, r] of Object.entries(byPrecision)) {
+    if (!r.concurrent) continue;
+    const fp8 = p.startsWith('fp8');
+    const roof = servingRoofline(cfg, { streams, promptLen, newTokens, bytesPerS: result.hf.copy.bytes_per_s,
+      flopsPerS: fp8 ? (result.hf.matmul_fp8?.flops_per_s ?? 2 * result.hf.matmul.flops_per_s) : result.hf.matmul.flops_per_s,
+      linearBytesPerElement: p === 'int8' || fp8 ? 1 : 2, headBytesPerElement: p === 'int8' ? 1 : 2, kvBytesPerElement: p.endsWith('kv-fp8') ? 1 : 2 });
+    r.concurrent.roofline = { ...roof, fraction: r.concurrent.generated_tok_s / roof.generatedTokS };
+    console.error(`${p}: roofline of ${streams} streams: ${roof.generatedTokS.toFixed(0)} generated tok/s (prefill ${roof.prefillS.toFixed(2)} s + decode ` +
+      `${roof.decodeS.toFixed(2)} s); measured ${(100 * r.concurrent.roofline.fraction).toFixed(1)}% of it`);
+  }
+}
+if (precisions.length > 1 || precisions[0] !== 'bf16') {
+  result.precisions = byPrecision;
+  const base = byPrecision.bf16;
+  for (const [p, r] of Object.entries(byPrecision)) {
+    if (!base || p === 'bf16') continue;
+    r.vs_bf16 = { batch1: r.batch1.tp1.median_decode_tok_s / base.batch1.tp1.median_decode_tok_s,
+      concurrent: r.concurrent && base.concurrent ? r.concurrent.generated_tok_s / base.concurrent.generated_tok_s : null };
+    console.error(`${p} / bf16: batch 1 ${r.vs_bf16.batch1.toFixed(2)}x, ${streams} streams ${r.vs_bf16.concurrent?.toFixed(2)}x`);
+  }
+  if (byPrecision['fp8+kv-fp8']?.vs_bf16) result.bars = { fp8KvFp8ConcurrentAtLeast1_6xBf16: byPrecision['fp8+kv-fp8'].vs_bf16.concurrent >= 1.6 };
 }
 const dir = join(root, 'bench', 'results');
 mkdirSync(dir, { recursive: true });

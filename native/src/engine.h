@@ -16,9 +16,29 @@
 
 namespace ns {
 
-enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+// I8 and F8E4M3 are storage types of quantized weight matrices (and of the fp8 KV cache); every
+// quantized matrix arrives with one f32 scale per row (docs/QUANTIZATION.md).
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, F8E4M3 = 4 };
 
-inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
+inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : d == DType::I8 || d == DType::F8E4M3 ? 1 : 2; }
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I8: return "i8";
+    case DType::F8E4M3: return "f8e4m3";
+  }
+  return "?";
+}
+
+// How the weight matrices of a shard are stored. Native: the checkpoint's float dtype (CPU) or the
+// compute dtype (CUDA). Int8: symmetric int8 with one scale per output row, activations stay in the
+// compute dtype (W8A16). Fp8: E4M3 with one scale per output row; with fp8_activations the inputs
+// are quantized to E4M3 per token (dynamic) or with the checkpoint's static per-tensor input_scale
+// (W8A8; CUDA, sm_89+), else they stay in the compute dtype (an FP8 weight-only checkpoint, W8A16).
+enum class WeightFormat : int { Native = 0, Int8 = 1, Fp8 = 2 };
 
 enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2, Dynamic = 3, Yarn = 4, LongRope = 5 };
 
@@ -93,6 +113,18 @@ struct ShardConfig {
   int max_step_tokens = 0;      // most tokens one step carries (CUDA: scratch kept free beside the KV cache); 0: 2048
   int device_index = 0;
   int threads = 0;              // CPU: 0 = cores given to the process
+  // Quantization (docs/QUANTIZATION.md). `weights` covers q/k/v/o/gate/up/down, `head_weights` the LM
+  // head (with tied embeddings a quantized head arrives as lm_head.weight and tied_embeddings is false).
+  // A quantized matrix X.weight comes with X.weight_scale (f32, one per row of this rank's slice) and,
+  // with static_input_scales, X.input_scale (f32 [1]).
+  WeightFormat weights = WeightFormat::Native;
+  WeightFormat head_weights = WeightFormat::Native;
+  bool static_input_scales = false;
+  bool fp8_activations = true;      // fp8 weights: W8A8 (true) or weight-only W8A16 (false)
+  float activation_scale_ub = 0.f;  // fp8 dynamic activations: cap on a token's absolute maximum (fbgemm_fp8); 0: none
+  // CUDA: the paged KV cache in E4M3 (per-layer k/v scales, 1.0 unless the checkpoint has them),
+  // half the bytes per block of the compute dtype.
+  bool kv_fp8 = false;
 };
 
 struct SamplingParams {

@@ -7,7 +7,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { NodespeedClient } from '../client/index.js';
 import type { ClientOptions } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
-import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
+import type { DeviceChoice, DTypeChoice, GenerateResult, KvCacheDtypeChoice } from '../engine/index.js';
+import type { QuantizeChoice } from '../model/index.js';
+import { addQuantizeOptions } from './quantize-flags.js';
 import { loadTokenizer } from '../model/index.js';
 import { FinishReason, finishReasonText } from '../protocol/lifecycle.js';
 import { SAMPLING_DEFAULTS, SamplingError, parseSamplingNumber, parseSeed } from '../protocol/sampling.js';
@@ -21,6 +23,8 @@ export interface GenerateCliOptions extends ServerFlags {
   model?: string;
   device: DeviceChoice;
   dtype: DTypeChoice;
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   maxTokens: number;
   temperature: number;
   topK: number;
@@ -119,7 +123,8 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   if (o.hfRounding) overrideSettings({ cudaRound: HF_ROUNDING });  // before the addon loads: it reads its settings then
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
-    Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
+    Engine.load(o.model, { device: o.device, dtype: o.dtype, quantize: o.quantize ?? 'none', kvCacheDtype: o.kvCacheDtype ?? 'auto',
+      ...(o.threads ? { threads: o.threads } : {}) }),
   ]);
   try {
     let result: GenerateResult | undefined;
@@ -183,7 +188,9 @@ export function register(program: Command): void {
     .option('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  cmd
     .option('--max-tokens <n>', 'most tokens to generate', wireIntArg('--max-tokens', 'maxTokens', 1, I32_MAX), d.maxTokens)
     .option('--temperature <t>', '0 = greedy', numberArg('--temperature', 'temperature'), d.temperature)
     .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', 0, U32_MAX), d.topK)

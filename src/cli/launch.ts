@@ -23,6 +23,9 @@ import { flushAndExit } from './exit.js';
 import { loadBar } from './progress.js';
 import { isLoopbackBind, readAuthToken, readPublicTls } from '../coordinator/public-auth.js';
 import { DEFAULT_REQUEST_LIMITS } from '../protocol/limits.js';
+import { addQuantizeOptions } from './quantize-flags.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
 
 export interface LaunchFlags {
   model: string;
@@ -31,6 +34,8 @@ export interface LaunchFlags {
   replicas: number | 'auto';
   device: 'auto' | 'cpu' | 'cuda';
   dtype: string;
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   port: number;
   bind: string;
   advertiseAddr?: string;
@@ -84,13 +89,15 @@ const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, b
 
 /** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
 export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
-  return cmd
+  cmd
     .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), d.tp)
     .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
     .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default(d.device))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  return cmd
     .option('--port <port>', 'port of the gRPC API (0: any free port)', portArg('--port'), d.port)
     .option('--bind <addr>', 'address the gRPC server listens on', d.bind)
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
@@ -178,7 +185,7 @@ async function dryRun(f: LaunchFlags, raw: Record<string, unknown>): Promise<num
   const spareSlots = planned.placement.ranks.slice(layout.world);
   let gpuMemory: number | undefined;
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
-  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
+  const mem = estimateMemory(config, layout, { device, dtype: f.dtype, quantize: f.quantize, kvCacheDtype: f.kvCacheDtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
     stepTokens: maxBatchTokens(f, device), ...(gpuMemory ? { gpuMemory } : {}) });
   const layoutLines = describeLayout(layout);
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
@@ -235,7 +242,8 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   activeBar = bar;
   try {
     return await launchCluster({
-      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
+      model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, quantize: f.quantize,
+      kvCacheDtype: f.kvCacheDtype, bind: f.bind, port: f.port,
       ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), kvBlocks: f.kvBlocks, threads: f.threads,
       maxBatchTokens: maxBatchTokens(f, device), maxQueue: f.maxQueue, heartbeatIntervalMs: f.heartbeatInterval * 1000,
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
@@ -294,8 +302,9 @@ export function register(program: Command): void {
     const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
     if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
       'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
+    const p = cluster.precision;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
       `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;

@@ -240,6 +240,7 @@ export class InferenceApi {
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
         maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
+        precision: r.precision,
       })),
       workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
+import type { Precision } from '../model/precision.js';
 import type { Join, Tokens, WorkerMessage } from '../protocol/control.js';
 import { slotOfCommonName } from '../protocol/job-secrets.js';
 import type { Layout } from './layout.js';
@@ -27,6 +28,11 @@ export interface MembershipOptions {
   modelDir: string;
   dtype: string;
   device: string;
+  /** --quantize (none | int8 | fp8) and --kv-cache-dtype (auto | fp8), passed to every worker. */
+  quantize?: string;
+  kvCacheDtype?: string;
+  /** What every replica computes with (one launch, one precision). */
+  precision?: Precision;
   kvBlocks: number;
   threads: number;
   maxBatchTokens: number;
@@ -85,7 +91,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     // Ranks grouped in one pass (a filter per replica took a minute for 80,000 single-rank replicas).
     const ranksOf: number[][] = Array.from({ length: layout.replicas }, () => []);
     for (const p of layout.ranks) ranksOf[p.replica]!.push(p.rank);
-    this.replicas = ranksOf.map((ranks, r) => new Replica(r, ranks, layout.tp, layout.pp));
+    this.replicas = ranksOf.map((ranks, r) => new Replica(r, ranks, layout.tp, layout.pp, o.precision ?? null));
     this.refusals = new RefusalLog(o.log);
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
@@ -240,6 +246,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
         maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
         livenessPort: this.o.livenessPort?.() ?? 0, encryptDataPlane: this.o.encryptDataPlane ?? false,
+        quantize: this.o.quantize ?? 'none', kvCacheDtype: this.o.kvCacheDtype ?? 'auto',
       },
     });
   }

@@ -4,6 +4,8 @@
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import { planShard } from '../model/weights.js';
 import type { Layout, RankPlan } from './layout.js';
 
@@ -36,13 +38,34 @@ function bytesOf(dtype: string, fallback: string): number {
  * stage's layers, its whole experts of an MoE, embedding / head slices).
  */
 export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, _pp: number): number {
-  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
+  // The float plan: a quantized checkpoint's packed words and scale tensors are not parameters.
+  const plan = planShard({ ...c, quantization: null }, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
   return plan.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/**
+ * Bytes of a rank's weights as the backend keeps them: floats at the storage dtype, quantized
+ * matrices (--quantize, or a pre-quantized checkpoint) at one byte a weight plus an f32 scale a row.
+ */
+function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, o: MemoryOptions): number {
+  const float = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
+  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd },
+    { quantize: o.quantize ?? 'none' });
+  return plan.tensors.reduce((n, t) => {
+    const elems = t.shape.reduce((a, b) => a * b, 1);
+    const quantized = t.dtype === 'i8' || t.dtype === 'f8e4m3';
+    const scales = t.convert?.kind === 'quantize' ? 4 * t.shape[0]! : 0;  // X.weight_scale, made as it loads
+    return n + elems * (quantized ? 1 : t.dtype === 'f32' ? 4 : float) + scales;
+  }, 0);
 }
 
 export interface MemoryOptions {
   device: 'cpu' | 'cuda';
   dtype: string;
+  /** --quantize: decoder linears (and with int8 the LM head) at one byte a weight. */
+  quantize?: QuantizeChoice;
+  /** --kv-cache-dtype fp8: one byte per cached element (CUDA). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   kvBlocks: number;
   kvBlockSize: number;
   /** Per-GPU memory (bytes) for cuda; ignored for cpu. */
@@ -71,13 +94,16 @@ export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, dev
 
 export function estimateMemory(c: ModelConfig, l: Layout, o: MemoryOptions): MemoryCheck {
   // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
-  const wBytes = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
-  const kvElt = o.device === 'cpu' ? 4 : 2;
+  const kvElt = o.device === 'cpu' ? 4 : o.kvCacheDtype === 'fp8' ? 1 : 2;
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
   // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
   const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
+  // Ranks of equal slices (every replica's, every data-parallel copy) are planned once.
+  const weightsOf = new Map<string, number>();
   const ranks = l.ranks.map((p) => {
-    const weightBytes = rankWeightParams(c, p, l.tp, l.pp) * wBytes;
+    const key = `${p.tpRank}:${p.layerStart}:${p.layerEnd}`;
+    const weightBytes = weightsOf.get(key) ?? rankWeightBytes(c, p, l.tp, o);
+    weightsOf.set(key, weightBytes);
     const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
     const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
     return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };

@@ -96,6 +96,17 @@ export class CoordinatorMetrics implements ApiMetrics {
     perReplica('nodespeed_replica_serving', '1 while the replica serves, 0 while it forms, loads or is lost', (rep) => (rep.state === 'serving' ? 1 : 0));
     perReplica('nodespeed_replica_ranks', 'Ranks of the replica (tp x pp: fewer after failover re-formed it with a smaller layout)', (rep) => rep.ranks.length);
     new Gauge({
+      name: 'nodespeed_replica_precision_info', help: 'Always 1: what the replica computes with (weights, matrix-product inputs, KV cache storage)',
+      labelNames: ['replica', 'weights', 'activations', 'kv_cache'], registers: [r],
+      collect() {
+        this.reset();
+        for (const rep of members.replicas) {
+          const p = rep.precision;
+          if (p) this.set({ replica: String(rep.id), weights: p.weights, activations: p.activations, kv_cache: p.kvCache }, 1);
+        }
+      },
+    });
+    new Gauge({
       name: 'nodespeed_replicas_serving', help: 'Replicas serving now', registers: [r],
       collect() { this.set(members.replicas.filter((rep) => rep.state === 'serving').length); },
     });

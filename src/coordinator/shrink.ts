@@ -14,6 +14,8 @@
 //     new shard. Failover replays the replica's requests as in any recovery, and the ranks left out
 //     that still run are started again as spares (failover.ts).
 //   - Nothing fits (no survivor, heads that do not split, too little memory): the replica is retired.
+import type { KvCacheDtypeChoice } from '../model/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
 import type { ModelConfig } from '../model/config.js';
 import { LayoutError, balanceStages, checkTpDivides } from './layout.js';
 import type { Layout, RankPlan, StagePlan } from './layout.js';
@@ -125,6 +127,8 @@ export interface ShrinkContext {
   config: ModelConfig;
   device: 'cpu' | 'cuda';
   dtype: string;
+  quantize?: QuantizeChoice;
+  kvCacheDtype?: KvCacheDtypeChoice;
   kvBlocks: number;
   allowTpAcrossHosts: boolean;
 }
@@ -135,7 +139,8 @@ export interface ShrinkContext {
  */
 export function planShrink(m: Membership, replica: Replica, restarted: Set<number>, gpuMemoryOf: (rank: number) => number,
   c: ShrinkContext): ShrinkChoice {
-  const memory: MemoryOptions = { device: c.device, dtype: c.dtype, kvBlocks: c.kvBlocks, kvBlockSize: replica.kvBlockSize || 16 };
+  const memory: MemoryOptions = { device: c.device, dtype: c.dtype, kvBlocks: c.kvBlocks, kvBlockSize: replica.kvBlockSize || 16,
+    ...(c.quantize ? { quantize: c.quantize } : {}), ...(c.kvCacheDtype ? { kvCacheDtype: c.kvCacheDtype } : {}) };
   if (c.device === 'cpu') {
     const used = new Map<string, number>();
     for (const r of m.replicas) {

@@ -1,4 +1,5 @@
 // The coordinator's view of one worker connection and of one replica (membership.ts owns them).
+import type { Precision } from '../model/precision.js';
 import type * as grpc from '@grpc/grpc-js';
 
 import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
@@ -73,5 +74,7 @@ export class Replica {
    * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.
    * Both are the job's layout until failover re-forms it with a smaller one (shrink.ts).
    */
-  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number) {}
+  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number,
+    /** What the replica computes with (weights, matrix-product inputs, KV cache); null: not stated. */
+    readonly precision: Precision | null = null) {}
 }

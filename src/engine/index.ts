@@ -1,4 +1,6 @@
-export { Engine, resolveDevice } from './engine.js';
+export { Engine, checkFp8Support, resolveDevice } from './engine.js';
+export { formatPrecision, precisionOf, precisionTag } from '../model/precision.js';
+export type { KvCacheDtypeChoice, Precision, PrecisionOptions } from '../model/precision.js';
 export type { EngineLoadOptions, DeviceChoice, DTypeChoice } from './engine.js';
 export { BlockAllocator, KvCacheFullError } from './block-allocator.js';
 export { StopChecker } from './stop-checker.js';

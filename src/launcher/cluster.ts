@@ -11,6 +11,10 @@ import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js'
 import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
+import { planShard } from '../model/weights.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import { fp8Refusal, precisionOf } from '../model/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
 import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
@@ -32,6 +36,10 @@ export interface ClusterOptions {
   replicas: number | 'auto';
   device: 'cpu' | 'cuda';
   dtype: string;
+  /** --quantize: a float checkpoint's linear layers quantized as every worker loads them. */
+  quantize?: QuantizeChoice;
+  /** --kv-cache-dtype (CUDA). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   bind: string;
   port: number;
   /** Address the workers dial (the control plane listens there); default: the address this machine uses to reach the first remote host. */
@@ -85,6 +93,8 @@ export interface Cluster {
   address: string;
   /** host:port of the Prometheus endpoint (GET /metrics), with --metrics-port. */
   metricsAddress?: string;
+  /** What every replica computes with. */
+  precision: Precision;
   stop(reason?: string): Promise<void>;
 }
 
@@ -174,6 +184,13 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
   const tokenizers = await TokenizerPool.start(o.model);
   const token = randomBytes(24).toString('hex');
+  const quantize = o.quantize ?? 'none', kvCacheDtype = o.kvCacheDtype ?? 'auto';
+  // What every worker would refuse, refused once before any starts: fp8 on CPU workers, a --quantize
+  // that contradicts a pre-quantized checkpoint.
+  const refusal = fp8Refusal(config, o.device, quantize, kvCacheDtype);
+  if (refusal) throw new Error(refusal);
+  planShard(config, { tpRank: 0, tpSize: layout.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize });
+  const precision = precisionOf(config, { device: o.device, dtype: o.dtype, quantize, kvCacheDtype });
   // The job's secrets (SECURITY.md): its CA and certificates, and the data plane's key. Each slot's
   // worker gets its own certificate; the CA key never leaves this process.
   const pki = await JobPki.create();
@@ -183,10 +200,11 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const control = await controlHost(placement, o.advertise);
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
+    quantize, kvCacheDtype, precision,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 60_000, log: o.log, bind: o.bind, port: o.port,
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
-    shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
+    shrink: { config, device: o.device, dtype: o.dtype, quantize, kvCacheDtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
@@ -279,5 +297,6 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? control : o.bind;
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}), stop };
+  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}), precision,
+    stop };
 }

@@ -12,6 +12,8 @@ import { nativeSettings, settings } from '../settings/index.js';
 import type { NativeSettings } from '../settings/index.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
+/** What loadTensor takes: the float dtypes and the storage of quantized matrices. */
+export type StorageDTypeName = DTypeName | 'i8' | 'f8e4m3';
 export type DeviceName = 'cpu' | 'cuda';
 
 /** camelCase of ns::RopeConfig; omitted fields take the defaults of engine.h. */
@@ -38,11 +40,15 @@ export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope' | 'ropeLoca
   maxStepTokens?: number;
   deviceIndex?: number;
   threads?: number;
+  /** CUDA: the paged KV cache in E4M3 (half the bytes of bf16 per block). */
+  kvCacheDtype?: 'auto' | 'fp8';
 }
 
 export interface AddonInfo {
   cpu: { simd: 'avx2' | 'generic'; threads: number };
-  cuda: { available: boolean; reason: string; devices: { name: string; totalMemory: number; freeMemory: number }[] };
+  cuda: { available: boolean; reason: string;
+    /** computeCapability: "9.0"; 8.9 and up have FP8 tensor cores. */
+    devices: { name: string; totalMemory: number; freeMemory: number; computeCapability: string }[] };
 }
 
 export interface StepSeq {
@@ -91,7 +97,7 @@ export interface NativeComm {
 }
 
 export interface NativeEngine {
-  loadTensor(name: string, dtype: DTypeName, shape: number[], data: Uint8Array): Promise<void>;
+  loadTensor(name: string, dtype: StorageDTypeName, shape: number[], data: Uint8Array): Promise<void>;
   finalize(): Promise<{ kvBlocks: number; kvBlockSize: number }>;
   setTpComm(comm: NativeComm): void;
   step(req: StepRequest): Promise<StepResult>;
@@ -105,6 +111,9 @@ export interface Addon {
   /** The settings the addon holds now. */
   settings(): NativeSettings;
   info(): AddonInfo;
+  /** Rows x cols of float `data` to int8 / E4M3, one scale per row from the whole row, columns [c0, c1) kept (native/src/common/quant.h). */
+  quantize(data: Uint8Array, dtype: DTypeName, rows: number, cols: number, format: 'int8' | 'fp8', c0?: number, c1?: number,
+    what?: string): Promise<{ data: Uint8Array; scales: Float32Array }>;
   Engine: new (cfg: ShardConfigJS) => NativeEngine;
   Comm?: new (opts: Record<string, unknown>) => NativeComm;
   ncclUniqueId?(): Uint8Array;

@@ -15,7 +15,8 @@ import { availableParallelism, hostname } from 'node:os';
 
 import { Engine, resolveDevice } from '../engine/engine.js';
 import { TokenizerPool, loadTokenizer } from '../model/index.js';
-import type { ReplayedText, Tokenizer } from '../model/index.js';
+import type { QuantizeChoice, ReplayedText, Tokenizer } from '../model/index.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
@@ -46,7 +47,8 @@ function deviceInfo() {
 
 /** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
 function shardKey(a: Assignment): string {
-  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
+  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads, a.quantize,
+    a.kvCacheDtype].join('/');
 }
 
 /**
@@ -263,6 +265,8 @@ class Worker {
       layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex: this.deviceIndex(a),
       ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
       ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
+      ...(a.quantize ? { quantize: a.quantize as QuantizeChoice } : {}),
+      ...(a.kvCacheDtype ? { kvCacheDtype: a.kvCacheDtype as KvCacheDtypeChoice } : {}),
       onProgress: (done, total) => this.control.send({ loadProgress: { epoch: a.epoch, done, total } }),
     });
     this.engineKey = key;

@@ -37,9 +37,9 @@ export function requests(promptTokens = 0, tokens = TOKENS): GenerateRequest[] {
   });
 }
 
-/** The same requests on one in-process engine, without any fault. */
-export async function faultFree(reqs: GenerateRequest[]): Promise<GenerateResult[]> {
-  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024 }), loadTokenizer(PY_TINY)]);
+/** The same requests on one in-process engine, without any fault (`quantize`: with those weights). */
+export async function faultFree(reqs: GenerateRequest[], quantize: 'none' | 'int8' = 'none'): Promise<GenerateResult[]> {
+  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024, quantize }), loadTokenizer(PY_TINY)]);
   try {
     return await generateAll(engine, tok, reqs);
   } finally {

@@ -40,7 +40,8 @@ describe('nodespeed status: failures', () => {
 
   it('the replicas table shows each replica\'s own layout and ranks (a shrunk one is smaller than the job\'s)', () => {
     const replica = { id: 0, state: 'serving', running: 2, queued: 0, kvBlocksTotal: 256, kvBlocksFree: 200, kvBlockSize: 16, steps: '40',
-      generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1 };
+      generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1,
+      precision: { weights: 'fp8', activations: 'fp8', kvCache: 'fp8' } };
     const s: ClusterStatusMsg = {
       model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
       replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0 },
@@ -48,8 +49,9 @@ describe('nodespeed status: failures', () => {
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l.startsWith('REPLICA'));
-    expect(lines[head]).toMatch(/^REPLICA +STATE +LAYOUT +RANKS +RUNNING/);
-    expect(lines[head + 1]).toMatch(/^0 +serving +tp 2 x pp 1 +0,1 +2 /);
-    expect(lines[head + 2]).toMatch(/^1 +serving +tp 1 x pp 1 +2 +2 /);
+    // PRECISION: weights / matrix-product inputs / KV cache (docs/QUANTIZATION.md)
+    expect(lines[head]).toMatch(/^REPLICA +STATE +LAYOUT +PRECISION +RANKS +RUNNING/);
+    expect(lines[head + 1]).toMatch(/^0 +serving +tp 2 x pp 1 +fp8\/fp8\/fp8 +0,1 +2 /);
+    expect(lines[head + 2]).toMatch(/^1 +serving +tp 1 x pp 1 +fp8\/fp8\/fp8 +2 +2 /);
   });
 });

@@ -126,7 +126,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
     if (info.Length() < 4 || !info[0].IsString() || !info[2].IsArray() || !info[3].IsTypedArray())
       throw Napi::TypeError::New(env, "loadTensor(name, dtype, shape: number[], data: Uint8Array)");
     std::string name = info[0].As<Napi::String>().Utf8Value();
-    DType dt = ParseDType(info[1], "loadTensor(" + name + "): dtype");
+    DType dt = ParseDType(info[1], "loadTensor(" + name + "): dtype", /*quantized=*/true);
     Napi::Array shape_js = info[2].As<Napi::Array>();
     std::vector<int64_t> shape;
     for (uint32_t i = 0; i < shape_js.Length(); ++i) {

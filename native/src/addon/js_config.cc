@@ -95,16 +95,29 @@ RopeConfig ParseRope(const Napi::Object& r, const std::string& prefix) {
 
 }  // namespace
 
-const char* DTypeName(DType d) { return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : "f16"; }
+const char* DTypeName(DType d) { return dtype_name(d); }
 
-DType ParseDType(const Napi::Value& v, const std::string& field) {
+DType ParseDType(const Napi::Value& v, const std::string& field, bool quantized) {
   if (v.IsString()) {
     std::string s = v.As<Napi::String>().Utf8Value();
     if (s == "f32" || s == "float32") return DType::F32;
     if (s == "bf16" || s == "bfloat16") return DType::BF16;
     if (s == "f16" || s == "float16") return DType::F16;
+    if (quantized && s == "i8") return DType::I8;
+    if (quantized && s == "f8e4m3") return DType::F8E4M3;
   }
-  throw Napi::TypeError::New(v.Env(), field + " must be 'f32', 'bf16' or 'f16'");
+  throw Napi::TypeError::New(v.Env(), field + (quantized ? " must be 'f32', 'bf16', 'f16', 'i8' or 'f8e4m3'" : " must be 'f32', 'bf16' or 'f16'"));
+}
+
+WeightFormat ParseWeightFormat(const Napi::Value& v, const std::string& field) {
+  if (v.IsUndefined() || v.IsNull()) return WeightFormat::Native;
+  if (v.IsString()) {
+    std::string s = v.As<Napi::String>().Utf8Value();
+    if (s == "native") return WeightFormat::Native;
+    if (s == "int8") return WeightFormat::Int8;
+    if (s == "fp8") return WeightFormat::Fp8;
+  }
+  throw Napi::TypeError::New(v.Env(), field + " must be 'native', 'int8' or 'fp8'");
 }
 
 uint64_t ParseSeed(const Napi::Value& v, const std::string& field) {
@@ -205,6 +218,18 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   if (c.max_step_tokens < 0) Bad(o.Env(), "maxStepTokens must be >= 0 (got " + std::to_string(c.max_step_tokens) + ")");
   c.device_index = Int(o, "deviceIndex", 0);
   c.threads = Int(o, "threads", 0);
+  c.weights = ParseWeightFormat(o.Get("weights"), "weights");
+  c.head_weights = ParseWeightFormat(o.Get("headWeights"), "headWeights");
+  c.static_input_scales = Bool(o, "staticInputScales", false);
+  c.fp8_activations = Bool(o, "fp8Activations", true);
+  c.activation_scale_ub = Float(o, "activationScaleUb", 0.f);
+  if (c.activation_scale_ub < 0) Bad(env, "activationScaleUb must be >= 0");
+  Napi::Value kv = o.Get("kvCacheDtype");
+  if (!kv.IsUndefined() && !kv.IsNull()) {
+    const std::string k = kv.IsString() ? kv.As<Napi::String>().Utf8Value() : "";
+    if (k != "auto" && k != "fp8") Bad(env, "kvCacheDtype must be 'auto' or 'fp8'");
+    c.kv_fp8 = k == "fp8";
+  }
   return c;
 }
 

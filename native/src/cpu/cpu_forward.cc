@@ -205,7 +205,7 @@ void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> job
     int base = 0;
     for (const auto& j : jobs) {
       const int lo = std::max<int64_t>(b - base, 0), hi = std::min<int64_t>(e - base, j.w->rows);
-      if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, in, lo, hi, j.y, j.w->rows);
+      if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, j.w->scale(), in, lo, hi, j.y, j.w->rows);
       base += j.w->rows;
     }
   };
@@ -395,7 +395,7 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   for (int i = 0; i < R; ++i) std::fill(s_.logits.data() + size_t(i) * W + vocab_shard_, s_.logits.data() + size_t(i + 1) * W, -INFINITY);
   const KernelTable& k = kernels();
   auto head_rows = [&](int64_t b, int64_t e) {
-    k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
+    k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, lm.scale(), H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
   };
   if (int64_t(vocab_shard_) * H * R < kMinParallelMacs) head_rows(0, vocab_shard_);
   else pool_.parallel_for(vocab_shard_, head_rows, 4);

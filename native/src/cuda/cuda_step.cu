@@ -219,22 +219,24 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
     if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    matmul(xb_.ptr, weight(L.qkv, L.qkv_s, L.in_s, 0), T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
-                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, st);
+                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kv, c.kv_block_size, st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP)};
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP),
+               kv_fp8_, k_scale_[l], v_scale_[l]};
     attention(act_, a, st);
-    if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
+    if (!row_parallel_into_residual(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, qd, false, L.post_norm.as<float>()))
       rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+    matmul(xb_.ptr, weight(L.gate_up, L.gate_up_s, L.in_s, 2), T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     const float* next_norm = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
-    normed = row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true, next_norm);
+    normed = row_parallel_into_residual(gu_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, c.intermediate, /*swiglu_in=*/true, next_norm);
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
-  const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  const Weight head = head_weight();
   float* logits = logits_.as<float>();
   if (c.tp_size == 1) {
     matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits, Out::F32);

@@ -23,12 +23,21 @@ void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, 
 void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
              void* out, cudaStream_t s);
 
+// One layer's paged K and V: elements in the activation dtype, or E4M3 (fp8) holding k / k_scale
+// and v / v_scale (per-layer scales, as vLLM's fp8 KV cache keeps them; 1.0 unless the checkpoint
+// has them).
+struct KvCache {
+  void* k; void* v;
+  bool fp8 = false;
+  float k_scale = 1.f, v_scale = 1.f;
+};
+
 // Per token: adds the optional q/k/v bias, rotates q and k (HF rotate_half) with cos/sin of
 // pos * inv_freq, and writes k and v into the paged cache at slot[t] (block * B + offset; the
 // cache's element layout: kv_layout.h).
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
-                   const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, int block_size, cudaStream_t s);
+                   const int32_t* pos, const int32_t* slot, const float* inv_freq, const KvCache& kv,
+                   int block_size, cudaStream_t s);
 
 // Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
 // token sets:
@@ -48,6 +57,8 @@ struct AttnArgs {
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
+  bool kv_fp8 = false;  // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
+  float k_scale = 1.f, v_scale = 1.f;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
@@ -70,6 +81,31 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
 enum class GemvOut { Act, F32, AddResidual };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
+// y[M, N] = x[M, K] · W[N, K]^T on tensor cores for 1 <= M <= 64 (skinny_gemm.cu); false, with
+// nothing enqueued, when the shape does not fit (N % 128, K % 64, alignment, `ws` too small for the
+// split-K partials).
+bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, void* y, GemvOut mode, float* ws,
+                 size_t ws_bytes, int sm_count, cudaStream_t s);
+
+// Quantized weights (quant_gemm.cu; docs/QUANTIZATION.md). A quantized matrix W [N, K] is int8 or
+// E4M3 bytes with one f32 scale per row, wscale [N].
+// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows, wt I8 or F8E4M3; x in
+// the activation dtype (xscale null: weight-only, W8A16), or E4M3 [R, K] with xscale [R] (W8A8,
+// E4M3 weights only), y then also times xscale[r]. K % 16 == 0.
+struct QuantGemv {
+  const void* w; const float* wscale; const void* x; const float* xscale; int R, N, K; void* y;
+};
+void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
+// Rows of x [M, K] (activation dtype) to E4M3 q [M, K] and scale [M]: per row s = max(amax, capped at
+// amax_ub when > 0) / 448 (at least 1 / (448 * 512)), or s = *static_scale; q = e4m3(x / s). K % 8 == 0.
+void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,
+                  cudaStream_t s);
+// y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
+// `mode` says. N % 4 == 0.
+void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
+                  cudaStream_t s);
+// out [N, K] (activation dtype) = q [N, K] (int8 or E4M3, wt) * scale[n]. K % 16 == 0.
+void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.

@@ -55,6 +55,14 @@ export interface AssignmentIn {
    * Encrypt the replica's TCP data plane between hosts (--encrypt-data-plane).
    */
   'encryptDataPlane'?: (boolean);
+  /**
+   * none | int8 | fp8 (a float checkpoint's linears quantized at load)
+   */
+  'quantize'?: (string);
+  /**
+   * auto | fp8
+   */
+  'kvCacheDtype'?: (string);
 }
 
 export interface Assignment {
@@ -109,4 +117,12 @@ export interface Assignment {
    * Encrypt the replica's TCP data plane between hosts (--encrypt-data-plane).
    */
   'encryptDataPlane': (boolean);
+  /**
+   * none | int8 | fp8 (a float checkpoint's linears quantized at load)
+   */
+  'quantize': (string);
+  /**
+   * auto | fp8
+   */
+  'kvCacheDtype': (string);
 }
