@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
+import { comparableTokens } from '../engine/families.js';
 import { argmax, blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, referenceMargin, root, titled, withSettings } from './lib.mjs';
 
 interface FamilyCase { ids: number[]; greedy_24: number[]; last_logits: number[]; last_logits_top8: number[] }
