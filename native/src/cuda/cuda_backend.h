@@ -15,11 +15,14 @@
 
 #include "cuda/cublas_api.h"
 #include "cuda/lt_gemm.h"
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cuda {
 
 // A device allocation that only grows (growing frees the old contents).
+struct SampleRow;  // kernels.h
+
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
@@ -62,7 +65,8 @@ class CudaBackend final : public Backend {
     int n_tiles = 0, n_simt = 0;
     bool flash_short = false;  // the short sequences take flash tiles too (flash_decode_min_)
     bool copy_logits = false;
-    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
+    bool any_logprobs = false;  // a sampled row asked for logprobs: copy them back
+    size_t extras_ptr, tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
   };
   struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; };
@@ -70,6 +74,7 @@ class CudaBackend final : public Backend {
   int graph_bucket(int S) const;
   StepPlan plan_step(const StepInput& in) const;
   void pack(const StepInput& in, const StepPlan& p);
+  void pack_sample_row(const SeqInput& q, SampleRow& row);
   void enqueue_forward(const StepPlan& p, const StepInput& in);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);
@@ -145,6 +150,13 @@ class CudaBackend final : public Backend {
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
+  // Logit-bias and penalty lists of the step's sampled rows (SampleRow offsets point here; the
+  // metadata holds this buffer's address, so it can move without invalidating captured graphs).
+  DeviceBuffer extras_;
+  PinnedBuffer extras_host_;
+  size_t extras_words_ = 0;
+  std::vector<int32_t> extras_build_;
+  PenaltyHistories penalties_;
   // Decode CUDA graphs per batch bucket (cuda_graph.cu). Captured kernels hold buffer addresses, so
   // any reallocation of scratch (epoch_ bump) invalidates them.
   bool use_graphs_ = true;
