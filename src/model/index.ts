@@ -3,6 +3,7 @@ export * from './config.js';
 export * from './safetensors.js';
 export * from './weights.js';
 export * from './tokenizer.js';
+export * from './chat-template.js';
 export * from './info.js';
 export { initModel, PRESETS } from './init.js';
 export type { InitOptions, InitResult, LlamaShape } from './init.js';
