@@ -1,0 +1,383 @@
+// The OpenAI-compatible HTTP API of a nodespeed cluster: POST /v1/completions and
+// /v1/chat/completions (JSON, or server-sent events with stream: true, as OpenAI sends them),
+// GET /v1/models, GET /health (200 only while a replica serves) and GET /metrics when metrics are on.
+//
+// node:http with a small router: five routes do not need a framework, and server-sent events need
+// the raw response anyway (every token is one write, and a closed socket must cancel the request
+// at once so its KV blocks are freed, as a cancelled gRPC stream does).
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { ApiError } from './errors.js';
+import { chatLogprobs, completionLogprobs, parseChat, parseCompletion, usage } from './openai.js';
+import type { FinishReasonName, ParsedChat, ParsedCompletion, ServeRequest, TokenLogprob } from './openai.js';
+
+/** Tokens of one choice since the previous update (text that might still become a stop string is held back). */
+export interface ChoiceUpdate {
+  /** prompt index * n + sample index. */
+  choice: number;
+  tokenIds: number[];
+  text: string;
+  /** One per token id when the request asked for logprobs. */
+  logprobs?: TokenLogprob[];
+  finishReason: FinishReasonName | null;
+}
+
+export interface ServeSink {
+  update(u: ChoiceUpdate): void;
+  /** The request cannot complete; its other choices are cancelled by the service. */
+  fail(err: ApiError): void;
+}
+
+export interface ServeHandle {
+  /** Each prompt's ids, as tokenized (chat: the rendered template). */
+  promptIds: number[][];
+  /** Samples per prompt. */
+  n: number;
+  cancel(reason: string): void;
+}
+
+/** What the HTTP API needs of the coordinator (or of an in-process engine). */
+export interface InferenceService {
+  readonly modelName: string;
+  readonly contextLength: number;
+  /** Unix seconds the model was loaded (the models list's `created`). */
+  readonly created: number;
+  /** Validates and starts a request; throws ApiError when it is refused. */
+  submit(req: ServeRequest, sink: ServeSink): ServeHandle;
+  /** Whether a replica serves now (/health). */
+  serving(): boolean;
+  /** A token's text, for logprobs. */
+  tokenText(id: number): string;
+  decode(ids: number[]): string;
+  /** Prometheus text exposition, when metrics are on. */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
+}
+
+export interface HttpApiOptions {
+  bind: string;
+  /** 0: any free port. */
+  port: number;
+  /** When set, /v1/* needs `Authorization: Bearer <token>`. */
+  authToken?: string;
+  /** Most bytes a request body may have (default 8 MiB). */
+  maxBodyBytes?: number;
+  /** Counts what the HTTP API sees (as the gRPC API does). */
+  onRequest?: (outcome: { accepted: boolean; status: number }) => void;
+}
+
+export interface HttpApi {
+  /** host:port it listens on. */
+  address: string;
+  close(): Promise<void>;
+}
+
+const DEFAULT_MAX_BODY = 8 << 20;
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, err: ApiError): void {
+  if (res.headersSent) {
+    if (!res.writableEnded) res.end();
+    return;
+  }
+  sendJson(res, err.status, err);
+}
+
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? -1);
+  if (declared > limit) throw new ApiError('too_large', `the request body is ${declared} bytes; at most ${limit} are accepted`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new ApiError('too_large', `the request body is over ${limit} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw ApiError.invalid(null, `the request body is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last. */
+class EventStream {
+  constructor(private readonly res: ServerResponse) {
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    res.flushHeaders();
+  }
+
+  send(chunk: unknown): void {
+    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+  }
+
+  done(): void {
+    if (this.res.writableEnded) return;
+    this.res.write('data: [DONE]\n\n');
+    this.res.end();
+  }
+}
+
+interface ChoiceState {
+  text: string;
+  tokens: number;
+  logprobs: TokenLogprob[];
+  finish: FinishReasonName | null;
+}
+
+/**
+ * Runs one request against the service and turns its choice updates into OpenAI responses; `render`
+ * supplies the endpoint's shapes. Cancels the request when the client goes away first.
+ */
+function run(service: InferenceService, req: IncomingMessage, res: ServerResponse, parsed: ParsedCompletion | ParsedChat,
+  render: Renderer): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let handle: ServeHandle | undefined;
+    let finished = false;
+    let stream: EventStream | undefined;
+    const states: ChoiceState[] = [];
+    const finish = () => {
+      finished = true;
+      resolve();
+    };
+    const sink: ServeSink = {
+      update: (u) => {
+        if (finished || !handle) return;
+        const st = states[u.choice]!;
+        st.text += u.text;
+        st.tokens += u.tokenIds.length;
+        if (u.logprobs) st.logprobs.push(...u.logprobs);
+        if (u.finishReason) st.finish = u.finishReason;
+        if (stream) for (const c of render.chunks(u, handle)) stream.send(c);
+        if (!states.every((s) => s.finish)) return;
+        if (stream) {
+          const end = render.usageChunk(handle, states);
+          if (end) stream.send(end);
+          stream.done();
+        } else {
+          sendJson(res, 200, render.response(handle, states));
+        }
+        finish();
+      },
+      fail: (err) => {
+        if (finished) return;
+        if (stream) {
+          stream.send(err.toJSON());
+          stream.done();
+        } else {
+          sendError(res, err);
+        }
+        finish();
+      },
+    };
+    try {
+      handle = service.submit(parsed.req, sink);
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    const h = handle;
+    for (let i = 0; i < h.promptIds.length * h.n; i++) states.push({ text: '', tokens: 0, logprobs: [], finish: null });
+    // The socket closing before the response ended: the client is gone (or cancelled).
+    res.on('close', () => {
+      if (!finished) {
+        finished = true;
+        h.cancel('client disconnected');
+        resolve();
+      }
+    });
+    req.on('aborted', () => res.destroy());
+    if (parsed.stream) {
+      stream = new EventStream(res);
+      for (const c of render.opening(h)) stream.send(c);
+    }
+  });
+}
+
+interface Renderer {
+  opening(h: ServeHandle): unknown[];
+  chunks(u: ChoiceUpdate, h: ServeHandle): unknown[];
+  usageChunk(h: ServeHandle, states: ChoiceState[]): unknown | null;
+  response(h: ServeHandle, states: ChoiceState[]): unknown;
+}
+
+const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
+const promptTokens = (h: ServeHandle) => h.promptIds.reduce((a, p) => a + p.length, 0);
+const completionTokens = (states: ChoiceState[]) => states.reduce((a, s) => a + s.tokens, 0);
+
+function completionRenderer(service: InferenceService, p: ParsedCompletion): Renderer {
+  const id = newId('cmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const model = service.modelName;
+  const withLogprobs = p.req.logprobs !== undefined;
+  const echoText = new Map<number, string>();
+  const prefix = (h: ServeHandle, choice: number) => {
+    if (!p.echo) return '';
+    const prompt = Math.floor(choice / h.n);
+    let t = echoText.get(prompt);
+    if (t === undefined) {
+      const given = p.req.prompts[prompt]!;
+      t = 'text' in given ? given.text : service.decode(h.promptIds[prompt]!);
+      echoText.set(prompt, t);
+    }
+    return t;
+  };
+  const base = { id, object: 'text_completion', created, model };
+  const usageNull = p.includeUsage ? { usage: null } : {};
+  const sent = new Set<number>();  // choices whose echoed prompt went out
+  const offsets = new Map<number, number>();
+  return {
+    opening: () => [],
+    chunks: (u, h) => {
+      let text = u.text;
+      if (p.echo && !sent.has(u.choice)) {
+        sent.add(u.choice);
+        text = prefix(h, u.choice) + text;
+      }
+      if (!text && !u.finishReason && !u.tokenIds.length) return [];
+      let logprobs = null;
+      if (withLogprobs && u.logprobs) {
+        const off = offsets.get(u.choice) ?? prefix(h, u.choice).length;
+        logprobs = completionLogprobs(u.logprobs, service.tokenText, off);
+        offsets.set(u.choice, off + logprobs.tokens.reduce((a, s) => a + s.length, 0));
+      }
+      return [{ ...base, choices: [{ index: u.choice, text, logprobs, finish_reason: u.finishReason }], ...usageNull }];
+    },
+    usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
+    response: (h, states) => ({
+      ...base,
+      choices: states.map((s, i) => ({
+        index: i, text: prefix(h, i) + s.text, finish_reason: s.finish,
+        logprobs: withLogprobs ? completionLogprobs(s.logprobs, service.tokenText, prefix(h, i).length) : null,
+      })),
+      usage: usage(promptTokens(h), completionTokens(states)),
+    }),
+  };
+}
+
+function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
+  const id = newId('chatcmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const base = { id, object: 'chat.completion.chunk', created, model: service.modelName };
+  const usageNull = p.includeUsage ? { usage: null } : {};
+  const withLogprobs = p.req.logprobs !== undefined;
+  return {
+    // OpenAI opens every choice with the assistant role and empty content.
+    opening: (h) => Array.from({ length: h.promptIds.length * h.n }, (_, i) => ({
+      ...base, choices: [{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageNull,
+    })),
+    chunks: (u) => {
+      const out: unknown[] = [];
+      const lp = withLogprobs && u.logprobs ? { content: chatLogprobs(u.logprobs, service.tokenText) } : null;
+      if (u.text || (lp && lp.content.length)) out.push({ ...base, choices: [{ index: u.choice, delta: { content: u.text }, logprobs: lp, finish_reason: null }], ...usageNull });
+      if (u.finishReason) out.push({ ...base, choices: [{ index: u.choice, delta: {}, logprobs: null, finish_reason: u.finishReason }], ...usageNull });
+      return out;
+    },
+    usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
+    response: (h, states) => ({
+      id, object: 'chat.completion', created, model: service.modelName,
+      choices: states.map((s, i) => ({
+        index: i, message: { role: 'assistant', content: s.text }, finish_reason: s.finish,
+        logprobs: withLogprobs ? { content: chatLogprobs(s.logprobs, service.tokenText) } : null,
+      })),
+      usage: usage(promptTokens(h), completionTokens(states)),
+    }),
+  };
+}
+
+function authorized(req: IncomingMessage, token: string | undefined): boolean {
+  if (!token) return true;
+  const got = Buffer.from(String(req.headers.authorization ?? ''));
+  const want = Buffer.from(`Bearer ${token}`);
+  return got.length === want.length && timingSafeEqual(got, want);
+}
+
+export async function serveHttpApi(service: InferenceService, o: HttpApiOptions): Promise<HttpApi> {
+  const limit = o.maxBodyBytes ?? DEFAULT_MAX_BODY;
+  const models = () => ({
+    object: 'list',
+    data: [{ id: service.modelName, object: 'model', created: service.created, owned_by: 'nodespeed', max_model_len: service.contextLength }],
+  });
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!.replace(/\/+$/, '') || '/';
+    const method = req.method ?? 'GET';
+    const allow = (m: string) => {
+      if (method === m) return true;
+      res.setHeader('allow', m);
+      sendError(res, new ApiError('method', `${path} takes ${m}, not ${method}`));
+      return false;
+    };
+    if (path === '/health') {
+      if (!allow('GET')) return;
+      if (service.serving()) sendJson(res, 200, {});
+      else sendError(res, new ApiError('unavailable', 'no replica is serving'));
+      return;
+    }
+    if (path === '/metrics' && service.metrics) {
+      if (!allow('GET')) return;
+      const m = await service.metrics();
+      res.writeHead(200, { 'content-type': m.contentType });
+      res.end(m.body);
+      return;
+    }
+    if (!path.startsWith('/v1/')) throw new ApiError('not_found', `no route ${method} ${path}`, null);
+    if (!authorized(req, o.authToken)) throw new ApiError('unauthenticated', 'authorization: a valid "Bearer <token>" is required');
+    if (path === '/v1/models') {
+      if (allow('GET')) sendJson(res, 200, models());
+      return;
+    }
+    if (path.startsWith('/v1/models/')) {
+      if (!allow('GET')) return;
+      const want = decodeURIComponent(path.slice('/v1/models/'.length));
+      if (want !== service.modelName) throw new ApiError('not_found', `the model ${JSON.stringify(want)} does not exist (this server serves ${JSON.stringify(service.modelName)})`, 'model');
+      sendJson(res, 200, models().data[0]);
+      return;
+    }
+    if (path === '/v1/completions' || path === '/v1/chat/completions') {
+      if (!allow('POST')) return;
+      const body = await readJson(req, limit);
+      if (path === '/v1/completions') {
+        const p = parseCompletion(body);
+        await run(service, req, res, p, completionRenderer(service, p));
+      } else {
+        const p = parseChat(body);
+        await run(service, req, res, p, chatRenderer(service, p));
+      }
+      return;
+    }
+    throw new ApiError('not_found', `no route ${method} ${path}`);
+  }
+
+  const server: Server = createServer((req, res) => {
+    res.on('finish', () => o.onRequest?.({ accepted: res.statusCode < 400, status: res.statusCode }));
+    route(req, res).catch((err: unknown) => {
+      // Anything that is not an ApiError is our fault: 500, never for bad input (parsers throw ApiError).
+      sendError(res, err instanceof ApiError ? err : new ApiError('internal', `internal error: ${(err as Error).message}`));
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.bind, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const a = server.address() as AddressInfo;
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+  return {
+    address: `${host}:${a.port}`,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    }),
+  };
+}
