@@ -21,8 +21,6 @@
 namespace ns::cuda {
 
 // A device allocation that only grows (growing frees the old contents).
-struct SampleRow;  // kernels.h
-
 struct DeviceBuffer {
   void* ptr = nullptr;
   size_t bytes = 0;
@@ -74,7 +72,6 @@ class CudaBackend final : public Backend {
   int graph_bucket(int S) const;
   StepPlan plan_step(const StepInput& in) const;
   void pack(const StepInput& in, const StepPlan& p);
-  void pack_sample_row(const SeqInput& q, SampleRow& row);
   void enqueue_forward(const StepPlan& p, const StepInput& in);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);

@@ -116,42 +116,6 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
   return p;
 }
 
-// One sampled row's SampleRow; its logit-bias and penalty lists are appended to extras_build_.
-void CudaBackend::pack_sample_row(const SeqInput& q, SampleRow& row) {
-  const SamplingParams& sp = q.sampling;
-  row = SampleRow{};
-  row.temperature = sp.temperature;
-  row.top_k = sp.top_k;
-  row.top_p = sp.top_p;
-  // Drawn for the sampled token's absolute position (it will sit at pos + n_tokens).
-  row.uniform = sampling_uniform(sp.seed, q.pos + q.n_tokens);
-  row.min_p = sp.min_p;
-  row.repetition_penalty = sp.repetition_penalty;
-  row.presence_penalty = sp.presence_penalty;
-  row.frequency_penalty = sp.frequency_penalty;
-  row.logprobs = sp.logprobs + 1;
-  if (sp.n_logit_bias > 0) {
-    row.bias_off = static_cast<int32_t>(extras_build_.size());
-    row.bias_n = sp.n_logit_bias;
-    for (int i = 0; i < sp.n_logit_bias; ++i) {
-      int32_t bits;
-      std::memcpy(&bits, &sp.logit_bias[i].bias, 4);
-      extras_build_.push_back(sp.logit_bias[i].token);
-      extras_build_.push_back(bits);
-    }
-  }
-  if (sp.penalized()) {
-    const std::vector<PenaltyToken>& counts = penalties_.tokens(q.block_table[0]);
-    row.pen_off = static_cast<int32_t>(extras_build_.size());
-    row.pen_n = static_cast<int32_t>(counts.size());
-    for (const PenaltyToken& e : counts) {
-      extras_build_.push_back(e.token);
-      extras_build_.push_back(e.output_count);
-      extras_build_.push_back(e.in_prompt);
-    }
-  }
-}
-
 void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   const auto& c = cfg_;
   const int B = c.kv_block_size;
@@ -202,7 +166,10 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
       if (c.has_head && (q.all_logits || (last && (q.sample || in.want_logits)))) {
         if (last && q.sample) {
           h[p.sample_rows + ns] = r;
-          pack_sample_row(q, rows[ns]);
+          // Drawn for the sampled token's absolute position (it will sit at pos + n_tokens).
+          const SamplingParams& sp = q.sampling;
+          rows[ns] = pack_sample_row(sp, sampling_uniform(sp.seed, q.pos + q.n_tokens),
+                                     sp.penalized() ? &penalties_.tokens(q.block_table[0]) : nullptr, extras_build_);
           ++ns;
         }
         h[p.rows + r++] = t;

@@ -6,7 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cuda {
@@ -97,6 +99,10 @@ struct SampleRow {
   int32_t pad[3];
 };
 static_assert(sizeof(SampleRow) == 64, "SampleRow is 16 words of the metadata buffer");
+// A sampled row's SampleRow for `p` (draw `uniform`); its logit-bias list and its penalty
+// `counts` (nullptr: none) are appended to `extras`, which the row's offsets then point into.
+SampleRow pack_sample_row(const SamplingParams& p, float uniform, const std::vector<PenaltyToken>* counts,
+                          std::vector<int32_t>& extras);
 // Words per sampled row of the logprob output: the sampled token's logprob, kMaxLogprobs ids, kMaxLogprobs logprobs.
 constexpr int kLogprobWords = 1 + 2 * kMaxLogprobs;
 

@@ -24,36 +24,8 @@ std::vector<SampleCheckResult> cuda_sample_check(const std::vector<SampleCheckRo
     check_sampling(r.params, vocab, "sampleCheck rows[" + std::to_string(i) + "]");
     std::copy(r.logits.begin(), r.logits.end(), logits.begin() + (size_t)i * vocab);
     row_ids[i] = i;
-    const SamplingParams& sp = r.params;
-    SampleRow& q = params[i];
-    q = SampleRow{};
-    q.temperature = sp.temperature;
-    q.top_k = sp.top_k;
-    q.top_p = sp.top_p;
-    q.uniform = sampling_uniform(sp.seed, r.position);
-    q.min_p = sp.min_p;
-    q.repetition_penalty = sp.repetition_penalty;
-    q.presence_penalty = sp.presence_penalty;
-    q.frequency_penalty = sp.frequency_penalty;
-    q.logprobs = sp.logprobs + 1;
-    q.bias_off = static_cast<int32_t>(extras.size());
-    q.bias_n = sp.n_logit_bias;
-    for (int b = 0; b < sp.n_logit_bias; ++b) {
-      int32_t bits;
-      std::memcpy(&bits, &sp.logit_bias[b].bias, 4);
-      extras.push_back(sp.logit_bias[b].token);
-      extras.push_back(bits);
-    }
-    if (sp.penalized()) {
-      const std::vector<PenaltyToken> counts = sample_check_counts(r);
-      q.pen_off = static_cast<int32_t>(extras.size());
-      q.pen_n = static_cast<int32_t>(counts.size());
-      for (const PenaltyToken& e : counts) {
-        extras.push_back(e.token);
-        extras.push_back(e.output_count);
-        extras.push_back(e.in_prompt);
-      }
-    }
+    const std::vector<PenaltyToken> counts = r.params.penalized() ? sample_check_counts(r) : std::vector<PenaltyToken>{};
+    params[i] = pack_sample_row(r.params, sampling_uniform(r.params.seed, r.position), r.params.penalized() ? &counts : nullptr, extras);
   }
   DeviceBuffer d_logits, d_rows, d_params, d_extras, d_extras_ptr, d_out;
   d_logits.reserve(4 * logits.size());

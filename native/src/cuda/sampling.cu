@@ -10,6 +10,7 @@
 // draw picks the lowest id among equal keys. Nothing of the vocabulary leaves the GPU but the id
 // (and the logprobs of rows that ask for them).
 #include <cfloat>
+#include <cstring>
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
@@ -203,6 +204,40 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* logits, int V, 
 }
 
 }  // namespace
+
+SampleRow pack_sample_row(const SamplingParams& p, float uniform, const std::vector<PenaltyToken>* counts,
+                          std::vector<int32_t>& extras) {
+  SampleRow row{};
+  row.temperature = p.temperature;
+  row.top_k = p.top_k;
+  row.top_p = p.top_p;
+  row.uniform = uniform;
+  row.min_p = p.min_p;
+  row.repetition_penalty = p.repetition_penalty;
+  row.presence_penalty = p.presence_penalty;
+  row.frequency_penalty = p.frequency_penalty;
+  row.logprobs = p.logprobs + 1;
+  if (p.n_logit_bias > 0) {
+    row.bias_off = static_cast<int32_t>(extras.size());
+    row.bias_n = p.n_logit_bias;
+    for (int i = 0; i < p.n_logit_bias; ++i) {
+      int32_t bits;
+      std::memcpy(&bits, &p.logit_bias[i].bias, 4);
+      extras.push_back(p.logit_bias[i].token);
+      extras.push_back(bits);
+    }
+  }
+  if (counts) {
+    row.pen_off = static_cast<int32_t>(extras.size());
+    row.pen_n = static_cast<int32_t>(counts->size());
+    for (const PenaltyToken& e : *counts) {
+      extras.push_back(e.token);
+      extras.push_back(e.output_count);
+      extras.push_back(e.in_prompt);
+    }
+  }
+  return row;
+}
 
 void sample(float* logits, int V, const int32_t* rows, const SampleRow* params, const int32_t* const* extras, int n,
             int32_t* out, float* lp_out, cudaStream_t s) {
