@@ -1,12 +1,15 @@
-// `nodespeed generate --model DIR PROMPT`: loads the model in this process and streams the
-// continuation to stdout; --json prints one final JSON line instead.
+// `nodespeed generate PROMPT`: with --model DIR, loads the model in this process and streams the
+// continuation to stdout; with --server ADDR, the same generation through a running `nodespeed
+// launch` (the gRPC API), with the same result shape. --json prints one final JSON line instead.
 import { Command, InvalidArgumentError, Option } from 'commander';
 
+import { NodespeedClient } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
-import type { DeviceChoice, DTypeChoice, GenerateResult, SamplingOptions } from '../engine/index.js';
+import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
 import { loadTokenizer } from '../model/index.js';
-// --server mode (added by the serving helper): the same generation through a running `nodespeed launch`.
-import { generateRemote } from '../client/generate-remote.js';
+import { FinishReason, finishReasonText } from '../protocol/lifecycle.js';
+import { SAMPLING_DEFAULTS, SamplingError, parseSamplingNumber, parseSeed } from '../protocol/sampling.js';
+import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
 
 export interface GenerateCliOptions {
   model?: string;
@@ -31,25 +34,29 @@ function intArg(flag: string, min: number) {
   };
 }
 
-function floatArg(flag: string, ok: (n: number) => boolean, what: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new InvalidArgumentError(`${flag} must be ${what} (got ${v})`);
-    return n;
+/** A sampling flag, checked by the sampling rules (protocol/sampling.ts) and reported under the flag's name. */
+function samplingArg<T>(flag: string, parse: (v: string) => T) {
+  return (v: string): T => {
+    try {
+      return parse(v);
+    } catch (err) {
+      if (err instanceof SamplingError) throw new InvalidArgumentError(`${flag} ${err.problem}`);
+      throw err;
+    }
   };
 }
-
-function seedArg(v: string): bigint {
-  if (!/^\d+$/.test(v) || BigInt(v) >= 1n << 64n) throw new InvalidArgumentError(`--seed must be an integer in [0, 2^64) (got ${v})`);
-  return BigInt(v);
-}
+const numberArg = (flag: string, field: NumericSamplingField) => samplingArg(flag, (v) => parseSamplingNumber(field, v));
 
 /** The JSON line of --json (snake_case, as documented for the CLI). */
 export function resultJson(r: GenerateResult): string {
   return JSON.stringify({
-    prompt_ids: r.promptIds, token_ids: r.tokenIds, text: r.text, finish_reason: r.finishReason,
+    prompt_ids: r.promptIds, token_ids: r.tokenIds, text: r.text, finish_reason: finishReasonText(r.finishReason),
     ttft_ms: Number(r.ttftMs.toFixed(3)), tokens_per_s: Number(r.tokensPerS.toFixed(3)),
   });
+}
+
+function samplingOf(o: GenerateCliOptions): SamplingInput & { seed?: bigint } {
+  return { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop, ...(o.seed !== undefined ? { seed: o.seed } : {}) };
 }
 
 /** In-process generation: load, stream (or collect), print, dispose. */
@@ -60,12 +67,8 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
     Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
   ]);
   try {
-    const sampling: SamplingOptions = {
-      maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-      ...(o.seed !== undefined ? { seed: o.seed } : {}),
-    };
     let result: GenerateResult | undefined;
-    for await (const ev of generate(engine, tokenizer, [{ prompt, ...sampling }])) {
+    for await (const ev of generate(engine, tokenizer, [{ prompt, ...samplingOf(o) }])) {
       if (!o.json && ev.delta) out.write(ev.delta);
       if (ev.type === 'done') result = ev.result;
     }
@@ -77,7 +80,42 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   }
 }
 
+/** The same generation through a running `nodespeed launch` at `server`; `onText` gets each text delta. */
+export async function generateRemote(prompt: string, o: GenerateCliOptions & { server: string; authToken?: string },
+  onText?: (delta: string) => void): Promise<GenerateResult> {
+  const client = new NodespeedClient(o.server, o.authToken ? { authToken: o.authToken } : {});
+  const start = performance.now();
+  let firstAt: number | undefined;
+  const tokenIds: number[] = [];
+  let text = '';
+  let promptIds: number[] = [];
+  let finishReason: FinishReason = FinishReason.FINISH_REASON_LENGTH;
+  try {
+    for await (const m of client.generate({ prompt, ...samplingOf(o), ignoreEos: false })) {
+      if (m.tokenIds.length) firstAt ??= performance.now();
+      tokenIds.push(...m.tokenIds);
+      text += m.text;
+      if (m.text) onText?.(m.text);
+      if (m.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) {
+        finishReason = m.finishReason;
+        promptIds = m.promptIds;
+      }
+    }
+  } catch (err) {
+    throw new Error(`generate --server ${o.server}: ${(err as Error).message}`);
+  } finally {
+    client.close();
+  }
+  const end = performance.now();
+  const decodeMs = firstAt === undefined ? 0 : end - firstAt;
+  return {
+    promptIds, tokenIds, text, finishReason, ttftMs: (firstAt ?? end) - start,
+    tokensPerS: tokenIds.length > 1 && decodeMs > 0 ? ((tokenIds.length - 1) * 1000) / decodeMs : 0,
+  };
+}
+
 export function register(program: Command): void {
+  const d = SAMPLING_DEFAULTS;
   program
     .command('generate')
     .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process')
@@ -86,11 +124,11 @@ export function register(program: Command): void {
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 1), 128)
-    .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0, 'a number >= 0'), 0)
-    .option('--top-k <k>', '0 = off', intArg('--top-k', 0), 0)
-    .option('--top-p <p>', '1 = off', floatArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
-    .option('--seed <s>', 'sampling seed (same seed, same tokens)', seedArg)
+    .option('--max-tokens <n>', 'most tokens to generate', numberArg('--max-tokens', 'maxTokens'), d.maxTokens)
+    .option('--temperature <t>', '0 = greedy', numberArg('--temperature', 'temperature'), d.temperature)
+    .option('--top-k <k>', '0 = off', numberArg('--top-k', 'topK'), d.topK)
+    .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'), d.topP)
+    .option('--seed <s>', 'sampling seed (same seed, same tokens)', samplingArg('--seed', parseSeed))
     // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
     .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
@@ -98,11 +136,9 @@ export function register(program: Command): void {
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
     .action(async (prompt: string, o: GenerateCliOptions) => {
       if (!o.server) return void (await generateLocal(prompt, o));
-      const result = await generateRemote(prompt, {
-        server: o.server, maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop,
-        ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(process.env.NODESPEED_AUTH_TOKEN ? { authToken: process.env.NODESPEED_AUTH_TOKEN } : {}),
-        ...(o.json ? {} : { onText: (d: string) => void process.stdout.write(d) }),
-      });
+      const token = process.env.NODESPEED_AUTH_TOKEN;
+      const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },
+        o.json ? undefined : (delta) => void process.stdout.write(delta));
       process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
     });
 }

@@ -8,9 +8,9 @@ import cliProgress from 'cli-progress';
 
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
-import { launchCluster } from '../coordinator/cluster.js';
-import type { Cluster } from '../coordinator/cluster.js';
-import { planWithSpares } from '../coordinator/cluster.js';
+import { launchCluster } from '../launcher/cluster.js';
+import type { Cluster } from '../launcher/cluster.js';
+import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';

@@ -4,13 +4,16 @@
 //   for await (const m of c.generate({ prompt: 'def f(x):', maxTokens: 32 })) process.stdout.write(m.text);
 import * as grpc from '@grpc/grpc-js';
 
-import { INFERENCE_SERVICE, clientConstructor, inferencePackageDefinition } from './proto.js';
 import type {
-  ClusterStatusMsg, CompleteResponseMsg, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
-} from './types.js';
+  ClusterStatusMsg, CompleteResponseMsg, GenerateRequestMsg, GenerateResponseMsg, GenerateRequestIn, InferenceClient, ListModelsResponse, ModelInfoMsg,
+} from '../protocol/api.js';
+import { INFERENCE_SERVICE, clientConstructor, inferencePackageDefinition } from '../protocol/proto.js';
 
-export type * from './types.js';
-export { INFERENCE_PROTO, CONTROL_PROTO } from './proto.js';
+export type {
+  ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg,
+  ModelInfoMsg, RecoveryName, ReplicaStatusMsg, UsageMsg, WorkerStatusMsg,
+} from '../protocol/api.js';
+export { INFERENCE_PROTO, CONTROL_PROTO } from '../protocol/proto.js';
 
 export interface ClientOptions {
   /** Sent as `authorization: Bearer <token>` when the server requires it. */
@@ -36,14 +39,17 @@ function wrap(err: unknown): Error {
   return typeof e?.code === 'number' ? new NodespeedError(e.code, e.details ?? e.message) : (err as Error);
 }
 
-type Unary<Req, Res> = (req: Req, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall;
+/** The wire form of a request: a bigint seed as its decimal string. */
+function wire(req: GenerateRequestMsg): GenerateRequestIn {
+  return typeof req.seed === 'bigint' ? { ...req, seed: req.seed.toString() } : (req as GenerateRequestIn);
+}
 
 export class NodespeedClient {
-  private readonly client: grpc.Client;
+  private readonly client: InferenceClient;
 
   constructor(readonly address: string, private readonly o: ClientOptions = {}) {
     const Ctor = clientConstructor(inferencePackageDefinition(), INFERENCE_SERVICE);
-    this.client = new Ctor(address, o.credentials ?? grpc.credentials.createInsecure());
+    this.client = new Ctor(address, o.credentials ?? grpc.credentials.createInsecure()) as unknown as InferenceClient;
   }
 
   private md(): grpc.Metadata {
@@ -56,18 +62,16 @@ export class NodespeedClient {
     return c.timeoutMs ? { deadline: Date.now() + c.timeoutMs } : {};
   }
 
-  private unary<Req, Res>(method: string, req: Req, c: CallOptions = {}): Promise<Res> {
-    const fn = (this.client as unknown as Record<string, Unary<Req, Res>>)[method]!.bind(this.client);
+  private unary<Res>(c: CallOptions, start: (md: grpc.Metadata, o: grpc.CallOptions, cb: grpc.requestCallback<Res>) => grpc.ClientUnaryCall): Promise<Res> {
     return new Promise((resolve, reject) => {
-      const call = fn(req, this.md(), this.callOpts(c), (err, res) => (err ? reject(wrap(err)) : resolve(res!)));
+      const call = start(this.md(), this.callOpts(c), (err, res) => (err ? reject(wrap(err)) : resolve(res!)));
       c.signal?.addEventListener('abort', () => call.cancel(), { once: true });
     });
   }
 
   /** Streams the generation; breaking out of the loop (or the signal) cancels it on the server. */
   async *generate(req: GenerateRequestMsg, c: CallOptions = {}): AsyncGenerator<GenerateResponseMsg> {
-    const fn = (this.client as unknown as Record<string, (r: GenerateRequestMsg, md: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<GenerateResponseMsg>>).Generate!;
-    const call = fn.call(this.client, req, this.md(), this.callOpts(c));
+    const call = this.client.Generate(wire(req), this.md(), this.callOpts(c));
     const onAbort = () => call.cancel();
     c.signal?.addEventListener('abort', onAbort, { once: true });
     let finished = false;
@@ -85,15 +89,15 @@ export class NodespeedClient {
   }
 
   complete(req: GenerateRequestMsg, c: CallOptions = {}): Promise<CompleteResponseMsg> {
-    return this.unary('Complete', req, c);
+    return this.unary<CompleteResponseMsg>(c, (md, o, cb) => this.client.Complete(wire(req), md, o, cb));
   }
 
   async listModels(c: CallOptions = {}): Promise<ModelInfoMsg[]> {
-    return (await this.unary<object, { models: ModelInfoMsg[] }>('ListModels', {}, c)).models;
+    return (await this.unary<ListModelsResponse>(c, (md, o, cb) => this.client.ListModels({}, md, o, cb))).models;
   }
 
   clusterStatus(c: CallOptions = {}): Promise<ClusterStatusMsg> {
-    return this.unary('ClusterStatus', {}, c);
+    return this.unary<ClusterStatusMsg>(c, (md, o, cb) => this.client.ClusterStatus({}, md, o, cb));
   }
 
   /** Resolves when the channel is connected (or rejects after timeoutMs). */

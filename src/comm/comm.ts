@@ -58,7 +58,7 @@ export class Comm {
 export interface TcpCommOptions {
   rank: number;
   size: number;
-  /** Peers must present the same nonce (e.g. `${jobToken}:${generation}`); others are refused. */
+  /** Peers must present the same nonce (e.g. `${jobToken}:${epoch}`); others are refused. */
   nonce?: string;
   /** How long connect() retries peers that are not listening yet (default 60 s). */
   connectTimeoutMs?: number;

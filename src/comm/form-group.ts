@@ -23,7 +23,7 @@ export interface FormGroupOptions {
   listenHost?: string;
   /** TCP: the host name peers dial (default listenHost, or this host's name when binding 0.0.0.0). */
   advertiseHost?: string;
-  /** TCP: job token + membership generation; a peer with another nonce is refused. */
+  /** TCP: job token + membership epoch; a peer with another nonce is refused. */
   nonce?: string;
   connectTimeoutMs?: number;
   opTimeoutMs?: number;

@@ -1,20 +1,72 @@
-// The public service nodespeed.v1.Inference: validation (INVALID_ARGUMENT naming the field),
-// admission (RESOURCE_EXHAUSTED when the queue is full), optional bearer-token auth, streaming of
-// the driver's tokens, and cancellation/deadlines propagated to the driver so it frees the KV blocks.
+// The public service nodespeed.v1.Inference: validation (INVALID_ARGUMENT naming the proto field;
+// the sampling rules are protocol/sampling.ts's), admission (RESOURCE_EXHAUSTED when the queue is
+// full), optional bearer-token auth, streaming of the driver's tokens, and cancellation/deadlines
+// propagated to the driver so it frees the KV blocks.
 import { timingSafeEqual } from 'node:crypto';
 
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg, ModelInfoMsg,
-} from '../client/types.js';
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers,
+} from '../protocol/api.js';
+import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
+import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
+import type { SamplingParams } from '../protocol/sampling.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import type { Router } from './router.js';
-import { InvalidRequestError, validateRequest } from './validate.js';
-import type { ModelFacts } from './validate.js';
+
+export class InvalidRequestError extends Error {
+  constructor(readonly field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'InvalidRequestError';
+  }
+}
+
+export interface ModelFacts {
+  name: string;
+  contextLength: number;
+  vocabSize: number;
+  encode(text: string): number[];
+}
+
+function bad(field: string, message: string): never {
+  throw new InvalidRequestError(field, message);
+}
+
+/** A sampling field as GenerateRequest names it: maxTokens → max_tokens, stop[2] stays. */
+function protoName(field: string): string {
+  return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: SamplingParams } {
+  if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
+  const ids = m.promptIds ?? [];
+  if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
+  let promptIds: number[];
+  if (ids.length) {
+    const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
+    if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
+    promptIds = [...ids];
+  } else {
+    if (!m.prompt) bad('prompt', 'is empty');
+    promptIds = model.encode(m.prompt);
+    if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
+  }
+  if (promptIds.length >= model.contextLength)
+    bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+  let params: SamplingParams;
+  try {
+    params = validateSampling({ temperature: m.temperature, topK: m.topK, topP: m.topP, seed: m.seed, maxTokens: m.maxTokens,
+      stop: m.stop, ignoreEos: m.ignoreEos });
+  } catch (err) {
+    if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
+    throw err;
+  }
+  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength) };
+}
 
 export interface ApiOptions {
   model: ModelFacts & { path: string; architecture: string; numLayers: number; dtype: string };
@@ -29,7 +81,7 @@ export interface ApiOptions {
   metrics?: ApiMetrics;
 }
 
-const FINISH: FinishReasonName[] = ['FINISH_REASON_UNSPECIFIED', 'FINISH_REASON_STOP', 'FINISH_REASON_LENGTH'];
+const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
 type Status = { code: grpc.status; details: string };
 
@@ -47,7 +99,7 @@ export class InferenceApi {
   }
 
   /** Validates, admits and routes a request; the sink receives its tokens. */
-  private accept(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  private accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const r = this.admit(req, md, sink);
     const m = this.o.metrics;
     if (m && r instanceof RequestRecord) m.accepted();
@@ -55,7 +107,7 @@ export class InferenceApi {
     return r;
   }
 
-  private admit(req: GenerateRequestMsg, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  private admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
     const denied = this.authorize(md);
     if (denied) return denied;
     let v: ReturnType<typeof validateRequest>;
@@ -79,20 +131,17 @@ export class InferenceApi {
 
   /** Client cancellation or deadline: forget the request and tell its driver to free its blocks. */
   private abandon(rec: RequestRecord, why: string): void {
-    if (rec.done) return;
-    rec.done = true;
-    this.store.remove(rec.id);
-    this.router.cancel(rec, why);
+    if (this.store.finish(rec, { status: RequestStatus.CANCELLED })) this.router.cancel(rec, why);
   }
 
-  private generate(call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>): void {
+  private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u: RequestUpdate) => {
-        const last = u.finishReason !== 0;
+        const last = u.finishReason !== NOT_FINISHED;
         if (!u.tokenIds.length && !u.text && !last) return;
         call.write({
-          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: FINISH[u.finishReason]!,
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason,
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [],
         });
@@ -110,14 +159,14 @@ export class InferenceApi {
     call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
   }
 
-  private complete(call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>,
-    cb: grpc.sendUnaryData<CompleteResponseMsg>): void {
+  private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
+    cb: grpc.sendUnaryData<CompleteResponseIn>): void {
     let rec: RequestRecord | undefined;
     const sink: RequestSink = {
       update: (u) => {
-        if (u.finishReason === 0 || !rec) return;
+        if (u.finishReason === NOT_FINISHED || !rec) return;
         cb(null, {
-          tokenIds: rec.tokens, text: rec.text, finishReason: FINISH[u.finishReason]!, requestId: rec.id,
+          tokenIds: rec.tokens, text: rec.text, finishReason: u.finishReason, requestId: rec.id,
           usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
         });
       },
@@ -132,21 +181,13 @@ export class InferenceApi {
     call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
   }
 
-  private listModels(call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>): void {
-    const denied = this.authorize(call.metadata);
-    if (denied) return cb(denied);
-    const m = this.o.model;
-    cb(null, { models: [{ name: m.name, path: m.path, architecture: m.architecture, contextLength: m.contextLength,
-      vocabSize: m.vocabSize, numLayers: m.numLayers, dtype: m.dtype }] });
-  }
-
   status(): ClusterStatusMsg {
     const now = Date.now();
     const layout = this.members.layout;
     // The ranks each replica has now (a replica re-formed with a smaller layout has fewer).
     const ranks = this.members.replicas.flatMap((r) => r.ranks).sort((a, b) => a - b).map((r) => layout.ranks[r]!);
     return {
-      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: this.members.gen,
+      model: this.o.model.name, tp: layout.tp, pp: layout.pp, replicaCount: layout.replicas, generation: String(this.members.epoch),
       state: this.o.state(),
       hosts: [...new Set(ranks.map((r) => r.host))],
       pendingRequests: this.store.pending().length,
@@ -175,14 +216,18 @@ export class InferenceApi {
     };
   }
 
-  handlers(): grpc.UntypedServiceImplementation {
+  handlers(): InferenceHandlers {
     return {
-      Generate: (call: grpc.ServerWritableStream<GenerateRequestMsg, GenerateResponseMsg>) => this.generate(call),
-      Complete: (call: grpc.ServerUnaryCall<GenerateRequestMsg, CompleteResponseMsg>, cb: grpc.sendUnaryData<CompleteResponseMsg>) =>
-        this.complete(call, cb),
-      ListModels: (call: grpc.ServerUnaryCall<unknown, { models: ModelInfoMsg[] }>, cb: grpc.sendUnaryData<{ models: ModelInfoMsg[] }>) =>
-        this.listModels(call, cb),
-      ClusterStatus: (call: grpc.ServerUnaryCall<unknown, ClusterStatusMsg>, cb: grpc.sendUnaryData<ClusterStatusMsg>) => {
+      Generate: (call) => this.generate(call),
+      Complete: (call, cb) => this.complete(call, cb),
+      ListModels: (call, cb) => {
+        const denied = this.authorize(call.metadata);
+        if (denied) return cb(denied);
+        const m = this.o.model;
+        cb(null, { models: [{ name: m.name, path: m.path, architecture: m.architecture, contextLength: m.contextLength,
+          vocabSize: m.vocabSize, numLayers: m.numLayers, dtype: m.dtype }] });
+      },
+      ClusterStatus: (call, cb) => {
         const denied = this.authorize(call.metadata);
         if (denied) return cb(denied);
         cb(null, this.status());

@@ -8,15 +8,15 @@
 //      the router drops nothing the client has not seen (no repeat, no gap);
 //   2. re-forms the replica, in this order of preference:
 //      (a) with a spare (--spares): a joined spare takes the lost rank, the survivors keep their
-//          processes and shards and re-form in place in a new generation (fresh communicators);
+//          processes and shards and re-form in place in a new epoch (fresh communicators);
 //          once the replica serves, the lost rank's old slot is killed and started again as a
 //          spare (the pool is topped up; after recovery so a slow kill never delays serving);
-//      (b) by respawn: a new generation, the replica's surviving ranks stopped through the launcher,
+//      (b) by respawn: a new epoch, the replica's surviving ranks stopped through the launcher,
 //          every rank of the replica restarted on its host (job.restartRank), fresh rendezvous and
 //          reload; also the fallback when a re-form with a spare fails;
 //      (c) when some ranks cannot be restarted (their host no longer answers), the ranks that were
 //          restarted get the largest smaller layout that fits their memory (shrink.ts: fewer TP
-//          ranks and/or pipeline stages) in a new generation and load their new shards; ranks that
+//          ranks and/or pipeline stages) in a new epoch and load their new shards; ranks that
 //          layout leaves out are started again as spares once it serves;
 //      (d) when nothing smaller fits, or the replica keeps failing, it is retired: its processes
 //          are stopped and the other replicas carry the load.
@@ -26,12 +26,23 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type { Job } from '../launcher/supervisor.js';
+import type { FailoverCountersMsg, FailureStatusMsg, RecoveryName } from '../protocol/api.js';
 import type { Membership, Replica, WorkerConn } from './membership.js';
 import type { RequestStore } from './requests.js';
 import type { Router } from './router.js';
 import { applyShrink, planShrink, shape } from './shrink.js';
 import type { ShrinkContext } from './shrink.js';
+
+/**
+ * The job's worker processes, as failover uses them (the launcher's Job is one): a slot's process
+ * exiting, and killing or starting a slot's process again. Slots are the launcher's ranks.
+ */
+export interface WorkerProcesses {
+  on(event: 'rank-exit', listener: (e: { rank: number; code: number; signal: string | null; expected: boolean }) => void): unknown;
+  rankState(slot: number): { running: boolean };
+  killRank(slot: number, signal?: NodeJS.Signals): Promise<void>;
+  restartRank(slot: number): Promise<void>;
+}
 
 export interface FailoverOptions {
   /** A request waiting this long for a serving replica fails with UNAVAILABLE. */
@@ -47,7 +58,7 @@ export interface FailoverOptions {
  * replacing → spare (a spare took the lost rank); respawning → respawned; respawning → shrinking →
  * shrunk (re-formed with a smaller layout on the ranks that could be restarted); any → retired.
  */
-export type Recovery = 'replacing' | 'spare' | 'respawning' | 'respawned' | 'shrinking' | 'shrunk' | 'retired';
+export type Recovery = RecoveryName;
 
 export interface FailureRecord {
   rank: number;
@@ -56,8 +67,8 @@ export interface FailureRecord {
   replica: number;
   cause: string;
   at: number;
-  /** The generation the replica is re-formed in. */
-  generation: string;
+  /** The epoch the replica is re-formed in. */
+  epoch: string;
   recovery: Recovery;
   recoveredAt?: number;
   recoveryMs?: number;
@@ -67,22 +78,12 @@ export interface FailureRecord {
   shape?: string;
 }
 
-export interface FailoverCounters {
-  failures: number;
-  recoveries: number;
-  replayedRequests: number;
-  replayedTokens: number;
-}
+export type FailoverCounters = FailoverCountersMsg;
 
-/** ClusterStatus fields 12-13 (proto/inference.proto FailureStatus, FailoverCounters) as decoded. */
-export interface FailureStatusMsg {
-  rank: number; host: string; pid: number; replica: number; cause: string; atUnixMs: number; recovery: Recovery;
-  recoveryMs: number; generation: string; replayedRequests: number; replayedTokens: number;
-}
+/** ClusterStatus fields 12-14: every failure, the totals, the spares joined and waiting (--spares). */
 export interface FailoverStatusMsg {
   failures: FailureStatusMsg[];
   failover: FailoverCounters;
-  /** ClusterStatus field 14: spares joined and waiting (--spares). */
   spares: number;
 }
 
@@ -106,7 +107,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
   readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
   /** Replicas re-formed with a smaller layout (recovery (c)); part of counters.recoveries. */
   shrinks = 0;
-  private job: Job | undefined;
+  private job: WorkerProcesses | undefined;
   private readonly lastLost = new Map<number, WorkerConn>();
   private readonly open = new Map<number, FailureRecord>();
   /** Pid, host and GPU memory of every rank of the replicas being re-formed, as they joined before the loss. */
@@ -142,7 +143,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
    * Arms recovery once the cluster serves (a failure while starting fails the launch instead):
    * from now on a rank's process exit counts as a loss, and lost replicas are re-formed.
    */
-  attach(job: Job): void {
+  attach(job: WorkerProcesses): void {
     this.job = job;
     job.on('rank-exit', (e) => {
       if (e.expected) return;
@@ -160,7 +161,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     return {
       failures: this.failures.map((f) => ({
         rank: Math.max(0, f.rank), host: f.host, pid: f.pid, replica: f.replica, cause: f.cause, atUnixMs: f.at, recovery: f.recovery,
-        recoveryMs: f.recoveryMs ?? 0, generation: f.generation, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens,
+        recoveryMs: f.recoveryMs ?? 0, generation: f.epoch, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens,
       })),
       failover: { ...this.counters },
       spares: this.members.slots.spareCount,
@@ -209,19 +210,19 @@ export class Failover extends EventEmitter<FailoverEvents> {
     // (a) a spare takes the lost rank, survivors re-form in place; only on the first attempt (a
     // failed in-place re-form falls back to respawning every rank from clean processes).
     const spare = !prev && w && w.plan.replica === replica.id ? this.members.reformWithSpare(replica, w.rank) : undefined;
-    const generation = spare ? replica.generation : this.members.reform(replica);
+    const epoch = spare ? replica.epoch : this.members.reform(replica);
     let rec: FailureRecord;
     if (prev) {
       // Lost again while re-forming: the same incident, one more attempt.
       rec = prev;
       rec.cause += `; while re-forming: ${reason}`;
-      rec.generation = generation;
+      rec.epoch = epoch;
       rec.replayedRequests += moved.length;
       rec.replayedTokens += tokens;
     } else {
       rec = {
         rank: w?.rank ?? -1, host: w?.plan.host ?? '?', pid: w?.join.pid ?? 0, replica: replica.id, cause: reason,
-        at: Date.now(), generation, recovery: spare ? 'replacing' : 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
+        at: Date.now(), epoch, recovery: spare ? 'replacing' : 'respawning', replayedRequests: moved.length, replayedTokens: tokens,
       };
       this.failures.push(rec);
       this.open.set(replica.id, rec);
@@ -229,7 +230,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     }
     // One line per event (failure, recovery, retirement), each whole: who, cause, what is done, ms.
     this.o.log(`failover: replica ${replica.id} lost (${reason}; pid ${w?.join.pid ?? '?'} on ${w?.plan.host ?? '?'}); ${moved.length} requests re-queued (${tokens} tokens streamed), ` +
-      (spare ? `the spare in slot ${spare.slot} takes rank ${w!.rank}` : 'respawning its ranks') + ` in generation ${generation} (attempt ${attempt})`);
+      (spare ? `the spare in slot ${spare.slot} takes rank ${w!.rank}` : 'respawning its ranks') + ` in generation ${epoch} (attempt ${attempt})`);
     if (spare) {
       this.topUp.set(replica.id, [w!.join.rank]);
       return;
@@ -330,7 +331,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [{ rank: ranks[i]!, slot: slots[i]!, why: (r.reason as Error).message }] : []));
     if (!failed.length) {
       this.members.release(replica);
-      this.o.log(`launcher: restarted ranks ${ranks.join(', ')} of replica ${replica.id} (generation ${rec.generation})`);
+      this.o.log(`launcher: restarted ranks ${ranks.join(', ')} of replica ${replica.id} (generation ${rec.epoch})`);
     } else {
       this.shrink(replica, rec, ranks.filter((r) => !failed.some((f) => f.rank === r)), failed);
     }
@@ -368,15 +369,15 @@ export class Failover extends EventEmitter<FailoverEvents> {
     if (!plan) throw new Error(`${why}; no smaller layout fits the ${restarted.length} rank(s) left (${choice.refused.join('; ')})`);
     for (const f of failed) this.deadSlots.add(f.slot);
     const surplus = plan.surplus.map((r) => ({ rank: r, slot: this.members.slots.slotOf(r) }));
-    const { generation } = applyShrink(this.members, replica, plan);
+    const { epoch } = applyShrink(this.members, replica, plan);
     rec.recovery = 'shrinking';
-    rec.generation = generation;
+    rec.epoch = epoch;
     rec.shape = `${shape(plan.tp, plan.pp)} on rank${replica.ranks.length > 1 ? 's' : ''} ${replica.ranks.join(', ')} (was ${was})`;
     // Ranks the smaller layout leaves out were restarted for nothing: stop them now (the CPU is the
     // loading ranks'), start their slots again as spares once the replica serves.
     for (const s of surplus) void this.job!.killRank(s.slot, 'SIGKILL').catch(() => {});
     if (surplus.length) this.topUp.set(replica.id, [...(this.topUp.get(replica.id) ?? []), ...surplus.map((s) => s.slot)]);
-    this.o.log(`coordinator: replica ${replica.id} re-formed as ${rec.shape} in generation ${generation}` +
+    this.o.log(`coordinator: replica ${replica.id} re-formed as ${rec.shape} in generation ${epoch}` +
       (choice.refused.length ? `; refused: ${choice.refused.join('; ')}` : '') +
       (surplus.length ? `; rank(s) ${surplus.map((s) => s.rank).join(', ')} left out, their slots become spares once it serves` : ''));
   }
@@ -404,7 +405,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
     rec.recoveryMs = rec.recoveredAt - rec.at;
     this.counters.recoveries++;
     if (rec.recovery === 'shrunk') this.shrinks++;
-    this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.generation}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
+    this.o.log(`failover: replica ${replica.id} serving again in generation ${rec.epoch}, ${rec.recoveryMs} ms after rank ${rec.rank} was lost ` +
       `(pid ${rec.pid} on ${rec.host}: ${rec.cause}); recovery: ${rec.recovery}${rec.recovery === 'shrunk' ? ` to ${rec.shape}` : ''}, ` +
       `${rec.replayedRequests} requests replayed`);
     this.emit('recovered', rec);

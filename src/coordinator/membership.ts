@@ -1,14 +1,14 @@
 // Who is in the job: workers join over their control stream with the job token, get their
 // assignment from the layout, meet their communicator peers through the coordinator (rendezvous),
 // report load progress and readiness, and heartbeat both ways from the first message on. Owns the
-// membership generation that every control message carries; a message of another generation is
+// membership epoch that every control message carries; a message of another epoch is
 // stale and ignored.
 import { timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type { HeartbeatMsg, JoinMsg, TokensMsg, WorkerMessage } from './control-messages.js';
+import type { Join, Tokens, WorkerMessage } from '../protocol/control.js';
 import type { Layout } from './layout.js';
 import { Rendezvous } from './rendezvous.js';
 import { Slots } from './spares.js';
@@ -40,14 +40,15 @@ export interface MembershipEvents {
   'replica-serving': [replica: Replica];
   'replica-lost': [replica: Replica, reason: string];
   'worker-lost': [worker: WorkerConn, reason: string];
-  tokens: [replica: Replica, msg: TokensMsg];
-  refused: [join: JoinMsg, reason: string];
+  tokens: [replica: Replica, msg: Tokens];
+  refused: [join: Join, reason: string];
   /** A spare left the pool (its stream ended, its process exited, it went silent). */
   'spare-lost': [slot: number, reason: string];
 }
 
 export class Membership extends EventEmitter<MembershipEvents> {
-  generation = 1n;
+  /** The membership epoch: moved on by every re-form (users see it as ClusterStatus `generation`). */
+  epoch = 1n;
   readonly workers = new Map<number, WorkerConn>();
   readonly replicas: Replica[];
   readonly slots: Slots;
@@ -63,10 +64,6 @@ export class Membership extends EventEmitter<MembershipEvents> {
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
-  }
-
-  get gen(): string {
-    return this.generation.toString();
   }
 
   /** The Control.Connect handler: one call per worker for its whole life. */
@@ -113,7 +110,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     call.on('cancelled', () => gone('control stream cancelled'));
   }
 
-  private refuse(call: ControlCall, join: JoinMsg | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
+  private refuse(call: ControlCall, join: Join | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
     this.o.log(`coordinator: refused worker ${join ? `rank ${join.rank} pid ${join.pid} on ${join.host || '?'}` : '(no Join)'}: ${reason}`);
     if (join) this.emit('refused', join, reason);
     // grpc-js: emitting 'error' on a server stream ends the call with that status.
@@ -131,7 +128,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
    * A Join names the worker's launcher slot (RANK). A slot holding a layout rank gets that rank's
    * assignment; a spare slot's worker waits as a spare (`asSpare`) until `takeOver` hands it a rank.
    */
-  private admit(call: ControlCall, join: JoinMsg, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
+  private admit(call: ControlCall, join: Join, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
     if (!this.tokenOk(join.token)) return this.refuse(call, join, 'wrong job token');
     if (join.rank >= this.slots.info.length)
       return this.refuse(call, join, `rank ${join.rank} is not in this job's ${this.slots.info.length} launcher slots`, grpc.status.INVALID_ARGUMENT);
@@ -147,14 +144,14 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const old = this.workers.get(rank);
     const replica = this.replicas[plan.replica]!;
     if (old && old.state !== 'lost') return this.refuse(call, join, `rank ${join.rank} already joined (pid ${old.join.pid})`, grpc.status.ALREADY_EXISTS);
-    // A rank lost in this generation cannot come back into it: its peers have aborted their
-    // communicators. Only a re-formed membership (a new generation) may take it again.
-    if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${replica.generation} (${old.lostReason}); it cannot rejoin it`,
+    // A rank lost in this epoch cannot come back into it: its peers have aborted their
+    // communicators. Only a re-formed membership (a new epoch) may take it again.
+    if (old && !replica.reforming) return this.refuse(call, join, `rank ${join.rank} was lost in generation ${replica.epoch} (${old.lostReason}); it cannot rejoin it`,
       grpc.status.FAILED_PRECONDITION);
     // A retired replica takes nobody back (a restart still under way when it was retired).
     if (replica.state === 'lost' && !replica.reforming)
       return this.refuse(call, join, `rank ${join.rank}'s replica ${replica.id} was retired`, grpc.status.FAILED_PRECONDITION);
-    const w = new WorkerConn(plan, join, call, replica.generation);
+    const w = new WorkerConn(plan, join, call, replica.epoch);
     this.workers.set(rank, w);
     if (replica.state === 'forming') replica.state = 'loading';
     this.o.log(`coordinator: rank ${plan.rank} joined from ${join.host} (pid ${join.pid}, ${join.device?.kind ?? '?'})` +
@@ -171,19 +168,19 @@ export class Membership extends EventEmitter<MembershipEvents> {
     replica.holding = true;
   }
 
-  /** Ends hold(): every rank of the replica that joined meanwhile gets its assignment (plan and generation as they are now). */
+  /** Ends hold(): every rank of the replica that joined meanwhile gets its assignment (plan and epoch as they are now). */
   release(replica: Replica): void {
     replica.holding = false;
     for (const r of replica.ranks) {
       const w = this.workers.get(r);
       if (!w || w.state !== 'joined') continue;
       w.plan = this.layout.ranks[r]!;
-      w.generation = replica.generation;
+      w.epoch = replica.epoch;
       this.assign(w);
     }
   }
 
-  /** Sends the worker its assignment in its generation (the peers are the replica's current hosts). */
+  /** Sends the worker its assignment in its epoch (the peers are the replica's current hosts). */
   private assign(w: WorkerConn): void {
     const plan = w.plan;
     const replica = this.replicas[plan.replica]!;
@@ -193,7 +190,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     });
     w.send({
       assignment: {
-        generation: w.generation, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
+        epoch: w.epoch, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
         tp: replica.tp, pp: replica.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
@@ -202,21 +199,21 @@ export class Membership extends EventEmitter<MembershipEvents> {
     });
   }
 
-  private stale(w: WorkerConn, generation: string): boolean {
-    if (generation === w.generation) return false;
+  private stale(w: WorkerConn, epoch: string): boolean {
+    if (epoch === w.epoch) return false;
     // '0': a worker that has no assignment yet (held, see hold()) heartbeats; nothing to report.
-    if (generation !== '0') this.o.log(`coordinator: ignored a stale message of generation ${generation} from rank ${w.rank} (assigned ${w.generation})`);
+    if (epoch !== '0') this.o.log(`coordinator: ignored a stale message of generation ${epoch} from rank ${w.rank} (assigned ${w.epoch})`);
     return true;
   }
 
   private onMessage(w: WorkerConn, m: WorkerMessage): void {
     if (w.state === 'lost') {
       // Declared lost (a hang that ended, a SIGCONT): its replica moved on without it. It cannot
-      // rejoin any generation on this stream; ending the stream makes it exit.
+      // rejoin any epoch on this stream; ending the stream makes it exit.
       if (!w.toldLost) {
         w.toldLost = true;
         this.o.log(`coordinator: rank ${w.rank} (pid ${w.join.pid}) spoke after it was declared lost (${w.lostReason}); ` +
-          `its ${m.msg} of generation ${(m as unknown as Record<string, { generation?: string }>)[m.msg]?.generation ?? '?'} is ignored and its stream ended`);
+          `its ${m.msg} of generation ${(m as unknown as Record<string, { epoch?: string }>)[m.msg]?.epoch ?? '?'} is ignored and its stream ended`);
         w.call.emit('error', { code: grpc.status.FAILED_PRECONDITION, details: `rank ${w.rank} was declared lost (${w.lostReason}); it cannot rejoin`,
           metadata: new grpc.Metadata() });
       }
@@ -225,18 +222,18 @@ export class Membership extends EventEmitter<MembershipEvents> {
     w.lastHeartbeat = Date.now(); // any message proves the worker alive
     switch (m.msg) {
       case 'heartbeat':
-        if (this.stale(w, m.heartbeat.generation)) return;
+        if (this.stale(w, m.heartbeat.epoch)) return;
         if (m.heartbeat.load) this.replicas[w.plan.replica]!.load = m.heartbeat.load;
         return;
       case 'loadProgress':
-        if (this.stale(w, m.loadProgress.generation)) return;
+        if (this.stale(w, m.loadProgress.epoch)) return;
         w.state = 'loading';
         w.loadDone = Number(m.loadProgress.done);
         w.loadTotal = Number(m.loadProgress.total);
         this.emit('progress', ...this.progress());
         return;
       case 'ready':
-        if (this.stale(w, m.ready.generation)) return;
+        if (this.stale(w, m.ready.epoch)) return;
         w.state = 'ready';
         w.kvBlocks = m.ready.kvBlocks;
         w.kvBlockSize = m.ready.kvBlockSize;
@@ -247,15 +244,15 @@ export class Membership extends EventEmitter<MembershipEvents> {
         this.maybeStart(this.replicas[w.plan.replica]!);
         return;
       case 'commOffer':
-        if (this.stale(w, m.commOffer.generation)) return;
+        if (this.stale(w, m.commOffer.epoch)) return;
         this.rendezvous.offer(w, m.commOffer.group, m.commOffer.groupRank, m.commOffer.groupSize, m.commOffer.payload, (r) => this.workers.get(r));
         return;
       case 'tokens':
-        if (this.stale(w, m.tokens.generation)) return;
+        if (this.stale(w, m.tokens.epoch)) return;
         this.emit('tokens', this.replicas[w.plan.replica]!, m.tokens);
         return;
       case 'error':
-        if (this.stale(w, m.error.generation)) return;
+        if (this.stale(w, m.error.epoch)) return;
         this.o.log(`worker ${w.rank}: ${m.error.message}`);
         if (m.error.fatal) this.reportedFailure(w, m.error.message);
         return;
@@ -286,7 +283,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     replica.reforming = false;
     for (const w of ws) {
       w!.state = 'serving';
-      w!.send({ start: { generation: w!.generation, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
+      w!.send({ start: { epoch: w!.epoch, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
     }
     this.o.log(`coordinator: replica ${replica.id} serving (${replica.kvBlocks} KV blocks of ${replica.kvBlockSize} tokens)`);
     this.emit('replica-serving', replica);
@@ -326,7 +323,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   loseUnjoined(rank: number, reason: string): void {
     const replica = this.replicas[this.layout.ranks[rank]!.replica]!;
     if (this.stopping || !replica.reforming || replica.state === 'lost' || this.workers.has(rank)) return;
-    this.o.log(`coordinator: rank ${rank} of replica ${replica.id} (generation ${replica.generation}) ${reason}`);
+    this.o.log(`coordinator: rank ${rank} of replica ${replica.id} (generation ${replica.epoch}) ${reason}`);
     this.replicaLost(replica, rank, `rank ${rank} lost: ${reason}`);
   }
 
@@ -338,17 +335,17 @@ export class Membership extends EventEmitter<MembershipEvents> {
    * the reporting worker is the lost one.
    */
   private reportedFailure(w: WorkerConn, message: string): void {
-    const gen = w.generation;
+    const epoch = w.epoch;
     const grace = Math.min(this.o.heartbeatTimeoutMs + this.o.heartbeatIntervalMs, 3000);
     setTimeout(() => {
-      if (this.workers.get(w.rank) === w && w.generation === gen) this.lose(w, message);
+      if (this.workers.get(w.rank) === w && w.epoch === epoch) this.lose(w, message);
     }, grace).unref();
   }
 
   /**
-   * Re-forms a lost replica in place with a spare (issue 6, recovery (a)): a new generation, the
+   * Re-forms a lost replica in place with a spare (issue 6, recovery (a)): a new epoch, the
    * spare takes the lost rank (the rank moves to the spare's slot and host), the survivors keep their
-   * processes and loaded shards and get the new generation's assignment (fresh communicators, new
+   * processes and loaded shards and get the new epoch's assignment (fresh communicators, new
    * unique id). Returns the spare, or undefined (and changes nothing) when no spare is joined or a
    * survivor is not connected.
    */
@@ -358,58 +355,58 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const old = this.workers.get(lost);
     const spare = this.slots.takeSpare(lost, this.slots.info[this.slots.slotOf(lost)]!.host);
     if (!spare) return undefined;
-    const generation = this.bumpGeneration(replica);
+    const epoch = this.newEpoch(replica);
     if (old && old.state !== 'lost') {
       old.state = 'lost';
-      old.lostReason = `replaced by the spare in slot ${spare.slot} in generation ${generation}`;
+      old.lostReason = `replaced by the spare in slot ${spare.slot} in generation ${epoch}`;
     }
     this.workers.delete(lost);
     const where = this.slots.info[spare.slot]!;
     const plan = { ...this.layout.ranks[lost]!, host: where.host, localRank: where.localRank };
     this.layout.ranks[lost] = plan;
-    const w = new WorkerConn(plan, spare.join, spare.call, generation);
+    const w = new WorkerConn(plan, spare.join, spare.call, epoch);
     this.workers.set(lost, w);
     spare.bind(lost);
     for (const s of survivors) {
-      s!.generation = generation;
+      s!.epoch = epoch;
       s!.state = 'joined';
     }
     this.o.log(`coordinator: the spare in slot ${spare.slot} (${where.host} pid ${spare.join.pid}) takes rank ${lost} of replica ${replica.id}; ` +
-      `survivors ${survivors.map((s) => s!.rank).join(', ') || '(none)'} re-form in place in generation ${generation}`);
+      `survivors ${survivors.map((s) => s!.rank).join(', ') || '(none)'} re-form in place in generation ${epoch}`);
     for (const r of replica.ranks) this.assign(this.workers.get(r)!);
     return spare;
   }
 
-  /** A new generation for the replica's re-form (also used by shrink.ts). */
-  bumpGeneration(replica: Replica): string {
-    this.generation++;
+  /** A new epoch for the replica's re-form (also used by shrink.ts). */
+  newEpoch(replica: Replica): string {
+    this.epoch++;
     this.rendezvous.dropReplica(replica.id);
     replica.state = 'forming';
     replica.reforming = true;
     replica.load = null;
-    replica.generation = this.gen;
-    return replica.generation;
+    replica.epoch = String(this.epoch);
+    return replica.epoch;
   }
 
   /**
-   * Starts re-forming a lost replica: a new membership generation, its old workers forgotten (a
+   * Starts re-forming a lost replica: a new membership epoch, its old workers forgotten (a
    * late message of theirs is ignored: their connections stay marked lost), its ranks free to join
-   * again, and only into the new generation.
+   * again, and only into the new epoch.
    */
   reform(replica: Replica): string {
-    this.bumpGeneration(replica);
+    this.newEpoch(replica);
     for (const r of replica.ranks) {
       // The survivors' connections go quiet too: whatever they still send (a collective that
-      // failed on the dead peer, a late heartbeat) belongs to the old generation and is ignored.
+      // failed on the dead peer, a late heartbeat) belongs to the old epoch and is ignored.
       const w = this.workers.get(r);
       if (w && w.state !== 'lost') {
         w.state = 'lost';
-        w.lostReason = `replica ${replica.id} re-formed in generation ${this.generation}`;
+        w.lostReason = `replica ${replica.id} re-formed in generation ${this.epoch}`;
       }
       this.workers.delete(r);
     }
-    this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${replica.generation}`);
-    return replica.generation;
+    this.o.log(`coordinator: re-forming replica ${replica.id} in generation ${replica.epoch}`);
+    return replica.epoch;
   }
 
   /** The replica cannot be re-formed: it stays lost and the others carry the load. */
@@ -436,20 +433,19 @@ export class Membership extends EventEmitter<MembershipEvents> {
   private replicaLost(replica: Replica, rank: number, reason: string): void {
     replica.state = 'lost';
     // The survivors must not block forever on the dead peer: tell them to abort their communicators.
-    for (const r of replica.ranks) if (r !== rank) for (const s of [this.workers.get(r)]) s?.send({ abort: { generation: s.generation, reason } });
+    for (const r of replica.ranks) if (r !== rank) for (const s of [this.workers.get(r)]) s?.send({ abort: { epoch: s.epoch, reason } });
     this.emit('replica-lost', replica, reason);
   }
 
   private tick(): void {
     const now = Date.now();
-    const hb: HeartbeatMsg = { generation: this.gen, sentAtMs: now, load: null };
     for (const w of this.workers.values()) {
       if (w.state === 'lost') continue;
       if (now - w.lastHeartbeat > this.o.heartbeatTimeoutMs) {
         this.lose(w, `no heartbeat for ${now - w.lastHeartbeat} ms`);
         continue;
       }
-      w.send({ heartbeat: { generation: w.generation, sentAtMs: hb.sentAtMs } });
+      w.send({ heartbeat: { epoch: w.epoch, sentAtMs: now } });
     }
     for (const slot of this.slots.tickSpares(now, this.o.heartbeatTimeoutMs, this.o.log)) this.emit('spare-lost', slot, 'no heartbeat');
   }
@@ -459,7 +455,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     this.stopping = true;
     clearInterval(this.monitor);
     for (const w of this.workers.values()) {
-      w.send({ stop: { generation: w.generation, reason } });
+      w.send({ stop: { epoch: w.epoch, reason } });
       w.close();
     }
     this.slots.stopSpares(reason);

@@ -8,7 +8,7 @@
 // Two kinds of sources:
 //   - events only the API sees (a request accepted or refused, tokens streamed to a client) are
 //     counted as they happen, through the ApiMetrics hooks;
-//   - everything the coordinator already keeps (failover counters, membership generation, replica
+//   - everything the coordinator already keeps (failover counters, membership epoch, replica
 //     load) is read at scrape time in collect(), so a scrape can never disagree with ClusterStatus.
 //     The failover counters are prom Counters fed by the difference since the last scrape: they
 //     only ever grow, and Prometheus' rate() sees a proper counter.
@@ -98,7 +98,7 @@ export class CoordinatorMetrics implements ApiMetrics {
     });
     new Gauge({
       name: 'nodespeed_membership_generation', help: 'Membership generation (grows by one each time a replica is re-formed)', registers: [r],
-      collect() { this.set(Number(members.generation)); },
+      collect() { this.set(Number(members.epoch)); },
     });
 
     new Gauge({

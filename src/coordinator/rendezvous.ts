@@ -1,5 +1,5 @@
 // Communicator rendezvous through the coordinator: an all-gather of one blob per group member, by
-// group rank (TCP listen addresses, or NCCL rank 0's unique id). Groups are per generation, so the
+// group rank (TCP listen addresses, or NCCL rank 0's unique id). Groups are per epoch, so the
 // offers of a replica's earlier incarnation never mix with the new one's.
 import type { WorkerConn } from './worker-conn.js';
 
@@ -14,15 +14,16 @@ export class Rendezvous {
 
   /** Records w's blob for `name`; once every member offered, sends each member all of them. */
   offer(w: WorkerConn, name: string, groupRank: number, size: number, payload: Buffer, member: (rank: number) => WorkerConn | undefined): void {
-    const key = `${w.generation}/${name}`;
+    const key = `${w.epoch}/${name}`;
     const g = this.groups.get(key) ?? { size, payloads: new Array<Buffer | undefined>(size).fill(undefined), members: new Set<number>() };
     if (g.size !== size || groupRank >= size) throw new Error(`comm group ${key}: rank ${w.rank} offered group rank ${groupRank} of ${size}, expected a group of ${g.size}`);
     this.groups.set(key, g);
     g.payloads[groupRank] = Buffer.from(payload);
     g.members.add(w.rank);
-    if (g.payloads.some((p) => p === undefined)) return;
+    const payloads = g.payloads.filter((p) => p !== undefined);
+    if (payloads.length < size) return;
     this.groups.delete(key);
-    for (const r of g.members) member(r)?.send({ commPeers: { generation: w.generation, group: name, payloads: g.payloads } });
+    for (const r of g.members) member(r)?.send({ commPeers: { epoch: w.epoch, group: name, payloads } });
   }
 
   /** Forgets the half-met groups of a replica that is being re-formed. */

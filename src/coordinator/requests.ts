@@ -1,33 +1,43 @@
-// The coordinator's truth about requests: each accepted request's prompt, parameters and every
-// token already streamed to the client. Workers are replaceable; this store is what a replay after
-// a failover (issue 6) starts from.
+// The coordinator's truth about requests: each accepted request's prompt, parameters, status and
+// every token already streamed to the client. Workers are replaceable; this store is what a replay
+// after a failover starts from. Status changes go through protocol/lifecycle.ts, and finish() is
+// the one place where a request ends.
+import type * as grpc from '@grpc/grpc-js';
 
-import type { SamplingParams } from '../engine/sampling.js';
-
-/** Validated sampling and stopping rules: the same record the single-process engine uses. */
-export type RequestParams = SamplingParams;
+import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
+import type { SamplingParams } from '../protocol/sampling.js';
 
 export interface RequestUpdate {
   tokenIds: number[];
   text: string;
   /** Index of tokenIds[0] among the generated tokens. */
   index: number;
-  /** 0 running, 1 stop, 2 length (nodespeed.v1.FinishReason numbering). */
-  finishReason: number;
+  /** UNSPECIFIED until the last update. */
+  finishReason: FinishReason;
 }
 
+/** Where a request's output goes (the API call that accepted it). */
 export interface RequestSink {
   update(u: RequestUpdate): void;
   /** The request cannot complete (no replica, worker failure, driver refusal). */
-  fail(code: number, message: string): void;
+  fail(code: grpc.status, message: string): void;
 }
 
+/** How a request ends, and what its client is told. */
+export type RequestEnd =
+  /** `last`: the final update, its finishReason set. */
+  | { status: typeof RequestStatus.FINISHED; last: RequestUpdate }
+  | { status: typeof RequestStatus.FAILED; code: grpc.status; message: string }
+  /** The client is gone: it is told nothing. */
+  | { status: typeof RequestStatus.CANCELLED };
+
 export class RequestRecord {
+  status: RequestStatus = RequestStatus.QUEUED;
+  /** The replica it runs on (status running); null while it waits for one. */
   replica: number | null = null;
   readonly tokens: number[] = [];
   text = '';
-  finishReason = 0;
-  done = false;
+  finishReason: FinishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
   readonly createdAt = Date.now();
   firstTokenAt: number | undefined;
   /** Since when the request waits for a replica (set when a failover re-queues it). */
@@ -35,12 +45,13 @@ export class RequestRecord {
   /** How many times a failover moved it. */
   replays = 0;
 
-  constructor(readonly id: string, readonly promptIds: number[], readonly params: RequestParams, readonly sink: RequestSink) {}
+  constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink) {}
 }
 
 export class RequestStore {
   private readonly records = new Map<string, RequestRecord>();
   private nextId = 1;
+  /** Requests that ended (finished, failed or cancelled). */
   completed = 0;
 
   newId(): string {
@@ -51,13 +62,9 @@ export class RequestStore {
     this.records.set(r.id, r);
   }
 
+  /** A live request (queued or running); ended ones are forgotten. */
   get(id: string): RequestRecord | undefined {
     return this.records.get(id);
-  }
-
-  /** Forgets a finished, failed or cancelled request. */
-  remove(id: string): void {
-    if (this.records.delete(id)) this.completed++;
   }
 
   get size(): number {
@@ -72,7 +79,41 @@ export class RequestStore {
     return [...this.records.values()].filter((r) => r.replica === replica);
   }
 
+  /** Requests waiting for a replica. */
   pending(): RequestRecord[] {
-    return [...this.records.values()].filter((r) => r.replica === null);
+    return [...this.records.values()].filter((r) => r.status === RequestStatus.QUEUED);
+  }
+
+  /** queued → running on `replica`. */
+  route(r: RequestRecord, replica: number): void {
+    r.status = transition(r.status, RequestStatus.RUNNING);
+    r.replica = replica;
+    r.pendingSince = undefined;
+  }
+
+  /** running → queued: its replica was lost; it is replayed from its prompt and the tokens streamed. */
+  requeue(r: RequestRecord, now = Date.now()): void {
+    r.status = transition(r.status, RequestStatus.QUEUED);
+    r.replica = null;
+    r.pendingSince = now;
+    r.replays++;
+  }
+
+  /**
+   * Ends a live request: its final status, forgotten by the store, its client told (the last
+   * update, or the failure). False, and nothing done, when it had already ended.
+   */
+  finish(r: RequestRecord, end: RequestEnd): boolean {
+    if (isFinished(r.status) || this.records.get(r.id) !== r) return false;
+    r.status = transition(r.status, end.status);
+    this.records.delete(r.id);
+    this.completed++;
+    if (end.status === RequestStatus.FINISHED) {
+      r.finishReason = end.last.finishReason;
+      r.sink.update(end.last);
+    } else if (end.status === RequestStatus.FAILED) {
+      r.sink.fail(end.code, end.message);
+    }
+    return true;
   }
 }

@@ -3,10 +3,11 @@
 // while no replica serves yet, and are dispatched when one starts.
 import * as grpc from '@grpc/grpc-js';
 
-import { FINISH_LENGTH, FINISH_STOP } from './control-messages.js';
-import type { TokensMsg } from './control-messages.js';
+import type { Tokens } from '../protocol/control.js';
+import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
+import { samplingToWire } from '../protocol/sampling.js';
 import type { Membership, Replica } from './membership.js';
-import type { RequestRecord, RequestStore } from './requests.js';
+import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
 
 export class Router {
   constructor(private readonly members: Membership, private readonly store: RequestStore,
@@ -45,15 +46,9 @@ export class Router {
     if (!replica) return; // stays pending until a replica serves
     const driver = this.members.driver(replica);
     if (!driver) return;
-    rec.replica = replica.id;
-    rec.pendingSince = undefined;
-    const p = rec.params;
+    this.store.route(rec, replica.id);
     driver.send({
-      submit: {
-        generation: driver.generation, requestId: rec.id, promptIds: rec.promptIds, temperature: p.temperature,
-        topK: p.topK, topP: p.topP, seed: p.seed.toString(), maxTokens: p.maxTokens, stop: p.stop,
-        ignoreEos: p.ignoreEos, generatedIds: rec.tokens,
-      },
+      submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens },
     });
   }
 
@@ -61,7 +56,7 @@ export class Router {
     if (rec.replica === null) return;
     const replica = this.members.replicas[rec.replica];
     const driver = replica && this.members.driver(replica);
-    driver?.send({ cancel: { generation: driver.generation, requestId: rec.id, reason } });
+    driver?.send({ cancel: { epoch: driver.epoch, requestId: rec.id, reason } });
   }
 
   /**
@@ -76,16 +71,15 @@ export class Router {
     for (const rec of this.store.pending()) this.submit(rec);
   }
 
-  private onTokens(replica: Replica, msg: TokensMsg): void {
+  private onTokens(replica: Replica, msg: Tokens): void {
     for (const u of msg.updates) {
       const rec = this.store.get(u.requestId);
-      if (!rec || rec.done || rec.replica !== replica.id) continue; // cancelled meanwhile, or stale
+      // Ended meanwhile (cancelled, timed out), or a late report from a replica it left.
+      if (!rec || rec.status !== RequestStatus.RUNNING || rec.replica !== replica.id) continue;
       if (u.error) {
         // The driver refuses only for capacity: its queue is full, or the request's prompt plus
         // max_tokens needs more KV blocks than the replica's whole cache.
-        rec.done = true;
-        this.store.remove(rec.id);
-        rec.sink.fail(grpc.status.RESOURCE_EXHAUSTED, `replica ${replica.id}: ${u.error}`);
+        this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.RESOURCE_EXHAUSTED, message: `replica ${replica.id}: ${u.error}` });
         continue;
       }
       // Tokens the client already has (a replay re-sends from an earlier index) are dropped here.
@@ -98,13 +92,9 @@ export class Router {
       if (fresh.length) rec.firstTokenAt ??= Date.now();
       rec.tokens.push(...fresh);
       rec.text += u.text;
-      const finish = u.finishReason === FINISH_STOP || u.finishReason === FINISH_LENGTH ? u.finishReason : 0;
-      if (finish) {
-        rec.finishReason = finish;
-        rec.done = true;
-        this.store.remove(rec.id);
-      }
-      rec.sink.update({ tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: finish });
+      const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason };
+      if (u.finishReason === FinishReason.FINISH_REASON_UNSPECIFIED) rec.sink.update(update);
+      else this.store.finish(rec, { status: RequestStatus.FINISHED, last: update });
     }
   }
 
@@ -115,25 +105,18 @@ export class Router {
   requeue(replica: Replica): RequestRecord[] {
     const moved = this.store.onReplica(replica.id);
     const now = Date.now();
-    for (const rec of moved) {
-      rec.replica = null;
-      rec.pendingSince = now;
-      rec.replays++;
-    }
+    for (const rec of moved) this.store.requeue(rec, now);
     for (const rec of moved) this.submit(rec);
     return moved;
   }
 
   /** Fails every request still waiting for a replica. */
-  failPending(code: number, message: string, olderThanMs = 0): number {
+  failPending(code: grpc.status, message: string, olderThanMs = 0): number {
     const now = Date.now();
     let n = 0;
     for (const rec of this.store.pending()) {
       if (now - (rec.pendingSince ?? rec.createdAt) < olderThanMs) continue;
-      rec.done = true;
-      this.store.remove(rec.id);
-      rec.sink.fail(code, message);
-      n++;
+      if (this.store.finish(rec, { status: RequestStatus.FAILED, code, message })) n++;
     }
     return n;
   }

@@ -7,7 +7,8 @@ import { HealthImplementation } from 'grpc-health-check';
 
 import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
-} from '../client/proto.js';
+} from '../protocol/proto.js';
+import { RequestStatus } from '../protocol/lifecycle.js';
 import { InferenceApi } from './api.js';
 import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';
@@ -131,11 +132,8 @@ export class Coordinator {
   async stop(reason = 'shutting down'): Promise<void> {
     this.state = 'stopping';
     this.failover.dispose();
-    for (const rec of [...this.store.values()]) {
-      rec.done = true;
-      this.store.remove(rec.id);
-      rec.sink.fail(grpc.status.UNAVAILABLE, `server ${reason}`);
-    }
+    for (const rec of [...this.store.values()])
+      this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.UNAVAILABLE, message: `server ${reason}` });
     this.members.stopAll(reason);
     await this.metricsServer?.close();
     await new Promise<void>((resolve) => {

@@ -8,7 +8,7 @@
 //     larger TP (fewer pipeline stages). tp' must split the model's heads as at launch, a TP group
 //     stays on one host unless --allow-tp-across-hosts, and the survivors keep their order (the old
 //     driver, if it survived, drives again).
-//   - Applying it: a new generation (fresh communicators, new unique id), each kept rank's plan
+//   - Applying it: a new epoch (fresh communicators, new unique id), each kept rank's plan
 //     (stage, TP rank, layers) replaced, the ranks left out dropped from the layout (their slots then
 //     hold no rank), and the ranks that joined meanwhile get their new assignment: each loads its
 //     new shard. Failover replays the replica's requests as in any recovery, and the ranks left out
@@ -156,20 +156,20 @@ export function planShrink(m: Membership, replica: Replica, restarted: Set<numbe
 }
 
 /**
- * Re-forms the replica with `plan` in a new generation: the ranks it leaves out are dropped from the
+ * Re-forms the replica with `plan` in a new epoch: the ranks it leaves out are dropped from the
  * layout (a connection of theirs is marked lost, their slots hold no rank), the kept ranks get their
  * new plans, and those that joined already get their assignment (the others get it when they join).
- * Returns the generation and the ranks dropped.
+ * Returns the epoch and the ranks dropped.
  */
-export function applyShrink(m: Membership, replica: Replica, plan: ShrinkPlan): { generation: string; dropped: number[] } {
-  const generation = m.bumpGeneration(replica);
+export function applyShrink(m: Membership, replica: Replica, plan: ShrinkPlan): { epoch: string; dropped: number[] } {
+  const epoch = m.newEpoch(replica);
   const kept = plan.ranks.map((p) => p.rank);
   const dropped = replica.ranks.filter((r) => !kept.includes(r));
   for (const r of dropped) {
     const w = m.workers.get(r);
     if (w && w.state !== 'lost') {
       w.state = 'lost';
-      w.lostReason = `left out of replica ${replica.id}'s smaller layout in generation ${generation}`;
+      w.lostReason = `left out of replica ${replica.id}'s smaller layout in generation ${epoch}`;
     }
     m.workers.delete(r);
     m.slots.release(r);
@@ -179,5 +179,5 @@ export function applyShrink(m: Membership, replica: Replica, plan: ShrinkPlan): 
   replica.tp = plan.tp;
   replica.pp = plan.pp;
   m.release(replica);
-  return { generation, dropped };
+  return { epoch, dropped };
 }

@@ -4,7 +4,7 @@
 // joined with the job token, heartbeat, and have no assignment (no weights loaded). When a rank is
 // lost, a spare takes it over: from then on the spare's slot holds that rank, and the lost rank's
 // old slot, once its process is gone, is started again and joins as a spare (topping the pool up).
-import type { JoinMsg } from './control-messages.js';
+import type { Join } from '../protocol/control.js';
 import type { ControlCall } from './worker-conn.js';
 
 /** Where a launcher slot is: its host and its index among that host's slots (its device). */
@@ -15,7 +15,7 @@ export interface SlotInfo {
 
 export interface Spare {
   slot: number;
-  join: JoinMsg;
+  join: Join;
   call: ControlCall;
   lastHeartbeat: number;
   /** Hands the control stream over to the worker connection that replaces the spare. */
@@ -88,7 +88,7 @@ export class Slots {
   }
 
   /**
-   * The coordinator's heartbeat to each spare (a spare has no generation yet: '0'), and drops a
+   * The coordinator's heartbeat to each spare (a spare has no epoch yet: '0'), and drops a
    * spare silent past the timeout (a hung spare must not be handed a rank). Returns the dropped slots.
    */
   tickSpares(now: number, timeoutMs: number, log: (line: string) => void): number[] {
@@ -101,7 +101,7 @@ export class Slots {
         continue;
       }
       try {
-        s.call.write({ heartbeat: { generation: '0', sentAtMs: now } });
+        s.call.write({ heartbeat: { epoch: '0', sentAtMs: now } });
       } catch {
         /* closing; its stream handler drops it */
       }
@@ -113,7 +113,7 @@ export class Slots {
   stopSpares(reason: string): void {
     for (const s of this.spares.values()) {
       try {
-        s.call.write({ stop: { generation: '0', reason } });
+        s.call.write({ stop: { epoch: '0', reason } });
         s.call.end();
       } catch {
         /* already closed */

@@ -1,7 +1,7 @@
 // The coordinator's view of one worker connection and of one replica (membership.ts owns them).
 import type * as grpc from '@grpc/grpc-js';
 
-import type { JoinMsg, OutgoingCoordinatorMessage, ReplicaLoadMsg, WorkerMessage } from './control-messages.js';
+import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
 import type { RankPlan } from './layout.js';
 
 export type WorkerState = 'joined' | 'loading' | 'ready' | 'serving' | 'lost';
@@ -23,11 +23,11 @@ export class WorkerConn {
   toldLost = false;
 
   /**
-   * `generation`: the one this worker is assigned in (its messages must carry it, ours to it do);
+   * `epoch`: the one this worker is assigned in (its messages must carry it, ours to it do);
    * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
    * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  constructor(public plan: RankPlan, readonly join: JoinMsg, readonly call: ControlCall, public generation: string) {}
+  constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {}
 
   get rank(): number {
     return this.plan.rank;
@@ -53,19 +53,19 @@ export class WorkerConn {
 
 export class Replica {
   state: ReplicaState = 'forming';
-  load: ReplicaLoadMsg | null = null;
+  load: ReplicaLoad | null = null;
   kvBlocks = 0;
   kvBlockSize = 0;
-  /** True while failover re-forms it: its ranks may join again, in a newer generation. */
+  /** True while failover re-forms it: its ranks may join again, in a newer epoch. */
   reforming = false;
   /** Ranks that join wait for their assignment (a respawn whose layout is not settled yet, see Membership.hold). */
   holding = false;
   /**
-   * The membership generation its ranks live in: set when it is (re-)formed. Every rank of the
+   * The membership epoch its ranks live in: set when it is (re-)formed. Every rank of the
    * replica gets this one, however late it joins: another replica's re-form moves the cluster's
-   * counter on, and ranks of one replica in two generations would never meet at their rendezvous.
+   * counter on, and ranks of one replica in two epochs would never meet at their rendezvous.
    */
-  generation = '1';
+  epoch = '1';
 
   /**
    * `ranks`: its layout ranks in (stage, TP rank) order, the driver first; `tp` x `pp`: its shape.

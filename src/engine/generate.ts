@@ -3,10 +3,10 @@
 // in the same steps as decodes). This is the reference the distributed path must equal.
 import { BlockAllocator } from './block-allocator.js';
 import type { Engine } from './engine.js';
-import { validateSampling } from './sampling.js';
-import type { SamplingOptions, SamplingParams } from './sampling.js';
+import type { FinishReason } from '../protocol/lifecycle.js';
+import { validateSampling, withinContext } from '../protocol/sampling.js';
+import type { SamplingInput, SamplingParams } from '../protocol/sampling.js';
 import { StopChecker } from './stop-checker.js';
-import type { FinishReason } from './stop-checker.js';
 
 export interface TokenizerLike {
   encode(text: string): number[];
@@ -14,7 +14,7 @@ export interface TokenizerLike {
   eosTokenIds: number[];
 }
 
-export interface GenerateRequest extends SamplingOptions {
+export interface GenerateRequest extends SamplingInput {
   /** Text, tokenized with the tokenizer's own special-token rules (BOS where it adds one). */
   prompt?: string;
   /** Or ids, used as given. */
@@ -52,20 +52,20 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
   const maxPos = engine.maxPosition;
   const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
   const waiting: Running[] = requests.map((req, index) => {
-    const params = validateSampling(req);
-    const promptIds = req.promptIds ? [...req.promptIds] : tokenizer.encode(req.prompt ?? '');
+    const { prompt, promptIds: ids, ...sampling } = req;
+    const asked = validateSampling(sampling);
+    const promptIds = ids ? [...ids] : tokenizer.encode(prompt ?? '');
     if (promptIds.length === 0) throw new RangeError(`request ${index}: empty prompt`);
     if (promptIds.length >= maxPos)
       throw new RangeError(`request ${index}: prompt of ${promptIds.length} tokens leaves no room in the model's context of ${maxPos}`);
-    // The context bounds the output too; that ends as 'length' like max tokens.
-    const maxTokens = Math.min(params.maxTokens, maxPos - promptIds.length);
-    const stop = new StopChecker({ eosTokenIds: tokenizer.eosTokenIds, stop: params.stop, maxTokens,
+    const params = withinContext(asked, promptIds.length, maxPos);
+    const stop = new StopChecker({ eosTokenIds: tokenizer.eosTokenIds, stop: params.stop, maxTokens: params.maxTokens,
       ignoreEos: params.ignoreEos, decode: (ids) => tokenizer.decode(ids) });
     return { index, promptIds, params, stop, pos: 0, next: promptIds, start: performance.now() };
   });
   const running: Running[] = [];
   // Reserve a sequence's whole budget (prompt + max output) on admission: no preemption needed.
-  const budget = (r: Running) => r.promptIds.length + Math.min(r.params.maxTokens, maxPos - r.promptIds.length);
+  const budget = (r: Running) => r.promptIds.length + r.params.maxTokens;
   try {
     while (waiting.length || running.length) {
       while (waiting.length && allocator.canAllocate(waiting[0]!.index, budget(waiting[0]!))) {

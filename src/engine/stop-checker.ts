@@ -3,8 +3,9 @@
 // string, or ends in an incomplete UTF-8 character, is held back until it is settled.
 
 import { IncrementalDecoder } from '../model/tokenizer.js';
+import { FinishReason } from '../protocol/lifecycle.js';
 
-export type FinishReason = 'stop' | 'length';
+const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH } = FinishReason;
 
 export interface StopOptions {
   eosTokenIds: readonly number[];
@@ -44,9 +45,20 @@ export class StopChecker {
     return this.finalText ?? this.emitted;
   }
 
+  /**
+   * How `token`, pushed next, ends the sequence whatever its text: EOS, or the last token maxTokens
+   * allows. Known as soon as the token is sampled; a stop string only once push() decodes it.
+   */
+  endsWith(token: number): FinishReason | undefined {
+    if (!this.opts.ignoreEos && this.opts.eosTokenIds.includes(token)) return STOP;
+    if (this.tokens.length + 1 >= this.opts.maxTokens) return LENGTH;
+    return undefined;
+  }
+
   push(token: number): StopUpdate {
     if (this.done) throw new Error('StopChecker: push after the sequence finished');
-    if (!this.opts.ignoreEos && this.opts.eosTokenIds.includes(token)) return this.finish('stop', this.full + this.decoder.flush());
+    const ends = this.endsWith(token);
+    if (ends === STOP) return this.finish(STOP, this.full + this.decoder.flush());
     this.tokens.push(token);
     const before = this.full.length;
     this.full += this.decoder.push(token);
@@ -55,8 +67,8 @@ export class StopChecker {
       const at = this.full.indexOf(s, Math.max(0, before - s.length + 1));
       if (at >= 0 && (cut < 0 || at < cut)) cut = at;
     }
-    if (cut >= 0) return this.finish('stop', this.full.slice(0, cut));
-    if (this.tokens.length >= this.opts.maxTokens) return this.finish('length', this.full + this.decoder.flush());
+    if (cut >= 0) return this.finish(STOP, this.full.slice(0, cut));
+    if (ends === LENGTH) return this.finish(LENGTH, this.full + this.decoder.flush());
     return { delta: this.advance(this.settled(this.full)), done: false };
   }
 

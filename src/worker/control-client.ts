@@ -1,31 +1,30 @@
 // The worker's end of the control plane: one bidirectional stream to the coordinator. Sends Join
-// first, heartbeats from then on (every message carries the membership generation), and hands the
+// first, heartbeats from then on (every message carries the membership epoch), and hands the
 // coordinator's messages to the worker as events. Also the communicator rendezvous: every member
 // of a group offers a blob, the coordinator answers with all of them in rank order.
 import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../client/proto.js';
+import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
 import type {
-  AbortMsg, AssignmentMsg, CancelMsg, CommPeersMsg, CoordinatorMessage, JoinMsg, OutgoingWorkerMessage, ReplicaLoadMsg,
-  StartMsg, StopMsg, SubmitMsg,
-} from '../coordinator/control-messages.js';
+  Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
+} from '../protocol/control.js';
 
 export interface ControlEvents {
-  assignment: [AssignmentMsg];
-  start: [StartMsg];
-  submit: [SubmitMsg];
-  cancel: [CancelMsg];
-  stop: [StopMsg];
-  abort: [AbortMsg];
+  assignment: [Assignment];
+  start: [Start];
+  submit: [Submit];
+  cancel: [Cancel];
+  stop: [Stop];
+  abort: [Abort];
   /** The stream ended or failed: the coordinator is gone or refused us. */
   closed: [Error | null];
 }
 
 export class ControlClient extends EventEmitter<ControlEvents> {
-  generation = '0';
-  private readonly client: grpc.Client;
+  epoch = '0';
+  private readonly client: ControlStub;
   private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
   private readonly rendezvous = new Map<string, { resolve: (payloads: Buffer[]) => void; reject: (err: Error) => void }>();
   private beating = true;
@@ -34,17 +33,18 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private timeoutMs = 0;
   private closed = false;
   /** Filled by the replica driver: sent with every heartbeat. */
-  load: (() => ReplicaLoadMsg) | undefined;
+  load: (() => ReplicaLoadIn) | undefined;
 
-  constructor(address: string, join: JoinMsg, heartbeatMs: number) {
+  constructor(address: string, join: JoinIn, heartbeatMs: number) {
     super();
     const Ctor = clientConstructor(controlPackageDefinition(), CONTROL_SERVICE);
-    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 });
-    this.call = (this.client as unknown as { Connect(): grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage> }).Connect();
+    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 }) as unknown as ControlStub;
+    // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
+    this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
     this.call.on('error', (err: Error) => this.finish(err));
     this.call.on('end', () => this.finish(null));
-    this.call.write({ join: { ...join } as unknown as Record<string, unknown> });
+    this.call.write({ join });
     this.startHeartbeat(heartbeatMs);
   }
 
@@ -59,7 +59,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
         this.close();
         return;
       }
-      this.send({ heartbeat: { generation: this.generation, sentAtMs: Date.now(), ...(this.load ? { load: this.load() } : {}) } });
+      this.send({ heartbeat: { epoch: this.epoch, sentAtMs: Date.now(), ...(this.load ? { load: this.load() } : {}) } });
     }, ms);
   }
 
@@ -67,7 +67,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     this.lastHeard = Date.now();
     switch (m.msg) {
       case 'assignment':
-        this.generation = m.assignment.generation;
+        this.epoch = m.assignment.epoch;
         this.timeoutMs = m.assignment.heartbeatTimeoutMs;
         if (m.assignment.heartbeatIntervalMs > 0) this.startHeartbeat(m.assignment.heartbeatIntervalMs);
         this.emit('assignment', m.assignment);
@@ -75,13 +75,13 @@ export class ControlClient extends EventEmitter<ControlEvents> {
       case 'heartbeat':
         return; // proof the coordinator is alive; nothing to do
       case 'commPeers':
-        if (m.commPeers.generation !== this.generation) return;
+        if (m.commPeers.epoch !== this.epoch) return;
         this.rendezvous.get(m.commPeers.group)?.resolve(m.commPeers.payloads);
         this.rendezvous.delete(m.commPeers.group);
         return;
       default: {
-        const body = (m as unknown as Record<string, { generation: string }>)[m.msg]!;
-        if (body.generation !== this.generation) return; // stale: another membership generation
+        const body = (m as unknown as Record<string, { epoch: string }>)[m.msg]!;
+        if (body.epoch !== this.epoch) return; // stale: another membership epoch
         this.emit(m.msg as 'start', body as never);
       }
     }
@@ -95,7 +95,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     this.emit('closed', err);
   }
 
-  /** Fails every pending rendezvous (its generation was aborted: the coordinator dropped the group). */
+  /** Fails every pending rendezvous (its epoch was aborted: the coordinator dropped the group). */
   cancelRendezvous(why: string): void {
     for (const [group, r] of this.rendezvous) {
       this.rendezvous.delete(group);
@@ -121,7 +121,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new Error(`rendezvous ${group}: the control stream is closed`));
       this.rendezvous.set(group, { resolve, reject });
-      this.send({ commOffer: { generation: this.generation, group, groupRank, groupSize, payload: Buffer.from(payload) } });
+      this.send({ commOffer: { epoch: this.epoch, group, groupRank, groupSize, payload: Buffer.from(payload) } });
     });
   }
 

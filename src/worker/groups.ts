@@ -10,7 +10,7 @@ import type { Comm } from '../comm/comm.js';
 import type { ControlClient } from './control-client.js';
 
 export interface GroupSpec {
-  /** Unique within the job and generation, e.g. "r0/tp/s1". */
+  /** Unique within the job and epoch, e.g. "r0/tp/s1". */
   name: string;
   rank: number;
   size: number;
@@ -18,7 +18,7 @@ export interface GroupSpec {
   /** Host name or address peers can reach this worker on (TCP). */
   advertise: string;
   deviceIndex: number;
-  /** Job token + generation: a stray or stale connection is refused. */
+  /** Job token + epoch: a stray or stale connection is refused. */
   nonce: string;
 }
 

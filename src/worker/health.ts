@@ -7,7 +7,7 @@
 //   - communicator errors: each communicator's asyncError() (ncclCommGetAsyncError on GPU, a socket
 //     error or a peer's hang-up on the CPU TCP comm) is polled, so a broken communicator is
 //     reported even when no call is waiting on it.
-// Either finding is reported once per generation through `unhealthy`; the worker then tells the
+// Either finding is reported once per epoch through `unhealthy`; the worker then tells the
 // coordinator and stops heartbeating, so even a lost report ends in a heartbeat timeout.
 import type { Comm } from '../comm/comm.js';
 
@@ -29,14 +29,14 @@ export class WorkerHealth {
     this.timer.unref();
   }
 
-  /** A new generation: new communicators, nothing reported yet. */
+  /** A new epoch: new communicators, nothing reported yet. */
   reset(comms: { name: string; comm: Comm }[]): void {
     this.comms = comms;
     this.stepSince = 0;
     this.reported = false;
   }
 
-  /** Stops watching the current generation's communicators (they are being aborted on purpose). */
+  /** Stops watching the current epoch's communicators (they are being aborted on purpose). */
   quiet(): void {
     this.comms = [];
     this.reported = true;

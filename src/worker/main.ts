@@ -1,15 +1,16 @@
 // A serving worker: one process per slot, started by the launcher (`node dist/worker/main.js`).
 // Reads its identity from the environment (RANK, NODESPEED_JOB_TOKEN, NODESPEED_COORDINATOR),
 // joins the coordinator, receives its assignment, forms its communicators, loads only its shard,
-// reports progress and readiness, and then runs steps until told to stop. Heartbeats flow from the
-// first message on; the engine and the communicators run off the JS thread, so they keep flowing.
+// reports progress and readiness, and at Start hands over to its replica's step loop
+// (replica.ts) until told to stop. Heartbeats flow from the first message on; the engine and the
+// communicators run off the JS thread, so they keep flowing.
 //
-// A worker lives through membership generations (issue 6). When its replica loses a peer, the
-// coordinator aborts the generation; a surviving worker keeps its process and its loaded shard,
-// waits for the next generation's assignment (fresh communicators with a new unique id, a spare in
-// the lost peer's place) and serves again. A spare is a worker that joined and got no assignment
-// yet: it waits, heartbeating, until the coordinator hands it a lost rank. The step watchdog and
-// the communicator poll (health.ts) report a wedged step or a broken communicator.
+// A worker lives through membership epochs. When its replica loses a peer, the coordinator aborts
+// the epoch; a surviving worker keeps its process and its loaded shard, waits for the next epoch's
+// assignment (fresh communicators with a new unique id, a spare in the lost peer's place) and
+// serves again. A spare is a worker that joined and got no assignment yet: it waits, heartbeating,
+// until the coordinator hands it a lost rank. The step watchdog and the communicator poll
+// (health.ts) report a wedged step or a broken communicator.
 import { availableParallelism, hostname } from 'node:os';
 
 import { Engine } from '../engine/engine.js';
@@ -17,13 +18,11 @@ import { loadTokenizer } from '../model/index.js';
 import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
-import type { AssignmentMsg, StartMsg, SubmitMsg } from '../coordinator/control-messages.js';
+import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
 import { ControlClient } from './control-client.js';
-import { runDriver, runFollower } from './executor.js';
-import type { ReplicaPosition } from './executor.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
-import { Scheduler } from './scheduler.js';
+import { Replica } from './replica.js';
 
 function env(name: string): string {
   const v = process.env[name];
@@ -44,35 +43,56 @@ function deviceInfo() {
 }
 
 /** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
-function shardKey(a: AssignmentMsg): string {
+function shardKey(a: Assignment): string {
   return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
 }
 
-/** One membership generation of this worker: aborted when the coordinator gives up on it. */
-class Generation {
+/**
+ * One membership epoch of this worker: aborted when the coordinator gives up on it. Requests that
+ * arrive before its replica serves wait here, then go to the replica's driver.
+ */
+class Epoch {
   aborted = false;
-  scheduler: Scheduler | undefined;
-  wake: (() => void) | undefined;
-  readonly early: { submit: SubmitMsg[]; cancel: string[] } = { submit: [], cancel: [] };
+  private replica: Replica | undefined;
+  private readonly early: { submit: Submit[]; cancel: string[] } = { submit: [], cancel: [] };
   private rejectAborted!: (err: Error) => void;
-  /** Rejects when the generation is aborted: raced against every wait that only the coordinator ends. */
+  /** Rejects when the epoch is aborted: raced against every wait that only the coordinator ends. */
   readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
 
-  constructor(readonly id: string) {
+  constructor(readonly id: string, private readonly refuse: (update: TokenUpdate) => void) {
     this.abortedSignal.catch(() => {});
+  }
+
+  /** The replica serves: it takes the requests that came early, and every later one. */
+  serve(replica: Replica): void {
+    this.replica = replica;
+    for (const s of this.early.submit) this.submit(s);
+    for (const id of this.early.cancel) this.cancel(id);
+  }
+
+  submit(s: Submit): void {
+    if (!this.replica) this.early.submit.push(s);
+    else if (this.replica.isDriver) {
+      const refused = this.replica.submit(s);
+      if (refused) this.refuse(refused);
+    }
+  }
+
+  cancel(id: string): void {
+    if (!this.replica) this.early.cancel.push(id);
+    else if (this.replica.isDriver) this.replica.cancel(id);
+  }
+
+  /** Ends the replica's loop (the driver tells the other ranks). */
+  stop(): void {
+    this.replica?.stop();
   }
 
   abort(reason: string): void {
     if (this.aborted) return;
     this.aborted = true;
     this.rejectAborted(new Error(`generation ${this.id} aborted: ${reason}`));
-    this.poke();
-  }
-
-  poke(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
+    this.stop();
   }
 }
 
@@ -81,137 +101,135 @@ class Worker {
   private engineKey = '';
   private tokenizer: Tokenizer | undefined;
   private comms: Comm[] = [];
-  private gen: Generation | undefined;
+  private epoch: Epoch | undefined;
   stopRequested = false;
   /** Set once this worker has served (got Start): a later failure waits to be re-formed instead of exiting. */
   served = false;
 
   constructor(private readonly control: ControlClient, private readonly token: string, readonly health: WorkerHealth) {
-    this.control.on('submit', (s) => this.onSubmit(s));
-    this.control.on('cancel', (c) => this.onCancel(c.requestId));
+    this.control.on('submit', (s) => {
+      if (s.epoch === this.epoch?.id) this.epoch.submit(s);
+    });
+    this.control.on('cancel', (c) => this.epoch?.cancel(c.requestId));
   }
 
-  get generationAborted(): boolean {
-    return this.gen?.aborted ?? false;
+  get epochAborted(): boolean {
+    return this.epoch?.aborted ?? false;
   }
 
-  /** Runs one generation: resolves when told to stop, rejects on a failure or when the generation is aborted. */
-  async run(a: AssignmentMsg): Promise<void> {
-    const gen = new Generation(a.generation);
-    this.gen = gen;
-    const pos: ReplicaPosition = { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp };
-    const local = a.stage * a.tp + a.tpRank;
-    const me = a.peers[local];
-    const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? me?.host ?? hostname();
-    // The nonce carries the generation: a peer of an older generation cannot connect to this one.
-    const nonce = `${this.token}/${a.generation}`;
-    const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
-    const deviceIndex = cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
-    const started = Promise.race([new Promise<StartMsg>((resolve) => {
-      const on = (s: StartMsg) => {
-        if (s.generation !== a.generation) return;
+  /**
+   * Runs one epoch: forms the communicators, loads the shard (or keeps the loaded one), reports
+   * ready, and at Start hands over to the replica's step loop. Resolves when told to stop, rejects
+   * on a failure or when the epoch is aborted.
+   */
+  async run(a: Assignment): Promise<void> {
+    const epoch = new Epoch(a.epoch, (update) => this.control.send({ tokens: { epoch: a.epoch, updates: [update] } }));
+    this.epoch = epoch;
+    const started = Promise.race([new Promise<Start>((resolve) => {
+      const on = (s: Start) => {
+        if (s.epoch !== a.epoch) return;
         this.control.off('start', on);
         resolve(s);
       };
       this.control.on('start', on);
-      void gen.abortedSignal.catch(() => this.control.off('start', on));
-    }), gen.abortedSignal]);
+      void epoch.abortedSignal.catch(() => this.control.off('start', on));
+    }), epoch.abortedSignal]);
     // Communicators first (cheap, and a missing peer shows up before minutes of loading).
+    const { tpComm, plane } = await this.formGroups(a, epoch);
+    const driver = a.stage === 0 && a.tpRank === 0;
+    const engine = await this.loadShard(a);
+    if (driver && !this.tokenizer) this.tokenizer = await loadTokenizer(a.modelDir);
+    if (epoch.aborted) throw new Error(`generation ${a.epoch} aborted while loading`);
+    if (tpComm) engine.setTpComm(tpComm.native);
+    const p2p = tpComm?.native.p2p;  // NCCL: whether the one-shot P2P collectives are on, or why not
+    this.control.send({ ready: { epoch: a.epoch, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
+      describe: engine.describe() + (p2p ? `; tp comm: ${p2p}` : '') } });
+    const start = await started;
+    this.served = true;
+    const replica = new Replica(engine, plane ?? null, { stage: a.stage, tpRank: a.tpRank, tp: a.tp, pp: a.pp }, {
+      watch: (run) => this.health.step(run),
+      ...(driver ? {
+        driver: {
+          tokenizer: this.tokenizer!, kvBlocks: start.kvBlocks, kvBlockSize: start.kvBlockSize,
+          maxBatchTokens: a.maxBatchTokens || 256, maxQueue: a.maxQueue || 1024,
+          emit: (updates) => {
+            if (updates.length && !epoch.aborted) this.control.send({ tokens: { epoch: a.epoch, updates } });
+          },
+        },
+      } : {}),
+    });
+    if (driver) this.control.load = () => replica.load()!;
+    epoch.serve(replica);
+    if (this.stopRequested || epoch.aborted) replica.stop();
+    await replica.run();
+    if (driver && epoch.aborted) throw new Error(`generation ${a.epoch} aborted`);
+  }
+
+  /**
+   * The epoch's communicators, met through the coordinator: "tp" (the ranks of this pipeline stage:
+   * the engine's collectives) and "replica" (every rank of the replica: the data plane).
+   */
+  private async formGroups(a: Assignment, epoch: Epoch): Promise<{ tpComm?: Comm; plane?: Comm }> {
+    const local = a.stage * a.tp + a.tpRank;
+    const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? a.peers[local]?.host ?? hostname();
+    // The nonce carries the epoch: a peer of an older epoch cannot connect to this one.
+    const nonce = `${this.token}/${a.epoch}`;
+    const deviceIndex = this.deviceIndex(a);
     let tpComm: Comm | undefined;
     if (a.tp > 1)
       tpComm = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
-        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce }), gen.abortedSignal]);
+        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce }), epoch.abortedSignal]);
     if (tpComm) this.comms.push(tpComm);
     let plane: Comm | undefined;
     if (a.tp * a.pp > 1)
       plane = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
-        advertise, deviceIndex, nonce }), gen.abortedSignal]);
+        advertise, deviceIndex, nonce }), epoch.abortedSignal]);
     if (plane) this.comms.push(plane);
     this.health.reset([...(tpComm ? [{ name: `r${a.replica}/tp/s${a.stage}`, comm: tpComm }] : []),
       ...(plane ? [{ name: `r${a.replica}/replica`, comm: plane }] : [])]);
-    const driver = local === 0;
+    return { ...(tpComm ? { tpComm } : {}), ...(plane ? { plane } : {}) };
+  }
+
+  private deviceIndex(a: Assignment): number {
+    const cudaVisible = process.env.CUDA_VISIBLE_DEVICES;
+    return cudaVisible && !cudaVisible.includes(',') ? 0 : a.deviceIndex;
+  }
+
+  /** This rank's shard: the one already loaded when the assignment keeps it (a survivor re-formed in place). */
+  private async loadShard(a: Assignment): Promise<Engine> {
     const key = shardKey(a);
     if (this.engine && this.engineKey !== key) {
       this.engine.dispose();
       this.engine = undefined;
     }
-    if (!this.engine) {
-      // CPU workers sharing a host split its cores instead of each spawning one thread per core
-      // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
-      const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
-      const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
-      this.engine = await Engine.load(a.modelDir, {
-        device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
-        layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex,
-        ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
-        ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
-        onProgress: (done, total) => this.control.send({ loadProgress: { generation: a.generation, done, total } }),
-      });
-      this.engineKey = key;
-    } else {
-      this.control.send({ loadProgress: { generation: a.generation, done: 1, total: 1 } });
+    if (this.engine) {
+      this.control.send({ loadProgress: { epoch: a.epoch, done: 1, total: 1 } });
+      return this.engine;
     }
-    if (driver && !this.tokenizer) this.tokenizer = await loadTokenizer(a.modelDir);
-    const engine = this.engine;
-    if (gen.aborted) throw new Error(`generation ${a.generation} aborted while loading`);
-    if (tpComm) engine.setTpComm(tpComm.native);
-    const p2p = tpComm?.native.p2p;  // NCCL: whether the one-shot P2P collectives are on, or why not
-    this.control.send({ ready: { generation: a.generation, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
-      describe: engine.describe() + (p2p ? `; tp comm: ${p2p}` : '') } });
-    const start = await started;
-    this.served = true;
-    const watch = <T>(run: () => Promise<T>) => this.health.step(run);
-    if (!driver) return runFollower(engine, plane!, pos, watch);
-    const sched = new Scheduler(start.kvBlocks, start.kvBlockSize, this.tokenizer!, a.maxBatchTokens || 256, a.maxQueue || 1024,
-      engine.maxPosition);
-    gen.scheduler = sched;
-    this.control.load = () => sched.load();
-    for (const s of gen.early.submit) this.onSubmit(s);
-    for (const c of gen.early.cancel) this.onCancel(c);
-    await runDriver(engine, plane ?? null, pos, sched, {
-      emit: (updates) => {
-        if (updates.length && !gen.aborted) this.control.send({ tokens: { generation: a.generation, updates } });
-      },
-      waitForWork: () => new Promise<void>((resolve) => {
-        gen.wake = resolve;
-      }),
-      stopping: () => this.stopRequested || gen.aborted,
-    }, watch);
-    if (gen.aborted) throw new Error(`generation ${a.generation} aborted`);
-  }
-
-  private onSubmit(s: SubmitMsg): void {
-    const gen = this.gen;
-    if (!gen || s.generation !== gen.id) return;
-    if (!gen.scheduler) {
-      gen.early.submit.push(s);
-      return;
-    }
-    const err = gen.scheduler.submit(s);
-    if (err) this.control.send({ tokens: { generation: gen.id, updates: [err] } });
-    gen.poke();
-  }
-
-  private onCancel(id: string): void {
-    const gen = this.gen;
-    if (!gen) return;
-    if (!gen.scheduler) {
-      gen.early.cancel.push(id);
-      return;
-    }
-    gen.scheduler.cancel(id);
-    gen.poke();
+    // CPU workers sharing a host split its cores instead of each spawning one thread per core
+    // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
+    const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
+    const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
+    this.engine = await Engine.load(a.modelDir, {
+      device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
+      layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex: this.deviceIndex(a),
+      ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
+      ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
+      onProgress: (done, total) => this.control.send({ loadProgress: { epoch: a.epoch, done, total } }),
+    });
+    this.engineKey = key;
+    return this.engine;
   }
 
   requestStop(): void {
     this.stopRequested = true;
-    this.gen?.poke();
+    this.epoch?.stop();
   }
 
-  /** The coordinator gave up on this generation: unblock everything of it, keep the process and the shard. */
-  abortGeneration(reason: string): void {
+  /** The coordinator gave up on this epoch: unblock everything of it, keep the process and the shard. */
+  abortEpoch(reason: string): void {
     this.health.quiet();
-    this.gen?.abort(reason);
+    this.epoch?.abort(reason);
     this.control.load = undefined;
     this.control.cancelRendezvous(`generation aborted: ${reason}`);
     this.abortComms();
@@ -229,7 +247,7 @@ class Worker {
   }
 }
 
-/** How long a worker whose generation failed waits for the next one before it gives up and exits. */
+/** How long a worker whose epoch failed waits for the next one before it gives up and exits. */
 const REFORM_WAIT_MS = 120_000;
 
 async function main(): Promise<void> {
@@ -247,7 +265,7 @@ async function main(): Promise<void> {
     unhealthy: (reason, kind) => {
       if (worker.stopRequested) return; // peers hanging up during a shutdown are expected
       log(`worker ${rank}: unhealthy: ${reason}`);
-      control.send({ error: { generation: control.generation, message: reason, fatal: true } });
+      control.send({ error: { epoch: control.epoch, message: reason, fatal: true } });
       // A wedged step: stop beating so the coordinator's heartbeat timeout confirms it even if the
       // report is lost. A broken communicator leaves the process healthy (it can be re-formed).
       if (kind === 'step') control.stopBeating();
@@ -278,16 +296,16 @@ async function main(): Promise<void> {
     signalStop();
   });
   control.on('abort', (m) => {
-    log(`worker ${rank}: abort of generation ${m.generation}: ${m.reason}`);
-    worker.abortGeneration(m.reason);
+    log(`worker ${rank}: abort of generation ${m.epoch}: ${m.reason}`);
+    worker.abortEpoch(m.reason);
   });
-  const assignments: AssignmentMsg[] = [];
+  const assignments: Assignment[] = [];
   let assigned: (() => void) | undefined;
   control.on('assignment', (a) => {
     assignments.push(a);
     assigned?.();
   });
-  const nextAssignment = async (limitMs: number): Promise<AssignmentMsg | null> => {
+  const nextAssignment = async (limitMs: number): Promise<Assignment | null> => {
     const timeout = new Promise<null>((r) => setTimeout(() => r(null), limitMs).unref());
     while (!assignments.length) {
       const got = await Promise.race([new Promise<boolean>((r) => (assigned = () => r(true))), stopped.then(() => false), timeout.then(() => false)]);
@@ -309,9 +327,9 @@ async function main(): Promise<void> {
       break;
     } catch (err) {
       if (worker.stopRequested) break;
-      if (!worker.generationAborted) {
+      if (!worker.epochAborted) {
         log(`worker ${rank}: ${(err as Error).message}`);
-        control.send({ error: { generation: control.generation, message: (err as Error).message, fatal: true } });
+        control.send({ error: { epoch: control.epoch, message: (err as Error).message, fatal: true } });
       }
       worker.abortComms();
       if (!worker.served) {

@@ -1,34 +1,41 @@
-// Continuous batching for one replica, run by its driver. Requests join and leave at every step:
-// each step carries the decodes of running sequences and prefill chunks of newly admitted ones
-// (long prompts are cut into chunks so one prefill cannot stall everyone's decode). A request is
-// admitted only when the KV cache can hold its whole budget (prompt + max tokens), reserved up
-// front, so nothing ever needs preempting; its blocks are freed on finish or cancel.
+// Continuous batching for one replica, run by its driver (the shape of vLLM's scheduler: plan a
+// step, then apply its output). Requests join and leave at every step: each step carries the
+// decodes of running sequences and prefill chunks of newly admitted ones (long prompts are cut into
+// chunks so one prefill cannot stall everyone's decode). A request is admitted only when the KV
+// cache can hold its whole budget (prompt + max tokens), reserved up front, so nothing needs
+// preempting yet; its blocks are freed when it has finished or been cancelled. Each sequence has
+// one status (protocol/lifecycle.ts).
 import { BlockAllocator } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import { StopChecker } from '../engine/stop-checker.js';
-import type { ReplicaLoadMsg, SubmitMsg, TokenUpdateMsg } from '../coordinator/control-messages.js';
-import { FINISH_LENGTH, FINISH_STOP } from '../coordinator/control-messages.js';
+import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
+import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
+import { samplingFromWire } from '../protocol/sampling.js';
+import type { SamplingParams } from '../protocol/sampling.js';
 import type { StepSeq } from '../native/addon.js';
 
+const { QUEUED, RUNNING, FINISHED, CANCELLED } = RequestStatus;
+
+/**
+ * One request in the replica: queued (waiting for KV blocks) → running → finished or cancelled.
+ * A sequence is finished as soon as its end is certain: at apply() when its token is EOS or its
+ * last allowed one, at settle() when the text shows a stop string. It leaves the scheduler (its
+ * KV blocks freed) once it has ended and no planned step uses it any more.
+ */
 interface Seq {
   id: string;
-  sub: SubmitMsg;
+  status: RequestStatus;
+  params: SamplingParams;
   stop: StopChecker;
   budget: number;
   /** Tokens already in the KV cache. */
   pos: number;
   /** Tokens still to feed: the prompt (plus replayed output) first, then each sampled token. */
   feed: number[];
-  /** Planned steps not yet applied (2 when run-ahead planned the next one while one runs). */
+  /** Planned steps not yet applied (2 when the next step was planned while one runs). */
   inFlight: number;
-  cancelled: boolean;
-  /** Its last sampled token ends it (EOS, max tokens): not planned again while that token settles. */
-  ending: boolean;
-  /** Settled as finished (a stop string) while already planned into a later step: dropped silently then. */
-  retired: boolean;
-  /** Its KV block table and seed, fixed at admission (the whole budget is reserved then): built once, not per step. */
+  /** Its KV block table, fixed at admission (the whole budget is reserved then): built once, not per step. */
   table?: Int32Array;
-  seed: bigint;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -75,28 +82,32 @@ export class Scheduler {
   }
 
   /** Queues a request; returns an error update when it can never run. */
-  submit(sub: SubmitMsg): TokenUpdateMsg | null {
-    const err = (error: string): TokenUpdateMsg => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0, finishReason: 0, error });
+  submit(sub: Submit): TokenUpdate | null {
+    const err = (error: string): TokenUpdate => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0,
+      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
+    if (!sub.params) return err('no sampling parameters');
+    // Validated where the request entered (the API); the seed comes as decimal text.
+    const params = samplingFromWire(sub.params);
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
-    const budget = Math.min(this.contextLength, sub.promptIds.length + sub.maxTokens);
+    const budget = Math.min(this.contextLength, sub.promptIds.length + params.maxTokens);
     if (this.alloc.blocksFor(budget) > this.alloc.numBlocks)
       return err(`needs ${this.alloc.blocksFor(budget)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
-    const stop = new StopChecker({ eosTokenIds: this.tokenizer.eosTokenIds, stop: sub.stop, maxTokens: sub.maxTokens,
-      ignoreEos: sub.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
+    const stop = new StopChecker({ eosTokenIds: this.tokenizer.eosTokenIds, stop: params.stop, maxTokens: params.maxTokens,
+      ignoreEos: params.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     for (const t of sub.generatedIds) stop.push(t);
-    const seq: Seq = { id: sub.requestId, sub, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds],
-      inFlight: 0, cancelled: false, ending: false, retired: false, seed: BigInt(sub.seed) };  // validated by the coordinator (validate.ts)
+    const seq: Seq = { id: sub.requestId, status: QUEUED, params, stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);
     this.waiting.push(seq);
     return null;
   }
 
+  /** The client went away: no more updates; its blocks are freed once no planned step uses them. */
   cancel(id: string): void {
     const seq = this.byId.get(id);
-    if (!seq) return;
-    seq.cancelled = true;
+    if (!seq || isFinished(seq.status)) return;  // unknown, or ended already (it leaves when its steps complete)
+    seq.status = transition(seq.status, CANCELLED);
     if (seq.inFlight === 0) this.drop(seq);
   }
 
@@ -115,6 +126,7 @@ export class Scheduler {
       const seq = this.waiting.shift()!;
       this.alloc.allocate(seq.id, seq.budget);
       seq.table = this.alloc.table(seq.id);
+      seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
     }
   }
@@ -138,8 +150,8 @@ export class Scheduler {
    * runs so that its metadata reaches the other ranks before they need it. cur's sequences go on
    * as if none ended: a sampling member decodes cur's sampled token (`tokenFrom`, which every
    * rank fills in from its own result), a prefill chunk continues with the next prompt tokens.
-   * One that cur's token ends (EOS, a stop string) runs once more and that result is dropped
-   * (retired, as for stop strings); its last allowed token (max tokens) is known now and ends it.
+   * One that cur's token ends (EOS, a stop string) runs once more and that result is dropped (it
+   * is finished by then); its last allowed token (max tokens) is known now and ends it.
    * New sequences join after the continuing ones, as in next().
    */
   nextAhead(cur: PlannedStep): PlannedStep | null {
@@ -150,9 +162,9 @@ export class Scheduler {
     for (const m of cur.members) {
       const from = m.sample ? j++ : -1;
       const s = m.seq;
-      if (s.cancelled || s.ending || s.retired) continue;
+      if (s.status !== RUNNING) continue;
       if (m.sample) {
-        if (s.stop.tokens.length + 1 < s.sub.maxTokens) decodes.push({ seq: s, skip: m.n, left: 1, from });
+        if (s.stop.tokens.length + 1 < s.params.maxTokens) decodes.push({ seq: s, skip: m.n, left: 1, from });
       } else {
         prefills.push({ seq: s, skip: m.n, left: s.feed.length - m.n, from: -1 });
       }
@@ -164,8 +176,9 @@ export class Scheduler {
     return this.plan([...decodes, ...prefills], Number.MAX_SAFE_INTEGER);
   }
 
+  /** Running sequences no planned step holds. */
   private ready(): Seq[] {
-    return this.running.filter((s) => s.inFlight === 0 && !s.cancelled && !s.ending && !s.retired);
+    return this.running.filter((s) => s.status === RUNNING && s.inFlight === 0);
   }
 
   /** Takes picks in order up to the token budget and `maxSeqs`; marks them in flight. */
@@ -181,11 +194,11 @@ export class Scheduler {
       const sample = n === left;
       members.push({ seq, n, sample });
       seq.inFlight++;
-      const p = seq.sub;
+      const p = seq.params;
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, blockTable: seq.table!, sample,
-        temperature: p.temperature, topK: p.topK, topP: p.topP, seed: seq.seed,
+        temperature: p.temperature, topK: p.topK, topP: p.topP, seed: p.seed,
       });
       from.push(f);
     }
@@ -201,15 +214,16 @@ export class Scheduler {
   }
 
   /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
-  complete(step: PlannedStep, sampled: Int32Array): TokenUpdateMsg[] {
+  complete(step: PlannedStep, sampled: Int32Array): TokenUpdate[] {
     return this.settle(this.apply(step, sampled));
   }
 
   /**
    * The cheap half of complete(): positions advance and each sampled token becomes its sequence's
    * next input, so the following step can be planned and launched at once; a token that ends its
-   * sequence for certain (EOS, max tokens) keeps the sequence out of later steps. settle() does the
-   * detokenizing and reporting, while that step runs.
+   * sequence for certain (EOS, max tokens) finishes it now, which keeps it out of later steps.
+   * settle() does the detokenizing and reporting, while that step runs; it always comes before the
+   * next apply().
    */
   apply(step: PlannedStep, sampled: Int32Array): AppliedStep {
     const applied: AppliedStep = [];
@@ -218,45 +232,51 @@ export class Scheduler {
     for (const { seq, n, sample } of step.members) {
       seq.inFlight--;
       const token = sample ? sampled[j++]! : -1;
-      if (seq.cancelled || seq.retired) {
-        if (seq.inFlight === 0) this.drop(seq);  // a run-ahead step still using its blocks drops it later
+      if (seq.status !== RUNNING) {
+        // Cancelled, or finished (and reported) while this step ran: its result is not used.
+        if (seq.inFlight === 0) this.drop(seq);  // a step planned ahead still using its blocks drops it later
         continue;
       }
       seq.pos += n;
       seq.feed.splice(0, n);
       if (!sample) continue;
       seq.feed.push(token);
-      const eos = !seq.sub.ignoreEos && this.tokenizer.eosTokenIds.includes(token);
-      if (eos || seq.stop.tokens.length + 1 >= seq.sub.maxTokens) seq.ending = true;
+      if (seq.stop.endsWith(token)) seq.status = transition(seq.status, FINISHED);
       applied.push({ seq, token });
     }
     return applied;
   }
 
   /** Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator. */
-  settle(applied: AppliedStep): TokenUpdateMsg[] {
-    const updates: TokenUpdateMsg[] = [];
+  settle(applied: AppliedStep): TokenUpdate[] {
+    const updates: TokenUpdate[] = [];
     for (const { seq, token } of applied) {
-      if (seq.cancelled || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
+      if (seq.status === CANCELLED || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
       const before = seq.stop.tokens.length;
       const upd = seq.stop.push(token);
       const fresh = seq.stop.tokens.slice(before);
       this.generated += fresh.length;
-      const finish = upd.done ? (upd.finishReason === 'length' ? FINISH_LENGTH : FINISH_STOP) : 0;
-      updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before, finishReason: finish, error: '' });
+      updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
+        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '' });
       if (!upd.done) {
-        seq.ending = false;  // apply()'s guess and the stop checker agree by construction; never strand a sequence if not
+        // apply() finishes a sequence only on a token that StopChecker.endsWith() says ends it.
+        if (seq.status === FINISHED) throw new Error(`scheduler: ${seq.id} was finished by a token its stop checker did not end it on`);
         continue;
       }
-      // Finished by a stop string while its next token is already being computed: that step's
-      // result for it is discarded and its blocks freed when the step completes.
-      if (seq.inFlight > 0) seq.retired = true;
-      else this.drop(seq);
+      if (seq.status === RUNNING) seq.status = transition(seq.status, FINISHED);  // a stop string
+      // Still planned into a step computing its next token: that result is dropped, and its blocks
+      // are freed, when the step completes.
+      if (seq.inFlight === 0) this.drop(seq);
     }
     return updates;
   }
 
-  load(): ReplicaLoadMsg {
+  /** A sequence's status (undefined once it has left the scheduler). */
+  status(id: string): RequestStatus | undefined {
+    return this.byId.get(id)?.status;
+  }
+
+  load(): ReplicaLoad {
     return {
       running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
       kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),

@@ -99,11 +99,11 @@ describe('engine bookkeeping', () => {
     expect(s.push(0).delta).toBe('Hel');
     expect(s.push(1).delta).toBe('lo ');  // 'wo' may start 'world'
     const end = s.push(2);
-    expect(end).toEqual({ delta: '', done: true, finishReason: 'stop' });
+    expect(end).toEqual({ delta: '', done: true, finishReason: 'FINISH_REASON_STOP' });
     expect(s.text).toBe('Hello ');
     const m = new StopChecker({ eosTokenIds: [99], stop: [], maxTokens: 2, decode: (ids) => ids.map((i) => pieces[i]).join('') });
     m.push(0);
-    expect(m.push(1)).toEqual({ delta: 'lo wo', done: true, finishReason: 'length' });
+    expect(m.push(1)).toEqual({ delta: 'lo wo', done: true, finishReason: 'FINISH_REASON_LENGTH' });
   });
 
   it('validateSampling fills defaults', () => {

@@ -72,7 +72,7 @@ for (const [dir, tol] of [[F32, 1e-3], [BF16, 2e-2]] as const) {
       for (const [i, c] of cases.entries()) {
         if (!exact[i]) continue;
         expect(results[i]!.tokenIds).toEqual(c.greedy_24);
-        expect(results[i]!.finishReason).toBe('length');
+        expect(results[i]!.finishReason).toBe('FINISH_REASON_LENGTH');
       }
     });
 

@@ -24,7 +24,7 @@ describe('py-tiny greedy', () => {
       expect(results[i]!.promptIds).toEqual(c.ids);
       expect(results[i]!.tokenIds).toEqual(c.greedy_48);
       expect(results[i]!.text).toBe(c.greedy_48_text);
-      expect(results[i]!.finishReason).toBe('length');
+      expect(results[i]!.finishReason).toBe('FINISH_REASON_LENGTH');
     }
   });
 
@@ -79,7 +79,7 @@ describe('py-tiny stop strings and EOS', () => {
     const c = cases[2]!; // greedy text: '\nclass Stack:\n    def __init__(self, stack):\n ...'
     const stop = '__init__';
     const [r] = await generateAll(engine, tokenizer, [{ prompt: c.text, maxTokens: 48, stop: [stop] }]);
-    expect(r!.finishReason).toBe('stop');
+    expect(r!.finishReason).toBe('FINISH_REASON_STOP');
     expect(r!.text).toBe(c.greedy_48_text.slice(0, c.greedy_48_text.indexOf(stop)));
     expect(r!.tokenIds).toEqual(c.greedy_48.slice(0, r!.tokenIds.length));
     expect(r!.tokenIds.length).toBeLessThan(48);
@@ -97,7 +97,7 @@ describe('py-tiny stop strings and EOS', () => {
     const c = cases[0]!;
     const eosAt: TokenizerLike = { encode: (t) => tokenizer.encode(t), decode: (ids) => tokenizer.decode(ids), eosTokenIds: [c.greedy_48[5]!] };
     const [r] = await generateAll(engine, eosAt, [{ prompt: c.text, maxTokens: 48 }]);
-    expect(r!.finishReason).toBe('stop');
+    expect(r!.finishReason).toBe('FINISH_REASON_STOP');
     expect(r!.tokenIds).toEqual(c.greedy_48.slice(0, c.greedy_48.indexOf(c.greedy_48[5]!)));
   });
 });

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 
 import { describe, expect, it } from 'vitest';
 
-import { planWithSpares } from '../../src/coordinator/cluster.js';
+import { planWithSpares } from '../../src/launcher/cluster.js';
 import { loadModelConfig } from '../../src/model/config.js';
 import { defaultLocalHosts, planWorld } from '../../src/launcher/index.js';
 import { BIN, PY_TINY, root } from '../serving/helpers.js';

@@ -10,9 +10,10 @@ import { estimateMemory, stepScratchBytes } from '../../src/coordinator/memory.j
 import type { TokenizerLike } from '../../src/engine/index.js';
 import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
-import { decodeStep, encodeStep } from '../../src/worker/step-codec.js';
+import type { Submit } from '../../src/protocol/control.js';
+import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { decodeStep, encodeStep } from '../../src/protocol/step-codec.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
-import type { SubmitMsg } from '../../src/coordinator/control-messages.js';
 import { BIN, PY_TINY, root } from './helpers.js';
 
 // Llama-2-7B's shape: 32 layers, vocab 32000 (embedding and head each ~ 0.65 of a layer).
@@ -99,8 +100,9 @@ describe('step metadata codec', () => {
 
 describe('continuous-batching scheduler', () => {
   const tok: TokenizerLike = { encode: () => [], decode: (ids) => ids.map((i) => String.fromCharCode(97 + (i % 26))).join(''), eosTokenIds: [1] };
-  const sub = (id: string, n: number, maxTokens: number): SubmitMsg => ({ generation: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
-    temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false, generatedIds: [] });
+  const sub = (id: string, n: number, maxTokens: number): Submit => ({ epoch: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
+    params: { temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false }, generatedIds: [] });
+  const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
 
   it('admits by free KV blocks, chunks long prefills, mixes prefill and decode in one step, frees on finish and cancel', () => {
     // 8 blocks of 4 tokens; each request reserves prompt + max tokens up front.
@@ -115,19 +117,19 @@ describe('continuous-batching scheduler', () => {
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 6, true], ['b', 4, false]]);
     expect(s.load()).toMatchObject({ running: 3, queued: 1, kvBlocksFree: 0 });
     let ups = s.complete(step, Int32Array.from([5]));
-    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: 0, error: '' }]);
+    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '' }]);
     step = s.next(1)!;
     // a decodes (1 token) in the same step as b's next prefill chunk and c's prompt.
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 1, true], ['b', 8, true], ['c', 1, false]]);
     ups = s.complete(step, Int32Array.from([6, 7]));
-    expect(ups.map((u) => [u.requestId, u.finishReason])).toEqual([['a', 2], ['b', 0]]); // a hit max tokens
+    expect(ups.map((u) => [u.requestId, u.finishReason])).toEqual([['a', LENGTH], ['b', NONE]]); // a hit max tokens
     expect(s.load().kvBlocksFree).toBe(2);
     step = s.next(1)!; // d admitted into a's freed blocks
     expect(step.members.map((m) => m.seq.id)).toEqual(['b', 'c', 'd']);
     s.cancel('b'); // in flight: freed when the step completes
     ups = s.complete(step, Int32Array.from([4, 1, 9]));
     // b's token is dropped (cancelled), c sampled EOS, d got its first token.
-    expect(ups.map((u) => [u.requestId, u.finishReason, u.tokenIds])).toEqual([['c', 1, []], ['d', 0, [9]]]);
+    expect(ups.map((u) => [u.requestId, u.finishReason, u.tokenIds])).toEqual([['c', STOP, []], ['d', NONE, [9]]]);
     expect(s.load()).toMatchObject({ running: 1, kvBlocksFree: 6 });
     expect(s.maxStepBatch).toBe(3);
   });

@@ -5,21 +5,24 @@
 // every KV block freed.
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { FINISH_LENGTH, FINISH_STOP } from '../../src/coordinator/control-messages.js';
-import type { SubmitMsg, TokenUpdateMsg } from '../../src/coordinator/control-messages.js';
+import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
+import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import type { PlannedStep } from '../../src/worker/scheduler.js';
-import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/worker/step-codec.js';
+import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/protocol/step-codec.js';
 import { PY_TINY } from './helpers.js';
+
+const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
 
 let tok: Tokenizer;
 beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
-function submit(s: Scheduler, id: string, over: Partial<SubmitMsg> = {}): void {
-  const err = s.submit({ requestId: id, promptIds: tok.encode('def main():\n'), maxTokens: 10, temperature: 0, topK: 0, topP: 1,
-    seed: '1', stop: [], ignoreEos: false, generatedIds: [], ...over } as SubmitMsg);
+function submit(s: Scheduler, id: string, over: { promptIds?: number[]; maxTokens?: number; stop?: string[] } = {}): void {
+  const { promptIds = tok.encode('def main():\n'), ...params } = over;
+  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [],
+    params: { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: '1', stop: [], ignoreEos: false, ...params } } as Submit);
   expect(err).toBeNull();
 }
 
@@ -37,8 +40,8 @@ describe('scheduler: apply now, settle later', () => {
     const p2 = s.next(1)!;                         // planned before step 1 settled: a and b decode
     expect(p2.seqs.length).toBe(2);
     const u1 = s.settle(a1);
-    expect(u1.find((u) => u.requestId === 'a')!.finishReason).toBe(FINISH_STOP);
-    expect(u1.find((u) => u.requestId === 'b')!.finishReason).toBe(0);
+    expect(u1.find((u) => u.requestId === 'a')!.finishReason).toBe(STOP);
+    expect(u1.find((u) => u.requestId === 'b')!.finishReason).toBe(NONE);
     const u2 = s.settle(s.apply(p2, new Int32Array([401, 402])));
     expect(u2.map((u) => u.requestId)).toEqual(['b']);
     expect(u2[0]!.index).toBe(1);
@@ -61,7 +64,7 @@ describe('scheduler: apply now, settle later', () => {
     expect(p2.seqs.length).toBe(1);                // only 'go'
     const u = s.settle(a1);
     expect(u.map((x) => [x.requestId, x.finishReason, x.tokenIds.length])).toEqual([
-      ['eos', FINISH_STOP, 0], ['len', FINISH_LENGTH, 1], ['go', 0, 1]]);
+      ['eos', STOP, 0], ['len', LENGTH, 1], ['go', NONE, 1]]);
     const u2 = s.complete(p2, new Int32Array([ids(s, 1)[0]!]));
     expect(u2[0]!.requestId).toBe('go');
     expect(s.load().running).toBe(1);
@@ -79,11 +82,11 @@ describe('scheduler: apply now, settle later', () => {
   });
 });
 
-// Run-ahead (pp = 1 with TP followers, src/worker/run-ahead.ts): step N+1 is planned while N runs;
+// Planning ahead (pp = 1, src/worker/replica.ts): step N+1 is planned while N runs;
 // its decode inputs are N's sampled tokens, filled in by index once N is done.
 describe('scheduler: planning one step ahead', () => {
   /** What the driver does once step `cur` finished: apply it, then fill the ahead step's tokens. */
-  function finish(s: Scheduler, cur: PlannedStep, ahead: PlannedStep | null, sampled: number[]): TokenUpdateMsg[] {
+  function finish(s: Scheduler, cur: PlannedStep, ahead: PlannedStep | null, sampled: number[]): TokenUpdate[] {
     const out = Int32Array.from(sampled);
     const applied = s.apply(cur, out);
     if (ahead) fillTokens(ahead.seqs, ahead.tokenFrom, out);
@@ -118,14 +121,14 @@ describe('scheduler: planning one step ahead', () => {
     expect(p2.seqs.length).toBe(2);                // 'len' has its one token in p1: not planned again
     const eos = tok.eosTokenIds[0]!;
     const u1 = finish(s, p1, p2, [eos, 800, 801]);
-    expect(u1.map((u) => [u.requestId, u.finishReason])).toEqual([['eos', FINISH_STOP], ['len', FINISH_LENGTH], ['go', 0]]);
+    expect(u1.map((u) => [u.requestId, u.finishReason])).toEqual([['eos', STOP], ['len', LENGTH], ['go', NONE]]);
     const p3 = s.nextAhead(p2)!;
     expect(p3.seqs.length).toBe(1);                // only 'go'
     const u2 = finish(s, p2, p3, [900, 802]);      // 900: eos's extra step, dropped
     expect(u2.map((u) => [u.requestId, u.tokenIds])).toEqual([['go', [802]]]);
     expect(s.nextAhead(p3)).toBeNull();            // go's third token is its last
     const u3 = finish(s, p3, null, [803]);
-    expect(u3.map((u) => [u.requestId, u.finishReason])).toEqual([['go', FINISH_LENGTH]]);
+    expect(u3.map((u) => [u.requestId, u.finishReason])).toEqual([['go', LENGTH]]);
     expect(s.idle).toBe(true);
     expect(s.load().kvBlocksFree).toBe(total);
   });
@@ -169,6 +172,65 @@ describe('scheduler: planning one step ahead', () => {
     expect(finish(s, p2, null, [601])).toEqual([]);
     expect(s.idle).toBe(true);
     expect(s.load().kvBlocksFree).toBe(total);
+  });
+});
+
+// One status per sequence: queued while it waits for KV blocks, running once admitted, finished
+// as soon as its end is certain (EOS or its last allowed token at apply, a stop string at settle)
+// or cancelled; it leaves (blocks freed, no status) once no planned step uses it.
+describe('scheduler: a sequence\'s status', () => {
+  const { QUEUED, RUNNING, FINISHED, CANCELLED } = RequestStatus;
+
+  it('queued until blocks free up, running once admitted, finished at apply on EOS, gone after settle', () => {
+    // 16 blocks of 16 tokens: a budget of prompt + 200 tokens fits once, not twice.
+    const s = new Scheduler(16, 16, tok, 256, 16, 512);
+    submit(s, 'a', { maxTokens: 200 });
+    submit(s, 'b', { maxTokens: 200 });
+    expect([s.status('a'), s.status('b')]).toEqual([QUEUED, QUEUED]);
+    const p1 = s.next(1)!;
+    expect([s.status('a'), s.status('b'), p1.seqs.length]).toEqual([RUNNING, QUEUED, 1]);
+    const a1 = s.apply(p1, Int32Array.of(tok.eosTokenIds[0]!));
+    expect(s.status('a')).toBe(FINISHED);                     // known at apply, before the report
+    expect(s.next(1)).toBeNull();                             // not planned again; b still waits for a's blocks
+    expect(s.settle(a1).map((u) => [u.requestId, u.finishReason])).toEqual([['a', STOP]]);
+    expect(s.status('a')).toBeUndefined();                    // gone, its blocks free
+    expect(s.next(1)!.seqs.length).toBe(1);
+    expect(s.status('b')).toBe(RUNNING);
+  });
+
+  it('the last allowed token finishes at apply; a stop string only at settle, while planned ahead', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'len', { maxTokens: 1 });
+    submit(s, 'str', { stop: [tok.decode([word()])] });
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;                              // planned while p1 runs: only 'str' (len's one token is in p1)
+    expect(p2.seqs.length).toBe(1);
+    const a1 = s.apply(p1, Int32Array.of(500, word()));
+    expect([s.status('len'), s.status('str')]).toEqual([FINISHED, RUNNING]);
+    s.settle(a1);
+    expect([s.status('len'), s.status('str')]).toEqual([undefined, FINISHED]);  // str still in p2: kept until p2 completes
+    expect(s.settle(s.apply(p2, Int32Array.of(501)))).toEqual([]);            // p2's token for it is dropped
+    expect(s.status('str')).toBeUndefined();
+    expect(s.idle).toBe(true);
+  });
+
+  it('cancel: a running sequence is cancelled; a finished one stays finished until it leaves', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'run');
+    submit(s, 'end', { maxTokens: 1 });
+    const p1 = s.next(1)!;
+    const p2 = s.nextAhead(p1)!;                              // 'run' planned twice
+    s.cancel('run');
+    expect(s.status('run')).toBe(CANCELLED);
+    const a1 = s.apply(p1, Int32Array.of(600, 601));
+    expect(s.status('end')).toBe(FINISHED);
+    s.cancel('end');                                          // its end is certain already: finished stays finished (its report goes out; the coordinator, which sent the cancel, drops it)
+    expect(s.status('end')).toBe(FINISHED);
+    expect(s.settle(a1).map((u) => [u.requestId, u.finishReason])).toEqual([['end', LENGTH]]);
+    expect(s.status('run')).toBe(CANCELLED);                  // p2 still uses its blocks
+    s.settle(s.apply(p2, Int32Array.of(602)));
+    expect([s.status('run'), s.status('end'), s.idle]).toEqual([undefined, undefined, true]);
+    s.cancel('nobody');                                       // unknown ids are ignored
   });
 });
 

@@ -6,17 +6,17 @@ import { createSocket } from 'node:dgram';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { planLayout } from '../coordinator/layout.js';
+import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js';
+import { Coordinator } from '../coordinator/server.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
-import { isLocalHost } from '../launcher/plan.js';
-import type { Placement } from '../launcher/plan.js';
-import { startJob } from '../launcher/supervisor.js';
-import type { Job } from '../launcher/supervisor.js';
-import type { SshOptions } from '../launcher/ssh.js';
 import { loadTokenizer } from '../model/tokenizer.js';
-import { planLayout } from './layout.js';
-import type { HostSlots, Layout, LayoutOptions } from './layout.js';
-import { Coordinator } from './server.js';
+import { isLocalHost } from './plan.js';
+import type { Placement } from './plan.js';
+import type { SshOptions } from './ssh.js';
+import { startJob } from './supervisor.js';
+import type { Job } from './supervisor.js';
 
 export interface ClusterOptions {
   model: string;
@@ -157,7 +157,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
-      encode: (text: string) => tokenizer.encode(text),
+      encode: tokenizer.encode.bind(tokenizer),
     },
   });
   const port = await coordinator.start();

@@ -80,7 +80,7 @@ export function encodeStep(meta: StepMeta): Uint8Array {
   return new Uint8Array(buf);
 }
 
-/** Fills a run-ahead step's input tokens from the previous step's sampled ones (same on every rank). */
+/** Fills the input tokens of a step planned ahead from the previous step's sampled ones (the same on every rank). */
 export function fillTokens(seqs: StepSeq[], tokenFrom: Int32Array | undefined, prevSampled: Int32Array | null): void {
   if (!tokenFrom) return;
   tokenFrom.forEach((f, i) => {

@@ -1,5 +1,6 @@
 // Finds and loads the .proto files (proto/ at the package root) with @grpc/proto-loader. The one
-// place that knows where they are, shared by the coordinator, the workers and the client.
+// place that knows where they are and how they are decoded; the TypeScript types of what it
+// decodes are generated from the same files with the same options (scripts/proto-types.mjs).
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,17 +8,17 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
-// dist/client/proto.js and src/client/proto.ts both sit two levels below the package root.
+// dist/protocol/proto.js and src/protocol/proto.ts both sit two levels below the package root.
 export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'proto');
 export const INFERENCE_PROTO = join(PROTO_DIR, 'inference.proto');
 export const CONTROL_PROTO = join(PROTO_DIR, 'control.proto');
 
-// uint64 (seed, generation) as decimal strings: no precision loss above 2^53.
-const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true };
+// uint64 (seed, epoch) as decimal strings: no precision loss above 2^53. Enums as their names.
+export const LOADER_OPTIONS = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true } satisfies protoLoader.Options;
 
 function load(path: string): protoLoader.PackageDefinition {
   if (!existsSync(path)) throw new Error(`nodespeed: ${path} is missing (the package is incomplete)`);
-  return protoLoader.loadSync(path, LOADER_OPTIONS);
+  return protoLoader.loadSync(path, { ...LOADER_OPTIONS, includeDirs: [PROTO_DIR] });
 }
 
 let inference: protoLoader.PackageDefinition | undefined;

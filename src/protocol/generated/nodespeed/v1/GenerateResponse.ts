@@ -1,0 +1,54 @@
+// Original file: proto/inference.proto
+
+import type { FinishReasonIn as _nodespeed_v1_FinishReasonIn, FinishReason as _nodespeed_v1_FinishReason } from '../../nodespeed/v1/FinishReason.js';
+import type { UsageIn as _nodespeed_v1_UsageIn, Usage as _nodespeed_v1_Usage } from '../../nodespeed/v1/Usage.js';
+
+export interface GenerateResponseIn {
+  'tokenIds'?: (number)[];
+  /**
+   * text delta
+   */
+  'text'?: (string);
+  /**
+   * index of token_ids[0] among the generated tokens
+   */
+  'index'?: (number);
+  /**
+   * set on the last message only
+   */
+  'finishReason'?: (_nodespeed_v1_FinishReasonIn);
+  /**
+   * set on the last message only
+   */
+  'usage'?: (_nodespeed_v1_UsageIn | null);
+  'requestId'?: (string);
+  /**
+   * set on the last message only: the prompt as tokenized
+   */
+  'promptIds'?: (number)[];
+}
+
+export interface GenerateResponse {
+  'tokenIds': (number)[];
+  /**
+   * text delta
+   */
+  'text': (string);
+  /**
+   * index of token_ids[0] among the generated tokens
+   */
+  'index': (number);
+  /**
+   * set on the last message only
+   */
+  'finishReason': (_nodespeed_v1_FinishReason);
+  /**
+   * set on the last message only
+   */
+  'usage': (_nodespeed_v1_Usage | null);
+  'requestId': (string);
+  /**
+   * set on the last message only: the prompt as tokenized
+   */
+  'promptIds': (number)[];
+}

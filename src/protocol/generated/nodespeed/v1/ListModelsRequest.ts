@@ -1,0 +1,8 @@
+// Original file: proto/inference.proto
+
+
+export interface ListModelsRequestIn {
+}
+
+export interface ListModelsRequest {
+}

@@ -1,0 +1,87 @@
+// Original file: proto/inference.proto
+
+import type { Long } from '@grpc/proto-loader';
+
+export interface ReplicaStatusIn {
+  'id'?: (number);
+  /**
+   * forming | loading | serving | lost
+   */
+  'state'?: (string);
+  /**
+   * sequences in the replica's batch
+   */
+  'running'?: (number);
+  /**
+   * routed to the replica, not admitted yet (waiting for KV blocks)
+   */
+  'queued'?: (number);
+  'kvBlocksTotal'?: (number);
+  'kvBlocksFree'?: (number);
+  'kvBlockSize'?: (number);
+  'steps'?: (number | string | Long);
+  'generatedTokens'?: (number | string | Long);
+  /**
+   * Sequences in each of the replica's last steps (oldest first): continuous batching at work.
+   */
+  'recentStepBatch'?: (number)[];
+  'maxStepBatch'?: (number);
+  'ranks'?: (number)[];
+  /**
+   * Most micro-batches the replica's pipeline held at once (pp > 1 keeps stages busy).
+   */
+  'maxInFlight'?: (number);
+  /**
+   * Requests the coordinator has routed to this replica and not finished, counted by the
+   * coordinator itself (running and queued above come with the driver's heartbeat, a beat late).
+   */
+  'requests'?: (number);
+  /**
+   * The replica's own layout: ClusterStatusResponse tp/pp, or a smaller one after failover
+   * re-formed it on the ranks it could restart (FailureStatus.recovery shrunk); `ranks` lists them.
+   */
+  'tp'?: (number);
+  'pp'?: (number);
+}
+
+export interface ReplicaStatus {
+  'id': (number);
+  /**
+   * forming | loading | serving | lost
+   */
+  'state': (string);
+  /**
+   * sequences in the replica's batch
+   */
+  'running': (number);
+  /**
+   * routed to the replica, not admitted yet (waiting for KV blocks)
+   */
+  'queued': (number);
+  'kvBlocksTotal': (number);
+  'kvBlocksFree': (number);
+  'kvBlockSize': (number);
+  'steps': (string);
+  'generatedTokens': (string);
+  /**
+   * Sequences in each of the replica's last steps (oldest first): continuous batching at work.
+   */
+  'recentStepBatch': (number)[];
+  'maxStepBatch': (number);
+  'ranks': (number)[];
+  /**
+   * Most micro-batches the replica's pipeline held at once (pp > 1 keeps stages busy).
+   */
+  'maxInFlight': (number);
+  /**
+   * Requests the coordinator has routed to this replica and not finished, counted by the
+   * coordinator itself (running and queued above come with the driver's heartbeat, a beat late).
+   */
+  'requests': (number);
+  /**
+   * The replica's own layout: ClusterStatusResponse tp/pp, or a smaller one after failover
+   * re-formed it on the ranks it could restart (FailureStatus.recovery shrunk); `ranks` lists them.
+   */
+  'tp': (number);
+  'pp': (number);
+}

@@ -1,0 +1,12 @@
+// Original file: proto/inference.proto
+
+
+export interface UsageIn {
+  'promptTokens'?: (number);
+  'completionTokens'?: (number);
+}
+
+export interface Usage {
+  'promptTokens': (number);
+  'completionTokens': (number);
+}

@@ -1,0 +1,299 @@
+// One replica's step loop, for every layout (tp x pp). The worker hands its loaded engine and
+// communicators here once the replica serves (worker/main.ts); this module owns the steps.
+//
+// Replica-local rank i = stage * tp + tpRank. The driver (local rank 0: stage 0, TP rank 0) owns
+// the replica's Scheduler and runs the loop in the shape of vLLM's engine core: plan a step
+// (Scheduler.next / nextAhead), send its frame to every other rank over the data plane (the
+// replica's TCP communicator, never gRPC), run its own part, then apply the sampled tokens
+// (Scheduler.apply) and report them (Scheduler.settle: detokenize, stop strings, token updates).
+// Every other rank follows the driver's frames (follow()), so the TP collectives inside the
+// engine always pair up.
+//
+// pp = 1 (tp 1 or more): the driver plans step N+1 while N runs and sends it at once, so the
+//   followers have it before N ends and nobody waits for a data-plane crossing between steps (at
+//   tp 1 the planning leaves the gap between steps). A decode's input token is N's sampled token,
+//   which every TP rank computes identically (same logits after the vocab all-gather, same seed):
+//   the frame carries its index in N's sampled tokens (`tokenFrom`) and each rank fills it in
+//   from its own result. A sequence that N's token ends (EOS, a stop string) runs once more and
+//   that result is dropped; its last allowed token (max tokens) is known ahead and never
+//   over-run. N's tokens are detokenized and reported while N+1 runs.
+// pp > 1: the driver keeps up to pp micro-batches in flight; each stage receives the previous
+//   stage's activations and passes its own on, and the last stage's TP rank 0 returns the sampled
+//   tokens to the driver, which applies and reports them.
+import type { Comm } from '../comm/comm.js';
+import type { Engine } from '../engine/engine.js';
+import type { TokenizerLike } from '../engine/generate.js';
+import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
+import {
+  FRAME_BYTES, INLINE_BYTES, KIND_STEP, KIND_STOP, decodeStep, encodeStep, fillTokens, frame, readFrame, totalTokens,
+} from '../protocol/step-codec.js';
+import type { StepMeta } from '../protocol/step-codec.js';
+import { Scheduler } from './scheduler.js';
+import type { AppliedStep, PlannedStep } from './scheduler.js';
+import { stepTracer } from './step-trace.js';
+
+export interface ReplicaPosition {
+  stage: number;
+  tpRank: number;
+  tp: number;
+  pp: number;
+}
+
+export type DataPlane = Pick<Comm, 'send' | 'recv' | 'abort'>;
+
+/** Runs one engine step (the worker passes its step watchdog here). */
+export type StepRunner = <T>(run: () => Promise<T>) => Promise<T>;
+const unwatched: StepRunner = (run) => run();
+
+/** What the driver needs besides the engine: its scheduler's limits and where token updates go. */
+export interface DriverOptions {
+  tokenizer: TokenizerLike;
+  kvBlocks: number;
+  kvBlockSize: number;
+  /** Most tokens one step carries (long prefills are chunked). */
+  maxBatchTokens: number;
+  /** Most requests waiting for KV blocks. */
+  maxQueue: number;
+  /** Sends token updates to the coordinator. */
+  emit(updates: TokenUpdate[]): void;
+}
+
+export interface ReplicaOptions {
+  /** Set on the driver (replica-local rank 0) only. */
+  driver?: DriverOptions;
+  watch?: StepRunner;
+}
+
+function localRank(p: { stage: number; tpRank: number; tp: number }): number {
+  return p.stage * p.tp + p.tpRank;
+}
+
+/** Sends a step's frame to ranks 1..world-1 (queued in order on the plane's thread). */
+function announce(plane: DataPlane, world: number, stepNo: number, step: PlannedStep): Promise<unknown> {
+  const body = encodeStep({ step: stepNo, seqs: step.seqs, ...(step.tokenFrom ? { tokenFrom: step.tokenFrom } : {}) });
+  const f = frame(KIND_STEP, body);
+  const sends: Promise<void>[] = [];
+  for (let r = 1; r < world; r++) {
+    sends.push(plane.send(f, r));
+    if (body.byteLength > INLINE_BYTES) sends.push(plane.send(body, r));
+  }
+  const all = Promise.all(sends);
+  all.catch(() => {});  // awaited by the caller; a failure there rejects its loop
+  return all;
+}
+
+/** The driver's next frame: a step, or null for STOP. */
+async function receiveStep(plane: DataPlane, hdr: Uint8Array): Promise<StepMeta | null> {
+  await plane.recv(hdr, 0);
+  const f = readFrame(hdr);
+  if (f.kind === KIND_STOP) return null;
+  if (f.kind !== KIND_STEP) throw new Error(`data plane: unexpected frame kind ${f.kind} from the driver`);
+  let body = f.inline;
+  if (!body) {
+    body = new Uint8Array(f.bytes);
+    await plane.recv(body, 0);
+  }
+  return decodeStep(body);
+}
+
+export class Replica {
+  /** The driver's scheduler; undefined on the other ranks. */
+  readonly scheduler: Scheduler | undefined;
+  private readonly watch: StepRunner;
+  private readonly world: number;
+  private stopped = false;
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly engine: Engine, private readonly plane: DataPlane | null, readonly pos: ReplicaPosition,
+    private readonly o: ReplicaOptions = {}) {
+    this.watch = o.watch ?? unwatched;
+    this.world = pos.tp * pos.pp;
+    if (this.world > 1 && !plane) throw new Error(`replica of tp ${pos.tp} x pp ${pos.pp}: a data plane is required`);
+    const d = o.driver;
+    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition);
+  }
+
+  get isDriver(): boolean {
+    return this.scheduler !== undefined;
+  }
+
+  /** Queues a request (driver); returns the refusal to report when it can never run here. */
+  submit(s: Submit): TokenUpdate | null {
+    const refused = this.driverScheduler().submit(s);
+    this.poke();
+    return refused;
+  }
+
+  cancel(requestId: string): void {
+    this.driverScheduler().cancel(requestId);
+    this.poke();
+  }
+
+  /** The driver's state for its heartbeats. */
+  load(): ReplicaLoad | undefined {
+    return this.scheduler?.load();
+  }
+
+  /** The driver ends its loop at the next step boundary and tells the other ranks to stop. */
+  stop(): void {
+    this.stopped = true;
+    this.poke();
+  }
+
+  /** Driver: serves until stop(), then stops every rank. Others: follow until the driver's STOP. Rejects if the data plane fails. */
+  async run(): Promise<void> {
+    if (!this.scheduler) return this.follow();
+    if (this.pos.pp === 1) await this.driveAhead(this.scheduler);
+    else await this.drivePipeline(this.scheduler);
+    if (this.plane) for (let r = 1; r < this.world; r++) await this.plane.send(frame(KIND_STOP), r);
+  }
+
+  private driverScheduler(): Scheduler {
+    if (!this.scheduler) throw new Error('replica: only the driver takes requests');
+    return this.scheduler;
+  }
+
+  private poke(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Resolves at the next submit, cancel or stop. */
+  private idle(): Promise<void> {
+    return new Promise((resolve) => (this.wake = resolve));
+  }
+
+  private send(sched: Scheduler, step: PlannedStep): Promise<unknown> {
+    return this.plane ? announce(this.plane, this.world, sched.steps, step) : Promise.resolve();
+  }
+
+  /** pp = 1: step N+1 is planned and sent while N runs; N's tokens are reported while N+1 runs. */
+  private async driveAhead(sched: Scheduler): Promise<void> {
+    const trace = stepTracer();
+    const o = this.o.driver!;
+    let unsettled: AppliedStep | null = null;
+    const settle = () => {
+      if (unsettled) o.emit(sched.settle(unsettled));
+      unsettled = null;
+    };
+    let ahead: { step: PlannedStep; sent: Promise<unknown> } | null = null;
+    let prevSampled: Int32Array | null = null;
+    for (;;) {
+      // A step already sent runs even when stopping: the followers are waiting in it.
+      if (!ahead && this.stopped) break;
+      let cur = ahead;
+      ahead = null;
+      if (!cur) {
+        const step = sched.next(1);
+        if (!step) {
+          if (unsettled) {  // settling may end sequences and free the KV blocks a queued request waits for
+            settle();
+            continue;
+          }
+          await this.idle();
+          continue;
+        }
+        cur = { step, sent: this.send(sched, step) };
+      }
+      fillTokens(cur.step.seqs, cur.step.tokenFrom, prevSampled);
+      const t0 = trace ? performance.now() : 0;
+      const step = cur.step;
+      const running = this.watch(() => this.engine.step({ seqs: step.seqs }));
+      let out: Awaited<typeof running>;
+      try {
+        settle();  // step N-1's reports; a stop string found here keeps its sequence out of the plan below
+        if (!this.stopped) {
+          const next = sched.nextAhead(step);
+          if (next) ahead = { step: next, sent: this.send(sched, next) };
+        }
+      } finally {
+        out = await running;
+      }
+      await cur.sent;
+      trace?.(step, performance.now() - t0);
+      unsettled = sched.apply(step, out.sampled);
+      prevSampled = out.sampled;
+    }
+    settle();
+  }
+
+  /** pp > 1: up to pp micro-batches in flight; the last stage returns each one's sampled tokens. */
+  private async drivePipeline(sched: Scheduler): Promise<void> {
+    const { pos, plane } = this;
+    const o = this.o.driver!;
+    const trace = stepTracer();
+    const lastStage0 = (pos.pp - 1) * pos.tp;
+    const inFlight: PlannedStep[] = [];
+    for (;;) {
+      if (this.stopped) break;
+      let launched = false;
+      while (inFlight.length < pos.pp) {
+        const step = sched.next(pos.pp);
+        if (!step) break;
+        launched = true;
+        // The frame sends are queued on the plane's thread (in order) and awaited after this rank's
+        // own step: the followers' copies go out while the driver runs.
+        const sent = this.send(sched, step);
+        const t0 = trace ? performance.now() : 0;
+        const out = await this.watch(() => this.engine.step({ seqs: step.seqs }));
+        await sent;
+        trace?.(step, performance.now() - t0);
+        await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
+        inFlight.push(step);
+      }
+      if (inFlight.length) {
+        const step = inFlight.shift()!;
+        o.emit(sched.complete(step, await this.receiveSampled(step, lastStage0)));
+        continue;
+      }
+      if (!launched) await this.idle();
+    }
+    // Drain what is still in the pipeline so every rank ends at the same step.
+    while (inFlight.length) await this.receiveSampled(inFlight.shift()!, lastStage0);
+  }
+
+  // A micro-batch of prefill chunks only samples nothing, and then nothing is sent back.
+  private async receiveSampled(step: PlannedStep, from: number): Promise<Int32Array> {
+    const sampled = new Int32Array(step.nSample);
+    if (step.nSample > 0) await this.plane!.recv(new Uint8Array(sampled.buffer), from);
+    return sampled;
+  }
+
+  /** A rank other than the driver: runs the driver's steps until STOP (resolves) or the data plane fails (rejects). */
+  private async follow(): Promise<void> {
+    const { pos, engine } = this;
+    const plane = this.plane!;
+    const hdr = new Uint8Array(FRAME_BYTES);
+    const last = pos.stage === pos.pp - 1;
+    const prev = pos.stage > 0 ? localRank({ ...pos, stage: pos.stage - 1 }) : -1;
+    const next = last ? -1 : localRank({ ...pos, stage: pos.stage + 1 });
+    const hiddenBytes = (tokens: number) => tokens * engine.shard.hidden * (engine.shard.compute === 'f32' || !engine.shard.compute ? 4 : 2);
+    // pp = 1: the plane carries only frames, so the next frame's receive is posted before each
+    // step and a step planned ahead is already here when this one ends. pp > 1: activations
+    // travel on the plane between frames, so the next frame is received after them.
+    const early = pos.pp === 1;
+    let prevSampled: Int32Array | null = null;
+    let pending = receiveStep(plane, hdr);
+    for (;;) {
+      const meta = await pending;
+      if (!meta) return;
+      fillTokens(meta.seqs, meta.tokenFrom, prevSampled);
+      if (early) {
+        pending = receiveStep(plane, hdr);
+        pending.catch(() => {});  // awaited at the top of the loop
+      }
+      let hiddenIn: Uint8Array | undefined;
+      if (prev >= 0) {
+        hiddenIn = new Uint8Array(hiddenBytes(totalTokens(meta.seqs)));
+        await plane.recv(hiddenIn, prev);
+      }
+      const out = await this.watch(() => engine.step({ seqs: meta.seqs, ...(hiddenIn ? { hiddenIn } : {}) }));
+      prevSampled = out.sampled;
+      if (!last) await plane.send(out.hiddenOut!, next);
+      else if (pos.tpRank === 0 && pos.stage > 0 && out.sampled.length > 0)
+        await plane.send(new Uint8Array(out.sampled.buffer, out.sampled.byteOffset, out.sampled.byteLength), 0);
+      if (!early) pending = receiveStep(plane, hdr);
+    }
+  }
+}

@@ -1,0 +1,141 @@
+// The router without a cluster: a real Membership whose replicas' drivers are WorkerConns on a
+// recording stream, a real RequestStore, token reports as the drivers send them. What it must get
+// right: the least-loaded serving replica, the Submit a driver receives, and on a replay after a
+// failover the client sees every token once (the re-sent prefix dropped, a gap refused, a late
+// report from the lost replica ignored).
+import * as grpc from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { planLayout } from '../../src/coordinator/layout.js';
+import { Membership, WorkerConn } from '../../src/coordinator/membership.js';
+import type { ControlCall } from '../../src/coordinator/worker-conn.js';
+import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
+import type { RequestUpdate } from '../../src/coordinator/requests.js';
+import { Router } from '../../src/coordinator/router.js';
+import { loadModelConfig } from '../../src/model/index.js';
+import type { OutgoingCoordinatorMessage, TokenUpdate } from '../../src/protocol/control.js';
+import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
+import { validateSampling } from '../../src/protocol/sampling.js';
+import { PY_TINY } from '../serving/helpers.js';
+
+const { FINISH_REASON_UNSPECIFIED: NONE, FINISH_REASON_STOP: STOP } = FinishReason;
+
+let members: Membership | undefined;
+afterEach(() => members?.stopAll('test done'));
+
+/** Two replicas of tp 1, both serving; what each driver is sent. */
+function cluster() {
+  const layout = planLayout(loadModelConfig(PY_TINY), [{ host: 'localhost', slots: 2 }], { tp: 1, pp: 1, replicas: 2 });
+  const logs: string[] = [];
+  members = new Membership(layout, {
+    token: 't', modelDir: PY_TINY, dtype: 'auto', device: 'cpu', kvBlocks: 0, threads: 0, maxBatchTokens: 256, maxQueue: 16,
+    heartbeatIntervalMs: 60_000, heartbeatTimeoutMs: 60_000, log: (l) => logs.push(l),
+  });
+  const sent: OutgoingCoordinatorMessage[][] = [[], []];
+  for (const replica of members.replicas) {
+    const plan = layout.ranks[replica.ranks[0]!]!;
+    const call = { write: (m: OutgoingCoordinatorMessage) => sent[replica.id]!.push(m), end: () => {} } as unknown as ControlCall;
+    const w = new WorkerConn(plan, { token: 't', rank: plan.rank, host: 'localhost', pid: 1, device: null, listenAddresses: [] }, call, '1');
+    w.state = 'serving';
+    members.workers.set(plan.rank, w);
+    replica.state = 'serving';
+    replica.kvBlocks = 64;
+  }
+  const store = new RequestStore();
+  const router = new Router(members, store, (l) => logs.push(l));
+  return { members, store, router, sent, logs };
+}
+
+function request(store: RequestStore, seed: number | bigint = 42) {
+  const got: RequestUpdate[] = [];
+  const failed: [number, string][] = [];
+  const rec = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ seed, maxTokens: 8, stop: ['\n\n'] }),
+    { update: (u) => got.push(u), fail: (c, m) => failed.push([c, m]) });
+  store.add(rec);
+  return { rec, got, failed };
+}
+
+/** A driver's Tokens report for one request. */
+function report(m: Membership, replica: number, u: Partial<TokenUpdate> & { requestId: string }): void {
+  m.emit('tokens', m.replicas[replica]!, { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: NONE, error: '', ...u }] });
+}
+
+describe('router', () => {
+  it('sends each request to the serving replica with the fewest unfinished requests, with its parameters', () => {
+    const { store, router, sent } = cluster();
+    const a = request(store, 2n ** 64n - 1n);
+    const b = request(store);
+    router.submit(a.rec);
+    router.submit(b.rec);
+    expect([a.rec.replica, b.rec.replica]).toEqual([0, 1]);
+    expect([a.rec.status, b.rec.status]).toEqual([RequestStatus.RUNNING, RequestStatus.RUNNING]);
+    expect(sent[0]).toEqual([{ submit: { epoch: '1', requestId: a.rec.id, promptIds: [1, 2, 3], generatedIds: [],
+      params: { temperature: 0, topK: 0, topP: 1, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false } } }]);
+  });
+
+  it('a replay after a failover: the re-sent prefix is dropped, the client sees each token once and in order', () => {
+    const { members: m, store, router, sent, logs } = cluster();
+    const { rec, got } = request(store);
+    router.submit(rec);
+    expect(rec.replica).toBe(0);
+    report(m, 0, { requestId: rec.id, tokenIds: [10, 11, 12], text: 'abc', index: 0 });
+    m.replicas[0]!.state = 'lost';
+    expect(router.requeue(m.replicas[0]!)).toEqual([rec]);
+    // Replayed on the other replica from prompt + the 3 tokens the client has.
+    expect([rec.status, rec.replica, rec.replays]).toEqual([RequestStatus.RUNNING, 1, 1]);
+    expect(sent[1]!.at(-1)).toMatchObject({ submit: { requestId: rec.id, promptIds: [1, 2, 3], generatedIds: [10, 11, 12] } });
+    // A late report from the lost replica is not the request's any more.
+    report(m, 0, { requestId: rec.id, tokenIds: [99], text: 'z', index: 3 });
+    // The new driver re-sends from an earlier index: only 13 and 14 are new.
+    report(m, 1, { requestId: rec.id, tokenIds: [11, 12, 13, 14], text: 'de', index: 1 });
+    // A report past the end of what the client has is a gap: refused, logged.
+    report(m, 1, { requestId: rec.id, tokenIds: [20], text: 'q', index: 9 });
+    expect(logs.some((l) => l.includes(`request ${rec.id}: gap in the token stream (have 5, got index 9)`))).toBe(true);
+    report(m, 1, { requestId: rec.id, tokenIds: [15], text: 'f', index: 5, finishReason: STOP });
+    expect(got).toEqual([
+      { tokenIds: [10, 11, 12], text: 'abc', index: 0, finishReason: NONE },
+      { tokenIds: [13, 14], text: 'de', index: 3, finishReason: NONE },
+      { tokenIds: [15], text: 'f', index: 5, finishReason: STOP },
+    ]);
+    expect([rec.tokens, rec.text, rec.status, rec.finishReason, store.size]).toEqual([[10, 11, 12, 13, 14, 15], 'abcdef', RequestStatus.FINISHED, STOP, 0]);
+    // Ended: a last word from the driver changes nothing.
+    report(m, 1, { requestId: rec.id, tokenIds: [16], text: 'g', index: 6 });
+    expect(got).toHaveLength(3);
+  });
+
+  it('a driver that refuses a request fails it RESOURCE_EXHAUSTED naming the replica', () => {
+    const { members: m, store, router } = cluster();
+    const { rec, failed } = request(store);
+    router.submit(rec);
+    report(m, 0, { requestId: rec.id, error: 'replica queue full (16 waiting)' });
+    expect(failed).toEqual([[grpc.status.RESOURCE_EXHAUSTED, 'replica 0: replica queue full (16 waiting)']]);
+    expect([rec.status, store.size]).toEqual([RequestStatus.FAILED, 0]);
+  });
+
+  it('with no serving replica a request waits; failPending ends only those that waited long enough', () => {
+    const { members: m, store, router } = cluster();
+    for (const r of m.replicas) r.state = 'lost';
+    const old = request(store);
+    const fresh = request(store);
+    router.submit(old.rec);
+    router.submit(fresh.rec);
+    expect(store.pending()).toEqual([old.rec, fresh.rec]);
+    old.rec.pendingSince = Date.now() - 10_000;
+    expect(router.failPending(grpc.status.UNAVAILABLE, 'no replica in time', 5_000)).toBe(1);
+    expect(old.failed).toEqual([[grpc.status.UNAVAILABLE, 'no replica in time']]);
+    expect([old.rec.status, fresh.rec.status, store.pending()]).toEqual([RequestStatus.FAILED, RequestStatus.QUEUED, [fresh.rec]]);
+    // A replica serves again: the one still waiting goes to it.
+    m.replicas[1]!.state = 'serving';
+    m.emit('replica-serving', m.replicas[1]!);
+    expect([fresh.rec.status, fresh.rec.replica]).toEqual([RequestStatus.RUNNING, 1]);
+  });
+
+  it('cancel tells the request\'s driver', () => {
+    const { store, router, sent } = cluster();
+    const { rec } = request(store);
+    router.submit(rec);
+    store.finish(rec, { status: RequestStatus.CANCELLED });
+    router.cancel(rec, 'client cancelled');
+    expect(sent[0]!.at(-1)).toEqual({ cancel: { epoch: '1', requestId: rec.id, reason: 'client cancelled' } });
+  });
+});

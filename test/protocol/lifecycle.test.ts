@@ -1,0 +1,88 @@
+// The request lifecycle's table and the sampling rules every entry point shares.
+import { describe, expect, it } from 'vitest';
+
+import { FinishReason, RequestStatus, canTransition, finishReasonText, isFinished, transition } from '../../src/protocol/lifecycle.js';
+import type { RequestStatus as Status } from '../../src/protocol/lifecycle.js';
+import {
+  DEFAULT_MAX_TOKENS, SamplingError, parseSamplingNumber, parseSeed, samplingFromWire, samplingToWire, validateSampling, withinContext,
+} from '../../src/protocol/sampling.js';
+
+const { QUEUED, RUNNING, PREEMPTED, FINISHED, FAILED, CANCELLED } = RequestStatus;
+const ALL: Status[] = [QUEUED, RUNNING, PREEMPTED, FINISHED, FAILED, CANCELLED];
+
+describe('request lifecycle', () => {
+  it('has exactly the documented transitions', () => {
+    const legal = ALL.flatMap((from) => ALL.filter((to) => canTransition(from, to)).map((to) => `${from}>${to}`));
+    expect(legal.sort()).toEqual([
+      'preempted>cancelled', 'preempted>failed', 'preempted>running',
+      'queued>cancelled', 'queued>failed', 'queued>running',
+      'running>cancelled', 'running>failed', 'running>finished', 'running>preempted', 'running>queued',
+    ]);
+  });
+
+  it('finished, failed and cancelled are terminal; nothing moves out of them', () => {
+    expect(ALL.filter(isFinished)).toEqual([FINISHED, FAILED, CANCELLED]);
+    for (const from of [FINISHED, FAILED, CANCELLED]) for (const to of ALL) expect(canTransition(from, to)).toBe(false);
+    expect(transition(QUEUED, RUNNING)).toBe(RUNNING);
+    expect(() => transition(FINISHED, RUNNING)).toThrow(/no transition from finished to running/);
+    expect(() => transition(QUEUED, FINISHED)).toThrow(/no transition from queued to finished/);
+  });
+
+  it('a finish reason has one short name for the CLI and OpenAI-style output', () => {
+    expect(finishReasonText(FinishReason.FINISH_REASON_STOP)).toBe('stop');
+    expect(finishReasonText(FinishReason.FINISH_REASON_LENGTH)).toBe('length');
+    expect(finishReasonText(FinishReason.FINISH_REASON_UNSPECIFIED)).toBeNull();
+  });
+});
+
+describe('sampling parameters', () => {
+  it('defaults: greedy, no top-k/top-p, 128 tokens, no stop strings, a random 64-bit seed', () => {
+    const p = validateSampling();
+    expect(p).toMatchObject({ temperature: 0, topK: 0, topP: 1, maxTokens: DEFAULT_MAX_TOKENS, stop: [], ignoreEos: false });
+    expect(DEFAULT_MAX_TOKENS).toBe(128);
+    expect(typeof p.seed).toBe('bigint');
+    expect(p.seed).not.toBe(validateSampling().seed);
+  });
+
+  it('each broken rule names its field and the value', () => {
+    const problem = (o: Parameters<typeof validateSampling>[0]) => {
+      try {
+        validateSampling(o);
+      } catch (err) {
+        expect(err).toBeInstanceOf(SamplingError);
+        return `${(err as SamplingError).field}: ${(err as SamplingError).problem}`;
+      }
+      return 'ok';
+    };
+    expect(problem({ maxTokens: 0 })).toBe('maxTokens: must be an integer >= 1 (got 0)');
+    expect(problem({ maxTokens: 2.5 })).toBe('maxTokens: must be an integer >= 1 (got 2.5)');
+    expect(problem({ temperature: -0.5 })).toBe('temperature: must be a finite number >= 0 (got -0.5)');
+    expect(problem({ temperature: Infinity })).toBe('temperature: must be a finite number >= 0 (got Infinity)');
+    expect(problem({ topK: -1 })).toBe('topK: must be an integer >= 0 (got -1)');
+    expect(problem({ topP: 0 })).toBe('topP: must be in (0, 1] (got 0)');
+    expect(problem({ topP: 1.5 })).toBe('topP: must be in (0, 1] (got 1.5)');
+    expect(problem({ stop: ['a', ''] })).toBe('stop[1]: is empty');
+    expect(problem({ seed: -1 })).toBe('seed: must be an integer in [0, 2^64) (got -1)');
+    expect(problem({ seed: 2n ** 64n })).toBe('seed: must be an integer in [0, 2^64) (got 18446744073709551616)');
+    expect(problem({ seed: '12x' })).toBe('seed: must be an integer in [0, 2^64) (got 12x)');
+    expect(problem({ temperature: 0.7, topK: 40, topP: 0.9, seed: '7', maxTokens: 1, stop: ['x'] })).toBe('ok');
+  });
+
+  it('numbers and seeds from text (CLI flags), seeds from numbers, bigints and decimal strings', () => {
+    expect(parseSamplingNumber('topP', '0.25')).toBe(0.25);
+    expect(() => parseSamplingNumber('maxTokens', '')).toThrow('maxTokens must be an integer >= 1 (got )');
+    expect(() => parseSamplingNumber('topK', 'ten')).toThrow(/topK must be an integer >= 0 \(got ten\)/);
+    expect([parseSeed(5), parseSeed(5n), parseSeed('18446744073709551615')]).toEqual([5n, 5n, 2n ** 64n - 1n]);
+    expect(() => parseSeed('')).toThrow(SamplingError);
+    expect(() => parseSeed(1.5)).toThrow(SamplingError);
+  });
+
+  it('the context bounds max tokens; the wire carries the seed as decimal text and back', () => {
+    const p = validateSampling({ maxTokens: 100, seed: 2n ** 64n - 2n, stop: ['\n'] });
+    expect(withinContext(p, 450, 512).maxTokens).toBe(62);
+    expect(withinContext(p, 10, 512).maxTokens).toBe(100);
+    const wire = samplingToWire(p);
+    expect(wire.seed).toBe('18446744073709551614');
+    expect(samplingFromWire({ ...p, ...wire, seed: wire.seed as string })).toEqual(p);
+  });
+});
