@@ -7,18 +7,16 @@ import type { Interface } from 'node:readline';
 
 import { Command, InvalidArgumentError, Option } from 'commander';
 
+import { NodespeedClient } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice } from '../engine/index.js';
-import { loadTokenizer } from '../model/index.js';
+import { samplingDefaults } from '../launcher/cluster.js';
+import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
 import type { ChatMessage } from '../model/index.js';
-
-export interface ChatSampling {
-  maxTokens?: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  seed?: bigint;
-}
+import { finishReasonText } from '../protocol/lifecycle.js';
+import { withModelDefaults } from '../protocol/sampling.js';
+import { requestSampling, samplingOf, samplingOptions } from './generate.js';
+import type { SamplingFlags } from './generate.js';
 
 export interface ChatReply {
   text: string;
@@ -32,7 +30,7 @@ export interface ChatBackend {
   close(): Promise<void>;
 }
 
-export interface LocalChatOptions extends ChatSampling {
+export interface LocalChatOptions extends SamplingFlags {
   model: string;
   device?: DeviceChoice;
   dtype?: DTypeChoice;
@@ -49,25 +47,47 @@ export async function localChatBackend(o: LocalChatOptions): Promise<ChatBackend
     engine.dispose();
     throw new Error(`${o.model}: this model has no chat template; use \`nodespeed generate\` for plain prompts`);
   }
+  const sampling = withModelDefaults(samplingOf(o), samplingDefaults(loadGenerationConfig(o.model)));
   return {
     async reply(messages, onText, signal) {
       const promptIds = tokenizer.encodeChat(messages, { addGenerationPrompt: true });
-      const room = engine.maxPosition - promptIds.length;
-      if (room < 1) throw new Error(`the conversation is ${promptIds.length} tokens, which leaves no room in the model's context of ${engine.maxPosition}; /reset to start over`);
+      if (promptIds.length >= engine.maxPosition)
+        throw new Error(`the conversation is ${promptIds.length} tokens, which leaves no room in the model's context of ${engine.maxPosition}; /reset to start over`);
       let text = '';
-      for await (const ev of generate(engine, tokenizer, [{
-        promptIds, maxTokens: Math.min(o.maxTokens ?? room, room), temperature: o.temperature ?? 0, topK: o.topK ?? 0, topP: o.topP ?? 1,
-        ...(o.seed !== undefined ? { seed: o.seed } : {}),
-      }])) {
+      for await (const ev of generate(engine, tokenizer, [{ promptIds, ...sampling }])) {
         if (signal.aborted) return { text, finishReason: 'cancelled' };  // leaving the loop frees the sequence's KV blocks
         text += ev.delta;
         onText(ev.delta);
-        if (ev.type === 'done') return { text: ev.result.text, finishReason: ev.result.finishReason };
+        if (ev.type === 'done') return { text: ev.result.text, finishReason: finishReasonText(ev.result.finishReason) ?? 'stop' };
       }
       return { text, finishReason: 'stop' };
     },
     async close() {
       engine.dispose();
+    },
+  };
+}
+
+/** A running cluster: each turn is one Generate call with the conversation as `messages`, cancelled on abort. */
+export function serverChatBackend(server: string, o: SamplingFlags, authToken?: string): ChatBackend {
+  const client = new NodespeedClient(server, authToken ? { authToken } : {});
+  return {
+    async reply(messages, onText, signal) {
+      let text = '';
+      try {
+        for await (const m of client.generate({ messages: messages.map((x) => ({ role: x.role, content: String(x.content ?? '') })), ...requestSampling(o) }, { signal })) {
+          text += m.text;
+          if (m.text) onText(m.text);
+          if (m.finishReason !== 'FINISH_REASON_UNSPECIFIED') return { text, finishReason: finishReasonText(m.finishReason) ?? 'stop' };
+        }
+      } catch (err) {
+        if (signal.aborted) return { text, finishReason: 'cancelled' };
+        throw new Error(`--server ${server}: ${(err as Error).message}`);
+      }
+      return { text, finishReason: signal.aborted ? 'cancelled' : 'stop' };
+    },
+    async close() {
+      client.close();
     },
   };
 }
@@ -166,15 +186,7 @@ function intArg(flag: string, min: number) {
   };
 }
 
-function floatArg(flag: string, ok: (n: number) => boolean, what: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new InvalidArgumentError(`${flag} must be ${what} (got ${v})`);
-    return n;
-  };
-}
-
-interface ChatCliOptions extends ChatSampling {
+interface ChatCliOptions extends SamplingFlags {
   model?: string;
   server?: string;
   device: DeviceChoice;
@@ -184,23 +196,20 @@ interface ChatCliOptions extends ChatSampling {
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('chat')
     .description('Chat with a model in the terminal, loaded here (--model DIR) or through a running cluster (--server ADDR)')
     .option('--model <dir>', 'Hugging Face model folder with a chat template')
-    .option('--server <addr>', 'a running `nodespeed launch` (host:port of its gRPC API)')
+    .option('--server <addr>', 'a running `nodespeed launch` (host:port of its gRPC API; NODESPEED_AUTH_TOKEN for its token)')
     .option('--system <text>', 'a system message that opens the conversation')
     .addOption(new Option('--device <device>', 'with --model: cpu, cuda or auto').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'with --model: cpu weight storage / cuda compute dtype').choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--threads <n>', 'with --model: CPU threads', intArg('--threads', 1))
-    .option('--max-tokens <n>', 'most tokens per reply (default: what fits the context)', intArg('--max-tokens', 1))
-    .option('--temperature <t>', '0 = greedy', floatArg('--temperature', (n) => n >= 0, 'a number >= 0'))
-    .option('--top-k <k>', '0 = off', intArg('--top-k', 0))
-    .option('--top-p <p>', '1 = off', floatArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'))
+    .option('--threads <n>', 'with --model: CPU threads', intArg('--threads', 1));
+  samplingOptions(cmd)
     .action(async (o: ChatCliOptions) => {
       if (!o.model === !o.server) throw new InvalidArgumentError('give exactly one of --model DIR and --server ADDR');
-      if (o.server) throw new InvalidArgumentError('--server: not available yet');
-      const backend = await localChatBackend({ ...o, model: o.model! });
+      const token = process.env.NODESPEED_AUTH_TOKEN;
+      const backend = o.server ? serverChatBackend(o.server, o, token) : await localChatBackend({ ...o, model: o.model! });
       try {
         await chatLoop(backend, { input: process.stdin, output: process.stdout, ...(o.system ? { system: o.system } : {}) });
       } finally {

@@ -36,6 +36,7 @@ export interface LaunchFlags {
   joinTimeout: number;
   spares: number;
   metricsPort?: number;
+  httpPort: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   progress: boolean;
@@ -98,6 +99,9 @@ export function addServingOptions(cmd: Command): Command {
       'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
+    .option('--http-port <port>', 'serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health; ' +
+      '/metrics too when metrics are on) at http://<bind>:<port> with the same bearer token (0: any free port; printed on the ready line as http=)',
+      portArg('--http-port'), 8000)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
     .option('--no-progress', 'no progress bar');
@@ -167,6 +171,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
+      httpPort: f.httpPort,
       ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
@@ -217,7 +222,7 @@ export function register(program: Command): void {
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
+      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

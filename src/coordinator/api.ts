@@ -7,11 +7,13 @@ import { timingSafeEqual } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers,
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers, TokenLogprobs,
 } from '../protocol/api.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
-import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
-import type { SamplingParams } from '../protocol/sampling.js';
+import { SamplingError, nthSequence, validateSampling, withModelDefaults, withinContext } from '../protocol/sampling.js';
+import type { ModelSamplingDefaults, SamplingParams } from '../protocol/sampling.js';
+import { ChatTemplateError } from '../model/chat-template.js';
+import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
@@ -30,7 +32,29 @@ export interface ModelFacts {
   contextLength: number;
   vocabSize: number;
   encode(text: string): number[];
+  /** A chat rendered with the model's chat template and tokenized (throws ChatTemplateError). */
+  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions): number[];
+  /** generation_config.json's sampling defaults. */
+  defaults?: ModelSamplingDefaults;
+  /** Token ids to text (the HTTP API's echo and logprob tokens). */
+  decode?(ids: number[]): string;
 }
+
+/** What validateRequest reads: the public GenerateRequest, with chat messages as OpenAI's API allows them. */
+export type RequestInput = Omit<GenerateRequest, 'messages' | 'seed'> & { messages?: ChatMessage[]; seed?: string | number | bigint | null;
+  chatTemplateKwargs?: Record<string, unknown> };
+
+/** A validated request: its prompt, and the parameters of sequence 0 of its n (sequence i: nthSequence). */
+export interface ValidRequest {
+  promptIds: number[];
+  params: SamplingParams;
+  n: number;
+}
+
+/** Most sequences one request may sample from its prompt. */
+export const MAX_N = 16;
+/** A prompt longer than this many characters per context token cannot fit: refused before tokenizing. */
+const MAX_CHARS_PER_TOKEN = 16;
 
 function bad(field: string, message: string): never {
   throw new InvalidRequestError(field, message);
@@ -41,31 +65,64 @@ function protoName(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-export function validateRequest(m: GenerateRequest, model: ModelFacts): { promptIds: number[]; params: SamplingParams } {
+function chatPrompt(m: RequestInput, model: ModelFacts): number[] {
+  const msgs = m.messages!;
+  if (!model.encodeChat) bad('messages', 'this server cannot render chats');
+  let chars = 0;
+  for (const x of msgs) chars += typeof x.content === 'string' ? x.content.length : JSON.stringify(x.content ?? '').length;
+  if (chars > model.contextLength * MAX_CHARS_PER_TOKEN) bad('messages', `hold ${chars} characters, far more than the model's context of ${model.contextLength} tokens`);
+  try {
+    return model.encodeChat(msgs, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) });
+  } catch (err) {
+    if (err instanceof ChatTemplateError) bad('messages', err.message);
+    throw err;
+  }
+}
+
+/**
+ * Checks a request and turns it into the prompt ids and parameters the driver runs. Fields the
+ * request leaves out take the model's generation_config.json values, then the API's defaults
+ * (`apiTemperature`: OpenAI's 1 for the HTTP API, greedy for gRPC).
+ */
+export function validateRequest(m: RequestInput, model: ModelFacts, apiTemperature?: number): ValidRequest {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
-  if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
+  const given = [m.prompt ? 'prompt' : '', ids.length ? 'prompt_ids' : '', m.messages?.length ? 'messages' : ''].filter(Boolean);
+  if (given.length > 1) bad(given[1]!, `give one of prompt, prompt_ids and messages (got ${given.join(' and ')})`);
   let promptIds: number[];
   if (ids.length) {
     const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
     if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
     promptIds = [...ids];
+  } else if (m.messages?.length) {
+    promptIds = chatPrompt(m, model);
+    if (promptIds.length === 0) bad('messages', 'render to no tokens');
   } else {
     if (!m.prompt) bad('prompt', 'is empty');
+    if (m.prompt.length > model.contextLength * MAX_CHARS_PER_TOKEN)
+      bad('prompt', `is ${m.prompt.length} characters, far more than the model's context of ${model.contextLength} tokens`);
     promptIds = model.encode(m.prompt);
     if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
   }
+  const what = m.messages?.length ? 'messages' : 'prompt';
   if (promptIds.length >= model.contextLength)
-    bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+    bad(what, `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+  const n = m.n ?? 1;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_N) bad('n', `must be an integer in [1, ${MAX_N}] (got ${n})`);
+  const bias = Object.entries(m.logitBias ?? {}).map(([token, b]) => ({ token: Number(token), bias: Number(b) }));
   let params: SamplingParams;
   try {
-    params = validateSampling({ temperature: m.temperature, topK: m.topK, topP: m.topP, seed: m.seed, maxTokens: m.maxTokens,
-      stop: m.stop, ignoreEos: m.ignoreEos });
+    const input = withModelDefaults({
+      temperature: m.temperature, topK: m.topK, topP: m.topP, minP: m.minP, seed: m.seed, maxTokens: m.maxTokens, stop: m.stop,
+      ignoreEos: m.ignoreEos, repetitionPenalty: m.repetitionPenalty, presencePenalty: m.presencePenalty, frequencyPenalty: m.frequencyPenalty,
+      stopTokenIds: m.stopTokenIds, logprobs: m.logprobs, logitBias: bias,
+    }, model.defaults ?? {}, apiTemperature);
+    params = validateSampling(input, model.vocabSize);
   } catch (err) {
     if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
     throw err;
   }
-  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength) };
+  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength), n };
 }
 
 export interface ApiOptions {
@@ -83,13 +140,35 @@ export interface ApiOptions {
 
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
-type Status = { code: grpc.status; details: string };
+export type Status = { code: grpc.status; details: string };
+
+/** Where the tokens of a request's sequences go: `choice` is the sequence (prompt index * n + i). */
+export interface ChoicesSink {
+  update(choice: number, u: RequestUpdate): void;
+  /** The request cannot complete; the API has cancelled its other sequences. */
+  fail(code: grpc.status, message: string): void;
+}
+
+/** A request admitted as its sequences (one record each); cancel() frees them all. */
+export interface Admitted {
+  records: RequestRecord[];
+  cancel(why: string): void;
+}
 
 export class InferenceApi {
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
 
-  private authorize(md: grpc.Metadata): Status | null {
+  get model(): ApiOptions['model'] {
+    return this.o.model;
+  }
+
+  /** Whether a replica serves now. */
+  serving(): boolean {
+    return this.members.replicas.some((r) => r.state === 'serving');
+  }
+
+  authorize(md: grpc.Metadata): Status | null {
     if (!this.o.authToken) return null;
     const h = String(md.get('authorization')[0] ?? '');
     const want = Buffer.from(`Bearer ${this.o.authToken}`);
@@ -98,87 +177,127 @@ export class InferenceApi {
     return { code: grpc.status.UNAUTHENTICATED, details: 'authorization: a valid "Bearer <token>" is required' };
   }
 
-  /** Validates, admits and routes a request; the sink receives its tokens. */
-  private accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
-    const r = this.admit(req, md, sink);
+  /** Counts the outcome of an admission for Prometheus. */
+  private counted(r: Admitted | Status): Admitted | Status {
     const m = this.o.metrics;
-    if (m && r instanceof RequestRecord) m.accepted();
+    if (m && 'records' in r) m.accepted();
     else if (m) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
     return r;
   }
 
-  private admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink): RequestRecord | Status {
+  /**
+   * Admits the sequences of already validated prompts (each prompt's n, seeds seed + i) all at
+   * once, or none: the queue limit counts them all. The sink gets every sequence's tokens; the
+   * first failure cancels the others and fails the request.
+   */
+  admitChoices(prompts: ValidRequest[], sink: ChoicesSink): Admitted | Status {
+    const total = prompts.reduce((a, p) => a + p.n, 0);
+    if (!this.router.anyAlive()) return this.counted({ code: grpc.status.UNAVAILABLE, details: 'no replica is serving' });
+    if (this.store.size + total > this.o.maxQueue)
+      return this.counted({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const m = this.o.metrics;
+    const records: RequestRecord[] = [];
+    let failed = false;
+    const admitted: Admitted = {
+      records,
+      cancel: (why) => {
+        for (const r of records) if (this.store.finish(r, { status: RequestStatus.CANCELLED })) this.router.cancel(r, why);
+      },
+    };
+    prompts.forEach((p) => {
+      for (let i = 0; i < p.n; i++) {
+        const choice = records.length;
+        // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
+        const rs: RequestSink = {
+          update: (u) => {
+            m?.streamed(u.tokenIds.length);
+            sink.update(choice, u);
+          },
+          fail: (code, details) => {
+            if (failed) return;
+            failed = true;
+            admitted.cancel(`sequence ${choice} of the request failed`);
+            sink.fail(code, details);
+          },
+        };
+        records.push(new RequestRecord(this.store.newId(), p.promptIds, nthSequence(p.params, i), rs));
+      }
+    });
+    for (const r of records) this.store.add(r);
+    for (const r of records) this.router.submit(r);
+    return this.counted(admitted);
+  }
+
+  /** Validates one gRPC request and admits its sequences. */
+  private accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink): Admitted | Status {
     const denied = this.authorize(md);
-    if (denied) return denied;
-    let v: ReturnType<typeof validateRequest>;
+    if (denied) return this.counted(denied);
+    let v: ValidRequest;
     try {
       v = validateRequest(req, this.o.model);
     } catch (err) {
-      if (err instanceof InvalidRequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+      if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;
     }
-    if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
-    if (this.store.size >= this.o.maxQueue)
-      return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
-    const m = this.o.metrics;
-    // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
-    const counted: RequestSink = m ? { update: (u) => (m.streamed(u.tokenIds.length), sink.update(u)), fail: (c, d) => sink.fail(c, d) } : sink;
-    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, counted);
-    this.store.add(rec);
-    this.router.submit(rec);
-    return rec;
-  }
-
-  /** Client cancellation or deadline: forget the request and tell its driver to free its blocks. */
-  private abandon(rec: RequestRecord, why: string): void {
-    if (this.store.finish(rec, { status: RequestStatus.CANCELLED })) this.router.cancel(rec, why);
+    return this.admitChoices([v], sink);
   }
 
   private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
-    let rec: RequestRecord | undefined;
-    const sink: RequestSink = {
-      update: (u: RequestUpdate) => {
+    let admitted: Admitted | undefined;
+    let open = 0;
+    const sink: ChoicesSink = {
+      update: (choice, u) => {
         const last = u.finishReason !== NOT_FINISHED;
         if (!u.tokenIds.length && !u.text && !last) return;
+        const rec = admitted?.records[choice];
         call.write({
-          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason,
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? [],
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [],
         });
-        if (last) call.end();
+        if (last && --open === 0) call.end();
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
     const r = this.accept(call.request, call.metadata, sink);
-    if (!(r instanceof RequestRecord)) {
+    if (!('records' in r)) {
       call.emit('error', r);
       return;
     }
-    rec = r;
+    admitted = r;
+    open = r.records.length;
     // 'cancelled' fires on client cancellation and on an expired deadline.
-    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+    call.on('cancelled', () => r.cancel('client cancelled or deadline exceeded'));
   }
 
   private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
     cb: grpc.sendUnaryData<CompleteResponseIn>): void {
-    let rec: RequestRecord | undefined;
-    const sink: RequestSink = {
-      update: (u) => {
-        if (u.finishReason === NOT_FINISHED || !rec) return;
+    let admitted: Admitted | undefined;
+    const logprobs: TokenLogprobs[][] = [];
+    let open = 0;
+    const sink: ChoicesSink = {
+      update: (choice, u) => {
+        (logprobs[choice] ??= []).push(...(u.logprobs ?? []));
+        if (u.finishReason === NOT_FINISHED || !admitted || --open > 0) return;
+        const recs = admitted.records;
+        const choices = recs.map((r, i) => ({ index: i, tokenIds: r.tokens, text: r.text, finishReason: r.finishReason, logprobs: logprobs[i] ?? [] }));
+        const first = recs[0]!;
         cb(null, {
-          tokenIds: rec.tokens, text: rec.text, finishReason: u.finishReason, requestId: rec.id,
-          usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
+          tokenIds: first.tokens, text: first.text, finishReason: first.finishReason, requestId: first.id, logprobs: logprobs[0] ?? [],
+          usage: { promptTokens: first.promptIds.length, completionTokens: recs.reduce((a, r) => a + r.tokens.length, 0) },
+          promptIds: first.promptIds, choices,
         });
       },
       fail: (code, details) => cb({ code, details }),
     };
     const r = this.accept(call.request, call.metadata, sink);
-    if (!(r instanceof RequestRecord)) {
+    if (!('records' in r)) {
       cb(r);
       return;
     }
-    rec = r;
-    call.on('cancelled', () => this.abandon(r, 'client cancelled or deadline exceeded'));
+    admitted = r;
+    open = r.records.length;
+    call.on('cancelled', () => r.cancel('client cancelled or deadline exceeded'));
   }
 
   status(): ClusterStatusMsg {

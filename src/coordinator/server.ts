@@ -14,6 +14,9 @@ import { Failover } from './failover.js';
 import type { ApiOptions } from './api.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
+import { CoordinatorService } from './http/service.js';
+import { serveHttpApi } from './http/server.js';
+import type { HttpApi } from './http/server.js';
 import { CoordinatorMetrics, serveMetrics } from './metrics.js';
 import type { MetricsServer } from './metrics.js';
 import type { MembershipOptions, Replica } from './membership.js';
@@ -33,6 +36,8 @@ export interface CoordinatorOptions extends MembershipOptions {
   requestTimeoutMs: number;
   /** Serve Prometheus metrics over HTTP on this port of `bind` (0: any free port); absent: off. */
   metricsPort?: number;
+  /** Serve the OpenAI-compatible HTTP API on this port of `bind` (0: any free port); absent: off. */
+  httpPort?: number;
   /** A restarted rank that has not joined after this long fails its replica's re-form attempt (0: no limit). */
   joinTimeoutMs?: number;
   /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
@@ -48,6 +53,7 @@ export class Coordinator {
   /** Only with metricsPort: nothing is counted when nobody can scrape it. */
   readonly metrics: CoordinatorMetrics | undefined;
   metricsServer: MetricsServer | undefined;
+  httpApi: HttpApi | undefined;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
   private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
   private state = 'starting';
@@ -102,6 +108,18 @@ export class Coordinator {
       }
       this.o.log(`coordinator: Prometheus metrics at http://${this.metricsServer.address}/metrics`);
     }
+    if (this.o.httpPort !== undefined) {
+      const registry = this.metrics?.registry;
+      const service = new CoordinatorService(this.api, { decode: (ids) => this.o.model.decode?.(ids) ?? '' },
+        registry ? async () => ({ contentType: registry.contentType, body: await registry.metrics() }) : undefined);
+      try {
+        this.httpApi = await serveHttpApi(service, { bind: this.o.bind, port: this.o.httpPort, ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
+      } catch (err) {
+        this.server.forceShutdown();
+        await this.metricsServer?.close();
+        throw new Error(`--http-port ${this.o.httpPort}: cannot listen on ${this.o.bind}:${this.o.httpPort} (${(err as Error).message})`);
+      }
+    }
     return this.port;
   }
 
@@ -136,6 +154,7 @@ export class Coordinator {
       this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.UNAVAILABLE, message: `server ${reason}` });
     this.members.stopAll(reason);
     await this.metricsServer?.close();
+    await this.httpApi?.close();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.server.forceShutdown();

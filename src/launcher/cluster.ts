@@ -9,8 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { planLayout } from '../coordinator/layout.js';
 import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
-import { loadModelConfig } from '../model/config.js';
-import type { ModelConfig } from '../model/config.js';
+import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
+import type { GenerationConfig, ModelConfig } from '../model/config.js';
+import type { ModelSamplingDefaults } from '../protocol/sampling.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { isLocalHost } from './plan.js';
 import type { Placement } from './plan.js';
@@ -46,6 +47,8 @@ export interface ClusterOptions {
   spares?: number;
   /** See CoordinatorOptions.metricsPort. */
   metricsPort?: number;
+  /** See CoordinatorOptions.httpPort. */
+  httpPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   ssh?: SshOptions;
@@ -67,6 +70,8 @@ export interface Cluster {
   address: string;
   /** host:port of the Prometheus endpoint (GET /metrics), with --metrics-port. */
   metricsAddress?: string;
+  /** host:port of the OpenAI-compatible HTTP API, when it is on. */
+  httpAddress?: string;
   stop(reason?: string): Promise<void>;
 }
 
@@ -140,6 +145,21 @@ export async function workerAddress(p: Placement, bind: string, port: number, ad
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
+/**
+ * generation_config.json's sampling values, the defaults of requests that leave them out (as
+ * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
+ * means greedy in transformers).
+ */
+export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
+  const d: ModelSamplingDefaults = {};
+  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
+  if (g.topK !== undefined) d.topK = g.topK;
+  if (g.topP !== undefined) d.topP = g.topP;
+  if (g.minP !== undefined) d.minP = g.minP;
+  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
+  return d;
+}
+
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
   const { layout, placement } = planWithSpares(config, o.placement,
@@ -153,11 +173,15 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
     shrink: { config, device: o.device, dtype: o.dtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
+    ...(o.httpPort !== undefined ? { httpPort: o.httpPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
       encode: tokenizer.encode.bind(tokenizer),
+      encodeChat: tokenizer.encodeChat.bind(tokenizer),
+      decode: (ids: number[]) => tokenizer.decode(ids),
+      defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },
   });
   const port = await coordinator.start();
@@ -230,5 +254,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}), stop };
+  const http = coordinator.httpApi;
+  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}),
+    ...(http ? { httpAddress: `${host}:${http.address.slice(http.address.lastIndexOf(':') + 1)}` } : {}), stop };
 }

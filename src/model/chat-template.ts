@@ -9,11 +9,13 @@ import { join } from 'node:path';
 
 import { Template } from '@huggingface/jinja';
 
-/** A message as OpenAI's chat API and transformers take it; content parts are joined (text only). */
+/**
+ * A message as OpenAI's chat API and transformers take it; content parts are joined (text only).
+ * Other fields a client sends (name, ...) reach the template as they are.
+ */
 export interface ChatMessage {
   role: string;
   content: string | null | ChatContentPart[];
-  [extra: string]: unknown;
 }
 
 export interface ChatContentPart {

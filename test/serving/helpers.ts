@@ -41,7 +41,9 @@ export interface LaunchedCluster {
 /** `nodespeed launch --model DIR --port 0 --bind 127.0.0.1 ...args`, resolved at its ready line. */
 export async function launch(model: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<LaunchedCluster> {
   requireBuild();
-  const proc = spawn(process.execPath, [BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...args], {
+  // Any free port for the HTTP API unless a test picks one (its default, 8000, would collide between clusters).
+  const http = args.includes('--http-port') ? [] : ['--http-port', '0'];
+  const proc = spawn(process.execPath, [BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...http, ...args], {
     cwd: root, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

@@ -150,21 +150,13 @@ function run(service: InferenceService, req: IncomingMessage, res: ServerRespons
     const sink: ServeSink = {
       update: (u) => {
         if (finished || !handle) return;
-        const st = states[u.choice]!;
-        st.text += u.text;
-        st.tokens += u.tokenIds.length;
-        if (u.logprobs) st.logprobs.push(...u.logprobs);
-        if (u.finishReason) st.finish = u.finishReason;
-        if (stream) for (const c of render.chunks(u, handle)) stream.send(c);
-        if (!states.every((s) => s.finish)) return;
-        if (stream) {
-          const end = render.usageChunk(handle, states);
-          if (end) stream.send(end);
-          stream.done();
-        } else {
-          sendJson(res, 200, render.response(handle, states));
+        try {
+          take(u);
+        } catch (err) {
+          // Our fault, not the client's: end its response (500) and free what it holds.
+          handle.cancel('internal error');
+          sink.fail(new ApiError('internal', `internal error: ${(err as Error).message}`));
         }
-        finish();
       },
       fail: (err) => {
         if (finished) return;
@@ -176,6 +168,23 @@ function run(service: InferenceService, req: IncomingMessage, res: ServerRespons
         }
         finish();
       },
+    };
+    const take = (u: ChoiceUpdate) => {
+      const st = states[u.choice]!;
+      st.text += u.text;
+      st.tokens += u.tokenIds.length;
+      if (u.logprobs) st.logprobs.push(...u.logprobs);
+      if (u.finishReason) st.finish = u.finishReason;
+      if (stream) for (const c of render.chunks(u, handle!)) stream.send(c);
+      if (!states.every((s) => s.finish)) return;
+      if (stream) {
+        const end = render.usageChunk(handle!, states);
+        if (end) stream.send(end);
+        stream.done();
+      } else {
+        sendJson(res, 200, render.response(handle!, states));
+      }
+      finish();
     };
     try {
       handle = service.submit(parsed.req, sink);
@@ -213,6 +222,7 @@ const promptTokens = (h: ServeHandle) => h.promptIds.reduce((a, p) => a + p.leng
 const completionTokens = (states: ChoiceState[]) => states.reduce((a, s) => a + s.tokens, 0);
 
 function completionRenderer(service: InferenceService, p: ParsedCompletion): Renderer {
+  const tokenText = (t: number) => service.tokenText(t);
   const id = newId('cmpl');
   const created = Math.floor(Date.now() / 1000);
   const model = service.modelName;
@@ -245,7 +255,7 @@ function completionRenderer(service: InferenceService, p: ParsedCompletion): Ren
       let logprobs = null;
       if (withLogprobs && u.logprobs) {
         const off = offsets.get(u.choice) ?? prefix(h, u.choice).length;
-        logprobs = completionLogprobs(u.logprobs, service.tokenText, off);
+        logprobs = completionLogprobs(u.logprobs, tokenText, off);
         offsets.set(u.choice, off + logprobs.tokens.reduce((a, s) => a + s.length, 0));
       }
       return [{ ...base, choices: [{ index: u.choice, text, logprobs, finish_reason: u.finishReason }], ...usageNull }];
@@ -255,7 +265,7 @@ function completionRenderer(service: InferenceService, p: ParsedCompletion): Ren
       ...base,
       choices: states.map((s, i) => ({
         index: i, text: prefix(h, i) + s.text, finish_reason: s.finish,
-        logprobs: withLogprobs ? completionLogprobs(s.logprobs, service.tokenText, prefix(h, i).length) : null,
+        logprobs: withLogprobs ? completionLogprobs(s.logprobs, tokenText, prefix(h, i).length) : null,
       })),
       usage: usage(promptTokens(h), completionTokens(states)),
     }),
@@ -263,6 +273,7 @@ function completionRenderer(service: InferenceService, p: ParsedCompletion): Ren
 }
 
 function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
+  const tokenText = (t: number) => service.tokenText(t);
   const id = newId('chatcmpl');
   const created = Math.floor(Date.now() / 1000);
   const base = { id, object: 'chat.completion.chunk', created, model: service.modelName };
@@ -275,7 +286,7 @@ function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
     })),
     chunks: (u) => {
       const out: unknown[] = [];
-      const lp = withLogprobs && u.logprobs ? { content: chatLogprobs(u.logprobs, service.tokenText) } : null;
+      const lp = withLogprobs && u.logprobs ? { content: chatLogprobs(u.logprobs, tokenText) } : null;
       if (u.text || (lp && lp.content.length)) out.push({ ...base, choices: [{ index: u.choice, delta: { content: u.text }, logprobs: lp, finish_reason: null }], ...usageNull });
       if (u.finishReason) out.push({ ...base, choices: [{ index: u.choice, delta: {}, logprobs: null, finish_reason: u.finishReason }], ...usageNull });
       return out;
@@ -285,7 +296,7 @@ function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
       id, object: 'chat.completion', created, model: service.modelName,
       choices: states.map((s, i) => ({
         index: i, message: { role: 'assistant', content: s.text }, finish_reason: s.finish,
-        logprobs: withLogprobs ? { content: chatLogprobs(s.logprobs, service.tokenText) } : null,
+        logprobs: withLogprobs ? { content: chatLogprobs(s.logprobs, tokenText) } : null,
       })),
       usage: usage(promptTokens(h), completionTokens(states)),
     }),
