@@ -7,7 +7,9 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Engine, generateAll } from '../../src/engine/index.js';
-import { loadTokenizer } from '../../src/model/index.js';
+import { samplingDefaults } from '../../src/launcher/cluster.js';
+import { loadGenerationConfig, loadTokenizer } from '../../src/model/index.js';
+import { withModelDefaults } from '../../src/protocol/sampling.js';
 import type { ChatMessage, Tokenizer } from '../../src/model/index.js';
 
 const root = resolve(import.meta.dirname, '..', '..');
@@ -22,7 +24,9 @@ beforeAll(async () => {
 afterAll(() => engine?.dispose());
 
 async function greedy(messages: ChatMessage[], maxTokens: number): Promise<string> {
-  const [r] = await generateAll(engine, tok, [{ promptIds: tok.encodeChat(messages, { addGenerationPrompt: true }), maxTokens, temperature: 0 }]);
+  // The model's generation_config.json defaults (its repetition penalty) apply, as the server and the CLI apply them.
+  const sampling = withModelDefaults({ maxTokens, temperature: 0 }, samplingDefaults(loadGenerationConfig(CHAT_TINY)));
+  const [r] = await generateAll(engine, tok, [{ promptIds: tok.encodeChat(messages, { addGenerationPrompt: true }), ...sampling }]);
   return r!.text;
 }
 

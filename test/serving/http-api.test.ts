@@ -8,7 +8,9 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Engine, generateAll } from '../../src/engine/index.js';
-import { loadTokenizer } from '../../src/model/index.js';
+import { samplingDefaults } from '../../src/launcher/cluster.js';
+import { loadGenerationConfig, loadTokenizer } from '../../src/model/index.js';
+import { withModelDefaults } from '../../src/protocol/sampling.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { PY_TINY, launch, reference, root, stream, workerProcesses } from './helpers.js';
 import type { LaunchedCluster, PyTinyCase } from './helpers.js';
@@ -155,7 +157,10 @@ describe('chat (chat-tiny: a template and generation_config defaults)', () => {
     expect(r.usage!.prompt_tokens).toBe(ids.length);
     const [engine] = await Promise.all([Engine.load(CHAT_TINY, { device: 'cpu' })]);
     try {
-      const [local] = await generateAll(engine, tok, [{ promptIds: ids, maxTokens: 20, temperature: 0 }]);
+      // The model's generation_config.json defaults (its repetition penalty) apply to what the request leaves out.
+      const sampling = withModelDefaults({ maxTokens: 20, temperature: 0 }, samplingDefaults(loadGenerationConfig(CHAT_TINY)));
+      expect(sampling.repetitionPenalty).toBe(1.05);
+      const [local] = await generateAll(engine, tok, [{ promptIds: ids, ...sampling }]);
       expect(r.choices[0]!.message.content).toBe(local!.text);
       expect(r.choices[0]!.message.role).toBe('assistant');
     } finally {
