@@ -222,7 +222,8 @@ export function register(program: Command): void {
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      `${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}\n`);
+      // http= before metrics=: the line's existing fields keep their places (metrics= stays last).
+      `${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

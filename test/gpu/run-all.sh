@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [fixtures|tp2|sampler|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -36,6 +36,7 @@ for s in $steps; do
     fixtures) run fixtures node test/gpu/fixtures.mjs
               [ $status = 0 ] || run sanitizer compute-sanitizer --print-limit 5 node test/gpu/fixtures.mjs ;;
     tp2) run tp2 node test/gpu/tp2.mjs ;;
+    sampler) run sampler node test/gpu/sampler-check.mjs "$RESULTS_DIR/gpu-sampler-check.json" ;;  # CUDA sampler (bias, penalties, min-p, logprobs) vs CPU, and through decode graphs
     nccl) if [ -f test/gpu/nccl-allreduce.mjs ]; then run nccl node test/gpu/nccl-allreduce.mjs; else echo "== nccl: test/gpu/nccl-allreduce.mjs not present"; fi ;;
     7b) make_model; NS_DUMP_DIR=/tmp run model-7b node test/gpu/model-7b.mjs "$MODEL" ;;
     noise) make_model; [ -f /tmp/ids.json ] || NS_DUMP_DIR=/tmp run model-7b node test/gpu/model-7b.mjs "$MODEL"
