@@ -20,16 +20,25 @@ enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
 
 inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
 
-enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2 };
+enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2, Dynamic = 3, Yarn = 4, LongRope = 5 };
 
+// transformers' ROPE_INIT_FUNCTIONS. Dynamic and LongRope depend on the sequence's length at the
+// step (rope.h: rope_inv_freq(cfg, seq_len)), as transformers recomputes them per forward.
 struct RopeConfig {
   RopeType type = RopeType::Default;
   float theta = 10000.f;
-  float factor = 1.f;             // linear and llama3
+  float factor = 1.f;             // linear, llama3, dynamic, yarn
   float low_freq_factor = 1.f;    // llama3
   float high_freq_factor = 4.f;   // llama3
-  int original_max_pos = 8192;    // llama3
+  int original_max_pos = 8192;    // llama3, yarn, longrope; dynamic: max_position_embeddings
+  float attention_factor = 1.f;   // yarn, longrope: multiplies cos and sin
+  float beta_fast = 32.f, beta_slow = 1.f;  // yarn
+  bool truncate = true;                     // yarn
+  std::vector<float> short_factor, long_factor;  // longrope: rotary_dim / 2 each
+  int rotary_dim = 0;             // leading dims of a head that rotate (partial rotary); 0 = head_dim
 };
+
+enum class Activation : int { Silu = 0, GeluTanh = 1 };
 
 // Everything a backend needs to know about its shard. All head/intermediate counts are this
 // rank's share (full / tp_size); vocab_size is the full vocabulary.
@@ -47,6 +56,30 @@ struct ShardConfig {
   int max_position = 0;
   float rms_eps = 1e-5f;
   bool qkv_bias = false;
+  // Family switches (src/model/config.ts says which family sets which): one forward for all.
+  bool o_bias = false;          // o_proj bias (added once: by TP rank 0 before the all-reduce)
+  bool mlp_bias = false;        // gate/up (sliced) and down (whole, rank 0) biases
+  bool qk_norm = false;         // RMSNorm of each q and k head (weight [head_dim]) before RoPE
+  bool norm_plus_one = false;   // Gemma: x / rms(x) * (1 + w)
+  bool sandwich_norms = false;  // Gemma: post_attention_layernorm on the attention output; pre/post_feedforward_layernorm
+  Activation act = Activation::Silu;  // gate activation of the gated MLP
+  float embed_scale = 1.f;      // Gemma: sqrt(hidden)
+  float attn_scale = 0.f;       // 0: 1 / sqrt(head_dim)
+  float attn_softcap = 0.f;     // cap * tanh(score / cap); 0 = off
+  float final_softcap = 0.f;    // the same on the logits
+  int sliding_window = 0;       // window of the layers marked in sliding_layers; 0 = none
+  std::vector<uint8_t> sliding_layers;  // per layer of this shard (layer_start..): 1 = windowed
+  bool has_rope_local = false;  // sliding layers use rope_local (Gemma 3's local base)
+  RopeConfig rope_local;
+  // Mixture of experts: num_experts > 0. Each TP rank holds whole experts [expert_start,
+  // expert_end) and computes their share for every token; the MLP's all-reduce combines them.
+  int num_experts = 0;
+  int expert_start = 0, expert_end = 0;
+  int top_k = 0;
+  int moe_intermediate = 0;     // per expert (whole: experts are not split)
+  bool norm_topk = false;       // renormalise the top-k router probabilities
+  int shared_intermediate = 0;  // this rank's share of the shared expert (0: none)
+  std::vector<uint8_t> sparse_layers;   // per layer of this shard: 1 = routed experts, 0 = dense MLP
   bool tied_embeddings = false;
   bool has_embedding = false;   // first pipeline stage
   bool has_head = false;        // last pipeline stage (final norm + LM head + sampling)

@@ -15,6 +15,7 @@ import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
 import type { ChatMessage } from '../model/index.js';
 import { finishReasonText } from '../protocol/lifecycle.js';
 import { withModelDefaults } from '../protocol/sampling.js';
+import { intArg } from './args.js';
 import { requestSampling, samplingOf, samplingOptions } from './generate.js';
 import type { SamplingFlags } from './generate.js';
 
@@ -178,14 +179,6 @@ export async function chatLoop(backend: ChatBackend, io: ChatLoopIo): Promise<vo
   await done;
 }
 
-function intArg(flag: string, min: number) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
-    return n;
-  };
-}
-
 interface ChatCliOptions extends SamplingFlags {
   model?: string;
   server?: string;
@@ -204,7 +197,7 @@ export function register(program: Command): void {
     .option('--system <text>', 'a system message that opens the conversation')
     .addOption(new Option('--device <device>', 'with --model: cpu, cuda or auto').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'with --model: cpu weight storage / cuda compute dtype').choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--threads <n>', 'with --model: CPU threads', intArg('--threads', 1));
+    .option('--threads <n>', 'with --model: CPU threads', intArg('--threads', 1, 4096));
   samplingOptions(cmd)
     .action(async (o: ChatCliOptions) => {
       if (!o.model === !o.server) throw new InvalidArgumentError('give exactly one of --model DIR and --server ADDR');

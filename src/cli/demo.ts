@@ -8,9 +8,11 @@ import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import { describeLayout } from '../coordinator/layout.js';
-import { addLauncherOptions } from './launcher-flags.js';
+import { addLauncherOptions } from '../launcher/flags.js';
 import { addServingOptions, startFromFlags } from './launch.js';
 import type { LaunchFlags } from './launch.js';
+import { I32_MAX, intArg } from './args.js';
+import { flushAndExit } from './exit.js';
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const DEMO_MODEL = join(packageRoot, 'models', 'py-tiny');
@@ -22,17 +24,13 @@ export function register(program: Command): void {
     .description('Serve the bundled demo model on 2 local CPU workers (TP=2), stream one answer over gRPC, shut down')
     .option('--model <dir>', 'model folder', DEMO_MODEL)
     .option('--prompt <text>', 'prompt to complete', DEMO_PROMPT)
-    .option('--max-tokens <n>', 'tokens to generate', '64');
-  addServingOptions(cmd);
-  addLauncherOptions(cmd);
-  // The demo's own defaults: TP=2 on the CPU, any free port on loopback.
-  cmd.setOptionValueWithSource('tp', 2, 'default');
-  cmd.setOptionValueWithSource('device', 'cpu', 'default');
-  cmd.setOptionValueWithSource('port', 0, 'default');
-  cmd.setOptionValueWithSource('bind', '127.0.0.1', 'default');
-  cmd.action(async (o: LaunchFlags & { prompt: string; maxTokens: string } & Record<string, unknown>) => {
-    const maxTokens = Number(o.maxTokens);
-    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new Error(`--max-tokens must be an integer >= 1 (got ${o.maxTokens})`);
+    .option('--max-tokens <n>', 'tokens to generate', intArg('--max-tokens', 1, I32_MAX), 64);
+  // The demo's own defaults, shown as such by --help: TP=2 on the CPU, any free port on loopback,
+  // and as many CPU workers as the layout needs.
+  addServingOptions(cmd, { tp: 2, device: 'cpu', port: 0, bind: '127.0.0.1' });
+  addLauncherOptions(cmd, { descriptions: { num_cpu_workers: 'CPU workers on this machine when there is no hostfile (default: --tp x --pp)' } });
+  cmd.action(async (o: LaunchFlags & { prompt: string; maxTokens: number } & Record<string, unknown>) => {
+    const maxTokens = o.maxTokens;
     if (o.num_cpu_workers === undefined && o.numCpuWorkers === undefined && !o.hostfile) o.num_cpu_workers = String(o.tp * o.pp);
     const quiet = (line: string) => {
       if (process.env.NODESPEED_DEMO_VERBOSE) process.stderr.write(`${line}\n`);
@@ -40,7 +38,7 @@ export function register(program: Command): void {
     const t0 = performance.now();
     process.stderr.write(`nodespeed demo: starting ${o.tp * o.pp} CPU worker(s) with ${o.model}\n`);
     const cluster = await startFromFlags(o, o, quiet);
-    const stop = () => void cluster.stop('demo interrupted').then(() => process.exit(130));
+    const stop = () => void cluster.stop('demo interrupted').then(() => flushAndExit(130));
     process.once('SIGINT', stop);
     const client = new NodespeedClient(cluster.address);
     try {

@@ -1,6 +1,7 @@
 // `nodespeed generate PROMPT`: with --model DIR, loads the model in this process and streams the
 // continuation to stdout; with --server ADDR, the same generation through a running `nodespeed
 // launch` (the gRPC API), with the same result shape. --json prints one final JSON line instead.
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
@@ -12,6 +13,7 @@ import type { GenerateRequestMsg, TokenLogprobs } from '../protocol/api.js';
 import { SamplingError, parseSamplingNumber, parseSeed, withModelDefaults } from '../protocol/sampling.js';
 import { samplingDefaults } from '../launcher/cluster.js';
 import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
+import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
 
 /** The sampling and stopping flags, shared by `generate` and `chat` (absent: the server's or the model's default). */
 export interface SamplingFlags {
@@ -38,14 +40,8 @@ export interface GenerateCliOptions extends SamplingFlags {
   threads?: number;
   json: boolean;
   server?: string;
-}
-
-function intArg(flag: string, min: number) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
-    return n;
-  };
+  authToken?: string;
+  timeout: number;
 }
 
 /** A sampling flag, checked by the sampling rules (protocol/sampling.ts) and reported under the flag's name. */
@@ -60,6 +56,60 @@ function samplingArg<T>(flag: string, parse: (v: string) => T) {
   };
 }
 const numberArg = (flag: string, field: NumericSamplingField) => samplingArg(flag, (v) => parseSamplingNumber(field, v));
+
+/** A sampling integer that must also fit its field on the wire (the API's max_tokens is an int32, top_k a uint32). */
+function wireIntArg(flag: string, field: NumericSamplingField, min: number, max: number) {
+  const rules = numberArg(flag, field);
+  return (v: string): number => rules(String(intArg(flag, min, max)(v)));
+}
+
+/** Offset of the first byte that is not part of well-formed UTF-8, or -1. */
+export function invalidUtf8At(b: Uint8Array): number {
+  for (let i = 0; i < b.length; ) {
+    const c = b[i]!;
+    const n = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (n < 0) return i;
+    for (let k = 1; k <= n; k++) {
+      const d = b[i + k];
+      if (d === undefined || (d & 0xc0) !== 0x80) return i;
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF.
+    const d1 = b[i + 1]!;
+    if ((c === 0xe0 && d1 < 0xa0) || (c === 0xed && d1 > 0x9f) || (c === 0xf0 && d1 < 0x90) || (c === 0xf4 && d1 > 0x8f)) return i;
+    i += n + 1;
+  }
+  return -1;
+}
+
+function strictUtf8(bytes: Uint8Array, what: string): string {
+  const at = invalidUtf8At(bytes);
+  if (at >= 0) throw new Error(`${what} is not valid UTF-8 (byte 0x${bytes[at]!.toString(16).padStart(2, '0')} at offset ${at})`);
+  return Buffer.from(bytes).toString('utf8');
+}
+
+/**
+ * The prompt as the user gave it: `-` reads stdin. Node has already decoded argv, replacing invalid
+ * bytes with U+FFFD, so an argument holding U+FFFD is checked against the raw command line (Linux).
+ */
+export function readPrompt(arg: string): string {
+  if (arg === '-') return strictUtf8(readFileSync(0), 'the prompt on stdin');
+  if (arg.includes('\uFFFD')) {
+    let raw: Buffer[] = [];
+    try {
+      const cmdline = readFileSync('/proc/self/cmdline');
+      for (let at = 0; at < cmdline.length; ) {
+        const end = cmdline.indexOf(0, at);
+        raw.push(cmdline.subarray(at, end < 0 ? cmdline.length : end));
+        at = end < 0 ? cmdline.length : end + 1;
+      }
+    } catch {
+      raw = [];
+    }
+    const mine = raw.find((b) => b.toString('utf8') === arg);
+    if (mine) strictUtf8(mine, 'the prompt argument');
+  }
+  return arg;
+}
 
 function tokenIdArg(flag: string) {
   return (v: string, acc: number[]) => {
@@ -77,9 +127,9 @@ function logitBiasArg(v: string, acc: { token: number; bias: number }[]) {
 /** Adds the sampling and stopping flags to a command (generate, chat). */
 export function samplingOptions(cmd: Command): Command {
   return cmd
-    .option('--max-tokens <n>', 'most tokens to generate (default: what fits the model\'s context)', numberArg('--max-tokens', 'maxTokens'))
+    .option('--max-tokens <n>', 'most tokens to generate (default: what fits the model\'s context)', wireIntArg('--max-tokens', 'maxTokens', 1, I32_MAX))
     .option('--temperature <t>', '0 = greedy (default: the model\'s generation_config.json, else greedy)', numberArg('--temperature', 'temperature'))
-    .option('--top-k <k>', '0 = off', numberArg('--top-k', 'topK'))
+    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', 0, U32_MAX))
     .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'))
     .option('--min-p <p>', 'drop tokens with p < min_p * p(most likely); 0 = off', numberArg('--min-p', 'minP'))
     .option('--repetition-penalty <r>', 'transformers\' repetition penalty on prompt and output tokens; 1 = off', numberArg('--repetition-penalty', 'repetitionPenalty'))
@@ -175,24 +225,49 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
   };
 }
 
+/** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
+const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads'] as const;
+/** And the reverse. */
+const SERVER_ONLY = ['authToken', 'timeout'] as const;
+
 export function register(program: Command): void {
   const cmd = program
     .command('generate')
-    .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process')
-    .argument('<prompt>', 'prompt text (tokenized with the model\'s tokenizer, BOS added where it adds one)')
+    .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process (or through --server)')
+    .argument('<prompt>', 'prompt text (tokenized with the model\'s tokenizer, BOS added where it adds one); - reads it from stdin')
     .option('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
   samplingOptions(cmd)
-    .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1))
+    .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
-    .action(async (prompt: string, o: GenerateCliOptions) => {
-      if (!o.server) return void (await generateLocal(prompt, o));
-      const token = process.env.NODESPEED_AUTH_TOKEN;
-      const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },
-        o.json ? undefined : (delta) => void process.stdout.write(delta));
-      process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
-    });
+    .option('--auth-token <token>', 'with --server: bearer token (or NODESPEED_AUTH_TOKEN)')
+    .option('--timeout <s>', 'with --server: seconds to wait for the server to be reachable', secondsArg('--timeout'), 10);
+  cmd.action(async (promptArg: string, o: GenerateCliOptions) => {
+    const given = (k: string): boolean => cmd.getOptionValueSource(k) === 'cli';
+    const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    if (o.server) {
+      const ignored = LOCAL_ONLY.filter(given);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype and threads`);
+    } else {
+      const ignored = SERVER_ONLY.filter(given);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} only apply with --server`);
+    }
+    const prompt = readPrompt(promptArg);
+    if (!o.server) return void (await generateLocal(prompt, o));
+    const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
+    const probe = new NodespeedClient(o.server);
+    try {
+      await probe.waitForReady(o.timeout * 1000);
+    } catch (err) {
+      throw new Error(`generate --server ${o.server}: not reachable within ${o.timeout} s (--timeout): ${(err as Error).message}`);
+    } finally {
+      probe.close();
+    }
+    const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },
+      o.json ? undefined : (delta) => void process.stdout.write(delta));
+    process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
+  });
 }

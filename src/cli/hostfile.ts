@@ -1,10 +1,11 @@
 // `nodespeed hostfile list|add|remove|set|validate|check`: view and edit a DeepSpeed hostfile.
-import { Command } from 'commander';
-import { loadHostfile } from '../launcher/hostfile.js';
+import { Command, InvalidArgumentError } from 'commander';
+import { loadHostfile, slotsProblem } from '../launcher/hostfile.js';
 import { addHost, openHostfile, removeHost, saveHostfile, setHostSlots } from '../launcher/hostfile-edit.js';
-import { checkHost, checkTable } from '../launcher/check.js';
+import { checkHosts, checkReport, checkTable } from '../launcher/check.js';
 import { table } from '../launcher/format.js';
-import { readLauncherOptions } from './launcher-flags.js';
+import { readLauncherOptions } from '../launcher/flags.js';
+import { intArg } from './args.js';
 
 const FILE_FLAG = ['-H, --hostfile <file>', 'hostfile to use', 'hostfile'] as const;
 
@@ -22,7 +23,8 @@ function guarded<A extends unknown[]>(fn: (...args: A) => Promise<number | void>
 }
 
 function slotsArg(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) <= 0) throw new Error(`--slots must be a positive integer, got '${v}'`);
+  const problem = slotsProblem(v);
+  if (problem) throw new InvalidArgumentError(`--${problem}`);
   return Number(v);
 }
 
@@ -85,12 +87,14 @@ export function register(program: Command): void {
     .option('--known_hosts <file>', 'known_hosts file')
     .option('--ssh_connect_timeout <seconds>', 'connect deadline (default 10)')
     .option('--node <path>', 'Node binary expected on every host (default: this one)')
+    .option('--concurrency <n>', 'hosts checked at once', intArg('--concurrency', 1, 4096), 64)
+    .option('--all', 'list every host, also past 64 hosts (default there: the failed ones and a count per outcome)')
     .action(
       guarded(async (raw: Record<string, unknown>) => {
         const o = readLauncherOptions(raw);
         const hosts = loadHostfile(raw.hostfile as string);
-        const results = await Promise.all(hosts.map((h) => checkHost(h.host, { ssh: o.ssh, sshPort: o.sshPort, forceSsh: o.forceSsh, node: o.node })));
-        console.log(checkTable(results));
+        const results = await checkHosts(hosts.map((h) => h.host), { ssh: o.ssh, sshPort: o.sshPort, forceSsh: o.forceSsh, node: o.node }, raw.concurrency as number);
+        console.log(raw.all ? checkTable(results) : checkReport(results));
         const failed = results.filter((r) => !r.ok).length;
         if (failed > 0) console.error(`${failed} of ${results.length} host(s) failed`);
         return failed > 0 ? 1 : 0;

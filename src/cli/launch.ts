@@ -3,8 +3,8 @@
 // whole load, and exactly one line `nodespeed ready <addr:port> ...` on stdout once every replica
 // serves. Ctrl-C (or SIGTERM) tears everything down. --dry-run prints the layout and the per-rank
 // memory estimate, and fails when the layout does not fit.
-import { Command, InvalidArgumentError, Option } from 'commander';
-import cliProgress from 'cli-progress';
+import { createServer } from 'node:net';
+import { Command, Option } from 'commander';
 
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
@@ -12,8 +12,14 @@ import { launchCluster } from '../launcher/cluster.js';
 import type { Cluster } from '../launcher/cluster.js';
 import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
+import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
-import { addLauncherOptions, planFromOptions, readLauncherOptions } from './launcher-flags.js';
+import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
+import type { Placement } from '../launcher/plan.js';
+import { intArg, portArg, secondsArg } from './args.js';
+import { checkCheckpoint } from './checkpoint.js';
+import { flushAndExit } from './exit.js';
+import { loadBar } from './progress.js';
 
 export interface LaunchFlags {
   model: string;
@@ -42,49 +48,38 @@ export interface LaunchFlags {
   progress: boolean;
 }
 
-export function intArg(flag: string, min: number) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min} (got ${v})`);
-    return n;
-  };
-}
-
-function secondsArg(flag: string) {
-  return (v: string) => {
-    const n = Number(v);
-    if (!(n > 0)) throw new InvalidArgumentError(`${flag} must be a number of seconds > 0 (got ${v})`);
-    return n;
-  };
-}
-
-function portArg(flag: string) {
-  return (v: string) => {
-    const n = intArg(flag, 0)(v);
-    if (n > 65535) throw new InvalidArgumentError(`${flag} must be a port number 0-65535 (got ${v})`);
-    return n;
-  };
-}
+/** Most CPU threads one worker may ask for (the engine starts that many). */
+const MAX_THREADS = 4096;
 
 function replicasArg(v: string): number | 'auto' {
   if (v === 'auto') return 'auto';
   return intArg('--replicas', 1)(v);
 }
 
-/** The serving flags (shared with the demo, which sets its own defaults). */
-export function addServingOptions(cmd: Command): Command {
+/** Defaults a command gives the serving flags (the demo's differ from launch's). */
+export interface ServingDefaults {
+  tp: number;
+  device: 'auto' | 'cpu' | 'cuda';
+  port: number;
+  bind: string;
+}
+
+const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, bind: '0.0.0.0' };
+
+/** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
+export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
   return cmd
-    .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), 1)
+    .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), d.tp)
     .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
     .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
-    .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default('auto'))
+    .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default(d.device))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--port <port>', 'port of the gRPC API (0: any free port)', intArg('--port', 0), 50051)
-    .option('--bind <addr>', 'address the gRPC server listens on', '0.0.0.0')
+    .option('--port <port>', 'port of the gRPC API (0: any free port)', portArg('--port'), d.port)
+    .option('--bind <addr>', 'address the gRPC server listens on', d.bind)
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
     .option('--kv-blocks <n>', 'KV cache blocks per rank (0: the backend decides)', intArg('--kv-blocks', 0), 0)
-    .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0), 0)
+    .option('--threads <n>', 'CPU threads per worker (0: the backend decides)', intArg('--threads', 0, MAX_THREADS), 0)
     .option('--max-batch-tokens <n>', 'most tokens per step; longer prefills are chunked (default: cpu 256, cuda 8192)', intArg('--max-batch-tokens', 1))
     .option('--max-queue <n>', 'most requests in flight before RESOURCE_EXHAUSTED', intArg('--max-queue', 1), 1024)
     .option('--heartbeat-interval <s>', 'seconds between heartbeats', secondsArg('--heartbeat-interval'), 1)
@@ -107,13 +102,34 @@ export function addServingOptions(cmd: Command): Command {
     .option('--no-progress', 'no progress bar');
 }
 
-export function resolveDeviceFlag(d: LaunchFlags['device']): 'cpu' | 'cuda' {
-  if (d !== 'auto') return d;
+/**
+ * auto: cuda when this machine has a usable GPU. An explicit cuda is checked here when every rank is
+ * local (remote workers check their own host and report it).
+ */
+export function resolveDeviceFlag(d: LaunchFlags['device'], placement?: Placement): 'cpu' | 'cuda' {
+  let cuda: { available: boolean; reason?: string };
   try {
-    return loadAddon().info().cuda.available ? 'cuda' : 'cpu';
-  } catch {
-    return 'cpu';
+    cuda = loadAddon().info().cuda;
+  } catch (err) {
+    cuda = { available: false, reason: (err as Error).message };
   }
+  if (d === 'auto') return cuda.available ? 'cuda' : 'cpu';
+  if (d === 'cuda' && !cuda.available && placement && placement.ranks.every((r) => r.isLocal)) {
+    throw new Error(`--device cuda: this machine has no usable GPU (${cuda.reason ?? 'CUDA unavailable'}); use --device cpu`);
+  }
+  return d;
+}
+
+/** A port another process holds gives its own message, not gRPC's "No address added out of total 1 resolved". */
+async function checkPortFree(flag: string, bind: string, port: number | undefined): Promise<void> {
+  if (!port) return;
+  await new Promise<void>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => reject(new Error(err.code === 'EADDRINUSE'
+      ? `${flag} ${port}: ${bind}:${port} is already in use (another nodespeed launch?); pass another ${flag}, or ${flag} 0 for any free port`
+      : err.code === 'EADDRNOTAVAIL' ? `--bind ${bind}: not an address of this machine` : `${flag} ${port} on ${bind}: ${err.message}`)));
+    s.listen({ host: bind, port, exclusive: true }, () => s.close(() => resolve()));
+  });
 }
 
 // A CPU step grows with its tokens. On a GPU the prefill GEMMs are at the matmul peak from ~2048
@@ -123,11 +139,12 @@ function maxBatchTokens(f: LaunchFlags, device: 'cpu' | 'cuda'): number {
   return f.maxBatchTokens ?? (device === 'cuda' ? 8192 : 256);
 }
 
-function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
+async function dryRun(f: LaunchFlags, raw: Record<string, unknown>): Promise<number> {
   const lo = readLauncherOptions(raw);
   const config = loadModelConfig(f.model);
+  await checkCheckpoint(f.model);
   const placement = planFromOptions(lo);
-  const device = resolveDeviceFlag(f.device);
+  const device = resolveDeviceFlag(f.device, placement);
   const planned = planWithSpares(config, placement, { tp: f.tp, pp: f.pp, replicas: f.replicas, allowTpAcrossHosts: f.allowTpAcrossHosts }, f.spares, device);
   const { layout } = planned;
   const spareSlots = planned.placement.ranks.slice(layout.world);
@@ -135,14 +152,28 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   if (device === 'cuda') gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
   const mem = estimateMemory(config, layout, { device, dtype: f.dtype, kvBlocks: f.kvBlocks, kvBlockSize: 16,
     stepTokens: maxBatchTokens(f, device), ...(gpuMemory ? { gpuMemory } : {}) });
+  const layoutLines = describeLayout(layout);
   const out: string[] = [`model ${f.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
-    ...describeLayout(layout),
-    ...(spareSlots.length ? [`spares: ${spareSlots.map((r) => `slot ${r.rank} @${r.host}`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
+    layoutLines[0]!, ...headTail(layoutLines.slice(1), LIST_LIMIT, (n) => `... ${n} more replica(s) laid out the same way on the following hosts`),
+    ...(spareSlots.length ? [`spares: ${headTail(spareSlots.map((r) => `slot ${r.rank} @${r.host}`), LIST_LIMIT, (n) => `... ${n} more`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
     `per-rank memory estimate (weights + KV cache + one step's scratch at ${maxBatchTokens(f, device)} tokens + 256 MiB reserve):`];
-  for (const r of mem.ranks) {
+  const rankLine = (r: (typeof mem.ranks)[number]): string => {
     const p = layout.ranks[r.rank]!;
-    out.push(`  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
-      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`);
+    return `  rank ${r.rank} @${r.host} replica ${p.replica} stage ${p.stage} tp ${p.tpRank} layers ${p.layerStart}-${p.layerEnd - 1}: ` +
+      `weights ${gib(r.weightBytes)} GiB, kv ${gib(r.kvBytes)} GiB, step scratch ${gib(r.scratchBytes)} GiB, total ${gib(r.totalBytes)} GiB`;
+  };
+  if (mem.ranks.length <= LIST_LIMIT) out.push(...mem.ranks.map(rankLine));
+  else {
+    // Thousands of ranks: one line per distinct position and estimate (ranks of other replicas are alike).
+    const groups = new Map<string, { first: (typeof mem.ranks)[number]; count: number }>();
+    for (const r of mem.ranks) {
+      const p = layout.ranks[r.rank]!;
+      const key = [p.stage, p.tpRank, r.weightBytes, r.kvBytes, r.scratchBytes, r.totalBytes].join('/');
+      const g = groups.get(key);
+      if (g) g.count++;
+      else groups.set(key, { first: r, count: 1 });
+    }
+    for (const g of groups.values()) out.push(`${rankLine(g.first)}${g.count > 1 ? ` (and ${g.count - 1} more rank(s) alike)` : ''}`);
   }
   process.stdout.write(out.join('\n') + '\n');
   if (mem.problems.length) {
@@ -152,17 +183,23 @@ function dryRun(f: LaunchFlags, raw: Record<string, unknown>): number {
   return 0;
 }
 
-/** Starts the cluster with these flags; shared by `launch` and `demo`. */
+/** The bar of the launch in progress, so a Ctrl-C can restore the terminal before exiting. */
+let activeBar: ReturnType<typeof loadBar>;
+
+/**
+ * Starts the cluster with these flags; shared by `launch` and `demo`. The checkpoint, the device and
+ * the port are checked before any worker starts.
+ */
 export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown>,
   log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`)): Promise<Cluster> {
   const lo = readLauncherOptions(raw);
   const placement = planFromOptions(lo);
-  const device = resolveDeviceFlag(f.device);
-  const bar = f.progress && process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: 'loading {bar} {percentage}% | {doneMiB}/{totalMiB} MiB of weights, all ranks', stream: process.stderr, hideCursor: true },
-      cliProgress.Presets.shades_classic)
-    : undefined;
-  let barStarted = false;
+  const device = resolveDeviceFlag(f.device, placement);
+  await checkCheckpoint(f.model);
+  await checkPortFree('--port', f.bind, f.port);
+  await checkPortFree('--metrics-port', f.bind, f.metricsPort);
+  const bar = f.progress ? loadBar() : undefined;
+  activeBar = bar;
   try {
     return await launchCluster({
       model: f.model, placement, tp: f.tp, pp: f.pp, replicas: f.replicas, device, dtype: f.dtype, bind: f.bind, port: f.port,
@@ -177,20 +214,15 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
       log,
       onWorkerLine: (l) => log(l),
-      onProgress: (done, total) => {
-        if (!bar) return;
-        // Each rank reports the bytes of its shard; the bar sums every rank's.
-        const mib = { doneMiB: (done / 2 ** 20).toFixed(1), totalMiB: (total / 2 ** 20).toFixed(1) };
-        if (!barStarted) {
-          bar.start(total, 0, mib);
-          barStarted = true;
-        }
-        bar.setTotal(total);
-        bar.update(done, mib);
-      },
+      onProgress: (done, total) => bar?.update(done, total),
     });
+  } catch (err) {
+    const m = (err as Error).message;
+    if (/No address added/.test(m)) throw new Error(`--port ${f.port}: ${f.bind}:${f.port} cannot be bound (in use?): ${m}`);
+    throw err;
   } finally {
     bar?.stop();
+    activeBar = undefined;
   }
 }
 
@@ -203,15 +235,16 @@ export function register(program: Command): void {
   addLauncherOptions(cmd);
   cmd.action(async (o: LaunchFlags & Record<string, unknown>) => {
     if (readLauncherOptions(o).dryRun) {
-      process.exitCode = dryRun(o, o);
+      process.exitCode = await dryRun(o, o);
       return;
     }
-    // Ctrl-C while starting: exit now; the launcher's exit guard kills the local ranks' process
-    // groups, remote ranks die with their SSH channels, and every worker exits when its control
-    // stream to this process closes.
+    // Ctrl-C while starting: exit now (the bar gives the terminal back first); the launcher's exit
+    // guard kills the local ranks' process groups, remote ranks die with their SSH channels, and
+    // every worker exits when its control stream to this process closes.
     const interrupted = (sig: string) => {
-      process.stderr.write(`nodespeed: ${sig} while starting, shutting down\n`);
-      process.exit(130);
+      activeBar?.stop();
+      process.stderr.write(`\nnodespeed: ${sig} while starting, shutting down\n`);
+      void flushAndExit(sig === 'SIGINT' ? 130 : 143);
     };
     const onInt = () => interrupted('SIGINT');
     const onTerm = () => interrupted('SIGTERM');

@@ -2,18 +2,15 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import type { DType } from '../model/index.js';
-import { formatBytes, formatInfo, initModel, modelInfo, PRESETS } from '../model/index.js';
+import { formatBytes, formatInfo, initModel, modelInfo, MOE_PRESETS, PRESETS } from '../model/index.js';
+import { seedArg } from './args.js';
+import { checkCheckpoint } from './checkpoint.js';
 
 const DTYPE_FLAG: Record<string, DType> = { bf16: 'bf16', fp16: 'f16', f16: 'f16', f32: 'f32', fp32: 'f32' };
 
-function seedArg(v: string): bigint {
-  if (!/^\d+$/.test(v) || BigInt(v) >= 1n << 64n) throw new InvalidArgumentError(`--seed must be an integer in [0, 2^64) (got ${v})`);
-  return BigInt(v);
-}
-
 function shardArg(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 1) throw new InvalidArgumentError(`--max-shard-gb must be a number >= 1 (got ${v})`);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 1 || n > 1e6) throw new InvalidArgumentError(`--max-shard-gb must be a number from 1 to 1000000 (got '${v}')`);
   return n * 1e9;
 }
 
@@ -28,6 +25,13 @@ export function register(program: Command): void {
     .action(async (dir: string, o: { json: boolean }) => {
       const info = await modelInfo(dir);
       process.stdout.write((o.json ? JSON.stringify(info) : formatInfo(info)) + '\n');
+      // The description above comes from the headers; whether the checkpoint loads is a separate answer.
+      try {
+        await checkCheckpoint(dir);
+      } catch (err) {
+        process.stderr.write(`${dir} cannot be loaded: ${(err as Error).message}\n`);
+        process.exitCode = 1;
+      }
     });
 
   model
@@ -36,11 +40,13 @@ export function register(program: Command): void {
       'Matrices N(0, 0.02), norms N(1, 0.02); o_proj and down_proj N(0, 0.02 / sqrt(2 x layers)), the scaled residual init of ' +
       'GPT-2 / Megatron-LM, so a deep random model stays well-conditioned (see src/model/README.md)')
     .argument('<out>', 'output folder (created; must be empty if it exists)')
-    .addOption(new Option('--arch <arch>', 'architecture').choices(['llama']).default('llama'))
-    .addOption(new Option('--preset <preset>', 'model size').choices(Object.keys(PRESETS)).makeOptionMandatory())
+    .addOption(new Option('--arch <arch>', 'architecture').choices(['llama', ...Object.keys(MOE_PRESETS)]).default('llama'))
+    .addOption(new Option('--preset <preset>', `model size: llama ${Object.keys(PRESETS).join('|')}; ` +
+      Object.entries(MOE_PRESETS).map(([a, p]) => `${a} ${Object.keys(p).join('|')}`).join('; ')).makeOptionMandatory())
     .addOption(new Option('--dtype <dtype>', 'storage dtype').choices(['bf16', 'fp16', 'f16', 'f32', 'fp32']).default('bf16'))
-    .option('--seed <s>', 'weights seed (same seed, same bytes)', seedArg, 0n)
-    .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 2e9)
+    // Defaults with their help text: commander prints a default with JSON.stringify, which throws on a BigInt.
+    .addOption(new Option('--seed <s>', 'weights seed (same seed, same bytes)').argParser(seedArg).default(0n, '0'))
+    .addOption(new Option('--max-shard-gb <gb>', 'largest safetensors file, in GB').argParser(shardArg).default(2e9, '2'))
     .action(async (out: string, o: { arch: string; preset: string; dtype: string; seed: bigint; maxShardGb: number }) => {
       const started = performance.now();
       let lastReport = 0;
@@ -56,7 +62,7 @@ export function register(program: Command): void {
       });
       if (tty) process.stderr.write('\n');
       const secs = (performance.now() - started) / 1000;
-      process.stdout.write(`wrote ${out}: ${o.preset} llama, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
+      process.stdout.write(`wrote ${out}: ${o.preset} ${o.arch}, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
     });
 }

@@ -4,6 +4,7 @@
 import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
+import { secondsArg } from './args.js';
 import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
 
 function table(header: string[], rows: string[][]): string {
@@ -51,8 +52,8 @@ export function register(program: Command): void {
     .requiredOption('--server <addr>', 'address of the gRPC API, host:port')
     .option('--json', 'print the full ClusterStatus as JSON', false)
     .option('--auth-token <token>', 'bearer token (or NODESPEED_AUTH_TOKEN)')
-    .option('--timeout <s>', 'seconds to wait for the server', '10')
-    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: string }) => {
+    .option('--timeout <s>', 'seconds to wait for the server', secondsArg('--timeout'), 10)
+    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: number }) => {
       const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
       const client = new NodespeedClient(o.server, token ? { authToken: token } : {});
       try {

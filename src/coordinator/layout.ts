@@ -156,10 +156,18 @@ export function planLayout(c: ModelConfig, hosts: HostSlots[], o: LayoutOptions)
 /** One line per replica: "replica 0: stage 0 layers 0-2 ranks 0,1 @host-a | stage 1 ...". */
 export function describeLayout(l: Layout): string[] {
   const lines = [`world ${l.world} = ${l.replicas} replica(s) x pp ${l.pp} x tp ${l.tp}`];
+  // Grouped in one pass (a filter per replica and stage was quadratic: 12 s for 80,000 ranks).
+  const byPlace = new Map<string, RankPlan[]>();
+  for (const x of l.ranks) {
+    const k = `${x.replica}/${x.stage}`;
+    const g = byPlace.get(k);
+    if (g) g.push(x);
+    else byPlace.set(k, [x]);
+  }
   for (let r = 0; r < l.replicas; r++) {
     const parts: string[] = [];
     for (let s = 0; s < l.pp; s++) {
-      const rs = l.ranks.filter((x) => x.replica === r && x.stage === s);
+      const rs = byPlace.get(`${r}/${s}`) ?? [];
       const st = l.stages[s]!;
       parts.push(`stage ${s} layers ${st.layerStart}-${st.layerEnd - 1}: ` +
         rs.map((x) => `rank ${x.rank} (tp ${x.tpRank}) @${x.host}`).join(', '));

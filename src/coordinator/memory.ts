@@ -4,6 +4,7 @@
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
+import { planShard } from '../model/weights.js';
 import type { Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {
@@ -30,17 +31,13 @@ function bytesOf(dtype: string, fallback: string): number {
   return d === 'f32' ? 4 : 2;
 }
 
-/** Weight bytes a rank holds: its TP share of its stage's layers, plus embedding / head slices. */
-export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, pp: number): number {
-  const h = c.hiddenSize;
-  const kvHeads = Math.max(1, c.numKvHeads / tp); // replicated when tp > kv heads
-  const perLayer = (h * c.numHeads * c.headDim) / tp + 2 * h * kvHeads * c.headDim + (c.numHeads * c.headDim * h) / tp +
-    (3 * h * c.intermediateSize) / tp + 2 * h;
-  let n = (p.layerEnd - p.layerStart) * perLayer;
-  const vocabShare = Math.ceil(c.vocabSize / tp) * h;
-  if (p.stage === 0) n += vocabShare;
-  if (p.stage === pp - 1) n += (c.tieWordEmbeddings && pp === 1 ? 0 : vocabShare) + h;
-  return n;
+/**
+ * Weight parameters a rank holds: exactly the slices planShard gives it (its TP share of its
+ * stage's layers, its whole experts of an MoE, embedding / head slices).
+ */
+export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, _pp: number): number {
+  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
+  return plan.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
 }
 
 export interface MemoryOptions {

@@ -19,6 +19,8 @@ export class WorkerConn {
   /** The engine's description from its Ready message (bounded: it comes from the worker). */
   describe = '';
   lostReason = '';
+  /** The first fatal error the worker reported in its current epoch: the cause when it is lost next. */
+  reported: { epoch: string; message: string } | undefined;
   /** It spoke after it was declared lost, and was told it cannot rejoin. */
   toldLost = false;
 

@@ -1,5 +1,12 @@
 // Paged KV-cache bookkeeping: which physical blocks of the backend's cache belong to which
 // sequence. The backend only reads the block tables; whoever schedules steps owns one of these.
+//
+// Models whose every layer attends only to the last `window` positions (Mistral) reuse blocks
+// that fell out of the window: a sequence's table cycles through a ring of R physical blocks
+// (table[i] = ring[i % R]), so position p + R*B overwrites p. With R*B >= longestStep + window - 1
+// nothing a step reads was overwritten: a token at q needs keys > q - window, and the newest
+// write of a step that starts at s lands at most R*B - window + 1 before s. The whole context is
+// served in a bounded number of blocks; the backend just follows the table.
 
 export class KvCacheFullError extends Error {
   constructor(readonly needed: number, readonly free: number) {
@@ -10,9 +17,10 @@ export class KvCacheFullError extends Error {
 
 export class BlockAllocator {
   private readonly freeList: number[];
-  private readonly tables = new Map<string | number, number[]>();
+  private readonly tables = new Map<string | number, { ring: number[]; positions: number }>();
 
-  constructor(readonly numBlocks: number, readonly blockSize: number) {
+  /** window: positions every layer keeps behind a token (0: all of them, no reuse). */
+  constructor(readonly numBlocks: number, readonly blockSize: number, readonly window = 0) {
     if (!Number.isInteger(numBlocks) || numBlocks < 1) throw new RangeError(`BlockAllocator: numBlocks must be a positive integer (got ${numBlocks})`);
     if (!Number.isInteger(blockSize) || blockSize < 1) throw new RangeError(`BlockAllocator: blockSize must be a positive integer (got ${blockSize})`);
     // Pop from the end: low block ids are handed out first.
@@ -28,37 +36,58 @@ export class BlockAllocator {
     return Math.ceil(tokens / this.blockSize);
   }
 
+  /**
+   * Physical blocks a sequence of `tokens` positions holds whose steps carry at most `longestStep`
+   * tokens: all of its positions' blocks, or with a window the ring that is enough.
+   */
+  blocksNeeded(tokens: number, longestStep = tokens): number {
+    const all = this.blocksFor(tokens);
+    if (this.window <= 0) return all;
+    return Math.min(all, Math.ceil((Math.min(longestStep, tokens) + this.window - 1) / this.blockSize));
+  }
+
   has(seq: string | number): boolean {
     return this.tables.has(seq);
   }
 
   /** Whether `seq` (new or existing) could grow to cover `tokens` positions right now. */
-  canAllocate(seq: string | number, tokens: number): boolean {
-    const have = this.tables.get(seq)?.length ?? 0;
-    return this.blocksFor(tokens) - have <= this.freeList.length;
+  canAllocate(seq: string | number, tokens: number, longestStep = tokens): boolean {
+    const have = this.tables.get(seq)?.ring.length ?? 0;
+    return this.blocksNeeded(tokens, longestStep) - have <= this.freeList.length;
   }
 
-  /** Grows (or creates) `seq`'s table to cover `tokens` positions; returns the table. */
-  allocate(seq: string | number, tokens: number): Int32Array {
-    const table = this.tables.get(seq) ?? [];
-    const need = this.blocksFor(tokens) - table.length;
+  /**
+   * Grows (or creates) `seq`'s table to cover `tokens` positions, for steps of at most
+   * `longestStep` tokens (a prefill chunk; later steps may not be longer); returns the table.
+   */
+  allocate(seq: string | number, tokens: number, longestStep = tokens): Int32Array {
+    const entry = this.tables.get(seq) ?? { ring: [], positions: 0 };
+    if (this.window > 0 && entry.ring.length && entry.ring.length < this.blocksFor(entry.positions))
+      throw new Error(`BlockAllocator: sequence ${String(seq)} already cycles through ${entry.ring.length} blocks; it cannot grow its ring`);
+    const need = this.blocksNeeded(tokens, longestStep) - entry.ring.length;
     if (need > this.freeList.length) throw new KvCacheFullError(need, this.freeList.length);
-    for (let i = 0; i < need; i++) table.push(this.freeList.pop()!);
-    this.tables.set(seq, table);
-    return Int32Array.from(table);
+    for (let i = 0; i < need; i++) entry.ring.push(this.freeList.pop()!);
+    entry.positions = Math.max(entry.positions, tokens);
+    this.tables.set(seq, entry);
+    return this.tableOf(entry);
   }
 
   table(seq: string | number): Int32Array {
-    const table = this.tables.get(seq);
-    if (!table) throw new Error(`BlockAllocator: unknown sequence ${String(seq)}`);
-    return Int32Array.from(table);
+    const entry = this.tables.get(seq);
+    if (!entry) throw new Error(`BlockAllocator: unknown sequence ${String(seq)}`);
+    return this.tableOf(entry);
+  }
+
+  private tableOf(e: { ring: number[]; positions: number }): Int32Array {
+    const n = Math.max(e.ring.length, this.blocksFor(e.positions));
+    return Int32Array.from({ length: n }, (_, i) => e.ring[i % e.ring.length]!);
   }
 
   /** Returns `seq`'s blocks to the free list (finish or cancel); unknown ids are ignored. */
   free(seq: string | number): void {
-    const table = this.tables.get(seq);
-    if (!table) return;
-    for (let i = table.length - 1; i >= 0; i--) this.freeList.push(table[i]!);
+    const entry = this.tables.get(seq);
+    if (!entry) return;
+    for (let i = entry.ring.length - 1; i >= 0; i--) this.freeList.push(entry.ring[i]!);
     this.tables.delete(seq);
   }
 }

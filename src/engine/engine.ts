@@ -107,6 +107,15 @@ export class Engine {
     return this.shard.maxPosition;
   }
 
+  /**
+   * Positions every layer of the model keeps behind a token (BlockAllocator's window): the sliding
+   * window when all layers use it, else 0 (some layer reads the whole context).
+   */
+  get kvWindow(): number {
+    const c = this.config;
+    return c.slidingWindow && c.slidingLayers.every(Boolean) ? c.slidingWindow : 0;
+  }
+
   setTpComm(comm: NativeComm): void {
     this.native.setTpComm(comm);
   }

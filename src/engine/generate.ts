@@ -57,7 +57,7 @@ interface Running {
 export async function* generate(engine: Engine, tokenizer: TokenizerLike,
   requests: GenerateRequest[]): AsyncGenerator<GenerateEvent> {
   const maxPos = engine.maxPosition;
-  const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+  const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize, engine.kvWindow);
   const waiting: Running[] = requests.map((req, index) => {
     const { prompt, promptIds: ids, ...sampling } = req;
     const asked = validateSampling(sampling, engine.config.vocabSize);
@@ -76,14 +76,15 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
   const budget = (r: Running) => r.promptIds.length + r.params.maxTokens;
   try {
     while (waiting.length || running.length) {
-      while (waiting.length && allocator.canAllocate(waiting[0]!.index, budget(waiting[0]!))) {
+      // The prompt is the longest step a sequence runs (one prefill, then single tokens).
+      while (waiting.length && allocator.canAllocate(waiting[0]!.index, budget(waiting[0]!), waiting[0]!.promptIds.length)) {
         const r = waiting.shift()!;
-        allocator.allocate(r.index, budget(r));
+        allocator.allocate(r.index, budget(r), r.promptIds.length);
         running.push(r);
       }
       if (running.length === 0) {
         const r = waiting[0]!;
-        throw new Error(`request ${r.index}: needs ${allocator.blocksFor(budget(r))} KV blocks, the cache has ${allocator.numBlocks}`);
+        throw new Error(`request ${r.index}: needs ${allocator.blocksNeeded(budget(r), r.promptIds.length)} KV blocks, the cache has ${allocator.numBlocks}`);
       }
       const res = await engine.step({
         seqs: running.map((r) => ({

@@ -3,13 +3,15 @@
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { isLocalHost } from './plan.js';
-import { shellQuote } from './remote.js';
+import { Limiter, shellQuote } from './remote.js';
 import { connect, execCollect, resolveTarget, SshError, type SshOptions } from './ssh.js';
-import { table } from './format.js';
+import { headTail, table } from './format.js';
 
 export interface HostCheck {
   host: string;
   ok: boolean;
+  /** ok, reachable (but no node / no install), or the SSH failure's kind: dns, refused, timeout, auth, ... */
+  kind: string;
   status: string;
   gpus: string[];
   node: string;
@@ -34,7 +36,7 @@ function readProbe(host: string, out: string, installPath: string): HostCheck {
   const node = pick('NODE:')[0] ?? '';
   const installed = pick('INSTALL:')[0] === 'yes';
   const problems = [...(node ? [] : ['no node']), ...(installed ? [] : [`no ${installPath}`])];
-  return { host, ok: problems.length === 0, status: problems.length ? `reachable; ${problems.join(', ')}` : 'ok', gpus: pick('GPU:'), node: node || '-', installPath, installed };
+  return { host, ok: problems.length === 0, kind: problems.length ? 'reachable' : 'ok', status: problems.length ? `reachable; ${problems.join(', ')}` : 'ok', gpus: pick('GPU:'), node: node || '-', installPath, installed };
 }
 
 export async function checkHost(host: string, opts: { ssh?: SshOptions; sshPort?: number; forceSsh?: boolean; node?: string; installPath?: string } = {}): Promise<HostCheck> {
@@ -55,8 +57,32 @@ export async function checkHost(host: string, opts: { ssh?: SshOptions; sshPort?
     }
   } catch (err) {
     const kind = err instanceof SshError ? err.kind : 'error';
-    return { host, ok: false, status: `${kind}: ${(err as Error).message}`, gpus: [], node: '-', installPath, installed: false };
+    return { host, ok: false, kind, status: `${kind}: ${(err as Error).message}`, gpus: [], node: '-', installPath, installed: false };
   }
+}
+
+export type CheckOptions = Parameters<typeof checkHost>[1];
+
+/** Checks every host, at most `concurrency` at a time, results in hostfile order. */
+export async function checkHosts(hosts: string[], opts: CheckOptions, concurrency = 64): Promise<HostCheck[]> {
+  const limit = new Limiter(concurrency);
+  return Promise.all(hosts.map((h) => limit.run(() => checkHost(h, opts))));
+}
+
+/**
+ * The report: every host's row for a small hostfile; past `limit` hosts, the failed hosts' rows (head and
+ * tail) and one count per outcome, so 10,000 hosts read as a screen.
+ */
+export function checkReport(results: HostCheck[], limit = 64): string {
+  if (results.length <= limit) return checkTable(results);
+  const failed = results.filter((r) => !r.ok);
+  const counts = new Map<string, number>();
+  for (const r of results) counts.set(r.kind, (counts.get(r.kind) ?? 0) + 1);
+  const summary = `${results.length} hosts: ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${n} ${k}`).join(', ')}`;
+  if (failed.length === 0) return summary;
+  const shown = headTail(failed, limit, () => null);
+  const rows = checkTable(shown.filter((r): r is HostCheck => r !== null));
+  return `${rows}${failed.length > shown.length - 1 ? `\n(${failed.length - (shown.length - 1)} more failed host(s) not listed; --all lists every host)` : ''}\n${summary}`;
 }
 
 export function checkTable(results: HostCheck[]): string {

@@ -188,16 +188,21 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   if (o.onProgress) coordinator.members.on('progress', o.onProgress);
   const dial = await workerAddress(placement, o.bind, port, o.advertise);
   let job: Job;
+  // Each rank's first error-looking line on stderr: what a worker that dies while starting died of.
+  const firstError = new Map<number, string>();
   try {
     job = await startJob({
-      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false,
+      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000) },
       cwd: process.cwd(),
       ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
       ...(o.logDir ? { logDir: o.logDir } : {}),
     }, (j) => {
-      j.on('line', (e) => o.onWorkerLine?.(`[${e.host}:${e.rank}] ${e.line}`));
+      j.on('line', (e) => {
+        if (e.stream === 'stderr' && !firstError.has(e.rank) && /error|cannot|failed|unavailable/i.test(e.line)) firstError.set(e.rank, e.line);
+        o.onWorkerLine?.(`[${e.host}:${e.rank}] ${e.line}`);
+      });
       j.on('rank-exit', (e) => {
         if (!e.expected && e.code !== 0) o.log(`launcher: rank ${e.rank} on ${e.host} exited (code ${e.code ?? '?'}${e.signal ? `, ${e.signal}` : ''})`);
       });
@@ -217,7 +222,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   // A worker that dies before the cluster serves makes the launch fail (with its exit in the log).
   const died = new Promise<never>((_, reject) => {
     job.on('rank-exit', (e) => {
-      if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready`));
+      if (!e.expected) reject(new Error(`rank ${e.rank} on ${e.host} exited with code ${e.code ?? '?'} before the cluster was ready` +
+        (firstError.has(e.rank) ? `: ${firstError.get(e.rank)}` : '')));
     });
   });
   // A worker that started but never joins (hung at start-up, or it cannot reach `dial`) fails the launch too.

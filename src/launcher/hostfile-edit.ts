@@ -1,6 +1,6 @@
 // Line-preserving hostfile edits: comments, blank lines and the order of untouched lines survive.
 import { existsSync, writeFileSync } from 'node:fs';
-import { parseHostfileLines, readHostfileText, splitComment, HostfileError, type ParsedLine } from './hostfile.js';
+import { hostNameProblem, parseHostfileLines, readHostfileText, slotsProblem, splitComment, HostfileError, type ParsedLine } from './hostfile.js';
 
 export interface HostfileDoc {
   file: string;
@@ -8,13 +8,13 @@ export interface HostfileDoc {
 }
 
 function checkSlots(slots: number, file: string): void {
-  if (!Number.isInteger(slots) || slots <= 0) {
-    throw new HostfileError([{ file, line: 0, message: `--slots must be a positive integer, got '${slots}'` }]);
-  }
+  const problem = Number.isInteger(slots) ? slotsProblem(String(slots)) : `slots must be a positive integer, got '${slots}'`;
+  if (problem) throw new HostfileError([{ file, line: 0, message: `--${problem}` }]);
 }
 
 function checkHostName(host: string, file: string): void {
-  if (!/^[^\s#=]+$/.test(host)) throw new HostfileError([{ file, line: 0, message: `invalid host name '${host}'` }]);
+  const problem = hostNameProblem(host);
+  if (problem) throw new HostfileError([{ file, line: 0, message: problem }]);
 }
 
 export function openHostfile(file: string, { create = false } = {}): HostfileDoc {

@@ -1,6 +1,7 @@
 // DeepSpeed hostfile: `hostname slots=N [key=value ...]` per line, `#` comments, blank lines.
-// DeepSpeed only matches `^(\S+)\s+slots=(\d+)` and silently accepts slots=0 or trailing garbage;
-// we accept everything it uses correctly and report the rest with file and line.
+// DeepSpeed matches `^(\S+)\s+slots=(\d+)`: slots= right after the host, digits only. We accept the same
+// lines (slots=+2 and `host max_slots=4 slots=2` are refused as DeepSpeed refuses them) and also report
+// what it lets through silently (slots=0, trailing garbage), each with file and line.
 import { readFileSync } from 'node:fs';
 
 export interface HostEntry {
@@ -8,6 +9,8 @@ export interface HostEntry {
   slots: number;
   /** Extra `key=value` tokens, kept for later use (e.g. device=cpu). */
   attrs: Record<string, string>;
+  /** The slot ids when they are not 0..slots-1 (this machine's visible GPUs, a --world_info node). */
+  slotIds?: number[];
   /** 1-based line number in the hostfile. */
   line: number;
 }
@@ -31,6 +34,32 @@ export interface ParsedLine {
   raw: string;
 }
 
+/** Most slots one host may have: each slot is a process on that host. */
+export const MAX_SLOTS = 1024;
+
+/** Why `value` is not a slots count DeepSpeed and this launcher can use, or undefined. */
+export function slotsProblem(value: string, where = ''): string | undefined {
+  if (!/^\d+$/.test(value)) return `slots must be a positive integer${where}, got '${value}'`;
+  const n = Number(value);
+  if (n === 0) return `slots must be a positive integer${where}, got 0`;
+  if (n > MAX_SLOTS) return `slots=${value}${where}: more than ${MAX_SLOTS} processes on one host`;
+  return undefined;
+}
+
+/**
+ * Why `host` cannot be a hostfile host, or undefined. `@` separates hosts in --include/--exclude, so a
+ * name with one could never be selected (DeepSpeed splits on it too); `,` separates slots there and
+ * hosts in pdsh's -w list.
+ */
+export function hostNameProblem(host: string): string | undefined {
+  if (!/^[^\s#=]+$/.test(host)) return `invalid host name '${host}'`;
+  if (host.includes('@') || host.includes(',')) {
+    return `host name '${host}' contains '${host.includes('@') ? '@' : ','}', which --include/--exclude use as a separator, so it could not be selected (put a user name in ~/.ssh/config: Host/User)`;
+  }
+  if (host.length > 253) return `host name '${host.slice(0, 40)}...' is longer than 253 characters`;
+  return undefined;
+}
+
 /** Splits a raw line into its content and a trailing `# comment` (kept by the editor). */
 export function splitComment(raw: string): { content: string; comment: string } {
   const at = raw.search(/(^|\s)#/);
@@ -49,20 +78,22 @@ function parseLine(raw: string, lineNo: number, file: string, issues: HostfileIs
   };
   const [host, ...rest] = tokens as [string, ...string[]];
   if (host.includes('=')) return fail(`expected a host name first, got '${host}'`);
+  const bad = hostNameProblem(host);
+  if (bad) return fail(bad);
   let slots: number | undefined;
   const attrs: Record<string, string> = {};
-  for (const token of rest) {
+  for (const [i, token] of rest.entries()) {
     const eq = token.indexOf('=');
     if (eq <= 0) return fail(`unknown token '${token}' for host '${host}' (expected slots=N or key=value)`);
     const key = token.slice(0, eq);
     const value = token.slice(eq + 1);
     if (key === 'slots') {
       if (slots !== undefined) return fail(`slots given twice for host '${host}'`);
-      if (!/^[+-]?\d+$/.test(value)) return fail(`slots must be a positive integer for host '${host}', got '${value}'`);
-      const n = Number(value);
-      if (n <= 0) return fail(`slots must be a positive integer for host '${host}', got ${n}`);
-      slots = n;
+      const problem = slotsProblem(value, ` for host '${host}'`);
+      if (problem) return fail(problem);
+      slots = Number(value);
     } else {
+      if (i === 0) return fail(`expected slots=N right after the host name '${host}' (DeepSpeed's format), got '${token}'`);
       if (key in attrs) return fail(`attribute '${key}' given twice for host '${host}'`);
       if (value === '') return fail(`attribute '${key}' has no value for host '${host}'`);
       attrs[key] = value;

@@ -8,6 +8,8 @@ export interface LocalSpawn {
   cwd: string;
   env: Record<string, string>;
   sink: LineSink;
+  /** Shell lines run just before the program (`"$@"` there). */
+  prelude?: string;
 }
 
 function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
@@ -20,11 +22,11 @@ function killGroup(pid: number | undefined, signal: NodeJS.Signals): void {
 }
 
 /** Same watchdog as remote ranks: our stdin pipe closing (launcher killed) SIGKILLs the rank's group. */
-const LOCAL_WRAPPER = `exec 3<&0; ${WATCHDOG} exec "$@" </dev/null 3<&-`;
+const localWrapper = (prelude = ''): string => `exec 3<&0; ${WATCHDOG}\n${prelude}\nexec "$@" </dev/null 3<&-`;
 
-export function startLocalRank({ command, cwd, env, sink }: LocalSpawn): RankProcess {
+export function startLocalRank({ command, cwd, env, sink, prelude }: LocalSpawn): RankProcess {
   const file = command[0]!;
-  const child = execa('/bin/sh', ['-c', LOCAL_WRAPPER, 'nodespeed-rank', ...command], {
+  const child = execa('/bin/sh', ['-c', localWrapper(prelude), 'nodespeed-rank', ...command], {
     cwd, env, extendEnv: false, detached: true, stdin: 'pipe', buffer: false, reject: false, cleanup: false,
   });
   const streams = Promise.all([pipeLines(child.stdout!, 'stdout', sink), pipeLines(child.stderr!, 'stderr', sink)]);

@@ -1,6 +1,7 @@
 // World plan: selected hosts → one rank per slot, in hostfile order (DeepSpeed's rank numbering).
 import { execFileSync } from 'node:child_process';
 import { hostname } from 'node:os';
+import type { HostEntry } from './hostfile.js';
 import type { SelectedHost } from './select.js';
 
 export interface RankPlacement {
@@ -9,8 +10,10 @@ export interface RankPlacement {
   nodeRank: number;
   localRank: number;
   localWorldSize: number;
-  /** GPU index this rank owns (CUDA_VISIBLE_DEVICES), or null for a CPU worker. */
+  /** GPU index this rank owns, or null for a CPU worker. */
   gpu: number | null;
+  /** Every GPU its node uses, in local-rank order (DeepSpeed's CUDA_VISIBLE_DEVICES); absent for CPU ranks. */
+  nodeGpus?: number[];
   /** Started directly (execa) rather than over SSH. */
   isLocal: boolean;
   /** SSH port override (--ssh_port); otherwise ~/.ssh/config or 22. */
@@ -51,6 +54,7 @@ export function planWorld(hosts: SelectedHost[], opts: PlanOptions = {}): Placem
   hosts.forEach((h, nodeRank) => {
     const isLocal = !opts.forceSsh && isLocalHost(h.host);
     const cpu = h.attrs.device === 'cpu';
+    const nodeGpus = cpu ? undefined : h.slots;
     h.slots.forEach((slot, localRank) => {
       ranks.push({
         rank: ranks.length,
@@ -59,6 +63,7 @@ export function planWorld(hosts: SelectedHost[], opts: PlanOptions = {}): Placem
         localRank,
         localWorldSize: h.slots.length,
         gpu: cpu ? null : slot,
+        ...(nodeGpus ? { nodeGpus } : {}),
         isLocal,
         ...(opts.sshPort !== undefined && !isLocal ? { sshPort: opts.sshPort } : {}),
         attrs: h.attrs,
@@ -73,30 +78,61 @@ export function planWorld(hosts: SelectedHost[], opts: PlanOptions = {}): Placem
   return { ranks, worldSize: ranks.length, numNodes: hosts.length, masterAddr, masterPort };
 }
 
-/** GPU indices visible here: CUDA_VISIBLE_DEVICES when it lists indices, else what nvidia-smi reports. */
+/** GPU ids that CUDA_VISIBLE_DEVICES names, checked against the GPUs nvidia-smi lists. */
+export function visibleGpus(visible: string | undefined, gpus: Array<{ index: number; uuid: string }>): number[] {
+  const all = gpus.map((g) => g.index);
+  if (visible === undefined) return all;
+  const v = visible.trim();
+  if (v === '') return [];
+  const ids: number[] = [];
+  for (const item of v.split(',').map((x) => x.trim())) {
+    const byUuid = gpus.find((g) => g.uuid !== '' && (g.uuid === item || (item.startsWith('GPU-') && g.uuid.startsWith(item))));
+    const id = /^\d+$/.test(item) ? Number(item) : byUuid?.index;
+    if (id === undefined || !all.includes(id)) {
+      const have = all.length ? `GPUs ${all.join(',')}` : 'no GPU';
+      throw new Error(`CUDA_VISIBLE_DEVICES=${visible} names ${/^\d+$/.test(item) ? `GPU ${item}` : `'${item}'`}, but this machine has ${have} (nvidia-smi)`);
+    }
+    if (ids.includes(id)) throw new Error(`CUDA_VISIBLE_DEVICES=${visible} names GPU ${id} twice`);
+    ids.push(id);
+  }
+  return ids;
+}
+
+/** GPU ids usable here: CUDA_VISIBLE_DEVICES (indices or GPU UUIDs) checked against nvidia-smi, else every GPU it lists. */
 export function detectLocalGpus(env: NodeJS.ProcessEnv = process.env): number[] {
-  let count = 0;
+  let out: string;
   try {
-    const out = execFileSync('nvidia-smi', ['--query-gpu=index', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'], env });
-    count = out.split('\n').filter((l) => l.trim() !== '').length;
+    out = execFileSync('nvidia-smi', ['--query-gpu=index,uuid', '--format=csv,noheader'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'], env });
   } catch {
     return [];
   }
-  const visible = env.CUDA_VISIBLE_DEVICES;
-  if (visible !== undefined && /^\d+(,\d+)*$/.test(visible.trim())) return visible.trim().split(',').map(Number);
-  return Array.from({ length: count }, (_, i) => i);
+  const gpus = out.split('\n').filter((l) => l.trim() !== '').map((l) => {
+    const [index, uuid] = l.split(',').map((x) => x.trim());
+    return { index: Number(index), uuid: uuid ?? '' };
+  }).filter((g) => Number.isInteger(g.index));
+  return visibleGpus(env.CUDA_VISIBLE_DEVICES, gpus);
 }
 
-/** No hostfile: localhost with every visible GPU, or --num_cpu_workers CPU workers (default 2). */
-export function defaultLocalHosts(opts: { numGpus?: number; numCpuWorkers?: number; gpus?: number[] } = {}): SelectedHost[] {
+/** This machine as one host: every usable GPU, else --num_cpu_workers CPU workers (default 2). */
+export function localPool(opts: { numCpuWorkers?: number; gpus?: number[] } = {}): HostEntry[] {
   const gpus = opts.gpus ?? detectLocalGpus();
-  if (gpus.length > 0) {
-    if (opts.numGpus !== undefined && opts.numGpus > gpus.length) {
-      throw new Error(`--num_gpus ${opts.numGpus}: this machine has only ${gpus.length} visible GPUs`);
-    }
-    return [{ host: 'localhost', slots: gpus.slice(0, opts.numGpus ?? gpus.length), attrs: {} }];
-  }
+  if (gpus.length > 0) return [{ host: 'localhost', slots: gpus.length, slotIds: gpus, attrs: {}, line: 0 }];
   const n = opts.numCpuWorkers ?? 2;
   if (!Number.isInteger(n) || n <= 0) throw new Error(`--num_cpu_workers must be a positive integer, got '${n}'`);
-  return [{ host: 'localhost', slots: Array.from({ length: n }, (_, i) => i), attrs: { device: 'cpu' } }];
+  return [{ host: 'localhost', slots: n, attrs: { device: 'cpu' }, line: 0 }];
+}
+
+/** No hostfile: localhost with every usable GPU (the first --num_gpus of them), else CPU workers. */
+export function defaultLocalHosts(opts: { numGpus?: number; numCpuWorkers?: number; gpus?: number[] } = {}): SelectedHost[] {
+  const [pool] = localPool(opts) as [HostEntry];
+  const slots = pool.slotIds ?? Array.from({ length: pool.slots }, (_, i) => i);
+  if (opts.numGpus !== undefined) {
+    if (pool.attrs.device === 'cpu') {
+      throw new Error(`--num_gpus ${opts.numGpus}: this machine has no GPU (none from nvidia-smi, or CUDA_VISIBLE_DEVICES is empty); use --num_cpu_workers for CPU ranks`);
+    }
+    if (!(opts.numGpus > 0)) throw new Error(`--num_gpus must be a positive integer, got '${opts.numGpus}'`);
+    if (opts.numGpus > slots.length) throw new Error(`--num_gpus ${opts.numGpus}: this machine has only ${slots.length} usable GPU(s) (${slots.join(',')})`);
+  }
+  // Sorted as DeepSpeed's --include of the visible list sorts it.
+  return [{ host: 'localhost', slots: [...slots].sort((a, b) => a - b).slice(0, opts.numGpus ?? slots.length), attrs: pool.attrs }];
 }

@@ -19,6 +19,22 @@ export interface RankProcess {
   readonly exited: Promise<RankExit>;
 }
 
+/** A rank that was not started because its job began stopping first. */
+export class StoppedWhileStarting extends Error {
+  override name = 'StoppedWhileStarting';
+
+  /** Without a stack trace: a stopped 80,000-rank job makes one per rank not yet started. */
+  static quick(message: string): StoppedWhileStarting {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      return new StoppedWhileStarting(message);
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
+  }
+}
+
 export type LineSink = (stream: StreamName, line: string) => void;
 
 /** Feeds complete lines to `sink`; a trailing partial line is flushed at end of stream. */

@@ -21,31 +21,34 @@ export class SelectionError extends Error {
   override name = 'SelectionError';
 }
 
+/** Splits `host[:slots]`; a whole entry that names a host wins, so IPv6 hosts (`fe80::1`, `fe80::1:0,1`) work. */
+function splitEntry(part: string, available: Map<string, number[]>): [string, string | undefined] {
+  if (available.has(part)) return [part, undefined];
+  const colon = part.lastIndexOf(':');
+  return colon < 0 ? [part, undefined] : [part.slice(0, colon), part.slice(colon + 1)];
+}
+
+/**
+ * DeepSpeed's parse_node_config_list: a host named several times gets the union of its slot lists, and
+ * a bare host adds no slots, so `w@w:1` means slot 1 of w (only a host named without any slots means
+ * all of it).
+ */
 function parseFilter(spec: string, flag: string, available: Map<string, number[]>): Map<string, number[] | 'all'> {
-  const out = new Map<string, number[] | 'all'>();
+  const named = new Map<string, number[]>();
   for (const part of spec.split('@')) {
     if (part === '') throw new SelectionError(`${flag}: empty host entry in '${spec}'`);
-    const colon = part.indexOf(':');
-    const host = colon < 0 ? part : part.slice(0, colon);
+    const [host, slotSpec] = splitEntry(part, available);
     const slotsOfHost = available.get(host);
     if (!slotsOfHost) throw new SelectionError(`${flag}: host '${host}' not found in hostfile`);
-    if (colon < 0) {
-      out.set(host, 'all');
-      continue;
-    }
-    const slots = part
-      .slice(colon + 1)
-      .split(',')
-      .map((s) => {
-        if (!/^\d+$/.test(s)) throw new SelectionError(`${flag}: slot '${s}' of host '${host}' is not a non-negative integer`);
-        const n = Number(s);
-        if (!slotsOfHost.includes(n)) throw new SelectionError(`${flag}: no slot ${n} on host '${host}' (it has slots ${slotsOfHost.join(',')})`);
-        return n;
-      });
-    const prev = out.get(host);
-    out.set(host, prev === 'all' ? 'all' : [...(prev ?? []), ...slots]);
+    const slots = slotSpec === undefined ? [] : slotSpec.split(',').map((s) => {
+      if (!/^\d+$/.test(s)) throw new SelectionError(`${flag}: slot '${s}' of host '${host}' is not a non-negative integer`);
+      const n = Number(s);
+      if (!slotsOfHost.includes(n)) throw new SelectionError(`${flag}: no slot ${n} on host '${host}' (it has slots ${slotsOfHost.join(',')})`);
+      return n;
+    });
+    named.set(host, [...(named.get(host) ?? []), ...slots]);
   }
-  return out;
+  return new Map([...named].map(([host, slots]) => [host, slots.length ? slots : 'all']));
 }
 
 export function selectHosts(hosts: HostEntry[], opts: SelectOptions = {}): SelectedHost[] {
@@ -54,7 +57,7 @@ export function selectHosts(hosts: HostEntry[], opts: SelectOptions = {}): Selec
   if ((include || exclude) && (numNodes !== undefined || numGpus !== undefined)) {
     throw new SelectionError('--num_nodes/--num_gpus cannot be combined with --include/--exclude');
   }
-  const available = new Map(hosts.map((h) => [h.host, Array.from({ length: h.slots }, (_, i) => i)]));
+  const available = new Map(hosts.map((h) => [h.host, h.slotIds ?? Array.from({ length: h.slots }, (_, i) => i)]));
   let chosen = new Map(available);
   if (include) {
     const filter = parseFilter(include, '--include', available);

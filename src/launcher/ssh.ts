@@ -1,7 +1,9 @@
 // SSH connections with OpenSSH's conventions: ~/.ssh/config (HostName, Port, User, IdentityFile),
 // default identities (id_ed25519, id_ecdsa, id_rsa) plus the agent, host keys checked against known_hosts.
 // NODESPEED_SSH_DIR (or --ssh_dir) replaces ~/.ssh as a whole, so tests never touch the real one.
+import { lookup } from 'node:dns/promises';
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import SSHConfig from 'ssh-config';
@@ -91,7 +93,12 @@ function authMethods(t: SshTarget, opts: SshOptions): { methods: AuthMethod[]; t
     tried.push('ssh-agent');
   }
   for (const file of t.identityFiles) {
-    const key = readFileSync(file);
+    let key: Buffer;
+    try {
+      key = readFileSync(file);
+    } catch {
+      continue; // gone since the target was resolved (or unreadable): OpenSSH skips it too.
+    }
     const parsed = utils.parseKey(key);
     if (parsed instanceof Error) continue; // encrypted or unsupported: OpenSSH would prompt; we cannot.
     methods.push({ type: 'publickey', username: t.user, key } as AuthMethod);
@@ -100,37 +107,66 @@ function authMethods(t: SshTarget, opts: SshOptions): { methods: AuthMethod[]; t
   return { methods, tried };
 }
 
+/** `user@host (hostName):port`, how SSH messages name their target. */
+function where(t: SshTarget): string {
+  return `${t.user}@${t.host}${t.hostName !== t.host ? ` (${t.hostName})` : ''}:${t.port}`;
+}
+
 function classify(err: NodeJS.ErrnoException & { level?: string }, t: SshTarget, tried: string[], timeoutMs: number): SshError {
-  const where = `${t.user}@${t.host}${t.hostName !== t.host ? ` (${t.hostName})` : ''}:${t.port}`;
+  const target = where(t);
   switch (err.code) {
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return new SshError('dns', t.host, `ssh ${where}: cannot resolve host name '${t.hostName}' (DNS ${err.code})`);
+      return new SshError('dns', t.host, `ssh ${target}: cannot resolve host name '${t.hostName}' (DNS ${err.code})`);
     case 'ECONNREFUSED':
-      return new SshError('refused', t.host, `ssh ${where}: connection refused (no SSH server on port ${t.port}?)`);
+      return new SshError('refused', t.host, `ssh ${target}: connection refused (no SSH server on port ${t.port}?)`);
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
-      return new SshError('unreachable', t.host, `ssh ${where}: host unreachable (${err.code})`);
+      return new SshError('unreachable', t.host, `ssh ${target}: host unreachable (${err.code})`);
     case 'ECONNRESET':
-      return new SshError('refused', t.host, `ssh ${where}: connection reset during the handshake (sshd MaxStartups or a firewall?)`);
+      return new SshError('refused', t.host, `ssh ${target}: connection reset during the handshake (sshd MaxStartups or a firewall?)`);
     case 'ETIMEDOUT':
-      return new SshError('timeout', t.host, `ssh ${where}: connection timed out after ${timeoutMs} ms`);
+      return new SshError('timeout', t.host, `ssh ${target}: connection timed out after ${timeoutMs} ms`);
   }
   if (err.level === 'client-authentication') {
-    return new SshError('auth', t.host, `ssh ${where}: authentication failed (tried: ${tried.join(', ') || 'nothing'})`);
+    return new SshError('auth', t.host, `ssh ${target}: authentication failed (tried: ${tried.join(', ') || 'nothing'})`);
   }
-  if (err.level === 'client-timeout') return new SshError('timeout', t.host, `ssh ${where}: connection timed out after ${timeoutMs} ms`);
-  return new SshError('other', t.host, `ssh ${where}: ${err.message}`);
+  if (err.level === 'client-timeout') return new SshError('timeout', t.host, `ssh ${target}: connection timed out after ${timeoutMs} ms`);
+  return new SshError('other', t.host, `ssh ${target}: ${err.message}`);
+}
+
+/**
+ * Resolves the name first, on its own deadline: a name that does not resolve is a DNS failure, also
+ * when the resolver is slow (getaddrinfo runs on libuv's 4 threads, so thousands of slow lookups used
+ * to run past the connect deadline and read as "timeout").
+ */
+async function resolveHost(t: SshTarget, timeoutMs: number): Promise<string> {
+  if (isIP(t.hostName)) return t.hostName;
+  const fail = (why: string): SshError => new SshError('dns', t.host, `ssh ${where(t)}: cannot resolve host name '${t.hostName}' (${why})`);
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(fail(`no DNS answer within ${timeoutMs} ms`)), timeoutMs);
+    timer.unref();
+  });
+  try {
+    return (await Promise.race([lookup(t.hostName), deadline])).address;
+  } catch (err) {
+    if (err instanceof SshError) throw err;
+    throw fail(`DNS ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Opens an authenticated connection, refusing unknown or changed host keys unless acceptNew. */
-export function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient> {
+export async function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient> {
   const timeoutMs = opts.connectTimeoutMs ?? 10_000;
   const { methods, tried } = authMethods(t, opts);
   const dir = sshDir(opts);
   if (methods.length === 0) {
-    return Promise.reject(new SshError('auth', t.host, `ssh ${t.host}: no usable identity (id_ed25519, id_ecdsa, id_rsa in ${dir}, IdentityFile, --ssh_identity) and no SSH agent`));
+    throw new SshError('auth', t.host, `ssh ${t.host}: no usable identity (id_ed25519, id_ecdsa, id_rsa in ${dir}, IdentityFile, --ssh_identity) and no SSH agent`);
   }
+  const address = await resolveHost(t, timeoutMs);
   return new Promise((resolve, reject) => {
     const client = new Client();
     let hostKeyError: SshError | undefined;
@@ -152,7 +188,7 @@ export function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient>
     client.on('error', (err) => finish(hostKeyError ?? classify(err, t, tried, timeoutMs)));
     client.on('close', () => finish(hostKeyError ?? new SshError('other', t.host, `ssh ${t.host}: connection closed during handshake`)));
     client.connect({
-      host: t.hostName,
+      host: address,
       port: t.port,
       username: t.user,
       readyTimeout: timeoutMs,

@@ -4,17 +4,21 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
-import { carriedEnv, JOB_TOKEN_VAR, loadEnvFiles, rankVars } from './env.js';
+import { carriedEnv, JOB_TOKEN_VAR, loadEnvFiles, rankVars, resolveAssigns, type EnvAssign, type ShellValue, type VisibleDevices } from './env.js';
 import { killLocalGroupSync, startLocalRank } from './local.js';
-import { startRemoteRank } from './remote.js';
-import { resolveTarget, type SshOptions } from './ssh.js';
+import { HANDSHAKES_IN_ALL, Limiter, startRemoteRank, summarizeStartFailures } from './remote.js';
+import { resolveTarget, type SshOptions, type SshTarget } from './ssh.js';
 import type { Placement, RankPlacement } from './plan.js';
-import type { RankExit, RankProcess, StreamName } from './rank-process.js';
+import { StoppedWhileStarting, type RankExit, type RankProcess, type StreamName } from './rank-process.js';
 
 export interface JobSpec {
   placement: Placement;
-  /** Full argv run on every rank (see buildCommand for `node script.js`). */
-  command: string[];
+  /** Full argv run on every rank (see buildCommand for `node script.js`), or one per rank (`--local_rank=N`). */
+  command: string[] | ((r: RankPlacement) => string[]);
+  /** Shell lines run on the rank's host just before the program, which is `"$@"` there (core binding, a venv script). */
+  prelude?: (r: RankPlacement) => string | undefined;
+  /** CUDA_VISIBLE_DEVICES: the node's GPUs for every rank (DeepSpeed, the default) or each rank its own. */
+  visibleDevices?: VisibleDevices;
   /** Extra variables for every rank (below the rank variables in precedence). */
   env?: Record<string, string>;
   /** Working directory of local ranks; remote ranks use remoteWorkdir ?? cwd. */
@@ -29,7 +33,7 @@ export interface JobSpec {
   failFast?: boolean;
   /** SIGTERM → SIGKILL delay during teardown, ms (default 2500; whole teardown stays under 5 s). */
   graceMs?: number;
-  /** --enable_each_rank_log: one file per rank, named like DeepSpeed's `<timestamp>_rank<N>.log`. */
+  /** --enable_each_rank_log: one file per rank, `<stamp>_rank<N>.log` as DeepSpeed names them (one local-time stamp per node). */
   logDir?: string;
 }
 
@@ -62,8 +66,6 @@ interface RankState {
   log?: WriteStream;
 }
 
-class StoppedWhileStarting extends Error {}
-
 export declare interface Job {
   on(event: 'line', listener: (e: RankLine) => void): this;
   on(event: 'rank-start', listener: (e: { rank: number; host: string; pid: number | undefined }) => void): this;
@@ -76,7 +78,11 @@ export class Job extends EventEmitter {
   readonly done: Promise<JobResult>;
   private resolveDone!: (r: JobResult) => void;
   private readonly ranks = new Map<number, RankState>();
-  private readonly baseEnv: Record<string, string>;
+  private readonly carried: Record<string, string>;
+  /** Env-file lines, expanded by the rank's own shell (remote) or against this environment (local). */
+  private readonly fileAssigns: EnvAssign[];
+  private readonly logStamps = new Map<string, string>();
+  private readonly targets = new Map<string, SshTarget>();
   private stopping: Promise<void> | undefined;
   private result: { code?: number; reason?: string; failedRank?: number } = {};
   /** One SIGKILL sweep per started process (a sweep costs an SSH round trip; never do it twice). */
@@ -89,8 +95,8 @@ export class Job extends EventEmitter {
   constructor(readonly spec: JobSpec) {
     super();
     this.jobToken = spec.jobToken ?? randomBytes(24).toString('hex');
-    const files = spec.loadEnvFiles === false ? {} : loadEnvFiles(spec.cwd ?? process.cwd()).vars;
-    this.baseEnv = { ...carriedEnv(), ...files, ...(spec.env ?? {}) };
+    this.carried = carriedEnv();
+    this.fileAssigns = spec.loadEnvFiles === false ? [] : loadEnvFiles(spec.cwd ?? process.cwd()).assigns;
     this.done = new Promise((r) => (this.resolveDone = r));
     for (const p of spec.placement.ranks) this.ranks.set(p.rank, { placement: p, running: false, killedByUs: false, starts: 0 });
     if (spec.logDir) mkdirSync(spec.logDir, { recursive: true });
@@ -98,24 +104,61 @@ export class Job extends EventEmitter {
   }
 
   /**
-   * Starts every rank in parallel. If a rank cannot start, tears the job down and throws every failure's
-   * message. If the job is stopped meanwhile (a rank already failed, a signal), resolves: `done` says why.
+   * Starts every rank in parallel. If a rank cannot start, the ranks not yet started are not started, the
+   * job is torn down, and the error summarizes the failures (grouped by cause for many hosts). If the job
+   * is stopped meanwhile (a rank already failed, a signal), resolves: `done` says why.
    */
   async start(): Promise<void> {
-    const results = await Promise.allSettled(this.spec.placement.ranks.map((p) => this.startRank(p.rank)));
-    const failures = results.flatMap((r) => (r.status === 'rejected' && !(r.reason instanceof StoppedWhileStarting) ? [(r.reason as Error).message] : []));
+    const failures: Error[] = [];
+    // Remote ranks wait here, not inside a started connection attempt each: 80,000 ranks queued as
+    // 80,000 suspended starts cost most of a gigabyte.
+    const gate = new Limiter(2 * HANDSHAKES_IN_ALL);
+    const begin = (p: RankPlacement): Promise<void> => p.isLocal ? this.startRank(p.rank)
+      : gate.run(() => (this.stopping ? Promise.reject(StoppedWhileStarting.quick(`job is stopping; rank ${p.rank} not started`)) : this.startRank(p.rank)));
+    const results = await Promise.allSettled(this.spec.placement.ranks.map((p) => begin(p).catch((err: unknown) => {
+      if (!(err instanceof StoppedWhileStarting)) {
+        failures.push(err as Error);
+        void this.stop('start failed', 1);
+      }
+      throw err;
+    })));
     if (failures.length > 0) {
       await this.stop('start failed', 1);
-      throw new Error([...new Set(failures)].join('\n'));
+      const notStarted = results.filter((r) => r.status === 'rejected' && r.reason instanceof StoppedWhileStarting).length;
+      throw new Error(summarizeStartFailures(failures, notStarted));
     }
   }
 
-  /** Environment of one rank, exactly as it is sent (the token included). */
+  /** A host's SSH target, resolved once per host and port (~/.ssh/config is read each time otherwise). */
+  private target(p: RankPlacement): SshTarget {
+    const key = `${p.host}:${p.sshPort ?? ''}`;
+    let t = this.targets.get(key);
+    if (!t) this.targets.set(key, (t = resolveTarget(p.host, p.sshPort, this.spec.ssh)));
+    return t;
+  }
+
+  /** The argv of one rank. */
+  commandFor(p: RankPlacement): string[] {
+    return typeof this.spec.command === 'function' ? this.spec.command(p) : this.spec.command;
+  }
+
+  /** Variables of one rank, in export order (later wins); env-file values are shell values. */
+  rankAssigns(p: RankPlacement): Array<[string, string | ShellValue]> {
+    return [
+      ...Object.entries(this.carried),
+      ...this.fileAssigns.map((a): [string, ShellValue] => [a.key, a.value]),
+      ...Object.entries(this.spec.env ?? {}),
+      ...Object.entries(rankVars(this.spec.placement, p, this.spec.visibleDevices)),
+      [JOB_TOKEN_VAR, this.jobToken],
+    ];
+  }
+
+  /** Environment of one rank, exactly as it is sent (the token included); remote env-file values expanded here for display. */
   rankEnv(p: RankPlacement): Record<string, string> {
-    const own = { ...this.baseEnv, ...rankVars(this.spec.placement, p), [JOB_TOKEN_VAR]: this.jobToken };
-    if (!p.isLocal) return own;
-    const inherited = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
-    return { ...inherited, ...own };
+    const inherited = p.isLocal ? Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined)) : {};
+    const own: Record<string, string> = { ...inherited };
+    for (const [k, v] of this.rankAssigns(p)) own[k] = typeof v === 'string' ? v : resolveAssigns([{ key: k, value: v, where: '' }], own)[k]!;
+    return own;
   }
 
   rankState(rank: number): { running: boolean; pid: number | undefined; starts: number } {
@@ -132,7 +175,9 @@ export class Job extends EventEmitter {
   private logFor(s: RankState): WriteStream | undefined {
     if (!this.spec.logDir) return undefined;
     if (!s.log) {
-      const stamp = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14);
+      // DeepSpeed's launch.py stamps once per node, in local time: time.strftime("%Y%m%d%H%M%S").
+      let stamp = this.logStamps.get(s.placement.host);
+      if (!stamp) this.logStamps.set(s.placement.host, (stamp = localStamp(new Date())));
       s.log = createWriteStream(join(this.spec.logDir, `${stamp}_rank${s.placement.rank}.log`), { flags: 'a' });
     }
     return s.log;
@@ -148,7 +193,7 @@ export class Job extends EventEmitter {
   private async launchRank(rank: number): Promise<void> {
     const s = this.mustRank(rank);
     if (s.running) throw new Error(`rank ${rank} on ${s.placement.host} is still running`);
-    if (this.stopping) throw new Error(`job is stopping; rank ${rank} not started`);
+    if (this.stopping) throw StoppedWhileStarting.quick(`job is stopping; rank ${rank} not started`);
     const p = s.placement;
     const log = this.logFor(s);
     const sink = (stream: StreamName, line: string): void => {
@@ -156,16 +201,20 @@ export class Job extends EventEmitter {
       this.emit('line', { rank, host: p.host, stream, line } satisfies RankLine);
     };
     const cwd = this.spec.cwd ?? process.cwd();
-    const env = this.rankEnv(p);
+    const command = this.commandFor(p);
+    const prelude = this.spec.prelude?.(p);
     const proc = p.isLocal
-      ? startLocalRank({ command: this.spec.command, cwd, env, sink })
+      ? startLocalRank({ command, cwd, env: this.rankEnv(p), sink, ...(prelude ? { prelude } : {}) })
       : await startRemoteRank({
-          target: resolveTarget(p.host, p.sshPort, this.spec.ssh),
+          host: p.host,
+          target: () => this.target(p),
           ssh: this.spec.ssh ?? {},
-          command: this.spec.command,
+          command,
           cwd: this.spec.remoteWorkdir ?? cwd,
-          env,
+          env: this.rankAssigns(p),
           sink,
+          isStopping: () => this.stopping !== undefined,
+          ...(prelude ? { prelude } : {}),
         });
     if (this.stopping) {
       // Teardown began while this rank was connecting: it must not outlive the job.
@@ -248,6 +297,11 @@ export class Job extends EventEmitter {
     })();
     return this.stopping;
   }
+}
+
+function localStamp(d: Date): string {
+  const p = (n: number): string => String(n).padStart(2, '0');
+  return `${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
 }
 
 /**

@@ -1,21 +1,51 @@
-// Hugging Face config.json / generation_config.json → one normalized ModelConfig for the
-// Llama family (llama, mistral, qwen2). Every field the forward pass depends on is checked here, so
-// a bad folder fails at load with the file and field named rather than deep inside the addon.
+// Hugging Face config.json / generation_config.json → one normalized ModelConfig. One forward serves
+// every family: what differs (norm style, activation, biases, soft-capping, windows, experts) is a
+// named switch here, set from the family's defaults (FAMILIES) and its config.json fields. Every
+// field the forward pass depends on is checked, so a bad folder fails at load with the file and
+// field named rather than deep inside the addon.
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
 export type DType = 'f32' | 'bf16' | 'f16';
-export type RopeType = 'default' | 'linear' | 'llama3';
-export type ModelType = 'llama' | 'mistral' | 'qwen2';
+export type RopeType = 'default' | 'linear' | 'llama3' | 'dynamic' | 'yarn' | 'longrope';
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'gemma2' | 'gemma3_text' | 'phi3' | 'mixtral' | 'qwen3_moe' | 'qwen2_moe';
+export type Activation = 'silu' | 'gelu_tanh';
 
 export interface RopeConfig {
   type: RopeType;
   theta: number;
-  /** linear / llama3 scaling factor (1 for default). */
+  /** linear / llama3 / dynamic / yarn scaling factor (1 for default). */
   factor: number;
   lowFreqFactor: number;
   highFreqFactor: number;
+  /** llama3, yarn, longrope: the pretraining context; dynamic: max_position_embeddings. */
   originalMaxPos: number;
+  /** yarn / longrope: cos and sin are multiplied by it (1 otherwise). */
+  attentionFactor: number;
+  betaFast: number;
+  betaSlow: number;
+  /** yarn: round the correction range to whole dimensions (transformers' `truncate`, default true). */
+  truncate: boolean;
+  /** longrope: per-frequency divisors up to originalMaxPos positions, and past them. */
+  shortFactor: number[];
+  longFactor: number[];
+  /** Leading dimensions of each head that RoPE rotates (partial_rotary_factor × head_dim). */
+  rotaryDim: number;
+}
+
+export interface MoeConfig {
+  numExperts: number;
+  topK: number;
+  /** Each routed expert's intermediate size. */
+  intermediate: number;
+  /** Renormalise the top-k router probabilities to sum to 1 (mixtral always; qwen: norm_topk_prob). */
+  normTopK: boolean;
+  /** qwen2_moe's shared expert (0: none), gated by sigmoid(x · shared_expert_gate). */
+  sharedIntermediate: number;
+  /** Per layer: routed experts (true) or a dense MLP of intermediate_size (mlp_only_layers, decoder_sparse_step). */
+  sparseLayers: boolean[];
+  /** How the checkpoint names expert tensors: mixtral's block_sparse_moe.experts.E.w1/w3/w2, qwen's mlp.experts.E.*_proj. */
+  naming: 'mixtral' | 'qwen';
 }
 
 export interface ModelConfig {
@@ -32,11 +62,38 @@ export interface ModelConfig {
   rmsEps: number;
   maxPosition: number;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry a bias (qwen2). llama/mistral with attention_bias are refused (o_proj bias). */
+  /** q/k/v projections carry a bias (qwen2, llama's attention_bias). */
   qkvBias: boolean;
+  /** o_proj carries a bias (llama's attention_bias). */
+  oBias: boolean;
+  /** gate/up/down carry biases (llama's mlp_bias). */
+  mlpBias: boolean;
+  /** RMSNorm of each q and k head before RoPE (qwen3, gemma3). */
+  qkNorm: boolean;
+  /** Gemma's RMSNorm: x / rms(x) · (1 + w). */
+  normPlusOne: boolean;
+  /** Gemma's four norms a layer: post_attention_layernorm on the attention output, pre/post_feedforward_layernorm around the MLP. */
+  sandwichNorms: boolean;
+  activation: Activation;
+  /** Embedding rows are multiplied by it (Gemma: sqrt(hidden_size)); 1 otherwise. */
+  embedScale: number;
+  /** Attention score scale: 1 / sqrt(query_pre_attn_scalar) (Gemma) or 1 / sqrt(head_dim). */
+  attnScale: number;
+  /** cap · tanh(x / cap) on attention scores / final logits (Gemma 2); 0 = off. */
+  attnSoftcap: number;
+  finalSoftcap: number;
+  /** phi3 stores q|k|v as one qkv_proj and gate|up as one gate_up_proj (the loader slices them per rank). */
+  fusedQkv: boolean;
+  fusedGateUp: boolean;
   rope: RopeConfig;
-  /** Mistral's sliding attention window (tokens), or null when attention is full. */
+  /** RoPE of the sliding-window layers when it differs from `rope` (Gemma 3's local base); null = `rope`. */
+  ropeLocal: RopeConfig | null;
+  /** The sliding attention window (tokens) of the layers marked in `slidingLayers`, or null when attention is full. */
   slidingWindow: number | null;
+  /** Per layer: does it attend only to the last `slidingWindow` positions. */
+  slidingLayers: boolean[];
+  /** Mixture of experts, or null for a dense MLP. */
+  moe: MoeConfig | null;
   /** Storage dtype declared by config.json (`dtype` or `torch_dtype`); the tensors are checked against it. */
   dtype: DType;
   /** The raw dtype string of config.json ('' when absent). */
@@ -144,7 +201,31 @@ class Fields {
   }
 }
 
-const MODEL_TYPES: ModelType[] = ['llama', 'mistral', 'qwen2'];
+/** What each family is, before its config.json fields refine it. */
+interface Family {
+  qkvBias: boolean | 'attention_bias' | 'qkv_bias';
+  qkNorm: boolean;
+  gemma: boolean;
+  fused: boolean;
+  /** How config.json decides which layers use the window. */
+  window: 'none' | 'all' | 'max_window_layers' | 'layer_types';
+  moe: 'none' | 'mixtral' | 'qwen';
+}
+
+const FAMILIES: Record<ModelType, Family> = {
+  llama: { qkvBias: 'attention_bias', qkNorm: false, gemma: false, fused: false, window: 'none', moe: 'none' },
+  mistral: { qkvBias: false, qkNorm: false, gemma: false, fused: false, window: 'all', moe: 'none' },
+  qwen2: { qkvBias: true, qkNorm: false, gemma: false, fused: false, window: 'max_window_layers', moe: 'none' },
+  qwen3: { qkvBias: 'attention_bias', qkNorm: true, gemma: false, fused: false, window: 'max_window_layers', moe: 'none' },
+  gemma2: { qkvBias: 'attention_bias', qkNorm: false, gemma: true, fused: false, window: 'layer_types', moe: 'none' },
+  gemma3_text: { qkvBias: 'attention_bias', qkNorm: true, gemma: true, fused: false, window: 'layer_types', moe: 'none' },
+  phi3: { qkvBias: false, qkNorm: false, gemma: false, fused: true, window: 'all', moe: 'none' },
+  mixtral: { qkvBias: false, qkNorm: false, gemma: false, fused: false, window: 'all', moe: 'mixtral' },
+  qwen3_moe: { qkvBias: 'attention_bias', qkNorm: true, gemma: false, fused: false, window: 'max_window_layers', moe: 'qwen' },
+  qwen2_moe: { qkvBias: 'qkv_bias', qkNorm: false, gemma: false, fused: false, window: 'max_window_layers', moe: 'qwen' },
+};
+
+const MODEL_TYPES = Object.keys(FAMILIES) as ModelType[];
 
 export function parseDType(s: string, where: string): DType {
   switch (s) {
@@ -155,35 +236,104 @@ export function parseDType(s: string, where: string): DType {
   }
 }
 
+/** Reads a list of positive numbers (longrope's factors). */
+function numList(src: Fields, key: string, len: number): number[] {
+  const v = src.obj[key];
+  if (!Array.isArray(v) || v.length !== len || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && x > 0)) {
+    throw new ConfigError(`${src.file}: field ${src.prefix}${key} must be a list of ${len} positive numbers (rotary dims / 2)`);
+  }
+  return v as number[];
+}
+
 /**
- * RoPE from (in order of precedence) transformers 5's `rope_parameters`, or `rope_theta` plus the
- * older `rope_scaling` object. Types other than default/linear/llama3 are refused: the backends
- * implement only those, and silently running e.g. yarn as default would give wrong logits.
+ * One RoPE: `src` is a rope_parameters dict (transformers 5, possibly one of several per layer type)
+ * or the older rope_scaling object; the theta comes from it, else `theta`. Every scaling type of
+ * transformers' ROPE_INIT_FUNCTIONS that a served model uses is accepted; anything else is an error
+ * naming the field (silently running e.g. an unknown type as default would give wrong logits).
  */
-function parseRope(f: Fields, maxPosition: number): RopeConfig {
-  const params = f.sub('rope_parameters');
-  const scaling = f.sub('rope_scaling');
-  const src = params ?? scaling;
-  const theta = params?.has('rope_theta')
-    ? params.num('rope_theta', (n) => n > 0, 'a positive number')
-    : f.num('rope_theta', (n) => n > 0, 'a positive number', 10000);
-  const rope: RopeConfig = { type: 'default', theta, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: maxPosition };
+function parseRopeParams(f: Fields, src: Fields | undefined, theta: number, maxPosition: number, rotaryDim: number,
+  topOriginal: number | undefined): RopeConfig {
+  if (src?.has('rope_theta')) theta = src.num('rope_theta', (n) => n > 0, 'a positive number');
+  const rope: RopeConfig = {
+    type: 'default', theta, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: maxPosition,
+    attentionFactor: 1, betaFast: 32, betaSlow: 1, truncate: true, shortFactor: [], longFactor: [], rotaryDim,
+  };
   if (!src) return rope;
   const typeKey = src.has('rope_type') ? 'rope_type' : 'type';
   const type = src.str(typeKey) ?? 'default';
-  const field = `${src.prefix}${typeKey}`;
-  if (type === 'default') return rope;
-  if (type !== 'linear' && type !== 'llama3') {
-    throw new ConfigError(`${f.file}: field ${field} is ${JSON.stringify(type)}; supported RoPE types are default, linear and llama3`);
+  const supported: RopeType[] = ['default', 'linear', 'llama3', 'dynamic', 'yarn', 'longrope'];
+  if (!supported.includes(type as RopeType)) {
+    throw new ConfigError(`${f.file}: field ${src.prefix}${typeKey} is ${JSON.stringify(type)}; supported RoPE types are ${supported.join(', ')}`);
   }
-  rope.type = type;
-  rope.factor = src.num('factor', (n) => n > 0, 'a positive number');
-  if (type === 'llama3') {
-    rope.lowFreqFactor = src.num('low_freq_factor', (n) => n > 0, 'a positive number');
-    rope.highFreqFactor = src.num('high_freq_factor', (n) => n > rope.lowFreqFactor, 'a number > low_freq_factor');
-    rope.originalMaxPos = src.int('original_max_position_embeddings', 1);
+  rope.type = type as RopeType;
+  const pos = (k: string) => src.num(k, (n) => n > 0, 'a positive number');
+  switch (rope.type) {
+    case 'default': break;
+    case 'linear': rope.factor = pos('factor'); break;
+    case 'dynamic': rope.factor = pos('factor'); rope.originalMaxPos = maxPosition; break;
+    case 'llama3':
+      rope.factor = pos('factor');
+      rope.lowFreqFactor = pos('low_freq_factor');
+      rope.highFreqFactor = src.num('high_freq_factor', (n) => n > rope.lowFreqFactor, 'a number > low_freq_factor');
+      rope.originalMaxPos = src.int('original_max_position_embeddings', 1);
+      break;
+    case 'yarn': {
+      // transformers: original_max_position_embeddings defaults to max_position_embeddings, factor to their ratio.
+      rope.originalMaxPos = src.int('original_max_position_embeddings', 1, topOriginal ?? maxPosition);
+      rope.factor = src.has('factor') ? pos('factor') : maxPosition / rope.originalMaxPos;
+      rope.betaFast = src.num('beta_fast', Number.isFinite, 'a number', 32) || 32;
+      rope.betaSlow = src.num('beta_slow', Number.isFinite, 'a number', 1) || 1;
+      rope.truncate = src.bool('truncate', true);
+      const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
+      if (src.has('attention_factor')) rope.attentionFactor = pos('attention_factor');
+      else if (src.has('mscale') && src.has('mscale_all_dim') && src.num('mscale', Number.isFinite, 'a number') && src.num('mscale_all_dim', Number.isFinite, 'a number')) {
+        rope.attentionFactor = mscale(rope.factor, src.num('mscale', Number.isFinite, 'a number')) / mscale(rope.factor, src.num('mscale_all_dim', Number.isFinite, 'a number'));
+      } else rope.attentionFactor = mscale(rope.factor);
+      break;
+    }
+    case 'longrope': {
+      // Phi-3 keeps original_max_position_embeddings beside rope_scaling; transformers prefers that one.
+      rope.originalMaxPos = topOriginal ?? src.int('original_max_position_embeddings', 1);
+      rope.shortFactor = numList(src, 'short_factor', rotaryDim / 2);
+      rope.longFactor = numList(src, 'long_factor', rotaryDim / 2);
+      rope.factor = src.has('factor') ? pos('factor') : maxPosition / rope.originalMaxPos;
+      if (src.has('attention_factor')) rope.attentionFactor = pos('attention_factor');
+      else rope.attentionFactor = rope.factor <= 1 ? 1 : Math.sqrt(1 + Math.log(rope.factor) / Math.log(rope.originalMaxPos));
+      break;
+    }
   }
   return rope;
+}
+
+/**
+ * RoPE of the global layers and (Gemma 3) of the sliding ones, from transformers 5's
+ * `rope_parameters` (one dict, or one per layer type) or the older rope_theta / rope_scaling /
+ * rope_local_base_freq fields.
+ */
+function parseRope(f: Fields, maxPosition: number, headDim: number): { rope: RopeConfig; local: RopeConfig | null } {
+  const partial = f.num('partial_rotary_factor', (n) => n > 0 && n <= 1, 'in (0, 1]', 1);
+  const rotaryDim = Math.floor(headDim * partial);
+  if (rotaryDim % 2 !== 0) throw new ConfigError(`${f.file}: field partial_rotary_factor gives ${rotaryDim} rotary dimensions; RoPE needs an even number`);
+  const topOriginal = f.has('original_max_position_embeddings') ? f.int('original_max_position_embeddings', 1) : undefined;
+  const theta = f.num('rope_theta', (n) => n > 0, 'a positive number', 10000);
+  const params = f.sub('rope_parameters');
+  if (params && (params.has('full_attention') || params.has('sliding_attention'))) {
+    const full = params.sub('full_attention');
+    const sliding = params.sub('sliding_attention');
+    const rope = parseRopeParams(f, full, theta, maxPosition, rotaryDim, topOriginal);
+    return { rope, local: sliding ? parseRopeParams(f, sliding, theta, maxPosition, rotaryDim, topOriginal) : null };
+  }
+  const rope = parseRopeParams(f, params ?? f.sub('rope_scaling'), theta, maxPosition, rotaryDim, topOriginal);
+  const localTheta = f.has('rope_local_base_freq') ? f.num('rope_local_base_freq', (n) => n > 0, 'a positive number') : null;
+  return { rope, local: localTheta === null ? null : parseRopeParams(f, undefined, localTheta, maxPosition, rotaryDim, undefined) };
+}
+
+/**
+ * The context a model serves: max_position_embeddings, except dynamic NTK RoPE, which exists to run
+ * past it (vLLM serves max_position_embeddings × factor too).
+ */
+function servedContext(maxPosition: number, rope: RopeConfig): number {
+  return rope.type === 'dynamic' ? Math.floor(maxPosition * rope.factor) : maxPosition;
 }
 
 /** generation_config.json when present (EOS may be a list); missing file → empty defaults. */
@@ -211,9 +361,11 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     throw new ConfigError(`${file}: field model_type is ${JSON.stringify(modelType)}; supported: ${MODEL_TYPES.join(', ')}`);
   }
   const mt = modelType as ModelType;
+  const fam = FAMILIES[mt];
   const hiddenSize = f.int('hidden_size', 1);
   const numHeads = f.int('num_attention_heads', 1);
   const numKvHeads = f.int('num_key_value_heads', 1, numHeads);
+  const numLayers = f.int('num_hidden_layers', 1);
   if (numHeads % numKvHeads !== 0) {
     throw new ConfigError(`${file}: field num_key_value_heads (${numKvHeads}) must divide num_attention_heads (${numHeads})`);
   }
@@ -222,9 +374,14 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
   else if (hiddenSize % numHeads !== 0) throw new ConfigError(`${file}: field head_dim is missing and hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`);
   else headDim = hiddenSize / numHeads;
   if (headDim % 2 !== 0) throw new ConfigError(`${file}: field head_dim must be even for RoPE (got ${headDim})`);
-  const act = f.str('hidden_act');
-  if (act !== undefined && act !== 'silu') throw new ConfigError(`${file}: field hidden_act is ${JSON.stringify(act)}; only silu (SwiGLU) is supported`);
-  if (f.bool('mlp_bias', false)) throw new ConfigError(`${file}: field mlp_bias is true; MLP biases are not supported`);
+  // Gemma names it hidden_activation (hidden_act is an older alias); gelu_pytorch_tanh is GeGLU's tanh GELU.
+  const actKey = f.has('hidden_activation') ? 'hidden_activation' : 'hidden_act';
+  const actName = f.str(actKey) ?? (fam.gemma ? 'gelu_pytorch_tanh' : 'silu');
+  const activation: Activation | undefined = actName === 'silu' ? 'silu'
+    : ['gelu_pytorch_tanh', 'gelu_tanh', 'gelu_new', 'gelu_fast'].includes(actName) ? 'gelu_tanh' : undefined;
+  if (!activation) throw new ConfigError(`${file}: field ${actKey} is ${JSON.stringify(actName)}; supported: silu, gelu_pytorch_tanh`);
+  const mlpBias = f.bool('mlp_bias', false);
+  if (mlpBias && mt !== 'llama') throw new ConfigError(`${file}: field mlp_bias is true; MLP biases are supported for llama only`);
   const maxPosition = f.int('max_position_embeddings', 1);
   const torchDtype = f.str('dtype') ?? f.str('torch_dtype') ?? '';
   let dtype: DType, dtypeSource: ModelConfig['dtypeSource'];
@@ -236,16 +393,16 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     dtype = fromWeights ?? 'f32';
     dtypeSource = fromWeights ? 'weights' : 'default';
   }
-  // sliding_window only bites when use_sliding_window is not false (qwen2 ships it disabled).
-  let slidingWindow: number | null = null;
-  if (mt !== 'qwen2' || f.bool('use_sliding_window', false)) {
-    slidingWindow = f.has('sliding_window') ? f.int('sliding_window', 1) : null;
-  }
+  const { slidingWindow, slidingLayers } = parseWindow(f, fam, numLayers);
+  const { rope, local } = parseRope(f, maxPosition, headDim);
+  const attentionBias = f.bool('attention_bias', false);
+  const qkvBias = fam.qkvBias === 'attention_bias' ? attentionBias : fam.qkvBias === 'qkv_bias' ? f.bool('qkv_bias', true) : fam.qkvBias;
   const archs = raw.architectures;
   const architecture = Array.isArray(archs) && typeof archs[0] === 'string' ? archs[0] : `${mt}ForCausalLM`;
   const gen = loadGenerationConfig(dir);
   const bos = f.ids('bos_token_id');
   const eos = f.ids('eos_token_id');
+  const softcap = (k: string) => (f.has(k) ? f.num(k, (n) => n > 0, 'a positive number or null') : 0);
   return {
     dir,
     modelType: mt,
@@ -256,15 +413,29 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     numKvHeads,
     headDim,
     vocabSize: f.int('vocab_size', 1),
-    numLayers: f.int('num_hidden_layers', 1),
+    numLayers,
     rmsEps: f.num('rms_norm_eps', (n) => n > 0, 'a positive number', 1e-6),
-    maxPosition,
-    tieWordEmbeddings: f.bool('tie_word_embeddings', false),
-    // qwen2 always has q/k/v biases. A llama/mistral config with attention_bias has an o_proj bias
-    // too, which the backends do not add yet: refuse it rather than compute something else.
-    qkvBias: mt === 'qwen2' ? true : refuseAttentionBias(f, mt),
-    rope: parseRope(f, maxPosition),
+    maxPosition: servedContext(maxPosition, rope),
+    tieWordEmbeddings: f.bool('tie_word_embeddings', fam.gemma),
+    qkvBias,
+    // llama/qwen3's attention_bias covers o_proj too; qwen2's q/k/v biases do not.
+    oBias: fam.qkvBias === 'attention_bias' && attentionBias,
+    mlpBias,
+    qkNorm: fam.qkNorm,
+    normPlusOne: fam.gemma,
+    sandwichNorms: fam.gemma,
+    activation,
+    embedScale: fam.gemma ? Math.fround(Math.sqrt(hiddenSize)) : 1,
+    attnScale: 1 / Math.sqrt(fam.gemma ? f.num('query_pre_attn_scalar', (n) => n > 0, 'a positive number', headDim) : headDim),
+    attnSoftcap: fam.gemma ? softcap('attn_logit_softcapping') : 0,
+    finalSoftcap: fam.gemma ? softcap('final_logit_softcapping') : 0,
+    fusedQkv: fam.fused,
+    fusedGateUp: fam.fused,
+    rope,
+    ropeLocal: slidingWindow && local ? local : null,
     slidingWindow,
+    slidingLayers,
+    moe: parseMoe(f, fam, numLayers),
     dtype,
     torchDtype,
     dtypeSource,
@@ -273,11 +444,63 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
   };
 }
 
-function refuseAttentionBias(f: Fields, modelType: string): false {
-  if (f.bool('attention_bias', false)) {
-    throw new ConfigError(`${f.file}: field attention_bias is true: ${modelType} with attention biases also has an o_proj bias, which nodespeed does not support yet (qwen2-style q/k/v biases are supported)`);
+/**
+ * Which layers attend only to the last sliding_window positions: mistral/mixtral/phi3 every layer;
+ * the others `layer_types` when config.json lists them (transformers 5 writes it), else their rule:
+ * qwen2/qwen3 (with use_sliding_window) layers from max_window_layers on, Gemma 2 the even layers,
+ * Gemma 3 all but every sliding_window_pattern-th.
+ */
+function parseWindow(f: Fields, fam: Family, numLayers: number): { slidingWindow: number | null; slidingLayers: boolean[] } {
+  const none = { slidingWindow: null, slidingLayers: Array<boolean>(numLayers).fill(false) };
+  if (fam.window === 'none' || !f.has('sliding_window')) return none;
+  if (fam.window === 'max_window_layers' && !f.bool('use_sliding_window', false)) return none;
+  const slidingWindow = f.int('sliding_window', 1);
+  let slidingLayers: boolean[];
+  const types = f.obj.layer_types;
+  if (fam.window === 'all') {
+    // mistral, mixtral and phi3 pass config.sliding_window to every layer's attention in
+    // transformers, whatever layer_types says.
+    slidingLayers = Array<boolean>(numLayers).fill(true);
+  } else if (types !== undefined && types !== null) {
+    if (!Array.isArray(types) || types.length !== numLayers || !types.every((t) => t === 'sliding_attention' || t === 'full_attention')) {
+      throw new ConfigError(`${f.file}: field layer_types must list 'sliding_attention' or 'full_attention' for each of the ${numLayers} layers`);
+    }
+    slidingLayers = types.map((t) => t === 'sliding_attention');
+  } else if (fam.window === 'max_window_layers') {
+    const from = f.int('max_window_layers', 0, numLayers);
+    slidingLayers = Array.from({ length: numLayers }, (_, i) => i >= from);
+  } else {
+    const pattern = f.int('sliding_window_pattern', 1, 2);
+    slidingLayers = Array.from({ length: numLayers }, (_, i) => (i + 1) % pattern !== 0);
   }
-  return false;
+  return slidingLayers.some(Boolean) ? { slidingWindow, slidingLayers } : none;
+}
+
+function parseMoe(f: Fields, fam: Family, numLayers: number): MoeConfig | null {
+  if (fam.moe === 'none') return null;
+  if (fam.moe === 'mixtral') {
+    const numExperts = f.int('num_local_experts', 1);
+    return {
+      numExperts, topK: f.int('num_experts_per_tok', 1), intermediate: f.int('intermediate_size', 1), normTopK: true,
+      sharedIntermediate: 0, sparseLayers: Array<boolean>(numLayers).fill(true), naming: 'mixtral',
+    };
+  }
+  // transformers 5 writes qwen3_moe's num_experts as num_local_experts (its attribute map); Hub configs say num_experts.
+  const numExperts = f.has('num_experts') ? f.int('num_experts', 0) : f.int('num_local_experts', 0);
+  const step = f.int('decoder_sparse_step', 1, 1);
+  const dense = f.obj.mlp_only_layers ?? [];
+  if (!Array.isArray(dense) || !dense.every((x) => Number.isInteger(x))) throw new ConfigError(`${f.file}: field mlp_only_layers must be a list of layer indices`);
+  const sparseLayers = Array.from({ length: numLayers }, (_, i) => numExperts > 0 && !dense.includes(i) && (i + 1) % step === 0);
+  if (!sparseLayers.some(Boolean)) return null;
+  const topK = f.int('num_experts_per_tok', 1);
+  if (topK > numExperts) throw new ConfigError(`${f.file}: field num_experts_per_tok (${topK}) exceeds the number of experts (${numExperts})`);
+  return {
+    numExperts, topK, intermediate: f.int('moe_intermediate_size', 1),
+    // qwen3_moe renormalises by default in transformers, qwen2_moe does not.
+    normTopK: f.bool('norm_topk_prob', f.str('model_type') === 'qwen3_moe'),
+    sharedIntermediate: f.has('shared_expert_intermediate_size') ? f.int('shared_expert_intermediate_size', 0) : 0,
+    sparseLayers, naming: 'qwen',
+  };
 }
 
 /**

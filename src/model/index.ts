@@ -5,5 +5,5 @@ export * from './weights.js';
 export * from './tokenizer.js';
 export * from './chat-template.js';
 export * from './info.js';
-export { initModel, PRESETS } from './init.js';
-export type { InitOptions, InitResult, LlamaShape } from './init.js';
+export { initModel, MOE_PRESETS, PRESETS } from './init.js';
+export type { InitOptions, InitResult, LlamaShape, MoeShape } from './init.js';

@@ -31,7 +31,10 @@ export interface ModelInfo {
 
 export function parameterCount(cfg: ModelConfig): number {
   const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
-  return plan.tensors.reduce((s, t) => s + t.fullShape.reduce((a, b) => a * b, 1), 0);
+  // Fused tensors (phi3's qkv_proj) feed several planned slices: count each checkpoint tensor once.
+  const seen = new Map<string, number>();
+  for (const t of plan.tensors) seen.set(t.source ?? t.name, t.fullShape.reduce((a, b) => a * b, 1));
+  return [...seen.values()].reduce((a, b) => a + b, 0);
 }
 
 export function tpMemory(cfg: ModelConfig, tp: number): TpMemory {
@@ -98,7 +101,7 @@ export function formatInfo(i: ModelInfo): string {
     `layers        ${c.numLayers}, hidden ${c.hiddenSize}, intermediate ${c.intermediateSize}`,
     `attention     ${c.numHeads} heads, ${c.numKvHeads} KV heads (${attn}), head_dim ${c.headDim}${c.qkvBias ? ', q/k/v bias' : ''}`,
     `vocab         ${c.vocabSize}${c.tieWordEmbeddings ? ' (tied embeddings)' : ''}`,
-    `context       ${c.maxPosition} positions${c.slidingWindow ? `, sliding window ${c.slidingWindow} (context capped to it)` : ''}`,
+    `context       ${c.maxPosition} positions${c.slidingWindow ? `, sliding window ${c.slidingWindow} on ${c.slidingLayers.filter(Boolean).length} of ${c.numLayers} layers` : ''}${c.moe ? `; ${c.moe.numExperts} experts, top-${c.moe.topK}${c.moe.sharedIntermediate ? ", shared expert" : ''}` : ''}`,
     `rope          ${rope}`,
     `parameters    ${formatCount(i.parameters)} (${i.parameters})`,
     `dtype         config ${c.torchDtype || '(unset)'}; tensors ${Object.entries(i.checkpoint.dtypes).map(([d, n]) => `${d} ${formatCount(n!)}`).join(', ')}`,

@@ -41,6 +41,67 @@ export const PRESETS: Record<string, LlamaShape> = {
 
 const TORCH_DTYPE: Record<DType, string> = { f32: 'float32', bf16: 'bfloat16', f16: 'float16' };
 
+/** Mixture-of-experts shapes: a Llama body whose MLPs are routed experts (model_type `arch`). */
+export interface MoeShape extends LlamaShape {
+  arch: 'mixtral' | 'qwen3_moe' | 'qwen2_moe';
+  experts: number;
+  topK: number;
+  /** Each expert's intermediate size (mixtral: intermediate_size). */
+  expertIntermediate: number;
+  shared: number;
+  headDim: number;
+  normTopK: boolean;
+}
+
+/**
+ * tiny: the fixtures' size (vocab 512, tok512) with 4 or 8 experts, top-2. 8x7b: Mixtral-8x7B.
+ * 30b-a3b: Qwen3-30B-A3B (128 experts, top-8). a2.7b: Qwen1.5-MoE-A2.7B (60 experts of 1408,
+ * top-4 without renormalisation, a shared expert of 5632; 14.3B parameters, 28.6 GB in bf16).
+ */
+export const MOE_PRESETS: Record<MoeShape['arch'], Record<string, MoeShape>> = {
+  mixtral: {
+    tiny: { arch: 'mixtral', hidden: 64, intermediate: 96, heads: 4, kvHeads: 2, headDim: 16, layers: 4, vocab: 512, maxPosition: 256, tied: false,
+      rmsEps: 1e-5, experts: 4, topK: 2, expertIntermediate: 96, shared: 0, normTopK: true },
+    '8x7b': { arch: 'mixtral', hidden: 4096, intermediate: 14336, heads: 32, kvHeads: 8, headDim: 128, layers: 32, vocab: 32000, maxPosition: 32768,
+      tied: false, rmsEps: 1e-5, experts: 8, topK: 2, expertIntermediate: 14336, shared: 0, normTopK: true },
+  },
+  qwen3_moe: {
+    tiny: { arch: 'qwen3_moe', hidden: 64, intermediate: 128, heads: 4, kvHeads: 2, headDim: 16, layers: 4, vocab: 512, maxPosition: 256, tied: false,
+      rmsEps: 1e-6, experts: 8, topK: 2, expertIntermediate: 32, shared: 0, normTopK: true },
+    '30b-a3b': { arch: 'qwen3_moe', hidden: 2048, intermediate: 6144, heads: 32, kvHeads: 4, headDim: 128, layers: 48, vocab: 151936, maxPosition: 40960,
+      tied: false, rmsEps: 1e-6, experts: 128, topK: 8, expertIntermediate: 768, shared: 0, normTopK: true },
+  },
+  qwen2_moe: {
+    tiny: { arch: 'qwen2_moe', hidden: 64, intermediate: 128, heads: 4, kvHeads: 2, headDim: 16, layers: 4, vocab: 512, maxPosition: 256, tied: false,
+      rmsEps: 1e-6, experts: 8, topK: 2, expertIntermediate: 32, shared: 64, normTopK: false },
+    'a2.7b': { arch: 'qwen2_moe', hidden: 2048, intermediate: 5632, heads: 16, kvHeads: 16, headDim: 128, layers: 24, vocab: 151936, maxPosition: 8192,
+      tied: false, rmsEps: 1e-6, experts: 60, topK: 4, expertIntermediate: 1408, shared: 5632, normTopK: false },
+  },
+};
+
+export function moeConfigJson(s: MoeShape, dtype: DType, bos: number, eos: number): Record<string, unknown> {
+  const base = llamaConfigJson(s, dtype, bos, eos);
+  delete base.mlp_bias;
+  delete base.pretraining_tp;
+  const common = { ...base, model_type: s.arch, head_dim: s.headDim, num_experts_per_tok: s.topK, router_aux_loss_coef: 0.001,
+    output_router_logits: false, rope_theta: 1000000.0, rope_parameters: { rope_type: 'default', rope_theta: 1000000.0 } };
+  if (s.arch === 'mixtral') {
+    return { ...common, architectures: ['MixtralForCausalLM'], num_local_experts: s.experts, sliding_window: null, router_jitter_noise: 0.0 };
+  }
+  return { ...common, architectures: [s.arch === 'qwen3_moe' ? 'Qwen3MoeForCausalLM' : 'Qwen2MoeForCausalLM'], num_experts: s.experts,
+    moe_intermediate_size: s.expertIntermediate, norm_topk_prob: s.normTopK, decoder_sparse_step: 1, mlp_only_layers: [],
+    use_sliding_window: false, sliding_window: null, max_window_layers: s.layers,
+    ...(s.shared ? { shared_expert_intermediate_size: s.shared, qkv_bias: true } : {}) };
+}
+
+/** The presets `--arch` offers. */
+export function presetsFor(arch: string): string[] {
+  if (arch === 'llama') return Object.keys(PRESETS);
+  const moe = MOE_PRESETS[arch as MoeShape['arch']];
+  if (!moe) throw new RangeError(`--arch ${arch}: expected llama, ${Object.keys(MOE_PRESETS).join(', ')}`);
+  return Object.keys(moe);
+}
+
 export interface InitOptions {
   arch: string;
   preset: string;
@@ -126,15 +187,15 @@ export interface InitResult {
 }
 
 export async function initModel(o: InitOptions): Promise<InitResult> {
-  if (o.arch !== 'llama') throw new RangeError(`--arch ${o.arch}: only llama is supported`);
-  const shape = PRESETS[o.preset];
-  if (!shape) throw new RangeError(`--preset ${o.preset}: expected one of ${Object.keys(PRESETS).join(', ')}`);
+  const presets = presetsFor(o.arch);
+  const shape: LlamaShape | undefined = o.arch === 'llama' ? PRESETS[o.preset] : MOE_PRESETS[o.arch as MoeShape['arch']][o.preset];
+  if (!shape) throw new RangeError(`--preset ${o.preset}: expected one of ${presets.join(', ')} for --arch ${o.arch}`);
   if (!['f32', 'bf16', 'f16'].includes(o.dtype)) throw new RangeError(`--dtype ${o.dtype}: expected bf16, fp16 or f32`);
   if (existsSync(o.out) && readdirSync(o.out).length > 0) throw new Error(`${o.out}: exists and is not empty (refusing to overwrite)`);
   mkdirSync(o.out, { recursive: true });
 
   const tok = writeTokenizer(o.out, shape.vocab, shape.maxPosition);
-  const configJson = llamaConfigJson(shape, o.dtype, tok.bos, tok.eos);
+  const configJson = o.arch === 'llama' ? llamaConfigJson(shape, o.dtype, tok.bos, tok.eos) : moeConfigJson(shape as MoeShape, o.dtype, tok.bos, tok.eos);
   writeFileSync(join(o.out, 'config.json'), JSON.stringify(configJson, null, 2) + '\n');
   writeFileSync(join(o.out, 'generation_config.json'), JSON.stringify({
     _from_model_config: true, bos_token_id: tok.bos, eos_token_id: tok.eos, do_sample: false,
@@ -143,7 +204,9 @@ export async function initModel(o: InitOptions): Promise<InitResult> {
   // The tensor list is exactly what the loader will ask for (tp 1, all layers).
   const cfg = parseModelConfig(configJson, join(o.out, 'config.json'), o.out);
   const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
-  const specs: TensorSpec[] = plan.tensors.map((t) => ({ name: t.name, dtype: o.dtype, shape: t.fullShape }));
+  // Checkpoint names (mixtral's block_sparse_moe.*), each once.
+  const byName = new Map(plan.tensors.map((t) => [t.source ?? t.name, t.fullShape]));
+  const specs: TensorSpec[] = [...byName].map(([name, shape]) => ({ name, dtype: o.dtype, shape }));
   const groups = groupShards(specs, o.maxShardBytes ?? 2e9);
   const total = specs.reduce((s, t) => s + tensorBytes(t), 0);
   const names = groups.length === 1 ? ['model.safetensors']

@@ -5,27 +5,28 @@ import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import type { RopeConfig } from '../model/config.js';
 import type { ShardModelConfig } from '../model/weights.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 export type DeviceName = 'cpu' | 'cuda';
 
-export interface RopeConfigJS {
-  type: 'default' | 'linear' | 'llama3';
-  theta: number;
-  factor?: number;
-  lowFreqFactor?: number;
-  highFreqFactor?: number;
-  originalMaxPos?: number;
-}
+/** camelCase of ns::RopeConfig; omitted fields take the defaults of engine.h. */
+export type RopeConfigJS = Pick<RopeConfig, 'type' | 'theta'> & Partial<RopeConfig>;
+
+/** The model switches a plain Llama leaves at their defaults (engine.h), so they may be omitted. */
+type FamilySwitches = 'oBias' | 'mlpBias' | 'qkNorm' | 'normPlusOne' | 'sandwichNorms' | 'activation' | 'embedScale' |
+  'attnScale' | 'attnSoftcap' | 'finalSoftcap' | 'slidingWindow' | 'slidingLayers' | 'numExperts' | 'expertStart' |
+  'expertEnd' | 'topK' | 'moeIntermediate' | 'normTopK' | 'sharedIntermediate' | 'sparseLayers';
 
 /**
  * camelCase of ns::ShardConfig (native/src/engine.h): the model's part, as planShard makes it, plus
  * the device and the runtime knobs.
  */
-export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope'> {
+export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope' | 'ropeLocal' | FamilySwitches>, Partial<Pick<ShardModelConfig, FamilySwitches>> {
   device?: DeviceName;
   rope: RopeConfigJS;
+  ropeLocal?: RopeConfigJS;
   compute?: DTypeName;
   kvBlockSize?: number;
   kvBlocks?: number;

@@ -13,7 +13,7 @@
 // (health.ts) report a wedged step or a broken communicator.
 import { availableParallelism, hostname } from 'node:os';
 
-import { Engine } from '../engine/engine.js';
+import { Engine, resolveDevice } from '../engine/engine.js';
 import { loadTokenizer } from '../model/index.js';
 import type { Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
@@ -134,6 +134,16 @@ class Worker {
       this.control.on('start', on);
       void epoch.abortedSignal.catch(() => this.control.off('start', on));
     }), epoch.abortedSignal]);
+    // Awaited only once loaded: a failure before then must not leave it rejected unhandled (a stack trace).
+    started.catch(() => {});
+    // Before the communicators: without a GPU, NCCL's "unavailable" would be the error, not the cause.
+    if (a.device === 'cuda') {
+      try {
+        resolveDevice('cuda', loadAddon().info());
+      } catch (err) {
+        throw new Error(`${(err as Error).message} on ${hostname()}`);
+      }
+    }
     // Communicators first (cheap, and a missing peer shows up before minutes of loading).
     const { tpComm, plane } = await this.formGroups(a, epoch);
     const driver = a.stage === 0 && a.tpRank === 0;

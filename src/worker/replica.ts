@@ -136,7 +136,8 @@ export class Replica {
     this.world = pos.tp * pos.pp;
     if (this.world > 1 && !plane) throw new Error(`replica of tp ${pos.tp} x pp ${pos.pp}: a data plane is required`);
     const d = o.driver;
-    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition);
+    this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition,
+      engine.kvWindow);
   }
 
   get isDriver(): boolean {

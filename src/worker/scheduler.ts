@@ -79,8 +79,9 @@ export class Scheduler {
   private readonly recent: number[] = [];
 
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
-    private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number) {
-    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize);
+    private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number,
+    kvWindow = 0) {
+    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize, kvWindow);
   }
 
   get idle(): boolean {
@@ -97,8 +98,9 @@ export class Scheduler {
     const params = samplingFromWire(sub.params);
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
     const budget = Math.min(this.contextLength, sub.promptIds.length + params.maxTokens);
-    if (this.alloc.blocksFor(budget) > this.alloc.numBlocks)
-      return err(`needs ${this.alloc.blocksFor(budget)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
+    const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
+    if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
+      return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
     const stop = new StopChecker({ eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop,
       maxTokens: params.maxTokens, ignoreEos: params.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
     // Replay: the tokens the client already has go back into the cache and the stop checker.
@@ -129,9 +131,11 @@ export class Scheduler {
   }
 
   private admit(): void {
-    while (this.waiting.length && this.alloc.canAllocate(this.waiting[0]!.id, this.waiting[0]!.budget)) {
+    // A step carries at most maxBatchTokens of a sequence's feed (prefill chunks), then single tokens.
+    const longest = (s: Seq) => Math.min(this.maxBatchTokens, s.feed.length);
+    while (this.waiting.length && this.alloc.canAllocate(this.waiting[0]!.id, this.waiting[0]!.budget, longest(this.waiting[0]!))) {
       const seq = this.waiting.shift()!;
-      this.alloc.allocate(seq.id, seq.budget);
+      this.alloc.allocate(seq.id, seq.budget, longest(seq));
       seq.table = this.alloc.table(seq.id);
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);

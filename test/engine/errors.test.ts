@@ -55,7 +55,9 @@ describe('native engine loading checks', () => {
 
   it('rejects a bad config naming the field', () => {
     expect(() => new addon.Engine({ ...tiny, nKvHeads: 3 })).toThrow(/nHeads must be a multiple of nKvHeads/);
-    expect(() => new addon.Engine({ ...tiny, rope: { type: 'yarn' as 'default', theta: 1 } })).toThrow(/rope.type/);
+    expect(() => new addon.Engine({ ...tiny, rope: { type: 'ntk' as 'default', theta: 1 } })).toThrow(/rope.type/);
+    expect(() => new addon.Engine({ ...tiny, rope: { type: 'longrope', theta: 1, shortFactor: [1], longFactor: [1] } })).toThrow(/rotaryDim \/ 2 = /);
+    expect(() => new addon.Engine({ ...tiny, slidingLayers: [1, 1, 1] })).toThrow(/slidingLayers must have one entry per layer/);
     expect(() => new addon.Engine({ ...tiny, hidden: 1.5 })).toThrow(/hidden must be an integer/);
     expect(() => new addon.Engine({ ...tiny, tpSize: 2, vocabEnd: 10 })).toThrow(/vocab shard/);
     expect(() => new addon.Engine({ ...tiny, maxStepTokens: -1 })).toThrow(/maxStepTokens must be >= 0/);

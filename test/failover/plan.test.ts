@@ -60,9 +60,9 @@ describe('nodespeed launch --spares / --step-timeout', () => {
   it('bad values are refused naming the flag', () => {
     const spares = run(['--spares', 'two']);
     expect(spares.status).not.toBe(0);
-    expect(spares.stderr).toContain('--spares must be an integer >= 0 (got two)');
+    expect(spares.stderr).toContain("--spares must be an integer from 0 to 4294967295 (got 'two')");
     const step = run(['--step-timeout', '0']);
     expect(step.status).not.toBe(0);
-    expect(step.stderr).toContain('--step-timeout must be a number of seconds > 0 (got 0)');
+    expect(step.stderr).toContain("--step-timeout must be a number of seconds > 0 and at most 2147483 (got '0')");
   });
 });

@@ -151,9 +151,9 @@ describe('failover visibility: status, metrics and the launcher log after a kill
   it('--metrics-port: a bad value and a busy port are errors naming the flag', async () => {
     const bad = cli(['launch', '--model', PY_TINY, '--num_cpu_workers', '1', '--metrics-port', '70000']);
     expect(bad.status).not.toBe(0);
-    expect(bad.stderr).toContain('--metrics-port must be a port number 0-65535 (got 70000)');
+    expect(bad.stderr).toContain("--metrics-port must be an integer from 0 to 65535 (got '70000')");
     const word = cli(['launch', '--model', PY_TINY, '--num_cpu_workers', '1', '--metrics-port', 'x']);
-    expect(word.stderr).toContain('--metrics-port must be an integer >= 0 (got x)');
+    expect(word.stderr).toContain("--metrics-port must be an integer from 0 to 65535 (got 'x')");
     // A port someone else holds: the launch fails before any worker starts, naming the flag.
     const holder = createServer();
     await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
@@ -162,7 +162,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
       const busy = cli(['launch', '--model', PY_TINY, '--num_cpu_workers', '1', '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
         '--metrics-port', String(port)]);
       expect(busy.status).not.toBe(0);
-      expect(busy.stderr).toContain(`--metrics-port: cannot listen on 127.0.0.1:${port}`);
+      expect(busy.stderr).toContain(`--metrics-port ${port}: 127.0.0.1:${port} is already in use`);
       expect(busy.stdout).not.toContain('nodespeed ready');
     } finally {
       holder.close();

@@ -4,7 +4,7 @@
 #   there are 2 GPUs; 7B-shape vs HF), the decode benchmark, and an ncu
 #   profile of one batch-1 decode step. Results JSON go to $RESULTS_DIR (default $OUT or
 #   bench/results), logs to $OUT. Carry .gpu (node.xz, node_modules.tar.xz) and build (and dist).
-# usage: bash test/gpu/run-all.sh [fixtures|tp2|sampler|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
+# usage: bash test/gpu/run-all.sh [families|moe|fixtures|tp2|sampler|nccl|7b|parallel|tpstep|servetp|tp7b|servewarm|ab6|skinny|lt|abtp|b1ab|abbin|serveab|gemmalgos|noise|graphs|graphab|loadtime|serve64|where|batchstep|flash|kvlayout|serve|bench|failover|profile ...]   (default: the issue-4 set)
 set -uo pipefail
 OUT=${OUT:-/tmp/ns-out}; LOGS=/tmp/ns-logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
@@ -33,6 +33,10 @@ make_model() {
 }
 for s in $steps; do
   case $s in
+    families) run families node test/gpu/families.mjs ;;  # every model family's HF fixture on CUDA (and CPU f32 beside it)
+    moe) MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}  # Qwen1.5-MoE-A2.7B shape (28.6 GB bf16): batch 1 vs roofline, batch 32 vs HF eager
+      [ -f "$MOE_MODEL/config.json" ] || node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" >/dev/null
+      run moe-decode node bench/moe/run.mjs "$MOE_MODEL" ;;
     fixtures) run fixtures node test/gpu/fixtures.mjs
               [ $status = 0 ] || run sanitizer compute-sanitizer --print-limit 5 node test/gpu/fixtures.mjs ;;
     tp2) run tp2 node test/gpu/tp2.mjs ;;

@@ -75,3 +75,10 @@ export function processesWith(needle: string): Array<{ pid: number; cmdline: str
   }
   return out;
 }
+
+/** Waits up to `ms` for every process carrying `needle` to be gone; returns those still there. */
+export async function leftAfter(needle: string, ms: number): Promise<Array<{ pid: number; cmdline: string }>> {
+  const t0 = Date.now();
+  while (processesWith(needle).length > 0 && Date.now() - t0 < ms) await new Promise((r) => setTimeout(r, 100));
+  return processesWith(needle);
+}

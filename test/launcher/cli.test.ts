@@ -28,7 +28,7 @@ describe('nodespeed hostfile', () => {
     expect(dup.stderr).toBe(`${hf}:2: host 'box-1' already exists (use 'set')`);
     const bad = await runCli(['hostfile', 'set', 'box-1', '--slots', '0', '-H', hf]);
     expect(bad.code).not.toBe(0);
-    expect(bad.stderr).toContain("--slots must be a positive integer, got '0'");
+    expect(bad.stderr).toContain('--slots must be a positive integer, got 0');
   });
 
   it('validate lists every error with file and line and exits non-zero', async () => {
@@ -70,14 +70,14 @@ describe('nodespeed run (local ranks)', () => {
     ]);
     expect(lines[5]).toMatch(/^world size 3 on 2 node\(s\), MASTER_ADDR=\S+ MASTER_PORT=29500$/);
     expect(lines[6]).toContain(`[localhost:0] local: cd ${dir} && `);
-    expect(lines[8]).toMatch(/^\[gpu-box:2\] ssh \S+@gpu-box -p 2222 .*setsid -w \/bin\/sh -s.* RANK=2 LOCAL_RANK=1 WORLD_SIZE=3 .*CUDA_VISIBLE_DEVICES=3 /);
+    expect(lines[8]).toMatch(/^\[gpu-box:2\] ssh \S+@gpu-box -p 2222 .*setsid -w \/bin\/sh -s.* RANK=2 LOCAL_RANK=1 WORLD_SIZE=3 .*CUDA_VISIBLE_DEVICES=2,3 /);
     expect(r.stdout).toContain("NODESPEED_JOB_TOKEN='<secret, generated per job>'");
-    expect(lines[8]!.endsWith(`${process.execPath} ${PROBE} hang ${tag}`)).toBe(true);
+    expect(lines[8]!.endsWith(`${process.execPath} ${PROBE} --local_rank=1 hang ${tag}`)).toBe(true);
     expect(processesWith(tag)).toEqual([]);
     const custom = await runCli(['run', '-H', hf, '--node', '/opt/node22/bin/node', '--dry_run', 'worker.mjs', 'a'], { cwd: dir, env: { NODESPEED_SSH_DIR: dir } });
-    expect(custom.stdout.split('\n').filter((l) => l.startsWith('[')).every((l) => l.endsWith(' /opt/node22/bin/node worker.mjs a'))).toBe(true);
+    expect(custom.stdout.split('\n').filter((l) => l.startsWith('[')).every((l) => / \/opt\/node22\/bin\/node worker\.mjs --local_rank=\d a$/.test(l))).toBe(true);
     const binary = await runCli(['run', '-H', hf, '--dry_run', '/bin/echo', 'hi'], { cwd: dir, env: { NODESPEED_SSH_DIR: dir } });
-    expect(binary.stdout).toMatch(/\[localhost:0\] local: .* \/bin\/echo hi$/m);
+    expect(binary.stdout).toMatch(/\[localhost:0\] local: .* \/bin\/echo --local_rank=0 hi$/m);
   });
 
   it('without a hostfile runs --num_cpu_workers ranks here (default 2) and passes program args through', async () => {
@@ -88,6 +88,7 @@ describe('nodespeed run (local ranks)', () => {
     for (const x of ranks) {
       expect(x.env).toMatchObject({ WORLD_SIZE: '3', LOCAL_WORLD_SIZE: '3', MASTER_ADDR: 'localhost', MASTER_PORT: '29999', CUDA_VISIBLE_DEVICES: '' });
       expect(x.argv).toEqual(['env', '--not-ours', '-H']);
+      expect(x.localRankArg).toBe(x.env.LOCAL_RANK);
       // the token is in the environment only, never in argv
       expect(JSON.stringify(x.argv)).not.toContain(x.env.NODESPEED_JOB_TOKEN);
     }
@@ -110,7 +111,7 @@ describe('nodespeed run (local ranks)', () => {
     r = await runCli(['run', '-H', hf, '--include', 'a:5', PROBE, 'env'], { cwd: dir });
     expect(r.stderr).toBe("nodespeed run: --include: no slot 5 on host 'a' (it has slots 0,1)");
     r = await runCli(['run', '--num_nodes', 'x', PROBE, 'env'], { cwd: local });
-    expect(r.stderr).toBe("nodespeed run: --num_nodes expects a non-negative integer, got 'x'");
+    expect(r.stderr).toBe("nodespeed run: --num_nodes must be an integer from 0 to 4294967295 (got 'x')");
     const envDir = mkdtempSync(join(dir, 'envfile-'));
     writeFileSync(join(envDir, '.deepspeed_env'), 'GOOD=1\nNOT A PAIR\n');
     r = await runCli(['run', PROBE, 'env'], { cwd: envDir });

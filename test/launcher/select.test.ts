@@ -74,7 +74,7 @@ describe('placement', () => {
     expect(defaultLocalHosts({ gpus: [0, 1, 2], numGpus: 2 })[0]!.slots).toEqual([0, 1]);
     expect(defaultLocalHosts({ gpus: [] })).toEqual([{ host: 'localhost', slots: [0, 1], attrs: { device: 'cpu' } }]);
     expect(defaultLocalHosts({ gpus: [], numCpuWorkers: 3 })[0]!.slots).toEqual([0, 1, 2]);
-    expect(() => defaultLocalHosts({ gpus: [0], numGpus: 2 })).toThrow('--num_gpus 2: this machine has only 1 visible GPUs');
+    expect(() => defaultLocalHosts({ gpus: [0], numGpus: 2 })).toThrow('--num_gpus 2: this machine has only 1 usable GPU(s) (0)');
     const p = planWorld(defaultLocalHosts({ gpus: [] }));
     expect(p.ranks.map((r) => [r.gpu, r.isLocal])).toEqual([[null, true], [null, true]]);
     expect(p.masterAddr).toBe('localhost');
@@ -85,10 +85,15 @@ describe('local GPU detection', () => {
   it('counts nvidia-smi rows, honours CUDA_VISIBLE_DEVICES, and finds none without nvidia-smi', () => {
     // A stand-in nvidia-smi (CI has no GPU) answering the query the launcher makes, for a 3-GPU machine.
     const bin = mkdtempSync(join(tmpdir(), 'smi-'));
-    writeFileSync(join(bin, 'nvidia-smi'), '#!/bin/sh\n[ "$1" = "--query-gpu=index" ] || exit 9\nprintf "0\\n1\\n2\\n"\n');
+    writeFileSync(join(bin, 'nvidia-smi'), '#!/bin/sh\n[ "$1" = "--query-gpu=index,uuid" ] || exit 9\nprintf "0, GPU-aaaa\\n1, GPU-bbbb\\n2, GPU-cccc\\n"\n');
     chmodSync(join(bin, 'nvidia-smi'), 0o755);
     expect(detectLocalGpus({ PATH: bin })).toEqual([0, 1, 2]);
     expect(detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: '2,0' })).toEqual([2, 0]);
+    expect(detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: 'GPU-cccc,GPU-aa' })).toEqual([2, 0]);
+    expect(detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: '' })).toEqual([]);
+    expect(() => detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: '1,5' })).toThrow('CUDA_VISIBLE_DEVICES=1,5 names GPU 5, but this machine has GPUs 0,1,2 (nvidia-smi)');
+    expect(() => detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: 'GPU-ffff' })).toThrow("CUDA_VISIBLE_DEVICES=GPU-ffff names 'GPU-ffff', but this machine has GPUs 0,1,2 (nvidia-smi)");
+    expect(() => detectLocalGpus({ PATH: bin, CUDA_VISIBLE_DEVICES: '1,1' })).toThrow('CUDA_VISIBLE_DEVICES=1,1 names GPU 1 twice');
     expect(detectLocalGpus({ PATH: mkdtempSync(join(tmpdir(), 'empty-')) })).toEqual([]);
   });
 });

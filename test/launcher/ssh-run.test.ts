@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd, sshdAvailable, type SshdHarness } from '../helpers/sshd.js';
-import { PROBE, processesWith, requireBuild, runCli, startCli } from './cli-helpers.js';
+import { leftAfter, PROBE, processesWith, requireBuild, runCli, startCli } from './cli-helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
 
@@ -60,11 +60,13 @@ suite('nodespeed run over SSH (real sshd)', () => {
       expect(x.host).toBe(host);
       expect(x.env).toEqual({
         RANK: String(i), LOCAL_RANK: String(i % 2), WORLD_SIZE: '6', LOCAL_WORLD_SIZE: '2', NODE_RANK: String(Math.floor(i / 2)),
-        MASTER_ADDR: '127.0.0.2', MASTER_PORT: '29611', CUDA_VISIBLE_DEVICES: String(i % 2), CROSS_RANK: String(Math.floor(i / 2)),
+        // DeepSpeed's launch.py: every rank of a node sees the node's GPUs and picks its own with LOCAL_RANK.
+        MASTER_ADDR: '127.0.0.2', MASTER_PORT: '29611', CUDA_VISIBLE_DEVICES: '0,1', CROSS_RANK: String(Math.floor(i / 2)),
         CROSS_SIZE: '3', LOCAL_SIZE: '2', NODESPEED_JOB_TOKEN: token, NCCL_DEBUG: 'INFO', FROM_ENV_FILE: 'from cwd', LD_LIBRARY_PATH: '/opt/test-lib',
       });
       expect(x.cwd).toBe(work);
       expect(x.path).toBe(process.env.PATH);
+      expect(x.localRankArg).toBe(String(i % 2));
     });
     // stderr stays on stderr, with the same prefixes
     for (let i = 0; i < 6; i++) expect(r.stderr).toContain(`] stderr of rank ${i}`);
@@ -128,9 +130,7 @@ suite('nodespeed run over SSH (real sshd)', () => {
     const { tag, run } = await startHangingJob([], 4, mixed);
     run.child.kill('SIGKILL');
     await run.done;
-    const t0 = Date.now();
-    while (processesWith(tag).length > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 100));
-    expect(processesWith(tag)).toEqual([]);
+    expect(await leftAfter(tag, 5000)).toEqual([]);
   });
 
   it('a host with more slots than sshd lets handshake at once (MaxStartups 10) still starts every rank', async () => {
@@ -141,11 +141,11 @@ suite('nodespeed run over SSH (real sshd)', () => {
     expect(r.stdout.split('\n').filter((l) => /^\[127\.0\.0\.2:\d+\] out \d+$/.test(l))).toHaveLength(14);
   });
 
-  it('--include/--exclude pick hosts and slots; CUDA_VISIBLE_DEVICES follows the slot', async () => {
+  it('--include/--exclude pick hosts and slots; CUDA_VISIBLE_DEVICES lists the slots chosen on the node', async () => {
     const r = await runCli(['run', '-H', hostfile, '--include', '127.0.0.3:1@127.0.0.4', PROBE, 'env'], { env, cwd: work });
     expect(r.code, r.stderr).toBe(0);
     const got = r.stdout.split('\n').filter((l) => l.includes('{')).map((l) => [l.slice(0, l.indexOf(' ')), JSON.parse(l.slice(l.indexOf(' ') + 1)).env.CUDA_VISIBLE_DEVICES]).sort();
-    expect(got).toEqual([['[127.0.0.3:0]', '1'], ['[127.0.0.4:1]', '0'], ['[127.0.0.4:2]', '1']]);
+    expect(got).toEqual([['[127.0.0.3:0]', '1'], ['[127.0.0.4:1]', '0,1'], ['[127.0.0.4:2]', '0,1']]);
   });
 
   it('~/.ssh/config aliases (HostName/Port/User/IdentityFile) and --remote_workdir are honoured', async () => {

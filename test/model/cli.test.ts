@@ -40,7 +40,9 @@ it('model init --preset tiny, then model info and generate on what it wrote', as
 it('bad flags and folders are one clear line naming the flag or file, exit 1', async () => {
   const preset = await failure('model', 'init', '--preset', '3b', join(tmpDir(), 'x'));
   expect(preset.code).toBe(1);
-  expect(preset.stderr).toMatch(/option '--preset <preset>' argument '3b' is invalid/);
+  expect(preset.stderr).toMatch(/--preset 3b: expected one of tiny, 100m, 1b, 7b, 13b, 70b for --arch llama/);
+  const moe = await failure('model', 'init', '--arch', 'mixtral', '--preset', '7b', join(tmpDir(), 'x'));
+  expect(moe.stderr).toMatch(/--preset 7b: expected one of tiny, 8x7b for --arch mixtral/);
   const seed = await failure('model', 'init', '--preset', 'tiny', '--seed', '-1', join(tmpDir(), 'x'));
   expect(seed.stderr).toMatch(/--seed must be an integer/);
   const missing = await failure('model', 'info', join(tmpDir(), 'nothing'));

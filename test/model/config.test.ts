@@ -24,7 +24,7 @@ describe('loadModelConfig', () => {
       vocabSize: 512, numLayers: 4, rmsEps: 1e-5, maxPosition: 256, tieWordEmbeddings: false, qkvBias: false,
       dtype: 'f32', bosTokenId: 0, eosTokenIds: [1],
     });
-    expect(c.rope).toEqual({ type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 256 });
+    expect(c.rope).toEqual({ type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 256, attentionFactor: 1, betaFast: 32, betaSlow: 1, truncate: true, shortFactor: [], longFactor: [], rotaryDim: 16 });
     expect(loadModelConfig(join(FIXTURES, 'tiny-llama-gqa-bf16')).dtype).toBe('bf16');
   });
 
@@ -38,7 +38,7 @@ describe('loadModelConfig', () => {
   it('llama3 rope_scaling with rope_theta (Llama 3.1 style)', () => {
     const c = loadModelConfig(configDir({ ...TINY_CONFIG, rope_theta: 500000,
       rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } }));
-    expect(c.rope).toEqual({ type: 'llama3', theta: 500000, factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 8192 });
+    expect(c.rope).toMatchObject({ type: 'llama3', theta: 500000, factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 8192 });
   });
 
   it('linear rope_scaling with the old `type` key, and rope_parameters llama3', () => {
@@ -47,7 +47,7 @@ describe('loadModelConfig', () => {
     const { rope_theta: _t, ...noTheta } = TINY_CONFIG;
     expect(loadModelConfig(configDir({ ...noTheta, rope_parameters: { rope_type: 'llama3', rope_theta: 500000, factor: 32,
       low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } })).rope)
-      .toEqual({ type: 'llama3', theta: 500000, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 8192 });
+      .toMatchObject({ type: 'llama3', theta: 500000, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 8192 });
   });
 
   it('qwen2 always has q/k/v bias, tied embeddings, disabled sliding window; generation_config eos list', () => {
@@ -58,17 +58,19 @@ describe('loadModelConfig', () => {
       slidingWindow: null, bosTokenId: 3, eosTokenIds: [7, 8] });
   });
 
-  it('mistral records its sliding window; llama attention_bias (which implies an o_proj bias) is refused by name', () => {
-    expect(loadModelConfig(configDir({ ...TINY_CONFIG, model_type: 'mistral', sliding_window: 4096 })).slidingWindow).toBe(4096);
-    expect(() => loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: true }))).toThrow(/config\.json: field attention_bias is true: llama .* o_proj bias/);
-    expect(loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: false })).qkvBias).toBe(false);
+  it('mistral windows every layer and serves its whole context; llama attention_bias means q/k/v and o biases', () => {
+    const m = loadModelConfig(configDir({ ...TINY_CONFIG, model_type: 'mistral', sliding_window: 4096 }));
+    expect(m).toMatchObject({ slidingWindow: 4096, slidingLayers: [true, true], maxPosition: TINY_CONFIG.max_position_embeddings });
+    expect(loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: true }))).toMatchObject({ qkvBias: true, oBias: true });
+    expect(loadModelConfig(configDir({ ...TINY_CONFIG, attention_bias: false }))).toMatchObject({ qkvBias: false, oBias: false });
   });
 
   it('errors name config.json and the field', () => {
     const bad = (cfg: Record<string, unknown>) => () => loadModelConfig(configDir(cfg));
-    expect(bad({ ...TINY_CONFIG, model_type: 'gpt2' })).toThrow(/config\.json: field model_type is "gpt2"; supported: llama, mistral, qwen2/);
-    expect(bad({ ...TINY_CONFIG, rope_scaling: { type: 'yarn', factor: 4 } })).toThrow(/config\.json: field rope_scaling\.type is "yarn"/);
-    expect(bad({ ...TINY_CONFIG, rope_parameters: { rope_type: 'dynamic', rope_theta: 1 } })).toThrow(/field rope_parameters\.rope_type is "dynamic"/);
+    expect(bad({ ...TINY_CONFIG, model_type: 'gpt2' })).toThrow(/config\.json: field model_type is "gpt2"; supported: llama, mistral, qwen2, qwen3, gemma2/);
+    expect(bad({ ...TINY_CONFIG, rope_scaling: { type: 'su', factor: 4 } })).toThrow(/config\.json: field rope_scaling\.type is "su"/);
+    expect(bad({ ...TINY_CONFIG, rope_parameters: { rope_type: 'mrope', rope_theta: 1 } })).toThrow(/field rope_parameters\.rope_type is "mrope"/);
+    expect(bad({ ...TINY_CONFIG, rope_parameters: { rope_type: 'dynamic', rope_theta: 1 } })).toThrow(/field rope_parameters\.factor is missing/);
     expect(bad({ ...TINY_CONFIG, rope_scaling: { rope_type: 'llama3', factor: 8 } })).toThrow(/field rope_scaling\.low_freq_factor is missing/);
     expect(bad({ ...TINY_CONFIG, hidden_size: '16' })).toThrow(/config\.json: field hidden_size must be an integer/);
     expect(bad({ ...TINY_CONFIG, num_key_value_heads: 3 })).toThrow(/field num_key_value_heads \(3\) must divide/);

@@ -98,7 +98,7 @@ describe('model init', () => {
     expect(bytes(a).equals(bytes(b))).toBe(true);
     expect(bytes(a).equals(bytes(c))).toBe(false);
     await expect(initModel({ arch: 'llama', preset: 'tiny', dtype: 'f16', seed: 1n, out: a })).rejects.toThrow(/exists and is not empty/);
-    await expect(initModel({ arch: 'gpt2', preset: 'tiny', dtype: 'f16', seed: 1n, out: tmpDir() })).rejects.toThrow(/--arch gpt2: only llama/);
+    await expect(initModel({ arch: 'gpt2', preset: 'tiny', dtype: 'f16', seed: 1n, out: tmpDir() })).rejects.toThrow(/--arch gpt2: expected llama, mixtral, qwen3_moe, qwen2_moe/);
     await expect(initModel({ arch: 'llama', preset: '3b', dtype: 'f16', seed: 1n, out: tmpDir() })).rejects.toThrow(/--preset 3b: expected one of tiny, 100m/);
   });
 

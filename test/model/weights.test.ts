@@ -42,11 +42,12 @@ describe('planShard / loadShard', () => {
 
   it('tp=1 over all layers hands over every tensor whole and the full ShardConfig', async () => {
     const plan = planShard(loadModelConfig(dir), { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 });
-    expect(plan.shardConfig).toEqual({
+    expect(plan.shardConfig).toMatchObject({
       hidden: 16, intermediate: 24, nHeads: 4, nKvHeads: 2, headDim: 4, vocabSize: 10, vocabStart: 0, vocabEnd: 10,
-      layerStart: 0, layerEnd: 2, maxPosition: 64, rmsEps: 1e-5, qkvBias: true, tiedEmbeddings: false,
-      hasEmbedding: true, hasHead: true, tpRank: 0, tpSize: 1,
-      rope: { type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 64 },
+      layerStart: 0, layerEnd: 2, maxPosition: 64, rmsEps: 1e-5, qkvBias: true, oBias: false, mlpBias: false, tiedEmbeddings: false,
+      hasEmbedding: true, hasHead: true, tpRank: 0, tpSize: 1, slidingWindow: 0, slidingLayers: [0, 0], numExperts: 0,
+      sparseLayers: [0, 0], activation: 'silu', embedScale: 1, attnSoftcap: 0, finalSoftcap: 0,
+      rope: { type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 64, rotaryDim: 4 },
     });
     const got = await load(dir, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 });
     expect([...got.keys()].sort()).toEqual(tensors.map((t) => t.name).sort());
@@ -98,8 +99,9 @@ describe('planShard / loadShard', () => {
     expect([...last.get('model.embed_tokens.weight')!.values]).toEqual(rowsOf(new Float32Array(emb.data.slice().buffer), H, 5, 10));
   });
 
-  it('mistral sliding window caps maxPosition', () => {
+  it('mistral sliding window: every layer windowed, the whole context served', () => {
     const mdir = writeModel({ ...TINY_CONFIG, model_type: 'mistral', sliding_window: 32 }, []);
-    expect(planShard(loadModelConfig(mdir), { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 }).shardConfig.maxPosition).toBe(32);
+    expect(planShard(loadModelConfig(mdir), { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 }).shardConfig)
+      .toMatchObject({ maxPosition: 64, slidingWindow: 32, slidingLayers: [1, 1] });
   });
 });

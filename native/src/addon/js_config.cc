@@ -1,5 +1,6 @@
 #include "addon/js_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace ns::addon {
@@ -32,6 +33,62 @@ bool Bool(const Napi::Object& o, const char* key, bool def) {
   if (v.IsUndefined() || v.IsNull()) return def;
   if (!v.IsBoolean()) Bad(o.Env(), std::string(key) + " must be a boolean");
   return v.As<Napi::Boolean>().Value();
+}
+
+std::vector<float> Floats(const Napi::Object& o, const char* key, const std::string& prefix) {
+  Napi::Value v = o.Get(key);
+  std::vector<float> out;
+  if (v.IsUndefined() || v.IsNull()) return out;
+  if (!v.IsArray()) Bad(o.Env(), prefix + key + " must be an array of numbers");
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value x = a.Get(i);
+    if (!x.IsNumber() || !std::isfinite(x.As<Napi::Number>().DoubleValue()))
+      Bad(o.Env(), prefix + key + "[" + std::to_string(i) + "] must be a finite number");
+    out.push_back(x.As<Napi::Number>().FloatValue());
+  }
+  return out;
+}
+
+// One 0/1 per layer of the shard.
+std::vector<uint8_t> LayerFlags(const Napi::Object& o, const char* key, int n_layers) {
+  std::vector<float> v = Floats(o, key, "");
+  if (v.empty()) return std::vector<uint8_t>(static_cast<size_t>(std::max(0, n_layers)), 0);
+  if (static_cast<int>(v.size()) != n_layers)
+    Bad(o.Env(), std::string(key) + " must have one entry per layer of the shard (" + std::to_string(n_layers) + ")");
+  std::vector<uint8_t> out;
+  for (float x : v) out.push_back(x != 0.f ? 1 : 0);
+  return out;
+}
+
+RopeConfig ParseRope(const Napi::Object& r, const std::string& prefix) {
+  RopeConfig c;
+  Napi::Env env = r.Env();
+  Napi::Value type = r.Get("type");
+  std::string t = type.IsString() ? type.As<Napi::String>().Utf8Value() : type.IsUndefined() ? "default" : "?";
+  if (type.IsNumber()) t = std::to_string(type.As<Napi::Number>().Int32Value());
+  if (t == "default" || t == "0") c.type = RopeType::Default;
+  else if (t == "linear" || t == "1") c.type = RopeType::Linear;
+  else if (t == "llama3" || t == "2") c.type = RopeType::Llama3;
+  else if (t == "dynamic" || t == "3") c.type = RopeType::Dynamic;
+  else if (t == "yarn" || t == "4") c.type = RopeType::Yarn;
+  else if (t == "longrope" || t == "5") c.type = RopeType::LongRope;
+  else Bad(env, prefix + "type must be 'default', 'linear', 'llama3', 'dynamic', 'yarn' or 'longrope'");
+  c.theta = Float(r, "theta", c.theta, prefix);
+  c.factor = Float(r, "factor", c.factor, prefix);
+  c.low_freq_factor = Float(r, "lowFreqFactor", c.low_freq_factor, prefix);
+  c.high_freq_factor = Float(r, "highFreqFactor", c.high_freq_factor, prefix);
+  c.original_max_pos = Int(r, "originalMaxPos", c.original_max_pos, prefix);
+  c.attention_factor = Float(r, "attentionFactor", c.attention_factor, prefix);
+  c.beta_fast = Float(r, "betaFast", c.beta_fast, prefix);
+  c.beta_slow = Float(r, "betaSlow", c.beta_slow, prefix);
+  c.truncate = Bool(r, "truncate", c.truncate);
+  c.short_factor = Floats(r, "shortFactor", prefix);
+  c.long_factor = Floats(r, "longFactor", prefix);
+  c.rotary_dim = Int(r, "rotaryDim", 0, prefix);
+  if (c.type == RopeType::LongRope && (c.short_factor.empty() || c.short_factor.size() != c.long_factor.size()))
+    Bad(env, prefix + "shortFactor and longFactor must be lists of the same length (longrope)");
+  return c;
 }
 
 }  // namespace
@@ -133,20 +190,49 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   Napi::Value rope = o.Get("rope");
   if (!rope.IsUndefined() && !rope.IsNull()) {
     if (!rope.IsObject()) Bad(env, "rope must be an object");
-    Napi::Object r = rope.As<Napi::Object>();
-    Napi::Value type = r.Get("type");
-    std::string t = type.IsString() ? type.As<Napi::String>().Utf8Value() : type.IsUndefined() ? "default" : "?";
-    if (type.IsNumber()) t = std::to_string(type.As<Napi::Number>().Int32Value());
-    if (t == "default" || t == "0") c.rope.type = RopeType::Default;
-    else if (t == "linear" || t == "1") c.rope.type = RopeType::Linear;
-    else if (t == "llama3" || t == "2") c.rope.type = RopeType::Llama3;
-    else Bad(env, "rope.type must be 'default', 'linear' or 'llama3'");
-    c.rope.theta = Float(r, "theta", c.rope.theta, "rope.");
-    c.rope.factor = Float(r, "factor", c.rope.factor, "rope.");
-    c.rope.low_freq_factor = Float(r, "lowFreqFactor", c.rope.low_freq_factor, "rope.");
-    c.rope.high_freq_factor = Float(r, "highFreqFactor", c.rope.high_freq_factor, "rope.");
-    c.rope.original_max_pos = Int(r, "originalMaxPos", c.rope.original_max_pos, "rope.");
+    c.rope = ParseRope(rope.As<Napi::Object>(), "rope.");
   }
+  Napi::Value local = o.Get("ropeLocal");
+  if (!local.IsUndefined() && !local.IsNull()) {
+    if (!local.IsObject()) Bad(env, "ropeLocal must be an object");
+    c.rope_local = ParseRope(local.As<Napi::Object>(), "ropeLocal.");
+    c.has_rope_local = true;
+  }
+  for (const RopeConfig* r : {&c.rope, &c.rope_local}) {
+    const int half = (r->rotary_dim > 0 ? r->rotary_dim : c.head_dim) / 2;
+    if (r->type == RopeType::LongRope && static_cast<int>(r->short_factor.size()) != half)
+      Bad(env, "rope shortFactor/longFactor must have rotaryDim / 2 = " + std::to_string(half) + " entries");
+  }
+  c.o_bias = Bool(o, "oBias", false);
+  c.mlp_bias = Bool(o, "mlpBias", false);
+  c.qk_norm = Bool(o, "qkNorm", false);
+  c.norm_plus_one = Bool(o, "normPlusOne", false);
+  c.sandwich_norms = Bool(o, "sandwichNorms", false);
+  Napi::Value act = o.Get("activation");
+  const std::string a = act.IsString() ? act.As<Napi::String>().Utf8Value() : act.IsUndefined() ? "silu" : "?";
+  if (a == "silu") c.act = Activation::Silu;
+  else if (a == "gelu_tanh") c.act = Activation::GeluTanh;
+  else Bad(env, "activation must be 'silu' or 'gelu_tanh'");
+  c.embed_scale = Float(o, "embedScale", 1.f);
+  c.attn_scale = Float(o, "attnScale", 0.f);
+  c.attn_softcap = Float(o, "attnSoftcap", 0.f);
+  c.final_softcap = Float(o, "finalSoftcap", 0.f);
+  if (c.attn_scale < 0 || c.attn_softcap < 0 || c.final_softcap < 0) Bad(env, "attnScale, attnSoftcap and finalSoftcap must be >= 0");
+  c.sliding_window = Int(o, "slidingWindow", 0);
+  if (c.sliding_window < 0) Bad(env, "slidingWindow must be >= 0");
+  const int n_layers = c.layer_end - c.layer_start;
+  c.sliding_layers = LayerFlags(o, "slidingLayers", n_layers);
+  c.num_experts = Int(o, "numExperts", 0);
+  c.expert_start = Int(o, "expertStart", 0);
+  c.expert_end = Int(o, "expertEnd", 0);
+  c.top_k = Int(o, "topK", 0);
+  c.moe_intermediate = Int(o, "moeIntermediate", 0);
+  c.norm_topk = Bool(o, "normTopK", false);
+  c.shared_intermediate = Int(o, "sharedIntermediate", 0);
+  c.sparse_layers = LayerFlags(o, "sparseLayers", n_layers);
+  if (c.num_experts < 0 || c.expert_start < 0 || c.expert_end < c.expert_start || c.expert_end > c.num_experts ||
+      (c.num_experts > 0 && (c.top_k < 1 || c.top_k > c.num_experts || c.moe_intermediate < 1)) || c.shared_intermediate < 0)
+    Bad(env, "numExperts/expertStart/expertEnd/topK/moeIntermediate/sharedIntermediate are inconsistent");
   Napi::Value compute = o.Get("compute");
   c.compute = compute.IsUndefined() ? (*device == "cpu" ? DType::F32 : DType::BF16) : ParseDType(compute, "compute");
   c.kv_block_size = Int(o, "kvBlockSize", c.kv_block_size);

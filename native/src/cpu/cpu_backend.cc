@@ -37,8 +37,8 @@ CpuBackend::CpuBackend(const ShardConfig& c)
       vocab_shard_(c.vocab_end - c.vocab_start),
       vocab_stride_(c.tp_size > 0 ? (c.vocab_size + c.tp_size - 1) / c.tp_size : 0),
       pool_(c.threads > 0 ? c.threads : default_threads()) {
-  require(c.hidden > 0 && c.intermediate > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0,
-          "hidden, intermediate, nHeads, nKvHeads and headDim must be positive");
+  require(c.hidden > 0 && c.intermediate >= 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.head_dim > 0,
+          "hidden, nHeads, nKvHeads and headDim must be positive");
   require(c.head_dim % 2 == 0, "headDim must be even (RoPE)");
   require(c.n_heads % c.n_kv_heads == 0, "nHeads must be a multiple of nKvHeads");
   require(c.vocab_size > 0, "vocabSize must be positive");
@@ -56,10 +56,28 @@ CpuBackend::CpuBackend(const ShardConfig& c)
                 ") is not rank " + std::to_string(c.tp_rank) + "'s slot of ceil(vocab / tp) rows");
   }
 
-  const int64_t H = c.hidden, D = c.head_dim;
+  require(c.sliding_layers.size() == size_t(n_layers_) && c.sparse_layers.size() == size_t(n_layers_),
+          "slidingLayers and sparseLayers need one entry per layer");
+  require(c.attn_scale >= 0 && c.attn_softcap >= 0 && c.final_softcap >= 0, "attnScale and the soft-caps must be >= 0");
+
+  const int64_t H = c.hidden, D = c.head_dim, I = c.intermediate;
   const int64_t q_rows = int64_t(c.n_heads) * D, kv_rows = int64_t(c.n_kv_heads) * D;
   if (c.has_embedding || (c.has_head && c.tied_embeddings)) expect("model.embed_tokens.weight", {vocab_shard_, H});
+  auto expect_mlp = [&](const std::string& p, int64_t inter, bool bias) {
+    expect(p + "gate_proj.weight", {inter, H});
+    expect(p + "up_proj.weight", {inter, H});
+    expect(p + "down_proj.weight", {H, inter});
+    if (bias) {
+      expect(p + "gate_proj.bias", {inter});
+      expect(p + "up_proj.bias", {inter});
+      expect(p + "down_proj.bias", {H});
+    }
+  };
+  layers_.resize(n_layers_);
   for (int l = c.layer_start; l < c.layer_end; ++l) {
+    Layer& L = layers_[l - c.layer_start];
+    L.sliding = c.sliding_window > 0 && c.sliding_layers[l - c.layer_start];
+    L.sparse = c.num_experts > 0 && c.sparse_layers[l - c.layer_start];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     expect(p + "input_layernorm.weight", {H});
     expect(p + "self_attn.q_proj.weight", {q_rows, H});
@@ -70,18 +88,37 @@ CpuBackend::CpuBackend(const ShardConfig& c)
       expect(p + "self_attn.k_proj.bias", {kv_rows});
       expect(p + "self_attn.v_proj.bias", {kv_rows});
     }
+    if (c.qk_norm) {
+      expect(p + "self_attn.q_norm.weight", {D});
+      expect(p + "self_attn.k_norm.weight", {D});
+    }
     expect(p + "self_attn.o_proj.weight", {H, q_rows});
+    if (c.o_bias) expect(p + "self_attn.o_proj.bias", {H});
     expect(p + "post_attention_layernorm.weight", {H});
-    expect(p + "mlp.gate_proj.weight", {c.intermediate, H});
-    expect(p + "mlp.up_proj.weight", {c.intermediate, H});
-    expect(p + "mlp.down_proj.weight", {H, c.intermediate});
+    if (c.sandwich_norms) {
+      expect(p + "pre_feedforward_layernorm.weight", {H});
+      expect(p + "post_feedforward_layernorm.weight", {H});
+    }
+    if (L.sparse) {
+      expect(p + "mlp.gate.weight", {c.num_experts, H});
+      L.experts.resize(c.expert_end - c.expert_start);
+      for (int e = c.expert_start; e < c.expert_end; ++e)
+        expect_mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate, false);
+      if (c.shared_intermediate > 0) {
+        expect_mlp(p + "mlp.shared_expert.", c.shared_intermediate, false);
+        expect(p + "mlp.shared_expert_gate.weight", {1, H});
+      }
+    } else {
+      require(I > 0, "intermediate must be positive for a dense layer");
+      expect_mlp(p + "mlp.", I, c.mlp_bias);
+    }
   }
   if (c.has_head) {
     expect("model.norm.weight", {H});
     if (!c.tied_embeddings) expect("lm_head.weight", {vocab_shard_, H});
   }
-  layers_.resize(n_layers_);
-  inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+  if (!rope_depends_on_length(c.rope)) inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+  if (c.has_rope_local && !rope_depends_on_length(c.rope_local)) local_inv_freq_ = rope_inv_freq(c.rope_local, c.head_dim);
 }
 
 void CpuBackend::expect(const std::string& name, std::vector<int64_t> shape) {
@@ -103,10 +140,16 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     throw std::invalid_argument("tensor " + name + ": " + std::to_string(bytes) + " bytes for " + std::to_string(count) +
                                 " " + dtype_name(dtype) + " elements");
 
-  // Vectors (norms, biases) become f32; matrices keep the stored dtype.
+  // Vectors (norms, biases) become f32; matrices keep the stored dtype. Norm weights are kept as
+  // the factor they multiply by: 1 + w for Gemma's norms (in f32, as transformers computes it).
   auto vec = [&](std::vector<float>& dst) {
     dst.resize(count);
     to_f32(data, dtype, dst.data(), count);
+  };
+  auto norm = [&](std::vector<float>& dst) {
+    vec(dst);
+    if (cfg_.norm_plus_one)
+      for (float& w : dst) w = 1.0f + w;
   };
   auto mat = [&](Matrix& dst) {
     dst.dtype = dtype;
@@ -114,17 +157,30 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     dst.cols = static_cast<int>(shape[1]);
     dst.data.assign(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
   };
+  auto mlp = [&](Mlp& m, const std::string& part) {
+    if (part == "gate_proj.weight") mat(m.gate);
+    else if (part == "up_proj.weight") mat(m.up);
+    else if (part == "down_proj.weight") mat(m.down);
+    else if (part == "gate_proj.bias") vec(m.gate_bias);
+    else if (part == "up_proj.bias") vec(m.up_bias);
+    else if (part == "down_proj.bias") vec(m.down_bias);
+  };
+  auto starts = [](const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; };
 
   if (name == "model.embed_tokens.weight") mat(embed_);
   else if (name == "lm_head.weight") mat(lm_head_);
-  else if (name == "model.norm.weight") vec(final_norm_);
+  else if (name == "model.norm.weight") norm(final_norm_);
   else {
     // model.layers.<l>.<rest>
     const size_t dot = name.find('.', 13);
     Layer& L = layers_[std::stoi(name.substr(13, dot - 13)) - cfg_.layer_start];
     const std::string rest = name.substr(dot + 1);
-    if (rest == "input_layernorm.weight") vec(L.in_norm);
-    else if (rest == "post_attention_layernorm.weight") vec(L.post_norm);
+    if (rest == "input_layernorm.weight") norm(L.in_norm);
+    else if (rest == "post_attention_layernorm.weight") norm(L.post_norm);
+    else if (rest == "pre_feedforward_layernorm.weight") norm(L.pre_ff_norm);
+    else if (rest == "post_feedforward_layernorm.weight") norm(L.post_ff_norm);
+    else if (rest == "self_attn.q_norm.weight") norm(L.q_norm);
+    else if (rest == "self_attn.k_norm.weight") norm(L.k_norm);
     else if (rest == "self_attn.q_proj.weight") mat(L.q);
     else if (rest == "self_attn.k_proj.weight") mat(L.k);
     else if (rest == "self_attn.v_proj.weight") mat(L.v);
@@ -132,9 +188,14 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     else if (rest == "self_attn.q_proj.bias") vec(L.q_bias);
     else if (rest == "self_attn.k_proj.bias") vec(L.k_bias);
     else if (rest == "self_attn.v_proj.bias") vec(L.v_bias);
-    else if (rest == "mlp.gate_proj.weight") mat(L.gate);
-    else if (rest == "mlp.up_proj.weight") mat(L.up);
-    else if (rest == "mlp.down_proj.weight") mat(L.down);
+    else if (rest == "self_attn.o_proj.bias") vec(L.o_bias);
+    else if (rest == "mlp.gate.weight") mat(L.router);
+    else if (rest == "mlp.shared_expert_gate.weight") mat(L.shared_gate);
+    else if (starts(rest, "mlp.shared_expert.")) mlp(L.shared, rest.substr(18));
+    else if (starts(rest, "mlp.experts.")) {
+      const size_t d2 = rest.find('.', 12);
+      mlp(L.experts[std::stoi(rest.substr(12, d2 - 12)) - cfg_.expert_start], rest.substr(d2 + 1));
+    } else if (starts(rest, "mlp.")) mlp(L.mlp, rest.substr(4));
   }
   loaded_.insert(name);
 }
@@ -144,9 +205,16 @@ int CpuBackend::finalize() {
   for (const auto& e : expected_)
     if (!loaded_.count(e.first)) throw std::runtime_error("tensor " + e.first + ": missing (never loaded)");
 
+  // A token's matmul work: attention and the dense or shared MLP, plus top_k experts' worth (spread
+  // over the TP ranks, so top_k / tp of them here on average) and the router.
   macs_per_token_ = cfg_.has_head ? int64_t(lm_head().rows) * lm_head().cols : 0;
-  for (const auto& L : layers_)
-    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) macs_per_token_ += int64_t(m->rows) * m->cols;
+  for (const auto& L : layers_) {
+    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.mlp.gate, &L.mlp.up, &L.mlp.down, &L.router, &L.shared.gate,
+                            &L.shared.up, &L.shared.down})
+      macs_per_token_ += int64_t(m->rows) * m->cols;
+    if (!L.experts.empty())
+      macs_per_token_ += int64_t(3) * cfg_.moe_intermediate * cfg_.hidden * std::max(1, cfg_.top_k / cfg_.tp_size);
+  }
 
   const size_t block_floats = size_t(cfg_.kv_block_size) * cfg_.n_kv_heads * cfg_.head_dim;
   kv_blocks_ = cfg_.kv_blocks;
@@ -180,14 +248,22 @@ const Matrix& CpuBackend::lm_head() const { return cfg_.tied_embeddings && lm_he
 
 std::string CpuBackend::describe() const {
   size_t weight_bytes = embed_.data.size() + lm_head_.data.size();
-  for (const auto& L : layers_)
-    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) weight_bytes += m->data.size();
+  for (const auto& L : layers_) {
+    for (const Matrix* m : {&L.q, &L.k, &L.v, &L.o, &L.mlp.gate, &L.mlp.up, &L.mlp.down, &L.router, &L.shared.gate,
+                            &L.shared.up, &L.shared.down, &L.shared_gate})
+      weight_bytes += m->data.size();
+    for (const Mlp& e : L.experts) weight_bytes += e.gate.data.size() + e.up.data.size() + e.down.data.size();
+  }
   size_t kv_bytes = 0;
   for (int l = 0; l < n_layers_; ++l) kv_bytes += (k_cache_[l].size() + v_cache_[l].size()) * 4;
   std::ostringstream o;
   o << "cpu (" << simd_name() << ", " << pool_.size() << " threads): layers " << cfg_.layer_start << ".."
     << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size << ", weights "
-    << weight_bytes / (1 << 20) << " MiB, kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens ("
+    << weight_bytes / (1 << 20) << " MiB"
+    << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) +
+                                   " of " + std::to_string(cfg_.num_experts)
+                             : std::string())
+    << (cfg_.sliding_window > 0 ? ", window " + std::to_string(cfg_.sliding_window) : std::string()) << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens ("
     << kv_bytes / (1 << 20) << " MiB)";
   return o.str();
 }

@@ -21,10 +21,27 @@ struct Matrix {
   const void* ptr() const { return data.data(); }
 };
 
+// A gated MLP (a dense layer's, a routed expert's, the shared expert's): down(act(gate x) * up x).
+struct Mlp {
+  Matrix gate, up, down;
+  std::vector<float> gate_bias, up_bias, down_bias;  // only with mlp_bias
+};
+
 struct Layer {
-  std::vector<float> in_norm, post_norm;     // [hidden]
-  Matrix q, k, v, o, gate, up, down;
-  std::vector<float> q_bias, k_bias, v_bias;  // only with qkv_bias
+  // Norm weights are stored ready to multiply: 1 + w for Gemma's (1 + w) RMSNorm.
+  std::vector<float> in_norm, post_norm;          // [hidden]
+  std::vector<float> pre_ff_norm, post_ff_norm;   // sandwich_norms (Gemma)
+  std::vector<float> q_norm, k_norm;              // qk_norm: [head_dim]
+  Matrix q, k, v, o;
+  std::vector<float> q_bias, k_bias, v_bias;      // qkv_bias
+  std::vector<float> o_bias;                      // o_bias (added by TP rank 0)
+  bool sliding = false;  // attends to the last sliding_window positions only
+  bool sparse = false;   // routed experts instead of `mlp`
+  Mlp mlp;                                         // dense layers
+  Matrix router;                                   // sparse: [num_experts, hidden]
+  std::vector<Mlp> experts;                        // sparse: this rank's experts, expert_start..
+  Mlp shared;                                      // sparse with shared_intermediate > 0
+  Matrix shared_gate;                              // [1, hidden]
 };
 
 // Per-step activations; grow-only so steady-state decoding does not allocate.
@@ -33,7 +50,10 @@ struct Scratch {
   std::vector<float> head_in, logits, gathered;              // per logits row
   std::vector<float> scores;                                 // per worker: max_position floats
   std::vector<int> tok_seq, tok_pos;                         // per token: its sequence and position
-  std::vector<float> rope_cos, rope_sin;                     // per token: head_dim / 2
+  std::vector<float> rope_cos, rope_sin;                     // per token: rotary dims / 2 (global layers)
+  std::vector<float> local_cos, local_sin;                   // the same for sliding layers with their own RoPE
+  std::vector<float> router, expert_w, ex_in, ex_out, sh_out, sh_gate;  // MoE: router logits, top-k weights, gathered rows
+  std::vector<int> expert_id, ex_tok;
 };
 
 class CpuBackend final : public Backend {
@@ -56,8 +76,13 @@ class CpuBackend final : public Backend {
   void embed(const StepInput& in, int T);
   void attention_block(int layer, const StepInput& in, int T);
   void mlp_block(int layer, int T);
+  // y[T, hidden] = m(x) for a gated MLP (biases included, except down's: add_down_bias says).
+  void gated_mlp(const Mlp& m, const float* x, int T, float* y, bool add_down_bias);
+  void experts(const Layer& L, int T);  // proj = this rank's routed (and shared) experts' share of the MoE output
   void head(const StepInput& in, int T, StepOutput& out);
-  void rms_norm(const float* x, const std::vector<float>& w, float* y, int T) const;
+  void rms_norm(const float* x, const std::vector<float>& w, float* y, int T, int n) const;
+  void rms_norm(const float* x, const std::vector<float>& w, float* y, int T) const { rms_norm(x, w, y, T, cfg_.hidden); }
+  void rope_tables(const RopeConfig& rope, const StepInput& in, int T, std::vector<float>& cos, std::vector<float>& sin);
   struct MatJob { const Matrix* w; float* y; };
   void matmul(const float* x, int T, std::initializer_list<MatJob> jobs);
   void all_reduce(float* buf, size_t count);
@@ -74,7 +99,7 @@ class CpuBackend final : public Backend {
   Matrix embed_, lm_head_;
   std::vector<float> final_norm_;
   std::vector<Layer> layers_;
-  std::vector<float> inv_freq_;  // head_dim / 2 RoPE frequencies, scaling applied
+  std::vector<float> inv_freq_, local_inv_freq_;  // RoPE frequencies of the step-independent types
 
   // Expected tensors: name -> shape; filled by the constructor, ticked off by load_tensor.
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected_;

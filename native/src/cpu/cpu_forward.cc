@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/moe_route.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/kernels.h"
 #include "cpu/rope.h"
@@ -107,7 +108,7 @@ void CpuBackend::validate(const StepInput& in) const {
 // Sizes the activation buffers for T tokens and fills per-token sequence/position and RoPE tables.
 void CpuBackend::prepare(const StepInput& in, int T) {
   const size_t H = cfg_.hidden, QD = size_t(cfg_.n_heads) * cfg_.head_dim, KD = size_t(cfg_.n_kv_heads) * cfg_.head_dim;
-  const size_t half = cfg_.head_dim / 2;
+  const size_t inter = std::max({cfg_.intermediate, cfg_.moe_intermediate, cfg_.shared_intermediate});
   grow(s_.x, T * H);
   grow(s_.xn, T * H);
   grow(s_.proj, T * H);
@@ -115,22 +116,42 @@ void CpuBackend::prepare(const StepInput& in, int T) {
   grow(s_.attn, T * QD);
   grow(s_.k, T * KD);
   grow(s_.v, T * KD);
-  grow(s_.gate, T * size_t(cfg_.intermediate));
-  grow(s_.up, T * size_t(cfg_.intermediate));
+  grow(s_.gate, T * inter);
+  grow(s_.up, T * inter);
   grow(s_.tok_seq, T);
   grow(s_.tok_pos, T);
-  grow(s_.rope_cos, T * half);
-  grow(s_.rope_sin, T * half);
   int t = 0;
   for (size_t i = 0; i < in.seqs.size(); ++i) {
     for (int j = 0; j < in.seqs[i].n_tokens; ++j, ++t) {
-      const int p = in.seqs[i].pos + j;
       s_.tok_seq[t] = static_cast<int>(i);
-      s_.tok_pos[t] = p;
-      for (size_t f = 0; f < half; ++f) {
-        const float angle = static_cast<float>(p) * inv_freq_[f];  // f32 product, as HF computes it
-        s_.rope_cos[t * half + f] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        s_.rope_sin[t * half + f] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      s_.tok_pos[t] = in.seqs[i].pos + j;
+    }
+  }
+  rope_tables(cfg_.rope, in, T, s_.rope_cos, s_.rope_sin);
+  if (cfg_.has_rope_local) rope_tables(cfg_.rope_local, in, T, s_.local_cos, s_.local_sin);
+}
+
+// cos/sin of every token's angles (times the yarn / longrope attention factor). Dynamic and
+// longrope frequencies follow each sequence's length at this step, as transformers recomputes them
+// from max(position) + 1 on every forward.
+void CpuBackend::rope_tables(const RopeConfig& rope, const StepInput& in, int T, std::vector<float>& cos,
+                             std::vector<float>& sin) {
+  const size_t half = rope_dim(rope, cfg_.head_dim) / 2;
+  grow(cos, T * half);
+  grow(sin, T * half);
+  const bool per_seq = rope_depends_on_length(rope);
+  const std::vector<float>& fixed = &rope == &cfg_.rope ? inv_freq_ : local_inv_freq_;
+  std::vector<float> inv;
+  int t = 0;
+  for (const auto& s : in.seqs) {
+    if (per_seq) inv = rope_inv_freq(rope, cfg_.head_dim, s.pos + s.n_tokens);
+    const std::vector<float>& f = per_seq ? inv : fixed;
+    for (int j = 0; j < s.n_tokens; ++j, ++t) {
+      const int p = s.pos + j;
+      for (size_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(p) * f[i];  // f32 product, as HF computes it
+        cos[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle))) * rope.attention_factor;
+        sin[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle))) * rope.attention_factor;
       }
     }
   }
@@ -160,11 +181,13 @@ void CpuBackend::embed(const StepInput& in, int T) {
     }
   }
   all_reduce(x, size_t(T) * H);
+  if (cfg_.embed_scale != 1.f)  // Gemma: embeddings times sqrt(hidden)
+    for (size_t i = 0, n = size_t(T) * H; i < n; ++i) x[i] *= cfg_.embed_scale;
 }
 
-// HF LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * w, in f32.
-void CpuBackend::rms_norm(const float* x, const std::vector<float>& w, float* y, int T) const {
-  const int H = cfg_.hidden;
+// HF LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * w, in f32, over rows of H values (w holds 1 + w
+// for Gemma's norms, see load_tensor).
+void CpuBackend::rms_norm(const float* x, const std::vector<float>& w, float* y, int T, int H) const {
   for (int t = 0; t < T; ++t) {
     const float* xt = x + size_t(t) * H;
     float* yt = y + size_t(t) * H;
@@ -197,13 +220,19 @@ void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> job
 
 void CpuBackend::attention_block(int l, const StepInput& in, int T) {
   const Layer& L = layers_[l];
-  const int H = cfg_.hidden, D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads, half = D / 2;
+  const int H = cfg_.hidden, D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
   const int QD = NH * D, KD = NKV * D, B = cfg_.kv_block_size;
   rms_norm(s_.x.data(), L.in_norm, s_.xn.data(), T);
   matmul(s_.xn.data(), T, {{&L.q, s_.q.data()}, {&L.k, s_.k.data()}, {&L.v, s_.v.data()}});
 
-  // Bias, RoPE on q and k, then K/V of every new token into its sequence's cache blocks (before
-  // attention: a prefill's tokens attend to each other).
+  // Bias, q/k norms, RoPE on q and k, then K/V of every new token into its sequence's cache blocks
+  // (before attention: a prefill's tokens attend to each other). Sliding layers with a RoPE of
+  // their own (Gemma 3) use its tables.
+  const bool local_rope = L.sliding && cfg_.has_rope_local;
+  const RopeConfig& rope = local_rope ? cfg_.rope_local : cfg_.rope;
+  const int half = rope_dim(rope, D) / 2;
+  const std::vector<float>& cos_tab = local_rope ? s_.local_cos : s_.rope_cos;
+  const std::vector<float>& sin_tab = local_rope ? s_.local_sin : s_.rope_sin;
   float* kc = k_cache_[l].data();
   float* vc = v_cache_[l].data();
   for (int t = 0; t < T; ++t) {
@@ -215,8 +244,12 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
       for (int i = 0; i < KD; ++i) k[i] += L.k_bias[i];
       for (int i = 0; i < KD; ++i) v[i] += L.v_bias[i];
     }
-    const float* cs = s_.rope_cos.data() + size_t(t) * half;
-    const float* sn = s_.rope_sin.data() + size_t(t) * half;
+    if (cfg_.qk_norm) {
+      rms_norm(q, L.q_norm, q, NH, D);
+      rms_norm(k, L.k_norm, k, NKV, D);
+    }
+    const float* cs = cos_tab.data() + size_t(t) * half;
+    const float* sn = sin_tab.data() + size_t(t) * half;
     for (int h = 0; h < NH; ++h) rope_apply(q + h * D, cs, sn, half);
     for (int h = 0; h < NKV; ++h) rope_apply(k + h * D, cs, sn, half);
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
@@ -226,20 +259,22 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
     std::memcpy(vc + slot, v, KD * sizeof(float));
   }
 
-  // Causal attention over the paged cache, one (token, KV head) per work item: the group of
-  // query heads h = kvh * G + g that share KV head kvh (GQA) reads each K/V row once.
+  // Causal attention over the paged cache (the last sliding_window positions on sliding layers),
+  // one (token, KV head) per work item: the group of query heads h = kvh * G + g that share KV
+  // head kvh (GQA) reads each K/V row once.
   const KernelTable& kt = kernels();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const int G = NH / NKV;
+  const float scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0f / std::sqrt(static_cast<float>(D));
+  const int G = NH / NKV, W = L.sliding ? cfg_.sliding_window : 0;
+  auto first_key = [&](int t) { return W > 0 ? std::max(0, s_.tok_pos[t] + 1 - W) : 0; };
   int64_t attn_macs = 0;
-  for (int t = 0; t < T; ++t) attn_macs += int64_t(s_.tok_pos[t] + 1) * QD * 2;
+  for (int t = 0; t < T; ++t) attn_macs += int64_t(s_.tok_pos[t] + 1 - first_key(t)) * QD * 2;
   auto attend = [&](int64_t item, int w) {
     const int t = static_cast<int>(item / NKV), kvh = static_cast<int>(item % NKV);
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
     const size_t q_off = size_t(t) * QD + size_t(kvh) * G * D;
     float* scores = s_.scores.data() + size_t(w) * G * cfg_.max_position;
-    kt.attend(s_.q.data() + q_off, G, kc, vc, s.block_table, B, KD, size_t(kvh) * D, s_.tok_pos[t] + 1, D, scale, scores,
-              s_.attn.data() + q_off);
+    kt.attend(s_.q.data() + q_off, G, kc, vc, s.block_table, B, KD, size_t(kvh) * D, first_key(t), s_.tok_pos[t] + 1, D,
+              scale, cfg_.attn_softcap, scores, s_.attn.data() + q_off);
   };
   if (attn_macs < kMinParallelMacs) {
     for (int64_t i = 0; i < int64_t(T) * NKV; ++i) attend(i, 0);
@@ -248,24 +283,94 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
   }
 
   matmul(s_.attn.data(), T, {{&L.o, s_.proj.data()}});
-  all_reduce(s_.proj.data(), size_t(T) * H);
+  float* p = s_.proj.data();
+  if (cfg_.o_bias && cfg_.tp_rank == 0)  // a row-parallel bias joins the sum once
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < H; ++i) p[size_t(t) * H + i] += L.o_bias[i];
+  all_reduce(p, size_t(T) * H);
+  if (cfg_.sandwich_norms) rms_norm(p, L.post_norm, p, T);  // Gemma normalises the attention output
   float* x = s_.x.data();
-  const float* p = s_.proj.data();
   for (size_t i = 0, n = size_t(T) * H; i < n; ++i) x[i] += p[i];
+}
+
+namespace {
+
+// The gate activation of a gated MLP, as transformers computes it in f32.
+inline float activate(Activation a, float g) {
+  if (a == Activation::Silu) return g / (1.0f + std::exp(-g));
+  // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+  const float k = 0.7978845608028654f;
+  return 0.5f * g * (1.0f + std::tanh(k * (g + 0.044715f * g * g * g)));
+}
+
+}  // namespace
+
+void CpuBackend::gated_mlp(const Mlp& m, const float* x, int T, float* y, bool add_down_bias) {
+  const size_t I = m.gate.rows, H = cfg_.hidden;
+  matmul(x, T, {{&m.gate, s_.gate.data()}, {&m.up, s_.up.data()}});
+  float* g = s_.gate.data();
+  float* u = s_.up.data();
+  if (!m.gate_bias.empty())
+    for (int t = 0; t < T; ++t)
+      for (size_t i = 0; i < I; ++i) g[t * I + i] += m.gate_bias[i], u[t * I + i] += m.up_bias[i];
+  for (size_t i = 0, n = T * I; i < n; ++i) g[i] = activate(cfg_.act, g[i]) * u[i];
+  matmul(g, T, {{&m.down, y}});
+  if (add_down_bias && !m.down_bias.empty())
+    for (int t = 0; t < T; ++t)
+      for (size_t i = 0; i < H; ++i) y[t * H + i] += m.down_bias[i];
+}
+
+// Routed experts: each token's router softmax over all experts, its top_k (renormalised with
+// norm_topk), then this rank's experts on the rows routed to them, weighted into proj; plus this
+// rank's slice of the shared expert times sigmoid(x . shared_expert_gate). The caller's all-reduce
+// adds up the ranks' experts, as it adds up a dense MLP's slices.
+void CpuBackend::experts(const Layer& L, int T) {
+  const int H = cfg_.hidden, E = cfg_.num_experts, K = cfg_.top_k;
+  float* proj = s_.proj.data();
+  std::fill(proj, proj + size_t(T) * H, 0.f);
+  grow(s_.router, size_t(T) * E);
+  grow(s_.expert_w, size_t(T) * K);
+  grow(s_.expert_id, size_t(T) * K);
+  matmul(s_.xn.data(), T, {{&L.router, s_.router.data()}});
+  for (int t = 0; t < T; ++t)
+    route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
+               s_.expert_id.data() + size_t(t) * K);
+  for (int e = cfg_.expert_start; e < cfg_.expert_end; ++e) {
+    s_.ex_tok.clear();
+    for (int i = 0; i < T * K; ++i)
+      if (s_.expert_id[i] == e) s_.ex_tok.push_back(i);
+    const int n = static_cast<int>(s_.ex_tok.size());
+    if (n == 0) continue;
+    grow(s_.ex_in, size_t(n) * H);
+    grow(s_.ex_out, size_t(n) * H);
+    for (int r = 0; r < n; ++r)
+      std::memcpy(s_.ex_in.data() + size_t(r) * H, s_.xn.data() + size_t(s_.ex_tok[r] / K) * H, H * sizeof(float));
+    gated_mlp(L.experts[e - cfg_.expert_start], s_.ex_in.data(), n, s_.ex_out.data(), false);
+    for (int r = 0; r < n; ++r) {
+      const float w = s_.expert_w[s_.ex_tok[r]];
+      kernels().axpy(w, s_.ex_out.data() + size_t(r) * H, proj + size_t(s_.ex_tok[r] / K) * H, H);
+    }
+  }
+  if (cfg_.shared_intermediate > 0) {
+    grow(s_.sh_out, size_t(T) * H);
+    grow(s_.sh_gate, size_t(T));
+    gated_mlp(L.shared, s_.xn.data(), T, s_.sh_out.data(), false);
+    matmul(s_.xn.data(), T, {{&L.shared_gate, s_.sh_gate.data()}});
+    for (int t = 0; t < T; ++t)
+      kernels().axpy(1.0f / (1.0f + std::exp(-s_.sh_gate[t])), s_.sh_out.data() + size_t(t) * H, proj + size_t(t) * H, H);
+  }
 }
 
 void CpuBackend::mlp_block(int l, int T) {
   const Layer& L = layers_[l];
-  const size_t H = cfg_.hidden, I = cfg_.intermediate;
-  rms_norm(s_.x.data(), L.post_norm, s_.xn.data(), T);
-  matmul(s_.xn.data(), T, {{&L.gate, s_.gate.data()}, {&L.up, s_.up.data()}});
-  float* g = s_.gate.data();
-  const float* u = s_.up.data();
-  for (size_t i = 0, n = T * I; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];  // SiLU(gate) * up
-  matmul(g, T, {{&L.down, s_.proj.data()}});
-  all_reduce(s_.proj.data(), T * H);
+  const size_t H = cfg_.hidden;
+  rms_norm(s_.x.data(), cfg_.sandwich_norms ? L.pre_ff_norm : L.post_norm, s_.xn.data(), T);
+  if (L.sparse) experts(L, T);
+  else gated_mlp(L.mlp, s_.xn.data(), T, s_.proj.data(), cfg_.tp_rank == 0);
+  float* p = s_.proj.data();
+  all_reduce(p, T * H);
+  if (cfg_.sandwich_norms) rms_norm(p, L.post_ff_norm, p, T);
   float* x = s_.x.data();
-  const float* p = s_.proj.data();
   for (size_t i = 0, n = T * H; i < n; ++i) x[i] += p[i];
 }
 
@@ -298,6 +403,14 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   };
   if (int64_t(vocab_shard_) * H * R < kMinParallelMacs) head_rows(0, vocab_shard_);
   else pool_.parallel_for(vocab_shard_, head_rows, 4);
+  if (cfg_.final_softcap > 0) {  // Gemma 2: cap * tanh(logits / cap)
+    const float cap = cfg_.final_softcap;
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < vocab_shard_; ++j) {
+        float& z = s_.logits[size_t(i) * W + j];
+        z = std::tanh(z / cap) * cap;
+      }
+  }
   const float* full = s_.logits.data();
   if (cfg_.tp_size > 1) {
     const size_t slot = size_t(R) * W;

@@ -20,13 +20,15 @@ struct KernelTable {
   float (*dot)(const float* a, const float* b, int n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int n);
-  // Causal attention of G query heads sharing one KV head, for one token at position n - 1:
-  // keys/values of positions [0, n) live in the paged cache at
-  // cache + (table[j / B] * B + j % B) * row_stride + head_off. q and out hold G heads of D
-  // floats back to back; scores is scratch of G * n floats. Each K/V row is read once for the
-  // whole group.
+  // Causal attention of G query heads sharing one KV head, for one token at position n - 1 over
+  // the keys/values of positions [first, n) (first > 0: a sliding window), which live in the paged
+  // cache at cache + (table[j / B] * B + j % B) * row_stride + head_off. q and out hold G heads of
+  // D floats back to back; scores is scratch of G * (n - first) floats. Scores are q.k * scale,
+  // then softcap * tanh(s / softcap) when softcap > 0 (Gemma 2). Each K/V row is read once for
+  // the whole group.
   void (*attend)(const float* q, int G, const float* k_cache, const float* v_cache, const int32_t* table, int B,
-                 size_t row_stride, size_t head_off, int n, int D, float scale, float* scores, float* out);
+                 size_t row_stride, size_t head_off, int first, int n, int D, float scale, float softcap,
+                 float* scores, float* out);
 };
 
 const KernelTable& kernels();  // AVX2 table when the CPU supports it, else the generic one

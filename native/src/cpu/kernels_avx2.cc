@@ -158,11 +158,19 @@ inline __m256 exp256(__m256 x) {
 }
 
 void attend(const float* q, int G, const float* kc, const float* vc, const int32_t* table, int B, size_t row_stride,
-            size_t head_off, int n, int D, float scale, float* scores, float* out) {
-  for (int j = 0; j < n; ++j) {
+            size_t head_off, int first, int n, int D, float scale, float softcap, float* scores, float* out) {
+  scores -= first;  // scores[g * m + j - first] below, written as (scores - first)[g * m + j]
+  const int m = n - first;
+  for (int j = first; j < n; ++j) {
     const float* k = kc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
-    for (int g = 0; g < G; ++g) scores[size_t(g) * n + j] = dot(q + size_t(g) * D, k, D) * scale;
+    for (int g = 0; g < G; ++g) {
+      float s = dot(q + size_t(g) * D, k, D) * scale;
+      if (softcap > 0) s = __builtin_tanhf(s / softcap) * softcap;
+      scores[size_t(g) * m + j] = s;
+    }
   }
+  scores += first;
+  n = m;  // the softmax runs over the m scores of the window
   for (int g = 0; g < G; ++g) {
     float* sc = scores + size_t(g) * n;
     __m256 m8 = _mm256_set1_ps(-3.4e38f);
@@ -192,7 +200,8 @@ void attend(const float* q, int G, const float* kc, const float* vc, const int32
   }
   for (int i = 0; i < G * D; ++i) out[i] = 0.f;
   for (int j = 0; j < n; ++j) {
-    const float* v = vc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
+    const int p = first + j;
+    const float* v = vc + (size_t(table[p / B]) * B + p % B) * row_stride + head_off;
     for (int g = 0; g < G; ++g) axpy(scores[size_t(g) * n + j], v, out + size_t(g) * D, D);
   }
 }

@@ -64,24 +64,29 @@ void axpy(float a, const float* x, float* y, int n) {
 }
 
 void attend(const float* q, int G, const float* kc, const float* vc, const int32_t* table, int B, size_t row_stride,
-            size_t head_off, int n, int D, float scale, float* scores, float* out) {
-  for (int j = 0; j < n; ++j) {
+            size_t head_off, int first, int n, int D, float scale, float softcap, float* scores, float* out) {
+  const int m = n - first;
+  for (int j = first; j < n; ++j) {
     const float* k = kc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
-    for (int g = 0; g < G; ++g) scores[size_t(g) * n + j] = dot(q + size_t(g) * D, k, D) * scale;
+    for (int g = 0; g < G; ++g) {
+      float s = dot(q + size_t(g) * D, k, D) * scale;
+      if (softcap > 0) s = std::tanh(s / softcap) * softcap;
+      scores[size_t(g) * m + (j - first)] = s;
+    }
   }
   for (int g = 0; g < G; ++g) {
-    float* sc = scores + size_t(g) * n;
+    float* sc = scores + size_t(g) * m;
     float mx = sc[0];
-    for (int j = 1; j < n; ++j) mx = sc[j] > mx ? sc[j] : mx;
+    for (int j = 1; j < m; ++j) mx = sc[j] > mx ? sc[j] : mx;
     float sum = 0;
-    for (int j = 0; j < n; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
+    for (int j = 0; j < m; ++j) sum += (sc[j] = std::exp(sc[j] - mx));
     const float inv = 1.0f / sum;
-    for (int j = 0; j < n; ++j) sc[j] *= inv;
+    for (int j = 0; j < m; ++j) sc[j] *= inv;
   }
   for (int i = 0; i < G * D; ++i) out[i] = 0.f;
-  for (int j = 0; j < n; ++j) {
+  for (int j = first; j < n; ++j) {
     const float* v = vc + (size_t(table[j / B]) * B + j % B) * row_stride + head_off;
-    for (int g = 0; g < G; ++g) axpy(scores[size_t(g) * n + j], v, out + size_t(g) * D, D);
+    for (int g = 0; g < G; ++g) axpy(scores[size_t(g) * m + (j - first)], v, out + size_t(g) * D, D);
   }
 }
 

@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "cuda/cuda_common.h"
+#include "cpu/rope.h"
+#include "common/half.h"
 #include "cuda/kernels.h"
 
 namespace ns::cuda {
@@ -102,11 +104,24 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (act_ != DType::BF16 && act_ != DType::F16) act_ = DType::BF16;  // the CPU default F32 means "unset" here
   cfg_.compute = act_;
   const auto& c = cfg_;
-  if (c.hidden <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || c.intermediate <= 0)
+  if (c.hidden <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || c.intermediate < 0 ||
+      (c.intermediate == 0 && c.num_experts == 0))
     throw std::runtime_error("cuda: ShardConfig has a zero size (hidden/heads/head_dim/intermediate)");
   if (c.n_heads % c.n_kv_heads != 0) throw std::runtime_error("cuda: n_heads must be a multiple of n_kv_heads");
   if (c.head_dim % 2 != 0 || c.head_dim > 256) throw std::runtime_error("cuda: head_dim must be even and <= 256");
   if (c.kv_block_size <= 0) throw std::runtime_error("cuda: kv_block_size must be > 0");
+  // Any family switch on: the family forward (enqueue_family_forward) with its plain kernels.
+  {
+    const bool any_sliding = c.sliding_window > 0 && std::any_of(c.sliding_layers.begin(), c.sliding_layers.end(), [](uint8_t x) { return x != 0; });
+    const auto plain_rope = [&](const RopeConfig& r) {
+      return (r.type == RopeType::Default || r.type == RopeType::Linear || r.type == RopeType::Llama3) &&
+             (r.rotary_dim == 0 || r.rotary_dim == c.head_dim) && r.attention_factor == 1.f;
+    };
+    family_ = c.o_bias || c.mlp_bias || c.qk_norm || c.norm_plus_one || c.sandwich_norms || c.act != Activation::Silu ||
+              c.embed_scale != 1.f || (c.attn_scale > 0 && std::fabs(c.attn_scale * std::sqrt((float)c.head_dim) - 1.f) > 1e-6f) ||
+              c.attn_softcap > 0 || c.final_softcap > 0 || any_sliding || c.has_rope_local || !plain_rope(c.rope) ||
+              c.num_experts > 0;
+  }
   n_layers_ = c.layer_end - c.layer_start;
   qkv_rows_ = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim;
   vocab_shard_ = c.vocab_end - c.vocab_start;
@@ -134,6 +149,9 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     kv_head_major_ = std::strcmp(g, "head") == 0;
   }
   use_flash_ = use_flash_ && flash_attention_supported(c.head_dim);
+  if (family_) {  // the family forward runs its own kernels, eagerly
+    use_flash_ = use_graphs_ = warm_gemms_ = false;
+  }
 
   NS_CUDA(cudaSetDevice(c.device_index));
   cudaDeviceProp prop{};
@@ -154,7 +172,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     use_skinny_ = true;
     skinny_ws_.reserve(24u << 20);  // split-K partials: <= 16 slices x 64 rows x 4096 fp32 and the like (skinny_gemm.cu)
   }
-  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); !(g && std::strcmp(g, "0") == 0)) {
+  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); !family_ && !(g && std::strcmp(g, "0") == 0)) {
     lt_ = LtGemm::create(stream_, &why);
     if (!lt_) std::fprintf(stderr, "nodespeed: cuBLASLt decode GEMMs off (cublasGemmEx for all): %s\n", why.c_str());
   }
@@ -163,18 +181,59 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   layers_.resize(n_layers_);
   for (int l = 0; l < n_layers_; ++l) {
     auto& L = layers_[l];
+    L.sliding = c.sliding_window > 0 && c.sliding_layers[l];
+    L.sparse = c.num_experts > 0 && c.sparse_layers[l];
     L.qkv.reserve(es * qkv_rows_ * H);
     if (c.qkv_bias) L.qkv_bias.reserve(es * qkv_rows_);
     L.o.reserve(es * H * c.n_heads * c.head_dim);
-    L.gate_up.reserve(es * 2 * c.intermediate * H);
-    L.down.reserve(es * H * c.intermediate);
     L.in_norm.reserve(4 * H);
     L.post_norm.reserve(4 * H);
     const std::string p = "model.layers." + std::to_string(c.layer_start + l) + ".";
     for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
       expect(p + n);
+    if (c.o_bias) { L.o_bias.reserve(4 * H); expect(p + "self_attn.o_proj.bias"); }
+    if (c.qk_norm) {
+      L.q_norm.reserve(4 * c.head_dim);
+      L.k_norm.reserve(4 * c.head_dim);
+      expect(p + "self_attn.q_norm.weight");
+      expect(p + "self_attn.k_norm.weight");
+    }
+    if (c.sandwich_norms) {
+      L.pre_ff_norm.reserve(4 * H);
+      L.post_ff_norm.reserve(4 * H);
+      expect(p + "pre_feedforward_layernorm.weight");
+      expect(p + "post_feedforward_layernorm.weight");
+    }
+    if (L.sparse) {
+      const size_t n = c.expert_end - c.expert_start, I = c.moe_intermediate;
+      L.router.reserve(es * c.num_experts * H);
+      expect(p + "mlp.gate.weight");
+      if (n > 0) {
+        L.ex_gate_up.reserve(es * n * 2 * I * H);
+        L.ex_down.reserve(es * n * H * I);
+      }
+      for (int e = c.expert_start; e < c.expert_end; ++e)
+        for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"})
+          expect(p + "mlp.experts." + std::to_string(e) + "." + w);
+      if (c.shared_intermediate > 0) {
+        L.sh_gate_up.reserve(es * 2 * c.shared_intermediate * H);
+        L.sh_down.reserve(es * H * c.shared_intermediate);
+        L.sh_gate.reserve(es * H);
+        for (const char* w : {"mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
+                              "mlp.shared_expert.down_proj.weight", "mlp.shared_expert_gate.weight"})
+          expect(p + w);
+      }
+    } else {
+      L.gate_up.reserve(es * 2 * c.intermediate * H);
+      L.down.reserve(es * H * c.intermediate);
+      for (const char* w : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) expect(p + w);
+      if (c.mlp_bias) {
+        L.gu_bias.reserve(4 * 2 * c.intermediate);
+        L.down_bias.reserve(4 * H);
+        for (const char* w : {"mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias"}) expect(p + w);
+      }
+    }
     if (c.qkv_bias)
       for (const char* n : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) expect(p + n);
   }
@@ -193,6 +252,14 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   const auto f = rope_inv_freq(c);
   inv_freq_.reserve(4 * f.size());
   NS_CUDA(cudaMemcpy(inv_freq_.ptr, f.data(), 4 * f.size(), cudaMemcpyHostToDevice));
+  if (family_) {  // cos/sin tables per step (upload_rope_tables) from the CPU backend's frequencies
+    rope_half_ = rope_dim(c.rope, c.head_dim) / 2;
+    if (!rope_depends_on_length(c.rope)) inv_fixed_ = ns::rope_inv_freq(c.rope, c.head_dim);
+    if (c.has_rope_local) {
+      local_half_ = rope_dim(c.rope_local, c.head_dim) / 2;
+      if (!rope_depends_on_length(c.rope_local)) local_inv_fixed_ = ns::rope_inv_freq(c.rope_local, c.head_dim);
+    }
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -226,9 +293,36 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
       if (rest == "self_attn.k_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)(qd * H)};
       if (rest == "self_attn.v_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)((qd + kvd) * H)};
       if (rest == "self_attn.o_proj.weight") return {L.o.ptr, act_, {H, qd}, 0};
-      if (rest == "mlp.gate_proj.weight") return {L.gate_up.ptr, act_, {I, H}, 0};
-      if (rest == "mlp.up_proj.weight") return {L.gate_up.ptr, act_, {I, H}, (size_t)(I * H)};
-      if (rest == "mlp.down_proj.weight") return {L.down.ptr, act_, {H, I}, 0};
+      if (rest == "mlp.gate_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, act_, {I, H}, 0};
+      if (rest == "mlp.up_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, act_, {I, H}, (size_t)(I * H)};
+      if (rest == "mlp.down_proj.weight" && L.down.ptr) return {L.down.ptr, act_, {H, I}, 0};
+      const int64_t D = c.head_dim, Ie = c.moe_intermediate, Is = c.shared_intermediate;
+      if (rest == "self_attn.o_proj.bias" && L.o_bias.ptr) return {L.o_bias.ptr, DType::F32, {H}, 0};
+      if (rest == "self_attn.q_norm.weight" && L.q_norm.ptr) return {L.q_norm.ptr, DType::F32, {D}, 0};
+      if (rest == "self_attn.k_norm.weight" && L.k_norm.ptr) return {L.k_norm.ptr, DType::F32, {D}, 0};
+      if (rest == "pre_feedforward_layernorm.weight" && L.pre_ff_norm.ptr) return {L.pre_ff_norm.ptr, DType::F32, {H}, 0};
+      if (rest == "post_feedforward_layernorm.weight" && L.post_ff_norm.ptr) return {L.post_ff_norm.ptr, DType::F32, {H}, 0};
+      if (rest == "mlp.gate_proj.bias" && L.gu_bias.ptr) return {L.gu_bias.ptr, DType::F32, {I}, 0};
+      if (rest == "mlp.up_proj.bias" && L.gu_bias.ptr) return {L.gu_bias.ptr, DType::F32, {I}, (size_t)I};
+      if (rest == "mlp.down_proj.bias" && L.down_bias.ptr) return {L.down_bias.ptr, DType::F32, {H}, 0};
+      if (rest == "mlp.gate.weight" && L.router.ptr) return {L.router.ptr, act_, {c.num_experts, H}, 0};
+      if (rest == "mlp.shared_expert_gate.weight" && L.sh_gate.ptr) return {L.sh_gate.ptr, act_, {1, H}, 0};
+      if (L.sh_gate_up.ptr) {
+        if (rest == "mlp.shared_expert.gate_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, 0};
+        if (rest == "mlp.shared_expert.up_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, (size_t)(Is * H)};
+        if (rest == "mlp.shared_expert.down_proj.weight") return {L.sh_down.ptr, act_, {H, Is}, 0};
+      }
+      if (L.sparse && rest.rfind("mlp.experts.", 0) == 0) {
+        const size_t d2 = rest.find('.', 12);
+        const int e = std::atoi(rest.substr(12, d2 - 12).c_str()) - c.expert_start;
+        const std::string w = d2 == std::string::npos ? "" : rest.substr(d2 + 1);
+        if (e >= 0 && e < c.expert_end - c.expert_start) {
+          const size_t gu = (size_t)e * 2 * Ie * H;
+          if (w == "gate_proj.weight") return {L.ex_gate_up.ptr, act_, {Ie, H}, gu};
+          if (w == "up_proj.weight") return {L.ex_gate_up.ptr, act_, {Ie, H}, gu + (size_t)(Ie * H)};
+          if (w == "down_proj.weight") return {L.ex_down.ptr, act_, {H, Ie}, (size_t)e * H * Ie};
+        }
+      }
       if (c.qkv_bias) {
         if (rest == "self_attn.q_proj.bias") return {L.qkv_bias.ptr, act_, {qd}, 0};
         if (rest == "self_attn.k_proj.bias") return {L.qkv_bias.ptr, act_, {kvd}, (size_t)qd};
@@ -252,6 +346,20 @@ void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::v
     throw std::runtime_error("cuda: tensor " + name + " has " + std::to_string(bytes) + " bytes, expected " +
                              std::to_string(n * dtype_size(dtype)));
   char* dst = static_cast<char*>(t.dst) + t.offset_elems * dtype_size(t.dt);
+  const bool norm = name.size() > 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+  if (cfg_.norm_plus_one && norm) {
+    // Gemma's (1 + w) norms: stored as the factor they multiply by, computed in f32 on the host.
+    std::vector<float> w(n);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = dtype == DType::F32 ? static_cast<const float*>(data)[i]
+                      : dtype == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(data)[i])
+                                             : f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+      w[i] = 1.0f + x;
+    }
+    NS_CUDA(cudaMemcpy(dst, w.data(), 4 * n, cudaMemcpyHostToDevice));
+    loaded_.insert(name);
+    return;
+  }
   if (dtype == t.dt) {
     // From pageable memory this returns once the bytes are staged, so the caller may unmap them.
     NS_CUDA(cudaMemcpyAsync(dst, data, bytes, cudaMemcpyHostToDevice, stream_));
@@ -284,6 +392,7 @@ int CudaBackend::finalize() {
   // decode graphs captured below.
   const int step_tokens = std::max(std::min(2048, std::max(c.max_position, 256)), c.max_step_tokens);
   ensure_activations(step_tokens, 256, 64, 0);
+  reserve_family(step_tokens);
   if (c.kv_blocks > 0) {
     kv_blocks_ = c.kv_blocks;
   } else {

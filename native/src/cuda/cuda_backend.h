@@ -39,6 +39,12 @@ struct PinnedBuffer {
 
 struct LayerWeights {
   DeviceBuffer qkv, qkv_bias, o, gate_up, down, in_norm, post_norm;
+  // Family switches (ShardConfig): f32 biases and norms, the MoE's router and experts.
+  DeviceBuffer o_bias, gu_bias, down_bias, q_norm, k_norm, pre_ff_norm, post_ff_norm;
+  bool sliding = false, sparse = false;
+  DeviceBuffer router;                 // [num_experts, hidden]
+  DeviceBuffer ex_gate_up, ex_down;    // this rank's experts back to back: [n][2 * moe_I, hidden], [n][hidden, moe_I]
+  DeviceBuffer sh_gate_up, sh_down, sh_gate;  // the shared expert (rank's slice) and its gate [1, hidden]
 };
 
 class CudaBackend final : public Backend {
@@ -73,6 +79,12 @@ class CudaBackend final : public Backend {
   StepPlan plan_step(const StepInput& in) const;
   void pack(const StepInput& in, const StepPlan& p);
   void enqueue_forward(const StepPlan& p, const StepInput& in);
+  // The families' forward (family.cu kernels; no graphs, no flash, no fused all-reduce+norm): used
+  // when any family switch of ShardConfig is on (family_).
+  void enqueue_family_forward(const StepPlan& p, const StepInput& in);
+  void upload_rope_tables(const StepInput& in, int T);
+  void moe_layer(const LayerWeights& L, int T);  // tmp_ = this rank's experts' share (f32 [T, hidden])
+  void reserve_family(int T);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);
   // Captures (or re-captures) the graph of p's bucket without launching it; false with `why` on failure.
@@ -134,6 +146,13 @@ class CudaBackend final : public Backend {
   std::shared_ptr<Communicator> comm_;
 
   std::vector<LayerWeights> layers_;
+  bool family_ = false;
+  int rope_half_ = 0, local_half_ = 0;
+  std::vector<float> inv_fixed_, local_inv_fixed_;   // step-independent RoPE types
+  DeviceBuffer rope_dev_, router_dev_, route_dev_;   // per step: cos/sin tables; router logits; expert rows + weights
+  PinnedBuffer rope_host_, router_host_, route_host_;
+  DeviceBuffer ex_in_, ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_, sh_z_;
+  int family_cap_ = 0;
   DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_, staging_;
   std::set<std::string> expected_, loaded_;
 

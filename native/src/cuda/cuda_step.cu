@@ -9,8 +9,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/moe_route.h"
+#include "cpu/rope.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_common.h"
+#include "cuda/family_kernels.h"
 #include "cuda/kernels.h"
 
 namespace ns::cuda {
@@ -253,6 +256,184 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
          reinterpret_cast<float*>(ids_.as<int32_t>() + p.NS), st);
 }
 
+// Scratch of the family forward for steps of up to T tokens (reserved at finalize for the largest
+// step, before the KV cache takes the rest of the memory).
+void CudaBackend::reserve_family(int T) {
+  if (!family_ || T <= family_cap_) return;
+  const auto& c = cfg_;
+  const size_t es = dtype_size(act_), H = c.hidden, TK = (size_t)T * std::max(c.top_k, 1);
+  const size_t half = rope_half_ + local_half_;
+  rope_dev_.reserve(4 * 2 * half * T);
+  rope_host_.reserve(4 * 2 * half * T);
+  if (c.num_experts > 0) {
+    const size_t I = c.moe_intermediate, Is = c.shared_intermediate;
+    router_dev_.reserve(4 * (size_t)T * c.num_experts);
+    router_host_.reserve(4 * (size_t)T * c.num_experts);
+    route_dev_.reserve(8 * TK);
+    route_host_.reserve(8 * TK);
+    ex_in_.reserve(es * TK * H);
+    ex_gu_.reserve(es * TK * 2 * I);
+    ex_act_.reserve(es * TK * I);
+    ex_out_.reserve(4 * TK * H);
+    if (Is > 0) {
+      sh_gu_.reserve(es * T * 2 * Is);
+      sh_act_.reserve(es * T * Is);
+      sh_out_.reserve(4 * (size_t)T * H);
+      sh_z_.reserve(4 * (size_t)T);
+    }
+  }
+  family_cap_ = T;
+}
+
+// Every token's cos/sin (times the attention factor) for the global layers' RoPE and, with Gemma
+// 3's local RoPE, the sliding layers': computed on the host by the CPU backend's code (dynamic and
+// longrope follow each sequence's length at this step), one copy to the device.
+void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
+  float* h = static_cast<float*>(rope_host_.ptr);
+  auto fill = [&](const RopeConfig& rope, const std::vector<float>& fixed, int half, float* cos, float* sin) {
+    std::vector<float> inv;
+    int t = 0;
+    for (const SeqInput& q : in.seqs) {
+      if (rope_depends_on_length(rope)) inv = ns::rope_inv_freq(rope, cfg_.head_dim, q.pos + q.n_tokens);
+      const std::vector<float>& f = rope_depends_on_length(rope) ? inv : fixed;
+      for (int j = 0; j < q.n_tokens; ++j, ++t)
+        for (int i = 0; i < half; ++i) {
+          const float angle = static_cast<float>(q.pos + j) * f[i];
+          cos[(size_t)t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle))) * rope.attention_factor;
+          sin[(size_t)t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle))) * rope.attention_factor;
+        }
+    }
+  };
+  fill(cfg_.rope, inv_fixed_, rope_half_, h, h + (size_t)T * rope_half_);
+  if (cfg_.has_rope_local)
+    fill(cfg_.rope_local, local_inv_fixed_, local_half_, h + (size_t)2 * T * rope_half_, h + (size_t)2 * T * rope_half_ + (size_t)T * local_half_);
+  NS_CUDA(cudaMemcpyAsync(rope_dev_.ptr, h, 4 * (size_t)2 * T * (rope_half_ + local_half_), cudaMemcpyHostToDevice, stream_));
+}
+
+// Routed experts: router logits to the host (one wait per layer), top-k there (common/moe_route.h,
+// as the CPU backend), then per expert of this rank: gather its rows, gate|up GEMM, activation,
+// down GEMM, weighted scatter-add into tmp_; plus the shared expert behind its sigmoid gate.
+void CudaBackend::moe_layer(const LayerWeights& L, int T) {
+  const auto& c = cfg_;
+  cudaStream_t st = stream_;
+  const int E = c.num_experts, K = c.top_k, H = c.hidden, I = c.moe_intermediate;
+  const size_t es = dtype_size(act_);
+  matmul(xb_.ptr, L.router.ptr, T, E, H, router_dev_.ptr, Out::F32);
+  NS_CUDA(cudaMemcpyAsync(router_host_.ptr, router_dev_.ptr, 4 * (size_t)T * E, cudaMemcpyDeviceToHost, st));
+  NS_CUDA(cudaStreamSynchronize(st));
+  float* logits = static_cast<float*>(router_host_.ptr);
+  std::vector<float> w((size_t)T * K);
+  std::vector<int> id((size_t)T * K);
+  for (int t = 0; t < T; ++t) route_topk(logits + (size_t)t * E, E, K, c.norm_topk, &w[(size_t)t * K], &id[(size_t)t * K]);
+  // This rank's experts' rows, expert by expert: token ids then weights in one buffer.
+  int32_t* rows = static_cast<int32_t*>(route_host_.ptr);
+  float* wts = reinterpret_cast<float*>(rows + (size_t)T * K);
+  std::vector<int> start(c.expert_end - c.expert_start + 1, 0);
+  int n = 0;
+  for (int e = c.expert_start; e < c.expert_end; ++e) {
+    start[e - c.expert_start] = n;
+    for (int i = 0; i < T * K; ++i)
+      if (id[i] == e) { rows[n] = i / K; wts[n] = w[i]; ++n; }
+  }
+  start.back() = n;
+  float* acc = tmp_.as<float>();
+  NS_CUDA(cudaMemsetAsync(acc, 0, 4 * (size_t)T * H, st));
+  const int32_t* d_rows = route_dev_.as<int32_t>();
+  const float* d_w = reinterpret_cast<const float*>(d_rows + (size_t)T * K);
+  if (n > 0) {
+    NS_CUDA(cudaMemcpyAsync(route_dev_.ptr, rows, 4 * (size_t)n, cudaMemcpyHostToDevice, st));
+    NS_CUDA(cudaMemcpyAsync(const_cast<float*>(d_w), wts, 4 * (size_t)n, cudaMemcpyHostToDevice, st));
+  }
+  for (int e = 0; e < c.expert_end - c.expert_start; ++e) {
+    const int m = start[e + 1] - start[e];
+    if (m == 0) continue;
+    gather_rows(act_, xb_.ptr, d_rows + start[e], m, H, ex_in_.ptr, st);
+    matmul(ex_in_.ptr, static_cast<const char*>(L.ex_gate_up.ptr) + es * e * 2 * I * H, m, 2 * I, H, ex_gu_.ptr, Out::Act);
+    gated_act(act_, ex_gu_.ptr, nullptr, m, I, c.act == Activation::GeluTanh, ex_act_.ptr, st);
+    matmul(ex_act_.ptr, static_cast<const char*>(L.ex_down.ptr) + es * e * H * I, m, H, I, ex_out_.ptr, Out::F32);
+    scatter_add(acc, d_rows + start[e], d_w + start[e], ex_out_.as<float>(), m, H, st);
+  }
+  if (c.shared_intermediate > 0) {
+    const int Is = c.shared_intermediate;
+    matmul(xb_.ptr, L.sh_gate_up.ptr, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
+    gated_act(act_, sh_gu_.ptr, nullptr, T, Is, c.act == Activation::GeluTanh, sh_act_.ptr, st);
+    matmul(sh_act_.ptr, L.sh_down.ptr, T, H, Is, sh_out_.ptr, Out::F32);
+    matmul(xb_.ptr, L.sh_gate.ptr, T, 1, H, sh_z_.ptr, Out::F32);
+    sigmoid_gate_add(acc, sh_z_.as<float>(), sh_out_.as<float>(), T, H, st);
+  }
+}
+
+// The families' forward, read top to bottom like the CPU one: every switch of ShardConfig, plain
+// kernels, row-parallel partial sums in tmp_ (f32) all-reduced before they join the residual.
+void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in) {
+  const auto& c = cfg_;
+  cudaStream_t st = stream_;
+  const int32_t* d = meta_.as<int32_t>();
+  float* res = residual_.as<float>();
+  float* part = tmp_.as<float>();
+  const int T = p.T, H = c.hidden, qd = c.n_heads * c.head_dim;
+  const size_t n = (size_t)T * H;
+  reserve_family(T);
+  upload_rope_tables(in, T);
+  if (c.has_embedding) {
+    embedding(act_, embed_.ptr, d + p.tokens, T, H, c.vocab_start, c.vocab_end, res, st);
+    if (c.tp_size > 1) comm_->all_reduce_sum(res, n, DType::F32, st);
+    if (c.embed_scale != 1.f) scale_f32(res, n, c.embed_scale, st);
+  } else {
+    if (!in.hidden_in) throw std::runtime_error("cuda: a later pipeline stage needs hidden_in");
+    NS_CUDA(cudaMemcpyAsync(xb_.ptr, in.hidden_in, n * dtype_size(act_), cudaMemcpyHostToDevice, st));
+    convert(DType::F32, res, act_, xb_.ptr, n, st);
+  }
+  const float* tabs = rope_dev_.as<float>();
+  const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const bool rank0 = c.tp_rank == 0;
+  for (int l = 0; l < n_layers_; ++l) {
+    const LayerWeights& L = layers_[l];
+    rmsnorm(act_, res, nullptr, T, H, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
+    matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, H, qkv_.ptr, Out::Act);
+    const bool local = L.sliding && c.has_rope_local;
+    const int half = local ? local_half_ : rope_half_;
+    const float* cos = local ? tabs + (size_t)2 * T * rope_half_ : tabs;
+    family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
+               c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, d + p.slot,
+               kcache_[l], vcache_[l], c.kv_block_size, kv_head_major_, st);
+    FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
+                     d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, scale, c.attn_softcap,
+                     L.sliding ? c.sliding_window : 0, kv_head_major_};
+    family_attention(act_, a, st);
+    matmul(attn_.ptr, L.o.ptr, T, H, qd, part, Out::F32);
+    if (c.o_bias && rank0) add_bias_f32(part, L.o_bias.as<float>(), T, H, st);
+    if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
+    add_normed(res, part, c.sandwich_norms ? L.post_norm.as<float>() : nullptr, c.rms_eps, T, H, st);
+    rmsnorm(act_, res, nullptr, T, H, (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>(), c.rms_eps, xb_.ptr, st);
+    if (L.sparse) {
+      moe_layer(L, T);
+    } else {
+      matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, H, gu_.ptr, Out::Act);
+      gated_act(act_, gu_.ptr, L.gu_bias.as<float>(), T, c.intermediate, c.act == Activation::GeluTanh, act_mlp_.ptr, st);
+      matmul(act_mlp_.ptr, L.down.ptr, T, H, c.intermediate, part, Out::F32);
+      if (c.mlp_bias && rank0) add_bias_f32(part, L.down_bias.as<float>(), T, H, st);
+    }
+    if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
+    add_normed(res, part, c.sandwich_norms ? L.post_ff_norm.as<float>() : nullptr, c.rms_eps, T, H, st);
+  }
+  if (!c.has_head || p.R == 0) return;
+  rmsnorm(act_, res, d + p.rows, p.R, H, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
+  const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  float* logits = logits_.as<float>();
+  if (c.tp_size == 1) {
+    matmul(xb_.ptr, head, p.R, vocab_shard_, H, logits, Out::F32);
+    if (c.final_softcap > 0) softcap_f32(logits, (size_t)p.R * vocab_shard_, c.final_softcap, st);
+  } else {
+    matmul(xb_.ptr, head, p.R, vocab_shard_, H, logits_local_.ptr, Out::F32);
+    if (c.final_softcap > 0) softcap_f32(logits_local_.as<float>(), (size_t)p.R * vocab_shard_, c.final_softcap, st);
+    comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
+    unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
+  }
+  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
+         ids_.as<int32_t>(), st);
+}
+
 void CudaBackend::step(const StepInput& in, StepOutput& out) {
   static long step_counter = 0;
   ProfileWindow profile(step_counter++);
@@ -275,6 +456,7 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   NS_CUDA(cudaMemcpyAsync(meta_.ptr, meta_host_.ptr, 4 * p.total, cudaMemcpyHostToDevice, st));
   if (extras_words_ > 0) NS_CUDA(cudaMemcpyAsync(extras_.ptr, extras_host_.ptr, 4 * extras_words_, cudaMemcpyHostToDevice, st));
   if (p.bucket > 0) run_graph(p, in);
+  else if (family_) enqueue_family_forward(p, in);
   else enqueue_forward(p, in);
 
   if (!c.has_head) {

@@ -1,0 +1,48 @@
+// Launchers of family.cu: the kernels of the model families' forward (CudaBackend's family path).
+// `act` is the activation dtype (bf16 / fp16); pointers are device memory; enqueued on `s`.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engine.h"
+
+namespace ns::cuda {
+
+// Per token: q/k/v bias (activation dtype, may be null), q and k heads RMSNorm'ed over hd with q_norm / k_norm
+// (null: none), RoPE on the first 2 * half dims with the token's cos/sin rows ([T, half] f32,
+// attention factor included), q written back, k and v into the paged cache at slot[t] (< 0: none).
+void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
+                int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
+                void* kcache, void* vcache, int block_size, bool head_major, cudaStream_t s);
+
+struct FamilyAttnArgs {
+  const void* qkv; int T, nh, nkv, hd;
+  const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
+  int block_size; const void* kcache; const void* vcache; void* out;
+  float scale, softcap;  // softcap 0: off
+  int window;            // 0: all of [0, pos]; else (pos - window, pos]
+  bool kv_head_major;
+};
+// Causal GQA attention of every token over its sequence's cached keys in its window.
+void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s);
+
+// out[t, i] = act(gate + bias) * (up + bias) for gate|up rows of gu [T, 2I]; gelu: tanh GELU, else SiLU.
+void gated_act(DType act, const void* gu, const float* bias, int T, int I, bool gelu, void* out, cudaStream_t s);
+// x[t, :] += bias (f32)
+void add_bias_f32(float* x, const float* bias, int T, int H, cudaStream_t s);
+void scale_f32(float* x, size_t n, float a, cudaStream_t s);
+// x = cap * tanh(x / cap)
+void softcap_f32(float* x, size_t n, float cap, cudaStream_t s);
+// residual[t] += w ? rmsnorm(x[t]) * w : x[t]  (f32 rows of H)
+void add_normed(float* residual, const float* x, const float* w, float eps, int T, int H, cudaStream_t s);
+// out[r] = x[rows[r]]  (activation-dtype rows of H)
+void gather_rows(DType act, const void* x, const int32_t* rows, int n, int H, void* out, cudaStream_t s);
+// acc[rows[r]] += (w ? w[r] : 1) * y[r]  (f32; the rows are distinct)
+void scatter_add(float* acc, const int32_t* rows, const float* w, const float* y, int n, int H, cudaStream_t s);
+// acc[t] += sigmoid(z[t]) * y[t]
+void sigmoid_gate_add(float* acc, const float* z, const float* y, int T, int H, cudaStream_t s);
+
+}  // namespace ns::cuda
