@@ -430,8 +430,9 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
     unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
-  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
-         ids_.as<int32_t>(), st);
+  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const SampleRow*>(d + p.params),
+         reinterpret_cast<const int32_t* const*>(d + p.extras_ptr), p.NS, ids_.as<int32_t>(),
+         reinterpret_cast<float*>(ids_.as<int32_t>() + p.NS), st);
 }
 
 void CudaBackend::step(const StepInput& in, StepOutput& out) {
