@@ -61,10 +61,11 @@ export interface ServingDefaults {
   tp: number;
   device: 'auto' | 'cpu' | 'cuda';
   port: number;
+  httpPort: number;
   bind: string;
 }
 
-const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, bind: '0.0.0.0' };
+const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, httpPort: 8000, bind: '0.0.0.0' };
 
 /** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
 export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
@@ -96,7 +97,7 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       portArg('--metrics-port'))
     .option('--http-port <port>', 'serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health; ' +
       '/metrics too when metrics are on) at http://<bind>:<port> with the same bearer token (0: any free port; printed on the ready line as http=)',
-      portArg('--http-port'), 8000)
+      portArg('--http-port'), d.httpPort)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
     .option('--no-progress', 'no progress bar');
