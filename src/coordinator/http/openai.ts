@@ -49,9 +49,8 @@ export interface ParsedChat {
   includeUsage: boolean;
 }
 
-/** Most prompts one /v1/completions request may batch, and most stop strings per request. */
+/** Most prompts one /v1/completions request may batch. */
 export const MAX_PROMPTS = 64;
-export const MAX_STOP = 16;
 
 type Json = Record<string, unknown>;
 
@@ -105,7 +104,6 @@ function stops(o: Json): string[] | undefined {
   if (!present(v)) return undefined;
   const list = typeof v === 'string' ? [v] : v;
   if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) bad('stop', 'must be a string or a list of strings');
-  if (list.length > MAX_STOP) bad('stop', `at most ${MAX_STOP} stop strings (got ${list.length})`);
   return list as string[];
 }
 
@@ -137,7 +135,9 @@ function sampling(o: Json, maxTokensKey: string): SamplingRequest {
   set('maxTokens', int(o, maxTokensKey));
   set('temperature', num(o, 'temperature'));
   set('topP', num(o, 'top_p'));
-  set('topK', int(o, 'top_k'));
+  // vLLM's clients send top_k -1 for "off" (nodespeed's 0).
+  const topK = int(o, 'top_k');
+  set('topK', topK === -1 ? 0 : topK);
   set('minP', num(o, 'min_p'));
   set('presencePenalty', num(o, 'presence_penalty'));
   set('frequencyPenalty', num(o, 'frequency_penalty'));
