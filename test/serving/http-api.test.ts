@@ -7,9 +7,11 @@ import { request } from 'node:http';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { planLayout } from '../../src/coordinator/layout.js';
+import { Coordinator } from '../../src/coordinator/server.js';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import { samplingDefaults } from '../../src/launcher/cluster.js';
-import { loadGenerationConfig, loadTokenizer } from '../../src/model/index.js';
+import { loadGenerationConfig, loadModelConfig, loadTokenizer } from '../../src/model/index.js';
 import { withModelDefaults } from '../../src/protocol/sampling.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { PY_TINY, launch, reference, root, stream, workerProcesses } from './helpers.js';
@@ -28,7 +30,7 @@ const httpOf = (c: LaunchedCluster) => c.readyLine.match(/ http=(\S+)/)![1]!;
 
 beforeAll(async () => {
   [tiny, chat] = await Promise.all([
-    launch(PY_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '512', '--http-port', '0', '--max-queue', '40']),
+    launch(PY_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '512', '--http-port', '0', '--max-queue', '8']),
     launch(CHAT_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '256', '--http-port', '0', '--metrics-port', '0'], { env: { NODESPEED_AUTH_TOKEN: TOKEN } }),
   ]);
   api = new OpenAI({ baseURL: `http://${httpOf(tiny)}/v1`, apiKey: 'unused', maxRetries: 0 });
@@ -131,7 +133,26 @@ describe('completions (py-tiny)', () => {
     });
   });
 
-  it('echo, stop strings, logit_bias and penalties take effect', async () => {
+  it('stop strings end the text before them with finish_reason stop, streamed and not', async () => {
+    const c = cases[0]!;
+    const full = c.greedy_48_text;
+    const stop = full.slice(12, 15);  // three characters from the middle of the greedy continuation
+    const want = full.slice(0, full.indexOf(stop));
+    const body = { model: 'py-tiny', prompt: c.text, max_tokens: 48, temperature: 0, stop: [stop, 'never-generated'] };
+    const r = await api.completions.create(body);
+    expect(r.choices[0]!.text).toBe(want);
+    expect(r.choices[0]!.finish_reason).toBe('stop');
+    let text = '';
+    let finish: string | null = null;
+    for await (const ch of await api.completions.create({ ...body, stream: true })) {
+      text += ch.choices[0]?.text ?? '';
+      finish = ch.choices[0]?.finish_reason ?? finish;
+    }
+    expect(text).toBe(want);
+    expect(finish).toBe('stop');
+  });
+
+  it('echo, logit_bias and penalties take effect', async () => {
     const c = cases[0]!;
     const echo = await api.completions.create({ model: 'py-tiny', prompt: c.text, max_tokens: 4, temperature: 0, echo: true });
     expect(echo.choices[0]!.text.startsWith(c.text)).toBe(true);
@@ -178,6 +199,15 @@ describe('chat (chat-tiny: a template and generation_config defaults)', () => {
     expect(role).toBe('assistant');
     expect(text).toBe(r.choices[0]!.message.content);
     expect(finish).toBe(r.choices[0]!.finish_reason);
+  });
+
+  it('streamed chat logprobs: one entry per token, as the non-streamed answer reports them', async () => {
+    const body = { model: 'chat-tiny', messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 };
+    const whole = await chatApi.chat.completions.create(body);
+    const streamed: OpenAI.ChatCompletionTokenLogprob[] = [];
+    for await (const ch of await chatApi.chat.completions.create({ ...body, stream: true })) streamed.push(...(ch.choices[0]?.logprobs?.content ?? []));
+    expect(streamed.map((t) => t.token)).toEqual(whole.choices[0]!.logprobs!.content!.map((t) => t.token));
+    streamed.forEach((t, i) => expect(t.logprob).toBeCloseTo(whole.choices[0]!.logprobs!.content![i]!.logprob, 5));
   });
 
   it('chat logprobs with top_logprobs; n = 2', async () => {
@@ -237,7 +267,7 @@ describe('refusals, each with its status and OpenAI error body', () => {
   });
 
   it('429 when the queue is full', async () => {
-    const long = Array.from({ length: 45 }, () => api.completions.create({ model: 'py-tiny', prompt: 'def f', max_tokens: 200, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming).then(() => 200, (e: { status: number }) => e.status));
+    const long = Array.from({ length: 12 }, () => api.completions.create({ model: 'py-tiny', prompt: 'def f', max_tokens: 200, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming).then(() => 200, (e: { status: number }) => e.status));
     const codes = await Promise.all(long);
     expect(codes).toContain(429);
     expect(codes).toContain(200);
@@ -267,5 +297,44 @@ describe('a client that goes away', () => {
     // Cancelled, not run to its 400 tokens with nobody listening.
     const generated = Number((await tiny.client.clusterStatus()).replicas[0]!.generatedTokens) - before;
     expect(generated).toBeLessThan(200);
+  });
+});
+
+describe('a coordinator that no replica serves (yet)', () => {
+  // The coordinator alone, in this process: its HTTP API is up before any worker joins.
+  let coord: Coordinator;
+  let base: string;
+  beforeAll(async () => {
+    const config = loadModelConfig(PY_TINY);
+    const tok = await loadTokenizer(PY_TINY);
+    coord = new Coordinator({
+      layout: planLayout(config, [{ host: '127.0.0.1', slots: 1 }], { tp: 1, pp: 1, replicas: 1 }), token: 't', modelDir: PY_TINY, dtype: 'f32',
+      device: 'cpu', kvBlocks: 16, threads: 1, maxBatchTokens: 64, maxQueue: 8, heartbeatIntervalMs: 1000, heartbeatTimeoutMs: 5000,
+      requestTimeoutMs: 1000, log: () => {}, bind: '127.0.0.1', port: 0, httpPort: 0,
+      model: { name: 'py-tiny', path: PY_TINY, architecture: config.architecture, contextLength: config.maxPosition, vocabSize: config.vocabSize,
+        numLayers: config.numLayers, dtype: 'f32', encode: (t) => tok.encode(t), decode: (ids) => tok.decode(ids) },
+    });
+    await coord.start();
+    base = `http://${coord.httpApi!.address}`;
+  });
+  afterAll(() => coord?.stop());
+
+  it('/health is 503 and a request is refused 503 no_replica, in the OpenAI shape', async () => {
+    expect((await fetch(`${base}/health`)).status).toBe(503);
+    const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const err = await client.completions.create({ model: 'py-tiny', prompt: 'def f', max_tokens: 4 }).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.APIError);
+    expect((err as InstanceType<typeof OpenAI.APIError>).status).toBe(503);
+    expect((err as InstanceType<typeof OpenAI.APIError>).code).toBe('no_replica');
+  });
+
+  it('a body over the limit is 413 before it is read whole; a wrong method is 405', async () => {
+    const big = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'py-tiny', prompt: 'x'.repeat(9 << 20) }) });
+    expect(big.status).toBe(413);
+    expect(((await big.json()) as { error: { code: string } }).error.code).toBe('request_too_large');
+    const get = await fetch(`${base}/v1/completions`);
+    expect(get.status).toBe(405);
+    expect(get.headers.get('allow')).toBe('POST');
   });
 });
