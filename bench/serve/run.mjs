@@ -8,6 +8,7 @@
 //
 //   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
 //        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args='--max-batch-tokens 4096'] (the = form: the value starts with --)
+//        [--api-rounds 2] (HTTP vs gRPC: rounds of one run each, in A B B A order, after the first gRPC run)
 // CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -31,6 +32,7 @@ const { values: a } = parseArgs({
     tp: { type: 'string', default: '1,2' },
     hf: { type: 'boolean', default: false },
     'launch-args': { type: 'string', default: '' },
+    'api-rounds': { type: 'string', default: '2' },
     out: { type: 'string' },
   },
 });
@@ -40,6 +42,7 @@ const promptLen = Number(a['prompt-len'] ?? (gpu ? 512 : 128));
 const newTokens = Number(a['new-tokens'] ?? (gpu ? 256 : 128));
 const decodeTokens = Number(a['decode-tokens']);
 const tps = a.tp.split(',').map(Number);
+const apiRounds = Number(a['api-rounds']);
 
 const clientModule = join(root, 'dist', 'client', 'index.js');
 if (!existsSync(clientModule) || !existsSync(join(root, 'dist', 'worker', 'main.js'))) {
@@ -193,13 +196,30 @@ for (const tp of tps) {
     result.batch1[`tp${tp}`].engines = (await client.clusterStatus()).workers.map((w) => w.engine);
     console.error(`tp=${tp}: batch-1 decode ${result.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
     if (tp === 1) {
-      result.concurrent = await concurrent(client, (req) => streamOne(client, req));
+      const grpcOne = (req) => streamOne(client, req);
+      result.concurrent = await concurrent(client, grpcOne);
       console.error(line('gRPC', result.concurrent));
       if (!c.http) throw new Error('bench/serve: the ready line has no http= address');
-      result.concurrent_http = await concurrent(client, (req) => streamHttp(c.http, req));
-      console.error(line('HTTP', result.concurrent_http));
-      result.http_over_grpc = result.concurrent_http.generated_tok_s / result.concurrent.generated_tok_s;
-      console.error(`HTTP / gRPC generated tok/s: ${result.http_over_grpc.toFixed(3)}`);
+      // HTTP beside gRPC on the same cluster. The first gRPC run above also warms every batch size
+      // (CUDA graph captures, allocator growth), so the comparison uses only the runs after it,
+      // alternated HTTP gRPC gRPC HTTP ... so that neither API always runs first or on a warmer GPU.
+      const httpOne = (req) => streamHttp(c.http, req);
+      const rounds = [];
+      for (let r = 0; r < apiRounds; r++) {
+        const order = r % 2 === 0 ? ['http', 'grpc'] : ['grpc', 'http'];
+        const round = {};
+        for (const api of order) {
+          round[api] = await concurrent(client, api === 'http' ? httpOne : grpcOne);
+          console.error(line(`round ${r + 1} ${api === 'http' ? 'HTTP' : 'gRPC'}`, round[api]));
+        }
+        rounds.push(round);
+      }
+      result.concurrent_http = rounds[rounds.length - 1].http;
+      result.api_rounds = rounds.map((r) => ({ grpc: r.grpc, http: r.http, http_over_grpc: r.http.generated_tok_s / r.grpc.generated_tok_s }));
+      const sum = (api) => rounds.reduce((t, r) => t + r[api].generated_tok_s, 0);
+      result.http_over_grpc = sum('http') / sum('grpc');
+      console.error(`HTTP / gRPC generated tok/s over ${apiRounds} rounds: ${result.http_over_grpc.toFixed(3)} ` +
+        `(per round ${result.api_rounds.map((r) => r.http_over_grpc.toFixed(3)).join(', ')})`);
     }
   } finally {
     client.close();
