@@ -53,7 +53,9 @@ const haveScript = spawnSync('sh', ['-c', 'command -v script']).status === 0;
       const t = setTimeout(() => reject(new Error(`the bar never drew:\n${JSON.stringify(out)}`)), 60_000);
       child.stdout!.on('data', (d: Buffer) => {
         out += d.toString('latin1');
-        if (out.includes(HIDE_CURSOR)) {
+        // cli-progress hides the cursor and turns wrap off in two writes, which may reach the pty
+        // in two reads: the bar has drawn once both are in.
+        if (out.includes(HIDE_CURSOR) && out.includes(WRAP_OFF)) {
           clearTimeout(t);
           resolve();
         }
