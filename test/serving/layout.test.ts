@@ -12,6 +12,7 @@ import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
 import type { Submit } from '../../src/protocol/control.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
 import { decodeStep, encodeStep } from '../../src/protocol/step-codec.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import { BIN, PY_TINY, root } from './helpers.js';
@@ -101,7 +102,7 @@ describe('step metadata codec', () => {
 describe('continuous-batching scheduler', () => {
   const tok: TokenizerLike = { encode: () => [], decode: (ids) => ids.map((i) => String.fromCharCode(97 + (i % 26))).join(''), eosTokenIds: [1] };
   const sub = (id: string, n: number, maxTokens: number): Submit => ({ epoch: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
-    params: { temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false }, generatedIds: [] });
+    params: samplingToWire(validateSampling({ seed: 0, maxTokens })), generatedIds: [] });
   const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
 
   it('admits by free KV blocks, chunks long prefills, mixes prefill and decode in one step, frees on finish and cancel', () => {
@@ -117,7 +118,7 @@ describe('continuous-batching scheduler', () => {
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 6, true], ['b', 4, false]]);
     expect(s.load()).toMatchObject({ running: 3, queued: 1, kvBlocksFree: 0 });
     let ups = s.complete(step, Int32Array.from([5]));
-    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '' }]);
+    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '', logprobs: [] }]);
     step = s.next(1)!;
     // a decodes (1 token) in the same step as b's next prefill chunk and c's prompt.
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 1, true], ['b', 8, true], ['c', 1, false]]);
