@@ -14,20 +14,24 @@ import ts from 'typescript';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const SRC = join(root, 'src');
 
+// settings/ (the NODESPEED_* registry) imports nothing; every part may read its settings.
+const SETTINGS = { settings: 'any' };
+
 /** Part → the parts it may import (besides itself): 'any' or 'types' (type-only imports). */
 export const ALLOWED = {
-  cli: { launcher: 'any', coordinator: 'any', client: 'any', engine: 'any', model: 'any', native: 'any', protocol: 'any' },
-  launcher: { coordinator: 'any', model: 'any', protocol: 'any' },
-  coordinator: { model: 'any', protocol: 'any' },
-  worker: { engine: 'any', comm: 'any', model: 'any', native: 'any', protocol: 'any' },
-  engine: { model: 'any', native: 'any', protocol: 'any' },
-  client: { protocol: 'any' },
-  comm: { native: 'any' },
+  cli: { launcher: 'any', coordinator: 'any', client: 'any', engine: 'any', model: 'any', native: 'any', protocol: 'any', ...SETTINGS },
+  launcher: { coordinator: 'any', model: 'any', protocol: 'any', ...SETTINGS },
+  coordinator: { model: 'any', protocol: 'any', ...SETTINGS },
+  worker: { engine: 'any', comm: 'any', model: 'any', native: 'any', protocol: 'any', ...SETTINGS },
+  engine: { model: 'any', native: 'any', protocol: 'any', ...SETTINGS },
+  client: { protocol: 'any', ...SETTINGS },
+  comm: { native: 'any', ...SETTINGS },
   // The step codec carries the addon's per-sequence step input.
-  protocol: { native: 'types' },
+  protocol: { native: 'types', ...SETTINGS },
   // The addon's shard config is the model's shard plan.
-  native: { model: 'types' },
-  model: {},
+  native: { model: 'types', ...SETTINGS },
+  model: { ...SETTINGS },
+  settings: {},
   // src/index.ts and src/rankinfo.ts: the library's entry re-exports whatever it offers.
   '.': 'all',
 };

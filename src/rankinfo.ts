@@ -1,4 +1,5 @@
 // What a program started by `nodespeed run`/`launch` reads about its place in the job.
+import { settings } from './settings/index.js';
 
 export interface RankInfo {
   rank: number;
@@ -33,7 +34,7 @@ export function rankInfo(env: NodeJS.ProcessEnv = process.env): RankInfo {
     masterAddr: env.MASTER_ADDR ?? '',
     masterPort: int(env, 'MASTER_PORT'),
     gpu: env.CUDA_VISIBLE_DEVICES && /^\d+$/.test(env.CUDA_VISIBLE_DEVICES) ? Number(env.CUDA_VISIBLE_DEVICES) : null,
-    jobToken: env.NODESPEED_JOB_TOKEN,
+    jobToken: (env === process.env ? settings() : settings(env)).jobToken,
   };
   if (info.masterAddr === '') throw new Error("rankInfo: MASTER_ADDR is not set (was this process started by 'nodespeed run'?)");
   if (info.rank >= info.worldSize) throw new Error(`rankInfo: RANK ${info.rank} is not below WORLD_SIZE ${info.worldSize}`);

@@ -3,8 +3,8 @@
 // of each prefill chunk step and the median decode step at the start and the end of generation.
 // With NODESPEED_CUDA_PROFILE_STEP=N the backend brackets step N for `ncu --profile-from-start off`
 // (steps are counted from 0: the prefill chunks first, then the decodes).
-// A/B of the flash prefill attention: NODESPEED_CUDA_FLASH=1 (tensor-core prefill kernel, opt-in) vs
-// unset (SIMT kernel for every token); the line says which one ran (`flash`, from the engine's description).
+// A/B of the flash prefill attention: the default (tensor-core prefill kernel) vs NODESPEED_CUDA_FLASH=0
+// (SIMT kernel for every token); the line says which one ran (`flash`, from the engine's description).
 // usage: node bench/decode/batch-step.mjs MODEL_DIR [S=64] [P=512] [C=2048] [NEW=256]
 import { blockTables, openCudaEngine, requireCuda } from '../../test/gpu/lib.mjs';
 

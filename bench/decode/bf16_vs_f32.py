@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """bf16 vs float32 compute of one Llama checkpoint, every position of a 128-token prompt (the
-prompt of test/gpu/model-7b.mjs). bf16 path follows HF transformers' LlamaForCausalLM in bf16:
+prompt of test/gpu/model-7b.test.ts). bf16 path follows HF transformers' LlamaForCausalLM in bf16:
 bf16 weights and activations, RMSNorm and softmax in float32 then cast back, bf16 logits.
 usage: /usr/bin/python3 bench/decode/bf16_vs_f32.py MODEL_DIR [N]   (CPU bf16 is slow: ~4 min for the 1b preset)"""
 import json, math, os, sys, time

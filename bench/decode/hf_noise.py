@@ -1,10 +1,10 @@
-"""Where HF transformers' own bf16 noise comes from, on the GPU (issue 4's 7B-shape logits bar).
+"""Where HF transformers' own bf16 noise comes from, on the GPU (the bar of test/gpu's 7B-shape logits check).
 
 usage: python3 bench/decode/hf_noise.py MODEL_DIR IDS_JSON [OURS_BIN] > out.json
 Runs the prompt through HF in several numerics variants and prints, for every pair, the minimum
 cosine over positions and the share of positions with the same top-1 token. Variants:
   f32        float32 weights and math (TF32 off): the exact function
-  bf16       bf16, eager attention, PyTorch defaults: the issue's reference
+  bf16       bf16, eager attention, PyTorch defaults: HF's usual bf16 forward
   bf16_norpr bf16, eager, cuBLAS reduced-precision reductions disallowed
   bf16_sdpa  bf16, PyTorch SDPA attention
   ours       our engine's logits for the same ids (float32 [n, vocab] file), when given

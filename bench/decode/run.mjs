@@ -1,4 +1,4 @@
-// Decode benchmark (issue 4, part 4), run on a GPU host: ours vs HF transformers eager
+// Decode benchmark, run on a GPU host: ours vs HF transformers eager
 // `generate`, Llama-2-7B-shaped bf16 checkpoint, 128-token prompts, 128 new tokens, batch 1 and
 // 32, and the memory roofline = measured device-to-device copy bandwidth / weight bytes read per
 // token. Writes bench/results/decode-<gpu>.json (or $RESULTS_DIR).

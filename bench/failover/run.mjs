@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Failover benchmark (issue 6) through the public gRPC API of a real `nodespeed launch`: a steady
+// Failover benchmark through the public gRPC API of a real `nodespeed launch`: a steady
 // load of seeded streams, then one worker killed (kill -9: its control stream closes at once) or
 // hung (SIGSTOP: only the heartbeat timeout can tell), with and without a spare (--spares 1).
 // Reports per run: detection time, whole recovery time, time from the kill to the next token of
@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { launch, resumeAfterKill, steadyLoad, throughputBins, window } from './load.mjs';
@@ -155,9 +155,10 @@ async function runOne(spares, fault) {
   }
 }
 
-// NODESPEED_COMMIT first: a GPU host's copy of the tree may carry a stale .git (test/gpu/run-all.sh sets it).
-let commit = process.env.NODESPEED_COMMIT ?? 'unknown';
-if (!process.env.NODESPEED_COMMIT) try {
+// NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
+const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
+let commit = settings().commit ?? 'unknown';
+if (!settings().commit) try {
   const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() ? '+dirty' : '';
   commit = execFileSync('git', ['-C', root, 'rev-parse', 'HEAD'], { encoding: 'utf8' }).trim() + dirty;
 } catch { /* not a git checkout */ }

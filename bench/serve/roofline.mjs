@@ -1,4 +1,4 @@
-// The roofline of the concurrent-streams workload of bench/serve (issue 5): S streams that all
+// The roofline of the concurrent-streams workload of bench/serve: S streams that all
 // arrive at once, each a P-token prompt and N new tokens, served on one GPU with 16-bit weights
 // and KV cache. Lower bound on its wall time = prefill FLOPs / peak matmul FLOP/s (every prompt
 // token through every weight once, plus causal attention) + decode bytes / copy bandwidth (each of

@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import { servingRoofline } from './roofline.mjs';
 import { parseArgs } from 'node:util';
@@ -173,9 +173,10 @@ const line = (name, c) => `tp=1 ${name}: ${streams} streams x ${newTokens} token
   `TTFT median ${c.ttft_ms.median.toFixed(1)} / p99 ${c.ttft_ms.p99.toFixed(1)} ms, TPOT median ${c.tpot_ms.median.toFixed(2)} / p99 ${c.tpot_ms.p99.toFixed(2)} ms, ` +
   `ITL median ${c.itl_ms.median.toFixed(2)} / p99 ${c.itl_ms.p99.toFixed(2)} ms`;
 
-// NODESPEED_COMMIT first: a GPU host's copy of the tree may carry a stale .git (test/gpu/run-all.sh sets it).
+// NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
+const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
 function commit() {
-  if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
+  if (settings().commit) return settings().commit;
   const r = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' });
   return r.status === 0 ? r.stdout.trim() : 'unknown';
 }

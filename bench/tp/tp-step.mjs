@@ -1,5 +1,5 @@
-// Engine-level decode step time at tp 1 and tp 2 in one process (issue 5's tp-2 bar, without the
-// serving path): the 7B shape on cuda:0, then split over cuda:0 and cuda:1 by tensor parallelism
+// Engine-level decode step time at tp 1 and tp 2 in one process (the tp-2 serving ratio without
+// the serving path): the 7B shape on cuda:0, then split over cuda:0 and cuda:1 by tensor parallelism
 // (NCCL communicators from one unique id). Batch-1 and batch-S decode steps after a P-token prefill;
 // prints one JSON line with the medians. Tells whether a slow tp-2 serving step is the engine
 // (collectives, kernels) or the replica's data plane.

@@ -14,6 +14,7 @@ import { samplingDefaults } from '../launcher/cluster.js';
 import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
 import type { ChatMessage } from '../model/index.js';
 import { finishReasonText } from '../protocol/lifecycle.js';
+import { settings } from '../settings/index.js';
 import { withModelDefaults } from '../protocol/sampling.js';
 import { intArg } from './args.js';
 import { requestSampling, samplingOf, samplingOptions } from './generate.js';
@@ -201,7 +202,7 @@ export function register(program: Command): void {
   samplingOptions(cmd)
     .action(async (o: ChatCliOptions) => {
       if (!o.model === !o.server) throw new InvalidArgumentError('give exactly one of --model DIR and --server ADDR');
-      const token = process.env.NODESPEED_AUTH_TOKEN;
+      const token = settings().authToken;
       const backend = o.server ? serverChatBackend(o.server, o, token) : await localChatBackend({ ...o, model: o.model! });
       try {
         await chatLoop(backend, { input: process.stdin, output: process.stdout, ...(o.system ? { system: o.system } : {}) });

@@ -8,6 +8,7 @@ import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import { describeLayout } from '../coordinator/layout.js';
+import { settings } from '../settings/index.js';
 import { addLauncherOptions } from '../launcher/flags.js';
 import { addServingOptions, startFromFlags } from './launch.js';
 import type { LaunchFlags } from './launch.js';
@@ -33,7 +34,7 @@ export function register(program: Command): void {
     const maxTokens = o.maxTokens;
     if (o.num_cpu_workers === undefined && o.numCpuWorkers === undefined && !o.hostfile) o.num_cpu_workers = String(o.tp * o.pp);
     const quiet = (line: string) => {
-      if (process.env.NODESPEED_DEMO_VERBOSE) process.stderr.write(`${line}\n`);
+      if (settings().demoVerbose) process.stderr.write(`${line}\n`);
     };
     const t0 = performance.now();
     process.stderr.write(`nodespeed demo: starting ${o.tp * o.pp} CPU worker(s) with ${o.model}\n`);

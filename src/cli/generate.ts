@@ -14,6 +14,7 @@ import { SamplingError, parseSamplingNumber, parseSeed, withModelDefaults } from
 import { samplingDefaults } from '../launcher/cluster.js';
 import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
 import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings/index.js';
 
 /** The sampling and stopping flags, shared by `generate` and `chat` (absent: the server's or the model's default). */
 export interface SamplingFlags {
@@ -38,6 +39,7 @@ export interface GenerateCliOptions extends SamplingFlags {
   device: DeviceChoice;
   dtype: DTypeChoice;
   threads?: number;
+  hfRounding?: boolean;
   json: boolean;
   server?: string;
   authToken?: string;
@@ -169,6 +171,7 @@ export function resultJson(r: GenerateResult): string {
 /** In-process generation: load, stream (or collect), print, dispose. */
 export async function generateLocal(prompt: string, o: GenerateCliOptions, out: NodeJS.WritableStream = process.stdout): Promise<GenerateResult> {
   if (!o.model) throw new Error('--model DIR is required');
+  if (o.hfRounding) overrideSettings({ cudaRound: HF_ROUNDING });  // before the addon loads: it reads its settings then
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
     Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
@@ -226,7 +229,7 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
 }
 
 /** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
-const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads'] as const;
+const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads', 'hfRounding'] as const;
 /** And the reverse. */
 const SERVER_ONLY = ['authToken', 'timeout'] as const;
 
@@ -241,6 +244,7 @@ export function register(program: Command): void {
       .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
   samplingOptions(cmd)
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
     .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
     .option('--auth-token <token>', 'with --server: bearer token (or NODESPEED_AUTH_TOKEN)')
@@ -250,14 +254,14 @@ export function register(program: Command): void {
     const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
     if (o.server) {
       const ignored = LOCAL_ONLY.filter(given);
-      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype and threads`);
+      if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} cannot be used with --server: the server's launch chose its model, device, dtype, threads and rounding`);
     } else {
       const ignored = SERVER_ONLY.filter(given);
       if (ignored.length) cmd.error(`error: ${ignored.map(flag).join(', ')} only apply with --server`);
     }
     const prompt = readPrompt(promptArg);
     if (!o.server) return void (await generateLocal(prompt, o));
-    const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
+    const token = o.authToken ?? settings().authToken;
     const probe = new NodespeedClient(o.server);
     try {
       await probe.waitForReady(o.timeout * 1000);

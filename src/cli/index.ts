@@ -8,11 +8,14 @@ import { register as registerLaunch } from './launch.js';
 import { register as registerStatus } from './status.js';
 import { register as registerDemo } from './demo.js';
 import { register as registerChat } from './chat.js';
+import { register as registerEnv } from './env.js';
 import { AmbiguousOptionError, expandPrefixes } from './prefixes.js';
+import { settings, unknownSettings } from '../settings/index.js';
 
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo, registerChat];
+const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo,
+  registerChat, registerEnv];
 
 function fullName(c: Command): string {
   const names: string[] = [];
@@ -32,6 +35,13 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .exitOverride();
   for (const register of registrars) register(program);
+  // Every command but `env` (which shows them) checks the NODESPEED_* variables before it starts:
+  // a bad value stops it with a message naming the variable, a name that is no setting is reported.
+  program.hook('preAction', (_, action) => {
+    if (action.name() === 'env' && action.parent === program) return;
+    settings();
+    for (const name of unknownSettings()) process.stderr.write(`nodespeed: ${name} is not a nodespeed setting and is ignored (\`nodespeed env\` lists them)\n`);
+  });
   // A usage error prints the error and where the usage is, not the whole help (100 lines for launch).
   for (const c of allCommands(program)) c.exitOverride().showHelpAfterError(`(run '${fullName(c)} --help' for usage)`);
   return program;

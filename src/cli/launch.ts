@@ -14,6 +14,7 @@ import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, settings, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
 import type { Placement } from '../launcher/plan.js';
 import { intArg, portArg, secondsArg } from './args.js';
@@ -45,6 +46,7 @@ export interface LaunchFlags {
   httpPort: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
+  hfRounding: boolean;
   progress: boolean;
 }
 
@@ -100,6 +102,7 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       portArg('--http-port'), d.httpPort)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
+    .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--no-progress', 'no progress bar');
 }
 
@@ -210,7 +213,8 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       httpPort: f.httpPort,
-      ...((f.authToken ?? process.env.NODESPEED_AUTH_TOKEN) ? { authToken: f.authToken ?? process.env.NODESPEED_AUTH_TOKEN } : {}),
+      ...((f.authToken ?? settings().authToken) ? { authToken: f.authToken ?? settings().authToken } : {}),
+      ...(f.hfRounding ? { workerEnv: settingsEnv({ cudaRound: HF_ROUNDING }) } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
       log,

@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { NodespeedClient } from '../client/index.js';
 import { secondsArg } from './args.js';
 import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
+import { settings } from '../settings/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -54,7 +55,7 @@ export function register(program: Command): void {
     .option('--auth-token <token>', 'bearer token (or NODESPEED_AUTH_TOKEN)')
     .option('--timeout <s>', 'seconds to wait for the server', secondsArg('--timeout'), 10)
     .action(async (o: { server: string; json: boolean; authToken?: string; timeout: number }) => {
-      const token = o.authToken ?? process.env.NODESPEED_AUTH_TOKEN;
+      const token = o.authToken ?? settings().authToken;
       const client = new NodespeedClient(o.server, token ? { authToken: token } : {});
       try {
         const s = await client.clusterStatus({ timeoutMs: Number(o.timeout) * 1000 });

@@ -1,4 +1,4 @@
-// Heartbeat-driven failover (issue 6): when a rank of a serving replica is lost (its control stream
+// Heartbeat-driven failover: when a rank of a serving replica is lost (its control stream
 // closes, its process exits, or it misses heartbeats past --heartbeat-timeout), the membership has
 // already stopped routing to the replica and told the survivors to abort their communicators. This
 // module then

@@ -348,7 +348,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   /**
-   * Re-forms a lost replica in place with a spare (issue 6, recovery (a)): a new epoch, the
+   * Re-forms a lost replica in place with a spare (failover.ts recovery (a)): a new epoch, the
    * spare takes the lost rank (the rank moves to the spare's slot and host), the survivors keep their
    * processes and loaded shards and get the new epoch's assignment (fresh communicators, new
    * unique id). Returns the spare, or undefined (and changes nothing) when no spare is joined or a

@@ -1,4 +1,4 @@
-// Prometheus metrics of the coordinator (issue 6, item 4, plus the serving basics), served in the
+// Prometheus metrics of the coordinator (requests, tokens, replica load, failover), served in the
 // text exposition format over HTTP by `nodespeed launch --metrics-port N`.
 //
 // prom-client with a registry of our own, never the global default one: an application that

@@ -1,4 +1,4 @@
-// Recovery (c) of issue 6: a lost replica whose respawn could not restart every rank (a host no
+// Failover's recovery (c) (failover.ts): a lost replica whose respawn could not restart every rank (a host no
 // longer answers) is re-formed on the ranks that did restart, with a smaller layout of the same
 // model: fewer TP ranks and/or fewer pipeline stages (tp 2 -> tp 1, pp 2 -> pp 1, tp 2 x pp 2 ->
 // tp 2 or tp 1, ...), the largest one whose ranks fit their memory by the estimate of memory.ts

@@ -1,4 +1,4 @@
-// Launcher slots and spare workers (issue 6, recovery (a)). The launcher numbers its processes by
+// Launcher slots and spare workers (failover.ts recovery (a)). The launcher numbers its processes by
 // slot (RANK in a worker's environment); the layout numbers the ranks of the replicas. At launch
 // slot r holds layout rank r and the slots beyond the layout's world hold spares: workers that
 // joined with the job token, heartbeat, and have no assignment (no weights loaded). When a rank is

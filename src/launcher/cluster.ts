@@ -55,6 +55,8 @@ export interface ClusterOptions {
   remoteWorkdir?: string;
   node?: string;
   logDir?: string;
+  /** Registry settings the workers get on top of the launching environment's (src/settings/index.ts settingsEnv). */
+  workerEnv?: Record<string, string>;
   log: (line: string) => void;
   /** Worker output lines, already prefixed with [host:rank]. */
   onWorkerLine?: (line: string) => void;
@@ -194,7 +196,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     job = await startJob({
       placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
-        NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000) },
+        NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000), ...o.workerEnv },
       cwd: process.cwd(),
       ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
       ...(o.logDir ? { logDir: o.logDir } : {}),

@@ -1,11 +1,13 @@
-// Per-rank environment: the rank variables, NCCL_* / PATH / LD_LIBRARY_PATH carried from the launcher,
-// and KEY=VALUE files (.nodespeed_env, DeepSpeed's .deepspeed_env) from the working and home directories.
+// Per-rank environment: the rank variables, NCCL_* / PATH / LD_LIBRARY_PATH and the registry's
+// worker settings carried from the launcher, and KEY=VALUE files (.nodespeed_env, DeepSpeed's
+// .deepspeed_env) from the working and home directories.
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { forwardedEnv, REGISTRY } from '../settings/index.js';
 import type { Placement, RankPlacement } from './plan.js';
 
-export const JOB_TOKEN_VAR = 'NODESPEED_JOB_TOKEN';
+export const JOB_TOKEN_VAR = REGISTRY.jobToken.name;
 
 export class EnvFileError extends Error {
   override name = 'EnvFileError';
@@ -159,18 +161,17 @@ export function loadEnvFiles(cwd: string = process.cwd(), home: string = homedir
   return { vars: resolveAssigns(assigns, env), assigns, files };
 }
 
-// The engine's A/B knobs (docs/ENGINE.md, docs/SERVING.md): set on the launching host, they reach
-// remote workers as NCCL_* does. Secrets (NODESPEED_AUTH_TOKEN, the job token) are not among them.
-const ENGINE_KNOBS = /^NODESPEED_(CUDA_[A-Z0-9_]+|P2P|P2P_NORM|P2P_TIMEOUT_S|RUN_AHEAD|THREADS|NCCL|CUBLAS)$/;
-
-/** NCCL_* variables, the engine's knobs, PATH and LD_LIBRARY_PATH, which DeepSpeed forgets to carry to remote hosts. */
+/**
+ * NCCL_* variables, PATH and LD_LIBRARY_PATH (which DeepSpeed forgets to carry to remote hosts) and
+ * the registry's worker settings (src/settings/index.ts: user-facing, read by workers, never a token).
+ */
 export function carriedEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) {
     if (v === undefined) continue;
-    if (k.startsWith('NCCL_') || ENGINE_KNOBS.test(k) || k === 'PATH' || k === 'LD_LIBRARY_PATH') out[k] = v;
+    if (k.startsWith('NCCL_') || k === 'PATH' || k === 'LD_LIBRARY_PATH') out[k] = v;
   }
-  return out;
+  return { ...out, ...forwardedEnv(env) };
 }
 
 /**

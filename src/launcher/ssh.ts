@@ -10,6 +10,7 @@ import SSHConfig from 'ssh-config';
 import ssh2 from 'ssh2';
 import type { AuthMethod, Client as SshClient } from 'ssh2';
 import { fingerprint, keyType, knownHostsName, recordHostKey, verifyHostKey } from './known-hosts.js';
+import { settings } from '../settings/index.js';
 
 const { Client, utils } = ssh2;
 
@@ -49,7 +50,7 @@ export class SshError extends Error {
 }
 
 export function sshDir(opts: SshOptions): string {
-  return opts.sshDir ?? process.env.NODESPEED_SSH_DIR ?? join(homedir(), '.ssh');
+  return opts.sshDir ?? settings().sshDir ?? join(homedir(), '.ssh');
 }
 
 function expandHome(p: string): string {
@@ -79,7 +80,7 @@ export function resolveTarget(host: string, portOverride: number | undefined, op
   const defaults = ['id_ed25519', 'id_ecdsa', 'id_rsa'].map((n) => join(dir, n));
   const identityFiles = [...new Set([...(opts.identityFiles ?? []), ...fromConfig, ...defaults])].filter((f) => existsSync(f));
   const userKnown = opts.knownHostsFile ?? join(dir, 'known_hosts');
-  const usingDefaults = !opts.sshDir && !process.env.NODESPEED_SSH_DIR && !opts.knownHostsFile;
+  const usingDefaults = !opts.sshDir && !settings().sshDir && !opts.knownHostsFile;
   const knownHostsFiles = usingDefaults ? [userKnown, '/etc/ssh/ssh_known_hosts'] : [userKnown];
   return { host, hostName, port, user: opts.user ?? first(cfg.User) ?? userInfo().username, identityFiles, knownHostsFiles };
 }

@@ -1,5 +1,6 @@
 // Typed loader for the native addon (build/Release/nodespeed.node, built by
-// scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API".
+// scripts/build-native.mjs). The shapes here are docs/ENGINE.md "Addon JS API". On load the addon
+// gets this process's engine settings (src/settings/index.ts) as one struct, before anything else runs.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
@@ -7,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 import type { RopeConfig } from '../model/config.js';
 import type { ShardModelConfig } from '../model/weights.js';
+import { nativeSettings, settings } from '../settings/index.js';
+import type { NativeSettings } from '../settings/index.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 export type DeviceName = 'cpu' | 'cuda';
@@ -144,6 +147,10 @@ export interface SampleCheckResult {
 }
 
 export interface Addon {
+  /** Hands the addon its settings (ns::Settings); the engines, kernels and comms made afterwards use them. */
+  configure(settings: NativeSettings): void;
+  /** The settings the addon holds now. */
+  settings(): NativeSettings;
   info(): AddonInfo;
   /** The sampler alone on given logits (tests and the GPU check). */
   sampleCheck(device: DeviceName, vocab: number, rows: SampleCheckRow[]): SampleCheckResult[];
@@ -156,18 +163,21 @@ export interface Addon {
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 let cached: Addon | undefined;
 
-/** Loads the addon once; throws a clear error when it has not been built. */
+/** Loads the addon once and configures it; throws a clear error when it has not been built. */
 export function loadAddon(): Addon {
   if (cached) return cached;
-  const path = process.env.NODESPEED_ADDON ?? join(packageRoot, 'build', 'Release', 'nodespeed.node');
+  const path = settings().addon ?? join(packageRoot, 'build', 'Release', 'nodespeed.node');
   if (!existsSync(path)) {
     throw new Error(`nodespeed: native addon not built (${path} is missing); run \`npm run build:native\``);
   }
+  let addon: Addon;
   try {
-    cached = createRequire(import.meta.url)(path) as Addon;
+    addon = createRequire(import.meta.url)(path) as Addon;
   } catch (err) {
     throw new Error(`nodespeed: cannot load the native addon ${path}: ${(err as Error).message}; ` +
       'rebuild it with `npm run build:native`');
   }
-  return cached;
+  if (typeof addon.configure !== 'function') throw new Error(`nodespeed: the native addon ${path} is out of date; rebuild it with \`npm run build:native\``);
+  addon.configure(nativeSettings());
+  return (cached = addon);
 }

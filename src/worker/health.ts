@@ -1,4 +1,4 @@
-// A worker's own health checks (issue 6, detection), run from one timer on the JS thread. The
+// A worker's own health checks (failure detection), run from one timer on the JS thread. The
 // engine and the communicators run off that thread, so the timer keeps firing while a long native
 // call is in flight — which is exactly why a wedged call would otherwise look healthy forever:
 //   - step watchdog: a forward step (engine.step, collectives inside it included) that runs longer

@@ -23,9 +23,9 @@ import { ControlClient } from './control-client.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
 import { Replica } from './replica.js';
+import { settings } from '../settings/index.js';
 
-function env(name: string): string {
-  const v = process.env[name];
+function required(name: string, v: string | undefined = process.env[name]): string {
   if (!v) throw new Error(`worker: ${name} is not set (the worker is started by \`nodespeed launch\`)`);
   return v;
 }
@@ -181,7 +181,7 @@ class Worker {
    */
   private async formGroups(a: Assignment, epoch: Epoch): Promise<{ tpComm?: Comm; plane?: Comm }> {
     const local = a.stage * a.tp + a.tpRank;
-    const advertise = process.env.NODESPEED_ADVERTISE_ADDR ?? a.peers[local]?.host ?? hostname();
+    const advertise = settings().advertiseAddr ?? a.peers[local]?.host ?? hostname();
     // The nonce carries the epoch: a peer of an older epoch cannot connect to this one.
     const nonce = `${this.token}/${a.epoch}`;
     const deviceIndex = this.deviceIndex(a);
@@ -261,14 +261,13 @@ class Worker {
 const REFORM_WAIT_MS = 120_000;
 
 async function main(): Promise<void> {
-  const token = env('NODESPEED_JOB_TOKEN');
-  const address = env('NODESPEED_COORDINATOR');
-  const rank = Number(env('RANK'));
+  const { jobToken, coordinator, heartbeatMs, stepTimeoutMs, host } = settings();
+  const token = required('NODESPEED_JOB_TOKEN', jobToken);
+  const address = required('NODESPEED_COORDINATOR', coordinator);
+  const rank = Number(required('RANK'));
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`worker: RANK must be a non-negative integer (got ${process.env.RANK})`);
-  const heartbeatMs = Number(process.env.NODESPEED_HEARTBEAT_MS ?? 1000);
-  const stepTimeoutMs = Number(process.env.NODESPEED_STEP_TIMEOUT_MS ?? 30_000);
   const control = new ControlClient(address, {
-    token, rank, host: process.env.NODESPEED_HOST ?? hostname(), pid: process.pid, device: deviceInfo(), listenAddresses: [],
+    token, rank, host: host ?? hostname(), pid: process.pid, device: deviceInfo(), listenAddresses: [],
   }, heartbeatMs);
   const health = new WorkerHealth({
     stepTimeoutMs, pollMs: Math.max(50, Math.min(500, heartbeatMs / 2)),

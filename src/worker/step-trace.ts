@@ -5,12 +5,12 @@
 // where its time went (prefill vs decode steps, and the driver's time between steps) without a profiler.
 import { appendFileSync } from 'node:fs';
 
+import { settings } from '../settings/index.js';
 import type { PlannedStep } from './scheduler.js';
 
 export type StepTracer = (step: PlannedStep, ms: number) => void;
 
-export function stepTracer(env: NodeJS.ProcessEnv = process.env): StepTracer | undefined {
-  const file = env.NODESPEED_STEP_TRACE;
+export function stepTracer(file: string | undefined = settings().stepTrace): StepTracer | undefined {
   if (!file) return undefined;
   let origin: number | undefined;
   return (step, ms) => {

@@ -137,7 +137,7 @@ describe('generate', () => {
 
   it('--server refuses the flags it would ignore, and the server-only flags need --server', async () => {
     const r = await cli(['generate', '--server', 'localhost:1', '--model', PY_TINY, '--dtype', 'f32', 'hi']);
-    expect([r.code, r.stderr]).toEqual([1, "error: --model, --dtype cannot be used with --server: the server's launch chose its model, device, dtype and threads\n(run 'nodespeed generate --help' for usage)"]);
+    expect([r.code, r.stderr]).toEqual([1, "error: --model, --dtype cannot be used with --server: the server's launch chose its model, device, dtype, threads and rounding\n(run 'nodespeed generate --help' for usage)"]);
     const local = await cli(['generate', '--model', PY_TINY, '--auth-token', 't', 'hi']);
     expect(local.stderr).toBe("error: --auth-token only apply with --server\n(run 'nodespeed generate --help' for usage)");
   });

@@ -39,7 +39,7 @@ describe('bad input', () => {
   });
 
   it('ncclUniqueId and an NCCL comm say why NCCL is unavailable on a machine without it', () => {
-    if (loadAddon().info().cuda.available) return;  // a GPU host: test/gpu/nccl-allreduce.mjs covers NCCL
+    if (loadAddon().info().cuda.available) return;  // a GPU host: test/gpu/nccl.test.ts covers NCCL
     expect(() => ncclUniqueId()).toThrow(/^nccl: unavailable \(.+\)/);
     expect(() => createNcclComm({ rank: 0, size: 1, uniqueId: new Uint8Array(128), deviceIndex: 0 })).toThrow(/^nccl: unavailable \(.+\)/);
   });

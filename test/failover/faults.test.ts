@@ -1,4 +1,4 @@
-// More faults (issue 6), each with 32 seeded streams of 64 tokens compared with the fault-free run:
+// More faults, each with 32 seeded streams of 64 tokens compared with the fault-free run:
 //   - two replicas lose a worker at the same moment while a third keeps serving;
 //   - the replica driver is killed while long prompts are still being prefilled (a spare replaces it);
 //   - both ranks of a replica die at once with a spare present: the re-form with the spare fails
@@ -16,9 +16,9 @@ import {
 import type { Status } from './helpers.js';
 
 const PROMPT = 384; // tokens per prompt in the prefill test (+64 generated stays under py-tiny's 512)
-// Tokens per stream where three fast tp=1 replicas must still be mid-stream at the kill: 128 became too
-// few once tp 1 planned its steps ahead (session 6; a replica finished its 11 streams between two of
-// the heartbeats that report its token count).
+// Tokens per stream where three fast tp=1 replicas must still be mid-stream at the kill: with tp 1
+// planning its steps ahead, 128 is too few (a replica finishes its 11 streams between two of the
+// heartbeats that report its token count).
 const LONG = 256;
 
 let local: GenerateResult[];

@@ -1,4 +1,4 @@
-// Shared by the failover tests (issue 6): 32 seeded streams of 64 tokens, their fault-free result
+// Shared by the failover tests: 32 seeded streams of 64 tokens, their fault-free result
 // from the single-process engine, a stream follower that fails on a repeated or missing token and
 // records when each token arrived (and on which replica, when the test asks ClusterStatus), small
 // waits, the CLI and the metrics endpoint, and a cluster with a host reached over a real sshd. Every

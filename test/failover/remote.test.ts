@@ -1,4 +1,4 @@
-// Failover of remote workers (issue 6) through a real OpenSSH sshd on loopback: replica 0 (tp=2)
+// Failover of remote workers through a real OpenSSH sshd on loopback: replica 0 (tp=2)
 // runs on "host" 127.0.0.2 over SSH, replica 1 (tp=2) on this machine. 32 seeded streams of 128
 // tokens, each compared with the fault-free run.
 //   - The SSH connection of a remote worker drops (its sshd session process is killed): the host

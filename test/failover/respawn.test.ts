@@ -1,4 +1,4 @@
-// Failover by respawn (issue 6): kill -9 (or SIGSTOP) a rank of a tp=2 or pp=2 replica while 32
+// Failover by respawn: kill -9 (or SIGSTOP) a rank of a tp=2 or pp=2 replica while 32
 // seeded streams of 64 tokens are mid-way. The coordinator re-forms the replica (new generation, ranks restarted by the
 // launcher, fresh rendezvous and reload) and replays every in-flight request from prompt + tokens
 // already streamed: each stream completes with exactly the tokens of a fault-free run (the

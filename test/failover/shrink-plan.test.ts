@@ -1,5 +1,5 @@
-// Which smaller layout failover picks when a replica's lost ranks cannot be restarted (issue 6,
-// recovery (c), src/coordinator/shrink.ts): the largest tp' <= tp x pp' <= pp the ranks left can
+// Which smaller layout failover picks when a replica's lost ranks cannot be restarted
+// (recovery (c), src/coordinator/shrink.ts): the largest tp' <= tp x pp' <= pp the ranks left can
 // hold (most ranks, then the larger TP), TP groups on one host unless --allow-tp-across-hosts, heads
 // that split, and the memory estimate of memory.ts; nothing that fits means the replica is retired.
 // No process is started.

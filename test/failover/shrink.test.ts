@@ -1,4 +1,4 @@
-// Failover by a smaller layout (issue 6, recovery (c)) through a real OpenSSH sshd on loopback: a
+// Failover by a smaller layout (recovery (c)) through a real OpenSSH sshd on loopback: a
 // replica has one rank on "host" 127.0.0.2 (over SSH) and the others on this machine, and there is
 // no spare. The host goes away mid-stream (its sshd and every process under it killed, as in
 // remote.test.ts): the rank dies, the respawn cannot restart it there, and the replica is re-formed
@@ -24,8 +24,8 @@ import type { Status, Streams } from './helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
 const BASE = ['--heartbeat-interval', '0.2', '--heartbeat-timeout', '2', '--request-timeout', '60', '--kv-blocks', '256'];
-/** Streams of the 2-replica case: long enough that replica 1 is mid-stream when its host goes (256 since
- * tp 1 plans its steps ahead, session 6: faults.test.ts's 128-token streams ended between heartbeats). */
+/** Streams of the 2-replica case: long enough that replica 1 is mid-stream when its host goes (with tp 1
+ * planning its steps ahead, 128-token streams end between heartbeats: faults.test.ts). */
 const LONG = 256;
 /** localhost first: the layout numbers ranks host by host, so the last rank is the remote one. */
 const hostfile = (local: number) => `localhost slots=${local} device=cpu\n127.0.0.2 slots=1 device=cpu\n`;

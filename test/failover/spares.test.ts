@@ -1,4 +1,4 @@
-// Failover with a spare (issue 6, recovery (a)): `--spares 1` keeps one extra worker joined with no
+// Failover with a spare (recovery (a)): `--spares 1` keeps one extra worker joined with no
 // weights loaded. When a rank of the tp=2 replica is lost mid-stream, the spare takes that rank, the
 // surviving rank keeps its process and shard and re-forms in place (new generation, new
 // communicators), every in-flight stream is replayed and ends with exactly the fault-free tokens,

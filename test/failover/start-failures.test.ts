@@ -1,4 +1,4 @@
-// Ranks that fail before they join (issue 6): after a kill -9 the launcher restarts the replica's
+// Ranks that fail before they join: after a kill -9 the launcher restarts the replica's
 // ranks, but rank 1's new process exits at start-up (a bad host, a broken device) or hangs there.
 // The coordinator must fail that re-form attempt (at the exit; after --join-timeout for a hang,
 // killing the process) and try again: a transient failure recovers on the next attempt with every

@@ -1,4 +1,4 @@
-// Failover visibility (issue 6, item 4) on a real CPU launch: kill -9 a worker mid-stream, then
+// Failover visibility on a real CPU launch: kill -9 a worker mid-stream, then
 //   - `nodespeed status --server` prints the failure on one line (who, cause, recovery, ms) and
 //     `--json` carries ClusterStatus fields 12-13 as the typed client decodes them;
 //   - the Prometheus endpoint of `--metrics-port 0` reports counters equal to ClusterStatus's;

@@ -1,5 +1,4 @@
-// Host emulations of the CUDA tensor-core kernels' fragment layouts and pipelines (flash_emu.cc,
-// skinny_emu.cc):
+// Host emulation of the flash prefill kernel's fragment layouts and pipeline (flash_emu.cc):
 // compiled with the system C++ compiler and run; skipped where there is none.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -27,12 +26,6 @@ function compileAndRun(source: string, expected: string): void {
     rmSync(dir, { recursive: true, force: true });
   }
 }
-
-describe('skinny decode GEMM emulation', () => {
-  it.skipIf(!haveCxx)('matches a double-precision X·W^T for 1..64 rows, split-K and not, both cp.async orders', () => {
-    compileAndRun('skinny_emu.cc', 'skinny emulation: all ok');
-  });
-});
 
 describe('flash prefill kernel emulation', () => {
   it.skipIf(!haveCxx)('matches a double-precision causal attention on paged, GQA, mixed steps', () => {

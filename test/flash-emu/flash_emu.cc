@@ -25,21 +25,20 @@ constexpr int kBr = 64, kBc = 64, kWarps = 4, kThreads = 128;
 
 struct Step {  // the kernel's AttnArgs, on the host
   int nh, nkv, B;
-  bool hm;  // kv_head_major (kv_layout.h)
   std::vector<bf16> qkv, kc, vc, out;
   std::vector<int32_t> tok_pos, tok_seq, seq_bt_off, block_tables;
 };
 
 template <int D>
 static void load_kv_tile(AsyncCopies& cp, std::vector<bf16>& dst, const std::vector<bf16>& cache, const int32_t* bt,
-                         int B, int nkv, int kh, int j0, int n_keys, bool hm) {
+                         int B, int nkv, int kh, int j0, int n_keys) {
   constexpr int kChunks = D / 8;
   for (int tid = 0; tid < kThreads; ++tid)
     for (int i = 0; i < kBc * kChunks / kThreads; ++i) {
       const int idx = tid + i * kThreads, r = idx / kChunks, c = idx % kChunks, j = j0 + r;
       const bool valid = j < n_keys;
       const int jj = valid ? j : 0;
-      cp.copy(dst, swz<D>(r, c), cache.data() + kv_offset(hm, bt[jj / B], jj % B, kh, nkv, B, D) + c * 8, valid);
+      cp.copy(dst, swz<D>(r, c), cache.data() + kv_offset(bt[jj / B], jj % B, kh, nkv, B, D) + c * 8, valid);
     }
 }
 
@@ -67,7 +66,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
         cp.copy(sQ, swz<D>(r, c), a.qkv.data() + (size_t)h * D + (size_t)(t0 + (valid ? r : 0)) * q_stride + c * 8, valid);
       }
   }
-  load_kv_tile<D>(cp, sK, a.kc, bt, B, nkv, kh, 0, n_keys, a.hm);
+  load_kv_tile<D>(cp, sK, a.kc, bt, B, nkv, kh, 0, n_keys);
   cp.commit();
   cp.wait(0);
   static uint32_t qf[kWarps][kDK][32][4];
@@ -87,7 +86,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
   const int n_tiles = (n_keys + kBc - 1) / kBc;
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int j0 = kt * kBc;
-    load_kv_tile<D>(cp, sV, a.vc, bt, B, nkv, kh, j0, n_keys, a.hm);
+    load_kv_tile<D>(cp, sV, a.vc, bt, B, nkv, kh, j0, n_keys);
     cp.commit();
     cp.wait(1);
     static float s[kWarps][kNT][32][4];
@@ -103,7 +102,7 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
           mma(s[w][2 * np], qf[w][ks], b01);
           mma(s[w][2 * np + 1], qf[w][ks], b23);
         }
-    if (kt + 1 < n_tiles) load_kv_tile<D>(cp, sK, a.kc, bt, B, nkv, kh, j0 + kBc, n_keys, a.hm);
+    if (kt + 1 < n_tiles) load_kv_tile<D>(cp, sK, a.kc, bt, B, nkv, kh, j0 + kBc, n_keys);
     cp.commit();
     const bool masked = j0 + kBc - 1 > p_first;
     for (int w = 0; w < kWarps; ++w)
@@ -188,10 +187,10 @@ static void run_block(Step& a, int h, int t0, int n, bool eager) {
 // in the cache. Sequences with >= 16 new tokens are cut into tiles of 64 (as CudaBackend::pack).
 template <int D>
 static bool check(const char* name, int nh, int nkv, int B, const std::vector<std::pair<int, int>>& seqs, bool eager,
-                  uint32_t seed, bool hm = false) {
+                  uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
-  Step a{nh, nkv, B, hm, {}, {}, {}, {}, {}, {}, {}, {}};
+  Step a{nh, nkv, B, {}, {}, {}, {}, {}, {}, {}, {}};
   int T = 0, n_blocks_total = 0;
   std::vector<int> first_tok;
   for (auto [pos, n] : seqs) { first_tok.push_back(T); T += n; n_blocks_total += (pos + n + B - 1) / B + 1; }
@@ -236,7 +235,7 @@ static bool check(const char* name, int nh, int nkv, int B, const std::vector<st
         std::vector<double> sc(p + 1), ref(D, 0.0);
         double mx = -1e300, sum = 0, vmax = 0;
         for (int j = 0; j <= p; ++j) {
-          const bf16* k = a.kc.data() + kv_offset(hm, bt[j / B], j % B, kh, nkv, B, D);
+          const bf16* k = a.kc.data() + kv_offset(bt[j / B], j % B, kh, nkv, B, D);
           double dot = 0;
           for (int d = 0; d < D; ++d) dot += (double)bf2f(q[d]) * bf2f(k[d]);
           sc[j] = dot * scale;
@@ -245,7 +244,7 @@ static bool check(const char* name, int nh, int nkv, int B, const std::vector<st
         for (int j = 0; j <= p; ++j) {
           const double w = std::exp(sc[j] - mx);
           sum += w;
-          const bf16* v = a.vc.data() + kv_offset(hm, bt[j / B], j % B, kh, nkv, B, D);
+          const bf16* v = a.vc.data() + kv_offset(bt[j / B], j % B, kh, nkv, B, D);
           for (int d = 0; d < D; ++d) { ref[d] += w * bf2f(v[d]); vmax = std::max(vmax, (double)std::fabs(bf2f(v[d]))); }
         }
         for (int d = 0; d < D; ++d) {
@@ -257,29 +256,26 @@ static bool check(const char* name, int nh, int nkv, int B, const std::vector<st
     }
   }
   const bool ok = worst < 1.5e-2 && untouched_ok && checked > 0;
-  std::printf("%-44s D=%3d nh=%d nkv=%d B=%2d %s %s tiles=%zu rows=%d max_err/max|v|=%.2e %s\n", name, D, nh, nkv, B,
-              eager ? "eager" : "lazy ", hm ? "head-major " : "token-major", tiles.size(), checked, worst, ok ? "ok" : "FAIL");
+  std::printf("%-44s D=%3d nh=%d nkv=%d B=%2d %s tiles=%zu rows=%d max_err/max|v|=%.2e %s\n", name, D, nh, nkv, B,
+              eager ? "eager" : "lazy ", tiles.size(), checked, worst, ok ? "ok" : "FAIL");
   return ok;
 }
 
-// kv_offset: each layout maps (block, slot, kv head) one-to-one onto the pool's rows; head-major
-// keeps one head's B rows of a block contiguous, token-major one token's heads.
+// kv_offset maps (block, slot, kv head) one-to-one onto the pool's rows, one token's heads side by side.
 static bool check_kv_offset() {
   const int blocks = 3, B = 5, nkv = 4, hd = 8;
-  for (bool hm : {false, true}) {
-    std::vector<int> hits(blocks * B * nkv, 0);
-    for (int b = 0; b < blocks; ++b)
-      for (int i = 0; i < B; ++i)
-        for (int k = 0; k < nkv; ++k) {
-          const size_t o = kv_offset(hm, b, i, k, nkv, B, hd);
-          if (o % hd || o / hd >= hits.size()) return false;
-          ++hits[o / hd];
-          const size_t next = hm ? (i + 1 < B ? kv_offset(hm, b, i + 1, k, nkv, B, hd) : o + hd) : (k + 1 < nkv ? kv_offset(hm, b, i, k + 1, nkv, B, hd) : o + hd);
-          if (next != o + hd) return false;
-        }
-    for (int h : hits) if (h != 1) return false;
-  }
-  std::printf("kv_offset: both layouts are one-to-one, rows contiguous along slot (head-major) / head (token-major): ok\n");
+  std::vector<int> hits(blocks * B * nkv, 0);
+  for (int b = 0; b < blocks; ++b)
+    for (int i = 0; i < B; ++i)
+      for (int k = 0; k < nkv; ++k) {
+        const size_t o = kv_offset(b, i, k, nkv, B, hd);
+        if (o % hd || o / hd >= hits.size()) return false;
+        ++hits[o / hd];
+        const size_t next = k + 1 < nkv ? kv_offset(b, i, k + 1, nkv, B, hd) : o + hd;
+        if (next != o + hd) return false;
+      }
+  for (int h : hits) if (h != 1) return false;
+  std::printf("kv_offset: one-to-one, a token's heads contiguous: ok\n");
   return true;
 }
 
@@ -294,10 +290,6 @@ int main() {
     ok &= check<128>("continuation pos 200 + 100, B=5", 4, 1, 5, {{200, 100}}, eager, 3);
     ok &= check<64>("head_dim 64, GQA 8/2, pos 17 + 70", 8, 2, 16, {{17, 70}, {0, 16}}, eager, 4);
   }
-  // The head-major cache layout (NODESPEED_CUDA_KV_LAYOUT=head): the same kernel, other addresses.
-  ok &= check<128>("head-major: mixed 130 + 77 + decode + 9", 4, 2, 16, {{0, 130}, {0, 77}, {40, 1}, {5, 9}}, false, 5, true);
-  ok &= check<128>("head-major: continuation pos 200 + 100, B=5", 4, 1, 5, {{200, 100}}, true, 6, true);
-  ok &= check<64>("head-major: head_dim 64, GQA 8/2", 8, 2, 16, {{17, 70}, {0, 16}}, false, 7, true);
   std::printf("%s\n", ok ? "flash emulation: all ok" : "flash emulation: FAILED");
   return ok ? 0 : 1;
 }

@@ -1,5 +1,5 @@
 // Host emulation of the PTX operations the tensor-core kernels use (ldmatrix, mma.sync m16n8k16
-// bf16, cp.async groups), from the PTX ISA's definitions; shared by flash_emu.cc and skinny_emu.cc.
+// bf16, cp.async groups), from the PTX ISA's definitions; used by flash_emu.cc.
 #pragma once
 
 #include <cmath>

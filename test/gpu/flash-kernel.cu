@@ -6,8 +6,8 @@
 // tiles + SIMT token list) and SIMT-only; both are compared with a double-precision causal
 // attention on the same rounded inputs (error relative to max |v|). Then times one layer of the
 // serving prefill shape (4 x 512 new tokens, 32 heads, head_dim 128, bf16): flash vs SIMT, and one
-// layer of a 64-decode step in each KV cache layout (kv_layout.h). Every case runs in both layouts.
-// If test/gpu/attention-flash.mjs fails, this says whether the kernel or the step plumbing is off.
+// layer of a 64-decode step.
+// If test/gpu/attention-flash.test.ts fails, this says whether the kernel or the step plumbing is off.
 // usage (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 -Inative/src \
 //     test/gpu/flash-kernel.cu native/src/cuda/attention.cu native/src/cuda/attention_prefill.cu -o /tmp/flash-kernel \
@@ -36,7 +36,6 @@ struct Case {
   const char* name; DType dt; int nh, nkv, hd, B;
   std::vector<std::pair<int, int>> seqs;  // {start position, new tokens}
   bool short_flash = false;  // short sequences (decodes) take flash tiles too (the engine's flash_short)
-  bool head_major = false;   // the cache layout (kv_layout.h)
 };
 
 // n decode tokens at contexts spread over [lo, hi).
@@ -117,7 +116,7 @@ void build(const Case& c, uint32_t seed, Built& b) {
   auto keep = [&](auto* p) { b.frees.push_back(p); return p; };
   a.qkv = keep(upload(b.q)); a.T = b.T; a.nh = c.nh; a.nkv = c.nkv; a.hd = c.hd;
   a.tok_pos = keep(upload(b.pos)); a.tok_seq = keep(upload(b.seq)); a.seq_bt_off = keep(upload(b.bt_off));
-  a.block_tables = keep(upload(b.bt)); a.block_size = c.B; a.kv_head_major = c.head_major;
+  a.block_tables = keep(upload(b.bt)); a.block_size = c.B;
   a.kcache = keep(upload(b.k)); a.vcache = keep(upload(b.v));
   void* out = nullptr;
   NS_CUDA(cudaMalloc(&out, (size_t)b.T * c.nh * c.hd * 2));
@@ -161,14 +160,14 @@ double error(const Case& c, const Built& b, const std::vector<uint16_t>& out) {
       std::vector<double> sc(p + 1), ref(c.hd, 0.0);
       double mx = -1e300, sum = 0, vmax = 1e-30;
       for (int j = 0; j <= p; ++j) {
-        const size_t base = kv_offset(c.head_major, bt[j / c.B], j % c.B, kh, c.nkv, c.B, c.hd);
+        const size_t base = kv_offset(bt[j / c.B], j % c.B, kh, c.nkv, c.B, c.hd);
         double dot = 0;
         for (int d = 0; d < c.hd; ++d) dot += (double)value(c.dt, b.q[t * row + h * c.hd + d]) * value(c.dt, b.k[base + d]);
         sc[j] = dot / std::sqrt((double)c.hd);
         mx = std::max(mx, sc[j]);
       }
       for (int j = 0; j <= p; ++j) {
-        const size_t base = kv_offset(c.head_major, bt[j / c.B], j % c.B, kh, c.nkv, c.B, c.hd);
+        const size_t base = kv_offset(bt[j / c.B], j % c.B, kh, c.nkv, c.B, c.hd);
         const double w = std::exp(sc[j] - mx);
         sum += w;
         for (int d = 0; d < c.hd; ++d) {
@@ -221,12 +220,11 @@ int main() {
   };
   bool ok = true;
   std::string json = "{\"cases\":[";
-  for (size_t i = 0; i < 2 * cases.size(); ++i) {  // each case in the token-major, then the head-major cache layout
-    Case c = cases[i % cases.size()];
-    c.head_major = i >= cases.size();
-    const std::string name = std::string(c.name) + (c.head_major ? " [head-major]" : "");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const std::string name = c.name;
     Built b;
-    build(c, 1234 + (uint32_t)(i % cases.size()), b);
+    build(c, 1234 + (uint32_t)i, b);
     const double e_split = error(c, b, run(c, b.a));
     const double e_simt = error(c, b, run(c, simt_only(b, c.nh)));
     const bool pass = e_split < kTol && e_simt < kTol;
@@ -245,30 +243,28 @@ int main() {
   const float ms_flash = time_ms(perf, b.a, 20), ms_simt = time_ms(perf, simt_only(b, perf.nh), 5);
   const double flops = 4.0 * 32 * (512.0 * 513 / 2) * 128 * 4;  // QK^T and PV over the causal pairs
   // One layer of a serving decode step: 64 decodes at contexts 512..767, 32 heads, hd 128: the SIMT
-  // kernel (as the engine splits it) vs one flash tile per sequence, in each cache layout; GB/s of K
-  // and V read.
-  auto decode_perf = [](bool head_major) {
-    Case dec{"64 decodes, ctx 512..767, 32 heads, hd 128", DType::BF16, 32, 32, 128, 16, decodes(64, 512, 768), true, head_major};
+  // kernel (as the engine splits it) vs one flash tile per sequence; GB/s of K and V read.
+  auto decode_perf = [] {
+    Case dec{"64 decodes, ctx 512..767, 32 heads, hd 128", DType::BF16, 32, 32, 128, 16, decodes(64, 512, 768), true};
     Built bd;
     build(dec, 7, bd);
     const float dms_flash = time_ms(dec, bd.a, 50), dms_simt = time_ms(dec, simt_only(bd, dec.nh), 50);
     double kv_bytes = 0;
     for (auto [p, n] : dec.seqs) kv_bytes += 2.0 * (p + n) * dec.nkv * dec.hd * 2;
     char out[512];
-    std::snprintf(out, sizeof out, "{\"shape\":\"%s\",\"layout\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,\"flashGBs\":%.0f,\"simtGBs\":%.0f}",
-                  dec.name, head_major ? "head-major" : "token-major", dms_flash, dms_simt, kv_bytes / (dms_flash * 1e-3) / 1e9,
-                  kv_bytes / (dms_simt * 1e-3) / 1e9);
-    std::fprintf(stderr, "decode layer (%s): flash %.1f us (%.0f GB/s), SIMT %.1f us (%.0f GB/s)\n", head_major ? "head-major" : "token-major",
+    std::snprintf(out, sizeof out, "{\"shape\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,\"flashGBs\":%.0f,\"simtGBs\":%.0f}",
+                  dec.name, dms_flash, dms_simt, kv_bytes / (dms_flash * 1e-3) / 1e9, kv_bytes / (dms_simt * 1e-3) / 1e9);
+    std::fprintf(stderr, "decode layer: flash %.1f us (%.0f GB/s), SIMT %.1f us (%.0f GB/s)\n",
                  dms_flash * 1e3, kv_bytes / (dms_flash * 1e-3) / 1e9, dms_simt * 1e3, kv_bytes / (dms_simt * 1e-3) / 1e9);
     return std::string(out);
   };
-  const std::string dec_token = decode_perf(false), dec_head = decode_perf(true);
+  const std::string dec = decode_perf();
   char tail[1024];
   std::snprintf(tail, sizeof tail, "],\"perf\":{\"shape\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,"
                 "\"flashMsPer32Layers\":%.3f,\"simtMsPer32Layers\":%.2f,\"flashTflops\":%.1f},"
-                "\"decodePerf\":[%s,%s],\"ok\":%s}",
+                "\"decodePerf\":%s,\"ok\":%s}",
                 perf.name, ms_flash, ms_simt, 32 * ms_flash, 32 * ms_simt, flops / (ms_flash * 1e-3) / 1e12,
-                dec_token.c_str(), dec_head.c_str(), ok ? "true" : "false");
+                dec.c_str(), ok ? "true" : "false");
   json += tail;
   std::printf("%s\n", json.c_str());
   return ok ? 0 : 1;

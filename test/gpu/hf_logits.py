@@ -1,4 +1,4 @@
-"""HF transformers reference for test/gpu/model-7b.mjs: logits of every position of one prompt.
+"""HF transformers reference for test/gpu/model-7b.test.ts: logits of every position of one prompt.
 
 usage: python3 hf_logits.py MODEL_DIR IDS_JSON OUT_BF16_BIN [OUT_F32_BIN]
 Loads MODEL_DIR in bf16 on cuda:0 the way a user does (AutoModelForCausalLM defaults: SDPA attention,

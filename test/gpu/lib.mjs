@@ -1,52 +1,90 @@
-// Shared by the GPU-host scripts in test/gpu and bench/decode: open one model folder as a
-// single-shard CUDA engine through the real loader (dist/model) and addon, and run steps on it.
-// Plain Node (no vitest): the GPU host gets only .gpu/node, build/, dist/ and node_modules.
-import { createRequire } from 'node:module';
-import { execSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+// Shared by the GPU suites (test/gpu/*.test.ts) and the GPU benchmarks (bench/decode, bench/tp):
+// open a model folder as CUDA engines through the built package (dist/: the loader, and the addon
+// configured from the settings registry, so NODESPEED_* variables apply as they do in a worker),
+// what this host offers (GPUs, nvcc, python3 with transformers), and result files with GPU and commit.
+import { execSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const addon = createRequire(import.meta.url)(join(root, 'build', 'Release', 'nodespeed.node'));
 
-// NODESPEED_TEST_DEVICE=cpu runs these scripts on the CPU backend: a dry run of the scripts
-// themselves on a machine without a GPU (the results then say device 'cpu').
-export const device = process.env.NODESPEED_TEST_DEVICE ?? 'cuda';
+const dist = (...p) => pathToFileURL(join(root, 'dist', ...p)).href;
+if (!existsSync(join(root, 'dist', 'native', 'addon.js'))) throw new Error('test/gpu/lib.mjs: dist/ is missing: run `npx tsc` first');
+const { loadAddon } = await import(dist('native', 'addon.js'));
+const { settings } = await import(dist('settings', 'index.js'));
+const model = await import(dist('model', 'index.js'));
 
-export function requireCuda() {
+/** The native addon, configured with this process's settings (src/native/addon.ts). */
+export const addon = loadAddon();
+
+// NODESPEED_TEST_DEVICE=cpu runs the checks that can on the CPU backend: a dry run of the checks
+// themselves on a machine without a GPU (results then say device 'cpu').
+export const device = settings().testDevice ?? 'cuda';
+
+/** Where a 7B-shape checkpoint lives (made by ensure7b when missing). */
+export const model7b = settings().testModel7b ?? '/tmp/llama-7b-shape';
+
+/**
+ * Whether this host can run a check needing `gpus` CUDA devices (and `cuda`: no CPU dry run): { ok,
+ * reason } where reason says why not. In a CPU dry run every check that allows it runs.
+ */
+export function gpuStatus({ gpus = 1, cuda = false } = {}) {
+  if (device === 'cpu') return cuda ? { ok: false, reason: 'needs CUDA (NODESPEED_TEST_DEVICE=cpu)' } : { ok: true, reason: '' };
   const info = addon.info();
-  if (device === 'cpu') return info;
-  if (!info.cuda.available) {
-    console.log(JSON.stringify({ ok: false, error: `cuda unavailable: ${info.cuda.reason}` }));
-    process.exit(2);
-  }
-  return info;
+  if (!info.cuda.available) return { ok: false, reason: `CUDA unavailable: ${info.cuda.reason}` };
+  if (info.cuda.devices.length < gpus) return { ok: false, reason: `needs ${gpus} GPUs, this host has ${info.cuda.devices.length}` };
+  if (gpus > 1 && !addon.ncclUniqueId) return { ok: false, reason: 'the addon has no NCCL binding' };
+  return { ok: true, reason: '' };
 }
 
-let loaderUsed = null;
+/** A suite title that carries the reason it is skipped (printed too: the default reporter shows counts only). */
+export function titled(title, status) {
+  if (status.ok) return title;
+  console.log(`skipped: ${title}: ${status.reason}`);
+  return `${title} [skipped: ${status.reason}]`;
+}
 
-// Loads `dir` as one shard (layers [layerStart, layerEnd), default all; tp rank `tpRank` of `tpSize`, on cuda:deviceIndex)
-// through the project's loader (dist/model) when it is built, else through
-// minimal-safetensors.mjs (whole tensors, tp 1 only). `comm` (tp > 1) is set before loading.
+/** nvcc for the kernel-level checks: $NVCC, $CUDA_HOME/bin/nvcc, /usr/local/cuda/bin/nvcc or PATH; null when absent. */
+export function findNvcc() {
+  const candidates = [process.env.NVCC, process.env.CUDA_HOME && join(process.env.CUDA_HOME, 'bin', 'nvcc'), '/usr/local/cuda/bin/nvcc'].filter(Boolean);
+  for (const c of candidates) if (existsSync(c)) return c;
+  const which = spawnSync('sh', ['-c', 'command -v nvcc'], { encoding: 'utf8' });
+  return which.status === 0 ? which.stdout.trim() : null;
+}
+
+/** Whether python3 can import torch and transformers (the HF references). */
+export function haveTransformers() {
+  return spawnSync('python3', ['-c', 'import torch, transformers'], { stdio: 'ignore' }).status === 0;
+}
+
+/** Makes the 7B-shape checkpoint at model7b unless it exists: `nodespeed model init`, else test/gpu/make_7b.py. */
+export function ensure7b() {
+  if (existsSync(join(model7b, 'config.json'))) return model7b;
+  const init = spawnSync(process.execPath, [join(root, 'bin', 'nodespeed'), 'model', 'init', '--preset', '7b', '--dtype', 'bf16', model7b],
+    { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 600_000 });
+  if (init.status === 0) return model7b;
+  const py = spawnSync('python3', [join(root, 'test', 'gpu', 'make_7b.py'), model7b], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', timeout: 600_000 });
+  if (py.status !== 0) throw new Error(`cannot make ${model7b}: nodespeed model init: ${init.stderr}; make_7b.py: ${py.stderr}`);
+  return model7b;
+}
+
+/**
+ * Loads `dir` as one shard (layers [layerStart, layerEnd), default all; tp rank `tpRank` of `tpSize`,
+ * on cuda:deviceIndex) through the project's loader; `comm` (tp > 1) is set before loading.
+ */
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
   tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd } = {}) {
-  let loader;
-  try { loader = await import(join(root, 'dist', 'model', 'index.js')); loaderUsed = 'dist/model'; }
-  catch (e) {
-    if (tpSize > 1) throw new Error(`tp ${tpSize} needs dist/model (npx tsc): ${e.message}`);
-    loader = await import('./minimal-safetensors.mjs'); loaderUsed = 'test/gpu/minimal-safetensors.mjs';
-  }
-  const cfg = loader.loadModelConfig(dir);
-  const ckpt = await loader.openCheckpoint(dir);
-  const plan = loader.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers });
+  const cfg = model.loadModelConfig(dir);
+  const ckpt = await model.openCheckpoint(dir);
+  const plan = model.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers });
   const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   if (comm) engine.setTpComm(comm);
   let weightBytes = 0;
   const t0 = performance.now();
-  await loader.loadShard(ckpt, plan, async (name, dt, shape, data) => {
+  await model.loadShard(ckpt, plan, async (name, dt, shape, data) => {
     weightBytes += shape.reduce((a, b) => a * b, 1) * 2;
     await engine.loadTensor(name, dt, shape, data);
   });
@@ -54,6 +92,17 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   const loadSeconds = (performance.now() - t0) / 1000;
   if (ckpt.close) await ckpt.close();
   return { engine, cfg, shard, kvBlocks: fin.kvBlocks, blockSize: fin.kvBlockSize, weightBytes, loadSeconds };
+}
+
+/** Runs `fn` with some native settings changed (read when an engine is constructed), then restores them. */
+export async function withSettings(changes, fn) {
+  const before = addon.settings();
+  addon.configure({ ...before, ...changes });
+  try {
+    return await fn();
+  } finally {
+    addon.configure(before);
+  }
 }
 
 // Two or more in-process TP communicators, one per rank: NCCL from one unique id on cuda:rank, or
@@ -102,10 +151,26 @@ export async function greedy(engine, ids, n, blockTable) {
   return { tokens: out, lastLogits: first.logits };
 }
 
-// NODESPEED_COMMIT first: the device machine's copy of the tree carries a stale .git, so
-// `git rev-parse` there names an older commit than the one built (run-all.sh sets it from .gpu/COMMIT).
+/**
+ * How close the reference's top two logits are after `seq`: the f32 CPU backend (held against HF f32
+ * to ~1e-5 on every fixture) re-scores the sequence. Where a GPU run leaves HF's greedy path, this
+ * tells a rounding flip at a near-tie from a real divergence.
+ */
+export async function referenceMargin(dir, seq) {
+  const { engine, blockSize, kvBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
+  try {
+    const [bt] = blockTables(1, 1024, blockSize, kvBlocks);
+    const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, sample: false }], wantLogits: true });
+    const s = Array.from(r.logits).sort((a, b) => b - a);
+    return s[0] - s[1];
+  } finally {
+    engine.dispose();
+  }
+}
+
+/** The commit the results belong to: NODESPEED_COMMIT (a copy of the tree without .git), else git. */
 export function gitCommit() {
-  if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
+  if (settings().commit) return settings().commit;
   try { return execSync('git rev-parse HEAD', { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); }
   catch { return 'unknown'; }
 }
@@ -119,14 +184,27 @@ export function gpuSlug() {
   return gpuName().split(',')[0].replace(/NVIDIA\s*/i, '').trim().replace(/[^A-Za-z0-9]+/g, '-').toLowerCase();
 }
 
-// Writes a result JSON (with GPU, commit and command) into RESULTS_DIR (default bench/results),
-// as NAME-<gpu>.json so runs on different GPUs sit side by side.
-export function writeResult(name, body) {
-  const dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results');
+// Writes a result JSON (with GPU, commit and command) into `dir` (default $RESULTS_DIR, else
+// bench/results) as NAME-<gpu>.json, so runs on different GPUs sit side by side.
+export function writeResult(name, body, dir = process.env.RESULTS_DIR ?? join(root, 'bench', 'results')) {
   mkdirSync(dir, { recursive: true });
   name = name.replace(/\.json$/, `-${device === 'cpu' ? 'cpu-dry-run' : gpuSlug()}.json`);
-  const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, loader: loaderUsed, commit: gitCommit(), command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '),
-    date: new Date().toISOString(), ...body };
+  const doc = { gpu: device === 'cpu' ? 'none (cpu dry run)' : gpuName(), device, commit: gitCommit(),
+    command: process.argv.slice(1).map((a) => a.replace(root + '/', '')).join(' '), date: new Date().toISOString(), ...body };
   writeFileSync(join(dir, name), JSON.stringify(doc, null, 2) + '\n');
   return doc;
+}
+
+/** The GPU suites record their measurements only where a run asks for it ($RESULTS_DIR, as bench/gpu-visit.sh sets). */
+export function recordResult(name, body) {
+  if (process.env.RESULTS_DIR) writeResult(name, body);
+}
+
+export function requireCuda() {
+  const s = gpuStatus();
+  if (!s.ok) {
+    console.log(JSON.stringify({ ok: false, error: s.reason }));
+    process.exit(2);
+  }
+  return addon.info();
 }

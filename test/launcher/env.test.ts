@@ -32,7 +32,7 @@ describe('env files', () => {
   });
   it('carries NCCL_*, the engine knobs, PATH and LD_LIBRARY_PATH only (no tokens)', () => {
     expect(carriedEnv({ NCCL_DEBUG: 'INFO', NCCL_IB_DISABLE: '1', PATH: '/p', LD_LIBRARY_PATH: '/l', HOME: '/h', SECRET: 's',
-      NODESPEED_CUDA_WARMUP: '0', NODESPEED_P2P: '0', NODESPEED_RUN_AHEAD: '0', NODESPEED_AUTH_TOKEN: 't', NODESPEED_JOB_TOKEN: 'j',
+      NODESPEED_CUDA_WARMUP: '0', NODESPEED_P2P: '0', NODESPEED_CUDA_LT: '0', NODESPEED_AUTH_TOKEN: 't', NODESPEED_JOB_TOKEN: 'j',
       NODESPEED_P2PX: '1' })).toEqual({
       NCCL_DEBUG: 'INFO',
       NCCL_IB_DISABLE: '1',
@@ -40,7 +40,7 @@ describe('env files', () => {
       LD_LIBRARY_PATH: '/l',
       NODESPEED_CUDA_WARMUP: '0',
       NODESPEED_P2P: '0',
-      NODESPEED_RUN_AHEAD: '0',
+      NODESPEED_CUDA_LT: '0',
     });
   });
   it('rank variables, and rankInfo reads them back typed', () => {

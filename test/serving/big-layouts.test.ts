@@ -1,4 +1,4 @@
-// The layouts issue 7 runs on 4- and 8-GPU hosts, planned here without GPUs: Llama-2-13B at TP=4 and
+// The layouts of 4- and 8-GPU hosts, planned here without GPUs: Llama-2-13B at TP=4 and
 // TP=2 x PP=2, 70B at TP=8 and TP=4 x PP=2, and 2 replicas x TP=2. The layout code must keep each
 // TP group on its host, balance stages by parameters (embedding and LM head included), give every
 // parameter to exactly one rank of a replica (norms replicated per TP rank), and the memory check
@@ -27,7 +27,7 @@ const CASES = [
   { preset: '70b', gpus: 8, tp: 4, pp: 2, replicas: 1 },
 ];
 
-describe('issue 7 layouts, planned on the CPU', () => {
+describe('4- and 8-GPU layouts, planned on the CPU', () => {
   for (const k of CASES) {
     it(`${k.preset} on ${k.gpus} GPUs: tp ${k.tp} x pp ${k.pp} x ${k.replicas} replica(s)`, () => {
       const c = config(k.preset);

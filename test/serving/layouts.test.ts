@@ -14,7 +14,7 @@ const LAYOUTS: { name: string; args: string[] }[] = [
   { name: 'pp=2', args: ['--num_cpu_workers', '2', '--pp', '2'] },
   { name: 'tp=2 x pp=2', args: ['--num_cpu_workers', '4', '--tp', '2', '--pp', '2'] },
   { name: '2 replicas', args: ['--num_cpu_workers', '2', '--replicas', '2'] },
-  // Issue 7's GPU layouts, on CPU workers: tp 4 over 2 KV heads replicates each KV head to two ranks.
+  // The 4-GPU layouts, on CPU workers: tp 4 over 2 KV heads replicates each KV head to two ranks.
   { name: 'tp=4', args: ['--num_cpu_workers', '4', '--tp', '4'] },
   { name: '2 replicas x tp=2', args: ['--num_cpu_workers', '4', '--tp', '2', '--replicas', '2'] },
 ];

@@ -10,13 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "addon/comm_binding.h"
 #include "addon/js_config.h"
 #include "engine.h"
-
-#if __has_include("../comm/comm_binding.h")
-#include "../comm/comm_binding.h"
-#define NS_HAVE_COMM_BINDING 1
-#endif
 
 namespace ns::addon {
 
@@ -172,7 +168,6 @@ class Engine : public Napi::ObjectWrap<Engine> {
   void SetTpComm(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     CheckLive(env, "setTpComm");
-#ifdef NS_HAVE_COMM_BINDING
     std::shared_ptr<Communicator> comm = UnwrapComm(info[0]);
     std::unique_lock<std::mutex> lock(st_->mu, std::try_to_lock);
     if (!lock.owns_lock()) throw Napi::Error::New(env, "setTpComm: a step is running; set the communicator before stepping");
@@ -181,9 +176,6 @@ class Engine : public Napi::ObjectWrap<Engine> {
     } catch (const std::exception& e) {
       throw Napi::Error::New(env, e.what());
     }
-#else
-    throw Napi::Error::New(env, "setTpComm: this addon was built without the communicator binding (native/src/comm)");
-#endif
   }
 
   Napi::Value Step(const Napi::CallbackInfo& info);

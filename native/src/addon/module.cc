@@ -1,25 +1,21 @@
-// Module entry: addon.info(), addon.Engine, addon.sampleCheck (tests), and (when helper "comm"'s binding is present)
-// addon.Comm / addon.ncclUniqueId.
+// Module entry: addon.configure / addon.settings, addon.info(), addon.Engine, addon.sampleCheck (tests),
+// addon.Comm and addon.ncclUniqueId (docs/ENGINE.md "Addon JS API").
 #include <napi.h>
 
+#include "addon/comm_binding.h"
 #include "addon/engine_binding.h"
 #include "addon/info.h"
 #include "addon/sample_check_binding.h"
-
-#if __has_include("../comm/comm_binding.h")
-#include "../comm/comm_binding.h"
-#define NS_HAVE_COMM_BINDING 1
-#endif
+#include "addon/settings_binding.h"
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ns::addon::InitSettings(env, exports);
   exports.Set("info", Napi::Function::New(env, ns::addon::Info, "info"));
   ns::addon::InitEngine(env, exports);
   exports.Set("sampleCheck", Napi::Function::New(env, ns::addon::SampleCheck, "sampleCheck"));
-#ifdef NS_HAVE_COMM_BINDING
   ns::InitComm(env, exports);
-#endif
   return exports;
 }
 

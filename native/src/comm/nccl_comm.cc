@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/dl.h"
+#include "common/settings.h"
 #include "cuda/p2p_collectives.h"
 
 namespace ns {
@@ -41,7 +42,7 @@ struct NcclLib {
 const NcclLib& lib() {
   static const NcclLib l = [] {
     NcclLib l;
-    dl::Library so = dl::open_library("NCCL", "NODESPEED_NCCL", {"libnccl.so.2", "libnccl.so"});
+    dl::Library so = dl::open_library("NCCL", "NODESPEED_NCCL", settings().nccl_path, {"libnccl.so.2", "libnccl.so"});
     if (!so.handle) { l.error = so.error; return l; }
     l.path = so.path;
     std::string missing;
@@ -185,8 +186,7 @@ void NcclComm::init() {
 }
 
 void NcclComm::setup_p2p() {
-  const char* env = std::getenv("NODESPEED_P2P");
-  if (env && std::strcmp(env, "0") == 0) {
+  if (!settings().p2p) {
     p2p_status_ = "p2p collectives off (NODESPEED_P2P=0)";
     return;
   }

@@ -57,16 +57,16 @@ std::vector<std::string> search_dirs() {
   return dirs;
 }
 
-Library open_library(const char* what, const char* env_var, const std::vector<std::string>& sonames) {
+Library open_library(const char* what, const char* setting, const std::string& path, const std::vector<std::string>& sonames) {
   Library lib;
-  if (const char* env = env_var ? std::getenv(env_var) : nullptr; env && *env) {
-    lib.handle = dlopen(env, RTLD_NOW | RTLD_LOCAL);
+  if (!path.empty()) {
+    lib.handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (lib.handle) {
-      lib.path = env;
+      lib.path = path;
       return lib;
     }
     const char* why = dlerror();
-    lib.error = std::string(what) + " not loaded: " + env_var + "=" + env + " cannot be opened (" +
+    lib.error = std::string(what) + " not loaded: " + setting + "=" + path + " cannot be opened (" +
                 (why ? why : "unknown error") + ")";
     return lib;
   }
@@ -88,7 +88,7 @@ Library open_library(const char* what, const char* env_var, const std::vector<st
   std::string names;
   for (const auto& so : sonames) names += (names.empty() ? "" : "/") + so;
   lib.error = std::string(what) + " not found (" + names + " in " + looked + failures + "; set " +
-              (env_var ? env_var : "LD_LIBRARY_PATH") + " to the library file)";
+              setting + " to the library file)";
   return lib;
 }
 

@@ -1,5 +1,7 @@
 // Run-time loading of the NVIDIA libraries we never link at build time (NCCL, cuBLAS, cuBLASLt):
-// a machine without them still loads the addon, and the error says where we looked.
+// a machine without them still loads the addon, and the error says where we looked. The search
+// follows the dynamic loader's own environment (LD_LIBRARY_PATH, CUDA_HOME, HOME): this is the one
+// native file that reads environment variables; nodespeed's own settings come from common/settings.h.
 #pragma once
 
 #include <string>
@@ -18,11 +20,12 @@ struct Library {
   std::string error;       // when handle is nullptr: what was tried and why it failed
 };
 
-// Opens the first of `sonames` (e.g. {"libnccl.so.2"}) found. `env_var` (e.g. "NODESPEED_NCCL"),
-// when set, is an exact file path tried first; if it is set but cannot be opened that is an error
-// (we do not silently fall back to another copy than the one the user asked for).
-// `what` names the library in messages ("NCCL"). Thread-safe; opens with RTLD_NOW | RTLD_LOCAL.
-Library open_library(const char* what, const char* env_var, const std::vector<std::string>& sonames);
+// Opens the first of `sonames` (e.g. {"libnccl.so.2"}) found. `path` (the user's choice, e.g. the
+// NODESPEED_NCCL setting, named by `setting` in messages), when not empty, is an exact file tried
+// first; if it cannot be opened that is an error (we do not silently fall back to another copy than
+// the one the user asked for). `what` names the library in messages ("NCCL"). Thread-safe; opens
+// with RTLD_NOW | RTLD_LOCAL.
+Library open_library(const char* what, const char* setting, const std::string& path, const std::vector<std::string>& sonames);
 
 // dlsym that returns nullptr when missing (callers name the symbol in their own error).
 void* symbol(void* handle, const char* name);

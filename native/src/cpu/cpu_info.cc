@@ -2,15 +2,16 @@
 
 #include <sched.h>
 
-#include <cstdlib>
 #include <thread>
+
+#include "common/settings.h"
 
 namespace ns::cpu {
 
 bool has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c") && !std::getenv("NODESPEED_NO_AVX2");
+                         __builtin_cpu_supports("f16c") && !settings().no_avx2;
   return ok;
 #else
   return false;
@@ -20,10 +21,7 @@ bool has_avx2() {
 const char* simd_name() { return has_avx2() ? "avx2" : "generic"; }
 
 int default_threads() {
-  if (const char* env = std::getenv("NODESPEED_THREADS")) {
-    int n = std::atoi(env);
-    if (n > 0) return n;
-  }
+  if (const int n = settings().threads; n > 0) return n;
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {

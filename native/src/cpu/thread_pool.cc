@@ -6,7 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
+
+#include "common/settings.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -25,10 +26,9 @@ namespace {
 constexpr int kSpinIterations = 4000;
 constexpr int kCallerSpinIterations = 1000;
 
-// Lowers this thread's priority by NODESPEED_COMPUTE_NICE (default 2; Linux nice is per thread).
+// Lowers this thread's priority by the compute_nice setting (default 2; Linux nice is per thread).
 void lower_priority() {
-  const char* env = std::getenv("NODESPEED_COMPUTE_NICE");
-  const int inc = env ? std::atoi(env) : 2;
+  const int inc = settings().compute_nice;
   if (inc <= 0) return;
   const id_t tid = static_cast<id_t>(syscall(SYS_gettid));
   errno = 0;

@@ -49,7 +49,7 @@ __device__ __forceinline__ uint32_t pack2(float x, float y, __half*) {
 // beyond n_keys are zero-filled (uninitialised cache memory may hold NaN bit patterns).
 template <typename T, int D>
 __device__ __forceinline__ void load_kv_tile(T* dst, const T* cache, const int32_t* bt, int B, int nkv, int kh, int j0,
-                                             int n_keys, bool hm) {
+                                             int n_keys) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
 #pragma unroll
   for (int i = 0; i < kBc * kChunks / kThreads; ++i) {
@@ -58,7 +58,7 @@ __device__ __forceinline__ void load_kv_tile(T* dst, const T* cache, const int32
     const int j = j0 + r;
     const bool valid = j < n_keys;
     const int jj = valid ? j : 0;
-    const T* src = cache + kv_offset(hm, bt[jj / B], jj % B, kh, nkv, B, D) + c * 8;
+    const T* src = cache + kv_offset(bt[jj / B], jj % B, kh, nkv, B, D) + c * 8;
     cp_async16(smem_addr(dst + swz<D>(r, c)), src, valid);
   }
 }
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
       cp_async16(smem_addr(sQ + swz<D>(r, c)), q + (size_t)(t0 + (valid ? r : 0)) * q_stride + c * 8, valid);
     }
   }
-  load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, 0, n_keys, a.kv_head_major);
+  load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, 0, n_keys);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
   const int n_tiles = (n_keys + kBc - 1) / kBc;
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int j0 = kt * kBc;
-    load_kv_tile<T, D>(sV, vc, bt, B, nkv, kh, j0, n_keys, a.kv_head_major);
+    load_kv_tile<T, D>(sV, vc, bt, B, nkv, kh, j0, n_keys);
     cp_async_commit();
     cp_async_wait<1>();  // this tile's K has landed (V may still be in flight)
     __syncthreads();
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
       }
     }
     __syncthreads();  // every warp is done with sK: stream the next key tile into it
-    if (kt + 1 < n_tiles) load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, j0 + kBc, n_keys, a.kv_head_major);
+    if (kt + 1 < n_tiles) load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, j0 + kBc, n_keys);
     cp_async_commit();  // (possibly empty group: keeps the wait counts uniform)
 
     // Online softmax in the log2 domain; s[nt][2 i + e] is row c_row(lane, 2 i) of the warp's 16,

@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "common/dl.h"
+#include "common/settings.h"
 #include "cuda/cublas_api.h"
 
 namespace ns::cuda {
@@ -14,7 +15,7 @@ std::string g_error;
 std::once_flag g_once;
 
 void load() {
-  const dl::Library lib = dl::open_library("cuBLAS", "NODESPEED_CUBLAS", {"libcublas.so.13", "libcublas.so.12", "libcublas.so"});
+  const dl::Library lib = dl::open_library("cuBLAS", "NODESPEED_CUBLAS", settings().cublas_path, {"libcublas.so.13", "libcublas.so.12", "libcublas.so"});
   if (!lib.handle) {
     g_error = lib.error;
     return;

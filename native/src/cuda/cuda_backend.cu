@@ -10,6 +10,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "common/settings.h"
 #include "cuda/cuda_common.h"
 #include "cpu/rope.h"
 #include "common/half.h"
@@ -49,10 +50,10 @@ void PinnedBuffer::reserve(size_t need) {
 }
 PinnedBuffer::~PinnedBuffer() { if (ptr) cudaFreeHost(ptr); }
 
+// Programmatic dependent launch needs sm_90. It took the batch-1 decode step from 4.47-4.52 to
+// 4.40-4.46 ms on an H200 (bench/results/decode-ab-h200.json), so it is on wherever it exists.
 bool pdl_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("NODESPEED_CUDA_PDL");
-    if (e && std::strcmp(e, "0") == 0) return false;
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
@@ -130,25 +131,14 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     throw std::runtime_error("cuda: vocab rows [" + std::to_string(c.vocab_start) + ", " + std::to_string(c.vocab_end) +
                              ") of tp rank " + std::to_string(c.tp_rank) + " are not slot " + std::to_string(c.tp_rank) +
                              " of ceil(vocab / tp) = " + std::to_string(vocab_stride_) + " rows");
-  if (const char* g = std::getenv("NODESPEED_CUDA_GEMV")) use_gemv_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPHS")) use_graphs_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_GRAPH_MAX")) {
-    char* end = nullptr;
-    const long v = std::strtol(g, &end, 10);
-    if (!*g || *end || v < 1 || v > 256)
-      throw std::runtime_error(std::string("NODESPEED_CUDA_GRAPH_MAX=") + g + ": expected a batch size 1..256");
-    graph_max_ = static_cast<int>(v);
-  }
-  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH")) use_flash_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_WARMUP")) warm_gemms_ = std::strcmp(g, "0") != 0;
-  if (const char* g = std::getenv("NODESPEED_CUDA_FLASH_DECODE_MIN")) flash_decode_min_ = std::atoi(g);
-  if (const char* g = std::getenv("NODESPEED_CUDA_ATTN_SPLITS_MAX")) max_attn_splits_ = std::clamp(std::atoi(g), 1, 16);
-  if (const char* g = std::getenv("NODESPEED_CUDA_KV_LAYOUT")) {
-    if (std::strcmp(g, "head") != 0 && std::strcmp(g, "token") != 0)
-      throw std::runtime_error(std::string("NODESPEED_CUDA_KV_LAYOUT=") + g + ": expected token or head");
-    kv_head_major_ = std::strcmp(g, "head") == 0;
-  }
-  use_flash_ = use_flash_ && flash_attention_supported(c.head_dim);
+  const Settings set = settings();  // the registry's switches (src/settings/index.ts, `nodespeed env`)
+  use_gemv_ = set.cuda_gemv;
+  use_graphs_ = set.cuda_graphs;
+  graph_max_ = std::clamp(set.cuda_graph_max, 1, 256);
+  use_flash_ = set.cuda_flash && flash_attention_supported(c.head_dim);
+  warm_gemms_ = set.cuda_warmup;
+  if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
+  max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
   if (family_) {  // the family forward runs its own kernels, eagerly
     use_flash_ = use_graphs_ = warm_gemms_ = false;
   }
@@ -168,11 +158,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (!(api_->set_workspace && blas_ws_.reserve(32u << 20) &&
         api_->set_workspace(blas_, blas_ws_.ptr, blas_ws_.bytes) == CUBLAS_STATUS_SUCCESS))
     graph_max_ = std::min(graph_max_, 4);
-  if (const char* g = std::getenv("NODESPEED_CUDA_SKINNY"); g && std::strcmp(g, "1") == 0) {
-    use_skinny_ = true;
-    skinny_ws_.reserve(24u << 20);  // split-K partials: <= 16 slices x 64 rows x 4096 fp32 and the like (skinny_gemm.cu)
-  }
-  if (const char* g = std::getenv("NODESPEED_CUDA_LT"); !family_ && !(g && std::strcmp(g, "0") == 0)) {
+  if (set.cuda_lt && !family_) {
     lt_ = LtGemm::create(stream_, &why);
     if (!lt_) std::fprintf(stderr, "nodespeed: cuBLASLt decode GEMMs off (cublasGemmEx for all): %s\n", why.c_str());
   }
@@ -422,7 +408,7 @@ int CudaBackend::finalize() {
   return kv_blocks_;
 }
 
-// On by default (NODESPEED_CUDA_WARMUP=0 turns it off; session 5, H200, 64-stream bench/serve: first
+// On by default (NODESPEED_CUDA_WARMUP=0 turns it off; H200, 64-stream bench/serve: first
 // batch-64 step 22.0 -> 9.7 ms, the tail steps of 63/48/16 sequences 16.9/18.5/14.0 -> 10.6/10.1/6.4
 // ms, 4,887 -> 4,927 generated tok/s, bench/results/serve-warmup-ab-h200.json). Runs every
 // cuBLAS GEMM shape of a decode step once for 5..256 rows at load, in the output mode the step uses,
@@ -527,9 +513,6 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
   // (fp32 residual stream): accumulated into y by cuBLAS (beta 1).
   const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
-  if (use_skinny_ &&
-      skinny_gemm(act_, x, w, M, N, K, y, out, skinny_ws_.as<float>(), skinny_ws_.bytes, sm_count_, stream_))
-    return;
   if (lt_ && lt_->run({M, N, K, at, ct, mode == Out::AddResidual}, w, x, y)) return;
   const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w, at, K, x, at, K, &beta,
                                           y, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
@@ -575,7 +558,8 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_skinny_ ? ", skinny gemm" : "") << (use_flash_ ? ", flash prefill" : "") << (kv_head_major_ ? ", kv head-major" : "") << (pdl_enabled() ? ", pdl" : "");
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")
+    << (round_mask() ? ", HF rounding mask " + std::to_string(round_mask()) : std::string());
   return s.str();
 }
 

@@ -123,8 +123,6 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
-  bool use_skinny_ = false;     // NODESPEED_CUDA_SKINNY=1: decode GEMMs of <= 64 rows on our tensor-core kernel (skinny_gemm.cu)
-  DeviceBuffer skinny_ws_;      // its split-K partials
   std::unique_ptr<LtGemm> lt_;  // decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h); NODESPEED_CUDA_LT=0: none
   // Tunes lt_ for one decode GEMM shape on `weights` (the same matrix of several layers).
   void tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode);
@@ -136,9 +134,6 @@ class CudaBackend final : public Backend {
   bool use_flash_ = true;
   int flash_decode_min_ = std::numeric_limits<int>::max();
   int max_attn_splits_ = 16;  // NODESPEED_CUDA_ATTN_SPLITS_MAX (1..16): for A/B runs of the batch-1 attention
-  // NODESPEED_CUDA_KV_LAYOUT=head (kv_layout.h). Measured equal on an H200 (decode layer 4.25 TB/s
-  // in both layouts; batch-64 step 11.9 vs 11.8 ms, batch 1 within noise), so token-major stays.
-  bool kv_head_major_ = false;
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

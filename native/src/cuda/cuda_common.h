@@ -115,14 +115,14 @@ inline unsigned ceil_div(size_t a, size_t b) { return static_cast<unsigned>((a +
 // stream drains, hiding launch latency and the previous kernel's tail (~300 kernels per decode
 // step). Every kernel therefore starts with grid_dependency_wait() before touching memory an
 // earlier kernel wrote; it returns once those kernels finished and their writes are visible, so
-// ordering is the same as plain stream order. NODESPEED_CUDA_PDL=0 turns it off.
+// ordering is the same as plain stream order.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 
-bool pdl_enabled();  // cuda_backend.cu: env switch and compute capability >= 9.0 (cached)
+bool pdl_enabled();  // cuda_backend.cu: compute capability >= 9.0 (cached)
 
 // launch() with `smem` bytes of dynamic shared memory.
 template <typename... KArgs, typename... Args>

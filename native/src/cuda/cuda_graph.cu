@@ -1,6 +1,6 @@
 // Decode steps as CUDA graphs. At batch 1 a 7B step is ~330 small kernels, whose launch cost and
 // gaps are a visible share of the ~5 ms a token takes; at batch 64 eager launching left the GPU idle
-// ~0.57 ms of a ~9.5 ms step (ncu kernel sum 8.88 ms, H200, session 6). One graph per bucket is
+// ~0.57 ms of a ~9.5 ms step (ncu kernel sum 8.88 ms, H200, bench/results/serve-profile-h200-bbaa8c7.json). One graph per bucket is
 // captured on first use; its kernels read tokens, positions, slots and block tables from the packed
 // metadata buffer (fixed address, refreshed by one copy before each replay), and the attention split
 // count depends only on the bucket, so replays stay valid as contexts grow. Reallocating any scratch

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/moe_route.h"
+#include "common/settings.h"
 #include "cpu/rope.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_common.h"
@@ -20,12 +21,12 @@ namespace ns::cuda {
 
 namespace {
 
-// NODESPEED_CUDA_PROFILE_STEP=N brackets the N-th step (0-based, per process) with
-// cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one step.
+// The cuda_profile_step setting (NODESPEED_CUDA_PROFILE_STEP=N) brackets the N-th step (0-based,
+// per process) with cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one step.
 struct ProfileWindow {
   bool on = false;
   explicit ProfileWindow(long step) {
-    static const long want = [] { const char* e = std::getenv("NODESPEED_CUDA_PROFILE_STEP"); return e ? std::atol(e) : -1L; }();
+    static const long want = settings().cuda_profile_step;
     on = want >= 0 && step == want;
     if (on) cudaProfilerStart();
   }
@@ -229,10 +230,10 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
-                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, kv_head_major_, st);
+                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP), kv_head_major_};
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP)};
     attention(act_, a, st);
     if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
       rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
@@ -396,10 +397,10 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     const float* cos = local ? tabs + (size_t)2 * T * rope_half_ : tabs;
     family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
                c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, d + p.slot,
-               kcache_[l], vcache_[l], c.kv_block_size, kv_head_major_, st);
+               kcache_[l], vcache_[l], c.kv_block_size, st);
     FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                      d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, scale, c.attn_softcap,
-                     L.sliding ? c.sliding_window : 0, kv_head_major_};
+                     L.sliding ? c.sliding_window : 0};
     family_attention(act_, a, st);
     matmul(attn_.ptr, L.o.ptr, T, H, qd, part, Out::F32);
     if (c.o_bias && rank0) add_bias_f32(part, L.o_bias.as<float>(), T, H, st);

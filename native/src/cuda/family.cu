@@ -30,7 +30,7 @@ __device__ __forceinline__ float block_sum_f(float v, float* part) {  // part: 3
 template <typename T>
 __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* kn, float eps, int nh, int nkv,
                            int hd, int half, const float* cos, const float* sin, const int32_t* slot, T* kc, T* vc,
-                           int B, bool hm) {
+                           int B) {
   const int t = blockIdx.x;
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
   const int sl = slot[t];
@@ -60,8 +60,8 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
     }
     if (i < hd) {
       if (h < nh) row[h * hd + i] = from_f<T>(v);
-      else if (h < nh + nkv) kc[kv_offset(hm, sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
-      else vc[kv_offset(hm, sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
+      else if (h < nh + nkv) kc[kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
+      else vc[kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
     }
   }
 }
@@ -71,7 +71,7 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
 template <typename T>
 __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const int32_t* tok_pos, const int32_t* tok_seq,
                                  const int32_t* seq_bt_off, const int32_t* block_tables, int B, const T* kc,
-                                 const T* vc, T* out, float scale, float softcap, int window, bool hm) {
+                                 const T* vc, T* out, float scale, float softcap, int window) {
   constexpr int kWarps = 4, kMaxPer = 8;  // hd <= 256
   const int t = blockIdx.x, h = blockIdx.y, kh = h / (nh / nkv);
   const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
@@ -89,7 +89,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
   }
   float m = -INFINITY, l = 0.f;
   for (int j = first + wp; j <= pos; j += kWarps) {
-    const size_t off = kv_offset(hm, table[j / B], j % B, kh, nkv, B, hd);
+    const size_t off = kv_offset(table[j / B], j % B, kh, nkv, B, hd);
     float s = 0.f;
 #pragma unroll
     for (int e = 0; e < kMaxPer; ++e) {
@@ -194,12 +194,11 @@ unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 
 
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, bool head_major, cudaStream_t s) {
+                void* kcache, void* vcache, int block_size, cudaStream_t s) {
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
     launch("family_qkv", qkv_kernel<E>, dim3(T), dim3(hd <= 128 ? 128 : 256), s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm,
-           k_norm, eps, nh, nkv, hd, half, cos, sin, slot, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size,
-           head_major);
+           k_norm, eps, nh, nkv, hd, half, cos, sin, slot, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size);
   });
   NS_LAUNCHED("family_qkv");
 }
@@ -210,7 +209,7 @@ void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s) {
     launch("family_attention", attention_kernel<E>, dim3(a.T, a.nh), dim3(128), s, static_cast<const E*>(a.qkv), a.nh,
            a.nkv, a.hd, a.tok_pos, a.tok_seq, a.seq_bt_off, a.block_tables, a.block_size,
            static_cast<const E*>(a.kcache), static_cast<const E*>(a.vcache), static_cast<E*>(a.out), a.scale,
-           a.softcap, a.window, a.kv_head_major);
+           a.softcap, a.window);
   });
   NS_LAUNCHED("family_attention");
 }

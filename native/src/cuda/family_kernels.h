@@ -16,7 +16,7 @@ namespace ns::cuda {
 // attention factor included), q written back, k and v into the paged cache at slot[t] (< 0: none).
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, bool head_major, cudaStream_t s);
+                void* kcache, void* vcache, int block_size, cudaStream_t s);
 
 struct FamilyAttnArgs {
   const void* qkv; int T, nh, nkv, hd;
@@ -24,7 +24,6 @@ struct FamilyAttnArgs {
   int block_size; const void* kcache; const void* vcache; void* out;
   float scale, softcap;  // softcap 0: off
   int window;            // 0: all of [0, pos]; else (pos - window, pos]
-  bool kv_head_major;
 };
 // Causal GQA attention of every token over its sequence's cached keys in its window.
 void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s);

@@ -30,7 +30,7 @@ void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const
 // cache's element layout: kv_layout.h).
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, int block_size, bool kv_head_major, cudaStream_t s);
+                   void* vcache, int block_size, cudaStream_t s);
 
 // Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
 // token sets:
@@ -50,7 +50,6 @@ struct AttnArgs {
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
-  bool kv_head_major = false;  // the cache's layout (kv_layout.h)
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
@@ -73,11 +72,6 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
 enum class GemvOut { Act, F32, AddResidual };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
-// y[M, N] = x[M, K] · W[N, K]^T on tensor cores for 1 <= M <= 64 (skinny_gemm.cu); false, with
-// nothing enqueued, when the shape does not fit (N % 128, K % 64, alignment, `ws` too small for the
-// split-K partials).
-bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, void* y, GemvOut mode, float* ws,
-                 size_t ws_bytes, int sm_count, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.

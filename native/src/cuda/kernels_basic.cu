@@ -5,21 +5,14 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "common/settings.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 
 namespace ns::cuda {
 
 int round_mask() {
-  static const int mask = [] {
-    const char* e = std::getenv("NODESPEED_CUDA_ROUND");
-    if (!e || !*e) return 0;
-    char* end = nullptr;
-    const long v = std::strtol(e, &end, 0);
-    if (*end || v < 0 || v > kRoundHF)
-      throw std::runtime_error(std::string("NODESPEED_CUDA_ROUND=") + e + ": expected a mask 0.." + std::to_string(kRoundHF));
-    return static_cast<int>(v);
-  }();
+  static const int mask = settings().cuda_round & kRoundHF;
   return mask;
 }
 

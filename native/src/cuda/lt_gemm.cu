@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/dl.h"
+#include "common/settings.h"
 
 namespace ns::cuda {
 namespace {
@@ -66,7 +67,7 @@ const LtGemm::Api& lt_api() {
   static LtGemm::Api api;
   static std::once_flag once;
   std::call_once(once, [] {
-    const dl::Library lib = dl::open_library("cuBLASLt", "NODESPEED_CUBLASLT", {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"});
+    const dl::Library lib = dl::open_library("cuBLASLt", "NODESPEED_CUBLASLT", settings().cublaslt_path, {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"});
     if (!lib.handle) { api.error = lib.error; return; }
     auto sym = [&](auto& fn, const char* name) {
       fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dl::symbol(lib.handle, name));

@@ -1,7 +1,8 @@
-// Decode-sized GEMMs (5..256 rows) through cuBLASLt with an algorithm measured on this GPU, opt-in
-// with NODESPEED_CUDA_LT=1 until a serving A/B says it pays. cublasGemmEx's default choice reads a 7B's
-// weights at ~65% of copy bandwidth in a batch-64 decode step (H200, bench/results/gemm-algos-h200.json:
-// 4.94 ms of GEMMs a step); the best of cuBLASLt's heuristic candidates per shape measured 4.70 ms.
+// Decode-sized GEMMs (5..256 rows) through cuBLASLt with an algorithm measured on this GPU, the
+// default (NODESPEED_CUDA_LT=0: cublasGemmEx for all; 64 streams 4,934 -> 4,984 tok/s on an H200,
+// bench/results/serve-lt-ab-h200x2-739c5a1.json). cublasGemmEx's default choice reads a 7B's weights at
+// ~65% of copy bandwidth in a batch-64 decode step (H200, bench/results/gemm-algos-h200.json: 4.94 ms
+// of GEMMs a step); the best of cuBLASLt's heuristic candidates per shape measured 4.70 ms.
 // At load, for every decode GEMM shape and row count, each candidate (and cublasGemmEx itself) is
 // timed on weights rotated through several layers (past L2); the fastest Lt algorithm is kept only
 // where it beats cublasGemmEx. libcublasLt is dlopen'ed like libcublas (NODESPEED_CUBLASLT).

@@ -1,6 +1,5 @@
-// Tensor-core building blocks shared by the flash prefill kernel (attention_prefill.cu) and the
-// skinny decode GEMM (skinny_gemm.cu): cp.async 16-byte copies, ldmatrix, mma.sync m16n8k16 with
-// bf16/fp16 inputs and fp32 accumulators. Fragment index maps live in flash_layout.h.
+// Tensor-core building blocks of the flash prefill kernel (attention_prefill.cu): cp.async 16-byte
+// copies, ldmatrix, mma.sync m16n8k16 with bf16/fp16 inputs and fp32 accumulators. Fragment index maps live in flash_layout.h.
 #pragma once
 
 #include <cstdint>

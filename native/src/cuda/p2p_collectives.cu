@@ -10,6 +10,7 @@
 #include <fstream>
 #include <vector>
 
+#include "common/settings.h"
 #include "cuda/cuda_common.h"
 
 namespace ns::cuda {
@@ -239,7 +240,7 @@ std::unique_ptr<P2pCollectives> P2pCollectives::create(int rank, int size, int d
   im->rank = rank;
   im->world = size;
   im->device = device;
-  if (const char* t = std::getenv("NODESPEED_P2P_TIMEOUT_S")) im->timeout_ns = static_cast<uint64_t>(std::atof(t) * 1e9);
+  im->timeout_ns = static_cast<uint64_t>(settings().p2p_timeout_s * 1e9);
   Card mine{};
   const std::string boot = boot_id();
   std::strncpy(mine.boot_id, boot.c_str(), sizeof mine.boot_id - 1);
@@ -315,16 +316,13 @@ std::unique_ptr<P2pCollectives> P2pCollectives::create(int rank, int size, int d
 
 size_t P2pCollectives::max_bytes() const { return kParityBytes; }
 
-// On by default since session 6 (NODESPEED_P2P_NORM=0 turns it off). The first version (256 threads
-// looping over a row: 4 dependent NVLink round trips for a 4096-wide row) made the batch-1 tp-2 step
-// 3.31 ms vs 3.05 ms unfused (session 5). This one gives each thread one 16-byte vector (1024 threads
-// for 4096), so a row's peer loads are all in flight at once: tp-2 batch-1 serving 319.7 -> 333.4
-// tok/s on 2 H200s, and 333.3 in a second run (bench/results/serve-cuda-h200x2-ab6-bbaa8c7.json).
+// On by default (NODESPEED_P2P_NORM=0 turns it off). Each thread owns one 16-byte vector of the row
+// (1024 threads for 4096), so a row's peer loads are all in flight at once: tp-2 batch-1 serving
+// 319.7 -> 333.4 tok/s on 2 H200s, and 333.3 in a second run (bench/results/serve-cuda-h200x2-ab6-bbaa8c7.json).
+// 256 threads looping over a row (4 dependent NVLink round trips for a 4096-wide row) made the
+// batch-1 tp-2 step slower than no fusion (3.31 vs 3.05 ms, bench/results/tp-step-h200x2.json).
 bool P2pCollectives::fuses_norm() const {
-  static const bool enabled = [] {
-    const char* e = std::getenv("NODESPEED_P2P_NORM");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool enabled = settings().p2p_norm;
   return enabled;
 }
 

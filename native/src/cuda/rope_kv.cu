@@ -30,7 +30,7 @@ __device__ __forceinline__ void rope_table(int pos, const float* inv_freq, int h
 
 template <typename T>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, int hpb, const int32_t* pos,
-                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool hm, bool rnd) {
+                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool rnd) {
   grid_dependency_wait();
   const int t = blockIdx.x, h0 = blockIdx.y * hpb, h1 = min(h0 + hpb, nh + 2 * nkv);
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
@@ -54,11 +54,11 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
-        T* k = kc + kv_offset(hm, sl / B, sl % B, h - nh, nkv, B, hd);
+        T* k = kc + kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
         k[j] = o1; k[j + half] = o2;
       }
     } else {
-      T* vo = vc + kv_offset(hm, sl / B, sl % B, h - nh - nkv, nkv, B, hd);
+      T* vo = vc + kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
       vo[j] = bias ? from_f<T>(to_f(row[a]) + to_f(bias[a])) : row[a];
       vo[j + half] = bias ? from_f<T>(to_f(row[b]) + to_f(bias[b])) : row[b];
     }
@@ -68,12 +68,12 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
 // The same operation, element for element (bit-identical outputs), with 16-byte accesses: a work item
 // is 8 consecutive pair-starts j..j+7 of one head (two 16-byte loads, two 16-byte stores), hd % 16
 // == 0. Grid (token, chunk of kRopeVecThreads items). On an H200 the scalar kernel above took 281 us
-// a layer for an 8192-token prefill step (~35% of copy bandwidth for its 400 MB; ncu, session 6).
+// a layer for an 8192-token prefill step (~35% of copy bandwidth for its 400 MB; ncu, bench/results/serve-profile-h200-bbaa8c7.json).
 constexpr int kRopeVecThreads = 128;
 
 template <typename T>
 __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, const int32_t* pos,
-                                   const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool hm, bool rnd) {
+                                   const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool rnd) {
   grid_dependency_wait();
   const int t = blockIdx.x, half = hd / 2, per_head = half / 8;
   const int i = blockIdx.y * blockDim.x + threadIdx.x;
@@ -109,8 +109,8 @@ __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int h
   }
   T* dst;
   if (h < nh) dst = row + h * hd;
-  else if (h < nh + nkv) dst = kc + kv_offset(hm, sl / B, sl % B, h - nh, nkv, B, hd);
-  else dst = vc + kv_offset(hm, sl / B, sl % B, h - nh - nkv, nkv, B, hd);
+  else if (h < nh + nkv) dst = kc + kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
+  else dst = vc + kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
   *reinterpret_cast<uint4*>(dst + j0) = pack8<T>(o1);
   *reinterpret_cast<uint4*>(dst + j0 + half) = pack8<T>(o2);
 }
@@ -119,7 +119,7 @@ __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int h
 
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, int block_size, bool kv_head_major, cudaStream_t s) {
+                   void* vcache, int block_size, cudaStream_t s) {
   if (T == 0) return;
   const int heads = nh + 2 * nkv;
   if (hd % 16 == 0) {
@@ -127,7 +127,7 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
     NS_DISPATCH_ACT(act, E, {
       launch("rope_kv_write", rope_kv_vec_kernel<E>, dim3(T, (items + kRopeVecThreads - 1) / kRopeVecThreads), dim3(kRopeVecThreads), s,
              static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos, slot, inv_freq, static_cast<E*>(kcache),
-             static_cast<E*>(vcache), block_size, kv_head_major, rounds(kRoundRope));
+             static_cast<E*>(vcache), block_size, rounds(kRoundRope));
     });
     NS_LAUNCHED("rope_kv_write");
     return;
@@ -137,7 +137,7 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
   NS_DISPATCH_ACT(act, E, {
     launch("rope_kv_write", rope_kv_kernel<E>, dim3(T, (heads + hpb - 1) / hpb), dim3(threads), s, static_cast<E*>(qkv),
            static_cast<const E*>(bias), nh, nkv, hd, hpb, pos, slot, inv_freq, static_cast<E*>(kcache),
-           static_cast<E*>(vcache), block_size, kv_head_major, rounds(kRoundRope));
+           static_cast<E*>(vcache), block_size, rounds(kRoundRope));
   });
   NS_LAUNCHED("rope_kv_write");
 }

@@ -3,7 +3,7 @@
 import type { Long } from '@grpc/proto-loader';
 
 /**
- * One lost worker and what failover did about it (issue 6).
+ * One lost worker and what failover did about it.
  */
 export interface FailureStatusIn {
   'rank'?: (number);
@@ -45,7 +45,7 @@ export interface FailureStatusIn {
 }
 
 /**
- * One lost worker and what failover did about it (issue 6).
+ * One lost worker and what failover did about it.
  */
 export interface FailureStatus {
   'rank': (number);

@@ -1,19 +1,17 @@
 // The CUDA sampler against the CPU one (which test/engine/sampler*.test.ts holds to transformers'
 // numbers): logit bias, penalties, min-p, top-k, top-p, logprobs and the seeded draw on the same
-// logits through addon.sampleCheck, then the same controls inside CUDA engine steps, where the
-// per-row lists travel through the extras buffer and decode graphs: a batch of 8 mixed sequences
-// must sample what each sequence samples alone.
-//
-//   node test/gpu/sampler-check.mjs [out.json]      (prints one JSON line; exit 1 on a mismatch)
-import { writeFileSync } from 'node:fs';
+// logits through addon.sampleCheck (vocab 64, 32000, 151936), then the same controls inside CUDA
+// engine steps, where the per-row lists travel through the extras buffer and decode graphs: a batch
+// of 8 mixed sequences (one graph bucket) must sample what each sequence samples alone.
+import { describe, expect, it } from 'vitest';
 
-import { addon, device, openCudaEngine, requireCuda, root } from './lib.mjs';
+import { addon, device, gpuStatus, openCudaEngine, recordResult, root, titled } from './lib.mjs';
 
-requireCuda();
-const failures = [];
-const fail = (what) => { failures.push(what); };
+const gpu = gpuStatus({ cuda: true });
+let failures: string[] = [];
+const fail = (what: string) => { failures.push(what); };
 
-function rng(seed) {
+function rng(seed: number) {
   let s = seed >>> 0;
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;
@@ -112,15 +110,21 @@ async function engineCheck() {
   return { sequences: mixes.length, describe };
 }
 
-const result = { device, kernel: [kernelCheck(64, 20), kernelCheck(32000, 6), kernelCheck(151936, 3)] };
-try {
-  result.engine = await engineCheck();
-} catch (e) {
-  fail(`engine: ${e.message}`);
-}
-result.ok = failures.length === 0;
-result.failures = failures;
-const line = JSON.stringify(result);
-console.log(line);
-if (process.argv[2]) writeFileSync(process.argv[2], line + '\n');
-process.exit(result.ok ? 0 : 1);
+describe.skipIf(!gpu.ok)(titled('the CUDA sampler against the CPU sampler', gpu), { timeout: 600_000 }, () => {
+  const result: Record<string, unknown> = { device };
+  it('sampleCheck: the same penalized logits, greedy ids, top logprobs and (within rounding) draws as the CPU', () => {
+    failures = [];
+    result.kernel = [kernelCheck(64, 20), kernelCheck(32000, 6), kernelCheck(151936, 3)];
+    result.kernelFailures = failures;
+    recordResult('gpu-sampler-check.json', result);
+    expect(failures).toEqual([]);
+  });
+
+  it('engine steps: a batch of 8 mixed sequences samples what each samples alone', async () => {
+    failures = [];
+    result.engine = await engineCheck();
+    result.engineFailures = failures;
+    recordResult('gpu-sampler-check.json', result);
+    expect(failures).toEqual([]);
+  });
+});

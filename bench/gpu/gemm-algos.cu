@@ -1,12 +1,12 @@
-// Can cuBLASLt's algorithm choice close the gap of the batch-64 decode GEMMs? (issue 5: on an H200
-// the serving decode step's cuBLAS GEMMs read the 7B's weights at ~80% of copy bandwidth, ~0.85 ms a
-// step over the weight roofline.) For every projection of a Llama-2-7B layer and the LM head, at
-// M = 8..128 rows, this times what the engine runs today (cublasGemmEx, CUBLAS_GEMM_DEFAULT, the
-// same transposes, output types and beta as CudaBackend::matmul) and every algorithm
+// How close cuBLAS and cuBLASLt's algorithms get to the weight roofline for the batch-64 decode
+// GEMMs (on an H200 the serving decode step's cublasGemmEx GEMMs read the 7B's weights at ~80% of copy
+// bandwidth). For every projection of a Llama-2-7B layer and the LM head, at M = 8..128 rows, this
+// times cublasGemmEx (CUBLAS_GEMM_DEFAULT, the same transposes, output types and beta as
+// CudaBackend::matmul, the engine's path with NODESPEED_CUDA_LT=0) and every algorithm
 // cublasLtMatmulAlgoGetHeuristic offers (up to 16), each on weights rotated through > 256 MB so
 // no run finds them in L2, and reports GB/s of weight read and the per-step saving at M = 64.
-// Compiled on the GPU host against its CUDA headers (the dev machine has no cuBLAS headers):
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a test/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos
+// Compiled on the GPU host against its CUDA toolkit's cuBLAS headers (`bash bench/gpu/ab.sh gemmalgos`):
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos
 //   /tmp/gemm-algos > gemm-algos.json     (one JSON line; progress on stderr)
 #include <cublasLt.h>
 #include <cublas_v2.h>

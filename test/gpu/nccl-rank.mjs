@@ -1,20 +1,14 @@
-// NCCL through the addon between two GPUs (issue 4 point 3, run on nvidia-h200-x2): two
-// processes, one GPU each; rank 0 makes the unique id and hands it over in a temp file. Checks
-// all-reduce sums (f32 and bf16), all-gather order, broadcast, send/recv, asyncError, and that
-// abort() unblocks a recv no one will ever send to; reports the 64 MB all-reduce bus bandwidth.
-// usage: node test/gpu/nccl-allreduce.mjs   (prints one JSON line; exit 0 ok, 1 failure, 2 no 2 GPUs)
-// NODESPEED_TEST_DEVICE=cpu runs the same script over the TCP comm (a dry run without GPUs).
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// One rank of test/gpu/nccl.test.ts: `node test/gpu/nccl-rank.mjs RANK DIR`. Forms a 2-rank NCCL comm
+// through the addon on cuda:RANK (rank 0 makes the unique id and hands it over in DIR), runs the
+// checks and prints one JSON line { rank, ok, ...checks }; exit 0 when every check passed.
+// NODESPEED_TEST_DEVICE=cpu: the same over the TCP comm (a dry run without GPUs).
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const addon = createRequire(import.meta.url)(process.env.NODESPEED_ADDON ?? join(root, 'build', 'Release', 'nodespeed.node'));
-const kind = process.env.NODESPEED_TEST_DEVICE === 'cpu' ? 'tcp' : 'nccl';
-process.env.NCCL_NVLS_ENABLE = '0';  // NVLink multicast stays off on shared hosts
+import { addon, device } from './lib.mjs';
+
+const kind = device === 'cpu' ? 'tcp' : 'nccl';
+process.env.NCCL_NVLS_ENABLE = '0';  // NVLink multicast stays off on shared hosts (read by NCCL at init)
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function waitFile(path, ms = 60_000) {
@@ -44,7 +38,7 @@ async function rankMain(rank, dir) {
     await comm.init();
     checks.initMs = Math.round(performance.now() - t0);
   } else {
-    comm = new addon.Comm({ kind: 'tcp', rank, size, nonce: 'nccl-allreduce-dry-run' });
+    comm = new addon.Comm({ kind: 'tcp', rank, size, nonce: 'nccl-rank-dry-run' });
     publish(join(dir, `addr${rank}`), `127.0.0.1:${await comm.listen('127.0.0.1')}`);
     const addrs = [];
     for (let r = 0; r < size; ++r) addrs.push(String(await waitFile(join(dir, `addr${r}`))));
@@ -118,42 +112,8 @@ async function rankMain(rank, dir) {
   process.exit(ok ? 0 : 1);
 }
 
-async function parentMain() {
-  if (kind === 'nccl' && addon.info) {  // (a comm-only test build of the addon has no info())
-    const info = addon.info();
-    if (info.cuda.devices.length < 2 || !addon.ncclUniqueId) {
-      console.log(JSON.stringify({ ok: false, skipped: `needs 2 GPUs and the NCCL binding (devices: ${info.cuda.devices.length}, ${info.cuda.reason})` }));
-      process.exit(2);
-    }
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'ns-nccl-'));
-  const script = fileURLToPath(import.meta.url);
-  const runs = [0, 1].map((rank) => new Promise((res) => {
-    const p = spawn(process.execPath, [script, '--rank', String(rank), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (d) => { out += d; });
-    const timer = setTimeout(() => p.kill('SIGKILL'), 120_000);
-    p.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      const line = out.trim().split('\n').pop() ?? '';
-      let r;
-      try { r = JSON.parse(line); } catch { r = { rank, ok: false, error: `exit ${code ?? signal}: ${out.slice(-500)}` }; }
-      res({ ...r, exit: code ?? signal });
-    });
-  }));
-  const ranks = await Promise.all(runs);
-  rmSync(dir, { recursive: true, force: true });
-  const ok = ranks.every((r) => r.ok && r.exit === 0);
-  console.log(JSON.stringify({ ok, kind, devices: kind === 'nccl' && addon.info ? addon.info().cuda.devices.map((d) => d.name) : [], ranks }));
-  process.exit(ok ? 0 : 1);
-}
-
-const i = process.argv.indexOf('--rank');
-if (i >= 0) {
-  rankMain(Number(process.argv[i + 1]), process.argv[i + 2]).catch((e) => {
-    console.log(JSON.stringify({ rank: Number(process.argv[i + 1]), ok: false, error: e.message }));
-    process.exit(1);
-  });
-} else {
-  await parentMain();
-}
+const [rank, dir] = [Number(process.argv[2]), process.argv[3]];
+rankMain(rank, dir).catch((e) => {
+  console.log(JSON.stringify({ rank, ok: false, error: e.message }));
+  process.exit(1);
+});

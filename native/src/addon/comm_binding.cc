@@ -1,6 +1,6 @@
 // addon.Comm: a TcpComm or NcclComm behind a JS class. Blocking ops go to the comm's own thread
 // (comm_queue.h); abort() and asyncError() are synchronous and safe while an op is blocked.
-#include "comm/comm_binding.h"
+#include "addon/comm_binding.h"
 
 #include <cstring>
 #include <string>
