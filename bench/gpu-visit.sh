@@ -6,8 +6,11 @@
 #          Suites that cannot run here say why and are skipped. Their measurements go to $OUT/results.
 #   serve  bench/serve: 64 streams x 256 new tokens (512-token prompts) at tp 1 (and batch 1 at tp 1
 #          and 2 with 2 GPUs) beside HF transformers eager generate, with the step trace.
+#   moe    bench/moe: a Qwen1.5-MoE-A2.7B-shaped random checkpoint (`model init --arch qwen2_moe
+#          --preset a2.7b`, 28.6 GB, in $MOE_MODEL, default /tmp/qwen15-moe-a2.7b) decoding at batch 1
+#          against its roofline and at batch 32 beside HF transformers eager (bench/moe/hf_moe.py).
 #
-# usage: bash bench/gpu-visit.sh [tests] [serve]     (default: both)
+# usage: bash bench/gpu-visit.sh [tests] [serve] [moe]     (default: tests serve)
 #   TESTS="fixtures graph-check"  run only these test/gpu files (to split the suite over several calls;
 #   the 7B ones, model-7b graph-check attention-flash, take the longest);  NO_HF=1  serve without HF
 #   OUT (default /tmp/nodespeed-gpu-visit); NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape: made
@@ -59,7 +62,14 @@ for step in $steps; do
       NODESPEED_STEP_TRACE=$OUT/serve-steps.jsonl node bench/serve/run.mjs --device cuda --model "$MODEL" --tp $tps $hf \
         --out "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
-    *) echo "bench/gpu-visit.sh: unknown step '$step' (tests, serve)" >&2; exit 2 ;;
+    moe)
+      MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}
+      if [ ! -f "$MOE_MODEL/config.json" ]; then
+        timeout 900 node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" > "$OUT/moe-model-init.log" 2>&1 || { echo "model init failed: $OUT/moe-model-init.log"; status=1; continue; }
+      fi
+      node bench/moe/run.mjs "$MOE_MODEL" 2>&1 | tee "$OUT/moe.log"
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    *) echo "bench/gpu-visit.sh: unknown step '$step' (tests, serve, moe)" >&2; exit 2 ;;
   esac
 done
 echo "== bench/gpu-visit.sh: $steps: $([ $status = 0 ] && echo passed || echo FAILED); results in $OUT"

@@ -45,10 +45,10 @@ const flags = [
 if (process.env.NODESPEED_CUDA_VERBOSE) flags.push('-Xptxas', '-v');
 
 // Compile in parallel (each nvcc is single-threaded); rebuild only sources newer than their object
-// or than any header they may include (this folder's, common/'s, engine.h).
+// or than any header they may include (this folder's, common/'s, engine.h, cpu/rope.h).
 const headerDirs = [srcDir, join(root, 'native', 'src', 'common')];
 const headerTime = Math.max(0, ...headerDirs.flatMap((d) => readdirSync(d).filter((f) => f.endsWith('.h')).map((f) => statSync(join(d, f)).mtimeMs)),
-  statSync(join(root, 'native', 'src', 'engine.h')).mtimeMs);
+  statSync(join(root, 'native', 'src', 'engine.h')).mtimeMs, statSync(join(root, 'native', 'src', 'cpu', 'rope.h')).mtimeMs);
 const jobs = Math.max(1, Math.min(sources.length, Number(process.env.NODESPEED_JOBS) || cpus().length));
 const objects = sources.map((s) => join(objDir, s.replace(/\.cu$/, '.o')));
 const todo = sources.map((s, i) => ({ src: join(srcDir, s), obj: objects[i] })).filter(({ src, obj }) =>

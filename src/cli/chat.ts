@@ -8,17 +8,19 @@ import type { Interface } from 'node:readline';
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
+import type { ClientOptions } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice } from '../engine/index.js';
 import { samplingDefaults } from '../launcher/cluster.js';
 import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
 import type { ChatMessage } from '../model/index.js';
 import { finishReasonText } from '../protocol/lifecycle.js';
-import { settings } from '../settings/index.js';
 import { withModelDefaults } from '../protocol/sampling.js';
 import { intArg } from './args.js';
 import { requestSampling, samplingOf, samplingOptions } from './generate.js';
 import type { SamplingFlags } from './generate.js';
+import { addServerFlags, clientOptions, SERVER_FLAG_KEYS } from './server-flags.js';
+import type { ServerFlags } from './server-flags.js';
 
 export interface ChatReply {
   text: string;
@@ -71,8 +73,8 @@ export async function localChatBackend(o: LocalChatOptions): Promise<ChatBackend
 }
 
 /** A running cluster: each turn is one Generate call with the conversation as `messages`, cancelled on abort. */
-export function serverChatBackend(server: string, o: SamplingFlags, authToken?: string): ChatBackend {
-  const client = new NodespeedClient(server, authToken ? { authToken } : {});
+export function serverChatBackend(server: string, o: SamplingFlags, connect: ClientOptions = {}): ChatBackend {
+  const client = new NodespeedClient(server, connect);
   return {
     async reply(messages, onText, signal) {
       let text = '';
@@ -180,7 +182,7 @@ export async function chatLoop(backend: ChatBackend, io: ChatLoopIo): Promise<vo
   await done;
 }
 
-interface ChatCliOptions extends SamplingFlags {
+interface ChatCliOptions extends SamplingFlags, ServerFlags {
   model?: string;
   server?: string;
   device: DeviceChoice;
@@ -194,16 +196,18 @@ export function register(program: Command): void {
     .command('chat')
     .description('Chat with a model in the terminal, loaded here (--model DIR) or through a running cluster (--server ADDR)')
     .option('--model <dir>', 'Hugging Face model folder with a chat template')
-    .option('--server <addr>', 'a running `nodespeed launch` (host:port of its gRPC API; NODESPEED_AUTH_TOKEN for its token)')
+    .option('--server <addr>', 'a running `nodespeed launch` (host:port of its gRPC API)')
     .option('--system <text>', 'a system message that opens the conversation')
     .addOption(new Option('--device <device>', 'with --model: cpu, cuda or auto').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'with --model: cpu weight storage / cuda compute dtype').choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
     .option('--threads <n>', 'with --model: CPU threads', intArg('--threads', 1, 4096));
+  addServerFlags(cmd, 'with --server: ');
   samplingOptions(cmd)
     .action(async (o: ChatCliOptions) => {
       if (!o.model === !o.server) throw new InvalidArgumentError('give exactly one of --model DIR and --server ADDR');
-      const token = settings().authToken;
-      const backend = o.server ? serverChatBackend(o.server, o, token) : await localChatBackend({ ...o, model: o.model! });
+      const serverOnly = SERVER_FLAG_KEYS.filter((k) => o[k] !== undefined);
+      if (!o.server && serverOnly.length) throw new InvalidArgumentError(`--${serverOnly[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} only applies with --server`);
+      const backend = o.server ? serverChatBackend(o.server, o, clientOptions(o)) : await localChatBackend({ ...o, model: o.model! });
       try {
         await chatLoop(backend, { input: process.stdin, output: process.stdout, ...(o.system ? { system: o.system } : {}) });
       } finally {

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
+import type { ClientOptions } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
 import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
 import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
@@ -14,7 +15,9 @@ import { SamplingError, parseSamplingNumber, parseSeed, withModelDefaults } from
 import { samplingDefaults } from '../launcher/cluster.js';
 import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
 import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
-import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings, settings } from '../settings/index.js';
+import { addServerFlags, clientOptions, SERVER_FLAG_KEYS } from './server-flags.js';
+import type { ServerFlags } from './server-flags.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings } from '../settings/index.js';
 
 /** The sampling and stopping flags, shared by `generate` and `chat` (absent: the server's or the model's default). */
 export interface SamplingFlags {
@@ -34,7 +37,7 @@ export interface SamplingFlags {
   logprobs?: number;
 }
 
-export interface GenerateCliOptions extends SamplingFlags {
+export interface GenerateCliOptions extends SamplingFlags, ServerFlags {
   model?: string;
   device: DeviceChoice;
   dtype: DTypeChoice;
@@ -42,7 +45,6 @@ export interface GenerateCliOptions extends SamplingFlags {
   hfRounding?: boolean;
   json: boolean;
   server?: string;
-  authToken?: string;
   timeout: number;
 }
 
@@ -192,9 +194,9 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
 }
 
 /** The same generation through a running `nodespeed launch` at `server`; `onText` gets each text delta. */
-export async function generateRemote(prompt: string, o: GenerateCliOptions & { server: string; authToken?: string },
+export async function generateRemote(prompt: string, o: GenerateCliOptions & { server: string }, connect: ClientOptions,
   onText?: (delta: string) => void): Promise<GenerateResult> {
-  const client = new NodespeedClient(o.server, o.authToken ? { authToken: o.authToken } : {});
+  const client = new NodespeedClient(o.server, connect);
   const start = performance.now();
   let firstAt: number | undefined;
   const tokenIds: number[] = [];
@@ -231,7 +233,7 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
 /** Flags that only mean something when the model is loaded here; --server refuses them rather than ignore them. */
 const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads', 'hfRounding'] as const;
 /** And the reverse. */
-const SERVER_ONLY = ['authToken', 'timeout'] as const;
+const SERVER_ONLY = [...SERVER_FLAG_KEYS, 'timeout'] as const;
 
 export function register(program: Command): void {
   const cmd = program
@@ -246,8 +248,8 @@ export function register(program: Command): void {
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--json', 'print one JSON line at the end instead of streaming text', false)
-    .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here')
-    .option('--auth-token <token>', 'with --server: bearer token (or NODESPEED_AUTH_TOKEN)')
+    .option('--server <addr>', 'generate through a running `nodespeed launch` (host:port) instead of loading --model here');
+  addServerFlags(cmd, 'with --server: ')
     .option('--timeout <s>', 'with --server: seconds to wait for the server to be reachable', secondsArg('--timeout'), 10);
   cmd.action(async (promptArg: string, o: GenerateCliOptions) => {
     const given = (k: string): boolean => cmd.getOptionValueSource(k) === 'cli';
@@ -261,8 +263,8 @@ export function register(program: Command): void {
     }
     const prompt = readPrompt(promptArg);
     if (!o.server) return void (await generateLocal(prompt, o));
-    const token = o.authToken ?? settings().authToken;
-    const probe = new NodespeedClient(o.server);
+    const connect = clientOptions(o);
+    const probe = new NodespeedClient(o.server, connect);
     try {
       await probe.waitForReady(o.timeout * 1000);
     } catch (err) {
@@ -270,7 +272,7 @@ export function register(program: Command): void {
     } finally {
       probe.close();
     }
-    const result = await generateRemote(prompt, { ...o, server: o.server, ...(token ? { authToken: token } : {}) },
+    const result = await generateRemote(prompt, { ...o, server: o.server }, connect,
       o.json ? undefined : (delta) => void process.stdout.write(delta));
     process.stdout.write(o.json ? resultJson(result) + '\n' : '\n');
   });

@@ -14,13 +14,16 @@ import { planWithSpares } from '../launcher/cluster.js';
 import { describeLayout } from '../coordinator/layout.js';
 import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib } from '../coordinator/memory.js';
-import { HF_ROUNDING, HF_ROUNDING_HELP, settings, settingsEnv } from '../settings/index.js';
+import { HF_ROUNDING, HF_ROUNDING_HELP, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
 import type { Placement } from '../launcher/plan.js';
 import { intArg, portArg, secondsArg } from './args.js';
 import { checkCheckpoint } from './checkpoint.js';
 import { flushAndExit } from './exit.js';
 import { loadBar } from './progress.js';
+import { isLoopbackBind, readAuthToken, readPublicTls } from '../coordinator/public-auth.js';
+import { DEFAULT_REQUEST_LIMITS } from '../protocol/limits.js';
+import { MAX_LOGPROBS } from '../protocol/sampling.js';
 
 export interface LaunchFlags {
   model: string;
@@ -45,7 +48,20 @@ export interface LaunchFlags {
   metricsPort?: number;
   httpPort: number;
   allowTpAcrossHosts: boolean;
+  /** Refused: a token on the command line is visible in ps (see authTokenFile). */
   authToken?: string;
+  authTokenFile?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  controlPort: number;
+  encryptDataPlane: boolean;
+  maxRequestBytes: number;
+  maxStopStrings: number;
+  maxStopChars: number;
+  maxN: number;
+  maxLogprobs: number;
+  quarantineAfter: number;
   hfRounding: boolean;
   progress: boolean;
 }
@@ -95,13 +111,29 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       secondsArg('--step-timeout'), 30)
     .option('--spares <n>', 'spare workers kept joined (no weights loaded) to take over a lost rank; they use the slots beyond ' +
       'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
-    .option('--metrics-port <port>', 'serve Prometheus metrics at http://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
+    .option('--metrics-port <port>', 'serve Prometheus metrics at http(s)://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
     .option('--http-port <port>', 'serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health; ' +
-      '/metrics too when metrics are on) at http://<bind>:<port> with the same bearer token (0: any free port; printed on the ready line as http=)',
+      '/metrics too when metrics are on) at http(s)://<bind>:<port> with the same TLS, token and request limits as the gRPC API ' +
+      '(0: any free port; printed on the ready line as http=)',
       portArg('--http-port'), d.httpPort)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
-    .option('--auth-token <token>', 'require "authorization: Bearer <token>" on the API (or NODESPEED_AUTH_TOKEN)')
+    .option('--auth-token-file <file>', 'require "authorization: Bearer <token>" on the API and /metrics, the token being the file\'s first line ' +
+      '(or NODESPEED_AUTH_TOKEN in this process\'s environment); never passed to workers')
+    .addOption(new Option('--auth-token <token>').hideHelp())
+    .option('--tls-cert <file>', 'serve the API and /metrics over TLS with this certificate (PEM; with --tls-key)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--tls-client-ca <file>', 'also require client certificates issued by this CA (mutual TLS)')
+    .option('--control-port <port>', 'port of the workers\' control plane, on --advertise-addr (0: any free port)', portArg('--control-port'), 0)
+    .option('--encrypt-data-plane', 'encrypt the replicas\' TCP data plane between hosts (AES-256-GCM; inside one host it stays clear)', false)
+    .option('--max-request-bytes <n>', 'largest API request, in bytes', intArg('--max-request-bytes', 1024), DEFAULT_REQUEST_LIMITS.requestBytes)
+    .option('--max-stop-strings <n>', 'most stop strings per request', intArg('--max-stop-strings', 0), DEFAULT_REQUEST_LIMITS.stopStrings)
+    .option('--max-stop-chars <n>', 'most characters of stop strings per request, in total', intArg('--max-stop-chars', 0), DEFAULT_REQUEST_LIMITS.stopChars)
+    .option('--max-n <n>', 'most completions per request (n)', intArg('--max-n', 1), DEFAULT_REQUEST_LIMITS.n)
+    .option('--max-logprobs <n>', `most top log-probabilities per token (logprobs; at most ${MAX_LOGPROBS}, what the sampler computes)`,
+      intArg('--max-logprobs', 0, MAX_LOGPROBS), DEFAULT_REQUEST_LIMITS.logprobs)
+    .option('--quarantine-after <n>', 'fail a request instead of replaying it again once it was in flight through this many replica losses',
+      intArg('--quarantine-after', 1), 2)
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--no-progress', 'no progress bar');
 }
@@ -199,9 +231,15 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   const lo = readLauncherOptions(raw);
   const placement = planFromOptions(lo);
   const device = resolveDeviceFlag(f.device, placement);
+  if (f.authToken !== undefined)
+    throw new Error('--auth-token puts the token on the command line, where ps shows it to every user of this host: ' +
+      'write it to a file and pass --auth-token-file FILE, or set NODESPEED_AUTH_TOKEN');
+  const authToken = readAuthToken(f.authTokenFile);
+  const tls = readPublicTls(f.tlsCert, f.tlsKey, f.tlsClientCa);
   await checkCheckpoint(f.model);
   await checkPortFree('--port', f.bind, f.port);
   await checkPortFree('--metrics-port', f.bind, f.metricsPort);
+  await checkPortFree('--http-port', f.bind, f.httpPort);
   const bar = f.progress ? loadBar() : undefined;
   activeBar = bar;
   try {
@@ -213,7 +251,9 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
       httpPort: f.httpPort,
-      ...((f.authToken ?? settings().authToken) ? { authToken: f.authToken ?? settings().authToken } : {}),
+      ...(authToken ? { authToken } : {}), ...(tls ? { tls } : {}),
+      controlPort: f.controlPort, encryptDataPlane: f.encryptDataPlane, quarantineAfter: f.quarantineAfter,
+      limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs },
       ...(f.hfRounding ? { workerEnv: settingsEnv({ cudaRound: HF_ROUNDING }) } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),
@@ -259,9 +299,16 @@ export function register(program: Command): void {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
     const l = cluster.layout;
+    // Reachable beyond this machine with no token: anyone who can reach the port can use the
+    // cluster (and read ClusterStatus and /metrics). Said on stderr and on the ready line.
+    const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
+    if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
+      'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      // http= before metrics=: the line's existing fields keep their places (metrics= stays last).
-      `${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''}\n`);
+      // http= before metrics=: the line's existing fields keep their places.
+      `${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
+      `tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {

@@ -5,8 +5,9 @@ import { Command } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import { secondsArg } from './args.js';
+import { addServerFlags, clientOptions } from './server-flags.js';
+import type { ServerFlags } from './server-flags.js';
 import type { ClusterStatusMsg, FailureStatusMsg } from '../client/index.js';
-import { settings } from '../settings/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -47,16 +48,15 @@ export function formatStatus(s: ClusterStatusMsg): string {
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('status')
     .description('Show the replicas and workers of a running `nodespeed launch`')
     .requiredOption('--server <addr>', 'address of the gRPC API, host:port')
-    .option('--json', 'print the full ClusterStatus as JSON', false)
-    .option('--auth-token <token>', 'bearer token (or NODESPEED_AUTH_TOKEN)')
+    .option('--json', 'print the full ClusterStatus as JSON', false);
+  addServerFlags(cmd)
     .option('--timeout <s>', 'seconds to wait for the server', secondsArg('--timeout'), 10)
-    .action(async (o: { server: string; json: boolean; authToken?: string; timeout: number }) => {
-      const token = o.authToken ?? settings().authToken;
-      const client = new NodespeedClient(o.server, token ? { authToken: token } : {});
+    .action(async (o: ServerFlags & { server: string; json: boolean; timeout: number }) => {
+      const client = new NodespeedClient(o.server, clientOptions(o));
       try {
         const s = await client.clusterStatus({ timeoutMs: Number(o.timeout) * 1000 });
         process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : formatStatus(s));

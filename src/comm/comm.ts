@@ -6,6 +6,8 @@ import type { NativeComm } from '../native/addon.js';
 
 export type CommKind = 'tcp' | 'nccl';
 export type ReduceDType = 'f32' | 'bf16' | 'f16';
+/** Which TCP connections are encrypted: none, those between two hosts (--encrypt-data-plane), or all. */
+export type CommEncryption = 'off' | 'cross-host' | 'all';
 
 /** The addon's Comm object as the binding defines it (a superset of NativeComm). */
 export interface AddonComm extends NativeComm {
@@ -13,6 +15,9 @@ export interface AddonComm extends NativeComm {
   readonly size: number;
   readonly kind: CommKind;
   allReduce(buf: Float32Array | Uint16Array | Uint8Array, dtype?: ReduceDType): Promise<void>;
+  refused(): string[];
+  readonly encryptedLinks: number;
+  readonly cryptoProvider: string;
   allGather(input: ArrayBufferView, output: ArrayBufferView): Promise<void>;
   broadcast(buf: ArrayBufferView, root: number): Promise<void>;
   send(buf: ArrayBufferView, peer: number): Promise<void>;
@@ -53,15 +58,30 @@ export class Comm {
   asyncError(): string | null { return this.native.asyncError(); }
   /** Every pending and later call rejects at once (sockets shut down / ncclCommAbort). */
   abort(): void { this.native.abort(); }
+  /** TCP: connections refused while the group formed, one line per address ("ip: reason (N connections)"). */
+  refused(): string[] { return this.native.refused(); }
+  /** TCP: how many of this rank's peer connections are encrypted. */
+  get encryptedLinks(): number { return this.native.encryptedLinks; }
+  /** Which OpenSSL the TCP comm's handshake and encryption use ("libcrypto.so.3", "libcrypto.so" or "node"). */
+  get cryptoProvider(): string { return this.native.cryptoProvider; }
 }
 
 export interface TcpCommOptions {
   rank: number;
   size: number;
-  /** Peers must present the same nonce (e.g. `${jobToken}:${epoch}`); others are refused. */
-  nonce?: string;
+  /** Which group and membership epoch (e.g. `r0/replica@3`): peers of another one are refused. Not secret. */
+  context?: string;
+  /**
+   * The job's 32-byte secret: every peer proves it holds it (HMAC challenge-response), and proves
+   * nothing without it. Absent: an empty key, which authenticates nothing (single-user tests only).
+   */
+  key?: Uint8Array;
+  /** AES-256-GCM frames on no connection (default), those between two hosts, or all of them. */
+  encrypt?: CommEncryption;
   /** How long connect() retries peers that are not listening yet (default 60 s). */
   connectTimeoutMs?: number;
+  /** One connection's handshake (default 3 s): a stray that does not complete it in time is dropped. */
+  handshakeTimeoutMs?: number;
   /** Per collective; 0 (default) = no limit (dead peers are still detected by EOF/RST/keepalive). */
   opTimeoutMs?: number;
 }
@@ -76,8 +96,9 @@ export class TcpComm extends Comm {
 export function createTcpComm(opts: TcpCommOptions): TcpComm {
   checkRankSize(opts.rank, opts.size);
   const Ctor = commCtor();
-  return new TcpComm(new Ctor({ kind: 'tcp', rank: opts.rank, size: opts.size, nonce: opts.nonce ?? '',
-    connectTimeoutMs: opts.connectTimeoutMs, opTimeoutMs: opts.opTimeoutMs }));
+  return new TcpComm(new Ctor({ kind: 'tcp', rank: opts.rank, size: opts.size, context: opts.context ?? '',
+    ...(opts.key ? { key: opts.key } : {}), encrypt: opts.encrypt ?? 'off',
+    connectTimeoutMs: opts.connectTimeoutMs, handshakeTimeoutMs: opts.handshakeTimeoutMs, opTimeoutMs: opts.opTimeoutMs }));
 }
 
 export interface NcclCommOptions {

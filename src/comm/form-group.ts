@@ -4,7 +4,7 @@
 import { hostname } from 'node:os';
 
 import { createNcclComm, createTcpComm, ncclUniqueId } from './comm.js';
-import type { Comm, CommKind } from './comm.js';
+import type { Comm, CommEncryption, CommKind } from './comm.js';
 
 /** What a rank publishes: TCP its listening address, NCCL rank 0 the unique id (base64). */
 export interface GroupMemberInfo {
@@ -23,9 +23,16 @@ export interface FormGroupOptions {
   listenHost?: string;
   /** TCP: the host name peers dial (default listenHost, or this host's name when binding 0.0.0.0). */
   advertiseHost?: string;
-  /** TCP: job token + membership epoch; a peer with another nonce is refused. */
-  nonce?: string;
+  /** TCP: which group and membership epoch; a peer of another one is refused (see TcpCommOptions). */
+  context?: string;
+  /** TCP: the job's 32-byte secret every peer must prove it holds. */
+  key?: Uint8Array;
+  /** TCP: which connections carry AES-256-GCM frames (default 'off'). */
+  encrypt?: CommEncryption;
   connectTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+  /** TCP: the connections refused while the group formed (one line per address), whether it formed or not. */
+  onRefused?: (lines: string[]) => void;
   opTimeoutMs?: number;
   /** NCCL: the local GPU of this rank. */
   deviceIndex?: number;
@@ -47,8 +54,8 @@ function checkInfos(infos: GroupMemberInfo[], size: number, field: 'address' | '
 export async function formGroup(opts: FormGroupOptions): Promise<Comm> {
   const { kind, rank, size } = opts;
   if (kind === 'tcp') {
-    const comm = createTcpComm({ rank, size, nonce: opts.nonce, connectTimeoutMs: opts.connectTimeoutMs,
-      opTimeoutMs: opts.opTimeoutMs });
+    const comm = createTcpComm({ rank, size, context: opts.context, ...(opts.key ? { key: opts.key } : {}), encrypt: opts.encrypt,
+      connectTimeoutMs: opts.connectTimeoutMs, handshakeTimeoutMs: opts.handshakeTimeoutMs, opTimeoutMs: opts.opTimeoutMs });
     try {
       const listenHost = opts.listenHost ?? '127.0.0.1';
       const port = await comm.listen(listenHost);
@@ -61,6 +68,9 @@ export async function formGroup(opts: FormGroupOptions): Promise<Comm> {
     } catch (err) {
       comm.abort();
       throw err;
+    } finally {
+      const refused = comm.refused();
+      if (refused.length) opts.onRefused?.(refused);
     }
   }
   if (kind === 'nccl') {

@@ -2,14 +2,15 @@
 // the sampling rules are protocol/sampling.ts's), admission (RESOURCE_EXHAUSTED when the queue is
 // full), optional bearer-token auth, streaming of the driver's tokens, and cancellation/deadlines
 // propagated to the driver so it frees the KV blocks.
-import { timingSafeEqual } from 'node:crypto';
-
 import * as grpc from '@grpc/grpc-js';
 
 import type {
-  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers, TokenLogprobs,
+  ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers, QuarantinedRequestMsg,
+  TokenLogprobs,
 } from '../protocol/api.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
+import { LIMIT_FLAGS, LimitError, checkRequestLimits } from '../protocol/limits.js';
+import type { RequestLimits, RequestSize } from '../protocol/limits.js';
 import { SamplingError, nthSequence, validateSampling, withModelDefaults, withinContext } from '../protocol/sampling.js';
 import type { ModelSamplingDefaults, SamplingParams } from '../protocol/sampling.js';
 import { ChatTemplateError } from '../model/chat-template.js';
@@ -18,6 +19,7 @@ import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
+import { bearerMatches } from './public-auth.js';
 import type { Router } from './router.js';
 
 export class InvalidRequestError extends Error {
@@ -31,9 +33,12 @@ export interface ModelFacts {
   name: string;
   contextLength: number;
   vocabSize: number;
-  encode(text: string): number[];
-  /** A chat rendered with the model's chat template and tokenized (throws ChatTemplateError). */
-  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions): number[];
+  /** Tokenizes off the event loop (model/tokenizer-pool.ts). */
+  encode(text: string): Promise<number[]>;
+  /** A chat rendered with the model's chat template and tokenized, off the event loop (rejects with ChatTemplateError). */
+  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions): Promise<number[]>;
+  /** The most bytes a prompt can have and still fit the context (protocol/limits.ts promptBytesLimit). */
+  promptBytes: number;
   /** generation_config.json's sampling defaults. */
   defaults?: ModelSamplingDefaults;
   /** Token ids to text (the HTTP API's echo and logprob tokens). */
@@ -51,11 +56,6 @@ export interface ValidRequest {
   n: number;
 }
 
-/** Most sequences one request may sample from its prompt. */
-export const MAX_N = 16;
-/** A prompt longer than this many characters per context token cannot fit: refused before tokenizing. */
-const MAX_CHARS_PER_TOKEN = 16;
-
 function bad(field: string, message: string): never {
   throw new InvalidRequestError(field, message);
 }
@@ -65,14 +65,18 @@ function protoName(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
-function chatPrompt(m: RequestInput, model: ModelFacts): number[] {
-  const msgs = m.messages!;
+/**
+ * The text of a chat's messages, as the prompt-bytes limit counts it: the template only adds to it,
+ * so a chat whose messages alone are over the limit cannot fit the context either.
+ */
+function messagesText(msgs: ChatMessage[]): string {
+  return msgs.map((x) => (typeof x.content === 'string' ? x.content : Array.isArray(x.content) ? x.content.map((p) => p?.text ?? '').join('') : '')).join('');
+}
+
+async function chatPrompt(m: RequestInput, model: ModelFacts): Promise<number[]> {
   if (!model.encodeChat) bad('messages', 'this server cannot render chats');
-  let chars = 0;
-  for (const x of msgs) chars += typeof x.content === 'string' ? x.content.length : JSON.stringify(x.content ?? '').length;
-  if (chars > model.contextLength * MAX_CHARS_PER_TOKEN) bad('messages', `hold ${chars} characters, far more than the model's context of ${model.contextLength} tokens`);
   try {
-    return model.encodeChat(msgs, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) });
+    return await model.encodeChat(m.messages!, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) });
   } catch (err) {
     if (err instanceof ChatTemplateError) bad('messages', err.message);
     throw err;
@@ -80,35 +84,29 @@ function chatPrompt(m: RequestInput, model: ModelFacts): number[] {
 }
 
 /**
- * Checks a request and turns it into the prompt ids and parameters the driver runs. Fields the
- * request leaves out take the model's generation_config.json values, then the API's defaults
- * (`apiTemperature`: OpenAI's 1 for the HTTP API, greedy for gRPC).
+ * Checks a request and turns it into the prompt ids and parameters the driver runs. Everything
+ * cheap comes first (the request limits, the sampling rules, the prompt's bytes), so a request that
+ * breaks a rule is refused without tokenizing it; the tokenizing (and a chat's template) runs off
+ * the event loop. Fields the request leaves out take the model's generation_config.json values,
+ * then the API's defaults (`apiTemperature`: OpenAI's 1 for the HTTP API, greedy for gRPC).
  */
-export function validateRequest(m: RequestInput, model: ModelFacts, apiTemperature?: number): ValidRequest {
+export async function validateRequest(m: RequestInput, model: ModelFacts, limits: RequestLimits, apiTemperature?: number): Promise<ValidRequest> {
   if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
   const ids = m.promptIds ?? [];
-  const given = [m.prompt ? 'prompt' : '', ids.length ? 'prompt_ids' : '', m.messages?.length ? 'messages' : ''].filter(Boolean);
+  const chat = !!m.messages?.length;
+  const given = [m.prompt ? 'prompt' : '', ids.length ? 'prompt_ids' : '', chat ? 'messages' : ''].filter(Boolean);
   if (given.length > 1) bad(given[1]!, `give one of prompt, prompt_ids and messages (got ${given.join(' and ')})`);
-  let promptIds: number[];
-  if (ids.length) {
-    const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
-    if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
-    promptIds = [...ids];
-  } else if (m.messages?.length) {
-    promptIds = chatPrompt(m, model);
-    if (promptIds.length === 0) bad('messages', 'render to no tokens');
-  } else {
-    if (!m.prompt) bad('prompt', 'is empty');
-    if (m.prompt.length > model.contextLength * MAX_CHARS_PER_TOKEN)
-      bad('prompt', `is ${m.prompt.length} characters, far more than the model's context of ${model.contextLength} tokens`);
-    promptIds = model.encode(m.prompt);
-    if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
-  }
-  const what = m.messages?.length ? 'messages' : 'prompt';
-  if (promptIds.length >= model.contextLength)
-    bad(what, `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
   const n = m.n ?? 1;
-  if (!Number.isInteger(n) || n < 1 || n > MAX_N) bad('n', `must be an integer in [1, ${MAX_N}] (got ${n})`);
+  if (!Number.isInteger(n) || n < 1) bad('n', `must be an integer >= 1 (got ${n})`);
+  const size: RequestSize = { stop: m.stop ?? [], n, ...(m.logprobs !== undefined && m.logprobs !== null && m.logprobs >= 0 ? { logprobs: m.logprobs } : {}) };
+  if (m.prompt) size.prompt = m.prompt;
+  else if (chat) size.prompt = messagesText(m.messages!);
+  try {
+    checkRequestLimits(size, limits, model.promptBytes);
+  } catch (err) {
+    if (err instanceof LimitError) bad(err.field === 'prompt' && chat ? 'messages' : err.field, err.message.slice(err.field.length + 2));
+    throw err;
+  }
   const bias = Object.entries(m.logitBias ?? {}).map(([token, b]) => ({ token: Number(token), bias: Number(b) }));
   let params: SamplingParams;
   try {
@@ -122,6 +120,23 @@ export function validateRequest(m: RequestInput, model: ModelFacts, apiTemperatu
     if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
     throw err;
   }
+  let promptIds: number[];
+  if (ids.length) {
+    if (ids.length >= model.contextLength)
+      bad('prompt_ids', `has ${ids.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+    const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
+    if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
+    promptIds = [...ids];
+  } else if (chat) {
+    promptIds = await chatPrompt(m, model);
+    if (promptIds.length === 0) bad('messages', 'render to no tokens');
+  } else {
+    if (!m.prompt) bad('prompt', 'is empty');
+    promptIds = await model.encode(m.prompt);
+    if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
+  }
+  if (promptIds.length >= model.contextLength)
+    bad(chat ? 'messages' : 'prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
   return { promptIds, params: withinContext(params, promptIds.length, model.contextLength), n };
 }
 
@@ -129,16 +144,32 @@ export interface ApiOptions {
   model: ModelFacts & { path: string; architecture: string; numLayers: number; dtype: string };
   /** Most requests accepted and not finished, over the whole cluster. */
   maxQueue: number;
+  /** What one request may ask for (--max-request-bytes, --max-stop-strings, ...), on every API. */
+  limits: RequestLimits;
   /** When set, every call must carry `authorization: Bearer <token>`. */
   authToken?: string;
   state: () => string;
   /** Failures and failover counters (ClusterStatus fields 12-13), from the failover module. */
-  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg; spares: number };
+  failover?: () => { failures: FailureStatusMsg[]; failover: FailoverCountersMsg; spares: number; quarantined: QuarantinedRequestMsg[] };
   /** Counts requests and streamed tokens for Prometheus (--metrics-port). */
   metrics?: ApiMetrics;
 }
 
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
+
+// A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
+// this marker instead, and the handler answers INVALID_ARGUMENT naming the limit (gRPC's own
+// message-size refusal, for what exceeds the transport's ceiling, is RESOURCE_EXHAUSTED).
+const OVERSIZE = Symbol('oversize');
+
+/** Wraps a method's request deserializer so that requests over `limit` bytes are not decoded. */
+export function limitedDeserializer(decode: (b: Buffer) => unknown, limit: number): (b: Buffer) => unknown {
+  return (buf: Buffer) => (buf.length > limit ? { [OVERSIZE]: buf.length } : decode(buf));
+}
+
+function oversizeOf(req: unknown): number | undefined {
+  return (req as Record<symbol, number | undefined>)[OVERSIZE];
+}
 
 export type Status = { code: grpc.status; details: string };
 
@@ -168,12 +199,12 @@ export class InferenceApi {
     return this.members.replicas.some((r) => r.state === 'serving');
   }
 
-  authorize(md: grpc.Metadata): Status | null {
-    if (!this.o.authToken) return null;
-    const h = String(md.get('authorization')[0] ?? '');
-    const want = Buffer.from(`Bearer ${this.o.authToken}`);
-    const got = Buffer.from(h);
-    if (got.length === want.length && timingSafeEqual(got, want)) return null;
+  get limits(): RequestLimits {
+    return this.o.limits;
+  }
+
+  private authorize(md: grpc.Metadata): Status | null {
+    if (!this.o.authToken || bearerMatches(String(md.get('authorization')[0] ?? ''), this.o.authToken)) return null;
     return { code: grpc.status.UNAUTHENTICATED, details: 'authorization: a valid "Bearer <token>" is required' };
   }
 
@@ -228,18 +259,43 @@ export class InferenceApi {
     return this.counted(admitted);
   }
 
-  /** Validates one gRPC request and admits its sequences. */
-  private accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink): Admitted | Status {
+  /**
+   * Validates one gRPC request (its prompt is tokenized off the event loop meanwhile) and admits
+   * its sequences; null when the client left while it was being validated (nothing is admitted).
+   */
+  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean): Promise<Admitted | Status | null> {
     const denied = this.authorize(md);
     if (denied) return this.counted(denied);
+    const tooLarge = oversizeOf(req);
+    if (tooLarge !== undefined)
+      return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` });
     let v: ValidRequest;
     try {
-      v = validateRequest(req, this.o.model);
+      v = await validateRequest(req, this.o.model, this.o.limits);
     } catch (err) {
       if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;
     }
+    if (gone()) return null;
     return this.admitChoices([v], sink);
+  }
+
+  /**
+   * Admits a call's request and keeps it tied to the call: 'cancelled' (client cancellation or an
+   * expired deadline), also while the request is still being validated, cancels its sequences.
+   */
+  private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: ChoicesSink,
+    admitted: (a: Admitted) => void, refuse: (s: Status) => void): void {
+    let a: Admitted | undefined;
+    let cancelled = false;
+    call.on('cancelled', () => {
+      cancelled = true;
+      a?.cancel('client cancelled or deadline exceeded');
+    });
+    void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
+      if (r && 'records' in r) admitted((a = r));
+      else if (r) refuse(r);
+    }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
   }
 
   private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
@@ -259,15 +315,10 @@ export class InferenceApi {
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
-    const r = this.accept(call.request, call.metadata, sink);
-    if (!('records' in r)) {
-      call.emit('error', r);
-      return;
-    }
-    admitted = r;
-    open = r.records.length;
-    // 'cancelled' fires on client cancellation and on an expired deadline.
-    call.on('cancelled', () => r.cancel('client cancelled or deadline exceeded'));
+    this.serve(call, sink, (r) => {
+      admitted = r;
+      open = r.records.length;
+    }, (s) => call.emit('error', s));
   }
 
   private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
@@ -290,14 +341,10 @@ export class InferenceApi {
       },
       fail: (code, details) => cb({ code, details }),
     };
-    const r = this.accept(call.request, call.metadata, sink);
-    if (!('records' in r)) {
-      cb(r);
-      return;
-    }
-    admitted = r;
-    open = r.records.length;
-    call.on('cancelled', () => r.cancel('client cancelled or deadline exceeded'));
+    this.serve(call, sink, (r) => {
+      admitted = r;
+      open = r.records.length;
+    }, (s) => cb(s));
   }
 
   status(): ClusterStatusMsg {
@@ -331,7 +378,8 @@ export class InferenceApi {
           engine: w?.describe ?? '',
         };
       }),
-      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 }, spares: 0 }),
+      ...(this.o.failover?.() ?? { failures: [], failover: { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
+        spares: 0, quarantined: [] }),
     };
   }
 

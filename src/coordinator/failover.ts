@@ -26,7 +26,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
-import type { FailoverCountersMsg, FailureStatusMsg, RecoveryName } from '../protocol/api.js';
+import type { FailoverCountersMsg, FailureStatusMsg, QuarantinedRequestMsg, RecoveryName } from '../protocol/api.js';
 import type { Membership, Replica, WorkerConn } from './membership.js';
 import type { RequestStore } from './requests.js';
 import type { Router } from './router.js';
@@ -49,6 +49,8 @@ export interface FailoverOptions {
   requestTimeoutMs: number;
   /** A restarted rank that has not joined after this long fails the re-form attempt (0: no limit). */
   joinTimeoutMs?: number;
+  /** A request in flight through this many replica losses is failed instead of replayed again (default 2). */
+  quarantineAfter?: number;
   /** What recovery (c) needs to pick a smaller layout; without it a replica that cannot be respawned is retired. */
   shrink?: ShrinkContext;
   log: (line: string) => void;
@@ -85,7 +87,11 @@ export interface FailoverStatusMsg {
   failures: FailureStatusMsg[];
   failover: FailoverCounters;
   spares: number;
+  quarantined: QuarantinedRequestMsg[];
 }
+
+/** Quarantined requests kept for ClusterStatus (the newest). */
+const QUARANTINE_KEPT = 100;
 
 export interface FailoverEvents {
   recovered: [record: FailureRecord];
@@ -104,7 +110,8 @@ const EXIT_WAIT_MS = 10_000;
 
 export class Failover extends EventEmitter<FailoverEvents> {
   readonly failures: FailureRecord[] = [];
-  readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 };
+  readonly counters: FailoverCounters = { failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 };
+  readonly quarantined: QuarantinedRequestMsg[] = [];
   /** Replicas re-formed with a smaller layout (recovery (c)); part of counters.recoveries. */
   shrinks = 0;
   private job: WorkerProcesses | undefined;
@@ -165,6 +172,7 @@ export class Failover extends EventEmitter<FailoverEvents> {
       })),
       failover: { ...this.counters },
       spares: this.members.slots.spareCount,
+      quarantined: [...this.quarantined],
     };
   }
 
@@ -195,7 +203,15 @@ export class Failover extends EventEmitter<FailoverEvents> {
     const w = this.lastLost.get(replica.id);
     this.lastCause = reason;
     // Requests are moved even without a job to re-form with: another replica may serve them.
-    const moved = this.router.requeue(replica);
+    const { moved, quarantined } = this.router.requeue(replica, this.o.quarantineAfter ?? 2, reason);
+    for (const q of quarantined) {
+      this.counters.quarantinedRequests++;
+      this.quarantined.push({ requestId: q.id, replicaLosses: q.replays, atUnixMs: Date.now(), lastCause: reason,
+        promptTokens: q.promptIds.length, streamedTokens: q.tokens.length });
+      if (this.quarantined.length > QUARANTINE_KEPT) this.quarantined.shift();
+      this.o.log(`failover: request ${q.id} quarantined: in flight through ${q.replays} replica losses (the last: ${reason}); ` +
+        `failed instead of replayed again (${q.promptIds.length} prompt tokens, ${q.tokens.length} streamed)`);
+    }
     const tokens = moved.reduce((n, r) => n + r.tokens.length, 0);
     this.counters.replayedRequests += moved.length;
     this.counters.replayedTokens += tokens;

@@ -9,7 +9,10 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 
 import type { Join, Tokens, WorkerMessage } from '../protocol/control.js';
+import { slotOfCommonName } from '../protocol/job-secrets.js';
 import type { Layout } from './layout.js';
+import { printable } from './log-text.js';
+import { RefusalLog } from './refusals.js';
 import { Rendezvous } from './rendezvous.js';
 import { Slots } from './spares.js';
 import type { SlotInfo, Spare } from './spares.js';
@@ -32,6 +35,17 @@ export interface MembershipOptions {
   heartbeatTimeoutMs: number;
   /** Every launcher slot (spares included), by slot; default: the layout's ranks, no spares. */
   slots?: SlotInfo[];
+  /**
+   * The control plane runs mutual TLS with per-slot certificates: a Join is admitted only for the
+   * slot its connection's certificate names.
+   */
+  slotCertificates?: boolean;
+  /** A connection that has not sent its Join after this long is ended (default 10 s). */
+  joinDeadlineMs?: number;
+  /** Encrypt replicas' TCP data planes between hosts (--encrypt-data-plane). */
+  encryptDataPlane?: boolean;
+  /** The liveness responder's port, told to workers in their assignment (0: none). */
+  livenessPort?: () => number;
   log: (line: string) => void;
 }
 
@@ -46,6 +60,12 @@ export interface MembershipEvents {
   'spare-lost': [slot: number, reason: string];
 }
 
+/** A Join's worker-supplied text, escaped once at the door (it reaches logs and ClusterStatus). */
+function sanitizeJoin(j: Join): Join {
+  return { ...j, host: printable(j.host, 253), ...(j.device ? { device: { ...j.device, name: printable(j.device.name, 200), kind: printable(j.device.kind, 16) } } : {}),
+    listenAddresses: (j.listenAddresses ?? []).slice(0, 16).map((a) => printable(a, 300)) };
+}
+
 export class Membership extends EventEmitter<MembershipEvents> {
   /** The membership epoch: moved on by every re-form (users see it as ClusterStatus `generation`). */
   epoch = 1n;
@@ -54,7 +74,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
   readonly slots: Slots;
   private readonly rendezvous = new Rendezvous();
   private readonly monitor: NodeJS.Timeout;
+  private lastTick = Date.now();
   private stopping = false;
+  /** Refused connections and Joins, logged once per source and reason, then summarised. */
+  readonly refusals: RefusalLog;
 
   constructor(readonly layout: Layout, private readonly o: MembershipOptions) {
     super();
@@ -63,6 +86,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const ranksOf: number[][] = Array.from({ length: layout.replicas }, () => []);
     for (const p of layout.ranks) ranksOf[p.replica]!.push(p.rank);
     this.replicas = ranksOf.map((ranks, r) => new Replica(r, ranks, layout.tp, layout.pp));
+    this.refusals = new RefusalLog(o.log);
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
     this.monitor = setInterval(() => this.tick(), o.heartbeatIntervalMs);
     this.monitor.unref();
@@ -72,6 +96,13 @@ export class Membership extends EventEmitter<MembershipEvents> {
   handleStream(call: ControlCall): void {
     let worker: WorkerConn | undefined;
     let spare: number | undefined;
+    let joined = false;
+    // A connection that never joins holds nothing for long.
+    const deadline = this.o.joinDeadlineMs ?? 10_000;
+    const joinTimer = setTimeout(() => {
+      if (!joined) this.refuse(call, null, `no Join within ${deadline / 1000} s of connecting`, grpc.status.DEADLINE_EXCEEDED);
+    }, deadline);
+    joinTimer.unref();
     call.on('data', (m: WorkerMessage) => {
       try {
         if (!worker && spare !== undefined) {
@@ -80,8 +111,11 @@ export class Membership extends EventEmitter<MembershipEvents> {
           return;
         }
         if (!worker) {
+          if (joined) return; // refused: nothing it sends counts
+          joined = true;
+          clearTimeout(joinTimer);
           if (m.msg !== 'join') return this.refuse(call, null, 'the first message must be Join');
-          worker = this.admit(call, m.join, (slot) => {
+          worker = this.admit(call, sanitizeJoin(m.join), (slot) => {
             spare = slot;
           }, (rank) => {
             worker = this.workers.get(rank);
@@ -94,6 +128,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
       }
     });
     const gone = (why: string) => {
+      clearTimeout(joinTimer);
       if (!worker && spare !== undefined && this.slots.dropSpare(spare, call)) {
         this.o.log(`coordinator: spare in slot ${spare} gone: ${why}`);
         if (!this.stopping) this.emit('spare-lost', spare, why);
@@ -113,7 +148,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private refuse(call: ControlCall, join: Join | null, reason: string, code = grpc.status.PERMISSION_DENIED): undefined {
-    this.o.log(`coordinator: refused worker ${join ? `rank ${join.rank} pid ${join.pid} on ${join.host || '?'}` : '(no Join)'}: ${reason}`);
+    const peer = call.getPeer?.() ?? '?';
+    this.refusals.refused(peer.replace(/:\d+$/, ''), join ? `the Join of slot ${join.rank} (pid ${join.pid} on ${join.host || '?'})` : 'a connection', reason);
     if (join) this.emit('refused', join, reason);
     // grpc-js: emitting 'error' on a server stream ends the call with that status.
     call.emit('error', { code, details: reason, metadata: new grpc.Metadata() });
@@ -131,6 +167,12 @@ export class Membership extends EventEmitter<MembershipEvents> {
    * assignment; a spare slot's worker waits as a spare (`asSpare`) until `takeOver` hands it a rank.
    */
   private admit(call: ControlCall, join: Join, asSpare: (slot: number) => void, takeOver: (rank: number) => void): WorkerConn | undefined {
+    if (this.o.slotCertificates) {
+      const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
+      const slot = slotOfCommonName(Array.isArray(cn) ? cn[0] : cn);
+      if (slot === undefined) return this.refuse(call, join, 'its connection carries no slot certificate of this job', grpc.status.UNAUTHENTICATED);
+      if (slot !== join.rank) return this.refuse(call, join, `the certificate of slot ${slot} cannot join as slot ${join.rank}`);
+    }
     if (!this.tokenOk(join.token)) return this.refuse(call, join, 'wrong job token');
     if (join.rank >= this.slots.info.length)
       return this.refuse(call, join, `rank ${join.rank} is not in this job's ${this.slots.info.length} launcher slots`, grpc.status.INVALID_ARGUMENT);
@@ -197,6 +239,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         modelDir: this.o.modelDir, dtype: this.o.dtype, device: this.o.device, deviceIndex: plan.localRank,
         peers, kvBlocks: this.o.kvBlocks, threads: this.o.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
         maxBatchTokens: this.o.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs,
+        livenessPort: this.o.livenessPort?.() ?? 0, encryptDataPlane: this.o.encryptDataPlane ?? false,
       },
     });
   }
@@ -239,7 +282,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         w.state = 'ready';
         w.kvBlocks = m.ready.kvBlocks;
         w.kvBlockSize = m.ready.kvBlockSize;
-        w.describe = m.ready.describe.slice(0, 1000);
+        w.describe = printable(m.ready.describe, 1000);
         w.loadDone = w.loadTotal = Math.max(w.loadTotal, 1);
         this.o.log(`coordinator: rank ${w.rank} ready (${w.describe})`);
         this.emit('progress', ...this.progress());
@@ -257,8 +300,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
         if (this.stale(w, m.error.epoch)) return;
         // The worker printed the message itself (its output reaches the launcher's log); remember it as the cause.
         if (m.error.fatal) {
-          if (w.reported?.epoch !== w.epoch) w.reported = { epoch: w.epoch, message: m.error.message.slice(0, 1000) };
-          this.reportedFailure(w, m.error.message);
+          const message = printable(m.error.message, 1000);
+          if (w.reported?.epoch !== w.epoch) w.reported = { epoch: w.epoch, message };
+          this.reportedFailure(w, message);
         }
         return;
       case 'join':
@@ -446,6 +490,16 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   private tick(): void {
     const now = Date.now();
+    // Liveness is judged only over time this process could listen. When its own event loop was
+    // held up (this tick came late), heartbeats may be queued unread: the delay is not the
+    // workers' silence, so it is excused instead of failing healthy workers over.
+    const late = now - this.lastTick - this.o.heartbeatIntervalMs;
+    this.lastTick = now;
+    if (late > this.o.heartbeatIntervalMs) {
+      this.o.log(`coordinator: the event loop was held up for ${late} ms; that time does not count as silence of the workers`);
+      for (const w of this.workers.values()) w.lastHeartbeat = Math.min(now, w.lastHeartbeat + late);
+      this.slots.excuse(late);
+    }
     for (const w of this.workers.values()) {
       if (w.state === 'lost') continue;
       if (now - w.lastHeartbeat > this.o.heartbeatTimeoutMs) {
@@ -461,6 +515,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
   stopAll(reason: string): void {
     this.stopping = true;
     clearInterval(this.monitor);
+    this.refusals.dispose();
     for (const w of this.workers.values()) {
       w.send({ stop: { epoch: w.epoch, reason } });
       w.close();

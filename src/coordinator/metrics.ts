@@ -13,13 +13,16 @@
 //     The failover counters are prom Counters fed by the difference since the last scrape: they
 //     only ever grow, and Prometheus' rate() sees a proper counter.
 import { createServer } from 'node:http';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 import type { Failover, FailoverCounters } from './failover.js';
 import type { Membership } from './membership.js';
+import { bearerMatches, httpsOptions } from './public-auth.js';
+import type { PublicTls } from './public-auth.js';
 import type { RequestStore } from './requests.js';
 
 /** What the public API reports as it happens (see InferenceApi). */
@@ -139,19 +142,25 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves the registry at GET /metrics (Prometheus text format); 404 elsewhere. */
-export async function serveMetrics(registry: Registry, bind: string, port: number): Promise<MetricsServer> {
-  const server: Server = createServer((req, res) => {
+/** Serves the registry at GET /metrics (Prometheus text format; 404 elsewhere) behind the API's own TLS and bearer token, when set. */
+export async function serveMetrics(registry: Registry, bind: string, port: number,
+  o: { tls?: PublicTls; authToken?: string } = {}): Promise<MetricsServer> {
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' || path !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('nodespeed: metrics are at GET /metrics\n');
+      return;
+    }
+    if (o.authToken && !bearerMatches(req.headers.authorization, o.authToken)) {
+      res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer' }).end('authorization: a valid "Bearer <token>" is required\n');
       return;
     }
     registry.metrics().then(
       (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
       (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`),
     );
-  });
+  };
+  const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
   const host = bind.includes(':') ? `[${bind}]` : bind;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`--metrics-port: cannot listen on ${host}:${port}: ${err.message}`)));

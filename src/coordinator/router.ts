@@ -9,7 +9,18 @@ import { samplingToWire } from '../protocol/sampling.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
 
+/**
+ * Requests taken off a lost replica are placed again this long after the loss, not at once:
+ * replicas lost in one incident (several processes killed together, a host going down) are all
+ * seen lost within it, so no request is placed on a replica that is already dead and charged its
+ * loss too, which would quarantine it for an incident it had no part in. It is the only delay a
+ * replay onto a serving replica adds.
+ */
+export const REPLAY_SETTLE_MS = 200;
+
 export class Router {
+  private settling: NodeJS.Timeout | undefined;
+
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly log: (line: string) => void) {
     members.on('replica-serving', () => this.dispatchPending());
@@ -100,15 +111,34 @@ export class Router {
   }
 
   /**
-   * Takes every request off a lost replica and routes it again (another serving replica, or the
-   * re-formed one once it serves): the replay starts from prompt + the tokens the client has.
+   * Takes every request off a lost replica and routes it again REPLAY_SETTLE_MS later (another
+   * serving replica, or the re-formed one once it serves): the replay starts from prompt + the
+   * tokens the client has. A request that has now been in flight through `quarantineAfter` replica
+   * losses is failed instead (quarantined): if it is what takes replicas down, replaying it would
+   * take the next one down too.
    */
-  requeue(replica: Replica): RequestRecord[] {
-    const moved = this.store.onReplica(replica.id);
+  requeue(replica: Replica, quarantineAfter: number, cause: string): { moved: RequestRecord[]; quarantined: RequestRecord[] } {
     const now = Date.now();
-    for (const rec of moved) this.store.requeue(rec, now);
-    for (const rec of moved) this.submit(rec);
-    return moved;
+    const moved: RequestRecord[] = [];
+    const quarantined: RequestRecord[] = [];
+    for (const rec of this.store.onReplica(replica.id)) {
+      if (rec.replays + 1 >= quarantineAfter) {
+        rec.replays++;
+        quarantined.push(rec);
+        this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.INTERNAL,
+          message: `request quarantined: it was in flight through ${rec.replays} replica losses (the last: ${cause}); it is not replayed ` +
+            `again in case it is what takes replicas down (--quarantine-after ${quarantineAfter})` });
+        continue;
+      }
+      this.store.requeue(rec, now);
+      moved.push(rec);
+    }
+    if (moved.length && !this.settling)
+      this.settling = setTimeout(() => {
+        this.settling = undefined;
+        this.dispatchPending();
+      }, REPLAY_SETTLE_MS).unref();
+    return { moved, quarantined };
   }
 
   /** Fails every request still waiting for a replica. */

@@ -1,16 +1,25 @@
-// The coordinator: one gRPC server carrying the public API (nodespeed.v1.Inference), the workers'
-// control streams (nodespeed.control.v1.Control), grpc.health.v1 and server reflection. Runs inside
-// `nodespeed launch`.
+// The coordinator, inside `nodespeed launch`: two gRPC servers on two ports. The public one carries
+// the API (nodespeed.v1.Inference), grpc.health.v1 and server reflection, on --bind. The control
+// plane (nodespeed.control.v1.Control: the workers' streams) has a port of its own on the address the
+// workers dial, with mutual TLS against the job's CA (launcher/pki.ts), so nothing but this job's
+// workers can reach it; beside it, the liveness responder workers ask before giving up on a silent
+// coordinator (coordinator/liveness.ts).
 import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 
+import type { TlsIdentity } from '../protocol/job-secrets.js';
+import { controlChannelOptions } from '../protocol/limits.js';
+import type { RequestLimits } from '../protocol/limits.js';
 import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
 } from '../protocol/proto.js';
 import { RequestStatus } from '../protocol/lifecycle.js';
-import { InferenceApi } from './api.js';
+import { InferenceApi, limitedDeserializer } from './api.js';
+import { grpcServerCredentials } from './public-auth.js';
+import type { PublicTls } from './public-auth.js';
 import { Failover } from './failover.js';
+import { LivenessResponder } from './liveness.js';
 import type { ApiOptions } from './api.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
@@ -42,6 +51,23 @@ export interface CoordinatorOptions extends MembershipOptions {
   joinTimeoutMs?: number;
   /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
   shrink?: ShrinkContext;
+  /** The control plane: its address (the one workers dial), port (0: any free one) and certificate. */
+  control: ControlPlaneOptions;
+  /** What one request may ask for (protocol/limits.ts). */
+  limits: RequestLimits;
+  /** TLS of the public API and /metrics (--tls-cert, --tls-key, --tls-client-ca); absent: plaintext. */
+  tls?: PublicTls;
+  /** A request in flight through this many replica losses is failed instead of replayed (default 2). */
+  quarantineAfter?: number;
+}
+
+export interface ControlPlaneOptions {
+  host: string;
+  port: number;
+  /** The coordinator's certificate and key, and the job CA every worker's certificate must chain to. */
+  identity: TlsIdentity;
+  /** The job's data-plane key: the liveness responder answers with it. */
+  key: Uint8Array;
 }
 
 export class Coordinator {
@@ -55,19 +81,28 @@ export class Coordinator {
   metricsServer: MetricsServer | undefined;
   httpApi: HttpApi | undefined;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
-  private readonly server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1 });
+  private readonly server: grpc.Server;
+  // Both ends of every control stream take and send messages up to the same bound (protocol/limits.ts).
+  private readonly controlServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, ...controlChannelOptions() });
+  private liveness: LivenessResponder | undefined;
   private state = 'starting';
   port = 0;
+  controlPort = 0;
 
   constructor(readonly o: CoordinatorOptions) {
-    this.members = new Membership(o.layout, o);
+    // The transport takes messages up to twice --max-request-bytes, so that a request between the
+    // two is answered INVALID_ARGUMENT naming the limit (without being decoded); beyond that gRPC
+    // itself refuses it RESOURCE_EXHAUSTED from its length prefix, before reading it.
+    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': 2 * o.limits.requestBytes });
+    this.members = new Membership(o.layout, { ...o, slotCertificates: true, livenessPort: () => this.livenessPort });
     this.router = new Router(this.members, this.store, o.log);
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,
+      quarantineAfter: o.quarantineAfter ?? 2,
       ...(o.shrink ? { shrink: o.shrink } : {}) });
     this.failover = failover;
     this.metrics = o.metricsPort === undefined ? undefined : new CoordinatorMetrics({ members: this.members, store: this.store, failover });
     this.api = new InferenceApi(this.members, this.store, this.router, {
-      model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
+      model: o.model, failover: () => ({ ...failover.status() }), maxQueue: o.maxQueue, limits: o.limits, ...(o.authToken ? { authToken: o.authToken } : {}), state: () => this.state,
       ...(this.metrics ? { metrics: this.metrics } : {}),
     });
     this.members.on('replica-serving', () => this.updateHealth());
@@ -86,39 +121,57 @@ export class Coordinator {
   async start(): Promise<number> {
     const inference = inferencePackageDefinition();
     const control = controlPackageDefinition();
-    this.server.addService(serviceDefinition(inference, INFERENCE_SERVICE), this.api.handlers());
-    this.server.addService(serviceDefinition(control, CONTROL_SERVICE), {
-      Connect: (call: Parameters<Membership['handleStream']>[0]) => this.members.handleStream(call),
-    });
+    // Generate and Complete refuse what exceeds --max-request-bytes before decoding it.
+    const service = { ...serviceDefinition(inference, INFERENCE_SERVICE) };
+    for (const method of ['Generate', 'Complete'])
+      service[method] = { ...service[method]!, requestDeserialize: limitedDeserializer(service[method]!.requestDeserialize, this.o.limits.requestBytes) };
+    this.server.addService(service, this.api.handlers());
     this.health.addToServer(this.server);
     // Reflection describes the public API only; the control plane is internal.
     new ReflectionService(inference).addToServer(this.server);
-    const host = this.o.bind.includes(':') ? `[${this.o.bind}]` : this.o.bind;
-    this.port = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(`${host}:${this.o.port}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
-        if (err) reject(new Error(`cannot listen on ${host}:${this.o.port}: ${err.message}`));
-        else resolve(port);
-      }));
+    this.controlServer.addService(serviceDefinition(control, CONTROL_SERVICE), {
+      Connect: (call: Parameters<Membership['handleStream']>[0]) => this.members.handleStream(call),
+    });
+    const c = this.o.control;
+    const id = c.identity;
+    const controlCredentials = grpc.ServerCredentials.createSsl(Buffer.from(id.ca), [{ private_key: Buffer.from(id.key), cert_chain: Buffer.from(id.cert) }], true);
+    this.controlPort = await bind(this.controlServer, c.host, c.port, controlCredentials, 'the control plane');
+    try {
+      this.liveness = await LivenessResponder.start(c.host, c.key);
+      this.port = await bind(this.server, this.o.bind, this.o.port, grpcServerCredentials(this.o.tls), 'the API');
+    } catch (err) {
+      this.controlServer.forceShutdown();
+      await this.liveness?.stop();
+      throw err;
+    }
     if (this.metrics) {
       try {
-        this.metricsServer = await serveMetrics(this.metrics.registry, this.o.bind, this.o.metricsPort!);
+        this.metricsServer = await serveMetrics(this.metrics.registry, this.o.bind, this.o.metricsPort!,
+          { ...(this.o.tls ? { tls: this.o.tls } : {}), ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
       } catch (err) {
         this.server.forceShutdown();
+        this.controlServer.forceShutdown();
+        await this.liveness?.stop();
         throw err;
       }
-      this.o.log(`coordinator: Prometheus metrics at http://${this.metricsServer.address}/metrics`);
+      this.o.log(`coordinator: Prometheus metrics at ${this.o.tls ? 'https' : 'http'}://${this.metricsServer.address}/metrics`);
     }
     if (this.o.httpPort !== undefined) {
       const registry = this.metrics?.registry;
-      const service = new CoordinatorService(this.api, { decode: (ids) => this.o.model.decode?.(ids) ?? '' },
+      const openai = new CoordinatorService(this.api, { decode: (ids) => this.o.model.decode?.(ids) ?? '' },
         registry ? async () => ({ contentType: registry.contentType, body: await registry.metrics() }) : undefined);
       try {
-        this.httpApi = await serveHttpApi(service, { bind: this.o.bind, port: this.o.httpPort, ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
+        // The same TLS, token and request-size limit as the gRPC API (public-auth.ts, protocol/limits.ts).
+        this.httpApi = await serveHttpApi(openai, { bind: this.o.bind, port: this.o.httpPort, maxBodyBytes: this.o.limits.requestBytes,
+          ...(this.o.tls ? { tls: this.o.tls } : {}), ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
       } catch (err) {
         this.server.forceShutdown();
+        this.controlServer.forceShutdown();
+        await this.liveness?.stop();
         await this.metricsServer?.close();
         throw new Error(`--http-port ${this.o.httpPort}: cannot listen on ${this.o.bind}:${this.o.httpPort} (${(err as Error).message})`);
       }
+      this.o.log(`coordinator: OpenAI-compatible HTTP API at ${this.o.tls ? 'https' : 'http'}://${this.httpApi.address}/v1`);
     }
     return this.port;
   }
@@ -155,15 +208,33 @@ export class Coordinator {
     this.members.stopAll(reason);
     await this.metricsServer?.close();
     await this.httpApi?.close();
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, 2000);
-      this.server.tryShutdown(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    await Promise.all([shutdown(this.server), shutdown(this.controlServer), this.liveness?.stop()]);
   }
+
+  /** The port workers' liveness probes go to (on the control plane's address). */
+  get livenessPort(): number {
+    return this.liveness?.port ?? 0;
+  }
+}
+
+function bind(server: grpc.Server, host: string, port: number, credentials: grpc.ServerCredentials, what: string): Promise<number> {
+  const h = host.includes(':') ? `[${host}]` : host;
+  return new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${h}:${port}`, credentials, (err, bound) => {
+      if (err) reject(new Error(`cannot listen on ${h}:${port} for ${what}: ${err.message}`));
+      else resolve(bound);
+    }));
+}
+
+function shutdown(server: grpc.Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, 2000);
+    server.tryShutdown(() => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
 }

@@ -91,6 +91,11 @@ export class Slots {
    * The coordinator's heartbeat to each spare (a spare has no epoch yet: '0'), and drops a
    * spare silent past the timeout (a hung spare must not be handed a rank). Returns the dropped slots.
    */
+  /** The coordinator could not listen for `ms` (its event loop was held up): that time does not count as the spares' silence. */
+  excuse(ms: number): void {
+    for (const s of this.spares.values()) s.lastHeartbeat += ms;
+  }
+
   tickSpares(now: number, timeoutMs: number, log: (line: string) => void): number[] {
     const dropped: number[] = [];
     for (const s of [...this.spares.values()]) {

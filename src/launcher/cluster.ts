@@ -13,6 +13,13 @@ import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
 import type { GenerationConfig, ModelConfig } from '../model/config.js';
 import type { ModelSamplingDefaults } from '../protocol/sampling.js';
 import { loadTokenizer } from '../model/tokenizer.js';
+import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
+import { TokenizerPool } from '../model/tokenizer-pool.js';
+import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
+import type { RequestLimits } from '../protocol/limits.js';
+import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
+import type { PublicTls } from '../coordinator/public-auth.js';
+import { JobPki } from './pki.js';
 import { isLocalHost } from './plan.js';
 import type { Placement } from './plan.js';
 import type { SshOptions } from './ssh.js';
@@ -29,8 +36,18 @@ export interface ClusterOptions {
   dtype: string;
   bind: string;
   port: number;
-  /** Address the workers dial; default: the address this machine uses to reach the first remote host. */
+  /** Address the workers dial (the control plane listens there); default: the address this machine uses to reach the first remote host. */
   advertise?: string;
+  /** The control plane's port (0 or absent: any free one). */
+  controlPort?: number;
+  /** Encrypt replicas' TCP data planes between hosts. */
+  encryptDataPlane?: boolean;
+  /** What one request may ask for (default DEFAULT_REQUEST_LIMITS). */
+  limits?: RequestLimits;
+  /** TLS of the public API and /metrics. */
+  tls?: PublicTls;
+  /** A request in flight through this many replica losses is failed instead of replayed (default 2). */
+  quarantineAfter?: number;
   kvBlocks: number;
   threads: number;
   maxBatchTokens: number;
@@ -139,12 +156,14 @@ async function routeTo(host: string): Promise<string> {
   });
 }
 
-export async function workerAddress(p: Placement, bind: string, port: number, advertise?: string): Promise<string> {
-  if (advertise) return `${advertise}:${port}`;
+/**
+ * The address the workers dial, where the control plane listens: --advertise-addr, else the
+ * address this machine uses to reach the first remote host, else loopback (every worker local).
+ */
+export async function controlHost(p: Placement, advertise?: string): Promise<string> {
+  if (advertise) return advertise;
   const remote = p.ranks.find((r) => !r.isLocal && !isLocalHost(r.host));
-  let host = bind === '0.0.0.0' || bind === '::' ? '127.0.0.1' : bind;
-  if (remote) host = await routeTo(remote.host);
-  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  return remote ? routeTo(remote.host) : '127.0.0.1';
 }
 
 /**
@@ -162,12 +181,27 @@ export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
   return d;
 }
 
+const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
+
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
   const { layout, placement } = planWithSpares(config, o.placement,
     { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
+  const limits = o.limits ?? DEFAULT_REQUEST_LIMITS;
+  // Fails the launch (naming the flags) when the limits would let through a request that a driver
+  // could not receive as one control message.
+  checkControlFits(config.maxPosition, limits);
+  // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
+  const tokenizers = await TokenizerPool.start(o.model);
   const token = randomBytes(24).toString('hex');
+  // The job's secrets (SECURITY.md): its CA and certificates, and the data plane's key. Each slot's
+  // worker gets its own certificate; the CA key never leaves this process.
+  const pki = await JobPki.create();
+  const dataPlaneKey = randomBytes(32);
+  const slotSecrets = await Promise.all(placement.ranks.map(async (r) =>
+    encodeJobSecrets({ control: await pki.workerIdentity(r.rank), dataPlaneKey: dataPlaneKey.toString('hex') })));
+  const control = await controlHost(placement, o.advertise);
   const coordinator = new Coordinator({
     layout, token, modelDir: resolve(o.model), dtype: o.dtype, device: o.device, kvBlocks: o.kvBlocks, threads: o.threads,
     maxBatchTokens: o.maxBatchTokens, maxQueue: o.maxQueue, heartbeatIntervalMs: o.heartbeatIntervalMs,
@@ -177,24 +211,30 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
     ...(o.httpPort !== undefined ? { httpPort: o.httpPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
+    control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
+    limits, ...(o.quarantineAfter !== undefined ? { quarantineAfter: o.quarantineAfter } : {}), ...(o.tls ? { tls: o.tls } : {}),
+    encryptDataPlane: o.encryptDataPlane ?? false,
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
-      encode: tokenizer.encode.bind(tokenizer),
-      encodeChat: tokenizer.encodeChat.bind(tokenizer),
+      encode: (text: string) => tokenizers.encode(text),
+      encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
       decode: (ids: number[]) => tokenizer.decode(ids),
+      promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
       defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },
   });
   const port = await coordinator.start();
   if (o.onProgress) coordinator.members.on('progress', o.onProgress);
-  const dial = await workerAddress(placement, o.bind, port, o.advertise);
+  const dial = hostPort(control, coordinator.controlPort);
+  o.log(`coordinator: control plane on ${dial} (mutual TLS with this job's certificates), liveness responder on port ${coordinator.livenessPort}`);
   let job: Job;
   // Each rank's first error-looking line on stderr: what a worker that dies while starting died of.
   const firstError = new Map<number, string>();
   try {
     job = await startJob({
       placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
+      secrets: (r) => ({ [JOB_SECRETS_VAR]: slotSecrets[r.rank]! }),
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000), ...o.workerEnv },
       cwd: process.cwd(),
@@ -211,10 +251,12 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     });
   } catch (err) {
     await coordinator.stop('launch failed');
+    await tokenizers.close();
     throw err;
   }
   const stop = async (reason = 'shutting down') => {
     await coordinator.stop(reason);
+    await tokenizers.close();
     // Workers exit on the Stop message; give them a moment, then the launcher kills what is left.
     const deadline = Date.now() + 3000;
     while (Date.now() < deadline && placement.ranks.some((r) => job.rankState(r.rank).running))
@@ -260,9 +302,9 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   died.catch(() => {});
   // From now on a lost rank is recovered (respawned by this job) instead of failing the launch.
   coordinator.failover.attach(job);
-  const host = o.bind === '0.0.0.0' || o.bind === '::' ? dial.slice(0, dial.lastIndexOf(':')) : (o.bind.includes(':') ? `[${o.bind}]` : o.bind);
+  const host = o.bind === '0.0.0.0' || o.bind === '::' ? control : o.bind;
   const metrics = coordinator.metricsServer;
   const http = coordinator.httpApi;
-  return { coordinator, job, layout, config, address: `${host}:${port}`, ...(metrics ? { metricsAddress: `${host}:${metrics.port}` } : {}),
-    ...(http ? { httpAddress: `${host}:${http.address.slice(http.address.lastIndexOf(':') + 1)}` } : {}), stop };
+  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}),
+    ...(http ? { httpAddress: hostPort(host, http.port) } : {}), stop };
 }

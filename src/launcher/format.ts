@@ -1,5 +1,4 @@
 // Human output: the placement table, the exact per-rank command (--dry-run), and prefixed rank lines.
-import { JOB_TOKEN_VAR } from './env.js';
 import { REMOTE_BOOTSTRAP, shellQuote, shellWord } from './remote.js';
 import { resolveTarget, type SshOptions } from './ssh.js';
 import type { Placement } from './plan.js';
@@ -33,14 +32,14 @@ export function placementTable(p: Placement, limit = LIST_LIMIT): string {
   );
 }
 
-/** The exact command of every rank; the job token is masked, as it only exists once the job starts. */
+/** The exact command of every rank; the job token and the rank's secrets are masked, as they only exist once the job starts. */
 export function dryRunCommands(job: Job, ssh: SshOptions, cwd: string, remoteWorkdir: string | undefined): string {
   const lines: string[] = [];
   for (const r of job.spec.placement.ranks) {
     // What the launcher sets (a local rank also inherits the rest of this environment); env-file values as
     // the rank's shell gets them, so `$HOME` shows as the reference it is.
     const own = new Map(job.rankAssigns(r));
-    own.set(JOB_TOKEN_VAR, '<secret, generated per job>');
+    for (const k of job.secretNames(r)) own.set(k, '<secret, generated per job>');
     const assigns = [...own].map(([k, v]) => `${k}=${shellWord(v)}`).join(' ');
     const prelude = job.spec.prelude?.(r);
     const run = `cd ${shellQuote(r.isLocal ? cwd : (remoteWorkdir ?? cwd))} && ${assigns}${prelude ? ` { ${prelude.replace(/\n/g, '; ')}; }` : ''} ` +

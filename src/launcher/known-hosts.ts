@@ -8,6 +8,8 @@ export type HostKeyVerdict =
   | { status: 'known'; file: string; line: number }
   | { status: 'unknown' }
   | { status: 'changed'; file: string; line: number }
+  /** The host is known, but only with keys of other types (OpenSSH refuses such a key even with accept-new). */
+  | { status: 'other-type'; file: string; line: number; types: string[] }
   | { status: 'revoked'; file: string; line: number };
 
 /** `host` for port 22, `[host]:port` otherwise — the name OpenSSH records. */
@@ -44,10 +46,18 @@ function hostMatches(field: string, name: string): boolean {
   return matched;
 }
 
-export function verifyHostKey(files: string[], host: string, port: number, blob: Buffer): HostKeyVerdict {
+interface KnownEntry {
+  file: string;
+  line: number;
+  marker: string;
+  type: string;
+  key: Buffer;
+}
+
+/** Every known_hosts line that names the host (`[host]:port` when port != 22), @cert-authority lines left out. */
+function entriesFor(files: string[], host: string, port: number): KnownEntry[] {
   const name = knownHostsName(host, port);
-  const type = keyType(blob);
-  let verdict: HostKeyVerdict = { status: 'unknown' };
+  const out: KnownEntry[] = [];
   for (const file of files) {
     if (!existsSync(file)) continue;
     const lines = readFileSync(file, 'utf8').split('\n');
@@ -57,22 +67,50 @@ export function verifyHostKey(files: string[], host: string, port: number, blob:
       let fields = line.split(/\s+/);
       let marker = '';
       if (fields[0]!.startsWith('@')) [marker, ...fields] = fields as [string, ...string[]];
-      const [hosts, ktype, b64] = fields;
-      if (!hosts || !ktype || !b64 || marker === '@cert-authority') continue;
-      if (!hostMatches(hosts, name)) continue;
-      const same = Buffer.from(b64, 'base64').equals(blob);
-      if (marker === '@revoked') {
-        if (same) return { status: 'revoked', file, line: i + 1 };
-        continue;
-      }
-      if (same) {
-        verdict = { status: 'known', file, line: i + 1 };
-      } else if (ktype === type && verdict.status === 'unknown') {
-        verdict = { status: 'changed', file, line: i + 1 };
-      }
+      const [hosts, type, b64] = fields;
+      if (!hosts || !type || !b64 || marker === '@cert-authority') continue;
+      if (hostMatches(hosts, name)) out.push({ file, line: i + 1, marker, type, key: Buffer.from(b64, 'base64') });
     }
   }
-  return verdict;
+  return out;
+}
+
+/**
+ * Like OpenSSH: a revoked key is refused; the same key is known; another key of the same type is a
+ * change; a host known only with keys of other types is refused too (OpenSSH's "host key for X has
+ * changed ... a different type"), so accept-new never adds a second, unverified key for a known host.
+ */
+export function verifyHostKey(files: string[], host: string, port: number, blob: Buffer): HostKeyVerdict {
+  const type = keyType(blob);
+  const entries = entriesFor(files, host, port);
+  const revoked = entries.find((e) => e.marker === '@revoked' && e.key.equals(blob));
+  if (revoked) return { status: 'revoked', file: revoked.file, line: revoked.line };
+  const keys = entries.filter((e) => e.marker === '');
+  const same = keys.find((e) => e.key.equals(blob));
+  if (same) return { status: 'known', file: same.file, line: same.line };
+  const sameType = keys.find((e) => e.type === type);
+  if (sameType) return { status: 'changed', file: sameType.file, line: sameType.line };
+  if (keys.length) return { status: 'other-type', file: keys[0]!.file, line: keys[0]!.line, types: [...new Set(keys.map((e) => e.type))] };
+  return { status: 'unknown' };
+}
+
+/** Host key algorithms per known_hosts key type (an RSA key is offered under three signature algorithms). */
+const ALGORITHMS: Record<string, string[]> = {
+  'ssh-ed25519': ['ssh-ed25519'],
+  'ecdsa-sha2-nistp256': ['ecdsa-sha2-nistp256'],
+  'ecdsa-sha2-nistp384': ['ecdsa-sha2-nistp384'],
+  'ecdsa-sha2-nistp521': ['ecdsa-sha2-nistp521'],
+  'ssh-rsa': ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'],
+};
+
+/**
+ * The host key algorithms to ask for first: those of the key types known_hosts already holds for the
+ * host (OpenSSH's order_hostkeyalgs), so a server with several host keys presents the one we can
+ * verify instead of one we would have to refuse as of another type.
+ */
+export function knownHostKeyAlgorithms(files: string[], host: string, port: number): string[] {
+  const types = new Set(entriesFor(files, host, port).filter((e) => e.marker === '').map((e) => e.type));
+  return [...types].flatMap((t) => ALGORITHMS[t] ?? []);
 }
 
 /** Records a new key like StrictHostKeyChecking=accept-new does. */

@@ -8,8 +8,9 @@ import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import SSHConfig from 'ssh-config';
 import ssh2 from 'ssh2';
-import type { AuthMethod, Client as SshClient } from 'ssh2';
-import { fingerprint, keyType, knownHostsName, recordHostKey, verifyHostKey } from './known-hosts.js';
+import type { AuthMethod, Client as SshClient, ServerHostKeyAlgorithm } from 'ssh2';
+import { fingerprint, keyType, knownHostKeyAlgorithms, knownHostsName, recordHostKey, verifyHostKey } from './known-hosts.js';
+import type { HostKeyVerdict } from './known-hosts.js';
 import { settings } from '../settings/index.js';
 
 const { Client, utils } = ssh2;
@@ -21,7 +22,10 @@ export interface SshOptions {
   /** Explicit identity files; tried before IdentityFile entries and the default ones. */
   identityFiles?: string[];
   knownHostsFile?: string;
-  /** StrictHostKeyChecking=accept-new: record unknown keys instead of refusing them. */
+  /**
+   * StrictHostKeyChecking=accept-new: record the key of a host known_hosts does not list at all. A
+   * changed key, or a key of another type for a host that is listed, is refused all the same.
+   */
   acceptNew?: boolean;
   /** Handshake deadline, ms (default 10 000). */
   connectTimeoutMs?: number;
@@ -159,6 +163,31 @@ async function resolveHost(t: SshTarget, timeoutMs: number): Promise<string> {
   }
 }
 
+/**
+ * Why a host key is refused. Only a host that known_hosts does not list at all may be fixed with
+ * --ssh-accept-new; a changed key, or a key of another type for a listed host, is what a
+ * man-in-the-middle looks like, and the way out is to verify the new key and edit known_hosts.
+ */
+function hostKeyRefusal(t: SshTarget, key: Buffer, v: Exclude<HostKeyVerdict, { status: 'known' }>): SshError {
+  const name = knownHostsName(t.hostName, t.port);
+  const desc = `${keyType(key)} ${fingerprint(key)}`;
+  const fail = `ssh ${t.host}: host key verification failed:`;
+  switch (v.status) {
+    case 'unknown':
+      return new SshError('hostkey-unknown', t.host, `${fail} unknown host key for ${name} (${desc}) — not in ${t.knownHostsFiles.join(' or ')}; ` +
+        `check the fingerprint and add it (ssh-keyscan -p ${t.port} ${t.hostName} >> ${t.knownHostsFiles[0]}) or pass --ssh-accept-new`);
+    case 'revoked':
+      return new SshError('hostkey-changed', t.host, `${fail} the host key for ${name} is REVOKED (server offers ${desc}; ${v.file}:${v.line}) — refusing to connect`);
+    case 'changed':
+    case 'other-type': {
+      const what = v.status === 'changed' ? `has CHANGED (server offers ${desc}; ${v.file}:${v.line} differs)`
+        : `has CHANGED to another type (server offers ${desc}; ${v.file}:${v.line} lists only ${v.types.join(', ')} for it)`;
+      return new SshError('hostkey-changed', t.host, `${fail} the host key for ${name} ${what} — possible man-in-the-middle attack; ` +
+        `if the change is expected, verify the new key out of band, then remove the old entry (ssh-keygen -R '${name}' -f ${v.file}) and add the new one`);
+    }
+  }
+}
+
 /** Opens an authenticated connection, refusing unknown or changed host keys unless acceptNew. */
 export async function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshClient> {
   const timeoutMs = opts.connectTimeoutMs ?? 10_000;
@@ -168,6 +197,7 @@ export async function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshC
     throw new SshError('auth', t.host, `ssh ${t.host}: no usable identity (id_ed25519, id_ecdsa, id_rsa in ${dir}, IdentityFile, --ssh_identity) and no SSH agent`);
   }
   const address = await resolveHost(t, timeoutMs);
+  const preferred = knownHostKeyAlgorithms(t.knownHostsFiles, t.hostName, t.port) as ServerHostKeyAlgorithm[];
   return new Promise((resolve, reject) => {
     const client = new Client();
     let hostKeyError: SshError | undefined;
@@ -196,19 +226,16 @@ export async function connect(t: SshTarget, opts: SshOptions = {}): Promise<SshC
       keepaliveInterval: 5000,
       keepaliveCountMax: 3,
       authHandler: methods,
+      // Ask first for the key types known_hosts holds for this host, as OpenSSH does.
+      ...(preferred.length ? { algorithms: { serverHostKey: { remove: preferred, prepend: preferred, append: [] } } } : {}),
       hostVerifier: (key: Buffer): boolean => {
         const verdict = verifyHostKey(t.knownHostsFiles, t.hostName, t.port, key);
-        const name = knownHostsName(t.hostName, t.port);
-        const desc = `${keyType(key)} ${fingerprint(key)}`;
         if (verdict.status === 'known') return true;
         if (verdict.status === 'unknown' && opts.acceptNew) {
           recordHostKey(t.knownHostsFiles[0]!, t.hostName, t.port, key);
           return true;
         }
-        hostKeyError =
-          verdict.status === 'unknown'
-            ? new SshError('hostkey-unknown', t.host, `ssh ${t.host}: host key verification failed: unknown host key for ${name} (${desc}) — not in ${t.knownHostsFiles.join(' or ')}; check the fingerprint and add it (ssh-keyscan -p ${t.port} ${t.hostName} >> ${t.knownHostsFiles[0]}) or pass --ssh-accept-new`)
-            : new SshError('hostkey-changed', t.host, `ssh ${t.host}: host key verification failed: the host key for ${name} ${verdict.status === 'revoked' ? 'is REVOKED' : 'has CHANGED'} (server offers ${desc}; ${verdict.file}:${verdict.line} differs) — possible man-in-the-middle attack; remove that line only if the change is expected`);
+        hostKeyError = hostKeyRefusal(t, key, verdict);
         return false;
       },
     });

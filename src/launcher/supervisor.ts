@@ -10,6 +10,7 @@ import { HANDSHAKES_IN_ALL, Limiter, startRemoteRank, summarizeStartFailures } f
 import { resolveTarget, type SshOptions, type SshTarget } from './ssh.js';
 import type { Placement, RankPlacement } from './plan.js';
 import { StoppedWhileStarting, type RankExit, type RankProcess, type StreamName } from './rank-process.js';
+import { allSettings } from '../settings/index.js';
 
 export interface JobSpec {
   placement: Placement;
@@ -29,6 +30,12 @@ export interface JobSpec {
   loadEnvFiles?: boolean;
   /** Per-job secret; generated when absent. */
   jobToken?: string;
+  /**
+   * Secret variables of one rank (e.g. its slot's TLS identity): like the job token, they reach the
+   * rank only through its environment (local) or the script on the SSH channel (remote), never argv,
+   * and --dry_run masks them.
+   */
+  secrets?: (rank: RankPlacement) => Record<string, string>;
   /** Tear everything down on the first non-zero rank exit (default true; `launch` turns it off and supervises). */
   failFast?: boolean;
   /** SIGTERM → SIGKILL delay during teardown, ms (default 2500; whole teardown stays under 5 s). */
@@ -65,6 +72,12 @@ interface RankState {
   starts: number;
   log?: WriteStream;
 }
+
+/**
+ * The launcher's own secrets (the registry's secret entries of one process: the API's bearer token):
+ * never passed on to a rank, not even to a local one that inherits the environment.
+ */
+export const LAUNCHER_ONLY_VARS = allSettings().filter((s) => s.secret && s.scope === 'process').map((s) => s.name);
 
 export declare interface Job {
   on(event: 'line', listener: (e: RankLine) => void): this;
@@ -150,15 +163,27 @@ export class Job extends EventEmitter {
       ...Object.entries(this.spec.env ?? {}),
       ...Object.entries(rankVars(this.spec.placement, p, this.spec.visibleDevices)),
       [JOB_TOKEN_VAR, this.jobToken],
+      ...Object.entries(this.spec.secrets?.(p) ?? {}),
     ];
   }
 
-  /** Environment of one rank, exactly as it is sent (the token included); remote env-file values expanded here for display. */
+  /**
+   * Environment of one rank, exactly as it is sent (the token and the rank's secrets included);
+   * remote env-file values expanded here for display. Local ranks inherit the launcher's environment,
+   * except what is the launcher's alone (the API's bearer token): a worker never needs it, and
+   * whoever can read a worker's environment must not get it.
+   */
   rankEnv(p: RankPlacement): Record<string, string> {
-    const inherited = p.isLocal ? Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined)) : {};
+    const inherited = p.isLocal ? Object.fromEntries(Object.entries(process.env)
+      .filter((e): e is [string, string] => e[1] !== undefined && !LAUNCHER_ONLY_VARS.includes(e[0]))) : {};
     const own: Record<string, string> = { ...inherited };
     for (const [k, v] of this.rankAssigns(p)) own[k] = typeof v === 'string' ? v : resolveAssigns([{ key: k, value: v, where: '' }], own)[k]!;
     return own;
+  }
+
+  /** Names of the variables --dry_run masks: the job token and the rank's secrets. */
+  secretNames(p: RankPlacement): string[] {
+    return [JOB_TOKEN_VAR, ...Object.keys(this.spec.secrets?.(p) ?? {})];
   }
 
   rankState(rank: number): { running: boolean; pid: number | undefined; starts: number } {

@@ -4,6 +4,8 @@ export * from './safetensors.js';
 export * from './weights.js';
 export * from './tokenizer.js';
 export * from './chat-template.js';
+export { TokenizerPool } from './tokenizer-pool.js';
+export type { ReplayedText } from './tokenizer-pool.js';
 export * from './info.js';
 export { initModel, MOE_PRESETS, PRESETS } from './init.js';
 export type { InitOptions, InitResult, LlamaShape, MoeShape } from './init.js';

@@ -30,6 +30,13 @@ export class Tokenizer {
   /** EOS ids: generation_config.json's first (may be a list), then tokenizer_config.json's eos_token. */
   readonly eosTokenIds: number[];
   readonly vocabSize: number;
+  /**
+   * The most UTF-8 bytes any one token stands for (the longest vocabulary entry, added tokens
+   * included): a text longer than n × this certainly holds more than n tokens, which bounds the
+   * prompts worth tokenizing. Vocabulary entries spell bytes at least as long as the text they
+   * match (a byte-level 'Ġ' is 2 bytes for one space, '▁' 3, '<0x0A>' 6), so this only overestimates.
+   */
+  readonly maxTokenBytes: number;
 
   readonly chatTemplate: ChatTemplate;
 
@@ -40,7 +47,11 @@ export class Tokenizer {
     const eos = this.eosToken !== null ? hf.token_to_id(this.eosToken) : undefined;
     if (eos !== undefined && !ids.includes(eos)) ids.push(eos);
     this.eosTokenIds = ids;
-    this.vocabSize = hf.get_vocab(true).size;
+    const vocab = hf.get_vocab(true);
+    this.vocabSize = vocab.size;
+    let longest = 1;
+    for (const token of vocab.keys()) longest = Math.max(longest, Buffer.byteLength(token, 'utf8'));
+    this.maxTokenBytes = longest;
     this.chatTemplate = ChatTemplate.load(dir, config);
   }
 
@@ -105,21 +116,41 @@ export class Tokenizer {
  * several byte-level tokens, and loses the spaces some decoders add between tokens. So, as
  * vLLM/TGI do, decode a window from a few tokens back (prefix) and emit only what it adds beyond
  * the prefix's text, holding back while the new text ends in U+FFFD (an incomplete character).
+ * A character spans at most 4 bytes, so a tail still ending in U+FFFD after MAX_HELD tokens is
+ * text that really decodes to U+FFFD (invalid bytes): it is emitted, which keeps the window, and
+ * the work per token, bounded whatever the model samples.
  */
+const MAX_HELD = 8;
+
+/** Where an IncrementalDecoder stands: the window of ids it still needs (see restore). */
+export interface DecoderState {
+  ids: number[];
+  prefixOffset: number;
+  readOffset: number;
+}
+
 export class IncrementalDecoder {
+  // Only the window from prefixOffset on is kept: older ids are never decoded again.
   private ids: number[] = [];
   private prefixOffset = 0;
   private readOffset = 0;
 
-  constructor(private readonly decodeIds: (ids: number[]) => string) {}
+  constructor(private readonly decodeIds: (ids: number[]) => string, state?: DecoderState) {
+    if (state) {
+      this.ids = [...state.ids];
+      this.prefixOffset = state.prefixOffset;
+      this.readOffset = state.readOffset;
+    }
+  }
 
   /** Adds one token; returns the text it completes ('' while a character is incomplete). */
   push(id: number): string {
     this.ids.push(id);
     const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.decodeIds(this.ids.slice(this.prefixOffset));
-    if (full.length > prefix.length && !full.endsWith('\uFFFD')) {
-      this.prefixOffset = this.readOffset;
+    if (full.length > prefix.length && (!full.endsWith('\uFFFD') || this.ids.length - this.readOffset >= MAX_HELD)) {
+      this.ids.splice(0, this.readOffset);
+      this.prefixOffset = 0;
       this.readOffset = this.ids.length;
       return full.slice(prefix.length);
     }
@@ -130,8 +161,14 @@ export class IncrementalDecoder {
   flush(): string {
     const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
     const full = this.decodeIds(this.ids.slice(this.prefixOffset));
-    this.prefixOffset = this.readOffset = this.ids.length;
+    this.ids = [];
+    this.prefixOffset = this.readOffset = 0;
     return full.length > prefix.length ? full.slice(prefix.length) : '';
+  }
+
+  /** The window it needs to go on (a decoder built from it continues exactly where this one is). */
+  state(): DecoderState {
+    return { ids: [...this.ids], prefixOffset: this.prefixOffset, readOffset: this.readOffset };
   }
 }
 

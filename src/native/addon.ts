@@ -108,6 +108,11 @@ export interface NativeComm {
   recv(buf: Uint8Array, peer: number): Promise<void>;
   asyncError(): string | null;
   abort(): void;
+  /** Connections refused while forming the group (TCP), one line per address. */
+  refused(): string[];
+  readonly encryptedLinks: number;
+  /** Which OpenSSL the TCP comm uses: "libcrypto.so.3", "libcrypto.so" or "node". */
+  readonly cryptoProvider: string;
   /** NCCL: "p2p collectives up to N bytes" or why they are off (set by init()); null for TCP. */
   readonly p2p?: string | null;
   listen?(host: string): Promise<number>;

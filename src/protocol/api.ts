@@ -7,6 +7,7 @@ export type { ClusterStatusResponse as ClusterStatusMsg, ClusterStatusResponseIn
 export type { CompleteResponse as CompleteResponseMsg, CompleteResponseIn } from './generated/nodespeed/v1/CompleteResponse.js';
 export type { FailoverCounters as FailoverCountersMsg } from './generated/nodespeed/v1/FailoverCounters.js';
 export type { FailureStatus as FailureStatusMsg, FailureStatusIn } from './generated/nodespeed/v1/FailureStatus.js';
+export type { QuarantinedRequest as QuarantinedRequestMsg } from './generated/nodespeed/v1/QuarantinedRequest.js';
 export type { FinishReason as FinishReasonName } from './generated/nodespeed/v1/FinishReason.js';
 export type { GenerateRequest, GenerateRequestIn } from './generated/nodespeed/v1/GenerateRequest.js';
 export type { GenerateResponse as GenerateResponseMsg, GenerateResponseIn } from './generated/nodespeed/v1/GenerateResponse.js';

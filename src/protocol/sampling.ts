@@ -26,12 +26,8 @@ export const SAMPLING_DEFAULTS = {
 export const MAX_LOGPROBS = 20;
 export const MAX_LOGIT_BIAS = 1024;
 export const MAX_STOP_TOKEN_IDS = 64;
-/**
- * The most stop strings a request may carry and the most characters each may have: every token
- * checks the decoded tail against each of them (StopChecker), so their sizes bound that work.
- */
-export const MAX_STOP = 16;
-export const MAX_STOP_CHARS = 256;
+// Stop strings (how many, how long in total) are bounded where a request enters a server, by the
+// request limits (protocol/limits.ts, --max-stop-strings / --max-stop-chars).
 
 /** A parameter that breaks its rule: `field` (camelCase, `stop[i]` for one stop string) and what is wrong. */
 export class SamplingError extends RangeError {
@@ -110,11 +106,9 @@ export function validateSampling(o: SamplingInput = {}, vocab?: number): Samplin
   const num = (f: NumericSamplingField & keyof typeof d) => (o[f] === undefined || o[f] === null ? d[f] : parseSamplingNumber(f, o[f]));
   const stop = o.stop ?? [];
   if (!Array.isArray(stop)) throw new SamplingError('stop', 'must be a list of strings');
-  if (stop.length > MAX_STOP) throw new SamplingError('stop', `has ${stop.length} strings; at most ${MAX_STOP}`);
   stop.forEach((s, i) => {
     if (typeof s !== 'string') throw new SamplingError(`stop[${i}]`, 'must be a string');
     if (s.length === 0) throw new SamplingError(`stop[${i}]`, 'is empty');
-    if (s.length > MAX_STOP_CHARS) throw new SamplingError(`stop[${i}]`, `is ${s.length} characters; at most ${MAX_STOP_CHARS}`);
   });
   const logprobs = o.logprobs === undefined || o.logprobs === null || o.logprobs === -1 ? -1 : parseSamplingNumber('logprobs', o.logprobs);
   return {

@@ -123,9 +123,17 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     o += 4;
     return x;
   };
+  // Every count is checked against the bytes that are left before anything is allocated for it:
+  // a corrupt frame is an error, never a multi-gigabyte allocation or a read past the end.
+  const room = (count: number, words: number, what: string) => {
+    if (!Number.isInteger(count) || count < 0 || count * words * 4 > buf.byteLength - o)
+      throw new Error(`step metadata: ${what} ${count} does not fit the ${buf.byteLength - o} bytes left (the data plane is out of sync)`);
+  };
+  if (buf.byteLength < 12) throw new Error(`step metadata: ${buf.byteLength} bytes, too short for a header`);
   if (get() !== MAGIC) throw new Error('step metadata: bad magic (the data plane is out of sync)');
   const step = get();
   const n = get();
+  room(n, SEQ_WORDS, 'sequence count');
   const seqs: StepSeq[] = [];
   const from = new Int32Array(n);
   for (let i = 0; i < n; i++) {
@@ -142,6 +150,10 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     const seed = v.getBigUint64(o, true);
     o += 8;
     const extras = get();
+    if (nTokens < 0 || nBlocks < 0 || extras < 0)
+      throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks, ${extras} extras words)`);
+    if (extras !== 0 && extras < EXTRAS_WORDS) throw new Error(`step metadata: seq ${i} has ${extras} extras words, fewer than ${EXTRAS_WORDS} (out of sync)`);
+    room(nTokens + nBlocks + extras, 1, `token count ${nTokens} + block count ${nBlocks} + extras words`);
     const tokens = new Int32Array(nTokens);
     for (let k = 0; k < nTokens; k++) tokens[k] = get();
     const blockTable = new Int32Array(nBlocks);

@@ -117,7 +117,7 @@ export const REGISTRY = {
   stepTrace: text('NODESPEED_STEP_TRACE', 'path', 'the replica driver appends one JSON line per step to this file (bench/serve reads it)', workerDebug),
 
   // Settings of one process or host.
-  authToken: text('NODESPEED_AUTH_TOKEN', 'string', 'bearer token of the API: launch requires it, status and generate --server send it (or --auth-token)',
+  authToken: text('NODESPEED_AUTH_TOKEN', 'string', 'bearer token of the API: launch requires it, status and generate --server send it (or --auth-token-file); never passed to workers',
     { scope: 'process', secret: true }),
   sshDir: text('NODESPEED_SSH_DIR', 'path', 'directory used instead of ~/.ssh by the launcher (or --ssh_dir)', { scope: 'process', defaultText: '~/.ssh' }),
   advertiseAddr: text('NODESPEED_ADVERTISE_ADDR', 'string', 'address this host\'s workers give their peers (default: the host name of the hostfile)', { scope: 'process' }),
@@ -127,6 +127,8 @@ export const REGISTRY = {
 
   // Set by the launcher for the workers it starts.
   jobToken: text('NODESPEED_JOB_TOKEN', 'string', 'per-job secret a worker presents to the coordinator (random per job)', { scope: 'internal', secret: true }),
+  jobSecrets: text('NODESPEED_JOB_SECRETS', 'string', 'a worker\'s control-plane certificate and key, the job CA and the data-plane key (base64 JSON); the worker removes it once read',
+    { scope: 'internal', secret: true }),
   coordinator: text('NODESPEED_COORDINATOR', 'string', 'host:port of the coordinator a worker joins', { scope: 'internal' }),
   heartbeatMs: positive('NODESPEED_HEARTBEAT_MS', 1000, 'milliseconds between a worker\'s heartbeats (launch --heartbeat-interval)', { scope: 'internal' }),
   stepTimeoutMs: positive('NODESPEED_STEP_TIMEOUT_MS', 30_000, 'milliseconds one step may run before its worker declares itself wedged (launch --step-timeout; 0: no watchdog)',

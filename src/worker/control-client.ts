@@ -6,6 +6,10 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { CONTROL_SERVER_NAME } from '../protocol/job-secrets.js';
+import type { TlsIdentity } from '../protocol/job-secrets.js';
+import { controlChannelOptions } from '../protocol/limits.js';
+import { probeLiveness } from '../protocol/liveness.js';
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
 import type {
   Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
@@ -31,14 +35,26 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   private heartbeat: NodeJS.Timeout | undefined;
   private lastHeard = Date.now();
   private timeoutMs = 0;
+  private livenessPort = 0;
+  private probing = false;
+  private excused = false;
   private closed = false;
   /** Filled by the replica driver: sent with every heartbeat. */
   load: (() => ReplicaLoadIn) | undefined;
 
-  constructor(address: string, join: JoinIn, heartbeatMs: number) {
+  /**
+   * `address`: the coordinator's control plane (host:port). The stream is mutual TLS: this worker's
+   * slot certificate, and the coordinator's checked against the job CA under CONTROL_SERVER_NAME.
+   * `key`: the job's key, which the coordinator's liveness responder answers with.
+   */
+  constructor(private readonly address: string, join: JoinIn, heartbeatMs: number, identity: TlsIdentity, private readonly key: Uint8Array) {
     super();
     const Ctor = clientConstructor(controlPackageDefinition(), CONTROL_SERVICE);
-    this.client = new Ctor(address, grpc.credentials.createInsecure(), { 'grpc.keepalive_time_ms': 10_000 }) as unknown as ControlStub;
+    const credentials = grpc.credentials.createSsl(Buffer.from(identity.ca), Buffer.from(identity.key), Buffer.from(identity.cert));
+    this.client = new Ctor(address, credentials, {
+      'grpc.keepalive_time_ms': 10_000, 'grpc.ssl_target_name_override': CONTROL_SERVER_NAME, 'grpc.default_authority': CONTROL_SERVER_NAME,
+      ...controlChannelOptions(),
+    }) as unknown as ControlStub;
     // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
     this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
@@ -52,23 +68,39 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
       if (!this.beating) return;
-      // A coordinator that is silent past the timeout is hung or cut off: stop rather than serve on.
-      if (this.timeoutMs > 0 && Date.now() - this.lastHeard > this.timeoutMs) {
-        this.finish(new Error(`no message from the coordinator for ${Date.now() - this.lastHeard} ms`));
-        this.call.cancel();
-        this.close();
-        return;
-      }
+      // A coordinator that is silent past the timeout is hung or cut off: stop rather than serve
+      // on — unless its liveness responder (a thread of its own) answers: then the process lives
+      // and only its event loop is late (protocol/liveness.ts), and this worker waits for it.
+      if (this.timeoutMs > 0 && Date.now() - this.lastHeard > this.timeoutMs && !this.probing) void this.judgeSilence();
       this.send({ heartbeat: { epoch: this.epoch, sentAtMs: Date.now(), ...(this.load ? { load: this.load() } : {}) } });
     }, ms);
   }
 
+  private async judgeSilence(): Promise<void> {
+    this.probing = true;
+    const silent = Date.now() - this.lastHeard;
+    const host = this.address.slice(0, this.address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    const alive = this.livenessPort > 0 && await probeLiveness(host, this.livenessPort, this.key, Math.min(2000, this.timeoutMs));
+    this.probing = false;
+    if (this.closed || Date.now() - this.lastHeard <= this.timeoutMs) return;
+    if (alive) {
+      if (!this.excused) process.stderr.write(`worker: the coordinator sent nothing for ${silent} ms but its liveness responder answers: waiting for it\n`);
+      this.excused = true;
+      return;
+    }
+    this.finish(new Error(`no message from the coordinator for ${Date.now() - this.lastHeard} ms (its liveness responder does not answer either)`));
+    this.call.cancel();
+    this.close();
+  }
+
   private onMessage(m: CoordinatorMessage): void {
     this.lastHeard = Date.now();
+    this.excused = false;
     switch (m.msg) {
       case 'assignment':
         this.epoch = m.assignment.epoch;
         this.timeoutMs = m.assignment.heartbeatTimeoutMs;
+        this.livenessPort = m.assignment.livenessPort;
         if (m.assignment.heartbeatIntervalMs > 0) this.startHeartbeat(m.assignment.heartbeatIntervalMs);
         this.emit('assignment', m.assignment);
         return;

@@ -14,11 +14,13 @@
 import { availableParallelism, hostname } from 'node:os';
 
 import { Engine, resolveDevice } from '../engine/engine.js';
-import { loadTokenizer } from '../model/index.js';
-import type { Tokenizer } from '../model/index.js';
+import { TokenizerPool, loadTokenizer } from '../model/index.js';
+import type { ReplayedText, Tokenizer } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
+import { takeJobSecrets } from '../protocol/job-secrets.js';
+import { FinishReason } from '../protocol/lifecycle.js';
 import { ControlClient } from './control-client.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
@@ -51,6 +53,9 @@ function shardKey(a: Assignment): string {
  * One membership epoch of this worker: aborted when the coordinator gives up on it. Requests that
  * arrive before its replica serves wait here, then go to the replica's driver.
  */
+/** A replay with more tokens than this rebuilds its text in a tokenizer thread instead of on the event loop. */
+const REPLAY_ON_LOOP = 64;
+
 class Epoch {
   aborted = false;
   private replica: Replica | undefined;
@@ -59,7 +64,12 @@ class Epoch {
   /** Rejects when the epoch is aborted: raced against every wait that only the coordinator ends. */
   readonly abortedSignal = new Promise<never>((_, reject) => (this.rejectAborted = reject));
 
-  constructor(readonly id: string, private readonly refuse: (update: TokenUpdate) => void) {
+  /** Replays whose stop-checker text a tokenizer thread is rebuilding: request id → cancelled meanwhile. */
+  private readonly replaying = new Map<string, { cancelled: boolean }>();
+
+  /** `replay`: a replayed request's text, rebuilt off the event loop (a long one would delay the heartbeats). */
+  constructor(readonly id: string, private readonly refuse: (update: TokenUpdate) => void,
+    private readonly replay: (ids: number[]) => Promise<ReplayedText>) {
     this.abortedSignal.catch(() => {});
   }
 
@@ -72,15 +82,37 @@ class Epoch {
 
   submit(s: Submit): void {
     if (!this.replica) this.early.submit.push(s);
-    else if (this.replica.isDriver) {
+    else if (!this.replica.isDriver) return;
+    else if (s.generatedIds.length > REPLAY_ON_LOOP) this.submitReplay(this.replica, s);
+    else {
       const refused = this.replica.submit(s);
       if (refused) this.refuse(refused);
     }
   }
 
+  private submitReplay(replica: Replica, s: Submit): void {
+    if (this.replaying.has(s.requestId)) return; // duplicate delivery
+    const state = { cancelled: false };
+    this.replaying.set(s.requestId, state);
+    void this.replay(s.generatedIds).then((replayed) => {
+      this.replaying.delete(s.requestId);
+      if (state.cancelled || this.aborted) return;
+      const refused = replica.submit(s, replayed);
+      if (refused) this.refuse(refused);
+    }, (err: unknown) => {
+      this.replaying.delete(s.requestId);
+      if (!state.cancelled && !this.aborted) this.refuse({ requestId: s.requestId, tokenIds: [], text: '', index: 0,
+        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}`, logprobs: [] });
+    });
+  }
+
   cancel(id: string): void {
     if (!this.replica) this.early.cancel.push(id);
-    else if (this.replica.isDriver) this.replica.cancel(id);
+    else if (this.replica.isDriver) {
+      const pending = this.replaying.get(id);
+      if (pending) pending.cancelled = true;
+      else this.replica.cancel(id);
+    }
   }
 
   /** Ends the replica's loop (the driver tells the other ranks). */
@@ -100,13 +132,16 @@ class Worker {
   private engine: Engine | undefined;
   private engineKey = '';
   private tokenizer: Tokenizer | undefined;
+  /** The driver's tokenizer thread (replays), started on the first long replay. */
+  private tokenizerThread: Promise<TokenizerPool> | undefined;
   private comms: Comm[] = [];
   private epoch: Epoch | undefined;
   stopRequested = false;
   /** Set once this worker has served (got Start): a later failure waits to be re-formed instead of exiting. */
   served = false;
 
-  constructor(private readonly control: ControlClient, private readonly token: string, readonly health: WorkerHealth) {
+  /** `key`: the job's data-plane key, which every peer of this worker's communicators must prove it holds. */
+  constructor(private readonly control: ControlClient, private readonly key: Uint8Array, readonly health: WorkerHealth) {
     this.control.on('submit', (s) => {
       if (s.epoch === this.epoch?.id) this.epoch.submit(s);
     });
@@ -123,7 +158,8 @@ class Worker {
    * on a failure or when the epoch is aborted.
    */
   async run(a: Assignment): Promise<void> {
-    const epoch = new Epoch(a.epoch, (update) => this.control.send({ tokens: { epoch: a.epoch, updates: [update] } }));
+    const epoch = new Epoch(a.epoch, (update) => this.control.send({ tokens: { epoch: a.epoch, updates: [update] } }),
+      async (ids) => (await (this.tokenizerThread ??= TokenizerPool.start(a.modelDir, 1))).replay(ids));
     this.epoch = epoch;
     const started = Promise.race([new Promise<Start>((resolve) => {
       const on = (s: Start) => {
@@ -182,18 +218,20 @@ class Worker {
   private async formGroups(a: Assignment, epoch: Epoch): Promise<{ tpComm?: Comm; plane?: Comm }> {
     const local = a.stage * a.tp + a.tpRank;
     const advertise = settings().advertiseAddr ?? a.peers[local]?.host ?? hostname();
-    // The nonce carries the epoch: a peer of an older epoch cannot connect to this one.
-    const nonce = `${this.token}/${a.epoch}`;
     const deviceIndex = this.deviceIndex(a);
+    // Each group's handshake is keyed by the job's secret and bound to the group and epoch: a peer
+    // of another job, another group or an older epoch cannot connect to this one.
+    const group = (name: string) => ({ name, context: `${name}@${a.epoch}`, key: this.key, advertise, deviceIndex,
+      encrypt: a.encryptDataPlane ? 'cross-host' as const : 'off' as const, log });
     let tpComm: Comm | undefined;
     if (a.tp > 1)
-      tpComm = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/tp/s${a.stage}`, rank: a.tpRank, size: a.tp,
-        kind: a.device === 'cuda' ? 'nccl' : 'tcp', advertise, deviceIndex, nonce }), epoch.abortedSignal]);
+      tpComm = await Promise.race([formWorkerGroup(this.control, { ...group(`r${a.replica}/tp/s${a.stage}`), rank: a.tpRank, size: a.tp,
+        kind: a.device === 'cuda' ? 'nccl' : 'tcp' }), epoch.abortedSignal]);
     if (tpComm) this.comms.push(tpComm);
     let plane: Comm | undefined;
     if (a.tp * a.pp > 1)
-      plane = await Promise.race([formWorkerGroup(this.control, { name: `r${a.replica}/replica`, rank: local, size: a.tp * a.pp, kind: 'tcp',
-        advertise, deviceIndex, nonce }), epoch.abortedSignal]);
+      plane = await Promise.race([formWorkerGroup(this.control, { ...group(`r${a.replica}/replica`), rank: local, size: a.tp * a.pp, kind: 'tcp' }),
+        epoch.abortedSignal]);
     if (plane) this.comms.push(plane);
     this.health.reset([...(tpComm ? [{ name: `r${a.replica}/tp/s${a.stage}`, comm: tpComm }] : []),
       ...(plane ? [{ name: `r${a.replica}/replica`, comm: plane }] : [])]);
@@ -263,12 +301,14 @@ const REFORM_WAIT_MS = 120_000;
 async function main(): Promise<void> {
   const { jobToken, coordinator, heartbeatMs, stepTimeoutMs, host } = settings();
   const token = required('NODESPEED_JOB_TOKEN', jobToken);
+  const secrets = takeJobSecrets();
+  const key = new Uint8Array(Buffer.from(secrets.dataPlaneKey, 'hex'));
   const address = required('NODESPEED_COORDINATOR', coordinator);
   const rank = Number(required('RANK'));
   if (!Number.isInteger(rank) || rank < 0) throw new Error(`worker: RANK must be a non-negative integer (got ${process.env.RANK})`);
   const control = new ControlClient(address, {
     token, rank, host: host ?? hostname(), pid: process.pid, device: deviceInfo(), listenAddresses: [],
-  }, heartbeatMs);
+  }, heartbeatMs, secrets.control, key);
   const health = new WorkerHealth({
     stepTimeoutMs, pollMs: Math.max(50, Math.min(500, heartbeatMs / 2)),
     unhealthy: (reason, kind) => {
@@ -281,7 +321,7 @@ async function main(): Promise<void> {
       worker.abortComms();
     },
   });
-  const worker = new Worker(control, token, health);
+  const worker = new Worker(control, key, health);
   let exitCode = 0;
   let signalStop: () => void = () => {};
   const stopped = new Promise<void>((resolve) => {

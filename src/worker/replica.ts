@@ -20,6 +20,7 @@
 // pp > 1: the driver keeps up to pp micro-batches in flight; each stage receives the previous
 //   stage's activations and passes its own on, and the last stage's TP rank 0 returns the sampled
 //   tokens to the driver, which applies and reports them.
+import type { ReplayedText } from '../model/tokenizer-pool.js';
 import type { Comm } from '../comm/comm.js';
 import type { Engine } from '../engine/engine.js';
 import { MAX_LOGPROBS } from '../native/addon.js';
@@ -145,8 +146,8 @@ export class Replica {
   }
 
   /** Queues a request (driver); returns the refusal to report when it can never run here. */
-  submit(s: Submit): TokenUpdate | null {
-    const refused = this.driverScheduler().submit(s);
+  submit(s: Submit, replayed?: ReplayedText): TokenUpdate | null {
+    const refused = this.driverScheduler().submit(s, replayed);
     this.poke();
     return refused;
   }

@@ -10,6 +10,7 @@ import type { TokenizerLike } from '../engine/generate.js';
 import { stepSampling, tokenLogprobs } from '../engine/step-sampling.js';
 import type { StepSampling } from '../engine/step-sampling.js';
 import { StopChecker } from '../engine/stop-checker.js';
+import type { ReplayedText } from '../model/tokenizer-pool.js';
 import type { StepLogprobs } from '../native/addon.js';
 import type { TokenLogprobs } from '../protocol/api.js';
 import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
@@ -88,8 +89,12 @@ export class Scheduler {
     return this.waiting.length === 0 && this.running.length === 0;
   }
 
-  /** Queues a request; returns an error update when it can never run. */
-  submit(sub: Submit): TokenUpdate | null {
+  /**
+   * Queues a request; returns an error update when it can never run. A replay (the tokens the
+   * client already has come back in generatedIds) takes its stop checker's state from `replayed`,
+   * rebuilt off the event loop by a tokenizer thread; without it the tokens are pushed here.
+   */
+  submit(sub: Submit, replayed?: ReplayedText): TokenUpdate | null {
     const err = (error: string): TokenUpdate => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0,
       finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error, logprobs: [] });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
@@ -101,10 +106,16 @@ export class Scheduler {
     const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
     if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
       return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
-    const stop = new StopChecker({ eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop,
-      maxTokens: params.maxTokens, ignoreEos: params.ignoreEos, decode: (ids) => this.tokenizer.decode(ids) });
+    const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop, maxTokens: params.maxTokens,
+      ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids) };
     // Replay: the tokens the client already has go back into the cache and the stop checker.
-    for (const t of sub.generatedIds) stop.push(t);
+    let stop: StopChecker;
+    if (replayed) {
+      stop = StopChecker.restore(opts, sub.generatedIds, replayed.text, replayed.decoder);
+    } else {
+      stop = new StopChecker(opts);
+      for (const t of sub.generatedIds) stop.push(t);
+    }
     const seq: Seq = { id: sub.requestId, status: QUEUED, params, step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0,
       feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);

@@ -143,7 +143,7 @@ describe('generate', () => {
   });
 
   it('--server with --auth-token and --timeout against a real launch', async () => {
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token', 's3cret', '--kv-blocks', '16']);
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '16'], { env: { NODESPEED_AUTH_TOKEN: 's3cret' } });
     try {
       const ok = await cli(['generate', '--server', cluster.address, '--auth-token', 's3cret', '--max-tokens', '4', '--json', 'def f(x):']);
       expect(ok.code, ok.stderr).toBe(0);

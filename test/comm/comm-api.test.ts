@@ -16,7 +16,7 @@ const open: Comm[] = [];
 afterEach(() => { for (const c of open.splice(0)) c.abort(); });
 
 async function pair(opts: { opTimeoutMs?: number } = {}): Promise<TcpComm[]> {
-  const comms = [0, 1].map((rank) => createTcpComm({ rank, size: 2, nonce: 'api', ...opts }));
+  const comms = [0, 1].map((rank) => createTcpComm({ rank, size: 2, context: 'api', ...opts }));
   open.push(...comms);
   const ports = await Promise.all(comms.map((c) => c.listen('127.0.0.1')));
   await Promise.all(comms.map((c) => c.connect(ports.map((p) => `127.0.0.1:${p}`))));
@@ -142,7 +142,7 @@ it('formGroup forms a group through any exchange and ignores a stray connection'
     await all;
     return infos;
   };
-  const comms = await Promise.all([0, 1, 2].map((rank) => formGroup({ kind: 'tcp', rank, size, nonce: 'fg', exchange })));
+  const comms = await Promise.all([0, 1, 2].map((rank) => formGroup({ kind: 'tcp', rank, size, context: 'fg', exchange })));
   open.push(...comms);
   const bufs = comms.map((_, r) => new Float32Array([r, 1]));
   await Promise.all(comms.map((c, r) => c.allReduce(bufs[r]!)));

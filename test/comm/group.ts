@@ -1,6 +1,7 @@
 // Runs a TCP comm group of real Node processes (fixtures/rank.mjs) with this process as the
 // rendezvous, the way workers get their peers' addresses from the coordinator.
 import { fork } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -29,12 +30,25 @@ export interface Group {
   close(): void;
 }
 
-export function startGroup(scenario: string, size: number, opts: { nonce?: (rank: number) => string; env?: NodeJS.ProcessEnv } = {}): Group {
+export interface GroupOptions {
+  /** Each rank's group context (default 'test-job:1' for all). */
+  context?: (rank: number) => string;
+  /** Each rank's job key, hex (default: one random key for the whole group). */
+  key?: (rank: number) => string;
+  env?: NodeJS.ProcessEnv;
+  /** Extra environment of one rank. */
+  rankEnv?: (rank: number) => NodeJS.ProcessEnv;
+  /** Runs once every rank listens, before any rank gets the addresses (strays can be aimed at them). */
+  beforeConnect?: (addresses: string[]) => Promise<void>;
+}
+
+export function startGroup(scenario: string, size: number, opts: GroupOptions = {}): Group {
+  const groupKey = randomBytes(32).toString('hex');
   const messages: RankMessage[] = [];
   const listeners: (() => void)[] = [];
   const procs = Array.from({ length: size }, (_, rank) => {
-    const p = fork(fixture, [scenario, String(rank), String(size), opts.nonce?.(rank) ?? 'test-job:1'], {
-      env: { ...process.env, ...opts.env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    const p = fork(fixture, [scenario, String(rank), String(size), opts.context?.(rank) ?? 'test-job:1'], {
+      env: { ...process.env, COMM_KEY: opts.key?.(rank) ?? groupKey, ...opts.env, ...opts.rankEnv?.(rank) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     p.on('message', (m) => { messages.push(m as RankMessage); for (const l of [...listeners]) l(); });
     return p;
@@ -71,8 +85,12 @@ export function startGroup(scenario: string, size: number, opts: { nonce?: (rank
     close: () => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); },
   };
   // Rendezvous: collect every rank's info, hand the full list back to all.
-  void waitAll('info').then((infos) => {
-    for (const p of procs) if (p.connected) p.send({ type: 'infos', infos: infos.map((m) => m.info) });
+  void waitAll('info').then(async (infos) => {
+    try {
+      await opts.beforeConnect?.(infos.map((m) => (m.info as { address: string }).address));
+    } finally {
+      for (const p of procs) if (p.connected) p.send({ type: 'infos', infos: infos.map((m) => m.info) });
+    }
   }, () => {});
   return group;
 }

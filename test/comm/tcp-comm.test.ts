@@ -1,5 +1,5 @@
 // The TCP communicator between real processes on 127.0.0.1: collectives are correct and bitwise
-// identical on every rank, failures (kill -9, abort, wrong nonce, length mismatch) reject fast
+// identical on every rank, failures (kill -9, abort, another group or epoch, length mismatch) reject fast
 // with errors naming the peer.
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 
@@ -90,11 +90,11 @@ it('abort() rejects a pending recv at once, later calls fail, and the peer sees 
   expect(r1!.error).toMatch(/peer rank 0 \(127\.0\.0\.1:\d+\) closed the connection/);
 });
 
-it('refuses a peer with another nonce (job/generation) and names it on both sides', async () => {
-  group = startGroup('connect', 2, { nonce: (r) => (r === 1 ? 'test-job:2' : 'test-job:1'), env: { CONNECT_TIMEOUT_MS: '1500' } });
+it('refuses a peer of another group or membership epoch and names it on both sides', async () => {
+  group = startGroup('connect', 2, { context: (r) => (r === 1 ? 'test-job:2' : 'test-job:1'), env: { CONNECT_TIMEOUT_MS: '1500' } });
   const [r0, r1] = await group.waitAll('result', [0, 1], 15_000);
   expect(r1!.ok).toBe(false);
-  expect(r1!.error).toMatch(/connect to peer rank 0 at 127\.0\.0\.1:\d+: refused the handshake: nonce mismatch/);
+  expect(r1!.error).toMatch(/connect to peer rank 0 at 127\.0\.0\.1:\d+: refused the handshake: another group or membership epoch/);
   expect(r0!.ok).toBe(false);
   expect(r0!.error).toMatch(/timed out after 1500 ms waiting for peer rank\(s\) 1 \(127\.0\.0\.1:\d+\) to connect/);
 });

@@ -4,14 +4,14 @@
 // failover the client sees every token once (the re-sent prefix dropped, a gap refused, a late
 // report from the lost replica ignored).
 import * as grpc from '@grpc/grpc-js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { planLayout } from '../../src/coordinator/layout.js';
 import { Membership, WorkerConn } from '../../src/coordinator/membership.js';
 import type { ControlCall } from '../../src/coordinator/worker-conn.js';
 import { RequestRecord, RequestStore } from '../../src/coordinator/requests.js';
 import type { RequestUpdate } from '../../src/coordinator/requests.js';
-import { Router } from '../../src/coordinator/router.js';
+import { REPLAY_SETTLE_MS, Router } from '../../src/coordinator/router.js';
 import { loadModelConfig } from '../../src/model/index.js';
 import type { OutgoingCoordinatorMessage, TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
@@ -21,7 +21,11 @@ import { PY_TINY } from '../serving/helpers.js';
 const { FINISH_REASON_UNSPECIFIED: NONE, FINISH_REASON_STOP: STOP } = FinishReason;
 
 let members: Membership | undefined;
-afterEach(() => members?.stopAll('test done'));
+beforeEach(() => void vi.useFakeTimers());
+afterEach(() => {
+  members?.stopAll('test done');
+  vi.useRealTimers();
+});
 
 /** Two replicas of tp 1, both serving; what each driver is sent. */
 function cluster() {
@@ -81,7 +85,9 @@ describe('router', () => {
     expect(rec.replica).toBe(0);
     report(m, 0, { requestId: rec.id, tokenIds: [10, 11, 12], text: 'abc', index: 0 });
     m.replicas[0]!.state = 'lost';
-    expect(router.requeue(m.replicas[0]!)).toEqual([rec]);
+    expect(router.requeue(m.replicas[0]!, 2, 'rank 0 lost')).toEqual({ moved: [rec], quarantined: [] });
+    expect([rec.status, rec.replica]).toEqual([RequestStatus.QUEUED, null]);
+    vi.advanceTimersByTime(REPLAY_SETTLE_MS);
     // Replayed on the other replica from prompt + the 3 tokens the client has.
     expect([rec.status, rec.replica, rec.replays]).toEqual([RequestStatus.RUNNING, 1, 1]);
     expect(sent[1]!.at(-1)).toMatchObject({ submit: { requestId: rec.id, promptIds: [1, 2, 3], generatedIds: [10, 11, 12] } });
@@ -102,6 +108,40 @@ describe('router', () => {
     // Ended: a last word from the driver changes nothing.
     report(m, 1, { requestId: rec.id, tokenIds: [16], text: 'g', index: 6 });
     expect(got).toHaveLength(3);
+  });
+
+  it('a request in flight through --quarantine-after replica losses is failed instead of replayed again', () => {
+    const { members: m, store, router, sent } = cluster();
+    const { rec, failed } = request(store);
+    router.submit(rec);
+    report(m, 0, { requestId: rec.id, tokenIds: [10], text: 'a', index: 0 });
+    m.replicas[0]!.state = 'lost';
+    expect(router.requeue(m.replicas[0]!, 2, 'rank 0 lost: control stream closed')).toEqual({ moved: [rec], quarantined: [] });
+    vi.advanceTimersByTime(REPLAY_SETTLE_MS);
+    expect(rec.replica).toBe(1);
+    const submits = sent[1]!.length;
+    m.replicas[1]!.state = 'lost';
+    expect(router.requeue(m.replicas[1]!, 2, 'rank 1 lost: process exited (SIGKILL)')).toEqual({ moved: [], quarantined: [rec] });
+    expect(failed).toEqual([[grpc.status.INTERNAL, 'request quarantined: it was in flight through 2 replica losses (the last: rank 1 lost: ' +
+      'process exited (SIGKILL)); it is not replayed again in case it is what takes replicas down (--quarantine-after 2)']]);
+    expect([rec.status, rec.replays, store.size, sent[1]!.length]).toEqual([RequestStatus.FAILED, 2, 0, submits]);
+  });
+
+  it('replicas lost together: a request the first loss displaced is not placed on the second, nor charged its loss', () => {
+    const { members: m, store, router, sent } = cluster();
+    const { rec, failed } = request(store);
+    router.submit(rec);
+    m.replicas[0]!.state = 'lost';
+    router.requeue(m.replicas[0]!, 2, 'rank 0 lost: control stream cancelled');
+    vi.advanceTimersByTime(REPLAY_SETTLE_MS / 2);
+    m.replicas[1]!.state = 'lost';
+    expect(router.requeue(m.replicas[1]!, 2, 'rank 1 lost: control stream cancelled')).toEqual({ moved: [], quarantined: [] });
+    vi.advanceTimersByTime(REPLAY_SETTLE_MS);
+    expect([rec.status, rec.replays, sent[1]!.length, failed]).toEqual([RequestStatus.QUEUED, 1, 0, []]);
+    // The first replica to serve again gets it.
+    m.replicas[1]!.state = 'serving';
+    m.emit('replica-serving', m.replicas[1]!);
+    expect([rec.status, rec.replica]).toEqual([RequestStatus.RUNNING, 1]);
   });
 
   it('a driver that refuses a request fails it RESOURCE_EXHAUSTED naming the replica', () => {

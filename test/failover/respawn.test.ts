@@ -68,7 +68,7 @@ describe('failover by respawn (py-tiny, 2 CPU workers per replica)', () => {
         expect(f.atUnixMs).toBeGreaterThanOrEqual(killedAt);
         expect(f.replayedTokens).toBeGreaterThanOrEqual(atKill.reduce((a, b) => a + b, 0));
         expect(f.replayedTokens).toBeLessThan(STREAMS * TOKENS);
-        expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens });
+        expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens, quarantinedRequests: 0 });
         // The first token any client got after the kill and after the replica serves again.
         const resumed = Math.min(...got.flatMap((g) => g.arrivals.filter((t) => t > killedAt + Number(m![1]))));
         console.log(`failover (${victim.what}): replica serving again ${m![1]} ms after the loss; ` +

@@ -95,7 +95,7 @@ suite('failover by a smaller layout when a host is gone (real sshd, py-tiny, no 
       expect(st).toMatchObject({ tp: 2, pp: 1, state: 'serving' });
       expect(st.replicas[0]).toMatchObject({ state: 'serving', tp: 1, pp: 1, ranks: [0] });
       expect(st.workers.map((w) => [w.rank, w.host, w.stage, w.tpRank, w.layerStart, w.layerEnd, w.state])).toEqual([[0, 'localhost', 0, 0, 0, 6, 'serving']]);
-      expect(st.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens });
+      expect(st.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: STREAMS, replayedTokens: f.replayedTokens, quarantinedRequests: 0 });
       expect(log).toContain(`coordinator: replica 0 re-formed as tp 1 x pp 1 on rank 0 (was tp 2 x pp 1) in generation ${f.generation}`);
       expect(log).toContain(`failover: replica 0 serving again in generation ${f.generation}, ${f.recoveryMs} ms after rank 1 was lost ` +
         `(pid ${remote.pid} on 127.0.0.2: ${f.cause}); recovery: shrunk to tp 1 x pp 1 on rank 0 (was tp 2 x pp 1), ${STREAMS} requests replayed`);
@@ -108,7 +108,7 @@ suite('failover by a smaller layout when a host is gone (real sshd, py-tiny, no 
       const json = cli(['status', '--server', cluster.address, '--json']);
       expect(json.status, json.stderr).toBe(0);
       expect((JSON.parse(json.stdout) as Status).replicas[0]).toMatchObject({ tp: 1, pp: 1, ranks: [0] });
-      const m = await scrape(/ metrics=(\S+)$/.exec(cluster.readyLine)![1]!);
+      const m = await scrape(/ metrics=(\S+)/.exec(cluster.readyLine)![1]!);
       expect(m.get('nodespeed_replicas_shrunk_total')).toBe(1);
       expect(m.get('nodespeed_recoveries_total')).toBe(1);
       expect(m.get('nodespeed_replica_ranks{replica="0"}')).toBe(1);

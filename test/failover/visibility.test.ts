@@ -27,7 +27,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--replicas', '2', '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2',
       '--request-timeout', '30', '--kv-blocks', '256', '--metrics-port', '0', ...v.args]);
     try {
-      const m = / metrics=(\S+)$/.exec(cluster.readyLine);
+      const m = / metrics=(\S+)/.exec(cluster.readyLine);
       expect(m, cluster.readyLine).not.toBeNull();
       const metricsAddr = m![1]!;
       expect(cluster.stderr()).toContain(`coordinator: Prometheus metrics at http://${metricsAddr}/metrics`);
@@ -40,7 +40,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
         before = await cluster.client.clusterStatus();
       }
       expect(before.failures).toEqual([]);
-      expect(before.failover).toEqual({ failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0 });
+      expect(before.failover).toEqual({ failures: 0, recoveries: 0, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 });
       const m0 = await scrape(metricsAddr);
       expect(m0.get('nodespeed_failures_total')).toBe(0);
       expect(m0.get('nodespeed_replicas_serving')).toBe(2);
@@ -95,7 +95,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
       expect(f.recoveryMs).toBeGreaterThan(0);
       expect(f.atUnixMs).toBeGreaterThanOrEqual(killedAt);
       expect(f.replayedRequests).toBeGreaterThan(0);
-      expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens });
+      expect(after.failover).toEqual({ failures: 1, recoveries: 1, replayedRequests: f.replayedRequests, replayedTokens: f.replayedTokens, quarantinedRequests: 0 });
       expect(BigInt(after.generation)).toBeGreaterThan(BigInt(before.generation));
 
       // `nodespeed status`: the failure on one line, as formatFailure writes it; --json: fields 12-13.

@@ -1,4 +1,5 @@
-// Host emulation of the flash prefill kernel's fragment layouts and pipeline (flash_emu.cc):
+// Host emulations of the CUDA kernels' fragment layouts, pipelines and plans (flash_emu.cc,
+// moe_emu.cc):
 // compiled with the system C++ compiler and run; skipped where there is none.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -30,5 +31,11 @@ function compileAndRun(source: string, expected: string): void {
 describe('flash prefill kernel emulation', () => {
   it.skipIf(!haveCxx)('matches a double-precision causal attention on paged, GQA, mixed steps', () => {
     compileAndRun('flash_emu.cc', 'flash emulation: all ok');
+  });
+});
+
+describe('mixture-of-experts kernels emulation', () => {
+  it.skipIf(!haveCxx)('routes as the CPU router bit for bit, permutes, and matches a double-precision MoE layer (GEMV and tensor-core paths)', () => {
+    compileAndRun('moe_emu.cc', 'moe emulation: all ok');
   });
 });

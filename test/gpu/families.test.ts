@@ -4,12 +4,14 @@
 // HF's own margin there is a near-tie (below twice the logit error bf16 shows on that prompt: these
 // tiny random models have many), and the same prompts on the CPU
 // backend in f32 in the same run (all 24 tokens and logits within 2e-3: the reference the GPU is held
-// against).
+// against). The CUDA decode steps run as CUDA graphs; each family runs once more with graphs off
+// (NODESPEED_CUDA_GRAPHS=0), which must pass the same checks and give the same tokens and last logits
+// bit for bit.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { argmax, blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, referenceMargin, root, titled } from './lib.mjs';
+import { argmax, blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, referenceMargin, root, titled, withSettings } from './lib.mjs';
 
 interface FamilyCase { ids: number[]; greedy_24: number[]; last_logits: number[]; last_logits_top8: number[] }
 
@@ -29,30 +31,46 @@ describe.skipIf(!gpu.ok)(titled('model families on CUDA vs their HF fixtures', g
     it(family, async () => {
       expect(existsSync(join(dir, 'reference.json')), `${dir}: no fixture (make_families.py)`).toBe(true);
       const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: FamilyCase[] };
-      for (const [device, dtype] of [['cuda', 'bf16'], ['cpu', 'f32']] as const) {
-        const { engine } = await openCudaEngine(dir, { device, dtype, kvBlocks: 64 });
-        const cases = [];
-        try {
-          for (const [i, c] of ref.cases.entries()) {
-            const [bt] = blockTables(1, 128, 16, 64);
-            const { tokens, lastLogits } = await greedy(engine, c.ids, c.greedy_24.length, bt);
-            let match = 0;
-            while (match < tokens.length && tokens[match] === c.greedy_24[match]) match++;
-            const top = argmax(lastLogits);
-            // HF's own margin between its top-1 and ours at the last prompt position, and the
-            // reference's top-2 margin where the greedy run leaves HF's path (null: it did not).
-            const top1Margin = c.last_logits[c.last_logits_top8[0]!]! - c.last_logits[top]!;
-            const marginAtDivergence = device === 'cuda' && match < c.greedy_24.length ? await referenceMargin(dir, [...c.ids, ...c.greedy_24.slice(0, match)]) : null;
-            cases.push({ prompt: i, ids: c.ids.length, cosine: cosine(lastLogits, c.last_logits), maxAbsDiff: maxAbs(lastLogits, c.last_logits),
-              top1: top === c.last_logits_top8[0], top1Margin, greedyMatch: match, marginAtDivergence, of: c.greedy_24.length });
+      const graphed: { tokens: number[]; lastLogits: Float32Array }[] = [];
+      const runs = [];
+      for (const [device, dtype, graphs] of [['cuda', 'bf16', true], ['cuda', 'bf16', false], ['cpu', 'f32', true]] as const) {
+        const run = async () => {
+          const { engine } = await openCudaEngine(dir, { device, dtype, kvBlocks: 64 });
+          const cases = [];
+          try {
+            for (const [i, c] of ref.cases.entries()) {
+              const [bt] = blockTables(1, 128, 16, 64);
+              const { tokens, lastLogits } = await greedy(engine, c.ids, c.greedy_24.length, bt);
+              let match = 0;
+              while (match < tokens.length && tokens[match] === c.greedy_24[match]) match++;
+              const top = argmax(lastLogits);
+              // HF's own margin between its top-1 and ours at the last prompt position, and the
+              // reference's top-2 margin where the greedy run leaves HF's path (null: it did not).
+              const top1Margin = c.last_logits[c.last_logits_top8[0]!]! - c.last_logits[top]!;
+              const marginAtDivergence = device === 'cuda' && match < c.greedy_24.length ? await referenceMargin(dir, [...c.ids, ...c.greedy_24.slice(0, match)]) : null;
+              if (device === 'cuda' && graphs) graphed.push({ tokens, lastLogits });
+              const g = device === 'cuda' && !graphs ? graphed[i] : undefined;
+              cases.push({ prompt: i, ids: c.ids.length, cosine: cosine(lastLogits, c.last_logits), maxAbsDiff: maxAbs(lastLogits, c.last_logits),
+                top1: top === c.last_logits_top8[0], top1Margin, greedyMatch: match, marginAtDivergence, of: c.greedy_24.length,
+                ...(g ? { sameTokensAsGraphs: g.tokens.join() === tokens.join(), maxAbsDiffVsGraphs: maxAbs(lastLogits, Array.from(g.lastLogits)) } : {}) });
+            }
+            results.push({ family, device, compute: dtype, graphs, describe: engine.describe(), cases });
+          } finally {
+            engine.dispose();
           }
-          results.push({ family, device, compute: dtype, describe: engine.describe(), cases });
-        } finally {
-          engine.dispose();
-        }
+          return cases;
+        };
+        runs.push({ device, graphs, cases: device === 'cuda' && !graphs ? await withSettings({ cudaGraphs: false }, run) : await run() });
         recordResult('gpu-families.json', { results });
+      }
+      // Checked once all three ran, so a failure with graphs says whether the eager run passes.
+      for (const { device, graphs, cases } of runs) {
         for (const c of cases) {
-          const what = `${family} ${device} prompt ${c.prompt}`;
+          const what = `${family} ${device}${device === 'cuda' && !graphs ? ' (graphs off)' : ''} prompt ${c.prompt}`;
+          if (c.sameTokensAsGraphs !== undefined) {
+            expect(c.sameTokensAsGraphs, `${what}: tokens vs the graph run`).toBe(true);
+            expect(c.maxAbsDiffVsGraphs, `${what}: last logits vs the graph run`).toBe(0);
+          }
           if (device === 'cuda') {
             expect(c.cosine, what).toBeGreaterThanOrEqual(0.999);
             // bf16 compute moves these logits by up to maxAbsDiff (measured here against HF): two

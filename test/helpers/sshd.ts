@@ -23,6 +23,8 @@ export interface SshdHarness {
   hosts: string[];
   /** `ssh-ed25519 AAAA...` of the server. */
   hostKeyPub: string;
+  /** `ssh-rsa AAAA...` with `rsaHostKey`: the server's second host key. */
+  rsaHostKeyPub?: string;
   env: { NODESPEED_SSH_DIR: string };
   logFile: string;
   /** Kills sshd and every process still under it, removes the temp dir. Idempotent. */
@@ -35,14 +37,16 @@ export interface SshdOptions {
   knownHosts?: boolean;
   /** Write <sshDir>/config with Port/User/IdentityFile for the hosts (default true). */
   clientConfig?: boolean;
+  /** Give the server an RSA host key besides its ed25519 one (known_hosts still lists the ed25519 key). */
+  rsaHostKey?: boolean;
 }
 
 export function sshdAvailable(): boolean {
   return existsSync(SSHD_BIN) && process.getuid?.() === 0;
 }
 
-function keygen(file: string, comment: string): void {
-  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', file], { stdio: 'ignore' });
+function keygen(file: string, comment: string, type = 'ed25519'): void {
+  execFileSync('ssh-keygen', ['-q', '-t', type, '-N', '', '-C', comment, '-f', file], { stdio: 'ignore' });
 }
 
 function portOpen(host: string, port: number): Promise<boolean> {
@@ -77,14 +81,14 @@ export function descendants(pid: number): number[] {
   return out;
 }
 
-async function launch(dir: string, port: number, hosts: string[]): Promise<ChildProcess | null> {
+async function launch(dir: string, port: number, hosts: string[], hostKeys: string[]): Promise<ChildProcess | null> {
   const config = join(dir, `sshd_config`);
   writeFileSync(
     config,
     [
       `Port ${port}`,
       ...hosts.map((h) => `ListenAddress ${h}`),
-      `HostKey ${join(dir, 'host_ed25519')}`,
+      ...hostKeys.map((k) => `HostKey ${join(dir, k)}`),
       `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
       'PidFile none',
       'UsePAM no',
@@ -123,13 +127,19 @@ export async function startSshd(opts: SshdOptions = {}): Promise<SshdHarness> {
   keygen(join(dir, 'host_ed25519'), 'nodespeed-test-host');
   keygen(join(sshDir, 'id_ed25519'), 'nodespeed-test-client');
   writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(sshDir, 'id_ed25519.pub')));
-  const hostKeyPub = readFileSync(join(dir, 'host_ed25519.pub'), 'utf8').trim().split(/\s+/).slice(0, 2).join(' ');
+  const pub = (f: string) => readFileSync(join(dir, f), 'utf8').trim().split(/\s+/).slice(0, 2).join(' ');
+  const hostKeyPub = pub('host_ed25519.pub');
+  const hostKeys = ['host_ed25519'];
+  if (opts.rsaHostKey) {
+    keygen(join(dir, 'host_rsa'), 'nodespeed-test-host', 'rsa');
+    hostKeys.push('host_rsa');
+  }
 
   let child: ChildProcess | null = null;
   let port = 0;
   for (let attempt = 0; attempt < 5 && !child; attempt++) {
     port = 20000 + Math.floor(Math.random() * 40000);
-    child = await launch(dir, port, hosts);
+    child = await launch(dir, port, hosts, hostKeys);
   }
   if (!child) {
     const log = existsSync(join(dir, 'sshd.log')) ? readFileSync(join(dir, 'sshd.log'), 'utf8') : '';
@@ -175,6 +185,7 @@ export async function startSshd(opts: SshdOptions = {}): Promise<SshdHarness> {
     port,
     hosts,
     hostKeyPub,
+    ...(opts.rsaHostKey ? { rsaHostKeyPub: pub('host_rsa.pub') } : {}),
     env: { NODESPEED_SSH_DIR: sshDir },
     logFile: join(dir, 'sshd.log'),
     stop: async () => {

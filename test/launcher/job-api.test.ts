@@ -1,7 +1,7 @@
 // The programmatic launcher API that `nodespeed launch` builds on: startJob / killRank / restartRank / stop,
 // with local (execa) and SSH ranks mixed in one job.
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -92,6 +92,44 @@ suite('launcher API (startJob) with local and SSH ranks', () => {
     expect(await job.done).toEqual({ code: 0, reason: 'supervisor done' });
     expect(exits.filter((e) => e.rank !== 1 || e.code !== 137).every((e) => e.expected)).toBe(true);
     expect(lines.filter((l) => l.rank === 0).every((l) => l.host === 'localhost')).toBe(true);
+  });
+
+  it('per-rank secrets reach each rank (local: environment, remote: the SSH channel) and no command line; the API token reaches none', async () => {
+    const tag = `tag-${randomUUID()}`;
+    const apiToken = `api-${randomUUID()}`;
+    const secretOf = (rank: number) => `secret-${rank}-${tag}`;
+    const saved = process.env.NODESPEED_AUTH_TOKEN;
+    process.env.NODESPEED_AUTH_TOKEN = apiToken;
+    const lines: RankLine[] = [];
+    let job: Job;
+    try {
+      job = await startJob({ placement: placement(), command: [process.execPath, PROBE, 'hang', tag], cwd, ssh: { sshDir: sshd.sshDir }, failFast: false,
+        secrets: (p) => ({ NODESPEED_JOB_SECRETS: secretOf(p.rank) }) }, (j) => j.on('line', (l) => lines.push(l)));
+    } finally {
+      if (saved === undefined) delete process.env.NODESPEED_AUTH_TOKEN;
+      else process.env.NODESPEED_AUTH_TOKEN = saved;
+    }
+    jobs.push(job);
+    await until<RankLine>(job, 'line', () => lines.filter((l) => l.line.startsWith('READY')).length === 3);
+    const ranks = lines.filter((l) => l.line.startsWith('READY')).map((l) => Number(/pid=(\d+)/.exec(l.line)![1]));
+    expect(ranks).toHaveLength(3);
+    for (const pid of ranks) {
+      // Every rank runs on this machine (127.0.0.2-3 are sshd's): read each one's real environment.
+      const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      const rank = Number(env.find((e) => e.startsWith('RANK='))!.slice(5));
+      expect(env).toContain(`NODESPEED_JOB_SECRETS=${secretOf(rank)}`);
+      expect(env.some((e) => e.includes(apiToken))).toBe(false);
+    }
+    const everyCmdline = readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map((n) => {
+      try {
+        return readFileSync(`/proc/${n}/cmdline`, 'utf8');
+      } catch {
+        return '';
+      }
+    }).join('\n');
+    expect(everyCmdline).toContain(tag);
+    for (const r of [0, 1, 2]) expect(everyCmdline).not.toContain(secretOf(r));
+    expect(everyCmdline).not.toContain(apiToken);
   });
 
   it('stop() escalates to SIGKILL for ranks that ignore SIGTERM, still within 5 s', async () => {

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { fingerprint, keyType, recordHostKey, verifyHostKey } from '../../src/launcher/known-hosts.js';
+import { fingerprint, keyType, knownHostKeyAlgorithms, recordHostKey, verifyHostKey } from '../../src/launcher/known-hosts.js';
 
 function blob(type: string, body: Buffer): Buffer {
   const t = Buffer.from(type);
@@ -34,11 +34,24 @@ describe('known_hosts', () => {
     expect(verifyHostKey([file], 'other.example', 22, keyA).status).toBe('unknown');
   });
 
-  it('a different key of the same type is a change; a new key type alone is unknown; @revoked refuses', () => {
-    writeFileSync(file, [line('h', keyA), '@revoked ' + line('r', keyB), line('r', keyB)].join('\n') + '\n');
+  it('a different key of the same type is a change; a key of another type for a listed host is refused too; @revoked refuses', () => {
+    writeFileSync(file, [line('h', keyA), '@revoked ' + line('r', keyB), line('r', keyB), line('both', rsa), line('both', keyA)].join('\n') + '\n');
     expect(verifyHostKey([file], 'h', 22, keyB)).toMatchObject({ status: 'changed', line: 1 });
-    expect(verifyHostKey([file], 'h', 22, rsa).status).toBe('unknown');
+    // OpenSSH refuses a key of another type for a host it knows (even with accept-new): so do we.
+    expect(verifyHostKey([file], 'h', 22, rsa)).toEqual({ status: 'other-type', file, line: 1, types: ['ssh-ed25519'] });
     expect(verifyHostKey([file], 'r', 22, keyB)).toMatchObject({ status: 'revoked', line: 2 });
+    // A host listed with keys of two types accepts either of them.
+    expect(verifyHostKey([file], 'both', 22, rsa)).toMatchObject({ status: 'known', line: 4 });
+    expect(verifyHostKey([file], 'both', 22, keyA)).toMatchObject({ status: 'known', line: 5 });
+    expect(verifyHostKey([file], 'nobody', 22, rsa).status).toBe('unknown');
+  });
+
+  it('asks the server first for the key types known_hosts holds for it (OpenSSH\'s host key algorithm order)', () => {
+    writeFileSync(file, [line('h', keyA), line('[r]:2222', rsa), '@revoked ' + line('x', rsa)].join('\n') + '\n');
+    expect(knownHostKeyAlgorithms([file], 'h', 22)).toEqual(['ssh-ed25519']);
+    expect(knownHostKeyAlgorithms([file], 'r', 2222)).toEqual(['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa']);
+    expect(knownHostKeyAlgorithms([file], 'x', 22)).toEqual([]);
+    expect(knownHostKeyAlgorithms([file], 'unlisted', 22)).toEqual([]);
   });
 
   it('records keys the way OpenSSH does', () => {

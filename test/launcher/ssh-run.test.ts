@@ -63,6 +63,8 @@ suite('nodespeed run over SSH (real sshd)', () => {
         // DeepSpeed's launch.py: every rank of a node sees the node's GPUs and picks its own with LOCAL_RANK.
         MASTER_ADDR: '127.0.0.2', MASTER_PORT: '29611', CUDA_VISIBLE_DEVICES: '0,1', CROSS_RANK: String(Math.floor(i / 2)),
         CROSS_SIZE: '3', LOCAL_SIZE: '2', NODESPEED_JOB_TOKEN: token, NCCL_DEBUG: 'INFO', FROM_ENV_FILE: 'from cwd', LD_LIBRARY_PATH: '/opt/test-lib',
+        // `run` hands no per-rank secrets, and no rank gets the API's bearer token.
+        NODESPEED_JOB_SECRETS: null, NODESPEED_AUTH_TOKEN: null,
       });
       expect(x.cwd).toBe(work);
       expect(x.path).toBe(process.env.PATH);
@@ -203,6 +205,40 @@ suite('nodespeed run over SSH (real sshd)', () => {
     const r = await runCli(['run', '-H', hostfile, '--ssh-accept-new', PROBE, 'env'], { env: { ...env, NODESPEED_SSH_DIR: dir }, cwd: work });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/host key for \[127\.0\.0\.\d\]:\d+ has CHANGED .*known_hosts:\d differs\) — possible man-in-the-middle/);
+    expect(r.stderr).not.toContain('accept-new');
+  });
+
+  it('accept-new never records a key for a host known_hosts lists with a key of another type, and does not suggest accept-new', async () => {
+    // The server has only an ed25519 host key; known_hosts lists an RSA key for every host.
+    const dir = sshDirVariant('other-type', (d) => {
+      execFileSync('ssh-keygen', ['-q', '-t', 'rsa', '-b', '2048', '-N', '', '-f', join(d, 'other-rsa')]);
+      const rsa = readFileSync(join(d, 'other-rsa.pub'), 'utf8').split(' ').slice(0, 2).join(' ');
+      writeFileSync(join(d, 'known_hosts'), sshd.hosts.map((h) => `[${h}]:${sshd.port} ${rsa}\n`).join(''));
+    });
+    const before = readFileSync(join(dir, 'known_hosts'), 'utf8');
+    const tag = `tag-${randomUUID()}`;
+    const r = await runCli(['run', '-H', hostfile, '--ssh-accept-new', PROBE, 'hang', tag], { env: { ...env, NODESPEED_SSH_DIR: dir }, cwd: work });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/host key for \[127\.0\.0\.\d\]:\d+ has CHANGED to another type \(server offers ssh-ed25519 SHA256:\S+; .*known_hosts:\d lists only ssh-rsa for it\) — possible man-in-the-middle/);
+    expect(r.stderr).toContain('ssh-keygen -R');
+    expect(r.stderr).not.toContain('accept-new');
+    expect(readFileSync(join(dir, 'known_hosts'), 'utf8')).toBe(before);
+    expect(processesWith(tag)).toEqual([]);
+  });
+
+  it('a server with several host keys is asked first for the type known_hosts lists (no refusal, nothing recorded)', async () => {
+    const two = await startSshd({ hosts: ['127.0.0.2'], rsaHostKey: true });
+    try {
+      // known_hosts lists only the RSA key; without asking for RSA first the server would present ed25519.
+      writeFileSync(join(two.sshDir, 'known_hosts'), `[127.0.0.2]:${two.port} ${two.rsaHostKeyPub}\n`);
+      const hf = join(work, 'hostfile-two-keys');
+      writeFileSync(hf, '127.0.0.2 slots=1\n');
+      const r = await runCli(['run', '-H', hf, PROBE, 'env'], { env: { ...env, NODESPEED_SSH_DIR: two.sshDir }, cwd: work });
+      expect(r.code, r.stderr).toBe(0);
+      expect(readFileSync(join(two.sshDir, 'known_hosts'), 'utf8')).toBe(`[127.0.0.2]:${two.port} ${two.rsaHostKeyPub}\n`);
+    } finally {
+      await two.stop();
+    }
   });
 
   it('a wrong client key fails with an authentication error', async () => {

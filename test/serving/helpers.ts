@@ -40,11 +40,11 @@ export interface LaunchedCluster {
 }
 
 /** `nodespeed launch --model DIR --port 0 --bind 127.0.0.1 ...args`, resolved at its ready line. */
-export async function launch(model: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<LaunchedCluster> {
+export async function launch(model: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[]; authToken?: string } = {}): Promise<LaunchedCluster> {
   requireBuild();
   // Any free port for the HTTP API unless a test picks one (its default, 8000, would collide between clusters).
   const http = args.includes('--http-port') ? [] : ['--http-port', '0'];
-  const proc = spawn(process.execPath, [BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...http, ...args], {
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...http, ...args], {
     cwd: root, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -67,7 +67,7 @@ export async function launch(model: string, args: string[], opts: { env?: NodeJS
     });
   });
   const address = readyLine.split(' ')[2]!;
-  const client = new NodespeedClient(address);
+  const client = new NodespeedClient(address, opts.authToken ? { authToken: opts.authToken } : {});
   return {
     address, readyLine, client, proc, stderr: () => err,
     stop: async () => {

@@ -2,6 +2,7 @@
 // completions and chat, streamed and not, n = 2, logprobs, the sampling controls, every refusal with
 // its status, greedy output equal to gRPC and to the single-process engine, and a client that
 // disconnects mid-stream freeing its KV blocks as a cancelled gRPC stream does.
+import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
 
 import OpenAI from 'openai';
@@ -11,6 +12,8 @@ import { planLayout } from '../../src/coordinator/layout.js';
 import { Coordinator } from '../../src/coordinator/server.js';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import { samplingDefaults } from '../../src/launcher/cluster.js';
+import { JobPki } from '../../src/launcher/pki.js';
+import { DEFAULT_REQUEST_LIMITS, promptBytesLimit } from '../../src/protocol/limits.js';
 import { loadGenerationConfig, loadModelConfig, loadTokenizer } from '../../src/model/index.js';
 import { withModelDefaults } from '../../src/protocol/sampling.js';
 import type { Tokenizer } from '../../src/model/index.js';
@@ -58,12 +61,14 @@ describe('the ready line and the routes', () => {
     expect(tiny.readyLine).toMatch(/^nodespeed ready 127\.0\.0\.1:\d+ .* http=127\.0\.0\.1:\d+/);
   });
 
-  it('lists the model, answers /health, and serves /metrics on the HTTP port when metrics are on', async () => {
+  it('lists the model, answers /health, and serves /metrics on the HTTP port when metrics are on (behind the token)', async () => {
     const models = await api.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['py-tiny']);
     expect((await api.models.retrieve('py-tiny')).id).toBe('py-tiny');
     expect((await fetch(`http://${httpOf(tiny)}/health`)).status).toBe(200);
-    const metrics = await fetch(`http://${httpOf(chat)}/metrics`);
+    expect((await fetch(`http://${httpOf(chat)}/health`)).status).toBe(200);  // open for load balancers, token or not
+    expect((await fetch(`http://${httpOf(chat)}/metrics`)).status).toBe(401);
+    const metrics = await fetch(`http://${httpOf(chat)}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(metrics.status).toBe(200);
     expect(await metrics.text()).toMatch(/nodespeed_/);
     expect((await fetch(`http://${httpOf(tiny)}/metrics`)).status).toBe(404);  // metrics off there
@@ -253,6 +258,18 @@ describe('refusals, each with its status and OpenAI error body', () => {
       expect(r.param ?? '', JSON.stringify(body)).toContain(param);
     }
     expect((await status(api.completions.create({ model: 'nope', prompt: 'x' }))).status).toBe(404);
+    // The request limits are the gRPC API's (--max-stop-strings, --max-stop-chars, --max-n, --max-logprobs), each refusal naming the flag.
+    for (const [body, param, flag] of [
+      [{ stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, 'stop', '--max-stop-strings'], [{ stop: ['x'.repeat(4097)] }, 'stop', '--max-stop-chars'],
+      [{ n: 17 }, 'n', '--max-n'], [{ logprobs: 21 }, 'logprobs', '--max-logprobs'],
+    ] as [Record<string, unknown>, string, string][]) {
+      const r = await status(api.completions.create({ ...base, ...body } as OpenAI.CompletionCreateParamsNonStreaming));
+      expect([r.status, r.param, r.message], JSON.stringify(body).slice(0, 80)).toEqual([400, param, expect.stringContaining(flag)]);
+    }
+    const top = await status(chatApi.chat.completions.create({ model: 'chat-tiny', messages: [{ role: 'user', content: 'hi' }], logprobs: true, top_logprobs: 21 }));
+    expect([top.status, top.param, top.message]).toEqual([400, 'top_logprobs', expect.stringContaining('--max-logprobs')]);
+    const longChat = await status(chatApi.chat.completions.create({ model: 'chat-tiny', messages: [{ role: 'user', content: 'x'.repeat(1 << 20) }] }));
+    expect([longChat.status, longChat.param, longChat.message]).toEqual([400, 'messages', expect.stringContaining('it was not tokenized')]);
     const noKey = new OpenAI({ baseURL: `http://${httpOf(chat)}/v1`, apiKey: 'wrong', maxRetries: 0 });
     expect((await status(noKey.models.list())).status).toBe(401);
   });
@@ -307,12 +324,15 @@ describe('a coordinator that no replica serves (yet)', () => {
   beforeAll(async () => {
     const config = loadModelConfig(PY_TINY);
     const tok = await loadTokenizer(PY_TINY);
+    const pki = await JobPki.create();
     coord = new Coordinator({
       layout: planLayout(config, [{ host: '127.0.0.1', slots: 1 }], { tp: 1, pp: 1, replicas: 1 }), token: 't', modelDir: PY_TINY, dtype: 'f32',
       device: 'cpu', kvBlocks: 16, threads: 1, maxBatchTokens: 64, maxQueue: 8, heartbeatIntervalMs: 1000, heartbeatTimeoutMs: 5000,
-      requestTimeoutMs: 1000, log: () => {}, bind: '127.0.0.1', port: 0, httpPort: 0,
+      requestTimeoutMs: 1000, log: () => {}, bind: '127.0.0.1', port: 0, httpPort: 0, limits: DEFAULT_REQUEST_LIMITS,
+      control: { host: '127.0.0.1', port: 0, identity: await pki.serverIdentity(), key: randomBytes(32) },
       model: { name: 'py-tiny', path: PY_TINY, architecture: config.architecture, contextLength: config.maxPosition, vocabSize: config.vocabSize,
-        numLayers: config.numLayers, dtype: 'f32', encode: (t) => tok.encode(t), decode: (ids) => tok.decode(ids) },
+        numLayers: config.numLayers, dtype: 'f32', encode: async (t) => tok.encode(t), decode: (ids) => tok.decode(ids),
+        promptBytes: promptBytesLimit(config.maxPosition, tok.maxTokenBytes) },
     });
     await coord.start();
     base = `http://${coord.httpApi!.address}`;
@@ -330,9 +350,10 @@ describe('a coordinator that no replica serves (yet)', () => {
 
   it('a body over the limit is 413 before it is read whole; a wrong method is 405', async () => {
     const big = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'py-tiny', prompt: 'x'.repeat(9 << 20) }) });
+      body: JSON.stringify({ model: 'py-tiny', prompt: 'x'.repeat(3 << 20) }) });
     expect(big.status).toBe(413);
-    expect(((await big.json()) as { error: { code: string } }).error.code).toBe('request_too_large');
+    const error = ((await big.json()) as { error: { code: string; message: string } }).error;
+    expect([error.code, error.message]).toEqual(['request_too_large', expect.stringContaining('--max-request-bytes')]);
     const get = await fetch(`${base}/v1/completions`);
     expect(get.status).toBe(405);
     expect(get.headers.get('allow')).toBe('POST');

@@ -3,7 +3,9 @@
 // --request-timeout answered UNAVAILABLE), workers leaving a hung coordinator, and no process left
 // behind.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 import * as grpc from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
@@ -23,8 +25,10 @@ async function serving(client: NodespeedClient, since: string): Promise<void> {
 }
 
 describe('cluster lifecycle', () => {
-  it('requires the bearer token when --auth-token is set', async () => {
-    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token', 's3cret', '--heartbeat-interval', '0.2', '--kv-blocks', '16']);
+  it('requires the bearer token when --auth-token-file is set', async () => {
+    const tokenFile = join(mkdtempSync(join(tmpdir(), 'nodespeed-token-')), 'token');
+    writeFileSync(tokenFile, 's3cret\n', { mode: 0o600 });
+    const cluster = await launch(PY_TINY, ['--num_cpu_workers', '1', '--auth-token-file', tokenFile, '--heartbeat-interval', '0.2', '--kv-blocks', '16']);
     try {
       const anon = await grpcError(cluster.client.complete({ prompt: 'x', maxTokens: 2 }));
       expect(anon.code).toBe(grpc.status.UNAUTHENTICATED);

@@ -64,6 +64,9 @@ class Comm : public Napi::ObjectWrap<Comm> {
                         InstanceMethod("allGather", &Comm::AllGather), InstanceMethod("broadcast", &Comm::Broadcast),
                         InstanceMethod("send", &Comm::Send), InstanceMethod("recv", &Comm::Recv),
                         InstanceMethod("asyncError", &Comm::AsyncError), InstanceMethod("abort", &Comm::Abort),
+                        InstanceMethod("refused", &Comm::Refused),
+                        InstanceAccessor("encryptedLinks", &Comm::EncryptedLinks, nullptr),
+                        InstanceAccessor("cryptoProvider", &Comm::CryptoProvider, nullptr),
                         InstanceAccessor("rank", &Comm::Rank, nullptr), InstanceAccessor("size", &Comm::Size, nullptr),
                         InstanceAccessor("kind", &Comm::Kind, nullptr),
                         InstanceAccessor("p2p", &Comm::P2p, nullptr)});
@@ -82,11 +85,25 @@ class Comm : public Napi::ObjectWrap<Comm> {
                                            std::to_string(size) + ")");
     if (kind_ == "tcp") {
       TcpCommOptions opts;
-      Napi::Value nonce = o.Get("nonce");
-      if (!nonce.IsUndefined() && !nonce.IsString())
-        throw Napi::TypeError::New(env, "new Comm(opts): opts.nonce must be a string");
-      if (nonce.IsString()) opts.nonce = nonce.As<Napi::String>().Utf8Value();
+      Napi::Value context = o.Get("context");
+      if (!context.IsUndefined() && !context.IsString())
+        throw Napi::TypeError::New(env, "new Comm(opts): opts.context must be a string");
+      if (context.IsString()) opts.context = context.As<Napi::String>().Utf8Value();
+      Napi::Value key = o.Get("key");
+      if (!key.IsUndefined()) {
+        if (!key.IsTypedArray() || key.As<Napi::TypedArray>().ByteLength() != 32)
+          throw Napi::TypeError::New(env, "new Comm(opts): opts.key must be the job's 32-byte key (Uint8Array)");
+        View k = view_of(env, key, "opts.key");
+        opts.key.assign(reinterpret_cast<const char*>(k.data), k.bytes);
+      }
+      Napi::Value encrypt = o.Get("encrypt");
+      const std::string enc = encrypt.IsString() ? encrypt.As<Napi::String>().Utf8Value() : encrypt.IsUndefined() ? "off" : "?";
+      if (enc == "off") opts.encrypt = TcpCommOptions::Encrypt::kOff;
+      else if (enc == "cross-host") opts.encrypt = TcpCommOptions::Encrypt::kCrossHost;
+      else if (enc == "all") opts.encrypt = TcpCommOptions::Encrypt::kAll;
+      else throw Napi::TypeError::New(env, "new Comm(opts): opts.encrypt must be 'off', 'cross-host' or 'all'");
       opts.connect_timeout_ms = int_field(env, o, "connectTimeoutMs", opts.connect_timeout_ms, false);
+      opts.handshake_timeout_ms = int_field(env, o, "handshakeTimeoutMs", opts.handshake_timeout_ms, false);
       opts.op_timeout_ms = int_field(env, o, "opTimeoutMs", opts.op_timeout_ms, false);
       tcp_ = std::make_shared<TcpComm>(rank, size, opts);
       comm_ = tcp_;
@@ -290,6 +307,26 @@ class Comm : public Napi::ObjectWrap<Comm> {
     }
 #endif
     return queue_->submit(env, op);
+  }
+
+  // Connections refused while forming the group, one line per address (TCP; [] for NCCL).
+  Napi::Value Refused(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Array out = Napi::Array::New(env);
+    if (tcp_) {
+      uint32_t i = 0;
+      for (const auto& line : tcp_->refused()) out.Set(i++, Napi::String::New(env, line));
+    }
+    return out;
+  }
+
+  // Which OpenSSL the TCP comm's handshake and encryption use ("libcrypto.so.3", ..., "node").
+  Napi::Value CryptoProvider(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), crypto_provider());
+  }
+
+  Napi::Value EncryptedLinks(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), tcp_ ? tcp_->encrypted_links() : 0);
   }
 
   Napi::Value AsyncError(const Napi::CallbackInfo& info) {

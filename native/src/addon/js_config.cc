@@ -1,5 +1,7 @@
 #include "addon/js_config.h"
 
+#include "common/moe_route.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -233,6 +235,9 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   if (c.num_experts < 0 || c.expert_start < 0 || c.expert_end < c.expert_start || c.expert_end > c.num_experts ||
       (c.num_experts > 0 && (c.top_k < 1 || c.top_k > c.num_experts || c.moe_intermediate < 1)) || c.shared_intermediate < 0)
     Bad(env, "numExperts/expertStart/expertEnd/topK/moeIntermediate/sharedIntermediate are inconsistent");
+  if (c.num_experts > moe::kMaxExperts || c.top_k > moe::kMaxTopK)
+    Bad(env, "numExperts " + std::to_string(c.num_experts) + " / topK " + std::to_string(c.top_k) + ": the router takes at most " +
+                 std::to_string(moe::kMaxExperts) + " experts and top " + std::to_string(moe::kMaxTopK));
   Napi::Value compute = o.Get("compute");
   c.compute = compute.IsUndefined() ? (*device == "cpu" ? DType::F32 : DType::BF16) : ParseDType(compute, "compute");
   c.kv_block_size = Int(o, "kvBlockSize", c.kv_block_size);

@@ -40,14 +40,9 @@ int64_t now_ms() {
 
 }  // namespace
 
-uint64_t tcp_nonce_hash(const std::string& nonce) {  // FNV-1a: stable across processes/hosts
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : nonce) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-
 TcpComm::TcpComm(int rank, int size, TcpCommOptions opts)
-    : rank_(rank), size_(size), opts_(std::move(opts)), nonce_hash_(tcp_nonce_hash(opts_.nonce)) {
+    : rank_(rank), size_(size), opts_(std::move(opts)) {
+  context_hash(opts_.context, context_hash_);
   if (size < 1) throw std::invalid_argument("tcp comm: size must be >= 1 (got " + std::to_string(size) + ")");
   if (rank < 0 || rank >= size)
     throw std::invalid_argument("tcp comm: rank " + std::to_string(rank) + " outside [0, " + std::to_string(size) + ")");
@@ -55,6 +50,7 @@ TcpComm::TcpComm(int rank, int size, TcpCommOptions opts)
   if (wake_fd_ < 0) throw std::runtime_error(std::string("tcp comm: eventfd: ") + std::strerror(errno));
   fds_.assign(size, -1);
   addrs_.assign(size, "");
+  links_.resize(size);
 }
 
 TcpComm::~TcpComm() {
@@ -132,7 +128,32 @@ std::string TcpComm::async_error() const {
 
 std::vector<std::string> TcpComm::refused() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return refused_;
+  std::vector<std::string> out;
+  for (const auto& [ip, r] : refused_)
+    out.push_back(ip + ": " + r.why + " (" + std::to_string(r.count) + (r.count == 1 ? " connection)" : " connections)"));
+  return out;
+}
+
+int TcpComm::encrypted_links() const {
+  int n = 0;
+  for (const auto& l : links_) n += l.send ? 1 : 0;
+  return n;
+}
+
+void TcpComm::refuse(const std::string& ip, const std::string& why) {
+  std::lock_guard<std::mutex> lk(mu_);
+  for (auto& [addr, r] : refused_)
+    if (addr == ip) {
+      ++r.count;
+      return;
+    }
+  refused_.push_back({ip, Refused{why, 1}});
+}
+
+void TcpComm::add_link(int peer, bool encrypted, const uint8_t* send_key, const uint8_t* recv_key) {
+  if (!encrypted) return;
+  links_[peer].send = std::make_unique<FrameCipher>(send_key);
+  links_[peer].recv = std::make_unique<FrameCipher>(recv_key);
 }
 
 TcpComm::Xfer TcpComm::make_send(int peer, uint32_t op, const void* data, size_t bytes) {
@@ -161,13 +182,28 @@ TcpComm::Xfer TcpComm::make_recv(int peer, uint32_t op, void* data, size_t bytes
 bool TcpComm::progress(Xfer& x, const char* what) {
   const int fd = fds_[x.peer];
   const std::string who = "tcp comm rank " + std::to_string(rank_) + ": " + what + ": ";
-  while (x.hdr_done < sizeof x.hdr || x.done < x.bytes) {
+  Link& link = links_[x.peer];
+  if (x.is_send && link.send && !x.crypt) {
+    // Seal once, before the first byte goes out: the header is authenticated with the payload.
+    x.crypt = true;
+    if (link.sealed.size() < x.bytes) link.sealed.resize(x.bytes);
+    x.sealed = link.sealed.data();
+    link.send->seal(x.hdr, sizeof x.hdr, x.data, x.sealed, x.bytes, x.tag);
+  } else if (!x.is_send && link.recv) {
+    x.crypt = true;
+  }
+  const size_t tag_bytes = x.crypt ? sizeof x.tag : 0;
+  while (x.hdr_done < sizeof x.hdr || x.done < x.bytes || x.tag_done < tag_bytes) {
     const bool in_hdr = x.hdr_done < sizeof x.hdr;
-    uint8_t* p = in_hdr ? x.hdr + x.hdr_done : x.data + x.done;
-    size_t left = in_hdr ? sizeof x.hdr - x.hdr_done : x.bytes - x.done;
+    const bool in_tag = !in_hdr && x.done == x.bytes;
+    uint8_t* body = x.is_send && x.crypt ? x.sealed : x.data;
+    uint8_t* p = in_hdr ? x.hdr + x.hdr_done : in_tag ? x.tag + x.tag_done : body + x.done;
+    size_t left = in_hdr ? sizeof x.hdr - x.hdr_done : in_tag ? tag_bytes - x.tag_done : x.bytes - x.done;
     ssize_t n;
     if (x.is_send) {
-      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (in_hdr && x.bytes ? MSG_MORE : 0);
+      // MSG_MORE only while more of this message follows (a corked last segment waits 200 ms).
+      const bool more = in_hdr ? x.bytes + tag_bytes > 0 : !in_tag && tag_bytes > 0;
+      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0);
       n = ::send(fd, p, left, flags);
     } else {
       n = ::recv(fd, p, left, MSG_DONTWAIT);
@@ -196,10 +232,14 @@ bool TcpComm::progress(Xfer& x, const char* what) {
                " bytes where this rank expected " + op_name(x.op) + " of " + std::to_string(x.bytes) +
                " bytes (ranks called different collectives or sizes)");
       }
+    } else if (in_tag) {
+      x.tag_done += size_t(n);
     } else {
       x.done += size_t(n);
     }
   }
+  if (!x.is_send && x.crypt && !link.recv->open(x.hdr, sizeof x.hdr, x.data, x.bytes, x.tag))
+    fail(who + peer_name(x.peer) + " sent a frame that fails authentication (tampered with, replayed or out of order)");
   return true;
 }
 
@@ -215,7 +255,7 @@ void TcpComm::transfer(std::vector<Xfer>& xs, const char* what) {
     active.clear();
     pfds.push_back({wake_fd_, POLLIN, 0});
     for (auto& x : xs) {
-      if (x.hdr_done == sizeof x.hdr && x.done == x.bytes) continue;
+      if (x.hdr_done == sizeof x.hdr && x.done == x.bytes && x.tag_done == (x.crypt ? sizeof x.tag : 0)) continue;
       pfds.push_back({fds_[x.peer], short(x.is_send ? POLLOUT : POLLIN), 0});
       active.push_back(&x);
     }

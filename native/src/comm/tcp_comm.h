@@ -1,10 +1,15 @@
 // The CPU communicator: a full mesh of TCP connections between the ranks of a group, with the
 // same collectives as NCCL (ns::Communicator, native/src/engine.h) on host buffers.
 //
-// Forming the group: every rank listen()s on an ephemeral port, the ports are exchanged out of
-// band (the coordinator), then connect() with every rank's "host:port". For each pair the lower
-// rank accepts and the higher rank connects; a handshake carries rank, group size and a hash of
-// the job nonce (job token + membership generation), so a stray or stale connection is refused.
+// Forming the group: every rank listen()s on an ephemeral port of its own address, the ports are
+// exchanged out of band (the coordinator), then connect() with every rank's "host:port". For each
+// pair the lower rank accepts and the higher rank connects. The handshake is a challenge-response
+// keyed by the job's secret (HMAC-SHA256 over both sides' fresh nonces, the group's context, the
+// ranks and the group size): a peer that does not hold the key, or belongs to another group or
+// membership epoch, is refused, and the connector checks the acceptor the same way. The acceptor
+// runs every pending handshake at once, each with a short deadline, so silent or slow strays
+// cost a re-form nothing; each refused address is recorded once. With `encrypt`, connections
+// (between two hosts, or all) carry AES-256-GCM frames under keys derived from the handshake.
 //
 // Determinism: all_reduce_sum adds the contributions of every element in rank order 0..n-1 with
 // f32 accumulation (bf16/f16 are rounded once at the end), so every rank gets bitwise-identical
@@ -27,17 +32,23 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "comm/tcp_auth.h"
 #include "engine.h"
 
 namespace ns {
 
 struct TcpCommOptions {
-  std::string nonce;              // peers must present the same one (job token + generation)
+  std::string context;             // which group and membership epoch; peers must present the same one
+  std::string key;                 // the job's secret (32 bytes): peers must prove they hold it
+  enum class Encrypt { kOff, kCrossHost, kAll };
+  Encrypt encrypt = Encrypt::kOff;  // AES-256-GCM frames: never, on connections between two hosts, or on all
   int connect_timeout_ms = 60000;  // listen→connect: retries until this deadline
+  int handshake_timeout_ms = 3000;  // one connection's handshake, from accept or connect
   int op_timeout_ms = 0;           // per collective; 0 = no limit (EOF/RST/keepalive still detect death)
 };
 
@@ -68,8 +79,10 @@ class TcpComm : public Communicator {
   // The error that broke the communicator, else a peer connection that hung up or has a socket
   // error (polled without blocking); "" while healthy.
   std::string async_error() const;
-  // Stray connections refused while forming the group (wrong nonce, size, rank), for logs.
+  // Connections refused while forming the group, one line per address ("ip: reason (N connections)"), for logs.
   std::vector<std::string> refused() const;
+  // How many of this rank's peer connections are encrypted.
+  int encrypted_links() const;
 
   // Buffers up to this size use the direct exchange in all_reduce_sum.
   static constexpr size_t kDirectAllReduceBytes = 64 * 1024;
@@ -84,6 +97,12 @@ class TcpComm : public Communicator {
     uint8_t hdr[16] = {};
     size_t hdr_done = 0;
     size_t done = 0;
+    // Encrypted connections: the payload is sealed into its link's buffer before the first byte
+    // is sent (the caller's buffer is never modified); a received payload is opened in place.
+    bool crypt = false;
+    uint8_t* sealed = nullptr;
+    uint8_t tag[16] = {};
+    size_t tag_done = 0;
   };
   static Xfer make_send(int peer, uint32_t op, const void* data, size_t bytes);
   static Xfer make_recv(int peer, uint32_t op, void* data, size_t bytes);
@@ -100,6 +119,9 @@ class TcpComm : public Communicator {
   // Mesh forming (tcp_mesh.cc).
   int connect_to_lower(int peer, const std::string& address, int64_t deadline_ms);
   void accept_higher(int64_t deadline_ms);
+  void refuse(const std::string& ip, const std::string& why);
+  void add_link(int peer, bool encrypted, const uint8_t* send_key, const uint8_t* recv_key);
+  bool encrypts(int fd) const;
   void wait_fd(int fd, short events, int64_t deadline_ms, const std::string& what);
   void read_exact(int fd, void* buf, size_t n, int64_t deadline_ms, const std::string& what);
   void write_exact(int fd, const void* buf, size_t n, int64_t deadline_ms, const std::string& what);
@@ -109,7 +131,7 @@ class TcpComm : public Communicator {
   const int rank_;
   const int size_;
   const TcpCommOptions opts_;
-  const uint64_t nonce_hash_;
+  uint8_t context_hash_[16];
   int wake_fd_ = -1;    // eventfd written by abort()
   int listen_fd_ = -1;
   std::vector<int> fds_;              // by peer rank; -1 for self
@@ -119,11 +141,14 @@ class TcpComm : public Communicator {
   mutable std::mutex mu_;             // guards error_, refused_, fds_ against abort()
   std::mutex op_mu_;                  // one op at a time on the wire, whichever thread calls
   std::string error_;
-  std::vector<std::string> refused_;
+  struct Refused { std::string why; int count = 0; };
+  std::vector<std::pair<std::string, Refused>> refused_;  // by address, in order of first refusal
+  // One send per peer is in flight at a time (every op sends each peer at most one message), so
+  // one sealing buffer per link, grown as needed, serves every encrypted send to that peer.
+  struct Link { std::unique_ptr<FrameCipher> send, recv; std::vector<uint8_t> sealed; };
+  std::vector<Link> links_;           // by peer rank; ciphers only on encrypted connections
   std::vector<uint8_t> scratch_;
   bool connected_ = false;
 };
-
-uint64_t tcp_nonce_hash(const std::string& nonce);
 
 }  // namespace ns

@@ -83,8 +83,9 @@ void CpuBackend::validate(const StepInput& in) const {
     const SeqInput& s = in.seqs[i];
     if (s.n_tokens < 1) throw std::invalid_argument(seq_name(i) + ": tokens is empty");
     if (s.pos < 0) throw std::invalid_argument(seq_name(i) + ": pos must be >= 0");
-    if (s.pos + s.n_tokens > cfg_.max_position)
-      throw std::invalid_argument(seq_name(i) + ": positions up to " + std::to_string(s.pos + s.n_tokens) +
+    // In 64 bits: pos near INT_MAX plus the tokens must not wrap around into a small number.
+    if (int64_t(s.pos) + s.n_tokens > cfg_.max_position)
+      throw std::invalid_argument(seq_name(i) + ": positions up to " + std::to_string(int64_t(s.pos) + s.n_tokens) +
                                   " exceed maxPosition " + std::to_string(cfg_.max_position));
     const int need = (s.pos + s.n_tokens + B - 1) / B;
     if (s.n_blocks < need)
@@ -333,7 +334,7 @@ void CpuBackend::experts(const Layer& L, int T) {
   grow(s_.expert_id, size_t(T) * K);
   matmul(s_.xn.data(), T, {{&L.router, s_.router.data()}});
   for (int t = 0; t < T; ++t)
-    route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
+    moe::route_topk(s_.router.data() + size_t(t) * E, E, K, cfg_.norm_topk, s_.expert_w.data() + size_t(t) * K,
                s_.expert_id.data() + size_t(t) * K);
   for (int e = cfg_.expert_start; e < cfg_.expert_end; ++e) {
     s_.ex_tok.clear();

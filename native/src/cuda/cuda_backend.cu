@@ -111,6 +111,11 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (c.n_heads % c.n_kv_heads != 0) throw std::runtime_error("cuda: n_heads must be a multiple of n_kv_heads");
   if (c.head_dim % 2 != 0 || c.head_dim > 256) throw std::runtime_error("cuda: head_dim must be even and <= 256");
   if (c.kv_block_size <= 0) throw std::runtime_error("cuda: kv_block_size must be > 0");
+  // The expert kernels (moe.cu) move rows in 16-byte chunks.
+  if (c.num_experts > 0 && (c.hidden % 8 != 0 || c.moe_intermediate % 8 != 0 || c.shared_intermediate % 8 != 0))
+    throw std::runtime_error("cuda: mixture of experts needs hidden, moe_intermediate and the shared expert's intermediate size "
+                             "to be multiples of 8 (got " + std::to_string(c.hidden) + ", " + std::to_string(c.moe_intermediate) +
+                             ", " + std::to_string(c.shared_intermediate) + ")");
   // Any family switch on: the family forward (enqueue_family_forward) with its plain kernels.
   {
     const bool any_sliding = c.sliding_window > 0 && std::any_of(c.sliding_layers.begin(), c.sliding_layers.end(), [](uint8_t x) { return x != 0; });
@@ -139,8 +144,8 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   warm_gemms_ = set.cuda_warmup;
   if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
   max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
-  if (family_) {  // the family forward runs its own kernels, eagerly
-    use_flash_ = use_graphs_ = warm_gemms_ = false;
+  if (family_) {  // the family forward runs its own kernels; its decode graphs are captured on first use
+    use_flash_ = warm_gemms_ = false;
   }
 
   NS_CUDA(cudaSetDevice(c.device_index));
@@ -193,7 +198,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     }
     if (L.sparse) {
       const size_t n = c.expert_end - c.expert_start, I = c.moe_intermediate;
-      L.router.reserve(es * c.num_experts * H);
+      L.router.reserve(es * (c.num_experts + (c.shared_intermediate > 0)) * H);
       expect(p + "mlp.gate.weight");
       if (n > 0) {
         L.ex_gate_up.reserve(es * n * 2 * I * H);
@@ -205,7 +210,6 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
       if (c.shared_intermediate > 0) {
         L.sh_gate_up.reserve(es * 2 * c.shared_intermediate * H);
         L.sh_down.reserve(es * H * c.shared_intermediate);
-        L.sh_gate.reserve(es * H);
         for (const char* w : {"mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
                               "mlp.shared_expert.down_proj.weight", "mlp.shared_expert_gate.weight"})
           expect(p + w);
@@ -292,7 +296,7 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
       if (rest == "mlp.up_proj.bias" && L.gu_bias.ptr) return {L.gu_bias.ptr, DType::F32, {I}, (size_t)I};
       if (rest == "mlp.down_proj.bias" && L.down_bias.ptr) return {L.down_bias.ptr, DType::F32, {H}, 0};
       if (rest == "mlp.gate.weight" && L.router.ptr) return {L.router.ptr, act_, {c.num_experts, H}, 0};
-      if (rest == "mlp.shared_expert_gate.weight" && L.sh_gate.ptr) return {L.sh_gate.ptr, act_, {1, H}, 0};
+      if (rest == "mlp.shared_expert_gate.weight" && L.sh_gate_up.ptr) return {L.router.ptr, act_, {1, H}, (size_t)c.num_experts * H};
       if (L.sh_gate_up.ptr) {
         if (rest == "mlp.shared_expert.gate_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, 0};
         if (rest == "mlp.shared_expert.up_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, (size_t)(Is * H)};
@@ -396,6 +400,8 @@ int CudaBackend::finalize() {
                                " MiB, gpu_memory_fraction " + std::to_string(c.gpu_memory_fraction) + ")");
   }
   kv_pool_.reserve(per_block_all_layers * kv_blocks_);
+  // Defined contents: a padded graph step's dummy sequences read block 0 (their outputs are dropped).
+  NS_CUDA(cudaMemsetAsync(kv_pool_.ptr, 0, kv_pool_.bytes, stream_));
   const size_t layer_bytes = block_bytes / 2 * kv_blocks_;
   for (int l = 0; l < n_layers_; ++l) {
     kcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l) * layer_bytes);
@@ -558,6 +564,8 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
+    << (family_ ? ", family forward" : "")
+    << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) + " of " + std::to_string(cfg_.num_experts) + " (device routing)" : std::string())
     << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")
     << (round_mask() ? ", HF rounding mask " + std::to_string(round_mask()) : std::string());
   return s.str();

@@ -16,6 +16,7 @@
 #include "cuda/cublas_api.h"
 #include "cuda/lt_gemm.h"
 #include "common/penalties.h"
+#include "cuda/moe_plan.h"
 #include "engine.h"
 
 namespace ns::cuda {
@@ -42,9 +43,9 @@ struct LayerWeights {
   // Family switches (ShardConfig): f32 biases and norms, the MoE's router and experts.
   DeviceBuffer o_bias, gu_bias, down_bias, q_norm, k_norm, pre_ff_norm, post_ff_norm;
   bool sliding = false, sparse = false;
-  DeviceBuffer router;                 // [num_experts, hidden]
+  DeviceBuffer router;                 // [num_experts (+ 1: the shared expert's gate), hidden]
   DeviceBuffer ex_gate_up, ex_down;    // this rank's experts back to back: [n][2 * moe_I, hidden], [n][hidden, moe_I]
-  DeviceBuffer sh_gate_up, sh_down, sh_gate;  // the shared expert (rank's slice) and its gate [1, hidden]
+  DeviceBuffer sh_gate_up, sh_down;    // the shared expert (rank's slice); its gate is the router's last row
 };
 
 class CudaBackend final : public Backend {
@@ -73,7 +74,9 @@ class CudaBackend final : public Backend {
     size_t extras_ptr, tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
   };
-  struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; };
+  // warmed: the family forward runs a bucket's first step eagerly (its kernels and cuBLAS's get
+  // loaded, shared-memory opt-ins set) and captures it from the second on.
+  struct DecodeGraph { cudaGraphExec_t exec = nullptr; uint64_t epoch = 0; bool warmed = false; };
   // The graph bucket a decode step of S sequences is padded to (0: S is past graph_max_).
   int graph_bucket(int S) const;
   StepPlan plan_step(const StepInput& in) const;
@@ -82,8 +85,15 @@ class CudaBackend final : public Backend {
   // The families' forward (family.cu kernels; no graphs, no flash, no fused all-reduce+norm): used
   // when any family switch of ShardConfig is on (family_).
   void enqueue_family_forward(const StepPlan& p, const StepInput& in);
+  void enqueue_any_forward(const StepPlan& p, const StepInput& in) {
+    if (family_) enqueue_family_forward(p, in);
+    else enqueue_forward(p, in);
+  }
   void upload_rope_tables(const StepInput& in, int T);
-  void moe_layer(const LayerWeights& L, int T);  // tmp_ = this rank's experts' share (f32 [T, hidden])
+  // This rank's experts (and its slice of the shared expert) for T tokens of xb_: true when the
+  // result already joined the residual stream (tp 1: with post_w / next_w as add_norm), else it is
+  // in tmp_ (f32 [T, hidden]) for the all-reduce.
+  bool moe_layer(const LayerWeights& L, int T, const int32_t* slot, const float* post_w, const float* next_w);
   void reserve_family(int T);
   int attention_splits(int T) const;
   void run_graph(const StepPlan& p, const StepInput& in);
@@ -144,9 +154,10 @@ class CudaBackend final : public Backend {
   bool family_ = false;
   int rope_half_ = 0, local_half_ = 0;
   std::vector<float> inv_fixed_, local_inv_fixed_;   // step-independent RoPE types
-  DeviceBuffer rope_dev_, router_dev_, route_dev_;   // per step: cos/sin tables; router logits; expert rows + weights
-  PinnedBuffer rope_host_, router_host_, route_host_;
-  DeviceBuffer ex_in_, ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_, sh_z_;
+  DeviceBuffer rope_dev_, router_dev_, route_dev_;   // per step: cos/sin tables; router logits; routing (moe_plan.h)
+  PinnedBuffer rope_host_;
+  moe::Layout route_layout_{};
+  DeviceBuffer ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_;
   int family_cap_ = 0;
   DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_, staging_;
   std::set<std::string> expected_, loaded_;

@@ -36,7 +36,7 @@ bool CudaBackend::capture_graph(const StepPlan& p, const StepInput& in, std::str
   cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
   if (e == cudaSuccess) {
     try {
-      enqueue_forward(p, in);
+      enqueue_any_forward(p, in);
     } catch (const std::exception& ex) {
       *why = ex.what();
     }
@@ -56,9 +56,20 @@ bool CudaBackend::capture_graph(const StepPlan& p, const StepInput& in, std::str
 
 void CudaBackend::run_graph(const StepPlan& p, const StepInput& in) {
   DecodeGraph& g = graphs_[p.bucket];
+  if (family_ && !g.warmed) {  // the bucket's first step runs eagerly (see DecodeGraph)
+    g.warmed = true;
+    enqueue_family_forward(p, in);
+    return;
+  }
   if (!g.exec || g.epoch != epoch_) {
     std::string why;
     if (!capture_graph(p, in, &why)) {
+      if (family_) {  // every family kernel is ours or cuBLAS's: run eagerly from now on, and say why
+        std::fprintf(stderr, "nodespeed: decode graphs off (capturing %d failed: %s)\n", p.bucket, why.c_str());
+        use_graphs_ = false;
+        enqueue_family_forward(p, in);
+        return;
+      }
       // Up to 4 rows there is no cuBLAS call to blame: that is a real failure. Past it, a cuBLAS that
       // cannot be captured turns the larger graphs off and this step runs eagerly (same padded plan).
       if (p.bucket <= 4) throw std::runtime_error("cuda: capturing the decode graph of " + std::to_string(p.bucket) + " failed: " + why);

@@ -9,13 +9,13 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "common/moe_route.h"
 #include "common/settings.h"
 #include "cpu/rope.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
 #include "cuda/kernels.h"
+#include "cuda/moe.h"
 
 namespace ns::cuda {
 
@@ -78,10 +78,12 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     const SeqInput& q = in.seqs[s];
     if (q.n_tokens <= 0) throw std::runtime_error(seq_name(s) + " has no tokens");
     if (q.pos < 0) throw std::runtime_error(seq_name(s) + ".pos is negative");
-    const int end = q.pos + q.n_tokens;
-    if (c.max_position > 0 && end > c.max_position)
-      throw std::runtime_error(seq_name(s) + " reaches position " + std::to_string(end) + " > max_position " +
+    // In 64 bits: pos near INT_MAX plus the tokens must not wrap around into a small number.
+    const int64_t end64 = int64_t(q.pos) + q.n_tokens;
+    if (c.max_position > 0 && end64 > c.max_position)
+      throw std::runtime_error(seq_name(s) + " reaches position " + std::to_string(end64) + " > max_position " +
                                std::to_string(c.max_position));
+    const int end = int(end64);
     if ((int64_t)q.n_blocks * c.kv_block_size < end)
       throw std::runtime_error(seq_name(s) + " block table covers " + std::to_string(q.n_blocks * c.kv_block_size) +
                                " positions, needs " + std::to_string(end));
@@ -258,29 +260,33 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
 }
 
 // Scratch of the family forward for steps of up to T tokens (reserved at finalize for the largest
-// step, before the KV cache takes the rest of the memory).
+// step, before the KV cache takes the rest of the memory). Growing it moves buffers the captured
+// graphs point at, so it re-captures them.
 void CudaBackend::reserve_family(int T) {
   if (!family_ || T <= family_cap_) return;
+  ++epoch_;
+  NS_CUDA(cudaStreamSynchronize(stream_));
   const auto& c = cfg_;
-  const size_t es = dtype_size(act_), H = c.hidden, TK = (size_t)T * std::max(c.top_k, 1);
+  const size_t es = dtype_size(act_), H = c.hidden;
   const size_t half = rope_half_ + local_half_;
   rope_dev_.reserve(4 * 2 * half * T);
   rope_host_.reserve(4 * 2 * half * T);
   if (c.num_experts > 0) {
-    const size_t I = c.moe_intermediate, Is = c.shared_intermediate;
-    router_dev_.reserve(4 * (size_t)T * c.num_experts);
-    router_host_.reserve(4 * (size_t)T * c.num_experts);
-    route_dev_.reserve(8 * TK);
-    route_host_.reserve(8 * TK);
-    ex_in_.reserve(es * TK * H);
-    ex_gu_.reserve(es * TK * 2 * I);
-    ex_act_.reserve(es * TK * I);
-    ex_out_.reserve(4 * TK * H);
+    const size_t K = c.top_k, I = c.moe_intermediate, Is = c.shared_intermediate, rows = (size_t)T * K;
+    const int local = c.expert_end - c.expert_start;
+    route_layout_ = moe::layout(T, c.top_k, local);
+    router_dev_.reserve(4 * (size_t)T * (c.num_experts + (Is > 0)));
+    route_dev_.reserve(4 * (size_t)route_layout_.words);
+    if (local > 0) {
+      // The tensor-core path writes gate|up rows before the activation; the GEMV path only the latter.
+      if (!moe::use_gemv(T, c.top_k, c.num_experts)) ex_gu_.reserve(es * rows * 2 * I);
+      ex_act_.reserve(es * rows * I);
+      ex_out_.reserve(4 * rows * H);
+    }
     if (Is > 0) {
       sh_gu_.reserve(es * T * 2 * Is);
       sh_act_.reserve(es * T * Is);
       sh_out_.reserve(4 * (size_t)T * H);
-      sh_z_.reserve(4 * (size_t)T);
     }
   }
   family_cap_ = T;
@@ -288,7 +294,9 @@ void CudaBackend::reserve_family(int T) {
 
 // Every token's cos/sin (times the attention factor) for the global layers' RoPE and, with Gemma
 // 3's local RoPE, the sliding layers': computed on the host by the CPU backend's code (dynamic and
-// longrope follow each sequence's length at this step), one copy to the device.
+// longrope follow each sequence's length at this step), one copy to the device before the forward
+// (outside a CUDA graph: the graph reads the fixed buffer). A padded graph step's dummy tokens get
+// zeros.
 void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
   float* h = static_cast<float*>(rope_host_.ptr);
   auto fill = [&](const RopeConfig& rope, const std::vector<float>& fixed, int half, float* cos, float* sin) {
@@ -304,6 +312,8 @@ void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
           sin[(size_t)t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle))) * rope.attention_factor;
         }
     }
+    std::fill(cos + (size_t)t * half, cos + (size_t)T * half, 0.f);
+    std::fill(sin + (size_t)t * half, sin + (size_t)T * half, 0.f);
   };
   fill(cfg_.rope, inv_fixed_, rope_half_, h, h + (size_t)T * rope_half_);
   if (cfg_.has_rope_local)
@@ -311,61 +321,59 @@ void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
   NS_CUDA(cudaMemcpyAsync(rope_dev_.ptr, h, 4 * (size_t)2 * T * (rope_half_ + local_half_), cudaMemcpyHostToDevice, stream_));
 }
 
-// Routed experts: router logits to the host (one wait per layer), top-k there (common/moe_route.h,
-// as the CPU backend), then per expert of this rank: gather its rows, gate|up GEMM, activation,
-// down GEMM, weighted scatter-add into tmp_; plus the shared expert behind its sigmoid gate.
-void CudaBackend::moe_layer(const LayerWeights& L, int T) {
+// The routed experts (moe.cu, plan in moe_plan.h) and the shared expert of T tokens of xb_, with
+// no host wait: router logits (the shared expert's gate logit as one more column), device-side
+// top-k and permutation, the grouped expert products over this rank's active experts, then per
+// token the weighted sum. At tp 1 that sum joins the residual stream with the next norm (true
+// returned); else it is left in tmp_ for the MLP's all-reduce.
+bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, const float* post_w, const float* next_w) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;
-  const int E = c.num_experts, K = c.top_k, H = c.hidden, I = c.moe_intermediate;
-  const size_t es = dtype_size(act_);
-  matmul(xb_.ptr, L.router.ptr, T, E, H, router_dev_.ptr, Out::F32);
-  NS_CUDA(cudaMemcpyAsync(router_host_.ptr, router_dev_.ptr, 4 * (size_t)T * E, cudaMemcpyDeviceToHost, st));
-  NS_CUDA(cudaStreamSynchronize(st));
-  float* logits = static_cast<float*>(router_host_.ptr);
-  std::vector<float> w((size_t)T * K);
-  std::vector<int> id((size_t)T * K);
-  for (int t = 0; t < T; ++t) route_topk(logits + (size_t)t * E, E, K, c.norm_topk, &w[(size_t)t * K], &id[(size_t)t * K]);
-  // This rank's experts' rows, expert by expert: token ids then weights in one buffer.
-  int32_t* rows = static_cast<int32_t*>(route_host_.ptr);
-  float* wts = reinterpret_cast<float*>(rows + (size_t)T * K);
-  std::vector<int> start(c.expert_end - c.expert_start + 1, 0);
-  int n = 0;
-  for (int e = c.expert_start; e < c.expert_end; ++e) {
-    start[e - c.expert_start] = n;
-    for (int i = 0; i < T * K; ++i)
-      if (id[i] == e) { rows[n] = i / K; wts[n] = w[i]; ++n; }
-  }
-  start.back() = n;
-  float* acc = tmp_.as<float>();
-  NS_CUDA(cudaMemsetAsync(acc, 0, 4 * (size_t)T * H, st));
-  const int32_t* d_rows = route_dev_.as<int32_t>();
-  const float* d_w = reinterpret_cast<const float*>(d_rows + (size_t)T * K);
-  if (n > 0) {
-    NS_CUDA(cudaMemcpyAsync(route_dev_.ptr, rows, 4 * (size_t)n, cudaMemcpyHostToDevice, st));
-    NS_CUDA(cudaMemcpyAsync(const_cast<float*>(d_w), wts, 4 * (size_t)n, cudaMemcpyHostToDevice, st));
-  }
-  for (int e = 0; e < c.expert_end - c.expert_start; ++e) {
-    const int m = start[e + 1] - start[e];
-    if (m == 0) continue;
-    gather_rows(act_, xb_.ptr, d_rows + start[e], m, H, ex_in_.ptr, st);
-    matmul(ex_in_.ptr, static_cast<const char*>(L.ex_gate_up.ptr) + es * e * 2 * I * H, m, 2 * I, H, ex_gu_.ptr, Out::Act);
-    gated_act(act_, ex_gu_.ptr, nullptr, m, I, c.act == Activation::GeluTanh, ex_act_.ptr, st);
-    matmul(ex_act_.ptr, static_cast<const char*>(L.ex_down.ptr) + es * e * H * I, m, H, I, ex_out_.ptr, Out::F32);
-    scatter_add(acc, d_rows + start[e], d_w + start[e], ex_out_.as<float>(), m, H, st);
-  }
-  if (c.shared_intermediate > 0) {
-    const int Is = c.shared_intermediate;
+  const int E = c.num_experts, K = c.top_k, H = c.hidden, I = c.moe_intermediate, Is = c.shared_intermediate;
+  const int local = c.expert_end - c.expert_start, ld = E + (Is > 0);
+  const bool gelu = c.act == Activation::GeluTanh;
+  const moe::Layout& Ly = route_layout_;
+  int32_t* meta = route_dev_.as<int32_t>();
+  float* logits = router_dev_.as<float>();
+  matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
+  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
+  const bool gemv = moe::use_gemv(T, K, E);
+  const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
+  if (Is > 0 && !shared_in_gemv) {
     matmul(xb_.ptr, L.sh_gate_up.ptr, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
-    gated_act(act_, sh_gu_.ptr, nullptr, T, Is, c.act == Activation::GeluTanh, sh_act_.ptr, st);
+    gated_act(act_, sh_gu_.ptr, nullptr, T, Is, gelu, sh_act_.ptr, st);
     matmul(sh_act_.ptr, L.sh_down.ptr, T, H, Is, sh_out_.ptr, Out::F32);
-    matmul(xb_.ptr, L.sh_gate.ptr, T, 1, H, sh_z_.ptr, Out::F32);
-    sigmoid_gate_add(acc, sh_z_.as<float>(), sh_out_.as<float>(), T, H, st);
   }
+  const int groups = moe::max_active(T, K, local);
+  if (gemv) {
+    const int mt = moe::gemv_tokens(T);
+    MoeGemvArgs gu{L.ex_gate_up.ptr, (size_t)2 * I * H, I, H, xb_.ptr, ex_act_.ptr, groups, nullptr, 0, 0, nullptr, nullptr, 0,
+                   meta, Ly, gelu};
+    MoeGemvArgs dn{L.ex_down.ptr, (size_t)H * I, H, I, ex_act_.ptr, ex_out_.ptr, groups, nullptr, 0, 0, nullptr, nullptr, 0,
+                   meta, Ly, gelu};
+    if (shared_in_gemv) {
+      gu.sw = L.sh_gate_up.ptr; gu.sn = Is; gu.sk = H; gu.sx = xb_.ptr; gu.sy = sh_act_.ptr; gu.s_rows = T;
+      dn.sw = L.sh_down.ptr; dn.sn = H; dn.sk = Is; dn.sx = sh_act_.ptr; dn.sy = sh_out_.ptr; dn.s_rows = T;
+    }
+    moe_gemv(act_, gu, /*gated=*/true, mt, st);
+    moe_gemv(act_, dn, /*gated=*/false, mt, st);
+  } else if (local > 0) {
+    const int tiles = moe::max_tiles(T, K, local);
+    moe_mma(act_, {xb_.ptr, /*gather=*/true, L.ex_gate_up.ptr, (size_t)2 * I * H, 2 * I, H, ex_gu_.ptr, false, tiles, meta, Ly}, st);
+    moe_gated_act(act_, ex_gu_.ptr, meta, Ly, T * K, I, gelu, ex_act_.ptr, st);
+    moe_mma(act_, {ex_act_.ptr, false, L.ex_down.ptr, (size_t)H * I, H, I, ex_out_.ptr, true, tiles, meta, Ly}, st);
+  }
+  const bool fuse = c.tp_size == 1;
+  moe_combine(act_, {ex_out_.as<float>(), Is > 0 ? sh_out_.as<float>() : nullptr, logits, ld, E, T, H, K, meta, Ly,
+                     tmp_.as<float>(), fuse ? residual_.as<float>() : nullptr, post_w, next_w, c.rms_eps, xb_.ptr}, st);
+  return fuse;
 }
 
 // The families' forward, read top to bottom like the CPU one: every switch of ShardConfig, plain
-// kernels, row-parallel partial sums in tmp_ (f32) all-reduced before they join the residual.
+// kernels, row-parallel partial sums in tmp_ (f32) all-reduced before they join the residual. Each
+// sublayer ends in one kernel that adds its output to the residual stream and takes the next
+// sublayer's input norm (add_norm, or the MoE combine at tp 1). No host wait: decode steps run as
+// CUDA graphs (the RoPE tables are uploaded by step() before).
 void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;
@@ -374,8 +382,6 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
   float* part = tmp_.as<float>();
   const int T = p.T, H = c.hidden, qd = c.n_heads * c.head_dim;
   const size_t n = (size_t)T * H;
-  reserve_family(T);
-  upload_rope_tables(in, T);
   if (c.has_embedding) {
     embedding(act_, embed_.ptr, d + p.tokens, T, H, c.vocab_start, c.vocab_end, res, st);
     if (c.tp_size > 1) comm_->all_reduce_sum(res, n, DType::F32, st);
@@ -387,10 +393,10 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
   }
   const float* tabs = rope_dev_.as<float>();
   const float scale = c.attn_scale > 0 ? c.attn_scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  const bool rank0 = c.tp_rank == 0;
+  const bool gelu = c.act == Activation::GeluTanh;
+  if (n_layers_ > 0) rmsnorm(act_, res, nullptr, T, H, layers_[0].in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    rmsnorm(act_, res, nullptr, T, H, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
     matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, H, qkv_.ptr, Out::Act);
     const bool local = L.sliding && c.has_rope_local;
     const int half = local ? local_half_ : rope_half_;
@@ -403,20 +409,21 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
                      L.sliding ? c.sliding_window : 0};
     family_attention(act_, a, st);
     matmul(attn_.ptr, L.o.ptr, T, H, qd, part, Out::F32);
-    if (c.o_bias && rank0) add_bias_f32(part, L.o_bias.as<float>(), T, H, st);
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
-    add_normed(res, part, c.sandwich_norms ? L.post_norm.as<float>() : nullptr, c.rms_eps, T, H, st);
-    rmsnorm(act_, res, nullptr, T, H, (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>(), c.rms_eps, xb_.ptr, st);
-    if (L.sparse) {
-      moe_layer(L, T);
-    } else {
+    // Row-parallel biases join the all-reduced sum once.
+    add_norm(act_, res, part, c.o_bias ? L.o_bias.as<float>() : nullptr, c.sandwich_norms ? L.post_norm.as<float>() : nullptr,
+             (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>(), c.rms_eps, T, H, xb_.ptr, st);
+    const float* post_ff = c.sandwich_norms ? L.post_ff_norm.as<float>() : nullptr;
+    const float* next = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
+    if (L.sparse && moe_layer(L, T, d + p.slot, post_ff, next)) continue;
+    if (!L.sparse) {
       matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, H, gu_.ptr, Out::Act);
-      gated_act(act_, gu_.ptr, L.gu_bias.as<float>(), T, c.intermediate, c.act == Activation::GeluTanh, act_mlp_.ptr, st);
+      gated_act(act_, gu_.ptr, L.gu_bias.as<float>(), T, c.intermediate, gelu, act_mlp_.ptr, st);
       matmul(act_mlp_.ptr, L.down.ptr, T, H, c.intermediate, part, Out::F32);
-      if (c.mlp_bias && rank0) add_bias_f32(part, L.down_bias.as<float>(), T, H, st);
     }
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
-    add_normed(res, part, c.sandwich_norms ? L.post_ff_norm.as<float>() : nullptr, c.rms_eps, T, H, st);
+    add_norm(act_, res, part, c.mlp_bias && !L.sparse ? L.down_bias.as<float>() : nullptr, post_ff, next, c.rms_eps, T, H,
+             xb_.ptr, st);
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, H, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
@@ -453,13 +460,14 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   if (p.T == 0) return;
   if (c.has_head) feed_penalties(penalties_, in);
   ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.n_simt * c.n_heads * (c.head_dim + 2) : 0);
+  if (family_) reserve_family(p.T);
   pack(in, p);
   cudaStream_t st = stream_;
   NS_CUDA(cudaMemcpyAsync(meta_.ptr, meta_host_.ptr, 4 * p.total, cudaMemcpyHostToDevice, st));
   if (extras_words_ > 0) NS_CUDA(cudaMemcpyAsync(extras_.ptr, extras_host_.ptr, 4 * extras_words_, cudaMemcpyHostToDevice, st));
+  if (family_) upload_rope_tables(in, p.T);
   if (p.bucket > 0) run_graph(p, in);
-  else if (family_) enqueue_family_forward(p, in);
-  else enqueue_forward(p, in);
+  else enqueue_any_forward(p, in);
 
   if (!c.has_head) {
     const size_t n = (size_t)p.T * c.hidden;

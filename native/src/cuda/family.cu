@@ -1,9 +1,10 @@
 // Kernels of the model families' forward (CudaBackend::enqueue_family_forward, cuda_step.cu):
 // q/k/v bias + q/k RMSNorm + RoPE from per-token cos/sin tables (every RoPE type, computed on the
 // host by the same code as the CPU backend's) + KV write; windowed, soft-capped attention; gated
-// MLP activations (SwiGLU, GeGLU); the norms and adds of Gemma's sandwich layers; the gather /
-// scatter around each routed expert's GEMMs. Plain SIMT kernels: correctness first, the Llama
-// path's tuned kernels (flash prefill, vectorised decode, graphs) stay with Llama-shaped models.
+// MLP activations (SwiGLU, GeGLU); the end of each sublayer (residual add, Gemma's post-norm, the
+// next input norm) in one kernel. Plain SIMT kernels (the routed experts: moe.cu); every kernel
+// waits for its predecessor first (launch() allows programmatic dependent launch).
+#include "cuda/add_norm.h"
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
 #include "cuda/kv_layout.h"
@@ -11,58 +12,42 @@
 namespace ns::cuda {
 namespace {
 
-__device__ __forceinline__ float block_sum_f(float v, float* part) {  // part: 32 floats of shared memory
-  v = warp_sum(v);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    w = warp_sum(w);
-    if (threadIdx.x == 0) part[0] = w;
-  }
-  __syncthreads();
-  return part[0];
-}
-
-// One block per token, one head at a time: x = row (+ bias); x = rmsnorm(x) * w (q and k heads
-// with qk norm); rotate the first 2 * half dims (HF rotate_half); q back in place, k and v to the cache.
+// One block per (token, head) of q|k|v: x = row (+ bias); x = rmsnorm(x) * w (q and k heads with
+// qk norm); rotate the first 2 * half dims (HF rotate_half); q back in place, k and v to the cache.
 template <typename T>
 __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* kn, float eps, int nh, int nkv,
                            int hd, int half, const float* cos, const float* sin, const int32_t* slot, T* kc, T* vc,
                            int B) {
-  const int t = blockIdx.x;
-  T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
+  grid_dependency_wait();
+  const int t = blockIdx.x, h = blockIdx.y;
   const int sl = slot[t];
+  if (h >= nh && sl < 0) return;  // padding of a CUDA-graph step: no KV write
+  T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
   __shared__ float x[256];
   __shared__ float part[32];
-  for (int h = 0; h < nh + 2 * nkv; ++h) {
-    if (h >= nh && sl < 0) break;
-    const int i = threadIdx.x;
-    float v = 0.f;
-    if (i < hd) {
-      v = to_f(row[h * hd + i]);
-      if (bias) v += to_f(bias[h * hd + i]);
+  const int i = threadIdx.x;
+  float v = 0.f;
+  if (i < hd) {
+    v = to_f(row[h * hd + i]);
+    if (bias) v += to_f(bias[h * hd + i]);
+  }
+  const float* w = h < nh ? qn : h < nh + nkv ? kn : nullptr;
+  if (w) {
+    const float ss = block_sum_f(i < hd ? v * v : 0.f, part);
+    if (i < hd) v = w[i] * (v * rsqrtf(ss / hd + eps));
+  }
+  if (h < nh + nkv) {
+    if (i < hd) x[i] = v;
+    __syncthreads();
+    if (i < 2 * half) {
+      const float cs = cos[(size_t)t * half + i % half], sn = sin[(size_t)t * half + i % half];
+      v = i < half ? x[i] * cs - x[i + half] * sn : x[i] * cs + x[i - half] * sn;
     }
-    const float* w = h < nh ? qn : h < nh + nkv ? kn : nullptr;
-    if (w) {
-      const float ss = block_sum_f(i < hd ? v * v : 0.f, part);
-      if (i < hd) v = w[i] * (v * rsqrtf(ss / hd + eps));
-    }
-    if (h < nh + nkv) {
-      __syncthreads();
-      if (i < hd) x[i] = v;
-      __syncthreads();
-      if (i < 2 * half) {
-        const float cs = cos[(size_t)t * half + i % half], sn = sin[(size_t)t * half + i % half];
-        v = i < half ? x[i] * cs - x[i + half] * sn : x[i] * cs + x[i - half] * sn;
-      }
-    }
-    if (i < hd) {
-      if (h < nh) row[h * hd + i] = from_f<T>(v);
-      else if (h < nh + nkv) kc[kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
-      else vc[kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
-    }
+  }
+  if (i < hd) {
+    if (h < nh) row[h * hd + i] = from_f<T>(v);
+    else if (h < nh + nkv) kc[kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
+    else vc[kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
   }
 }
 
@@ -73,6 +58,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
                                  const int32_t* seq_bt_off, const int32_t* block_tables, int B, const T* kc,
                                  const T* vc, T* out, float scale, float softcap, int window) {
   constexpr int kWarps = 4, kMaxPer = 8;  // hd <= 256
+  grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y, kh = h / (nh / nkv);
   const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
   const int pos = tok_pos[t];
@@ -130,6 +116,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
 // out[t, i] = act(gate) * up with gate|up = gu[t] (+ bias), act = SiLU or tanh GELU, in f32.
 template <typename T>
 __global__ void gated_act_kernel(const T* gu, const float* bias, int I, size_t n, bool gelu, T* out) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     const size_t t = i / I, j = i % I;
     float g = to_f(gu[t * 2 * I + j]), u = to_f(gu[t * 2 * I + I + j]);
@@ -139,53 +126,22 @@ __global__ void gated_act_kernel(const T* gu, const float* bias, int I, size_t n
   }
 }
 
-__global__ void add_bias_kernel(float* x, const float* bias, int H, size_t n) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] += bias[i % H];
-}
-
 __global__ void scale_kernel(float* x, size_t n, float a) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] *= a;
 }
 
 __global__ void softcap_kernel(float* x, size_t n, float cap) {
+  grid_dependency_wait();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] = tanhf(x[i] / cap) * cap;
 }
 
-// residual[t] += norm_w ? rmsnorm(x[t]) * norm_w : x[t]   (one block per token, f32)
-__global__ void add_normed_kernel(float* res, const float* x, const float* w, float eps, int H) {
-  const int t = blockIdx.x;
-  const float* xr = x + (size_t)t * H;
-  float* r = res + (size_t)t * H;
-  __shared__ float part[32];
-  float inv = 1.f;
-  if (w) {
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) ss += xr[i] * xr[i];
-    inv = rsqrtf(block_sum_f(ss, part) / H + eps);
-  }
-  for (int i = threadIdx.x; i < H; i += blockDim.x) r[i] += w ? w[i] * (xr[i] * inv) : xr[i];
-}
-
 template <typename T>
-__global__ void gather_rows_kernel(const T* x, const int32_t* rows, int H, T* out) {
-  const int r = blockIdx.x;
-  const T* src = x + (size_t)rows[r] * H;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) out[(size_t)r * H + i] = src[i];
-}
-
-// acc[rows[r]] += w[r] * y[r] (the rows of one expert are distinct tokens: no two threads add to one element).
-__global__ void scatter_add_kernel(float* acc, const int32_t* rows, const float* w, const float* y, int H) {
-  const int r = blockIdx.x;
-  float* dst = acc + (size_t)rows[r] * H;
-  const float a = w ? w[r] : 1.f;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] += a * y[(size_t)r * H + i];
-}
-
-// acc[t] += sigmoid(z[t]) * y[t]   (the shared expert behind its gate)
-__global__ void sigmoid_gate_add_kernel(float* acc, const float* z, const float* y, int H) {
-  const int t = blockIdx.x;
-  const float g = 1.f / (1.f + __expf(-z[t]));
-  for (int i = threadIdx.x; i < H; i += blockDim.x) acc[(size_t)t * H + i] += g * y[(size_t)t * H + i];
+__global__ void __launch_bounds__(256) add_norm_kernel(float* res, const float* x, const float* bias, const float* post_w,
+                                                       const float* next_w, float eps, int H, T* xb, bool rnd) {
+  grid_dependency_wait();
+  const size_t o = (size_t)blockIdx.x * H;
+  add_norm_row<T>(res + o, x + o, bias, post_w, next_w, eps, H, next_w ? xb + o : nullptr, rnd);
 }
 
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
@@ -197,7 +153,7 @@ void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, con
                 void* kcache, void* vcache, int block_size, cudaStream_t s) {
   if (T == 0) return;
   NS_DISPATCH_ACT(act, E, {
-    launch("family_qkv", qkv_kernel<E>, dim3(T), dim3(hd <= 128 ? 128 : 256), s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm,
+    launch("family_qkv", qkv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(hd <= 128 ? 128 : 256), s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm,
            k_norm, eps, nh, nkv, hd, half, cos, sin, slot, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size);
   });
   NS_LAUNCHED("family_qkv");
@@ -224,13 +180,6 @@ void gated_act(DType act, const void* gu, const float* bias, int T, int I, bool 
   NS_LAUNCHED("gated_act");
 }
 
-void add_bias_f32(float* x, const float* bias, int T, int H, cudaStream_t s) {
-  const size_t n = (size_t)T * H;
-  if (n == 0) return;
-  launch("add_bias_f32", add_bias_kernel, dim3(grid_of(n)), dim3(256), s, x, bias, H, n);
-  NS_LAUNCHED("add_bias_f32");
-}
-
 void scale_f32(float* x, size_t n, float a, cudaStream_t s) {
   if (n == 0) return;
   launch("scale_f32", scale_kernel, dim3(grid_of(n)), dim3(256), s, x, n, a);
@@ -243,30 +192,15 @@ void softcap_f32(float* x, size_t n, float cap, cudaStream_t s) {
   NS_LAUNCHED("softcap_f32");
 }
 
-void add_normed(float* residual, const float* x, const float* w, float eps, int T, int H, cudaStream_t s) {
+void add_norm(DType act, float* residual, const float* x, const float* bias, const float* post_w, const float* next_w,
+              float eps, int T, int H, void* xb, cudaStream_t s) {
   if (T == 0) return;
-  launch("add_normed", add_normed_kernel, dim3(T), dim3(256), s, residual, x, w, eps, H);
-  NS_LAUNCHED("add_normed");
-}
-
-void gather_rows(DType act, const void* x, const int32_t* rows, int n, int H, void* out, cudaStream_t s) {
-  if (n == 0) return;
+  const bool rnd = rounds(kRoundNorm);
   NS_DISPATCH_ACT(act, E, {
-    launch("gather_rows", gather_rows_kernel<E>, dim3(n), dim3(256), s, static_cast<const E*>(x), rows, H, static_cast<E*>(out));
+    launch("add_norm", add_norm_kernel<E>, dim3(T), dim3(256), s, residual, x, bias, post_w, next_w, eps, H,
+           static_cast<E*>(xb), rnd);
   });
-  NS_LAUNCHED("gather_rows");
-}
-
-void scatter_add(float* acc, const int32_t* rows, const float* w, const float* y, int n, int H, cudaStream_t s) {
-  if (n == 0) return;
-  launch("scatter_add", scatter_add_kernel, dim3(n), dim3(256), s, acc, rows, w, y, H);
-  NS_LAUNCHED("scatter_add");
-}
-
-void sigmoid_gate_add(float* acc, const float* z, const float* y, int T, int H, cudaStream_t s) {
-  if (T == 0) return;
-  launch("sigmoid_gate_add", sigmoid_gate_add_kernel, dim3(T), dim3(256), s, acc, z, y, H);
-  NS_LAUNCHED("sigmoid_gate_add");
+  NS_LAUNCHED("add_norm");
 }
 
 }  // namespace ns::cuda

@@ -1,4 +1,5 @@
-// Launchers of family.cu: the kernels of the model families' forward (CudaBackend's family path).
+// Launchers of family.cu: the kernels of the model families' forward (CudaBackend's family path;
+// the routed experts' kernels: moe.h).
 // `act` is the activation dtype (bf16 / fp16); pointers are device memory; enqueued on `s`.
 #pragma once
 
@@ -30,18 +31,13 @@ void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s);
 
 // out[t, i] = act(gate + bias) * (up + bias) for gate|up rows of gu [T, 2I]; gelu: tanh GELU, else SiLU.
 void gated_act(DType act, const void* gu, const float* bias, int T, int I, bool gelu, void* out, cudaStream_t s);
-// x[t, :] += bias (f32)
-void add_bias_f32(float* x, const float* bias, int T, int H, cudaStream_t s);
 void scale_f32(float* x, size_t n, float a, cudaStream_t s);
 // x = cap * tanh(x / cap)
 void softcap_f32(float* x, size_t n, float cap, cudaStream_t s);
-// residual[t] += w ? rmsnorm(x[t]) * w : x[t]  (f32 rows of H)
-void add_normed(float* residual, const float* x, const float* w, float eps, int T, int H, cudaStream_t s);
-// out[r] = x[rows[r]]  (activation-dtype rows of H)
-void gather_rows(DType act, const void* x, const int32_t* rows, int n, int H, void* out, cudaStream_t s);
-// acc[rows[r]] += (w ? w[r] : 1) * y[r]  (f32; the rows are distinct)
-void scatter_add(float* acc, const int32_t* rows, const float* w, const float* y, int n, int H, cudaStream_t s);
-// acc[t] += sigmoid(z[t]) * y[t]
-void sigmoid_gate_add(float* acc, const float* z, const float* y, int T, int H, cudaStream_t s);
+// The end of a sublayer, per token (f32 rows of H): v = x (+ bias); with post_w v = rmsnorm(v) *
+// post_w (Gemma's post-norms); residual += v; with next_w xb = act(rmsnorm(residual) * next_w),
+// the next sublayer's input (rounded as rmsnorm() rounds).
+void add_norm(DType act, float* residual, const float* x, const float* bias, const float* post_w, const float* next_w,
+              float eps, int T, int H, void* xb, cudaStream_t s);
 
 }  // namespace ns::cuda

@@ -20,7 +20,7 @@ export interface SamplingRequest {
   stop?: string[];
   stopTokenIds?: number[];
   ignoreEos?: boolean;
-  /** Top logprobs per token (0-20); absent: none. */
+  /** Top logprobs per token (0 to --max-logprobs); absent: none. */
   logprobs?: number;
   /** Token id -> bias added to its logit. */
   logitBias?: Record<string, number>;
@@ -191,6 +191,7 @@ export function parseCompletion(body: unknown): ParsedCompletion {
   if (suffix) bad('suffix', 'is not supported');
   const s = sampling(o, 'max_tokens');
   const lp = int(o, 'logprobs');
+  if (lp !== undefined && lp < 0) bad('logprobs', `must be an integer >= 0 (got ${lp})`);
   if (lp !== undefined) s.logprobs = lp;
   const echo = bool(o, 'echo') ?? false;
   if (echo && lp !== undefined) bad('echo', 'together with logprobs needs prompt logprobs, which this server does not compute');
@@ -221,7 +222,8 @@ export function parseChat(body: unknown): ParsedChat {
   const want = bool(o, 'logprobs') ?? false;
   const top = int(o, 'top_logprobs');
   if (top !== undefined && !want) bad('top_logprobs', 'needs logprobs set to true');
-  if (top !== undefined && (top < 0 || top > 20)) bad('top_logprobs', `must be in [0, 20] (got ${top})`);
+  // The upper bound is the request limits' (--max-logprobs), checked with the other APIs'.
+  if (top !== undefined && top < 0) bad('top_logprobs', `must be an integer >= 0 (got ${top})`);
   if (want) s.logprobs = top ?? 0;
   const kwargs = o.chat_template_kwargs;
   if (present(kwargs) && (typeof kwargs !== 'object' || Array.isArray(kwargs))) bad('chat_template_kwargs', 'must be an object');

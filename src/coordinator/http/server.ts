@@ -1,15 +1,22 @@
 // The OpenAI-compatible HTTP API of a nodespeed cluster: POST /v1/completions and
 // /v1/chat/completions (JSON, or server-sent events with stream: true, as OpenAI sends them),
 // GET /v1/models, GET /health (200 only while a replica serves) and GET /metrics when metrics are on.
+// Its protection is the gRPC API's (public-auth.ts): the same TLS certificate and client CA, the same
+// bearer token (on /v1/* and /metrics; /health stays open for load balancers), and the same
+// request limits (--max-request-bytes bounds the body; the rest are checked by validateRequest).
 //
 // node:http with a small router: five routes do not need a framework, and server-sent events need
 // the raw response anyway (every token is one write, and a closed socket must cancel the request
 // at once so its KV blocks are freed, as a cancelled gRPC stream does).
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
+import { LIMIT_FLAGS } from '../../protocol/limits.js';
+import { bearerMatches, httpsOptions } from '../public-auth.js';
+import type { PublicTls } from '../public-auth.js';
 import { ApiError } from './errors.js';
 import { chatLogprobs, completionLogprobs, parseChat, parseCompletion, usage } from './openai.js';
 import type { FinishReasonName, ParsedChat, ParsedCompletion, ServeRequest, TokenLogprob } from './openai.js';
@@ -45,8 +52,12 @@ export interface InferenceService {
   readonly contextLength: number;
   /** Unix seconds the model was loaded (the models list's `created`). */
   readonly created: number;
-  /** Validates and starts a request; throws ApiError when it is refused. */
-  submit(req: ServeRequest, sink: ServeSink): ServeHandle;
+  /**
+   * Validates and starts a request (prompts are tokenized off the event loop meanwhile); rejects
+   * with ApiError when it is refused. `gone` says whether the client left meanwhile: then nothing
+   * is admitted and it resolves null.
+   */
+  submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null>;
   /** Whether a replica serves now (/health). */
   serving(): boolean;
   /** A token's text, for logprobs. */
@@ -60,10 +71,12 @@ export interface HttpApiOptions {
   bind: string;
   /** 0: any free port. */
   port: number;
-  /** When set, /v1/* needs `Authorization: Bearer <token>`. */
+  /** When set, /v1/* and /metrics need `Authorization: Bearer <token>`. */
   authToken?: string;
-  /** Most bytes a request body may have (default 8 MiB). */
-  maxBodyBytes?: number;
+  /** HTTPS with this certificate (and client CA: mutual TLS). */
+  tls?: PublicTls;
+  /** Most bytes a request body may have (--max-request-bytes). */
+  maxBodyBytes: number;
   /** Counts what the HTTP API sees (as the gRPC API does). */
   onRequest?: (outcome: { accepted: boolean; status: number }) => void;
 }
@@ -71,10 +84,9 @@ export interface HttpApiOptions {
 export interface HttpApi {
   /** host:port it listens on. */
   address: string;
+  port: number;
   close(): Promise<void>;
 }
-
-const DEFAULT_MAX_BODY = 8 << 20;
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
@@ -92,12 +104,12 @@ function sendError(res: ServerResponse, err: ApiError): void {
 
 async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? -1);
-  if (declared > limit) throw new ApiError('too_large', `the request body is ${declared} bytes; at most ${limit} are accepted`);
+  if (declared > limit) throw new ApiError('too_large', `the request body is ${declared} bytes; at most ${limit} are accepted (${LIMIT_FLAGS.requestBytes})`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > limit) throw new ApiError('too_large', `the request body is over ${limit} bytes`);
+    if (size > limit) throw new ApiError('too_large', `the request body is over ${limit} bytes (${LIMIT_FLAGS.requestBytes})`);
     chunks.push(chunk as Buffer);
   }
   try {
@@ -134,22 +146,55 @@ interface ChoiceState {
 
 /**
  * Runs one request against the service and turns its choice updates into OpenAI responses; `render`
- * supplies the endpoint's shapes. Cancels the request when the client goes away first.
+ * supplies the endpoint's shapes. Cancels the request when the client goes away first. A refusal
+ * (ApiError) rejects before anything is written, so the caller answers it as JSON.
  */
-function run(service: InferenceService, req: IncomingMessage, res: ServerResponse, parsed: ParsedCompletion | ParsedChat,
+async function run(service: InferenceService, req: IncomingMessage, res: ServerResponse, parsed: ParsedCompletion | ParsedChat,
   render: Renderer): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    let handle: ServeHandle | undefined;
+  // The socket closing before the response ended: the client is gone (or cancelled), also while
+  // the request is still being validated (then nothing is admitted).
+  let gone = false;
+  let onGone: (() => void) | undefined;
+  res.on('close', () => {
+    gone = true;
+    onGone?.();
+  });
+  req.on('aborted', () => res.destroy());
+  // What arrives before submit() resolves waits until the response is set up.
+  const early: ChoiceUpdate[] = [];
+  let earlyFail: ApiError | undefined;
+  let sink: ServeSink = { update: (u) => void early.push(u), fail: (err) => void (earlyFail ??= err) };
+  const handle = await service.submit(parsed.req, { update: (u) => sink.update(u), fail: (err) => sink.fail(err) }, () => gone);
+  if (!handle) return;
+  await new Promise<void>((resolve) => {
     let finished = false;
     let stream: EventStream | undefined;
     const states: ChoiceState[] = [];
+    for (let i = 0; i < handle.promptIds.length * handle.n; i++) states.push({ text: '', tokens: 0, logprobs: [], finish: null });
     const finish = () => {
       finished = true;
       resolve();
     };
-    const sink: ServeSink = {
+    const take = (u: ChoiceUpdate) => {
+      const st = states[u.choice]!;
+      st.text += u.text;
+      st.tokens += u.tokenIds.length;
+      if (u.logprobs) st.logprobs.push(...u.logprobs);
+      if (u.finishReason) st.finish = u.finishReason;
+      if (stream) for (const c of render.chunks(u, handle)) stream.send(c);
+      if (!states.every((s) => s.finish)) return;
+      if (stream) {
+        const end = render.usageChunk(handle, states);
+        if (end) stream.send(end);
+        stream.done();
+      } else {
+        sendJson(res, 200, render.response(handle, states));
+      }
+      finish();
+    };
+    sink = {
       update: (u) => {
-        if (finished || !handle) return;
+        if (finished) return;
         try {
           take(u);
         } catch (err) {
@@ -169,44 +214,22 @@ function run(service: InferenceService, req: IncomingMessage, res: ServerRespons
         finish();
       },
     };
-    const take = (u: ChoiceUpdate) => {
-      const st = states[u.choice]!;
-      st.text += u.text;
-      st.tokens += u.tokenIds.length;
-      if (u.logprobs) st.logprobs.push(...u.logprobs);
-      if (u.finishReason) st.finish = u.finishReason;
-      if (stream) for (const c of render.chunks(u, handle!)) stream.send(c);
-      if (!states.every((s) => s.finish)) return;
-      if (stream) {
-        const end = render.usageChunk(handle!, states);
-        if (end) stream.send(end);
-        stream.done();
-      } else {
-        sendJson(res, 200, render.response(handle!, states));
-      }
-      finish();
+    onGone = () => {
+      if (finished) return;
+      finished = true;
+      handle.cancel('client disconnected');
+      resolve();
     };
-    try {
-      handle = service.submit(parsed.req, sink);
-    } catch (err) {
-      reject(err);
+    if (gone) {
+      onGone();
       return;
     }
-    const h = handle;
-    for (let i = 0; i < h.promptIds.length * h.n; i++) states.push({ text: '', tokens: 0, logprobs: [], finish: null });
-    // The socket closing before the response ended: the client is gone (or cancelled).
-    res.on('close', () => {
-      if (!finished) {
-        finished = true;
-        h.cancel('client disconnected');
-        resolve();
-      }
-    });
-    req.on('aborted', () => res.destroy());
     if (parsed.stream) {
       stream = new EventStream(res);
-      for (const c of render.opening(h)) stream.send(c);
+      for (const c of render.opening(handle)) stream.send(c);
     }
+    for (const u of early.splice(0)) sink.update(u);
+    if (earlyFail) sink.fail(earlyFail);
   });
 }
 
@@ -304,14 +327,11 @@ function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
 }
 
 function authorized(req: IncomingMessage, token: string | undefined): boolean {
-  if (!token) return true;
-  const got = Buffer.from(String(req.headers.authorization ?? ''));
-  const want = Buffer.from(`Bearer ${token}`);
-  return got.length === want.length && timingSafeEqual(got, want);
+  return !token || bearerMatches(req.headers.authorization, token);
 }
 
 export async function serveHttpApi(service: InferenceService, o: HttpApiOptions): Promise<HttpApi> {
-  const limit = o.maxBodyBytes ?? DEFAULT_MAX_BODY;
+  const limit = o.maxBodyBytes;
   const models = () => ({
     object: 'list',
     data: [{ id: service.modelName, object: 'model', created: service.created, owned_by: 'nodespeed', max_model_len: service.contextLength }],
@@ -334,6 +354,7 @@ export async function serveHttpApi(service: InferenceService, o: HttpApiOptions)
     }
     if (path === '/metrics' && service.metrics) {
       if (!allow('GET')) return;
+      if (!authorized(req, o.authToken)) throw new ApiError('unauthenticated', 'authorization: a valid "Bearer <token>" is required');
       const m = await service.metrics();
       res.writeHead(200, { 'content-type': m.contentType });
       res.end(m.body);
@@ -367,13 +388,14 @@ export async function serveHttpApi(service: InferenceService, o: HttpApiOptions)
     throw new ApiError('not_found', `no route ${method} ${path}`);
   }
 
-  const server: Server = createServer((req, res) => {
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
     res.on('finish', () => o.onRequest?.({ accepted: res.statusCode < 400, status: res.statusCode }));
     route(req, res).catch((err: unknown) => {
       // Anything that is not an ApiError is our fault: 500, never for bad input (parsers throw ApiError).
       sendError(res, err instanceof ApiError ? err : new ApiError('internal', `internal error: ${(err as Error).message}`));
     });
-  });
+  };
+  const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -385,7 +407,7 @@ export async function serveHttpApi(service: InferenceService, o: HttpApiOptions)
   const a = server.address() as AddressInfo;
   const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
   return {
-    address: `${host}:${a.port}`,
+    address: `${host}:${a.port}`, port: a.port,
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();

@@ -60,12 +60,15 @@ export class CoordinatorService implements InferenceService {
     return this.tokens.decode(ids);
   }
 
-  submit(req: ServeRequest, sink: ServeSink): ServeHandle {
+  async submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null> {
     const model = this.api.model;
     if (req.model && req.model !== model.name)
       throw new ApiError('not_found', `the model ${JSON.stringify(req.model)} does not exist (this server serves ${JSON.stringify(model.name)})`, 'model');
     const { prompts, model: _name, ...sampling } = req;
-    const valid: ValidRequest[] = prompts.map((p, i) => {
+    const chat = prompts.some((p) => 'messages' in p);
+    // One prompt at a time: a batch's tokenizing takes turns with other requests' on the tokenizer threads.
+    const valid: ValidRequest[] = [];
+    for (const [i, p] of prompts.entries()) {
       const input: RequestInput = { ...sampling, model: '', prompt: '', promptIds: [], ignoreEos: sampling.ignoreEos ?? false, stop: sampling.stop ?? [],
         stopTokenIds: sampling.stopTokenIds ?? [], logitBias: sampling.logitBias ?? {} } as RequestInput;
       if ('text' in p) input.prompt = p.text;
@@ -76,13 +79,13 @@ export class CoordinatorService implements InferenceService {
         input.chatTemplateKwargs = p.templateKwargs;
       }
       try {
-        return validateRequest(input, model, OPENAI_TEMPERATURE);
+        valid.push(await validateRequest(input, model, this.api.limits, OPENAI_TEMPERATURE));
       } catch (err) {
         if (!(err instanceof InvalidRequestError)) throw err;
-        const field = prompts.length > 1 && (err.field === 'prompt' || err.field.startsWith('prompt_ids')) ? `prompt[${i}]` : err.field;
-        throw ApiError.invalid(field, err.message);
+        throw ApiError.invalid(this.param(err.field, prompts.length > 1 ? i : -1, chat), err.message);
       }
-    });
+      if (gone()) return null;
+    }
     const n = valid[0]!.n;
     const admitted = this.api.admitChoices(valid, {
       update: (choice, u) => sink.update({
@@ -95,5 +98,12 @@ export class CoordinatorService implements InferenceService {
     });
     if (!('records' in admitted)) throw apiErrorOf(admitted.code, admitted.details);
     return { promptIds: valid.map((v) => v.promptIds), n, cancel: (why) => admitted.cancel(why) };
+  }
+
+  /** The OpenAI request field a validation error is about (`prompt` of a batch: `prompt[i]`; a chat's top count: `top_logprobs`). */
+  private param(field: string, batchIndex: number, chat: boolean): string {
+    if (batchIndex >= 0 && (field === 'prompt' || field.startsWith('prompt_ids'))) return `prompt[${batchIndex}]`;
+    if (chat && field === 'logprobs') return 'top_logprobs';
+    return field;
   }
 }

@@ -37,6 +37,7 @@ import type { InferenceClient as _nodespeed_v1_InferenceClient, InferenceDefinit
 import type { ListModelsRequestIn as _nodespeed_v1_ListModelsRequestIn, ListModelsRequest as _nodespeed_v1_ListModelsRequest } from './nodespeed/v1/ListModelsRequest.js';
 import type { ListModelsResponseIn as _nodespeed_v1_ListModelsResponseIn, ListModelsResponse as _nodespeed_v1_ListModelsResponse } from './nodespeed/v1/ListModelsResponse.js';
 import type { ModelInfoIn as _nodespeed_v1_ModelInfoIn, ModelInfo as _nodespeed_v1_ModelInfo } from './nodespeed/v1/ModelInfo.js';
+import type { QuarantinedRequestIn as _nodespeed_v1_QuarantinedRequestIn, QuarantinedRequest as _nodespeed_v1_QuarantinedRequest } from './nodespeed/v1/QuarantinedRequest.js';
 import type { ReplicaStatusIn as _nodespeed_v1_ReplicaStatusIn, ReplicaStatus as _nodespeed_v1_ReplicaStatus } from './nodespeed/v1/ReplicaStatus.js';
 import type { TokenLogprobsIn as _nodespeed_v1_TokenLogprobsIn, TokenLogprobs as _nodespeed_v1_TokenLogprobs } from './nodespeed/v1/TokenLogprobs.js';
 import type { UsageIn as _nodespeed_v1_UsageIn, Usage as _nodespeed_v1_Usage } from './nodespeed/v1/Usage.js';
@@ -90,6 +91,7 @@ export interface ProtoGrpcType {
       ListModelsRequest: MessageTypeDefinition<_nodespeed_v1_ListModelsRequestIn, _nodespeed_v1_ListModelsRequest>
       ListModelsResponse: MessageTypeDefinition<_nodespeed_v1_ListModelsResponseIn, _nodespeed_v1_ListModelsResponse>
       ModelInfo: MessageTypeDefinition<_nodespeed_v1_ModelInfoIn, _nodespeed_v1_ModelInfo>
+      QuarantinedRequest: MessageTypeDefinition<_nodespeed_v1_QuarantinedRequestIn, _nodespeed_v1_QuarantinedRequest>
       ReplicaStatus: MessageTypeDefinition<_nodespeed_v1_ReplicaStatusIn, _nodespeed_v1_ReplicaStatus>
       TokenLogprobs: MessageTypeDefinition<_nodespeed_v1_TokenLogprobsIn, _nodespeed_v1_TokenLogprobs>
       Usage: MessageTypeDefinition<_nodespeed_v1_UsageIn, _nodespeed_v1_Usage>

@@ -4,6 +4,7 @@ import type { ReplicaStatusIn as _nodespeed_v1_ReplicaStatusIn, ReplicaStatus as
 import type { WorkerStatusIn as _nodespeed_v1_WorkerStatusIn, WorkerStatus as _nodespeed_v1_WorkerStatus } from '../../nodespeed/v1/WorkerStatus.js';
 import type { FailureStatusIn as _nodespeed_v1_FailureStatusIn, FailureStatus as _nodespeed_v1_FailureStatus } from '../../nodespeed/v1/FailureStatus.js';
 import type { FailoverCountersIn as _nodespeed_v1_FailoverCountersIn, FailoverCounters as _nodespeed_v1_FailoverCounters } from '../../nodespeed/v1/FailoverCounters.js';
+import type { QuarantinedRequestIn as _nodespeed_v1_QuarantinedRequestIn, QuarantinedRequest as _nodespeed_v1_QuarantinedRequest } from '../../nodespeed/v1/QuarantinedRequest.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface ClusterStatusResponseIn {
@@ -42,6 +43,10 @@ export interface ClusterStatusResponseIn {
    * spare workers joined and waiting to take a lost rank (--spares)
    */
   'spares'?: (number);
+  /**
+   * oldest first (the last 100)
+   */
+  'quarantined'?: (_nodespeed_v1_QuarantinedRequestIn)[];
 }
 
 export interface ClusterStatusResponse {
@@ -80,4 +85,8 @@ export interface ClusterStatusResponse {
    * spare workers joined and waiting to take a lost rank (--spares)
    */
   'spares': (number);
+  /**
+   * oldest first (the last 100)
+   */
+  'quarantined': (_nodespeed_v1_QuarantinedRequest)[];
 }

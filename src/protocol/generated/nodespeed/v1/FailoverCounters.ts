@@ -6,6 +6,10 @@ export interface FailoverCountersIn {
   'recoveries'?: (number);
   'replayedRequests'?: (number);
   'replayedTokens'?: (number);
+  /**
+   * requests failed instead of replayed again (QuarantinedRequest)
+   */
+  'quarantinedRequests'?: (number);
 }
 
 export interface FailoverCounters {
@@ -13,4 +17,8 @@ export interface FailoverCounters {
   'recoveries': (number);
   'replayedRequests': (number);
   'replayedTokens': (number);
+  /**
+   * requests failed instead of replayed again (QuarantinedRequest)
+   */
+  'quarantinedRequests': (number);
 }

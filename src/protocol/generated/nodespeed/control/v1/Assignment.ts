@@ -45,9 +45,16 @@ export interface AssignmentIn {
    */
   'maxQueue'?: (number);
   /**
-   * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long.
+   * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long,
+   * unless the coordinator's liveness responder (on the control address, this port) still answers
+   * its challenge: then only the coordinator's event loop is late, and the worker waits.
    */
   'heartbeatTimeoutMs'?: (number | string);
+  'livenessPort'?: (number);
+  /**
+   * Encrypt the replica's TCP data plane between hosts (--encrypt-data-plane).
+   */
+  'encryptDataPlane'?: (boolean);
 }
 
 export interface Assignment {
@@ -92,7 +99,14 @@ export interface Assignment {
    */
   'maxQueue': (number);
   /**
-   * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long.
+   * The worker gives up on a coordinator that sends nothing (not even a heartbeat) for this long,
+   * unless the coordinator's liveness responder (on the control address, this port) still answers
+   * its challenge: then only the coordinator's event loop is late, and the worker waits.
    */
   'heartbeatTimeoutMs': (number);
+  'livenessPort': (number);
+  /**
+   * Encrypt the replica's TCP data plane between hosts (--encrypt-data-plane).
+   */
+  'encryptDataPlane': (boolean);
 }

@@ -4,7 +4,7 @@ import type { DeviceInfoIn as _nodespeed_control_v1_DeviceInfoIn, DeviceInfo as 
 
 export interface JoinIn {
   /**
-   * the job token (from NODESPEED_JOB_TOKEN, never on a command line)
+   * the job token (from NODESPEED_JOB_TOKEN, never on a command line; the stream itself is mutual TLS)
    */
   'token'?: (string);
   /**
@@ -25,7 +25,7 @@ export interface JoinIn {
 
 export interface Join {
   /**
-   * the job token (from NODESPEED_JOB_TOKEN, never on a command line)
+   * the job token (from NODESPEED_JOB_TOKEN, never on a command line; the stream itself is mutual TLS)
    */
   'token': (string);
   /**

@@ -1,0 +1,55 @@
+// Device code shared by the family forward's kernels (family.cu) and the MoE combine (moe.cu): a
+// block-wide sum, and the end of a sublayer for one token's row — the sublayer's output joins the
+// residual stream (after Gemma's post-norm when there is one) and the next sublayer's input norm is
+// taken right away, so the row is read once instead of by two kernels.
+#pragma once
+
+#include "cuda/cuda_common.h"
+
+namespace ns::cuda {
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); part: 32 floats of shared memory.
+__device__ __forceinline__ float block_sum_f(float v, float* part) {
+  v = warp_sum(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    w = warp_sum(w);
+    if (threadIdx.x == 0) part[0] = w;
+  }
+  __syncthreads();
+  return part[0];
+}
+
+// One token's row of H (the whole block): v = x (+ bias); with post_w v = rmsnorm(v) * post_w;
+// res += v; with next_w xb = act(rmsnorm(res) * next_w) (rounded as the rmsnorm kernel rounds,
+// round_norm: kRoundNorm). Each thread touches the same elements in every pass.
+template <typename T>
+__device__ __forceinline__ void add_norm_row(float* res, const float* x, const float* bias, const float* post_w,
+                                             const float* next_w, float eps, int H, T* xb, bool round_norm) {
+  __shared__ float part[32];
+  float inv_post = 1.f;
+  if (post_w) {
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+      const float v = x[i] + (bias ? bias[i] : 0.f);
+      ss += v * v;
+    }
+    inv_post = rsqrtf(block_sum_f(ss, part) / H + eps);
+  }
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) {
+    float v = x[i] + (bias ? bias[i] : 0.f);
+    if (post_w) v = post_w[i] * (v * inv_post);
+    const float r = res[i] + v;
+    res[i] = r;
+    ss += r * r;
+  }
+  if (!next_w) return;
+  const float inv = rsqrtf(block_sum_f(ss, part) / H + eps);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) xb[i] = from_f<T>(round_if<T>(round_norm, res[i] * inv) * next_w[i]);
+}
+
+}  // namespace ns::cuda

@@ -1,0 +1,439 @@
+// The mixture-of-experts layer on the GPU without a host round trip (the plan: moe_plan.h):
+// routing (softmax + top-k, one warp a token, bit-identical to common/moe_route.h), the permutation
+// of this rank's assignments expert by expert, the grouped expert products (a GEMV over the rows of
+// every active expert in one launch for decode; tensor-core tiles for larger steps), and the
+// weighted combine, fused with the residual add and the next RMSNorm at tp 1.
+#include <algorithm>
+#include <atomic>
+
+#include "common/moe_route.h"
+#include "cuda/add_norm.h"
+#include "cuda/cuda_common.h"
+#include "cuda/flash_layout.h"
+#include "cuda/mma.h"
+#include "cuda/moe.h"
+
+namespace ns::cuda {
+namespace {
+
+using moe::Layout;
+constexpr unsigned kFull = 0xffffffffu;
+
+// One token's router on one warp: the arithmetic of ns::moe::route_topk (lane l holds experts
+// l, l + 32, ...; the sum over experts in the same lane-then-xor-pairs order), so the picks and
+// weights are the CPU backend's bit for bit.
+__device__ void route_token(const float* logits, int E, int K, bool norm, int32_t* ids, float* w, int lane) {
+  using ns::moe::kPerLane;
+  float p[kPerLane];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int e = lane + 32 * i;
+    p[i] = e < E ? logits[e] : -INFINITY;
+    mx = fmaxf(mx, p[i]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, o));
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i)
+    if (lane + 32 * i < E) {
+      p[i] = ns::moe::route_exp(p[i] - mx);
+      s = __fadd_rn(s, p[i]);
+    }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s = __fadd_rn(s, __shfl_xor_sync(kFull, s, o));
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i)
+    if (lane + 32 * i < E) p[i] = __fdiv_rn(p[i], s);
+  unsigned taken = 0;
+  float picked = 0.f, mine = 0.f;
+  for (int j = 0; j < K; ++j) {
+    float bv = 0.f;
+    int bid = -1;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int e = lane + 32 * i;
+      if (e < E && !((taken >> i) & 1u) && ns::moe::ranks_before(p[i], e, bv, bid)) { bv = p[i]; bid = e; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(kFull, bv, o);
+      const int oid = __shfl_xor_sync(kFull, bid, o);
+      if (ns::moe::ranks_before(ov, oid, bv, bid)) { bv = ov; bid = oid; }
+    }
+    if (bid >= 0 && (bid & 31) == lane) taken |= 1u << (bid >> 5);
+    if (lane == j) { ids[j] = bid; mine = bv; }
+    picked = __fadd_rn(picked, bv);
+  }
+  if (lane < K) w[lane] = norm ? __fdiv_rn(mine, picked) : mine;
+}
+
+__device__ __forceinline__ void route_rows(const MoeRouteArgs& a, int t, int lane) {
+  const Layout& L = a.layout;
+  route_token(a.logits + (size_t)t * a.ld, a.n_experts, a.top_k, a.norm, a.meta + L.ids + (size_t)t * a.top_k,
+              reinterpret_cast<float*>(a.meta + L.w) + (size_t)t * a.top_k, lane);
+}
+
+// The permutation, one block (the tokens' picks are in meta already): count each local expert's
+// assignments, lay the experts out in id order (moe::build_groups), then give every assignment a
+// row of its expert. The order of rows within an expert follows the atomics; no result depends on
+// it (every row is computed on its own, and each token sums its experts in id order).
+__device__ void permute_block(const MoeRouteArgs& a) {
+  __shared__ int cnt[ns::moe::kMaxExperts], off[ns::moe::kMaxExperts], cur[ns::moe::kMaxExperts];
+  const Layout& L = a.layout;
+  int32_t* meta = a.meta;
+  for (int e = threadIdx.x; e < a.local_experts; e += blockDim.x) cnt[e] = cur[e] = 0;
+  __syncthreads();
+  const int TK = a.T * a.top_k;
+  for (int i = threadIdx.x; i < TK; i += blockDim.x) {
+    const int e = moe::local_expert(meta[L.ids + i], a.expert_start, a.local_experts, a.slot[i / a.top_k] >= 0);
+    if (e >= 0) atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) moe::build_groups(cnt, a.local_experts, L, meta, off);
+  __syncthreads();
+  for (int i = threadIdx.x; i < TK; i += blockDim.x) {
+    const int e = moe::local_expert(meta[L.ids + i], a.expert_start, a.local_experts, a.slot[i / a.top_k] >= 0);
+    int row = -1;
+    if (e >= 0) {
+      row = off[e] + atomicAdd(&cur[e], 1);
+      meta[L.perm + row] = i / a.top_k;
+    }
+    meta[L.inv + i] = row;
+  }
+}
+
+__global__ void __launch_bounds__(moe::kPermuteThreads) route_permute_kernel(MoeRouteArgs a) {
+  grid_dependency_wait();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int t = warp; t < a.T; t += moe::kPermuteThreads / 32) route_rows(a, t, lane);
+  __syncthreads();
+  permute_block(a);
+}
+
+__global__ void __launch_bounds__(256) route_kernel(MoeRouteArgs a) {
+  grid_dependency_wait();
+  const int t = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (t < a.T) route_rows(a, t, threadIdx.x & 31);
+}
+
+__global__ void __launch_bounds__(moe::kPermuteThreads) permute_kernel(MoeRouteArgs a) {
+  grid_dependency_wait();
+  permute_block(a);
+}
+
+// The gate activation of a gated MLP (family.cu's gated_act).
+__device__ __forceinline__ float gate_act(float g, bool gelu) {
+  return gelu ? 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) : g / (1.f + __expf(-g));
+}
+
+template <typename T, int MT, bool GATED>
+__device__ __forceinline__ void gemv_chunk(const uint4& wg, const uint4& wu, const uint4* const (&xr)[MT], int i, int m,
+                                           float (&ag)[MT], float (&au)[MT]) {
+  float g8[8], u8[8];
+  unpack8<T>(wg, g8);
+  if constexpr (GATED) unpack8<T>(wu, u8);
+#pragma unroll
+  for (int s = 0; s < MT; ++s) {
+    if (s >= m) break;
+    float x8[8];
+    unpack8<T>(__ldg(xr[s] + i), x8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      ag[s] += g8[e] * x8[e];
+      if constexpr (GATED) au[s] += u8[e] * x8[e];
+    }
+  }
+}
+
+// One warp per output feature of one group (an active expert or the shared expert), passes of up to
+// MT rows; each lane streams 16-byte chunks of the feature's weight row(s), four in flight.
+template <typename T, int MT, bool GATED>
+__global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int shared_blocks = a.sw ? moe::gemv_blocks(a.sn) : 0;
+  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, shared_blocks, moe::gemv_blocks(a.n));
+  const T* W;
+  const T* X;
+  void* Y;
+  const int32_t* src = nullptr;
+  int n, k, row0, rows;
+  if (wk.group < 0) {
+    W = static_cast<const T*>(a.sw);
+    n = a.sn;
+    k = a.sk;
+    X = static_cast<const T*>(a.sx);
+    Y = a.sy;
+    row0 = 0;
+    rows = a.s_rows;
+    if (wk.feature < n) {  // the shared weights do not depend on the previous kernel: start pulling them
+      const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)wk.feature * k);
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        if (lane + 32 * j < k / 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + lane + 32 * j));
+    }
+    grid_dependency_wait();
+  } else {
+    grid_dependency_wait();
+    const Layout& L = a.layout;
+    if (wk.group >= a.meta[L.n_active]) return;
+    W = static_cast<const T*>(a.w) + (size_t)a.meta[L.active_e + wk.group] * a.w_stride;
+    n = a.n;
+    k = a.k;
+    X = static_cast<const T*>(a.x);
+    Y = a.y;
+    row0 = a.meta[L.active_off + wk.group];
+    rows = a.meta[L.active_cnt + wk.group];
+    if constexpr (GATED) src = a.meta + L.perm;
+  }
+  const int f = wk.feature;
+  if (f >= n) return;
+  const int k8 = k / 8;
+  const uint4* wg = reinterpret_cast<const uint4*>(W + (size_t)f * k);
+  const uint4* wu = GATED ? reinterpret_cast<const uint4*>(W + (size_t)(n + f) * k) : wg;
+  for (int r0 = 0; r0 < rows; r0 += MT) {
+    const int m = min(MT, rows - r0);
+    const uint4* xr[MT];
+#pragma unroll
+    for (int s = 0; s < MT; ++s) {
+      const int row = row0 + r0 + min(s, m - 1);
+      xr[s] = reinterpret_cast<const uint4*>(X + (size_t)(src ? src[row] : row) * k);
+    }
+    float ag[MT], au[MT];
+#pragma unroll
+    for (int s = 0; s < MT; ++s) ag[s] = au[s] = 0.f;
+    int i = lane;
+    for (; i + 96 < k8; i += 128) {
+      const uint4 g0 = __ldg(wg + i), g1 = __ldg(wg + i + 32), g2 = __ldg(wg + i + 64), g3 = __ldg(wg + i + 96);
+      uint4 u0 = g0, u1 = g1, u2 = g2, u3 = g3;
+      if constexpr (GATED) { u0 = __ldg(wu + i); u1 = __ldg(wu + i + 32); u2 = __ldg(wu + i + 64); u3 = __ldg(wu + i + 96); }
+      gemv_chunk<T, MT, GATED>(g0, u0, xr, i, m, ag, au);
+      gemv_chunk<T, MT, GATED>(g1, u1, xr, i + 32, m, ag, au);
+      gemv_chunk<T, MT, GATED>(g2, u2, xr, i + 64, m, ag, au);
+      gemv_chunk<T, MT, GATED>(g3, u3, xr, i + 96, m, ag, au);
+    }
+    for (; i < k8; i += 32) gemv_chunk<T, MT, GATED>(__ldg(wg + i), GATED ? __ldg(wu + i) : uint4{}, xr, i, m, ag, au);
+#pragma unroll
+    for (int s = 0; s < MT; ++s) {
+      if (s >= m) break;
+      const float g = warp_sum(ag[s]);
+      const float u = GATED ? warp_sum(au[s]) : 0.f;
+      if (lane != s) continue;
+      const size_t o = (size_t)(row0 + r0 + s) * n + f;
+      if constexpr (GATED) static_cast<T*>(Y)[o] = from_f<T>(gate_act(g, a.gelu) * u);
+      else static_cast<float*>(Y)[o] = g;
+    }
+  }
+}
+
+// The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
+// tiles of the active experts: 64 rows (the X operand, gathered through the permutation for
+// gate|up) x 128 features (the expert's weight rows) a block, predicated at the N and K edges.
+constexpr int kMmaMT = moe::kTileM / 16;
+template <typename T>
+constexpr size_t mma_smem_bytes() { return sizeof(T) * moe::kStages * (moe::kTileN + moe::kTileM) * moe::kTileK; }
+
+template <typename T>
+__global__ void __launch_bounds__(moe::kMmaThreads) moe_mma_kernel(MoeMmaArgs a) {
+  using moe::kStages, moe::kTileK, moe::kTileN;
+  constexpr int kThreads = moe::kMmaThreads;
+  using flash::swz;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sW = reinterpret_cast<T*>(smem);
+  T* sX = sW + kStages * kTileN * kTileK;
+  grid_dependency_wait();
+  const Layout& L = a.layout;
+  const int32_t* meta = a.meta;
+  const int tile = blockIdx.x;
+  if (tile >= meta[L.n_tiles]) return;
+  const int g = meta[L.tiles + 2 * tile], m0 = meta[L.tiles + 2 * tile + 1];
+  const int row0 = meta[L.active_off + g] + m0, M = min(moe::kTileM, meta[L.active_cnt + g] - m0);
+  const T* w = static_cast<const T*>(a.w) + (size_t)meta[L.active_e + g] * a.w_stride;
+  const T* x = static_cast<const T*>(a.x);
+  const int N = a.N, K = a.K, n0 = blockIdx.y * kTileN;
+  const int chunks = (K + kTileK - 1) / kTileK;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  constexpr int kXPer = moe::kTileM * 8 / kThreads;
+  const T* xsrc[kXPer];
+  bool xok[kXPer];
+#pragma unroll
+  for (int j = 0; j < kXPer; ++j) {
+    const int r = (threadIdx.x + j * kThreads) >> 3;
+    xok[j] = r < M;
+    const int row = row0 + (r < M ? r : 0);
+    xsrc[j] = x + (size_t)(a.gather ? meta[L.perm + row] : row) * K;
+  }
+  auto load = [&](int chunk) {
+    T* dw = sW + (chunk % kStages) * kTileN * kTileK;
+    T* dx = sX + (chunk % kStages) * moe::kTileM * kTileK;
+    const int kc = chunk * kTileK;
+#pragma unroll
+    for (int j = 0; j < kTileN * 8 / kThreads; ++j) {
+      const int idx = threadIdx.x + j * kThreads, r = idx >> 3, c = idx & 7;
+      const bool ok = n0 + r < N && kc + c * 8 < K;
+      cp_async16(smem_addr(dw + swz<kTileK>(r, c)), ok ? w + (size_t)(n0 + r) * K + kc + c * 8 : w, ok);
+    }
+#pragma unroll
+    for (int j = 0; j < kXPer; ++j) {
+      const int idx = threadIdx.x + j * kThreads, r = idx >> 3, c = idx & 7;
+      const bool ok = xok[j] && kc + c * 8 < K;
+      cp_async16(smem_addr(dx + swz<kTileK>(r, c)), ok ? xsrc[j] + kc + c * 8 : x, ok);
+    }
+  };
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < chunks) load(c);
+    cp_async_commit();
+  }
+  float acc[kMmaMT][2][4] = {};
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (c + kStages - 1 < chunks) load(c + kStages - 1);
+    cp_async_commit();
+    const T* cw = sW + (c % kStages) * kTileN * kTileK;
+    const T* cx = sX + (c % kStages) * moe::kTileM * kTileK;
+#pragma unroll
+    for (int ks = 0; ks < kTileK / 16; ++ks) {
+      uint32_t b[4];
+      ldsm_x4(smem_addr(cw + swz<kTileK>(flash::k_row(warp, lane), flash::k_chunk(ks, lane))), b);
+#pragma unroll
+      for (int mt = 0; mt < kMmaMT; ++mt) {
+        if (mt * 16 >= M) break;  // warp-uniform: the tile's rows past M are zeros
+        uint32_t af[4];
+        ldsm_x4(smem_addr(cx + swz<kTileK>(flash::q_row(mt, lane), flash::q_chunk(ks, lane))), af);
+        mma16816(acc[mt][0], af, b[0], b[1], static_cast<T*>(nullptr));
+        mma16816(acc[mt][1], af, b[2], b[3], static_cast<T*>(nullptr));
+      }
+    }
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < kMmaMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = mt * 16 + flash::c_row(lane, e), col = n0 + warp * 16 + nt * 8 + flash::c_col(lane, e);
+        if (row >= M || col >= N) continue;
+        const size_t i = (size_t)(row0 + row) * N + col;
+        if (a.f32_out) static_cast<float*>(a.y)[i] = acc[mt][nt][e];
+        else static_cast<T*>(a.y)[i] = from_f<T>(acc[mt][nt][e]);
+      }
+}
+
+template <typename T>
+__global__ void moe_gated_act_kernel(const T* gu, const int32_t* n_rows, int I, bool gelu, T* out) {
+  grid_dependency_wait();
+  const size_t n = (size_t)*n_rows * I;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t r = i / I, j = i % I;
+    out[i] = from_f<T>(gate_act(to_f(gu[r * 2 * I + j]), gelu) * to_f(gu[r * 2 * I + I + j]));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) moe_combine_kernel(MoeCombineArgs a, bool round_norm) {
+  grid_dependency_wait();
+  const Layout& L = a.layout;
+  const int t = blockIdx.x, K = a.top_k, H = a.H;
+  const float* wts = reinterpret_cast<const float*>(a.meta + L.w) + (size_t)t * K;
+  int ids[ns::moe::kMaxTopK], rows[ns::moe::kMaxTopK];
+  float ws[ns::moe::kMaxTopK];
+  int n = 0;
+  for (int j = 0; j < K; ++j) {  // this rank's picks of the token, by expert id
+    const int row = a.meta[L.inv + (size_t)t * K + j];
+    if (row < 0) continue;
+    const int id = a.meta[L.ids + (size_t)t * K + j];
+    int p = n++;
+    for (; p > 0 && ids[p - 1] > id; --p) { ids[p] = ids[p - 1]; rows[p] = rows[p - 1]; ws[p] = ws[p - 1]; }
+    ids[p] = id;
+    rows[p] = row;
+    ws[p] = wts[j];
+  }
+  const float gate = a.shared_y ? 1.f / (1.f + __expf(-a.logits[(size_t)t * a.ld + a.n_experts])) : 0.f;
+  float* out = a.part + (size_t)t * H;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < n; ++j) acc += ws[j] * a.y[(size_t)rows[j] * H + i];
+    if (a.shared_y) acc += gate * a.shared_y[(size_t)t * H + i];
+    out[i] = acc;
+  }
+  if (a.res)
+    add_norm_row<T>(a.res + (size_t)t * H, out, nullptr, a.post_w, a.next_w, a.eps, H,
+                    a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
+}
+
+unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
+
+template <typename E, bool GATED>
+void launch_gemv(const MoeGemvArgs& a, int mt, unsigned grid, cudaStream_t s) {
+  switch (mt) {
+    case 1: launch("moe_gemv", moe_gemv_kernel<E, 1, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
+    case 2: launch("moe_gemv", moe_gemv_kernel<E, 2, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
+    case 4: launch("moe_gemv", moe_gemv_kernel<E, 4, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
+    default: launch("moe_gemv", moe_gemv_kernel<E, moe::kGemvTokens, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
+  }
+}
+
+}  // namespace
+
+void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
+  if (a.T == 0) return;
+  if (a.T <= moe::kFusedRouteTokens) {
+    launch("moe_route_permute", route_permute_kernel, dim3(1), dim3(moe::kPermuteThreads), s, a);
+  } else {
+    launch("moe_route", route_kernel, dim3(ceil_div(a.T, 8)), dim3(256), s, a);
+    launch("moe_permute", permute_kernel, dim3(1), dim3(moe::kPermuteThreads), s, a);
+  }
+  NS_LAUNCHED("moe_route");
+}
+
+void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s) {
+  const unsigned grid = (a.sw ? moe::gemv_blocks(a.sn) : 0) + a.groups * moe::gemv_blocks(a.n);
+  if (grid == 0) return;
+  NS_DISPATCH_ACT(act, E, {
+    if (gated) launch_gemv<E, true>(a, tokens_per_pass, grid, s);
+    else launch_gemv<E, false>(a, tokens_per_pass, grid, s);
+  });
+  NS_LAUNCHED("moe_gemv");
+}
+
+void moe_mma(DType act, const MoeMmaArgs& a, cudaStream_t s) {
+  if (a.grid_tiles == 0) return;
+  NS_DISPATCH_ACT(act, E, {
+    // > 48 KB of dynamic shared memory needs the opt-in, once per device (one process may drive several).
+    static std::atomic<uint64_t> configured{0};
+    int dev = 0;
+    check(cudaGetDevice(&dev), "moe_mma: cudaGetDevice");
+    const uint64_t bit = 1ull << (dev & 63);
+    if (!(configured.load() & bit)) {
+      check(cudaFuncSetAttribute(moe_mma_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(mma_smem_bytes<E>())),
+            "moe_mma: reserving shared memory");
+      configured.fetch_or(bit);
+    }
+    launch_smem("moe_mma", moe_mma_kernel<E>, dim3(a.grid_tiles, ceil_div(a.N, moe::kTileN)), dim3(moe::kMmaThreads),
+                mma_smem_bytes<E>(), s, a);
+  });
+  NS_LAUNCHED("moe_mma");
+}
+
+void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::Layout& layout, int max_rows, int I, bool gelu,
+                   void* out, cudaStream_t s) {
+  const size_t n = (size_t)max_rows * I;
+  if (n == 0) return;
+  NS_DISPATCH_ACT(act, E, {
+    launch("moe_gated_act", moe_gated_act_kernel<E>, dim3(grid_of(n)), dim3(256), s, static_cast<const E*>(gu),
+           meta + layout.n_rows, I, gelu, static_cast<E*>(out));
+  });
+  NS_LAUNCHED("moe_gated_act");
+}
+
+void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s) {
+  if (a.T == 0) return;
+  const bool rnd = rounds(kRoundNorm);
+  NS_DISPATCH_ACT(act, E, { launch("moe_combine", moe_combine_kernel<E>, dim3(a.T), dim3(256), s, a, rnd); });
+  NS_LAUNCHED("moe_combine");
+}
+
+}  // namespace ns::cuda

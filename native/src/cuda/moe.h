@@ -1,0 +1,73 @@
+// Launchers of the mixture-of-experts kernels (moe.cu; the plan and metadata layout: moe_plan.h).
+// `act` is the activation/weight dtype; pointers are device memory; enqueued on `s`, no host wait.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/moe_plan.h"
+#include "engine.h"
+
+namespace ns::cuda {
+
+// Top-k of every token (common/moe_route.h) and the permutation of this rank's assignments into
+// `meta` (moe_plan.h Layout). Tokens whose slot < 0 (a CUDA-graph step's padding) are not placed.
+struct MoeRouteArgs {
+  const float* logits; int ld;   // [T, ld] router logits (ld: num_experts, + 1 with a shared expert's gate)
+  int T, n_experts, top_k;
+  bool norm;                     // renormalise the top-k weights
+  int expert_start, local_experts;
+  const int32_t* slot;
+  int32_t* meta; moe::Layout layout;
+};
+void moe_route(const MoeRouteArgs& a, cudaStream_t s);
+
+// Grouped GEMV over the active experts (and the shared expert when `sw` is set): gated, the
+// gate|up weights [2n, k] give act(gate) * up rows of n (activation dtype); else down [n, k] gives
+// f32 rows of n. Routed rows: gated reads x rows via the permutation (token rows of [T, k]) and
+// writes y rows in permuted order; down reads and writes permuted rows.
+struct MoeGemvArgs {
+  const void* w; size_t w_stride;  // this rank's experts back to back, elements per expert
+  int n, k;
+  const void* x; void* y;
+  int groups;                      // active experts the grid covers (moe::max_active)
+  const void* sw; int sn, sk;      // the shared expert (null: none in this launch)
+  const void* sx; void* sy; int s_rows;
+  const int32_t* meta; moe::Layout layout;
+  bool gelu;                       // gated: tanh GELU, else SiLU
+};
+void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s);
+
+// Grouped tensor-core GEMM over the tiles of moe_plan.h: y[row, n] = x[src(row)] . w_e[n]^T for
+// every row of every active expert e, src = the permutation (gather) or the row itself.
+struct MoeMmaArgs {
+  const void* x; bool gather;
+  const void* w; size_t w_stride;
+  int N, K;
+  void* y; bool f32_out;
+  int grid_tiles;                  // moe::max_tiles of the step
+  const int32_t* meta; moe::Layout layout;
+};
+void moe_mma(DType act, const MoeMmaArgs& a, cudaStream_t s);
+
+// out[r, i] = act(gu[r, i]) * gu[r, I + i] for the step's rows (meta's n_rows, at most max_rows).
+void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::Layout& layout, int max_rows, int I,
+                   bool gelu, void* out, cudaStream_t s);
+
+// Per token: the sum of its experts' rows (in expert id order) times their weights, plus the shared
+// expert's row times sigmoid(its gate logit, column n_experts of the router logits); into `part`,
+// or with `res` added to the residual stream at once (add_norm semantics, family_kernels.h).
+struct MoeCombineArgs {
+  const float* y;                  // [rows, H] the experts' outputs (permuted rows)
+  const float* shared_y;           // [T, H] or null
+  const float* logits; int ld; int n_experts;
+  int T, H, top_k;
+  const int32_t* meta; moe::Layout layout;
+  float* part;
+  float* res; const float* post_w; const float* next_w; float eps; void* xb;  // res null: part only
+};
+void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s);
+
+}  // namespace ns::cuda

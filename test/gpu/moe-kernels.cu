@@ -1,0 +1,300 @@
+// Kernel-level check of the mixture-of-experts kernels (native/src/cuda/moe.cu) on a GPU, without a
+// model, in the order CudaBackend::moe_layer runs them:
+//  - routing: the route kernel's ids and weights equal common/moe_route.h's route_topk (the CPU
+//    backend's router) bit for bit, fused (<= 32 tokens) and split launches, 8..256 experts, ties;
+//    the permutation is checked as a permutation (every local assignment one row of its expert,
+//    experts in id order, padding tokens and other ranks' experts placed nowhere);
+//  - layers at real shapes (Qwen1.5-MoE-A2.7B: hidden 2048, 60 experts of 1408, top 4, shared
+//    expert 5632; Mixtral-like: hidden 1024, 8 experts of 896, top 2), bf16, tp 1 and one rank of
+//    tp 2, decode (grouped GEMV, the shared expert inside it up to 8 tokens) and prefill-sized steps
+//    (tensor-core tiles), then the combine alone and fused with the residual add + next RMSNorm,
+//    against a double-precision mixture of experts on the same bf16 inputs (error relative to the
+//    largest |output|).
+// If the MoE families of test/gpu/families.test.ts fail, this says whether the kernels or the plumbing
+// is off. Built and run by test/gpu/moe-kernels.test.ts; by hand (repo root, on the GPU host):
+//   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src \
+//     test/gpu/moe-kernels.cu native/src/cuda/moe.cu -o /tmp/moe-kernels && /tmp/moe-kernels
+//   (one JSON line; exit 1 on failure)
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/moe_route.h"
+#include "cuda/cuda_common.h"
+#include "cuda/moe.h"
+
+namespace ns::cuda {
+static bool g_pdl = false;
+bool pdl_enabled() { return g_pdl; }  // as the engine: on from compute capability 9.0 (cuda_backend.cu's needs the whole backend)
+int round_mask() { return 0; }         // the engine's default (NODESPEED_CUDA_ROUND unset; kernels_basic.cu's)
+}  // namespace ns::cuda
+
+using ns::DType;
+using namespace ns::cuda;
+namespace route = ns::moe;  // common/moe_route.h (moe:: below is the CUDA plan, moe_plan.h)
+
+namespace {
+
+std::string g_fail;
+void expect(bool ok, const std::string& what) {
+  if (!ok && g_fail.empty()) g_fail = what;
+}
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) { std::printf("{\"ok\":false,\"error\":\"%s: %s\"}\n", what, cudaGetErrorString(e)); std::exit(1); }
+}
+
+template <typename X>
+X* upload(const std::vector<X>& h) {
+  X* d = nullptr;
+  ck(cudaMalloc(&d, std::max<size_t>(h.size(), 1) * sizeof(X)), "cudaMalloc");
+  if (!h.empty()) ck(cudaMemcpy(d, h.data(), h.size() * sizeof(X), cudaMemcpyHostToDevice), "upload");
+  return d;
+}
+template <typename X>
+std::vector<X> download(const X* d, size_t n) {
+  std::vector<X> h(n);
+  ck(cudaDeviceSynchronize(), "kernels");
+  if (n) ck(cudaMemcpy(h.data(), d, n * sizeof(X), cudaMemcpyDeviceToHost), "download");
+  return h;
+}
+
+using bf = __nv_bfloat16;
+float f(bf v) { return __bfloat162float(v); }
+bf b(float v) { return __float2bfloat16(v); }
+uint32_t bits(float v) { uint32_t u; std::memcpy(&u, &v, 4); return u; }
+
+// The permutation of one rank's assignments, checked as a permutation (what the later kernels rely on).
+void check_meta(const std::vector<int32_t>& meta, const moe::Layout& L, const std::vector<int>& ids, const std::vector<int>& slot,
+                int T, int K, int start, int local, const std::string& tag) {
+  std::vector<int> rows_of(local, 0);
+  std::vector<char> used((size_t)T * K, 0);
+  int n_local = 0;
+  for (int i = 0; i < T * K; ++i) {
+    const int e = moe::local_expert(ids[i], start, local, slot[i / K] >= 0), row = meta[L.inv + i];
+    if (e < 0) { expect(row == -1, tag + ": a foreign or padding assignment got a row"); continue; }
+    ++n_local;
+    ++rows_of[e];
+    const bool in = row >= 0 && row < T * K;
+    expect(in && !used[row], tag + ": row out of range or given twice");
+    if (!in) continue;
+    used[row] = 1;
+    expect(meta[L.perm + row] == i / K, tag + ": perm does not name the assignment's token");
+    int a = 0;
+    while (a < meta[L.n_active] && meta[L.active_e + a] != e) ++a;
+    expect(a < meta[L.n_active] && row >= meta[L.active_off + a] && row < meta[L.active_off + a] + meta[L.active_cnt + a],
+           tag + ": row outside its expert's rows");
+  }
+  expect(meta[L.n_rows] == n_local, tag + ": n_rows");
+  int next = 0, last = -1, tiles = 0;
+  for (int a = 0; a < meta[L.n_active]; ++a) {
+    const int e = meta[L.active_e + a], o = meta[L.active_off + a], c = meta[L.active_cnt + a];
+    expect(e > last && e < local && c == rows_of[e] && o == next, tag + ": active expert list");
+    last = e;
+    next += c;
+    tiles += (c + moe::kTileM - 1) / moe::kTileM;
+  }
+  expect(meta[L.n_tiles] == tiles, tag + ": tile count");
+}
+
+int g_route_cases = 0;
+
+void check_routing(std::mt19937& rng) {
+  for (int E : {8, 60, 64, 128, 256})
+    for (int K : {1, 2, 4, 8})
+      for (int T : {1, 32, 33, 300})
+        for (int norm = 0; norm < 2; ++norm) {
+          const int ld = E + (T % 2), tp = E >= 60 ? 2 : 1, rank = tp - 1;
+          const int start = rank * E / tp, local = (rank + 1) * E / tp - start;
+          std::normal_distribution<float> nd(0.f, T == 33 ? 8.f : 1.f);
+          std::vector<float> logits((size_t)T * ld);
+          for (auto& v : logits) v = nd(rng);
+          for (int t = 0; t < T; t += 4)  // ties: equal logits give equal probabilities
+            for (int e = 0; e < E; e += 3) logits[(size_t)t * ld + e] = logits[(size_t)t * ld];
+          std::vector<int> slot(T);
+          for (int t = 0; t < T; ++t) slot[t] = t % 7 == 5 ? -1 : t;
+          const moe::Layout L = moe::layout(T + 5, K, local);
+          float* d_logits = upload(logits);
+          int32_t* d_slot = upload(std::vector<int32_t>(slot.begin(), slot.end()));
+          int32_t* d_meta = upload(std::vector<int32_t>(L.words, -7));
+          moe_route({d_logits, ld, T, E, K, norm != 0, start, local, d_slot, d_meta, L}, nullptr);
+          const std::vector<int32_t> meta = download(d_meta, L.words);
+          std::vector<int> ids((size_t)T * K);
+          const std::string tag = "route E=" + std::to_string(E) + " K=" + std::to_string(K) + " T=" + std::to_string(T);
+          for (int t = 0; t < T; ++t) {
+            std::vector<float> row(logits.begin() + (size_t)t * ld, logits.begin() + (size_t)t * ld + E), w(K);
+            route::route_topk(row.data(), E, K, norm != 0, w.data(), &ids[(size_t)t * K]);
+            for (int j = 0; j < K; ++j) {
+              float dw;
+              std::memcpy(&dw, &meta[L.w + t * K + j], 4);
+              expect(meta[L.ids + t * K + j] == ids[(size_t)t * K + j], tag + ": ids differ from route_topk");
+              expect(bits(dw) == bits(w[j]), tag + ": weights differ from route_topk in bits");
+            }
+          }
+          check_meta(meta, L, ids, slot, T, K, start, local, tag);
+          cudaFree(d_logits); cudaFree(d_slot); cudaFree(d_meta);
+          ++g_route_cases;
+        }
+}
+
+struct LayerResult { std::string name; bool gemv; double err, ref; bool ok; };
+std::vector<LayerResult> g_layers;
+
+double silu(double g) { return g / (1.0 + std::exp(-g)); }
+
+void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, std::mt19937& rng) {
+  const int start = rank * E / tp, local = (rank + 1) * E / tp - start, ld = E + (Is > 0);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  auto rnd = [&](size_t n, float sd) { std::vector<bf> v(n); for (auto& x : v) x = b(sd * nd(rng)); return v; };
+  const std::vector<bf> gu = rnd((size_t)local * 2 * I * H, 0.02f), dn = rnd((size_t)local * H * I, 0.02f);
+  const std::vector<bf> sgu = rnd((size_t)2 * Is * H, 0.02f), sdn = rnd((size_t)H * Is, 0.02f), xb = rnd((size_t)T * H, 1.f);
+  std::vector<float> logits((size_t)T * ld);
+  for (auto& v : logits) v = nd(rng);
+  std::vector<int32_t> slot(T);
+  for (int t = 0; t < T; ++t) slot[t] = t % 5 == 3 && T > 1 ? -1 : t;  // padding tokens of a graph step
+  const moe::Layout L = moe::layout(std::max(T, 256), K, local);  // a capacity larger than the step, as at run time
+  const size_t rows = (size_t)T * K;
+  bf *d_gu = upload(gu), *d_dn = upload(dn), *d_sgu = upload(sgu), *d_sdn = upload(sdn), *d_xb = upload(xb);
+  float* d_logits = upload(logits);
+  int32_t* d_slot = upload(slot);
+  int32_t* d_meta = upload(std::vector<int32_t>(L.words, 0));
+  bf* d_exgu = upload(std::vector<bf>(rows * 2 * I));
+  bf* d_exact = upload(std::vector<bf>(rows * I));
+  float* d_exout = upload(std::vector<float>(rows * H, NAN));
+  bf* d_shact = upload(std::vector<bf>((size_t)T * std::max(Is, 1)));
+  float* d_shout = upload(std::vector<float>((size_t)T * H, NAN));
+  float* d_part = upload(std::vector<float>((size_t)T * H));
+  cudaStream_t st = nullptr;
+  moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
+  const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
+  const int groups = moe::max_active(T, K, local);
+  // Host double-precision reference with the kernels' roundings (activations to bf16 before down).
+  std::vector<int> ids(rows);
+  std::vector<float> wts(rows);
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> row(logits.begin() + (size_t)t * ld, logits.begin() + (size_t)t * ld + E);
+    route::route_topk(row.data(), E, K, norm, &wts[(size_t)t * K], &ids[(size_t)t * K]);
+  }
+  std::vector<double> ref((size_t)T * H, 0.0);
+  std::vector<float> sh_out_h((size_t)T * H, 0.f);
+  for (int t = 0; t < T; ++t) {
+    auto mlp = [&](const bf* w_gu, const bf* w_dn, int n, double scale, bool into_shared) {
+      std::vector<float> act(n);
+      for (int q = 0; q < n; ++q) {
+        double g = 0, u = 0;
+        for (int c = 0; c < H; ++c) {
+          const double x = f(xb[(size_t)t * H + c]);
+          g += f(w_gu[(size_t)q * H + c]) * x;
+          u += f(w_gu[(size_t)(n + q) * H + c]) * x;
+        }
+        act[q] = f(b((float)(silu(g) * u)));
+      }
+      for (int h = 0; h < H; ++h) {
+        double y = 0;
+        for (int q = 0; q < n; ++q) y += (double)f(w_dn[(size_t)h * n + q]) * act[q];
+        ref[(size_t)t * H + h] += scale * y;
+        if (into_shared) sh_out_h[(size_t)t * H + h] = (float)y;
+      }
+    };
+    for (int j = 0; j < K; ++j) {
+      const int e = moe::local_expert(ids[(size_t)t * K + j], start, local, slot[t] >= 0);
+      if (e >= 0) mlp(gu.data() + (size_t)e * 2 * I * H, dn.data() + (size_t)e * H * I, I, wts[(size_t)t * K + j], false);
+    }
+    if (Is > 0) mlp(sgu.data(), sdn.data(), Is, 1.0 / (1.0 + std::exp(-(double)logits[(size_t)t * ld + E])), true);
+  }
+  // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes from the host.
+  if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");
+  if (gemv) {
+    MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+    MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+    if (shared_in_gemv) {
+      g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
+      g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
+    }
+    moe_gemv(DType::BF16, g1, true, moe::gemv_tokens(T), st);
+    moe_gemv(DType::BF16, g2, false, moe::gemv_tokens(T), st);
+  } else if (local > 0) {
+    const int tiles = moe::max_tiles(T, K, local);
+    moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
+    moe_gated_act(DType::BF16, d_exgu, d_meta, L, T * K, I, false, d_exact, st);
+    moe_mma(DType::BF16, {d_exact, false, d_dn, (size_t)H * I, H, I, d_exout, true, tiles, d_meta, L}, st);
+  }
+  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
+                            nullptr, 1e-6f, nullptr}, st);
+  const std::vector<float> part = download(d_part, (size_t)T * H);
+  const std::vector<int32_t> meta = download(d_meta, L.words);
+  const std::string tag = std::string("layer ") + name + " T=" + std::to_string(T);
+  check_meta(meta, L, ids, std::vector<int>(slot.begin(), slot.end()), T, K, start, local, tag);
+  double err = 0, mref = 0;
+  bool finite = true;
+  for (size_t i = 0; i < part.size(); ++i) {
+    finite &= std::isfinite(part[i]);
+    err = std::max(err, std::fabs(part[i] - ref[i]));
+    mref = std::max(mref, std::fabs(ref[i]));
+  }
+  // Both sides round the down products' inputs to bf16; what remains is f32 accumulation and a rare
+  // rounding flip of one activation.
+  bool ok = finite && err <= 3e-3 * mref;
+  expect(ok, tag + ": combine vs double-precision mixture of experts");
+  // The combine fused with the residual add and the next RMSNorm (tp 1): res += part, xb = bf16(rmsnorm(res) * w).
+  std::vector<float> res((size_t)T * H), nw(H);
+  for (auto& v : res) v = nd(rng);
+  for (auto& v : nw) v = 1.f + 0.1f * nd(rng);
+  float *d_res = upload(res), *d_nw = upload(nw);
+  bf* d_next = upload(std::vector<bf>((size_t)T * H));
+  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw,
+                            1e-6f, d_next}, st);
+  const std::vector<float> res2 = download(d_res, res.size());
+  const std::vector<bf> next = download(d_next, res.size());
+  double rerr = 0, nerr = 0;
+  for (int t = 0; t < T; ++t) {
+    double ss = 0;
+    for (int h = 0; h < H; ++h) {
+      const double r = res[(size_t)t * H + h] + part[(size_t)t * H + h];
+      rerr = std::max(rerr, std::fabs(res2[(size_t)t * H + h] - r));
+      ss += r * r;
+    }
+    const double inv = 1.0 / std::sqrt(ss / H + 1e-6);
+    for (int h = 0; h < H; ++h) {
+      const double want = res2[(size_t)t * H + h] * inv * nw[h];
+      nerr = std::max(nerr, std::fabs(f(next[(size_t)t * H + h]) - want) / (std::fabs(want) + 1e-3));
+    }
+  }
+  const bool fused_ok = rerr <= 1e-5 * (1 + mref) && nerr <= 1.6e-2;  // bf16 output (and the kRoundNorm rounding): 2^-7 relative
+  expect(fused_ok, tag + ": combine fused with residual add + RMSNorm");
+  ok &= fused_ok;
+  g_layers.push_back({tag + (local < E ? " rank " + std::to_string(rank) + "/" + std::to_string(tp) : ""), gemv, err, mref, ok});
+  for (void* p : {(void*)d_gu, (void*)d_dn, (void*)d_sgu, (void*)d_sdn, (void*)d_xb, (void*)d_logits, (void*)d_slot, (void*)d_meta,
+                  (void*)d_exgu, (void*)d_exact, (void*)d_exout, (void*)d_shact, (void*)d_shout, (void*)d_part, (void*)d_res,
+                  (void*)d_nw, (void*)d_next})
+    cudaFree(p);
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp prop{};
+  ck(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  g_pdl = prop.major >= 9;
+  std::mt19937 rng(7);
+  check_routing(rng);
+  // Qwen1.5-MoE-A2.7B's layer: decode 1 / 4 / 8 (GEMV, shared expert inside), 16 and 40 (GEMV, then
+  // tensor cores past T K > 4 E), one rank of tp 2; Mixtral-like (8 experts: tiles from 17 tokens).
+  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, rng);
+  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, rng);
+  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, rng);
+  bool ok = g_fail.empty();
+  std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"pdl\":%s,\"routeCases\":%d,\"firstFailure\":\"%s\",\"layers\":[", ok ? "true" : "false",
+              prop.name, g_pdl ? "true" : "false", g_route_cases, g_fail.c_str());
+  for (size_t i = 0; i < g_layers.size(); ++i)
+    std::printf("%s{\"case\":\"%s\",\"path\":\"%s\",\"maxErr\":%.3g,\"maxRef\":%.3g,\"ok\":%s}", i ? "," : "", g_layers[i].name.c_str(),
+                g_layers[i].gemv ? "gemv" : "mma", g_layers[i].err, g_layers[i].ref, g_layers[i].ok ? "true" : "false");
+  std::printf("]}\n");
+  return ok ? 0 : 1;
+}
