@@ -105,11 +105,11 @@ describe('refusals name the field', () => {
   }
 
   it('n, logit_bias, stop_token_ids, penalties, prompt and messages together', async () => {
-    expect(await invalid({ messages, n: 17 })).toMatch(/^n: must be an integer in \[1, 16\]/);
+    expect(await invalid({ messages, n: 17 })).toMatch(/^n: is 17, more than 16 \(--max-n\)/);
     expect(await invalid({ messages, logitBias: { 5000: 1 } })).toMatch(/^logit_bias: token 5000 is outside the vocabulary of 2048/);
     expect(await invalid({ messages, stopTokenIds: [4096] })).toMatch(/^stop_token_ids\[0\]: token id 4096 is outside/);
     expect(await invalid({ messages, presencePenalty: 3 })).toMatch(/^presence_penalty: must be in \[-2, 2\]/);
-    expect(await invalid({ messages, logprobs: 30 })).toMatch(/^logprobs: must be an integer in \[0, 20\]/);
+    expect(await invalid({ messages, logprobs: 30 })).toMatch(/^logprobs: is 30, more than 20 \(--max-logprobs\)/);
     expect(await invalid({ messages, prompt: 'x' })).toMatch(/^messages: give one of prompt, prompt_ids and messages/);
     expect(await invalid({ messages: [{ role: 'user', content: 'x'.repeat(20_000) }] })).toMatch(/^messages: /);
   });
