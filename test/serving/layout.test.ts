@@ -97,6 +97,20 @@ describe('step metadata codec', () => {
     bad[0] ^= 1;
     expect(() => decodeStep(bad)).toThrow(/bad magic/);
   });
+
+  it('round-trips the sampling extras; a corrupt extras count is an error before anything is read for it', () => {
+    const seq = { tokens: Int32Array.from([5]), pos: 3, blockTable: Int32Array.from([2]), sample: true, topK: 0, temperature: 1, topP: 1, seed: 9n,
+      sampling: { minP: Math.fround(0.1), repetitionPenalty: Math.fround(1.2), presencePenalty: 0, frequencyPenalty: Math.fround(0.5), promptLen: 1, logprobs: 3,
+        logitBiasIds: Int32Array.from([7]), logitBiasValues: Float32Array.from([-2]) } };
+    expect(decodeStep(encodeStep({ step: 4, seqs: [seq] }))).toEqual({ step: 4, seqs: [seq] });
+    // The first sequence's extras-word count sits after the header (3 words) and its 40 bytes of fixed fields.
+    const at = 12 + 40;
+    for (const [words, error] of [[0x7fffffff, /does not fit/], [-1, /negative count/], [3, /fewer than 7/]] as const) {
+      const bad = encodeStep({ step: 4, seqs: [seq] });
+      new DataView(bad.buffer, bad.byteOffset).setInt32(at, words, true);
+      expect(() => decodeStep(bad)).toThrow(error);
+    }
+  });
 });
 
 describe('continuous-batching scheduler', () => {
