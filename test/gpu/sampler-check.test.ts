@@ -5,22 +5,12 @@
 // of 8 mixed sequences (one graph bucket) must sample what each sequence samples alone.
 import { describe, expect, it } from 'vitest';
 
+import { rng } from '../helpers/rng.js';
 import { addon, device, gpuStatus, openCudaEngine, recordResult, root, titled } from './lib.mjs';
 
 const gpu = gpuStatus({ cuda: true });
 let failures: string[] = [];
 const fail = (what: string) => { failures.push(what); };
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const CONTROLS = [
   {},
