@@ -1,5 +1,6 @@
 // The public service nodespeed.v1.Inference: validation (INVALID_ARGUMENT naming the proto field;
-// the sampling rules are protocol/sampling.ts's), admission (RESOURCE_EXHAUSTED when the queue is
+// the request limits are protocol/limits.ts's, the sampling rules protocol/sampling.ts's; the HTTP
+// API validates through the same validateRequest), admission (RESOURCE_EXHAUSTED when the queue is
 // full), optional bearer-token auth, streaming of the driver's tokens, and cancellation/deadlines
 // propagated to the driver so it frees the KV blocks.
 import * as grpc from '@grpc/grpc-js';

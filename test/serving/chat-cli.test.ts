@@ -70,5 +70,10 @@ describe('nodespeed chat --model', () => {
     const code = await new Promise((res) => p.on('exit', res));
     expect(code).not.toBe(0);
     expect(err).toMatch(/py-tiny: this model has no chat template/);
+    // The server's token and TLS flags (shared with status and generate --server) mean nothing without --server.
+    const local = chat(['--auth-token-file', join(root, 'README.md')]);
+    local.p.stdin.end();
+    expect(await local.exited).not.toBe(0);
+    expect(local.err()).toMatch(/--auth-token-file only applies with --server/);
   });
 });

@@ -1,8 +1,8 @@
-// The coordinator behind the HTTP API: each OpenAI request is validated by the same rules as a
-// gRPC one (validateRequest; fields left out take generation_config.json's values, then OpenAI's
-// default temperature of 1) and admitted as its sequences, prompts x n, through the same request
-// store and router, so it is queued, routed, replayed after a failover and cancelled exactly like
-// a gRPC request.
+// The coordinator behind the HTTP API: each OpenAI request is validated by the same rules and
+// request limits as a gRPC one (validateRequest, which tokenizes off the event loop; fields left
+// out take generation_config.json's values, then OpenAI's default temperature of 1) and admitted as
+// its sequences, prompts x n, through the same request store and router, so it is queued, routed,
+// replayed after a failover and cancelled exactly like a gRPC request.
 import * as grpc from '@grpc/grpc-js';
 
 import { FinishReason } from '../../protocol/lifecycle.js';
