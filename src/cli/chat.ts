@@ -5,7 +5,7 @@
 import { createInterface } from 'node:readline';
 import type { Interface } from 'node:readline';
 
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 
 import { NodespeedClient } from '../client/index.js';
 import type { ClientOptions } from '../client/index.js';
@@ -204,9 +204,10 @@ export function register(program: Command): void {
   addServerFlags(cmd, 'with --server: ');
   samplingOptions(cmd)
     .action(async (o: ChatCliOptions) => {
-      if (!o.model === !o.server) throw new InvalidArgumentError('give exactly one of --model DIR and --server ADDR');
+      // cmd.error prints the message (an error thrown here would only set the exit code).
+      if (!o.model === !o.server) cmd.error('error: give exactly one of --model DIR and --server ADDR');
       const serverOnly = SERVER_FLAG_KEYS.filter((k) => o[k] !== undefined);
-      if (!o.server && serverOnly.length) throw new InvalidArgumentError(`--${serverOnly[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} only applies with --server`);
+      if (!o.server && serverOnly.length) cmd.error(`error: --${serverOnly[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} only applies with --server`);
       const backend = o.server ? serverChatBackend(o.server, o, clientOptions(o)) : await localChatBackend({ ...o, model: o.model! });
       try {
         await chatLoop(backend, { input: process.stdin, output: process.stdout, ...(o.system ? { system: o.system } : {}) });

@@ -1,7 +1,7 @@
 // `nodespeed chat` as a user runs it: a real process reading lines, the conversation kept between
 // turns (each reply equals the engine's greedy continuation of the whole conversation rendered
 // with the model's chat template), Ctrl-C stopping a reply and then leaving.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -71,9 +71,9 @@ describe('nodespeed chat --model', () => {
     expect(code).not.toBe(0);
     expect(err).toMatch(/py-tiny: this model has no chat template/);
     // The server's token and TLS flags (shared with status and generate --server) mean nothing without --server.
-    const local = chat(['--auth-token-file', join(root, 'README.md')]);
-    local.p.stdin.end();
-    expect(await local.exited).not.toBe(0);
-    expect(local.err()).toMatch(/--auth-token-file only applies with --server/);
+    const local = spawnSync(process.execPath, [BIN, 'chat', '--model', CHAT_TINY, '--auth-token-file', join(root, 'README.md')], { encoding: 'utf8', input: '' });
+    expect([local.status, local.stderr]).toEqual([1, expect.stringMatching(/--auth-token-file only applies with --server/)]);
+    const neither = spawnSync(process.execPath, [BIN, 'chat'], { encoding: 'utf8', input: '' });
+    expect([neither.status, neither.stderr]).toEqual([1, expect.stringMatching(/give exactly one of --model DIR and --server ADDR/)]);
   });
 });
