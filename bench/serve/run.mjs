@@ -1,12 +1,15 @@
 #!/usr/bin/env node
-// Serving benchmark through the public gRPC API of a real `nodespeed launch` (coordinator +
-// worker processes): batch-1 decode tokens/s at tp=1 and tp=2, and generated tokens/s with many
-// concurrent streams at tp=1, in one run, optionally beside HF transformers (bench/decode/hf_generate.py,
-// GPU hosts). Writes bench/results/serve-<device>-<timestamp>.json.
+// Serving benchmark through the public APIs of a real `nodespeed launch` (coordinator +
+// worker processes): batch-1 decode tokens/s at tp=1 and tp=2 (gRPC), and generated tokens/s with
+// many concurrent streams at tp=1 through gRPC and then through the OpenAI HTTP API (streamed
+// /v1/completions, as vLLM's benchmark_serving sends them) on the same cluster, each with TTFT, TPOT
+// and ITL percentiles; optionally beside HF transformers (bench/decode/hf_generate.py, GPU hosts).
+// Writes bench/results/serve-<device>-<timestamp>.json.
 //
 //   npm run build && node bench/serve/run.mjs [--model DIR] [--device cpu|cuda] [--streams 64]
 //        [--prompt-len 512] [--new-tokens 256] [--decode-tokens 128] [--hf] [--launch-args='--max-batch-tokens 4096'] (the = form: the value starts with --)
-//        [--precisions bf16,int8,fp8,fp8+kv-fp8]
+//        [--precisions bf16,int8,fp8,fp8+kv-fp8] [--api-rounds 2] (HTTP vs gRPC, first precision only: rounds of one
+//        run each, in A B B A order, after the first gRPC run; 0: none)
 // CPU defaults (py-tiny, context 512): --prompt-len 128 --new-tokens 128.
 // --precisions: after the first precision (every --tp), each further one at tp 1 (--quantize /
 // --kv-cache-dtype, docs/QUANTIZATION.md): batch 1 and the concurrent streams, their ratio to bf16
@@ -35,6 +38,7 @@ const { values: a } = parseArgs({
     hf: { type: 'boolean', default: false },
     'launch-args': { type: 'string', default: '' },
     precisions: { type: 'string', default: 'bf16' },
+    'api-rounds': { type: 'string', default: '2' },
     out: { type: 'string' },
   },
 });
@@ -48,6 +52,7 @@ const PRECISION_FLAGS = { bf16: [], int8: ['--quantize', 'int8'], fp8: ['--quant
   'bf16+kv-fp8': ['--kv-cache-dtype', 'fp8'] };
 const precisions = a.precisions.split(',');
 for (const p of precisions) if (!PRECISION_FLAGS[p]) { console.error(`--precisions: ${p} is not one of ${Object.keys(PRECISION_FLAGS).join(', ')}`); process.exit(1); }
+const apiRounds = Number(a['api-rounds']);
 
 const clientModule = join(root, 'dist', 'client', 'index.js');
 if (!existsSync(clientModule) || !existsSync(join(root, 'dist', 'worker', 'main.js'))) {
@@ -66,7 +71,7 @@ function launch(tp, extra = []) {
   const workers = gpu ? ['--num_gpus', String(tp)] : ['--num_cpu_workers', String(tp)];
   const blocks = a['kv-blocks'] ?? String(Math.ceil(((promptLen + newTokens) / 16 + 1) * (streams + 1)));
   const args = [join(root, 'bin', 'nodespeed'), 'launch', '--model', a.model, '--device', a.device, '--tp', String(tp),
-    '--port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks, ...workers, ...extra,
+    '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks, ...workers, ...extra,
     ...a['launch-args'].split(' ').filter(Boolean)];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
@@ -76,7 +81,8 @@ function launch(tp, extra = []) {
     proc.stdout.on('data', (d) => {
       out += d;
       const line = out.split('\n').find((l) => l.startsWith('nodespeed ready '));
-      if (line) resolveReady({ proc, address: line.split(' ')[2], stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
+      if (line) resolveReady({ proc, address: line.split(' ')[2], http: line.match(/ http=(\S+)/)?.[1],
+        stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
     });
     proc.once('exit', (code) => reject(new Error(`launch exited with ${code}:\n${err}`)));
   });
@@ -88,17 +94,61 @@ function promptIds(len, salt) {
   return Array.from({ length: len }, (_, i) => 2 + ((i * 7919 + salt * 104729) % (v - 2)));
 }
 
+// One stream's timing, as vLLM's benchmark_serving measures it: TTFT (request to the first token),
+// ITL (the gaps between successive token-carrying messages), TPOT ((latency - TTFT) / (tokens - 1)).
+function timing(t0, arrivals, n) {
+  const first = arrivals[0], last = arrivals[arrivals.length - 1];
+  const itls = arrivals.slice(1).map((t, i) => t - arrivals[i]);
+  return { n, ttftMs: first - t0, itls, tpotMs: n > 1 ? (last - first) / (n - 1) : 0,
+    decodeTokS: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, wallMs: performance.now() - t0 };
+}
+
 async function streamOne(client, req) {
   const t0 = performance.now();
-  let first, last, n = 0;
+  const arrivals = [];
+  let n = 0;
   for await (const m of client.generate(req)) {
     if (m.tokenIds.length) {
-      first ??= performance.now();
-      last = performance.now();
+      arrivals.push(performance.now());
       n += m.tokenIds.length;
     }
   }
-  return { n, ttftMs: first - t0, decodeTokS: n > 1 ? ((n - 1) * 1000) / (last - first) : 0, wallMs: performance.now() - t0 };
+  return timing(t0, arrivals, n);
+}
+
+// The same request through POST /v1/completions with stream: true: server-sent events read off the
+// socket as they come (fetch's body stream), token count from the final usage chunk.
+async function streamHttp(base, req) {
+  const t0 = performance.now();
+  const res = await fetch(`http://${base}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: '', prompt: req.promptIds, max_tokens: req.maxTokens, ignore_eos: true, temperature: 0, stream: true,
+      stream_options: { include_usage: true } }),
+  });
+  if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  const arrivals = [];
+  let n = 0, buf = '';
+  const dec = new TextDecoder();
+  for await (const bytes of res.body) {
+    buf += dec.decode(bytes, { stream: true });
+    let at;
+    while ((at = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, at);
+      buf = buf.slice(at + 2);
+      if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
+      const chunk = JSON.parse(ev.slice(6));
+      if (chunk.usage) n = chunk.usage.completion_tokens;
+      if (chunk.choices?.[0]?.text) arrivals.push(performance.now());
+    }
+  }
+  return timing(t0, arrivals, n);
+}
+
+// Mean, median, p90, p99 (vLLM's benchmark_serving reports mean, median and p99; p90 for the tail shape).
+function stats(xs) {
+  const v = [...xs].sort((x, y) => x - y);
+  const pct = (p) => v[Math.min(v.length - 1, Math.max(0, Math.ceil((p / 100) * v.length) - 1))];
+  return { mean: v.reduce((a, b) => a + b, 0) / v.length, median: pct(50), p90: pct(90), p99: pct(99) };
 }
 
 async function batch1(client) {
@@ -109,11 +159,13 @@ async function batch1(client) {
   return { median_decode_tok_s: runs[1].decodeTokS, ttft_ms: runs[1].ttftMs, runs: runs.map((r) => r.decodeTokS) };
 }
 
-async function concurrent(client) {
-  await streamOne(client, { promptIds: promptIds(promptLen, 999), maxTokens: 4, ignoreEos: true }); // warm-up
+/** `streams` concurrent streams through `one` (gRPC or HTTP); both runs use the same prompts. */
+async function concurrent(client, one) {
+  await one({ promptIds: promptIds(promptLen, 999), maxTokens: 4, ignoreEos: true }); // warm-up
+  const before = await client.clusterStatus();
   const t0 = performance.now();
   const res = await Promise.all(Array.from({ length: streams }, (_, i) =>
-    streamOne(client, { promptIds: promptIds(promptLen, i + 10), maxTokens: newTokens, ignoreEos: true })));
+    one({ promptIds: promptIds(promptLen, i + 10), maxTokens: newTokens, ignoreEos: true })));
   const wall = (performance.now() - t0) / 1000;
   const generated = res.reduce((s, r) => s + r.n, 0);
   const status = await client.clusterStatus();
@@ -121,10 +173,15 @@ async function concurrent(client) {
   return {
     streams, prompt_len: promptLen, new_tokens: newTokens, generated_tokens: generated, wall_s: wall,
     generated_tok_s: generated / wall, ttft_ms_p50: ttfts[Math.floor(ttfts.length / 2)], ttft_ms_max: ttfts[ttfts.length - 1],
-    max_step_batch: status.replicas[0].maxStepBatch, steps: Number(status.replicas[0].steps),
+    ttft_ms: stats(ttfts), tpot_ms: stats(res.map((r) => r.tpotMs)), itl_ms: stats(res.flatMap((r) => r.itls)),
+    max_step_batch: status.replicas[0].maxStepBatch, steps: Number(status.replicas[0].steps) - Number(before.replicas[0].steps),
     start_epoch_ms: performance.timeOrigin + t0,  // lines up with NODESPEED_STEP_TRACE's epochMs
   };
 }
+
+const line = (name, c) => `tp=1 ${name}: ${streams} streams x ${newTokens} tokens (prompt ${promptLen}): ${c.generated_tok_s.toFixed(1)} generated tok/s; ` +
+  `TTFT median ${c.ttft_ms.median.toFixed(1)} / p99 ${c.ttft_ms.p99.toFixed(1)} ms, TPOT median ${c.tpot_ms.median.toFixed(2)} / p99 ${c.tpot_ms.p99.toFixed(2)} ms, ` +
+  `ITL median ${c.itl_ms.median.toFixed(2)} / p99 ${c.itl_ms.p99.toFixed(2)} ms`;
 
 // NODESPEED_COMMIT first: a copy of the tree may carry no .git, or another checkout's.
 const { settings } = await import(pathToFileURL(join(root, 'dist', 'settings', 'index.js')).href);
@@ -139,7 +196,7 @@ const result = {
   // The load average at the start: on a shared machine, other work competes for the cores.
   machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
   command: `node bench/serve/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),
-  batch1: {}, concurrent: null, hf: null,
+  batch1: {}, concurrent: null, concurrent_http: null, hf: null,
 };
 const byPrecision = {};
 for (const [i, p] of precisions.entries()) {
@@ -155,8 +212,32 @@ for (const [i, p] of precisions.entries()) {
       r.precision = status.replicas[0].precision;
       console.error(`${p} tp=${tp}: batch-1 decode ${r.batch1[`tp${tp}`].median_decode_tok_s.toFixed(1)} tok/s`);
       if (tp === 1) {
-        r.concurrent = await concurrent(client);
-        console.error(`${p} tp=1: ${streams} streams x ${newTokens} tokens (prompt ${promptLen}): ${r.concurrent.generated_tok_s.toFixed(1)} generated tok/s`);
+        const grpcOne = (req) => streamOne(client, req);
+        r.concurrent = await concurrent(client, grpcOne);
+        console.error(line(`${p} gRPC`, r.concurrent));
+        if (i === 0 && apiRounds > 0) {
+          if (!c.http) throw new Error('bench/serve: the ready line has no http= address');
+          // HTTP beside gRPC on the same cluster. The first gRPC run above also warms every batch size
+          // (CUDA graph captures, allocator growth), so the comparison uses only the runs after it,
+          // alternated HTTP gRPC gRPC HTTP ... so that neither API always runs first or on a warmer GPU.
+          const httpOne = (req) => streamHttp(c.http, req);
+          const rounds = [];
+          for (let k = 0; k < apiRounds; k++) {
+            const order = k % 2 === 0 ? ['http', 'grpc'] : ['grpc', 'http'];
+            const round = {};
+            for (const api of order) {
+              round[api] = await concurrent(client, api === 'http' ? httpOne : grpcOne);
+              console.error(line(`round ${k + 1} ${api === 'http' ? 'HTTP' : 'gRPC'}`, round[api]));
+            }
+            rounds.push(round);
+          }
+          result.concurrent_http = rounds[rounds.length - 1].http;
+          result.api_rounds = rounds.map((x) => ({ grpc: x.grpc, http: x.http, http_over_grpc: x.http.generated_tok_s / x.grpc.generated_tok_s }));
+          const sum = (api) => rounds.reduce((t, x) => t + x[api].generated_tok_s, 0);
+          result.http_over_grpc = sum('http') / sum('grpc');
+          console.error(`HTTP / gRPC generated tok/s over ${apiRounds} rounds: ${result.http_over_grpc.toFixed(3)} ` +
+            `(per round ${result.api_rounds.map((x) => x.http_over_grpc.toFixed(3)).join(', ')})`);
+        }
       }
     } finally {
       client.close();

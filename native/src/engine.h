@@ -127,11 +127,36 @@ struct ShardConfig {
   bool kv_fp8 = false;
 };
 
+// Most top logprobs a sequence can ask for per token (OpenAI's limit).
+constexpr int kMaxLogprobs = 20;
+
+struct LogitBias {
+  int32_t token;
+  float bias;
+};
+
+// Per-sequence sampling, in this order (docs/ENGINE.md "Sampling"): logit bias; the repetition
+// penalty (transformers' definition: every token of the prompt and of the output so far, logit / p
+// when positive, logit * p otherwise); frequency and presence penalties (OpenAI's: output tokens
+// only, logit - f * count - p * [count > 0]); logprobs are the log-softmax of these logits; then
+// temperature, top-k, top-p, min-p and one seeded draw.
 struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy
   int top_k = 0;            // 0 = off
   float top_p = 1.f;        // 1 = off
+  float min_p = 0.f;        // 0 = off: keep tokens with p >= min_p * p(most likely)
   uint64_t seed = 0;
+  float repetition_penalty = 1.f;  // 1 = off
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  // Positions below prompt_len hold the prompt; the penalties tell prompt and output tokens apart
+  // by position (a replayed request feeds both again from position 0).
+  int prompt_len = 0;
+  const LogitBias* logit_bias = nullptr;  // distinct tokens; host memory valid for the step
+  int n_logit_bias = 0;
+  int logprobs = -1;  // -1: none; 0..kMaxLogprobs: the sampled token's logprob and this many top ones
+
+  bool penalized() const { return repetition_penalty != 1.f || presence_penalty != 0.f || frequency_penalty != 0.f; }
 };
 
 // One sequence's slice of a step: n_tokens new tokens starting at absolute position pos.
@@ -139,7 +164,9 @@ struct SamplingParams {
 // block_table maps logical block i (positions [i*B, (i+1)*B)) to a physical KV block; it must
 // cover positions [0, pos + n_tokens).
 struct SeqInput {
-  const int32_t* tokens = nullptr;  // n_tokens ids (first stage); ignored on later stages
+  // n_tokens ids. The first stage embeds them; the last stage reads them too when the sequence has
+  // penalties (its token counts are built from what each step feeds).
+  const int32_t* tokens = nullptr;
   int n_tokens = 0;
   int pos = 0;
   const int32_t* block_table = nullptr;
@@ -159,6 +186,12 @@ struct StepInput {
 
 struct StepOutput {
   std::vector<int32_t> sampled;       // one per seq with sample=true (last stage)
+  // Filled when a sampled seq asked for logprobs, one entry (of kMaxLogprobs for the top ones) per
+  // sampled seq: the sampled token's logprob (NaN for a seq that asked for none) and the most likely
+  // tokens, best first (lowest id among equals), id -1 past the number it asked for.
+  std::vector<float> sampled_logprob;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
   std::vector<float> logits;          // want_logits: per seq, last (or all) positions x vocab
   std::vector<uint8_t> hidden_out;    // non-last stage: [total_tokens, hidden] in compute dtype
 };

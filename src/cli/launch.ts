@@ -26,6 +26,7 @@ import { DEFAULT_REQUEST_LIMITS } from '../protocol/limits.js';
 import { addQuantizeOptions } from './quantize-flags.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { QuantizeChoice } from '../model/quantization.js';
+import { MAX_LOGPROBS } from '../protocol/sampling.js';
 
 export interface LaunchFlags {
   model: string;
@@ -50,6 +51,7 @@ export interface LaunchFlags {
   joinTimeout: number;
   spares: number;
   metricsPort?: number;
+  httpPort: number;
   allowTpAcrossHosts: boolean;
   /** Refused: a token on the command line is visible in ps (see authTokenFile). */
   authToken?: string;
@@ -82,10 +84,11 @@ export interface ServingDefaults {
   tp: number;
   device: 'auto' | 'cpu' | 'cuda';
   port: number;
+  httpPort: number;
   bind: string;
 }
 
-const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, bind: '0.0.0.0' };
+const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, httpPort: 8000, bind: '0.0.0.0' };
 
 /** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
 export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
@@ -117,6 +120,10 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http(s)://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
+    .option('--http-port <port>', 'serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health; ' +
+      '/metrics too when metrics are on) at http(s)://<bind>:<port> with the same TLS, token and request limits as the gRPC API ' +
+      '(0: any free port; printed on the ready line as http=)',
+      portArg('--http-port'), d.httpPort)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token-file <file>', 'require "authorization: Bearer <token>" on the API and /metrics, the token being the file\'s first line ' +
       '(or NODESPEED_AUTH_TOKEN in this process\'s environment); never passed to workers')
@@ -130,7 +137,8 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
     .option('--max-stop-strings <n>', 'most stop strings per request', intArg('--max-stop-strings', 0), DEFAULT_REQUEST_LIMITS.stopStrings)
     .option('--max-stop-chars <n>', 'most characters of stop strings per request, in total', intArg('--max-stop-chars', 0), DEFAULT_REQUEST_LIMITS.stopChars)
     .option('--max-n <n>', 'most completions per request (n)', intArg('--max-n', 1), DEFAULT_REQUEST_LIMITS.n)
-    .option('--max-logprobs <n>', 'most log-probabilities per token (logprobs)', intArg('--max-logprobs', 0), DEFAULT_REQUEST_LIMITS.logprobs)
+    .option('--max-logprobs <n>', `most top log-probabilities per token (logprobs; at most ${MAX_LOGPROBS}, what the sampler computes)`,
+      intArg('--max-logprobs', 0, MAX_LOGPROBS), DEFAULT_REQUEST_LIMITS.logprobs)
     .option('--quarantine-after <n>', 'fail a request instead of replaying it again once it was in flight through this many replica losses',
       intArg('--quarantine-after', 1), 2)
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
@@ -238,6 +246,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   await checkCheckpoint(f.model);
   await checkPortFree('--port', f.bind, f.port);
   await checkPortFree('--metrics-port', f.bind, f.metricsPort);
+  await checkPortFree('--http-port', f.bind, f.httpPort);
   const bar = f.progress ? loadBar() : undefined;
   activeBar = bar;
   try {
@@ -249,6 +258,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000, allowTpAcrossHosts: f.allowTpAcrossHosts,
       stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: f.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
+      httpPort: f.httpPort,
       ...(authToken ? { authToken } : {}), ...(tls ? { tls } : {}),
       controlPort: f.controlPort, encryptDataPlane: f.encryptDataPlane, quarantineAfter: f.quarantineAfter,
       limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs },
@@ -304,7 +314,9 @@ export function register(program: Command): void {
       'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
     const p = cluster.precision;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      // http= before metrics=: the line's existing fields keep their places.
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
+      `tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
       `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
     await new Promise<void>((resolve) => {
       let stopping = false;

@@ -76,10 +76,8 @@ export class NodespeedClient {
     c.signal?.addEventListener('abort', onAbort, { once: true });
     let finished = false;
     try {
-      for await (const m of call as AsyncIterable<GenerateResponseMsg>) {
-        yield m;
-        if (m.finishReason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
-      }
+      for await (const m of call as AsyncIterable<GenerateResponseMsg>) yield m;
+      finished = true;  // the server ended the stream: every sequence finished (n > 1 streams several)
     } catch (err) {
       throw wrap(err);
     } finally {

@@ -4,6 +4,7 @@
 // the one place where a request ends.
 import type * as grpc from '@grpc/grpc-js';
 
+import type { TokenLogprobs } from '../protocol/api.js';
 import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 
@@ -14,6 +15,8 @@ export interface RequestUpdate {
   index: number;
   /** UNSPECIFIED until the last update. */
   finishReason: FinishReason;
+  /** One per token id when the request asked for logprobs. */
+  logprobs?: TokenLogprobs[];
 }
 
 /** Where a request's output goes (the API call that accepted it). */

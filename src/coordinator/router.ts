@@ -104,6 +104,7 @@ export class Router {
       rec.tokens.push(...fresh);
       rec.text += u.text;
       const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason };
+      if (u.logprobs.length) update.logprobs = u.logprobs.slice(skip);
       if (u.finishReason === FinishReason.FINISH_REASON_UNSPECIFIED) rec.sink.update(update);
       else this.store.finish(rec, { status: RequestStatus.FINISHED, last: update });
     }

@@ -9,13 +9,15 @@ import { fileURLToPath } from 'node:url';
 import { planLayout } from '../coordinator/layout.js';
 import type { HostSlots, Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
-import { loadModelConfig } from '../model/config.js';
-import type { ModelConfig } from '../model/config.js';
+import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
+import type { GenerationConfig, ModelConfig } from '../model/config.js';
+import type { ModelSamplingDefaults } from '../protocol/sampling.js';
 import { planShard } from '../model/weights.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import { fp8Refusal, precisionOf } from '../model/precision.js';
 import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
+import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
 import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
 import type { RequestLimits } from '../protocol/limits.js';
@@ -70,6 +72,8 @@ export interface ClusterOptions {
   spares?: number;
   /** See CoordinatorOptions.metricsPort. */
   metricsPort?: number;
+  /** See CoordinatorOptions.httpPort. */
+  httpPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   ssh?: SshOptions;
@@ -95,6 +99,8 @@ export interface Cluster {
   metricsAddress?: string;
   /** What every replica computes with. */
   precision: Precision;
+  /** host:port of the OpenAI-compatible HTTP API, when it is on. */
+  httpAddress?: string;
   stop(reason?: string): Promise<void>;
 }
 
@@ -170,6 +176,21 @@ export async function controlHost(p: Placement, advertise?: string): Promise<str
   return remote ? routeTo(remote.host) : '127.0.0.1';
 }
 
+/**
+ * generation_config.json's sampling values, the defaults of requests that leave them out (as
+ * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
+ * means greedy in transformers).
+ */
+export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
+  const d: ModelSamplingDefaults = {};
+  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
+  if (g.topK !== undefined) d.topK = g.topK;
+  if (g.topP !== undefined) d.topP = g.topP;
+  if (g.minP !== undefined) d.minP = g.minP;
+  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
+  return d;
+}
+
 const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
 
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
@@ -206,6 +227,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank })),
     shrink: { config, device: o.device, dtype: o.dtype, quantize, kvCacheDtype, kvBlocks: o.kvBlocks, allowTpAcrossHosts: o.allowTpAcrossHosts },
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
+    ...(o.httpPort !== undefined ? { httpPort: o.httpPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
     limits, ...(o.quarantineAfter !== undefined ? { quarantineAfter: o.quarantineAfter } : {}), ...(o.tls ? { tls: o.tls } : {}),
@@ -214,7 +236,10 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
       encode: (text: string) => tokenizers.encode(text),
+      encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
+      decode: (ids: number[]) => tokenizer.decode(ids),
       promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
+      defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },
   });
   const port = await coordinator.start();
@@ -297,6 +322,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? control : o.bind;
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}), precision,
-    stop };
+  const http = coordinator.httpApi;
+  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}),
+    ...(http ? { httpAddress: hostPort(host, http.port) } : {}), precision, stop };
 }

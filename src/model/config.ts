@@ -119,6 +119,8 @@ export interface GenerationConfig {
   temperature?: number;
   topK?: number;
   topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
   maxNewTokens?: number;
   doSample?: boolean;
 }
@@ -351,6 +353,8 @@ export function loadGenerationConfig(dir: string): GenerationConfig {
   if (f.has('temperature')) g.temperature = f.num('temperature', (n) => n >= 0, 'a number >= 0');
   if (f.has('top_k')) g.topK = f.int('top_k', 0);
   if (f.has('top_p')) g.topP = f.num('top_p', (n) => n > 0 && n <= 1, 'in (0, 1]');
+  if (f.has('min_p')) g.minP = f.num('min_p', (n) => n >= 0 && n <= 1, 'in [0, 1]');
+  if (f.has('repetition_penalty')) g.repetitionPenalty = f.num('repetition_penalty', (n) => n > 0, 'a number > 0');
   if (f.has('max_new_tokens')) g.maxNewTokens = f.int('max_new_tokens', 1);
   if (f.has('do_sample')) g.doSample = f.bool('do_sample', false);
   return g;

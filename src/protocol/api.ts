@@ -16,6 +16,9 @@ export type { ListModelsResponse, ListModelsResponseIn } from './generated/nodes
 export type { ModelInfo as ModelInfoMsg } from './generated/nodespeed/v1/ModelInfo.js';
 export type { ReplicaStatus as ReplicaStatusMsg } from './generated/nodespeed/v1/ReplicaStatus.js';
 export type { Usage as UsageMsg } from './generated/nodespeed/v1/Usage.js';
+export type { TokenLogprobs, TokenLogprobsIn } from './generated/nodespeed/v1/TokenLogprobs.js';
+export type { ChatMessage as ChatMessageMsg } from './generated/nodespeed/v1/ChatMessage.js';
+export type { CompleteChoice as CompleteChoiceMsg, CompleteChoiceIn } from './generated/nodespeed/v1/CompleteChoice.js';
 export type { WorkerStatus as WorkerStatusMsg } from './generated/nodespeed/v1/WorkerStatus.js';
 
 /** A GenerateRequest as a client writes it; the seed may also be a bigint (it is a uint64). */

@@ -104,7 +104,7 @@ class Epoch {
     }, (err: unknown) => {
       this.replaying.delete(s.requestId);
       if (!state.cancelled && !this.aborted) this.refuse({ requestId: s.requestId, tokenIds: [], text: '', index: 0,
-        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}` });
+        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}`, logprobs: [] });
     });
   }
 

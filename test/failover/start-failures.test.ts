@@ -150,7 +150,7 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
     writeFileSync(failFlag, 'hang');
     try {
       const t0 = Date.now();
-      const r = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--port', '0', '--bind', '127.0.0.1', '--no-progress',
+      const r = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
         '--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--join-timeout', '2'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
       expect(r.status, r.stderr).toBe(1);
       expect(r.stdout).not.toContain('nodespeed ready');

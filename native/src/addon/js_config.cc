@@ -136,6 +136,48 @@ uint64_t ParseSeed(const Napi::Value& v, const std::string& field) {
   throw Napi::TypeError::New(v.Env(), field + " must be a number or a bigint");
 }
 
+void ParseSamplingExtras(const Napi::Value& v, SamplingParams* p, std::vector<LogitBias>* bias, const std::string& field) {
+  if (v.IsUndefined() || v.IsNull()) return;
+  Napi::Env env = v.Env();
+  if (!v.IsObject()) Bad(env, field + " must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  const std::string pre = field + ".";
+  p->min_p = Float(o, "minP", p->min_p, pre);
+  p->repetition_penalty = Float(o, "repetitionPenalty", p->repetition_penalty, pre);
+  p->presence_penalty = Float(o, "presencePenalty", p->presence_penalty, pre);
+  p->frequency_penalty = Float(o, "frequencyPenalty", p->frequency_penalty, pre);
+  p->prompt_len = Int(o, "promptLen", p->prompt_len, pre);
+  p->logprobs = Int(o, "logprobs", p->logprobs, pre);
+  Napi::Value ids = o.Get("logitBiasIds"), vals = o.Get("logitBiasValues");
+  if (ids.IsUndefined() && vals.IsUndefined()) return;
+  if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    Bad(env, pre + "logitBiasIds must be an Int32Array");
+  if (!vals.IsTypedArray() || vals.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    Bad(env, pre + "logitBiasValues must be a Float32Array");
+  Napi::Int32Array a = ids.As<Napi::Int32Array>();
+  Napi::Float32Array b = vals.As<Napi::Float32Array>();
+  if (a.ElementLength() != b.ElementLength()) Bad(env, pre + "logitBiasIds and logitBiasValues differ in length");
+  bias->resize(a.ElementLength());
+  for (size_t i = 0; i < a.ElementLength(); ++i) (*bias)[i] = {a[i], b[i]};
+  p->logit_bias = bias->data();
+  p->n_logit_bias = static_cast<int>(bias->size());
+}
+
+Napi::Value LogprobsToJs(Napi::Env env, const StepOutput& out) {
+  if (out.sampled_logprob.empty()) return env.Undefined();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Float32Array sampled = Napi::Float32Array::New(env, out.sampled_logprob.size());
+  std::copy(out.sampled_logprob.begin(), out.sampled_logprob.end(), sampled.Data());
+  Napi::Int32Array ids = Napi::Int32Array::New(env, out.top_ids.size());
+  std::copy(out.top_ids.begin(), out.top_ids.end(), ids.Data());
+  Napi::Float32Array top = Napi::Float32Array::New(env, out.top_logprobs.size());
+  std::copy(out.top_logprobs.begin(), out.top_logprobs.end(), top.Data());
+  o.Set("sampled", sampled);
+  o.Set("topIds", ids);
+  o.Set("top", top);
+  return o;
+}
+
 ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   ShardConfig c;
   Napi::Env env = o.Env();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cpu {
@@ -117,6 +118,7 @@ class CpuBackend final : public Backend {
 
   Scratch s_;
   std::vector<std::pair<float, int>> sample_scratch_;
+  PenaltyHistories penalties_;  // last stage: token counts of the sequences with penalties
 };
 
 }  // namespace ns::cpu

@@ -52,7 +52,11 @@ void CpuBackend::forward(const StepInput& in, StepOutput& out) {
   out.sampled.clear();
   out.logits.clear();
   out.hidden_out.clear();
+  out.sampled_logprob.clear();
+  out.top_ids.clear();
+  out.top_logprobs.clear();
   if (T == 0) return;
+  if (cfg_.has_head) feed_penalties(penalties_, in);
   prepare(in, T);
   embed(in, T);
   for (int l = 0; l < n_layers_; ++l) {
@@ -98,6 +102,7 @@ void CpuBackend::validate(const StepInput& in) const {
                                       std::to_string(cfg_.vocab_size) + ")");
     if (cfg_.has_head && s.sampling.temperature < 0)
       throw std::invalid_argument(seq_name(i) + ": temperature must be >= 0");
+    if (cfg_.has_head) check_sampling(s.sampling, cfg_.vocab_size, seq_name(i));
   }
 }
 
@@ -422,12 +427,25 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   }
   const size_t ld = cfg_.tp_size > 1 ? size_t(V) : size_t(W);  // W == V when tp_size == 1
 
+  bool any_logprobs = false;
+  for (const auto& s : in.seqs) any_logprobs |= s.sample && s.sampling.logprobs >= 0;
   r = 0;
   for (const auto& s : in.seqs) {
     const int rows = s.all_logits ? s.n_tokens : (s.sample || in.want_logits) ? 1 : 0;
     if (s.sample) {
-      const float* last = full + size_t(r + rows - 1) * ld;
-      out.sampled.push_back(sample(last, V, s.sampling, int64_t(s.pos) + s.n_tokens, sample_scratch_));
+      // Our own buffer: biased and penalized in place, so returned logits are the ones sampled from.
+      float* last = const_cast<float*>(full) + size_t(r + rows - 1) * ld;
+      apply_bias_and_penalties(last, V, s.sampling, s.sampling.penalized() ? &penalties_.tokens(s.block_table[0]) : nullptr);
+      const int id = sample(last, V, s.sampling, int64_t(s.pos) + s.n_tokens, sample_scratch_);
+      out.sampled.push_back(id);
+      if (any_logprobs) {
+        const size_t j = out.sampled_logprob.size();
+        out.sampled_logprob.push_back(NAN);
+        out.top_ids.resize((j + 1) * kMaxLogprobs, -1);
+        out.top_logprobs.resize((j + 1) * kMaxLogprobs, NAN);
+        if (s.sampling.logprobs >= 0)
+          logprobs(last, V, id, s.sampling.logprobs, &out.sampled_logprob[j], &out.top_ids[j * kMaxLogprobs], &out.top_logprobs[j * kMaxLogprobs]);
+      }
     }
     if (in.want_logits)
       for (int i = 0; i < rows; ++i) out.logits.insert(out.logits.end(), full + size_t(r + i) * ld, full + size_t(r + i) * ld + V);

@@ -600,7 +600,8 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
   }
   const size_t need_logits = (size_t)4 * R * c.vocab_size;
   const size_t need_ws = (size_t)4 * attn_ws_floats;
-  const size_t need_ids = (size_t)4 * std::max(n_sample, 1);
+  // Sampled ids, then each sampled row's logprob words (kernels.h, kLogprobWords).
+  const size_t need_ids = (size_t)4 * (1 + kLogprobWords) * std::max(n_sample, 1);
   if (need_logits > logits_.bytes || need_ws > attn_ws_.bytes || need_ids > ids_.bytes) {
     ++epoch_;
     NS_CUDA(cudaStreamSynchronize(stream_));

@@ -18,6 +18,7 @@
 #include "cuda/cublas_api.h"
 #include "cuda/kernels.h"
 #include "cuda/lt_gemm.h"
+#include "common/penalties.h"
 #include "cuda/moe_plan.h"
 #include "engine.h"
 
@@ -85,7 +86,8 @@ class CudaBackend final : public Backend {
     int n_tiles = 0, n_simt = 0;
     bool flash_short = false;  // the short sequences take flash tiles too (flash_decode_min_)
     bool copy_logits = false;
-    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
+    bool any_logprobs = false;  // a sampled row asked for logprobs: copy them back
+    size_t extras_ptr, tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
   };
   // warmed: the family forward runs a bucket's first step eagerly (its kernels and cuBLAS's get
@@ -208,6 +210,13 @@ class CudaBackend final : public Backend {
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
+  // Logit-bias and penalty lists of the step's sampled rows (SampleRow offsets point here; the
+  // metadata holds this buffer's address, so it can move without invalidating captured graphs).
+  DeviceBuffer extras_;
+  PinnedBuffer extras_host_;
+  size_t extras_words_ = 0;
+  std::vector<int32_t> extras_build_;
+  PenaltyHistories penalties_;
   // Decode CUDA graphs per batch bucket (cuda_graph.cu). Captured kernels hold buffer addresses, so
   // any reallocation of scratch (epoch_ bump) invalidates them.
   bool use_graphs_ = true;

@@ -6,7 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cuda {
@@ -111,8 +113,34 @@ void dequantize(DType act, DType wt, const void* q, const float* scale, int N, i
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.
 void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s);
 
-// Per sampled row i: params[4 * i ..] = {temperature, top_k, top_p, uniform}; logits rows[i].
-void sample(const float* logits, int V, const int32_t* rows, const float* params, int n, int32_t* out,
-            cudaStream_t s);
+// One sampled row's parameters in the packed step metadata (16 words; all zero = greedy, nothing else).
+struct SampleRow {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  float uniform;  // the draw, ns::sampling_uniform(seed, position)
+  float min_p;
+  float repetition_penalty;  // 0 (padding) reads as off, like 1
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t bias_off, bias_n;  // {token, bias bits} pairs at extras[bias_off ..]
+  int32_t pen_off, pen_n;    // {token, output count, in prompt} triples at extras[pen_off ..]
+  int32_t logprobs;          // top logprobs asked for + 1; 0 = none
+  int32_t pad[3];
+};
+static_assert(sizeof(SampleRow) == 64, "SampleRow is 16 words of the metadata buffer");
+// A sampled row's SampleRow for `p` (draw `uniform`); its logit-bias list and its penalty
+// `counts` (nullptr: none) are appended to `extras`, which the row's offsets then point into.
+SampleRow pack_sample_row(const SamplingParams& p, float uniform, const std::vector<PenaltyToken>* counts,
+                          std::vector<int32_t>& extras);
+// Words per sampled row of the logprob output: the sampled token's logprob, kMaxLogprobs ids, kMaxLogprobs logprobs.
+constexpr int kLogprobWords = 1 + 2 * kMaxLogprobs;
+
+// Samples rows[i] of `logits` [*, V] for each of the n rows with params[i]; biases and penalizes
+// those rows in place first. `extras` is the device address where the extras buffer's address is
+// stored (so a captured graph follows it when it moves). out[i]: the id; lp_out[i * kLogprobWords]:
+// the logprobs of the rows that ask for them.
+void sample(float* logits, int V, const int32_t* rows, const SampleRow* params, const int32_t* const* extras, int n,
+            int32_t* out, float* lp_out, cudaStream_t s);
 
 }  // namespace ns::cuda
