@@ -172,6 +172,9 @@ export async function serveMetrics(registry: Registry, bind: string, port: numbe
     );
   };
   const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
+  // Node's 5 s default races a scraper that reuses its connection after an idle pause (it sends on a
+  // socket the server is closing: "other side closed"); a minute, as the HTTP API keeps them.
+  server.keepAliveTimeout = 65_000;
   const host = bind.includes(':') ? `[${bind}]` : bind;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`--metrics-port: cannot listen on ${host}:${port}: ${err.message}`)));
