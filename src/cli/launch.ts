@@ -304,21 +304,10 @@ export function register(program: Command): void {
     process.once('SIGINT', onInt);
     process.once('SIGTERM', onTerm);
     const cluster = await startFromFlags(o, o);
-    process.off('SIGINT', onInt);
-    process.off('SIGTERM', onTerm);
-    const l = cluster.layout;
-    // Reachable beyond this machine with no token: anyone who can reach the port can use the
-    // cluster (and read ClusterStatus and /metrics). Said on stderr and on the ready line.
-    const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
-    if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
-      'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
-    const p = cluster.precision;
-    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
-      // http= before metrics=: the line's existing fields keep their places.
-      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
-      `tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
-      `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
-    await new Promise<void>((resolve) => {
+    // The serving handlers go on before the starting ones come off and before the ready line: a
+    // signal in between (a script that stops the launch as soon as it reads the line) would
+    // otherwise meet no handler and kill the process without a shutdown.
+    const stopped = new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {
         if (stopping) return;
@@ -336,5 +325,20 @@ export function register(program: Command): void {
         if (cluster.coordinator.members.replicas.every((r) => r.state === 'lost')) shutdown('every replica is lost and none could be re-formed', 1);
       });
     });
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+    const l = cluster.layout;
+    // Reachable beyond this machine with no token: anyone who can reach the port can use the
+    // cluster (and read ClusterStatus and /metrics). Said on stderr and on the ready line.
+    const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
+    if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
+      'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
+    const p = cluster.precision;
+    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${l.pp} tp=${l.tp} world=${l.world}` +
+      // http= before metrics=: the line's existing fields keep their places.
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
+      `tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
+    await stopped;
   });
 }
