@@ -26,7 +26,7 @@ describe('--quantize int8 through the gRPC API', () => {
     }
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--quantize', 'int8', '--metrics-port', '0']);
     try {
-      expect(cluster.readyLine).toMatch(/ tp=2 world=2 weights=int8 activations=f32 kv-cache=f32 metrics=127\.0\.0\.1:\d+ tls=/);
+      expect(cluster.readyLine).toMatch(/ tp=2 world=2 weights=int8 activations=f32 kv-cache=f32 http=127\.0\.0\.1:\d+ metrics=127\.0\.0\.1:\d+ tls=/);
       for (const [i, c] of cases.entries()) {
         const r = await stream(cluster.client, { promptIds: c.ids, maxTokens: 24, ignoreEos: true, temperature: 0 });
         expect(r.tokenIds, c.text).toEqual(local[i]!.tokenIds);
