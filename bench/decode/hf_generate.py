@@ -2,7 +2,7 @@
 
 usage: python3 hf_generate.py MODEL_DIR PROMPT_LEN NEW_TOKENS BATCH[,BATCH...]
 Prints one JSON object: copy bandwidth (bytes read + written per second), peak bf16 matmul FLOP/s
-(bench/serve's roofline) and, per batch size,
+and, where torch can run it, peak E4M3 matmul FLOP/s (bench/serve's rooflines) and, per batch size,
 the generate() wall time, the prefill time alone, and decode tokens/s = batch * (new - 1) /
 (generate - prefill). Greedy, no EOS stop (min_new_tokens = new tokens).
 """
@@ -52,10 +52,36 @@ def matmul_flops():
     return {"n": n, "median_s": times[len(times) // 2], "flops_per_s": 2 * n ** 3 / times[len(times) // 2]}
 
 
+def matmul_fp8_flops():
+    """Peak dense E4M3 matmul FLOP/s (torch._scaled_mm, unit scales, bf16 out, 8192^3, median of 20): the
+    compute roof of W8A8 prefill. None where torch or the GPU has no FP8 GEMM."""
+    try:
+        n = 8192
+        a = torch.randn(n, n, device="cuda").to(torch.float8_e4m3fn)
+        b = torch.randn(n, n, device="cuda").to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants it
+        one = torch.ones((), device="cuda")
+        for _ in range(3):
+            torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16)
+        times = []
+        for _ in range(20):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            torch._scaled_mm(a, b, one, one, out_dtype=torch.bfloat16)
+            e1.record()
+            torch.cuda.synchronize()
+            times.append(e0.elapsed_time(e1) / 1e3)
+        times.sort()
+        return {"n": n, "median_s": times[len(times) // 2], "flops_per_s": 2 * n ** 3 / times[len(times) // 2]}
+    except Exception as e:  # noqa: BLE001 (an old torch or a GPU without FP8: no number)
+        print(json.dumps({"matmul_fp8": f"unavailable: {e}"}), file=sys.stderr)
+        return None
+
+
 def main():
     model_dir, prompt_len, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     batches = [int(b) for b in sys.argv[4].split(",")]
-    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy": copy_bandwidth(), "matmul": matmul_flops()}
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy": copy_bandwidth(), "matmul": matmul_flops(),
+           "matmul_fp8": matmul_fp8_flops()}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="eager")
     model = model.to("cuda").eval()
     vocab = model.config.vocab_size

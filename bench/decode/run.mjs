@@ -2,7 +2,10 @@
 // `generate`, Llama-2-7B-shaped bf16 checkpoint, 128-token prompts, 128 new tokens, batch 1 and
 // 32, and the memory roofline = measured device-to-device copy bandwidth / weight bytes read per
 // token. Writes bench/results/decode-<gpu>.json (or $RESULTS_DIR).
-// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf]
+// --precisions bf16,int8,fp8[,fp8+kv-fp8]: our engine at each precision in turn (docs/QUANTIZATION.md),
+// each with its own roofline (the bytes it reads per token: quantized matrices at one byte and their
+// f32 scales) and its speed-up over our bf16 in the same run (bars: int8 >= 1.6x, fp8 >= 1.7x at batch 1).
+// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf] [--precisions bf16,int8,fp8]
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -14,13 +17,11 @@ const opt = (name, def) => { const i = args.indexOf(name); return i >= 0 ? args[
 if (!dir) { console.error('usage: node bench/decode/run.mjs MODEL_DIR [--prompt N] [--new N] [--batches 1,32] [--no-hf]'); process.exit(2); }
 const PROMPT = Number(opt('--prompt', 128)), NEW = Number(opt('--new', 128));
 const BATCHES = String(opt('--batches', '1,32')).split(',').map(Number);
+const PRECISIONS = String(opt('--precisions', 'bf16')).split(',');
+const PRECISION_OPTS = { bf16: {}, int8: { quantize: 'int8' }, fp8: { quantize: 'fp8' }, 'fp8+kv-fp8': { quantize: 'fp8', kvCacheDtype: 'fp8' } };
+for (const p of PRECISIONS) if (!PRECISION_OPTS[p]) { console.error(`--precisions: ${p} is not one of ${Object.keys(PRECISION_OPTS).join(', ')}`); process.exit(2); }
 requireCuda();
-
-const { engine, cfg, blockSize, kvBlocks, weightBytes, loadSeconds } = await openCudaEngine(dir, { dtype: 'bf16' });
-const V = cfg.vocabSize, H = cfg.hiddenSize;
-// Bytes read per decode token: every weight once, except the embedding, of which one row is read
-// (when tied, the LM head reads the whole matrix anyway).
-const bytesPerToken = weightBytes - (cfg.tieWordEmbeddings ? 0 : V * H * 2 - H * 2);
+let engine, cfg, blockSize, kvBlocks, V, H;
 
 let seed = 7;
 const rand = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed; };
@@ -46,14 +47,26 @@ async function run(batch, newTokens) {
     e2eTokS: (batch * newTokens) / ((prefillMs + decodeMs) / 1000) };
 }
 
-const ours = {};
-for (const b of BATCHES) {
-  await run(b, 8);  // warm-up: cuBLAS heuristics, first-touch of scratch buffers
-  ours[b] = await run(b, NEW);
-  console.error(JSON.stringify({ ours: ours[b] }));
+const byPrecision = {};
+for (const p of PRECISIONS) {
+  seed = 7;  // the same prompts for every precision
+  const e = await openCudaEngine(dir, { dtype: 'bf16', ...PRECISION_OPTS[p] });
+  ({ engine, cfg, blockSize, kvBlocks } = e);
+  V = cfg.vocabSize; H = cfg.hiddenSize;
+  // Bytes read per decode token: every weight once, except the embedding (never quantized), of which
+  // one row is read (when it is the head, the LM head reads the whole matrix anyway).
+  const bytesPerToken = e.weightBytes - (e.shard.tiedEmbeddings ? 0 : V * H * 2 - H * 2);
+  const ours = {};
+  for (const b of BATCHES) {
+    await run(b, 8);  // warm-up: cuBLAS heuristics, first-touch of scratch buffers
+    ours[b] = await run(b, NEW);
+    console.error(JSON.stringify({ precision: p, ours: ours[b] }));
+  }
+  byPrecision[p] = { ours, engine: engine.describe(), loadSeconds: e.loadSeconds, weightBytesPerToken: bytesPerToken };
+  engine.dispose();
 }
-const description = engine.describe();
-engine.dispose();
+const first = byPrecision[PRECISIONS[0]];
+const ours = first.ours, description = first.engine, loadSeconds = first.loadSeconds, bytesPerToken = first.weightBytesPerToken;
 
 let hf = null, copy = null, hfError = null;
 if (!args.includes('--no-hf')) {
@@ -77,8 +90,27 @@ const bars = {
   batch1AtLeast70PctRoofline: summary[1]?.fractionOfRoofline != null ? summary[1].fractionOfRoofline >= 0.7 : null,
   batch32AtLeast3xHf: summary[32]?.speedupVsHf != null ? summary[32].speedupVsHf >= 3 : null,
 };
-const doc = writeResult('decode.json', {
+// Each precision beside our bf16 (when both ran) and its own roofline.
+const precisions = {};
+for (const [p, r] of Object.entries(byPrecision)) {
+  const roof = copy ? copy.bytes_per_s / r.weightBytesPerToken : null;
+  precisions[p] = { engine: r.engine, loadSeconds: r.loadSeconds, weightBytesPerToken: r.weightBytesPerToken, ours: r.ours, summary: {} };
+  for (const b of BATCHES) {
+    const tok = r.ours[b].decodeTokS;
+    precisions[p].summary[b] = {
+      decodeTokS: tok, speedupVsOurBf16: byPrecision.bf16 ? tok / byPrecision.bf16.ours[b].decodeTokS : null,
+      speedupVsHf: hf?.[b] ? tok / hf[b].decode_tok_s : null,
+      ...(b === 1 && roof ? { rooflineTokS: roof, fractionOfRoofline: tok / roof } : {}),
+    };
+  }
+}
+if (byPrecision.bf16 && BATCHES.includes(1)) {
+  if (precisions.int8) bars.int8Batch1AtLeast1_6xBf16 = precisions.int8.summary[1].speedupVsOurBf16 >= 1.6;
+  if (precisions.fp8) bars.fp8Batch1AtLeast1_7xBf16 = precisions.fp8.summary[1].speedupVsOurBf16 >= 1.7;
+}
+const doc = writeResult(PRECISIONS.length > 1 || PRECISIONS[0] !== 'bf16' ? 'decode-quant.json' : 'decode.json', {
   model: dir, modelShape: { hidden: H, layers: cfg.numLayers, vocab: V }, promptTokens: PROMPT, newTokens: NEW,
   engine: description, loadSeconds, weightBytesPerToken: bytesPerToken, copyBandwidth: copy, ours, hf, hfError, summary, bars,
+  ...(PRECISIONS.length > 1 || PRECISIONS[0] !== 'bf16' ? { precisions } : {}),
 });
-console.log(JSON.stringify({ summary: doc.summary, bars: doc.bars }));
+console.log(JSON.stringify({ summary: doc.summary, bars: doc.bars, precisions: Object.fromEntries(Object.entries(precisions).map(([p, v]) => [p, v.summary])) }));

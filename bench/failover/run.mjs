@@ -87,7 +87,7 @@ async function runOne(spares, fault) {
   const world = tp * pp * replicas;
   const blocks = a['kv-blocks'] ?? String(Math.ceil(((promptLen + newTokens) / 16 + 1) * (concurrency + 1)));
   const args = ['--model', a.model, '--device', a.device, '--tp', String(tp), '--pp', String(pp), '--replicas', String(replicas),
-    '--port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks,
+    '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress', '--kv-blocks', blocks,
     '--heartbeat-interval', String(hbInterval), '--heartbeat-timeout', String(hbTimeout), '--request-timeout', String(maxWaitS + 60),
     gpu ? '--num_gpus' : '--num_cpu_workers', String(world + spares), ...(spares ? ['--spares', String(spares)] : []),
     ...a['launch-args'].split(' ').filter(Boolean)];

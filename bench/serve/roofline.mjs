@@ -6,6 +6,10 @@
 // whole KV cache so far). Ignores overlap of prefill and decode (both bounds are for the same
 // device, so no schedule beats their sum by much) and assumes a perfect kernel at each end.
 //   servingRoofline(cfg, { streams, promptLen, newTokens, bytesPerS, flopsPerS }) -> { ... }
+// Quantized replicas (docs/QUANTIZATION.md) read fewer bytes: linearBytesPerElement for the decoder
+// linears (1 for int8 / fp8, plus one f32 scale per row), headBytesPerElement for the LM head,
+// kvBytesPerElement for the KV cache (1 for fp8); their prefill runs at the FLOP/s of their GEMMs
+// (flopsPerS: the fp8 peak for W8A8).
 // cfg: the ModelConfig of dist/model (hiddenSize, intermediateSize, numHeads, numKvHeads, headDim,
 // vocabSize, numLayers, tieWordEmbeddings).
 
@@ -17,11 +21,19 @@ export function parameterCount(cfg) {
   return { perLayer, layers: perLayer * cfg.numLayers, embed, head, total: perLayer * cfg.numLayers + embed + head + H };
 }
 
-export function servingRoofline(cfg, { streams: S, promptLen: P, newTokens: N, bytesPerS, flopsPerS, bytesPerElement = 2 }) {
+export function servingRoofline(cfg, { streams: S, promptLen: P, newTokens: N, bytesPerS, flopsPerS, bytesPerElement = 2,
+  linearBytesPerElement = bytesPerElement, headBytesPerElement = bytesPerElement, kvBytesPerElement = bytesPerElement }) {
   const p = parameterCount(cfg);
-  // Read per decode step: every weight but the embedding table (one row of it); a tied head reads it whole.
-  const stepWeightBytes = (p.total - (cfg.tieWordEmbeddings ? 0 : p.embed - cfg.hiddenSize)) * bytesPerElement;
-  const kvBytesPerToken = 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * bytesPerElement;
+  // Read per decode step: every weight but the embedding table (one row of it); a tied head reads it
+  // whole. Quantized linears also read their f32 row scales.
+  const H = cfg.hiddenSize, norms = (2 * cfg.numLayers + 1) * H;
+  const linear = p.layers - 2 * H * cfg.numLayers;
+  const linearRows = cfg.numLayers * (cfg.numHeads * cfg.headDim + 2 * cfg.numKvHeads * cfg.headDim + H + 3 * cfg.intermediateSize);
+  const head = cfg.tieWordEmbeddings ? p.embed : p.head;
+  const scaleBytes = linearBytesPerElement < 2 ? 4 * linearRows : 0;
+  const stepWeightBytes = linear * linearBytesPerElement + scaleBytes + head * headBytesPerElement + norms * bytesPerElement +
+    (cfg.tieWordEmbeddings ? 0 : H * bytesPerElement);
+  const kvBytesPerToken = 2 * cfg.numLayers * cfg.numKvHeads * cfg.headDim * kvBytesPerElement;
   const decodeSteps = N - 1;
   // Step k (1..N-1) attends over P + k positions of each stream.
   const kvTokensRead = S * (decodeSteps * P + (decodeSteps * (decodeSteps + 1)) / 2);

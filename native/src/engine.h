@@ -16,9 +16,29 @@
 
 namespace ns {
 
-enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+// I8 and F8E4M3 are storage types of quantized weight matrices (and of the fp8 KV cache); every
+// quantized matrix arrives with one f32 scale per row (docs/QUANTIZATION.md).
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, F8E4M3 = 4 };
 
-inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
+inline size_t dtype_size(DType d) { return d == DType::F32 ? 4 : d == DType::I8 || d == DType::F8E4M3 ? 1 : 2; }
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "f32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "f16";
+    case DType::I8: return "i8";
+    case DType::F8E4M3: return "f8e4m3";
+  }
+  return "?";
+}
+
+// How the weight matrices of a shard are stored. Native: the checkpoint's float dtype (CPU) or the
+// compute dtype (CUDA). Int8: symmetric int8 with one scale per output row, activations stay in the
+// compute dtype (W8A16). Fp8: E4M3 with one scale per output row; with fp8_activations the inputs
+// are quantized to E4M3 per token (dynamic) or with the checkpoint's static per-tensor input_scale
+// (W8A8; CUDA, sm_89+), else they stay in the compute dtype (an FP8 weight-only checkpoint, W8A16).
+enum class WeightFormat : int { Native = 0, Int8 = 1, Fp8 = 2 };
 
 enum class RopeType : int { Default = 0, Linear = 1, Llama3 = 2, Dynamic = 3, Yarn = 4, LongRope = 5 };
 
@@ -93,13 +113,50 @@ struct ShardConfig {
   int max_step_tokens = 0;      // most tokens one step carries (CUDA: scratch kept free beside the KV cache); 0: 2048
   int device_index = 0;
   int threads = 0;              // CPU: 0 = cores given to the process
+  // Quantization (docs/QUANTIZATION.md). `weights` covers q/k/v/o/gate/up/down, `head_weights` the LM
+  // head (with tied embeddings a quantized head arrives as lm_head.weight and tied_embeddings is false).
+  // A quantized matrix X.weight comes with X.weight_scale (f32, one per row of this rank's slice) and,
+  // with static_input_scales, X.input_scale (f32 [1]).
+  WeightFormat weights = WeightFormat::Native;
+  WeightFormat head_weights = WeightFormat::Native;
+  bool static_input_scales = false;
+  bool fp8_activations = true;      // fp8 weights: W8A8 (true) or weight-only W8A16 (false)
+  float activation_scale_ub = 0.f;  // fp8 dynamic activations: cap on a token's absolute maximum (fbgemm_fp8); 0: none
+  // CUDA: the paged KV cache in E4M3 (per-layer k/v scales, 1.0 unless the checkpoint has them),
+  // half the bytes per block of the compute dtype.
+  bool kv_fp8 = false;
 };
 
+// Most top logprobs a sequence can ask for per token (OpenAI's limit).
+constexpr int kMaxLogprobs = 20;
+
+struct LogitBias {
+  int32_t token;
+  float bias;
+};
+
+// Per-sequence sampling, in this order (docs/ENGINE.md "Sampling"): logit bias; the repetition
+// penalty (transformers' definition: every token of the prompt and of the output so far, logit / p
+// when positive, logit * p otherwise); frequency and presence penalties (OpenAI's: output tokens
+// only, logit - f * count - p * [count > 0]); logprobs are the log-softmax of these logits; then
+// temperature, top-k, top-p, min-p and one seeded draw.
 struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy
   int top_k = 0;            // 0 = off
   float top_p = 1.f;        // 1 = off
+  float min_p = 0.f;        // 0 = off: keep tokens with p >= min_p * p(most likely)
   uint64_t seed = 0;
+  float repetition_penalty = 1.f;  // 1 = off
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  // Positions below prompt_len hold the prompt; the penalties tell prompt and output tokens apart
+  // by position (a replayed request feeds both again from position 0).
+  int prompt_len = 0;
+  const LogitBias* logit_bias = nullptr;  // distinct tokens; host memory valid for the step
+  int n_logit_bias = 0;
+  int logprobs = -1;  // -1: none; 0..kMaxLogprobs: the sampled token's logprob and this many top ones
+
+  bool penalized() const { return repetition_penalty != 1.f || presence_penalty != 0.f || frequency_penalty != 0.f; }
 };
 
 // One sequence's slice of a step: n_tokens new tokens starting at absolute position pos.
@@ -107,7 +164,9 @@ struct SamplingParams {
 // block_table maps logical block i (positions [i*B, (i+1)*B)) to a physical KV block; it must
 // cover positions [0, pos + n_tokens).
 struct SeqInput {
-  const int32_t* tokens = nullptr;  // n_tokens ids (first stage); ignored on later stages
+  // n_tokens ids. The first stage embeds them; the last stage reads them too when the sequence has
+  // penalties (its token counts are built from what each step feeds).
+  const int32_t* tokens = nullptr;
   int n_tokens = 0;
   int pos = 0;
   const int32_t* block_table = nullptr;
@@ -127,6 +186,12 @@ struct StepInput {
 
 struct StepOutput {
   std::vector<int32_t> sampled;       // one per seq with sample=true (last stage)
+  // Filled when a sampled seq asked for logprobs, one entry (of kMaxLogprobs for the top ones) per
+  // sampled seq: the sampled token's logprob (NaN for a seq that asked for none) and the most likely
+  // tokens, best first (lowest id among equals), id -1 past the number it asked for.
+  std::vector<float> sampled_logprob;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
   std::vector<float> logits;          // want_logits: per seq, last (or all) positions x vocab
   std::vector<uint8_t> hidden_out;    // non-last stage: [total_tokens, hidden] in compute dtype
 };

@@ -28,7 +28,7 @@ export function register(program: Command): void {
     .option('--max-tokens <n>', 'tokens to generate', intArg('--max-tokens', 1, I32_MAX), 64);
   // The demo's own defaults, shown as such by --help: TP=2 on the CPU, any free port on loopback,
   // and as many CPU workers as the layout needs.
-  addServingOptions(cmd, { tp: 2, device: 'cpu', port: 0, bind: '127.0.0.1' });
+  addServingOptions(cmd, { tp: 2, device: 'cpu', port: 0, httpPort: 0, bind: '127.0.0.1' });
   addLauncherOptions(cmd, { descriptions: { num_cpu_workers: 'CPU workers on this machine when there is no hostfile (default: --tp x --pp)' } });
   cmd.action(async (o: LaunchFlags & { prompt: string; maxTokens: number } & Record<string, unknown>) => {
     const maxTokens = o.maxTokens;

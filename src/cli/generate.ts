@@ -7,28 +7,46 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { NodespeedClient } from '../client/index.js';
 import type { ClientOptions } from '../client/index.js';
 import { Engine, generate } from '../engine/index.js';
-import type { DeviceChoice, DTypeChoice, GenerateResult } from '../engine/index.js';
-import { loadTokenizer } from '../model/index.js';
+import type { DeviceChoice, DTypeChoice, GenerateResult, KvCacheDtypeChoice } from '../engine/index.js';
+import type { QuantizeChoice } from '../model/index.js';
+import { addQuantizeOptions } from './quantize-flags.js';
+import { loadGenerationConfig, loadTokenizer } from '../model/index.js';
 import { FinishReason, finishReasonText } from '../protocol/lifecycle.js';
 import { PriorityError, parsePriority } from '../protocol/priority.js';
 import type { Priority } from '../protocol/priority.js';
-import { SAMPLING_DEFAULTS, SamplingError, parseSamplingNumber, parseSeed } from '../protocol/sampling.js';
+import type { GenerateRequestMsg, TokenLogprobs } from '../protocol/api.js';
+import { SamplingError, parseSamplingNumber, parseSeed, withModelDefaults } from '../protocol/sampling.js';
+import { samplingDefaults } from '../launcher/cluster.js';
 import type { NumericSamplingField, SamplingInput } from '../protocol/sampling.js';
 import { I32_MAX, intArg, secondsArg, U32_MAX } from './args.js';
 import { addServerFlags, clientOptions, SERVER_FLAG_KEYS } from './server-flags.js';
 import type { ServerFlags } from './server-flags.js';
 import { HF_ROUNDING, HF_ROUNDING_HELP, overrideSettings } from '../settings/index.js';
 
-export interface GenerateCliOptions extends ServerFlags {
+/** The sampling and stopping flags, shared by `generate` and `chat` (absent: the server's or the model's default). */
+export interface SamplingFlags {
+  maxTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  seed?: bigint;
+  stop: string[];
+  stopTokenId: number[];
+  logitBias: { token: number; bias: number }[];
+  ignoreEos?: boolean;
+  logprobs?: number;
+}
+
+export interface GenerateCliOptions extends SamplingFlags, ServerFlags {
   model?: string;
   device: DeviceChoice;
   dtype: DTypeChoice;
-  maxTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed?: bigint;
-  stop: string[];
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   threads?: number;
   hfRounding?: boolean;
   json: boolean;
@@ -105,16 +123,59 @@ export function readPrompt(arg: string): string {
   return arg;
 }
 
+function tokenIdArg(flag: string) {
+  return (v: string, acc: number[]) => {
+    if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${flag} must be a token id (got ${v})`);
+    return [...acc, Number(v)];
+  };
+}
+
+function logitBiasArg(v: string, acc: { token: number; bias: number }[]) {
+  const m = /^(\d+)=(-?[\d.]+(?:e-?\d+)?)$/.exec(v);
+  if (!m) throw new InvalidArgumentError(`--logit-bias must be ID=BIAS, e.g. 50256=-100 (got ${v})`);
+  return [...acc, { token: Number(m[1]), bias: Number(m[2]) }];
+}
+
+/** Adds the sampling and stopping flags to a command (generate, chat). */
+export function samplingOptions(cmd: Command): Command {
+  return cmd
+    .option('--max-tokens <n>', 'most tokens to generate (default: what fits the model\'s context)', wireIntArg('--max-tokens', 'maxTokens', 1, I32_MAX))
+    .option('--temperature <t>', '0 = greedy (default: the model\'s generation_config.json, else greedy)', numberArg('--temperature', 'temperature'))
+    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', 0, U32_MAX))
+    .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'))
+    .option('--min-p <p>', 'drop tokens with p < min_p * p(most likely); 0 = off', numberArg('--min-p', 'minP'))
+    .option('--repetition-penalty <r>', 'transformers\' repetition penalty on prompt and output tokens; 1 = off', numberArg('--repetition-penalty', 'repetitionPenalty'))
+    .option('--presence-penalty <p>', 'OpenAI presence penalty in [-2, 2]', numberArg('--presence-penalty', 'presencePenalty'))
+    .option('--frequency-penalty <f>', 'OpenAI frequency penalty in [-2, 2]', numberArg('--frequency-penalty', 'frequencyPenalty'))
+    .option('--logit-bias <id=bias>', 'add bias (in [-100, 100]) to a token\'s logit, repeatable', logitBiasArg, [] as { token: number; bias: number }[])
+    .option('--seed <s>', 'sampling seed (same seed, same tokens)', samplingArg('--seed', parseSeed))
+    // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
+    .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--stop-token-id <id>', 'token id that ends the generation like EOS, repeatable', tokenIdArg('--stop-token-id'), [] as number[])
+    .option('--ignore-eos', 'keep generating past EOS')
+    .option('--logprobs <k>', 'with --json: each token\'s logprob and its k (0-20) most likely alternatives', numberArg('--logprobs', 'logprobs'));
+}
+
+export function samplingOf(o: SamplingFlags): SamplingInput & { seed?: bigint } {
+  const out: SamplingInput & { seed?: bigint } = { stop: o.stop, stopTokenIds: o.stopTokenId, logitBias: o.logitBias };
+  for (const k of ['maxTokens', 'temperature', 'topK', 'topP', 'minP', 'repetitionPenalty', 'presencePenalty', 'frequencyPenalty', 'logprobs', 'ignoreEos', 'seed'] as const)
+    if (o[k] !== undefined) (out as Record<string, unknown>)[k] = o[k];
+  return out;
+}
+
+/** The same controls as the public GenerateRequest carries them (logit bias as a map). */
+export function requestSampling(o: SamplingFlags): Omit<GenerateRequestMsg, 'model' | 'prompt' | 'promptIds' | 'messages'> {
+  const { logitBias, ...rest } = samplingOf(o);
+  return { ...rest, logitBias: Object.fromEntries((logitBias ?? []).map((b) => [b.token, b.bias])) };
+}
+
 /** The JSON line of --json (snake_case, as documented for the CLI). */
 export function resultJson(r: GenerateResult): string {
   return JSON.stringify({
     prompt_ids: r.promptIds, token_ids: r.tokenIds, text: r.text, finish_reason: finishReasonText(r.finishReason),
     ttft_ms: Number(r.ttftMs.toFixed(3)), tokens_per_s: Number(r.tokensPerS.toFixed(3)),
+    ...(r.logprobs ? { logprobs: r.logprobs.map((l) => ({ logprob: l.logprob, top_ids: l.topIds, top_logprobs: l.topLogprobs })) } : {}),
   });
-}
-
-function samplingOf(o: GenerateCliOptions): SamplingInput & { seed?: bigint } {
-  return { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, stop: o.stop, ...(o.seed !== undefined ? { seed: o.seed } : {}) };
 }
 
 /** In-process generation: load, stream (or collect), print, dispose. */
@@ -123,11 +184,13 @@ export async function generateLocal(prompt: string, o: GenerateCliOptions, out: 
   if (o.hfRounding) overrideSettings({ cudaRound: HF_ROUNDING });  // before the addon loads: it reads its settings then
   const [tokenizer, engine] = await Promise.all([
     loadTokenizer(o.model),
-    Engine.load(o.model, { device: o.device, dtype: o.dtype, ...(o.threads ? { threads: o.threads } : {}) }),
+    Engine.load(o.model, { device: o.device, dtype: o.dtype, quantize: o.quantize ?? 'none', kvCacheDtype: o.kvCacheDtype ?? 'auto',
+      ...(o.threads ? { threads: o.threads } : {}) }),
   ]);
   try {
     let result: GenerateResult | undefined;
-    for await (const ev of generate(engine, tokenizer, [{ prompt, ...samplingOf(o) }])) {
+    const sampling = withModelDefaults(samplingOf(o), samplingDefaults(loadGenerationConfig(o.model)));
+    for await (const ev of generate(engine, tokenizer, [{ prompt, ...sampling }])) {
       if (!o.json && ev.delta) out.write(ev.delta);
       if (ev.type === 'done') result = ev.result;
     }
@@ -149,9 +212,11 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
   let text = '';
   let promptIds: number[] = [];
   let finishReason: FinishReason = FinishReason.FINISH_REASON_LENGTH;
+  const logprobs: TokenLogprobs[] = [];
   try {
     const priority = o.priority && ('className' in o.priority ? o.priority.className : o.priority.value);
-    for await (const m of client.generate({ prompt, ...samplingOf(o), ignoreEos: false, ...(priority !== undefined ? { priority } : {}) })) {
+    for await (const m of client.generate({ prompt, ...requestSampling(o), ...(priority !== undefined ? { priority } : {}) })) {
+      logprobs.push(...m.logprobs);
       if (m.tokenIds.length) firstAt ??= performance.now();
       tokenIds.push(...m.tokenIds);
       text += m.text;
@@ -171,6 +236,7 @@ export async function generateRemote(prompt: string, o: GenerateCliOptions & { s
   return {
     promptIds, tokenIds, text, finishReason, ttftMs: (firstAt ?? end) - start,
     tokensPerS: tokenIds.length > 1 && decodeMs > 0 ? ((tokenIds.length - 1) * 1000) / decodeMs : 0,
+    ...(o.logprobs !== undefined ? { logprobs } : {}),
   };
 }
 
@@ -180,7 +246,6 @@ const LOCAL_ONLY = ['model', 'device', 'dtype', 'threads', 'hfRounding'] as cons
 const SERVER_ONLY = [...SERVER_FLAG_KEYS, 'timeout', 'priority'] as const;
 
 export function register(program: Command): void {
-  const d = SAMPLING_DEFAULTS;
   const cmd = program
     .command('generate')
     .description('Generate a continuation of PROMPT with a Hugging Face Llama-family model, in this process (or through --server)')
@@ -188,14 +253,9 @@ export function register(program: Command): void {
     .option('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer.json)')
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when available)').choices(['cpu', 'cuda', 'auto']).default('auto'))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
-    .option('--max-tokens <n>', 'most tokens to generate', wireIntArg('--max-tokens', 'maxTokens', 1, I32_MAX), d.maxTokens)
-    .option('--temperature <t>', '0 = greedy', numberArg('--temperature', 'temperature'), d.temperature)
-    .option('--top-k <k>', '0 = off', wireIntArg('--top-k', 'topK', 0, U32_MAX), d.topK)
-    .option('--top-p <p>', '1 = off', numberArg('--top-p', 'topP'), d.topP)
-    .option('--seed <s>', 'sampling seed (same seed, same tokens)', samplingArg('--seed', parseSeed))
-    // Repeatable rather than variadic, so `--stop X PROMPT` does not swallow the prompt.
-    .option('--stop <str>', 'stop string, repeatable (not included in the output)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  samplingOptions(cmd)
     .option('--threads <n>', 'CPU threads (default: cores given to the process, or NODESPEED_THREADS)', intArg('--threads', 1, 4096))
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
     .option('--json', 'print one JSON line at the end instead of streaming text', false)

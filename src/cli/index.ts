@@ -7,13 +7,15 @@ import { register as registerModel } from './model.js';
 import { register as registerLaunch } from './launch.js';
 import { register as registerStatus } from './status.js';
 import { register as registerDemo } from './demo.js';
+import { register as registerChat } from './chat.js';
 import { register as registerEnv } from './env.js';
 import { AmbiguousOptionError, expandPrefixes } from './prefixes.js';
 import { settings, unknownSettings } from '../settings/index.js';
 
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
 // Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo, registerEnv];
+const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo,
+  registerChat, registerEnv];
 
 function fullName(c: Command): string {
   const names: string[] = [];

@@ -4,8 +4,9 @@
 // worker per rank through the launcher, one progress bar for the whole load, and exactly one line
 // `nodespeed ready <addr:port> ...` on stdout once every replica serves. With a deployment file the
 // flags still apply: --model, -H and --spares replace the file's; the group flags (--tp, --pp,
-// --replicas, --device, --dtype, --threads, --kv-blocks, --max-batch-tokens, --max-seqs) replace
-// the keys of its group when it has exactly one, and are refused when it has several. Ctrl-C (or
+// --replicas, --device, --dtype, --quantize, --kv-cache-dtype, --threads, --kv-blocks,
+// --max-batch-tokens, --max-seqs) replace the keys of its group when it has exactly one, and are
+// refused when it has several (each group names its own precision and KV cache dtype). Ctrl-C (or
 // SIGTERM) tears everything down. --dry-run prints the layout of every group and the per-rank
 // memory estimate, and fails when the layout does not fit.
 import { existsSync } from 'node:fs';
@@ -15,18 +16,18 @@ import { Command, Option } from 'commander';
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
-import { launchCluster } from '../launcher/cluster.js';
+import { checkGroupPrecision, launchCluster } from '../launcher/cluster.js';
 import type { Cluster } from '../launcher/cluster.js';
 import { localDeploymentHosts, planDeployment } from '../launcher/deploy-plan.js';
 import type { GroupOptions } from '../launcher/deploy-plan.js';
-import { DeploymentError, loadDeployment } from '../launcher/deployment.js';
+import { DeploymentError, loadDeployment, weightsOf } from '../launcher/deployment.js';
 import type { Deployment } from '../launcher/deployment.js';
 import { detectLocalGpus, planWorld } from '../launcher/plan.js';
 import type { ClassSpec } from '../coordinator/classes.js';
-import { DEFAULT_GROUP, LayoutError, describeLayout, describeServing } from '../coordinator/layout.js';
+import { DEFAULT_GROUP, LayoutError, describeGroup, describeLayout } from '../coordinator/layout.js';
 import type { Layout } from '../coordinator/layout.js';
 import { headTail, LIST_LIMIT } from '../launcher/format.js';
-import { estimateMemory, gib, groupRanks } from '../coordinator/memory.js';
+import { estimateMemory, gib, groupRanks, memoryOptionsOf } from '../coordinator/memory.js';
 import { HF_ROUNDING, HF_ROUNDING_HELP, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
 import type { Placement } from '../launcher/plan.js';
@@ -36,6 +37,10 @@ import { flushAndExit } from './exit.js';
 import { loadBar } from './progress.js';
 import { isLoopbackBind, readAuthToken, readPublicTls } from '../coordinator/public-auth.js';
 import { DEFAULT_REQUEST_LIMITS } from '../protocol/limits.js';
+import { addQuantizeOptions } from './quantize-flags.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import { MAX_LOGPROBS } from '../protocol/sampling.js';
 
 export interface LaunchFlags {
   model?: string;
@@ -45,6 +50,8 @@ export interface LaunchFlags {
   replicas: number | 'auto';
   device: 'auto' | 'cpu' | 'cuda';
   dtype: string;
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   port: number;
   bind: string;
   advertiseAddr?: string;
@@ -60,6 +67,7 @@ export interface LaunchFlags {
   joinTimeout: number;
   spares: number;
   metricsPort?: number;
+  httpPort: number;
   allowTpAcrossHosts: boolean;
   /** Refused: a token on the command line is visible in ps (see authTokenFile). */
   authToken?: string;
@@ -95,20 +103,23 @@ export interface ServingDefaults {
   tp: number;
   device: 'auto' | 'cpu' | 'cuda';
   port: number;
+  httpPort: number;
   bind: string;
 }
 
-const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, bind: '0.0.0.0' };
+const LAUNCH_DEFAULTS: ServingDefaults = { tp: 1, device: 'auto', port: 50051, httpPort: 8000, bind: '0.0.0.0' };
 
 /** The serving flags (shared with the demo, which has its own defaults). Integers are checked against the wire's uint32. */
 export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFAULTS): Command {
-  return cmd
+  cmd
     .option('--tp <n>', 'tensor-parallel ranks per pipeline stage', intArg('--tp', 1), d.tp)
     .option('--pp <n>', 'pipeline stages per replica', intArg('--pp', 1), 1)
     .option('--replicas <n|auto>', 'data-parallel replicas (auto: as many as the slots hold)', replicasArg, 'auto' as const)
     .addOption(new Option('--device <device>', 'cpu, cuda or auto (cuda when this machine has a usable GPU)').choices(['auto', 'cpu', 'cuda']).default(d.device))
     .addOption(new Option('--dtype <dtype>', 'cpu: weight storage (compute is f32); cuda: compute dtype; auto: as stored')
-      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'))
+      .choices(['auto', 'f32', 'bf16', 'f16']).default('auto'));
+  addQuantizeOptions(cmd);
+  return cmd
     .option('--port <port>', 'port of the gRPC API (0: any free port)', portArg('--port'), d.port)
     .option('--bind <addr>', 'address the gRPC server listens on', d.bind)
     .option('--advertise-addr <addr>', 'address workers dial to reach the coordinator (default: the route to the first remote host)')
@@ -130,6 +141,10 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
       'replicas x pp x tp, or extra local processes when every worker is a local CPU worker', intArg('--spares', 0), 0)
     .option('--metrics-port <port>', 'serve Prometheus metrics at http(s)://<bind>:<port>/metrics (0: any free port, printed on the ready line); default: off',
       portArg('--metrics-port'))
+    .option('--http-port <port>', 'serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health; ' +
+      '/metrics too when metrics are on) at http(s)://<bind>:<port> with the same TLS, token and request limits as the gRPC API ' +
+      '(0: any free port; printed on the ready line as http=)',
+      portArg('--http-port'), d.httpPort)
     .option('--allow-tp-across-hosts', 'let a TP group span hosts (every layer then all-reduces over the network)', false)
     .option('--auth-token-file <file>', 'require "authorization: Bearer <token>" on the API and /metrics, the token being the file\'s first line ' +
       '(or NODESPEED_AUTH_TOKEN in this process\'s environment); never passed to workers')
@@ -143,7 +158,8 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
     .option('--max-stop-strings <n>', 'most stop strings per request', intArg('--max-stop-strings', 0), DEFAULT_REQUEST_LIMITS.stopStrings)
     .option('--max-stop-chars <n>', 'most characters of stop strings per request, in total', intArg('--max-stop-chars', 0), DEFAULT_REQUEST_LIMITS.stopChars)
     .option('--max-n <n>', 'most completions per request (n)', intArg('--max-n', 1), DEFAULT_REQUEST_LIMITS.n)
-    .option('--max-logprobs <n>', 'most log-probabilities per token (logprobs)', intArg('--max-logprobs', 0), DEFAULT_REQUEST_LIMITS.logprobs)
+    .option('--max-logprobs <n>', `most top log-probabilities per token (logprobs; at most ${MAX_LOGPROBS}, what the sampler computes)`,
+      intArg('--max-logprobs', 0, MAX_LOGPROBS), DEFAULT_REQUEST_LIMITS.logprobs)
     .option('--quarantine-after <n>', 'fail a request instead of replaying it again once it was in flight through this many replica losses',
       intArg('--quarantine-after', 1), 2)
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
@@ -188,8 +204,8 @@ function defaultMaxBatchTokens(device: 'cpu' | 'cuda'): number {
 }
 
 /** The group flags and the file keys they replace. */
-const GROUP_FLAGS = [['tp', 'tp'], ['pp', 'pp'], ['replicas', 'replicas'], ['device', 'device'], ['dtype', 'precision'], ['threads', 'threads'],
-  ['kvBlocks', 'kv_blocks'], ['maxBatchTokens', 'max_batch_tokens'], ['maxSeqs', 'max_seqs']] as const;
+const GROUP_FLAGS = [['tp', 'tp'], ['pp', 'pp'], ['replicas', 'replicas'], ['device', 'device'], ['dtype', 'precision'], ['quantize', 'precision'],
+  ['kvCacheDtype', 'kv_cache_dtype'], ['threads', 'threads'], ['kvBlocks', 'kv_blocks'], ['maxBatchTokens', 'max_batch_tokens'], ['maxSeqs', 'max_seqs']] as const;
 
 const kebab = (flag: string) => `--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
@@ -211,8 +227,9 @@ export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
     const device = resolveDeviceFlag(f.device);
     return {
       model: f.model, spares: f.spares, explicitCuda: f.device === 'cuda' ? [0] : [],
-      groups: [{ name: DEFAULT_GROUP, tp: f.tp, pp: f.pp, replicas: f.replicas, serving: { device, precision: f.dtype, threads: f.threads,
-        kvBlocks: f.kvBlocks, maxBatchTokens: f.maxBatchTokens ?? defaultMaxBatchTokens(device), maxSeqs: f.maxSeqs } }],
+      groups: [{ name: DEFAULT_GROUP, tp: f.tp, pp: f.pp, replicas: f.replicas, serving: { device, dtype: f.dtype, quantize: f.quantize,
+        kvCacheDtype: f.kvCacheDtype, threads: f.threads, kvBlocks: f.kvBlocks, maxBatchTokens: f.maxBatchTokens ?? defaultMaxBatchTokens(device),
+        maxSeqs: f.maxSeqs } }],
     };
   }
   const d = loadDeployment(f.config);
@@ -228,10 +245,14 @@ export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
     const named = over('device') ? f.device : g.device;
     if (named === 'cuda') explicitCuda.push(gi);
     const device = resolveDeviceFlag(named);
+    // The group's precision names its float dtype or its quantization; --dtype / --quantize replace
+    // the one they name and keep the other.
+    const weights = weightsOf(g.precision);
     return {
       name: g.name, tp: over('tp') ? f.tp : g.tp, pp: over('pp') ? f.pp : g.pp, replicas: over('replicas') ? f.replicas : g.replicas,
       serving: {
-        device, precision: over('dtype') ? f.dtype : g.precision, threads: over('threads') ? f.threads : g.threads,
+        device, dtype: over('dtype') ? f.dtype : weights.dtype, quantize: over('quantize') ? f.quantize : weights.quantize,
+        kvCacheDtype: over('kvCacheDtype') ? f.kvCacheDtype : g.kvCacheDtype, threads: over('threads') ? f.threads : g.threads,
         kvBlocks: over('kvBlocks') ? f.kvBlocks : g.kvBlocks ?? f.kvBlocks,
         maxBatchTokens: over('maxBatchTokens') ? f.maxBatchTokens! : g.maxBatchTokens ?? f.maxBatchTokens ?? defaultMaxBatchTokens(device),
         maxSeqs: over('maxSeqs') ? f.maxSeqs : g.maxSeqs ?? f.maxSeqs,
@@ -271,15 +292,23 @@ function placementOf(plan: ServingPlan, raw: Record<string, unknown>): Placement
   }
 }
 
-/** Precisions a group may name that this build cannot serve yet. */
-function unsupported(plan: ServingPlan): void {
+/**
+ * What a group's workers would refuse, refused before any starts (fp8 on CPU, a --quantize that
+ * contradicts a pre-quantized checkpoint); a deployment file's group is named by its key's line.
+ */
+function checkPrecisions(config: ModelConfig, plan: ServingPlan): void {
   plan.groups.forEach((g, gi) => {
-    const p = g.serving.precision;
-    if (p !== 'int8' && p !== 'fp8') return;
-    const why = `${p} needs weight quantization at load, which this build does not have; use auto, f32, bf16 or f16`;
-    const d = plan.deployment;
-    if (d) throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].precision`), `groups[${gi}].precision`, why);
-    throw new Error(`--dtype ${why}`);
+    try {
+      checkGroupPrecision(config, g);
+    } catch (err) {
+      const d = plan.deployment;
+      if (!d) throw err;
+      // The flag a single launch would name is the group's key here.
+      const why = (err as Error).message.replace(/^group \S+: /, '');
+      const key = why.startsWith('--kv-cache-dtype') ? 'kv_cache_dtype' : 'precision';
+      const path = `groups[${gi}].${key}`;
+      throw new DeploymentError(d.file, d.lineOf(path), path, why.replace(/^--(quantize|kv-cache-dtype) /, ''));
+    }
   });
 }
 
@@ -299,11 +328,14 @@ export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<s
       throw new DeploymentError(d.file, d.lineOf(`groups[${gi}].device`), `groups[${gi}].device`, (err as Error).message.replace(/^--device cuda: /, '').replace(/; use --device cpu$/, ''));
     }
   }
+  let planned: { layout: Layout; placement: Placement };
   try {
-    return planDeployment(config, placement, plan.groups, plan.spares, allowTpAcrossHosts);
+    planned = planDeployment(config, placement, plan.groups, plan.spares, allowTpAcrossHosts);
   } catch (err) {
     return withLine(err, plan);
   }
+  checkPrecisions(config, plan);
+  return planned;
 }
 
 async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): Promise<number> {
@@ -323,9 +355,9 @@ async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: Given
   const hostUsed = new Map<string, number>();
   for (const g of layout.groups) {
     const s = g.serving;
-    const mem = estimateMemory(config, groupRanks(layout, g), { device: s.device, dtype: s.precision, kvBlocks: s.kvBlocks, kvBlockSize: 16,
+    const mem = estimateMemory(config, groupRanks(layout, g), { ...memoryOptionsOf(s), kvBlockSize: 16,
       stepTokens: s.maxBatchTokens, ...(gpuMemory ? { gpuMemory } : {}), ...(s.device === 'cpu' ? { hostUsedBytes: new Map(hostUsed) } : {}) });
-    out.push(`${single ? '' : `group ${g.name} (${describeServing(s)}), `}per-rank memory estimate (weights + KV cache + one step's scratch at ` +
+    out.push(`${single ? '' : `group ${g.name} (${describeGroup(g)}), `}per-rank memory estimate (weights + KV cache + one step's scratch at ` +
       `${s.maxBatchTokens} tokens + 256 MiB reserve):`);
     const rankLine = (r: (typeof mem.ranks)[number]): string => {
       const p = layout.ranks[r.rank]!;
@@ -371,7 +403,6 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   log: (l: string) => void = (l) => void process.stderr.write(`${l}\n`), given: GivenFlags = () => false): Promise<Cluster> {
   const lo = readLauncherOptions(raw);
   const plan = servingPlan(f, given);
-  unsupported(plan);
   if (f.authToken !== undefined)
     throw new Error('--auth-token puts the token on the command line, where ps shows it to every user of this host: ' +
       'write it to a file and pass --auth-token-file FILE, or set NODESPEED_AUTH_TOKEN');
@@ -383,6 +414,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   await checkCheckpoint(plan.model);
   await checkPortFree('--port', f.bind, f.port);
   await checkPortFree('--metrics-port', f.bind, f.metricsPort);
+  await checkPortFree('--http-port', f.bind, f.httpPort);
   const bar = f.progress ? loadBar() : undefined;
   activeBar = bar;
   try {
@@ -392,6 +424,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       heartbeatIntervalMs: f.heartbeatInterval * 1000, heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000,
       allowTpAcrossHosts: f.allowTpAcrossHosts, stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,
       ...(f.metricsPort !== undefined ? { metricsPort: f.metricsPort } : {}),
+      httpPort: f.httpPort,
       ...(authToken ? { authToken } : {}), ...(tls ? { tls } : {}),
       controlPort: f.controlPort, encryptDataPlane: f.encryptDataPlane, quarantineAfter: f.quarantineAfter,
       limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs },
@@ -412,10 +445,16 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   }
 }
 
-/** `gpu:cuda/bf16/tp2xpp1x1,cpu:cpu/auto/tp1xpp1x2` and `realtime:gpu,standard:gpu+cpu,...` for the ready line. */
+/**
+ * `gpu:cuda/bf16-bf16-bf16/tp2xpp1x1,cpu:cpu/int8-f32-f32/tp1xpp1x2` (precision: weights, matrix-product
+ * inputs, KV cache) and `realtime:gpu,standard:gpu+cpu,...` for the ready line.
+ */
 export function readyFields(c: Cluster): string {
   const l = c.layout;
-  const groups = l.groups.map((g) => `${g.name}:${g.serving.device}/${g.serving.precision}/tp${g.tp}xpp${g.pp}x${g.replicas.length}`).join(',');
+  const groups = l.groups.map((g) => {
+    const p = g.precision;
+    return `${g.name}:${g.serving.device}/${p.weights}-${p.activations}-${p.kvCache}/tp${g.tp}xpp${g.pp}x${g.replicas.length}`;
+  }).join(',');
   const classes = c.coordinator.router.classes.list.map((k) => `${k.name}:${k.groups.join('+')}`).join(',');
   return `groups=${groups} classes=${classes}`;
 }
@@ -447,19 +486,10 @@ export function register(program: Command): void {
     process.once('SIGINT', onInt);
     process.once('SIGTERM', onTerm);
     const cluster = await startFromFlags(o, o, undefined, given);
-    process.off('SIGINT', onInt);
-    process.off('SIGTERM', onTerm);
-    const l = cluster.layout;
-    // Reachable beyond this machine with no token: anyone who can reach the port can use the
-    // cluster (and read ClusterStatus and /metrics). Said on stderr and on the ready line.
-    const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
-    if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
-      'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
-    const first = l.groups[0]!;
-    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${first.pp} tp=${first.tp} world=${l.world} ` +
-      `${readyFields(cluster)}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
-      `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
-    await new Promise<void>((resolve) => {
+    // The serving handlers go on before the starting ones come off and before the ready line: a
+    // signal in between (a script that stops the launch as soon as it reads the line) would
+    // otherwise meet no handler and kill the process without a shutdown.
+    const stopped = new Promise<void>((resolve) => {
       let stopping = false;
       const shutdown = (why: string, code: number) => {
         if (stopping) return;
@@ -477,5 +507,23 @@ export function register(program: Command): void {
         if (cluster.coordinator.members.replicas.every((r) => r.state === 'lost')) shutdown('every replica is lost and none could be re-formed', 1);
       });
     });
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+    const l = cluster.layout;
+    // Reachable beyond this machine with no token: anyone who can reach the port can use the
+    // cluster (and read ClusterStatus and /metrics). Said on stderr and on the ready line.
+    const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
+    if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
+      'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
+    // The first group's layout and precision (the only group's, without a deployment file); every
+    // group's in groups=, after the fields a single-group line has always had.
+    const first = l.groups[0]!;
+    const p = first.precision;
+    process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${first.pp} tp=${first.tp} world=${l.world}` +
+      // http= before metrics=: the line's existing fields keep their places.
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
+      `${readyFields(cluster)} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
+    await stopped;
   });
 }

@@ -1,8 +1,10 @@
-// `nodespeed model info DIR` and `nodespeed model init ... OUT` (src/model/info.ts, src/model/init.ts).
+// `nodespeed model info DIR`, `nodespeed model init ... OUT` and `nodespeed model quantize --to int8|fp8 IN OUT`
+// (src/model/info.ts, init.ts, quantize.ts).
 import { Command, InvalidArgumentError, Option } from 'commander';
 
 import type { DType } from '../model/index.js';
-import { formatBytes, formatInfo, initModel, modelInfo, MOE_PRESETS, PRESETS } from '../model/index.js';
+import { formatBytes, formatInfo, initModel, modelInfo, MOE_PRESETS, PRESETS, quantizeModel } from '../model/index.js';
+import { loadAddon } from '../native/addon.js';
 import { seedArg } from './args.js';
 import { checkCheckpoint } from './checkpoint.js';
 
@@ -12,6 +14,21 @@ function shardArg(v: string): number {
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n) || n < 1 || n > 1e6) throw new InvalidArgumentError(`--max-shard-gb must be a number from 1 to 1000000 (got '${v}')`);
   return n * 1e9;
+}
+
+/** `writing X / Y` on stderr, at most 4 times a second, when it is a terminal; end() finishes the line. */
+function writingProgress() {
+  const tty = process.stderr.isTTY;
+  let lastReport = 0;
+  return {
+    report: (done: number, total: number) => {
+      const now = performance.now();
+      if (!tty || (now - lastReport < 250 && done < total)) return;
+      lastReport = now;
+      process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
+    },
+    end: () => { if (tty) process.stderr.write('\n'); },
+  };
 }
 
 export function register(program: Command): void {
@@ -49,20 +66,37 @@ export function register(program: Command): void {
     .addOption(new Option('--max-shard-gb <gb>', 'largest safetensors file, in GB').argParser(shardArg).default(2e9, '2'))
     .action(async (out: string, o: { arch: string; preset: string; dtype: string; seed: bigint; maxShardGb: number }) => {
       const started = performance.now();
-      let lastReport = 0;
-      const tty = process.stderr.isTTY;
+      const progress = writingProgress();
       const r = await initModel({
         arch: o.arch, preset: o.preset, dtype: DTYPE_FLAG[o.dtype]!, seed: o.seed, out, maxShardBytes: o.maxShardGb,
-        onProgress: (done, total) => {
-          const now = performance.now();
-          if (!tty || (now - lastReport < 250 && done < total)) return;
-          lastReport = now;
-          process.stderr.write(`\rwriting ${formatBytes(done)} / ${formatBytes(total)}`);
-        },
+        onProgress: progress.report,
       });
-      if (tty) process.stderr.write('\n');
+      progress.end();
       const secs = (performance.now() - started) / 1000;
       process.stdout.write(`wrote ${out}: ${o.preset} ${o.arch}, ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
         `tokenizer ${r.tokenizer}, ${secs.toFixed(1)} s\n`);
+    });
+
+  model
+    .command('quantize')
+    .description('Write a float checkpoint as a compressed-tensors folder: int8 (pack-quantized, per-channel weight-only: W8A16) or ' +
+      'fp8 (float-quantized E4M3 per-channel weights, dynamic per-token activations: W8A8). The weights are the bytes ' +
+      '`--quantize` makes at load; see docs/QUANTIZATION.md')
+    .addOption(new Option('--to <format>', 'int8 or fp8').choices(['int8', 'fp8']).makeOptionMandatory())
+    .argument('<in>', 'Hugging Face model folder with float (f32 / bf16 / f16) weights')
+    .argument('<out>', 'output folder (created; must be empty if it exists)')
+    .option('--max-shard-gb <gb>', 'largest safetensors file, in GB', shardArg, 5e9)
+    .action(async (input: string, out: string, o: { to: 'int8' | 'fp8'; maxShardGb: number }) => {
+      const started = performance.now();
+      const progress = writingProgress();
+      const addon = loadAddon();
+      const r = await quantizeModel({
+        input, out, to: o.to, maxShardBytes: o.maxShardGb,
+        quantize: (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what),
+        onProgress: progress.report,
+      });
+      progress.end();
+      process.stdout.write(`wrote ${out}: compressed-tensors ${o.to} (${r.format}), ${formatBytes(r.bytes)} in ${r.files.length} safetensors file(s), ` +
+        `${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     });
 }

@@ -9,7 +9,7 @@ import { NodespeedClient } from '../client/index.js';
 import { secondsArg } from './args.js';
 import { addServerFlags, clientOptions } from './server-flags.js';
 import type { ServerFlags } from './server-flags.js';
-import type { ClassStatusMsg, ClusterStatusMsg, FailureStatusMsg, LatencyPercentilesMsg } from '../client/index.js';
+import type { ClassStatusMsg, ClusterStatusMsg, FailureStatusMsg, LatencyPercentilesMsg, PrecisionMsg } from '../client/index.js';
 
 function table(header: string[], rows: string[][]): string {
   const w = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
@@ -52,18 +52,21 @@ export function formatStatus(s: ClusterStatusMsg): string {
   const shape = groups.length > 1 ? `${groups.length} groups, ${s.replicaCount} replica(s)` : `${s.replicaCount} replica(s) x pp ${s.pp} x tp ${s.tp}`;
   const head = `${s.model}: ${s.state}, ${shape}, generation ${s.generation}, ` +
     `${s.activeRequests} request(s) in flight (${s.pendingRequests} waiting for a replica)`;
+  // PRECISION: weights / matrix-product inputs / KV cache, e.g. int8/bf16/bf16 or fp8/fp8/fp8.
+  const precision = (p: PrecisionMsg | null | undefined) => (p ? `${p.weights}/${p.activations}/${p.kvCache}` : '-');
   const groupTable = table(['GROUP', 'DEVICE', 'PRECISION', 'LAYOUT', 'REPLICAS', 'THREADS', 'MAX SEQS'],
-    groups.map((g) => [g.name, g.device, g.precision, `tp ${g.tp} x pp ${g.pp}`, g.replicas.join(',') || '-', g.threads ? String(g.threads) : '-',
+    groups.map((g) => [g.name, g.device, precision(g.precision), `tp ${g.tp} x pp ${g.pp}`, g.replicas.join(',') || '-', g.threads ? String(g.threads) : '-',
       g.maxSeqs ? String(g.maxSeqs) : '-']));
   const classTable = table(['CLASS', 'PRIORITY', 'GROUPS', 'TTFT TARGET', 'WAITING', 'RUNNING', 'PREEMPTED', 'ROUTED', 'OVERFLOW', 'REJECTED',
     'PREEMPTIONS', 'TTFT ms p50/p90/p99', 'ITL ms p50/p90/p99'],
   (s.classes ?? []).map((c) => [c.name, String(c.priority), c.groups.join('>'), c.ttftP99TargetMs ? `p99 <= ${c.ttftP99TargetMs} ms` : '-',
     String(c.waiting), String(c.running), String(c.preempted), routed(c), c.overflowed, c.rejected, c.preemptions, pct(c.ttft), pct(c.itl)]));
   // LAYOUT: the replica's own (smaller than its group's after a `shrunk` recovery) and its ranks.
-  const replicas = table(['REPLICA', 'GROUP', 'STATE', 'LAYOUT', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH', 'STEP ms', 'PREEMPTED'],
-    s.replicas.map((r) => [String(r.id), r.group || '-', r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, (r.ranks ?? []).join(',') || '-', String(r.running),
-      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch), r.stepMs ? r.stepMs.toFixed(1) : '-',
-      String(r.preemptions ?? 0)]));
+  const replicas = table(['REPLICA', 'GROUP', 'STATE', 'LAYOUT', 'PRECISION', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH',
+    'STEP ms', 'PREEMPTED'],
+    s.replicas.map((r) => [String(r.id), r.group || '-', r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, precision(r.precision), (r.ranks ?? []).join(',') || '-',
+      String(r.running), String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch),
+      r.stepMs ? r.stepMs.toFixed(1) : '-', String(r.preemptions ?? 0)]));
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
       w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));

@@ -12,7 +12,7 @@ import { INFERENCE_SERVICE, clientConstructor, inferencePackageDefinition } from
 
 export type {
   ClassStatusMsg, ClusterStatusMsg, CompleteResponseMsg, FailoverCountersMsg, FailureStatusMsg, FinishReasonName, GenerateRequestMsg, GenerateResponseMsg,
-  GroupStatusMsg, LatencyPercentilesMsg, ModelInfoMsg, RecoveryName, ReplicaStatusMsg, UsageMsg, WorkerStatusMsg,
+  GroupStatusMsg, LatencyPercentilesMsg, ModelInfoMsg, PrecisionMsg, RecoveryName, ReplicaStatusMsg, UsageMsg, WorkerStatusMsg,
 } from '../protocol/api.js';
 export { INFERENCE_PROTO, CONTROL_PROTO } from '../protocol/proto.js';
 
@@ -81,10 +81,8 @@ export class NodespeedClient {
     c.signal?.addEventListener('abort', onAbort, { once: true });
     let finished = false;
     try {
-      for await (const m of call as AsyncIterable<GenerateResponseMsg>) {
-        yield m;
-        if (m.finishReason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
-      }
+      for await (const m of call as AsyncIterable<GenerateResponseMsg>) yield m;
+      finished = true;  // the server ended the stream: every sequence finished (n > 1 streams several)
     } catch (err) {
       throw wrap(err);
     } finally {

@@ -8,14 +8,17 @@ import * as grpc from '@grpc/grpc-js';
 
 import type {
   ClusterStatusMsg, CompleteResponseIn, FailoverCountersMsg, FailureStatusMsg, GenerateRequest, GenerateResponseIn, InferenceHandlers, QuarantinedRequestMsg,
+  TokenLogprobs,
 } from '../protocol/api.js';
 import { FinishReason, RequestStatus } from '../protocol/lifecycle.js';
 import { LIMIT_FLAGS, LimitError, checkRequestLimits } from '../protocol/limits.js';
-import type { RequestLimits } from '../protocol/limits.js';
+import type { RequestLimits, RequestSize } from '../protocol/limits.js';
 import { PriorityError, parsePriority } from '../protocol/priority.js';
 import type { Priority } from '../protocol/priority.js';
-import { SamplingError, validateSampling, withinContext } from '../protocol/sampling.js';
-import type { SamplingParams } from '../protocol/sampling.js';
+import { SamplingError, nthSequence, validateSampling, withModelDefaults, withinContext } from '../protocol/sampling.js';
+import type { ModelSamplingDefaults, SamplingParams } from '../protocol/sampling.js';
+import { ChatTemplateError } from '../model/chat-template.js';
+import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import type { ClassTable } from './classes.js';
 import type { ClassCounters } from './class-stats.js';
 import { groupOf } from './layout.js';
@@ -39,9 +42,20 @@ export interface ModelFacts {
   vocabSize: number;
   /** Tokenizes off the event loop (model/tokenizer-pool.ts). */
   encode(text: string): Promise<number[]>;
+  /** A chat rendered with the model's chat template and tokenized, off the event loop (rejects with ChatTemplateError). */
+  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions): Promise<number[]>;
   /** The most bytes a prompt can have and still fit the context (protocol/limits.ts promptBytesLimit). */
   promptBytes: number;
+  /** generation_config.json's sampling defaults. */
+  defaults?: ModelSamplingDefaults;
+  /** Token ids to text (the HTTP API's echo and logprob tokens). */
+  decode?(ids: number[]): string;
 }
+
+/** What validateRequest reads: the public GenerateRequest, with chat messages as OpenAI's API allows them. */
+export type RequestInput = Omit<GenerateRequest, 'messages' | 'seed'> & { messages?: ChatMessage[]; seed?: string | number | bigint | null;
+  chatTemplateKwargs?: Record<string, unknown> };
+
 
 function bad(field: string, message: string): never {
   throw new InvalidRequestError(field, message);
@@ -52,9 +66,11 @@ function protoName(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
+/** A validated request: its prompt, the parameters of sequence 0 of its n (sequence i: nthSequence), its class. */
 export interface ValidRequest {
   promptIds: number[];
   params: SamplingParams;
+  n: number;
   /** Absent: the default class. */
   priority?: Priority;
   /** Its class in the server's classes, and where it sits in their order. */
@@ -63,7 +79,7 @@ export interface ValidRequest {
 }
 
 /** The request's priority oneof: a class name or an integer (which class it is, the server's classes say). */
-function priorityOf(m: GenerateRequest): Priority | undefined {
+function priorityOf(m: RequestInput): Priority | undefined {
   try {
     if (m.priority === 'priorityClass') return parsePriority(m.priorityClass ?? '');
     if (m.priority === 'priorityValue') return parsePriority(m.priorityValue ?? 0);
@@ -85,25 +101,58 @@ function classOf(classes: ClassTable, p: Priority | undefined, field: string): R
 }
 
 /**
- * Checks a request and turns it into prompt ids, parameters and its class. Everything cheap comes
- * first (the limits, the sampling rules, the priority and its class, the prompt's bytes), so a
- * request that breaks a rule is refused without tokenizing it; the tokenizing itself runs off the
- * event loop.
+ * The text of a chat's messages, as the prompt-bytes limit counts it: the template only adds to it,
+ * so a chat whose messages alone are over the limit cannot fit the context either.
  */
-export async function validateRequest(m: GenerateRequest, model: ModelFacts, limits: RequestLimits, classes: ClassTable): Promise<ValidRequest> {
-  if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
-  const ids = m.promptIds ?? [];
-  if (m.prompt && ids.length) bad('prompt', 'give either prompt or prompt_ids, not both');
+function messagesText(msgs: ChatMessage[]): string {
+  return msgs.map((x) => (typeof x.content === 'string' ? x.content : Array.isArray(x.content) ? x.content.map((p) => p?.text ?? '').join('') : '')).join('');
+}
+
+async function chatPrompt(m: RequestInput, model: ModelFacts): Promise<number[]> {
+  if (!model.encodeChat) bad('messages', 'this server cannot render chats');
   try {
-    checkRequestLimits({ ...(m.prompt ? { prompt: m.prompt } : {}), stop: m.stop ?? [] }, limits, model.promptBytes);
+    return await model.encodeChat(m.messages!, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) });
   } catch (err) {
-    if (err instanceof LimitError) bad(err.field, err.message.slice(err.field.length + 2));
+    if (err instanceof ChatTemplateError) bad('messages', err.message);
     throw err;
   }
+}
+
+/**
+ * Checks a request and turns it into the prompt ids and parameters the driver runs, and its class
+ * among `classes`. Everything cheap comes first (the request limits, the sampling rules, the
+ * priority and its class, the prompt's bytes), so a request that breaks a rule is refused without
+ * tokenizing it; the tokenizing (and a chat's template) runs off the event loop. Fields the request
+ * leaves out take the model's generation_config.json values, then the API's defaults
+ * (`apiTemperature`: OpenAI's 1 for the HTTP API, greedy for gRPC).
+ */
+export async function validateRequest(m: RequestInput, model: ModelFacts, limits: RequestLimits, classes: ClassTable,
+  apiTemperature?: number): Promise<ValidRequest> {
+  if (m.model && m.model !== model.name) bad('model', `unknown model "${m.model}" (this server serves "${model.name}")`);
+  const ids = m.promptIds ?? [];
+  const chat = !!m.messages?.length;
+  const given = [m.prompt ? 'prompt' : '', ids.length ? 'prompt_ids' : '', chat ? 'messages' : ''].filter(Boolean);
+  if (given.length > 1) bad(given[1]!, `give one of prompt, prompt_ids and messages (got ${given.join(' and ')})`);
+  const n = m.n ?? 1;
+  if (!Number.isInteger(n) || n < 1) bad('n', `must be an integer >= 1 (got ${n})`);
+  const size: RequestSize = { stop: m.stop ?? [], n, ...(m.logprobs !== undefined && m.logprobs !== null && m.logprobs >= 0 ? { logprobs: m.logprobs } : {}) };
+  if (m.prompt) size.prompt = m.prompt;
+  else if (chat) size.prompt = messagesText(m.messages!);
+  try {
+    checkRequestLimits(size, limits, model.promptBytes);
+  } catch (err) {
+    if (err instanceof LimitError) bad(err.field === 'prompt' && chat ? 'messages' : err.field, err.message.slice(err.field.length + 2));
+    throw err;
+  }
+  const bias = Object.entries(m.logitBias ?? {}).map(([token, b]) => ({ token: Number(token), bias: Number(b) }));
   let params: SamplingParams;
   try {
-    params = validateSampling({ temperature: m.temperature, topK: m.topK, topP: m.topP, seed: m.seed, maxTokens: m.maxTokens,
-      stop: m.stop, ignoreEos: m.ignoreEos });
+    const input = withModelDefaults({
+      temperature: m.temperature, topK: m.topK, topP: m.topP, minP: m.minP, seed: m.seed, maxTokens: m.maxTokens, stop: m.stop,
+      ignoreEos: m.ignoreEos, repetitionPenalty: m.repetitionPenalty, presencePenalty: m.presencePenalty, frequencyPenalty: m.frequencyPenalty,
+      stopTokenIds: m.stopTokenIds, logprobs: m.logprobs, logitBias: bias,
+    }, model.defaults ?? {}, apiTemperature);
+    params = validateSampling(input, model.vocabSize);
   } catch (err) {
     if (err instanceof SamplingError) bad(protoName(err.field), err.problem);
     throw err;
@@ -117,14 +166,17 @@ export async function validateRequest(m: GenerateRequest, model: ModelFacts, lim
     const at = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize);
     if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
     promptIds = [...ids];
+  } else if (chat) {
+    promptIds = await chatPrompt(m, model);
+    if (promptIds.length === 0) bad('messages', 'render to no tokens');
   } else {
     if (!m.prompt) bad('prompt', 'is empty');
     promptIds = await model.encode(m.prompt);
     if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
   }
   if (promptIds.length >= model.contextLength)
-    bad('prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
-  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength), ...(priority ? { priority } : {}), sched,
+    bad(chat ? 'messages' : 'prompt', `is ${promptIds.length} tokens, which leaves no room in the model's context of ${model.contextLength}`);
+  return { promptIds, params: withinContext(params, promptIds.length, model.contextLength), n, ...(priority ? { priority } : {}), sched,
     exact: m.exact ?? false };
 }
 
@@ -132,7 +184,7 @@ export interface ApiOptions {
   model: ModelFacts & { path: string; architecture: string; numLayers: number; dtype: string };
   /** Most requests accepted and not finished, over the whole cluster. */
   maxQueue: number;
-  /** What one request may ask for (--max-request-bytes, --max-stop-strings, ...). */
+  /** What one request may ask for (--max-request-bytes, --max-stop-strings, ...), on every API. */
   limits: RequestLimits;
   /** When set, every call must carry `authorization: Bearer <token>`. */
   authToken?: string;
@@ -159,120 +211,198 @@ function oversizeOf(req: unknown): number | undefined {
   return (req as Record<symbol, number | undefined>)[OVERSIZE];
 }
 
-type Status = { code: grpc.status; details: string };
+export type Status = { code: grpc.status; details: string };
+
+/** Where the tokens of a request's sequences go: `choice` is the sequence (prompt index * n + i). */
+export interface ChoicesSink {
+  update(choice: number, u: RequestUpdate): void;
+  /** The request cannot complete; the API has cancelled its other sequences. */
+  fail(code: grpc.status, message: string): void;
+}
+
+/** A request admitted as its sequences (one record each); cancel() frees them all. */
+export interface Admitted {
+  records: RequestRecord[];
+  cancel(why: string): void;
+}
 
 export class InferenceApi {
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
+
+  get model(): ApiOptions['model'] {
+    return this.o.model;
+  }
+
+  /** Whether a replica serves now. */
+  serving(): boolean {
+    return this.members.replicas.some((r) => r.state === 'serving');
+  }
+
+  get limits(): RequestLimits {
+    return this.o.limits;
+  }
 
   private authorize(md: grpc.Metadata): Status | null {
     if (!this.o.authToken || bearerMatches(String(md.get('authorization')[0] ?? ''), this.o.authToken)) return null;
     return { code: grpc.status.UNAUTHENTICATED, details: 'authorization: a valid "Bearer <token>" is required' };
   }
 
-  /**
-   * Validates, admits and routes a request; the sink receives its tokens. `gone` says whether the
-   * client left while the prompt was being tokenized (then nothing is admitted).
-   */
-  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink, gone: () => boolean): Promise<RequestRecord | Status | null> {
-    const r = await this.admit(req, md, sink, gone);
+  /** Counts the outcome of an admission for Prometheus. */
+  private counted(r: Admitted | Status): Admitted | Status {
     const m = this.o.metrics;
-    if (m && r instanceof RequestRecord) m.accepted();
-    else if (m && r) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
+    if (m && 'records' in r) m.accepted();
+    else if (m) m.rejected(grpc.status[(r as Status).code] ?? String((r as Status).code));
     return r;
   }
 
-  private async admit(req: GenerateRequest, md: grpc.Metadata, sink: RequestSink, gone: () => boolean): Promise<RequestRecord | Status | null> {
+  /** The request classes requests are validated against (the router's). */
+  get classes(): ClassTable {
+    return this.router.classes;
+  }
+
+  /**
+   * Admits the sequences of already validated prompts (each prompt's n, seeds seed + i) all at
+   * once, or none: the queue limit counts them all, and RESOURCE_EXHAUSTED when no replica their
+   * class may use can take them. The sink gets every sequence's tokens; the first failure cancels
+   * the others and fails the request.
+   */
+  admitChoices(prompts: ValidRequest[], sink: ChoicesSink): Admitted | Status {
+    const total = prompts.reduce((a, p) => a + p.n, 0);
+    if (!this.router.anyAlive()) return this.counted({ code: grpc.status.UNAVAILABLE, details: 'no replica is serving' });
+    const counters: ClassCounters[] = prompts.map((p) => this.router.stats.of(p.sched.cls));
+    const refuse = (s: Status): Status => {
+      for (const c of new Set(counters)) c.rejected++;
+      return this.counted(s) as Status;
+    };
+    if (this.store.size + total > this.o.maxQueue)
+      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const m = this.o.metrics;
+    const records: RequestRecord[] = [];
+    let failed = false;
+    const admitted: Admitted = {
+      records,
+      cancel: (why) => {
+        for (const r of records) if (this.store.finish(r, { status: RequestStatus.CANCELLED })) this.router.cancel(r, why);
+      },
+    };
+    prompts.forEach((p) => {
+      for (let i = 0; i < p.n; i++) {
+        const choice = records.length;
+        // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
+        const rs: RequestSink = {
+          update: (u) => {
+            m?.streamed(u.tokenIds.length);
+            sink.update(choice, u);
+          },
+          fail: (code, details) => {
+            if (failed) return;
+            failed = true;
+            admitted.cancel(`sequence ${choice} of the request failed`);
+            sink.fail(code, details);
+          },
+        };
+        records.push(new RequestRecord(this.store.newId(), p.promptIds, nthSequence(p.params, i), rs, { ...p.sched, exact: p.exact }));
+      }
+    });
+    // A prompt's sequences share its budget and class: its first tells whether any replica can take them.
+    let at = 0;
+    for (const p of prompts) {
+      const route = this.router.choose(records[at]!);
+      if ('exhausted' in route) return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: route.exhausted });
+      at += p.n;
+    }
+    for (const r of records) this.store.add(r);
+    for (const r of records) this.router.submit(r);
+    return this.counted(admitted);
+  }
+
+  /**
+   * Validates one gRPC request (its prompt is tokenized off the event loop meanwhile) and admits
+   * its sequences; null when the client left while it was being validated (nothing is admitted).
+   */
+  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean): Promise<Admitted | Status | null> {
     const denied = this.authorize(md);
-    if (denied) return denied;
+    if (denied) return this.counted(denied);
     const tooLarge = oversizeOf(req);
     if (tooLarge !== undefined)
-      return { code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` };
+      return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` });
     let v: ValidRequest;
     try {
       v = await validateRequest(req, this.o.model, this.o.limits, this.router.classes);
     } catch (err) {
-      if (err instanceof InvalidRequestError) return { code: grpc.status.INVALID_ARGUMENT, details: err.message };
+      if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;
     }
     if (gone()) return null;
-    if (!this.router.anyAlive()) return { code: grpc.status.UNAVAILABLE, details: 'no replica is serving' };
-    const counters: ClassCounters = this.router.stats.of(v.sched.cls);
-    if (this.store.size >= this.o.maxQueue) {
-      counters.rejected++;
-      return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` };
-    }
-    const m = this.o.metrics;
-    // The router hands the sink only tokens the client has not seen: a replay's prefix counts once.
-    const counted: RequestSink = m ? { update: (u) => (m.streamed(u.tokenIds.length), sink.update(u)), fail: (c, d) => sink.fail(c, d) } : sink;
-    const rec = new RequestRecord(this.store.newId(), v.promptIds, v.params, counted, { ...v.sched, exact: v.exact });
-    const route = this.router.choose(rec);
-    if ('exhausted' in route) {
-      counters.rejected++;
-      return { code: grpc.status.RESOURCE_EXHAUSTED, details: route.exhausted };
-    }
-    this.store.add(rec);
-    this.router.submit(rec, route);
-    return rec;
-  }
-
-  /** Client cancellation or deadline: forget the request and tell its driver to free its blocks. */
-  private abandon(rec: RequestRecord, why: string): void {
-    if (this.store.finish(rec, { status: RequestStatus.CANCELLED })) this.router.cancel(rec, why);
-  }
-
-  private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
-    let rec: RequestRecord | undefined;
-    const sink: RequestSink = {
-      update: (u: RequestUpdate) => {
-        const last = u.finishReason !== NOT_FINISHED;
-        if (!u.tokenIds.length && !u.text && !last) return;
-        call.write({
-          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason,
-          usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
-          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
-        });
-        if (last) call.end();
-      },
-      fail: (code, details) => call.emit('error', { code, details }),
-    };
-    this.serve(call, sink, (r) => (rec = r), (s) => call.emit('error', s));
+    return this.admitChoices([v], sink);
   }
 
   /**
-   * Admits a call's request (its prompt is tokenized off the event loop meanwhile) and keeps it
-   * tied to the call: 'cancelled' (client cancellation or an expired deadline), also while the
-   * request is still being admitted, abandons it.
+   * Admits a call's request and keeps it tied to the call: 'cancelled' (client cancellation or an
+   * expired deadline), also while the request is still being validated, cancels its sequences.
    */
-  private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: RequestSink,
-    admitted: (rec: RequestRecord) => void, refuse: (s: Status) => void): void {
-    let rec: RequestRecord | undefined;
+  private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: ChoicesSink,
+    admitted: (a: Admitted) => void, refuse: (s: Status) => void): void {
+    let a: Admitted | undefined;
     let cancelled = false;
     call.on('cancelled', () => {
       cancelled = true;
-      if (rec) this.abandon(rec, 'client cancelled or deadline exceeded');
+      a?.cancel('client cancelled or deadline exceeded');
     });
     void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
-      if (r instanceof RequestRecord) admitted((rec = r));
+      if (r && 'records' in r) admitted((a = r));
       else if (r) refuse(r);
     }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
   }
 
+  private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
+    let admitted: Admitted | undefined;
+    let open = 0;
+    const sink: ChoicesSink = {
+      update: (choice, u) => {
+        const last = u.finishReason !== NOT_FINISHED;
+        if (!u.tokenIds.length && !u.text && !last) return;
+        const rec = admitted?.records[choice];
+        call.write({
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? [],
+          usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
+          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
+        });
+        if (last && --open === 0) call.end();
+      },
+      fail: (code, details) => call.emit('error', { code, details }),
+    };
+    this.serve(call, sink, (r) => {
+      admitted = r;
+      open = r.records.length;
+    }, (s) => call.emit('error', s));
+  }
+
   private complete(call: grpc.ServerUnaryCall<GenerateRequest, CompleteResponseIn>,
     cb: grpc.sendUnaryData<CompleteResponseIn>): void {
-    let rec: RequestRecord | undefined;
-    const sink: RequestSink = {
-      update: (u) => {
-        if (u.finishReason === NOT_FINISHED || !rec) return;
+    let admitted: Admitted | undefined;
+    const logprobs: TokenLogprobs[][] = [];
+    let open = 0;
+    const sink: ChoicesSink = {
+      update: (choice, u) => {
+        (logprobs[choice] ??= []).push(...(u.logprobs ?? []));
+        if (u.finishReason === NOT_FINISHED || !admitted || --open > 0) return;
+        const recs = admitted.records;
+        const choices = recs.map((r, i) => ({ index: i, tokenIds: r.tokens, text: r.text, finishReason: r.finishReason, logprobs: logprobs[i] ?? [] }));
+        const first = recs[0]!;
         cb(null, {
-          tokenIds: rec.tokens, text: rec.text, finishReason: u.finishReason, requestId: rec.id,
-          usage: { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length }, promptIds: rec.promptIds,
-          group: u.group ?? '', replica: u.replica ?? 0,
+          tokenIds: first.tokens, text: first.text, finishReason: first.finishReason, requestId: first.id, logprobs: logprobs[0] ?? [],
+          usage: { promptTokens: first.promptIds.length, completionTokens: recs.reduce((a, r) => a + r.tokens.length, 0) },
+          promptIds: first.promptIds, choices, group: u.group ?? '', replica: u.replica ?? 0,
         });
       },
       fail: (code, details) => cb({ code, details }),
     };
-    this.serve(call, sink, (r) => (rec = r), (s) => cb(s));
+    this.serve(call, sink, (r) => {
+      admitted = r;
+      open = r.records.length;
+    }, (s) => cb(s));
   }
 
   status(): ClusterStatusMsg {
@@ -294,6 +424,7 @@ export class InferenceApi {
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
         maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
+        precision: r.precision,
         group: groupOf(layout, r.id).name, preemptions: r.load?.preemptions ?? 0,
         stepMs: r.load && r.load.stepMsBase + r.load.stepMsPerToken > 0 ? r.load.stepMsBase + r.load.stepMsPerToken * (r.load.running || 1) : 0,
       })),
@@ -311,7 +442,7 @@ export class InferenceApi {
         };
       }),
       groups: layout.groups.map((g) => ({
-        name: g.name, device: g.serving.device, precision: g.serving.precision, tp: g.tp, pp: g.pp, threads: g.serving.threads,
+        name: g.name, device: g.serving.device, precision: g.precision, tp: g.tp, pp: g.pp, threads: g.serving.threads,
         replicas: g.replicas, maxSeqs: g.serving.maxSeqs,
       })),
       classes: this.router.classes.list.map((c) => {

@@ -7,6 +7,9 @@
 // Pipeline stages get contiguous layers balanced by the parameters each stage holds (embedding
 // and LM head included).
 import type { ModelConfig } from '../model/config.js';
+import { precisionOf, precisionTag } from '../model/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
 
 export interface HostSlots {
   host: string;
@@ -24,8 +27,11 @@ export interface SlotRef {
 /** What every replica of a group runs with (the worker's Assignment and the driver's scheduler). */
 export interface GroupServing {
   device: 'cpu' | 'cuda';
-  /** auto (as stored) | f32 | bf16 | f16 | int8 | fp8. */
-  precision: string;
+  /** auto (as stored) | f32 | bf16 | f16: CPU weight storage, CUDA compute dtype. */
+  dtype: string;
+  /** A float checkpoint's linear layers quantized as the workers load them. */
+  quantize: QuantizeChoice;
+  kvCacheDtype: KvCacheDtypeChoice;
   /** CPU threads per worker; 0: the backend decides. */
   threads: number;
   /** KV blocks per rank; 0: the backend sizes its cache. */
@@ -82,6 +88,8 @@ export interface GroupPlan {
   stages: StagePlan[];
   replicas: number[];
   serving: GroupServing;
+  /** What its replicas compute with, resolved against the checkpoint. */
+  precision: Precision;
 }
 
 export interface Layout {
@@ -255,13 +263,14 @@ export function planGroups(c: ModelConfig, slots: SlotRef[], groups: GroupReques
       }
     }
     replicaId += n;
-    plans.push({ name: g.name, tp: g.tp, pp: g.pp, stages, replicas: ids, serving: { ...g.serving } });
+    plans.push({ name: g.name, tp: g.tp, pp: g.pp, stages, replicas: ids, serving: { ...g.serving }, precision: precisionOf(c, g.serving) });
   });
   return { layout: { groups: plans, replicas: replicaId, replicaGroup, world: ranks.length, ranks }, slotOf };
 }
 
 /** The serving settings of a layout planned without any (tests, tools): CPU, as stored, backend defaults. */
-export const DEFAULT_SERVING: GroupServing = { device: 'cpu', precision: 'auto', threads: 0, kvBlocks: 0, maxBatchTokens: 256, maxSeqs: 0 };
+export const DEFAULT_SERVING: GroupServing = { device: 'cpu', dtype: 'auto', quantize: 'none', kvCacheDtype: 'auto', threads: 0, kvBlocks: 0,
+  maxBatchTokens: 256, maxSeqs: 0 };
 
 /** One group ("default") over hosts given as slot counts, ranks numbered host by host. */
 export function planLayout(c: ModelConfig, hosts: HostSlots[], o: LayoutOptions & { serving?: GroupServing }): Layout {
@@ -277,17 +286,17 @@ export function groupOf(l: Layout, replica: number): GroupPlan {
 }
 
 /**
- * What a replica's numbers are: its device and precision ("auto" is the checkpoint's dtype as
- * stored, the same numerics as naming it). Replicas of equal numerics produce the same tokens after
- * a replay; the layout (tp, pp) is not part of it.
+ * What a group's numbers are: its device and precision (weights, matrix-product inputs, KV cache).
+ * Replicas of equal numerics produce the same tokens after a replay; the layout (tp, pp) is not part of it.
  */
-export function numericsOf(s: GroupServing, modelDtype = 'auto'): string {
-  return `${s.device}/${s.precision === 'auto' ? modelDtype : s.precision}`;
+export function numericsOf(g: GroupPlan): string {
+  return `${g.serving.device} ${precisionTag(g.precision)}`;
 }
 
-/** "cuda bf16", "cpu f32, 8 threads": how a group computes. */
-export function describeServing(s: GroupServing): string {
-  return `${s.device} ${s.precision}${s.device === 'cpu' && s.threads ? `, ${s.threads} thread${s.threads === 1 ? '' : 's'}` : ''}`;
+/** "cuda bf16/bf16/bf16", "cpu int8/f32/f32, 8 threads" (weights / matrix-product inputs / KV cache): how a group computes. */
+export function describeGroup(g: GroupPlan): string {
+  const s = g.serving, p = g.precision;
+  return `${s.device} ${p.weights}/${p.activations}/${p.kvCache}${s.device === 'cpu' && s.threads ? `, ${s.threads} thread${s.threads === 1 ? '' : 's'}` : ''}`;
 }
 
 /**
@@ -308,7 +317,7 @@ export function describeLayout(l: Layout, cut: (replicaLines: string[]) => strin
   }
   for (const g of l.groups) {
     const shape = `${g.replicas.length} replica(s) x pp ${g.pp} x tp ${g.tp}`;
-    lines.push(single ? `world ${l.world} = ${shape}` : `group ${g.name} (${describeServing(g.serving)}): ${shape}`);
+    lines.push(single ? `world ${l.world} = ${shape}` : `group ${g.name} (${describeGroup(g)}): ${shape}`);
     const replicaLines: string[] = [];
     for (const r of g.replicas) {
       const parts: string[] = [];

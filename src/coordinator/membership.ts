@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 
 import * as grpc from '@grpc/grpc-js';
 
+import type { Precision } from '../model/precision.js';
 import type { Join, Tokens, WorkerMessage } from '../protocol/control.js';
 import { slotOfCommonName } from '../protocol/job-secrets.js';
 import type { Layout } from './layout.js';
@@ -88,7 +89,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     this.replicas = ranksOf.map((ranks, r) => {
       const gi = layout.replicaGroup[r]!;
       const g = layout.groups[gi]!;
-      return new Replica(r, ranks, g.tp, g.pp, gi);
+      return new Replica(r, ranks, g.tp, g.pp, gi, g.precision);
     });
     this.refusals = new RefusalLog(o.log);
     // One timer both sends the coordinator's heartbeats and declares silent workers lost.
@@ -241,10 +242,11 @@ export class Membership extends EventEmitter<MembershipEvents> {
       assignment: {
         epoch: w.epoch, rank: plan.rank, replica: plan.replica, stage: plan.stage, tpRank: plan.tpRank,
         tp: replica.tp, pp: replica.pp, layerStart: plan.layerStart, layerEnd: plan.layerEnd,
-        modelDir: this.o.modelDir, dtype: g.precision, device: g.device, deviceIndex: plan.localRank,
+        modelDir: this.o.modelDir, dtype: g.dtype, device: g.device, deviceIndex: plan.localRank,
         peers, kvBlocks: g.kvBlocks, threads: g.threads, heartbeatIntervalMs: this.o.heartbeatIntervalMs,
         maxBatchTokens: g.maxBatchTokens, maxQueue: this.o.maxQueue, heartbeatTimeoutMs: this.o.heartbeatTimeoutMs, maxSeqs: g.maxSeqs,
         livenessPort: this.o.livenessPort?.() ?? 0, encryptDataPlane: this.o.encryptDataPlane ?? false,
+        quantize: g.quantize, kvCacheDtype: g.kvCacheDtype,
       },
     });
   }

@@ -4,8 +4,10 @@
 import { totalmem } from 'node:os';
 
 import type { ModelConfig } from '../model/config.js';
+import type { QuantizeChoice } from '../model/quantization.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import { planShard } from '../model/weights.js';
-import type { GroupPlan, Layout, RankPlan } from './layout.js';
+import type { GroupPlan, GroupServing, Layout, RankPlan } from './layout.js';
 
 export interface RankMemory {
   rank: number;
@@ -49,13 +51,34 @@ export function groupRanks(l: Layout, g: GroupPlan = l.groups[0]!): GroupRanks {
  * stage's layers, its whole experts of an MoE, embedding / head slices).
  */
 export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, _pp: number): number {
-  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
+  // The float plan: a quantized checkpoint's packed words and scale tensors are not parameters.
+  const plan = planShard({ ...c, quantization: null }, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd });
   return plan.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/**
+ * Bytes of a rank's weights as the backend keeps them: floats at the storage dtype, quantized
+ * matrices (--quantize, or a pre-quantized checkpoint) at one byte a weight plus an f32 scale a row.
+ */
+function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, o: MemoryOptions): number {
+  const float = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
+  const plan = planShard(c, { tpRank: p.tpRank, tpSize: tp, layerStart: p.layerStart, layerEnd: p.layerEnd },
+    { quantize: o.quantize ?? 'none' });
+  return plan.tensors.reduce((n, t) => {
+    const elems = t.shape.reduce((a, b) => a * b, 1);
+    const quantized = t.dtype === 'i8' || t.dtype === 'f8e4m3';
+    const scales = t.convert?.kind === 'quantize' ? 4 * t.shape[0]! : 0;  // X.weight_scale, made as it loads
+    return n + elems * (quantized ? 1 : t.dtype === 'f32' ? 4 : float) + scales;
+  }, 0);
 }
 
 export interface MemoryOptions {
   device: 'cpu' | 'cuda';
   dtype: string;
+  /** --quantize: decoder linears (and with int8 the LM head) at one byte a weight. */
+  quantize?: QuantizeChoice;
+  /** --kv-cache-dtype fp8: one byte per cached element (CUDA). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   kvBlocks: number;
   kvBlockSize: number;
   /** Per-GPU memory (bytes) for cuda; ignored for cpu. */
@@ -67,6 +90,11 @@ export interface MemoryOptions {
   hostUsedBytes?: Map<string, number>;
   /** Most tokens one step carries (--max-batch-tokens); 0 or absent: no step scratch counted. */
   stepTokens?: number;
+}
+
+/** The memory options of a replica group's ranks: its device, precision and KV cache. */
+export function memoryOptionsOf(s: GroupServing): Pick<MemoryOptions, 'device' | 'dtype' | 'quantize' | 'kvCacheDtype' | 'kvBlocks'> {
+  return { device: s.device, dtype: s.dtype, quantize: s.quantize, kvCacheDtype: s.kvCacheDtype, kvBlocks: s.kvBlocks };
 }
 
 /**
@@ -83,15 +111,17 @@ export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, dev
 }
 
 export function estimateMemory(c: ModelConfig, l: GroupRanks, o: MemoryOptions): MemoryCheck {
-  // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32;
-  // CUDA computes in bf16/f16 (int8/fp8 weights: one byte each).
-  const wBytes = o.device === 'cpu' || o.dtype === 'int8' || o.dtype === 'fp8' ? bytesOf(o.dtype, c.dtype) : 2;
-  const kvElt = o.device === 'cpu' ? 4 : 2;
+  // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
+  const kvElt = o.device === 'cpu' ? 4 : o.kvCacheDtype === 'fp8' ? 1 : 2;
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
   // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
   const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
+  // Ranks of equal slices (every replica's, every data-parallel copy) are planned once.
+  const weightsOf = new Map<string, number>();
   const ranks = l.ranks.map((p) => {
-    const weightBytes = rankWeightParams(c, p, l.tp, l.pp) * wBytes;
+    const key = `${p.tpRank}:${p.layerStart}:${p.layerEnd}`;
+    const weightBytes = weightsOf.get(key) ?? rankWeightBytes(c, p, l.tp, o);
+    weightsOf.set(key, weightBytes);
     const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
     const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
     return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };

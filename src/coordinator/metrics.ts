@@ -121,6 +121,17 @@ export class CoordinatorMetrics implements ApiMetrics {
     perReplica('nodespeed_replica_serving', '1 while the replica serves, 0 while it forms, loads or is lost', (rep) => (rep.state === 'serving' ? 1 : 0));
     perReplica('nodespeed_replica_ranks', 'Ranks of the replica (tp x pp: fewer after failover re-formed it with a smaller layout)', (rep) => rep.ranks.length);
     new Gauge({
+      name: 'nodespeed_replica_precision_info', help: 'Always 1: what the replica computes with (weights, matrix-product inputs, KV cache storage)',
+      labelNames: ['replica', 'weights', 'activations', 'kv_cache'], registers: [r],
+      collect() {
+        this.reset();
+        for (const rep of members.replicas) {
+          const p = rep.precision;
+          this.set({ replica: String(rep.id), weights: p.weights, activations: p.activations, kv_cache: p.kvCache }, 1);
+        }
+      },
+    });
+    new Gauge({
       name: 'nodespeed_replicas_serving', help: 'Replicas serving now', registers: [r],
       collect() { this.set(members.replicas.filter((rep) => rep.state === 'serving').length); },
     });
@@ -192,13 +203,14 @@ export class CoordinatorMetrics implements ApiMetrics {
     latency('nodespeed_class_ttft_seconds', 'Time to first token of the class\'s recent requests (at most 1024, the last 10 minutes), by quantile', (k) => k.ttft);
     latency('nodespeed_class_itl_seconds', 'Time between two tokens of one stream, the class\'s recent tokens, by quantile', (k) => k.itl);
     new Gauge({
-      name: 'nodespeed_replica_info', help: 'A replica\'s group, device, precision and layout (value 1)', labelNames: ['replica', 'group', 'device', 'precision', 'layout'],
+      name: 'nodespeed_replica_info', help: 'A replica\'s group, device and layout (value 1; its precision: nodespeed_replica_precision_info)',
+      labelNames: ['replica', 'group', 'device', 'layout'],
       registers: [r],
       collect() {
         this.reset();
         for (const rep of members.replicas) {
           const g = groupOf(members.layout, rep.id);
-          this.set({ replica: String(rep.id), group: g.name, device: g.serving.device, precision: g.serving.precision, layout: `tp ${rep.tp} x pp ${rep.pp}` }, 1);
+          this.set({ replica: String(rep.id), group: g.name, device: g.serving.device, layout: `tp ${rep.tp} x pp ${rep.pp}` }, 1);
         }
       },
     });
@@ -243,6 +255,9 @@ export async function serveMetrics(registry: Registry, bind: string, port: numbe
     );
   };
   const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
+  // Node's 5 s default races a scraper that reuses its connection after an idle pause (it sends on a
+  // socket the server is closing: "other side closed"); a minute, as the HTTP API keeps them.
+  server.keepAliveTimeout = 65_000;
   const host = bind.includes(':') ? `[${bind}]` : bind;
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`--metrics-port: cannot listen on ${host}:${port}: ${err.message}`)));

@@ -4,6 +4,7 @@
 // the one place where a request ends.
 import type * as grpc from '@grpc/grpc-js';
 
+import type { TokenLogprobs } from '../protocol/api.js';
 import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { RequestClass } from './classes.js';
@@ -18,6 +19,8 @@ export interface RequestUpdate {
   /** The replica (and its group) that produced these tokens. */
   replica?: number;
   group?: string;
+  /** One per token id when the request asked for logprobs. */
+  logprobs?: TokenLogprobs[];
 }
 
 /** Where a request's output goes (the API call that accepted it). */

@@ -36,8 +36,6 @@ export type Route =
 
 export interface RouterOptions {
   log: (line: string) => void;
-  /** The checkpoint's dtype ("auto" precision is the dtype as stored: equal numerics to naming it). */
-  modelDtype?: string;
 }
 
 /**
@@ -64,7 +62,7 @@ export class Router {
 
   /** The numerics of a replica: its group's device and precision. */
   numerics(replica: Replica): string {
-    return numericsOf(this.members.layout.groups[replica.group]!.serving, this.o.modelDtype);
+    return numericsOf(this.members.layout.groups[replica.group]!);
   }
 
   private model(r: Replica): ReplicaModel {
@@ -213,6 +211,7 @@ export class Router {
       const group = this.members.layout.groups[replica.group]!.name;
       const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason,
         replica: replica.id, group };
+      if (u.logprobs.length) update.logprobs = u.logprobs.slice(skip);
       if (u.finishReason === FinishReason.FINISH_REASON_UNSPECIFIED) rec.sink.update(update);
       else if (this.store.finish(rec, { status: RequestStatus.FINISHED, last: update })) {
         counters.finished++;

@@ -25,6 +25,9 @@ import { ClassTable, defaultClasses } from './classes.js';
 import type { ClassSpec } from './classes.js';
 import type { Layout } from './layout.js';
 import { Membership } from './membership.js';
+import { CoordinatorService } from './http/service.js';
+import { serveHttpApi } from './http/server.js';
+import type { HttpApi } from './http/server.js';
 import { CoordinatorMetrics, serveMetrics } from './metrics.js';
 import type { MetricsServer } from './metrics.js';
 import type { MembershipOptions, Replica } from './membership.js';
@@ -44,14 +47,14 @@ export interface CoordinatorOptions extends MembershipOptions {
   requestTimeoutMs: number;
   /** Serve Prometheus metrics over HTTP on this port of `bind` (0: any free port); absent: off. */
   metricsPort?: number;
+  /** Serve the OpenAI-compatible HTTP API on this port of `bind` (0: any free port); absent: off. */
+  httpPort?: number;
   /** A restarted rank that has not joined after this long fails its replica's re-form attempt (0: no limit). */
   joinTimeoutMs?: number;
   /** Lets failover re-form a replica with a smaller layout (recovery (c)); absent: such a replica is retired. */
   shrink?: ShrinkContext;
   /** The request classes; absent: realtime, standard and batch over every group (classes.ts). */
   classes?: ClassSpec[];
-  /** The checkpoint's dtype: what "auto" precision computes in (equal numerics for an exact replay). */
-  modelDtype?: string;
   /** The control plane: its address (the one workers dial), port (0: any free one) and certificate. */
   control: ControlPlaneOptions;
   /** What one request may ask for (protocol/limits.ts). */
@@ -80,6 +83,7 @@ export class Coordinator {
   /** Only with metricsPort: nothing is counted when nobody can scrape it. */
   readonly metrics: CoordinatorMetrics | undefined;
   metricsServer: MetricsServer | undefined;
+  httpApi: HttpApi | undefined;
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
   private readonly server: grpc.Server;
   // Both ends of every control stream take and send messages up to the same bound (protocol/limits.ts).
@@ -97,7 +101,7 @@ export class Coordinator {
     this.members = new Membership(o.layout, { ...o, slotCertificates: true, livenessPort: () => this.livenessPort });
     const groups = o.layout.groups.map((g) => g.name);
     const classes = new ClassTable(o.classes ?? defaultClasses(groups), groups);
-    this.router = new Router(this.members, this.store, classes, { log: o.log, ...(o.modelDtype ? { modelDtype: o.modelDtype } : {}) });
+    this.router = new Router(this.members, this.store, classes, { log: o.log });
     const failover = new Failover(this.members, this.store, this.router, { requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 0, log: o.log,
       quarantineAfter: o.quarantineAfter ?? 2,
       ...(o.shrink ? { shrink: o.shrink } : {}) });
@@ -158,6 +162,23 @@ export class Coordinator {
       }
       this.o.log(`coordinator: Prometheus metrics at ${this.o.tls ? 'https' : 'http'}://${this.metricsServer.address}/metrics`);
     }
+    if (this.o.httpPort !== undefined) {
+      const registry = this.metrics?.registry;
+      const openai = new CoordinatorService(this.api, { decode: (ids) => this.o.model.decode?.(ids) ?? '' },
+        registry ? async () => ({ contentType: registry.contentType, body: await registry.metrics() }) : undefined);
+      try {
+        // The same TLS, token and request-size limit as the gRPC API (public-auth.ts, protocol/limits.ts).
+        this.httpApi = await serveHttpApi(openai, { bind: this.o.bind, port: this.o.httpPort, maxBodyBytes: this.o.limits.requestBytes,
+          ...(this.o.tls ? { tls: this.o.tls } : {}), ...(this.o.authToken ? { authToken: this.o.authToken } : {}) });
+      } catch (err) {
+        this.server.forceShutdown();
+        this.controlServer.forceShutdown();
+        await this.liveness?.stop();
+        await this.metricsServer?.close();
+        throw new Error(`--http-port ${this.o.httpPort}: cannot listen on ${this.o.bind}:${this.o.httpPort} (${(err as Error).message})`);
+      }
+      this.o.log(`coordinator: OpenAI-compatible HTTP API at ${this.o.tls ? 'https' : 'http'}://${this.httpApi.address}/v1`);
+    }
     return this.port;
   }
 
@@ -192,6 +213,7 @@ export class Coordinator {
       this.store.finish(rec, { status: RequestStatus.FAILED, code: grpc.status.UNAVAILABLE, message: `server ${reason}` });
     this.members.stopAll(reason);
     await this.metricsServer?.close();
+    await this.httpApi?.close();
     await Promise.all([shutdown(this.server), shutdown(this.controlServer), this.liveness?.stop()]);
   }
 

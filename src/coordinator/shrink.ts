@@ -17,7 +17,7 @@
 import type { ModelConfig } from '../model/config.js';
 import { LayoutError, balanceStages, checkTpDivides, groupOf } from './layout.js';
 import type { GroupPlan, RankPlan, StagePlan } from './layout.js';
-import { estimateMemory } from './memory.js';
+import { estimateMemory, memoryOptionsOf } from './memory.js';
 import type { MemoryOptions } from './memory.js';
 import type { Membership, Replica } from './membership.js';
 
@@ -128,7 +128,7 @@ export interface ShrinkContext {
 
 /** The memory estimate's options for a replica of `group` (its device, precision and KV blocks). */
 function memoryOf(g: GroupPlan, kvBlockSize: number): MemoryOptions {
-  return { device: g.serving.device, dtype: g.serving.precision, kvBlocks: g.serving.kvBlocks, kvBlockSize: kvBlockSize || 16 };
+  return { ...memoryOptionsOf(g.serving), kvBlockSize: kvBlockSize || 16 };
 }
 
 /**

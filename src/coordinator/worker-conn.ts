@@ -1,4 +1,5 @@
 // The coordinator's view of one worker connection and of one replica (membership.ts owns them).
+import type { Precision } from '../model/precision.js';
 import type * as grpc from '@grpc/grpc-js';
 
 import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
@@ -74,5 +75,7 @@ export class Replica {
    * Both are its group's layout until failover re-forms it with a smaller one (shrink.ts). `group`:
    * its group's index in the layout.
    */
-  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number, readonly group = 0) {}
+  constructor(readonly id: number, public ranks: number[], public tp: number, public pp: number, readonly group: number,
+    /** What the replica computes with (weights, matrix-product inputs, KV cache): its group's. */
+    readonly precision: Precision) {}
 }

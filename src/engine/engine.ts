@@ -1,10 +1,12 @@
 // One shard of a model on one device: the model loader (src/model) feeding the native backend
 // (src/native/addon.ts). Used by `nodespeed generate` in-process and by serving workers.
 import { loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/index.js';
-import type { ModelConfig } from '../model/index.js';
+import type { ModelConfig, QuantizeChoice } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
-import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult } from '../native/addon.js';
-import { convertTensor } from './convert.js';
+import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult, StorageDTypeName } from '../native/addon.js';
+import { convertTensor } from '../model/convert.js';
+import { fp8Refusal, precisionOf } from '../model/precision.js';
+import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 
 export type DeviceChoice = DeviceName | 'auto';
 export type DTypeChoice = DTypeName | 'auto';
@@ -24,18 +26,31 @@ export interface EngineLoadOptions {
   gpuMemoryFraction?: number;
   /** Most tokens one step will carry (a server's --max-batch-tokens): CUDA sizes the KV cache around their scratch. */
   maxStepTokens?: number;
+  /** Quantize a float checkpoint's linear layers as they load: int8 (W8A16), fp8 (W8A8; CUDA, compute capability 8.9+). */
+  quantize?: QuantizeChoice;
+  /** CUDA: 'fp8' keeps the paged KV cache in E4M3 (compute capability 8.9+). */
+  kvCacheDtype?: KvCacheDtypeChoice;
   onProgress?: (done: number, total: number) => void;
 }
 
 const DEVICES = ['cpu', 'cuda', 'auto'];
 const DTYPES = ['auto', 'f32', 'bf16', 'f16'];
-
+const QUANTIZE = ['none', 'int8', 'fp8'];
+const KV_DTYPES = ['auto', 'fp8'];
 /** auto = cuda when the addon can use a GPU, else cpu; an explicit cuda that cannot work is an error. */
 export function resolveDevice(device: DeviceChoice, info: AddonInfo): DeviceName {
   if (!DEVICES.includes(device)) throw new RangeError(`--device must be cpu, cuda or auto (got ${String(device)})`);
   if (device === 'auto') return info.cuda.available ? 'cuda' : 'cpu';
   if (device === 'cuda' && !info.cuda.available) throw new Error(`--device cuda: CUDA unavailable (${info.cuda.reason})`);
   return device;
+}
+
+/** fp8Refusal (model/precision.ts) for this process's GPU, thrown. */
+export function checkFp8Support(cfg: ModelConfig, device: DeviceName, info: AddonInfo, deviceIndex: number, quantize: QuantizeChoice,
+  kv: KvCacheDtypeChoice): void {
+  const gpu = info.cuda.devices[deviceIndex];
+  const why = fp8Refusal(cfg, device, quantize, kv, gpu ? { index: deviceIndex, name: gpu.name, computeCapability: gpu.computeCapability } : undefined);
+  if (why) throw new Error(why);
 }
 
 export class Engine {
@@ -49,6 +64,7 @@ export class Engine {
     readonly native: NativeEngine,
     readonly kvBlocks: number,
     readonly kvBlockSize: number,
+    readonly precision: Precision,
   ) {}
 
   static async load(dir: string, opts: EngineLoadOptions = {}): Promise<Engine> {
@@ -56,14 +72,19 @@ export class Engine {
     const device = resolveDevice(opts.device ?? 'auto', addon.info());
     const dtype = opts.dtype ?? 'auto';
     if (!DTYPES.includes(dtype)) throw new RangeError(`--dtype must be auto, f32, bf16 or f16 (got ${String(dtype)})`);
+    const quantize = opts.quantize ?? 'none';
+    if (!QUANTIZE.includes(quantize)) throw new RangeError(`--quantize must be none, int8 or fp8 (got ${String(quantize)})`);
+    const kvCacheDtype = opts.kvCacheDtype ?? 'auto';
+    if (!KV_DTYPES.includes(kvCacheDtype)) throw new RangeError(`--kv-cache-dtype must be auto or fp8 (got ${String(kvCacheDtype)})`);
     const config = loadModelConfig(dir);
+    checkFp8Support(config, device, addon.info(), opts.deviceIndex ?? 0, quantize, kvCacheDtype);
     const tpSize = opts.tpSize ?? 1;
     const plan = planShard(config, {
       tpRank: opts.tpRank ?? 0,
       tpSize,
       layerStart: opts.layerStart ?? 0,
       layerEnd: opts.layerEnd ?? config.numLayers,
-    });
+    }, { quantize, kvCacheFp8: kvCacheDtype === 'fp8' });
     let compute: DTypeName = 'f32';
     let storage: DTypeName | undefined; // CPU: convert weights to this dtype on load
     if (device === 'cuda') {
@@ -82,21 +103,24 @@ export class Engine {
       ...(opts.deviceIndex !== undefined ? { deviceIndex: opts.deviceIndex } : {}),
       ...(opts.gpuMemoryFraction !== undefined ? { gpuMemoryFraction: opts.gpuMemoryFraction } : {}),
       ...(opts.maxStepTokens !== undefined ? { maxStepTokens: opts.maxStepTokens } : {}),
+      ...(kvCacheDtype !== 'auto' ? { kvCacheDtype } : {}),
     };
     const native = new addon.Engine(shard);
     try {
       const ckpt = await openCheckpoint(dir);
       try {
-        await loadShard(ckpt, plan, async (name: string, dt: DTypeName, shape: number[], data: Uint8Array) => {
-          // Vectors (norms, biases) are widened to f32 by the backend anyway; convert matrices only.
-          const target = storage && shape.length === 2 ? storage : dt;
-          await native.loadTensor(name, target, shape, convertTensor(data, dt, target));
-        }, opts.onProgress);
+        await loadShard(ckpt, plan, async (name: string, dt: StorageDTypeName, shape: number[], data: Uint8Array) => {
+          // Vectors (norms, biases) are widened to f32 by the backend anyway; convert float matrices only.
+          const float = dt === 'f32' || dt === 'bf16' || dt === 'f16';
+          const target = storage && float && shape.length === 2 ? storage : dt;
+          await native.loadTensor(name, target, shape, float ? convertTensor(data, dt, target as DTypeName) : data);
+        }, opts.onProgress, (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what));
       } finally {
         await ckpt.close();
       }
       const { kvBlocks, kvBlockSize } = await native.finalize();
-      return new Engine(dir, device, config, shard, native, kvBlocks, kvBlockSize);
+      const precision = precisionOf(config, { device, dtype: device === 'cuda' ? compute : storage ?? 'auto', quantize, kvCacheDtype });
+      return new Engine(dir, device, config, shard, native, kvBlocks, kvBlockSize, precision);
     } catch (err) {
       native.dispose();
       throw err;

@@ -3,9 +3,12 @@
 // in the same steps as decodes). This is the reference the distributed path must equal.
 import { BlockAllocator } from './block-allocator.js';
 import type { Engine } from './engine.js';
+import type { TokenLogprobs } from '../protocol/api.js';
 import type { FinishReason } from '../protocol/lifecycle.js';
 import { validateSampling, withinContext } from '../protocol/sampling.js';
 import type { SamplingInput, SamplingParams } from '../protocol/sampling.js';
+import { stepSampling, tokenLogprobs } from './step-sampling.js';
+import type { StepSampling } from './step-sampling.js';
 import { StopChecker } from './stop-checker.js';
 
 export interface TokenizerLike {
@@ -30,6 +33,8 @@ export interface GenerateResult {
   ttftMs: number;
   /** Tokens after the first, per second of decoding (0 when fewer than 2 tokens). */
   tokensPerS: number;
+  /** One per token id when the request asked for logprobs. */
+  logprobs?: TokenLogprobs[];
 }
 
 export type GenerateEvent =
@@ -40,7 +45,9 @@ interface Running {
   index: number;
   promptIds: number[];
   params: SamplingParams;
+  step: StepSampling;
   stop: StopChecker;
+  logprobs?: TokenLogprobs[];
   pos: number;          // tokens already in the KV cache
   next: number[];       // tokens to feed in the next step
   start: number;
@@ -53,15 +60,16 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
   const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize, engine.kvWindow);
   const waiting: Running[] = requests.map((req, index) => {
     const { prompt, promptIds: ids, ...sampling } = req;
-    const asked = validateSampling(sampling);
+    const asked = validateSampling(sampling, engine.config.vocabSize);
     const promptIds = ids ? [...ids] : tokenizer.encode(prompt ?? '');
     if (promptIds.length === 0) throw new RangeError(`request ${index}: empty prompt`);
     if (promptIds.length >= maxPos)
       throw new RangeError(`request ${index}: prompt of ${promptIds.length} tokens leaves no room in the model's context of ${maxPos}`);
     const params = withinContext(asked, promptIds.length, maxPos);
-    const stop = new StopChecker({ eosTokenIds: tokenizer.eosTokenIds, stop: params.stop, maxTokens: params.maxTokens,
-      ignoreEos: params.ignoreEos, decode: (ids) => tokenizer.decode(ids) });
-    return { index, promptIds, params, stop, pos: 0, next: promptIds, start: performance.now() };
+    const stop = new StopChecker({ eosTokenIds: tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop,
+      maxTokens: params.maxTokens, ignoreEos: params.ignoreEos, decode: (ids) => tokenizer.decode(ids) });
+    return { index, promptIds, params, step: stepSampling(params, promptIds.length), stop, pos: 0, next: promptIds, start: performance.now(),
+      ...(params.logprobs >= 0 ? { logprobs: [] } : {}) };
   });
   const running: Running[] = [];
   // Reserve a sequence's whole budget (prompt + max output) on admission: no preemption needed.
@@ -83,10 +91,7 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
           tokens: Int32Array.from(r.next),
           pos: r.pos,
           blockTable: allocator.table(r.index),
-          temperature: r.params.temperature,
-          topK: r.params.topK,
-          topP: r.params.topP,
-          seed: r.params.seed,
+          ...r.step,
         })),
       });
       const now = performance.now();
@@ -97,7 +102,9 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
         r.pos += r.next.length;
         r.next = [token];
         r.firstAt ??= now;
+        const before = r.stop.tokens.length;
         const upd = r.stop.push(token);
+        if (r.logprobs && res.logprobs && r.stop.tokens.length > before) r.logprobs.push(tokenLogprobs(res.logprobs, i, r.params.logprobs));
         if (!upd.done) {
           yield { index: r.index, type: 'token', token, delta: upd.delta };
           continue;
@@ -110,6 +117,7 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
           result: {
             promptIds: r.promptIds, tokenIds: [...r.stop.tokens], text: r.stop.text, finishReason: upd.finishReason!,
             ttftMs: r.firstAt - r.start, tokensPerS: n > 1 && decodeMs > 0 ? ((n - 1) * 1000) / decodeMs : 0,
+            ...(r.logprobs ? { logprobs: r.logprobs } : {}),
           },
         };
       }

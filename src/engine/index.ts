@@ -1,9 +1,12 @@
-export { Engine, resolveDevice } from './engine.js';
+export { Engine, checkFp8Support, resolveDevice } from './engine.js';
+export { formatPrecision, precisionOf, precisionTag } from '../model/precision.js';
+export type { KvCacheDtypeChoice, Precision, PrecisionOptions } from '../model/precision.js';
 export type { EngineLoadOptions, DeviceChoice, DTypeChoice } from './engine.js';
 export { BlockAllocator, KvCacheFullError } from './block-allocator.js';
 export { StopChecker } from './stop-checker.js';
 export type { StopOptions, StopUpdate } from './stop-checker.js';
-export { validateSampling, DEFAULT_MAX_TOKENS } from '../protocol/sampling.js';
+export { validateSampling } from '../protocol/sampling.js';
 export type { SamplingInput, SamplingParams } from '../protocol/sampling.js';
 export { generate, generateAll } from './generate.js';
+export { stepSampling, tokenLogprobs } from './step-sampling.js';
 export type { GenerateEvent, GenerateRequest, GenerateResult, TokenizerLike } from './generate.js';

@@ -1,4 +1,4 @@
-// Decides when a sequence is finished (EOS id, stop string in the decoded text, max tokens) and
+// Decides when a sequence is finished (EOS or a stop token id, stop string in the decoded text, max tokens) and
 // which part of the decoded text is safe to stream: text that might still turn into a stop
 // string, or ends in an incomplete UTF-8 character, is held back until it is settled.
 //
@@ -15,6 +15,8 @@ const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH } = FinishReason;
 
 export interface StopOptions {
   eosTokenIds: readonly number[];
+  /** Ids that end the sequence like EOS (also with ignoreEos), left out of the output likewise. */
+  stopTokenIds?: readonly number[];
   stop: readonly string[];
   maxTokens: number;
   ignoreEos?: boolean;
@@ -167,7 +169,7 @@ export class StopMatcher {
 }
 
 export class StopChecker {
-  /** Generated ids, EOS excluded. */
+  /** Generated ids, EOS and stop token ids excluded. */
   readonly tokens: number[] = [];
   private readonly decoder: IncrementalDecoder;
   private readonly matcher: StopMatcher;
@@ -213,11 +215,13 @@ export class StopChecker {
   }
 
   /**
-   * How `token`, pushed next, ends the sequence whatever its text: EOS, or the last token maxTokens
-   * allows. Known as soon as the token is sampled; a stop string only once push() decodes it.
+   * How `token`, pushed next, ends the sequence whatever its text: EOS or a stop token id, or the
+   * last token maxTokens allows. Known as soon as the token is sampled; a stop string only once
+   * push() decodes it.
    */
   endsWith(token: number): FinishReason | undefined {
     if (!this.opts.ignoreEos && this.opts.eosTokenIds.includes(token)) return STOP;
+    if (this.opts.stopTokenIds?.includes(token)) return STOP;
     if (this.tokens.length + 1 >= this.opts.maxTokens) return LENGTH;
     return undefined;
   }

@@ -10,11 +10,15 @@ import type { ClassSpec } from '../coordinator/classes.js';
 import { DEFAULT_GROUP } from '../coordinator/layout.js';
 import type { Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
-import { loadModelConfig } from '../model/config.js';
-import type { ModelConfig } from '../model/config.js';
+import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
+import type { GenerationConfig, ModelConfig } from '../model/config.js';
+import type { ModelSamplingDefaults } from '../protocol/sampling.js';
+import { planShard } from '../model/weights.js';
+import { fp8Refusal } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { planDeployment } from './deploy-plan.js';
 import type { GroupOptions } from './deploy-plan.js';
+import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
 import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
 import type { RequestLimits } from '../protocol/limits.js';
@@ -63,6 +67,8 @@ export interface ClusterOptions {
   spares?: number;
   /** See CoordinatorOptions.metricsPort. */
   metricsPort?: number;
+  /** See CoordinatorOptions.httpPort. */
+  httpPort?: number;
   allowTpAcrossHosts: boolean;
   authToken?: string;
   ssh?: SshOptions;
@@ -86,6 +92,8 @@ export interface Cluster {
   address: string;
   /** host:port of the Prometheus endpoint (GET /metrics), with --metrics-port. */
   metricsAddress?: string;
+  /** host:port of the OpenAI-compatible HTTP API, when it is on. */
+  httpAddress?: string;
   stop(reason?: string): Promise<void>;
 }
 
@@ -99,7 +107,8 @@ export const WORKER_SCRIPT = join(packageRoot, 'dist', 'worker', 'main.js');
 export function planWithSpares(config: ModelConfig, placement: Placement, o: LayoutOptions, spares: number,
   device: 'cpu' | 'cuda'): { layout: Layout; placement: Placement } {
   const group: GroupOptions = { name: DEFAULT_GROUP, tp: o.tp, pp: o.pp, replicas: o.replicas,
-    serving: { device, precision: 'auto', threads: 0, kvBlocks: 0, maxBatchTokens: device === 'cuda' ? 8192 : 256, maxSeqs: 0 } };
+    serving: { device, dtype: 'auto', quantize: 'none', kvCacheDtype: 'auto', threads: 0, kvBlocks: 0, maxBatchTokens: device === 'cuda' ? 8192 : 256,
+      maxSeqs: 0 } };
   return planDeployment(config, placement, [group], spares, o.allowTpAcrossHosts ?? false);
 }
 
@@ -129,6 +138,37 @@ export async function controlHost(p: Placement, advertise?: string): Promise<str
   return remote ? routeTo(remote.host) : '127.0.0.1';
 }
 
+/**
+ * generation_config.json's sampling values, the defaults of requests that leave them out (as
+ * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
+ * means greedy in transformers).
+ */
+export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
+  const d: ModelSamplingDefaults = {};
+  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
+  if (g.topK !== undefined) d.topK = g.topK;
+  if (g.topP !== undefined) d.topP = g.topP;
+  if (g.minP !== undefined) d.minP = g.minP;
+  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
+  return d;
+}
+
+/**
+ * Refuses what a group's workers would refuse: fp8 on CPU workers (weights or KV cache), a
+ * --quantize that contradicts a pre-quantized checkpoint or a layout its quantized shards cannot take.
+ */
+export function checkGroupPrecision(config: ModelConfig, g: GroupOptions): void {
+  const s = g.serving;
+  const named = g.name === DEFAULT_GROUP ? '' : `group ${g.name}: `;
+  const refusal = fp8Refusal(config, s.device, s.quantize, s.kvCacheDtype);
+  if (refusal) throw new Error(`${named}${refusal}`);
+  try {
+    planShard(config, { tpRank: 0, tpSize: g.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize: s.quantize });
+  } catch (err) {
+    throw new Error(`${named}${(err as Error).message}`);
+  }
+}
+
 const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
 
 export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
@@ -142,6 +182,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
   const tokenizers = await TokenizerPool.start(o.model);
   const token = randomBytes(24).toString('hex');
+  // What a group's workers would refuse, refused once before any starts.
+  for (const g of o.groups) checkGroupPrecision(config, g);
   const first = o.groups[0]!.serving;
   // The job's secrets (SECURITY.md): its CA and certificates, and the data plane's key. Each slot's
   // worker gets its own certificate; the CA key never leaves this process.
@@ -155,17 +197,21 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     heartbeatTimeoutMs: o.heartbeatTimeoutMs, requestTimeoutMs: o.requestTimeoutMs, joinTimeoutMs: o.joinTimeoutMs ?? 60_000, log: o.log, bind: o.bind, port: o.port,
     slots: placement.ranks.map((r) => ({ host: r.host, localRank: r.localRank, ...(r.gpu === null ? { device: 'cpu' as const } : {}) })),
     shrink: { config, allowTpAcrossHosts: o.allowTpAcrossHosts },
-    ...(o.classes ? { classes: o.classes } : {}), modelDtype: config.dtype,
+    ...(o.classes ? { classes: o.classes } : {}),
     ...(o.metricsPort !== undefined ? { metricsPort: o.metricsPort } : {}),
+    ...(o.httpPort !== undefined ? { httpPort: o.httpPort } : {}),
     ...(o.authToken ? { authToken: o.authToken } : {}),
     control: { host: control, port: o.controlPort ?? 0, identity: await pki.serverIdentity(), key: dataPlaneKey },
     limits, ...(o.quarantineAfter !== undefined ? { quarantineAfter: o.quarantineAfter } : {}), ...(o.tls ? { tls: o.tls } : {}),
     encryptDataPlane: o.encryptDataPlane ?? false,
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
-      contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: first.precision,
+      contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: first.dtype,
       encode: (text: string) => tokenizers.encode(text),
+      encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
+      decode: (ids: number[]) => tokenizer.decode(ids),
       promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
+      defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },
   });
   const port = await coordinator.start();
@@ -248,5 +294,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   coordinator.failover.attach(job);
   const host = o.bind === '0.0.0.0' || o.bind === '::' ? control : o.bind;
   const metrics = coordinator.metricsServer;
-  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}), stop };
+  const http = coordinator.httpApi;
+  return { coordinator, job, layout, config, address: hostPort(host, port), ...(metrics ? { metricsAddress: hostPort(host, metrics.port) } : {}),
+    ...(http ? { httpAddress: hostPort(host, http.port) } : {}), stop };
 }

@@ -1,6 +1,6 @@
 // The deployment file of `nodespeed launch --config deploy.yaml`: the model, the hostfile, one or
-// more replica groups (device, layout, replicas, precision, threads, the hosts or slots each may
-// use, engine limits), the request classes (the groups each may use in order of preference, a
+// more replica groups (device, layout, replicas, precision, KV cache dtype, threads, the hosts or
+// slots each may use, engine limits), the request classes (the groups each may use in order of preference, a
 // TTFT target, the priority its name stands for) and the spares. Read with the `yaml` package and
 // checked key by key: every error names the file, the line and the key (`deploy.yaml:7:
 // groups[1].tp: ...`); an unknown key is an error (with the closest known key when one is near).
@@ -32,11 +32,23 @@ import type { Node, Pair, YAMLMap } from 'yaml';
 
 import { DEFAULT_CLASS_PRIORITY } from '../coordinator/classes.js';
 import type { ClassSpec } from '../coordinator/classes.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
+import type { QuantizeChoice } from '../model/quantization.js';
 import { CLASS_NAME } from '../protocol/priority.js';
 
-/** The precisions a group may name: as stored, or one of these (int8/fp8: weight quantization). */
+/**
+ * The precisions a group may name: its weights as stored, one of the float dtypes (CPU: the
+ * storage, computing in f32; CUDA: the compute dtype), or quantized as the workers load a float
+ * checkpoint (int8: W8A16 on CPU and CUDA; fp8: W8A8 on CUDA) -- `--dtype` and `--quantize` of a
+ * launch without a deployment file.
+ */
 export const PRECISIONS = ['auto', 'f32', 'bf16', 'f16', 'int8', 'fp8'] as const;
-export type Precision = (typeof PRECISIONS)[number];
+export type GroupPrecision = (typeof PRECISIONS)[number];
+
+/** A group's precision as the workers take it: a float dtype, or a quantization of the checkpoint as stored. */
+export function weightsOf(p: GroupPrecision): { dtype: string; quantize: QuantizeChoice } {
+  return p === 'int8' || p === 'fp8' ? { dtype: 'auto', quantize: p } : { dtype: p, quantize: 'none' };
+}
 
 export interface DeploymentGroup {
   name: string;
@@ -44,7 +56,9 @@ export interface DeploymentGroup {
   tp: number;
   pp: number;
   replicas: number | 'auto';
-  precision: Precision;
+  precision: GroupPrecision;
+  /** fp8: the KV cache in fp8 (CUDA, `--kv-cache-dtype`); auto: the compute dtype. */
+  kvCacheDtype: KvCacheDtypeChoice;
   threads: number;
   /** Only these hosts of the hostfile. */
   hosts?: string[];
@@ -75,7 +89,8 @@ export class DeploymentError extends Error {
 }
 
 const TOP_KEYS = ['model', 'hostfile', 'groups', 'classes', 'spares'];
-const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'threads', 'hosts', 'slots', 'kv_blocks', 'max_batch_tokens', 'max_seqs'];
+const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'hosts', 'slots', 'kv_blocks', 'max_batch_tokens',
+  'max_seqs'];
 const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'priority'];
 
 /** Levenshtein distance, to suggest the key a typo meant. */
@@ -95,7 +110,8 @@ function distance(a: string, b: string): number {
 
 function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
-  const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', host: 'hosts', ttft_ms: 'ttft_p99_ms' };
+  const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
+    ttft_ms: 'ttft_p99_ms' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
@@ -177,7 +193,7 @@ function group(r: Reader, node: Node, path: string): DeploymentGroup {
   if (!name) r.fail(path, node, 'needs a name');
   const n = r.string(name, `${path}.name`);
   if (!CLASS_NAME.test(n)) r.fail(`${path}.name`, name, `must start with a letter and hold only letters, digits, '_' and '-' (got ${JSON.stringify(n)})`);
-  const g: DeploymentGroup = { name: n, device: 'auto', tp: 1, pp: 1, replicas: 1, precision: 'auto', threads: 0 };
+  const g: DeploymentGroup = { name: n, device: 'auto', tp: 1, pp: 1, replicas: 1, precision: 'auto', kvCacheDtype: 'auto', threads: 0 };
   const p = (k: string) => `${path}.${k}`;
   const dev = get('device');
   if (dev) g.device = r.oneOf(dev, p('device'), ['auto', 'cpu', 'cuda'] as const);
@@ -189,6 +205,8 @@ function group(r: Reader, node: Node, path: string): DeploymentGroup {
   if (rep) g.replicas = r.int(rep, p('replicas'), 1, true);
   const prec = get('precision');
   if (prec) g.precision = r.oneOf(prec, p('precision'), PRECISIONS);
+  const kv = get('kv_cache_dtype');
+  if (kv) g.kvCacheDtype = r.oneOf(kv, p('kv_cache_dtype'), ['auto', 'fp8'] as const);
   const threads = get('threads');
   if (threads) {
     g.threads = r.int(threads, p('threads'), 0) as number;

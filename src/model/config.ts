@@ -6,6 +6,12 @@
 import { closeSync, existsSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { ConfigError } from './config-error.js';
+import type { CheckpointQuant } from './quantization.js';
+import { parseQuantizationConfig } from './quantization.js';
+
+export { ConfigError };
+
 export type DType = 'f32' | 'bf16' | 'f16';
 export type RopeType = 'default' | 'linear' | 'llama3' | 'dynamic' | 'yarn' | 'longrope';
 export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'gemma2' | 'gemma3_text' | 'phi3' | 'mixtral' | 'qwen3_moe' | 'qwen2_moe';
@@ -102,6 +108,8 @@ export interface ModelConfig {
   dtypeSource: 'config' | 'weights' | 'default';
   bosTokenId: number | null;
   eosTokenIds: number[];
+  /** config.json's quantization_config (a pre-quantized checkpoint), normalized; null for float weights. */
+  quantization: CheckpointQuant | null;
 }
 
 export interface GenerationConfig {
@@ -111,13 +119,14 @@ export interface GenerationConfig {
   temperature?: number;
   topK?: number;
   topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
   maxNewTokens?: number;
   doSample?: boolean;
 }
 
 type Json = Record<string, unknown>;
 
-export class ConfigError extends Error {}
 
 function readJson(file: string): Json {
   let text: string;
@@ -344,6 +353,8 @@ export function loadGenerationConfig(dir: string): GenerationConfig {
   if (f.has('temperature')) g.temperature = f.num('temperature', (n) => n >= 0, 'a number >= 0');
   if (f.has('top_k')) g.topK = f.int('top_k', 0);
   if (f.has('top_p')) g.topP = f.num('top_p', (n) => n > 0 && n <= 1, 'in (0, 1]');
+  if (f.has('min_p')) g.minP = f.num('min_p', (n) => n >= 0 && n <= 1, 'in [0, 1]');
+  if (f.has('repetition_penalty')) g.repetitionPenalty = f.num('repetition_penalty', (n) => n > 0, 'a number > 0');
   if (f.has('max_new_tokens')) g.maxNewTokens = f.int('max_new_tokens', 1);
   if (f.has('do_sample')) g.doSample = f.bool('do_sample', false);
   return g;
@@ -437,6 +448,7 @@ export function parseModelConfig(raw: Json, file: string, dir: string): ModelCon
     dtypeSource,
     bosTokenId: gen.bosTokenId ?? bos[0] ?? null,
     eosTokenIds: gen.eosTokenIds.length ? gen.eosTokenIds : eos,
+    quantization: parseQuantizationConfig(raw.quantization_config, file, numLayers),
   };
 }
 
@@ -522,7 +534,9 @@ function weightsDType(dir: string): DType | null {
     const hb = Buffer.alloc(n);
     if (readSync(fd, hb, 0, n, 8) !== n) return null;
     for (const [k, v] of Object.entries(JSON.parse(hb.toString('utf8')) as Record<string, { dtype?: string }>)) {
-      if (k !== '__metadata__' && typeof v?.dtype === 'string') return parseDType(v.dtype, `${file}: tensor ${k}`);
+      // Quantized weights (and their int shape records) say nothing of the model's float dtype.
+      if (k === '__metadata__' || typeof v?.dtype !== 'string' || ['I8', 'F8_E4M3', 'I32', 'I64', 'U8'].includes(v.dtype)) continue;
+      return parseDType(v.dtype, `${file}: tensor ${k}`);
     }
     return null;
   } catch {

@@ -1,7 +1,9 @@
 // `nodespeed model info`: what a checkpoint is and what it needs per tensor-parallel degree.
-import type { DType, ModelConfig } from './config.js';
+import type { ModelConfig } from './config.js';
 import { loadModelConfig } from './config.js';
+import { describeQuant } from './quantization.js';
 import { DTYPE_BYTES, openCheckpoint } from './safetensors.js';
+import type { TensorDType } from './safetensors.js';
 import { planShard, sliceBytes } from './weights.js';
 
 export interface TpMemory {
@@ -15,6 +17,8 @@ export interface TpMemory {
   kvBytesPerToken32: number;
   /** Weights + a full max_position_embeddings context of KV (16-bit) on one rank. */
   totalBytesPerRankAtMaxContext: number;
+  /** A float checkpoint: the largest rank's weights quantized at load (--quantize int8 / fp8), scales included. */
+  quantizedWeightBytesPerRank: { int8: number; fp8: number } | null;
 }
 
 export interface ModelInfo {
@@ -25,43 +29,57 @@ export interface ModelInfo {
   /** Parameters as config.json implies them (a tied head counted once). */
   parameters: number;
   /** Parameters and bytes actually in the safetensors files, per dtype. */
-  checkpoint: { tensors: number; parameters: number; bytes: number; dtypes: Partial<Record<DType, number>>; files: number };
+  checkpoint: { tensors: number; parameters: number; bytes: number; dtypes: Partial<Record<TensorDType, number>>; files: number };
   memory: TpMemory[];
 }
 
 export function parameterCount(cfg: ModelConfig): number {
-  const plan = planShard(cfg, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
+  // The float plan: a quantized checkpoint's packed words and scale tensors are not parameters.
+  const plan = planShard({ ...cfg, quantization: null }, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: cfg.numLayers });
   // Fused tensors (phi3's qkv_proj) feed several planned slices: count each checkpoint tensor once.
   const seen = new Map<string, number>();
   for (const t of plan.tensors) seen.set(t.source ?? t.name, t.fullShape.reduce((a, b) => a * b, 1));
   return [...seen.values()].reduce((a, b) => a + b, 0);
 }
 
+/** Bytes a planned shard hands its backend: weights (quantized ones at one byte) and their f32 scales. */
+function planBytes(plan: ReturnType<typeof planShard>, cfg: ModelConfig): number {
+  return plan.tensors.reduce((s, t) => s + sliceBytes(t, cfg.dtype) + (t.convert?.kind === 'quantize' ? 4 * t.shape[0]! : 0), 0);
+}
+
 export function tpMemory(cfg: ModelConfig, tp: number): TpMemory {
-  const empty = { tp, weightBytesPerRank: 0, kvBytesPerToken16: 0, kvBytesPerToken32: 0, totalBytesPerRankAtMaxContext: 0 };
+  const empty = { tp, weightBytesPerRank: 0, kvBytesPerToken16: 0, kvBytesPerToken32: 0, totalBytesPerRankAtMaxContext: 0,
+    quantizedWeightBytesPerRank: null };
   let plan;
+  const range = { tpRank: 0, tpSize: tp, layerStart: 0, layerEnd: cfg.numLayers };
   try {
-    plan = planShard(cfg, { tpRank: 0, tpSize: tp, layerStart: 0, layerEnd: cfg.numLayers });
+    plan = planShard(cfg, range);
   } catch (err) {
     return { ...empty, unsupported: (err as Error).message };
   }
-  const weights = plan.tensors.reduce((s, t) => s + sliceBytes(t, cfg.dtype), 0);
+  const weights = planBytes(plan, cfg);
   const kvElems = 2 * cfg.numLayers * plan.shardConfig.nKvHeads * cfg.headDim;
   return {
     tp, unsupported: null, weightBytesPerRank: weights, kvBytesPerToken16: kvElems * 2, kvBytesPerToken32: kvElems * 4,
     totalBytesPerRankAtMaxContext: weights + kvElems * 2 * plan.shardConfig.maxPosition,
+    quantizedWeightBytesPerRank: cfg.quantization ? null : {
+      int8: planBytes(planShard(cfg, range, { quantize: 'int8' }), cfg), fp8: planBytes(planShard(cfg, range, { quantize: 'fp8' }), cfg),
+    },
   };
 }
 
 export async function modelInfo(dir: string, tpDegrees = [1, 2, 4, 8]): Promise<ModelInfo> {
   const cfg = loadModelConfig(dir);
   const ck = await openCheckpoint(dir);
-  const dtypes: Partial<Record<DType, number>> = {};
+  const dtypes: Partial<Record<TensorDType, number>> = {};
   let parameters = 0, bytes = 0;
   try {
     for (const t of ck.tensors.values()) {
-      const n = t.bytes / DTYPE_BYTES[t.dtype];
-      dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + n;
+      // compressed-tensors pack-quantized int8: four int8 weights to an int32 word.
+      const packed = t.dtype === 'i32' && t.name.endsWith('.weight_packed');
+      const n = (t.bytes / DTYPE_BYTES[t.dtype]) * (packed ? 4 : 1);
+      const d = packed ? 'i8' : t.dtype;
+      dtypes[d] = (dtypes[d] ?? 0) + n;
       parameters += n;
       bytes += t.bytes;
     }
@@ -105,18 +123,22 @@ export function formatInfo(i: ModelInfo): string {
     `rope          ${rope}`,
     `parameters    ${formatCount(i.parameters)} (${i.parameters})`,
     `dtype         config ${c.torchDtype || '(unset)'}; tensors ${Object.entries(i.checkpoint.dtypes).map(([d, n]) => `${d} ${formatCount(n!)}`).join(', ')}`,
+    `quantization  ${c.quantization ? describeQuant(c.quantization) : 'none (float weights; --quantize int8 or fp8 quantizes them at load)'}`,
     `checkpoint    ${i.checkpoint.tensors} tensors in ${i.checkpoint.files} file(s), ${formatBytes(i.checkpoint.bytes)}`,
     '',
-    `memory per rank (weights at ${c.dtype}; KV cache per token over all layers: 16-bit on GPU, f32 on CPU)`,
-    '  tp  weights      KV/token 16-bit  KV/token f32  weights + KV at max context (16-bit)',
+    `memory per rank (weights ${c.quantization ? `as quantized (${c.quantization.weights}, f32 scales)` : `at ${c.dtype}`}; ` +
+      'KV cache per token over all layers: 16-bit on GPU (fp8: half), f32 on CPU)',
+    `  tp  weights      KV/token 16-bit  KV/token f32  weights + KV at max context (16-bit)${c.quantization ? '' : '  --quantize int8 / fp8 weights'}`,
   ];
   for (const m of i.memory) {
     if (m.unsupported) {
       lines.push(`  ${String(m.tp).padEnd(3)} n/a: ${m.unsupported}`);
       continue;
     }
-    lines.push(`  ${String(m.tp).padEnd(3)} ${formatBytes(m.weightBytesPerRank).padEnd(12)} ${formatBytes(m.kvBytesPerToken16).padEnd(16)} ` +
-      `${formatBytes(m.kvBytesPerToken32).padEnd(13)} ${formatBytes(m.totalBytesPerRankAtMaxContext)}`);
+    const q = m.quantizedWeightBytesPerRank;
+    lines.push((`  ${String(m.tp).padEnd(3)} ${formatBytes(m.weightBytesPerRank).padEnd(12)} ${formatBytes(m.kvBytesPerToken16).padEnd(16)} ` +
+      `${formatBytes(m.kvBytesPerToken32).padEnd(13)} ${formatBytes(m.totalBytesPerRankAtMaxContext).padEnd(38)}` +
+      (q ? `${formatBytes(q.int8)} / ${formatBytes(q.fp8)}` : '')).trimEnd());
   }
   return lines.join('\n');
 }

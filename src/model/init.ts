@@ -215,7 +215,7 @@ export async function initModel(o: InitOptions): Promise<InitResult> {
   for (let i = 0; i < groups.length; i++) {
     await writeSafetensors(join(o.out, names[i]!), groups[i]!, (t) => {
       const { mean, std } = initDistribution(t.name, shape.layers);
-      return normalFiller(o.seed, t.name, t.dtype, mean, std);
+      return normalFiller(o.seed, t.name, t.dtype as DType, mean, std);
     }, (n) => { done += n; o.onProgress?.(done, total); });
   }
   if (groups.length > 1) {

@@ -4,12 +4,12 @@
 // while the previous one is being written.
 import { open } from 'node:fs/promises';
 
-import type { DType } from './config.js';
 import { DTYPE_BYTES, SAFETENSORS_NAME } from './safetensors.js';
+import type { TensorDType } from './safetensors.js';
 
 export interface TensorSpec {
   name: string;
-  dtype: DType;
+  dtype: TensorDType;
   shape: number[];
 }
 
@@ -72,6 +72,46 @@ export async function writeSafetensors(path: string, tensors: TensorSpec[], fill
   } finally {
     await pending.catch(() => undefined); // a failed fill must not leave a write racing the close
     await fh.close();
+  }
+}
+
+/**
+ * A safetensors file whose tensors arrive one at a time, in header order, from elsewhere (e.g. a
+ * loader's sink): open() writes the header, write() each tensor's bytes in turn, close() checks
+ * that every tensor came.
+ */
+export class SafetensorsStream {
+  private fh: Awaited<ReturnType<typeof open>> | undefined;
+  private pos = 0;
+  private next = 0;
+
+  constructor(readonly path: string, readonly tensors: TensorSpec[], private readonly metadata: Record<string, string> = { format: 'pt' }) {}
+
+  async open(): Promise<void> {
+    this.fh = await open(this.path, 'w');
+    const header = encodeHeader(this.tensors, this.metadata);
+    await writeAll(this.fh, header, 0);
+    this.pos = header.length;
+  }
+
+  /** The next tensor's bytes; its name and size must be the header's next entry. */
+  async write(name: string, data: Uint8Array): Promise<void> {
+    const t = this.tensors[this.next];
+    if (!t || t.name !== name) throw new Error(`${this.path}: tensor ${name} arrived where the header has ${t?.name ?? 'no more tensors'}`);
+    if (data.byteLength !== tensorBytes(t)) throw new Error(`${this.path}: tensor ${name}: ${data.byteLength} bytes, the header says ${tensorBytes(t)}`);
+    await writeAll(this.fh!, data, this.pos);
+    this.pos += data.byteLength;
+    this.next++;
+  }
+
+  get done(): boolean {
+    return this.next === this.tensors.length;
+  }
+
+  async close(): Promise<void> {
+    await this.fh?.close();
+    this.fh = undefined;
+    if (!this.done) throw new Error(`${this.path}: ${this.tensors.length - this.next} tensor(s) were never written`);
   }
 }
 

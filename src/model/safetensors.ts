@@ -10,10 +10,17 @@ import { basename, join } from 'node:path';
 
 import type { DType } from './config.js';
 
-/** Bytes per element of the dtypes the backends take; others are refused at open. */
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2 };
-const ST_DTYPES: Record<string, DType> = { F32: 'f32', BF16: 'bf16', F16: 'f16' };
-export const SAFETENSORS_NAME: Record<DType, string> = { f32: 'F32', bf16: 'BF16', f16: 'F16' };
+/**
+ * Element types a checkpoint may hold: the float dtypes the backends compute with, and those of
+ * quantized checkpoints (int8 and E4M3 weights, int32 words of compressed-tensors' pack-quantized
+ * int8, int64/int32 shape records). Others are refused at open.
+ */
+export type TensorDType = DType | 'i8' | 'f8e4m3' | 'i32' | 'i64';
+
+/** Bytes per element of every dtype a checkpoint may hold. */
+export const DTYPE_BYTES: Record<TensorDType, number> = { f32: 4, bf16: 2, f16: 2, i8: 1, f8e4m3: 1, i32: 4, i64: 8 };
+const ST_DTYPES: Record<string, TensorDType> = { F32: 'f32', BF16: 'bf16', F16: 'f16', I8: 'i8', F8_E4M3: 'f8e4m3', I32: 'i32', I64: 'i64' };
+export const SAFETENSORS_NAME: Record<TensorDType, string> = { f32: 'F32', bf16: 'BF16', f16: 'F16', i8: 'I8', f8e4m3: 'F8_E4M3', i32: 'I32', i64: 'I64' };
 
 /** The header may not be larger than this (the format's own reference limit is 100 MB). */
 const MAX_HEADER = 100 * 1024 * 1024;
@@ -23,7 +30,7 @@ export class SafetensorsError extends Error {}
 export interface TensorInfo {
   name: string;
   file: string;
-  dtype: DType;
+  dtype: TensorDType;
   shape: number[];
   /** Absolute file offset of the first byte. */
   start: number;
@@ -72,7 +79,7 @@ export function parseHeader(path: string, json: string, dataSize: number, dataSt
     if (typeof v !== 'object' || v === null) throw new SafetensorsError(`${where}: entry is not an object`);
     const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const dtype = typeof e.dtype === 'string' ? ST_DTYPES[e.dtype] : undefined;
-    if (!dtype) throw new SafetensorsError(`${where}: unknown or unsupported dtype ${JSON.stringify(e.dtype)} (F32, BF16, F16)`);
+    if (!dtype) throw new SafetensorsError(`${where}: unknown or unsupported dtype ${JSON.stringify(e.dtype)} (${Object.keys(ST_DTYPES).join(', ')})`);
     if (!Array.isArray(e.shape) || !e.shape.every(isDim)) throw new SafetensorsError(`${where}: shape ${JSON.stringify(e.shape)} is not a list of sizes`);
     const off = e.data_offsets;
     if (!Array.isArray(off) || off.length !== 2 || !isDim(off[0]) || !isDim(off[1]) || off[1] < off[0]) {

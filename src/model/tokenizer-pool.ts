@@ -8,11 +8,13 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
-import type { ChatMessage, ChatTemplateOptions, DecoderState } from './tokenizer.js';
+import { ChatTemplateError } from './chat-template.js';
+import type { ChatMessage, ChatRenderOptions } from './chat-template.js';
+import type { DecoderState } from './tokenizer.js';
 
 export type TokenizerTask =
   | { op: 'encode'; text: string; addSpecialTokens?: boolean }
-  | { op: 'encodeChat'; messages: ChatMessage[]; options?: ChatTemplateOptions }
+  | { op: 'encodeChat'; messages: ChatMessage[]; options?: ChatRenderOptions }
   | { op: 'decode'; ids: number[]; skipSpecialTokens?: boolean }
   | { op: 'replay'; ids: number[] };
 
@@ -38,13 +40,14 @@ export class TokenizerPool {
 
   private constructor(private readonly threads: Thread[]) {
     for (const t of threads) {
-      t.worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: string }) => {
+      t.worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: string; chatTemplate?: ChatTemplateError['kind'] }) => {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);
         t.busy--;
         if (m.ok) p.resolve(m.value);
-        else p.reject(new Error(m.error));
+        // A chat the template cannot render is the request's fault (400), not the server's: it keeps its class.
+        else p.reject(m.chatTemplate ? new ChatTemplateError(m.error ?? '', m.chatTemplate) : new Error(m.error));
       });
       t.worker.on('error', (err) => this.failThread(t, err));
       t.worker.on('exit', (code) => this.failThread(t, new Error(`tokenizer thread exited (code ${code})`)));
@@ -90,7 +93,8 @@ export class TokenizerPool {
     return this.run({ op: 'encode', text, ...opts });
   }
 
-  encodeChat(messages: ChatMessage[], options?: ChatTemplateOptions): Promise<number[]> {
+  /** The chat rendered with the model's template and tokenized; rejects with ChatTemplateError when it cannot be rendered. */
+  encodeChat(messages: ChatMessage[], options?: ChatRenderOptions): Promise<number[]> {
     return this.run({ op: 'encodeChat', messages, ...(options ? { options } : {}) });
   }
 

@@ -3,6 +3,7 @@
 // coordinator or of a replica's driver (where they would delay heartbeats).
 import { parentPort, workerData } from 'node:worker_threads';
 
+import { ChatTemplateError } from './chat-template.js';
 import { IncrementalDecoder, loadTokenizer } from './tokenizer.js';
 import type { TokenizerTask } from './tokenizer-pool.js';
 
@@ -31,7 +32,8 @@ parentPort!.on('message', (m: { id: number; task: TokenizerTask }) => {
   try {
     parentPort!.postMessage({ id: m.id, ok: true, value: run(m.task) });
   } catch (err) {
-    parentPort!.postMessage({ id: m.id, ok: false, error: (err as Error).message });
+    const chatTemplate = err instanceof ChatTemplateError ? err.kind : undefined;
+    parentPort!.postMessage({ id: m.id, ok: false, error: (err as Error).message, ...(chatTemplate ? { chatTemplate } : {}) });
   }
 });
 parentPort!.postMessage({ ready: true });

@@ -1,27 +1,14 @@
 // tokenizer.json through @huggingface/tokenizers (normalizer, pre-tokenizer, BPE, post-processor
-// and added/special tokens exactly as the Rust library defines them), chat templates from
-// tokenizer_config.json through @huggingface/jinja, and an incremental decoder for streaming.
+// and added/special tokens exactly as the Rust library defines them), the model's chat template
+// (chat-template.ts), and an incremental decoder for streaming.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
+import { ChatTemplate, tokenContent } from './chat-template.js';
+import type { ChatMessage, ChatRenderOptions } from './chat-template.js';
 import { loadGenerationConfig } from './config.js';
-
-export interface ChatMessage {
-  role: string;
-  content: string;
-}
-
-export interface ChatTemplateOptions {
-  /** Append the assistant turn's opening so the model answers (HF's add_generation_prompt). */
-  addGenerationPrompt?: boolean;
-  /** Named template when tokenizer_config.json holds several (default: "default"). */
-  templateName?: string;
-  /** Extra variables for the template (tools, documents, ...). */
-  extra?: Record<string, unknown>;
-}
 
 export class TokenizerError extends Error {}
 
@@ -35,13 +22,6 @@ function readJsonObject(file: string): Record<string, unknown> {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TokenizerError(`${file}: expected a JSON object`);
   return v as Record<string, unknown>;
-}
-
-/** tokenizer_config.json writes special tokens as strings or as AddedToken objects. */
-function tokenContent(v: unknown): string | null {
-  if (typeof v === 'string') return v;
-  if (typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
-  return null;
 }
 
 export class Tokenizer {
@@ -58,7 +38,9 @@ export class Tokenizer {
    */
   readonly maxTokenBytes: number;
 
-  private constructor(readonly dir: string, private readonly hf: HfTokenizer, private readonly config: Record<string, unknown>, eosIds: number[]) {
+  readonly chatTemplate: ChatTemplate;
+
+  private constructor(readonly dir: string, private readonly hf: HfTokenizer, config: Record<string, unknown>, eosIds: number[]) {
     this.bosToken = tokenContent(config.bos_token);
     this.eosToken = tokenContent(config.eos_token);
     const ids = [...eosIds];
@@ -70,6 +52,7 @@ export class Tokenizer {
     let longest = 1;
     for (const token of vocab.keys()) longest = Math.max(longest, Buffer.byteLength(token, 'utf8'));
     this.maxTokenBytes = longest;
+    this.chatTemplate = ChatTemplate.load(dir, config);
   }
 
   static load(dir: string): Tokenizer {
@@ -106,56 +89,19 @@ export class Tokenizer {
   }
 
   get hasChatTemplate(): boolean {
-    return this.chatTemplateSource(undefined, false) !== null;
+    return this.chatTemplate.available;
   }
 
-  private chatTemplateSource(name: string | undefined, required: boolean): string | null {
-    const t = this.config.chat_template;
-    const file = join(this.dir, 'tokenizer_config.json');
-    if (typeof t === 'string') return t;
-    if (Array.isArray(t)) {
-      const wanted = name ?? 'default';
-      const hit = t.find((x) => (x as { name?: unknown }).name === wanted) as { template?: unknown } | undefined;
-      if (hit && typeof hit.template === 'string') return hit.template;
-      if (required) throw new TokenizerError(`${file}: field chat_template has no template named ${JSON.stringify(wanted)}`);
-      return null;
-    }
-    // transformers >= 4.43 may keep the template beside the config instead.
-    const jinjaFile = join(this.dir, 'chat_template.jinja');
-    if (existsSync(jinjaFile)) return readFileSync(jinjaFile, 'utf8');
-    if (required) throw new TokenizerError(`${file}: this model has no chat template (field chat_template is absent); send plain prompts instead`);
-    return null;
-  }
-
-  /** Renders `messages` with the model's chat template; encode the result with addSpecialTokens: false. */
-  applyChatTemplate(messages: ChatMessage[], opts: ChatTemplateOptions = {}): string {
-    const src = this.chatTemplateSource(opts.templateName, true)!;
-    let template: Template;
-    try {
-      template = new Template(src);
-    } catch (err) {
-      throw new TokenizerError(`${join(this.dir, 'tokenizer_config.json')}: field chat_template does not parse (${(err as Error).message})`);
-    }
-    try {
-      return template.render({
-        ...opts.extra,
-        messages,
-        add_generation_prompt: opts.addGenerationPrompt ?? false,
-        bos_token: this.bosToken ?? '',
-        eos_token: this.eosToken ?? '',
-        pad_token: tokenContent(this.config.pad_token) ?? '',
-        unk_token: tokenContent(this.config.unk_token) ?? '',
-      });
-    } catch (err) {
-      throw new TokenizerError(`chat template: ${(err as Error).message}`);
-    }
+  /** Renders `messages` with the model's chat template (ChatTemplateError when it cannot). */
+  applyChatTemplate(messages: ChatMessage[], opts: ChatRenderOptions = {}): string {
+    return this.chatTemplate.render(messages, opts);
   }
 
   /**
    * Prompt ids of a chat: the rendered template, encoded without the post-processor's special
-   * tokens (the template writes its own BOS, as HF's apply_chat_template(tokenize=True) does).
+   * tokens (the template writes its own BOS, as transformers' apply_chat_template(tokenize=True) does).
    */
-  encodeChat(messages: ChatMessage[], opts: ChatTemplateOptions = {}): number[] {
+  encodeChat(messages: ChatMessage[], opts: ChatRenderOptions = {}): number[] {
     return this.encode(this.applyChatTemplate(messages, opts), { addSpecialTokens: false });
   }
 

@@ -16,9 +16,19 @@
 // Tied embeddings: the last stage gets embed_tokens' vocab rows under the name
 // `model.embed_tokens.weight` (the backends use it as the head when tiedEmbeddings is set); an
 // lm_head.weight in such a checkpoint is ignored.
+//
+// Quantized weights (docs/QUANTIZATION.md): with `quantize` (from a float checkpoint) or a
+// pre-quantized checkpoint, every decoder linear X.weight reaches the backend as int8 / E4M3 with
+// X.weight_scale (f32, one per row of the slice; per-tensor scales repeated), and X.input_scale for
+// static fp8 activations. Quantizing at load, a row's scale comes from the whole row even when the
+// rank holds a column slice, so every TP layout quantizes exactly as `nodespeed model quantize`
+// does. int8 quantizes the LM head too (a tied head becomes lm_head.weight, quantized from the
+// embedding's rows; the embedding itself stays as stored).
 import type { DType, ModelConfig, RopeConfig } from './config.js';
-import type { Checkpoint, TensorInfo } from './safetensors.js';
+import type { QuantizeChoice, WeightFormat } from './quantization.js';
+import type { Checkpoint, TensorDType, TensorInfo } from './safetensors.js';
 import { DTYPE_BYTES } from './safetensors.js';
+import { convertTensor } from './convert.js';
 
 export interface ShardRange {
   tpRank: number;
@@ -68,12 +78,41 @@ export interface ShardModelConfig extends FamilySwitches {
   sharedIntermediate: number;
   /** One 0/1 per layer of this shard: routed experts (1) or the dense MLP (0). */
   sparseLayers: number[];
+  /** Storage of the decoder linears and of the LM head (native: the checkpoint's float dtype). */
+  weights: WeightFormat;
+  headWeights: WeightFormat;
+  /** fp8: X.input_scale tensors (static per-tensor activation scales) instead of per-token scales. */
+  staticInputScales: boolean;
+  /** fp8 weights: activations quantized too (W8A8), or weight-only (W8A16, an FP8 weight-only checkpoint). */
+  fp8Activations: boolean;
+  /** fp8 dynamic activations: the per-token absolute maximum is capped at this (fbgemm_fp8); 0: no cap. */
+  activationScaleUb: number;
+}
+
+/** Quantization asked for at load (the checkpoint's own quantization_config is always honoured). */
+export interface PlanOptions {
+  /** Quantize a float checkpoint's linear layers as they load. */
+  quantize?: QuantizeChoice;
+  /** The fp8 KV cache: also load the checkpoint's per-layer K/V scales when it has them. */
+  kvCacheFp8?: boolean;
 }
 
 export type Slice =
   | { kind: 'whole' }
   | { kind: 'rows'; start: number; end: number }
   | { kind: 'cols'; start: number; end: number };
+
+/**
+ * What the loader makes of a tensor's bytes before the backend sees them: `quantize` turns float
+ * rows into int8 / E4M3 and also hands the backend `${name}_scale`; `unpack-int8` turns
+ * compressed-tensors pack-quantized words (four int8 + 128 a word) into int8; `scale` makes f32
+ * [rows] of a weight_scale ([rows, 1], or one value repeated); `f32` widens a small tensor to f32.
+ */
+export type Convert =
+  | { kind: 'quantize'; format: 'int8' | 'fp8' }
+  | { kind: 'unpack-int8' }
+  | { kind: 'scale'; rows: number }
+  | { kind: 'f32' };
 
 export interface PlannedTensor {
   /** The name the backend expects (HF's unfused Llama/Qwen naming). */
@@ -82,16 +121,22 @@ export interface PlannedTensor {
   source?: string;
   /** Shape of the full (source) tensor in the checkpoint, as config.json implies it. */
   fullShape: number[];
+  /** Other accepted checkpoint shapes (a per-tensor scale stored as [] or [1]). */
+  altShapes?: number[][];
   slice: Slice;
-  /** Shape of this rank's slice. */
+  /** Shape the backend receives. */
   shape: number[];
+  /** Accepted checkpoint dtypes (default: the plan's dtype) and the dtype the backend receives. */
+  dtypes?: TensorDType[];
+  dtype?: BackendDType;
+  convert?: Convert;
 }
 
 export interface ShardPlan {
   range: ShardRange;
   shardConfig: ShardModelConfig;
   tensors: PlannedTensor[];
-  /** Expected dtype of every tensor (config.json's dtype, else the first tensor's). */
+  /** Expected dtype of every float tensor (config.json's dtype, else the first tensor's). */
   dtype: DType;
   dtypeFrom: string;
 }
@@ -136,7 +181,7 @@ export function tpLayout(cfg: ModelConfig, tpRank: number, tpSize: number) {
   };
 }
 
-export function planShard(cfg: ModelConfig, range: ShardRange): ShardPlan {
+export function planShard(cfg: ModelConfig, range: ShardRange, opts: PlanOptions = {}): ShardPlan {
   const { tpRank, tpSize, layerStart, layerEnd } = range;
   if (!Number.isInteger(layerStart) || !Number.isInteger(layerEnd) || layerStart < 0 || layerEnd > cfg.numLayers || layerStart >= layerEnd) {
     throw new ShardPlanError(`layer range [${layerStart}, ${layerEnd}) is not a non-empty range within the model's ${cfg.numLayers} layers`);
@@ -230,13 +275,14 @@ export function planShard(cfg: ModelConfig, range: ShardRange): ShardPlan {
     whole('model.norm.weight', [H]);
     if (!cfg.tieWordEmbeddings) rows('lm_head.weight', [V, H], L.vocabStart, L.vocabEnd);
   }
+  const quant = planQuantization(cfg, tensors, hasEmbedding, hasHead, opts);
   const moe = cfg.moe;
   const layers = Array.from({ length: layerEnd - layerStart }, (_, i) => layerStart + i);
   return {
     range: { ...range },
     dtype: cfg.dtype,
     dtypeFrom: cfg.dtypeSource === 'config' ? `config.json's dtype ${cfg.dtype}` : `${cfg.dtype}, the first tensor's dtype (config.json declares none)`,
-    tensors,
+    tensors: quant.tensors,
     shardConfig: {
       hidden: H, intermediate: L.interPerRank, nHeads: L.qPerRank, nKvHeads: L.kvPerRank, headDim: D,
       vocabSize: V, vocabStart: L.vocabStart, vocabEnd: L.vocabEnd, layerStart, layerEnd,
@@ -244,19 +290,99 @@ export function planShard(cfg: ModelConfig, range: ShardRange): ShardPlan {
       rmsEps: cfg.rmsEps, qkvBias: cfg.qkvBias, oBias: cfg.oBias, mlpBias: cfg.mlpBias, qkNorm: cfg.qkNorm,
       normPlusOne: cfg.normPlusOne, sandwichNorms: cfg.sandwichNorms, activation: cfg.activation,
       embedScale: cfg.embedScale, attnScale: cfg.attnScale, attnSoftcap: cfg.attnSoftcap, finalSoftcap: cfg.finalSoftcap,
-      tiedEmbeddings: cfg.tieWordEmbeddings, hasEmbedding, hasHead, tpRank, tpSize, rope: { ...cfg.rope },
+      tiedEmbeddings: cfg.tieWordEmbeddings && quant.headWeights === 'native', hasEmbedding, hasHead, tpRank, tpSize, rope: { ...cfg.rope },
       ...(cfg.ropeLocal ? { ropeLocal: { ...cfg.ropeLocal } } : {}),
       slidingWindow: cfg.slidingWindow ?? 0,
       slidingLayers: layers.map((l) => (cfg.slidingLayers[l] ? 1 : 0)),
       numExperts: moe?.numExperts ?? 0, expertStart: L.expertStart, expertEnd: L.expertEnd, topK: moe?.topK ?? 0,
       moeIntermediate: moe?.intermediate ?? 0, normTopK: moe?.normTopK ?? false, sharedIntermediate: L.sharedPerRank,
       sparseLayers: layers.map((l) => (moe?.sparseLayers[l] ? 1 : 0)),
+      weights: quant.weights, headWeights: quant.headWeights, staticInputScales: quant.staticInputScales,
+      fp8Activations: quant.fp8Activations, activationScaleUb: quant.activationScaleUb,
     },
   };
 }
 
+// The decoder's linears: attention, the dense MLP, the MoE's routed and shared experts (not the
+// router or the shared expert's gate, which stay as stored).
+const LAYER_LINEAR = /^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.|shared_expert\.)?(gate|up|down)_proj)\.weight$/;
+
+/**
+ * Rewrites the float plan's linear weights into what the backend takes for the shard's weight
+ * formats (module comment), and adds their scale tensors.
+ */
+function planQuantization(cfg: ModelConfig, tensors: PlannedTensor[], hasEmbedding: boolean, hasHead: boolean, opts: PlanOptions) {
+  const cq = cfg.quantization;
+  const ask = opts.quantize ?? 'none';
+  if (cq && ask !== 'none' && ask !== cq.weights) {
+    throw new ShardPlanError(`--quantize ${ask}: ${cfg.dir} is already quantized (${cq.method} ${cq.weights}); serve it as it is (drop --quantize)`);
+  }
+  const weights: WeightFormat = cq ? cq.weights : ask === 'none' ? 'native' : ask;
+  // A float checkpoint quantized at load: int8 (weight-only) takes the head along, fp8 (activations
+  // quantized too) leaves it as stored, as FP8 checkpoints do (ignore: [lm_head]). A pre-quantized
+  // checkpoint: as its config says, except a tied head, which is the (float) embedding.
+  const headWeights: WeightFormat = cq ? (cq.headQuantized && !cfg.tieWordEmbeddings ? cq.weights : 'native') : ask === 'int8' ? 'int8' : 'native';
+  const staticInputScales = cq?.weights === 'fp8' && cq.activations === 'static';
+  const out: PlannedTensor[] = [];
+  const quantDtype = (f: WeightFormat): BackendDType => (f === 'int8' ? 'i8' : 'f8e4m3');
+  const floats: TensorDType[] = ['f32', 'bf16', 'f16'];
+
+  // t: the float plan's entry of a linear weight stored as `fmt`.
+  const linear = (t: PlannedTensor, fmt: WeightFormat, name = t.name) => {
+    if (fmt === 'native') return out.push(t);
+    // The checkpoint's module (a fused qkv_proj / gate_up_proj, mixtral's w1/w2/w3 for phi3 / mixtral).
+    const module = (t.source ?? t.name).slice(0, -'.weight'.length);
+    const rowsHere = t.shape[0]!, fullRows = t.fullShape[0]!;
+    if (!cq) {  // quantized as it loads
+      out.push({ ...t, name, ...(name !== t.name ? { source: t.name } : {}), dtype: quantDtype(fmt), convert: { kind: 'quantize', format: fmt } });
+      return;
+    }
+    const packed = cq.format === 'pack-quantized';
+    if (packed && (t.fullShape[1]! % 4 !== 0 || (t.slice.kind === 'cols' && (t.slice.start % 4 !== 0 || t.slice.end % 4 !== 0)))) {
+      throw new ShardPlanError(`${cfg.dir}: tensor ${module}.weight_packed: ${t.fullShape[1]} input columns (or this rank's slice of them) are not a multiple of 4, ` +
+        'so pack-quantized int8 words cannot be split');
+    }
+    const slice: Slice = packed && t.slice.kind === 'cols' ? { kind: 'cols', start: t.slice.start / 4, end: t.slice.end / 4 } : t.slice;
+    out.push({ name, source: packed ? `${module}.weight_packed` : `${module}.weight`, fullShape: packed ? [fullRows, t.fullShape[1]! / 4] : t.fullShape,
+      slice, shape: t.shape, dtypes: [packed ? 'i32' : quantDtype(fmt)], dtype: quantDtype(fmt), ...(packed ? { convert: { kind: 'unpack-int8' } } : {}) });
+    const perChannel = cq.strategy === 'channel';
+    const scaleSlice: Slice = perChannel && t.slice.kind === 'rows' ? { kind: 'rows', start: t.slice.start, end: t.slice.end } : { kind: 'whole' };
+    out.push({ name: `${name}_scale`, source: `${module}.weight_scale`, fullShape: perChannel ? [fullRows, 1] : [1],
+      altShapes: perChannel ? [[fullRows]] : [[]], slice: scaleSlice, shape: [rowsHere], dtypes: floats, dtype: 'f32',
+      convert: { kind: 'scale', rows: rowsHere } });
+    if (staticInputScales && name !== 'lm_head.weight') {  // a quantized head takes per-token scales (the backends keep none for it)
+      out.push({ name: `${name.slice(0, -'.weight'.length)}.input_scale`, source: `${module}.input_scale`, fullShape: [1], altShapes: [[]],
+        slice: { kind: 'whole' }, shape: [1], dtypes: floats, dtype: 'f32', convert: { kind: 'f32' } });
+    }
+  };
+
+  for (const t of tensors) {
+    if (LAYER_LINEAR.test(t.name)) {
+      linear(t, weights);
+    } else if (t.name === 'lm_head.weight') {
+      linear(t, headWeights);
+    } else if (t.name === 'model.embed_tokens.weight' && cfg.tieWordEmbeddings && headWeights !== 'native') {
+      if (hasEmbedding) out.push(t);  // the lookup table, as stored
+      if (hasHead) linear(t, headWeights, 'lm_head.weight');
+    } else {
+      out.push(t);
+    }
+  }
+  // The fp8 KV cache's per-layer scales, where a compressed-tensors checkpoint has them.
+  if (opts.kvCacheFp8 && cq?.kvCacheScales) {
+    for (const t of tensors) {
+      const m = /^(model\.layers\.\d+\.self_attn)\.([kv])_proj\.weight$/.exec(t.name);
+      if (m) out.push({ name: `${m[1]}.${m[2]}_scale`, source: `${m[1]}.${m[2]}_proj.output_scale`, fullShape: [1], altShapes: [[]],
+        slice: { kind: 'whole' }, shape: [1], dtypes: floats, dtype: 'f32', convert: { kind: 'f32' } });
+    }
+  }
+  return { tensors: out, weights, headWeights, staticInputScales, fp8Activations: !(cq && cq.activations === 'none'),
+    activationScaleUb: cq?.activationScaleUb ?? 0 };
+}
+
+/** Bytes the backend receives for a tensor (a quantized weight's scales not included). */
 export function sliceBytes(t: PlannedTensor, dtype: DType): number {
-  return t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+  return t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype ?? dtype];
 }
 
 function sameShape(a: number[], b: number[]): boolean {
@@ -265,37 +391,111 @@ function sameShape(a: number[], b: number[]): boolean {
 
 /** Checks a checkpoint tensor against what config.json implies; the error names file and tensor. */
 export function checkTensor(ckpt: Checkpoint, t: PlannedTensor, dtype: DType, dtypeFrom = `config.json's dtype ${dtype}`): TensorInfo {
-  const name = t.source ?? t.name;
-  const info = ckpt.get(name);
-  if (!info) throw new ShardPlanError(`${ckpt.dir}: tensor ${name} is missing from the checkpoint`);
-  if (!sameShape(info.shape, t.fullShape)) {
-    throw new ShardPlanError(`${info.file}: tensor ${name}: shape [${info.shape.join(', ')}] does not match config.json, which implies [${t.fullShape.join(', ')}]`);
+  const src = t.source ?? t.name;
+  const info = ckpt.get(src);
+  if (!info) throw new ShardPlanError(`${ckpt.dir}: tensor ${src} is missing from the checkpoint`);
+  if (!sameShape(info.shape, t.fullShape) && !(t.altShapes ?? []).some((a) => sameShape(info.shape, a))) {
+    throw new ShardPlanError(`${info.file}: tensor ${src}: shape [${info.shape.join(', ')}] does not match config.json, which implies [${t.fullShape.join(', ')}]`);
   }
-  if (info.dtype !== dtype) {
-    throw new ShardPlanError(`${info.file}: tensor ${name}: dtype ${info.dtype} does not match ${dtypeFrom}`);
+  const accepted = t.dtypes ?? [dtype];
+  if (!accepted.includes(info.dtype)) {
+    throw new ShardPlanError(`${info.file}: tensor ${src}: dtype ${info.dtype} does not match ` +
+      (t.dtypes ? `the quantization_config (expected ${accepted.join(' or ')})` : dtypeFrom));
   }
   return info;
 }
 
-export type TensorSink = (name: string, dtype: DType, shape: number[], data: Uint8Array) => Promise<void>;
+/** The dtypes a backend receives: floats, and the storage of quantized matrices. */
+export type BackendDType = Exclude<TensorDType, 'i32' | 'i64'>;
+
+export type TensorSink = (name: string, dtype: BackendDType, shape: number[], data: Uint8Array) => Promise<void>;
+
+/**
+ * Quantizes `rows` rows of `cols` float elements, each row with its own scale from the whole row,
+ * returning only columns [c0, c1) (addon.quantize: native/src/common/quant.h).
+ */
+export type Quantizer = (data: Uint8Array, dtype: DType, rows: number, cols: number, format: 'int8' | 'fp8', c0: number, c1: number,
+  what: string) => Promise<{ data: Uint8Array; scales: Float32Array }>;
+
+/** Rows of a weight_scale / input_scale widened to f32; a single value is repeated `rows` times. */
+function scalesF32(data: Uint8Array, dtype: TensorDType, rows: number, what: string): Float32Array {
+  const n = data.byteLength / DTYPE_BYTES[dtype];
+  const f = new Float32Array(convertTensor(data, dtype as DType, 'f32').slice().buffer);
+  if (n !== 1 && n !== rows) throw new ShardPlanError(`${what}: ${n} scales for ${rows} rows`);
+  const out = n === 1 ? new Float32Array(rows).fill(f[0]!) : f;
+  for (const v of out) if (!Number.isFinite(v)) throw new ShardPlanError(`${what}: holds a non-finite scale`);
+  return out;
+}
+
+async function readSlice(ckpt: Checkpoint, info: TensorInfo, slice: Slice): Promise<Uint8Array> {
+  if (slice.kind === 'whole') return ckpt.readRows(info, 0, info.shape[0] ?? 1);
+  if (slice.kind === 'rows') return ckpt.readRows(info, slice.start, slice.end);
+  return ckpt.readColumns(info, slice.start, slice.end);
+}
+
+/** A float weight quantized as it loads: whole rows are read (column slices too, for the rows' scales). */
+async function readQuantized(ckpt: Checkpoint, info: TensorInfo, t: PlannedTensor, format: 'int8' | 'fp8', quantize: Quantizer) {
+  const [fullRows, cols] = info.shape as [number, number];
+  const what = `${info.file}: tensor ${info.name}`;
+  if (t.slice.kind !== 'cols') {
+    const [r0, r1] = t.slice.kind === 'rows' ? [t.slice.start, t.slice.end] : [0, fullRows];
+    return quantize(await ckpt.readRows(info, r0, r1), info.dtype as DType, r1 - r0, cols, format, 0, cols, what);
+  }
+  const { start: c0, end: c1 } = t.slice;
+  const w = c1 - c0;
+  const data = new Uint8Array(fullRows * w), scales = new Float32Array(fullRows);
+  const rowBytes = cols * DTYPE_BYTES[info.dtype];
+  const block = Math.max(1, Math.floor((8 << 20) / rowBytes));
+  const buf = new Uint8Array(Math.min(fullRows, block) * rowBytes);
+  for (let r = 0; r < fullRows; r += block) {
+    const n = Math.min(block, fullRows - r);
+    const q = await quantize(await ckpt.readRows(info, r, r + n, buf), info.dtype as DType, n, cols, format, c0, c1, what);
+    data.set(q.data, r * w);
+    scales.set(q.scales, r);
+  }
+  return { data, scales };
+}
+
+/** compressed-tensors pack-quantized int8: each int32 word holds four values + 128, lowest byte first. */
+function unpackInt8(words: Uint8Array): Uint8Array {
+  const out = new Uint8Array(words.byteLength);
+  const src = new Uint32Array(words.buffer, words.byteOffset, words.byteLength / 4);
+  const dst = new Uint32Array(out.buffer);
+  for (let i = 0; i < src.length; i++) dst[i] = src[i]! ^ 0x80808080;
+  return out;
+}
 
 /**
  * Reads this shard's slices one tensor at a time and hands each to `sink`, awaiting it before the
  * next read so at most one slice is in memory. Every tensor is checked before the first byte is
  * read, so a bad checkpoint fails fast. onProgress(bytesDone, bytesTotal) after each tensor.
+ * `quantize` is needed when the plan quantizes at load (PlanOptions.quantize).
  */
 export async function loadShard(ckpt: Checkpoint, plan: ShardPlan, sink: TensorSink,
-  onProgress?: (done: number, total: number) => void): Promise<void> {
+  onProgress?: (done: number, total: number) => void, quantize?: Quantizer): Promise<void> {
   const infos = plan.tensors.map((t) => checkTensor(ckpt, t, plan.dtype, plan.dtypeFrom));
+  if (plan.tensors.some((t) => t.convert?.kind === 'quantize') && !quantize) throw new Error('loadShard: this plan quantizes at load: pass a quantizer');
   const total = plan.tensors.reduce((s, t) => s + sliceBytes(t, plan.dtype), 0);
   let done = 0;
   for (let i = 0; i < plan.tensors.length; i++) {
     const t = plan.tensors[i]!, info = infos[i]!;
+    const c = t.convert;
+    const what = `${info.file}: tensor ${info.name}`;
     let data: Uint8Array;
-    if (t.slice.kind === 'whole') data = await ckpt.readRows(info, 0, info.shape[0] ?? 1);
-    else if (t.slice.kind === 'rows') data = await ckpt.readRows(info, t.slice.start, t.slice.end);
-    else data = await ckpt.readColumns(info, t.slice.start, t.slice.end);
-    await sink(t.name, info.dtype, t.shape, data);
+    if (c?.kind === 'quantize') {
+      const q = await readQuantized(ckpt, info, t, c.format, quantize!);
+      await sink(t.name, t.dtype!, t.shape, q.data);
+      await sink(`${t.name}_scale`, 'f32', [t.shape[0]!], new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength));
+      data = q.data;
+    } else {
+      data = await readSlice(ckpt, info, t.slice);
+      if (c?.kind === 'unpack-int8') data = unpackInt8(data);
+      else if (c?.kind === 'scale' || c?.kind === 'f32') {
+        const f = scalesF32(data, info.dtype, c.kind === 'scale' ? c.rows : 1, what);
+        data = new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+      }
+      await sink(t.name, t.dtype ?? (info.dtype as BackendDType), t.shape, data);
+    }
     done += data.byteLength;
     onProgress?.(done, total);
   }

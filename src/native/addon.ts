@@ -12,6 +12,8 @@ import { nativeSettings, settings } from '../settings/index.js';
 import type { NativeSettings } from '../settings/index.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
+/** What loadTensor takes: the float dtypes and the storage of quantized matrices. */
+export type StorageDTypeName = DTypeName | 'i8' | 'f8e4m3';
 export type DeviceName = 'cpu' | 'cuda';
 
 /** camelCase of ns::RopeConfig; omitted fields take the defaults of engine.h. */
@@ -38,11 +40,33 @@ export interface ShardConfigJS extends Omit<ShardModelConfig, 'rope' | 'ropeLoca
   maxStepTokens?: number;
   deviceIndex?: number;
   threads?: number;
+  /** CUDA: the paged KV cache in E4M3 (half the bytes of bf16 per block). */
+  kvCacheDtype?: 'auto' | 'fp8';
 }
 
 export interface AddonInfo {
   cpu: { simd: 'avx2' | 'generic'; threads: number };
-  cuda: { available: boolean; reason: string; devices: { name: string; totalMemory: number; freeMemory: number }[] };
+  cuda: { available: boolean; reason: string;
+    /** computeCapability: "9.0"; 8.9 and up have FP8 tensor cores. */
+    devices: { name: string; totalMemory: number; freeMemory: number; computeCapability: string }[] };
+}
+
+/**
+ * The less common sampling controls of a sequence (ns::SamplingParams beyond temperature, top-k,
+ * top-p and seed), left out when none is set so a plain step reads four fields per sequence.
+ */
+export interface SamplingExtrasJS {
+  minP?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Positions below this hold the prompt (penalties tell prompt and output tokens apart). */
+  promptLen?: number;
+  /** Distinct token ids and the bias added to each one's logit. */
+  logitBiasIds?: Int32Array;
+  logitBiasValues?: Float32Array;
+  /** -1 none; 0..20: the sampled token's logprob and this many most likely ones. */
+  logprobs?: number;
 }
 
 export interface StepSeq {
@@ -53,9 +77,19 @@ export interface StepSeq {
   topK?: number;
   topP?: number;
   seed?: number | bigint;
+  sampling?: SamplingExtrasJS;
   sample?: boolean;
   allLogits?: boolean;
 }
+
+/** Per sampled sequence (in order): its token's logprob (NaN when it asked for none) and 20 (id, logprob) slots, best first, id -1 unused. */
+export interface StepLogprobs {
+  sampled: Float32Array;
+  topIds: Int32Array;
+  top: Float32Array;
+}
+
+export const MAX_LOGPROBS = 20;
 
 export interface StepRequest {
   seqs: StepSeq[];
@@ -65,6 +99,8 @@ export interface StepRequest {
 
 export interface StepResult {
   sampled: Int32Array;
+  /** Present when a sampled sequence asked for logprobs. */
+  logprobs?: StepLogprobs;
   logits?: Float32Array;
   hiddenOut?: Uint8Array;
 }
@@ -91,12 +127,34 @@ export interface NativeComm {
 }
 
 export interface NativeEngine {
-  loadTensor(name: string, dtype: DTypeName, shape: number[], data: Uint8Array): Promise<void>;
+  loadTensor(name: string, dtype: StorageDTypeName, shape: number[], data: Uint8Array): Promise<void>;
   finalize(): Promise<{ kvBlocks: number; kvBlockSize: number }>;
   setTpComm(comm: NativeComm): void;
   step(req: StepRequest): Promise<StepResult>;
   describe(): string;
   dispose(): void;
+}
+
+export interface SampleCheckRow {
+  logits: Float32Array;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number | bigint;
+  sampling?: SamplingExtrasJS;
+  promptIds?: Int32Array;
+  outputIds?: Int32Array;
+  position?: number;
+}
+
+export interface SampleCheckResult {
+  penalized: Float32Array;
+  sampled: number;
+  sampledLogprob: number;
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
+  /** CPU only: the final distribution (ids and probabilities), most likely first. */
+  kept?: { ids: Int32Array; probs: Float64Array };
 }
 
 export interface Addon {
@@ -105,6 +163,11 @@ export interface Addon {
   /** The settings the addon holds now. */
   settings(): NativeSettings;
   info(): AddonInfo;
+  /** Rows x cols of float `data` to int8 / E4M3, one scale per row from the whole row, columns [c0, c1) kept (native/src/common/quant.h). */
+  quantize(data: Uint8Array, dtype: DTypeName, rows: number, cols: number, format: 'int8' | 'fp8', c0?: number, c1?: number,
+    what?: string): Promise<{ data: Uint8Array; scales: Float32Array }>;
+  /** The sampler alone on given logits (tests and the GPU check). */
+  sampleCheck(device: DeviceName, vocab: number, rows: SampleCheckRow[]): SampleCheckResult[];
   Engine: new (cfg: ShardConfigJS) => NativeEngine;
   Comm?: new (opts: Record<string, unknown>) => NativeComm;
   ncclUniqueId?(): Uint8Array;

@@ -17,8 +17,12 @@ export type { InferenceClient, InferenceHandlers } from './generated/nodespeed/v
 export type { LatencyPercentiles as LatencyPercentilesMsg } from './generated/nodespeed/v1/LatencyPercentiles.js';
 export type { ListModelsResponse, ListModelsResponseIn } from './generated/nodespeed/v1/ListModelsResponse.js';
 export type { ModelInfo as ModelInfoMsg } from './generated/nodespeed/v1/ModelInfo.js';
+export type { Precision as PrecisionMsg } from './generated/nodespeed/v1/Precision.js';
 export type { ReplicaStatus as ReplicaStatusMsg } from './generated/nodespeed/v1/ReplicaStatus.js';
 export type { Usage as UsageMsg } from './generated/nodespeed/v1/Usage.js';
+export type { TokenLogprobs, TokenLogprobsIn } from './generated/nodespeed/v1/TokenLogprobs.js';
+export type { ChatMessage as ChatMessageMsg } from './generated/nodespeed/v1/ChatMessage.js';
+export type { CompleteChoice as CompleteChoiceMsg, CompleteChoiceIn } from './generated/nodespeed/v1/CompleteChoice.js';
 export type { WorkerStatus as WorkerStatusMsg } from './generated/nodespeed/v1/WorkerStatus.js';
 
 /**

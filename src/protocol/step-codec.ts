@@ -4,8 +4,9 @@
 // the payload itself when it fits (a decode step of a few sequences: one receive, so a follower
 // starts its step one data-plane round trip sooner, which a tp-2 decode step of ~3 ms feels);
 // a larger payload follows the frame as a second message. Little-endian int32 words; floats and
-// the 64-bit seed as raw bits.
-import type { StepSeq } from '../native/addon.js';
+// the 64-bit seed as raw bits. A sequence with sampling extras (min-p, penalties, logit bias,
+// logprobs: StepSeq.sampling) appends them after its block table; the rest pay one word for it.
+import type { SamplingExtrasJS, StepSeq } from '../native/addon.js';
 
 export const FRAME_BYTES = 4096;
 const HEADER_BYTES = 8;
@@ -14,7 +15,13 @@ export const KIND_STEP = 1;
 export const KIND_STOP = 2;
 
 const MAGIC = 0x4e535450; // 'NSTP'
-const SEQ_WORDS = 10;
+const SEQ_WORDS = 11;
+/** min-p, three penalties, prompt length, logprobs, bias count; then the bias ids and values. */
+const EXTRAS_WORDS = 7;
+
+function extrasWords(x: SamplingExtrasJS | undefined): number {
+  return x ? EXTRAS_WORDS + 2 * (x.logitBiasIds?.length ?? 0) : 0;
+}
 
 export interface StepMeta {
   step: number;
@@ -49,12 +56,16 @@ export function readFrame(buf: Uint8Array): { kind: number; bytes: number; inlin
 
 export function encodeStep(meta: StepMeta): Uint8Array {
   let words = 3;
-  for (const s of meta.seqs) words += SEQ_WORDS + s.tokens.length + s.blockTable.length;
+  for (const s of meta.seqs) words += SEQ_WORDS + s.tokens.length + s.blockTable.length + extrasWords(s.sampling);
   const buf = new ArrayBuffer(words * 4);
   const v = new DataView(buf);
   let o = 0;
   const put = (x: number) => {
     v.setInt32(o, x, true);
+    o += 4;
+  };
+  const putF = (x: number) => {
+    v.setFloat32(o, x, true);
     o += 4;
   };
   put(MAGIC);
@@ -74,8 +85,21 @@ export function encodeStep(meta: StepMeta): Uint8Array {
     const seed = BigInt(s.seed ?? 0);
     v.setBigUint64(o, seed, true);
     o += 8;
+    const x = s.sampling;
+    put(extrasWords(x));
     for (const t of s.tokens) put(t);
     for (const b of s.blockTable) put(b);
+    if (!x) return;
+    putF(x.minP ?? 0);
+    putF(x.repetitionPenalty ?? 1);
+    putF(x.presencePenalty ?? 0);
+    putF(x.frequencyPenalty ?? 0);
+    put(x.promptLen ?? 0);
+    put(x.logprobs ?? -1);
+    const ids = x.logitBiasIds ?? new Int32Array(0);
+    put(ids.length);
+    for (const t of ids) put(t);
+    for (const b of x.logitBiasValues ?? []) putF(b);
   });
   return new Uint8Array(buf);
 }
@@ -125,13 +149,36 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     o += 4;
     const seed = v.getBigUint64(o, true);
     o += 8;
-    room(nTokens + nBlocks, 1, `token count ${nTokens} + block count`);
-    if (nTokens < 0 || nBlocks < 0) throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks)`);
+    const extras = get();
+    if (nTokens < 0 || nBlocks < 0 || extras < 0)
+      throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks, ${extras} extras words)`);
+    if (extras !== 0 && extras < EXTRAS_WORDS) throw new Error(`step metadata: seq ${i} has ${extras} extras words, fewer than ${EXTRAS_WORDS} (out of sync)`);
+    room(nTokens + nBlocks + extras, 1, `token count ${nTokens} + block count ${nBlocks} + extras words`);
     const tokens = new Int32Array(nTokens);
     for (let k = 0; k < nTokens; k++) tokens[k] = get();
     const blockTable = new Int32Array(nBlocks);
     for (let k = 0; k < nBlocks; k++) blockTable[k] = get();
-    seqs.push({ tokens, pos, blockTable, sample, topK, temperature, topP, seed });
+    const seq: StepSeq = { tokens, pos, blockTable, sample, topK, temperature, topP, seed };
+    if (extras > 0) {
+      const getF = () => {
+        const x = v.getFloat32(o, true);
+        o += 4;
+        return x;
+      };
+      const x: SamplingExtrasJS = { minP: getF(), repetitionPenalty: getF(), presencePenalty: getF(), frequencyPenalty: getF(), promptLen: get(), logprobs: get() };
+      const nBias = get();
+      if (extras !== EXTRAS_WORDS + 2 * nBias) throw new Error(`step metadata: seq ${i} has ${extras} extras words for ${nBias} logit biases (out of sync)`);
+      if (nBias > 0) {
+        const ids = new Int32Array(nBias);
+        for (let k = 0; k < nBias; k++) ids[k] = get();
+        const vals = new Float32Array(nBias);
+        for (let k = 0; k < nBias; k++) vals[k] = getF();
+        x.logitBiasIds = ids;
+        x.logitBiasValues = vals;
+      }
+      seq.sampling = x;
+    }
+    seqs.push(seq);
   }
   if (o !== buf.byteLength) throw new Error(`step metadata: ${buf.byteLength - o} trailing bytes`);
   return from.some((f) => f >= 0) ? { step, seqs, tokenFrom: from } : { step, seqs };

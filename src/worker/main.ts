@@ -15,7 +15,8 @@ import { availableParallelism, hostname } from 'node:os';
 
 import { Engine, resolveDevice } from '../engine/engine.js';
 import { TokenizerPool, loadTokenizer } from '../model/index.js';
-import type { ReplayedText, Tokenizer } from '../model/index.js';
+import type { QuantizeChoice, ReplayedText, Tokenizer } from '../model/index.js';
+import type { KvCacheDtypeChoice } from '../model/precision.js';
 import { loadAddon } from '../native/addon.js';
 import type { Comm } from '../comm/comm.js';
 import type { Assignment, Start, Submit, TokenUpdate } from '../protocol/control.js';
@@ -46,7 +47,8 @@ function deviceInfo() {
 
 /** An assignment's shard: a survivor re-formed with the same one keeps its loaded engine. */
 function shardKey(a: Assignment): string {
-  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads].join('/');
+  return [a.modelDir, a.dtype, a.device, a.stage, a.tpRank, a.tp, a.layerStart, a.layerEnd, a.kvBlocks, a.threads, a.quantize,
+    a.kvCacheDtype].join('/');
 }
 
 /**
@@ -102,7 +104,7 @@ class Epoch {
     }, (err: unknown) => {
       this.replaying.delete(s.requestId);
       if (!state.cancelled && !this.aborted) this.refuse({ requestId: s.requestId, tokenIds: [], text: '', index: 0,
-        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}`, preempted: false });
+        finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: `replay: ${(err as Error).message}`, preempted: false, logprobs: [] });
     });
   }
 
@@ -263,6 +265,8 @@ class Worker {
       layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex: this.deviceIndex(a),
       ...(a.kvBlocks ? { kvBlocks: a.kvBlocks } : {}), ...(threads ? { threads } : {}),
       ...(a.maxBatchTokens ? { maxStepTokens: a.maxBatchTokens } : {}),
+      ...(a.quantize ? { quantize: a.quantize as QuantizeChoice } : {}),
+      ...(a.kvCacheDtype ? { kvCacheDtype: a.kvCacheDtype as KvCacheDtypeChoice } : {}),
       onProgress: (done, total) => this.control.send({ loadProgress: { epoch: a.epoch, done, total } }),
     });
     this.engineKey = key;

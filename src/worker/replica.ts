@@ -23,6 +23,8 @@
 import type { ReplayedText } from '../model/tokenizer-pool.js';
 import type { Comm } from '../comm/comm.js';
 import type { Engine } from '../engine/engine.js';
+import { MAX_LOGPROBS } from '../native/addon.js';
+import type { StepLogprobs, StepSeq } from '../native/addon.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
 import {
@@ -70,6 +72,30 @@ export interface ReplicaOptions {
 
 function localRank(p: { stage: number; tpRank: number; tp: number }): number {
   return p.stage * p.tp + p.tpRank;
+}
+
+/** Whether a sampled sequence of the step asked for logprobs (then the last stage sends them to the driver too). */
+function wantsLogprobs(seqs: StepSeq[]): boolean {
+  return seqs.some((s) => s.sample !== false && (s.sampling?.logprobs ?? -1) >= 0);
+}
+
+// A step's logprobs on the data plane: per sampled sequence, its token's logprob, MAX_LOGPROBS ids
+// and MAX_LOGPROBS logprobs (StepLogprobs laid end to end).
+const LP_WORDS = 1 + 2 * MAX_LOGPROBS;
+
+function packLogprobs(lp: StepLogprobs): Uint8Array {
+  const n = lp.sampled.length;
+  const buf = new ArrayBuffer(4 * n * LP_WORDS);
+  new Float32Array(buf, 0, n).set(lp.sampled);
+  new Int32Array(buf, 4 * n, n * MAX_LOGPROBS).set(lp.topIds);
+  new Float32Array(buf, 4 * n * (1 + MAX_LOGPROBS), n * MAX_LOGPROBS).set(lp.top);
+  return new Uint8Array(buf);
+}
+
+function unpackLogprobs(bytes: Uint8Array, n: number): StepLogprobs {
+  const buf = bytes.buffer;
+  return { sampled: new Float32Array(buf, 0, n), topIds: new Int32Array(buf, 4 * n, n * MAX_LOGPROBS),
+    top: new Float32Array(buf, 4 * n * (1 + MAX_LOGPROBS), n * MAX_LOGPROBS) };
 }
 
 /** Sends a step's frame to ranks 1..world-1 (queued in order on the plane's thread). */
@@ -221,7 +247,7 @@ export class Replica {
       this.steps.observe(totalTokens(step.seqs), ms);
       await cur.sent;
       trace?.(step, ms);
-      unsettled = sched.apply(step, out.sampled);
+      unsettled = sched.apply(step, out.sampled, out.logprobs);
       prevSampled = out.sampled;
       // Alone (tp 1), nobody else has the step planned ahead yet: when a more urgent class arrived
       // meanwhile, plan it again so its prefill is not one step later.
@@ -260,9 +286,9 @@ export class Replica {
       if (inFlight.length) {
         // A micro-batch's time is from its launch to its sampled tokens (through every stage).
         const { step, t0 } = inFlight.shift()!;
-        const sampled = await this.receiveSampled(step, lastStage0);
+        const got = await this.receiveSampled(step, lastStage0);
         this.steps.observe(totalTokens(step.seqs), performance.now() - t0);
-        o.emit(sched.complete(step, sampled));
+        o.emit(sched.complete(step, got.sampled, got.logprobs));
         continue;
       }
       if (!launched) await this.idle();
@@ -272,10 +298,14 @@ export class Replica {
   }
 
   // A micro-batch of prefill chunks only samples nothing, and then nothing is sent back.
-  private async receiveSampled(step: PlannedStep, from: number): Promise<Int32Array> {
+  private async receiveSampled(step: PlannedStep, from: number): Promise<{ sampled: Int32Array; logprobs?: StepLogprobs }> {
     const sampled = new Int32Array(step.nSample);
-    if (step.nSample > 0) await this.plane!.recv(new Uint8Array(sampled.buffer), from);
-    return sampled;
+    if (step.nSample === 0) return { sampled };
+    await this.plane!.recv(new Uint8Array(sampled.buffer), from);
+    if (!wantsLogprobs(step.seqs)) return { sampled };
+    const lp = new Uint8Array(4 * step.nSample * LP_WORDS);
+    await this.plane!.recv(lp, from);
+    return { sampled, logprobs: unpackLogprobs(lp, step.nSample) };
   }
 
   /** A rank other than the driver: runs the driver's steps until STOP (resolves) or the data plane fails (rejects). */
@@ -309,8 +339,10 @@ export class Replica {
       const out = await this.watch(() => engine.step({ seqs: meta.seqs, ...(hiddenIn ? { hiddenIn } : {}) }));
       prevSampled = out.sampled;
       if (!last) await plane.send(out.hiddenOut!, next);
-      else if (pos.tpRank === 0 && pos.stage > 0 && out.sampled.length > 0)
+      else if (pos.tpRank === 0 && pos.stage > 0 && out.sampled.length > 0) {
         await plane.send(new Uint8Array(out.sampled.buffer, out.sampled.byteOffset, out.sampled.byteLength), 0);
+        if (wantsLogprobs(meta.seqs)) await plane.send(packLogprobs(out.logprobs!), 0);
+      }
       if (!early) pending = receiveStep(plane, hdr);
     }
   }

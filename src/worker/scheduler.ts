@@ -18,8 +18,12 @@
 // its prefill chunks come before the next class's.
 import { BlockAllocator } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
+import { stepSampling, tokenLogprobs } from '../engine/step-sampling.js';
+import type { StepSampling } from '../engine/step-sampling.js';
 import { StopChecker } from '../engine/stop-checker.js';
 import type { ReplayedText } from '../model/tokenizer-pool.js';
+import type { StepLogprobs } from '../native/addon.js';
+import type { TokenLogprobs } from '../protocol/api.js';
 import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
 import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
 import { samplingFromWire } from '../protocol/sampling.js';
@@ -47,6 +51,8 @@ interface Seq {
   /** The prompt and every token produced so far (replayed ones included): what a resume recomputes. */
   prompt: number[];
   out: number[];
+  /** Its sampling parameters as each step passes them to the engine (built once). */
+  step: StepSampling;
   stop: StopChecker;
   budget: number;
   /** Tokens already in the KV cache. */
@@ -60,7 +66,7 @@ interface Seq {
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
-export type AppliedStep = { seq: Seq; token: number }[];
+export type AppliedStep = { seq: Seq; token: number; logprobs?: TokenLogprobs }[];
 
 export interface PlannedStep {
   seqs: StepSeq[];
@@ -132,7 +138,7 @@ export class Scheduler {
    */
   submit(sub: Submit, replayed?: ReplayedText): TokenUpdate | null {
     const err = (error: string): TokenUpdate => ({ requestId: sub.requestId, tokenIds: [], text: '', index: 0,
-      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error, preempted: false });
+      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error, preempted: false, logprobs: [] });
     if (this.byId.has(sub.requestId)) return null; // duplicate delivery
     if (!sub.params) return err('no sampling parameters');
     // Validated where the request entered (the API); the seed comes as decimal text.
@@ -142,7 +148,7 @@ export class Scheduler {
     const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
     if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
       return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
-    const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stop: params.stop, maxTokens: params.maxTokens,
+    const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop, maxTokens: params.maxTokens,
       ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids) };
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     let stop: StopChecker;
@@ -153,7 +159,7 @@ export class Scheduler {
       for (const t of sub.generatedIds) stop.push(t);
     }
     const seq: Seq = { id: sub.requestId, status: QUEUED, params, priority: sub.priority ?? 0, classRank: sub.classRank ?? 0,
-      order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds], stop, budget, pos: 0,
+      order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds], step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0,
       feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);
     this.enqueue(seq);
@@ -257,7 +263,7 @@ export class Scheduler {
     this.enqueue(seq);
     this.preemptions++;
     this.notices.push({ requestId: seq.id, tokenIds: [], text: '', index: seq.stop.tokens.length,
-      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: true });
+      finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: true, logprobs: [] });
   }
 
   /**
@@ -322,11 +328,9 @@ export class Scheduler {
       const sample = n === left;
       members.push({ seq, n, sample });
       seq.inFlight++;
-      const p = seq.params;
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
-        pos: seq.pos + skip, blockTable: seq.table!, sample,
-        temperature: p.temperature, topK: p.topK, topP: p.topP, seed: p.seed,
+        pos: seq.pos + skip, blockTable: seq.table!, sample, ...seq.step,
       });
       from.push(f);
     }
@@ -359,9 +363,9 @@ export class Scheduler {
     this.recent.pop();
   }
 
-  /** Applies a finished step's sampled tokens; returns the updates for the coordinator. */
-  complete(step: PlannedStep, sampled: Int32Array): TokenUpdate[] {
-    return this.settle(this.apply(step, sampled));
+  /** Applies a finished step's sampled tokens (and logprobs); returns the updates for the coordinator. */
+  complete(step: PlannedStep, sampled: Int32Array, logprobs?: StepLogprobs): TokenUpdate[] {
+    return this.settle(this.apply(step, sampled, logprobs));
   }
 
   /**
@@ -371,7 +375,7 @@ export class Scheduler {
    * settle() does the detokenizing and reporting, while that step runs; it always comes before the
    * next apply().
    */
-  apply(step: PlannedStep, sampled: Int32Array): AppliedStep {
+  apply(step: PlannedStep, sampled: Int32Array, logprobs?: StepLogprobs): AppliedStep {
     const applied: AppliedStep = [];
     this.inFlight--;
     let j = 0;
@@ -394,7 +398,8 @@ export class Scheduler {
       seq.feed.push(token);
       seq.out.push(token);
       if (seq.stop.endsWith(token)) seq.status = transition(seq.status, FINISHED);
-      applied.push({ seq, token });
+      const k = seq.params.logprobs;
+      applied.push(k >= 0 && logprobs ? { seq, token, logprobs: tokenLogprobs(logprobs, j - 1, k) } : { seq, token });
     }
     return applied;
   }
@@ -405,14 +410,16 @@ export class Scheduler {
    */
   settle(applied: AppliedStep): TokenUpdate[] {
     const updates: TokenUpdate[] = [];
-    for (const { seq, token } of applied) {
+    for (const { seq, token, logprobs } of applied) {
       if (seq.status === CANCELLED || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
       const before = seq.stop.tokens.length;
       const upd = seq.stop.push(token);
       const fresh = seq.stop.tokens.slice(before);
       this.generated += fresh.length;
+      // EOS and stop token ids end the sequence without joining its output, nor do their logprobs.
       updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
-        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false });
+        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false,
+        logprobs: logprobs && fresh.length ? [logprobs] : [] });
       if (!upd.done) {
         // apply() finishes a sequence only on a token that StopChecker.endsWith() says ends it.
         if (seq.status === FINISHED) throw new Error(`scheduler: ${seq.id} was finished by a token its stop checker did not end it on`);

@@ -52,7 +52,7 @@ function request(store: RequestStore, seed: number | bigint = 42) {
 
 /** A driver's Tokens report for one request. */
 function report(m: Membership, replica: number, u: Partial<TokenUpdate> & { requestId: string }): void {
-  m.emit('tokens', m.replicas[replica]!, { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: NONE, error: '', preempted: false, ...u }] });
+  m.emit('tokens', m.replicas[replica]!, { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: NONE, error: '', preempted: false, logprobs: [], ...u }] });
 }
 
 describe('router', () => {
@@ -65,7 +65,8 @@ describe('router', () => {
     expect([a.rec.replica, b.rec.replica]).toEqual([0, 1]);
     expect([a.rec.status, b.rec.status]).toEqual([RequestStatus.RUNNING, RequestStatus.RUNNING]);
     expect(sent[0]).toEqual([{ submit: { epoch: '1', requestId: a.rec.id, promptIds: [1, 2, 3], generatedIds: [],
-      params: { temperature: 0, topK: 0, topP: 1, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false }, priority: 0, classRank: 1 } }]);
+      params: { temperature: 0, topK: 0, topP: 1, minP: 0, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false,
+        repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, stopTokenIds: [], logitBias: [], logprobs: -1 }, priority: 0, classRank: 1 } }]);
   });
 
   it('a replay after a failover: the re-sent prefix is dropped, the client sees each token once and in order', () => {

@@ -74,14 +74,14 @@ function cluster(classSpecs: ClassSpec[] = CLASSES) {
   const slots = [{ host: 'localhost', localRank: 0 }, { host: 'localhost', localRank: 1 }];
   const { layout } = planGroups(loadModelConfig(PY_TINY), slots, [
     { name: 'fast', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING } },
-    { name: 'slow', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING, precision: 'f32' } },
+    { name: 'slow', tp: 1, pp: 1, replicas: 1, serving: { ...DEFAULT_SERVING, dtype: 'f32' } },
   ]);
   const made = servingMembers(layout, 10);
   members = made.members;
   const { sent } = made;
   const store = new RequestStore();
   const classes = new ClassTable(classSpecs, ['fast', 'slow']);
-  const router = new Router(members, store, classes, { log: () => {}, modelDtype: 'bf16' });
+  const router = new Router(members, store, classes, { log: () => {} });
   const add = (cls: string, maxTokens = 28, exact = false) => {
     const failed: string[] = [];
     const rec = new RequestRecord(store.newId(), [1, 2, 3, 4], validateSampling({ seed: 1, maxTokens }),
@@ -94,7 +94,7 @@ function cluster(classSpecs: ClassSpec[] = CLASSES) {
     return { rec, route, failed };
   };
   const report = (replica: number, u: Partial<TokenUpdate> & { requestId: string }) => members!.emit('tokens', members!.replicas[replica]!,
-    { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false, ...u }] });
+    { epoch: '1', updates: [{ tokenIds: [], text: '', index: 0, finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false, logprobs: [], ...u }] });
   return { members, store, router, sent, add, report };
 }
 
@@ -160,11 +160,11 @@ describe('class routing', () => {
     expect([free.rec.replica, exact.rec.replica]).toEqual([0, 0]);
     report(0, { requestId: free.rec.id, tokenIds: [7, 8], index: 0 });
     report(0, { requestId: exact.rec.id, tokenIds: [7], index: 0 });
-    expect(exact.rec.numerics).toBe('cpu/bf16');
+    expect(exact.rec.numerics).toBe('cpu w=bf16,a=f32,kv=f32');   // py-tiny's bf16 weights as stored
     m.replicas[0]!.state = 'lost';
     router.requeue(m.replicas[0]!, 2, 'rank 0 lost');
     vi.advanceTimersByTime(REPLAY_SETTLE_MS);
-    expect([free.rec.status, free.rec.replica]).toEqual([RequestStatus.RUNNING, 1]);   // on slow (cpu/f32), from its 2 tokens
+    expect([free.rec.status, free.rec.replica]).toEqual([RequestStatus.RUNNING, 1]);   // on slow (f32 weights), from its 2 tokens
     expect([exact.rec.status, exact.rec.replica]).toEqual([RequestStatus.QUEUED, null]);
     m.replicas[0]!.state = 'serving';
     m.emit('replica-serving', m.replicas[0]!);

@@ -110,6 +110,7 @@ describe('engine bookkeeping', () => {
 
   it('validateSampling fills defaults', () => {
     const p = validateSampling({ seed: 5 });
-    expect(p).toMatchObject({ temperature: 0, topK: 0, topP: 1, seed: 5n, maxTokens: 128, stop: [] });
+    // No max_tokens: as many as the context leaves (withinContext() makes that a number).
+    expect(p).toMatchObject({ temperature: 0, topK: 0, topP: 1, seed: 5n, maxTokens: Number.MAX_SAFE_INTEGER, stop: [] });
   });
 });

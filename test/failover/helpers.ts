@@ -17,7 +17,7 @@ import type { CallOptions, ClusterStatusMsg, NodespeedClient } from '../../src/c
 import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
 import { startSshd } from '../helpers/sshd.js';
 import type { SshdHarness } from '../helpers/sshd.js';
-import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
+import { BIN, PY_TINY, launch, reference, requestMsg, root, workerProcesses } from '../serving/helpers.js';
 import type { LaunchedCluster, PyTinyCase } from '../serving/helpers.js';
 
 export const STREAMS = 32;
@@ -25,7 +25,10 @@ export const TOKENS = 64;
 
 export type Status = ClusterStatusMsg & FailoverStatusMsg;
 
-/** 32 seeded sampling requests of `tokens` each; `promptTokens` > 0 makes every prompt that long (a long prefill). */
+/**
+ * 32 seeded sampling requests of `tokens` each, half of them with penalties, min-p and a logit bias;
+ * `promptTokens` > 0 makes every prompt that long (a long prefill).
+ */
 export function requests(promptTokens = 0, tokens = TOKENS): GenerateRequest[] {
   const { cases } = reference<PyTinyCase>(PY_TINY);
   const all = cases.flatMap((c) => c.ids);
@@ -33,13 +36,15 @@ export function requests(promptTokens = 0, tokens = TOKENS): GenerateRequest[] {
     let promptIds = cases[i % cases.length]!.ids;
     // Different long prompts: the case texts' ids, rotated by the stream index, repeated.
     if (promptTokens > 0) promptIds = Array.from({ length: promptTokens }, (_, k) => all[(k + 7 * i) % all.length]!);
-    return { promptIds, maxTokens: tokens, ignoreEos: true, temperature: 0.8, topK: 40, topP: 0.95, seed: 1000 + 17 * i };
+    const r: GenerateRequest = { promptIds, maxTokens: tokens, ignoreEos: true, temperature: 0.8, topK: 40, topP: 0.95, seed: 1000 + 17 * i };
+    // Every other stream with the controls whose state a replay must rebuild (token counts) or carry.
+    return i % 2 ? { ...r, repetitionPenalty: 1.15, presencePenalty: 0.4, frequencyPenalty: 0.3, minP: 0.05, logitBias: [{ token: 4, bias: -2 }] } : r;
   });
 }
 
-/** The same requests on one in-process engine, without any fault. */
-export async function faultFree(reqs: GenerateRequest[]): Promise<GenerateResult[]> {
-  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024 }), loadTokenizer(PY_TINY)]);
+/** The same requests on one in-process engine, without any fault (`quantize`: with those weights). */
+export async function faultFree(reqs: GenerateRequest[], quantize: 'none' | 'int8' = 'none'): Promise<GenerateResult[]> {
+  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024, quantize }), loadTokenizer(PY_TINY)]);
   try {
     return await generateAll(engine, tok, reqs);
   } finally {
@@ -51,8 +56,7 @@ export interface Received { tokenIds: number[]; arrivals: number[] }
 
 /** One stream; fails on a repeated or missing index, records each token's arrival time. */
 export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received, opts: CallOptions = {}): Promise<void> {
-  for await (const m of client.generate({ promptIds: r.promptIds!, maxTokens: r.maxTokens!, ignoreEos: true, temperature: r.temperature!,
-    topK: r.topK!, topP: r.topP!, seed: String(r.seed) }, opts)) {
+  for await (const m of client.generate(requestMsg(r), opts)) {
     if (m.index !== out.tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${out.tokenIds.length} tokens received`);
     out.tokenIds.push(...m.tokenIds);
     for (const _ of m.tokenIds) out.arrivals.push(Date.now());

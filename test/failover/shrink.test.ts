@@ -104,7 +104,7 @@ suite('failover by a smaller layout when a host is gone (real sshd, py-tiny, no 
       expect(human.status, human.stderr).toBe(0);
       expect(human.stdout).toContain(`  ${formatFailure(f)}\n`);
       expect(formatFailure(f)).toContain(`-> shrunk in ${f.recoveryMs} ms (generation ${f.generation})`);
-      expect(human.stdout).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +RANKS .*\n0 +default +serving +tp 1 x pp 1 +0 /m);
+      expect(human.stdout).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +PRECISION +RANKS .*\n0 +default +serving +tp 1 x pp 1 +bf16\/f32\/f32 +0 /m);
       const json = cli(['status', '--server', cluster.address, '--json']);
       expect(json.status, json.stderr).toBe(0);
       expect((JSON.parse(json.stdout) as Status).replicas[0]).toMatchObject({ tp: 1, pp: 1, ranks: [0] });

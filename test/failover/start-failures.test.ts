@@ -150,7 +150,7 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
     writeFileSync(failFlag, 'hang');
     try {
       const t0 = Date.now();
-      const r = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--port', '0', '--bind', '127.0.0.1', '--no-progress',
+      const r = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
         '--num_cpu_workers', '2', '--tp', '2', '--node', wrapper, '--join-timeout', '2'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
       expect(r.status, r.stderr).toBe(1);
       expect(r.stdout).not.toContain('nodespeed ready');
@@ -167,7 +167,10 @@ describe('ranks that fail before they join (py-tiny, CPU workers, --node wrapper
     // Replica 0's rank 0 joins its re-form at once, its rank 1 starts 2 s late; meanwhile replica 1
     // fails and the membership generation moves on. Both ranks of replica 0 must still get the
     // same generation (their communicator rendezvous is per generation) and the replica must serve.
-    await onWrapperCluster(4, [], async (cluster) => {
+    // Both replicas are killed here, so a stream moved from replica 0 to replica 1 lives through two
+    // losses, which the default --quarantine-after 2 treats as a poison request (attacks.test.ts tests
+    // that); this test is about generations, so the streams may be replayed once more.
+    await onWrapperCluster(4, ['--quarantine-after', '3'], async (cluster) => {
       const before = await status(cluster);
       const pid = (rank: number, st = before) => st.workers.find((w) => w.rank === rank)!.pid;
       const streams = startStreams(cluster.client, requests());

@@ -42,16 +42,17 @@ describe('nodespeed status: failures', () => {
   it('the replicas table shows each replica\'s own layout and ranks (a shrunk one is smaller than the job\'s)', () => {
     const replica = { id: 0, state: 'serving', running: 2, queued: 0, kvBlocksTotal: 256, kvBlocksFree: 200, kvBlockSize: 16, steps: '40',
       generatedTokens: '80', recentStepBatch: [], maxStepBatch: 2, ranks: [0, 1], maxInFlight: 1, requests: 2, tp: 2, pp: 1, group: 'default',
-      preemptions: 0, stepMs: 0 };
+      preemptions: 0, stepMs: 0, precision: { weights: 'fp8', activations: 'fp8', kvCache: 'fp8' } };
     const s: ClusterStatusMsg = {
       model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
       replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
-      spares: 0, quarantined: [], groups: [{ name: 'default', device: 'cpu', precision: 'auto', tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
+      spares: 0, quarantined: [], groups: [{ name: 'default', device: 'cuda', precision: { weights: 'fp8', activations: 'fp8', kvCache: 'fp8' }, tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
     };
     const lines = formatStatus(s).split('\n');
     const head = lines.findIndex((l) => l.startsWith('REPLICA'));
-    expect(lines[head]).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +RANKS +RUNNING/);
-    expect(lines[head + 1]).toMatch(/^0 +default +serving +tp 2 x pp 1 +0,1 +2 /);
-    expect(lines[head + 2]).toMatch(/^1 +default +serving +tp 1 x pp 1 +2 +2 /);
+    // PRECISION: weights / matrix-product inputs / KV cache (docs/QUANTIZATION.md)
+    expect(lines[head]).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +PRECISION +RANKS +RUNNING/);
+    expect(lines[head + 1]).toMatch(/^0 +default +serving +tp 2 x pp 1 +fp8\/fp8\/fp8 +0,1 +2 /);
+    expect(lines[head + 2]).toMatch(/^1 +default +serving +tp 1 x pp 1 +fp8\/fp8\/fp8 +2 +2 /);
   });
 });

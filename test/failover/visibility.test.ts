@@ -159,7 +159,7 @@ describe('failover visibility: status, metrics and the launcher log after a kill
     await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
     const port = (holder.address() as AddressInfo).port;
     try {
-      const busy = cli(['launch', '--model', PY_TINY, '--num_cpu_workers', '1', '--port', '0', '--bind', '127.0.0.1', '--no-progress',
+      const busy = cli(['launch', '--model', PY_TINY, '--num_cpu_workers', '1', '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
         '--metrics-port', String(port)]);
       expect(busy.status).not.toBe(0);
       expect(busy.stderr).toContain(`--metrics-port ${port}: 127.0.0.1:${port} is already in use`);

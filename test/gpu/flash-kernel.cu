@@ -22,13 +22,11 @@
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
-
-namespace ns::cuda {
-bool pdl_enabled() { return false; }  // (cuda_backend.cu's, which needs the whole backend)
-}  // namespace ns::cuda
+#include "kernel_test.h"
 
 using namespace ns;
 using namespace ns::cuda;
+using namespace ns::cuda::test;
 
 namespace {
 
@@ -55,14 +53,6 @@ float value(DType dt, uint16_t b) {
   return __half2float(*reinterpret_cast<__half*>(&b));
 }
 
-template <typename X>
-X* upload(const std::vector<X>& h) {
-  X* d = nullptr;
-  NS_CUDA(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(X)));
-  if (!h.empty()) NS_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(X), cudaMemcpyHostToDevice));
-  return d;
-}
-
 struct Built {
   AttnArgs a{};  // split: flash tiles + SIMT list
   int T = 0;
@@ -71,17 +61,6 @@ struct Built {
   std::vector<void*> frees;
   ~Built() { for (void* p : frees) cudaFree(p); }
 };
-
-int sm_count() {
-  int dev = 0, n = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-  return n;
-}
-int splits_for(int tokens, int nh) {  // CudaBackend::attention_splits
-  const int base = tokens * nh, sms = sm_count();
-  return base >= 2 * sms ? 1 : std::min(16, (2 * sms + base - 1) / base);
-}
 
 // Inputs on host and device; a.* set up for the engine-like split.
 void build(const Case& c, uint32_t seed, Built& b) {

@@ -72,22 +72,26 @@ export function ensure7b() {
 /**
  * Loads `dir` as one shard (layers [layerStart, layerEnd), default all; tp rank `tpRank` of `tpSize`,
  * on cuda:deviceIndex) through the project's loader; `comm` (tp > 1) is set before loading.
+ * quantize ('int8' | 'fp8') and kvCacheDtype ('fp8') as the engine's flags (docs/QUANTIZATION.md);
+ * weightBytes: the bytes the backend holds (quantized matrices at one byte, their f32 scales).
  */
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
-  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd } = {}) {
+  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd, quantize = 'none', kvCacheDtype = 'auto' } = {}) {
   const cfg = model.loadModelConfig(dir);
   const ckpt = await model.openCheckpoint(dir);
-  const plan = model.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers });
-  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex };
+  const plan = model.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers }, { quantize, kvCacheFp8: kvCacheDtype === 'fp8' });
+  const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex,
+    ...(kvCacheDtype === 'fp8' ? { kvCacheDtype } : {}) };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
   const engine = new addon.Engine(shard);
   if (comm) engine.setTpComm(comm);
   let weightBytes = 0;
   const t0 = performance.now();
   await model.loadShard(ckpt, plan, async (name, dt, shape, data) => {
-    weightBytes += shape.reduce((a, b) => a * b, 1) * 2;
+    // Matrices and the scales of quantized ones (norms are f32 in the backend: counted as bf16, negligible).
+    weightBytes += dt === 'f32' && !name.endsWith('_scale') ? shape.reduce((a, b) => a * b, 1) * 2 : data.byteLength;
     await engine.loadTensor(name, dt, shape, data);
-  });
+  }, undefined, (data, dt, rows, cols, format, c0, c1, what) => addon.quantize(data, dt, rows, cols, format, c0, c1, what));
   const fin = await engine.finalize();
   const loadSeconds = (performance.now() - t0) / 1000;
   if (ckpt.close) await ckpt.close();
@@ -131,6 +135,18 @@ export function cosine(a, b) {
   let dot = 0, na = 0, nb = 0;
   for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
   return dot / Math.sqrt(na * nb);
+}
+
+// Logits of N positions x V: the smallest per-position cosine (and where), and how often the top-1 agrees.
+export function compareLogits(a, b, V, N) {
+  let minCosine = 1, agree = 0, worstPosition = -1;
+  for (let p = 0; p < N; p++) {
+    const u = a.subarray(p * V, (p + 1) * V), v = b.subarray(p * V, (p + 1) * V);
+    const c = cosine(u, v);
+    if (c < minCosine) { minCosine = c; worstPosition = p; }
+    agree += argmax(u) === argmax(v) ? 1 : 0;
+  }
+  return { minCosine, worstPosition, top1Agreement: agree / N };
 }
 
 export function argmax(a, off = 0, n = a.length) {

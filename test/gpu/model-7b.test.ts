@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { argmax, blockTables, cosine, ensure7b, gpuStatus, haveTransformers, openCudaEngine, recordResult, root, titled, tpComms } from './lib.mjs';
+import { blockTables, compareLogits, ensure7b, gpuStatus, haveTransformers, openCudaEngine, recordResult, root, titled, tpComms } from './lib.mjs';
 
 const N = 128, SPLIT = 120;
 const gpu = gpuStatus({ cuda: true });
@@ -78,16 +78,7 @@ async function logitsOf(dir: string, kind: 'tp1' | 'tp2' | 'pp2', ids: number[])
   }
 }
 
-function compare(a: Float32Array, b: Float32Array, V: number) {
-  let minCosine = 1, agree = 0, worstPosition = -1;
-  for (let p = 0; p < N; p++) {
-    const u = a.subarray(p * V, (p + 1) * V), v = b.subarray(p * V, (p + 1) * V);
-    const c = cosine(u, v);
-    if (c < minCosine) { minCosine = c; worstPosition = p; }
-    agree += argmax(u) === argmax(v) ? 1 : 0;
-  }
-  return { minCosine, worstPosition, top1Agreement: agree / N };
-}
+const compare = (a: Float32Array, b: Float32Array, V: number) => compareLogits(a, b, V, N);
 
 describe.skipIf(!gpu.ok)(titled('7B shape vs HF transformers', gpu), { timeout: 1_800_000 }, () => {
   let dir: string, ids: number[], tp1: Logits;

@@ -66,10 +66,11 @@ classes:
     const local = await singleProcess([...batch, ...std]);
     const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25', '--metrics-port', '0'], { env: sshd.env, timeoutMs: 120_000 });
     try {
-      expect(cluster.readyLine).toContain(' groups=fast:cpu/auto/tp2xpp1x1,slow:cpu/f32/tp1xpp1x2 classes=realtime:fast,standard:fast+slow,batch:slow+fast');
+      expect(cluster.readyLine).toContain(' groups=fast:cpu/bf16-f32-f32/tp2xpp1x1,slow:cpu/f32-f32-f32/tp1xpp1x2 classes=realtime:fast,standard:fast+slow,batch:slow+fast');
       const st = await cluster.client.clusterStatus();
-      expect(st.groups.map((g) => [g.name, g.device, g.precision, g.tp, g.replicas, g.threads])).toEqual([
-        ['fast', 'cpu', 'auto', 2, [0], 1], ['slow', 'cpu', 'f32', 1, [1, 2], 1]]);
+      // fast: py-tiny's bf16 weights as stored; the CPU computes and caches in f32.
+      expect(st.groups.map((g) => [g.name, g.device, g.precision?.weights, g.precision?.kvCache, g.tp, g.replicas, g.threads])).toEqual([
+        ['fast', 'cpu', 'bf16', 'f32', 2, [0], 1], ['slow', 'cpu', 'f32', 'f32', 1, [1, 2], 1]]);
       expect(st.workers.map((x) => [x.rank, x.replica, x.host, x.tpRank])).toEqual([
         [0, 0, '127.0.0.2', 0], [1, 0, '127.0.0.2', 1], [2, 1, 'localhost', 0], [3, 2, '127.0.0.3', 0]]);
       expect(st.replicas.map((r) => [r.id, r.group, r.kvBlocksTotal])).toEqual([[0, 'fast', 24], [1, 'slow', 16], [2, 'slow', 16]]);
@@ -103,7 +104,8 @@ classes:
       expect(m).toMatch(/^nodespeed_class_overflow_total\{class="batch",group="fast"\} 4$/m);
       expect(m).toMatch(/^nodespeed_class_rejected_total\{class="realtime"\} 1$/m);
       expect(m).toMatch(/^nodespeed_class_ttft_seconds\{class="batch",quantile="0.99"\} [\d.e-]+$/m);
-      expect(m).toMatch(/^nodespeed_replica_info\{replica="1",group="slow",device="cpu",precision="f32",layout="tp 1 x pp 1"\} 1$/m);
+      expect(m).toMatch(/^nodespeed_replica_info\{replica="1",group="slow",device="cpu",layout="tp 1 x pp 1"\} 1$/m);
+      expect(m).toMatch(/^nodespeed_replica_precision_info\{replica="1",weights="f32",activations="f32",kv_cache="f32"\} 1$/m);
 
       // A class name the deployment does not have is refused, naming the field and the classes there are.
       const unknown = await grpcError(cluster.client.complete({ promptIds: prompt16(31), maxTokens: 4, priority: 'urgent' }));
@@ -117,8 +119,8 @@ classes:
       // `nodespeed status` (text): one row per group and per class, with its routings by group and overflows.
       const text = cli(['status', '--server', cluster.address]).stdout;
       expect(text).toMatch(/^GROUP +DEVICE +PRECISION +LAYOUT +REPLICAS +THREADS +MAX SEQS$/m);
-      expect(text).toMatch(/^fast +cpu +auto +tp 2 x pp 1 +0 +1 +\d+$/m);
-      expect(text).toMatch(/^slow +cpu +f32 +tp 1 x pp 1 +1,2 +1 +\d+$/m);
+      expect(text).toMatch(/^fast +cpu +bf16\/f32\/f32 +tp 2 x pp 1 +0 +1 +\d+$/m);
+      expect(text).toMatch(/^slow +cpu +f32\/f32\/f32 +tp 1 x pp 1 +1,2 +1 +\d+$/m);
       expect(text).toMatch(/^batch +100 +slow>fast +- +0 +0 +0 +13 \(slow 9, fast 4\) +4 +0 +0 +[\d./]+ +[\d./]+$/m);
       expect(text).toMatch(/^realtime +-100 +fast +p99 <= 2000 ms +0 +0 +0 +1 \(fast 1\) +0 +1 +0 /m);
     } finally {

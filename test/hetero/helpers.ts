@@ -39,9 +39,9 @@ export function seeded(n: number, maxTokens: number, seed0 = 7000): GenerateRequ
     topK: 40, topP: 0.95, seed: seed0 + 31 * i }));
 }
 
-/** The same requests on one in-process engine: what every stream must equal. */
-export async function singleProcess(reqs: GenerateRequest[]): Promise<GenerateResult[]> {
-  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024 }), loadTokenizer(PY_TINY)]);
+/** The same requests on one in-process engine (as stored, or int8 as a group of that precision loads it): what every stream must equal. */
+export async function singleProcess(reqs: GenerateRequest[], quantize: 'none' | 'int8' = 'none'): Promise<GenerateResult[]> {
+  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024, quantize }), loadTokenizer(PY_TINY)]);
   try {
     return await generateAll(engine, tok, reqs);
   } finally {

@@ -56,8 +56,8 @@ describe('deployment file', () => {
     expect(d.hostfile).toBe('/srv/deploy/hostfile');
     expect(d.spares).toBe(0);
     expect(d.groups).toEqual([
-      { name: 'gpu', device: 'cuda', tp: 2, pp: 1, replicas: 1, precision: 'bf16', threads: 0 },
-      { name: 'cpu', device: 'cpu', tp: 1, pp: 1, replicas: 2, precision: 'int8', threads: 8 },
+      { name: 'gpu', device: 'cuda', tp: 2, pp: 1, replicas: 1, precision: 'bf16', kvCacheDtype: 'auto', threads: 0 },
+      { name: 'cpu', device: 'cpu', tp: 1, pp: 1, replicas: 2, precision: 'int8', kvCacheDtype: 'auto', threads: 8 },
     ]);
     expect(d.classes).toEqual([
       { name: 'realtime', priority: -100, groups: ['gpu'], ttftP99Ms: 300 },
@@ -71,7 +71,7 @@ describe('deployment file', () => {
   });
 
   it.each([
-    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    gpus: 2\n', 'deploy.yaml:5: groups[0].gpus: unknown key; the keys here are name, device, tp, pp, replicas, precision, threads, hosts, slots, kv_blocks, max_batch_tokens, max_seqs'],
+    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    gpus: 2\n', 'deploy.yaml:5: groups[0].gpus: unknown key; the keys here are name, device, tp, pp, replicas, precision, kv_cache_dtype, threads, hosts, slots, kv_blocks, max_batch_tokens, max_seqs'],
     ['model: m\ngroup:\n  - name: a\n', 'deploy.yaml:2: group: unknown key (did you mean groups?)'],
     ['model: m\ngroups:\n  - name: a\n    count: 2\n', 'deploy.yaml:4: groups[0].count: unknown key (did you mean replicas?)'],
     ['model: m\ngroups:\n  - name: a\n    tp: 0\n', 'deploy.yaml:4: groups[0].tp: must be an integer >= 1 (got 0)'],
@@ -102,9 +102,9 @@ describe('deployment file', () => {
 
 const config = loadModelConfig(PY_TINY);
 const cpu = (name: string, replicas: number | 'auto', o: Partial<GroupOptions> = {}): GroupOptions =>
-  ({ name, tp: 1, pp: 1, replicas, serving: { device: 'cpu', precision: 'auto', threads: 1, kvBlocks: 0, maxBatchTokens: 256, maxSeqs: 256 }, ...o });
+  ({ name, tp: 1, pp: 1, replicas, serving: { device: 'cpu', dtype: 'auto', quantize: 'none', kvCacheDtype: 'auto', threads: 1, kvBlocks: 0, maxBatchTokens: 256, maxSeqs: 256 }, ...o });
 const gpu = (name: string, tp: number, replicas: number | 'auto'): GroupOptions =>
-  ({ name, tp, pp: 1, replicas, serving: { device: 'cuda', precision: 'bf16', threads: 0, kvBlocks: 0, maxBatchTokens: 8192, maxSeqs: 256 } });
+  ({ name, tp, pp: 1, replicas, serving: { device: 'cuda', dtype: 'bf16', quantize: 'none', kvCacheDtype: 'auto', threads: 0, kvBlocks: 0, maxBatchTokens: 8192, maxSeqs: 256 } });
 const world = (text: string) => planWorld(selectHosts(parseHostfile(text, 'hf')));
 const where = (p: ReturnType<typeof planDeployment>) => p.layout.ranks.map((r) => `${r.replica}@${r.host}:${r.localRank}`);
 
@@ -174,18 +174,30 @@ describe('nodespeed launch --config --dry-run', () => {
       '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast] }\n  realtime: { groups: [fast], ttft_p99_ms: 250 }\n',
       [], 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
     expect(mixed.status, mixed.stderr).toBe(0);
-    expect(mixed.stdout).toContain('group fast (cpu auto): 1 replica(s) x pp 1 x tp 2');
+    expect(mixed.stdout).toContain('group fast (cpu bf16/f32/f32): 1 replica(s) x pp 1 x tp 2');
     expect(mixed.stdout).toContain('replica 0 [fast]: stage 0 layers 0-5: rank 0 (tp 0) @n2, rank 1 (tp 1) @n2');
-    expect(mixed.stdout).toContain('group slow (cpu f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
+    expect(mixed.stdout).toContain('group slow (cpu f32/f32/f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
     expect(mixed.stdout.match(/^ {2}rank \d @n\d replica \d .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
     expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms) -> fast; batch (priority 100) -> slow, fast');
     const one = `model: ${PY_TINY}\ngroups:\n  - name: only\n    device: cpu\n    replicas: 1\n`;
     const flags = run(one, ['--tp', '2', '--replicas', '2']);
     expect(flags.status, flags.stderr).toBe(0);
-    expect(flags.stdout).toContain('group only (cpu auto): 2 replica(s) x pp 1 x tp 2');
-    const two = run(`${one}  - name: other\n    device: cpu\n`, ['--tp', '2']);
+    expect(flags.stdout).toContain('group only (cpu bf16/f32/f32): 2 replica(s) x pp 1 x tp 2');
+    // --quantize replaces the precision of the one group (as --dtype does); each group of several names its own.
+    const int8 = run(one, ['--quantize', 'int8']);
+    expect(int8.status, int8.stderr).toBe(0);
+    expect(int8.stdout).toContain('group only (cpu int8/f32/f32): 1 replica(s) x pp 1 x tp 1');
+    const two = run(`${one}  - name: other\n    device: cpu\n`, ['--tp', '2', '--kv-cache-dtype', 'fp8']);
     expect(two.status).not.toBe(0);
-    expect(two.stderr).toContain('--tp: the flags describe one group, and');
+    expect(two.stderr).toContain('--tp, --kv-cache-dtype: the flags describe one group, and');
+    expect(two.stderr).toContain('set tp, kv_cache_dtype in the group instead');
+    // What a CPU worker cannot compute is refused at the group's key.
+    const fp8 = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    precision: fp8\n`);
+    expect(fp8.status).not.toBe(0);
+    expect(fp8.stderr).toContain(`${join(dir, 'deploy.yaml')}:5: groups[0].precision: fp8: needs a CUDA GPU with FP8 tensor cores`);
+    const kv = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    kv_cache_dtype: fp8\n`);
+    expect(kv.status).not.toBe(0);
+    expect(kv.stderr).toContain(`${join(dir, 'deploy.yaml')}:5: groups[0].kv_cache_dtype: fp8: needs a CUDA GPU with FP8 tensor cores`);
     const bad = run(`model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    tp: 3\n`);
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toContain(`${join(dir, 'deploy.yaml')}:5: groups[0].tp: tp 3 does not divide the model's 8 attention heads`);

@@ -48,6 +48,7 @@ describe('planShard / loadShard', () => {
       hasEmbedding: true, hasHead: true, tpRank: 0, tpSize: 1, slidingWindow: 0, slidingLayers: [0, 0], numExperts: 0,
       sparseLayers: [0, 0], activation: 'silu', embedScale: 1, attnSoftcap: 0, finalSoftcap: 0,
       rope: { type: 'default', theta: 10000, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPos: 64, rotaryDim: 4 },
+      weights: 'native', headWeights: 'native', staticInputScales: false, fp8Activations: true, activationScaleUb: 0,
     });
     const got = await load(dir, { tpRank: 0, tpSize: 1, layerStart: 0, layerEnd: 2 });
     expect([...got.keys()].sort()).toEqual(tensors.map((t) => t.name).sort());

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { FinishReason, RequestStatus, canTransition, finishReasonText, isFinished, transition } from '../../src/protocol/lifecycle.js';
 import type { RequestStatus as Status } from '../../src/protocol/lifecycle.js';
 import {
-  DEFAULT_MAX_TOKENS, SamplingError, parseSamplingNumber, parseSeed, samplingFromWire, samplingToWire, validateSampling, withinContext,
+  SamplingError, nthSequence, withModelDefaults, parseSamplingNumber, parseSeed, samplingFromWire, samplingToWire, validateSampling, withinContext,
 } from '../../src/protocol/sampling.js';
 
 const { QUEUED, RUNNING, PREEMPTED, FINISHED, FAILED, CANCELLED } = RequestStatus;
@@ -36,12 +36,21 @@ describe('request lifecycle', () => {
 });
 
 describe('sampling parameters', () => {
-  it('defaults: greedy, no top-k/top-p, 128 tokens, no stop strings, a random 64-bit seed', () => {
+  it('defaults: greedy, no top-k/top-p/min-p, no penalties or bias, what fits the context, no stop strings or ids, no logprobs, a random 64-bit seed', () => {
     const p = validateSampling();
-    expect(p).toMatchObject({ temperature: 0, topK: 0, topP: 1, maxTokens: DEFAULT_MAX_TOKENS, stop: [], ignoreEos: false });
-    expect(DEFAULT_MAX_TOKENS).toBe(128);
+    expect(p).toMatchObject({ temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0,
+      stop: [], stopTokenIds: [], logitBias: [], ignoreEos: false, logprobs: -1 });
+    expect(withinContext(p, 100, 512).maxTokens).toBe(412);
     expect(typeof p.seed).toBe('bigint');
     expect(p.seed).not.toBe(validateSampling().seed);
+  });
+
+  it("the model's generation_config.json fills what a request leaves out, then the API's own temperature", () => {
+    const model = { temperature: 0.6, topP: 0.9, repetitionPenalty: 1.1 };
+    expect(withModelDefaults({ topP: 0.5 }, model)).toMatchObject({ temperature: 0.6, topP: 0.5, repetitionPenalty: 1.1 });
+    expect(withModelDefaults({}, {}, 1)).toMatchObject({ temperature: 1 });
+    expect(withModelDefaults({ temperature: 0 }, model, 1)).toMatchObject({ temperature: 0 });
+    expect(nthSequence(validateSampling({ seed: 2n ** 64n - 1n }), 2).seed).toBe(1n);
   });
 
   it('each broken rule names its field and the value', () => {
@@ -62,10 +71,24 @@ describe('sampling parameters', () => {
     expect(problem({ topP: 0 })).toBe('topP: must be in (0, 1] (got 0)');
     expect(problem({ topP: 1.5 })).toBe('topP: must be in (0, 1] (got 1.5)');
     expect(problem({ stop: ['a', ''] })).toBe('stop[1]: is empty');
+    // How many stop strings and how long: the request limits' business (limits.test.ts), not the sampling rules'.
+    expect(problem({ stop: ['s', 'x'.repeat(300)] })).toBe('ok');
     expect(problem({ seed: -1 })).toBe('seed: must be an integer in [0, 2^64) (got -1)');
     expect(problem({ seed: 2n ** 64n })).toBe('seed: must be an integer in [0, 2^64) (got 18446744073709551616)');
     expect(problem({ seed: '12x' })).toBe('seed: must be an integer in [0, 2^64) (got 12x)');
-    expect(problem({ temperature: 0.7, topK: 40, topP: 0.9, seed: '7', maxTokens: 1, stop: ['x'] })).toBe('ok');
+    expect(problem({ minP: 1.5 })).toBe('minP: must be in [0, 1] (got 1.5)');
+    expect(problem({ repetitionPenalty: 0 })).toBe('repetitionPenalty: must be a finite number > 0 (got 0)');
+    expect(problem({ presencePenalty: 2.5 })).toBe('presencePenalty: must be in [-2, 2] (got 2.5)');
+    expect(problem({ frequencyPenalty: -3 })).toBe('frequencyPenalty: must be in [-2, 2] (got -3)');
+    expect(problem({ logprobs: 21 })).toBe('logprobs: must be an integer in [0, 20] (got 21)');
+    expect(problem({ stopTokenIds: [3, -1] })).toBe('stopTokenIds[1]: must be a token id (got -1)');
+    expect(problem({ logitBias: [{ token: 3, bias: 101 }] })).toBe('logitBias: the bias of token 3 must be in [-100, 100] (got 101)');
+    expect(problem({ logitBias: [{ token: 3, bias: 1 }, { token: 3, bias: 2 }] })).toBe('logitBias: token 3 is listed twice');
+    expect(problem({ temperature: 0.7, topK: 40, topP: 0.9, seed: '7', maxTokens: 1, stop: ['x'], minP: 0.1, repetitionPenalty: 1.2,
+      presencePenalty: -1, frequencyPenalty: 1, logprobs: 20, stopTokenIds: [5], logitBias: [{ token: 1, bias: -100 }] })).toBe('ok');
+    // The vocabulary bounds token ids where it is known.
+    expect(() => validateSampling({ stopTokenIds: [512] }, 512)).toThrow('stopTokenIds[0] token id 512 is outside the vocabulary of 512');
+    expect(() => validateSampling({ logitBias: [{ token: 600, bias: 1 }] }, 512)).toThrow(/token 600 is outside the vocabulary of 512/);
   });
 
   it('numbers and seeds from text (CLI flags), seeds from numbers, bigints and decimal strings', () => {

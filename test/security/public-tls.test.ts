@@ -1,9 +1,11 @@
 // The public API over TLS as a user runs it: `nodespeed launch --tls-cert --tls-key --tls-client-ca
 // --auth-token-file --metrics-port 0`, reached by the typed client, by `nodespeed status` and
-// `nodespeed generate --server` with their TLS flags, and by an HTTPS client for /metrics. One
-// launch serves every check; the certificates come from a CA made for the test.
+// `nodespeed generate --server` with their TLS flags, and by an HTTPS client for /metrics and the
+// OpenAI-compatible HTTP API. One launch serves every check; the certificates come from a CA made
+// for the test.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +26,7 @@ let client: TlsIdentity;
 let stranger: TlsIdentity;
 let cluster: LaunchedCluster;
 let metrics: string;
+let http: string;
 const file = (name: string, text: string) => {
   writeFileSync(join(dir, name), text, { mode: 0o600 });
   return join(dir, name);
@@ -44,22 +47,24 @@ async function complete(c: NodespeedClient): Promise<number[] | string> {
   }
 }
 
-/** GET https://<metrics>/metrics: the status code, or the TLS error's code. */
-function getMetrics(id: Partial<TlsIdentity> & { ca: string }, token?: string): Promise<{ status: number | string; body: string }> {
-  const [host, port] = [metrics.slice(0, metrics.lastIndexOf(':')), Number(metrics.slice(metrics.lastIndexOf(':') + 1))];
+/** An HTTPS request to `address`: the status code, or the TLS error's code. */
+function https(address: string, path: string, id: Partial<TlsIdentity> & { ca: string }, token?: string, body?: unknown): Promise<{ status: number | string; body: string }> {
+  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
   return new Promise((resolve) => {
     const req = request({
-      host, port, servername: '', path: '/metrics', ca: id.ca, ...(id.cert ? { cert: id.cert, key: id.key } : {}),
-      headers: token ? { authorization: `Bearer ${token}` } : {},
+      host, port, servername: '', path, method: body === undefined ? 'GET' : 'POST', ca: id.ca, ...(id.cert ? { cert: id.cert, key: id.key } : {}),
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
     }, (res) => {
       let body = '';
       res.on('data', (d: Buffer) => (body += d.toString()));
       res.on('end', () => resolve({ status: res.statusCode!, body }));
     });
     req.on('error', (err: NodeJS.ErrnoException) => resolve({ status: err.code ?? err.message, body: '' }));
-    req.end();
+    req.end(body === undefined ? undefined : JSON.stringify(body));
   });
 }
+
+const getMetrics = (id: Partial<TlsIdentity> & { ca: string }, token?: string) => https(metrics, '/metrics', id, token);
 
 /** `nodespeed ARGS` with NODESPEED_AUTH_TOKEN unset, so only the flags carry the token. */
 function cli(args: string[]) {
@@ -79,6 +84,7 @@ beforeAll(async () => {
     '--tls-cert', file('server.pem', server.cert), '--tls-key', file('server.key', server.key), '--tls-client-ca', file('ca.pem', server.ca),
     '--auth-token-file', file('token', `${TOKEN}\n`)]);
   metrics = /metrics=(\S+)/.exec(cluster.readyLine)![1]!;
+  http = / http=(\S+)/.exec(cluster.readyLine)![1]!;
 }, 90_000);
 
 afterAll(async () => {
@@ -107,6 +113,24 @@ describe('the public API over mutual TLS with a bearer token', () => {
     const ok = await getMetrics(client, TOKEN);
     expect(ok.status).toBe(200);
     expect(ok.body).toMatch(/^nodespeed_/m);
+  });
+
+  it('the HTTP API: HTTPS only, the client certificate and the token both required on /v1 (not on /health)', async () => {
+    const completion = { model: 'py-tiny', prompt: 'import os\n\n', max_tokens: 5, temperature: 0, ignore_eos: true };
+    const plain = await new Promise<number | string>((resolve) => {
+      const req = httpRequest(`http://${http}/health`, (res) => resolve(res.statusCode!));
+      req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      req.end();
+    });
+    expect(plain).not.toBe(200);
+    expect((await https(http, '/v1/completions', { ca: server.ca }, TOKEN, completion)).status).not.toBe(200);
+    expect((await https(http, '/v1/completions', { ca: server.ca, cert: stranger.cert, key: stranger.key }, TOKEN, completion)).status).not.toBe(200);
+    expect((await https(http, '/v1/completions', client, undefined, completion)).status).toBe(401);
+    expect((await https(http, '/metrics', client)).status).toBe(401);
+    expect((await https(http, '/health', client)).status).toBe(200);
+    const ok = await https(http, '/v1/completions', client, TOKEN, completion);
+    expect(ok.status, ok.body).toBe(200);
+    expect(JSON.parse(ok.body).usage).toMatchObject({ completion_tokens: 5 });
   });
 
   it('nodespeed status and generate --server connect with --tls-ca/--tls-cert/--tls-key and --auth-token-file', () => {

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { NodespeedClient, NodespeedError } from '../../src/client/index.js';
+import type { GenerateRequest } from '../../src/engine/index.js';
 import type { GenerateRequestMsg, GenerateResponseMsg } from '../../src/client/index.js';
 
 export const root = resolve(import.meta.dirname, '..', '..');
@@ -41,7 +42,9 @@ export interface LaunchedCluster {
 /** `nodespeed launch --model DIR --port 0 --bind 127.0.0.1 ...args`, resolved at its ready line. */
 export async function launch(model: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; nodeArgs?: string[]; authToken?: string } = {}): Promise<LaunchedCluster> {
   requireBuild();
-  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...args], {
+  // Any free port for the HTTP API unless a test picks one (its default, 8000, would collide between clusters).
+  const http = args.includes('--http-port') ? [] : ['--http-port', '0'];
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), BIN, 'launch', '--model', model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...http, ...args], {
     cwd: root, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -82,15 +85,27 @@ export async function launch(model: string, args: string[], opts: { env?: NodeJS
 export async function stream(client: NodespeedClient, req: GenerateRequestMsg, opts: { timeoutMs?: number } = {}) {
   const msgs: GenerateResponseMsg[] = [];
   const tokenIds: number[] = [];
+  const logprobs: GenerateResponseMsg['logprobs'] = [];
   let text = '';
   for await (const m of client.generate(req, opts)) {
     if (m.index !== tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${tokenIds.length} tokens received`);
     msgs.push(m);
     tokenIds.push(...m.tokenIds);
+    logprobs.push(...m.logprobs);
     text += m.text;
   }
   const last = msgs[msgs.length - 1];
-  return { tokenIds, text, finishReason: last?.finishReason, usage: last?.usage, messages: msgs.length };
+  return { tokenIds, text, logprobs, finishReason: last?.finishReason, usage: last?.usage, messages: msgs.length };
+}
+
+/** An in-process engine request (prompt ids and sampling input) as the public GenerateRequest. */
+export function requestMsg(r: GenerateRequest): GenerateRequestMsg {
+  const { prompt, promptIds, logitBias, seed, ...rest } = r;
+  return {
+    ...rest, ...(prompt !== undefined ? { prompt } : {}), ...(promptIds ? { promptIds } : {}),
+    ...(seed !== undefined && seed !== null ? { seed: String(seed) } : {}),
+    ...(logitBias ? { logitBias: Object.fromEntries(logitBias.map((b) => [b.token, b.bias])) } : {}),
+  } as GenerateRequestMsg;
 }
 
 /** Live processes whose /proc/PID/cmdline (arguments joined by NULs) satisfies `match`. */

@@ -12,6 +12,7 @@ import type { ModelConfig } from '../../src/model/index.js';
 import { loadModelConfig } from '../../src/model/index.js';
 import type { Submit } from '../../src/protocol/control.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
 import { decodeStep, encodeStep } from '../../src/protocol/step-codec.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import { BIN, PY_TINY, root } from './helpers.js';
@@ -96,12 +97,26 @@ describe('step metadata codec', () => {
     bad[0] ^= 1;
     expect(() => decodeStep(bad)).toThrow(/bad magic/);
   });
+
+  it('round-trips the sampling extras; a corrupt extras count is an error before anything is read for it', () => {
+    const seq = { tokens: Int32Array.from([5]), pos: 3, blockTable: Int32Array.from([2]), sample: true, topK: 0, temperature: 1, topP: 1, seed: 9n,
+      sampling: { minP: Math.fround(0.1), repetitionPenalty: Math.fround(1.2), presencePenalty: 0, frequencyPenalty: Math.fround(0.5), promptLen: 1, logprobs: 3,
+        logitBiasIds: Int32Array.from([7]), logitBiasValues: Float32Array.from([-2]) } };
+    expect(decodeStep(encodeStep({ step: 4, seqs: [seq] }))).toEqual({ step: 4, seqs: [seq] });
+    // The first sequence's extras-word count sits after the header (3 words) and its 40 bytes of fixed fields.
+    const at = 12 + 40;
+    for (const [words, error] of [[0x7fffffff, /does not fit/], [-1, /negative count/], [3, /fewer than 7/]] as const) {
+      const bad = encodeStep({ step: 4, seqs: [seq] });
+      new DataView(bad.buffer, bad.byteOffset).setInt32(at, words, true);
+      expect(() => decodeStep(bad)).toThrow(error);
+    }
+  });
 });
 
 describe('continuous-batching scheduler', () => {
   const tok: TokenizerLike = { encode: () => [], decode: (ids) => ids.map((i) => String.fromCharCode(97 + (i % 26))).join(''), eosTokenIds: [1] };
   const sub = (id: string, n: number, maxTokens: number): Submit => ({ epoch: '1', requestId: id, promptIds: Array.from({ length: n }, (_, i) => 2 + i),
-    params: { temperature: 0, topK: 0, topP: 1, seed: '0', maxTokens, stop: [], ignoreEos: false }, generatedIds: [], priority: 0, classRank: 0 });
+    params: samplingToWire(validateSampling({ seed: 0, maxTokens })), generatedIds: [], priority: 0, classRank: 0 });
   const { FINISH_REASON_STOP: STOP, FINISH_REASON_LENGTH: LENGTH, FINISH_REASON_UNSPECIFIED: NONE } = FinishReason;
 
   it('admits by free KV blocks, chunks long prefills, mixes prefill and decode in one step, frees on finish and cancel', () => {
@@ -117,7 +132,7 @@ describe('continuous-batching scheduler', () => {
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 6, true], ['b', 4, false]]);
     expect(s.load()).toMatchObject({ running: 3, queued: 1, kvBlocksFree: 0 });
     let ups = s.complete(step, Int32Array.from([5]));
-    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '', preempted: false }]);
+    expect(ups).toEqual([{ requestId: 'a', tokenIds: [5], text: 'f', index: 0, finishReason: NONE, error: '', preempted: false, logprobs: [] }]);
     step = s.next(1)!;
     // a decodes (1 token) in the same step as b's next prefill chunk and c's prompt.
     expect(step.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['a', 1, true], ['b', 8, true], ['c', 1, false]]);

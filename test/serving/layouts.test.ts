@@ -5,9 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Engine, generateAll } from '../../src/engine/index.js';
 import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
-import type { GenerateRequestMsg } from '../../src/client/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
-import { BF16, F32, launch, reference, stream, workerProcesses } from './helpers.js';
+import { BF16, F32, launch, reference, requestMsg, stream, workerProcesses } from './helpers.js';
 import type { FixtureCase } from './helpers.js';
 
 const LAYOUTS: { name: string; args: string[] }[] = [
@@ -20,12 +19,7 @@ const LAYOUTS: { name: string; args: string[] }[] = [
   { name: '2 replicas x tp=2', args: ['--num_cpu_workers', '4', '--tp', '2', '--replicas', '2'] },
 ];
 
-// The fixture's greedy_24 continues the prompt without its BOS (see test/engine/fixtures.test.ts).
-function toMsg(r: GenerateRequest): GenerateRequestMsg {
-  return { promptIds: r.promptIds!, maxTokens: r.maxTokens!, ignoreEos: r.ignoreEos!, temperature: r.temperature!,
-    ...(r.topK !== undefined ? { topK: r.topK } : {}), ...(r.topP !== undefined ? { topP: r.topP } : {}),
-    ...(r.seed !== undefined ? { seed: String(r.seed) } : {}) };
-}
+const toMsg = requestMsg;
 
 function greedyRequests(cases: FixtureCase[]): GenerateRequest[] {
   return cases.map((c) => ({ promptIds: c.ids.slice(1), maxTokens: 24, ignoreEos: true, temperature: 0 }));
@@ -35,16 +29,27 @@ function seededRequests(cases: FixtureCase[]): GenerateRequest[] {
   return cases.map((c, i) => ({ promptIds: c.ids, maxTokens: 16, ignoreEos: true, temperature: 0.9, topK: 40, topP: 0.95, seed: 1234 + 7 * i }));
 }
 
+// Every sampling control at once, different per case (penalty counts built on each sampling rank,
+// the bias and logprobs through the step frame to TP followers and back from the last pipeline stage).
+function controlledRequests(cases: FixtureCase[]): GenerateRequest[] {
+  return cases.map((c, i) => ({
+    promptIds: c.ids, maxTokens: 16, ignoreEos: true, temperature: i % 2 ? 0 : 0.8, seed: 99 + i, minP: 0.05,
+    repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.25, logitBias: [{ token: c.greedy_24[0]!, bias: -5 }, { token: 7, bias: 1.5 }],
+    logprobs: 3, stopTokenIds: [c.greedy_24[5]!],
+  }));
+}
+
 for (const dir of [F32, BF16]) {
   const name = dir.split('/').pop()!;
   describe(`${name} through the gRPC API`, () => {
     const { cases } = reference<FixtureCase>(dir);
-    let local: { greedy: GenerateResult[]; seeded: GenerateResult[] };
+    let local: { greedy: GenerateResult[]; seeded: GenerateResult[]; controlled: GenerateResult[] };
 
     beforeAll(async () => {
       const [engine, tok] = await Promise.all([Engine.load(dir, { device: 'cpu' }), loadTokenizer(dir)]);
       try {
-        local = { greedy: await generateAll(engine, tok, greedyRequests(cases)), seeded: await generateAll(engine, tok, seededRequests(cases)) };
+        local = { greedy: await generateAll(engine, tok, greedyRequests(cases)), seeded: await generateAll(engine, tok, seededRequests(cases)),
+          controlled: await generateAll(engine, tok, controlledRequests(cases)) };
       } finally {
         engine.dispose();
       }
@@ -57,7 +62,7 @@ for (const dir of [F32, BF16]) {
     });
 
     for (const layout of LAYOUTS) {
-      it(`${layout.name}: greedy and seeded tokens identical to the single-process engine`, async () => {
+      it(`${layout.name}: greedy, seeded and fully controlled tokens (and logprobs) identical to the single-process engine`, async () => {
         const cluster = await launch(dir, layout.args);
         try {
           expect(cluster.readyLine).toMatch(/^nodespeed ready 127\.0\.0\.1:\d+ /);
@@ -70,6 +75,13 @@ for (const dir of [F32, BF16]) {
             expect(g.usage).toEqual({ promptTokens: cases[i]!.ids.length - 1, completionTokens: 24 });
           });
           seeded.forEach((s, i) => expect(s.tokenIds, `seeded case ${i}`).toEqual(local.seeded[i]!.tokenIds));
+          const controlled = await Promise.all(controlledRequests(cases).map((r) => stream(cluster.client, toMsg(r))));
+          controlled.forEach((c, i) => {
+            const want = local.controlled[i]!;
+            expect(c.tokenIds, `controlled case ${i}`).toEqual(want.tokenIds);
+            expect(c.logprobs.map((l) => l.topIds)).toEqual(want.logprobs!.map((l) => l.topIds));
+            c.logprobs.forEach((l, k) => expect(l.logprob).toBeCloseTo(want.logprobs![k]!.logprob, 4));
+          });
           // Sampling really sampled: the seeded runs are not the greedy continuations.
           expect(seeded.some((s, i) => JSON.stringify(s.tokenIds) !== JSON.stringify(local.greedy[i]!.tokenIds))).toBe(true);
           const st = await cluster.client.clusterStatus();

@@ -10,6 +10,7 @@ import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import type { PlannedStep } from '../../src/worker/scheduler.js';
+import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
 import { fillTokens } from '../../src/protocol/step-codec.js';
 import { StepModel } from '../../src/worker/step-model.js';
 import { PY_TINY } from './helpers.js';
@@ -24,7 +25,7 @@ const PROMPT = [5, 6, 7];
 
 function submit(s: Scheduler, id: string, o: { priority?: number; classRank?: number; maxTokens?: number; stop?: string[]; promptIds?: number[] } = {}): void {
   const err = s.submit({ epoch: '1', requestId: id, promptIds: o.promptIds ?? PROMPT, generatedIds: [], priority: o.priority ?? 0, classRank: o.classRank ?? 0,
-    params: { maxTokens: o.maxTokens ?? 10, temperature: 0, topK: 0, topP: 1, seed: '1', stop: o.stop ?? [], ignoreEos: true } } as Submit);
+    params: samplingToWire(validateSampling({ maxTokens: o.maxTokens ?? 10, temperature: 0, seed: 1, stop: o.stop ?? [], ignoreEos: true })) });
   expect(err).toBeNull();
 }
 

@@ -9,6 +9,7 @@ import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
 import { FinishReason, RequestStatus } from '../../src/protocol/lifecycle.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
+import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
 import { Scheduler } from '../../src/worker/scheduler.js';
 import type { PlannedStep } from '../../src/worker/scheduler.js';
 import { KIND_STEP, decodeStep, encodeStep, fillTokens, frame, readFrame } from '../../src/protocol/step-codec.js';
@@ -22,7 +23,7 @@ beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 function submit(s: Scheduler, id: string, over: { promptIds?: number[]; maxTokens?: number; stop?: string[] } = {}): void {
   const { promptIds = tok.encode('def main():\n'), ...params } = over;
   const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: 0, classRank: 0,
-    params: { maxTokens: 10, temperature: 0, topK: 0, topP: 1, seed: '1', stop: [], ignoreEos: false, ...params } } as Submit);
+    params: { ...samplingToWire(validateSampling({ maxTokens: 10, seed: 1 })), ...params } } as Submit);
   expect(err).toBeNull();
 }
 

@@ -3,6 +3,7 @@
 #ifndef NS_WITH_CUDA
 #include <stdexcept>
 
+#include "common/sample_check.h"
 #include "engine.h"
 
 namespace ns {
@@ -12,6 +13,10 @@ std::unique_ptr<Backend> make_cuda_backend(const ShardConfig&) {
 }
 
 std::string cuda_unavailable_reason() { return "not built with CUDA"; }
+
+std::vector<SampleCheckResult> cuda_sample_check(const std::vector<SampleCheckRow>&, int, int) {
+  throw std::runtime_error("cuda: unavailable (not built with CUDA)");
+}
 
 }  // namespace ns
 #endif

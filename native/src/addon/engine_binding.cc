@@ -84,6 +84,7 @@ class EngineWork : public Napi::AsyncWorker {
 // The parsed step request, owned by the worker (copies of the small JS arrays).
 struct StepJob {
   std::vector<std::vector<int32_t>> tokens, tables;
+  std::vector<std::vector<LogitBias>> biases;
   std::vector<int> token_counts;
   StepInput in;
   std::vector<uint8_t> hidden_in;
@@ -126,7 +127,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
     if (info.Length() < 4 || !info[0].IsString() || !info[2].IsArray() || !info[3].IsTypedArray())
       throw Napi::TypeError::New(env, "loadTensor(name, dtype, shape: number[], data: Uint8Array)");
     std::string name = info[0].As<Napi::String>().Utf8Value();
-    DType dt = ParseDType(info[1], "loadTensor(" + name + "): dtype");
+    DType dt = ParseDType(info[1], "loadTensor(" + name + "): dtype", /*quantized=*/true);
     Napi::Array shape_js = info[2].As<Napi::Array>();
     std::vector<int64_t> shape;
     for (uint32_t i = 0; i < shape_js.Length(); ++i) {
@@ -208,6 +209,7 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   const uint32_t n = seqs.Length();
   job->tokens.resize(n);
   job->tables.resize(n);
+  job->biases.resize(n);
   job->in.seqs.resize(n);
   int total_tokens = 0;
   // Field names for messages are built only on error: this loop runs on the JS thread for every
@@ -224,7 +226,7 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
                      k_pos = Napi::String::New(env, "pos"), k_seed = Napi::String::New(env, "seed");
   const Napi::String k_temp = Napi::String::New(env, "temperature"), k_topk = Napi::String::New(env, "topK"),
                      k_topp = Napi::String::New(env, "topP"), k_sample = Napi::String::New(env, "sample"),
-                     k_all = Napi::String::New(env, "allLogits");
+                     k_all = Napi::String::New(env, "allLogits"), k_extras = Napi::String::New(env, "sampling");
   for (uint32_t i = 0; i < n; ++i) {
     const Napi::Value sv = seqs.Get(i);
     if (!sv.IsObject()) throw Napi::TypeError::New(env, field(i, "") + " must be an object");
@@ -261,6 +263,8 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
     si.sampling.seed = seed.IsUndefined() || seed.IsNull() ? 0 : lossless ? fast : ParseSeed(seed, field(i, "seed"));
     si.sample = flag(k_sample, "sample", true);
     si.all_logits = flag(k_all, "allLogits", false);
+    Napi::Value extras = s.Get(k_extras);
+    if (!extras.IsUndefined()) ParseSamplingExtras(extras, &si.sampling, &job->biases[i], field(i, "sampling"));
     total_tokens += si.n_tokens;
   }
   Napi::Value hidden = req.Get("hiddenIn");
@@ -292,6 +296,8 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
           std::copy(out.logits.begin(), out.logits.end(), logits.Data());
           o.Set("logits", logits);
         }
+        Napi::Value lp = LogprobsToJs(e, out);
+        if (!lp.IsUndefined()) o.Set("logprobs", lp);
         if (!out.hidden_out.empty()) {
           Napi::Uint8Array h = Napi::Uint8Array::New(e, out.hidden_out.size());
           std::copy(out.hidden_out.begin(), out.hidden_out.end(), h.Data());

@@ -1,5 +1,7 @@
 #include "addon/info.h"
 
+#include <string>
+
 #include "cpu/cpu_info.h"
 #include "engine.h"
 
@@ -28,6 +30,8 @@ Napi::Array CudaDevices(Napi::Env env) {
     d.Set("name", prop.name);
     d.Set("totalMemory", static_cast<double>(total_bytes));
     d.Set("freeMemory", static_cast<double>(free_bytes));
+    // "8.9" and up have FP8 tensor cores (--quantize fp8, --kv-cache-dtype fp8).
+    d.Set("computeCapability", std::to_string(prop.major) + "." + std::to_string(prop.minor));
     devices.Set(devices.Length(), d);
   }
   cudaSetDevice(previous);

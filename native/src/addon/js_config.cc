@@ -95,16 +95,29 @@ RopeConfig ParseRope(const Napi::Object& r, const std::string& prefix) {
 
 }  // namespace
 
-const char* DTypeName(DType d) { return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : "f16"; }
+const char* DTypeName(DType d) { return dtype_name(d); }
 
-DType ParseDType(const Napi::Value& v, const std::string& field) {
+DType ParseDType(const Napi::Value& v, const std::string& field, bool quantized) {
   if (v.IsString()) {
     std::string s = v.As<Napi::String>().Utf8Value();
     if (s == "f32" || s == "float32") return DType::F32;
     if (s == "bf16" || s == "bfloat16") return DType::BF16;
     if (s == "f16" || s == "float16") return DType::F16;
+    if (quantized && s == "i8") return DType::I8;
+    if (quantized && s == "f8e4m3") return DType::F8E4M3;
   }
-  throw Napi::TypeError::New(v.Env(), field + " must be 'f32', 'bf16' or 'f16'");
+  throw Napi::TypeError::New(v.Env(), field + (quantized ? " must be 'f32', 'bf16', 'f16', 'i8' or 'f8e4m3'" : " must be 'f32', 'bf16' or 'f16'"));
+}
+
+WeightFormat ParseWeightFormat(const Napi::Value& v, const std::string& field) {
+  if (v.IsUndefined() || v.IsNull()) return WeightFormat::Native;
+  if (v.IsString()) {
+    std::string s = v.As<Napi::String>().Utf8Value();
+    if (s == "native") return WeightFormat::Native;
+    if (s == "int8") return WeightFormat::Int8;
+    if (s == "fp8") return WeightFormat::Fp8;
+  }
+  throw Napi::TypeError::New(v.Env(), field + " must be 'native', 'int8' or 'fp8'");
 }
 
 uint64_t ParseSeed(const Napi::Value& v, const std::string& field) {
@@ -121,6 +134,48 @@ uint64_t ParseSeed(const Napi::Value& v, const std::string& field) {
     return static_cast<uint64_t>(d);
   }
   throw Napi::TypeError::New(v.Env(), field + " must be a number or a bigint");
+}
+
+void ParseSamplingExtras(const Napi::Value& v, SamplingParams* p, std::vector<LogitBias>* bias, const std::string& field) {
+  if (v.IsUndefined() || v.IsNull()) return;
+  Napi::Env env = v.Env();
+  if (!v.IsObject()) Bad(env, field + " must be an object");
+  Napi::Object o = v.As<Napi::Object>();
+  const std::string pre = field + ".";
+  p->min_p = Float(o, "minP", p->min_p, pre);
+  p->repetition_penalty = Float(o, "repetitionPenalty", p->repetition_penalty, pre);
+  p->presence_penalty = Float(o, "presencePenalty", p->presence_penalty, pre);
+  p->frequency_penalty = Float(o, "frequencyPenalty", p->frequency_penalty, pre);
+  p->prompt_len = Int(o, "promptLen", p->prompt_len, pre);
+  p->logprobs = Int(o, "logprobs", p->logprobs, pre);
+  Napi::Value ids = o.Get("logitBiasIds"), vals = o.Get("logitBiasValues");
+  if (ids.IsUndefined() && vals.IsUndefined()) return;
+  if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    Bad(env, pre + "logitBiasIds must be an Int32Array");
+  if (!vals.IsTypedArray() || vals.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    Bad(env, pre + "logitBiasValues must be a Float32Array");
+  Napi::Int32Array a = ids.As<Napi::Int32Array>();
+  Napi::Float32Array b = vals.As<Napi::Float32Array>();
+  if (a.ElementLength() != b.ElementLength()) Bad(env, pre + "logitBiasIds and logitBiasValues differ in length");
+  bias->resize(a.ElementLength());
+  for (size_t i = 0; i < a.ElementLength(); ++i) (*bias)[i] = {a[i], b[i]};
+  p->logit_bias = bias->data();
+  p->n_logit_bias = static_cast<int>(bias->size());
+}
+
+Napi::Value LogprobsToJs(Napi::Env env, const StepOutput& out) {
+  if (out.sampled_logprob.empty()) return env.Undefined();
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Float32Array sampled = Napi::Float32Array::New(env, out.sampled_logprob.size());
+  std::copy(out.sampled_logprob.begin(), out.sampled_logprob.end(), sampled.Data());
+  Napi::Int32Array ids = Napi::Int32Array::New(env, out.top_ids.size());
+  std::copy(out.top_ids.begin(), out.top_ids.end(), ids.Data());
+  Napi::Float32Array top = Napi::Float32Array::New(env, out.top_logprobs.size());
+  std::copy(out.top_logprobs.begin(), out.top_logprobs.end(), top.Data());
+  o.Set("sampled", sampled);
+  o.Set("topIds", ids);
+  o.Set("top", top);
+  return o;
 }
 
 ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
@@ -205,6 +260,18 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   if (c.max_step_tokens < 0) Bad(o.Env(), "maxStepTokens must be >= 0 (got " + std::to_string(c.max_step_tokens) + ")");
   c.device_index = Int(o, "deviceIndex", 0);
   c.threads = Int(o, "threads", 0);
+  c.weights = ParseWeightFormat(o.Get("weights"), "weights");
+  c.head_weights = ParseWeightFormat(o.Get("headWeights"), "headWeights");
+  c.static_input_scales = Bool(o, "staticInputScales", false);
+  c.fp8_activations = Bool(o, "fp8Activations", true);
+  c.activation_scale_ub = Float(o, "activationScaleUb", 0.f);
+  if (c.activation_scale_ub < 0) Bad(env, "activationScaleUb must be >= 0");
+  Napi::Value kv = o.Get("kvCacheDtype");
+  if (!kv.IsUndefined() && !kv.IsNull()) {
+    const std::string k = kv.IsString() ? kv.As<Napi::String>().Utf8Value() : "";
+    if (k != "auto" && k != "fp8") Bad(env, "kvCacheDtype must be 'auto' or 'fp8'");
+    c.kv_fp8 = k == "fp8";
+  }
   return c;
 }
 

@@ -3,6 +3,7 @@
 #include "cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -23,7 +24,16 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o.str();
 }
 
-const char* dtype_name(DType d) { return d == DType::F32 ? "f32" : d == DType::BF16 ? "bf16" : "f16"; }
+bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+const char* format_name(WeightFormat f) { return f == WeightFormat::Int8 ? "int8" : f == WeightFormat::Fp8 ? "fp8" : "native"; }
+
+// "X.weight_scale" -> "X.weight"; "" for other names.
+std::string scaled_weight(const std::string& name) {
+  static const std::string suffix = ".weight_scale";
+  if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return "";
+  return name.substr(0, name.size() - suffix.size()) + ".weight";
+}
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("cpu backend: " + what);
@@ -48,6 +58,12 @@ CpuBackend::CpuBackend(const ShardConfig& c)
   require(c.kv_block_size > 0, "kvBlockSize must be positive");
   require(c.kv_blocks >= 0, "kvBlocks must be >= 0");
   require(c.compute == DType::F32, "the CPU backend computes in f32 (compute must be 'f32')");
+  require(c.weights != WeightFormat::Fp8 && c.head_weights != WeightFormat::Fp8,
+          "fp8 weights need a GPU with FP8 tensor cores (CUDA compute capability 8.9 or newer); on CPU use int8");
+  require(!c.kv_fp8, "the fp8 KV cache is a CUDA feature (the CPU backend keeps K/V in f32)");
+  require(!c.static_input_scales, "static input scales are for fp8 activations, which the CPU backend does not run");
+  require(!(c.tied_embeddings && c.head_weights != WeightFormat::Native),
+          "a quantized LM head arrives as lm_head.weight (tiedEmbeddings must be false)");
   if (c.has_embedding || c.has_head) {
     // Vocab-parallel slots are ceil(vocab / tp) rows each, rank r's starting at r * that.
     require(c.vocab_start == std::min(c.vocab_size, c.tp_rank * vocab_stride_) &&
@@ -64,9 +80,9 @@ CpuBackend::CpuBackend(const ShardConfig& c)
   const int64_t q_rows = int64_t(c.n_heads) * D, kv_rows = int64_t(c.n_kv_heads) * D;
   if (c.has_embedding || (c.has_head && c.tied_embeddings)) expect("model.embed_tokens.weight", {vocab_shard_, H});
   auto expect_mlp = [&](const std::string& p, int64_t inter, bool bias) {
-    expect(p + "gate_proj.weight", {inter, H});
-    expect(p + "up_proj.weight", {inter, H});
-    expect(p + "down_proj.weight", {H, inter});
+    expect_matrix(p + "gate_proj.weight", inter, H, c.weights);
+    expect_matrix(p + "up_proj.weight", inter, H, c.weights);
+    expect_matrix(p + "down_proj.weight", H, inter, c.weights);
     if (bias) {
       expect(p + "gate_proj.bias", {inter});
       expect(p + "up_proj.bias", {inter});
@@ -80,9 +96,9 @@ CpuBackend::CpuBackend(const ShardConfig& c)
     L.sparse = c.num_experts > 0 && c.sparse_layers[l - c.layer_start];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     expect(p + "input_layernorm.weight", {H});
-    expect(p + "self_attn.q_proj.weight", {q_rows, H});
-    expect(p + "self_attn.k_proj.weight", {kv_rows, H});
-    expect(p + "self_attn.v_proj.weight", {kv_rows, H});
+    expect_matrix(p + "self_attn.q_proj.weight", q_rows, H, c.weights);
+    expect_matrix(p + "self_attn.k_proj.weight", kv_rows, H, c.weights);
+    expect_matrix(p + "self_attn.v_proj.weight", kv_rows, H, c.weights);
     if (c.qkv_bias) {
       expect(p + "self_attn.q_proj.bias", {q_rows});
       expect(p + "self_attn.k_proj.bias", {kv_rows});
@@ -92,7 +108,7 @@ CpuBackend::CpuBackend(const ShardConfig& c)
       expect(p + "self_attn.q_norm.weight", {D});
       expect(p + "self_attn.k_norm.weight", {D});
     }
-    expect(p + "self_attn.o_proj.weight", {H, q_rows});
+    expect_matrix(p + "self_attn.o_proj.weight", H, q_rows, c.weights);
     if (c.o_bias) expect(p + "self_attn.o_proj.bias", {H});
     expect(p + "post_attention_layernorm.weight", {H});
     if (c.sandwich_norms) {
@@ -115,7 +131,7 @@ CpuBackend::CpuBackend(const ShardConfig& c)
   }
   if (c.has_head) {
     expect("model.norm.weight", {H});
-    if (!c.tied_embeddings) expect("lm_head.weight", {vocab_shard_, H});
+    if (!c.tied_embeddings) expect_matrix("lm_head.weight", vocab_shard_, H, c.head_weights);
   }
   if (!rope_depends_on_length(c.rope)) inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
   if (c.has_rope_local && !rope_depends_on_length(c.rope_local)) local_inv_freq_ = rope_inv_freq(c.rope_local, c.head_dim);
@@ -123,6 +139,48 @@ CpuBackend::CpuBackend(const ShardConfig& c)
 
 void CpuBackend::expect(const std::string& name, std::vector<int64_t> shape) {
   expected_.emplace_back(name, std::move(shape));
+}
+
+void CpuBackend::expect_matrix(const std::string& name, int64_t rows, int64_t cols, WeightFormat fmt) {
+  expect(name, {rows, cols});
+  if (fmt != WeightFormat::Native) expect(name + "_scale", {rows});
+}
+
+Matrix* CpuBackend::matrix_of(const std::string& name, WeightFormat* fmt) {
+  const std::string w = scaled_weight(name);
+  const std::string& n = w.empty() ? name : w;
+  *fmt = cfg_.weights;
+  if (n == "model.embed_tokens.weight") { *fmt = WeightFormat::Native; return &embed_; }
+  if (n == "lm_head.weight") { *fmt = cfg_.head_weights; return &lm_head_; }
+  if (n.rfind("model.layers.", 0) != 0) return nullptr;
+  const size_t dot = n.find('.', 13);
+  Layer& L = layers_[std::stoi(n.substr(13, dot - 13)) - cfg_.layer_start];
+  const std::string rest = n.substr(dot + 1);
+  if (rest == "self_attn.q_proj.weight") return &L.q;
+  if (rest == "self_attn.k_proj.weight") return &L.k;
+  if (rest == "self_attn.v_proj.weight") return &L.v;
+  if (rest == "self_attn.o_proj.weight") return &L.o;
+  // The gated MLPs: a dense layer's (mlp.), the shared expert's, this rank's routed experts'.
+  Mlp* m = nullptr;
+  std::string part;
+  if (rest.rfind("mlp.shared_expert.", 0) == 0) {
+    m = &L.shared;
+    part = rest.substr(18);
+  } else if (rest.rfind("mlp.experts.", 0) == 0) {
+    const size_t d2 = rest.find('.', 12);
+    const int e = std::stoi(rest.substr(12, d2 - 12)) - cfg_.expert_start;
+    if (d2 == std::string::npos || e < 0 || e >= static_cast<int>(L.experts.size())) return nullptr;
+    m = &L.experts[e];
+    part = rest.substr(d2 + 1);
+  } else if (rest.rfind("mlp.", 0) == 0) {
+    m = &L.mlp;
+    part = rest.substr(4);
+  }
+  if (!m) return nullptr;
+  if (part == "gate_proj.weight") return &m->gate;
+  if (part == "up_proj.weight") return &m->up;
+  if (part == "down_proj.weight") return &m->down;
+  return nullptr;
 }
 
 void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
@@ -140,9 +198,11 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     throw std::invalid_argument("tensor " + name + ": " + std::to_string(bytes) + " bytes for " + std::to_string(count) +
                                 " " + dtype_name(dtype) + " elements");
 
-  // Vectors (norms, biases) become f32; matrices keep the stored dtype. Norm weights are kept as
-  // the factor they multiply by: 1 + w for Gemma's norms (in f32, as transformers computes it).
+  // Vectors (norms, biases, scales) become f32; matrices keep the stored dtype (int8: with the
+  // per-row scales of their X.weight_scale). Norm weights are kept as the factor they multiply by:
+  // 1 + w for Gemma's norms (in f32, as transformers computes it).
   auto vec = [&](std::vector<float>& dst) {
+    if (!is_float(dtype)) throw std::invalid_argument("tensor " + name + ": dtype " + dtype_name(dtype) + " (expected f32, bf16 or f16)");
     dst.resize(count);
     to_f32(data, dtype, dst.data(), count);
   };
@@ -157,20 +217,29 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     dst.cols = static_cast<int>(shape[1]);
     dst.data.assign(static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + bytes);
   };
-  auto mlp = [&](Mlp& m, const std::string& part) {
-    if (part == "gate_proj.weight") mat(m.gate);
-    else if (part == "up_proj.weight") mat(m.up);
-    else if (part == "down_proj.weight") mat(m.down);
-    else if (part == "gate_proj.bias") vec(m.gate_bias);
+  auto bias = [&](Mlp& m, const std::string& part) {
+    if (part == "gate_proj.bias") vec(m.gate_bias);
     else if (part == "up_proj.bias") vec(m.up_bias);
     else if (part == "down_proj.bias") vec(m.down_bias);
   };
   auto starts = [](const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; };
 
-  if (name == "model.embed_tokens.weight") mat(embed_);
-  else if (name == "lm_head.weight") mat(lm_head_);
-  else if (name == "model.norm.weight") norm(final_norm_);
-  else {
+  WeightFormat fmt = WeightFormat::Native;
+  Matrix* m = matrix_of(name, &fmt);
+  if (m && !scaled_weight(name).empty()) {
+    vec(m->scales);
+    for (float v : m->scales)
+      if (!std::isfinite(v)) throw std::invalid_argument("tensor " + name + ": holds a non-finite scale");
+  } else if (m) {
+    const DType want = fmt == WeightFormat::Int8 ? DType::I8 : fmt == WeightFormat::Fp8 ? DType::F8E4M3 : dtype;
+    if (dtype != want || (fmt == WeightFormat::Native && !is_float(dtype)))
+      throw std::invalid_argument("tensor " + name + ": dtype " + dtype_name(dtype) + ", expected " +
+                                  (fmt == WeightFormat::Native ? "f32, bf16 or f16" : std::string(dtype_name(want)) + " (" +
+                                   format_name(fmt) + " weights)"));
+    mat(*m);
+  } else if (name == "model.norm.weight") {
+    norm(final_norm_);
+  } else {
     // model.layers.<l>.<rest>
     const size_t dot = name.find('.', 13);
     Layer& L = layers_[std::stoi(name.substr(13, dot - 13)) - cfg_.layer_start];
@@ -181,21 +250,17 @@ void CpuBackend::load_tensor(const std::string& name, DType dtype, const std::ve
     else if (rest == "post_feedforward_layernorm.weight") norm(L.post_ff_norm);
     else if (rest == "self_attn.q_norm.weight") norm(L.q_norm);
     else if (rest == "self_attn.k_norm.weight") norm(L.k_norm);
-    else if (rest == "self_attn.q_proj.weight") mat(L.q);
-    else if (rest == "self_attn.k_proj.weight") mat(L.k);
-    else if (rest == "self_attn.v_proj.weight") mat(L.v);
-    else if (rest == "self_attn.o_proj.weight") mat(L.o);
     else if (rest == "self_attn.q_proj.bias") vec(L.q_bias);
     else if (rest == "self_attn.k_proj.bias") vec(L.k_bias);
     else if (rest == "self_attn.v_proj.bias") vec(L.v_bias);
     else if (rest == "self_attn.o_proj.bias") vec(L.o_bias);
     else if (rest == "mlp.gate.weight") mat(L.router);
     else if (rest == "mlp.shared_expert_gate.weight") mat(L.shared_gate);
-    else if (starts(rest, "mlp.shared_expert.")) mlp(L.shared, rest.substr(18));
+    else if (starts(rest, "mlp.shared_expert.")) bias(L.shared, rest.substr(18));
     else if (starts(rest, "mlp.experts.")) {
       const size_t d2 = rest.find('.', 12);
-      mlp(L.experts[std::stoi(rest.substr(12, d2 - 12)) - cfg_.expert_start], rest.substr(d2 + 1));
-    } else if (starts(rest, "mlp.")) mlp(L.mlp, rest.substr(4));
+      bias(L.experts[std::stoi(rest.substr(12, d2 - 12)) - cfg_.expert_start], rest.substr(d2 + 1));
+    } else if (starts(rest, "mlp.")) bias(L.mlp, rest.substr(4));
   }
   loaded_.insert(name);
 }
@@ -259,12 +324,15 @@ std::string CpuBackend::describe() const {
   std::ostringstream o;
   o << "cpu (" << simd_name() << ", " << pool_.size() << " threads): layers " << cfg_.layer_start << ".."
     << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size << ", weights "
-    << weight_bytes / (1 << 20) << " MiB"
-    << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) +
-                                   " of " + std::to_string(cfg_.num_experts)
-                             : std::string())
-    << (cfg_.sliding_window > 0 ? ", window " + std::to_string(cfg_.sliding_window) : std::string()) << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens ("
-    << kv_bytes / (1 << 20) << " MiB)";
+    << weight_bytes / (1 << 20) << " MiB";
+  if (cfg_.weights != WeightFormat::Native) o << " (" << format_name(cfg_.weights) << " W8A16";
+  if (cfg_.has_head && cfg_.head_weights != cfg_.weights)
+    o << (cfg_.weights != WeightFormat::Native ? ", " : " (") << "LM head " << format_name(cfg_.head_weights);
+  if (cfg_.weights != WeightFormat::Native || (cfg_.has_head && cfg_.head_weights != cfg_.weights)) o << ")";
+  if (cfg_.num_experts > 0)
+    o << ", experts " << cfg_.expert_start << ".." << cfg_.expert_end - 1 << " of " << cfg_.num_experts;
+  if (cfg_.sliding_window > 0) o << ", window " << cfg_.sliding_window;
+  o << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens (" << kv_bytes / (1 << 20) << " MiB)";
   return o.str();
 }
 

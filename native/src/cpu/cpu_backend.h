@@ -8,16 +8,20 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cpu {
 
-// A weight matrix as the checkpoint stores it: row-major [rows, cols].
+// A weight matrix: row-major [rows, cols] as the checkpoint stores it (f32 / bf16 / f16), or int8
+// with one f32 scale per row (W8A16: y = scale[r] * sum_i x[i] * q[r, i]).
 struct Matrix {
   std::vector<uint8_t> data;
   DType dtype = DType::F32;
   int rows = 0, cols = 0;
+  std::vector<float> scales;  // int8 only: [rows]
   const void* ptr() const { return data.data(); }
+  const float* scale() const { return scales.empty() ? nullptr : scales.data(); }
 };
 
 // A gated MLP (a dense layer's, a routed expert's, the shared expert's): down(act(gate x) * up x).
@@ -68,6 +72,10 @@ class CpuBackend final : public Backend {
  private:
   // cpu_backend.cc: loading
   void expect(const std::string& name, std::vector<int64_t> shape);
+  // A weight matrix and, when `fmt` quantizes it, its per-row scales (X.weight_scale).
+  void expect_matrix(const std::string& name, int64_t rows, int64_t cols, WeightFormat fmt);
+  // The matrix a tensor name denotes (its .weight or .weight_scale), nullptr for norms and biases.
+  Matrix* matrix_of(const std::string& name, WeightFormat* fmt);
   // cpu_forward.cc: the forward pass, top to bottom
   void validate(const StepInput& in) const;
   void forward(const StepInput& in, StepOutput& out);
@@ -110,6 +118,7 @@ class CpuBackend final : public Backend {
 
   Scratch s_;
   std::vector<std::pair<float, int>> sample_scratch_;
+  PenaltyHistories penalties_;  // last stage: token counts of the sequences with penalties
 };
 
 }  // namespace ns::cpu

@@ -52,7 +52,11 @@ void CpuBackend::forward(const StepInput& in, StepOutput& out) {
   out.sampled.clear();
   out.logits.clear();
   out.hidden_out.clear();
+  out.sampled_logprob.clear();
+  out.top_ids.clear();
+  out.top_logprobs.clear();
   if (T == 0) return;
+  if (cfg_.has_head) feed_penalties(penalties_, in);
   prepare(in, T);
   embed(in, T);
   for (int l = 0; l < n_layers_; ++l) {
@@ -98,6 +102,7 @@ void CpuBackend::validate(const StepInput& in) const {
                                       std::to_string(cfg_.vocab_size) + ")");
     if (cfg_.has_head && s.sampling.temperature < 0)
       throw std::invalid_argument(seq_name(i) + ": temperature must be >= 0");
+    if (cfg_.has_head) check_sampling(s.sampling, cfg_.vocab_size, seq_name(i));
   }
 }
 
@@ -205,7 +210,7 @@ void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> job
     int base = 0;
     for (const auto& j : jobs) {
       const int lo = std::max<int64_t>(b - base, 0), hi = std::min<int64_t>(e - base, j.w->rows);
-      if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, in, lo, hi, j.y, j.w->rows);
+      if (lo < hi) k.matmul(x, T, in, j.w->ptr(), j.w->dtype, j.w->scale(), in, lo, hi, j.y, j.w->rows);
       base += j.w->rows;
     }
   };
@@ -395,7 +400,7 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   for (int i = 0; i < R; ++i) std::fill(s_.logits.data() + size_t(i) * W + vocab_shard_, s_.logits.data() + size_t(i + 1) * W, -INFINITY);
   const KernelTable& k = kernels();
   auto head_rows = [&](int64_t b, int64_t e) {
-    k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
+    k.matmul(s_.head_in.data(), R, H, lm.ptr(), lm.dtype, lm.scale(), H, static_cast<int>(b), static_cast<int>(e), s_.logits.data(), W);
   };
   if (int64_t(vocab_shard_) * H * R < kMinParallelMacs) head_rows(0, vocab_shard_);
   else pool_.parallel_for(vocab_shard_, head_rows, 4);
@@ -422,12 +427,25 @@ void CpuBackend::head(const StepInput& in, int T, StepOutput& out) {
   }
   const size_t ld = cfg_.tp_size > 1 ? size_t(V) : size_t(W);  // W == V when tp_size == 1
 
+  bool any_logprobs = false;
+  for (const auto& s : in.seqs) any_logprobs |= s.sample && s.sampling.logprobs >= 0;
   r = 0;
   for (const auto& s : in.seqs) {
     const int rows = s.all_logits ? s.n_tokens : (s.sample || in.want_logits) ? 1 : 0;
     if (s.sample) {
-      const float* last = full + size_t(r + rows - 1) * ld;
-      out.sampled.push_back(sample(last, V, s.sampling, int64_t(s.pos) + s.n_tokens, sample_scratch_));
+      // Our own buffer: biased and penalized in place, so returned logits are the ones sampled from.
+      float* last = const_cast<float*>(full) + size_t(r + rows - 1) * ld;
+      apply_bias_and_penalties(last, V, s.sampling, s.sampling.penalized() ? &penalties_.tokens(s.block_table[0]) : nullptr);
+      const int id = sample(last, V, s.sampling, int64_t(s.pos) + s.n_tokens, sample_scratch_);
+      out.sampled.push_back(id);
+      if (any_logprobs) {
+        const size_t j = out.sampled_logprob.size();
+        out.sampled_logprob.push_back(NAN);
+        out.top_ids.resize((j + 1) * kMaxLogprobs, -1);
+        out.top_logprobs.resize((j + 1) * kMaxLogprobs, NAN);
+        if (s.sampling.logprobs >= 0)
+          logprobs(last, V, id, s.sampling.logprobs, &out.sampled_logprob[j], &out.top_ids[j * kMaxLogprobs], &out.top_logprobs[j * kMaxLogprobs]);
+      }
     }
     if (in.want_logits)
       for (int i = 0; i < rows; ++i) out.logits.insert(out.logits.end(), full + size_t(r + i) * ld, full + size_t(r + i) * ld + V);

@@ -1,6 +1,7 @@
 // The CPU backend's inner loops, in two builds chosen once at run time: AVX2+FMA+F16C
 // (kernels_avx2.cc) and portable C++ (kernels_generic.cc). Weights stay in their stored dtype
-// (f32 / bf16 / f16) and are widened to f32 in registers; all arithmetic is f32.
+// (f32 / bf16 / f16, or int8 with per-row scales) and are widened to f32 in registers; all
+// arithmetic is f32.
 #pragma once
 
 #include <cstddef>
@@ -12,11 +13,12 @@ namespace ns::cpu {
 
 struct KernelTable {
   // y[t * ldy + r] = sum_i x[t * ldx + i] * W[r * in + i]   for r in [r0, r1), t in [0, nt).
-  // W is row-major [out, in] (HF nn.Linear layout) in dtype wt. Rows are processed in chunks
+  // W is row-major [out, in] (HF nn.Linear layout) in dtype wt; for wt I8 the sum (over the int8
+  // values, exact in f32) is multiplied by scale[r] at the end. Rows are processed in chunks
   // small enough to stay in L2 while every token of the step streams past them, so a prefill
   // reads each weight row from memory once.
-  void (*matmul)(const float* x, int nt, int ldx, const void* w, DType wt, int in, int r0, int r1, float* y,
-                 int ldy);
+  void (*matmul)(const float* x, int nt, int ldx, const void* w, DType wt, const float* scale, int in, int r0, int r1,
+                 float* y, int ldy);
   float (*dot)(const float* a, const float* b, int n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int n);

@@ -30,6 +30,9 @@ template <DType WT>
 inline __m256 load8(const void* w, size_t i) {
   if constexpr (WT == DType::F32) {
     return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+  } else if constexpr (WT == DType::I8) {
+    __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(w) + i));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
   } else if constexpr (WT == DType::BF16) {
     __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -43,6 +46,8 @@ template <DType WT>
 inline float load1(const void* w, size_t i) {
   if constexpr (WT == DType::F32) {
     return static_cast<const float*>(w)[i];
+  } else if constexpr (WT == DType::I8) {
+    return static_cast<float>(static_cast<const int8_t*>(w)[i]);
   } else if constexpr (WT == DType::BF16) {
     unsigned u = static_cast<unsigned>(static_cast<const uint16_t*>(w)[i]) << 16;
     return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(u))));
@@ -54,7 +59,7 @@ inline float load1(const void* w, size_t i) {
 // NR weight rows x NT tokens: NR*NT accumulators; each weight vector is loaded (and widened)
 // once and used NT times, each activation vector used NR times.
 template <DType WT, int NR, int NT>
-inline void micro(const float* x, int ldx, const void* w, int in, int r, float* y, int ldy) {
+inline void micro(const float* x, int ldx, const void* w, const float* scale, int in, int r, float* y, int ldy) {
   __m256 acc[NR][NT];
   for (int a = 0; a < NR; ++a)
     for (int t = 0; t < NT; ++t) acc[a][t] = _mm256_setzero_ps();
@@ -73,49 +78,56 @@ inline void micro(const float* x, int ldx, const void* w, int in, int r, float* 
       float s = hsum(acc[a][t]);
       const float* xt = x + static_cast<size_t>(t) * ldx;
       for (int j = i; j < in; ++j) s += xt[j] * load1<WT>(w, base + static_cast<size_t>(a) * in + j);
+      if constexpr (WT == DType::I8) s *= scale[r + a];
       y[static_cast<size_t>(t) * ldy + r + a] = s;
     }
   }
 }
 
 template <DType WT, int NT>
-inline void rows_for_tokens(const float* x, int ldx, const void* w, int in, int r0, int r1, float* y, int ldy) {
+inline void rows_for_tokens(const float* x, int ldx, const void* w, const float* scale, int in, int r0, int r1, float* y,
+                            int ldy) {
   int r = r0;
   if constexpr (NT == 1) {
-    for (; r + 4 <= r1; r += 4) micro<WT, 4, 1>(x, ldx, w, in, r, y, ldy);
+    for (; r + 4 <= r1; r += 4) micro<WT, 4, 1>(x, ldx, w, scale, in, r, y, ldy);
   } else {
-    for (; r + 2 <= r1; r += 2) micro<WT, 2, NT>(x, ldx, w, in, r, y, ldy);
+    for (; r + 2 <= r1; r += 2) micro<WT, 2, NT>(x, ldx, w, scale, in, r, y, ldy);
   }
-  for (; r < r1; ++r) micro<WT, 1, NT>(x, ldx, w, in, r, y, ldy);
+  for (; r < r1; ++r) micro<WT, 1, NT>(x, ldx, w, scale, in, r, y, ldy);
 }
 
 template <DType WT>
-void matmul_t(const float* x, int nt, int ldx, const void* w, int in, int r0, int r1, float* y, int ldy) {
+void matmul_t(const float* x, int nt, int ldx, const void* w, const float* scale, int in, int r0, int r1, float* y,
+              int ldy) {
   // Row chunk of ~64 KiB of weights: stays in L2 while all token groups pass over it.
-  const int wsize = WT == DType::F32 ? 4 : 2;
+  const int wsize = WT == DType::F32 ? 4 : WT == DType::I8 ? 1 : 2;
   int chunk = static_cast<int>((64 * 1024) / (static_cast<size_t>(in) * wsize));
   chunk = chunk < 4 ? 4 : (chunk & ~3);
   for (int rc = r0; rc < r1; rc += chunk) {
     const int re = rc + chunk < r1 ? rc + chunk : r1;
     int t = 0;
     for (; t + 4 <= nt; t += 4)
-      rows_for_tokens<WT, 4>(x + static_cast<size_t>(t) * ldx, ldx, w, in, rc, re, y + static_cast<size_t>(t) * ldy, ldy);
+      rows_for_tokens<WT, 4>(x + static_cast<size_t>(t) * ldx, ldx, w, scale, in, rc, re, y + static_cast<size_t>(t) * ldy,
+                             ldy);
     const float* xt = x + static_cast<size_t>(t) * ldx;
     float* yt = y + static_cast<size_t>(t) * ldy;
     switch (nt - t) {
-      case 3: rows_for_tokens<WT, 3>(xt, ldx, w, in, rc, re, yt, ldy); break;
-      case 2: rows_for_tokens<WT, 2>(xt, ldx, w, in, rc, re, yt, ldy); break;
-      case 1: rows_for_tokens<WT, 1>(xt, ldx, w, in, rc, re, yt, ldy); break;
+      case 3: rows_for_tokens<WT, 3>(xt, ldx, w, scale, in, rc, re, yt, ldy); break;
+      case 2: rows_for_tokens<WT, 2>(xt, ldx, w, scale, in, rc, re, yt, ldy); break;
+      case 1: rows_for_tokens<WT, 1>(xt, ldx, w, scale, in, rc, re, yt, ldy); break;
       default: break;
     }
   }
 }
 
-void matmul(const float* x, int nt, int ldx, const void* w, DType wt, int in, int r0, int r1, float* y, int ldy) {
+void matmul(const float* x, int nt, int ldx, const void* w, DType wt, const float* scale, int in, int r0, int r1, float* y,
+            int ldy) {
   switch (wt) {
-    case DType::F32: return matmul_t<DType::F32>(x, nt, ldx, w, in, r0, r1, y, ldy);
-    case DType::BF16: return matmul_t<DType::BF16>(x, nt, ldx, w, in, r0, r1, y, ldy);
-    case DType::F16: return matmul_t<DType::F16>(x, nt, ldx, w, in, r0, r1, y, ldy);
+    case DType::F32: return matmul_t<DType::F32>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::BF16: return matmul_t<DType::BF16>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::F16: return matmul_t<DType::F16>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::I8: return matmul_t<DType::I8>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::F8E4M3: return;  // refused when the backend is built (cpu_backend.cc)
   }
 }
 

@@ -14,12 +14,14 @@ namespace {
 template <DType WT>
 inline float load_w(const void* w, size_t i) {
   if constexpr (WT == DType::F32) return static_cast<const float*>(w)[i];
+  else if constexpr (WT == DType::I8) return static_cast<float>(static_cast<const int8_t*>(w)[i]);
   else if constexpr (WT == DType::BF16) return bf16_to_f32(static_cast<const uint16_t*>(w)[i]);
   else return f16_to_f32(static_cast<const uint16_t*>(w)[i]);
 }
 
 template <DType WT>
-void matmul_t(const float* x, int nt, int ldx, const void* w, int in, int r0, int r1, float* y, int ldy) {
+void matmul_t(const float* x, int nt, int ldx, const void* w, const float* scale, int in, int r0, int r1, float* y,
+              int ldy) {
   for (int r = r0; r < r1; ++r) {
     const size_t base = static_cast<size_t>(r) * in;
     for (int t = 0; t < nt; ++t) {
@@ -33,16 +35,21 @@ void matmul_t(const float* x, int nt, int ldx, const void* w, int in, int r0, in
         a3 += xt[i + 3] * load_w<WT>(w, base + i + 3);
       }
       for (; i < in; ++i) a0 += xt[i] * load_w<WT>(w, base + i);
-      y[static_cast<size_t>(t) * ldy + r] = (a0 + a1) + (a2 + a3);
+      float s = (a0 + a1) + (a2 + a3);
+      if constexpr (WT == DType::I8) s *= scale[r];
+      y[static_cast<size_t>(t) * ldy + r] = s;
     }
   }
 }
 
-void matmul(const float* x, int nt, int ldx, const void* w, DType wt, int in, int r0, int r1, float* y, int ldy) {
+void matmul(const float* x, int nt, int ldx, const void* w, DType wt, const float* scale, int in, int r0, int r1, float* y,
+            int ldy) {
   switch (wt) {
-    case DType::F32: return matmul_t<DType::F32>(x, nt, ldx, w, in, r0, r1, y, ldy);
-    case DType::BF16: return matmul_t<DType::BF16>(x, nt, ldx, w, in, r0, r1, y, ldy);
-    case DType::F16: return matmul_t<DType::F16>(x, nt, ldx, w, in, r0, r1, y, ldy);
+    case DType::F32: return matmul_t<DType::F32>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::BF16: return matmul_t<DType::BF16>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::F16: return matmul_t<DType::F16>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::I8: return matmul_t<DType::I8>(x, nt, ldx, w, scale, in, r0, r1, y, ldy);
+    case DType::F8E4M3: return;  // refused when the backend is built (cpu_backend.cc)
   }
 }
 
@@ -110,6 +117,7 @@ void to_f32(const void* src, DType dt, float* dst, size_t n) {
     case DType::F16:
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(static_cast<const uint16_t*>(src)[i]);
       return;
+    default: return;  // quantized types are never vectors (cpu_backend.cc checks)
   }
 }
 

@@ -9,11 +9,15 @@
 // lane: a batch-64 decode step is bound by reading K and V), and attn_kernel, the per-key warp
 // loop, for other head dims. For 64/128/256 the vectorised one reads K/V of a 64-decode layer at
 // 4.25 TB/s on an H200 where the per-key loop reads 2.87 (bench/results/decode-ab-7f71916-h200.json).
+// With the fp8 KV cache (KV8) the kernels read E4M3 K/V (8 bytes where they read 16) and fold the
+// layer's scales in exactly: scores are k_scale * (q . k8), the output v_scale * (P . v8) / l.
 #include <cfloat>
+#include <type_traits>
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
@@ -48,7 +52,19 @@ __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int
   }
 }
 
-template <typename T, int EPL>
+// One cached element as f32 (unscaled).
+template <typename T, bool KV8>
+__device__ __forceinline__ float kv_elem(const void* cache, size_t i) {
+  if constexpr (KV8) {
+    float f[4];
+    e4m3x4(static_cast<const uint8_t*>(cache)[i], f);
+    return f[0];
+  } else {
+    return to_f(static_cast<const T*>(cache)[i]);
+  }
+}
+
+template <typename T, int EPL, bool KV8>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
   grid_dependency_wait();
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;  // row: index into simt_tokens
@@ -62,8 +78,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   const int k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
   const T* q = static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * hd + (size_t)h * hd;
-  const T* kc = static_cast<const T*>(a.kcache);
-  const T* vc = static_cast<const T*>(a.vcache);
+  if (KV8) scale *= a.k_scale;
 
   float qr[EPL], acc[EPL];
 #pragma unroll
@@ -79,8 +94,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 #pragma unroll
     for (int e = 0; e < EPL; ++e) {
       const int d = lane * EPL + e;
-      kv[e] = d < hd ? to_f(kc[base + d]) : 0.f;
-      vv[e] = d < hd ? to_f(vc[base + d]) : 0.f;
+      kv[e] = d < hd ? kv_elem<T, KV8>(a.kcache, base + d) : 0.f;
+      vv[e] = d < hd ? kv_elem<T, KV8>(a.vcache, base + d) : 0.f;
     }
     float s = 0.f;
 #pragma unroll
@@ -104,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 #pragma unroll
   for (int e = 0; e < EPL; ++e) {
     const int d = lane * EPL + e;
-    if (d < hd) sacc[warp][d] = acc[e];
+    if (d < hd) sacc[warp][d] = KV8 ? acc[e] * a.v_scale : acc[e];
   }
   __syncthreads();
   write_block_result<T, kWarps>(a, t, row, h, split, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
@@ -116,9 +131,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 // loads, ~70% of copy bandwidth on a batch-64 decode step.
 constexpr int kVecWarps = 4, kVecU = 4;
 
-template <typename T, int HD>
+template <typename T, int HD, bool KV8>
 __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, float scale) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
+  using Vec = std::conditional_t<KV8, uint2, uint4>;  // one lane's 8 elements of a key row
+  using Elem = std::conditional_t<KV8, uint8_t, T>;
   grid_dependency_wait();
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
@@ -130,8 +147,9 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   const int chunk = (ctx + a.n_splits - 1) / a.n_splits;
   const int k0 = split * chunk, k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
-  const T* kc = static_cast<const T*>(a.kcache) + sub * 8;
-  const T* vc = static_cast<const T*>(a.vcache) + sub * 8;
+  const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * 8;
+  const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * 8;
+  if (KV8) scale *= a.k_scale;
 
   float qr[8], acc[8];
   unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
@@ -141,23 +159,24 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   float m = -FLT_MAX, l = 0.f;
   const int mine = warp * KPW + grp;
   for (int j0 = k0; j0 < k1; j0 += kVecU * KEYS) {
-    uint4 kr[kVecU], vr[kVecU];
+    Vec kr[kVecU], vr[kVecU];
 #pragma unroll
     for (int u = 0; u < kVecU; ++u) {
       const int j = j0 + u * KEYS + mine;
       if (j < k1) {
         const size_t base = kv_offset(bt[j / B], j % B, kh, nkv, B, HD);
-        kr[u] = __ldg(reinterpret_cast<const uint4*>(kc + base));
-        vr[u] = __ldg(reinterpret_cast<const uint4*>(vc + base));
+        kr[u] = __ldg(reinterpret_cast<const Vec*>(kc + base));
+        vr[u] = __ldg(reinterpret_cast<const Vec*>(vc + base));
       } else {
-        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+        kr[u] = vr[u] = Vec{};
       }
     }
     float sc[kVecU], mn = m;
 #pragma unroll
     for (int u = 0; u < kVecU; ++u) {
       float kf[8], d = 0.f;
-      unpack8<T>(kr[u], kf);
+      if constexpr (KV8) unpack_e4m3x8(kr[u], kf);
+      else unpack8<T>(kr[u], kf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) d += qr[e] * kf[e];
 #pragma unroll
@@ -175,7 +194,8 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
       l += p;
       const float pr = round_if<T>(a.round_p, p);  // P in the activation dtype before P.V (as attn_kernel)
       float vf[8];
-      unpack8<T>(vr[u], vf);
+      if constexpr (KV8) unpack_e4m3x8(vr[u], vf);
+      else unpack8<T>(vr[u], vf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[e] += pr * vf[e];
     }
@@ -196,7 +216,7 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   if (lane == 0) { sm[warp] = m; sl[warp] = l; }
   if (grp == 0)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = acc[e];
+    for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = KV8 ? acc[e] * a.v_scale : acc[e];
   __syncthreads();
   write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
 }
@@ -234,16 +254,19 @@ void launch_merge(const AttnArgs& a, cudaStream_t s) {
 template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  launch("attention", attn_kernel<T, EPL>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
+  if (a.kv_fp8) launch("attention", attn_kernel<T, EPL, true>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
+  else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
   launch_merge<T>(a, s);
 }
 
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  launch("attention", attn_vec_kernel<T, HD>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
+  if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
+  else launch("attention", attn_vec_kernel<T, HD, false>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
   launch_merge<T>(a, s);
 }
+
 
 }  // namespace
 

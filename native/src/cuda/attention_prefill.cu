@@ -9,6 +9,9 @@
 // (folded with log2(e) into exp2), online softmax per key tile, P rounded to the activation dtype
 // for P.V, the row sum l accumulated from fp32 P, out = acc / l rounded to the activation dtype.
 // Causal by absolute position: query row t sees keys j <= tok_pos[t].
+// The fp8 KV cache (KV8): tiles are read with plain 8-byte loads and widened to the activation
+// dtype in shared memory (E4M3 values are exact in bf16 and fp16); the layer's scales are folded in
+// exactly (S = k_scale * Q.K8^T through the softmax scale, O = v_scale * P.V8 / l at the end).
 #include <cfloat>
 #include <cstdint>
 
@@ -17,6 +20,7 @@
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
 #include "cuda/mma.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
@@ -47,10 +51,10 @@ __device__ __forceinline__ uint32_t pack2(float x, float y, __half*) {
 
 // Copies key/value rows [j0, j0 + kBc) of kv head kh into a swizzled [kBc][D] tile; rows at or
 // beyond n_keys are zero-filled (uninitialised cache memory may hold NaN bit patterns).
-template <typename T, int D>
-__device__ __forceinline__ void load_kv_tile(T* dst, const T* cache, const int32_t* bt, int B, int nkv, int kh, int j0,
+template <typename T, int D, bool KV8>
+__device__ __forceinline__ void load_kv_tile(T* dst, const void* cache, const int32_t* bt, int B, int nkv, int kh, int j0,
                                              int n_keys) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row (8 elements of T)
 #pragma unroll
   for (int i = 0; i < kBc * kChunks / kThreads; ++i) {
     const int idx = threadIdx.x + i * kThreads;
@@ -58,12 +62,18 @@ __device__ __forceinline__ void load_kv_tile(T* dst, const T* cache, const int32
     const int j = j0 + r;
     const bool valid = j < n_keys;
     const int jj = valid ? j : 0;
-    const T* src = cache + kv_offset(bt[jj / B], jj % B, kh, nkv, B, D) + c * 8;
-    cp_async16(smem_addr(dst + swz<D>(r, c)), src, valid);
+    const size_t off = kv_offset(bt[jj / B], jj % B, kh, nkv, B, D) + c * 8;
+    if constexpr (KV8) {  // synchronous: the barriers that follow publish it like a landed cp.async
+      float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (valid) unpack_e4m3x8(*reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(cache) + off), f);
+      *reinterpret_cast<uint4*>(dst + swz<D>(r, c)) = pack8<T>(f);
+    } else {
+      cp_async16(smem_addr(dst + swz<D>(r, c)), static_cast<const T*>(cache) + off, valid);
+    }
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool KV8>
 __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, float scale_log2) {
   grid_dependency_wait();
   constexpr int kDK = D / 16;  // k-steps of Q.K^T over the head dim
@@ -79,8 +89,8 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
   const int nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t0]];
-  const T* kc = static_cast<const T*>(a.kcache);
-  const T* vc = static_cast<const T*>(a.vcache);
+  const void* kc = a.kcache;
+  const void* vc = a.vcache;
   const int p_first = a.tok_pos[t0];
   const int n_keys = a.tok_pos[t0 + n - 1] + 1;  // the tile's tokens are consecutive positions
   // Absolute positions of this thread's two accumulator rows (lane / 4 and lane / 4 + 8 of its
@@ -102,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
       cp_async16(smem_addr(sQ + swz<D>(r, c)), q + (size_t)(t0 + (valid ? r : 0)) * q_stride + c * 8, valid);
     }
   }
-  load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, 0, n_keys);
+  load_kv_tile<T, D, KV8>(sK, kc, bt, B, nkv, kh, 0, n_keys);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -123,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
   const int n_tiles = (n_keys + kBc - 1) / kBc;
   for (int kt = 0; kt < n_tiles; ++kt) {
     const int j0 = kt * kBc;
-    load_kv_tile<T, D>(sV, vc, bt, B, nkv, kh, j0, n_keys);
+    load_kv_tile<T, D, KV8>(sV, vc, bt, B, nkv, kh, j0, n_keys);
     cp_async_commit();
     cp_async_wait<1>();  // this tile's K has landed (V may still be in flight)
     __syncthreads();
@@ -145,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
       }
     }
     __syncthreads();  // every warp is done with sK: stream the next key tile into it
-    if (kt + 1 < n_tiles) load_kv_tile<T, D>(sK, kc, bt, B, nkv, kh, j0 + kBc, n_keys);
+    if (kt + 1 < n_tiles) load_kv_tile<T, D, KV8>(sK, kc, bt, B, nkv, kh, j0 + kBc, n_keys);
     cp_async_commit();  // (possibly empty group: keeps the wait counts uniform)
 
     // Online softmax in the log2 domain; s[nt][2 i + e] is row c_row(lane, 2 i) of the warp's 16,
@@ -215,7 +225,7 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
     float sum = l[i];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float inv = sum > 0.f ? (KV8 ? a.v_scale : 1.f) / sum : 0.f;
     const int r = warp * 16 + flash::c_row(lane, 2 * i);
     if (r >= n) continue;
     T* out = static_cast<T*>(a.out) + ((size_t)(t0 + r) * a.nh + h) * D + flash::c_col(lane, 0);
@@ -229,7 +239,9 @@ __global__ void __launch_bounds__(kThreads) flash_prefill_kernel(AttnArgs a, flo
 template <typename T, int D>
 void launch_flash(const AttnArgs& a, cudaStream_t s) {
   const float scale_log2 = 1.4426950408889634f / sqrtf(static_cast<float>(D));
-  launch("flash attention", flash_prefill_kernel<T, D>, dim3(a.nh, a.n_tiles), dim3(kThreads), s, a, scale_log2);
+  if (a.kv_fp8)
+    launch("flash attention", flash_prefill_kernel<T, D, true>, dim3(a.nh, a.n_tiles), dim3(kThreads), s, a, scale_log2 * a.k_scale);
+  else launch("flash attention", flash_prefill_kernel<T, D, false>, dim3(a.nh, a.n_tiles), dim3(kThreads), s, a, scale_log2);
 }
 
 }  // namespace

@@ -153,6 +153,28 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   NS_CUDA(cudaGetDeviceProperties(&prop, c.device_index));
   sm_count_ = prop.multiProcessorCount;
   device_name_ = prop.name;
+  auto storage = [&](WeightFormat f) { return f == WeightFormat::Int8 ? DType::I8 : f == WeightFormat::Fp8 ? DType::F8E4M3 : act_; };
+  wdt_ = storage(c.weights);
+  hdt_ = storage(c.head_weights);
+  kv_fp8_ = c.kv_fp8;
+  // E4M3 tensor-core GEMMs (W8A8) and the E4M3 KV cache need sm_89+; FP8 weight-only checkpoints
+  // decode E4M3 in software (quant.h) and run anywhere.
+  const bool fp8 = (wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) && c.fp8_activations;
+  if ((fp8 || kv_fp8_) && prop.major * 10 + prop.minor < 89)
+    throw std::runtime_error(std::string("cuda: ") + (fp8 ? "fp8 weights" : "the fp8 KV cache") + " need FP8 tensor cores (compute capability 8.9 or newer); " +
+                             "GPU " + std::to_string(c.device_index) + " (" + prop.name + ") is " + std::to_string(prop.major) + "." + std::to_string(prop.minor));
+  if ((wdt_ != act_ || hdt_ != act_) &&
+      (c.hidden % 16 != 0 || c.intermediate % 16 != 0 || (c.n_heads * c.head_dim) % 16 != 0 || qkv_rows_ % 16 != 0))
+    throw std::runtime_error("cuda: quantized weights need hidden, intermediate (per rank), heads x head_dim (per rank) and the q|k|v rows "
+                             "to be multiples of 16");
+  // The family forward (enqueue_family_forward) reads every matrix and the KV cache in the activation dtype.
+  if (family_ && (wdt_ != act_ || hdt_ != act_ || kv_fp8_))
+    throw std::runtime_error(std::string("cuda: ") + (kv_fp8_ ? "the fp8 KV cache" : "quantized weights") +
+                             " run on the Llama / Mistral / Qwen2 path; this model's family switches (biases, q/k norms, Gemma norms, "
+                             "soft-caps, sliding windows, RoPE scaling or MoE) run the family forward, which has neither yet: serve it "
+                             "unquantized (drop --quantize / --kv-cache-dtype)");
+  if (c.static_input_scales && wdt_ != DType::F8E4M3) throw std::runtime_error("cuda: static input scales are for fp8 weights");
+  if (c.tied_embeddings && hdt_ != act_) throw std::runtime_error("cuda: a quantized LM head arrives as lm_head.weight (tiedEmbeddings must be false)");
   std::string why;
   api_ = cublas_api(&why);
   if (!api_) throw std::runtime_error("cuda: unavailable (" + why + ")");
@@ -167,22 +189,40 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     lt_ = LtGemm::create(stream_, &why);
     if (!lt_) std::fprintf(stderr, "nodespeed: cuBLASLt decode GEMMs off (cublasGemmEx for all): %s\n", why.c_str());
   }
+  if (fp8) {
+    fp8_lt_ = LtGemm::create(stream_, &why);
+    if (!fp8_lt_) throw std::runtime_error("cuda: fp8 weights run their GEMMs through cuBLASLt, which could not be loaded: " + why);
+    acc_.reserve(64u << 20);  // f32 results of E4M3 GEMMs, a chunk of rows at a time (matmul_fp8)
+  }
 
-  const size_t es = dtype_size(act_), H = c.hidden;
+  const size_t es = dtype_size(act_), ws = dtype_size(wdt_), H = c.hidden;
+  const bool quantized = wdt_ != act_;
   layers_.resize(n_layers_);
   for (int l = 0; l < n_layers_; ++l) {
     auto& L = layers_[l];
     L.sliding = c.sliding_window > 0 && c.sliding_layers[l];
     L.sparse = c.num_experts > 0 && c.sparse_layers[l];
-    L.qkv.reserve(es * qkv_rows_ * H);
+    L.qkv.reserve(ws * qkv_rows_ * H);
     if (c.qkv_bias) L.qkv_bias.reserve(es * qkv_rows_);
-    L.o.reserve(es * H * c.n_heads * c.head_dim);
+    L.o.reserve(ws * H * c.n_heads * c.head_dim);
     L.in_norm.reserve(4 * H);
     L.post_norm.reserve(4 * H);
+    if (quantized) {
+      L.qkv_s.reserve(4 * qkv_rows_);
+      L.o_s.reserve(4 * H);
+    }
+    if (c.static_input_scales) L.in_s.reserve(4 * 4);
     const std::string p = "model.layers." + std::to_string(c.layer_start + l) + ".";
     for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
                           "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
       expect(p + n);
+    // A quantized matrix's per-row scales, and its static fp8 activation scale.
+    auto expect_scales = [&](const std::string& m) {
+      if (quantized) expect(p + m + "_scale");
+      if (c.static_input_scales) expect(p + m.substr(0, m.size() - 6) + "input_scale");
+    };
+    for (const char* n : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
+      expect_scales(n);
     if (c.o_bias) { L.o_bias.reserve(4 * H); expect(p + "self_attn.o_proj.bias"); }
     if (c.qk_norm) {
       L.q_norm.reserve(4 * c.head_dim);
@@ -215,9 +255,16 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
           expect(p + w);
       }
     } else {
-      L.gate_up.reserve(es * 2 * c.intermediate * H);
-      L.down.reserve(es * H * c.intermediate);
-      for (const char* w : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) expect(p + w);
+      L.gate_up.reserve(ws * 2 * c.intermediate * H);
+      L.down.reserve(ws * H * c.intermediate);
+      if (quantized) {
+        L.gate_up_s.reserve(4 * 2 * c.intermediate);
+        L.down_s.reserve(4 * H);
+      }
+      for (const char* w : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) {
+        expect(p + w);
+        expect_scales(w);
+      }
       if (c.mlp_bias) {
         L.gu_bias.reserve(4 * 2 * c.intermediate);
         L.down_bias.reserve(4 * H);
@@ -227,6 +274,9 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     if (c.qkv_bias)
       for (const char* n : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) expect(p + n);
   }
+  k_scale_.assign(n_layers_, 1.f);
+  v_scale_.assign(n_layers_, 1.f);
+  in_scale_host_.assign(n_layers_, {0.f, 0.f, 0.f, 0.f});
   if (c.has_embedding || (c.has_head && c.tied_embeddings)) {
     embed_.reserve(es * vocab_shard_ * H);
     expect("model.embed_tokens.weight");
@@ -235,8 +285,12 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
     final_norm_.reserve(4 * H);
     expect("model.norm.weight");
     if (!c.tied_embeddings) {
-      lm_head_.reserve(es * vocab_shard_ * H);
+      lm_head_.reserve(dtype_size(hdt_) * vocab_shard_ * H);
       expect("lm_head.weight");
+      if (hdt_ != act_) {
+        lm_head_s_.reserve(4 * vocab_shard_);
+        expect("lm_head.weight_scale");
+      }
     }
   }
   const auto f = rope_inv_freq(c);
@@ -267,7 +321,8 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
   const int64_t H = c.hidden, I = c.intermediate, qd = (int64_t)c.n_heads * c.head_dim,
                 kvd = (int64_t)c.n_kv_heads * c.head_dim, Vs = vocab_shard_;
   if (name == "model.embed_tokens.weight" && embed_.ptr) return {embed_.ptr, act_, {Vs, H}, 0};
-  if (name == "lm_head.weight" && lm_head_.ptr) return {lm_head_.ptr, act_, {Vs, H}, 0};
+  if (name == "lm_head.weight" && lm_head_.ptr) return {lm_head_.ptr, hdt_, {Vs, H}, 0};
+  if (name == "lm_head.weight_scale" && lm_head_s_.ptr) return {lm_head_s_.ptr, DType::F32, {Vs}, 0};
   if (name == "model.norm.weight" && final_norm_.ptr) return {final_norm_.ptr, DType::F32, {H}, 0};
   const std::string pre = "model.layers.";
   if (name.rfind(pre, 0) == 0) {
@@ -279,13 +334,22 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
       const LayerWeights& L = layers_[l];
       if (rest == "input_layernorm.weight") return {L.in_norm.ptr, DType::F32, {H}, 0};
       if (rest == "post_attention_layernorm.weight") return {L.post_norm.ptr, DType::F32, {H}, 0};
-      if (rest == "self_attn.q_proj.weight") return {L.qkv.ptr, act_, {qd, H}, 0};
-      if (rest == "self_attn.k_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)(qd * H)};
-      if (rest == "self_attn.v_proj.weight") return {L.qkv.ptr, act_, {kvd, H}, (size_t)((qd + kvd) * H)};
-      if (rest == "self_attn.o_proj.weight") return {L.o.ptr, act_, {H, qd}, 0};
-      if (rest == "mlp.gate_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, act_, {I, H}, 0};
-      if (rest == "mlp.up_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, act_, {I, H}, (size_t)(I * H)};
-      if (rest == "mlp.down_proj.weight" && L.down.ptr) return {L.down.ptr, act_, {H, I}, 0};
+      if (rest == "self_attn.q_proj.weight") return {L.qkv.ptr, wdt_, {qd, H}, 0};
+      if (rest == "self_attn.k_proj.weight") return {L.qkv.ptr, wdt_, {kvd, H}, (size_t)(qd * H)};
+      if (rest == "self_attn.v_proj.weight") return {L.qkv.ptr, wdt_, {kvd, H}, (size_t)((qd + kvd) * H)};
+      if (rest == "self_attn.o_proj.weight") return {L.o.ptr, wdt_, {H, qd}, 0};
+      if (rest == "mlp.gate_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, wdt_, {I, H}, 0};
+      if (rest == "mlp.up_proj.weight" && L.gate_up.ptr) return {L.gate_up.ptr, wdt_, {I, H}, (size_t)(I * H)};
+      if (rest == "mlp.down_proj.weight" && L.down.ptr) return {L.down.ptr, wdt_, {H, I}, 0};
+      if (wdt_ != act_) {  // one f32 scale per row, concatenated like the rows
+        if (rest == "self_attn.q_proj.weight_scale") return {L.qkv_s.ptr, DType::F32, {qd}, 0};
+        if (rest == "self_attn.k_proj.weight_scale") return {L.qkv_s.ptr, DType::F32, {kvd}, (size_t)qd};
+        if (rest == "self_attn.v_proj.weight_scale") return {L.qkv_s.ptr, DType::F32, {kvd}, (size_t)(qd + kvd)};
+        if (rest == "self_attn.o_proj.weight_scale") return {L.o_s.ptr, DType::F32, {H}, 0};
+        if (rest == "mlp.gate_proj.weight_scale") return {L.gate_up_s.ptr, DType::F32, {I}, 0};
+        if (rest == "mlp.up_proj.weight_scale") return {L.gate_up_s.ptr, DType::F32, {I}, (size_t)I};
+        if (rest == "mlp.down_proj.weight_scale") return {L.down_s.ptr, DType::F32, {H}, 0};
+      }
       const int64_t D = c.head_dim, Ie = c.moe_intermediate, Is = c.shared_intermediate;
       if (rest == "self_attn.o_proj.bias" && L.o_bias.ptr) return {L.o_bias.ptr, DType::F32, {H}, 0};
       if (rest == "self_attn.q_norm.weight" && L.q_norm.ptr) return {L.q_norm.ptr, DType::F32, {D}, 0};
@@ -324,9 +388,40 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
                            std::to_string(c.layer_start) + ".." + std::to_string(c.layer_end - 1) + ")");
 }
 
+bool CudaBackend::load_scalar(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                              size_t bytes) {
+  static const char* kInputs[4][3] = {{"self_attn.q_proj.input_scale", "self_attn.k_proj.input_scale", "self_attn.v_proj.input_scale"},
+                                      {"self_attn.o_proj.input_scale", nullptr, nullptr},
+                                      {"mlp.gate_proj.input_scale", "mlp.up_proj.input_scale", nullptr},
+                                      {"mlp.down_proj.input_scale", nullptr, nullptr}};
+  const std::string pre = "model.layers.";
+  if (name.rfind(pre, 0) != 0) return false;
+  const size_t dot = name.find('.', pre.size());
+  const int l = std::atoi(name.substr(pre.size(), dot - pre.size()).c_str()) - cfg_.layer_start;
+  if (dot == std::string::npos || l < 0 || l >= n_layers_) return false;
+  const std::string rest = name.substr(dot + 1);
+  float* slot = nullptr;
+  if (rest == "self_attn.k_scale") slot = &k_scale_[l];
+  if (rest == "self_attn.v_scale") slot = &v_scale_[l];
+  for (int g = 0; g < 4 && !slot && cfg_.static_input_scales; ++g)
+    for (const char* n : kInputs[g])
+      if (n && rest == n) slot = &in_scale_host_[l][g];
+  if (!slot) return false;
+  if (dtype != DType::F32 || bytes != 4 || numel(shape) != 1)
+    throw std::runtime_error("cuda: tensor " + name + " must be one f32 value");
+  float v;
+  std::memcpy(&v, data, 4);
+  if (!(v > 0.f) || !std::isfinite(v)) throw std::runtime_error("cuda: tensor " + name + " must be a positive finite scale");
+  // Fused inputs (q|k|v, gate|up) share one quantization: the largest scale covers each one's range.
+  *slot = rest.find("input_scale") != std::string::npos ? std::max(*slot, v) : v;
+  loaded_.insert(name);
+  return true;
+}
+
 void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                               const void* data, size_t bytes) {
   NS_CUDA(cudaSetDevice(cfg_.device_index));
+  if (load_scalar(name, dtype, shape, data, bytes)) return;
   const Target t = target_for(name);
   if (shape != t.shape)
     throw std::runtime_error("cuda: tensor " + name + " has shape " + shape_str(shape) + ", expected " +
@@ -335,6 +430,11 @@ void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::v
   if (bytes != n * dtype_size(dtype))
     throw std::runtime_error("cuda: tensor " + name + " has " + std::to_string(bytes) + " bytes, expected " +
                              std::to_string(n * dtype_size(dtype)));
+  const bool quant_t = t.dt == DType::I8 || t.dt == DType::F8E4M3, quant_in = dtype == DType::I8 || dtype == DType::F8E4M3;
+  const bool scale = name.size() > 6 && name.compare(name.size() - 6, 6, "_scale") == 0;  // row scales arrive as f32 (the loader widens them)
+  if (quant_t != quant_in || (quant_t && dtype != t.dt) || (scale && dtype != DType::F32))
+    throw std::runtime_error(std::string("cuda: tensor ") + name + " has dtype " + dtype_name(dtype) + ", expected " +
+                             (quant_t ? dtype_name(t.dt) : scale ? "f32" : "f32, bf16 or f16"));
   char* dst = static_cast<char*>(t.dst) + t.offset_elems * dtype_size(t.dt);
   const bool norm = name.size() > 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
   if (cfg_.norm_plus_one && norm) {
@@ -375,7 +475,16 @@ int CudaBackend::finalize() {
   NS_CUDA(cudaStreamSynchronize(stream_));
   staging_.release();
   const auto& c = cfg_;
-  const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * dtype_size(act_);
+  if (c.static_input_scales)
+    for (int l = 0; l < n_layers_; ++l) NS_CUDA(cudaMemcpy(layers_[l].in_s.ptr, in_scale_host_[l].data(), 4 * 4, cudaMemcpyHostToDevice));
+  if (wdt_ == DType::I8 || hdt_ == DType::I8 || ((wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) && !c.fp8_activations)) {
+    // Weight-only GEMMs past the GEMV dequantize into this and run on cuBLAS: room for the largest
+    // layer matrix (the head, if quantized and larger, goes through in slices of it).
+    const size_t qd = (size_t)c.n_heads * c.head_dim, H = c.hidden, I = c.intermediate;
+    deq_.reserve(dtype_size(act_) * std::max({(size_t)qkv_rows_ * H, H * qd, 2 * I * H}));
+  }
+  // The fp8 KV cache keeps one byte an element: twice the blocks in the same memory.
+  const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * (kv_fp8_ ? 1 : dtype_size(act_));
   const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
   // The largest step's scratch is reserved now (a server's --max-batch-tokens, 8192 by default on
   // CUDA: ~1.1 GB on a 7B), so the first long prefill does not reallocate it and invalidate the
@@ -445,20 +554,28 @@ void CudaBackend::warm_gemms() {
   // Each shape once: tuned (which runs it too) at the row counts the decode graphs use (every row
   // count without graphs), else just run.
   bool tune = false;
-  auto each = [&](const std::vector<const void*>& ws, const void* x, int m, int N, int K, void* y, Out out) {
-    if (tune) tune_gemm(ws, x, m, N, K, y, out);
-    else matmul(x, ws[0], m, N, K, y, out);
+  // Quantized matrices are run as the step runs them (their own kernels, cuBLASLt's E4M3 plans made
+  // on first use): nothing to tune, but their kernels load and their plans exist before any capture.
+  // Only at the graph buckets' row counts: a weight-only product of more rows dequantizes its whole
+  // matrix, 250 row counts of that would take seconds.
+  auto each = [&](const std::vector<const void*>& ws, const Weight& w, const void* x, int m, int N, int K, void* y, Out out) {
+    if (w.dt != act_ && use_graphs_ && graph_bucket(m) != m) return;
+    if (tune && w.dt == act_) tune_gemm(ws, x, m, N, K, y, out);
+    else matmul(x, w, m, N, K, y, out);
   };
+  const LayerWeights* L0 = n_layers_ > 0 ? &layers_[0] : nullptr;
   for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
     tune = lt_ && (!use_graphs_ || graph_bucket(m) == m);
-    if (n_layers_ > 0) {
-      each(qkv, xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-      each(o, attn_.ptr, m, c.hidden, qd, into, mode);
-      each(gate_up, xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-      each(down, act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);  // x: SwiGLU's output buffer
+    if (L0) {
+      each(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+      each(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, m, c.hidden, qd, into, mode);
+      each(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+      // x: SwiGLU's output buffer
+      each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
     }
-    if (c.has_head) each({head}, xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
+    if (c.has_head) each({head}, head_weight(), xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
   }
+
   NS_CUDA(cudaStreamSynchronize(stream_));
 }
 
@@ -475,11 +592,16 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
     attn_.reserve(es * T * c.n_heads * c.head_dim);
     gu_.reserve(es * T * 2 * c.intermediate);
     act_mlp_.reserve(es * T * c.intermediate);
+    if (wdt_ == DType::F8E4M3 || hdt_ == DType::F8E4M3) {  // E4M3 activations of the widest GEMM input (rows padded to 16), and their scales
+      xq_.reserve((size_t)(T + 16) * std::max({(size_t)H, (size_t)c.n_heads * c.head_dim, (size_t)c.intermediate}));
+      xs_.reserve((size_t)4 * T);
+    }
     cap_tokens_ = T;
   }
   const size_t need_logits = (size_t)4 * R * c.vocab_size;
   const size_t need_ws = (size_t)4 * attn_ws_floats;
-  const size_t need_ids = (size_t)4 * std::max(n_sample, 1);
+  // Sampled ids, then each sampled row's logprob words (kernels.h, kLogprobWords).
+  const size_t need_ids = (size_t)4 * (1 + kLogprobWords) * std::max(n_sample, 1);
   if (need_logits > logits_.bytes || need_ws > attn_ws_.bytes || need_ids > ids_.bytes) {
     ++epoch_;
     NS_CUDA(cudaStreamSynchronize(stream_));
@@ -496,7 +618,18 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
   }
 }
 
-void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in) {
+Weight CudaBackend::weight(const DeviceBuffer& w, const DeviceBuffer& scale, const DeviceBuffer& in_scale, int which) const {
+  Weight r{w.ptr, wdt_, scale.as<float>(), nullptr};
+  if (cfg_.static_input_scales) r.in_scale = in_scale.as<float>() + which;
+  return r;
+}
+
+Weight CudaBackend::head_weight() const {
+  if (cfg_.tied_embeddings) return Weight{embed_.ptr, act_};
+  return Weight{lm_head_.ptr, hdt_, lm_head_s_.as<float>(), nullptr};
+}
+
+void CudaBackend::matmul(const void* x, const Weight& wt, int M, int N, int K, void* y, Out mode, bool swiglu_in) {
   if (M == 0) return;
   // SwiGLU as its own pass: fusing it into the down GEMV measured slower (1.6 vs 2.3 TB/s on an
   // H100: every warp recomputes silu over its slice of the gate|up row).
@@ -504,13 +637,16 @@ void CudaBackend::matmul(const void* x, const void* w, int M, int N, int K, void
     swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
     x = act_mlp_.ptr;
   }
-  const GemvOut out = mode == Out::Act ? GemvOut::Act : mode == Out::F32 ? GemvOut::F32 : GemvOut::AddResidual;
+  if (wt.dt == DType::I8 || (wt.dt == DType::F8E4M3 && !cfg_.fp8_activations)) return matmul_weight_only(x, wt, M, N, K, y, mode);
+  if (wt.dt == DType::F8E4M3) return matmul_fp8(x, wt, M, N, K, y, mode);
+  const void* w = wt.w;
+  const GemvOut out = gemv_mode(mode);
   if (use_gemv_ && M <= 4 && K % 8 == 0) {
     gemv(act_, w, x, M, N, K, y, out, stream_);
     return;
   }
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // the projection in the activation dtype, then the rounded add
-    matmul(x, w, M, N, K, tmp_.ptr, Out::Act);
+    matmul(x, wt, M, N, K, tmp_.ptr, Out::Act);
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
     return;
   }
@@ -537,7 +673,7 @@ void CudaBackend::tune_gemm(const std::vector<const void*>& weights, const void*
 
 // o_proj / down_proj are row-parallel: each rank holds a slice of K, so partial products are
 // summed over the TP group before joining the residual stream.
-bool CudaBackend::row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
+bool CudaBackend::row_parallel_into_residual(const void* x, const Weight& w, int T, int K, bool swiglu_in,
                                              const float* next_norm) {
   const size_t n = (size_t)T * cfg_.hidden;
   if (cfg_.tp_size == 1 || !comm_) {
@@ -563,6 +699,8 @@ std::string CudaBackend::describe() const {
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
     << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
+    << (wdt_ != act_ ? std::string(", ") + (wdt_ == DType::I8 ? "int8 W8A16" : (cfg_.fp8_activations ? "fp8 W8A8" : "fp8 W8A16")) + " weights" : std::string())
+    << (hdt_ != wdt_ ? std::string(", LM head ") + dtype_name(hdt_) : std::string()) << (kv_fp8_ ? ", kv fp8" : "")
     << (family_ ? ", family forward" : "")
     << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) + " of " + std::to_string(cfg_.num_experts) + " (device routing)" : std::string())
     << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")

@@ -1,11 +1,13 @@
 // The CUDA backend: one shard's weights and paged KV cache on one GPU, a forward step on one
 // CUDA stream. Weights and activations are bf16 or fp16 (ShardConfig::compute); the residual
 // stream, norms, softmax and logits are fp32. q/k/v and gate/up are concatenated at load time so
-// that each layer runs 4 matrix products (qkv, o, gate_up, down).
+// that each layer runs 4 matrix products (qkv, o, gate_up, down). Weight matrices may be int8 or
+// E4M3 with one f32 scale per row, and the KV cache E4M3 (docs/QUANTIZATION.md).
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <limits>
 #include <map>
 #include <memory>
@@ -14,7 +16,9 @@
 #include <vector>
 
 #include "cuda/cublas_api.h"
+#include "cuda/kernels.h"
 #include "cuda/lt_gemm.h"
+#include "common/penalties.h"
 #include "cuda/moe_plan.h"
 #include "engine.h"
 
@@ -39,12 +43,24 @@ struct PinnedBuffer {
 
 struct LayerWeights {
   DeviceBuffer qkv, qkv_bias, o, gate_up, down, in_norm, post_norm;
+  // Quantized matrices: one f32 scale per row (q|k|v and gate|up concatenated like their weights);
+  // static fp8 activation scales: 4 floats {qkv, o, gate_up, down} (the largest of fused inputs').
+  DeviceBuffer qkv_s, o_s, gate_up_s, down_s, in_s;
   // Family switches (ShardConfig): f32 biases and norms, the MoE's router and experts.
   DeviceBuffer o_bias, gu_bias, down_bias, q_norm, k_norm, pre_ff_norm, post_ff_norm;
   bool sliding = false, sparse = false;
   DeviceBuffer router;                 // [num_experts (+ 1: the shared expert's gate), hidden]
   DeviceBuffer ex_gate_up, ex_down;    // this rank's experts back to back: [n][2 * moe_I, hidden], [n][hidden, moe_I]
   DeviceBuffer sh_gate_up, sh_down;    // the shared expert (rank's slice); its gate is the router's last row
+};
+
+// A weight matrix [N, K] as matmul() takes it: in the activation dtype, or int8 / E4M3 with one f32
+// scale per row; in_scale: a static fp8 activation scale (device, one float), nullptr: per token.
+struct Weight {
+  const void* w = nullptr;
+  DType dt = DType::BF16;
+  const float* scale = nullptr;
+  const float* in_scale = nullptr;
 };
 
 class CudaBackend final : public Backend {
@@ -60,6 +76,7 @@ class CudaBackend final : public Backend {
 
  private:
   enum class Out { Act, F32, AddResidual };
+  static GemvOut gemv_mode(Out m) { return m == Out::Act ? GemvOut::Act : m == Out::F32 ? GemvOut::F32 : GemvOut::AddResidual; }
   // Offsets (int32 words) of the per-step arrays in the packed metadata buffer, and the counts.
   // Attention: n_tiles flash query tiles {first token, n} (`tiles`, sequences with >=
   // kFlashMinTokens new tokens) and the n_simt other tokens (`simt_tokens`; with no tiles the list
@@ -69,7 +86,8 @@ class CudaBackend final : public Backend {
     int n_tiles = 0, n_simt = 0;
     bool flash_short = false;  // the short sequences take flash tiles too (flash_decode_min_)
     bool copy_logits = false;
-    size_t tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
+    bool any_logprobs = false;  // a sampled row asked for logprobs: copy them back
+    size_t extras_ptr, tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
     void layout();
   };
   // warmed: the family forward runs a bucket's first step eagerly (its kernels and cuBLAS's get
@@ -108,14 +126,27 @@ class CudaBackend final : public Backend {
     return comm_->graph_safe_bytes() >= widest;
   }
   struct Target { void* dst; DType dt; std::vector<int64_t> shape; size_t offset_elems; };
+  // Static fp8 input scales (X.input_scale) and fp8 KV scales (self_attn.k_scale / v_scale): kept
+  // on the host while loading (fused inputs take their largest), uploaded at finalize. true when
+  // `name` was one of them.
+  bool load_scalar(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
   Target target_for(const std::string& name) const;
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
-  void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
+  void matmul(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
+  // The family forward's matrices: always in the activation dtype (quantized weights are refused there).
+  void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode) { matmul(x, Weight{w, act_}, M, N, K, y, mode); }
+  // The quantized cases of matmul (quant_matmul.cu): int8 or E4M3 weights with activation-dtype
+  // inputs (W8A16), E4M3 weights and inputs (W8A8).
+  void matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
+  void matmul_fp8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
+  // A layer's matrix as matmul takes it (the LM head: head_weight()).
+  Weight weight(const DeviceBuffer& w, const DeviceBuffer& scale, const DeviceBuffer& in_scale, int which) const;
+  Weight head_weight() const;
   // Adds the row-parallel projection to the residual stream.
   // residual += x @ w^T summed over TP ranks. With next_norm, true when xb_ also holds
   // rmsnorm(residual) * next_norm (fused into the all-reduce), so the caller skips that norm.
-  bool row_parallel_into_residual(const void* x, const void* w, int T, int K, bool swiglu_in,
+  bool row_parallel_into_residual(const void* x, const Weight& w, int T, int K, bool swiglu_in,
                                   const float* next_norm);
   void ensure_activations(int T, int R, int n_sample, int attn_ws_floats);
   void warm_gemms();  // at finalize unless NODESPEED_CUDA_WARMUP=0 (cuda_backend.cu)
@@ -123,6 +154,15 @@ class CudaBackend final : public Backend {
 
   ShardConfig cfg_;
   DType act_;
+  DType wdt_;  // storage of the layers' matrices: act_, I8 or F8E4M3
+  DType hdt_;  // of the LM head
+  bool kv_fp8_ = false;  // the KV cache in E4M3 with per-layer scales k_scale_ / v_scale_
+  std::vector<float> k_scale_, v_scale_;
+  std::vector<std::array<float, 4>> in_scale_host_;  // static fp8 activation scales per layer (0: not loaded yet)
+  std::unique_ptr<LtGemm> fp8_lt_;  // E4M3 GEMMs (W8A8 weights)
+  // Scratch of the quantized products: E4M3 activations and their row scales, the f32 result of an
+  // E4M3 GEMM (acc_: a chunk of rows at a time), dequantized int8 rows for prefill-sized GEMMs.
+  DeviceBuffer xq_, xs_, acc_, deq_;
   int n_layers_;
   int qkv_rows_;     // (n_heads + 2 kv_heads) * head_dim
   int vocab_shard_;   // vocab_end - vocab_start
@@ -157,7 +197,7 @@ class CudaBackend final : public Backend {
   moe::Layout route_layout_{};
   DeviceBuffer ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_;
   int family_cap_ = 0;
-  DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_, staging_;
+  DeviceBuffer embed_, lm_head_, lm_head_s_, final_norm_, inv_freq_, staging_;
   std::set<std::string> expected_, loaded_;
 
   DeviceBuffer kv_pool_;
@@ -170,6 +210,13 @@ class CudaBackend final : public Backend {
   DeviceBuffer residual_, tmp_, xb_, qkv_, attn_, gu_, act_mlp_, attn_ws_;
   DeviceBuffer logits_, logits_local_, logits_gather_, ids_, meta_;
   PinnedBuffer meta_host_, ids_host_;
+  // Logit-bias and penalty lists of the step's sampled rows (SampleRow offsets point here; the
+  // metadata holds this buffer's address, so it can move without invalidating captured graphs).
+  DeviceBuffer extras_;
+  PinnedBuffer extras_host_;
+  size_t extras_words_ = 0;
+  std::vector<int32_t> extras_build_;
+  PenaltyHistories penalties_;
   // Decode CUDA graphs per batch bucket (cuda_graph.cu). Captured kernels hold buffer addresses, so
   // any reallocation of scratch (epoch_ bump) invalidates them.
   bool use_graphs_ = true;

@@ -39,6 +39,7 @@ std::string seq_name(int s) { return "cuda: seqs[" + std::to_string(s) + "]"; }
 
 void CudaBackend::StepPlan::layout() {
   size_t o = 0;
+  extras_ptr = o; o += 2;  // the extras buffer's device address (8-byte aligned: the buffer's start)
   tokens = o; o += T;
   pos = o; o += T;
   slot = o; o += T;
@@ -46,7 +47,7 @@ void CudaBackend::StepPlan::layout() {
   seq_bt_off = o; o += S;
   rows = o; o += R;
   sample_rows = o; o += NS;
-  params = o; o += 4 * (size_t)NS;
+  params = o; o += (sizeof(SampleRow) / 4) * (size_t)NS;
   tiles = o; o += 2 * (size_t)n_tiles;
   simt_tokens = o; o += n_tiles > 0 ? n_simt : 0;
   // Last: the only array whose length a graph bucket does not fix (every offset above is the same
@@ -87,11 +88,13 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
       throw std::runtime_error(seq_name(s) + " block table covers " + std::to_string(q.n_blocks * c.kv_block_size) +
                                " positions, needs " + std::to_string(end));
     if (c.has_embedding && !q.tokens) throw std::runtime_error(seq_name(s) + " has no token ids");
+    if (c.has_head) check_sampling(q.sampling, c.vocab_size, seq_name(s));
     p.T += q.n_tokens;
     p.n_bt += q.n_blocks;
     n_short += q.n_tokens < kFlashMinTokens;
     if (c.has_head && (q.sample || in.want_logits || q.all_logits)) p.R += q.all_logits ? q.n_tokens : 1;
     if (c.has_head && q.sample) ++p.NS;
+    if (c.has_head && q.sample) p.any_logprobs |= q.sampling.logprobs >= 0;
     all_decode &= q.n_tokens == 1 && q.n_blocks <= max_blocks_per_seq_;
     all_sample &= q.sample;
     any_all_logits |= q.all_logits;
@@ -130,7 +133,8 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   meta_host_.reserve(4 * p.total);
   int32_t* h = static_cast<int32_t*>(meta_host_.ptr);
   if (padded) std::memset(h, 0, 4 * p.total);
-  float* hp = reinterpret_cast<float*>(h + p.params);
+  SampleRow* rows = reinterpret_cast<SampleRow*>(h + p.params);
+  extras_build_.clear();
   int t = 0, bt_off = 0, r = 0, ns = 0, n_tiles = 0, n_simt = 0;
   const int real = static_cast<int>(in.seqs.size());
   for (int s = 0; s < real; ++s) {
@@ -168,12 +172,10 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
       if (c.has_head && (q.all_logits || (last && (q.sample || in.want_logits)))) {
         if (last && q.sample) {
           h[p.sample_rows + ns] = r;
-          const SamplingParams& sp = q.sampling;
-          hp[4 * ns] = sp.temperature;
-          hp[4 * ns + 1] = static_cast<float>(sp.top_k);
-          hp[4 * ns + 2] = sp.top_p;
           // Drawn for the sampled token's absolute position (it will sit at pos + n_tokens).
-          hp[4 * ns + 3] = sampling_uniform(sp.seed, q.pos + q.n_tokens);
+          const SamplingParams& sp = q.sampling;
+          rows[ns] = pack_sample_row(sp, sampling_uniform(sp.seed, q.pos + q.n_tokens),
+                                     sp.penalized() ? &penalties_.tokens(q.block_table[0]) : nullptr, extras_build_);
           ++ns;
         }
         h[p.rows + r++] = t;
@@ -189,6 +191,15 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
     std::stable_sort(tiles, tiles + p.n_tiles,
                      [pos](const Tile& x, const Tile& y) { return pos[x.t0] + x.n > pos[y.t0] + y.n; });
   }
+  // The extras' address goes into the metadata; the lists themselves are copied by step().
+  if (!extras_build_.empty()) {
+    extras_host_.reserve(4 * extras_build_.size());
+    std::memcpy(extras_host_.ptr, extras_build_.data(), 4 * extras_build_.size());
+    extras_.reserve(4 * extras_build_.size());
+  }
+  extras_words_ = extras_build_.size();
+  const void* ex = extras_.ptr;
+  std::memcpy(h + p.extras_ptr, &ex, sizeof ex);
   for (int s = real; padded && s < p.bucket; ++s, ++t, ++r, ++ns) {  // dummies: block 0, no KV write
     h[p.seq_bt_off + s] = p.n_bt - 1;  // the zero entry (memset above)
     h[p.slot + t] = -1;
@@ -219,22 +230,24 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
     if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    matmul(xb_.ptr, weight(L.qkv, L.qkv_s, L.in_s, 0), T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
-                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kcache_[l], vcache_[l], c.kv_block_size, st);
+                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kv, c.kv_block_size, st);
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP)};
+               p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP),
+               kv_fp8_, k_scale_[l], v_scale_[l]};
     attention(act_, a, st);
-    if (!row_parallel_into_residual(attn_.ptr, L.o.ptr, T, qd, false, L.post_norm.as<float>()))
+    if (!row_parallel_into_residual(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, qd, false, L.post_norm.as<float>()))
       rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+    matmul(xb_.ptr, weight(L.gate_up, L.gate_up_s, L.in_s, 2), T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     const float* next_norm = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
-    normed = row_parallel_into_residual(gu_.ptr, L.down.ptr, T, c.intermediate, /*swiglu_in=*/true, next_norm);
+    normed = row_parallel_into_residual(gu_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, c.intermediate, /*swiglu_in=*/true, next_norm);
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, c.hidden, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
-  const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  const Weight head = head_weight();
   float* logits = logits_.as<float>();
   if (c.tp_size == 1) {
     matmul(xb_.ptr, head, p.R, vocab_shard_, c.hidden, logits, Out::F32);
@@ -243,8 +256,9 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
     unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
-  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
-         ids_.as<int32_t>(), st);
+  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const SampleRow*>(d + p.params),
+         reinterpret_cast<const int32_t* const*>(d + p.extras_ptr), p.NS, ids_.as<int32_t>(),
+         reinterpret_cast<float*>(ids_.as<int32_t>() + p.NS), st);
 }
 
 // Scratch of the family forward for steps of up to T tokens (reserved at finalize for the largest
@@ -426,8 +440,9 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     comm_->all_gather(logits_local_.ptr, logits_gather_.ptr, (size_t)p.R * vocab_stride_, DType::F32, st);
     unshard_logits(logits_gather_.as<float>(), logits, p.R, vocab_stride_, c.vocab_size, st);
   }
-  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const float*>(d + p.params), p.NS,
-         ids_.as<int32_t>(), st);
+  sample(logits, c.vocab_size, d + p.sample_rows, reinterpret_cast<const SampleRow*>(d + p.params),
+         reinterpret_cast<const int32_t* const*>(d + p.extras_ptr), p.NS, ids_.as<int32_t>(),
+         reinterpret_cast<float*>(ids_.as<int32_t>() + p.NS), st);
 }
 
 void CudaBackend::step(const StepInput& in, StepOutput& out) {
@@ -440,13 +455,18 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   out.sampled.clear();
   out.logits.clear();
   out.hidden_out.clear();
+  out.sampled_logprob.clear();
+  out.top_ids.clear();
+  out.top_logprobs.clear();
   const StepPlan p = plan_step(in);
   if (p.T == 0) return;
+  if (c.has_head) feed_penalties(penalties_, in);
   ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.n_simt * c.n_heads * (c.head_dim + 2) : 0);
   if (family_) reserve_family(p.T);
   pack(in, p);
   cudaStream_t st = stream_;
   NS_CUDA(cudaMemcpyAsync(meta_.ptr, meta_host_.ptr, 4 * p.total, cudaMemcpyHostToDevice, st));
+  if (extras_words_ > 0) NS_CUDA(cudaMemcpyAsync(extras_.ptr, extras_host_.ptr, 4 * extras_words_, cudaMemcpyHostToDevice, st));
   if (family_) upload_rope_tables(in, p.T);
   if (p.bucket > 0) run_graph(p, in);
   else enqueue_any_forward(p, in);
@@ -464,6 +484,10 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   const int real_rows = p.bucket > 0 ? static_cast<int>(in.seqs.size()) : p.R;
   const int real_ns = p.bucket > 0 ? static_cast<int>(in.seqs.size()) : p.NS;
   if (real_ns > 0) NS_CUDA(cudaMemcpyAsync(ids_host_.ptr, ids_.ptr, 4 * real_ns, cudaMemcpyDeviceToHost, st));
+  const size_t lp_words = p.any_logprobs ? (size_t)real_ns * kLogprobWords : 0;
+  if (lp_words > 0)  // after the NS ids (p.NS: the bucket's count on a padded step)
+    NS_CUDA(cudaMemcpyAsync(static_cast<int32_t*>(ids_host_.ptr) + p.NS, ids_.as<int32_t>() + p.NS, 4 * lp_words,
+                            cudaMemcpyDeviceToHost, st));
   if (p.copy_logits && real_rows > 0) {
     out.logits.resize((size_t)real_rows * c.vocab_size);
     NS_CUDA(cudaMemcpyAsync(out.logits.data(), logits_.ptr, 4 * out.logits.size(), cudaMemcpyDeviceToHost, st));
@@ -472,6 +496,26 @@ void CudaBackend::step(const StepInput& in, StepOutput& out) {
   if (c.tp_size > 1) comm_->check_healthy();
   const int32_t* ids = static_cast<const int32_t*>(ids_host_.ptr);
   out.sampled.assign(ids, ids + real_ns);
+  if (lp_words > 0) {
+    const float* lp = reinterpret_cast<const float*>(ids + p.NS);
+    out.sampled_logprob.resize(real_ns);
+    out.top_ids.resize((size_t)real_ns * kMaxLogprobs);
+    out.top_logprobs.resize((size_t)real_ns * kMaxLogprobs);
+    int j = 0;
+    for (const SeqInput& q : in.seqs) {
+      if (!q.sample) continue;
+      const float* row = lp + (size_t)j * kLogprobWords;
+      const bool asked = q.sampling.logprobs >= 0;
+      out.sampled_logprob[j] = asked ? row[0] : NAN;
+      for (int k = 0; k < kMaxLogprobs; ++k) {
+        int32_t id;
+        std::memcpy(&id, &row[1 + k], 4);
+        out.top_ids[(size_t)j * kMaxLogprobs + k] = asked ? id : -1;
+        out.top_logprobs[(size_t)j * kMaxLogprobs + k] = asked ? row[1 + kMaxLogprobs + k] : NAN;
+      }
+      ++j;
+    }
+  }
 }
 
 }  // namespace ns::cuda

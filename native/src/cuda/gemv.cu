@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "cuda/cuda_common.h"
+#include "cuda/gemv_common.h"
 #include "cuda/kernels.h"
 
 namespace ns::cuda {
@@ -63,34 +64,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
     }
     for (; i < K8; i += kStride) fma_chunk<T, R>(__ldg(w + i), x, K, i, acc);
   }
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-  if constexpr (KS > 1) {
-    __shared__ float red[kWarps][R];
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < R; ++r) red[warp][r] = acc[r];
-    __syncthreads();
-    if (part != 0) return;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      float s = 0.f;
-#pragma unroll
-      for (int p = 0; p < KS; ++p) s += red[warp + p][r];
-      acc[r] = s;
-    }
-  }
-  if (lane != 0 || n >= N) return;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const size_t o = (size_t)r * N + n;
-    if constexpr (MODE == GemvOut::Act) static_cast<T*>(y)[o] = from_f<T>(acc[r]);
-    else if constexpr (MODE == GemvOut::F32) static_cast<float*>(y)[o] = acc[r];
-    else {
-      float* res = static_cast<float*>(y) + o;
-      *res = round_if<T>(rnd, *res + round_if<T>(rnd, acc[r]));
-    }
-  }
+  if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
+  gemv_store<T, R, MODE>(acc, n, N, y, rnd);
 }
 
 template <typename T, GemvOut MODE, int KS>

@@ -6,7 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "common/penalties.h"
 #include "engine.h"
 
 namespace ns::cuda {
@@ -23,12 +25,21 @@ void embedding(DType act, const void* emb, const int32_t* tokens, int T, int H, 
 void rmsnorm(DType act, const float* x, const int32_t* rows, int R, int H, const float* w, float eps,
              void* out, cudaStream_t s);
 
+// One layer's paged K and V: elements in the activation dtype, or E4M3 (fp8) holding k / k_scale
+// and v / v_scale (per-layer scales, as vLLM's fp8 KV cache keeps them; 1.0 unless the checkpoint
+// has them).
+struct KvCache {
+  void* k; void* v;
+  bool fp8 = false;
+  float k_scale = 1.f, v_scale = 1.f;
+};
+
 // Per token: adds the optional q/k/v bias, rotates q and k (HF rotate_half) with cos/sin of
 // pos * inv_freq, and writes k and v into the paged cache at slot[t] (block * B + offset; the
 // cache's element layout: kv_layout.h).
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
-                   const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, int block_size, cudaStream_t s);
+                   const int32_t* pos, const int32_t* slot, const float* inv_freq, const KvCache& kv,
+                   int block_size, cudaStream_t s);
 
 // Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
 // token sets:
@@ -48,6 +59,8 @@ struct AttnArgs {
   const int32_t* simt_tokens; int n_simt;
   const int32_t* tiles; int n_tiles;
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
+  bool kv_fp8 = false;  // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
+  float k_scale = 1.f, v_scale = 1.f;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 
@@ -70,13 +83,64 @@ void residual_add(DType act, float* residual, DType x_dt, const void* x, size_t 
 // AddResidual: y (f32 residual) = act(y + act(x · W)), the residual_add rounding.
 enum class GemvOut { Act, F32, AddResidual };
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s);
+// y[M, N] = x[M, K] · W[N, K]^T on tensor cores for 1 <= M <= 64 (skinny_gemm.cu); false, with
+// nothing enqueued, when the shape does not fit (N % 128, K % 64, alignment, `ws` too small for the
+// split-K partials).
+bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, void* y, GemvOut mode, float* ws,
+                 size_t ws_bytes, int sm_count, cudaStream_t s);
+
+// Quantized weights (quant_gemm.cu; docs/QUANTIZATION.md). A quantized matrix W [N, K] is int8 or
+// E4M3 bytes with one f32 scale per row, wscale [N].
+// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows, wt I8 or F8E4M3; x in
+// the activation dtype (xscale null: weight-only, W8A16), or E4M3 [R, K] with xscale [R] (W8A8,
+// E4M3 weights only), y then also times xscale[r]. K % 16 == 0.
+struct QuantGemv {
+  const void* w; const float* wscale; const void* x; const float* xscale; int R, N, K; void* y;
+};
+void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
+// Rows of x [M, K] (activation dtype) to E4M3 q [M, K] and scale [M]: per row s = max(amax, capped at
+// amax_ub when > 0) / 448 (at least 1 / (448 * 512)), or s = *static_scale; q = e4m3(x / s). K % 8 == 0.
+void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,
+                  cudaStream_t s);
+// y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
+// `mode` says. N % 4 == 0.
+void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
+                  cudaStream_t s);
+// out [N, K] (activation dtype) = q [N, K] (int8 or E4M3, wt) * scale[n]. K % 16 == 0.
+void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
 
 // All-gathered vocab shards -> [R, V]. Rank r contributed R * stride floats of which the first
 // R * Vs_r are its compact logits, Vs_r = min(V, (r + 1) * stride) - r * stride.
 void unshard_logits(const float* in, float* out, int R, int stride, int V, cudaStream_t s);
 
-// Per sampled row i: params[4 * i ..] = {temperature, top_k, top_p, uniform}; logits rows[i].
-void sample(const float* logits, int V, const int32_t* rows, const float* params, int n, int32_t* out,
-            cudaStream_t s);
+// One sampled row's parameters in the packed step metadata (16 words; all zero = greedy, nothing else).
+struct SampleRow {
+  float temperature;
+  int32_t top_k;
+  float top_p;
+  float uniform;  // the draw, ns::sampling_uniform(seed, position)
+  float min_p;
+  float repetition_penalty;  // 0 (padding) reads as off, like 1
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t bias_off, bias_n;  // {token, bias bits} pairs at extras[bias_off ..]
+  int32_t pen_off, pen_n;    // {token, output count, in prompt} triples at extras[pen_off ..]
+  int32_t logprobs;          // top logprobs asked for + 1; 0 = none
+  int32_t pad[3];
+};
+static_assert(sizeof(SampleRow) == 64, "SampleRow is 16 words of the metadata buffer");
+// A sampled row's SampleRow for `p` (draw `uniform`); its logit-bias list and its penalty
+// `counts` (nullptr: none) are appended to `extras`, which the row's offsets then point into.
+SampleRow pack_sample_row(const SamplingParams& p, float uniform, const std::vector<PenaltyToken>* counts,
+                          std::vector<int32_t>& extras);
+// Words per sampled row of the logprob output: the sampled token's logprob, kMaxLogprobs ids, kMaxLogprobs logprobs.
+constexpr int kLogprobWords = 1 + 2 * kMaxLogprobs;
+
+// Samples rows[i] of `logits` [*, V] for each of the n rows with params[i]; biases and penalizes
+// those rows in place first. `extras` is the device address where the extras buffer's address is
+// stored (so a captured graph follows it when it moves). out[i]: the id; lp_out[i * kLogprobWords]:
+// the logprobs of the rows that ask for them.
+void sample(float* logits, int V, const int32_t* rows, const SampleRow* params, const int32_t* const* extras, int n,
+            int32_t* out, float* lp_out, cudaStream_t s);
 
 }  // namespace ns::cuda

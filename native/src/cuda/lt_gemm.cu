@@ -20,16 +20,17 @@ constexpr size_t kWorkspace = 32u << 20;
 constexpr int kCandidates = 8;
 
 struct Algo { uint64_t data[8]; };           // cublasLtMatmulAlgo_t
-struct Heuristic {                           // cublasLtMatmulHeuristicResult_t
+
+}  // namespace
+
+struct LtGemm::Heuristic {                   // cublasLtMatmulHeuristicResult_t
   Algo algo;
   size_t workspace_size;
   int state;
   float waves;
   int reserved[4];
 };
-static_assert(sizeof(Heuristic) == 96, "cublasLtMatmulHeuristicResult_t is 96 bytes");
-
-}  // namespace
+static_assert(sizeof(LtGemm::Heuristic) == 96, "cublasLtMatmulHeuristicResult_t is 96 bytes");
 
 struct LtGemm::Api {
   int (*create)(void**) = nullptr;
@@ -112,31 +113,42 @@ std::unique_ptr<LtGemm> LtGemm::create(cudaStream_t stream, std::string* why) {
 
 LtGemm::~LtGemm() {
   plans_.clear();
+  fp8_plans_.clear();
   if (handle_) api_->destroy(handle_);
   if (workspace_) cudaFree(workspace_);
   if (e0_) cudaEventDestroy(e0_);
   if (e1_) cudaEventDestroy(e1_);
 }
 
-void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
-                  const std::function<void(const void* w)>& baseline) {
-  if (weights.empty() || plans_.count(key(s))) return;
+// The plan of y[M, N] = x[M, K] · w[N, K]^T with inputs of type ab and y of type c, and cuBLASLt's
+// heuristic candidates for it (n of them; 0 when the descriptors or the query failed).
+std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab, cudaDataType c, Heuristic* res, int* n) const {
   auto p = std::make_unique<Plan>();
   p->api = api_;
   const Api& a = *api_;
-  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T, as cublasGemmEx runs it.
+  // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T, as cublasGemmEx runs
+  // it (and the "TN" layout E4M3 GEMMs require).
   bool ok = a.desc_create(&p->desc, kComputeF32, CUDA_R_32F) == 0 &&
             a.desc_set(p->desc, kDescTransA, &kOpT, sizeof kOpT) == 0 && a.desc_set(p->desc, kDescTransB, &kOpN, sizeof kOpN) == 0 &&
-            a.layout_create(&p->a, s.ab, s.K, s.N, s.K) == 0 && a.layout_create(&p->b, s.ab, s.K, s.M, s.K) == 0 &&
-            a.layout_create(&p->c, s.c, s.N, s.M, s.N) == 0;
-  Heuristic res[kCandidates];
-  int n = 0;
+            a.layout_create(&p->a, ab, K, N, K) == 0 && a.layout_create(&p->b, ab, K, M, K) == 0 && a.layout_create(&p->c, c, N, M, N) == 0;
+  *n = 0;
   void* pref = nullptr;
   if (ok && a.pref_create(&pref) == 0) {
-    ok = a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
-         a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, &n) == 0;
+    if (!(a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
+          a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, n) == 0))
+      *n = 0;
     a.pref_destroy(pref);
   }
+  return p;
+}
+
+void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
+                  const std::function<void(const void* w)>& baseline) {
+  if (weights.empty() || plans_.count(key(s))) return;
+  Heuristic res[kCandidates];
+  int n = 0;
+  auto p = plan(s.M, s.N, s.K, s.ab, s.c, res, &n);
+  const Api& a = *api_;
   // Mean time of 2 * |weights| runs (each weight copy twice, in turn), after one untimed run.
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   const int reps = 2 * static_cast<int>(weights.size());
@@ -153,7 +165,7 @@ void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const
   };
   const float base = time_us([&](const void* w) { baseline(w); return true; });
   float best = base;
-  for (int i = 0; ok && i < n; ++i) {
+  for (int i = 0; i < n; ++i) {
     if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
     const float t = time_us([&](const void* w) {
       return a.matmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &res[i].algo, workspace_, kWorkspace,
@@ -174,6 +186,32 @@ bool LtGemm::run(const Shape& s, const void* w, const void* x, void* y) {
   const Plan& p = *it->second;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace_, kWorkspace, stream_) == 0;
+}
+
+bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+  auto& slot = fp8_plans_[{M, N, K}];
+  const Api& a = *api_;
+  if (!slot) {
+    Heuristic res[kCandidates];
+    int n = 0;
+    auto p = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, res, &n);
+    for (int i = 0; i < n && !p->use; ++i)
+      if (res[i].state == 0 && res[i].workspace_size <= kWorkspace) {
+        p->algo = res[i].algo;
+        p->use = true;
+      }
+    slot = std::move(p);
+  }
+  if (!slot->use) {
+    if (why) *why = "cuBLASLt offers no E4M3 GEMM for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+    return false;
+  }
+  const float alpha = 1.f, beta = 0.f;
+  const int st = a.matmul(handle_, slot->desc, &alpha, w, slot->a, x, slot->b, &beta, y, slot->c, y, slot->c, &slot->algo, workspace_,
+                          kWorkspace, stream_);
+  if (st != 0 && why) *why = "cublasLtMatmul (E4M3, M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                             ") failed with status " + std::to_string(st);
+  return st == 0;
 }
 
 std::string LtGemm::summary() const {

@@ -42,10 +42,18 @@ class LtGemm {
   // "Lt for k of n tuned shapes" (describe()).
   std::string summary() const;
 
+  // y[M, N] (f32) = x[M, K] · w[N, K]^T with E4M3 inputs and f32 accumulation (the W8A8 GEMMs;
+  // scales are applied afterwards). The algorithm is cuBLASLt's first heuristic choice for the
+  // shape, planned on first use (host calls only, so a CUDA graph capture may plan). false, with
+  // `why`, when this cuBLASLt / GPU has none.
+  bool fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why);
+
   struct Api;
   struct Plan;
+  struct Heuristic;
 
  private:
+  std::unique_ptr<Plan> plan(int M, int N, int K, cudaDataType ab, cudaDataType c, Heuristic* res, int* n) const;
   LtGemm() = default;
   using Key = std::tuple<int, int, int, int, int, bool>;
   static Key key(const Shape& s) { return {s.M, s.N, s.K, static_cast<int>(s.ab), static_cast<int>(s.c), s.accumulate}; }
@@ -55,6 +63,7 @@ class LtGemm {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
   std::map<Key, std::unique_ptr<Plan>> plans_;  // tuned shapes; a plan without an algorithm: cublasGemmEx won
+  std::map<std::tuple<int, int, int>, std::unique_ptr<Plan>> fp8_plans_;
 };
 
 }  // namespace ns::cuda

@@ -1,9 +1,12 @@
-// Bias add + rotary embedding (HF rotate_half: pairs (i, i + hd/2)) + paged KV-cache write.
+// Bias add + rotary embedding (HF rotate_half: pairs (i, i + hd/2)) + paged KV-cache write. With
+// the fp8 KV cache (KV8) k and v, rounded to the activation dtype as always, are stored as
+// E4M3 of k / k_scale and v / v_scale.
 #include <algorithm>
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
@@ -28,9 +31,17 @@ __device__ __forceinline__ void rope_table(int pos, const float* inv_freq, int h
   }
 }
 
-template <typename T>
+// One cached element: the activation-dtype value, or its E4M3 of value / scale.
+template <typename T, bool KV8>
+__device__ __forceinline__ void store_kv(void* cache, size_t i, T v, float scale) {
+  if constexpr (KV8) static_cast<uint8_t*>(cache)[i] = static_cast<uint8_t>(f32_to_e4m3(__fdiv_rn(to_f(v), scale)));
+  else static_cast<T*>(cache)[i] = v;
+}
+
+template <typename T, bool KV8>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, int hpb, const int32_t* pos,
-                               const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool rnd) {
+                               const int32_t* slot, const float* inv_freq, void* kc, void* vc, int B, bool rnd,
+                               float ks, float vs) {
   grid_dependency_wait();
   const int t = blockIdx.x, h0 = blockIdx.y * hpb, h1 = min(h0 + hpb, nh + 2 * nkv);
   T* row = qkv + (size_t)t * (nh + 2 * nkv) * hd;
@@ -54,13 +65,14 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
-        T* k = kc + kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
-        k[j] = o1; k[j + half] = o2;
+        const size_t k = kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
+        store_kv<T, KV8>(kc, k + j, o1, ks);
+        store_kv<T, KV8>(kc, k + j + half, o2, ks);
       }
     } else {
-      T* vo = vc + kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
-      vo[j] = bias ? from_f<T>(to_f(row[a]) + to_f(bias[a])) : row[a];
-      vo[j + half] = bias ? from_f<T>(to_f(row[b]) + to_f(bias[b])) : row[b];
+      const size_t vo = kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
+      store_kv<T, KV8>(vc, vo + j, bias ? from_f<T>(to_f(row[a]) + to_f(bias[a])) : row[a], vs);
+      store_kv<T, KV8>(vc, vo + j + half, bias ? from_f<T>(to_f(row[b]) + to_f(bias[b])) : row[b], vs);
     }
   }
 }
@@ -71,9 +83,10 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
 // a layer for an 8192-token prefill step (~35% of copy bandwidth for its 400 MB; ncu, bench/results/serve-profile-h200-bbaa8c7.json).
 constexpr int kRopeVecThreads = 128;
 
-template <typename T>
+template <typename T, bool KV8>
 __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, const int32_t* pos,
-                                   const int32_t* slot, const float* inv_freq, T* kc, T* vc, int B, bool rnd) {
+                                   const int32_t* slot, const float* inv_freq, void* kc, void* vc, int B, bool rnd,
+                                   float ks, float vs) {
   grid_dependency_wait();
   const int t = blockIdx.x, half = hd / 2, per_head = half / 8;
   const int i = blockIdx.y * blockDim.x + threadIdx.x;
@@ -107,37 +120,52 @@ __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int h
 #pragma unroll
     for (int e = 0; e < 8; ++e) { o1[e] = x1[e]; o2[e] = x2[e]; }
   }
+  if (KV8 && h >= nh) {  // 8 E4M3 bytes each: value / scale (o1, o2 already hold the activation-dtype values)
+    const bool is_k = h < nh + nkv;
+    const float sc = is_k ? ks : vs;
+    uint8_t* dst = static_cast<uint8_t*>(is_k ? kc : vc) + kv_offset(sl / B, sl % B, is_k ? h - nh : h - nh - nkv, nkv, B, hd);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) { o1[e] = __fdiv_rn(o1[e], sc); o2[e] = __fdiv_rn(o2[e], sc); }
+    *reinterpret_cast<uint2*>(dst + j0) = pack_e4m3x8(o1);
+    *reinterpret_cast<uint2*>(dst + j0 + half) = pack_e4m3x8(o2);
+    return;
+  }
   T* dst;
   if (h < nh) dst = row + h * hd;
-  else if (h < nh + nkv) dst = kc + kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
-  else dst = vc + kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
+  else if (h < nh + nkv) dst = static_cast<T*>(kc) + kv_offset(sl / B, sl % B, h - nh, nkv, B, hd);
+  else dst = static_cast<T*>(vc) + kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd);
   *reinterpret_cast<uint4*>(dst + j0) = pack8<T>(o1);
   *reinterpret_cast<uint4*>(dst + j0 + half) = pack8<T>(o2);
+}
+
+
+template <typename E, bool KV8>
+void launch_rope_kv(void* qkv, const void* bias, int T, int nh, int nkv, int hd, const int32_t* pos, const int32_t* slot,
+                    const float* inv_freq, const KvCache& kv, int block_size, cudaStream_t s) {
+  const int heads = nh + 2 * nkv;
+  if (hd % 16 == 0) {
+    const int items = heads * (hd / 16);
+    launch("rope_kv_write", rope_kv_vec_kernel<E, KV8>, dim3(T, (items + kRopeVecThreads - 1) / kRopeVecThreads), dim3(kRopeVecThreads), s,
+           static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos, slot, inv_freq, kv.k, kv.v, block_size,
+           rounds(kRoundRope), kv.k_scale, kv.v_scale);
+    return;
+  }
+  const int hpb = T >= 32 ? 8 : 1;
+  const int threads = std::max(32, std::min(128, hpb * hd / 2));
+  launch("rope_kv_write", rope_kv_kernel<E, KV8>, dim3(T, (heads + hpb - 1) / hpb), dim3(threads), s, static_cast<E*>(qkv),
+         static_cast<const E*>(bias), nh, nkv, hd, hpb, pos, slot, inv_freq, kv.k, kv.v, block_size, rounds(kRoundRope),
+         kv.k_scale, kv.v_scale);
 }
 
 }  // namespace
 
 void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nkv, int hd,
-                   const int32_t* pos, const int32_t* slot, const float* inv_freq, void* kcache,
-                   void* vcache, int block_size, cudaStream_t s) {
+                   const int32_t* pos, const int32_t* slot, const float* inv_freq, const KvCache& kv,
+                   int block_size, cudaStream_t s) {
   if (T == 0) return;
-  const int heads = nh + 2 * nkv;
-  if (hd % 16 == 0) {
-    const int items = heads * (hd / 16);
-    NS_DISPATCH_ACT(act, E, {
-      launch("rope_kv_write", rope_kv_vec_kernel<E>, dim3(T, (items + kRopeVecThreads - 1) / kRopeVecThreads), dim3(kRopeVecThreads), s,
-             static_cast<E*>(qkv), static_cast<const E*>(bias), nh, nkv, hd, pos, slot, inv_freq, static_cast<E*>(kcache),
-             static_cast<E*>(vcache), block_size, rounds(kRoundRope));
-    });
-    NS_LAUNCHED("rope_kv_write");
-    return;
-  }
-  const int hpb = T >= 32 ? 8 : 1;
-  const int threads = std::max(32, std::min(128, hpb * hd / 2));
   NS_DISPATCH_ACT(act, E, {
-    launch("rope_kv_write", rope_kv_kernel<E>, dim3(T, (heads + hpb - 1) / hpb), dim3(threads), s, static_cast<E*>(qkv),
-           static_cast<const E*>(bias), nh, nkv, hd, hpb, pos, slot, inv_freq, static_cast<E*>(kcache),
-           static_cast<E*>(vcache), block_size, rounds(kRoundRope));
+    if (kv.fp8) launch_rope_kv<E, true>(qkv, bias, T, nh, nkv, hd, pos, slot, inv_freq, kv, block_size, s);
+    else launch_rope_kv<E, false>(qkv, bias, T, nh, nkv, hd, pos, slot, inv_freq, kv, block_size, s);
   });
   NS_LAUNCHED("rope_kv_write");
 }

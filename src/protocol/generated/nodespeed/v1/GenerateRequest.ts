@@ -1,5 +1,6 @@
 // Original file: proto/inference.proto
 
+import type { ChatMessageIn as _nodespeed_v1_ChatMessageIn, ChatMessage as _nodespeed_v1_ChatMessage } from '../../nodespeed/v1/ChatMessage.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface GenerateRequestIn {
@@ -12,23 +13,23 @@ export interface GenerateRequestIn {
    */
   'prompt'?: (string);
   /**
-   * ... or token ids used as given (prompt must then be empty).
+   * ... or token ids used as given (prompt must then be empty) ...
    */
   'promptIds'?: (number)[];
   /**
-   * Most tokens to generate (absent: 128); must be >= 1.
+   * Most tokens to generate (absent: what fits the model's context); must be >= 1.
    */
   'maxTokens'?: (number);
   /**
-   * 0 = greedy (the default).
+   * Absent: the model's generation_config.json value (when do_sample is not false), else 0 = greedy.
    */
   'temperature'?: (number | string);
   /**
-   * 0 = off
+   * 0 = off (absent: generation_config.json's, else off)
    */
   'topK'?: (number);
   /**
-   * absent = 1 (off); must be in (0, 1]
+   * in (0, 1]; 1 = off (absent: generation_config.json's, else off)
    */
   'topP'?: (number | string);
   /**
@@ -40,6 +41,46 @@ export interface GenerateRequestIn {
    */
   'stop'?: (string)[];
   'ignoreEos'?: (boolean);
+  /**
+   * in [0, 1]: drop tokens with p < min_p * p(most likely); 0 = off
+   */
+  'minP'?: (number | string);
+  /**
+   * transformers' repetition penalty on prompt and output tokens, > 0 (1 = off).
+   */
+  'repetitionPenalty'?: (number | string);
+  /**
+   * OpenAI's penalties on output tokens, in [-2, 2] (0 = off): logit - frequency * count - presence * [count > 0].
+   */
+  'presencePenalty'?: (number | string);
+  'frequencyPenalty'?: (number | string);
+  /**
+   * end the generation like EOS (also with ignore_eos)
+   */
+  'stopTokenIds'?: (number)[];
+  /**
+   * 0-20: each token's logprob and this many most likely ones (the log-softmax of the logits after
+   * bias and penalties, before temperature); absent: none.
+   */
+  'logprobs'?: (number);
+  /**
+   * token id -> bias in [-100, 100] added to its logit
+   */
+  'logitBias'?: ({[key: number]: number | string});
+  /**
+   * Sequences to sample from the one prompt (1-16; absent: 1), seeds seed, seed + 1, ...; the
+   * responses of sequence i carry choice = i.
+   */
+  'n'?: (number);
+  /**
+   * ... or a chat, rendered with the model's chat template (INVALID_ARGUMENT when it has none) and
+   * tokenized without adding special tokens (the template writes them).
+   */
+  'messages'?: (_nodespeed_v1_ChatMessageIn)[];
+  /**
+   * chat: open the assistant's turn (default true)
+   */
+  'addGenerationPrompt'?: (boolean);
   'priorityClass'?: (string);
   'priorityValue'?: (number);
   /**
@@ -48,9 +89,15 @@ export interface GenerateRequestIn {
    * to another kind of replica, whose tokens after the fault could differ.
    */
   'exact'?: (boolean);
+  '_addGenerationPrompt'?: "addGenerationPrompt";
   '_maxTokens'?: "maxTokens";
   '_temperature'?: "temperature";
+  '_topK'?: "topK";
   '_topP'?: "topP";
+  '_minP'?: "minP";
+  '_repetitionPenalty'?: "repetitionPenalty";
+  '_presencePenalty'?: "presencePenalty";
+  '_frequencyPenalty'?: "frequencyPenalty";
   '_seed'?: "seed";
   /**
    * The request's class (`launch --config`: the deployment file's `classes`; without one: realtime,
@@ -61,6 +108,8 @@ export interface GenerateRequestIn {
    * Absent: standard (priority 0).
    */
   'priority'?: "priorityClass"|"priorityValue";
+  '_logprobs'?: "logprobs";
+  '_n'?: "n";
 }
 
 export interface GenerateRequest {
@@ -73,23 +122,23 @@ export interface GenerateRequest {
    */
   'prompt': (string);
   /**
-   * ... or token ids used as given (prompt must then be empty).
+   * ... or token ids used as given (prompt must then be empty) ...
    */
   'promptIds': (number)[];
   /**
-   * Most tokens to generate (absent: 128); must be >= 1.
+   * Most tokens to generate (absent: what fits the model's context); must be >= 1.
    */
   'maxTokens'?: (number);
   /**
-   * 0 = greedy (the default).
+   * Absent: the model's generation_config.json value (when do_sample is not false), else 0 = greedy.
    */
   'temperature'?: (number);
   /**
-   * 0 = off
+   * 0 = off (absent: generation_config.json's, else off)
    */
-  'topK': (number);
+  'topK'?: (number);
   /**
-   * absent = 1 (off); must be in (0, 1]
+   * in (0, 1]; 1 = off (absent: generation_config.json's, else off)
    */
   'topP'?: (number);
   /**
@@ -101,6 +150,46 @@ export interface GenerateRequest {
    */
   'stop': (string)[];
   'ignoreEos': (boolean);
+  /**
+   * in [0, 1]: drop tokens with p < min_p * p(most likely); 0 = off
+   */
+  'minP'?: (number);
+  /**
+   * transformers' repetition penalty on prompt and output tokens, > 0 (1 = off).
+   */
+  'repetitionPenalty'?: (number);
+  /**
+   * OpenAI's penalties on output tokens, in [-2, 2] (0 = off): logit - frequency * count - presence * [count > 0].
+   */
+  'presencePenalty'?: (number);
+  'frequencyPenalty'?: (number);
+  /**
+   * end the generation like EOS (also with ignore_eos)
+   */
+  'stopTokenIds': (number)[];
+  /**
+   * 0-20: each token's logprob and this many most likely ones (the log-softmax of the logits after
+   * bias and penalties, before temperature); absent: none.
+   */
+  'logprobs'?: (number);
+  /**
+   * token id -> bias in [-100, 100] added to its logit
+   */
+  'logitBias': ({[key: number]: number});
+  /**
+   * Sequences to sample from the one prompt (1-16; absent: 1), seeds seed, seed + 1, ...; the
+   * responses of sequence i carry choice = i.
+   */
+  'n'?: (number);
+  /**
+   * ... or a chat, rendered with the model's chat template (INVALID_ARGUMENT when it has none) and
+   * tokenized without adding special tokens (the template writes them).
+   */
+  'messages': (_nodespeed_v1_ChatMessage)[];
+  /**
+   * chat: open the assistant's turn (default true)
+   */
+  'addGenerationPrompt'?: (boolean);
   'priorityClass'?: (string);
   'priorityValue'?: (number);
   /**
@@ -109,9 +198,15 @@ export interface GenerateRequest {
    * to another kind of replica, whose tokens after the fault could differ.
    */
   'exact': (boolean);
+  '_addGenerationPrompt'?: "addGenerationPrompt";
   '_maxTokens'?: "maxTokens";
   '_temperature'?: "temperature";
+  '_topK'?: "topK";
   '_topP'?: "topP";
+  '_minP'?: "minP";
+  '_repetitionPenalty'?: "repetitionPenalty";
+  '_presencePenalty'?: "presencePenalty";
+  '_frequencyPenalty'?: "frequencyPenalty";
   '_seed'?: "seed";
   /**
    * The request's class (`launch --config`: the deployment file's `classes`; without one: realtime,
@@ -122,4 +217,6 @@ export interface GenerateRequest {
    * Absent: standard (priority 0).
    */
   'priority'?: "priorityClass"|"priorityValue";
+  '_logprobs'?: "logprobs";
+  '_n'?: "n";
 }

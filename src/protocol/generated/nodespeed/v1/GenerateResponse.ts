@@ -2,6 +2,7 @@
 
 import type { FinishReasonIn as _nodespeed_v1_FinishReasonIn, FinishReason as _nodespeed_v1_FinishReason } from '../../nodespeed/v1/FinishReason.js';
 import type { UsageIn as _nodespeed_v1_UsageIn, Usage as _nodespeed_v1_Usage } from '../../nodespeed/v1/Usage.js';
+import type { TokenLogprobsIn as _nodespeed_v1_TokenLogprobsIn, TokenLogprobs as _nodespeed_v1_TokenLogprobs } from '../../nodespeed/v1/TokenLogprobs.js';
 
 export interface GenerateResponseIn {
   'tokenIds'?: (number)[];
@@ -26,6 +27,14 @@ export interface GenerateResponseIn {
    * set on the last message only: the prompt as tokenized
    */
   'promptIds'?: (number)[];
+  /**
+   * which of the request's n sequences (0 when n is 1)
+   */
+  'choice'?: (number);
+  /**
+   * one per token_ids entry when the request asked for logprobs
+   */
+  'logprobs'?: (_nodespeed_v1_TokenLogprobsIn)[];
   /**
    * the replica group that produced these tokens (a failover may move a stream)
    */
@@ -59,6 +68,14 @@ export interface GenerateResponse {
    * set on the last message only: the prompt as tokenized
    */
   'promptIds': (number)[];
+  /**
+   * which of the request's n sequences (0 when n is 1)
+   */
+  'choice': (number);
+  /**
+   * one per token_ids entry when the request asked for logprobs
+   */
+  'logprobs': (_nodespeed_v1_TokenLogprobs)[];
   /**
    * the replica group that produced these tokens (a failover may move a stream)
    */

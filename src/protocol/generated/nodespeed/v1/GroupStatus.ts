@@ -1,5 +1,6 @@
 // Original file: proto/inference.proto
 
+import type { PrecisionIn as _nodespeed_v1_PrecisionIn, Precision as _nodespeed_v1_Precision } from '../../nodespeed/v1/Precision.js';
 
 /**
  * One replica group (`launch --config`: the deployment file's `groups`; without one: "default").
@@ -11,9 +12,10 @@ export interface GroupStatusIn {
    */
   'device'?: (string);
   /**
-   * auto (as stored) | f32 | bf16 | f16 | int8 | fp8
+   * What its replicas compute with: the group's precision (weights) and KV cache dtype, resolved
+   * against the checkpoint (docs/QUANTIZATION.md).
    */
-  'precision'?: (string);
+  'precision'?: (_nodespeed_v1_PrecisionIn | null);
   /**
    * the layout it was launched with
    */
@@ -43,9 +45,10 @@ export interface GroupStatus {
    */
   'device': (string);
   /**
-   * auto (as stored) | f32 | bf16 | f16 | int8 | fp8
+   * What its replicas compute with: the group's precision (weights) and KV cache dtype, resolved
+   * against the checkpoint (docs/QUANTIZATION.md).
    */
-  'precision': (string);
+  'precision': (_nodespeed_v1_Precision | null);
   /**
    * the layout it was launched with
    */

@@ -1,5 +1,6 @@
 // Original file: proto/inference.proto
 
+import type { PrecisionIn as _nodespeed_v1_PrecisionIn, Precision as _nodespeed_v1_Precision } from '../../nodespeed/v1/Precision.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface ReplicaStatusIn {
@@ -42,6 +43,10 @@ export interface ReplicaStatusIn {
    */
   'tp'?: (number);
   'pp'?: (number);
+  /**
+   * The numbers the replica computes with (docs/QUANTIZATION.md).
+   */
+  'precision'?: (_nodespeed_v1_PrecisionIn | null);
   /**
    * its replica group (GroupStatus.name)
    */
@@ -96,6 +101,10 @@ export interface ReplicaStatus {
    */
   'tp': (number);
   'pp': (number);
+  /**
+   * The numbers the replica computes with (docs/QUANTIZATION.md).
+   */
+  'precision': (_nodespeed_v1_Precision | null);
   /**
    * its replica group (GroupStatus.name)
    */

@@ -56,6 +56,14 @@ export interface AssignmentIn {
    */
   'encryptDataPlane'?: (boolean);
   /**
+   * none | int8 | fp8 (a float checkpoint's linears quantized at load)
+   */
+  'quantize'?: (string);
+  /**
+   * auto | fp8
+   */
+  'kvCacheDtype'?: (string);
+  /**
    * driver: most sequences in one step's batch (0: no limit)
    */
   'maxSeqs'?: (number);
@@ -113,6 +121,14 @@ export interface Assignment {
    * Encrypt the replica's TCP data plane between hosts (--encrypt-data-plane).
    */
   'encryptDataPlane': (boolean);
+  /**
+   * none | int8 | fp8 (a float checkpoint's linears quantized at load)
+   */
+  'quantize': (string);
+  /**
+   * auto | fp8
+   */
+  'kvCacheDtype': (string);
   /**
    * driver: most sequences in one step's batch (0: no limit)
    */

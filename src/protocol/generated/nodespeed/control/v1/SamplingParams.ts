@@ -1,5 +1,6 @@
 // Original file: proto/control.proto
 
+import type { LogitBiasIn as _nodespeed_control_v1_LogitBiasIn, LogitBias as _nodespeed_control_v1_LogitBias } from '../../../nodespeed/control/v1/LogitBias.js';
 import type { Long } from '@grpc/proto-loader';
 
 /**
@@ -29,6 +30,25 @@ export interface SamplingParamsIn {
   'maxTokens'?: (number);
   'stop'?: (string)[];
   'ignoreEos'?: (boolean);
+  /**
+   * 0 = off
+   */
+  'minP'?: (number | string);
+  /**
+   * 1 = off
+   */
+  'repetitionPenalty'?: (number | string);
+  'presencePenalty'?: (number | string);
+  'frequencyPenalty'?: (number | string);
+  'stopTokenIds'?: (number)[];
+  /**
+   * -1: none; 0-20 top logprobs per token
+   */
+  'logprobs'?: (number);
+  /**
+   * distinct tokens
+   */
+  'logitBias'?: (_nodespeed_control_v1_LogitBiasIn)[];
 }
 
 /**
@@ -58,4 +78,23 @@ export interface SamplingParams {
   'maxTokens': (number);
   'stop': (string)[];
   'ignoreEos': (boolean);
+  /**
+   * 0 = off
+   */
+  'minP': (number);
+  /**
+   * 1 = off
+   */
+  'repetitionPenalty': (number);
+  'presencePenalty': (number);
+  'frequencyPenalty': (number);
+  'stopTokenIds': (number)[];
+  /**
+   * -1: none; 0-20 top logprobs per token
+   */
+  'logprobs': (number);
+  /**
+   * distinct tokens
+   */
+  'logitBias': (_nodespeed_control_v1_LogitBias)[];
 }

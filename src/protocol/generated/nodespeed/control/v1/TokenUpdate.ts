@@ -1,6 +1,7 @@
 // Original file: proto/control.proto
 
 import type { FinishReasonIn as _nodespeed_v1_FinishReasonIn, FinishReason as _nodespeed_v1_FinishReason } from '../../../nodespeed/v1/FinishReason.js';
+import type { TokenLogprobsIn as _nodespeed_v1_TokenLogprobsIn, TokenLogprobs as _nodespeed_v1_TokenLogprobs } from '../../../nodespeed/v1/TokenLogprobs.js';
 
 export interface TokenUpdateIn {
   'requestId'?: (string);
@@ -18,6 +19,10 @@ export interface TokenUpdateIn {
    * the driver refused or failed the request
    */
   'error'?: (string);
+  /**
+   * one per token_ids entry when the request asked
+   */
+  'logprobs'?: (_nodespeed_v1_TokenLogprobsIn)[];
   /**
    * Taken out of the batch for a higher class (no tokens in this update): it resumes by recomputing
    * its prompt and the tokens already sent, and continues at the next index.
@@ -41,6 +46,10 @@ export interface TokenUpdate {
    * the driver refused or failed the request
    */
   'error': (string);
+  /**
+   * one per token_ids entry when the request asked
+   */
+  'logprobs': (_nodespeed_v1_TokenLogprobs)[];
   /**
    * Taken out of the batch for a higher class (no tokens in this update): it resumes by recomputing
    * its prompt and the tokens already sent, and continues at the next index.

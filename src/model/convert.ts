@@ -1,6 +1,7 @@
 // Weight dtype conversion on the way into the backend (`--dtype` on CPU: keep the checkpoint's
-// dtype, or store f32 / bf16 / f16). Runs once per tensor at load time.
-import type { DTypeName } from '../native/addon.js';
+// dtype, or store f32 / bf16 / f16; scales of quantized checkpoints widened to f32). Runs once per
+// tensor at load time.
+import type { DType as DTypeName } from './config.js';
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);

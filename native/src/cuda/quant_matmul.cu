@@ -1,0 +1,73 @@
+// CudaBackend::matmul for quantized weights (docs/QUANTIZATION.md).
+//   weight-only (int8, or E4M3 of an FP8 weight-only checkpoint; W8A16): decode rows (<= 4) read the
+//     quantized weights in the GEMV (gemv_quant); larger products dequantize the weights slice by
+//     slice into the activation dtype and run cublasGemmEx on them (prefill-sized products are
+//     bound by the tensor cores, where the weights' bytes matter little).
+//   fp8 (W8A8): the input rows are quantized to E4M3 first (per-token or static scales); <= 4 rows
+//     then take the E4M3 GEMV, more take cuBLASLt's E4M3 GEMM (f32 out) and an epilogue that applies
+//     the row and column scales, a chunk of rows at a time (acc_ holds one chunk's f32 result).
+#include <algorithm>
+#include <string>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+
+namespace ns::cuda {
+
+void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
+  const GemvOut out = gemv_mode(mode);
+  if (use_gemv_ && M <= 4) {
+    gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, nullptr, M, N, K, y}, out, stream_);
+    return;
+  }
+  if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // as the float path: the product rounded, then the rounded add
+    matmul_weight_only(x, w, M, N, K, tmp_.ptr, Out::Act);
+    residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
+    return;
+  }
+  const size_t es = dtype_size(act_);
+  const int chunk = static_cast<int>(std::min<size_t>(N, deq_.bytes / (es * K)));
+  if (chunk < 1) throw std::runtime_error("cuda: no dequantization scratch for a matrix of " + std::to_string(K) + " columns");
+  const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;
+  const size_t ys = mode == Out::Act ? es : 4;
+  const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
+  for (int n0 = 0; n0 < N; n0 += chunk) {
+    const int nc = std::min(chunk, N - n0);
+    dequantize(act_, w.dt, static_cast<const uint8_t*>(w.w) + (size_t)n0 * K, w.scale + n0, nc, K, deq_.ptr, stream_);
+    // Rows n0.. of W are columns n0.. of y (row-major [M, N], leading dimension N).
+    const cublasStatus_t st = api_->gemm_ex(blas_, CUBLAS_OP_T, CUBLAS_OP_N, nc, M, K, &alpha, deq_.ptr, at, K, x, at, K, &beta,
+                                            static_cast<char*>(y) + (size_t)n0 * ys, ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS)
+      throw std::runtime_error("cuda: cublasGemmEx (quantized weights dequantized) failed with status " + std::to_string(st) + " (M=" +
+                               std::to_string(M) + " N=" + std::to_string(nc) + " K=" + std::to_string(K) + ")");
+  }
+}
+
+void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
+  const GemvOut out = gemv_mode(mode);
+  quantize_act(act_, x, M, K, w.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_);
+  if (use_gemv_ && M <= 4) {
+    gemv_quant(act_, DType::F8E4M3, QuantGemv{w.w, w.scale, xq_.ptr, xs_.as<float>(), M, N, K, y}, out, stream_);
+    return;
+  }
+  if (mode == Out::AddResidual && rounds(kRoundResidual)) {
+    matmul_fp8(x, w, M, N, K, tmp_.ptr, Out::Act);
+    residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
+    return;
+  }
+  // The GEMM runs on rows padded to a multiple of 16 (xq_ has room; the extra rows' results are never
+  // read): E4M3 GEMMs are documented for such shapes on every cuBLASLt release.
+  const int chunk = static_cast<int>(std::min<size_t>((M + 15) / 16 * 16, acc_.bytes / (4 * (size_t)N) / 16 * 16));
+  if (chunk < 16) throw std::runtime_error("cuda: no scratch for an fp8 GEMM of " + std::to_string(N) + " columns");
+  const size_t ys = mode == Out::Act ? dtype_size(act_) : 4;
+  std::string why;
+  for (int m0 = 0; m0 < M; m0 += chunk) {
+    const int mc = std::min(chunk, M - m0), mp = (mc + 15) / 16 * 16;
+    if (!fp8_lt_->fp8(mp, N, K, w.w, static_cast<const uint8_t*>(xq_.ptr) + (size_t)m0 * K, acc_.as<float>(), &why))
+      throw std::runtime_error("cuda: " + why);
+    fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>() + m0, w.scale, mc, N, static_cast<char*>(y) + (size_t)m0 * N * ys, out, stream_);
+  }
+}
+
+}  // namespace ns::cuda

@@ -1,0 +1,416 @@
+// The OpenAI-compatible HTTP API of a nodespeed cluster: POST /v1/completions and
+// /v1/chat/completions (JSON, or server-sent events with stream: true, as OpenAI sends them),
+// GET /v1/models, GET /health (200 only while a replica serves) and GET /metrics when metrics are on.
+// Its protection is the gRPC API's (public-auth.ts): the same TLS certificate and client CA, the same
+// bearer token (on /v1/* and /metrics; /health stays open for load balancers), and the same
+// request limits (--max-request-bytes bounds the body; the rest are checked by validateRequest).
+//
+// node:http with a small router: five routes do not need a framework, and server-sent events need
+// the raw response anyway (every token is one write, and a closed socket must cancel the request
+// at once so its KV blocks are freed, as a cancelled gRPC stream does).
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+
+import { LIMIT_FLAGS } from '../../protocol/limits.js';
+import { bearerMatches, httpsOptions } from '../public-auth.js';
+import type { PublicTls } from '../public-auth.js';
+import { ApiError } from './errors.js';
+import { chatLogprobs, completionLogprobs, parseChat, parseCompletion, usage } from './openai.js';
+import type { FinishReasonName, ParsedChat, ParsedCompletion, ServeRequest, TokenLogprob } from './openai.js';
+
+/** Tokens of one choice since the previous update (text that might still become a stop string is held back). */
+export interface ChoiceUpdate {
+  /** prompt index * n + sample index. */
+  choice: number;
+  tokenIds: number[];
+  text: string;
+  /** One per token id when the request asked for logprobs. */
+  logprobs?: TokenLogprob[];
+  finishReason: FinishReasonName | null;
+}
+
+export interface ServeSink {
+  update(u: ChoiceUpdate): void;
+  /** The request cannot complete; its other choices are cancelled by the service. */
+  fail(err: ApiError): void;
+}
+
+export interface ServeHandle {
+  /** Each prompt's ids, as tokenized (chat: the rendered template). */
+  promptIds: number[][];
+  /** Samples per prompt. */
+  n: number;
+  cancel(reason: string): void;
+}
+
+/** What the HTTP API needs of the coordinator (or of an in-process engine). */
+export interface InferenceService {
+  readonly modelName: string;
+  readonly contextLength: number;
+  /** Unix seconds the model was loaded (the models list's `created`). */
+  readonly created: number;
+  /**
+   * Validates and starts a request (prompts are tokenized off the event loop meanwhile); rejects
+   * with ApiError when it is refused. `gone` says whether the client left meanwhile: then nothing
+   * is admitted and it resolves null.
+   */
+  submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null>;
+  /** Whether a replica serves now (/health). */
+  serving(): boolean;
+  /** A token's text, for logprobs. */
+  tokenText(id: number): string;
+  decode(ids: number[]): string;
+  /** Prometheus text exposition, when metrics are on. */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
+}
+
+export interface HttpApiOptions {
+  bind: string;
+  /** 0: any free port. */
+  port: number;
+  /** When set, /v1/* and /metrics need `Authorization: Bearer <token>`. */
+  authToken?: string;
+  /** HTTPS with this certificate (and client CA: mutual TLS). */
+  tls?: PublicTls;
+  /** Most bytes a request body may have (--max-request-bytes). */
+  maxBodyBytes: number;
+  /** Counts what the HTTP API sees (as the gRPC API does). */
+  onRequest?: (outcome: { accepted: boolean; status: number }) => void;
+}
+
+export interface HttpApi {
+  /** host:port it listens on. */
+  address: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, err: ApiError): void {
+  if (res.headersSent) {
+    if (!res.writableEnded) res.end();
+    return;
+  }
+  sendJson(res, err.status, err);
+}
+
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? -1);
+  if (declared > limit) throw new ApiError('too_large', `the request body is ${declared} bytes; at most ${limit} are accepted (${LIMIT_FLAGS.requestBytes})`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new ApiError('too_large', `the request body is over ${limit} bytes (${LIMIT_FLAGS.requestBytes})`);
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw ApiError.invalid(null, `the request body is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last. */
+class EventStream {
+  constructor(private readonly res: ServerResponse) {
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    res.flushHeaders();
+  }
+
+  send(chunk: unknown): void {
+    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+  }
+
+  done(): void {
+    if (this.res.writableEnded) return;
+    this.res.write('data: [DONE]\n\n');
+    this.res.end();
+  }
+}
+
+interface ChoiceState {
+  text: string;
+  tokens: number;
+  logprobs: TokenLogprob[];
+  finish: FinishReasonName | null;
+}
+
+/**
+ * Runs one request against the service and turns its choice updates into OpenAI responses; `render`
+ * supplies the endpoint's shapes. Cancels the request when the client goes away first. A refusal
+ * (ApiError) rejects before anything is written, so the caller answers it as JSON.
+ */
+async function run(service: InferenceService, req: IncomingMessage, res: ServerResponse, parsed: ParsedCompletion | ParsedChat,
+  render: Renderer): Promise<void> {
+  // The socket closing before the response ended: the client is gone (or cancelled), also while
+  // the request is still being validated (then nothing is admitted).
+  let gone = false;
+  let onGone: (() => void) | undefined;
+  res.on('close', () => {
+    gone = true;
+    onGone?.();
+  });
+  req.on('aborted', () => res.destroy());
+  // What arrives before submit() resolves waits until the response is set up.
+  const early: ChoiceUpdate[] = [];
+  let earlyFail: ApiError | undefined;
+  let sink: ServeSink = { update: (u) => void early.push(u), fail: (err) => void (earlyFail ??= err) };
+  const handle = await service.submit(parsed.req, { update: (u) => sink.update(u), fail: (err) => sink.fail(err) }, () => gone);
+  if (!handle) return;
+  await new Promise<void>((resolve) => {
+    let finished = false;
+    let stream: EventStream | undefined;
+    const states: ChoiceState[] = [];
+    for (let i = 0; i < handle.promptIds.length * handle.n; i++) states.push({ text: '', tokens: 0, logprobs: [], finish: null });
+    const finish = () => {
+      finished = true;
+      resolve();
+    };
+    const take = (u: ChoiceUpdate) => {
+      const st = states[u.choice]!;
+      st.text += u.text;
+      st.tokens += u.tokenIds.length;
+      if (u.logprobs) st.logprobs.push(...u.logprobs);
+      if (u.finishReason) st.finish = u.finishReason;
+      if (stream) for (const c of render.chunks(u, handle)) stream.send(c);
+      if (!states.every((s) => s.finish)) return;
+      if (stream) {
+        const end = render.usageChunk(handle, states);
+        if (end) stream.send(end);
+        stream.done();
+      } else {
+        sendJson(res, 200, render.response(handle, states));
+      }
+      finish();
+    };
+    sink = {
+      update: (u) => {
+        if (finished) return;
+        try {
+          take(u);
+        } catch (err) {
+          // Our fault, not the client's: end its response (500) and free what it holds.
+          handle.cancel('internal error');
+          sink.fail(new ApiError('internal', `internal error: ${(err as Error).message}`));
+        }
+      },
+      fail: (err) => {
+        if (finished) return;
+        if (stream) {
+          stream.send(err.toJSON());
+          stream.done();
+        } else {
+          sendError(res, err);
+        }
+        finish();
+      },
+    };
+    onGone = () => {
+      if (finished) return;
+      finished = true;
+      handle.cancel('client disconnected');
+      resolve();
+    };
+    if (gone) {
+      onGone();
+      return;
+    }
+    if (parsed.stream) {
+      stream = new EventStream(res);
+      for (const c of render.opening(handle)) stream.send(c);
+    }
+    for (const u of early.splice(0)) sink.update(u);
+    if (earlyFail) sink.fail(earlyFail);
+  });
+}
+
+interface Renderer {
+  opening(h: ServeHandle): unknown[];
+  chunks(u: ChoiceUpdate, h: ServeHandle): unknown[];
+  usageChunk(h: ServeHandle, states: ChoiceState[]): unknown | null;
+  response(h: ServeHandle, states: ChoiceState[]): unknown;
+}
+
+const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
+const promptTokens = (h: ServeHandle) => h.promptIds.reduce((a, p) => a + p.length, 0);
+const completionTokens = (states: ChoiceState[]) => states.reduce((a, s) => a + s.tokens, 0);
+
+function completionRenderer(service: InferenceService, p: ParsedCompletion): Renderer {
+  const tokenText = (t: number) => service.tokenText(t);
+  const id = newId('cmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const model = service.modelName;
+  const withLogprobs = p.req.logprobs !== undefined;
+  const echoText = new Map<number, string>();
+  const prefix = (h: ServeHandle, choice: number) => {
+    if (!p.echo) return '';
+    const prompt = Math.floor(choice / h.n);
+    let t = echoText.get(prompt);
+    if (t === undefined) {
+      const given = p.req.prompts[prompt]!;
+      t = 'text' in given ? given.text : service.decode(h.promptIds[prompt]!);
+      echoText.set(prompt, t);
+    }
+    return t;
+  };
+  const base = { id, object: 'text_completion', created, model };
+  const usageNull = p.includeUsage ? { usage: null } : {};
+  const sent = new Set<number>();  // choices whose echoed prompt went out
+  const offsets = new Map<number, number>();
+  return {
+    opening: () => [],
+    chunks: (u, h) => {
+      let text = u.text;
+      if (p.echo && !sent.has(u.choice)) {
+        sent.add(u.choice);
+        text = prefix(h, u.choice) + text;
+      }
+      if (!text && !u.finishReason && !u.tokenIds.length) return [];
+      let logprobs = null;
+      if (withLogprobs && u.logprobs) {
+        const off = offsets.get(u.choice) ?? prefix(h, u.choice).length;
+        logprobs = completionLogprobs(u.logprobs, tokenText, off);
+        offsets.set(u.choice, off + logprobs.tokens.reduce((a, s) => a + s.length, 0));
+      }
+      return [{ ...base, choices: [{ index: u.choice, text, logprobs, finish_reason: u.finishReason }], ...usageNull }];
+    },
+    usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
+    response: (h, states) => ({
+      ...base,
+      choices: states.map((s, i) => ({
+        index: i, text: prefix(h, i) + s.text, finish_reason: s.finish,
+        logprobs: withLogprobs ? completionLogprobs(s.logprobs, tokenText, prefix(h, i).length) : null,
+      })),
+      usage: usage(promptTokens(h), completionTokens(states)),
+    }),
+  };
+}
+
+function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
+  const tokenText = (t: number) => service.tokenText(t);
+  const id = newId('chatcmpl');
+  const created = Math.floor(Date.now() / 1000);
+  const base = { id, object: 'chat.completion.chunk', created, model: service.modelName };
+  const usageNull = p.includeUsage ? { usage: null } : {};
+  const withLogprobs = p.req.logprobs !== undefined;
+  return {
+    // OpenAI opens every choice with the assistant role and empty content.
+    opening: (h) => Array.from({ length: h.promptIds.length * h.n }, (_, i) => ({
+      ...base, choices: [{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageNull,
+    })),
+    chunks: (u) => {
+      const out: unknown[] = [];
+      const lp = withLogprobs && u.logprobs ? { content: chatLogprobs(u.logprobs, tokenText) } : null;
+      if (u.text || (lp && lp.content.length)) out.push({ ...base, choices: [{ index: u.choice, delta: { content: u.text }, logprobs: lp, finish_reason: null }], ...usageNull });
+      if (u.finishReason) out.push({ ...base, choices: [{ index: u.choice, delta: {}, logprobs: null, finish_reason: u.finishReason }], ...usageNull });
+      return out;
+    },
+    usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
+    response: (h, states) => ({
+      id, object: 'chat.completion', created, model: service.modelName,
+      choices: states.map((s, i) => ({
+        index: i, message: { role: 'assistant', content: s.text }, finish_reason: s.finish,
+        logprobs: withLogprobs ? { content: chatLogprobs(s.logprobs, tokenText) } : null,
+      })),
+      usage: usage(promptTokens(h), completionTokens(states)),
+    }),
+  };
+}
+
+function authorized(req: IncomingMessage, token: string | undefined): boolean {
+  return !token || bearerMatches(req.headers.authorization, token);
+}
+
+export async function serveHttpApi(service: InferenceService, o: HttpApiOptions): Promise<HttpApi> {
+  const limit = o.maxBodyBytes;
+  const models = () => ({
+    object: 'list',
+    data: [{ id: service.modelName, object: 'model', created: service.created, owned_by: 'nodespeed', max_model_len: service.contextLength }],
+  });
+
+  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!.replace(/\/+$/, '') || '/';
+    const method = req.method ?? 'GET';
+    const allow = (m: string) => {
+      if (method === m) return true;
+      res.setHeader('allow', m);
+      sendError(res, new ApiError('method', `${path} takes ${m}, not ${method}`));
+      return false;
+    };
+    if (path === '/health') {
+      if (!allow('GET')) return;
+      if (service.serving()) sendJson(res, 200, {});
+      else sendError(res, new ApiError('unavailable', 'no replica is serving'));
+      return;
+    }
+    if (path === '/metrics' && service.metrics) {
+      if (!allow('GET')) return;
+      if (!authorized(req, o.authToken)) throw new ApiError('unauthenticated', 'authorization: a valid "Bearer <token>" is required');
+      const m = await service.metrics();
+      res.writeHead(200, { 'content-type': m.contentType });
+      res.end(m.body);
+      return;
+    }
+    if (!path.startsWith('/v1/')) throw new ApiError('not_found', `no route ${method} ${path}`, null);
+    if (!authorized(req, o.authToken)) throw new ApiError('unauthenticated', 'authorization: a valid "Bearer <token>" is required');
+    if (path === '/v1/models') {
+      if (allow('GET')) sendJson(res, 200, models());
+      return;
+    }
+    if (path.startsWith('/v1/models/')) {
+      if (!allow('GET')) return;
+      const want = decodeURIComponent(path.slice('/v1/models/'.length));
+      if (want !== service.modelName) throw new ApiError('not_found', `the model ${JSON.stringify(want)} does not exist (this server serves ${JSON.stringify(service.modelName)})`, 'model');
+      sendJson(res, 200, models().data[0]);
+      return;
+    }
+    if (path === '/v1/completions' || path === '/v1/chat/completions') {
+      if (!allow('POST')) return;
+      const body = await readJson(req, limit);
+      if (path === '/v1/completions') {
+        const p = parseCompletion(body);
+        await run(service, req, res, p, completionRenderer(service, p));
+      } else {
+        const p = parseChat(body);
+        await run(service, req, res, p, chatRenderer(service, p));
+      }
+      return;
+    }
+    throw new ApiError('not_found', `no route ${method} ${path}`);
+  }
+
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    res.on('finish', () => o.onRequest?.({ accepted: res.statusCode < 400, status: res.statusCode }));
+    route(req, res).catch((err: unknown) => {
+      // Anything that is not an ApiError is our fault: 500, never for bad input (parsers throw ApiError).
+      sendError(res, err instanceof ApiError ? err : new ApiError('internal', `internal error: ${(err as Error).message}`));
+    });
+  };
+  const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.bind, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const a = server.address() as AddressInfo;
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+  return {
+    address: `${host}:${a.port}`, port: a.port,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    }),
+  };
+}

@@ -1,0 +1,383 @@
+// Kernel-level checks of the quantized paths on a GPU, without a model (docs/QUANTIZATION.md):
+//  1. gemv_quant, int8 and E4M3 weight-only (W8A16) and E4M3 W8A8, 1..4 rows, bf16 and fp16, the
+//     three output modes: against a double-precision product of the same quantized values
+//     (error / sum |w x|);
+//  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
+//     code and scale equal to the host quantizer's (common/quant.h: f32_to_e4m3(x / s));
+//  3. cuBLASLt's E4M3 GEMM (lt_gemm.cu, on rows padded to 16 as matmul_fp8 runs it) + fp8_epilogue
+//     for 5..300 rows: against the double product;
+//  4. dequantize: int8 and E4M3 x scale, bit-exact against the host;
+//  5. rope_kv_write into an E4M3 cache: every byte equal to e4m3(bf16 value / scale) of the same step
+//     written into a bf16 cache (the vector kernel, head_dim 128, and the scalar one, head_dim 72);
+//  6. attention (flash tiles + SIMT tokens, and SIMT only) over an E4M3 cache against the same step
+//     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
+//     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points).
+// usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
+//   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
+//     native/src/cuda/{quant_gemm,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant}.cc \
+//     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/half.h"
+#include "common/quant.h"
+#include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
+#include "cuda/kv_layout.h"
+#include "cuda/lt_gemm.h"
+#include "kernel_test.h"
+
+using namespace ns;
+using namespace ns::cuda;
+using namespace ns::cuda::test;
+
+namespace {
+
+std::mt19937 rng(1234);
+int failures = 0;
+std::string report;
+
+void note(const std::string& what, double err, double tol) {
+  const bool ok = err <= tol;  // NaN fails
+  if (!ok) ++failures;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s{\"check\":\"%s\",\"error\":%.3g,\"tolerance\":%.3g,\"ok\":%s}", report.empty() ? "" : ",", what.c_str(),
+                std::isfinite(err) ? err : 1e30, tol, ok ? "true" : "false");
+  report += buf;
+  std::fprintf(stderr, "%-60s error %.3g (tolerance %.3g) %s\n", what.c_str(), err, tol, ok ? "ok" : "FAIL");
+}
+
+uint16_t to16(DType dt, float x) { return dt == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x); }
+float from16(DType dt, uint16_t b) { return dt == DType::BF16 ? bf16_to_f32(b) : f16_to_f32(b); }
+const char* dn(DType dt) { return dt == DType::BF16 ? "bf16" : "fp16"; }
+
+// Random weights quantized by the host quantizer: bytes and per-row scales.
+void quantized(int N, int K, WeightFormat fmt, std::vector<uint8_t>& q, std::vector<float>& s) {
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  std::vector<float> w((size_t)N * K);
+  for (auto& x : w) x = nd(rng);
+  q.resize(w.size());
+  s.resize(N);
+  quant::quantize_rows(w.data(), DType::F32, N, K, fmt, 0, K, q.data(), s.data(), "w");
+}
+double wval(WeightFormat fmt, uint8_t b) { return fmt == WeightFormat::Int8 ? (double)static_cast<int8_t>(b) : quant::e4m3_to_f32(b); }
+
+void check_gemv() {
+  for (DType act : {DType::BF16, DType::F16})
+    for (int variant = 0; variant < 3; ++variant)  // int8 W8A16, E4M3 W8A16, E4M3 W8A8
+      for (int N : {272, 12288})
+        for (int K : {256, 4096}) {
+          const WeightFormat fmt = variant == 0 ? WeightFormat::Int8 : WeightFormat::Fp8;
+          const bool xq = variant == 2;
+          std::vector<uint8_t> q;
+          std::vector<float> s;
+          quantized(N, K, fmt, q, s);
+          for (int R = 1; R <= 4; ++R) {
+            std::normal_distribution<float> nd(0.f, 1.f);
+            std::vector<uint16_t> x16((size_t)R * K);
+            std::vector<float> xf((size_t)R * K);
+            for (size_t i = 0; i < x16.size(); ++i) { x16[i] = to16(act, nd(rng)); xf[i] = from16(act, x16[i]); }
+            std::vector<uint8_t> x8((size_t)R * K);
+            std::vector<float> xs(R);
+            if (xq)  // the activation quantization the engine does (checked in check_quantize_act)
+              for (int r = 0; r < R; ++r) {
+                float amax = 0;
+                for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xf[(size_t)r * K + k]));
+                xs[r] = std::max(amax / 448.f, 1.f / (448.f * 512.f));
+                for (int k = 0; k < K; ++k) x8[(size_t)r * K + k] = quant::f32_to_e4m3(xf[(size_t)r * K + k] / xs[r]);
+              }
+            std::vector<double> ref((size_t)R * N), mag((size_t)R * N);
+            for (int r = 0; r < R; ++r)
+              for (int n = 0; n < N; ++n) {
+                double acc = 0, m = 0;
+                for (int k = 0; k < K; ++k) {
+                  const double xv = xq ? quant::e4m3_to_f32(x8[(size_t)r * K + k]) * (double)xs[r] : xf[(size_t)r * K + k];
+                  const double p = wval(fmt, q[(size_t)n * K + k]) * s[n] * xv;
+                  acc += p;
+                  m += std::fabs(p);
+                }
+                ref[(size_t)r * N + n] = acc;
+                mag[(size_t)r * N + n] = m + 1e-30;
+              }
+            uint8_t* dq = upload(q);
+            float* ds = upload(s);
+            void* dx = xq ? (void*)upload(x8) : (void*)upload(x16);
+            float* dxs = upload(xs);
+            for (GemvOut mode : {GemvOut::Act, GemvOut::F32, GemvOut::AddResidual}) {
+              std::vector<float> base((size_t)R * N, 0.25f);
+              float* dy = upload(base);  // f32 modes write / add here; Act writes 16-bit values into its first half
+              gemv_quant(act, fmt == WeightFormat::Int8 ? DType::I8 : DType::F8E4M3, QuantGemv{dq, ds, dx, xq ? dxs : nullptr, R, N, K, dy}, mode, 0);
+              double err = 0;
+              if (mode == GemvOut::Act) {
+                const auto y = download(reinterpret_cast<uint16_t*>(dy), (size_t)R * N);
+                for (size_t i = 0; i < y.size(); ++i) err = std::max(err, std::fabs(from16(act, y[i]) - ref[i]) / mag[i]);
+              } else {
+                const auto y = download(dy, (size_t)R * N);
+                for (size_t i = 0; i < y.size(); ++i)
+                  err = std::max(err, std::fabs(y[i] - (mode == GemvOut::AddResidual ? 0.25 : 0.0) - ref[i]) / mag[i]);
+              }
+              cudaFree(dy);
+              // f32 accumulation: ~1e-6 of sum |w x|; a 16-bit output adds its own rounding (2^-8 relative for bf16).
+              const double tol = mode == GemvOut::Act ? (act == DType::BF16 ? 8e-3 : 2e-3) : 1e-5;
+              note(std::string("gemv ") + (variant == 0 ? "int8 W8A16" : variant == 1 ? "fp8 W8A16" : "fp8 W8A8") + " " + dn(act) + " N" + std::to_string(N) + " K" +
+                       std::to_string(K) + " R" + std::to_string(R) + " mode" + std::to_string((int)mode), err, tol);
+            }
+            cudaFree(dq); cudaFree(ds); cudaFree(dx); cudaFree(dxs);
+          }
+        }
+}
+
+void check_quantize_act() {
+  for (DType act : {DType::BF16, DType::F16})
+    for (int variant = 0; variant < 3; ++variant) {  // dynamic, dynamic with an amax cap, static
+      const int M = 37, K = 4096 + 8;
+      std::normal_distribution<float> nd(0.f, 3.f);
+      std::vector<uint16_t> x((size_t)M * K);
+      for (auto& v : x) v = to16(act, nd(rng));
+      for (int k = 0; k < K; ++k) x[(size_t)5 * K + k] = 0;  // an all-zero row (a padded graph slot)
+      const float ub = variant == 1 ? 6.f : 0.f, st = 0.03125f;
+      std::vector<float> sstat{st};
+      uint16_t* dx = upload(x);
+      float* dst = upload(sstat);
+      uint8_t* dq = nullptr;
+      float* dsc = nullptr;
+      NS_CUDA(cudaMalloc(&dq, (size_t)M * K));
+      NS_CUDA(cudaMalloc(&dsc, 4 * M));
+      quantize_act(act, dx, M, K, variant == 2 ? dst : nullptr, ub, dq, dsc, 0);
+      const auto q = download(dq, (size_t)M * K);
+      const auto s = download(dsc, M);
+      double bad = 0;
+      for (int r = 0; r < M; ++r) {
+        float amax = 0;
+        for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(from16(act, x[(size_t)r * K + k])));
+        if (ub > 0) amax = std::min(amax, ub);
+        const float want = variant == 2 ? st : std::max(amax / 448.f, 1.f / (448.f * 512.f));
+        bad += s[r] != want;
+        for (int k = 0; k < K; ++k) bad += q[(size_t)r * K + k] != quant::f32_to_e4m3(from16(act, x[(size_t)r * K + k]) / want);
+      }
+      note(std::string("quantize_act ") + dn(act) + (variant == 0 ? " dynamic" : variant == 1 ? " dynamic, amax cap" : " static") +
+               " (codes and scales differing)", bad, 0);
+      cudaFree(dx); cudaFree(dst); cudaFree(dq); cudaFree(dsc);
+    }
+}
+
+void check_fp8_gemm() {
+  std::string why;
+  auto lt = LtGemm::create(0, &why);
+  if (!lt) { note("cuBLASLt for the E4M3 GEMM: " + why, 1, 0); return; }
+  for (int N : {512, 2048})
+    for (int M : {5, 64, 300}) {
+      const int K = 1024, MP = (M + 15) / 16 * 16;
+      std::vector<uint8_t> w;
+      std::vector<float> ws;
+      quantized(N, K, WeightFormat::Fp8, w, ws);
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<uint8_t> x((size_t)MP * K, 0x7f);  // padding rows hold NaN codes: their results must never matter
+      std::vector<float> xs(M);
+      for (int r = 0; r < M; ++r) {
+        xs[r] = 0.01f * (1 + r % 7);
+        for (int k = 0; k < K; ++k) x[(size_t)r * K + k] = quant::f32_to_e4m3(nd(rng) / 0.3f);
+      }
+      uint8_t* dw = upload(w);
+      uint8_t* dx = upload(x);
+      float* dws = upload(ws);
+      float* dxs = upload(xs);
+      float* acc = nullptr;
+      NS_CUDA(cudaMalloc(&acc, (size_t)4 * MP * N));
+      if (!lt->fp8(MP, N, K, dw, dx, acc, &why)) { note("cuBLASLt E4M3 GEMM: " + why, 1, 0); continue; }
+      for (GemvOut mode : {GemvOut::F32, GemvOut::Act}) {
+        std::vector<float> zero((size_t)M * N, 0.f);
+        float* dy = upload(zero);
+        fp8_epilogue(DType::BF16, acc, dxs, dws, M, N, dy, mode, 0);
+        std::vector<float> yf;
+        if (mode == GemvOut::F32) yf = download(dy, (size_t)M * N);
+        else {
+          const auto y = download(reinterpret_cast<uint16_t*>(dy), (size_t)M * N);
+          for (auto b : y) yf.push_back(bf16_to_f32(b));
+        }
+        double err = 0;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double a = 0, mag = 1e-30;
+            for (int k = 0; k < K; ++k) {
+              const double p = quant::e4m3_to_f32(w[(size_t)n * K + k]) * (double)quant::e4m3_to_f32(x[(size_t)m * K + k]);
+              a += p;
+              mag += std::fabs(p);
+            }
+            err = std::max(err, std::fabs(yf[(size_t)m * N + n] - a * ws[n] * xs[m]) / (mag * ws[n] * xs[m]));
+          }
+        // cuBLASLt accumulates E4M3 products in f32 (with its periodic promotion on Hopper).
+        note("cuBLASLt E4M3 GEMM + epilogue M" + std::to_string(M) + " N" + std::to_string(N) + (mode == GemvOut::F32 ? " f32" : " bf16"), err,
+             mode == GemvOut::F32 ? 1e-4 : 8e-3);
+        cudaFree(dy);
+      }
+      cudaFree(dw); cudaFree(dx); cudaFree(dws); cudaFree(dxs); cudaFree(acc);
+    }
+}
+
+void check_dequantize() {
+  const int N = 300, K = 1024;
+  for (WeightFormat fmt : {WeightFormat::Int8, WeightFormat::Fp8}) {
+    std::vector<uint8_t> q;
+    std::vector<float> s;
+    quantized(N, K, fmt, q, s);
+    for (DType act : {DType::BF16, DType::F16}) {
+      uint8_t* dq = upload(q);
+      float* ds = upload(s);
+      uint16_t* out = nullptr;
+      NS_CUDA(cudaMalloc(&out, (size_t)2 * N * K));
+      dequantize(act, fmt == WeightFormat::Int8 ? DType::I8 : DType::F8E4M3, dq, ds, N, K, out, 0);
+      const auto y = download(out, (size_t)N * K);
+      double bad = 0;
+      for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) bad += y[(size_t)n * K + k] != to16(act, static_cast<float>(wval(fmt, q[(size_t)n * K + k])) * s[n]);
+      note(std::string("dequantize ") + (fmt == WeightFormat::Int8 ? "int8 " : "fp8 ") + dn(act) + " (elements differing)", bad, 0);
+      cudaFree(dq); cudaFree(ds); cudaFree(out);
+    }
+  }
+}
+
+// A paged step: S sequences of (start position, new tokens); blocks shuffled.
+struct Step {
+  int nh, nkv, hd, B = 16, T = 0, n_blocks = 0;
+  std::vector<int32_t> pos, seq, bt_off, bt, slot, tiles, simt;
+};
+Step make_step(int nh, int nkv, int hd, const std::vector<std::pair<int, int>>& seqs) {
+  Step s{nh, nkv, hd};
+  for (auto [p, n] : seqs) s.n_blocks += (p + n + s.B - 1) / s.B;
+  std::vector<int32_t> perm(s.n_blocks);
+  for (int i = 0; i < s.n_blocks; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  int used = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto [p, n] = seqs[i];
+    s.bt_off.push_back((int32_t)s.bt.size());
+    const int first = s.T;
+    for (int b = 0; b < (p + n + s.B - 1) / s.B; ++b) s.bt.push_back(perm[used++]);
+    for (int j = 0; j < n; ++j, ++s.T) {
+      s.pos.push_back(p + j);
+      s.seq.push_back((int32_t)i);
+      s.slot.push_back(s.bt[s.bt_off[i] + (p + j) / s.B] * s.B + (p + j) % s.B);
+    }
+    if (n >= kFlashMinTokens)
+      for (int i0 = 0; i0 < n; i0 += kFlashTileQ) { s.tiles.push_back(first + i0); s.tiles.push_back(std::min(kFlashTileQ, n - i0)); }
+    else
+      for (int j = 0; j < n; ++j) s.simt.push_back(first + j);
+  }
+  return s;
+}
+
+void check_rope_kv() {
+  for (int hd : {128, 72}) {
+    const int nh = 8, nkv = 2;
+    Step st = make_step(nh, nkv, hd, {{0, 40}, {17, 1}, {100, 3}});
+    std::normal_distribution<float> nd(0.f, 2.f);
+    const size_t row = (size_t)(nh + 2 * nkv) * hd, kv = (size_t)st.n_blocks * st.B * nkv * hd;
+    std::vector<uint16_t> qkv(st.T * row);
+    for (auto& v : qkv) v = f32_to_bf16(nd(rng));
+    std::vector<float> inv(hd / 2);
+    for (int j = 0; j < hd / 2; ++j) inv[j] = 1.f / std::pow(10000.f, 2.f * j / hd);
+    int32_t *dpos = upload(st.pos), *dslot = upload(st.slot);
+    float* dinv = upload(inv);
+    for (float scale : {1.f, 0.37f}) {
+      uint16_t* q1 = upload(qkv);
+      uint16_t* q2 = upload(qkv);
+      uint16_t *k16, *v16;
+      uint8_t *k8, *v8;
+      NS_CUDA(cudaMalloc(&k16, 2 * kv)); NS_CUDA(cudaMalloc(&v16, 2 * kv));
+      NS_CUDA(cudaMalloc(&k8, kv)); NS_CUDA(cudaMalloc(&v8, kv));
+      NS_CUDA(cudaMemset(k16, 0, 2 * kv)); NS_CUDA(cudaMemset(v16, 0, 2 * kv));
+      NS_CUDA(cudaMemset(k8, 0, kv)); NS_CUDA(cudaMemset(v8, 0, kv));
+      rope_kv_write(DType::BF16, q1, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k16, v16}, st.B, 0);
+      rope_kv_write(DType::BF16, q2, nullptr, st.T, nh, nkv, hd, dpos, dslot, dinv, KvCache{k8, v8, true, scale, scale * 2}, st.B, 0);
+      const auto hk16 = download(k16, kv), hv16 = download(v16, kv);
+      const auto hk8 = download(k8, kv), hv8 = download(v8, kv);
+      const auto hq1 = download(q1, st.T * row), hq2 = download(q2, st.T * row);
+      double bad = 0;
+      for (size_t i = 0; i < kv; ++i) {
+        bad += hk8[i] != quant::f32_to_e4m3(bf16_to_f32(hk16[i]) / scale);
+        bad += hv8[i] != quant::f32_to_e4m3(bf16_to_f32(hv16[i]) / (scale * 2));
+      }
+      for (size_t i = 0; i < hq1.size(); ++i) bad += hq1[i] != hq2[i];  // q is rotated the same either way
+      note("rope_kv_write E4M3 cache hd" + std::to_string(hd) + " scale " + std::to_string(scale) + " (bytes differing)", bad, 0);
+      cudaFree(q1); cudaFree(q2); cudaFree(k16); cudaFree(v16); cudaFree(k8); cudaFree(v8);
+    }
+    cudaFree(dpos); cudaFree(dslot); cudaFree(dinv);
+  }
+}
+
+void check_attention() {
+  for (int hd : {128, 64})
+    for (float ks : {1.f, 0.5f}) {
+      const int nh = 8, nkv = 4;
+      Step st = make_step(nh, nkv, hd, {{0, 80}, {30, 1}, {200, 1}, {63, 5}, {5, 20}});
+      const size_t row = (size_t)(nh + 2 * nkv) * hd, kv = (size_t)st.n_blocks * st.B * nkv * hd;
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<uint16_t> q(st.T * row), k16(kv), v16(kv);
+      std::vector<uint8_t> k8(kv), v8(kv);
+      const float vs = 2 * ks;
+      for (auto& x : q) x = f32_to_bf16(2.f * nd(rng));
+      for (size_t i = 0; i < kv; ++i) {  // E4M3 codes, and the bf16 cache of their values (exact: powers of two)
+        k8[i] = quant::f32_to_e4m3(nd(rng) / ks);
+        v8[i] = quant::f32_to_e4m3(nd(rng) / vs);
+        k16[i] = f32_to_bf16(quant::e4m3_to_f32(k8[i]) * ks);
+        v16[i] = f32_to_bf16(quant::e4m3_to_f32(v8[i]) * vs);
+      }
+      AttnArgs a{};
+      a.qkv = upload(q); a.T = st.T; a.nh = nh; a.nkv = nkv; a.hd = hd;
+      a.tok_pos = upload(st.pos); a.tok_seq = upload(st.seq); a.seq_bt_off = upload(st.bt_off); a.block_tables = upload(st.bt);
+      a.block_size = st.B;
+      uint16_t* out = nullptr;
+      NS_CUDA(cudaMalloc(&out, (size_t)2 * st.T * nh * hd));
+      a.out = out;
+      float* ws = nullptr;
+      NS_CUDA(cudaMalloc(&ws, (size_t)16 * st.T * nh * (hd + 2) * 4));
+      a.ws = ws;
+      a.round_p = false;
+      void *dk16 = upload(k16), *dv16 = upload(v16), *dk8 = upload(k8), *dv8 = upload(v8);
+      for (int split = 0; split < 2; ++split) {  // engine-like split (flash tiles + SIMT tokens), then SIMT only
+        AttnArgs b = a;
+        if (split == 0) {
+          b.tiles = upload(st.tiles); b.n_tiles = (int)st.tiles.size() / 2;
+          b.simt_tokens = upload(st.simt); b.n_simt = (int)st.simt.size();
+        } else {
+          b.n_simt = st.T;
+        }
+        b.n_splits = b.n_simt > 0 ? splits_for(b.n_simt, nh) : 1;
+        std::vector<uint16_t> res[2];
+        for (int fp8 = 0; fp8 < 2; ++fp8) {
+          AttnArgs c = b;
+          c.kcache = fp8 ? dk8 : dk16; c.vcache = fp8 ? dv8 : dv16;
+          c.kv_fp8 = fp8; c.k_scale = ks; c.v_scale = vs;
+          NS_CUDA(cudaMemset(out, 0xff, (size_t)2 * st.T * nh * hd));
+          attention(DType::BF16, c, 0);
+          res[fp8] = download(out, (size_t)st.T * nh * hd);
+        }
+        double err = 0, vmax = 0;
+        for (auto x : v16) vmax = std::max(vmax, (double)std::fabs(bf16_to_f32(x)));
+        for (size_t i = 0; i < res[0].size(); ++i) err = std::max(err, std::fabs((double)bf16_to_f32(res[1][i]) - bf16_to_f32(res[0][i])) / vmax);
+        note("attention E4M3 vs bf16 cache hd" + std::to_string(hd) + " k_scale " + std::to_string(ks) + (split == 0 ? " flash+simt" : " simt"),
+             err, 2e-3);
+      }
+    }
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp p{};
+  NS_CUDA(cudaGetDeviceProperties(&p, 0));
+  std::fprintf(stderr, "%s, compute capability %d.%d\n", p.name, p.major, p.minor);
+  check_dequantize();
+  check_gemv();
+  check_quantize_act();
+  check_fp8_gemm();
+  check_rope_kv();
+  check_attention();
+  std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"failures\":%d,\"checks\":[%s]}\n", failures ? "false" : "true", p.name, failures, report.c_str());
+  return failures ? 1 : 0;
+}

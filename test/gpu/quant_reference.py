@@ -1,0 +1,93 @@
+"""PyTorch references for test/gpu/quant-check.mjs: logits of every position of one prompt with the
+quantized numerics nodespeed runs (docs/QUANTIZATION.md), computed by transformers in float32 on
+weights quantized the same way:
+  int8: every decoder linear and the LM head W -> q * s, s = amax(row) / 127, q = round(W / s)
+        clamped to +-127 (ties to even, as torch.round), f32 arithmetic (W8A16: inputs unquantized);
+  fp8:  every decoder linear W -> e4m3(W / s) * s, s = amax(row) / 448, and each input row x of
+        those linears -> e4m3(x / t) * t, t = max(amax(x) / 448, 1 / (448 * 512)) (W8A8, per token);
+        the LM head unquantized.
+plus HF's own bf16 forward ("bf16", transformers' default SDPA) and float32 ("f32").
+
+usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]   (modes: bf16 f32 int8 fp8)
+Writes OUT_DIR/<mode>.bin: little-endian float32 logits [n, vocab]. Prints one JSON line.
+"""
+import json
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def quantize_rows(w, qmax):
+    amax = w.abs().amax(dim=1, keepdim=True)
+    s = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return s
+
+
+def int8_weight(w):
+    s = quantize_rows(w, 127.0)
+    return torch.clamp(torch.round(w / s), -127, 127) * s
+
+
+def fp8_weight(w):
+    s = quantize_rows(w, 448.0)
+    return (w / s).to(torch.float8_e4m3fn).to(torch.float32) * s
+
+
+def fp8_act(x):
+    t = torch.clamp(x.abs().amax(dim=-1, keepdim=True) / 448.0, min=1.0 / (448.0 * 512.0))
+    return (x / t).to(torch.float8_e4m3fn).to(torch.float32) * t
+
+
+def linears(model, head):
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and (".layers." in name or (head and name == "lm_head")):
+            yield name, m
+
+
+def main():
+    model_dir, ids_path, out_dir = sys.argv[1:4]
+    modes = sys.argv[4].split(",")
+    ids = torch.tensor([json.load(open(ids_path))], device="cuda")
+    os.makedirs(out_dir, exist_ok=True)
+    info = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "modes": modes}
+
+    def run(model, mode):
+        with torch.no_grad():
+            logits = model(ids).logits[0].float().cpu()
+        logits.numpy().astype("<f4").tofile(os.path.join(out_dir, mode + ".bin"))
+
+    if "bf16" in modes:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
+        run(model, "bf16")
+        del model
+        torch.cuda.empty_cache()
+    rest = [m for m in modes if m != "bf16"]
+    if rest:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
+        if model.config.tie_word_embeddings:  # int8 quantizes the head as its own copy of the embedding
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        originals = {name: m.weight.detach().to(torch.bfloat16) for name, m in linears(model, True)}  # exact: bf16 checkpoints
+        hooks = []
+        for mode in rest:
+            for h in hooks:
+                h.remove()
+            hooks = []
+            with torch.no_grad():
+                for name, m in linears(model, True):
+                    w = originals[name].to(torch.float32)
+                    if mode == "int8":
+                        w = int8_weight(w)
+                    elif mode == "fp8" and name != "lm_head":
+                        w = fp8_weight(w)
+                    m.weight.copy_(w)
+            if mode == "fp8":
+                for name, m in linears(model, False):
+                    hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0]),)))
+            run(model, mode)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
