@@ -283,6 +283,19 @@ describe('refusals, each with its status and OpenAI error body', () => {
     expect(((await res.json()) as { error: { type: string } }).error.type).toBe('invalid_request_error');
   });
 
+  it("priority: a request class's name or an integer routes the request in that class; an unknown class is 400 naming priority", async () => {
+    const routed = async () => Object.fromEntries((await tiny.client.clusterStatus()).classes.map((c) => [c.name, Number(c.routed)]));
+    const before = await routed();
+    const base = { model: 'py-tiny', prompt: 'def f', max_tokens: 4, temperature: 0 };
+    // vLLM's priority field: an integer (150 is in batch's range, from 100) or, here, a class name.
+    for (const priority of ['realtime', 150])
+      expect((await api.completions.create({ ...base, priority } as OpenAI.CompletionCreateParamsNonStreaming)).choices[0]!.text).not.toBe('');
+    const after = await routed();
+    expect([after.realtime! - before.realtime!, after.batch! - before.batch!, after.standard! - before.standard!]).toEqual([1, 1, 0]);
+    const r = await status(api.completions.create({ ...base, priority: 'nope' } as OpenAI.CompletionCreateParamsNonStreaming));
+    expect([r.status, r.param, r.message]).toEqual([400, 'priority', expect.stringContaining('unknown class "nope"')]);
+  });
+
   it('429 when the queue is full', async () => {
     const long = Array.from({ length: 12 }, () => api.completions.create({ model: 'py-tiny', prompt: 'def f', max_tokens: 200, temperature: 0, ignore_eos: true } as OpenAI.CompletionCreateParamsNonStreaming).then(() => 200, (e: { status: number }) => e.status));
     const codes = await Promise.all(long);

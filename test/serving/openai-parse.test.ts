@@ -43,6 +43,15 @@ describe('completions', () => {
     fails(() => parseCompletion({ model: 'm', prompt: Array(65).fill('a') }), 'prompt', /at most 64 prompts/);
   });
 
+  it("takes vLLM's integer priority or a request class's name, on both endpoints", () => {
+    expect(parseCompletion({ model: 'm', prompt: 'x', priority: -5 }).req.priority).toEqual({ value: -5 });
+    expect(parseCompletion({ model: 'm', prompt: 'x', priority: 'batch' }).req.priority).toEqual({ className: 'batch' });
+    expect(parseChat({ model: 'm', messages: [{ role: 'user', content: 'hi' }], priority: 'realtime' }).req.priority).toEqual({ className: 'realtime' });
+    expect(parseCompletion({ model: 'm', prompt: 'x' }).req.priority).toBeUndefined();
+    fails(() => parseCompletion({ model: 'm', prompt: 'x', priority: 1.5 }), 'priority', /class name or a 32-bit integer/);
+    fails(() => parseCompletion({ model: 'm', prompt: 'x', priority: ['batch'] }), 'priority', /integer or a class name/);
+  });
+
   it("takes vLLM's top_k -1 as off", () => {
     expect(parseCompletion({ model: 'm', prompt: 'x', top_k: -1 }).req.topK).toBe(0);
   });

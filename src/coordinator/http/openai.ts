@@ -4,6 +4,8 @@
 // top_logprobs pair, best_of, echo); the values are checked where every API's are, and those
 // errors name the same snake_case fields OpenAI clients send.
 import type { ChatMessage } from '../../model/chat-template.js';
+import { PriorityError, parsePriority } from '../../protocol/priority.js';
+import type { Priority } from '../../protocol/priority.js';
 import { ApiError } from './errors.js';
 
 /** Sampling and stopping controls in nodespeed's public field names (proto GenerateRequest, camelCase). */
@@ -32,6 +34,8 @@ export type ServePrompt = { text: string } | { ids: number[] } | { messages: Cha
 export interface ServeRequest extends SamplingRequest {
   model: string;
   prompts: ServePrompt[];
+  /** The request class, or an integer as vLLM's `priority` takes it (lower first); absent: the default class. */
+  priority?: Priority;
 }
 
 export interface ParsedCompletion {
@@ -153,6 +157,19 @@ function sampling(o: Json, maxTokensKey: string): SamplingRequest {
   return s;
 }
 
+/** vLLM's `priority` (an integer, lower first), or the name of one of the server's request classes. */
+function priority(o: Json): Priority | undefined {
+  const v = o.priority;
+  if (!present(v)) return undefined;
+  if (typeof v !== 'number' && typeof v !== 'string') bad('priority', `must be an integer or a class name (got ${JSON.stringify(v)})`);
+  try {
+    return parsePriority(v);
+  } catch (err) {
+    if (err instanceof PriorityError) bad('priority', err.message);
+    throw err;
+  }
+}
+
 function model(o: Json): string {
   const m = str(o, 'model');
   if (m === undefined) bad('model', 'is required');
@@ -195,7 +212,8 @@ export function parseCompletion(body: unknown): ParsedCompletion {
   if (lp !== undefined) s.logprobs = lp;
   const echo = bool(o, 'echo') ?? false;
   if (echo && lp !== undefined) bad('echo', 'together with logprobs needs prompt logprobs, which this server does not compute');
-  return { kind: 'completion', req: { model: m, prompts: prompts(o.prompt), ...s }, ...streamFlags(o), echo };
+  const p = priority(o);
+  return { kind: 'completion', req: { model: m, prompts: prompts(o.prompt), ...s, ...(p ? { priority: p } : {}) }, ...streamFlags(o), echo };
 }
 
 function messages(v: unknown): ChatMessage[] {
@@ -232,7 +250,8 @@ export function parseChat(body: unknown): ParsedChat {
     addGenerationPrompt: bool(o, 'add_generation_prompt') ?? true,
     templateKwargs: (kwargs ?? {}) as Record<string, unknown>,
   };
-  return { kind: 'chat', req: { model: m, prompts: [prompt], ...s }, ...streamFlags(o) };
+  const p = priority(o);
+  return { kind: 'chat', req: { model: m, prompts: [prompt], ...s, ...(p ? { priority: p } : {}) }, ...streamFlags(o) };
 }
 
 // ---- responses ----

@@ -6,6 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 
 import { FinishReason } from '../../protocol/lifecycle.js';
+import { priorityToWire } from '../../protocol/priority.js';
 import { InvalidRequestError, validateRequest } from '../api.js';
 import type { InferenceApi, RequestInput, ValidRequest } from '../api.js';
 import { ApiError } from './errors.js';
@@ -64,13 +65,16 @@ export class CoordinatorService implements InferenceService {
     const model = this.api.model;
     if (req.model && req.model !== model.name)
       throw new ApiError('not_found', `the model ${JSON.stringify(req.model)} does not exist (this server serves ${JSON.stringify(model.name)})`, 'model');
-    const { prompts, model: _name, ...sampling } = req;
+    const { prompts, model: _name, priority, ...sampling } = req;
+    // The class is the GenerateRequest's oneof: its member and which one is set.
+    const cls = priority ? priorityToWire(priority) : undefined;
+    const oneof = cls ? { ...cls, priority: 'priorityClass' in cls ? 'priorityClass' as const : 'priorityValue' as const } : {};
     const chat = prompts.some((p) => 'messages' in p);
     // One prompt at a time: a batch's tokenizing takes turns with other requests' on the tokenizer threads.
     const valid: ValidRequest[] = [];
     for (const [i, p] of prompts.entries()) {
       const input: RequestInput = { ...sampling, model: '', prompt: '', promptIds: [], ignoreEos: sampling.ignoreEos ?? false, stop: sampling.stop ?? [],
-        stopTokenIds: sampling.stopTokenIds ?? [], logitBias: sampling.logitBias ?? {}, exact: false } as RequestInput;
+        stopTokenIds: sampling.stopTokenIds ?? [], logitBias: sampling.logitBias ?? {}, exact: false, ...oneof } as RequestInput;
       if ('text' in p) input.prompt = p.text;
       else if ('ids' in p) input.promptIds = p.ids;
       else {
@@ -104,6 +108,7 @@ export class CoordinatorService implements InferenceService {
   private param(field: string, batchIndex: number, chat: boolean): string {
     if (batchIndex >= 0 && (field === 'prompt' || field.startsWith('prompt_ids'))) return `prompt[${batchIndex}]`;
     if (chat && field === 'logprobs') return 'top_logprobs';
+    if (field === 'priority_class' || field === 'priority_value') return 'priority';
     return field;
   }
 }
