@@ -5,6 +5,8 @@
 # production node_modules; the portable Node (/work/shared/tools/portable-node.sh).
 #   usage (repo root as cwd, nvcc on PATH or in /usr/local/cuda): bash bench/hetero/pack.sh
 #   NODESPEED_JOBS=N: parallel nvcc jobs (default 1: the build machine is shared); it runs at nice 19.
+# The CUDA addon depends only on native/: it is kept as .gpu/addon-<native tree hash>.node and reused
+# by a later pack of a commit with the same native/ tree (a TypeScript-only change repacks in minutes).
 # On the GPU host, the bundle carried as .gpu/hetero-bundle.tar.xz of the repo root:
 #   mkdir -p /tmp/hb && tar -xJf .gpu/hetero-bundle.tar.xz -C /tmp/hb && cd /tmp/hb/hetero && xz -dc .gpu/node.xz > /tmp/node &&
 #   chmod +x /tmp/node && PATH=/tmp:$PATH NODESPEED_COMMIT=$(cat .gpu/COMMIT) bash bench/gpu-visit.sh hetero
@@ -17,14 +19,19 @@ src=$tmp/src
 mkdir -p "$src"
 git archive HEAD | tar -xf - -C "$src"
 ln -s "$repo/node_modules" "$src/node_modules"
+native=$(git rev-parse HEAD:native)
+mkdir -p .gpu
+addon=$repo/.gpu/addon-$native.node
 (
   cd "$src"
-  export NODESPEED_JOBS=${NODESPEED_JOBS:-1}
-  nice -n 19 node scripts/build-native.mjs
+  if [ ! -f "$addon" ]; then
+    export NODESPEED_JOBS=${NODESPEED_JOBS:-1}
+    nice -n 19 node scripts/build-native.mjs
+    grep -q cudaLaunchKernelEx build/Release/nodespeed.node || { echo "pack: the addon built at $commit has no CUDA backend (is nvcc found?)" >&2; exit 1; }
+    cp build/Release/nodespeed.node "$addon.tmp" && mv "$addon.tmp" "$addon"
+  fi
   nice -n 19 node node_modules/typescript/bin/tsc -p tsconfig.json
 )
-addon=$src/build/Release/nodespeed.node
-grep -q cudaLaunchKernelEx "$addon" || { echo "pack: the addon built at $commit has no CUDA backend (is nvcc found?)" >&2; exit 1; }
 stage=$tmp/stage/hetero
 mkdir -p "$stage/.gpu"
 mkdir -p "$stage/build/Release"
@@ -35,7 +42,6 @@ cp .gpu/node.xz "$stage/.gpu/"
 (cd "$src" && tar -cf - dist bin package.json proto bench/hetero bench/gpu-visit.sh) | tar -xf - -C "$stage"
 # Production dependencies only (no TypeScript, vitest, esbuild, node-gyp).
 npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | sed "s#^$repo/##" | sort -u | tar -cf - -T - | tar -xf - -C "$stage"
-mkdir -p .gpu
 tar -cJf .gpu/hetero-bundle.tar.xz -C "$tmp/stage" hetero
 ls -la .gpu/hetero-bundle.tar.xz
-echo "commit $commit"
+echo "commit $commit (native/ tree $native)"

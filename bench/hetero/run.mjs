@@ -17,7 +17,7 @@
 // alone, and total tok/s under the mixed load >= fast alone + 0.8 x slow alone.
 //
 //   npm run build && node bench/hetero/run.mjs                     # CPU: py-tiny, fast = 1 replica of 2 threads, slow = 1 of 1
-//   node bench/hetero/run.mjs --device cuda --model /tmp/llama-1b  # one GPU + 2 CPU replicas of 6 threads
+//   node bench/hetero/run.mjs --device cuda --model /tmp/llama-1b  # one GPU (bf16) + 2 CPU replicas of 6 threads (int8)
 //
 // Writes bench/results/hetero-<device>-<commit>.json (machine, commit, every phase, the bars).
 import { spawn, spawnSync } from 'node:child_process';
@@ -37,7 +37,7 @@ const { values: a } = parseArgs({
     'fast-max-batch-tokens': { type: 'string' },
     'slow-replicas': { type: 'string' },
     'slow-threads': { type: 'string' },
-    'slow-precision': { type: 'string', default: 'auto' },
+    'slow-precision': { type: 'string' },
     'slow-max-seqs': { type: 'string' },
     'ttft-target': { type: 'string' },
     'rt-rate': { type: 'string' },
@@ -55,16 +55,16 @@ const gpu = a.device === 'cuda';
 // Defaults per device: GPU host (one GPU, 16 cores; a 1B model) or this 2-core CPU box (py-tiny).
 const d = gpu
   ? { slowReplicas: 2, slowThreads: 6, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 256, bTokens: 128, alone: 15, mixed: 25,
-    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16 }
+    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16, slowPrecision: 'int8' }
   : { slowReplicas: 1, slowThreads: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, alone: 20, mixed: 20,
-    fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8 };
+    fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8, slowPrecision: 'auto' };
 const o = {
   slowReplicas: Number(a['slow-replicas'] ?? d.slowReplicas), slowThreads: Number(a['slow-threads'] ?? d.slowThreads),
   ttftTarget: Number(a['ttft-target'] ?? d.ttft), rtRate: Number(a['rt-rate'] ?? d.rtRate), rtPrompt: Number(a['rt-prompt'] ?? d.rtPrompt),
   rtTokens: Number(a['rt-tokens'] ?? d.rtTokens), conc: Number(a['batch-concurrency'] ?? d.conc), bPrompt: Number(a['batch-prompt'] ?? d.bPrompt),
   bTokens: Number(a['batch-tokens'] ?? d.bTokens), aloneS: Number(a['alone-s'] ?? d.alone), mixedS: Number(a['mixed-s'] ?? d.mixed),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
-  slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs),
+  slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
 };
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
 const vocab = config.vocab_size;
@@ -79,7 +79,7 @@ const slowGroup = `  - name: slow
     device: cpu
     replicas: ${o.slowReplicas}
     threads: ${o.slowThreads}
-    precision: ${a['slow-precision']}
+    precision: ${o.slowPrecision}
     max_seqs: ${o.slowMaxSeqs}
 `;
 const deployments = {

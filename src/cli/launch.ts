@@ -515,14 +515,14 @@ export function register(program: Command): void {
     const open = !cluster.coordinator.o.authToken && !isLoopbackBind(o.bind);
     if (open) process.stderr.write(`nodespeed: WARNING: the API listens on ${o.bind} without a token: anyone who can reach ${cluster.address} ` +
       'can use this cluster; set --auth-token-file (and --tls-cert/--tls-key), or --bind 127.0.0.1 (SECURITY.md)\n');
-    // The first group's layout and precision (the only group's, without a deployment file); every
-    // group's in groups=, after the fields a single-group line has always had.
+    // The first group's layout and precision (the only group's, without a deployment file), then every
+    // group's (groups=) and the classes; auth= stays last.
     const first = l.groups[0]!;
     const p = first.precision;
     process.stdout.write(`nodespeed ready ${cluster.address} model=${cluster.coordinator.o.model.name} replicas=${l.replicas} pp=${first.pp} tp=${first.tp} world=${l.world}` +
       // http= before metrics=: the line's existing fields keep their places.
-      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
-      `${readyFields(cluster)} tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
+      ` weights=${p.weights} activations=${p.activations} kv-cache=${p.kvCache} ${readyFields(cluster)}${cluster.httpAddress ? ` http=${cluster.httpAddress}` : ''}${cluster.metricsAddress ? ` metrics=${cluster.metricsAddress}` : ''} ` +
+      `tls=${cluster.coordinator.o.tls ? 'on' : 'off'} ` +
       `auth=${open ? 'none WARNING=api-open-beyond-loopback-without-token' : cluster.coordinator.o.authToken ? 'token' : 'none'}\n`);
     await stopped;
   });

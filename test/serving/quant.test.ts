@@ -26,7 +26,7 @@ describe('--quantize int8 through the gRPC API', () => {
     }
     const cluster = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--quantize', 'int8', '--metrics-port', '0']);
     try {
-      expect(cluster.readyLine).toMatch(/ tp=2 world=2 weights=int8 activations=f32 kv-cache=f32 http=127\.0\.0\.1:\d+ metrics=127\.0\.0\.1:\d+ tls=/);
+      expect(cluster.readyLine).toMatch(/ tp=2 world=2 weights=int8 activations=f32 kv-cache=f32 groups=default:cpu\/int8-f32-f32\/tp2xpp1x1 classes=\S+ http=127\.0\.0\.1:\d+ metrics=127\.0\.0\.1:\d+ tls=/);
       for (const [i, c] of cases.entries()) {
         const r = await stream(cluster.client, { promptIds: c.ids, maxTokens: 24, ignoreEos: true, temperature: 0 });
         expect(r.tokenIds, c.text).toEqual(local[i]!.tokenIds);
@@ -36,7 +36,7 @@ describe('--quantize int8 through the gRPC API', () => {
       expect(status.workers.every((w) => /int8 W8A16/.test(w.engine))).toBe(true);
       const st = spawnSync(process.execPath, [BIN, 'status', '--server', cluster.address], { cwd: root, encoding: 'utf8' });
       expect(st.status).toBe(0);
-      expect(st.stdout).toMatch(/REPLICA\s+STATE\s+LAYOUT\s+PRECISION/);
+      expect(st.stdout).toMatch(/REPLICA\s+GROUP\s+STATE\s+LAYOUT\s+PRECISION/);
       expect(st.stdout).toMatch(/tp 2 x pp 1\s+int8\/f32\/f32/);
       const metrics = await (await fetch(`http://${cluster.readyLine.match(/metrics=(\S+)/)![1]}/metrics`)).text();
       expect(metrics).toMatch(/^nodespeed_replica_precision_info\{replica="0",weights="int8",activations="f32",kv_cache="f32"\} 1$/m);
