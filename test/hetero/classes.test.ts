@@ -14,7 +14,7 @@ import { sshdAvailable, startSshd } from '../helpers/sshd.js';
 import type { SshdHarness } from '../helpers/sshd.js';
 import { BIN, PY_TINY, grpcError, launch, reference, root, workerProcesses } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
-import { follow, path, seeded, singleProcess, until, workdir } from './helpers.js';
+import { faultFree, follow, path, seeded, until, workdir } from './helpers.js';
 import type { Followed, Workdir } from './helpers.js';
 
 const suite = sshdAvailable() ? describe : describe.skip;
@@ -63,7 +63,7 @@ classes:
     // 64-token budgets: 4 blocks of 16; a slow replica (16 blocks) holds 4, the two hold 8.
     const batch = seeded(12, 48).map((r, i) => ({ ...r, promptIds: prompt16(i) }));
     const std = seeded(2, 24, 9100).map((r, i) => ({ ...r, promptIds: prompt16(20 + i) }));
-    const local = await singleProcess([...batch, ...std]);
+    const local = await faultFree([...batch, ...std]);
     const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25', '--metrics-port', '0'], { env: sshd.env, timeoutMs: 120_000 });
     try {
       expect(cluster.readyLine).toContain(' groups=fast:cpu/bf16-f32-f32/tp2xpp1x1,slow:cpu/f32-f32-f32/tp1xpp1x2 classes=realtime:fast,standard:fast+slow,batch:slow+fast');
@@ -149,7 +149,7 @@ classes:
   batch: { groups: [one] }
 `);
     const [long, short] = [seeded(1, 400, 4242)[0]!, seeded(1, 24, 5151)[0]!];
-    const local = await singleProcess([long, short]);
+    const local = await faultFree([long, short]);
     const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000 });
     try {
       // Mid-stream (20 of its 400 tokens received), a realtime request arrives at the full replica (one seat).

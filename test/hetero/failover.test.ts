@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
-import { follow, path, seeded, singleProcess, until, workdir } from './helpers.js';
+import { faultFree, follow, path, seeded, until, workdir } from './helpers.js';
 import type { Followed, Workdir } from './helpers.js';
 
 describe('failover across groups of different numerics', () => {
@@ -33,7 +33,7 @@ classes:
 `);
     // Greedy: what b continues with depends only on the tokens before the move, so it can be recomputed.
     const reqs = seeded(6, 128, 8800).map((r) => ({ ...r, temperature: 0 }));
-    const int8 = await singleProcess(reqs, 'int8');
+    const int8 = await faultFree(reqs, 'int8');
     const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.2', '--heartbeat-timeout', '2', '--request-timeout', '60'],
       { timeoutMs: 90_000 });
     try {
@@ -65,7 +65,7 @@ classes:
         expect(got[i]!.tokenIds.slice(0, moved[i]), `stream ${i} on a`).toEqual(int8[i]!.tokenIds.slice(0, moved[i]));
       }
       // b's continuations: b's greedy tokens from each prompt and the int8 tokens streamed before the move.
-      const onB = await singleProcess(reqs.slice(0, 5).map((r, i) => ({ ...r, promptIds: [...r.promptIds!, ...got[i]!.tokenIds.slice(0, moved[i])],
+      const onB = await faultFree(reqs.slice(0, 5).map((r, i) => ({ ...r, promptIds: [...r.promptIds!, ...got[i]!.tokenIds.slice(0, moved[i])],
         maxTokens: 128 - moved[i]! })));
       for (let i = 0; i < 5; i++) expect(got[i]!.tokenIds.slice(moved[i]), `stream ${i} on b`).toEqual(onB[i]!.tokenIds);
       // The exact stream never ran on b: it waited for a's re-formed replica, and is the int8 run's.

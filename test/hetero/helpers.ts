@@ -1,14 +1,12 @@
 // Shared by the heterogeneous-serving tests: a deployment file in a temp folder, seeded requests of
-// py-tiny with their single-process results, and a stream follower that fails on a gap or a
-// repeat and records, per token, when it arrived and which group produced it.
+// py-tiny (their single-process results: the failover tests' faultFree), and a stream follower
+// that fails on a gap or a repeat and records, per token, when it arrived and which group produced it.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import type { NodespeedClient } from '../../src/client/index.js';
-import { Engine, generateAll } from '../../src/engine/index.js';
-import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
-import { loadTokenizer } from '../../src/model/index.js';
+import type { GenerateRequest } from '../../src/engine/index.js';
 import { PY_TINY, reference } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 
@@ -37,16 +35,6 @@ export function seeded(n: number, maxTokens: number, seed0 = 7000): GenerateRequ
   const { cases } = reference<PyTinyCase>(PY_TINY);
   return Array.from({ length: n }, (_, i) => ({ promptIds: cases[i % cases.length]!.ids, maxTokens, ignoreEos: true, temperature: 0.8,
     topK: 40, topP: 0.95, seed: seed0 + 31 * i }));
-}
-
-/** The same requests on one in-process engine (as stored, or int8 as a group of that precision loads it): what every stream must equal. */
-export async function singleProcess(reqs: GenerateRequest[], quantize: 'none' | 'int8' = 'none'): Promise<GenerateResult[]> {
-  const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu', kvBlocks: 1024, quantize }), loadTokenizer(PY_TINY)]);
-  try {
-    return await generateAll(engine, tok, reqs);
-  } finally {
-    engine.dispose();
-  }
 }
 
 export interface Followed {
@@ -78,4 +66,5 @@ export function path(f: Followed): string[] {
   return f.groups.filter((g, i) => i === 0 || f.groups[i - 1] !== g);
 }
 
-export { until } from '../failover/helpers.js';
+// faultFree: the same requests on one in-process engine (as stored, or int8), what every stream must equal.
+export { faultFree, until } from '../failover/helpers.js';
