@@ -95,7 +95,7 @@ const log = (line) => process.stderr.write(`bench/hetero: ${line}\n`);
 function launch(name) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
-  const proc = spawn(process.execPath, [join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--bind', '127.0.0.1', '--no-progress',
+  const proc = spawn(process.execPath, [join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
     '--heartbeat-interval', '0.5', '--request-timeout', '120'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   proc.stderr.on('data', (x) => (err += x));
