@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { setMaxListeners } from 'node:events';
 
 import { launch } from '../failover/load.mjs';
+import { rng } from '../lib/rng.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The code under test is the checkout as the run starts (edits made while it runs do not count).
@@ -46,17 +47,6 @@ const maxStreams = Number(a['max-streams']);
 const cancelRate = Number(a['cancel-rate']);
 const maxTokens = Number(a['max-tokens']);
 
-/** mulberry32: the whole load is a function of --seed. */
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rand = rng(Number(a.seed));
 const PROMPTS = ['import os\n\n', 'def fib(n):\n', 'class Stack:\n    def __init__(self):\n', '# parse a CSV file\nimport csv\n',
   'for i in range(10):\n', 'async def fetch(url):\n', '"""Utilities."""\nfrom typing import List\n\n', 'x = [i * i for i in'];
