@@ -11,6 +11,10 @@
 //  - the families' fused (phi3) and renamed, routed-expert (mixtral) linears quantize too: logits at
 //    cosine >= 0.99 to the float weights' at every position; mixtral's model quantize folder loads
 //    bit-identical to --quantize int8; a fused tensor is refused by model quantize, naming it;
+//  - every other family fixture (q/k norms, Gemma's norms, soft-caps and tied head, sliding windows,
+//    RoPE scaling, MoE with and without a shared expert) runs int8: cosine >= 0.99 at every position
+//    and the float weights' first 8 greedy tokens, unless they part where the float run's top-2
+//    margin is below twice the largest logit error int8 shows over the prompt;
 //  - fp8 is refused on CPU, other quantization methods are refused naming the method.
 import { execFile } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,7 +30,7 @@ import { encodeHeader } from '../../src/model/safetensors-writer.js';
 import type { TensorSpec } from '../../src/model/safetensors-writer.js';
 import { loadAddon } from '../../src/native/addon.js';
 import type { NativeComm } from '../../src/native/addon.js';
-import { familyReference } from './families.js';
+import { FAMILIES, familyReference } from './families.js';
 import { PY_TINY, reference, root } from './helpers.js';
 import type { PyTinyCase } from './helpers.js';
 
@@ -287,6 +291,42 @@ describe('int8 on the model families (CPU)', () => {
     const written = await withEngine(out, {}, (e) => allLogits(e, ids));
     expect(Buffer.from(written.buffer).equals(Buffer.from(atLoad.buffer))).toBe(true);
   });
+
+  // Greedy tokens and each step's top-2 margin.
+  const greedyMargins = async (e: Engine, ids: number[], n: number) => {
+    const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
+    const blockTable = alloc.allocate(0, ids.length + n);
+    const tokens: number[] = [], margins: number[] = [];
+    let r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable }], wantLogits: true });
+    for (;;) {
+      const top = Array.from(r.logits!).sort((a, b) => b - a);
+      tokens.push(r.sampled[0]!);
+      margins.push(top[0]! - top[1]!);
+      if (tokens.length === n) return { tokens, margins };
+      r = await e.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)!), pos: ids.length + tokens.length - 1, blockTable }], wantLogits: true });
+    }
+  };
+
+  for (const family of FAMILIES.filter((f) => f !== 'mixtral' && f !== 'phi3')) {
+    it(`${family}: int8 at cosine >= 0.99 at every position, the float weights' first 8 greedy tokens`, async () => {
+      const ref = familyReference(family);
+      const ids = ref.cases[2]!.ids;  // 27 tokens: past the windowed families' windows of 12
+      const float = await withEngine(ref.dir, {}, async (e) => ({ logits: await allLogits(e, ids), ...(await greedyMargins(e, ids, 8)) }));
+      const int8 = await withEngine(ref.dir, { quantize: 'int8' }, async (e) => {
+        expect(e.describe()).toMatch(/int8 W8A16/);
+        return { logits: await allLogits(e, ids), ...(await greedyMargins(e, ids, 8)) };
+      });
+      const V = float.logits.length / ids.length;
+      let err = 0;
+      for (let p = 0; p < ids.length; p++) {
+        const a = float.logits.subarray(p * V, (p + 1) * V), b = int8.logits.subarray(p * V, (p + 1) * V);
+        expect(cosine(a, b), `position ${p}`).toBeGreaterThanOrEqual(0.99);
+        for (let i = 0; i < V; i++) err = Math.max(err, Math.abs(a[i]! - b[i]!));
+      }
+      const parted = int8.tokens.findIndex((t, i) => t !== float.tokens[i]);
+      if (parted >= 0) expect(float.margins[parted], `left the float run's greedy path at token ${parted}`).toBeLessThan(2 * err);
+    });
+  }
 
   it('phi3 (fused qkv_proj / gate_up_proj): int8 at cosine >= 0.99; model quantize refuses the fused tensor by name', async () => {
     const ref = familyReference('phi3');

@@ -1,0 +1,137 @@
+// Quantized serving on CUDA's family forward (docs/QUANTIZATION.md): every model family fixture
+// (test/fixtures/hf-reference/<family>/) at int8, fp8, fp8 + the fp8 KV cache and bf16 + the fp8 KV
+// cache, each against our own bf16 run of the same fixture on the same GPU:
+//   - the bf16 run itself: last-position logits at cosine >= 0.999 to the fixture's HF logits;
+//   - the engine says it runs that precision (describe());
+//   - on every prompt: the last prompt position's logits at cosine >= 0.99 to bf16's;
+//   - the first 8 greedy tokens equal bf16's, unless they part where bf16's own top-2 margin is below
+//     twice the largest logit error this precision showed on the steps before (a near-tie that
+//     rounding alone may flip; a first token that differs is held by the cosine bar alone);
+//   - int8 and fp8 + fp8 KV once more with CUDA graphs off: the same tokens and the same decode
+//     logits bit for bit (the quantized decode steps run as graphs otherwise).
+// A family a precision cannot run must be refused when the engine is built with an error naming
+// why; such refusals are listed in the result and count as failures unless listed in REFUSED below
+// (none is). The MoE families hold their experts dequantized to bf16 (the engine's describe() says
+// so): their attention, dense layers and head are quantized.
+// usage: node test/gpu/families-quant.mjs   (RESULTS_DIR: gpu-families-quant-<gpu>.json; exit 1 on a
+//   failed check). NODESPEED_TEST_DEVICE=cpu: a dry run on the CPU backend (f32 vs int8 only).
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { blockTables, cosine, device, openCudaEngine, requireCuda, root, withSettings, writeResult } from './lib.mjs';
+
+const FAMILIES = ['qwen3', 'gemma2', 'gemma3_text', 'phi3', 'llama_bias_yarn', 'llama_dynamic', 'mistral', 'qwen2_swa', 'mixtral', 'qwen3_moe', 'qwen2_moe'];
+const MOE = new Set(['mixtral', 'qwen3_moe', 'qwen2_moe']);
+const REFUSED = {};  // family -> precision names a documented limit refuses (none)
+const TOKENS = 8;
+
+const info = requireCuda();
+const dry = device === 'cpu';
+const base = dry ? { name: 'f32' } : { name: 'bf16' };
+const PRECISIONS = [
+  { name: 'int8', quantize: 'int8', describe: /int8 W8A16/, graphsOff: true },
+  { name: 'fp8', quantize: 'fp8', describe: /fp8 W8A8/ },
+  { name: 'fp8+kv-fp8', quantize: 'fp8', kvCacheDtype: 'fp8', describe: /fp8 W8A8.*kv fp8/, graphsOff: true },
+  { name: 'bf16+kv-fp8', kvCacheDtype: 'fp8', describe: /kv fp8/ },
+].filter((p) => !dry || (p.quantize !== 'fp8' && !p.kvCacheDtype));
+
+const res = { gpu: dry ? null : info.cuda.devices[0], tokens: TOKENS, families: {} };
+const fails = [];
+const check = (name, ok, detail) => { if (!ok) fails.push({ name, ...detail }); console.error(`${ok ? 'ok  ' : 'FAIL'} ${name} ${JSON.stringify(detail)}`); };
+
+function maxAbs(a, b) {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+function margin(logits) {
+  let a = -Infinity, b = -Infinity;
+  for (const v of logits) { if (v > a) { b = a; a = v; } else if (v > b) b = v; }
+  return a - b;
+}
+
+// Greedy continuation with every step's logits (the prefill's last position first).
+async function trace(engine, ids, bt) {
+  let r = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt }], wantLogits: true });
+  const tokens = [], logits = [];
+  for (;;) {
+    tokens.push(r.sampled[0]);
+    logits.push(Float32Array.from(r.logits));
+    if (tokens.length === TOKENS) return { tokens, logits };
+    r = await engine.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)), pos: ids.length + tokens.length - 1, blockTable: bt }], wantLogits: true });
+  }
+}
+
+async function runAll(dir, cases, opts) {
+  const { engine, kvBlocks, blockSize } = await openCudaEngine(dir, { kvBlocks: 64, ...opts });
+  try {
+    const out = [];
+    for (const c of cases) {
+      const [bt] = blockTables(1, c.ids.length + TOKENS, blockSize, kvBlocks);
+      out.push(await trace(engine, c.ids, bt));
+    }
+    return { describe: engine.describe(), runs: out };
+  } finally {
+    engine.dispose();
+  }
+}
+
+for (const family of FAMILIES) {
+  const dir = join(root, 'test', 'fixtures', 'hf-reference', family);
+  const fam = res.families[family] = {};
+  if (!existsSync(join(dir, 'reference.json'))) { check(`${family}`, false, { error: `${dir}: no fixture` }); continue; }
+  const { cases } = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8'));
+  const ref = await runAll(dir, cases, {});
+  // The baseline itself against the fixture's HF logits (families.test.ts holds it to more).
+  fam[base.name] = { describe: ref.describe, cosineVsHf: cases.map((c, i) => cosine(ref.runs[i].logits[0], c.last_logits)) };
+  check(`${family} ${base.name} vs HF`, fam[base.name].cosineVsHf.every((x) => x >= 0.999), { cosine: fam[base.name].cosineVsHf });
+  for (const p of PRECISIONS) {
+    const name = `${family} ${p.name}`;
+    const opts = { quantize: p.quantize ?? 'none', kvCacheDtype: p.kvCacheDtype ?? 'auto' };
+    let got;
+    try {
+      got = await runAll(dir, cases, opts);
+    } catch (e) {
+      const expected = (REFUSED[family] ?? []).includes(p.name);
+      fam[p.name] = { refused: String(e.message ?? e) };
+      check(name, expected, { refused: fam[p.name].refused });
+      continue;
+    }
+    const entry = fam[p.name] = { describe: got.describe, cases: [] };
+    check(`${name} describe`, p.describe.test(got.describe) && (!MOE.has(family) || !p.quantize || dry || /experts dequantized/.test(got.describe)),
+      { describe: got.describe });
+    for (const [i, c] of cases.entries()) {
+      const a = ref.runs[i], b = got.runs[i];
+      const cos = cosine(b.logits[0], a.logits[0]);
+      // Steps on the same path: the logit error up to each step, and where the tokens part.
+      let parted = -1, errBefore = 0, minCos = 1;
+      const errs = [];
+      for (let j = 0; j < TOKENS; j++) {
+        const e = maxAbs(b.logits[j], a.logits[j]);
+        errs.push(e);
+        minCos = Math.min(minCos, cosine(b.logits[j], a.logits[j]));
+        if (b.tokens[j] !== a.tokens[j]) { parted = j; break; }
+        errBefore = Math.max(errBefore, e);
+      }
+      const at = parted >= 0 ? margin(a.logits[parted]) : null;
+      const rec = { prompt: i, ids: c.ids.length, cosine: cos, maxAbsDiff: errs[0], minCosineOnPath: minCos, tokens: b.tokens, reference: a.tokens,
+        partedAt: parted, marginAtParting: at, errorBefore: parted >= 0 ? Math.max(errBefore, errs[0]) : null };
+      entry.cases.push(rec);
+      check(`${name} prompt ${i} cosine`, cos >= 0.99, { cosine: cos });
+      if (parted >= 0) check(`${name} prompt ${i} greedy`, at < 2 * Math.max(errBefore, errs[0]), { partedAt: parted, margin: at, errorBefore: rec.errorBefore });
+    }
+    if (p.graphsOff && !dry) {
+      const eager = await withSettings({ cudaGraphs: false }, () => runAll(dir, cases, opts));
+      const same = eager.runs.every((r, i) => r.tokens.join() === got.runs[i].tokens.join() &&
+        r.logits.every((l, j) => maxAbs(l, got.runs[i].logits[j]) === 0));
+      entry.graphsOffIdentical = same;
+      check(`${name} graphs off identical`, same, {});
+    }
+  }
+}
+
+res.failures = fails;
+writeResult('gpu-families-quant.json', res);
+console.error(`families-quant: ${fails.length === 0 ? 'all passed' : `${fails.length} FAILED: ${fails.map((f) => f.name).join('; ')}`}`);
+process.exit(fails.length === 0 ? 0 : 1);
