@@ -3,7 +3,10 @@
 // cache, each against our own bf16 run of the same fixture on the same GPU:
 //   - the bf16 run itself: last-position logits at cosine >= 0.999 to the fixture's HF logits;
 //   - the engine says it runs that precision (describe());
-//   - on every prompt: the last prompt position's logits at cosine >= 0.99 to bf16's;
+//   - on every prompt: the logits of every prompt position at cosine >= 0.99 to bf16's (the MoE
+//     families: at 90% of the positions and >= 0.95 at all: their float router's input moves with
+//     the quantized layers, so a token at a top-k near-tie may take another expert, an isolated jump
+//     test/engine/quant.test.ts shows on the CPU too);
 //   - the first 8 greedy tokens equal bf16's, unless they part where bf16's own top-2 margin is below
 //     twice the largest logit error this precision showed on the steps before (a near-tie that
 //     rounding alone may flip; a first token that differs is held by the cosine bar alone);
@@ -51,14 +54,18 @@ function margin(logits) {
   return a - b;
 }
 
-// Greedy continuation with every step's logits (the prefill's last position first).
+// Greedy continuation with every step's logits (the prefill's last position first) and the
+// prefill's logits at every prompt position.
 async function trace(engine, ids, bt) {
-  let r = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt }], wantLogits: true });
+  let r = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt, allLogits: true }], wantLogits: true });
+  const prompt = Float32Array.from(r.logits);
+  const V = prompt.length / ids.length;
+  r = { sampled: r.sampled, logits: prompt.subarray((ids.length - 1) * V) };
   const tokens = [], logits = [];
   for (;;) {
     tokens.push(r.sampled[0]);
     logits.push(Float32Array.from(r.logits));
-    if (tokens.length === TOKENS) return { tokens, logits };
+    if (tokens.length === TOKENS) return { tokens, logits, prompt, V };
     r = await engine.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)), pos: ids.length + tokens.length - 1, blockTable: bt }], wantLogits: true });
   }
 }
@@ -104,6 +111,7 @@ for (const family of FAMILIES) {
     for (const [i, c] of cases.entries()) {
       const a = ref.runs[i], b = got.runs[i];
       const cos = cosine(b.logits[0], a.logits[0]);
+      const positions = c.ids.map((_, q) => cosine(b.prompt.subarray(q * a.V, (q + 1) * a.V), a.prompt.subarray(q * a.V, (q + 1) * a.V)));
       // Steps on the same path: the logit error up to each step, and where the tokens part.
       let parted = -1, errBefore = 0, minCos = 1;
       const errs = [];
@@ -115,10 +123,12 @@ for (const family of FAMILIES) {
         errBefore = Math.max(errBefore, e);
       }
       const at = parted >= 0 ? margin(a.logits[parted]) : null;
-      const rec = { prompt: i, ids: c.ids.length, cosine: cos, maxAbsDiff: errs[0], minCosineOnPath: minCos, tokens: b.tokens, reference: a.tokens,
+      const rec = { prompt: i, ids: c.ids.length, cosine: cos, positions, maxAbsDiff: errs[0], minCosineOnPath: minCos, tokens: b.tokens, reference: a.tokens,
         partedAt: parted, marginAtParting: at, errorBefore: parted >= 0 ? Math.max(errBefore, errs[0]) : null };
       entry.cases.push(rec);
-      check(`${name} prompt ${i} cosine`, cos >= 0.99, { cosine: cos });
+      const low = positions.filter((x) => x < 0.99).length, min = Math.min(...positions);
+      check(`${name} prompt ${i} cosine`, MOE.has(family) ? low <= 0.1 * positions.length && min >= 0.95 : low === 0,
+        { last: cos, min, below099: low, of: positions.length });
       if (parted >= 0) check(`${name} prompt ${i} greedy`, at < 2 * Math.max(errBefore, errs[0]), { partedAt: parted, margin: at, errorBefore: rec.errorBefore });
     }
     if (p.graphsOff && !dry) {
