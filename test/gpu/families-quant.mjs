@@ -19,7 +19,10 @@
 //     top-2 margin is below twice the largest logit error the precision showed on the steps before
 //     (a near-tie that rounding alone may flip; a first token that differs is held by the cosine);
 //   - int8 and fp8 + fp8 KV once more with CUDA graphs off: the same tokens and the same decode
-//     logits bit for bit (the quantized decode steps run as graphs otherwise).
+//     logits bit for bit (the quantized decode steps run as graphs otherwise);
+//   - qwen3, gemma2, qwen3_moe, qwen2_moe: `nodespeed model quantize --to int8|fp8` folders (the
+//     compressed-tensors checkpoints users deploy) load to the tokens and logits of quantizing at
+//     load, bit for bit.
 // A family a precision cannot run must be refused when the engine is built with an error naming
 // why; such refusals are listed in the result and count as failures unless listed in REFUSED below
 // (none is).
@@ -36,6 +39,8 @@ import { blockTables, cosine, device, openCudaEngine, requireCuda, root, withSet
 const FAMILIES = ['qwen3', 'gemma2', 'gemma3_text', 'phi3', 'llama_bias_yarn', 'llama_dynamic', 'mistral', 'qwen2_swa', 'mixtral', 'qwen3_moe', 'qwen2_moe'];
 const MOE = new Set(['mixtral', 'qwen3_moe', 'qwen2_moe']);
 const REFUSED = {};  // family -> precision names a documented limit refuses (none)
+// Families whose `model quantize` folders are loaded too (phi3's fused tensors are refused by it).
+const ROUND_TRIP = new Set(['qwen3', 'gemma2', 'qwen3_moe', 'qwen2_moe']);
 const TOKENS = 8;
 
 const info = requireCuda();
@@ -192,6 +197,22 @@ for (const family of FAMILIES) {
         r.logits.every((l, j) => maxAbs(l, got.runs[i].logits[j]) === 0));
       entry.graphsOffIdentical = same;
       check(`${name} graphs off identical`, same, {});
+    }
+  }
+  // Pre-quantized checkpoints (what users deploy): a `model quantize` folder loads to exactly what
+  // quantizing at load gives, on the family forward and through the MoE experts' dequantization.
+  if (ROUND_TRIP.has(family)) {
+    for (const fmt of ['int8', 'fp8'].filter((f) => ours[f])) {
+      const out = join(tmp, `${family}-${fmt}`);
+      const q = spawnSync(process.execPath, [join(root, 'bin', 'nodespeed'), 'model', 'quantize', '--to', fmt, dir, out], { encoding: 'utf8' });
+      const name = `${family} model quantize --to ${fmt} folder = --quantize ${fmt} at load, bit for bit`;
+      if (q.status !== 0) { check(name, false, { error: (q.stderr ?? '').trim().split('\n').slice(-2).join(' / ') }); continue; }
+      const folder = await runAll(out, cases, {});
+      const atLoad = ours[fmt].runs;
+      const same = folder.runs.every((r, i) => r.tokens.join() === atLoad[i].tokens.join() && maxAbs(r.prompt, atLoad[i].prompt) === 0 &&
+        r.logits.every((l, j) => maxAbs(l, atLoad[i].logits[j]) === 0));
+      fam[`${fmt} folder`] = { describe: folder.describe, identical: same };
+      check(name, same, { describe: folder.describe });
     }
   }
 }
