@@ -106,11 +106,13 @@ describe('chat', () => {
 
 describe('a long answer\'s logprobs, a slice at a time', () => {
   it('are the JSON of the whole answer, the event loop given a turn between slices', async () => {
-    const words = ['a', 'bc', ' d', 'é', '"q"', '\n', ''];
+    // Token texts that an object orders first (array indices, ascending), and ones it does not.
+    const words = ['a', 'bc', ' d', 'é', '"q"', '\n', '', '7', '12', '01', '-3', '4294967295', '3'];
     const text = (id: number) => words[id % words.length]!;
     for (const length of [0, 1, LOGPROBS_SLICE_TOKENS, 2 * LOGPROBS_SLICE_TOKENS + 7]) {
       const lps: TokenLogprob[] = Array.from({ length }, (_, i) => ({
-        id: i, logprob: -i / 7, top: Array.from({ length: i % 4 }, (_, j) => ({ id: i + j, logprob: -j - 0.25 })),
+        // Some tops name one token twice: the first (most likely) stays.
+        id: i, logprob: -i / 7, top: [...Array.from({ length: i % 4 }, (_, j) => ({ id: i + j, logprob: -j - 0.25 })), ...(i % 5 === 1 ? [{ id: i, logprob: -9 }] : [])],
       }));
       let turns = 0;
       const between = async () => void turns++;

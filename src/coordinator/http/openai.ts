@@ -308,31 +308,59 @@ export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmedia
 /** A JSON array's elements without its brackets. */
 const elements = (a: unknown[]) => JSON.stringify(a).slice(1, -1);
 
-/** Renders `lps` slice by slice with `render`, awaiting `between` after each slice but the last. */
-async function sliced<T>(lps: TokenLogprob[], between: () => Promise<void>, render: (slice: TokenLogprob[]) => T, take: (part: T) => void): Promise<void> {
+/** Hands `lps` to `render` slice by slice, awaiting `between` after each slice but the last. */
+async function sliced(lps: TokenLogprob[], between: () => Promise<void>, render: (slice: TokenLogprob[]) => void): Promise<void> {
   for (let at = 0; at < lps.length; at += LOGPROBS_SLICE_TOKENS) {
     if (at > 0) await between();
-    take(render(lps.slice(at, at + LOGPROBS_SLICE_TOKENS)));
+    render(lps.slice(at, at + LOGPROBS_SLICE_TOKENS));
   }
 }
 
-/** completionLogprobs(lps, tokenText, offset0) as JSON text, rendered a slice at a time. */
+/** A canonical array index ("0", "17"): an object holds such keys first, ascending, and JSON.stringify writes them so. */
+const isIndexKey = (k: string) => /^(?:0|[1-9]\d{0,9})$/.test(k) && Number(k) < 2 ** 32 - 1;
+
+/**
+ * A token's top_logprobs map as JSON.stringify writes the object completionLogprobs builds, without
+ * building it: objects keyed by thousands of different token texts cost V8 a new shape per key.
+ */
+function topLogprobsJson(top: TokenLogprob['top'], tokenText: (id: number) => string): string {
+  const seen: string[] = [];
+  const index: [number, string][] = [];
+  const named: string[] = [];
+  for (const x of top) {
+    const k = tokenText(x.id);
+    if (seen.includes(k)) continue;  // the first, most likely, wins (??=)
+    seen.push(k);
+    const entry = `${JSON.stringify(k)}:${JSON.stringify(x.logprob)}`;
+    if (isIndexKey(k)) index.push([Number(k), entry]);
+    else named.push(entry);
+  }
+  index.sort((a, b) => a[0] - b[0]);
+  return `{${[...index.map((e) => e[1]), ...named].join(',')}}`;
+}
+
+/** JSON.stringify(completionLogprobs(lps, tokenText, offset0)), rendered a slice at a time. */
 export async function completionLogprobsJson(lps: TokenLogprob[], tokenText: (id: number) => string, offset0: number,
   between: () => Promise<void> = nextTurn): Promise<string> {
   const cols: Record<keyof CompletionLogprobs, string[]> = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
   let offset = offset0;
-  await sliced(lps, between, (slice) => completionLogprobs(slice, tokenText, offset), (part) => {
-    for (const k of Object.keys(cols) as (keyof CompletionLogprobs)[]) cols[k].push(elements(part[k]));
-    const last = part.tokens.length - 1;
-    offset = part.text_offset[last]! + part.tokens[last]!.length;
+  await sliced(lps, between, (slice) => {
+    for (const t of slice) {
+      const text = tokenText(t.id);
+      cols.tokens.push(JSON.stringify(text));
+      cols.token_logprobs.push(JSON.stringify(t.logprob));
+      cols.top_logprobs.push(topLogprobsJson(t.top, tokenText));
+      cols.text_offset.push(String(offset));
+      offset += text.length;
+    }
   });
-  return `{${(Object.keys(cols) as (keyof CompletionLogprobs)[]).map((k) => `${JSON.stringify(k)}:[${cols[k].join(',')}]`).join(',')}}`;
+  return jsonObject((Object.keys(cols) as (keyof CompletionLogprobs)[]).map((k) => [k, `[${cols[k].join(',')}]`]));
 }
 
-/** chatLogprobs(lps, tokenText) as JSON text, rendered a slice at a time. */
+/** JSON.stringify(chatLogprobs(lps, tokenText)), rendered a slice at a time. */
 export async function chatLogprobsJson(lps: TokenLogprob[], tokenText: (id: number) => string, between: () => Promise<void> = nextTurn): Promise<string> {
   const parts: string[] = [];
-  await sliced(lps, between, (slice) => chatLogprobs(slice, tokenText), (part) => parts.push(elements(part)));
+  await sliced(lps, between, (slice) => void parts.push(elements(chatLogprobs(slice, tokenText))));
   return `[${parts.join(',')}]`;
 }
 
