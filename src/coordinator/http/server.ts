@@ -3,7 +3,8 @@
 // GET /v1/models, GET /health (200 only while a replica serves) and GET /metrics when metrics are on.
 // Its protection is the gRPC API's (public-auth.ts): the same TLS certificate and client CA, the same
 // bearer token (on /v1/* and /metrics; /health stays open for load balancers), and the same
-// request limits (--max-request-bytes bounds the body; the rest are checked by validateRequest).
+// request limits (--max-request-bytes bounds the body, --max-prompts a batch; the rest are checked
+// by validateRequest).
 //
 // node:http with a small router: five routes do not need a framework, and server-sent events need
 // the raw response anyway (every token is one write, and a closed socket must cancel the request
