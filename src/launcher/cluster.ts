@@ -20,7 +20,7 @@ import { planDeployment } from './deploy-plan.js';
 import type { GroupOptions } from './deploy-plan.js';
 import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
-import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
+import { DEFAULT_REQUEST_LIMITS, checkControlFits, checkQueueFits, defaultPromptsLimit, promptBytesLimit } from '../protocol/limits.js';
 import type { RequestLimits } from '../protocol/limits.js';
 import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
 import type { PublicTls } from '../coordinator/public-auth.js';
@@ -99,6 +99,14 @@ export interface Cluster {
 
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const WORKER_SCRIPT = join(packageRoot, 'dist', 'worker', 'main.js');
+/**
+ * V8 flags of every worker: its young generation fixed at V8's own ceiling (16 MiB semi-spaces).
+ * Left to itself V8 grows the young generation to that ceiling under a step loop's allocation rate
+ * and its memory reducer shrinks it again minutes later, so a loaded worker's RSS moved in steps of
+ * up to 30 MiB (bench/soak measured the young generation, not live objects, as the whole swing);
+ * fixed, a worker's memory is flat under load and no scavenge runs at a smaller size than V8 would pick.
+ */
+export const WORKER_NODE_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=16'];
 
 /**
  * The one group of a launch from flags (`--tp`, `--pp`, `--replicas`, `--device`, ...) plus `spares`
@@ -175,12 +183,17 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const config = loadModelConfig(o.model);
   const { layout, placement } = o.planned ?? planDeployment(config, o.placement, o.groups, o.spares ?? 0, o.allowTpAcrossHosts);
   const tokenizer = await loadTokenizer(o.model);
-  const limits = o.limits ?? DEFAULT_REQUEST_LIMITS;
+  const limits = o.limits ?? { ...DEFAULT_REQUEST_LIMITS, prompts: defaultPromptsLimit(o.maxQueue) };
   // Fails the launch (naming the flags) when the limits would let through a request that a driver
   // could not receive as one control message.
   checkControlFits(config.maxPosition, limits);
+  checkQueueFits(limits, o.maxQueue);
   // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
   const tokenizers = await TokenizerPool.start(o.model);
+  // The logprob tokens' texts, built on a tokenizer thread while the workers load (a request that
+  // needs them before then waits); a failure reaches the request that awaits them.
+  const tokenTexts = tokenizers.tokenTexts(config.vocabSize);
+  tokenTexts.catch(() => {});
   const token = randomBytes(24).toString('hex');
   // What a group's workers would refuse, refused once before any starts.
   for (const g of o.groups) checkGroupPrecision(config, g);
@@ -209,7 +222,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: first.dtype,
       encode: (text: string) => tokenizers.encode(text),
       encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
-      decode: (ids: number[]) => tokenizer.decode(ids),
+      decode: (ids: number[]) => tokenizers.decode(ids),
+      tokenTexts: () => tokenTexts,
       promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
       defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },
@@ -223,7 +237,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const firstError = new Map<number, string>();
   try {
     job = await startJob({
-      placement, command: [o.node ?? process.execPath, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
+      placement, command: [o.node ?? process.execPath, ...WORKER_NODE_FLAGS, WORKER_SCRIPT], jobToken: token, failFast: false, visibleDevices: 'rank',
       secrets: (r) => ({ [JOB_SECRETS_VAR]: slotSecrets[r.rank]! }),
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000), ...o.workerEnv },
