@@ -39,10 +39,11 @@ export function formatStatus(s: ClusterStatusMsg): string {
     `${s.activeRequests} request(s) in flight (${s.pendingRequests} waiting for a replica)`;
   // LAYOUT: the replica's own (smaller than the job's after a `shrunk` recovery) and its ranks.
   // PRECISION: weights / matrix-product inputs / KV cache, e.g. int8/bf16/bf16 or fp8/fp8/fp8.
+  // KV FREE: free/total blocks, and for models whose windowed layers keep a pool of their own, "+ free/total" of that pool.
   const replicas = table(['REPLICA', 'STATE', 'LAYOUT', 'PRECISION', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH'],
     s.replicas.map((r) => [String(r.id), r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`,
       r.precision ? `${r.precision.weights}/${r.precision.activations}/${r.precision.kvCache}` : '-', (r.ranks ?? []).join(',') || '-', String(r.running),
-      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch)]));
+      String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}${r.kvWindowBlocksTotal ? ` + ${r.kvWindowBlocksFree}/${r.kvWindowBlocksTotal}` : ''}`, r.steps, r.generatedTokens, String(r.maxStepBatch)]));
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,
       w.host, String(w.pid), w.state, w.lastHeartbeatMsAgo >= 0 ? `${Math.round(w.lastHeartbeatMsAgo)} ms ago` : '-']));

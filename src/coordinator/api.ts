@@ -366,6 +366,7 @@ export class InferenceApi {
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
         maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
         precision: r.precision,
+        kvWindowBlocksTotal: r.load?.kvWindowBlocksTotal ?? r.kvWindowBlocks, kvWindowBlocksFree: r.load?.kvWindowBlocksFree ?? r.kvWindowBlocks,
       })),
       workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);

@@ -5,7 +5,8 @@
 // cache can hold its whole budget (prompt + max tokens), reserved up front, so nothing needs
 // preempting yet; its blocks are freed when it has finished or been cancelled. Each sequence has
 // one status (protocol/lifecycle.ts).
-import { BlockAllocator } from '../engine/block-allocator.js';
+import { KvGroups } from '../engine/block-allocator.js';
+import type { KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import { stepSampling, tokenLogprobs } from '../engine/step-sampling.js';
 import type { StepSampling } from '../engine/step-sampling.js';
@@ -41,8 +42,8 @@ interface Seq {
   feed: number[];
   /** Planned steps not yet applied (2 when the next step was planned while one runs). */
   inFlight: number;
-  /** Its KV block table, fixed at admission (the whole budget is reserved then): built once, not per step. */
-  table?: Int32Array;
+  /** Its KV block tables, fixed at admission (the whole budget is reserved then): built once, not per step. */
+  tables?: SeqTables;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -67,7 +68,7 @@ interface Pick { seq: Seq; skip: number; left: number; from: number }
 const RECENT_STEPS = 256;
 
 export class Scheduler {
-  private readonly alloc: BlockAllocator;
+  private readonly alloc: KvGroups;
   private readonly waiting: Seq[] = [];
   private readonly running: Seq[] = [];
   private readonly byId = new Map<string, Seq>();
@@ -79,10 +80,11 @@ export class Scheduler {
   maxInFlight = 0;
   private readonly recent: number[] = [];
 
+  /** window: the KV groups' window and the windowed layers' own pool, as the engine keeps them (Engine.kvGroups). */
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
     private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number,
-    kvWindow = 0) {
-    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize, kvWindow);
+    window: Omit<KvGroupsOptions, 'blocks' | 'blockSize'> = {}) {
+    this.alloc = new KvGroups({ blocks: kvBlocks, blockSize: kvBlockSize, ...window });
   }
 
   get idle(): boolean {
@@ -104,8 +106,8 @@ export class Scheduler {
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
     const budget = Math.min(this.contextLength, sub.promptIds.length + params.maxTokens);
     const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
-    if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
-      return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
+    const never = this.alloc.neverFits(budget, longest, "the replica's cache");
+    if (never) return err(never);
     const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop, maxTokens: params.maxTokens,
       ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids) };
     // Replay: the tokens the client already has go back into the cache and the stop checker.
@@ -146,8 +148,7 @@ export class Scheduler {
     const longest = (s: Seq) => Math.min(this.maxBatchTokens, s.feed.length);
     while (this.waiting.length && this.alloc.canAllocate(this.waiting[0]!.id, this.waiting[0]!.budget, longest(this.waiting[0]!))) {
       const seq = this.waiting.shift()!;
-      this.alloc.allocate(seq.id, seq.budget, longest(seq));
-      seq.table = this.alloc.table(seq.id);
+      seq.tables = this.alloc.allocate(seq.id, seq.budget, longest(seq));
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
     }
@@ -218,7 +219,7 @@ export class Scheduler {
       seq.inFlight++;
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
-        pos: seq.pos + skip, blockTable: seq.table!, sample, ...seq.step,
+        pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
       });
       from.push(f);
     }
@@ -300,8 +301,9 @@ export class Scheduler {
 
   load(): ReplicaLoad {
     return {
-      running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
-      kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),
+      running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.main.numBlocks,
+      kvBlocksFree: this.alloc.main.freeBlocks, kvBlockSize: this.alloc.blockSize,
+      kvWindowBlocksTotal: this.alloc.windowed?.numBlocks ?? 0, kvWindowBlocksFree: this.alloc.windowed?.freeBlocks ?? 0, steps: String(this.steps),
       generatedTokens: String(this.generated), recentStepBatch: [...this.recent], maxStepBatch: this.maxStepBatch,
       maxInFlight: this.maxInFlight,
     };

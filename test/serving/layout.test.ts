@@ -103,11 +103,17 @@ describe('step metadata codec', () => {
       sampling: { minP: Math.fround(0.1), repetitionPenalty: Math.fround(1.2), presencePenalty: 0, frequencyPenalty: Math.fround(0.5), promptLen: 1, logprobs: 3,
         logitBiasIds: Int32Array.from([7]), logitBiasValues: Float32Array.from([-2]) } };
     expect(decodeStep(encodeStep({ step: 4, seqs: [seq] }))).toEqual({ step: 4, seqs: [seq] });
-    // The first sequence's extras-word count sits after the header (3 words) and its 40 bytes of fixed fields.
-    const at = 12 + 40;
+    // The first sequence's extras-word count sits after the header (3 words) and its 44 bytes of fixed fields.
+    const at = 12 + 44;
     for (const [words, error] of [[0x7fffffff, /does not fit/], [-1, /negative count/], [3, /fewer than 7/]] as const) {
       const bad = encodeStep({ step: 4, seqs: [seq] });
       new DataView(bad.buffer, bad.byteOffset).setInt32(at, words, true);
+      expect(() => decodeStep(bad)).toThrow(error);
+    }
+    // Its window-table count (-1: none) is the fifth word; a huge or negative one is refused the same way.
+    for (const [count, error] of [[0x7fffffff, /does not fit/], [-2, /negative count/]] as const) {
+      const bad = encodeStep({ step: 4, seqs: [seq] });
+      new DataView(bad.buffer, bad.byteOffset).setInt32(12 + 16, count, true);
       expect(() => decodeStep(bad)).toThrow(error);
     }
   });

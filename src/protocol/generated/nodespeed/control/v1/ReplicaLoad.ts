@@ -16,6 +16,11 @@ export interface ReplicaLoadIn {
    * most micro-batches in the pipeline at once
    */
   'maxInFlight'?: (number);
+  /**
+   * Models that mix windowed and global layers: the windowed layers' own pool (0 when none).
+   */
+  'kvWindowBlocksTotal'?: (number);
+  'kvWindowBlocksFree'?: (number);
 }
 
 export interface ReplicaLoad {
@@ -32,4 +37,9 @@ export interface ReplicaLoad {
    * most micro-batches in the pipeline at once
    */
   'maxInFlight': (number);
+  /**
+   * Models that mix windowed and global layers: the windowed layers' own pool (0 when none).
+   */
+  'kvWindowBlocksTotal': (number);
+  'kvWindowBlocksFree': (number);
 }
