@@ -160,26 +160,20 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
         for (int i = 0; i < q.n_tokens; ++i) h[p.simt_tokens + n_simt++] = t + i;
       }
     }
-    h[p.seq_bt_off + s] = bt_off;
-    for (int b = 0; b < q.n_blocks; ++b) {
-      const int blk = q.block_table[b];
-      if (blk < 0 || blk >= kv_blocks_)
-        throw std::runtime_error(seq_name(s) + ".block_table[" + std::to_string(b) + "] = " + std::to_string(blk) +
-                                 " is outside [0, " + std::to_string(kv_blocks_) + ")");
-      h[p.block_tables + bt_off + b] = blk;
-    }
-    bt_off += q.n_blocks;
-    if (c.kv_window_group) {
-      h[p.seq_wbt_off + s] = bt_off;
-      for (int b = 0; b < q.n_window_blocks; ++b) {
-        const int blk = q.window_block_table[b];
-        if (blk < 0 || blk >= kv_window_blocks_)
-          throw std::runtime_error(seq_name(s) + ".window_block_table[" + std::to_string(b) + "] = " + std::to_string(blk) +
-                                   " is outside [0, " + std::to_string(kv_window_blocks_) + ")");
+    // The sequence's table (and the windowed layers' one) into the packed tables, its offset at `at`.
+    auto put_table = [&](const char* name, const int32_t* table, int n, int pool, size_t at) {
+      h[at + s] = bt_off;
+      for (int b = 0; b < n; ++b) {
+        const int blk = table[b];
+        if (blk < 0 || blk >= pool)
+          throw std::runtime_error(seq_name(s) + "." + name + "[" + std::to_string(b) + "] = " + std::to_string(blk) +
+                                   " is outside [0, " + std::to_string(pool) + ")");
         h[p.block_tables + bt_off + b] = blk;
       }
-      bt_off += q.n_window_blocks;
-    }
+      bt_off += n;
+    };
+    put_table("block_table", q.block_table, q.n_blocks, kv_blocks_, p.seq_bt_off);
+    if (c.kv_window_group) put_table("window_block_table", q.window_block_table, q.n_window_blocks, kv_window_blocks_, p.seq_wbt_off);
     for (int i = 0; i < q.n_tokens; ++i, ++t) {
       const int pos = q.pos + i;
       const int32_t tok = c.has_embedding ? q.tokens[i] : 0;
