@@ -2,22 +2,25 @@
 // q/k/v bias + q/k RMSNorm + RoPE from per-token cos/sin tables (every RoPE type, computed on the
 // host by the same code as the CPU backend's) + KV write; windowed, soft-capped attention; gated
 // MLP activations (SwiGLU, GeGLU); the end of each sublayer (residual add, Gemma's post-norm, the
-// next input norm) in one kernel. Plain SIMT kernels (the routed experts: moe.cu); every kernel
+// next input norm) in one kernel. K/V are cached in the activation dtype or, with the fp8 KV cache
+// (KV8), as E4M3 of k / k_scale and v / v_scale, stored and read by the helpers the Llama path's
+// kernels use (quant.h), so both forwards keep one cache format. Plain SIMT kernels (the routed experts: moe.cu); every kernel
 // waits for its predecessor first (launch() allows programmatic dependent launch).
 #include "cuda/add_norm.h"
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
 #include "cuda/kv_layout.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
 
 // One block per (token, head) of q|k|v: x = row (+ bias); x = rmsnorm(x) * w (q and k heads with
 // qk norm); rotate the first 2 * half dims (HF rotate_half); q back in place, k and v to the cache.
-template <typename T>
+template <typename T, bool KV8>
 __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* kn, float eps, int nh, int nkv,
-                           int hd, int half, const float* cos, const float* sin, const int32_t* slot, T* kc, T* vc,
-                           int B) {
+                           int hd, int half, const float* cos, const float* sin, const int32_t* slot, void* kc, void* vc,
+                           int B, float ks, float vs) {
   grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y;
   const int sl = slot[t];
@@ -46,17 +49,18 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
   }
   if (i < hd) {
     if (h < nh) row[h * hd + i] = from_f<T>(v);
-    else if (h < nh + nkv) kc[kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
-    else vc[kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
+    else if (h < nh + nkv) store_kv<T, KV8>(kc, kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i, from_f<T>(v), ks);
+    else store_kv<T, KV8>(vc, kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i, from_f<T>(v), vs);
   }
 }
 
 // Grid (token, q head), 4 warps: each warp runs an online softmax over every 4th key of the token's
 // window [first, pos] (lane l holds dims l, l + 32, ... of the accumulator), then the warps merge.
-template <typename T>
+// KV8: scale already holds k_scale (scores are k_scale * q.k8), the output is v_scale * P.v8 / l.
+template <typename T, bool KV8>
 __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const int32_t* tok_pos, const int32_t* tok_seq,
-                                 const int32_t* seq_bt_off, const int32_t* block_tables, int B, const T* kc,
-                                 const T* vc, T* out, float scale, float softcap, int window) {
+                                 const int32_t* seq_bt_off, const int32_t* block_tables, int B, const void* kc,
+                                 const void* vc, T* out, float scale, float softcap, int window, float vs) {
   constexpr int kWarps = 4, kMaxPer = 8;  // hd <= 256
   grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y, kh = h / (nh / nkv);
@@ -80,7 +84,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
 #pragma unroll
     for (int e = 0; e < kMaxPer; ++e) {
       const int d = lane + 32 * e;
-      if (e < per && d < hd) s += qv[e] * to_f(kc[off + d]);
+      if (e < per && d < hd) s += qv[e] * kv_elem<T, KV8>(kc, off + d);
     }
     s = warp_sum(s) * scale;
     if (softcap > 0.f) s = tanhf(s / softcap) * softcap;
@@ -89,7 +93,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
 #pragma unroll
     for (int e = 0; e < kMaxPer; ++e) {
       const int d = lane + 32 * e;
-      acc[e] = acc[e] * corr + (e < per && d < hd ? p * to_f(vc[off + d]) : 0.f);
+      acc[e] = acc[e] * corr + (e < per && d < hd ? p * kv_elem<T, KV8>(vc, off + d) : 0.f);
     }
     m = mn;
   }
@@ -109,7 +113,7 @@ __global__ void attention_kernel(const T* qkv, int nh, int nkv, int hd, const in
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float a = 0.f;
     for (int w = 0; w < kWarps; ++w) a += sm[w] == -INFINITY ? 0.f : sacc[w][d] * __expf(sm[w] - M);
-    o[d] = from_f<T>(a / L);
+    o[d] = from_f<T>(KV8 ? a * vs / L : a / L);
   }
 }
 
@@ -150,22 +154,32 @@ unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 
 
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, cudaStream_t s) {
+                const KvCache& kv, int block_size, cudaStream_t s) {
   if (T == 0) return;
+  const dim3 grid(T, nh + 2 * nkv), block(hd <= 128 ? 128 : 256);
   NS_DISPATCH_ACT(act, E, {
-    launch("family_qkv", qkv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(hd <= 128 ? 128 : 256), s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm,
-           k_norm, eps, nh, nkv, hd, half, cos, sin, slot, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size);
+    if (kv.fp8)
+      launch("family_qkv", qkv_kernel<E, true>, grid, block, s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm, k_norm, eps,
+             nh, nkv, hd, half, cos, sin, slot, kv.k, kv.v, block_size, kv.k_scale, kv.v_scale);
+    else
+      launch("family_qkv", qkv_kernel<E, false>, grid, block, s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm, k_norm, eps,
+             nh, nkv, hd, half, cos, sin, slot, kv.k, kv.v, block_size, kv.k_scale, kv.v_scale);
   });
   NS_LAUNCHED("family_qkv");
 }
 
 void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
+  const float scale = a.kv_fp8 ? a.scale * a.k_scale : a.scale;
   NS_DISPATCH_ACT(act, E, {
-    launch("family_attention", attention_kernel<E>, dim3(a.T, a.nh), dim3(128), s, static_cast<const E*>(a.qkv), a.nh,
-           a.nkv, a.hd, a.tok_pos, a.tok_seq, a.seq_bt_off, a.block_tables, a.block_size,
-           static_cast<const E*>(a.kcache), static_cast<const E*>(a.vcache), static_cast<E*>(a.out), a.scale,
-           a.softcap, a.window);
+    if (a.kv_fp8)
+      launch("family_attention", attention_kernel<E, true>, dim3(a.T, a.nh), dim3(128), s, static_cast<const E*>(a.qkv), a.nh,
+             a.nkv, a.hd, a.tok_pos, a.tok_seq, a.seq_bt_off, a.block_tables, a.block_size, a.kcache, a.vcache,
+             static_cast<E*>(a.out), scale, a.softcap, a.window, a.v_scale);
+    else
+      launch("family_attention", attention_kernel<E, false>, dim3(a.T, a.nh), dim3(128), s, static_cast<const E*>(a.qkv), a.nh,
+             a.nkv, a.hd, a.tok_pos, a.tok_seq, a.seq_bt_off, a.block_tables, a.block_size, a.kcache, a.vcache,
+             static_cast<E*>(a.out), scale, a.softcap, a.window, a.v_scale);
   });
   NS_LAUNCHED("family_attention");
 }

@@ -8,16 +8,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/kernels.h"
 #include "engine.h"
 
 namespace ns::cuda {
 
 // Per token: q/k/v bias (activation dtype, may be null), q and k heads RMSNorm'ed over hd with q_norm / k_norm
 // (null: none), RoPE on the first 2 * half dims with the token's cos/sin rows ([T, half] f32,
-// attention factor included), q written back, k and v into the paged cache at slot[t] (< 0: none).
+// attention factor included), q written back, k and v into the paged cache `kv` (the activation
+// dtype or E4M3, as kernels.h's KvCache says) at slot[t] (< 0: none).
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, cudaStream_t s);
+                const KvCache& kv, int block_size, cudaStream_t s);
 
 struct FamilyAttnArgs {
   const void* qkv; int T, nh, nkv, hd;
@@ -25,6 +27,8 @@ struct FamilyAttnArgs {
   int block_size; const void* kcache; const void* vcache; void* out;
   float scale, softcap;  // softcap 0: off
   int window;            // 0: all of [0, pos]; else (pos - window, pos]
+  bool kv_fp8 = false;   // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
+  float k_scale = 1.f, v_scale = 1.f;
 };
 // Causal GQA attention of every token over its sequence's cached keys in its window.
 void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s);
