@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import { launch } from '../failover/load.mjs';
+import { rng } from '../lib/rng.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The code under test is the checkout as the run starts (edits made while it runs do not count).
@@ -41,16 +42,6 @@ const targets = new Set(a.targets.split(','));
 const minutes = Number(a.minutes);
 const seed = Number(a.seed);
 
-function rng(s) {
-  let x = s >>> 0;
-  return () => {
-    x = (x + 0x6d2b79f5) >>> 0;
-    let t = x;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const r = rng(seed);
 const int = (n) => Math.floor(r() * n);
 const pick = (xs) => xs[int(xs.length)];

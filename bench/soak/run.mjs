@@ -8,17 +8,28 @@
 // the first half to the second).
 // Writes bench/results/soak-<device>-<timestamp>.json.
 //
+// What moves: a worker's native memory (weights, KV cache, step scratch of at most --max-batch-tokens
+// tokens, malloc arenas) is flat from the first step; its RSS moves with the V8 heap. Workers run
+// with a fixed young generation (WORKER_NODE_FLAGS in src/launcher/cluster.ts): V8 resizing it showed
+// as RSS steps of up to 30 MiB minutes apart. What remains is old-space garbage: each request's state
+// lives long enough to be promoted and dies there, and V8 collects it when the old generation passes
+// its limit (live + at least 8 MiB + the young generation) or its memory reducer runs, which under
+// steady load can be more than 10 minutes apart. --gc-every S tells the two apart: every worker runs a
+// full GC every S seconds (gc-probe.mjs) and the result adds the JS heap in use after each one. Such a
+// run is a diagnostic (params.gc_every_s, diagnostic: true), not the bar.
+//
 //   npm run build && node bench/soak/run.mjs [--minutes 10] [--model models/py-tiny] [--min-streams 32] [--max-streams 64]
-//        [--cancel-rate 0.03] [--max-tokens 256] [--launch-args '--num_cpu_workers 2 --replicas 2'] [--seed 1]
+//        [--cancel-rate 0.03] [--max-tokens 256] [--launch-args '--num_cpu_workers 2 --replicas 2'] [--seed 1] [--gc-every 0]
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, hostname, loadavg, totalmem } from 'node:os';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, hostname, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setMaxListeners } from 'node:events';
 
 import { launch } from '../failover/load.mjs';
+import { rng } from '../lib/rng.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 // The code under test is the checkout as the run starts (edits made while it runs do not count).
@@ -37,6 +48,7 @@ const { values: a } = parseArgs({
     'max-tokens': { type: 'string', default: '256' },
     'launch-args': { type: 'string', default: '--num_cpu_workers 2 --replicas 2' },
     seed: { type: 'string', default: '1' },
+    'gc-every': { type: 'string', default: '0' },
     out: { type: 'string' },
   },
 });
@@ -45,18 +57,8 @@ const minStreams = Number(a['min-streams']);
 const maxStreams = Number(a['max-streams']);
 const cancelRate = Number(a['cancel-rate']);
 const maxTokens = Number(a['max-tokens']);
+const gcEvery = Number(a['gc-every']);
 
-/** mulberry32: the whole load is a function of --seed. */
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rand = rng(Number(a.seed));
 const PROMPTS = ['import os\n\n', 'def fib(n):\n', 'class Stack:\n    def __init__(self):\n', '# parse a CSV file\nimport csv\n',
   'for i in range(10):\n', 'async def fetch(url):\n', '"""Utilities."""\nfrom typing import List\n\n', 'x = [i * i for i in'];
@@ -87,7 +89,13 @@ function slopePerMin(points) {
 const { NodespeedClient } = await import(join(root, 'dist', 'client', 'index.js'));
 const bin = join(root, 'bin', 'nodespeed');
 const launchArgs = ['--model', a.model, '--port', '0', '--bind', '127.0.0.1', '--no-progress', ...a['launch-args'].split(/\s+/).filter(Boolean)];
-console.error(`soak: launching ${launchArgs.join(' ')}`);
+// --gc-every: the workers load gc-probe.mjs through the job's env file (DeepSpeed's DS_ENV_FILE).
+const gcDir = gcEvery > 0 ? mkdtempSync(join(tmpdir(), 'soak-gc-')) : null;
+if (gcDir) {
+  writeFileSync(join(gcDir, 'env'), `NODE_OPTIONS=--import=${join(root, 'bench', 'soak', 'gc-probe.mjs')}\nSOAK_GC_EVERY_MS=${gcEvery * 1000}\nSOAK_GC_DIR=${gcDir}\n`);
+  process.env.DS_ENV_FILE = join(gcDir, 'env');
+}
+console.error(`soak: launching ${launchArgs.join(' ')}${gcDir ? ` (workers collect every ${gcEvery} s)` : ''}`);
 const cluster = await launch(bin, launchArgs);
 const client = new NodespeedClient(cluster.address);
 const t0 = Date.now();
@@ -173,6 +181,17 @@ const memory = Object.fromEntries(Object.entries(processes).map(([name, pts]) =>
   return [name, { second_half_kib_per_min: slopePerMin(second), last_quarter_kib_per_min: slopePerMin(pts.filter((p) => p.t >= (3 * run) / 4)),
     peak_growth_kib: first.length && second.length ? peak(second) - peak(first) : null, end_kib: pts.at(-1)?.y ?? null }];
 }));
+// --gc-every: per worker, the JS heap in use after each full GC (what it retains) and what the GCs cost.
+const liveHeap = gcDir && Object.fromEntries(readdirSync(gcDir).filter((f) => f.endsWith('.jsonl')).map((f) => {
+  const rows = readFileSync(join(gcDir, f), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const span = rows.at(-1).t_ms;
+  const ms = rows.map((r) => r.gc_ms).sort((x, y) => x - y);
+  return [`worker ${f.replace('.jsonl', '')}`, { gcs: rows.length, first_kib: rows[0].heap_used_kib, last_kib: rows.at(-1).heap_used_kib,
+    max_kib: Math.max(...rows.map((r) => r.heap_used_kib)),
+    second_half_kib_per_min: slopePerMin(rows.filter((r) => r.t_ms >= span / 2).map((r) => ({ t: r.t_ms, y: r.heap_used_kib }))),
+    gc_ms_median: ms[Math.floor(ms.length / 2)], gc_ms_max: ms.at(-1) }];
+}));
+if (gcDir) rmSync(gcDir, { recursive: true, force: true });
 const kv = final.replicas.map((r) => ({ replica: r.id, total: r.kvBlocksTotal, free: r.kvBlocksFree, running: r.running, queued: r.queued }));
 // Flat after warm-up: over the last quarter RSS grows by less than 1 MiB per minute, and the second
 // half's peak is within 32 MiB of the first half's (a leak of one request's state per request would
@@ -190,14 +209,16 @@ const verdict = {
 const result = {
   bench: 'soak', date: new Date().toISOString(), commit, model: a.model, launch_args: launchArgs.join(' '),
   machine: { host: hostname(), cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
-  params: { minutes, min_streams: minStreams, max_streams: maxStreams, cancel_rate: cancelRate, max_tokens: maxTokens, seed: Number(a.seed) },
+  params: { minutes, min_streams: minStreams, max_streams: maxStreams, cancel_rate: cancelRate, max_tokens: maxTokens, seed: Number(a.seed), gc_every_s: gcEvery },
+  diagnostic: gcEvery > 0,
   totals: { requests: stats.requests, completed: stats.completed, cancelled: stats.cancelled, errors: stats.errors.length, tokens: stats.tokens,
     tok_s: +(stats.tokens / (minutes * 60)).toFixed(1) },
-  errors: stats.errors.slice(0, 50), kv_at_end: kv, failover: final.failover, memory, flat_kib_per_min: FLAT_KIB_PER_MIN, step_kib: STEP_KIB,
+  errors: stats.errors.slice(0, 50), kv_at_end: kv, failover: final.failover, memory, ...(liveHeap ? { live_heap_after_gc: liveHeap } : {}),
+  flat_kib_per_min: FLAT_KIB_PER_MIN, step_kib: STEP_KIB,
   verdict, pass: Object.values(verdict).every(Boolean), samples,
 };
 const out = a.out ?? join(root, 'bench', 'results', `soak-cpu-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
 mkdirSync(dirname(out), { recursive: true });
 writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-console.log(JSON.stringify({ out, totals: result.totals, verdict, pass: result.pass, memory }, null, 2));
+console.log(JSON.stringify({ out, totals: result.totals, verdict, pass: result.pass, memory, ...(liveHeap ? { live_heap_after_gc: liveHeap } : {}) }, null, 2));
 process.exit(result.pass ? 0 : 1);
