@@ -8,6 +8,7 @@
 // all-reduced (rows outside the shard contribute zero), the logits all-gathered.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -89,6 +90,11 @@ struct ShardConfig {
   float final_softcap = 0.f;    // the same on the logits
   int sliding_window = 0;       // window of the layers marked in sliding_layers; 0 = none
   std::vector<uint8_t> sliding_layers;  // per layer of this shard (layer_start..): 1 = windowed
+  // Models that mix windowed and global layers keep the windowed layers' KV in a pool of their own
+  // (kv_window_pool_blocks), addressed through each sequence's window_block_table: a ring of the
+  // few blocks the window needs, so a long sequence holds every block only in the global layers.
+  // The model decides (every stage of a pipeline agrees), not the shard's own layers.
+  bool kv_window_group = false;
   bool has_rope_local = false;  // sliding layers use rope_local (Gemma 3's local base)
   RopeConfig rope_local;
   // Mixture of experts: num_experts > 0. Each TP rank holds whole experts [expert_start,
@@ -109,6 +115,7 @@ struct ShardConfig {
   DType compute = DType::F32;   // CPU: F32. CUDA: BF16 or F16 (fp32 accumulation)
   int kv_block_size = 16;       // tokens per KV block
   int kv_blocks = 0;            // 0: backend sizes it (CUDA: from free memory x gpu_memory_fraction)
+                                // kv_window_group: the global layers' pool; the window pool follows (kv_window_pool_blocks)
   float gpu_memory_fraction = 0.9f;
   int max_step_tokens = 0;      // most tokens one step carries (CUDA: scratch kept free beside the KV cache); 0: 2048
   int device_index = 0;
@@ -162,7 +169,9 @@ struct SamplingParams {
 // One sequence's slice of a step: n_tokens new tokens starting at absolute position pos.
 // A prefill is n_tokens = prompt length (or a chunk of it); a decode is n_tokens = 1.
 // block_table maps logical block i (positions [i*B, (i+1)*B)) to a physical KV block; it must
-// cover positions [0, pos + n_tokens).
+// cover positions [0, pos + n_tokens). With ShardConfig::kv_window_group, window_block_table does
+// the same for the windowed layers, into their own pool (entries repeat: a ring, and the layers
+// read only the window, whose blocks the ring still holds).
 struct SeqInput {
   // n_tokens ids. The first stage embeds them; the last stage reads them too when the sequence has
   // penalties (its token counts are built from what each step feeds).
@@ -171,6 +180,8 @@ struct SeqInput {
   int pos = 0;
   const int32_t* block_table = nullptr;
   int n_blocks = 0;
+  const int32_t* window_block_table = nullptr;  // kv_window_group only
+  int n_window_blocks = 0;
   SamplingParams sampling;
   bool sample = true;        // last stage: sample one token from the last position
   bool all_logits = false;   // last stage: return logits of every position, not only the last
@@ -237,10 +248,26 @@ class Backend {
   // Checks every expected tensor arrived (throws naming the first missing one) and allocates
   // the KV cache. Returns the number of KV blocks.
   virtual int finalize() = 0;
+  // Blocks of the windowed layers' pool after finalize (ShardConfig::kv_window_group), else 0.
+  virtual int window_blocks() const { return 0; }
   virtual void set_tp_comm(std::shared_ptr<Communicator> comm) = 0;
   virtual void step(const StepInput& in, StepOutput& out) = 0;
   virtual std::string describe() const = 0;
 };
+
+// The windowed layers' pool for a global pool of `global_blocks` (kv_window_group): room for the
+// ring of as many whole-context sequences as the global pool holds (ring: the window plus the
+// longest step, max_step_tokens or 2048), at least one ring, at most global_blocks (a sequence never
+// holds more window blocks than global ones). Memory is shared as TensorRT-LLM shares it between
+// attention windows: in proportion to the tokens each window keeps per sequence.
+inline int kv_window_pool_blocks(const ShardConfig& c, int global_blocks) {
+  if (!c.kv_window_group || c.sliding_window <= 0 || global_blocks <= 0) return 0;
+  const int64_t B = c.kv_block_size, step = c.max_step_tokens > 0 ? c.max_step_tokens : 2048;
+  const int64_t ctx = (int64_t(c.max_position) + B - 1) / B;
+  const int64_t ring = std::min<int64_t>(ctx, (c.sliding_window + step - 1 + B - 1) / B);
+  const int64_t share = ctx > 0 ? (int64_t(global_blocks) * ring + ctx - 1) / ctx : global_blocks;
+  return static_cast<int>(std::min<int64_t>(global_blocks, std::max<int64_t>(ring, share)));
+}
 
 std::unique_ptr<Backend> make_cpu_backend(const ShardConfig& cfg);
 // Defined in cuda/ when built with CUDA; otherwise throws "cuda: unavailable (not built with CUDA)".

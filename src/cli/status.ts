@@ -62,10 +62,11 @@ export function formatStatus(s: ClusterStatusMsg): string {
   (s.classes ?? []).map((c) => [c.name, String(c.priority), c.groups.join('>'), c.ttftP99TargetMs ? `p99 <= ${c.ttftP99TargetMs} ms` : '-',
     String(c.waiting), String(c.running), String(c.preempted), routed(c), c.overflowed, c.rejected, c.preemptions, pct(c.ttft), pct(c.itl)]));
   // LAYOUT: the replica's own (smaller than its group's after a `shrunk` recovery) and its ranks.
+  // KV FREE: free/total blocks, and for models whose windowed layers keep a pool of their own, "+ free/total" of that pool.
   const replicas = table(['REPLICA', 'GROUP', 'STATE', 'LAYOUT', 'PRECISION', 'RANKS', 'RUNNING', 'QUEUED', 'KV FREE', 'STEPS', 'TOKENS', 'MAX BATCH',
     'STEP ms', 'PREEMPTED'],
     s.replicas.map((r) => [String(r.id), r.group || '-', r.state, `tp ${r.tp || s.tp} x pp ${r.pp || s.pp}`, precision(r.precision), (r.ranks ?? []).join(',') || '-',
-      String(r.running), String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}`, r.steps, r.generatedTokens, String(r.maxStepBatch),
+      String(r.running), String(r.queued), `${r.kvBlocksFree}/${r.kvBlocksTotal}${r.kvWindowBlocksTotal ? ` + ${r.kvWindowBlocksFree}/${r.kvWindowBlocksTotal}` : ''}`, r.steps, r.generatedTokens, String(r.maxStepBatch),
       r.stepMs ? r.stepMs.toFixed(1) : '-', String(r.preemptions ?? 0)]));
   const workers = table(['RANK', 'REPLICA', 'STAGE', 'TP', 'LAYERS', 'HOST', 'PID', 'STATE', 'HEARTBEAT'],
     s.workers.map((w) => [String(w.rank), String(w.replica), String(w.stage), String(w.tpRank), `${w.layerStart}-${w.layerEnd - 1}`,

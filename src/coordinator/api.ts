@@ -430,6 +430,7 @@ export class InferenceApi {
         precision: r.precision,
         group: groupOf(layout, r.id).name, preemptions: r.load?.preemptions ?? 0,
         stepMs: r.load && r.load.stepMsBase + r.load.stepMsPerToken > 0 ? r.load.stepMsBase + r.load.stepMsPerToken * (r.load.running || 1) : 0,
+        kvWindowBlocksTotal: r.load?.kvWindowBlocksTotal ?? r.kvWindowBlocks, kvWindowBlocksFree: r.load?.kvWindowBlocksFree ?? r.kvWindowBlocks,
       })),
       workers: ranks.map((p) => {
         const w = this.members.workers.get(p.rank);

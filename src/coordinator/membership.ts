@@ -288,6 +288,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
         if (this.stale(w, m.ready.epoch)) return;
         w.state = 'ready';
         w.kvBlocks = m.ready.kvBlocks;
+        w.kvWindowBlocks = m.ready.kvWindowBlocks;
         w.kvBlockSize = m.ready.kvBlockSize;
         w.describe = printable(m.ready.describe, 1000);
         w.loadDone = w.loadTotal = Math.max(w.loadTotal, 1);
@@ -334,14 +335,16 @@ export class Membership extends EventEmitter<MembershipEvents> {
     const ws = replica.ranks.map((r) => this.workers.get(r));
     if (ws.some((w) => !w || w.state !== 'ready')) return;
     replica.kvBlocks = Math.min(...ws.map((w) => w!.kvBlocks));
+    replica.kvWindowBlocks = Math.min(...ws.map((w) => w!.kvWindowBlocks));
     replica.kvBlockSize = ws[0]!.kvBlockSize;
     replica.state = 'serving';
     replica.reforming = false;
     for (const w of ws) {
       w!.state = 'serving';
-      w!.send({ start: { epoch: w!.epoch, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize } });
+      w!.send({ start: { epoch: w!.epoch, kvBlocks: replica.kvBlocks, kvBlockSize: replica.kvBlockSize, kvWindowBlocks: replica.kvWindowBlocks } });
     }
-    this.o.log(`coordinator: replica ${replica.id} serving (${replica.kvBlocks} KV blocks of ${replica.kvBlockSize} tokens)`);
+    const windowed = replica.kvWindowBlocks ? ` + ${replica.kvWindowBlocks} for the windowed layers` : '';
+    this.o.log(`coordinator: replica ${replica.id} serving (${replica.kvBlocks} KV blocks${windowed} of ${replica.kvBlockSize} tokens)`);
     this.emit('replica-serving', replica);
   }
 

@@ -118,6 +118,11 @@ export class CoordinatorMetrics implements ApiMetrics {
     perReplica('nodespeed_replica_running', 'Sequences in the replica\'s batch', (rep) => rep.load?.running ?? 0);
     perReplica('nodespeed_kv_blocks_total', 'KV cache blocks of the replica', (rep) => rep.load?.kvBlocksTotal ?? rep.kvBlocks);
     perReplica('nodespeed_kv_blocks_used', 'KV cache blocks in use', (rep) => rep.load ? rep.load.kvBlocksTotal - rep.load.kvBlocksFree : 0);
+    // Models that mix windowed and global layers: the windowed layers' own pool (0 for others).
+    perReplica('nodespeed_kv_window_blocks_total', 'KV cache blocks of the replica\'s windowed layers (a ring per sequence; 0: no such pool)',
+      (rep) => rep.load?.kvWindowBlocksTotal ?? rep.kvWindowBlocks);
+    perReplica('nodespeed_kv_window_blocks_used', 'KV cache blocks of the windowed layers in use',
+      (rep) => rep.load ? rep.load.kvWindowBlocksTotal - rep.load.kvWindowBlocksFree : 0);
     perReplica('nodespeed_replica_serving', '1 while the replica serves, 0 while it forms, loads or is lost', (rep) => (rep.state === 'serving' ? 1 : 0));
     perReplica('nodespeed_replica_ranks', 'Ranks of the replica (tp x pp: fewer after failover re-formed it with a smaller layout)', (rep) => rep.ranks.length);
     new Gauge({

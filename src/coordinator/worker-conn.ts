@@ -16,6 +16,8 @@ export class WorkerConn {
   loadDone = 0;
   loadTotal = 0;
   kvBlocks = 0;
+  /** The windowed layers' own pool (models that mix windowed and global layers), else 0. */
+  kvWindowBlocks = 0;
   kvBlockSize = 0;
   /** The engine's description from its Ready message (bounded: it comes from the worker). */
   describe = '';
@@ -58,6 +60,7 @@ export class Replica {
   state: ReplicaState = 'forming';
   load: ReplicaLoad | null = null;
   kvBlocks = 0;
+  kvWindowBlocks = 0;
   kvBlockSize = 0;
   /** True while failover re-forms it: its ranks may join again, in a newer epoch. */
   reforming = false;

@@ -50,15 +50,14 @@ export class BlockAllocator {
     return this.tables.has(seq);
   }
 
-  /** Physical blocks `seq` holds now (0 for an unknown one). */
+  /** Physical blocks `seq` holds now (its ring's length with a window; 0 for an unknown one). */
   held(seq: string | number): number {
     return this.tables.get(seq)?.ring.length ?? 0;
   }
 
   /** Whether `seq` (new or existing) could grow to cover `tokens` positions right now. */
   canAllocate(seq: string | number, tokens: number, longestStep = tokens): boolean {
-    const have = this.tables.get(seq)?.ring.length ?? 0;
-    return this.blocksNeeded(tokens, longestStep) - have <= this.freeList.length;
+    return this.blocksNeeded(tokens, longestStep) - this.held(seq) <= this.freeList.length;
   }
 
   /**
@@ -94,5 +93,83 @@ export class BlockAllocator {
     if (!entry) return;
     for (let i = entry.ring.length - 1; i >= 0; i--) this.freeList.push(entry.ring[i]!);
     this.tables.delete(seq);
+  }
+}
+
+/** A sequence's block tables as a step takes them (StepSeq). */
+export interface SeqTables {
+  blockTable: Int32Array;
+  /** The windowed layers' ring into their own pool (models that mix windowed and global layers). */
+  windowBlockTable?: Int32Array;
+}
+
+export interface KvGroupsOptions {
+  /** Blocks of the main pool: every layer's, or the global layers' when windowBlocks is set. */
+  blocks: number;
+  blockSize: number;
+  /** Positions the layers keep behind a token. Without windowBlocks: every layer's (0: all). */
+  window?: number;
+  /** The windowed layers' own pool (the engine's kvWindowBlocks): its tables are rings of `window`. */
+  windowBlocks?: number;
+}
+
+/**
+ * The paged KV cache's groups of layers, each with its own pool and one table per sequence (the
+ * shape of vLLM's hybrid KV cache manager): the main group, and for models that mix windowed and
+ * global layers (Gemma 2/3, Qwen2 with max_window_layers) the windowed layers' group, whose table
+ * cycles through a ring of the blocks the window needs. A long sequence then holds every block
+ * only in the global layers. A sequence is admitted when both groups have room.
+ */
+export class KvGroups {
+  readonly main: BlockAllocator;
+  readonly windowed: BlockAllocator | null;
+
+  constructor(o: KvGroupsOptions) {
+    const w = o.window ?? 0;
+    if (o.windowBlocks && w <= 0) throw new RangeError('KvGroups: a window pool needs a window');
+    this.main = new BlockAllocator(o.blocks, o.blockSize, o.windowBlocks ? 0 : w);
+    this.windowed = o.windowBlocks ? new BlockAllocator(o.windowBlocks, o.blockSize, w) : null;
+  }
+
+  get blockSize(): number {
+    return this.main.blockSize;
+  }
+
+  /**
+   * Why a sequence of `tokens` positions (steps of at most `longestStep`) can never be held, or
+   * null when an empty cache holds it.
+   */
+  neverFits(tokens: number, longestStep = tokens, cache = 'the cache'): string | null {
+    const main = this.main.blocksNeeded(tokens, longestStep);
+    if (main > this.main.numBlocks) return `needs ${main} KV blocks, ${cache} has ${this.main.numBlocks}`;
+    const w = this.windowed;
+    if (w && w.blocksNeeded(tokens, longestStep) > w.numBlocks)
+      return `needs ${w.blocksNeeded(tokens, longestStep)} KV blocks for the windowed layers, ${cache} has ${w.numBlocks}`;
+    return null;
+  }
+
+  canAllocate(seq: string | number, tokens: number, longestStep = tokens): boolean {
+    return this.main.canAllocate(seq, tokens, longestStep) && (!this.windowed || this.windowed.canAllocate(seq, tokens, longestStep));
+  }
+
+  /** Grows (or creates) `seq`'s tables in every group (BlockAllocator.allocate); nothing changes when one group is full. */
+  allocate(seq: string | number, tokens: number, longestStep = tokens): SeqTables {
+    if (!this.canAllocate(seq, tokens, longestStep)) {
+      const g = this.main.canAllocate(seq, tokens, longestStep) ? this.windowed! : this.main;
+      throw new KvCacheFullError(g.blocksNeeded(tokens, longestStep) - g.held(seq), g.freeBlocks);
+    }
+    this.main.allocate(seq, tokens, longestStep);
+    this.windowed?.allocate(seq, tokens, longestStep);
+    return this.tables(seq);
+  }
+
+  tables(seq: string | number): SeqTables {
+    const blockTable = this.main.table(seq);
+    return this.windowed ? { blockTable, windowBlockTable: this.windowed.table(seq) } : { blockTable };
+  }
+
+  free(seq: string | number): void {
+    this.main.free(seq);
+    this.windowed?.free(seq);
   }
 }

@@ -1,10 +1,12 @@
 // One shard of a model on one device: the model loader (src/model) feeding the native backend
 // (src/native/addon.ts). Used by `nodespeed generate` in-process and by serving workers.
-import { loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/index.js';
+import { kvWindowLayout, loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/index.js';
 import type { ModelConfig, QuantizeChoice } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
 import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult, StorageDTypeName } from '../native/addon.js';
 import { convertTensor } from '../model/convert.js';
+import { KvGroups } from './block-allocator.js';
+import type { KvGroupsOptions } from './block-allocator.js';
 import { fp8Refusal, precisionOf } from '../model/precision.js';
 import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 
@@ -64,6 +66,8 @@ export class Engine {
     readonly native: NativeEngine,
     readonly kvBlocks: number,
     readonly kvBlockSize: number,
+    /** The windowed layers' own pool (models that mix windowed and global layers), else 0. */
+    readonly kvWindowBlocks: number,
     readonly precision: Precision,
   ) {}
 
@@ -118,9 +122,9 @@ export class Engine {
       } finally {
         await ckpt.close();
       }
-      const { kvBlocks, kvBlockSize } = await native.finalize();
+      const { kvBlocks, kvBlockSize, kvWindowBlocks } = await native.finalize();
       const precision = precisionOf(config, { device, dtype: device === 'cuda' ? compute : storage ?? 'auto', quantize, kvCacheDtype });
-      return new Engine(dir, device, config, shard, native, kvBlocks, kvBlockSize, precision);
+      return new Engine(dir, device, config, shard, native, kvBlocks, kvBlockSize, kvWindowBlocks, precision);
     } catch (err) {
       native.dispose();
       throw err;
@@ -131,13 +135,25 @@ export class Engine {
     return this.shard.maxPosition;
   }
 
-  /**
-   * Positions every layer of the model keeps behind a token (BlockAllocator's window): the sliding
-   * window when all layers use it, else 0 (some layer reads the whole context).
-   */
+  /** The sliding window whose blocks the KV cache reuses (kvWindowLayout), 0 with full attention. */
   get kvWindow(): number {
-    const c = this.config;
-    return c.slidingWindow && c.slidingLayers.every(Boolean) ? c.slidingWindow : 0;
+    return kvWindowLayout(this.config).window;
+  }
+
+  /**
+   * How a scheduler's KvGroups follow this model's windows: every layer's window, or the windowed
+   * layers' own pool of `windowBlocks` (a replica's smallest) when windowed and global layers mix.
+   */
+  kvWindowOptions(windowBlocks = this.kvWindowBlocks): Pick<KvGroupsOptions, 'window' | 'windowBlocks'> {
+    const { kind, window } = kvWindowLayout(this.config);
+    if (kind !== 'group') return { window };
+    if (!(windowBlocks > 0)) throw new Error(`${this.dir}: the windowed layers keep KV blocks of their own, and none were given`);
+    return { window, windowBlocks };
+  }
+
+  /** The KV groups of this engine's own cache (in-process generation). */
+  kvGroups(): KvGroups {
+    return new KvGroups({ blocks: this.kvBlocks, blockSize: this.kvBlockSize, ...this.kvWindowOptions() });
   }
 
   setTpComm(comm: NativeComm): void {

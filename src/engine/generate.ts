@@ -57,7 +57,7 @@ interface Running {
 export async function* generate(engine: Engine, tokenizer: TokenizerLike,
   requests: GenerateRequest[]): AsyncGenerator<GenerateEvent> {
   const maxPos = engine.maxPosition;
-  const allocator = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize, engine.kvWindow);
+  const allocator = engine.kvGroups();
   const waiting: Running[] = requests.map((req, index) => {
     const { prompt, promptIds: ids, ...sampling } = req;
     const asked = validateSampling(sampling, engine.config.vocabSize);
@@ -84,13 +84,13 @@ export async function* generate(engine: Engine, tokenizer: TokenizerLike,
       }
       if (running.length === 0) {
         const r = waiting[0]!;
-        throw new Error(`request ${r.index}: needs ${allocator.blocksNeeded(budget(r), r.promptIds.length)} KV blocks, the cache has ${allocator.numBlocks}`);
+        throw new Error(`request ${r.index}: ${allocator.neverFits(budget(r), r.promptIds.length) ?? 'does not fit the KV cache'}`);
       }
       const res = await engine.step({
         seqs: running.map((r) => ({
           tokens: Int32Array.from(r.next),
           pos: r.pos,
-          blockTable: allocator.table(r.index),
+          ...allocator.tables(r.index),
           ...r.step,
         })),
       });

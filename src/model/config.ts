@@ -484,6 +484,18 @@ function parseWindow(f: Fields, fam: Family, numLayers: number): { slidingWindow
   return slidingLayers.some(Boolean) ? { slidingWindow, slidingLayers } : none;
 }
 
+/**
+ * How the paged KV cache keeps the windowed layers' keys (engine/block-allocator.ts), where the
+ * window is shorter than the context: `all` (every layer windowed: each sequence's one table cycles
+ * through a ring of blocks), `group` (windowed and global layers mix: the windowed ones keep a pool
+ * and a ring table of their own, the global ones every block), or none. window: 0 with none.
+ */
+export function kvWindowLayout(c: ModelConfig): { kind: 'none' | 'all' | 'group'; window: number } {
+  const w = c.slidingWindow ?? 0;
+  if (w <= 0 || w >= c.maxPosition || !c.slidingLayers.some(Boolean)) return { kind: 'none', window: 0 };
+  return { kind: c.slidingLayers.every(Boolean) ? 'all' : 'group', window: w };
+}
+
 function parseMoe(f: Fields, fam: Family, numLayers: number): MoeConfig | null {
   if (fam.moe === 'none') return null;
   if (fam.moe === 'mixtral') {

@@ -24,6 +24,7 @@
 // rank holds a column slice, so every TP layout quantizes exactly as `nodespeed model quantize`
 // does. int8 quantizes the LM head too (a tied head becomes lm_head.weight, quantized from the
 // embedding's rows; the embedding itself stays as stored).
+import { kvWindowLayout } from './config.js';
 import type { DType, ModelConfig, RopeConfig } from './config.js';
 import type { QuantizeChoice, WeightFormat } from './quantization.js';
 import type { Checkpoint, TensorDType, TensorInfo } from './safetensors.js';
@@ -67,6 +68,8 @@ export interface ShardModelConfig extends FamilySwitches {
   slidingWindow: number;
   /** One 0/1 per layer of this shard (layerStart..layerEnd-1): attends only to the window. */
   slidingLayers: number[];
+  /** The model mixes windowed and global layers: the windowed ones keep their KV in a pool of their own (kvWindowLayout). */
+  kvWindowGroup: boolean;
   /** Mixture of experts (0 experts: dense). Experts [expertStart, expertEnd) live on this rank. */
   numExperts: number;
   expertStart: number;
@@ -294,6 +297,7 @@ export function planShard(cfg: ModelConfig, range: ShardRange, opts: PlanOptions
       ...(cfg.ropeLocal ? { ropeLocal: { ...cfg.ropeLocal } } : {}),
       slidingWindow: cfg.slidingWindow ?? 0,
       slidingLayers: layers.map((l) => (cfg.slidingLayers[l] ? 1 : 0)),
+      kvWindowGroup: kvWindowLayout(cfg).kind === 'group',
       numExperts: moe?.numExperts ?? 0, expertStart: L.expertStart, expertEnd: L.expertEnd, topK: moe?.topK ?? 0,
       moeIntermediate: moe?.intermediate ?? 0, normTopK: moe?.normTopK ?? false, sharedIntermediate: L.sharedPerRank,
       sparseLayers: layers.map((l) => (moe?.sparseLayers[l] ? 1 : 0)),

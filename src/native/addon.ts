@@ -21,7 +21,7 @@ export type RopeConfigJS = Pick<RopeConfig, 'type' | 'theta'> & Partial<RopeConf
 
 /** The model switches a plain Llama leaves at their defaults (engine.h), so they may be omitted. */
 type FamilySwitches = 'oBias' | 'mlpBias' | 'qkNorm' | 'normPlusOne' | 'sandwichNorms' | 'activation' | 'embedScale' |
-  'attnScale' | 'attnSoftcap' | 'finalSoftcap' | 'slidingWindow' | 'slidingLayers' | 'numExperts' | 'expertStart' |
+  'attnScale' | 'attnSoftcap' | 'finalSoftcap' | 'slidingWindow' | 'slidingLayers' | 'kvWindowGroup' | 'numExperts' | 'expertStart' |
   'expertEnd' | 'topK' | 'moeIntermediate' | 'normTopK' | 'sharedIntermediate' | 'sparseLayers';
 
 /**
@@ -73,6 +73,8 @@ export interface StepSeq {
   tokens: Int32Array;
   pos: number;
   blockTable: Int32Array;
+  /** The windowed layers' table into their own pool, when the model keeps one (ShardConfigJS.kvWindowGroup). */
+  windowBlockTable?: Int32Array;
   temperature?: number;
   topK?: number;
   topP?: number;
@@ -128,7 +130,8 @@ export interface NativeComm {
 
 export interface NativeEngine {
   loadTensor(name: string, dtype: StorageDTypeName, shape: number[], data: Uint8Array): Promise<void>;
-  finalize(): Promise<{ kvBlocks: number; kvBlockSize: number }>;
+  /** kvWindowBlocks: the windowed layers' pool (kvWindowGroup), else 0. */
+  finalize(): Promise<{ kvBlocks: number; kvWindowBlocks: number; kvBlockSize: number }>;
   setTpComm(comm: NativeComm): void;
   step(req: StepRequest): Promise<StepResult>;
   describe(): string;

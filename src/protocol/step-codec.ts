@@ -1,5 +1,6 @@
 // The per-step metadata the replica driver sends to every other rank of its replica over the data
-// plane: which sequences run, their new tokens, positions, KV block tables and sampling
+// plane: which sequences run, their new tokens, positions, KV block tables (and the windowed
+// layers' ring tables, for models that keep them in a pool of their own) and sampling
 // parameters. Every message starts with a fixed FRAME_BYTES frame: kind and payload bytes, then
 // the payload itself when it fits (a decode step of a few sequences: one receive, so a follower
 // starts its step one data-plane round trip sooner, which a tp-2 decode step of ~3 ms feels);
@@ -15,7 +16,7 @@ export const KIND_STEP = 1;
 export const KIND_STOP = 2;
 
 const MAGIC = 0x4e535450; // 'NSTP'
-const SEQ_WORDS = 11;
+const SEQ_WORDS = 12;
 /** min-p, three penalties, prompt length, logprobs, bias count; then the bias ids and values. */
 const EXTRAS_WORDS = 7;
 
@@ -56,7 +57,7 @@ export function readFrame(buf: Uint8Array): { kind: number; bytes: number; inlin
 
 export function encodeStep(meta: StepMeta): Uint8Array {
   let words = 3;
-  for (const s of meta.seqs) words += SEQ_WORDS + s.tokens.length + s.blockTable.length + extrasWords(s.sampling);
+  for (const s of meta.seqs) words += SEQ_WORDS + s.tokens.length + s.blockTable.length + (s.windowBlockTable?.length ?? 0) + extrasWords(s.sampling);
   const buf = new ArrayBuffer(words * 4);
   const v = new DataView(buf);
   let o = 0;
@@ -76,6 +77,8 @@ export function encodeStep(meta: StepMeta): Uint8Array {
     put(s.tokens.length);
     put(s.pos);
     put(s.blockTable.length);
+    // -1: no window table (0 would be an empty one, which the engine refuses like any short table).
+    put(s.windowBlockTable ? s.windowBlockTable.length : -1);
     put(s.sample === false ? 0 : 1);
     put(s.topK ?? 0);
     v.setFloat32(o, s.temperature ?? 0, true);
@@ -89,6 +92,7 @@ export function encodeStep(meta: StepMeta): Uint8Array {
     put(extrasWords(x));
     for (const t of s.tokens) put(t);
     for (const b of s.blockTable) put(b);
+    for (const b of s.windowBlockTable ?? []) put(b);
     if (!x) return;
     putF(x.minP ?? 0);
     putF(x.repetitionPenalty ?? 1);
@@ -141,6 +145,7 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     const nTokens = get();
     const pos = get();
     const nBlocks = get();
+    const nWindow = get();
     const sample = get() !== 0;
     const topK = get();
     const temperature = v.getFloat32(o, true);
@@ -150,15 +155,20 @@ export function decodeStep(buf: Uint8Array): StepMeta {
     const seed = v.getBigUint64(o, true);
     o += 8;
     const extras = get();
-    if (nTokens < 0 || nBlocks < 0 || extras < 0)
-      throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks, ${extras} extras words)`);
+    if (nTokens < 0 || nBlocks < 0 || nWindow < -1 || extras < 0)
+      throw new Error(`step metadata: negative count (${nTokens} tokens, ${nBlocks} blocks, ${nWindow} window blocks, ${extras} extras words)`);
     if (extras !== 0 && extras < EXTRAS_WORDS) throw new Error(`step metadata: seq ${i} has ${extras} extras words, fewer than ${EXTRAS_WORDS} (out of sync)`);
-    room(nTokens + nBlocks + extras, 1, `token count ${nTokens} + block count ${nBlocks} + extras words`);
+    room(nTokens + nBlocks + Math.max(nWindow, 0) + extras, 1, `token count ${nTokens} + block count ${nBlocks} + window blocks ${nWindow} + extras words`);
     const tokens = new Int32Array(nTokens);
     for (let k = 0; k < nTokens; k++) tokens[k] = get();
     const blockTable = new Int32Array(nBlocks);
     for (let k = 0; k < nBlocks; k++) blockTable[k] = get();
     const seq: StepSeq = { tokens, pos, blockTable, sample, topK, temperature, topP, seed };
+    if (nWindow >= 0) {
+      const windowBlockTable = new Int32Array(nWindow);
+      for (let k = 0; k < nWindow; k++) windowBlockTable[k] = get();
+      seq.windowBlockTable = windowBlockTable;
+    }
     if (extras > 0) {
       const getF = () => {
         const x = v.getFloat32(o, true);

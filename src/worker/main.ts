@@ -190,7 +190,7 @@ class Worker {
     if (epoch.aborted) throw new Error(`generation ${a.epoch} aborted while loading`);
     if (tpComm) engine.setTpComm(tpComm.native);
     const p2p = tpComm?.native.p2p;  // NCCL: whether the one-shot P2P collectives are on, or why not
-    this.control.send({ ready: { epoch: a.epoch, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize,
+    this.control.send({ ready: { epoch: a.epoch, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize, kvWindowBlocks: engine.kvWindowBlocks,
       describe: engine.describe() + (p2p ? `; tp comm: ${p2p}` : '') } });
     const start = await started;
     this.served = true;
@@ -198,7 +198,7 @@ class Worker {
       watch: (run) => this.health.step(run),
       ...(driver ? {
         driver: {
-          tokenizer: this.tokenizer!, kvBlocks: start.kvBlocks, kvBlockSize: start.kvBlockSize,
+          tokenizer: this.tokenizer!, kvBlocks: start.kvBlocks, kvBlockSize: start.kvBlockSize, kvWindowBlocks: start.kvWindowBlocks,
           maxBatchTokens: a.maxBatchTokens || 256, maxQueue: a.maxQueue || 1024, maxSeqs: a.maxSeqs,
           emit: (updates) => {
             if (updates.length && !epoch.aborted) this.control.send({ tokens: { epoch: a.epoch, updates } });

@@ -54,6 +54,8 @@ export interface DriverOptions {
   tokenizer: TokenizerLike;
   kvBlocks: number;
   kvBlockSize: number;
+  /** The windowed layers' own pool (the smallest of the replica's ranks), 0 when the model keeps none. */
+  kvWindowBlocks?: number;
   /** Most tokens one step carries (long prefills are chunked). */
   maxBatchTokens: number;
   /** Most requests waiting for KV blocks. */
@@ -143,7 +145,7 @@ export class Replica {
     if (this.world > 1 && !plane) throw new Error(`replica of tp ${pos.tp} x pp ${pos.pp}: a data plane is required`);
     const d = o.driver;
     this.scheduler = d && new Scheduler(d.kvBlocks, d.kvBlockSize, d.tokenizer, d.maxBatchTokens, d.maxQueue, engine.maxPosition,
-      engine.kvWindow, d.maxSeqs ?? 0);
+      engine.kvWindowOptions(d.kvWindowBlocks ?? 0), d.maxSeqs ?? 0);
   }
 
   get isDriver(): boolean {

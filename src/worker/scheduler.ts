@@ -16,7 +16,8 @@
 // arrives for it after it was preempted is dropped (the recompute produces it again), so its
 // stream pauses and never repeats or skips a token. Within a step, each class's decodes and then
 // its prefill chunks come before the next class's.
-import { BlockAllocator } from '../engine/block-allocator.js';
+import { KvGroups } from '../engine/block-allocator.js';
+import type { BlockAllocator, KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import { stepSampling, tokenLogprobs } from '../engine/step-sampling.js';
 import type { StepSampling } from '../engine/step-sampling.js';
@@ -61,8 +62,8 @@ interface Seq {
   feed: number[];
   /** Planned steps not yet applied (2 when the next step was planned while one runs). */
   inFlight: number;
-  /** Its KV block table, fixed at admission (the whole budget is reserved then): built once, not per step. */
-  table?: Int32Array;
+  /** Its KV block tables, fixed at admission (the whole budget is reserved then): built once, not per step. */
+  tables?: SeqTables;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -97,7 +98,7 @@ function ordered(picks: Pick[]): Pick[] {
 const RECENT_STEPS = 256;
 
 export class Scheduler {
-  private readonly alloc: BlockAllocator;
+  private readonly alloc: KvGroups;
   private readonly waiting: Seq[] = [];
   private readonly running: Seq[] = [];
   private readonly byId = new Map<string, Seq>();
@@ -115,13 +116,13 @@ export class Scheduler {
   private notices: TokenUpdate[] = [];
 
   /**
-   * `kvWindow`: positions every layer keeps (a sliding-window model's blocks are reused; 0: all).
+   * `window`: the KV groups' window and the windowed layers' own pool, as the engine keeps them (Engine.kvGroups).
    * `maxSeqs`: most sequences in the batch (running); 0 or absent: no limit but the KV cache.
    */
   constructor(kvBlocks: number, kvBlockSize: number, private readonly tokenizer: TokenizerLike,
     private readonly maxBatchTokens: number, private readonly maxQueue: number, private readonly contextLength: number,
-    kvWindow = 0, maxSeqs = 0) {
-    this.alloc = new BlockAllocator(kvBlocks, kvBlockSize, kvWindow);
+    window: Omit<KvGroupsOptions, 'blocks' | 'blockSize'> = {}, maxSeqs = 0) {
+    this.alloc = new KvGroups({ blocks: kvBlocks, blockSize: kvBlockSize, ...window });
     this.maxSeqs = maxSeqs > 0 ? maxSeqs : Number.MAX_SAFE_INTEGER;
   }
 
@@ -146,8 +147,8 @@ export class Scheduler {
     if (this.waiting.length >= this.maxQueue) return err(`replica queue full (${this.maxQueue} waiting)`);
     const budget = Math.min(this.contextLength, sub.promptIds.length + params.maxTokens);
     const longest = Math.min(this.maxBatchTokens, sub.promptIds.length + sub.generatedIds.length);
-    if (this.alloc.blocksNeeded(budget, longest) > this.alloc.numBlocks)
-      return err(`needs ${this.alloc.blocksNeeded(budget, longest)} KV blocks, the replica's cache has ${this.alloc.numBlocks}`);
+    const never = this.alloc.neverFits(budget, longest, "the replica's cache");
+    if (never) return err(never);
     const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop, maxTokens: params.maxTokens,
       ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids) };
     // Replay: the tokens the client already has go back into the cache and the stop checker.
@@ -196,9 +197,14 @@ export class Scheduler {
     return Math.min(this.maxBatchTokens, seq.feed.length);
   }
 
-  /** Blocks `seq` holds once admitted (with a sliding window, the ring that is enough). */
-  private blocksOf(seq: Seq): number {
-    return this.alloc.blocksNeeded(seq.budget, this.longest(seq));
+  /** The KV groups' pools: the global layers', then the windowed layers' own when the model has one. */
+  private pools(): BlockAllocator[] {
+    return this.alloc.windowed ? [this.alloc.main, this.alloc.windowed] : [this.alloc.main];
+  }
+
+  /** Blocks `seq` holds once admitted, per pool (with a sliding window, the ring that is enough). */
+  private blocksOf(seq: Seq): number[] {
+    return this.pools().map((p) => p.blocksNeeded(seq.budget, this.longest(seq)));
   }
 
   private fits(seq: Seq): boolean {
@@ -213,17 +219,17 @@ export class Scheduler {
       if (seq.inFlight > 0) return;
       if (!this.fits(seq) && !(this.preemptFor(seq) && this.fits(seq))) return;
       this.waiting.shift();
-      this.alloc.allocate(seq.id, seq.budget, this.longest(seq));
-      seq.table = this.alloc.table(seq.id);
+      seq.tables = this.alloc.allocate(seq.id, seq.budget, this.longest(seq));
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
     }
   }
 
-  /** Blocks preempted sequences still hold while a planned step uses them (free once it completes). */
-  private releasing(): number {
-    let n = 0;
-    for (const s of this.waiting) if (s.status === PREEMPTED && s.inFlight > 0) n += this.alloc.held(s.id);
+  /** Blocks preempted sequences still hold while a planned step uses them (free once it completes), per pool. */
+  private releasing(): number[] {
+    const pools = this.pools();
+    const n = pools.map(() => 0);
+    for (const s of this.waiting) if (s.status === PREEMPTED && s.inFlight > 0) pools.forEach((p, i) => { n[i]! += p.held(s.id); });
     return n;
   }
 
@@ -234,20 +240,23 @@ export class Scheduler {
    * do. True when it preempted any.
    */
   private preemptFor(head: Seq): boolean {
+    const pools = this.pools();
     const need = this.blocksOf(head);
-    let blocks = this.alloc.freeBlocks + this.releasing();
+    const releasing = this.releasing();
+    const blocks = pools.map((p, i) => p.freeBlocks + releasing[i]!);
     let seats = this.maxSeqs - this.running.length;
-    if (blocks >= need && seats >= 1) return false;  // room is coming: a preempted sequence's step is completing
+    const room = () => seats >= 1 && blocks.every((b, i) => b >= need[i]!);
+    if (room()) return false;  // room is coming: a preempted sequence's step is completing
     const victims = this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
       .sort((a, b) => b.classRank - a.classRank || -before(a, b));
     const chosen: Seq[] = [];
     for (const v of victims) {
-      if (blocks >= need && seats >= 1) break;
+      if (room()) break;
       chosen.push(v);
-      blocks += this.alloc.held(v.id);
+      pools.forEach((p, i) => { blocks[i]! += p.held(v.id); });
       seats++;
     }
-    if (blocks < need || seats < 1) return false;
+    if (!room()) return false;
     for (const v of chosen) this.preempt(v);
     return chosen.length > 0;
   }
@@ -258,7 +267,7 @@ export class Scheduler {
     this.running.splice(this.running.indexOf(seq), 1);
     seq.pos = 0;
     seq.feed = [...seq.prompt, ...seq.out];
-    seq.table = undefined;
+    seq.tables = undefined;
     if (seq.inFlight === 0) this.alloc.free(seq.id);
     this.enqueue(seq);
     this.preemptions++;
@@ -330,7 +339,7 @@ export class Scheduler {
       seq.inFlight++;
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
-        pos: seq.pos + skip, blockTable: seq.table!, sample, ...seq.step,
+        pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
       });
       from.push(f);
     }
@@ -449,8 +458,9 @@ export class Scheduler {
 
   load(): ReplicaLoad {
     return {
-      running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.numBlocks,
-      kvBlocksFree: this.alloc.freeBlocks, kvBlockSize: this.alloc.blockSize, steps: String(this.steps),
+      running: this.running.length, queued: this.waiting.length, kvBlocksTotal: this.alloc.main.numBlocks,
+      kvBlocksFree: this.alloc.main.freeBlocks, kvBlockSize: this.alloc.blockSize,
+      kvWindowBlocksTotal: this.alloc.windowed?.numBlocks ?? 0, kvWindowBlocksFree: this.alloc.windowed?.freeBlocks ?? 0, steps: String(this.steps),
       generatedTokens: String(this.generated), recentStepBatch: [...this.recent], maxStepBatch: this.maxStepBatch,
       maxInFlight: this.maxInFlight, preemptions: this.preemptions, stepMsBase: 0, stepMsPerToken: 0,
     };

@@ -75,7 +75,7 @@ describe('native engine loading checks', () => {
       [p + 'self_attn.o_proj.weight', [H, D]], [p + 'mlp.gate_proj.weight', [I, H]], [p + 'mlp.up_proj.weight', [I, H]],
       [p + 'mlp.down_proj.weight', [H, I]]];
     for (const [name, shape] of tensors) await e.loadTensor(name, 'f32', shape, f32(shape.reduce((a, b) => a * b)));
-    expect(await e.finalize()).toEqual({ kvBlocks: 4, kvBlockSize: 16 });
+    expect(await e.finalize()).toEqual({ kvBlocks: 4, kvWindowBlocks: 0, kvBlockSize: 16 });
     await expect(e.step({ seqs: [{ tokens: Int32Array.of(1), pos: 0, blockTable: Int32Array.of(0) }] }))
       .rejects.toThrow(/tpSize is 2 but no TP communicator was set/);
     e.dispose();

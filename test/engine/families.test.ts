@@ -9,10 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { BlockAllocator, Engine, generateAll } from '../../src/engine/index.js';
+import { Engine, KvGroups, generateAll } from '../../src/engine/index.js';
 import type { TokenizerLike } from '../../src/engine/index.js';
 import { loadAddon } from '../../src/native/addon.js';
-import { FAMILIES, MOE, WINDOWED, comparableTokens, familyReference, hasTorch, torchGreedy } from './families.js';
+import { FAMILIES, MIXED_WINDOWS, MOE, WINDOWED, comparableTokens, familyReference, hasTorch, torchGreedy } from './families.js';
 import type { FamilyCase, FamilyReference } from './families.js';
 import { maxAbsDiff } from './helpers.js';
 
@@ -21,8 +21,7 @@ const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
 async function lastLogits(e: Engine, ids: number[]): Promise<Float32Array> {
-  const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
-  return (await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: alloc.allocate(0, ids.length) }], wantLogits: true })).logits!;
+  return (await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...e.kvGroups().allocate(0, ids.length) }], wantLogits: true })).logits!;
 }
 
 async function greedy(e: Engine, cases: FamilyCase[]): Promise<number[][]> {
@@ -73,13 +72,12 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
           ranks.forEach((e, r) => e.setTpComm(comms[r]!));
           if (MOE.includes(family)) expect(ranks.map((e) => e.shard.expertEnd! - e.shard.expertStart!).reduce((a, b) => a + b)).toBe(ranks[0]!.shard.numExperts);
           const c = ref.cases[ref.cases.length - 1]!;
-          const alloc = new BlockAllocator(64, ranks[0]!.kvBlockSize);
-          const table = alloc.allocate(0, c.ids.length + 24);
-          const first = await Promise.all(ranks.map((e) => e.step({ seqs: [{ tokens: Int32Array.from(c.ids), pos: 0, blockTable: table }], wantLogits: true })));
+          const tables = ranks[0]!.kvGroups().allocate(0, c.ids.length + 24);
+          const first = await Promise.all(ranks.map((e) => e.step({ seqs: [{ tokens: Int32Array.from(c.ids), pos: 0, ...tables }], wantLogits: true })));
           for (const r of first) expect(maxAbsDiff(r.logits!, c.last_logits)).toBeLessThan(tol());
           const toks = [first[0]!.sampled[0]!];
           for (let i = 1; i < c.greedy_24.length; i++) {
-            const res = await Promise.all(ranks.map((e) => e.step({ seqs: [{ tokens: Int32Array.of(toks[i - 1]!), pos: c.ids.length + i - 1, blockTable: table }] })));
+            const res = await Promise.all(ranks.map((e) => e.step({ seqs: [{ tokens: Int32Array.of(toks[i - 1]!), pos: c.ids.length + i - 1, ...tables }] })));
             expect(new Set(res.map((r) => r.sampled[0])).size).toBe(1);
             toks.push(res[0]!.sampled[0]!);
           }
@@ -101,6 +99,34 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
             expect(e.kvWindow).toBe(12);
             const [g] = await generateAll(e, idsOnly, [{ promptIds: c.ids, maxTokens: n, ignoreEos: true }]);
             expect(g!.tokenIds).toEqual(want);
+          } finally {
+            e.dispose();
+          }
+        }, 60_000);
+      }
+
+      if (MIXED_WINDOWS.includes(family)) {
+        it('windowed and global layers mixed: the windowed layers cycle through a ring of their own, a long sequence costs whole-context blocks only in the global layers, same tokens', async () => {
+          const c = ref.cases[2]!;  // 27 ids
+          const n = 150;
+          const want = torchGreedy(ref.dir, c.ids, n);
+          // 177 positions: 12 blocks of 16 in every layer with one table shared by all layers (48
+          // layer-blocks). The global layers hold 12 here, the windowed ones a ring of
+          // ceil((27-token prefill + window 12 - 1) / 16) = 3: 30 layer-blocks in all.
+          const e = await Engine.load(ref.dir, { device: 'cpu', kvBlocks: 12, maxStepTokens: 32 });
+          try {
+            expect(e.kvWindowBlocks).toBe(3);  // a ring of a 32-token step and the window, for 12 global blocks of 16 contexts
+            const sliding = e.config.slidingLayers.filter(Boolean).length;
+            const layerBlocks = (e.config.numLayers - sliding) * e.kvBlocks + sliding * e.kvWindowBlocks;
+            expect(layerBlocks).toBeLessThan(e.config.numLayers * 12);
+            const [g] = await generateAll(e, idsOnly, [{ promptIds: c.ids, maxTokens: n, ignoreEos: true }]);
+            expect(g!.tokenIds).toEqual(want);
+            // The allocator's counts for that sequence, as the scheduler keeps them: every block in the global pool, the ring in the window pool.
+            const kv = e.kvGroups();
+            const t = kv.allocate('long', c.ids.length + n, c.ids.length);
+            expect([kv.main.held('long'), kv.windowed!.held('long')]).toEqual([12, 3]);
+            expect(new Set(t.windowBlockTable).size).toBe(3);
+            expect(t.windowBlockTable!.length).toBe(t.blockTable.length);
           } finally {
             e.dispose();
           }

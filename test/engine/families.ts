@@ -14,6 +14,8 @@ export const FAMILIES = ['qwen3', 'gemma2', 'gemma3_text', 'phi3', 'llama_bias_y
 export type Family = (typeof FAMILIES)[number];
 export const MOE: readonly Family[] = ['mixtral', 'qwen3_moe', 'qwen2_moe'];
 export const WINDOWED: readonly Family[] = ['gemma2', 'gemma3_text', 'mistral', 'qwen2_swa'];
+/** Windowed and global layers mixed: the windowed layers keep their KV in a pool of their own. */
+export const MIXED_WINDOWS: readonly Family[] = ['gemma2', 'gemma3_text', 'qwen2_swa'];
 
 export interface FamilyCase {
   ids: number[];

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { BlockAllocator, Engine } from '../../src/engine/index.js';
+import { Engine } from '../../src/engine/index.js';
 import type { EngineLoadOptions } from '../../src/engine/index.js';
 import { loadModelConfig, loadTokenizer, openCheckpoint, planShard } from '../../src/model/index.js';
 import { encodeHeader } from '../../src/model/safetensors-writer.js';
@@ -62,12 +62,12 @@ async function perplexity(e: Engine, ids: number[], W = 256): Promise<{ ppl: num
   const bos = ids[0]!;
   const body = ids.slice(1);
   const V = e.shard.vocabSize;
-  const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
+  const alloc = e.kvGroups();
   let nll = 0, n = 0;
   for (let s = 0; s < body.length; s += W) {
     const win = body.slice(s, s + W);
-    const blockTable = alloc.allocate(0, win.length + 1);
-    const r = await e.step({ seqs: [{ tokens: Int32Array.from([bos, ...win]), pos: 0, blockTable, allLogits: true, sample: false }], wantLogits: true });
+    const tables = alloc.allocate(0, win.length + 1);
+    const r = await e.step({ seqs: [{ tokens: Int32Array.from([bos, ...win]), pos: 0, ...tables, allLogits: true, sample: false }], wantLogits: true });
     alloc.free(0);
     for (let i = 0; i < win.length; i++) {
       const row = r.logits!.subarray(i * V, (i + 1) * V);
@@ -83,20 +83,20 @@ async function perplexity(e: Engine, ids: number[], W = 256): Promise<{ ppl: num
 }
 
 async function greedy(e: Engine, ids: number[], n: number): Promise<number[]> {
-  const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
-  const blockTable = alloc.allocate(0, ids.length + n);
-  let r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable }] });
+  const alloc = e.kvGroups();
+  const tables = alloc.allocate(0, ids.length + n);
+  let r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...tables }] });
   const out = [r.sampled[0]!];
   while (out.length < n) {
-    r = await e.step({ seqs: [{ tokens: Int32Array.of(out[out.length - 1]!), pos: ids.length + out.length - 1, blockTable }] });
+    r = await e.step({ seqs: [{ tokens: Int32Array.of(out[out.length - 1]!), pos: ids.length + out.length - 1, ...tables }] });
     out.push(r.sampled[0]!);
   }
   return out;
 }
 
 async function allLogits(e: Engine, ids: number[]): Promise<Float32Array> {
-  const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
-  const r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: alloc.allocate(0, ids.length), allLogits: true, sample: false }],
+  const alloc = e.kvGroups();
+  const r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...alloc.allocate(0, ids.length), allLogits: true, sample: false }],
     wantLogits: true });
   return r.logits!;
 }
@@ -306,16 +306,16 @@ describe('int8 on the model families (CPU)', () => {
 
   // Greedy tokens and each step's top-2 margin.
   const greedyMargins = async (e: Engine, ids: number[], n: number) => {
-    const alloc = new BlockAllocator(e.kvBlocks, e.kvBlockSize);
-    const blockTable = alloc.allocate(0, ids.length + n);
+    const alloc = e.kvGroups();
+    const tables = alloc.allocate(0, ids.length + n);
     const tokens: number[] = [], margins: number[] = [];
-    let r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable }], wantLogits: true });
+    let r = await e.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...tables }], wantLogits: true });
     for (;;) {
       const top = Array.from(r.logits!).sort((a, b) => b - a);
       tokens.push(r.sampled[0]!);
       margins.push(top[0]! - top[1]!);
       if (tokens.length === n) return { tokens, margins };
-      r = await e.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)!), pos: ids.length + tokens.length - 1, blockTable }], wantLogits: true });
+      r = await e.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)!), pos: ids.length + tokens.length - 1, ...tables }], wantLogits: true });
     }
   };
 

@@ -45,7 +45,7 @@ describe('nodespeed status: failures', () => {
       preemptions: 0, stepMs: 0, precision: { weights: 'fp8', activations: 'fp8', kvCache: 'fp8' } };
     const s: ClusterStatusMsg = {
       model: 'm', tp: 2, pp: 1, replicaCount: 2, generation: '3', workers: [], hosts: ['a'], pendingRequests: 0, activeRequests: 2, state: 'serving',
-      replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
+      replicas: [replica, { ...replica, id: 1, ranks: [2], tp: 1, kvWindowBlocksTotal: 24, kvWindowBlocksFree: 21 }], failures: [], failover: { failures: 1, recoveries: 1, replayedRequests: 0, replayedTokens: 0, quarantinedRequests: 0 },
       spares: 0, quarantined: [], groups: [{ name: 'default', device: 'cuda', precision: { weights: 'fp8', activations: 'fp8', kvCache: 'fp8' }, tp: 2, pp: 1, threads: 0, replicas: [0, 1], maxSeqs: 256 }], classes: [],
     };
     const lines = formatStatus(s).split('\n');
@@ -54,5 +54,9 @@ describe('nodespeed status: failures', () => {
     expect(lines[head]).toMatch(/^REPLICA +GROUP +STATE +LAYOUT +PRECISION +RANKS +RUNNING/);
     expect(lines[head + 1]).toMatch(/^0 +default +serving +tp 2 x pp 1 +fp8\/fp8\/fp8 +0,1 +2 /);
     expect(lines[head + 2]).toMatch(/^1 +default +serving +tp 1 x pp 1 +fp8\/fp8\/fp8 +2 +2 /);
+    // KV FREE: the main pool's free/total, and a windowed layers' own pool after it where the model keeps one.
+    expect(lines[head + 1]).toMatch(/ 200\/256 /);
+    expect(lines[head + 1]).not.toMatch(/\+ \d+\/\d+/);
+    expect(lines[head + 2]).toMatch(/ 200\/256 \+ 21\/24 /);
   });
 });

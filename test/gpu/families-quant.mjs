@@ -74,8 +74,9 @@ function margin(logits) {
 
 // Greedy continuation with every step's logits (the prefill's last position first) and the
 // prefill's logits at every prompt position.
-async function trace(engine, ids, bt) {
-  let r = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable: bt, allLogits: true }], wantLogits: true });
+// tables: { blockTable } (and the windowed layers' windowBlockTable where the model keeps that pool).
+async function trace(engine, ids, tables) {
+  let r = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...tables, allLogits: true }], wantLogits: true });
   const prompt = Float32Array.from(r.logits);
   const V = prompt.length / ids.length;
   r = { sampled: r.sampled, logits: prompt.subarray((ids.length - 1) * V) };
@@ -84,7 +85,7 @@ async function trace(engine, ids, bt) {
     tokens.push(r.sampled[0]);
     logits.push(Float32Array.from(r.logits));
     if (tokens.length === TOKENS) return { tokens, logits, prompt, V };
-    r = await engine.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)), pos: ids.length + tokens.length - 1, blockTable: bt }], wantLogits: true });
+    r = await engine.step({ seqs: [{ tokens: Int32Array.of(tokens.at(-1)), pos: ids.length + tokens.length - 1, ...tables }], wantLogits: true });
   }
 }
 
@@ -114,12 +115,13 @@ function closeness(family, x, y, V) {
 }
 
 async function runAll(dir, cases, opts) {
-  const { engine, kvBlocks, blockSize } = await openCudaEngine(dir, { kvBlocks: 64, ...opts });
+  const { engine, kvBlocks, kvWindowBlocks, blockSize } = await openCudaEngine(dir, { kvBlocks: 64, ...opts });
   try {
     const out = [];
     for (const c of cases) {
       const [bt] = blockTables(1, c.ids.length + TOKENS, blockSize, kvBlocks);
-      out.push(await trace(engine, c.ids, bt));
+      // Windowed and global layers mixed: the windowed layers' pool is as large as the main one here (64 blocks).
+      out.push(await trace(engine, c.ids, kvWindowBlocks ? { blockTable: bt, windowBlockTable: bt } : { blockTable: bt }));
     }
     return { describe: engine.describe(), runs: out };
   } finally {

@@ -6,13 +6,17 @@
 // backend in f32 in the same run (all 24 tokens and logits within 2e-3: the reference the GPU is held
 // against). The CUDA decode steps run as CUDA graphs; each family runs once more with graphs off
 // (NODESPEED_CUDA_GRAPHS=0), which must pass the same checks and give the same tokens and last logits
-// bit for bit.
+// bit for bit. The families that mix windowed and global layers also run a sequence far longer than
+// the window (27-token prompt + 150 tokens) with the windowed layers in a pool of 3 blocks, their
+// table a ring: the same tokens and logits, bit for bit, as with every position in a block of its own.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { comparableTokens } from '../engine/families.js';
 import { argmax, blockTables, cosine, gpuStatus, greedy, openCudaEngine, recordResult, referenceMargin, root, titled, withSettings } from './lib.mjs';
+
+const MIXED_WINDOWS = ['gemma2', 'gemma3_text', 'qwen2_swa'];
 
 interface FamilyCase { ids: number[]; greedy_24: number[]; last_logits: number[]; last_logits_top8: number[] }
 
@@ -36,12 +40,14 @@ describe.skipIf(!gpu.ok)(titled('model families on CUDA vs their HF fixtures', g
       const runs = [];
       for (const [device, dtype, graphs] of [['cuda', 'bf16', true], ['cuda', 'bf16', false], ['cpu', 'f32', true]] as const) {
         const run = async () => {
-          const { engine } = await openCudaEngine(dir, { device, dtype, kvBlocks: 64 });
+          const { engine, kvWindowBlocks } = await openCudaEngine(dir, { device, dtype, kvBlocks: 64 });
           const cases = [];
           try {
             for (const [i, c] of ref.cases.entries()) {
               const [bt] = blockTables(1, 128, 16, 64);
-              const { tokens, lastLogits } = await greedy(engine, c.ids, c.greedy_24.length, bt);
+              // Mixed windowed / global layers: the windowed layers' pool is as large as the main one
+              // here (64 blocks, 16 per context), the same table serves it; the long run below cycles a ring.
+              const { tokens, lastLogits } = await greedy(engine, c.ids, c.greedy_24.length, bt, kvWindowBlocks ? bt : undefined);
               // Phi-3's longrope: transformers recomputes every position with the long factors once the
               // sequence passes original_max_position_embeddings, an engine that keeps its cache does
               // not (test/engine/families.ts): only the tokens before that are comparable.
@@ -90,6 +96,39 @@ describe.skipIf(!gpu.ok)(titled('model families on CUDA vs their HF fixtures', g
           }
         }
       }
+    });
+  }
+  for (const family of MIXED_WINDOWS) {
+    const dir = join(root, 'test', 'fixtures', 'hf-reference', family);
+    it(`${family}: 177 positions with the windowed layers' KV in a ring of 3 blocks, the same as in blocks of their own`, async () => {
+      const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { cases: FamilyCase[] };
+      const c = ref.cases[2]!;  // 27 ids, longer than the window of 12
+      const n = 150;
+      const blocks = Math.ceil((c.ids.length + n) / 16);  // 12
+      const bt = Int32Array.from({ length: blocks }, (_, i) => i);
+      // 12 global blocks; steps of at most 32 tokens: the windowed layers' pool is one ring of
+      // ceil((32 + 12 - 1) / 16) = 3 blocks, and their table cycles through it.
+      const small = await openCudaEngine(dir, { kvBlocks: blocks, maxStepTokens: 32 });
+      let ring: { tokens: number[]; lastLogits: Float32Array };
+      try {
+        expect(small.kvWindowBlocks).toBe(3);
+        ring = await greedy(small.engine, c.ids, n, bt, Int32Array.from({ length: blocks }, (_, i) => i % 3));
+      } finally {
+        small.engine.dispose();
+      }
+      const large = await openCudaEngine(dir, { kvBlocks: 64 });
+      let own: { tokens: number[]; lastLogits: Float32Array };
+      try {
+        expect(large.kvWindowBlocks).toBe(64);
+        own = await greedy(large.engine, c.ids, n, bt, bt);
+      } finally {
+        large.engine.dispose();
+      }
+      results.push({ family, check: 'window ring', positions: c.ids.length + n, windowBlocks: 3, sameTokens: ring.tokens.join() === own.tokens.join(),
+        firstTokens: ring.tokens.slice(0, 24), hfGreedy24: c.greedy_24 });
+      recordResult('gpu-families.json', { results });
+      expect(ring.tokens).toEqual(own.tokens);
+      expect(maxAbs(ring.lastLogits, Array.from(own.lastLogits))).toBe(0);
     });
   }
 });

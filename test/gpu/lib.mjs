@@ -76,13 +76,14 @@ export function ensure7b() {
  * weightBytes: the bytes the backend holds (quantized matrices at one byte, their f32 scales).
  */
 export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMemoryFraction, device: dev = device,
-  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd, quantize = 'none', kvCacheDtype = 'auto' } = {}) {
+  tpRank = 0, tpSize = 1, deviceIndex = 0, comm, layerStart = 0, layerEnd, quantize = 'none', kvCacheDtype = 'auto', maxStepTokens } = {}) {
   const cfg = model.loadModelConfig(dir);
   const ckpt = await model.openCheckpoint(dir);
   const plan = model.planShard(cfg, { tpRank, tpSize, layerStart, layerEnd: layerEnd ?? cfg.numLayers }, { quantize, kvCacheFp8: kvCacheDtype === 'fp8' });
   const shard = { ...plan.shardConfig, device: dev, compute: dev === 'cpu' ? 'f32' : dtype, kvBlocks, deviceIndex,
     ...(kvCacheDtype === 'fp8' ? { kvCacheDtype } : {}) };
   if (gpuMemoryFraction) shard.gpuMemoryFraction = gpuMemoryFraction;
+  if (maxStepTokens) shard.maxStepTokens = maxStepTokens;
   const engine = new addon.Engine(shard);
   if (comm) engine.setTpComm(comm);
   let weightBytes = 0;
@@ -95,7 +96,8 @@ export async function openCudaEngine(dir, { dtype = 'bf16', kvBlocks = 0, gpuMem
   const fin = await engine.finalize();
   const loadSeconds = (performance.now() - t0) / 1000;
   if (ckpt.close) await ckpt.close();
-  return { engine, cfg, shard, kvBlocks: fin.kvBlocks, blockSize: fin.kvBlockSize, weightBytes, loadSeconds };
+  // kvWindowBlocks: the windowed layers' own pool (models that mix windowed and global layers), whose table each step needs too.
+  return { engine, cfg, shard, kvBlocks: fin.kvBlocks, kvWindowBlocks: fin.kvWindowBlocks, blockSize: fin.kvBlockSize, weightBytes, loadSeconds };
 }
 
 /** Runs `fn` with some native settings changed (read when an engine is constructed), then restores them. */
@@ -157,11 +159,12 @@ export function argmax(a, off = 0, n = a.length) {
 
 // Greedy continuation: prefill `ids`, then `n - 1` single-token decodes. Returns the n new ids
 // and the last-position logits of the prefill.
-export async function greedy(engine, ids, n, blockTable) {
-  const first = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, blockTable }], wantLogits: true });
+export async function greedy(engine, ids, n, blockTable, windowBlockTable) {
+  const tables = windowBlockTable ? { blockTable, windowBlockTable } : { blockTable };
+  const first = await engine.step({ seqs: [{ tokens: Int32Array.from(ids), pos: 0, ...tables }], wantLogits: true });
   const out = [first.sampled[0]];
   for (let i = 1; i < n; i++) {
-    const r = await engine.step({ seqs: [{ tokens: Int32Array.of(out[i - 1]), pos: ids.length + i - 1, blockTable }] });
+    const r = await engine.step({ seqs: [{ tokens: Int32Array.of(out[i - 1]), pos: ids.length + i - 1, ...tables }] });
     out.push(r.sampled[0]);
   }
   return { tokens: out, lastLogits: first.logits };
@@ -173,10 +176,12 @@ export async function greedy(engine, ids, n, blockTable) {
  * tells a rounding flip at a near-tie from a real divergence.
  */
 export async function referenceMargin(dir, seq) {
-  const { engine, blockSize, kvBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
+  const { engine, blockSize, kvBlocks, kvWindowBlocks } = await openCudaEngine(dir, { device: 'cpu', kvBlocks: 64 });
   try {
     const [bt] = blockTables(1, 1024, blockSize, kvBlocks);
-    const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, sample: false }], wantLogits: true });
+    // A window pool as large as the main one (64 blocks for a 256-position model): the same table serves it.
+    const r = await engine.step({ seqs: [{ tokens: Int32Array.from(seq), pos: 0, blockTable: bt, ...(kvWindowBlocks ? { windowBlockTable: bt } : {}),
+      sample: false }], wantLogits: true });
     const s = Array.from(r.logits).sort((a, b) => b - a);
     return s[0] - s[1];
   } finally {

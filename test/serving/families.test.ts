@@ -4,7 +4,7 @@
 // when present, else torch_families.py's). One cluster per layout keeps the file to a few minutes.
 import { describe, expect, it } from 'vitest';
 
-import { FAMILIES, MOE, comparableTokens, familyReference, hasTorch } from '../engine/families.js';
+import { FAMILIES, MIXED_WINDOWS, MOE, comparableTokens, familyReference, hasTorch } from '../engine/families.js';
 import type { FamilyReference } from '../engine/families.js';
 import { launch, stream, workerProcesses } from './helpers.js';
 
@@ -24,6 +24,17 @@ describe.skipIf(!hasTorch)('model families through launch', () => {
             const c = ref!.cases[i]!, n = comparableTokens(ref!, c);
             expect(g.tokenIds.slice(0, n), `${family} prompt ${i}`).toEqual(c.greedy_24.slice(0, n));
           });
+          // Windowed and global layers mixed: the windowed layers' own pool (every rank's, both
+          // stages' tables through the data plane), reported beside the main one, all free again
+          // (the driver's load comes with its heartbeat, a beat after the last token).
+          let r = (await cluster.client.clusterStatus()).replicas[0]!;
+          for (let i = 0; i < 50 && r.kvBlocksFree < 32; i++) {
+            await new Promise((res) => setTimeout(res, 100));
+            r = (await cluster.client.clusterStatus()).replicas[0]!;
+          }
+          if (MIXED_WINDOWS.includes(family)) expect(r.kvWindowBlocksTotal).toBeGreaterThan(0);
+          else expect(r.kvWindowBlocksTotal).toBe(0);
+          expect([r.kvBlocksTotal, r.kvBlocksFree, r.kvWindowBlocksFree]).toEqual([32, 32, r.kvWindowBlocksTotal]);
         } finally {
           expect(await cluster.stop()).toBe(0);
         }

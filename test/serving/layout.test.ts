@@ -76,7 +76,7 @@ describe('layout', () => {
 
   it('counts quantized matrices at one byte a weight, an MoE\'s experts on CUDA at the compute dtype (held dequantized)', () => {
     const moe = loadModelConfig(join(root, 'test', 'fixtures', 'hf-reference', 'qwen2_moe'));
-    const l = planLayout(moe, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 });
+    const l = groupRanks(planLayout(moe, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 }));
     const o = { dtype: 'auto', kvBlocks: 16, kvBlockSize: 16, gpuMemory: 80e9 };
     const w = (device: 'cpu' | 'cuda', quantize: 'none' | 'int8') => estimateMemory(moe, l, { ...o, device, quantize }).ranks[0]!.weightBytes;
     // qwen2_moe fixture: per layer 8 experts of 3 x 32 x 64 and a shared expert of 3 x 64 x 64 (every layer sparse).
@@ -115,11 +115,17 @@ describe('step metadata codec', () => {
       sampling: { minP: Math.fround(0.1), repetitionPenalty: Math.fround(1.2), presencePenalty: 0, frequencyPenalty: Math.fround(0.5), promptLen: 1, logprobs: 3,
         logitBiasIds: Int32Array.from([7]), logitBiasValues: Float32Array.from([-2]) } };
     expect(decodeStep(encodeStep({ step: 4, seqs: [seq] }))).toEqual({ step: 4, seqs: [seq] });
-    // The first sequence's extras-word count sits after the header (3 words) and its 40 bytes of fixed fields.
-    const at = 12 + 40;
+    // The first sequence's extras-word count sits after the header (3 words) and its 44 bytes of fixed fields.
+    const at = 12 + 44;
     for (const [words, error] of [[0x7fffffff, /does not fit/], [-1, /negative count/], [3, /fewer than 7/]] as const) {
       const bad = encodeStep({ step: 4, seqs: [seq] });
       new DataView(bad.buffer, bad.byteOffset).setInt32(at, words, true);
+      expect(() => decodeStep(bad)).toThrow(error);
+    }
+    // Its window-table count (-1: none) is the fifth word; a huge or negative one is refused the same way.
+    for (const [count, error] of [[0x7fffffff, /does not fit/], [-2, /negative count/]] as const) {
+      const bad = encodeStep({ step: 4, seqs: [seq] });
+      new DataView(bad.buffer, bad.byteOffset).setInt32(12 + 16, count, true);
       expect(() => decodeStep(bad)).toThrow(error);
     }
   });

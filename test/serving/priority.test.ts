@@ -39,7 +39,7 @@ const ids = (step: PlannedStep | null) => step?.members.map((m) => m.seq.id) ?? 
 describe('scheduler priorities', () => {
   it('admits the queue by priority, then arrival', () => {
     // One seat and one token each: each step runs the next request the queue admits.
-    const s = new Scheduler(64, 16, tok, 256, 16, 512, 0, 1);
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 1);
     submit(s, 'low', { priority: 5, maxTokens: 1 });
     submit(s, 'high', { priority: -3, maxTokens: 1 });
     submit(s, 'mid-1', { priority: 0, maxTokens: 1 });
@@ -124,7 +124,7 @@ describe('scheduler priorities', () => {
   });
 
   it('a full batch (--max-seqs) gives a seat to a more urgent class by preempting', () => {
-    const s = new Scheduler(64, 16, tok, 256, 16, 512, 0, 2);
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 2);
     submit(s, 'b1', { priority: 100, classRank: 2 });
     submit(s, 'b2', { priority: 101, classRank: 2 });
     s.settle(s.apply(s.next(1)!, Int32Array.of(1, 2)));

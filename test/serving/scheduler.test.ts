@@ -256,3 +256,39 @@ describe('step frames', () => {
     expect(() => fillTokens([seq(1, 1)], Int32Array.of(2), Int32Array.of(1))).toThrow(/sampled token 2/);
   });
 });
+
+describe('scheduler: models that mix windowed and global layers', () => {
+  it('a long sequence holds every block of the global pool and a ring of the window pool; both come back; steps carry both tables', () => {
+    // 8 global blocks of 16 and a window pool of 3 (window 12): a 20-token prompt + 100 tokens
+    // needs 8 global blocks, and a ring of ceil((20 + 12 - 1) / 16) = 2 window blocks.
+    const s = new Scheduler(8, 16, tok, 256, 16, 512, { window: 12, windowBlocks: 3 });
+    submit(s, 'long', { promptIds: Array.from({ length: 20 }, (_, i) => i + 40), maxTokens: 100 });
+    const p = s.next(1)!;
+    const l = s.load();
+    expect([l.kvBlocksTotal, l.kvBlocksFree, l.kvWindowBlocksTotal, l.kvWindowBlocksFree]).toEqual([8, 0, 3, 1]);
+    const seq = p.seqs[0]!;
+    expect(seq.blockTable.length).toBe(8);
+    expect(Array.from(seq.windowBlockTable!)).toEqual([0, 1, 0, 1, 0, 1, 0, 1]);  // logical block i -> ring[i mod 2]
+    // Through the data plane to the other ranks unchanged.
+    expect(decodeStep(encodeStep({ step: 1, seqs: p.seqs })).seqs[0]).toEqual(seq);
+    // A second sequence waits for the global pool, not for the window pool.
+    submit(s, 'next', { promptIds: [1, 2, 3], maxTokens: 4 });
+    expect(s.next(1)).toBeNull();
+    expect(s.status('next')).toBe(RequestStatus.QUEUED);
+    s.cancel('long');
+    s.settle(s.apply(p, Int32Array.of(7)));
+    const q = s.next(1)!;
+    expect(q.seqs.length).toBe(1);
+    expect([q.seqs[0]!.blockTable.length, q.seqs[0]!.windowBlockTable!.length]).toEqual([1, 1]);
+    s.cancel('next');
+    s.settle(s.apply(q, Int32Array.of(8)));
+    expect(s.load()).toMatchObject({ kvBlocksFree: 8, kvWindowBlocksFree: 3 });
+  });
+
+  it('a sequence whose ring cannot fit the window pool is refused with the windowed layers named', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, { window: 40, windowBlocks: 2 });
+    const err = s.submit({ epoch: '1', requestId: 'w', promptIds: Array.from({ length: 30 }, (_, i) => i + 40), generatedIds: [],
+      params: samplingToWire(validateSampling({ maxTokens: 10, seed: 1 })) } as Submit);
+    expect(err?.error).toMatch(/needs 3 KV blocks for the windowed layers, the replica's cache has 2/);
+  });
+});

@@ -83,7 +83,7 @@ class EngineWork : public Napi::AsyncWorker {
 
 // The parsed step request, owned by the worker (copies of the small JS arrays).
 struct StepJob {
-  std::vector<std::vector<int32_t>> tokens, tables;
+  std::vector<std::vector<int32_t>> tokens, tables, window_tables;
   std::vector<std::vector<LogitBias>> biases;
   std::vector<int> token_counts;
   StepInput in;
@@ -151,12 +151,17 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Finalize(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     CheckLive(env, "finalize");
-    auto blocks = std::make_shared<int>(0);
+    auto blocks = std::make_shared<std::pair<int, int>>(0, 0);
     const int block_size = st_->kv_block_size;
-    auto* w = new EngineWork(env, st_, "finalize", [blocks](Backend& b) { *blocks = b.finalize(); },
+    auto* w = new EngineWork(env, st_, "finalize",
+                             [blocks](Backend& b) {
+                               blocks->first = b.finalize();
+                               blocks->second = b.window_blocks();
+                             },
                              [blocks, block_size](Napi::Env e) {
                                Napi::Object o = Napi::Object::New(e);
-                               o.Set("kvBlocks", *blocks);
+                               o.Set("kvBlocks", blocks->first);
+                               o.Set("kvWindowBlocks", blocks->second);
                                o.Set("kvBlockSize", block_size);
                                return static_cast<Napi::Value>(o);
                              });
@@ -209,6 +214,7 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   const uint32_t n = seqs.Length();
   job->tokens.resize(n);
   job->tables.resize(n);
+  job->window_tables.resize(n);
   job->biases.resize(n);
   job->in.seqs.resize(n);
   int total_tokens = 0;
@@ -223,6 +229,7 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   };
   // Property keys made once per call, not once per sequence and field.
   const Napi::String k_tokens = Napi::String::New(env, "tokens"), k_table = Napi::String::New(env, "blockTable"),
+                     k_wtable = Napi::String::New(env, "windowBlockTable"),
                      k_pos = Napi::String::New(env, "pos"), k_seed = Napi::String::New(env, "seed");
   const Napi::String k_temp = Napi::String::New(env, "temperature"), k_topk = Napi::String::New(env, "topK"),
                      k_topp = Napi::String::New(env, "topP"), k_sample = Napi::String::New(env, "sample"),
@@ -241,6 +248,12 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
     si.pos = pos.As<Napi::Number>().Int32Value();
     si.block_table = job->tables[i].data();
     si.n_blocks = static_cast<int>(job->tables[i].size());
+    const Napi::Value wt = s.Get(k_wtable);
+    if (!wt.IsUndefined() && !wt.IsNull()) {
+      int32s(wt, i, "windowBlockTable", job->window_tables[i]);
+      si.window_block_table = job->window_tables[i].data();
+      si.n_window_blocks = static_cast<int>(job->window_tables[i].size());
+    }
     auto num = [&](const Napi::String& k, const char* key, double def) {
       Napi::Value v = s.Get(k);
       if (v.IsUndefined() || v.IsNull()) return def;

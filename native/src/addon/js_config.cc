@@ -237,6 +237,8 @@ ShardConfig ParseShardConfig(const Napi::Object& o, std::string* device) {
   if (c.sliding_window < 0) Bad(env, "slidingWindow must be >= 0");
   const int n_layers = c.layer_end - c.layer_start;
   c.sliding_layers = LayerFlags(o, "slidingLayers", n_layers);
+  c.kv_window_group = Bool(o, "kvWindowGroup", false);
+  if (c.kv_window_group && c.sliding_window == 0) Bad(env, "kvWindowGroup needs a slidingWindow");
   c.num_experts = Int(o, "numExperts", 0);
   c.expert_start = Int(o, "expertStart", 0);
   c.expert_end = Int(o, "expertEnd", 0);

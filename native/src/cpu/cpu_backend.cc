@@ -93,6 +93,7 @@ CpuBackend::CpuBackend(const ShardConfig& c)
   for (int l = c.layer_start; l < c.layer_end; ++l) {
     Layer& L = layers_[l - c.layer_start];
     L.sliding = c.sliding_window > 0 && c.sliding_layers[l - c.layer_start];
+    L.window_pool = L.sliding && c.kv_window_group;
     L.sparse = c.num_experts > 0 && c.sparse_layers[l - c.layer_start];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     expect(p + "input_layernorm.weight", {H});
@@ -290,11 +291,13 @@ int CpuBackend::finalize() {
     const size_t cap = (size_t(2) << 30) / bytes_per_block;
     kv_blocks_ = static_cast<int>(std::max<size_t>(per_seq, std::min<size_t>(size_t(8) * per_seq, cap)));
   }
+  kv_window_blocks_ = kv_window_pool_blocks(cfg_, kv_blocks_);
   k_cache_.assign(n_layers_, std::vector<float>());
   v_cache_.assign(n_layers_, std::vector<float>());
   for (int l = 0; l < n_layers_; ++l) {
-    k_cache_[l].assign(block_floats * kv_blocks_, 0.f);
-    v_cache_[l].assign(block_floats * kv_blocks_, 0.f);
+    const size_t blocks = layers_[l].window_pool ? kv_window_blocks_ : kv_blocks_;
+    k_cache_[l].assign(block_floats * blocks, 0.f);
+    v_cache_[l].assign(block_floats * blocks, 0.f);
   }
   s_.scores.assign(size_t(pool_.size()) * cfg_.max_position * (cfg_.n_heads / cfg_.n_kv_heads), 0.f);
   finalized_ = true;
@@ -332,7 +335,9 @@ std::string CpuBackend::describe() const {
   if (cfg_.num_experts > 0)
     o << ", experts " << cfg_.expert_start << ".." << cfg_.expert_end - 1 << " of " << cfg_.num_experts;
   if (cfg_.sliding_window > 0) o << ", window " << cfg_.sliding_window;
-  o << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens (" << kv_bytes / (1 << 20) << " MiB)";
+  o << ", kv " << kv_blocks_ << " blocks";
+  if (cfg_.kv_window_group) o << " (+ " << kv_window_blocks_ << " for the windowed layers)";
+  o << " x " << cfg_.kv_block_size << " tokens (" << kv_bytes / (1 << 20) << " MiB)";
   return o.str();
 }
 

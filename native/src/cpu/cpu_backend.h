@@ -39,6 +39,7 @@ struct Layer {
   std::vector<float> q_bias, k_bias, v_bias;      // qkv_bias
   std::vector<float> o_bias;                      // o_bias (added by TP rank 0)
   bool sliding = false;  // attends to the last sliding_window positions only
+  bool window_pool = false;  // sliding in a kv_window_group model: its KV lives in the window pool
   bool sparse = false;   // routed experts instead of `mlp`
   Mlp mlp;                                         // dense layers
   Matrix router;                                   // sparse: [num_experts, hidden]
@@ -65,6 +66,7 @@ class CpuBackend final : public Backend {
   void load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
                    size_t bytes) override;
   int finalize() override;
+  int window_blocks() const override { return kv_window_blocks_; }
   void set_tp_comm(std::shared_ptr<Communicator> comm) override;
   void step(const StepInput& in, StepOutput& out) override;
   std::string describe() const override;
@@ -114,7 +116,10 @@ class CpuBackend final : public Backend {
 
   int64_t macs_per_token_ = 0;  // weight elements of this shard: the matmul work of one token
   int kv_blocks_ = 0;
-  std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer [blocks, block_size, kv_heads, head_dim]
+  int kv_window_blocks_ = 0;  // kv_window_group: the windowed layers' pool
+  // Per layer [blocks, block_size, kv_heads, head_dim]: kv_window_blocks_ blocks on the windowed
+  // layers of a kv_window_group model, kv_blocks_ on the others.
+  std::vector<std::vector<float>> k_cache_, v_cache_;
 
   Scratch s_;
   std::vector<std::pair<float, int>> sample_scratch_;

@@ -95,6 +95,17 @@ void CpuBackend::validate(const StepInput& in) const {
       if (s.block_table[b] < 0 || s.block_table[b] >= kv_blocks_)
         throw std::invalid_argument(seq_name(i) + ": blockTable[" + std::to_string(b) + "] = " +
                                     std::to_string(s.block_table[b]) + " is outside [0, " + std::to_string(kv_blocks_) + ")");
+    if (cfg_.kv_window_group) {
+      if (!s.window_block_table || s.n_window_blocks < need)
+        throw std::invalid_argument(seq_name(i) + ": windowBlockTable has " + std::to_string(s.window_block_table ? s.n_window_blocks : 0) +
+                                    " blocks, " + std::to_string(need) + " needed for " + std::to_string(s.pos + s.n_tokens) +
+                                    " positions (the model's windowed layers keep their own KV blocks)");
+      for (int b = 0; b < need; ++b)
+        if (s.window_block_table[b] < 0 || s.window_block_table[b] >= kv_window_blocks_)
+          throw std::invalid_argument(seq_name(i) + ": windowBlockTable[" + std::to_string(b) + "] = " +
+                                      std::to_string(s.window_block_table[b]) + " is outside [0, " +
+                                      std::to_string(kv_window_blocks_) + ")");
+    }
     if (cfg_.has_embedding)
       for (int t = 0; t < s.n_tokens; ++t)
         if (s.tokens[t] < 0 || s.tokens[t] >= cfg_.vocab_size)
@@ -219,6 +230,12 @@ void CpuBackend::matmul(const float* x, int T, std::initializer_list<MatJob> job
   else pool_.parallel_for(total, rows, 4);
 }
 
+namespace {
+// The block table a layer's KV goes through: the window pool's for windowed layers of a model that
+// keeps one (the ring), else the sequence's table.
+inline const int32_t* table_of(const Layer& L, const SeqInput& s) { return L.window_pool ? s.window_block_table : s.block_table; }
+}  // namespace
+
 void CpuBackend::attention_block(int l, const StepInput& in, int T) {
   const Layer& L = layers_[l];
   const int H = cfg_.hidden, D = cfg_.head_dim, NH = cfg_.n_heads, NKV = cfg_.n_kv_heads;
@@ -255,7 +272,7 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
     for (int h = 0; h < NKV; ++h) rope_apply(k + h * D, cs, sn, half);
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
     const int p = s_.tok_pos[t];
-    const size_t slot = (size_t(s.block_table[p / B]) * B + p % B) * KD;
+    const size_t slot = (size_t(table_of(L, s)[p / B]) * B + p % B) * KD;
     std::memcpy(kc + slot, k, KD * sizeof(float));
     std::memcpy(vc + slot, v, KD * sizeof(float));
   }
@@ -274,7 +291,7 @@ void CpuBackend::attention_block(int l, const StepInput& in, int T) {
     const SeqInput& s = in.seqs[s_.tok_seq[t]];
     const size_t q_off = size_t(t) * QD + size_t(kvh) * G * D;
     float* scores = s_.scores.data() + size_t(w) * G * cfg_.max_position;
-    kt.attend(s_.q.data() + q_off, G, kc, vc, s.block_table, B, KD, size_t(kvh) * D, first_key(t), s_.tok_pos[t] + 1, D,
+    kt.attend(s_.q.data() + q_off, G, kc, vc, table_of(L, s), B, KD, size_t(kvh) * D, first_key(t), s_.tok_pos[t] + 1, D,
               scale, cfg_.attn_softcap, scores, s_.attn.data() + q_off);
   };
   if (attn_macs < kMinParallelMacs) {

@@ -200,6 +200,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   for (int l = 0; l < n_layers_; ++l) {
     auto& L = layers_[l];
     L.sliding = c.sliding_window > 0 && c.sliding_layers[l];
+    L.window_pool = L.sliding && c.kv_window_group;
     L.sparse = c.num_experts > 0 && c.sparse_layers[l];
     L.qkv.reserve(ws * qkv_rows_ * H);
     if (c.qkv_bias) L.qkv_bias.reserve(es * qkv_rows_);
@@ -543,7 +544,13 @@ int CudaBackend::finalize() {
   }
   // The fp8 KV cache keeps one byte an element: twice the blocks in the same memory.
   const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * (kv_fp8_ ? 1 : dtype_size(act_));
-  const size_t per_block_all_layers = block_bytes * std::max(n_layers_, 1);
+  int n_window_layers = 0;
+  for (const LayerWeights& L : layers_) n_window_layers += L.window_pool;
+  // Bytes of both pools for a main pool of `blocks`: the windowed layers' pool follows its size
+  // (kv_window_pool_blocks; kv_window_group only, else every layer is in the main pool).
+  auto pool_bytes = [&](int blocks) {
+    return block_bytes * ((size_t)(n_layers_ - n_window_layers) * blocks + (size_t)n_window_layers * kv_window_pool_blocks(c, blocks));
+  };
   // The largest step's scratch is reserved now (a server's --max-batch-tokens, 8192 by default on
   // CUDA: ~1.1 GB on a 7B), so the first long prefill does not reallocate it and invalidate the
   // decode graphs captured below.
@@ -560,19 +567,28 @@ int CudaBackend::finalize() {
     // past it (a longer step than planned) and the logits buffers.
     const double budget = c.gpu_memory_fraction * (double)total_b - (double)(total_b - free_b) -
                           (double)activation_bytes(2048) - 256.0 * (1 << 20);
-    kv_blocks_ = budget > 0 ? static_cast<int>(budget / per_block_all_layers) : 0;
+    // The largest main pool whose pools fit, at most what one layer's worth of the budget holds.
+    int lo = 0, hi = budget > 0 ? static_cast<int>(std::min(budget / (double)block_bytes, 2e9)) : 0;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo + 1) / 2;
+      if ((double)pool_bytes(mid) <= budget) lo = mid; else hi = mid - 1;
+    }
+    kv_blocks_ = lo;
     if (kv_blocks_ < 1)
       throw std::runtime_error("cuda: no GPU memory left for the KV cache after the weights (free " +
                                std::to_string(free_b >> 20) + " MiB of " + std::to_string(total_b >> 20) +
                                " MiB, gpu_memory_fraction " + std::to_string(c.gpu_memory_fraction) + ")");
   }
-  kv_pool_.reserve(per_block_all_layers * kv_blocks_);
+  kv_window_blocks_ = kv_window_pool_blocks(c, kv_blocks_);
+  kv_pool_.reserve(std::max(pool_bytes(kv_blocks_), block_bytes));
   // Defined contents: a padded graph step's dummy sequences read block 0 (their outputs are dropped).
   NS_CUDA(cudaMemsetAsync(kv_pool_.ptr, 0, kv_pool_.bytes, stream_));
-  const size_t layer_bytes = block_bytes / 2 * kv_blocks_;
+  char* at = static_cast<char*>(kv_pool_.ptr);
   for (int l = 0; l < n_layers_; ++l) {
-    kcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l) * layer_bytes);
-    vcache_.push_back(static_cast<char*>(kv_pool_.ptr) + (2 * l + 1) * layer_bytes);
+    const size_t layer_bytes = block_bytes / 2 * (layers_[l].window_pool ? kv_window_blocks_ : kv_blocks_);
+    kcache_.push_back(at);
+    vcache_.push_back(at + layer_bytes);
+    at += 2 * layer_bytes;
   }
   max_blocks_per_seq_ = c.max_position > 0 ? (c.max_position + c.kv_block_size - 1) / c.kv_block_size : 0;
   if (warm_gemms_ || lt_) warm_gemms();
@@ -756,7 +772,9 @@ std::string CudaBackend::describe() const {
   std::ostringstream s;
   s << "cuda:" << cfg_.device_index << " (" << device_name_ << ") " << (act_ == DType::BF16 ? "bf16" : "fp16")
     << ", layers " << cfg_.layer_start << ".." << cfg_.layer_end - 1 << ", tp " << cfg_.tp_rank << "/" << cfg_.tp_size
-    << ", kv " << kv_blocks_ << " blocks x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
+    << ", kv " << kv_blocks_ << " blocks"
+    << (cfg_.kv_window_group ? " (+ " + std::to_string(kv_window_blocks_) + " for the windowed layers)" : std::string())
+    << " x " << cfg_.kv_block_size << " tokens, cuBLAS " << (api_ ? api_->path : "")
     << (wdt_ != act_ ? std::string(", ") + (wdt_ == DType::I8 ? "int8 W8A16" : (cfg_.fp8_activations ? "fp8 W8A8" : "fp8 W8A16")) + " weights" : std::string())
     << (hdt_ != wdt_ ? std::string(", LM head ") + dtype_name(hdt_) : std::string()) << (kv_fp8_ ? ", kv fp8" : "")
     << (family_ ? ", family forward" : "")

@@ -49,6 +49,7 @@ struct LayerWeights {
   // Family switches (ShardConfig): f32 biases and norms, the MoE's router and experts.
   DeviceBuffer o_bias, gu_bias, down_bias, q_norm, k_norm, pre_ff_norm, post_ff_norm;
   bool sliding = false, sparse = false;
+  bool window_pool = false;  // sliding in a kv_window_group model: KV in the window pool, through the window tables
   DeviceBuffer router;                 // [num_experts (+ 1: the shared expert's gate), hidden]
   DeviceBuffer ex_gate_up, ex_down;    // this rank's experts back to back: [n][2 * moe_I, hidden], [n][hidden, moe_I]
   DeviceBuffer sh_gate_up, sh_down;    // the shared expert (rank's slice); its gate is the router's last row
@@ -70,6 +71,7 @@ class CudaBackend final : public Backend {
   void load_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
                    size_t bytes) override;
   int finalize() override;
+  int window_blocks() const override { return kv_window_blocks_; }
   void set_tp_comm(std::shared_ptr<Communicator> comm) override { comm_ = std::move(comm); }
   void step(const StepInput& in, StepOutput& out) override;
   std::string describe() const override;
@@ -87,7 +89,11 @@ class CudaBackend final : public Backend {
     bool flash_short = false;  // the short sequences take flash tiles too (flash_decode_min_)
     bool copy_logits = false;
     bool any_logprobs = false;  // a sampled row asked for logprobs: copy them back
-    size_t extras_ptr, tokens, pos, slot, tok_seq, seq_bt_off, block_tables, rows, sample_rows, params, tiles, simt_tokens, total;
+    // wslot / seq_wbt_off: the windowed layers' KV slot per token and table offset per sequence
+    // (kv_window_group; their tables follow each sequence's own in block_tables). Empty otherwise.
+    int n_w = 0, n_ws = 0;
+    size_t extras_ptr, tokens, pos, slot, wslot, tok_seq, seq_bt_off, seq_wbt_off, block_tables, rows, sample_rows, params, tiles,
+        simt_tokens, total;
     void layout();
   };
   // warmed: the family forward runs a bucket's first step eagerly (its kernels and cuBLAS's get
@@ -209,6 +215,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer kv_pool_;
   std::vector<void*> kcache_, vcache_;
   int kv_blocks_ = 0;
+  int kv_window_blocks_ = 0;  // kv_window_group: the windowed layers' pool (kcache_ of those layers)
   bool finalized_ = false;
 
   // Step scratch, sized for `cap_tokens_` tokens (grown on demand).

@@ -104,6 +104,10 @@ void CudaBackend::capture_decode_graphs() {
         q.n_tokens = 1;
         q.block_table = &zero;
         q.n_blocks = 1;
+        if (c.kv_window_group) {
+          q.window_block_table = &zero;
+          q.n_window_blocks = 1;
+        }
       }
       const StepPlan p = plan_step(in);
       if (p.bucket != b) continue;  // not graphable (GEMV off at <= 4, a TP comm without P2P, ...)

@@ -43,8 +43,10 @@ void CudaBackend::StepPlan::layout() {
   tokens = o; o += T;
   pos = o; o += T;
   slot = o; o += T;
+  wslot = o; o += n_w;
   tok_seq = o; o += T;
   seq_bt_off = o; o += S;
+  seq_wbt_off = o; o += n_ws;
   rows = o; o += R;
   sample_rows = o; o += NS;
   params = o; o += (sizeof(SampleRow) / 4) * (size_t)NS;
@@ -87,15 +89,19 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
     if ((int64_t)q.n_blocks * c.kv_block_size < end)
       throw std::runtime_error(seq_name(s) + " block table covers " + std::to_string(q.n_blocks * c.kv_block_size) +
                                " positions, needs " + std::to_string(end));
+    if (c.kv_window_group && (!q.window_block_table || (int64_t)q.n_window_blocks * c.kv_block_size < end))
+      throw std::runtime_error(seq_name(s) + " window block table covers " +
+                               std::to_string((q.window_block_table ? q.n_window_blocks : 0) * c.kv_block_size) +
+                               " positions, needs " + std::to_string(end) + " (the windowed layers keep their own KV blocks)");
     if (c.has_embedding && !q.tokens) throw std::runtime_error(seq_name(s) + " has no token ids");
     if (c.has_head) check_sampling(q.sampling, c.vocab_size, seq_name(s));
     p.T += q.n_tokens;
-    p.n_bt += q.n_blocks;
+    p.n_bt += q.n_blocks + (c.kv_window_group ? q.n_window_blocks : 0);
     n_short += q.n_tokens < kFlashMinTokens;
     if (c.has_head && (q.sample || in.want_logits || q.all_logits)) p.R += q.all_logits ? q.n_tokens : 1;
     if (c.has_head && q.sample) ++p.NS;
     if (c.has_head && q.sample) p.any_logprobs |= q.sampling.logprobs >= 0;
-    all_decode &= q.n_tokens == 1 && q.n_blocks <= max_blocks_per_seq_;
+    all_decode &= q.n_tokens == 1 && q.n_blocks <= max_blocks_per_seq_ && (!c.kv_window_group || q.n_window_blocks <= max_blocks_per_seq_);
     all_sample &= q.sample;
     any_all_logits |= q.all_logits;
   }
@@ -118,6 +124,10 @@ CudaBackend::StepPlan CudaBackend::plan_step(const StepInput& in) const {
   if (p.n_tiles == 0) p.n_simt = p.T;
   else for (const SeqInput& q : in.seqs) p.n_simt += flash_seq(p, q.n_tokens) ? 0 : q.n_tokens;
   p.splits = p.n_simt > 0 ? attention_splits(p.n_simt) : 1;
+  if (c.kv_window_group) {
+    p.n_w = p.T;
+    p.n_ws = p.S;
+  }
   p.layout();
   return p;
 }
@@ -128,7 +138,8 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   const bool padded = p.bucket > 0;
   // A graph step reserves the device copy for its bucket's longest possible tables at once, so the
   // buffer (whose address the graphs hold) does not grow, and re-capture, as contexts lengthen.
-  const size_t cap = padded ? p.block_tables + (size_t)p.bucket * max_blocks_per_seq_ + 1 : p.total;
+  const size_t tables = c.kv_window_group ? 2 : 1;
+  const size_t cap = padded ? p.block_tables + (size_t)p.bucket * max_blocks_per_seq_ * tables + 1 : p.total;
   if (meta_.reserve(4 * cap)) ++epoch_;
   meta_host_.reserve(4 * p.total);
   int32_t* h = static_cast<int32_t*>(meta_host_.ptr);
@@ -149,15 +160,20 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
         for (int i = 0; i < q.n_tokens; ++i) h[p.simt_tokens + n_simt++] = t + i;
       }
     }
-    h[p.seq_bt_off + s] = bt_off;
-    for (int b = 0; b < q.n_blocks; ++b) {
-      const int blk = q.block_table[b];
-      if (blk < 0 || blk >= kv_blocks_)
-        throw std::runtime_error(seq_name(s) + ".block_table[" + std::to_string(b) + "] = " + std::to_string(blk) +
-                                 " is outside [0, " + std::to_string(kv_blocks_) + ")");
-      h[p.block_tables + bt_off + b] = blk;
-    }
-    bt_off += q.n_blocks;
+    // The sequence's table (and the windowed layers' one) into the packed tables, its offset at `at`.
+    auto put_table = [&](const char* name, const int32_t* table, int n, int pool, size_t at) {
+      h[at + s] = bt_off;
+      for (int b = 0; b < n; ++b) {
+        const int blk = table[b];
+        if (blk < 0 || blk >= pool)
+          throw std::runtime_error(seq_name(s) + "." + name + "[" + std::to_string(b) + "] = " + std::to_string(blk) +
+                                   " is outside [0, " + std::to_string(pool) + ")");
+        h[p.block_tables + bt_off + b] = blk;
+      }
+      bt_off += n;
+    };
+    put_table("block_table", q.block_table, q.n_blocks, kv_blocks_, p.seq_bt_off);
+    if (c.kv_window_group) put_table("window_block_table", q.window_block_table, q.n_window_blocks, kv_window_blocks_, p.seq_wbt_off);
     for (int i = 0; i < q.n_tokens; ++i, ++t) {
       const int pos = q.pos + i;
       const int32_t tok = c.has_embedding ? q.tokens[i] : 0;
@@ -167,6 +183,7 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
       h[p.tokens + t] = tok;
       h[p.pos + t] = pos;
       h[p.slot + t] = q.block_table[pos / B] * B + pos % B;
+      if (c.kv_window_group) h[p.wslot + t] = q.window_block_table[pos / B] * B + pos % B;
       h[p.tok_seq + t] = s;
       const bool last = i == q.n_tokens - 1;
       if (c.has_head && (q.all_logits || (last && (q.sample || in.want_logits)))) {
@@ -203,6 +220,10 @@ void CudaBackend::pack(const StepInput& in, const StepPlan& p) {
   for (int s = real; padded && s < p.bucket; ++s, ++t, ++r, ++ns) {  // dummies: block 0, no KV write
     h[p.seq_bt_off + s] = p.n_bt - 1;  // the zero entry (memset above)
     h[p.slot + t] = -1;
+    if (c.kv_window_group) {
+      h[p.seq_wbt_off + s] = p.n_bt - 1;
+      h[p.wslot + t] = -1;
+    }
     h[p.tok_seq + t] = s;
     h[p.rows + r] = t;
     h[p.sample_rows + ns] = r;
@@ -405,11 +426,14 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     const bool local = L.sliding && c.has_rope_local;
     const int half = local ? local_half_ : rope_half_;
     const float* cos = local ? tabs + (size_t)2 * T * rope_half_ : tabs;
+    // Windowed layers of a kv_window_group model: their own pool, through the window tables.
+    const int32_t* slot = d + (L.window_pool ? p.wslot : p.slot);
+    const int32_t* bt_off = d + (L.window_pool ? p.seq_wbt_off : p.seq_bt_off);
     const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
     family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
-               c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, d + p.slot,
-               kv, c.kv_block_size, st);
-    FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
+               c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, slot, kv,
+               c.kv_block_size, st);
+    FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, bt_off,
                      d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, scale, c.attn_softcap,
                      L.sliding ? c.sliding_window : 0, kv_fp8_, k_scale_[l], v_scale_[l]};
     family_attention(act_, a, st);

@@ -48,6 +48,12 @@ export interface ReplicaStatusIn {
    */
   'precision'?: (_nodespeed_v1_PrecisionIn | null);
   /**
+   * Models that mix windowed and global layers (Gemma 2/3): the windowed layers keep their KV in a
+   * pool of their own, a ring of blocks per sequence; kv_blocks_* above count the global layers'.
+   */
+  'kvWindowBlocksTotal'?: (number);
+  'kvWindowBlocksFree'?: (number);
+  /**
    * its replica group (GroupStatus.name)
    */
   'group'?: (string);
@@ -105,6 +111,12 @@ export interface ReplicaStatus {
    * The numbers the replica computes with (docs/QUANTIZATION.md).
    */
   'precision': (_nodespeed_v1_Precision | null);
+  /**
+   * Models that mix windowed and global layers (Gemma 2/3): the windowed layers keep their KV in a
+   * pool of their own, a ring of blocks per sequence; kv_blocks_* above count the global layers'.
+   */
+  'kvWindowBlocksTotal': (number);
+  'kvWindowBlocksFree': (number);
   /**
    * its replica group (GroupStatus.name)
    */

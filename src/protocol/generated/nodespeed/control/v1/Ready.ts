@@ -7,6 +7,10 @@ export interface ReadyIn {
   'kvBlocks'?: (number);
   'kvBlockSize'?: (number);
   'describe'?: (string);
+  /**
+   * the windowed layers' own pool (models that mix windowed and global layers), else 0
+   */
+  'kvWindowBlocks'?: (number);
 }
 
 export interface Ready {
@@ -14,4 +18,8 @@ export interface Ready {
   'kvBlocks': (number);
   'kvBlockSize': (number);
   'describe': (string);
+  /**
+   * the windowed layers' own pool (models that mix windowed and global layers), else 0
+   */
+  'kvWindowBlocks': (number);
 }

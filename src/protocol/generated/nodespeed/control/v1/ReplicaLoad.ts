@@ -26,6 +26,11 @@ export interface ReplicaLoadIn {
    * sequences taken out of the batch for a higher class, since start
    */
   'preemptions'?: (number);
+  /**
+   * Models that mix windowed and global layers: the windowed layers' own pool (0 when none).
+   */
+  'kvWindowBlocksTotal'?: (number);
+  'kvWindowBlocksFree'?: (number);
 }
 
 export interface ReplicaLoad {
@@ -52,4 +57,9 @@ export interface ReplicaLoad {
    * sequences taken out of the batch for a higher class, since start
    */
   'preemptions': (number);
+  /**
+   * Models that mix windowed and global layers: the windowed layers' own pool (0 when none).
+   */
+  'kvWindowBlocksTotal': (number);
+  'kvWindowBlocksFree': (number);
 }

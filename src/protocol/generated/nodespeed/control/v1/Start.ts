@@ -12,6 +12,10 @@ export interface StartIn {
    */
   'kvBlocks'?: (number);
   'kvBlockSize'?: (number);
+  /**
+   * the smallest windowed layers' pool of the replica's ranks (0: none)
+   */
+  'kvWindowBlocks'?: (number);
 }
 
 /**
@@ -24,4 +28,8 @@ export interface Start {
    */
   'kvBlocks': (number);
   'kvBlockSize': (number);
+  /**
+   * the smallest windowed layers' pool of the replica's ranks (0: none)
+   */
+  'kvWindowBlocks': (number);
 }
