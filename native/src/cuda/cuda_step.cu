@@ -406,10 +406,15 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
                c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, d + p.slot,
                kcache_[l], vcache_[l], c.kv_block_size, st);
-    FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
-                     d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, scale, c.attn_softcap,
-                     L.sliding ? c.sliding_window : 0};
-    family_attention(act_, a, st);
+    // The Llama path's SIMT kernels (flash-decoding splits, 16-byte K/V loads; no flash tiles here:
+    // p.n_simt == T), P kept in f32 as the CPU backend keeps it.
+    AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
+               d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
+               nullptr, T, nullptr, 0, /*round_p=*/false};
+    a.scale = scale;
+    a.softcap = c.attn_softcap;
+    a.window = L.sliding ? c.sliding_window : 0;
+    attention(act_, a, st);
     matmul(attn_.ptr, L.o.ptr, T, H, qd, part, Out::F32);
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
     // Row-parallel biases join the all-reduced sum once.
