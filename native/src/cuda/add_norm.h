@@ -1,27 +1,12 @@
-// Device code shared by the family forward's kernels (family.cu) and the MoE combine (moe.cu): a
-// block-wide sum, and the end of a sublayer for one token's row — the sublayer's output joins the
-// residual stream (after Gemma's post-norm when there is one) and the next sublayer's input norm is
-// taken right away, so the row is read once instead of by two kernels.
+// Device code shared by the family forward's kernels (family.cu) and the MoE combine (moe.cu): the
+// end of a sublayer for one token's row — the sublayer's output joins the residual stream (after
+// Gemma's post-norm when there is one) and the next sublayer's input norm is taken right away, so
+// the row is read once instead of by two kernels.
 #pragma once
 
 #include "cuda/cuda_common.h"
 
 namespace ns::cuda {
-
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); part: 32 floats of shared memory.
-__device__ __forceinline__ float block_sum_f(float v, float* part) {
-  v = warp_sum(v);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    w = warp_sum(w);
-    if (threadIdx.x == 0) part[0] = w;
-  }
-  __syncthreads();
-  return part[0];
-}
 
 // The end of a sublayer with the row in registers (H <= kRowPer * blockDim.x): thread i holds
 // elements i + e * blockDim.x of v (x + bias, zeros past H); every load of a pass is issued before
@@ -44,7 +29,7 @@ __device__ __forceinline__ void add_norm_regs(float (&v)[kRowPer], float* res, c
     float ss = 0.f;
 #pragma unroll
     for (int e = 0; e < kRowPer; ++e) ss += v[e] * v[e];
-    const float inv_post = rsqrtf(block_sum_f(ss, part) / H + eps);
+    const float inv_post = rsqrtf(block_sum(ss, part) / H + eps);
 #pragma unroll
     for (int e = 0; e < kRowPer; ++e) {
       const int i = threadIdx.x + e * blockDim.x;
@@ -62,7 +47,7 @@ __device__ __forceinline__ void add_norm_regs(float (&v)[kRowPer], float* res, c
     }
   }
   if (!next_w) return;
-  const float inv = rsqrtf(block_sum_f(ss, part) / H + eps);
+  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
 #pragma unroll
   for (int e = 0; e < kRowPer; ++e) {
     const int i = threadIdx.x + e * blockDim.x;
@@ -91,7 +76,7 @@ __device__ __forceinline__ void add_norm_row(float* res, const float* x, const f
       const float v = x[i] + (bias ? bias[i] : 0.f);
       ss += v * v;
     }
-    inv_post = rsqrtf(block_sum_f(ss, part) / H + eps);
+    inv_post = rsqrtf(block_sum(ss, part) / H + eps);
   }
   float ss = 0.f;
   for (int i = threadIdx.x; i < H; i += blockDim.x) {
@@ -102,7 +87,7 @@ __device__ __forceinline__ void add_norm_row(float* res, const float* x, const f
     ss += r * r;
   }
   if (!next_w) return;
-  const float inv = rsqrtf(block_sum_f(ss, part) / H + eps);
+  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
   for (int i = threadIdx.x; i < H; i += blockDim.x) xb[i] = from_f<T>(round_if<T>(round_norm, res[i] * inv) * next_w[i]);
 }
 

@@ -33,7 +33,7 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
   }
   const float* w = h < nh ? qn : h < nh + nkv ? kn : nullptr;
   if (w) {
-    const float ss = block_sum_f(i < hd ? v * v : 0.f, part);
+    const float ss = block_sum(i < hd ? v * v : 0.f, part);
     if (i < hd) v = w[i] * (v * rsqrtf(ss / hd + eps));
   }
   if (h < nh + nkv) {

@@ -25,17 +25,6 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Block-wide sum; every thread gets the result.
-__device__ float block_sum(float v, float* sh) {
-  v = warp_sum(v);
-  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  float r = lane < (blockDim.x >> 5) ? sh[lane] : 0.f;
-  return warp_sum(r);
-}
-
 __device__ float block_max(float v, float* sh) {
   v = warp_max(v);
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
