@@ -22,7 +22,7 @@ import { checkCheckpoint } from './checkpoint.js';
 import { flushAndExit } from './exit.js';
 import { loadBar } from './progress.js';
 import { isLoopbackBind, readAuthToken, readPublicTls } from '../coordinator/public-auth.js';
-import { DEFAULT_REQUEST_LIMITS } from '../protocol/limits.js';
+import { DEFAULT_REQUEST_LIMITS, defaultPromptsLimit } from '../protocol/limits.js';
 import { addQuantizeOptions } from './quantize-flags.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { QuantizeChoice } from '../model/quantization.js';
@@ -66,6 +66,7 @@ export interface LaunchFlags {
   maxStopChars: number;
   maxN: number;
   maxLogprobs: number;
+  maxPrompts?: number;
   quarantineAfter: number;
   hfRounding: boolean;
   progress: boolean;
@@ -139,6 +140,8 @@ export function addServingOptions(cmd: Command, d: ServingDefaults = LAUNCH_DEFA
     .option('--max-n <n>', 'most completions per request (n)', intArg('--max-n', 1), DEFAULT_REQUEST_LIMITS.n)
     .option('--max-logprobs <n>', `most top log-probabilities per token (logprobs; at most ${MAX_LOGPROBS}, what the sampler computes)`,
       intArg('--max-logprobs', 0, MAX_LOGPROBS), DEFAULT_REQUEST_LIMITS.logprobs)
+    .option('--max-prompts <n>', 'most prompts one completion request batches, and most sequences (prompts x n) one request starts; ' +
+      `at most --max-queue (default: ${DEFAULT_REQUEST_LIMITS.prompts}, or --max-queue when that is smaller)`, intArg('--max-prompts', 1))
     .option('--quarantine-after <n>', 'fail a request instead of replaying it again once it was in flight through this many replica losses',
       intArg('--quarantine-after', 1), 2)
     .option('--hf-rounding', HF_ROUNDING_HELP, false)
@@ -261,7 +264,8 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
       httpPort: f.httpPort,
       ...(authToken ? { authToken } : {}), ...(tls ? { tls } : {}),
       controlPort: f.controlPort, encryptDataPlane: f.encryptDataPlane, quarantineAfter: f.quarantineAfter,
-      limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs },
+      limits: { requestBytes: f.maxRequestBytes, stopStrings: f.maxStopStrings, stopChars: f.maxStopChars, n: f.maxN, logprobs: f.maxLogprobs,
+        prompts: f.maxPrompts ?? defaultPromptsLimit(f.maxQueue) },
       ...(f.hfRounding ? { workerEnv: settingsEnv({ cudaRound: HF_ROUNDING }) } : {}),
       ssh: lo.ssh, ...(lo.remoteWorkdir ? { remoteWorkdir: lo.remoteWorkdir } : {}), node: lo.node,
       ...(lo.logDir ? { logDir: lo.logDir } : {}),

@@ -16,6 +16,7 @@ import { SamplingError, nthSequence, validateSampling, withModelDefaults, within
 import type { ModelSamplingDefaults, SamplingParams } from '../protocol/sampling.js';
 import { ChatTemplateError } from '../model/chat-template.js';
 import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
+import type { TokenTexts } from '../model/tokenizer-pool.js';
 import type { Membership } from './membership.js';
 import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
@@ -42,8 +43,10 @@ export interface ModelFacts {
   promptBytes: number;
   /** generation_config.json's sampling defaults. */
   defaults?: ModelSamplingDefaults;
-  /** Token ids to text (the HTTP API's echo and logprob tokens). */
-  decode?(ids: number[]): string;
+  /** Token ids to text, off the event loop (the HTTP API's echo of a prompt given as ids). */
+  decode?(ids: number[]): Promise<string>;
+  /** Every token's text, built once off the event loop (the HTTP API's logprob tokens). */
+  tokenTexts?(): Promise<TokenTexts>;
 }
 
 /** What validateRequest reads: the public GenerateRequest, with chat messages as OpenAI's API allows them. */

@@ -158,7 +158,7 @@ export class Coordinator {
     }
     if (this.o.httpPort !== undefined) {
       const registry = this.metrics?.registry;
-      const openai = new CoordinatorService(this.api, { decode: (ids) => this.o.model.decode?.(ids) ?? '' },
+      const openai = new CoordinatorService(this.api,
         registry ? async () => ({ contentType: registry.contentType, body: await registry.metrics() }) : undefined);
       try {
         // The same TLS, token and request-size limit as the gRPC API (public-auth.ts, protocol/limits.ts).

@@ -19,7 +19,7 @@ import type { KvCacheDtypeChoice, Precision } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
-import { DEFAULT_REQUEST_LIMITS, checkControlFits, promptBytesLimit } from '../protocol/limits.js';
+import { DEFAULT_REQUEST_LIMITS, checkControlFits, checkQueueFits, defaultPromptsLimit, promptBytesLimit } from '../protocol/limits.js';
 import type { RequestLimits } from '../protocol/limits.js';
 import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
 import type { PublicTls } from '../coordinator/public-auth.js';
@@ -198,12 +198,17 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
   const { layout, placement } = planWithSpares(config, o.placement,
     { tp: o.tp, pp: o.pp, replicas: o.replicas, allowTpAcrossHosts: o.allowTpAcrossHosts }, o.spares ?? 0, o.device);
   const tokenizer = await loadTokenizer(o.model);
-  const limits = o.limits ?? DEFAULT_REQUEST_LIMITS;
+  const limits = o.limits ?? { ...DEFAULT_REQUEST_LIMITS, prompts: defaultPromptsLimit(o.maxQueue) };
   // Fails the launch (naming the flags) when the limits would let through a request that a driver
   // could not receive as one control message.
   checkControlFits(config.maxPosition, limits);
+  checkQueueFits(limits, o.maxQueue);
   // Prompts are tokenized off this process's event loop (it sends and judges the heartbeats).
   const tokenizers = await TokenizerPool.start(o.model);
+  // The logprob tokens' texts, built on a tokenizer thread while the workers load (a request that
+  // needs them before then waits); a failure reaches the request that awaits them.
+  const tokenTexts = tokenizers.tokenTexts(config.vocabSize);
+  tokenTexts.catch(() => {});
   const token = randomBytes(24).toString('hex');
   const quantize = o.quantize ?? 'none', kvCacheDtype = o.kvCacheDtype ?? 'auto';
   // What every worker would refuse, refused once before any starts: fp8 on CPU workers, a --quantize
@@ -237,7 +242,8 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: o.dtype,
       encode: (text: string) => tokenizers.encode(text),
       encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
-      decode: (ids: number[]) => tokenizer.decode(ids),
+      decode: (ids: number[]) => tokenizers.decode(ids),
+      tokenTexts: () => tokenTexts,
       promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
       defaults: samplingDefaults(loadGenerationConfig(o.model)),
     },

@@ -4,7 +4,7 @@ export * from './safetensors.js';
 export * from './weights.js';
 export * from './tokenizer.js';
 export * from './chat-template.js';
-export { TokenizerPool } from './tokenizer-pool.js';
+export { TokenTexts, TokenizerPool } from './tokenizer-pool.js';
 export type { ReplayedText } from './tokenizer-pool.js';
 export * from './info.js';
 export * from './quantization.js';

@@ -16,7 +16,34 @@ export type TokenizerTask =
   | { op: 'encode'; text: string; addSpecialTokens?: boolean }
   | { op: 'encodeChat'; messages: ChatMessage[]; options?: ChatRenderOptions }
   | { op: 'decode'; ids: number[]; skipSpecialTokens?: boolean }
-  | { op: 'replay'; ids: number[] };
+  | { op: 'replay'; ids: number[] }
+  | { op: 'tokenTexts'; size: number };
+
+/** Every token's text (the tokenizer's decode of that one id), in one string: token i is text[offsets[i], offsets[i + 1]). */
+export interface TokenTextsData {
+  text: string;
+  offsets: Uint32Array;
+}
+
+/**
+ * Token id -> its text, as the tokenizer decodes that one id: what the HTTP API reports as a logprob's
+ * token. Built once, on a tokenizer thread, so naming the top-20 alternatives of every token of a
+ * long answer costs the event loop one substring each instead of a decode each.
+ */
+export class TokenTexts {
+  constructor(private readonly data: TokenTextsData) {}
+
+  get size(): number {
+    return this.data.offsets.length - 1;
+  }
+
+  /** The text of `id` ('' outside the vocabulary, as decoding an unknown id gives). */
+  text(id: number): string {
+    const o = this.data.offsets;
+    if (!(id >= 0 && id < o.length - 1)) return '';
+    return this.data.text.slice(o[id], o[id + 1]);
+  }
+}
 
 /** A replayed request's detokenized text and the decoder window to go on from (StopChecker.restore). */
 export interface ReplayedText {
@@ -100,6 +127,11 @@ export class TokenizerPool {
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): Promise<string> {
     return this.run({ op: 'decode', ids, ...opts });
+  }
+
+  /** Every token's text, ids 0 to size - 1 (size: the model's vocabulary, which may exceed the tokenizer's). */
+  async tokenTexts(size: number): Promise<TokenTexts> {
+    return new TokenTexts(await this.run<TokenTextsData>({ op: 'tokenTexts', size }));
   }
 
   /** The text a stop checker's decoder produces for `ids`, and where it stands after them. */

@@ -2,8 +2,8 @@
 //
 // A request may cost only a bounded amount of work before it is refused: its bytes on the wire,
 // its prompt's bytes before tokenizing (a prompt longer than the context could ever hold is
-// refused without running the tokenizer over it), its stop strings (count and total length), n and
-// logprobs. Every limit is answered INVALID_ARGUMENT (HTTP 400) with a message naming the field and
+// refused without running the tokenizer over it), its stop strings (count and total length), n,
+// logprobs, and the sequences it starts (a batch of prompts times n). Every limit is answered INVALID_ARGUMENT (HTTP 400) with a message naming the field and
 // the flag that raises it.
 //
 // What the coordinator forwards to a driver (Submit: prompt, replayed tokens, stop strings) follows
@@ -34,21 +34,28 @@ export interface RequestLimits {
   n: number;
   /** --max-logprobs: top log-probabilities per token. */
   logprobs: number;
+  /** --max-prompts: prompts one request batches, and the sequences it starts (prompts × n). */
+  prompts: number;
 }
 
 /**
  * Request bytes as TGI's --payload-limit (2 MB; a 128K-token prompt is ~0.5 MB of text or of
  * varint ids); stop strings: OpenAI and TGI allow 4, vLLM sets no limit, so 16 strings of 4,096
  * characters in total leaves room for what clients send while bounding the automaton and the
- * Submit message; n: 16; logprobs: vLLM's --max-logprobs default, 20.
+ * Submit message; n: 16; logprobs: vLLM's --max-logprobs default, 20. Prompts: OpenAI takes up to
+ * 2,048 prompts per completion request and vLLM sets no limit, but every sequence is a place in the
+ * cluster's queue (--max-queue, 1,024 by default): 256 sequences (prompts × n) lets one request take
+ * at most a quarter of it, four times the batches evaluation harnesses send (lm-eval's batch_size
+ * 1 to 64), while the prompts' text together stays within the request bytes.
  */
 export const DEFAULT_REQUEST_LIMITS: Readonly<RequestLimits> = Object.freeze({
-  requestBytes: 2 * 1024 * 1024, stopStrings: 16, stopChars: 4096, n: 16, logprobs: 20,
+  requestBytes: 2 * 1024 * 1024, stopStrings: 16, stopChars: 4096, n: 16, logprobs: 20, prompts: 256,
 });
 
 /** The flag that raises each limit (named in refusals). */
 export const LIMIT_FLAGS: Readonly<Record<keyof RequestLimits, string>> = Object.freeze({
   requestBytes: '--max-request-bytes', stopStrings: '--max-stop-strings', stopChars: '--max-stop-chars', n: '--max-n', logprobs: '--max-logprobs',
+  prompts: '--max-prompts',
 });
 
 /** A request over a limit: `field` is the request field it is about (proto / JSON name). */
@@ -74,6 +81,8 @@ export interface RequestSize {
   stop?: readonly string[];
   n?: number;
   logprobs?: number;
+  /** Prompts batched in the request (an HTTP completion's list); absent: one. */
+  prompts?: number;
 }
 
 /** Throws LimitError for the first limit the request exceeds. */
@@ -94,9 +103,30 @@ export function checkRequestLimits(r: RequestSize, limits: RequestLimits, prompt
   for (const s of stop) chars += s.length;
   if (chars > limits.stopChars)
     throw new LimitError('stop', `${chars} characters of stop strings in total, more than ${limits.stopChars} (${LIMIT_FLAGS.stopChars})`);
+  if (r.prompts !== undefined && r.prompts > limits.prompts)
+    throw new LimitError('prompt', `${r.prompts} prompts, more than ${limits.prompts} (${LIMIT_FLAGS.prompts})`);
   if (r.n !== undefined && r.n > limits.n) throw new LimitError('n', `is ${r.n}, more than ${limits.n} (${LIMIT_FLAGS.n})`);
+  const sequences = (r.prompts ?? 1) * (r.n ?? 1);
+  if (sequences > limits.prompts)
+    throw new LimitError('n', `${r.prompts ?? 1} prompts × n ${r.n ?? 1} = ${sequences} sequences, more than ${limits.prompts} (${LIMIT_FLAGS.prompts})`);
   if (r.logprobs !== undefined && r.logprobs > limits.logprobs)
     throw new LimitError('logprobs', `is ${r.logprobs}, more than ${limits.logprobs} (${LIMIT_FLAGS.logprobs})`);
+}
+
+/** --max-prompts when it is not given: the default, or --max-queue where the queue is smaller (see checkQueueFits). */
+export function defaultPromptsLimit(maxQueue: number): number {
+  return Math.min(DEFAULT_REQUEST_LIMITS.prompts, maxQueue);
+}
+
+/**
+ * Throws when a request these limits admit could never be admitted: its sequences are admitted all
+ * at once or not at all against the queue, so more than --max-queue of them would be refused
+ * (queue full) forever.
+ */
+export function checkQueueFits(limits: RequestLimits, maxQueue: number): void {
+  if (limits.prompts > maxQueue)
+    throw new Error(`${LIMIT_FLAGS.prompts} ${limits.prompts} is more than --max-queue ${maxQueue}: a request of that many sequences could never be ` +
+      `admitted (lower ${LIMIT_FLAGS.prompts} or raise --max-queue)`);
 }
 
 /** Per message: field tags, lengths and the fixed fields of Submit and its sampling parameters. */

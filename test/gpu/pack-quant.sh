@@ -26,7 +26,7 @@ cp "$addon" "$stage/.gpu/nodespeed.node"
 git rev-parse HEAD > "$stage/.gpu/COMMIT"
 [ -f .gpu/node.xz ] || bash /work/shared/tools/portable-node.sh .gpu
 cp .gpu/node.xz "$stage/.gpu/"
-tar -cf - dist bin package.json proto scripts bench/decode bench/serve test/gpu test/fixtures/heldout models/py-tiny native/src \
+tar -cf - dist bin package.json proto scripts bench/decode bench/serve test/gpu test/fixtures/heldout test/fixtures/hf-reference models/py-tiny native/src \
   | tar -xf - -C "$stage"
 # Production dependencies only (no TypeScript, vitest, esbuild, node-gyp).
 npm ls --omit=dev --all --parseable 2>/dev/null | tail -n +2 | sed "s#^$PWD/##" | sort -u | tar -cf - -T - | tar -xf - -C "$stage"

@@ -4,14 +4,16 @@
 #            (.gpu/quant-kernels.xz when built on the dev machine by pack-quant.sh, else compiled here)
 #   check    test/gpu/quant-check.mjs: py-tiny and the 7B shape at bf16 / int8 / fp8 / fp8 KV against
 #            our bf16 and PyTorch (quant_reference.py): perplexity, greedy, cosine, round trips
+#   families test/gpu/families-quant.mjs: every model family fixture on the family forward at int8 /
+#            fp8 / fp8 + fp8 KV / bf16 + fp8 KV against our bf16 (cosine, greedy, graphs off)
 #   bench    bench/decode at batch 1 and 64 (bf16 / int8 / fp8 beside HF), bench/serve 64 streams of
 #            512 in / 256 out (bf16 and fp8 weights + fp8 KV beside HF), each against its roofline
-# usage: bash test/gpu/quant.sh [kernels] [check] [bench]   (default: all three)
+# usage: bash test/gpu/quant.sh [kernels] [check] [families] [bench]   (default: all four)
 #   OUT (default /tmp/nodespeed-quant); NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape: made with
 #   `nodespeed model init --preset 7b` when missing). Exit status: 0 when every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-steps=${*:-kernels check bench}
+steps=${*:-kernels check families bench}
 OUT=${OUT:-/tmp/nodespeed-quant}
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
 mkdir -p "$OUT"
@@ -43,11 +45,12 @@ for step in $steps; do
         -o /tmp/quant-kernels; fi
       run quant-kernels sh -c '/tmp/quant-kernels > "$0"' "$OUT/gpu-quant-kernels.json"; head -c 400 "$OUT/gpu-quant-kernels.json"; echo ;;
     check) model; run quant-check node test/gpu/quant-check.mjs "$MODEL" ;;
+    families) run families-quant node test/gpu/families-quant.mjs ;;
     bench) model
       run decode-quant node bench/decode/run.mjs "$MODEL" --batches 1,64 --precisions bf16,int8,fp8
       NODESPEED_STEP_TRACE=$OUT/serve-quant-steps.jsonl run serve-quant node bench/serve/run.mjs --device cuda --model "$MODEL" --tp 1 \
         --precisions bf16,fp8+kv-fp8 --hf --out "$OUT/serve-quant-$gpu.json" ;;
-    *) echo "test/gpu/quant.sh: unknown step '$step' (kernels, check, bench)" >&2; exit 2 ;;
+    *) echo "test/gpu/quant.sh: unknown step '$step' (kernels, check, families, bench)" >&2; exit 2 ;;
   esac
 done
 echo "== test/gpu/quant.sh: $steps: $([ $status = 0 ] && echo passed || echo FAILED); results in $OUT"

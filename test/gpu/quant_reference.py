@@ -7,9 +7,14 @@ weights quantized the same way:
         those linears -> e4m3(x / t) * t, t = max(amax(x) / 448, 1 / (448 * 512)) (W8A8, per token);
         the LM head unquantized.
 plus HF's own bf16 forward ("bf16", transformers' default SDPA) and float32 ("f32").
+Mixtures of experts as nodespeed's CUDA backend runs them: the router and the shared expert's gate
+stay float; the routed experts (transformers' 3D expert tensors [E, out, in]) and the shared expert
+have their weights quantized per row like every linear, and their inputs never quantized (the CUDA
+expert kernels hold them dequantized in the compute dtype).
 
 usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]   (modes: bf16 f32 int8 fp8)
-Writes OUT_DIR/<mode>.bin: little-endian float32 logits [n, vocab]. Prints one JSON line.
+Writes OUT_DIR/<mode>.bin: little-endian float32 logits [n, vocab]; IDS_JSON holding a list of
+prompts (lists of ids): OUT_DIR/<mode>-<i>.bin for prompt i. Prints one JSON line.
 """
 import json
 import os
@@ -40,23 +45,44 @@ def fp8_act(x):
     return (x / t).to(torch.float8_e4m3fn).to(torch.float32) * t
 
 
+def is_router(name):
+    return name.endswith(".gate") or name.endswith("shared_expert_gate")
+
+
+def is_expert(name):
+    return ".experts." in name or ".shared_expert." in name
+
+
 def linears(model, head):
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and (".layers." in name or (head and name == "lm_head")):
+        if isinstance(m, torch.nn.Linear) and ((".layers." in name and not is_router(name)) or (head and name == "lm_head")):
             yield name, m
+
+
+def expert_tensors(model):
+    """The routed experts' 3D weights [E, out, in] (quantized per (expert, output row))."""
+    for name, m in model.named_modules():
+        if type(m).__name__.endswith("Experts"):
+            for pname, p in m.named_parameters(recurse=False):
+                if p.dim() == 3:
+                    yield f"{name}.{pname}", p
 
 
 def main():
     model_dir, ids_path, out_dir = sys.argv[1:4]
     modes = sys.argv[4].split(",")
-    ids = torch.tensor([json.load(open(ids_path))], device="cuda")
+    prompts = json.load(open(ids_path))
+    many = isinstance(prompts[0], list)
+    prompts = prompts if many else [prompts]
     os.makedirs(out_dir, exist_ok=True)
     info = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "modes": modes}
 
     def run(model, mode):
-        with torch.no_grad():
-            logits = model(ids).logits[0].float().cpu()
-        logits.numpy().astype("<f4").tofile(os.path.join(out_dir, mode + ".bin"))
+        for i, p in enumerate(prompts):
+            ids = torch.tensor([p], device="cuda")
+            with torch.no_grad():
+                logits = model(ids).logits[0].float().cpu()
+            logits.numpy().astype("<f4").tofile(os.path.join(out_dir, (f"{mode}-{i}" if many else mode) + ".bin"))
 
     if "bf16" in modes:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
@@ -69,6 +95,7 @@ def main():
         if model.config.tie_word_embeddings:  # int8 quantizes the head as its own copy of the embedding
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
         originals = {name: m.weight.detach().to(torch.bfloat16) for name, m in linears(model, True)}  # exact: bf16 checkpoints
+        experts = {name: (p, p.detach().to(torch.bfloat16)) for name, p in expert_tensors(model)}
         hooks = []
         for mode in rest:
             for h in hooks:
@@ -82,9 +109,16 @@ def main():
                     elif mode == "fp8" and name != "lm_head":
                         w = fp8_weight(w)
                     m.weight.copy_(w)
+                for name, (p, orig) in experts.items():
+                    w = orig.to(torch.float32)
+                    shape = w.shape
+                    w = w.reshape(-1, shape[-1])
+                    w = int8_weight(w) if mode == "int8" else fp8_weight(w) if mode == "fp8" else w
+                    p.copy_(w.reshape(shape))
             if mode == "fp8":
                 for name, m in linears(model, False):
-                    hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0]),)))
+                    if not is_expert(name):
+                        hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0]),)))
             run(model, mode)
     print(json.dumps(info))
 

@@ -1,4 +1,4 @@
-// Tokenizer threads: the same ids and text as the tokenizer on the calling thread, an event loop
+// Tokenizer threads: the same ids, text and token texts as the tokenizer on the calling thread, an event loop
 // that keeps turning while a long prompt is encoded, and a replayed request's stop checker rebuilt
 // off the loop in exactly the state pushing its tokens one by one gives.
 import { join } from 'node:path';
@@ -31,6 +31,13 @@ describe('tokenizer threads', () => {
       const ids = tok.encode(text);
       expect(await pool.decode(ids)).toEqual(tok.decode(ids));
     }
+  });
+
+  it('token texts: each id as decoding it alone gives, none past the tokenizer\'s vocabulary', async () => {
+    const texts = await pool.tokenTexts(tok.vocabSize + 3);
+    expect(texts.size).toBe(tok.vocabSize + 3);
+    for (let id = 0; id < tok.vocabSize; id++) expect(texts.text(id), `id ${id}`).toBe(tok.decode([id]));
+    expect([tok.vocabSize, tok.vocabSize + 2, -1, 1e9].map((id) => texts.text(id))).toEqual(['', '', '', '']);
   });
 
   it('the event loop keeps turning while a long prompt is encoded', async () => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { loadTokenizer } from '../../src/model/tokenizer.js';
-import { DEFAULT_REQUEST_LIMITS, LimitError, checkRequestLimits, promptBytesLimit } from '../../src/protocol/limits.js';
+import { DEFAULT_REQUEST_LIMITS, LimitError, checkQueueFits, checkRequestLimits, defaultPromptsLimit, promptBytesLimit } from '../../src/protocol/limits.js';
 import { rng } from '../helpers/rng.js';
 
 const root = join(import.meta.dirname, '..', '..');
@@ -70,5 +70,17 @@ describe('limits', () => {
     expect(refusal({ stop: Array(10_000).fill('stop') })).toBe('stop: 10000 stop strings, more than 16 (--max-stop-strings)');
     expect(refusal({ n: 17 })).toBe('n: is 17, more than 16 (--max-n)');
     expect(refusal({ logprobs: 21 })).toBe('logprobs: is 21, more than 20 (--max-logprobs)');
+    expect(refusal({ prompts: 256 })).toBeNull();
+    expect(refusal({ prompts: 16, n: 16 })).toBeNull();
+    expect(refusal({ prompts: 257 })).toBe('prompt: 257 prompts, more than 256 (--max-prompts)');
+    expect(refusal({ prompts: 17, n: 16 })).toBe('n: 17 prompts × n 16 = 272 sequences, more than 256 (--max-prompts)');
+  });
+
+  it('--max-prompts fits --max-queue: by default it follows a smaller queue, given above it the launch is refused', () => {
+    expect(defaultPromptsLimit(1024)).toBe(256);
+    expect(defaultPromptsLimit(8)).toBe(8);
+    expect(() => checkQueueFits({ ...L, prompts: 256 }, 256)).not.toThrow();
+    expect(() => checkQueueFits({ ...L, prompts: 2048 }, 1024)).toThrow(
+      '--max-prompts 2048 is more than --max-queue 1024: a request of that many sequences could never be admitted (lower --max-prompts or raise --max-queue)');
   });
 });

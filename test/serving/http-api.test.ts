@@ -4,6 +4,7 @@
 // disconnects mid-stream freeing its KV blocks as a cancelled gRPC stream does.
 import { randomBytes } from 'node:crypto';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,7 +34,7 @@ const httpOf = (c: LaunchedCluster) => c.readyLine.match(/ http=(\S+)/)![1]!;
 
 beforeAll(async () => {
   [tiny, chat] = await Promise.all([
-    launch(PY_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '512', '--http-port', '0', '--max-queue', '8']),
+    launch(PY_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '512', '--http-port', '0', '--max-queue', '8', '--max-prompts', '6']),
     launch(CHAT_TINY, ['--num_cpu_workers', '1', '--kv-blocks', '256', '--http-port', '0', '--metrics-port', '0'], { env: { NODESPEED_AUTH_TOKEN: TOKEN } }),
   ]);
   api = new OpenAI({ baseURL: `http://${httpOf(tiny)}/v1`, apiKey: 'unused', maxRetries: 0 });
@@ -77,6 +78,10 @@ describe('the ready line and the routes', () => {
 
 describe('completions (py-tiny)', () => {
   const { cases } = reference<PyTinyCase>(PY_TINY);
+  let tok: Tokenizer;
+  beforeAll(async () => {
+    tok = await loadTokenizer(PY_TINY);
+  });
 
   it('greedy: equal to reference.json, to gRPC and to the single-process engine', async () => {
     const c = cases[0]!;
@@ -86,7 +91,7 @@ describe('completions (py-tiny)', () => {
     expect(r.usage).toEqual({ prompt_tokens: c.ids.length, completion_tokens: 48, total_tokens: c.ids.length + 48 });
     const g = await stream(tiny.client, { prompt: c.text, maxTokens: 48, ignoreEos: true });
     expect(g.text).toBe(r.choices[0]!.text);
-    const [engine, tok] = await Promise.all([Engine.load(PY_TINY, { device: 'cpu' }), loadTokenizer(PY_TINY)]);
+    const engine = await Engine.load(PY_TINY, { device: 'cpu' });
     try {
       const [local] = await generateAll(engine, tok, [{ prompt: c.text, maxTokens: 48, ignoreEos: true }]);
       expect(local!.text).toBe(r.choices[0]!.text);
@@ -127,10 +132,10 @@ describe('completions (py-tiny)', () => {
     expect(r.usage!.completion_tokens).toBe(48);
   });
 
-  it('logprobs: the sampled token first among the top ones for greedy, every token reported', async () => {
+  it('logprobs: the sampled token first among the top ones for greedy, every token reported as decoding it alone gives', async () => {
     const r = await api.completions.create({ model: 'py-tiny', prompt: cases[0]!.text, max_tokens: 8, temperature: 0, logprobs: 3 });
     const lp = r.choices[0]!.logprobs!;
-    expect(lp.tokens!.length).toBe(8);
+    expect(lp.tokens).toEqual(cases[0]!.greedy_48.slice(0, 8).map((id) => tok.decode([id])));
     expect(lp.tokens!.join('')).toBe(r.choices[0]!.text);
     lp.top_logprobs!.forEach((top, i) => {
       expect(Object.keys(top).length).toBeGreaterThanOrEqual(1);
@@ -155,6 +160,17 @@ describe('completions (py-tiny)', () => {
     }
     expect(text).toBe(want);
     expect(finish).toBe('stop');
+  });
+
+  it('a batch of prompts, text and token ids, with n = 2 and echo: its choices in order, each prompt echoed as given or decoded', async () => {
+    const [a, b] = [cases[0]!, cases[1]!];
+    const r = await api.completions.create({ model: 'py-tiny', prompt: [a.text, b.ids] as unknown as string[], max_tokens: 4, temperature: 0, n: 2, echo: true });
+    expect(r.choices.map((c) => c.index)).toEqual([0, 1, 2, 3]);
+    const echoed = [a.text, a.text, tok.decode(b.ids), tok.decode(b.ids)];
+    r.choices.forEach((c, i) => expect(c.text.startsWith(echoed[i]!), `choice ${i}`).toBe(true));
+    expect(r.choices[1]!.text).toBe(r.choices[0]!.text);
+    expect(r.choices[3]!.text).toBe(r.choices[2]!.text);
+    expect(r.usage).toEqual({ prompt_tokens: a.ids.length + b.ids.length, completion_tokens: 16, total_tokens: a.ids.length + b.ids.length + 16 });
   });
 
   it('echo, logit_bias and penalties take effect', async () => {
@@ -266,6 +282,14 @@ describe('refusals, each with its status and OpenAI error body', () => {
       const r = await status(api.completions.create({ ...base, ...body } as OpenAI.CompletionCreateParamsNonStreaming));
       expect([r.status, r.param, r.message], JSON.stringify(body).slice(0, 80)).toEqual([400, param, expect.stringContaining(flag)]);
     }
+    // --max-prompts (6 here): the prompts of a batch, and its prompts × n sequences, refused before any is tokenized.
+    for (const [body, param, message] of [
+      [{ prompt: Array(7).fill('x') }, 'prompt', 'prompt: 7 prompts, more than 6 (--max-prompts)'],
+      [{ prompt: Array(4).fill('x'), n: 2 }, 'n', 'n: 4 prompts × n 2 = 8 sequences, more than 6 (--max-prompts)'],
+    ] as [Record<string, unknown>, string, string][]) {
+      const r = await status(api.completions.create({ ...base, ...body } as OpenAI.CompletionCreateParamsNonStreaming));
+      expect([r.status, r.param, r.message]).toEqual([400, param, expect.stringContaining(message)]);
+    }
     const top = await status(chatApi.chat.completions.create({ model: 'chat-tiny', messages: [{ role: 'user', content: 'hi' }], logprobs: true, top_logprobs: 21 }));
     expect([top.status, top.param, top.message]).toEqual([400, 'top_logprobs', expect.stringContaining('--max-logprobs')]);
     const longChat = await status(chatApi.chat.completions.create({ model: 'chat-tiny', messages: [{ role: 'user', content: 'x'.repeat(1 << 20) }] }));
@@ -289,6 +313,65 @@ describe('refusals, each with its status and OpenAI error body', () => {
     expect(codes).toContain(429);
     expect(codes).toContain(200);
     await idle(tiny);
+  });
+});
+
+/**
+ * POSTs a body that never ends (`frame` makes each 64 KiB block of it: as is after a declared
+ * length, or as a chunk) until the server closes the connection; returns what came back.
+ */
+function endlessBody(addr: string, headers: string, frame: (block: Buffer) => Buffer): Promise<{ response: string; sent: number; closedAfterMs: number }> {
+  const at = addr.lastIndexOf(':');
+  return new Promise((resolve) => {
+    const sock = connect(Number(addr.slice(at + 1)), addr.slice(0, at));
+    const block = frame(Buffer.alloc(64 * 1024, 'x'));
+    let response = '';
+    let sent = 0;
+    let answeredAt = 0;
+    let timer: NodeJS.Timeout | undefined;
+    sock.on('connect', () => {
+      sock.write(`POST /v1/completions HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n${headers}\r\n`);
+      timer = setInterval(() => {
+        if (sock.destroyed || sock.writableLength > 1 << 20) return;
+        sock.write(block);
+        sent += block.length;
+      }, 2);
+    });
+    sock.on('data', (d: Buffer) => {
+      answeredAt ||= Date.now();
+      response += d.toString();
+    });
+    sock.on('error', () => {});  // writing on after the server closed
+    sock.on('close', () => {
+      clearInterval(timer);
+      resolve({ response, sent, closedAfterMs: Date.now() - answeredAt });
+    });
+  });
+}
+
+describe('a body over --max-request-bytes', () => {
+  it('is answered 413 in OpenAI\'s shape and its connection closed, declared or chunked, while other requests are served', async () => {
+    const addr = httpOf(tiny);
+    const limit = DEFAULT_REQUEST_LIMITS.requestBytes;
+    const others = async () => {
+      await new Promise((r) => setTimeout(r, 300));
+      return (await api.completions.create({ model: 'py-tiny', prompt: 'def f', max_tokens: 4, temperature: 0 })).choices[0]!.text;
+    };
+    for (const [headers, frame, message] of [
+      [`content-length: ${1 << 30}\r\n`, (b: Buffer) => b, `the request body is ${1 << 30} bytes, more than the ${limit} bytes accepted (--max-request-bytes)`],
+      ['transfer-encoding: chunked\r\n', (b: Buffer) => Buffer.concat([Buffer.from(`${b.length.toString(16)}\r\n`), b, Buffer.from('\r\n')]),
+        `the request body is longer than the ${limit} bytes accepted (--max-request-bytes)`],
+    ] as [string, (b: Buffer) => Buffer, string][]) {
+      const [big, other] = await Promise.all([endlessBody(addr, headers, frame), others()]);
+      expect(other.length, headers).toBeGreaterThan(0);
+      expect(big.response, headers).toMatch(/^HTTP\/1\.1 413 /);
+      expect(big.response.toLowerCase(), headers).toContain('connection: close');
+      const body = JSON.parse(big.response.slice(big.response.indexOf('\r\n\r\n') + 4)) as { error: Record<string, unknown> };
+      expect(body.error, headers).toEqual({ message, type: 'invalid_request_error', param: null, code: 'request_too_large' });
+      // Closed once the answer is out (the client sent on regardless), not read to its end.
+      expect(big.closedAfterMs, headers).toBeLessThan(10_000);
+      if (headers.startsWith('transfer')) expect(big.sent).toBeGreaterThan(limit);
+    }
   });
 });
 
@@ -331,7 +414,7 @@ describe('a coordinator that no replica serves (yet)', () => {
       requestTimeoutMs: 1000, log: () => {}, bind: '127.0.0.1', port: 0, httpPort: 0, limits: DEFAULT_REQUEST_LIMITS,
       control: { host: '127.0.0.1', port: 0, identity: await pki.serverIdentity(), key: randomBytes(32) },
       model: { name: 'py-tiny', path: PY_TINY, architecture: config.architecture, contextLength: config.maxPosition, vocabSize: config.vocabSize,
-        numLayers: config.numLayers, dtype: 'f32', encode: async (t) => tok.encode(t), decode: (ids) => tok.decode(ids),
+        numLayers: config.numLayers, dtype: 'f32', encode: async (t) => tok.encode(t), decode: async (ids) => tok.decode(ids),
         promptBytes: promptBytesLimit(config.maxPosition, tok.maxTokenBytes) },
     });
     await coord.start();

@@ -2,6 +2,7 @@
 // groups inside hosts), the memory estimate, the step-metadata codec and the driver's
 // continuous-batching scheduler. Plus `nodespeed launch --dry-run` as a real CLI process.
 import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
@@ -71,6 +72,17 @@ describe('layout', () => {
     expect(m.problems).toEqual([]);
     const small = estimateMemory(llama7b, l, { device: 'cuda', dtype: 'auto', kvBlocks: 1000, kvBlockSize: 16, gpuMemory: 8e9 });
     expect(small.problems[0]).toMatch(/rank 0 on gpu needs ~\d+\.\d GiB, a GPU offers/);
+  });
+
+  it('counts quantized matrices at one byte a weight, an MoE\'s experts on CUDA at the compute dtype (held dequantized)', () => {
+    const moe = loadModelConfig(join(root, 'test', 'fixtures', 'hf-reference', 'qwen2_moe'));
+    const l = planLayout(moe, [{ host: 'gpu', slots: 1 }], { tp: 1, pp: 1, replicas: 1 });
+    const o = { dtype: 'auto', kvBlocks: 16, kvBlockSize: 16, gpuMemory: 80e9 };
+    const w = (device: 'cpu' | 'cuda', quantize: 'none' | 'int8') => estimateMemory(moe, l, { ...o, device, quantize }).ranks[0]!.weightBytes;
+    // qwen2_moe fixture: per layer 8 experts of 3 x 32 x 64 and a shared expert of 3 x 64 x 64 (every layer sparse).
+    const H = 64, L = moe.numLayers, experts = L * (8 * 3 * 32 * H + 3 * 64 * H), expertRows = L * (8 * (32 + 32 + H) + (64 + 64 + H));
+    expect(w('cuda', 'none') - w('cuda', 'int8')).toBeGreaterThan(0);  // attention and head still shrink
+    expect(w('cpu', 'none') - w('cpu', 'int8') - (w('cuda', 'none') - w('cuda', 'int8'))).toBe(experts - 4 * expertRows);
   });
 
   it('counts one step of --max-batch-tokens tokens of scratch, as the CUDA backend sizes it', () => {

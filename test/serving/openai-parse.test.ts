@@ -3,7 +3,10 @@
 import { describe, expect, it } from 'vitest';
 
 import { ApiError } from '../../src/coordinator/http/errors.js';
-import { chatLogprobs, completionLogprobs, parseChat, parseCompletion } from '../../src/coordinator/http/openai.js';
+import {
+  LOGPROBS_SLICE_TOKENS, chatLogprobs, chatLogprobsJson, completionLogprobs, completionLogprobsJson, parseChat, parseCompletion,
+} from '../../src/coordinator/http/openai.js';
+import type { TokenLogprob } from '../../src/coordinator/http/openai.js';
 
 function fails(fn: () => unknown, param: string | null, message: RegExp): void {
   try {
@@ -40,7 +43,8 @@ describe('completions', () => {
     expect(parseCompletion({ model: 'm', prompt: ['a', [4, 5]] }).req.prompts).toEqual([{ text: 'a' }, { ids: [4, 5] }]);
     fails(() => parseCompletion({ model: 'm', prompt: [1.5] }), 'prompt[0]', /must be an integer/);
     fails(() => parseCompletion({ model: 'm', prompt: [{}] }), 'prompt[0]', /string or a list of token ids/);
-    fails(() => parseCompletion({ model: 'm', prompt: Array(65).fill('a') }), 'prompt', /at most 64 prompts/);
+    // How many prompts a request may batch is a request limit (--max-prompts), checked by the service (http-api.test.ts).
+    expect(parseCompletion({ model: 'm', prompt: Array(300).fill('a') }).req.prompts.length).toBe(300);
   });
 
   it("takes vLLM's top_k -1 as off", () => {
@@ -97,5 +101,24 @@ describe('chat', () => {
     expect(chatLogprobs([{ id: 0, logprob: -0.1, top: [{ id: 1, logprob: -3 }] }], text)).toEqual([
       { token: 'é', logprob: -0.1, bytes: [195, 169], top_logprobs: [{ token: 'x', logprob: -3, bytes: [120] }] },
     ]);
+  });
+});
+
+describe('a long answer\'s logprobs, a slice at a time', () => {
+  it('are the JSON of the whole answer, the event loop given a turn between slices', async () => {
+    // Token texts that an object orders first (array indices, ascending), and ones it does not.
+    const words = ['a', 'bc', ' d', 'é', '"q"', '\n', '', '7', '12', '01', '-3', '4294967295', '3'];
+    const text = (id: number) => words[id % words.length]!;
+    for (const length of [0, 1, LOGPROBS_SLICE_TOKENS, 2 * LOGPROBS_SLICE_TOKENS + 7]) {
+      const lps: TokenLogprob[] = Array.from({ length }, (_, i) => ({
+        // Some tops name one token twice: the first (most likely) stays.
+        id: i, logprob: -i / 7, top: [...Array.from({ length: i % 4 }, (_, j) => ({ id: i + j, logprob: -j - 0.25 })), ...(i % 5 === 1 ? [{ id: i, logprob: -9 }] : [])],
+      }));
+      let turns = 0;
+      const between = async () => void turns++;
+      expect(await completionLogprobsJson(lps, text, 5, between)).toBe(JSON.stringify(completionLogprobs(lps, text, 5)));
+      expect(await chatLogprobsJson(lps, text, between)).toBe(JSON.stringify(chatLogprobs(lps, text)));
+      expect(turns, `${length} tokens`).toBe(2 * Math.max(0, Math.ceil(length / LOGPROBS_SLICE_TOKENS) - 1));
+    }
   });
 });

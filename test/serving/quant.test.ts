@@ -71,11 +71,11 @@ describe('--quantize int8 through the gRPC API', () => {
 
   it('fp8 on CPU workers is refused before any worker starts', () => {
     const fp8 = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--device', 'cpu', '--quantize', 'fp8', '--port', '0',
-      '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+      '--http-port', '0', '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
     expect(fp8.status).toBe(1);
     expect(fp8.stderr).toMatch(/--quantize fp8: needs a CUDA GPU with FP8 tensor cores/);
     const kv = spawnSync(process.execPath, [BIN, 'launch', '--model', PY_TINY, '--device', 'cpu', '--kv-cache-dtype', 'fp8', '--port', '0',
-      '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+      '--http-port', '0', '--bind', '127.0.0.1', '--no-progress'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
     expect(kv.status).toBe(1);
     expect(kv.stderr).toMatch(/--kv-cache-dtype fp8: needs a CUDA GPU/);
     expect(workerProcesses()).toEqual([]);

@@ -56,18 +56,6 @@ __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int
   }
 }
 
-// One cached element as f32 (unscaled).
-template <typename T, bool KV8>
-__device__ __forceinline__ float kv_elem(const void* cache, size_t i) {
-  if constexpr (KV8) {
-    float f[4];
-    e4m3x4(static_cast<const uint8_t*>(cache)[i], f);
-    return f[0];
-  } else {
-    return to_f(static_cast<const T*>(cache)[i]);
-  }
-}
-
 template <typename T, int EPL, bool KV8>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float scale) {
   grid_dependency_wait();

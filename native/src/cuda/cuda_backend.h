@@ -131,10 +131,16 @@ class CudaBackend final : public Backend {
   // `name` was one of them.
   bool load_scalar(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
   Target target_for(const std::string& name) const;
+  // Quantized weights of an MoE block (routed experts, shared expert): the expert kernels (moe.cu)
+  // read the activation dtype, so each matrix is dequantized on the GPU into its slot once it and
+  // its X.weight_scale have both arrived (held on the host until then). true when `name` was one.
+  bool load_moe_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
+  struct PendingMatrix { std::vector<uint8_t> q; std::vector<float> scale; };
+  std::map<std::string, PendingMatrix> moe_pending_;
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
-  // The family forward's matrices: always in the activation dtype (quantized weights are refused there).
+  // A matrix in the activation dtype (an MoE's router and shared expert).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode) { matmul(x, Weight{w, act_}, M, N, K, y, mode); }
   // The quantized cases of matmul (quant_matmul.cu): int8 or E4M3 weights with activation-dtype
   // inputs (W8A16), E4M3 weights and inputs (W8A8).

@@ -375,7 +375,9 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
 // kernels, row-parallel partial sums in tmp_ (f32) all-reduced before they join the residual. Each
 // sublayer ends in one kernel that adds its output to the residual stream and takes the next
 // sublayer's input norm (add_norm, or the MoE combine at tp 1). No host wait: decode steps run as
-// CUDA graphs (the RoPE tables are uploaded by step() before).
+// CUDA graphs (the RoPE tables are uploaded by step() before). Quantized attention, dense-MLP and
+// head matrices and the fp8 KV cache run as on the Llama path (matmul(), KvCache); an MoE's experts
+// and shared expert are held in the activation dtype (dequantized at load: load_moe_quantized).
 void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;
@@ -399,23 +401,24 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
   if (n_layers_ > 0) rmsnorm(act_, res, nullptr, T, H, layers_[0].in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    matmul(xb_.ptr, L.qkv.ptr, T, qkv_rows_, H, qkv_.ptr, Out::Act);
+    matmul(xb_.ptr, weight(L.qkv, L.qkv_s, L.in_s, 0), T, qkv_rows_, H, qkv_.ptr, Out::Act);
     const bool local = L.sliding && c.has_rope_local;
     const int half = local ? local_half_ : rope_half_;
     const float* cos = local ? tabs + (size_t)2 * T * rope_half_ : tabs;
+    const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
     family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
                c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, d + p.slot,
-               kcache_[l], vcache_[l], c.kv_block_size, st);
-    // The Llama path's SIMT kernels (flash-decoding splits, 16-byte K/V loads; no flash tiles here:
-    // p.n_simt == T), P kept in f32 as the CPU backend keeps it.
+               kv, c.kv_block_size, st);
+    // The Llama path's SIMT kernels (flash-decoding splits, 16-byte K/V loads, the fp8 KV cache; no
+    // flash tiles here: p.n_simt == T), P kept in f32 as the CPU backend keeps it.
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
-               nullptr, T, nullptr, 0, /*round_p=*/false};
+               nullptr, T, nullptr, 0, /*round_p=*/false, kv_fp8_, k_scale_[l], v_scale_[l]};
     a.scale = scale;
     a.softcap = c.attn_softcap;
     a.window = L.sliding ? c.sliding_window : 0;
     attention(act_, a, st);
-    matmul(attn_.ptr, L.o.ptr, T, H, qd, part, Out::F32);
+    matmul(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, H, qd, part, Out::F32);
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
     // Row-parallel biases join the all-reduced sum once.
     add_norm(act_, res, part, c.o_bias ? L.o_bias.as<float>() : nullptr, c.sandwich_norms ? L.post_norm.as<float>() : nullptr,
@@ -424,9 +427,9 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     const float* next = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
     if (L.sparse && moe_layer(L, T, d + p.slot, post_ff, next)) continue;
     if (!L.sparse) {
-      matmul(xb_.ptr, L.gate_up.ptr, T, 2 * c.intermediate, H, gu_.ptr, Out::Act);
+      matmul(xb_.ptr, weight(L.gate_up, L.gate_up_s, L.in_s, 2), T, 2 * c.intermediate, H, gu_.ptr, Out::Act);
       gated_act(act_, gu_.ptr, L.gu_bias.as<float>(), T, c.intermediate, gelu, act_mlp_.ptr, st);
-      matmul(act_mlp_.ptr, L.down.ptr, T, H, c.intermediate, part, Out::F32);
+      matmul(act_mlp_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, H, c.intermediate, part, Out::F32);
     }
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
     add_norm(act_, res, part, c.mlp_bias && !L.sparse ? L.down_bias.as<float>() : nullptr, post_ff, next, c.rms_eps, T, H,
@@ -434,7 +437,7 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
   }
   if (!c.has_head || p.R == 0) return;
   rmsnorm(act_, res, d + p.rows, p.R, H, final_norm_.as<float>(), c.rms_eps, xb_.ptr, st);
-  const void* head = c.tied_embeddings ? embed_.ptr : lm_head_.ptr;
+  const Weight head = head_weight();
   float* logits = logits_.as<float>();
   if (c.tp_size == 1) {
     matmul(xb_.ptr, head, p.R, vocab_shard_, H, logits, Out::F32);

@@ -2,22 +2,26 @@
 // q/k/v bias + q/k RMSNorm + RoPE from per-token cos/sin tables (every RoPE type, computed on the
 // host by the same code as the CPU backend's) + KV write (their attention: attention.cu); gated
 // MLP activations (SwiGLU, GeGLU); the end of each sublayer (residual add, Gemma's post-norm, the
-// next input norm) in one kernel. Plain SIMT kernels (the routed experts: moe.cu); every kernel
-// waits for its predecessor first (launch() allows programmatic dependent launch).
+// next input norm) in one kernel. K/V are cached in the activation dtype or, with the fp8 KV cache
+// (KV8), as E4M3 of k / k_scale and v / v_scale, stored by the helper the Llama path's kernels use
+// (quant.h), so both forwards keep one cache format and one attention. Plain SIMT kernels (the
+// routed experts: moe.cu); every kernel waits for its predecessor first (launch() allows
+// programmatic dependent launch).
 #include "cuda/add_norm.h"
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
 #include "cuda/kv_layout.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
 
 // One block per (token, head) of q|k|v: x = row (+ bias); x = rmsnorm(x) * w (q and k heads with
 // qk norm); rotate the first 2 * half dims (HF rotate_half); q back in place, k and v to the cache.
-template <typename T>
+template <typename T, bool KV8>
 __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* kn, float eps, int nh, int nkv,
-                           int hd, int half, const float* cos, const float* sin, const int32_t* slot, T* kc, T* vc,
-                           int B) {
+                           int hd, int half, const float* cos, const float* sin, const int32_t* slot, void* kc, void* vc,
+                           int B, float ks, float vs) {
   grid_dependency_wait();
   const int t = blockIdx.x, h = blockIdx.y;
   const int sl = slot[t];
@@ -46,8 +50,8 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
   }
   if (i < hd) {
     if (h < nh) row[h * hd + i] = from_f<T>(v);
-    else if (h < nh + nkv) kc[kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i] = from_f<T>(v);
-    else vc[kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i] = from_f<T>(v);
+    else if (h < nh + nkv) store_kv<T, KV8>(kc, kv_offset(sl / B, sl % B, h - nh, nkv, B, hd) + i, from_f<T>(v), ks);
+    else store_kv<T, KV8>(vc, kv_offset(sl / B, sl % B, h - nh - nkv, nkv, B, hd) + i, from_f<T>(v), vs);
   }
 }
 
@@ -99,11 +103,16 @@ unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 
 
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, cudaStream_t s) {
+                const KvCache& kv, int block_size, cudaStream_t s) {
   if (T == 0) return;
+  const dim3 grid(T, nh + 2 * nkv), block(hd <= 128 ? 128 : 256);
   NS_DISPATCH_ACT(act, E, {
-    launch("family_qkv", qkv_kernel<E>, dim3(T, nh + 2 * nkv), dim3(hd <= 128 ? 128 : 256), s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm,
-           k_norm, eps, nh, nkv, hd, half, cos, sin, slot, static_cast<E*>(kcache), static_cast<E*>(vcache), block_size);
+    if (kv.fp8)
+      launch("family_qkv", qkv_kernel<E, true>, grid, block, s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm, k_norm, eps,
+             nh, nkv, hd, half, cos, sin, slot, kv.k, kv.v, block_size, kv.k_scale, kv.v_scale);
+    else
+      launch("family_qkv", qkv_kernel<E, false>, grid, block, s, static_cast<E*>(qkv), static_cast<const E*>(bias), q_norm, k_norm, eps,
+             nh, nkv, hd, half, cos, sin, slot, kv.k, kv.v, block_size, kv.k_scale, kv.v_scale);
   });
   NS_LAUNCHED("family_qkv");
 }

@@ -8,16 +8,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/kernels.h"
 #include "engine.h"
 
 namespace ns::cuda {
 
 // Per token: q/k/v bias (activation dtype, may be null), q and k heads RMSNorm'ed over hd with q_norm / k_norm
 // (null: none), RoPE on the first 2 * half dims with the token's cos/sin rows ([T, half] f32,
-// attention factor included), q written back, k and v into the paged cache at slot[t] (< 0: none).
+// attention factor included), q written back, k and v into the paged cache `kv` (the activation
+// dtype or E4M3, as kernels.h's KvCache says) at slot[t] (< 0: none).
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
-                void* kcache, void* vcache, int block_size, cudaStream_t s);
+                const KvCache& kv, int block_size, cudaStream_t s);
 
 // out[t, i] = act(gate + bias) * (up + bias) for gate|up rows of gu [T, 2I]; gelu: tanh GELU, else SiLU.
 void gated_act(DType act, const void* gu, const float* bias, int T, int I, bool gelu, void* out, cudaStream_t s);

@@ -55,4 +55,24 @@ __device__ __forceinline__ uint2 pack_e4m3x8(const float* f) {
   return make_uint2(w[0], w[1]);
 }
 
+// One element of a paged KV cache (kernels.h KvCache): KV8 stores E4M3 of value / scale (the value
+// already in the activation dtype T), else the value itself; reads give the stored value as f32
+// (unscaled: the attention kernels fold the layer's scales in).
+template <typename T, bool KV8>
+__device__ __forceinline__ void store_kv(void* cache, size_t i, T v, float scale) {
+  if constexpr (KV8) static_cast<uint8_t*>(cache)[i] = static_cast<uint8_t>(f32_to_e4m3(__fdiv_rn(to_f(v), scale)));
+  else static_cast<T*>(cache)[i] = v;
+}
+
+template <typename T, bool KV8>
+__device__ __forceinline__ float kv_elem(const void* cache, size_t i) {
+  if constexpr (KV8) {
+    float f[4];
+    e4m3x4(static_cast<const uint8_t*>(cache)[i], f);
+    return f[0];
+  } else {
+    return to_f(static_cast<const T*>(cache)[i]);
+  }
+}
+
 }  // namespace ns::cuda

@@ -31,13 +31,6 @@ __device__ __forceinline__ void rope_table(int pos, const float* inv_freq, int h
   }
 }
 
-// One cached element: the activation-dtype value, or its E4M3 of value / scale.
-template <typename T, bool KV8>
-__device__ __forceinline__ void store_kv(void* cache, size_t i, T v, float scale) {
-  if constexpr (KV8) static_cast<uint8_t*>(cache)[i] = static_cast<uint8_t>(f32_to_e4m3(__fdiv_rn(to_f(v), scale)));
-  else static_cast<T*>(cache)[i] = v;
-}
-
 template <typename T, bool KV8>
 __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, int hpb, const int32_t* pos,
                                const int32_t* slot, const float* inv_freq, void* kc, void* vc, int B, bool rnd,

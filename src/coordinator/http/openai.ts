@@ -49,9 +49,6 @@ export interface ParsedChat {
   includeUsage: boolean;
 }
 
-/** Most prompts one /v1/completions request may batch. */
-export const MAX_PROMPTS = 64;
-
 type Json = Record<string, unknown>;
 
 function bad(param: string, message: string): never {
@@ -175,7 +172,7 @@ function prompts(v: unknown): ServePrompt[] {
   if (typeof v === 'string') return [{ text: v }];
   if (!Array.isArray(v) || v.length === 0) bad('prompt', 'must be a string, a list of strings, a list of token ids or a list of such lists');
   if (v.every((x) => typeof x === 'number')) return [{ ids: ints(v, 'prompt') }];
-  if (v.length > MAX_PROMPTS) bad('prompt', `at most ${MAX_PROMPTS} prompts per request (got ${v.length})`);
+  // How many a request may batch is a request limit (--max-prompts), checked before any is tokenized.
   return v.map((p, i) => {
     if (typeof p === 'string') return { text: p };
     if (Array.isArray(p)) return { ids: ints(p, `prompt[${i}]`) };
@@ -294,4 +291,80 @@ export function chatLogprobs(lps: TokenLogprob[], tokenText: (id: number) => str
     return { token, logprob, bytes: [...Buffer.from(token, 'utf8')] };
   };
   return lps.map((t) => ({ ...entry(t.id, t.logprob), top_logprobs: t.top.map((x) => entry(x.id, x.logprob)) }));
+}
+
+// ---- a long answer's logprobs, rendered a slice at a time ----
+//
+// A non-streamed answer carries every token's logprobs at once: n × max_tokens × (top + 1) token
+// strings and numbers, seconds of work for the largest the request limits admit. It is rendered as
+// JSON text a slice of tokens at a time, the event loop serving every other stream between slices.
+
+/** Tokens per slice: a few milliseconds of rendering with 20 top logprobs each. */
+export const LOGPROBS_SLICE_TOKENS = 128;
+
+/** Gives the event loop a turn (what runs between slices). */
+export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** A JSON array's elements without its brackets. */
+const elements = (a: unknown[]) => JSON.stringify(a).slice(1, -1);
+
+/** Hands `lps` to `render` slice by slice, awaiting `between` after each slice but the last. */
+async function sliced(lps: TokenLogprob[], between: () => Promise<void>, render: (slice: TokenLogprob[]) => void): Promise<void> {
+  for (let at = 0; at < lps.length; at += LOGPROBS_SLICE_TOKENS) {
+    if (at > 0) await between();
+    render(lps.slice(at, at + LOGPROBS_SLICE_TOKENS));
+  }
+}
+
+/** A canonical array index ("0", "17"): an object holds such keys first, ascending, and JSON.stringify writes them so. */
+const isIndexKey = (k: string) => /^(?:0|[1-9]\d{0,9})$/.test(k) && Number(k) < 2 ** 32 - 1;
+
+/**
+ * A token's top_logprobs map as JSON.stringify writes the object completionLogprobs builds, without
+ * building it: objects keyed by thousands of different token texts cost V8 a new shape per key.
+ */
+function topLogprobsJson(top: TokenLogprob['top'], tokenText: (id: number) => string): string {
+  const seen: string[] = [];
+  const index: [number, string][] = [];
+  const named: string[] = [];
+  for (const x of top) {
+    const k = tokenText(x.id);
+    if (seen.includes(k)) continue;  // the first, most likely, wins (??=)
+    seen.push(k);
+    const entry = `${JSON.stringify(k)}:${JSON.stringify(x.logprob)}`;
+    if (isIndexKey(k)) index.push([Number(k), entry]);
+    else named.push(entry);
+  }
+  index.sort((a, b) => a[0] - b[0]);
+  return `{${[...index.map((e) => e[1]), ...named].join(',')}}`;
+}
+
+/** JSON.stringify(completionLogprobs(lps, tokenText, offset0)), rendered a slice at a time. */
+export async function completionLogprobsJson(lps: TokenLogprob[], tokenText: (id: number) => string, offset0: number,
+  between: () => Promise<void> = nextTurn): Promise<string> {
+  const cols: Record<keyof CompletionLogprobs, string[]> = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  let offset = offset0;
+  await sliced(lps, between, (slice) => {
+    for (const t of slice) {
+      const text = tokenText(t.id);
+      cols.tokens.push(JSON.stringify(text));
+      cols.token_logprobs.push(JSON.stringify(t.logprob));
+      cols.top_logprobs.push(topLogprobsJson(t.top, tokenText));
+      cols.text_offset.push(String(offset));
+      offset += text.length;
+    }
+  });
+  return jsonObject((Object.keys(cols) as (keyof CompletionLogprobs)[]).map((k) => [k, `[${cols[k].join(',')}]`]));
+}
+
+/** JSON.stringify(chatLogprobs(lps, tokenText)), rendered a slice at a time. */
+export async function chatLogprobsJson(lps: TokenLogprob[], tokenText: (id: number) => string, between: () => Promise<void> = nextTurn): Promise<string> {
+  const parts: string[] = [];
+  await sliced(lps, between, (slice) => void parts.push(elements(chatLogprobs(slice, tokenText))));
+  return `[${parts.join(',')}]`;
+}
+
+/** A JSON object from its fields' names and their values already rendered as JSON text. */
+export function jsonObject(fields: [string, string][]): string {
+  return `{${fields.map(([k, v]) => `${JSON.stringify(k)}:${v}`).join(',')}}`;
 }

@@ -3,7 +3,8 @@
 // GET /v1/models, GET /health (200 only while a replica serves) and GET /metrics when metrics are on.
 // Its protection is the gRPC API's (public-auth.ts): the same TLS certificate and client CA, the same
 // bearer token (on /v1/* and /metrics; /health stays open for load balancers), and the same
-// request limits (--max-request-bytes bounds the body; the rest are checked by validateRequest).
+// request limits (--max-request-bytes bounds the body, --max-prompts a batch; the rest are checked
+// by validateRequest).
 //
 // node:http with a small router: five routes do not need a framework, and server-sent events need
 // the raw response anyway (every token is one write, and a closed socket must cancel the request
@@ -14,12 +15,15 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
+import type { TokenTexts } from '../../model/tokenizer-pool.js';
 import { LIMIT_FLAGS } from '../../protocol/limits.js';
 import { bearerMatches, httpsOptions } from '../public-auth.js';
 import type { PublicTls } from '../public-auth.js';
 import { ApiError } from './errors.js';
-import { chatLogprobs, completionLogprobs, parseChat, parseCompletion, usage } from './openai.js';
-import type { FinishReasonName, ParsedChat, ParsedCompletion, ServeRequest, TokenLogprob } from './openai.js';
+import {
+  chatLogprobs, chatLogprobsJson, completionLogprobs, completionLogprobsJson, jsonObject, parseChat, parseCompletion, usage,
+} from './openai.js';
+import type { FinishReasonName, ParsedChat, ParsedCompletion, ServeRequest, TokenLogprob, Usage } from './openai.js';
 
 /** Tokens of one choice since the previous update (text that might still become a stop string is held back). */
 export interface ChoiceUpdate {
@@ -60,9 +64,10 @@ export interface InferenceService {
   submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null>;
   /** Whether a replica serves now (/health). */
   serving(): boolean;
-  /** A token's text, for logprobs. */
-  tokenText(id: number): string;
-  decode(ids: number[]): string;
+  /** Every token's text (logprob tokens), built once off the event loop. */
+  tokenTexts(): Promise<TokenTexts>;
+  /** Ids to text, off the event loop (the echo of a prompt given as ids). */
+  decode(ids: number[]): Promise<string>;
   /** Prometheus text exposition, when metrics are on. */
   metrics?: () => Promise<{ contentType: string; body: string }>;
 }
@@ -89,9 +94,23 @@ export interface HttpApi {
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
+  sendJsonText(res, status, JSON.stringify(body));
+}
+
+function sendJsonText(res: ServerResponse, status: number, text: string): void {
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+// A response sent before its request's body was read (413, or an earlier refusal) ends the
+// connection: the body is not read into memory, and rather than pull it off the wire for as long
+// as the client sends, the socket is given this long to let the client read the answer and stop,
+// then closed.
+const LINGER_MS = 2000;
+
+/** Whether part of the request's body is still unread. */
+function bodyLeft(req: IncomingMessage): boolean {
+  return !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
 }
 
 function sendError(res: ServerResponse, err: ApiError): void {
@@ -99,24 +118,59 @@ function sendError(res: ServerResponse, err: ApiError): void {
     if (!res.writableEnded) res.end();
     return;
   }
+  const req = res.req;
+  if (bodyLeft(req)) {
+    res.setHeader('connection', 'close');
+    const socket = req.socket;
+    res.once('finish', () => setTimeout(() => socket.destroy(), LINGER_MS).unref());
+  }
   sendJson(res, err.status, err);
 }
 
-async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+function tooLarge(what: string): ApiError {
+  return new ApiError('too_large', `the request body ${what} (${LIMIT_FLAGS.requestBytes})`);
+}
+
+/** The body as JSON, read up to `limit` bytes: a longer one is refused (413) from its declared length, or as soon as it passes the limit. */
+function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? -1);
-  if (declared > limit) throw new ApiError('too_large', `the request body is ${declared} bytes; at most ${limit} are accepted (${LIMIT_FLAGS.requestBytes})`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new ApiError('too_large', `the request body is over ${limit} bytes (${LIMIT_FLAGS.requestBytes})`);
-    chunks.push(chunk as Buffer);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch (err) {
-    throw ApiError.invalid(null, `the request body is not valid JSON (${(err as Error).message})`);
-  }
+  if (declared > limit) return Promise.reject(tooLarge(`is ${declared} bytes, more than the ${limit} bytes accepted`));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const stop = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) {
+        chunks.push(chunk);
+        return;
+      }
+      // Dropped, and what follows discarded as it arrives (sendError closes the connection).
+      stop();
+      chunks.length = 0;
+      req.resume();
+      reject(tooLarge(`is longer than the ${limit} bytes accepted`));
+    };
+    const onEnd = () => {
+      stop();
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch (err) {
+        reject(ApiError.invalid(null, `the request body is not valid JSON (${(err as Error).message})`));
+      }
+    };
+    const onError = (err: Error) => {
+      stop();
+      reject(err);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
 }
 
 /** Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last. */
@@ -166,6 +220,13 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
   let sink: ServeSink = { update: (u) => void early.push(u), fail: (err) => void (earlyFail ??= err) };
   const handle = await service.submit(parsed.req, { update: (u) => sink.update(u), fail: (err) => sink.fail(err) }, () => gone);
   if (!handle) return;
+  // Token texts and echoed prompts come from the tokenizer threads; updates wait in `early` meanwhile.
+  try {
+    await render.prepare(handle);
+  } catch (err) {
+    handle.cancel('internal error');
+    throw err;
+  }
   await new Promise<void>((resolve) => {
     let finished = false;
     let stream: EventStream | undefined;
@@ -187,10 +248,13 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
         const end = render.usageChunk(handle, states);
         if (end) stream.send(end);
         stream.done();
-      } else {
-        sendJson(res, 200, render.response(handle, states));
+        finish();
+        return;
       }
-      finish();
+      // Every sequence is done: nothing is left to cancel while the answer is rendered.
+      finished = true;
+      render.response(handle, states).then((body) => sendJsonText(res, 200, body),
+        (err: unknown) => sendError(res, new ApiError('internal', `internal error: ${(err as Error).message}`))).finally(resolve);
     };
     sink = {
       update: (u) => {
@@ -234,10 +298,19 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
 }
 
 interface Renderer {
+  /** Fetches what rendering needs off the event loop (token texts, echoed prompts), before the first update is rendered. */
+  prepare(h: ServeHandle): Promise<void>;
   opening(h: ServeHandle): unknown[];
   chunks(u: ChoiceUpdate, h: ServeHandle): unknown[];
   usageChunk(h: ServeHandle, states: ChoiceState[]): unknown | null;
-  response(h: ServeHandle, states: ChoiceState[]): unknown;
+  /** The non-streamed answer as JSON text (its logprobs rendered a slice at a time, the event loop served between slices). */
+  response(h: ServeHandle, states: ChoiceState[]): Promise<string>;
+}
+
+/** A non-streamed answer: its id, object, created and model, its choices (JSON text each), its usage. */
+function answerJson(head: Record<string, unknown>, choices: string[], u: Usage): string {
+  return jsonObject([...Object.entries(head).map(([k, v]): [string, string] => [k, JSON.stringify(v)]), ['choices', `[${choices.join(',')}]`],
+    ['usage', JSON.stringify(u)]]);
 }
 
 const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString('hex')}`;
@@ -245,28 +318,24 @@ const promptTokens = (h: ServeHandle) => h.promptIds.reduce((a, p) => a + p.leng
 const completionTokens = (states: ChoiceState[]) => states.reduce((a, s) => a + s.tokens, 0);
 
 function completionRenderer(service: InferenceService, p: ParsedCompletion): Renderer {
-  const tokenText = (t: number) => service.tokenText(t);
+  let texts: TokenTexts | undefined;
+  const tokenText = (t: number) => texts!.text(t);
   const id = newId('cmpl');
   const created = Math.floor(Date.now() / 1000);
   const model = service.modelName;
   const withLogprobs = p.req.logprobs !== undefined;
-  const echoText = new Map<number, string>();
-  const prefix = (h: ServeHandle, choice: number) => {
-    if (!p.echo) return '';
-    const prompt = Math.floor(choice / h.n);
-    let t = echoText.get(prompt);
-    if (t === undefined) {
-      const given = p.req.prompts[prompt]!;
-      t = 'text' in given ? given.text : service.decode(h.promptIds[prompt]!);
-      echoText.set(prompt, t);
-    }
-    return t;
-  };
+  // Each prompt's echo: its text as given, or its ids decoded (prepare).
+  const echoText: string[] = [];
+  const prefix = (h: ServeHandle, choice: number) => (p.echo ? echoText[Math.floor(choice / h.n)]! : '');
   const base = { id, object: 'text_completion', created, model };
   const usageNull = p.includeUsage ? { usage: null } : {};
   const sent = new Set<number>();  // choices whose echoed prompt went out
   const offsets = new Map<number, number>();
   return {
+    prepare: async (h) => {
+      if (withLogprobs) texts = await service.tokenTexts();
+      if (p.echo) echoText.push(...await Promise.all(p.req.prompts.map((given, i) => ('text' in given ? given.text : service.decode(h.promptIds[i]!)))));
+    },
     opening: () => [],
     chunks: (u, h) => {
       let text = u.text;
@@ -284,25 +353,30 @@ function completionRenderer(service: InferenceService, p: ParsedCompletion): Ren
       return [{ ...base, choices: [{ index: u.choice, text, logprobs, finish_reason: u.finishReason }], ...usageNull }];
     },
     usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
-    response: (h, states) => ({
-      ...base,
-      choices: states.map((s, i) => ({
-        index: i, text: prefix(h, i) + s.text, finish_reason: s.finish,
-        logprobs: withLogprobs ? completionLogprobs(s.logprobs, tokenText, prefix(h, i).length) : null,
-      })),
-      usage: usage(promptTokens(h), completionTokens(states)),
-    }),
+    response: async (h, states) => {
+      const choices: string[] = [];
+      for (const [i, s] of states.entries()) {
+        const logprobs = withLogprobs ? await completionLogprobsJson(s.logprobs, tokenText, prefix(h, i).length) : 'null';
+        choices.push(jsonObject([['index', String(i)], ['text', JSON.stringify(prefix(h, i) + s.text)], ['finish_reason', JSON.stringify(s.finish)],
+          ['logprobs', logprobs]]));
+      }
+      return answerJson(base, choices, usage(promptTokens(h), completionTokens(states)));
+    },
   };
 }
 
 function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
-  const tokenText = (t: number) => service.tokenText(t);
+  let texts: TokenTexts | undefined;
+  const tokenText = (t: number) => texts!.text(t);
   const id = newId('chatcmpl');
   const created = Math.floor(Date.now() / 1000);
   const base = { id, object: 'chat.completion.chunk', created, model: service.modelName };
   const usageNull = p.includeUsage ? { usage: null } : {};
   const withLogprobs = p.req.logprobs !== undefined;
   return {
+    prepare: async () => {
+      if (withLogprobs) texts = await service.tokenTexts();
+    },
     // OpenAI opens every choice with the assistant role and empty content.
     opening: (h) => Array.from({ length: h.promptIds.length * h.n }, (_, i) => ({
       ...base, choices: [{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }], ...usageNull,
@@ -315,14 +389,15 @@ function chatRenderer(service: InferenceService, p: ParsedChat): Renderer {
       return out;
     },
     usageChunk: (h, states) => (p.includeUsage ? { ...base, choices: [], usage: usage(promptTokens(h), completionTokens(states)) } : null),
-    response: (h, states) => ({
-      id, object: 'chat.completion', created, model: service.modelName,
-      choices: states.map((s, i) => ({
-        index: i, message: { role: 'assistant', content: s.text }, finish_reason: s.finish,
-        logprobs: withLogprobs ? { content: chatLogprobs(s.logprobs, tokenText) } : null,
-      })),
-      usage: usage(promptTokens(h), completionTokens(states)),
-    }),
+    response: async (h, states) => {
+      const choices: string[] = [];
+      for (const [i, s] of states.entries()) {
+        const logprobs = withLogprobs ? jsonObject([['content', await chatLogprobsJson(s.logprobs, tokenText)]]) : 'null';
+        choices.push(jsonObject([['index', String(i)], ['message', JSON.stringify({ role: 'assistant', content: s.text })],
+          ['finish_reason', JSON.stringify(s.finish)], ['logprobs', logprobs]]));
+      }
+      return answerJson({ ...base, object: 'chat.completion' }, choices, usage(promptTokens(h), completionTokens(states)));
+    },
   };
 }
 
@@ -396,6 +471,12 @@ export async function serveHttpApi(service: InferenceService, o: HttpApiOptions)
     });
   };
   const server: Server = o.tls ? createHttpsServer(httpsOptions(o.tls), handler) : createServer(handler);
+  // A client that asks before sending its body (Expect: 100-continue, as curl does past 1 MB) is told
+  // to go on only when the declared body may fit; otherwise it gets the 413 without sending it.
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if (!(Number(req.headers['content-length'] ?? -1) > limit)) res.writeContinue();
+    handler(req, res);
+  });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -5,7 +5,9 @@
 // replayed after a failover and cancelled exactly like a gRPC request.
 import * as grpc from '@grpc/grpc-js';
 
+import type { TokenTexts } from '../../model/tokenizer-pool.js';
 import { FinishReason } from '../../protocol/lifecycle.js';
+import { LimitError, checkRequestLimits } from '../../protocol/limits.js';
 import { InvalidRequestError, validateRequest } from '../api.js';
 import type { InferenceApi, RequestInput, ValidRequest } from '../api.js';
 import { ApiError } from './errors.js';
@@ -30,15 +32,10 @@ export function apiErrorOf(code: grpc.status, details: string): ApiError {
   return new ApiError(kind, details, kind === 'invalid' ? details.split(':')[0]! : null);
 }
 
-export interface TokenText {
-  decode(ids: number[]): string;
-}
-
 export class CoordinatorService implements InferenceService {
   readonly created = Math.floor(Date.now() / 1000);
 
-  constructor(private readonly api: InferenceApi, private readonly tokens: TokenText,
-    readonly metrics?: () => Promise<{ contentType: string; body: string }>) {}
+  constructor(private readonly api: InferenceApi, readonly metrics?: () => Promise<{ contentType: string; body: string }>) {}
 
   get modelName(): string {
     return this.api.model.name;
@@ -52,12 +49,14 @@ export class CoordinatorService implements InferenceService {
     return this.api.serving();
   }
 
-  tokenText(id: number): string {
-    return this.tokens.decode([id]);
+  tokenTexts(): Promise<TokenTexts> {
+    const m = this.api.model;
+    return m.tokenTexts ? m.tokenTexts() : Promise.reject(new Error('this server has no tokenizer to name logprob tokens'));
   }
 
-  decode(ids: number[]): string {
-    return this.tokens.decode(ids);
+  decode(ids: number[]): Promise<string> {
+    const m = this.api.model;
+    return m.decode ? m.decode(ids) : Promise.reject(new Error('this server has no tokenizer to echo token ids'));
   }
 
   async submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null> {
@@ -66,6 +65,14 @@ export class CoordinatorService implements InferenceService {
       throw new ApiError('not_found', `the model ${JSON.stringify(req.model)} does not exist (this server serves ${JSON.stringify(model.name)})`, 'model');
     const { prompts, model: _name, ...sampling } = req;
     const chat = prompts.some((p) => 'messages' in p);
+    // The batch as a whole first (--max-prompts: its prompts, and prompts × n sequences), before any
+    // prompt is tokenized; each prompt is then checked as one request.
+    try {
+      checkRequestLimits({ prompts: prompts.length, ...(sampling.n !== undefined ? { n: sampling.n } : {}) }, this.api.limits, model.promptBytes);
+    } catch (err) {
+      if (err instanceof LimitError) throw ApiError.invalid(err.field, err.message);
+      throw err;
+    }
     // One prompt at a time: a batch's tokenizing takes turns with other requests' on the tokenizer threads.
     const valid: ValidRequest[] = [];
     for (const [i, p] of prompts.entries()) {
