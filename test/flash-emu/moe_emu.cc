@@ -5,8 +5,9 @@
 //    route_topk's ids and weights bit for bit (the CPU backend's), and agree with a double-precision
 //    softmax + top-k away from near-ties;
 //  - permute: the one-block permutation with its atomics taken in a random thread order (several
-//    orders), padding tokens and experts of other ranks: every local assignment gets exactly one row
-//    of its expert, rows grouped expert by expert in id order, tiles covering each expert's rows;
+//    orders), and the one-warp permutation of steps with at most 32 assignments, padding tokens and
+//    experts of other ranks: every local assignment gets exactly one row of its expert, rows grouped
+//    expert by expert in id order, tiles covering each expert's rows;
 //  - the grouped GEMV: every (group, feature) of the grid covered once, the lanes' 16-byte chunks and
 //    passes of up to MT rows, against double-precision products;
 //  - the grouped tensor-core GEMM: each tile's block lane by lane (cp.async ring applied at issue or
@@ -169,12 +170,48 @@ static void check_routing(std::mt19937& rng) {
 
 // ---------------------------------------------------------------------------------------------
 // permute_block (moe.cu): counts, build_groups by thread 0, placement; `order` is the order in
-// which the block's threads reach their atomics.
+// which the block's threads reach their atomics. Steps of at most 32 assignments take
+// permute_warp instead (lane i: assignment i; match_any, ballots and shuffles as loops over lanes).
 struct Routing {
   int T, K, E, start, local;
   std::vector<int> ids, slot;
   std::vector<float> w;
 };
+
+static void permute_warp_emu(const Routing& r, const moe::Layout& L, std::vector<int>& meta) {
+  const int TK = r.T * r.K;
+  int e[32];
+  for (int l = 0; l < 32; ++l) e[l] = l < TK ? moe::local_expert(meta[L.ids + l], r.start, r.local, r.slot[l / r.K] >= 0) : -1;
+  unsigned same[32] = {}, leads = 0, valid = 0;
+  for (int l = 0; l < 32; ++l)
+    for (int o = 0; o < 32; ++o) same[l] |= (e[o] == e[l] ? 1u : 0u) << o;  // __match_any_sync
+  for (int l = 0; l < 32; ++l) {
+    const unsigned lower = (1u << l) - 1u;
+    leads |= (e[l] >= 0 && (same[l] & lower) == 0 ? 1u : 0u) << l;  // __ballot_sync
+    valid |= (e[l] >= 0 ? 1u : 0u) << l;
+  }
+  for (int l = 0; l < 32; ++l) {
+    const unsigned lower = (1u << l) - 1u;
+    int rows_below = 0, experts_below = 0;
+    for (int o = 0; o < 32; ++o) {  // __shfl_sync from every lane
+      const bool below = e[o] >= 0 && e[o] < e[l];
+      rows_below += below;
+      experts_below += below && ((leads >> o) & 1u);
+    }
+    const int row = e[l] >= 0 ? rows_below + __builtin_popcount(same[l] & lower) : -1;
+    if (l < TK) meta[L.inv + l] = row;
+    if (e[l] >= 0) meta[L.perm + row] = l / r.K;
+    if ((leads >> l) & 1u) {
+      meta[L.active_e + experts_below] = e[l];
+      meta[L.active_off + experts_below] = rows_below;
+      meta[L.active_cnt + experts_below] = __builtin_popcount(same[l]);
+      meta[L.tiles + 2 * experts_below] = experts_below;
+      meta[L.tiles + 2 * experts_below + 1] = 0;
+    }
+  }
+  meta[L.n_active] = meta[L.n_tiles] = __builtin_popcount(leads);
+  meta[L.n_rows] = __builtin_popcount(valid);
+}
 
 static std::vector<int> permute_emu(const Routing& r, const moe::Layout& L, std::mt19937& rng) {
   std::vector<int> meta(L.words, -7777);
@@ -182,6 +219,10 @@ static std::vector<int> permute_emu(const Routing& r, const moe::Layout& L, std:
   for (int i = 0; i < TK; ++i) {
     meta[L.ids + i] = r.ids[i];
     std::memcpy(&meta[L.w + i], &r.w[i], 4);
+  }
+  if (TK <= 32) {
+    permute_warp_emu(r, L, meta);
+    return meta;
   }
   std::vector<int> cnt(mr::kMaxExperts, 0), off(mr::kMaxExperts, 0), cur(mr::kMaxExperts, 0);
   std::vector<int> order(TK);
@@ -547,7 +588,7 @@ int main() {
           for (int rep = 0; rep < 2; ++rep) check_permutation(r, L, permute_emu(r, L, rng));
           ++perms;
         }
-  std::printf("permute: %d routings, 2 atomic orders each\n", perms);
+  std::printf("permute: %d routings, 2 atomic orders each (one warp: up to 32 assignments)\n", perms);
   // Layers: decode (GEMV, the shared expert inside or by cuBLAS), prefill (tensor-core tiles with
   // N and K edges: 2I = 80, H = 72, I = 40), tp 2 ranks, both cp.async orders.
   check_layer(1, 8, 2, false, 64, 32, 64, 1, 0, true, rng);

@@ -174,7 +174,11 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
   const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   const int groups = moe::max_active(T, K, local);
-  // Host double-precision reference with the kernels' roundings (activations to bf16 before down).
+  // Host double-precision reference with the kernels' roundings: activations to bf16 before down and,
+  // for the routed experts on the tensor-core path, the gate and up products too (moe_mma writes
+  // them to a bf16 buffer that moe_gated_act reads, as a bf16 gate_up projection does; the GEMV
+  // path keeps them in f32 registers up to the activation). The reference runs the same algorithm
+  // as the path under test, so the tolerance below measures accumulation error only.
   std::vector<int> ids(rows);
   std::vector<float> wts(rows);
   for (int t = 0; t < T; ++t) {
@@ -184,7 +188,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   std::vector<double> ref((size_t)T * H, 0.0);
   std::vector<float> sh_out_h((size_t)T * H, 0.f);
   for (int t = 0; t < T; ++t) {
-    auto mlp = [&](const bf* w_gu, const bf* w_dn, int n, double scale, bool into_shared) {
+    auto mlp = [&](const bf* w_gu, const bf* w_dn, int n, double scale, bool into_shared, bool gu_bf16) {
       std::vector<float> act(n);
       for (int q = 0; q < n; ++q) {
         double g = 0, u = 0;
@@ -193,6 +197,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
           g += f(w_gu[(size_t)q * H + c]) * x;
           u += f(w_gu[(size_t)(n + q) * H + c]) * x;
         }
+        if (gu_bf16) { g = f(b((float)g)); u = f(b((float)u)); }
         act[q] = f(b((float)(silu(g) * u)));
       }
       for (int h = 0; h < H; ++h) {
@@ -204,9 +209,10 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
     };
     for (int j = 0; j < K; ++j) {
       const int e = moe::local_expert(ids[(size_t)t * K + j], start, local, slot[t] >= 0);
-      if (e >= 0) mlp(gu.data() + (size_t)e * 2 * I * H, dn.data() + (size_t)e * H * I, I, wts[(size_t)t * K + j], false);
+      if (e >= 0) mlp(gu.data() + (size_t)e * 2 * I * H, dn.data() + (size_t)e * H * I, I, wts[(size_t)t * K + j], false, !gemv);
     }
-    if (Is > 0) mlp(sgu.data(), sdn.data(), Is, 1.0 / (1.0 + std::exp(-(double)logits[(size_t)t * ld + E])), true);
+    // The shared expert here is the GEMV's (f32 gate/up) or this reference's own, uploaded below.
+    if (Is > 0) mlp(sgu.data(), sdn.data(), Is, 1.0 / (1.0 + std::exp(-(double)logits[(size_t)t * ld + E])), true, false);
   }
   // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes from the host.
   if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");

@@ -11,6 +11,10 @@
 // 4.25 TB/s on an H200 where the per-key loop reads 2.87 (bench/results/decode-ab-7f71916-h200.json).
 // With the fp8 KV cache (KV8) the kernels read E4M3 K/V (8 bytes where they read 16) and fold the
 // layer's scales in exactly: scores are k_scale * (q . k8), the output v_scale * (P . v8) / l.
+// The model families' forward (cuda_step.cu) runs its attention here too (the SIMT kernels, any
+// token count): its score scale, Gemma's score soft-capping and sliding windows (each token's keys
+// (pos - window, pos], split evenly like a full context) are AttnArgs fields that the Llama path
+// leaves off, which changes none of its arithmetic.
 #include <cfloat>
 #include <type_traits>
 
@@ -60,9 +64,10 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hd = a.hd, nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
-  const int ctx = a.tok_pos[t] + 1;  // causal: keys [0, pos]
-  const int chunk = (ctx + a.n_splits - 1) / a.n_splits;  // each token's keys split evenly
-  const int k0 = split * chunk;
+  const int ctx = a.tok_pos[t] + 1;  // causal: keys [first, pos]
+  const int first = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int chunk = (ctx - first + a.n_splits - 1) / a.n_splits;  // each token's keys split evenly
+  const int k0 = first + split * chunk;
   const int k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
   const T* q = static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * hd + (size_t)h * hd;
@@ -89,6 +94,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 #pragma unroll
     for (int e = 0; e < EPL; ++e) s += qr[e] * kv[e];
     s = warp_sum(s);
+    if (a.softcap > 0.f) s = tanhf(s / a.softcap) * a.softcap;
     const float mn = fmaxf(m, s);
     const float corr = __expf(m - mn);
     const float p = __expf(s - mn);
@@ -132,8 +138,9 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   const int nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;
-  const int chunk = (ctx + a.n_splits - 1) / a.n_splits;
-  const int k0 = split * chunk, k1 = min(ctx, k0 + chunk);
+  const int first = a.window > 0 ? max(0, ctx - a.window) : 0;
+  const int chunk = (ctx - first + a.n_splits - 1) / a.n_splits;
+  const int k0 = first + split * chunk, k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
   const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * 8;
   const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * 8;
@@ -169,6 +176,7 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
       for (int e = 0; e < 8; ++e) d += qr[e] * kf[e];
 #pragma unroll
       for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      if (a.softcap > 0.f) d = tanhf(d / a.softcap) * a.softcap;
       sc[u] = j0 + u * KEYS + mine < k1 ? d : -FLT_MAX;
       mn = fmaxf(mn, sc[u]);
     }
@@ -239,19 +247,21 @@ void launch_merge(const AttnArgs& a, cudaStream_t s) {
   if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.n_simt), dim3(128), s, a);
 }
 
+float score_scale(const AttnArgs& a) { return a.scale > 0.f ? a.scale : rsqrtf(static_cast<float>(a.hd)); }
+
 template <typename T, int EPL>
 void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  if (a.kv_fp8) launch("attention", attn_kernel<T, EPL, true>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
-  else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, rsqrtf(static_cast<float>(a.hd)));
+  if (a.kv_fp8) launch("attention", attn_kernel<T, EPL, true>, grid, dim3(kWarps * 32), s, a, score_scale(a));
+  else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, score_scale(a));
   launch_merge<T>(a, s);
 }
 
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
-  else launch("attention", attn_vec_kernel<T, HD, false>, grid, dim3(kVecWarps * 32), s, a, rsqrtf(static_cast<float>(HD)));
+  if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
+  else launch("attention", attn_vec_kernel<T, HD, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
   launch_merge<T>(a, s);
 }
 
@@ -263,6 +273,8 @@ void attention(DType act, const AttnArgs& a, cudaStream_t s) {
   if (a.hd > kMaxHeadDim) throw std::runtime_error("cuda: head_dim > 256 is not supported");
   if (a.n_simt < 0 || a.n_simt > a.T || (!a.simt_tokens && a.n_simt != a.T && a.n_simt != 0))
     throw std::runtime_error("cuda: attention token lists are inconsistent");
+  if (a.n_tiles > 0 && (a.softcap > 0.f || a.window > 0))
+    throw std::runtime_error("cuda: the flash prefill tiles have no soft-capping or sliding window");
   attention_flash(act, a, s);  // the prefill tiles, if any; the SIMT kernel takes the rest
   if (a.n_simt == 0) return;
   const int epl = (a.hd + 31) / 32;

@@ -68,6 +68,22 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Sum over the block (blockDim.x a multiple of 32, <= 1024), returned to every thread; part: 32
+// floats of shared memory. The first barrier lets a kernel call it again with the same part.
+__device__ __forceinline__ float block_sum(float v, float* part) {
+  v = warp_sum(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    w = warp_sum(w);
+    if (threadIdx.x == 0) part[0] = w;
+  }
+  __syncthreads();
+  return part[0];
+}
+
 // Where the kernels also round to the activation dtype as HF transformers' bf16/fp16 forward
 // does (docs/ENGINE.md "CUDA numerics"): the residual stream, the normalised row before the
 // weight, RoPE's cos/sin and products, SiLU before the up product, P before P.V in the SIMT

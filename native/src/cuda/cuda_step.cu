@@ -433,10 +433,15 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
                c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, slot, kv,
                c.kv_block_size, st);
-    FamilyAttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, bt_off,
-                     d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, scale, c.attn_softcap,
-                     L.sliding ? c.sliding_window : 0, kv_fp8_, k_scale_[l], v_scale_[l]};
-    family_attention(act_, a, st);
+    // The Llama path's SIMT kernels (flash-decoding splits, 16-byte K/V loads, the fp8 KV cache; no
+    // flash tiles here: p.n_simt == T), P kept in f32 as the CPU backend keeps it.
+    AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, bt_off,
+               d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
+               nullptr, T, nullptr, 0, /*round_p=*/false, kv_fp8_, k_scale_[l], v_scale_[l]};
+    a.scale = scale;
+    a.softcap = c.attn_softcap;
+    a.window = L.sliding ? c.sliding_window : 0;
+    attention(act_, a, st);
     matmul(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, H, qd, part, Out::F32);
     if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
     // Row-parallel biases join the all-reduced sum once.

@@ -21,18 +21,6 @@ void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, con
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,
                 const KvCache& kv, int block_size, cudaStream_t s);
 
-struct FamilyAttnArgs {
-  const void* qkv; int T, nh, nkv, hd;
-  const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
-  int block_size; const void* kcache; const void* vcache; void* out;
-  float scale, softcap;  // softcap 0: off
-  int window;            // 0: all of [0, pos]; else (pos - window, pos]
-  bool kv_fp8 = false;   // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
-  float k_scale = 1.f, v_scale = 1.f;
-};
-// Causal GQA attention of every token over its sequence's cached keys in its window.
-void family_attention(DType act, const FamilyAttnArgs& a, cudaStream_t s);
-
 // out[t, i] = act(gate + bias) * (up + bias) for gate|up rows of gu [T, 2I]; gelu: tanh GELU, else SiLU.
 void gated_act(DType act, const void* gu, const float* bias, int T, int I, bool gelu, void* out, cudaStream_t s);
 void scale_f32(float* x, size_t n, float a, cudaStream_t s);

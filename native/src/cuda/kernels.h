@@ -41,8 +41,8 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
                    const int32_t* pos, const int32_t* slot, const float* inv_freq, const KvCache& kv,
                    int block_size, cudaStream_t s);
 
-// Causal GQA attention of every token over its sequence's cached keys [0, pos], on two disjoint
-// token sets:
+// Causal GQA attention of every token over its sequence's cached keys [0, pos] (the SIMT kernel:
+// or the last `window` of them), on two disjoint token sets:
 //  - n_tiles query tiles {first token, n tokens} (`tiles`, 2 ints each; n <= kFlashTileQ
 //    consecutive tokens of one sequence) through the tensor-core flash kernel
 //    (attention_prefill.cu; head_dim 64 or 128);
@@ -61,6 +61,10 @@ struct AttnArgs {
   bool round_p = true;  // the SIMT kernel rounds P before P.V (kRoundP)
   bool kv_fp8 = false;  // K/V stored as E4M3 of k / k_scale, v / v_scale (KvCache)
   float k_scale = 1.f, v_scale = 1.f;
+  // The model families' variants (SIMT kernel only; the flash tiles take none of them):
+  float scale = 0.f;    // scores = scale * q.k (0: 1 / sqrt(hd))
+  float softcap = 0.f;  // scores = softcap * tanh(scores / softcap) (0: off)
+  int window = 0;       // keys (pos - window, pos] of each token (0: [0, pos])
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 

@@ -36,19 +36,6 @@ __global__ void embedding_kernel(const T* emb, const int32_t* tokens, int H, int
   for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = mine ? to_f(row[i]) : 0.f;
 }
 
-__device__ __forceinline__ float block_sum(float v, float* part) {  // part: 32 floats of shared memory
-  v = warp_sum(v);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    w = warp_sum(w);
-    if (threadIdx.x == 0) part[0] = w;
-  }
-  __syncthreads();
-  return part[0];
-}
-
 template <typename T>
 __global__ void rmsnorm_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
   grid_dependency_wait();

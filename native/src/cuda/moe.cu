@@ -104,12 +104,54 @@ __device__ void permute_block(const MoeRouteArgs& a) {
   }
 }
 
+// The same permutation for up to 32 assignments (a decode step's), on one warp with lane i holding
+// assignment i: a lane's row is the count of assignments to lower experts plus those to its expert
+// on lower lanes, the first lane of each expert lists it; no shared memory, no atomics, no serial
+// loop over the experts (permute_block's thread 0 walks all of them). An expert gets at most 32 <=
+// kTileM rows here: one tile each.
+static_assert(moe::kTileM >= 32, "permute_warp gives each active expert one tile");
+__device__ void permute_warp(const MoeRouteArgs& a, int lane) {
+  const Layout& L = a.layout;
+  int32_t* meta = a.meta;
+  const int TK = a.T * a.top_k;
+  const int e = lane < TK ? moe::local_expert(meta[L.ids + lane], a.expert_start, a.local_experts, a.slot[lane / a.top_k] >= 0) : -1;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  const unsigned same = __match_any_sync(kFull, e);  // lanes with my expert (or, for e < 0, none of this rank's)
+  const bool lead = e >= 0 && (same & lower_lanes) == 0;
+  const unsigned leads = __ballot_sync(kFull, lead), valid = __ballot_sync(kFull, e >= 0);
+  int rows_below = 0, experts_below = 0;  // assignments to, and active experts, below mine
+  for (int o = 0; o < 32; ++o) {
+    const int eo = __shfl_sync(kFull, e, o);
+    const bool below = eo >= 0 && eo < e;
+    rows_below += below;
+    experts_below += below && ((leads >> o) & 1u);
+  }
+  const int row = e >= 0 ? rows_below + __popc(same & lower_lanes) : -1;
+  if (lane < TK) meta[L.inv + lane] = row;
+  if (e >= 0) meta[L.perm + row] = lane / a.top_k;
+  if (lead) {
+    meta[L.active_e + experts_below] = e;
+    meta[L.active_off + experts_below] = rows_below;
+    meta[L.active_cnt + experts_below] = __popc(same);
+    meta[L.tiles + 2 * experts_below] = experts_below;
+    meta[L.tiles + 2 * experts_below + 1] = 0;
+  }
+  if (lane == 0) {
+    meta[L.n_active] = meta[L.n_tiles] = __popc(leads);
+    meta[L.n_rows] = __popc(valid);
+  }
+}
+
+// Route and permute in one block (up to kFusedRouteTokens tokens, a warp each): the warp
+// permutation when the step has at most 32 assignments (launched with one warp a token), else the
+// block's.
 __global__ void __launch_bounds__(moe::kPermuteThreads) route_permute_kernel(MoeRouteArgs a) {
   grid_dependency_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int t = warp; t < a.T; t += moe::kPermuteThreads / 32) route_rows(a, t, lane);
+  for (int t = warp; t < a.T; t += blockDim.x / 32) route_rows(a, t, lane);
   __syncthreads();
-  permute_block(a);
+  if (a.T * a.top_k > 32) permute_block(a);
+  else if (warp == 0) permute_warp(a, lane);
 }
 
 __global__ void __launch_bounds__(256) route_kernel(MoeRouteArgs a) {
@@ -148,7 +190,7 @@ __device__ __forceinline__ void gemv_chunk(const uint4& wg, const uint4& wu, con
 }
 
 // One warp per output feature of one group (an active expert or the shared expert), passes of up to
-// MT rows; each lane streams 16-byte chunks of the feature's weight row(s), four in flight.
+// MT rows; each lane streams 16-byte chunks of the feature's weight row(s), several in flight.
 template <typename T, int MT, bool GATED>
 __global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -177,14 +219,17 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvA
   } else {
     grid_dependency_wait();
     const Layout& L = a.layout;
-    if (wk.group >= a.meta[L.n_active]) return;
-    W = static_cast<const T*>(a.w) + (size_t)a.meta[L.active_e + wk.group] * a.w_stride;
+    // All four words at once (the group's slots exist even when it is not active this step): the
+    // weights' address waits for one memory latency, not two.
+    const int n_active = a.meta[L.n_active], e = a.meta[L.active_e + wk.group];
+    row0 = a.meta[L.active_off + wk.group];
+    rows = a.meta[L.active_cnt + wk.group];
+    if (wk.group >= n_active) return;
+    W = static_cast<const T*>(a.w) + (size_t)e * a.w_stride;
     n = a.n;
     k = a.k;
     X = static_cast<const T*>(a.x);
     Y = a.y;
-    row0 = a.meta[L.active_off + wk.group];
-    rows = a.meta[L.active_cnt + wk.group];
     if constexpr (GATED) src = a.meta + L.perm;
   }
   const int f = wk.feature;
@@ -203,17 +248,21 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvA
     float ag[MT], au[MT];
 #pragma unroll
     for (int s = 0; s < MT; ++s) ag[s] = au[s] = 0.f;
-    int i = lane;
-    for (; i + 96 < k8; i += 128) {
-      const uint4 g0 = __ldg(wg + i), g1 = __ldg(wg + i + 32), g2 = __ldg(wg + i + 64), g3 = __ldg(wg + i + 96);
-      uint4 u0 = g0, u1 = g1, u2 = g2, u3 = g3;
-      if constexpr (GATED) { u0 = __ldg(wu + i); u1 = __ldg(wu + i + 32); u2 = __ldg(wu + i + 64); u3 = __ldg(wu + i + 96); }
-      gemv_chunk<T, MT, GATED>(g0, u0, xr, i, m, ag, au);
-      gemv_chunk<T, MT, GATED>(g1, u1, xr, i + 32, m, ag, au);
-      gemv_chunk<T, MT, GATED>(g2, u2, xr, i + 64, m, ag, au);
-      gemv_chunk<T, MT, GATED>(g3, u3, xr, i + 96, m, ag, au);
+    // kDepth chunks of each weight row in flight per lane, the last pass predicated (a 1408-wide
+    // expert down row is 5.5 chunks a lane: one pass), chunks added in increasing order.
+    constexpr int kDepth = GATED ? 4 : 8;
+    for (int i = lane; i < k8; i += 32 * kDepth) {
+      uint4 g[kDepth], u[kDepth];
+#pragma unroll
+      for (int q = 0; q < kDepth; ++q) {
+        const int c = i + 32 * q;
+        g[q] = c < k8 ? __ldg(wg + c) : uint4{};
+        u[q] = GATED && c < k8 ? __ldg(wu + c) : g[q];
+      }
+#pragma unroll
+      for (int q = 0; q < kDepth; ++q)
+        if (i + 32 * q < k8) gemv_chunk<T, MT, GATED>(g[q], u[q], xr, i + 32 * q, m, ag, au);
     }
-    for (; i < k8; i += 32) gemv_chunk<T, MT, GATED>(__ldg(wg + i), GATED ? __ldg(wu + i) : uint4{}, xr, i, m, ag, au);
 #pragma unroll
     for (int s = 0; s < MT; ++s) {
       if (s >= m) break;
@@ -332,36 +381,91 @@ __global__ void moe_gated_act_kernel(const T* gu, const int32_t* n_rows, int I, 
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(256) moe_combine_kernel(MoeCombineArgs a, bool round_norm) {
+// One block a token. REGS (H <= kRowPer * blockDim.x, the decode case): the row in registers, the
+// expert rows loaded kCombineBatch at a time before any is added, so a 2048-wide row costs a few
+// memory latencies (add_norm.h); else per element in turn. Both add a token's experts in id order,
+// then the shared expert.
+constexpr int kCombineThreads = 512;
+constexpr int kCombineBatch = 4;
+
+template <typename T, bool REGS>
+__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombineArgs a, bool round_norm) {
   grid_dependency_wait();
   const Layout& L = a.layout;
   const int t = blockIdx.x, K = a.top_k, H = a.H;
   const float* wts = reinterpret_cast<const float*>(a.meta + L.w) + (size_t)t * K;
+  const float gate_logit = a.shared_y ? a.logits[(size_t)t * a.ld + a.n_experts] : 0.f;
+  // The token's picks, every word loaded at once (one memory latency, not two per pick).
+  int pick_row[ns::moe::kMaxTopK], pick_id[ns::moe::kMaxTopK];
+  float pick_w[ns::moe::kMaxTopK];
+#pragma unroll
+  for (int j = 0; j < ns::moe::kMaxTopK; ++j)
+    if (j < K) {
+      pick_row[j] = a.meta[L.inv + (size_t)t * K + j];
+      pick_id[j] = a.meta[L.ids + (size_t)t * K + j];
+      pick_w[j] = wts[j];
+    }
   int ids[ns::moe::kMaxTopK], rows[ns::moe::kMaxTopK];
   float ws[ns::moe::kMaxTopK];
   int n = 0;
   for (int j = 0; j < K; ++j) {  // this rank's picks of the token, by expert id
-    const int row = a.meta[L.inv + (size_t)t * K + j];
+    const int row = pick_row[j];
     if (row < 0) continue;
-    const int id = a.meta[L.ids + (size_t)t * K + j];
+    const int id = pick_id[j];
     int p = n++;
     for (; p > 0 && ids[p - 1] > id; --p) { ids[p] = ids[p - 1]; rows[p] = rows[p - 1]; ws[p] = ws[p - 1]; }
     ids[p] = id;
     rows[p] = row;
-    ws[p] = wts[j];
+    ws[p] = pick_w[j];
   }
-  const float gate = a.shared_y ? 1.f / (1.f + __expf(-a.logits[(size_t)t * a.ld + a.n_experts])) : 0.f;
+  const float gate = a.shared_y ? 1.f / (1.f + __expf(-gate_logit)) : 0.f;
+  const float* sy = a.shared_y ? a.shared_y + (size_t)t * H : nullptr;
   float* out = a.part + (size_t)t * H;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) {
-    float acc = 0.f;
-    for (int j = 0; j < n; ++j) acc += ws[j] * a.y[(size_t)rows[j] * H + i];
-    if (a.shared_y) acc += gate * a.shared_y[(size_t)t * H + i];
-    out[i] = acc;
+  if constexpr (REGS) {
+    float v[kRowPer], sv[kRowPer];
+#pragma unroll
+    for (int e = 0; e < kRowPer; ++e) {
+      const int i = threadIdx.x + e * blockDim.x;
+      v[e] = 0.f;
+      sv[e] = sy && i < H ? sy[i] : 0.f;
+    }
+    for (int j0 = 0; j0 < n; j0 += kCombineBatch) {
+      float yv[kCombineBatch][kRowPer];
+#pragma unroll
+      for (int b = 0; b < kCombineBatch; ++b) {
+        const float* yr = a.y + (size_t)rows[min(j0 + b, n - 1)] * H;
+#pragma unroll
+        for (int e = 0; e < kRowPer; ++e) {
+          const int i = threadIdx.x + e * blockDim.x;
+          yv[b][e] = j0 + b < n && i < H ? yr[i] : 0.f;
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kCombineBatch; ++b)
+        if (j0 + b < n)
+#pragma unroll
+          for (int e = 0; e < kRowPer; ++e) v[e] += ws[j0 + b] * yv[b][e];
+    }
+#pragma unroll
+    for (int e = 0; e < kRowPer; ++e) {
+      if (sy) v[e] += gate * sv[e];
+      const int i = threadIdx.x + e * blockDim.x;
+      if (!a.res && i < H) out[i] = v[e];
+    }
+    if (a.res)
+      add_norm_regs<T>(v, a.res + (size_t)t * H, a.post_w, a.next_w, a.eps, H,
+                       a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
+  } else {
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+      float acc = 0.f;
+      for (int j = 0; j < n; ++j) acc += ws[j] * a.y[(size_t)rows[j] * H + i];
+      if (sy) acc += gate * sy[i];
+      out[i] = acc;
+    }
+    if (a.res)
+      add_norm_row<T>(a.res + (size_t)t * H, out, nullptr, a.post_w, a.next_w, a.eps, H,
+                      a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
   }
-  if (a.res)
-    add_norm_row<T>(a.res + (size_t)t * H, out, nullptr, a.post_w, a.next_w, a.eps, H,
-                    a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
 }
 
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
@@ -381,7 +485,8 @@ void launch_gemv(const MoeGemvArgs& a, int mt, unsigned grid, cudaStream_t s) {
 void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   if (a.T <= moe::kFusedRouteTokens) {
-    launch("moe_route_permute", route_permute_kernel, dim3(1), dim3(moe::kPermuteThreads), s, a);
+    const int threads = a.T * a.top_k <= 32 ? 32 * a.T : moe::kPermuteThreads;
+    launch("moe_route_permute", route_permute_kernel, dim3(1), dim3(threads), s, a);
   } else {
     launch("moe_route", route_kernel, dim3(ceil_div(a.T, 8)), dim3(256), s, a);
     launch("moe_permute", permute_kernel, dim3(1), dim3(moe::kPermuteThreads), s, a);
@@ -432,7 +537,11 @@ void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::La
 void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
   const bool rnd = rounds(kRoundNorm);
-  NS_DISPATCH_ACT(act, E, { launch("moe_combine", moe_combine_kernel<E>, dim3(a.T), dim3(256), s, a, rnd); });
+  const int threads = row_threads(a.H, kCombineThreads);
+  NS_DISPATCH_ACT(act, E, {
+    if (threads > 0) launch("moe_combine", moe_combine_kernel<E, true>, dim3(a.T), dim3(threads), s, a, rnd);
+    else launch("moe_combine", moe_combine_kernel<E, false>, dim3(a.T), dim3(256), s, a, rnd);
+  });
   NS_LAUNCHED("moe_combine");
 }
 

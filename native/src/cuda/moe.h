@@ -58,7 +58,8 @@ void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::La
 
 // Per token: the sum of its experts' rows (in expert id order) times their weights, plus the shared
 // expert's row times sigmoid(its gate logit, column n_experts of the router logits); into `part`,
-// or with `res` added to the residual stream at once (add_norm semantics, family_kernels.h).
+// or with `res` added to the residual stream at once (add_norm semantics, family_kernels.h; `part`
+// is then scratch).
 struct MoeCombineArgs {
   const float* y;                  // [rows, H] the experts' outputs (permuted rows)
   const float* shared_y;           // [T, H] or null

@@ -34,7 +34,8 @@ constexpr int kTileK = 64;
 constexpr int kStages = 4;
 constexpr int kMmaThreads = kTileN / 16 * 32;
 // The route and permute kernels run in one block of this many threads; up to kFusedRouteTokens
-// tokens (one warp each) it also routes them, else a grid of warps routes first.
+// tokens (one warp each) it also routes them, else a grid of warps routes first. A step of at most
+// 32 assignments (decode) gets one warp a token and its permutation on one warp (moe.cu).
 constexpr int kPermuteThreads = 1024;
 constexpr int kFusedRouteTokens = kPermuteThreads / 32;
 

@@ -25,17 +25,6 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Block-wide sum; every thread gets the result.
-__device__ float block_sum(float v, float* sh) {
-  v = warp_sum(v);
-  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  float r = lane < (blockDim.x >> 5) ? sh[lane] : 0.f;
-  return warp_sum(r);
-}
-
 __device__ float block_max(float v, float* sh) {
   v = warp_max(v);
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -68,15 +57,31 @@ __device__ int block_best(float best, int bi, int* shi, float* shv) {
   return r;
 }
 
+// f(i, z[i] * inv_t) for this thread's indices i = threadIdx.x + j * blockDim.x of the row, in
+// increasing order, kRowLoads loads issued before the first is used: a 152k vocabulary is ~150
+// elements a thread, and one load waited for at a time cost ~60 us a pass.
+constexpr int kRowLoads = 8;
+template <typename F>
+__device__ __forceinline__ void for_row(const float* z, int V, float inv_t, F f) {
+  int i = threadIdx.x;
+  for (; i + (kRowLoads - 1) * (int)blockDim.x < V; i += kRowLoads * blockDim.x) {
+    float v[kRowLoads];
+#pragma unroll
+    for (int u = 0; u < kRowLoads; ++u) v[u] = z[i + u * blockDim.x];
+#pragma unroll
+    for (int u = 0; u < kRowLoads; ++u) f(i + u * (int)blockDim.x, v[u] * inv_t);
+  }
+  for (; i < V; i += blockDim.x) f(i, z[i] * inv_t);
+}
+
 // Lowest index whose value is max (NaN never wins), among keys == eq_key when eq_key != 0.
 __device__ int block_argmax(const float* z, int V, float inv_t, uint32_t eq_key, int* shi, float* shv) {
   float best = -FLT_MAX;
   int bi = INT_MAX;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = z[i] * inv_t;
-    if (eq_key != 0 && order_key(v) != eq_key) continue;
+  for_row(z, V, inv_t, [&](int i, float v) {
+    if (eq_key != 0 && order_key(v) != eq_key) return;
     if (v > best || (v == best && i < bi)) { best = v; bi = i; }
-  }
+  });
   return block_best(best, bi, shi, shv);
 }
 
@@ -84,11 +89,10 @@ __device__ int block_argmax(const float* z, int V, float inv_t, uint32_t eq_key,
 __device__ float mass_at(const float* z, int V, float inv_t, float m, uint32_t t, uint32_t floor_key,
                          bool count, float* sh) {
   float s = 0.f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = z[i] * inv_t;
+  for_row(z, V, inv_t, [&](int, float v) {
     const uint32_t k = order_key(v);
     if (k >= t && k >= floor_key) s += count ? 1.f : __expf(v - m);
-  }
+  });
   return block_sum(s, sh);
 }
 
@@ -178,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(float* logits, int V, 
   } else {
     const float inv_t = 1.f / P.temperature;
     float m = -FLT_MAX;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, z[i] * inv_t);
+    for_row(z, V, inv_t, [&](int, float v) { m = fmaxf(m, v); });
     m = block_max(m, sh);
     uint32_t floor_key = 0;
     if (P.top_k > 0 && P.top_k < V)
