@@ -7,7 +7,7 @@
 // Writes bench/results/comm-encrypt-<host>-<timestamp>.json.
 //
 //   npm run build && npm run build:native && node bench/comm/encrypt.mjs [--ranks 2] [--reps 3]
-import { execFileSync, fork } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, loadavg, totalmem } from 'node:os';
@@ -15,35 +15,14 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
+import { benchRanks } from '../../test/comm/bench.mjs';
+
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const fixture = join(root, 'test', 'comm', 'fixtures', 'rank.mjs');
 const { values: a } = parseArgs({ options: { ranks: { type: 'string', default: '2' }, reps: { type: 'string', default: '3' }, out: { type: 'string' } } });
 const size = Number(a.ranks);
 
 function run(encrypt) {
-  const key = randomBytes(32).toString('hex');
-  const infos = [];
-  const results = [];
-  const procs = Array.from({ length: size }, (_, rank) => fork(fixture, ['bench', String(rank), String(size), 'bench'], {
-    env: { ...process.env, COMM_KEY: key, ENCRYPT: encrypt },
-  }));
-  return new Promise((res, rej) => {
-    for (const p of procs) {
-      p.on('message', (m) => {
-        if (m.type === 'info') {
-          infos[m.rank] = m.info;
-          if (infos.filter(Boolean).length === size) for (const q of procs) q.send({ type: 'infos', infos });
-        } else if (m.type === 'result') {
-          if (m.error) rej(new Error(`rank ${m.rank}: ${m.error}`));
-          results[m.rank] = m;
-          if (results.filter(Boolean).length === size) {
-            for (const q of procs) q.kill();
-            res(results[0]);
-          }
-        }
-      });
-    }
-  });
+  return benchRanks(size, { COMM_KEY: randomBytes(32).toString('hex'), ENCRYPT: encrypt });
 }
 
 function gcmGBs() {
