@@ -95,11 +95,10 @@ bool skinny_gemm(DType act, const void* x, const void* w, int M, int N, int K, v
 
 // Quantized weights (quant_gemm.cu; docs/QUANTIZATION.md). A quantized matrix W [N, K] is int8 or
 // E4M3 bytes with one f32 scale per row, wscale [N].
-// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows, wt I8 or F8E4M3; x in
-// the activation dtype (xscale null: weight-only, W8A16), or E4M3 [R, K] with xscale [R] (W8A8,
-// E4M3 weights only), y then also times xscale[r]. K % 16 == 0.
+// gemv_quant: y[r, n] = wscale[n] * sum_k x[r, k] * W[n, k] for R <= 4 rows, wt I8 or F8E4M3, x in
+// the activation dtype (weight-only, W8A16). K % 16 == 0.
 struct QuantGemv {
-  const void* w; const float* wscale; const void* x; const float* xscale; int R, N, K; void* y;
+  const void* w; const float* wscale; const void* x; int R, N, K; void* y;
 };
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
 // Rows of x [M, K] (activation dtype) to E4M3 q [M, K] and scale [M]: per row s = max(amax, capped at

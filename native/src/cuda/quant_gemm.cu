@@ -1,7 +1,8 @@
 // Matrix products with quantized weights (docs/QUANTIZATION.md), one f32 scale per weight row:
 //  - gemv_quant: decode rows (1..4) reading int8 or E4M3 weights against activation-dtype rows
-//    (weight-only: W8A16), or E4M3 weights against E4M3 rows with one scale per row (W8A8); the
-//    layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
+//    (weight-only, W8A16, for fp8 models too: at 1..4 rows the product is bound by the weights'
+//    bytes, and quantizing the rows would only add a launch and a second conversion per weight);
+//    the layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
 //    lane), with twice the elements per load;
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
@@ -22,30 +23,50 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// One 16-byte weight chunk (16 weights at column 16 i) against R input rows; XQ: the rows are E4M3.
-template <typename T, DType W, bool XQ, int R>
-__device__ __forceinline__ void fma16(const uint4& wv, const void* x, int K, int i, float* acc) {
+#if NS_FP8_GEMV_INT
+// Four E4M3 values of a word to f32 bit patterns 2^120 times too small (quant_bits.h's
+// e4m3x4_to_f32 without its multiply: the GEMV applies 2^120 once per row): a byte permute puts the
+// byte under its sign-filled byte, a shift and a mask keep the sign and the 7 exponent-mantissa bits.
+__device__ __forceinline__ void e4m3x4_unscaled(uint32_t w, float* f) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) f[i] = __uint_as_float((__byte_perm(w, 0u, ((i | 8) << 12) | (i << 8) | 0x44u) << 4) & 0x87f00000u);
+}
+constexpr float kE4m3Rebase = 1.329227995784916e36f;  // 2^120
+#else
+constexpr float kE4m3Rebase = 1.f;
+#endif
+
+// 16 weights of one 16-byte chunk to f32 (E4M3: times 1 / kE4m3Rebase).
+template <DType W>
+__device__ __forceinline__ void unpack_weights16(const uint4& v, float* f) {
+#if NS_FP8_GEMV_INT
+  if constexpr (W == DType::F8E4M3) {
+    e4m3x4_unscaled(v.x, f); e4m3x4_unscaled(v.y, f + 4); e4m3x4_unscaled(v.z, f + 8); e4m3x4_unscaled(v.w, f + 12);
+    return;
+  }
+#endif
+  unpack16<W>(v, f);
+}
+
+// One 16-byte weight chunk (16 weights at column 16 i) against R activation-dtype rows.
+template <typename T, DType W, int R>
+__device__ __forceinline__ void fma16(const uint4& wv, const T* x, int K, int i, float* acc) {
   float wf[16];
-  unpack16<W>(wv, wf);
+  unpack_weights16<W>(wv, wf);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     float xf[16];
-    if constexpr (!XQ) {  // x: activation dtype, two 16-byte loads
-      const uint4* xr = reinterpret_cast<const uint4*>(static_cast<const T*>(x) + (size_t)r * K) + 2 * i;
-      unpack8<T>(__ldg(xr), xf);
-      unpack8<T>(__ldg(xr + 1), xf + 8);
-    } else {  // x: E4M3, one 16-byte load
-      unpack16<DType::F8E4M3>(__ldg(reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(x) + (size_t)r * K) + i), xf);
-    }
+    const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)r * K) + 2 * i;
+    unpack8<T>(__ldg(xr), xf);
+    unpack8<T>(__ldg(xr + 1), xf + 8);
 #pragma unroll
     for (int e = 0; e < 16; ++e) acc[r] += wf[e] * xf[e];
   }
 }
 
-template <typename T, DType W, bool XQ, int R, GemvOut MODE, int KS>
+template <typename T, DType W, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
-                                                                 const void* __restrict__ x, const float* __restrict__ xscale,
-                                                                 int N, int K, void* __restrict__ y, bool rnd) {
+                                                                 const T* __restrict__ x, int N, int K, void* __restrict__ y, bool rnd) {
   constexpr int kRows = kWarps / KS;
   constexpr int kStride = 32 * KS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -68,46 +89,48 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
     int i = part * 32 + lane;
     for (; i + 3 * kStride < K16; i += 4 * kStride) {
       const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
-      fma16<T, W, XQ, R>(w0, x, K, i, acc);
-      fma16<T, W, XQ, R>(w1, x, K, i + kStride, acc);
-      fma16<T, W, XQ, R>(w2, x, K, i + 2 * kStride, acc);
-      fma16<T, W, XQ, R>(w3, x, K, i + 3 * kStride, acc);
+      fma16<T, W, R>(w0, x, K, i, acc);
+      fma16<T, W, R>(w1, x, K, i + kStride, acc);
+      fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
+      fma16<T, W, R>(w3, x, K, i + 3 * kStride, acc);
     }
-    for (; i < K16; i += kStride) fma16<T, W, XQ, R>(__ldg(w + i), x, K, i, acc);
+    for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
   }
   if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
   const float ws = wscale[n];
+  constexpr float rebase = W == DType::F8E4M3 ? kE4m3Rebase : 1.f;
 #pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] *= XQ ? ws * xscale[r] : ws;
+  for (int r = 0; r < R; ++r) acc[r] = (acc[r] * rebase) * ws;
   gemv_store<T, R, MODE>(acc, n, N, y, rnd);
 }
 
-template <typename T, DType W, bool XQ, GemvOut MODE, int KS>
+template <typename T, DType W, GemvOut MODE, int KS>
 void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   const bool rnd = rounds(kRoundResidual);
   const unsigned grid = ceil_div(g.N, kWarps / KS);
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
+  const T* x = static_cast<const T*>(g.x);
   switch (g.R) {
-    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
-    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, XQ, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, g.x, g.xscale, g.N, g.K, g.y, rnd); break;
+    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
     default: throw std::runtime_error("cuda: gemv_quant supports 1..4 rows");
   }
 }
 
 // As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2.
-template <typename T, DType W, bool XQ, GemvOut MODE>
+template <typename T, DType W, GemvOut MODE>
 void launch_gemv(const QuantGemv& g, cudaStream_t s) {
-  if (g.N >= 12288) launch_gemv_rows<T, W, XQ, MODE, 1>(g, s);
-  else launch_gemv_rows<T, W, XQ, MODE, 2>(g, s);
+  if (g.N >= 12288) launch_gemv_rows<T, W, MODE, 1>(g, s);
+  else launch_gemv_rows<T, W, MODE, 2>(g, s);
 }
 
-template <typename T, DType W, bool XQ>
+template <typename T, DType W>
 void launch_gemv_mode(const QuantGemv& g, GemvOut mode, cudaStream_t s) {
-  if (mode == GemvOut::Act) launch_gemv<T, W, XQ, GemvOut::Act>(g, s);
-  else if (mode == GemvOut::F32) launch_gemv<T, W, XQ, GemvOut::F32>(g, s);
-  else launch_gemv<T, W, XQ, GemvOut::AddResidual>(g, s);
+  if (mode == GemvOut::Act) launch_gemv<T, W, GemvOut::Act>(g, s);
+  else if (mode == GemvOut::F32) launch_gemv<T, W, GemvOut::F32>(g, s);
+  else launch_gemv<T, W, GemvOut::AddResidual>(g, s);
 }
 
 // One block a row: amax over the row (8 elements a thread per step), the scale, then E4M3 of x / s.
@@ -204,11 +227,9 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ q, const float* __
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s) {
   if (g.R == 0) return;
   if (g.K % 16 != 0) throw std::runtime_error("cuda: gemv_quant needs K % 16 == 0");
-  if (wt == DType::I8 && g.xscale) throw std::runtime_error("cuda: gemv_quant: int8 weights take activation-dtype rows");
   NS_DISPATCH_ACT(act, E, {
-    if (wt == DType::I8) launch_gemv_mode<E, DType::I8, false>(g, mode, s);
-    else if (g.xscale) launch_gemv_mode<E, DType::F8E4M3, true>(g, mode, s);
-    else launch_gemv_mode<E, DType::F8E4M3, false>(g, mode, s);
+    if (wt == DType::I8) launch_gemv_mode<E, DType::I8>(g, mode, s);
+    else launch_gemv_mode<E, DType::F8E4M3>(g, mode, s);
   });
   NS_LAUNCHED("gemv_quant");
 }

@@ -3,9 +3,10 @@
 //     quantized weights in the GEMV (gemv_quant); larger products dequantize the weights slice by
 //     slice into the activation dtype and run cublasGemmEx on them (prefill-sized products are
 //     bound by the tensor cores, where the weights' bytes matter little).
-//   fp8 (W8A8): the input rows are quantized to E4M3 first (per-token or static scales); <= 4 rows
-//     then take the E4M3 GEMV, more take cuBLASLt's E4M3 GEMM (f32 out) and an epilogue that applies
-//     the row and column scales, a chunk of rows at a time (acc_ holds one chunk's f32 result).
+//   fp8 (W8A8): decode rows (<= 4) take the E4M3 GEMV against the rows as they are (weight-only:
+//     bound by the weights' bytes, where quantizing the rows only costs); more rows are quantized to
+//     E4M3 (per-token or static scales) for cuBLASLt's E4M3 GEMM (f32 out) and an epilogue that
+//     applies the row and column scales, a chunk of rows at a time (acc_ holds one chunk's f32 result).
 #include <algorithm>
 #include <string>
 
@@ -18,7 +19,7 @@ namespace ns::cuda {
 void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
   const GemvOut out = gemv_mode(mode);
   if (use_gemv_ && M <= 4) {
-    gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, nullptr, M, N, K, y}, out, stream_);
+    gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, M, N, K, y}, out, stream_);
     return;
   }
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // as the float path: the product rounded, then the rounded add
@@ -46,11 +47,11 @@ void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int 
 
 void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
   const GemvOut out = gemv_mode(mode);
-  quantize_act(act_, x, M, K, w.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_);
-  if (use_gemv_ && M <= 4) {
-    gemv_quant(act_, DType::F8E4M3, QuantGemv{w.w, w.scale, xq_.ptr, xs_.as<float>(), M, N, K, y}, out, stream_);
+  if (use_gemv_ && M <= 4) {  // decode rows: the E4M3 weights against the rows as they are (W8A16)
+    gemv_quant(act_, DType::F8E4M3, QuantGemv{w.w, w.scale, x, M, N, K, y}, out, stream_);
     return;
   }
+  quantize_act(act_, x, M, K, w.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_);
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {
     matmul_fp8(x, w, M, N, K, tmp_.ptr, Out::Act);
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
