@@ -2,8 +2,8 @@
 //  - gemv_quant: decode rows (1..4) reading int8 or E4M3 weights against activation-dtype rows
 //    (weight-only, W8A16, for fp8 models too: at 1..4 rows the product is bound by the weights'
 //    bytes, and quantizing the rows would only add a launch and a second conversion per weight);
-//    the layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
-//    lane), with twice the elements per load;
+//    the layout of gemv.cu (warps stream 16-byte weight chunks, four in flight per lane to the end
+//    of the row), with twice the elements per load;
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
 //  - fp8_epilogue: the f32 result of cuBLASLt's E4M3 GEMM times the row and column scales, written
@@ -86,15 +86,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {
     const uint4* w = reinterpret_cast<const uint4*>(Wq + (size_t)n * K);
-    int i = part * 32 + lane;
-    for (; i + 3 * kStride < K16; i += 4 * kStride) {
-      const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
-      fma16<T, W, R>(w0, x, K, i, acc);
-      fma16<T, W, R>(w1, x, K, i + kStride, acc);
-      fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
-      fma16<T, W, R>(w3, x, K, i + 3 * kStride, acc);
+    // Four chunks in flight per lane to the end of the row: the last group's missing chunks are
+    // skipped rather than loaded one at a time (a row of 11008 int8 weights is 10.75 groups of a
+    // lane's chunks at 2 warps a row: one at a time, its tail would wait out three memory latencies).
+    for (int i = part * 32 + lane; i < K16; i += 4 * kStride) {
+      uint4 wv[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wv[j] = i + j * kStride < K16 ? __ldg(w + i + j * kStride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (i + j * kStride < K16) fma16<T, W, R>(wv[j], x, K, i + j * kStride, acc);
     }
-    for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
   }
   if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
   const float ws = wscale[n];
