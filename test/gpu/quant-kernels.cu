@@ -69,8 +69,9 @@ double wval(WeightFormat fmt, uint8_t b) { return fmt == WeightFormat::Int8 ? (d
 void check_gemv() {
   for (DType act : {DType::BF16, DType::F16})
     for (WeightFormat fmt : {WeightFormat::Int8, WeightFormat::Fp8})
-      for (int N : {272, 12288})
-        for (int K : {256, 4096}) {
+      // every launch shape: one warp a row with 4 chunks in flight (K 256), with 8 (K 4096), and two
+      // warps a row (K 11008 at fewer than 12288 rows)
+      for (const auto& [N, K] : std::vector<std::pair<int, int>>{{272, 256}, {12288, 256}, {272, 4096}, {12288, 4096}, {272, 11008}}) {
           std::vector<uint8_t> q;
           std::vector<float> s;
           quantized(N, K, fmt, q, s);
