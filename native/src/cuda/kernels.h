@@ -106,6 +106,14 @@ void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStrea
 // amax_ub when > 0) / 448 (at least 1 / (448 * 512)), or s = *static_scale; q = e4m3(x / s). K % 8 == 0.
 void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,
                   cudaStream_t s);
+// The activation rows of the W8A8 GEMMs made straight into E4M3 (quant_act.cu): q and scale as
+// quantize_act would make them from rmsnorm's output (R rows of the f32 x [R, H], weight w) or from
+// swiglu's (T rows of gate|up [T, 2 I]), bit-identical, without writing the activation-dtype rows.
+// false, nothing launched, when a row does not fit one block (then rmsnorm / swiglu + quantize_act).
+bool rmsnorm_quant(DType act, const float* x, int R, int H, const float* w, float eps, const float* static_scale, float amax_ub, void* q,
+                   float* scale, cudaStream_t s);
+bool swiglu_quant(DType act, const void* gu, int T, int I, const float* static_scale, float amax_ub, void* q, float* scale,
+                  cudaStream_t s);
 // y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
 // `mode` says. N % 4 == 0.
 void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
