@@ -2,6 +2,8 @@
 //  1. gemv_quant, int8 and E4M3 weight-only (W8A16) and E4M3 W8A8, 1..4 rows, bf16 and fp16, the
 //     three output modes: against a double-precision product of the same quantized values
 //     (error / sum |w x|);
+//  1b. gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, the
+//     three output modes, against the double product; two runs bit-identical;
 //  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
 //     code and scale equal to the host quantizer's (common/quant.h: f32_to_e4m3(x / s));
 //  3. cuBLASLt's E4M3 GEMM with the per-row scales applied by cuBLASLt (lt_gemm.cu fp8_scaled, the
@@ -20,7 +22,7 @@
 //     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-//     native/src/cuda/{quant_gemm,quant_act,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant,settings}.cc \
+//     native/src/cuda/{quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant,settings}.cc \
 //     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
 #include <algorithm>
 #include <cmath>
@@ -169,6 +171,71 @@ void check_quantize_act() {
                " (codes and scales differing)", bad, 0);
       cudaFree(dx); cudaFree(dst); cudaFree(dq); cudaFree(dsc);
     }
+}
+
+// gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, bf16 and
+// fp16, the three output modes, against the double product; two runs bit-identical.
+void check_gemm_quant() {
+  struct Shape { int M, N, K; };
+  float* ws = nullptr;
+  const size_t ws_bytes = (size_t)64 << 20;
+  NS_CUDA(cudaMalloc(&ws, ws_bytes));
+  const int sms = sm_count();
+  for (WeightFormat fmt : {WeightFormat::Int8, WeightFormat::Fp8})
+    for (DType act : {DType::BF16, DType::F16})
+      for (const Shape sh : {Shape{5, 272, 256}, Shape{64, 1024, 4096}, Shape{17, 512, 11008}, Shape{130, 400, 1024}}) {
+        const int M = sh.M, N = sh.N, K = sh.K;
+        std::vector<uint8_t> q;
+        std::vector<float> s;
+        quantized(N, K, fmt, q, s);
+        std::normal_distribution<float> nd(0.f, 1.f);
+        std::vector<uint16_t> x16((size_t)M * K);
+        std::vector<float> xf((size_t)M * K);
+        for (size_t i = 0; i < x16.size(); ++i) { x16[i] = to16(act, nd(rng)); xf[i] = from16(act, x16[i]); }
+        std::vector<double> ref((size_t)M * N), mag((size_t)M * N), wd((size_t)N * K);
+        for (size_t i = 0; i < wd.size(); ++i) wd[i] = wval(fmt, q[i]);
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double acc = 0, mg = 0;
+            const double* wr = &wd[(size_t)n * K];
+            const float* xr = &xf[(size_t)m * K];
+            for (int k = 0; k < K; ++k) { const double p = wr[k] * xr[k]; acc += p; mg += std::fabs(p); }
+            ref[(size_t)m * N + n] = acc * s[n];
+            mag[(size_t)m * N + n] = mg * s[n] + 1e-30;
+          }
+        uint8_t* dq = upload(q);
+        float* ds = upload(s);
+        uint16_t* dx = upload(x16);
+        for (GemvOut mode : {GemvOut::Act, GemvOut::F32, GemvOut::AddResidual}) {
+          const std::string name = std::string("gemm_quant ") + (fmt == WeightFormat::Int8 ? "int8 " : "fp8 W8A16 ") + dn(act) + " M" +
+                                   std::to_string(M) + " N" + std::to_string(N) + " K" + std::to_string(K) +
+                                   (mode == GemvOut::Act ? " act" : mode == GemvOut::F32 ? " f32" : " add");
+          std::vector<float> base((size_t)M * N, 0.25f);
+          std::vector<float> got[2];
+          for (int rep = 0; rep < 2; ++rep) {
+            float* dy = upload(base);
+            const bool ok = gemm_quant(act, fmt == WeightFormat::Int8 ? DType::I8 : DType::F8E4M3, QuantGemm{dq, ds, dx, M, N, K, dy}, mode, ws,
+                                       ws_bytes, sms, 0);
+            if (ok && mode == GemvOut::Act) {
+              const auto y = download(reinterpret_cast<uint16_t*>(dy), (size_t)M * N);
+              for (auto b : y) got[rep].push_back(from16(act, b));
+            } else if (ok) {
+              got[rep] = download(dy, (size_t)M * N);
+            }
+            cudaFree(dy);
+          }
+          if (got[0].size() != (size_t)M * N || got[1].size() != got[0].size()) { note(name + " (refused)", 1, 0); continue; }
+          double err = 0, differ = 0;
+          for (size_t i = 0; i < got[0].size(); ++i) {
+            err = std::max(err, std::fabs(got[0][i] - (mode == GemvOut::AddResidual ? 0.25 : 0.0) - ref[i]) / mag[i]);
+            differ += got[0][i] != got[1][i];
+          }
+          note(name, err, mode == GemvOut::Act ? (act == DType::BF16 ? 8e-3 : 2e-3) : 1e-5);
+          note(name + " (elements differing between two runs)", differ, 0);
+        }
+        cudaFree(dq); cudaFree(ds); cudaFree(dx);
+      }
+  cudaFree(ws);
 }
 
 void check_fused_input_quant() {
@@ -508,6 +575,7 @@ int main() {
   std::fprintf(stderr, "%s, compute capability %d.%d\n", p.name, p.major, p.minor);
   check_dequantize();
   check_gemv();
+  check_gemm_quant();
   check_quantize_act();
   check_fused_input_quant();
   check_fp8_scaled_gemm();

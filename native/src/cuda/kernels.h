@@ -102,6 +102,16 @@ struct QuantGemv {
   const void* w; const float* wscale; const void* x; const float* xscale; int R, N, K; void* y;
 };
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
+// gemm_quant: the weight-only products for more rows than a GEMV's, on tensor cores (quant_mma.cu;
+// blocks of 64 rows x 128 weight rows, split over K to fill the GPU): y[m, n] = wscale[n] *
+// sum_k x[m, k] * W[n, k], x in the activation dtype, int8 / E4M3 weights widened to it in
+// registers. The products accumulate in f32 into ws (f32 [splits, M, N]); a second kernel sums the
+// splits in a fixed order (deterministic) and applies the scales and `mode`. false, nothing
+// enqueued, when K % 64 != 0, an operand is not 16-byte aligned or ws cannot hold M * N floats.
+struct QuantGemm {
+  const void* w; const float* wscale; const void* x; int M, N, K; void* y;
+};
+bool gemm_quant(DType act, DType wt, const QuantGemm& g, GemvOut mode, float* ws, size_t ws_bytes, int sm_count, cudaStream_t s);
 // Rows of x [M, K] (activation dtype) to E4M3 q [M, K] and scale [M]: per row s = max(amax, capped at
 // amax_ub when > 0) / 448 (at least 1 / (448 * 512)), or s = *static_scale; q = e4m3(x / s). K % 8 == 0.
 void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,

@@ -1,8 +1,10 @@
 // CudaBackend::matmul for quantized weights (docs/QUANTIZATION.md).
 //   weight-only (int8, or E4M3 of an FP8 weight-only checkpoint; W8A16): decode rows (<= 4) read the
-//     quantized weights in the GEMV (gemv_quant); larger products dequantize the weights slice by
-//     slice into the activation dtype and run cublasGemmEx on them (prefill-sized products are
-//     bound by the tensor cores, where the weights' bytes matter little).
+//     quantized weights in the GEMV (gemv_quant); batched decode (<= kMmaRows rows) reads them once
+//     into our tensor-core kernel (gemm_quant: 1 byte a weight, where a dequantized copy for cuBLAS
+//     moves 5); prefill-sized products dequantize the weights slice by slice into the activation
+//     dtype and run cublasGemmEx on them (bound by the tensor cores, where the weights' bytes matter
+//     little and cuBLAS's tiles beat ours).
 //   fp8 (W8A8): the input rows are quantized to E4M3 first (per-token or static scales); <= 4 rows
 //     then take the E4M3 GEMV, more take cuBLASLt's E4M3 GEMM with the row and column scales applied
 //     in its kernel (outer-vector scaling), y written in its own type or accumulated into the f32
@@ -17,12 +19,20 @@
 
 namespace ns::cuda {
 
+// Rows up to which weight-only products take gemm_quant: it reads the weights once per 64 rows, so
+// past 128 rows its weight traffic nears a dequantized copy's 5 bytes a weight, while cuBLAS's
+// larger tiles win on the tensor cores.
+constexpr int kMmaRows = 128;
+
 void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode) {
   const GemvOut out = gemv_mode(mode);
   if (use_gemv_ && M <= 4) {
     gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, nullptr, M, N, K, y}, out, stream_);
     return;
   }
+  if (M <= kMmaRows && !(quant_ab_ & 8) &&
+      gemm_quant(act_, w.dt, QuantGemm{w.w, w.scale, x, M, N, K, y}, out, deq_.as<float>(), deq_.bytes, sm_count_, stream_))
+    return;
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // as the float path: the product rounded, then the rounded add
     matmul_weight_only(x, w, M, N, K, tmp_.ptr, Out::Act);
     residual_add(act_, static_cast<float*>(y), act_, tmp_.ptr, (size_t)M * N, stream_);
