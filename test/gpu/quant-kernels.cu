@@ -2,19 +2,27 @@
 //  1. gemv_quant, int8 and E4M3 weights against 16-bit rows (W8A16), 1..4 rows, bf16 and fp16, the
 //     three output modes: against a double-precision product of the same quantized values
 //     (error / sum |w x|);
+//  1b. gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, the
+//     three output modes, against the double product; two runs bit-identical;
 //  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
 //     code and scale equal to the host quantizer's (common/quant.h: f32_to_e4m3(x / s));
-//  3. cuBLASLt's E4M3 GEMM (lt_gemm.cu, on rows padded to 16 as matmul_fp8 runs it) + fp8_epilogue
-//     for 5..300 rows: against the double product;
+//  3. cuBLASLt's E4M3 GEMM with the per-row scales applied by cuBLASLt (lt_gemm.cu fp8_scaled, the
+//     W8A8 path of matmul_fp8 for > 4 rows: 5..300 rows, not padded; bf16, f32 and accumulated into
+//     f32; first heuristic choice and the algorithm tune_fp8 measured; nothing written past y's M
+//     rows), and the fallback without it (rows padded to 16, f32 out, fp8_epilogue): against the
+//     double product;
 //  4. dequantize: int8 and E4M3 x scale, bit-exact against the host;
+//     rmsnorm_quant and swiglu_quant (quant_act.cu): every E4M3 code and scale equal to rmsnorm /
+//     swiglu followed by quantize_act (dynamic, capped and static scales, bf16 and fp16);
 //  5. rope_kv_write into an E4M3 cache: every byte equal to e4m3(bf16 value / scale) of the same step
 //     written into a bf16 cache (the vector kernel, head_dim 128, and the scalar one, head_dim 72);
-//  6. attention (flash tiles + SIMT tokens, and SIMT only) over an E4M3 cache against the same step
+//  6. attention (flash tiles + SIMT tokens, and SIMT only; the SIMT part of head_dim 64 / 128 reads
+//     16 E4M3 elements a lane) over an E4M3 cache against the same step
 //     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
 //     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-//     native/src/cuda/{quant_gemm,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant}.cc \
+//     native/src/cuda/{quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant,settings}.cc \
 //     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
 #include <algorithm>
 #include <cmath>
@@ -153,6 +161,116 @@ void check_quantize_act() {
     }
 }
 
+// gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, bf16 and
+// fp16, the three output modes, against the double product; two runs bit-identical.
+void check_gemm_quant() {
+  struct Shape { int M, N, K; };
+  float* ws = nullptr;
+  const size_t ws_bytes = (size_t)64 << 20;
+  NS_CUDA(cudaMalloc(&ws, ws_bytes));
+  const int sms = sm_count();
+  for (WeightFormat fmt : {WeightFormat::Int8, WeightFormat::Fp8})
+    for (DType act : {DType::BF16, DType::F16})
+      for (const Shape sh : {Shape{5, 272, 256}, Shape{64, 1024, 4096}, Shape{17, 512, 11008}, Shape{130, 400, 1024}}) {
+        const int M = sh.M, N = sh.N, K = sh.K;
+        std::vector<uint8_t> q;
+        std::vector<float> s;
+        quantized(N, K, fmt, q, s);
+        std::normal_distribution<float> nd(0.f, 1.f);
+        std::vector<uint16_t> x16((size_t)M * K);
+        std::vector<float> xf((size_t)M * K);
+        for (size_t i = 0; i < x16.size(); ++i) { x16[i] = to16(act, nd(rng)); xf[i] = from16(act, x16[i]); }
+        std::vector<double> ref((size_t)M * N), mag((size_t)M * N), wd((size_t)N * K);
+        for (size_t i = 0; i < wd.size(); ++i) wd[i] = wval(fmt, q[i]);
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            double acc = 0, mg = 0;
+            const double* wr = &wd[(size_t)n * K];
+            const float* xr = &xf[(size_t)m * K];
+            for (int k = 0; k < K; ++k) { const double p = wr[k] * xr[k]; acc += p; mg += std::fabs(p); }
+            ref[(size_t)m * N + n] = acc * s[n];
+            mag[(size_t)m * N + n] = mg * s[n] + 1e-30;
+          }
+        uint8_t* dq = upload(q);
+        float* ds = upload(s);
+        uint16_t* dx = upload(x16);
+        for (GemvOut mode : {GemvOut::Act, GemvOut::F32, GemvOut::AddResidual}) {
+          const std::string name = std::string("gemm_quant ") + (fmt == WeightFormat::Int8 ? "int8 " : "fp8 W8A16 ") + dn(act) + " M" +
+                                   std::to_string(M) + " N" + std::to_string(N) + " K" + std::to_string(K) +
+                                   (mode == GemvOut::Act ? " act" : mode == GemvOut::F32 ? " f32" : " add");
+          std::vector<float> base((size_t)M * N, 0.25f);
+          std::vector<float> got[2];
+          for (int rep = 0; rep < 2; ++rep) {
+            float* dy = upload(base);
+            const bool ok = gemm_quant(act, fmt == WeightFormat::Int8 ? DType::I8 : DType::F8E4M3, QuantGemm{dq, ds, dx, M, N, K, dy}, mode, ws,
+                                       ws_bytes, sms, 0);
+            if (ok && mode == GemvOut::Act) {
+              const auto y = download(reinterpret_cast<uint16_t*>(dy), (size_t)M * N);
+              for (auto b : y) got[rep].push_back(from16(act, b));
+            } else if (ok) {
+              got[rep] = download(dy, (size_t)M * N);
+            }
+            cudaFree(dy);
+          }
+          if (got[0].size() != (size_t)M * N || got[1].size() != got[0].size()) { note(name + " (refused)", 1, 0); continue; }
+          double err = 0, differ = 0;
+          for (size_t i = 0; i < got[0].size(); ++i) {
+            err = std::max(err, std::fabs(got[0][i] - (mode == GemvOut::AddResidual ? 0.25 : 0.0) - ref[i]) / mag[i]);
+            differ += got[0][i] != got[1][i];
+          }
+          note(name, err, mode == GemvOut::Act ? (act == DType::BF16 ? 8e-3 : 2e-3) : 1e-5);
+          note(name + " (elements differing between two runs)", differ, 0);
+        }
+        cudaFree(dq); cudaFree(ds); cudaFree(dx);
+      }
+  cudaFree(ws);
+}
+
+void check_fused_input_quant() {
+  for (DType act : {DType::BF16, DType::F16})
+    for (int variant = 0; variant < 3; ++variant)  // dynamic, dynamic with an amax cap, static
+      for (int R : {5, 64}) {
+        const int H = 4096, I = 11008;
+        std::normal_distribution<float> nd(0.f, 1.f);
+        std::vector<float> x((size_t)R * H), w(H);
+        for (auto& v : x) v = 3.f * nd(rng);
+        for (auto& v : w) v = 1.f + 0.1f * nd(rng);
+        std::vector<uint16_t> gu((size_t)R * 2 * I);
+        for (auto& v : gu) v = to16(act, 2.f * nd(rng));
+        const std::vector<float> st = {0.05f};
+        float* dst = upload(st);
+        const float* stat = variant == 2 ? dst : nullptr;
+        const float ub = variant == 1 ? 4.f : 0.f;
+        float *dx = upload(x), *dw = upload(w);
+        uint16_t* dgu = upload(gu);
+        const size_t width = std::max(H, I);
+        void *y16, *qa, *qb;
+        float *sa, *sb;
+        NS_CUDA(cudaMalloc(&y16, 2 * R * width)); NS_CUDA(cudaMalloc(&qa, R * width)); NS_CUDA(cudaMalloc(&qb, R * width));
+        NS_CUDA(cudaMalloc(&sa, 4 * R)); NS_CUDA(cudaMalloc(&sb, 4 * R));
+        for (int which = 0; which < 2; ++which) {  // rmsnorm, swiglu
+          const int K = which == 0 ? H : I;
+          bool ran;
+          if (which == 0) {
+            rmsnorm(act, dx, nullptr, R, H, dw, 1e-5f, y16, 0);
+            ran = rmsnorm_quant(act, dx, R, H, dw, 1e-5f, stat, ub, qb, sb, 0);
+          } else {
+            swiglu(act, dgu, R, I, y16, 0);
+            ran = swiglu_quant(act, dgu, R, I, stat, ub, qb, sb, 0);
+          }
+          quantize_act(act, y16, R, K, stat, ub, qa, sa, 0);
+          const auto ha = download(static_cast<uint8_t*>(qa), (size_t)R * K), hb = download(static_cast<uint8_t*>(qb), (size_t)R * K);
+          const auto ssa = download(sa, R), ssb = download(sb, R);
+          double bad = ran ? 0 : 1;
+          for (size_t i = 0; i < ha.size(); ++i) bad += ha[i] != hb[i];
+          for (int r = 0; r < R; ++r) bad += ssa[r] != ssb[r];
+          note(std::string(which == 0 ? "rmsnorm_quant " : "swiglu_quant ") + dn(act) + (variant == 0 ? " dynamic" : variant == 1 ? " amax cap" : " static") +
+                   " R" + std::to_string(R) + " (codes and scales differing from the unfused kernels)", bad, 0);
+        }
+        cudaFree(dst); cudaFree(dx); cudaFree(dw); cudaFree(dgu); cudaFree(y16); cudaFree(qa); cudaFree(qb); cudaFree(sa); cudaFree(sb);
+      }
+}
+
 void check_fp8_gemm() {
   std::string why;
   auto lt = LtGemm::create(0, &why);
@@ -205,6 +323,89 @@ void check_fp8_gemm() {
       }
       cudaFree(dw); cudaFree(dx); cudaFree(dws); cudaFree(dxs); cudaFree(acc);
     }
+}
+
+// The product of E4M3 rows x (scales xs) and E4M3 weights w (scales ws): y[m, n] in double, and
+// sum |w x| for the relative error.
+void e4m3_product(const std::vector<uint8_t>& w, const std::vector<float>& ws, const std::vector<uint8_t>& x,
+                  const std::vector<float>& xs, int M, int N, int K, std::vector<double>& ref, std::vector<double>& mag) {
+  ref.assign((size_t)M * N, 0);
+  mag.assign((size_t)M * N, 1e-30);
+  std::vector<float> wf(w.size()), xf((size_t)M * K);
+  for (size_t i = 0; i < w.size(); ++i) wf[i] = quant::e4m3_to_f32(w[i]);
+  for (size_t i = 0; i < xf.size(); ++i) xf[i] = quant::e4m3_to_f32(x[i]);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double a = 0, g = 0;
+      for (int k = 0; k < K; ++k) {
+        const double p = (double)wf[(size_t)n * K + k] * xf[(size_t)m * K + k];
+        a += p;
+        g += std::fabs(p);
+      }
+      ref[(size_t)m * N + n] = a * ws[n] * xs[m];
+      mag[(size_t)m * N + n] += g * ws[n] * xs[m];
+    }
+}
+
+void check_fp8_scaled_gemm() {
+  std::string why;
+  auto lt = LtGemm::create(0, &why);
+  if (!lt) { note("cuBLASLt for the scaled E4M3 GEMM: " + why, 1, 0); return; }
+  for (int N : {512, 2048})
+    for (int M : {5, 64, 300}) {
+      const int K = 1024;
+      std::vector<uint8_t> w, w2;
+      std::vector<float> ws, ws2;
+      quantized(N, K, WeightFormat::Fp8, w, ws);
+      quantized(N, K, WeightFormat::Fp8, w2, ws2);  // a second matrix of the shape for tune_fp8
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<uint8_t> x((size_t)M * K);
+      std::vector<float> xs(M);
+      for (int r = 0; r < M; ++r) {
+        xs[r] = 0.01f * (1 + r % 7);
+        for (int k = 0; k < K; ++k) x[(size_t)r * K + k] = quant::f32_to_e4m3(nd(rng) / 0.3f);
+      }
+      std::vector<double> ref, mag;
+      e4m3_product(w, ws, x, xs, M, N, K, ref, mag);
+      uint8_t* dw = upload(w);
+      uint8_t* dw2 = upload(w2);
+      uint8_t* dx = upload(x);
+      float* dws = upload(ws);
+      float* dxs = upload(xs);
+      // bf16 out, f32 out, f32 accumulated onto 0.25 (the residual stream); M = 64 planned by tune_fp8 first.
+      for (int mode = 0; mode < 3; ++mode) {
+        const LtGemm::Fp8 shape{M, N, K, mode == 0 ? CUDA_R_16BF : CUDA_R_32F, mode == 2};
+        const size_t guard = 4096;  // floats past y's M rows that must stay untouched
+        std::vector<float> base((size_t)M * N + guard, 0.25f);
+        float* dy = upload(base);
+        if (M == 64) lt->tune_fp8(shape, {dw2, dw}, dws, dx, dxs, dy);
+        NS_CUDA(cudaMemcpy(dy, base.data(), base.size() * 4, cudaMemcpyHostToDevice));
+        why.clear();
+        const std::string what = "cuBLASLt E4M3 GEMM scaled in cuBLASLt M" + std::to_string(M) + " N" + std::to_string(N) +
+                                 (mode == 0 ? " bf16" : mode == 1 ? " f32" : " f32 accumulated") + (M == 64 ? " (tuned)" : "");
+        if (!lt->fp8_scaled(shape, dw, dws, dx, dxs, dy, &why)) {
+          note(what + (why.empty() ? ": no algorithm" : ": " + why), 1, 0);
+          cudaFree(dy);
+          continue;
+        }
+        const auto yf32 = download(dy, base.size());
+        double err = 0, past = 0;
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < N; ++n) {
+            const size_t i = (size_t)m * N + n;
+            const double got = mode == 0 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(yf32.data())[i]) : yf32[i] - (mode == 2 ? 0.25 : 0);
+            err = std::max(err, std::fabs(got - ref[i]) / mag[i]);
+          }
+        const size_t end = mode == 0 ? (size_t)M * N / 2 : (size_t)M * N;  // bf16 fills the first half of the floats (M N even)
+        for (size_t i = end; i < base.size(); ++i) past += yf32[i] != 0.25f;
+        // f32 accumulation of E4M3 products (with Hopper's periodic promotion), then one rounding.
+        note(what, err, mode == 0 ? 8e-3 : 1e-4);
+        note(what + " (floats written past y)", past, 0);
+        cudaFree(dy);
+      }
+      cudaFree(dw); cudaFree(dw2); cudaFree(dx); cudaFree(dws); cudaFree(dxs);
+    }
+  std::fprintf(stderr, "%s\n", lt->fp8_summary().c_str());
 }
 
 void check_dequantize() {
@@ -362,7 +563,10 @@ int main() {
   std::fprintf(stderr, "%s, compute capability %d.%d\n", p.name, p.major, p.minor);
   check_dequantize();
   check_gemv();
+  check_gemm_quant();
   check_quantize_act();
+  check_fused_input_quant();
+  check_fp8_scaled_gemm();
   check_fp8_gemm();
   check_rope_kv();
   check_attention();

@@ -144,6 +144,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   warm_gemms_ = set.cuda_warmup;
   if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
   max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
+  quant_ab_ = set.cuda_quant_ab;
   if (family_) {  // the family forward runs its own kernels; its decode graphs are captured on first use
     use_flash_ = warm_gemms_ = false;
   }
@@ -191,7 +192,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (fp8) {
     fp8_lt_ = LtGemm::create(stream_, &why);
     if (!fp8_lt_) throw std::runtime_error("cuda: fp8 weights run their GEMMs through cuBLASLt, which could not be loaded: " + why);
-    acc_.reserve(64u << 20);  // f32 results of E4M3 GEMMs, a chunk of rows at a time (matmul_fp8)
+    acc_.reserve(64u << 20);  // f32 results of E4M3 GEMMs without cuBLASLt's scaling, a chunk of rows at a time (matmul_fp8)
   }
 
   const size_t es = dtype_size(act_), ws = dtype_size(wdt_), H = c.hidden;
@@ -628,12 +629,13 @@ void CudaBackend::warm_gemms() {
   // Each shape once: tuned (which runs it too) at the row counts the decode graphs use (every row
   // count without graphs), else just run.
   bool tune = false;
-  // Quantized matrices are run as the step runs them (their own kernels, cuBLASLt's E4M3 plans made
-  // on first use): nothing to tune, but their kernels load and their plans exist before any capture.
-  // Only at the graph buckets' row counts: a weight-only product of more rows dequantizes its whole
-  // matrix, 250 row counts of that would take seconds.
+  // Quantized matrices are run as the step runs them (their own kernels), so their kernels load and
+  // their plans exist before any capture; the E4M3 GEMMs' cuBLASLt algorithms are measured first
+  // (matmul_fp8's scaled GEMMs). Only at the graph buckets' row counts: a weight-only product of
+  // more rows dequantizes its whole matrix, 250 row counts of that would take seconds.
   auto each = [&](const std::vector<const void*>& ws, const Weight& w, const void* x, int m, int N, int K, void* y, Out out) {
     if (w.dt != act_ && use_graphs_ && graph_bucket(m) != m) return;
+    if (w.dt == DType::F8E4M3 && cfg_.fp8_activations) tune_fp8(ws, w, x, m, N, K, y, out);
     if (tune && w.dt == act_) tune_gemm(ws, x, m, N, K, y, out);
     else matmul(x, w, m, N, K, y, out);
   };
@@ -708,7 +710,12 @@ void CudaBackend::matmul(const void* x, const Weight& wt, int M, int N, int K, v
   // SwiGLU as its own pass: fusing it into the down GEMV measured slower (1.6 vs 2.3 TB/s on an
   // H100: every warp recomputes silu over its slice of the gate|up row).
   if (swiglu_in) {
-    swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
+    if (fp8_input_fused(wt, M) &&
+        swiglu_quant(act_, x, M, K, wt.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_)) {
+      xq_of_ = act_mlp_.ptr;  // matmul_fp8 takes the E4M3 rows of what swiglu would have written
+    } else {
+      swiglu(act_, x, M, K, act_mlp_.ptr, stream_);
+    }
     x = act_mlp_.ptr;
   }
   if (wt.dt == DType::I8 || (wt.dt == DType::F8E4M3 && !cfg_.fp8_activations)) return matmul_weight_only(x, wt, M, N, K, y, mode);
@@ -780,7 +787,7 @@ std::string CudaBackend::describe() const {
     << (family_ ? ", family forward" : "")
     << (wdt_ != act_ && cfg_.num_experts > 0 ? std::string(", experts dequantized to ") + (act_ == DType::BF16 ? "bf16" : "fp16") : std::string())
     << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) + " of " + std::to_string(cfg_.num_experts) + " (device routing)" : std::string())
-    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")
+    << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (fp8_lt_ ? ", " + fp8_lt_->fp8_summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")
     << (round_mask() ? ", HF rounding mask " + std::to_string(round_mask()) : std::string());
   return s.str();
 }

@@ -152,6 +152,14 @@ class CudaBackend final : public Backend {
   // inputs (W8A16), E4M3 weights and inputs (W8A8).
   void matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
   void matmul_fp8(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);
+  // W8A8 products of M rows whose input rows are quantized by their producer (rmsnorm_quant,
+  // swiglu_quant) rather than by quantize_act: matmul_fp8's cuBLASLt path.
+  bool fp8_input_fused(const Weight& w, int M) const;
+  // The RMSNorm of T rows of the residual stream as the input of `next` (xb_), or, where
+  // fp8_input_fused, straight into its E4M3 rows (xq_ / xs_; xq_of_ = xb_: matmul_fp8 takes them).
+  void norm_into_input(const float* res, int T, const float* norm_w, const Weight& next);
+  // Measures cuBLASLt's scaled E4M3 GEMMs for matmul_fp8's shape (warm_gemms: inputs of zeros).
+  void tune_fp8(const std::vector<const void*>& weights, const Weight& w, const void* x, int M, int N, int K, void* y, Out mode);
   // A layer's matrix as matmul takes it (the LM head: head_weight()).
   Weight weight(const DeviceBuffer& w, const DeviceBuffer& scale, const DeviceBuffer& in_scale, int which) const;
   Weight head_weight() const;
@@ -183,6 +191,10 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
+  int quant_ab_ = 0;        // NODESPEED_CUDA_QUANT_AB
+  // The activation rows whose E4M3 form xq_ / xs_ already hold (set by their producer, taken by
+  // the next matmul_fp8, which quantizes x itself when x is anything else).
+  const void* xq_of_ = nullptr;
   std::unique_ptr<LtGemm> lt_;  // decode GEMMs with measured cuBLASLt algorithms (lt_gemm.h); NODESPEED_CUDA_LT=0: none
   // Tunes lt_ for one decode GEMM shape on `weights` (the same matrix of several layers).
   void tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode);

@@ -250,8 +250,9 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
   bool normed = false;  // xb_ already holds this layer's input norm (fused into the last all-reduce)
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    if (!normed) rmsnorm(act_, res, nullptr, T, c.hidden, L.in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, weight(L.qkv, L.qkv_s, L.in_s, 0), T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    const Weight qkv = weight(L.qkv, L.qkv_s, L.in_s, 0);
+    if (!normed) norm_into_input(res, T, L.in_norm.as<float>(), qkv);
+    matmul(xb_.ptr, qkv, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
     rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
                   d + p.pos, d + p.slot, inv_freq_.as<float>(), kv, c.kv_block_size, st);
@@ -260,9 +261,10 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
                p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP),
                kv_fp8_, k_scale_[l], v_scale_[l]};
     attention(act_, a, st);
+    const Weight gate_up = weight(L.gate_up, L.gate_up_s, L.in_s, 2);
     if (!row_parallel_into_residual(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, qd, false, L.post_norm.as<float>()))
-      rmsnorm(act_, res, nullptr, T, c.hidden, L.post_norm.as<float>(), c.rms_eps, xb_.ptr, st);
-    matmul(xb_.ptr, weight(L.gate_up, L.gate_up_s, L.in_s, 2), T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+      norm_into_input(res, T, L.post_norm.as<float>(), gate_up);
+    matmul(xb_.ptr, gate_up, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     const float* next_norm = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
     normed = row_parallel_into_residual(gu_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, c.intermediate, /*swiglu_in=*/true, next_norm);
   }

@@ -101,9 +101,27 @@ struct QuantGemv {
   const void* w; const float* wscale; const void* x; int R, N, K; void* y;
 };
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
+// gemm_quant: the weight-only products for more rows than a GEMV's, on tensor cores (quant_mma.cu;
+// blocks of 64 rows x 128 weight rows, split over K to fill the GPU): y[m, n] = wscale[n] *
+// sum_k x[m, k] * W[n, k], x in the activation dtype, int8 / E4M3 weights widened to it in
+// registers. The products accumulate in f32 into ws (f32 [splits, M, N]); a second kernel sums the
+// splits in a fixed order (deterministic) and applies the scales and `mode`. false, nothing
+// enqueued, when K % 64 != 0, an operand is not 16-byte aligned or ws cannot hold M * N floats.
+struct QuantGemm {
+  const void* w; const float* wscale; const void* x; int M, N, K; void* y;
+};
+bool gemm_quant(DType act, DType wt, const QuantGemm& g, GemvOut mode, float* ws, size_t ws_bytes, int sm_count, cudaStream_t s);
 // Rows of x [M, K] (activation dtype) to E4M3 q [M, K] and scale [M]: per row s = max(amax, capped at
 // amax_ub when > 0) / 448 (at least 1 / (448 * 512)), or s = *static_scale; q = e4m3(x / s). K % 8 == 0.
 void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,
+                  cudaStream_t s);
+// The activation rows of the W8A8 GEMMs made straight into E4M3 (quant_act.cu): q and scale as
+// quantize_act would make them from rmsnorm's output (R rows of the f32 x [R, H], weight w) or from
+// swiglu's (T rows of gate|up [T, 2 I]), bit-identical, without writing the activation-dtype rows.
+// false, nothing launched, when a row does not fit one block (then rmsnorm / swiglu + quantize_act).
+bool rmsnorm_quant(DType act, const float* x, int R, int H, const float* w, float eps, const float* static_scale, float amax_ub, void* q,
+                   float* scale, cudaStream_t s);
+bool swiglu_quant(DType act, const void* gu, int T, int I, const float* static_scale, float amax_ub, void* q, float* scale,
                   cudaStream_t s);
 // y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
 // `mode` says. N % 4 == 0.

@@ -2,6 +2,7 @@
 // headers); values are those of cublasLt.h in CUDA 12/13.
 #include "cuda/lt_gemm.h"
 
+#include <cfloat>
 #include <cstdint>
 #include <mutex>
 
@@ -14,14 +15,19 @@ namespace {
 constexpr int kComputeF32 = 68;            // CUBLAS_COMPUTE_32F
 constexpr int kDescTransA = 3;             // CUBLASLT_MATMUL_DESC_TRANSA
 constexpr int kDescTransB = 4;             // CUBLASLT_MATMUL_DESC_TRANSB
+constexpr int kDescAScale = 17;            // CUBLASLT_MATMUL_DESC_A_SCALE_POINTER
+constexpr int kDescBScale = 18;            // CUBLASLT_MATMUL_DESC_B_SCALE_POINTER
+constexpr int kDescAScaleMode = 31;        // CUBLASLT_MATMUL_DESC_A_SCALE_MODE (cuBLASLt 12.9+)
+constexpr int kDescBScaleMode = 32;        // CUBLASLT_MATMUL_DESC_B_SCALE_MODE
+constexpr int32_t kScaleOuterVec = 3;      // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
 constexpr int kPrefMaxWorkspace = 1;       // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
 constexpr int32_t kOpN = 0, kOpT = 1;
 constexpr size_t kWorkspace = 32u << 20;
 constexpr int kCandidates = 8;
 
-struct Algo { uint64_t data[8]; };           // cublasLtMatmulAlgo_t
-
 }  // namespace
+
+struct LtGemm::Algo { uint64_t data[8]; };  // cublasLtMatmulAlgo_t
 
 struct LtGemm::Heuristic {                   // cublasLtMatmulHeuristicResult_t
   Algo algo;
@@ -114,6 +120,7 @@ std::unique_ptr<LtGemm> LtGemm::create(cudaStream_t stream, std::string* why) {
 LtGemm::~LtGemm() {
   plans_.clear();
   fp8_plans_.clear();
+  scaled_plans_.clear();
   if (handle_) api_->destroy(handle_);
   if (workspace_) cudaFree(workspace_);
   if (e0_) cudaEventDestroy(e0_);
@@ -122,7 +129,10 @@ LtGemm::~LtGemm() {
 
 // The plan of y[M, N] = x[M, K] · w[N, K]^T with inputs of type ab and y of type c, and cuBLASLt's
 // heuristic candidates for it (n of them; 0 when the descriptors or the query failed).
-std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab, cudaDataType c, Heuristic* res, int* n) const {
+// scaled: per-row scales of w and of x applied by cuBLASLt (outer-vector scaling: A = w^T's N
+// columns get one scale each, B = x^T's M columns one each).
+std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab, cudaDataType c, const Scales* scaled,
+                                           Heuristic* res, int* n) const {
   auto p = std::make_unique<Plan>();
   p->api = api_;
   const Api& a = *api_;
@@ -131,6 +141,10 @@ std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab,
   bool ok = a.desc_create(&p->desc, kComputeF32, CUDA_R_32F) == 0 &&
             a.desc_set(p->desc, kDescTransA, &kOpT, sizeof kOpT) == 0 && a.desc_set(p->desc, kDescTransB, &kOpN, sizeof kOpN) == 0 &&
             a.layout_create(&p->a, ab, K, N, K) == 0 && a.layout_create(&p->b, ab, K, M, K) == 0 && a.layout_create(&p->c, c, N, M, N) == 0;
+  // An older cuBLASLt rejects the attribute: no candidates, the caller takes its other path.
+  if (ok && scaled)
+    ok = a.desc_set(p->desc, kDescAScaleMode, &kScaleOuterVec, sizeof kScaleOuterVec) == 0 &&
+         a.desc_set(p->desc, kDescBScaleMode, &kScaleOuterVec, sizeof kScaleOuterVec) == 0 && set_scales(*p, *scaled);
   *n = 0;
   void* pref = nullptr;
   if (ok && a.pref_create(&pref) == 0) {
@@ -142,41 +156,51 @@ std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab,
   return p;
 }
 
+bool LtGemm::set_scales(const Plan& p, const Scales& s) const {
+  return api_->desc_set(p.desc, kDescAScale, &s.w, sizeof s.w) == 0 && api_->desc_set(p.desc, kDescBScale, &s.x, sizeof s.x) == 0;
+}
+
+// Mean time of 2 * |weights| runs of `run` (each weight copy twice, in turn), after one untimed
+// run; -1 when a run failed.
+float LtGemm::time_us(const std::vector<const void*>& weights, const std::function<bool(const void*)>& run) {
+  const int reps = 2 * static_cast<int>(weights.size());
+  if (!run(weights[0])) return -1.f;
+  cudaEventRecord(e0_, stream_);
+  for (int r = 0; r < reps; ++r)
+    if (!run(weights[r % weights.size()])) return -1.f;
+  cudaEventRecord(e1_, stream_);
+  if (cudaEventSynchronize(e1_) != cudaSuccess) { cudaGetLastError(); return -1.f; }
+  float ms = 0.f;
+  cudaEventElapsedTime(&ms, e0_, e1_);
+  return 1000.f * ms / reps;
+}
+
+// The fastest of the heuristic candidates `res[0..n)` on `weights` (run(w, algo)), against a
+// baseline time (`best`, in µs; FLT_MAX: none) that a candidate must beat by 2%; keeps it in p.
+void LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
+                  const std::function<bool(const void* w, const Algo& algo)>& run) {
+  for (int i = 0; i < n; ++i) {
+    if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
+    const float t = time_us(weights, [&](const void* w) { return run(w, res[i].algo); });
+    if (t > 0.f && t < 0.98f * best) {  // a 2% margin: ties stay with the baseline (or the earlier candidate)
+      best = t;
+      p.algo = res[i].algo;
+      p.use = true;
+    }
+  }
+}
+
 void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
                   const std::function<void(const void* w)>& baseline) {
   if (weights.empty() || plans_.count(key(s))) return;
   Heuristic res[kCandidates];
   int n = 0;
-  auto p = plan(s.M, s.N, s.K, s.ab, s.c, res, &n);
-  const Api& a = *api_;
-  // Mean time of 2 * |weights| runs (each weight copy twice, in turn), after one untimed run.
+  auto p = plan(s.M, s.N, s.K, s.ab, s.c, nullptr, res, &n);
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
-  const int reps = 2 * static_cast<int>(weights.size());
-  auto time_us = [&](const std::function<bool(const void*)>& run) -> float {
-    if (!run(weights[0])) return -1.f;
-    cudaEventRecord(e0_, stream_);
-    for (int r = 0; r < reps; ++r)
-      if (!run(weights[r % weights.size()])) return -1.f;
-    cudaEventRecord(e1_, stream_);
-    if (cudaEventSynchronize(e1_) != cudaSuccess) { cudaGetLastError(); return -1.f; }
-    float ms = 0.f;
-    cudaEventElapsedTime(&ms, e0_, e1_);
-    return 1000.f * ms / reps;
-  };
-  const float base = time_us([&](const void* w) { baseline(w); return true; });
-  float best = base;
-  for (int i = 0; i < n; ++i) {
-    if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
-    const float t = time_us([&](const void* w) {
-      return a.matmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &res[i].algo, workspace_, kWorkspace,
-                      stream_) == 0;
-    });
-    if (t > 0.f && t < 0.98f * best) {  // a 2% margin: ties stay with cublasGemmEx
-      best = t;
-      p->algo = res[i].algo;
-      p->use = true;
-    }
-  }
+  const float base = time_us(weights, [&](const void* w) { baseline(w); return true; });
+  pick(*p, res, n, base, weights, [&](const void* w, const Algo& algo) {
+    return api_->matmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &algo, workspace_, kWorkspace, stream_) == 0;
+  });
   plans_[key(s)] = std::move(p);
 }
 
@@ -188,19 +212,23 @@ bool LtGemm::run(const Shape& s, const void* w, const void* x, void* y) {
   return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, workspace_, kWorkspace, stream_) == 0;
 }
 
+// The first usable heuristic candidate (the plan of a shape nobody tuned).
+static void first_usable(LtGemm::Plan& p, const LtGemm::Heuristic* res, int n, size_t workspace) {
+  for (int i = 0; i < n && !p.use; ++i)
+    if (res[i].state == 0 && res[i].workspace_size <= workspace) {
+      p.algo = res[i].algo;
+      p.use = true;
+    }
+}
+
 bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
   auto& slot = fp8_plans_[{M, N, K}];
   const Api& a = *api_;
   if (!slot) {
     Heuristic res[kCandidates];
     int n = 0;
-    auto p = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, res, &n);
-    for (int i = 0; i < n && !p->use; ++i)
-      if (res[i].state == 0 && res[i].workspace_size <= kWorkspace) {
-        p->algo = res[i].algo;
-        p->use = true;
-      }
-    slot = std::move(p);
+    slot = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n);
+    first_usable(*slot, res, n, kWorkspace);
   }
   if (!slot->use) {
     if (why) *why = "cuBLASLt offers no E4M3 GEMM for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
@@ -214,10 +242,56 @@ bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, st
   return st == 0;
 }
 
+LtGemm::Plan* LtGemm::scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y) {
+  auto& slot = scaled_plans_[{s.M, s.N, s.K, static_cast<int>(s.c), s.accumulate}];
+  if (slot) return slot.get();
+  Heuristic res[kCandidates];
+  int n = 0;
+  slot = plan(s.M, s.N, s.K, CUDA_R_8F_E4M3, s.c, &sc, res, &n);
+  if (!tune_on) {
+    first_usable(*slot, res, n, kWorkspace);
+    return slot.get();
+  }
+  Plan& p = *slot;
+  const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
+  pick(p, res, n, FLT_MAX, *tune_on, [&](const void* w, const Algo& algo) {
+    return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, workspace_, kWorkspace, stream_) == 0;
+  });
+  return slot.get();
+}
+
+void LtGemm::tune_fp8(const Fp8& s, const std::vector<const void*>& weights, const float* wscale, const void* x, const float* xscale,
+                      void* y) {
+  if (!weights.empty()) scaled_plan(s, {wscale, xscale}, &weights, x, y);
+}
+
+bool LtGemm::fp8_scaled(const Fp8& s, const void* w, const float* wscale, const void* x, const float* xscale, void* y,
+                        std::string* why) {
+  const Scales sc{wscale, xscale};
+  Plan* p = scaled_plan(s, sc, nullptr, x, y);
+  if (!p->use) return false;
+  const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
+  // The scale pointers belong to the matrix and the step: set on the shared plan before each
+  // enqueue (cuBLASLt reads the descriptor when the call is made, graph captures included).
+  int st = set_scales(*p, sc) ? 0 : -1;
+  if (st == 0)
+    st = api_->matmul(handle_, p->desc, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &p->algo, workspace_, kWorkspace, stream_);
+  if (st != 0 && why)
+    *why = "cublasLtMatmul (E4M3 with per-row scales, M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" +
+           std::to_string(s.K) + ") failed with status " + std::to_string(st);
+  return st == 0;
+}
+
 std::string LtGemm::summary() const {
   size_t used = 0;
   for (const auto& [k, p] : plans_) used += p->use;
   return "cuBLASLt for " + std::to_string(used) + " of " + std::to_string(plans_.size()) + " tuned GEMM shapes";
+}
+
+std::string LtGemm::fp8_summary() const {
+  size_t used = 0;
+  for (const auto& [k, p] : scaled_plans_) used += p->use;
+  return "E4M3 GEMMs scaled by cuBLASLt for " + std::to_string(used) + " of " + std::to_string(scaled_plans_.size()) + " shapes";
 }
 
 }  // namespace ns::cuda

@@ -41,19 +41,49 @@ class LtGemm {
   bool run(const Shape& s, const void* w, const void* x, void* y);
   // "Lt for k of n tuned shapes" (describe()).
   std::string summary() const;
+  // "E4M3 GEMMs scaled by cuBLASLt for k of n shapes": the shapes fp8_scaled planned, and how many had an algorithm.
+  std::string fp8_summary() const;
 
-  // y[M, N] (f32) = x[M, K] · w[N, K]^T with E4M3 inputs and f32 accumulation (the W8A8 GEMMs;
-  // scales are applied afterwards). The algorithm is cuBLASLt's first heuristic choice for the
-  // shape, planned on first use (host calls only, so a CUDA graph capture may plan). false, with
-  // `why`, when this cuBLASLt / GPU has none.
+  // The W8A8 GEMM: y[M, N] = (x[M, K] · w[N, K]^T) * xscale[m] * wscale[n] (+ y when accumulate),
+  // E4M3 x and w, f32 accumulation, y of type c, the scales applied inside cuBLASLt's kernel
+  // (outer-vector scaling: cuBLASLt 12.9+ on sm_90+), so the result is written once, in its type.
+  struct Fp8 {
+    int M, N, K;
+    cudaDataType c;
+    bool accumulate;
+  };
+  // Enqueues it with the algorithm tune_fp8 measured for the shape, else cuBLASLt's first heuristic
+  // choice (planned on first use: host calls only, so a CUDA graph capture may plan). false, nothing
+  // enqueued and `why` untouched, when this cuBLASLt / GPU has no such GEMM for the shape; false
+  // with `why` when cublasLtMatmul failed.
+  bool fp8_scaled(const Fp8& s, const void* w, const float* wscale, const void* x, const float* xscale, void* y, std::string* why);
+  // Times every heuristic candidate of a shape not planned yet on `weights` (same-shaped copies with
+  // the scales `wscale`) and keeps the fastest. x, xscale and y: scratch of the right size.
+  void tune_fp8(const Fp8& s, const std::vector<const void*>& weights, const float* wscale, const void* x, const float* xscale,
+                void* y);
+
+  // y[M, N] (f32) = x[M, K] · w[N, K]^T with E4M3 inputs and f32 accumulation, the scales applied
+  // afterwards by the caller: the W8A8 GEMM where fp8_scaled has no algorithm. cuBLASLt's first
+  // heuristic choice for the shape, planned on first use. false, with `why`, when there is none.
   bool fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why);
 
   struct Api;
   struct Plan;
   struct Heuristic;
+  struct Algo;
 
  private:
-  std::unique_ptr<Plan> plan(int M, int N, int K, cudaDataType ab, cudaDataType c, Heuristic* res, int* n) const;
+  struct Scales {
+    const float* w;
+    const float* x;
+  };
+  // scaled: outer-vector scaling with these scale vectors (fp8_scaled's plans).
+  std::unique_ptr<Plan> plan(int M, int N, int K, cudaDataType ab, cudaDataType c, const Scales* scaled, Heuristic* res, int* n) const;
+  bool set_scales(const Plan& p, const Scales& s) const;
+  float time_us(const std::vector<const void*>& weights, const std::function<bool(const void*)>& run);
+  void pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
+            const std::function<bool(const void* w, const Algo& algo)>& run);
+  Plan* scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y);
   LtGemm() = default;
   using Key = std::tuple<int, int, int, int, int, bool>;
   static Key key(const Shape& s) { return {s.M, s.N, s.K, static_cast<int>(s.ab), static_cast<int>(s.c), s.accumulate}; }
@@ -64,6 +94,7 @@ class LtGemm {
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
   std::map<Key, std::unique_ptr<Plan>> plans_;  // tuned shapes; a plan without an algorithm: cublasGemmEx won
   std::map<std::tuple<int, int, int>, std::unique_ptr<Plan>> fp8_plans_;
+  std::map<std::tuple<int, int, int, int, bool>, std::unique_ptr<Plan>> scaled_plans_;
 };
 
 }  // namespace ns::cuda
