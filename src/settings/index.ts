@@ -108,7 +108,7 @@ export const REGISTRY = {
   cudaFlash: bool('NODESPEED_CUDA_FLASH', true, 'tensor-core flash attention for prefill chunks (0: the SIMT kernel for every token)', workerDebug),
   cudaFlashDecodeMin: integer('NODESPEED_CUDA_FLASH_DECODE_MIN', undefined, 'send a step\'s short sequences through flash tiles when they make >= N (sequence, head) pairs',
     { ...workerDebug, min: 1, defaultText: 'never' }),
-  cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no merge kernel)',
+  cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no split)',
     { ...workerDebug, min: 1, max: 16 }),
   cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape once at load (cuBLAS loads its kernels lazily)', workerDebug),
   cudaLt: bool('NODESPEED_CUDA_LT', true, 'decode GEMMs through cuBLASLt with algorithms measured at load (0: cublasGemmEx)', workerDebug),

@@ -687,6 +687,7 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
       }
     }
     attn_ws_.reserve(need_ws);
+    if (attn_ws_.bytes > 0) NS_CUDA(cudaMemsetAsync(attn_ws_.ptr, 0, attn_ws_.bytes, stream_));  // the split counters start at 0
     ids_.reserve(need_ids);
     ids_host_.reserve(need_ids);
   }

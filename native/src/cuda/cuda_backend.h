@@ -205,6 +205,7 @@ class CudaBackend final : public Backend {
   int rope_half_ = 0, local_half_ = 0;
   std::vector<float> inv_fixed_, local_inv_fixed_;   // step-independent RoPE types
   DeviceBuffer rope_dev_, router_dev_, route_dev_;   // per step: cos/sin tables; router logits; routing (moe_plan.h)
+  DeviceBuffer proj_done_;                           // proj_add_norm's finished-block counter (one int, 0 between launches)
   PinnedBuffer rope_host_;
   moe::Layout route_layout_{};
   DeviceBuffer ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_;
