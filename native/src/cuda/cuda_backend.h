@@ -193,6 +193,7 @@ class CudaBackend final : public Backend {
   // still sends the short sequences through flash tiles when they make >= N (tile, head) blocks.
   bool use_flash_ = true;
   int flash_decode_min_ = std::numeric_limits<int>::max();
+  bool decode_fusion_ = true;  // NODESPEED_CUDA_DECODE_FUSION: proj_add_norm and moe_router_route on decode steps
   int max_attn_splits_ = 16;  // NODESPEED_CUDA_ATTN_SPLITS_MAX (1..16): for A/B runs of the batch-1 attention
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;

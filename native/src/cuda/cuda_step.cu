@@ -35,13 +35,6 @@ struct ProfileWindow {
 
 std::string seq_name(int s) { return "cuda: seqs[" + std::to_string(s) + "]"; }
 
-// TEMPORARY A/B switch for one GPU visit (deleted with the losing path after it): 1 turns the
-// family forward's decode fusions (proj_add_norm, moe_router_route) off.
-bool decode_fusion() {
-  static const bool on = [] { const char* v = std::getenv("NODESPEED_AB_NO_DECODE_FUSION"); return !(v && v[0] == '1'); }();
-  return on;
-}
-
 }  // namespace
 
 void CudaBackend::StepPlan::layout() {
@@ -369,7 +362,7 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   int32_t* meta = route_dev_.as<int32_t>();
   float* logits = router_dev_.as<float>();
   const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
-  if (decode_fusion() && T <= moe::kRouterTokens && H % 8 == 0) {
+  if (decode_fusion_ && T <= moe::kRouterTokens && H % 8 == 0) {
     moe_router_route(act_, L.router.ptr, xb_.ptr, H, route, st);
   } else {
     matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
@@ -461,7 +454,7 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     const float* o_bias = c.o_bias ? L.o_bias.as<float>() : nullptr;
     const float* post_attn = c.sandwich_norms ? L.post_norm.as<float>() : nullptr;
     const float* pre_ff = (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>();
-    if (decode_fusion() && c.tp_size == 1 && use_gemv_ && wdt_ == act_ && proj_add_norm_fits(T, qd, H)) {  // decode: one launch
+    if (decode_fusion_ && c.tp_size == 1 && use_gemv_ && wdt_ == act_ && proj_add_norm_fits(T, qd, H)) {  // decode: one launch
       proj_add_norm(act_, L.o.ptr, attn_.ptr, qd, part, proj_done_.as<int>(), res, o_bias, post_attn, pre_ff, c.rms_eps, T, H, xb_.ptr, st);
     } else {
       matmul(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, H, qd, part, Out::F32);
