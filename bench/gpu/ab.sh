@@ -25,6 +25,7 @@
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
 #               on $MOE_MODEL (default /tmp/qwen15-moe-a2.7b: model init --arch qwen2_moe --preset a2.7b)
+#   moeab       the MoE batch-1 decode (bench/moe/run.mjs, no HF) for the default and each VAR=value of $AB_ENV
 #   failover    bench/failover on the GPUs there are (a spare and tp 2 with 2+, the respawn path with 1)
 # The 7B-shape checkpoint is $NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape), made with
 # `nodespeed model init --preset 7b` when missing. Set NODESPEED_COMMIT when the tree has no .git.
@@ -34,7 +35,7 @@ OUT=${OUT:-/tmp/nodespeed-ab}; LOGS=$OUT/logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on shared hosts
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
-[ $# -gt 0 ] || { sed -n '7,32p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,31p' "$0"; exit 2; }
 node -e "const i = require('./build/Release/nodespeed.node').info().cuda; console.log(JSON.stringify(i)); process.exit(i.available ? 0 : 1)" || exit 1
 status=0
 run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$LOGS/$name.log" | tail -c 2500; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"
@@ -109,6 +110,13 @@ for s in "$@"; do
     moe) MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}
       [ -f "$MOE_MODEL/config.json" ] || node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" >/dev/null
       run moe-decode node bench/moe/run.mjs "$MOE_MODEL" ;;
+    moeab) MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}
+      [ -f "$MOE_MODEL/config.json" ] || node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" >/dev/null
+      i=0; for v in default ${AB_ENV:-}; do i=$((i + 1)); e=; [ "$v" = default ] || e=$v
+        echo "== moe b1 $v"; env $e SKIP_HF=1 RESULTS_DIR=$OUT/moeab-$i node bench/moe/run.mjs "$MOE_MODEL" > "$LOGS/moeab-$i.log" 2>&1 || status=1
+        node -e "const r = require('$OUT/moeab-$i/' + require('fs').readdirSync('$OUT/moeab-$i')[0]).batch1;
+          console.log('$v', JSON.stringify({ msPerStep: r.msPerStep, rooflineFraction: r.rooflineFraction, datasheet: r.rooflineFractionDatasheet }))" | tee -a "$OUT/moeab.log"
+      done ;;
     failover) make_model
       if [ "$(gpus)" -ge 2 ]; then
         run failover-spare node bench/failover/run.mjs --device cuda --model "$MODEL" --replicas 1 --tp 1 --spares 1 --faults kill,stop --out "$OUT/failover-cuda-spare.json"

@@ -1,9 +1,11 @@
 // Mixture-of-experts decode on one GPU: our CUDA engine at batch 1 against its roofline (the bytes a
 // token must read: attention, router, shared expert and head weights, top_k of the experts of each
-// layer, its KV) and at batch 32 against Hugging Face transformers' eager forward on the same GPU in
-// the same run (bench/moe/hf_moe.py). The bars: batch 1 >= 60% of the roofline, batch 32 >= 3x HF.
+// layer, its KV; over the device-to-device copy bandwidth measured in this run, as bench/decode's
+// roofline, with the datasheet figure's fraction beside it) and at batch 32 against Hugging Face
+// transformers' eager forward on the same GPU in the same run (bench/moe/hf_moe.py). The bars:
+// batch 1 >= 60% of the roofline, batch 32 >= 3x HF.
 // usage: node bench/moe/run.mjs MODEL_DIR   (MODEL_DIR: `nodespeed model init --arch qwen2_moe --preset a2.7b`)
-// env: BANDWIDTH=bytes/s (default: the GPU's datasheet copy bandwidth by name), SKIP_HF=1, KV_BLOCKS (default: sized by the backend)
+// env: BANDWIDTH=bytes/s (instead of measuring it: needs python3 with torch), SKIP_HF=1, KV_BLOCKS (default: sized by the backend)
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -15,7 +17,21 @@ if (!dir) { console.error('usage: node bench/moe/run.mjs MODEL_DIR'); process.ex
 const { planShard } = await import(join(root, 'dist', 'model', 'index.js'));
 
 const name = gpuName();
-const bandwidth = Number(process.env.BANDWIDTH) || (/H200/.test(name) ? 4.8e12 : /H100/.test(name) ? 3.35e12 : /A100/.test(name) ? 2.0e12 : 0);
+const datasheetBandwidth = /H200/.test(name) ? 4.8e12 : /H100/.test(name) ? 3.35e12 : /A100/.test(name) ? 2.0e12 : 0;
+// The copy bandwidth (bytes read + written per second), measured before our engine takes the GPU's memory.
+function measuredCopy() {
+  try {
+    const out = execFileSync('python3', ['-c', 'import json, sys; sys.path.insert(0, sys.argv[1]); import hf_generate; print(json.dumps(hf_generate.copy_bandwidth()))',
+      join(root, 'bench', 'decode')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    return JSON.parse(out.trim().split('\n').pop());
+  } catch (e) {
+    console.error(`bench/moe: copy bandwidth not measured (${e.message.split('\n')[0]}); the roofline uses the datasheet figure`);
+    return null;
+  }
+}
+const copy = Number(process.env.BANDWIDTH) ? null : measuredCopy();
+const bandwidth = Number(process.env.BANDWIDTH) || copy?.bytes_per_s || datasheetBandwidth;
+const bandwidthSource = Number(process.env.BANDWIDTH) ? 'BANDWIDTH' : copy ? 'measured device-to-device copy' : 'datasheet';
 
 const { engine, cfg, kvBlocks, blockSize, loadSeconds } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: Number(process.env.KV_BLOCKS) || 0 });
 const moe = cfg.moe;
@@ -60,8 +76,9 @@ if (!process.env.SKIP_HF) {
 }
 const result = {
   model: dir, config: { numExperts: moe.numExperts, topK: moe.topK, layers: cfg.numLayers, hidden: cfg.hiddenSize },
-  loadSeconds, bandwidth, bytesPerTokenBatch1: bytesPerToken,
-  batch1: { ...b1, rooflineMs, rooflineFraction: rooflineMs ? rooflineMs / b1.msPerStep : null, bar: 0.6 },
+  loadSeconds, bandwidth, bandwidthSource, copyBandwidth: copy, datasheetBandwidth, bytesPerTokenBatch1: bytesPerToken,
+  batch1: { ...b1, rooflineMs, rooflineFraction: rooflineMs ? rooflineMs / b1.msPerStep : null,
+    rooflineFractionDatasheet: datasheetBandwidth ? (bytesPerToken / datasheetBandwidth) * 1000 / b1.msPerStep : null, bar: 0.6 },
   batch32: { ...b32, hfEager: hf, ratioVsHf: hf ? b32.tokPerS / hf.decode_tok_s : null, bar: 3 },
 };
 result.pass = (result.batch1.rooflineFraction ?? 0) >= 0.6 && (result.batch32.ratioVsHf ?? 0) >= 3;

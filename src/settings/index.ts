@@ -108,8 +108,9 @@ export const REGISTRY = {
   cudaFlash: bool('NODESPEED_CUDA_FLASH', true, 'tensor-core flash attention for prefill chunks (0: the SIMT kernel for every token)', workerDebug),
   cudaFlashDecodeMin: integer('NODESPEED_CUDA_FLASH_DECODE_MIN', undefined, 'send a step\'s short sequences through flash tiles when they make >= N (sequence, head) pairs',
     { ...workerDebug, min: 1, defaultText: 'never' }),
-  cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no merge kernel)',
+  cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no split)',
     { ...workerDebug, min: 1, max: 16 }),
+  cudaDecodeFusion: bool('NODESPEED_CUDA_DECODE_FUSION', true, 'family-forward decode steps end the output projection in its add_norm and the MoE router GEMV in its top-k (0: separate launches)', workerDebug),
   cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape once at load (cuBLAS loads its kernels lazily)', workerDebug),
   cudaLt: bool('NODESPEED_CUDA_LT', true, 'decode GEMMs through cuBLASLt with algorithms measured at load (0: cublasGemmEx)', workerDebug),
   cudaQuantAb: integer('NODESPEED_CUDA_QUANT_AB', 0, 'A/B of the quantized CUDA paths, mask of 1 fp8 GEMMs of > 4 rows with f32 results and a scale kernel, ' +
@@ -288,6 +289,7 @@ export interface NativeSettings {
   cudaFlash: boolean;
   cudaFlashDecodeMin: number;
   cudaAttnSplitsMax: number;
+  cudaDecodeFusion: boolean;
   cudaWarmup: boolean;
   cudaLt: boolean;
   cudaQuantAb: number;
@@ -300,8 +302,8 @@ export function nativeSettings(s: Settings = settings()): NativeSettings {
     ncclPath: s.ncclPath ?? '', cublasPath: s.cublasPath ?? '', cublasLtPath: s.cublasLtPath ?? '',
     p2p: s.p2p, p2pNorm: s.p2pNorm, p2pTimeoutS: s.p2pTimeoutS,
     cudaRound: s.cudaRound, cudaGemv: s.cudaGemv, cudaGraphs: s.cudaGraphs, cudaGraphMax: s.cudaGraphMax, cudaFlash: s.cudaFlash,
-    cudaFlashDecodeMin: s.cudaFlashDecodeMin ?? 0, cudaAttnSplitsMax: s.cudaAttnSplitsMax, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt,
-    cudaQuantAb: s.cudaQuantAb,
+    cudaFlashDecodeMin: s.cudaFlashDecodeMin ?? 0, cudaAttnSplitsMax: s.cudaAttnSplitsMax,
+    cudaDecodeFusion: s.cudaDecodeFusion, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt, cudaQuantAb: s.cudaQuantAb,
     cudaProfileStep: s.cudaProfileStep ?? -1,
   };
 }

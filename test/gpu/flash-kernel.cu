@@ -104,7 +104,9 @@ void build(const Case& c, uint32_t seed, Built& b) {
   a.n_splits = a.n_simt > 0 ? splits_for(a.n_simt, c.nh) : 1;
   const int max_splits = splits_for(1, c.nh);  // enough workspace for the SIMT-only run too
   float* ws = nullptr;
-  NS_CUDA(cudaMalloc(&ws, (size_t)std::max(max_splits, 1) * b.T * c.nh * (c.hd + 2) * 4));
+  const size_t ws_bytes = attention_ws_floats(std::max(max_splits, 2), b.T, c.nh, c.hd) * 4;
+  NS_CUDA(cudaMalloc(&ws, ws_bytes));
+  NS_CUDA(cudaMemset(ws, 0, ws_bytes));
   a.ws = keep(ws);
   a.simt_tokens = keep(upload(simt));
   a.tiles = keep(upload(tiles));

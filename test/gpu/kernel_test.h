@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cuda/cuda_common.h"
+#include "cuda/kernels.h"
 
 namespace ns::cuda {
 bool pdl_enabled() { return false; }
@@ -41,7 +42,7 @@ inline int sm_count() {
 // CudaBackend::attention_splits: enough (token, head, split) blocks to fill the GPU twice, at most 16.
 inline int splits_for(int tokens, int nh) {
   const int base = tokens * nh, sms = sm_count();
-  return base >= 2 * sms ? 1 : std::min(16, (2 * sms + base - 1) / base);
+  return base >= 2 * sms || base > kAttnSplitCounters ? 1 : std::min(16, (2 * sms + base - 1) / base);
 }
 
 }  // namespace ns::cuda::test

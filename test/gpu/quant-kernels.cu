@@ -524,7 +524,8 @@ void check_attention() {
       NS_CUDA(cudaMalloc(&out, (size_t)2 * st.T * nh * hd));
       a.out = out;
       float* ws = nullptr;
-      NS_CUDA(cudaMalloc(&ws, (size_t)16 * st.T * nh * (hd + 2) * 4));
+      NS_CUDA(cudaMalloc(&ws, attention_ws_floats(16, st.T, nh, hd) * 4));
+      NS_CUDA(cudaMemset(ws, 0, attention_ws_floats(16, st.T, nh, hd) * 4));
       a.ws = ws;
       a.round_p = false;
       void *dk16 = upload(k16), *dv16 = upload(v16), *dk8 = upload(k8), *dv8 = upload(v8);

@@ -3,8 +3,9 @@
 // tokens of the step). Grid (q head, listed token, split): each block handles 1/n_splits of the
 // key positions of one (token, head) with an online softmax (running max, sum, weighted V sum) per
 // lane group, merged through shuffles and shared memory. With several splits (flash-decoding, for
-// long contexts and small batches), partial (max, sum, acc) go to a workspace and a second kernel
-// merges them.
+// long contexts and small batches), partial (max, sum, acc) go to a workspace and the last split
+// block of each (token, head) to finish, counted by an atomic in the workspace, merges them: no
+// second kernel (its launch and drain cost every layer of a batch-1 decode step a few us).
 // Two kernels: attn_vec_kernel for head_dim 64/128/256 (16-byte loads, several keys in flight per
 // lane: a batch-64 decode step is bound by reading K and V), and attn_kernel, the per-key warp
 // loop, for other head dims. For 64/128/256 the vectorised one reads K/V of a 64-decode layer at
@@ -23,6 +24,7 @@
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
+#include "cuda/last_block.h"
 #include "cuda/quant.h"
 
 namespace ns::cuda {
@@ -31,9 +33,37 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
 
+// The split partials of (row, h), merged into the output row of token t: out = sum_s acc_s e^(M_s - M)
+// / sum_s L_s e^(M_s - M). Loads bypass L1 (__ldcg): other blocks wrote the partials during this
+// kernel, and this SM's L1 may hold the same addresses from an earlier layer's launch.
+template <typename T>
+__device__ void merge_splits(const AttnArgs& a, int t, int row, int h, int hd) {
+  const size_t th = (size_t)t * a.nh + h;
+  const size_t split_stride = (size_t)a.n_simt * a.nh * (hd + 2);
+  const float* ws = attn_partials(a.ws) + ((size_t)row * a.nh + h) * (hd + 2);
+  float M = -FLT_MAX;
+  for (int s = 0; s < a.n_splits; ++s)
+    if (__ldcg(ws + s * split_stride + 1) > 0.f) M = fmaxf(M, __ldcg(ws + s * split_stride));
+  float L = 0.f;
+  for (int s = 0; s < a.n_splits; ++s) {
+    const float* p = ws + s * split_stride;
+    const float l = __ldcg(p + 1);
+    if (l > 0.f) L += l * __expf(__ldcg(p) - M);
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < a.n_splits; ++s) {
+      const float* p = ws + s * split_stride;
+      if (__ldcg(p + 1) > 0.f) o += __ldcg(p + 2 + d) * __expf(__ldcg(p) - M);
+    }
+    static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
+  }
+}
+
 // The block's result from its NW warps' online-softmax states in shared memory (max sm[w], sum
 // sl[w], weighted V sums sacc[w * stride + d]): the output row of (token t, head h), or with several
-// splits the partial (M, L, acc) in the workspace for the merge kernel.
+// splits the partial (M, L, acc) in the workspace, and the pair's last block to finish merges them
+// (last_block.h).
 template <typename T, int NW>
 __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int row, int h, int split, int hd,
                                                    const float* sm, const float* sl, const float* sacc, int stride) {
@@ -51,11 +81,14 @@ __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int
     if (a.n_splits == 1) {
       static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
     } else {
-      float* ws = a.ws + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
+      float* ws = attn_partials(a.ws) + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
       ws[2 + d] = o;
       if (d == 0) { ws[0] = M; ws[1] = L; }
     }
   }
+  if (a.n_splits == 1) return;
+  if (!last_arrival(attn_split_counters(a.ws) + (size_t)row * a.nh + h, a.n_splits)) return;
+  merge_splits<T>(a, t, row, h, hd);
 }
 
 template <typename T, int EPL, bool KV8>
@@ -230,36 +263,6 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
 }
 
-template <typename T>
-__global__ void attn_merge_kernel(AttnArgs a) {
-  grid_dependency_wait();
-  const int h = blockIdx.x, row = blockIdx.y, hd = a.hd;
-  const int t = a.simt_tokens ? a.simt_tokens[row] : row;
-  const size_t th = (size_t)t * a.nh + h;
-  const size_t split_stride = (size_t)a.n_simt * a.nh * (hd + 2);
-  const float* ws = a.ws + ((size_t)row * a.nh + h) * (hd + 2);
-  float M = -FLT_MAX;
-  for (int s = 0; s < a.n_splits; ++s) if (ws[s * split_stride + 1] > 0.f) M = fmaxf(M, ws[s * split_stride]);
-  float L = 0.f;
-  for (int s = 0; s < a.n_splits; ++s) {
-    const float* p = ws + s * split_stride;
-    if (p[1] > 0.f) L += p[1] * __expf(p[0] - M);
-  }
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float o = 0.f;
-    for (int s = 0; s < a.n_splits; ++s) {
-      const float* p = ws + s * split_stride;
-      if (p[1] > 0.f) o += p[2 + d] * __expf(p[0] - M);
-    }
-    static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
-  }
-}
-
-template <typename T>
-void launch_merge(const AttnArgs& a, cudaStream_t s) {
-  if (a.n_splits > 1) launch("attention merge", attn_merge_kernel<T>, dim3(a.nh, a.n_simt), dim3(128), s, a);
-}
-
 float score_scale(const AttnArgs& a) { return a.scale > 0.f ? a.scale : rsqrtf(static_cast<float>(a.hd)); }
 
 template <typename T, int EPL>
@@ -267,7 +270,6 @@ void launch(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
   if (a.kv_fp8) launch("attention", attn_kernel<T, EPL, true>, grid, dim3(kWarps * 32), s, a, score_scale(a));
   else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, score_scale(a));
-  launch_merge<T>(a, s);
 }
 
 template <typename T, int HD>
@@ -278,7 +280,6 @@ void launch_vec(const AttnArgs& a, cudaStream_t s) {
   if (a.kv_fp8 && !narrow) launch("attention", attn_vec_kernel<T, HD, true, true>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
   else if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
   else launch("attention", attn_vec_kernel<T, HD, false, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
-  launch_merge<T>(a, s);
 }
 
 
@@ -293,6 +294,9 @@ void attention(DType act, const AttnArgs& a, cudaStream_t s) {
     throw std::runtime_error("cuda: the flash prefill tiles have no soft-capping or sliding window");
   attention_flash(act, a, s);  // the prefill tiles, if any; the SIMT kernel takes the rest
   if (a.n_simt == 0) return;
+  if (a.n_splits > 1 && (int64_t)a.n_simt * a.nh > kAttnSplitCounters)
+    throw std::runtime_error("cuda: attention splits " + std::to_string(a.n_simt * a.nh) + " (token, head) pairs, the workspace counts " +
+                             std::to_string(kAttnSplitCounters));
   const int epl = (a.hd + 31) / 32;
   NS_DISPATCH_ACT(act, E, {
     if (a.hd == 128) launch_vec<E, 128>(a, s);

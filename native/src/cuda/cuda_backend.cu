@@ -145,6 +145,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
   max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
   quant_ab_ = set.cuda_quant_ab;
+  decode_fusion_ = set.cuda_decode_fusion;
   if (family_) {  // the family forward runs its own kernels; its decode graphs are captured on first use
     use_flash_ = warm_gemms_ = false;
   }
@@ -689,6 +690,7 @@ void CudaBackend::ensure_activations(int T, int R, int n_sample, int attn_ws_flo
       }
     }
     attn_ws_.reserve(need_ws);
+    if (attn_ws_.bytes > 0) NS_CUDA(cudaMemsetAsync(attn_ws_.ptr, 0, attn_ws_.bytes, stream_));  // the split counters start at 0
     ids_.reserve(need_ids);
     ids_host_.reserve(need_ids);
   }

@@ -111,7 +111,7 @@ void CudaBackend::capture_decode_graphs() {
       }
       const StepPlan p = plan_step(in);
       if (p.bucket != b) continue;  // not graphable (GEMV off at <= 4, a TP comm without P2P, ...)
-      ensure_activations(p.T, std::max(p.R, 1), p.NS, p.splits > 1 ? p.splits * p.n_simt * c.n_heads * (c.head_dim + 2) : 0);
+      ensure_activations(p.T, std::max(p.R, 1), p.NS, attention_ws_floats(p.splits, p.n_simt, c.n_heads, c.head_dim));
       pack(in, p);
       const DecodeGraph& g = graphs_[b];
       if (g.exec && g.epoch == epoch_) continue;

@@ -48,9 +48,9 @@ void rope_kv_write(DType act, void* qkv, const void* bias, int T, int nh, int nk
 //    (attention_prefill.cu; head_dim 64 or 128);
 //  - n_simt tokens (`simt_tokens`, or tokens 0..T-1 when it is null and n_simt == T) through the
 //    SIMT kernel (attention.cu): each token's keys are split evenly over n_splits blocks
-//    (flash-decoding) and merged when n_splits > 1 (the split count depends only on the token
-//    count, so a captured CUDA graph stays valid as contexts grow); `ws` holds
-//    n_splits * n_simt * nh * (hd + 2) floats.
+//    (flash-decoding) and merged by the last of them when n_splits > 1 (the split count depends
+//    only on the token count, so a captured CUDA graph stays valid as contexts grow); `ws` holds
+//    attention_ws_floats() words, zeroed once before its first use.
 struct AttnArgs {
   const void* qkv; int T, nh, nkv, hd;
   const int32_t* tok_pos; const int32_t* tok_seq; const int32_t* seq_bt_off; const int32_t* block_tables;
@@ -67,6 +67,15 @@ struct AttnArgs {
   int window = 0;       // keys (pos - window, pos] of each token (0: [0, pos])
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
+// The SIMT kernel's workspace with n_splits > 1: kAttnSplitCounters ints, one per (listed token,
+// head) pair, counting its finished splits (zero before a launch; the kernel leaves them zero),
+// then the splits' partial (max, sum, acc[hd]) rows. Its size in 4-byte words (0: no split).
+constexpr int kAttnSplitCounters = 1024;
+inline size_t attention_ws_floats(int n_splits, int n_simt, int nh, int hd) {
+  return n_splits > 1 ? kAttnSplitCounters + (size_t)n_splits * n_simt * nh * (hd + 2) : 0;
+}
+__host__ __device__ inline int* attn_split_counters(float* ws) { return reinterpret_cast<int*>(ws); }
+__host__ __device__ inline float* attn_partials(float* ws) { return ws + kAttnSplitCounters; }
 
 // The flash prefill kernel: query tiles of kFlashTileQ tokens; the host sends sequences with at
 // least kFlashMinTokens new tokens in a step through it (fewer: the SIMT kernel).
