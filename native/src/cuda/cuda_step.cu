@@ -354,17 +354,17 @@ void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
   NS_CUDA(cudaMemcpyAsync(rope_dev_.ptr, h, 4 * (size_t)2 * T * (rope_half_ + local_half_), cudaMemcpyHostToDevice, stream_));
 }
 
-// The routed experts (moe.cu, plan in moe_plan.h) and the shared expert of T tokens of xb_, with
-// no host wait: router logits (the shared expert's gate logit as one more column), device-side
-// top-k and permutation, the grouped expert products over this rank's active experts, then per
-// token the weighted sum. At tp 1 that sum joins the residual stream with the next norm (true
-// returned); else it is left in tmp_ for the MLP's all-reduce.
 void CudaBackend::shared_expert_matmul(const void* x, const DeviceBuffer& w, const DeviceBuffer& scale, int M, int N, int K, void* y,
                                        Out mode) {
   if (wdt_ == act_) matmul(x, w.ptr, M, N, K, y, mode);
   else matmul_weight_only(x, Weight{w.ptr, wdt_, scale.as<float>(), nullptr}, M, N, K, y, mode);
 }
 
+// The routed experts (moe.cu, plan in moe_plan.h) and the shared expert of T tokens of xb_, with
+// no host wait: router logits (the shared expert's gate logit as one more column), device-side
+// top-k and permutation, the grouped expert products over this rank's active experts, then per
+// token the weighted sum. At tp 1 that sum joins the residual stream with the next norm (true
+// returned); else it is left in tmp_ for the MLP's all-reduce.
 bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, const float* post_w, const float* next_w) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;
