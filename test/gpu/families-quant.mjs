@@ -136,6 +136,8 @@ function kvLoss(family, cos) {
   return MOE.has(family) ? loss[Math.floor(0.9 * (loss.length - 1))] : loss.at(-1);
 }
 
+const meanLoss = (cos) => cos.reduce((a, c) => a + (1 - c), 0) / cos.length;
+
 // Per-position cosines of two [n, V] logit arrays, and whether they are close (header).
 function closeness(family, x, y, V) {
   const cos = positionCosines(x, y, V), n = cos.length;
@@ -222,7 +224,8 @@ for (const family of FAMILIES) {
         if (p.close.includes(k)) check(`${name} prompt ${i} close to ${k === 'torch' ? `PyTorch ${torchMode}` : `our ${k}`}`, rec.vs[k].ok, rec.vs[k]);
       }
       for (const k of p.close) if (!(k in against) && !(k === 'torch' && skipTorch)) check(`${name} prompt ${i} close to ${k}`, false, { error: `no ${k} run` });
-      if (p.kv) {
+      if (p.kv && !ours[p.kv[0]]) check(`${name} prompt ${i} fp8 KV loss`, false, { error: `no ${p.kv[0]} run` });
+      else if (p.kv) {
         const [oursBase, tKv, tBase] = p.kv;
         const oursCos = positionCosines(b.prompt, ours[oursBase].runs[i].prompt, a.V);
         rec.vs[oursBase] ??= closeness(family, b.prompt, ours[oursBase].runs[i].prompt, a.V);
@@ -231,7 +234,7 @@ for (const family of FAMILIES) {
           const kv = rec.kvCache = {
             loss: kvLoss(family, oursCos), referenceLoss: kvLoss(family, refCos), factor: KV_FACTOR,
             below099: oursCos.filter((c) => c < 0.99).length, referenceBelow099: refCos.filter((c) => c < 0.99).length, of: oursCos.length,
-            min: Math.min(...oursCos), referenceMin: Math.min(...refCos),
+            min: Math.min(...oursCos), referenceMin: Math.min(...refCos), meanLoss: meanLoss(oursCos), referenceMeanLoss: meanLoss(refCos),
           };
           if (p.quantize !== 'fp8') {  // what a calibrated per-layer scale would give (reported)
             const cal = positionCosines(torch.kv8cal[i], torch.f32[i], a.V);
