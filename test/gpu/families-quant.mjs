@@ -114,14 +114,16 @@ function torchReference(family, dir, cases, modes) {
   if (py.status !== 0) return { error: `quant_reference.py ${family}: exit ${py.status}: ${(py.stderr ?? '').trim().split('\n').slice(-3).join(' / ')}` };
   let info = null;
   try { info = JSON.parse(py.stdout.trim().split('\n').at(-1)); } catch { /* reported as null */ }
-  const logits = {};
+  const logits = {}, missing = [];
   for (const m of modes) {
+    if (!cases.every((_, i) => existsSync(join(out, `${m}-${i}.bin`)))) { missing.push(m); continue; }
     logits[m] = cases.map((_, i) => {
       const b = readFileSync(join(out, `${m}-${i}.bin`));
       return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
     });
   }
-  return { logits, kvStats: info?.kv ?? null };
+  const error = missing.length ? `quant_reference.py ${family}: no logits for ${missing.join(', ')}: ${JSON.stringify(info?.errors ?? null)}` : undefined;
+  return { logits, kvStats: info?.kv ?? null, error };
 }
 
 function positionCosines(x, y, V) {
@@ -215,7 +217,7 @@ for (const family of FAMILIES) {
       // Every comparison is recorded; those in p.close are asserted.
       const against = { [base.name]: a.prompt, ...(p.quantize === 'fp8' && ours.fp8 && p.name !== 'fp8' ? { fp8: ours.fp8.runs[i].prompt } : {}) };
       const torchMode = p.quantize;
-      if (torch && torchMode) {
+      if (torch?.[torchMode]) {
         against.torch = torch[torchMode][i];
         rec.vs.torchQuantVsTorchF32 = closeness(family, torch[torchMode][i], torch.f32[i], a.V);
       }
@@ -229,14 +231,14 @@ for (const family of FAMILIES) {
         const [oursBase, tKv, tBase] = p.kv;
         const oursCos = positionCosines(b.prompt, ours[oursBase].runs[i].prompt, a.V);
         rec.vs[oursBase] ??= closeness(family, b.prompt, ours[oursBase].runs[i].prompt, a.V);
-        if (torch) {
+        if (torch?.[tKv] && torch[tBase]) {
           const refCos = positionCosines(torch[tKv][i], torch[tBase][i], a.V);
           const kv = rec.kvCache = {
             loss: kvLoss(family, oursCos), referenceLoss: kvLoss(family, refCos), factor: KV_FACTOR,
             below099: oursCos.filter((c) => c < 0.99).length, referenceBelow099: refCos.filter((c) => c < 0.99).length, of: oursCos.length,
             min: Math.min(...oursCos), referenceMin: Math.min(...refCos), meanLoss: meanLoss(oursCos), referenceMeanLoss: meanLoss(refCos),
           };
-          if (p.quantize !== 'fp8') {  // what a calibrated per-layer scale would give (reported)
+          if (p.quantize !== 'fp8' && torch.kv8cal) {  // what a calibrated per-layer scale would give (reported)
             const cal = positionCosines(torch.kv8cal[i], torch.f32[i], a.V);
             kv.referenceCalibratedLoss = kvLoss(family, cal);
             kv.referenceCalibratedMin = Math.min(...cal);
