@@ -56,13 +56,10 @@ export function rankWeightParams(c: ModelConfig, p: RankPlan, tp: number, _pp: n
   return plan.tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
 }
 
-// An MoE block's matrices (routed and shared experts): the CUDA backend dequantizes them at load.
-const MOE_MATRIX = /\.mlp\.(experts\.\d+|shared_expert)\.(gate|up|down)_proj\.weight(_scale)?$/;
-
 /**
  * Bytes of a rank's weights as the backend keeps them: floats at the storage dtype, quantized
  * matrices (--quantize, or a pre-quantized checkpoint) at one byte a weight plus an f32 scale a row
- * (on CUDA an MoE's experts in the compute dtype, as it holds them).
+ * (an MoE's routed and shared experts too: both backends keep them quantized).
  */
 export function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, o: MemoryOptions): number {
   const float = o.device === 'cpu' ? bytesOf(o.dtype, c.dtype) : 2;
@@ -70,7 +67,6 @@ export function rankWeightBytes(c: ModelConfig, p: RankPlan, tp: number, o: Memo
     { quantize: o.quantize ?? 'none' });
   return plan.tensors.reduce((n, t) => {
     const elems = t.shape.reduce((a, b) => a * b, 1);
-    if (o.device === 'cuda' && MOE_MATRIX.test(t.name)) return n + (t.name.endsWith('_scale') ? 0 : elems * float);
     const quantized = t.dtype === 'i8' || t.dtype === 'f8e4m3';
     const scales = t.convert?.kind === 'quantize' ? 4 * t.shape[0]! : 0;  // X.weight_scale, made as it loads
     return n + elems * (quantized ? 1 : t.dtype === 'f32' ? 4 : float) + scales;

@@ -1,10 +1,12 @@
 // Quantized serving on CUDA's family forward (docs/QUANTIZATION.md): every model family fixture
 // (test/fixtures/hf-reference/<family>/) at int8, fp8, fp8 + the fp8 KV cache and bf16 + the fp8 KV
-// cache, against our own bf16 run of the same fixture on the same GPU and, for the weight formats,
-// against PyTorch running the same quantization in f32 (quant_reference.py: int8 and fp8 weights per
-// row, fp8 activations per token, an MoE's router float and its experts' inputs unquantized):
+// cache, against our own bf16 run of the same fixture on the same GPU and against PyTorch running the
+// same quantization in f32 (quant_reference.py: int8 and fp8 weights per row, fp8 activations per
+// token, an MoE's router float and its experts' inputs unquantized; the fp8 KV cache as e4m3(k / s) * s
+// of every stored key and value row, s = 1 as vLLM keeps it without checkpoint scales):
 //   - the bf16 run itself: last-position logits at cosine >= 0.999 to the fixture's HF logits;
-//   - the engine says it runs that precision (describe(); the MoE families: experts dequantized);
+//   - the engine says it runs that precision (describe(); the MoE families: `experts int8|fp8 W8A16`,
+//     the experts held and run quantized, never `dequantized`);
 //   - "close" below means cosine >= 0.99 at every prompt position; for the MoE families at 90% of the
 //     positions and >= 0.95 at all: their float router's input moves with the quantized layers, so a
 //     token at a top-k near-tie may take another expert, an isolated jump (test/engine/quant.test.ts
@@ -14,7 +16,18 @@
 //     random-weight models the fp8 quantization itself moves the logits to cosine 0.977..0.998 (an f32
 //     PyTorch emulation of the same numerics, 4 prompts x 9 families, before this ran on a GPU), as on
 //     the random 7B shape (test/gpu/quant-check.mjs);
-//   - fp8 + fp8 KV: close to our fp8 (what the cache adds); bf16 + fp8 KV: close to our bf16;
+//   - the fp8 KV cache (fp8 + fp8 KV against our fp8, bf16 + fp8 KV against our bf16): its loss at a
+//     prompt, 1 - the lowest cosine over the positions, at most 1.1x the loss PyTorch's same cache
+//     gives against the same weights without it (PyTorch fp8 + kv8 vs fp8, f32 + kv8 vs f32), as
+//     test/gpu/quant-check.mjs holds the 7B shape. Not "cosine >= 0.99": E4M3 keeps 3 mantissa
+//     bits, every cached element moves by ~2.6% (rms), and these random-weight models carry that
+//     to the logits at cosine ~0.986 at some positions in the reference too (its losses are in
+//     the result; the keys and values here are ~0.6..1.0 rms and ~2% of them below E4M3's
+//     smallest normal, so scale 1 is not what costs: kv8cal, the per-layer amax / 448 scale of
+//     vLLM's --calculate-kv-scales, is reported beside it). MoE families: the loss at the 90th
+//     percentile of positions (a key that moves can flip a top-k near-tie at a position, an
+//     isolated jump the reference shows at other positions), and at most the reference's count
+//     of positions below 0.99 plus 10% of the positions; "cosine >= 0.99" is reported;
 //   - every precision: the first 8 greedy tokens equal our bf16's, unless they part where bf16's own
 //     top-2 margin is below twice the largest logit error the precision showed on the steps before
 //     (a near-tie that rounding alone may flip; a first token that differs is held by the cosine);
@@ -27,7 +40,7 @@
 // why; such refusals are listed in the result and count as failures unless listed in REFUSED below
 // (none is).
 // usage: node test/gpu/families-quant.mjs   (python3 with torch + transformers for the references;
-//   NS_SKIP_HF=1 skips them and the checks that need them). RESULTS_DIR: gpu-families-quant-<gpu>.json;
+//   NS_SKIP_HF=1 skips them and the checks that need them, the fp8 KV cache's included). RESULTS_DIR: gpu-families-quant-<gpu>.json;
 //   exit 1 on a failed check. NODESPEED_TEST_DEVICE=cpu: a dry run on the CPU backend (f32 vs int8).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -50,10 +63,13 @@ const base = dry ? { name: 'f32' } : { name: 'bf16' };
 const PRECISIONS = [
   { name: 'int8', quantize: 'int8', describe: /int8 W8A16/, close: [base.name, 'torch'], graphsOff: true },
   { name: 'fp8', quantize: 'fp8', describe: /fp8 W8A8/, close: ['torch'] },
-  { name: 'fp8+kv-fp8', quantize: 'fp8', kvCacheDtype: 'fp8', describe: /fp8 W8A8.*kv fp8/, close: ['fp8'], graphsOff: true },
-  { name: 'bf16+kv-fp8', kvCacheDtype: 'fp8', describe: /kv fp8/, close: [base.name] },
+  // kv: [our run without the cache, PyTorch with it, PyTorch without it] (the fp8 KV cache's loss against the reference's).
+  { name: 'fp8+kv-fp8', quantize: 'fp8', kvCacheDtype: 'fp8', describe: /fp8 W8A8.*kv fp8/, close: [], kv: ['fp8', 'fp8+kv8', 'fp8'], graphsOff: true },
+  { name: 'bf16+kv-fp8', kvCacheDtype: 'fp8', describe: /kv fp8/, close: [], kv: [base.name, 'kv8', 'f32'] },
 ].filter((p) => !dry || (p.quantize !== 'fp8' && !p.kvCacheDtype));
 const skipTorch = !!process.env.NS_SKIP_HF || dry;
+const TORCH_MODES = ['f32', 'int8', 'fp8', 'kv8', 'fp8+kv8', 'kv8cal'];
+const KV_FACTOR = 1.1;
 const tmp = mkdtempSync(join(tmpdir(), 'ns-families-quant-'));
 
 const res = { gpu: dry ? null : info.cuda.devices[0], tokens: TOKENS, families: {} };
@@ -96,20 +112,37 @@ function torchReference(family, dir, cases, modes) {
   const py = spawnSync('python3', [join(root, 'test', 'gpu', 'quant_reference.py'), dir, join(tmp, `${family}.json`), out, modes.join(',')],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   if (py.status !== 0) return { error: `quant_reference.py ${family}: exit ${py.status}: ${(py.stderr ?? '').trim().split('\n').slice(-3).join(' / ')}` };
-  const logits = {};
+  let info = null;
+  try { info = JSON.parse(py.stdout.trim().split('\n').at(-1)); } catch { /* reported as null */ }
+  const logits = {}, missing = [];
   for (const m of modes) {
+    if (!cases.every((_, i) => existsSync(join(out, `${m}-${i}.bin`)))) { missing.push(m); continue; }
     logits[m] = cases.map((_, i) => {
       const b = readFileSync(join(out, `${m}-${i}.bin`));
       return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
     });
   }
-  return { logits };
+  const error = missing.length ? `quant_reference.py ${family}: no logits for ${missing.join(', ')}: ${JSON.stringify(info?.errors ?? null)}` : undefined;
+  return { logits, kvStats: info?.kv ?? null, error };
 }
+
+function positionCosines(x, y, V) {
+  const cos = [];
+  for (let q = 0; q < x.length / V; q++) cos.push(cosine(x.subarray(q * V, (q + 1) * V), y.subarray(q * V, (q + 1) * V)));
+  return cos;
+}
+
+// The fp8 KV cache's loss at a prompt (header): 1 - the lowest cosine; MoE: at the 90th percentile of positions.
+function kvLoss(family, cos) {
+  const loss = cos.map((c) => 1 - c).sort((a, b) => a - b);
+  return MOE.has(family) ? loss[Math.floor(0.9 * (loss.length - 1))] : loss.at(-1);
+}
+
+const meanLoss = (cos) => cos.reduce((a, c) => a + (1 - c), 0) / cos.length;
 
 // Per-position cosines of two [n, V] logit arrays, and whether they are close (header).
 function closeness(family, x, y, V) {
-  const n = x.length / V, cos = [];
-  for (let q = 0; q < n; q++) cos.push(cosine(x.subarray(q * V, (q + 1) * V), y.subarray(q * V, (q + 1) * V)));
+  const cos = positionCosines(x, y, V), n = cos.length;
   const low = cos.filter((c) => c < 0.99).length, min = Math.min(...cos);
   return { ok: MOE.has(family) ? low <= 0.1 * n && min >= 0.95 : low === 0, min, below099: low, of: n };
 }
@@ -141,9 +174,10 @@ for (const family of FAMILIES) {
   const ours = { [base.name]: ref };
   let torch = null;
   if (!skipTorch) {
-    const t = torchReference(family, dir, cases, ['f32', 'int8', 'fp8']);
+    const t = torchReference(family, dir, cases, TORCH_MODES);
     check(`${family} PyTorch reference`, !t.error, t.error ? { error: t.error } : {});
     torch = t.logits ?? null;
+    fam.torchKvStats = t.kvStats ?? null;
   }
   for (const p of PRECISIONS) {
     const name = `${family} ${p.name}`;
@@ -159,8 +193,9 @@ for (const family of FAMILIES) {
     }
     ours[p.name] = got;
     const entry = fam[p.name] = { describe: got.describe, cases: [] };
-    check(`${name} describe`, p.describe.test(got.describe) && (!MOE.has(family) || !p.quantize || dry || /experts dequantized/.test(got.describe)),
-      { describe: got.describe });
+    const expertsQuantized = !MOE.has(family) || !p.quantize || dry ||
+      (new RegExp(`experts ${p.quantize} W8A16`).test(got.describe) && !/dequantized/.test(got.describe));
+    check(`${name} describe`, p.describe.test(got.describe) && expertsQuantized, { describe: got.describe });
     for (const [i, c] of cases.entries()) {
       const a = ref.runs[i], b = got.runs[i];
       const cos = cosine(b.logits[0], a.logits[0]);
@@ -182,7 +217,7 @@ for (const family of FAMILIES) {
       // Every comparison is recorded; those in p.close are asserted.
       const against = { [base.name]: a.prompt, ...(p.quantize === 'fp8' && ours.fp8 && p.name !== 'fp8' ? { fp8: ours.fp8.runs[i].prompt } : {}) };
       const torchMode = p.quantize;
-      if (torch && torchMode) {
+      if (torch?.[torchMode]) {
         against.torch = torch[torchMode][i];
         rec.vs.torchQuantVsTorchF32 = closeness(family, torch[torchMode][i], torch.f32[i], a.V);
       }
@@ -191,6 +226,30 @@ for (const family of FAMILIES) {
         if (p.close.includes(k)) check(`${name} prompt ${i} close to ${k === 'torch' ? `PyTorch ${torchMode}` : `our ${k}`}`, rec.vs[k].ok, rec.vs[k]);
       }
       for (const k of p.close) if (!(k in against) && !(k === 'torch' && skipTorch)) check(`${name} prompt ${i} close to ${k}`, false, { error: `no ${k} run` });
+      if (p.kv && !ours[p.kv[0]]) check(`${name} prompt ${i} fp8 KV loss`, false, { error: `no ${p.kv[0]} run` });
+      else if (p.kv) {
+        const [oursBase, tKv, tBase] = p.kv;
+        const oursCos = positionCosines(b.prompt, ours[oursBase].runs[i].prompt, a.V);
+        rec.vs[oursBase] ??= closeness(family, b.prompt, ours[oursBase].runs[i].prompt, a.V);
+        if (torch?.[tKv] && torch[tBase]) {
+          const refCos = positionCosines(torch[tKv][i], torch[tBase][i], a.V);
+          const kv = rec.kvCache = {
+            loss: kvLoss(family, oursCos), referenceLoss: kvLoss(family, refCos), factor: KV_FACTOR,
+            below099: oursCos.filter((c) => c < 0.99).length, referenceBelow099: refCos.filter((c) => c < 0.99).length, of: oursCos.length,
+            min: Math.min(...oursCos), referenceMin: Math.min(...refCos), meanLoss: meanLoss(oursCos), referenceMeanLoss: meanLoss(refCos),
+          };
+          if (p.quantize !== 'fp8' && torch.kv8cal) {  // what a calibrated per-layer scale would give (reported)
+            const cal = positionCosines(torch.kv8cal[i], torch.f32[i], a.V);
+            kv.referenceCalibratedLoss = kvLoss(family, cal);
+            kv.referenceCalibratedMin = Math.min(...cal);
+          }
+          kv.ok = kv.loss <= KV_FACTOR * kv.referenceLoss &&
+            (!MOE.has(family) || kv.below099 <= kv.referenceBelow099 + Math.ceil(0.1 * kv.of));
+          check(`${name} prompt ${i} fp8 KV loss vs our ${oursBase} within ${KV_FACTOR}x PyTorch's`, kv.ok, kv);
+        } else if (!skipTorch) {
+          check(`${name} prompt ${i} fp8 KV loss`, false, { error: 'no PyTorch reference' });
+        }
+      }
       if (parted >= 0) check(`${name} prompt ${i} greedy`, at < 2 * Math.max(errBefore, errs[0]), { partedAt: parted, margin: at, errorBefore: rec.errorBefore });
     }
     if (p.graphsOff && !dry) {

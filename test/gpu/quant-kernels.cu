@@ -19,10 +19,12 @@
 //  6. attention (flash tiles + SIMT tokens, and SIMT only; the SIMT part of head_dim 64 / 128 reads
 //     16 E4M3 elements a lane) over an E4M3 cache against the same step
 //     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
-//     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points).
+//     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points);
+//  7. the quantized MoE experts (moe_quant.cu): grouped GEMV gated / down with the shared expert,
+//     moe_dequant_active bit-exact, and the prefill path (dequantized slots + moe_mma by_slot).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-//     native/src/cuda/{quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm}.cu native/src/common/{dl,quant,settings}.cc \
+//     native/src/cuda/{quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc \
 //     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
 #include <algorithm>
 #include <cmath>
@@ -37,6 +39,7 @@
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
 #include "cuda/lt_gemm.h"
+#include "cuda/moe.h"
 #include "kernel_test.h"
 
 using namespace ns;
@@ -556,6 +559,169 @@ void check_attention() {
     }
 }
 
+// The quantized experts (moe_quant.cu) on a routing of T tokens x top-k over E local experts built
+// on the host (moe_plan.h's build_groups, rows in token order within an expert): the grouped GEMV,
+// gated (with the shared expert as its extra group) and down, against a double product of the same
+// quantized weights and bf16 inputs (error / sum |w x| as above; the gated output's bf16 rounding
+// relative to its largest value); moe_dequant_active bit-exact against the host; and the prefill
+// path (a few slots at a time dequantized, moe_mma by_slot) against the double product.
+void check_moe_quant() {
+  const int H = 512, I = 256, E = 8, KT = 2, Is = 384;
+  for (WeightFormat fmt : {WeightFormat::Int8, WeightFormat::Fp8}) {
+    const DType wt = fmt == WeightFormat::Int8 ? DType::I8 : DType::F8E4M3;
+    const std::string tag = std::string("moe ") + (fmt == WeightFormat::Int8 ? "int8" : "fp8");
+    std::vector<uint8_t> gq, dq, sgq, sdq;
+    std::vector<float> gs, ds, sgs, sds;
+    quantized(E * 2 * I, H, fmt, gq, gs);  // [E][2I, H]: expert e's rows e * 2I..
+    quantized(E * H, I, fmt, dq, ds);      // [E][H, I]
+    quantized(2 * Is, H, fmt, sgq, sgs);
+    quantized(H, Is, fmt, sdq, sds);
+    auto w = [&](const std::vector<uint8_t>& q, const std::vector<float>& s, size_t row, int K, int k) {
+      return wval(fmt, q[row * K + k]) * (double)s[row];
+    };
+    for (int T : {1, 3, 8, 40}) {
+      // Routing: token t's picks, distinct experts.
+      std::vector<int> ids(T * KT);
+      for (int t = 0; t < T; ++t) {
+        std::vector<int> e(E);
+        for (int i = 0; i < E; ++i) e[i] = i;
+        std::shuffle(e.begin(), e.end(), rng);
+        for (int j = 0; j < KT; ++j) ids[t * KT + j] = e[j];
+      }
+      const moe::Layout L = moe::layout(T, KT, E);
+      std::vector<int32_t> meta(L.words, 0);
+      std::vector<int> cnt(E, 0), off(E, 0), cur(E, 0);
+      for (int i : ids) ++cnt[i];
+      moe::build_groups(cnt.data(), E, L, meta.data(), off.data());
+      const int rows = T * KT;
+      std::vector<int> row_token(rows), row_expert(rows);
+      for (int i = 0; i < rows; ++i) {
+        const int e = ids[i], r = off[e] + cur[e]++;
+        meta[L.perm + r] = i / KT;
+        meta[L.inv + i] = r;
+        row_token[r] = i / KT;
+        row_expert[r] = e;
+      }
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<uint16_t> x((size_t)T * H), xa((size_t)rows * I), xs((size_t)T * Is);
+      for (auto& v : x) v = f32_to_bf16(nd(rng));
+      for (auto& v : xa) v = f32_to_bf16(nd(rng));
+      for (auto& v : xs) v = f32_to_bf16(nd(rng));
+      // Double references: gate|up rows of every row (and the shared expert's of every token), down rows.
+      std::vector<double> gu((size_t)rows * 2 * I), gmag(gu.size()), dn_ref((size_t)rows * H), dmag(dn_ref.size());
+      for (int r = 0; r < rows; ++r)
+        for (int n = 0; n < 2 * I; ++n) {
+          double a = 0, m = 0;
+          for (int k = 0; k < H; ++k) {
+            const double p = w(gq, gs, (size_t)row_expert[r] * 2 * I + n, H, k) * bf16_to_f32(x[(size_t)row_token[r] * H + k]);
+            a += p; m += std::fabs(p);
+          }
+          gu[(size_t)r * 2 * I + n] = a;
+          gmag[(size_t)r * 2 * I + n] = m + 1e-30;
+        }
+      for (int r = 0; r < rows; ++r)
+        for (int n = 0; n < H; ++n) {
+          double a = 0, m = 0;
+          for (int k = 0; k < I; ++k) {
+            const double p = w(dq, ds, (size_t)row_expert[r] * H + n, I, k) * bf16_to_f32(xa[(size_t)r * I + k]);
+            a += p; m += std::fabs(p);
+          }
+          dn_ref[(size_t)r * H + n] = a;
+          dmag[(size_t)r * H + n] = m + 1e-30;
+        }
+      auto silu = [](double g) { return g / (1 + std::exp(-g)); };
+      uint8_t *d_gq = upload(gq), *d_dq = upload(dq), *d_sgq = upload(sgq), *d_sdq = upload(sdq);
+      float *d_gs = upload(gs), *d_ds = upload(ds), *d_sgs = upload(sgs), *d_sds = upload(sds);
+      uint16_t *d_x = upload(x), *d_xa = upload(xa), *d_xs = upload(xs);
+      int32_t* d_meta = upload(meta);
+      const int groups = moe::max_active(T, KT, E);
+      if (moe::use_gemv(T, KT, E) || T <= 8) {
+        const int mt = moe::gemv_tokens(T);
+        uint16_t* d_act = upload(std::vector<uint16_t>((size_t)rows * I, 0));
+        uint16_t* d_sact = upload(std::vector<uint16_t>((size_t)T * Is, 0));
+        float* d_out = upload(std::vector<float>((size_t)rows * H, 0.f));
+        float* d_sout = upload(std::vector<float>((size_t)T * H, 0.f));
+        MoeGemvArgs g{d_gq, (size_t)2 * I * H, I, H, d_x, d_act, groups, d_sgq, Is, H, d_x, d_sact, T, d_meta, L, false};
+        moe_gemv_quant(DType::BF16, wt, g, d_gs, d_sgs, /*gated=*/true, mt, 0);
+        MoeGemvArgs d{d_dq, (size_t)H * I, H, I, d_xa, d_out, groups, d_sdq, H, Is, d_xs, d_sout, T, d_meta, L, false};
+        moe_gemv_quant(DType::BF16, wt, d, d_ds, d_sds, /*gated=*/false, mt, 0);
+        const auto act = download(d_act, (size_t)rows * I);
+        double err = 0, big = 1e-30;
+        for (int r = 0; r < rows; ++r)
+          for (int n = 0; n < I; ++n) big = std::max(big, std::fabs(silu(gu[(size_t)r * 2 * I + n]) * gu[(size_t)r * 2 * I + I + n]));
+        for (int r = 0; r < rows; ++r)
+          for (int n = 0; n < I; ++n) {
+            const double ref = silu(gu[(size_t)r * 2 * I + n]) * gu[(size_t)r * 2 * I + I + n];
+            err = std::max(err, std::fabs(bf16_to_f32(act[(size_t)r * I + n]) - ref) / big);
+          }
+        note(tag + " gemv gated T" + std::to_string(T) + " (error / max |out|)", err, 8e-3);
+        const auto out = download(d_out, (size_t)rows * H);
+        err = 0;
+        for (size_t i = 0; i < out.size(); ++i) err = std::max(err, std::fabs(out[i] - dn_ref[i]) / dmag[i]);
+        note(tag + " gemv down T" + std::to_string(T), err, 1e-5);
+        // The shared expert (its group in the same launches): gated of x, down of its own rows xs.
+        const auto sact = download(d_sact, (size_t)T * Is);
+        const auto sout = download(d_sout, (size_t)T * H);
+        double serr = 0, sbig = 1e-30, derr = 0;
+        std::vector<double> sref((size_t)T * Is);
+        for (int t = 0; t < T; ++t)
+          for (int n = 0; n < Is; ++n) {
+            double g0 = 0, u0 = 0;
+            for (int k = 0; k < H; ++k) {
+              const double xv = bf16_to_f32(x[(size_t)t * H + k]);
+              g0 += w(sgq, sgs, n, H, k) * xv;
+              u0 += w(sgq, sgs, Is + n, H, k) * xv;
+            }
+            sref[(size_t)t * Is + n] = silu(g0) * u0;
+            sbig = std::max(sbig, std::fabs(sref[(size_t)t * Is + n]));
+          }
+        for (size_t i = 0; i < sref.size(); ++i) serr = std::max(serr, std::fabs(bf16_to_f32(sact[i]) - sref[i]) / sbig);
+        for (int t = 0; t < T; ++t)
+          for (int n = 0; n < H; ++n) {
+            double a = 0, m = 0;
+            for (int k = 0; k < Is; ++k) {
+              const double p = w(sdq, sds, n, Is, k) * bf16_to_f32(xs[(size_t)t * Is + k]);
+              a += p; m += std::fabs(p);
+            }
+            derr = std::max(derr, std::fabs(sout[(size_t)t * H + n] - a) / (m + 1e-30));
+          }
+        note(tag + " gemv shared expert gated T" + std::to_string(T) + " (error / max |out|)", serr, 8e-3);
+        note(tag + " gemv shared expert down T" + std::to_string(T), derr, 1e-5);
+        cudaFree(d_act); cudaFree(d_sact); cudaFree(d_out); cudaFree(d_sout);
+      }
+      {  // prefill: 3 slots at a time dequantized, their tiles on the tensor cores
+        const int step = 3;
+        uint16_t* d_deq = upload(std::vector<uint16_t>((size_t)step * 2 * I * H, 0));
+        uint16_t* d_gu = upload(std::vector<uint16_t>((size_t)rows * 2 * I, 0));
+        const int tiles = moe::max_tiles(T, KT, E);
+        double bad = 0;
+        for (int g0 = 0; g0 < groups; g0 += step) {
+          const int g1 = std::min(groups, g0 + step);
+          moe_dequant_active(DType::BF16, wt, d_gq, d_gs, (size_t)2 * I * H, 2 * I, H, d_meta, L, g0, g1, d_deq, 0);
+          const auto deq = download(d_deq, (size_t)step * 2 * I * H);
+          for (int g = g0; g < std::min(g1, meta[L.n_active]); ++g) {
+            const int e = meta[L.active_e + g];
+            for (size_t i = 0; i < (size_t)2 * I * H; ++i)
+              bad += deq[(size_t)(g - g0) * 2 * I * H + i] != f32_to_bf16(static_cast<float>(wval(fmt, gq[(size_t)e * 2 * I * H + i])) * gs[(size_t)e * 2 * I + i / H]);
+          }
+          MoeMmaArgs a{d_x, /*gather=*/true, d_deq, (size_t)2 * I * H, 2 * I, H, d_gu, false, tiles, d_meta, L};
+          a.by_slot = true; a.g0 = g0; a.g1 = g1;
+          moe_mma(DType::BF16, a, 0);
+        }
+        note(tag + " dequant_active T" + std::to_string(T) + " (elements differing)", bad, 0);
+        const auto y = download(d_gu, (size_t)rows * 2 * I);
+        double err = 0;
+        for (size_t i = 0; i < y.size(); ++i) err = std::max(err, std::fabs(bf16_to_f32(y[i]) - gu[i]) / gmag[i]);
+        // bf16 weights (the dequantized q * s rounded) and bf16 output: a few 2^-8 relative.
+        note(tag + " prefill by slot T" + std::to_string(T), err, 1.5e-2);
+        cudaFree(d_deq); cudaFree(d_gu);
+      }
+      cudaFree(d_gq); cudaFree(d_dq); cudaFree(d_sgq); cudaFree(d_sdq); cudaFree(d_gs); cudaFree(d_ds); cudaFree(d_sgs); cudaFree(d_sds);
+      cudaFree(d_x); cudaFree(d_xa); cudaFree(d_xs); cudaFree(d_meta);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -571,6 +737,7 @@ int main() {
   check_fp8_gemm();
   check_rope_kv();
   check_attention();
+  check_moe_quant();
   std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"failures\":%d,\"checks\":[%s]}\n", failures ? "false" : "true", p.name, failures, report.c_str());
   return failures ? 1 : 0;
 }

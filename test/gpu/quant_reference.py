@@ -6,13 +6,23 @@ weights quantized the same way:
   fp8:  every decoder linear W -> e4m3(W / s) * s, s = amax(row) / 448, and each input row x of
         those linears -> e4m3(x / t) * t, t = max(amax(x) / 448, 1 / (448 * 512)) (W8A8, per token);
         the LM head unquantized.
-plus HF's own bf16 forward ("bf16", transformers' default SDPA) and float32 ("f32").
+plus HF's own bf16 forward ("bf16", transformers' default SDPA) and float32 ("f32"), and the fp8 KV
+cache (nodespeed's --kv-cache-dtype fp8, as vLLM keeps it: one scale per layer, 1.0 unless the
+checkpoint has k_scale / v_scale): every key and value row the attention stores, after its bias,
+norm and RoPE, -> e4m3(k / s) * s (round to nearest even, saturating at 448), and the attention
+reads only those (the prompt's own tokens too), through a transformers cache whose update quantizes:
+  kv8:     f32 weights + the fp8 KV cache (s = 1);
+  fp8+kv8: the fp8 weights and activations above + the fp8 KV cache (s = 1);
+  kv8cal:  f32 weights + the fp8 KV cache with s = amax / 448 of each layer's keys (values) of the
+           prompt (vLLM's --calculate-kv-scales), to show what scale 1 costs on these values.
+The fp8 KV modes print, per mode, the keys' and values' amax and the fraction of elements below
+2^-6 (E4M3's smallest normal: with s = 1 those lose relative precision as subnormals).
 Mixtures of experts as nodespeed's CUDA backend runs them: the router and the shared expert's gate
 stay float; the routed experts (transformers' 3D expert tensors [E, out, in]) and the shared expert
 have their weights quantized per row like every linear, and their inputs never quantized (the CUDA
 expert kernels hold them dequantized in the compute dtype).
 
-usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]   (modes: bf16 f32 int8 fp8)
+usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]   (modes: bf16 f32 int8 fp8 kv8 fp8+kv8 kv8cal)
 Writes OUT_DIR/<mode>.bin: little-endian float32 logits [n, vocab]; IDS_JSON holding a list of
 prompts (lists of ids): OUT_DIR/<mode>-<i>.bin for prompt i. Prints one JSON line.
 """
@@ -21,7 +31,9 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
+
+E4M3_MIN_NORMAL = 2.0 ** -6
 
 
 def quantize_rows(w, qmax):
@@ -43,6 +55,34 @@ def fp8_weight(w):
 def fp8_act(x):
     t = torch.clamp(x.abs().amax(dim=-1, keepdim=True) / 448.0, min=1.0 / (448.0 * 512.0))
     return (x / t).to(torch.float8_e4m3fn).to(torch.float32) * t
+
+
+def e4m3(x, s):
+    return (x / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(x.dtype) * s
+
+
+class Fp8KvCache(DynamicCache):
+    """The fp8 KV cache: what the attention stores (and then reads) is e4m3(k / s) * s, e4m3(v / s) * s.
+    calibrate: s = amax / 448 of the layer's first update (the prompt), else 1.0. Keeps statistics."""
+
+    def __init__(self, config, calibrate, stats):
+        try:
+            super().__init__(config=config)
+        except TypeError:
+            super().__init__()
+        self.calibrate, self.stats, self.scales = calibrate, stats, {}
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        out = []
+        for kind, x in (("k", key_states), ("v", value_states)):
+            amax = x.abs().max().item()
+            s = self.scales.setdefault((kind, layer_idx), max(amax, 1e-12) / 448.0 if self.calibrate else 1.0)
+            st = self.stats.setdefault(kind, {"amax": 0.0, "below_min_normal": 0, "n": 0})
+            st["amax"] = max(st["amax"], amax)
+            st["below_min_normal"] += int((x.abs() < E4M3_MIN_NORMAL * s).sum().item())
+            st["n"] += x.numel()
+            out.append(e4m3(x, s))
+        return super().update(out[0], out[1], layer_idx, *args, **kwargs)
 
 
 def is_router(name):
@@ -78,11 +118,17 @@ def main():
     info = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "modes": modes}
 
     def run(model, mode):
+        kv = "kv8" in mode
+        stats = {}
         for i, p in enumerate(prompts):
             ids = torch.tensor([p], device="cuda")
+            extra = {"past_key_values": Fp8KvCache(model.config, mode == "kv8cal", stats), "use_cache": True} if kv else {}
             with torch.no_grad():
-                logits = model(ids).logits[0].float().cpu()
+                logits = model(ids, **extra).logits[0].float().cpu()
             logits.numpy().astype("<f4").tofile(os.path.join(out_dir, (f"{mode}-{i}" if many else mode) + ".bin"))
+        if kv:
+            info.setdefault("kv", {})[mode] = {k: {"amax": v["amax"], "below_min_normal": v["below_min_normal"] / max(v["n"], 1)}
+                                               for k, v in stats.items()}
 
     if "bf16" in modes:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
@@ -98,28 +144,34 @@ def main():
         experts = {name: (p, p.detach().to(torch.bfloat16)) for name, p in expert_tensors(model)}
         hooks = []
         for mode in rest:
+            weights = "fp8" if mode.startswith("fp8") else "int8" if mode == "int8" else "f32"  # kv8, kv8cal: f32 weights
             for h in hooks:
                 h.remove()
             hooks = []
             with torch.no_grad():
                 for name, m in linears(model, True):
                     w = originals[name].to(torch.float32)
-                    if mode == "int8":
+                    if weights == "int8":
                         w = int8_weight(w)
-                    elif mode == "fp8" and name != "lm_head":
+                    elif weights == "fp8" and name != "lm_head":
                         w = fp8_weight(w)
                     m.weight.copy_(w)
                 for name, (p, orig) in experts.items():
                     w = orig.to(torch.float32)
                     shape = w.shape
                     w = w.reshape(-1, shape[-1])
-                    w = int8_weight(w) if mode == "int8" else fp8_weight(w) if mode == "fp8" else w
+                    w = int8_weight(w) if weights == "int8" else fp8_weight(w) if weights == "fp8" else w
                     p.copy_(w.reshape(shape))
-            if mode == "fp8":
+            if weights == "fp8":
                 for name, m in linears(model, False):
                     if not is_expert(name):
                         hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0]),)))
-            run(model, mode)
+            try:
+                run(model, mode)
+            except Exception as e:  # the other modes still come back; the caller reports this one's files missing
+                if "kv8" not in mode:
+                    raise
+                info.setdefault("errors", {})[mode] = f"{type(e).__name__}: {e}"
     print(json.dumps(info))
 
 

@@ -169,7 +169,7 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
       (c.hidden % 16 != 0 || c.intermediate % 16 != 0 || (c.n_heads * c.head_dim) % 16 != 0 || qkv_rows_ % 16 != 0))
     throw std::runtime_error("cuda: quantized weights need hidden, intermediate (per rank), heads x head_dim (per rank) and the q|k|v rows "
                              "to be multiples of 16");
-  // An MoE block's quantized matrices are dequantized at load (load_moe_quantized) by the kernel that works in rows of 16.
+  // An MoE block's quantized matrices are read 16 weights at a time (moe_quant.cu).
   if (wdt_ != act_ && c.num_experts > 0 && (c.moe_intermediate % 16 != 0 || c.shared_intermediate % 16 != 0))
     throw std::runtime_error("cuda: quantized mixture-of-experts weights need moe_intermediate and the shared expert's intermediate size "
                              "(per rank) to be multiples of 16 (got " + std::to_string(c.moe_intermediate) + ", " +
@@ -243,8 +243,12 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
       L.router.reserve(es * (c.num_experts + (c.shared_intermediate > 0)) * H);
       expect(p + "mlp.gate.weight");
       if (n > 0) {
-        L.ex_gate_up.reserve(es * n * 2 * I * H);
-        L.ex_down.reserve(es * n * H * I);
+        L.ex_gate_up.reserve(ws * n * 2 * I * H);
+        L.ex_down.reserve(ws * n * H * I);
+        if (quantized) {
+          L.ex_gate_up_s.reserve(4 * n * 2 * I);
+          L.ex_down_s.reserve(4 * n * H);
+        }
       }
       for (int e = c.expert_start; e < c.expert_end; ++e)
         for (const char* w : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"}) {
@@ -252,8 +256,12 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
           if (quantized) expect(p + "mlp.experts." + std::to_string(e) + "." + w + "_scale");
         }
       if (c.shared_intermediate > 0) {
-        L.sh_gate_up.reserve(es * 2 * c.shared_intermediate * H);
-        L.sh_down.reserve(es * H * c.shared_intermediate);
+        L.sh_gate_up.reserve(ws * 2 * c.shared_intermediate * H);
+        L.sh_down.reserve(ws * H * c.shared_intermediate);
+        if (quantized) {
+          L.sh_gate_up_s.reserve(4 * 2 * c.shared_intermediate);
+          L.sh_down_s.reserve(4 * H);
+        }
         for (const char* w : {"mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight",
                               "mlp.shared_expert.down_proj.weight", "mlp.shared_expert_gate.weight"})
           expect(p + w);
@@ -370,9 +378,14 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
       if (rest == "mlp.gate.weight" && L.router.ptr) return {L.router.ptr, act_, {c.num_experts, H}, 0};
       if (rest == "mlp.shared_expert_gate.weight" && L.sh_gate_up.ptr) return {L.router.ptr, act_, {1, H}, (size_t)c.num_experts * H};
       if (L.sh_gate_up.ptr) {
-        if (rest == "mlp.shared_expert.gate_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, 0};
-        if (rest == "mlp.shared_expert.up_proj.weight") return {L.sh_gate_up.ptr, act_, {Is, H}, (size_t)(Is * H)};
-        if (rest == "mlp.shared_expert.down_proj.weight") return {L.sh_down.ptr, act_, {H, Is}, 0};
+        if (rest == "mlp.shared_expert.gate_proj.weight") return {L.sh_gate_up.ptr, wdt_, {Is, H}, 0};
+        if (rest == "mlp.shared_expert.up_proj.weight") return {L.sh_gate_up.ptr, wdt_, {Is, H}, (size_t)(Is * H)};
+        if (rest == "mlp.shared_expert.down_proj.weight") return {L.sh_down.ptr, wdt_, {H, Is}, 0};
+        if (L.sh_gate_up_s.ptr) {
+          if (rest == "mlp.shared_expert.gate_proj.weight_scale") return {L.sh_gate_up_s.ptr, DType::F32, {Is}, 0};
+          if (rest == "mlp.shared_expert.up_proj.weight_scale") return {L.sh_gate_up_s.ptr, DType::F32, {Is}, (size_t)Is};
+          if (rest == "mlp.shared_expert.down_proj.weight_scale") return {L.sh_down_s.ptr, DType::F32, {H}, 0};
+        }
       }
       if (L.sparse && rest.rfind("mlp.experts.", 0) == 0) {
         const size_t d2 = rest.find('.', 12);
@@ -380,9 +393,14 @@ CudaBackend::Target CudaBackend::target_for(const std::string& name) const {
         const std::string w = d2 == std::string::npos ? "" : rest.substr(d2 + 1);
         if (e >= 0 && e < c.expert_end - c.expert_start) {
           const size_t gu = (size_t)e * 2 * Ie * H;
-          if (w == "gate_proj.weight") return {L.ex_gate_up.ptr, act_, {Ie, H}, gu};
-          if (w == "up_proj.weight") return {L.ex_gate_up.ptr, act_, {Ie, H}, gu + (size_t)(Ie * H)};
-          if (w == "down_proj.weight") return {L.ex_down.ptr, act_, {H, Ie}, (size_t)e * H * Ie};
+          if (w == "gate_proj.weight") return {L.ex_gate_up.ptr, wdt_, {Ie, H}, gu};
+          if (w == "up_proj.weight") return {L.ex_gate_up.ptr, wdt_, {Ie, H}, gu + (size_t)(Ie * H)};
+          if (w == "down_proj.weight") return {L.ex_down.ptr, wdt_, {H, Ie}, (size_t)e * H * Ie};
+          if (L.ex_gate_up_s.ptr) {
+            if (w == "gate_proj.weight_scale") return {L.ex_gate_up_s.ptr, DType::F32, {Ie}, (size_t)e * 2 * Ie};
+            if (w == "up_proj.weight_scale") return {L.ex_gate_up_s.ptr, DType::F32, {Ie}, (size_t)e * 2 * Ie + Ie};
+            if (w == "down_proj.weight_scale") return {L.ex_down_s.ptr, DType::F32, {H}, (size_t)e * H};
+          }
         }
       }
       if (c.qkv_bias) {
@@ -426,55 +444,19 @@ bool CudaBackend::load_scalar(const std::string& name, DType dtype, const std::v
   return true;
 }
 
-bool CudaBackend::load_moe_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
-                                     size_t bytes) {
+bool CudaBackend::skip_expert_input_scale(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data,
+                                          size_t bytes) {
   if (wdt_ == act_ || cfg_.num_experts == 0) return false;
-  const std::string pre = "model.layers.";
-  if (name.rfind(pre, 0) != 0) return false;
+  const std::string pre = "model.layers.", suffix = ".input_scale";
+  if (name.rfind(pre, 0) != 0 || name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return false;
   const size_t dot = name.find('.', pre.size());
   if (dot == std::string::npos) return false;
   const std::string rest = name.substr(dot + 1);
   if (rest.rfind("mlp.experts.", 0) != 0 && rest.rfind("mlp.shared_expert.", 0) != 0) return false;
-  const auto ends = [&](const std::string& suffix) {
-    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (ends(".input_scale")) {  // a static fp8 activation scale: the dequantized experts take activation-dtype inputs
-    float v = 0.f;
-    if (dtype != DType::F32 || bytes != 4 || numel(shape) != 1 || (std::memcpy(&v, data, 4), !(v > 0.f) || !std::isfinite(v)))
-      throw std::runtime_error("cuda: tensor " + name + " must be one positive finite f32 value");
-    return true;
-  }
-  const bool is_scale = ends(".weight_scale");
-  if (!is_scale && !ends(".weight")) return false;
-  const std::string wname = is_scale ? name.substr(0, name.size() - 6) : name;
-  const Target t = target_for(wname);  // throws for a name this shard does not hold
-  const int64_t N = t.shape[0], K = t.shape[1];
-  PendingMatrix& pm = moe_pending_[wname];
-  if (is_scale) {
-    if (dtype != DType::F32 || shape != std::vector<int64_t>{N} || bytes != 4 * (size_t)N)
-      throw std::runtime_error("cuda: tensor " + name + " has dtype " + dtype_name(dtype) + " and shape " + shape_str(shape) +
-                               ", expected f32 " + shape_str({N}));
-    pm.scale.resize(N);
-    std::memcpy(pm.scale.data(), data, bytes);
-  } else {
-    if (shape != t.shape) throw std::runtime_error("cuda: tensor " + name + " has shape " + shape_str(shape) + ", expected " + shape_str(t.shape));
-    if (dtype != wdt_ || bytes != (size_t)N * K)
-      throw std::runtime_error("cuda: tensor " + name + " has dtype " + dtype_name(dtype) + ", expected " + dtype_name(wdt_));
-    const uint8_t* b = static_cast<const uint8_t*>(data);
-    pm.q.assign(b, b + bytes);
-  }
-  loaded_.insert(name);
-  if (pm.q.empty() || pm.scale.empty()) return true;
-  NS_CUDA(cudaStreamSynchronize(stream_));  // the staging buffer may still feed the last conversion
-  const size_t qb = (pm.q.size() + 15) / 16 * 16;
-  staging_.reserve(qb + 4 * pm.scale.size());
-  char* stage = staging_.as<char>();
-  NS_CUDA(cudaMemcpyAsync(stage, pm.q.data(), pm.q.size(), cudaMemcpyHostToDevice, stream_));
-  NS_CUDA(cudaMemcpyAsync(stage + qb, pm.scale.data(), 4 * pm.scale.size(), cudaMemcpyHostToDevice, stream_));
-  dequantize(act_, wdt_, stage, reinterpret_cast<const float*>(stage + qb), static_cast<int>(N), static_cast<int>(K),
-             static_cast<char*>(t.dst) + t.offset_elems * dtype_size(act_), stream_);
-  NS_CUDA(cudaStreamSynchronize(stream_));
-  moe_pending_.erase(wname);
+  float v = 0.f;
+  if (dtype != DType::F32 || bytes != 4 || numel(shape) != 1 || (std::memcpy(&v, data, 4), !(v > 0.f) || !std::isfinite(v)))
+    throw std::runtime_error("cuda: tensor " + name + " must be one positive finite f32 value");
   return true;
 }
 
@@ -482,7 +464,7 @@ void CudaBackend::load_tensor(const std::string& name, DType dtype, const std::v
                               const void* data, size_t bytes) {
   NS_CUDA(cudaSetDevice(cfg_.device_index));
   if (load_scalar(name, dtype, shape, data, bytes)) return;
-  if (load_moe_quantized(name, dtype, shape, data, bytes)) return;
+  if (skip_expert_input_scale(name, dtype, shape, data, bytes)) return;
   const Target t = target_for(name);
   if (shape != t.shape)
     throw std::runtime_error("cuda: tensor " + name + " has shape " + shape_str(shape) + ", expected " +
@@ -544,6 +526,8 @@ int CudaBackend::finalize() {
     const size_t qd = (size_t)c.n_heads * c.head_dim, H = c.hidden, I = c.intermediate;
     deq_.reserve(dtype_size(act_) * std::max({(size_t)qkv_rows_ * H, H * qd, 2 * I * H}));
   }
+  if (wdt_ != act_ && c.shared_intermediate > 0)  // a quantized shared expert past the grouped GEMV: weight-only through deq_
+    deq_.reserve(dtype_size(act_) * 2 * c.shared_intermediate * c.hidden);
   // The fp8 KV cache keeps one byte an element: twice the blocks in the same memory.
   const size_t block_bytes = (size_t)2 * c.kv_block_size * c.n_kv_heads * c.head_dim * (kv_fp8_ ? 1 : dtype_size(act_));
   int n_window_layers = 0;
@@ -787,7 +771,7 @@ std::string CudaBackend::describe() const {
     << (wdt_ != act_ ? std::string(", ") + (wdt_ == DType::I8 ? "int8 W8A16" : (cfg_.fp8_activations ? "fp8 W8A8" : "fp8 W8A16")) + " weights" : std::string())
     << (hdt_ != wdt_ ? std::string(", LM head ") + dtype_name(hdt_) : std::string()) << (kv_fp8_ ? ", kv fp8" : "")
     << (family_ ? ", family forward" : "")
-    << (wdt_ != act_ && cfg_.num_experts > 0 ? std::string(", experts dequantized to ") + (act_ == DType::BF16 ? "bf16" : "fp16") : std::string())
+    << (wdt_ != act_ && cfg_.num_experts > 0 ? std::string(", experts ") + (wdt_ == DType::I8 ? "int8" : "fp8") + " W8A16" : std::string())
     << (cfg_.num_experts > 0 ? ", experts " + std::to_string(cfg_.expert_start) + ".." + std::to_string(cfg_.expert_end - 1) + " of " + std::to_string(cfg_.num_experts) + " (device routing)" : std::string())
     << (use_gemv_ ? ", gemv decode" : "") << (use_graphs_ ? ", graphs <= " + std::to_string(graph_max_) : std::string()) << (warm_gemms_ ? ", gemm warm-up" : "") << (lt_ ? ", " + lt_->summary() : std::string()) << (fp8_lt_ ? ", " + fp8_lt_->fp8_summary() : std::string()) << (use_flash_ ? ", flash prefill" : "") << (pdl_enabled() ? ", pdl" : "")
     << (round_mask() ? ", HF rounding mask " + std::to_string(round_mask()) : std::string());

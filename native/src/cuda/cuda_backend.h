@@ -53,6 +53,9 @@ struct LayerWeights {
   DeviceBuffer router;                 // [num_experts (+ 1: the shared expert's gate), hidden]
   DeviceBuffer ex_gate_up, ex_down;    // this rank's experts back to back: [n][2 * moe_I, hidden], [n][hidden, moe_I]
   DeviceBuffer sh_gate_up, sh_down;    // the shared expert (rank's slice); its gate is the router's last row
+  // Quantized experts (int8 / E4M3 like the layers' matrices): one f32 scale per row, [n][2 * moe_I],
+  // [n][hidden]; the shared expert's [2 * shared_I], [hidden].
+  DeviceBuffer ex_gate_up_s, ex_down_s, sh_gate_up_s, sh_down_s;
 };
 
 // A weight matrix [N, K] as matmul() takes it: in the activation dtype, or int8 / E4M3 with one f32
@@ -137,12 +140,11 @@ class CudaBackend final : public Backend {
   // `name` was one of them.
   bool load_scalar(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
   Target target_for(const std::string& name) const;
-  // Quantized weights of an MoE block (routed experts, shared expert): the expert kernels (moe.cu)
-  // read the activation dtype, so each matrix is dequantized on the GPU into its slot once it and
-  // its X.weight_scale have both arrived (held on the host until then). true when `name` was one.
-  bool load_moe_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
-  struct PendingMatrix { std::vector<uint8_t> q; std::vector<float> scale; };
-  std::map<std::string, PendingMatrix> moe_pending_;
+  // An fp8 checkpoint's static input scale of an expert matrix (X.input_scale): checked and not
+  // used (the experts run weight-only, moe_quant.cu). true when `name` was one.
+  bool skip_expert_input_scale(const std::string& name, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
+  // The shared expert's products when the grouped GEMV does not take it (quantized: weight-only).
+  void shared_expert_matmul(const void* x, const DeviceBuffer& w, const DeviceBuffer& scale, int M, int N, int K, void* y, Out mode);
   void expect(const std::string& name) { expected_.insert(name); }
   // swiglu_in: x is the gate|up output [M, 2K]; SwiGLU runs first (into act_mlp_).
   void matmul(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
@@ -222,6 +224,9 @@ class CudaBackend final : public Backend {
   PinnedBuffer rope_host_;
   moe::Layout route_layout_{};
   DeviceBuffer ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_;
+  // Quantized experts, tensor-core path: a few active slots' matrices dequantized (moe_dequant_active).
+  DeviceBuffer ex_deq_;
+  int ex_deq_slots_ = 0;
   int family_cap_ = 0;
   DeviceBuffer embed_, lm_head_, lm_head_s_, final_norm_, inv_freq_, staging_;
   std::set<std::string> expected_, loaded_;

@@ -307,7 +307,17 @@ void CudaBackend::reserve_family(int T) {
     NS_CUDA(cudaMemsetAsync(route_dev_.ptr, 0, route_dev_.bytes, stream_));  // the fused router's `done` counter starts at 0
     if (local > 0) {
       // The tensor-core path writes gate|up rows before the activation; the GEMV path only the latter.
-      if (!moe::use_gemv(T, c.top_k, c.num_experts)) ex_gu_.reserve(es * rows * 2 * I);
+      if (!moe::use_gemv(T, c.top_k, c.num_experts)) {
+        ex_gu_.reserve(es * rows * 2 * I);
+        if (wdt_ != act_) {
+          // Quantized experts: up to kDequantBytes of active slots' gate|up (or down) matrices at a
+          // time, at least one.
+          constexpr size_t kDequantBytes = 64u << 20;
+          const size_t per = es * 2 * I * H;
+          ex_deq_slots_ = static_cast<int>(std::max<size_t>(1, std::min<size_t>(moe::max_active(T, c.top_k, local), kDequantBytes / per)));
+          ex_deq_.reserve(per * ex_deq_slots_);
+        }
+      }
       ex_act_.reserve(es * rows * I);
       ex_out_.reserve(4 * rows * H);
     }
@@ -349,6 +359,12 @@ void CudaBackend::upload_rope_tables(const StepInput& in, int T) {
   NS_CUDA(cudaMemcpyAsync(rope_dev_.ptr, h, 4 * (size_t)2 * T * (rope_half_ + local_half_), cudaMemcpyHostToDevice, stream_));
 }
 
+void CudaBackend::shared_expert_matmul(const void* x, const DeviceBuffer& w, const DeviceBuffer& scale, int M, int N, int K, void* y,
+                                       Out mode) {
+  if (wdt_ == act_) matmul(x, w.ptr, M, N, K, y, mode);
+  else matmul_weight_only(x, Weight{w.ptr, wdt_, scale.as<float>(), nullptr}, M, N, K, y, mode);
+}
+
 // The routed experts (moe.cu, plan in moe_plan.h) and the shared expert of T tokens of xb_, with
 // no host wait: router logits (the shared expert's gate logit as one more column), device-side
 // top-k and permutation (one launch for decode steps), the grouped expert products over this rank's active experts, then per
@@ -373,10 +389,11 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   const bool gemv = moe::use_gemv(T, K, E);
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
-    matmul(xb_.ptr, L.sh_gate_up.ptr, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
+    shared_expert_matmul(xb_.ptr, L.sh_gate_up, L.sh_gate_up_s, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
     gated_act(act_, sh_gu_.ptr, nullptr, T, Is, gelu, sh_act_.ptr, st);
-    matmul(sh_act_.ptr, L.sh_down.ptr, T, H, Is, sh_out_.ptr, Out::F32);
+    shared_expert_matmul(sh_act_.ptr, L.sh_down, L.sh_down_s, T, H, Is, sh_out_.ptr, Out::F32);
   }
+  const bool quantized = wdt_ != act_;
   const int groups = moe::max_active(T, K, local);
   if (gemv) {
     const int mt = moe::gemv_tokens(T);
@@ -388,13 +405,38 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       gu.sw = L.sh_gate_up.ptr; gu.sn = Is; gu.sk = H; gu.sx = xb_.ptr; gu.sy = sh_act_.ptr; gu.s_rows = T;
       dn.sw = L.sh_down.ptr; dn.sn = H; dn.sk = Is; dn.sx = sh_act_.ptr; dn.sy = sh_out_.ptr; dn.s_rows = T;
     }
-    moe_gemv(act_, gu, /*gated=*/true, mt, st);
-    moe_gemv(act_, dn, /*gated=*/false, mt, st);
-  } else if (local > 0) {
+    if (quantized) {
+      moe_gemv_quant(act_, wdt_, gu, L.ex_gate_up_s.as<float>(), L.sh_gate_up_s.as<float>(), /*gated=*/true, mt, st);
+      moe_gemv_quant(act_, wdt_, dn, L.ex_down_s.as<float>(), L.sh_down_s.as<float>(), /*gated=*/false, mt, st);
+    } else {
+      moe_gemv(act_, gu, /*gated=*/true, mt, st);
+      moe_gemv(act_, dn, /*gated=*/false, mt, st);
+    }
+  } else if (local > 0 && !quantized) {
     const int tiles = moe::max_tiles(T, K, local);
     moe_mma(act_, {xb_.ptr, /*gather=*/true, L.ex_gate_up.ptr, (size_t)2 * I * H, 2 * I, H, ex_gu_.ptr, false, tiles, meta, Ly}, st);
     moe_gated_act(act_, ex_gu_.ptr, meta, Ly, T * K, I, gelu, ex_act_.ptr, st);
     moe_mma(act_, {ex_act_.ptr, false, L.ex_down.ptr, (size_t)H * I, H, I, ex_out_.ptr, true, tiles, meta, Ly}, st);
+  } else if (local > 0) {
+    // Quantized experts: a few active slots at a time dequantized into ex_deq_ (slot order), then
+    // the tiles of those slots (the step's active count is on the device: every possible slot).
+    const int tiles = moe::max_tiles(T, K, local), step = ex_deq_slots_;
+    if (step < 1) throw std::runtime_error("cuda: no dequantization scratch for the quantized experts");
+    for (int g0 = 0; g0 < groups; g0 += step) {
+      const int g1 = std::min(groups, g0 + step);
+      moe_dequant_active(act_, wdt_, L.ex_gate_up.ptr, L.ex_gate_up_s.as<float>(), (size_t)2 * I * H, 2 * I, H, meta, Ly, g0, g1, ex_deq_.ptr, st);
+      MoeMmaArgs a{xb_.ptr, /*gather=*/true, ex_deq_.ptr, (size_t)2 * I * H, 2 * I, H, ex_gu_.ptr, false, tiles, meta, Ly};
+      a.by_slot = true; a.g0 = g0; a.g1 = g1;
+      moe_mma(act_, a, st);
+    }
+    moe_gated_act(act_, ex_gu_.ptr, meta, Ly, T * K, I, gelu, ex_act_.ptr, st);
+    for (int g0 = 0; g0 < groups; g0 += step) {
+      const int g1 = std::min(groups, g0 + step);
+      moe_dequant_active(act_, wdt_, L.ex_down.ptr, L.ex_down_s.as<float>(), (size_t)H * I, H, I, meta, Ly, g0, g1, ex_deq_.ptr, st);
+      MoeMmaArgs a{ex_act_.ptr, false, ex_deq_.ptr, (size_t)H * I, H, I, ex_out_.ptr, true, tiles, meta, Ly};
+      a.by_slot = true; a.g0 = g0; a.g1 = g1;
+      moe_mma(act_, a, st);
+    }
   }
   const bool fuse = c.tp_size == 1;
   moe_combine(act_, {ex_out_.as<float>(), Is > 0 ? sh_out_.as<float>() : nullptr, logits, ld, E, T, H, K, meta, Ly,
@@ -408,7 +450,7 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
 // sublayer's input norm (add_norm, or the MoE combine at tp 1). No host wait: decode steps run as
 // CUDA graphs (the RoPE tables are uploaded by step() before). Quantized attention, dense-MLP and
 // head matrices and the fp8 KV cache run as on the Llama path (matmul(), KvCache); an MoE's experts
-// and shared expert are held in the activation dtype (dequantized at load: load_moe_quantized).
+// and shared expert stay quantized too, run weight-only (moe_quant.cu).
 void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;

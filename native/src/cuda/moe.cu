@@ -340,8 +340,9 @@ __global__ void __launch_bounds__(moe::kMmaThreads) moe_mma_kernel(MoeMmaArgs a)
   const int tile = blockIdx.x;
   if (tile >= meta[L.n_tiles]) return;
   const int g = meta[L.tiles + 2 * tile], m0 = meta[L.tiles + 2 * tile + 1];
+  if (a.by_slot && (g < a.g0 || g >= a.g1)) return;
   const int row0 = meta[L.active_off + g] + m0, M = min(moe::kTileM, meta[L.active_cnt + g] - m0);
-  const T* w = static_cast<const T*>(a.w) + (size_t)meta[L.active_e + g] * a.w_stride;
+  const T* w = static_cast<const T*>(a.w) + (size_t)(a.by_slot ? g - a.g0 : meta[L.active_e + g]) * a.w_stride;
   const T* x = static_cast<const T*>(a.x);
   const int N = a.N, K = a.K, n0 = blockIdx.y * kTileN;
   const int chunks = (K + kTileK - 1) / kTileK;

@@ -46,6 +46,8 @@ void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, 
 
 // Grouped tensor-core GEMM over the tiles of moe_plan.h: y[row, n] = x[src(row)] . w_e[n]^T for
 // every row of every active expert e, src = the permutation (gather) or the row itself.
+// by_slot: the weights of active slots [g0, g1) only, back to back in slot order (the quantized
+// experts' dequantized slices, moe_dequant_active); tiles of other slots are left to other launches.
 struct MoeMmaArgs {
   const void* x; bool gather;
   const void* w; size_t w_stride;
@@ -53,8 +55,22 @@ struct MoeMmaArgs {
   void* y; bool f32_out;
   int grid_tiles;                  // moe::max_tiles of the step
   const int32_t* meta; moe::Layout layout;
+  bool by_slot = false;
+  int g0 = 0, g1 = 0;
 };
 void moe_mma(DType act, const MoeMmaArgs& a, cudaStream_t s);
+
+// Quantized routed experts and shared expert (moe_quant.cu; weight-only: int8 or E4M3 weights `wt`
+// with one f32 scale per weight row, activation-dtype inputs). moe_gemv_quant: moe_gemv's grouped
+// GEMV reading the 1-byte weights (a.w, a.sw) and dequantizing in registers; `scale` holds every
+// local expert's row scales back to back ([n_local][2n] gated, [n_local][n] down), `shared_scale`
+// the shared expert's. moe_dequant_active: the weights [N, K] of active slots [g0, g1) (their
+// expert ids from meta) times their row scales into `out` ([g1 - g0][N, K], activation dtype), for
+// moe_mma's by_slot launches.
+void moe_gemv_quant(DType act, DType wt, const MoeGemvArgs& a, const float* scale, const float* shared_scale, bool gated,
+                    int tokens_per_pass, cudaStream_t s);
+void moe_dequant_active(DType act, DType wt, const void* q, const float* scale, size_t stride, int N, int K, const int32_t* meta,
+                        const moe::Layout& layout, int g0, int g1, void* out, cudaStream_t s);
 
 // out[r, i] = act(gu[r, i]) * gu[r, I + i] for the step's rows (meta's n_rows, at most max_rows).
 void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::Layout& layout, int max_rows, int I,
