@@ -163,6 +163,7 @@ function launch(name, cpus) {
   const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
     '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  current = proc;
   let err = '';
   proc.stderr.on('data', (x) => (err += x));
   return new Promise((ok, fail) => {
@@ -299,6 +300,22 @@ const result = {
   settings: o, deployments, phases: {}, order: [],
 };
 const rest = pinned ? o.restCpus : undefined;
+const dir = join(root, 'bench', 'results');
+const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}.json`);
+const write = () => {
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+  log(`wrote ${file}`);
+};
+// Stopped from outside (timeout): what was measured so far is written, and the launch in progress stopped.
+let current;
+process.once('SIGTERM', () => {
+  result.error = 'stopped by SIGTERM before the end';
+  result.machine.loadavg_at_end = loadavg();
+  write();
+  current?.kill('SIGINT');
+  process.exit(143);
+});
 try {
   let c = await launch('hetero', rest);
   log(c.readyLine);
@@ -388,12 +405,13 @@ try {
     `vs fast alone + 80% slow alone ${f(need)} (${result.bars.throughput_ok}, ${(100 * result.bars.throughput_margin).toFixed(1)}%); against the separate unpinned fast launch ` +
     `${f(result.bars.against_separate_fast.fast_plus_80pct_slow_tok_s)} (${result.bars.against_separate_fast.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +
     `${p.fast_fifo_mixed.ttft.p99_ms} ms there, tok/s x${result.bars.over_fifo.tok_s.toFixed(2)}`);
+} catch (err) {
+  // What was measured before the failure still comes back.
+  result.error = err.stack ?? String(err);
+  process.exitCode = 1;
+  log(`failed: ${err.message}`);
 } finally {
   result.machine.loadavg_at_end = loadavg();
   rmSync(work, { recursive: true, force: true });
+  write();
 }
-const dir = join(root, 'bench', 'results');
-mkdirSync(dir, { recursive: true });
-const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}.json`);
-writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-log(`wrote ${file}`);
