@@ -76,12 +76,9 @@ const d = gpu
 function topology() {
   const r = spawnSync('lscpu', ['-p=CPU,CORE,SOCKET,NODE'], { encoding: 'utf8' });
   const rows = r.status === 0 ? r.stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').map(Number)) : [];
-  const online = readFileSync('/sys/devices/system/cpu/online', 'utf8').trim();
-  const cpusOnline = online.split(',').flatMap((p) => {
-    const [x, y = x] = p.split('-').map(Number);
-    return Array.from({ length: y - x + 1 }, (_, k) => x + k);
-  });
-  return cpusOnline.map((c) => {
+  // The CPUs this process may use (a container's cpuset, or a taskset around the bench).
+  const allowed = parseList(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+  return allowed.map((c) => {
     const row = rows.find((x) => x[0] === c);
     return { cpu: c, core: row ? row[2] * 100000 + row[1] : c, socket: row?.[2] ?? 0, node: row?.[3] ?? 0 };
   });
@@ -99,7 +96,7 @@ const range = (cs) => {
 };
 const parseList = (spec) => spec.split(',').flatMap((p) => {
   const [x, y = x] = p.split('-').map(Number);
-  if (!Number.isInteger(x) || !Number.isInteger(y) || y < x) throw new Error(`bench/hetero: --slow-cpus '${spec}': not a core list such as 10-15`);
+  if (!Number.isInteger(x) || !Number.isInteger(y) || y < x) throw new Error(`bench/hetero: '${spec}': not a core list such as 10-15`);
   return Array.from({ length: y - x + 1 }, (_, k) => x + k);
 });
 
@@ -113,6 +110,8 @@ function defaultSlowCpus() {
 }
 const slowCpus = a['slow-cpus'] === 'none' ? [] : (a['slow-cpus'] ? parseList(a['slow-cpus']) : defaultSlowCpus()).sort((x, y) => x - y);
 const restCpus = topo.map((t) => t.cpu).filter((c) => !slowCpus.includes(c));
+const foreign = slowCpus.filter((c) => !topo.some((t) => t.cpu === c));
+if (foreign.length) throw new Error(`bench/hetero: --slow-cpus: ${range(foreign)} not among the cores this process may use (${range(topo.map((t) => t.cpu))})`);
 if (slowCpus.length && !restCpus.length) throw new Error(`bench/hetero: --slow-cpus ${range(slowCpus)} leaves no core for the launcher, the fast replica and the load`);
 if (slowCpus.length && spawnSync('taskset', ['-V']).status !== 0) throw new Error('bench/hetero: pinning needs taskset (util-linux); or pass --slow-cpus none');
 

@@ -88,13 +88,21 @@ export function bindCoresScript(list: number[] | undefined, localSize: number, l
     : { what: '--bind_cores_to_rank', share: { size: localSize, index: localRank } });
 }
 
-/** The cores this machine has online (/sys/devices/system/cpu/online; else 0..cpus()-1). */
+/**
+ * The cores processes may use on this machine: the cgroup's cpuset (a container's) when there is one,
+ * else the online ones (else 0..cpus()-1). Not this process's own mask: the launcher may itself run
+ * pinned and still give its workers other cores.
+ */
 export function onlineCores(): number[] {
-  try {
-    return parseCoreList(readFileSync('/sys/devices/system/cpu/online', 'utf8').trim());
-  } catch {
-    return Array.from({ length: cpus().length }, (_, i) => i);
+  for (const file of ['/sys/fs/cgroup/cpuset.cpus.effective', '/sys/devices/system/cpu/online']) {
+    try {
+      const text = readFileSync(file, 'utf8').trim();
+      if (text) return parseCoreList(text, file);
+    } catch {
+      /* absent: the next source */
+    }
   }
+  return Array.from({ length: cpus().length }, (_, i) => i);
 }
 
 /** One slot of a launch: its host, whether it is this machine, and the group whose rank it runs at launch (none: a spare). */
