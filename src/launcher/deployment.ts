@@ -117,8 +117,9 @@ function distance(a: string, b: string): number {
 
 function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
+  // gpus is one letter from cpus, and means the layout.
   const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
-    ttft_ms: 'ttft_p99_ms' };
+    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
