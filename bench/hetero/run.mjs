@@ -84,21 +84,9 @@ function topology() {
   });
 }
 
-const range = (cs) => {
-  const parts = [];
-  for (let i = 0; i < cs.length; ) {
-    let j = i;
-    while (j + 1 < cs.length && cs[j + 1] === cs[j] + 1) j++;
-    parts.push(j === i ? `${cs[i]}` : `${cs[i]}-${cs[j]}`);
-    i = j + 1;
-  }
-  return parts.join(',');
-};
-const parseList = (spec) => spec.split(',').flatMap((p) => {
-  const [x, y = x] = p.split('-').map(Number);
-  if (!Number.isInteger(x) || !Number.isInteger(y) || y < x) throw new Error(`bench/hetero: '${spec}': not a core list such as 10-15`);
-  return Array.from({ length: y - x + 1 }, (_, k) => x + k);
-});
+// The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
+const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
+const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
 // The slow group's default cores: every hardware thread of the last slowShare of the physical
