@@ -296,6 +296,10 @@ const write = () => {
 };
 // Stopped from outside (timeout): what was measured so far is written, and the launch in progress stopped.
 let current;
+// However this process ends (an uncaught error, a closed stderr), the launch in progress ends with it.
+process.on('exit', () => {
+  if (current && current.exitCode === null && current.signalCode === null) current.kill('SIGINT');
+});
 process.once('SIGTERM', () => {
   result.error = 'stopped by SIGTERM before the end';
   result.machine.loadavg_at_end = loadavg();

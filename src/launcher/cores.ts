@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 
 import { LayoutError } from '../coordinator/layout.js';
+import { shellQuote } from './remote.js';
 
 /**
  * Parses `0,2-4,6` into [0, 2, 3, 4, 6] with DeepSpeed's rules: items are a number or an inclusive
@@ -60,8 +61,8 @@ export type CoreBinding = { what: string; cores: number[] } | { what: string; sh
  * the host does not have is refused there, naming `what`. `$@` is the program.
  */
 export function bindingScript(b: CoreBinding): string {
-  const what = b.what.replace(/'/g, '');
-  const lines: string[] = [];
+  // The flag or key (a deployment file's path in it) as a shell word, never as shell text.
+  const lines: string[] = [`__ns_what=${shellQuote(b.what)}`];
   if ('cores' in b) {
     lines.push(`__ns_cores=${formatCoreList(b.cores)}; __ns_per=${b.cores.length}; __ns_max=${b.cores[b.cores.length - 1]}`);
   } else {
@@ -70,12 +71,12 @@ export function bindingScript(b: CoreBinding): string {
     lines.push(
       `__ns_n=$(lscpu -p=CORE,SOCKET 2>/dev/null | grep -v '^#' | sort -u | wc -l); [ "$__ns_n" -gt 0 ] 2>/dev/null || __ns_n=$(nproc --all)`,
       `__ns_per=$((__ns_n / ${size}))`,
-      `if [ "$__ns_per" -lt 1 ]; then echo "nodespeed: ${what}: $__ns_n core(s) cannot give each of ${size} rank(s) one" >&2; exit 1; fi`,
+      `if [ "$__ns_per" -lt 1 ]; then echo "nodespeed: $__ns_what: $__ns_n core(s) cannot give each of ${size} rank(s) one" >&2; exit 1; fi`,
       `__ns_cores=$((__ns_per * ${index}))-$((__ns_per * ${index} + __ns_per - 1)); __ns_max=$((__ns_per * ${index} + __ns_per - 1))`,
     );
   }
   lines.push(
-    `__ns_all=$(nproc --all); if [ "$__ns_max" -ge "$__ns_all" ]; then echo "nodespeed: ${what}: core $__ns_max cannot be used: $(hostname) has cores 0-$((__ns_all - 1))" >&2; exit 1; fi`,
+    `__ns_all=$(nproc --all); if [ "$__ns_max" -ge "$__ns_all" ]; then echo "nodespeed: $__ns_what: core $__ns_max cannot be used: $(hostname) has cores 0-$((__ns_all - 1))" >&2; exit 1; fi`,
     'export OMP_NUM_THREADS=$__ns_per NODESPEED_BOUND_CORES=$__ns_per',
     'if command -v numactl >/dev/null 2>&1; then set -- numactl -C "$__ns_cores" --localalloc "$@"; else set -- taskset -c "$__ns_cores" "$@"; fi',
   );

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { LayoutError } from '../../src/coordinator/layout.js';
-import { onlineCores, planCoreBindings } from '../../src/launcher/cores.js';
+import { bindingScript, onlineCores, planCoreBindings } from '../../src/launcher/cores.js';
 import { BIN, PY_TINY, launch, reference, root } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 import { workdir } from '../hetero/helpers.js';
@@ -53,6 +53,20 @@ describe('planCoreBindings', () => {
     // Host b is remote: its cores are checked there, when its worker starts.
     expect(planCoreBindings([{ host: 'b', isLocal: false, group: 0 }], [{ name: 'cpu', cpus: [64] }], { bindCores: false }, online)[0]).toEqual(
       { what: 'group cpu cpus', cores: [64] });
+  });
+});
+
+describe('bindingScript', () => {
+  const sh = (script: string) => spawnSync('/bin/sh', ['-c', `${script}\nexec "$@"`, 'rank', '/bin/sh', '-c', 'echo $NODESPEED_BOUND_CORES $OMP_NUM_THREADS'], { encoding: 'utf8' });
+
+  it('runs the program pinned with its share\'s size exported; a core the host lacks is refused there, naming the key as written', () => {
+    const ok = sh(bindingScript({ what: 'x', cores: [onlineCores()[0]!] }));
+    expect([ok.status, ok.stdout]).toEqual([0, '1 1\n']);
+    const what = 'deploy "$(id)" `id`.yaml:4: groups[0].cpus';
+    const lacking = sh(bindingScript({ what, cores: [0, 65000] }));
+    expect(lacking.status).toBe(1);
+    expect(lacking.stdout).toBe('');
+    expect(lacking.stderr).toMatch(new RegExp(`^nodespeed: ${what.replace(/[$()`.[\]]/g, '\\$&')}: core 65000 cannot be used: \\S+ has cores 0-\\d+\n$`));
   });
 });
 
