@@ -8,9 +8,11 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { sshdAvailable, startSshd } from '../helpers/sshd.js';
+
 import { LayoutError } from '../../src/coordinator/layout.js';
 import { bindingScript, onlineCores, planCoreBindings } from '../../src/launcher/cores.js';
-import { BIN, PY_TINY, launch, reference, root } from '../serving/helpers.js';
+import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 import { workdir } from '../hetero/helpers.js';
 
@@ -137,4 +139,23 @@ describe('launch with core binding', () => {
       await c.stop();
     }
   });
+});
+
+describe.skipIf(!sshdAvailable())('launch with core binding on a remote host', () => {
+  it('the remote host refuses a core it lacks when its worker starts, naming the file, line and key; nothing is left running', async () => {
+    const sshd = await startSshd({ hosts: ['127.0.0.2'] });
+    try {
+      w.file('hostfile-remote', '127.0.0.2 slots=1 device=cpu\n');
+      const config = w.file('remote.yaml', `model: ${PY_TINY}\nhostfile: hostfile-remote\ngroups:\n  - name: far\n    device: cpu\n    cpus: 65000\n`);
+      const r = spawnSync(process.execPath, [BIN, 'launch', '--config', config, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress'],
+        { encoding: 'utf8', cwd: root, env: { ...process.env, ...sshd.env }, timeout: 90_000 });
+      expect(r.status).not.toBe(0);
+      expect(r.stdout).not.toContain('nodespeed ready');
+      expect(r.stderr).toContain(`nodespeed: ${config}:6: groups[0].cpus: core 65000 cannot be used: `);
+      expect(r.stderr).toMatch(/rank 0 on 127\.0\.0\.2 exited with code 1 before the cluster was ready/);
+      expect(workerProcesses()).toEqual([]);
+    } finally {
+      await sshd.stop();
+    }
+  }, 120_000);
 });
