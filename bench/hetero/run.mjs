@@ -113,6 +113,8 @@ const o = {
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
 };
+// The deployment files live in a temp folder and resolve their paths there: the model's goes in absolute.
+a.model = resolve(a.model);
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
 const vocab = config.vocab_size;
 
