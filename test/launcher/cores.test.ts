@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { sshdAvailable, startSshd } from '../helpers/sshd.js';
 
 import { LayoutError } from '../../src/coordinator/layout.js';
-import { bindingScript, onlineCores, planCoreBindings } from '../../src/launcher/cores.js';
+import { bindingScript, formatCoreList, onlineCores, planCoreBindings } from '../../src/launcher/cores.js';
 import { BIN, PY_TINY, launch, reference, root, workerProcesses } from '../serving/helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 import { workdir } from '../hetero/helpers.js';
@@ -114,26 +114,32 @@ describe('launch with core binding', () => {
   }
   const allowed = (path: string) => /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(path, 'utf8'))![1];
 
-  it.skipIf(onlineCores().length < 2)('pins every thread of each worker to its cores: a group\'s cpus, --bind_cores_to_rank for the others', async () => {
+  it.skipIf(onlineCores().length < 2)('pins every thread of each worker to its cores (a group\'s cpus, --bind_cores_to_rank for the others); threads default to their count', async () => {
     const [first, second] = onlineCores();
-    const config = w.file('pin.yaml', `model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    cpus: ${second}\n  - name: b\n    device: cpu\n`);
-    const c = await launch(PY_TINY, ['--config', config, '--bind_cores_to_rank', '--bind_core_list', String(first)]);
+    const both = `${first},${second}`;
+    // a: its group's one core; b: the flag's two cores; d: the same two cores as b, threads: 1.
+    const config = w.file('pin.yaml', `model: ${PY_TINY}\ngroups:\n  - name: a\n    device: cpu\n    cpus: ${second}\n  - name: b\n    device: cpu\n` +
+      `  - name: d\n    device: cpu\n    cpus: ${both}\n    threads: 1\n`);
+    const c = await launch(PY_TINY, ['--config', config, '--bind_cores_to_rank', '--bind_core_list', both]);
     try {
       const workers = workersOf(c.proc.pid!);
-      expect([...workers.keys()].sort()).toEqual([0, 1]);
-      for (const [rank, core] of [[0, second], [1, first]] as const) {
+      expect([...workers.keys()].sort()).toEqual([0, 1, 2]);
+      const tasks = new Map<number, number>();
+      for (const [rank, cores, bound] of [[0, `${second}`, 1], [1, formatCoreList([first!, second!]), 2], [2, formatCoreList([first!, second!]), 2]] as const) {
         const pid = workers.get(rank)!;
         // Every thread: V8's, libuv's, gRPC's and the CPU backend's pool, started after the pinning.
         const threads = readdirSync(`/proc/${pid}/task`);
-        expect(threads.length).toBeGreaterThan(4);
-        expect(new Set(threads.map((t) => allowed(`/proc/${pid}/task/${t}/status`)))).toEqual(new Set([String(core)]));
+        tasks.set(rank, threads.length);
+        expect(new Set(threads.map((t) => allowed(`/proc/${pid}/task/${t}/status`)))).toEqual(new Set([cores]));
         const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
-        expect(env).toContain('NODESPEED_BOUND_CORES=1');
-        expect(env).toContain('OMP_NUM_THREADS=1');
+        expect(env).toContain(`NODESPEED_BOUND_CORES=${bound}`);
+        expect(env).toContain(`OMP_NUM_THREADS=${bound}`);
       }
-      // And both serve the reference's greedy tokens.
+      // b computes on 2 threads (its cores), d on the 1 it asked for: the CPU pool's one extra thread is the only difference.
+      expect(tasks.get(1)! - tasks.get(2)!).toBe(1);
+      // And each serves the reference's greedy tokens.
       const ref = reference<PyTinyCase>(PY_TINY).cases[0]!;
-      const outs = await Promise.all(['a', 'b'].map(() => c.client.complete({ promptIds: ref.ids, maxTokens: 8, ignoreEos: true })));
+      const outs = await Promise.all([0, 1, 2].map(() => c.client.complete({ promptIds: ref.ids, maxTokens: 8, ignoreEos: true })));
       for (const o of outs) expect(o.tokenIds).toEqual(ref.greedy_48.slice(0, 8));
     } finally {
       await c.stop();
