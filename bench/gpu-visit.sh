@@ -9,7 +9,7 @@
 #   moe    bench/moe: a Qwen1.5-MoE-A2.7B-shaped random checkpoint (`model init --arch qwen2_moe
 #          --preset a2.7b`, 28.6 GB, in $MOE_MODEL, default /tmp/qwen15-moe-a2.7b) decoding at batch 1
 #          against its roofline and at batch 32 beside HF transformers eager (bench/moe/hf_moe.py).
-#   hetero bench/hetero (only when named): the GPU replica (bf16) plus 2 CPU replicas of 6 threads (int8) of this host
+#   hetero bench/hetero (only when named): the GPU replica (bf16) plus 2 CPU replicas (int8) pinned to 6 of this host's cores
 #          under a realtime stream and a batch flood, beside each alone and the GPU replica with FIFO, on a
 #          1B-shape checkpoint (NODESPEED_TEST_MODEL_1B, default /tmp/llama-1b, made when missing).
 #

@@ -1,27 +1,36 @@
 #!/usr/bin/env node
-// Heterogeneous serving benchmark: a fast replica (one GPU; on a CPU-only machine, a CPU replica
-// with more threads) plus slow CPU replicas on the same machine, under a mixed load through the
-// public gRPC API of real `nodespeed launch`es: a realtime stream at a fixed rate plus a flood of
-// batch requests (load.mjs, each in a process of its own). One run measures, on one machine:
+// Heterogeneous serving benchmark: a fast replica (one GPU; on a CPU-only machine, a CPU replica)
+// plus slow CPU replicas on the same machine, under a mixed load through the public gRPC API of real
+// `nodespeed launch`es: a realtime stream at a fixed rate plus a flood of batch requests (load.mjs,
+// each in a process of its own).
 //
-//   hetero   launch --config with groups fast (tp 1, 1 replica) + slow (--slow-replicas CPU
-//            replicas of --slow-threads threads), classes realtime -> [fast] (TTFT p99 target
-//            --ttft-target), standard -> [fast, slow], batch -> [slow, fast]:
-//              1. the realtime stream alone (its TTFT p99 with no batch load: the baseline)
-//              2. the realtime stream + the batch flood: realtime TTFT p99, total generated tok/s
-//   fast     the fast group alone: the batch flood (its tok/s alone), then the same mixed load as 2
-//            with every request in one class (FIFO: no priority, no preemption): the comparison
-//   slow     the slow group alone: the batch flood (its tok/s alone)
+// The slow group is pinned to --slow-cpus (default: the last 3/8 of the host's physical cores, all
+// their hardware threads) with the deployment file's `cpus` key; everything else of the hetero
+// launch -- the launcher with the coordinator, the fast group's worker (its `cpus`), the load
+// generators (taskset) -- runs on the other cores, so the CPU replicas' compute cannot take host
+// CPU from the GPU replica's side. One launch of both groups measures, on one machine:
 //
-// Bars: realtime TTFT p99 under the flood <= 1.5x its value
-// alone, and total tok/s under the mixed load >= fast alone + 0.8 x slow alone.
+//   realtime_alone   the realtime stream alone (its TTFT p99 with no batch load: the baseline)
+//   fast_alone       the batch flood in a class that only the fast group serves
+//   hetero_mixed     the realtime stream + the batch flood (batch -> [slow, fast]): realtime TTFT p99,
+//                    total generated tok/s
+//   slow_alone       the batch flood in a class that only the slow group serves
+// fast_alone and hetero_mixed are measured --repeats times each, in ABBA order (F M, M F, F M, ...:
+// a drift over the run weighs on both alike); the bars use their medians, and the spread is reported.
+// A second launch of the fast group alone, unpinned (the whole machine, as a GPU-only deployment
+// runs), measures the same flood (fast_alone_separate: the bar is shown against it too) and the
+// mixed load with every request in one class (FIFO: no priority, no preemption): the comparison.
 //
-//   npm run build && node bench/hetero/run.mjs                     # CPU: py-tiny, fast = 1 replica of 2 threads, slow = 1 of 1
-//   node bench/hetero/run.mjs --device cuda --model /tmp/llama-1b  # one GPU (bf16) + 2 CPU replicas of 6 threads (int8)
+// Bars: realtime TTFT p99 under the flood <= 1.5x its value alone, and total tok/s under the mixed
+// load >= fast alone + 0.8 x slow alone.
 //
-// Writes bench/results/hetero-<device>-<commit>.json (machine, commit, every phase, the bars).
+//   npm run build && node bench/hetero/run.mjs                     # CPU: py-tiny, slow = core(s) of the last physical core
+//   node bench/hetero/run.mjs --device cuda --model /tmp/llama-1b  # one GPU (bf16) + 2 CPU replicas (int8) on 6 of 16 cores
+//
+// Writes bench/results/hetero-<device>-<commit>.json (machine and its core topology, commit, every
+// phase with each CPU's busy share and the workers' core masks, the bars).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,13 +41,15 @@ const { values: a } = parseArgs({
   options: {
     device: { type: 'string', default: 'cpu' },
     model: { type: 'string', default: join(root, 'models', 'py-tiny') },
-    'fast-threads': { type: 'string', default: '2' },
+    'fast-threads': { type: 'string' },
     'fast-max-seqs': { type: 'string' },
     'fast-max-batch-tokens': { type: 'string' },
     'slow-replicas': { type: 'string' },
     'slow-threads': { type: 'string' },
     'slow-precision': { type: 'string' },
     'slow-max-seqs': { type: 'string' },
+    'slow-cpus': { type: 'string' },
+    repeats: { type: 'string' },
     'ttft-target': { type: 'string' },
     'rt-rate': { type: 'string' },
     'rt-prompt': { type: 'string' },
@@ -53,50 +64,95 @@ const { values: a } = parseArgs({
 });
 const gpu = a.device === 'cuda';
 // Defaults per device: GPU host (one GPU, 16 cores; a 1B model) or this 2-core CPU box (py-tiny).
+// The GPU host's batch prompt is short (32 tokens) so the int8 CPU replicas get through a seat's
+// prefill within a phase and their tokens count (at 256 tokens they spent every phase prefilling).
 const d = gpu
-  ? { slowReplicas: 2, slowThreads: 6, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 256, bTokens: 128, alone: 15, mixed: 25,
-    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16, slowPrecision: 'int8' }
-  : { slowReplicas: 1, slowThreads: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, alone: 20, mixed: 20,
-    fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8, slowPrecision: 'auto' };
+  ? { slowReplicas: 2, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 32, bTokens: 128, alone: 15, mixed: 25, repeats: 3,
+    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16, slowPrecision: 'int8', slowShare: 3 / 8 }
+  : { slowReplicas: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, alone: 12, mixed: 12, repeats: 2,
+    fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8, slowPrecision: 'auto', slowShare: 1 / 2 };
+
+/** The host's logical CPUs with their physical core (lscpu -p; without it, one core per CPU). */
+function topology() {
+  const r = spawnSync('lscpu', ['-p=CPU,CORE,SOCKET,NODE'], { encoding: 'utf8' });
+  const rows = r.status === 0 ? r.stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').map(Number)) : [];
+  // The CPUs this process may use (a container's cpuset, or a taskset around the bench).
+  const allowed = parseList(/Cpus_allowed_list:\s*(\S+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+  return allowed.map((c) => {
+    const row = rows.find((x) => x[0] === c);
+    return { cpu: c, core: row ? row[2] * 100000 + row[1] : c, socket: row?.[2] ?? 0, node: row?.[3] ?? 0 };
+  });
+}
+
+// The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
+const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
+const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
+
+const topo = topology();
+// The slow group's default cores: every hardware thread of the last slowShare of the physical
+// cores (so no CPU replica shares a physical core with the GPU side's threads).
+function defaultSlowCpus() {
+  const cores = [...new Set(topo.map((t) => t.core))];
+  const take = new Set(cores.slice(cores.length - Math.max(1, Math.round(cores.length * d.slowShare))));
+  return topo.filter((t) => take.has(t.core)).map((t) => t.cpu);
+}
+const slowCpus = a['slow-cpus'] === 'none' ? [] : (a['slow-cpus'] ? parseList(a['slow-cpus']) : defaultSlowCpus()).sort((x, y) => x - y);
+const restCpus = topo.map((t) => t.cpu).filter((c) => !slowCpus.includes(c));
+const foreign = slowCpus.filter((c) => !topo.some((t) => t.cpu === c));
+if (foreign.length) throw new Error(`bench/hetero: --slow-cpus: ${range(foreign)} not among the cores this process may use (${range(topo.map((t) => t.cpu))})`);
+if (slowCpus.length && !restCpus.length) throw new Error(`bench/hetero: --slow-cpus ${range(slowCpus)} leaves no core for the launcher, the fast replica and the load`);
+if (slowCpus.length && spawnSync('taskset', ['-V']).status !== 0) throw new Error('bench/hetero: pinning needs taskset (util-linux); or pass --slow-cpus none');
+
 const o = {
-  slowReplicas: Number(a['slow-replicas'] ?? d.slowReplicas), slowThreads: Number(a['slow-threads'] ?? d.slowThreads),
+  slowReplicas: Number(a['slow-replicas'] ?? d.slowReplicas), slowThreads: a['slow-threads'] !== undefined ? Number(a['slow-threads']) : null,
+  slowCpus: slowCpus.length ? range(slowCpus) : 'none', restCpus: slowCpus.length ? range(restCpus) : 'all',
   ttftTarget: Number(a['ttft-target'] ?? d.ttft), rtRate: Number(a['rt-rate'] ?? d.rtRate), rtPrompt: Number(a['rt-prompt'] ?? d.rtPrompt),
   rtTokens: Number(a['rt-tokens'] ?? d.rtTokens), conc: Number(a['batch-concurrency'] ?? d.conc), bPrompt: Number(a['batch-prompt'] ?? d.bPrompt),
   bTokens: Number(a['batch-tokens'] ?? d.bTokens), aloneS: Number(a['alone-s'] ?? d.alone), mixedS: Number(a['mixed-s'] ?? d.mixed),
+  repeats: Number(a.repeats ?? d.repeats),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
 };
+// The deployment files live in a temp folder and resolve their paths there: the model's goes in absolute.
+a.model = resolve(a.model);
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
 const vocab = config.vocab_size;
 
-const fastGroup = `  - name: fast
+const pinned = slowCpus.length > 0;
+const fastGroup = (pin) => `  - name: fast
     device: ${gpu ? 'cuda' : 'cpu'}
     replicas: 1
     max_seqs: ${o.fastMaxSeqs}
-    max_batch_tokens: ${o.fastMaxBatchTokens}${gpu ? '' : `\n    threads: ${a['fast-threads']}`}
+    max_batch_tokens: ${o.fastMaxBatchTokens}${!gpu && a['fast-threads'] ? `\n    threads: ${a['fast-threads']}` : ''}${pin ? `\n    cpus: ${o.restCpus}` : ''}
 `;
+// Without --slow-threads, each CPU replica runs one thread per core of its share of slow-cpus.
 const slowGroup = `  - name: slow
     device: cpu
-    replicas: ${o.slowReplicas}
-    threads: ${o.slowThreads}
+    replicas: ${o.slowReplicas}${o.slowThreads !== null ? `\n    threads: ${o.slowThreads}` : ''}${pinned ? `\n    cpus: ${o.slowCpus}` : ''}
     precision: ${o.slowPrecision}
     max_seqs: ${o.slowMaxSeqs}
 `;
 const deployments = {
-  hetero: `model: ${a.model}\ngroups:\n${fastGroup}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget} }\n` +
-    '  standard: { groups: [fast, slow] }\n  batch: { groups: [slow, fast] }\n',
-  fast: `model: ${a.model}\ngroups:\n${fastGroup}`,
-  slow: `model: ${a.model}\ngroups:\n${slowGroup}`,
+  hetero: `model: ${a.model}\ngroups:\n${fastGroup(pinned)}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget} }\n` +
+    '  standard: { groups: [fast, slow] }\n  batch: { groups: [slow, fast] }\n' +
+    // The flood of the alone phases: served by one group only.
+    '  fast_only: { groups: [fast], priority: 50 }\n  slow_only: { groups: [slow], priority: 60 }\n',
+  fast: `model: ${a.model}\ngroups:\n${fastGroup(false)}`,
 };
 
 const work = mkdtempSync(join(tmpdir(), 'nodespeed-bench-hetero-'));
 const log = (line) => process.stderr.write(`bench/hetero: ${line}\n`);
 
-function launch(name) {
+/** argv run on `cpus` (taskset) when pinning, else as is. */
+const on = (cpus, argv) => (cpus ? ['taskset', '-c', cpus, ...argv] : argv);
+
+function launch(name, cpus) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
-  const proc = spawn(process.execPath, [join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1', '--no-progress',
-    '--heartbeat-interval', '0.5', '--request-timeout', '120'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
+    '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  current = proc;
   let err = '';
   proc.stderr.on('data', (x) => (err += x));
   return new Promise((ok, fail) => {
@@ -104,17 +160,17 @@ function launch(name) {
     proc.stdout.on('data', (x) => {
       out += x;
       const line = out.split('\n').find((l) => l.startsWith('nodespeed ready '));
-      if (line) ok({ address: line.split(' ')[2], readyLine: line, stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
+      if (line) ok({ address: line.split(' ')[2], readyLine: line, pid: proc.pid, stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
     });
     proc.once('exit', (code) => fail(new Error(`launch ${name} exited with ${code}:\n${err.slice(-4000)}`)));
   });
 }
 
-/** Runs load.mjs processes side by side; resolves with their results. */
-function load(address, runs) {
+/** Runs load.mjs processes side by side (on `cpus` when pinning); resolves with their results. */
+function load(address, runs, cpus) {
   return Promise.all(runs.map((r) => new Promise((ok, fail) => {
-    const args = [join(root, 'bench', 'hetero', 'load.mjs'), '--address', address, '--vocab', String(vocab), ...r];
-    const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bench', 'hetero', 'load.mjs'), '--address', address, '--vocab', String(vocab), ...r]);
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     p.stdout.on('data', (x) => (out += x));
     p.once('exit', (code) => (code === 0 ? ok(JSON.parse(out)) : fail(new Error(`load ${r.join(' ')} exited with ${code}`))));
@@ -130,6 +186,12 @@ function pct(values, p) {
   const v = [...values].sort((x, y) => x - y);
   return v.length ? v[Math.min(v.length - 1, Math.max(0, Math.ceil(p * v.length) - 1))] : null;
 }
+const median = (xs) => {
+  const v = [...xs].sort((x, y) => x - y);
+  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+};
+/** Median, min, max and (max - min) / median of some measurements. */
+const spread = (xs) => ({ values: xs, median: median(xs), min: Math.min(...xs), max: Math.max(...xs), rel_spread: (Math.max(...xs) - Math.min(...xs)) / median(xs) });
 
 /** TTFT percentiles of a realtime run's completed requests. */
 function ttft(r) {
@@ -147,6 +209,56 @@ function tokS(runs, warmS = 3) {
   return { tok_s: (n * 1000) / (to - from), window_s: (to - from) / 1000, tokens: n };
 }
 
+/** Per-CPU busy and total jiffies (/proc/stat). */
+function cpuTimes() {
+  const out = new Map();
+  for (const l of readFileSync('/proc/stat', 'utf8').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(l);
+    if (!m) continue;
+    const v = m[2].trim().split(/\s+/).map(Number);
+    const idle = v[3] + (v[4] ?? 0);
+    out.set(Number(m[1]), { busy: v.reduce((x, y) => x + y, 0) - idle, total: v.reduce((x, y) => x + y, 0) });
+  }
+  return out;
+}
+/** Each CPU's busy share (%) since `t0`, and the mean over the slow cores and over the rest. */
+function cpuBusy(t0) {
+  const t1 = cpuTimes();
+  const pct = {};
+  for (const [c, x] of t1) {
+    const y = t0.get(c);
+    if (y && x.total > y.total) pct[c] = Math.round((100 * (x.busy - y.busy)) / (x.total - y.total));
+  }
+  const mean = (cs) => (cs.length ? Math.round(cs.reduce((s, c) => s + (pct[c] ?? 0), 0) / cs.length) : null);
+  return { per_cpu: pct, slow_cpus_mean: pinned ? mean(slowCpus) : null, rest_cpus_mean: mean(pinned ? restCpus : topo.map((t) => t.cpu)) };
+}
+
+/** The core masks of a launch's processes: itself and its workers (children), from /proc. */
+function masks(pid) {
+  const status = (p) => {
+    try {
+      return /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1];
+    } catch {
+      return undefined;
+    }
+  };
+  const workers = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== pid) continue;
+      const cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      if (!cmd.includes('worker/main.js')) continue;
+      const rank = /(?:^|\0)RANK=(\d+)/.exec(readFileSync(`/proc/${e}/environ`, 'utf8'))?.[1];
+      workers.push({ pid: Number(e), rank: rank === undefined ? null : Number(rank), cpus_allowed: status(e) });
+    } catch {
+      /* gone, or not ours to read */
+    }
+  }
+  return { launcher: status(pid), workers: workers.sort((x, y) => (x.rank ?? 0) - (y.rank ?? 0)) };
+}
+
 async function status(address) {
   const { NodespeedClient } = await import(join(root, 'dist', 'client', 'index.js'));
   const c = new NodespeedClient(address);
@@ -156,9 +268,11 @@ async function status(address) {
     c.close();
   }
 }
+const replicaStats = (st) => st.replicas.map((r) => ({ id: r.id, group: r.group, generated: Number(r.generatedTokens), preemptions: r.preemptions, step_ms: r.stepMs }));
 
 /** A short warm-up (first steps, graphs, caches) that is not measured. */
-const warm = (address) => load(address, [['--mode', 'flood', '--concurrency', '4', '--duration', '3', '--prompt-len', '16', '--new-tokens', '8', '--salt', '9']]);
+const warm = (address, cpus, priority = []) => load(address, [['--mode', 'flood', '--concurrency', '4', '--duration', '3', '--prompt-len', '16', '--new-tokens', '8', '--salt', '9', ...priority]], cpus);
+const settle = () => new Promise((r) => setTimeout(r, 2000));
 
 function commit() {
   if (process.env.NODESPEED_COMMIT) return process.env.NODESPEED_COMMIT;
@@ -169,64 +283,128 @@ function commit() {
 const gpuName = gpu ? spawnSync('nvidia-smi', ['--query-gpu=name', '--format=csv,noheader'], { encoding: 'utf8' }).stdout?.split('\n')[0]?.trim() : undefined;
 const result = {
   bench: 'hetero', date: new Date().toISOString(), commit: commit(), device: a.device, model: a.model,
-  machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m_at_start: loadavg()[0], gpu: gpuName },
+  machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m_at_start: loadavg()[0], gpu: gpuName,
+    physical_cores: new Set(topo.map((t) => t.core)).size, topology: topo.map((t) => `${t.cpu}:${t.core}`).join(' ') },
   command: `node bench/hetero/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),
-  settings: o, deployments, phases: {},
+  settings: o, deployments, phases: {}, order: [],
 };
+const rest = pinned ? o.restCpus : undefined;
+const dir = join(root, 'bench', 'results');
+const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}.json`);
+const write = () => {
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+  log(`wrote ${file}`);
+};
+// Stopped from outside (timeout): what was measured so far is written, and the launch in progress stopped.
+let current;
+// However this process ends (an uncaught error, a closed stderr), the launch in progress ends with it.
+process.on('exit', () => {
+  if (current && current.exitCode === null && current.signalCode === null) current.kill('SIGINT');
+});
+process.once('SIGTERM', () => {
+  result.error = 'stopped by SIGTERM before the end';
+  result.machine.loadavg_at_end = loadavg();
+  write();
+  current?.kill('SIGINT');
+  process.exit(143);
+});
 try {
-  let c = await launch('hetero');
+  let c = await launch('hetero', rest);
   log(c.readyLine);
   try {
-    await warm(c.address);
-    const [alone] = await load(c.address, [realtime(o.aloneS)]);
-    result.phases.realtime_alone = { ttft: ttft(alone), loadavg_1m_at_end: loadavg()[0] };
+    result.core_masks = { hetero: masks(c.pid) };
+    log(`cores: launcher ${result.core_masks.hetero.launcher}; workers ${result.core_masks.hetero.workers.map((w) => `rank ${w.rank}: ${w.cpus_allowed}`).join(', ')}`);
+    await warm(c.address, rest);
+    await warm(c.address, rest, ['--priority', 'slow_only']);
+    let t = cpuTimes();
+    const [alone] = await load(c.address, [realtime(o.aloneS)], rest);
+    result.phases.realtime_alone = { ttft: ttft(alone), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
     log(`realtime alone: TTFT p99 ${result.phases.realtime_alone.ttft.p99_ms} ms`);
-    const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS)]);
-    const st = await status(c.address);
-    result.phases.hetero_mixed = { ttft: ttft(rt), total: tokS([rt, fl]), batch_requests: fl.requests.length,
-      loadavg_1m_at_end: loadavg()[0], classes: st.classes, replicas: st.replicas.map((r) => ({ id: r.id, group: r.group, generated: r.generatedTokens, preemptions: r.preemptions, step_ms: r.stepMs })) };
-    log(`hetero mixed: realtime TTFT p99 ${result.phases.hetero_mixed.ttft.p99_ms} ms, total ${result.phases.hetero_mixed.total.tok_s.toFixed(1)} tok/s`);
+    result.phases.fast_alone = [];
+    result.phases.hetero_mixed = [];
+    const fastAlone = async () => {
+      await settle();
+      const t0 = cpuTimes();
+      const [fl] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only'])], rest);
+      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0] };
+      result.phases.fast_alone.push(p);
+      result.order.push('fast_alone');
+      log(`fast alone #${result.phases.fast_alone.length}: ${p.total.tok_s.toFixed(1)} tok/s (CPU busy: rest ${p.cpu_busy_pct.rest_cpus_mean}%, slow ${p.cpu_busy_pct.slow_cpus_mean}%)`);
+    };
+    const mixed = async () => {
+      await settle();
+      const t0 = cpuTimes();
+      const before = replicaStats(await status(c.address));
+      const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS)], rest);
+      const busy = cpuBusy(t0);
+      const st = await status(c.address);
+      const after = replicaStats(st);
+      const p = { ttft: ttft(rt), total: tokS([rt, fl]), batch_requests: fl.requests.length, cpu_busy_pct: busy, loadavg_1m_at_end: loadavg()[0], classes: st.classes,
+        replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })) };
+      result.phases.hetero_mixed.push(p);
+      result.order.push('hetero_mixed');
+      log(`hetero mixed #${result.phases.hetero_mixed.length}: realtime TTFT p99 ${p.ttft.p99_ms} ms, total ${p.total.tok_s.toFixed(1)} tok/s ` +
+        `(slow replicas generated ${p.replicas.filter((r) => r.group === 'slow').map((r) => r.generated_in_phase).join(' + ')}; CPU busy: rest ${busy.rest_cpus_mean}%, slow ${busy.slow_cpus_mean}%)`);
+    };
+    // ABBA: F M, M F, F M, ...
+    for (let i = 0; i < o.repeats; i++) for (const phase of i % 2 ? [mixed, fastAlone] : [fastAlone, mixed]) await phase();
+    await settle();
+    t = cpuTimes();
+    const [sl] = await load(c.address, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
+    result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
   }
   c = await launch('fast');
   try {
+    result.core_masks.fast = masks(c.pid);
     await warm(c.address);
+    let t = cpuTimes();
     const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.fast_alone = { total: tokS([fl]), loadavg_1m_at_end: loadavg()[0] };
-    log(`fast alone: ${result.phases.fast_alone.total.tok_s.toFixed(1)} tok/s`);
+    result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    log(`fast alone, its own launch, unpinned: ${result.phases.fast_alone_separate.total.tok_s.toFixed(1)} tok/s`);
+    await settle();
+    t = cpuTimes();
     const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
-    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
   }
-  c = await launch('slow');
-  try {
-    await warm(c.address);
-    const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.slow_alone = { total: tokS([fl]), loadavg_1m_at_end: loadavg()[0] };
-    log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
-  } finally {
-    await c.stop();
-  }
   const p = result.phases;
-  const ttftRatio = p.hetero_mixed.ttft.p99_ms / p.realtime_alone.ttft.p99_ms;
-  const need = p.fast_alone.total.tok_s + 0.8 * p.slow_alone.total.tok_s;
+  const fastS = spread(p.fast_alone.map((x) => x.total.tok_s));
+  const mixedS = spread(p.hetero_mixed.map((x) => x.total.tok_s));
+  const ttftS = spread(p.hetero_mixed.map((x) => x.ttft.p99_ms));
+  const slow = p.slow_alone.total.tok_s;
+  const need = fastS.median + 0.8 * slow;
+  const ttftRatio = ttftS.median / p.realtime_alone.ttft.p99_ms;
+  result.summary = { fast_alone_tok_s: fastS, hetero_mixed_tok_s: mixedS, hetero_mixed_ttft_p99_ms: ttftS, slow_alone_tok_s: slow,
+    // Each mixed phase against the fast-alone phase next to it (the same ABBA pair).
+    paired_mixed_minus_fast_tok_s: mixedS.values.map((m, i) => m - fastS.values[i]) };
   result.bars = {
     realtime_ttft_p99_ratio: ttftRatio, realtime_ttft_ok: ttftRatio <= 1.5,
-    total_tok_s: p.hetero_mixed.total.tok_s, fast_plus_80pct_slow_tok_s: need, throughput_ok: p.hetero_mixed.total.tok_s >= need,
-    over_fifo: { realtime_ttft_p99: p.fast_fifo_mixed.ttft.p99_ms / p.hetero_mixed.ttft.p99_ms, tok_s: p.hetero_mixed.total.tok_s / p.fast_fifo_mixed.total.tok_s },
+    total_tok_s: mixedS.median, fast_plus_80pct_slow_tok_s: need, throughput_ok: mixedS.median >= need,
+    throughput_margin: mixedS.median / need - 1,
+    against_separate_fast: { fast_plus_80pct_slow_tok_s: p.fast_alone_separate.total.tok_s + 0.8 * slow,
+      throughput_ok: mixedS.median >= p.fast_alone_separate.total.tok_s + 0.8 * slow },
+    over_fifo: { realtime_ttft_p99: p.fast_fifo_mixed.ttft.p99_ms / ttftS.median, tok_s: mixedS.median / p.fast_fifo_mixed.total.tok_s },
   };
-  log(`bars: realtime TTFT p99 ${ttftRatio.toFixed(2)}x its value alone (<= 1.5: ${result.bars.realtime_ttft_ok}); total ${p.hetero_mixed.total.tok_s.toFixed(1)} tok/s ` +
-    `vs fast alone + 80% slow alone ${need.toFixed(1)} (${result.bars.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +
+  const f = (x) => x.toFixed(1);
+  log(`fast alone: median ${f(fastS.median)} tok/s (${fastS.values.map(f).join(', ')}; spread ${(100 * fastS.rel_spread).toFixed(1)}%); ` +
+    `mixed: median ${f(mixedS.median)} tok/s (${mixedS.values.map(f).join(', ')}; spread ${(100 * mixedS.rel_spread).toFixed(1)}%); slow alone ${f(slow)} tok/s`);
+  log(`bars: realtime TTFT p99 ${ttftRatio.toFixed(2)}x its value alone (<= 1.5: ${result.bars.realtime_ttft_ok}); total ${f(mixedS.median)} tok/s ` +
+    `vs fast alone + 80% slow alone ${f(need)} (${result.bars.throughput_ok}, ${(100 * result.bars.throughput_margin).toFixed(1)}%); against the separate unpinned fast launch ` +
+    `${f(result.bars.against_separate_fast.fast_plus_80pct_slow_tok_s)} (${result.bars.against_separate_fast.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +
     `${p.fast_fifo_mixed.ttft.p99_ms} ms there, tok/s x${result.bars.over_fifo.tok_s.toFixed(2)}`);
+} catch (err) {
+  // What was measured before the failure still comes back.
+  result.error = err.stack ?? String(err);
+  process.exitCode = 1;
+  log(`failed: ${err.message}`);
 } finally {
   result.machine.loadavg_at_end = loadavg();
   rmSync(work, { recursive: true, force: true });
+  write();
 }
-const dir = join(root, 'bench', 'results');
-mkdirSync(dir, { recursive: true });
-const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}.json`);
-writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-log(`wrote ${file}`);

@@ -30,6 +30,9 @@ import { headTail, LIST_LIMIT } from '../launcher/format.js';
 import { estimateMemory, gib, groupRanks, memoryOptionsOf } from '../coordinator/memory.js';
 import { HF_ROUNDING, HF_ROUNDING_HELP, settingsEnv } from '../settings/index.js';
 import { addLauncherOptions, planFromOptions, readLauncherOptions } from '../launcher/flags.js';
+import type { LauncherOptions } from '../launcher/flags.js';
+import { formatCoreList, planCoreBindings } from '../launcher/cores.js';
+import type { CoreBinding } from '../launcher/cores.js';
 import type { Placement } from '../launcher/plan.js';
 import { intArg, portArg, secondsArg } from './args.js';
 import { checkCheckpoint } from './checkpoint.js';
@@ -260,7 +263,7 @@ export function servingPlan(f: LaunchFlags, given: GivenFlags): ServingPlan {
         maxBatchTokens: over('maxBatchTokens') ? f.maxBatchTokens! : g.maxBatchTokens ?? f.maxBatchTokens ?? defaultMaxBatchTokens(device),
         maxSeqs: over('maxSeqs') ? f.maxSeqs : g.maxSeqs ?? f.maxSeqs,
       },
-      ...(g.hosts ? { hosts: g.hosts } : {}), ...(g.slots ? { slots: g.slots } : {}),
+      ...(g.hosts ? { hosts: g.hosts } : {}), ...(g.slots ? { slots: g.slots } : {}), ...(g.cpus ? { cpus: g.cpus } : {}),
     };
   });
   return { model, groups, ...(d.classes ? { classes: d.classes } : {}), spares: given('spares') ? f.spares : d.spares ?? f.spares, deployment: d,
@@ -320,7 +323,7 @@ function checkPrecisions(config: ModelConfig, plan: ServingPlan): void {
  * groups name their line. A group that names cuda is checked against this machine when every rank
  * is local (remote workers check their own host and report it).
  */
-export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<string, unknown>, allowTpAcrossHosts: boolean): { layout: Layout; placement: Placement } {
+export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<string, unknown>, allowTpAcrossHosts: boolean): PlannedLaunch {
   const placement = placementOf(plan, raw);
   for (const gi of plan.explicitCuda) {
     try {
@@ -338,19 +341,56 @@ export function planLaunch(config: ModelConfig, plan: ServingPlan, raw: Record<s
     return withLine(err, plan);
   }
   checkPrecisions(config, plan);
-  return planned;
+  return { ...planned, cores: coreBindings(planned, plan, readLauncherOptions(raw)) };
+}
+
+/** The layout, the job's placement, and each slot's core binding (undefined: not pinned). */
+export interface PlannedLaunch {
+  layout: Layout;
+  placement: Placement;
+  cores: Array<CoreBinding | undefined>;
+}
+
+/**
+ * Each slot's cores: its group's `cpus`, else its share with --bind_cores_to_rank; a slot runs the
+ * layout rank of its index at launch (the spares after). Errors of a group's cpus name their line.
+ */
+function coreBindings(planned: { layout: Layout; placement: Placement }, plan: ServingPlan, lo: LauncherOptions): Array<CoreBinding | undefined> {
+  const { layout, placement } = planned;
+  const d = plan.deployment;
+  const slots = placement.ranks.map((r, i) => ({ host: r.host, isLocal: r.isLocal,
+    ...(i < layout.world ? { group: layout.replicaGroup[layout.ranks[i]!.replica]! } : {}) }));
+  const groups = plan.groups.map((g, gi) => ({ name: g.name, ...(g.cpus ? { cpus: g.cpus } : {}),
+    ...(d ? { what: `${d.file}:${d.lineOf(`groups[${gi}].cpus`)}: groups[${gi}].cpus` } : {}) }));
+  try {
+    return planCoreBindings(slots, groups, lo);
+  } catch (err) {
+    return withLine(err, plan);
+  }
+}
+
+/** `rank 1 @host [group]: cores 8-11` per pinned slot, for --dry-run. */
+function describeCores(cores: Array<CoreBinding | undefined>, layout: Layout, placement: Placement): string[] {
+  const lines = cores.flatMap((b, i) => {
+    if (!b) return [];
+    const group = i < layout.world ? layout.groups[layout.replicaGroup[layout.ranks[i]!.replica]!]!.name : 'spare';
+    return [`  rank ${i} @${placement.ranks[i]!.host} [${group}]: ` +
+      ('cores' in b ? `cores ${formatCoreList(b.cores)}` : `share ${b.share.index + 1} of ${b.share.size} of the host's physical cores`)];
+  });
+  return lines.length ? ['core binding (numactl -C, else taskset -c; a CPU worker\'s threads default to its cores):', ...headTail(lines, LIST_LIMIT, (n) => `  ... ${n} more`)] : [];
 }
 
 async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): Promise<number> {
   const plan = servingPlan(f, given);
   const config = loadModelConfig(plan.model);
   await checkCheckpoint(plan.model);
-  const { layout, placement } = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
+  const { layout, placement, cores } = planLaunch(config, plan, raw, f.allowTpAcrossHosts);
   const spareSlots = placement.ranks.slice(layout.world);
   const single = layout.groups.length === 1 && layout.groups[0]!.name === DEFAULT_GROUP;
   const out: string[] = [`model ${plan.model}: ${config.numLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}`,
     ...describeLayout(layout, (lines) => headTail(lines, LIST_LIMIT, (n) => `... ${n} more replica(s) laid out the same way on the following hosts`)),
-    ...(spareSlots.length ? [`spares: ${headTail(spareSlots.map((r) => `slot ${r.rank} @${r.host}`), LIST_LIMIT, (n) => `... ${n} more`).join(', ')} (joined, no weights until one takes a lost rank)`] : [])];
+    ...(spareSlots.length ? [`spares: ${headTail(spareSlots.map((r) => `slot ${r.rank} @${r.host}`), LIST_LIMIT, (n) => `... ${n} more`).join(', ')} (joined, no weights until one takes a lost rank)`] : []),
+    ...describeCores(cores, layout, placement)];
   let gpuMemory: number | undefined;
   if (layout.groups.some((g) => g.serving.device === 'cuda')) gpuMemory = loadAddon().info().cuda.devices[0]?.totalMemory;
   const problems: string[] = [];
@@ -422,7 +462,7 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   activeBar = bar;
   try {
     return await launchCluster({
-      model: plan.model, placement: planned.placement, planned, groups: plan.groups, ...(plan.classes ? { classes: plan.classes } : {}),
+      model: plan.model, placement: planned.placement, planned, groups: plan.groups, cores: planned.cores, ...(plan.classes ? { classes: plan.classes } : {}),
       bind: f.bind, port: f.port, ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), maxQueue: f.maxQueue,
       heartbeatIntervalMs: f.heartbeatInterval * 1000, heartbeatTimeoutMs: f.heartbeatTimeout * 1000, requestTimeoutMs: f.requestTimeout * 1000,
       allowTpAcrossHosts: f.allowTpAcrossHosts, stepTimeoutMs: f.stepTimeout * 1000, joinTimeoutMs: f.joinTimeout * 1000, spares: plan.spares,

@@ -75,7 +75,6 @@ async function runCommand(prog: string, args: string[], raw: Record<string, unkn
   try {
     const o = readRunOptions(raw);
     log = logger(o.logLevel);
-    if (o.bindCoreList && !o.bindCores) throw new Error('--bind_core_list only applies with --bind_cores_to_rank');
     if (o.launcher !== 'ssh') return await runThroughBackend(o.launcher, o, prog, args, log);
     let placement = planFromOptions(o);
     if (o.noSsh) placement = ownNode(placement, o);

@@ -17,6 +17,8 @@ import { planShard } from '../model/weights.js';
 import { fp8Refusal } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { planDeployment } from './deploy-plan.js';
+import { bindingScript } from './cores.js';
+import type { CoreBinding } from './cores.js';
 import type { GroupOptions } from './deploy-plan.js';
 import type { ChatMessage, ChatRenderOptions } from '../model/chat-template.js';
 import { TokenizerPool } from '../model/tokenizer-pool.js';
@@ -26,7 +28,7 @@ import { JOB_SECRETS_VAR, encodeJobSecrets } from '../protocol/job-secrets.js';
 import type { PublicTls } from '../coordinator/public-auth.js';
 import { JobPki } from './pki.js';
 import { isLocalHost } from './plan.js';
-import type { Placement } from './plan.js';
+import type { Placement, RankPlacement } from './plan.js';
 import type { SshOptions } from './ssh.js';
 import { startJob } from './supervisor.js';
 import type { Job } from './supervisor.js';
@@ -40,6 +42,8 @@ export interface ClusterOptions {
   classes?: ClassSpec[];
   /** The layout and the job's placement when planned already (planDeployment over `placement`, with the spares); absent: planned here. */
   planned?: { layout: Layout; placement: Placement };
+  /** Each slot of the job's placement pinned to these cores (cores.ts planCoreBindings); absent or undefined: not pinned. */
+  cores?: Array<CoreBinding | undefined>;
   bind: string;
   port: number;
   /** Address the workers dial (the control plane listens there); default: the address this machine uses to reach the first remote host. */
@@ -242,6 +246,7 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
       env: { NODESPEED_COORDINATOR: dial, NODESPEED_HEARTBEAT_MS: String(o.heartbeatIntervalMs),
         NODESPEED_STEP_TIMEOUT_MS: String(o.stepTimeoutMs ?? 30_000), ...o.workerEnv },
       cwd: process.cwd(),
+      ...(o.cores?.some(Boolean) ? { prelude: (r: RankPlacement) => (o.cores![r.rank] ? bindingScript(o.cores![r.rank]!) : undefined) } : {}),
       ...(o.ssh ? { ssh: o.ssh } : {}), ...(o.remoteWorkdir ? { remoteWorkdir: o.remoteWorkdir } : {}),
       ...(o.logDir ? { logDir: o.logDir } : {}),
     }, (j) => {

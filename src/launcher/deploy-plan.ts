@@ -25,6 +25,8 @@ export interface GroupOptions {
   hosts?: string[];
   /** DeepSpeed's --include syntax over the hostfile's slots: `host1:0,1@host2`. */
   slots?: string;
+  /** The cores its workers are pinned to, split between its workers on each host (cores.ts planCoreBindings). */
+  cpus?: number[];
 }
 
 function slotDevice(r: RankPlacement): 'cpu' | 'cuda' | undefined {

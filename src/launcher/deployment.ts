@@ -1,6 +1,6 @@
 // The deployment file of `nodespeed launch --config deploy.yaml`: the model, the hostfile, one or
-// more replica groups (device, layout, replicas, precision, KV cache dtype, threads, the hosts or
-// slots each may use, engine limits), the request classes (the groups each may use in order of preference, a
+// more replica groups (device, layout, replicas, precision, KV cache dtype, threads, the cores its
+// workers are pinned to, the hosts or slots each may use, engine limits), the request classes (the groups each may use in order of preference, a
 // TTFT target, the priority its name stands for) and the spares. Read with the `yaml` package and
 // checked key by key: every error names the file, the line and the key (`deploy.yaml:7:
 // groups[1].tp: ...`); an unknown key is an error (with the closest known key when one is near).
@@ -19,6 +19,7 @@
 //       replicas: 2
 //       precision: int8
 //       threads: 8
+//       cpus: 8-15                # optional: split between the group's workers on each host (4 each)
 //   classes:
 //     realtime: { groups: [gpu], ttft_p99_ms: 300 }
 //     standard: { groups: [gpu, cpu] }
@@ -35,6 +36,7 @@ import type { ClassSpec } from '../coordinator/classes.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import { CLASS_NAME } from '../protocol/priority.js';
+import { parseCoreList } from './cores.js';
 
 /**
  * The precisions a group may name: its weights as stored, one of the float dtypes (CPU: the
@@ -60,6 +62,11 @@ export interface DeploymentGroup {
   /** fp8: the KV cache in fp8 (CUDA, `--kv-cache-dtype`); auto: the compute dtype. */
   kvCacheDtype: KvCacheDtypeChoice;
   threads: number;
+  /**
+   * The cores the group's workers are pinned to (`cpus: 8-15`, DeepSpeed's --bind_core_list syntax),
+   * split evenly between the group's workers on each host, like --bind_cores_to_rank.
+   */
+  cpus?: number[];
   /** Only these hosts of the hostfile. */
   hosts?: string[];
   /** Only these slots, DeepSpeed's --include syntax: `host1:0,1@host2`. */
@@ -89,8 +96,8 @@ export class DeploymentError extends Error {
 }
 
 const TOP_KEYS = ['model', 'hostfile', 'groups', 'classes', 'spares'];
-const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'hosts', 'slots', 'kv_blocks', 'max_batch_tokens',
-  'max_seqs'];
+const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'cpus', 'hosts', 'slots', 'kv_blocks',
+  'max_batch_tokens', 'max_seqs'];
 const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'priority'];
 
 /** Levenshtein distance, to suggest the key a typo meant. */
@@ -110,8 +117,9 @@ function distance(a: string, b: string): number {
 
 function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
+  // gpus is one letter from cpus, and means the layout.
   const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
-    ttft_ms: 'ttft_p99_ms' };
+    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
@@ -211,6 +219,17 @@ function group(r: Reader, node: Node, path: string): DeploymentGroup {
   if (threads) {
     g.threads = r.int(threads, p('threads'), 0) as number;
     if (g.device === 'cuda' && g.threads > 0) r.fail(p('threads'), threads, 'applies to cpu groups (a cuda worker computes on its GPU)');
+  }
+  const cpus = get('cpus');
+  if (cpus) {
+    const v = isScalar(cpus.value) ? cpus.value.value : undefined;
+    if ((typeof v !== 'string' && typeof v !== 'number') || v === '')
+      r.fail(p('cpus'), cpus, `must be a core list such as 0-3,8 (got ${isScalar(cpus.value) ? JSON.stringify(v) : 'a collection'})`);
+    try {
+      g.cpus = parseCoreList(String(v), 'cpus');
+    } catch (err) {
+      r.fail(p('cpus'), cpus, (err as Error).message.replace(/^cpus '.*?': /, ''));
+    }
   }
   const hosts = get('hosts');
   const slots = get('slots');

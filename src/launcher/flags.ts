@@ -49,6 +49,8 @@ const FLAGS: FlagDef[] = [
   { name: 'node', arg: '<path>', desc: 'Node binary that runs .js/.mjs/.cjs programs on every host (default: this one)' },
   { name: 'enable_each_rank_log', arg: '<dir>', desc: "also write each rank's output to <dir>/<yyyymmddHHMMSS>_rank<N>.log (one local-time stamp per node)" },
   { name: 'dry_run', desc: 'print the placement and the exact command per rank, run nothing' },
+  { name: 'bind_cores_to_rank', desc: "pin each rank to its share of the host's cores (numactl, else taskset) and set OMP_NUM_THREADS; a worker's CPU threads default to its share" },
+  { name: 'bind_core_list', arg: '<list>', desc: 'cores to split with --bind_cores_to_rank, e.g. 0,2-5 (default: every physical core)' },
   // `run` only: DeepSpeed's script-launcher flags.
   { name: 'launcher', arg: '<name>', scope: 'run', desc: `how ranks reach other hosts: ssh (default, built in), ${BACKENDS.join(', ')} (one nodespeed per node through that tool, which must be installed)` },
   { name: 'launcher_args', arg: '<args>', scope: 'run', desc: 'extra arguments for the --launcher tool, as one quoted string', extraAliases: ['launcher_arg'] },
@@ -61,8 +63,6 @@ const FLAGS: FlagDef[] = [
   { name: 'module', scope: 'run', desc: "run the program as a Python module ('python -u -m <program>')" },
   { name: 'python', arg: '<path>', scope: 'run', desc: 'Python that runs .py programs and --module on every host (default python3)' },
   { name: 'save_pid', scope: 'run', desc: 'write this launcher\'s pid to /tmp/<pid>.deepspeed while it runs' },
-  { name: 'bind_cores_to_rank', scope: 'run', desc: "split the host's cores between its ranks (numactl, else taskset) and set OMP_NUM_THREADS" },
-  { name: 'bind_core_list', arg: '<list>', scope: 'run', desc: 'cores to split with --bind_cores_to_rank, e.g. 0,2-5 (default: every physical core)' },
   { name: 'venv_script', arg: '<file>', scope: 'run', desc: 'shell script sourced on every host before the program (e.g. a venv\'s bin/activate)' },
   { name: 'log_level', arg: '<level>', scope: 'run', desc: "launcher messages: debug, info (default), warning, error, critical" },
   { name: 'quiet', short: '-q', scope: 'run', desc: 'the same as --log_level error' },
@@ -126,6 +126,9 @@ export interface LauncherOptions {
   node: string;
   logDir?: string;
   dryRun: boolean;
+  /** --bind_cores_to_rank, over --bind_core_list when given (checked: only with it). */
+  bindCores: boolean;
+  bindCoreList?: number[];
   ssh: SshOptions;
 }
 
@@ -140,8 +143,6 @@ export interface RunOptions extends LauncherOptions {
   module: boolean;
   python: string;
   savePid: boolean;
-  bindCores: boolean;
-  bindCoreList?: number[];
   venvScript?: string;
   logLevel: LogLevel;
   worldInfo?: HostEntry[];
@@ -187,6 +188,9 @@ export function readLauncherOptions(raw: Record<string, unknown>): LauncherOptio
   if (get('ssh_identity')) ssh.identityFiles = get('ssh_identity') as string[];
   if (str('known_hosts')) ssh.knownHostsFile = str('known_hosts');
   if (timeout !== undefined) ssh.connectTimeoutMs = Math.round(Number(timeout) * 1000);
+  const coreList = str('bind_core_list');
+  const bindCores = get('bind_cores_to_rank') === true;
+  if (coreList !== undefined && !bindCores) throw new Error('--bind_core_list only applies with --bind_cores_to_rank');
   return {
     hostfile: str('hostfile'),
     include: str('include'),
@@ -202,6 +206,8 @@ export function readLauncherOptions(raw: Record<string, unknown>): LauncherOptio
     node: str('node') ?? process.execPath,
     logDir: str('enable_each_rank_log'),
     dryRun: get('dry_run') === true,
+    bindCores,
+    ...(coreList !== undefined ? { bindCoreList: parseCoreList(coreList, '--bind_core_list') } : {}),
     ssh,
   };
 }
@@ -228,7 +234,6 @@ export function readRunOptions(raw: Record<string, unknown>): RunOptions {
   }
   if (noSsh && launcher !== 'ssh') throw new Error(`--no_ssh and --launcher ${launcher} exclude each other (--no_ssh starts one node's ranks here)`);
   if (flag('no_python') && flag('module')) throw new Error("--no_python and --module exclude each other (a module needs 'python -m')");
-  const coreList = str('bind_core_list');
   const worldInfo = str('world_info');
   return {
     ...base,
@@ -242,8 +247,6 @@ export function readRunOptions(raw: Record<string, unknown>): RunOptions {
     module: flag('module'),
     python: str('python') ?? 'python3',
     savePid: flag('save_pid'),
-    bindCores: flag('bind_cores_to_rank'),
-    ...(coreList !== undefined ? { bindCoreList: parseCoreList(coreList, '--bind_core_list') } : {}),
     ...(str('venv_script') !== undefined ? { venvScript: str('venv_script') } : {}),
     logLevel: logLevel as LogLevel,
     ...(worldInfo !== undefined ? { worldInfo: decodeWorldInfo(worldInfo) } : {}),

@@ -137,6 +137,8 @@ export const REGISTRY = {
   heartbeatMs: positive('NODESPEED_HEARTBEAT_MS', 1000, 'milliseconds between a worker\'s heartbeats (launch --heartbeat-interval)', { scope: 'internal' }),
   stepTimeoutMs: positive('NODESPEED_STEP_TIMEOUT_MS', 30_000, 'milliseconds one step may run before its worker declares itself wedged (launch --step-timeout; 0: no watchdog)',
     { scope: 'internal', orZero: true }),
+  boundCores: integer('NODESPEED_BOUND_CORES', 0, 'how many cores the launcher pinned this rank to (--bind_cores_to_rank, a deployment group\'s cpus); a worker\'s CPU threads default to that (0: not pinned)',
+    { scope: 'internal', min: 0 }),
 
   // Test and benchmark scripts.
   testDevice: text('NODESPEED_TEST_DEVICE', 'string', 'cpu: the GPU checks run on the CPU backend (a dry run of the checks themselves)', { scope: 'test', defaultText: 'cuda' }),

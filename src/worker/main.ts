@@ -256,10 +256,12 @@ class Worker {
       this.control.send({ loadProgress: { epoch: a.epoch, done: 1, total: 1 } });
       return this.engine;
     }
-    // CPU workers sharing a host split its cores instead of each spawning one thread per core
-    // (oversubscribed pools spin against each other, and a TP all-reduce waits for the slowest).
+    // A worker pinned by the launcher runs one thread per core it was given. Unpinned CPU workers
+    // sharing a host split its cores instead of each spawning one thread per core (oversubscribed
+    // pools spin against each other, and a TP all-reduce waits for the slowest).
+    const bound = settings().boundCores;
     const perHost = Number(process.env.LOCAL_WORLD_SIZE ?? 1);
-    const threads = a.threads || (a.device === 'cpu' && perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0);
+    const threads = a.threads || (a.device !== 'cpu' ? 0 : bound || (perHost > 1 ? Math.max(1, Math.floor(availableParallelism() / perHost)) : 0));
     this.engine = await Engine.load(a.modelDir, {
       device: a.device as 'cpu' | 'cuda', dtype: a.dtype as 'auto', tpRank: a.tpRank, tpSize: a.tp,
       layerStart: a.layerStart, layerEnd: a.layerEnd, deviceIndex: this.deviceIndex(a),

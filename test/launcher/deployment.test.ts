@@ -67,11 +67,14 @@ describe('deployment file', () => {
     const classes = new ClassTable(d.classes!, d.groups.map((g) => g.name));
     expect([-5, 0, 99, 100, 7000, -1000].map((p) => classes.forValue(p).name)).toEqual(['realtime', 'standard', 'standard', 'batch', 'batch', 'realtime']);
     expect(d.lineOf('groups[1].threads')).toBe(14);
+    expect(parseDeployment(EXAMPLE.replace('threads: 8', 'cpus: 8-11,14'), 'deploy.yaml', '/etc').groups[1]!.cpus).toEqual([8, 9, 10, 11, 14]);
+    expect(parseDeployment(EXAMPLE.replace('threads: 8', 'cpus: 3'), 'deploy.yaml', '/etc').groups[1]!.cpus).toEqual([3]);
     expect(d.lineOf('groups[1].kv_blocks')).toBe(9);   // not in the file: the group's line
   });
 
   it.each([
-    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    gpus: 2\n', 'deploy.yaml:5: groups[0].gpus: unknown key; the keys here are name, device, tp, pp, replicas, precision, kv_cache_dtype, threads, hosts, slots, kv_blocks, max_batch_tokens, max_seqs'],
+    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    gpus: 2\n', 'deploy.yaml:5: groups[0].gpus: unknown key (did you mean tp or replicas?)'],
+    ['model: m\ngroups:\n  - name: a\n    tp: 2\n    colour: red\n', 'deploy.yaml:5: groups[0].colour: unknown key; the keys here are name, device, tp, pp, replicas, precision, kv_cache_dtype, threads, cpus, hosts, slots, kv_blocks, max_batch_tokens, max_seqs'],
     ['model: m\ngroup:\n  - name: a\n', 'deploy.yaml:2: group: unknown key (did you mean groups?)'],
     ['model: m\ngroups:\n  - name: a\n    count: 2\n', 'deploy.yaml:4: groups[0].count: unknown key (did you mean replicas?)'],
     ['model: m\ngroups:\n  - name: a\n    tp: 0\n', 'deploy.yaml:4: groups[0].tp: must be an integer >= 1 (got 0)'],
@@ -79,6 +82,10 @@ describe('deployment file', () => {
     ['model: m\ngroups:\n  - name: a\n    precision: int4\n', 'deploy.yaml:4: groups[0].precision: must be one of auto, f32, bf16, f16, int8, fp8 (got "int4")'],
     ['model: m\ngroups:\n  - name: a\n    device: tpu\n', 'deploy.yaml:4: groups[0].device: must be one of auto, cpu, cuda (got "tpu")'],
     ['model: m\ngroups:\n  - name: a\n    device: cuda\n    threads: 8\n', 'deploy.yaml:5: groups[0].threads: applies to cpu groups (a cuda worker computes on its GPU)'],
+    ['model: m\ngroups:\n  - name: a\n    cpus: 3-1\n', 'deploy.yaml:4: groups[0].cpus: range \'3-1\' ends before it starts'],
+    ['model: m\ngroups:\n  - name: a\n    cpus: 0,2-4,3\n', 'deploy.yaml:4: groups[0].cpus: ranges must be in ascending order and must not overlap (\'3\')'],
+    ['model: m\ngroups:\n  - name: a\n    cpus: 0-3 8\n', 'deploy.yaml:4: groups[0].cpus: \'0-3 8\' is not a core number or a range a-b'],
+    ['model: m\ngroups:\n  - name: a\n    cpus: [0, 1]\n', 'deploy.yaml:4: groups[0].cpus: must be a core list such as 0-3,8 (got a collection)'],
     ['model: m\ngroups:\n  - name: a\n    hosts: [x]\n    slots: "x:0"\n', 'deploy.yaml:5: groups[0].slots: give hosts or slots, not both'],
     ['model: m\ngroups:\n  - name: a\n  - name: a\n', 'deploy.yaml:4: groups[1].name: "a" is groups[0]\'s name too'],
     ['model: m\ngroups:\n  - tp: 1\n', 'deploy.yaml:3: groups[0]: needs a name'],

@@ -126,6 +126,11 @@ describe("DeepSpeed's launcher flags", () => {
     expect(cores).toBeGreaterThanOrEqual(1);
     const tooMany = await runCli(['run', '--num_cpu_workers', '3', '--bind_cores_to_rank', '--bind_core_list', '0-1', 'affinity.py'], { cwd: dir });
     expect(tooMany.stderr).toBe('nodespeed run: --bind_cores_to_rank: 2 core(s) cannot give each of 3 rank(s) one');
+    // A core the host lacks is refused by the rank's shell there, before the program starts.
+    const lacking = await runCli(['run', '--num_cpu_workers', '1', '--bind_cores_to_rank', '--bind_core_list', '65000', 'affinity.py'], { cwd: dir });
+    expect(lacking.code).not.toBe(0);
+    expect(lacking.stdout).toBe('');
+    expect(lacking.stderr).toMatch(/nodespeed: --bind_cores_to_rank: core 65000 cannot be used: \S+ has cores 0-\d+/);
   });
 
   it('--venv_script is sourced before the program on every rank; -q and --log_level quiet the launcher', async () => {
