@@ -2,8 +2,8 @@
 //  - gemv_quant: decode rows (1..4) reading int8 or E4M3 weights against activation-dtype rows
 //    (weight-only, W8A16, for fp8 models too: at 1..4 rows the product is bound by the weights'
 //    bytes, and quantizing the rows would only add a launch and a second conversion per weight);
-//    the layout of gemv.cu (warps stream 16-byte weight chunks, four or eight in flight per lane),
-//    with twice the elements per load;
+//    the layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
+//    lane), with twice the elements per load;
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
 //  - fp8_epilogue: the f32 result of cuBLASLt's E4M3 GEMM times the row and column scales, written
@@ -39,7 +39,7 @@ __device__ __forceinline__ void fma16(const uint4& wv, const T* x, int K, int i,
   }
 }
 
-template <typename T, DType W, int R, GemvOut MODE, int KS, int D>
+template <typename T, DType W, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
                                                                  const T* __restrict__ x, int N, int K, void* __restrict__ y, bool rnd) {
   constexpr int kRows = kWarps / KS;
@@ -62,14 +62,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
   if (n < N) {
     const uint4* w = reinterpret_cast<const uint4*>(Wq + (size_t)n * K);
     int i = part * 32 + lane;
-    if constexpr (D == 8)
-      for (; i + 7 * kStride < K16; i += 8 * kStride) {
-        uint4 wv[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) wv[j] = __ldg(w + i + j * kStride);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) fma16<T, W, R>(wv[j], x, K, i + j * kStride, acc);
-      }
     for (; i + 3 * kStride < K16; i += 4 * kStride) {
       const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
       fma16<T, W, R>(w0, x, K, i, acc);
@@ -86,33 +78,29 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
   gemv_store<T, R, MODE>(acc, n, N, y, rnd);
 }
 
-template <typename T, DType W, GemvOut MODE, int KS, int D>
+template <typename T, DType W, GemvOut MODE, int KS>
 void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   const bool rnd = rounds(kRoundResidual);
   const unsigned grid = ceil_div(g.N, kWarps / KS);
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   const T* x = static_cast<const T*>(g.x);
   switch (g.R) {
-    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, 1, MODE, KS, D>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
-    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, 2, MODE, KS, D>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
-    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, 3, MODE, KS, D>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
-    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, 4, MODE, KS, D>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 1: launch("gemv_quant", gemv_quant_kernel<T, W, 1, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 2: launch("gemv_quant", gemv_quant_kernel<T, W, 2, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 3: launch("gemv_quant", gemv_quant_kernel<T, W, 3, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
+    case 4: launch("gemv_quant", gemv_quant_kernel<T, W, 4, MODE, KS>, dim3(grid), dim3(kWarps * 32), s, w, g.wscale, x, g.N, g.K, g.y, rnd); break;
     default: throw std::runtime_error("cuda: gemv_quant supports 1..4 rows");
   }
 }
 
 // As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2.
-// Launch shape by the row's length (bench/gpu/gemv-quant.cu, H100: every shape of the 7B's matrices
-// at 1 / 2 / 4 warps a row and 4 / 8 chunks in flight): a row of <= 8 chunks a lane (K <= 4096) or
-// a matrix of 12288+ rows takes one warp a row, and when a lane's chunks are a multiple of 8, all 8 in
-// flight at once (qkv, gate|up, LM head: 2-3% faster than 4); longer rows of fewer rows (down_proj)
-// take 2 warps a row with 4 in flight (8 left a long serial tail: 12% slower).
+// As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2. (One
+// warp a row with 8 loads in flight times 2-5% faster per matrix alone, bench/gpu/gemv-quant.cu, but
+// not in the engine's decode step, where each GEMV's prologue overlaps the kernel before it.)
 template <typename T, DType W, GemvOut MODE>
 void launch_gemv(const QuantGemv& g, cudaStream_t s) {
-  const int per_lane = g.K / 16 / 32;
-  if (g.N < 12288 && per_lane > 8) launch_gemv_rows<T, W, MODE, 2, 4>(g, s);
-  else if (per_lane > 0 && per_lane % 8 == 0) launch_gemv_rows<T, W, MODE, 1, 8>(g, s);
-  else launch_gemv_rows<T, W, MODE, 1, 4>(g, s);
+  if (g.N >= 12288) launch_gemv_rows<T, W, MODE, 1>(g, s);
+  else launch_gemv_rows<T, W, MODE, 2>(g, s);
 }
 
 template <typename T, DType W>
