@@ -36,7 +36,6 @@ const Field kFields[] = {
     {"cudaAttnSplitsMax", &Settings::cuda_attn_splits_max},
     {"cudaWarmup", &Settings::cuda_warmup},
     {"cudaLt", &Settings::cuda_lt},
-    {"cudaQuantAb", &Settings::cuda_quant_ab},
     {"cudaProfileStep", &Settings::cuda_profile_step},
 };
 
