@@ -113,9 +113,6 @@ export const REGISTRY = {
   cudaDecodeFusion: bool('NODESPEED_CUDA_DECODE_FUSION', true, 'family-forward decode steps end the output projection in its add_norm and the MoE router GEMV in its top-k (0: separate launches)', workerDebug),
   cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape once at load (cuBLAS loads its kernels lazily)', workerDebug),
   cudaLt: bool('NODESPEED_CUDA_LT', true, 'decode GEMMs through cuBLASLt with algorithms measured at load (0: cublasGemmEx)', workerDebug),
-  cudaQuantAb: integer('NODESPEED_CUDA_QUANT_AB', 0, 'A/B of the quantized CUDA paths, mask of 1 fp8 GEMMs of > 4 rows with f32 results and a scale kernel, ' +
-    '2 fp8 KV decode attention with 8-byte loads, 4 fp8 GEMM inputs quantized by their own kernel (not by RMSNorm / SwiGLU), ' +
-    '8 int8 products of 5..128 rows dequantized for cuBLAS (not gemm_quant)', { ...workerDebug, min: 0, max: 15 }),
   cudaProfileStep: integer('NODESPEED_CUDA_PROFILE_STEP', undefined, 'bracket the N-th CUDA step (0-based) with cudaProfilerStart/Stop for `ncu --profile-from-start off`',
     { ...workerDebug, min: 0, defaultText: 'off' }),
   stepTrace: text('NODESPEED_STEP_TRACE', 'path', 'the replica driver appends one JSON line per step to this file (bench/serve reads it)', workerDebug),
@@ -294,7 +291,6 @@ export interface NativeSettings {
   cudaDecodeFusion: boolean;
   cudaWarmup: boolean;
   cudaLt: boolean;
-  cudaQuantAb: number;
   cudaProfileStep: number;
 }
 
@@ -305,7 +301,7 @@ export function nativeSettings(s: Settings = settings()): NativeSettings {
     p2p: s.p2p, p2pNorm: s.p2pNorm, p2pTimeoutS: s.p2pTimeoutS,
     cudaRound: s.cudaRound, cudaGemv: s.cudaGemv, cudaGraphs: s.cudaGraphs, cudaGraphMax: s.cudaGraphMax, cudaFlash: s.cudaFlash,
     cudaFlashDecodeMin: s.cudaFlashDecodeMin ?? 0, cudaAttnSplitsMax: s.cudaAttnSplitsMax,
-    cudaDecodeFusion: s.cudaDecodeFusion, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt, cudaQuantAb: s.cudaQuantAb,
+    cudaDecodeFusion: s.cudaDecodeFusion, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt,
     cudaProfileStep: s.cudaProfileStep ?? -1,
   };
 }

@@ -16,8 +16,7 @@
 //     swiglu followed by quantize_act (dynamic, capped and static scales, bf16 and fp16);
 //  5. rope_kv_write into an E4M3 cache: every byte equal to e4m3(bf16 value / scale) of the same step
 //     written into a bf16 cache (the vector kernel, head_dim 128, and the scalar one, head_dim 72);
-//  6. attention (flash tiles + SIMT tokens, and SIMT only; the SIMT part of head_dim 64 / 128 reads
-//     16 E4M3 elements a lane) over an E4M3 cache against the same step
+//  6. attention (flash tiles + SIMT tokens, and SIMT only) over an E4M3 cache against the same step
 //     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
 //     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points);
 //  7. the quantized MoE experts (moe_quant.cu): grouped GEMV gated / down with the shared expert,
@@ -76,6 +75,40 @@ void quantized(int N, int K, WeightFormat fmt, std::vector<uint8_t>& q, std::vec
   quant::quantize_rows(w.data(), DType::F32, N, K, fmt, 0, K, q.data(), s.data(), "w");
 }
 double wval(WeightFormat fmt, uint8_t b) { return fmt == WeightFormat::Int8 ? (double)static_cast<int8_t>(b) : quant::e4m3_to_f32(b); }
+
+// M rows of K E4M3 codes (of N(0, 1) / 0.3) with scales 0.01 * (1 + r % 7), in a buffer of `rows`
+// rows (those past M hold the NaN code 0x7f).
+void e4m3_rows(int M, int K, int rows, std::vector<uint8_t>& x, std::vector<float>& xs) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  x.assign((size_t)rows * K, 0x7f);
+  xs.resize(M);
+  for (int r = 0; r < M; ++r) {
+    xs[r] = 0.01f * (1 + r % 7);
+    for (int k = 0; k < K; ++k) x[(size_t)r * K + k] = quant::f32_to_e4m3(nd(rng) / 0.3f);
+  }
+}
+
+// The product of E4M3 rows x (scales xs) and E4M3 weights w (scales ws): y[m, n] in double, and
+// sum |w x| for the relative error.
+void e4m3_product(const std::vector<uint8_t>& w, const std::vector<float>& ws, const std::vector<uint8_t>& x,
+                  const std::vector<float>& xs, int M, int N, int K, std::vector<double>& ref, std::vector<double>& mag) {
+  ref.assign((size_t)M * N, 0);
+  mag.assign((size_t)M * N, 1e-30);
+  std::vector<float> wf(w.size()), xf((size_t)M * K);
+  for (size_t i = 0; i < w.size(); ++i) wf[i] = quant::e4m3_to_f32(w[i]);
+  for (size_t i = 0; i < xf.size(); ++i) xf[i] = quant::e4m3_to_f32(x[i]);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double a = 0, g = 0;
+      for (int k = 0; k < K; ++k) {
+        const double p = (double)wf[(size_t)n * K + k] * xf[(size_t)m * K + k];
+        a += p;
+        g += std::fabs(p);
+      }
+      ref[(size_t)m * N + n] = a * ws[n] * xs[m];
+      mag[(size_t)m * N + n] += g * ws[n] * xs[m];
+    }
+}
 
 void check_gemv() {
   for (DType act : {DType::BF16, DType::F16})
@@ -284,13 +317,11 @@ void check_fp8_gemm() {
       std::vector<uint8_t> w;
       std::vector<float> ws;
       quantized(N, K, WeightFormat::Fp8, w, ws);
-      std::normal_distribution<float> nd(0.f, 1.f);
-      std::vector<uint8_t> x((size_t)MP * K, 0x7f);  // padding rows hold NaN codes: their results must never matter
-      std::vector<float> xs(M);
-      for (int r = 0; r < M; ++r) {
-        xs[r] = 0.01f * (1 + r % 7);
-        for (int k = 0; k < K; ++k) x[(size_t)r * K + k] = quant::f32_to_e4m3(nd(rng) / 0.3f);
-      }
+      std::vector<uint8_t> x;
+      std::vector<float> xs;
+      e4m3_rows(M, K, MP, x, xs);  // padding rows hold NaN codes: their results must never matter
+      std::vector<double> ref, mag;
+      e4m3_product(w, ws, x, xs, M, N, K, ref, mag);
       uint8_t* dw = upload(w);
       uint8_t* dx = upload(x);
       float* dws = upload(ws);
@@ -309,44 +340,13 @@ void check_fp8_gemm() {
           for (auto b : y) yf.push_back(bf16_to_f32(b));
         }
         double err = 0;
-        for (int m = 0; m < M; ++m)
-          for (int n = 0; n < N; ++n) {
-            double a = 0, mag = 1e-30;
-            for (int k = 0; k < K; ++k) {
-              const double p = quant::e4m3_to_f32(w[(size_t)n * K + k]) * (double)quant::e4m3_to_f32(x[(size_t)m * K + k]);
-              a += p;
-              mag += std::fabs(p);
-            }
-            err = std::max(err, std::fabs(yf[(size_t)m * N + n] - a * ws[n] * xs[m]) / (mag * ws[n] * xs[m]));
-          }
+        for (size_t i = 0; i < (size_t)M * N; ++i) err = std::max(err, std::fabs(yf[i] - ref[i]) / mag[i]);
         // cuBLASLt accumulates E4M3 products in f32 (with its periodic promotion on Hopper).
         note("cuBLASLt E4M3 GEMM + epilogue M" + std::to_string(M) + " N" + std::to_string(N) + (mode == GemvOut::F32 ? " f32" : " bf16"), err,
              mode == GemvOut::F32 ? 1e-4 : 8e-3);
         cudaFree(dy);
       }
       cudaFree(dw); cudaFree(dx); cudaFree(dws); cudaFree(dxs); cudaFree(acc);
-    }
-}
-
-// The product of E4M3 rows x (scales xs) and E4M3 weights w (scales ws): y[m, n] in double, and
-// sum |w x| for the relative error.
-void e4m3_product(const std::vector<uint8_t>& w, const std::vector<float>& ws, const std::vector<uint8_t>& x,
-                  const std::vector<float>& xs, int M, int N, int K, std::vector<double>& ref, std::vector<double>& mag) {
-  ref.assign((size_t)M * N, 0);
-  mag.assign((size_t)M * N, 1e-30);
-  std::vector<float> wf(w.size()), xf((size_t)M * K);
-  for (size_t i = 0; i < w.size(); ++i) wf[i] = quant::e4m3_to_f32(w[i]);
-  for (size_t i = 0; i < xf.size(); ++i) xf[i] = quant::e4m3_to_f32(x[i]);
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < N; ++n) {
-      double a = 0, g = 0;
-      for (int k = 0; k < K; ++k) {
-        const double p = (double)wf[(size_t)n * K + k] * xf[(size_t)m * K + k];
-        a += p;
-        g += std::fabs(p);
-      }
-      ref[(size_t)m * N + n] = a * ws[n] * xs[m];
-      mag[(size_t)m * N + n] += g * ws[n] * xs[m];
     }
 }
 
@@ -361,13 +361,9 @@ void check_fp8_scaled_gemm() {
       std::vector<float> ws, ws2;
       quantized(N, K, WeightFormat::Fp8, w, ws);
       quantized(N, K, WeightFormat::Fp8, w2, ws2);  // a second matrix of the shape for tune_fp8
-      std::normal_distribution<float> nd(0.f, 1.f);
-      std::vector<uint8_t> x((size_t)M * K);
-      std::vector<float> xs(M);
-      for (int r = 0; r < M; ++r) {
-        xs[r] = 0.01f * (1 + r % 7);
-        for (int k = 0; k < K; ++k) x[(size_t)r * K + k] = quant::f32_to_e4m3(nd(rng) / 0.3f);
-      }
+      std::vector<uint8_t> x;
+      std::vector<float> xs;
+      e4m3_rows(M, K, M, x, xs);
       std::vector<double> ref, mag;
       e4m3_product(w, ws, x, xs, M, N, K, ref, mag);
       uint8_t* dw = upload(w);

@@ -37,7 +37,6 @@ const Field kFields[] = {
     {"cudaDecodeFusion", &Settings::cuda_decode_fusion},
     {"cudaWarmup", &Settings::cuda_warmup},
     {"cudaLt", &Settings::cuda_lt},
-    {"cudaQuantAb", &Settings::cuda_quant_ab},
     {"cudaProfileStep", &Settings::cuda_profile_step},
 };
 

@@ -28,7 +28,6 @@ struct Settings {
   bool cuda_decode_fusion = true;   // NODESPEED_CUDA_DECODE_FUSION
   bool cuda_warmup = true;          // NODESPEED_CUDA_WARMUP
   bool cuda_lt = true;              // NODESPEED_CUDA_LT
-  int cuda_quant_ab = 0;            // NODESPEED_CUDA_QUANT_AB: 1 fp8 GEMMs scaled by a kernel of their own, 2 8-byte fp8 KV loads, 4 quantize_act for every fp8 GEMM input, 8 no gemm_quant
   long cuda_profile_step = -1;      // NODESPEED_CUDA_PROFILE_STEP; -1: none
 };
 

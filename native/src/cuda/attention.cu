@@ -10,9 +10,8 @@
 // lane: a batch-64 decode step is bound by reading K and V), and attn_kernel, the per-key warp
 // loop, for other head dims. For 64/128/256 the vectorised one reads K/V of a 64-decode layer at
 // 4.25 TB/s on an H200 where the per-key loop reads 2.87 (bench/results/decode-ab-7f71916-h200.json).
-// With the fp8 KV cache (KV8) the kernels read E4M3 K/V and fold the layer's scales in exactly:
-// scores are k_scale * (q . k8), the output v_scale * (P . v8) / l; the vectorised one keeps 16-byte
-// loads (16 E4M3 elements a lane).
+// With the fp8 KV cache (KV8) the kernels read E4M3 K/V (8 bytes where they read 16) and fold the
+// layer's scales in exactly: scores are k_scale * (q . k8), the output v_scale * (P . v8) / l.
 // The model families' forward (cuda_step.cu) runs its attention here too (the SIMT kernels, any
 // token count): its score scale, Gemma's score soft-capping and sliding windows (each token's keys
 // (pos - window, pos], split evenly like a full context) are AttnArgs fields that the Llama path
@@ -20,7 +19,6 @@
 #include <cfloat>
 #include <type_traits>
 
-#include "common/settings.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
@@ -154,33 +152,22 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   write_block_result<T, kWarps>(a, t, row, h, split, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
 }
 
-// LPK = HD / EL lanes read one key row, EL elements each, so a warp covers KPW = 32 / LPK keys per
+// LPK = HD / 8 lanes read one key row (16 bytes each), so a warp covers KPW = 32 / LPK keys per
 // load and each lane has kVecU keys' K and V loads in flight before it uses any: the per-key warp
 // loop above keeps one 512-byte K/V pair in flight per warp and a 5-shuffle reduction between
-// loads, ~70% of copy bandwidth on a batch-64 decode step. EL = 8 (16-byte loads of a 16-bit
-// cache); an E4M3 cache reads 16 elements a lane (WIDE: 16-byte loads, twice the keys per warp and
-// load, as many bytes in flight as a 16-bit cache) or 8 (8-byte loads).
+// loads, ~70% of copy bandwidth on a batch-64 decode step.
 constexpr int kVecWarps = 4, kVecU = 4;
 
-// One lane's load of a key or value row to f32: 8 elements of a 16-bit cache, or 16 / 8 E4M3 ones.
-template <typename T, bool KV8, bool WIDE, typename Vec>
-__device__ __forceinline__ void unpack_kv(const Vec& v, float* f) {
-  if constexpr (!KV8) unpack8<T>(v, f);
-  else if constexpr (WIDE) unpack16<DType::F8E4M3>(v, f);
-  else unpack_e4m3x8(v, f);
-}
-
-template <typename T, int HD, bool KV8, bool WIDE>
+template <typename T, int HD, bool KV8>
 __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, float scale) {
-  constexpr int EL = KV8 && WIDE ? 16 : 8;
-  constexpr int LPK = HD / EL, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
-  using Vec = std::conditional_t<KV8 && !WIDE, uint2, uint4>;  // one lane's EL elements of a key row
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
+  using Vec = std::conditional_t<KV8, uint2, uint4>;  // one lane's 8 elements of a key row
   using Elem = std::conditional_t<KV8, uint8_t, T>;
   grid_dependency_wait();
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int grp = lane / LPK, sub = lane % LPK;  // this lane's key in the warp, its EL elements of the row
+  const int grp = lane / LPK, sub = lane % LPK;  // this lane's key in the warp, its 8 elements of the row
   const int nkv = a.nkv, B = a.block_size;
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;
@@ -188,17 +175,15 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   const int chunk = (ctx - first + a.n_splits - 1) / a.n_splits;
   const int k0 = first + split * chunk, k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
-  const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * EL;
-  const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * EL;
+  const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * 8;
+  const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * 8;
   if (KV8) scale *= a.k_scale;
 
-  float qr[EL], acc[EL];
-  const uint4* qp =
-      reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD + (size_t)h * HD + sub * EL);
+  float qr[8], acc[8];
+  unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
+                                             (size_t)h * HD + sub * 8), qr);
 #pragma unroll
-  for (int c = 0; c < EL / 8; ++c) unpack8<T>(qp[c], qr + 8 * c);
-#pragma unroll
-  for (int e = 0; e < EL; ++e) { qr[e] *= scale; acc[e] = 0.f; }
+  for (int e = 0; e < 8; ++e) { qr[e] *= scale; acc[e] = 0.f; }
   float m = -FLT_MAX, l = 0.f;
   const int mine = warp * KPW + grp;
   for (int j0 = k0; j0 < k1; j0 += kVecU * KEYS) {
@@ -217,10 +202,11 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
     float sc[kVecU], mn = m;
 #pragma unroll
     for (int u = 0; u < kVecU; ++u) {
-      float kf[EL], d = 0.f;
-      unpack_kv<T, KV8, WIDE>(kr[u], kf);
+      float kf[8], d = 0.f;
+      if constexpr (KV8) unpack_e4m3x8(kr[u], kf);
+      else unpack8<T>(kr[u], kf);
 #pragma unroll
-      for (int e = 0; e < EL; ++e) d += qr[e] * kf[e];
+      for (int e = 0; e < 8; ++e) d += qr[e] * kf[e];
 #pragma unroll
       for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
       if (a.softcap > 0.f) d = tanhf(d / a.softcap) * a.softcap;
@@ -230,27 +216,28 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
     const float corr = __expf(m - mn);
     l *= corr;
 #pragma unroll
-    for (int e = 0; e < EL; ++e) acc[e] *= corr;
+    for (int e = 0; e < 8; ++e) acc[e] *= corr;
 #pragma unroll
     for (int u = 0; u < kVecU; ++u) {
       const float p = sc[u] > -FLT_MAX ? __expf(sc[u] - mn) : 0.f;
       l += p;
       const float pr = round_if<T>(a.round_p, p);  // P in the activation dtype before P.V (as attn_kernel)
-      float vf[EL];
-      unpack_kv<T, KV8, WIDE>(vr[u], vf);
+      float vf[8];
+      if constexpr (KV8) unpack_e4m3x8(vr[u], vf);
+      else unpack8<T>(vr[u], vf);
 #pragma unroll
-      for (int e = 0; e < EL; ++e) acc[e] += pr * vf[e];
+      for (int e = 0; e < 8; ++e) acc[e] += pr * vf[e];
     }
     m = mn;
   }
-  // The warp's KPW key groups hold the same EL dims per lane: merge them (lanes LPK apart).
+  // The warp's KPW key groups hold the same 8 dims per lane: merge them (lanes LPK apart).
 #pragma unroll
   for (int o = LPK; o < 32; o <<= 1) {
     const float mo = __shfl_xor_sync(0xffffffffu, m, o), lo = __shfl_xor_sync(0xffffffffu, l, o);
     const float mx = fmaxf(m, mo), c1 = __expf(m - mx), c2 = __expf(mo - mx);
     l = l * c1 + lo * c2;
 #pragma unroll
-    for (int e = 0; e < EL; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
+    for (int e = 0; e < 8; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
     m = mx;
   }
   __shared__ float sm[kVecWarps], sl[kVecWarps];
@@ -258,7 +245,7 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   if (lane == 0) { sm[warp] = m; sl[warp] = l; }
   if (grp == 0)
 #pragma unroll
-    for (int e = 0; e < EL; ++e) sacc[warp][sub * EL + e] = KV8 ? acc[e] * a.v_scale : acc[e];
+    for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = KV8 ? acc[e] * a.v_scale : acc[e];
   __syncthreads();
   write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
 }
@@ -275,11 +262,8 @@ void launch(const AttnArgs& a, cudaStream_t s) {
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  // The 8-byte E4M3 loads: the A/B of this build (NODESPEED_CUDA_QUANT_AB bit 2).
-  static const bool narrow = settings().cuda_quant_ab & 2;
-  if (a.kv_fp8 && !narrow) launch("attention", attn_vec_kernel<T, HD, true, true>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
-  else if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
-  else launch("attention", attn_vec_kernel<T, HD, false, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
+  if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
+  else launch("attention", attn_vec_kernel<T, HD, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
 }
 
 

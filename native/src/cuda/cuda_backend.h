@@ -193,7 +193,6 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   bool use_gemv_ = true;
   bool warm_gemms_ = true;  // NODESPEED_CUDA_WARMUP=0 turns it off
-  int quant_ab_ = 0;        // NODESPEED_CUDA_QUANT_AB
   // The activation rows whose E4M3 form xq_ / xs_ already hold (set by their producer, taken by
   // the next matmul_fp8, which quantizes x itself when x is anything else).
   const void* xq_of_ = nullptr;

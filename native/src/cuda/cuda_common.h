@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -62,27 +63,40 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v) {
+  const Op op;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024), returned to every thread; part: 32
-// floats of shared memory. The first barrier lets a kernel call it again with the same part.
-__device__ __forceinline__ float block_sum(float v, float* part) {
-  v = warp_sum(v);
+// Reduction with Op over the block (blockDim.x a multiple of 32, <= 1024), returned to every thread;
+// part: 32 floats of shared memory; identity: Op's neutral value. The first barrier lets a kernel
+// call it again with the same part.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* part, float identity) {
+  v = warp_reduce<Op>(v);
   __syncthreads();
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
-    float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    w = warp_sum(w);
+    const float w = warp_reduce<Op>(threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : identity);
     if (threadIdx.x == 0) part[0] = w;
   }
   __syncthreads();
   return part[0];
 }
+__device__ __forceinline__ float block_sum(float v, float* part) { return block_reduce<SumOp>(v, part, 0.f); }
+__device__ __forceinline__ float block_max(float v, float* part) { return block_reduce<MaxOp>(v, part, -FLT_MAX); }
 
 // Where the kernels also round to the activation dtype as HF transformers' bf16/fp16 forward
 // does (docs/ENGINE.md "CUDA numerics"): the residual stream, the normalised row before the

@@ -8,6 +8,7 @@
 #include "common/settings.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
+#include "cuda/norm_row.h"
 
 namespace ns::cuda {
 
@@ -58,34 +59,13 @@ template <typename T>
 __global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
   grid_dependency_wait();
   const int r = blockIdx.x, H8 = H / 8;
-  const float4* xr = reinterpret_cast<const float4*>(x + (size_t)(rows ? rows[r] : r) * H);
   float v[kNormVec][8];
-  float ss = 0.f;
-#pragma unroll
-  for (int c = 0; c < kNormVec; ++c) {
-    const int i = threadIdx.x + c * blockDim.x;
-    if (i < H8) {
-      const float4 a = xr[2 * i], b = xr[2 * i + 1];
-      v[c][0] = a.x; v[c][1] = a.y; v[c][2] = a.z; v[c][3] = a.w; v[c][4] = b.x; v[c][5] = b.y; v[c][6] = b.z; v[c][7] = b.w;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) ss += v[c][e] * v[c][e];
-    }
-  }
-  __shared__ float part[32];
-  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
+  rmsnorm_row<T, kNormVec>(x + (size_t)(rows ? rows[r] : r) * H, H, w, eps, rnd, v);
   uint4* o = reinterpret_cast<uint4*>(out + (size_t)r * H);
 #pragma unroll
   for (int c = 0; c < kNormVec; ++c) {
     const int i = threadIdx.x + c * blockDim.x;
-    if (i < H8) {
-      const float4 a = w4[2 * i], b = w4[2 * i + 1];
-      const float wv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-      float y[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) y[e] = round_if<T>(rnd, v[c][e] * inv) * wv[e];
-      o[i] = pack8<T>(y);
-    }
+    if (i < H8) o[i] = pack8<T>(v[c]);
   }
 }
 

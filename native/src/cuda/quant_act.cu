@@ -10,6 +10,7 @@
 
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
+#include "cuda/norm_row.h"
 #include "cuda/quant.h"
 
 namespace ns::cuda {
@@ -40,17 +41,7 @@ __device__ __forceinline__ void quantize_held_row(float (&y)[V][8], int n8, cons
 #pragma unroll
         for (int e = 0; e < 8; ++e) m = fmaxf(m, fabsf(y[c][e]));
     __shared__ float part[32];
-    m = warp_max(m);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      float w = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-      w = warp_max(w);
-      if (threadIdx.x == 0) part[0] = w;
-    }
-    __syncthreads();
-    m = part[0];
+    m = block_max(m, part);
     if (amax_ub > 0.f) m = fminf(m, amax_ub);
     s = fmaxf(__fdiv_rn(m, 448.f), 1.f / (448.f * 512.f));
   }
@@ -75,32 +66,12 @@ __global__ void rmsnorm_quant_kernel(const float* __restrict__ x, int H, const f
                                      float* __restrict__ scale) {
   grid_dependency_wait();
   const int r = blockIdx.x, H8 = H / 8;
-  const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * H);
   float v[kNormChunks][8];
-  float ss = 0.f;
+  rmsnorm_row<T, kNormChunks>(x + (size_t)r * H, H, w, eps, rnd, v);
 #pragma unroll
-  for (int c = 0; c < kNormChunks; ++c) {
-    const int i = threadIdx.x + c * blockDim.x;
-    if (i < H8) {
-      const float4 a = xr[2 * i], b = xr[2 * i + 1];
-      v[c][0] = a.x; v[c][1] = a.y; v[c][2] = a.z; v[c][3] = a.w; v[c][4] = b.x; v[c][5] = b.y; v[c][6] = b.z; v[c][7] = b.w;
+  for (int c = 0; c < kNormChunks; ++c)
 #pragma unroll
-      for (int e = 0; e < 8; ++e) ss += v[c][e] * v[c][e];
-    }
-  }
-  __shared__ float part[32];
-  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
-#pragma unroll
-  for (int c = 0; c < kNormChunks; ++c) {
-    const int i = threadIdx.x + c * blockDim.x;
-    if (i < H8) {
-      const float4 a = w4[2 * i], b = w4[2 * i + 1];
-      const float wv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[c][e] = to_f(from_f<T>(round_if<T>(rnd, v[c][e] * inv) * wv[e]));
-    }
-  }
+    for (int e = 0; e < 8; ++e) v[c][e] = to_f(from_f<T>(v[c][e]));
   quantize_held_row<kNormChunks>(v, H8, static_scale, amax_ub, q + (size_t)r * H, scale + r);
 }
 

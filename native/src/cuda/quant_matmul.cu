@@ -32,7 +32,7 @@ void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int 
     gemv_quant(act_, w.dt, QuantGemv{w.w, w.scale, x, M, N, K, y}, out, stream_);
     return;
   }
-  if (M <= kMmaRows && !(quant_ab_ & 8) &&
+  if (M <= kMmaRows &&
       gemm_quant(act_, w.dt, QuantGemm{w.w, w.scale, x, M, N, K, y}, out, deq_.as<float>(), deq_.bytes, sm_count_, stream_))
     return;
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // as the float path: the product rounded, then the rounded add
@@ -59,7 +59,7 @@ void CudaBackend::matmul_weight_only(const void* x, const Weight& w, int M, int 
 }
 
 bool CudaBackend::fp8_input_fused(const Weight& w, int M) const {
-  return w.dt == DType::F8E4M3 && cfg_.fp8_activations && !(use_gemv_ && M <= 4) && !(quant_ab_ & 4);
+  return w.dt == DType::F8E4M3 && cfg_.fp8_activations && !(use_gemv_ && M <= 4);
 }
 
 void CudaBackend::norm_into_input(const float* res, int T, const float* norm_w, const Weight& next) {
@@ -90,8 +90,7 @@ void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K
   }
   const cudaDataType ct = mode == Out::Act ? cuda_type(act_) : CUDA_R_32F;
   std::string why;
-  if (!(quant_ab_ & 1) &&
-      fp8_lt_->fp8_scaled({M, N, K, ct, mode == Out::AddResidual}, w.w, w.scale, xq_.ptr, xs_.as<float>(), y, &why))
+  if (fp8_lt_->fp8_scaled({M, N, K, ct, mode == Out::AddResidual}, w.w, w.scale, xq_.ptr, xs_.as<float>(), y, &why))
     return;
   if (!why.empty()) throw std::runtime_error("cuda: " + why);
   // The GEMM runs on rows padded to a multiple of 16 (xq_ has room; the extra rows' results are never
@@ -109,7 +108,7 @@ void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K
 
 void CudaBackend::tune_fp8(const std::vector<const void*>& weights, const Weight& w, const void* x, int M, int N, int K, void* y,
                            Out mode) {
-  if ((use_gemv_ && M <= 4) || (quant_ab_ & 1)) return;
+  if (use_gemv_ && M <= 4) return;
   if (mode == Out::AddResidual && rounds(kRoundResidual)) {  // matmul_fp8 runs the product into tmp_
     mode = Out::Act;
     y = tmp_.ptr;

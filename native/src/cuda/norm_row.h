@@ -1,0 +1,42 @@
+// One row of the f32 residual stream RMS-normalised in registers, the part shared by rmsnorm's
+// vector kernel (kernels_basic.cu) and rmsnorm_quant (quant_act.cu).
+#pragma once
+
+#include "cuda/cuda_common.h"
+
+namespace ns::cuda {
+
+// H % 8 == 0 and H <= 8 * V * blockDim.x: thread i loads chunks i + c * blockDim.x (c < V) of 8
+// values of row x, those below H / 8 valid, with one read of the row, and leaves in v
+// round_if<T>(rnd, x * rsqrt(mean(x^2) + eps)) * w (HF: the normalised row is rounded before the weight).
+template <typename T, int V>
+__device__ __forceinline__ void rmsnorm_row(const float* x, int H, const float* w, float eps, bool rnd, float (&v)[V][8]) {
+  const int H8 = H / 8;
+  const float4* xr = reinterpret_cast<const float4*>(x);
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < V; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < H8) {
+      const float4 a = xr[2 * i], b = xr[2 * i + 1];
+      v[c][0] = a.x; v[c][1] = a.y; v[c][2] = a.z; v[c][3] = a.w; v[c][4] = b.x; v[c][5] = b.y; v[c][6] = b.z; v[c][7] = b.w;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss += v[c][e] * v[c][e];
+    }
+  }
+  __shared__ float part[32];
+  const float inv = rsqrtf(block_sum(ss, part) / H + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+#pragma unroll
+  for (int c = 0; c < V; ++c) {
+    const int i = threadIdx.x + c * blockDim.x;
+    if (i < H8) {
+      const float4 a = w4[2 * i], b = w4[2 * i + 1];
+      const float wv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[c][e] = round_if<T>(rnd, v[c][e] * inv) * wv[e];
+    }
+  }
+}
+
+}  // namespace ns::cuda
