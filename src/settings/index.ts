@@ -110,7 +110,6 @@ export const REGISTRY = {
     { ...workerDebug, min: 1, defaultText: 'never' }),
   cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no split)',
     { ...workerDebug, min: 1, max: 16 }),
-  cudaDecodeFusion: bool('NODESPEED_CUDA_DECODE_FUSION', true, 'family-forward decode steps end the output projection in its add_norm and the MoE router GEMV in its top-k (0: separate launches)', workerDebug),
   cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape once at load (cuBLAS loads its kernels lazily)', workerDebug),
   cudaLt: bool('NODESPEED_CUDA_LT', true, 'decode GEMMs through cuBLASLt with algorithms measured at load (0: cublasGemmEx)', workerDebug),
   cudaProfileStep: integer('NODESPEED_CUDA_PROFILE_STEP', undefined, 'bracket the N-th CUDA step (0-based) with cudaProfilerStart/Stop for `ncu --profile-from-start off`',
@@ -288,7 +287,6 @@ export interface NativeSettings {
   cudaFlash: boolean;
   cudaFlashDecodeMin: number;
   cudaAttnSplitsMax: number;
-  cudaDecodeFusion: boolean;
   cudaWarmup: boolean;
   cudaLt: boolean;
   cudaProfileStep: number;
@@ -300,8 +298,7 @@ export function nativeSettings(s: Settings = settings()): NativeSettings {
     ncclPath: s.ncclPath ?? '', cublasPath: s.cublasPath ?? '', cublasLtPath: s.cublasLtPath ?? '',
     p2p: s.p2p, p2pNorm: s.p2pNorm, p2pTimeoutS: s.p2pTimeoutS,
     cudaRound: s.cudaRound, cudaGemv: s.cudaGemv, cudaGraphs: s.cudaGraphs, cudaGraphMax: s.cudaGraphMax, cudaFlash: s.cudaFlash,
-    cudaFlashDecodeMin: s.cudaFlashDecodeMin ?? 0, cudaAttnSplitsMax: s.cudaAttnSplitsMax,
-    cudaDecodeFusion: s.cudaDecodeFusion, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt,
+    cudaFlashDecodeMin: s.cudaFlashDecodeMin ?? 0, cudaAttnSplitsMax: s.cudaAttnSplitsMax, cudaWarmup: s.cudaWarmup, cudaLt: s.cudaLt,
     cudaProfileStep: s.cudaProfileStep ?? -1,
   };
 }

@@ -34,7 +34,6 @@ const Field kFields[] = {
     {"cudaFlash", &Settings::cuda_flash},
     {"cudaFlashDecodeMin", &Settings::cuda_flash_decode_min},
     {"cudaAttnSplitsMax", &Settings::cuda_attn_splits_max},
-    {"cudaDecodeFusion", &Settings::cuda_decode_fusion},
     {"cudaWarmup", &Settings::cuda_warmup},
     {"cudaLt", &Settings::cuda_lt},
     {"cudaProfileStep", &Settings::cuda_profile_step},

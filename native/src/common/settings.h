@@ -25,7 +25,6 @@ struct Settings {
   bool cuda_flash = true;           // NODESPEED_CUDA_FLASH
   int cuda_flash_decode_min = 0;    // NODESPEED_CUDA_FLASH_DECODE_MIN; 0: decodes never take flash tiles
   int cuda_attn_splits_max = 16;    // NODESPEED_CUDA_ATTN_SPLITS_MAX
-  bool cuda_decode_fusion = true;   // NODESPEED_CUDA_DECODE_FUSION
   bool cuda_warmup = true;          // NODESPEED_CUDA_WARMUP
   bool cuda_lt = true;              // NODESPEED_CUDA_LT
   long cuda_profile_step = -1;      // NODESPEED_CUDA_PROFILE_STEP; -1: none

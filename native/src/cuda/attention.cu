@@ -22,7 +22,6 @@
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
-#include "cuda/last_block.h"
 #include "cuda/quant.h"
 
 namespace ns::cuda {
@@ -30,6 +29,23 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
+
+// The threadfence-reduction handshake: every split block of a (token, head) calls it once its
+// partial is written; true (in every thread) for the block that brings *counter to `arrivals`, which
+// then sees every other split's partial (read through L2, __ldcg: this SM's L1 may hold the same
+// addresses from an earlier layer's launch). That block sets *counter back to 0 for the next launch.
+__device__ __forceinline__ bool last_arrival(int* counter, int arrivals) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s_last = atomicAdd(counter, 1) == arrivals - 1;
+    if (s_last) *counter = 0;
+  }
+  __syncthreads();
+  if (s_last) __threadfence();
+  return s_last;
+}
 
 // The split partials of (row, h), merged into the output row of token t: out = sum_s acc_s e^(M_s - M)
 // / sum_s L_s e^(M_s - M). Loads bypass L1 (__ldcg): other blocks wrote the partials during this
@@ -60,8 +76,7 @@ __device__ void merge_splits(const AttnArgs& a, int t, int row, int h, int hd) {
 
 // The block's result from its NW warps' online-softmax states in shared memory (max sm[w], sum
 // sl[w], weighted V sums sacc[w * stride + d]): the output row of (token t, head h), or with several
-// splits the partial (M, L, acc) in the workspace, and the pair's last block to finish merges them
-// (last_block.h).
+// splits the partial (M, L, acc) in the workspace, and the pair's last block to finish merges them.
 template <typename T, int NW>
 __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int row, int h, int split, int hd,
                                                    const float* sm, const float* sl, const float* sacc, int stride) {

@@ -144,7 +144,6 @@ CudaBackend::CudaBackend(const ShardConfig& cfg) : cfg_(cfg), act_(cfg.compute) 
   warm_gemms_ = set.cuda_warmup;
   if (set.cuda_flash_decode_min > 0) flash_decode_min_ = set.cuda_flash_decode_min;
   max_attn_splits_ = std::clamp(set.cuda_attn_splits_max, 1, 16);
-  decode_fusion_ = set.cuda_decode_fusion;
   if (family_) {  // the family forward runs its own kernels; its decode graphs are captured on first use
     use_flash_ = warm_gemms_ = false;
   }

@@ -206,7 +206,6 @@ class CudaBackend final : public Backend {
   // still sends the short sequences through flash tiles when they make >= N (tile, head) blocks.
   bool use_flash_ = true;
   int flash_decode_min_ = std::numeric_limits<int>::max();
-  bool decode_fusion_ = true;  // NODESPEED_CUDA_DECODE_FUSION: proj_add_norm and moe_router_route on decode steps
   int max_attn_splits_ = 16;  // NODESPEED_CUDA_ATTN_SPLITS_MAX (1..16): for A/B runs of the batch-1 attention
   bool flash_seq(const StepPlan& p, int n_tokens) const;  // does a sequence take flash tiles
   cudaStream_t stream_ = nullptr;
@@ -219,7 +218,6 @@ class CudaBackend final : public Backend {
   int rope_half_ = 0, local_half_ = 0;
   std::vector<float> inv_fixed_, local_inv_fixed_;   // step-independent RoPE types
   DeviceBuffer rope_dev_, router_dev_, route_dev_;   // per step: cos/sin tables; router logits; routing (moe_plan.h)
-  DeviceBuffer proj_done_;                           // proj_add_norm's finished-block counter (one int, 0 between launches)
   PinnedBuffer rope_host_;
   moe::Layout route_layout_{};
   DeviceBuffer ex_gu_, ex_act_, ex_out_, sh_gu_, sh_act_, sh_out_;

@@ -297,14 +297,12 @@ void CudaBackend::reserve_family(int T) {
   const size_t half = rope_half_ + local_half_;
   rope_dev_.reserve(4 * 2 * half * T);
   rope_host_.reserve(4 * 2 * half * T);
-  if (proj_done_.reserve(4)) NS_CUDA(cudaMemsetAsync(proj_done_.ptr, 0, 4, stream_));
   if (c.num_experts > 0) {
     const size_t K = c.top_k, I = c.moe_intermediate, Is = c.shared_intermediate, rows = (size_t)T * K;
     const int local = c.expert_end - c.expert_start;
     route_layout_ = moe::layout(T, c.top_k, local);
     router_dev_.reserve(4 * (size_t)T * (c.num_experts + (Is > 0)));
     route_dev_.reserve(4 * (size_t)route_layout_.words);
-    NS_CUDA(cudaMemsetAsync(route_dev_.ptr, 0, route_dev_.bytes, stream_));  // the fused router's `done` counter starts at 0
     if (local > 0) {
       // The tensor-core path writes gate|up rows before the activation; the GEMV path only the latter.
       if (!moe::use_gemv(T, c.top_k, c.num_experts)) {
@@ -367,7 +365,7 @@ void CudaBackend::shared_expert_matmul(const void* x, const DeviceBuffer& w, con
 
 // The routed experts (moe.cu, plan in moe_plan.h) and the shared expert of T tokens of xb_, with
 // no host wait: router logits (the shared expert's gate logit as one more column), device-side
-// top-k and permutation (one launch for decode steps), the grouped expert products over this rank's active experts, then per
+// top-k and permutation, the grouped expert products over this rank's active experts, then per
 // token the weighted sum. At tp 1 that sum joins the residual stream with the next norm (true
 // returned); else it is left in tmp_ for the MLP's all-reduce.
 bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, const float* post_w, const float* next_w) {
@@ -379,13 +377,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   const moe::Layout& Ly = route_layout_;
   int32_t* meta = route_dev_.as<int32_t>();
   float* logits = router_dev_.as<float>();
-  const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
-  if (decode_fusion_ && T <= moe::kRouterTokens && H % 8 == 0) {
-    moe_router_route(act_, L.router.ptr, xb_.ptr, H, route, st);
-  } else {
-    matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
-    moe_route(route, st);
-  }
+  matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
+  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
   const bool gemv = moe::use_gemv(T, K, E);
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
@@ -494,17 +487,11 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     a.softcap = c.attn_softcap;
     a.window = L.sliding ? c.sliding_window : 0;
     attention(act_, a, st);
+    matmul(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, H, qd, part, Out::F32);
+    if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
     // Row-parallel biases join the all-reduced sum once.
-    const float* o_bias = c.o_bias ? L.o_bias.as<float>() : nullptr;
-    const float* post_attn = c.sandwich_norms ? L.post_norm.as<float>() : nullptr;
-    const float* pre_ff = (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>();
-    if (decode_fusion_ && c.tp_size == 1 && use_gemv_ && wdt_ == act_ && proj_add_norm_fits(T, qd, H)) {  // decode: one launch
-      proj_add_norm(act_, L.o.ptr, attn_.ptr, qd, part, proj_done_.as<int>(), res, o_bias, post_attn, pre_ff, c.rms_eps, T, H, xb_.ptr, st);
-    } else {
-      matmul(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, H, qd, part, Out::F32);
-      if (c.tp_size > 1) comm_->all_reduce_sum(part, n, DType::F32, st);
-      add_norm(act_, res, part, o_bias, post_attn, pre_ff, c.rms_eps, T, H, xb_.ptr, st);
-    }
+    add_norm(act_, res, part, c.o_bias ? L.o_bias.as<float>() : nullptr, c.sandwich_norms ? L.post_norm.as<float>() : nullptr,
+             (c.sandwich_norms ? L.pre_ff_norm : L.post_norm).as<float>(), c.rms_eps, T, H, xb_.ptr, st);
     const float* post_ff = c.sandwich_norms ? L.post_ff_norm.as<float>() : nullptr;
     const float* next = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
     if (L.sparse && moe_layer(L, T, d + p.slot, post_ff, next)) continue;

@@ -11,7 +11,6 @@
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
 #include "cuda/kv_layout.h"
-#include "cuda/last_block.h"
 #include "cuda/quant.h"
 
 namespace ns::cuda {
@@ -98,69 +97,9 @@ __global__ void __launch_bounds__(1024) add_norm_kernel(float* res, const float*
   }
 }
 
-// The output projection of a decode step and the end of its sublayer in one launch (tp 1): warp n
-// of the grid computes part[t, n] = x[t] . w[n] for the tokens (<= MT), then the last block to
-// finish (last_block.h) runs add_norm's row work on every token, reading part from L2.
-constexpr int kProjWarps = 16;
-template <typename T, int MT>
-__global__ void __launch_bounds__(kProjWarps * 32) proj_add_norm_kernel(const T* __restrict__ w, const T* __restrict__ x, int K,
-                                                                        float* part, int* done, float* res, const float* bias,
-                                                                        const float* post_w, const float* next_w, float eps,
-                                                                        int tokens, int H, T* xb, bool rnd) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kProjWarps + warp;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)n * K);
-  if (n < H)  // the weights do not depend on the previous kernel: start pulling them
-    for (int i = lane; i < K / 8; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + i));
-  grid_dependency_wait();
-  if (n < H) {
-    float acc[MT];
-#pragma unroll
-    for (int s = 0; s < MT; ++s) acc[s] = 0.f;
-    warp_row_dot<T, MT, 8>(wr, x, K, tokens, acc, lane);
-#pragma unroll
-    for (int s = 0; s < MT; ++s) {
-      if (s >= tokens) break;
-      const float v = warp_sum(acc[s]);
-      if (lane == 0) part[(size_t)s * H + n] = v;
-    }
-  }
-  if (!last_arrival(done, gridDim.x)) return;
-  for (int t = 0; t < tokens; ++t) {
-    float v[kRowPer];
-#pragma unroll
-    for (int e = 0; e < kRowPer; ++e) {
-      const int i = threadIdx.x + e * blockDim.x;
-      v[e] = i < H ? __ldcg(part + (size_t)t * H + i) + (bias ? bias[i] : 0.f) : 0.f;
-    }
-    add_norm_regs<T>(v, res + (size_t)t * H, post_w, next_w, eps, H, next_w ? xb + (size_t)t * H : nullptr, rnd);
-  }
-}
-
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
 
 }  // namespace
-
-bool proj_add_norm_fits(int T, int K, int H) { return T >= 1 && T <= kProjNormTokens && K % 8 == 0 && H <= kRowPer * kProjWarps * 32; }
-
-void proj_add_norm(DType act, const void* w, const void* x, int K, float* part, int* done, float* residual, const float* bias,
-                   const float* post_w, const float* next_w, float eps, int T, int H, void* xb, cudaStream_t s) {
-  if (!proj_add_norm_fits(T, K, H)) throw std::runtime_error("cuda: proj_add_norm takes 1.." + std::to_string(kProjNormTokens) +
-                                                             " tokens, K % 8 == 0 and H <= " + std::to_string(kRowPer * kProjWarps * 32));
-  const bool rnd = rounds(kRoundNorm);
-  const dim3 grid(ceil_div(H, kProjWarps)), block(kProjWarps * 32);
-  NS_DISPATCH_ACT(act, E, {
-    const E* ww = static_cast<const E*>(w);
-    const E* xx = static_cast<const E*>(x);
-    E* out = static_cast<E*>(xb);
-    if (T == 1)
-      launch("proj_add_norm", proj_add_norm_kernel<E, 1>, grid, block, s, ww, xx, K, part, done, residual, bias, post_w, next_w, eps, T, H, out, rnd);
-    else
-      launch("proj_add_norm", proj_add_norm_kernel<E, kProjNormTokens>, grid, block, s, ww, xx, K, part, done, residual, bias, post_w, next_w,
-             eps, T, H, out, rnd);
-  });
-  NS_LAUNCHED("proj_add_norm");
-}
 
 void family_qkv(DType act, void* qkv, const void* bias, const float* q_norm, const float* k_norm, float eps, int T,
                 int nh, int nkv, int hd, int half, const float* cos, const float* sin, const int32_t* slot,

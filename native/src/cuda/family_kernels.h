@@ -31,12 +31,5 @@ void softcap_f32(float* x, size_t n, float cap, cudaStream_t s);
 // the next sublayer's input (rounded as rmsnorm() rounds).
 void add_norm(DType act, float* residual, const float* x, const float* bias, const float* post_w, const float* next_w,
               float eps, int T, int H, void* xb, cudaStream_t s);
-// A decode step's output projection and add_norm in one launch (tp 1, weights in the activation
-// dtype): part [T, H] = x [T, K] . w [H, K]^T in f32, then add_norm(part, ...) on the T rows.
-// `done`: an int that is 0 before the first launch (each launch leaves it 0).
-constexpr int kProjNormTokens = 2;
-bool proj_add_norm_fits(int T, int K, int H);
-void proj_add_norm(DType act, const void* w, const void* x, int K, float* part, int* done, float* residual, const float* bias,
-                   const float* post_w, const float* next_w, float eps, int T, int H, void* xb, cudaStream_t s);
 
 }  // namespace ns::cuda

@@ -10,7 +10,6 @@
 #include "cuda/add_norm.h"
 #include "cuda/cuda_common.h"
 #include "cuda/flash_layout.h"
-#include "cuda/last_block.h"
 #include "cuda/mma.h"
 #include "cuda/moe.h"
 
@@ -30,7 +29,7 @@ __device__ void route_token(const float* logits, int E, int K, bool norm, int32_
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + 32 * i;
-    p[i] = e < E ? __ldcg(logits + e) : -INFINITY;  // L2: the fused router wrote them in this launch
+    p[i] = e < E ? logits[e] : -INFINITY;
     mx = fmaxf(mx, p[i]);
   }
 #pragma unroll
@@ -150,38 +149,6 @@ __global__ void __launch_bounds__(moe::kPermuteThreads) route_permute_kernel(Moe
   grid_dependency_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int t = warp; t < a.T; t += blockDim.x / 32) route_rows(a, t, lane);
-  __syncthreads();
-  if (a.T * a.top_k > 32) permute_block(a);
-  else if (warp == 0) permute_warp(a, lane);
-}
-
-// The router GEMV and the routing in one launch (moe_plan.h kRouterTokens): warp n of the grid
-// computes logit row n for the step's T <= MT tokens, the last block to finish (last_block.h) routes
-// each token (a warp each) and permutes.
-static_assert(moe::kRouterTokens == moe::kGemvTokens, "router_route_kernel's widest pass: gemv_tokens(kRouterTokens) rows");
-template <typename T, int MT>
-__global__ void __launch_bounds__(moe::kRouterWarps * 32) router_route_kernel(const T* __restrict__ w, const T* __restrict__ x,
-                                                                               int H, float* logits, MoeRouteArgs a) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * moe::kRouterWarps + warp;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)n * H);
-  if (n < a.ld)  // the router's weights do not depend on the previous kernel: start pulling them
-    for (int i = lane; i < H / 8; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + i));
-  grid_dependency_wait();
-  if (n < a.ld) {
-    float acc[MT];
-#pragma unroll
-    for (int s = 0; s < MT; ++s) acc[s] = 0.f;
-    warp_row_dot<T, MT, 8>(wr, x, H, a.T, acc, lane);
-#pragma unroll
-    for (int s = 0; s < MT; ++s) {
-      if (s >= a.T) break;
-      const float v = warp_sum(acc[s]);
-      if (lane == 0) logits[(size_t)s * a.ld + n] = v;
-    }
-  }
-  if (!last_arrival(a.meta + a.layout.done, gridDim.x)) return;
-  for (int t = warp; t < a.T; t += moe::kRouterWarps) route_rows(a, t, lane);
   __syncthreads();
   if (a.T * a.top_k > 32) permute_block(a);
   else if (warp == 0) permute_warp(a, lane);
@@ -536,25 +503,6 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
     launch("moe_permute", permute_kernel, dim3(1), dim3(moe::kPermuteThreads), s, a);
   }
   NS_LAUNCHED("moe_route");
-}
-
-void moe_router_route(DType act, const void* w, const void* x, int H, const MoeRouteArgs& a, cudaStream_t s) {
-  if (a.T == 0) return;
-  if (a.T > moe::kRouterTokens || H % 8 != 0)
-    throw std::runtime_error("cuda: the fused router takes <= " + std::to_string(moe::kRouterTokens) + " tokens and hidden % 8 == 0");
-  const dim3 grid(ceil_div(a.ld, moe::kRouterWarps)), block(moe::kRouterWarps * 32);
-  float* logits = const_cast<float*>(a.logits);  // a.logits receives the logits, then the routing reads them
-  NS_DISPATCH_ACT(act, E, {
-    const E* ww = static_cast<const E*>(w);
-    const E* xx = static_cast<const E*>(x);
-    switch (moe::gemv_tokens(a.T)) {
-      case 1: launch("moe_router_route", router_route_kernel<E, 1>, grid, block, s, ww, xx, H, logits, a); break;
-      case 2: launch("moe_router_route", router_route_kernel<E, 2>, grid, block, s, ww, xx, H, logits, a); break;
-      case 4: launch("moe_router_route", router_route_kernel<E, 4>, grid, block, s, ww, xx, H, logits, a); break;
-      default: launch("moe_router_route", router_route_kernel<E, moe::kRouterTokens>, grid, block, s, ww, xx, H, logits, a); break;
-    }
-  });
-  NS_LAUNCHED("moe_router_route");
 }
 
 void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s) {

@@ -23,10 +23,6 @@ struct MoeRouteArgs {
   int32_t* meta; moe::Layout layout;
 };
 void moe_route(const MoeRouteArgs& a, cudaStream_t s);
-// The router's logits, a.logits [T, a.ld] = x [T, H] . w [a.ld, H]^T (activation dtype in, f32
-// out), and moe_route in one launch, for steps of up to moe::kRouterTokens tokens (H % 8 == 0).
-// meta's `done` word must be 0 before the first launch (each launch leaves it 0).
-void moe_router_route(DType act, const void* w, const void* x, int H, const MoeRouteArgs& a, cudaStream_t s);
 
 // Grouped GEMV over the active experts (and the shared expert when `sw` is set): gated, the
 // gate|up weights [2n, k] give act(gate) * up rows of n (activation dtype); else down [n, k] gives

@@ -38,11 +38,6 @@ constexpr int kMmaThreads = kTileN / 16 * 32;
 // 32 assignments (decode) gets one warp a token and its permutation on one warp (moe.cu).
 constexpr int kPermuteThreads = 1024;
 constexpr int kFusedRouteTokens = kPermuteThreads / 32;
-// Steps of up to this many tokens (decode) compute the router logits in the same launch as the
-// routing: warps of kRouterWarps-warp blocks take one logit row each (every token of the step), the
-// last block to finish (the layout's `done` counter) routes and permutes.
-constexpr int kRouterTokens = 8;
-constexpr int kRouterWarps = 8;
 
 NS_FLASH_HD int imin(int a, int b) { return a < b ? a : b; }
 
@@ -62,7 +57,6 @@ NS_FLASH_HD int max_tiles(int T, int top_k, int local_experts) {
 // `cap` tokens so the offsets do not change from step to step (CUDA graphs keep the pointers).
 struct Layout {
   int n_active, n_tiles, n_rows;     // counts (one word each)
-  int done;                          // blocks of the fused router launch that finished (0 between launches)
   int active_e, active_off, active_cnt;  // [local_experts] each: local expert id, first row, rows
   int tiles;                         // [max_tiles][2]: active slot, first row within the expert
   int ids, w;                        // [cap * top_k]: each token's experts (global ids), weights
@@ -77,7 +71,6 @@ NS_FLASH_HD Layout layout(int cap, int top_k, int local_experts) {
   L.n_active = o++;
   L.n_tiles = o++;
   L.n_rows = o++;
-  L.done = o++;
   L.active_e = o; o += local_experts;
   L.active_off = o; o += local_experts;
   L.active_cnt = o; o += local_experts;
