@@ -15,6 +15,8 @@
 //   hetero_mixed     the realtime stream + the batch flood (batch -> [slow, fast]): realtime TTFT p99,
 //                    total generated tok/s
 //   slow_alone       the batch flood in a class that only the slow group serves
+//   both_floods      fast_alone's and slow_alone's floods at once, no realtime stream: what the CPU
+//                    replicas' work costs the fast replica, apart from the realtime stream's cost
 // fast_alone and hetero_mixed are measured --repeats times each, in ABBA order (F M, M F, F M, ...:
 // a drift over the run weighs on both alike); the bars use their medians, and the spread is reported.
 // A second launch of the fast group alone, unpinned (the whole machine, as a GPU-only deployment
@@ -354,6 +356,13 @@ try {
     const [sl] = await load(c.address, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
     result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
     log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
+    // Both floods at once and no realtime stream: what the CPU replicas' work alone costs the fast
+    // replica (against fast_alone + slow_alone), apart from what the realtime stream costs it.
+    await settle();
+    t = cpuTimes();
+    const [bf, bs] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only']), flood(o.mixedS, ['--priority', 'slow_only'])], rest);
+    result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    log(`both floods, no realtime: fast ${result.phases.both_floods.fast.tok_s.toFixed(1)} + slow ${result.phases.both_floods.slow.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
   }

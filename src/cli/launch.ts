@@ -377,7 +377,7 @@ function describeCores(cores: Array<CoreBinding | undefined>, layout: Layout, pl
     return [`  rank ${i} @${placement.ranks[i]!.host} [${group}]: ` +
       ('cores' in b ? `cores ${formatCoreList(b.cores)}` : `share ${b.share.index + 1} of ${b.share.size} of the host's physical cores`)];
   });
-  return lines.length ? ['core binding (numactl -C, else taskset -c; a CPU worker\'s threads default to its cores):', ...headTail(lines, LIST_LIMIT, (n) => `  ... ${n} more`)] : [];
+  return lines.length ? ['core binding (taskset -c, else numactl -C; a CPU worker\'s threads default to its cores):', ...headTail(lines, LIST_LIMIT, (n) => `  ... ${n} more`)] : [];
 }
 
 async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: GivenFlags): Promise<number> {

@@ -1,7 +1,11 @@
 // Core binding, DeepSpeed's --bind_cores_to_rank / --bind_core_list and a deployment group's `cpus`.
-// A rank is pinned where it starts: its shell prelude runs it under `numactl -C LIST --localalloc`
-// (memory from the rank's own NUMA node, as DeepSpeed's numactl -m does) or, without numactl,
-// util-linux `taskset -c LIST`. Every thread the process ever has (V8's, libuv's, the native CPU
+// A rank is pinned where it starts: its shell prelude runs it under util-linux `taskset -c LIST`, or
+// where taskset is missing `numactl --all -C LIST --localalloc`. taskset comes first because it sets
+// the mask whatever mask the launcher itself runs under, where numactl refuses cores outside its own
+// (a launcher started under `taskset -c 0-9` could not give a worker 13-15: "libnuma: cpu argument
+// 13-15 is out of range"; --all lifts that on numactl 2.0.10 and later). Memory needs no flag: the
+// kernel's default policy places a page on the node of the CPU that first touches it, the rank's own,
+// which is what --localalloc (and DeepSpeed's numactl -m) asks for. Every thread the process ever has (V8's, libuv's, the native CPU
 // pool started later) inherits the mask, so nothing has to be walked or re-pinned afterwards, the
 // rank is bound before its first instruction, and a rank respawned on the same slot is bound again.
 // A host's cores (the list given, else every physical core) are divided evenly between the ranks
@@ -34,7 +38,7 @@ export function parseCoreList(spec: string, flag = 'core list'): number[] {
   return out;
 }
 
-/** `[0,1,2,5]` → `0-2,5` (numactl/taskset syntax). */
+/** `[0,1,2,5]` → `0-2,5` (taskset/numactl syntax). */
 export function formatCoreList(cores: number[]): string {
   const parts: string[] = [];
   for (let i = 0; i < cores.length; ) {
@@ -78,7 +82,9 @@ export function bindingScript(b: CoreBinding): string {
   lines.push(
     `__ns_all=$(nproc --all); if [ "$__ns_max" -ge "$__ns_all" ]; then echo "nodespeed: $__ns_what: core $__ns_max cannot be used: $(hostname) has cores 0-$((__ns_all - 1))" >&2; exit 1; fi`,
     'export OMP_NUM_THREADS=$__ns_per NODESPEED_BOUND_CORES=$__ns_per',
-    'if command -v numactl >/dev/null 2>&1; then set -- numactl -C "$__ns_cores" --localalloc "$@"; else set -- taskset -c "$__ns_cores" "$@"; fi',
+    'if command -v taskset >/dev/null 2>&1; then set -- taskset -c "$__ns_cores" "$@"; ' +
+      'elif command -v numactl >/dev/null 2>&1; then set -- numactl --all -C "$__ns_cores" --localalloc "$@"; ' +
+      'else echo "nodespeed: $__ns_what: $(hostname) has neither taskset (util-linux) nor numactl to pin the rank with" >&2; exit 1; fi',
   );
   return lines.join('\n');
 }

@@ -49,7 +49,7 @@ const FLAGS: FlagDef[] = [
   { name: 'node', arg: '<path>', desc: 'Node binary that runs .js/.mjs/.cjs programs on every host (default: this one)' },
   { name: 'enable_each_rank_log', arg: '<dir>', desc: "also write each rank's output to <dir>/<yyyymmddHHMMSS>_rank<N>.log (one local-time stamp per node)" },
   { name: 'dry_run', desc: 'print the placement and the exact command per rank, run nothing' },
-  { name: 'bind_cores_to_rank', desc: "pin each rank to its share of the host's cores (numactl, else taskset) and set OMP_NUM_THREADS; a worker's CPU threads default to its share" },
+  { name: 'bind_cores_to_rank', desc: "pin each rank to its share of the host's cores (taskset, else numactl) and set OMP_NUM_THREADS; a worker's CPU threads default to its share" },
   { name: 'bind_core_list', arg: '<list>', desc: 'cores to split with --bind_cores_to_rank, e.g. 0,2-5 (default: every physical core)' },
   // `run` only: DeepSpeed's script-launcher flags.
   { name: 'launcher', arg: '<name>', scope: 'run', desc: `how ranks reach other hosts: ssh (default, built in), ${BACKENDS.join(', ')} (one nodespeed per node through that tool, which must be installed)` },

@@ -86,7 +86,7 @@ describe('launch with core binding', () => {
     expect(ok.stderr).toContain(`${join(w.dir, 'dry.yaml')}:8: groups[1].cpus: 1 core(s) cannot give each of the 2 rank(s) of the group on localhost one`);
     const shown = dry(two('0-1'), ['--bind_cores_to_rank', '--bind_core_list', '0-1', '--spares', '1']);
     expect(shown.status, shown.stderr).toBe(0);
-    expect(shown.stdout).toContain('core binding (numactl -C, else taskset -c; a CPU worker\'s threads default to its cores):\n' +
+    expect(shown.stdout).toContain('core binding (taskset -c, else numactl -C; a CPU worker\'s threads default to its cores):\n' +
       '  rank 0 @localhost [a]: cores 0\n  rank 1 @localhost [b]: cores 0\n  rank 2 @localhost [b]: cores 1\n  rank 3 @localhost [spare]: cores 1\n');
     const lacking = dry(two('0,65000'));
     expect(lacking.status).not.toBe(0);
