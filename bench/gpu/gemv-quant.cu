@@ -5,7 +5,7 @@
 // the roofline).
 // usage (repo root, GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/gemv-quant.cu \
-//     native/src/cuda/{quant_gemm,gemv}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/gemv-quant && /tmp/gemv-quant
+//     native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/gemv-quant && /tmp/gemv-quant
 #include <cstdio>
 #include <random>
 #include <string>
