@@ -5,12 +5,14 @@
 // (steps are counted from 0: the prefill chunks first, then the decodes).
 // A/B of the flash prefill attention: the default (tensor-core prefill kernel) vs NODESPEED_CUDA_FLASH=0
 // (SIMT kernel for every token); the line says which one ran (`flash`, from the engine's description).
-// usage: node bench/decode/batch-step.mjs MODEL_DIR [S=64] [P=512] [C=2048] [NEW=256]
+// usage: node bench/decode/batch-step.mjs MODEL_DIR [S=64] [P=512] [C=2048] [NEW=256] [QUANTIZE=none|int8|fp8] [KV=auto|fp8]
 import { blockTables, openCudaEngine, requireCuda } from '../../test/gpu/lib.mjs';
 
 requireCuda();
-const [dir, S = 64, P = 512, C = 2048, NEW = 256] = process.argv.slice(2).map((v, i) => (i ? Number(v) : v));
-const { engine, cfg, blockSize, kvBlocks } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: Math.ceil((P + NEW) / 16 + 1) * S });
+const [dir, S = 64, P = 512, C = 2048, NEW = 256] = process.argv.slice(2, 7).map((v, i) => (i ? Number(v) : v));
+const [quantize = 'none', kvCacheDtype = 'auto'] = process.argv.slice(7);
+const { engine, cfg, blockSize, kvBlocks } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: Math.ceil((P + NEW) / 16 + 1) * S,
+  quantize, kvCacheDtype });
 const engineDesc = engine.describe();
 const bts = blockTables(S, P + NEW, blockSize, kvBlocks);
 const prompts = bts.map((_, s) => Int32Array.from({ length: P }, (_, i) => 3 + ((s * 7919 + i * 104729) % (cfg.vocabSize - 3))));

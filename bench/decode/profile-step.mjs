@@ -3,12 +3,12 @@
 // cudaProfilerStart/Stop, so `ncu --profile-from-start off` records exactly one decode step.
 // Prints the median wall time of the decode steps (without a profiler attached this is the
 // number to compare with the sum of kernel times).
-// usage: node bench/decode/profile-step.mjs MODEL_DIR
+// usage: node bench/decode/profile-step.mjs MODEL_DIR [QUANTIZE=none|int8|fp8] [KV=auto|fp8]
 import { blockTables, openCudaEngine, requireCuda } from '../../test/gpu/lib.mjs';
 
 requireCuda();
-const dir = process.argv[2];
-const { engine, cfg, blockSize, kvBlocks } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: 64 });
+const [dir, quantize = 'none', kvCacheDtype = 'auto'] = process.argv.slice(2);
+const { engine, cfg, blockSize, kvBlocks } = await openCudaEngine(dir, { dtype: 'bf16', kvBlocks: 64, quantize, kvCacheDtype });
 const [bt] = blockTables(1, 256, blockSize, kvBlocks);
 const prompt = Int32Array.from({ length: 128 }, (_, i) => 3 + ((i * 7919) % (cfg.vocabSize - 3)));
 let r = await engine.step({ seqs: [{ tokens: prompt, pos: 0, blockTable: bt }] });
