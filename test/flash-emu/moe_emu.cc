@@ -8,7 +8,8 @@
 //    orders), and the one-warp permutation of steps with at most 32 assignments, padding tokens and
 //    experts of other ranks: every local assignment gets exactly one row of its expert, rows grouped
 //    expert by expert in id order, tiles covering each expert's rows;
-//  - the grouped GEMV: every (group, feature) of the grid covered once, the lanes' 16-byte chunks and
+//  - the grouped GEMV: every (group, feature) of the grid covered once (and the fused decode grids'
+//    router rows and combine tokens), the lanes' 16-byte chunks and
 //    passes of up to MT rows, against double-precision products;
 //  - the grouped tensor-core GEMM: each tile's block lane by lane (cp.async ring applied at issue or
 //    only at the waits, ldmatrix, mma.sync from ptx_emu.h), predicated N and K edges, gathered rows;
@@ -309,10 +310,11 @@ static void gemv_emu(const Experts& X, const std::vector<int>& meta, const moe::
   const int n = GATED ? X.I : X.H, k = GATED ? X.H : X.I;
   const int sn = GATED ? X.Is : X.H, sk = GATED ? X.H : X.Is;
   const int shared_blocks = with_shared ? moe::gemv_blocks(sn) : 0;
-  const int grid = shared_blocks + groups * moe::gemv_blocks(n);
+  const moe::GemvGrid gg{0, shared_blocks, moe::gemv_blocks(n), groups, 0};
+  const int grid = moe::grid_blocks(gg);
   for (int b = 0; b < grid; ++b)
     for (int warp = 0; warp < moe::kGemvWarps; ++warp) {
-      const moe::GemvWork wk = moe::gemv_work(b, warp, shared_blocks, moe::gemv_blocks(n));
+      const moe::GemvWork wk = moe::gemv_work(b, warp, gg);
       const bf16* W;
       const std::vector<bf16>* Xv;
       int nn, kk, row0, rows;
@@ -567,8 +569,38 @@ static void check_layer(int T, int E, int K, bool norm, int H, int I, int Is, in
               max_err, max_ref, ok ? "ok" : "FAIL");
 }
 
+// The fused decode grids (moe_plan.h): router blocks first (every logit row on one warp), then the
+// shared expert's, the groups', and the combine blocks last (one per token); a combine waits for every
+// block before it and nothing else.
+static void check_fused_grid() {
+  for (int ld : {8, 61, 128, 257})
+    for (int T : {1, 3, 8})
+      for (int shared : {0, 5})
+        for (int groups : {0, 4, 32}) {
+          const moe::GemvGrid g{moe::gemv_blocks(ld), shared, 11, groups, T};
+          std::vector<int> rows(ld, 0), toks(T, 0), slots((size_t)groups * 11 * moe::kGemvWarps, 0);
+          int shared_warps = 0;
+          for (int b = 0; b < moe::grid_blocks(g); ++b)
+            for (int w = 0; w < moe::kGemvWarps; ++w) {
+              const moe::GemvWork wk = moe::gemv_work(b, w, g);
+              if (wk.group == moe::kRouterGroup) { if (wk.feature < ld) ++rows[wk.feature]; expect(b < g.router, "fused grid: router block order", b); }
+              else if (wk.group == moe::kSharedGroup) ++shared_warps;
+              else if (wk.group == moe::kCombineGroup) {
+                expect(b >= moe::gemv_grid_work_blocks(g), "fused grid: a combine block before the work blocks", b);
+                if (w == 0) ++toks[wk.feature];
+              } else ++slots[(size_t)wk.group * 11 * moe::kGemvWarps + wk.feature];
+            }
+          for (int v : rows) expect(v == 1, "fused grid: a logit row not on exactly one warp", ld, T);
+          for (int v : toks) expect(v == 1, "fused grid: a token without exactly one combine block", ld, T);
+          for (int v : slots) expect(v == 1, "fused grid: a group feature not on exactly one warp", ld, groups);
+          expect(shared_warps == shared * moe::kGemvWarps, "fused grid: shared warps", shared);
+        }
+  std::printf("fused decode grids: ok\n");
+}
+
 int main() {
   std::mt19937 rng(11);
+  check_fused_grid();
   check_routing(rng);
   // Permutations alone at sizes the layer cases do not reach (several atomic orders each).
   int perms = 0;

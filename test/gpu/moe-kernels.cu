@@ -148,7 +148,7 @@ std::vector<LayerResult> g_layers;
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
 
-void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, std::mt19937& rng) {
+void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, bool fused, std::mt19937& rng) {
   const int start = rank * E / tp, local = (rank + 1) * E / tp - start, ld = E + (Is > 0);
   std::normal_distribution<float> nd(0.f, 1.f);
   auto rnd = [&](size_t n, float sd) { std::vector<bf> v(n); for (auto& x : v) x = b(sd * nd(rng)); return v; };
@@ -156,6 +156,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   const std::vector<bf> sgu = rnd((size_t)2 * Is * H, 0.02f), sdn = rnd((size_t)H * Is, 0.02f), xb = rnd((size_t)T * H, 1.f);
   std::vector<float> logits((size_t)T * ld);
   for (auto& v : logits) v = nd(rng);
+  const std::vector<bf> rw = rnd((size_t)ld * H, 0.05f);  // the router's weights (fused decode computes the logits)
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % 5 == 3 && T > 1 ? -1 : t;  // padding tokens of a graph step
   const moe::Layout L = moe::layout(std::max(T, 256), K, local);  // a capacity larger than the step, as at run time
@@ -171,9 +172,59 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   float* d_shout = upload(std::vector<float>((size_t)T * H, NAN));
   float* d_part = upload(std::vector<float>((size_t)T * H));
   cudaStream_t st = nullptr;
-  moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
   const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
+  if (fused && !moe::fused_decode(T, K, E, H)) { expect(false, std::string("layer ") + name + ": not a fused decode shape"); return; }
   const int groups = moe::max_active(T, K, local);
+  bf* d_rw = upload(rw);
+  // The step in moe_layer's order, ending in the combine `comb` (fused decode: two launches).
+  auto run = [&](const MoeCombineArgs& comb) {
+    const MoeRouteArgs route{d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L};
+    if (!fused) moe_route(route, st);
+    if (gemv) {
+      MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+      MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+      if (shared_in_gemv) {
+        g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
+        g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
+      }
+      if (fused) {
+        g1.route_w = d_rw; g1.route = route;
+        g2.fuse_combine = true; g2.combine = comb;
+      }
+      moe_gemv(DType::BF16, DType::BF16, g1, true, moe::gemv_tokens(T), st);
+      moe_gemv(DType::BF16, DType::BF16, g2, false, moe::gemv_tokens(T), st);
+      if (fused) return;
+    } else if (local > 0) {
+      const int tiles = moe::max_tiles(T, K, local);
+      moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
+      moe_gated_act(DType::BF16, d_exgu, d_meta, L, T * K, I, false, d_exact, st);
+      moe_mma(DType::BF16, {d_exact, false, d_dn, (size_t)H * I, H, I, d_exout, true, tiles, d_meta, L}, st);
+    }
+    moe_combine(DType::BF16, comb, st);
+  };
+  // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes
+  // from the host (computed below, uploaded before the launches run).
+  std::vector<double> ref((size_t)T * H, 0.0);
+  std::vector<float> sh_out_h((size_t)T * H, 0.f);
+  const MoeCombineArgs part_only{d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
+                                 nullptr, 1e-6f, nullptr};
+  std::string tag = std::string("layer ") + name + (fused ? " fused" : "") + " T=" + std::to_string(T);
+  if (fused) {
+    // Fused decode: the logits come from the gated launch; they must be the product x . rw^T (f32
+    // accumulation against double), and everything below is checked on them.
+    run(part_only);
+    const std::vector<float> got = download(d_logits, logits.size());
+    double lerr = 0, lmax = 0;
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < ld; ++n) {
+        double want = 0;
+        for (int c = 0; c < H; ++c) want += (double)f(rw[(size_t)n * H + c]) * f(xb[(size_t)t * H + c]);
+        lerr = std::max(lerr, std::fabs(got[(size_t)t * ld + n] - want));
+        lmax = std::max(lmax, std::fabs(want));
+      }
+    expect(lerr <= 1e-4 * (1 + lmax), tag + ": fused router logits vs a double product");
+    logits = got;
+  }
   // Host double-precision reference with the kernels' roundings: activations to bf16 before down and,
   // for the routed experts on the tensor-core path, the gate and up products too (moe_mma writes
   // them to a bf16 buffer that moe_gated_act reads, as a bf16 gate_up projection does; the GEMV
@@ -185,8 +236,6 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
     std::vector<float> row(logits.begin() + (size_t)t * ld, logits.begin() + (size_t)t * ld + E);
     route::route_topk(row.data(), E, K, norm, &wts[(size_t)t * K], &ids[(size_t)t * K]);
   }
-  std::vector<double> ref((size_t)T * H, 0.0);
-  std::vector<float> sh_out_h((size_t)T * H, 0.f);
   for (int t = 0; t < T; ++t) {
     auto mlp = [&](const bf* w_gu, const bf* w_dn, int n, double scale, bool into_shared, bool gu_bf16) {
       std::vector<float> act(n);
@@ -214,28 +263,10 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
     // The shared expert here is the GEMV's (f32 gate/up) or this reference's own, uploaded below.
     if (Is > 0) mlp(sgu.data(), sdn.data(), Is, 1.0 / (1.0 + std::exp(-(double)logits[(size_t)t * ld + E])), true, false);
   }
-  // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes from the host.
   if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");
-  if (gemv) {
-    MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
-    MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
-    if (shared_in_gemv) {
-      g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
-      g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
-    }
-    moe_gemv(DType::BF16, g1, true, moe::gemv_tokens(T), st);
-    moe_gemv(DType::BF16, g2, false, moe::gemv_tokens(T), st);
-  } else if (local > 0) {
-    const int tiles = moe::max_tiles(T, K, local);
-    moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
-    moe_gated_act(DType::BF16, d_exgu, d_meta, L, T * K, I, false, d_exact, st);
-    moe_mma(DType::BF16, {d_exact, false, d_dn, (size_t)H * I, H, I, d_exout, true, tiles, d_meta, L}, st);
-  }
-  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
-                            nullptr, 1e-6f, nullptr}, st);
+  if (!fused) run(part_only);
   const std::vector<float> part = download(d_part, (size_t)T * H);
   const std::vector<int32_t> meta = download(d_meta, L.words);
-  const std::string tag = std::string("layer ") + name + " T=" + std::to_string(T);
   check_meta(meta, L, ids, std::vector<int>(slot.begin(), slot.end()), T, K, start, local, tag);
   double err = 0, mref = 0;
   bool finite = true;
@@ -254,8 +285,8 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   for (auto& v : nw) v = 1.f + 0.1f * nd(rng);
   float *d_res = upload(res), *d_nw = upload(nw);
   bf* d_next = upload(std::vector<bf>((size_t)T * H));
-  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw,
-                            1e-6f, d_next}, st);
+  // Fused decode: the whole step again (its counters and flag must be back at 0 from the first run).
+  run({d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw, 1e-6f, d_next});
   const std::vector<float> res2 = download(d_res, res.size());
   const std::vector<bf> next = download(d_next, res.size());
   double rerr = 0, nerr = 0;
@@ -274,11 +305,15 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   }
   const bool fused_ok = rerr <= 1e-5 * (1 + mref) && nerr <= 1.6e-2;  // bf16 output (and the kRoundNorm rounding): 2^-7 relative
   expect(fused_ok, tag + ": combine fused with residual add + RMSNorm");
+  {
+    const std::vector<int32_t> meta2 = download(d_meta, L.words);
+    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta2[L.sync + w] == 0, tag + ": the fused launches' sync words are not back at 0");
+  }
   ok &= fused_ok;
   g_layers.push_back({tag + (local < E ? " rank " + std::to_string(rank) + "/" + std::to_string(tp) : ""), gemv, err, mref, ok});
   for (void* p : {(void*)d_gu, (void*)d_dn, (void*)d_sgu, (void*)d_sdn, (void*)d_xb, (void*)d_logits, (void*)d_slot, (void*)d_meta,
                   (void*)d_exgu, (void*)d_exact, (void*)d_exout, (void*)d_shact, (void*)d_shout, (void*)d_part, (void*)d_res,
-                  (void*)d_nw, (void*)d_next})
+                  (void*)d_nw, (void*)d_next, (void*)d_rw})
     cudaFree(p);
 }
 
@@ -292,9 +327,16 @@ int main() {
   check_routing(rng);
   // Qwen1.5-MoE-A2.7B's layer: decode 1 / 4 / 8 (GEMV, shared expert inside), 16 and 40 (GEMV, then
   // tensor cores past T K > 4 E), one rank of tp 2; Mixtral-like (8 experts: tiles from 17 tokens).
-  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, rng);
-  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, rng);
-  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, rng);
+  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, false, rng);
+  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, false, rng);
+  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, false, rng);
+  // The fused decode launches (router + routing + gate|up, down + combine): T <= 8, tp 1 and a tp-2
+  // rank (combine into part only), top 8 of 128 (qwen3_moe-like: 64 assignments, the block permutation).
+  for (int T : {1, 2, 5, 8}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, true, rng);
+  check_layer("qwen2_moe", 1, 60, 4, false, 2048, 1408, 2816, 2, 1, true, rng);
+  check_layer("qwen2_moe", 3, 60, 4, false, 2048, 1408, 2816, 2, 0, true, rng);
+  for (int T : {1, 3}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, true, rng);
+  for (int T : {1, 8}) check_layer("qwen3_moe", T, 128, 8, true, 2048, 768, 0, 1, 0, true, rng);
   bool ok = g_fail.empty();
   std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"pdl\":%s,\"routeCases\":%d,\"firstFailure\":\"%s\",\"layers\":[", ok ? "true" : "false",
               prop.name, g_pdl ? "true" : "false", g_route_cases, g_fail.c_str());
