@@ -292,24 +292,29 @@ __device__ void combine_token(const MoeCombineArgs& a, int t);
 
 // One warp per output feature of one group (an active expert or the shared expert), passes of up to
 // MT rows; with the fused decode's router blocks first (gated) or combine blocks last (down), the
-// grid of moe_plan.h gemv_work. Launches of 1-2 rows keep 4 blocks an SM (<= 64 registers: the
-// router's and the combine's code would otherwise cost the streaming warps a block).
-template <typename T, DType WT, int MT, bool GATED>
-__global__ void __launch_bounds__(moe::kGemvWarps * 32, MT > 2 ? 1 : 4) moe_gemv_kernel(MoeGemvArgs a) {
+// grid of moe_plan.h gemv_work (FUSED: the fused decode's launches; the others are compiled
+// without the router's and the combine's code, whose registers would cost the streaming warps
+// occupancy). Fused launches of 1-2 rows and down launches of up to 4 keep 4 blocks an SM (<= 64
+// registers), fused 4-row ones 3; the gated launches without the router take what they need.
+template <int MT, bool GATED, bool FUSED>
+constexpr int gemv_min_blocks() { return MT > 4 ? 1 : FUSED ? (MT == 4 ? 3 : 4) : GATED ? 1 : 4; }
+
+template <typename T, DType WT, int MT, bool GATED, bool FUSED>
+__global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED, FUSED>()) moe_gemv_kernel(MoeGemvArgs a) {
   using F = WeightFmt<T, WT>;
   using WE = std::conditional_t<F::kQuant, uint8_t, T>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const moe::GemvGrid grid{GATED && a.route_w ? moe::gemv_blocks(a.route.ld) : 0, a.sw ? moe::gemv_blocks(a.sn) : 0,
-                           moe::gemv_blocks(a.n), a.groups, !GATED && a.fuse_combine ? a.combine.T : 0};
+  const moe::GemvGrid grid{GATED && FUSED ? moe::gemv_blocks(a.route.ld) : 0, a.sw ? moe::gemv_blocks(a.sn) : 0,
+                           moe::gemv_blocks(a.n), a.groups, !GATED && FUSED ? a.combine.T : 0};
   const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, grid);
   const Layout& L = a.layout;
   int* sync = const_cast<int32_t*>(a.meta) + L.sync;
-  if constexpr (GATED) {
+  if constexpr (GATED && FUSED) {
     if (wk.group == moe::kRouterGroup) {
       router_block<T, MT>(a, wk.feature, warp, lane, grid.router);
       return;
     }
-  } else {
+  } else if constexpr (FUSED) {
     if (wk.group == moe::kCombineGroup) {
       grid_dependency_wait();
       grid_dependents_launch();
@@ -354,7 +359,7 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, MT > 2 ? 1 : 4) moe_gemv
     }
     grid_dependency_wait();
     // Fused decode: the routing is written in this launch by the last router block.
-    if (GATED && a.route_w) block_wait_at_least(sync + moe::kRouteReady, 1);
+    if constexpr (GATED && FUSED) block_wait_at_least(sync + moe::kRouteReady, 1);
     // All four words at once (the group's slots exist even when it is not active this step): the
     // weights' address waits for one memory latency, not two. Through L2 (the routing may be this launch's).
     const int n_active = __ldcg(a.meta + L.n_active), e = __ldcg(a.meta + L.active_e + wk.group);
@@ -385,7 +390,7 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, MT > 2 ? 1 : 4) moe_gemv
           else static_cast<float*>(Y)[o] = g;
         });
   }
-  if (!GATED && a.fuse_combine) arrive(sync + moe::kDownArrived);
+  if constexpr (!GATED && FUSED) arrive(sync + moe::kDownArrived);
 }
 
 // The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
@@ -590,21 +595,21 @@ __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombine
 
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
 
-template <typename E, DType WT, bool GATED>
+template <typename E, DType WT, bool GATED, bool FUSED>
 void launch_gemv(const MoeGemvArgs& a, int mt, unsigned grid, cudaStream_t s) {
   const dim3 block(moe::kGemvWarps * 32);
   switch (mt) {
-    case 1: launch("moe_gemv", moe_gemv_kernel<E, WT, 1, GATED>, dim3(grid), block, s, a); break;
-    case 2: launch("moe_gemv", moe_gemv_kernel<E, WT, 2, GATED>, dim3(grid), block, s, a); break;
-    case 4: launch("moe_gemv", moe_gemv_kernel<E, WT, 4, GATED>, dim3(grid), block, s, a); break;
-    default: launch("moe_gemv", moe_gemv_kernel<E, WT, moe::kGemvTokens, GATED>, dim3(grid), block, s, a); break;
+    case 1: launch("moe_gemv", moe_gemv_kernel<E, WT, 1, GATED, FUSED>, dim3(grid), block, s, a); break;
+    case 2: launch("moe_gemv", moe_gemv_kernel<E, WT, 2, GATED, FUSED>, dim3(grid), block, s, a); break;
+    case 4: launch("moe_gemv", moe_gemv_kernel<E, WT, 4, GATED, FUSED>, dim3(grid), block, s, a); break;
+    default: launch("moe_gemv", moe_gemv_kernel<E, WT, moe::kGemvTokens, GATED, FUSED>, dim3(grid), block, s, a); break;
   }
 }
 
 template <typename E, DType WT>
-void launch_gemv_gated(const MoeGemvArgs& a, bool gated, int mt, unsigned grid, cudaStream_t s) {
-  if (gated) launch_gemv<E, WT, true>(a, mt, grid, s);
-  else launch_gemv<E, WT, false>(a, mt, grid, s);
+void launch_gemv_gated(const MoeGemvArgs& a, bool gated, bool fused, int mt, unsigned grid, cudaStream_t s) {
+  if (gated) fused ? launch_gemv<E, WT, true, true>(a, mt, grid, s) : launch_gemv<E, WT, true, false>(a, mt, grid, s);
+  else fused ? launch_gemv<E, WT, false, true>(a, mt, grid, s) : launch_gemv<E, WT, false, false>(a, mt, grid, s);
 }
 
 }  // namespace
@@ -638,10 +643,11 @@ void moe_gemv(DType act, DType wt, const MoeGemvArgs& args, bool gated, int toke
   const bool quant = wt != act;
   if (quant && (a.k % 16 != 0 || (a.sw && a.sk % 16 != 0))) throw std::runtime_error("cuda: moe_gemv with 1-byte weights needs K % 16 == 0");
   if (quant && wt != DType::I8 && wt != DType::F8E4M3) throw std::runtime_error("cuda: moe_gemv takes int8 or E4M3 weights beside the activation dtype");
+  const bool fused = gated ? a.route_w != nullptr : a.fuse_combine;
   NS_DISPATCH_ACT(act, E, {
-    if (!quant) launch_gemv_gated<E, act_dtype<E>>(a, gated, tokens_per_pass, grid, s);
-    else if (wt == DType::I8) launch_gemv_gated<E, DType::I8>(a, gated, tokens_per_pass, grid, s);
-    else launch_gemv_gated<E, DType::F8E4M3>(a, gated, tokens_per_pass, grid, s);
+    if (!quant) launch_gemv_gated<E, act_dtype<E>>(a, gated, fused, tokens_per_pass, grid, s);
+    else if (wt == DType::I8) launch_gemv_gated<E, DType::I8>(a, gated, fused, tokens_per_pass, grid, s);
+    else launch_gemv_gated<E, DType::F8E4M3>(a, gated, fused, tokens_per_pass, grid, s);
   });
   NS_LAUNCHED("moe_gemv");
 }
