@@ -1,8 +1,10 @@
 // The mixture-of-experts layer on the GPU without a host round trip (the plan: moe_plan.h):
 // routing (softmax + top-k, one warp a token, bit-identical to common/moe_route.h), the permutation
 // of this rank's assignments expert by expert, the grouped expert products (a GEMV over the rows of
-// every active expert in one launch for decode; tensor-core tiles for larger steps), and the
-// weighted combine, fused with the residual add and the next RMSNorm at tp 1.
+// every active expert in one launch for decode, for any weight format; tensor-core tiles for larger
+// steps), and the weighted combine, fused with the residual add and the next RMSNorm at tp 1. A
+// decode step of a few tokens runs all of it in two launches (moe_plan.h fused_decode): the router
+// and the routing inside the gate|up launch, the combine at the end of the down launch.
 #include <algorithm>
 #include <atomic>
 #include <stdexcept>
