@@ -24,6 +24,9 @@ constexpr int kPrefMaxWorkspace = 1;       // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE
 constexpr int32_t kOpN = 0, kOpT = 1;
 constexpr size_t kWorkspace = 32u << 20;
 constexpr int kCandidates = 8;
+// The E4M3 GEMMs' tuning asks for more: at decode row counts the heuristic's order is a poor guide
+// (its first choice for a batch-64 step read the weights slower than the bf16 GEMMs read theirs).
+constexpr int kFp8Candidates = 16;
 
 }  // namespace
 
@@ -60,6 +63,7 @@ struct LtGemm::Plan {
   const Api* api = nullptr;
   void *desc = nullptr, *a = nullptr, *b = nullptr, *c = nullptr;
   bool use = false;  // false: cublasGemmEx measured faster (or no candidate ran)
+  bool f32_faster = false;  // a scaled E4M3 plan declined: the f32 GEMM + epilogue was timed faster
   Algo algo{};
   ~Plan() {
     if (desc) api->desc_destroy(desc);
@@ -132,7 +136,7 @@ LtGemm::~LtGemm() {
 // scaled: per-row scales of w and of x applied by cuBLASLt (outer-vector scaling: A = w^T's N
 // columns get one scale each, B = x^T's M columns one each).
 std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab, cudaDataType c, const Scales* scaled,
-                                           Heuristic* res, int* n) const {
+                                           Heuristic* res, int* n, int requested) const {
   auto p = std::make_unique<Plan>();
   p->api = api_;
   const Api& a = *api_;
@@ -149,7 +153,7 @@ std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab,
   void* pref = nullptr;
   if (ok && a.pref_create(&pref) == 0) {
     if (!(a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
-          a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, n) == 0))
+          a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, requested, res, n) == 0))
       *n = 0;
     a.pref_destroy(pref);
   }
@@ -177,7 +181,8 @@ float LtGemm::time_us(const std::vector<const void*>& weights, const std::functi
 
 // The fastest of the heuristic candidates `res[0..n)` on `weights` (run(w, algo)), against a
 // baseline time (`best`, in µs; FLT_MAX: none) that a candidate must beat by 2%; keeps it in p.
-void LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
+// Returns the time of what won (the baseline's when no candidate beat it).
+float LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
                   const std::function<bool(const void* w, const Algo& algo)>& run) {
   for (int i = 0; i < n; ++i) {
     if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
@@ -188,6 +193,7 @@ void LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::v
       p.use = true;
     }
   }
+  return best;
 }
 
 void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
@@ -195,7 +201,7 @@ void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const
   if (weights.empty() || plans_.count(key(s))) return;
   Heuristic res[kCandidates];
   int n = 0;
-  auto p = plan(s.M, s.N, s.K, s.ab, s.c, nullptr, res, &n);
+  auto p = plan(s.M, s.N, s.K, s.ab, s.c, nullptr, res, &n, kCandidates);
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   const float base = time_us(weights, [&](const void* w) { baseline(w); return true; });
   pick(*p, res, n, base, weights, [&](const void* w, const Algo& algo) {
@@ -221,15 +227,20 @@ static void first_usable(LtGemm::Plan& p, const LtGemm::Heuristic* res, int n, s
     }
 }
 
-bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+LtGemm::Plan* LtGemm::f32_plan(int M, int N, int K) {
   auto& slot = fp8_plans_[{M, N, K}];
-  const Api& a = *api_;
   if (!slot) {
     Heuristic res[kCandidates];
     int n = 0;
-    slot = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n);
+    slot = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n, kCandidates);
     first_usable(*slot, res, n, kWorkspace);
   }
+  return slot.get();
+}
+
+bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+  const Api& a = *api_;
+  Plan* slot = f32_plan(M, N, K);
   if (!slot->use) {
     if (why) *why = "cuBLASLt offers no E4M3 GEMM for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
     return false;
@@ -242,33 +253,59 @@ bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, st
   return st == 0;
 }
 
-LtGemm::Plan* LtGemm::scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y) {
+// The scaled plan of a shape, planned on first use: with tune_on, the fastest candidate on those
+// weights (its time in *best_us, FLT_MAX when none ran), else the heuristic's first choice.
+LtGemm::Plan* LtGemm::scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y,
+                                  float* best_us) {
   auto& slot = scaled_plans_[{s.M, s.N, s.K, static_cast<int>(s.c), s.accumulate}];
   if (slot) return slot.get();
-  Heuristic res[kCandidates];
+  Heuristic res[kFp8Candidates];
   int n = 0;
-  slot = plan(s.M, s.N, s.K, CUDA_R_8F_E4M3, s.c, &sc, res, &n);
+  slot = plan(s.M, s.N, s.K, CUDA_R_8F_E4M3, s.c, &sc, res, &n, tune_on ? kFp8Candidates : kCandidates);
   if (!tune_on) {
     first_usable(*slot, res, n, kWorkspace);
     return slot.get();
   }
   Plan& p = *slot;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
-  pick(p, res, n, FLT_MAX, *tune_on, [&](const void* w, const Algo& algo) {
+  const float t = pick(p, res, n, FLT_MAX, *tune_on, [&](const void* w, const Algo& algo) {
     return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, workspace_, kWorkspace, stream_) == 0;
   });
+  if (best_us) *best_us = t;
   return slot.get();
 }
 
 void LtGemm::tune_fp8(const Fp8& s, const std::vector<const void*>& weights, const float* wscale, const void* x, const float* xscale,
-                      void* y) {
-  if (!weights.empty()) scaled_plan(s, {wscale, xscale}, &weights, x, y);
+                      void* y, const F32Form& f32) {
+  if (weights.empty() || scaled_plans_.count({s.M, s.N, s.K, static_cast<int>(s.c), s.accumulate})) return;
+  float scaled_us = FLT_MAX;
+  Plan* sp = scaled_plan(s, {wscale, xscale}, &weights, x, y, &scaled_us);
+  if (!f32.epilogue || fp8_plans_.count({f32.rows, s.N, s.K})) return;
+  // The f32 form: its own candidates (each timed with the epilogue after it), kept for fp8().
+  Heuristic res[kFp8Candidates];
+  int n = 0;
+  auto fp = plan(f32.rows, s.N, s.K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n, kFp8Candidates);
+  Plan& p = *fp;
+  const float alpha = 1.f, beta = 0.f;
+  const float f32_us = pick(p, res, n, FLT_MAX, weights, [&](const void* w, const Algo& algo) {
+    if (api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, f32.acc, p.c, f32.acc, p.c, &algo, workspace_, kWorkspace,
+                     stream_) != 0)
+      return false;
+    f32.epilogue();
+    return true;
+  });
+  fp8_plans_[{f32.rows, s.N, s.K}] = std::move(fp);
+  // The same 2% margin as between candidates: a tie stays with the scaled form (one kernel).
+  if (f32_us < 0.98f * scaled_us) {
+    sp->use = false;
+    sp->f32_faster = true;
+  }
 }
 
 bool LtGemm::fp8_scaled(const Fp8& s, const void* w, const float* wscale, const void* x, const float* xscale, void* y,
                         std::string* why) {
   const Scales sc{wscale, xscale};
-  Plan* p = scaled_plan(s, sc, nullptr, x, y);
+  Plan* p = scaled_plan(s, sc, nullptr, x, y, nullptr);
   if (!p->use) return false;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   // The scale pointers belong to the matrix and the step: set on the shared plan before each
@@ -289,9 +326,13 @@ std::string LtGemm::summary() const {
 }
 
 std::string LtGemm::fp8_summary() const {
-  size_t used = 0;
-  for (const auto& [k, p] : scaled_plans_) used += p->use;
-  return "E4M3 GEMMs scaled by cuBLASLt for " + std::to_string(used) + " of " + std::to_string(scaled_plans_.size()) + " shapes";
+  size_t used = 0, f32 = 0;
+  for (const auto& [k, p] : scaled_plans_) {
+    used += p->use;
+    f32 += p->f32_faster;
+  }
+  return "E4M3 GEMMs scaled by cuBLASLt for " + std::to_string(used) + " of " + std::to_string(scaled_plans_.size()) +
+         " shapes, f32 + epilogue for " + std::to_string(f32);
 }
 
 }  // namespace ns::cuda

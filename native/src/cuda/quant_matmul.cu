@@ -10,8 +10,9 @@
 //     E4M3 (per-token or static scales, by the kernel that made them or by quantize_act) for
 //     cuBLASLt's E4M3 GEMM with the row and column scales applied in its kernel (outer-vector
 //     scaling), y written in its own type or accumulated into the f32 residual stream. Where this
-//     cuBLASLt has no such GEMM (before 12.9), the GEMM writes f32 and an epilogue kernel applies the
-//     scales, a chunk of rows at a time (acc_ holds one chunk).
+//     cuBLASLt has no such GEMM (before 12.9), or where the load-time timing of a decode shape
+//     (tune_fp8) found it slower, the GEMM writes f32 and an epilogue kernel applies the scales, a
+//     chunk of rows at a time (acc_ holds one chunk).
 #include <algorithm>
 #include <string>
 
@@ -115,7 +116,12 @@ void CudaBackend::tune_fp8(const std::vector<const void*>& weights, const Weight
   }
   quantize_act(act_, x, M, K, w.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_);
   const cudaDataType ct = mode == Out::Act ? cuda_type(act_) : CUDA_R_32F;
-  fp8_lt_->tune_fp8({M, N, K, ct, mode == Out::AddResidual}, weights, w.scale, xq_.ptr, xs_.as<float>(), y);
+  // The f32 form is timed as matmul_fp8 would run it: one chunk of padded rows, then the epilogue.
+  const int mp = (M + 15) / 16 * 16;
+  LtGemm::F32Form f32{mp, acc_.as<float>(), nullptr};
+  if ((size_t)4 * mp * N <= acc_.bytes)
+    f32.epilogue = [&] { fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>(), w.scale, M, N, y, gemv_mode(mode), stream_); };
+  fp8_lt_->tune_fp8({M, N, K, ct, mode == Out::AddResidual}, weights, w.scale, xq_.ptr, xs_.as<float>(), y, f32);
 }
 
 }  // namespace ns::cuda
