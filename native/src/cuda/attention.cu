@@ -171,9 +171,10 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 // load and each lane has U keys' K and V loads in flight before it uses any: the per-key warp
 // loop above keeps one 512-byte K/V pair in flight per warp and a 5-shuffle reduction between
 // loads, ~70% of copy bandwidth on a batch-64 decode step. A 16-bit cache: EL = 8 (16-byte loads),
-// U = 4. An E4M3 cache: EL = 8 (8-byte loads) with U = 4 or 8, or EL = 16 (16-byte loads: half the
-// shuffles, block-table lookups and softmax updates per byte of the 8-element form, whose per-byte
-// work is twice a 16-bit cache's).
+// U = 4. An E4M3 cache (launch_vec): EL = 8 (8-byte loads), U = 4, or EL = 16 (16-byte loads: half
+// the shuffles, block-table lookups and softmax updates per byte of the 8-element form, whose
+// per-byte work is twice a 16-bit cache's), U = 2 or 4. MIN_BLOCKS: blocks an SM the registers
+// must allow (0: no bound).
 constexpr int kVecWarps = 4;
 
 // One lane's load of a key or value row to f32: 8 elements of a 16-bit cache, or EL E4M3 ones.
