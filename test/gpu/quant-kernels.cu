@@ -9,7 +9,7 @@
 //  3. cuBLASLt's E4M3 GEMM with the per-row scales applied by cuBLASLt (lt_gemm.cu fp8_scaled, the
 //     W8A8 path of matmul_fp8 for > 4 rows: 5..300 rows, not padded; bf16, f32 and accumulated into
 //     f32; first heuristic choice, and at M = 64 the form tune_fp8 timed faster (scaled, or f32 +
-//     fp8_epilogue) and the f32 form's measured algorithm; nothing written past y's M rows), and the
+//     fp8_epilogue, whole or split over K) and the f32 form's measured plan; nothing written past y's M rows), and the
 //     fallback without it (rows padded to 16, f32 out, fp8_epilogue): against the double product;
 //  4. dequantize: int8 and E4M3 x scale, bit-exact against the host;
 //     rmsnorm_quant and swiglu_quant (quant_act.cu): every E4M3 code and scale equal to rmsnorm /
@@ -382,10 +382,11 @@ void check_fp8_scaled_gemm() {
         const size_t guard = 4096;  // floats past y's M rows that must stay untouched
         std::vector<float> base((size_t)M * N + guard, 0.25f);
         float* dy = upload(base);
-        float* acc = nullptr;
-        NS_CUDA(cudaMalloc(&acc, (size_t)4 * M * N));
-        auto epilogue = [&] { fp8_epilogue(DType::BF16, acc, dxs, dws, M, N, dy, out, 0); };
-        if (M == 64) lt->tune_fp8(shape, {dw2, dw}, dws, dx, dxs, dy, {M, acc, epilogue});
+        float* acc = nullptr;  // room for 4 K-slice partial products
+        NS_CUDA(cudaMalloc(&acc, (size_t)4 * 4 * M * N));
+        auto epilogue = [&](int parts) { fp8_epilogue(DType::BF16, acc, dxs, dws, M, N, dy, out, 0, parts, (size_t)M * N); };
+        if (M == 64) lt->tune_fp8(shape, {dw2, dw}, dws, dx, dxs, dy, {M, acc, (size_t)4 * M * N, epilogue});
+        const int parts = lt->fp8_parts(M, N, K);
         const std::string what = "cuBLASLt E4M3 GEMM M" + std::to_string(M) + " N" + std::to_string(N) +
                                  (mode == 0 ? " bf16" : mode == 1 ? " f32" : " f32 accumulated");
         // form 0: as matmul_fp8 runs it; form 1 (tuned shapes): the f32 form with its measured algorithm.
@@ -394,14 +395,14 @@ void check_fp8_scaled_gemm() {
           why.clear();
           bool scaled = form == 0 && lt->fp8_scaled(shape, dw, dws, dx, dxs, dy, &why);
           std::string name = what + (form == 1 ? " f32 form (tuned)" : scaled ? " scaled in cuBLASLt" : " f32 + epilogue") +
-                             (M == 64 && form == 0 ? " (tuned)" : "");
+                             (M == 64 && form == 0 ? " (tuned)" : "") + (!scaled && parts > 1 ? " K in " + std::to_string(parts) + " slices" : "");
           if (!scaled) {
             if (!why.empty() || (M != 64 && form == 0)) {  // untuned shapes run scaled on cuBLASLt 12.9+
               note(name + (why.empty() ? ": no algorithm" : ": " + why), 1, 0);
               continue;
             }
             if (!lt->fp8(M, N, K, dw, dx, acc, &why)) { note(name + ": " + why, 1, 0); continue; }
-            epilogue();
+            epilogue(parts);
           }
           const auto yf32 = download(dy, base.size());
           double err = 0, past = 0;

@@ -136,9 +136,10 @@ bool rmsnorm_quant(DType act, const float* x, int R, int H, const float* w, floa
 bool swiglu_quant(DType act, const void* gu, int T, int I, const float* static_scale, float amax_ub, void* q, float* scale,
                   cudaStream_t s);
 // y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
-// `mode` says. N % 4 == 0.
+// `mode` says. N % 4 == 0. parts > 1: acc holds that many partial products (K slices), part_stride
+// floats apart (a multiple of 4), summed in order first.
 void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
-                  cudaStream_t s);
+                  cudaStream_t s, int parts = 1, size_t part_stride = 0);
 // out [N, K] (activation dtype) = q [N, K] (int8 or E4M3, wt) * scale[n]. K % 16 == 0.
 void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
 
