@@ -32,7 +32,7 @@
 // Writes bench/results/hetero-<device>-<commit>.json (machine and its core topology, commit, every
 // phase with each CPU's busy share and the workers' core masks, the bars).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,6 +62,7 @@ const { values: a } = parseArgs({
     'alone-s': { type: 'string' },
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
+    trace: { type: 'boolean', default: false },
   },
 });
 const gpu = a.device === 'cuda';
@@ -88,6 +89,7 @@ function topology() {
 
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
+const { readTrace, timeline } = await import('./timeline.mjs');
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
@@ -148,12 +150,16 @@ const log = (line) => process.stderr.write(`bench/hetero: ${line}\n`);
 /** argv run on `cpus` (taskset) when pinning, else as is. */
 const on = (cpus, argv) => (cpus ? ['taskset', '-c', cpus, ...argv] : argv);
 
+/** With --trace, each launch's NODESPEED_REQUEST_TRACE file (timeline.mjs reads it after each mixed phase). */
+const traceFile = (name) => join(work, `${name}-trace.jsonl`);
+
 function launch(name, cpus) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
   const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
     '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = a.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: traceFile(name) } : process.env;
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   current = proc;
   let err = '';
   proc.stderr.on('data', (x) => (err += x));
@@ -177,6 +183,16 @@ function load(address, runs, cpus) {
     p.stdout.on('data', (x) => (out += x));
     p.once('exit', (code) => (code === 0 ? ok(JSON.parse(out)) : fail(new Error(`load ${r.join(' ')} exited with ${code}`))));
   })));
+}
+
+/** With --trace: the mixed phase's timeline (where the realtime and the traced batch requests' TTFT went) and the event loops. */
+function traced(name, rt, fl) {
+  if (!a.trace) return {};
+  const tl = timeline(readTrace(traceFile(name)), { realtime: rt, batch: fl }, rt.t0, rt.until);
+  const s = tl.stages.realtime;
+  if (s) log(`  realtime timeline p50/p99 ms: ${Object.entries(s).filter(([k]) => k !== 'traced').map(([k, v]) => `${k} ${v.p50}/${v.p99}`).join(', ')}`);
+  log(`  event loops (delay p99 median ms, busy mean): ${Object.entries(tl.loops).map(([k, v]) => `${k} ${v.delay_p99_ms.p50} ${v.elu_mean}`).join(', ')}`);
+  return { timeline: tl };
 }
 
 const realtime = (s, priority = ['--priority', 'realtime']) => ['--mode', 'realtime', '--rate', String(o.rtRate), '--duration', String(s),
@@ -343,7 +359,8 @@ try {
       const st = await status(c.address);
       const after = replicaStats(st);
       const p = { ttft: ttft(rt), total: tokS([rt, fl]), batch_requests: fl.requests.length, cpu_busy_pct: busy, loadavg_1m_at_end: loadavg()[0], classes: st.classes,
-        replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })) };
+        replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })),
+        load_loop_delay: { realtime: rt.loop, flood: fl.loop }, ...traced('hetero', rt, fl) };
       result.phases.hetero_mixed.push(p);
       result.order.push('hetero_mixed');
       log(`hetero mixed #${result.phases.hetero_mixed.length}: realtime TTFT p99 ${p.ttft.p99_ms} ms, total ${p.total.tok_s.toFixed(1)} tok/s ` +
@@ -377,7 +394,8 @@ try {
     await settle();
     t = cpuTimes();
     const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
-    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0],
+      load_loop_delay: { realtime: rt.loop, flood: fl2.loop }, ...traced('fast', rt, fl2) };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -414,6 +432,8 @@ try {
   log(`failed: ${err.message}`);
 } finally {
   result.machine.loadavg_at_end = loadavg();
-  rmSync(work, { recursive: true, force: true });
   write();
+  // --trace: the raw timelines go next to the result (FILE.hetero-trace.jsonl, FILE.fast-trace.jsonl).
+  if (a.trace) for (const name of ['hetero', 'fast']) if (existsSync(traceFile(name))) copyFileSync(traceFile(name), `${file}.${name}-trace.jsonl`);
+  rmSync(work, { recursive: true, force: true });
 }

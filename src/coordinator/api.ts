@@ -28,6 +28,8 @@ import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
+import { CoalescingWriter } from '../protocol/coalesce.js';
+import { nowMs, requestTrace } from '../request-trace.js';
 import type { Router } from './router.js';
 
 export class InvalidRequestError extends Error {
@@ -200,6 +202,23 @@ export interface ApiOptions {
 
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
+/**
+ * A stream's messages gathered while its previous write was going out, as fewer messages: each run
+ * of one sequence's updates from one replica becomes one update (its tokens, text and logprobs in
+ * order, from the index of its first), as a client that reads slower than the tokens come sees them.
+ */
+export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
+  const out: GenerateResponseIn[] = [];
+  for (const m of ms) {
+    const p = out[out.length - 1];
+    if (p && p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED) {
+      out[out.length - 1] = { ...m, index: p.index, tokenIds: [...(p.tokenIds ?? []), ...(m.tokenIds ?? [])], text: (p.text ?? '') + (m.text ?? ''),
+        logprobs: [...(p.logprobs ?? []), ...(m.logprobs ?? [])] };
+    } else out.push(m);
+  }
+  return out;
+}
+
 // A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
 // this marker instead, and the handler answers INVALID_ARGUMENT naming the limit (gRPC's own
 // message-size refusal, for what exceeds the transport's ceiling, is RESOURCE_EXHAUSTED).
@@ -270,7 +289,7 @@ export class InferenceApi {
    * class may use can take them. The sink gets every sequence's tokens; the first failure cancels
    * the others and fails the request.
    */
-  admitChoices(prompts: ValidRequest[], sink: ChoicesSink): Admitted | Status {
+  admitChoices(prompts: ValidRequest[], sink: ChoicesSink, arrivedAt = nowMs()): Admitted | Status {
     const total = prompts.reduce((a, p) => a + p.n, 0);
     if (!this.router.anyAlive()) return this.counted({ code: grpc.status.UNAVAILABLE, details: 'no replica is serving' });
     const counters: ClassCounters[] = prompts.map((p) => this.router.stats.of(p.sched.cls));
@@ -316,6 +335,13 @@ export class InferenceApi {
       at += p.n;
     }
     for (const r of records) this.store.add(r);
+    const trace = requestTrace('coord');
+    for (const r of records) {
+      if (trace?.wants(r.sched.cls.rank, r.id)) {
+        r.traced = true;
+        trace.event(r.id, 'arrive', { cls: r.sched.cls.name }, arrivedAt);
+      }
+    }
     for (const r of records) this.router.submit(r);
     return this.counted(admitted);
   }
@@ -324,7 +350,7 @@ export class InferenceApi {
    * Validates one gRPC request (its prompt is tokenized off the event loop meanwhile) and admits
    * its sequences; null when the client left while it was being validated (nothing is admitted).
    */
-  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean): Promise<Admitted | Status | null> {
+  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean, arrivedAt: number): Promise<Admitted | Status | null> {
     const denied = this.authorize(md);
     if (denied) return this.counted(denied);
     const tooLarge = oversizeOf(req);
@@ -338,7 +364,7 @@ export class InferenceApi {
       throw err;
     }
     if (gone()) return null;
-    return this.admitChoices([v], sink);
+    return this.admitChoices([v], sink, arrivedAt);
   }
 
   /**
@@ -347,13 +373,14 @@ export class InferenceApi {
    */
   private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: ChoicesSink,
     admitted: (a: Admitted) => void, refuse: (s: Status) => void): void {
+    const arrivedAt = nowMs();
     let a: Admitted | undefined;
     let cancelled = false;
     call.on('cancelled', () => {
       cancelled = true;
       a?.cancel('client cancelled or deadline exceeded');
     });
-    void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
+    void this.accept(call.request, call.metadata, sink, () => cancelled, arrivedAt).then((r) => {
       if (r && 'records' in r) admitted((a = r));
       else if (r) refuse(r);
     }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
@@ -362,17 +389,18 @@ export class InferenceApi {
   private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
     let admitted: Admitted | undefined;
     let open = 0;
+    const out = new CoalescingWriter<GenerateResponseIn>((m, done) => call.write(m, done), mergeResponses);
     const sink: ChoicesSink = {
       update: (choice, u) => {
         const last = u.finishReason !== NOT_FINISHED;
         if (!u.tokenIds.length && !u.text && !last) return;
         const rec = admitted?.records[choice];
-        call.write({
+        out.send({
           tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? [],
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
         });
-        if (last && --open === 0) call.end();
+        if (last && --open === 0) out.whenIdle(() => call.end());
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };

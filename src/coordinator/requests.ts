@@ -67,6 +67,8 @@ export class RequestRecord {
   pendingSince: number | undefined;
   /** How many times a failover moved it. */
   replays = 0;
+  /** Its timeline goes to NODESPEED_REQUEST_TRACE. */
+  traced = false;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,
     readonly sched: RequestScheduling) {}

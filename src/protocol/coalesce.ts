@@ -1,0 +1,64 @@
+// A gRPC stream writes one message at a time: grpc-js hands the next message to HTTP/2 only when
+// the previous one's write has completed, which takes a turn of the event loop. Under load a
+// process writes far more messages per turn than that (a request's submit behind hundreds of
+// others, a step's tokens behind the steps before), so each waited in a FIFO as long as the
+// whole backlog took to drain, one turn per message. The coalescing writer keeps one write in
+// flight and gathers what is sent meanwhile; when that write completes, everything gathered goes
+// out in one write (`pack`: one batch message, or several merged ones), in order. An idle stream
+// writes each message at once, as before.
+export type WriteFn<M> = (m: M, done: (err?: Error | null) => void) => void;
+
+export class CoalescingWriter<M> {
+  private inFlight = false;
+  private queued: M[] = [];
+  private idle: (() => void)[] = [];
+
+  /**
+   * `write`: one write to the stream, calling `done` when it has gone out. `pack`: the messages
+   * gathered during a write (two or more), as the messages to write now, in order.
+   */
+  constructor(private readonly write: WriteFn<M>, private readonly pack: (ms: M[]) => M[]) {}
+
+  /** Runs `fn` once every message sent so far has been written (at once when none is pending). */
+  whenIdle(fn: () => void): void {
+    if (this.inFlight) this.idle.push(fn);
+    else fn();
+  }
+
+  /** Messages waiting for the write in flight. */
+  get backlog(): number {
+    return this.queued.length;
+  }
+
+  send(m: M): void {
+    if (this.inFlight) {
+      this.queued.push(m);
+      return;
+    }
+    this.inFlight = true;
+    try {
+      this.write(m, this.done);
+    } catch (err) {
+      this.inFlight = false;  // the stream is closed: the next send throws again
+      throw err;
+    }
+  }
+
+  private readonly done = (err?: Error | null): void => {
+    // A failed write: the stream is closing, and its own error/end handlers report that.
+    if (err || !this.queued.length) {
+      this.inFlight = false;
+      if (err) this.queued = [];
+      const idle = this.idle;
+      this.idle = [];
+      for (const fn of idle) fn();
+      return;
+    }
+    const ms = this.queued.length === 1 ? this.queued : this.pack(this.queued);
+    this.queued = [];
+    for (let i = 0; i < ms.length - 1; i++) this.write(ms[i]!, ignore);
+    this.write(ms[ms.length - 1]!, this.done);
+  };
+}
+
+function ignore(): void {}
