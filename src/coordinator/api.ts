@@ -400,7 +400,7 @@ export class InferenceApi {
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
         });
-        if (last && --open === 0) out.whenIdle(() => call.end());
+        if (last && --open === 0) out.whenIdle(() => call.end());  // after the merged messages still going out
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
@@ -454,7 +454,7 @@ export class InferenceApi {
         kvBlocksTotal: r.load?.kvBlocksTotal ?? r.kvBlocks, kvBlocksFree: r.load?.kvBlocksFree ?? r.kvBlocks,
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
-        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
+        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.countOn(r.id), tp: r.tp, pp: r.pp,
         precision: r.precision,
         group: groupOf(layout, r.id).name, preemptions: r.load?.preemptions ?? 0,
         stepMs: r.load && r.load.stepMsBase + r.load.stepMsPerToken > 0 ? r.load.stepMsBase + r.load.stepMsPerToken * (r.load.running || 1) : 0,

@@ -58,12 +58,15 @@ export class WorkerConn {
     }
   }
 
+  /** Ends the stream once what was sent has been written. */
   close(): void {
-    try {
-      this.call.end();
-    } catch {
-      /* already closed */
-    }
+    this.out.whenIdle(() => {
+      try {
+        this.call.end();
+      } catch {
+        /* already closed */
+      }
+    });
   }
 }
 

@@ -19,10 +19,23 @@ export class CoalescingWriter<M> {
    */
   constructor(private readonly write: WriteFn<M>, private readonly pack: (ms: M[]) => M[]) {}
 
-  /** Runs `fn` once every message sent so far has been written (at once when none is pending). */
-  whenIdle(fn: () => void): void {
-    if (this.inFlight) this.idle.push(fn);
-    else fn();
+  /**
+   * Runs `fn` once every message sent so far has been written (at once when none is pending), or
+   * after `maxMs` when a write never completes (a stream that broke meanwhile): to end a stream
+   * after its last messages.
+   */
+  whenIdle(fn: () => void, maxMs = 2000): void {
+    if (!this.inFlight) return fn();
+    let ran = false;
+    const once = () => {
+      if (ran) return;
+      ran = true;
+      clearTimeout(timer);
+      fn();
+    };
+    const timer = setTimeout(once, maxMs);
+    timer.unref();
+    this.idle.push(once);
   }
 
   /** Messages waiting for the write in flight. */

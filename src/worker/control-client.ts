@@ -169,16 +169,20 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     });
   }
 
+  /** Ends the stream once what was sent has been written, and closes the channel. */
   close(): void {
     clearInterval(this.heartbeat);
-    if (!this.closed) {
-      this.closed = true;
-      try {
-        this.call.end();
-      } catch {
-        /* already closed */
+    const wasOpen = !this.closed;
+    this.closed = true;
+    this.out.whenIdle(() => {
+      if (wasOpen) {
+        try {
+          this.call.end();
+        } catch {
+          /* already closed */
+        }
       }
-    }
-    this.client.close();
+      this.client.close();
+    });
   }
 }
