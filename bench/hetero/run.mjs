@@ -195,6 +195,11 @@ function traced(name, rt, fl) {
   return { timeline: tl };
 }
 
+/** With --trace: each process's event-loop delay and utilization while a load ran (a phase without a realtime stream). */
+function loops(name, run) {
+  return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops } : {};
+}
+
 const realtime = (s, priority = ['--priority', 'realtime']) => ['--mode', 'realtime', '--rate', String(o.rtRate), '--duration', String(s),
   '--prompt-len', String(o.rtPrompt), '--new-tokens', String(o.rtTokens), '--salt', '1', ...priority];
 const flood = (s, priority = ['--priority', 'batch']) => ['--mode', 'flood', '--concurrency', String(o.conc), '--duration', String(s),
@@ -345,7 +350,7 @@ try {
       await settle();
       const t0 = cpuTimes();
       const [fl] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only'])], rest);
-      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0] };
+      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('hetero', fl) };
       result.phases.fast_alone.push(p);
       result.order.push('fast_alone');
       log(`fast alone #${result.phases.fast_alone.length}: ${p.total.tok_s.toFixed(1)} tok/s (CPU busy: rest ${p.cpu_busy_pct.rest_cpus_mean}%, slow ${p.cpu_busy_pct.slow_cpus_mean}%)`);
@@ -371,14 +376,14 @@ try {
     await settle();
     t = cpuTimes();
     const [sl] = await load(c.address, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
-    result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', sl) };
     log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
     // Both floods at once and no realtime stream: what the CPU replicas' work alone costs the fast
     // replica (against fast_alone + slow_alone), apart from what the realtime stream costs it.
     await settle();
     t = cpuTimes();
     const [bf, bs] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only']), flood(o.mixedS, ['--priority', 'slow_only'])], rest);
-    result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', bf) };
     log(`both floods, no realtime: fast ${result.phases.both_floods.fast.tok_s.toFixed(1)} + slow ${result.phases.both_floods.slow.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -389,7 +394,7 @@ try {
     await warm(c.address);
     let t = cpuTimes();
     const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('fast', fl) };
     log(`fast alone, its own launch, unpinned: ${result.phases.fast_alone_separate.total.tok_s.toFixed(1)} tok/s`);
     await settle();
     t = cpuTimes();

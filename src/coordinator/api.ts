@@ -30,7 +30,7 @@ import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
 import { CoalescingWriter } from '../protocol/coalesce.js';
 import { nowMs, requestTrace } from '../request-trace.js';
-import type { Router } from './router.js';
+import type { Route, Router } from './router.js';
 
 export class InvalidRequestError extends Error {
   constructor(readonly field: string, message: string) {
@@ -209,13 +209,28 @@ const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
  */
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
   const out: GenerateResponseIn[] = [];
+  // The run being merged: its own arrays, appended to (a stalled stream gathers hundreds of messages).
+  let run: { tokenIds: number[]; texts: string[]; logprobs: NonNullable<GenerateResponseIn['logprobs']> } | undefined;
+  const close = () => {
+    if (!run) return;
+    const last = out[out.length - 1]!;
+    out[out.length - 1] = { ...last, tokenIds: run.tokenIds, text: run.texts.join(''), logprobs: run.logprobs };
+    run = undefined;
+  };
   for (const m of ms) {
     const p = out[out.length - 1];
     if (p && p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED) {
-      out[out.length - 1] = { ...m, index: p.index, tokenIds: [...(p.tokenIds ?? []), ...(m.tokenIds ?? [])], text: (p.text ?? '') + (m.text ?? ''),
-        logprobs: [...(p.logprobs ?? []), ...(m.logprobs ?? [])] };
-    } else out.push(m);
+      run ??= { tokenIds: [...(p.tokenIds ?? [])], texts: [p.text ?? ''], logprobs: [...(p.logprobs ?? [])] };
+      run.tokenIds.push(...(m.tokenIds ?? []));
+      run.texts.push(m.text ?? '');
+      run.logprobs.push(...(m.logprobs ?? []));
+      out[out.length - 1] = { ...m, index: p.index };
+    } else {
+      close();
+      out.push(m);
+    }
   }
+  close();
   return out;
 }
 
@@ -328,10 +343,13 @@ export class InferenceApi {
       }
     });
     // A prompt's sequences share its budget and class: its first tells whether any replica can take them.
+    // Each prompt's first sequence is routed as chosen here (the router's estimate is the costly part of admission).
+    const firstRoutes = new Map<RequestRecord, Route>();
     let at = 0;
     for (const p of prompts) {
       const route = this.router.choose(records[at]!);
       if ('exhausted' in route) return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: route.exhausted });
+      firstRoutes.set(records[at]!, route);
       at += p.n;
     }
     for (const r of records) this.store.add(r);
@@ -342,7 +360,7 @@ export class InferenceApi {
         trace.event(r.id, 'arrive', { cls: r.sched.cls.name }, arrivedAt);
       }
     }
-    for (const r of records) this.router.submit(r);
+    for (const r of records) this.router.submit(r, firstRoutes.get(r));
     return this.counted(admitted);
   }
 

@@ -104,7 +104,12 @@ export class RequestStore {
   }
 
   onReplica(replica: number): RequestRecord[] {
-    return [...(this.byReplica.get(replica) ?? [])];
+    return [...this.on(replica)];
+  }
+
+  /** The live requests on `replica`, not copied (not to be changed while iterated). */
+  on(replica: number): Iterable<RequestRecord> {
+    return this.byReplica.get(replica) ?? [];
   }
 
   /** How many live requests run on `replica`. */

@@ -97,8 +97,9 @@ export class Router {
         const r = this.members.replicas[id]!;
         if (r.state !== 'serving' || (pinned && this.numerics(r) !== pinned)) continue;
         serving++;
-        const mine = this.store.onReplica(r.id).filter((x) => x !== rec);
-        const e = estimateTtft(this.model(r), mine.map((x) => this.job(x)), this.job(rec));
+        const mine: Job[] = [];
+        for (const x of this.store.on(r.id)) if (x !== rec) mine.push(this.job(x));
+        const e = estimateTtft(this.model(r), mine, this.job(rec));
         if (!e.fits) {
           refusals.add(`needs ${Math.ceil((rec.promptIds.length + rec.params.maxTokens) / (r.kvBlockSize || 16))} KV blocks, ` +
             `replica ${r.id} (${this.members.layout.groups[gi]!.name}) has ${this.model(r).kvBlocks}`);
