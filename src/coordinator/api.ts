@@ -209,28 +209,27 @@ const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
  */
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
   const out: GenerateResponseIn[] = [];
-  // The run being merged: its own arrays, appended to (a stalled stream gathers hundreds of messages).
-  let run: { tokenIds: number[]; texts: string[]; logprobs: NonNullable<GenerateResponseIn['logprobs']> } | undefined;
-  const close = () => {
-    if (!run) return;
-    const last = out[out.length - 1]!;
-    out[out.length - 1] = { ...last, tokenIds: run.tokenIds, text: run.texts.join(''), logprobs: run.logprobs };
-    run = undefined;
-  };
-  for (const m of ms) {
-    const p = out[out.length - 1];
-    if (p && p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED) {
-      run ??= { tokenIds: [...(p.tokenIds ?? [])], texts: [p.text ?? ''], logprobs: [...(p.logprobs ?? [])] };
-      run.tokenIds.push(...(m.tokenIds ?? []));
-      run.texts.push(m.text ?? '');
-      run.logprobs.push(...(m.logprobs ?? []));
-      out[out.length - 1] = { ...m, index: p.index };
-    } else {
-      close();
-      out.push(m);
+  const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
+    p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
+  for (let i = 0; i < ms.length;) {
+    // ms[i..j) is one run; it becomes its last message with the run's tokens, text and logprobs from ms[i]'s index.
+    let j = i + 1;
+    while (j < ms.length && joins(ms[j - 1]!, ms[j]!)) j++;
+    if (j === i + 1) out.push(ms[i]!);
+    else {
+      const tokenIds: number[] = [];
+      const texts: string[] = [];
+      const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
+      for (let k = i; k < j; k++) {
+        const m = ms[k]!;
+        for (const t of m.tokenIds ?? []) tokenIds.push(t);
+        texts.push(m.text ?? '');
+        for (const l of m.logprobs ?? []) logprobs.push(l);
+      }
+      out.push({ ...ms[j - 1]!, index: ms[i]!.index, tokenIds, text: texts.join(''), logprobs });
     }
+    i = j;
   }
-  close();
   return out;
 }
 
