@@ -114,11 +114,27 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
   const need = blocks(m, q.budgetTokens);
   const fits = total <= 0 || need <= total;
   const byOrder = (a: Job, b: Job) => a.priority - b.priority || a.order - b.order;
-  // Those it would preempt do not count; among the rest, those queued behind it do not either.
-  const ahead = onReplica.filter((j) => j.classRank <= q.classRank && (j.started || byOrder(j, q) < 0)).sort(byOrder);
-  const waitingAll = onReplica.filter((j) => !j.started).length;
+  // One pass (a routing estimates every replica, each with hundreds of requests under a flood): the
+  // batch, and the queue ahead of it. Those it would preempt do not count; among the rest, those
+  // queued behind it do not either.
+  let waitingAll = 0;
+  let batch = 0;
+  const streaming: Job[] = [];
+  const queue: Job[] = [];
+  let sorted = true;
+  for (const j of onReplica) {
+    if (j.started) batch++;
+    else waitingAll++;
+    if (j.classRank > q.classRank) continue;
+    if (j.started) streaming.push(j);
+    else if (byOrder(j, q) < 0) {
+      if (sorted && queue.length && byOrder(queue[queue.length - 1]!, j) > 0) sorted = false;
+      queue.push(j);
+    }
+  }
+  // The store keeps them in routing order, which is queue order but for replays and priorities.
+  if (!sorted) queue.sort(byOrder);
   const queueFull = waitingAll >= m.maxQueue;
-  const batch = onReplica.filter((j) => j.started).length;
   const decodeMs = stepMs(m, batch);
   if (!fits) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
   if (total <= 0) return { ttftMs: decodeMs + prefillMs(m, q.prefillTokens, batch), admitNow: true, fits, queueFull };
@@ -126,12 +142,9 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
   // The batch now: what streams, then the queue in order while it fits (stopping at the first that does not).
   const running = new Batch();
   let used = 0;
-  const queue: Job[] = [];
-  for (const j of ahead) {
-    if (j.started) {
-      running.push({ job: j, endMs: j.remainingTokens * decodeMs });
-      used += blocks(m, j.budgetTokens);
-    } else queue.push(j);
+  for (const j of streaming) {
+    running.push({ job: j, endMs: j.remainingTokens * decodeMs });
+    used += blocks(m, j.budgetTokens);
   }
   queue.push(q);
   let now = 0;
