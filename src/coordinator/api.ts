@@ -28,6 +28,7 @@ import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
+import { AdmissionQueue } from './admission.js';
 import { CoalescingWriter } from '../protocol/coalesce.js';
 import { nowMs, requestTrace } from '../request-trace.js';
 import type { Route, Router } from './router.js';
@@ -263,6 +264,9 @@ export interface Admitted {
 }
 
 export class InferenceApi {
+  /** Validated requests wait here for their turn to be admitted, most urgent first (admission.ts). */
+  readonly admission = new AdmissionQueue();
+
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
 
@@ -311,8 +315,9 @@ export class InferenceApi {
       for (const c of new Set(counters)) c.rejected++;
       return this.counted(s) as Status;
     };
-    if (this.store.size + total > this.o.maxQueue)
-      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const inFlight = this.store.size + this.admission.size;
+    if (inFlight + total > this.o.maxQueue)
+      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` });
     const m = this.o.metrics;
     const records: RequestRecord[] = [];
     let failed = false;
@@ -380,6 +385,8 @@ export class InferenceApi {
       if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;
     }
+    if (gone()) return null;
+    await this.admission.turn(v.sched.priority);
     if (gone()) return null;
     return this.admitChoices([v], sink, arrivedAt);
   }

@@ -2,7 +2,7 @@
 import type { Precision } from '../model/precision.js';
 import type * as grpc from '@grpc/grpc-js';
 
-import { CoalescingWriter } from '../protocol/coalesce.js';
+import { CoalescingWriter, batches } from '../protocol/coalesce.js';
 import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
 import type { RankPlan } from './layout.js';
 
@@ -37,7 +37,7 @@ export class WorkerConn {
   private readonly out: CoalescingWriter<OutgoingCoordinatorMessage>;
 
   constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {
-    this.out = new CoalescingWriter((m, done) => call.write(m, done), (messages) => [{ batch: { messages } }]);
+    this.out = new CoalescingWriter((m, done) => call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
   }
 
   /** Messages waiting for the write in flight (NODESPEED_REQUEST_TRACE shows it). */

@@ -75,3 +75,46 @@ export class CoalescingWriter<M> {
 }
 
 function ignore(): void {}
+
+/** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */
+export const BATCH_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * An upper bound of a plain message's protobuf size: every number as a 10-byte varint, every
+ * string as 3 bytes a UTF-16 unit, bytes as they are, 5 bytes of tag and length per field.
+ */
+export function upperBytes(v: unknown): number {
+  switch (typeof v) {
+    case 'number': case 'bigint': return 11;
+    case 'boolean': return 2;
+    case 'string': return 5 + 3 * v.length;
+    case 'object': {
+      if (v === null) return 0;
+      if (v instanceof Uint8Array) return 5 + v.byteLength;
+      let n = 5;
+      if (Array.isArray(v)) for (const x of v) n += upperBytes(x);
+      else for (const k in v) n += upperBytes((v as Record<string, unknown>)[k]);
+      return n;
+    }
+    default: return 0;
+  }
+}
+
+/** Gathered messages as batch messages (`wrap`) of at most BATCH_MAX_BYTES each, in order. */
+export function batches<M>(ms: M[], wrap: (messages: M[]) => M, maxBytes = BATCH_MAX_BYTES): M[] {
+  const out: M[] = [];
+  let cur: M[] = [];
+  let bytes = 0;
+  for (const m of ms) {
+    const b = upperBytes(m);
+    if (cur.length && bytes + b > maxBytes) {
+      out.push(cur.length === 1 ? cur[0]! : wrap(cur));
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(m);
+    bytes += b;
+  }
+  if (cur.length) out.push(cur.length === 1 ? cur[0]! : wrap(cur));
+  return out;
+}

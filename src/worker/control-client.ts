@@ -11,7 +11,7 @@ import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
 import { probeLiveness } from '../protocol/liveness.js';
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
-import { CoalescingWriter } from '../protocol/coalesce.js';
+import { CoalescingWriter, batches } from '../protocol/coalesce.js';
 import type {
   Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
 } from '../protocol/control.js';
@@ -60,7 +60,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     }) as unknown as ControlStub;
     // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
     this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
-    this.out = new CoalescingWriter((m, done) => this.call.write(m, done), (messages) => [{ batch: { messages } }]);
+    this.out = new CoalescingWriter((m, done) => this.call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
     this.call.on('error', (err: Error) => this.finish(err));
     this.call.on('end', () => this.finish(null));

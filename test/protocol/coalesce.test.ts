@@ -12,6 +12,7 @@ import type { CoordinatorMessage, Join, OutgoingCoordinatorMessage } from '../..
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition, serviceDefinition } from '../../src/protocol/proto.js';
 import type { RankPlan } from '../../src/coordinator/layout.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { batches, upperBytes } from '../../src/protocol/coalesce.js';
 
 const N = 400;
 const submit = (i: number): OutgoingCoordinatorMessage => ({
@@ -96,5 +97,27 @@ describe('Generate stream merging', () => {
       [0, 0, [1, 2, 3], '123', 0], [1, 0, [9, 8], '98', 0], [1, 2, [7], '7', 0], [0, 3, [4, 5], '45', 1],
     ]);
     expect(out[1]!.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+  });
+});
+
+describe('batch size', () => {
+  it('upperBytes bounds the encoded size, and batches() keeps each batch under its budget, in order', () => {
+    const method = controlPackageDefinition()[CONTROL_SERVICE] as unknown as Record<string, { responseSerialize(v: unknown): Buffer; requestSerialize(v: unknown): Buffer }>;
+    const { responseSerialize, requestSerialize } = method.Connect!;
+    const big = (i: number): OutgoingCoordinatorMessage => ({
+      submit: { epoch: '7', requestId: `big-${String(i).padStart(2, '0')}`, promptIds: Array.from({ length: 20_000 }, (_, k) => (k * 7919 + i) % 150_000), generatedIds: [1, 2, 3],
+        priority: -5, classRank: 1, params: { temperature: 0.7, seed: '18446744073709551615', stop: ['</s>', 'ünïcødé'], maxTokens: 100, logprobs: 5 } },
+    });
+    const tokens = { tokens: { epoch: '7', updates: Array.from({ length: 64 }, (_, i) => ({ requestId: `r${i}`, tokenIds: [i, i + 1], text: 'ab€', index: 3 * i,
+      finishReason: 'FINISH_REASON_UNSPECIFIED', error: '', preempted: false,
+      logprobs: [{ logprob: -0.5, topIds: [1, 2, 3, 4, 5], topLogprobs: [-0.1, -0.2, -0.3, -0.4, -0.5] }] })) } };
+    for (let i = 0; i < 3; i++) expect(upperBytes(big(i))).toBeGreaterThanOrEqual(responseSerialize(big(i)).length);
+    expect(upperBytes(tokens)).toBeGreaterThanOrEqual(requestSerialize(tokens).length);
+    const ms = Array.from({ length: 30 }, (_, i) => big(i));
+    const limit = 4 * upperBytes(big(0));
+    const out = batches(ms, (messages) => ({ batch: { messages } }), limit);
+    expect(out.length).toBe(8);  // 4 a batch: 7 batches and the last 2
+    expect(out.flatMap((m) => m.batch?.messages ?? [m]).map((m) => m.submit!.requestId)).toEqual(ms.map((m) => m.submit!.requestId));
+    for (const b of out) expect(responseSerialize(b).length).toBeLessThanOrEqual(limit);
   });
 });
