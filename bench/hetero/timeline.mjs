@@ -1,4 +1,4 @@
-// Where a request's time to first token went, from a NODESPEED_REQUEST_TRACE file (src/request-trace.ts)
+// Where a request's time to first token went, from a NODESPEED_REQUEST_TRACE file (src/protocol/request-trace.ts)
 // and the load generators' own records (load.mjs: each request's id, client start and first-token
 // times), for the requests that started in [from, to):
 //   client_to_arrive   client start -> the coordinator's API call handler runs

@@ -30,7 +30,7 @@ import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
 import { AdmissionQueue } from './admission.js';
 import { CoalescingWriter } from '../protocol/coalesce.js';
-import { nowMs, requestTrace } from '../request-trace.js';
+import { nowMs, requestTrace } from '../protocol/request-trace.js';
 import type { Route, Router } from './router.js';
 
 export class InvalidRequestError extends Error {

@@ -27,7 +27,7 @@ import type { Job, ReplicaModel } from './estimate.js';
 import { numericsOf } from './layout.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
-import { requestTrace } from '../request-trace.js';
+import { requestTrace } from '../protocol/request-trace.js';
 
 /** Where a request goes: a replica (overflow: not its class's first group), nowhere yet, or nowhere. */
 export type Route =

@@ -30,7 +30,7 @@ import { FinishReason, RequestStatus, isFinished, transition } from '../protocol
 import { samplingFromWire } from '../protocol/sampling.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { StepSeq } from '../native/addon.js';
-import { requestTrace } from '../request-trace.js';
+import { requestTrace } from '../protocol/request-trace.js';
 
 const { QUEUED, RUNNING, PREEMPTED, FINISHED, CANCELLED } = RequestStatus;
 

@@ -7,7 +7,7 @@
 //   worker:      recv (the submit reached the driver's event loop), admitted, planned (first put in
 //                a step), sampled (its first token computed), sent (its first token handed to the
 //                control stream)
-// and, every second, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
+// and, every second and once as it exits, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
 // (perf_hooks monitorEventLoopDelay) and "elu" (the share of that second the loop was busy)}.
 // Lines are buffered and written every 200 ms (and at exit), never on the request's path.
 // Requests of the most urgent class seen (class rank 0) are traced always, others one in `sample`.
@@ -15,7 +15,7 @@ import { appendFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import type { EventLoopUtilization } from 'node:perf_hooks';
 
-import { settings } from './settings/index.js';
+import { settings } from '../settings/index.js';
 
 const FLUSH_MS = 200;
 const LOOP_MS = 1000;
@@ -58,18 +58,23 @@ export function requestTrace(role: 'coord' | 'worker', file: string | undefined 
   const round = (x: number) => Math.round(x * 1000) / 1000;
   const push = (o: Record<string, unknown>) => lines.push(JSON.stringify(o));
   setInterval(flush, FLUSH_MS).unref();
-  process.on('exit', flush);
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   let elu: EventLoopUtilization = performance.eventLoopUtilization();
-  setInterval(() => {
+  const sampleLoop = () => {
     const e = performance.eventLoopUtilization(elu);
     elu = performance.eventLoopUtilization();
     const ms = (ns: number) => round(ns / 1e6);
     push({ t: round(nowMs()), p: role, pid: process.pid, ev: 'loop', p50: ms(delay.percentile(50)), p99: ms(delay.percentile(99)), max: ms(delay.max),
       elu: round(e.utilization) });
     delay.reset();
-  }, LOOP_MS).unref();
+  };
+  setInterval(sampleLoop, LOOP_MS).unref();
+  // A process that lives less than a sampling interval still reports its loop once, as it exits.
+  process.on('exit', () => {
+    sampleLoop();
+    flush();
+  });
   const t: RequestTrace = {
     wants: (classRank, id) => classRank === 0 || hash(id) % SAMPLE === 0,
     event: (id, ev, details, at) => push({ t: round(at ?? nowMs()), p: role, id, ev, ...details }),
