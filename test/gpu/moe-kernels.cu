@@ -310,7 +310,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   if (fused && !moe::fused_decode(T, K, E, H)) { expect(false, tag + ": not a fused decode shape"); end_case(); return; }
   const int groups = moe::max_active(T, K, local);
   // The step in moe_layer's order, ending in the combine `comb` (fused decode: two launches).
-  auto run = [&](const MoeCombineArgs& comb) {
+  auto run = [&](const MoeCombineArgs& comb, bool gated_only = false) {
     const MoeRouteArgs route{d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L};
     if (!fused) moe_route(route, st);
     if (gemv) {
@@ -325,6 +325,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
         g2.fuse_combine = true; g2.combine = comb;
       }
       moe_gemv(DType::BF16, DType::BF16, g1, true, moe::gemv_tokens(T), st);
+      if (gated_only) return;
       moe_gemv(DType::BF16, DType::BF16, g2, false, moe::gemv_tokens(T), st);
       if (fused) return;
     } else if (local > 0) {
@@ -442,6 +443,14 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   {
     const std::vector<int32_t> meta2 = download(d_meta, L.words);
     for (int w = 0; w < moe::kSyncWords; ++w) expect(meta2[L.sync + w] == 0, tag + ": the fused launches' sync words are not back at 0");
+  }
+  if (fused) {
+    // Each fused launch leaves its words at 0 on its own: the gated one alone, twice (the second
+    // would route nothing new or wait forever if the first left its flag or counters up).
+    run(part_only, true);
+    run(part_only, true);
+    const std::vector<int32_t> meta3 = download(d_meta, L.words, "gated launch alone (twice)");
+    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta3[L.sync + w] == 0, tag + ": the gated launch alone left a sync word up");
   }
   ok &= fused_ok;
   g_layers.push_back({tag, gemv, err, mref, ok});

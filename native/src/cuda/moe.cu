@@ -289,6 +289,12 @@ __device__ void router_block(const MoeGemvArgs& a, int n, int warp, int lane, in
   if (threadIdx.x == 0) atomicExch(sync + moe::kRouteReady, 1);
 }
 
+// Every block of a fused gated launch once it is done with the routing: the last one lowers the
+// ready flag (no block of the launch waits on it any more), leaving the launch's words at 0.
+__device__ __forceinline__ void gated_block_done(int* sync) {
+  if (last_arrival(sync + moe::kGatedDone, gridDim.x) && threadIdx.x == 0) sync[moe::kRouteReady] = 0;
+}
+
 template <typename T, bool REGS>
 __device__ void combine_token(const MoeCombineArgs& a, int t);
 
@@ -308,20 +314,23 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const moe::GemvGrid grid{GATED && FUSED ? moe::gemv_blocks(a.route.ld) : 0, a.sw ? moe::gemv_blocks(a.sn) : 0,
                            moe::gemv_blocks(a.n), a.groups, !GATED && FUSED ? a.combine.T : 0};
-  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, grid);
   const Layout& L = a.layout;
   int* sync = const_cast<int32_t*>(a.meta) + L.sync;
+  // Fused launches: the block's place from a ticket (moe_plan.h kFusedDecodeTokens), so whoever it
+  // waits for already runs. (The previous launch on these words drew all its tickets before this one
+  // can start: every block draws first, and the next kernel starts once all have begun.)
+  const int block = FUSED ? block_ticket(sync + (GATED ? moe::kGatedTicket : moe::kDownTicket)) : static_cast<int>(blockIdx.x);
+  const moe::GemvWork wk = moe::gemv_work(block, warp, grid);
   if constexpr (GATED && FUSED) {
     if (wk.group == moe::kRouterGroup) {
       router_block<T, MT>(a, wk.feature, warp, lane, grid.router);
+      gated_block_done(sync);
       return;
     }
   } else if constexpr (FUSED) {
     if (wk.group == moe::kCombineGroup) {
       grid_dependency_wait();
       grid_dependents_launch();
-      // The gated launch before this one has ended: its ready flag goes down for the next layer.
-      if (wk.feature == 0 && threadIdx.x == 0) sync[moe::kRouteReady] = 0;
       block_wait_at_least(sync + moe::kDownArrived, moe::gemv_grid_work_blocks(grid));
       combine_token<T, true>(a.combine, wk.feature);
       __syncthreads();
@@ -393,6 +402,7 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
         });
   }
   if constexpr (!GATED && FUSED) arrive(sync + moe::kDownArrived);
+  if constexpr (GATED && FUSED) gated_block_done(sync);
 }
 
 // The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
@@ -632,9 +642,11 @@ void moe_gemv(DType act, DType wt, const MoeGemvArgs& args, bool gated, int toke
   MoeGemvArgs a = args;
   if (!gated) a.route_w = nullptr;
   if (gated) a.fuse_combine = false;
-  if (a.route_w && (a.route.T > tokens_per_pass || a.route.T > moe::kFusedDecodeTokens || a.k % 8 != 0))
-    throw std::runtime_error("cuda: the fused router takes <= " + std::to_string(moe::kFusedDecodeTokens) + " tokens in one pass");
+  if (a.route_w && (a.route.T < 1 || a.route.T > tokens_per_pass || a.route.T > moe::kFusedDecodeTokens || a.k % 8 != 0))
+    throw std::runtime_error("cuda: the fused router takes 1.." + std::to_string(moe::kFusedDecodeTokens) + " tokens in one pass");
   if (a.fuse_combine) {
+    // The combine blocks reset the launch's counters: a fused down launch has at least one.
+    if (a.combine.T < 1) throw std::runtime_error("cuda: the fused combine needs at least one token");
     if (a.combine.H > kRowPer * moe::kGemvWarps * 32) throw std::runtime_error("cuda: the fused combine holds rows of <= 2048 in registers");
     a.combine.round_norm = rounds(kRoundNorm);
   }

@@ -31,8 +31,12 @@ constexpr int kSharedInGemvTokens = 8;
 // routed experts' blocks wait on, while the shared expert's blocks already stream their weights;
 // the down launch ends with one block per token that waits for every other block of the launch and
 // combines the token's rows (moe_combine's arithmetic, fused with the residual add + next norm).
-// Nothing waits on a block that can be scheduled after it: the blocks that others wait on come
-// first in the grid, and blocks are dispatched in order.
+// A block of these launches takes its place in the grid (gemv_work's order) from a ticket drawn as
+// it starts running, not from blockIdx: the blocks that others wait for (router blocks, work blocks
+// before the combine's) hold lower tickets, so they already run when anyone waits for them, in
+// whatever order the hardware dispatches blocks and however few fit at once. Each launch leaves its
+// words at 0 (the ticket wraps at the grid's size; the last block to finish lowers the flag or
+// resets the counters), so either launch may run without the other.
 constexpr int kFusedDecodeTokens = kSharedInGemvTokens;
 // Grouped tensor-core GEMM (prefill, larger batches): kTileM rows x kTileN features a block (8
 // warps of 16 features), K in chunks of kTileK (8 chunks of 16 bytes a row) through a ring of
@@ -67,10 +71,15 @@ NS_FLASH_HD int max_tiles(int T, int top_k, int local_experts) {
   return (T * top_k + kTileM - 1) / kTileM + max_active(T, top_k, local_experts);
 }
 
-// The fused decode launches' words (Layout::sync): the router blocks that finished, the routing's
-// ready flag (raised by the last router block, lowered by the down launch), the down launch's GEMV
-// blocks that finished and its combine blocks that saw them all (the last resets both).
-enum SyncWord { kRouterArrived = 0, kRouteReady = 1, kDownArrived = 2, kCombinePassed = 3, kSyncWords = 4 };
+// The fused decode launches' words (Layout::sync): each launch's ticket dispenser; the gated launch's
+// router blocks that finished, its routing's ready flag (raised by the last router block, lowered by
+// the last block of the launch to finish) and its blocks that finished; the down launch's work blocks
+// that finished and its combine blocks that saw them all (the last resets both).
+enum SyncWord {
+  kGatedTicket = 0, kRouterArrived, kRouteReady, kGatedDone,
+  kDownTicket, kDownArrived, kCombinePassed,
+  kSyncWords
+};
 
 // The routing metadata of one layer (int32 words; `w` holds floats), laid out for steps of up to
 // `cap` tokens so the offsets do not change from step to step (CUDA graphs keep the pointers).
