@@ -310,9 +310,8 @@ static void gemv_emu(const Experts& X, const std::vector<int>& meta, const moe::
                      std::vector<float>& sy, std::vector<int>& covered, std::vector<int>& s_covered) {
   const int n = GATED ? X.I : X.H, k = GATED ? X.H : X.I;
   const int sn = GATED ? X.Is : X.H, sk = GATED ? X.H : X.Is;
-  const int shared_blocks = with_shared ? moe::gemv_blocks(sn) : 0;
-  const moe::GemvGrid gg{0, shared_blocks, moe::gemv_blocks(n), groups, 0};
-  const int grid = moe::grid_blocks(gg);
+  const moe::GemvGrid gg = moe::gemv_grid(GATED, 0, with_shared ? sn : 0, n, groups, 0);
+  const int grid = moe::grid_blocks(gg), wf = moe::gemv_warp_features(GATED);
   for (int b = 0; b < grid; ++b)
     for (int warp = 0; warp < moe::kGemvWarps; ++warp) {
       const moe::GemvWork wk = moe::gemv_work(b, warp, gg);
@@ -332,27 +331,27 @@ static void gemv_emu(const Experts& X, const std::vector<int>& meta, const moe::
         rows = meta[L.active_cnt + wk.group];
         if (GATED) src = &meta[L.perm];
       }
-      const int f = wk.feature;
-      if (f >= nn) continue;
-      (wk.group < 0 ? s_covered : covered)[(wk.group < 0 ? 0 : meta[L.active_e + wk.group] * nn) + f]++;
-      const int k8 = kk / 8;
-      for (int r0 = 0; r0 < rows; r0 += MT) {
-        const int m = std::min(MT, rows - r0);
-        float ag[32][MT] = {}, au[32][MT] = {};
-        for (int lane = 0; lane < 32; ++lane)
-          for (int i = lane; i < k8; i += 32)
-            for (int s = 0; s < m; ++s) {
-              const int row = row0 + r0 + s, xrow = src ? src[row] : row;
-              for (int e = 0; e < 8; ++e) {
-                const float xv = bf2f((*Xv)[(size_t)xrow * kk + i * 8 + e]);
-                ag[lane][s] += bf2f(W[(size_t)f * kk + i * 8 + e]) * xv;
-                if (GATED) au[lane][s] += bf2f(W[(size_t)(nn + f) * kk + i * 8 + e]) * xv;
+      for (int f = wk.feature * wf; f < std::min(nn, (wk.feature + 1) * wf); ++f) {  // the warp's features, each summed alike
+        (wk.group < 0 ? s_covered : covered)[(wk.group < 0 ? 0 : meta[L.active_e + wk.group] * nn) + f]++;
+        const int k8 = kk / 8;
+        for (int r0 = 0; r0 < rows; r0 += MT) {
+          const int m = std::min(MT, rows - r0);
+          float ag[32][MT] = {}, au[32][MT] = {};
+          for (int lane = 0; lane < 32; ++lane)
+            for (int i = lane; i < k8; i += 32)
+              for (int s = 0; s < m; ++s) {
+                const int row = row0 + r0 + s, xrow = src ? src[row] : row;
+                for (int e = 0; e < 8; ++e) {
+                  const float xv = bf2f((*Xv)[(size_t)xrow * kk + i * 8 + e]);
+                  ag[lane][s] += bf2f(W[(size_t)f * kk + i * 8 + e]) * xv;
+                  if (GATED) au[lane][s] += bf2f(W[(size_t)(nn + f) * kk + i * 8 + e]) * xv;
+                }
               }
-            }
-        for (int s = 0; s < m; ++s) {
-          float g = 0, u = 0;
-          for (int lane = 0; lane < 32; ++lane) { g += ag[lane][s]; u += au[lane][s]; }
-          (*Y)[(size_t)(row0 + r0 + s) * nn + f] = GATED ? bf2f(f2bf(act_silu(g) * u)) : g;
+          for (int s = 0; s < m; ++s) {
+            float g = 0, u = 0;
+            for (int lane = 0; lane < 32; ++lane) { g += ag[lane][s]; u += au[lane][s]; }
+            (*Y)[(size_t)(row0 + r0 + s) * nn + f] = GATED ? bf2f(f2bf(act_silu(g) * u)) : g;
+          }
         }
       }
     }

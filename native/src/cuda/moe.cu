@@ -302,18 +302,20 @@ __device__ void combine_token(const MoeCombineArgs& a, int t);
 // MT rows; with the fused decode's router blocks first (gated) or combine blocks last (down), the
 // grid of moe_plan.h gemv_work (FUSED: the fused decode's launches; the others are compiled
 // without the router's and the combine's code, whose registers would cost the streaming warps
-// occupancy). Fused launches of 1-2 rows and down launches of up to 4 keep 4 blocks an SM (<= 64
-// registers), fused 4-row ones 3; the gated launches without the router take what they need.
+// occupancy). Fused gated launches of 1-2 rows keep 4 blocks an SM (<= 64 registers), 4-row ones 3;
+// down launches (two weight rows a warp: as many loads in flight with fewer warps) 3 blocks of 1-2
+// rows, 2 of 4; the others take what they need.
 template <int MT, bool GATED, bool FUSED>
-constexpr int gemv_min_blocks() { return MT > 4 ? 1 : FUSED ? (MT == 4 ? 3 : 4) : GATED ? 1 : 4; }
+constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : FUSED ? (MT == 4 ? 3 : 4) : 1; }
 
 template <typename T, DType WT, int MT, bool GATED, bool FUSED>
 __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED, FUSED>()) moe_gemv_kernel(MoeGemvArgs a) {
   using F = WeightFmt<T, WT>;
   using WE = std::conditional_t<F::kQuant, uint8_t, T>;
+  constexpr int kWF = GATED ? 1 : 2;  // moe::gemv_warp_features
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const moe::GemvGrid grid{GATED && FUSED ? moe::gemv_blocks(a.route.ld) : 0, a.sw ? moe::gemv_blocks(a.sn) : 0,
-                           moe::gemv_blocks(a.n), a.groups, !GATED && FUSED ? a.combine.T : 0};
+  const moe::GemvGrid grid = moe::gemv_grid(GATED, GATED && FUSED ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups,
+                                            !GATED && FUSED ? a.combine.T : 0);
   const Layout& L = a.layout;
   int* sync = const_cast<int32_t*>(a.meta) + L.sync;
   // Fused launches: the block's place from a ticket (moe_plan.h kFusedDecodeTokens), so whoever it
@@ -357,16 +359,17 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
     Y = a.sy;
     rows = a.s_rows;
     // The shared weights do not depend on the previous kernel: start pulling them.
-    if (wk.feature < n) prefetch_row(W + (size_t)wk.feature * k, k * F::kBytes, 2, lane);
+    if (wk.feature * kWF < n) prefetch_row(W + (size_t)wk.feature * kWF * k, k * F::kBytes * kWF, 2 * kWF, lane);
     grid_dependency_wait();
   } else {
     if constexpr (!GATED) {
       // The down projection follows the gated launch, which has the routing: the active experts
       // are known before this launch's wait, so their rows are pulled into L2 meanwhile. (Only a
       // hint: a stale word would name another valid expert, never a wrong result.)
-      const int e = __ldcg(a.meta + L.active_e + wk.group);
-      if (wk.group < __ldcg(a.meta + L.n_active) && wk.feature < a.n)
-        prefetch_row(static_cast<const WE*>(a.w) + (size_t)e * a.w_stride + (size_t)wk.feature * a.k, a.k * F::kBytes, 1 << 20, lane);
+      const int e = __ldcg(a.meta + L.active_e + wk.group), f0 = wk.feature * kWF;
+      if (wk.group < __ldcg(a.meta + L.n_active) && f0 < a.n)
+        prefetch_row(static_cast<const WE*>(a.w) + (size_t)e * a.w_stride + (size_t)f0 * a.k, min(kWF, a.n - f0) * a.k * F::kBytes, 1 << 20,
+                     lane);
     }
     grid_dependency_wait();
     // Fused decode: the routing is written in this launch by the last router block.
@@ -387,18 +390,26 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
   }
   // Every block of this grid has started: the next kernel may be scheduled (its prefetch overlaps this tail).
   grid_dependents_launch();
-  const int f = wk.feature;
+  // Gated: row f of the gate and of the up projection; down: rows f and f + 1 (the second a copy
+  // of the first past the last feature, its sum not stored). Both stream two rows at once.
+  const int f = wk.feature * kWF;
   if (work && f < n) {
+    const bool second = GATED || f + 1 < n;
+    const int f2 = GATED ? n + f : second ? f + 1 : f;
     const uint4* wg = reinterpret_cast<const uint4*>(W + (size_t)f * k);
-    const uint4* wu = GATED ? reinterpret_cast<const uint4*>(W + (size_t)(n + f) * k) : wg;
-    const float sg = S ? S[f] : 1.f, su = GATED && S ? S[n + f] : 1.f;
-    gemv_feature<T, WT, MT, GATED>(
+    const uint4* wu = reinterpret_cast<const uint4*>(W + (size_t)f2 * k);
+    const float sg = S ? S[f] : 1.f, su = S ? S[f2] : 1.f;
+    gemv_feature<T, WT, MT, true>(
         wg, wu, k, rows, lane, [&](int r) { return X + (size_t)(src ? __ldcg(src + row0 + r) : row0 + r) * k; },
         [&](int r, float g, float u) {
           const size_t o = (size_t)(row0 + r) * n + f;
           if constexpr (F::kQuant) { g *= sg; u *= su; }
-          if constexpr (GATED) static_cast<T*>(Y)[o] = from_f<T>(gate_act(g, a.gelu) * u);
-          else static_cast<float*>(Y)[o] = g;
+          if constexpr (GATED) {
+            static_cast<T*>(Y)[o] = from_f<T>(gate_act(g, a.gelu) * u);
+          } else {
+            static_cast<float*>(Y)[o] = g;
+            if (second) static_cast<float*>(Y)[o + 1] = u;
+          }
         });
   }
   if constexpr (!GATED && FUSED) arrive(sync + moe::kDownArrived);
@@ -650,8 +661,7 @@ void moe_gemv(DType act, DType wt, const MoeGemvArgs& args, bool gated, int toke
     if (a.combine.H > kRowPer * moe::kGemvWarps * 32) throw std::runtime_error("cuda: the fused combine holds rows of <= 2048 in registers");
     a.combine.round_norm = rounds(kRoundNorm);
   }
-  const moe::GemvGrid g{a.route_w ? moe::gemv_blocks(a.route.ld) : 0, a.sw ? moe::gemv_blocks(a.sn) : 0, moe::gemv_blocks(a.n), a.groups,
-                        a.fuse_combine ? a.combine.T : 0};
+  const moe::GemvGrid g = moe::gemv_grid(gated, a.route_w ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups, a.fuse_combine ? a.combine.T : 0);
   const unsigned grid = moe::grid_blocks(g);
   if (grid == 0) return;
   const bool quant = wt != act;

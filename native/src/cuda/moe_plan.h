@@ -157,6 +157,18 @@ struct GemvWork {
   int feature;  // the warp's output feature (router: logit row; combine: the block's token)
 };
 NS_FLASH_HD int gemv_blocks(int features) { return (features + kGemvWarps - 1) / kGemvWarps; }
+// Output features a warp computes (GemvWork::feature counts warps): a gated launch's warp one (its
+// gate and up rows, streamed together), a down launch's two (two rows streamed together: half the
+// blocks, each of which waits for the routing words before its first weight load, and twice the
+// bytes per warp for the short rows of the routed experts, 1408 wide in Qwen1.5-MoE-A2.7B).
+NS_FLASH_HD int gemv_warp_features(bool gated) { return gated ? 1 : 2; }
+// The grid of a grouped GEMV launch: router rows (fused gated launch), the shared expert's features
+// (0: none in the launch), each group's features, the groups, the combine's tokens (fused down launch).
+NS_FLASH_HD GemvGrid gemv_grid(bool gated, int router_rows, int shared_features, int features, int groups, int combine_tokens) {
+  const int wf = gemv_warp_features(gated);
+  return {gemv_blocks(router_rows), gemv_blocks((shared_features + wf - 1) / wf), gemv_blocks((features + wf - 1) / wf), groups,
+          combine_tokens};
+}
 NS_FLASH_HD int grid_blocks(const GemvGrid& g) { return g.router + g.shared + g.groups * g.per_group + g.combine; }
 // Blocks the combine waits for: all the others.
 NS_FLASH_HD int gemv_grid_work_blocks(const GemvGrid& g) { return g.router + g.shared + g.groups * g.per_group; }
