@@ -61,6 +61,9 @@ __global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, int H, c
   const int r = blockIdx.x, H8 = H / 8;
   float wv[kNormVec][8], v[kNormVec][8];
   load_row8<kNormVec>(w, H, wv);  // the weights' latency hidden behind the previous kernel's drain
+  // One block a row: the next kernel (a GEMV, which fills the GPU) may take the free SMs now and
+  // pull its first weights into L2 while this one runs.
+  grid_dependents_launch();
   grid_dependency_wait();
   rmsnorm_row<T, kNormVec>(x + (size_t)(rows ? rows[r] : r) * H, H, wv, eps, rnd, v);
   uint4* o = reinterpret_cast<uint4*>(out + (size_t)r * H);
