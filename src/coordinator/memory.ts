@@ -3,7 +3,7 @@
 // (--max-batch-tokens tokens) and a fixed working reserve.
 import { totalmem } from 'node:os';
 
-import type { ModelConfig } from '../model/config.js';
+import { kvWindowLayout, type ModelConfig } from '../model/config.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
 import { planShard } from '../model/weights.js';
@@ -111,19 +111,53 @@ export function stepScratchBytes(c: ModelConfig, tp: number, tokens: number, dev
   return Math.ceil(tokens * perToken);
 }
 
+/**
+ * Blocks of the windowed layers' own pool beside a global pool of `globalBlocks` (models whose
+ * windowed and global layers mix): a ring of the blocks a window plus one step spans, for as many
+ * sequences as the global pool holds at full context (as the backends size it: engine.h
+ * kv_window_pool_blocks). 0 when the model keeps no such pool.
+ */
+export function windowPoolBlocks(c: ModelConfig, globalBlocks: number, blockSize: number, stepTokens: number): number {
+  const w = kvWindowLayout(c);
+  if (w.kind !== 'group' || globalBlocks <= 0) return 0;
+  const step = stepTokens > 0 ? stepTokens : 2048;
+  const ctx = Math.ceil(c.maxPosition / blockSize);
+  const ring = Math.min(ctx, Math.ceil((w.window + step - 1) / blockSize));
+  const share = ctx > 0 ? Math.ceil((globalBlocks * ring) / ctx) : globalBlocks;
+  return Math.min(globalBlocks, Math.max(ring, share));
+}
+
+/**
+ * KV blocks of a CPU rank given no --kv-blocks (cpu_backend.cc): room for 8 sequences of
+ * min(context, 4096) tokens, at most 2 GiB of f32 K+V over the rank's layers, at least one sequence.
+ */
+function cpuDefaultKvBlocks(c: ModelConfig, kvHeads: number, blockSize: number, layers: number): number {
+  const perSeq = Math.ceil(Math.min(c.maxPosition, 4096) / blockSize);
+  const cap = Math.floor(2 ** 31 / Math.max(1, blockSize * kvHeads * c.headDim * 4 * 2 * Math.max(1, layers)));
+  return Math.max(perSeq, Math.min(8 * perSeq, cap));
+}
+
 export function estimateMemory(c: ModelConfig, l: GroupRanks, o: MemoryOptions): MemoryCheck {
   // CPU keeps weights in the requested storage dtype (auto: as stored) and computes (and caches) f32.
   const kvElt = o.device === 'cpu' ? 4 : o.kvCacheDtype === 'fp8' ? 1 : 2;
   const kvHeads = Math.max(1, c.numKvHeads / l.tp);
-  // With no explicit --kv-blocks the CPU backend sizes the cache for 8 full-context sequences.
-  const kvTokens = o.kvBlocks > 0 ? o.kvBlocks * o.kvBlockSize : 8 * c.maxPosition;
+  const windowGroup = kvWindowLayout(c).kind === 'group';
   // Ranks of equal slices (every replica's, every data-parallel copy) are planned once.
   const weightsOf = new Map<string, number>();
   const ranks = l.ranks.map((p) => {
     const key = `${p.tpRank}:${p.layerStart}:${p.layerEnd}`;
     const weightBytes = weightsOf.get(key) ?? rankWeightBytes(c, p, l.tp, o);
     weightsOf.set(key, weightBytes);
-    const kvBytes = kvTokens * (p.layerEnd - p.layerStart) * 2 * kvHeads * c.headDim * kvElt;
+    const layers = p.layerEnd - p.layerStart;
+    // With no explicit --kv-blocks the CPU backend sizes its own cache; a GPU's is what memory is
+    // left, counted here as 8 full-context sequences.
+    const blocks = o.kvBlocks > 0 ? o.kvBlocks
+      : o.device === 'cpu' ? cpuDefaultKvBlocks(c, kvHeads, o.kvBlockSize, layers) : Math.ceil((8 * c.maxPosition) / o.kvBlockSize);
+    // The windowed layers of a model that mixes them with global ones keep only their ring pool.
+    const windowBlocks = windowPoolBlocks(c, blocks, o.kvBlockSize, o.stepTokens ?? 0);
+    const windowed = windowGroup ? c.slidingLayers.slice(p.layerStart, p.layerEnd).filter(Boolean).length : 0;
+    const layerBlocks = (layers - windowed) * blocks + windowed * windowBlocks;
+    const kvBytes = layerBlocks * o.kvBlockSize * 2 * kvHeads * c.headDim * kvElt;
     const scratchBytes = stepScratchBytes(c, l.tp, o.stepTokens ?? 0, o.device);
     return { rank: p.rank, host: p.host, weightBytes, kvBytes, scratchBytes, totalBytes: weightBytes + kvBytes + scratchBytes + RESERVE };
   });

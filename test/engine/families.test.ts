@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { estimateMemory, windowPoolBlocks } from '../../src/coordinator/memory.js';
 import { Engine, KvGroups, generateAll } from '../../src/engine/index.js';
 import type { TokenizerLike } from '../../src/engine/index.js';
 import { loadAddon } from '../../src/native/addon.js';
@@ -88,6 +89,23 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
         }
       }, 120_000);
 
+      if (MIXED_WINDOWS.includes(family)) {
+        it('the launch-time memory estimate counts the KV pools the CPU backend allocates (its default size, the windowed layers\' ring pool)', async () => {
+          const e = await Engine.load(familyReference(family).dir, { device: 'cpu', maxStepTokens: 32 });
+          try {
+            const cfg = e.config, kvHeads = cfg.numKvHeads;
+            const sliding = cfg.slidingLayers.filter(Boolean).length;
+            expect(e.kvWindowBlocks).toBeLessThan(e.kvBlocks);
+            const actual = ((cfg.numLayers - sliding) * e.kvBlocks + sliding * e.kvWindowBlocks) * 16 * 2 * kvHeads * cfg.headDim * 4;
+            const rank = { rank: 0, host: 'h', localRank: 0, replica: 0, stage: 0, tpRank: 0, layerStart: 0, layerEnd: cfg.numLayers };
+            const est = estimateMemory(cfg, { tp: 1, pp: 1, ranks: [rank] }, { device: 'cpu', dtype: 'auto', kvBlocks: 0, kvBlockSize: 16, stepTokens: 32 });
+            expect(est.ranks[0]!.kvBytes).toBe(actual);
+          } finally {
+            e.dispose();
+          }
+        });
+      }
+
       if (family === 'mistral') {
         it('every layer windowed: a sequence far longer than the KV cache cycles through a ring of blocks, same tokens', async () => {
           const c = ref.cases[2]!;  // 27 ids
@@ -119,6 +137,8 @@ describe.skipIf(!hasTorch)('model families on cpu', () => {
             const sliding = e.config.slidingLayers.filter(Boolean).length;
             const layerBlocks = (e.config.numLayers - sliding) * e.kvBlocks + sliding * e.kvWindowBlocks;
             expect(layerBlocks).toBeLessThan(e.config.numLayers * 12);
+            // The launch-time estimate (--dry-run, the fit check) sizes the pools as the backend did.
+            expect(windowPoolBlocks(e.config, 12, 16, 32)).toBe(e.kvWindowBlocks);
             const [g] = await generateAll(e, idsOnly, [{ promptIds: c.ids, maxTokens: n, ignoreEos: true }]);
             expect(g!.tokenIds).toEqual(want);
             // The allocator's counts for that sequence, as the scheduler keeps them: every block in the global pool, the ring in the window pool.
