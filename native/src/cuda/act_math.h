@@ -26,8 +26,10 @@ __device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, bool rnd, 
 // both products rounded when rnd; the caller rounds the sums to the activation dtype.
 template <typename T>
 __device__ __forceinline__ void rope_rotate(float x1, float x2, float cs, float sn, bool rnd, float& o1, float& o2) {
-  o1 = round_if<T>(rnd, x1 * cs) + round_if<T>(rnd, -x2 * sn);
-  o2 = round_if<T>(rnd, x2 * cs) + round_if<T>(rnd, x1 * sn);
+  // Explicitly rounded products and sums: left to nvcc, a * b + c * d contracts into an FMA in some
+  // kernels and not in others, and the fused GEMV epilogue then differs from rope_kv_write by one unit.
+  o1 = __fadd_rn(round_if<T>(rnd, __fmul_rn(x1, cs)), round_if<T>(rnd, __fmul_rn(-x2, sn)));
+  o2 = __fadd_rn(round_if<T>(rnd, __fmul_rn(x2, cs)), round_if<T>(rnd, __fmul_rn(x1, sn)));
 }
 
 }  // namespace ns::cuda
