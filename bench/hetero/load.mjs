@@ -6,9 +6,11 @@
 //                     the previous one ends, for --duration s (those still running are cancelled)
 // Prompts are --prompt-len token ids derived from --salt (sent as ids, no tokenizer), --new-tokens
 // each, no EOS stop, class --priority (none: the server's default). Prints one JSON line: every
-// request's start, first-token and end times and tokens, and the tokens received per 100 ms bin
-// (epoch ms), so the caller can count tokens in any window.
+// request's id, start, first-token and end times and tokens, the tokens received per 100 ms bin
+// (epoch ms), so the caller can count tokens in any window, and this process's own event-loop delay
+// (a late client would show up as late first tokens).
 import { setMaxListeners } from 'node:events';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -41,6 +43,8 @@ function promptIds(k) {
   return Array.from({ length: promptLen }, (_, i) => 2 + ((i * 7919 + (k + salt * 100_003) * 104_729) % (vocab - 2)));
 }
 
+const loopDelay = monitorEventLoopDelay({ resolution: 1 });
+loopDelay.enable();
 const BIN_MS = 100;
 const bins = new Map();
 const requests = [];
@@ -48,10 +52,11 @@ const controller = new AbortController();
 setMaxListeners(0, controller.signal);  // one listener per stream of the flood
 
 async function one(k) {
-  const r = { start: Date.now(), first: null, end: null, tokens: 0, error: null };
+  const r = { id: null, start: Date.now(), first: null, end: null, tokens: 0, error: null };
   requests.push(r);
   try {
     for await (const m of client.generate({ promptIds: promptIds(k), maxTokens: newTokens, ignoreEos: true, ...priority }, { signal: controller.signal })) {
+      r.id ||= m.requestId;
       if (!m.tokenIds.length) continue;
       const now = Date.now();
       r.first ??= now;
@@ -89,4 +94,6 @@ if (a.mode === 'realtime') {
   process.exit(2);
 }
 client.close();
-process.stdout.write(JSON.stringify({ mode: a.mode, t0, until, requests, bins: [...bins].sort((x, y) => x[0] - y[0]) }) + '\n');
+const ms = (ns) => Math.round(ns / 1e3) / 1e3;
+const loop = { p50_ms: ms(loopDelay.percentile(50)), p99_ms: ms(loopDelay.percentile(99)), max_ms: ms(loopDelay.max) };
+process.stdout.write(JSON.stringify({ mode: a.mode, t0, until, loop, requests, bins: [...bins].sort((x, y) => x[0] - y[0]) }) + '\n');

@@ -32,7 +32,7 @@
 // Writes bench/results/hetero-<device>-<commit>.json (machine and its core topology, commit, every
 // phase with each CPU's busy share and the workers' core masks, the bars).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,6 +62,7 @@ const { values: a } = parseArgs({
     'alone-s': { type: 'string' },
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
+    trace: { type: 'boolean', default: false },
   },
 });
 const gpu = a.device === 'cuda';
@@ -88,6 +89,7 @@ function topology() {
 
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
+const { readTrace, timeline } = await import('./timeline.mjs');
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
@@ -148,12 +150,16 @@ const log = (line) => process.stderr.write(`bench/hetero: ${line}\n`);
 /** argv run on `cpus` (taskset) when pinning, else as is. */
 const on = (cpus, argv) => (cpus ? ['taskset', '-c', cpus, ...argv] : argv);
 
+/** With --trace, each launch's NODESPEED_REQUEST_TRACE file (timeline.mjs reads it after each mixed phase). */
+const traceFile = (name) => join(work, `${name}-trace.jsonl`);
+
 function launch(name, cpus) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
   const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
     '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const env = a.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: traceFile(name) } : process.env;
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   current = proc;
   let err = '';
   proc.stderr.on('data', (x) => (err += x));
@@ -179,6 +185,21 @@ function load(address, runs, cpus) {
   })));
 }
 
+/** With --trace: the mixed phase's timeline (where the realtime and the traced batch requests' TTFT went) and the event loops. */
+function traced(name, rt, fl) {
+  if (!a.trace) return {};
+  const tl = timeline(readTrace(traceFile(name)), { realtime: rt, batch: fl }, rt.t0, rt.until);
+  const s = tl.stages.realtime;
+  if (s) log(`  realtime timeline p50/p99 ms: ${Object.entries(s).filter(([k]) => k !== 'traced').map(([k, v]) => `${k} ${v.p50}/${v.p99}`).join(', ')}`);
+  log(`  event loops (delay p99 median ms, busy mean): ${Object.entries(tl.loops).map(([k, v]) => `${k} ${v.delay_p99_ms.p50} ${v.elu_mean}`).join(', ')}`);
+  return { timeline: tl };
+}
+
+/** With --trace: each process's event-loop delay and utilization while a load ran (a phase without a realtime stream). */
+function loops(name, run) {
+  return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops } : {};
+}
+
 const realtime = (s, priority = ['--priority', 'realtime']) => ['--mode', 'realtime', '--rate', String(o.rtRate), '--duration', String(s),
   '--prompt-len', String(o.rtPrompt), '--new-tokens', String(o.rtTokens), '--salt', '1', ...priority];
 const flood = (s, priority = ['--priority', 'batch']) => ['--mode', 'flood', '--concurrency', String(o.conc), '--duration', String(s),
@@ -195,9 +216,9 @@ const median = (xs) => {
 /** Median, min, max and (max - min) / median of some measurements. */
 const spread = (xs) => ({ values: xs, median: median(xs), min: Math.min(...xs), max: Math.max(...xs), rel_spread: (Math.max(...xs) - Math.min(...xs)) / median(xs) });
 
-/** TTFT percentiles of a realtime run's completed requests. */
-function ttft(r) {
-  const t = r.requests.filter((q) => q.first !== null).map((q) => q.first - q.start);
+/** TTFT percentiles of a realtime run's completed requests (those sent from `from` on, epoch ms). */
+function ttft(r, from = 0) {
+  const t = r.requests.filter((q) => q.first !== null && q.start >= from).map((q) => q.first - q.start);
   return { requests: r.requests.length, with_first_token: t.length, errors: r.requests.filter((q) => q.error).length,
     p50_ms: pct(t, 0.5), p90_ms: pct(t, 0.9), p99_ms: pct(t, 0.99), max_ms: pct(t, 1) };
 }
@@ -329,7 +350,7 @@ try {
       await settle();
       const t0 = cpuTimes();
       const [fl] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only'])], rest);
-      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0] };
+      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('hetero', fl) };
       result.phases.fast_alone.push(p);
       result.order.push('fast_alone');
       log(`fast alone #${result.phases.fast_alone.length}: ${p.total.tok_s.toFixed(1)} tok/s (CPU busy: rest ${p.cpu_busy_pct.rest_cpus_mean}%, slow ${p.cpu_busy_pct.slow_cpus_mean}%)`);
@@ -342,11 +363,13 @@ try {
       const busy = cpuBusy(t0);
       const st = await status(c.address);
       const after = replicaStats(st);
-      const p = { ttft: ttft(rt), total: tokS([rt, fl]), batch_requests: fl.requests.length, cpu_busy_pct: busy, loadavg_1m_at_end: loadavg()[0], classes: st.classes,
-        replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })) };
+      // ttft_steady: the requests sent in the throughput window (from 3 s after both loads started), past the flood's first burst.
+      const p = { ttft: ttft(rt), ttft_steady: ttft(rt, Math.max(rt.t0, fl.t0) + 3000), total: tokS([rt, fl]), batch_requests: fl.requests.length, cpu_busy_pct: busy, loadavg_1m_at_end: loadavg()[0], classes: st.classes,
+        replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })),
+        load_loop_delay: { realtime: rt.loop, flood: fl.loop }, ...traced('hetero', rt, fl) };
       result.phases.hetero_mixed.push(p);
       result.order.push('hetero_mixed');
-      log(`hetero mixed #${result.phases.hetero_mixed.length}: realtime TTFT p99 ${p.ttft.p99_ms} ms, total ${p.total.tok_s.toFixed(1)} tok/s ` +
+      log(`hetero mixed #${result.phases.hetero_mixed.length}: realtime TTFT p99 ${p.ttft.p99_ms} ms (from 3 s on: ${p.ttft_steady.p99_ms}), total ${p.total.tok_s.toFixed(1)} tok/s ` +
         `(slow replicas generated ${p.replicas.filter((r) => r.group === 'slow').map((r) => r.generated_in_phase).join(' + ')}; CPU busy: rest ${busy.rest_cpus_mean}%, slow ${busy.slow_cpus_mean}%)`);
     };
     // ABBA: F M, M F, F M, ...
@@ -354,14 +377,14 @@ try {
     await settle();
     t = cpuTimes();
     const [sl] = await load(c.address, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
-    result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', sl) };
     log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
     // Both floods at once and no realtime stream: what the CPU replicas' work alone costs the fast
     // replica (against fast_alone + slow_alone), apart from what the realtime stream costs it.
     await settle();
     t = cpuTimes();
     const [bf, bs] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only']), flood(o.mixedS, ['--priority', 'slow_only'])], rest);
-    result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', bf) };
     log(`both floods, no realtime: fast ${result.phases.both_floods.fast.tok_s.toFixed(1)} + slow ${result.phases.both_floods.slow.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -372,12 +395,13 @@ try {
     await warm(c.address);
     let t = cpuTimes();
     const [fl] = await load(c.address, [flood(o.mixedS, [])]);
-    result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('fast', fl) };
     log(`fast alone, its own launch, unpinned: ${result.phases.fast_alone_separate.total.tok_s.toFixed(1)} tok/s`);
     await settle();
     t = cpuTimes();
     const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
-    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
+    result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0],
+      load_loop_delay: { realtime: rt.loop, flood: fl2.loop }, ...traced('fast', rt, fl2) };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -390,6 +414,7 @@ try {
   const need = fastS.median + 0.8 * slow;
   const ttftRatio = ttftS.median / p.realtime_alone.ttft.p99_ms;
   result.summary = { fast_alone_tok_s: fastS, hetero_mixed_tok_s: mixedS, hetero_mixed_ttft_p99_ms: ttftS, slow_alone_tok_s: slow,
+    hetero_mixed_ttft_steady_p99_ms: spread(p.hetero_mixed.map((x) => x.ttft_steady.p99_ms)),
     // Each mixed phase against the fast-alone phase next to it (the same ABBA pair).
     paired_mixed_minus_fast_tok_s: mixedS.values.map((m, i) => m - fastS.values[i]) };
   result.bars = {
@@ -414,6 +439,8 @@ try {
   log(`failed: ${err.message}`);
 } finally {
   result.machine.loadavg_at_end = loadavg();
-  rmSync(work, { recursive: true, force: true });
   write();
+  // --trace: the raw timelines go next to the result (FILE.hetero-trace.jsonl, FILE.fast-trace.jsonl).
+  if (a.trace) for (const name of ['hetero', 'fast']) if (existsSync(traceFile(name))) copyFileSync(traceFile(name), `${file}.${name}-trace.jsonl`);
+  rmSync(work, { recursive: true, force: true });
 }

@@ -28,7 +28,10 @@ import type { ApiMetrics } from './metrics.js';
 import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
-import type { Router } from './router.js';
+import { AdmissionQueue } from './admission.js';
+import { CoalescingWriter } from '../protocol/coalesce.js';
+import { nowMs, requestTrace } from '../protocol/request-trace.js';
+import type { Route, Router } from './router.js';
 
 export class InvalidRequestError extends Error {
   constructor(readonly field: string, message: string) {
@@ -200,6 +203,37 @@ export interface ApiOptions {
 
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
+/**
+ * A stream's messages gathered while its previous write was going out, as fewer messages: each run
+ * of one sequence's updates from one replica becomes one update (its tokens, text and logprobs in
+ * order, from the index of its first), as a client that reads slower than the tokens come sees them.
+ */
+export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
+  const out: GenerateResponseIn[] = [];
+  const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
+    p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
+  for (let i = 0; i < ms.length;) {
+    // ms[i..j) is one run; it becomes its last message with the run's tokens, text and logprobs from ms[i]'s index.
+    let j = i + 1;
+    while (j < ms.length && joins(ms[j - 1]!, ms[j]!)) j++;
+    if (j === i + 1) out.push(ms[i]!);
+    else {
+      const tokenIds: number[] = [];
+      const texts: string[] = [];
+      const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
+      for (let k = i; k < j; k++) {
+        const m = ms[k]!;
+        for (const t of m.tokenIds ?? []) tokenIds.push(t);
+        texts.push(m.text ?? '');
+        for (const l of m.logprobs ?? []) logprobs.push(l);
+      }
+      out.push({ ...ms[j - 1]!, index: ms[i]!.index, tokenIds, text: texts.join(''), logprobs });
+    }
+    i = j;
+  }
+  return out;
+}
+
 // A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
 // this marker instead, and the handler answers INVALID_ARGUMENT naming the limit (gRPC's own
 // message-size refusal, for what exceeds the transport's ceiling, is RESOURCE_EXHAUSTED).
@@ -230,6 +264,9 @@ export interface Admitted {
 }
 
 export class InferenceApi {
+  /** Validated requests wait here for their turn to be admitted, most urgent first (admission.ts). */
+  readonly admission = new AdmissionQueue();
+
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
 
@@ -270,7 +307,7 @@ export class InferenceApi {
    * class may use can take them. The sink gets every sequence's tokens; the first failure cancels
    * the others and fails the request.
    */
-  admitChoices(prompts: ValidRequest[], sink: ChoicesSink): Admitted | Status {
+  admitChoices(prompts: ValidRequest[], sink: ChoicesSink, arrivedAt = nowMs()): Admitted | Status {
     const total = prompts.reduce((a, p) => a + p.n, 0);
     if (!this.router.anyAlive()) return this.counted({ code: grpc.status.UNAVAILABLE, details: 'no replica is serving' });
     const counters: ClassCounters[] = prompts.map((p) => this.router.stats.of(p.sched.cls));
@@ -278,8 +315,9 @@ export class InferenceApi {
       for (const c of new Set(counters)) c.rejected++;
       return this.counted(s) as Status;
     };
-    if (this.store.size + total > this.o.maxQueue)
-      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${this.store.size} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const inFlight = this.store.size + this.admission.size;
+    if (inFlight + total > this.o.maxQueue)
+      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` });
     const m = this.o.metrics;
     const records: RequestRecord[] = [];
     let failed = false;
@@ -309,14 +347,24 @@ export class InferenceApi {
       }
     });
     // A prompt's sequences share its budget and class: its first tells whether any replica can take them.
+    // Each prompt's first sequence is routed as chosen here (the router's estimate is the costly part of admission).
+    const firstRoutes = new Map<RequestRecord, Route>();
     let at = 0;
     for (const p of prompts) {
       const route = this.router.choose(records[at]!);
       if ('exhausted' in route) return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: route.exhausted });
+      firstRoutes.set(records[at]!, route);
       at += p.n;
     }
     for (const r of records) this.store.add(r);
-    for (const r of records) this.router.submit(r);
+    const trace = requestTrace('coord');
+    for (const r of records) {
+      if (trace?.wants(r.sched.cls.rank, r.id)) {
+        r.traced = true;
+        trace.event(r.id, 'arrive', { cls: r.sched.cls.name }, arrivedAt);
+      }
+    }
+    for (const r of records) this.router.submit(r, firstRoutes.get(r));
     return this.counted(admitted);
   }
 
@@ -324,7 +372,7 @@ export class InferenceApi {
    * Validates one gRPC request (its prompt is tokenized off the event loop meanwhile) and admits
    * its sequences; null when the client left while it was being validated (nothing is admitted).
    */
-  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean): Promise<Admitted | Status | null> {
+  private async accept(req: GenerateRequest, md: grpc.Metadata, sink: ChoicesSink, gone: () => boolean, arrivedAt: number): Promise<Admitted | Status | null> {
     const denied = this.authorize(md);
     if (denied) return this.counted(denied);
     const tooLarge = oversizeOf(req);
@@ -338,7 +386,9 @@ export class InferenceApi {
       throw err;
     }
     if (gone()) return null;
-    return this.admitChoices([v], sink);
+    await this.admission.turn(v.sched.priority);
+    if (gone()) return null;
+    return this.admitChoices([v], sink, arrivedAt);
   }
 
   /**
@@ -347,13 +397,14 @@ export class InferenceApi {
    */
   private serve(call: grpc.ServerUnaryCall<GenerateRequest, unknown> | grpc.ServerWritableStream<GenerateRequest, unknown>, sink: ChoicesSink,
     admitted: (a: Admitted) => void, refuse: (s: Status) => void): void {
+    const arrivedAt = nowMs();
     let a: Admitted | undefined;
     let cancelled = false;
     call.on('cancelled', () => {
       cancelled = true;
       a?.cancel('client cancelled or deadline exceeded');
     });
-    void this.accept(call.request, call.metadata, sink, () => cancelled).then((r) => {
+    void this.accept(call.request, call.metadata, sink, () => cancelled, arrivedAt).then((r) => {
       if (r && 'records' in r) admitted((a = r));
       else if (r) refuse(r);
     }, (err: unknown) => refuse({ code: grpc.status.INTERNAL, details: (err as Error).message }));
@@ -362,17 +413,18 @@ export class InferenceApi {
   private generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponseIn>): void {
     let admitted: Admitted | undefined;
     let open = 0;
+    const out = new CoalescingWriter<GenerateResponseIn>((m, done) => call.write(m, done), mergeResponses);
     const sink: ChoicesSink = {
       update: (choice, u) => {
         const last = u.finishReason !== NOT_FINISHED;
         if (!u.tokenIds.length && !u.text && !last) return;
         const rec = admitted?.records[choice];
-        call.write({
+        out.send({
           tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? [],
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
           requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
         });
-        if (last && --open === 0) call.end();
+        if (last && --open === 0) out.whenIdle(() => call.end());  // after the merged messages still going out
       },
       fail: (code, details) => call.emit('error', { code, details }),
     };
@@ -426,7 +478,7 @@ export class InferenceApi {
         kvBlocksTotal: r.load?.kvBlocksTotal ?? r.kvBlocks, kvBlocksFree: r.load?.kvBlocksFree ?? r.kvBlocks,
         kvBlockSize: r.kvBlockSize, steps: r.load?.steps ?? '0', generatedTokens: r.load?.generatedTokens ?? '0',
         recentStepBatch: r.load?.recentStepBatch ?? [], maxStepBatch: r.load?.maxStepBatch ?? 0, ranks: r.ranks,
-        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.onReplica(r.id).length, tp: r.tp, pp: r.pp,
+        maxInFlight: r.load?.maxInFlight ?? 0, requests: this.store.countOn(r.id), tp: r.tp, pp: r.pp,
         precision: r.precision,
         group: groupOf(layout, r.id).name, preemptions: r.load?.preemptions ?? 0,
         stepMs: r.load && r.load.stepMsBase + r.load.stepMsPerToken > 0 ? r.load.stepMsBase + r.load.stepMsPerToken * (r.load.running || 1) : 0,

@@ -65,38 +65,94 @@ function prefillMs(m: ReplicaModel, tokens: number, batch: number): number {
   return ms;
 }
 
+interface Run { job: Job; endMs: number }
+
+/** The batch of the replay, as a min-heap on endMs: the next to finish is taken in O(log n) (a routing replays hundreds). */
+class Batch {
+  private readonly h: Run[] = [];
+
+  get length(): number {
+    return this.h.length;
+  }
+
+  push(r: Run): void {
+    const h = this.h;
+    let i = h.push(r) - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (h[p]!.endMs <= r.endMs) break;
+      h[i] = h[p]!;
+      i = p;
+    }
+    h[i] = r;
+  }
+
+  /** Takes the run that ends first. */
+  pop(): Run {
+    const h = this.h;
+    const top = h[0]!;
+    const last = h.pop()!;
+    if (h.length) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= h.length) break;
+        const c = l + 1 < h.length && h[l + 1]!.endMs < h[l]!.endMs ? l + 1 : l;
+        if (h[c]!.endMs >= last.endMs) break;
+        h[i] = h[c]!;
+        i = c;
+      }
+      h[i] = last;
+    }
+    return top;
+  }
+}
+
 export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimate {
   const total = m.kvBlocks;
   const seats = m.maxSeqs > 0 ? m.maxSeqs : Number.MAX_SAFE_INTEGER;
   const need = blocks(m, q.budgetTokens);
   const fits = total <= 0 || need <= total;
   const byOrder = (a: Job, b: Job) => a.priority - b.priority || a.order - b.order;
-  // Those it would preempt do not count; among the rest, those queued behind it do not either.
-  const ahead = onReplica.filter((j) => j.classRank <= q.classRank && (j.started || byOrder(j, q) < 0)).sort(byOrder);
-  const waitingAll = onReplica.filter((j) => !j.started).length;
+  // One pass (a routing estimates every replica, each with hundreds of requests under a flood): the
+  // batch, and the queue ahead of it. Those it would preempt do not count; among the rest, those
+  // queued behind it do not either.
+  let waitingAll = 0;
+  let batch = 0;
+  const streaming: Job[] = [];
+  const queue: Job[] = [];
+  let sorted = true;
+  for (const j of onReplica) {
+    if (j.started) batch++;
+    else waitingAll++;
+    if (j.classRank > q.classRank) continue;
+    if (j.started) streaming.push(j);
+    else if (byOrder(j, q) < 0) {
+      if (sorted && queue.length && byOrder(queue[queue.length - 1]!, j) > 0) sorted = false;
+      queue.push(j);
+    }
+  }
+  // The store keeps them in routing order, which is queue order but for replays and priorities.
+  if (!sorted) queue.sort(byOrder);
   const queueFull = waitingAll >= m.maxQueue;
-  const batch = onReplica.filter((j) => j.started).length;
   const decodeMs = stepMs(m, batch);
   if (!fits) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
   if (total <= 0) return { ttftMs: decodeMs + prefillMs(m, q.prefillTokens, batch), admitNow: true, fits, queueFull };
 
   // The batch now: what streams, then the queue in order while it fits (stopping at the first that does not).
-  interface Run { job: Job; endMs: number }
-  const running: Run[] = [];
+  const running = new Batch();
   let used = 0;
-  const queue: Job[] = [];
-  for (const j of ahead) {
-    if (j.started) {
-      running.push({ job: j, endMs: j.remainingTokens * decodeMs });
-      used += blocks(m, j.budgetTokens);
-    } else queue.push(j);
+  for (const j of streaming) {
+    running.push({ job: j, endMs: j.remainingTokens * decodeMs });
+    used += blocks(m, j.budgetTokens);
   }
   queue.push(q);
   let now = 0;
   let admitNow = true;
+  let head = 0;
   for (;;) {
-    while (queue.length && running.length < seats && used + blocks(m, queue[0]!.budgetTokens) <= total) {
-      const j = queue.shift()!;
+    while (head < queue.length && running.length < seats && used + blocks(m, queue[head]!.budgetTokens) <= total) {
+      const j = queue[head++]!;
       const first = now + decodeMs + prefillMs(m, j.prefillTokens, running.length);
       if (j === q) return { ttftMs: first, admitNow, fits, queueFull };
       running.push({ job: j, endMs: first + Math.max(0, j.remainingTokens - 1) * decodeMs });
@@ -105,9 +161,7 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
     if (!running.length) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
     // The one closest to its end finishes and frees its blocks and seat.
     admitNow = false;
-    let k = 0;
-    for (let i = 1; i < running.length; i++) if (running[i]!.endMs < running[k]!.endMs) k = i;
-    const done = running.splice(k, 1)[0]!;
+    const done = running.pop();
     now = Math.max(now, done.endMs);
     used -= blocks(m, done.job.budgetTokens);
   }

@@ -259,6 +259,10 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private onMessage(w: WorkerConn, m: WorkerMessage): void {
+    if (m.msg === 'batch') {
+      for (const x of m.batch.messages) this.onMessage(w, x as WorkerMessage);
+      return;
+    }
     if (w.state === 'lost') {
       // Declared lost (a hang that ended, a SIGCONT): its replica moved on without it. It cannot
       // rejoin any epoch on this stream; ending the stream makes it exit.

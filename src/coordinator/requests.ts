@@ -67,6 +67,8 @@ export class RequestRecord {
   pendingSince: number | undefined;
   /** How many times a failover moved it. */
   replays = 0;
+  /** Its timeline goes to NODESPEED_REQUEST_TRACE. */
+  traced = false;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,
     readonly sched: RequestScheduling) {}
@@ -74,6 +76,8 @@ export class RequestRecord {
 
 export class RequestStore {
   private readonly records = new Map<string, RequestRecord>();
+  /** Live requests by the replica they run on (the router reads it for every routing: no scan of all). */
+  private readonly byReplica = new Map<number, Set<RequestRecord>>();
   private nextId = 1;
   /** Requests that ended (finished, failed or cancelled). */
   completed = 0;
@@ -100,7 +104,26 @@ export class RequestStore {
   }
 
   onReplica(replica: number): RequestRecord[] {
-    return [...this.records.values()].filter((r) => r.replica === replica);
+    return [...this.on(replica)];
+  }
+
+  /** The live requests on `replica`, not copied (not to be changed while iterated). */
+  on(replica: number): Iterable<RequestRecord> {
+    return this.byReplica.get(replica) ?? [];
+  }
+
+  /** How many live requests run on `replica`. */
+  countOn(replica: number): number {
+    return this.byReplica.get(replica)?.size ?? 0;
+  }
+
+  private place(r: RequestRecord, replica: number | null): void {
+    if (r.replica !== null) this.byReplica.get(r.replica)?.delete(r);
+    r.replica = replica;
+    if (replica === null) return;
+    let on = this.byReplica.get(replica);
+    if (!on) this.byReplica.set(replica, (on = new Set()));
+    on.add(r);
   }
 
   pendingCount(): number {
@@ -118,7 +141,7 @@ export class RequestStore {
   /** queued → running on `replica`. */
   route(r: RequestRecord, replica: number): void {
     r.status = transition(r.status, RequestStatus.RUNNING);
-    r.replica = replica;
+    this.place(r, replica);
     r.started = false;
     r.pendingSince = undefined;
   }
@@ -137,7 +160,7 @@ export class RequestStore {
   /** running or preempted → queued: its replica was lost; it is replayed from its prompt and the tokens streamed. */
   requeue(r: RequestRecord, now = Date.now()): void {
     r.status = transition(r.status, RequestStatus.QUEUED);
-    r.replica = null;
+    this.place(r, null);
     r.started = false;
     r.pendingSince = now;
     r.replays++;
@@ -151,6 +174,7 @@ export class RequestStore {
     if (isFinished(r.status) || this.records.get(r.id) !== r) return false;
     r.status = transition(r.status, end.status);
     this.records.delete(r.id);
+    if (r.replica !== null) this.byReplica.get(r.replica)?.delete(r);
     this.completed++;
     if (end.status === RequestStatus.FINISHED) {
       r.finishReason = end.last.finishReason;

@@ -27,6 +27,7 @@ import type { Job, ReplicaModel } from './estimate.js';
 import { numericsOf } from './layout.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
+import { requestTrace } from '../protocol/request-trace.js';
 
 /** Where a request goes: a replica (overflow: not its class's first group), nowhere yet, or nowhere. */
 export type Route =
@@ -51,6 +52,7 @@ export class Router {
   readonly stats: ClassStats;
   private readonly log: (line: string) => void;
   private settling: NodeJS.Timeout | undefined;
+  private readonly trace = requestTrace('coord');
 
   constructor(private readonly members: Membership, private readonly store: RequestStore, readonly classes: ClassTable,
     private readonly o: RouterOptions) {
@@ -95,8 +97,9 @@ export class Router {
         const r = this.members.replicas[id]!;
         if (r.state !== 'serving' || (pinned && this.numerics(r) !== pinned)) continue;
         serving++;
-        const mine = this.store.onReplica(r.id).filter((x) => x !== rec);
-        const e = estimateTtft(this.model(r), mine.map((x) => this.job(x)), this.job(rec));
+        const mine: Job[] = [];
+        for (const x of this.store.on(r.id)) if (x !== rec) mine.push(this.job(x));
+        const e = estimateTtft(this.model(r), mine, this.job(rec));
         if (!e.fits) {
           refusals.add(`needs ${Math.ceil((rec.promptIds.length + rec.params.maxTokens) / (r.kvBlockSize || 16))} KV blocks, ` +
             `replica ${r.id} (${this.members.layout.groups[gi]!.name}) has ${this.model(r).kvBlocks}`);
@@ -146,6 +149,7 @@ export class Router {
       submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens,
         priority: rec.sched.priority, classRank: rec.sched.cls.rank },
     });
+    if (rec.traced) this.trace?.event(rec.id, 'routed', { replica: route.replica.id, group: route.group, backlog: driver.backlog });
     return route;
   }
 
@@ -184,6 +188,7 @@ export class Router {
       if (u.preempted) {
         if (rec.status === RequestStatus.RUNNING) this.store.preempt(rec);
         counters.preemptions++;
+        if (rec.traced) this.trace?.event(rec.id, 'preempted');
         continue;
       }
       // Tokens the client already has (a replay re-sends from an earlier index) are dropped here.
@@ -194,9 +199,11 @@ export class Router {
       }
       if (rec.status === RequestStatus.PREEMPTED) this.store.resume(rec);
       const fresh = u.tokenIds.slice(skip);
+      const first = fresh.length > 0 && rec.firstTokenAt === undefined;
       if (fresh.length) {
         const now = Date.now();
         if (rec.firstTokenAt === undefined) {
+          if (rec.traced) this.trace?.event(rec.id, 'first_in');
           rec.firstTokenAt = now;
           counters.ttft.add(now - rec.createdAt, now);
         } else if (rec.lastTokenAt !== undefined) {
@@ -216,7 +223,9 @@ export class Router {
       else if (this.store.finish(rec, { status: RequestStatus.FINISHED, last: update })) {
         counters.finished++;
         ended = true;
+        if (rec.traced) this.trace?.event(rec.id, 'end', { tokens: rec.tokens.length });
       }
+      if (first && rec.traced) this.trace?.event(rec.id, 'first_out');
     }
     // A request that ended made room: requests waiting for one (full queues, an exact replay) try
     // again, unless a loss's replays are still settling (the settle's own dispatch places them all).

@@ -2,6 +2,7 @@
 import type { Precision } from '../model/precision.js';
 import type * as grpc from '@grpc/grpc-js';
 
+import { CoalescingWriter, batches } from '../protocol/coalesce.js';
 import type { Join, OutgoingCoordinatorMessage, ReplicaLoad, WorkerMessage } from '../protocol/control.js';
 import type { RankPlan } from './layout.js';
 
@@ -32,7 +33,17 @@ export class WorkerConn {
    * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
    * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {}
+  /** What the coordinator sends while a write to this worker is in flight goes out in one batch after it. */
+  private readonly out: CoalescingWriter<OutgoingCoordinatorMessage>;
+
+  constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {
+    this.out = new CoalescingWriter((m, done) => call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
+  }
+
+  /** Messages waiting for the write in flight (NODESPEED_REQUEST_TRACE shows it). */
+  get backlog(): number {
+    return this.out.backlog;
+  }
 
   get rank(): number {
     return this.plan.rank;
@@ -41,18 +52,21 @@ export class WorkerConn {
   send(m: OutgoingCoordinatorMessage): void {
     if (this.state === 'lost') return;
     try {
-      this.call.write(m);
+      this.out.send(m);
     } catch {
       // The stream is closing; its 'end'/'error' handler marks the worker lost.
     }
   }
 
+  /** Ends the stream once what was sent has been written. */
   close(): void {
-    try {
-      this.call.end();
-    } catch {
-      /* already closed */
-    }
+    this.out.whenIdle(() => {
+      try {
+        this.call.end();
+      } catch {
+        /* already closed */
+      }
+    });
   }
 }
 

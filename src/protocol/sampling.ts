@@ -61,8 +61,22 @@ export function parseSamplingNumber(field: NumericSamplingField, raw: unknown): 
 }
 
 /** The seed from a number, bigint or decimal text; absent (undefined or null) draws a random one. */
+// Random seeds are drawn from a pool filled 512 at a time: one getrandom call per request cost as
+// much as routing it under a flood.
+let seedPool = Buffer.alloc(0);
+let seedAt = 0;
+function randomSeed(): bigint {
+  if (seedAt + 8 > seedPool.length) {
+    seedPool = randomBytes(4096);
+    seedAt = 0;
+  }
+  const s = seedPool.readBigUInt64LE(seedAt);
+  seedAt += 8;
+  return s;
+}
+
 export function parseSeed(raw: unknown): bigint {
-  if (raw === undefined || raw === null) return randomBytes(8).readBigUInt64LE(0);
+  if (raw === undefined || raw === null) return randomSeed();
   let s: bigint | undefined;
   if (typeof raw === 'bigint') s = raw;
   else if (typeof raw === 'number' && Number.isSafeInteger(raw)) s = BigInt(raw);

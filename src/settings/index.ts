@@ -115,6 +115,7 @@ export const REGISTRY = {
   cudaProfileStep: integer('NODESPEED_CUDA_PROFILE_STEP', undefined, 'bracket the N-th CUDA step (0-based) with cudaProfilerStart/Stop for `ncu --profile-from-start off`',
     { ...workerDebug, min: 0, defaultText: 'off' }),
   stepTrace: text('NODESPEED_STEP_TRACE', 'path', 'the replica driver appends one JSON line per step to this file (bench/serve reads it)', workerDebug),
+  requestTrace: text('NODESPEED_REQUEST_TRACE', 'path', 'the coordinator and each replica driver append requests\' timelines (arrival to first token sent) and their event-loop delay to this file (bench/hetero reads it)', workerDebug),
 
   // Settings of one process or host.
   authToken: text('NODESPEED_AUTH_TOKEN', 'string', 'bearer token of the API: launch requires it, status and generate --server send it (or --auth-token-file); never passed to workers',

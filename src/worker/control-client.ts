@@ -11,6 +11,7 @@ import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
 import { probeLiveness } from '../protocol/liveness.js';
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
+import { CoalescingWriter, batches } from '../protocol/coalesce.js';
 import type {
   Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
 } from '../protocol/control.js';
@@ -30,6 +31,8 @@ export class ControlClient extends EventEmitter<ControlEvents> {
   epoch = '0';
   private readonly client: ControlStub;
   private readonly call: grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
+  /** What the worker sends while a write is in flight goes out in one batch after it. */
+  private readonly out: CoalescingWriter<OutgoingWorkerMessage>;
   private readonly rendezvous = new Map<string, { resolve: (payloads: Buffer[]) => void; reject: (err: Error) => void }>();
   private beating = true;
   private heartbeat: NodeJS.Timeout | undefined;
@@ -57,10 +60,11 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     }) as unknown as ControlStub;
     // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
     this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
+    this.out = new CoalescingWriter((m, done) => this.call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
     this.call.on('error', (err: Error) => this.finish(err));
     this.call.on('end', () => this.finish(null));
-    this.call.write({ join });
+    this.out.send({ join });
     this.startHeartbeat(heartbeatMs);
   }
 
@@ -97,6 +101,9 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     this.lastHeard = Date.now();
     this.excused = false;
     switch (m.msg) {
+      case 'batch':
+        for (const x of m.batch.messages) this.onMessage(x as CoordinatorMessage);
+        return;
       case 'assignment':
         this.epoch = m.assignment.epoch;
         this.timeoutMs = m.assignment.heartbeatTimeoutMs;
@@ -145,7 +152,12 @@ export class ControlClient extends EventEmitter<ControlEvents> {
 
   send(m: OutgoingWorkerMessage): void {
     if (this.closed) return;
-    this.call.write(m);
+    this.out.send(m);
+  }
+
+  /** Messages waiting for the write in flight (NODESPEED_REQUEST_TRACE shows it). */
+  get backlog(): number {
+    return this.out.backlog;
   }
 
   /** Sends this member's blob of `group` and resolves with every member's, by group rank. */
@@ -157,16 +169,20 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     });
   }
 
+  /** Ends the stream once what was sent has been written, and closes the channel. */
   close(): void {
     clearInterval(this.heartbeat);
-    if (!this.closed) {
-      this.closed = true;
-      try {
-        this.call.end();
-      } catch {
-        /* already closed */
+    const wasOpen = !this.closed;
+    this.closed = true;
+    this.out.whenIdle(() => {
+      if (wasOpen) {
+        try {
+          this.call.end();
+        } catch {
+          /* already closed */
+        }
       }
-    }
-    this.client.close();
+      this.client.close();
+    });
   }
 }

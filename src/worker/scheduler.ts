@@ -30,6 +30,7 @@ import { FinishReason, RequestStatus, isFinished, transition } from '../protocol
 import { samplingFromWire } from '../protocol/sampling.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { StepSeq } from '../native/addon.js';
+import { requestTrace } from '../protocol/request-trace.js';
 
 const { QUEUED, RUNNING, PREEMPTED, FINISHED, CANCELLED } = RequestStatus;
 
@@ -64,6 +65,8 @@ interface Seq {
   inFlight: number;
   /** Its KV block tables, fixed at admission (the whole budget is reserved then): built once, not per step. */
   tables?: SeqTables;
+  /** Traced (NODESPEED_REQUEST_TRACE): the timeline events it has had ('planned', 'sampled', 'sent' are traced once). */
+  traced?: Set<string>;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -114,6 +117,7 @@ export class Scheduler {
   private arrivals = 0;
   /** `preempted` updates for the coordinator, sent with the next settle(). */
   private notices: TokenUpdate[] = [];
+  private readonly trace = requestTrace('worker');
 
   /**
    * `window`: the KV groups' window and the windowed layers' own pool, as the engine keeps them (Engine.kvGroups).
@@ -164,6 +168,10 @@ export class Scheduler {
       feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);
     this.enqueue(seq);
+    if (this.trace?.wants(seq.classRank, seq.id)) {
+      seq.traced = new Set();
+      this.trace.event(seq.id, 'recv', { waiting: this.waiting.length, running: this.running.length });
+    }
     return null;
   }
 
@@ -222,7 +230,15 @@ export class Scheduler {
       seq.tables = this.alloc.allocate(seq.id, seq.budget, this.longest(seq));
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
+      if (seq.traced) this.trace?.event(seq.id, 'admitted', { waiting: this.waiting.length, running: this.running.length, preemptions: this.preemptions });
     }
+  }
+
+  /** A traced sequence's first event of this kind. */
+  private once(seq: Seq, ev: string, details?: Record<string, unknown>): void {
+    if (!seq.traced || seq.traced.has(ev)) return;
+    seq.traced.add(ev);
+    this.trace?.event(seq.id, ev, details);
   }
 
   /** Blocks preempted sequences still hold while a planned step uses them (free once it completes), per pool. */
@@ -337,6 +353,7 @@ export class Scheduler {
       const sample = n === left;
       members.push({ seq, n, sample });
       seq.inFlight++;
+      if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n });
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
@@ -406,6 +423,7 @@ export class Scheduler {
       if (!sample) continue;
       seq.feed.push(token);
       seq.out.push(token);
+      if (seq.traced) this.once(seq, 'sampled');
       if (seq.stop.endsWith(token)) seq.status = transition(seq.status, FINISHED);
       const k = seq.params.logprobs;
       applied.push(k >= 0 && logprobs ? { seq, token, logprobs: tokenLogprobs(logprobs, j - 1, k) } : { seq, token });
@@ -425,6 +443,7 @@ export class Scheduler {
       const upd = seq.stop.push(token);
       const fresh = seq.stop.tokens.slice(before);
       this.generated += fresh.length;
+      if (seq.traced && fresh.length) this.once(seq, 'sent');
       // EOS and stop token ids end the sequence without joining its output, nor do their logprobs.
       updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
         finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false,

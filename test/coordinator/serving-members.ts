@@ -15,7 +15,8 @@ export function servingMembers(layout: Layout, kvBlocks: number, log: (line: str
   const sent: OutgoingCoordinatorMessage[][] = members.replicas.map(() => []);
   for (const replica of members.replicas) {
     const plan = layout.ranks[replica.ranks[0]!]!;
-    const call = { write: (m: OutgoingCoordinatorMessage) => sent[replica.id]!.push(m), end: () => {} } as unknown as ControlCall;
+    // Each write goes out at once (the callback a real stream calls once the message is written).
+    const call = { write: (m: OutgoingCoordinatorMessage, done?: () => void) => { sent[replica.id]!.push(m); done?.(); }, end: () => {} } as unknown as ControlCall;
     const w = new WorkerConn(plan, { token: 't', rank: plan.rank, host: 'localhost', pid: 1, device: null, listenAddresses: [] }, call, '1');
     w.state = 'serving';
     members.workers.set(plan.rank, w);

@@ -10,15 +10,16 @@
 //     code and scale equal to the host quantizer's (common/quant.h: f32_to_e4m3(x / s));
 //  3. cuBLASLt's E4M3 GEMM with the per-row scales applied by cuBLASLt (lt_gemm.cu fp8_scaled, the
 //     W8A8 path of matmul_fp8 for > 4 rows: 5..300 rows, not padded; bf16, f32 and accumulated into
-//     f32; first heuristic choice and the algorithm tune_fp8 measured; nothing written past y's M
-//     rows), and the fallback without it (rows padded to 16, f32 out, fp8_epilogue): against the
-//     double product;
+//     f32; first heuristic choice, and at M = 64 the form tune_fp8 timed faster (scaled, or f32 +
+//     fp8_epilogue, whole or split over K) and the f32 form's measured plan; nothing written past y's M rows), and the
+//     fallback without it (rows padded to 16, f32 out, fp8_epilogue): against the double product;
 //  4. dequantize: int8 and E4M3 x scale, bit-exact against the host;
 //     rmsnorm_quant and swiglu_quant (quant_act.cu): every E4M3 code and scale equal to rmsnorm /
 //     swiglu followed by quantize_act (dynamic, capped and static scales, bf16 and fp16);
 //  5. rope_kv_write into an E4M3 cache: every byte equal to e4m3(bf16 value / scale) of the same step
 //     written into a bf16 cache (the vector kernel, head_dim 128, and the scalar one, head_dim 72);
-//  6. attention (flash tiles + SIMT tokens, and SIMT only) over an E4M3 cache against the same step
+//  6. attention (flash tiles + SIMT tokens, and SIMT only, split keys and one block a (token, head);
+//     every form of the E4M3 decode kernel; block sizes 16 and 12) over an E4M3 cache against the same step
 //     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
 //     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points);
 //  7. the quantized MoE experts (moe_quant.cu): grouped GEMV gated / down with the shared expert,
@@ -474,36 +475,54 @@ void check_fp8_scaled_gemm() {
       uint8_t* dx = upload(x);
       float* dws = upload(ws);
       float* dxs = upload(xs);
-      // bf16 out, f32 out, f32 accumulated onto 0.25 (the residual stream); M = 64 planned by tune_fp8 first.
+      // bf16 out, f32 out, f32 accumulated onto 0.25 (the residual stream); M = 64 planned by tune_fp8
+      // first, which times the scaled form against the f32 one + epilogue and keeps the faster: the
+      // product is then run as matmul_fp8 runs it (scaled, or, where declined, f32 + fp8_epilogue with
+      // the algorithm tune_fp8 measured), and the f32 form's tuned algorithm is checked either way.
       for (int mode = 0; mode < 3; ++mode) {
         const LtGemm::Fp8 shape{M, N, K, mode == 0 ? CUDA_R_16BF : CUDA_R_32F, mode == 2};
+        const GemvOut out = mode == 0 ? GemvOut::Act : mode == 1 ? GemvOut::F32 : GemvOut::AddResidual;
         const size_t guard = 4096;  // floats past y's M rows that must stay untouched
         std::vector<float> base((size_t)M * N + guard, 0.25f);
         float* dy = upload(base);
-        if (M == 64) lt->tune_fp8(shape, {dw2, dw}, dws, dx, dxs, dy);
-        NS_CUDA(cudaMemcpy(dy, base.data(), base.size() * 4, cudaMemcpyHostToDevice));
-        why.clear();
-        const std::string what = "cuBLASLt E4M3 GEMM scaled in cuBLASLt M" + std::to_string(M) + " N" + std::to_string(N) +
-                                 (mode == 0 ? " bf16" : mode == 1 ? " f32" : " f32 accumulated") + (M == 64 ? " (tuned)" : "");
-        if (!lt->fp8_scaled(shape, dw, dws, dx, dxs, dy, &why)) {
-          note(what + (why.empty() ? ": no algorithm" : ": " + why), 1, 0);
-          cudaFree(dy);
-          continue;
-        }
-        const auto yf32 = download(dy, base.size());
-        double err = 0, past = 0;
-        for (int m = 0; m < M; ++m)
-          for (int n = 0; n < N; ++n) {
-            const size_t i = (size_t)m * N + n;
-            const double got = mode == 0 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(yf32.data())[i]) : yf32[i] - (mode == 2 ? 0.25 : 0);
-            err = std::max(err, std::fabs(got - ref[i]) / mag[i]);
+        float* acc = nullptr;  // room for 4 K-slice partial products
+        NS_CUDA(cudaMalloc(&acc, (size_t)4 * 4 * M * N));
+        auto epilogue = [&](int parts) { fp8_epilogue(DType::BF16, acc, dxs, dws, M, N, dy, out, 0, parts, (size_t)M * N); };
+        if (M == 64) lt->tune_fp8(shape, {dw2, dw}, dws, dx, dxs, dy, {M, acc, (size_t)4 * M * N, epilogue});
+        const int parts = lt->fp8_parts(M, N, K);
+        const std::string what = "cuBLASLt E4M3 GEMM M" + std::to_string(M) + " N" + std::to_string(N) +
+                                 (mode == 0 ? " bf16" : mode == 1 ? " f32" : " f32 accumulated");
+        // form 0: as matmul_fp8 runs it; form 1 (tuned shapes): the f32 form with its measured algorithm.
+        for (int form = 0; form < (M == 64 ? 2 : 1); ++form) {
+          NS_CUDA(cudaMemcpy(dy, base.data(), base.size() * 4, cudaMemcpyHostToDevice));
+          why.clear();
+          bool scaled = form == 0 && lt->fp8_scaled(shape, dw, dws, dx, dxs, dy, &why);
+          std::string name = what + (form == 1 ? " f32 form (tuned)" : scaled ? " scaled in cuBLASLt" : " f32 + epilogue") +
+                             (M == 64 && form == 0 ? " (tuned)" : "") + (!scaled && parts > 1 ? " K in " + std::to_string(parts) + " slices" : "");
+          if (!scaled) {
+            if (!why.empty() || (M != 64 && form == 0)) {  // untuned shapes run scaled on cuBLASLt 12.9+
+              note(name + (why.empty() ? ": no algorithm" : ": " + why), 1, 0);
+              continue;
+            }
+            if (!lt->fp8(M, N, K, dw, dx, acc, &why)) { note(name + ": " + why, 1, 0); continue; }
+            epilogue(parts);
           }
-        const size_t end = mode == 0 ? (size_t)M * N / 2 : (size_t)M * N;  // bf16 fills the first half of the floats (M N even)
-        for (size_t i = end; i < base.size(); ++i) past += yf32[i] != 0.25f;
-        // f32 accumulation of E4M3 products (with Hopper's periodic promotion), then one rounding.
-        note(what, err, mode == 0 ? 8e-3 : 1e-4);
-        note(what + " (floats written past y)", past, 0);
+          const auto yf32 = download(dy, base.size());
+          double err = 0, past = 0;
+          for (int m = 0; m < M; ++m)
+            for (int n = 0; n < N; ++n) {
+              const size_t i = (size_t)m * N + n;
+              const double got = mode == 0 ? bf16_to_f32(reinterpret_cast<const uint16_t*>(yf32.data())[i]) : yf32[i] - (mode == 2 ? 0.25 : 0);
+              err = std::max(err, std::fabs(got - ref[i]) / mag[i]);
+            }
+          const size_t end = mode == 0 ? (size_t)M * N / 2 : (size_t)M * N;  // bf16 fills the first half of the floats (M N even)
+          for (size_t i = end; i < base.size(); ++i) past += yf32[i] != 0.25f;
+          // f32 accumulation of E4M3 products (with Hopper's periodic promotion), then one rounding.
+          note(name, err, mode == 0 ? 8e-3 : 1e-4);
+          note(name + " (floats written past y)", past, 0);
+        }
         cudaFree(dy);
+        cudaFree(acc);
       }
       cudaFree(dw); cudaFree(dw2); cudaFree(dx); cudaFree(dws); cudaFree(dxs);
     }
@@ -537,8 +556,8 @@ struct Step {
   int nh, nkv, hd, B = 16, T = 0, n_blocks = 0;
   std::vector<int32_t> pos, seq, bt_off, bt, slot, tiles, simt;
 };
-Step make_step(int nh, int nkv, int hd, const std::vector<std::pair<int, int>>& seqs) {
-  Step s{nh, nkv, hd};
+Step make_step(int nh, int nkv, int hd, const std::vector<std::pair<int, int>>& seqs, int B = 16) {
+  Step s{nh, nkv, hd, B};
   for (auto [p, n] : seqs) s.n_blocks += (p + n + s.B - 1) / s.B;
   std::vector<int32_t> perm(s.n_blocks);
   for (int i = 0; i < s.n_blocks; ++i) perm[i] = i;
@@ -602,10 +621,11 @@ void check_rope_kv() {
 }
 
 void check_attention() {
-  for (int hd : {128, 64})
-    for (float ks : {1.f, 0.5f}) {
+  for (int hd : {128, 64, 256})
+    for (float ks : {1.f, 0.5f})
+      for (int B : {16, 12}) {  // 12: the decode kernels' block lookup by division (16: by shift)
       const int nh = 8, nkv = 4;
-      Step st = make_step(nh, nkv, hd, {{0, 80}, {30, 1}, {200, 1}, {63, 5}, {5, 20}});
+      Step st = make_step(nh, nkv, hd, {{0, 80}, {30, 1}, {200, 1}, {63, 5}, {5, 20}}, B);
       const size_t row = (size_t)(nh + 2 * nkv) * hd, kv = (size_t)st.n_blocks * st.B * nkv * hd;
       std::normal_distribution<float> nd(0.f, 1.f);
       std::vector<uint16_t> q(st.T * row), k16(kv), v16(kv);
@@ -631,7 +651,7 @@ void check_attention() {
       a.ws = ws;
       a.round_p = false;
       void *dk16 = upload(k16), *dv16 = upload(v16), *dk8 = upload(k8), *dv8 = upload(v8);
-      for (int split = 0; split < 2; ++split) {  // engine-like split (flash tiles + SIMT tokens), then SIMT only
+      for (int split = B == 16 && hd != 256 ? 0 : 1; split < 2; ++split) {  // flash tiles: head_dim 64 / 128  // engine-like split (flash tiles + SIMT tokens), then SIMT only
         AttnArgs b = a;
         if (split == 0) {
           b.tiles = upload(st.tiles); b.n_tiles = (int)st.tiles.size() / 2;
@@ -639,21 +659,29 @@ void check_attention() {
         } else {
           b.n_simt = st.T;
         }
-        b.n_splits = b.n_simt > 0 ? splits_for(b.n_simt, nh) : 1;
-        std::vector<uint16_t> res[2];
-        for (int fp8 = 0; fp8 < 2; ++fp8) {
-          AttnArgs c = b;
-          c.kcache = fp8 ? dk8 : dk16; c.vcache = fp8 ? dv8 : dv16;
-          c.kv_fp8 = fp8; c.k_scale = ks; c.v_scale = vs;
-          NS_CUDA(cudaMemset(out, 0xff, (size_t)2 * st.T * nh * hd));
-          attention(DType::BF16, c, 0);
-          res[fp8] = download(out, (size_t)st.T * nh * hd);
+        // SIMT only: also one block per (token, head) (the many-streams case, 16 x 2 by default).
+        for (int n_splits : {b.n_simt > 0 ? splits_for(b.n_simt, nh) : 1, 1}) {
+          if (split == 0 && n_splits == 1) continue;
+          b.n_splits = n_splits;
+          std::vector<uint16_t> ref;
+          for (int form = -1; form <= 3; ++form) {  // -1: the bf16 cache; then the E4M3 forms (0: the default choice)
+            AttnArgs c = b;
+            const bool fp8 = form >= 0;
+            c.kcache = fp8 ? dk8 : dk16; c.vcache = fp8 ? dv8 : dv16;
+            c.kv_fp8 = fp8; c.k_scale = ks; c.v_scale = vs;
+            c.kv8_form = std::max(form, 0);
+            NS_CUDA(cudaMemset(out, 0xff, (size_t)2 * st.T * nh * hd));
+            attention(DType::BF16, c, 0);
+            const auto res = download(out, (size_t)st.T * nh * hd);
+            if (!fp8) { ref = res; continue; }
+            double err = 0, vmax = 0;
+            for (auto x : v16) vmax = std::max(vmax, (double)std::fabs(bf16_to_f32(x)));
+            for (size_t i = 0; i < res.size(); ++i) err = std::max(err, std::fabs((double)bf16_to_f32(res[i]) - bf16_to_f32(ref[i])) / vmax);
+            note("attention E4M3 vs bf16 cache hd" + std::to_string(hd) + " k_scale " + std::to_string(ks) + " block " + std::to_string(B) +
+                     (split == 0 ? " flash+simt" : " simt") + " splits " + std::to_string(n_splits) + " form " + std::to_string(form),
+                 err, 2e-3);
+          }
         }
-        double err = 0, vmax = 0;
-        for (auto x : v16) vmax = std::max(vmax, (double)std::fabs(bf16_to_f32(x)));
-        for (size_t i = 0; i < res[0].size(); ++i) err = std::max(err, std::fabs((double)bf16_to_f32(res[1][i]) - bf16_to_f32(res[0][i])) / vmax);
-        note("attention E4M3 vs bf16 cache hd" + std::to_string(hd) + " k_scale " + std::to_string(ks) + (split == 0 ? " flash+simt" : " simt"),
-             err, 2e-3);
       }
     }
 }

@@ -5,6 +5,7 @@
 // request; and, on a one-seat replica, a realtime request preempting a batch stream that then
 // finishes with exactly the tokens it would have produced (seeded).
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 import * as grpc from '@grpc/grpc-js';
 
@@ -150,7 +151,9 @@ classes:
 `);
     const [long, short] = [seeded(1, 400, 4242)[0]!, seeded(1, 24, 5151)[0]!];
     const local = await faultFree([long, short]);
-    const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000 });
+    // The request timelines (NODESPEED_REQUEST_TRACE) of the coordinator and the replica driver.
+    const trace = w.file('trace.jsonl', '');
+    const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000, env: { NODESPEED_REQUEST_TRACE: trace } });
     try {
       // Mid-stream (20 of its 400 tokens received), a realtime request arrives at the full replica (one seat).
       const seen: Followed = { tokenIds: [], at: [], groups: [] };
@@ -174,5 +177,17 @@ classes:
       expect(await cluster.stop()).toBe(0);
     }
     expect(workerProcesses()).toEqual([]);
+    // Its timeline, stage by stage in time order (the two processes share the clock; 2 ms of slack
+    // between them): it arrived, was routed, reached the driver while the batch stream held the one
+    // seat, was admitted by preempting it, and its first token went back to the client.
+    const lines = readFileSync(trace, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { t: number; p: string; id?: string; ev: string; cls?: string; running?: number; preemptions?: number });
+    const rtId = lines.find((e) => e.ev === 'arrive' && e.cls === 'realtime')!.id!;
+    const ev = Object.fromEntries(lines.filter((e) => e.id === rtId).map((e) => [e.ev, e]));
+    const order = ['arrive', 'routed', 'recv', 'admitted', 'planned', 'sampled', 'sent', 'first_in', 'first_out', 'end'];
+    for (let i = 1; i < order.length; i++) expect(ev[order[i]!]!.t - ev[order[i - 1]!]!.t).toBeGreaterThan(-2);
+    expect(ev.recv!.running).toBe(1);
+    expect(ev.admitted!.preemptions).toBe(1);
+    // Each process's event loop, once a second.
+    expect(new Set(lines.filter((e) => e.ev === 'loop').map((e) => e.p))).toEqual(new Set(['coord', 'worker']));
   }, 180_000);
 });

@@ -23,7 +23,7 @@ describe('parsing', () => {
     const d = parseSettings({});
     expect(d).toMatchObject({ threads: 0, computeNice: 2, noAvx2: false, p2p: true, p2pTimeoutS: 60, cudaRound: 0, cudaGraphMax: 256,
       cudaFlashDecodeMin: undefined, cudaAttnSplitsMax: 16, cudaProfileStep: undefined, heartbeatMs: 1000, stepTimeoutMs: 30_000,
-      ncclPath: undefined, stepTrace: undefined });
+      ncclPath: undefined, stepTrace: undefined, requestTrace: undefined });
     expect(parseSettings({ NODESPEED_CUDA_GRAPH_MAX: '', NODESPEED_P2P: '', NODESPEED_AUTH_TOKEN: '' })).toEqual(d);
   });
   it('one boolean convention: 1/0, true/false, yes/no, on/off, any case', () => {
@@ -79,7 +79,7 @@ describe('what the launcher forwards to every rank', () => {
     'NODESPEED_THREADS', 'NODESPEED_NCCL', 'NODESPEED_CUBLAS', 'NODESPEED_CUBLASLT', 'NODESPEED_COMPUTE_NICE', 'NODESPEED_NO_AVX2',
     'NODESPEED_P2P', 'NODESPEED_P2P_NORM', 'NODESPEED_P2P_TIMEOUT_S', 'NODESPEED_CUDA_ROUND', 'NODESPEED_CUDA_GEMV', 'NODESPEED_CUDA_GRAPHS',
     'NODESPEED_CUDA_GRAPH_MAX', 'NODESPEED_CUDA_FLASH', 'NODESPEED_CUDA_FLASH_DECODE_MIN', 'NODESPEED_CUDA_ATTN_SPLITS_MAX',
-    'NODESPEED_CUDA_WARMUP', 'NODESPEED_CUDA_LT', 'NODESPEED_CUDA_PROFILE_STEP', 'NODESPEED_STEP_TRACE',
+    'NODESPEED_CUDA_WARMUP', 'NODESPEED_CUDA_LT', 'NODESPEED_CUDA_PROFILE_STEP', 'NODESPEED_STEP_TRACE', 'NODESPEED_REQUEST_TRACE',
   ];
   it('exactly the user-facing worker entries', () => {
     expect(allSettings().filter(isForwarded).map((s) => s.name)).toEqual(FORWARDED);

@@ -167,62 +167,86 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
   write_block_result<T, kWarps>(a, t, row, h, split, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
 }
 
-// LPK = HD / 8 lanes read one key row (16 bytes each), so a warp covers KPW = 32 / LPK keys per
-// load and each lane has kVecU keys' K and V loads in flight before it uses any: the per-key warp
+// LPK = HD / EL lanes read one key row, EL elements each, so a warp covers KPW = 32 / LPK keys per
+// load and each lane has U keys' K and V loads in flight before it uses any: the per-key warp
 // loop above keeps one 512-byte K/V pair in flight per warp and a 5-shuffle reduction between
-// loads, ~70% of copy bandwidth on a batch-64 decode step.
-constexpr int kVecWarps = 4, kVecU = 4;
+// loads, ~70% of copy bandwidth on a batch-64 decode step. A 16-bit cache: EL = 8 (16-byte loads),
+// U = 4. An E4M3 cache (launch_vec): EL = 8 (8-byte loads), U = 4, or EL = 16 (16-byte loads: half
+// the shuffles, block-table lookups and softmax updates per byte of the 8-element form, whose
+// per-byte work is twice a 16-bit cache's), U = 2 or 4. MIN_BLOCKS: blocks an SM the registers
+// must allow (0: no bound).
+constexpr int kVecWarps = 4;
 
-template <typename T, int HD, bool KV8>
-__global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, float scale) {
-  constexpr int LPK = HD / 8, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
-  using Vec = std::conditional_t<KV8, uint2, uint4>;  // one lane's 8 elements of a key row
+// One lane's load of a key or value row to f32: 8 elements of a 16-bit cache, or EL E4M3 ones.
+template <typename T, bool KV8, int EL, typename Vec>
+__device__ __forceinline__ void unpack_kv(const Vec& v, float* f) {
+  if constexpr (!KV8) unpack8<T>(v, f);
+  else if constexpr (EL == 16) unpack16<DType::F8E4M3>(v, f);
+  else unpack_e4m3x8(v, f);
+}
+
+template <typename T, int HD, bool KV8, int EL, int U, int MIN_BLOCKS = 0>
+__global__ void __launch_bounds__(kVecWarps * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs a, float scale) {
+  static_assert(EL == 8 || (KV8 && EL == 16), "16 elements a lane only for the E4M3 cache");
+  constexpr int LPK = HD / EL, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
+  using Vec = std::conditional_t<KV8 && EL == 8, uint2, uint4>;  // one lane's EL elements of a key row
   using Elem = std::conditional_t<KV8, uint8_t, T>;
   grid_dependency_wait();
   grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int grp = lane / LPK, sub = lane % LPK;  // this lane's key in the warp, its 8 elements of the row
+  const int grp = lane / LPK, sub = lane % LPK;  // this lane's key in the warp, its EL elements of the row
   const int nkv = a.nkv, B = a.block_size;
+  // Key j's block: the E4M3 forms shift for a power-of-two block size (a division by a variable is
+  // ~20 instructions a key, twice the share of the work per byte that it is with a 16-bit cache).
+  const bool pow2 = KV8 && (B & (B - 1)) == 0;
+  const int bshift = __ffs(B) - 1;
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;
   const int first = a.window > 0 ? max(0, ctx - a.window) : 0;
   const int chunk = (ctx - first + a.n_splits - 1) / a.n_splits;
   const int k0 = first + split * chunk, k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
-  const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * 8;
-  const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * 8;
+  const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * EL;
+  const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * EL;
   if (KV8) scale *= a.k_scale;
 
-  float qr[8], acc[8];
-  unpack8<T>(*reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
-                                             (size_t)h * HD + sub * 8), qr);
+  float qr[EL], acc[EL];
+  const uint4* qp = reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
+                                                   (size_t)h * HD + sub * EL);
 #pragma unroll
-  for (int e = 0; e < 8; ++e) { qr[e] *= scale; acc[e] = 0.f; }
+  for (int c = 0; c < EL / 8; ++c) unpack8<T>(qp[c], qr + 8 * c);
+#pragma unroll
+  for (int e = 0; e < EL; ++e) { qr[e] *= scale; acc[e] = 0.f; }
   float m = -FLT_MAX, l = 0.f;
   const int mine = warp * KPW + grp;
-  for (int j0 = k0; j0 < k1; j0 += kVecU * KEYS) {
-    Vec kr[kVecU], vr[kVecU];
+  for (int j0 = k0; j0 < k1; j0 += U * KEYS) {
+    Vec kr[U], vr[U];
 #pragma unroll
-    for (int u = 0; u < kVecU; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int j = j0 + u * KEYS + mine;
       if (j < k1) {
-        const size_t base = kv_offset(bt[j / B], j % B, kh, nkv, B, HD);
+        size_t base;
+        if (KV8) {
+          const int blk = pow2 ? j >> bshift : j / B;
+          base = kv_offset(bt[blk], j - blk * B, kh, nkv, B, HD);
+        } else {
+          base = kv_offset(bt[j / B], j % B, kh, nkv, B, HD);
+        }
         kr[u] = __ldg(reinterpret_cast<const Vec*>(kc + base));
         vr[u] = __ldg(reinterpret_cast<const Vec*>(vc + base));
       } else {
         kr[u] = vr[u] = Vec{};
       }
     }
-    float sc[kVecU], mn = m;
+    float sc[U], mn = m;
 #pragma unroll
-    for (int u = 0; u < kVecU; ++u) {
-      float kf[8], d = 0.f;
-      if constexpr (KV8) unpack_e4m3x8(kr[u], kf);
-      else unpack8<T>(kr[u], kf);
+    for (int u = 0; u < U; ++u) {
+      float kf[EL], d = 0.f;
+      unpack_kv<T, KV8, EL>(kr[u], kf);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) d += qr[e] * kf[e];
+      for (int e = 0; e < EL; ++e) d += qr[e] * kf[e];
 #pragma unroll
       for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
       if (a.softcap > 0.f) d = tanhf(d / a.softcap) * a.softcap;
@@ -232,28 +256,27 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
     const float corr = __expf(m - mn);
     l *= corr;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] *= corr;
+    for (int e = 0; e < EL; ++e) acc[e] *= corr;
 #pragma unroll
-    for (int u = 0; u < kVecU; ++u) {
+    for (int u = 0; u < U; ++u) {
       const float p = sc[u] > -FLT_MAX ? __expf(sc[u] - mn) : 0.f;
       l += p;
       const float pr = round_if<T>(a.round_p, p);  // P in the activation dtype before P.V (as attn_kernel)
-      float vf[8];
-      if constexpr (KV8) unpack_e4m3x8(vr[u], vf);
-      else unpack8<T>(vr[u], vf);
+      float vf[EL];
+      unpack_kv<T, KV8, EL>(vr[u], vf);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[e] += pr * vf[e];
+      for (int e = 0; e < EL; ++e) acc[e] += pr * vf[e];
     }
     m = mn;
   }
-  // The warp's KPW key groups hold the same 8 dims per lane: merge them (lanes LPK apart).
+  // The warp's KPW key groups hold the same EL dims per lane: merge them (lanes LPK apart).
 #pragma unroll
   for (int o = LPK; o < 32; o <<= 1) {
     const float mo = __shfl_xor_sync(0xffffffffu, m, o), lo = __shfl_xor_sync(0xffffffffu, l, o);
     const float mx = fmaxf(m, mo), c1 = __expf(m - mx), c2 = __expf(mo - mx);
     l = l * c1 + lo * c2;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
+    for (int e = 0; e < EL; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
     m = mx;
   }
   __shared__ float sm[kVecWarps], sl[kVecWarps];
@@ -261,7 +284,7 @@ __global__ void __launch_bounds__(kVecWarps * 32) attn_vec_kernel(AttnArgs a, fl
   if (lane == 0) { sm[warp] = m; sl[warp] = l; }
   if (grp == 0)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) sacc[warp][sub * 8 + e] = KV8 ? acc[e] * a.v_scale : acc[e];
+    for (int e = 0; e < EL; ++e) sacc[warp][sub * EL + e] = KV8 ? acc[e] * a.v_scale : acc[e];
   __syncthreads();
   write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
 }
@@ -275,11 +298,21 @@ void launch(const AttnArgs& a, cudaStream_t s) {
   else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, score_scale(a));
 }
 
+// The E4M3 cache's form: EL x U of the vectorised kernel. 16 x 2 asks for 8 blocks an SM (<= 64
+// registers, as 8 x 4 needs anyway: a batch-64 decode step is 2048 equal blocks, 2 waves of 8
+// blocks on 132 SMs, where 16 x 4's 95 registers allow 5 an SM, 4 waves with the last a tenth
+// full). kv8_form for bench/gpu/attn-kv8.cu's timing; 0: 16 x 2 where every (token, head) is one
+// block (many streams), 8 x 4 where the keys are split (batch-1 fp8-KV decode was 3% slower with
+// 16 x 4, 281.3 vs 290.5 tok/s on an H100).
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
-  const dim3 grid(a.nh, a.n_simt, a.n_splits);
-  if (a.kv_fp8) launch("attention", attn_vec_kernel<T, HD, true>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
-  else launch("attention", attn_vec_kernel<T, HD, false>, grid, dim3(kVecWarps * 32), s, a, score_scale(a));
+  const dim3 grid(a.nh, a.n_simt, a.n_splits), block(kVecWarps * 32);
+  const float sc = score_scale(a);
+  if (!a.kv_fp8) return launch("attention", attn_vec_kernel<T, HD, false, 8, 4>, grid, block, s, a, sc);
+  const int form = a.kv8_form ? a.kv8_form : a.n_splits == 1 ? 2 : 1;
+  if (form == 1) launch("attention", attn_vec_kernel<T, HD, true, 8, 4>, grid, block, s, a, sc);
+  else if (form == 2) launch("attention", attn_vec_kernel<T, HD, true, 16, 2, 8>, grid, block, s, a, sc);
+  else launch("attention", attn_vec_kernel<T, HD, true, 16, 4>, grid, block, s, a, sc);
 }
 
 

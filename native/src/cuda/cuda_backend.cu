@@ -634,6 +634,18 @@ void CudaBackend::warm_gemms() {
     }
     if (c.has_head) each({head}, head_weight(), xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
   }
+  // The E4M3 GEMMs of a full prefill chunk (a server's --max-batch-tokens rows) are timed too,
+  // rather than left to cuBLASLt's first heuristic choice (other prefill row counts keep it).
+  const int chunk = c.max_step_tokens;
+  if (L0 && wdt_ == DType::F8E4M3 && cfg_.fp8_activations && chunk > rows && chunk <= cap_tokens_) {
+    NS_CUDA(cudaMemsetAsync(xb_.ptr, 0, es * chunk * c.hidden, stream_));
+    NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * chunk * qd, stream_));
+    NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * chunk * c.intermediate, stream_));
+    tune_fp8(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, chunk, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    tune_fp8(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, chunk, c.hidden, qd, into, mode);
+    tune_fp8(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, chunk, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+    tune_fp8(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, chunk, c.hidden, c.intermediate, into, mode);
+  }
 
   NS_CUDA(cudaStreamSynchronize(stream_));
 }

@@ -163,7 +163,8 @@ class CudaBackend final : public Backend {
   // The RMSNorm of T rows of the residual stream as the input of `next` (xb_), or, where
   // fp8_input_fused, straight into its E4M3 rows (xq_ / xs_; xq_of_ = xb_: matmul_fp8 takes them).
   void norm_into_input(const float* res, int T, const float* norm_w, const Weight& next);
-  // Measures cuBLASLt's scaled E4M3 GEMMs for matmul_fp8's shape (warm_gemms: inputs of zeros).
+  // Times both forms of matmul_fp8 for the shape, scaled by cuBLASLt and f32 + epilogue, and keeps
+  // the faster (warm_gemms, at the decode graphs' row counts: inputs of zeros).
   void tune_fp8(const std::vector<const void*>& weights, const Weight& w, const void* x, int M, int N, int K, void* y, Out mode);
   // A layer's matrix as matmul takes it (the LM head: head_weight()).
   Weight weight(const DeviceBuffer& w, const DeviceBuffer& scale, const DeviceBuffer& in_scale, int which) const;

@@ -65,6 +65,9 @@ struct AttnArgs {
   float scale = 0.f;    // scores = scale * q.k (0: 1 / sqrt(hd))
   float softcap = 0.f;  // scores = softcap * tanh(scores / softcap) (0: off)
   int window = 0;       // keys (pos - window, pos] of each token (0: [0, pos])
+  // The E4M3 cache's decode kernel form (attention.cu launch_vec), for bench/gpu/attn-kv8.cu's A/B:
+  // 0 the default choice, 1 8 elements a lane x 4 keys in flight, 2 16 x 2, 3 16 x 4.
+  int kv8_form = 0;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 // The SIMT kernel's workspace with n_splits > 1: kAttnSplitCounters ints, one per (listed token,
@@ -160,9 +163,10 @@ bool rmsnorm_quant(DType act, const float* x, int R, int H, const float* w, floa
 bool swiglu_quant(DType act, const void* gu, int T, int I, const float* static_scale, float amax_ub, void* q, float* scale,
                   cudaStream_t s);
 // y[m, n] = acc[m, n] * xscale[m] * wscale[n] (acc: f32 [M, N], an E4M3 GEMM's output), written as
-// `mode` says. N % 4 == 0.
+// `mode` says. N % 4 == 0. parts > 1: acc holds that many partial products (K slices), part_stride
+// floats apart (a multiple of 4), summed in order first.
 void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
-                  cudaStream_t s);
+                  cudaStream_t s, int parts = 1, size_t part_stride = 0);
 // out [N, K] (activation dtype) = q [N, K] (int8 or E4M3, wt) * scale[n]. K % 16 == 0.
 void dequantize(DType act, DType wt, const void* q, const float* scale, int N, int K, void* out, cudaStream_t s);
 

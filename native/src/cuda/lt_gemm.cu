@@ -21,9 +21,15 @@ constexpr int kDescAScaleMode = 31;        // CUBLASLT_MATMUL_DESC_A_SCALE_MODE 
 constexpr int kDescBScaleMode = 32;        // CUBLASLT_MATMUL_DESC_B_SCALE_MODE
 constexpr int32_t kScaleOuterVec = 3;      // CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
 constexpr int kPrefMaxWorkspace = 1;       // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+constexpr int kLayoutBatchCount = 5;       // CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT (int32_t)
+constexpr int kLayoutBatchStride = 6;      // CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET (int64_t, elements)
 constexpr int32_t kOpN = 0, kOpT = 1;
 constexpr size_t kWorkspace = 32u << 20;
 constexpr int kCandidates = 8;
+// The E4M3 GEMMs' tuning asks for more: at decode row counts the heuristic's first choice is a poor
+// one (H100, batch-64 fp8 step of d91eb35, bench/results/batch-profile-fp8kv-b64-h100-d91eb35.json:
+// 128x128 tiles over the weight rows, 32 CTAs for a 4096-row matrix, 3.91 ms for 6.48 GB = 1.66 TB/s).
+constexpr int kFp8Candidates = 32;
 
 }  // namespace
 
@@ -46,6 +52,7 @@ struct LtGemm::Api {
   int (*desc_set)(void*, int attr, const void* buf, size_t bytes) = nullptr;
   int (*layout_create)(void**, cudaDataType, uint64_t rows, uint64_t cols, int64_t ld) = nullptr;
   int (*layout_destroy)(void*) = nullptr;
+  int (*layout_set)(void*, int attr, const void* buf, size_t bytes) = nullptr;
   int (*pref_create)(void**) = nullptr;
   int (*pref_destroy)(void*) = nullptr;
   int (*pref_set)(void*, int attr, const void* buf, size_t bytes) = nullptr;
@@ -60,6 +67,8 @@ struct LtGemm::Plan {
   const Api* api = nullptr;
   void *desc = nullptr, *a = nullptr, *b = nullptr, *c = nullptr;
   bool use = false;  // false: cublasGemmEx measured faster (or no candidate ran)
+  bool f32_faster = false;  // a scaled E4M3 plan declined: the f32 GEMM + epilogue was timed faster
+  int parts = 1;            // an f32 E4M3 plan: K slices (strided batch); a declined scaled plan: the f32 form's
   Algo algo{};
   ~Plan() {
     if (desc) api->desc_destroy(desc);
@@ -87,6 +96,7 @@ const LtGemm::Api& lt_api() {
     sym(api.desc_set, "cublasLtMatmulDescSetAttribute");
     sym(api.layout_create, "cublasLtMatrixLayoutCreate");
     sym(api.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    sym(api.layout_set, "cublasLtMatrixLayoutSetAttribute");
     sym(api.pref_create, "cublasLtMatmulPreferenceCreate");
     sym(api.pref_destroy, "cublasLtMatmulPreferenceDestroy");
     sym(api.pref_set, "cublasLtMatmulPreferenceSetAttribute");
@@ -132,15 +142,26 @@ LtGemm::~LtGemm() {
 // scaled: per-row scales of w and of x applied by cuBLASLt (outer-vector scaling: A = w^T's N
 // columns get one scale each, B = x^T's M columns one each).
 std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab, cudaDataType c, const Scales* scaled,
-                                           Heuristic* res, int* n) const {
+                                           Heuristic* res, int* n, int requested, int parts) const {
   auto p = std::make_unique<Plan>();
   p->api = api_;
   const Api& a = *api_;
   // Row-major y[M, N] = x[M, K] · w[N, K]^T is column-major y^T = w^T(op T) · x^T, as cublasGemmEx runs
   // it (and the "TN" layout E4M3 GEMMs require).
+  // K slices: slice s of w and x starts s * K / parts elements into each row (rows still K apart),
+  // its product lands s * M * N elements into y.
+  const int ks = K / parts;
+  p->parts = parts;
   bool ok = a.desc_create(&p->desc, kComputeF32, CUDA_R_32F) == 0 &&
             a.desc_set(p->desc, kDescTransA, &kOpT, sizeof kOpT) == 0 && a.desc_set(p->desc, kDescTransB, &kOpN, sizeof kOpN) == 0 &&
-            a.layout_create(&p->a, ab, K, N, K) == 0 && a.layout_create(&p->b, ab, K, M, K) == 0 && a.layout_create(&p->c, c, N, M, N) == 0;
+            a.layout_create(&p->a, ab, ks, N, K) == 0 && a.layout_create(&p->b, ab, ks, M, K) == 0 && a.layout_create(&p->c, c, N, M, N) == 0;
+  if (ok && parts > 1) {
+    const int32_t count = parts;
+    const int64_t slice = ks, out = (int64_t)M * N;
+    for (void* l : {p->a, p->b, p->c})
+      ok = ok && a.layout_set(l, kLayoutBatchCount, &count, sizeof count) == 0 &&
+           a.layout_set(l, kLayoutBatchStride, l == p->c ? &out : &slice, sizeof slice) == 0;
+  }
   // An older cuBLASLt rejects the attribute: no candidates, the caller takes its other path.
   if (ok && scaled)
     ok = a.desc_set(p->desc, kDescAScaleMode, &kScaleOuterVec, sizeof kScaleOuterVec) == 0 &&
@@ -149,7 +170,7 @@ std::unique_ptr<LtGemm::Plan> LtGemm::plan(int M, int N, int K, cudaDataType ab,
   void* pref = nullptr;
   if (ok && a.pref_create(&pref) == 0) {
     if (!(a.pref_set(pref, kPrefMaxWorkspace, &kWorkspace, sizeof kWorkspace) == 0 &&
-          a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, res, n) == 0))
+          a.heuristic(handle_, p->desc, p->a, p->b, p->c, p->c, pref, requested, res, n) == 0))
       *n = 0;
     a.pref_destroy(pref);
   }
@@ -177,7 +198,8 @@ float LtGemm::time_us(const std::vector<const void*>& weights, const std::functi
 
 // The fastest of the heuristic candidates `res[0..n)` on `weights` (run(w, algo)), against a
 // baseline time (`best`, in µs; FLT_MAX: none) that a candidate must beat by 2%; keeps it in p.
-void LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
+// Returns the time of what won (the baseline's when no candidate beat it).
+float LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::vector<const void*>& weights,
                   const std::function<bool(const void* w, const Algo& algo)>& run) {
   for (int i = 0; i < n; ++i) {
     if (res[i].state != 0 || res[i].workspace_size > kWorkspace) continue;
@@ -188,6 +210,7 @@ void LtGemm::pick(Plan& p, const Heuristic* res, int n, float best, const std::v
       p.use = true;
     }
   }
+  return best;
 }
 
 void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const void* x, void* y,
@@ -195,7 +218,7 @@ void LtGemm::tune(const Shape& s, const std::vector<const void*>& weights, const
   if (weights.empty() || plans_.count(key(s))) return;
   Heuristic res[kCandidates];
   int n = 0;
-  auto p = plan(s.M, s.N, s.K, s.ab, s.c, nullptr, res, &n);
+  auto p = plan(s.M, s.N, s.K, s.ab, s.c, nullptr, res, &n, kCandidates);
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   const float base = time_us(weights, [&](const void* w) { baseline(w); return true; });
   pick(*p, res, n, base, weights, [&](const void* w, const Algo& algo) {
@@ -221,15 +244,20 @@ static void first_usable(LtGemm::Plan& p, const LtGemm::Heuristic* res, int n, s
     }
 }
 
-bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+LtGemm::Plan* LtGemm::f32_plan(int M, int N, int K) {
   auto& slot = fp8_plans_[{M, N, K}];
-  const Api& a = *api_;
   if (!slot) {
     Heuristic res[kCandidates];
     int n = 0;
-    slot = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n);
+    slot = plan(M, N, K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n, kCandidates);
     first_usable(*slot, res, n, kWorkspace);
   }
+  return slot.get();
+}
+
+bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, std::string* why) {
+  const Api& a = *api_;
+  Plan* slot = f32_plan(M, N, K);
   if (!slot->use) {
     if (why) *why = "cuBLASLt offers no E4M3 GEMM for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
     return false;
@@ -242,33 +270,77 @@ bool LtGemm::fp8(int M, int N, int K, const void* w, const void* x, float* y, st
   return st == 0;
 }
 
-LtGemm::Plan* LtGemm::scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y) {
+// The scaled plan of a shape, planned on first use: with tune_on, the fastest candidate on those
+// weights (its time in *best_us, FLT_MAX when none ran), else the heuristic's first choice.
+LtGemm::Plan* LtGemm::scaled_plan(const Fp8& s, const Scales& sc, const std::vector<const void*>* tune_on, const void* x, void* y,
+                                  float* best_us) {
   auto& slot = scaled_plans_[{s.M, s.N, s.K, static_cast<int>(s.c), s.accumulate}];
   if (slot) return slot.get();
-  Heuristic res[kCandidates];
+  Heuristic res[kFp8Candidates];
   int n = 0;
-  slot = plan(s.M, s.N, s.K, CUDA_R_8F_E4M3, s.c, &sc, res, &n);
+  slot = plan(s.M, s.N, s.K, CUDA_R_8F_E4M3, s.c, &sc, res, &n, tune_on ? kFp8Candidates : kCandidates);
   if (!tune_on) {
     first_usable(*slot, res, n, kWorkspace);
     return slot.get();
   }
   Plan& p = *slot;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
-  pick(p, res, n, FLT_MAX, *tune_on, [&](const void* w, const Algo& algo) {
+  const float t = pick(p, res, n, FLT_MAX, *tune_on, [&](const void* w, const Algo& algo) {
     return api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, workspace_, kWorkspace, stream_) == 0;
   });
+  if (best_us) *best_us = t;
   return slot.get();
 }
 
 void LtGemm::tune_fp8(const Fp8& s, const std::vector<const void*>& weights, const float* wscale, const void* x, const float* xscale,
-                      void* y) {
-  if (!weights.empty()) scaled_plan(s, {wscale, xscale}, &weights, x, y);
+                      void* y, const F32Form& f32) {
+  if (weights.empty() || scaled_plans_.count({s.M, s.N, s.K, static_cast<int>(s.c), s.accumulate})) return;
+  float scaled_us = FLT_MAX;
+  Plan* sp = scaled_plan(s, {wscale, xscale}, &weights, x, y, &scaled_us);
+  if (!f32.epilogue || fp8_plans_.count({f32.rows, s.N, s.K})) return;
+  // The f32 form, whole and in K slices (16-element aligned, partials fitting acc): each one's
+  // candidates timed with the epilogue after them; the fastest is kept for fp8().
+  std::unique_ptr<Plan> best;
+  float f32_us = FLT_MAX;
+  for (int parts : {1, 2, 4}) {
+    if (s.K % (16 * parts) != 0 || (size_t)parts * f32.rows * s.N > f32.acc_floats) continue;
+    Heuristic res[kFp8Candidates];
+    int n = 0;
+    auto fp = plan(f32.rows, s.N, s.K, CUDA_R_8F_E4M3, CUDA_R_32F, nullptr, res, &n, kFp8Candidates, parts);
+    Plan& p = *fp;
+    const float alpha = 1.f, beta = 0.f;
+    const float t = pick(p, res, n, FLT_MAX, weights, [&](const void* w, const Algo& algo) {
+      if (api_->matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, f32.acc, p.c, f32.acc, p.c, &algo, workspace_, kWorkspace,
+                       stream_) != 0)
+        return false;
+      f32.epilogue(parts);
+      return true;
+    });
+    if (p.use && (!best || t < 0.98f * f32_us)) {  // more slices only for a 2% gain
+      best = std::move(fp);
+      f32_us = t;
+    }
+  }
+  if (!best) return;  // no f32 candidate ran: fp8() plans the shape's first choice if ever needed
+  const int parts = best->parts;
+  fp8_plans_[{f32.rows, s.N, s.K}] = std::move(best);
+  // The same 2% margin as between candidates: a tie stays with the scaled form (one kernel).
+  if (f32_us < 0.98f * scaled_us) {
+    sp->use = false;
+    sp->f32_faster = true;
+    sp->parts = parts;
+  }
+}
+
+int LtGemm::fp8_parts(int M, int N, int K) const {
+  const auto it = fp8_plans_.find({M, N, K});
+  return it == fp8_plans_.end() ? 1 : it->second->parts;
 }
 
 bool LtGemm::fp8_scaled(const Fp8& s, const void* w, const float* wscale, const void* x, const float* xscale, void* y,
                         std::string* why) {
   const Scales sc{wscale, xscale};
-  Plan* p = scaled_plan(s, sc, nullptr, x, y);
+  Plan* p = scaled_plan(s, sc, nullptr, x, y, nullptr);
   if (!p->use) return false;
   const float alpha = 1.f, beta = s.accumulate ? 1.f : 0.f;
   // The scale pointers belong to the matrix and the step: set on the shared plan before each
@@ -289,9 +361,14 @@ std::string LtGemm::summary() const {
 }
 
 std::string LtGemm::fp8_summary() const {
-  size_t used = 0;
-  for (const auto& [k, p] : scaled_plans_) used += p->use;
-  return "E4M3 GEMMs scaled by cuBLASLt for " + std::to_string(used) + " of " + std::to_string(scaled_plans_.size()) + " shapes";
+  size_t used = 0, f32 = 0, split = 0;
+  for (const auto& [k, p] : scaled_plans_) {
+    used += p->use;
+    f32 += p->f32_faster;
+    split += p->f32_faster && p->parts > 1;
+  }
+  return "E4M3 GEMMs scaled by cuBLASLt for " + std::to_string(used) + " of " + std::to_string(scaled_plans_.size()) +
+         " shapes, f32 + epilogue for " + std::to_string(f32) + " (" + std::to_string(split) + " split over K)";
 }
 
 }  // namespace ns::cuda

@@ -192,16 +192,21 @@ __global__ void quantize_act_kernel(const T* __restrict__ x, int K, const float*
   }
 }
 
-// y[m, n] = acc[m, n] * xscale[m] * wscale[n], 4 columns a thread.
+// y[m, n] = acc[m, n] * xscale[m] * wscale[n], 4 columns a thread; acc summed over `parts` K-slice
+// products (part_stride4 float4s apart) in order first.
 template <typename T, GemvOut MODE>
 __global__ void fp8_epilogue_kernel(const float* __restrict__ acc, const float* __restrict__ xscale, const float* __restrict__ wscale,
-                                    int M, int N, void* __restrict__ y, bool rnd) {
+                                    int M, int N, void* __restrict__ y, bool rnd, int parts, size_t part_stride4) {
   grid_dependency_wait();
   const int N4 = N / 4;
   const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
   if (idx >= (size_t)M * N4) return;
   const int m = static_cast<int>(idx / N4), n = static_cast<int>(idx % N4) * 4;
-  const float4 a = reinterpret_cast<const float4*>(acc)[idx];
+  float4 a = reinterpret_cast<const float4*>(acc)[idx];
+  for (int p = 1; p < parts; ++p) {
+    const float4 b = reinterpret_cast<const float4*>(acc)[idx + p * part_stride4];
+    a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+  }
   const float4 w = *reinterpret_cast<const float4*>(wscale + n);
   const float xs = xscale[m];
   const float v[4] = {a.x * (w.x * xs), a.y * (w.y * xs), a.z * (w.z * xs), a.w * (w.w * xs)};
@@ -276,15 +281,20 @@ void quantize_act(DType act, const void* x, int M, int K, const float* static_sc
 }
 
 void fp8_epilogue(DType act, const float* acc, const float* xscale, const float* wscale, int M, int N, void* y, GemvOut mode,
-                  cudaStream_t s) {
+                  cudaStream_t s, int parts, size_t part_stride) {
   if (M == 0) return;
   if (N % 4 != 0) throw std::runtime_error("cuda: fp8_epilogue needs N % 4 == 0");
+  if (parts > 1 && part_stride % 4 != 0) throw std::runtime_error("cuda: fp8_epilogue needs part_stride % 4 == 0");
   const bool rnd = rounds(kRoundResidual);
   const unsigned grid = ceil_div((size_t)M * (N / 4), 256);
+  const size_t ps4 = part_stride / 4;
   NS_DISPATCH_ACT(act, E, {
-    if (mode == GemvOut::Act) launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::Act>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd);
-    else if (mode == GemvOut::F32) launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::F32>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd);
-    else launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::AddResidual>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd);
+    if (mode == GemvOut::Act)
+      launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::Act>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd, parts, ps4);
+    else if (mode == GemvOut::F32)
+      launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::F32>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd, parts, ps4);
+    else
+      launch("fp8_epilogue", fp8_epilogue_kernel<E, GemvOut::AddResidual>, dim3(grid), dim3(256), s, acc, xscale, wscale, M, N, y, rnd, parts, ps4);
   });
   NS_LAUNCHED("fp8_epilogue");
 }

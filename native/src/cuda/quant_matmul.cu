@@ -10,8 +10,9 @@
 //     E4M3 (per-token or static scales, by the kernel that made them or by quantize_act) for
 //     cuBLASLt's E4M3 GEMM with the row and column scales applied in its kernel (outer-vector
 //     scaling), y written in its own type or accumulated into the f32 residual stream. Where this
-//     cuBLASLt has no such GEMM (before 12.9), the GEMM writes f32 and an epilogue kernel applies the
-//     scales, a chunk of rows at a time (acc_ holds one chunk).
+//     cuBLASLt has no such GEMM (before 12.9), or where the load-time timing of a decode shape
+//     (tune_fp8) found it slower, the GEMM writes f32 and an epilogue kernel applies the scales, a
+//     chunk of rows at a time (acc_ holds one chunk).
 #include <algorithm>
 #include <string>
 
@@ -94,15 +95,18 @@ void CudaBackend::matmul_fp8(const void* x, const Weight& w, int M, int N, int K
     return;
   if (!why.empty()) throw std::runtime_error("cuda: " + why);
   // The GEMM runs on rows padded to a multiple of 16 (xq_ has room; the extra rows' results are never
-  // read): E4M3 GEMMs are documented for such shapes on every cuBLASLt release.
-  const int chunk = static_cast<int>(std::min<size_t>((M + 15) / 16 * 16, acc_.bytes / (4 * (size_t)N) / 16 * 16));
+  // read): E4M3 GEMMs are documented for such shapes on every cuBLASLt release. A shape that
+  // tune_fp8 split over K (its partials fit acc_ whole) runs as one chunk.
+  const int mpad = (M + 15) / 16 * 16, parts = fp8_lt_->fp8_parts(mpad, N, K);
+  const int chunk = parts > 1 ? mpad : static_cast<int>(std::min<size_t>(mpad, acc_.bytes / (4 * (size_t)N) / 16 * 16));
   if (chunk < 16) throw std::runtime_error("cuda: no scratch for an fp8 GEMM of " + std::to_string(N) + " columns");
   const size_t ys = mode == Out::Act ? dtype_size(act_) : 4;
   for (int m0 = 0; m0 < M; m0 += chunk) {
     const int mc = std::min(chunk, M - m0), mp = (mc + 15) / 16 * 16;
     if (!fp8_lt_->fp8(mp, N, K, w.w, static_cast<const uint8_t*>(xq_.ptr) + (size_t)m0 * K, acc_.as<float>(), &why))
       throw std::runtime_error("cuda: " + why);
-    fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>() + m0, w.scale, mc, N, static_cast<char*>(y) + (size_t)m0 * N * ys, out, stream_);
+    fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>() + m0, w.scale, mc, N, static_cast<char*>(y) + (size_t)m0 * N * ys, out, stream_,
+                 parts, (size_t)mp * N);
   }
 }
 
@@ -115,7 +119,14 @@ void CudaBackend::tune_fp8(const std::vector<const void*>& weights, const Weight
   }
   quantize_act(act_, x, M, K, w.in_scale, cfg_.activation_scale_ub, xq_.ptr, xs_.as<float>(), stream_);
   const cudaDataType ct = mode == Out::Act ? cuda_type(act_) : CUDA_R_32F;
-  fp8_lt_->tune_fp8({M, N, K, ct, mode == Out::AddResidual}, weights, w.scale, xq_.ptr, xs_.as<float>(), y);
+  // The f32 form is timed as matmul_fp8 would run it: one chunk of padded rows, then the epilogue.
+  const int mp = (M + 15) / 16 * 16;
+  LtGemm::F32Form f32{mp, acc_.as<float>(), acc_.bytes / 4, nullptr};
+  if ((size_t)4 * mp * N <= acc_.bytes)
+    f32.epilogue = [&](int parts) {
+      fp8_epilogue(act_, acc_.as<float>(), xs_.as<float>(), w.scale, M, N, y, gemv_mode(mode), stream_, parts, (size_t)mp * N);
+    };
+  fp8_lt_->tune_fp8({M, N, K, ct, mode == Out::AddResidual}, weights, w.scale, xq_.ptr, xs_.as<float>(), y, f32);
 }
 
 }  // namespace ns::cuda

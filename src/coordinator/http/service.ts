@@ -98,6 +98,8 @@ export class CoordinatorService implements InferenceService {
       if (gone()) return null;
     }
     const n = valid[0]!.n;
+    await this.api.admission.turn(valid[0]!.sched.priority);
+    if (gone()) return null;
     const admitted = this.api.admitChoices(valid, {
       update: (choice, u) => sink.update({
         choice, tokenIds: u.tokenIds, text: u.text, ...(u.logprobs ? { logprobs: u.logprobs.map((l, k) => ({

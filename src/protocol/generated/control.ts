@@ -7,6 +7,7 @@ import type { CancelIn as _nodespeed_control_v1_CancelIn, Cancel as _nodespeed_c
 import type { CommOfferIn as _nodespeed_control_v1_CommOfferIn, CommOffer as _nodespeed_control_v1_CommOffer } from './nodespeed/control/v1/CommOffer.js';
 import type { CommPeersIn as _nodespeed_control_v1_CommPeersIn, CommPeers as _nodespeed_control_v1_CommPeers } from './nodespeed/control/v1/CommPeers.js';
 import type { ControlClient as _nodespeed_control_v1_ControlClient, ControlDefinition as _nodespeed_control_v1_ControlDefinition } from './nodespeed/control/v1/Control.js';
+import type { CoordinatorBatchIn as _nodespeed_control_v1_CoordinatorBatchIn, CoordinatorBatch as _nodespeed_control_v1_CoordinatorBatch } from './nodespeed/control/v1/CoordinatorBatch.js';
 import type { CoordinatorMessageIn as _nodespeed_control_v1_CoordinatorMessageIn, CoordinatorMessage as _nodespeed_control_v1_CoordinatorMessage } from './nodespeed/control/v1/CoordinatorMessage.js';
 import type { DeviceInfoIn as _nodespeed_control_v1_DeviceInfoIn, DeviceInfo as _nodespeed_control_v1_DeviceInfo } from './nodespeed/control/v1/DeviceInfo.js';
 import type { HeartbeatIn as _nodespeed_control_v1_HeartbeatIn, Heartbeat as _nodespeed_control_v1_Heartbeat } from './nodespeed/control/v1/Heartbeat.js';
@@ -22,6 +23,7 @@ import type { StopIn as _nodespeed_control_v1_StopIn, Stop as _nodespeed_control
 import type { SubmitIn as _nodespeed_control_v1_SubmitIn, Submit as _nodespeed_control_v1_Submit } from './nodespeed/control/v1/Submit.js';
 import type { TokenUpdateIn as _nodespeed_control_v1_TokenUpdateIn, TokenUpdate as _nodespeed_control_v1_TokenUpdate } from './nodespeed/control/v1/TokenUpdate.js';
 import type { TokensIn as _nodespeed_control_v1_TokensIn, Tokens as _nodespeed_control_v1_Tokens } from './nodespeed/control/v1/Tokens.js';
+import type { WorkerBatchIn as _nodespeed_control_v1_WorkerBatchIn, WorkerBatch as _nodespeed_control_v1_WorkerBatch } from './nodespeed/control/v1/WorkerBatch.js';
 import type { WorkerErrorIn as _nodespeed_control_v1_WorkerErrorIn, WorkerError as _nodespeed_control_v1_WorkerError } from './nodespeed/control/v1/WorkerError.js';
 import type { WorkerMessageIn as _nodespeed_control_v1_WorkerMessageIn, WorkerMessage as _nodespeed_control_v1_WorkerMessage } from './nodespeed/control/v1/WorkerMessage.js';
 import type { ChatMessageIn as _nodespeed_v1_ChatMessageIn, ChatMessage as _nodespeed_v1_ChatMessage } from './nodespeed/v1/ChatMessage.js';
@@ -61,6 +63,7 @@ export interface ProtoGrpcType {
         CommOffer: MessageTypeDefinition<_nodespeed_control_v1_CommOfferIn, _nodespeed_control_v1_CommOffer>
         CommPeers: MessageTypeDefinition<_nodespeed_control_v1_CommPeersIn, _nodespeed_control_v1_CommPeers>
         Control: SubtypeConstructor<typeof grpc.Client, _nodespeed_control_v1_ControlClient> & { service: _nodespeed_control_v1_ControlDefinition }
+        CoordinatorBatch: MessageTypeDefinition<_nodespeed_control_v1_CoordinatorBatchIn, _nodespeed_control_v1_CoordinatorBatch>
         CoordinatorMessage: MessageTypeDefinition<_nodespeed_control_v1_CoordinatorMessageIn, _nodespeed_control_v1_CoordinatorMessage>
         DeviceInfo: MessageTypeDefinition<_nodespeed_control_v1_DeviceInfoIn, _nodespeed_control_v1_DeviceInfo>
         Heartbeat: MessageTypeDefinition<_nodespeed_control_v1_HeartbeatIn, _nodespeed_control_v1_Heartbeat>
@@ -76,6 +79,7 @@ export interface ProtoGrpcType {
         Submit: MessageTypeDefinition<_nodespeed_control_v1_SubmitIn, _nodespeed_control_v1_Submit>
         TokenUpdate: MessageTypeDefinition<_nodespeed_control_v1_TokenUpdateIn, _nodespeed_control_v1_TokenUpdate>
         Tokens: MessageTypeDefinition<_nodespeed_control_v1_TokensIn, _nodespeed_control_v1_Tokens>
+        WorkerBatch: MessageTypeDefinition<_nodespeed_control_v1_WorkerBatchIn, _nodespeed_control_v1_WorkerBatch>
         WorkerError: MessageTypeDefinition<_nodespeed_control_v1_WorkerErrorIn, _nodespeed_control_v1_WorkerError>
         WorkerMessage: MessageTypeDefinition<_nodespeed_control_v1_WorkerMessageIn, _nodespeed_control_v1_WorkerMessage>
       }

@@ -8,6 +8,7 @@ import type { SubmitIn as _nodespeed_control_v1_SubmitIn, Submit as _nodespeed_c
 import type { CancelIn as _nodespeed_control_v1_CancelIn, Cancel as _nodespeed_control_v1_Cancel } from '../../../nodespeed/control/v1/Cancel.js';
 import type { StopIn as _nodespeed_control_v1_StopIn, Stop as _nodespeed_control_v1_Stop } from '../../../nodespeed/control/v1/Stop.js';
 import type { AbortIn as _nodespeed_control_v1_AbortIn, Abort as _nodespeed_control_v1_Abort } from '../../../nodespeed/control/v1/Abort.js';
+import type { CoordinatorBatchIn as _nodespeed_control_v1_CoordinatorBatchIn, CoordinatorBatch as _nodespeed_control_v1_CoordinatorBatch } from '../../../nodespeed/control/v1/CoordinatorBatch.js';
 
 export interface CoordinatorMessageIn {
   'assignment'?: (_nodespeed_control_v1_AssignmentIn | null);
@@ -18,7 +19,8 @@ export interface CoordinatorMessageIn {
   'cancel'?: (_nodespeed_control_v1_CancelIn | null);
   'stop'?: (_nodespeed_control_v1_StopIn | null);
   'abort'?: (_nodespeed_control_v1_AbortIn | null);
-  'msg'?: "assignment"|"heartbeat"|"commPeers"|"start"|"submit"|"cancel"|"stop"|"abort";
+  'batch'?: (_nodespeed_control_v1_CoordinatorBatchIn | null);
+  'msg'?: "assignment"|"heartbeat"|"commPeers"|"start"|"submit"|"cancel"|"stop"|"abort"|"batch";
 }
 
 export interface CoordinatorMessage {
@@ -30,5 +32,6 @@ export interface CoordinatorMessage {
   'cancel'?: (_nodespeed_control_v1_Cancel | null);
   'stop'?: (_nodespeed_control_v1_Stop | null);
   'abort'?: (_nodespeed_control_v1_Abort | null);
-  'msg'?: "assignment"|"heartbeat"|"commPeers"|"start"|"submit"|"cancel"|"stop"|"abort";
+  'batch'?: (_nodespeed_control_v1_CoordinatorBatch | null);
+  'msg'?: "assignment"|"heartbeat"|"commPeers"|"start"|"submit"|"cancel"|"stop"|"abort"|"batch";
 }

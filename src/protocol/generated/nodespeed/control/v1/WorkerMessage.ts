@@ -7,6 +7,7 @@ import type { ReadyIn as _nodespeed_control_v1_ReadyIn, Ready as _nodespeed_cont
 import type { CommOfferIn as _nodespeed_control_v1_CommOfferIn, CommOffer as _nodespeed_control_v1_CommOffer } from '../../../nodespeed/control/v1/CommOffer.js';
 import type { TokensIn as _nodespeed_control_v1_TokensIn, Tokens as _nodespeed_control_v1_Tokens } from '../../../nodespeed/control/v1/Tokens.js';
 import type { WorkerErrorIn as _nodespeed_control_v1_WorkerErrorIn, WorkerError as _nodespeed_control_v1_WorkerError } from '../../../nodespeed/control/v1/WorkerError.js';
+import type { WorkerBatchIn as _nodespeed_control_v1_WorkerBatchIn, WorkerBatch as _nodespeed_control_v1_WorkerBatch } from '../../../nodespeed/control/v1/WorkerBatch.js';
 
 export interface WorkerMessageIn {
   'join'?: (_nodespeed_control_v1_JoinIn | null);
@@ -16,7 +17,8 @@ export interface WorkerMessageIn {
   'commOffer'?: (_nodespeed_control_v1_CommOfferIn | null);
   'tokens'?: (_nodespeed_control_v1_TokensIn | null);
   'error'?: (_nodespeed_control_v1_WorkerErrorIn | null);
-  'msg'?: "join"|"heartbeat"|"loadProgress"|"ready"|"commOffer"|"tokens"|"error";
+  'batch'?: (_nodespeed_control_v1_WorkerBatchIn | null);
+  'msg'?: "join"|"heartbeat"|"loadProgress"|"ready"|"commOffer"|"tokens"|"error"|"batch";
 }
 
 export interface WorkerMessage {
@@ -27,5 +29,6 @@ export interface WorkerMessage {
   'commOffer'?: (_nodespeed_control_v1_CommOffer | null);
   'tokens'?: (_nodespeed_control_v1_Tokens | null);
   'error'?: (_nodespeed_control_v1_WorkerError | null);
-  'msg'?: "join"|"heartbeat"|"loadProgress"|"ready"|"commOffer"|"tokens"|"error";
+  'batch'?: (_nodespeed_control_v1_WorkerBatch | null);
+  'msg'?: "join"|"heartbeat"|"loadProgress"|"ready"|"commOffer"|"tokens"|"error"|"batch";
 }

@@ -1,0 +1,93 @@
+// Where a request's time to first token went, from a NODESPEED_REQUEST_TRACE file (src/protocol/request-trace.ts)
+// and the load generators' own records (load.mjs: each request's id, client start and first-token
+// times), for the requests that started in [from, to):
+//   client_to_arrive   client start -> the coordinator's API call handler runs
+//   arrive_to_routed   -> sent to a replica (validation, routing)
+//   routed_to_recv     -> the replica's driver has it in its scheduler (control stream, worker event loop)
+//   recv_to_admitted   -> admitted to the batch (waiting for a seat / KV, preemption)
+//   admitted_to_planned-> put in a step
+//   planned_to_sampled -> its first token computed (the steps before and its own)
+//   sampled_to_sent    -> handed to the control stream (detokenizing, the step after)
+//   sent_to_first_in   -> the coordinator's router has it (control stream, coordinator event loop)
+//   first_in_to_out    -> written to the client's stream
+//   out_to_client      -> the client's for-await sees it (gRPC, the client's event loop)
+// Each as p50 / p90 / p99 / max over the requests of a class that have every event, plus each
+// process's event-loop delay and utilization over the window (one line a second per process).
+import { readFileSync } from 'node:fs';
+
+const STAGES = [
+  ['client_to_arrive', 'client', 'arrive'], ['arrive_to_routed', 'arrive', 'routed'], ['routed_to_recv', 'routed', 'recv'],
+  ['recv_to_admitted', 'recv', 'admitted'], ['admitted_to_planned', 'admitted', 'planned'], ['planned_to_sampled', 'planned', 'sampled'],
+  ['sampled_to_sent', 'sampled', 'sent'], ['sent_to_first_in', 'sent', 'first_in'], ['first_in_to_out', 'first_in', 'first_out'],
+  ['out_to_client', 'first_out', 'client_first'], ['total', 'client', 'client_first'],
+];
+
+function pct(values, p) {
+  const v = [...values].sort((x, y) => x - y);
+  return v.length ? v[Math.min(v.length - 1, Math.max(0, Math.ceil(p * v.length) - 1))] : null;
+}
+const r1 = (x) => (x === null ? null : Math.round(x * 10) / 10);
+const summary = (xs) => ({ n: xs.length, p50: r1(pct(xs, 0.5)), p90: r1(pct(xs, 0.9)), p99: r1(pct(xs, 0.99)), max: r1(pct(xs, 1)) });
+
+/** Reads the trace file: request events by id (the first of each kind) and the event-loop lines. */
+export function readTrace(file) {
+  const byId = new Map();
+  const loops = [];
+  let text;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return { byId, loops };
+  }
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    let e;
+    try {
+      e = JSON.parse(line);
+    } catch {
+      continue;  // a line cut by a process killed mid-write
+    }
+    if (e.ev === 'loop') {
+      loops.push(e);
+      continue;
+    }
+    let r = byId.get(e.id);
+    if (!r) byId.set(e.id, (r = {}));
+    if (r[e.ev] === undefined) r[e.ev] = e;
+  }
+  return { byId, loops };
+}
+
+/**
+ * The stage breakdown of the traced requests of each load run (`runs`: name -> load.mjs result)
+ * that started in [from, to), and the event-loop lines of each process in that window.
+ */
+export function timeline(trace, runs, from, to) {
+  const out = { stages: {}, loops: {}, preempted: {} };
+  for (const [name, run] of Object.entries(runs)) {
+    const per = Object.fromEntries(STAGES.map(([s]) => [s, []]));
+    let traced = 0;
+    for (const q of run.requests) {
+      if (!q.id || q.first === null || q.start < from || q.start >= to) continue;
+      const ev = trace.byId.get(q.id);
+      if (!ev) continue;
+      traced++;
+      const at = { ...Object.fromEntries(Object.entries(ev).map(([k, e]) => [k, e.t])), client: q.start, client_first: q.first };
+      for (const [s, a, b] of STAGES) if (at[a] !== undefined && at[b] !== undefined) per[s].push(at[b] - at[a]);
+      if (ev.preempted) out.preempted[name] = (out.preempted[name] ?? 0) + 1;
+    }
+    out.stages[name] = { traced, ...Object.fromEntries(STAGES.map(([s]) => [s, summary(per[s])])) };
+  }
+  const procs = new Map();
+  for (const l of trace.loops) {
+    if (l.t < from || l.t >= to) continue;
+    const k = `${l.p}-${l.pid}`;
+    if (!procs.has(k)) procs.set(k, []);
+    procs.get(k).push(l);
+  }
+  for (const [k, ls] of procs) {
+    out.loops[k] = { seconds: ls.length, delay_p99_ms: summary(ls.map((l) => l.p99)), delay_max_ms: r1(Math.max(...ls.map((l) => l.max))),
+      elu_mean: Math.round((1000 * ls.reduce((s, l) => s + l.elu, 0)) / ls.length) / 1000, elu_max: Math.max(...ls.map((l) => l.elu)) };
+  }
+  return out;
+}

@@ -1,0 +1,120 @@
+// A gRPC stream writes one message at a time: grpc-js hands the next message to HTTP/2 only when
+// the previous one's write has completed, which takes a turn of the event loop. Under load a
+// process writes far more messages per turn than that (a request's submit behind hundreds of
+// others, a step's tokens behind the steps before), so each waited in a FIFO as long as the
+// whole backlog took to drain, one turn per message. The coalescing writer keeps one write in
+// flight and gathers what is sent meanwhile; when that write completes, everything gathered goes
+// out in one write (`pack`: one batch message, or several merged ones), in order. An idle stream
+// writes each message at once, as before.
+export type WriteFn<M> = (m: M, done: (err?: Error | null) => void) => void;
+
+export class CoalescingWriter<M> {
+  private inFlight = false;
+  private queued: M[] = [];
+  private idle: (() => void)[] = [];
+
+  /**
+   * `write`: one write to the stream, calling `done` when it has gone out. `pack`: the messages
+   * gathered during a write (two or more), as the messages to write now, in order.
+   */
+  constructor(private readonly write: WriteFn<M>, private readonly pack: (ms: M[]) => M[]) {}
+
+  /**
+   * Runs `fn` once every message sent so far has been written (at once when none is pending), or
+   * after `maxMs` when a write never completes (a stream that broke meanwhile): to end a stream
+   * after its last messages.
+   */
+  whenIdle(fn: () => void, maxMs = 2000): void {
+    if (!this.inFlight) return fn();
+    let ran = false;
+    const once = () => {
+      if (ran) return;
+      ran = true;
+      clearTimeout(timer);
+      fn();
+    };
+    const timer = setTimeout(once, maxMs);
+    timer.unref();
+    this.idle.push(once);
+  }
+
+  /** Messages waiting for the write in flight. */
+  get backlog(): number {
+    return this.queued.length;
+  }
+
+  send(m: M): void {
+    if (this.inFlight) {
+      this.queued.push(m);
+      return;
+    }
+    this.inFlight = true;
+    try {
+      this.write(m, this.done);
+    } catch (err) {
+      this.inFlight = false;  // the stream is closed: the next send throws again
+      throw err;
+    }
+  }
+
+  private readonly done = (err?: Error | null): void => {
+    // A failed write: the stream is closing, and its own error/end handlers report that.
+    if (err || !this.queued.length) {
+      this.inFlight = false;
+      if (err) this.queued = [];
+      const idle = this.idle;
+      this.idle = [];
+      for (const fn of idle) fn();
+      return;
+    }
+    const ms = this.queued.length === 1 ? this.queued : this.pack(this.queued);
+    this.queued = [];
+    for (let i = 0; i < ms.length - 1; i++) this.write(ms[i]!, ignore);
+    this.write(ms[ms.length - 1]!, this.done);
+  };
+}
+
+function ignore(): void {}
+
+/** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */
+export const BATCH_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * An upper bound of a plain message's protobuf size: every number as a 10-byte varint, every
+ * string as 3 bytes a UTF-16 unit, bytes as they are, 5 bytes of tag and length per field.
+ */
+export function upperBytes(v: unknown): number {
+  switch (typeof v) {
+    case 'number': case 'bigint': return 11;
+    case 'boolean': return 2;
+    case 'string': return 5 + 3 * v.length;
+    case 'object': {
+      if (v === null) return 0;
+      if (v instanceof Uint8Array) return 5 + v.byteLength;
+      let n = 5;
+      if (Array.isArray(v)) for (const x of v) n += upperBytes(x);
+      else for (const k in v) n += upperBytes((v as Record<string, unknown>)[k]);
+      return n;
+    }
+    default: return 0;
+  }
+}
+
+/** Gathered messages as batch messages (`wrap`) of at most BATCH_MAX_BYTES each, in order. */
+export function batches<M>(ms: M[], wrap: (messages: M[]) => M, maxBytes = BATCH_MAX_BYTES): M[] {
+  const out: M[] = [];
+  let cur: M[] = [];
+  let bytes = 0;
+  for (const m of ms) {
+    const b = upperBytes(m);
+    if (cur.length && bytes + b > maxBytes) {
+      out.push(cur.length === 1 ? cur[0]! : wrap(cur));
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(m);
+    bytes += b;
+  }
+  if (cur.length) out.push(cur.length === 1 ? cur[0]! : wrap(cur));
+  return out;
+}

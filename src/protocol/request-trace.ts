@@ -1,0 +1,84 @@
+// NODESPEED_REQUEST_TRACE=FILE: the coordinator and every replica driver append JSON lines to FILE
+// (one file for all of them: each line is one short append), so a serving benchmark can say where a
+// request's time to first token went:
+//   {"t": epoch ms, "p": process ("coord" | "worker"), "id": request id, "ev": event, ...details}
+//   coordinator: arrive (the API call came in), routed (sent to a replica), first_in (its first
+//                token came back from the replica), first_out (written to the client), preempted, end
+//   worker:      recv (the submit reached the driver's event loop), admitted, planned (first put in
+//                a step), sampled (its first token computed), sent (its first token handed to the
+//                control stream)
+// and, every second and once as it exits, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
+// (perf_hooks monitorEventLoopDelay) and "elu" (the share of that second the loop was busy)}.
+// Lines are buffered and written every 200 ms (and at exit), never on the request's path.
+// Requests of the most urgent class seen (class rank 0) are traced always, others one in `sample`.
+import { appendFileSync } from 'node:fs';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import type { EventLoopUtilization } from 'node:perf_hooks';
+
+import { settings } from '../settings/index.js';
+
+const FLUSH_MS = 200;
+const LOOP_MS = 1000;
+/** One in this many requests below the most urgent class is traced. */
+const SAMPLE = 16;
+
+export interface RequestTrace {
+  /** Whether a request of this class rank and id is traced (decided once per request by its caller). */
+  wants(classRank: number, id: string): boolean;
+  /** Appends one event of request `id` now (or at `t`, epoch ms). */
+  event(id: string, ev: string, details?: Record<string, unknown>, t?: number): void;
+}
+
+/** Epoch ms with sub-ms precision (Date.now() is whole ms). */
+export function nowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+function hash(id: string): number {
+  let h = 0;
+  for (let i = 0; i < id.length; i++) h = (h * 31 + id.charCodeAt(i)) | 0;
+  return h >>> 0;
+}
+
+const tracers = new Map<string, RequestTrace>();
+
+/** The process's tracer, or undefined when NODESPEED_REQUEST_TRACE is unset. One per process and role. */
+export function requestTrace(role: 'coord' | 'worker', file: string | undefined = settings().requestTrace): RequestTrace | undefined {
+  if (!file) return undefined;
+  const key = `${role}:${file}`;
+  const have = tracers.get(key);
+  if (have) return have;
+  let lines: string[] = [];
+  const flush = () => {
+    if (!lines.length) return;
+    const chunk = lines.join('\n') + '\n';
+    lines = [];
+    appendFileSync(file, chunk);
+  };
+  const round = (x: number) => Math.round(x * 1000) / 1000;
+  const push = (o: Record<string, unknown>) => lines.push(JSON.stringify(o));
+  setInterval(flush, FLUSH_MS).unref();
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  let elu: EventLoopUtilization = performance.eventLoopUtilization();
+  const sampleLoop = () => {
+    const e = performance.eventLoopUtilization(elu);
+    elu = performance.eventLoopUtilization();
+    const ms = (ns: number) => round(ns / 1e6);
+    push({ t: round(nowMs()), p: role, pid: process.pid, ev: 'loop', p50: ms(delay.percentile(50)), p99: ms(delay.percentile(99)), max: ms(delay.max),
+      elu: round(e.utilization) });
+    delay.reset();
+  };
+  setInterval(sampleLoop, LOOP_MS).unref();
+  // A process that lives less than a sampling interval still reports its loop once, as it exits.
+  process.on('exit', () => {
+    sampleLoop();
+    flush();
+  });
+  const t: RequestTrace = {
+    wants: (classRank, id) => classRank === 0 || hash(id) % SAMPLE === 0,
+    event: (id, ev, details, at) => push({ t: round(at ?? nowMs()), p: role, id, ev, ...details }),
+  };
+  tracers.set(key, t);
+  return t;
+}

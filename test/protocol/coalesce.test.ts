@@ -1,0 +1,123 @@
+// The control stream under a burst: what the coordinator sends a worker while a write is in flight
+// goes out as one batch after it, so a message sent last (a realtime request's submit behind
+// hundreds of batch ones) is not written one event-loop turn per message after the others. A real
+// gRPC server and client over loopback, the control proto, the coordinator's WorkerConn.
+import * as grpc from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { WorkerConn } from '../../src/coordinator/worker-conn.js';
+import type { ControlCall } from '../../src/coordinator/worker-conn.js';
+import { mergeResponses } from '../../src/coordinator/api.js';
+import type { CoordinatorMessage, Join, OutgoingCoordinatorMessage } from '../../src/protocol/control.js';
+import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition, serviceDefinition } from '../../src/protocol/proto.js';
+import type { RankPlan } from '../../src/coordinator/layout.js';
+import { FinishReason } from '../../src/protocol/lifecycle.js';
+import { batches, upperBytes } from '../../src/protocol/coalesce.js';
+
+const N = 400;
+const submit = (i: number): OutgoingCoordinatorMessage => ({
+  submit: { epoch: '1', requestId: `r${i}`, promptIds: Array.from({ length: 32 }, (_, k) => k + i), generatedIds: [], priority: i === N - 1 ? -100 : 100,
+    classRank: i === N - 1 ? 0 : 2 },
+});
+
+let server: grpc.Server | undefined;
+let client: grpc.Client | undefined;
+afterEach(() => {
+  client?.close();
+  server?.forceShutdown();
+});
+
+/**
+ * The server writes N submits in one tick, `send` being how; resolves with what the worker end
+ * received: each top-level message's member, and the submits' ids in order.
+ */
+async function burst(send: (call: ControlCall, m: OutgoingCoordinatorMessage) => void): Promise<{ top: string[]; ids: string[] }> {
+  const def = controlPackageDefinition();
+  server = new grpc.Server();
+  server.addService(serviceDefinition(def, CONTROL_SERVICE), {
+    Connect: (call: ControlCall) => {
+      call.once('data', () => {
+        for (let i = 0; i < N; i++) send(call, submit(i));
+        const conn = (call as unknown as { conn?: WorkerConn }).conn;
+        if (conn) conn.close();
+        else call.end();
+      });
+    },
+  });
+  const port = await new Promise<number>((ok, fail) => server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? fail(e) : ok(p))));
+  const Ctor = clientConstructor(def, CONTROL_SERVICE);
+  client = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const call = (client as unknown as { Connect(): grpc.ClientDuplexStream<unknown, CoordinatorMessage> }).Connect();
+  call.write({ heartbeat: { epoch: '1', sentAtMs: 0 } });
+  const top: string[] = [];
+  const ids: string[] = [];
+  const take = (m: CoordinatorMessage): void => {
+    if (m.msg === 'batch') for (const x of m.batch.messages) take(x as CoordinatorMessage);
+    else if (m.msg === 'submit') ids.push(m.submit.requestId);
+  };
+  await new Promise<void>((ok, fail) => {
+    call.on('data', (m: CoordinatorMessage) => {
+      top.push(m.msg);
+      take(m);
+    });
+    call.on('end', ok);
+    call.on('error', fail);
+  });
+  call.end();
+  return { top, ids };
+}
+
+const plan = { rank: 0, replica: 0 } as unknown as RankPlan;
+
+describe('control stream coalescing', () => {
+  it('a burst goes out as the first message and one batch, every message in order', async () => {
+    const { top, ids } = await burst((call, m) => {
+      const conn = ((call as unknown as { conn?: WorkerConn }).conn ??= new WorkerConn(plan, {} as Join, call, '1'));
+      conn.send(m);
+    });
+    expect(ids).toEqual(Array.from({ length: N }, (_, i) => `r${i}`));
+    // The first write goes alone; the N - 1 sent while it was in flight follow in one batch.
+    expect(top).toEqual(['submit', 'batch']);
+  });
+
+  it('written one by one (the stream without coalescing), the last submit is the N-th message', async () => {
+    const { top, ids } = await burst((call, m) => call.write(m));
+    expect(ids).toEqual(Array.from({ length: N }, (_, i) => `r${i}`));
+    expect(top.length).toBe(N);
+  });
+});
+
+describe('Generate stream merging', () => {
+  it('runs of one sequence from one replica merge; finished ones, other choices and other replicas stay apart', () => {
+    const m = (choice: number, index: number, ids: number[], extra: object = {}) => ({ choice, index, tokenIds: ids, text: ids.map(String).join(''),
+      logprobs: [], replica: 0, group: 'fast', finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, ...extra });
+    const out = mergeResponses([m(0, 0, [1]), m(0, 1, [2, 3]), m(1, 0, [9]), m(1, 1, [8], { finishReason: FinishReason.FINISH_REASON_LENGTH }), m(1, 2, [7]),
+      m(0, 3, [4], { replica: 1, group: 'slow' }), m(0, 4, [5], { replica: 1, group: 'slow' })]);
+    expect(out.map((x) => [x.choice, x.index, x.tokenIds, x.text, x.replica])).toEqual([
+      [0, 0, [1, 2, 3], '123', 0], [1, 0, [9, 8], '98', 0], [1, 2, [7], '7', 0], [0, 3, [4, 5], '45', 1],
+    ]);
+    expect(out[1]!.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+  });
+});
+
+describe('batch size', () => {
+  it('upperBytes bounds the encoded size, and batches() keeps each batch under its budget, in order', () => {
+    const method = controlPackageDefinition()[CONTROL_SERVICE] as unknown as Record<string, { responseSerialize(v: unknown): Buffer; requestSerialize(v: unknown): Buffer }>;
+    const { responseSerialize, requestSerialize } = method.Connect!;
+    const big = (i: number): OutgoingCoordinatorMessage => ({
+      submit: { epoch: '7', requestId: `big-${String(i).padStart(2, '0')}`, promptIds: Array.from({ length: 20_000 }, (_, k) => (k * 7919 + i) % 150_000), generatedIds: [1, 2, 3],
+        priority: -5, classRank: 1, params: { temperature: 0.7, seed: '18446744073709551615', stop: ['</s>', 'ünïcødé'], maxTokens: 100, logprobs: 5 } },
+    });
+    const tokens = { tokens: { epoch: '7', updates: Array.from({ length: 64 }, (_, i) => ({ requestId: `r${i}`, tokenIds: [i, i + 1], text: 'ab€', index: 3 * i,
+      finishReason: 'FINISH_REASON_UNSPECIFIED', error: '', preempted: false,
+      logprobs: [{ logprob: -0.5, topIds: [1, 2, 3, 4, 5], topLogprobs: [-0.1, -0.2, -0.3, -0.4, -0.5] }] })) } };
+    for (let i = 0; i < 3; i++) expect(upperBytes(big(i))).toBeGreaterThanOrEqual(responseSerialize(big(i)).length);
+    expect(upperBytes(tokens)).toBeGreaterThanOrEqual(requestSerialize(tokens).length);
+    const ms = Array.from({ length: 30 }, (_, i) => big(i));
+    const limit = 4 * upperBytes(big(0));
+    const out = batches(ms, (messages) => ({ batch: { messages } }), limit);
+    expect(out.length).toBe(8);  // 4 a batch: 7 batches and the last 2
+    expect(out.flatMap((m) => m.batch?.messages ?? [m]).map((m) => m.submit!.requestId)).toEqual(ms.map((m) => m.submit!.requestId));
+    for (const b of out) expect(responseSerialize(b).length).toBeLessThanOrEqual(limit);
+  });
+});
