@@ -359,7 +359,8 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
     Y = a.sy;
     rows = a.s_rows;
     // The shared weights do not depend on the previous kernel: start pulling them.
-    if (wk.feature * kWF < n) prefetch_row(W + (size_t)wk.feature * kWF * k, k * F::kBytes * kWF, 2 * kWF, lane);
+    const int f0 = wk.feature * kWF;
+    if (f0 < n) prefetch_row(W + (size_t)f0 * k, min(kWF, n - f0) * k * F::kBytes, 2 * kWF, lane);
     grid_dependency_wait();
   } else {
     if constexpr (!GATED) {
