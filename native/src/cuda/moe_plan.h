@@ -18,8 +18,9 @@
 
 namespace ns::cuda::moe {
 
-// Grouped GEMV (decode): one output feature per warp, 8 warps a block, up to kGemvTokens rows per
-// pass over the weights (more rows: more passes, the weights then come from L1/L2).
+// Grouped GEMV (decode): two weight rows streamed per warp (gemv_warp_features), 8 warps a block,
+// up to kGemvTokens rows per pass over the weights (more rows: more passes, the weights then come
+// from L1/L2).
 constexpr int kGemvWarps = 8;
 constexpr int kGemvTokens = 8;
 // Steps of up to this many tokens run the shared expert inside the grouped GEMV launches (it is
