@@ -178,14 +178,15 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 // per-byte work is twice a 16-bit cache's), U = 2 or 4. MIN_BLOCKS: blocks an SM the registers
 // must allow (0: no bound).
 // NW warps a block: kVecWarps where every (token, head) is one block (many streams fill the GPU),
-// kWideWarps where the grid splits the keys (few tokens): a block then takes up to kSplitPasses
-// passes of its NW * KPW * U keys before a token's keys are split at all (a batch-1 step at a
-// 128..256-token context: one block a head reads all its keys and merges its warps in shared
-// memory; the split blocks past a token's share exit at once), so short contexts pay no partials
-// in the workspace, no fence and atomic ticket, and no merge by a last block.
+// kWideWarps where the grid splits the keys (few tokens), with 8 keys in flight a lane where the
+// registers allow (head_dim <= 128). A split block takes 16 keys a warp, or one pass of its
+// NW * KPW * U keys if more, before a token's keys are split further: a batch-1 step at a context
+// of up to 256 (head_dim 128) reads each head's keys in one pass of one block and merges its warps
+// in shared memory (the grid's other split blocks exit at once), with no partials in the workspace,
+// no fence and atomic ticket and no merge by a last block. The block reads its token's metadata (the
+// host's copy, never written by a kernel) before waiting for the kernel that wrote q and the new K/V.
 constexpr int kVecWarps = 4;
 constexpr int kWideWarps = 16;
-constexpr int kSplitPasses = 2;
 
 // One lane's load of a key or value row to f32: 8 elements of a 16-bit cache, or EL E4M3 ones.
 template <typename T, bool KV8, int EL, typename Vec>
@@ -201,8 +202,7 @@ __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs 
   constexpr int LPK = HD / EL, KPW = 32 / LPK, KEYS = NW * KPW;  // KEYS: keys per block per load
   using Vec = std::conditional_t<KV8 && EL == 8, uint2, uint4>;  // one lane's EL elements of a key row
   using Elem = std::conditional_t<KV8, uint8_t, T>;
-  grid_dependency_wait();
-  grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
+  constexpr int kSplitKeys = NW * 16 > U * KEYS ? NW * 16 : U * KEYS;
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs 
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;
   const int first = a.window > 0 ? max(0, ctx - a.window) : 0;
-  const int splits = min(a.n_splits, max(1, (ctx - first + kSplitPasses * U * KEYS - 1) / (kSplitPasses * U * KEYS)));
+  const int splits = min(a.n_splits, max(1, (ctx - first + kSplitKeys - 1) / kSplitKeys));
   if (split >= splits) return;
   const int chunk = (ctx - first + splits - 1) / splits;
   const int k0 = first + split * chunk, k1 = min(ctx, k0 + chunk);
@@ -223,6 +223,8 @@ __global__ void __launch_bounds__(NW * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs 
   const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * EL;
   const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * EL;
   if (KV8) scale *= a.k_scale;
+  grid_dependency_wait();
+  grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
 
   float qr[EL], acc[EL];
   const uint4* qp = reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
@@ -316,18 +318,20 @@ void launch(const AttnArgs& a, cudaStream_t s) {
 // full). kv8_form for bench/gpu/attn-kv8.cu's timing; 0: 16 x 2 where every (token, head) is one
 // block (many streams), 8 x 4 where the keys are split (batch-1 fp8-KV decode was 3% slower with
 // 16 x 4, 281.3 vs 290.5 tok/s on an H100).
-// With split keys (few tokens) the 16-bit cache and the 8 x 4 form run kWideWarps a block.
+// With split keys (few tokens) the 16-bit cache and the 8-element form run kWideWarps a block, with
+// 8 keys in flight a lane (4 at head_dim 256, whose registers would spill).
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits), block(kVecWarps * 32), wide(kWideWarps * 32);
+  constexpr int UW = HD > 128 ? 4 : 8;
   const float sc = score_scale(a);
   const bool split = a.n_splits > 1;
   if (!a.kv_fp8) {
-    if (split) return launch("attention", attn_vec_kernel<T, HD, false, 8, 4, kWideWarps>, grid, wide, s, a, sc);
+    if (split) return launch("attention", attn_vec_kernel<T, HD, false, 8, UW, kWideWarps>, grid, wide, s, a, sc);
     return launch("attention", attn_vec_kernel<T, HD, false, 8, 4, kVecWarps>, grid, block, s, a, sc);
   }
   const int form = a.kv8_form ? a.kv8_form : split ? 1 : 2;
-  if (form == 1 && split) launch("attention", attn_vec_kernel<T, HD, true, 8, 4, kWideWarps>, grid, wide, s, a, sc);
+  if (form == 1 && split) launch("attention", attn_vec_kernel<T, HD, true, 8, UW, kWideWarps>, grid, wide, s, a, sc);
   else if (form == 1) launch("attention", attn_vec_kernel<T, HD, true, 8, 4, kVecWarps>, grid, block, s, a, sc);
   else if (form == 2) launch("attention", attn_vec_kernel<T, HD, true, 16, 2, kVecWarps, 8>, grid, block, s, a, sc);
   else launch("attention", attn_vec_kernel<T, HD, true, 16, 4, kVecWarps>, grid, block, s, a, sc);
