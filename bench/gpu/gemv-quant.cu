@@ -1,13 +1,11 @@
 // Decode GEMV microbenchmark: the 7B shape's matrices (qkv, o, gate|up, down, LM head) at one row,
 // bf16 (gemv.cu) beside int8 and E4M3 weights (quant_gemm.cu's gemv_quant), back-to-back launches
-// on one stream; qkv and gate|up also as the decode step runs them (gemv_fused: RoPE + the KV write,
-// SwiGLU in the epilogue). Each matrix has enough copies to exceed the L2 (every call reads its weights from
+// on one stream. Each matrix has enough copies to exceed the L2 (every call reads its weights from
 // HBM); one JSON line: us per call, GB/s, and the quantized / bf16 time ratio (the weights' 2x is
 // the roofline).
 // usage (repo root, GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/gemv-quant.cu \
 //     native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/gemv-quant && /tmp/gemv-quant
-#include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -23,13 +21,11 @@ bool pdl_enabled() { return true; }
 using namespace ns;
 using namespace ns::cuda;
 
-// fuse: 0 the plain GEMV, 1 RoPE + KV write (32 heads of 128), 2 SwiGLU (I = N / 2).
-struct Shape { const char* name; int N, K; GemvOut mode; int fuse = 0; };
+struct Shape { const char* name; int N, K; GemvOut mode; };
 
 int main() {
-  const Shape shapes[] = {{"qkv", 12288, 4096, GemvOut::Act}, {"qkv+rope", 12288, 4096, GemvOut::Act, 1},
-                          {"o", 4096, 4096, GemvOut::AddResidual}, {"gate_up", 22016, 4096, GemvOut::Act},
-                          {"gate_up+swiglu", 22016, 4096, GemvOut::Act, 2}, {"down", 4096, 11008, GemvOut::AddResidual},
+  const Shape shapes[] = {{"qkv", 12288, 4096, GemvOut::Act}, {"o", 4096, 4096, GemvOut::AddResidual},
+                          {"gate_up", 22016, 4096, GemvOut::Act}, {"down", 4096, 11008, GemvOut::AddResidual},
                           {"head", 32000, 4096, GemvOut::F32}};
   std::mt19937 rng(7);
   void* x = nullptr; float* y = nullptr; float* scale = nullptr;
@@ -44,28 +40,6 @@ int main() {
     NS_CUDA(cudaMemcpy(scale, hs.data(), hs.size() * 4, cudaMemcpyHostToDevice));
     NS_CUDA(cudaMemset(y, 0, 32000 * 4));
   }
-  // The fused forms' inputs: one token at position 100 (slot 100 of 16-token blocks), a bf16 cache.
-  int32_t* pos = nullptr;
-  float* inv_freq = nullptr;
-  void *kc = nullptr, *vc = nullptr, *fout = nullptr;
-  const size_t cache = (size_t)7 * 16 * 32 * 128 * 2;
-  NS_CUDA(cudaMalloc(&pos, 4));
-  NS_CUDA(cudaMalloc(&inv_freq, 64 * 4));
-  NS_CUDA(cudaMalloc(&kc, cache));
-  NS_CUDA(cudaMalloc(&vc, cache));
-  NS_CUDA(cudaMalloc(&fout, 12288 * 2));
-  {
-    const int32_t p = 100;
-    NS_CUDA(cudaMemcpy(pos, &p, 4, cudaMemcpyHostToDevice));
-    std::vector<float> inv(64);
-    for (int j = 0; j < 64; ++j) inv[j] = 1.f / std::pow(10000.f, j / 64.f);
-    NS_CUDA(cudaMemcpy(inv_freq, inv.data(), 64 * 4, cudaMemcpyHostToDevice));
-  }
-  GemvFusion rope{GemvFuse::RopeKv, fout};
-  rope.nh = 32; rope.nkv = 32; rope.hd = 128; rope.pos = pos; rope.slot = pos; rope.inv_freq = inv_freq;
-  rope.kv = KvCache{kc, vc}; rope.block_size = 16;
-  GemvFusion swiglu{GemvFuse::SwiGlu, fout};
-  swiglu.I = 11008;
   cudaStream_t s;
   NS_CUDA(cudaStreamCreate(&s));
   cudaEvent_t e0, e1;
@@ -82,10 +56,8 @@ int main() {
       std::vector<uint8_t> hw(bytes);
       for (auto& b : hw) { b = rng() & 0xff; if (wt == 2 && (b & 0x7f) == 0x7f) b &= 0xfe; if (wt == 0) b &= 0x3f; }
       for (auto& p : w) { NS_CUDA(cudaMalloc(&p, bytes)); NS_CUDA(cudaMemcpy(p, hw.data(), bytes, cudaMemcpyHostToDevice)); }
-      const DType wdt = wt == 0 ? DType::BF16 : wt == 1 ? DType::I8 : DType::F8E4M3;
       auto call = [&](int i) {
-        if (sh.fuse) gemv_fused(DType::BF16, wdt, w[i % copies], wt == 0 ? nullptr : scale, x, 1, sh.K, sh.fuse == 1 ? rope : swiglu, s);
-        else if (wt == 0) gemv(DType::BF16, w[i % copies], x, 1, sh.N, sh.K, y, sh.mode, s);
+        if (wt == 0) gemv(DType::BF16, w[i % copies], x, 1, sh.N, sh.K, y, sh.mode, s);
         else gemv_quant(DType::BF16, wt == 1 ? DType::I8 : DType::F8E4M3, QuantGemv{w[i % copies], scale, x, 1, sh.N, sh.K, y}, sh.mode, s);
       };
       for (int i = 0; i < 20; ++i) call(i);

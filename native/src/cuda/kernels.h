@@ -120,9 +120,9 @@ void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStrea
 //  RopeKv: W = q|k|v [(nh + 2 nkv) hd, K]: out = qkv [R, (nh + 2 nkv) hd] receives the rotated q heads
 //          (its k and v columns are not written) and k, v go into the cache, as rope_kv_write()
 //          does; hd % 8 == 0 and hd <= 256.
-// wt: the activation dtype (gemv.cu: a block's 8 warps take 4 output pairs -- gate row i and up row
-// I + i, or rotary pair j, j + hd/2 -- one warp a weight row), or I8 / F8E4M3 with one f32 scale a row
-// (quant_gemm.cu, W8A16: one warp an output pair, both its rows).
+// A block's 8 warps take 4 output pairs (gate row i and up row I + i; or rotary pair j, j + hd/2),
+// one warp a weight row. wt: the activation dtype (gemv.cu), or I8 / F8E4M3 with one f32 scale a row
+// (quant_gemm.cu, W8A16).
 enum class GemvFuse { SwiGlu, RopeKv };
 struct GemvFusion {
   GemvFuse kind;

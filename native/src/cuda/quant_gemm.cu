@@ -2,12 +2,9 @@
 //  - gemv_quant: decode rows (1..4) reading int8 or E4M3 weights against activation-dtype rows
 //    (weight-only, W8A16, for fp8 models too: at 1..4 rows the product is bound by the weights'
 //    bytes, and quantizing the rows would only add a launch and a second conversion per weight);
-//    the layout of gemv.cu (warps stream 16-byte weight chunks) with twice the elements per load,
-//    and two weight rows a warp (four chunks of each in flight per lane, each load of the input
-//    rows used for both): a row of 8-bit weights is half the bytes of a 16-bit one, so a warp a row
-//    would pay its fixed cost (prefetch, wait, reduction, store) on half the bytes; gemv_quant_fused:
-//    the same, the warp's two rows an output pair (gate and up, or the two halves of a rotary
-//    pair), with SwiGLU or RoPE + the KV write as the epilogue (kernels.h gemv_fused);
+//    the layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
+//    lane), with twice the elements per load; gemv_quant_fused: the same, with SwiGLU or RoPE + the
+//    KV write as the epilogue (kernels.h gemv_fused);
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
 //  - fp8_epilogue: the f32 result of cuBLASLt's E4M3 GEMM times the row and column scales, written
@@ -27,14 +24,11 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// One 16-byte chunk of each of the warp's two weight rows (16 weights at column 16 i) against R
-// activation-dtype rows: acc[r] for row 0, acc[R + r] for row 1, each summed in the order a single
-// row's product would take (the fused and plain GEMVs agree bit for bit).
+// One 16-byte weight chunk (16 weights at column 16 i) against R activation-dtype rows.
 template <typename T, DType W, int R>
-__device__ __forceinline__ void fma16x2(const uint4& w0, const uint4& w1, const T* x, int K, int i, float* acc) {
-  float f0[16], f1[16];
-  unpack16<W>(w0, f0);
-  unpack16<W>(w1, f1);
+__device__ __forceinline__ void fma16(const uint4& wv, const T* x, int K, int i, float* acc) {
+  float wf[16];
+  unpack16<W>(wv, wf);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     float xf[16];
@@ -42,121 +36,71 @@ __device__ __forceinline__ void fma16x2(const uint4& w0, const uint4& w1, const 
     unpack8<T>(__ldg(xr), xf);
     unpack8<T>(__ldg(xr + 1), xf + 8);
 #pragma unroll
-    for (int e = 0; e < 16; ++e) acc[r] += f0[e] * xf[e];
-#pragma unroll
-    for (int e = 0; e < 16; ++e) acc[R + r] += f1[e] * xf[e];
+    for (int e = 0; e < 16; ++e) acc[r] += wf[e] * xf[e];
   }
 }
 
-// acc[r], acc[R + r] = this lane's part of weight rows n0, n1 (unscaled) times row r of x (KS warps
-// a row pair, `part` of them). has: the warp has rows at all; n1 is n0 again where the last pair of
-// an odd row count is cut short (the row read twice, the caller drops the second result).
+// acc[r] = this lane's part of row n of Wq (unscaled) times row r of x (KS warps a row, `part` of them).
 template <typename T, DType W, int R, int KS>
-__device__ __forceinline__ void gemv_quant_acc2(const uint8_t* __restrict__ Wq, const T* __restrict__ x, bool has, int n0, int n1,
-                                                int K, int part, int lane, float (&acc)[2 * R]) {
+__device__ __forceinline__ void gemv_quant_acc(const uint8_t* __restrict__ Wq, const T* __restrict__ x, int n, int N, int K, int part,
+                                               int lane, float (&acc)[R]) {
   constexpr int kStride = 32 * KS;
   const int K16 = K / 16;
-  const uint4* w0 = reinterpret_cast<const uint4*>(Wq + (size_t)n0 * K);
-  const uint4* w1 = reinterpret_cast<const uint4*>(Wq + (size_t)n1 * K);
-  if (has) {  // weights never change during a step: pull the first chunks into L2 before waiting
+  if (n < N) {  // weights never change during a step: pull the first chunks into L2 before waiting
+    const uint4* w = reinterpret_cast<const uint4*>(Wq + (size_t)n * K);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int i = part * 32 + lane + j * kStride;
-      if (i < K16) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w0 + i));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w1 + i));
-      }
+      if (i < K16) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
     }
   }
   grid_dependency_wait();
   grid_dependents_launch();  // as gemv.cu: the next kernel's blocks take the SMs of this one's tail
 #pragma unroll
-  for (int r = 0; r < 2 * R; ++r) acc[r] = 0.f;
-  if (!has) return;
-  int i = part * 32 + lane;
-  for (; i + 3 * kStride < K16; i += 4 * kStride) {
-    const uint4 a0 = __ldg(w0 + i), a1 = __ldg(w0 + i + kStride), a2 = __ldg(w0 + i + 2 * kStride), a3 = __ldg(w0 + i + 3 * kStride);
-    const uint4 b0 = __ldg(w1 + i), b1 = __ldg(w1 + i + kStride), b2 = __ldg(w1 + i + 2 * kStride), b3 = __ldg(w1 + i + 3 * kStride);
-    fma16x2<T, W, R>(a0, b0, x, K, i, acc);
-    fma16x2<T, W, R>(a1, b1, x, K, i + kStride, acc);
-    fma16x2<T, W, R>(a2, b2, x, K, i + 2 * kStride, acc);
-    fma16x2<T, W, R>(a3, b3, x, K, i + 3 * kStride, acc);
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  if (n < N) {
+    const uint4* w = reinterpret_cast<const uint4*>(Wq + (size_t)n * K);
+    int i = part * 32 + lane;
+    for (; i + 3 * kStride < K16; i += 4 * kStride) {
+      const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
+      fma16<T, W, R>(w0, x, K, i, acc);
+      fma16<T, W, R>(w1, x, K, i + kStride, acc);
+      fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
+      fma16<T, W, R>(w3, x, K, i + 3 * kStride, acc);
+    }
+    for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
   }
-  for (; i < K16; i += kStride) fma16x2<T, W, R>(__ldg(w0 + i), __ldg(w1 + i), x, K, i, acc);
 }
 
-// Rows 2 p and 2 p + 1 a row pair p, KS warps a pair.
 template <typename T, DType W, int R, GemvOut MODE, int KS>
 __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
                                                                  const T* __restrict__ x, int N, int K, void* __restrict__ y, bool rnd) {
-  constexpr int kPairs = kWarps / KS;
+  constexpr int kRows = kWarps / KS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n0 = 2 * (blockIdx.x * kPairs + warp / KS), part = warp % KS;
-  const bool has = n0 < N, two = n0 + 1 < N;
-  float acc[2 * R];
-  gemv_quant_acc2<T, W, R, KS>(Wq, x, has, n0, two ? n0 + 1 : n0, K, part, lane, acc);
-  if (!gemv_reduce<kWarps, 2 * R, KS>(acc, warp, lane, part, n0, N)) return;
-  const float s0 = wscale[n0];
+  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
+  float acc[R];
+  gemv_quant_acc<T, W, R, KS>(Wq, x, n, N, K, part, lane, acc);
+  if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
+  const float ws = wscale[n];
 #pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] *= s0;
-  gemv_store<T, R, MODE>(acc, n0, N, y, rnd);
-  if (!two) return;
-  const float s1 = wscale[n0 + 1];
-#pragma unroll
-  for (int r = 0; r < R; ++r) acc[R + r] *= s1;
-  gemv_store<T, R, MODE>(acc + R, n0 + 1, N, y, rnd);
+  for (int r = 0; r < R; ++r) acc[r] *= ws;
+  gemv_store<T, R, MODE>(acc, n, N, y, rnd);
 }
 
-// gemv_fused's 8-bit weights (kernels.h): a warp an output pair, kWarps pairs a block. SwiGlu: gate
-// row i and up row I + i; RopeKv: elements j and j + hd/2 of one head, ceil(hd / 16) blocks a head.
-// n: the pair's first row (N: none), half: the distance to its second.
-template <GemvFuse F>
-__device__ __forceinline__ int fused_pair(const GemvFusion& f, int warp, int N, int& half) {
-  if constexpr (F == GemvFuse::SwiGlu) {
-    half = f.I;
-    const int i = blockIdx.x * kWarps + warp;
-    return i < f.I ? i : N;
-  } else {
-    half = f.hd / 2;
-    const int per_head = (half + kWarps - 1) / kWarps;
-    const int h = blockIdx.x / per_head, j = (blockIdx.x % per_head) * kWarps + warp;
-    return j < half ? h * f.hd + j : N;
-  }
-}
-
-// The pair's sums (totals in every lane after the butterfly), times the row scales and rounded to
-// the activation dtype as the plain GEMV writes them; lane r finishes token r's pair (gemv_common.h's
-// SwiGLU / rope_kv_pair, the arithmetic of the warp-a-row form's shared-memory epilogue).
-template <typename T, int R, GemvFuse F>
-__device__ __forceinline__ void gemv_pair_end(float (&acc)[2 * R], const float* wscale, int n, int half, int N, int lane,
-                                              const GemvFusion& f) {
-#pragma unroll
-  for (int r = 0; r < 2 * R; ++r) acc[r] = warp_sum(acc[r]);
-  if (n >= N) return;
-  const float s0 = wscale[n], s1 = wscale[n + half];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    if (lane != r) continue;
-    const float a = to_f(from_f<T>(acc[r] * s0)), b = to_f(from_f<T>(acc[R + r] * s1));
-    if constexpr (F == GemvFuse::SwiGlu) static_cast<T*>(f.out)[(size_t)r * f.I + n] = from_f<T>(silu_mul<T>(a, b, f.rnd));
-    else rope_kv_pair<T>(f, r, n, a, b);
-  }
-}
-
+// gemv_fused's 8-bit weights (kernels.h): the rows of output pairs, the next kernel's work in the epilogue.
 template <typename T, DType W, int R, GemvFuse F>
-__global__ void __launch_bounds__(kWarps * 32) gemv_quant_fused_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
-                                                                        const T* __restrict__ x, int N, int K, GemvFusion f) {
+__global__ void __launch_bounds__(kFusedWarps * 32) gemv_quant_fused_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
+                                                                             const T* __restrict__ x, int N, int K, GemvFusion f) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int half;
-  const int n = fused_pair<F>(f, warp, N, half);
-  float acc[2 * R];
-  gemv_quant_acc2<T, W, R, 1>(Wq, x, n < N, n < N ? n : 0, n < N ? n + half : 0, K, 0, lane, acc);
-  gemv_pair_end<T, R, F>(acc, wscale, n, half, N, lane, f);
+  const int n = fused_row<F>(f, warp, N);
+  float acc[R];
+  gemv_quant_acc<T, W, R, 1>(Wq, x, n, N, K, 0, lane, acc);
+  gemv_fused_end<T, R, F>(acc, wscale, n, N, warp, lane, f);
 }
 
 template <typename T, DType W, GemvFuse F>
 void launch_quant_fused(const QuantGemv& g, const GemvFusion& f, unsigned grid, cudaStream_t s) {
-  const dim3 gr(grid), b(kWarps * 32);
+  const dim3 gr(grid), b(kFusedWarps * 32);
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   const T* x = static_cast<const T*>(g.x);
   switch (g.R) {
@@ -177,7 +121,7 @@ void launch_quant_fused_kind(const QuantGemv& g, const GemvFusion& f, unsigned g
 template <typename T, DType W, GemvOut MODE, int KS>
 void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   const bool rnd = rounds(kRoundResidual);
-  const unsigned grid = ceil_div(g.N, 2 * kWarps / KS);
+  const unsigned grid = ceil_div(g.N, kWarps / KS);
   const uint8_t* w = static_cast<const uint8_t*>(g.w);
   const T* x = static_cast<const T*>(g.x);
   switch (g.R) {
@@ -189,7 +133,9 @@ void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   }
 }
 
-// As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row pair, shorter ones take 2.
+// As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2. (One
+// warp a row with 8 loads in flight times 2-5% faster per matrix alone, bench/gpu/gemv-quant.cu, but
+// the engine's int8 decode step measured slower with it: 295 vs 308 tokens/s, H100, two visits.)
 template <typename T, DType W, GemvOut MODE>
 void launch_gemv(const QuantGemv& g, cudaStream_t s) {
   if (g.N >= 12288) launch_gemv_rows<T, W, MODE, 1>(g, s);
@@ -316,8 +262,7 @@ void gemv_quant_fused(DType act, DType wt, const QuantGemv& g0, const GemvFusion
   GemvFusion f = f0;
   QuantGemv g = g0;
   unsigned grid;
-  fused_shape(f, g.N, grid);  // f.rnd and the rows; the grid of kWarps pairs a block:
-  grid = f.kind == GemvFuse::SwiGlu ? ceil_div(f.I, kWarps) : (unsigned)((f.nh + 2 * f.nkv) * ceil_div(f.hd / 2, kWarps));
+  fused_shape(f, g.N, grid);
   NS_DISPATCH_ACT(act, E, {
     if (wt == DType::I8) launch_quant_fused_kind<E, DType::I8>(g, f, grid, s);
     else launch_quant_fused_kind<E, DType::F8E4M3>(g, f, grid, s);
