@@ -22,9 +22,10 @@ export class CoalescingWriter<M> {
   /**
    * Runs `fn` once every message sent so far has been written (at once when none is pending), or
    * after `maxMs` when a write never completes (a stream that broke meanwhile): to end a stream
-   * after its last messages.
+   * after its last messages. `maxMs` null: no limit, for a stream whose writes always complete or
+   * fail (a socket's, however slowly its reader reads).
    */
-  whenIdle(fn: () => void, maxMs = 2000): void {
+  whenIdle(fn: () => void, maxMs: number | null = 2000): void {
     if (!this.inFlight) return fn();
     let ran = false;
     const once = () => {
@@ -33,8 +34,8 @@ export class CoalescingWriter<M> {
       clearTimeout(timer);
       fn();
     };
-    const timer = setTimeout(once, maxMs);
-    timer.unref();
+    const timer = maxMs === null ? undefined : setTimeout(once, maxMs);
+    timer?.unref();
     this.idle.push(once);
   }
 
@@ -75,6 +76,21 @@ export class CoalescingWriter<M> {
 }
 
 function ignore(): void {}
+
+/**
+ * Messages with each run of consecutive ones that `joins` links (every message with the one before
+ * it) as one message, `merge` of the run; the others as they are, all in order.
+ */
+export function mergeRuns<M>(ms: M[], joins: (prev: M, next: M) => boolean, merge: (run: M[]) => M): M[] {
+  const out: M[] = [];
+  for (let i = 0; i < ms.length;) {
+    let j = i + 1;
+    while (j < ms.length && joins(ms[j - 1]!, ms[j]!)) j++;
+    out.push(j === i + 1 ? ms[i]! : merge(ms.slice(i, j)));
+    i = j;
+  }
+  return out;
+}
 
 /** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */
 export const BATCH_MAX_BYTES = 8 * 1024 * 1024;

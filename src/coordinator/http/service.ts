@@ -55,9 +55,9 @@ export class CoordinatorService implements InferenceService {
     return m.tokenTexts ? m.tokenTexts() : Promise.reject(new Error('this server has no tokenizer to name logprob tokens'));
   }
 
-  decode(ids: number[]): Promise<string> {
+  decode(ids: number[], priority?: number): Promise<string> {
     const m = this.api.model;
-    return m.decode ? m.decode(ids) : Promise.reject(new Error('this server has no tokenizer to echo token ids'));
+    return m.decode ? m.decode(ids, priority) : Promise.reject(new Error('this server has no tokenizer to echo token ids'));
   }
 
   async submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null> {
@@ -110,7 +110,7 @@ export class CoordinatorService implements InferenceService {
       fail: (code, details) => sink.fail(apiErrorOf(code, details)),
     });
     if (!('records' in admitted)) throw apiErrorOf(admitted.code, admitted.details);
-    return { promptIds: valid.map((v) => v.promptIds), n, cancel: (why) => admitted.cancel(why) };
+    return { promptIds: valid.map((v) => v.promptIds), n, priority: valid[0]!.sched.priority, cancel: (why) => admitted.cancel(why) };
   }
 
   /** The OpenAI request field a validation error is about (`prompt` of a batch: `prompt[i]`; a chat's top count: `top_logprobs`). */
