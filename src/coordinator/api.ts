@@ -29,7 +29,7 @@ import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
 import { AdmissionQueue } from './admission.js';
-import { CoalescingWriter, mergeRuns } from '../protocol/coalesce.js';
+import { CoalescingWriter, mergeByKey } from '../protocol/coalesce.js';
 import { nowMs, requestTrace } from '../protocol/request-trace.js';
 import type { Route, Router } from './router.js';
 
@@ -209,14 +209,16 @@ export interface ApiOptions {
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
 /**
- * A stream's messages gathered while its previous write was going out, as fewer messages: each run
- * of one sequence's updates from one replica becomes one update (its tokens, text and logprobs in
- * order, from the index of its first), as a client that reads slower than the tokens come sees them.
+ * A stream's messages gathered while its previous write was going out, as fewer messages: each
+ * sequence's updates from one replica become one update (its tokens, text and logprobs in order,
+ * from the index of its first), as a client that reads slower than the tokens come sees them. An
+ * update that ends its sequence ends its group; one from another replica (after a failover) opens
+ * a new one.
  */
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
   const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
-    p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
-  return mergeRuns(ms, joins, (run) => {
+    p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
+  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => {
     const tokenIds: number[] = [];
     const texts: string[] = [];
     const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
@@ -225,7 +227,7 @@ export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
       texts.push(m.text ?? '');
       for (const l of m.logprobs ?? []) logprobs.push(l);
     }
-    // The run as its last message with the run's tokens, text and logprobs, from its first's index.
+    // The group as its last message with the group's tokens, text and logprobs, from its first's index.
     return { ...run[run.length - 1]!, index: run[0]!.index, tokenIds, text: texts.join(''), logprobs };
   });
 }

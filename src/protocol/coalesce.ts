@@ -78,18 +78,32 @@ export class CoalescingWriter<M> {
 function ignore(): void {}
 
 /**
- * Messages with each run of consecutive ones that `joins` links (every message with the one before
- * it) as one message, `merge` of the run; the others as they are, all in order.
+ * Messages gathered during a write, as fewer: each message joins the group of its key (a stream's
+ * sequence) opened before it when `joins(that group's last, it)`, and else opens that key's group
+ * anew; each group becomes one message (`merge`), where its first was. A key of null is a barrier
+ * that stays in its place and that no group runs across. Messages of one key keep their order;
+ * those of different keys (a request's n sequences, interleaved step by step) merge each apart.
  */
-export function mergeRuns<M>(ms: M[], joins: (prev: M, next: M) => boolean, merge: (run: M[]) => M): M[] {
-  const out: M[] = [];
-  for (let i = 0; i < ms.length;) {
-    let j = i + 1;
-    while (j < ms.length && joins(ms[j - 1]!, ms[j]!)) j++;
-    out.push(j === i + 1 ? ms[i]! : merge(ms.slice(i, j)));
-    i = j;
+export function mergeByKey<M>(ms: M[], key: (m: M) => number | string | null, joins: (last: M, next: M) => boolean, merge: (group: M[]) => M): M[] {
+  const groups: M[][] = [];
+  let open = new Map<number | string, M[]>();
+  for (const m of ms) {
+    const k = key(m);
+    if (k === null) {
+      groups.push([m]);
+      open = new Map();
+      continue;
+    }
+    const g = open.get(k);
+    if (g && joins(g[g.length - 1]!, m)) {
+      g.push(m);
+      continue;
+    }
+    const fresh = [m];
+    groups.push(fresh);
+    open.set(k, fresh);
   }
-  return out;
+  return groups.map((g) => (g.length === 1 ? g[0]! : merge(g)));
 }
 
 /** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */

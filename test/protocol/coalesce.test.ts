@@ -88,7 +88,7 @@ describe('control stream coalescing', () => {
 });
 
 describe('Generate stream merging', () => {
-  it('runs of one sequence from one replica merge; finished ones, other choices and other replicas stay apart', () => {
+  it('each sequence\'s updates from one replica merge, interleaved ones too; a finished one ends its group, another replica opens a new one', () => {
     const m = (choice: number, index: number, ids: number[], extra: object = {}) => ({ choice, index, tokenIds: ids, text: ids.map(String).join(''),
       logprobs: [], replica: 0, group: 'fast', finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, ...extra });
     const out = mergeResponses([m(0, 0, [1]), m(0, 1, [2, 3]), m(1, 0, [9]), m(1, 1, [8], { finishReason: FinishReason.FINISH_REASON_LENGTH }), m(1, 2, [7]),
@@ -97,6 +97,14 @@ describe('Generate stream merging', () => {
       [0, 0, [1, 2, 3], '123', 0], [1, 0, [9, 8], '98', 0], [1, 2, [7], '7', 0], [0, 3, [4, 5], '45', 1],
     ]);
     expect(out[1]!.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+    // n = 3 sequences, step by step: one message each, every sequence's tokens in order.
+    const steps = Array.from({ length: 4 }, (_, k) => [0, 1, 2].map((c) => m(c, k, [10 * c + k],
+      k === 3 && c === 1 ? { finishReason: FinishReason.FINISH_REASON_STOP } : {}))).flat();
+    const n3 = mergeResponses(steps);
+    expect(n3.map((x) => [x.choice, x.index, x.tokenIds, x.finishReason])).toEqual([
+      [0, 0, [0, 1, 2, 3], FinishReason.FINISH_REASON_UNSPECIFIED], [1, 0, [10, 11, 12, 13], FinishReason.FINISH_REASON_STOP],
+      [2, 0, [20, 21, 22, 23], FinishReason.FINISH_REASON_UNSPECIFIED],
+    ]);
   });
 });
 

@@ -16,7 +16,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 import type { TokenTexts } from '../../model/tokenizer-pool.js';
-import { CoalescingWriter, mergeRuns } from '../../protocol/coalesce.js';
+import { CoalescingWriter, mergeByKey } from '../../protocol/coalesce.js';
 import { LIMIT_FLAGS } from '../../protocol/limits.js';
 import { bearerMatches, httpsOptions } from '../public-auth.js';
 import type { PublicTls } from '../public-auth.js';
@@ -179,12 +179,11 @@ function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
 /** What a stream writes: a choice's update (rendered as the endpoint's chunks when written) or a chunk as it is. */
 type StreamItem = { update: ChoiceUpdate } | { chunk: unknown };
 
-/** Consecutive updates of one choice, the earlier not its last, go out as one. */
-function sameChoice(a: StreamItem, b: StreamItem): boolean {
-  return 'update' in a && 'update' in b && a.update.choice === b.update.choice && a.update.finishReason === null;
-}
+/** Updates merge per choice (a plain chunk stays in its place, a barrier); the update that finishes a choice is its last. */
+const choiceOf = (x: StreamItem) => ('update' in x ? x.update.choice : null);
+const unfinished = (last: StreamItem) => (last as { update: ChoiceUpdate }).update.finishReason === null;
 
-/** A run of one choice's updates as one update: its tokens, text and logprobs in order, the last's finish reason. */
+/** One choice's updates as one update: its tokens, text and logprobs in order, the last's finish reason. */
 function mergeUpdates(run: StreamItem[]): StreamItem {
   const us = run.map((x) => (x as { update: ChoiceUpdate }).update);
   const last = us[us.length - 1]!;
@@ -196,10 +195,10 @@ function mergeUpdates(run: StreamItem[]): StreamItem {
 /**
  * Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last.
  * One write is in flight at a time, as on the gRPC Generate stream (protocol/coalesce.ts): what is
- * sent meanwhile -- several updates in one turn of the event loop, or every update while a client
- * reads slower than its tokens come -- goes out in one write when it completes, each choice's run
- * of updates as one event (a delta of several tokens, as OpenAI's own streams send), so a busy
- * server or a slow reader costs one event per write instead of one per token.
+ * sent meanwhile -- the rest of a turn of the event loop, or everything while a client reads
+ * slower than its tokens come -- goes out in one write after it, each choice's updates as one
+ * event (a delta of several tokens, as OpenAI's own streams send), so a busy coordinator writes a
+ * stream once a turn instead of once a token.
  */
 class EventStream {
   private readonly out: CoalescingWriter<StreamItem[]>;
@@ -222,9 +221,22 @@ class EventStream {
         done();
         return;
       }
-      if (t) res.write(t, done);
-      else done();
-    }, (lists) => [mergeRuns(lists.flat(), sameChoice, mergeUpdates)]);
+      if (!t) return done();
+      // A socket write completes at once (a tick later) unless the client's buffers are full, so
+      // it counts as in flight until the next turn of the event loop (what the turn sends after it
+      // is gathered, as a gRPC stream's write takes a turn), or until the socket drains.
+      res.write(t, (err) => {
+        if (err) return done(err);
+        if (!res.writableNeedDrain) return void setImmediate(done);
+        const go = () => {
+          res.off('drain', go);
+          res.off('close', go);
+          done();
+        };
+        res.on('drain', go);
+        res.on('close', go);
+      });
+    }, (lists) => [mergeByKey(lists.flat(), choiceOf, unfinished, mergeUpdates)]);
   }
 
   send(chunk: unknown): void {
