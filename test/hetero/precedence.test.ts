@@ -1,0 +1,49 @@
+// Where a request waits in the coordinator before it reaches a replica, a more urgent class goes
+// first. A real launch, real gRPC clients: a flood of batch prompts that take the tokenizer threads
+// tens of ms each, then a realtime prompt behind them; the realtime one is tokenized next, not after
+// the flood. Every prompt of the test tokenizes to more tokens than the context holds, so it is
+// refused right after tokenizing and the order of the refusals is the order of the tokenizing.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { NodespeedError } from '../../src/client/index.js';
+import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
+import type { LaunchedCluster } from '../serving/helpers.js';
+
+const FLOOD = 60;
+
+/** ~20 KB of text, within the prompt-bytes limit but ~14k tokens, far past py-tiny's 512-token context. */
+function longPrompt(salt: number): string {
+  return Array.from({ length: 4000 }, (_, i) => `x${(i * 7919 + salt) % 1000} `).join('');
+}
+
+let cluster: LaunchedCluster;
+beforeAll(async () => {
+  cluster = await launch(PY_TINY, ['--num_cpu_workers', '1']);
+}, 90_000);
+afterAll(async () => {
+  expect(await cluster?.stop()).toBe(0);
+  expect(workerProcesses()).toEqual([]);
+});
+
+describe('precedence before the replica', () => {
+  it('a realtime prompt behind a flood of batch prompts is tokenized next, not after the flood', async () => {
+    const answered: string[] = [];
+    const ask = (name: string, priority: string, salt: number) =>
+      cluster.client.complete({ prompt: longPrompt(salt), maxTokens: 4, priority }).then(
+        () => answered.push(`${name}: answered`),
+        (err: unknown) => {
+          expect(err).toBeInstanceOf(NodespeedError);
+          expect((err as NodespeedError).details).toMatch(/^prompt: is \d+ tokens, which leaves no room in the model's context of 512/);
+          answered.push(name);
+        });
+    const flood = Array.from({ length: FLOOD }, (_, i) => ask(`batch${i}`, 'batch', i));
+    const rt = ask('realtime', 'realtime', 9999);
+    await Promise.all([...flood, rt]);
+    expect(answered.length).toBe(FLOOD + 1);
+    // Tokenized first in-first out, it would be last. Ahead of it: the prompts the tokenizer threads
+    // held when it arrived (two each) and those tokenized before it arrived at all.
+    const at = answered.indexOf('realtime');
+    console.log(`realtime tokenized at position ${at + 1} of ${FLOOD + 1}`);
+    expect(at).toBeLessThan(FLOOD / 3);
+  }, 120_000);
+});
