@@ -264,6 +264,8 @@ export interface Admitted {
 export class InferenceApi {
   /** Validated requests wait here for their turn to be admitted, most urgent first (admission.ts). */
   readonly admission = new AdmissionQueue();
+  /** Requests being validated now (their prompts on or waiting for a tokenizer thread). */
+  private validating = 0;
 
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
@@ -299,6 +301,32 @@ export class InferenceApi {
     return this.router.classes;
   }
 
+  /** Requests in flight as --max-queue counts them: being validated, waiting for their admission turn, admitted and not finished. */
+  private get inFlight(): number {
+    return this.store.size + this.admission.size + this.validating;
+  }
+
+  /**
+   * RESOURCE_EXHAUSTED when `n` more requests would pass --max-queue, else null: checked before a
+   * request is validated too, so a flood of prompts to tokenize is refused at the limit instead of
+   * waiting for the tokenizer threads without bound.
+   */
+  queueFull(n: number): Status | null {
+    const inFlight = this.inFlight;
+    if (inFlight + n <= this.o.maxQueue) return null;
+    return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` };
+  }
+
+  /** validateRequest against this server's model, limits and classes, counted in flight meanwhile. */
+  async validate(m: RequestInput, apiTemperature?: number): Promise<ValidRequest> {
+    this.validating++;
+    try {
+      return await validateRequest(m, this.o.model, this.o.limits, this.router.classes, apiTemperature);
+    } finally {
+      this.validating--;
+    }
+  }
+
   /**
    * Admits the sequences of already validated prompts (each prompt's n, seeds seed + i) all at
    * once, or none: the queue limit counts them all, and RESOURCE_EXHAUSTED when no replica their
@@ -313,9 +341,8 @@ export class InferenceApi {
       for (const c of new Set(counters)) c.rejected++;
       return this.counted(s) as Status;
     };
-    const inFlight = this.store.size + this.admission.size;
-    if (inFlight + total > this.o.maxQueue)
-      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const full = this.queueFull(total);
+    if (full) return refuse(full);
     const m = this.o.metrics;
     const records: RequestRecord[] = [];
     let failed = false;
@@ -376,9 +403,11 @@ export class InferenceApi {
     const tooLarge = oversizeOf(req);
     if (tooLarge !== undefined)
       return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` });
+    const full = this.queueFull(1);
+    if (full) return this.counted(full);
     let v: ValidRequest;
     try {
-      v = await validateRequest(req, this.o.model, this.o.limits, this.router.classes);
+      v = await this.validate(req);
     } catch (err) {
       if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;

@@ -3,7 +3,10 @@
 // tens of ms each, then a realtime prompt behind them; the realtime one is tokenized next, not after
 // the flood. Every prompt of the test tokenizes to more tokens than the context holds, so it is
 // refused right after tokenizing and the order of the refusals is the order of the tokenizing.
+// --max-queue counts the requests still being tokenized: a flood past it is refused at once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import * as grpc from '@grpc/grpc-js';
 
 import { NodespeedError } from '../../src/client/index.js';
 import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
@@ -45,5 +48,24 @@ describe('precedence before the replica', () => {
     const at = answered.indexOf('realtime');
     console.log(`realtime tokenized at position ${at + 1} of ${FLOOD + 1}`);
     expect(at).toBeLessThan(FLOOD / 3);
+  }, 120_000);
+
+  it('--max-queue counts the prompts waiting to be tokenized: past it a request is refused at once, before tokenizing', async () => {
+    const small = await launch(PY_TINY, ['--num_cpu_workers', '1', '--max-queue', '20']);
+    try {
+      const codes = await Promise.all(Array.from({ length: 60 }, (_, i) => small.client.complete({ prompt: longPrompt(i), maxTokens: 4, priority: 'batch' })
+        .then(() => 'answered', (err: unknown) => {
+          const e = err as NodespeedError;
+          if (e.code === grpc.status.RESOURCE_EXHAUSTED) expect(e.details).toMatch(/^queue full: \d+ requests in flight \(--max-queue 20\)/);
+          else expect(e.details).toMatch(/^prompt: is \d+ tokens/);
+          return grpc.status[e.code];
+        })));
+      const count = (c: string) => codes.filter((x) => x === c).length;
+      console.log(`60 prompts at --max-queue 20: ${count('INVALID_ARGUMENT')} tokenized, ${count('RESOURCE_EXHAUSTED')} refused as queue full`);
+      expect(count('RESOURCE_EXHAUSTED')).toBeGreaterThan(0);
+      expect(count('INVALID_ARGUMENT') + count('RESOURCE_EXHAUSTED')).toBe(60);
+    } finally {
+      expect(await small.stop()).toBe(0);
+    }
   }, 120_000);
 });
