@@ -3,13 +3,15 @@
 // tens of ms each, then a realtime prompt behind them; the realtime one is tokenized next, not after
 // the flood. Every prompt of the test tokenizes to more tokens than the context holds, so it is
 // refused right after tokenizing and the order of the refusals is the order of the tokenizing.
-// --max-queue counts the requests still being tokenized: a flood past it is refused at once.
+// --max-queue counts the requests still being tokenized: a flood past it is refused at once. And
+// the steps a replica sends while the coordinator is not reading reach the client merged, whole.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import * as grpc from '@grpc/grpc-js';
 
 import { NodespeedError } from '../../src/client/index.js';
-import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
+import { PY_TINY, launch, reference, stream, workerProcesses } from '../serving/helpers.js';
+import type { PyTinyCase } from '../serving/helpers.js';
 import type { LaunchedCluster } from '../serving/helpers.js';
 
 const FLOOD = 60;
@@ -28,7 +30,7 @@ afterAll(async () => {
   expect(workerProcesses()).toEqual([]);
 });
 
-describe('precedence before the replica', () => {
+describe('between the client and the replica, under load', () => {
   it('a realtime prompt behind a flood of batch prompts is tokenized next, not after the flood', async () => {
     const answered: string[] = [];
     const ask = (name: string, priority: string, salt: number) =>
@@ -49,6 +51,28 @@ describe('precedence before the replica', () => {
     console.log(`realtime tokenized at position ${at + 1} of ${FLOOD + 1}`);
     expect(at).toBeLessThan(FLOOD / 3);
   }, 120_000);
+
+  it('steps sent while the coordinator does not read reach the client as merged messages, with no gap, repeat or change', async () => {
+    const c = reference<PyTinyCase>(PY_TINY).cases[0]!;
+    const req = { promptIds: c.ids, maxTokens: 300, ignoreEos: true, logprobs: 3 };
+    const whole = await cluster.client.complete(req);
+    let stopped = false;
+    const streamed = stream(cluster.client, req);
+    // The coordinator stopped for a moment (SIGSTOP) once the stream runs: the replica's steps pile
+    // up in its control stream (merged per request when they go out together) and then in the coordinator.
+    const t = setInterval(() => {
+      if (stopped) return;
+      stopped = true;
+      process.kill(cluster.proc.pid!, 'SIGSTOP');
+      setTimeout(() => process.kill(cluster.proc.pid!, 'SIGCONT'), 1500);
+    }, 100);
+    const got = await streamed.finally(() => clearInterval(t));
+    expect(got.tokenIds).toEqual(whole.tokenIds);
+    expect(got.text).toBe(whole.text);
+    expect(got.logprobs).toEqual(whole.logprobs);
+    console.log(`${got.messages} messages for ${got.tokenIds.length} tokens`);
+    expect(got.messages).toBeLessThan(got.tokenIds.length);
+  }, 60_000);
 
   it('--max-queue counts the prompts waiting to be tokenized: past it a request is refused at once, before tokenizing', async () => {
     const small = await launch(PY_TINY, ['--num_cpu_workers', '1', '--max-queue', '20']);

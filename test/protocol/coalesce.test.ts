@@ -13,6 +13,8 @@ import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition, serviceDe
 import type { RankPlan } from '../../src/coordinator/layout.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
 import { batches, upperBytes } from '../../src/protocol/coalesce.js';
+import { packWorkerMessages } from '../../src/worker/control-client.js';
+import type { OutgoingWorkerMessage, TokenUpdateIn } from '../../src/protocol/control.js';
 
 const N = 400;
 const submit = (i: number): OutgoingCoordinatorMessage => ({
@@ -105,6 +107,37 @@ describe('Generate stream merging', () => {
       [0, 0, [0, 1, 2, 3], FinishReason.FINISH_REASON_UNSPECIFIED], [1, 0, [10, 11, 12, 13], FinishReason.FINISH_REASON_STOP],
       [2, 0, [20, 21, 22, 23], FinishReason.FINISH_REASON_UNSPECIFIED],
     ]);
+  });
+});
+
+describe('worker token merging', () => {
+  it('the steps gathered during a write reach the coordinator as one update per request; notices, refusals and other epochs stay apart, in order', () => {
+    const U = FinishReason.FINISH_REASON_UNSPECIFIED;
+    const u = (id: string, index: number, ids: number[], extra: Partial<TokenUpdateIn> = {}): TokenUpdateIn => ({ requestId: id, tokenIds: ids,
+      text: ids.map((t) => `<${t}>`).join(''), index, finishReason: U, error: '', preempted: false,
+      logprobs: ids.map((t) => ({ logprob: -t, topIds: [t], topLogprobs: [-t] })), ...extra });
+    const step = (epoch: string, ...updates: TokenUpdateIn[]): OutgoingWorkerMessage => ({ tokens: { epoch, updates } });
+    const out = packWorkerMessages([
+      step('3', u('a', 0, [1]), u('b', 4, [7])),
+      step('3', u('a', 1, [2]), u('b', 5, [8]), u('c', 0, [], { error: 'replica queue full' })),
+      step('3', u('a', 2, [3], { finishReason: FinishReason.FINISH_REASON_LENGTH }), u('b', 6, [], { preempted: true })),
+      { heartbeat: { epoch: '3', sentAtMs: 1 } },
+      step('3', u('b', 6, [9])),
+      step('3', u('b', 7, [10])),
+      step('4', u('b', 8, [11])),
+    ]);
+    expect(out.length).toBe(1);
+    const msgs = out[0]!.batch!.messages!;
+    expect(msgs.map((m) => Object.keys(m)[0])).toEqual(['tokens', 'heartbeat', 'tokens', 'tokens']);
+    const show = (x: TokenUpdateIn) => [x.requestId, x.index, x.tokenIds, x.text, x.finishReason, x.error || x.preempted || '', x.logprobs!.map((l) => l.logprob)];
+    expect(msgs[0]!.tokens!.updates!.map(show)).toEqual([
+      ['a', 0, [1, 2, 3], '<1><2><3>', FinishReason.FINISH_REASON_LENGTH, '', [-1, -2, -3]],
+      ['b', 4, [7, 8], '<7><8>', U, '', [-7, -8]],
+      ['c', 0, [], '', U, 'replica queue full', []],
+      ['b', 6, [], '', U, true, []],
+    ]);
+    expect(msgs[2]!.tokens!.updates!.map(show)).toEqual([['b', 6, [9, 10], '<9><10>', U, '', [-9, -10]]]);
+    expect(msgs[3]!.tokens).toEqual({ epoch: '4', updates: [u('b', 8, [11])] });
   });
 });
 
