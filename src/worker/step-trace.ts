@@ -1,8 +1,11 @@
-// NODESPEED_STEP_TRACE=FILE: the replica driver appends one JSON line per step it runs (sequences,
-// new tokens, how many of them are decodes, the driver's own engine.step wall time in ms, and `at`:
-// when that step started, in ms after the first traced step started, and epochMs: the same instant
-// as Unix time in ms, to line up with a client's clock), so a serving benchmark can say
-// where its time went (prefill vs decode steps, and the driver's time between steps) without a profiler.
+// NODESPEED_STEP_TRACE=FILE: the replica driver appends one JSON line per step it runs (its pid,
+// sequences, new tokens, how many of them are decodes, how many sequences it samples a token for,
+// the driver's own engine.step wall time in ms, and `at`: when that step started, in ms after the
+// first traced step started, and epochMs: the same instant as Unix time in ms, to line up with a
+// client's clock), so a serving benchmark can say where its time went (prefill vs decode steps, and
+// the driver's time between steps) without a profiler. Several drivers may share one file (each
+// line is one short append). Lines are buffered and written every 200 ms and at exit, never on the
+// step loop's path.
 import { appendFileSync } from 'node:fs';
 
 import { settings } from '../settings/index.js';
@@ -10,14 +13,27 @@ import type { PlannedStep } from './scheduler.js';
 
 export type StepTracer = (step: PlannedStep, ms: number) => void;
 
+const FLUSH_MS = 200;
+
 export function stepTracer(file: string | undefined = settings().stepTrace): StepTracer | undefined {
   if (!file) return undefined;
   let origin: number | undefined;
+  let lines: string[] = [];
+  const flush = () => {
+    if (!lines.length) return;
+    const chunk = lines.join('\n') + '\n';
+    lines = [];
+    appendFileSync(file, chunk);
+  };
+  setInterval(flush, FLUSH_MS).unref();
+  process.on('exit', flush);
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return (step, ms) => {
     const start = performance.now() - ms;
     origin ??= start;
     let tokens = 0, decodes = 0;
     for (const s of step.seqs) { tokens += s.tokens.length; if (s.tokens.length === 1) decodes++; }
-    appendFileSync(file, JSON.stringify({ seqs: step.seqs.length, tokens, decodes, ms: Math.round(ms * 1000) / 1000, at: Math.round((start - origin) * 1000) / 1000, epochMs: Math.round((performance.timeOrigin + start) * 1000) / 1000 }) + '\n');
+    lines.push(JSON.stringify({ pid: process.pid, seqs: step.seqs.length, tokens, decodes, sampled: step.nSample, ms: r3(ms), at: r3(start - origin),
+      epochMs: r3(performance.timeOrigin + start) }));
   };
 }
