@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { WorkerConn } from '../../src/coordinator/worker-conn.js';
+import { WorkerConn, urgentFirst } from '../../src/coordinator/worker-conn.js';
 import type { ControlCall } from '../../src/coordinator/worker-conn.js';
 import { mergeResponses } from '../../src/coordinator/api.js';
 import type { CoordinatorMessage, Join, OutgoingCoordinatorMessage } from '../../src/protocol/control.js';
@@ -72,12 +72,12 @@ async function burst(send: (call: ControlCall, m: OutgoingCoordinatorMessage) =>
 const plan = { rank: 0, replica: 0 } as unknown as RankPlan;
 
 describe('control stream coalescing', () => {
-  it('a burst goes out as the first message and one batch, every message in order', async () => {
+  it('a burst goes out as the first message and one batch, the realtime submit sent last first in it, the others in order', async () => {
     const { top, ids } = await burst((call, m) => {
       const conn = ((call as unknown as { conn?: WorkerConn }).conn ??= new WorkerConn(plan, {} as Join, call, '1'));
       conn.send(m);
     });
-    expect(ids).toEqual(Array.from({ length: N }, (_, i) => `r${i}`));
+    expect(ids).toEqual(['r0', `r${N - 1}`, ...Array.from({ length: N - 2 }, (_, i) => `r${i + 1}`)]);
     // The first write goes alone; the N - 1 sent while it was in flight follow in one batch.
     expect(top).toEqual(['submit', 'batch']);
   });
@@ -86,6 +86,15 @@ describe('control stream coalescing', () => {
     const { top, ids } = await burst((call, m) => call.write(m));
     expect(ids).toEqual(Array.from({ length: N }, (_, i) => `r${i}`));
     expect(top.length).toBe(N);
+  });
+});
+
+describe('urgent submits first', () => {
+  it('reorders only runs of submits, by priority and then arrival; cancels, starts and other epochs keep their place', () => {
+    const sub = (id: string, priority: number, epoch = '1'): OutgoingCoordinatorMessage => ({ submit: { epoch, requestId: id, priority } });
+    const out = urgentFirst([sub('b1', 100), sub('b2', 100), sub('s1', 0), sub('rt1', -100), { cancel: { epoch: '1', requestId: 'rt1' } },
+      sub('b3', 100), sub('rt2', -100), { start: { epoch: '2' } }, sub('b4', 100, '2'), sub('rt3', -100, '2'), sub('b5', 100, '2')]);
+    expect(out.map((m) => m.submit?.requestId ?? Object.keys(m)[0])).toEqual(['rt1', 's1', 'b1', 'b2', 'cancel', 'rt2', 'b3', 'start', 'rt3', 'b4', 'b5']);
   });
 });
 
