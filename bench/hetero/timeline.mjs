@@ -29,24 +29,31 @@ function pct(values, p) {
 const r1 = (x) => (x === null ? null : Math.round(x * 10) / 10);
 const summary = (xs) => ({ n: xs.length, p50: r1(pct(xs, 0.5)), p90: r1(pct(xs, 0.9)), p99: r1(pct(xs, 0.99)), max: r1(pct(xs, 1)) });
 
-/** Reads the trace file: request events by id (the first of each kind) and the event-loop lines. */
-export function readTrace(file) {
-  const byId = new Map();
-  const loops = [];
+/** A JSON-lines file's records ([] when it is missing); a line cut by a process killed mid-write is skipped. */
+function records(file) {
   let text;
   try {
     text = readFileSync(file, 'utf8');
   } catch {
-    return { byId, loops };
+    return [];
   }
+  const out = [];
   for (const line of text.split('\n')) {
     if (!line) continue;
-    let e;
     try {
-      e = JSON.parse(line);
+      out.push(JSON.parse(line));
     } catch {
-      continue;  // a line cut by a process killed mid-write
+      /* cut */
     }
+  }
+  return out;
+}
+
+/** Reads the trace file: request events by id (the first of each kind) and the event-loop lines. */
+export function readTrace(file) {
+  const byId = new Map();
+  const loops = [];
+  for (const e of records(file)) {
     if (e.ev === 'loop') {
       loops.push(e);
       continue;
@@ -102,21 +109,8 @@ export function timeline(trace, runs, from, to) {
  * started later (gap_ms).
  */
 export function steps(file, from, to) {
-  let text;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    return {};
-  }
   const byPid = new Map();
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    let s;
-    try {
-      s = JSON.parse(line);
-    } catch {
-      continue;
-    }
+  for (const s of records(file)) {
     if (s.epochMs < from || s.epochMs >= to) continue;
     if (!byPid.has(s.pid)) byPid.set(s.pid, []);
     byPid.get(s.pid).push(s);

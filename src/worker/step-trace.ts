@@ -6,34 +6,23 @@
 // the driver's time between steps) without a profiler. Several drivers may share one file (each
 // line is one short append). Lines are buffered and written every 200 ms and at exit, never on the
 // step loop's path.
-import { appendFileSync } from 'node:fs';
-
+import { jsonLines } from '../protocol/request-trace.js';
 import { settings } from '../settings/index.js';
 import type { PlannedStep } from './scheduler.js';
 
 export type StepTracer = (step: PlannedStep, ms: number) => void;
 
-const FLUSH_MS = 200;
-
 export function stepTracer(file: string | undefined = settings().stepTrace): StepTracer | undefined {
   if (!file) return undefined;
   let origin: number | undefined;
-  let lines: string[] = [];
-  const flush = () => {
-    if (!lines.length) return;
-    const chunk = lines.join('\n') + '\n';
-    lines = [];
-    appendFileSync(file, chunk);
-  };
-  setInterval(flush, FLUSH_MS).unref();
-  process.on('exit', flush);
+  const out = jsonLines(file);
   const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return (step, ms) => {
     const start = performance.now() - ms;
     origin ??= start;
     let tokens = 0, decodes = 0;
     for (const s of step.seqs) { tokens += s.tokens.length; if (s.tokens.length === 1) decodes++; }
-    lines.push(JSON.stringify({ pid: process.pid, seqs: step.seqs.length, tokens, decodes, sampled: step.nSample, ms: r3(ms), at: r3(start - origin),
-      epochMs: r3(performance.timeOrigin + start) }));
+    out.push({ pid: process.pid, seqs: step.seqs.length, tokens, decodes, sampled: step.nSample, ms: r3(ms), at: r3(start - origin),
+      epochMs: r3(performance.timeOrigin + start) });
   };
 }
