@@ -1,6 +1,7 @@
 """HF transformers eager baseline for bench/decode/run.mjs, plus the device-to-device copy bandwidth.
 
 usage: python3 hf_generate.py MODEL_DIR PROMPT_LEN NEW_TOKENS BATCH[,BATCH...]
+       python3 hf_generate.py --copy-only   (only {"gpu", "copy"}: the roofline of a run without HF)
 Prints one JSON object: copy bandwidth (bytes read + written per second), peak bf16 matmul FLOP/s
 and, where torch can run it, peak E4M3 matmul FLOP/s (bench/serve's rooflines) and, per batch size,
 the generate() wall time, the prefill time alone, and decode tokens/s = batch * (new - 1) /
@@ -78,6 +79,9 @@ def matmul_fp8_flops():
 
 
 def main():
+    if sys.argv[1:] == ["--copy-only"]:
+        print(json.dumps({"gpu": torch.cuda.get_device_name(), "copy": copy_bandwidth()}))
+        return
     model_dir, prompt_len, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     batches = [int(b) for b in sys.argv[4].split(",")]
     out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "copy": copy_bandwidth(), "matmul": matmul_flops(),

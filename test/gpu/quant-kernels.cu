@@ -2,6 +2,8 @@
 //  1. gemv_quant, int8 and E4M3 weights against 16-bit rows (W8A16), 1..4 rows, bf16 and fp16, the
 //     three output modes: against a double-precision product of the same quantized values
 //     (error / sum |w x|);
+//  1a. gemv_fused (16-bit, int8 and E4M3 weights): SwiGLU and RoPE + the KV write in the GEMV's
+//     epilogue, bit-identical to the plain GEMV followed by swiglu / rope_kv_write;
 //  1b. gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, the
 //     three output modes, against the double product; two runs bit-identical;
 //  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
@@ -24,7 +26,7 @@
 //     moe_dequant_active bit-exact, and the prefill path (dequantized slots + moe_mma by_slot).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-//     native/src/cuda/{quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc \
+//     native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc \
 //     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
 #include <algorithm>
 #include <cmath>
@@ -162,6 +164,107 @@ void check_gemv() {
             cudaFree(dq); cudaFree(ds); cudaFree(dx);
           }
         }
+}
+
+// gemv_fused (kernels.h): SwiGLU and RoPE + the KV write in the decode GEMV's epilogue, for 16-bit,
+// int8 and E4M3 weights, 1..4 rows: every output bit equal to the plain GEMV followed by swiglu /
+// rope_kv_write (at matrices of 12288+ rows, where the plain GEMV also takes one warp a row).
+void check_gemv_fused() {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (DType act : {DType::BF16, DType::F16})
+    for (int wf = 0; wf < 3; ++wf) {  // weights: activation dtype, int8, E4M3
+      const DType wt = wf == 0 ? act : wf == 1 ? DType::I8 : DType::F8E4M3;
+      const std::string tag = std::string(dn(act)) + (wf == 0 ? " 16-bit" : wf == 1 ? " int8" : " fp8") + " weights";
+      // The product of x [R, K] and a random W [N, K] of this format into y (activation dtype).
+      struct Mat { void* w; float* s; };
+      auto make = [&](int N, int K) {
+        Mat m{nullptr, nullptr};
+        if (wf == 0) {
+          std::vector<uint16_t> w((size_t)N * K);
+          for (auto& v : w) v = to16(act, 0.02f * nd(rng));
+          m.w = upload(w);
+        } else {
+          std::vector<uint8_t> q;
+          std::vector<float> sc;
+          quantized(N, K, wf == 1 ? WeightFormat::Int8 : WeightFormat::Fp8, q, sc);
+          m.w = upload(q);
+          m.s = upload(sc);
+        }
+        return m;
+      };
+      auto plain = [&](const Mat& m, const void* x, int R, int N, int K, void* y) {
+        if (wf == 0) gemv(act, m.w, x, R, N, K, y, GemvOut::Act, 0);
+        else gemv_quant(act, wt, QuantGemv{m.w, m.s, x, R, N, K, y}, GemvOut::Act, 0);
+      };
+      auto rows = [&](int R, int K) {
+        std::vector<uint16_t> x((size_t)R * K);
+        for (auto& v : x) v = to16(act, nd(rng));
+        return upload(x);
+      };
+      {  // SwiGLU: I not a multiple of 4 (the last block's pairs past I do nothing)
+        const int I = 6146, K = 4096;
+        const Mat m = make(2 * I, K);
+        for (int R = 1; R <= 4; ++R) {
+          uint16_t* x = rows(R, K);
+          uint16_t *gu, *ref, *out;
+          NS_CUDA(cudaMalloc(&gu, (size_t)R * 2 * I * 2)); NS_CUDA(cudaMalloc(&ref, (size_t)R * I * 2)); NS_CUDA(cudaMalloc(&out, (size_t)R * I * 2));
+          NS_CUDA(cudaMemset(out, 0xff, (size_t)R * I * 2));
+          plain(m, x, R, 2 * I, K, gu);
+          swiglu(act, gu, R, I, ref, 0);
+          GemvFusion f{GemvFuse::SwiGlu, out};
+          f.I = I;
+          gemv_fused(act, wt, m.w, m.s, x, R, K, f, 0);
+          const auto a = download(ref, (size_t)R * I), b = download(out, (size_t)R * I);
+          double bad = 0;
+          for (size_t i = 0; i < a.size(); ++i) bad += a[i] != b[i];
+          note("gemv_fused swiglu " + tag + " R" + std::to_string(R) + " (elements differing)", bad, 0);
+          cudaFree(x); cudaFree(gu); cudaFree(ref); cudaFree(out);
+        }
+        cudaFree(m.w); cudaFree(m.s);
+      }
+      // RoPE + KV write: the 7B's heads (bf16 and E4M3 caches), and GQA with head_dim 64 and a bias.
+      struct Heads { int nh, nkv, hd; bool bias; };
+      for (const Heads& hs : {Heads{32, 32, 128, false}, Heads{128, 32, 64, true}}) {
+        const int K = 512, N = (hs.nh + 2 * hs.nkv) * hs.hd, B = 16, blocks = 8;
+        const Mat m = make(N, K);
+        std::vector<uint16_t> bias(N);
+        for (auto& v : bias) v = to16(act, 0.1f * nd(rng));
+        uint16_t* dbias = upload(bias);
+        std::vector<float> inv(hs.hd / 2);
+        for (int j = 0; j < hs.hd / 2; ++j) inv[j] = 1.f / std::pow(10000.f, 2.f * j / hs.hd);
+        float* dinv = upload(inv);
+        const std::vector<int32_t> pos{5, 1000, 17, 300}, slot{3 * B + 5, -1, 7 * B, B + 15};  // -1: a padding row
+        int32_t *dpos = upload(pos), *dslot = upload(slot);
+        const size_t kvn = (size_t)blocks * B * hs.nkv * hs.hd;
+        for (int fp8 = 0; fp8 < 2; ++fp8)
+          for (int R = 1; R <= 4; ++R) {
+            const size_t kvb = fp8 ? kvn : 2 * kvn;
+            uint16_t* x = rows(R, K);
+            uint16_t *q1, *q2;
+            void *k1, *v1, *k2, *v2;
+            NS_CUDA(cudaMalloc(&q1, (size_t)R * N * 2)); NS_CUDA(cudaMalloc(&q2, (size_t)R * N * 2));
+            for (void** c : {&k1, &v1, &k2, &v2}) { NS_CUDA(cudaMalloc(c, kvb)); NS_CUDA(cudaMemset(*c, 0x5a, kvb)); }
+            const void* b = hs.bias ? dbias : nullptr;
+            plain(m, x, R, N, K, q1);
+            rope_kv_write(act, q1, b, R, hs.nh, hs.nkv, hs.hd, dpos, dslot, dinv, KvCache{k1, v1, fp8 == 1, 0.37f, 0.74f}, B, 0);
+            GemvFusion f{GemvFuse::RopeKv, q2};
+            f.bias = b; f.nh = hs.nh; f.nkv = hs.nkv; f.hd = hs.hd; f.pos = dpos; f.slot = dslot; f.inv_freq = dinv;
+            f.kv = KvCache{k2, v2, fp8 == 1, 0.37f, 0.74f}; f.block_size = B;
+            gemv_fused(act, wt, m.w, m.s, x, R, K, f, 0);
+            const auto a = download(q1, (size_t)R * N), c = download(q2, (size_t)R * N);
+            double bad = 0;
+            for (int r = 0; r < R; ++r)
+              for (int i = 0; i < hs.nh * hs.hd; ++i) bad += a[(size_t)r * N + i] != c[(size_t)r * N + i];  // the q heads
+            const auto ka = download(static_cast<uint8_t*>(k1), kvb), kb = download(static_cast<uint8_t*>(k2), kvb);
+            const auto va = download(static_cast<uint8_t*>(v1), kvb), vb = download(static_cast<uint8_t*>(v2), kvb);
+            for (size_t i = 0; i < kvb; ++i) bad += (ka[i] != kb[i]) + (va[i] != vb[i]);
+            note("gemv_fused rope_kv " + tag + " nh" + std::to_string(hs.nh) + " nkv" + std::to_string(hs.nkv) + " hd" + std::to_string(hs.hd) +
+                     (hs.bias ? " bias" : "") + (fp8 ? " E4M3 cache" : "") + " R" + std::to_string(R) + " (bytes differing)", bad, 0);
+            cudaFree(x); cudaFree(q1); cudaFree(q2); cudaFree(k1); cudaFree(v1); cudaFree(k2); cudaFree(v2);
+          }
+        cudaFree(m.w); cudaFree(m.s); cudaFree(dbias); cudaFree(dinv); cudaFree(dpos); cudaFree(dslot);
+      }
+    }
 }
 
 void check_quantize_act() {
@@ -754,6 +857,7 @@ int main() {
   std::fprintf(stderr, "%s, compute capability %d.%d\n", p.name, p.major, p.minor);
   check_dequantize();
   check_gemv();
+  check_gemv_fused();
   check_gemm_quant();
   check_quantize_act();
   check_fused_input_quant();

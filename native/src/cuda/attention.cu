@@ -192,6 +192,7 @@ __global__ void __launch_bounds__(kVecWarps * 32, MIN_BLOCKS) attn_vec_kernel(At
   using Vec = std::conditional_t<KV8 && EL == 8, uint2, uint4>;  // one lane's EL elements of a key row
   using Elem = std::conditional_t<KV8, uint8_t, T>;
   grid_dependency_wait();
+  grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -739,6 +739,14 @@ void CudaBackend::matmul(const void* x, const Weight& wt, int M, int N, int K, v
                              std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + ")");
 }
 
+bool CudaBackend::matmul_fused(const void* x, const Weight& w, int M, int K, const GemvFusion& f) {
+  if (M == 0 || !use_gemv_ || M > 4 || K % (w.dt == act_ ? 8 : 16) != 0) return false;
+  if (f.kind == GemvFuse::RopeKv && (f.hd % 8 != 0 || f.hd > 256)) return false;
+  xq_of_ = nullptr;  // as matmul_fp8's decode rows: no E4M3 input pending
+  gemv_fused(act_, w.dt, w.w, w.scale, x, M, K, f, stream_);
+  return true;
+}
+
 void CudaBackend::tune_gemm(const std::vector<const void*>& weights, const void* x, int M, int N, int K, void* y, Out mode) {
   const float alpha = 1.f, beta = mode == Out::AddResidual ? 1.f : 0.f;
   const cudaDataType at = cuda_type(act_), ct = mode == Out::Act ? at : CUDA_R_32F;

@@ -150,6 +150,9 @@ class CudaBackend final : public Backend {
   void matmul(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode, bool swiglu_in = false);
   // A matrix in the activation dtype (an MoE's router and shared expert).
   void matmul(const void* x, const void* w, int M, int N, int K, void* y, Out mode) { matmul(x, Weight{w, act_}, M, N, K, y, mode); }
+  // x · W (M rows) with the next kernel's work in the GEMV's epilogue (kernels.h gemv_fused), where
+  // matmul would take the decode GEMV (use_gemv_, M <= 4); false, nothing enqueued, otherwise.
+  bool matmul_fused(const void* x, const Weight& w, int M, int K, const GemvFusion& f);
   // The quantized cases of matmul (quant_matmul.cu): int8 or E4M3 weights with activation-dtype
   // inputs (W8A16), E4M3 weights and inputs (W8A8).
   void matmul_weight_only(const void* x, const Weight& w, int M, int N, int K, void* y, Out mode);

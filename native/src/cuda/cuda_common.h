@@ -152,6 +152,15 @@ __device__ __forceinline__ void grid_dependency_wait() {
 #endif
 }
 
+// Lets the next kernel of the stream be scheduled before this one ends (once every block of this
+// grid has called it or exited): its blocks run up to their grid_dependency_wait, so what they do
+// before it (pulling weights into L2) overlaps this kernel's tail. Ordering stays stream order.
+__device__ __forceinline__ void grid_dependents_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 bool pdl_enabled();  // cuda_backend.cu: compute capability >= 9.0 (cached)
 
 // launch() with `smem` bytes of dynamic shared memory.

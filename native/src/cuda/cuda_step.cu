@@ -253,10 +253,18 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     const LayerWeights& L = layers_[l];
     const Weight qkv = weight(L.qkv, L.qkv_s, L.in_s, 0);
     if (!normed) norm_into_input(res, T, L.in_norm.as<float>(), qkv);
-    matmul(xb_.ptr, qkv, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
     const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
-    rope_kv_write(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, T, c.n_heads, c.n_kv_heads, c.head_dim,
-                  d + p.pos, d + p.slot, inv_freq_.as<float>(), kv, c.kv_block_size, st);
+    GemvFusion rope{GemvFuse::RopeKv, qkv_.ptr};
+    rope.bias = c.qkv_bias ? L.qkv_bias.ptr : nullptr;
+    rope.nh = c.n_heads; rope.nkv = c.n_kv_heads; rope.hd = c.head_dim;
+    rope.pos = d + p.pos; rope.slot = d + p.slot; rope.inv_freq = inv_freq_.as<float>();
+    rope.kv = kv; rope.block_size = c.kv_block_size;
+    // Decode rows: RoPE and the KV write in the qkv GEMV's epilogue (one launch fewer a layer).
+    if (!matmul_fused(xb_.ptr, qkv, T, c.hidden, rope)) {
+      matmul(xb_.ptr, qkv, T, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+      rope_kv_write(act_, qkv_.ptr, rope.bias, T, c.n_heads, c.n_kv_heads, c.head_dim, rope.pos, rope.slot, rope.inv_freq, kv,
+                    c.kv_block_size, st);
+    }
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, d + p.seq_bt_off,
                d + p.block_tables, c.kv_block_size, kcache_[l], vcache_[l], attn_.ptr, p.splits, attn_ws_.as<float>(),
                p.n_tiles > 0 ? d + p.simt_tokens : nullptr, p.n_simt, d + p.tiles, p.n_tiles, rounds(kRoundP),
@@ -265,8 +273,15 @@ void CudaBackend::enqueue_forward(const StepPlan& p, const StepInput& in) {
     const Weight gate_up = weight(L.gate_up, L.gate_up_s, L.in_s, 2);
     if (!row_parallel_into_residual(attn_.ptr, weight(L.o, L.o_s, L.in_s, 1), T, qd, false, L.post_norm.as<float>()))
       norm_into_input(res, T, L.post_norm.as<float>(), gate_up);
-    matmul(xb_.ptr, gate_up, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     const float* next_norm = l + 1 < n_layers_ ? layers_[l + 1].in_norm.as<float>() : nullptr;
+    GemvFusion swiglu{GemvFuse::SwiGlu, act_mlp_.ptr};
+    swiglu.I = c.intermediate;
+    // Decode rows: SwiGLU in the gate|up GEMV's epilogue, straight into the down product's input.
+    if (matmul_fused(xb_.ptr, gate_up, T, c.hidden, swiglu)) {
+      normed = row_parallel_into_residual(act_mlp_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, c.intermediate, /*swiglu_in=*/false, next_norm);
+      continue;
+    }
+    matmul(xb_.ptr, gate_up, T, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
     normed = row_parallel_into_residual(gu_.ptr, weight(L.down, L.down_s, L.in_s, 3), T, c.intermediate, /*swiglu_in=*/true, next_norm);
   }
   if (!c.has_head || p.R == 0) return;

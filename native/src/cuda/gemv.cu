@@ -1,6 +1,7 @@
 // Decode-time matrix-vector products (1..4 rows): the step is bound by reading the weights once,
 // so warps stream weight rows with 16-byte loads, four in flight per lane,
 // reusing each weight load for every input row. Needs K % 8 == 0 (callers fall back to cuBLAS).
+// gemv_fused: the same rows, with SwiGLU or RoPE + the KV write as the epilogue (gemv_common.h).
 #include <cstdlib>
 #include <stdexcept>
 
@@ -29,13 +30,11 @@ __device__ __forceinline__ void fma_chunk(const uint4& wv, const T* x, int K, in
   }
 }
 
-template <typename T, int R, GemvOut MODE, int KS>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
-                                                           int N, int K, void* __restrict__ y, bool rnd) {
-  constexpr int kRows = kWarps / KS;
+// acc[r] = this lane's part of row n of W times row r of x (KS warps a row, `part` of them).
+template <typename T, int R, int KS>
+__device__ __forceinline__ void gemv_acc(const T* __restrict__ W, const T* __restrict__ x, int n, int N, int K, int part, int lane,
+                                         float (&acc)[R]) {
   constexpr int kStride = 32 * KS;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
   const int K8 = K / 8;
   // Weights never change during a step: start pulling this lane's first chunks into L2 while the
   // previous kernel (whose output x is) still drains, then wait for it.
@@ -48,7 +47,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
     }
   }
   grid_dependency_wait();
-  float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {
@@ -64,8 +62,41 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__
     }
     for (; i < K8; i += kStride) fma_chunk<T, R>(__ldg(w + i), x, K, i, acc);
   }
+}
+
+template <typename T, int R, GemvOut MODE, int KS>
+__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ W, const T* __restrict__ x,
+                                                           int N, int K, void* __restrict__ y, bool rnd) {
+  constexpr int kRows = kWarps / KS;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
+  float acc[R];
+  gemv_acc<T, R, KS>(W, x, n, N, K, part, lane, acc);
   if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
   gemv_store<T, R, MODE>(acc, n, N, y, rnd);
+}
+
+// gemv_fused (kernels.h): the rows of output pairs, the next kernel's work in the epilogue.
+template <typename T, int R, GemvFuse F>
+__global__ void __launch_bounds__(kFusedWarps * 32) gemv_fused_kernel(const T* __restrict__ W, const T* __restrict__ x, int N, int K,
+                                                                       GemvFusion f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = fused_row<F>(f, warp, N);
+  float acc[R];
+  gemv_acc<T, R, 1>(W, x, n, N, K, 0, lane, acc);
+  gemv_fused_end<T, R, F>(acc, nullptr, n, N, warp, lane, f);
+}
+
+template <typename T, GemvFuse F>
+void launch_fused(const T* W, const T* x, int R, int N, int K, const GemvFusion& f, unsigned grid, cudaStream_t s) {
+  const dim3 g(grid), b(kFusedWarps * 32);
+  switch (R) {
+    case 1: launch("gemv_fused", gemv_fused_kernel<T, 1, F>, g, b, s, W, x, N, K, f); break;
+    case 2: launch("gemv_fused", gemv_fused_kernel<T, 2, F>, g, b, s, W, x, N, K, f); break;
+    case 3: launch("gemv_fused", gemv_fused_kernel<T, 3, F>, g, b, s, W, x, N, K, f); break;
+    case 4: launch("gemv_fused", gemv_fused_kernel<T, 4, F>, g, b, s, W, x, N, K, f); break;
+    default: throw std::runtime_error("cuda: gemv_fused supports 1..4 rows");
+  }
 }
 
 template <typename T, GemvOut MODE, int KS>
@@ -91,6 +122,27 @@ void launch_mode(const T* W, const T* x, int R, int N, int K, void* y, cudaStrea
 }
 
 }  // namespace
+
+void gemv_fused(DType act, DType wt, const void* W, const float* wscale, const void* x, int R, int K, const GemvFusion& f0,
+                cudaStream_t s) {
+  if (R == 0) return;
+  if (wt != act) {
+    gemv_quant_fused(act, wt, QuantGemv{W, wscale, x, R, 0, K, nullptr}, f0, s);
+    return;
+  }
+  if (K % 8 != 0) throw std::runtime_error("cuda: gemv_fused needs K % 8 == 0");
+  GemvFusion f = f0;
+  int N;
+  unsigned grid;
+  fused_shape(f, N, grid);
+  NS_DISPATCH_ACT(act, E, {
+    const E* w = static_cast<const E*>(W);
+    const E* xx = static_cast<const E*>(x);
+    if (f.kind == GemvFuse::SwiGlu) launch_fused<E, GemvFuse::SwiGlu>(w, xx, R, N, K, f, grid, s);
+    else launch_fused<E, GemvFuse::RopeKv>(w, xx, R, N, K, f, grid, s);
+  });
+  NS_LAUNCHED("gemv_fused");
+}
 
 void gemv(DType act, const void* W, const void* x, int R, int N, int K, void* y, GemvOut mode, cudaStream_t s) {
   if (R == 0) return;

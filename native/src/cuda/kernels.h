@@ -113,6 +113,33 @@ struct QuantGemv {
   const void* w; const float* wscale; const void* x; int R, N, K; void* y;
 };
 void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStream_t s);
+
+// Decode GEMVs (1..4 rows) that do the next kernel's work in their epilogue, bit-identical to the
+// GEMV (GemvOut::Act) followed by that kernel, one launch instead of two:
+//  SwiGlu: W = gate|up [2 I, K]: out [R, I] = swiglu() of the product's two halves;
+//  RopeKv: W = q|k|v [(nh + 2 nkv) hd, K]: out = qkv [R, (nh + 2 nkv) hd] receives the rotated q heads
+//          (its k and v columns are not written) and k, v go into the cache, as rope_kv_write()
+//          does; hd % 8 == 0 and hd <= 256.
+// A block's 8 warps take 4 output pairs (gate row i and up row I + i; or rotary pair j, j + hd/2),
+// one warp a weight row. wt: the activation dtype (gemv.cu), or I8 / F8E4M3 with one f32 scale a row
+// (quant_gemm.cu, W8A16).
+enum class GemvFuse { SwiGlu, RopeKv };
+struct GemvFusion {
+  GemvFuse kind;
+  void* out;
+  int I = 0;                         // SwiGlu
+  const void* bias = nullptr;        // RopeKv from here on: optional q|k|v bias (activation dtype)
+  int nh = 0, nkv = 0, hd = 0;
+  const int32_t* pos = nullptr;
+  const int32_t* slot = nullptr;     // < 0: a padding row, no cache write
+  const float* inv_freq = nullptr;
+  KvCache kv{};
+  int block_size = 0;
+  bool rnd = false;                  // set by the launcher: kRoundSilu / kRoundRope
+};
+void gemv_fused(DType act, DType wt, const void* W, const float* wscale, const void* x, int R, int K, const GemvFusion& f,
+                cudaStream_t s);
+void gemv_quant_fused(DType act, DType wt, const QuantGemv& g, const GemvFusion& f, cudaStream_t s);  // gemv_fused's 8-bit half
 // gemm_quant: the weight-only products for more rows than a GEMV's, on tensor cores (quant_mma.cu;
 // blocks of 64 rows x 128 weight rows, split over K to fill the GPU): y[m, n] = wscale[n] *
 // sum_k x[m, k] * W[n, k], x in the activation dtype, int8 / E4M3 weights widened to it in

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "common/settings.h"
+#include "cuda/act_math.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/norm_row.h"
@@ -57,10 +58,14 @@ constexpr int kNormVec = 4;
 
 template <typename T>
 __global__ void rmsnorm_vec_kernel(const float* x, const int32_t* rows, int H, const float* w, float eps, T* out, bool rnd) {
-  grid_dependency_wait();
   const int r = blockIdx.x, H8 = H / 8;
-  float v[kNormVec][8];
-  rmsnorm_row<T, kNormVec>(x + (size_t)(rows ? rows[r] : r) * H, H, w, eps, rnd, v);
+  float wv[kNormVec][8], v[kNormVec][8];
+  load_row8<kNormVec>(w, H, wv);  // the weights' latency hidden behind the previous kernel's drain
+  // One block a row: the next kernel (a GEMV, which fills the GPU) may take the free SMs now and
+  // pull its first weights into L2 while this one runs.
+  grid_dependents_launch();
+  grid_dependency_wait();
+  rmsnorm_row<T, kNormVec>(x + (size_t)(rows ? rows[r] : r) * H, H, wv, eps, rnd, v);
   uint4* o = reinterpret_cast<uint4*>(out + (size_t)r * H);
 #pragma unroll
   for (int c = 0; c < kNormVec; ++c) {
@@ -76,7 +81,7 @@ __global__ void swiglu_kernel(const T* gu, int I, size_t n, T* out, bool rnd) {
     const size_t t = i / I, j = i % I;
     const float g = to_f(gu[t * 2 * I + j]);
     const float u = to_f(gu[t * 2 * I + I + j]);
-    out[i] = from_f<T>(round_if<T>(rnd, g / (1.f + __expf(-g))) * u);  // HF: act_fn(gate) is a tensor, then * up
+    out[i] = from_f<T>(silu_mul<T>(g, u, rnd));
   }
 }
 
@@ -91,7 +96,7 @@ __global__ void swiglu_vec_kernel(const T* gu, int I, T* out, bool rnd) {
   unpack8<T>(g4[c], g);
   unpack8<T>(g4[I / 8 + c], u);
 #pragma unroll
-  for (int e = 0; e < 8; ++e) y[e] = round_if<T>(rnd, g[e] / (1.f + __expf(-g[e]))) * u[e];
+  for (int e = 0; e < 8; ++e) y[e] = silu_mul<T>(g[e], u[e], rnd);
   reinterpret_cast<uint4*>(out + (size_t)t * I)[c] = pack8<T>(y);
 }
 

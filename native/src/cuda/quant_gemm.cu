@@ -3,7 +3,8 @@
 //    (weight-only, W8A16, for fp8 models too: at 1..4 rows the product is bound by the weights'
 //    bytes, and quantizing the rows would only add a launch and a second conversion per weight);
 //    the layout and pipelining of gemv.cu (warps stream 16-byte weight chunks, four in flight per
-//    lane), with twice the elements per load;
+//    lane), with twice the elements per load; gemv_quant_fused: the same, with SwiGLU or RoPE + the
+//    KV write as the epilogue (kernels.h gemv_fused);
 //  - quantize_act: activation rows to E4M3, per-token scales (amax / 448, amax optionally capped) or
 //    one static scale;
 //  - fp8_epilogue: the f32 result of cuBLASLt's E4M3 GEMM times the row and column scales, written
@@ -39,13 +40,11 @@ __device__ __forceinline__ void fma16(const uint4& wv, const T* x, int K, int i,
   }
 }
 
-template <typename T, DType W, int R, GemvOut MODE, int KS>
-__global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
-                                                                 const T* __restrict__ x, int N, int K, void* __restrict__ y, bool rnd) {
-  constexpr int kRows = kWarps / KS;
+// acc[r] = this lane's part of row n of Wq (unscaled) times row r of x (KS warps a row, `part` of them).
+template <typename T, DType W, int R, int KS>
+__device__ __forceinline__ void gemv_quant_acc(const uint8_t* __restrict__ Wq, const T* __restrict__ x, int n, int N, int K, int part,
+                                               int lane, float (&acc)[R]) {
   constexpr int kStride = 32 * KS;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
   const int K16 = K / 16;
   if (n < N) {  // weights never change during a step: pull the first chunks into L2 before waiting
     const uint4* w = reinterpret_cast<const uint4*>(Wq + (size_t)n * K);
@@ -56,7 +55,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
     }
   }
   grid_dependency_wait();
-  float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {
@@ -71,11 +69,52 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* 
     }
     for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
   }
+}
+
+template <typename T, DType W, int R, GemvOut MODE, int KS>
+__global__ void __launch_bounds__(kWarps * 32) gemv_quant_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
+                                                                 const T* __restrict__ x, int N, int K, void* __restrict__ y, bool rnd) {
+  constexpr int kRows = kWarps / KS;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kRows + warp / KS, part = warp % KS;
+  float acc[R];
+  gemv_quant_acc<T, W, R, KS>(Wq, x, n, N, K, part, lane, acc);
   if (!gemv_reduce<kWarps, R, KS>(acc, warp, lane, part, n, N)) return;
   const float ws = wscale[n];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] *= ws;
   gemv_store<T, R, MODE>(acc, n, N, y, rnd);
+}
+
+// gemv_fused's 8-bit weights (kernels.h): the rows of output pairs, the next kernel's work in the epilogue.
+template <typename T, DType W, int R, GemvFuse F>
+__global__ void __launch_bounds__(kFusedWarps * 32) gemv_quant_fused_kernel(const uint8_t* __restrict__ Wq, const float* __restrict__ wscale,
+                                                                             const T* __restrict__ x, int N, int K, GemvFusion f) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = fused_row<F>(f, warp, N);
+  float acc[R];
+  gemv_quant_acc<T, W, R, 1>(Wq, x, n, N, K, 0, lane, acc);
+  gemv_fused_end<T, R, F>(acc, wscale, n, N, warp, lane, f);
+}
+
+template <typename T, DType W, GemvFuse F>
+void launch_quant_fused(const QuantGemv& g, const GemvFusion& f, unsigned grid, cudaStream_t s) {
+  const dim3 gr(grid), b(kFusedWarps * 32);
+  const uint8_t* w = static_cast<const uint8_t*>(g.w);
+  const T* x = static_cast<const T*>(g.x);
+  switch (g.R) {
+    case 1: launch("gemv_quant_fused", gemv_quant_fused_kernel<T, W, 1, F>, gr, b, s, w, g.wscale, x, g.N, g.K, f); break;
+    case 2: launch("gemv_quant_fused", gemv_quant_fused_kernel<T, W, 2, F>, gr, b, s, w, g.wscale, x, g.N, g.K, f); break;
+    case 3: launch("gemv_quant_fused", gemv_quant_fused_kernel<T, W, 3, F>, gr, b, s, w, g.wscale, x, g.N, g.K, f); break;
+    case 4: launch("gemv_quant_fused", gemv_quant_fused_kernel<T, W, 4, F>, gr, b, s, w, g.wscale, x, g.N, g.K, f); break;
+    default: throw std::runtime_error("cuda: gemv_quant_fused supports 1..4 rows");
+  }
+}
+
+template <typename T, DType W>
+void launch_quant_fused_kind(const QuantGemv& g, const GemvFusion& f, unsigned grid, cudaStream_t s) {
+  if (f.kind == GemvFuse::SwiGlu) launch_quant_fused<T, W, GemvFuse::SwiGlu>(g, f, grid, s);
+  else launch_quant_fused<T, W, GemvFuse::RopeKv>(g, f, grid, s);
 }
 
 template <typename T, DType W, GemvOut MODE, int KS>
@@ -93,7 +132,6 @@ void launch_gemv_rows(const QuantGemv& g, cudaStream_t s) {
   }
 }
 
-// As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2.
 // As gemv.cu: matrices of 12288+ rows fill the GPU with one warp a row, shorter ones take 2. (One
 // warp a row with 8 loads in flight times 2-5% faster per matrix alone, bench/gpu/gemv-quant.cu, but
 // the engine's int8 decode step measured slower with it: 295 vs 308 tokens/s, H100, two visits.)
@@ -214,6 +252,21 @@ void gemv_quant(DType act, DType wt, const QuantGemv& g, GemvOut mode, cudaStrea
     else launch_gemv_mode<E, DType::F8E4M3>(g, mode, s);
   });
   NS_LAUNCHED("gemv_quant");
+}
+
+void gemv_quant_fused(DType act, DType wt, const QuantGemv& g0, const GemvFusion& f0, cudaStream_t s) {
+  if (g0.R == 0) return;
+  if (g0.K % 16 != 0) throw std::runtime_error("cuda: gemv_quant_fused needs K % 16 == 0");
+  if (wt != DType::I8 && wt != DType::F8E4M3) throw std::runtime_error("cuda: gemv_quant_fused takes int8 or E4M3 weights");
+  GemvFusion f = f0;
+  QuantGemv g = g0;
+  unsigned grid;
+  fused_shape(f, g.N, grid);
+  NS_DISPATCH_ACT(act, E, {
+    if (wt == DType::I8) launch_quant_fused_kind<E, DType::I8>(g, f, grid, s);
+    else launch_quant_fused_kind<E, DType::F8E4M3>(g, f, grid, s);
+  });
+  NS_LAUNCHED("gemv_quant_fused");
 }
 
 void quantize_act(DType act, const void* x, int M, int K, const float* static_scale, float amax_ub, void* q, float* scale,

@@ -3,6 +3,7 @@
 // E4M3 of k / k_scale and v / v_scale.
 #include <algorithm>
 
+#include "cuda/act_math.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
@@ -22,13 +23,7 @@ constexpr int kRopeMaxHalf = 128;  // head_dim <= 256, even (checked when the ba
 // HF: q * cos + rotate_half(q) * sin with cos, sin and both products activation-dtype tensors.
 template <typename T>
 __device__ __forceinline__ void rope_table(int pos, const float* inv_freq, int half, bool rnd, float* s_cos, float* s_sin) {
-  const float p = static_cast<float>(pos);
-  for (int j = threadIdx.x; j < half; j += blockDim.x) {
-    float sn, cs;
-    sincosf(p * inv_freq[j], &sn, &cs);
-    s_cos[j] = round_if<T>(rnd, cs);
-    s_sin[j] = round_if<T>(rnd, sn);
-  }
+  for (int j = threadIdx.x; j < half; j += blockDim.x) rope_cos_sin<T>(pos, inv_freq[j], rnd, s_cos[j], s_sin[j]);
 }
 
 template <typename T, bool KV8>
@@ -52,9 +47,9 @@ __global__ void rope_kv_kernel(T* qkv, const T* bias, int nh, int nkv, int hd, i
     if (h < nh + nkv) {
       float x1 = to_f(row[a]), x2 = to_f(row[b]);
       if (bias) { x1 = to_f(from_f<T>(x1 + to_f(bias[a]))); x2 = to_f(from_f<T>(x2 + to_f(bias[b]))); }
-      const float cs = s_cos[j], sn = s_sin[j];
-      const T o1 = from_f<T>(round_if<T>(rnd, x1 * cs) + round_if<T>(rnd, -x2 * sn));
-      const T o2 = from_f<T>(round_if<T>(rnd, x2 * cs) + round_if<T>(rnd, x1 * sn));
+      float f1, f2;
+      rope_rotate<T>(x1, x2, s_cos[j], s_sin[j], rnd, f1, f2);
+      const T o1 = from_f<T>(f1), o2 = from_f<T>(f2);
       if (h < nh) {
         row[a] = o1; row[b] = o2;
       } else {
@@ -105,9 +100,9 @@ __global__ void rope_kv_vec_kernel(T* qkv, const T* bias, int nh, int nkv, int h
   if (h < nh + nkv) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const float cs = s_cos[j0 + e], sn = s_sin[j0 + e];
-      o1[e] = to_f(from_f<T>(round_if<T>(rnd, x1[e] * cs) + round_if<T>(rnd, -x2[e] * sn)));
-      o2[e] = to_f(from_f<T>(round_if<T>(rnd, x2[e] * cs) + round_if<T>(rnd, x1[e] * sn)));
+      rope_rotate<T>(x1[e], x2[e], s_cos[j0 + e], s_sin[j0 + e], rnd, o1[e], o2[e]);
+      o1[e] = to_f(from_f<T>(o1[e]));
+      o2[e] = to_f(from_f<T>(o2[e]));
     }
   } else {
 #pragma unroll
