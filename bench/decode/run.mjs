@@ -5,8 +5,9 @@
 // --precisions bf16,int8,fp8[,fp8+kv-fp8]: our engine at each precision in turn (docs/QUANTIZATION.md),
 // each with its own roofline (the bytes it reads per token: quantized matrices at one byte and their
 // f32 scales) and its speed-up over our bf16 in the same run (bars: int8 >= 1.6x, fp8 >= 1.7x at batch 1).
-// --no-hf: ours only; the copy bandwidth is still measured (torch) for the rooflines.
-// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf] [--precisions bf16,int8,fp8]
+// --no-hf: ours only; the copy bandwidth is still measured (torch) for the rooflines, unless
+// --no-roofline (A/B runs of several addons, where only the same-run ratios count).
+// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf [--no-roofline]] [--precisions bf16,int8,fp8]
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -75,7 +76,7 @@ if (!args.includes('--no-hf')) {
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
   if (py.status === 0) { const r = JSON.parse(py.stdout.trim().split('\n').pop()); hf = r.hf; copy = r.copy; }
   else hfError = `hf_generate.py exited ${py.status}`;
-} else {  // still the measured copy bandwidth (torch), so each precision has its roofline
+} else if (!args.includes('--no-roofline')) {  // still the measured copy bandwidth (torch), so each precision has its roofline
   const py = spawnSync('python3', [join(root, 'bench', 'decode', 'hf_generate.py'), '--copy-only'],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 20 });
   if (py.status === 0) copy = JSON.parse(py.stdout.trim().split('\n').pop()).copy;

@@ -89,7 +89,7 @@ function topology() {
 
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
-const { readTrace, timeline } = await import('./timeline.mjs');
+const { readTrace, steps, timeline } = await import('./timeline.mjs');
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
@@ -150,15 +150,16 @@ const log = (line) => process.stderr.write(`bench/hetero: ${line}\n`);
 /** argv run on `cpus` (taskset) when pinning, else as is. */
 const on = (cpus, argv) => (cpus ? ['taskset', '-c', cpus, ...argv] : argv);
 
-/** With --trace, each launch's NODESPEED_REQUEST_TRACE file (timeline.mjs reads it after each mixed phase). */
+/** With --trace, each launch's NODESPEED_REQUEST_TRACE file (timeline.mjs reads it after each mixed phase) and its NODESPEED_STEP_TRACE file. */
 const traceFile = (name) => join(work, `${name}-trace.jsonl`);
+const stepFile = (name) => join(work, `${name}-steps.jsonl`);
 
 function launch(name, cpus) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
   const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
     '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
-  const env = a.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: traceFile(name) } : process.env;
+  const env = a.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: traceFile(name), NODESPEED_STEP_TRACE: stepFile(name) } : process.env;
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   current = proc;
   let err = '';
@@ -195,9 +196,18 @@ function traced(name, rt, fl) {
   return { timeline: tl };
 }
 
-/** With --trace: each process's event-loop delay and utilization while a load ran (a phase without a realtime stream). */
+/** With --trace: each replica driver's steps in the throughput window of a load (the same window as tok/s: from 3 s on). */
+function stepsOf(name, run) {
+  if (!a.trace) return {};
+  const st = steps(stepFile(name), run.t0 + 3000, run.until);
+  log(`  steps (per driver: steps/s, step ms mean, gap ms mean, sampled per step, busy): ${Object.entries(st).map(([k, v]) =>
+    `${k} ${v.steps_per_s} ${v.step_ms.mean} ${v.gap_ms.mean} ${v.per_step.sampled} ${v.busy}`).join('; ')}`);
+  return { steps: st };
+}
+
+/** With --trace: each process's event-loop delay and utilization while a load ran (a phase without a realtime stream), and its drivers' steps. */
 function loops(name, run) {
-  return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops } : {};
+  return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops, ...stepsOf(name, run) } : {};
 }
 
 const realtime = (s, priority = ['--priority', 'realtime']) => ['--mode', 'realtime', '--rate', String(o.rtRate), '--duration', String(s),
@@ -366,7 +376,7 @@ try {
       // ttft_steady: the requests sent in the throughput window (from 3 s after both loads started), past the flood's first burst.
       const p = { ttft: ttft(rt), ttft_steady: ttft(rt, Math.max(rt.t0, fl.t0) + 3000), total: tokS([rt, fl]), batch_requests: fl.requests.length, cpu_busy_pct: busy, loadavg_1m_at_end: loadavg()[0], classes: st.classes,
         replicas: after.map((r) => ({ ...r, generated_in_phase: r.generated - (before.find((b) => b.id === r.id)?.generated ?? 0) })),
-        load_loop_delay: { realtime: rt.loop, flood: fl.loop }, ...traced('hetero', rt, fl) };
+        load_loop_delay: { realtime: rt.loop, flood: fl.loop }, ...traced('hetero', rt, fl), ...stepsOf('hetero', fl) };
       result.phases.hetero_mixed.push(p);
       result.order.push('hetero_mixed');
       log(`hetero mixed #${result.phases.hetero_mixed.length}: realtime TTFT p99 ${p.ttft.p99_ms} ms (from 3 s on: ${p.ttft_steady.p99_ms}), total ${p.total.tok_s.toFixed(1)} tok/s ` +
@@ -401,7 +411,7 @@ try {
     t = cpuTimes();
     const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
     result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0],
-      load_loop_delay: { realtime: rt.loop, flood: fl2.loop }, ...traced('fast', rt, fl2) };
+      load_loop_delay: { realtime: rt.loop, flood: fl2.loop }, ...traced('fast', rt, fl2), ...stepsOf('fast', fl2) };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);
   } finally {
     await c.stop();
@@ -441,6 +451,11 @@ try {
   result.machine.loadavg_at_end = loadavg();
   write();
   // --trace: the raw timelines go next to the result (FILE.hetero-trace.jsonl, FILE.fast-trace.jsonl).
-  if (a.trace) for (const name of ['hetero', 'fast']) if (existsSync(traceFile(name))) copyFileSync(traceFile(name), `${file}.${name}-trace.jsonl`);
+  if (a.trace) {
+    for (const name of ['hetero', 'fast']) {
+      if (existsSync(traceFile(name))) copyFileSync(traceFile(name), `${file}.${name}-trace.jsonl`);
+      if (existsSync(stepFile(name))) copyFileSync(stepFile(name), `${file}.${name}-steps.jsonl`);
+    }
+  }
   rmSync(work, { recursive: true, force: true });
 }

@@ -29,24 +29,31 @@ function pct(values, p) {
 const r1 = (x) => (x === null ? null : Math.round(x * 10) / 10);
 const summary = (xs) => ({ n: xs.length, p50: r1(pct(xs, 0.5)), p90: r1(pct(xs, 0.9)), p99: r1(pct(xs, 0.99)), max: r1(pct(xs, 1)) });
 
-/** Reads the trace file: request events by id (the first of each kind) and the event-loop lines. */
-export function readTrace(file) {
-  const byId = new Map();
-  const loops = [];
+/** A JSON-lines file's records ([] when it is missing); a line cut by a process killed mid-write is skipped. */
+function records(file) {
   let text;
   try {
     text = readFileSync(file, 'utf8');
   } catch {
-    return { byId, loops };
+    return [];
   }
+  const out = [];
   for (const line of text.split('\n')) {
     if (!line) continue;
-    let e;
     try {
-      e = JSON.parse(line);
+      out.push(JSON.parse(line));
     } catch {
-      continue;  // a line cut by a process killed mid-write
+      /* cut */
     }
+  }
+  return out;
+}
+
+/** Reads the trace file: request events by id (the first of each kind) and the event-loop lines. */
+export function readTrace(file) {
+  const byId = new Map();
+  const loops = [];
+  for (const e of records(file)) {
     if (e.ev === 'loop') {
       loops.push(e);
       continue;
@@ -88,6 +95,43 @@ export function timeline(trace, runs, from, to) {
   for (const [k, ls] of procs) {
     out.loops[k] = { seconds: ls.length, delay_p99_ms: summary(ls.map((l) => l.p99)), delay_max_ms: r1(Math.max(...ls.map((l) => l.max))),
       elu_mean: Math.round((1000 * ls.reduce((s, l) => s + l.elu, 0)) / ls.length) / 1000, elu_max: Math.max(...ls.map((l) => l.elu)) };
+  }
+  return out;
+}
+
+/**
+ * What each replica driver's steps did in [from, to) (epoch ms), from a NODESPEED_STEP_TRACE file:
+ * per driver pid, its steps and their time (`step_ms`), the driver's time between one step's end
+ * and the next one's start (`gap_ms`: the device idles then), what a step carried (tokens, decodes,
+ * sampled: the tokens it generated), and `busy`: the share of the window inside steps. Throughput is
+ * sampled / (step + gap) time, so a replica that generates less in one phase than in another shows
+ * whether its steps got slower (step_ms at the same tokens), carried less (sampled per step), or
+ * started later (gap_ms).
+ */
+export function steps(file, from, to) {
+  const byPid = new Map();
+  for (const s of records(file)) {
+    if (s.epochMs < from || s.epochMs >= to) continue;
+    if (!byPid.has(s.pid)) byPid.set(s.pid, []);
+    byPid.get(s.pid).push(s);
+  }
+  const out = {};
+  const mean = (xs) => (xs.length ? Math.round((1000 * xs.reduce((a, b) => a + b, 0)) / xs.length) / 1000 : null);
+  for (const [pid, ss] of byPid) {
+    ss.sort((a, b) => a.epochMs - b.epochMs);
+    const gaps = [];
+    for (let i = 1; i < ss.length; i++) gaps.push(ss[i].epochMs - (ss[i - 1].epochMs + ss[i - 1].ms));
+    const ms = ss.map((s) => s.ms);
+    const sum = (k) => ss.reduce((a, s) => a + (s[k] ?? 0), 0);
+    const spanS = (to - from) / 1000;
+    out[`driver-${pid}`] = {
+      steps: ss.length, steps_per_s: Math.round(ss.length / spanS), sampled_per_s: Math.round(sum('sampled') / spanS),
+      busy: Math.round((1000 * ms.reduce((a, b) => a + b, 0)) / (to - from)) / 1000,
+      step_ms: { ...summary(ms), mean: mean(ms) }, gap_ms: { ...summary(gaps), mean: mean(gaps), total: r1(gaps.reduce((a, b) => a + b, 0)) },
+      per_step: { seqs: mean(ss.map((s) => s.seqs)), tokens: mean(ss.map((s) => s.tokens)), decodes: mean(ss.map((s) => s.decodes)), sampled: mean(ss.map((s) => s.sampled ?? 0)) },
+      // Steps without a decode (every running sequence prefilling: a wave of admissions) and steps that sampled nothing.
+      no_decode_steps: ss.filter((s) => s.decodes === 0).length, no_sample_steps: ss.filter((s) => (s.sampled ?? 1) === 0).length,
+    };
   }
   return out;
 }

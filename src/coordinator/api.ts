@@ -29,7 +29,7 @@ import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
 import { AdmissionQueue } from './admission.js';
-import { CoalescingWriter } from '../protocol/coalesce.js';
+import { CoalescingWriter, mergeByKey } from '../protocol/coalesce.js';
 import { nowMs, requestTrace } from '../protocol/request-trace.js';
 import type { Route, Router } from './router.js';
 
@@ -44,16 +44,19 @@ export interface ModelFacts {
   name: string;
   contextLength: number;
   vocabSize: number;
-  /** Tokenizes off the event loop (model/tokenizer-pool.ts). */
-  encode(text: string): Promise<number[]>;
-  /** A chat rendered with the model's chat template and tokenized, off the event loop (rejects with ChatTemplateError). */
-  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions): Promise<number[]>;
+  /**
+   * Tokenizes off the event loop (model/tokenizer-pool.ts), the request's class priority first
+   * (lower goes first) where prompts wait for a tokenizer thread.
+   */
+  encode(text: string, priority?: number): Promise<number[]>;
+  /** A chat rendered with the model's chat template and tokenized, off the event loop (rejects with ChatTemplateError); priority as encode's. */
+  encodeChat?(messages: ChatMessage[], opts: ChatRenderOptions, priority?: number): Promise<number[]>;
   /** The most bytes a prompt can have and still fit the context (protocol/limits.ts promptBytesLimit). */
   promptBytes: number;
   /** generation_config.json's sampling defaults. */
   defaults?: ModelSamplingDefaults;
-  /** Token ids to text, off the event loop (the HTTP API's echo of a prompt given as ids). */
-  decode?(ids: number[]): Promise<string>;
+  /** Token ids to text, off the event loop (the HTTP API's echo of a prompt given as ids); priority as encode's. */
+  decode?(ids: number[], priority?: number): Promise<string>;
   /** Every token's text, built once off the event loop (the HTTP API's logprob tokens). */
   tokenTexts?(): Promise<TokenTexts>;
 }
@@ -114,10 +117,11 @@ function messagesText(msgs: ChatMessage[]): string {
   return msgs.map((x) => (typeof x.content === 'string' ? x.content : Array.isArray(x.content) ? x.content.map((p) => p?.text ?? '').join('') : '')).join('');
 }
 
-async function chatPrompt(m: RequestInput, model: ModelFacts): Promise<number[]> {
+async function chatPrompt(m: RequestInput, model: ModelFacts, priority: number): Promise<number[]> {
   if (!model.encodeChat) bad('messages', 'this server cannot render chats');
   try {
-    return await model.encodeChat(m.messages!, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) });
+    return await model.encodeChat(m.messages!, { addGenerationPrompt: m.addGenerationPrompt ?? true, ...(m.chatTemplateKwargs ? { extra: m.chatTemplateKwargs } : {}) },
+      priority);
   } catch (err) {
     if (err instanceof ChatTemplateError) bad('messages', err.message);
     throw err;
@@ -128,7 +132,8 @@ async function chatPrompt(m: RequestInput, model: ModelFacts): Promise<number[]>
  * Checks a request and turns it into the prompt ids and parameters the driver runs, and its class
  * among `classes`. Everything cheap comes first (the request limits, the sampling rules, the
  * priority and its class, the prompt's bytes), so a request that breaks a rule is refused without
- * tokenizing it; the tokenizing (and a chat's template) runs off the event loop. Fields the request
+ * tokenizing it; the tokenizing (and a chat's template) runs off the event loop, in its class's
+ * priority order among the prompts waiting for a tokenizer thread. Fields the request
  * leaves out take the model's generation_config.json values, then the API's defaults
  * (`apiTemperature`: OpenAI's 1 for the HTTP API, greedy for gRPC).
  */
@@ -173,11 +178,11 @@ export async function validateRequest(m: RequestInput, model: ModelFacts, limits
     if (at >= 0) bad(`prompt_ids[${at}]`, `token id ${ids[at]} is outside the vocabulary of ${model.vocabSize}`);
     promptIds = [...ids];
   } else if (chat) {
-    promptIds = await chatPrompt(m, model);
+    promptIds = await chatPrompt(m, model, sched.priority);
     if (promptIds.length === 0) bad('messages', 'render to no tokens');
   } else {
     if (!m.prompt) bad('prompt', 'is empty');
-    promptIds = await model.encode(m.prompt);
+    promptIds = await model.encode(m.prompt, sched.priority);
     if (promptIds.length === 0) bad('prompt', 'tokenizes to no tokens');
   }
   if (promptIds.length >= model.contextLength)
@@ -204,34 +209,27 @@ export interface ApiOptions {
 const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 
 /**
- * A stream's messages gathered while its previous write was going out, as fewer messages: each run
- * of one sequence's updates from one replica becomes one update (its tokens, text and logprobs in
- * order, from the index of its first), as a client that reads slower than the tokens come sees them.
+ * A stream's messages gathered while its previous write was going out, as fewer messages: each
+ * sequence's updates from one replica become one update (its tokens, text and logprobs in order,
+ * from the index of its first), as a client that reads slower than the tokens come sees them. An
+ * update that ends its sequence ends its group; one from another replica (after a failover) opens
+ * a new one.
  */
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
-  const out: GenerateResponseIn[] = [];
   const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
-    p.choice === m.choice && p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
-  for (let i = 0; i < ms.length;) {
-    // ms[i..j) is one run; it becomes its last message with the run's tokens, text and logprobs from ms[i]'s index.
-    let j = i + 1;
-    while (j < ms.length && joins(ms[j - 1]!, ms[j]!)) j++;
-    if (j === i + 1) out.push(ms[i]!);
-    else {
-      const tokenIds: number[] = [];
-      const texts: string[] = [];
-      const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
-      for (let k = i; k < j; k++) {
-        const m = ms[k]!;
-        for (const t of m.tokenIds ?? []) tokenIds.push(t);
-        texts.push(m.text ?? '');
-        for (const l of m.logprobs ?? []) logprobs.push(l);
-      }
-      out.push({ ...ms[j - 1]!, index: ms[i]!.index, tokenIds, text: texts.join(''), logprobs });
+    p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
+  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => {
+    const tokenIds: number[] = [];
+    const texts: string[] = [];
+    const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
+    for (const m of run) {
+      for (const t of m.tokenIds ?? []) tokenIds.push(t);
+      texts.push(m.text ?? '');
+      for (const l of m.logprobs ?? []) logprobs.push(l);
     }
-    i = j;
-  }
-  return out;
+    // The group as its last message with the group's tokens, text and logprobs, from its first's index.
+    return { ...run[run.length - 1]!, index: run[0]!.index, tokenIds, text: texts.join(''), logprobs };
+  });
 }
 
 // A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
@@ -266,6 +264,8 @@ export interface Admitted {
 export class InferenceApi {
   /** Validated requests wait here for their turn to be admitted, most urgent first (admission.ts). */
   readonly admission = new AdmissionQueue();
+  /** Requests being validated now (their prompts on or waiting for a tokenizer thread). */
+  private validating = 0;
 
   constructor(private readonly members: Membership, private readonly store: RequestStore,
     private readonly router: Router, private readonly o: ApiOptions) {}
@@ -301,6 +301,32 @@ export class InferenceApi {
     return this.router.classes;
   }
 
+  /** Requests in flight as --max-queue counts them: being validated, waiting for their admission turn, admitted and not finished. */
+  private get inFlight(): number {
+    return this.store.size + this.admission.size + this.validating;
+  }
+
+  /**
+   * RESOURCE_EXHAUSTED when `n` more requests would pass --max-queue, else null: checked before a
+   * request is validated too, so a flood of prompts to tokenize is refused at the limit instead of
+   * waiting for the tokenizer threads without bound.
+   */
+  queueFull(n: number): Status | null {
+    const inFlight = this.inFlight;
+    if (inFlight + n <= this.o.maxQueue) return null;
+    return { code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` };
+  }
+
+  /** validateRequest against this server's model, limits and classes, counted in flight meanwhile. */
+  async validate(m: RequestInput, apiTemperature?: number): Promise<ValidRequest> {
+    this.validating++;
+    try {
+      return await validateRequest(m, this.o.model, this.o.limits, this.router.classes, apiTemperature);
+    } finally {
+      this.validating--;
+    }
+  }
+
   /**
    * Admits the sequences of already validated prompts (each prompt's n, seeds seed + i) all at
    * once, or none: the queue limit counts them all, and RESOURCE_EXHAUSTED when no replica their
@@ -315,9 +341,8 @@ export class InferenceApi {
       for (const c of new Set(counters)) c.rejected++;
       return this.counted(s) as Status;
     };
-    const inFlight = this.store.size + this.admission.size;
-    if (inFlight + total > this.o.maxQueue)
-      return refuse({ code: grpc.status.RESOURCE_EXHAUSTED, details: `queue full: ${inFlight} requests in flight (--max-queue ${this.o.maxQueue})` });
+    const full = this.queueFull(total);
+    if (full) return refuse(full);
     const m = this.o.metrics;
     const records: RequestRecord[] = [];
     let failed = false;
@@ -378,9 +403,11 @@ export class InferenceApi {
     const tooLarge = oversizeOf(req);
     if (tooLarge !== undefined)
       return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: `request: ${tooLarge} bytes, more than ${this.o.limits.requestBytes} (${LIMIT_FLAGS.requestBytes})` });
+    const full = this.queueFull(1);
+    if (full) return this.counted(full);
     let v: ValidRequest;
     try {
-      v = await validateRequest(req, this.o.model, this.o.limits, this.router.classes);
+      v = await this.validate(req);
     } catch (err) {
       if (err instanceof InvalidRequestError) return this.counted({ code: grpc.status.INVALID_ARGUMENT, details: err.message });
       throw err;

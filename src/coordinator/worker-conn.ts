@@ -11,6 +11,26 @@ export type ReplicaState = 'forming' | 'loading' | 'serving' | 'lost';
 
 export type ControlCall = grpc.ServerDuplexStream<WorkerMessage, OutgoingCoordinatorMessage>;
 
+/**
+ * The messages gathered during a write with each run of consecutive submits in priority order
+ * (stable: arrival order within a priority), so a realtime request's submit gathered behind a
+ * flood's reaches the worker, which handles a batch's messages one after the other, first. Only
+ * runs of submits are reordered: a cancel, an assignment or a start keeps its place, so a request
+ * is never cancelled before it is submitted, nor submitted in another epoch than the one it was sent in.
+ */
+export function urgentFirst(ms: OutgoingCoordinatorMessage[]): OutgoingCoordinatorMessage[] {
+  const out: OutgoingCoordinatorMessage[] = [];
+  for (let i = 0; i < ms.length;) {
+    let j = i;
+    while (j < ms.length && ms[j]!.submit) j++;
+    if (j > i + 1) out.push(...ms.slice(i, j).sort((a, b) => (a.submit!.priority ?? 0) - (b.submit!.priority ?? 0)));
+    else if (j === i + 1) out.push(ms[i]!);
+    if (j < ms.length) out.push(ms[j]!);
+    i = j + 1;
+  }
+  return out;
+}
+
 export class WorkerConn {
   state: WorkerState = 'joined';
   lastHeartbeat = Date.now();
@@ -33,11 +53,11 @@ export class WorkerConn {
    * a survivor re-formed in place moves to the new one. `plan` changes when its replica is re-formed
    * with a smaller layout before the worker got its assignment (shrink.ts).
    */
-  /** What the coordinator sends while a write to this worker is in flight goes out in one batch after it. */
+  /** What the coordinator sends while a write to this worker is in flight goes out in one batch after it, urgent submits first. */
   private readonly out: CoalescingWriter<OutgoingCoordinatorMessage>;
 
   constructor(public plan: RankPlan, readonly join: Join, readonly call: ControlCall, public epoch: string) {
-    this.out = new CoalescingWriter((m, done) => call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
+    this.out = new CoalescingWriter((m, done) => call.write(m, done), (ms) => batches(urgentFirst(ms), (messages) => ({ batch: { messages } })));
   }
 
   /** Messages waiting for the write in flight (NODESPEED_REQUEST_TRACE shows it). */

@@ -224,9 +224,9 @@ export async function launchCluster(o: ClusterOptions): Promise<Cluster> {
     model: {
       name: basename(resolve(o.model)), path: resolve(o.model), architecture: config.architecture,
       contextLength: config.maxPosition, vocabSize: config.vocabSize, numLayers: config.numLayers, dtype: first.dtype,
-      encode: (text: string) => tokenizers.encode(text),
-      encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions) => tokenizers.encodeChat(messages, opts),
-      decode: (ids: number[]) => tokenizers.decode(ids),
+      encode: (text: string, priority?: number) => tokenizers.encode(text, { priority }),
+      encodeChat: (messages: ChatMessage[], opts: ChatRenderOptions, priority?: number) => tokenizers.encodeChat(messages, opts, { priority }),
+      decode: (ids: number[], priority?: number) => tokenizers.decode(ids, { priority }),
       tokenTexts: () => tokenTexts,
       promptBytes: promptBytesLimit(config.maxPosition, tokenizer.maxTokenBytes),
       defaults: samplingDefaults(loadGenerationConfig(o.model)),

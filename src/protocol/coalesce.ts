@@ -22,9 +22,10 @@ export class CoalescingWriter<M> {
   /**
    * Runs `fn` once every message sent so far has been written (at once when none is pending), or
    * after `maxMs` when a write never completes (a stream that broke meanwhile): to end a stream
-   * after its last messages.
+   * after its last messages. `maxMs` null: no limit, for a stream whose writes always complete or
+   * fail (a socket's, however slowly its reader reads).
    */
-  whenIdle(fn: () => void, maxMs = 2000): void {
+  whenIdle(fn: () => void, maxMs: number | null = 2000): void {
     if (!this.inFlight) return fn();
     let ran = false;
     const once = () => {
@@ -33,8 +34,8 @@ export class CoalescingWriter<M> {
       clearTimeout(timer);
       fn();
     };
-    const timer = setTimeout(once, maxMs);
-    timer.unref();
+    const timer = maxMs === null ? undefined : setTimeout(once, maxMs);
+    timer?.unref();
     this.idle.push(once);
   }
 
@@ -75,6 +76,35 @@ export class CoalescingWriter<M> {
 }
 
 function ignore(): void {}
+
+/**
+ * Messages gathered during a write, as fewer: each message joins the group of its key (a stream's
+ * sequence) opened before it when `joins(that group's last, it)`, and else opens that key's group
+ * anew; each group becomes one message (`merge`), where its first was. A key of null is a barrier
+ * that stays in its place and that no group runs across. Messages of one key keep their order;
+ * those of different keys (a request's n sequences, interleaved step by step) merge each apart.
+ */
+export function mergeByKey<M>(ms: M[], key: (m: M) => number | string | null, joins: (last: M, next: M) => boolean, merge: (group: M[]) => M): M[] {
+  const groups: M[][] = [];
+  let open = new Map<number | string, M[]>();
+  for (const m of ms) {
+    const k = key(m);
+    if (k === null) {
+      groups.push([m]);
+      open = new Map();
+      continue;
+    }
+    const g = open.get(k);
+    if (g && joins(g[g.length - 1]!, m)) {
+      g.push(m);
+      continue;
+    }
+    const fresh = [m];
+    groups.push(fresh);
+    open.set(k, fresh);
+  }
+  return groups.map((g) => (g.length === 1 ? g[0]! : merge(g)));
+}
 
 /** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */
 export const BATCH_MAX_BYTES = 8 * 1024 * 1024;

@@ -42,12 +42,11 @@ function hash(id: string): number {
 
 const tracers = new Map<string, RequestTrace>();
 
-/** The process's tracer, or undefined when NODESPEED_REQUEST_TRACE is unset. One per process and role. */
-export function requestTrace(role: 'coord' | 'worker', file: string | undefined = settings().requestTrace): RequestTrace | undefined {
-  if (!file) return undefined;
-  const key = `${role}:${file}`;
-  const have = tracers.get(key);
-  if (have) return have;
+/**
+ * JSON lines appended to `file` off the caller's path: kept in memory, written every FLUSH_MS and
+ * as the process exits (`flush`, also for a caller's own exit handler that pushes a last line).
+ */
+export function jsonLines(file: string): { push(o: Record<string, unknown>): void; flush(): void } {
   let lines: string[] = [];
   const flush = () => {
     if (!lines.length) return;
@@ -55,9 +54,19 @@ export function requestTrace(role: 'coord' | 'worker', file: string | undefined 
     lines = [];
     appendFileSync(file, chunk);
   };
-  const round = (x: number) => Math.round(x * 1000) / 1000;
-  const push = (o: Record<string, unknown>) => lines.push(JSON.stringify(o));
   setInterval(flush, FLUSH_MS).unref();
+  process.on('exit', flush);
+  return { push: (o) => void lines.push(JSON.stringify(o)), flush };
+}
+
+/** The process's tracer, or undefined when NODESPEED_REQUEST_TRACE is unset. One per process and role. */
+export function requestTrace(role: 'coord' | 'worker', file: string | undefined = settings().requestTrace): RequestTrace | undefined {
+  if (!file) return undefined;
+  const key = `${role}:${file}`;
+  const have = tracers.get(key);
+  if (have) return have;
+  const { push, flush } = jsonLines(file);
+  const round = (x: number) => Math.round(x * 1000) / 1000;
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   let elu: EventLoopUtilization = performance.eventLoopUtilization();

@@ -11,10 +11,47 @@ import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
 import { probeLiveness } from '../protocol/liveness.js';
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
-import { CoalescingWriter, batches } from '../protocol/coalesce.js';
+import { CoalescingWriter, batches, mergeByKey } from '../protocol/coalesce.js';
 import type {
-  Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit,
+  Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit, TokenUpdateIn,
 } from '../protocol/control.js';
+import { FinishReason } from '../protocol/lifecycle.js';
+
+/** Whether `next` goes on where `last` stopped: the same running request's next tokens, neither a refusal nor a preemption notice. */
+function continues(last: TokenUpdateIn, next: TokenUpdateIn): boolean {
+  const plain = (u: TokenUpdateIn) => !u.error && !u.preempted;
+  return plain(last) && plain(next) && (last.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED) === FinishReason.FINISH_REASON_UNSPECIFIED &&
+    next.index === (last.index ?? 0) + (last.tokenIds?.length ?? 0);
+}
+
+/** One request's consecutive updates as one: its tokens, text and logprobs in order, from the first's index, the last's finish reason. */
+function joinUpdates(run: TokenUpdateIn[]): TokenUpdateIn {
+  const last = run[run.length - 1]!;
+  return { ...last, index: run[0]!.index ?? 0, tokenIds: run.flatMap((u) => u.tokenIds ?? []), text: run.map((u) => u.text ?? '').join(''),
+    logprobs: run.flatMap((u) => u.logprobs ?? []) };
+}
+
+/**
+ * What the worker sent while a write was in flight, as the messages to write now: consecutive
+ * Tokens messages of one epoch become one, each request's updates in it one update (the steps that
+ * ran while the coordinator was slow to read reach it as one update per request, as its Generate
+ * streams would merge them anyway), then batches of at most BATCH_MAX_BYTES.
+ */
+export function packWorkerMessages(ms: OutgoingWorkerMessage[]): OutgoingWorkerMessage[] {
+  const out: OutgoingWorkerMessage[] = [];
+  for (let i = 0; i < ms.length;) {
+    const tokens = ms[i]!.tokens;
+    let j = i + 1;
+    if (tokens) while (j < ms.length && ms[j]!.tokens && String(ms[j]!.tokens!.epoch) === String(tokens.epoch)) j++;
+    if (j === i + 1) out.push(ms[i]!);
+    else {
+      const updates = ms.slice(i, j).flatMap((m) => m.tokens!.updates ?? []);
+      out.push({ tokens: { epoch: tokens!.epoch, updates: mergeByKey(updates, (u) => u.requestId ?? '', continues, joinUpdates) } });
+    }
+    i = j;
+  }
+  return batches(out, (messages) => ({ batch: { messages } }));
+}
 
 export interface ControlEvents {
   assignment: [Assignment];
@@ -60,7 +97,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
     }) as unknown as ControlStub;
     // The decoded messages are the oneof union of protocol/control.ts (the loader sets `msg`).
     this.call = this.client.Connect() as unknown as grpc.ClientDuplexStream<OutgoingWorkerMessage, CoordinatorMessage>;
-    this.out = new CoalescingWriter((m, done) => this.call.write(m, done), (ms) => batches(ms, (messages) => ({ batch: { messages } })));
+    this.out = new CoalescingWriter((m, done) => this.call.write(m, done), packWorkerMessages);
     this.call.on('data', (m: CoordinatorMessage) => this.onMessage(m));
     this.call.on('error', (err: Error) => this.finish(err));
     this.call.on('end', () => this.finish(null));

@@ -1,10 +1,12 @@
-// NODESPEED_STEP_TRACE=FILE: the replica driver appends one JSON line per step it runs (sequences,
-// new tokens, how many of them are decodes, the driver's own engine.step wall time in ms, and `at`:
-// when that step started, in ms after the first traced step started, and epochMs: the same instant
-// as Unix time in ms, to line up with a client's clock), so a serving benchmark can say
-// where its time went (prefill vs decode steps, and the driver's time between steps) without a profiler.
-import { appendFileSync } from 'node:fs';
-
+// NODESPEED_STEP_TRACE=FILE: the replica driver appends one JSON line per step it runs (its pid,
+// sequences, new tokens, how many of them are decodes, how many sequences it samples a token for,
+// the driver's own engine.step wall time in ms, and `at`: when that step started, in ms after the
+// first traced step started, and epochMs: the same instant as Unix time in ms, to line up with a
+// client's clock), so a serving benchmark can say where its time went (prefill vs decode steps, and
+// the driver's time between steps) without a profiler. Several drivers may share one file (each
+// line is one short append). Lines are buffered and written every 200 ms and at exit, never on the
+// step loop's path.
+import { jsonLines } from '../protocol/request-trace.js';
 import { settings } from '../settings/index.js';
 import type { PlannedStep } from './scheduler.js';
 
@@ -13,11 +15,14 @@ export type StepTracer = (step: PlannedStep, ms: number) => void;
 export function stepTracer(file: string | undefined = settings().stepTrace): StepTracer | undefined {
   if (!file) return undefined;
   let origin: number | undefined;
+  const out = jsonLines(file);
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return (step, ms) => {
     const start = performance.now() - ms;
     origin ??= start;
     let tokens = 0, decodes = 0;
     for (const s of step.seqs) { tokens += s.tokens.length; if (s.tokens.length === 1) decodes++; }
-    appendFileSync(file, JSON.stringify({ seqs: step.seqs.length, tokens, decodes, ms: Math.round(ms * 1000) / 1000, at: Math.round((start - origin) * 1000) / 1000, epochMs: Math.round((performance.timeOrigin + start) * 1000) / 1000 }) + '\n');
+    out.push({ pid: process.pid, seqs: step.seqs.length, tokens, decodes, sampled: step.nSample, ms: r3(ms), at: r3(start - origin),
+      epochMs: r3(performance.timeOrigin + start) });
   };
 }

@@ -7,27 +7,32 @@
 //   - the bf16 run itself: last-position logits at cosine >= 0.999 to the fixture's HF logits;
 //   - the engine says it runs that precision (describe(); the MoE families: `experts int8|fp8 W8A16`,
 //     the experts held and run quantized, never `dequantized`);
+//   - PyTorch's f32 forward (eager attention) itself: last-position logits at cosine >= 0.9999 to the
+//     fixture's HF logits (made the same way), so the reference runs the model the fixture holds;
 //   - "close" below means cosine >= 0.99 at every prompt position; for the MoE families at 90% of the
 //     positions and >= 0.95 at all: their float router's input moves with the quantized layers, so a
 //     token at a top-k near-tie may take another expert, an isolated jump (test/engine/quant.test.ts
 //     shows it on the CPU);
 //   - int8: close to our bf16 and to PyTorch's int8;
-//   - fp8: close to PyTorch's fp8. Against our bf16 it is reported, not asserted: on these small
-//     random-weight models the fp8 quantization itself moves the logits to cosine 0.977..0.998 (an f32
-//     PyTorch emulation of the same numerics, 4 prompts x 9 families, before this ran on a GPU), as on
-//     the random 7B shape (test/gpu/quant-check.mjs);
+//   - fp8: close to PyTorch's fp8 (activations quantized from bf16, as we and vLLM do), or, at a prompt
+//     where PyTorch's two fp8 computations (from bf16 and from f32 activations) are not close to each
+//     other, within 2x their distance (quant-criteria.mjs: W8A8 re-rounds every activation, so
+//     bf16-level input noise moves a share of the roundings by a whole step; an MoE's 0.95 floor is
+//     left to its count of jumps where PyTorch's own quantization jumps below 0.95 against its f32 at
+//     the prompt: an expert flip moves a position that far on that model). Against our bf16 it is
+//     reported, not asserted: on these small random-weight models the fp8 quantization itself moves
+//     the logits to cosine 0.977..0.998, as on the random 7B shape (test/gpu/quant-check.mjs);
 //   - the fp8 KV cache (fp8 + fp8 KV against our fp8, bf16 + fp8 KV against our bf16): its loss at a
-//     prompt, 1 - the lowest cosine over the positions, at most 1.1x the loss PyTorch's same cache
-//     gives against the same weights without it (PyTorch fp8 + kv8 vs fp8, f32 + kv8 vs f32), as
-//     test/gpu/quant-check.mjs holds the 7B shape. Not "cosine >= 0.99": E4M3 keeps 3 mantissa
-//     bits, every cached element moves by ~2.6% (rms), and these random-weight models carry that
-//     to the logits at cosine ~0.986 at some positions in the reference too (its losses are in
-//     the result; the keys and values here are ~0.6..1.0 rms and ~2% of them below E4M3's
-//     smallest normal, so scale 1 is not what costs: kv8cal, the per-layer amax / 448 scale of
-//     vLLM's --calculate-kv-scales, is reported beside it). MoE families: the loss at the 90th
-//     percentile of positions (a key that moves can flip a top-k near-tie at a position, an
-//     isolated jump the reference shows at other positions), and at most the reference's count
-//     of positions below 0.99 plus 10% of the positions; "cosine >= 0.99" is reported;
+//     prompt, 1 - the lowest cosine over the positions (MoE: at the 90th percentile of positions, a
+//     key that moves can flip a top-k near-tie), against the loss PyTorch's same cache gives against
+//     the same weights without it (PyTorch fp8 + kv8 vs fp8, f32 + kv8 vs f32): the geometric mean of
+//     the ratio over every family's prompts within 1.1x, over one family's within 2x
+//     (quant-criteria.mjs: the loss at one prompt is one rounding draw; PyTorch's own scale-1 and
+//     calibrated caches, kv8cal / fp8+kv8cal, reported beside it, differ by 0.37x..11.4x per prompt).
+//     MoE families also: at most the reference's count of positions below 0.99 plus 10% of the
+//     positions. Not "cosine >= 0.99": E4M3 keeps 3 mantissa bits, every cached element moves by
+//     ~2.6% (rms), and these random-weight models carry that to the logits at cosine ~0.986 at some
+//     positions in the reference too;
 //   - every precision: the first 8 greedy tokens equal our bf16's, unless they part where bf16's own
 //     top-2 margin is below twice the largest logit error the precision showed on the steps before
 //     (a near-tie that rounding alone may flip; a first token that differs is held by the cosine);
@@ -48,6 +53,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { blockTables, cosine, device, openCudaEngine, requireCuda, root, withSettings, writeResult } from './lib.mjs';
+import { closeness, closeToReference, KV_FACTOR, KV_FAMILY_FACTOR, kvLoss, kvVerdict } from './quant-criteria.mjs';
 
 const FAMILIES = ['qwen3', 'gemma2', 'gemma3_text', 'phi3', 'llama_bias_yarn', 'llama_dynamic', 'mistral', 'qwen2_swa', 'mixtral', 'qwen3_moe', 'qwen2_moe'];
 const MOE = new Set(['mixtral', 'qwen3_moe', 'qwen2_moe']);
@@ -68,13 +74,13 @@ const PRECISIONS = [
   { name: 'bf16+kv-fp8', kvCacheDtype: 'fp8', describe: /kv fp8/, close: [], kv: [base.name, 'kv8', 'f32'] },
 ].filter((p) => !dry || (p.quantize !== 'fp8' && !p.kvCacheDtype));
 const skipTorch = !!process.env.NS_SKIP_HF || dry;
-const TORCH_MODES = ['f32', 'int8', 'fp8', 'kv8', 'fp8+kv8', 'kv8cal'];
-const KV_FACTOR = 1.1;
+const TORCH_MODES = ['f32', 'int8', 'fp8', 'fp8a32', 'kv8', 'fp8+kv8', 'kv8cal', 'fp8+kv8cal'];
 const tmp = mkdtempSync(join(tmpdir(), 'ns-families-quant-'));
 
 const res = { gpu: dry ? null : info.cuda.devices[0], tokens: TOKENS, families: {} };
 const fails = [];
 const notRun = [];  // checks NS_SKIP_HF leaves out (listed in the result and the last line, never counted as passed)
+const kvRecords = {};  // precision name -> [{ family, prompt, loss, referenceLoss }] (quant-criteria.mjs kvVerdict)
 const check = (name, ok, detail) => { if (!ok) fails.push({ name, ...detail }); console.error(`${ok ? 'ok  ' : 'FAIL'} ${name} ${JSON.stringify(detail)}`); };
 
 function maxAbs(a, b) {
@@ -133,20 +139,7 @@ function positionCosines(x, y, V) {
   return cos;
 }
 
-// The fp8 KV cache's loss at a prompt (header): 1 - the lowest cosine; MoE: at the 90th percentile of positions.
-function kvLoss(family, cos) {
-  const loss = cos.map((c) => 1 - c).sort((a, b) => a - b);
-  return MOE.has(family) ? loss[Math.floor(0.9 * (loss.length - 1))] : loss.at(-1);
-}
-
 const meanLoss = (cos) => cos.reduce((a, c) => a + (1 - c), 0) / cos.length;
-
-// Per-position cosines of two [n, V] logit arrays, and whether they are close (header).
-function closeness(family, x, y, V) {
-  const cos = positionCosines(x, y, V), n = cos.length;
-  const low = cos.filter((c) => c < 0.99).length, min = Math.min(...cos);
-  return { ok: MOE.has(family) ? low <= 0.1 * n && min >= 0.95 : low === 0, min, below099: low, of: n };
-}
 
 async function runAll(dir, cases, opts) {
   const { engine, kvBlocks, kvWindowBlocks, blockSize } = await openCudaEngine(dir, { kvBlocks: 64, ...opts });
@@ -166,6 +159,7 @@ async function runAll(dir, cases, opts) {
 for (const family of FAMILIES) {
   const dir = join(root, 'test', 'fixtures', 'hf-reference', family);
   const fam = res.families[family] = {};
+  const moe = MOE.has(family);
   if (!existsSync(join(dir, 'reference.json'))) { check(`${family}`, false, { error: `${dir}: no fixture` }); continue; }
   const { cases } = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8'));
   const ref = await runAll(dir, cases, {});
@@ -179,6 +173,11 @@ for (const family of FAMILIES) {
     check(`${family} PyTorch reference`, !t.error, t.error ? { error: t.error } : {});
     torch = t.logits ?? null;
     fam.torchKvStats = t.kvStats ?? null;
+    if (torch?.f32) {
+      const last = cases.map((c, i) => cosine(torch.f32[i].subarray(torch.f32[i].length - c.last_logits.length), c.last_logits));
+      fam.torchF32VsHf = last;
+      check(`${family} PyTorch f32 reference = the fixture's HF logits`, last.every((x) => x >= 0.9999), { cosine: last });
+    }
   }
   for (const p of PRECISIONS) {
     const name = `${family} ${p.name}`;
@@ -194,7 +193,7 @@ for (const family of FAMILIES) {
     }
     ours[p.name] = got;
     const entry = fam[p.name] = { describe: got.describe, cases: [] };
-    const expertsQuantized = !MOE.has(family) || !p.quantize || dry ||
+    const expertsQuantized = !moe || !p.quantize || dry ||
       (new RegExp(`experts ${p.quantize} W8A16`).test(got.describe) && !/dequantized/.test(got.describe));
     check(`${name} describe`, p.describe.test(got.describe) && expertsQuantized, { describe: got.describe });
     for (const [i, c] of cases.entries()) {
@@ -220,10 +219,14 @@ for (const family of FAMILIES) {
       const torchMode = p.quantize;
       if (torch?.[torchMode]) {
         against.torch = torch[torchMode][i];
-        rec.vs.torchQuantVsTorchF32 = closeness(family, torch[torchMode][i], torch.f32[i], a.V);
+        rec.vs.torchQuantVsTorchF32 = closeness(moe, positionCosines(torch[torchMode][i], torch.f32[i], a.V));
       }
+      // PyTorch's second fp8 computation (activations from f32): how far its own two equally valid runs are apart.
+      const spread = torchMode === 'fp8' && torch?.fp8a32 ? positionCosines(torch.fp8[i], torch.fp8a32[i], a.V) : null;
+      if (spread) rec.vs.torchFp8VsTorchFp8FromF32 = closeness(moe, spread);
       for (const [k, y] of Object.entries(against)) {
-        rec.vs[k] = closeness(family, b.prompt, y, a.V);
+        const cos = positionCosines(b.prompt, y, a.V);
+        rec.vs[k] = k === 'torch' ? closeToReference(moe, cos, spread, rec.vs.torchQuantVsTorchF32.min) : closeness(moe, cos);
         if (p.close.includes(k)) check(`${name} prompt ${i} close to ${k === 'torch' ? `PyTorch ${torchMode}` : `our ${k}`}`, rec.vs[k].ok, rec.vs[k]);
       }
       for (const k of p.close) if (!(k in against) && !(k === 'torch' && skipTorch)) check(`${name} prompt ${i} close to ${k}`, false, { error: `no ${k} run` });
@@ -231,22 +234,29 @@ for (const family of FAMILIES) {
       else if (p.kv) {
         const [oursBase, tKv, tBase] = p.kv;
         const oursCos = positionCosines(b.prompt, ours[oursBase].runs[i].prompt, a.V);
-        rec.vs[oursBase] ??= closeness(family, b.prompt, ours[oursBase].runs[i].prompt, a.V);
+        rec.vs[oursBase] ??= closeness(moe, oursCos);
         if (torch?.[tKv] && torch[tBase]) {
           const refCos = positionCosines(torch[tKv][i], torch[tBase][i], a.V);
           const kv = rec.kvCache = {
-            loss: kvLoss(family, oursCos), referenceLoss: kvLoss(family, refCos), factor: KV_FACTOR,
+            loss: kvLoss(moe, oursCos), referenceLoss: kvLoss(moe, refCos),
             below099: oursCos.filter((c) => c < 0.99).length, referenceBelow099: refCos.filter((c) => c < 0.99).length, of: oursCos.length,
             min: Math.min(...oursCos), referenceMin: Math.min(...refCos), meanLoss: meanLoss(oursCos), referenceMeanLoss: meanLoss(refCos),
           };
-          if (p.quantize !== 'fp8' && torch.kv8cal) {  // what a calibrated per-layer scale would give (reported)
-            const cal = positionCosines(torch.kv8cal[i], torch.f32[i], a.V);
-            kv.referenceCalibratedLoss = kvLoss(family, cal);
+          const tCal = p.quantize === 'fp8' ? 'fp8+kv8cal' : 'kv8cal';
+          if (torch[tCal]) {  // the same cache at the calibrated per-layer scale: another rounding draw (reported)
+            const cal = positionCosines(torch[tCal][i], torch[tBase][i], a.V);
+            kv.referenceCalibratedLoss = kvLoss(moe, cal);
             kv.referenceCalibratedMin = Math.min(...cal);
+            kv.referenceCalibratedMeanLoss = meanLoss(cal);
           }
-          kv.ok = kv.loss <= KV_FACTOR * kv.referenceLoss &&
-            (!MOE.has(family) || kv.below099 <= kv.referenceBelow099 + Math.ceil(0.1 * kv.of));
-          check(`${name} prompt ${i} fp8 KV loss vs our ${oursBase} within ${KV_FACTOR}x PyTorch's`, kv.ok, kv);
+          kv.ratio = kv.loss / kv.referenceLoss;
+          (kvRecords[p.name] ??= []).push({ family, prompt: i, loss: kv.loss, referenceLoss: kv.referenceLoss });
+          if (moe) {
+            kv.ok = kv.below099 <= kv.referenceBelow099 + Math.ceil(0.1 * kv.of);
+            check(`${name} prompt ${i} fp8 KV: positions below cosine 0.99 at most PyTorch's + 10%`, kv.ok, kv);
+          } else {
+            console.error(`     ${name} prompt ${i} fp8 KV loss ${kv.loss.toExponential(3)}, PyTorch's ${kv.referenceLoss.toExponential(3)} (${kv.ratio.toFixed(2)}x)`);
+          }
         } else if (!skipTorch) {
           check(`${name} prompt ${i} fp8 KV loss`, false, { error: 'no PyTorch reference' });
         } else {
@@ -262,6 +272,11 @@ for (const family of FAMILIES) {
       entry.graphsOffIdentical = same;
       check(`${name} graphs off identical`, same, {});
     }
+  }
+  for (const p of PRECISIONS.filter((q) => q.kv && kvRecords[q.name]?.some((r) => r.family === family))) {
+    const v = kvVerdict(kvRecords[p.name].filter((r) => r.family === family)).families[family];
+    fam[p.name].kvCache = v;
+    check(`${family} ${p.name} fp8 KV loss vs PyTorch's: geometric mean over its prompts within ${KV_FAMILY_FACTOR}x`, v.ok, v);
   }
   // Pre-quantized checkpoints (what users deploy): a `model quantize` folder loads to exactly what
   // quantizing at load gives, on the family forward and through the MoE experts' dequantization.
@@ -279,6 +294,14 @@ for (const family of FAMILIES) {
       check(name, same, { describe: folder.describe });
     }
   }
+}
+
+// The fp8 KV cache over every family's prompts.
+res.kvCache = {};
+for (const p of PRECISIONS.filter((q) => q.kv && kvRecords[q.name])) {
+  const v = res.kvCache[p.name] = kvVerdict(kvRecords[p.name]);
+  check(`${p.name} fp8 KV loss vs PyTorch's: geometric mean over ${v.prompts} prompts of ${Object.keys(v.families).length} families within ${KV_FACTOR}x`,
+    v.ok, { ratio: v.ratio, families: Object.fromEntries(Object.entries(v.families).map(([f, x]) => [f, +x.ratio.toFixed(3)])) });
 }
 
 res.failures = fails;

@@ -5,8 +5,9 @@
 // bf16 and fp16, block sizes 16 and 5. Each step runs twice: split like the engine does (flash
 // tiles + SIMT token list) and SIMT-only; both are compared with a double-precision causal
 // attention on the same rounded inputs (error relative to max |v|). Then times one layer of the
-// serving prefill shape (4 x 512 new tokens, 32 heads, head_dim 128, bf16): flash vs SIMT, and one
-// layer of a 64-decode step.
+// serving prefill shape (4 x 512 new tokens, 32 heads, head_dim 128, bf16): flash vs SIMT, one
+// layer of a 64-decode step, and one layer of a batch-1 decode step at contexts 130, 192 and 1024
+// (the split-keys form: keys over the blocks of one head, fewer where a context is short).
 // If test/gpu/attention-flash.test.ts fails, this says whether the kernel or the step plumbing is off.
 // usage (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 -Inative/src \
@@ -198,6 +199,9 @@ int main() {
       {"decodes through flash, hd 64 fp16", DType::F16, 12, 4, 64, 16, decodes(16, 100, 900), true},
       {"head_dim 256: decodes + short chunk (SIMT only)", DType::BF16, 4, 2, 256, 16, {{500, 1}, {0, 9}, {77, 1}, {3000, 1}}},
       {"head_dim 96 (per-key kernel), GQA 6/2", DType::F16, 6, 2, 96, 5, {{300, 1}, {0, 12}, {41, 1}}},
+      // Few decode tokens (split keys): contexts within one block's share, just past it, and long.
+      {"few decodes: contexts 130, 256, 257, 1501, MHA", DType::BF16, 8, 8, 128, 16, {{129, 1}, {255, 1}, {256, 1}, {1500, 1}}},
+      {"few decodes, hd 64 fp16, GQA 8/2, B=5", DType::F16, 8, 2, 64, 5, {{99, 1}, {511, 1}, {512, 1}, {2000, 1}}},
   };
   bool ok = true;
   std::string json = "{\"cases\":[";
@@ -240,12 +244,25 @@ int main() {
     return std::string(out);
   };
   const std::string dec = decode_perf();
+  // One layer of a batch-1 decode step (32 heads, hd 128, bf16), us per call at three contexts.
+  std::string b1 = "{";
+  for (int ctx : {130, 192, 1024}) {
+    const Case one{"batch 1", DType::BF16, 32, 32, 128, 16, {{ctx - 1, 1}}};
+    Built bo;
+    build(one, 11, bo);
+    const float us = 1e3f * time_ms(one, bo.a, 200);
+    char o[64];
+    std::snprintf(o, sizeof o, "%s\"ctx%d\":%.2f", ctx == 130 ? "" : ",", ctx, us);
+    b1 += o;
+    std::fprintf(stderr, "batch-1 decode layer, context %d: %.2f us\n", ctx, us);
+  }
+  b1 += "}";
   char tail[1024];
   std::snprintf(tail, sizeof tail, "],\"perf\":{\"shape\":\"%s\",\"flashMsPerLayer\":%.4f,\"simtMsPerLayer\":%.4f,"
                 "\"flashMsPer32Layers\":%.3f,\"simtMsPer32Layers\":%.2f,\"flashTflops\":%.1f},"
-                "\"decodePerf\":%s,\"ok\":%s}",
+                "\"decodePerf\":%s,\"batch1UsPerLayer\":%s,\"ok\":%s}",
                 perf.name, ms_flash, ms_simt, 32 * ms_flash, 32 * ms_simt, flops / (ms_flash * 1e-3) / 1e12,
-                dec.c_str(), ok ? "true" : "false");
+                dec.c_str(), b1.c_str(), ok ? "true" : "false");
   json += tail;
   std::printf("%s\n", json.c_str());
   return ok ? 0 : 1;

@@ -625,7 +625,8 @@ void check_attention() {
     for (float ks : {1.f, 0.5f})
       for (int B : {16, 12}) {  // 12: the decode kernels' block lookup by division (16: by shift)
       const int nh = 8, nkv = 4;
-      Step st = make_step(nh, nkv, hd, {{0, 80}, {30, 1}, {200, 1}, {63, 5}, {5, 20}}, B);
+      // {900, 1}: a context past one block's share of split keys (attention.cu attn_vec_kernel kSplitKeys)
+      Step st = make_step(nh, nkv, hd, {{0, 80}, {30, 1}, {200, 1}, {63, 5}, {5, 20}, {900, 1}}, B);
       const size_t row = (size_t)(nh + 2 * nkv) * hd, kv = (size_t)st.n_blocks * st.B * nkv * hd;
       std::normal_distribution<float> nd(0.f, 1.f);
       std::vector<uint16_t> q(st.T * row), k16(kv), v16(kv);

@@ -1,12 +1,15 @@
-"""PyTorch references for test/gpu/quant-check.mjs: logits of every position of one prompt with the
-quantized numerics nodespeed runs (docs/QUANTIZATION.md), computed by transformers in float32 on
-weights quantized the same way:
+"""PyTorch references for test/gpu/quant-check.mjs and families-quant.mjs: logits of every position of
+one prompt with the quantized numerics nodespeed runs (docs/QUANTIZATION.md), computed by transformers
+in float32 (eager attention, as the fixtures' HF logits were made) on weights quantized the same way:
   int8: every decoder linear and the LM head W -> q * s, s = amax(row) / 127, q = round(W / s)
         clamped to +-127 (ties to even, as torch.round), f32 arithmetic (W8A16: inputs unquantized);
   fp8:  every decoder linear W -> e4m3(W / s) * s, s = amax(row) / 448, and each input row x of
-        those linears -> e4m3(x / t) * t, t = max(amax(x) / 448, 1 / (448 * 512)) (W8A8, per token);
-        the LM head unquantized.
-plus HF's own bf16 forward ("bf16", transformers' default SDPA) and float32 ("f32"), and the fp8 KV
+        those linears, rounded to bf16 first (what a bf16 engine quantizes: ours, vLLM's dynamic
+        per-token fp8), -> e4m3(x / t) * t, t = max(amax(x) / 448, 1 / (448 * 512)) (W8A8, per
+        token); the LM head unquantized;
+  fp8a32: the same from the f32 input rows: a second fp8 computation as valid as the first, whose
+        distance to it shows how far bf16-level input rounding alone moves W8A8 logits;
+plus HF's own bf16 forward ("bf16") and float32 ("f32"), and the fp8 KV
 cache (nodespeed's --kv-cache-dtype fp8, as vLLM keeps it: one scale per layer, 1.0 unless the
 checkpoint has k_scale / v_scale): every key and value row the attention stores, after its bias,
 norm and RoPE, -> e4m3(k / s) * s (round to nearest even, saturating at 448), and the attention
@@ -14,7 +17,15 @@ reads only those (the prompt's own tokens too), through a transformers cache who
   kv8:     f32 weights + the fp8 KV cache (s = 1);
   fp8+kv8: the fp8 weights and activations above + the fp8 KV cache (s = 1);
   kv8cal:  f32 weights + the fp8 KV cache with s = amax / 448 of each layer's keys (values) of the
-           prompt (vLLM's --calculate-kv-scales), to show what scale 1 costs on these values.
+           prompt (vLLM's --calculate-kv-scales), to show what scale 1 costs on these values;
+  fp8+kv8cal: the fp8 weights and activations + that calibrated cache.
+  A calibrated cache is as precise as scale 1 (E4M3's relative step does not depend on the scale
+  above its smallest normal) but rounds every element differently: the two losses side by side show
+  how much one rounding draw of the cache moves the loss at a prompt.
+Attention: eager, as test/fixtures/hf-reference's logits were made. transformers' default SDPA
+implementation silently drops Gemma 2's attention logit soft-capping (its sdpa_attention_forward
+never reads `softcap`), which made a different model of every Gemma 2 checkpoint; the bf16 mode
+keeps SDPA (what a user of HF gets) except where the config soft-caps attention scores.
 The fp8 KV modes print, per mode, the keys' and values' amax and the fraction of elements below
 2^-6 (E4M3's smallest normal: with s = 1 those lose relative precision as subnormals).
 Mixtures of experts as nodespeed's CUDA backend runs them: the router and the shared expert's gate
@@ -22,7 +33,8 @@ stay float; the routed experts (transformers' 3D expert tensors [E, out, in]) an
 have their weights quantized per row like every linear, and their inputs never quantized (the CUDA
 expert kernels hold them dequantized in the compute dtype).
 
-usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]   (modes: bf16 f32 int8 fp8 kv8 fp8+kv8 kv8cal)
+usage: python3 quant_reference.py MODEL_DIR IDS_JSON OUT_DIR MODE[,MODE...]
+  (modes: bf16 f32 int8 fp8 fp8a32 kv8 fp8+kv8 kv8cal fp8+kv8cal)
 Writes OUT_DIR/<mode>.bin: little-endian float32 logits [n, vocab]; IDS_JSON holding a list of
 prompts (lists of ids): OUT_DIR/<mode>-<i>.bin for prompt i. Prints one JSON line.
 """
@@ -31,7 +43,7 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 E4M3_MIN_NORMAL = 2.0 ** -6
 
@@ -52,7 +64,9 @@ def fp8_weight(w):
     return (w / s).to(torch.float8_e4m3fn).to(torch.float32) * s
 
 
-def fp8_act(x):
+def fp8_act(x, from_bf16=True):
+    if from_bf16:
+        x = x.to(torch.bfloat16).to(torch.float32)
     t = torch.clamp(x.abs().amax(dim=-1, keepdim=True) / 448.0, min=1.0 / (448.0 * 512.0))
     return (x / t).to(torch.float8_e4m3fn).to(torch.float32) * t
 
@@ -108,6 +122,14 @@ def expert_tensors(model):
                     yield f"{name}.{pname}", p
 
 
+def attention(model_dir, dtype):
+    """eager for the f32 references (the fixtures' implementation); bf16: transformers' default unless
+    the model soft-caps attention scores, which SDPA ignores without a word."""
+    if dtype == torch.float32 or getattr(AutoConfig.from_pretrained(model_dir), "attn_logit_softcapping", None):
+        return {"attn_implementation": "eager"}
+    return {}
+
+
 def main():
     model_dir, ids_path, out_dir = sys.argv[1:4]
     modes = sys.argv[4].split(",")
@@ -122,7 +144,7 @@ def main():
         stats = {}
         for i, p in enumerate(prompts):
             ids = torch.tensor([p], device="cuda")
-            extra = {"past_key_values": Fp8KvCache(model.config, mode == "kv8cal", stats), "use_cache": True} if kv else {}
+            extra = {"past_key_values": Fp8KvCache(model.config, mode.endswith("kv8cal"), stats), "use_cache": True} if kv else {}
             with torch.no_grad():
                 logits = model(ids, **extra).logits[0].float().cpu()
             logits.numpy().astype("<f4").tofile(os.path.join(out_dir, (f"{mode}-{i}" if many else mode) + ".bin"))
@@ -131,13 +153,13 @@ def main():
                                                for k, v in stats.items()}
 
     if "bf16" in modes:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, **attention(model_dir, torch.bfloat16)).to("cuda").eval()
         run(model, "bf16")
         del model
         torch.cuda.empty_cache()
     rest = [m for m in modes if m != "bf16"]
     if rest:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to("cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **attention(model_dir, torch.float32)).to("cuda").eval()
         if model.config.tie_word_embeddings:  # int8 quantizes the head as its own copy of the embedding
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
         originals = {name: m.weight.detach().to(torch.bfloat16) for name, m in linears(model, True)}  # exact: bf16 checkpoints
@@ -163,9 +185,10 @@ def main():
                     w = int8_weight(w) if weights == "int8" else fp8_weight(w) if weights == "fp8" else w
                     p.copy_(w.reshape(shape))
             if weights == "fp8":
+                from_bf16 = mode != "fp8a32"
                 for name, m in linears(model, False):
                     if not is_expert(name):
-                        hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0]),)))
+                        hooks.append(m.register_forward_pre_hook(lambda _m, args: (fp8_act(args[0], from_bf16),)))
             try:
                 run(model, mode)
             except Exception as e:  # the other modes still come back; the caller reports this one's files missing

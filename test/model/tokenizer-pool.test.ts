@@ -1,6 +1,7 @@
 // Tokenizer threads: the same ids, text and token texts as the tokenizer on the calling thread, an event loop
-// that keeps turning while a long prompt is encoded, and a replayed request's stop checker rebuilt
-// off the loop in exactly the state pushing its tokens one by one gives.
+// that keeps turning while a long prompt is encoded, a replayed request's stop checker rebuilt
+// off the loop in exactly the state pushing its tokens one by one gives, and waiting tasks taken
+// most urgent first (a thread holds two at most, so a realtime prompt does not queue behind a flood's).
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -91,5 +92,40 @@ describe('tokenizer threads', () => {
       expect(restored.text).toBe(ref.text);
       expect(restored.tokens).toEqual(ref.tokens);
     }
+  });
+});
+
+describe('tokenizer threads under a flood', () => {
+  // ~32 KB of text: tens of ms to encode, so the flood's tasks are still waiting when the others arrive.
+  const long = Array.from({ length: 4000 }, (_, i) => `x${(i * 7919) % 1000} `).join('');
+
+  it('waiting tasks go most urgent first and in arrival order within a priority; a thread holds at most two', async () => {
+    const one = await TokenizerPool.start(PY_TINY, 1);
+    try {
+      const done: string[] = [];
+      const track = (name: string, p: Promise<unknown>) => p.then(() => void done.push(name));
+      const all = [
+        ...Array.from({ length: 6 }, (_, i) => track(`batch${i}`, one.encode(long, { priority: 100 }))),
+        track('standard', one.encode('def f(x):', { priority: 0 })),
+        track('decode', one.decode([5, 6, 7], { priority: 0 })),
+        track('realtime', one.encode('import os', { priority: -100 })),
+      ];
+      // The thread holds batch0 and batch1; the other seven wait in the pool.
+      expect(one.backlog).toBe(7);
+      await Promise.all(all);
+      expect(done).toEqual(['batch0', 'batch1', 'realtime', 'standard', 'decode', 'batch2', 'batch3', 'batch4', 'batch5']);
+      expect(one.backlog).toBe(0);
+    } finally {
+      await one.close();
+    }
+  });
+
+  it('tasks still waiting when the pool closes are refused, not left pending', async () => {
+    const one = await TokenizerPool.start(PY_TINY, 1);
+    const results = Array.from({ length: 5 }, () => one.encode(long).then(() => 'done', (e: Error) => e.message));
+    await one.close();
+    const got = await Promise.all(results);
+    expect(got.slice(2)).toEqual(['tokenizer pool closed', 'tokenizer pool closed', 'tokenizer pool closed']);
+    await expect(one.encode('x')).rejects.toThrow('tokenizer pool closed');
   });
 });

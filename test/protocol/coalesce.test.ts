@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { WorkerConn } from '../../src/coordinator/worker-conn.js';
+import { WorkerConn, urgentFirst } from '../../src/coordinator/worker-conn.js';
 import type { ControlCall } from '../../src/coordinator/worker-conn.js';
 import { mergeResponses } from '../../src/coordinator/api.js';
 import type { CoordinatorMessage, Join, OutgoingCoordinatorMessage } from '../../src/protocol/control.js';
@@ -13,6 +13,8 @@ import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition, serviceDe
 import type { RankPlan } from '../../src/coordinator/layout.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
 import { batches, upperBytes } from '../../src/protocol/coalesce.js';
+import { packWorkerMessages } from '../../src/worker/control-client.js';
+import type { OutgoingWorkerMessage, TokenUpdateIn } from '../../src/protocol/control.js';
 
 const N = 400;
 const submit = (i: number): OutgoingCoordinatorMessage => ({
@@ -70,12 +72,12 @@ async function burst(send: (call: ControlCall, m: OutgoingCoordinatorMessage) =>
 const plan = { rank: 0, replica: 0 } as unknown as RankPlan;
 
 describe('control stream coalescing', () => {
-  it('a burst goes out as the first message and one batch, every message in order', async () => {
+  it('a burst goes out as the first message and one batch, the realtime submit sent last first in it, the others in order', async () => {
     const { top, ids } = await burst((call, m) => {
       const conn = ((call as unknown as { conn?: WorkerConn }).conn ??= new WorkerConn(plan, {} as Join, call, '1'));
       conn.send(m);
     });
-    expect(ids).toEqual(Array.from({ length: N }, (_, i) => `r${i}`));
+    expect(ids).toEqual(['r0', `r${N - 1}`, ...Array.from({ length: N - 2 }, (_, i) => `r${i + 1}`)]);
     // The first write goes alone; the N - 1 sent while it was in flight follow in one batch.
     expect(top).toEqual(['submit', 'batch']);
   });
@@ -87,8 +89,17 @@ describe('control stream coalescing', () => {
   });
 });
 
+describe('urgent submits first', () => {
+  it('reorders only runs of submits, by priority and then arrival; cancels, starts and other epochs keep their place', () => {
+    const sub = (id: string, priority: number, epoch = '1'): OutgoingCoordinatorMessage => ({ submit: { epoch, requestId: id, priority } });
+    const out = urgentFirst([sub('b1', 100), sub('b2', 100), sub('s1', 0), sub('rt1', -100), { cancel: { epoch: '1', requestId: 'rt1' } },
+      sub('b3', 100), sub('rt2', -100), { start: { epoch: '2' } }, sub('b4', 100, '2'), sub('rt3', -100, '2'), sub('b5', 100, '2')]);
+    expect(out.map((m) => m.submit?.requestId ?? Object.keys(m)[0])).toEqual(['rt1', 's1', 'b1', 'b2', 'cancel', 'rt2', 'b3', 'start', 'rt3', 'b4', 'b5']);
+  });
+});
+
 describe('Generate stream merging', () => {
-  it('runs of one sequence from one replica merge; finished ones, other choices and other replicas stay apart', () => {
+  it('each sequence\'s updates from one replica merge, interleaved ones too; a finished one ends its group, another replica opens a new one', () => {
     const m = (choice: number, index: number, ids: number[], extra: object = {}) => ({ choice, index, tokenIds: ids, text: ids.map(String).join(''),
       logprobs: [], replica: 0, group: 'fast', finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, ...extra });
     const out = mergeResponses([m(0, 0, [1]), m(0, 1, [2, 3]), m(1, 0, [9]), m(1, 1, [8], { finishReason: FinishReason.FINISH_REASON_LENGTH }), m(1, 2, [7]),
@@ -97,6 +108,45 @@ describe('Generate stream merging', () => {
       [0, 0, [1, 2, 3], '123', 0], [1, 0, [9, 8], '98', 0], [1, 2, [7], '7', 0], [0, 3, [4, 5], '45', 1],
     ]);
     expect(out[1]!.finishReason).toBe(FinishReason.FINISH_REASON_LENGTH);
+    // n = 3 sequences, step by step: one message each, every sequence's tokens in order.
+    const steps = Array.from({ length: 4 }, (_, k) => [0, 1, 2].map((c) => m(c, k, [10 * c + k],
+      k === 3 && c === 1 ? { finishReason: FinishReason.FINISH_REASON_STOP } : {}))).flat();
+    const n3 = mergeResponses(steps);
+    expect(n3.map((x) => [x.choice, x.index, x.tokenIds, x.finishReason])).toEqual([
+      [0, 0, [0, 1, 2, 3], FinishReason.FINISH_REASON_UNSPECIFIED], [1, 0, [10, 11, 12, 13], FinishReason.FINISH_REASON_STOP],
+      [2, 0, [20, 21, 22, 23], FinishReason.FINISH_REASON_UNSPECIFIED],
+    ]);
+  });
+});
+
+describe('worker token merging', () => {
+  it('the steps gathered during a write reach the coordinator as one update per request; notices, refusals and other epochs stay apart, in order', () => {
+    const U = FinishReason.FINISH_REASON_UNSPECIFIED;
+    const u = (id: string, index: number, ids: number[], extra: Partial<TokenUpdateIn> = {}): TokenUpdateIn => ({ requestId: id, tokenIds: ids,
+      text: ids.map((t) => `<${t}>`).join(''), index, finishReason: U, error: '', preempted: false,
+      logprobs: ids.map((t) => ({ logprob: -t, topIds: [t], topLogprobs: [-t] })), ...extra });
+    const step = (epoch: string, ...updates: TokenUpdateIn[]): OutgoingWorkerMessage => ({ tokens: { epoch, updates } });
+    const out = packWorkerMessages([
+      step('3', u('a', 0, [1]), u('b', 4, [7])),
+      step('3', u('a', 1, [2]), u('b', 5, [8]), u('c', 0, [], { error: 'replica queue full' })),
+      step('3', u('a', 2, [3], { finishReason: FinishReason.FINISH_REASON_LENGTH }), u('b', 6, [], { preempted: true })),
+      { heartbeat: { epoch: '3', sentAtMs: 1 } },
+      step('3', u('b', 6, [9])),
+      step('3', u('b', 7, [10])),
+      step('4', u('b', 8, [11])),
+    ]);
+    expect(out.length).toBe(1);
+    const msgs = out[0]!.batch!.messages!;
+    expect(msgs.map((m) => Object.keys(m)[0])).toEqual(['tokens', 'heartbeat', 'tokens', 'tokens']);
+    const show = (x: TokenUpdateIn) => [x.requestId, x.index, x.tokenIds, x.text, x.finishReason, x.error || x.preempted || '', x.logprobs!.map((l) => l.logprob)];
+    expect(msgs[0]!.tokens!.updates!.map(show)).toEqual([
+      ['a', 0, [1, 2, 3], '<1><2><3>', FinishReason.FINISH_REASON_LENGTH, '', [-1, -2, -3]],
+      ['b', 4, [7, 8], '<7><8>', U, '', [-7, -8]],
+      ['c', 0, [], '', U, 'replica queue full', []],
+      ['b', 6, [], '', U, true, []],
+    ]);
+    expect(msgs[2]!.tokens!.updates!.map(show)).toEqual([['b', 6, [9, 10], '<9><10>', U, '', [-9, -10]]]);
+    expect(msgs[3]!.tokens).toEqual({ epoch: '4', updates: [u('b', 8, [11])] });
   });
 });
 

@@ -123,6 +123,43 @@ describe('completions (py-tiny)', () => {
     expect(usage).toEqual({ prompt_tokens: c.ids.length, completion_tokens: 48, total_tokens: c.ids.length + 48 });
   });
 
+  it('tokens that reach the coordinator together go out together: one event per choice, the same text and logprobs as unstreamed', async () => {
+    const c = cases[2]!;
+    const body = { model: 'py-tiny', prompt: c.text, max_tokens: 320, temperature: 0, ignore_eos: true, n: 4, logprobs: 5 };
+    const whole = await api.completions.create(body as OpenAI.CompletionCreateParamsNonStreaming);
+    const s = await api.completions.create({ ...body, stream: true, stream_options: { include_usage: true } } as OpenAI.CompletionCreateParamsStreaming);
+    const text = ['', '', '', ''];
+    const tokens: string[][] = [[], [], [], []];
+    const top: Record<string, number>[][] = [[], [], [], []];
+    let events = 0;
+    let usage: OpenAI.CompletionUsage | null | undefined = null;
+    let paused = false;
+    for await (const ch of s) {
+      events++;
+      if (!ch.choices.length) usage = ch.usage;
+      for (const x of ch.choices) {
+        text[x.index] += x.text;
+        tokens[x.index]!.push(...(x.logprobs?.tokens ?? []));
+        top[x.index]!.push(...(x.logprobs?.top_logprobs ?? []));
+      }
+      if (!paused) {
+        // The coordinator stopped for a moment (SIGSTOP) while the replica goes on: the steps it
+        // sends meanwhile reach the coordinator together when it goes on, as under a busy event loop.
+        paused = true;
+        process.kill(tiny.proc.pid!, 'SIGSTOP');
+        await new Promise((r) => setTimeout(r, 1500));
+        process.kill(tiny.proc.pid!, 'SIGCONT');
+      }
+    }
+    expect(text).toEqual(whole.choices.map((x) => x.text));
+    expect(tokens).toEqual(whole.choices.map((x) => x.logprobs!.tokens));
+    expect(top).toEqual(whole.choices.map((x) => x.logprobs!.top_logprobs));
+    expect(usage).toEqual(whole.usage);
+    console.log(`${events} events for 4 x 320 tokens`);
+    // One event per update would be 4 x 320 + the usage chunk.
+    expect(events).toBeLessThan(4 * 320);
+  });
+
   it('n = 2 with a seed: two different samples of one prompt, each reproducible alone', async () => {
     const body = { model: 'py-tiny', prompt: cases[2]!.text, max_tokens: 24, temperature: 1, seed: 7, n: 2 };
     const r = await api.completions.create(body);

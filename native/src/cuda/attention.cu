@@ -2,8 +2,9 @@
 // chunks go to the tensor-core kernel of attention_prefill.cu, launched from here on the other
 // tokens of the step). Grid (q head, listed token, split): each block handles 1/n_splits of the
 // key positions of one (token, head) with an online softmax (running max, sum, weighted V sum) per
-// lane group, merged through shuffles and shared memory. With several splits (flash-decoding, for
-// long contexts and small batches), partial (max, sum, acc) go to a workspace and the last split
+// lane group, merged through shuffles and shared memory (the vectorised kernel splits a token's
+// keys over fewer blocks where they are few: attn_vec_kernel). With several splits (flash-decoding,
+// for long contexts and small batches), partial (max, sum, acc) go to a workspace and the last split
 // block of each (token, head) to finish, counted by an atomic in the workspace, merges them: no
 // second kernel (its launch and drain cost every layer of a batch-1 decode step a few us).
 // Two kernels: attn_vec_kernel for head_dim 64/128/256 (16-byte loads, several keys in flight per
@@ -35,22 +36,22 @@ constexpr int kMaxHeadDim = 256;
 // / sum_s L_s e^(M_s - M). Loads bypass L1 (__ldcg): other blocks wrote the partials during this
 // kernel, and this SM's L1 may hold the same addresses from an earlier layer's launch.
 template <typename T>
-__device__ void merge_splits(const AttnArgs& a, int t, int row, int h, int hd) {
+__device__ void merge_splits(const AttnArgs& a, int t, int row, int h, int hd, int splits) {
   const size_t th = (size_t)t * a.nh + h;
   const size_t split_stride = (size_t)a.n_simt * a.nh * (hd + 2);
   const float* ws = attn_partials(a.ws) + ((size_t)row * a.nh + h) * (hd + 2);
   float M = -FLT_MAX;
-  for (int s = 0; s < a.n_splits; ++s)
+  for (int s = 0; s < splits; ++s)
     if (__ldcg(ws + s * split_stride + 1) > 0.f) M = fmaxf(M, __ldcg(ws + s * split_stride));
   float L = 0.f;
-  for (int s = 0; s < a.n_splits; ++s) {
+  for (int s = 0; s < splits; ++s) {
     const float* p = ws + s * split_stride;
     const float l = __ldcg(p + 1);
     if (l > 0.f) L += l * __expf(__ldcg(p) - M);
   }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.f;
-    for (int s = 0; s < a.n_splits; ++s) {
+    for (int s = 0; s < splits; ++s) {
       const float* p = ws + s * split_stride;
       if (__ldcg(p + 1) > 0.f) o += __ldcg(p + 2 + d) * __expf(__ldcg(p) - M);
     }
@@ -60,9 +61,10 @@ __device__ void merge_splits(const AttnArgs& a, int t, int row, int h, int hd) {
 
 // The block's result from its NW warps' online-softmax states in shared memory (max sm[w], sum
 // sl[w], weighted V sums sacc[w * stride + d]): the output row of (token t, head h), or with several
-// splits the partial (M, L, acc) in the workspace, and the pair's last block to finish merges them.
+// splits (`splits` of this token's keys) the partial (M, L, acc) in the workspace, and the pair's
+// last block to finish merges them.
 template <typename T, int NW>
-__device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int row, int h, int split, int hd,
+__device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int row, int h, int split, int splits, int hd,
                                                    const float* sm, const float* sl, const float* sacc, int stride) {
   float M = -FLT_MAX;
 #pragma unroll
@@ -75,7 +77,7 @@ __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int
     float o = 0.f;
 #pragma unroll
     for (int w = 0; w < NW; ++w) o += sacc[w * stride + d] * __expf(sm[w] - M);
-    if (a.n_splits == 1) {
+    if (splits == 1) {
       static_cast<T*>(a.out)[th * hd + d] = from_f<T>(L > 0.f ? o / L : 0.f);
     } else {
       float* ws = attn_partials(a.ws) + ((size_t)split * a.n_simt * a.nh + (size_t)row * a.nh + h) * (hd + 2);
@@ -83,9 +85,9 @@ __device__ __forceinline__ void write_block_result(const AttnArgs& a, int t, int
       if (d == 0) { ws[0] = M; ws[1] = L; }
     }
   }
-  if (a.n_splits == 1) return;
-  if (!last_arrival(attn_split_counters(a.ws) + (size_t)row * a.nh + h, a.n_splits)) return;
-  merge_splits<T>(a, t, row, h, hd);
+  if (splits == 1) return;
+  if (!last_arrival(attn_split_counters(a.ws) + (size_t)row * a.nh + h, splits)) return;
+  merge_splits<T>(a, t, row, h, hd, splits);
 }
 
 template <typename T, int EPL, bool KV8>
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
     if (d < hd) sacc[warp][d] = KV8 ? acc[e] * a.v_scale : acc[e];
   }
   __syncthreads();
-  write_block_result<T, kWarps>(a, t, row, h, split, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
+  write_block_result<T, kWarps>(a, t, row, h, split, a.n_splits, hd, sm, sl, &sacc[0][0], kMaxHeadDim);
 }
 
 // LPK = HD / EL lanes read one key row, EL elements each, so a warp covers KPW = 32 / LPK keys per
@@ -159,7 +161,16 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(AttnArgs a, float sca
 // the shuffles, block-table lookups and softmax updates per byte of the 8-element form, whose
 // per-byte work is twice a 16-bit cache's), U = 2 or 4. MIN_BLOCKS: blocks an SM the registers
 // must allow (0: no bound).
+// NW warps a block: kVecWarps where every (token, head) is one block (many streams fill the GPU),
+// kWideWarps where the grid splits the keys (few tokens), with 8 keys in flight a lane where the
+// registers allow (head_dim <= 128). A split block takes 16 keys a warp, or one pass of its
+// NW * KPW * U keys if more, before a token's keys are split further: a batch-1 step at a context
+// of up to 256 (head_dim 128) reads each head's keys in one pass of one block and merges its warps
+// in shared memory (the grid's other split blocks exit at once), with no partials in the workspace,
+// no fence and atomic ticket and no merge by a last block. The block reads its token's metadata (the
+// host's copy, never written by a kernel) before waiting for the kernel that wrote q and the new K/V.
 constexpr int kVecWarps = 4;
+constexpr int kWideWarps = 16;
 
 // One lane's load of a key or value row to f32: 8 elements of a 16-bit cache, or EL E4M3 ones.
 template <typename T, bool KV8, int EL, typename Vec>
@@ -169,14 +180,13 @@ __device__ __forceinline__ void unpack_kv(const Vec& v, float* f) {
   else unpack_e4m3x8(v, f);
 }
 
-template <typename T, int HD, bool KV8, int EL, int U, int MIN_BLOCKS = 0>
-__global__ void __launch_bounds__(kVecWarps * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs a, float scale) {
+template <typename T, int HD, bool KV8, int EL, int U, int NW, int MIN_BLOCKS = 0>
+__global__ void __launch_bounds__(NW * 32, MIN_BLOCKS) attn_vec_kernel(AttnArgs a, float scale) {
   static_assert(EL == 8 || (KV8 && EL == 16), "16 elements a lane only for the E4M3 cache");
-  constexpr int LPK = HD / EL, KPW = 32 / LPK, KEYS = kVecWarps * KPW;  // KEYS: keys per block per load
+  constexpr int LPK = HD / EL, KPW = 32 / LPK, KEYS = NW * KPW;  // KEYS: keys per block per load
   using Vec = std::conditional_t<KV8 && EL == 8, uint2, uint4>;  // one lane's EL elements of a key row
   using Elem = std::conditional_t<KV8, uint8_t, T>;
-  grid_dependency_wait();
-  grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
+  constexpr int kSplitKeys = NW * 16 > U * KEYS ? NW * 16 : U * KEYS;
   const int h = blockIdx.x, row = blockIdx.y, split = blockIdx.z;
   const int t = a.simt_tokens ? a.simt_tokens[row] : row;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -189,12 +199,16 @@ __global__ void __launch_bounds__(kVecWarps * 32, MIN_BLOCKS) attn_vec_kernel(At
   const int kh = h / (a.nh / nkv);
   const int ctx = a.tok_pos[t] + 1;
   const int first = a.window > 0 ? max(0, ctx - a.window) : 0;
-  const int chunk = (ctx - first + a.n_splits - 1) / a.n_splits;
+  const int splits = min(a.n_splits, max(1, (ctx - first + kSplitKeys - 1) / kSplitKeys));
+  if (split >= splits) return;
+  const int chunk = (ctx - first + splits - 1) / splits;
   const int k0 = first + split * chunk, k1 = min(ctx, k0 + chunk);
   const int32_t* bt = a.block_tables + a.seq_bt_off[a.tok_seq[t]];
   const Elem* kc = static_cast<const Elem*>(a.kcache) + sub * EL;
   const Elem* vc = static_cast<const Elem*>(a.vcache) + sub * EL;
   if (KV8) scale *= a.k_scale;
+  grid_dependency_wait();
+  grid_dependents_launch();  // a decode GEMV next (o_proj) pulls its weights into L2 on the free SMs meanwhile
 
   float qr[EL], acc[EL];
   const uint4* qp = reinterpret_cast<const uint4*>(static_cast<const T*>(a.qkv) + (size_t)t * (a.nh + 2 * nkv) * HD +
@@ -263,14 +277,14 @@ __global__ void __launch_bounds__(kVecWarps * 32, MIN_BLOCKS) attn_vec_kernel(At
     for (int e = 0; e < EL; ++e) acc[e] = acc[e] * c1 + __shfl_xor_sync(0xffffffffu, acc[e], o) * c2;
     m = mx;
   }
-  __shared__ float sm[kVecWarps], sl[kVecWarps];
-  __shared__ float sacc[kVecWarps][HD];
+  __shared__ float sm[NW], sl[NW];
+  __shared__ float sacc[NW][HD];
   if (lane == 0) { sm[warp] = m; sl[warp] = l; }
   if (grp == 0)
 #pragma unroll
     for (int e = 0; e < EL; ++e) sacc[warp][sub * EL + e] = KV8 ? acc[e] * a.v_scale : acc[e];
   __syncthreads();
-  write_block_result<T, kVecWarps>(a, t, row, h, split, HD, sm, sl, &sacc[0][0], HD);
+  write_block_result<T, NW>(a, t, row, h, split, splits, HD, sm, sl, &sacc[0][0], HD);
 }
 
 float score_scale(const AttnArgs& a) { return a.scale > 0.f ? a.scale : rsqrtf(static_cast<float>(a.hd)); }
@@ -288,15 +302,23 @@ void launch(const AttnArgs& a, cudaStream_t s) {
 // full). kv8_form for bench/gpu/attn-kv8.cu's timing; 0: 16 x 2 where every (token, head) is one
 // block (many streams), 8 x 4 where the keys are split (batch-1 fp8-KV decode was 3% slower with
 // 16 x 4, 281.3 vs 290.5 tok/s on an H100).
+// With split keys (few tokens) the 16-bit cache and the 8-element form run kWideWarps a block, with
+// 8 keys in flight a lane (4 at head_dim 256, whose registers would spill).
 template <typename T, int HD>
 void launch_vec(const AttnArgs& a, cudaStream_t s) {
-  const dim3 grid(a.nh, a.n_simt, a.n_splits), block(kVecWarps * 32);
+  const dim3 grid(a.nh, a.n_simt, a.n_splits), block(kVecWarps * 32), wide(kWideWarps * 32);
+  constexpr int UW = HD > 128 ? 4 : 8;
   const float sc = score_scale(a);
-  if (!a.kv_fp8) return launch("attention", attn_vec_kernel<T, HD, false, 8, 4>, grid, block, s, a, sc);
-  const int form = a.kv8_form ? a.kv8_form : a.n_splits == 1 ? 2 : 1;
-  if (form == 1) launch("attention", attn_vec_kernel<T, HD, true, 8, 4>, grid, block, s, a, sc);
-  else if (form == 2) launch("attention", attn_vec_kernel<T, HD, true, 16, 2, 8>, grid, block, s, a, sc);
-  else launch("attention", attn_vec_kernel<T, HD, true, 16, 4>, grid, block, s, a, sc);
+  const bool split = a.n_splits > 1;
+  if (!a.kv_fp8) {
+    if (split) return launch("attention", attn_vec_kernel<T, HD, false, 8, UW, kWideWarps>, grid, wide, s, a, sc);
+    return launch("attention", attn_vec_kernel<T, HD, false, 8, 4, kVecWarps>, grid, block, s, a, sc);
+  }
+  const int form = a.kv8_form ? a.kv8_form : split ? 1 : 2;
+  if (form == 1 && split) launch("attention", attn_vec_kernel<T, HD, true, 8, UW, kWideWarps>, grid, wide, s, a, sc);
+  else if (form == 1) launch("attention", attn_vec_kernel<T, HD, true, 8, 4, kVecWarps>, grid, block, s, a, sc);
+  else if (form == 2) launch("attention", attn_vec_kernel<T, HD, true, 16, 2, kVecWarps, 8>, grid, block, s, a, sc);
+  else launch("attention", attn_vec_kernel<T, HD, true, 16, 4, kVecWarps>, grid, block, s, a, sc);
 }
 
 

@@ -47,6 +47,10 @@ __device__ __forceinline__ void gemv_acc(const T* __restrict__ W, const T* __res
     }
   }
   grid_dependency_wait();
+  // The next kernel may start once every block of this one has passed its wait: its blocks take the
+  // SMs this GEMV's tail leaves idle and do what they may before their own wait (pull weights into
+  // L2, read the step metadata) while the tail drains.
+  grid_dependents_launch();
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {

@@ -55,6 +55,7 @@ __device__ __forceinline__ void gemv_quant_acc(const uint8_t* __restrict__ Wq, c
     }
   }
   grid_dependency_wait();
+  grid_dependents_launch();  // as gemv.cu: the next kernel's blocks take the SMs of this one's tail
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   if (n < N) {

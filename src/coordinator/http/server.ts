@@ -7,8 +7,8 @@
 // by validateRequest).
 //
 // node:http with a small router: five routes do not need a framework, and server-sent events need
-// the raw response anyway (every token is one write, and a closed socket must cancel the request
-// at once so its KV blocks are freed, as a cancelled gRPC stream does).
+// the raw response anyway (their writes are gathered as the gRPC stream's are, and a closed socket
+// must cancel the request at once so its KV blocks are freed, as a cancelled gRPC stream does).
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -16,6 +16,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 import type { TokenTexts } from '../../model/tokenizer-pool.js';
+import { CoalescingWriter, mergeByKey } from '../../protocol/coalesce.js';
 import { LIMIT_FLAGS } from '../../protocol/limits.js';
 import { bearerMatches, httpsOptions } from '../public-auth.js';
 import type { PublicTls } from '../public-auth.js';
@@ -47,6 +48,8 @@ export interface ServeHandle {
   promptIds: number[][];
   /** Samples per prompt. */
   n: number;
+  /** The request's class priority (lower is more urgent): its echoed prompts are decoded in that order. */
+  priority: number;
   cancel(reason: string): void;
 }
 
@@ -66,8 +69,8 @@ export interface InferenceService {
   serving(): boolean;
   /** Every token's text (logprob tokens), built once off the event loop. */
   tokenTexts(): Promise<TokenTexts>;
-  /** Ids to text, off the event loop (the echo of a prompt given as ids). */
-  decode(ids: number[]): Promise<string>;
+  /** Ids to text, off the event loop (the echo of a prompt given as ids), in `priority` order among what waits for a tokenizer thread. */
+  decode(ids: number[], priority?: number): Promise<string>;
   /** Prometheus text exposition, when metrics are on. */
   metrics?: () => Promise<{ contentType: string; body: string }>;
 }
@@ -173,21 +176,84 @@ function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   });
 }
 
-/** Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last. */
+/** What a stream writes: a choice's update (rendered as the endpoint's chunks when written) or a chunk as it is. */
+type StreamItem = { update: ChoiceUpdate } | { chunk: unknown };
+
+/** Updates merge per choice (a plain chunk stays in its place, a barrier); the update that finishes a choice is its last. */
+const choiceOf = (x: StreamItem) => ('update' in x ? x.update.choice : null);
+const unfinished = (last: StreamItem) => (last as { update: ChoiceUpdate }).update.finishReason === null;
+
+/** One choice's updates as one update: its tokens, text and logprobs in order, the last's finish reason. */
+function mergeUpdates(run: StreamItem[]): StreamItem {
+  const us = run.map((x) => (x as { update: ChoiceUpdate }).update);
+  const last = us[us.length - 1]!;
+  const withLogprobs = us.some((u) => u.logprobs);
+  return { update: { choice: last.choice, tokenIds: us.flatMap((u) => u.tokenIds), text: us.map((u) => u.text).join(''), finishReason: last.finishReason,
+    ...(withLogprobs ? { logprobs: us.flatMap((u) => u.logprobs ?? []) } : {}) } };
+}
+
+/**
+ * Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last.
+ * One write is in flight at a time, as on the gRPC Generate stream (protocol/coalesce.ts): what is
+ * sent meanwhile -- the rest of a turn of the event loop, or everything while a client reads
+ * slower than its tokens come -- goes out in one write after it, each choice's updates as one
+ * event (a delta of several tokens, as OpenAI's own streams send), so a busy coordinator writes a
+ * stream once a turn instead of once a token.
+ */
 class EventStream {
-  constructor(private readonly res: ServerResponse) {
+  private readonly out: CoalescingWriter<StreamItem[]>;
+
+  /**
+   * `render`: an update's chunks, rendered in order as they are written; `failed`: rendering threw
+   * (our fault: the caller ends the stream with an error chunk).
+   */
+  constructor(private readonly res: ServerResponse, render: (u: ChoiceUpdate) => unknown[], failed: (err: Error) => void) {
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
     res.flushHeaders();
+    const text = (items: StreamItem[]) => items.flatMap((x) => ('update' in x ? render(x.update) : [x.chunk])).map((c) => `data: ${JSON.stringify(c)}\n\n`).join('');
+    this.out = new CoalescingWriter((items, done) => {
+      if (res.writableEnded || res.destroyed) return done();
+      let t: string;
+      try {
+        t = text(items);
+      } catch (err) {
+        failed(err as Error);  // its error chunk goes out next, after what is in flight
+        done();
+        return;
+      }
+      if (!t) return done();
+      // A socket write completes at once (a tick later) unless the client's buffers are full, so
+      // it counts as in flight until the next turn of the event loop (what the turn sends after it
+      // is gathered, as a gRPC stream's write takes a turn), or until the socket drains.
+      res.write(t, (err) => {
+        if (err) return done(err);
+        if (!res.writableNeedDrain) return void setImmediate(done);
+        const go = () => {
+          res.off('drain', go);
+          res.off('close', go);
+          done();
+        };
+        res.on('drain', go);
+        res.on('close', go);
+      });
+    }, (lists) => [mergeByKey(lists.flat(), choiceOf, unfinished, mergeUpdates)]);
   }
 
   send(chunk: unknown): void {
-    if (!this.res.writableEnded) this.res.write(`data: ${JSON.stringify(chunk)}\n\n`);
+    this.out.send([{ chunk }]);
   }
 
+  update(u: ChoiceUpdate): void {
+    this.out.send([{ update: u }]);
+  }
+
+  /** Ends the stream after everything sent: [DONE]. */
   done(): void {
-    if (this.res.writableEnded) return;
-    this.res.write('data: [DONE]\n\n');
-    this.res.end();
+    this.out.whenIdle(() => {
+      if (this.res.writableEnded || this.res.destroyed) return;
+      this.res.write('data: [DONE]\n\n');
+      this.res.end();
+    }, null);
   }
 }
 
@@ -242,7 +308,7 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
       st.tokens += u.tokenIds.length;
       if (u.logprobs) st.logprobs.push(...u.logprobs);
       if (u.finishReason) st.finish = u.finishReason;
-      if (stream) for (const c of render.chunks(u, handle)) stream.send(c);
+      stream?.update(u);
       if (!states.every((s) => s.finish)) return;
       if (stream) {
         const end = render.usageChunk(handle, states);
@@ -289,7 +355,14 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
       return;
     }
     if (parsed.stream) {
-      stream = new EventStream(res);
+      // Updates are rendered as they are written, maybe after the stream was told to end.
+      const failed = (err: Error) => {
+        handle.cancel('internal error');
+        stream!.send(new ApiError('internal', `internal error: ${err.message}`).toJSON());
+        stream!.done();
+        finish();
+      };
+      stream = new EventStream(res, (u) => render.chunks(u, handle), failed);
       for (const c of render.opening(handle)) stream.send(c);
     }
     for (const u of early.splice(0)) sink.update(u);
@@ -334,7 +407,7 @@ function completionRenderer(service: InferenceService, p: ParsedCompletion): Ren
   return {
     prepare: async (h) => {
       if (withLogprobs) texts = await service.tokenTexts();
-      if (p.echo) echoText.push(...await Promise.all(p.req.prompts.map((given, i) => ('text' in given ? given.text : service.decode(h.promptIds[i]!)))));
+      if (p.echo) echoText.push(...await Promise.all(p.req.prompts.map((given, i) => ('text' in given ? given.text : service.decode(h.promptIds[i]!, h.priority)))));
     },
     opening: () => [],
     chunks: (u, h) => {

@@ -9,7 +9,7 @@ import type { TokenTexts } from '../../model/tokenizer-pool.js';
 import { FinishReason } from '../../protocol/lifecycle.js';
 import { LimitError, checkRequestLimits } from '../../protocol/limits.js';
 import { priorityToWire } from '../../protocol/priority.js';
-import { InvalidRequestError, validateRequest } from '../api.js';
+import { InvalidRequestError } from '../api.js';
 import type { InferenceApi, RequestInput, ValidRequest } from '../api.js';
 import { ApiError } from './errors.js';
 import type { ApiErrorKind } from './errors.js';
@@ -55,9 +55,9 @@ export class CoordinatorService implements InferenceService {
     return m.tokenTexts ? m.tokenTexts() : Promise.reject(new Error('this server has no tokenizer to name logprob tokens'));
   }
 
-  decode(ids: number[]): Promise<string> {
+  decode(ids: number[], priority?: number): Promise<string> {
     const m = this.api.model;
-    return m.decode ? m.decode(ids) : Promise.reject(new Error('this server has no tokenizer to echo token ids'));
+    return m.decode ? m.decode(ids, priority) : Promise.reject(new Error('this server has no tokenizer to echo token ids'));
   }
 
   async submit(req: ServeRequest, sink: ServeSink, gone: () => boolean): Promise<ServeHandle | null> {
@@ -77,6 +77,9 @@ export class CoordinatorService implements InferenceService {
       if (err instanceof LimitError) throw ApiError.invalid(err.field, err.message);
       throw err;
     }
+    // --max-queue before any prompt is tokenized (admitChoices checks the prompts x n sequences again).
+    const full = this.api.queueFull(prompts.length);
+    if (full) throw apiErrorOf(full.code, full.details);
     // One prompt at a time: a batch's tokenizing takes turns with other requests' on the tokenizer threads.
     const valid: ValidRequest[] = [];
     for (const [i, p] of prompts.entries()) {
@@ -90,7 +93,7 @@ export class CoordinatorService implements InferenceService {
         input.chatTemplateKwargs = p.templateKwargs;
       }
       try {
-        valid.push(await validateRequest(input, model, this.api.limits, this.api.classes, OPENAI_TEMPERATURE));
+        valid.push(await this.api.validate(input, OPENAI_TEMPERATURE));
       } catch (err) {
         if (!(err instanceof InvalidRequestError)) throw err;
         throw ApiError.invalid(this.param(err.field, prompts.length > 1 ? i : -1, chat), err.message);
@@ -110,7 +113,7 @@ export class CoordinatorService implements InferenceService {
       fail: (code, details) => sink.fail(apiErrorOf(code, details)),
     });
     if (!('records' in admitted)) throw apiErrorOf(admitted.code, admitted.details);
-    return { promptIds: valid.map((v) => v.promptIds), n, cancel: (why) => admitted.cancel(why) };
+    return { promptIds: valid.map((v) => v.promptIds), n, priority: valid[0]!.sched.priority, cancel: (why) => admitted.cancel(why) };
   }
 
   /** The OpenAI request field a validation error is about (`prompt` of a batch: `prompt[i]`; a chat's top count: `top_logprobs`). */
