@@ -26,6 +26,9 @@
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
 #               on $MOE_MODEL (default /tmp/qwen15-moe-a2.7b: model init --arch qwen2_moe --preset a2.7b)
 #   moeab       the MoE batch-1 decode (bench/moe/run.mjs, no HF) for the default and each VAR=value of $AB_ENV
+#   moeaddon    the MoE decode (bench/moe/run.mjs, no HF: batch 1 and 32) for build/Release/nodespeed.node
+#               and each addon file of $AB_ADDONS (NAME=PATH ..., loaded through NODESPEED_ADDON), in the
+#               order this, the others, this (the two runs of this one bracket the drift)
 #   failover    bench/failover on the GPUs there are (a spare and tp 2 with 2+, the respawn path with 1)
 # The 7B-shape checkpoint is $NODESPEED_TEST_MODEL_7B (default /tmp/llama-7b-shape), made with
 # `nodespeed model init --preset 7b` when missing. Set NODESPEED_COMMIT when the tree has no .git.
@@ -116,6 +119,14 @@ for s in "$@"; do
         echo "== moe b1 $v"; env $e SKIP_HF=1 RESULTS_DIR=$OUT/moeab-$i node bench/moe/run.mjs "$MOE_MODEL" > "$LOGS/moeab-$i.log" 2>&1 || status=1
         node -e "const r = require('$OUT/moeab-$i/' + require('fs').readdirSync('$OUT/moeab-$i')[0]).batch1;
           console.log('$v', JSON.stringify({ msPerStep: r.msPerStep, rooflineFraction: r.rooflineFraction, datasheet: r.rooflineFractionDatasheet }))" | tee -a "$OUT/moeab.log"
+      done ;;
+    moeaddon) MOE_MODEL=${MOE_MODEL:-/tmp/qwen15-moe-a2.7b}
+      [ -f "$MOE_MODEL/config.json" ] || node bin/nodespeed model init --arch qwen2_moe --preset a2.7b --dtype bf16 "$MOE_MODEL" >/dev/null
+      specs="this=build/Release/nodespeed.node ${AB_ADDONS:-}"
+      i=0; for spec in $specs this=build/Release/nodespeed.node; do i=$((i + 1)); name=${spec%%=*}
+        echo "== moe $name"; NODESPEED_ADDON=$(realpath "${spec#*=}") SKIP_HF=1 RESULTS_DIR=$OUT/moeaddon-$i node bench/moe/run.mjs "$MOE_MODEL" > "$LOGS/moeaddon-$i.log" 2>&1 || status=1
+        node -e "const r = require('$OUT/moeaddon-$i/' + require('fs').readdirSync('$OUT/moeaddon-$i')[0]);
+          console.log('$name', JSON.stringify({ b1MsPerStep: r.batch1.msPerStep, rooflineFraction: r.batch1.rooflineFraction, b32MsPerStep: r.batch32.msPerStep }))" | tee -a "$OUT/moeaddon.log"
       done ;;
     failover) make_model
       if [ "$(gpus)" -ge 2 ]; then

@@ -14,15 +14,24 @@
 // is off. Built and run by test/gpu/moe-kernels.test.ts; by hand (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src \
 //     test/gpu/moe-kernels.cu native/src/cuda/moe.cu -o /tmp/moe-kernels && /tmp/moe-kernels
-//   (one JSON line; exit 1 on failure)
+//   (one JSON line on stdout; exit 1 on failure)
+// Every case is logged to stderr as it begins and ends (elapsed ms, split into the host's weight
+// generation, the host reference and the GPU waits). Every wait for the GPU is a watchdog: past
+// kStallMs the program prints `STALL <case> <what>` and the routing metadata's counts and the fused
+// launches' sync words (read by the copy engine on a non-blocking stream while the kernel runs),
+// one JSON line naming the stalled case, and exits 3. Weights are drawn on the GPU (a counter hash,
+// uniform with the intended standard deviation) and the reference runs on every host core.
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/moe_route.h"
@@ -50,6 +59,83 @@ void ck(cudaError_t e, const char* what) {
   if (e != cudaSuccess) { std::printf("{\"ok\":false,\"error\":\"%s: %s\"}\n", what, cudaGetErrorString(e)); std::exit(1); }
 }
 
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// The case being run, for the stderr log and the watchdog.
+struct Case {
+  std::string name;
+  Clock::time_point t0;
+  double gen_ms = 0, ref_ms = 0, gpu_ms = 0;
+  const int32_t* meta = nullptr;  // its routing metadata (device), for a stall report
+  moe::Layout L{};
+} g_case;
+const Clock::time_point g_t0 = Clock::now();
+constexpr double kStallMs = 10000;
+
+void begin_case(const std::string& name) {
+  g_case = Case{};
+  g_case.name = name;
+  g_case.t0 = Clock::now();
+  std::fprintf(stderr, "BEGIN %s (t=%.0f ms)\n", name.c_str(), ms_since(g_t0));
+  std::fflush(stderr);
+}
+void end_case() {
+  std::fprintf(stderr, "END %s %.1f ms (host weights %.1f, host reference %.1f, gpu waits %.1f)%s\n", g_case.name.c_str(),
+               ms_since(g_case.t0), g_case.gen_ms, g_case.ref_ms, g_case.gpu_ms, g_fail.empty() ? "" : (" first failure so far: " + g_fail).c_str());
+  std::fflush(stderr);
+  g_case.meta = nullptr;
+}
+
+// The stall report: the case, what was awaited, and the metadata words as the GPU holds them now
+// (a copy on a non-blocking stream, so it runs beside the stuck kernel), then exit 3 without the
+// runtime's teardown (which would wait for the kernel).
+[[noreturn]] void stall(const char* what, double waited) {
+  std::fprintf(stderr, "STALL %s: %s not done after %.0f ms\n", g_case.name.c_str(), what, waited);
+  std::string words = "unread";
+  if (g_case.meta) {
+    const moe::Layout& L = g_case.L;
+    cudaStream_t peek = nullptr;
+    int32_t* h = nullptr;
+    if (cudaStreamCreateWithFlags(&peek, cudaStreamNonBlocking) == cudaSuccess && cudaMallocHost(&h, 8 * sizeof(int32_t)) == cudaSuccess) {
+      cudaMemcpyAsync(h, g_case.meta, 3 * sizeof(int32_t), cudaMemcpyDeviceToHost, peek);
+      cudaMemcpyAsync(h + 3, g_case.meta + L.sync, moe::kSyncWords * sizeof(int32_t), cudaMemcpyDeviceToHost, peek);
+      const Clock::time_point t0 = Clock::now();
+      cudaError_t e;
+      while ((e = cudaStreamQuery(peek)) == cudaErrorNotReady && ms_since(t0) < 3000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (e == cudaSuccess) {
+        words = "n_active " + std::to_string(h[0]) + " n_tiles " + std::to_string(h[1]) + " n_rows " + std::to_string(h[2]) + " sync";
+        for (int w = 0; w < moe::kSyncWords; ++w) words += " " + std::to_string(h[3 + w]);
+      } else {
+        words = std::string("copy failed: ") + cudaGetErrorString(e);
+      }
+    }
+  }
+  std::fprintf(stderr, "STALL words: %s\n", words.c_str());
+  std::fflush(stderr);
+  std::printf("{\"ok\":false,\"stall\":\"%s\",\"waitingFor\":\"%s\",\"words\":\"%s\",\"firstFailure\":\"%s\"}\n", g_case.name.c_str(), what,
+              words.c_str(), g_fail.c_str());
+  std::fflush(stdout);
+  std::_Exit(3);
+}
+
+// Waits for everything enqueued so far (the legacy default stream, where the test launches), polling
+// an event up to kStallMs.
+void gpu_wait(const char* what) {
+  const Clock::time_point t0 = Clock::now();
+  cudaEvent_t ev;
+  ck(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+  ck(cudaEventRecord(ev, nullptr), "cudaEventRecord");
+  cudaError_t e;
+  while ((e = cudaEventQuery(ev)) == cudaErrorNotReady) {
+    if (ms_since(t0) > kStallMs) stall(what, ms_since(t0));
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  ck(e, what);
+  cudaEventDestroy(ev);
+  g_case.gpu_ms += ms_since(t0);
+}
+
 template <typename X>
 X* upload(const std::vector<X>& h) {
   X* d = nullptr;
@@ -58,9 +144,9 @@ X* upload(const std::vector<X>& h) {
   return d;
 }
 template <typename X>
-std::vector<X> download(const X* d, size_t n) {
+std::vector<X> download(const X* d, size_t n, const char* what = "kernels") {
   std::vector<X> h(n);
-  ck(cudaDeviceSynchronize(), "kernels");
+  gpu_wait(what);
   if (n) ck(cudaMemcpy(h.data(), d, n * sizeof(X), cudaMemcpyDeviceToHost), "download");
   return h;
 }
@@ -69,6 +155,42 @@ using bf = __nv_bfloat16;
 float f(bf v) { return __bfloat162float(v); }
 bf b(float v) { return __float2bfloat16(v); }
 uint32_t bits(float v) { uint32_t u; std::memcpy(&u, &v, 4); return u; }
+
+// Weights drawn on the device: uniform on [-sd sqrt 3, sd sqrt 3) (standard deviation sd) from a
+// counter hash (splitmix64) of (seed, index); a draw of the host's normal generator per weight took
+// ~17 ns, minutes for the 128-expert cases.
+__global__ void fill_uniform(bf* out, size_t n, float sd, unsigned long long seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    unsigned long long z = seed + 0x9e3779b97f4a7c15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const float u = (float)(z >> 40) * (1.f / 16777216.f);  // [0, 1)
+    out[i] = __float2bfloat16((2.f * u - 1.f) * 1.7320508f * sd);
+  }
+}
+// n weights on the device (*d) and their host copy.
+std::vector<bf> rnd_dev(bf** d, size_t n, float sd, std::mt19937& rng) {
+  const Clock::time_point t0 = Clock::now();
+  ck(cudaMalloc(d, std::max<size_t>(n, 1) * sizeof(bf)), "cudaMalloc");
+  const unsigned long long seed = ((unsigned long long)rng() << 32) | rng();
+  if (n) fill_uniform<<<1024, 256>>>(*d, n, sd, seed);
+  ck(cudaGetLastError(), "fill_uniform");
+  std::vector<bf> h = download(*d, n, "weight generation");
+  g_case.gen_ms += ms_since(t0);
+  return h;
+}
+// body(t) for t in [0, T) on every host core (the double reference of the large cases).
+template <typename F>
+void parallel_tokens(int T, F body) {
+  const int n = std::max(1, std::min<int>(T, (int)std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int w = 0; w < n; ++w)
+    pool.emplace_back([&, w] {
+      for (int t = w; t < T; t += n) body(t);
+    });
+  for (auto& th : pool) th.join();
+}
 
 // The permutation of one rank's assignments, checked as a permutation (what the later kernels rely on).
 void check_meta(const std::vector<int32_t>& meta, const moe::Layout& L, const std::vector<int>& ids, const std::vector<int>& slot,
@@ -106,7 +228,8 @@ void check_meta(const std::vector<int32_t>& meta, const moe::Layout& L, const st
 int g_route_cases = 0;
 
 void check_routing(std::mt19937& rng) {
-  for (int E : {8, 60, 64, 128, 256})
+  for (int E : {8, 60, 64, 128, 256}) {
+    begin_case("route E=" + std::to_string(E));
     for (int K : {1, 2, 4, 8})
       for (int T : {1, 32, 33, 300})
         for (int norm = 0; norm < 2; ++norm) {
@@ -123,10 +246,12 @@ void check_routing(std::mt19937& rng) {
           float* d_logits = upload(logits);
           int32_t* d_slot = upload(std::vector<int32_t>(slot.begin(), slot.end()));
           int32_t* d_meta = upload(std::vector<int32_t>(L.words, -7));
-          moe_route({d_logits, ld, T, E, K, norm != 0, start, local, d_slot, d_meta, L}, nullptr);
-          const std::vector<int32_t> meta = download(d_meta, L.words);
-          std::vector<int> ids((size_t)T * K);
           const std::string tag = "route E=" + std::to_string(E) + " K=" + std::to_string(K) + " T=" + std::to_string(T);
+          g_case.meta = d_meta;
+          g_case.L = L;
+          moe_route({d_logits, ld, T, E, K, norm != 0, start, local, d_slot, d_meta, L}, nullptr);
+          const std::vector<int32_t> meta = download(d_meta, L.words, tag.c_str());
+          std::vector<int> ids((size_t)T * K);
           for (int t = 0; t < T; ++t) {
             std::vector<float> row(logits.begin() + (size_t)t * ld, logits.begin() + (size_t)t * ld + E), w(K);
             route::route_topk(row.data(), E, K, norm != 0, w.data(), &ids[(size_t)t * K]);
@@ -141,6 +266,8 @@ void check_routing(std::mt19937& rng) {
           cudaFree(d_logits); cudaFree(d_slot); cudaFree(d_meta);
           ++g_route_cases;
         }
+    end_case();
+  }
 }
 
 struct LayerResult { std::string name; bool gemv; double err, ref; bool ok; };
@@ -148,22 +275,30 @@ std::vector<LayerResult> g_layers;
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
 
-void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, std::mt19937& rng) {
+void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, bool fused, std::mt19937& rng) {
   const int start = rank * E / tp, local = (rank + 1) * E / tp - start, ld = E + (Is > 0);
+  std::string tag = std::string("layer ") + name + (fused ? " fused" : "") + " T=" + std::to_string(T) +
+                    (local < E ? " rank " + std::to_string(rank) + "/" + std::to_string(tp) : "");
+  begin_case(tag);
   std::normal_distribution<float> nd(0.f, 1.f);
   auto rnd = [&](size_t n, float sd) { std::vector<bf> v(n); for (auto& x : v) x = b(sd * nd(rng)); return v; };
-  const std::vector<bf> gu = rnd((size_t)local * 2 * I * H, 0.02f), dn = rnd((size_t)local * H * I, 0.02f);
-  const std::vector<bf> sgu = rnd((size_t)2 * Is * H, 0.02f), sdn = rnd((size_t)H * Is, 0.02f), xb = rnd((size_t)T * H, 1.f);
+  bf *d_gu, *d_dn, *d_sgu, *d_sdn, *d_rw;
+  const std::vector<bf> gu = rnd_dev(&d_gu, (size_t)local * 2 * I * H, 0.02f, rng), dn = rnd_dev(&d_dn, (size_t)local * H * I, 0.02f, rng);
+  const std::vector<bf> sgu = rnd_dev(&d_sgu, (size_t)2 * Is * H, 0.02f, rng), sdn = rnd_dev(&d_sdn, (size_t)H * Is, 0.02f, rng);
+  const std::vector<bf> xb = rnd((size_t)T * H, 1.f);
   std::vector<float> logits((size_t)T * ld);
   for (auto& v : logits) v = nd(rng);
+  const std::vector<bf> rw = rnd_dev(&d_rw, (size_t)ld * H, 0.05f, rng);  // the router's weights (fused decode computes the logits)
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % 5 == 3 && T > 1 ? -1 : t;  // padding tokens of a graph step
   const moe::Layout L = moe::layout(std::max(T, 256), K, local);  // a capacity larger than the step, as at run time
   const size_t rows = (size_t)T * K;
-  bf *d_gu = upload(gu), *d_dn = upload(dn), *d_sgu = upload(sgu), *d_sdn = upload(sdn), *d_xb = upload(xb);
+  bf* d_xb = upload(xb);
   float* d_logits = upload(logits);
   int32_t* d_slot = upload(slot);
   int32_t* d_meta = upload(std::vector<int32_t>(L.words, 0));
+  g_case.meta = d_meta;
+  g_case.L = L;
   bf* d_exgu = upload(std::vector<bf>(rows * 2 * I));
   bf* d_exact = upload(std::vector<bf>(rows * I));
   float* d_exout = upload(std::vector<float>(rows * H, NAN));
@@ -171,23 +306,71 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   float* d_shout = upload(std::vector<float>((size_t)T * H, NAN));
   float* d_part = upload(std::vector<float>((size_t)T * H));
   cudaStream_t st = nullptr;
-  moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
   const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
+  if (fused && !moe::fused_decode(T, K, E, H)) { expect(false, tag + ": not a fused decode shape"); end_case(); return; }
   const int groups = moe::max_active(T, K, local);
+  // The step in moe_layer's order, ending in the combine `comb` (fused decode: two launches).
+  auto run = [&](const MoeCombineArgs& comb, bool gated_only = false) {
+    const MoeRouteArgs route{d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L};
+    if (!fused) moe_route(route, st);
+    if (gemv) {
+      MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+      MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+      if (shared_in_gemv) {
+        g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
+        g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
+      }
+      if (fused) {
+        g1.route_w = d_rw; g1.route = route;
+        g2.fuse_combine = true; g2.combine = comb;
+      }
+      moe_gemv(DType::BF16, DType::BF16, g1, true, moe::gemv_tokens(T), st);
+      if (gated_only) return;
+      moe_gemv(DType::BF16, DType::BF16, g2, false, moe::gemv_tokens(T), st);
+      if (fused) return;
+    } else if (local > 0) {
+      const int tiles = moe::max_tiles(T, K, local);
+      moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
+      moe_gated_act(DType::BF16, d_exgu, d_meta, L, T * K, I, false, d_exact, st);
+      moe_mma(DType::BF16, {d_exact, false, d_dn, (size_t)H * I, H, I, d_exout, true, tiles, d_meta, L}, st);
+    }
+    moe_combine(DType::BF16, comb, st);
+  };
+  // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes
+  // from the host (computed below, uploaded before the launches run).
+  std::vector<double> ref((size_t)T * H, 0.0);
+  std::vector<float> sh_out_h((size_t)T * H, 0.f);
+  const MoeCombineArgs part_only{d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
+                                 nullptr, 1e-6f, nullptr};
+  if (fused) {
+    // Fused decode: the logits come from the gated launch; they must be the product x . rw^T (f32
+    // accumulation against double), and everything below is checked on them.
+    run(part_only);
+    const std::vector<float> got = download(d_logits, logits.size(), "fused launches (first run)");
+    double lerr = 0, lmax = 0;
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < ld; ++n) {
+        double want = 0;
+        for (int c = 0; c < H; ++c) want += (double)f(rw[(size_t)n * H + c]) * f(xb[(size_t)t * H + c]);
+        lerr = std::max(lerr, std::fabs(got[(size_t)t * ld + n] - want));
+        lmax = std::max(lmax, std::fabs(want));
+      }
+    expect(lerr <= 1e-4 * (1 + lmax), tag + ": fused router logits vs a double product");
+    logits = got;
+  }
   // Host double-precision reference with the kernels' roundings: activations to bf16 before down and,
   // for the routed experts on the tensor-core path, the gate and up products too (moe_mma writes
   // them to a bf16 buffer that moe_gated_act reads, as a bf16 gate_up projection does; the GEMV
   // path keeps them in f32 registers up to the activation). The reference runs the same algorithm
   // as the path under test, so the tolerance below measures accumulation error only.
+  const Clock::time_point ref_t0 = Clock::now();
   std::vector<int> ids(rows);
   std::vector<float> wts(rows);
   for (int t = 0; t < T; ++t) {
     std::vector<float> row(logits.begin() + (size_t)t * ld, logits.begin() + (size_t)t * ld + E);
     route::route_topk(row.data(), E, K, norm, &wts[(size_t)t * K], &ids[(size_t)t * K]);
   }
-  std::vector<double> ref((size_t)T * H, 0.0);
-  std::vector<float> sh_out_h((size_t)T * H, 0.f);
-  for (int t = 0; t < T; ++t) {
+  parallel_tokens(T, [&](int t) {
     auto mlp = [&](const bf* w_gu, const bf* w_dn, int n, double scale, bool into_shared, bool gu_bf16) {
       std::vector<float> act(n);
       for (int q = 0; q < n; ++q) {
@@ -213,29 +396,12 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
     }
     // The shared expert here is the GEMV's (f32 gate/up) or this reference's own, uploaded below.
     if (Is > 0) mlp(sgu.data(), sdn.data(), Is, 1.0 / (1.0 + std::exp(-(double)logits[(size_t)t * ld + E])), true, false);
-  }
-  // The shared expert outside the grouped launches is cuBLAS's in the engine: here its product comes from the host.
+  });
+  g_case.ref_ms += ms_since(ref_t0);
   if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");
-  if (gemv) {
-    MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
-    MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
-    if (shared_in_gemv) {
-      g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
-      g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
-    }
-    moe_gemv(DType::BF16, g1, true, moe::gemv_tokens(T), st);
-    moe_gemv(DType::BF16, g2, false, moe::gemv_tokens(T), st);
-  } else if (local > 0) {
-    const int tiles = moe::max_tiles(T, K, local);
-    moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
-    moe_gated_act(DType::BF16, d_exgu, d_meta, L, T * K, I, false, d_exact, st);
-    moe_mma(DType::BF16, {d_exact, false, d_dn, (size_t)H * I, H, I, d_exout, true, tiles, d_meta, L}, st);
-  }
-  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
-                            nullptr, 1e-6f, nullptr}, st);
-  const std::vector<float> part = download(d_part, (size_t)T * H);
+  if (!fused) run(part_only);
+  const std::vector<float> part = download(d_part, (size_t)T * H, fused ? "download after the fused launches" : "launches (first run)");
   const std::vector<int32_t> meta = download(d_meta, L.words);
-  const std::string tag = std::string("layer ") + name + " T=" + std::to_string(T);
   check_meta(meta, L, ids, std::vector<int>(slot.begin(), slot.end()), T, K, start, local, tag);
   double err = 0, mref = 0;
   bool finite = true;
@@ -254,9 +420,9 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   for (auto& v : nw) v = 1.f + 0.1f * nd(rng);
   float *d_res = upload(res), *d_nw = upload(nw);
   bf* d_next = upload(std::vector<bf>((size_t)T * H));
-  moe_combine(DType::BF16, {d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw,
-                            1e-6f, d_next}, st);
-  const std::vector<float> res2 = download(d_res, res.size());
+  // Fused decode: the whole step again (its counters and flag must be back at 0 from the first run).
+  run({d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw, 1e-6f, d_next});
+  const std::vector<float> res2 = download(d_res, res.size(), "launches (second run, residual + norm)");
   const std::vector<bf> next = download(d_next, res.size());
   double rerr = 0, nerr = 0;
   for (int t = 0; t < T; ++t) {
@@ -274,12 +440,25 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   }
   const bool fused_ok = rerr <= 1e-5 * (1 + mref) && nerr <= 1.6e-2;  // bf16 output (and the kRoundNorm rounding): 2^-7 relative
   expect(fused_ok, tag + ": combine fused with residual add + RMSNorm");
+  {
+    const std::vector<int32_t> meta2 = download(d_meta, L.words);
+    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta2[L.sync + w] == 0, tag + ": the fused launches' sync words are not back at 0");
+  }
+  if (fused) {
+    // Each fused launch leaves its words at 0 on its own: the gated one alone, twice (the second
+    // would route nothing new or wait forever if the first left its flag or counters up).
+    run(part_only, true);
+    run(part_only, true);
+    const std::vector<int32_t> meta3 = download(d_meta, L.words, "gated launch alone (twice)");
+    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta3[L.sync + w] == 0, tag + ": the gated launch alone left a sync word up");
+  }
   ok &= fused_ok;
-  g_layers.push_back({tag + (local < E ? " rank " + std::to_string(rank) + "/" + std::to_string(tp) : ""), gemv, err, mref, ok});
+  g_layers.push_back({tag, gemv, err, mref, ok});
   for (void* p : {(void*)d_gu, (void*)d_dn, (void*)d_sgu, (void*)d_sdn, (void*)d_xb, (void*)d_logits, (void*)d_slot, (void*)d_meta,
                   (void*)d_exgu, (void*)d_exact, (void*)d_exout, (void*)d_shact, (void*)d_shout, (void*)d_part, (void*)d_res,
-                  (void*)d_nw, (void*)d_next})
+                  (void*)d_nw, (void*)d_next, (void*)d_rw})
     cudaFree(p);
+  end_case();
 }
 
 }  // namespace
@@ -288,13 +467,21 @@ int main() {
   cudaDeviceProp prop{};
   ck(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   g_pdl = prop.major >= 9;
+  std::fprintf(stderr, "moe-kernels on %s (%d SMs), PDL %s\n", prop.name, prop.multiProcessorCount, g_pdl ? "on" : "off");
   std::mt19937 rng(7);
   check_routing(rng);
   // Qwen1.5-MoE-A2.7B's layer: decode 1 / 4 / 8 (GEMV, shared expert inside), 16 and 40 (GEMV, then
   // tensor cores past T K > 4 E), one rank of tp 2; Mixtral-like (8 experts: tiles from 17 tokens).
-  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, rng);
-  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, rng);
-  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, rng);
+  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, false, rng);
+  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, false, rng);
+  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, false, rng);
+  // The fused decode launches (router + routing + gate|up, down + combine): T <= 8, tp 1 and a tp-2
+  // rank (combine into part only), top 8 of 128 (qwen3_moe-like: 64 assignments, the block permutation).
+  for (int T : {1, 2, 5, 8}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, true, rng);
+  check_layer("qwen2_moe", 1, 60, 4, false, 2048, 1408, 2816, 2, 1, true, rng);
+  check_layer("qwen2_moe", 3, 60, 4, false, 2048, 1408, 2816, 2, 0, true, rng);
+  for (int T : {1, 3}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, true, rng);
+  for (int T : {1, 8}) check_layer("qwen3_moe", T, 128, 8, true, 2048, 768, 0, 1, 0, true, rng);
   bool ok = g_fail.empty();
   std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"pdl\":%s,\"routeCases\":%d,\"firstFailure\":\"%s\",\"layers\":[", ok ? "true" : "false",
               prop.name, g_pdl ? "true" : "false", g_route_cases, g_fail.c_str());

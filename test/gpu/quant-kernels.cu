@@ -22,7 +22,7 @@
 //     every form of the E4M3 decode kernel; block sizes 16 and 12) over an E4M3 cache against the same step
 //     over a bf16 cache holding the dequantized values (scales 1 and 0.5: exact in bf16), which must
 //     agree to rounding (max abs diff / max |v| <= 2e-3; the scales fold in at other points);
-//  7. the quantized MoE experts (moe_quant.cu): grouped GEMV gated / down with the shared expert,
+//  7. the quantized MoE experts (moe.cu's grouped GEMV, moe_quant.cu): grouped GEMV gated / down with the shared expert,
 //     moe_dequant_active bit-exact, and the prefill path (dequantized slots + moe_mma by_slot).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
@@ -687,7 +687,7 @@ void check_attention() {
     }
 }
 
-// The quantized experts (moe_quant.cu) on a routing of T tokens x top-k over E local experts built
+// The quantized experts (moe.cu's grouped GEMV with 1-byte weights, moe_quant.cu) on a routing of T tokens x top-k over E local experts built
 // on the host (moe_plan.h's build_groups, rows in token order within an expert): the grouped GEMV,
 // gated (with the shared expert as its extra group) and down, against a double product of the same
 // quantized weights and bf16 inputs (error / sum |w x| as above; the gated output's bf16 rounding
@@ -769,10 +769,10 @@ void check_moe_quant() {
         uint16_t* d_sact = upload(std::vector<uint16_t>((size_t)T * Is, 0));
         float* d_out = upload(std::vector<float>((size_t)rows * H, 0.f));
         float* d_sout = upload(std::vector<float>((size_t)T * H, 0.f));
-        MoeGemvArgs g{d_gq, (size_t)2 * I * H, I, H, d_x, d_act, groups, d_sgq, Is, H, d_x, d_sact, T, d_meta, L, false};
-        moe_gemv_quant(DType::BF16, wt, g, d_gs, d_sgs, /*gated=*/true, mt, 0);
-        MoeGemvArgs d{d_dq, (size_t)H * I, H, I, d_xa, d_out, groups, d_sdq, H, Is, d_xs, d_sout, T, d_meta, L, false};
-        moe_gemv_quant(DType::BF16, wt, d, d_ds, d_sds, /*gated=*/false, mt, 0);
+        MoeGemvArgs g{d_gq, (size_t)2 * I * H, I, H, d_x, d_act, groups, d_sgq, Is, H, d_x, d_sact, T, d_meta, L, false, d_gs, d_sgs};
+        moe_gemv(DType::BF16, wt, g, /*gated=*/true, mt, 0);
+        MoeGemvArgs d{d_dq, (size_t)H * I, H, I, d_xa, d_out, groups, d_sdq, H, Is, d_xs, d_sout, T, d_meta, L, false, d_ds, d_sds};
+        moe_gemv(DType::BF16, wt, d, /*gated=*/false, mt, 0);
         const auto act = download(d_act, (size_t)rows * I);
         double err = 0, big = 1e-30;
         for (int r = 0; r < rows; ++r)

@@ -20,6 +20,7 @@
 #include <cfloat>
 #include <type_traits>
 
+#include "cuda/block_sync.h"
 #include "cuda/cuda_common.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
@@ -30,23 +31,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kMaxHeadDim = 256;
-
-// The threadfence-reduction handshake: every split block of a (token, head) calls it once its
-// partial is written; true (in every thread) for the block that brings *counter to `arrivals`, which
-// then sees every other split's partial (read through L2, __ldcg: this SM's L1 may hold the same
-// addresses from an earlier layer's launch). That block sets *counter back to 0 for the next launch.
-__device__ __forceinline__ bool last_arrival(int* counter, int arrivals) {
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    s_last = atomicAdd(counter, 1) == arrivals - 1;
-    if (s_last) *counter = 0;
-  }
-  __syncthreads();
-  if (s_last) __threadfence();
-  return s_last;
-}
 
 // The split partials of (row, h), merged into the output row of token t: out = sum_s acc_s e^(M_s - M)
 // / sum_s L_s e^(M_s - M). Loads bypass L1 (__ldcg): other blocks wrote the partials during this

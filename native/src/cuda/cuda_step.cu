@@ -318,6 +318,8 @@ void CudaBackend::reserve_family(int T) {
     route_layout_ = moe::layout(T, c.top_k, local);
     router_dev_.reserve(4 * (size_t)T * (c.num_experts + (Is > 0)));
     route_dev_.reserve(4 * (size_t)route_layout_.words);
+    // The fused decode launches' counters and flag start at 0 (their launches leave them there).
+    NS_CUDA(cudaMemsetAsync(route_dev_.ptr, 0, 4 * (size_t)route_layout_.words, stream_));
     if (local > 0) {
       // The tensor-core path writes gate|up rows before the activation; the GEMV path only the latter.
       if (!moe::use_gemv(T, c.top_k, c.num_experts)) {
@@ -392,9 +394,14 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   const moe::Layout& Ly = route_layout_;
   int32_t* meta = route_dev_.as<int32_t>();
   float* logits = router_dev_.as<float>();
-  matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
-  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
   const bool gemv = moe::use_gemv(T, K, E);
+  // Decode: router + routing + gate|up in one launch, down + combine in the next (moe_plan.h).
+  const bool fused = moe::fused_decode(T, K, E, H);
+  const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
+  if (!fused) {
+    matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
+    moe_route(route, st);
+  }
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
     shared_expert_matmul(xb_.ptr, L.sh_gate_up, L.sh_gate_up_s, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
@@ -403,6 +410,9 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   }
   const bool quantized = wdt_ != act_;
   const int groups = moe::max_active(T, K, local);
+  const bool fuse_combine = c.tp_size == 1;
+  const MoeCombineArgs combine{ex_out_.as<float>(), Is > 0 ? sh_out_.as<float>() : nullptr, logits, ld, E, T, H, K, meta, Ly,
+                               tmp_.as<float>(), fuse_combine ? residual_.as<float>() : nullptr, post_w, next_w, c.rms_eps, xb_.ptr};
   if (gemv) {
     const int mt = moe::gemv_tokens(T);
     MoeGemvArgs gu{L.ex_gate_up.ptr, (size_t)2 * I * H, I, H, xb_.ptr, ex_act_.ptr, groups, nullptr, 0, 0, nullptr, nullptr, 0,
@@ -414,12 +424,16 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       dn.sw = L.sh_down.ptr; dn.sn = H; dn.sk = Is; dn.sx = sh_act_.ptr; dn.sy = sh_out_.ptr; dn.s_rows = T;
     }
     if (quantized) {
-      moe_gemv_quant(act_, wdt_, gu, L.ex_gate_up_s.as<float>(), L.sh_gate_up_s.as<float>(), /*gated=*/true, mt, st);
-      moe_gemv_quant(act_, wdt_, dn, L.ex_down_s.as<float>(), L.sh_down_s.as<float>(), /*gated=*/false, mt, st);
-    } else {
-      moe_gemv(act_, gu, /*gated=*/true, mt, st);
-      moe_gemv(act_, dn, /*gated=*/false, mt, st);
+      gu.scale = L.ex_gate_up_s.as<float>(); gu.s_scale = L.sh_gate_up_s.as<float>();
+      dn.scale = L.ex_down_s.as<float>(); dn.s_scale = L.sh_down_s.as<float>();
     }
+    if (fused) {
+      gu.route_w = L.router.ptr; gu.route = route;
+      dn.fuse_combine = true; dn.combine = combine;
+    }
+    moe_gemv(act_, wdt_, gu, /*gated=*/true, mt, st);
+    moe_gemv(act_, wdt_, dn, /*gated=*/false, mt, st);
+    if (fused) return fuse_combine;
   } else if (local > 0 && !quantized) {
     const int tiles = moe::max_tiles(T, K, local);
     moe_mma(act_, {xb_.ptr, /*gather=*/true, L.ex_gate_up.ptr, (size_t)2 * I * H, 2 * I, H, ex_gu_.ptr, false, tiles, meta, Ly}, st);
@@ -446,10 +460,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       moe_mma(act_, a, st);
     }
   }
-  const bool fuse = c.tp_size == 1;
-  moe_combine(act_, {ex_out_.as<float>(), Is > 0 ? sh_out_.as<float>() : nullptr, logits, ld, E, T, H, K, meta, Ly,
-                     tmp_.as<float>(), fuse ? residual_.as<float>() : nullptr, post_w, next_w, c.rms_eps, xb_.ptr}, st);
-  return fuse;
+  moe_combine(act_, combine, st);
+  return fuse_combine;
 }
 
 // The families' forward, read top to bottom like the CPU one: every switch of ShardConfig, plain
@@ -458,7 +470,7 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
 // sublayer's input norm (add_norm, or the MoE combine at tp 1). No host wait: decode steps run as
 // CUDA graphs (the RoPE tables are uploaded by step() before). Quantized attention, dense-MLP and
 // head matrices and the fp8 KV cache run as on the Llama path (matmul(), KvCache); an MoE's experts
-// and shared expert stay quantized too, run weight-only (moe_quant.cu).
+// and shared expert stay quantized too, run weight-only (moe.cu's grouped GEMV, moe_quant.cu).
 void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in) {
   const auto& c = cfg_;
   cudaStream_t st = stream_;

@@ -1,17 +1,24 @@
 // The mixture-of-experts layer on the GPU without a host round trip (the plan: moe_plan.h):
 // routing (softmax + top-k, one warp a token, bit-identical to common/moe_route.h), the permutation
 // of this rank's assignments expert by expert, the grouped expert products (a GEMV over the rows of
-// every active expert in one launch for decode; tensor-core tiles for larger steps), and the
-// weighted combine, fused with the residual add and the next RMSNorm at tp 1.
+// every active expert in one launch for decode, for any weight format; tensor-core tiles for larger
+// steps), and the weighted combine, fused with the residual add and the next RMSNorm at tp 1. A
+// decode step of a few tokens runs all of it in two launches (moe_plan.h fused_decode): the router
+// and the routing inside the gate|up launch, the combine at the end of the down launch.
 #include <algorithm>
 #include <atomic>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "common/moe_route.h"
 #include "cuda/add_norm.h"
+#include "cuda/block_sync.h"
 #include "cuda/cuda_common.h"
 #include "cuda/flash_layout.h"
 #include "cuda/mma.h"
 #include "cuda/moe.h"
+#include "cuda/quant.h"
 
 namespace ns::cuda {
 namespace {
@@ -29,7 +36,7 @@ __device__ void route_token(const float* logits, int E, int K, bool norm, int32_
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + 32 * i;
-    p[i] = e < E ? logits[e] : -INFINITY;
+    p[i] = e < E ? __ldcg(logits + e) : -INFINITY;  // L2: the fused gated launch writes them in the same launch
     mx = fmaxf(mx, p[i]);
   }
 #pragma unroll
@@ -170,120 +177,244 @@ __device__ __forceinline__ float gate_act(float g, bool gelu) {
   return gelu ? 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g))) : g / (1.f + __expf(-g));
 }
 
-template <typename T, int MT, bool GATED>
+template <typename T>
+constexpr DType act_dtype = std::is_same_v<T, __half> ? DType::F16 : DType::BF16;
+
+// The expert weights of a grouped GEMV: the activation dtype T (8 a 16-byte chunk), or int8 / E4M3
+// (16 a chunk, one f32 scale per weight row, applied to the row's sum).
+template <typename T, DType WT>
+struct WeightFmt {
+  static constexpr bool kQuant = WT == DType::I8 || WT == DType::F8E4M3;
+  static constexpr int kPerChunk = kQuant ? 16 : 8;
+  static constexpr int kBytes = kQuant ? 1 : sizeof(T);
+  __device__ static void unpack(const uint4& v, float* f) {
+    if constexpr (kQuant) unpack16<WT>(v, f);
+    else unpack8<T>(v, f);
+  }
+};
+
+// One chunk (column kPerChunk i) of the gate (and up) row against up to MT input rows.
+template <typename T, DType WT, int MT, bool GATED>
 __device__ __forceinline__ void gemv_chunk(const uint4& wg, const uint4& wu, const uint4* const (&xr)[MT], int i, int m,
                                            float (&ag)[MT], float (&au)[MT]) {
-  float g8[8], u8[8];
-  unpack8<T>(wg, g8);
-  if constexpr (GATED) unpack8<T>(wu, u8);
+  using F = WeightFmt<T, WT>;
+  constexpr int C = F::kPerChunk;
+  float g[C], u[C];
+  F::unpack(wg, g);
+  if constexpr (GATED) F::unpack(wu, u);
 #pragma unroll
   for (int s = 0; s < MT; ++s) {
     if (s >= m) break;
-    float x8[8];
-    unpack8<T>(__ldg(xr[s] + i), x8);
+    float x[C];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      ag[s] += g8[e] * x8[e];
-      if constexpr (GATED) au[s] += u8[e] * x8[e];
+    for (int h = 0; h < C / 8; ++h) unpack8<T>(__ldg(xr[s] + (C / 8) * i + h), x + 8 * h);
+#pragma unroll
+    for (int e = 0; e < C; ++e) {
+      ag[s] += g[e] * x[e];
+      if constexpr (GATED) au[s] += u[e] * x[e];
     }
   }
 }
 
-// One warp per output feature of one group (an active expert or the shared expert), passes of up to
-// MT rows; each lane streams 16-byte chunks of the feature's weight row(s), several in flight.
-template <typename T, int MT, bool GATED>
-__global__ void __launch_bounds__(moe::kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int shared_blocks = a.sw ? moe::gemv_blocks(a.sn) : 0;
-  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, shared_blocks, moe::gemv_blocks(a.n));
-  const T* W;
-  const T* X;
-  void* Y;
-  const int32_t* src = nullptr;
-  int n, k, row0, rows;
-  if (wk.group < 0) {
-    W = static_cast<const T*>(a.sw);
-    n = a.sn;
-    k = a.sk;
-    X = static_cast<const T*>(a.sx);
-    Y = a.sy;
-    row0 = 0;
-    rows = a.s_rows;
-    if (wk.feature < n) {  // the shared weights do not depend on the previous kernel: start pulling them
-      const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)wk.feature * k);
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        if (lane + 32 * j < k / 8) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + lane + 32 * j));
-    }
-    grid_dependency_wait();
-  } else {
-    const Layout& L = a.layout;
-    if constexpr (!GATED) {
-      // The down projection follows the gated launch, which waited for the routing: the active
-      // experts are known before this launch's wait, so their rows are pulled into L2 meanwhile.
-      // (Only a hint: a stale word would name another valid expert, never a wrong result.)
-      const int e = __ldcg(a.meta + L.active_e + wk.group);
-      if (wk.group < __ldcg(a.meta + L.n_active) && wk.feature < a.n) {
-        const uint4* w = reinterpret_cast<const uint4*>(static_cast<const T*>(a.w) + (size_t)e * a.w_stride + (size_t)wk.feature * a.k);
-        for (int i = lane; i < a.k / 8; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
-      }
-    }
-    grid_dependency_wait();
-    // All four words at once (the group's slots exist even when it is not active this step): the
-    // weights' address waits for one memory latency, not two.
-    const int n_active = a.meta[L.n_active], e = a.meta[L.active_e + wk.group];
-    row0 = a.meta[L.active_off + wk.group];
-    rows = a.meta[L.active_cnt + wk.group];
-    if (wk.group >= n_active) return;
-    W = static_cast<const T*>(a.w) + (size_t)e * a.w_stride;
-    n = a.n;
-    k = a.k;
-    X = static_cast<const T*>(a.x);
-    Y = a.y;
-    if constexpr (GATED) src = a.meta + L.perm;
-  }
-  const int f = wk.feature;
-  if (f >= n) return;
-  const int k8 = k / 8;
-  const uint4* wg = reinterpret_cast<const uint4*>(W + (size_t)f * k);
-  const uint4* wu = GATED ? reinterpret_cast<const uint4*>(W + (size_t)(n + f) * k) : wg;
+// Up to MT rows at a time of one feature: row(s) wg (and wu) of k weights against input rows
+// xrow(r) for r in [0, rows), out(r, gate sum, up sum) for each; each lane streams 16-byte chunks,
+// kDepth of each weight row in flight, the last pass predicated, chunks added in increasing order.
+// (A 1408-wide bf16 expert down row is 5.5 chunks a lane: one pass.)
+template <typename T, DType WT, int MT, bool GATED, typename XRow, typename Out>
+__device__ __forceinline__ void gemv_feature(const uint4* wg, const uint4* wu, int k, int rows, int lane, XRow xrow, Out out) {
+  using F = WeightFmt<T, WT>;
+  const int kc = k / F::kPerChunk;
+  constexpr int kDepth = (GATED ? 4 : 8) * 8 / F::kPerChunk;
   for (int r0 = 0; r0 < rows; r0 += MT) {
     const int m = min(MT, rows - r0);
     const uint4* xr[MT];
 #pragma unroll
-    for (int s = 0; s < MT; ++s) {
-      const int row = row0 + r0 + min(s, m - 1);
-      xr[s] = reinterpret_cast<const uint4*>(X + (size_t)(src ? src[row] : row) * k);
-    }
+    for (int s = 0; s < MT; ++s) xr[s] = reinterpret_cast<const uint4*>(xrow(r0 + min(s, m - 1)));
     float ag[MT], au[MT];
 #pragma unroll
     for (int s = 0; s < MT; ++s) ag[s] = au[s] = 0.f;
-    // kDepth chunks of each weight row in flight per lane, the last pass predicated (a 1408-wide
-    // expert down row is 5.5 chunks a lane: one pass), chunks added in increasing order.
-    constexpr int kDepth = GATED ? 4 : 8;
-    for (int i = lane; i < k8; i += 32 * kDepth) {
+    for (int i = lane; i < kc; i += 32 * kDepth) {
       uint4 g[kDepth], u[kDepth];
 #pragma unroll
       for (int q = 0; q < kDepth; ++q) {
         const int c = i + 32 * q;
-        g[q] = c < k8 ? __ldg(wg + c) : uint4{};
-        u[q] = GATED && c < k8 ? __ldg(wu + c) : g[q];
+        g[q] = c < kc ? __ldg(wg + c) : uint4{};
+        u[q] = GATED && c < kc ? __ldg(wu + c) : g[q];
       }
 #pragma unroll
       for (int q = 0; q < kDepth; ++q)
-        if (i + 32 * q < k8) gemv_chunk<T, MT, GATED>(g[q], u[q], xr, i + 32 * q, m, ag, au);
+        if (i + 32 * q < kc) gemv_chunk<T, WT, MT, GATED>(g[q], u[q], xr, i + 32 * q, m, ag, au);
     }
 #pragma unroll
     for (int s = 0; s < MT; ++s) {
       if (s >= m) break;
       const float g = warp_sum(ag[s]);
       const float u = GATED ? warp_sum(au[s]) : 0.f;
-      if (lane != s) continue;
-      const size_t o = (size_t)(row0 + r0 + s) * n + f;
-      if constexpr (GATED) static_cast<T*>(Y)[o] = from_f<T>(gate_act(g, a.gelu) * u);
-      else static_cast<float*>(Y)[o] = g;
+      if (lane == s) out(r0 + s, g, u);
     }
   }
+}
+
+// Pulls the first 16-byte units of a weight row (`units` of them, the lane's share) into L2.
+__device__ __forceinline__ void prefetch_row(const void* row, int row_bytes, int units, int lane) {
+  const uint4* w = static_cast<const uint4*>(row);
+  for (int i = lane; i < row_bytes / 16 && i < 32 * units; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
+}
+
+// The router of a fused gated launch (moe_plan.h kFusedDecodeTokens): warp n computes logit row n
+// for the step's T <= MT tokens (x: [T, k]); the last router block to finish routes every token (a
+// warp each), permutes, and raises the ready flag for the routed blocks.
+template <typename T, int MT>
+__device__ void router_block(const MoeGemvArgs& a, int n, int warp, int lane, int router_blocks) {
+  const MoeRouteArgs& r = a.route;
+  const int k = a.k;
+  const T* w = static_cast<const T*>(a.route_w) + (size_t)n * k;
+  if (n < r.ld) prefetch_row(w, k * (int)sizeof(T), 8, lane);  // the router's weights do not depend on the previous kernel
+  grid_dependency_wait();
+  if (n < r.ld) {
+    const T* x = static_cast<const T*>(a.x);
+    float* logits = const_cast<float*>(r.logits);
+    gemv_feature<T, act_dtype<T>, MT, false>(
+        reinterpret_cast<const uint4*>(w), nullptr, k, r.T, lane, [&](int row) { return x + (size_t)row * k; },
+        [&](int row, float g, float) { logits[(size_t)row * r.ld + n] = g; });
+  }
+  int* sync = r.meta + r.layout.sync;
+  if (!last_arrival(sync + moe::kRouterArrived, router_blocks)) return;
+  for (int t = warp; t < r.T; t += moe::kGemvWarps) route_rows(r, t, lane);
+  __syncthreads();
+  if (r.T * r.top_k > 32) permute_block(r);
+  else if (warp == 0) permute_warp(r, lane);
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) atomicExch(sync + moe::kRouteReady, 1);
+}
+
+// Every block of a fused gated launch once it is done with the routing: the last one lowers the
+// ready flag (no block of the launch waits on it any more), leaving the launch's words at 0.
+__device__ __forceinline__ void gated_block_done(int* sync) {
+  if (last_arrival(sync + moe::kGatedDone, gridDim.x) && threadIdx.x == 0) sync[moe::kRouteReady] = 0;
+}
+
+template <typename T, bool REGS>
+__device__ void combine_token(const MoeCombineArgs& a, int t);
+
+// One warp per output feature of one group (an active expert or the shared expert), passes of up to
+// MT rows; with the fused decode's router blocks first (gated) or combine blocks last (down), the
+// grid of moe_plan.h gemv_work (FUSED: the fused decode's launches; the others are compiled
+// without the router's and the combine's code, whose registers would cost the streaming warps
+// occupancy). Fused gated launches of 1-2 rows keep 4 blocks an SM (<= 64 registers), 4-row ones 3;
+// down launches (two weight rows a warp: as many loads in flight with fewer warps) 3 blocks of 1-2
+// rows, 2 of 4; the others take what they need.
+template <int MT, bool GATED, bool FUSED>
+constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : FUSED ? (MT == 4 ? 3 : 4) : 1; }
+
+template <typename T, DType WT, int MT, bool GATED, bool FUSED>
+__global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED, FUSED>()) moe_gemv_kernel(MoeGemvArgs a) {
+  using F = WeightFmt<T, WT>;
+  using WE = std::conditional_t<F::kQuant, uint8_t, T>;
+  constexpr int kWF = GATED ? 1 : 2;  // moe::gemv_warp_features
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const moe::GemvGrid grid = moe::gemv_grid(GATED, GATED && FUSED ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups,
+                                            !GATED && FUSED ? a.combine.T : 0);
+  const Layout& L = a.layout;
+  int* sync = const_cast<int32_t*>(a.meta) + L.sync;
+  // Fused launches: the block's place from a ticket (moe_plan.h kFusedDecodeTokens), so whoever it
+  // waits for already runs. (The previous launch on these words drew all its tickets before this one
+  // can start: every block draws first, and the next kernel starts once all have begun.)
+  const int block = FUSED ? block_ticket(sync + (GATED ? moe::kGatedTicket : moe::kDownTicket)) : static_cast<int>(blockIdx.x);
+  const moe::GemvWork wk = moe::gemv_work(block, warp, grid);
+  if constexpr (GATED && FUSED) {
+    if (wk.group == moe::kRouterGroup) {
+      router_block<T, MT>(a, wk.feature, warp, lane, grid.router);
+      gated_block_done(sync);
+      return;
+    }
+  } else if constexpr (FUSED) {
+    if (wk.group == moe::kCombineGroup) {
+      grid_dependency_wait();
+      grid_dependents_launch();
+      block_wait_at_least(sync + moe::kDownArrived, moe::gemv_grid_work_blocks(grid));
+      combine_token<T, true>(a.combine, wk.feature);
+      __syncthreads();
+      if (threadIdx.x == 0 && atomicAdd(sync + moe::kCombinePassed, 1) == a.combine.T - 1) {
+        sync[moe::kDownArrived] = 0;
+        sync[moe::kCombinePassed] = 0;
+      }
+      return;
+    }
+  }
+  const WE* W;
+  const float* S = nullptr;
+  const T* X;
+  void* Y;
+  const int32_t* src = nullptr;
+  int n, k, row0 = 0, rows = 0;
+  bool work = true;
+  if (wk.group == moe::kSharedGroup) {
+    W = static_cast<const WE*>(a.sw);
+    if constexpr (F::kQuant) S = a.s_scale;
+    n = a.sn;
+    k = a.sk;
+    X = static_cast<const T*>(a.sx);
+    Y = a.sy;
+    rows = a.s_rows;
+    // The shared weights do not depend on the previous kernel: start pulling them.
+    const int f0 = wk.feature * kWF;
+    if (f0 < n) prefetch_row(W + (size_t)f0 * k, min(kWF, n - f0) * k * F::kBytes, 2 * kWF, lane);
+    grid_dependency_wait();
+  } else {
+    if constexpr (!GATED) {
+      // The down projection follows the gated launch, which has the routing: the active experts
+      // are known before this launch's wait, so their rows are pulled into L2 meanwhile. (Only a
+      // hint: a stale word would name another valid expert, never a wrong result.)
+      const int e = __ldcg(a.meta + L.active_e + wk.group), f0 = wk.feature * kWF;
+      if (wk.group < __ldcg(a.meta + L.n_active) && f0 < a.n)
+        prefetch_row(static_cast<const WE*>(a.w) + (size_t)e * a.w_stride + (size_t)f0 * a.k, min(kWF, a.n - f0) * a.k * F::kBytes, 1 << 20,
+                     lane);
+    }
+    grid_dependency_wait();
+    // Fused decode: the routing is written in this launch by the last router block.
+    if constexpr (GATED && FUSED) block_wait_at_least(sync + moe::kRouteReady, 1);
+    // All four words at once (the group's slots exist even when it is not active this step): the
+    // weights' address waits for one memory latency, not two. Through L2 (the routing may be this launch's).
+    const int n_active = __ldcg(a.meta + L.n_active), e = __ldcg(a.meta + L.active_e + wk.group);
+    row0 = __ldcg(a.meta + L.active_off + wk.group);
+    rows = __ldcg(a.meta + L.active_cnt + wk.group);
+    work = wk.group < n_active;
+    W = static_cast<const WE*>(a.w) + (size_t)e * a.w_stride;
+    if constexpr (F::kQuant) S = a.scale + (size_t)e * (GATED ? 2 : 1) * a.n;
+    n = a.n;
+    k = a.k;
+    X = static_cast<const T*>(a.x);
+    Y = a.y;
+    if constexpr (GATED) src = a.meta + L.perm;
+  }
+  // Every block of this grid has started: the next kernel may be scheduled (its prefetch overlaps this tail).
+  grid_dependents_launch();
+  // Gated: row f of the gate and of the up projection; down: rows f and f + 1 (the second a copy
+  // of the first past the last feature, its sum not stored). Both stream two rows at once.
+  const int f = wk.feature * kWF;
+  if (work && f < n) {
+    const bool second = GATED || f + 1 < n;
+    const int f2 = GATED ? n + f : second ? f + 1 : f;
+    const uint4* wg = reinterpret_cast<const uint4*>(W + (size_t)f * k);
+    const uint4* wu = reinterpret_cast<const uint4*>(W + (size_t)f2 * k);
+    const float sg = S ? S[f] : 1.f, su = S ? S[f2] : 1.f;
+    gemv_feature<T, WT, MT, true>(
+        wg, wu, k, rows, lane, [&](int r) { return X + (size_t)(src ? __ldcg(src + row0 + r) : row0 + r) * k; },
+        [&](int r, float g, float u) {
+          const size_t o = (size_t)(row0 + r) * n + f;
+          if constexpr (F::kQuant) { g *= sg; u *= su; }
+          if constexpr (GATED) {
+            static_cast<T*>(Y)[o] = from_f<T>(gate_act(g, a.gelu) * u);
+          } else {
+            static_cast<float*>(Y)[o] = g;
+            if (second) static_cast<float*>(Y)[o + 1] = u;
+          }
+        });
+  }
+  if constexpr (!GATED && FUSED) arrive(sync + moe::kDownArrived);
+  if constexpr (GATED && FUSED) gated_block_done(sync);
 }
 
 // The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
@@ -399,11 +530,12 @@ __global__ void moe_gated_act_kernel(const T* gu, const int32_t* n_rows, int I, 
 constexpr int kCombineThreads = 512;
 constexpr int kCombineBatch = 4;
 
+// Token t's combine on the whole block; the experts' rows are read through L2 (the fused down
+// launch writes them in the same launch).
 template <typename T, bool REGS>
-__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombineArgs a, bool round_norm) {
-  grid_dependency_wait();
+__device__ void combine_token(const MoeCombineArgs& a, int t) {
   const Layout& L = a.layout;
-  const int t = blockIdx.x, K = a.top_k, H = a.H;
+  const int K = a.top_k, H = a.H;
   const float* wts = reinterpret_cast<const float*>(a.meta + L.w) + (size_t)t * K;
   const float gate_logit = a.shared_y ? a.logits[(size_t)t * a.ld + a.n_experts] : 0.f;
   // The token's picks, every word loaded at once (one memory latency, not two per pick).
@@ -438,7 +570,7 @@ __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombine
     for (int e = 0; e < kRowPer; ++e) {
       const int i = threadIdx.x + e * blockDim.x;
       v[e] = 0.f;
-      sv[e] = sy && i < H ? sy[i] : 0.f;
+      sv[e] = sy && i < H ? __ldcg(sy + i) : 0.f;
     }
     for (int j0 = 0; j0 < n; j0 += kCombineBatch) {
       float yv[kCombineBatch][kRowPer];
@@ -448,7 +580,7 @@ __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombine
 #pragma unroll
         for (int e = 0; e < kRowPer; ++e) {
           const int i = threadIdx.x + e * blockDim.x;
-          yv[b][e] = j0 + b < n && i < H ? yr[i] : 0.f;
+          yv[b][e] = j0 + b < n && i < H ? __ldcg(yr + i) : 0.f;
         }
       }
 #pragma unroll
@@ -465,30 +597,43 @@ __global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombine
     }
     if (a.res)
       add_norm_regs<T>(v, a.res + (size_t)t * H, a.post_w, a.next_w, a.eps, H,
-                       a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
+                       a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, a.round_norm);
   } else {
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
       float acc = 0.f;
-      for (int j = 0; j < n; ++j) acc += ws[j] * a.y[(size_t)rows[j] * H + i];
-      if (sy) acc += gate * sy[i];
+      for (int j = 0; j < n; ++j) acc += ws[j] * __ldcg(a.y + (size_t)rows[j] * H + i);
+      if (sy) acc += gate * __ldcg(sy + i);
       out[i] = acc;
     }
     if (a.res)
       add_norm_row<T>(a.res + (size_t)t * H, out, nullptr, a.post_w, a.next_w, a.eps, H,
-                      a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, round_norm);
+                      a.next_w ? static_cast<T*>(a.xb) + (size_t)t * H : nullptr, a.round_norm);
   }
+}
+
+template <typename T, bool REGS>
+__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombineArgs a) {
+  grid_dependency_wait();
+  combine_token<T, REGS>(a, blockIdx.x);
 }
 
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
 
-template <typename E, bool GATED>
+template <typename E, DType WT, bool GATED, bool FUSED>
 void launch_gemv(const MoeGemvArgs& a, int mt, unsigned grid, cudaStream_t s) {
+  const dim3 block(moe::kGemvWarps * 32);
   switch (mt) {
-    case 1: launch("moe_gemv", moe_gemv_kernel<E, 1, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
-    case 2: launch("moe_gemv", moe_gemv_kernel<E, 2, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
-    case 4: launch("moe_gemv", moe_gemv_kernel<E, 4, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
-    default: launch("moe_gemv", moe_gemv_kernel<E, moe::kGemvTokens, GATED>, dim3(grid), dim3(moe::kGemvWarps * 32), s, a); break;
+    case 1: launch("moe_gemv", moe_gemv_kernel<E, WT, 1, GATED, FUSED>, dim3(grid), block, s, a); break;
+    case 2: launch("moe_gemv", moe_gemv_kernel<E, WT, 2, GATED, FUSED>, dim3(grid), block, s, a); break;
+    case 4: launch("moe_gemv", moe_gemv_kernel<E, WT, 4, GATED, FUSED>, dim3(grid), block, s, a); break;
+    default: launch("moe_gemv", moe_gemv_kernel<E, WT, moe::kGemvTokens, GATED, FUSED>, dim3(grid), block, s, a); break;
   }
+}
+
+template <typename E, DType WT>
+void launch_gemv_gated(const MoeGemvArgs& a, bool gated, bool fused, int mt, unsigned grid, cudaStream_t s) {
+  if (gated) fused ? launch_gemv<E, WT, true, true>(a, mt, grid, s) : launch_gemv<E, WT, true, false>(a, mt, grid, s);
+  else fused ? launch_gemv<E, WT, false, true>(a, mt, grid, s) : launch_gemv<E, WT, false, false>(a, mt, grid, s);
 }
 
 }  // namespace
@@ -505,12 +650,29 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
   NS_LAUNCHED("moe_route");
 }
 
-void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s) {
-  const unsigned grid = (a.sw ? moe::gemv_blocks(a.sn) : 0) + a.groups * moe::gemv_blocks(a.n);
+void moe_gemv(DType act, DType wt, const MoeGemvArgs& args, bool gated, int tokens_per_pass, cudaStream_t s) {
+  MoeGemvArgs a = args;
+  if (!gated) a.route_w = nullptr;
+  if (gated) a.fuse_combine = false;
+  if (a.route_w && (a.route.T < 1 || a.route.T > tokens_per_pass || a.route.T > moe::kFusedDecodeTokens || a.k % 8 != 0))
+    throw std::runtime_error("cuda: the fused router takes 1.." + std::to_string(moe::kFusedDecodeTokens) + " tokens in one pass");
+  if (a.fuse_combine) {
+    // The combine blocks reset the launch's counters: a fused down launch has at least one.
+    if (a.combine.T < 1) throw std::runtime_error("cuda: the fused combine needs at least one token");
+    if (a.combine.H > kRowPer * moe::kGemvWarps * 32) throw std::runtime_error("cuda: the fused combine holds rows of <= 2048 in registers");
+    a.combine.round_norm = rounds(kRoundNorm);
+  }
+  const moe::GemvGrid g = moe::gemv_grid(gated, a.route_w ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups, a.fuse_combine ? a.combine.T : 0);
+  const unsigned grid = moe::grid_blocks(g);
   if (grid == 0) return;
+  const bool quant = wt != act;
+  if (quant && (a.k % 16 != 0 || (a.sw && a.sk % 16 != 0))) throw std::runtime_error("cuda: moe_gemv with 1-byte weights needs K % 16 == 0");
+  if (quant && wt != DType::I8 && wt != DType::F8E4M3) throw std::runtime_error("cuda: moe_gemv takes int8 or E4M3 weights beside the activation dtype");
+  const bool fused = gated ? a.route_w != nullptr : a.fuse_combine;
   NS_DISPATCH_ACT(act, E, {
-    if (gated) launch_gemv<E, true>(a, tokens_per_pass, grid, s);
-    else launch_gemv<E, false>(a, tokens_per_pass, grid, s);
+    if (!quant) launch_gemv_gated<E, act_dtype<E>>(a, gated, fused, tokens_per_pass, grid, s);
+    else if (wt == DType::I8) launch_gemv_gated<E, DType::I8>(a, gated, fused, tokens_per_pass, grid, s);
+    else launch_gemv_gated<E, DType::F8E4M3>(a, gated, fused, tokens_per_pass, grid, s);
   });
   NS_LAUNCHED("moe_gemv");
 }
@@ -547,11 +709,12 @@ void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::La
 
 void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s) {
   if (a.T == 0) return;
-  const bool rnd = rounds(kRoundNorm);
+  MoeCombineArgs c = a;
+  c.round_norm = rounds(kRoundNorm);
   const int threads = row_threads(a.H, kCombineThreads);
   NS_DISPATCH_ACT(act, E, {
-    if (threads > 0) launch("moe_combine", moe_combine_kernel<E, true>, dim3(a.T), dim3(threads), s, a, rnd);
-    else launch("moe_combine", moe_combine_kernel<E, false>, dim3(a.T), dim3(256), s, a, rnd);
+    if (threads > 0) launch("moe_combine", moe_combine_kernel<E, true>, dim3(a.T), dim3(threads), s, c);
+    else launch("moe_combine", moe_combine_kernel<E, false>, dim3(a.T), dim3(256), s, c);
   });
   NS_LAUNCHED("moe_combine");
 }

@@ -24,10 +24,31 @@ struct MoeRouteArgs {
 };
 void moe_route(const MoeRouteArgs& a, cudaStream_t s);
 
+// Per token: the sum of its experts' rows (in expert id order) times their weights, plus the shared
+// expert's row times sigmoid(its gate logit, column n_experts of the router logits); into `part`,
+// or with `res` added to the residual stream at once (add_norm semantics, family_kernels.h; `part`
+// is then scratch).
+struct MoeCombineArgs {
+  const float* y;                  // [rows, H] the experts' outputs (permuted rows)
+  const float* shared_y;           // [T, H] or null
+  const float* logits; int ld; int n_experts;
+  int T, H, top_k;
+  const int32_t* meta; moe::Layout layout;
+  float* part;
+  float* res; const float* post_w; const float* next_w; float eps; void* xb;  // res null: part only
+  bool round_norm = false;         // set by the launchers (kRoundNorm)
+};
+void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s);
+
 // Grouped GEMV over the active experts (and the shared expert when `sw` is set): gated, the
 // gate|up weights [2n, k] give act(gate) * up rows of n (activation dtype); else down [n, k] gives
 // f32 rows of n. Routed rows: gated reads x rows via the permutation (token rows of [T, k]) and
-// writes y rows in permuted order; down reads and writes permuted rows.
+// writes y rows in permuted order; down reads and writes permuted rows. Weights `wt`: the activation
+// dtype, or int8 / E4M3 (weight-only) with one f32 scale per weight row: `scale` holds every local
+// expert's back to back ([n_local][2n] gated, [n_local][n] down), `s_scale` the shared expert's.
+// Fused decode (moe_plan.h fused_decode): the gated launch with `route_w` set also computes the
+// router logits route.logits = x . route_w^T ([route.ld, k], activation dtype) and routes (the
+// routed blocks wait for it); the down launch with `fuse_combine` set ends with the combine.
 struct MoeGemvArgs {
   const void* w; size_t w_stride;  // this rank's experts back to back, elements per expert
   int n, k;
@@ -37,8 +58,14 @@ struct MoeGemvArgs {
   const void* sx; void* sy; int s_rows;
   const int32_t* meta; moe::Layout layout;
   bool gelu;                       // gated: tanh GELU, else SiLU
+  const float* scale = nullptr;
+  const float* s_scale = nullptr;
+  const void* route_w = nullptr;
+  MoeRouteArgs route{};
+  bool fuse_combine = false;
+  MoeCombineArgs combine{};
 };
-void moe_gemv(DType act, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s);
+void moe_gemv(DType act, DType wt, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s);
 
 // Grouped tensor-core GEMM over the tiles of moe_plan.h: y[row, n] = x[src(row)] . w_e[n]^T for
 // every row of every active expert e, src = the permutation (gather) or the row itself.
@@ -56,35 +83,15 @@ struct MoeMmaArgs {
 };
 void moe_mma(DType act, const MoeMmaArgs& a, cudaStream_t s);
 
-// Quantized routed experts and shared expert (moe_quant.cu; weight-only: int8 or E4M3 weights `wt`
-// with one f32 scale per weight row, activation-dtype inputs). moe_gemv_quant: moe_gemv's grouped
-// GEMV reading the 1-byte weights (a.w, a.sw) and dequantizing in registers; `scale` holds every
-// local expert's row scales back to back ([n_local][2n] gated, [n_local][n] down), `shared_scale`
-// the shared expert's. moe_dequant_active: the weights [N, K] of active slots [g0, g1) (their
-// expert ids from meta) times their row scales into `out` ([g1 - g0][N, K], activation dtype), for
-// moe_mma's by_slot launches.
-void moe_gemv_quant(DType act, DType wt, const MoeGemvArgs& a, const float* scale, const float* shared_scale, bool gated,
-                    int tokens_per_pass, cudaStream_t s);
+// Quantized routed experts (moe_quant.cu; int8 or E4M3 weights `q` with one f32 scale per weight
+// row) for the tensor-core path: the weights [N, K] of active slots [g0, g1) (their expert ids from
+// meta) times their row scales into `out` ([g1 - g0][N, K], activation dtype), for moe_mma's by_slot
+// launches. (Decode reads them in moe_gemv.)
 void moe_dequant_active(DType act, DType wt, const void* q, const float* scale, size_t stride, int N, int K, const int32_t* meta,
                         const moe::Layout& layout, int g0, int g1, void* out, cudaStream_t s);
 
 // out[r, i] = act(gu[r, i]) * gu[r, I + i] for the step's rows (meta's n_rows, at most max_rows).
 void moe_gated_act(DType act, const void* gu, const int32_t* meta, const moe::Layout& layout, int max_rows, int I,
                    bool gelu, void* out, cudaStream_t s);
-
-// Per token: the sum of its experts' rows (in expert id order) times their weights, plus the shared
-// expert's row times sigmoid(its gate logit, column n_experts of the router logits); into `part`,
-// or with `res` added to the residual stream at once (add_norm semantics, family_kernels.h; `part`
-// is then scratch).
-struct MoeCombineArgs {
-  const float* y;                  // [rows, H] the experts' outputs (permuted rows)
-  const float* shared_y;           // [T, H] or null
-  const float* logits; int ld; int n_experts;
-  int T, H, top_k;
-  const int32_t* meta; moe::Layout layout;
-  float* part;
-  float* res; const float* post_w; const float* next_w; float eps; void* xb;  // res null: part only
-};
-void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s);
 
 }  // namespace ns::cuda
