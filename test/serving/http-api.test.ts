@@ -117,7 +117,9 @@ describe('completions (py-tiny)', () => {
         usage = ch.usage;
       }
     }
-    expect(chunks).toBeGreaterThan(10);
+    // Streamed: the first token's chunk, at least one more, then the usage chunk. Tokens that reach the coordinator
+    // while a write is in flight go out merged in one event (the next test), so the count follows the load.
+    expect(chunks).toBeGreaterThan(2);
     expect(text).toBe(c.greedy_48_text);
     expect(finish).toBe('length');
     expect(usage).toEqual({ prompt_tokens: c.ids.length, completion_tokens: 48, total_tokens: c.ids.length + 48 });
