@@ -29,7 +29,7 @@ import { RequestRecord } from './requests.js';
 import type { RequestSink, RequestStore, RequestUpdate } from './requests.js';
 import { bearerMatches } from './public-auth.js';
 import { AdmissionQueue } from './admission.js';
-import { CoalescingWriter, mergeByKey } from '../protocol/coalesce.js';
+import { CoalescingWriter, joinTokenRun, mergeByKey } from '../protocol/coalesce.js';
 import { nowMs, requestTrace } from '../protocol/request-trace.js';
 import type { Route, Router } from './router.js';
 
@@ -218,18 +218,7 @@ const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
   const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
     p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
-  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => {
-    const tokenIds: number[] = [];
-    const texts: string[] = [];
-    const logprobs: NonNullable<GenerateResponseIn['logprobs']> = [];
-    for (const m of run) {
-      for (const t of m.tokenIds ?? []) tokenIds.push(t);
-      texts.push(m.text ?? '');
-      for (const l of m.logprobs ?? []) logprobs.push(l);
-    }
-    // The group as its last message with the group's tokens, text and logprobs, from its first's index.
-    return { ...run[run.length - 1]!, index: run[0]!.index, tokenIds, text: texts.join(''), logprobs };
-  });
+  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => ({ ...joinTokenRun(run), index: run[0]!.index }));
 }
 
 // A request larger than --max-request-bytes is never decoded: its deserializer hands the handler

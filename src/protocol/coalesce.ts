@@ -106,6 +106,27 @@ export function mergeByKey<M>(ms: M[], key: (m: M) => number | string | null, jo
   return groups.map((g) => (g.length === 1 ? g[0]! : merge(g)));
 }
 
+/**
+ * One sequence's consecutive updates as one: the last's fields (its finish reason), with the run's
+ * token ids and text in order, and its logprobs when any update carries them. The gRPC Generate
+ * stream, the worker's Tokens messages and the SSE stream merge their gathered updates with it.
+ */
+export function joinTokenRun<U extends { tokenIds?: number[] | null; text?: string | null; logprobs?: readonly unknown[] | null }>(run: U[]): U {
+  const tokenIds: number[] = [];
+  const texts: string[] = [];
+  const logprobs: unknown[] = [];
+  let withLogprobs = false;
+  for (const u of run) {
+    for (const t of u.tokenIds ?? []) tokenIds.push(t);
+    texts.push(u.text ?? '');
+    if (u.logprobs) {
+      withLogprobs = true;
+      for (const l of u.logprobs) logprobs.push(l);
+    }
+  }
+  return { ...run[run.length - 1]!, tokenIds, text: texts.join(''), ...(withLogprobs ? { logprobs } : {}) } as U;
+}
+
 /** The most a batch of gathered messages may take on the wire, by upperBytes(): far below the control stream's message limit. */
 export const BATCH_MAX_BYTES = 8 * 1024 * 1024;
 

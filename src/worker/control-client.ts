@@ -11,7 +11,7 @@ import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
 import { probeLiveness } from '../protocol/liveness.js';
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
-import { CoalescingWriter, batches, mergeByKey } from '../protocol/coalesce.js';
+import { CoalescingWriter, batches, joinTokenRun, mergeByKey } from '../protocol/coalesce.js';
 import type {
   Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit, TokenUpdateIn,
 } from '../protocol/control.js';
@@ -22,13 +22,6 @@ function continues(last: TokenUpdateIn, next: TokenUpdateIn): boolean {
   const plain = (u: TokenUpdateIn) => !u.error && !u.preempted;
   return plain(last) && plain(next) && (last.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED) === FinishReason.FINISH_REASON_UNSPECIFIED &&
     next.index === (last.index ?? 0) + (last.tokenIds?.length ?? 0);
-}
-
-/** One request's consecutive updates as one: its tokens, text and logprobs in order, from the first's index, the last's finish reason. */
-function joinUpdates(run: TokenUpdateIn[]): TokenUpdateIn {
-  const last = run[run.length - 1]!;
-  return { ...last, index: run[0]!.index ?? 0, tokenIds: run.flatMap((u) => u.tokenIds ?? []), text: run.map((u) => u.text ?? '').join(''),
-    logprobs: run.flatMap((u) => u.logprobs ?? []) };
 }
 
 /**
@@ -46,7 +39,7 @@ export function packWorkerMessages(ms: OutgoingWorkerMessage[]): OutgoingWorkerM
     if (j === i + 1) out.push(ms[i]!);
     else {
       const updates = ms.slice(i, j).flatMap((m) => m.tokens!.updates ?? []);
-      out.push({ tokens: { epoch: tokens!.epoch, updates: mergeByKey(updates, (u) => u.requestId ?? '', continues, joinUpdates) } });
+      out.push({ tokens: { epoch: tokens!.epoch, updates: mergeByKey(updates, (u) => u.requestId ?? '', continues, (run) => ({ ...joinTokenRun(run), index: run[0]!.index ?? 0 })) } });
     }
     i = j;
   }

@@ -16,7 +16,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 import type { TokenTexts } from '../../model/tokenizer-pool.js';
-import { CoalescingWriter, mergeByKey } from '../../protocol/coalesce.js';
+import { CoalescingWriter, joinTokenRun, mergeByKey } from '../../protocol/coalesce.js';
 import { LIMIT_FLAGS } from '../../protocol/limits.js';
 import { bearerMatches, httpsOptions } from '../public-auth.js';
 import type { PublicTls } from '../public-auth.js';
@@ -183,14 +183,8 @@ type StreamItem = { update: ChoiceUpdate } | { chunk: unknown };
 const choiceOf = (x: StreamItem) => ('update' in x ? x.update.choice : null);
 const unfinished = (last: StreamItem) => (last as { update: ChoiceUpdate }).update.finishReason === null;
 
-/** One choice's updates as one update: its tokens, text and logprobs in order, the last's finish reason. */
-function mergeUpdates(run: StreamItem[]): StreamItem {
-  const us = run.map((x) => (x as { update: ChoiceUpdate }).update);
-  const last = us[us.length - 1]!;
-  const withLogprobs = us.some((u) => u.logprobs);
-  return { update: { choice: last.choice, tokenIds: us.flatMap((u) => u.tokenIds), text: us.map((u) => u.text).join(''), finishReason: last.finishReason,
-    ...(withLogprobs ? { logprobs: us.flatMap((u) => u.logprobs ?? []) } : {}) } };
-}
+/** One choice's updates as one (protocol/coalesce.ts joinTokenRun: its tokens, text and logprobs in order, the last's finish reason). */
+const mergeUpdates = (run: StreamItem[]): StreamItem => ({ update: joinTokenRun(run.map((x) => (x as { update: ChoiceUpdate }).update)) });
 
 /**
  * Server-sent events as OpenAI writes them: `data: <json>\n\n` per chunk, `data: [DONE]\n\n` last.
