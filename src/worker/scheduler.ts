@@ -261,11 +261,13 @@ export class Scheduler {
     const releasing = this.releasing();
     const blocks = pools.map((p, i) => p.freeBlocks + releasing[i]!);
     let seats = this.maxSeqs - this.running.length;
-    // Sequences whose end is certain once their planned steps complete (ended or cancelled while in
-    // flight, or sampling their last allowed token) give back their seat and blocks within a step:
-    // waiting that long costs the head a step, preempting would cost a victim its recompute.
+    // Sequences whose end is certain give back their seat and blocks within a step: ended or
+    // cancelled ones (they leave once settled or once their planned steps complete) and those
+    // sampling their last allowed token in a step in flight (`out` counts what apply() took, which
+    // settle() may not have reported yet). Waiting that long costs the head a step; preempting
+    // would cost a victim its recompute.
     for (const s of this.running) {
-      if (s.inFlight === 0 || (s.status === RUNNING && s.stop.tokens.length + s.inFlight < s.params.maxTokens)) continue;
+      if (s.status === RUNNING && (s.inFlight === 0 || s.out.length + s.inFlight < s.params.maxTokens)) continue;
       seats++;
       pools.forEach((p, i) => { blocks[i]! += p.held(s.id); });
     }

@@ -159,6 +159,23 @@ describe('scheduler priorities', () => {
     expect([s.status('b1'), s.preemptions]).toEqual([PREEMPTED, 1]);
   });
 
+  it('a sequence that ended in a step applied but not settled yet still holds its seat: that seat is coming, nobody is preempted', () => {
+    // The driver plans again between apply() and settle() when an urgent request arrived meanwhile.
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 2);
+    submit(s, 'b1', { priority: 100, classRank: 2, maxTokens: 30 });
+    submit(s, 'b2', { priority: 101, classRank: 2, maxTokens: 2 });
+    s.settle(s.apply(s.next(1)!, Int32Array.of(1, 2)));
+    const applied = s.apply(s.next(1)!, Int32Array.of(3, 4));  // b2's last token: ended, not reported yet
+    submit(s, 'rt', { priority: -100, classRank: 0, maxTokens: 4 });
+    const p3 = s.next(1)!;
+    expect(ids(p3)).toEqual(['b1']);
+    expect([s.status('b1'), s.status('rt'), s.preemptions]).toEqual([RUNNING, QUEUED, 0]);
+    s.settle(applied);                                       // b2 leaves
+    s.settle(s.apply(p3, Int32Array.of(5)));
+    expect(ids(s.next(1))).toEqual(['rt', 'b1']);
+    expect(s.preemptions).toBe(0);
+  });
+
   it('a stop string in a preempted sequence\'s last token ends it without resuming', () => {
     const word = tok.encode(' stack', { addSpecialTokens: false })[0]!;
     const s = new Scheduler(3, 16, tok, 256, 16, 512);
