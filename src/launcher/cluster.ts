@@ -13,10 +13,8 @@ import { Coordinator } from '../coordinator/server.js';
 import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
 import type { GenerationConfig, ModelConfig } from '../model/config.js';
 import type { ModelSamplingDefaults } from '../protocol/sampling.js';
-import { planShard } from '../model/weights.js';
-import { fp8Refusal } from '../model/precision.js';
 import { loadTokenizer } from '../model/tokenizer.js';
-import { planDeployment } from './deploy-plan.js';
+import { checkGroupPrecision, planDeployment } from './deploy-plan.js';
 import { bindingScript } from './cores.js';
 import type { CoreBinding } from './cores.js';
 import type { GroupOptions } from './deploy-plan.js';
@@ -163,22 +161,6 @@ export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
   if (g.minP !== undefined) d.minP = g.minP;
   if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
   return d;
-}
-
-/**
- * Refuses what a group's workers would refuse: fp8 on CPU workers (weights or KV cache), a
- * --quantize that contradicts a pre-quantized checkpoint or a layout its quantized shards cannot take.
- */
-export function checkGroupPrecision(config: ModelConfig, g: GroupOptions): void {
-  const s = g.serving;
-  const named = g.name === DEFAULT_GROUP ? '' : `group ${g.name}: `;
-  const refusal = fp8Refusal(config, s.device, s.quantize, s.kvCacheDtype);
-  if (refusal) throw new Error(`${named}${refusal}`);
-  try {
-    planShard(config, { tpRank: 0, tpSize: g.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize: s.quantize });
-  } catch (err) {
-    throw new Error(`${named}${(err as Error).message}`);
-  }
 }
 
 const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
