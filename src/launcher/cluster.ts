@@ -11,8 +11,8 @@ import { DEFAULT_GROUP } from '../coordinator/layout.js';
 import type { Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
 import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
-import type { GenerationConfig, ModelConfig } from '../model/config.js';
-import type { ModelSamplingDefaults } from '../protocol/sampling.js';
+import type { ModelConfig } from '../model/config.js';
+import { samplingDefaults } from '../protocol/sampling.js';
 import { loadTokenizer } from '../model/tokenizer.js';
 import { checkGroupPrecision, planDeployment } from './deploy-plan.js';
 import { bindingScript } from './cores.js';
@@ -146,21 +146,6 @@ export async function controlHost(p: Placement, advertise?: string): Promise<str
   if (advertise) return advertise;
   const remote = p.ranks.find((r) => !r.isLocal && !isLocalHost(r.host));
   return remote ? routeTo(remote.host) : '127.0.0.1';
-}
-
-/**
- * generation_config.json's sampling values, the defaults of requests that leave them out (as
- * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
- * means greedy in transformers).
- */
-export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
-  const d: ModelSamplingDefaults = {};
-  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
-  if (g.topK !== undefined) d.topK = g.topK;
-  if (g.topP !== undefined) d.topP = g.topP;
-  if (g.minP !== undefined) d.minP = g.minP;
-  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
-  return d;
 }
 
 const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;
