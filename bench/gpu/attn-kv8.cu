@@ -1,8 +1,7 @@
 // Decode attention microbenchmark: one layer of the 7B shape (32 heads of 128, no GQA, 16-token
-// blocks in shuffled order) for S decoding sequences at context C, the bf16 cache beside every form
-// of the E4M3 cache's decode kernel (attention.cu launch_vec, AttnArgs::kv8_form: 0 the default
-// choice, 1 8 elements a lane x 4 keys in flight, 2 16 x 2, 3 16 x 4), back-to-back launches on one
-// stream. One layer's K/V exceeds the L2 at these sizes (every launch reads them from HBM). One JSON
+// blocks in shuffled order) for S decoding sequences at context C, the bf16 cache beside the E4M3
+// cache (attention.cu launch_vec: the form each takes), back-to-back launches on one stream. One
+// layer's K/V exceeds the L2 at these sizes (every launch reads them from HBM). One JSON
 // line: us per launch, the K/V bytes read, GB/s and the share of the copy bandwidth measured here
 // (cudaMemcpy device to device, read + write), the roofline of a kernel that only has to read K/V.
 // usage (repo root, GPU host; build/cuda/libnscuda.a from `npm run build:native`):
@@ -127,18 +126,17 @@ int main() {
     a.tok_pos = up(pos); a.tok_seq = up(seq); a.seq_bt_off = up(off); a.block_tables = up(perm);
     a.block_size = B; a.out = dout; a.n_splits = splits; a.ws = ws; a.n_simt = S; a.round_p = false;
     const int reps = S == 1 ? 200 : 20;
-    for (int form = -1; form <= 3; ++form) {  // -1: the bf16 cache
+    for (const bool fp8 : {false, true}) {
       AttnArgs c = a;
-      c.kv_fp8 = form >= 0;
-      c.kcache = form >= 0 ? static_cast<void*>(k8) : k16;
-      c.vcache = form >= 0 ? static_cast<void*>(v8) : v16;
-      c.kv8_form = std::max(form, 0);
+      c.kv_fp8 = fp8;
+      c.kcache = fp8 ? static_cast<void*>(k8) : k16;
+      c.vcache = fp8 ? static_cast<void*>(v8) : v16;
       const float us = time_us(st, reps, [&] { attention(DType::BF16, c, st); });
-      const double bytes = (double)S * C * nkv * hd * 2 * (form >= 0 ? 1 : 2);
+      const double bytes = (double)S * C * nkv * hd * 2 * (fp8 ? 1 : 2);
       const double gbs = bytes / (us * 1e3);
       char buf[320];
-      std::snprintf(buf, sizeof buf, "%s{\"S\":%d,\"C\":%d,\"splits\":%d,\"cache\":\"%s\",\"form\":%d,\"us\":%.2f,\"kv_mb\":%.1f,\"gbs\":%.1f,\"of_copy\":%.3f}",
-                    first ? "" : ",", S, C, splits, form >= 0 ? "e4m3" : "bf16", std::max(form, 0), us, bytes / 1e6, gbs, gbs / copy_gbs);
+      std::snprintf(buf, sizeof buf, "%s{\"S\":%d,\"C\":%d,\"splits\":%d,\"cache\":\"%s\",\"us\":%.2f,\"kv_mb\":%.1f,\"gbs\":%.1f,\"of_copy\":%.3f}",
+                    first ? "" : ",", S, C, splits, fp8 ? "e4m3" : "bf16", us, bytes / 1e6, gbs, gbs / copy_gbs);
       out += buf;
       first = false;
     }

@@ -296,12 +296,13 @@ void launch(const AttnArgs& a, cudaStream_t s) {
   else launch("attention", attn_kernel<T, EPL, false>, grid, dim3(kWarps * 32), s, a, score_scale(a));
 }
 
-// The E4M3 cache's form: EL x U of the vectorised kernel. 16 x 2 asks for 8 blocks an SM (<= 64
-// registers, as 8 x 4 needs anyway: a batch-64 decode step is 2048 equal blocks, 2 waves of 8
-// blocks on 132 SMs, where 16 x 4's 95 registers allow 5 an SM, 4 waves with the last a tenth
-// full). kv8_form for bench/gpu/attn-kv8.cu's timing; 0: 16 x 2 where every (token, head) is one
-// block (many streams), 8 x 4 where the keys are split (batch-1 fp8-KV decode was 3% slower with
-// 16 x 4, 281.3 vs 290.5 tok/s on an H100).
+// The E4M3 cache's form, EL elements a lane x U keys in flight: where every (token, head) is one
+// block (many streams) 16 x 2, which asks for 8 blocks an SM (<= 64 registers: a batch-64 decode
+// step is 2048 equal blocks, 2 waves of 8 blocks on 132 SMs, where 16 x 4's 95 registers allow 5
+// an SM, 4 waves with the last a tenth full); where the keys are split (few tokens) the 8-element
+// form of the 16-bit cache. bench/gpu/attn-kv8.cu timed the alternatives on an H100: 8 x 4 and
+// 16 x 4 one block a (token, head) were 3-4% and 8-9% slower than 16 x 2 at 64 sequences of
+// 512-768 keys; at batch 1 (9 splits) 16 x 2 and 16 x 4 were 3% and 7% slower than 8 x 8.
 // With split keys (few tokens) the 16-bit cache and the 8-element form run kWideWarps a block, with
 // 8 keys in flight a lane (4 at head_dim 256, whose registers would spill).
 template <typename T, int HD>
@@ -309,16 +310,12 @@ void launch_vec(const AttnArgs& a, cudaStream_t s) {
   const dim3 grid(a.nh, a.n_simt, a.n_splits), block(kVecWarps * 32), wide(kWideWarps * 32);
   constexpr int UW = HD > 128 ? 4 : 8;
   const float sc = score_scale(a);
-  const bool split = a.n_splits > 1;
-  if (!a.kv_fp8) {
-    if (split) return launch("attention", attn_vec_kernel<T, HD, false, 8, UW, kWideWarps>, grid, wide, s, a, sc);
-    return launch("attention", attn_vec_kernel<T, HD, false, 8, 4, kVecWarps>, grid, block, s, a, sc);
+  if (a.n_splits > 1) {
+    if (a.kv_fp8) return launch("attention", attn_vec_kernel<T, HD, true, 8, UW, kWideWarps>, grid, wide, s, a, sc);
+    return launch("attention", attn_vec_kernel<T, HD, false, 8, UW, kWideWarps>, grid, wide, s, a, sc);
   }
-  const int form = a.kv8_form ? a.kv8_form : split ? 1 : 2;
-  if (form == 1 && split) launch("attention", attn_vec_kernel<T, HD, true, 8, UW, kWideWarps>, grid, wide, s, a, sc);
-  else if (form == 1) launch("attention", attn_vec_kernel<T, HD, true, 8, 4, kVecWarps>, grid, block, s, a, sc);
-  else if (form == 2) launch("attention", attn_vec_kernel<T, HD, true, 16, 2, kVecWarps, 8>, grid, block, s, a, sc);
-  else launch("attention", attn_vec_kernel<T, HD, true, 16, 4, kVecWarps>, grid, block, s, a, sc);
+  if (a.kv_fp8) return launch("attention", attn_vec_kernel<T, HD, true, 16, 2, kVecWarps, 8>, grid, block, s, a, sc);
+  launch("attention", attn_vec_kernel<T, HD, false, 8, 4, kVecWarps>, grid, block, s, a, sc);
 }
 
 

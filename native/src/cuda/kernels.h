@@ -65,9 +65,6 @@ struct AttnArgs {
   float scale = 0.f;    // scores = scale * q.k (0: 1 / sqrt(hd))
   float softcap = 0.f;  // scores = softcap * tanh(scores / softcap) (0: off)
   int window = 0;       // keys (pos - window, pos] of each token (0: [0, pos])
-  // The E4M3 cache's decode kernel form (attention.cu launch_vec), for bench/gpu/attn-kv8.cu's A/B:
-  // 0 the default choice, 1 8 elements a lane x 4 keys in flight, 2 16 x 2, 3 16 x 4.
-  int kv8_form = 0;
 };
 void attention(DType act, const AttnArgs& a, cudaStream_t s);
 // The SIMT kernel's workspace with n_splits > 1: kAttnSplitCounters ints, one per (listed token,
