@@ -11,7 +11,10 @@
 // CPU from the GPU replica's side. One launch of both groups measures, on one machine:
 //
 //   realtime_alone   the realtime stream alone (its TTFT p99 with no batch load: the baseline)
-//   fast_alone       the batch flood in a class that only the fast group serves
+//   fast_alone       the GPU replica alone under the mixed load: the realtime stream + the batch flood
+//                    in a class that only the fast group serves (the throughput baseline: the same
+//                    load, so the realtime requests' prompts and the preemptions they cause weigh on
+//                    both sides; both_floods and the separate launch give the flood-only figures)
 //   hetero_mixed     the realtime stream + the batch flood (batch -> [slow, fast]): realtime TTFT p99,
 //                    total generated tok/s
 //   slow_alone       the batch flood in a class that only the slow group serves
@@ -24,7 +27,8 @@
 // mixed load with every request in one class (FIFO: no priority, no preemption): the comparison.
 //
 // Bars: realtime TTFT p99 under the flood <= 1.5x its value alone, and total tok/s under the mixed
-// load >= fast alone + 0.8 x slow alone.
+// load >= fast alone + 0.8 x slow alone (medians; each ABBA pair's margin and their mean are reported,
+// since phases of one load differ by a few percent on a GPU host).
 //
 //   npm run build && node bench/hetero/run.mjs                     # CPU: py-tiny, slow = core(s) of the last physical core
 //   node bench/hetero/run.mjs --device cuda --model /tmp/llama-1b  # one GPU (bf16) + 2 CPU replicas (int8) on 6 of 16 cores
@@ -205,7 +209,7 @@ function stepsOf(name, run) {
   return { steps: st };
 }
 
-/** With --trace: each process's event-loop delay and utilization while a load ran (a phase without a realtime stream), and its drivers' steps. */
+/** With --trace: each process's event-loop delay and utilization while a load ran, and its drivers' steps (traced() breaks the realtime requests' TTFT down). */
 function loops(name, run) {
   return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops, ...stepsOf(name, run) } : {};
 }
@@ -359,11 +363,13 @@ try {
     const fastAlone = async () => {
       await settle();
       const t0 = cpuTimes();
-      const [fl] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only'])], rest);
-      const p = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('hetero', fl) };
+      const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS, ['--priority', 'fast_only'])], rest);
+      const p = { ttft: ttft(rt), total: tokS([rt, fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { realtime: rt.loop, flood: fl.loop },
+        ...loops('hetero', fl) };
       result.phases.fast_alone.push(p);
       result.order.push('fast_alone');
-      log(`fast alone #${result.phases.fast_alone.length}: ${p.total.tok_s.toFixed(1)} tok/s (CPU busy: rest ${p.cpu_busy_pct.rest_cpus_mean}%, slow ${p.cpu_busy_pct.slow_cpus_mean}%)`);
+      log(`fast alone #${result.phases.fast_alone.length} (realtime + flood, fast group only): ${p.total.tok_s.toFixed(1)} tok/s, realtime TTFT p99 ${p.ttft.p99_ms} ms ` +
+        `(CPU busy: rest ${p.cpu_busy_pct.rest_cpus_mean}%, slow ${p.cpu_busy_pct.slow_cpus_mean}%)`);
     };
     const mixed = async () => {
       await settle();
@@ -426,7 +432,10 @@ try {
   result.summary = { fast_alone_tok_s: fastS, hetero_mixed_tok_s: mixedS, hetero_mixed_ttft_p99_ms: ttftS, slow_alone_tok_s: slow,
     hetero_mixed_ttft_steady_p99_ms: spread(p.hetero_mixed.map((x) => x.ttft_steady.p99_ms)),
     // Each mixed phase against the fast-alone phase next to it (the same ABBA pair).
-    paired_mixed_minus_fast_tok_s: mixedS.values.map((m, i) => m - fastS.values[i]) };
+    paired_mixed_minus_fast_tok_s: mixedS.values.map((m, i) => m - fastS.values[i]),
+    // Each pair's margin over its own bar (mixed / (fast + 0.8 slow) - 1), and their mean.
+    paired_margins: mixedS.values.map((m, i) => m / (fastS.values[i] + 0.8 * slow) - 1) };
+  result.summary.paired_margin_mean = result.summary.paired_margins.reduce((x, y) => x + y, 0) / result.summary.paired_margins.length;
   result.bars = {
     realtime_ttft_p99_ratio: ttftRatio, realtime_ttft_ok: ttftRatio <= 1.5,
     total_tok_s: mixedS.median, fast_plus_80pct_slow_tok_s: need, throughput_ok: mixedS.median >= need,
@@ -438,6 +447,7 @@ try {
   const f = (x) => x.toFixed(1);
   log(`fast alone: median ${f(fastS.median)} tok/s (${fastS.values.map(f).join(', ')}; spread ${(100 * fastS.rel_spread).toFixed(1)}%); ` +
     `mixed: median ${f(mixedS.median)} tok/s (${mixedS.values.map(f).join(', ')}; spread ${(100 * mixedS.rel_spread).toFixed(1)}%); slow alone ${f(slow)} tok/s`);
+  log(`ABBA pairs' margins over fast + 80% slow: ${result.summary.paired_margins.map((x) => `${(100 * x).toFixed(1)}%`).join(', ')}; mean ${(100 * result.summary.paired_margin_mean).toFixed(1)}%`);
   log(`bars: realtime TTFT p99 ${ttftRatio.toFixed(2)}x its value alone (<= 1.5: ${result.bars.realtime_ttft_ok}); total ${f(mixedS.median)} tok/s ` +
     `vs fast alone + 80% slow alone ${f(need)} (${result.bars.throughput_ok}, ${(100 * result.bars.throughput_margin).toFixed(1)}%); against the separate unpinned fast launch ` +
     `${f(result.bars.against_separate_fast.fast_plus_80pct_slow_tok_s)} (${result.bars.against_separate_fast.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +

@@ -251,9 +251,9 @@ export class Scheduler {
 
   /**
    * Preempts running sequences of a less urgent class than `head` (the least urgent, then the
-   * latest first) until there is a seat and enough blocks for it, counting blocks that preempted
-   * sequences still in flight are about to free. Preempts nothing when even all of them would not
-   * do. True when it preempted any.
+   * latest first) until there is a seat and enough blocks for it, counting the seats and blocks
+   * that steps in flight are about to free (preempted or ending sequences). Preempts nothing when
+   * even all of them would not do. True when it preempted any.
    */
   private preemptFor(head: Seq): boolean {
     const pools = this.pools();
@@ -261,8 +261,16 @@ export class Scheduler {
     const releasing = this.releasing();
     const blocks = pools.map((p, i) => p.freeBlocks + releasing[i]!);
     let seats = this.maxSeqs - this.running.length;
+    // Sequences whose end is certain once their planned steps complete (ended or cancelled while in
+    // flight, or sampling their last allowed token) give back their seat and blocks within a step:
+    // waiting that long costs the head a step, preempting would cost a victim its recompute.
+    for (const s of this.running) {
+      if (s.inFlight === 0 || (s.status === RUNNING && s.stop.tokens.length + s.inFlight < s.params.maxTokens)) continue;
+      seats++;
+      pools.forEach((p, i) => { blocks[i]! += p.held(s.id); });
+    }
     const room = () => seats >= 1 && blocks.every((b, i) => b >= need[i]!);
-    if (room()) return false;  // room is coming: a preempted sequence's step is completing
+    if (room()) return false;  // room is coming: steps holding ending or preempted sequences are completing
     const victims = this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
       .sort((a, b) => b.classRank - a.classRank || -before(a, b));
     const chosen: Seq[] = [];

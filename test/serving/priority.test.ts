@@ -135,6 +135,30 @@ describe('scheduler priorities', () => {
     expect(s.status('b2')).toBe(PREEMPTED);
   });
 
+  it('a full batch where a less urgent sequence is sampling its last token: the urgent head takes that seat a step later, nobody is preempted', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 2);
+    submit(s, 'b1', { priority: 100, classRank: 2, maxTokens: 30 });
+    submit(s, 'b2', { priority: 101, classRank: 2, maxTokens: 2 });
+    s.settle(s.apply(s.next(1)!, Int32Array.of(1, 2)));     // b2 has 1 of its 2 tokens
+    const p2 = s.next(1)!;                                   // b2 samples its last token in p2
+    expect(ids(p2)).toEqual(['b1', 'b2']);
+    submit(s, 'rt', { priority: -100, classRank: 0, maxTokens: 4 });
+    const p3 = s.nextAhead(p2);                              // planned while p2 runs: b2's seat is on its way
+    expect(ids(p3)).toEqual(['b1']);
+    expect([s.status('rt'), s.status('b2'), s.preemptions]).toEqual([QUEUED, RUNNING, 0]);
+    s.settle(s.apply(p2, Int32Array.of(3, 4)));              // b2 ends: its seat frees
+    expect(s.status('b2')).toBeUndefined();
+    s.settle(s.apply(p3!, Int32Array.of(5)));
+    const p4 = s.next(1)!;
+    expect(ids(p4)).toEqual(['rt', 'b1']);
+    expect(s.preemptions).toBe(0);
+    // Without a sequence about to end, the same head preempts at once (b1 has 27 tokens to go).
+    submit(s, 'rt2', { priority: -100, classRank: 0, maxTokens: 4 });
+    s.settle(s.apply(p4, Int32Array.of(6, 7)));
+    expect(ids(s.next(1))).toEqual(['rt', 'rt2']);
+    expect([s.status('b1'), s.preemptions]).toEqual([PREEMPTED, 1]);
+  });
+
   it('a stop string in a preempted sequence\'s last token ends it without resuming', () => {
     const word = tok.encode(' stack', { addSpecialTokens: false })[0]!;
     const s = new Scheduler(3, 16, tok, 256, 16, 512);
