@@ -1,21 +1,31 @@
 import { Command, CommanderError } from 'commander';
 
-import { register as registerGenerate } from './generate.js';
-import { register as registerRun } from './run.js';
-import { register as registerHostfile } from './hostfile.js';
-import { register as registerModel } from './model.js';
-import { register as registerLaunch } from './launch.js';
-import { register as registerStatus } from './status.js';
-import { register as registerDemo } from './demo.js';
-import { register as registerChat } from './chat.js';
-import { register as registerEnv } from './env.js';
 import { AmbiguousOptionError, expandPrefixes } from './prefixes.js';
 import { settings, unknownSettings } from '../settings/index.js';
 
+type Registrar = (program: Command) => void;
+
 // One file per command (src/cli/<name>.ts), each exporting `register(program)`.
-// Add a command by importing its register function here; keep this file a plain list.
-const registrars: Array<(program: Command) => void> = [registerGenerate, registerRun, registerHostfile, registerModel, registerLaunch, registerStatus, registerDemo,
-  registerChat, registerEnv];
+// Add a command by adding its loader here; keep this file a plain list, in the order `--help` shows them.
+// Only the command being run is imported (all of them for the help and for usage errors): the
+// launcher, the engine and gRPC take ~0.5 s to import, which `run`, `hostfile`, `model` and `env`
+// need not pay on every start — `run` starts one of itself per node.
+const commands: Record<string, () => Promise<{ register: Registrar }>> = {
+  generate: () => import('./generate.js'),
+  run: () => import('./run.js'),
+  hostfile: () => import('./hostfile.js'),
+  model: () => import('./model.js'),
+  launch: () => import('./launch.js'),
+  status: () => import('./status.js'),
+  demo: () => import('./demo.js'),
+  chat: () => import('./chat.js'),
+  env: () => import('./env.js'),
+};
+
+/** The register functions of `names` (every command when none is given), in the list's order. */
+async function registrars(names: string[] = Object.keys(commands)): Promise<Registrar[]> {
+  return Promise.all(Object.keys(commands).filter((n) => names.includes(n)).map(async (n) => (await commands[n]!()).register));
+}
 
 function fullName(c: Command): string {
   const names: string[] = [];
@@ -27,14 +37,16 @@ function allCommands(c: Command): Command[] {
   return [c, ...c.commands.flatMap(allCommands)];
 }
 
-export function buildProgram(): Command {
+/** The program with the commands named (by default all of them). */
+export async function buildProgram(names?: string[]): Promise<Command> {
+  const register = await registrars(names);
   const program = new Command();
   program
     .name('nodespeed')
     .description('Multi-node LLM inference: launch workers from a DeepSpeed hostfile and serve a Hugging Face model over gRPC')
     .version('0.1.0')
     .exitOverride();
-  for (const register of registrars) register(program);
+  for (const r of register) r(program);
   // Every command but `env` (which shows them) checks the NODESPEED_* variables before it starts:
   // a bad value stops it with a message naming the variable, a name that is no setting is reported.
   program.hook('preAction', (_, action) => {
@@ -49,7 +61,9 @@ export function buildProgram(): Command {
 
 /** Runs the CLI; resolves with the exit code (the caller flushes stdout/stderr before exiting). */
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  // The first argument names the command to load; anything else (--help, --version, a typo) loads all.
+  const name = argv[2] !== undefined && Object.hasOwn(commands, argv[2]) ? argv[2] : undefined;
+  const program = await buildProgram(name ? [name] : undefined);
   let cmd = program;
   let i = 2;
   for (let sub: Command | undefined; i < argv.length && (sub = cmd.commands.find((c) => c.name() === argv[i])); i++) cmd = sub;

@@ -16,9 +16,8 @@ import { Command, Option } from 'commander';
 import { loadAddon } from '../native/addon.js';
 import { loadModelConfig } from '../model/config.js';
 import type { ModelConfig } from '../model/config.js';
-import { checkGroupPrecision, launchCluster } from '../launcher/cluster.js';
 import type { Cluster } from '../launcher/cluster.js';
-import { localDeploymentHosts, planDeployment } from '../launcher/deploy-plan.js';
+import { checkGroupPrecision, localDeploymentHosts, planDeployment } from '../launcher/deploy-plan.js';
 import type { GroupOptions } from '../launcher/deploy-plan.js';
 import { DeploymentError, loadDeployment, weightsOf } from '../launcher/deployment.js';
 import type { Deployment } from '../launcher/deployment.js';
@@ -461,6 +460,9 @@ export async function startFromFlags(f: LaunchFlags, raw: Record<string, unknown
   const bar = f.progress ? loadBar() : undefined;
   activeBar = bar;
   try {
+    // Imported here, when a cluster starts: the coordinator, the supervisor and the job PKI take
+    // ~0.4 s to import, which --dry-run and a refused flag or file need not wait for.
+    const { launchCluster } = await import('../launcher/cluster.js');
     return await launchCluster({
       model: plan.model, placement: planned.placement, planned, groups: plan.groups, cores: planned.cores, ...(plan.classes ? { classes: plan.classes } : {}),
       bind: f.bind, port: f.port, ...(f.advertiseAddr ? { advertise: f.advertiseAddr } : {}), maxQueue: f.maxQueue,

@@ -11,12 +11,10 @@ import { DEFAULT_GROUP } from '../coordinator/layout.js';
 import type { Layout, LayoutOptions } from '../coordinator/layout.js';
 import { Coordinator } from '../coordinator/server.js';
 import { loadGenerationConfig, loadModelConfig } from '../model/config.js';
-import type { GenerationConfig, ModelConfig } from '../model/config.js';
-import type { ModelSamplingDefaults } from '../protocol/sampling.js';
-import { planShard } from '../model/weights.js';
-import { fp8Refusal } from '../model/precision.js';
+import type { ModelConfig } from '../model/config.js';
+import { samplingDefaults } from '../protocol/sampling.js';
 import { loadTokenizer } from '../model/tokenizer.js';
-import { planDeployment } from './deploy-plan.js';
+import { checkGroupPrecision, planDeployment } from './deploy-plan.js';
 import { bindingScript } from './cores.js';
 import type { CoreBinding } from './cores.js';
 import type { GroupOptions } from './deploy-plan.js';
@@ -148,37 +146,6 @@ export async function controlHost(p: Placement, advertise?: string): Promise<str
   if (advertise) return advertise;
   const remote = p.ranks.find((r) => !r.isLocal && !isLocalHost(r.host));
   return remote ? routeTo(remote.host) : '127.0.0.1';
-}
-
-/**
- * generation_config.json's sampling values, the defaults of requests that leave them out (as
- * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
- * means greedy in transformers).
- */
-export function samplingDefaults(g: GenerationConfig): ModelSamplingDefaults {
-  const d: ModelSamplingDefaults = {};
-  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
-  if (g.topK !== undefined) d.topK = g.topK;
-  if (g.topP !== undefined) d.topP = g.topP;
-  if (g.minP !== undefined) d.minP = g.minP;
-  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
-  return d;
-}
-
-/**
- * Refuses what a group's workers would refuse: fp8 on CPU workers (weights or KV cache), a
- * --quantize that contradicts a pre-quantized checkpoint or a layout its quantized shards cannot take.
- */
-export function checkGroupPrecision(config: ModelConfig, g: GroupOptions): void {
-  const s = g.serving;
-  const named = g.name === DEFAULT_GROUP ? '' : `group ${g.name}: `;
-  const refusal = fp8Refusal(config, s.device, s.quantize, s.kvCacheDtype);
-  if (refusal) throw new Error(`${named}${refusal}`);
-  try {
-    planShard(config, { tpRank: 0, tpSize: g.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize: s.quantize });
-  } catch (err) {
-    throw new Error(`${named}${(err as Error).message}`);
-  }
 }
 
 const hostPort = (host: string, port: number) => `${host.includes(':') ? `[${host}]` : host}:${port}`;

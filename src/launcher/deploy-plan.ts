@@ -8,10 +8,12 @@
 // group and CPU workers to a cpu group (a hostfile without attributes serves either kind, as
 // before). Without a hostfile, a deployment runs on this machine: its GPUs for the cuda groups
 // and as many CPU worker processes as the cpu groups (and spares) need.
-import { planGroups } from '../coordinator/layout.js';
+import { DEFAULT_GROUP, planGroups } from '../coordinator/layout.js';
 import type { GroupRequest, GroupServing, Layout, SlotRef } from '../coordinator/layout.js';
 import { LayoutError } from '../coordinator/layout.js';
 import type { ModelConfig } from '../model/config.js';
+import { fp8Refusal } from '../model/precision.js';
+import { planShard } from '../model/weights.js';
 import type { Placement, RankPlacement } from './plan.js';
 import type { SelectedHost } from './select.js';
 
@@ -126,4 +128,20 @@ export function planDeployment(config: ModelConfig, placement: Placement, groups
   }
   ranks.forEach((r, i) => (r.rank = i));
   return { layout, placement: { ...placement, ranks, worldSize: ranks.length, numNodes: new Set(ranks.map((r) => r.host)).size } };
+}
+
+/**
+ * Refuses what a group's workers would refuse: fp8 on CPU workers (weights or KV cache), a
+ * --quantize that contradicts a pre-quantized checkpoint or a layout its quantized shards cannot take.
+ */
+export function checkGroupPrecision(config: ModelConfig, g: GroupOptions): void {
+  const s = g.serving;
+  const named = g.name === DEFAULT_GROUP ? '' : `group ${g.name}: `;
+  const refusal = fp8Refusal(config, s.device, s.quantize, s.kvCacheDtype);
+  if (refusal) throw new Error(`${named}${refusal}`);
+  try {
+    planShard(config, { tpRank: 0, tpSize: g.tp, layerStart: 0, layerEnd: config.numLayers }, { quantize: s.quantize });
+  } catch (err) {
+    throw new Error(`${named}${(err as Error).message}`);
+  }
 }

@@ -143,6 +143,24 @@ export interface ModelSamplingDefaults {
   repetitionPenalty?: number;
 }
 
+/** The sampling fields of generation_config.json (model/config.ts's GenerationConfig has them). */
+export type GenerationSampling = ModelSamplingDefaults & { doSample?: boolean };
+
+/**
+ * generation_config.json's sampling values, the defaults of requests that leave them out (as
+ * transformers and vLLM apply them); its temperature only where sampling is on (do_sample false
+ * means greedy in transformers).
+ */
+export function samplingDefaults(g: GenerationSampling): ModelSamplingDefaults {
+  const d: ModelSamplingDefaults = {};
+  if (g.temperature !== undefined && g.doSample !== false) d.temperature = g.temperature;
+  if (g.topK !== undefined) d.topK = g.topK;
+  if (g.topP !== undefined) d.topP = g.topP;
+  if (g.minP !== undefined) d.minP = g.minP;
+  if (g.repetitionPenalty !== undefined) d.repetitionPenalty = g.repetitionPenalty;
+  return d;
+}
+
 /**
  * `o` with the model's defaults filled in where it leaves a field out, as transformers and vLLM
  * apply generation_config.json; `apiTemperature` is the API's own default when the model has none

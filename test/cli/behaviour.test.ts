@@ -183,8 +183,9 @@ describe('checkpoints, devices and ports are checked before anything starts', ()
 
   it('--device cuda without a GPU names the cause (not NCCL)', async () => {
     const r = await cli(['launch', '--model', PY_TINY, '--device', 'cuda', '--num_cpu_workers', '2', '--tp', '2', '--port', '0']);
-    // The cause depends on the build: an addon built without nvcc, or one built with it on a machine
-    // without a driver (CI has nvcc). Either way one line naming it, never an NCCL error.
+    // The cause depends on the build: an addon built without CUDA (CI builds so on a machine without
+    // the driver), or one built with it on a machine without a driver. Either way one line naming it,
+    // never an NCCL error.
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^--device cuda: this machine has no usable GPU \((not built with CUDA|no CUDA device \(.+\))\); use --device cpu$/);
     expect(r.stderr).not.toMatch(/nccl/i);

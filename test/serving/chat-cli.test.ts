@@ -7,9 +7,8 @@ import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Engine, generateAll } from '../../src/engine/index.js';
-import { samplingDefaults } from '../../src/launcher/cluster.js';
 import { loadGenerationConfig, loadTokenizer } from '../../src/model/index.js';
-import { withModelDefaults } from '../../src/protocol/sampling.js';
+import { samplingDefaults, withModelDefaults } from '../../src/protocol/sampling.js';
 import type { ChatMessage, Tokenizer } from '../../src/model/index.js';
 
 const root = resolve(import.meta.dirname, '..', '..');

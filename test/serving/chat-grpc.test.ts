@@ -9,9 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { NodespeedError } from '../../src/client/index.js';
 import { Engine, generateAll } from '../../src/engine/index.js';
-import { samplingDefaults } from '../../src/launcher/cluster.js';
 import { loadGenerationConfig, loadTokenizer } from '../../src/model/index.js';
-import { withModelDefaults } from '../../src/protocol/sampling.js';
+import { samplingDefaults, withModelDefaults } from '../../src/protocol/sampling.js';
 import type { ChatMessage, Tokenizer } from '../../src/model/index.js';
 import { BIN, launch, root, stream, workerProcesses } from './helpers.js';
 import type { LaunchedCluster } from './helpers.js';

@@ -7,7 +7,7 @@ import { Engine, generateAll } from '../../src/engine/index.js';
 import type { GenerateRequest, GenerateResult } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import { BF16, F32, launch, reference, requestMsg, stream, workerProcesses } from './helpers.js';
-import type { FixtureCase } from './helpers.js';
+import type { FixtureCase, LaunchedCluster } from './helpers.js';
 
 const LAYOUTS: { name: string; args: string[] }[] = [
   { name: 'tp=2', args: ['--num_cpu_workers', '2', '--tp', '2'] },
@@ -37,6 +37,24 @@ function controlledRequests(cases: FixtureCase[]): GenerateRequest[] {
     repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.25, logitBias: [{ token: c.greedy_24[0]!, bias: -5 }, { token: 7, bias: 1.5 }],
     logprobs: 3, stopTokenIds: [c.greedy_24[5]!],
   }));
+}
+
+/**
+ * ClusterStatus once the drivers' load reports (one per heartbeat) count every token the streams
+ * received, so the statistics read cover all of this test's steps.
+ */
+async function reported(client: LaunchedCluster['client'], streams: Array<{ tokenIds: number[] }>) {
+  const want = streams.reduce((n, s) => n + s.tokenIds.length, 0);
+  const t0 = Date.now();
+  for (;;) {
+    const st = await client.clusterStatus();
+    const got = st.replicas.reduce((n, r) => n + Number(r.generatedTokens), 0);
+    if (got === want || Date.now() - t0 > 10_000) {
+      expect(got, 'tokens the drivers report generated').toBe(want);
+      return st;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 for (const dir of [F32, BF16]) {
@@ -88,15 +106,13 @@ for (const dir of [F32, BF16]) {
           expect(st.workers.every((w) => w.state === 'serving')).toBe(true);
           if (layout.args.includes('--pp')) {
             // The driver keeps 2 micro-batches in the 2-stage pipeline, each with part of the batch.
-            await new Promise((r) => setTimeout(r, 1500));
-            const after = await cluster.client.clusterStatus();
+            const after = await reported(cluster.client, [...greedy, ...seeded, ...controlled]);
             expect(after.replicas[0]!.maxInFlight).toBe(2);
             expect(after.replicas[0]!.maxStepBatch).toBeLessThan(cases.length);
           }
           if (layout.name === '2 replicas') {
-            // The router spread the 8 concurrent requests over both replicas (drivers report each heartbeat).
-            await new Promise((r) => setTimeout(r, 1500));
-            const after = await cluster.client.clusterStatus();
+            // The router spread the 8 concurrent requests over both replicas.
+            const after = await reported(cluster.client, [...greedy, ...seeded, ...controlled]);
             expect(after.replicas.map((r) => Number(r.generatedTokens) > 0)).toEqual([true, true]);
           }
         } finally {
