@@ -204,8 +204,8 @@ function traced(name, rt, fl) {
 function stepsOf(name, run) {
   if (!a.trace) return {};
   const st = steps(stepFile(name), run.t0 + 3000, run.until);
-  log(`  steps (per driver: steps/s, step ms mean, gap ms mean, sampled per step, busy): ${Object.entries(st).map(([k, v]) =>
-    `${k} ${v.steps_per_s} ${v.step_ms.mean} ${v.gap_ms.mean} ${v.per_step.sampled} ${v.busy}`).join('; ')}`);
+  log(`  steps (per driver: steps/s, step ms mean (run + host), gap ms mean, sampled per step, busy): ${Object.entries(st).map(([k, v]) =>
+    `${k} ${v.steps_per_s} ${v.step_ms.mean} (${v.run_ms?.mean} + ${v.host_ms?.mean}) ${v.gap_ms.mean} ${v.per_step.sampled} ${v.busy}`).join('; ')}`);
   return { steps: st };
 }
 

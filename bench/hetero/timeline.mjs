@@ -106,7 +106,10 @@ export function timeline(trace, runs, from, to) {
  * sampled: the tokens it generated), and `busy`: the share of the window inside steps. Throughput is
  * sampled / (step + gap) time, so a replica that generates less in one phase than in another shows
  * whether its steps got slower (step_ms at the same tokens), carried less (sampled per step), or
- * started later (gap_ms).
+ * started later (gap_ms). A step's time splits into `run_ms` (the addon's backend step: launches,
+ * device work, the copy back) and `host_ms` (the rest: the driver's JS work that a step waits for,
+ * the worker thread's queue, the JS thread taking the result), so a slower step tells apart a
+ * slower device from a busier host.
  */
 export function steps(file, from, to) {
   const byPid = new Map();
@@ -122,12 +125,18 @@ export function steps(file, from, to) {
     const gaps = [];
     for (let i = 1; i < ss.length; i++) gaps.push(ss[i].epochMs - (ss[i - 1].epochMs + ss[i - 1].ms));
     const ms = ss.map((s) => s.ms);
+    const timed = ss.filter((s) => s.run_ms !== undefined);
+    const split = timed.length ? {
+      run_ms: { ...summary(timed.map((s) => s.run_ms)), mean: mean(timed.map((s) => s.run_ms)) },
+      host_ms: { ...summary(timed.map((s) => s.ms - s.run_ms)), mean: mean(timed.map((s) => s.ms - s.run_ms)) },
+      queue_ms_mean: mean(timed.map((s) => s.queue_ms)), return_ms_mean: mean(timed.map((s) => s.return_ms)),
+    } : {};
     const sum = (k) => ss.reduce((a, s) => a + (s[k] ?? 0), 0);
     const spanS = (to - from) / 1000;
     out[`driver-${pid}`] = {
       steps: ss.length, steps_per_s: Math.round(ss.length / spanS), sampled_per_s: Math.round(sum('sampled') / spanS),
       busy: Math.round((1000 * ms.reduce((a, b) => a + b, 0)) / (to - from)) / 1000,
-      step_ms: { ...summary(ms), mean: mean(ms) }, gap_ms: { ...summary(gaps), mean: mean(gaps), total: r1(gaps.reduce((a, b) => a + b, 0)) },
+      step_ms: { ...summary(ms), mean: mean(ms) }, ...split, gap_ms: { ...summary(gaps), mean: mean(gaps), total: r1(gaps.reduce((a, b) => a + b, 0)) },
       per_step: { seqs: mean(ss.map((s) => s.seqs)), tokens: mean(ss.map((s) => s.tokens)), decodes: mean(ss.map((s) => s.decodes)), sampled: mean(ss.map((s) => s.sampled ?? 0)) },
       // Steps without a decode (every running sequence prefilling: a wave of admissions) and steps that sampled nothing.
       no_decode_steps: ss.filter((s) => s.decodes === 0).length, no_sample_steps: ss.filter((s) => (s.sampled ?? 1) === 0).length,

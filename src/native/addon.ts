@@ -105,6 +105,17 @@ export interface StepResult {
   logprobs?: StepLogprobs;
   logits?: Float32Array;
   hiddenOut?: Uint8Array;
+  timing: StepTiming;
+}
+
+/** Where one step's wall time went, in ms (the step trace records it). */
+export interface StepTiming {
+  /** From the call to a worker thread starting it: the libuv queue and the engine's calls before it. */
+  queueMs: number;
+  /** The backend's step: kernel launches, device work and the copy of the sampled tokens back. */
+  runMs: number;
+  /** From the step's end on the worker thread to the JS thread taking its result. */
+  returnMs: number;
 }
 
 /** A communicator made by the addon (native/src/comm); opaque to the engine. */

@@ -248,7 +248,7 @@ export class Replica {
       const ms = performance.now() - t0;
       this.steps.observe(totalTokens(step.seqs), ms);
       await cur.sent;
-      trace?.(step, ms);
+      trace?.(step, ms, out.timing);
       unsettled = sched.apply(step, out.sampled, out.logprobs);
       prevSampled = out.sampled;
       // Alone (tp 1), nobody else has the step planned ahead yet: when a more urgent class arrived
@@ -281,7 +281,7 @@ export class Replica {
         const t0 = performance.now();
         const out = await this.watch(() => this.engine.step({ seqs: step.seqs }));
         await sent;
-        trace?.(step, performance.now() - t0);
+        trace?.(step, performance.now() - t0, out.timing);
         await plane!.send(out.hiddenOut!, pos.tp); // stage 1, TP rank 0
         inFlight.push({ step, t0 });
       }

@@ -50,3 +50,22 @@ it('event loop keeps ticking during a long prefill', async () => {
   expect(step.ticks).toBeGreaterThan(step.ms / 10);
   expect(step.maxGap).toBeLessThan(Math.max(50, control.maxGap + 50));
 });
+
+// The step trace splits a step's wall time with the addon's timing: the backend's own step, and the
+// JS thread's delay in taking its result. A JS thread busy for 150 ms right after a small step shows
+// in returnMs, not in runMs.
+it('a step reports where its wall time went', async () => {
+  const alloc = new BlockAllocator(engine.kvBlocks, engine.kvBlockSize);
+  const seqs = [{ tokens: Int32Array.from([1, 2, 3, 4]), pos: 0, blockTable: alloc.allocate(99, 4) }];
+  const t0 = performance.now();
+  const running = engine.step({ seqs });
+  while (performance.now() - t0 < 150) { /* the JS thread is busy */ }
+  const { timing } = await running;
+  const wall = performance.now() - t0;
+  console.log(`small step: wall ${wall.toFixed(1)} ms = queue ${timing.queueMs.toFixed(2)} + run ${timing.runMs.toFixed(2)} + return ${timing.returnMs.toFixed(1)}`);
+  for (const v of [timing.queueMs, timing.runMs, timing.returnMs]) expect(v).toBeGreaterThanOrEqual(0);
+  expect(timing.queueMs + timing.runMs + timing.returnMs).toBeLessThanOrEqual(wall + 1);
+  expect(timing.runMs).toBeGreaterThan(0);
+  expect(timing.runMs).toBeLessThan(100);
+  expect(timing.returnMs).toBeGreaterThan(150 - timing.queueMs - timing.runMs - 10);
+});

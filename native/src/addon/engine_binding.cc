@@ -3,6 +3,7 @@
 // mutex serializes them, so the JS thread never waits on the backend.
 #include "addon/engine_binding.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -89,7 +90,14 @@ struct StepJob {
   StepInput in;
   std::vector<uint8_t> hidden_in;
   StepOutput out;
+  // Where a step's wall time goes, for the step trace: waiting for a worker thread and the calls
+  // before it, the backend's step (launches, device work, copy-back), and the JS thread's delay in
+  // taking the result. A driver whose step time grows with the host's load shows it here.
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point called = Clock::now(), started, finished;
 };
+
+double Ms(StepJob::Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 class Engine : public Napi::ObjectWrap<Engine> {
  public:
@@ -297,9 +305,19 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   job->in.want_logits = want.IsBoolean() && want.As<Napi::Boolean>().Value();
 
   auto* w = new EngineWork(
-      env, st_, "step", [job](Backend& b) { b.step(job->in, job->out); },
+      env, st_, "step",
+      [job](Backend& b) {
+        job->started = StepJob::Clock::now();
+        b.step(job->in, job->out);
+        job->finished = StepJob::Clock::now();
+      },
       [job](Napi::Env e) {
         Napi::Object o = Napi::Object::New(e);
+        Napi::Object timing = Napi::Object::New(e);
+        timing.Set("queueMs", Ms(job->started - job->called));
+        timing.Set("runMs", Ms(job->finished - job->started));
+        timing.Set("returnMs", Ms(StepJob::Clock::now() - job->finished));
+        o.Set("timing", timing);
         const StepOutput& out = job->out;
         Napi::Int32Array sampled = Napi::Int32Array::New(e, out.sampled.size());
         std::copy(out.sampled.begin(), out.sampled.end(), sampled.Data());
