@@ -8,10 +8,8 @@
 //    orders), and the one-warp permutation of steps with at most 32 assignments, padding tokens and
 //    experts of other ranks: every local assignment gets exactly one row of its expert, rows grouped
 //    expert by expert in id order, tiles covering each expert's rows;
-//  - the grouped GEMV: every (group, feature) of the grid covered once (and the fused decode grids'
-//    router rows and combine tokens), the fused launches' synchronisation under any dispatch order
-//    and residency (every launch finishes, its words back at 0), the lanes' 16-byte chunks and
-//    passes of up to MT rows, against double-precision products;
+//  - the grouped GEMV: every (group, feature) of the grid covered once, the lanes' 16-byte chunks
+//    and passes of up to MT rows, against double-precision products;
 //  - the grouped tensor-core GEMM: each tile's block lane by lane (cp.async ring applied at issue or
 //    only at the waits, ldmatrix, mma.sync from ptx_emu.h), predicated N and K edges, gathered rows;
 //  - the combine: each token's experts in id order plus the shared expert;
@@ -310,7 +308,7 @@ static void gemv_emu(const Experts& X, const std::vector<int>& meta, const moe::
                      std::vector<float>& sy, std::vector<int>& covered, std::vector<int>& s_covered) {
   const int n = GATED ? X.I : X.H, k = GATED ? X.H : X.I;
   const int sn = GATED ? X.Is : X.H, sk = GATED ? X.H : X.Is;
-  const moe::GemvGrid gg = moe::gemv_grid(GATED, 0, with_shared ? sn : 0, n, groups, 0);
+  const moe::GemvGrid gg = moe::gemv_grid(GATED, with_shared ? sn : 0, n, groups);
   const int grid = moe::grid_blocks(gg), wf = moe::gemv_warp_features(GATED);
   for (int b = 0; b < grid; ++b)
     for (int warp = 0; warp < moe::kGemvWarps; ++warp) {
@@ -569,152 +567,8 @@ static void check_layer(int T, int E, int K, bool norm, int H, int I, int Is, in
               max_err, max_ref, ok ? "ok" : "FAIL");
 }
 
-// The fused decode grids (moe_plan.h): router blocks first (every logit row on one warp), then the
-// shared expert's, the groups', and the combine blocks last (one per token); a combine waits for every
-// block before it and nothing else.
-static void check_fused_grid() {
-  for (int ld : {8, 61, 128, 257})
-    for (int T : {1, 3, 8})
-      for (int shared : {0, 5})
-        for (int groups : {0, 4, 32}) {
-          const moe::GemvGrid g{moe::gemv_blocks(ld), shared, 11, groups, T};
-          std::vector<int> rows(ld, 0), toks(T, 0), slots((size_t)groups * 11 * moe::kGemvWarps, 0);
-          int shared_warps = 0;
-          for (int b = 0; b < moe::grid_blocks(g); ++b)
-            for (int w = 0; w < moe::kGemvWarps; ++w) {
-              const moe::GemvWork wk = moe::gemv_work(b, w, g);
-              if (wk.group == moe::kRouterGroup) { if (wk.feature < ld) ++rows[wk.feature]; expect(b < g.router, "fused grid: router block order", b); }
-              else if (wk.group == moe::kSharedGroup) ++shared_warps;
-              else if (wk.group == moe::kCombineGroup) {
-                expect(b >= moe::gemv_grid_work_blocks(g), "fused grid: a combine block before the work blocks", b);
-                if (w == 0) ++toks[wk.feature];
-              } else ++slots[(size_t)wk.group * 11 * moe::kGemvWarps + wk.feature];
-            }
-          for (int v : rows) expect(v == 1, "fused grid: a logit row not on exactly one warp", ld, T);
-          for (int v : toks) expect(v == 1, "fused grid: a token without exactly one combine block", ld, T);
-          for (int v : slots) expect(v == 1, "fused grid: a group feature not on exactly one warp", ld, groups);
-          expect(shared_warps == shared * moe::kGemvWarps, "fused grid: shared warps", shared);
-        }
-  std::printf("fused decode grids: ok\n");
-}
-
-// The fused decode launches' synchronisation (moe.cu: block_ticket, last_arrival, the ready flag,
-// the combine's wait) as a state machine per block, run under a scheduler that dispatches blocks in
-// a random order (the programming model promises none) into `slots` resident places (1 = one block
-// at a time) and steps a random resident block that can move. Every launch must finish (some block
-// can always move) and leave its words at 0, the gated launch with or without the down launch after
-// it. The same machine with each block's place taken from its blockIdx instead of a ticket must be
-// caught stalling under some order (what the tickets are for).
-struct SyncSim {
-  int words[moe::kSyncWords] = {};
-  std::mt19937* rng;
-  // One launch of `blocks` blocks; false on a stall (no resident block can move, none can be dispatched).
-  bool launch(const moe::GemvGrid& g, bool gated, int slots, bool tickets) {
-    const int n = moe::grid_blocks(g), work = moe::gemv_grid_work_blocks(g);
-    std::vector<int> order(n), place(n, -1), stage(n, 0);
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), *rng);
-    std::vector<int> resident;
-    int dispatched = 0, finished = 0;
-    auto ticket = [&](int word) {  // atomicInc(word, n - 1)
-      const int old = words[word];
-      words[word] = old >= n - 1 ? 0 : old + 1;
-      return old;
-    };
-    auto arrival_last = [&](int word, int arrivals) {  // last_arrival
-      const bool last = ++words[word] == arrivals;
-      if (last) words[word] = 0;
-      return last;
-    };
-    // One step of block b; true when it moved. Stages: 0 its work, 1 (routed: after the flag; combine:
-    // after every work block) its exit path.
-    auto step = [&](int b) {
-      const moe::GemvWork wk = moe::gemv_work(place[b], 0, g);
-      if (gated) {
-        if (stage[b] == 0) {
-          if (wk.group == moe::kRouterGroup) {
-            if (arrival_last(moe::kRouterArrived, g.router)) words[moe::kRouteReady] = 1;
-          } else if (wk.group != moe::kSharedGroup && words[moe::kRouteReady] != 1) {
-            return false;  // a routed block spinning on the flag
-          }
-          stage[b] = 1;
-          return true;
-        }
-        if (arrival_last(moe::kGatedDone, n)) words[moe::kRouteReady] = 0;
-      } else {
-        if (wk.group != moe::kCombineGroup) {
-          ++words[moe::kDownArrived];
-        } else {
-          if (words[moe::kDownArrived] < work) return false;
-          if (++words[moe::kCombinePassed] == g.combine) words[moe::kDownArrived] = words[moe::kCombinePassed] = 0;
-        }
-      }
-      stage[b] = 2;
-      return true;
-    };
-    while (finished < n) {
-      if ((int)resident.size() < slots && dispatched < n) {
-        const int b = order[dispatched++];
-        place[b] = tickets ? ticket(gated ? moe::kGatedTicket : moe::kDownTicket) : b;
-        resident.push_back(b);
-        continue;
-      }
-      std::vector<int> idx(resident.size());
-      std::iota(idx.begin(), idx.end(), 0);
-      std::shuffle(idx.begin(), idx.end(), *rng);
-      bool moved = false;
-      for (int i : idx) {
-        const int b = resident[i];
-        if (!step(b)) continue;
-        moved = true;
-        if (stage[b] == 2) { resident.erase(resident.begin() + i); ++finished; }
-        break;
-      }
-      if (!moved) return false;
-    }
-    return true;
-  }
-  bool zero() const {
-    for (int w : words)
-      if (w != 0) return false;
-    return true;
-  }
-};
-
-static void check_fused_sync(std::mt19937& rng) {
-  int runs = 0, blockidx_stalls = 0;
-  for (int ld : {8, 61, 129})
-    for (int T : {1, 3, 8})
-      for (int shared : {0, 3})
-        for (int groups : {0, 2, 5})
-          for (int slots : {1, 2, 5, 1000}) {
-            const moe::GemvGrid gated{moe::gemv_blocks(ld), shared, 3, groups, 0}, down{0, shared, 3, groups, T};
-            for (int rep = 0; rep < 3; ++rep) {
-              SyncSim sim{{}, &rng};
-              // gated + down, then the gated launch alone twice, then gated + down again.
-              for (int l = 0; l < 4; ++l) {
-                expect(sim.launch(gated, true, slots, true), "fused sync: the gated launch stalled", ld, slots);
-                expect(sim.zero(), "fused sync: the gated launch left a word up", ld, T);
-                if (l == 1 || l == 2) continue;
-                expect(sim.launch(down, false, slots, true), "fused sync: the down launch stalled", T, slots);
-                expect(sim.zero(), "fused sync: the down launch left a word up", T, groups);
-              }
-              ++runs;
-              SyncSim by_index{{}, &rng};
-              const bool ok = by_index.launch(gated, true, slots, false) && by_index.launch(down, false, slots, false);
-              blockidx_stalls += !ok;
-            }
-          }
-  // Blocks placed by blockIdx stall when a waiter is dispatched before whoever it waits for while
-  // the slots are few: the simulation must see it happen.
-  expect(blockidx_stalls > 0, "fused sync: the blockIdx placement never stalled (the simulation cannot fail)");
-  std::printf("fused decode sync: %d runs finished with every word back at 0 (%d stalls with blockIdx places)\n", runs, blockidx_stalls);
-}
-
 int main() {
   std::mt19937 rng(11);
-  check_fused_grid();
-  check_fused_sync(rng);
   check_routing(rng);
   // Permutations alone at sizes the layer cases do not reach (several atomic orders each).
   int perms = 0;

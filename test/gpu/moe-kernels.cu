@@ -17,9 +17,9 @@
 //   (one JSON line on stdout; exit 1 on failure)
 // Every case is logged to stderr as it begins and ends (elapsed ms, split into the host's weight
 // generation, the host reference and the GPU waits). Every wait for the GPU is a watchdog: past
-// kStallMs the program prints `STALL <case> <what>` and the routing metadata's counts and the fused
-// launches' sync words (read by the copy engine on a non-blocking stream while the kernel runs),
-// one JSON line naming the stalled case, and exits 3. Weights are drawn on the GPU (a counter hash,
+// kStallMs the program prints `STALL <case> <what>` and the routing metadata's counts (read by the
+// copy engine on a non-blocking stream while the kernel runs), one JSON line naming the stalled
+// case, and exits 3. Weights are drawn on the GPU (a counter hash,
 // uniform with the intended standard deviation) and the reference runs on every host core.
 #include <cuda_bf16.h>
 
@@ -97,15 +97,13 @@ void end_case() {
     const moe::Layout& L = g_case.L;
     cudaStream_t peek = nullptr;
     int32_t* h = nullptr;
-    if (cudaStreamCreateWithFlags(&peek, cudaStreamNonBlocking) == cudaSuccess && cudaMallocHost(&h, 8 * sizeof(int32_t)) == cudaSuccess) {
-      cudaMemcpyAsync(h, g_case.meta, 3 * sizeof(int32_t), cudaMemcpyDeviceToHost, peek);
-      cudaMemcpyAsync(h + 3, g_case.meta + L.sync, moe::kSyncWords * sizeof(int32_t), cudaMemcpyDeviceToHost, peek);
+    if (cudaStreamCreateWithFlags(&peek, cudaStreamNonBlocking) == cudaSuccess && cudaMallocHost(&h, 3 * sizeof(int32_t)) == cudaSuccess) {
+      cudaMemcpyAsync(h, g_case.meta + L.n_active, 3 * sizeof(int32_t), cudaMemcpyDeviceToHost, peek);  // n_active, n_tiles, n_rows
       const Clock::time_point t0 = Clock::now();
       cudaError_t e;
       while ((e = cudaStreamQuery(peek)) == cudaErrorNotReady && ms_since(t0) < 3000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       if (e == cudaSuccess) {
-        words = "n_active " + std::to_string(h[0]) + " n_tiles " + std::to_string(h[1]) + " n_rows " + std::to_string(h[2]) + " sync";
-        for (int w = 0; w < moe::kSyncWords; ++w) words += " " + std::to_string(h[3 + w]);
+        words = "n_active " + std::to_string(h[0]) + " n_tiles " + std::to_string(h[1]) + " n_rows " + std::to_string(h[2]);
       } else {
         words = std::string("copy failed: ") + cudaGetErrorString(e);
       }
@@ -275,20 +273,19 @@ std::vector<LayerResult> g_layers;
 
 double silu(double g) { return g / (1.0 + std::exp(-g)); }
 
-void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, bool fused, std::mt19937& rng) {
+void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I, int Is, int tp, int rank, std::mt19937& rng) {
   const int start = rank * E / tp, local = (rank + 1) * E / tp - start, ld = E + (Is > 0);
-  std::string tag = std::string("layer ") + name + (fused ? " fused" : "") + " T=" + std::to_string(T) +
+  std::string tag = std::string("layer ") + name + " T=" + std::to_string(T) +
                     (local < E ? " rank " + std::to_string(rank) + "/" + std::to_string(tp) : "");
   begin_case(tag);
   std::normal_distribution<float> nd(0.f, 1.f);
   auto rnd = [&](size_t n, float sd) { std::vector<bf> v(n); for (auto& x : v) x = b(sd * nd(rng)); return v; };
-  bf *d_gu, *d_dn, *d_sgu, *d_sdn, *d_rw;
+  bf *d_gu, *d_dn, *d_sgu, *d_sdn;
   const std::vector<bf> gu = rnd_dev(&d_gu, (size_t)local * 2 * I * H, 0.02f, rng), dn = rnd_dev(&d_dn, (size_t)local * H * I, 0.02f, rng);
   const std::vector<bf> sgu = rnd_dev(&d_sgu, (size_t)2 * Is * H, 0.02f, rng), sdn = rnd_dev(&d_sdn, (size_t)H * Is, 0.02f, rng);
   const std::vector<bf> xb = rnd((size_t)T * H, 1.f);
   std::vector<float> logits((size_t)T * ld);
   for (auto& v : logits) v = nd(rng);
-  const std::vector<bf> rw = rnd_dev(&d_rw, (size_t)ld * H, 0.05f, rng);  // the router's weights (fused decode computes the logits)
   std::vector<int32_t> slot(T);
   for (int t = 0; t < T; ++t) slot[t] = t % 5 == 3 && T > 1 ? -1 : t;  // padding tokens of a graph step
   const moe::Layout L = moe::layout(std::max(T, 256), K, local);  // a capacity larger than the step, as at run time
@@ -307,12 +304,10 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   float* d_part = upload(std::vector<float>((size_t)T * H));
   cudaStream_t st = nullptr;
   const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
-  if (fused && !moe::fused_decode(T, K, E, H)) { expect(false, tag + ": not a fused decode shape"); end_case(); return; }
   const int groups = moe::max_active(T, K, local);
-  // The step in moe_layer's order, ending in the combine `comb` (fused decode: two launches).
-  auto run = [&](const MoeCombineArgs& comb, bool gated_only = false) {
-    const MoeRouteArgs route{d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L};
-    if (!fused) moe_route(route, st);
+  // The step in moe_layer's order, ending in the combine `comb`.
+  auto run = [&](const MoeCombineArgs& comb) {
+    moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
     if (gemv) {
       MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
       MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
@@ -320,14 +315,8 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
         g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
         g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
       }
-      if (fused) {
-        g1.route_w = d_rw; g1.route = route;
-        g2.fuse_combine = true; g2.combine = comb;
-      }
       moe_gemv(DType::BF16, DType::BF16, g1, true, moe::gemv_tokens(T), st);
-      if (gated_only) return;
       moe_gemv(DType::BF16, DType::BF16, g2, false, moe::gemv_tokens(T), st);
-      if (fused) return;
     } else if (local > 0) {
       const int tiles = moe::max_tiles(T, K, local);
       moe_mma(DType::BF16, {d_xb, true, d_gu, (size_t)2 * I * H, 2 * I, H, d_exgu, false, tiles, d_meta, L}, st);
@@ -342,22 +331,6 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   std::vector<float> sh_out_h((size_t)T * H, 0.f);
   const MoeCombineArgs part_only{d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, nullptr, nullptr,
                                  nullptr, 1e-6f, nullptr};
-  if (fused) {
-    // Fused decode: the logits come from the gated launch; they must be the product x . rw^T (f32
-    // accumulation against double), and everything below is checked on them.
-    run(part_only);
-    const std::vector<float> got = download(d_logits, logits.size(), "fused launches (first run)");
-    double lerr = 0, lmax = 0;
-    for (int t = 0; t < T; ++t)
-      for (int n = 0; n < ld; ++n) {
-        double want = 0;
-        for (int c = 0; c < H; ++c) want += (double)f(rw[(size_t)n * H + c]) * f(xb[(size_t)t * H + c]);
-        lerr = std::max(lerr, std::fabs(got[(size_t)t * ld + n] - want));
-        lmax = std::max(lmax, std::fabs(want));
-      }
-    expect(lerr <= 1e-4 * (1 + lmax), tag + ": fused router logits vs a double product");
-    logits = got;
-  }
   // Host double-precision reference with the kernels' roundings: activations to bf16 before down and,
   // for the routed experts on the tensor-core path, the gate and up products too (moe_mma writes
   // them to a bf16 buffer that moe_gated_act reads, as a bf16 gate_up projection does; the GEMV
@@ -399,8 +372,8 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   });
   g_case.ref_ms += ms_since(ref_t0);
   if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");
-  if (!fused) run(part_only);
-  const std::vector<float> part = download(d_part, (size_t)T * H, fused ? "download after the fused launches" : "launches (first run)");
+  run(part_only);
+  const std::vector<float> part = download(d_part, (size_t)T * H, "launches (first run)");
   const std::vector<int32_t> meta = download(d_meta, L.words);
   check_meta(meta, L, ids, std::vector<int>(slot.begin(), slot.end()), T, K, start, local, tag);
   double err = 0, mref = 0;
@@ -420,7 +393,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   for (auto& v : nw) v = 1.f + 0.1f * nd(rng);
   float *d_res = upload(res), *d_nw = upload(nw);
   bf* d_next = upload(std::vector<bf>((size_t)T * H));
-  // Fused decode: the whole step again (its counters and flag must be back at 0 from the first run).
+  // The whole step again, the combine now adding into the residual stream.
   run({d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw, 1e-6f, d_next});
   const std::vector<float> res2 = download(d_res, res.size(), "launches (second run, residual + norm)");
   const std::vector<bf> next = download(d_next, res.size());
@@ -440,23 +413,11 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   }
   const bool fused_ok = rerr <= 1e-5 * (1 + mref) && nerr <= 1.6e-2;  // bf16 output (and the kRoundNorm rounding): 2^-7 relative
   expect(fused_ok, tag + ": combine fused with residual add + RMSNorm");
-  {
-    const std::vector<int32_t> meta2 = download(d_meta, L.words);
-    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta2[L.sync + w] == 0, tag + ": the fused launches' sync words are not back at 0");
-  }
-  if (fused) {
-    // Each fused launch leaves its words at 0 on its own: the gated one alone, twice (the second
-    // would route nothing new or wait forever if the first left its flag or counters up).
-    run(part_only, true);
-    run(part_only, true);
-    const std::vector<int32_t> meta3 = download(d_meta, L.words, "gated launch alone (twice)");
-    for (int w = 0; w < moe::kSyncWords; ++w) expect(meta3[L.sync + w] == 0, tag + ": the gated launch alone left a sync word up");
-  }
   ok &= fused_ok;
   g_layers.push_back({tag, gemv, err, mref, ok});
   for (void* p : {(void*)d_gu, (void*)d_dn, (void*)d_sgu, (void*)d_sdn, (void*)d_xb, (void*)d_logits, (void*)d_slot, (void*)d_meta,
                   (void*)d_exgu, (void*)d_exact, (void*)d_exout, (void*)d_shact, (void*)d_shout, (void*)d_part, (void*)d_res,
-                  (void*)d_nw, (void*)d_next, (void*)d_rw})
+                  (void*)d_nw, (void*)d_next})
     cudaFree(p);
   end_case();
 }
@@ -470,18 +431,14 @@ int main() {
   std::fprintf(stderr, "moe-kernels on %s (%d SMs), PDL %s\n", prop.name, prop.multiProcessorCount, g_pdl ? "on" : "off");
   std::mt19937 rng(7);
   check_routing(rng);
-  // Qwen1.5-MoE-A2.7B's layer: decode 1 / 4 / 8 (GEMV, shared expert inside), 16 and 40 (GEMV, then
-  // tensor cores past T K > 4 E), one rank of tp 2; Mixtral-like (8 experts: tiles from 17 tokens).
-  for (int T : {1, 4, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, false, rng);
-  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, false, rng);
-  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, false, rng);
-  // The fused decode launches (router + routing + gate|up, down + combine): T <= 8, tp 1 and a tp-2
-  // rank (combine into part only), top 8 of 128 (qwen3_moe-like: 64 assignments, the block permutation).
-  for (int T : {1, 2, 5, 8}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, true, rng);
-  check_layer("qwen2_moe", 1, 60, 4, false, 2048, 1408, 2816, 2, 1, true, rng);
-  check_layer("qwen2_moe", 3, 60, 4, false, 2048, 1408, 2816, 2, 0, true, rng);
-  for (int T : {1, 3}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, true, rng);
-  for (int T : {1, 8}) check_layer("qwen3_moe", T, 128, 8, true, 2048, 768, 0, 1, 0, true, rng);
+  // Qwen1.5-MoE-A2.7B's layer: decode 1 / 2 / 4 / 5 / 8 (GEMV, shared expert inside), 16 and 40
+  // (GEMV, then tensor cores past T K > 4 E), both ranks of tp 2; Mixtral-like (8 experts: tiles
+  // from 17 tokens); top 8 of 128 (qwen3_moe-like: 64 assignments a step of 8, the block permutation).
+  for (int T : {1, 2, 4, 5, 8, 16, 40, 120}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 5632, 1, 0, rng);
+  for (int T : {1, 100}) check_layer("qwen2_moe", T, 60, 4, false, 2048, 1408, 2816, 2, 1, rng);
+  check_layer("qwen2_moe", 3, 60, 4, false, 2048, 1408, 2816, 2, 0, rng);
+  for (int T : {1, 3, 40, 130}) check_layer("mixtral", T, 8, 2, true, 1024, 896, 0, 1, 0, rng);
+  for (int T : {1, 8}) check_layer("qwen3_moe", T, 128, 8, true, 2048, 768, 0, 1, 0, rng);
   bool ok = g_fail.empty();
   std::printf("{\"ok\":%s,\"gpu\":\"%s\",\"pdl\":%s,\"routeCases\":%d,\"firstFailure\":\"%s\",\"layers\":[", ok ? "true" : "false",
               prop.name, g_pdl ? "true" : "false", g_route_cases, g_fail.c_str());

@@ -318,7 +318,8 @@ void CudaBackend::reserve_family(int T) {
     route_layout_ = moe::layout(T, c.top_k, local);
     router_dev_.reserve(4 * (size_t)T * (c.num_experts + (Is > 0)));
     route_dev_.reserve(4 * (size_t)route_layout_.words);
-    // The fused decode launches' counters and flag start at 0 (their launches leave them there).
+    // The down GEMV reads the active experts before its wait, as a prefetch hint: zeros until a
+    // routing is written (no active expert), never words of freed memory.
     NS_CUDA(cudaMemsetAsync(route_dev_.ptr, 0, 4 * (size_t)route_layout_.words, stream_));
     if (local > 0) {
       // The tensor-core path writes gate|up rows before the activation; the GEMV path only the latter.
@@ -395,13 +396,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   int32_t* meta = route_dev_.as<int32_t>();
   float* logits = router_dev_.as<float>();
   const bool gemv = moe::use_gemv(T, K, E);
-  // Decode: router + routing + gate|up in one launch, down + combine in the next (moe_plan.h).
-  const bool fused = moe::fused_decode(T, K, E, H);
-  const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
-  if (!fused) {
-    matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
-    moe_route(route, st);
-  }
+  matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
+  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
     shared_expert_matmul(xb_.ptr, L.sh_gate_up, L.sh_gate_up_s, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
@@ -427,13 +423,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       gu.scale = L.ex_gate_up_s.as<float>(); gu.s_scale = L.sh_gate_up_s.as<float>();
       dn.scale = L.ex_down_s.as<float>(); dn.s_scale = L.sh_down_s.as<float>();
     }
-    if (fused) {
-      gu.route_w = L.router.ptr; gu.route = route;
-      dn.fuse_combine = true; dn.combine = combine;
-    }
     moe_gemv(act_, wdt_, gu, /*gated=*/true, mt, st);
     moe_gemv(act_, wdt_, dn, /*gated=*/false, mt, st);
-    if (fused) return fuse_combine;
   } else if (local > 0 && !quantized) {
     const int tiles = moe::max_tiles(T, K, local);
     moe_mma(act_, {xb_.ptr, /*gather=*/true, L.ex_gate_up.ptr, (size_t)2 * I * H, 2 * I, H, ex_gu_.ptr, false, tiles, meta, Ly}, st);

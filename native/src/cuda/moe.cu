@@ -2,9 +2,7 @@
 // routing (softmax + top-k, one warp a token, bit-identical to common/moe_route.h), the permutation
 // of this rank's assignments expert by expert, the grouped expert products (a GEMV over the rows of
 // every active expert in one launch for decode, for any weight format; tensor-core tiles for larger
-// steps), and the weighted combine, fused with the residual add and the next RMSNorm at tp 1. A
-// decode step of a few tokens runs all of it in two launches (moe_plan.h fused_decode): the router
-// and the routing inside the gate|up launch, the combine at the end of the down launch.
+// steps), and the weighted combine, fused with the residual add and the next RMSNorm at tp 1.
 #include <algorithm>
 #include <atomic>
 #include <stdexcept>
@@ -13,7 +11,6 @@
 
 #include "common/moe_route.h"
 #include "cuda/add_norm.h"
-#include "cuda/block_sync.h"
 #include "cuda/cuda_common.h"
 #include "cuda/flash_layout.h"
 #include "cuda/mma.h"
@@ -36,7 +33,7 @@ __device__ void route_token(const float* logits, int E, int K, bool norm, int32_
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int e = lane + 32 * i;
-    p[i] = e < E ? __ldcg(logits + e) : -INFINITY;  // L2: the fused gated launch writes them in the same launch
+    p[i] = e < E ? logits[e] : -INFINITY;
     mx = fmaxf(mx, p[i]);
   }
 #pragma unroll
@@ -261,88 +258,21 @@ __device__ __forceinline__ void prefetch_row(const void* row, int row_bytes, int
   for (int i = lane; i < row_bytes / 16 && i < 32 * units; i += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
 }
 
-// The router of a fused gated launch (moe_plan.h kFusedDecodeTokens): warp n computes logit row n
-// for the step's T <= MT tokens (x: [T, k]); the last router block to finish routes every token (a
-// warp each), permutes, and raises the ready flag for the routed blocks.
-template <typename T, int MT>
-__device__ void router_block(const MoeGemvArgs& a, int n, int warp, int lane, int router_blocks) {
-  const MoeRouteArgs& r = a.route;
-  const int k = a.k;
-  const T* w = static_cast<const T*>(a.route_w) + (size_t)n * k;
-  if (n < r.ld) prefetch_row(w, k * (int)sizeof(T), 8, lane);  // the router's weights do not depend on the previous kernel
-  grid_dependency_wait();
-  if (n < r.ld) {
-    const T* x = static_cast<const T*>(a.x);
-    float* logits = const_cast<float*>(r.logits);
-    gemv_feature<T, act_dtype<T>, MT, false>(
-        reinterpret_cast<const uint4*>(w), nullptr, k, r.T, lane, [&](int row) { return x + (size_t)row * k; },
-        [&](int row, float g, float) { logits[(size_t)row * r.ld + n] = g; });
-  }
-  int* sync = r.meta + r.layout.sync;
-  if (!last_arrival(sync + moe::kRouterArrived, router_blocks)) return;
-  for (int t = warp; t < r.T; t += moe::kGemvWarps) route_rows(r, t, lane);
-  __syncthreads();
-  if (r.T * r.top_k > 32) permute_block(r);
-  else if (warp == 0) permute_warp(r, lane);
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) atomicExch(sync + moe::kRouteReady, 1);
-}
-
-// Every block of a fused gated launch once it is done with the routing: the last one lowers the
-// ready flag (no block of the launch waits on it any more), leaving the launch's words at 0.
-__device__ __forceinline__ void gated_block_done(int* sync) {
-  if (last_arrival(sync + moe::kGatedDone, gridDim.x) && threadIdx.x == 0) sync[moe::kRouteReady] = 0;
-}
-
-template <typename T, bool REGS>
-__device__ void combine_token(const MoeCombineArgs& a, int t);
-
 // One warp per output feature of one group (an active expert or the shared expert), passes of up to
-// MT rows; with the fused decode's router blocks first (gated) or combine blocks last (down), the
-// grid of moe_plan.h gemv_work (FUSED: the fused decode's launches; the others are compiled
-// without the router's and the combine's code, whose registers would cost the streaming warps
-// occupancy). Fused gated launches of 1-2 rows keep 4 blocks an SM (<= 64 registers), 4-row ones 3;
-// down launches (two weight rows a warp: as many loads in flight with fewer warps) 3 blocks of 1-2
-// rows, 2 of 4; the others take what they need.
-template <int MT, bool GATED, bool FUSED>
-constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : FUSED ? (MT == 4 ? 3 : 4) : 1; }
+// MT rows, the grid of moe_plan.h gemv_work. Down launches (two weight rows a warp: as many loads in
+// flight with fewer warps) are held to 3 blocks an SM at 1-2 rows, 2 at 4, so the two rows' loads
+// fit without spills; the others take what they need.
+template <int MT, bool GATED>
+constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : 1; }
 
-template <typename T, DType WT, int MT, bool GATED, bool FUSED>
-__global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED, FUSED>()) moe_gemv_kernel(MoeGemvArgs a) {
+template <typename T, DType WT, int MT, bool GATED>
+__global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED>()) moe_gemv_kernel(MoeGemvArgs a) {
   using F = WeightFmt<T, WT>;
   using WE = std::conditional_t<F::kQuant, uint8_t, T>;
   constexpr int kWF = GATED ? 1 : 2;  // moe::gemv_warp_features
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const moe::GemvGrid grid = moe::gemv_grid(GATED, GATED && FUSED ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups,
-                                            !GATED && FUSED ? a.combine.T : 0);
+  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, moe::gemv_grid(GATED, a.sw ? a.sn : 0, a.n, a.groups));
   const Layout& L = a.layout;
-  int* sync = const_cast<int32_t*>(a.meta) + L.sync;
-  // Fused launches: the block's place from a ticket (moe_plan.h kFusedDecodeTokens), so whoever it
-  // waits for already runs. (The previous launch on these words drew all its tickets before this one
-  // can start: every block draws first, and the next kernel starts once all have begun.)
-  const int block = FUSED ? block_ticket(sync + (GATED ? moe::kGatedTicket : moe::kDownTicket)) : static_cast<int>(blockIdx.x);
-  const moe::GemvWork wk = moe::gemv_work(block, warp, grid);
-  if constexpr (GATED && FUSED) {
-    if (wk.group == moe::kRouterGroup) {
-      router_block<T, MT>(a, wk.feature, warp, lane, grid.router);
-      gated_block_done(sync);
-      return;
-    }
-  } else if constexpr (FUSED) {
-    if (wk.group == moe::kCombineGroup) {
-      grid_dependency_wait();
-      grid_dependents_launch();
-      block_wait_at_least(sync + moe::kDownArrived, moe::gemv_grid_work_blocks(grid));
-      combine_token<T, true>(a.combine, wk.feature);
-      __syncthreads();
-      if (threadIdx.x == 0 && atomicAdd(sync + moe::kCombinePassed, 1) == a.combine.T - 1) {
-        sync[moe::kDownArrived] = 0;
-        sync[moe::kCombinePassed] = 0;
-      }
-      return;
-    }
-  }
   const WE* W;
   const float* S = nullptr;
   const T* X;
@@ -364,22 +294,21 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
     grid_dependency_wait();
   } else {
     if constexpr (!GATED) {
-      // The down projection follows the gated launch, which has the routing: the active experts
-      // are known before this launch's wait, so their rows are pulled into L2 meanwhile. (Only a
-      // hint: a stale word would name another valid expert, never a wrong result.)
+      // The routing is done before this launch starts (the gated launch lets it start only past its
+      // own wait for the routing): the active experts are known before this launch's wait, so their
+      // rows are pulled into L2 meanwhile. (Only a hint: a stale word would name another valid
+      // expert, never a wrong result.)
       const int e = __ldcg(a.meta + L.active_e + wk.group), f0 = wk.feature * kWF;
       if (wk.group < __ldcg(a.meta + L.n_active) && f0 < a.n)
         prefetch_row(static_cast<const WE*>(a.w) + (size_t)e * a.w_stride + (size_t)f0 * a.k, min(kWF, a.n - f0) * a.k * F::kBytes, 1 << 20,
                      lane);
     }
     grid_dependency_wait();
-    // Fused decode: the routing is written in this launch by the last router block.
-    if constexpr (GATED && FUSED) block_wait_at_least(sync + moe::kRouteReady, 1);
     // All four words at once (the group's slots exist even when it is not active this step): the
-    // weights' address waits for one memory latency, not two. Through L2 (the routing may be this launch's).
-    const int n_active = __ldcg(a.meta + L.n_active), e = __ldcg(a.meta + L.active_e + wk.group);
-    row0 = __ldcg(a.meta + L.active_off + wk.group);
-    rows = __ldcg(a.meta + L.active_cnt + wk.group);
+    // weights' address waits for one memory latency, not two.
+    const int n_active = a.meta[L.n_active], e = a.meta[L.active_e + wk.group];
+    row0 = a.meta[L.active_off + wk.group];
+    rows = a.meta[L.active_cnt + wk.group];
     work = wk.group < n_active;
     W = static_cast<const WE*>(a.w) + (size_t)e * a.w_stride;
     if constexpr (F::kQuant) S = a.scale + (size_t)e * (GATED ? 2 : 1) * a.n;
@@ -413,8 +342,6 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
           }
         });
   }
-  if constexpr (!GATED && FUSED) arrive(sync + moe::kDownArrived);
-  if constexpr (GATED && FUSED) gated_block_done(sync);
 }
 
 // The grouped tensor-core GEMM (tiling: moe_plan.h; fragment index maps: flash_layout.h) over the
@@ -530,10 +457,10 @@ __global__ void moe_gated_act_kernel(const T* gu, const int32_t* n_rows, int I, 
 constexpr int kCombineThreads = 512;
 constexpr int kCombineBatch = 4;
 
-// Token t's combine on the whole block; the experts' rows are read through L2 (the fused down
-// launch writes them in the same launch).
 template <typename T, bool REGS>
-__device__ void combine_token(const MoeCombineArgs& a, int t) {
+__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombineArgs a) {
+  grid_dependency_wait();
+  const int t = blockIdx.x;
   const Layout& L = a.layout;
   const int K = a.top_k, H = a.H;
   const float* wts = reinterpret_cast<const float*>(a.meta + L.w) + (size_t)t * K;
@@ -570,7 +497,7 @@ __device__ void combine_token(const MoeCombineArgs& a, int t) {
     for (int e = 0; e < kRowPer; ++e) {
       const int i = threadIdx.x + e * blockDim.x;
       v[e] = 0.f;
-      sv[e] = sy && i < H ? __ldcg(sy + i) : 0.f;
+      sv[e] = sy && i < H ? sy[i] : 0.f;
     }
     for (int j0 = 0; j0 < n; j0 += kCombineBatch) {
       float yv[kCombineBatch][kRowPer];
@@ -580,7 +507,7 @@ __device__ void combine_token(const MoeCombineArgs& a, int t) {
 #pragma unroll
         for (int e = 0; e < kRowPer; ++e) {
           const int i = threadIdx.x + e * blockDim.x;
-          yv[b][e] = j0 + b < n && i < H ? __ldcg(yr + i) : 0.f;
+          yv[b][e] = j0 + b < n && i < H ? yr[i] : 0.f;
         }
       }
 #pragma unroll
@@ -601,8 +528,8 @@ __device__ void combine_token(const MoeCombineArgs& a, int t) {
   } else {
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
       float acc = 0.f;
-      for (int j = 0; j < n; ++j) acc += ws[j] * __ldcg(a.y + (size_t)rows[j] * H + i);
-      if (sy) acc += gate * __ldcg(sy + i);
+      for (int j = 0; j < n; ++j) acc += ws[j] * a.y[(size_t)rows[j] * H + i];
+      if (sy) acc += gate * sy[i];
       out[i] = acc;
     }
     if (a.res)
@@ -611,29 +538,23 @@ __device__ void combine_token(const MoeCombineArgs& a, int t) {
   }
 }
 
-template <typename T, bool REGS>
-__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(MoeCombineArgs a) {
-  grid_dependency_wait();
-  combine_token<T, REGS>(a, blockIdx.x);
-}
-
 unsigned grid_of(size_t n) { return static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65535)); }
 
-template <typename E, DType WT, bool GATED, bool FUSED>
+template <typename E, DType WT, bool GATED>
 void launch_gemv(const MoeGemvArgs& a, int mt, unsigned grid, cudaStream_t s) {
   const dim3 block(moe::kGemvWarps * 32);
   switch (mt) {
-    case 1: launch("moe_gemv", moe_gemv_kernel<E, WT, 1, GATED, FUSED>, dim3(grid), block, s, a); break;
-    case 2: launch("moe_gemv", moe_gemv_kernel<E, WT, 2, GATED, FUSED>, dim3(grid), block, s, a); break;
-    case 4: launch("moe_gemv", moe_gemv_kernel<E, WT, 4, GATED, FUSED>, dim3(grid), block, s, a); break;
-    default: launch("moe_gemv", moe_gemv_kernel<E, WT, moe::kGemvTokens, GATED, FUSED>, dim3(grid), block, s, a); break;
+    case 1: launch("moe_gemv", moe_gemv_kernel<E, WT, 1, GATED>, dim3(grid), block, s, a); break;
+    case 2: launch("moe_gemv", moe_gemv_kernel<E, WT, 2, GATED>, dim3(grid), block, s, a); break;
+    case 4: launch("moe_gemv", moe_gemv_kernel<E, WT, 4, GATED>, dim3(grid), block, s, a); break;
+    default: launch("moe_gemv", moe_gemv_kernel<E, WT, moe::kGemvTokens, GATED>, dim3(grid), block, s, a); break;
   }
 }
 
 template <typename E, DType WT>
-void launch_gemv_gated(const MoeGemvArgs& a, bool gated, bool fused, int mt, unsigned grid, cudaStream_t s) {
-  if (gated) fused ? launch_gemv<E, WT, true, true>(a, mt, grid, s) : launch_gemv<E, WT, true, false>(a, mt, grid, s);
-  else fused ? launch_gemv<E, WT, false, true>(a, mt, grid, s) : launch_gemv<E, WT, false, false>(a, mt, grid, s);
+void launch_gemv_gated(const MoeGemvArgs& a, bool gated, int mt, unsigned grid, cudaStream_t s) {
+  if (gated) launch_gemv<E, WT, true>(a, mt, grid, s);
+  else launch_gemv<E, WT, false>(a, mt, grid, s);
 }
 
 }  // namespace
@@ -650,29 +571,16 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
   NS_LAUNCHED("moe_route");
 }
 
-void moe_gemv(DType act, DType wt, const MoeGemvArgs& args, bool gated, int tokens_per_pass, cudaStream_t s) {
-  MoeGemvArgs a = args;
-  if (!gated) a.route_w = nullptr;
-  if (gated) a.fuse_combine = false;
-  if (a.route_w && (a.route.T < 1 || a.route.T > tokens_per_pass || a.route.T > moe::kFusedDecodeTokens || a.k % 8 != 0))
-    throw std::runtime_error("cuda: the fused router takes 1.." + std::to_string(moe::kFusedDecodeTokens) + " tokens in one pass");
-  if (a.fuse_combine) {
-    // The combine blocks reset the launch's counters: a fused down launch has at least one.
-    if (a.combine.T < 1) throw std::runtime_error("cuda: the fused combine needs at least one token");
-    if (a.combine.H > kRowPer * moe::kGemvWarps * 32) throw std::runtime_error("cuda: the fused combine holds rows of <= 2048 in registers");
-    a.combine.round_norm = rounds(kRoundNorm);
-  }
-  const moe::GemvGrid g = moe::gemv_grid(gated, a.route_w ? a.route.ld : 0, a.sw ? a.sn : 0, a.n, a.groups, a.fuse_combine ? a.combine.T : 0);
-  const unsigned grid = moe::grid_blocks(g);
+void moe_gemv(DType act, DType wt, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s) {
+  const unsigned grid = moe::grid_blocks(moe::gemv_grid(gated, a.sw ? a.sn : 0, a.n, a.groups));
   if (grid == 0) return;
   const bool quant = wt != act;
   if (quant && (a.k % 16 != 0 || (a.sw && a.sk % 16 != 0))) throw std::runtime_error("cuda: moe_gemv with 1-byte weights needs K % 16 == 0");
   if (quant && wt != DType::I8 && wt != DType::F8E4M3) throw std::runtime_error("cuda: moe_gemv takes int8 or E4M3 weights beside the activation dtype");
-  const bool fused = gated ? a.route_w != nullptr : a.fuse_combine;
   NS_DISPATCH_ACT(act, E, {
-    if (!quant) launch_gemv_gated<E, act_dtype<E>>(a, gated, fused, tokens_per_pass, grid, s);
-    else if (wt == DType::I8) launch_gemv_gated<E, DType::I8>(a, gated, fused, tokens_per_pass, grid, s);
-    else launch_gemv_gated<E, DType::F8E4M3>(a, gated, fused, tokens_per_pass, grid, s);
+    if (!quant) launch_gemv_gated<E, act_dtype<E>>(a, gated, tokens_per_pass, grid, s);
+    else if (wt == DType::I8) launch_gemv_gated<E, DType::I8>(a, gated, tokens_per_pass, grid, s);
+    else launch_gemv_gated<E, DType::F8E4M3>(a, gated, tokens_per_pass, grid, s);
   });
   NS_LAUNCHED("moe_gemv");
 }

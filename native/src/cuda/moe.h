@@ -46,9 +46,6 @@ void moe_combine(DType act, const MoeCombineArgs& a, cudaStream_t s);
 // writes y rows in permuted order; down reads and writes permuted rows. Weights `wt`: the activation
 // dtype, or int8 / E4M3 (weight-only) with one f32 scale per weight row: `scale` holds every local
 // expert's back to back ([n_local][2n] gated, [n_local][n] down), `s_scale` the shared expert's.
-// Fused decode (moe_plan.h fused_decode): the gated launch with `route_w` set also computes the
-// router logits route.logits = x . route_w^T ([route.ld, k], activation dtype) and routes (the
-// routed blocks wait for it); the down launch with `fuse_combine` set ends with the combine.
 struct MoeGemvArgs {
   const void* w; size_t w_stride;  // this rank's experts back to back, elements per expert
   int n, k;
@@ -60,10 +57,6 @@ struct MoeGemvArgs {
   bool gelu;                       // gated: tanh GELU, else SiLU
   const float* scale = nullptr;
   const float* s_scale = nullptr;
-  const void* route_w = nullptr;
-  MoeRouteArgs route{};
-  bool fuse_combine = false;
-  MoeCombineArgs combine{};
 };
 void moe_gemv(DType act, DType wt, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s);
 

@@ -26,19 +26,6 @@ constexpr int kGemvTokens = 8;
 // Steps of up to this many tokens run the shared expert inside the grouped GEMV launches (it is
 // then just one more group whose rows are all tokens); larger ones give it to cuBLAS.
 constexpr int kSharedInGemvTokens = 8;
-// Decode steps of up to this many tokens run the whole layer in two launches (fused_decode): the
-// gated launch also computes the router logits (a warp per logit row, in blocks of its own at the
-// front of the grid), the last of those blocks to finish routes and permutes and raises a flag the
-// routed experts' blocks wait on, while the shared expert's blocks already stream their weights;
-// the down launch ends with one block per token that waits for every other block of the launch and
-// combines the token's rows (moe_combine's arithmetic, fused with the residual add + next norm).
-// A block of these launches takes its place in the grid (gemv_work's order) from a ticket drawn as
-// it starts running, not from blockIdx: the blocks that others wait for (router blocks, work blocks
-// before the combine's) hold lower tickets, so they already run when anyone waits for them, in
-// whatever order the hardware dispatches blocks and however few fit at once. Each launch leaves its
-// words at 0 (the ticket wraps at the grid's size; the last block to finish lowers the flag or
-// resets the counters), so either launch may run without the other.
-constexpr int kFusedDecodeTokens = kSharedInGemvTokens;
 // Grouped tensor-core GEMM (prefill, larger batches): kTileM rows x kTileN features a block (8
 // warps of 16 features), K in chunks of kTileK (8 chunks of 16 bytes a row) through a ring of
 // kStages cp.async stages.
@@ -58,11 +45,6 @@ NS_FLASH_HD int imin(int a, int b) { return a < b ? a : b; }
 // The GEMV path while an expert gets few rows on average (T K / E <= 4): reading the weights is the
 // cost and CUDA cores keep up; past that the tensor-core tiles.
 NS_FLASH_HD bool use_gemv(int T, int top_k, int n_experts) { return T <= 64 && T * top_k <= 4 * n_experts; }
-// The fused decode layer (kFusedDecodeTokens): its combine block holds a row of H in registers
-// (add_norm.h kRowPer per thread of the GEMV's block).
-NS_FLASH_HD bool fused_decode(int T, int top_k, int n_experts, int H) {
-  return T <= kFusedDecodeTokens && use_gemv(T, top_k, n_experts) && H <= 8 * kGemvWarps * 32;
-}
 // Rows the GEMV kernel keeps per pass: the smallest power of two >= T, at most kGemvTokens.
 NS_FLASH_HD int gemv_tokens(int T) { return T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : kGemvTokens; }
 // Experts of this rank that a step of T tokens can activate.
@@ -71,16 +53,6 @@ NS_FLASH_HD int max_active(int T, int top_k, int local_experts) { return imin(lo
 NS_FLASH_HD int max_tiles(int T, int top_k, int local_experts) {
   return (T * top_k + kTileM - 1) / kTileM + max_active(T, top_k, local_experts);
 }
-
-// The fused decode launches' words (Layout::sync): each launch's ticket dispenser; the gated launch's
-// router blocks that finished, its routing's ready flag (raised by the last router block, lowered by
-// the last block of the launch to finish) and its blocks that finished; the down launch's work blocks
-// that finished and its combine blocks that saw them all (the last resets both).
-enum SyncWord {
-  kGatedTicket = 0, kRouterArrived, kRouteReady, kGatedDone,
-  kDownTicket, kDownArrived, kCombinePassed,
-  kSyncWords
-};
 
 // The routing metadata of one layer (int32 words; `w` holds floats), laid out for steps of up to
 // `cap` tokens so the offsets do not change from step to step (CUDA graphs keep the pointers).
@@ -91,7 +63,6 @@ struct Layout {
   int ids, w;                        // [cap * top_k]: each token's experts (global ids), weights
   int perm;                          // [cap * top_k]: the token of each row
   int inv;                           // [cap * top_k]: each assignment's row, -1 on another rank
-  int sync;                          // [kSyncWords] the fused decode launches' counters and flag (zero between launches)
   int words;
 };
 
@@ -110,7 +81,6 @@ NS_FLASH_HD Layout layout(int cap, int top_k, int local_experts) {
   L.w = o; o += tk;
   L.perm = o; o += tk;
   L.inv = o; o += tk;
-  L.sync = o; o += kSyncWords;
   L.words = o;
   return L;
 }
@@ -145,41 +115,34 @@ NS_FLASH_HD int local_expert(int expert_id, int expert_start, int local_experts,
   return token_valid && e >= 0 && e < local_experts ? e : -1;
 }
 
-// Blocks of a grouped GEMV launch, in this order: the router's (fused gated launch: a warp per logit
-// row), the shared expert's (its weights are known before the previous kernel ends, and its rows are
-// longest), `per_group` blocks for each of up to `groups` active routed experts, then the combine's
-// (fused down launch: one per token).
+// Blocks of a grouped GEMV launch, in this order: the shared expert's (its weights are known before
+// the previous kernel ends, and its rows are longest), then `per_group` blocks for each of up to
+// `groups` active routed experts.
 struct GemvGrid {
-  int router, shared, per_group, groups, combine;
+  int shared, per_group, groups;
 };
-constexpr int kRouterGroup = -2, kSharedGroup = -1, kCombineGroup = -3;
+constexpr int kSharedGroup = -1;
 struct GemvWork {
-  int group;    // kRouterGroup, kSharedGroup, kCombineGroup, else the active slot
-  int feature;  // the warp's output feature (router: logit row; combine: the block's token)
+  int group;    // kSharedGroup, else the active slot
+  int feature;  // the warp's output feature (GemvWork::feature counts warps: gemv_warp_features)
 };
 NS_FLASH_HD int gemv_blocks(int features) { return (features + kGemvWarps - 1) / kGemvWarps; }
-// Output features a warp computes (GemvWork::feature counts warps): a gated launch's warp one (its
-// gate and up rows, streamed together), a down launch's two (two rows streamed together: half the
-// blocks, each of which waits for the routing words before its first weight load, and twice the
-// bytes per warp for the short rows of the routed experts, 1408 wide in Qwen1.5-MoE-A2.7B).
+// Output features a warp computes: a gated launch's warp one (its gate and up rows, streamed
+// together), a down launch's two (two rows streamed together: half the blocks, each of which waits
+// for the routing words before its first weight load, and twice the bytes per warp for the short
+// rows of the routed experts, 1408 wide in Qwen1.5-MoE-A2.7B).
 NS_FLASH_HD int gemv_warp_features(bool gated) { return gated ? 1 : 2; }
-// The grid of a grouped GEMV launch: router rows (fused gated launch), the shared expert's features
-// (0: none in the launch), each group's features, the groups, the combine's tokens (fused down launch).
-NS_FLASH_HD GemvGrid gemv_grid(bool gated, int router_rows, int shared_features, int features, int groups, int combine_tokens) {
+// The grid of a grouped GEMV launch: the shared expert's features (0: none in the launch), each
+// group's features, the groups.
+NS_FLASH_HD GemvGrid gemv_grid(bool gated, int shared_features, int features, int groups) {
   const int wf = gemv_warp_features(gated);
-  return {gemv_blocks(router_rows), gemv_blocks((shared_features + wf - 1) / wf), gemv_blocks((features + wf - 1) / wf), groups,
-          combine_tokens};
+  return {gemv_blocks((shared_features + wf - 1) / wf), gemv_blocks((features + wf - 1) / wf), groups};
 }
-NS_FLASH_HD int grid_blocks(const GemvGrid& g) { return g.router + g.shared + g.groups * g.per_group + g.combine; }
-// Blocks the combine waits for: all the others.
-NS_FLASH_HD int gemv_grid_work_blocks(const GemvGrid& g) { return g.router + g.shared + g.groups * g.per_group; }
+NS_FLASH_HD int grid_blocks(const GemvGrid& g) { return g.shared + g.groups * g.per_group; }
 NS_FLASH_HD GemvWork gemv_work(int block, int warp, const GemvGrid& g) {
-  if (block < g.router) return {kRouterGroup, block * kGemvWarps + warp};
-  block -= g.router;
   if (block < g.shared) return {kSharedGroup, block * kGemvWarps + warp};
   block -= g.shared;
-  if (block < g.groups * g.per_group) return {block / g.per_group, (block % g.per_group) * kGemvWarps + warp};
-  return {kCombineGroup, block - g.groups * g.per_group};
+  return {block / g.per_group, (block % g.per_group) * kGemvWarps + warp};
 }
 
 }  // namespace ns::cuda::moe
