@@ -7,7 +7,9 @@
 // f32 scales) and its speed-up over our bf16 in the same run (bars: int8 >= 1.6x, fp8 >= 1.7x at batch 1).
 // --no-hf: ours only; the copy bandwidth is still measured (torch) for the rooflines, unless
 // --no-roofline (A/B runs of several addons, where only the same-run ratios count).
-// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf [--no-roofline]] [--precisions bf16,int8,fp8]
+// --digest: the untimed warm-up run of each batch asks for every step's logits and prints a hash of
+// their bytes (logitsDigest): two addons whose kernels claim the same arithmetic must print the same.
+// usage: node bench/decode/run.mjs MODEL_DIR [--prompt 128] [--new 128] [--batches 1,32] [--no-hf [--no-roofline]] [--precisions bf16,int8,fp8] [--digest]
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -20,6 +22,7 @@ if (!dir) { console.error('usage: node bench/decode/run.mjs MODEL_DIR [--prompt 
 const PROMPT = Number(opt('--prompt', 128)), NEW = Number(opt('--new', 128));
 const BATCHES = String(opt('--batches', '1,32')).split(',').map(Number);
 const PRECISIONS = String(opt('--precisions', 'bf16')).split(',');
+const DIGEST = args.includes('--digest');
 const PRECISION_OPTS = { bf16: {}, int8: { quantize: 'int8' }, fp8: { quantize: 'fp8' }, 'fp8+kv-fp8': { quantize: 'fp8', kvCacheDtype: 'fp8' } };
 for (const p of PRECISIONS) if (!PRECISION_OPTS[p]) { console.error(`--precisions: ${p} is not one of ${Object.keys(PRECISION_OPTS).join(', ')}`); process.exit(2); }
 requireCuda();
@@ -29,21 +32,29 @@ let seed = 7;
 const rand = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed; };
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 
-async function run(batch, newTokens) {
+// FNV-1a over the 32-bit words of every step's logits (--digest).
+const fnv = (h, f32) => { const w = new Uint32Array(f32.buffer, f32.byteOffset, f32.length); for (let i = 0; i < w.length; i++) h = Math.imul(h ^ w[i], 16777619) >>> 0; return h; };
+
+async function run(batch, newTokens, digest = false) {
   const tables = blockTables(batch, PROMPT + newTokens, blockSize, kvBlocks);
   const prompts = Array.from({ length: batch }, () => Int32Array.from({ length: PROMPT }, () => 3 + (rand() % (V - 3))));
+  const want = digest ? { wantLogits: true } : {};
+  let h = 2166136261;
   let t0 = performance.now();
-  const first = await engine.step({ seqs: prompts.map((tokens, i) => ({ tokens, pos: 0, blockTable: tables[i] })) });
+  const first = await engine.step({ seqs: prompts.map((tokens, i) => ({ tokens, pos: 0, blockTable: tables[i] })), ...want });
   const prefillMs = performance.now() - t0;
+  if (digest) h = fnv(h, first.logits);
   let last = first.sampled;
   const stepMs = [];
   t0 = performance.now();
   for (let i = 1; i < newTokens; i++) {
     const s0 = performance.now();
-    const r = await engine.step({ seqs: last.length ? Array.from(last, (tok, j) => ({ tokens: Int32Array.of(tok), pos: PROMPT + i - 1, blockTable: tables[j] })) : [] });
+    const r = await engine.step({ seqs: last.length ? Array.from(last, (tok, j) => ({ tokens: Int32Array.of(tok), pos: PROMPT + i - 1, blockTable: tables[j] })) : [], ...want });
     stepMs.push(performance.now() - s0);
+    if (digest) h = fnv(h, r.logits);
     last = r.sampled;
   }
+  if (digest) return { logitsDigest: h.toString(16).padStart(8, '0') };
   const decodeMs = performance.now() - t0;
   return { batch, prefillMs, decodeMs, stepMsMedian: median(stepMs), decodeTokS: (batch * (newTokens - 1)) / (decodeMs / 1000),
     e2eTokS: (batch * newTokens) / ((prefillMs + decodeMs) / 1000) };
@@ -60,8 +71,8 @@ for (const p of PRECISIONS) {
   const bytesPerToken = e.weightBytes - (e.shard.tiedEmbeddings ? 0 : V * H * 2 - H * 2);
   const ours = {};
   for (const b of BATCHES) {
-    await run(b, 8);  // warm-up: cuBLAS heuristics, first-touch of scratch buffers
-    ours[b] = await run(b, NEW);
+    const warm = await run(b, 8, DIGEST);  // warm-up: cuBLAS heuristics, first-touch of scratch buffers
+    ours[b] = { ...await run(b, NEW), ...(DIGEST ? warm : {}) };
     console.error(JSON.stringify({ precision: p, ours: ours[b] }));
   }
   byPrecision[p] = { ours, engine: engine.describe(), loadSeconds: e.loadSeconds, weightBytesPerToken: bytesPerToken };

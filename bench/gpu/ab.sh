@@ -20,7 +20,9 @@
 #   b1ab        batch-1 decode over NODESPEED_CUDA_ATTN_SPLITS_MAX 16/4/2/1, twice each
 #   tpstep      engine-level decode steps at tp 1 and 2 (P2P collectives, and NODESPEED_P2P=0: NCCL)
 #   abaddon     batch-1 decode and the batch-64 step for each addon file of $AB_ADDONS (NAME=PATH ...,
-#               loaded through NODESPEED_ADDON) beside build/Release/nodespeed.node, twice
+#               loaded through NODESPEED_ADDON) beside build/Release/nodespeed.node, twice; batch 1 at each
+#               of $AB_PRECISIONS (default bf16; e.g. bf16,int8,fp8) with the logits digest of its warm-up
+#               (equal digests: the same logits bit for bit); AB_B64=0 leaves the batch-64 step out
 #   gemmalgos   cublasGemmEx vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs (nvcc)
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
@@ -38,7 +40,7 @@ OUT=${OUT:-/tmp/nodespeed-ab}; LOGS=$OUT/logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on shared hosts
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
-[ $# -gt 0 ] || { sed -n '7,31p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,36p' "$0"; exit 2; }
 node -e "const i = require('./build/Release/nodespeed.node').info().cuda; console.log(JSON.stringify(i)); process.exit(i.available ? 0 : 1)" || exit 1
 status=0
 run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$LOGS/$name.log" | tail -c 2500; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"
@@ -100,7 +102,9 @@ for s in "$@"; do
       NODESPEED_P2P=0 run tp-step-nccl node bench/tp/tp-step.mjs "$MODEL" --tp 2 --batches 1 ;;
     abaddon) make_model
       for i in 1 2; do for v in this=build/Release/nodespeed.node ${AB_ADDONS:-}; do name=${v%%=*}; file=${v#*=}
-        echo "== b1 $name"; NODESPEED_ADDON=$(realpath "$file") RESULTS_DIR=$OUT/abaddon node bench/decode/run.mjs "$MODEL" --no-hf --batches 1 2>&1 | grep '"ours"' | tee -a "$OUT/abaddon.log"
+        echo "== b1 $name"; NODESPEED_ADDON=$(realpath "$file") RESULTS_DIR=$OUT/abaddon node bench/decode/run.mjs "$MODEL" --no-hf --no-roofline --batches 1 \
+          --precisions "${AB_PRECISIONS:-bf16}" --digest 2>&1 | grep '"ours"' | sed "s/^/$name /" | tee -a "$OUT/abaddon.log"
+        [ "${AB_B64:-1}" = 0 ] && continue
         echo "== b64 $name"; NODESPEED_ADDON=$(realpath "$file") node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64 2>&1 | tail -1 | tee -a "$OUT/abaddon.log"; done; done ;;
     gemmalgos)
       run gemm-algos sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos && /tmp/gemm-algos > "$0"' "$OUT/gemm-algos.json" ;;
