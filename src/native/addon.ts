@@ -10,6 +10,7 @@ import type { RopeConfig } from '../model/config.js';
 import type { ShardModelConfig } from '../model/weights.js';
 import { nativeSettings, settings } from '../settings/index.js';
 import type { NativeSettings } from '../settings/index.js';
+import { packStep } from './step-pack.js';
 
 export type DTypeName = 'f32' | 'bf16' | 'f16';
 /** What loadTensor takes: the float dtypes and the storage of quantized matrices. */
@@ -53,7 +54,7 @@ export interface AddonInfo {
 
 /**
  * The less common sampling controls of a sequence (ns::SamplingParams beyond temperature, top-k,
- * top-p and seed), left out when none is set so a plain step reads four fields per sequence.
+ * top-p and seed), left out when none is set: the addon reads them from the sequence object (src/native/step-pack.ts).
  */
 export interface SamplingExtrasJS {
   minP?: number;
@@ -187,6 +188,21 @@ export interface Addon {
   ncclUniqueId?(): Uint8Array;
 }
 
+/** The addon's own engine: its step takes the request as packStep packs it (src/native/step-pack.ts). */
+interface PackedStepEngine extends Omit<NativeEngine, 'step'> {
+  stepPacked(ints: Int32Array, floats: Float32Array, seqs: StepSeq[], hiddenIn: Uint8Array | undefined, wantLogits: boolean): Promise<StepResult>;
+}
+
+/** The addon's Engine class with step(request): every caller's request is packed here, on its way in. */
+function withStepRequests(Native: new (cfg: ShardConfigJS) => PackedStepEngine): new (cfg: ShardConfigJS) => NativeEngine {
+  return class Engine extends Native {
+    step(req: StepRequest): Promise<StepResult> {
+      const { ints, floats } = packStep(req);
+      return this.stepPacked(ints, floats, req.seqs, req.hiddenIn, req.wantLogits === true);
+    }
+  };
+}
+
 // dist/native/addon.js and src/native/addon.ts both sit two levels below the package root.
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 let cached: Addon | undefined;
@@ -207,5 +223,6 @@ export function loadAddon(): Addon {
   }
   if (typeof addon.configure !== 'function') throw new Error(`nodespeed: the native addon ${path} is out of date; rebuild it with \`npm run build:native\``);
   addon.configure(nativeSettings());
+  addon.Engine = withStepRequests(addon.Engine as unknown as new (cfg: ShardConfigJS) => PackedStepEngine);
   return (cached = addon);
 }

@@ -82,11 +82,11 @@ class EngineWork : public Napi::AsyncWorker {
   uint64_t ticket_;
 };
 
-// The parsed step request, owned by the worker (copies of the small JS arrays).
+// The parsed step request, owned by the worker: one copy of the packed ints, which the
+// sequences' token and block-table pointers point into.
 struct StepJob {
-  std::vector<std::vector<int32_t>> tokens, tables, window_tables;
+  std::vector<int32_t> ints;
   std::vector<std::vector<LogitBias>> biases;
-  std::vector<int> token_counts;
   StepInput in;
   std::vector<uint8_t> hidden_in;
   StepOutput out;
@@ -97,6 +97,13 @@ struct StepJob {
   Clock::time_point called = Clock::now(), started, finished;
 };
 
+// The packed step request of src/native/step-pack.ts (keep the two in step): ints = [n, then n
+// records of kSeqInts, then each sequence's tokens, block table and window block table]; floats =
+// n x (temperature, topP).
+constexpr size_t kSeqInts = 8;
+enum SeqInt { kNTokens, kPos, kNBlocks, kNWindowBlocks, kTopK, kFlags, kSeedLo, kSeedHi };
+enum SeqFlag : int32_t { kSample = 1, kAllLogits = 2, kNativeSeed = 4, kExtras = 8 };
+
 double Ms(StepJob::Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 class Engine : public Napi::ObjectWrap<Engine> {
@@ -104,7 +111,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Engine",
                        {InstanceMethod("loadTensor", &Engine::LoadTensor), InstanceMethod("finalize", &Engine::Finalize),
-                        InstanceMethod("setTpComm", &Engine::SetTpComm), InstanceMethod("step", &Engine::Step),
+                        InstanceMethod("setTpComm", &Engine::SetTpComm), InstanceMethod("stepPacked", &Engine::Step),
                         InstanceMethod("describe", &Engine::Describe), InstanceMethod("dispose", &Engine::Dispose)});
   }
 
@@ -211,84 +218,83 @@ class Engine : public Napi::ObjectWrap<Engine> {
   std::shared_ptr<EngineState> st_;
 };
 
+// stepPacked(ints, floats, seqs, hiddenIn, wantLogits): src/native/step-pack.ts has checked the fields
+// of every sequence and packed them, so a plain step reads no per-sequence object here; only a
+// sequence flagged kNativeSeed or kExtras is read from seqs[i]. The buffers are still untrusted:
+// every count is checked against their lengths before anything is read.
 Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckLive(env, "step");
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "step(request): request object required");
-  Napi::Object req = info[0].As<Napi::Object>();
-  if (!req.Get("seqs").IsArray()) throw Napi::TypeError::New(env, "step: seqs must be an array");
-  Napi::Array seqs = req.Get("seqs").As<Napi::Array>();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Napi::TypeError::New(env, "stepPacked(ints: Int32Array, floats: Float32Array, seqs, hiddenIn, wantLogits): "
+                                    "the request packed by src/native/step-pack.ts");
+  Napi::Int32Array ints = info[0].As<Napi::Int32Array>();
+  Napi::Float32Array floats = info[1].As<Napi::Float32Array>();
+  auto bad = [&](const std::string& why) { return Napi::RangeError::New(env, "step: malformed packed request: " + why); };
+  const size_t len = ints.ElementLength();
+  if (len < 1 || ints[0] < 0) throw bad("no sequence count");
+  const size_t n = static_cast<size_t>(ints[0]);
+  if (len < 1 + n * kSeqInts || floats.ElementLength() != 2 * n)
+    throw bad(std::to_string(n) + " sequences need " + std::to_string(1 + n * kSeqInts) + "+ ints and " + std::to_string(2 * n) +
+              " floats, got " + std::to_string(len) + " and " + std::to_string(floats.ElementLength()));
   auto job = std::make_shared<StepJob>();
-  const uint32_t n = seqs.Length();
-  job->tokens.resize(n);
-  job->tables.resize(n);
-  job->window_tables.resize(n);
+  job->ints.assign(ints.Data(), ints.Data() + len);
   job->biases.resize(n);
   job->in.seqs.resize(n);
-  int total_tokens = 0;
-  // Field names for messages are built only on error: this loop runs on the JS thread for every
-  // sequence of every step (64+ per step on a GPU), ahead of the GPU's work.
-  auto field = [](uint32_t i, const char* key) { return "step: seqs[" + std::to_string(i) + "]" + (*key ? "." : "") + key; };
-  auto int32s = [&](const Napi::Value& v, uint32_t i, const char* key, std::vector<int32_t>& dst) {
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw Napi::TypeError::New(env, field(i, key) + " must be an Int32Array");
-    Napi::Int32Array a = v.As<Napi::Int32Array>();
-    dst.assign(a.Data(), a.Data() + a.ElementLength());
+  const int32_t* all = job->ints.data();
+  const float* fl = floats.Data();
+  size_t off = 1 + n * kSeqInts;  // the next sequence's tokens
+  size_t total_tokens = 0;
+  // Field names for messages are built only on error.
+  auto field = [](size_t i, const char* key) { return "step: seqs[" + std::to_string(i) + "]." + key; };
+  // The next `count` ints of the data part; nullptr for none, as an empty JS array gave before.
+  auto take = [&](size_t i, int32_t count, const char* what) -> const int32_t* {
+    if (count < 0 || static_cast<size_t>(count) > len - off)
+      throw bad("seqs[" + std::to_string(i) + "] has " + std::to_string(count) + " " + what + ", " + std::to_string(len - off) + " ints left");
+    const int32_t* p = count ? all + off : nullptr;
+    off += static_cast<size_t>(count);
+    return p;
   };
-  // Property keys made once per call, not once per sequence and field.
-  const Napi::String k_tokens = Napi::String::New(env, "tokens"), k_table = Napi::String::New(env, "blockTable"),
-                     k_wtable = Napi::String::New(env, "windowBlockTable"),
-                     k_pos = Napi::String::New(env, "pos"), k_seed = Napi::String::New(env, "seed");
-  const Napi::String k_temp = Napi::String::New(env, "temperature"), k_topk = Napi::String::New(env, "topK"),
-                     k_topp = Napi::String::New(env, "topP"), k_sample = Napi::String::New(env, "sample"),
-                     k_all = Napi::String::New(env, "allLogits"), k_extras = Napi::String::New(env, "sampling");
-  for (uint32_t i = 0; i < n; ++i) {
-    const Napi::Value sv = seqs.Get(i);
-    if (!sv.IsObject()) throw Napi::TypeError::New(env, field(i, "") + " must be an object");
-    Napi::Object s = sv.As<Napi::Object>();
-    int32s(s.Get(k_tokens), i, "tokens", job->tokens[i]);
-    int32s(s.Get(k_table), i, "blockTable", job->tables[i]);
+  Napi::Array seqs;
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t* h = all + 1 + i * kSeqInts;
+    const int32_t flags = h[kFlags];
+    if (flags & ~(kSample | kAllLogits | kNativeSeed | kExtras)) throw bad("seqs[" + std::to_string(i) + "] has unknown flags");
     SeqInput& si = job->in.seqs[i];
-    si.tokens = job->tokens[i].data();
-    si.n_tokens = static_cast<int>(job->tokens[i].size());
-    Napi::Value pos = s.Get(k_pos);
-    if (!pos.IsNumber()) throw Napi::TypeError::New(env, field(i, "pos") + " must be a number");
-    si.pos = pos.As<Napi::Number>().Int32Value();
-    si.block_table = job->tables[i].data();
-    si.n_blocks = static_cast<int>(job->tables[i].size());
-    const Napi::Value wt = s.Get(k_wtable);
-    if (!wt.IsUndefined() && !wt.IsNull()) {
-      int32s(wt, i, "windowBlockTable", job->window_tables[i]);
-      si.window_block_table = job->window_tables[i].data();
-      si.n_window_blocks = static_cast<int>(job->window_tables[i].size());
+    si.tokens = take(i, h[kNTokens], "tokens");
+    si.n_tokens = h[kNTokens];
+    si.pos = h[kPos];
+    si.block_table = take(i, h[kNBlocks], "blocks");
+    si.n_blocks = h[kNBlocks];
+    if (h[kNWindowBlocks] != -1) {  // -1: no window block table
+      si.window_block_table = take(i, h[kNWindowBlocks], "window blocks");
+      si.n_window_blocks = h[kNWindowBlocks];
     }
-    auto num = [&](const Napi::String& k, const char* key, double def) {
-      Napi::Value v = s.Get(k);
-      if (v.IsUndefined() || v.IsNull()) return def;
-      if (!v.IsNumber()) throw Napi::TypeError::New(env, field(i, key) + " must be a number");
-      return v.As<Napi::Number>().DoubleValue();
-    };
-    auto flag = [&](const Napi::String& k, const char* key, bool def) {
-      Napi::Value v = s.Get(k);
-      if (v.IsUndefined() || v.IsNull()) return def;
-      if (!v.IsBoolean()) throw Napi::TypeError::New(env, field(i, key) + " must be a boolean");
-      return v.As<Napi::Boolean>().Value();
-    };
-    si.sampling.temperature = static_cast<float>(num(k_temp, "temperature", 0));
-    si.sampling.top_k = static_cast<int>(num(k_topk, "topK", 0));
-    si.sampling.top_p = static_cast<float>(num(k_topp, "topP", 1));
-    Napi::Value seed = s.Get(k_seed);
-    // A BigInt that fits needs no message; anything else goes through ParseSeed's checks with one.
-    bool lossless = false;
-    const uint64_t fast = seed.IsBigInt() ? seed.As<Napi::BigInt>().Uint64Value(&lossless) : 0;
-    si.sampling.seed = seed.IsUndefined() || seed.IsNull() ? 0 : lossless ? fast : ParseSeed(seed, field(i, "seed"));
-    si.sample = flag(k_sample, "sample", true);
-    si.all_logits = flag(k_all, "allLogits", false);
-    Napi::Value extras = s.Get(k_extras);
-    if (!extras.IsUndefined()) ParseSamplingExtras(extras, &si.sampling, &job->biases[i], field(i, "sampling"));
-    total_tokens += si.n_tokens;
+    si.sampling.temperature = fl[2 * i];
+    si.sampling.top_k = h[kTopK];
+    si.sampling.top_p = fl[2 * i + 1];
+    si.sampling.seed = uint64_t(uint32_t(h[kSeedLo])) | uint64_t(uint32_t(h[kSeedHi])) << 32;
+    si.sample = flags & kSample;
+    si.all_logits = flags & kAllLogits;
+    if (flags & (kNativeSeed | kExtras)) {
+      // The rare fields, read from the sequence object: a seed that is not a non-negative safe
+      // integer or a bigint below 2^64 (ParseSeed says what is wrong with it), and `sampling`.
+      if (seqs.IsEmpty()) {
+        if (info.Length() < 3 || !info[2].IsArray() || info[2].As<Napi::Array>().Length() != n)
+          throw bad("seqs must be the array of " + std::to_string(n) + " sequences");
+        seqs = info[2].As<Napi::Array>();
+      }
+      const Napi::Value sv = seqs.Get(static_cast<uint32_t>(i));
+      if (!sv.IsObject()) throw bad("seqs[" + std::to_string(i) + "] is not an object");
+      Napi::Object s = sv.As<Napi::Object>();
+      if (flags & kNativeSeed) si.sampling.seed = ParseSeed(s.Get("seed"), field(i, "seed"));
+      if (flags & kExtras) ParseSamplingExtras(s.Get("sampling"), &si.sampling, &job->biases[i], field(i, "sampling"));
+    }
+    total_tokens += static_cast<size_t>(si.n_tokens);
   }
-  Napi::Value hidden = req.Get("hiddenIn");
+  if (off != len) throw bad(std::to_string(len - off) + " ints left over after the last sequence");
+  Napi::Value hidden = info.Length() > 3 ? info[3] : env.Undefined();
   if (!hidden.IsUndefined() && !hidden.IsNull()) {
     if (!hidden.IsTypedArray()) throw Napi::TypeError::New(env, "step: hiddenIn must be a Uint8Array");
     Napi::TypedArray h = hidden.As<Napi::TypedArray>();
@@ -301,8 +307,7 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
     job->hidden_in.assign(p, p + want);
     job->in.hidden_in = job->hidden_in.data();
   }
-  Napi::Value want = req.Get("wantLogits");
-  job->in.want_logits = want.IsBoolean() && want.As<Napi::Boolean>().Value();
+  job->in.want_logits = info.Length() > 4 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value();
 
   auto* w = new EngineWork(
       env, st_, "step",
