@@ -15,8 +15,11 @@ import { cli, replicasMidStream, scrape } from './helpers.js';
 import type { PyTinyCase } from '../serving/helpers.js';
 
 const STREAMS = 16;
-// Long enough that replica 1 is still streaming when the kill lands (status reports lag a little).
-const TOKENS = 192;
+// Long enough that replica 1 is still streaming when the kill lands: status reports lag a little,
+// and on a loaded machine the test process may read them late (at 192 tokens a fresh-clone CI run
+// killed replica 1 after its 8 streams had ended). py-tiny's prompts (<= 14 tokens) + 384 fit its 512
+// positions, and 8 streams its 256 blocks of 16.
+const TOKENS = 384;
 
 describe('failover visibility: status, metrics and the launcher log after a kill -9', () => {
   const variants = [
