@@ -447,6 +447,7 @@ export class InferenceApi {
     this.serve(call, sink, (r) => {
       admitted = r;
       open = r.records.length;
+      out.pace(r.records[0]?.sched.cls.streamIntervalMs ?? 0);
     }, (s) => call.emit('error', s));
   }
 
