@@ -192,11 +192,14 @@ function expectPaced(paced: Messages, unpaced: Messages): void {
   const span = paced.at[n - 1]! - paced.at[0]!;
   const what = `tokens per message ${paced.counts.join(',')} over ${span.toFixed(0)} ms`;
   expect(n, what).toBeGreaterThanOrEqual(3);
-  expect(paced.counts[0], what).toBeLessThanOrEqual(4);
-  for (let i = 1; i < n - 1; i++) expect(paced.counts[i], what).toBeGreaterThanOrEqual(2);
-  // Arrivals jitter: one message of slack.
-  expect(n, what).toBeLessThanOrEqual(3 + Math.floor(span / PACED_MS));
-  expect(unpaced.counts.length).toBeGreaterThan(2 * n);
+  // Held back for an interval, the first message would carry dozens of tokens; a busy machine may
+  // still put a few in it.
+  expect(paced.counts[0], what).toBeLessThanOrEqual(10);
+  const middle = paced.counts.slice(1, -1);
+  expect(middle.reduce((x, y) => x + y, 0) / middle.length, what).toBeGreaterThanOrEqual(3);
+  // Arrivals jitter (the 2 cores are shared): two messages of slack.
+  expect(n, what).toBeLessThanOrEqual(4 + Math.floor(span / PACED_MS));
+  expect(unpaced.counts.length, `unpaced: ${unpaced.counts.length} messages`).toBeGreaterThan(2 * n);
 }
 
 describe('preemption inside a replica', () => {
