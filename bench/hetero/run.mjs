@@ -63,6 +63,7 @@ const { values: a } = parseArgs({
     'batch-concurrency': { type: 'string' },
     'batch-prompt': { type: 'string' },
     'batch-tokens': { type: 'string' },
+    'batch-stream-ms': { type: 'string', default: '0' },
     'alone-s': { type: 'string' },
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
@@ -120,7 +121,10 @@ const o = {
   repeats: Number(a.repeats ?? d.repeats),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
+  batchStreamMs: Number(a['batch-stream-ms']),
 };
+if (!Number.isInteger(o.batchStreamMs) || o.batchStreamMs < 0 || o.batchStreamMs > 10000)
+  throw new Error(`bench/hetero: --batch-stream-ms must be an integer from 0 to 10000 (got ${JSON.stringify(a['batch-stream-ms'])})`);
 // The deployment files live in a temp folder and resolve their paths there: the model's goes in absolute.
 a.model = resolve(a.model);
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
@@ -140,11 +144,13 @@ const slowGroup = `  - name: slow
     precision: ${o.slowPrecision}
     max_seqs: ${o.slowMaxSeqs}
 `;
+// The batch floods' classes, with --batch-stream-ms: their streams written once per interval at most.
+const paced = o.batchStreamMs > 0 ? `, stream_interval_ms: ${o.batchStreamMs}` : '';
 const deployments = {
   hetero: `model: ${a.model}\ngroups:\n${fastGroup(pinned)}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget} }\n` +
-    '  standard: { groups: [fast, slow] }\n  batch: { groups: [slow, fast] }\n' +
+    `  standard: { groups: [fast, slow] }\n  batch: { groups: [slow, fast]${paced} }\n` +
     // The flood of the alone phases: served by one group only.
-    '  fast_only: { groups: [fast], priority: 50 }\n  slow_only: { groups: [slow], priority: 60 }\n',
+    `  fast_only: { groups: [fast], priority: 50${paced} }\n  slow_only: { groups: [slow], priority: 60${paced} }\n`,
   fast: `model: ${a.model}\ngroups:\n${fastGroup(false)}`,
 };
 

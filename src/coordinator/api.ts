@@ -442,11 +442,13 @@ export class InferenceApi {
         });
         if (last && --open === 0) out.whenIdle(() => call.end());  // after the merged messages still going out
       },
-      fail: (code, details) => call.emit('error', { code, details }),
+      // After the tokens still going out (or waiting for the class's stream interval): the client keeps what was generated.
+      fail: (code, details) => out.whenIdle(() => call.emit('error', { code, details })),
     };
     this.serve(call, sink, (r) => {
       admitted = r;
       open = r.records.length;
+      out.pace(r.records[0]?.sched.cls.streamIntervalMs ?? 0);
     }, (s) => call.emit('error', s));
   }
 

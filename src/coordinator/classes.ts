@@ -1,6 +1,6 @@
 // Request classes: each has a name, the integer priority its name stands for, the replica groups it
 // may use in order of preference, and optionally a TTFT target (p99, ms) the router holds it to
-// (router.ts). A request names its class or gives an integer (protocol/priority.ts): an integer p
+// (router.ts), and optionally a stream interval: how often its clients' streams may write. A request names its class or gives an integer (protocol/priority.ts): an integer p
 // falls in the class with the largest priority <= p (below every class: the most urgent one), so
 // the classes split the integers into ranges and an integer orders requests within its class.
 // Without a deployment file, or when it names none: realtime (-100), standard (0) and batch (100),
@@ -17,6 +17,12 @@ export interface ClassSpec {
   groups: string[];
   /** Time to first token its p99 should stay within; absent: none (it takes the first group with room). */
   ttftP99Ms?: number;
+  /**
+   * Its clients' streams (gRPC Generate, SSE) write at most one message per this many ms, the
+   * tokens that came meanwhile merged into it; the first token and the stream's end do not wait.
+   * Absent or 0: each token as soon as it comes.
+   */
+  streamIntervalMs?: number;
 }
 
 export interface RequestClass extends ClassSpec {

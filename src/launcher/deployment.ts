@@ -1,7 +1,7 @@
 // The deployment file of `nodespeed launch --config deploy.yaml`: the model, the hostfile, one or
 // more replica groups (device, layout, replicas, precision, KV cache dtype, threads, the cores its
 // workers are pinned to, the hosts or slots each may use, engine limits), the request classes (the groups each may use in order of preference, a
-// TTFT target, the priority its name stands for) and the spares. Read with the `yaml` package and
+// TTFT target, a stream interval, the priority its name stands for) and the spares. Read with the `yaml` package and
 // checked key by key: every error names the file, the line and the key (`deploy.yaml:7:
 // groups[1].tp: ...`); an unknown key is an error (with the closest known key when one is near).
 // Paths in the file (model, hostfile) are relative to the file's folder.
@@ -23,7 +23,7 @@
 //   classes:
 //     realtime: { groups: [gpu], ttft_p99_ms: 300 }
 //     standard: { groups: [gpu, cpu] }
-//     batch: { groups: [cpu, gpu] }
+//     batch: { groups: [cpu, gpu], stream_interval_ms: 50 }   # optional: a stream message per 50 ms at most
 //   spares: 0
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -98,7 +98,10 @@ export class DeploymentError extends Error {
 const TOP_KEYS = ['model', 'hostfile', 'groups', 'classes', 'spares'];
 const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'cpus', 'hosts', 'slots', 'kv_blocks',
   'max_batch_tokens', 'max_seqs'];
-const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'priority'];
+const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'stream_interval_ms', 'priority'];
+
+/** The longest stream interval a class may have: a client still hears from its stream every 10 s. */
+export const MAX_STREAM_INTERVAL_MS = 10_000;
 
 /** Levenshtein distance, to suggest the key a typo meant. */
 function distance(a: string, b: string): number {
@@ -119,7 +122,7 @@ function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
   // gpus is one letter from cpus, and means the layout.
   const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
-    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus' };
+    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus', stream_interval: 'stream_interval_ms' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
@@ -158,11 +161,13 @@ class Reader {
     return v as string;
   }
 
-  int(p: Pair<Node, Node | null>, path: string, min: number, orAuto = false): number | 'auto' {
+  int(p: Pair<Node, Node | null>, path: string, min: number, orAuto = false, max = Infinity): number | 'auto' {
     const v = isScalar(p.value) ? p.value.value : undefined;
     if (orAuto && v === 'auto') return 'auto';
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
-      this.fail(path, p, `must be an integer >= ${min}${orAuto ? ' or auto' : ''} (got ${isScalar(p.value) ? JSON.stringify(p.value.value) : 'a collection'})`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      const range = max === Infinity ? `>= ${min}` : `from ${min} to ${max}`;
+      this.fail(path, p, `must be an integer ${range}${orAuto ? ' or auto' : ''} (got ${isScalar(p.value) ? JSON.stringify(p.value.value) : 'a collection'})`);
+    }
     return v as number;
   }
 
@@ -263,6 +268,8 @@ function classes(r: Reader, node: Node | null, groups: DeploymentGroup[]): Class
     const spec: ClassSpec = { name, priority: DEFAULT_CLASS_PRIORITY[name] ?? NaN, groups: list.values };
     const ttft = m.get('ttft_p99_ms');
     if (ttft) spec.ttftP99Ms = r.number(ttft, `${path}.ttft_p99_ms`);
+    const interval = m.get('stream_interval_ms');
+    if (interval) spec.streamIntervalMs = r.int(interval, `${path}.stream_interval_ms`, 0, false, MAX_STREAM_INTERVAL_MS) as number;
     const pr = m.get('priority');
     if (pr) {
       const v = isScalar(pr.value) ? pr.value.value : undefined;

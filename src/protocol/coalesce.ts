@@ -6,12 +6,24 @@
 // flight and gathers what is sent meanwhile; when that write completes, everything gathered goes
 // out in one write (`pack`: one batch message, or several merged ones), in order. An idle stream
 // writes each message at once, as before.
+//
+// A paced stream (pace(ms): a request class's stream interval) also waits between writes: what is
+// sent within `ms` of the last write's start is gathered the same way and goes out `ms` after it,
+// so a client that does not need every token at once (batch) costs the process one write per
+// interval instead of one a token. The first write after pace() and the stream's end (whenIdle)
+// do not wait.
 export type WriteFn<M> = (m: M, done: (err?: Error | null) => void) => void;
 
 export class CoalescingWriter<M> {
+  /** A write in flight, or the gathered messages waiting for the interval (timer set). */
   private inFlight = false;
   private queued: M[] = [];
   private idle: (() => void)[] = [];
+  private intervalMs = 0;
+  private lastWriteAt = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  /** whenIdle was called: the stream is ending, and nothing waits for the interval any more. */
+  private ending = false;
 
   /**
    * `write`: one write to the stream, calling `done` when it has gone out. `pack`: the messages
@@ -26,6 +38,8 @@ export class CoalescingWriter<M> {
    * fail (a socket's, however slowly its reader reads).
    */
   whenIdle(fn: () => void, maxMs: number | null = 2000): void {
+    this.ending = true;
+    if (this.timer) this.flushNow();
     if (!this.inFlight) return fn();
     let ran = false;
     const once = () => {
@@ -39,9 +53,19 @@ export class CoalescingWriter<M> {
     this.idle.push(once);
   }
 
-  /** Messages waiting for the write in flight. */
+  /** Messages waiting for the write in flight or for the interval. */
   get backlog(): number {
     return this.queued.length;
+  }
+
+  /**
+   * From now on, writes start at least `ms` apart (0: as soon as the previous one completed); the
+   * next write does not wait for the interval, so a stream paced when its request is admitted
+   * writes its first token at once.
+   */
+  pace(ms: number): void {
+    this.intervalMs = ms;
+    this.lastWriteAt = -Infinity;
   }
 
   send(m: M): void {
@@ -49,13 +73,32 @@ export class CoalescingWriter<M> {
       this.queued.push(m);
       return;
     }
+    const wait = this.wait();
+    if (wait > 0) {
+      this.queued.push(m);
+      this.inFlight = true;
+      this.arm(wait);
+      return;
+    }
     this.inFlight = true;
+    this.lastWriteAt = this.intervalMs > 0 ? performance.now() : 0;
     try {
       this.write(m, this.done);
     } catch (err) {
       this.inFlight = false;  // the stream is closed: the next send throws again
       throw err;
     }
+  }
+
+  /** Milliseconds the next write must still wait for the interval (<= 0: none). */
+  private wait(): number {
+    if (this.intervalMs <= 0 || this.ending) return 0;
+    return this.lastWriteAt + this.intervalMs - performance.now();
+  }
+
+  private arm(ms: number): void {
+    this.timer = setTimeout(this.flushNow, ms);
+    this.timer.unref();  // a stream left waiting never keeps the process alive
   }
 
   private readonly done = (err?: Error | null): void => {
@@ -68,10 +111,29 @@ export class CoalescingWriter<M> {
       for (const fn of idle) fn();
       return;
     }
+    const wait = this.wait();
+    if (wait > 0) return this.arm(wait);
+    this.flush();
+  };
+
+  /** The gathered messages, written now (in flight all along). */
+  private flush(): void {
     const ms = this.queued.length === 1 ? this.queued : this.pack(this.queued);
     this.queued = [];
+    if (this.intervalMs > 0) this.lastWriteAt = performance.now();
     for (let i = 0; i < ms.length - 1; i++) this.write(ms[i]!, ignore);
     this.write(ms[ms.length - 1]!, this.done);
+  }
+
+  /** The interval is over, or the stream ends: what waited for it goes out. */
+  private readonly flushNow = (): void => {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    try {
+      this.flush();
+    } catch (err) {
+      this.done(err as Error);  // the stream closed meanwhile: as a failed write
+    }
   };
 }
 

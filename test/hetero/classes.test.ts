@@ -3,7 +3,8 @@
 // "hosts" 127.0.0.2-3 are reached through a real sshd; each class routed by its groups' order and
 // overflowing down it under load; RESOURCE_EXHAUSTED only when no allowed replica can take a
 // request; and, on a one-seat replica, a realtime request preempting a batch stream that then
-// finishes with exactly the tokens it would have produced (seeded).
+// finishes with exactly the tokens it would have produced (seeded); and a class with a stream
+// interval, whose Generate and SSE streams carry the same tokens in one message per interval.
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -11,6 +12,8 @@ import * as grpc from '@grpc/grpc-js';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import type { NodespeedClient } from '../../src/client/index.js';
+import type { GenerateRequest } from '../../src/engine/index.js';
 import { sshdAvailable, startSshd } from '../helpers/sshd.js';
 import type { SshdHarness } from '../helpers/sshd.js';
 import { BIN, PY_TINY, grpcError, launch, reference, root, workerProcesses } from '../serving/helpers.js';
@@ -131,6 +134,74 @@ classes:
   }, 240_000);
 });
 
+const PACED_MS = 50;
+
+interface Messages {
+  /** Per message: when it arrived and how many tokens it carried. */
+  at: number[];
+  counts: number[];
+}
+
+/** A Generate stream's messages; fails on a gap or a repeat. */
+async function messages(client: NodespeedClient, r: GenerateRequest, priority: string): Promise<Messages & { tokenIds: number[] }> {
+  const out = { tokenIds: [] as number[], at: [] as number[], counts: [] as number[] };
+  for await (const m of client.generate({ promptIds: r.promptIds!, maxTokens: r.maxTokens!, ignoreEos: true, temperature: r.temperature!,
+    topK: r.topK!, topP: r.topP!, seed: String(r.seed), priority })) {
+    if (m.index !== out.tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${out.tokenIds.length} tokens received`);
+    out.tokenIds.push(...m.tokenIds);
+    out.at.push(performance.now());
+    out.counts.push(m.tokenIds.length);
+  }
+  return out;
+}
+
+/** A /v1/completions SSE stream's events with tokens (each a write of the stream: one choice, so one event a write), their tokens by their logprobs. */
+async function sse(base: string, model: string, r: GenerateRequest, priority: string): Promise<Messages & { text: string }> {
+  const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({
+    model, prompt: r.promptIds, max_tokens: r.maxTokens, ignore_eos: true, temperature: r.temperature, top_k: r.topK, top_p: r.topP, seed: r.seed,
+    logprobs: 1, stream: true, priority }) });
+  expect(res.status, res.status === 200 ? '' : await res.text()).toBe(200);
+  const out = { text: '', at: [] as number[], counts: [] as number[] };
+  const decoder = new TextDecoder();
+  let buf = '';
+  for await (const chunk of res.body!) {
+    buf += decoder.decode(chunk as Uint8Array, { stream: true });
+    let end;
+    while ((end = buf.indexOf('\n\n')) >= 0) {
+      const line = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      if (line === 'data: [DONE]') continue;
+      const c = JSON.parse(line.slice('data: '.length)) as { choices: { text: string; logprobs: { tokens: string[] } | null }[] };
+      const tokens = c.choices[0]?.logprobs?.tokens.length ?? 0;
+      if (!tokens) continue;
+      out.text += c.choices[0]!.text;
+      out.at.push(performance.now());
+      out.counts.push(tokens);
+    }
+  }
+  return out;
+}
+
+/**
+ * A paced stream: the first token at once (not held back for the interval), then one message per
+ * interval at most, each with the tokens that came meanwhile, and the end at once; the same
+ * request unpaced came in many more messages.
+ */
+function expectPaced(paced: Messages, unpaced: Messages): void {
+  const n = paced.counts.length;
+  const span = paced.at[n - 1]! - paced.at[0]!;
+  const what = `tokens per message ${paced.counts.join(',')} over ${span.toFixed(0)} ms`;
+  expect(n, what).toBeGreaterThanOrEqual(3);
+  // Held back for an interval, the first message would carry dozens of tokens; a busy machine may
+  // still put a few in it.
+  expect(paced.counts[0], what).toBeLessThanOrEqual(10);
+  const middle = paced.counts.slice(1, -1);
+  expect(middle.reduce((x, y) => x + y, 0) / middle.length, what).toBeGreaterThanOrEqual(3);
+  // Arrivals jitter (the 2 cores are shared): two messages of slack.
+  expect(n, what).toBeLessThanOrEqual(4 + Math.floor(span / PACED_MS));
+  expect(unpaced.counts.length, `unpaced: ${unpaced.counts.length} messages`).toBeGreaterThan(2 * n);
+}
+
 describe('preemption inside a replica', () => {
   let w: Workdir;
   beforeAll(() => {
@@ -138,7 +209,8 @@ describe('preemption inside a replica', () => {
   });
   afterAll(() => w?.remove());
 
-  it('a realtime request at a full replica preempts the batch stream, which pauses and finishes with the tokens it would have produced', async () => {
+  it('a realtime request at a full replica preempts the batch stream, which pauses and finishes with the tokens it would have produced; ' +
+    'a class with a stream interval gets the same tokens in few messages', async () => {
     const config = w.file('deploy.yaml', `model: ${PY_TINY}
 groups:
   - name: one
@@ -148,6 +220,7 @@ groups:
 classes:
   realtime: { groups: [one] }
   batch: { groups: [one] }
+  paced: { groups: [one], priority: 200, stream_interval_ms: ${PACED_MS} }
 `);
     const [long, short] = [seeded(1, 400, 4242)[0]!, seeded(1, 24, 5151)[0]!];
     const local = await faultFree([long, short]);
@@ -173,6 +246,23 @@ classes:
       // The replica's own count comes with its driver's heartbeat (every 0.25 s here), which the
       // realtime request's few tokens can outrun.
       await until('the replica reports one preemption', async () => (await cluster.client.clusterStatus()).replicas[0]!.preemptions === 1, 5_000);
+
+      // The paced class (one stream message per 50 ms at most; py-tiny makes a token every ms or so): exactly the tokens of the same
+      // seeded request unpaced, on the gRPC Generate stream and on the SSE stream alike.
+      const req = seeded(1, 400, 6161)[0]!;
+      const [ref] = await faultFree([req]);
+      const unpaced = await messages(cluster.client, req, 'batch');
+      const paced = await messages(cluster.client, req, 'paced');
+      expect(unpaced.tokenIds).toEqual(ref!.tokenIds);
+      expect(paced.tokenIds).toEqual(ref!.tokenIds);
+      expectPaced(paced, unpaced);
+      const http = `http://${/ http=(\S+)/.exec(cluster.readyLine)![1]}`;
+      const model = (await cluster.client.clusterStatus()).model;
+      const sseUnpaced = await sse(http, model, req, 'batch');
+      const ssePaced = await sse(http, model, req, 'paced');
+      expect(sseUnpaced.text).toBe(ref!.text);
+      expect(ssePaced.text).toBe(ref!.text);
+      expectPaced(ssePaced, sseUnpaced);
     } finally {
       expect(await cluster.stop()).toBe(0);
     }

@@ -35,7 +35,7 @@ groups:
 classes:
   realtime: { groups: [gpu], ttft_p99_ms: 300 }
   standard: { groups: [gpu, cpu] }
-  batch: { groups: [cpu, gpu] }
+  batch: { groups: [cpu, gpu], stream_interval_ms: 50 }
 spares: 0
 `;
 
@@ -62,8 +62,10 @@ describe('deployment file', () => {
     expect(d.classes).toEqual([
       { name: 'realtime', priority: -100, groups: ['gpu'], ttftP99Ms: 300 },
       { name: 'standard', priority: 0, groups: ['gpu', 'cpu'] },
-      { name: 'batch', priority: 100, groups: ['cpu', 'gpu'] },
+      { name: 'batch', priority: 100, groups: ['cpu', 'gpu'], streamIntervalMs: 50 },
     ]);
+    expect(parseDeployment(EXAMPLE.replace('stream_interval_ms: 50', 'stream_interval_ms: 0'), 'deploy.yaml', '/etc').classes![2]!.streamIntervalMs).toBe(0);
+    expect(parseDeployment(EXAMPLE.replace('stream_interval_ms: 50', 'stream_interval_ms: 10000'), 'deploy.yaml', '/etc').classes![2]!.streamIntervalMs).toBe(10000);
     const classes = new ClassTable(d.classes!, d.groups.map((g) => g.name));
     expect([-5, 0, 99, 100, 7000, -1000].map((p) => classes.forValue(p).name)).toEqual(['realtime', 'standard', 'standard', 'batch', 'batch', 'realtime']);
     expect(d.lineOf('groups[1].threads')).toBe(14);
@@ -99,6 +101,16 @@ describe('deployment file', () => {
       'deploy.yaml:6: classes.urgent.priority: priority -100 is realtime\'s too: each class needs its own'],
     ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], ttft_p99_ms: 0 }\n', 'deploy.yaml:5: classes.realtime.ttft_p99_ms: must be a number > 0 (got 0)'],
     ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], ttft_ms: 5 }\n', 'deploy.yaml:5: classes.realtime.ttft_ms: unknown key (did you mean ttft_p99_ms?)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch:\n    groups: [gpu]\n    stream_interval_ms: -1\n',
+      'deploy.yaml:7: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got -1)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], stream_interval_ms: 2.5 }\n',
+      'deploy.yaml:5: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got 2.5)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], stream_interval_ms: 10001 }\n',
+      'deploy.yaml:5: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got 10001)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], stream_interval_ms: "50" }\n',
+      'deploy.yaml:5: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got "50")'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], stream_interval: 50 }\n',
+      'deploy.yaml:5: classes.batch.stream_interval: unknown key (did you mean stream_interval_ms?)'],
     ['model: m\ngroups:\n  - name: gpu\nspares: -1\n', 'deploy.yaml:4: spares: must be an integer >= 0 (got -1)'],
     ['model: m\nmodel: n\ngroups:\n  - name: gpu\n', 'deploy.yaml:2: not valid YAML: Map keys must be unique'],
     ['', 'deploy.yaml: is empty'],
@@ -178,14 +190,14 @@ describe('nodespeed launch --config --dry-run', () => {
 
   it('prints every group\'s placement and memory per rank; a one-group file takes the group flags; a bad key names its line', () => {
     const mixed = run(`model: ${PY_TINY}\nhostfile: ./hostfile\ngroups:\n  - name: fast\n    device: cpu\n    tp: 2\n    hosts: [n2]\n` +
-      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast] }\n  realtime: { groups: [fast], ttft_p99_ms: 250 }\n',
+      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast], stream_interval_ms: 200 }\n  realtime: { groups: [fast], ttft_p99_ms: 250 }\n',
       [], 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
     expect(mixed.status, mixed.stderr).toBe(0);
     expect(mixed.stdout).toContain('group fast (cpu bf16/f32/f32): 1 replica(s) x pp 1 x tp 2');
     expect(mixed.stdout).toContain('replica 0 [fast]: stage 0 layers 0-5: rank 0 (tp 0) @n2, rank 1 (tp 1) @n2');
     expect(mixed.stdout).toContain('group slow (cpu f32/f32/f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
     expect(mixed.stdout.match(/^ {2}rank \d @n\d replica \d .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
-    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms) -> fast; batch (priority 100) -> slow, fast');
+    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms) -> fast; batch (priority 100, a stream message per 200 ms) -> slow, fast');
     const one = `model: ${PY_TINY}\ngroups:\n  - name: only\n    device: cpu\n    replicas: 1\n`;
     const flags = run(one, ['--tp', '2', '--replicas', '2']);
     expect(flags.status, flags.stderr).toBe(0);
@@ -221,6 +233,9 @@ describe('nodespeed launch --config --dry-run', () => {
     const missing = launchOnly(`model: ${PY_TINY}\ngroups:\n  - name: gpu\n    device: cpu\nclasses:\n  realtime: { groups: [gpu, cpu] }\n`);
     expect(missing.status).not.toBe(0);
     expect(missing.stderr).toContain(`${join(dir, 'launch.yaml')}:6: classes.realtime.groups[1]: no group named "cpu" (groups: gpu)`);
+    const interval = launchOnly(`model: ${PY_TINY}\ngroups:\n  - name: gpu\n    device: cpu\nclasses:\n  batch:\n    groups: [gpu]\n    stream_interval_ms: 20000\n`);
+    expect(interval.status).not.toBe(0);
+    expect(interval.stderr).toContain(`${join(dir, 'launch.yaml')}:8: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got 20000)`);
     writeFileSync(join(dir, 'hostfile4'), 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
     const tooMany = launchOnly(`model: ${PY_TINY}\nhostfile: hostfile4\ngroups:\n  - name: a\n    device: cpu\n    replicas: 9\n`);
     expect(tooMany.status).not.toBe(0);

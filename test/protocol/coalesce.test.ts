@@ -3,7 +3,7 @@
 // hundreds of batch ones) is not written one event-loop turn per message after the others. A real
 // gRPC server and client over loopback, the control proto, the coordinator's WorkerConn.
 import * as grpc from '@grpc/grpc-js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import { WorkerConn, urgentFirst } from '../../src/coordinator/worker-conn.js';
 import type { ControlCall } from '../../src/coordinator/worker-conn.js';
@@ -12,7 +12,7 @@ import type { CoordinatorMessage, Join, OutgoingCoordinatorMessage } from '../..
 import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition, serviceDefinition } from '../../src/protocol/proto.js';
 import type { RankPlan } from '../../src/coordinator/layout.js';
 import { FinishReason } from '../../src/protocol/lifecycle.js';
-import { batches, upperBytes } from '../../src/protocol/coalesce.js';
+import { CoalescingWriter, batches, upperBytes } from '../../src/protocol/coalesce.js';
 import { packWorkerMessages } from '../../src/worker/control-client.js';
 import type { OutgoingWorkerMessage, TokenUpdateIn } from '../../src/protocol/control.js';
 
@@ -169,5 +169,107 @@ describe('batch size', () => {
     expect(out.length).toBe(8);  // 4 a batch: 7 batches and the last 2
     expect(out.flatMap((m) => m.batch?.messages ?? [m]).map((m) => m.submit!.requestId)).toEqual(ms.map((m) => m.submit!.requestId));
     for (const b of out) expect(responseSerialize(b).length).toBeLessThanOrEqual(limit);
+  });
+});
+
+describe('a paced stream (a class with a stream interval)', () => {
+  /** A writer whose writes complete when the test says so; each write's text. */
+  function paced() {
+    const writes: string[] = [];
+    const pending: (() => void)[] = [];
+    const out = new CoalescingWriter<string>((m, done) => {
+      writes.push(m);
+      pending.push(() => done());
+    }, (ms) => [ms.join('')]);
+    const complete = () => pending.splice(0).forEach((f) => f());
+    return { out, writes, complete };
+  }
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('writes the first message at once, then at most one write per interval with what came meanwhile merged, in order', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { out, writes, complete } = paced();
+    out.pace(100);
+    out.send('a');
+    expect(writes).toEqual(['a']);
+    complete();
+    out.send('b');
+    out.send('c');
+    vi.advanceTimersByTime(50);
+    expect(writes).toEqual(['a']);
+    expect(out.backlog).toBe(2);
+    out.send('d');
+    vi.advanceTimersByTime(49);
+    expect(writes).toEqual(['a']);
+    vi.advanceTimersByTime(1);
+    expect(writes).toEqual(['a', 'bcd']);
+    // A write still in flight when the interval has passed: what came meanwhile goes out when it completes.
+    out.send('e');
+    vi.advanceTimersByTime(150);
+    expect(writes).toEqual(['a', 'bcd']);
+    complete();
+    expect(writes).toEqual(['a', 'bcd', 'e']);
+    complete();
+    // Idle for longer than the interval: the next message goes out at once.
+    vi.advanceTimersByTime(300);
+    out.send('f');
+    expect(writes).toEqual(['a', 'bcd', 'e', 'f']);
+    complete();
+    expect(writes.join('')).toBe('abcdef');
+  });
+
+  it('the end does not wait: whenIdle writes what waits for the interval at once, and runs after it was written', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { out, writes, complete } = paced();
+    out.pace(1000);
+    out.send('a');
+    complete();
+    out.send('b');
+    out.send('c');
+    expect(writes).toEqual(['a']);
+    let ended = false;
+    out.whenIdle(() => (ended = true), null);
+    expect(writes).toEqual(['a', 'bc']);
+    expect(ended).toBe(false);
+    complete();
+    expect(ended).toBe(true);
+    // What follows the end (an SSE stream's last chunks) does not wait either.
+    out.send('d');
+    expect(writes).toEqual(['a', 'bc', 'd']);
+    complete();
+    // Nothing is left on a timer to write again later.
+    vi.advanceTimersByTime(5000);
+    expect(writes).toEqual(['a', 'bc', 'd']);
+  });
+
+  it('pace() lets the next write go at once (a stream paced when its request is admitted, or after its opening chunks)', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { out, writes, complete } = paced();
+    out.send('open');
+    out.pace(100);
+    out.send('t1');
+    complete();
+    expect(writes).toEqual(['open', 't1']);
+    complete();
+    out.send('t2');
+    expect(writes).toEqual(['open', 't1']);
+    vi.advanceTimersByTime(100);
+    expect(writes).toEqual(['open', 't1', 't2']);
+  });
+
+  it('unpaced (interval 0): what comes during a write goes out as soon as it completes, with no timer', () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { out, writes, complete } = paced();
+    out.send('a');
+    out.send('b');
+    out.send('c');
+    complete();
+    expect(writes).toEqual(['a', 'bc']);
+    complete();
+    out.send('d');
+    expect(writes).toEqual(['a', 'bc', 'd']);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });

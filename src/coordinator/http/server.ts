@@ -50,6 +50,8 @@ export interface ServeHandle {
   n: number;
   /** The request's class priority (lower is more urgent): its echoed prompts are decoded in that order. */
   priority: number;
+  /** Its class's stream interval (classes.ts): a stream writes at most once per this many ms; absent or 0: at once. */
+  streamIntervalMs?: number;
   cancel(reason: string): void;
 }
 
@@ -196,12 +198,15 @@ const mergeUpdates = (run: StreamItem[]): StreamItem => ({ update: joinTokenRun(
  */
 class EventStream {
   private readonly out: CoalescingWriter<StreamItem[]>;
+  /** The class's stream interval, in force from the first update on (the opening chunks do not hold back the first token). */
+  private paceMs: number | undefined;
 
   /**
    * `render`: an update's chunks, rendered in order as they are written; `failed`: rendering threw
    * (our fault: the caller ends the stream with an error chunk).
    */
-  constructor(private readonly res: ServerResponse, render: (u: ChoiceUpdate) => unknown[], failed: (err: Error) => void) {
+  constructor(private readonly res: ServerResponse, render: (u: ChoiceUpdate) => unknown[], failed: (err: Error) => void, paceMs = 0) {
+    this.paceMs = paceMs;
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' });
     res.flushHeaders();
     const text = (items: StreamItem[]) => items.flatMap((x) => ('update' in x ? render(x.update) : [x.chunk])).map((c) => `data: ${JSON.stringify(c)}\n\n`).join('');
@@ -238,6 +243,10 @@ class EventStream {
   }
 
   update(u: ChoiceUpdate): void {
+    if (this.paceMs !== undefined) {
+      this.out.pace(this.paceMs);
+      this.paceMs = undefined;
+    }
     this.out.send([{ update: u }]);
   }
 
@@ -356,7 +365,7 @@ async function run(service: InferenceService, req: IncomingMessage, res: ServerR
         stream!.done();
         finish();
       };
-      stream = new EventStream(res, (u) => render.chunks(u, handle), failed);
+      stream = new EventStream(res, (u) => render.chunks(u, handle), failed, handle.streamIntervalMs);
       for (const c of render.opening(handle)) stream.send(c);
     }
     for (const u of early.splice(0)) sink.update(u);

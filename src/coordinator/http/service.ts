@@ -113,7 +113,8 @@ export class CoordinatorService implements InferenceService {
       fail: (code, details) => sink.fail(apiErrorOf(code, details)),
     });
     if (!('records' in admitted)) throw apiErrorOf(admitted.code, admitted.details);
-    return { promptIds: valid.map((v) => v.promptIds), n, priority: valid[0]!.sched.priority, cancel: (why) => admitted.cancel(why) };
+    return { promptIds: valid.map((v) => v.promptIds), n, priority: valid[0]!.sched.priority, streamIntervalMs: valid[0]!.sched.cls.streamIntervalMs ?? 0,
+      cancel: (why) => admitted.cancel(why) };
   }
 
   /** The OpenAI request field a validation error is about (`prompt` of a batch: `prompt[i]`; a chat's top count: `top_logprobs`). */
