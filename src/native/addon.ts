@@ -226,7 +226,8 @@ function withStepRequests(Native: new (cfg: ShardConfigJS) => PackedStepEngine):
     submit(req: StepRequest): SubmittedStep {
       const { ints, floats } = packStep(req);
       const { result, ticket } = this.stepPacked(ints, floats, req.seqs, req.hiddenIn, req.wantLogits === true);
-      return { result, withdraw: () => this.withdrawStep(ticket) };
+      let withdrawn = false;  // once withdrawn, the addon may forget the ticket (passed over): the answer stays
+      return { result, withdraw: () => (withdrawn ||= this.withdrawStep(ticket)) };
     }
 
     step(req: StepRequest): Promise<StepResult> {

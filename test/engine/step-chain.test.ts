@@ -144,8 +144,9 @@ describe('withdrawing a submitted step', () => {
     }
     expect(k.skipped).toBeUndefined();
     expect(Array.from(k.sampled)).toEqual(want);
-    // Once a step has run, withdrawing it changes nothing.
+    // Once a step has run, withdrawing it changes nothing; a withdrawn one stays withdrawn.
     expect(kept.withdraw()).toBe(false);
     expect(head.withdraw()).toBe(false);
+    expect(doomed.withdraw()).toBe(true);
   });
 });

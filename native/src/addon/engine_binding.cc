@@ -49,6 +49,30 @@ struct EngineState {
   int hidden = 0;
   int kv_block_size = 0;
   DType compute = DType::F32;
+
+  // A call taking its turn: true when it was withdrawn (it runs nothing).
+  bool TakeWithdrawn(uint64_t ticket) {
+    std::lock_guard<std::mutex> lock(pend_mu);
+    auto it = pending.find(ticket);
+    if (it == pending.end()) return false;
+    const bool withdrawn = it->second;
+    pending.erase(it);
+    return withdrawn;
+  }
+  // Under mu, a call done: the turn passes to the next call, over the withdrawn steps right behind
+  // it, so the next step that runs starts now rather than after a wake-up of each withdrawn one's
+  // thread (those find themselves passed over whenever they wake).
+  void Advance() {
+    ++now_serving;
+    {
+      std::lock_guard<std::mutex> lock(pend_mu);
+      for (auto it = pending.find(now_serving); it != pending.end() && it->second; it = pending.find(now_serving)) {
+        pending.erase(it);
+        ++now_serving;
+      }
+    }
+    turn.notify_all();
+  }
 };
 
 // Runs fn() under the engine's mutex on a worker thread; resolve(env) builds the result.
@@ -56,9 +80,11 @@ class EngineWork : public Napi::AsyncWorker {
  public:
   using Fn = std::function<void(Backend&)>;
   using Resolve = std::function<Napi::Value(Napi::Env)>;
-  EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve)
+  // skipped: called instead of fn when the call was withdrawn (withdrawStep) before its turn.
+  EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve,
+             std::function<void()> skipped = nullptr)
       : Napi::AsyncWorker(env, what), st_(std::move(st)), what_(what), fn_(std::move(fn)), resolve_(std::move(resolve)),
-        deferred_(Napi::Promise::Deferred::New(env)), ticket_(st_->next_ticket++) {}
+        skipped_(std::move(skipped)), deferred_(Napi::Promise::Deferred::New(env)), ticket_(st_->next_ticket++) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   uint64_t Ticket() const { return ticket_; }
   std::vector<Napi::Reference<Napi::Value>> keep;  // JS buffers the worker reads
@@ -66,8 +92,14 @@ class EngineWork : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     std::unique_lock<std::mutex> lock(st_->mu);
-    st_->turn.wait(lock, [&] { return st_->now_serving == ticket_; });
-    if (st_->disposed || !st_->backend) {
+    st_->turn.wait(lock, [&] { return st_->now_serving >= ticket_; });
+    if (st_->now_serving > ticket_) {  // withdrawn, and passed over by the call before it
+      if (skipped_) skipped_();
+      return;
+    }
+    if (st_->TakeWithdrawn(ticket_)) {
+      if (skipped_) skipped_();
+    } else if (st_->disposed || !st_->backend) {
       st_->backend.reset();
       SetError(std::string(what_) + ": the engine was disposed");
     } else {
@@ -78,8 +110,7 @@ class EngineWork : public Napi::AsyncWorker {
       }
       if (st_->disposed) st_->backend.reset();  // dispose() came while this call ran
     }
-    ++st_->now_serving;
-    st_->turn.notify_all();
+    st_->Advance();
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -96,6 +127,7 @@ class EngineWork : public Napi::AsyncWorker {
   const char* what_;
   Fn fn_;
   Resolve resolve_;
+  std::function<void()> skipped_;
   Napi::Promise::Deferred deferred_;
   uint64_t ticket_;
 };
@@ -366,27 +398,16 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   }
   job->in.want_logits = info.Length() > 4 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value();
 
-  // Runs under the engine's mutex, in its turn: a withdrawn step runs nothing and leaves the
-  // previous step's tokens for the next one; a chained step fills its tokenFrom tokens from them
-  // first. Any failure (a bad tokenFrom included) marks the step failed, so a chained step behind
-  // it fails too instead of running on tokens that were never sampled.
+  // Runs under the engine's mutex, in its turn (a withdrawn step runs nothing: the skipped callback
+  // below, and the previous step's tokens stay the ones the next chained step reads); a chained
+  // step fills its tokenFrom tokens from them first. Any failure (a bad tokenFrom included) marks
+  // the step failed, so a chained step behind it fails too instead of running on tokens that were
+  // never sampled.
   EngineState* st = st_.get();  // the worker holds st_ alive while it runs
   auto* w = new EngineWork(
       env, st_, "step",
       [job, st](Backend& b) {
         job->started = StepJob::Clock::now();
-        {
-          std::lock_guard<std::mutex> lock(st->pend_mu);
-          auto it = st->pending.find(job->ticket);
-          if (it != st->pending.end()) {
-            job->skipped = it->second;
-            st->pending.erase(it);
-          }
-        }
-        if (job->skipped) {
-          job->finished = job->started;
-          return;
-        }
         if (st->last != EngineState::Last::kNone) job->gap_ms = Ms(job->started - st->last_finished);
         try {
           if (job->chained && st->last == EngineState::Last::kFailed)
@@ -442,6 +463,10 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
           o.Set("hiddenOut", h);
         }
         return static_cast<Napi::Value>(o);
+      },
+      [job] {
+        job->skipped = true;
+        job->started = job->finished = StepJob::Clock::now();
       });
   job->ticket = w->Ticket();
   {
