@@ -173,7 +173,7 @@ export class Replica {
   /** Queues a request (driver); returns the refusal to report when it can never run here. */
   submit(s: Submit, replayed?: ReplayedText): TokenUpdate | null {
     const refused = this.driverScheduler().submit(s, replayed);
-    this.reconsiderAhead();
+    if (!refused) this.reconsiderAhead(s.classRank);
     this.poke();
     return refused;
   }
@@ -241,18 +241,20 @@ export class Replica {
   }
 
   /**
-   * A request arrived while step N runs: a step planned after N when nothing else was is planned
-   * now; alone (tp 1, where no other rank has its frame), a step planned after N that has not
-   * started is withdrawn and planned again when the request is of a more urgent class than its
-   * members, so the request's prefill is in it instead of in the step after. When the withdrawal
-   * loses the race (the step started), the step stands and is applied as planned.
+   * A request of class `rank` arrived while step N runs: a step planned after N when nothing else
+   * was is planned now; alone (tp 1, where no other rank has its frame), a step planned after N
+   * that has not started is withdrawn and planned again when the request is of a more urgent class
+   * than its least urgent member, so the request's prefill is in it instead of in the step after
+   * (only the arrival of such a request: one that waits on for a seat does not re-plan at every
+   * later arrival). When the withdrawal loses the race (the step started), the step stands and is
+   * applied as planned.
    */
-  private reconsiderAhead(): void {
+  private reconsiderAhead(rank: number): void {
     const sched = this.scheduler;
     if (!sched || !this.running || this.stopped) return;
     const a = this.ahead;
     if (a) {
-      if (this.world !== 1 || !sched.urgentWaiting(a.step) || !a.run.withdraw()) return;
+      if (this.world !== 1 || rank >= sched.leastUrgent(a.step) || !sched.urgentWaiting(a.step) || !a.run.withdraw()) return;
       sched.unplan(a.step);
       this.ahead = null;
     }
