@@ -298,7 +298,7 @@ export class Replica {
         const run = cur.run;
         const out: StepResult = await this.watch(() => run.result);
         // Only a withdrawn step is skipped, and the driver never waits for one.
-        if (out.skipped) throw new Error(`replica: step ${sched.steps} was skipped while the driver waited for it`);
+        if (out.skipped) throw new Error('replica: a step the driver waited for was skipped');
         // The step's own time: from its submission, or from the previous step's result when it was submitted behind that one.
         const now = performance.now();
         const ms = now - Math.max(cur.t0, lastResult);
@@ -308,8 +308,8 @@ export class Replica {
         await cur.sent;
         this.running = null;
         unsettled = sched.apply(cur.step, out.sampled, out.logprobs);
-        // A more urgent request that came while N+1 was being submitted and N ended: N+1 has most
-        // likely started, but when it has not, plan again with the request in it.
+        // A more urgent request still waiting (say one that waited for a seat N's tokens freed): N+1
+        // has most likely started by now, but when it has not, it is planned again with the request.
         const a = this.ahead as Launched | null;
         if (a && this.world === 1 && sched.urgentWaiting(a.step) && a.run.withdraw()) {
           sched.unplan(a.step);
