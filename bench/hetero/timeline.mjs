@@ -101,15 +101,20 @@ export function timeline(trace, runs, from, to) {
 
 /**
  * What each replica driver's steps did in [from, to) (epoch ms), from a NODESPEED_STEP_TRACE file:
- * per driver pid, its steps and their time (`step_ms`), the driver's time between one step's end
- * and the next one's start (`gap_ms`: the device idles then), what a step carried (tokens, decodes,
- * sampled: the tokens it generated), and `busy`: the share of the window inside steps. Throughput is
- * sampled / (step + gap) time, so a replica that generates less in one phase than in another shows
- * whether its steps got slower (step_ms at the same tokens), carried less (sampled per step), or
- * started later (gap_ms). A step's time splits into `run_ms` (the addon's backend step: launches,
- * device work, the copy back) and `host_ms` (the rest: the driver's JS work that a step waits for,
- * the worker thread's queue, the JS thread taking the result), so a slower step tells apart a
- * slower device from a busier host.
+ * per driver pid, its steps and their time (`step_ms`: as the driver saw it, from its submission or
+ * the previous step's result to its own result), the time between one step's end and the next
+ * one's start (`gap_ms`: the device idles then, including the driver's idle waits for work), what a
+ * step carried (tokens, decodes, sampled: the tokens it generated), and `busy`: the share of the
+ * window the backend ran steps. Throughput is sampled / (run + gap) time, so a replica that
+ * generates less in one phase than in another shows whether its steps got slower (run_ms at the
+ * same tokens), carried less (sampled per step), or started later (gap_ms). A step's period splits
+ * into `run_ms` (the addon's backend step: launches, device work, the copy back) and `host_ms`: how
+ * long the device waited for the host before it, i.e. the engine's idle time since the previous
+ * step ended (the trace's gap_ms, measured on the worker thread), over the steps the driver had
+ * work for (not after_idle). A step submitted while the one before it ran starts microseconds after
+ * it; a slower step then tells a slower device from a busier host. Traces written before the addon
+ * measured the gap have no gap_ms: there host_ms is the step's wall time less run_ms (the queue and
+ * return trips) and the gap is taken between the JS-side start and end times.
  */
 export function steps(file, from, to) {
   const byPid = new Map();
@@ -122,20 +127,26 @@ export function steps(file, from, to) {
   const mean = (xs) => (xs.length ? Math.round((1000 * xs.reduce((a, b) => a + b, 0)) / xs.length) / 1000 : null);
   for (const [pid, ss] of byPid) {
     ss.sort((a, b) => a.epochMs - b.epochMs);
+    // gap_ms on the lines: the engine's own measure (its first step has none); else from the JS-side times.
+    const native = ss.some((s) => s.gap_ms !== undefined);
     const gaps = [];
-    for (let i = 1; i < ss.length; i++) gaps.push(ss[i].epochMs - (ss[i - 1].epochMs + ss[i - 1].ms));
+    for (let i = 1; i < ss.length; i++) {
+      gaps.push(native ? ss[i].gap_ms ?? 0 : ss[i].epochMs - (ss[i - 1].epochMs + ss[i - 1].ms));
+    }
     const ms = ss.map((s) => s.ms);
     const timed = ss.filter((s) => s.run_ms !== undefined);
+    const host = native ? timed.filter((s) => s.gap_ms !== undefined && !s.after_idle).map((s) => s.gap_ms) : timed.map((s) => s.ms - s.run_ms);
     const split = timed.length ? {
       run_ms: { ...summary(timed.map((s) => s.run_ms)), mean: mean(timed.map((s) => s.run_ms)) },
-      host_ms: { ...summary(timed.map((s) => s.ms - s.run_ms)), mean: mean(timed.map((s) => s.ms - s.run_ms)) },
+      host_ms: { ...summary(host), mean: mean(host) },
       queue_ms_mean: mean(timed.map((s) => s.queue_ms)), return_ms_mean: mean(timed.map((s) => s.return_ms)),
     } : {};
+    const inSteps = native ? timed.map((s) => s.run_ms) : ms;
     const sum = (k) => ss.reduce((a, s) => a + (s[k] ?? 0), 0);
     const spanS = (to - from) / 1000;
     out[`driver-${pid}`] = {
       steps: ss.length, steps_per_s: Math.round(ss.length / spanS), sampled_per_s: Math.round(sum('sampled') / spanS),
-      busy: Math.round((1000 * ms.reduce((a, b) => a + b, 0)) / (to - from)) / 1000,
+      busy: Math.round((1000 * inSteps.reduce((a, b) => a + b, 0)) / (to - from)) / 1000,
       step_ms: { ...summary(ms), mean: mean(ms) }, ...split, gap_ms: { ...summary(gaps), mean: mean(gaps), total: r1(gaps.reduce((a, b) => a + b, 0)) },
       per_step: { seqs: mean(ss.map((s) => s.seqs)), tokens: mean(ss.map((s) => s.tokens)), decodes: mean(ss.map((s) => s.decodes)), sampled: mean(ss.map((s) => s.sampled ?? 0)) },
       // Steps without a decode (every running sequence prefilling: a wave of admissions) and steps that sampled nothing.

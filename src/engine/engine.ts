@@ -3,7 +3,9 @@
 import { kvWindowLayout, loadModelConfig, openCheckpoint, planShard, loadShard } from '../model/index.js';
 import type { ModelConfig, QuantizeChoice } from '../model/index.js';
 import { loadAddon } from '../native/addon.js';
-import type { AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult, StorageDTypeName } from '../native/addon.js';
+import type {
+  AddonInfo, DeviceName, DTypeName, NativeComm, NativeEngine, ShardConfigJS, StepRequest, StepResult, StorageDTypeName, SubmittedStep,
+} from '../native/addon.js';
 import { convertTensor } from '../model/convert.js';
 import { KvGroups } from './block-allocator.js';
 import type { KvGroupsOptions } from './block-allocator.js';
@@ -164,6 +166,16 @@ export class Engine {
   async step(req: StepRequest): Promise<StepResult> {
     if (this.disposed) throw new Error('step: the engine was disposed');
     return this.native.step(req);
+  }
+
+  /**
+   * Queues a step behind the ones submitted before it and returns at once (a chained request's
+   * tokenFrom reads the sampled tokens of the step just before it). Argument errors throw here;
+   * compute errors reject `result`.
+   */
+  submit(req: StepRequest): SubmittedStep {
+    if (this.disposed) throw new Error('step: the engine was disposed');
+    return this.native.submit(req);
   }
 
   describe(): string {

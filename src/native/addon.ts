@@ -98,10 +98,20 @@ export interface StepRequest {
   seqs: StepSeq[];
   hiddenIn?: Uint8Array;
   wantLogits?: boolean;
+  /**
+   * Makes the request a step chained to the one submitted before it on this engine: per sequence,
+   * -1, or the index in that step's sampled tokens of its first input token, which the addon fills
+   * in right before the step runs (the placeholder in `tokens` is ignored). A chained step fails
+   * when the step before it failed, or an index is outside its sampled tokens.
+   */
+  tokenFrom?: Int32Array;
 }
 
 export interface StepResult {
+  /** Empty when skipped. */
   sampled: Int32Array;
+  /** Withdrawn before it started: it ran nothing, and the next chained step reads the tokens of the step before it. */
+  skipped?: boolean;
   /** Present when a sampled sequence asked for logprobs. */
   logprobs?: StepLogprobs;
   logits?: Float32Array;
@@ -117,6 +127,19 @@ export interface StepTiming {
   runMs: number;
   /** From the step's end on the worker thread to the JS thread taking its result. */
   returnMs: number;
+  /**
+   * From the end of the engine's previous step to this one's start, on the worker thread: how long
+   * the backend (the device) sat idle between the two, whatever the JS thread did meanwhile. -1
+   * for the engine's first step.
+   */
+  gapMs: number;
+}
+
+/** A step submitted to the engine: its result, and a way to take it back while it has not started. */
+export interface SubmittedStep {
+  result: Promise<StepResult>;
+  /** True when the step had not started: it runs nothing and `result` resolves skipped. False: it runs (or ran) as submitted. */
+  withdraw(): boolean;
 }
 
 /** A communicator made by the addon (native/src/comm); opaque to the engine. */
@@ -146,6 +169,8 @@ export interface NativeEngine {
   finalize(): Promise<{ kvBlocks: number; kvWindowBlocks: number; kvBlockSize: number }>;
   setTpComm(comm: NativeComm): void;
   step(req: StepRequest): Promise<StepResult>;
+  /** Queues the step behind the engine's calls so far (in call order) and returns at once. */
+  submit(req: StepRequest): SubmittedStep;
   describe(): string;
   dispose(): void;
 }
@@ -189,16 +214,24 @@ export interface Addon {
 }
 
 /** The addon's own engine: its step takes the request as packStep packs it (src/native/step-pack.ts). */
-interface PackedStepEngine extends Omit<NativeEngine, 'step'> {
-  stepPacked(ints: Int32Array, floats: Float32Array, seqs: StepSeq[], hiddenIn: Uint8Array | undefined, wantLogits: boolean): Promise<StepResult>;
+interface PackedStepEngine extends Omit<NativeEngine, 'step' | 'submit'> {
+  stepPacked(ints: Int32Array, floats: Float32Array, seqs: StepSeq[], hiddenIn: Uint8Array | undefined, wantLogits: boolean):
+    { result: Promise<StepResult>; ticket: number };
+  withdrawStep(ticket: number): boolean;
 }
 
-/** The addon's Engine class with step(request): every caller's request is packed here, on its way in. */
+/** The addon's Engine class with step(request) and submit(request): every caller's request is packed here, on its way in. */
 function withStepRequests(Native: new (cfg: ShardConfigJS) => PackedStepEngine): new (cfg: ShardConfigJS) => NativeEngine {
   return class Engine extends Native {
-    step(req: StepRequest): Promise<StepResult> {
+    submit(req: StepRequest): SubmittedStep {
       const { ints, floats } = packStep(req);
-      return this.stepPacked(ints, floats, req.seqs, req.hiddenIn, req.wantLogits === true);
+      const { result, ticket } = this.stepPacked(ints, floats, req.seqs, req.hiddenIn, req.wantLogits === true);
+      let withdrawn = false;  // once withdrawn, the addon may forget the ticket (passed over): the answer stays
+      return { result, withdraw: () => (withdrawn ||= this.withdrawStep(ticket)) };
+    }
+
+    step(req: StepRequest): Promise<StepResult> {
+      return this.submit(req).result;
     }
   };
 }

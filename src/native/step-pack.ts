@@ -4,9 +4,10 @@
 // are the ones the addon made (`step: seqs[i].field ...`), in the same order.
 //
 // Layout (native/src/addon/engine_binding.cc reads it, checking every count against the lengths):
-//   ints:   n, then per sequence SEQ_INTS values: nTokens, pos, nBlocks, nWindowBlocks (-1: none),
-//           topK, flags, seed (low 32 bits), seed (high 32 bits); then per sequence its tokens,
-//           block table and window block table.
+//   ints:   n, request flags (REQ_CHAINED: the request has tokenFrom), then per sequence SEQ_INTS
+//           values: nTokens, pos, nBlocks, nWindowBlocks (-1: none), topK, flags, seed (low 32
+//           bits), seed (high 32 bits), tokenFrom (-1: none); then per sequence its tokens, block
+//           table and window block table.
 //   floats: per sequence temperature, topP.
 // The rare fields stay in the sequence object and the addon reads them for the flagged sequences
 // only: `sampling` (FLAG_EXTRAS), and a seed that is not a non-negative safe integer or a bigint
@@ -15,7 +16,9 @@ import { isInt32Array } from 'node:util/types';
 
 import type { StepRequest, StepSeq } from './addon.js';
 
-export const SEQ_INTS = 8;
+export const HEAD_INTS = 2;
+export const SEQ_INTS = 9;
+export const REQ_CHAINED = 1;
 export const FLAG_SAMPLE = 1;
 export const FLAG_ALL_LOGITS = 2;
 export const FLAG_NATIVE_SEED = 4;
@@ -52,10 +55,17 @@ export function packStep(req: StepRequest): PackedStep {
   const seqs: unknown = req.seqs;
   if (!Array.isArray(seqs)) throw new TypeError('step: seqs must be an array');
   const n = seqs.length;
-  const head = new Int32Array(1 + n * SEQ_INTS);
+  const from = req.tokenFrom as unknown;
+  if (from !== undefined && from !== null) {
+    if (!(from instanceof Int32Array || isInt32Array(from))) throw new TypeError('step: tokenFrom must be an Int32Array');
+    if ((from as Int32Array).length !== n) throw new RangeError(`step: tokenFrom has ${(from as Int32Array).length} entries for ${n} sequences`);
+  }
+  const tokenFrom = from as Int32Array | undefined | null;
+  const head = new Int32Array(HEAD_INTS + n * SEQ_INTS);
   const floats = new Float32Array(2 * n);
   const parts: Int32Array[] = [];
   head[0] = n;
+  head[1] = tokenFrom ? REQ_CHAINED : 0;
   let words = head.length;
   for (let i = 0; i < n; i++) {
     const s = seqs[i] as StepSeq;
@@ -84,7 +94,10 @@ export function packStep(req: StepRequest): PackedStep {
     if (flag(s.sample, i, 'sample', true)) flags |= FLAG_SAMPLE;
     if (flag(s.allLogits, i, 'allLogits', false)) flags |= FLAG_ALL_LOGITS;
     if (s.sampling !== undefined && s.sampling !== null) flags |= FLAG_EXTRAS;
-    const h = 1 + i * SEQ_INTS;
+    const f = tokenFrom ? tokenFrom[i]! : -1;
+    if (f < -1 || (f >= 0 && tokens.length === 0))
+      throw new RangeError(`step: tokenFrom[${i}] is ${f} for ${tokens.length} tokens: -1, or an index for its first token`);
+    const h = HEAD_INTS + i * SEQ_INTS;
     head[h] = tokens.length;
     head[h + 1] = pos;  // ToInt32, as N-API's Int32Value did
     head[h + 2] = table.length;
@@ -94,6 +107,7 @@ export function packStep(req: StepRequest): PackedStep {
     head[h + 5] = flags;
     head[h + 6] = lo;
     head[h + 7] = hi;
+    head[h + 8] = f;
     floats[2 * i] = temperature;
     floats[2 * i + 1] = topP;
     parts.push(tokens, table);

@@ -9,14 +9,17 @@
 // Every other rank follows the driver's frames (follow()), so the TP collectives inside the
 // engine always pair up.
 //
-// pp = 1 (tp 1 or more): the driver plans step N+1 while N runs and sends it at once, so the
-//   followers have it before N ends and nobody waits for a data-plane crossing between steps (at
-//   tp 1 the planning leaves the gap between steps). A decode's input token is N's sampled token,
-//   which every TP rank computes identically (same logits after the vocab all-gather, same seed):
-//   the frame carries its index in N's sampled tokens (`tokenFrom`) and each rank fills it in
-//   from its own result. A sequence that N's token ends (EOS, a stop string) runs once more and
-//   that result is dropped; its last allowed token (max tokens) is known ahead and never
-//   over-run. N's tokens are detokenized and reported while N+1 runs.
+// pp = 1 (tp 1 or more): the driver plans step N+1 while N runs, sends it at once and submits it
+//   to its own engine at once, so the followers have it before N ends, and the driver's engine
+//   starts it on its worker thread as soon as N ends, with no trip through the JS thread between
+//   the two. A decode's input token is N's sampled token, which every TP rank computes
+//   identically (same logits after the vocab all-gather, same seed): the step carries its index
+//   in N's sampled tokens (`tokenFrom`); the driver's engine fills it in natively (a chained
+//   step, src/native/addon.ts), each follower from its own result. A sequence that N's token ends
+//   (EOS, a stop string) runs once more and that result is dropped; its last allowed token (max
+//   tokens) is known ahead and never over-run. N's tokens are detokenized and reported while N+1
+//   runs. Alone (tp 1), a step submitted ahead that has not started yet is withdrawn and planned
+//   again when a more urgent request arrives, so its prefill joins the very next step.
 // pp > 1: the driver keeps up to pp micro-batches in flight; each stage receives the previous
 //   stage's activations and passes its own on, and the last stage's TP rank 0 returns the sampled
 //   tokens to the driver, which applies and reports them.
@@ -24,7 +27,7 @@ import type { ReplayedText } from '../model/tokenizer-pool.js';
 import type { Comm } from '../comm/comm.js';
 import type { Engine } from '../engine/engine.js';
 import { MAX_LOGPROBS } from '../native/addon.js';
-import type { StepLogprobs, StepSeq } from '../native/addon.js';
+import type { StepLogprobs, StepResult, StepSeq, SubmittedStep } from '../native/addon.js';
 import type { TokenizerLike } from '../engine/generate.js';
 import type { ReplicaLoad, Submit, TokenUpdate } from '../protocol/control.js';
 import {
@@ -48,6 +51,18 @@ export type DataPlane = Pick<Comm, 'send' | 'recv' | 'abort'>;
 /** Runs one engine step (the worker passes its step watchdog here). */
 export type StepRunner = <T>(run: () => Promise<T>) => Promise<T>;
 const unwatched: StepRunner = (run) => run();
+
+/** A step the driver submitted to its engine and has not applied yet (pp = 1). */
+interface Launched {
+  step: PlannedStep;
+  run: SubmittedStep;
+  /** Its frame to the other ranks. */
+  sent: Promise<unknown>;
+  /** When it was submitted (performance.now()). */
+  t0: number;
+  /** The driver waited for work before planning it: the engine's gap before it includes that wait. */
+  afterIdle: boolean;
+}
 
 /** What the driver needs besides the engine: its scheduler's limits and where token updates go. */
 export interface DriverOptions {
@@ -137,6 +152,9 @@ export class Replica {
   private readonly steps = new StepModel();
   private stopped = false;
   private wake: (() => void) | undefined;
+  /** pp = 1: the step the driver waits for (N), and the step submitted behind it (N+1). */
+  private running: Launched | null = null;
+  private ahead: Launched | null = null;
 
   constructor(private readonly engine: Engine, private readonly plane: DataPlane | null, readonly pos: ReplicaPosition,
     private readonly o: ReplicaOptions = {}) {
@@ -155,6 +173,7 @@ export class Replica {
   /** Queues a request (driver); returns the refusal to report when it can never run here. */
   submit(s: Submit, replayed?: ReplayedText): TokenUpdate | null {
     const refused = this.driverScheduler().submit(s, replayed);
+    if (!refused) this.reconsiderAhead(s.classRank);
     this.poke();
     return refused;
   }
@@ -203,7 +222,46 @@ export class Replica {
     return this.plane ? announce(this.plane, this.world, sched.steps, step) : Promise.resolve();
   }
 
-  /** pp = 1: step N+1 is planned and sent while N runs; N's tokens are reported while N+1 runs. */
+  /** Sends the step's frame and submits it to the engine; a chained step takes its tokenFrom tokens from the step before it. */
+  private launch(sched: Scheduler, step: PlannedStep, chained: boolean, afterIdle: boolean): Launched {
+    const sent = this.send(sched, step);
+    // Chained even without a decode (tokenFrom all -1): a failed step before it then fails it too.
+    const tokenFrom = chained ? step.tokenFrom ?? new Int32Array(step.seqs.length).fill(-1) : undefined;
+    const run = this.engine.submit({ seqs: step.seqs, ...(tokenFrom ? { tokenFrom } : {}) });
+    run.result.catch(() => {});  // awaited when the driver gets to it; a withdrawn step's is not
+    return { step, run, sent, t0: performance.now(), afterIdle };
+  }
+
+  /** While step N runs and nothing is planned after it: plans N+1 and submits it at once. */
+  private planAhead(sched: Scheduler): void {
+    const cur = this.running;
+    if (!cur || this.ahead || this.stopped) return;
+    const next = sched.nextAhead(cur.step);
+    if (next) this.ahead = this.launch(sched, next, true, false);
+  }
+
+  /**
+   * A request of class `rank` arrived while step N runs: a step planned after N when nothing else
+   * was is planned now; alone (tp 1, where no other rank has its frame), a step planned after N
+   * that has not started is withdrawn and planned again when the request is of a more urgent class
+   * than its least urgent member, so the request's prefill is in it instead of in the step after
+   * (only the arrival of such a request: one that waits on for a seat does not re-plan at every
+   * later arrival). When the withdrawal loses the race (the step started), the step stands and is
+   * applied as planned.
+   */
+  private reconsiderAhead(rank: number): void {
+    const sched = this.scheduler;
+    if (!sched || !this.running || this.stopped) return;
+    const a = this.ahead;
+    if (a) {
+      if (this.world !== 1 || rank >= sched.leastUrgent(a.step) || !sched.urgentWaiting(a.step) || !a.run.withdraw()) return;
+      sched.unplan(a.step);
+      this.ahead = null;
+    }
+    this.planAhead(sched);
+  }
+
+  /** pp = 1: step N+1 is planned, sent and submitted while N runs; N's tokens are reported while N+1 runs. */
   private async driveAhead(sched: Scheduler): Promise<void> {
     const trace = stepTracer();
     const o = this.o.driver!;
@@ -212,53 +270,57 @@ export class Replica {
       if (unsettled) o.emit(sched.settle(unsettled));
       unsettled = null;
     };
-    let ahead: { step: PlannedStep; sent: Promise<unknown> } | null = null;
-    let prevSampled: Int32Array | null = null;
-    for (;;) {
-      // A step already sent runs even when stopping: the followers are waiting in it.
-      if (!ahead && this.stopped) break;
-      let cur = ahead;
-      ahead = null;
-      if (!cur) {
-        const step = sched.next(1);
-        if (!step) {
-          if (unsettled) {  // settling may end sequences and free the KV blocks a queued request waits for
-            settle();
+    let afterIdle = false;
+    let lastResult = 0;
+    try {
+      for (;;) {
+        // A step already submitted runs even when stopping: the followers are waiting in it.
+        let cur = this.ahead;
+        this.ahead = null;
+        if (!cur) {
+          if (this.stopped) break;
+          const step = sched.next(1);
+          if (!step) {
+            if (unsettled) {  // settling may end sequences and free the KV blocks a queued request waits for
+              settle();
+              continue;
+            }
+            await this.idle();
+            afterIdle = true;
             continue;
           }
-          await this.idle();
-          continue;
+          cur = this.launch(sched, step, false, afterIdle);
+          afterIdle = false;
         }
-        cur = { step, sent: this.send(sched, step) };
-      }
-      fillTokens(cur.step.seqs, cur.step.tokenFrom, prevSampled);
-      const t0 = performance.now();
-      const step = cur.step;
-      const running = this.watch(() => this.engine.step({ seqs: step.seqs }));
-      let out: Awaited<typeof running>;
-      try {
         settle();  // step N-1's reports; a stop string found here keeps its sequence out of the plan below
-        if (!this.stopped) {
-          const next = sched.nextAhead(step);
-          if (next) ahead = { step: next, sent: this.send(sched, next) };
+        this.running = cur;
+        this.planAhead(sched);
+        const run = cur.run;
+        const out: StepResult = await this.watch(() => run.result);
+        // Only a withdrawn step is skipped, and the driver never waits for one.
+        if (out.skipped) throw new Error('replica: a step the driver waited for was skipped');
+        // The step's own time: from its submission, or from the previous step's result when it was submitted behind that one.
+        const now = performance.now();
+        const ms = now - Math.max(cur.t0, lastResult);
+        lastResult = now;
+        this.steps.observe(totalTokens(cur.step.seqs), ms);
+        trace?.(cur.step, ms, out.timing, cur.afterIdle);
+        await cur.sent;
+        this.running = null;
+        unsettled = sched.apply(cur.step, out.sampled, out.logprobs);
+        // A more urgent request still waiting (say one that waited for a seat N's tokens freed): N+1
+        // has most likely started by now, but when it has not, it is planned again with the request.
+        const a = this.ahead as Launched | null;
+        if (a && this.world === 1 && sched.urgentWaiting(a.step) && a.run.withdraw()) {
+          sched.unplan(a.step);
+          this.ahead = null;
         }
-      } finally {
-        out = await running;
       }
-      const ms = performance.now() - t0;
-      this.steps.observe(totalTokens(step.seqs), ms);
-      await cur.sent;
-      trace?.(step, ms, out.timing);
-      unsettled = sched.apply(step, out.sampled, out.logprobs);
-      prevSampled = out.sampled;
-      // Alone (tp 1), nobody else has the step planned ahead yet: when a more urgent class arrived
-      // meanwhile, plan it again so its prefill is not one step later.
-      if (ahead && this.world === 1 && sched.urgentWaiting(ahead.step)) {
-        sched.unplan(ahead.step);
-        ahead = null;
-      }
+      settle();
+    } finally {
+      this.running = null;
+      this.ahead = null;
     }
-    settle();
   }
 
   /** pp > 1: up to pp micro-batches in flight; the last stage returns each one's sampled tokens. */

@@ -212,6 +212,30 @@ describe('scheduler priorities', () => {
     expect(s.urgentWaiting(only)).toBe(false);               // everything waiting is in it already
   });
 
+  it('tp 1: a step planned ahead is planned again while the step before it still runs, the urgent prefill in it', () => {
+    // The driver withdraws its submitted step N+1 when the request arrives, while N runs (N not applied).
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submit(s, 'b', { priority: 100, classRank: 2 });
+    s.settle(s.apply(s.next(1)!, Int32Array.of(70)));
+    const n = s.next(1)!;                                    // b's decode (token 70)
+    const ahead = s.nextAhead(n)!;
+    expect(ahead.tokenFrom && Array.from(ahead.tokenFrom)).toEqual([0]);
+    submit(s, 'rt', { priority: -100, classRank: 0, promptIds: [9, 8] });
+    expect(s.urgentWaiting(ahead)).toBe(true);
+    const steps = s.steps;
+    s.unplan(ahead);
+    const again = s.nextAhead(n)!;
+    expect(s.steps).toBe(steps);
+    expect(again.members.map((m) => [m.seq.id, m.n, m.sample])).toEqual([['rt', 2, true], ['b', 1, true]]);  // the urgent class first
+    expect(Array.from(again.tokenFrom!)).toEqual([-1, 0]);  // rt's prompt is given; b still decodes n's token
+    expect(Array.from(again.seqs[0]!.tokens)).toEqual([9, 8]);
+    expect(s.urgentWaiting(again)).toBe(false);
+    // n, then the re-planned step, complete as usual: b's tokens continue, rt has its first.
+    s.settle(s.apply(n, Int32Array.of(71)));
+    const u = s.settle(s.apply(again, Int32Array.of(5, 72)));
+    expect(u.map((x) => [x.requestId, x.index, x.tokenIds])).toEqual([['rt', 0, [5]], ['b', 2, [72]]]);
+  });
+
   it('the step model fits base + per-token ms, newer steps weighing more', () => {
     const m = new StepModel();
     expect(m.fit()).toEqual({ stepMsBase: 0, stepMsPerToken: 0 });

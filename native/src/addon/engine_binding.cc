@@ -1,6 +1,12 @@
 // addon.Engine: a Backend behind a JS class. Every call that computes (loadTensor, finalize,
 // step) runs on a libuv worker thread (Napi::AsyncWorker) and resolves a promise; a per-engine
 // mutex serializes them, so the JS thread never waits on the backend.
+//
+// A step may be submitted while the one before it runs (the replica driver's run-ahead step): its
+// decodes then take their input token from that step's sampled tokens (`tokenFrom`), filled in
+// here under the mutex right before the backend's step, so the next step starts on the worker
+// thread as soon as the previous one ends, with no trip through the JS thread in between. Such a
+// step can be withdrawn until it starts (withdrawStep): it then runs nothing and resolves skipped.
 #include "addon/engine_binding.h"
 
 #include <chrono>
@@ -8,7 +14,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "addon/comm_binding.h"
@@ -29,9 +37,42 @@ struct EngineState {
   uint64_t next_ticket = 0, now_serving = 0;
   std::unique_ptr<Backend> backend;
   bool disposed = false;
+  // The last step that ran (under mu): whether it failed, its sampled tokens (a chained step's
+  // tokenFrom indexes them) and when it ended (a step's gapMs: how long the backend sat between).
+  enum class Last { kNone, kOk, kFailed } last = Last::kNone;
+  std::vector<int32_t> last_sampled;
+  std::chrono::steady_clock::time_point last_finished;
+  // Steps queued and not started yet, by ticket: whether they were withdrawn. Its own mutex, never
+  // held across a backend call, so withdrawStep on the JS thread never waits for a running step.
+  std::mutex pend_mu;
+  std::unordered_map<uint64_t, bool> pending;
   int hidden = 0;
   int kv_block_size = 0;
   DType compute = DType::F32;
+
+  // A call taking its turn: true when it was withdrawn (it runs nothing).
+  bool TakeWithdrawn(uint64_t ticket) {
+    std::lock_guard<std::mutex> lock(pend_mu);
+    auto it = pending.find(ticket);
+    if (it == pending.end()) return false;
+    const bool withdrawn = it->second;
+    pending.erase(it);
+    return withdrawn;
+  }
+  // Under mu, a call done: the turn passes to the next call, over the withdrawn steps right behind
+  // it, so the next step that runs starts now rather than after a wake-up of each withdrawn one's
+  // thread (those find themselves passed over whenever they wake).
+  void Advance() {
+    ++now_serving;
+    {
+      std::lock_guard<std::mutex> lock(pend_mu);
+      for (auto it = pending.find(now_serving); it != pending.end() && it->second; it = pending.find(now_serving)) {
+        pending.erase(it);
+        ++now_serving;
+      }
+    }
+    turn.notify_all();
+  }
 };
 
 // Runs fn() under the engine's mutex on a worker thread; resolve(env) builds the result.
@@ -39,17 +80,26 @@ class EngineWork : public Napi::AsyncWorker {
  public:
   using Fn = std::function<void(Backend&)>;
   using Resolve = std::function<Napi::Value(Napi::Env)>;
-  EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve)
+  // skipped: called instead of fn when the call was withdrawn (withdrawStep) before its turn.
+  EngineWork(Napi::Env env, std::shared_ptr<EngineState> st, const char* what, Fn fn, Resolve resolve,
+             std::function<void()> skipped = nullptr)
       : Napi::AsyncWorker(env, what), st_(std::move(st)), what_(what), fn_(std::move(fn)), resolve_(std::move(resolve)),
-        deferred_(Napi::Promise::Deferred::New(env)), ticket_(st_->next_ticket++) {}
+        skipped_(std::move(skipped)), deferred_(Napi::Promise::Deferred::New(env)), ticket_(st_->next_ticket++) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
+  uint64_t Ticket() const { return ticket_; }
   std::vector<Napi::Reference<Napi::Value>> keep;  // JS buffers the worker reads
 
  protected:
   void Execute() override {
     std::unique_lock<std::mutex> lock(st_->mu);
-    st_->turn.wait(lock, [&] { return st_->now_serving == ticket_; });
-    if (st_->disposed || !st_->backend) {
+    st_->turn.wait(lock, [&] { return st_->now_serving >= ticket_; });
+    if (st_->now_serving > ticket_) {  // withdrawn, and passed over by the call before it
+      if (skipped_) skipped_();
+      return;
+    }
+    if (st_->TakeWithdrawn(ticket_)) {
+      if (skipped_) skipped_();
+    } else if (st_->disposed || !st_->backend) {
       st_->backend.reset();
       SetError(std::string(what_) + ": the engine was disposed");
     } else {
@@ -60,8 +110,7 @@ class EngineWork : public Napi::AsyncWorker {
       }
       if (st_->disposed) st_->backend.reset();  // dispose() came while this call ran
     }
-    ++st_->now_serving;
-    st_->turn.notify_all();
+    st_->Advance();
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -78,6 +127,7 @@ class EngineWork : public Napi::AsyncWorker {
   const char* what_;
   Fn fn_;
   Resolve resolve_;
+  std::function<void()> skipped_;
   Napi::Promise::Deferred deferred_;
   uint64_t ticket_;
 };
@@ -85,7 +135,17 @@ class EngineWork : public Napi::AsyncWorker {
 // The parsed step request, owned by the worker: one copy of the packed ints, which the
 // sequences' token and block-table pointers point into.
 struct StepJob {
+  uint64_t ticket = 0;
   std::vector<int32_t> ints;
+  // A chained step (one packed with tokenFrom) depends on the step before it: per sequence whose
+  // first token comes from that step's sampled tokens, (sequence, index in ints, tokenFrom).
+  bool chained = false;
+  struct Fill {
+    size_t seq, at;
+    int32_t from;
+  };
+  std::vector<Fill> fills;
+  bool skipped = false;  // withdrawn before it started
   std::vector<std::vector<LogitBias>> biases;
   StepInput in;
   std::vector<uint8_t> hidden_in;
@@ -95,13 +155,16 @@ struct StepJob {
   // taking the result. A driver whose step time grows with the host's load shows it here.
   using Clock = std::chrono::steady_clock;
   Clock::time_point called = Clock::now(), started, finished;
+  double gap_ms = -1;  // the backend's idle time since the previous step ended, -1: none ran before
 };
 
-// The packed step request of src/native/step-pack.ts (keep the two in step): ints = [n, then n
-// records of kSeqInts, then each sequence's tokens, block table and window block table]; floats =
-// n x (temperature, topP).
-constexpr size_t kSeqInts = 8;
-enum SeqInt { kNTokens, kPos, kNBlocks, kNWindowBlocks, kTopK, kFlags, kSeedLo, kSeedHi };
+// The packed step request of src/native/step-pack.ts (keep the two in step): ints = [n, request
+// flags, then n records of kSeqInts, then each sequence's tokens, block table and window block
+// table]; floats = n x (temperature, topP).
+constexpr size_t kHeadInts = 2;
+constexpr size_t kSeqInts = 9;
+enum SeqInt { kNTokens, kPos, kNBlocks, kNWindowBlocks, kTopK, kFlags, kSeedLo, kSeedHi, kTokenFrom };
+enum ReqFlag : int32_t { kChained = 1 };
 enum SeqFlag : int32_t { kSample = 1, kAllLogits = 2, kNativeSeed = 4, kExtras = 8 };
 
 double Ms(StepJob::Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -112,6 +175,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
     return DefineClass(env, "Engine",
                        {InstanceMethod("loadTensor", &Engine::LoadTensor), InstanceMethod("finalize", &Engine::Finalize),
                         InstanceMethod("setTpComm", &Engine::SetTpComm), InstanceMethod("stepPacked", &Engine::Step),
+                        InstanceMethod("withdrawStep", &Engine::WithdrawStep),
                         InstanceMethod("describe", &Engine::Describe), InstanceMethod("dispose", &Engine::Dispose)});
   }
 
@@ -200,6 +264,19 @@ class Engine : public Napi::ObjectWrap<Engine> {
 
   Napi::Value Step(const Napi::CallbackInfo& info);
 
+  // withdrawStep(ticket): true when that step had not started (it will run nothing and resolve
+  // skipped), false when it has started or ended (its result stands).
+  Napi::Value WithdrawStep(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "withdrawStep(ticket: number)");
+    const double t = info[0].As<Napi::Number>().DoubleValue();
+    std::lock_guard<std::mutex> lock(st_->pend_mu);
+    auto it = t >= 0 ? st_->pending.find(static_cast<uint64_t>(t)) : st_->pending.end();
+    if (it == st_->pending.end()) return Napi::Boolean::New(env, false);
+    it->second = true;
+    return Napi::Boolean::New(env, true);
+  }
+
   Napi::Value Describe(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     CheckLive(env, "describe");
@@ -218,10 +295,12 @@ class Engine : public Napi::ObjectWrap<Engine> {
   std::shared_ptr<EngineState> st_;
 };
 
-// stepPacked(ints, floats, seqs, hiddenIn, wantLogits): src/native/step-pack.ts has checked the fields
-// of every sequence and packed them, so a plain step reads no per-sequence object here; only a
-// sequence flagged kNativeSeed or kExtras is read from seqs[i]. The buffers are still untrusted:
-// every count is checked against their lengths before anything is read.
+// stepPacked(ints, floats, seqs, hiddenIn, wantLogits) -> { result: Promise, ticket }:
+// src/native/step-pack.ts has checked the fields of every sequence and packed them, so a plain step
+// reads no per-sequence object here; only a sequence flagged kNativeSeed or kExtras is read from
+// seqs[i]. The buffers are still untrusted: every count is checked against their lengths before
+// anything is read. A chained step's tokenFrom is checked against the previous step's sampled
+// tokens when it runs (they do not exist before); a bad one rejects its promise, naming the field.
 Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CheckLive(env, "step");
@@ -233,18 +312,20 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   Napi::Float32Array floats = info[1].As<Napi::Float32Array>();
   auto bad = [&](const std::string& why) { return Napi::RangeError::New(env, "step: malformed packed request: " + why); };
   const size_t len = ints.ElementLength();
-  if (len < 1 || ints[0] < 0) throw bad("no sequence count");
+  if (len < kHeadInts || ints[0] < 0) throw bad("no sequence count");
   const size_t n = static_cast<size_t>(ints[0]);
-  if (len < 1 + n * kSeqInts || floats.ElementLength() != 2 * n)
-    throw bad(std::to_string(n) + " sequences need " + std::to_string(1 + n * kSeqInts) + "+ ints and " + std::to_string(2 * n) +
+  if (ints[1] & ~kChained) throw bad("unknown request flags");
+  if (len < kHeadInts + n * kSeqInts || floats.ElementLength() != 2 * n)
+    throw bad(std::to_string(n) + " sequences need " + std::to_string(kHeadInts + n * kSeqInts) + "+ ints and " + std::to_string(2 * n) +
               " floats, got " + std::to_string(len) + " and " + std::to_string(floats.ElementLength()));
   auto job = std::make_shared<StepJob>();
   job->ints.assign(ints.Data(), ints.Data() + len);
+  job->chained = ints[1] & kChained;
   job->biases.resize(n);
   job->in.seqs.resize(n);
   const int32_t* all = job->ints.data();
   const float* fl = floats.Data();
-  size_t off = 1 + n * kSeqInts;  // the next sequence's tokens
+  size_t off = kHeadInts + n * kSeqInts;  // the next sequence's tokens
   size_t total_tokens = 0;
   // Field names for messages are built only on error.
   auto field = [](size_t i, const char* key) { return "step: seqs[" + std::to_string(i) + "]." + key; };
@@ -258,12 +339,20 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   };
   Napi::Array seqs;
   for (size_t i = 0; i < n; ++i) {
-    const int32_t* h = all + 1 + i * kSeqInts;
+    const int32_t* h = all + kHeadInts + i * kSeqInts;
     const int32_t flags = h[kFlags];
     if (flags & ~(kSample | kAllLogits | kNativeSeed | kExtras)) throw bad("seqs[" + std::to_string(i) + "] has unknown flags");
     SeqInput& si = job->in.seqs[i];
+    const size_t tokens_at = off;
     si.tokens = take(i, h[kNTokens], "tokens");
     si.n_tokens = h[kNTokens];
+    if (h[kTokenFrom] != -1) {  // -1: its tokens are all given
+      if (!job->chained) throw bad("seqs[" + std::to_string(i) + "] has a tokenFrom in a request that is not chained");
+      if (h[kTokenFrom] < -1 || si.n_tokens < 1)
+        throw Napi::RangeError::New(env, "step: tokenFrom[" + std::to_string(i) + "] is " + std::to_string(h[kTokenFrom]) + " for " +
+                                             std::to_string(si.n_tokens) + " tokens: -1, or an index for its first token");
+      job->fills.push_back({i, tokens_at, h[kTokenFrom]});
+    }
     si.pos = h[kPos];
     si.block_table = take(i, h[kNBlocks], "blocks");
     si.n_blocks = h[kNBlocks];
@@ -309,12 +398,40 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
   }
   job->in.want_logits = info.Length() > 4 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value();
 
+  // Runs under the engine's mutex, in its turn (a withdrawn step runs nothing: the skipped callback
+  // below, and the previous step's tokens stay the ones the next chained step reads); a chained
+  // step fills its tokenFrom tokens from them first. Any failure (a bad tokenFrom included) marks
+  // the step failed, so a chained step behind it fails too instead of running on tokens that were
+  // never sampled.
+  EngineState* st = st_.get();  // the worker holds st_ alive while it runs
   auto* w = new EngineWork(
       env, st_, "step",
-      [job](Backend& b) {
+      [job, st](Backend& b) {
         job->started = StepJob::Clock::now();
-        b.step(job->in, job->out);
+        if (st->last != EngineState::Last::kNone) job->gap_ms = Ms(job->started - st->last_finished);
+        try {
+          if (job->chained && st->last == EngineState::Last::kFailed)
+            throw std::runtime_error("step: tokenFrom: the step before this chained one failed, so its tokens do not exist");
+          for (const StepJob::Fill& f : job->fills) {
+            const std::string name = "step: tokenFrom[" + std::to_string(f.seq) + "]";
+            if (st->last == EngineState::Last::kNone)
+              throw std::runtime_error(name + " is " + std::to_string(f.from) + ", but no step ran before this one");
+            if (static_cast<size_t>(f.from) >= st->last_sampled.size())
+              throw std::runtime_error(name + " is " + std::to_string(f.from) + ", but the previous step sampled " +
+                                       std::to_string(st->last_sampled.size()) + " tokens");
+            job->ints[f.at] = st->last_sampled[static_cast<size_t>(f.from)];
+          }
+          b.step(job->in, job->out);
+        } catch (...) {
+          job->finished = StepJob::Clock::now();
+          st->last = EngineState::Last::kFailed;
+          st->last_finished = job->finished;
+          throw;
+        }
         job->finished = StepJob::Clock::now();
+        st->last = EngineState::Last::kOk;
+        st->last_sampled = job->out.sampled;
+        st->last_finished = job->finished;
       },
       [job](Napi::Env e) {
         Napi::Object o = Napi::Object::New(e);
@@ -322,7 +439,13 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
         timing.Set("queueMs", Ms(job->started - job->called));
         timing.Set("runMs", Ms(job->finished - job->started));
         timing.Set("returnMs", Ms(StepJob::Clock::now() - job->finished));
+        timing.Set("gapMs", job->gap_ms);
         o.Set("timing", timing);
+        if (job->skipped) {
+          o.Set("skipped", true);
+          o.Set("sampled", Napi::Int32Array::New(e, 0));
+          return static_cast<Napi::Value>(o);
+        }
         const StepOutput& out = job->out;
         Napi::Int32Array sampled = Napi::Int32Array::New(e, out.sampled.size());
         std::copy(out.sampled.begin(), out.sampled.end(), sampled.Data());
@@ -340,10 +463,21 @@ Napi::Value Engine::Step(const Napi::CallbackInfo& info) {
           o.Set("hiddenOut", h);
         }
         return static_cast<Napi::Value>(o);
+      },
+      [job] {
+        job->skipped = true;
+        job->started = job->finished = StepJob::Clock::now();
       });
-  Napi::Promise p = w->Promise();
+  job->ticket = w->Ticket();
+  {
+    std::lock_guard<std::mutex> lock(st_->pend_mu);
+    st_->pending.emplace(job->ticket, false);
+  }
+  Napi::Object ret = Napi::Object::New(env);
+  ret.Set("result", w->Promise());
+  ret.Set("ticket", Napi::Number::New(env, static_cast<double>(job->ticket)));
   w->Queue();
-  return p;
+  return ret;
 }
 
 }  // namespace
