@@ -64,6 +64,7 @@ const { values: a } = parseArgs({
     'batch-prompt': { type: 'string' },
     'batch-tokens': { type: 'string' },
     'batch-stream-ms': { type: 'string', default: '0' },
+    'rt-exclusive': { type: 'boolean', default: false },
     'alone-s': { type: 'string' },
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
@@ -121,7 +122,7 @@ const o = {
   repeats: Number(a.repeats ?? d.repeats),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
-  batchStreamMs: Number(a['batch-stream-ms']),
+  batchStreamMs: Number(a['batch-stream-ms']), rtExclusive: a['rt-exclusive'],
 };
 if (!Number.isInteger(o.batchStreamMs) || o.batchStreamMs < 0 || o.batchStreamMs > 10000)
   throw new Error(`bench/hetero: --batch-stream-ms must be an integer from 0 to 10000 (got ${JSON.stringify(a['batch-stream-ms'])})`);
@@ -146,8 +147,10 @@ const slowGroup = `  - name: slow
 `;
 // The batch floods' classes, with --batch-stream-ms: their streams written once per interval at most.
 const paced = o.batchStreamMs > 0 ? `, stream_interval_ms: ${o.batchStreamMs}` : '';
+// With --rt-exclusive: a realtime prompt's first chunk rides a step without the less urgent classes' work.
+const exclusive = o.rtExclusive ? ', exclusive_prefill: true' : '';
 const deployments = {
-  hetero: `model: ${a.model}\ngroups:\n${fastGroup(pinned)}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget} }\n` +
+  hetero: `model: ${a.model}\ngroups:\n${fastGroup(pinned)}${slowGroup}classes:\n  realtime: { groups: [fast], ttft_p99_ms: ${o.ttftTarget}${exclusive} }\n` +
     `  standard: { groups: [fast, slow] }\n  batch: { groups: [slow, fast]${paced} }\n` +
     // The flood of the alone phases: served by one group only.
     `  fast_only: { groups: [fast], priority: 50${paced} }\n  slow_only: { groups: [slow], priority: 60${paced} }\n`,
@@ -333,7 +336,7 @@ const result = {
 };
 const rest = pinned ? o.restCpus : undefined;
 const dir = join(root, 'bench', 'results');
-const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}.json`);
+const file = a.out ?? join(dir, `hetero-${gpu ? (gpuName ?? 'cuda').toLowerCase().replace(/[^a-z0-9]+/g, '-') : 'cpu'}-${result.commit}${o.rtExclusive ? '-rt-exclusive' : ''}.json`);
 const write = () => {
   mkdirSync(dirname(file), { recursive: true });
   writeFileSync(file, JSON.stringify(result, null, 2) + '\n');

@@ -151,6 +151,8 @@ export function steps(file, from, to) {
       per_step: { seqs: mean(ss.map((s) => s.seqs)), tokens: mean(ss.map((s) => s.tokens)), decodes: mean(ss.map((s) => s.decodes)), sampled: mean(ss.map((s) => s.sampled ?? 0)) },
       // Steps without a decode (every running sequence prefilling: a wave of admissions) and steps that sampled nothing.
       no_decode_steps: ss.filter((s) => s.decodes === 0).length, no_sample_steps: ss.filter((s) => (s.sampled ?? 1) === 0).length,
+      // Steps that left less urgent classes out for a first prompt chunk (a class's exclusive_prefill).
+      exclusive_steps: ss.filter((s) => s.exclusive).length,
     };
   }
   return out;

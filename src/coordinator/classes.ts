@@ -1,11 +1,13 @@
 // Request classes: each has a name, the integer priority its name stands for, the replica groups it
 // may use in order of preference, and optionally a TTFT target (p99, ms) the router holds it to
-// (router.ts), and optionally a stream interval: how often its clients' streams may write. A request names its class or gives an integer (protocol/priority.ts): an integer p
-// falls in the class with the largest priority <= p (below every class: the most urgent one), so
-// the classes split the integers into ranges and an integer orders requests within its class.
-// Without a deployment file, or when it names none: realtime (-100), standard (0) and batch (100),
-// each on every group in the groups' order. A request that gives no priority is standard's (0)
-// when there is a standard class, else the least urgent class's.
+// (router.ts), a stream interval (how often its clients' streams may write) and exclusive prefill
+// (its requests' first prompt chunks ride steps without less urgent work: worker/scheduler.ts). A
+// request names its class or gives an integer (protocol/priority.ts): an integer p falls in the
+// class with the largest priority <= p (below every class: the most urgent one), so the classes
+// split the integers into ranges and an integer orders requests within its class. Without a
+// deployment file, or when it names none: realtime (-100), standard (0) and batch (100), each on
+// every group in the groups' order. A request that gives no priority is standard's (0) when there
+// is a standard class, else the least urgent class's.
 import { PriorityError } from '../protocol/priority.js';
 import type { Priority } from '../protocol/priority.js';
 
@@ -23,6 +25,12 @@ export interface ClassSpec {
    * Absent or 0: each token as soon as it comes.
    */
   streamIntervalMs?: number;
+  /**
+   * The step that carries the first prompt chunk of one of its requests leaves out less urgent
+   * classes' sequences (they wait that one step), so its first token does not wait for a full
+   * batch's step. Bounded per replica (worker/scheduler.ts). Absent: false.
+   */
+  exclusivePrefill?: boolean;
 }
 
 export interface RequestClass extends ClassSpec {

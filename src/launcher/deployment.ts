@@ -1,7 +1,7 @@
 // The deployment file of `nodespeed launch --config deploy.yaml`: the model, the hostfile, one or
 // more replica groups (device, layout, replicas, precision, KV cache dtype, threads, the cores its
 // workers are pinned to, the hosts or slots each may use, engine limits), the request classes (the groups each may use in order of preference, a
-// TTFT target, a stream interval, the priority its name stands for) and the spares. Read with the `yaml` package and
+// TTFT target, a stream interval, exclusive prefill, the priority its name stands for) and the spares. Read with the `yaml` package and
 // checked key by key: every error names the file, the line and the key (`deploy.yaml:7:
 // groups[1].tp: ...`); an unknown key is an error (with the closest known key when one is near).
 // Paths in the file (model, hostfile) are relative to the file's folder.
@@ -21,7 +21,7 @@
 //       threads: 8
 //       cpus: 8-15                # optional: split between the group's workers on each host (4 each)
 //   classes:
-//     realtime: { groups: [gpu], ttft_p99_ms: 300 }
+//     realtime: { groups: [gpu], ttft_p99_ms: 300, exclusive_prefill: true }   # optional: a first prompt chunk's step leaves less urgent classes out
 //     standard: { groups: [gpu, cpu] }
 //     batch: { groups: [cpu, gpu], stream_interval_ms: 50 }   # optional: a stream message per 50 ms at most
 //   spares: 0
@@ -98,7 +98,7 @@ export class DeploymentError extends Error {
 const TOP_KEYS = ['model', 'hostfile', 'groups', 'classes', 'spares'];
 const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'cpus', 'hosts', 'slots', 'kv_blocks',
   'max_batch_tokens', 'max_seqs'];
-const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'stream_interval_ms', 'priority'];
+const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'stream_interval_ms', 'exclusive_prefill', 'priority'];
 
 /** The longest stream interval a class may have: a client still hears from its stream every 10 s. */
 export const MAX_STREAM_INTERVAL_MS = 10_000;
@@ -122,7 +122,7 @@ function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
   // gpus is one letter from cpus, and means the layout.
   const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
-    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus', stream_interval: 'stream_interval_ms' };
+    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus', stream_interval: 'stream_interval_ms', exclusive: 'exclusive_prefill' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
@@ -175,6 +175,12 @@ class Reader {
     const v = isScalar(p.value) ? p.value.value : undefined;
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.fail(path, p, `must be a number > 0 (got ${isScalar(p.value) ? JSON.stringify(v) : 'a collection'})`);
     return v as number;
+  }
+
+  boolean(p: Pair<Node, Node | null>, path: string): boolean {
+    const v = isScalar(p.value) ? p.value.value : undefined;
+    if (typeof v !== 'boolean') this.fail(path, p, `must be true or false (got ${isScalar(p.value) ? JSON.stringify(v) : 'a collection'})`);
+    return v as boolean;
   }
 
   oneOf<T extends string>(p: Pair<Node, Node | null>, path: string, choices: readonly T[]): T {
@@ -270,6 +276,8 @@ function classes(r: Reader, node: Node | null, groups: DeploymentGroup[]): Class
     if (ttft) spec.ttftP99Ms = r.number(ttft, `${path}.ttft_p99_ms`);
     const interval = m.get('stream_interval_ms');
     if (interval) spec.streamIntervalMs = r.int(interval, `${path}.stream_interval_ms`, 0, false, MAX_STREAM_INTERVAL_MS) as number;
+    const excl = m.get('exclusive_prefill');
+    if (excl) spec.exclusivePrefill = r.boolean(excl, `${path}.exclusive_prefill`);
     const pr = m.get('priority');
     if (pr) {
       const v = isScalar(pr.value) ? pr.value.value : undefined;

@@ -16,6 +16,15 @@
 // arrives for it after it was preempted is dropped (the recompute produces it again), so its
 // stream pauses and never repeats or skips a token. Within a step, each class's decodes and then
 // its prefill chunks come before the next class's.
+//
+// Exclusive prefill (a class's exclusive_prefill, deployment file): the step that carries the first
+// prompt chunk of such a class's request carries only the work of that class and more urgent ones;
+// less urgent sequences sit that one step out (not preempted: they keep their blocks and their next
+// input token, and join the step after), so the first token costs a step of the urgent work alone
+// instead of a step of the whole batch. One such step per request at most (its first chunk; a
+// resume after preemption gets none), and at most EXCLUSIVE_MAX of any EXCLUSIVE_WINDOW consecutive
+// steps: past that, a first chunk rides a normal step, so a flood of such requests costs the other
+// classes at most that share of the steps.
 import { KvGroups } from '../engine/block-allocator.js';
 import type { BlockAllocator, KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
@@ -49,6 +58,8 @@ interface Seq {
   priority: number;
   /** Its class's rank (0: the most urgent): it may preempt running sequences of a higher rank. */
   classRank: number;
+  /** Its class has exclusive prefill and its first prompt chunk has not been planned yet. */
+  exclusive: boolean;
   order: number;
   /** The prompt and every token produced so far (replayed ones included): what a resume recomputes. */
   prompt: number[];
@@ -81,6 +92,10 @@ export interface PlannedStep {
    * its input token (every rank fills it from its own result), or -1 when `tokens` is complete.
    */
   tokenFrom?: Int32Array;
+  /** Exclusive prefill: the sequences whose first chunk this step carries (owed their exclusive step again if it is withdrawn). */
+  firsts: Seq[];
+  /** It left less urgent classes' sequences out for such a first chunk. */
+  exclusive: boolean;
 }
 
 export class QueueFullError extends Error {}
@@ -100,6 +115,14 @@ function ordered(picks: Pick[]): Pick[] {
 
 const RECENT_STEPS = 256;
 
+/**
+ * At most EXCLUSIVE_MAX of any EXCLUSIVE_WINDOW consecutive steps leave less urgent classes out:
+ * they keep at least 3/4 of the steps under any flood of exclusive-prefill requests, while a
+ * realtime stream (one arrival per tens of steps) gets every one of its first chunks alone.
+ */
+const EXCLUSIVE_WINDOW = 16;
+const EXCLUSIVE_MAX = 4;
+
 export class Scheduler {
   private readonly alloc: KvGroups;
   private readonly waiting: Seq[] = [];
@@ -114,6 +137,10 @@ export class Scheduler {
   /** Sequences taken out of the batch for a more urgent class, since start. */
   preemptions = 0;
   private readonly recent: number[] = [];
+  /** The step numbers (`steps` once planned) of the recent exclusive steps, oldest first. */
+  private readonly exclusiveSteps: number[] = [];
+  /** Steps that left less urgent classes out, since start. */
+  exclusiveCount = 0;
   private arrivals = 0;
   /** `preempted` updates for the coordinator, sent with the next settle(). */
   private notices: TokenUpdate[] = [];
@@ -164,8 +191,8 @@ export class Scheduler {
       for (const t of sub.generatedIds) stop.push(t);
     }
     const seq: Seq = { id: sub.requestId, status: QUEUED, params, priority: sub.priority ?? 0, classRank: sub.classRank ?? 0,
-      order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds], step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0,
-      feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
+      exclusive: sub.exclusivePrefill ?? false, order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds],
+      step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
     this.byId.set(seq.id, seq);
     this.enqueue(seq);
     if (this.trace?.wants(seq.classRank, seq.id)) {
@@ -350,11 +377,45 @@ export class Scheduler {
     return this.running.filter((s) => s.status === RUNNING && s.inFlight === 0);
   }
 
-  /** Takes picks in order up to the token budget and `maxSeqs`; marks them in flight. */
+  /**
+   * Exclusive prefill: the class rank the step is cut to (its sequences of higher ranks left out),
+   * or undefined for a normal step. Cut when a sequence owed an exclusive step (its class's, not yet
+   * planned) would get its first chunk into the cut step, the cut leaves something out, and the
+   * recent steps have room for one more exclusive step. With several such sequences, the most
+   * urgent one's class decides (the others of that class ride along; a less urgent one gets its own
+   * step later).
+   */
+  private cutRank(picks: Pick[], maxSeqs: number): number | undefined {
+    let rank = Infinity;
+    for (const p of picks) if (p.seq.exclusive && p.seq.classRank < rank) rank = p.seq.classRank;
+    if (rank === Infinity || !picks.some((p) => p.seq.classRank > rank)) return undefined;
+    while (this.exclusiveSteps.length && this.exclusiveSteps[0]! <= this.steps + 1 - EXCLUSIVE_WINDOW) this.exclusiveSteps.shift();
+    if (this.exclusiveSteps.length >= EXCLUSIVE_MAX) return undefined;
+    // Only when the chunk gets in: the picks before it (more urgent work) may fill the step.
+    let budget = this.maxBatchTokens;
+    let seats = maxSeqs;
+    for (const p of picks) {
+      if (p.seq.classRank > rank) continue;
+      if (seats <= 0 || budget <= 0) return undefined;
+      if (p.seq.exclusive && p.seq.classRank === rank) return rank;
+      budget -= p.left;
+      seats--;
+    }
+    return undefined;
+  }
+
+  /**
+   * Takes picks in order up to the token budget and `maxSeqs`; marks them in flight. A sequence
+   * left out of an exclusive step has no planned step: the next plan takes its input from its feed
+   * (`from` -1), never from this step's sampled tokens.
+   */
   private plan(picks: Pick[], maxSeqs: number): PlannedStep {
+    const cut = this.cutRank(picks, maxSeqs);
+    if (cut !== undefined) picks = picks.filter((p) => p.seq.classRank <= cut);
     const members: PlannedStep['members'] = [];
     const seqs: StepSeq[] = [];
     const from: number[] = [];
+    const firsts: Seq[] = [];
     let budget = this.maxBatchTokens;
     for (const { seq, skip, left, from: f } of picks) {
       if (members.length >= maxSeqs || budget <= 0) break;
@@ -363,7 +424,11 @@ export class Scheduler {
       const sample = n === left;
       members.push({ seq, n, sample });
       seq.inFlight++;
-      if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n });
+      if (seq.exclusive) {
+        seq.exclusive = false;
+        firsts.push(seq);
+      }
+      if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n, ...(cut !== undefined ? { exclusive: true } : {}) });
       seqs.push({
         tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
@@ -376,7 +441,11 @@ export class Scheduler {
     this.maxStepBatch = Math.max(this.maxStepBatch, seqs.length);
     this.recent.push(seqs.length);
     if (this.recent.length > RECENT_STEPS) this.recent.shift();
-    const step: PlannedStep = { seqs, members, nSample: members.filter((m) => m.sample).length };
+    if (cut !== undefined) {
+      this.exclusiveSteps.push(this.steps);
+      this.exclusiveCount++;
+    }
+    const step: PlannedStep = { seqs, members, nSample: members.filter((m) => m.sample).length, firsts, exclusive: cut !== undefined };
     if (from.some((f) => f >= 0)) step.tokenFrom = Int32Array.from(from);
     return step;
   }
@@ -399,6 +468,12 @@ export class Scheduler {
   /** Takes back a planned step that was never launched: its sequences are free to be planned again. */
   unplan(step: PlannedStep): void {
     for (const m of step.members) m.seq.inFlight--;
+    // The sequences whose first chunk it carried are owed their exclusive step again; the step it counted is gone.
+    for (const seq of step.firsts) seq.exclusive = true;
+    if (step.exclusive) {
+      this.exclusiveSteps.pop();
+      this.exclusiveCount--;
+    }
     this.steps--;
     this.inFlight--;
     this.recent.pop();

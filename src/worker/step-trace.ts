@@ -7,7 +7,8 @@
 // return_ms: from its end to the JS thread taking the result), gap_ms: how long the engine sat
 // idle between the previous step's end and this one's start, measured on the worker thread (the
 // time the device waited for the host; absent for the engine's first step), after_idle: the driver
-// had no work before planning it (its gap_ms includes that wait), and `at`: when the backend
+// had no work before planning it (its gap_ms includes that wait), exclusive: it left less urgent
+// classes out for a first prompt chunk of an exclusive-prefill class (scheduler.ts), and `at`: when the backend
 // started the step, in ms after the first traced step started, and epochMs: the same instant as
 // Unix time in ms, to line up with a client's clock), so a serving benchmark can say where its
 // time went (prefill vs decode steps, the device vs the driver's host work, the device's idle time
@@ -33,7 +34,8 @@ export function stepTracer(file: string | undefined = settings().stepTrace): Ste
     for (const s of step.seqs) { tokens += s.tokens.length; if (s.tokens.length === 1) decodes++; }
     out.push({ pid: process.pid, seqs: step.seqs.length, tokens, decodes, sampled: step.nSample, ms: r3(ms),
       run_ms: r3(timing.runMs), queue_ms: r3(timing.queueMs), return_ms: r3(timing.returnMs),
-      ...(timing.gapMs >= 0 ? { gap_ms: r3(timing.gapMs) } : {}), ...(afterIdle ? { after_idle: true } : {}), at: r3(start - origin),
+      ...(timing.gapMs >= 0 ? { gap_ms: r3(timing.gapMs) } : {}), ...(afterIdle ? { after_idle: true } : {}),
+      ...(step.exclusive ? { exclusive: true } : {}), at: r3(start - origin),
       epochMs: r3(performance.timeOrigin + start) });
   };
 }

@@ -4,7 +4,8 @@
 // overflowing down it under load; RESOURCE_EXHAUSTED only when no allowed replica can take a
 // request; and, on a one-seat replica, a realtime request preempting a batch stream that then
 // finishes with exactly the tokens it would have produced (seeded); and a class with a stream
-// interval, whose Generate and SSE streams carry the same tokens in one message per interval.
+// interval, whose Generate and SSE streams carry the same tokens in one message per interval; and a
+// class with exclusive prefill, whose prompt gets a step without the batch streams.
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -280,4 +281,46 @@ classes:
     // Each process's event loop, once a second.
     expect(new Set(lines.filter((e) => e.ev === 'loop').map((e) => e.p))).toEqual(new Set(['coord', 'worker']));
   }, 180_000);
+});
+
+describe('exclusive prefill end to end', () => {
+  let w: Workdir;
+  beforeAll(() => {
+    w = workdir();
+  });
+  afterAll(() => w?.remove());
+
+  it('a class with exclusive_prefill in the deployment file: its prompt gets a step without the batch streams, every stream keeps its tokens', async () => {
+    const config = w.file('deploy.yaml', `model: ${PY_TINY}
+groups:
+  - name: one
+    device: cpu
+    threads: 1
+classes:
+  realtime: { groups: [one], exclusive_prefill: true }
+  batch: { groups: [one] }
+`);
+    const longs = seeded(3, 300, 8181);
+    const short = seeded(1, 16, 9191)[0]!;
+    const local = await faultFree([...longs, short]);
+    const steps = w.file('steps.jsonl', '');
+    const cluster = await launch(PY_TINY, ['--config', config, '--heartbeat-interval', '0.25'], { timeoutMs: 90_000, env: { NODESPEED_STEP_TRACE: steps } });
+    try {
+      expect(cluster.readyLine).toBeTruthy();
+      const seen = longs.map((): Followed => ({ tokenIds: [], at: [], groups: [] }));
+      const batch = longs.map((r, i) => follow(cluster.client, r, { priority: 'batch' }, seen[i]));
+      for (const b of batch) b.catch(() => {});
+      await until('the batch streams decoding', () => seen.every((s) => s.tokenIds.length >= 20));
+      const rt = await follow(cluster.client, short, { priority: 'realtime' });
+      expect(rt.tokenIds).toEqual(local[3]!.tokenIds);
+      for (const [i, b] of batch.entries()) expect((await b).tokenIds).toEqual(local[i]!.tokenIds);
+    } finally {
+      expect(await cluster.stop()).toBe(0);
+    }
+    // The driver's steps: one left the three batch streams out for the realtime prompt alone.
+    const lines = readFileSync(steps, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { seqs: number; decodes: number; exclusive?: boolean });
+    const exclusive = lines.filter((l) => l.exclusive);
+    expect(exclusive.map((l) => [l.seqs, l.decodes])).toEqual([[1, 0]]);
+    expect(lines.filter((l) => l.seqs === 4).length).toBeGreaterThan(0);
+  }, 120_000);
 });

@@ -66,6 +66,12 @@ describe('deployment file', () => {
     ]);
     expect(parseDeployment(EXAMPLE.replace('stream_interval_ms: 50', 'stream_interval_ms: 0'), 'deploy.yaml', '/etc').classes![2]!.streamIntervalMs).toBe(0);
     expect(parseDeployment(EXAMPLE.replace('stream_interval_ms: 50', 'stream_interval_ms: 10000'), 'deploy.yaml', '/etc').classes![2]!.streamIntervalMs).toBe(10000);
+    const excl = (v: string) => parseDeployment(EXAMPLE.replace('ttft_p99_ms: 300 }', `ttft_p99_ms: 300, exclusive_prefill: ${v} }`), 'deploy.yaml', '/etc');
+    expect(excl('true').classes![0]).toEqual({ name: 'realtime', priority: -100, groups: ['gpu'], ttftP99Ms: 300, exclusivePrefill: true });
+    expect(excl('false').classes![0]!.exclusivePrefill).toBe(false);
+    // It reaches the class table the router submits from.
+    expect(new ClassTable(excl('true').classes!, ['gpu', 'cpu']).get('realtime')!.exclusivePrefill).toBe(true);
+    expect(d.classes!.some((c) => 'exclusivePrefill' in c)).toBe(false);  // absent: false
     const classes = new ClassTable(d.classes!, d.groups.map((g) => g.name));
     expect([-5, 0, 99, 100, 7000, -1000].map((p) => classes.forValue(p).name)).toEqual(['realtime', 'standard', 'standard', 'batch', 'batch', 'realtime']);
     expect(d.lineOf('groups[1].threads')).toBe(14);
@@ -111,6 +117,14 @@ describe('deployment file', () => {
       'deploy.yaml:5: classes.batch.stream_interval_ms: must be an integer from 0 to 10000 (got "50")'],
     ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], stream_interval: 50 }\n',
       'deploy.yaml:5: classes.batch.stream_interval: unknown key (did you mean stream_interval_ms?)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime:\n    groups: [gpu]\n    exclusive_prefill: yes\n',
+      'deploy.yaml:7: classes.realtime.exclusive_prefill: must be true or false (got "yes")'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], exclusive_prefill: 1 }\n',
+      'deploy.yaml:5: classes.realtime.exclusive_prefill: must be true or false (got 1)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], exclusive_prefill: [true] }\n',
+      'deploy.yaml:5: classes.realtime.exclusive_prefill: must be true or false (got a collection)'],
+    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], exclusive: true }\n',
+      'deploy.yaml:5: classes.realtime.exclusive: unknown key (did you mean exclusive_prefill?)'],
     ['model: m\ngroups:\n  - name: gpu\nspares: -1\n', 'deploy.yaml:4: spares: must be an integer >= 0 (got -1)'],
     ['model: m\nmodel: n\ngroups:\n  - name: gpu\n', 'deploy.yaml:2: not valid YAML: Map keys must be unique'],
     ['', 'deploy.yaml: is empty'],
@@ -190,14 +204,14 @@ describe('nodespeed launch --config --dry-run', () => {
 
   it('prints every group\'s placement and memory per rank; a one-group file takes the group flags; a bad key names its line', () => {
     const mixed = run(`model: ${PY_TINY}\nhostfile: ./hostfile\ngroups:\n  - name: fast\n    device: cpu\n    tp: 2\n    hosts: [n2]\n` +
-      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast], stream_interval_ms: 200 }\n  realtime: { groups: [fast], ttft_p99_ms: 250 }\n',
+      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast], stream_interval_ms: 200 }\n  realtime: { groups: [fast], ttft_p99_ms: 250, exclusive_prefill: true }\n',
       [], 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
     expect(mixed.status, mixed.stderr).toBe(0);
     expect(mixed.stdout).toContain('group fast (cpu bf16/f32/f32): 1 replica(s) x pp 1 x tp 2');
     expect(mixed.stdout).toContain('replica 0 [fast]: stage 0 layers 0-5: rank 0 (tp 0) @n2, rank 1 (tp 1) @n2');
     expect(mixed.stdout).toContain('group slow (cpu f32/f32/f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
     expect(mixed.stdout.match(/^ {2}rank \d @n\d replica \d .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
-    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms) -> fast; batch (priority 100, a stream message per 200 ms) -> slow, fast');
+    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms, exclusive prefill) -> fast; batch (priority 100, a stream message per 200 ms) -> slow, fast');
     const one = `model: ${PY_TINY}\ngroups:\n  - name: only\n    device: cpu\n    replicas: 1\n`;
     const flags = run(one, ['--tp', '2', '--replicas', '2']);
     expect(flags.status, flags.stderr).toBe(0);

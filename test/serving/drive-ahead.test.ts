@@ -23,7 +23,7 @@ const batch = (i: number): Req => ({ id: `batch-${i}`, promptIds: Array.from({ l
 const URGENT: Req = { id: 'urgent', promptIds: [7, 70, 77, 170, 177, 7, 70], classRank: 0, maxTokens: 12, temperature: 0.7, seed: 9 };
 
 function submitOf(r: Req): Submit {
-  return { epoch: '1', requestId: r.id, promptIds: r.promptIds, generatedIds: [], priority: r.classRank * 100, classRank: r.classRank,
+  return { epoch: '1', requestId: r.id, promptIds: r.promptIds, generatedIds: [], priority: r.classRank * 100, classRank: r.classRank, exclusivePrefill: false,
     params: samplingToWire(validateSampling({ maxTokens: r.maxTokens, temperature: r.temperature, seed: r.seed, ignoreEos: true })) } as Submit;
 }
 

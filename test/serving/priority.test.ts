@@ -24,7 +24,7 @@ beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 const PROMPT = [5, 6, 7];
 
 function submit(s: Scheduler, id: string, o: { priority?: number; classRank?: number; maxTokens?: number; stop?: string[]; promptIds?: number[] } = {}): void {
-  const err = s.submit({ epoch: '1', requestId: id, promptIds: o.promptIds ?? PROMPT, generatedIds: [], priority: o.priority ?? 0, classRank: o.classRank ?? 0,
+  const err = s.submit({ epoch: '1', requestId: id, promptIds: o.promptIds ?? PROMPT, generatedIds: [], priority: o.priority ?? 0, classRank: o.classRank ?? 0, exclusivePrefill: false,
     params: samplingToWire(validateSampling({ maxTokens: o.maxTokens ?? 10, temperature: 0, seed: 1, stop: o.stop ?? [], ignoreEos: true })) } as Submit);
   expect(err).toBeNull();
 }

@@ -22,7 +22,7 @@ beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
 function submit(s: Scheduler, id: string, over: { promptIds?: number[]; maxTokens?: number; stop?: string[] } = {}): void {
   const { promptIds = tok.encode('def main():\n'), ...params } = over;
-  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: 0, classRank: 0,
+  const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: 0, classRank: 0, exclusivePrefill: false,
     params: { ...samplingToWire(validateSampling({ maxTokens: 10, seed: 1 })), ...params } } as Submit);
   expect(err).toBeNull();
 }
@@ -290,5 +290,66 @@ describe('scheduler: models that mix windowed and global layers', () => {
     const err = s.submit({ epoch: '1', requestId: 'w', promptIds: Array.from({ length: 30 }, (_, i) => i + 40), generatedIds: [],
       params: samplingToWire(validateSampling({ maxTokens: 10, seed: 1 })) } as Submit);
     expect(err?.error).toMatch(/needs 3 KV blocks for the windowed layers, the replica's cache has 2/);
+  });
+});
+
+describe('scheduler: exclusive prefill', () => {
+  function submitClass(s: Scheduler, id: string, classRank: number, exclusivePrefill: boolean): number[] {
+    const promptIds = tok.encode(`def ${id}():\n`);
+    const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: classRank * 100, classRank, exclusivePrefill,
+      params: samplingToWire(validateSampling({ maxTokens: 10, seed: 1 })) } as Submit);
+    expect(err).toBeNull();
+    return promptIds;
+  }
+  const tokensOf = (p: PlannedStep) => p.seqs.map((x) => Array.from(x.tokens));
+
+  it('the most urgent first chunk decides the cut; a withdrawn step gives its first chunks back; a left-out stream continues from its feed', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    const b = submitClass(s, 'b', 2, false);
+    const p1 = s.next(1)!;
+    s.settle(s.apply(p1, new Int32Array([500])));
+    const p2 = s.next(1)!;                                        // b decodes 500
+    expect(tokensOf(p2)).toEqual([[500]]);
+    // While p2 runs: a request of an exclusive class (rank 1) arrives; the step behind p2 leaves b out.
+    const mid = submitClass(s, 'mid', 1, true);
+    const p3 = s.nextAhead(p2)!;
+    expect([p3.exclusive, tokensOf(p3)]).toEqual([true, [mid]]);
+    // Withdrawn for a more urgent one (rank 0, exclusive): mid is owed its own step again.
+    s.unplan(p3);
+    expect(s.exclusiveCount).toBe(0);
+    const top = submitClass(s, 'top', 0, true);
+    const p3b = s.nextAhead(p2)!;
+    expect([p3b.exclusive, tokensOf(p3b)]).toEqual([true, [top]]);
+    s.settle(s.apply(p2, new Int32Array([501])));               // b's next input is 501, it is in no step
+    // mid's first chunk: top's decode (from p3b's result) and mid's prompt; b still out.
+    const p4 = s.nextAhead(p3b)!;
+    expect([p4.exclusive, p4.seqs.length, Array.from(p4.tokenFrom!)]).toEqual([true, 2, [0, -1]]);
+    expect(tokensOf(p4)[1]).toEqual(mid);
+    s.settle(s.apply(p3b, new Int32Array([600])));
+    // No first chunk left: a normal step; b's token comes from its feed (501), not from p4's result.
+    const p5 = s.nextAhead(p4)!;
+    expect(p5.exclusive).toBe(false);
+    expect(p5.seqs.length).toBe(3);
+    expect(Array.from(p5.tokenFrom!)).toEqual([0, 1, -1]);
+    expect([Array.from(p5.seqs[2]!.tokens), p5.seqs[2]!.pos]).toEqual([[501], b.length + 1]);
+    expect(s.exclusiveCount).toBe(2);
+  });
+
+  it('one cut per request; none for a class without exclusive prefill, nor when nothing less urgent would be left out', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512);
+    submitClass(s, 'a', 0, true);
+    submitClass(s, 'c', 1, false);
+    const p1 = s.next(1)!;                                        // a's first chunk; c (less urgent) waits
+    expect([p1.exclusive, p1.seqs.length]).toEqual([true, 1]);
+    s.settle(s.apply(p1, new Int32Array([700])));
+    const p2 = s.next(1)!;
+    expect([p2.exclusive, p2.seqs.length]).toEqual([false, 2]);
+    s.settle(s.apply(p2, new Int32Array([701, 702])));
+    submitClass(s, 'd', 0, false);
+    expect(s.next(1)!.exclusive).toBe(false);
+    const t = new Scheduler(64, 16, tok, 256, 16, 512);
+    submitClass(t, 'alone', 0, true);
+    expect(t.next(1)!.exclusive).toBe(false);                     // nothing to leave out: not counted
+    expect(t.exclusiveCount).toBe(0);
   });
 });

@@ -18,6 +18,11 @@ export interface SubmitIn {
    */
   'priority'?: (number);
   'classRank'?: (number);
+  /**
+   * Its class has exclusive_prefill (deployment file): the step carrying its first prompt chunk
+   * leaves out the decodes and prefill chunks of less urgent classes (worker/scheduler.ts).
+   */
+  'exclusivePrefill'?: (boolean);
 }
 
 export interface Submit {
@@ -35,4 +40,9 @@ export interface Submit {
    */
   'priority': (number);
   'classRank': (number);
+  /**
+   * Its class has exclusive_prefill (deployment file): the step carrying its first prompt chunk
+   * leaves out the decodes and prefill chunks of less urgent classes (worker/scheduler.ts).
+   */
+  'exclusivePrefill': (boolean);
 }
