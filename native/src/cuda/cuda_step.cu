@@ -397,7 +397,10 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   float* logits = router_dev_.as<float>();
   const bool gemv = moe::use_gemv(T, K, E);
   matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
-  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
+  const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
+  // Decode steps route inside the gate|up GEMV launch (moe_plan.h kRouteWords): one launch fewer.
+  const bool route_in_gemv = moe::route_in_gemv(T, K, E, local);
+  if (!route_in_gemv) moe_route(route, st);
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
     shared_expert_matmul(xb_.ptr, L.sh_gate_up, L.sh_gate_up_s, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
@@ -419,6 +422,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       gu.sw = L.sh_gate_up.ptr; gu.sn = Is; gu.sk = H; gu.sx = xb_.ptr; gu.sy = sh_act_.ptr; gu.s_rows = T;
       dn.sw = L.sh_down.ptr; dn.sn = H; dn.sk = Is; dn.sx = sh_act_.ptr; dn.sy = sh_out_.ptr; dn.s_rows = T;
     }
+    gu.route_in = route_in_gemv;
+    gu.route = route;
     if (quantized) {
       gu.scale = L.ex_gate_up_s.as<float>(); gu.s_scale = L.sh_gate_up_s.as<float>();
       dn.scale = L.ex_down_s.as<float>(); dn.s_scale = L.sh_down_s.as<float>();
