@@ -9,7 +9,10 @@
 //    tp 2, decode (grouped GEMV, the shared expert inside it up to 8 tokens) and prefill-sized steps
 //    (tensor-core tiles), then the combine alone and fused with the residual add + next RMSNorm,
 //    against a double-precision mixture of experts on the same bf16 inputs (error relative to the
-//    largest |output|).
+//    largest |output|);
+//  - decode steps that route inside the gate|up launch (moe::route_in_gemv): the same layer again
+//    with the routing done by the grouped GEMV's blocks gives the route kernel's metadata word for
+//    word and the same combine output bit for bit (the residual + norm run then routes that way).
 // If the MoE families of test/gpu/families.test.ts fail, this says whether the kernels or the plumbing
 // is off. Built and run by test/gpu/moe-kernels.test.ts; by hand (repo root, on the GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src \
@@ -305,12 +308,17 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   cudaStream_t st = nullptr;
   const bool gemv = moe::use_gemv(T, K, E), shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   const int groups = moe::max_active(T, K, local);
-  // The step in moe_layer's order, ending in the combine `comb`.
-  auto run = [&](const MoeCombineArgs& comb) {
-    moe_route({d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L}, st);
+  const bool route_in = moe::route_in_gemv(T, K, E, local);
+  // The step in moe_layer's order, ending in the combine `comb`; in_gemv: the routing inside the
+  // gate|up launch instead of the route kernel.
+  auto run = [&](const MoeCombineArgs& comb, bool in_gemv) {
+    const MoeRouteArgs route{d_logits, ld, T, E, K, norm, start, local, d_slot, d_meta, L};
+    if (!in_gemv) moe_route(route, st);
     if (gemv) {
       MoeGemvArgs g1{d_gu, (size_t)2 * I * H, I, H, d_xb, d_exact, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
       MoeGemvArgs g2{d_dn, (size_t)H * I, H, I, d_exact, d_exout, groups, nullptr, 0, 0, nullptr, nullptr, 0, d_meta, L, false};
+      g1.route_in = in_gemv;
+      g1.route = route;
       if (shared_in_gemv) {
         g1.sw = d_sgu; g1.sn = Is; g1.sk = H; g1.sx = d_xb; g1.sy = d_shact; g1.s_rows = T;
         g2.sw = d_sdn; g2.sn = H; g2.sk = Is; g2.sx = d_shact; g2.sy = d_shout; g2.s_rows = T;
@@ -372,10 +380,22 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   });
   g_case.ref_ms += ms_since(ref_t0);
   if (Is > 0 && !shared_in_gemv) ck(cudaMemcpy(d_shout, sh_out_h.data(), 4 * sh_out_h.size(), cudaMemcpyHostToDevice), "shared");
-  run(part_only);
+  run(part_only, false);
   const std::vector<float> part = download(d_part, (size_t)T * H, "launches (first run)");
   const std::vector<int32_t> meta = download(d_meta, L.words);
   check_meta(meta, L, ids, std::vector<int>(slot.begin(), slot.end()), T, K, start, local, tag);
+  bool routed_in_ok = true;
+  if (route_in) {
+    // Again with the routing inside the gate|up launch, from cleared metadata and outputs.
+    ck(cudaMemset(d_meta, 0, 4 * (size_t)L.words), "clear meta");
+    ck(cudaMemset(d_exout, 0xff, 4 * rows * H), "clear expert outputs");
+    ck(cudaMemset(d_part, 0xff, 4 * (size_t)T * H), "clear part");
+    run(part_only, true);
+    const std::vector<float> part_in = download(d_part, (size_t)T * H, "launches (routing in the gate|up launch)");
+    const std::vector<int32_t> meta_in = download(d_meta, L.words);
+    routed_in_ok = meta_in == meta && std::memcmp(part_in.data(), part.data(), 4 * part.size()) == 0;
+    expect(routed_in_ok, tag + ": routing inside the gate|up launch gives the route kernel's metadata and the same output bit for bit");
+  }
   double err = 0, mref = 0;
   bool finite = true;
   for (size_t i = 0; i < part.size(); ++i) {
@@ -394,7 +414,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   float *d_res = upload(res), *d_nw = upload(nw);
   bf* d_next = upload(std::vector<bf>((size_t)T * H));
   // The whole step again, the combine now adding into the residual stream.
-  run({d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw, 1e-6f, d_next});
+  run({d_exout, Is > 0 ? d_shout : nullptr, d_logits, ld, E, T, H, K, d_meta, L, d_part, d_res, nullptr, d_nw, 1e-6f, d_next}, route_in);
   const std::vector<float> res2 = download(d_res, res.size(), "launches (second run, residual + norm)");
   const std::vector<bf> next = download(d_next, res.size());
   double rerr = 0, nerr = 0;
@@ -413,7 +433,7 @@ void check_layer(const char* name, int T, int E, int K, bool norm, int H, int I,
   }
   const bool fused_ok = rerr <= 1e-5 * (1 + mref) && nerr <= 1.6e-2;  // bf16 output (and the kRoundNorm rounding): 2^-7 relative
   expect(fused_ok, tag + ": combine fused with residual add + RMSNorm");
-  ok &= fused_ok;
+  ok &= fused_ok && routed_in_ok;
   g_layers.push_back({tag, gemv, err, mref, ok});
   for (void* p : {(void*)d_gu, (void*)d_dn, (void*)d_sgu, (void*)d_sdn, (void*)d_xb, (void*)d_logits, (void*)d_slot, (void*)d_meta,
                   (void*)d_exgu, (void*)d_exact, (void*)d_exout, (void*)d_shact, (void*)d_shout, (void*)d_part, (void*)d_res,

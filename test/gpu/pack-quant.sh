@@ -18,7 +18,7 @@ mkdir -p "$stage/.gpu"
 # QUANT_KERNELS_BIN: a kernel test binary already built from this tree (the same nvcc command).
 if [ -n "${QUANT_KERNELS_BIN:-}" ]; then cp "$QUANT_KERNELS_BIN" "$tmp/quant-kernels"; else
 nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-  native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc -ldl \
+  native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant,family}.cu native/src/common/{dl,quant,settings}.cc -ldl \
   -o "$tmp/quant-kernels"
 fi
 xz -c "$tmp/quant-kernels" > "$stage/.gpu/quant-kernels.xz"

@@ -3,7 +3,8 @@
 //     three output modes: against a double-precision product of the same quantized values
 //     (error / sum |w x|);
 //  1a. gemv_fused (16-bit, int8 and E4M3 weights): SwiGLU and RoPE + the KV write in the GEMV's
-//     epilogue, bit-identical to the plain GEMV followed by swiglu / rope_kv_write;
+//     epilogue, bit-identical to the plain GEMV followed by swiglu / rope_kv_write, and the family
+//     forward's form (RoPE tables) to the plain GEMV followed by family.cu's qkv kernel;
 //  1b. gemm_quant (weight-only products of 5..130 rows on tensor cores): int8 and E4M3 weights, the
 //     three output modes, against the double product; two runs bit-identical;
 //  2. quantize_act: dynamic per-token (with and without an amax cap) and static scales: every E4M3
@@ -26,7 +27,7 @@
 //     moe_dequant_active bit-exact, and the prefill path (dequantized slots + moe_mma by_slot).
 // usage (repo root, on the GPU host; test/gpu/run-all.sh quant does this):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-//     native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc \
+//     native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant,family}.cu native/src/common/{dl,quant,settings}.cc \
 //     -ldl -o /tmp/quant-kernels && /tmp/quant-kernels     (one JSON line; exit 1 on failure)
 #include <algorithm>
 #include <cmath>
@@ -38,6 +39,7 @@
 #include "common/half.h"
 #include "common/quant.h"
 #include "cuda/cuda_common.h"
+#include "cuda/family_kernels.h"
 #include "cuda/kernels.h"
 #include "cuda/kv_layout.h"
 #include "cuda/lt_gemm.h"
@@ -263,6 +265,57 @@ void check_gemv_fused() {
             cudaFree(x); cudaFree(q1); cudaFree(q2); cudaFree(k1); cudaFree(v1); cudaFree(k2); cudaFree(v2);
           }
         cudaFree(m.w); cudaFree(m.s); cudaFree(dbias); cudaFree(dinv); cudaFree(dpos); cudaFree(dslot);
+      }
+      // The family forward's form (cos / sin tables from the host, the bias added in f32): every
+      // byte equal to the plain GEMV followed by family.cu's qkv kernel (no q/k norms, whole heads
+      // rotated), with and without a bias, bf16 and E4M3 caches, a padding row.
+      for (const Heads& hs : {Heads{32, 32, 128, true}, Heads{128, 32, 64, false}}) {
+        const int K = 512, N = (hs.nh + 2 * hs.nkv) * hs.hd, B = 16, blocks = 8, half = hs.hd / 2;
+        const Mat m = make(N, K);
+        std::vector<uint16_t> bias(N);
+        for (auto& v : bias) v = to16(act, 0.1f * nd(rng));
+        uint16_t* dbias = upload(bias);
+        const std::vector<int32_t> slot{3 * B + 5, -1, 7 * B, B + 15};  // -1: a padding row
+        int32_t* dslot = upload(slot);
+        const size_t kvn = (size_t)blocks * B * hs.nkv * hs.hd;
+        for (int fp8 = 0; fp8 < 2; ++fp8)
+          for (int R = 1; R <= 4; ++R) {
+            std::vector<float> tab((size_t)2 * R * half);  // cos [R, half], then sin [R, half]
+            for (int r = 0; r < R; ++r)
+              for (int j = 0; j < half; ++j) {
+                const double a = (5.0 + 311.0 * r) / std::pow(10000.0, 2.0 * j / hs.hd);
+                tab[(size_t)r * half + j] = static_cast<float>(std::cos(a));
+                tab[(size_t)(R + r) * half + j] = static_cast<float>(std::sin(a));
+              }
+            float* dtab = upload(tab);
+            const size_t kvb = fp8 ? kvn : 2 * kvn;
+            uint16_t* x = rows(R, K);
+            uint16_t *q1, *q2;
+            void *k1, *v1, *k2, *v2;
+            NS_CUDA(cudaMalloc(&q1, (size_t)R * N * 2)); NS_CUDA(cudaMalloc(&q2, (size_t)R * N * 2));
+            for (void** c : {&k1, &v1, &k2, &v2}) { NS_CUDA(cudaMalloc(c, kvb)); NS_CUDA(cudaMemset(*c, 0x5a, kvb)); }
+            const void* b = hs.bias ? dbias : nullptr;
+            plain(m, x, R, N, K, q1);
+            family_qkv(act, q1, b, nullptr, nullptr, 1e-6f, R, hs.nh, hs.nkv, hs.hd, half, dtab, dtab + (size_t)R * half, dslot,
+                       KvCache{k1, v1, fp8 == 1, 0.37f, 0.74f}, B, 0);
+            GemvFusion f{GemvFuse::RopeKv, q2};
+            f.bias = b; f.nh = hs.nh; f.nkv = hs.nkv; f.hd = hs.hd; f.slot = dslot;
+            f.cos = dtab; f.sin = dtab + (size_t)R * half;
+            f.kv = KvCache{k2, v2, fp8 == 1, 0.37f, 0.74f}; f.block_size = B;
+            gemv_fused(act, wt, m.w, m.s, x, R, K, f, 0);
+            const auto a = download(q1, (size_t)R * N), c = download(q2, (size_t)R * N);
+            double bad = 0;
+            for (int r = 0; r < R; ++r)
+              for (int i = 0; i < hs.nh * hs.hd; ++i) bad += a[(size_t)r * N + i] != c[(size_t)r * N + i];  // the q heads
+            const auto ka = download(static_cast<uint8_t*>(k1), kvb), kb = download(static_cast<uint8_t*>(k2), kvb);
+            const auto va = download(static_cast<uint8_t*>(v1), kvb), vb = download(static_cast<uint8_t*>(v2), kvb);
+            for (size_t i = 0; i < kvb; ++i) bad += (ka[i] != kb[i]) + (va[i] != vb[i]);
+            note("gemv_fused family rope tables " + tag + " nh" + std::to_string(hs.nh) + " nkv" + std::to_string(hs.nkv) + " hd" +
+                     std::to_string(hs.hd) + (hs.bias ? " bias" : "") + (fp8 ? " E4M3 cache" : "") + " R" + std::to_string(R) +
+                     " (bytes differing)", bad, 0);
+            cudaFree(x); cudaFree(q1); cudaFree(q2); cudaFree(k1); cudaFree(v1); cudaFree(k2); cudaFree(v2); cudaFree(dtab);
+          }
+        cudaFree(m.w); cudaFree(m.s); cudaFree(dbias); cudaFree(dslot);
       }
     }
 }

@@ -41,7 +41,7 @@ for step in $steps; do
     kernels)
       if [ -f .gpu/quant-kernels.xz ]; then xz -dc .gpu/quant-kernels.xz > /tmp/quant-kernels && chmod +x /tmp/quant-kernels
       else nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src test/gpu/quant-kernels.cu \
-        native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant}.cu native/src/common/{dl,quant,settings}.cc -ldl \
+        native/src/cuda/{gemv,quant_gemm,quant_act,quant_mma,attention,attention_prefill,rope_kv,kernels_basic,lt_gemm,moe,moe_quant,family}.cu native/src/common/{dl,quant,settings}.cc -ldl \
         -o /tmp/quant-kernels; fi
       run quant-kernels sh -c '/tmp/quant-kernels > "$0"' "$OUT/gpu-quant-kernels.json"; head -c 400 "$OUT/gpu-quant-kernels.json"; echo ;;
     check) model; run quant-check node test/gpu/quant-check.mjs "$MODEL" ;;

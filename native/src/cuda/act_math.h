@@ -32,4 +32,13 @@ __device__ __forceinline__ void rope_rotate(float x1, float x2, float cs, float 
   o2 = __fadd_rn(round_if<T>(rnd, __fmul_rn(x2, cs)), round_if<T>(rnd, __fmul_rn(x1, sn)));
 }
 
+// The families' rotation of the pair (x1, x2) = elements (j, j + half) of a head with the cos / sin of
+// their host-computed tables (family.cu's qkv kernel and the fused q|k|v GEMV of the family forward):
+// products and sums rounded one by one, as the CPU backend's cpu/rope.h computes them (x1 cos - x2 sin,
+// x2 cos + x1 sin), so no kernel contracts them into an FMA and the two kernels agree bit for bit.
+__device__ __forceinline__ void table_rotate(float x1, float x2, float cs, float sn, float& o1, float& o2) {
+  o1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+  o2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+}
+
 }  // namespace ns::cuda

@@ -397,7 +397,10 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
   float* logits = router_dev_.as<float>();
   const bool gemv = moe::use_gemv(T, K, E);
   matmul(xb_.ptr, L.router.ptr, T, ld, H, logits, Out::F32);
-  moe_route({logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly}, st);
+  const MoeRouteArgs route{logits, ld, T, E, K, c.norm_topk, c.expert_start, local, slot, meta, Ly};
+  // Decode steps route inside the gate|up GEMV launch (moe_plan.h kRouteWords): one launch fewer.
+  const bool route_in_gemv = moe::route_in_gemv(T, K, E, local);
+  if (!route_in_gemv) moe_route(route, st);
   const bool shared_in_gemv = Is > 0 && gemv && T <= moe::kSharedInGemvTokens;
   if (Is > 0 && !shared_in_gemv) {
     shared_expert_matmul(xb_.ptr, L.sh_gate_up, L.sh_gate_up_s, T, 2 * Is, H, sh_gu_.ptr, Out::Act);
@@ -419,6 +422,8 @@ bool CudaBackend::moe_layer(const LayerWeights& L, int T, const int32_t* slot, c
       gu.sw = L.sh_gate_up.ptr; gu.sn = Is; gu.sk = H; gu.sx = xb_.ptr; gu.sy = sh_act_.ptr; gu.s_rows = T;
       dn.sw = L.sh_down.ptr; dn.sn = H; dn.sk = Is; dn.sx = sh_act_.ptr; dn.sy = sh_out_.ptr; dn.s_rows = T;
     }
+    gu.route_in = route_in_gemv;
+    gu.route = route;
     if (quantized) {
       gu.scale = L.ex_gate_up_s.as<float>(); gu.s_scale = L.sh_gate_up_s.as<float>();
       dn.scale = L.ex_down_s.as<float>(); dn.s_scale = L.sh_down_s.as<float>();
@@ -485,7 +490,7 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
   if (n_layers_ > 0) rmsnorm(act_, res, nullptr, T, H, layers_[0].in_norm.as<float>(), c.rms_eps, xb_.ptr, st);
   for (int l = 0; l < n_layers_; ++l) {
     const LayerWeights& L = layers_[l];
-    matmul(xb_.ptr, weight(L.qkv, L.qkv_s, L.in_s, 0), T, qkv_rows_, H, qkv_.ptr, Out::Act);
+    const Weight qkv = weight(L.qkv, L.qkv_s, L.in_s, 0);
     const bool local = L.sliding && c.has_rope_local;
     const int half = local ? local_half_ : rope_half_;
     const float* cos = local ? tabs + (size_t)2 * T * rope_half_ : tabs;
@@ -493,9 +498,19 @@ void CudaBackend::enqueue_family_forward(const StepPlan& p, const StepInput& in)
     const int32_t* slot = d + (L.window_pool ? p.wslot : p.slot);
     const int32_t* bt_off = d + (L.window_pool ? p.seq_wbt_off : p.seq_bt_off);
     const KvCache kv{kcache_[l], vcache_[l], kv_fp8_, k_scale_[l], v_scale_[l]};
-    family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
-               c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, slot, kv,
-               c.kv_block_size, st);
+    // Decode rows without q/k norms, fully rotated heads: bias + RoPE + the KV write in the q|k|v
+    // GEMV's epilogue (gemv_fused from the RoPE tables; one launch fewer a layer).
+    GemvFusion rope{GemvFuse::RopeKv, qkv_.ptr};
+    rope.bias = c.qkv_bias ? L.qkv_bias.ptr : nullptr;
+    rope.nh = c.n_heads; rope.nkv = c.n_kv_heads; rope.hd = c.head_dim;
+    rope.pos = d + p.pos; rope.slot = slot; rope.cos = cos; rope.sin = cos + (size_t)T * half;
+    rope.kv = kv; rope.block_size = c.kv_block_size;
+    if (c.qk_norm || 2 * half != c.head_dim || !matmul_fused(xb_.ptr, qkv, T, H, rope)) {
+      matmul(xb_.ptr, qkv, T, qkv_rows_, H, qkv_.ptr, Out::Act);
+      family_qkv(act_, qkv_.ptr, c.qkv_bias ? L.qkv_bias.ptr : nullptr, L.q_norm.as<float>(), L.k_norm.as<float>(),
+                 c.rms_eps, T, c.n_heads, c.n_kv_heads, c.head_dim, half, cos, cos + (size_t)T * half, slot, kv,
+                 c.kv_block_size, st);
+    }
     // The Llama path's SIMT kernels (flash-decoding splits, 16-byte K/V loads, the fp8 KV cache; no
     // flash tiles here: p.n_simt == T), P kept in f32 as the CPU backend keeps it.
     AttnArgs a{qkv_.ptr, T, c.n_heads, c.n_kv_heads, c.head_dim, d + p.pos, d + p.tok_seq, bt_off,

@@ -7,6 +7,7 @@
 // (quant.h), so both forwards keep one cache format and one attention. Plain SIMT kernels (the
 // routed experts: moe.cu); every kernel waits for its predecessor first (launch() allows
 // programmatic dependent launch).
+#include "cuda/act_math.h"
 #include "cuda/add_norm.h"
 #include "cuda/cuda_common.h"
 #include "cuda/family_kernels.h"
@@ -44,8 +45,10 @@ __global__ void qkv_kernel(T* qkv, const T* bias, const float* qn, const float* 
     if (i < hd) x[i] = v;
     __syncthreads();
     if (i < 2 * half) {
-      const float cs = cos[(size_t)t * half + i % half], sn = sin[(size_t)t * half + i % half];
-      v = i < half ? x[i] * cs - x[i + half] * sn : x[i] * cs + x[i - half] * sn;
+      const int j = i % half;
+      float o1, o2;
+      table_rotate(x[j], x[j + half], cos[(size_t)t * half + j], sin[(size_t)t * half + j], o1, o2);
+      v = i < half ? o1 : o2;
     }
   }
   if (i < hd) {

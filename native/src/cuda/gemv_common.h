@@ -92,14 +92,23 @@ __device__ __forceinline__ void rope_kv_pair(const GemvFusion& f, int r, int n, 
   const int hd = f.hd, half = hd / 2, h = n / hd, j = n - h * hd, nh = f.nh, nkv = f.nkv;
   if (f.bias) {
     const T* b = static_cast<const T*>(f.bias);
-    x1 = to_f(from_f<T>(x1 + to_f(b[n])));
-    x2 = to_f(from_f<T>(x2 + to_f(b[n + half])));
+    if (f.cos) {  // the family forward's q|k|v bias: added in f32 (family.cu's qkv kernel)
+      x1 += to_f(b[n]);
+      x2 += to_f(b[n + half]);
+    } else {
+      x1 = to_f(from_f<T>(x1 + to_f(b[n])));
+      x2 = to_f(from_f<T>(x2 + to_f(b[n + half])));
+    }
   }
   float o1 = x1, o2 = x2;
   if (h < nh + nkv) {
-    float cs, sn;
-    rope_cos_sin<T>(f.pos[r], f.inv_freq[j], f.rnd, cs, sn);
-    rope_rotate<T>(x1, x2, cs, sn, f.rnd, o1, o2);
+    if (f.cos) {
+      table_rotate(x1, x2, f.cos[(size_t)r * half + j], f.sin[(size_t)r * half + j], o1, o2);
+    } else {
+      float cs, sn;
+      rope_cos_sin<T>(f.pos[r], f.inv_freq[j], f.rnd, cs, sn);
+      rope_rotate<T>(x1, x2, cs, sn, f.rnd, o1, o2);
+    }
   }
   if (h < nh) {
     T* q = static_cast<T*>(f.out) + (size_t)r * (nh + 2 * nkv) * hd;

@@ -130,6 +130,11 @@ struct GemvFusion {
   const int32_t* pos = nullptr;
   const int32_t* slot = nullptr;     // < 0: a padding row, no cache write
   const float* inv_freq = nullptr;
+  // The family forward's RoPE instead (cos set): per-row cos / sin tables [R, hd/2] from the host,
+  // the bias added in f32 and the pair rotated by table_rotate (act_math.h), as family.cu's qkv
+  // kernel does; pos, inv_freq and the rounding knob are then unused.
+  const float* cos = nullptr;
+  const float* sin = nullptr;
   KvCache kv{};
   int block_size = 0;
   bool rnd = false;                  // set by the launcher: kRoundSilu / kRoundRope

@@ -261,9 +261,10 @@ __device__ __forceinline__ void prefetch_row(const void* row, int row_bytes, int
 // One warp per output feature of one group (an active expert or the shared expert), passes of up to
 // MT rows, the grid of moe_plan.h gemv_work. Down launches (two weight rows a warp: as many loads in
 // flight with fewer warps) are held to 3 blocks an SM at 1-2 rows, 2 at 4, so the two rows' loads
-// fit without spills; the others take what they need.
+// fit without spills; gated ones of one row to 4 (64 registers, as before they could route: the
+// routing prelude must not cost the batch-1 launch a block an SM); the others take what they need.
 template <int MT, bool GATED>
-constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : 1; }
+constexpr int gemv_min_blocks() { return MT > 4 ? 1 : !GATED ? (MT == 4 ? 2 : 3) : MT == 1 ? 4 : 1; }
 
 template <typename T, DType WT, int MT, bool GATED>
 __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATED>()) moe_gemv_kernel(MoeGemvArgs a) {
@@ -271,13 +272,15 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
   using WE = std::conditional_t<F::kQuant, uint8_t, T>;
   constexpr int kWF = GATED ? 1 : 2;  // moe::gemv_warp_features
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, moe::gemv_grid(GATED, a.sw ? a.sn : 0, a.n, a.groups));
+  const moe::GemvGrid grid = moe::gemv_grid(GATED, a.sw ? a.sn : 0, a.n, a.groups);
+  const moe::GemvWork wk = moe::gemv_work(blockIdx.x, warp, grid);
   const Layout& L = a.layout;
   const WE* W;
   const float* S = nullptr;
   const T* X;
   void* Y;
   const int32_t* src = nullptr;
+  bool perm_shared = false;  // src in shared memory (the routing done by this block)
   int n, k, row0 = 0, rows = 0;
   bool work = true;
   if (wk.group == moe::kSharedGroup) {
@@ -304,11 +307,37 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
                      lane);
     }
     grid_dependency_wait();
+    const int32_t* meta = a.meta;
+    Layout Lm = L;
+    if constexpr (GATED) {
+      if (a.route_in) {
+        // The step's routing, here rather than in a route + permute launch (moe_plan.h kRouteWords):
+        // this block's copy in shared memory (the same functions as route_permute_kernel, so the
+        // same words); the first routed block also writes the layer's metadata, which the down
+        // launch and the combine read once this launch has ended.
+        __shared__ int32_t route_sm[moe::kRouteWords];
+        MoeRouteArgs r = a.route;
+        r.meta = route_sm;
+        r.layout = moe::layout(r.T, r.top_k, 32);
+        const bool writer = (int)blockIdx.x == grid.shared;
+        if (warp < r.T) {
+          route_rows(r, warp, lane);
+          if (writer) route_rows(a.route, warp, lane);
+        }
+        __syncthreads();
+        if (warp == 0) permute_warp(r, lane);
+        if (writer && warp == 1) permute_warp(a.route, lane);
+        __syncthreads();
+        meta = route_sm;
+        Lm = r.layout;
+        perm_shared = true;
+      }
+    }
     // All four words at once (the group's slots exist even when it is not active this step): the
     // weights' address waits for one memory latency, not two.
-    const int n_active = a.meta[L.n_active], e = a.meta[L.active_e + wk.group];
-    row0 = a.meta[L.active_off + wk.group];
-    rows = a.meta[L.active_cnt + wk.group];
+    const int n_active = meta[Lm.n_active], e = meta[Lm.active_e + wk.group];
+    row0 = meta[Lm.active_off + wk.group];
+    rows = meta[Lm.active_cnt + wk.group];
     work = wk.group < n_active;
     W = static_cast<const WE*>(a.w) + (size_t)e * a.w_stride;
     if constexpr (F::kQuant) S = a.scale + (size_t)e * (GATED ? 2 : 1) * a.n;
@@ -316,7 +345,7 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
     k = a.k;
     X = static_cast<const T*>(a.x);
     Y = a.y;
-    if constexpr (GATED) src = a.meta + L.perm;
+    if constexpr (GATED) src = meta + Lm.perm;
   }
   // Every block of this grid has started: the next kernel may be scheduled (its prefetch overlaps this tail).
   grid_dependents_launch();
@@ -330,7 +359,7 @@ __global__ void __launch_bounds__(moe::kGemvWarps * 32, gemv_min_blocks<MT, GATE
     const uint4* wu = reinterpret_cast<const uint4*>(W + (size_t)f2 * k);
     const float sg = S ? S[f] : 1.f, su = S ? S[f2] : 1.f;
     gemv_feature<T, WT, MT, true>(
-        wg, wu, k, rows, lane, [&](int r) { return X + (size_t)(src ? __ldcg(src + row0 + r) : row0 + r) * k; },
+        wg, wu, k, rows, lane, [&](int r) { return X + (size_t)(src ? (perm_shared ? src[row0 + r] : __ldcg(src + row0 + r)) : row0 + r) * k; },
         [&](int r, float g, float u) {
           const size_t o = (size_t)(row0 + r) * n + f;
           if constexpr (F::kQuant) { g *= sg; u *= su; }
@@ -574,6 +603,12 @@ void moe_route(const MoeRouteArgs& a, cudaStream_t s) {
 void moe_gemv(DType act, DType wt, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s) {
   const unsigned grid = moe::grid_blocks(moe::gemv_grid(gated, a.sw ? a.sn : 0, a.n, a.groups));
   if (grid == 0) return;
+  if (a.route_in) {
+    const MoeRouteArgs& r = a.route;
+    if (!gated || a.groups < 1 || !moe::route_in_gemv(r.T, r.top_k, r.n_experts, r.local_experts) || r.meta != a.meta ||
+        moe::layout(r.T, r.top_k, 32).words > moe::kRouteWords)
+      throw std::runtime_error("cuda: moe_gemv routes only in a gated launch of a step moe::route_in_gemv takes, into its own metadata");
+  }
   const bool quant = wt != act;
   if (quant && (a.k % 16 != 0 || (a.sw && a.sk % 16 != 0))) throw std::runtime_error("cuda: moe_gemv with 1-byte weights needs K % 16 == 0");
   if (quant && wt != DType::I8 && wt != DType::F8E4M3) throw std::runtime_error("cuda: moe_gemv takes int8 or E4M3 weights beside the activation dtype");

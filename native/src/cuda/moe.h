@@ -57,6 +57,10 @@ struct MoeGemvArgs {
   bool gelu;                       // gated: tanh GELU, else SiLU
   const float* scale = nullptr;
   const float* s_scale = nullptr;
+  // Gated launches of a step moe::route_in_gemv takes: the routing moe_route would do (its meta and
+  // layout those above), done by the launch's routed blocks instead (moe_route is then not called).
+  bool route_in = false;
+  MoeRouteArgs route{};
 };
 void moe_gemv(DType act, DType wt, const MoeGemvArgs& a, bool gated, int tokens_per_pass, cudaStream_t s);
 

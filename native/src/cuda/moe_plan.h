@@ -26,6 +26,12 @@ constexpr int kGemvTokens = 8;
 // Steps of up to this many tokens run the shared expert inside the grouped GEMV launches (it is
 // then just one more group whose rows are all tokens); larger ones give it to cuBLAS.
 constexpr int kSharedInGemvTokens = 8;
+// Decode steps of at most 32 assignments and kGemvWarps tokens route inside the gate|up launch
+// (route_in_gemv): every routed block routes the step itself (a warp a token) and permutes it (one
+// warp) into kRouteWords of shared memory, the launch's first routed block also into the layer's
+// metadata for the down launch and the combine. No route + permute launch between the router GEMV
+// and the grouped GEMV: the shared expert's blocks start streaming when the router GEMV ends.
+constexpr int kRouteWords = 320;
 // Grouped tensor-core GEMM (prefill, larger batches): kTileM rows x kTileN features a block (8
 // warps of 16 features), K in chunks of kTileK (8 chunks of 16 bytes a row) through a ring of
 // kStages cp.async stages.
@@ -45,6 +51,11 @@ NS_FLASH_HD int imin(int a, int b) { return a < b ? a : b; }
 // The GEMV path while an expert gets few rows on average (T K / E <= 4): reading the weights is the
 // cost and CUDA cores keep up; past that the tensor-core tiles.
 NS_FLASH_HD bool use_gemv(int T, int top_k, int n_experts) { return T <= 64 && T * top_k <= 4 * n_experts; }
+// The step's routing and permutation happen inside the gate|up GEMV launch (see kRouteWords): the
+// GEMV path, one warp a token, one warp's permutation (permute_warp), this rank holding experts.
+NS_FLASH_HD bool route_in_gemv(int T, int top_k, int n_experts, int local_experts) {
+  return use_gemv(T, top_k, n_experts) && T >= 1 && T <= kGemvWarps && T * top_k <= 32 && local_experts > 0;
+}
 // Rows the GEMV kernel keeps per pass: the smallest power of two >= T, at most kGemvTokens.
 NS_FLASH_HD int gemv_tokens(int T) { return T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : kGemvTokens; }
 // Experts of this rank that a step of T tokens can activate.
