@@ -9,36 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
-import type { StepRequest, SubmittedStep } from '../../src/native/addon.js';
-import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
-import { FinishReason } from '../../src/protocol/lifecycle.js';
-import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
-import { Replica } from '../../src/worker/replica.js';
+import { driverOn, serve, submitOf } from './driver-harness.js';
+import type { DriverReq } from './driver-harness.js';
 import { PY_TINY } from './helpers.js';
 
-interface Req { id: string; promptIds: number[]; classRank: number; maxTokens: number; temperature: number; seed: number }
-
-const batch = (i: number): Req => ({ id: `batch-${i}`, promptIds: Array.from({ length: 60 + 17 * i }, (_, k) => 3 + ((k * (i + 3)) % 250)),
+const batch = (i: number): DriverReq => ({ id: `batch-${i}`, promptIds: Array.from({ length: 60 + 17 * i }, (_, k) => 3 + ((k * (i + 3)) % 250)),
   classRank: 2, maxTokens: 24, temperature: i % 2 ? 0.9 : 0, seed: 100 + i });
-const URGENT: Req = { id: 'urgent', promptIds: [7, 70, 77, 170, 177, 7, 70], classRank: 0, maxTokens: 12, temperature: 0.7, seed: 9 };
-
-function submitOf(r: Req): Submit {
-  return { epoch: '1', requestId: r.id, promptIds: r.promptIds, generatedIds: [], priority: r.classRank * 100, classRank: r.classRank, exclusivePrefill: false,
-    params: samplingToWire(validateSampling({ maxTokens: r.maxTokens, temperature: r.temperature, seed: r.seed, ignoreEos: true })) } as Submit;
-}
-
-/** The engine's step submissions and withdrawals, in order, as the replica made them. */
-function watchSubmits(engine: Engine) {
-  const log: { req: StepRequest; withdrawn?: boolean }[] = [];
-  const submit = engine.submit.bind(engine);
-  engine.submit = (req: StepRequest): SubmittedStep => {
-    const run = submit(req);
-    const entry: { req: StepRequest; withdrawn?: boolean } = { req };
-    log.push(entry);
-    return { result: run.result, withdraw: () => (entry.withdrawn = run.withdraw()) };
-  };
-  return { log, restore: () => { engine.submit = submit; } };
-}
+const URGENT: DriverReq = { id: 'urgent', promptIds: [7, 70, 77, 170, 177, 7, 70], classRank: 0, maxTokens: 12, temperature: 0.7, seed: 9 };
 
 describe('driveAhead on a CPU engine (tp 1)', () => {
   let engine: Engine;
@@ -49,44 +26,20 @@ describe('driveAhead on a CPU engine (tp 1)', () => {
   });
   afterAll(() => engine?.dispose());
 
-  const replicaOn = (e: Engine, emit: (u: TokenUpdate[]) => void) => new Replica(e, null, { stage: 0, tpRank: 0, tp: 1, pp: 1 }, {
-    driver: { tokenizer: tok, kvBlocks: e.kvBlocks, kvBlockSize: e.kvBlockSize, maxBatchTokens: 64, maxQueue: 64, emit } });
-
   it('tokens equal single-process generation, and an urgent request arriving mid-step joins the step withdrawn and planned again', async () => {
     const reqs = [0, 1, 2, 3].map(batch);
     const want = await generateAll(engine, tok, [...reqs, URGENT].map((r) => ({ promptIds: r.promptIds, maxTokens: r.maxTokens,
       temperature: r.temperature, seed: r.seed, ignoreEos: true })));
 
-    const got = new Map<string, number[]>();
-    const done = new Set<string>();
-    const { log, restore } = watchSubmits(engine);
-    let replica: Replica | undefined;
     let urgentSent = false;
-    let allDone: () => void;
-    const finished = new Promise<void>((r) => (allDone = r));
-    const emit = (updates: TokenUpdate[]) => {
-      for (const u of updates) {
-        const toks = got.get(u.requestId) ?? [];
-        expect(u.index).toBe(toks.length);  // no token lost, repeated or skipped
-        toks.push(...u.tokenIds);
-        got.set(u.requestId, toks);
-        if (u.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) done.add(u.requestId);
-      }
+    const { got, log } = await serve(engine, tok, reqs, reqs.length + 1, (so, replica) => {
       // Once the batch decodes, the urgent request arrives while the driver waits for a running
       // step, with the step behind it already submitted (after this report, the driver plans it).
-      if (!urgentSent && (got.get('batch-0')?.length ?? 0) >= 3) {
+      if (!urgentSent && (so.get('batch-0')?.length ?? 0) >= 3) {
         urgentSent = true;
-        setImmediate(() => replica!.submit(submitOf(URGENT)));
+        setImmediate(() => replica.submit(submitOf(URGENT)));
       }
-      if (done.size === reqs.length + 1) allDone();
-    };
-    replica = replicaOn(engine, emit);
-    const running = replica.run();
-    for (const r of reqs) expect(replica.submit(submitOf(r))).toBeNull();
-    await finished;
-    replica.stop();
-    await running;
-    restore();
+    });
 
     for (const [i, r] of [...reqs, URGENT].entries()) expect([r.id, got.get(r.id)]).toEqual([r.id, want[i]!.tokenIds]);
     // The urgent prompt went in a step submitted ahead (chained) in place of a withdrawn one, not in the step after it.
@@ -114,7 +67,7 @@ describe('driveAhead on a CPU engine (tp 1)', () => {
       return run;
     };
     try {
-      const replica = replicaOn(engine, () => {});
+      const replica = driverOn(engine, tok, () => {});
       const running = replica.run();
       replica.submit(submitOf({ ...batch(0), maxTokens: 40 }));
       await expect(running).rejects.toThrow(/blockTable\[0\]/);

@@ -8,41 +8,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, generateAll } from '../../src/engine/index.js';
 import { loadTokenizer } from '../../src/model/index.js';
 import type { Tokenizer } from '../../src/model/index.js';
-import type { StepRequest, SubmittedStep } from '../../src/native/addon.js';
-import type { Submit, TokenUpdate } from '../../src/protocol/control.js';
-import { FinishReason } from '../../src/protocol/lifecycle.js';
-import { samplingToWire, validateSampling } from '../../src/protocol/sampling.js';
-import { Replica } from '../../src/worker/replica.js';
+import { serve as serveOn, submitOf } from './driver-harness.js';
+import type { DriverReq } from './driver-harness.js';
 import { PY_TINY } from './helpers.js';
 
-interface Req { id: string; promptIds: number[]; classRank: number; exclusive: boolean; maxTokens: number; temperature: number; seed: number }
-
 const BATCH = 4;
-const batch = (i: number, maxTokens: number): Req => ({ id: `batch-${i}`, promptIds: Array.from({ length: 30 + 11 * i }, (_, k) => 3 + ((k * (i + 3)) % 250)),
+const batch = (i: number, maxTokens: number): DriverReq => ({ id: `batch-${i}`, promptIds: Array.from({ length: 30 + 11 * i }, (_, k) => 3 + ((k * (i + 3)) % 250)),
   classRank: 2, exclusive: false, maxTokens, temperature: i % 2 ? 0.9 : 0, seed: 100 + i });
-const realtime = (i: number, exclusive: boolean, maxTokens = 6): Req => ({ id: `rt-${i}`, promptIds: [7 + i, 70, 77 + i, 170, 177, 7, 70 + i],
+const realtime = (i: number, exclusive: boolean, maxTokens = 6): DriverReq => ({ id: `rt-${i}`, promptIds: [7 + i, 70, 77 + i, 170, 177, 7, 70 + i],
   classRank: 0, exclusive, maxTokens, temperature: 0.7, seed: 9 + i });
-
-function submitOf(r: Req): Submit {
-  return { epoch: '1', requestId: r.id, promptIds: r.promptIds, generatedIds: [], priority: r.classRank * 100, classRank: r.classRank,
-    exclusivePrefill: r.exclusive,
-    params: samplingToWire(validateSampling({ maxTokens: r.maxTokens, temperature: r.temperature, seed: r.seed, ignoreEos: true })) } as Submit;
-}
-
-type Entry = { req: StepRequest; withdrawn?: boolean };
-
-/** The engine's step submissions and withdrawals, in order, as the replica made them. */
-function watchSubmits(engine: Engine) {
-  const log: Entry[] = [];
-  const submit = engine.submit.bind(engine);
-  engine.submit = (req: StepRequest): SubmittedStep => {
-    const run = submit(req);
-    const entry: Entry = { req };
-    log.push(entry);
-    return { result: run.result, withdraw: () => (entry.withdrawn = run.withdraw()) };
-  };
-  return { log, restore: () => { engine.submit = submit; } };
-}
 
 const same = (t: Int32Array, ids: number[]) => t.length === ids.length && t.every((x, i) => x === ids[i]);
 
@@ -60,37 +34,15 @@ describe('exclusive prefill on a CPU engine (tp 1, run-ahead)', () => {
    * report (the first at once). Returns every request's tokens, the steps that ran (withdrawn ones
    * dropped) with which of their sequences are batch streams, and the scheduler's exclusive count.
    */
-  async function serve(batchReqs: Req[], rt: Req[]) {
-    const got = new Map<string, number[]>();
-    const done = new Set<string>();
-    const { log, restore } = watchSubmits(engine);
-    let replica: Replica | undefined;
+  async function serve(batchReqs: DriverReq[], rt: DriverReq[]) {
     let sent = 0;
-    let allDone: () => void;
-    const finished = new Promise<void>((r) => (allDone = r));
-    const emit = (updates: TokenUpdate[]) => {
-      for (const u of updates) {
-        const toks = got.get(u.requestId) ?? [];
-        expect(u.index).toBe(toks.length);  // no token lost, repeated or skipped
-        toks.push(...u.tokenIds);
-        got.set(u.requestId, toks);
-        if (u.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) done.add(u.requestId);
-      }
+    const { got, log, replica } = await serveOn(engine, tok, batchReqs, batchReqs.length + rt.length, (so, r) => {
       // Realtime requests arrive while the driver waits for a running step, with the step behind it submitted.
-      if (sent < rt.length && batchReqs.every((b) => (got.get(b.id)?.length ?? 0) >= 2)) {
-        const r = rt[sent++]!;
-        setImmediate(() => expect(replica!.submit(submitOf(r))).toBeNull());
+      if (sent < rt.length && batchReqs.every((b) => (so.get(b.id)?.length ?? 0) >= 2)) {
+        const q = rt[sent++]!;
+        setImmediate(() => expect(r.submit(submitOf(q))).toBeNull());
       }
-      if (done.size === batchReqs.length + rt.length) allDone();
-    };
-    replica = new Replica(engine, null, { stage: 0, tpRank: 0, tp: 1, pp: 1 }, {
-      driver: { tokenizer: tok, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize, maxBatchTokens: 64, maxQueue: 64, emit } });
-    const running = replica.run();
-    for (const r of batchReqs) expect(replica.submit(submitOf(r))).toBeNull();
-    await finished;
-    replica.stop();
-    await running;
-    restore();
+    });
 
     // A batch stream's blocks are its own while it runs: its first chunk's block table names it in every later step.
     const batchBlock = new Set<number>();
