@@ -226,6 +226,17 @@ void check_gemv_fused() {
       }
       // RoPE + KV write: the 7B's heads (bf16 and E4M3 caches), and GQA with head_dim 64 and a bias.
       struct Heads { int nh, nkv, hd; bool bias; };
+      // Bytes differing between two runs' q heads (the first qn of each row's N outputs) and K/V caches.
+      auto differing = [&](const uint16_t* q1, const uint16_t* q2, int R, int N, int qn, void* k1, void* k2, void* v1, void* v2, size_t kvb) {
+        const auto a = download(q1, (size_t)R * N), c = download(q2, (size_t)R * N);
+        double bad = 0;
+        for (int r = 0; r < R; ++r)
+          for (int i = 0; i < qn; ++i) bad += a[(size_t)r * N + i] != c[(size_t)r * N + i];
+        const auto ka = download(static_cast<uint8_t*>(k1), kvb), kb = download(static_cast<uint8_t*>(k2), kvb);
+        const auto va = download(static_cast<uint8_t*>(v1), kvb), vb = download(static_cast<uint8_t*>(v2), kvb);
+        for (size_t i = 0; i < kvb; ++i) bad += (ka[i] != kb[i]) + (va[i] != vb[i]);
+        return bad;
+      };
       for (const Heads& hs : {Heads{32, 32, 128, false}, Heads{128, 32, 64, true}}) {
         const int K = 512, N = (hs.nh + 2 * hs.nkv) * hs.hd, B = 16, blocks = 8;
         const Mat m = make(N, K);
@@ -253,13 +264,7 @@ void check_gemv_fused() {
             f.bias = b; f.nh = hs.nh; f.nkv = hs.nkv; f.hd = hs.hd; f.pos = dpos; f.slot = dslot; f.inv_freq = dinv;
             f.kv = KvCache{k2, v2, fp8 == 1, 0.37f, 0.74f}; f.block_size = B;
             gemv_fused(act, wt, m.w, m.s, x, R, K, f, 0);
-            const auto a = download(q1, (size_t)R * N), c = download(q2, (size_t)R * N);
-            double bad = 0;
-            for (int r = 0; r < R; ++r)
-              for (int i = 0; i < hs.nh * hs.hd; ++i) bad += a[(size_t)r * N + i] != c[(size_t)r * N + i];  // the q heads
-            const auto ka = download(static_cast<uint8_t*>(k1), kvb), kb = download(static_cast<uint8_t*>(k2), kvb);
-            const auto va = download(static_cast<uint8_t*>(v1), kvb), vb = download(static_cast<uint8_t*>(v2), kvb);
-            for (size_t i = 0; i < kvb; ++i) bad += (ka[i] != kb[i]) + (va[i] != vb[i]);
+            const double bad = differing(q1, q2, R, N, hs.nh * hs.hd, k1, k2, v1, v2, kvb);
             note("gemv_fused rope_kv " + tag + " nh" + std::to_string(hs.nh) + " nkv" + std::to_string(hs.nkv) + " hd" + std::to_string(hs.hd) +
                      (hs.bias ? " bias" : "") + (fp8 ? " E4M3 cache" : "") + " R" + std::to_string(R) + " (bytes differing)", bad, 0);
             cudaFree(x); cudaFree(q1); cudaFree(q2); cudaFree(k1); cudaFree(v1); cudaFree(k2); cudaFree(v2);
@@ -303,13 +308,7 @@ void check_gemv_fused() {
             f.cos = dtab; f.sin = dtab + (size_t)R * half;
             f.kv = KvCache{k2, v2, fp8 == 1, 0.37f, 0.74f}; f.block_size = B;
             gemv_fused(act, wt, m.w, m.s, x, R, K, f, 0);
-            const auto a = download(q1, (size_t)R * N), c = download(q2, (size_t)R * N);
-            double bad = 0;
-            for (int r = 0; r < R; ++r)
-              for (int i = 0; i < hs.nh * hs.hd; ++i) bad += a[(size_t)r * N + i] != c[(size_t)r * N + i];  // the q heads
-            const auto ka = download(static_cast<uint8_t*>(k1), kvb), kb = download(static_cast<uint8_t*>(k2), kvb);
-            const auto va = download(static_cast<uint8_t*>(v1), kvb), vb = download(static_cast<uint8_t*>(v2), kvb);
-            for (size_t i = 0; i < kvb; ++i) bad += (ka[i] != kb[i]) + (va[i] != vb[i]);
+            const double bad = differing(q1, q2, R, N, hs.nh * hs.hd, k1, k2, v1, v2, kvb);
             note("gemv_fused family rope tables " + tag + " nh" + std::to_string(hs.nh) + " nkv" + std::to_string(hs.nkv) + " hd" +
                      std::to_string(hs.hd) + (hs.bias ? " bias" : "") + (fp8 ? " E4M3 cache" : "") + " R" + std::to_string(R) +
                      " (bytes differing)", bad, 0);
