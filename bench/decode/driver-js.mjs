@@ -3,13 +3,13 @@
 // step costs. On a GPU host the driver plans, packs and submits step N+1 and settles step N while
 // N runs, so this must fit in one step's run or the device idles; the CPU engine's own run time
 // does not matter here. The token updates are serialized as the control stream's Tokens message
-// (the Connect method's serializer, what grpc-js runs on write), since that is JS work per step too.
+// (the worker's serializer for its Connect stream, which grpc-js runs on write): JS work per step too.
 // Per step, over the steps with every stream decoding (the first and last WARM left out):
 //   busy_ms: the event loop's active time (performance.eventLoopUtilization) / steps;
 //   parts: the time inside Scheduler.next/nextAhead (plan), Engine.submit (pack + submit),
 //   Scheduler.apply, Scheduler.settle (detokenize, stop checks, updates) and the emit (serialize).
-// --root runs another checkout's build (its dist/ and build/Release/nodespeed.node). --prof-wait
-// skips nothing: run it under `node --cpu-prof` to see where the time goes. Prints one JSON line.
+// --root runs another checkout's build (its dist/ and build/Release/nodespeed.node); run it under
+// `node --cpu-prof` to see where the time goes. Prints one JSON line.
 // usage: node bench/decode/driver-js.mjs [MODEL_DIR=models/py-tiny] [--root DIR] [--streams 128] [--tokens 400] [--label NAME]
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,8 +29,10 @@ const { Scheduler } = await from('worker/scheduler.js');
 const { samplingToWire, validateSampling } = await from('protocol/sampling.js');
 const { FinishReason } = await from('protocol/lifecycle.js');
 const { CONTROL_SERVICE, controlPackageDefinition } = await from('protocol/proto.js');
+const { controlService } = await from('worker/control-client.js');
 
-const serialize = controlPackageDefinition()[CONTROL_SERVICE].Connect.requestSerialize;
+// The worker's serializer for its control stream (builds before it had its own: the loaded definition's).
+const serialize = (controlService?.() ?? controlPackageDefinition()[CONTROL_SERVICE]).Connect.requestSerialize;
 const engine = await Engine.load(dir, { device: 'cpu', kvBlocks: 4096, threads: 1 });
 const tok = await loadTokenizer(dir);
 const V = engine.config.vocabSize;
