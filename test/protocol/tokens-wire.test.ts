@@ -51,6 +51,15 @@ function update(r: () => number, i: number): Record<string, unknown> {
 }
 
 describe('tokens-wire', () => {
+  it('knows every field of the messages it writes: a field added to proto/control.proto must be added to the encoder too', () => {
+    const def = controlPackageDefinition();
+    const fields = (name: string) => ((def[`nodespeed.control.v1.${name}`] as { type: { field: { name: string; number: number }[] } }).type.field)
+      .map((f) => `${f.number}:${f.name}`);
+    expect(fields('TokenUpdate')).toEqual(['1:requestId', '2:tokenIds', '3:text', '4:index', '5:finishReason', '6:error', '7:logprobs', '8:preempted']);
+    expect(fields('Tokens')).toEqual(['1:epoch', '2:updates']);
+    expect(fields('WorkerMessage')).toEqual(['1:join', '2:heartbeat', '3:loadProgress', '4:ready', '5:commOffer', '6:tokens', '7:error', '8:batch']);
+  });
+
   it('writes the bytes protobufjs writes, for updates of every field value the driver sends', () => {
     const r = rng(7);
     for (let round = 0; round < 300; round++) {
