@@ -174,7 +174,8 @@ export class StopChecker {
   private readonly decoder: IncrementalDecoder;
   private readonly matcher: StopMatcher;
   private full = '';  // decoded text so far (complete characters only)
-  private emitted = '';
+  /** How much of `full` was emitted (a prefix of it: full only grows, holds only shrink its tail). */
+  private emitted = 0;
   private finalText: string | undefined;
   finishReason: FinishReason | undefined;
 
@@ -196,7 +197,7 @@ export class StopChecker {
     // The automaton's state depends only on the last (longest stop string) characters.
     const tail = Math.max(0, text.length - c.matcher.longestPattern);
     c.matcher.feed(text.slice(tail), tail);
-    c.emitted = text.slice(0, text.length - c.matcher.pending);
+    c.emitted = text.length - c.matcher.pending;
     return c;
   }
 
@@ -211,7 +212,7 @@ export class StopChecker {
 
   /** The visible text: everything emitted, and once done, the text up to the stop string. */
   get text(): string {
-    return this.finalText ?? this.emitted;
+    return this.finalText ?? this.full.slice(0, this.emitted);
   }
 
   /**
@@ -238,21 +239,24 @@ export class StopChecker {
     if (ends === LENGTH) return this.finish(LENGTH, this.full + this.decoder.flush());
     // Hold back the longest suffix that is a proper prefix of a stop string (the decoder already
     // holds back incomplete characters).
-    return { delta: this.advance(this.full.slice(0, this.full.length - this.matcher.pending)), done: false };
+    return { delta: this.advance(piece, this.full.length - this.matcher.pending), done: false };
   }
 
-  // `visible` always extends what was emitted (full text only grows; holds only shrink its tail).
-  private advance(visible: string): string {
-    if (visible.length <= this.emitted.length) return '';
-    const delta = visible.slice(this.emitted.length);
+  // Emits the full text up to `visible`, which never goes back (the full text only grows; holds
+  // only shrink its tail). The delta is cut from the new piece when it lies within it, which is
+  // the common case: slicing the growing full text would copy all of it at every token.
+  private advance(piece: string, visible: number): string {
+    if (visible <= this.emitted) return '';
+    const pieceAt = this.full.length - piece.length;
+    const delta = this.emitted >= pieceAt ? piece.slice(this.emitted - pieceAt, visible - pieceAt) : this.full.slice(this.emitted, visible);
     this.emitted = visible;
     return delta;
   }
 
   private finish(reason: FinishReason, text: string): StopUpdate {
     this.finishReason = reason;
-    const delta = text.length > this.emitted.length ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
+    const delta = text.length > this.emitted ? text.slice(this.emitted) : '';
+    this.emitted = text.length;
     this.finalText = text;
     return { delta, done: true, finishReason: reason };
   }

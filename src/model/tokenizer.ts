@@ -24,6 +24,9 @@ function readJsonObject(file: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
+const KEEP_SPECIAL = { skip_special_tokens: false };
+const SKIP_SPECIAL = { skip_special_tokens: true };
+
 export class Tokenizer {
   readonly bosToken: string | null;
   readonly eosToken: string | null;
@@ -39,6 +42,8 @@ export class Tokenizer {
   readonly maxTokenBytes: number;
 
   readonly chatTemplate: ChatTemplate;
+  /** decode([id]) of the ids decoded alone so far (see decodeOne). */
+  private readonly single = new Map<number, string>();
 
   private constructor(readonly dir: string, private readonly hf: HfTokenizer, config: Record<string, unknown>, eosIds: number[]) {
     this.bosToken = tokenContent(config.bos_token);
@@ -77,7 +82,22 @@ export class Tokenizer {
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return ''; // the library rejects an empty list
-    return this.hf.decode(ids, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+    const skip = opts.skipSpecialTokens ?? false;
+    if (ids.length === 1 && !skip) return this.decodeOne(ids[0]!);
+    return this.hf.decode(ids, skip ? SKIP_SPECIAL : KEEP_SPECIAL);
+  }
+
+  /**
+   * One id's text, kept for the ids of the vocabulary: a streaming decoder decodes each sampled
+   * token alone once (IncrementalDecoder's prefix window), at every token of every sequence, and
+   * the library's decode is a pure function of the id.
+   */
+  private decodeOne(id: number): string {
+    const known = this.single.get(id);
+    if (known !== undefined) return known;
+    const text: string = this.hf.decode([id], KEEP_SPECIAL);
+    if (Number.isInteger(id) && id >= 0 && id < this.vocabSize) this.single.set(id, text);
+    return text;
   }
 
   tokenToId(token: string): number | undefined {

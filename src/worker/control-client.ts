@@ -10,7 +10,8 @@ import { CONTROL_SERVER_NAME } from '../protocol/job-secrets.js';
 import type { TlsIdentity } from '../protocol/job-secrets.js';
 import { controlChannelOptions } from '../protocol/limits.js';
 import { probeLiveness } from '../protocol/liveness.js';
-import { CONTROL_SERVICE, clientConstructor, controlPackageDefinition } from '../protocol/proto.js';
+import { CONTROL_SERVICE, controlPackageDefinition, serviceDefinition } from '../protocol/proto.js';
+import { encodeTokensMessage } from '../protocol/tokens-wire.js';
 import { CoalescingWriter, batches, joinTokenRun, mergeByKey } from '../protocol/coalesce.js';
 import type {
   Abort, Assignment, Cancel, ControlStub, CoordinatorMessage, JoinIn, OutgoingWorkerMessage, ReplicaLoadIn, Start, Stop, Submit, TokenUpdateIn,
@@ -44,6 +45,18 @@ export function packWorkerMessages(ms: OutgoingWorkerMessage[]): OutgoingWorkerM
     i = j;
   }
   return batches(out, (messages) => ({ batch: { messages } }));
+}
+
+/**
+ * The Control service as the worker calls it: a step's Tokens message is written by
+ * protocol/tokens-wire.ts (the same bytes, a fraction of protobufjs's time on the driver's
+ * thread), every other message by the loaded definition's serializer.
+ */
+export function controlService(): grpc.ServiceDefinition {
+  const def = serviceDefinition(controlPackageDefinition(), CONTROL_SERVICE);
+  const connect = def.Connect!;
+  const serialize = connect.requestSerialize;
+  return { ...def, Connect: { ...connect, requestSerialize: (m: unknown) => encodeTokensMessage(m) ?? serialize(m) } };
 }
 
 export interface ControlEvents {
@@ -82,7 +95,7 @@ export class ControlClient extends EventEmitter<ControlEvents> {
    */
   constructor(private readonly address: string, join: JoinIn, heartbeatMs: number, identity: TlsIdentity, private readonly key: Uint8Array) {
     super();
-    const Ctor = clientConstructor(controlPackageDefinition(), CONTROL_SERVICE);
+    const Ctor = grpc.makeClientConstructor(controlService(), CONTROL_SERVICE);
     const credentials = grpc.credentials.createSsl(Buffer.from(identity.ca), Buffer.from(identity.key), Buffer.from(identity.cert));
     this.client = new Ctor(address, credentials, {
       'grpc.keepalive_time_ms': 10_000, 'grpc.ssl_target_name_override': CONTROL_SERVER_NAME, 'grpc.default_authority': CONTROL_SERVER_NAME,

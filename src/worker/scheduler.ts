@@ -456,13 +456,16 @@ export class Scheduler {
    * planned again, so that request's prefill is in it instead of in the step after.
    */
   urgentWaiting(step: PlannedStep): boolean {
+    if (this.waiting.length === 0) return false;  // the common case, asked after every step
     const worst = this.leastUrgent(step);
     return this.waiting.some((s) => s.classRank < worst && s.inFlight === 0 && s.status === QUEUED);
   }
 
   /** The class rank of the step's least urgent member (a larger rank is less urgent). */
   leastUrgent(step: PlannedStep): number {
-    return Math.max(...step.members.map((m) => m.seq.classRank));
+    let worst = -Infinity;
+    for (const m of step.members) if (m.seq.classRank > worst) worst = m.seq.classRank;
+    return worst;
   }
 
   /** Takes back a planned step that was never launched: its sequences are free to be planned again. */
