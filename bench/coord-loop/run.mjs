@@ -20,7 +20,10 @@
 // the tokens/s it took in; --profile: a CPU profile of the coordinator over the last window, its
 // top self-time functions and files printed (and the .cpuprofile written to --out's folder).
 //
-//   npm run build && node bench/coord-loop/run.mjs [--steps-per-s 200] [--batch 128] [--runs 3] [--profile]
+// The coordinator's main-thread CPU per token (/proc) is the figure to compare on a shared machine:
+// the busy share also counts time the loop waited for a core.
+//
+//   npm run build && node bench/coord-loop/run.mjs [--steps-per-s 500] [--batch 128] [--runs 3] [--profile] [--dist DIR]
 import { fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, setPriority } from 'node:os';
@@ -34,7 +37,7 @@ const root = resolve(here, '..', '..');
 const dist = (p) => join(root, 'dist', p);
 const { values: a } = parseArgs({ options: {
   model: { type: 'string', default: join(root, 'models', 'py-tiny') },
-  'steps-per-s': { type: 'string', default: '200' },
+  'steps-per-s': { type: 'string', default: '500' },
   batch: { type: 'string', default: '128' },
   'batch-concurrency': { type: 'string', default: '512' },
   'batch-stream-ms': { type: 'string', default: '50' },
@@ -45,6 +48,7 @@ const { values: a } = parseArgs({ options: {
   runs: { type: 'string', default: '3' },
   profile: { type: 'boolean', default: false },
   out: { type: 'string' },
+  dist: { type: 'string' },
 } });
 const num = (k) => {
   const v = Number(a[k]);
@@ -67,7 +71,7 @@ const { CONTROL_SERVICE, INFERENCE_SERVICE, clientConstructor, controlPackageDef
 const { controlChannelOptions } = await import(dist('protocol/limits.js'));
 const { CONTROL_SERVER_NAME } = await import(dist('protocol/job-secrets.js'));
 
-const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile })], { stdio: 'inherit' });
+const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile, ...(a.dist ? { dist: resolve(a.dist) } : {}) })], { stdio: 'inherit' });
 // This process (the driver and the clients) yields the CPU to the coordinator: on a machine with
 // few cores the coordinator's loop would otherwise be measured waiting for a core, not working.
 setPriority(process.pid, 10);
@@ -188,8 +192,10 @@ for (let i = 0; i < num('runs'); i++) {
   profile = r.profile;
   const w = { ...r.stats, rtTtftMs: { n: ttfts.length, p50: pct(ttfts, 0.5), p99: pct(ttfts, 0.99) } };
   runs.push(w);
-  console.log(`window ${i + 1}: loop busy ${(w.elu * 100).toFixed(1)}% (cpu ${(w.cpuShare * 100).toFixed(1)}%), delay p50 ${w.delayMs.p50} p99 ${w.delayMs.p99} ` +
-    `max ${w.delayMs.max} ms, ${Math.round(w.tokensPerS)} tok/s in, ${w.store} live; realtime TTFT p50 ${w.rtTtftMs.p50} p99 ${w.rtTtftMs.p99} ms (${ttfts.length})`);
+  console.log(`window ${i + 1}: loop busy ${(w.elu * 100).toFixed(1)}% (main thread cpu ${(w.mainCpuShare * 100).toFixed(1)}%, ${w.mainCpuUsPerToken.toFixed(2)} us/token; ` +
+    `process ${(w.cpuShare * 100).toFixed(1)}%), delay p50 ${w.delayMs.p50} p99 ${w.delayMs.p99} ` +
+    `max ${w.delayMs.max} ms, ${Math.round(w.tokensPerS)} tok/s in, gc ${w.gc.minorPer100kTokens.toFixed(1)} scavenges/100k tokens + ${w.gc.major}, ` +
+    `${(w.gc.pauseShare * 100).toFixed(1)}% paused, ${w.store} live; realtime TTFT p50 ${w.rtTtftMs.p50} p99 ${w.rtTtftMs.p99} ms (${ttfts.length})`);
 }
 stopping = true;
 clearInterval(stepper);
@@ -201,8 +207,9 @@ call.cancel();
 ctl.close();
 
 const median = (xs) => pct(xs, 0.5);
-const summary = { eluMedian: median(runs.map((r) => r.elu)), delayP99Median: median(runs.map((r) => r.delayMs.p99)), tokensPerSMedian: median(runs.map((r) => r.tokensPerS)) };
-console.log(`median: loop busy ${(summary.eluMedian * 100).toFixed(1)}%, delay p99 ${summary.delayP99Median} ms at ${Math.round(summary.tokensPerSMedian)} tok/s; ` +
+const summary = { eluMedian: median(runs.map((r) => r.elu)), mainCpuUsPerTokenMedian: median(runs.map((r) => r.mainCpuUsPerToken)),
+  scavengesPer100kTokensMedian: median(runs.map((r) => r.gc.minorPer100kTokens)), delayP99Median: median(runs.map((r) => r.delayMs.p99)), tokensPerSMedian: median(runs.map((r) => r.tokensPerS)) };
+console.log(`median: loop busy ${(summary.eluMedian * 100).toFixed(1)}%, main thread ${summary.mainCpuUsPerTokenMedian} us/token, ${summary.scavengesPer100kTokensMedian} scavenges/100k tokens, delay p99 ${summary.delayP99Median} ms at ${Math.round(summary.tokensPerSMedian)} tok/s; ` +
   `client: ${seen.messages} messages, ${seen.tokens} tokens, ${seen.gaps} index gaps, ${seen.errors} errors`);
 
 let top;

@@ -48,6 +48,32 @@ export interface RouterOptions {
  */
 export const REPLAY_SETTLE_MS = 200;
 
+/** A request record as a Job (estimate.ts): its live fields read through, nothing copied. */
+class RecordJob implements Job {
+  constructor(private readonly r: RequestRecord) {}
+  get priority(): number {
+    return this.r.sched.priority;
+  }
+  get classRank(): number {
+    return this.r.sched.cls.rank;
+  }
+  get order(): number {
+    return this.r.order;
+  }
+  get budgetTokens(): number {
+    return this.r.promptIds.length + this.r.params.maxTokens;
+  }
+  get prefillTokens(): number {
+    return this.r.promptIds.length + this.r.tokens.length;
+  }
+  get remainingTokens(): number {
+    return Math.max(0, this.r.params.maxTokens - this.r.tokens.length);
+  }
+  get started(): boolean {
+    return this.r.started;
+  }
+}
+
 export class Router {
   readonly stats: ClassStats;
   private readonly log: (line: string) => void;
@@ -75,12 +101,12 @@ export class Router {
     };
   }
 
+  /**
+   * The request as the estimate sees it: a view of the record built once (a routing estimates every
+   * request on every replica it may use, hundreds under a flood, for each arrival), read as it is now.
+   */
   private job(rec: RequestRecord): Job {
-    return {
-      priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
-      budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
-      remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
-    };
+    return (rec.estimateJob ??= new RecordJob(rec));
   }
 
   /** Where `rec` would go now (nothing is sent). */
@@ -198,7 +224,8 @@ export class Router {
         continue;
       }
       if (rec.status === RequestStatus.PREEMPTED) this.store.resume(rec);
-      const fresh = u.tokenIds.slice(skip);
+      // The decoded update's own array when nothing is skipped (the common case: no copy a token).
+      const fresh = skip === 0 ? u.tokenIds : u.tokenIds.slice(skip);
       const first = fresh.length > 0 && rec.firstTokenAt === undefined;
       if (fresh.length) {
         const now = Date.now();
@@ -213,7 +240,7 @@ export class Router {
         rec.started = true;
         rec.numerics ??= this.numerics(replica);
       }
-      rec.tokens.push(...fresh);
+      for (let i = 0; i < fresh.length; i++) rec.tokens.push(fresh[i]!);
       rec.text += u.text;
       const group = this.members.layout.groups[replica.group]!.name;
       const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason,
