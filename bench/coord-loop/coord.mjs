@@ -75,7 +75,12 @@ process.on('message', async (m) => {
     const delay = monitorEventLoopDelay({ resolution: 1 });
     delay.enable();
     let session;
-    if (o.profile) {
+    if (o.heapProfile) {
+      session = new Session();
+      session.connect();
+      // Every allocation sampled, also those a scavenge collected: what the young generation's churn is made of.
+      await session.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    } else if (o.profile) {
       session = new Session();
       session.connect();
       await session.post('Profiler.enable');
@@ -91,7 +96,10 @@ process.on('message', async (m) => {
     w.delay.disable();
     const ms = (ns) => Math.round(ns / 1e4) / 100;
     let profile;
-    if (w.session) {
+    if (w.session && o.heapProfile) {
+      ({ profile } = await w.session.post('HeapProfiler.stopSampling'));
+      w.session.disconnect();
+    } else if (w.session) {
       ({ profile } = await w.session.post('Profiler.stop'));
       w.session.disconnect();
     }

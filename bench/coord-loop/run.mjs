@@ -24,6 +24,7 @@
 // the busy share also counts time the loop waited for a core.
 //
 //   npm run build && node bench/coord-loop/run.mjs [--steps-per-s 500] [--batch 128] [--runs 3] [--profile] [--dist DIR]
+//     [--node-args=--trace-gc]   (node flags of the coordinator's process)
 import { fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, setPriority } from 'node:os';
@@ -47,8 +48,10 @@ const { values: a } = parseArgs({ options: {
   'window-s': { type: 'string', default: '8' },
   runs: { type: 'string', default: '3' },
   profile: { type: 'boolean', default: false },
+  'heap-profile': { type: 'boolean', default: false },
   out: { type: 'string' },
   dist: { type: 'string' },
+  'node-args': { type: 'string', default: '' },
 } });
 const num = (k) => {
   const v = Number(a[k]);
@@ -71,7 +74,8 @@ const { CONTROL_SERVICE, INFERENCE_SERVICE, clientConstructor, controlPackageDef
 const { controlChannelOptions } = await import(dist('protocol/limits.js'));
 const { CONTROL_SERVER_NAME } = await import(dist('protocol/job-secrets.js'));
 
-const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile, ...(a.dist ? { dist: resolve(a.dist) } : {}) })], { stdio: 'inherit' });
+const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile, heapProfile: a['heap-profile'], ...(a.dist ? { dist: resolve(a.dist) } : {}) })],
+  { stdio: 'inherit', execArgv: a['node-args'].split(' ').filter(Boolean) });
 // This process (the driver and the clients) yields the CPU to the coordinator: on a machine with
 // few cores the coordinator's loop would otherwise be measured waiting for a core, not working.
 setPriority(process.pid, 10);
@@ -213,12 +217,12 @@ console.log(`median: loop busy ${(summary.eluMedian * 100).toFixed(1)}%, main th
   `client: ${seen.messages} messages, ${seen.tokens} tokens, ${seen.gaps} index gaps, ${seen.errors} errors`);
 
 let top;
-if (profile) top = summarize(profile);
+if (profile) top = a['heap-profile'] ? summarizeHeap(profile) : summarize(profile);
 const outFile = a.out ?? join(root, 'bench', 'results', `coord-loop-${commit}-${Date.now()}.json`);
 mkdirSync(dirname(outFile), { recursive: true });
 writeFileSync(outFile, JSON.stringify({ commit, machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg: loadavg() },
   options: a, runs, summary, client: seen, top }, null, 2));
-if (profile) writeFileSync(outFile.replace(/\.json$/, '.cpuprofile'), JSON.stringify(profile));
+if (profile) writeFileSync(outFile.replace(/\.json$/, a['heap-profile'] ? '.heapprofile' : '.cpuprofile'), JSON.stringify(profile));
 console.log(`wrote ${relative(process.cwd(), outFile)}`);
 
 /** Self time by function and by file, as shares of the profiled window's samples. */
@@ -251,5 +255,29 @@ function summarize(p) {
   for (const x of out.functions.slice(0, 25)) console.log(`  ${String(x.busyPct).padStart(5)}%  ${x.name}`);
   console.log('by file:');
   for (const x of out.files.slice(0, 15)) console.log(`  ${String(x.busyPct).padStart(5)}%  ${x.name}`);
+  return out;
+}
+
+/** Bytes allocated by function (self) and by file, as shares of the window's sampled allocations. */
+function summarizeHeap(p) {
+  const byFn = new Map();
+  const byFile = new Map();
+  let total = 0;
+  const walk = (n) => {
+    const f = n.callFrame;
+    const url = f.url.replace(/^file:\/\//, '').replace(root + '/', '').replace(/^node_modules\//, '');
+    const fn = `${f.functionName || '(anon)'} ${url}:${f.lineNumber + 1}`;
+    total += n.selfSize;
+    byFn.set(fn, (byFn.get(fn) ?? 0) + n.selfSize);
+    byFile.set(url || f.functionName, (byFile.get(url || f.functionName) ?? 0) + n.selfSize);
+    for (const c of n.children) walk(c);
+  };
+  walk(p.head);
+  const rank = (m) => [...m].sort((x, y) => y[1] - x[1]).slice(0, 30).map(([k, b]) => ({ name: k, bytesPct: Math.round((b / total) * 1000) / 10 }));
+  const out = { allocatedMB: Math.round(total / 1e5) / 10, functions: rank(byFn), files: rank(byFile) };
+  console.log(`allocations sampled: ${out.allocatedMB} MB; by function (self):`);
+  for (const x of out.functions.slice(0, 25)) console.log(`  ${String(x.bytesPct).padStart(5)}%  ${x.name}`);
+  console.log('by file:');
+  for (const x of out.files.slice(0, 12)) console.log(`  ${String(x.bytesPct).padStart(5)}%  ${x.name}`);
   return out;
 }

@@ -70,7 +70,7 @@ export class RequestRecord {
   replays = 0;
   /** Its timeline goes to NODESPEED_REQUEST_TRACE. */
   traced = false;
-  /** The router's view of it for TTFT estimates (router.ts), built at its first routing. */
+  /** The router's Job for its TTFT estimates (router.ts), built at its first routing and kept up to date there. */
   estimateJob: Job | undefined;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,

@@ -48,32 +48,6 @@ export interface RouterOptions {
  */
 export const REPLAY_SETTLE_MS = 200;
 
-/** A request record as a Job (estimate.ts): its live fields read through, nothing copied. */
-class RecordJob implements Job {
-  constructor(private readonly r: RequestRecord) {}
-  get priority(): number {
-    return this.r.sched.priority;
-  }
-  get classRank(): number {
-    return this.r.sched.cls.rank;
-  }
-  get order(): number {
-    return this.r.order;
-  }
-  get budgetTokens(): number {
-    return this.r.promptIds.length + this.r.params.maxTokens;
-  }
-  get prefillTokens(): number {
-    return this.r.promptIds.length + this.r.tokens.length;
-  }
-  get remainingTokens(): number {
-    return Math.max(0, this.r.params.maxTokens - this.r.tokens.length);
-  }
-  get started(): boolean {
-    return this.r.started;
-  }
-}
-
 export class Router {
   readonly stats: ClassStats;
   private readonly log: (line: string) => void;
@@ -102,11 +76,23 @@ export class Router {
   }
 
   /**
-   * The request as the estimate sees it: a view of the record built once (a routing estimates every
-   * request on every replica it may use, hundreds under a flood, for each arrival), read as it is now.
+   * The request as the estimate sees it now. A routing estimates every request on every replica it
+   * may use (hundreds under a flood, for each arrival): each record keeps one Job, built at its
+   * first routing, whose changing fields are brought up to date here instead of a new Job each time.
    */
   private job(rec: RequestRecord): Job {
-    return (rec.estimateJob ??= new RecordJob(rec));
+    const j = rec.estimateJob;
+    if (!j) {
+      return (rec.estimateJob = {
+        priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
+        budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
+        remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
+      });
+    }
+    j.prefillTokens = rec.promptIds.length + rec.tokens.length;
+    j.remainingTokens = Math.max(0, rec.params.maxTokens - rec.tokens.length);
+    j.started = rec.started;
+    return j;
   }
 
   /** Where `rec` would go now (nothing is sent). */
