@@ -218,8 +218,15 @@ const NOT_FINISHED = FinishReason.FINISH_REASON_UNSPECIFIED;
 export function mergeResponses(ms: GenerateResponseIn[]): GenerateResponseIn[] {
   const joins = (p: GenerateResponseIn, m: GenerateResponseIn) =>
     p.replica === m.replica && p.group === m.group && (p.finishReason ?? NOT_FINISHED) === NOT_FINISHED;
-  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => ({ ...joinTokenRun(run), index: run[0]!.index }));
+  return mergeByKey(ms, (m) => m.choice ?? 0, joins, (run) => {
+    const m = joinTokenRun(run);  // a fresh object: set in place, not copied again
+    m.index = run[0]!.index;
+    return m;
+  });
 }
+
+/** The empty list of a message's field left empty (not one per token); frozen, so nothing can add to it. */
+const NONE: never[] = Object.freeze([]) as unknown as never[];
 
 // A request larger than --max-request-bytes is never decoded: its deserializer hands the handler
 // this marker instead, and the handler answers INVALID_ARGUMENT naming the limit (gRPC's own
@@ -436,9 +443,9 @@ export class InferenceApi {
         if (!u.tokenIds.length && !u.text && !last) return;
         const rec = admitted?.records[choice];
         out.send({
-          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? [],
+          tokenIds: u.tokenIds, text: u.text, index: u.index, finishReason: u.finishReason, choice, logprobs: u.logprobs ?? NONE,
           usage: last && rec ? { promptTokens: rec.promptIds.length, completionTokens: rec.tokens.length } : null,
-          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : [], group: u.group ?? '', replica: u.replica ?? 0,
+          requestId: rec?.id ?? '', promptIds: last && rec ? rec.promptIds : NONE, group: u.group ?? '', replica: u.replica ?? 0,
         });
         if (last && --open === 0) out.whenIdle(() => call.end());  // after the merged messages still going out
       },

@@ -65,44 +65,59 @@ function prefillMs(m: ReplicaModel, tokens: number, batch: number): number {
   return ms;
 }
 
-interface Run { job: Job; endMs: number }
-
-/** The batch of the replay, as a min-heap on endMs: the next to finish is taken in O(log n) (a routing replays hundreds). */
+/**
+ * The batch of the replay, as a min-heap on each run's end (ms): the next to finish is taken in
+ * O(log n) (a routing replays hundreds). A run is its end and the KV blocks it holds, kept in two
+ * arrays side by side (no object a run: a routing under a flood replays hundreds, for each arrival).
+ */
 class Batch {
-  private readonly h: Run[] = [];
+  private readonly end: number[] = [];
+  private readonly blk: number[] = [];
+  /** The blocks of the run pop() took last. */
+  poppedBlocks = 0;
 
   get length(): number {
-    return this.h.length;
+    return this.end.length;
   }
 
-  push(r: Run): void {
-    const h = this.h;
-    let i = h.push(r) - 1;
+  push(endMs: number, blocks: number): void {
+    const e = this.end;
+    const k = this.blk;
+    let i = e.length;
+    e.push(endMs);
+    k.push(blocks);
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (h[p]!.endMs <= r.endMs) break;
-      h[i] = h[p]!;
+      if (e[p]! <= endMs) break;
+      e[i] = e[p]!;
+      k[i] = k[p]!;
       i = p;
     }
-    h[i] = r;
+    e[i] = endMs;
+    k[i] = blocks;
   }
 
-  /** Takes the run that ends first. */
-  pop(): Run {
-    const h = this.h;
-    const top = h[0]!;
-    const last = h.pop()!;
-    if (h.length) {
+  /** Takes the run that ends first: its end (its blocks in poppedBlocks). */
+  pop(): number {
+    const e = this.end;
+    const k = this.blk;
+    const top = e[0]!;
+    this.poppedBlocks = k[0]!;
+    const lastEnd = e.pop()!;
+    const lastBlk = k.pop()!;
+    if (e.length) {
       let i = 0;
       for (;;) {
         const l = 2 * i + 1;
-        if (l >= h.length) break;
-        const c = l + 1 < h.length && h[l + 1]!.endMs < h[l]!.endMs ? l + 1 : l;
-        if (h[c]!.endMs >= last.endMs) break;
-        h[i] = h[c]!;
+        if (l >= e.length) break;
+        const c = l + 1 < e.length && e[l + 1]! < e[l]! ? l + 1 : l;
+        if (e[c]! >= lastEnd) break;
+        e[i] = e[c]!;
+        k[i] = k[c]!;
         i = c;
       }
-      h[i] = last;
+      e[i] = lastEnd;
+      k[i] = lastBlk;
     }
     return top;
   }
@@ -143,8 +158,9 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
   const running = new Batch();
   let used = 0;
   for (const j of streaming) {
-    running.push({ job: j, endMs: j.remainingTokens * decodeMs });
-    used += blocks(m, j.budgetTokens);
+    const b = blocks(m, j.budgetTokens);
+    running.push(j.remainingTokens * decodeMs, b);
+    used += b;
   }
   queue.push(q);
   let now = 0;
@@ -155,14 +171,14 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
       const j = queue[head++]!;
       const first = now + decodeMs + prefillMs(m, j.prefillTokens, running.length);
       if (j === q) return { ttftMs: first, admitNow, fits, queueFull };
-      running.push({ job: j, endMs: first + Math.max(0, j.remainingTokens - 1) * decodeMs });
-      used += blocks(m, j.budgetTokens);
+      const b = blocks(m, j.budgetTokens);
+      running.push(first + Math.max(0, j.remainingTokens - 1) * decodeMs, b);
+      used += b;
     }
     if (!running.length) return { ttftMs: Infinity, admitNow: false, fits, queueFull };
     // The one closest to its end finishes and frees its blocks and seat.
     admitNow = false;
-    const done = running.pop();
-    now = Math.max(now, done.endMs);
-    used -= blocks(m, done.job.budgetTokens);
+    now = Math.max(now, running.pop());
+    used -= running.poppedBlocks;
   }
 }

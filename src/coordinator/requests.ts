@@ -5,6 +5,7 @@
 import type * as grpc from '@grpc/grpc-js';
 
 import type { TokenLogprobs } from '../protocol/api.js';
+import type { Job } from './estimate.js';
 import { FinishReason, RequestStatus, isFinished, transition } from '../protocol/lifecycle.js';
 import type { SamplingParams } from '../protocol/sampling.js';
 import type { RequestClass } from './classes.js';
@@ -69,6 +70,8 @@ export class RequestRecord {
   replays = 0;
   /** Its timeline goes to NODESPEED_REQUEST_TRACE. */
   traced = false;
+  /** The router's Job for its TTFT estimates (router.ts), built at its first routing and kept up to date there. */
+  estimateJob: Job | undefined;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,
     readonly sched: RequestScheduling) {}

@@ -75,12 +75,24 @@ export class Router {
     };
   }
 
+  /**
+   * The request as the estimate sees it now. A routing estimates every request on every replica it
+   * may use (hundreds under a flood, for each arrival): each record keeps one Job, built at its
+   * first routing, whose changing fields are brought up to date here instead of a new Job each time.
+   */
   private job(rec: RequestRecord): Job {
-    return {
-      priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
-      budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
-      remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
-    };
+    const j = rec.estimateJob;
+    if (!j) {
+      return (rec.estimateJob = {
+        priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
+        budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
+        remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
+      });
+    }
+    j.prefillTokens = rec.promptIds.length + rec.tokens.length;
+    j.remainingTokens = Math.max(0, rec.params.maxTokens - rec.tokens.length);
+    j.started = rec.started;
+    return j;
   }
 
   /** Where `rec` would go now (nothing is sent). */
@@ -198,7 +210,8 @@ export class Router {
         continue;
       }
       if (rec.status === RequestStatus.PREEMPTED) this.store.resume(rec);
-      const fresh = u.tokenIds.slice(skip);
+      // The decoded update's own array when nothing is skipped (the common case: no copy a token).
+      const fresh = skip === 0 ? u.tokenIds : u.tokenIds.slice(skip);
       const first = fresh.length > 0 && rec.firstTokenAt === undefined;
       if (fresh.length) {
         const now = Date.now();
@@ -213,7 +226,7 @@ export class Router {
         rec.started = true;
         rec.numerics ??= this.numerics(replica);
       }
-      rec.tokens.push(...fresh);
+      for (let i = 0; i < fresh.length; i++) rec.tokens.push(fresh[i]!);
       rec.text += u.text;
       const group = this.members.layout.groups[replica.group]!.name;
       const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason,

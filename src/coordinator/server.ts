@@ -15,6 +15,7 @@ import {
   CONTROL_SERVICE, INFERENCE_SERVICE, controlPackageDefinition, inferencePackageDefinition, serviceDefinition,
 } from '../protocol/proto.js';
 import { RequestStatus } from '../protocol/lifecycle.js';
+import { enumNames, tokensFirstDeserializer } from '../protocol/tokens-decode.js';
 import { InferenceApi, limitedDeserializer } from './api.js';
 import { grpcServerCredentials } from './public-auth.js';
 import type { PublicTls } from './public-auth.js';
@@ -135,7 +136,12 @@ export class Coordinator {
     this.health.addToServer(this.server);
     // Reflection describes the public API only; the control plane is internal.
     new ReflectionService(inference).addToServer(this.server);
-    this.controlServer.addService(serviceDefinition(control, CONTROL_SERVICE), {
+    // The workers' token reports (most of what the control plane carries under load) are decoded
+    // straight into plain objects; every other message by the generic decoder.
+    const controlService = { ...serviceDefinition(control, CONTROL_SERVICE) };
+    controlService.Connect = { ...controlService.Connect!,
+      requestDeserialize: tokensFirstDeserializer(controlService.Connect!.requestDeserialize, enumNames(control, 'nodespeed.v1.FinishReason')) };
+    this.controlServer.addService(controlService, {
       Connect: (call: Parameters<Membership['handleStream']>[0]) => this.members.handleStream(call),
     });
     const c = this.o.control;

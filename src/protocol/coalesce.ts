@@ -147,6 +147,7 @@ function ignore(): void {}
  * those of different keys (a request's n sequences, interleaved step by step) merge each apart.
  */
 export function mergeByKey<M>(ms: M[], key: (m: M) => number | string | null, joins: (last: M, next: M) => boolean, merge: (group: M[]) => M): M[] {
+  if (oneRun(ms, key, joins)) return [merge(ms)];
   const groups: M[][] = [];
   let open = new Map<number | string, M[]>();
   for (const m of ms) {
@@ -166,6 +167,19 @@ export function mergeByKey<M>(ms: M[], key: (m: M) => number | string | null, jo
     open.set(k, fresh);
   }
   return groups.map((g) => (g.length === 1 ? g[0]! : merge(g)));
+}
+
+/**
+ * Whether mergeByKey's messages form one group (one key, each joining the one before it): the
+ * usual case (one sequence's tokens gathered over a write or an interval), merged without the
+ * grouping's maps and arrays.
+ */
+function oneRun<M>(ms: M[], key: (m: M) => number | string | null, joins: (last: M, next: M) => boolean): boolean {
+  if (ms.length < 2) return false;
+  const k = key(ms[0]!);
+  if (k === null) return false;
+  for (let i = 1; i < ms.length; i++) if (key(ms[i]!) !== k || !joins(ms[i - 1]!, ms[i]!)) return false;
+  return true;
 }
 
 /**
