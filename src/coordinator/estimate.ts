@@ -65,27 +65,49 @@ function prefillMs(m: ReplicaModel, tokens: number, batch: number): number {
   return ms;
 }
 
+// estimateTtft runs for every replica a routing may use, each with hundreds of requests under a
+// flood, for every arrival: the arrays it made per call (the streaming runs, the queue, the heap)
+// were most of the bytes an arrival allocated. It runs to its end synchronously, so one set of
+// them, kept between calls, serves every call.
+
+/** Jobs an estimate gathered: slots 0..n-1 in use; cleared after each estimate, so no request stays referenced. */
+class Jobs {
+  items: Job[] = [];
+  n = 0;
+
+  push(j: Job): void {
+    this.items[this.n++] = j;
+  }
+
+  clear(): void {
+    for (let i = 0; i < this.n; i++) this.items[i] = undefined!;
+    this.n = 0;
+  }
+
+  /** Slots 0..n-1 in `cmp` order (the array is cut to them first: the sort takes all of it). */
+  sort(cmp: (a: Job, b: Job) => number): void {
+    this.items.length = this.n;
+    this.items.sort(cmp);
+  }
+}
+
 /**
  * The batch of the replay, as a min-heap on each run's end (ms): the next to finish is taken in
  * O(log n) (a routing replays hundreds). A run is its end and the KV blocks it holds, kept in two
- * arrays side by side (no object a run: a routing under a flood replays hundreds, for each arrival).
+ * arrays side by side (no object a run).
  */
 class Batch {
-  private readonly end: number[] = [];
-  private readonly blk: number[] = [];
+  private end = new Float64Array(1024);
+  private blk = new Float64Array(1024);
+  length = 0;
   /** The blocks of the run pop() took last. */
   poppedBlocks = 0;
 
-  get length(): number {
-    return this.end.length;
-  }
-
   push(endMs: number, blocks: number): void {
+    if (this.length === this.end.length) this.grow();
     const e = this.end;
     const k = this.blk;
-    let i = e.length;
-    e.push(endMs);
-    k.push(blocks);
+    let i = this.length++;
     while (i > 0) {
       const p = (i - 1) >> 1;
       if (e[p]! <= endMs) break;
@@ -103,14 +125,15 @@ class Batch {
     const k = this.blk;
     const top = e[0]!;
     this.poppedBlocks = k[0]!;
-    const lastEnd = e.pop()!;
-    const lastBlk = k.pop()!;
-    if (e.length) {
+    const n = --this.length;
+    const lastEnd = e[n]!;
+    const lastBlk = k[n]!;
+    if (n) {
       let i = 0;
       for (;;) {
         const l = 2 * i + 1;
-        if (l >= e.length) break;
-        const c = l + 1 < e.length && e[l + 1]! < e[l]! ? l + 1 : l;
+        if (l >= n) break;
+        const c = l + 1 < n && e[l + 1]! < e[l]! ? l + 1 : l;
         if (e[c]! >= lastEnd) break;
         e[i] = e[c]!;
         k[i] = k[c]!;
@@ -121,29 +144,56 @@ class Batch {
     }
     return top;
   }
+
+  private grow(): void {
+    const end = new Float64Array(2 * this.end.length);
+    const blk = new Float64Array(2 * this.blk.length);
+    end.set(this.end);
+    blk.set(this.blk);
+    this.end = end;
+    this.blk = blk;
+  }
 }
 
-export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimate {
+const streaming = new Jobs();
+const queue = new Jobs();
+const running = new Batch();
+
+const byOrder = (a: Job, b: Job): number => a.priority - b.priority || a.order - b.order;
+
+/**
+ * `q`'s time to first token on a replica running `onReplica` (q itself, if among them, is not
+ * counted again): any iterable, so the router passes its live set as it is.
+ */
+export function estimateTtft(m: ReplicaModel, onReplica: Iterable<Job>, q: Job): Estimate {
+  try {
+    return replay(m, onReplica, q);
+  } finally {
+    streaming.clear();
+    queue.clear();
+    running.length = 0;
+  }
+}
+
+function replay(m: ReplicaModel, onReplica: Iterable<Job>, q: Job): Estimate {
   const total = m.kvBlocks;
   const seats = m.maxSeqs > 0 ? m.maxSeqs : Number.MAX_SAFE_INTEGER;
   const need = blocks(m, q.budgetTokens);
   const fits = total <= 0 || need <= total;
-  const byOrder = (a: Job, b: Job) => a.priority - b.priority || a.order - b.order;
   // One pass (a routing estimates every replica, each with hundreds of requests under a flood): the
   // batch, and the queue ahead of it. Those it would preempt do not count; among the rest, those
   // queued behind it do not either.
   let waitingAll = 0;
   let batch = 0;
-  const streaming: Job[] = [];
-  const queue: Job[] = [];
   let sorted = true;
   for (const j of onReplica) {
+    if (j === q) continue;
     if (j.started) batch++;
     else waitingAll++;
     if (j.classRank > q.classRank) continue;
     if (j.started) streaming.push(j);
     else if (byOrder(j, q) < 0) {
-      if (sorted && queue.length && byOrder(queue[queue.length - 1]!, j) > 0) sorted = false;
+      if (sorted && queue.n && byOrder(queue.items[queue.n - 1]!, j) > 0) sorted = false;
       queue.push(j);
     }
   }
@@ -155,20 +205,21 @@ export function estimateTtft(m: ReplicaModel, onReplica: Job[], q: Job): Estimat
   if (total <= 0) return { ttftMs: decodeMs + prefillMs(m, q.prefillTokens, batch), admitNow: true, fits, queueFull };
 
   // The batch now: what streams, then the queue in order while it fits (stopping at the first that does not).
-  const running = new Batch();
   let used = 0;
-  for (const j of streaming) {
+  for (let i = 0; i < streaming.n; i++) {
+    const j = streaming.items[i]!;
     const b = blocks(m, j.budgetTokens);
     running.push(j.remainingTokens * decodeMs, b);
     used += b;
   }
   queue.push(q);
+  const jobs = queue.items;
   let now = 0;
   let admitNow = true;
   let head = 0;
   for (;;) {
-    while (head < queue.length && running.length < seats && used + blocks(m, queue[head]!.budgetTokens) <= total) {
-      const j = queue[head++]!;
+    while (head < queue.n && running.length < seats && used + blocks(m, jobs[head]!.budgetTokens) <= total) {
+      const j = jobs[head++]!;
       const first = now + decodeMs + prefillMs(m, j.prefillTokens, running.length);
       if (j === q) return { ttftMs: first, admitNow, fits, queueFull };
       const b = blocks(m, j.budgetTokens);

@@ -48,7 +48,7 @@ export interface RequestScheduling {
 
 let arrivals = 0;
 
-export class RequestRecord {
+export class RequestRecord implements Job {
   status: RequestStatus = RequestStatus.QUEUED;
   /** The replica it runs on (status running or preempted); null while it waits for one. */
   replica: number | null = null;
@@ -58,8 +58,19 @@ export class RequestRecord {
   numerics: string | undefined;
   /** Arrival order, for equal priorities. */
   readonly order = arrivals++;
-  lastTokenAt: number | undefined;
+  // What the router's TTFT estimate (estimate.ts: the record is its own Job) reads of every request
+  // on a replica at every routing, hundreds under a flood for each arrival: numbers kept in the
+  // record itself, beside `started`, `order` and `tokens`, so that a routing reads one object a
+  // request (and its token list's length), not also its scheduling and parameters, each elsewhere
+  // in memory. They never change: the prompt, the parameters and the class are the request's.
+  readonly priority: number;
+  readonly classRank: number;
+  /** Its KV budget: prompt + max_tokens. */
+  readonly budgetTokens: number;
+  private readonly promptTokens: number;
+  private readonly maxTokens: number;
   readonly tokens: number[] = [];
+  lastTokenAt: number | undefined;
   text = '';
   finishReason: FinishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
   readonly createdAt = Date.now();
@@ -70,17 +81,33 @@ export class RequestRecord {
   replays = 0;
   /** Its timeline goes to NODESPEED_REQUEST_TRACE. */
   traced = false;
-  /** The router's Job for its TTFT estimates (router.ts), built at its first routing and kept up to date there. */
-  estimateJob: Job | undefined;
 
   constructor(readonly id: string, readonly promptIds: number[], readonly params: SamplingParams, readonly sink: RequestSink,
-    readonly sched: RequestScheduling) {}
+    readonly sched: RequestScheduling) {
+    this.priority = sched.priority;
+    this.classRank = sched.cls.rank;
+    this.promptTokens = promptIds.length;
+    this.maxTokens = params.maxTokens;
+    this.budgetTokens = promptIds.length + params.maxTokens;
+  }
+
+  /** The estimate's tokens to prefill: the prompt and those streamed (a replay's). */
+  get prefillTokens(): number {
+    return this.promptTokens + this.tokens.length;
+  }
+
+  /** The estimate's tokens still to generate, at most. */
+  get remainingTokens(): number {
+    return Math.max(0, this.maxTokens - this.tokens.length);
+  }
 }
 
 export class RequestStore {
   private readonly records = new Map<string, RequestRecord>();
   /** Live requests by the replica they run on (the router reads it for every routing: no scan of all). */
   private readonly byReplica = new Map<number, Set<RequestRecord>>();
+  /** Live requests waiting for a replica (queued): the router asks after every step that ended a request, with hundreds live. */
+  private readonly queued = new Set<RequestRecord>();
   private nextId = 1;
   /** Requests that ended (finished, failed or cancelled). */
   completed = 0;
@@ -91,6 +118,7 @@ export class RequestStore {
 
   add(r: RequestRecord): void {
     this.records.set(r.id, r);
+    if (r.status === RequestStatus.QUEUED) this.queued.add(r);
   }
 
   /** A live request (queued or running); ended ones are forgotten. */
@@ -130,20 +158,18 @@ export class RequestStore {
   }
 
   pendingCount(): number {
-    let n = 0;
-    for (const r of this.records.values()) if (r.status === RequestStatus.QUEUED) n++;
-    return n;
+    return this.queued.size;
   }
 
   /** Requests waiting for a replica, most urgent first (priority, then arrival). */
   pending(): RequestRecord[] {
-    return [...this.records.values()].filter((r) => r.status === RequestStatus.QUEUED)
-      .sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order);
+    return [...this.queued].sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order);
   }
 
   /** queued → running on `replica`. */
   route(r: RequestRecord, replica: number): void {
     r.status = transition(r.status, RequestStatus.RUNNING);
+    this.queued.delete(r);
     this.place(r, replica);
     r.started = false;
     r.pendingSince = undefined;
@@ -163,6 +189,7 @@ export class RequestStore {
   /** running or preempted → queued: its replica was lost; it is replayed from its prompt and the tokens streamed. */
   requeue(r: RequestRecord, now = Date.now()): void {
     r.status = transition(r.status, RequestStatus.QUEUED);
+    this.queued.add(r);
     this.place(r, null);
     r.started = false;
     r.pendingSince = now;
@@ -177,6 +204,7 @@ export class RequestStore {
     if (isFinished(r.status) || this.records.get(r.id) !== r) return false;
     r.status = transition(r.status, end.status);
     this.records.delete(r.id);
+    this.queued.delete(r);
     if (r.replica !== null) this.byReplica.get(r.replica)?.delete(r);
     this.completed++;
     if (end.status === RequestStatus.FINISHED) {

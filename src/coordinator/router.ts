@@ -23,7 +23,7 @@ import { samplingToWire } from '../protocol/sampling.js';
 import { ClassStats } from './class-stats.js';
 import type { ClassTable } from './classes.js';
 import { estimateTtft } from './estimate.js';
-import type { Job, ReplicaModel } from './estimate.js';
+import type { ReplicaModel } from './estimate.js';
 import { numericsOf } from './layout.js';
 import type { Membership, Replica } from './membership.js';
 import type { RequestRecord, RequestStore, RequestUpdate } from './requests.js';
@@ -75,26 +75,6 @@ export class Router {
     };
   }
 
-  /**
-   * The request as the estimate sees it now. A routing estimates every request on every replica it
-   * may use (hundreds under a flood, for each arrival): each record keeps one Job, built at its
-   * first routing, whose changing fields are brought up to date here instead of a new Job each time.
-   */
-  private job(rec: RequestRecord): Job {
-    const j = rec.estimateJob;
-    if (!j) {
-      return (rec.estimateJob = {
-        priority: rec.sched.priority, classRank: rec.sched.cls.rank, order: rec.order,
-        budgetTokens: rec.promptIds.length + rec.params.maxTokens, prefillTokens: rec.promptIds.length + rec.tokens.length,
-        remainingTokens: Math.max(0, rec.params.maxTokens - rec.tokens.length), started: rec.started,
-      });
-    }
-    j.prefillTokens = rec.promptIds.length + rec.tokens.length;
-    j.remainingTokens = Math.max(0, rec.params.maxTokens - rec.tokens.length);
-    j.started = rec.started;
-    return j;
-  }
-
   /** Where `rec` would go now (nothing is sent). */
   choose(rec: RequestRecord): Route {
     const cls = rec.sched.cls;
@@ -109,9 +89,8 @@ export class Router {
         const r = this.members.replicas[id]!;
         if (r.state !== 'serving' || (pinned && this.numerics(r) !== pinned)) continue;
         serving++;
-        const mine: Job[] = [];
-        for (const x of this.store.on(r.id)) if (x !== rec) mine.push(this.job(x));
-        const e = estimateTtft(this.model(r), mine, this.job(rec));
+        // The records are the estimate's jobs (RequestRecord implements Job): the live set goes as it is, nothing copied.
+        const e = estimateTtft(this.model(r), this.store.on(r.id), rec);
         if (!e.fits) {
           refusals.add(`needs ${Math.ceil((rec.promptIds.length + rec.params.maxTokens) / (r.kvBlockSize || 16))} KV blocks, ` +
             `replica ${r.id} (${this.members.layout.groups[gi]!.name}) has ${this.model(r).kvBlocks}`);
@@ -123,9 +102,10 @@ export class Router {
         }
         // Equal estimates (no step measured yet, an idle group): the fewest requests, then the most free KV blocks.
         const free = r.load?.kvBlocksFree ?? r.kvBlocks;
+        const load = this.store.countOn(r.id) - (rec.replica === r.id ? 1 : 0);
         if (!groupBest || e.ttftMs < groupBest.ttftMs || (e.ttftMs === groupBest.ttftMs &&
-          (mine.length < groupBest.load || (mine.length === groupBest.load && free > groupBest.free))))
-          groupBest = { replica: r, ttftMs: e.ttftMs, admitNow: e.admitNow, load: mine.length, free };
+          (load < groupBest.load || (load === groupBest.load && free > groupBest.free))))
+          groupBest = { replica: r, ttftMs: e.ttftMs, admitNow: e.admitNow, load, free };
       }
       if (!groupBest) continue;
       const meets = target !== undefined ? groupBest.ttftMs <= target : groupBest.admitNow;

@@ -75,6 +75,10 @@ export interface ControlPlaneOptions {
   key: Uint8Array;
 }
 
+// grpc-js's channelz (its call, message and socket counters, read only through a channelz service,
+// which this server does not offer) costs each call its trackers and each message a clock read.
+const NO_CHANNELZ = { 'grpc.enable_channelz': 0 } as const;
+
 export class Coordinator {
   readonly members: Membership;
   readonly store = new RequestStore();
@@ -88,7 +92,7 @@ export class Coordinator {
   readonly health = new HealthImplementation({ '': 'NOT_SERVING', [INFERENCE_SERVICE]: 'NOT_SERVING' });
   private readonly server: grpc.Server;
   // Both ends of every control stream take and send messages up to the same bound (protocol/limits.ts).
-  private readonly controlServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, ...controlChannelOptions() });
+  private readonly controlServer = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, ...NO_CHANNELZ, ...controlChannelOptions() });
   private liveness: LivenessResponder | undefined;
   private state = 'starting';
   port = 0;
@@ -98,7 +102,7 @@ export class Coordinator {
     // The transport takes messages up to twice --max-request-bytes, so that a request between the
     // two is answered INVALID_ARGUMENT naming the limit (without being decoded); beyond that gRPC
     // itself refuses it RESOURCE_EXHAUSTED from its length prefix, before reading it.
-    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': 2 * o.limits.requestBytes });
+    this.server = new grpc.Server({ 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': 2 * o.limits.requestBytes, ...NO_CHANNELZ });
     this.members = new Membership(o.layout, { ...o, slotCertificates: true, livenessPort: () => this.livenessPort });
     const groups = o.layout.groups.map((g) => g.name);
     const classes = new ClassTable(o.classes ?? defaultClasses(groups), groups);

@@ -79,4 +79,42 @@ describe('request store', () => {
     expect(store.finish(stray, { status: CANCELLED })).toBe(false);
     expect(stray.status).toBe(QUEUED);
   });
+
+  it('the waiting requests it keeps aside are those a scan of every live request finds, in the same order', () => {
+    // Random lifecycles over several classes: after each step, pending() and pendingCount() against
+    // a scan of the live requests (what they were before the store kept the queued ones apart).
+    const classes = new ClassTable([{ name: 'rt', priority: -100, groups: ['default'] }, { name: 'std', priority: 0, groups: ['default'] },
+      { name: 'bulk', priority: 100, groups: ['default'] }], ['default']);
+    const scheds = ['rt', 'std', 'bulk'].map((c) => ({ ...classes.resolve({ className: c }), exact: false }));
+    let seed = 11;
+    const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0), (seed >>> 8) % n);
+    const store = new RequestStore();
+    const scan = () => [...store.values()].filter((r) => r.status === QUEUED).sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order);
+    const seen = new Set<string>();
+    for (let step = 0; step < 3000; step++) {
+      const live = [...store.values()];
+      const r = live[rnd(live.length + 1)];
+      const op = rnd(6);
+      if (!r || op === 0) {
+        const rec = new RequestRecord(store.newId(), [1], validateSampling({ seed: 1 }), { update: () => {}, fail: () => {} }, scheds[rnd(3)]!);
+        store.add(rec);
+      } else if (r.status === QUEUED) {
+        if (op < 4) store.route(r, rnd(3));
+        else store.finish(r, op === 4 ? { status: CANCELLED } : { status: FAILED, code: grpc.status.UNAVAILABLE, message: 'x' });
+      } else if (r.status === RUNNING) {
+        if (op === 1) store.preempt(r);
+        else if (op < 4) store.requeue(r);
+        else store.finish(r, op === 4 ? { status: FINISHED, last: last([1], 0) } : { status: CANCELLED });
+      } else {
+        if (op < 3) store.resume(r);
+        else if (op === 3) store.requeue(r);
+        else store.finish(r, { status: CANCELLED });
+      }
+      seen.add(r ? `${r.status}` : 'new');
+      expect(store.pending()).toEqual(scan());
+      expect(store.pendingCount()).toBe(scan().length);
+    }
+    // Every kind of step was taken.
+    expect(seen).toEqual(new Set(['new', QUEUED, RUNNING, RequestStatus.PREEMPTED, FINISHED, FAILED, CANCELLED]));
+  });
 });

@@ -55,6 +55,39 @@ describe('TTFT estimate', () => {
     expect(estimateTtft({ ...model, maxSeqs: 1 }, running, job({ order: 2 })).admitNow).toBe(false);
     expect(estimateTtft({ ...model, maxSeqs: 2 }, running, job({ order: 2 })).admitNow).toBe(true);
   });
+
+  it('a request record is its own job: the same estimates as its fields copied into plain jobs, whatever was estimated before', () => {
+    // Random replicas (priorities out of routing order, replays, past the scratch arrays' first size)
+    // estimated from the records themselves and from plain copies of their fields, twice, in opposite orders.
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0), (seed >>> 8) % n);
+    const classes = new ClassTable(CLASSES, ['fast', 'slow']);
+    const names = ['realtime', 'standard', 'batch'];
+    const record = () => {
+      const r = new RequestRecord(`r${rnd(1e9)}`, Array.from({ length: 1 + rnd(300) }, () => 1), validateSampling({ seed: 1, maxTokens: 1 + rnd(500) }),
+        { update: () => {}, fail: () => {} }, { ...classes.resolve({ className: names[rnd(3)]! }), exact: false });
+      for (let i = rnd(r.params.maxTokens + 1); i > 0; i--) r.tokens.push(1);
+      r.started = rnd(2) === 0;
+      return r;
+    };
+    const plain = (r: RequestRecord): Job => ({ priority: r.sched.priority, classRank: r.sched.cls.rank, order: r.order,
+      budgetTokens: r.promptIds.length + r.params.maxTokens, prefillTokens: r.promptIds.length + r.tokens.length,
+      remainingTokens: Math.max(0, r.params.maxTokens - r.tokens.length), started: r.started });
+    const cases = Array.from({ length: 60 }, (_, k) => {
+      const on = new Set(Array.from({ length: rnd(k % 10 === 0 ? 3000 : 400) }, record));
+      // Records routed out of their arrival order, as replays and classes leave them.
+      const shuffled = [...on].sort(() => rnd(3) - 1);
+      const m: ReplicaModel = { kvBlocks: [0, 30 + rnd(30), 100 + rnd(20000)][rnd(3)]!, blockSize: 16, maxSeqs: rnd(3) * 64, maxQueue: 50 + rnd(3000),
+        maxBatchTokens: 64 + rnd(512), stepMsBase: rnd(4) === 0 ? 0 : rnd(20), stepMsPerToken: rnd(3) === 0 ? 0 : rnd(100) / 1000 };
+      return { on: new Set(shuffled), m, q: record() };
+    });
+    const fromRecords = cases.map((c) => estimateTtft(c.m, c.on, c.q));
+    const fromPlain = [...cases].reverse().map((c) => estimateTtft(c.m, [...c.on].map(plain), plain(c.q))).reverse();
+    expect(fromRecords).toEqual(fromPlain);
+    expect(cases.map((c) => estimateTtft(c.m, c.on, c.q))).toEqual(fromRecords);
+    // Not a degenerate sample: requests admitted at once, after waiting, and never.
+    expect(new Set(fromRecords.map((e) => (e.ttftMs === Infinity ? 'never' : e.admitNow ? 'now' : 'later')))).toEqual(new Set(['now', 'later', 'never']));
+  });
 });
 
 let members: Membership | undefined;
