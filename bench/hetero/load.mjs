@@ -5,7 +5,10 @@
 //   --mode flood      a closed loop: --concurrency streams, each sending its next request as soon as
 //                     the previous one ends, for --duration s (those still running are cancelled)
 // Prompts are --prompt-len token ids derived from --salt (sent as ids, no tokenizer), --new-tokens
-// each, no EOS stop, class --priority (none: the server's default). Prints one JSON line: every
+// each, no EOS stop, class --priority (none: the server's default). Before the clock starts, the
+// channel is opened and one request (one token) goes through unmeasured: a client of a server keeps
+// its channel, so the connection's setup and the first call of a fresh process (each phase starts
+// one) are not the server's time to first token (they were a phase's slowest request, 30-46 ms). Prints one JSON line: every
 // request's id, start, first-token and end times and tokens, the tokens received per 100 ms bin
 // (epoch ms), so the caller can count tokens in any window, and this process's own event-loop delay
 // (a late client would show up as late first tokens).
@@ -70,9 +73,12 @@ async function one(k) {
   }
 }
 
+let k = 0;
+await client.waitForReady();
+for await (const _ of client.generate({ promptIds: promptIds(k++), maxTokens: 1, ignoreEos: true, ...priority }));
+
 const t0 = Date.now();
 const until = t0 + durationMs;
-let k = 0;
 const running = [];
 if (a.mode === 'realtime') {
   const every = 1000 / Number(a.rate);
