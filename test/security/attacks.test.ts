@@ -262,13 +262,24 @@ describe('poison-request quarantine', () => {
       const req = (async () => {
         for await (const m of c.client.generate({ prompt: 'import os\n\n', maxTokens: 2000, ignoreEos: true }, { timeoutMs: 120_000 })) tokens.push(...m.tokenIds);
       })().then(() => null, (e: Error) => e);
+      // Ended early (a loss the test did not cause, on a loaded machine): fail here, not wait for tokens forever.
+      let ended: Error | null | undefined;
+      void req.then((e) => (ended = e));
       // Lose the replica twice while the request is in flight (each time once it streams again).
       for (let loss = 1; loss <= 2; loss++) {
         const have = tokens.length;
-        while (tokens.length < have + 8) await new Promise((r) => setTimeout(r, 20));
+        while (tokens.length < have + 8) {
+          expect(ended, `the request ended before loss ${loss} (${tokens.length} tokens): ${ended?.message}; ${c.stderr().slice(-2000)}`).toBeUndefined();
+          await new Promise((r) => setTimeout(r, 20));
+        }
         const pid = (await c.client.clusterStatus()).workers[0]!.pid;
         process.kill(pid, 'SIGKILL');
-        if (loss === 1) while ((await c.client.clusterStatus()).failover!.recoveries < 1) await new Promise((r) => setTimeout(r, 100));
+        if (loss === 1) {
+          while ((await c.client.clusterStatus()).failover!.recoveries < 1) {
+            expect(ended, `the request ended while its replica re-formed: ${ended?.message}`).toBeUndefined();
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
       }
       const err = await req;
       expect(err).toBeInstanceOf(Error);
