@@ -59,12 +59,22 @@ function mainThreadCpuMs() {
   }
 }
 
-// Garbage collections (minor: scavenges, whose count follows the bytes allocated; the rest) and their pause ms.
-const gc = { minor: 0, major: 0, ms: 0 };
+// Garbage collections (minor: scavenges, whose count follows the bytes allocated; the rest) and their
+// pause ms. Of the rest, the mark-compacts (kind major: their atomic pause, the loop's longest
+// stalls) are counted apart, with the longest pause of each kind in the window.
+const gc = { minor: 0, major: 0, markCompact: 0, ms: 0, markCompactMs: 0, minorMaxMs: 0, markCompactMaxMs: 0 };
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) {
-    if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) gc.minor++;
-    else gc.major++;
+    const kind = e.detail?.kind;
+    if (kind === constants.NODE_PERFORMANCE_GC_MINOR) {
+      gc.minor++;
+      gc.minorMaxMs = Math.max(gc.minorMaxMs, e.duration);
+    } else gc.major++;
+    if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+      gc.markCompact++;
+      gc.markCompactMs += e.duration;
+      gc.markCompactMaxMs = Math.max(gc.markCompactMaxMs, e.duration);
+    }
     gc.ms += e.duration;
   }
 }).observe({ entryTypes: ['gc'] });
@@ -78,8 +88,11 @@ process.on('message', async (m) => {
     if (o.heapProfile) {
       session = new Session();
       session.connect();
-      // Every allocation sampled, also those a scavenge collected: what the young generation's churn is made of.
-      await session.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+      // Every allocation sampled, also those a scavenge collected: what the young generation's churn is
+      // made of; or ('survivors') only what no scavenge collected: what was promoted to the old
+      // generation (collected by a mark-compact, or live at the end), what makes mark-compacts come.
+      await session.post('HeapProfiler.startSampling', { samplingInterval: 1024, includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: o.heapProfile !== 'survivors' });
     } else if (o.profile) {
       session = new Session();
       session.connect();
@@ -87,6 +100,7 @@ process.on('message', async (m) => {
       await session.post('Profiler.setSamplingInterval', { interval: 200 });
       await session.post('Profiler.start');
     }
+    gc.minorMaxMs = gc.markCompactMaxMs = 0;
     window = { delay, session, elu: performance.eventLoopUtilization(), t0: performance.now(), tokens0: tokensIn, cpu0: process.cpuUsage(), main0: mainThreadCpuMs(), gc0: { ...gc } };
   } else if (m.cmd === 'stats') {
     const w = window;
@@ -109,7 +123,9 @@ process.on('message', async (m) => {
       mainCpuShare: (mainThreadCpuMs() - w.main0) / 1000 / secs, mainCpuUsPerToken: ((mainThreadCpuMs() - w.main0) * 1000) / tokens,
       delayMs: { p50: ms(w.delay.percentile(50)), p99: ms(w.delay.percentile(99)), max: ms(w.delay.max), mean: ms(w.delay.mean) },
       store: coord.store.size,
-      gc: { minorPer100kTokens: ((gc.minor - w.gc0.minor) * 1e5) / tokens, major: gc.major - w.gc0.major, pauseShare: (gc.ms - w.gc0.ms) / 1000 / secs },
+      gc: { minorPer100kTokens: ((gc.minor - w.gc0.minor) * 1e5) / tokens, major: gc.major - w.gc0.major, pauseShare: (gc.ms - w.gc0.ms) / 1000 / secs,
+        markCompacts: gc.markCompact - w.gc0.markCompact, markCompactsPer100kTokens: ((gc.markCompact - w.gc0.markCompact) * 1e5) / tokens,
+        markCompactMaxMs: gc.markCompactMaxMs, markCompactMs: gc.markCompactMs - w.gc0.markCompactMs, minorMaxMs: gc.minorMaxMs },
     }, profile });
   } else if (m.cmd === 'stop') {
     await coord.stop();

@@ -49,6 +49,7 @@ const { values: a } = parseArgs({ options: {
   runs: { type: 'string', default: '3' },
   profile: { type: 'boolean', default: false },
   'heap-profile': { type: 'boolean', default: false },
+  'heap-survivors': { type: 'boolean', default: false },
   out: { type: 'string' },
   dist: { type: 'string' },
   'node-args': { type: 'string', default: '' },
@@ -74,7 +75,7 @@ const { CONTROL_SERVICE, INFERENCE_SERVICE, clientConstructor, controlPackageDef
 const { controlChannelOptions } = await import(dist('protocol/limits.js'));
 const { CONTROL_SERVER_NAME } = await import(dist('protocol/job-secrets.js'));
 
-const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile, heapProfile: a['heap-profile'], ...(a.dist ? { dist: resolve(a.dist) } : {}) })],
+const child = fork(join(here, 'coord.mjs'), [JSON.stringify({ model: a.model, streamMs: num('batch-stream-ms'), profile: a.profile, heapProfile: a['heap-survivors'] ? 'survivors' : a['heap-profile'], ...(a.dist ? { dist: resolve(a.dist) } : {}) })],
   { stdio: 'inherit', execArgv: a['node-args'].split(' ').filter(Boolean) });
 // This process (the driver and the clients) yields the CPU to the coordinator: on a machine with
 // few cores the coordinator's loop would otherwise be measured waiting for a core, not working.
@@ -199,6 +200,7 @@ for (let i = 0; i < num('runs'); i++) {
   console.log(`window ${i + 1}: loop busy ${(w.elu * 100).toFixed(1)}% (main thread cpu ${(w.mainCpuShare * 100).toFixed(1)}%, ${w.mainCpuUsPerToken.toFixed(2)} us/token; ` +
     `process ${(w.cpuShare * 100).toFixed(1)}%), delay p50 ${w.delayMs.p50} p99 ${w.delayMs.p99} ` +
     `max ${w.delayMs.max} ms, ${Math.round(w.tokensPerS)} tok/s in, gc ${w.gc.minorPer100kTokens.toFixed(1)} scavenges/100k tokens + ${w.gc.major}, ` +
+    `(${w.gc.markCompacts} mark-compacts, max ${w.gc.markCompactMaxMs.toFixed(1)} ms; scavenge max ${w.gc.minorMaxMs.toFixed(1)} ms), ` +
     `${(w.gc.pauseShare * 100).toFixed(1)}% paused, ${w.store} live; realtime TTFT p50 ${w.rtTtftMs.p50} p99 ${w.rtTtftMs.p99} ms (${ttfts.length})`);
 }
 stopping = true;
@@ -212,17 +214,21 @@ ctl.close();
 
 const median = (xs) => pct(xs, 0.5);
 const summary = { eluMedian: median(runs.map((r) => r.elu)), mainCpuUsPerTokenMedian: median(runs.map((r) => r.mainCpuUsPerToken)),
-  scavengesPer100kTokensMedian: median(runs.map((r) => r.gc.minorPer100kTokens)), delayP99Median: median(runs.map((r) => r.delayMs.p99)), tokensPerSMedian: median(runs.map((r) => r.tokensPerS)) };
-console.log(`median: loop busy ${(summary.eluMedian * 100).toFixed(1)}%, main thread ${summary.mainCpuUsPerTokenMedian} us/token, ${summary.scavengesPer100kTokensMedian} scavenges/100k tokens, delay p99 ${summary.delayP99Median} ms at ${Math.round(summary.tokensPerSMedian)} tok/s; ` +
+  scavengesPer100kTokensMedian: median(runs.map((r) => r.gc.minorPer100kTokens)),
+  markCompactsPer100kTokens: runs.reduce((s, r) => s + r.gc.markCompacts, 0) * 1e5 / runs.reduce((s, r) => s + r.tokensPerS * r.secs, 0),
+  markCompactMaxMs: Math.max(...runs.map((r) => r.gc.markCompactMaxMs)), delayMaxMs: Math.max(...runs.map((r) => r.delayMs.max)),
+  rtTtftP99Max: Math.max(...runs.map((r) => r.rtTtftMs.p99)), delayP99Median: median(runs.map((r) => r.delayMs.p99)), tokensPerSMedian: median(runs.map((r) => r.tokensPerS)) };
+console.log(`median: loop busy ${(summary.eluMedian * 100).toFixed(1)}%, main thread ${summary.mainCpuUsPerTokenMedian} us/token, ${summary.scavengesPer100kTokensMedian} scavenges/100k tokens, delay p99 ${summary.delayP99Median} ms (max ${summary.delayMaxMs}) at ${Math.round(summary.tokensPerSMedian)} tok/s; ${summary.markCompactsPer100kTokens.toFixed(2)} mark-compacts/100k tokens (max ${summary.markCompactMaxMs.toFixed(1)} ms); ` +
   `client: ${seen.messages} messages, ${seen.tokens} tokens, ${seen.gaps} index gaps, ${seen.errors} errors`);
 
 let top;
-if (profile) top = a['heap-profile'] ? summarizeHeap(profile) : summarize(profile);
+const heap = a['heap-profile'] || a['heap-survivors'];
+if (profile) top = heap ? summarizeHeap(profile) : summarize(profile);
 const outFile = a.out ?? join(root, 'bench', 'results', `coord-loop-${commit}-${Date.now()}.json`);
 mkdirSync(dirname(outFile), { recursive: true });
 writeFileSync(outFile, JSON.stringify({ commit, machine: { cpus: cpus().length, model: cpus()[0]?.model, loadavg: loadavg() },
   options: a, runs, summary, client: seen, top }, null, 2));
-if (profile) writeFileSync(outFile.replace(/\.json$/, a['heap-profile'] ? '.heapprofile' : '.cpuprofile'), JSON.stringify(profile));
+if (profile) writeFileSync(outFile.replace(/\.json$/, heap ? '.heapprofile' : '.cpuprofile'), JSON.stringify(profile));
 console.log(`wrote ${relative(process.cwd(), outFile)}`);
 
 /** Self time by function and by file, as shares of the profiled window's samples. */

@@ -463,16 +463,20 @@ export class InferenceApi {
     cb: grpc.sendUnaryData<CompleteResponseIn>): void {
     let admitted: Admitted | undefined;
     const logprobs: TokenLogprobs[][] = [];
+    // Each sequence's text, its updates' pieces in order (the router keeps no text of a request).
+    const texts: string[][] = [];
     let open = 0;
     const sink: ChoicesSink = {
       update: (choice, u) => {
         (logprobs[choice] ??= []).push(...(u.logprobs ?? []));
+        (texts[choice] ??= []).push(u.text);
         if (u.finishReason === NOT_FINISHED || !admitted || --open > 0) return;
         const recs = admitted.records;
-        const choices = recs.map((r, i) => ({ index: i, tokenIds: r.tokens, text: r.text, finishReason: r.finishReason, logprobs: logprobs[i] ?? [] }));
+        const text = (i: number) => texts[i]?.join('') ?? '';
+        const choices = recs.map((r, i) => ({ index: i, tokenIds: r.tokens, text: text(i), finishReason: r.finishReason, logprobs: logprobs[i] ?? [] }));
         const first = recs[0]!;
         cb(null, {
-          tokenIds: first.tokens, text: first.text, finishReason: first.finishReason, requestId: first.id, logprobs: logprobs[0] ?? [],
+          tokenIds: first.tokens, text: text(0), finishReason: first.finishReason, requestId: first.id, logprobs: logprobs[0] ?? [],
           usage: { promptTokens: first.promptIds.length, completionTokens: recs.reduce((a, r) => a + r.tokens.length, 0) },
           promptIds: first.promptIds, choices, group: u.group ?? '', replica: u.replica ?? 0,
         });

@@ -70,8 +70,10 @@ export class RequestRecord implements Job {
   private readonly promptTokens: number;
   private readonly maxTokens: number;
   readonly tokens: number[] = [];
+  // No text: a replay starts from the token ids, and a stream's text goes out with its updates. A
+  // text joined here a token at a time would be a chain of strings as long-lived as the request,
+  // all of it promoted to the old generation under a flood; the unary Complete gathers its own.
   lastTokenAt: number | undefined;
-  text = '';
   finishReason: FinishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
   readonly createdAt = Date.now();
   firstTokenAt: number | undefined;

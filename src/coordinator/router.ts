@@ -207,7 +207,6 @@ export class Router {
         rec.numerics ??= this.numerics(replica);
       }
       for (let i = 0; i < fresh.length; i++) rec.tokens.push(fresh[i]!);
-      rec.text += u.text;
       const group = this.members.layout.groups[replica.group]!.name;
       const update: RequestUpdate = { tokenIds: fresh, text: u.text, index: rec.tokens.length - fresh.length, finishReason: u.finishReason,
         replica: replica.id, group };

@@ -104,7 +104,7 @@ describe('router', () => {
       { tokenIds: [13, 14], text: 'de', index: 3, finishReason: NONE, replica: 1, group: 'default' },
       { tokenIds: [15], text: 'f', index: 5, finishReason: STOP, replica: 1, group: 'default' },
     ]);
-    expect([rec.tokens, rec.text, rec.status, rec.finishReason, store.size]).toEqual([[10, 11, 12, 13, 14, 15], 'abcdef', RequestStatus.FINISHED, STOP, 0]);
+    expect([rec.tokens, got.map((u) => u.text).join(''), rec.status, rec.finishReason, store.size]).toEqual([[10, 11, 12, 13, 14, 15], 'abcdef', RequestStatus.FINISHED, STOP, 0]);
     // Ended: a last word from the driver changes nothing.
     report(m, 1, { requestId: rec.id, tokenIds: [16], text: 'g', index: 6 });
     expect(got).toHaveLength(3);
