@@ -210,7 +210,10 @@ function traced(name, rt, fl) {
   const tl = timeline(readTrace(traceFile(name)), { realtime: rt, batch: fl }, rt.t0, rt.until);
   const s = tl.stages.realtime;
   if (s) log(`  realtime timeline p50/p99 ms: ${Object.entries(s).filter(([k]) => k !== 'traced').map(([k, v]) => `${k} ${v.p50}/${v.p99}`).join(', ')}`);
-  log(`  event loops (delay p99 median ms, busy mean): ${Object.entries(tl.loops).map(([k, v]) => `${k} ${v.delay_p99_ms.p50} ${v.elu_mean}`).join(', ')}`);
+  log(`  event loops (delay p99 median ms, busy mean, GC share, mark-compacts): ${Object.entries(tl.loops).map(([k, v]) =>
+    `${k} ${v.delay_p99_ms.p50} ${v.elu_mean} ${v.gc_share} ${v.mark_compacts}`).join(', ')}`);
+  const slow = tl.slowest.realtime ?? [];
+  if (slow.length) log(`  slowest realtime (total ms: GC pauses >= 2 ms that overlapped it): ${slow.map((q) => `${q.total}: ${q.gc.join(' + ') || '-'}`).join('; ')}`);
   return { timeline: tl };
 }
 
@@ -225,7 +228,9 @@ function stepsOf(name, run) {
 
 /** With --trace: each process's event-loop delay and utilization while a load ran, and its drivers' steps (traced() breaks the realtime requests' TTFT down). */
 function loops(name, run) {
-  return a.trace ? { event_loops: timeline(readTrace(traceFile(name)), {}, run.t0, run.until).loops, ...stepsOf(name, run) } : {};
+  if (!a.trace) return {};
+  const tl = timeline(readTrace(traceFile(name)), {}, run.t0, run.until);
+  return { event_loops: tl.loops, gc: tl.gc, ...stepsOf(name, run) };
 }
 
 const realtime = (s, priority = ['--priority', 'realtime']) => ['--mode', 'realtime', '--rate', String(o.rtRate), '--duration', String(s),

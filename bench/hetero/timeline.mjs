@@ -12,7 +12,9 @@
 //   first_in_to_out    -> written to the client's stream
 //   out_to_client      -> the client's for-await sees it (gRPC, the client's event loop)
 // Each as p50 / p90 / p99 / max over the requests of a class that have every event, plus each
-// process's event-loop delay and utilization over the window (one line a second per process).
+// process's event-loop delay and utilization over the window (one line a second per process), its
+// garbage collector's pauses, and for the slowest requests of each run (`slowest`): their stages
+// and the GC pauses of any process that overlapped them (a stall is a collection, or JS).
 import { readFileSync } from 'node:fs';
 
 const STAGES = [
@@ -53,26 +55,36 @@ function records(file) {
 export function readTrace(file) {
   const byId = new Map();
   const loops = [];
+  const gcs = [];
   for (const e of records(file)) {
     if (e.ev === 'loop') {
       loops.push(e);
+      continue;
+    }
+    if (e.ev === 'gc') {
+      gcs.push(e);
       continue;
     }
     let r = byId.get(e.id);
     if (!r) byId.set(e.id, (r = {}));
     if (r[e.ev] === undefined) r[e.ev] = e;
   }
-  return { byId, loops };
+  return { byId, loops, gcs };
 }
+
+/** How many of a run's slowest requests `slowest` lists. */
+const SLOWEST = 10;
 
 /**
  * The stage breakdown of the traced requests of each load run (`runs`: name -> load.mjs result)
  * that started in [from, to), and the event-loop lines of each process in that window.
  */
 export function timeline(trace, runs, from, to) {
-  const out = { stages: {}, loops: {}, preempted: {} };
+  const out = { stages: {}, loops: {}, gc: {}, slowest: {}, preempted: {} };
+  const gcs = (trace.gcs ?? []).filter((g) => g.t + g.ms >= from && g.t < to);
   for (const [name, run] of Object.entries(runs)) {
     const per = Object.fromEntries(STAGES.map(([s]) => [s, []]));
+    const done = [];
     let traced = 0;
     for (const q of run.requests) {
       if (!q.id || q.first === null || q.start < from || q.start >= to) continue;
@@ -82,8 +94,23 @@ export function timeline(trace, runs, from, to) {
       const at = { ...Object.fromEntries(Object.entries(ev).map(([k, e]) => [k, e.t])), client: q.start, client_first: q.first };
       for (const [s, a, b] of STAGES) if (at[a] !== undefined && at[b] !== undefined) per[s].push(at[b] - at[a]);
       if (ev.preempted) out.preempted[name] = (out.preempted[name] ?? 0) + 1;
+      done.push(at);
     }
     out.stages[name] = { traced, ...Object.fromEntries(STAGES.map(([s]) => [s, summary(per[s])])) };
+    done.sort((x, y) => (y.client_first - y.client) - (x.client_first - x.client));
+    out.slowest[name] = done.slice(0, SLOWEST).map((at) => ({
+      total: r1(at.client_first - at.client),
+      ...Object.fromEntries(STAGES.filter(([s, a, b]) => s !== 'total' && at[a] !== undefined && at[b] !== undefined).map(([s, a, b]) => [s, r1(at[b] - at[a])])),
+      gc: gcs.filter((g) => g.t < at.client_first && g.t + g.ms > at.client).map((g) => `${g.p}-${g.pid} ${g.kind} ${r1(g.ms)}`),
+    }));
+  }
+  for (const g of gcs) {
+    const k = `${g.p}-${g.pid}`;
+    const o = (out.gc[k] ??= {});
+    const c = (o[g.kind] ??= { pauses: 0, ms: 0, max_ms: 0 });
+    c.pauses++;
+    c.ms = r1(c.ms + g.ms);
+    c.max_ms = Math.max(c.max_ms, r1(g.ms));
   }
   const procs = new Map();
   for (const l of trace.loops) {
@@ -94,7 +121,8 @@ export function timeline(trace, runs, from, to) {
   }
   for (const [k, ls] of procs) {
     out.loops[k] = { seconds: ls.length, delay_p99_ms: summary(ls.map((l) => l.p99)), delay_max_ms: r1(Math.max(...ls.map((l) => l.max))),
-      elu_mean: Math.round((1000 * ls.reduce((s, l) => s + l.elu, 0)) / ls.length) / 1000, elu_max: Math.max(...ls.map((l) => l.elu)) };
+      elu_mean: Math.round((1000 * ls.reduce((s, l) => s + l.elu, 0)) / ls.length) / 1000, elu_max: Math.max(...ls.map((l) => l.elu)),
+      gc_share: Math.round(ls.reduce((s, l) => s + (l.gc_ms ?? 0), 0) / ls.length) / 1000, mark_compacts: ls.reduce((s, l) => s + (l.gc_major ?? 0), 0) };
   }
   return out;
 }

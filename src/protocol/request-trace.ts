@@ -8,12 +8,15 @@
 //                a step), sampled (its first token computed), sent (its first token handed to the
 //                control stream)
 // and, every second and once as it exits, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
-// (perf_hooks monitorEventLoopDelay) and "elu" (the share of that second the loop was busy)}.
+// (perf_hooks monitorEventLoopDelay), "elu" (the share of that second the loop was busy), "gc_ms" (the
+// garbage collector's pauses in that second, summed) and "gc_major" (how many were mark-compacts)}, and each
+// pause of GC_LINE_MS or more as its own line {"p", "pid", "ev": "gc", "t" (its start), "ms", "kind"}: a
+// loop stall lines up with a collection, or with the JS that ran then.
 // Lines are buffered and written every 200 ms (and at exit), never on the request's path.
 // Requests of the most urgent class seen (class rank 0) are traced always, others one in `sample`.
 import { appendFileSync } from 'node:fs';
-import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import type { EventLoopUtilization } from 'node:perf_hooks';
+import { constants, monitorEventLoopDelay, performance, PerformanceObserver } from 'node:perf_hooks';
+import type { EventLoopUtilization, NodeGCPerformanceDetail } from 'node:perf_hooks';
 
 import { settings } from '../settings/index.js';
 
@@ -21,6 +24,15 @@ const FLUSH_MS = 200;
 const LOOP_MS = 1000;
 /** One in this many requests below the most urgent class is traced. */
 const SAMPLE = 16;
+/** GC pauses at least this long (ms) get a trace line of their own. */
+const GC_LINE_MS = 2;
+
+const GC_KINDS: Record<number, string> = {
+  [constants.NODE_PERFORMANCE_GC_MINOR]: 'minor',
+  [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major',
+  [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental',
+  [constants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb',
+};
 
 export interface RequestTrace {
   /** Whether a request of this class rank and id is traced (decided once per request by its caller). */
@@ -70,13 +82,28 @@ export function requestTrace(role: 'coord' | 'worker', file: string | undefined 
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   let elu: EventLoopUtilization = performance.eventLoopUtilization();
+  let gcMs = 0;
+  let gcMajor = 0;
+  const gc = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const kind = ((e as PerformanceEntry & { detail?: NodeGCPerformanceDetail }).detail)?.kind ?? 0;
+      gcMs += e.duration;
+      if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) gcMajor++;
+      if (e.duration >= GC_LINE_MS) {
+        push({ t: round(performance.timeOrigin + e.startTime), p: role, pid: process.pid, ev: 'gc', ms: round(e.duration), kind: GC_KINDS[kind] ?? String(kind) });
+      }
+    }
+  });
+  gc.observe({ entryTypes: ['gc'] });
   const sampleLoop = () => {
     const e = performance.eventLoopUtilization(elu);
     elu = performance.eventLoopUtilization();
     const ms = (ns: number) => round(ns / 1e6);
     push({ t: round(nowMs()), p: role, pid: process.pid, ev: 'loop', p50: ms(delay.percentile(50)), p99: ms(delay.percentile(99)), max: ms(delay.max),
-      elu: round(e.utilization) });
+      elu: round(e.utilization), gc_ms: round(gcMs), gc_major: gcMajor });
     delay.reset();
+    gcMs = 0;
+    gcMajor = 0;
   };
   setInterval(sampleLoop, LOOP_MS).unref();
   // A process that lives less than a sampling interval still reports its loop once, as it exits.

@@ -278,8 +278,13 @@ classes:
     for (let i = 1; i < order.length; i++) expect(ev[order[i]!]!.t - ev[order[i - 1]!]!.t).toBeGreaterThan(-2);
     expect(ev.recv!.running).toBe(1);
     expect(ev.admitted!.preemptions).toBe(1);
-    // Each process's event loop, once a second.
-    expect(new Set(lines.filter((e) => e.ev === 'loop').map((e) => e.p))).toEqual(new Set(['coord', 'worker']));
+    // Each process's event loop, once a second, with its GC pauses in that second.
+    const loops = lines.filter((e) => e.ev === 'loop') as unknown as { p: string; gc_ms: number; gc_major: number }[];
+    expect(new Set(loops.map((e) => e.p))).toEqual(new Set(['coord', 'worker']));
+    for (const l of loops) {
+      expect(l.gc_ms).toBeGreaterThanOrEqual(0);
+      expect(Number.isInteger(l.gc_major)).toBe(true);
+    }
   }, 180_000);
 });
 
