@@ -24,7 +24,11 @@
 // instead of a step of the whole batch. One such step per request at most (its first chunk; a
 // resume after preemption gets none), and at most EXCLUSIVE_MAX of any EXCLUSIVE_WINDOW consecutive
 // steps: past that, a first chunk rides a normal step, so a flood of such requests costs the other
-// classes at most that share of the steps.
+// classes at most that share of the steps. Such a request does not wait for a seat that a step in
+// flight is about to free either (a sequence sampling its last token): when only a seat is missing
+// it preempts for one at once. Under run-ahead planning a freed seat reaches the queue only once
+// the step after it has started, so waiting for it costs the request one or two whole steps of the
+// batch, and the class asked for its first token first.
 import { KvGroups } from '../engine/block-allocator.js';
 import type { BlockAllocator, KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
@@ -288,22 +292,33 @@ export class Scheduler {
     const releasing = this.releasing();
     const blocks = pools.map((p, i) => p.freeBlocks + releasing[i]!);
     let seats = this.maxSeqs - this.running.length;
+    const victims = () => this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
+      .sort((a, b) => b.classRank - a.classRank || -before(a, b));
+    // A head owed an exclusive prefill that lacks only a seat takes one now (the header's exclusive
+    // prefill): a victim's seat frees at once, its blocks only once no step in flight uses it, so
+    // this is for a batch whose seats, not its blocks, are full.
+    const ending = (s: Seq) => s.status !== RUNNING || (s.inFlight > 0 && s.out.length + s.inFlight >= s.params.maxTokens);
+    if (head.exclusive && seats < 1 && pools.every((p, i) => p.freeBlocks >= need[i]!)) {
+      // Not one that is ending anyway: its last token would be dropped and recomputed.
+      const v = victims().find((x) => !ending(x));
+      if (!v) return false;
+      this.preempt(v);
+      return true;
+    }
     // Sequences whose end is certain give back their seat and blocks within a step: ended or
     // cancelled ones (they leave once settled or once their planned steps complete) and those
     // sampling their last allowed token in a step in flight (`out` counts what apply() took, which
     // settle() may not have reported yet). Waiting that long costs the head a step; preempting
     // would cost a victim its recompute.
     for (const s of this.running) {
-      if (s.status === RUNNING && (s.inFlight === 0 || s.out.length + s.inFlight < s.params.maxTokens)) continue;
+      if (!ending(s)) continue;
       seats++;
       pools.forEach((p, i) => { blocks[i]! += p.held(s.id); });
     }
     const room = () => seats >= 1 && blocks.every((b, i) => b >= need[i]!);
     if (room()) return false;  // room is coming: steps holding ending or preempted sequences are completing
-    const victims = this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
-      .sort((a, b) => b.classRank - a.classRank || -before(a, b));
     const chosen: Seq[] = [];
-    for (const v of victims) {
+    for (const v of victims()) {
       if (room()) break;
       chosen.push(v);
       pools.forEach((p, i) => { blocks[i]! += p.held(v.id); });

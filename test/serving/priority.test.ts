@@ -23,8 +23,9 @@ beforeAll(async () => { tok = await loadTokenizer(PY_TINY); });
 
 const PROMPT = [5, 6, 7];
 
-function submit(s: Scheduler, id: string, o: { priority?: number; classRank?: number; maxTokens?: number; stop?: string[]; promptIds?: number[] } = {}): void {
-  const err = s.submit({ epoch: '1', requestId: id, promptIds: o.promptIds ?? PROMPT, generatedIds: [], priority: o.priority ?? 0, classRank: o.classRank ?? 0, exclusivePrefill: false,
+function submit(s: Scheduler, id: string, o: { priority?: number; classRank?: number; maxTokens?: number; stop?: string[]; promptIds?: number[]; exclusive?: boolean } = {}): void {
+  const err = s.submit({ epoch: '1', requestId: id, promptIds: o.promptIds ?? PROMPT, generatedIds: [], priority: o.priority ?? 0, classRank: o.classRank ?? 0,
+    exclusivePrefill: o.exclusive ?? false,
     params: samplingToWire(validateSampling({ maxTokens: o.maxTokens ?? 10, temperature: 0, seed: 1, stop: o.stop ?? [], ignoreEos: true })) } as Submit);
   expect(err).toBeNull();
 }
@@ -157,6 +158,27 @@ describe('scheduler priorities', () => {
     s.settle(s.apply(p4, Int32Array.of(6, 7)));
     expect(ids(s.next(1))).toEqual(['rt', 'rt2']);
     expect([s.status('b1'), s.preemptions]).toEqual([PREEMPTED, 1]);
+  });
+
+  it('the same full batch and an exclusive-prefill head: it takes a seat at once, preempting a sequence that is not ending, and is in the step planned ahead', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 2);
+    submit(s, 'b1', { priority: 100, classRank: 2, maxTokens: 30 });
+    submit(s, 'b2', { priority: 101, classRank: 2, maxTokens: 2 });
+    s.settle(s.apply(s.next(1)!, Int32Array.of(1, 2)));
+    const p2 = s.next(1)!;                                   // b2 samples its last token in p2
+    submit(s, 'rt', { priority: -100, classRank: 0, maxTokens: 4, exclusive: true });
+    const p3 = s.nextAhead(p2)!;                             // planned while p2 runs
+    // b1 (27 tokens to go) leaves rather than b2, whose last token p2 is computing (and which p3 has
+    // no token for): the step is rt's prefill alone.
+    expect(ids(p3)).toEqual(['rt']);
+    expect([s.status('rt'), s.status('b1'), s.status('b2'), s.preemptions]).toEqual([RUNNING, PREEMPTED, RUNNING, 1]);
+    const u2 = s.settle(s.apply(p2, Int32Array.of(3, 4)));   // b2 ends; b1's p2 token is dropped (recomputed on resume)
+    expect(u2.filter((u) => u.requestId === 'b2').map((u) => u.finishReason)).toEqual([FinishReason.FINISH_REASON_LENGTH]);
+    expect(u2.filter((u) => u.requestId === 'b1' && u.tokenIds.length > 0)).toEqual([]);
+    s.settle(s.apply(p3, Int32Array.of(9)));
+    // b1 resumes in the next step by recomputing its prompt and its one token.
+    const p4 = s.next(1)!;
+    expect(p4.members.map((m) => [m.seq.id, m.n])).toEqual([['rt', 1], ['b1', PROMPT.length + 1]]);
   });
 
   it('a sequence that ended in a step applied but not settled yet still holds its seat: that seat is coming, nobody is preempted', () => {
