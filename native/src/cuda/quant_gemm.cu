@@ -68,15 +68,7 @@ __device__ __forceinline__ void gemv_quant_acc(const uint8_t* __restrict__ Wq, c
       fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
       fma16<T, W, R>(w3, x, K, i + 3 * kStride, acc);
     }
-    // The last one to three chunks (down_proj's 11008 columns leave 2-3 a lane at 16 weights a
-    // chunk): loaded together, not one dependent load per loop turn; used in the same order.
-    if (i < K16) {
-      const bool has1 = i + kStride < K16, has2 = i + 2 * kStride < K16;
-      const uint4 w0 = __ldg(w + i), w1 = has1 ? __ldg(w + i + kStride) : uint4{}, w2 = has2 ? __ldg(w + i + 2 * kStride) : uint4{};
-      fma16<T, W, R>(w0, x, K, i, acc);
-      if (has1) fma16<T, W, R>(w1, x, K, i + kStride, acc);
-      if (has2) fma16<T, W, R>(w2, x, K, i + 2 * kStride, acc);
-    }
+    for (; i < K16; i += kStride) fma16<T, W, R>(__ldg(w + i), x, K, i, acc);
   }
 }
 
