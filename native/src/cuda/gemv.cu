@@ -64,7 +64,15 @@ __device__ __forceinline__ void gemv_acc(const T* __restrict__ W, const T* __res
       fma_chunk<T, R>(w2, x, K, i + 2 * kStride, acc);
       fma_chunk<T, R>(w3, x, K, i + 3 * kStride, acc);
     }
-    for (; i < K8; i += kStride) fma_chunk<T, R>(__ldg(w + i), x, K, i, acc);
+    // The last one to three chunks (down_proj's 11008 columns leave 1-2 a lane): loaded together,
+    // not one dependent load per loop turn; used in the same order.
+    if (i < K8) {
+      const bool has1 = i + kStride < K8, has2 = i + 2 * kStride < K8;
+      const uint4 w0 = __ldg(w + i), w1 = has1 ? __ldg(w + i + kStride) : uint4{}, w2 = has2 ? __ldg(w + i + 2 * kStride) : uint4{};
+      fma_chunk<T, R>(w0, x, K, i, acc);
+      if (has1) fma_chunk<T, R>(w1, x, K, i + kStride, acc);
+      if (has2) fma_chunk<T, R>(w2, x, K, i + 2 * kStride, acc);
+    }
   }
 }
 
