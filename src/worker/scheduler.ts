@@ -294,10 +294,11 @@ export class Scheduler {
     let seats = this.maxSeqs - this.running.length;
     const victims = () => this.running.filter((s) => s.status === RUNNING && s.classRank > head.classRank)
       .sort((a, b) => b.classRank - a.classRank || -before(a, b));
+    // Ended or cancelled, or sampling its last allowed token in a step in flight: leaving within a step.
+    const ending = (s: Seq) => s.status !== RUNNING || (s.inFlight > 0 && s.out.length + s.inFlight >= s.params.maxTokens);
     // A head owed an exclusive prefill that lacks only a seat takes one now (the header's exclusive
     // prefill): a victim's seat frees at once, its blocks only once no step in flight uses it, so
     // this is for a batch whose seats, not its blocks, are full.
-    const ending = (s: Seq) => s.status !== RUNNING || (s.inFlight > 0 && s.out.length + s.inFlight >= s.params.maxTokens);
     if (head.exclusive && seats < 1 && pools.every((p, i) => p.freeBlocks >= need[i]!)) {
       // Not one that is ending anyway: its last token would be dropped and recomputed.
       const v = victims().find((x) => !ending(x));
