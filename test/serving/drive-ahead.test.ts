@@ -53,6 +53,28 @@ describe('driveAhead on a CPU engine (tp 1)', () => {
     expect(log.filter((e) => e.req.tokenFrom).length).toBeGreaterThan(log.length / 2);
   });
 
+  it('a full batch (4 seats): an exclusive-prefill request arriving as a batch stream samples its last token takes the seat of one that is not ending, at once; every stream, the preempted one resumed by recompute, keeps its tokens', async () => {
+    // batch-0 ends at 4 tokens; the urgent request arrives once batch-0 has 3, i.e. while the step
+    // sampling batch-0's last token is in flight: its seat is coming, and the urgent request does not wait for it.
+    const reqs = [{ ...batch(0), maxTokens: 4 }, batch(1), batch(2), batch(3)];
+    const urgent: DriverReq = { ...URGENT, exclusive: true };
+    const want = await generateAll(engine, tok, [...reqs, urgent].map((r) => ({ promptIds: r.promptIds, maxTokens: r.maxTokens,
+      temperature: r.temperature, seed: r.seed, ignoreEos: true })));
+    let urgentSent = false;
+    const { got, replica, preempted } = await serve(engine, tok, reqs, reqs.length + 1, (so, r) => {
+      if (!urgentSent && (so.get('batch-0')?.length ?? 0) === 3) {
+        urgentSent = true;
+        setImmediate(() => expect(r.submit(submitOf(urgent))).toBeNull());
+      }
+    }, 4);
+    for (const [i, x] of [...reqs, urgent].entries()) expect([x.id, got.get(x.id)]).toEqual([x.id, want[i]!.tokenIds]);
+    expect(urgentSent).toBe(true);
+    // One batch stream gave up its seat, and not batch-0, which was ending anyway.
+    expect(preempted.length).toBe(1);
+    expect(preempted[0]).not.toBe('batch-0');
+    expect(replica.scheduler!.preemptions).toBe(1);
+  });
+
   it('a step that fails ends the loop; the step submitted behind it fails too instead of running on tokens never sampled', async () => {
     // The fault: the sixth step's first sequence points at a KV block the cache does not have.
     const outcomes: Promise<string>[] = [];

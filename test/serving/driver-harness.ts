@@ -42,22 +42,24 @@ export function watchSubmits(engine: Engine): { log: SubmitEntry[]; restore: () 
   return { log, restore: () => { engine.submit = submit; } };
 }
 
-/** A driver replica of one rank on `engine`, reporting to `emit`. */
-export function driverOn(engine: Engine, tok: Tokenizer, emit: (u: TokenUpdate[]) => void, maxBatchTokens = 64): Replica {
+/** A driver replica of one rank on `engine`, reporting to `emit`; `maxSeqs` seats (0: no limit but the KV cache). */
+export function driverOn(engine: Engine, tok: Tokenizer, emit: (u: TokenUpdate[]) => void, maxBatchTokens = 64, maxSeqs = 0): Replica {
   return new Replica(engine, null, { stage: 0, tpRank: 0, tp: 1, pp: 1 }, {
-    driver: { tokenizer: tok, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize, maxBatchTokens, maxQueue: 64, emit } });
+    driver: { tokenizer: tok, kvBlocks: engine.kvBlocks, kvBlockSize: engine.kvBlockSize, maxBatchTokens, maxQueue: 64, emit, maxSeqs } });
 }
 
 /**
  * Serves `initial` on a driver replica until `total` requests have finished; after each report,
  * `onReport` sees the tokens so far and may submit more (it runs on the report's turn of the loop,
  * so what it submits arrives while the driver waits for a step). Returns every request's tokens,
- * the engine's submissions and the replica.
+ * the engine's submissions, the replica and the requests preempted (in order); `maxSeqs` as driverOn's.
  */
 export async function serve(engine: Engine, tok: Tokenizer, initial: DriverReq[], total: number,
-  onReport: (got: Map<string, number[]>, replica: Replica) => void): Promise<{ got: Map<string, number[]>; log: SubmitEntry[]; replica: Replica }> {
+  onReport: (got: Map<string, number[]>, replica: Replica) => void, maxSeqs = 0):
+  Promise<{ got: Map<string, number[]>; log: SubmitEntry[]; replica: Replica; preempted: string[] }> {
   const got = new Map<string, number[]>();
   const done = new Set<string>();
+  const preempted: string[] = [];
   const { log, restore } = watchSubmits(engine);
   let allDone: () => void;
   const finished = new Promise<void>((r) => (allDone = r));
@@ -68,10 +70,11 @@ export async function serve(engine: Engine, tok: Tokenizer, initial: DriverReq[]
       toks.push(...u.tokenIds);
       got.set(u.requestId, toks);
       if (u.finishReason !== FinishReason.FINISH_REASON_UNSPECIFIED) done.add(u.requestId);
+      if (u.preempted) preempted.push(u.requestId);
     }
     onReport(got, replica);
     if (done.size === total) allDone();
-  });
+  }, 64, maxSeqs);
   try {
     const running = replica.run();
     for (const r of initial) expect(replica.submit(submitOf(r))).toBeNull();
@@ -81,5 +84,5 @@ export async function serve(engine: Engine, tok: Tokenizer, initial: DriverReq[]
   } finally {
     restore();
   }
-  return { got, log, replica };
+  return { got, log, replica, preempted };
 }
