@@ -165,7 +165,7 @@ export class RequestStore {
 
   /** Requests waiting for a replica, most urgent first (priority, then arrival). */
   pending(): RequestRecord[] {
-    return [...this.queued].sort((a, b) => a.sched.priority - b.sched.priority || a.order - b.order);
+    return [...this.queued].sort((a, b) => a.priority - b.priority || a.order - b.order);
   }
 
   /** queued → running on `replica`. */

@@ -74,7 +74,7 @@ export async function serve(engine: Engine, tok: Tokenizer, initial: DriverReq[]
     }
     onReport(got, replica);
     if (done.size === total) allDone();
-  }, 64, maxSeqs);
+  }, undefined, maxSeqs);
   try {
     const running = replica.run();
     for (const r of initial) expect(replica.submit(submitOf(r))).toBeNull();
