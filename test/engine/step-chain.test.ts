@@ -81,8 +81,12 @@ describe('chained steps on a CPU engine', () => {
     // A failure in the backend itself (a block out of range), with chained steps already queued behind it.
     const failing = engine.submit({ seqs: [{ tokens: Int32Array.of(1), pos: 0, blockTable: Int32Array.of(engine.kvBlocks) }] });
     const behind = engine.submit({ seqs: decode(t, 0, [0, 0, 0]), tokenFrom: from(0, 0, 0) });
-    await expect(failing.result).rejects.toThrow(/blockTable\[0\]/);
-    await expect(behind.result).rejects.toThrow(/the step before this chained one failed/);
+    // Both handlers are attached before either settles: the chained step can reject in the same
+    // turn of the event loop as the failing one, before a handler attached after an await.
+    await Promise.all([
+      expect(failing.result).rejects.toThrow(/blockTable\[0\]/),
+      expect(behind.result).rejects.toThrow(/the step before this chained one failed/),
+    ]);
     // A plain step runs, and chains work again behind it.
     const again = await engine.step({ seqs: prefill(t) });
     expect(Array.from(again.sampled)).toEqual(Array.from(base.sampled));
