@@ -251,7 +251,7 @@ const spread = (xs) => ({ values: xs, median: median(xs), min: Math.min(...xs), 
 
 /** TTFT percentiles of a realtime run's completed requests (those sent from `from` on, epoch ms); several runs' requests pool as `{ requests: [...] }`. */
 function ttft(r, from = 0) {
-  const t = r.requests.filter((q) => q.first !== null && q.start >= from).map((q) => q.first - q.start);
+  const t = r.requests.filter((q) => q.first !== null && q.start >= from).map((q) => Math.round((q.first - q.start) * 10) / 10);
   return { requests: r.requests.length, with_first_token: t.length, errors: r.requests.filter((q) => q.error).length,
     p50_ms: pct(t, 0.5), p90_ms: pct(t, 0.9), p99_ms: pct(t, 0.99), max_ms: pct(t, 1) };
 }
