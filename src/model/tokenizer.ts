@@ -6,6 +6,7 @@ import { join } from 'node:path';
 
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
+import { ByteLevelDecoder } from './byte-level-decode.js';
 import { ChatTemplate, tokenContent } from './chat-template.js';
 import type { ChatMessage, ChatRenderOptions } from './chat-template.js';
 import { loadGenerationConfig } from './config.js';
@@ -44,8 +45,11 @@ export class Tokenizer {
   readonly chatTemplate: ChatTemplate;
   /** decode([id]) of the ids decoded alone so far (see decodeOne). */
   private readonly single = new Map<number, string>();
+  /** The library's decode without its per-call work, for byte-level BPE tokenizers (undefined: the library decodes). */
+  private readonly byteLevel: ByteLevelDecoder | undefined;
 
-  private constructor(readonly dir: string, private readonly hf: HfTokenizer, config: Record<string, unknown>, eosIds: number[]) {
+  private constructor(readonly dir: string, private readonly hf: HfTokenizer, json: Record<string, unknown>, config: Record<string, unknown>,
+    eosIds: number[]) {
     this.bosToken = tokenContent(config.bos_token);
     this.eosToken = tokenContent(config.eos_token);
     const ids = [...eosIds];
@@ -55,9 +59,14 @@ export class Tokenizer {
     const vocab = hf.get_vocab(true);
     this.vocabSize = vocab.size;
     let longest = 1;
-    for (const token of vocab.keys()) longest = Math.max(longest, Buffer.byteLength(token, 'utf8'));
+    let idEnd = 0;
+    for (const [token, id] of vocab) {
+      longest = Math.max(longest, Buffer.byteLength(token, 'utf8'));
+      idEnd = Math.max(idEnd, id + 1);
+    }
     this.maxTokenBytes = longest;
     this.chatTemplate = ChatTemplate.load(dir, config);
+    this.byteLevel = ByteLevelDecoder.forTokenizer(hf, json, config, idEnd);
   }
 
   static load(dir: string): Tokenizer {
@@ -72,7 +81,7 @@ export class Tokenizer {
     } catch (err) {
       throw new TokenizerError(`${tokFile}: cannot build the tokenizer (${(err as Error).message})`);
     }
-    return new Tokenizer(dir, hf, config, loadGenerationConfig(dir).eosTokenIds);
+    return new Tokenizer(dir, hf, json, config, loadGenerationConfig(dir).eosTokenIds);
   }
 
   /** Ids of `text`, special tokens in the text recognised and the post-processor applied (BOS). */
@@ -84,7 +93,11 @@ export class Tokenizer {
     if (ids.length === 0) return ''; // the library rejects an empty list
     const skip = opts.skipSpecialTokens ?? false;
     if (ids.length === 1 && !skip) return this.decodeOne(ids[0]!);
-    return this.hf.decode(ids, skip ? SKIP_SPECIAL : KEEP_SPECIAL);
+    return this.decodeMany(ids, skip);
+  }
+
+  private decodeMany(ids: number[], skip: boolean): string {
+    return this.byteLevel?.decode(ids, skip) ?? this.hf.decode(ids, skip ? SKIP_SPECIAL : KEEP_SPECIAL);
   }
 
   /**
@@ -95,7 +108,7 @@ export class Tokenizer {
   private decodeOne(id: number): string {
     const known = this.single.get(id);
     if (known !== undefined) return known;
-    const text: string = this.hf.decode([id], KEEP_SPECIAL);
+    const text = this.decodeMany([id], false);
     if (Number.isInteger(id) && id >= 0 && id < this.vocabSize) this.single.set(id, text);
     return text;
   }
