@@ -20,8 +20,14 @@ export interface StopOptions {
   stop: readonly string[];
   maxTokens: number;
   ignoreEos?: boolean;
-  /** Detokenizes ids (called on a short window of recent tokens, see IncrementalDecoder). */
+  /** Detokenizes ids (called on a short window of recent tokens, an array it must not keep: see IncrementalDecoder). */
   decode: (ids: number[]) => string;
+  /**
+   * Keep the whole text for `text` (default true). A replica's driver passes false: its clients
+   * get the text as deltas, and a sequence's whole text, a string grown a token at a time, lived as
+   * long as the sequence (promoted to the old generation, thousands of characters a sequence).
+   */
+  keepText?: boolean;
 }
 
 export interface StopUpdate {
@@ -173,15 +179,21 @@ export class StopChecker {
   readonly tokens: number[] = [];
   private readonly decoder: IncrementalDecoder;
   private readonly matcher: StopMatcher;
-  private full = '';  // decoded text so far (complete characters only)
-  /** How much of `full` was emitted (a prefix of it: full only grows, holds only shrink its tail). */
+  /** Length of the decoded text so far (complete characters only). */
+  private length = 0;
+  /** How much of it was emitted (a prefix: the text only grows, holds only shrink its tail). */
   private emitted = 0;
+  /** The text from `emitted` on (what is held back: a stop string's possible start, at most its length). */
+  private held = '';
+  /** The whole text so far, when kept (keepText). */
+  private kept: string | undefined;
   private finalText: string | undefined;
   finishReason: FinishReason | undefined;
 
   constructor(private readonly opts: StopOptions, decoder?: DecoderState) {
     this.decoder = new IncrementalDecoder(opts.decode, decoder);
     this.matcher = new StopMatcher(opts.stop);
+    if (opts.keepText ?? true) this.kept = '';
   }
 
   /**
@@ -193,11 +205,13 @@ export class StopChecker {
   static restore(opts: StopOptions, tokens: readonly number[], text: string, decoder: DecoderState): StopChecker {
     const c = new StopChecker(opts, decoder);
     c.tokens.push(...tokens);
-    c.full = text;
     // The automaton's state depends only on the last (longest stop string) characters.
     const tail = Math.max(0, text.length - c.matcher.longestPattern);
     c.matcher.feed(text.slice(tail), tail);
+    c.length = text.length;
     c.emitted = text.length - c.matcher.pending;
+    c.held = text.slice(c.emitted);
+    if (c.kept !== undefined) c.kept = text;
     return c;
   }
 
@@ -210,9 +224,10 @@ export class StopChecker {
     return this.finishReason !== undefined;
   }
 
-  /** The visible text: everything emitted, and once done, the text up to the stop string. */
+  /** The visible text: everything emitted, and once done, the text up to the stop string (keepText only). */
   get text(): string {
-    return this.finalText ?? this.full.slice(0, this.emitted);
+    if (this.kept === undefined) throw new Error('StopChecker: the text is not kept (keepText: false)');
+    return this.finalText ?? this.kept.slice(0, this.emitted);
   }
 
   /**
@@ -230,34 +245,46 @@ export class StopChecker {
   push(token: number): StopUpdate {
     if (this.done) throw new Error('StopChecker: push after the sequence finished');
     const ends = this.endsWith(token);
-    if (ends === STOP) return this.finish(STOP, this.full + this.decoder.flush());
+    if (ends === STOP) return this.finish(STOP, this.append(this.decoder.flush()));
     this.tokens.push(token);
     const piece = this.decoder.push(token);
-    const cut = this.matcher.feed(piece, this.full.length);
-    this.full += piece;
-    if (cut >= 0) return this.finish(STOP, this.full.slice(0, cut));
-    if (ends === LENGTH) return this.finish(LENGTH, this.full + this.decoder.flush());
+    const cut = this.matcher.feed(piece, this.length);
+    this.append(piece);
+    if (cut >= 0) return this.finish(STOP, cut);
+    if (ends === LENGTH) return this.finish(LENGTH, this.append(this.decoder.flush()));
     // Hold back the longest suffix that is a proper prefix of a stop string (the decoder already
     // holds back incomplete characters).
-    return { delta: this.advance(piece, this.full.length - this.matcher.pending), done: false };
+    return { delta: this.advance(this.length - this.matcher.pending), done: false };
   }
 
-  // Emits the full text up to `visible`, which never goes back (the full text only grows; holds
-  // only shrink its tail). The delta is cut from the new piece when it lies within it, which is
-  // the common case: slicing the growing full text would copy all of it at every token.
-  private advance(piece: string, visible: number): string {
+  /** Adds decoded text; returns the new length. */
+  private append(piece: string): number {
+    if (piece) {
+      this.length += piece.length;
+      this.held += piece;
+      if (this.kept !== undefined) this.kept += piece;
+    }
+    return this.length;
+  }
+
+  // Emits the text up to `visible`, which never goes back (the text only grows; holds only
+  // shrink its tail): the start of what is held.
+  private advance(visible: number): string {
     if (visible <= this.emitted) return '';
-    const pieceAt = this.full.length - piece.length;
-    const delta = this.emitted >= pieceAt ? piece.slice(this.emitted - pieceAt, visible - pieceAt) : this.full.slice(this.emitted, visible);
+    const n = visible - this.emitted;
+    const delta = n === this.held.length ? this.held : this.held.slice(0, n);
+    this.held = n === this.held.length ? '' : this.held.slice(n);
     this.emitted = visible;
     return delta;
   }
 
-  private finish(reason: FinishReason, text: string): StopUpdate {
+  /** Ends with the text up to `end` (a stop string's start, or all of it). */
+  private finish(reason: FinishReason, end: number): StopUpdate {
     this.finishReason = reason;
-    const delta = text.length > this.emitted ? text.slice(this.emitted) : '';
-    this.emitted = text.length;
-    this.finalText = text;
+    const delta = end > this.emitted ? this.held.slice(0, end - this.emitted) : '';
+    if (this.kept !== undefined) this.finalText = this.kept.slice(0, end);
+    this.emitted = end;
+    this.held = '';
     return { delta, done: true, finishReason: reason };
   }
 }

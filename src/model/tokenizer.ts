@@ -167,7 +167,10 @@ export class IncrementalDecoder {
   private ids: number[] = [];
   private prefixOffset = 0;
   private readOffset = 0;
+  /** A one-id window handed to decodeIds, reused (decodeIds must not keep it). */
+  private readonly one: number[] = [0];
 
+  /** `decodeIds` reads the ids it is given during the call only (the arrays are reused). */
   constructor(private readonly decodeIds: (ids: number[]) => string, state?: DecoderState) {
     if (state) {
       this.ids = [...state.ids];
@@ -179,10 +182,12 @@ export class IncrementalDecoder {
   /** Adds one token; returns the text it completes ('' while a character is incomplete). */
   push(id: number): string {
     this.ids.push(id);
-    const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
-    const full = this.decodeIds(this.ids.slice(this.prefixOffset));
+    const prefix = this.decodeRange(this.prefixOffset, this.readOffset);
+    const full = this.decodeRange(this.prefixOffset, this.ids.length);
     if (full.length > prefix.length && (!full.endsWith('\uFFFD') || this.ids.length - this.readOffset >= MAX_HELD)) {
-      this.ids.splice(0, this.readOffset);
+      // Drops the ids before readOffset (in place: splice would return them in a new array).
+      this.ids.copyWithin(0, this.readOffset);
+      this.ids.length -= this.readOffset;
       this.prefixOffset = 0;
       this.readOffset = this.ids.length;
       return full.slice(prefix.length);
@@ -190,10 +195,21 @@ export class IncrementalDecoder {
     return '';
   }
 
+  // The windows are nearly always all the ids kept, or one of them: those are passed without a
+  // copy (an array a call was most of the garbage a streamed token made).
+  private decodeRange(from: number, to: number): string {
+    if (from === 0 && to === this.ids.length) return this.decodeIds(this.ids);
+    if (to - from === 1) {
+      this.one[0] = this.ids[from]!;
+      return this.decodeIds(this.one);
+    }
+    return this.decodeIds(this.ids.slice(from, to));
+  }
+
   /** Text still held back at the end of the stream (an incomplete character decodes as U+FFFD). */
   flush(): string {
-    const prefix = this.decodeIds(this.ids.slice(this.prefixOffset, this.readOffset));
-    const full = this.decodeIds(this.ids.slice(this.prefixOffset));
+    const prefix = this.decodeRange(this.prefixOffset, this.readOffset);
+    const full = this.decodeRange(this.prefixOffset, this.ids.length);
     this.ids = [];
     this.prefixOffset = this.readOffset = 0;
     return full.length > prefix.length ? full.slice(prefix.length) : '';

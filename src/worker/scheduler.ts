@@ -120,6 +120,19 @@ function ordered(picks: Pick[]): Pick[] {
 const RECENT_STEPS = 256;
 
 /**
+ * The input of a decode that takes its token from the step before (tokenFrom): a placeholder the
+ * engine never reads (it fills the token in natively), shared by every such sequence instead of an
+ * array a sequence a step. Nothing writes into it (a follower rank fills the arrays it decoded).
+ */
+const CHAINED_TOKEN = Int32Array.of(0);
+
+/** Removes the first n elements in place (splice would return them in a new array). */
+function dropFront(a: number[], n: number): void {
+  a.copyWithin(0, n);
+  a.length -= n;
+}
+
+/**
  * At most EXCLUSIVE_MAX of any EXCLUSIVE_WINDOW consecutive steps leave less urgent classes out:
  * they keep at least 3/4 of the steps under any flood of exclusive-prefill requests, while a
  * realtime stream (one arrival per tens of steps) gets every one of its first chunks alone.
@@ -185,7 +198,7 @@ export class Scheduler {
     const never = this.alloc.neverFits(budget, longest, "the replica's cache");
     if (never) return err(never);
     const opts = { eosTokenIds: this.tokenizer.eosTokenIds, stopTokenIds: params.stopTokenIds, stop: params.stop, maxTokens: params.maxTokens,
-      ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids) };
+      ignoreEos: params.ignoreEos, decode: (ids: number[]) => this.tokenizer.decode(ids), keepText: false };
     // Replay: the tokens the client already has go back into the cache and the stop checker.
     let stop: StopChecker;
     if (replayed) {
@@ -446,7 +459,7 @@ export class Scheduler {
       }
       if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n, ...(cut !== undefined ? { exclusive: true } : {}) });
       seqs.push({
-        tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
+        tokens: f >= 0 ? CHAINED_TOKEN : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
       });
       from.push(f);
@@ -528,7 +541,7 @@ export class Scheduler {
         continue;
       }
       seq.pos += n;
-      seq.feed.splice(0, n);
+      dropFront(seq.feed, n);
       if (!sample) continue;
       seq.feed.push(token);
       seq.out.push(token);

@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { StopChecker, StopMatcher } from '../../src/engine/stop-checker.js';
+import { IncrementalDecoder } from '../../src/model/tokenizer.js';
 import type { StopUpdate } from '../../src/engine/stop-checker.js';
 import { rng } from '../helpers/rng.js';
 
@@ -41,9 +42,9 @@ function reference(pieces: string[], stop: string[], maxTokens: number): StopUpd
   return out;
 }
 
-function run(pieces: string[], stop: string[], maxTokens: number): { updates: StopUpdate[]; checker: StopChecker } {
+function run(pieces: string[], stop: string[], maxTokens: number, keepText = true): { updates: StopUpdate[]; checker: StopChecker } {
   // Token i decodes to pieces[i]; a window decode is the concatenation (no merges at boundaries).
-  const checker = new StopChecker({ eosTokenIds: [], stop, maxTokens, decode: (ids) => ids.map((i) => pieces[i]).join('') });
+  const checker = new StopChecker({ eosTokenIds: [], stop, maxTokens, decode: (ids) => ids.map((i) => pieces[i]).join(''), keepText });
   const updates: StopUpdate[] = [];
   for (let i = 0; i < pieces.length; i++) {
     const u = checker.push(i);
@@ -51,6 +52,22 @@ function run(pieces: string[], stop: string[], maxTokens: number): { updates: St
     if (u.done) break;
   }
   return { updates, checker };
+}
+
+/** As run(), but the first `k` tokens are restored (a failover replay), then pushed on from there. */
+function resumed(pieces: string[], stop: string[], maxTokens: number, k: number, keepText: boolean): StopUpdate[] {
+  const decode = (ids: number[]) => ids.map((i) => pieces[i]).join('');
+  const ids = Array.from({ length: k }, (_, i) => i);
+  const window = new IncrementalDecoder(decode);
+  for (const i of ids) window.push(i);
+  const checker = StopChecker.restore({ eosTokenIds: [], stop, maxTokens, decode, keepText }, ids, pieces.slice(0, k).join(''), window.state());
+  const updates: StopUpdate[] = [];
+  for (let i = k; i < pieces.length; i++) {
+    const u = checker.push(i);
+    updates.push(u);
+    if (u.done) break;
+  }
+  return updates;
 }
 
 describe('stop strings (Aho-Corasick)', () => {
@@ -64,8 +81,18 @@ describe('stop strings (Aho-Corasick)', () => {
       const pieces = Array.from({ length: 1 + Math.floor(r() * 40) }, () => word(3));
       const maxTokens = 1 + Math.floor(r() * 50);
       const want = reference(pieces, stop, maxTokens);
-      const got = run(pieces, stop, maxTokens).updates;
-      expect(got, `seed ${seed}: stop ${JSON.stringify(stop)} pieces ${JSON.stringify(pieces)}`).toEqual(want);
+      const what = `seed ${seed}: stop ${JSON.stringify(stop)} pieces ${JSON.stringify(pieces)}`;
+      const kept = run(pieces, stop, maxTokens);
+      expect(kept.updates, what).toEqual(want);
+      // The text is the deltas joined; a checker that keeps no text (a replica's driver) streams the same deltas.
+      if (kept.checker.done) expect(kept.checker.text, what).toBe(want.map((u) => u.delta).join(''));
+      const lean = run(pieces, stop, maxTokens, false);
+      expect(lean.updates, what).toEqual(want);
+      expect(() => lean.checker.text).toThrow(/not kept/);
+      // Restored after k tokens that did not end it (a replay), either way it goes on as the uninterrupted run.
+      const ended = want.findIndex((u) => u.done);
+      const k = Math.floor(r() * ((ended < 0 ? want.length : ended) + 1));
+      for (const keepText of [true, false]) expect(resumed(pieces, stop, maxTokens, k, keepText), `${what} restored at ${k}`).toEqual(want.slice(k));
     }
   });
 
