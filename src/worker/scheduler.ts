@@ -119,13 +119,6 @@ function ordered(picks: Pick[]): Pick[] {
 
 const RECENT_STEPS = 256;
 
-/**
- * The input of a decode that takes its token from the step before (tokenFrom): a placeholder the
- * engine never reads (it fills the token in natively), shared by every such sequence instead of an
- * array a sequence a step. Nothing writes into it (a follower rank fills the arrays it decoded).
- */
-const CHAINED_TOKEN = Int32Array.of(0);
-
 /** Removes the first n elements in place (splice would return them in a new array). */
 function dropFront(a: number[], n: number): void {
   a.copyWithin(0, n);
@@ -459,7 +452,7 @@ export class Scheduler {
       }
       if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n, ...(cut !== undefined ? { exclusive: true } : {}) });
       seqs.push({
-        tokens: f >= 0 ? CHAINED_TOKEN : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
+        tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
       });
       from.push(f);
