@@ -119,6 +119,12 @@ function ordered(picks: Pick[]): Pick[] {
 
 const RECENT_STEPS = 256;
 
+/** Slot k of `ones` holding `token`, as a one-element view (a chained decode's 0 is filled in by the engine). */
+function one(ones: Int32Array, k: number, token: number): Int32Array {
+  ones[k] = token;
+  return ones.subarray(k, k + 1);
+}
+
 /** Removes the first n elements in place (splice would return them in a new array). */
 function dropFront(a: number[], n: number): void {
   a.copyWithin(0, n);
@@ -439,6 +445,10 @@ export class Scheduler {
     const from: number[] = [];
     const firsts: Seq[] = [];
     let budget = this.maxBatchTokens;
+    // The one-token inputs (decodes) are views of one array a step: a typed array of their own each
+    // was the driver's largest allocation per sampled token (an ArrayBuffer and its store a sequence).
+    const ones = new Int32Array(Math.min(picks.length, maxSeqs));
+    let nOnes = 0;
     for (const { seq, skip, left, from: f } of picks) {
       if (members.length >= maxSeqs || budget <= 0) break;
       const n = Math.min(left, budget);
@@ -452,7 +462,7 @@ export class Scheduler {
       }
       if (seq.traced) this.once(seq, 'planned', { step: this.steps + 1, n, ...(cut !== undefined ? { exclusive: true } : {}) });
       seqs.push({
-        tokens: f >= 0 ? Int32Array.of(0) : n === 1 ? Int32Array.of(seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
+        tokens: n === 1 ? one(ones, nOnes++, f >= 0 ? 0 : seq.feed[skip]!) : Int32Array.from(seq.feed.slice(skip, skip + n)),
         pos: seq.pos + skip, ...seq.tables!, sample, ...seq.step,
       });
       from.push(f);
