@@ -204,10 +204,13 @@ function load(address, runs, cpus) {
   })));
 }
 
-/** With --trace: the mixed phase's timeline (where the realtime and the traced batch requests' TTFT went) and the event loops. */
+/**
+ * With --trace: a phase's timeline (where the realtime and the traced batch requests' TTFT went) and
+ * the event loops; without a flood (`fl`), the realtime stream alone: the baseline of each stage.
+ */
 function traced(name, rt, fl) {
   if (!a.trace) return {};
-  const tl = timeline(readTrace(traceFile(name)), { realtime: rt, batch: fl }, rt.t0, rt.until);
+  const tl = timeline(readTrace(traceFile(name)), { realtime: rt, ...(fl ? { batch: fl } : {}) }, rt.t0, rt.until);
   const s = tl.stages.realtime;
   if (s) log(`  realtime timeline p50/p99 ms: ${Object.entries(s).filter(([k]) => k !== 'traced').map(([k, v]) => `${k} ${v.p50}/${v.p99}`).join(', ')}`);
   log(`  event loops (delay p99 median ms, busy mean, GC share, mark-compacts): ${Object.entries(tl.loops).map(([k, v]) =>
@@ -375,8 +378,8 @@ try {
     await warm(c.address, rest, ['--priority', 'slow_only']);
     let t = cpuTimes();
     const [alone] = await load(c.address, [realtime(o.aloneS)], rest);
-    result.phases.realtime_alone = { ttft: ttft(alone), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0] };
-    log(`realtime alone: TTFT p99 ${result.phases.realtime_alone.ttft.p99_ms} ms`);
+    log(`realtime alone: TTFT p99 ${ttft(alone).p99_ms} ms`);
+    result.phases.realtime_alone = { ttft: ttft(alone), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...traced('hetero', alone) };
     result.phases.fast_alone = [];
     result.phases.hetero_mixed = [];
     // Each phase's realtime requests, pooled for the p99 the bar takes.
