@@ -544,9 +544,19 @@ export class Scheduler {
         continue;
       }
       seq.pos += n;
-      dropFront(seq.feed, n);
-      if (!sample) continue;
-      seq.feed.push(token);
+      if (!sample) {
+        dropFront(seq.feed, n);
+        continue;
+      }
+      // The sampled token is the next input. When the step took the whole feed (a decode, a last
+      // chunk) it takes the first slot: emptied, the array would give up its store and push allocate one.
+      if (n === seq.feed.length) {
+        seq.feed[0] = token;
+        seq.feed.length = 1;
+      } else {
+        dropFront(seq.feed, n);
+        seq.feed.push(token);
+      }
       seq.out.push(token);
       if (seq.traced) this.once(seq, 'sampled');
       if (seq.stop.endsWith(token)) seq.status = transition(seq.status, FINISHED);
