@@ -14,6 +14,8 @@
 // byte); then, unless tokenizer_config.json sets clean_up_tokenization_spaces to false, the
 // tokenization-space clean-up below. test/model/byte-level-decode.test.ts holds the two equal.
 
+import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+
 /** Byte-level BPE's alphabet: the character that stands for each byte (GPT-2's bytes_to_unicode). */
 function byteOfChar(): Map<number, number> {
   const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
@@ -46,8 +48,6 @@ interface Piece {
   added?: string;
   special: boolean;
 }
-
-import type { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
 export interface ByteLevelSource {
   /** The id's vocabulary string (added tokens included), undefined outside the vocabulary. */
