@@ -3,8 +3,8 @@
 // maps every token's characters to bytes again at each call (an array a character), scans the
 // added tokens for each token and joins strings, about 1 KB and 1.3 us a token of a streaming
 // window on a small vocabulary, which the replica driver pays for every sampled token. Here each
-// id's bytes, and their text when they are whole characters (or an added token's text), are worked
-// out once, when first decoded.
+// id's text (whole characters), bytes (a piece of a character), or added token's text is worked out
+// once, when first decoded.
 //
 // What the library does, and so what this does: ids become their vocabulary strings (added tokens
 // included); with skip_special_tokens, the special ones (added tokens marked special, and
@@ -40,12 +40,16 @@ function cleanUp(text: string): string {
   return text;
 }
 
-/** What one id decodes to: the bytes of a vocabulary token, or an added token's own text. */
+/**
+ * What one id decodes to: an added token's own text, or a vocabulary token's text when its bytes are
+ * whole, valid UTF-8 characters (in a run, such a token's text does not depend on its neighbours;
+ * its bytes are that text's UTF-8, kept only once a run needs them), else its bytes. Most tokens are
+ * whole, so most pieces hold one string, not a typed array too.
+ */
 interface Piece {
-  bytes?: Uint8Array;
-  /** The bytes' text when they are whole, valid UTF-8 characters: in a run, such a token's text does not depend on its neighbours. */
-  text?: string;
   added?: string;
+  text?: string;
+  bytes?: Uint8Array;
   special: boolean;
 }
 
@@ -67,6 +71,7 @@ export class ByteLevelDecoder {
   private scratch = new Uint8Array(64);
   private readonly utf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  private readonly utf8Out = new TextEncoder();
 
   constructor(private readonly src: ByteLevelSource) {
     this.pieces = new Array<Piece | undefined>(src.vocabSize).fill(undefined);
@@ -117,7 +122,8 @@ export class ByteLevelDecoder {
         continue;
       }
       whole = false;
-      const b = p.bytes!;
+      // A whole token's bytes are its text's UTF-8, kept once a run needs them (after a piece of a character).
+      const b = p.bytes ?? (p.bytes = this.utf8Out.encode(p.text!));
       if (n + b.length > this.scratch.length) {
         const grown = new Uint8Array(Math.max(2 * this.scratch.length, n + b.length));
         grown.set(this.scratch.subarray(0, n));
@@ -144,7 +150,8 @@ export class ByteLevelDecoder {
       const bytes: number[] = [];
       for (const c of token) bytes.push(BYTE_OF_CHAR.get(c.codePointAt(0)!) ?? 0);
       const b = Uint8Array.from(bytes);
-      p = { bytes: b, text: this.wholeText(b), special };
+      const text = this.wholeText(b);
+      p = text !== undefined ? { text, special } : { bytes: b, special };
     }
     this.pieces[id] = p;
     return p;
