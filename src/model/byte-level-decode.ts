@@ -61,8 +61,8 @@ export interface ByteLevelSource {
   /** Strings that skip_special_tokens drops. */
   special: ReadonlySet<string>;
   cleanUpSpaces: boolean;
-  /** Ids below this are looked up in a table (others as any id). */
-  vocabSize: number;
+  /** One past the largest id of the vocabulary (the table's length). */
+  idEnd: number;
 }
 
 export class ByteLevelDecoder {
@@ -74,7 +74,7 @@ export class ByteLevelDecoder {
   private readonly utf8Out = new TextEncoder();
 
   constructor(private readonly src: ByteLevelSource) {
-    this.pieces = new Array<Piece | undefined>(src.vocabSize).fill(undefined);
+    this.pieces = new Array<Piece | undefined>(src.idEnd).fill(undefined);
   }
 
   /**
@@ -95,7 +95,7 @@ export class ByteLevelDecoder {
       added: new Set(added.map((t) => t.content)),
       special: new Set([...added.filter((t) => t.special).map((t) => t.content), ...extra]),
       cleanUpSpaces: Boolean(config.clean_up_tokenization_spaces ?? true),
-      vocabSize: idEnd,
+      idEnd,
     });
   }
 

@@ -92,12 +92,11 @@ export class Tokenizer {
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return ''; // the library rejects an empty list
     const skip = opts.skipSpecialTokens ?? false;
+    // The byte-level decoder keeps each id's text itself; the library's decode is cached per id here.
+    const fast = this.byteLevel?.decode(ids, skip);
+    if (fast !== undefined) return fast;
     if (ids.length === 1 && !skip) return this.decodeOne(ids[0]!);
-    return this.decodeMany(ids, skip);
-  }
-
-  private decodeMany(ids: number[], skip: boolean): string {
-    return this.byteLevel?.decode(ids, skip) ?? this.hf.decode(ids, skip ? SKIP_SPECIAL : KEEP_SPECIAL);
+    return this.hf.decode(ids, skip ? SKIP_SPECIAL : KEEP_SPECIAL);
   }
 
   /**
@@ -108,7 +107,7 @@ export class Tokenizer {
   private decodeOne(id: number): string {
     const known = this.single.get(id);
     if (known !== undefined) return known;
-    const text = this.decodeMany([id], false);
+    const text: string = this.hf.decode([id], KEEP_SPECIAL);
     if (Number.isInteger(id) && id >= 0 && id < this.vocabSize) this.single.set(id, text);
     return text;
   }
