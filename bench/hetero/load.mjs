@@ -35,6 +35,10 @@ const { values: a } = parseArgs({
   },
 });
 const { NodespeedClient } = await import(join(root, 'dist', 'client', 'index.js'));
+// With NODESPEED_REQUEST_TRACE (run.mjs --trace), this process's event loop and GC pauses go to the
+// server's trace file too (role "client"): the slowest requests' listing then shows the client's pauses.
+const { requestTrace } = await import(join(root, 'dist', 'protocol', 'request-trace.js'));
+requestTrace('client');
 const client = new NodespeedClient(a.address);
 const durationMs = Number(a.duration) * 1000;
 const promptLen = Number(a['prompt-len']);
@@ -81,6 +85,7 @@ let k = 0;
 await client.waitForReady();
 for await (const _ of client.generate({ promptIds: promptIds(k++), maxTokens: 1, ignoreEos: true, ...priority }));
 
+loopDelay.reset();  // the loop's delay while the clock runs, not the process's start and the warm-up call
 const t0 = now();
 const until = t0 + durationMs;
 const running = [];
@@ -106,4 +111,4 @@ if (a.mode === 'realtime') {
 client.close();
 const ms = (ns) => Math.round(ns / 1e3) / 1e3;
 const loop = { p50_ms: ms(loopDelay.percentile(50)), p99_ms: ms(loopDelay.percentile(99)), max_ms: ms(loopDelay.max) };
-process.stdout.write(JSON.stringify({ mode: a.mode, t0, until, loop, requests, bins: [...bins].sort((x, y) => x[0] - y[0]) }) + '\n');
+process.stdout.write(JSON.stringify({ mode: a.mode, pid: process.pid, t0, until, loop, requests, bins: [...bins].sort((x, y) => x[0] - y[0]) }) + '\n');

@@ -187,17 +187,21 @@ function launch(name, cpus) {
     proc.stdout.on('data', (x) => {
       out += x;
       const line = out.split('\n').find((l) => l.startsWith('nodespeed ready '));
-      if (line) ok({ address: line.split(' ')[2], readyLine: line, pid: proc.pid, stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
+      if (line) ok({ address: line.split(' ')[2], trace: a.trace ? traceFile(name) : undefined, readyLine: line, pid: proc.pid, stop: () => new Promise((r) => (proc.once('exit', r), proc.kill('SIGINT'))) });
     });
     proc.once('exit', (code) => fail(new Error(`launch ${name} exited with ${code}:\n${err.slice(-4000)}`)));
   });
 }
 
-/** Runs load.mjs processes side by side (on `cpus` when pinning); resolves with their results. */
-function load(address, runs, cpus) {
+/**
+ * Runs load.mjs processes side by side against launch `c` (on `cpus` when pinning); resolves with their
+ * results. With --trace they add their own loop and GC lines to the launch's trace file.
+ */
+function load(c, runs, cpus) {
+  const env = c.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: c.trace } : process.env;
   return Promise.all(runs.map((r) => new Promise((ok, fail) => {
-    const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bench', 'hetero', 'load.mjs'), '--address', address, '--vocab', String(vocab), ...r]);
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bench', 'hetero', 'load.mjs'), '--address', c.address, '--vocab', String(vocab), ...r]);
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
     let out = '';
     p.stdout.on('data', (x) => (out += x));
     p.once('exit', (code) => (code === 0 ? ok(JSON.parse(out)) : fail(new Error(`load ${r.join(' ')} exited with ${code}`))));
@@ -213,7 +217,7 @@ function traced(name, rt, fl) {
   const tl = timeline(readTrace(traceFile(name)), { realtime: rt, ...(fl ? { batch: fl } : {}) }, rt.t0, rt.until);
   const s = tl.stages.realtime;
   if (s) log(`  realtime timeline p50/p99 ms: ${Object.entries(s).filter(([k]) => k !== 'traced').map(([k, v]) => `${k} ${v.p50}/${v.p99}`).join(', ')}`);
-  log(`  event loops (delay p99 median ms, busy mean, GC share, mark-compacts): ${Object.entries(tl.loops).map(([k, v]) =>
+  log(`  event loops (delay p99 median ms, busy mean, GC share, mark-compacts; realtime client-${rt.pid}${fl ? `, flood client-${fl.pid}` : ''}): ${Object.entries(tl.loops).map(([k, v]) =>
     `${k} ${v.delay_p99_ms.p50} ${v.elu_mean} ${v.gc_share} ${v.mark_compacts}`).join(', ')}`);
   const slow = tl.slowest.realtime ?? [];
   if (slow.length) log(`  slowest realtime (total ms: GC pauses >= 2 ms that overlapped it): ${slow.map((q) => `${q.total}: ${q.gc.join(' + ') || '-'}`).join('; ')}`);
@@ -330,7 +334,7 @@ async function status(address) {
 const replicaStats = (st) => st.replicas.map((r) => ({ id: r.id, group: r.group, generated: Number(r.generatedTokens), preemptions: r.preemptions, step_ms: r.stepMs }));
 
 /** A short warm-up (first steps, graphs, caches) that is not measured. */
-const warm = (address, cpus, priority = []) => load(address, [['--mode', 'flood', '--concurrency', '4', '--duration', '3', '--prompt-len', '16', '--new-tokens', '8', '--salt', '9', ...priority]], cpus);
+const warm = (c, cpus, priority = []) => load(c, [['--mode', 'flood', '--concurrency', '4', '--duration', '3', '--prompt-len', '16', '--new-tokens', '8', '--salt', '9', ...priority]], cpus);
 const settle = () => new Promise((r) => setTimeout(r, 2000));
 
 function commit() {
@@ -374,10 +378,10 @@ try {
   try {
     result.core_masks = { hetero: masks(c.pid) };
     log(`cores: launcher ${result.core_masks.hetero.launcher}; workers ${result.core_masks.hetero.workers.map((w) => `rank ${w.rank}: ${w.cpus_allowed}`).join(', ')}`);
-    await warm(c.address, rest);
-    await warm(c.address, rest, ['--priority', 'slow_only']);
+    await warm(c, rest);
+    await warm(c, rest, ['--priority', 'slow_only']);
     let t = cpuTimes();
-    const [alone] = await load(c.address, [realtime(o.aloneS)], rest);
+    const [alone] = await load(c, [realtime(o.aloneS)], rest);
     log(`realtime alone: TTFT p99 ${ttft(alone).p99_ms} ms`);
     result.phases.realtime_alone = { ttft: ttft(alone), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...traced('hetero', alone) };
     result.phases.fast_alone = [];
@@ -387,7 +391,7 @@ try {
     const fastAlone = async () => {
       await settle();
       const t0 = cpuTimes();
-      const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS, ['--priority', 'fast_only'])], rest);
+      const [rt, fl] = await load(c, [realtime(o.mixedS), flood(o.mixedS, ['--priority', 'fast_only'])], rest);
       const p = { ttft: ttft(rt), total: tokS([rt, fl]), cpu_busy_pct: cpuBusy(t0), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { realtime: rt.loop, flood: fl.loop },
         ...loops('hetero', fl) };
       result.phases.fast_alone.push(p);
@@ -400,7 +404,7 @@ try {
       await settle();
       const t0 = cpuTimes();
       const before = replicaStats(await status(c.address));
-      const [rt, fl] = await load(c.address, [realtime(o.mixedS), flood(o.mixedS)], rest);
+      const [rt, fl] = await load(c, [realtime(o.mixedS), flood(o.mixedS)], rest);
       const busy = cpuBusy(t0);
       const st = await status(c.address);
       const after = replicaStats(st);
@@ -419,14 +423,14 @@ try {
     for (const [k, runs] of Object.entries(realtimeRuns)) result.phases[`${k}_realtime_pooled`] = ttft({ requests: runs.flatMap((r) => r.requests) });
     await settle();
     t = cpuTimes();
-    const [sl] = await load(c.address, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
+    const [sl] = await load(c, [flood(o.mixedS, ['--priority', 'slow_only'])], rest);
     result.phases.slow_alone = { total: tokS([sl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', sl) };
     log(`slow alone: ${result.phases.slow_alone.total.tok_s.toFixed(1)} tok/s`);
     // Both floods at once and no realtime stream: what the CPU replicas' work alone costs the fast
     // replica (against fast_alone + slow_alone), apart from what the realtime stream costs it.
     await settle();
     t = cpuTimes();
-    const [bf, bs] = await load(c.address, [flood(o.mixedS, ['--priority', 'fast_only']), flood(o.mixedS, ['--priority', 'slow_only'])], rest);
+    const [bf, bs] = await load(c, [flood(o.mixedS, ['--priority', 'fast_only']), flood(o.mixedS, ['--priority', 'slow_only'])], rest);
     result.phases.both_floods = { fast: tokS([bf]), slow: tokS([bs]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], ...loops('hetero', bf) };
     log(`both floods, no realtime: fast ${result.phases.both_floods.fast.tok_s.toFixed(1)} + slow ${result.phases.both_floods.slow.tok_s.toFixed(1)} tok/s`);
   } finally {
@@ -435,14 +439,14 @@ try {
   c = await launch('fast');
   try {
     result.core_masks.fast = masks(c.pid);
-    await warm(c.address);
+    await warm(c);
     let t = cpuTimes();
-    const [fl] = await load(c.address, [flood(o.mixedS, [])]);
+    const [fl] = await load(c, [flood(o.mixedS, [])]);
     result.phases.fast_alone_separate = { total: tokS([fl]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0], load_loop_delay: { flood: fl.loop }, ...loops('fast', fl) };
     log(`fast alone, its own launch, unpinned: ${result.phases.fast_alone_separate.total.tok_s.toFixed(1)} tok/s`);
     await settle();
     t = cpuTimes();
-    const [rt, fl2] = await load(c.address, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
+    const [rt, fl2] = await load(c, [realtime(o.mixedS, []), flood(o.mixedS, [])]);
     result.phases.fast_fifo_mixed = { ttft: ttft(rt), total: tokS([rt, fl2]), cpu_busy_pct: cpuBusy(t), loadavg_1m_at_end: loadavg()[0],
       load_loop_delay: { realtime: rt.loop, flood: fl2.loop }, ...traced('fast', rt, fl2), ...stepsOf('fast', fl2) };
     log(`fast, FIFO, mixed: realtime TTFT p99 ${result.phases.fast_fifo_mixed.ttft.p99_ms} ms, total ${result.phases.fast_fifo_mixed.total.tok_s.toFixed(1)} tok/s`);

@@ -1,13 +1,14 @@
 // NODESPEED_REQUEST_TRACE=FILE: the coordinator and every replica driver append JSON lines to FILE
 // (one file for all of them: each line is one short append), so a serving benchmark can say where a
 // request's time to first token went:
-//   {"t": epoch ms, "p": process ("coord" | "worker"), "id": request id, "ev": event, ...details}
+//   {"t": epoch ms, "p": process ("coord" | "worker" | "client"), "id": request id, "ev": event, ...details}
 //   coordinator: arrive (the API call came in), routed (sent to a replica), first_in (its first
 //                token came back from the replica), first_out (written to the client), preempted, end
 //   worker:      recv (the submit reached the driver's event loop), admitted, planned (first put in
 //                a step), sampled (its first token computed), sent (its first token handed to the
 //                control stream)
-// and, every second and once as it exits, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
+// (a benchmark's load generator, role "client", writes no request events: only its loop and GC lines, so a
+// late first token can be told from a late client) and, every second and once as it exits, each process's event loop: {"p", "ev": "loop", "t", delay p50/p99/max in ms
 // (perf_hooks monitorEventLoopDelay), "elu" (the share of that second the loop was busy), "gc_ms" (the
 // garbage collector's pauses in that second, summed) and "gc_major" (how many were mark-compacts)}, and each
 // pause of GC_LINE_MS or more as its own line {"p", "pid", "ev": "gc", "t" (its start), "ms", "kind"}: a
@@ -72,7 +73,7 @@ export function jsonLines(file: string): { push(o: Record<string, unknown>): voi
 }
 
 /** The process's tracer, or undefined when NODESPEED_REQUEST_TRACE is unset. One per process and role. */
-export function requestTrace(role: 'coord' | 'worker', file: string | undefined = settings().requestTrace): RequestTrace | undefined {
+export function requestTrace(role: 'coord' | 'worker' | 'client', file: string | undefined = settings().requestTrace): RequestTrace | undefined {
   if (!file) return undefined;
   const key = `${role}:${file}`;
   const have = tracers.get(key);
