@@ -70,6 +70,8 @@ const { values: a } = parseArgs({
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
     trace: { type: 'boolean', default: false },
+    // Node flags of each launch's own process (the coordinator's), e.g. --launch-node-args=--max-semi-space-size=8.
+    'launch-node-args': { type: 'string', default: '' },
   },
 });
 const gpu = a.device === 'cuda';
@@ -123,7 +125,7 @@ const o = {
   repeats: Number(a.repeats ?? d.repeats),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
-  batchStreamMs: Number(a['batch-stream-ms']), rtExclusive: a['rt-exclusive'],
+  batchStreamMs: Number(a['batch-stream-ms']), rtExclusive: a['rt-exclusive'], launchNodeArgs: a['launch-node-args'],
 };
 // The realtime stream alone runs as long as the mixed phases together: its p99 and theirs (pooled)
 // then come from as many requests each (at 4/s, 300 over 3 x 25 s: the p99 is the 3rd slowest, where
@@ -175,7 +177,7 @@ const stepFile = (name) => join(work, `${name}-steps.jsonl`);
 function launch(name, cpus) {
   const file = join(work, `${name}.yaml`);
   writeFileSync(file, deployments[name]);
-  const [cmd, ...args] = on(cpus, [process.execPath, join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
+  const [cmd, ...args] = on(cpus, [process.execPath, ...a['launch-node-args'].split(' ').filter(Boolean), join(root, 'bin', 'nodespeed'), 'launch', '--config', file, '--port', '0', '--http-port', '0', '--bind', '127.0.0.1',
     '--no-progress', '--heartbeat-interval', '0.5', '--request-timeout', '120']);
   const env = a.trace ? { ...process.env, NODESPEED_REQUEST_TRACE: traceFile(name), NODESPEED_STEP_TRACE: stepFile(name) } : process.env;
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
