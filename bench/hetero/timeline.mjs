@@ -65,6 +65,7 @@ export function readTrace(file) {
       gcs.push(e);
       continue;
     }
+    if (e.id === undefined) continue;  // a process's clock line
     let r = byId.get(e.id);
     if (!r) byId.set(e.id, (r = {}));
     if (r[e.ev] === undefined) r[e.ev] = e;

@@ -12,7 +12,10 @@
 // (perf_hooks monitorEventLoopDelay), "elu" (the share of that second the loop was busy), "gc_ms" (the
 // garbage collector's pauses in that second, summed) and "gc_major" (how many were mark-compacts)}, and each
 // pause of GC_LINE_MS or more as its own line {"p", "pid", "ev": "gc", "t" (its start), "ms", "kind"}: a
-// loop stall lines up with a collection, or with the JS that ran then.
+// loop stall lines up with a collection, or with the JS that ran then. Each process also writes one
+// {"p", "pid", "ev": "clock", "t", "mono_us"} line as it starts tracing: its epoch time beside the monotonic clock
+// that V8's CPU profiles (node --cpu-prof) stamp their samples with, so a profile's busy stretches can be placed
+// on the trace's time line (bench/lib/long-tasks.mjs).
 // Lines are buffered and written every 200 ms (and at exit), never on the request's path.
 // Requests of the most urgent class seen (class rank 0) are traced always, others one in `sample`.
 import { appendFileSync } from 'node:fs';
@@ -80,6 +83,7 @@ export function requestTrace(role: 'coord' | 'worker' | 'client', file: string |
   if (have) return have;
   const { push, flush } = jsonLines(file);
   const round = (x: number) => Math.round(x * 1000) / 1000;
+  push({ t: round(nowMs()), p: role, pid: process.pid, ev: 'clock', mono_us: Number(process.hrtime.bigint() / 1000n) });
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   let elu: EventLoopUtilization = performance.eventLoopUtilization();

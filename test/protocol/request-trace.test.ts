@@ -4,6 +4,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Session } from 'node:inspector/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,7 +14,7 @@ import { requestTrace } from '../../src/protocol/request-trace.js';
 const dir = mkdtempSync(join(tmpdir(), 'ns-trace-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-interface Line { t: number; p: string; pid: number; ev: string; ms?: number; kind?: string; gc_ms?: number; gc_major?: number; elu?: number }
+interface Line { t: number; p: string; pid: number; ev: string; ms?: number; kind?: string; gc_ms?: number; gc_major?: number; elu?: number; mono_us?: number }
 const lines = (file: string): Line[] => readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Line);
 
 describe('request trace', () => {
@@ -45,5 +46,29 @@ describe('request trace', () => {
     expect(loops.reduce((s, l) => s + l.gc_major!, 0)).toBeGreaterThanOrEqual(1);
     expect(Math.max(...loops.map((l) => l.gc_ms!))).toBeGreaterThanOrEqual(Math.max(...majors.map((g) => g.ms!)) - 0.01);
     expect(all.find((l) => l.ev === 'arrive')).toMatchObject({ p: 'coord' });
+  });
+
+  it('writes a clock line on the monotonic clock that V8 CPU profiles stamp their samples with', async () => {
+    const file = join(dir, 'clock.jsonl');
+    const mono0 = Number(process.hrtime.bigint() / 1000n);
+    const epoch0 = performance.timeOrigin + performance.now();
+    requestTrace('worker', file);
+    const mono1 = Number(process.hrtime.bigint() / 1000n);
+    const session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+    await session.post('Profiler.start');
+    const { profile } = await session.post('Profiler.stop');
+    const mono2 = Number(process.hrtime.bigint() / 1000n);
+    session.disconnect();
+    await new Promise((r) => setTimeout(r, 300));
+    const clock = lines(file).find((l) => l.ev === 'clock')!;
+    expect(clock).toMatchObject({ p: 'worker', pid: process.pid });
+    expect(clock.mono_us!).toBeGreaterThanOrEqual(mono0);
+    expect(clock.mono_us!).toBeLessThanOrEqual(mono1);
+    expect(Math.abs(clock.t - (epoch0 + (clock.mono_us! - mono0) / 1000))).toBeLessThan(5);
+    // The profile began after the clock line and before the stop, on the same clock.
+    expect(profile.startTime).toBeGreaterThanOrEqual(mono1);
+    expect(profile.startTime).toBeLessThanOrEqual(mono2);
   });
 });
