@@ -110,7 +110,7 @@ export const REGISTRY = {
     { ...workerDebug, min: 1, defaultText: 'never' }),
   cudaAttnSplitsMax: integer('NODESPEED_CUDA_ATTN_SPLITS_MAX', 16, 'cap on the SIMT attention kernel\'s flash-decoding splits (1: no split)',
     { ...workerDebug, min: 1, max: 16 }),
-  cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape once at load (cuBLAS loads its kernels lazily)', workerDebug),
+  cudaWarmup: bool('NODESPEED_CUDA_WARMUP', true, 'run every decode GEMM shape, and the prefill ones up to 1024 rows, once at load (cuBLAS loads its kernels lazily)', workerDebug),
   cudaLt: bool('NODESPEED_CUDA_LT', true, 'decode GEMMs through cuBLASLt with algorithms measured at load (0: cublasGemmEx)', workerDebug),
   cudaProfileStep: integer('NODESPEED_CUDA_PROFILE_STEP', undefined, 'bracket the N-th CUDA step (0-based) with cudaProfilerStart/Stop for `ncu --profile-from-start off`',
     { ...workerDebug, min: 0, defaultText: 'off' }),

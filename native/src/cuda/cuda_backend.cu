@@ -584,7 +584,8 @@ int CudaBackend::finalize() {
 // On by default (NODESPEED_CUDA_WARMUP=0 turns it off; H200, 64-stream bench/serve: first
 // batch-64 step 22.0 -> 9.7 ms, the tail steps of 63/48/16 sequences 16.9/18.5/14.0 -> 10.6/10.1/6.4
 // ms, 4,887 -> 4,927 generated tok/s, bench/results/serve-warmup-ab-h200.json). Runs every
-// cuBLAS GEMM shape of a decode step once for 5..256 rows at load, in the output mode the step uses,
+// cuBLAS GEMM shape of a decode step once for 5..256 rows at load (and the layer GEMMs of prefill
+// steps up to the step's token budget, at most 1024 rows), in the output mode the step uses,
 // so the kernels cuBLAS picks are loaded before the first step of each batch size (CUDA loads
 // modules lazily; on an H200 the first step of each new batch size cost 6-10 ms once). Inputs are
 // zeros; the outputs land in scratch that every step overwrites (the residual stream is rewritten
@@ -617,7 +618,7 @@ void CudaBackend::warm_gemms() {
   // (matmul_fp8's scaled GEMMs). Only at the graph buckets' row counts: a weight-only product of
   // more rows dequantizes its whole matrix, 250 row counts of that would take seconds.
   auto each = [&](const std::vector<const void*>& ws, const Weight& w, const void* x, int m, int N, int K, void* y, Out out) {
-    if (w.dt != act_ && use_graphs_ && graph_bucket(m) != m) return;
+    if (w.dt != act_ && (m > rows || (use_graphs_ && graph_bucket(m) != m))) return;
     if (w.dt == DType::F8E4M3 && cfg_.fp8_activations) tune_fp8(ws, w, x, m, N, K, y, out);
     if (tune && w.dt == act_) tune_gemm(ws, x, m, N, K, y, out);
     else matmul(x, w, m, N, K, y, out);
@@ -633,6 +634,27 @@ void CudaBackend::warm_gemms() {
       each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
     }
     if (c.has_head) each({head}, head_weight(), xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
+  }
+  // The row counts of prefill steps past the decode range, up to the step's token budget (at most
+  // kPrefillRows): the layer GEMMs only (a step samples at most 256 rows of logits), weights of the
+  // activation type only (a quantized matrix's own kernels do not depend on the row count). Without
+  // this, the first step of each such token count chose and loaded cuBLAS's kernels while serving:
+  // bench/hetero on an H100 (1B, --max-batch-tokens 512) measured the first step of a count above 256
+  // +0.7-0.9 ms at the median over later steps of that count, 5-15 ms for one in eight, and none
+  // slower at the warmed counts (bench/hetero/README.md).
+  constexpr int kPrefillRows = 1024;
+  const int prefill_rows = std::min({cap_tokens_, kPrefillRows, c.max_step_tokens > 0 ? c.max_step_tokens : cap_tokens_});
+  if (warm_gemms_ && L0 && prefill_rows > rows) {
+    NS_CUDA(cudaMemsetAsync(xb_.ptr, 0, es * prefill_rows * c.hidden, stream_));
+    NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * prefill_rows * qd, stream_));
+    NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * prefill_rows * c.intermediate, stream_));
+    tune = false;
+    for (int m = rows + 1; m <= prefill_rows; ++m) {
+      each(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+      each(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, m, c.hidden, qd, into, mode);
+      each(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+      each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
+    }
   }
   // The E4M3 GEMMs of a full prefill chunk (a server's --max-batch-tokens rows) are timed too,
   // rather than left to cuBLASLt's first heuristic choice (other prefill row counts keep it).
