@@ -98,7 +98,7 @@ function topology() {
 
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
-const { readTrace, steps, timeline } = await import('./timeline.mjs');
+const { firstUses, readTrace, steps, timeline } = await import('./timeline.mjs');
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
@@ -480,6 +480,13 @@ try {
   const need = fastS.median + 0.8 * slow;
   const ttftRatio = p.hetero_mixed_realtime_pooled.p99_ms / p.realtime_alone.ttft.p99_ms;
   const steadyRatio = p.hetero_mixed_realtime_pooled_steady.p99_ms / p.realtime_alone.ttft.p99_ms;
+  // With --trace: whether the first step of a token count still pays once (the hetero launch's whole step file).
+  if (a.trace && existsSync(stepFile('hetero'))) {
+    result.first_uses = firstUses(stepFile('hetero'));
+    log(`first step of each token count vs later ones (per driver: counts, excess ms p50/p90/max, over twice; <= 256 rows | past 256): ${
+      Object.entries(result.first_uses).map(([k, v]) => `${k} ${[v.warmed, v.past_warmed].map((x) =>
+        `${x.counts}, ${x.excess_ms.p50}/${x.excess_ms.p90}/${x.excess_ms.max}, ${x.over_twice}`).join(' | ')}`).join('; ')}`);
+  }
   result.summary = { fast_alone_tok_s: fastS, hetero_mixed_tok_s: mixedS, hetero_mixed_ttft_p99_ms: ttftS, slow_alone_tok_s: slow,
     hetero_mixed_ttft_pooled: p.hetero_mixed_realtime_pooled, fast_alone_ttft_pooled: p.fast_alone_realtime_pooled,
     hetero_mixed_ttft_steady_p99_ms: spread(p.hetero_mixed.map((x) => x.ttft_steady.p99_ms)),

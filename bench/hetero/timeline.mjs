@@ -186,3 +186,37 @@ export function steps(file, from, to) {
   }
   return out;
 }
+
+/**
+ * Each driver's first step of each token count against the later steps of that count (the whole
+ * launch's step file): a first use that runs slower paid for something once (cuBLAS choosing and
+ * loading kernels for a GEMM row count the load did not warm). Split at `warmedRows` (the warm-up's
+ * row counts): per side, how many counts had later steps, the first step's excess over their median
+ * (ms, p50 / p90 / max) and how many first steps took more than twice it.
+ */
+export function firstUses(file, warmedRows = 256) {
+  const byPid = new Map();
+  for (const s of records(file)) {
+    if (s.run_ms === undefined) continue;
+    if (!byPid.has(s.pid)) byPid.set(s.pid, new Map());
+    const byTokens = byPid.get(s.pid);
+    if (!byTokens.has(s.tokens)) byTokens.set(s.tokens, []);
+    byTokens.get(s.tokens).push(s.run_ms);
+  }
+  const out = {};
+  for (const [pid, byTokens] of byPid) {
+    const side = (keep) => {
+      const excess = [];
+      let doubled = 0;
+      for (const [tokens, runs] of byTokens) {
+        if (!keep(tokens) || runs.length < 2) continue;
+        const later = pct(runs.slice(1), 0.5);
+        excess.push(runs[0] - later);
+        if (runs[0] > 2 * later) doubled++;
+      }
+      return { counts: excess.length, excess_ms: { p50: r1(pct(excess, 0.5)), p90: r1(pct(excess, 0.9)), max: r1(pct(excess, 1)) }, over_twice: doubled };
+    };
+    out[`driver-${pid}`] = { warmed: side((t) => t <= warmedRows), past_warmed: side((t) => t > warmedRows) };
+  }
+  return out;
+}
