@@ -95,6 +95,19 @@ const long = stretches.filter((s) => s.ms >= minMs).sort((x, y) => y.ms - x.ms);
 console.log(`${basename(file)}: ${(windowMs / 1000).toFixed(1)} s profiled, busy ${((100 * busyMs) / windowMs).toFixed(1)}%, ` +
   `${stretches.length} busy stretches, ${long.length} of ${minMs} ms or more (their time ${long.reduce((x, s) => x + s.ms, 0).toFixed(0)} ms)`);
 const fmt = (pairs) => pairs.map(([k, c]) => `${c} ${k}`).join('; ');
+// Over all the long stretches together: which tasks and functions their samples were in.
+const all = long.reduce((acc, s) => {
+  for (let k = s.from; k <= s.to; k++) {
+    const id = profile.samples[k];
+    const e = entry(id, 2);
+    acc.tasks.set(e, (acc.tasks.get(e) ?? 0) + 1);
+    acc.self.set(frame(id), (acc.self.get(frame(id)) ?? 0) + 1);
+    acc.n++;
+  }
+  return acc;
+}, { tasks: new Map(), self: new Map(), n: 0 });
+const share = (m) => [...m].sort((x, y) => y[1] - x[1]).slice(0, 8).map(([k, c]) => `${((100 * c) / all.n).toFixed(0)}% ${k}`).join('; ');
+if (all.n) console.log(`  all ${long.length} together (${all.n} samples), tasks: ${share(all.tasks)}\n    self: ${share(all.self)}`);
 for (const s of long.slice(0, Number(a.top))) {
   const d = describe(s);
   const at = epochOf ? new Date(epochOf(s.startUs)).toISOString().slice(11, 23) : `+${((s.startUs - profile.startTime) / 1e6).toFixed(3)} s`;
