@@ -637,7 +637,8 @@ void CudaBackend::warm_gemms() {
   }
   // The row counts of prefill steps past the decode range, up to the step's token budget (at most
   // kPrefillRows): the layer GEMMs only (a step samples at most 256 rows of logits), weights of the
-  // activation type only (a quantized matrix's own kernels do not depend on the row count). Without
+  // activation type only (a quantized matrix at each of these counts would be dequantized whole or get
+  // its E4M3 plan made, as above: seconds; its prefill steps keep the first-use cost). Without
   // this, the first step of each such token count chose and loaded cuBLAS's kernels while serving:
   // bench/hetero on an H100 (1B, --max-batch-tokens 512) measured the first step of a count above 256
   // +0.7-0.9 ms at the median over later steps of that count, 5-15 ms for one in eight, and none
