@@ -43,6 +43,9 @@ const { values: a } = parseArgs({ options: {
   'batch-concurrency': { type: 'string', default: '512' },
   'batch-stream-ms': { type: 'string', default: '50' },
   'batch-tokens': { type: 'string', default: '256' },
+  // The driver holds a batch stream's tokens for this many ms and reports them in one update (its
+  // first and its last token at once): what the coordinator would pay if the replica did the class's pacing.
+  'driver-pace-ms': { type: 'string', default: '0' },
   'rt-rate': { type: 'string', default: '4' },
   'warmup-s': { type: 'string', default: '4' },
   'window-s': { type: 'string', default: '8' },
@@ -119,13 +122,26 @@ call.on('error', (e) => { if (!stopping) console.error(`driver stream: ${e.messa
 call.write({ join: { token: 'bench-token', rank: 0, host: 'localhost', pid: process.pid, listenAddresses: [] } });
 let stopping = false;
 
+const driverPaceMs = num('driver-pace-ms');
 function step() {
   const updates = [];
+  const now = performance.now();
+  let ran = 0;
   for (const q of [urgent, live]) {
     for (const [rid, r] of q) {
-      if (updates.length >= batch) break;
+      if (ran++ >= batch) break;
       const done = ++r.n >= r.max;
-      updates.push({ requestId: rid, tokenIds: [r.n % 1000], text: ' tok', index: r.n - 1, finishReason: done ? 'FINISH_REASON_LENGTH' : 'FINISH_REASON_UNSPECIFIED' });
+      if (driverPaceMs > 0 && q === live) {
+        (r.held ??= []).push(r.n % 1000);
+        if (r.n === 1 || done || now - (r.sentAt ?? 0) >= driverPaceMs) {
+          updates.push({ requestId: rid, tokenIds: r.held, text: ' tok'.repeat(r.held.length), index: r.n - r.held.length,
+            finishReason: done ? 'FINISH_REASON_LENGTH' : 'FINISH_REASON_UNSPECIFIED' });
+          r.held = [];
+          r.sentAt = now;
+        }
+      } else {
+        updates.push({ requestId: rid, tokenIds: [r.n % 1000], text: ' tok', index: r.n - 1, finishReason: done ? 'FINISH_REASON_LENGTH' : 'FINISH_REASON_UNSPECIFIED' });
+      }
       if (done) q.delete(rid);
     }
   }
