@@ -139,7 +139,8 @@ export class Router {
     this.stats.of(rec.sched.cls).route(route.group, route.overflow);
     driver.send({
       submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens,
-        priority: rec.sched.priority, classRank: rec.sched.cls.rank, exclusivePrefill: rec.sched.cls.exclusivePrefill ?? false },
+        priority: rec.sched.priority, classRank: rec.sched.cls.rank, exclusivePrefill: rec.sched.cls.exclusivePrefill ?? false,
+        streamIntervalMs: rec.sched.cls.streamIntervalMs ?? 0 },
     });
     if (rec.traced) this.trace?.event(rec.id, 'routed', { replica: route.replica.id, group: route.group, backlog: driver.backlog });
     return route;

@@ -29,6 +29,14 @@
 // it preempts for one at once. Under run-ahead planning a freed seat reaches the queue only once
 // the step after it has started, so waiting for it costs the request one or two whole steps of the
 // batch, and the class asked for its first token first.
+//
+// Stream interval (a class's stream_interval_ms, sent with each Submit): the client of such a class
+// gets its tokens at most once an interval, so its sequence's tokens are reported that way too:
+// settle() holds them (token ids, text and logprobs joined into one update) and reports them once
+// `intervalMs` has passed since the sequence's last report, with its first tokens, its last (the
+// update that ends it) and before a preemption notice at once. A cancel drops what is held; a lost
+// replica loses it as it loses the steps in flight (the replay recomputes from what the client got).
+// The coordinator then handles one update an interval for such a stream instead of one a token.
 import { KvGroups } from '../engine/block-allocator.js';
 import type { BlockAllocator, KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
@@ -82,6 +90,12 @@ interface Seq {
   tables?: SeqTables;
   /** Traced (NODESPEED_REQUEST_TRACE): the timeline events it has had ('planned', 'sampled', 'sent' are traced once). */
   traced?: Set<string>;
+  /** Its class's stream interval (ms; 0: every settle reports its tokens). */
+  intervalMs: number;
+  /** When its tokens were last reported (settle's clock; -Infinity: never). */
+  reportedAt: number;
+  /** Tokens settled and not reported yet (interval > 0): one update, owned here. */
+  held?: TokenUpdate;
 }
 
 /** A step's sampled tokens applied to the sequences, not yet detokenized and reported (settle). */
@@ -123,6 +137,15 @@ const RECENT_STEPS = 256;
 function one(ones: Int32Array, k: number, token: number): Int32Array {
   ones[k] = token;
   return ones.subarray(k, k + 1);
+}
+
+/** `next` joined onto the held update `held` (in place: settle() made it and owns it), which it returns. */
+function hold(held: TokenUpdate, next: TokenUpdate): TokenUpdate {
+  for (const t of next.tokenIds) held.tokenIds.push(t);
+  held.text += next.text;
+  for (const l of next.logprobs) held.logprobs.push(l);
+  held.finishReason = next.finishReason;
+  return held;
 }
 
 /** Removes the first n elements in place (splice would return them in a new array). */
@@ -208,7 +231,8 @@ export class Scheduler {
     }
     const seq: Seq = { id: sub.requestId, status: QUEUED, params, priority: sub.priority ?? 0, classRank: sub.classRank ?? 0,
       exclusive: sub.exclusivePrefill ?? false, order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds],
-      step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0 };
+      step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0,
+      intervalMs: sub.streamIntervalMs ?? 0, reportedAt: -Infinity };
     this.byId.set(seq.id, seq);
     this.enqueue(seq);
     if (this.trace?.wants(seq.classRank, seq.id)) {
@@ -569,8 +593,10 @@ export class Scheduler {
   /**
    * Detokenizes applied tokens, checks stop strings; returns the updates for the coordinator, then
    * a `preempted` notice for each sequence preempted since the last settle (after its last tokens).
+   * A sequence with a stream interval has its update held until the interval since its last report
+   * has passed (`now`: ms, performance.now()'s clock), unless it is its first or its last.
    */
-  settle(applied: AppliedStep): TokenUpdate[] {
+  settle(applied: AppliedStep, now = performance.now()): TokenUpdate[] {
     const updates: TokenUpdate[] = [];
     for (const { seq, token, logprobs } of applied) {
       if (seq.status === CANCELLED || this.byId.get(seq.id) !== seq) continue;  // cancelled meanwhile: no more updates
@@ -580,9 +606,18 @@ export class Scheduler {
       this.generated += fresh.length;
       if (seq.traced && fresh.length) this.once(seq, 'sent');
       // EOS and stop token ids end the sequence without joining its output, nor do their logprobs.
-      updates.push({ requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
+      const u: TokenUpdate = { requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
         finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false,
-        logprobs: logprobs && fresh.length ? [logprobs] : [] });
+        logprobs: logprobs && fresh.length ? [logprobs] : [] };
+      if (seq.intervalMs <= 0) updates.push(u);
+      else {
+        const held = seq.held ? hold(seq.held, u) : u;
+        if (upd.done || now - seq.reportedAt >= seq.intervalMs) {
+          updates.push(held);
+          seq.held = undefined;
+          seq.reportedAt = now;
+        } else seq.held = held;
+      }
       if (!upd.done) {
         // apply() finishes a sequence only on a token that StopChecker.endsWith() says ends it.
         if (seq.status === FINISHED) throw new Error(`scheduler: ${seq.id} was finished by a token its stop checker did not end it on`);
@@ -597,8 +632,14 @@ export class Scheduler {
     if (this.notices.length) {
       // A notice for a sequence that ended meanwhile is not sent (one that resumed already still is).
       for (const n of this.notices) {
-        const st = this.byId.get(n.requestId)?.status;
-        if (st === PREEMPTED || st === RUNNING) updates.push(n);
+        const seq = this.byId.get(n.requestId);
+        if (seq?.status !== PREEMPTED && seq?.status !== RUNNING) continue;
+        if (seq.held) {  // its held tokens first: the notice's index follows them
+          updates.push(seq.held);
+          seq.held = undefined;
+          seq.reportedAt = now;
+        }
+        updates.push(n);
       }
       this.notices = [];
     }

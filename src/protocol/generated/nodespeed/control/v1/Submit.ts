@@ -23,6 +23,11 @@ export interface SubmitIn {
    * leaves out the decodes and prefill chunks of less urgent classes (worker/scheduler.ts).
    */
   'exclusivePrefill'?: (boolean);
+  /**
+   * Its class's stream interval (ms, 0: none): the driver reports its tokens at most once an interval
+   * (its first and its last at once), as the client gets them (worker/scheduler.ts).
+   */
+  'streamIntervalMs'?: (number);
 }
 
 export interface Submit {
@@ -45,4 +50,9 @@ export interface Submit {
    * leaves out the decodes and prefill chunks of less urgent classes (worker/scheduler.ts).
    */
   'exclusivePrefill': (boolean);
+  /**
+   * Its class's stream interval (ms, 0: none): the driver reports its tokens at most once an interval
+   * (its first and its last at once), as the client gets them (worker/scheduler.ts).
+   */
+  'streamIntervalMs': (number);
 }
