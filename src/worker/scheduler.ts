@@ -139,12 +139,12 @@ function one(ones: Int32Array, k: number, token: number): Int32Array {
   return ones.subarray(k, k + 1);
 }
 
-/** `next` joined onto the held update `held` (in place: settle() made it and owns it), which it returns. */
-function hold(held: TokenUpdate, next: TokenUpdate): TokenUpdate {
-  for (const t of next.tokenIds) held.tokenIds.push(t);
-  held.text += next.text;
-  for (const l of next.logprobs) held.logprobs.push(l);
-  held.finishReason = next.finishReason;
+/** A token's ids, text and logprobs joined onto the held update `held` (in place: settle() made it and owns it), which it returns. */
+function hold(held: TokenUpdate, ids: number[], text: string, logprobs: TokenLogprobs | undefined, finishReason: FinishReason): TokenUpdate {
+  for (const t of ids) held.tokenIds.push(t);
+  held.text += text;
+  if (logprobs) held.logprobs.push(logprobs);
+  held.finishReason = finishReason;
   return held;
 }
 
@@ -606,18 +606,13 @@ export class Scheduler {
       this.generated += fresh.length;
       if (seq.traced && fresh.length) this.once(seq, 'sent');
       // EOS and stop token ids end the sequence without joining its output, nor do their logprobs.
-      const u: TokenUpdate = { requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before,
-        finishReason: upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED, error: '', preempted: false,
-        logprobs: logprobs && fresh.length ? [logprobs] : [] };
-      if (seq.intervalMs <= 0) updates.push(u);
-      else {
-        const held = seq.held ? hold(seq.held, u) : u;
-        if (upd.done || now - seq.reportedAt >= seq.intervalMs) {
-          updates.push(held);
-          seq.held = undefined;
-          seq.reportedAt = now;
-        } else seq.held = held;
-      }
+      const finishReason = upd.finishReason ?? FinishReason.FINISH_REASON_UNSPECIFIED;
+      const lp = logprobs && fresh.length ? logprobs : undefined;
+      const u = seq.held ? hold(seq.held, fresh, upd.delta, lp, finishReason)
+        : { requestId: seq.id, tokenIds: fresh, text: upd.delta, index: before, finishReason, error: '', preempted: false, logprobs: lp ? [lp] : [] };
+      // A paced sequence (seq.held is only ever set for one) reports once its interval has passed, and its last update at once.
+      if (seq.intervalMs <= 0 || upd.done || now - seq.reportedAt >= seq.intervalMs) this.report(seq, u, updates, now);
+      else seq.held = u;
       if (!upd.done) {
         // apply() finishes a sequence only on a token that StopChecker.endsWith() says ends it.
         if (seq.status === FINISHED) throw new Error(`scheduler: ${seq.id} was finished by a token its stop checker did not end it on`);
@@ -634,16 +629,19 @@ export class Scheduler {
       for (const n of this.notices) {
         const seq = this.byId.get(n.requestId);
         if (seq?.status !== PREEMPTED && seq?.status !== RUNNING) continue;
-        if (seq.held) {  // its held tokens first: the notice's index follows them
-          updates.push(seq.held);
-          seq.held = undefined;
-          seq.reportedAt = now;
-        }
+        if (seq.held) this.report(seq, seq.held, updates, now);  // its held tokens first: the notice's index follows them
         updates.push(n);
       }
       this.notices = [];
     }
     return updates;
+  }
+
+  /** Adds `u` (the sequence's update, held ones joined in) to the updates; nothing is held after it. */
+  private report(seq: Seq, u: TokenUpdate, updates: TokenUpdate[], now: number): void {
+    updates.push(u);
+    seq.held = undefined;
+    seq.reportedAt = now;
   }
 
   /** A sequence's status (undefined once it has left the scheduler). */

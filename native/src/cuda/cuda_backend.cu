@@ -624,15 +624,16 @@ void CudaBackend::warm_gemms() {
     else matmul(x, w, m, N, K, y, out);
   };
   const LayerWeights* L0 = n_layers_ > 0 ? &layers_[0] : nullptr;
+  // A layer's four GEMMs at m rows (down's x: SwiGLU's output buffer).
+  auto layer_gemms = [&](int m) {
+    each(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
+    each(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, m, c.hidden, qd, into, mode);
+    each(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
+    each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
+  };
   for (int m = use_gemv_ ? 5 : 1; m <= rows; ++m) {
     tune = lt_ && (!use_graphs_ || graph_bucket(m) == m);
-    if (L0) {
-      each(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-      each(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, m, c.hidden, qd, into, mode);
-      each(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-      // x: SwiGLU's output buffer
-      each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
-    }
+    if (L0) layer_gemms(m);
     if (c.has_head) each({head}, head_weight(), xb_.ptr, m, vocab_shard_, c.hidden, tp1 ? logits_.ptr : logits_local_.ptr, Out::F32);
   }
   // The row counts of prefill steps past the decode range, up to the step's token budget (at most
@@ -650,12 +651,7 @@ void CudaBackend::warm_gemms() {
     NS_CUDA(cudaMemsetAsync(attn_.ptr, 0, es * prefill_rows * qd, stream_));
     NS_CUDA(cudaMemsetAsync(act_mlp_.ptr, 0, es * prefill_rows * c.intermediate, stream_));
     tune = false;
-    for (int m = rows + 1; m <= prefill_rows; ++m) {
-      each(qkv, weight(L0->qkv, L0->qkv_s, L0->in_s, 0), xb_.ptr, m, qkv_rows_, c.hidden, qkv_.ptr, Out::Act);
-      each(o, weight(L0->o, L0->o_s, L0->in_s, 1), attn_.ptr, m, c.hidden, qd, into, mode);
-      each(gate_up, weight(L0->gate_up, L0->gate_up_s, L0->in_s, 2), xb_.ptr, m, 2 * c.intermediate, c.hidden, gu_.ptr, Out::Act);
-      each(down, weight(L0->down, L0->down_s, L0->in_s, 3), act_mlp_.ptr, m, c.hidden, c.intermediate, into, mode);
-    }
+    for (int m = rows + 1; m <= prefill_rows; ++m) layer_gemms(m);
   }
   // The E4M3 GEMMs of a full prefill chunk (a server's --max-batch-tokens rows) are timed too,
   // rather than left to cuBLASLt's first heuristic choice (other prefill row counts keep it).
