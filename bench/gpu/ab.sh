@@ -6,7 +6,8 @@
 #
 # usage: bash bench/gpu/ab.sh STEP...   (results and logs under $OUT, default /tmp/nodespeed-ab)
 #   bench       decode benchmark vs HF eager generate, batch 1 and 32 (bench/decode/run.mjs)
-#   profile     ncu of one batch-1 decode step, per-kernel times and the roofline share
+#   profile     ncu of one batch-1 decode step, per-kernel times and DRAM read rates, at each of
+#               $PROFILE_QUANTIZE (default none; e.g. "none fp8 int8")
 #   batchstep   the serving workload's steps in one engine (64 x 512-token prompts, 2048-token chunks)
 #   batchprofile  ncu of one 2048-token prefill step and one batch-64 decode step
 #   where       the 64-stream serving run's step trace, then ncu of one 8192-token prefill and one batch-64 decode step
@@ -54,15 +55,17 @@ gpus() { nvidia-smi -L | wc -l; }
 ncu_step() {  # ncu_step NAME STEP SCRIPT ARGS...: per-kernel times of one step (NODESPEED_CUDA_PROFILE_STEP brackets it)
   local name=$1 step=$2; shift 2
   NODESPEED_CUDA_PROFILE_STEP=$step ncu --profile-from-start off --clock-control none --cache-control none --csv \
-    --metrics gpu__time_duration.sum node "$@" > "$OUT/$name.csv" 2>"$LOGS/$name.err"; tail -2 "$LOGS/$name.err"
+    --metrics ${NCU_METRICS:-gpu__time_duration.sum} node "$@" > "$OUT/$name.csv" 2>"$LOGS/$name.err"; tail -2 "$LOGS/$name.err"
 }
 for s in "$@"; do
   case $s in
     bench) make_model; run bench node bench/decode/run.mjs "$MODEL" ;;
     profile) make_model
-      wall=$(node bench/decode/profile-step.mjs "$MODEL" | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
-      ncu_step ncu-b1 4 bench/decode/profile-step.mjs "$MODEL"
-      node bench/decode/summarize-ncu.mjs "$OUT/ncu-b1.csv" "$wall" | head -c 2500 ;;
+      for q in ${PROFILE_QUANTIZE:-none}; do
+        wall=$(node bench/decode/profile-step.mjs "$MODEL" $q | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>console.log(JSON.parse(s).decodeStepMsMedian))")
+        NCU_METRICS=gpu__time_duration.sum,dram__bytes_read.sum ncu_step ncu-b1-$q 4 bench/decode/profile-step.mjs "$MODEL" $q
+        echo "-- $q"; RESULTS_DIR=$OUT/profile-$q node bench/decode/summarize-ncu.mjs "$OUT/ncu-b1-$q.csv" "$wall" | head -c 3500
+      done ;;
     batchstep) make_model; run batch-step node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 256 ;;
     batchprofile) make_model
       for st in 1 32; do ncu_step ncu-batch-$st $st bench/decode/batch-step.mjs "$MODEL" 64 512 2048 24
