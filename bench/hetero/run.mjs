@@ -509,12 +509,11 @@ try {
   log(`fast alone: median ${f(fastS.median)} tok/s (${fastS.values.map(f).join(', ')}; spread ${(100 * fastS.rel_spread).toFixed(1)}%); ` +
     `mixed: median ${f(mixedS.median)} tok/s (${mixedS.values.map(f).join(', ')}; spread ${(100 * mixedS.rel_spread).toFixed(1)}%); slow alone ${f(slow)} tok/s`);
   log(`ABBA pairs' margins over fast + 80% slow: ${result.summary.paired_margins.map((x) => `${(100 * x).toFixed(1)}%`).join(', ')}; mean ${(100 * result.summary.paired_margin_mean).toFixed(1)}%`);
-  log(`realtime TTFT p50/p90/p99/max ms: alone ${[p.realtime_alone.ttft.p50_ms, p.realtime_alone.ttft.p90_ms, p.realtime_alone.ttft.p99_ms, p.realtime_alone.ttft.max_ms].join('/')} ` +
-    `(${p.realtime_alone.ttft.with_first_token} requests); fast alone under the flood, pooled ${['p50_ms', 'p90_ms', 'p99_ms', 'max_ms'].map((k) => p.fast_alone_realtime_pooled[k]).join('/')} ` +
-    `(${p.fast_alone_realtime_pooled.with_first_token}); mixed, pooled ${['p50_ms', 'p90_ms', 'p99_ms', 'max_ms'].map((k) => p.hetero_mixed_realtime_pooled[k]).join('/')} (${p.hetero_mixed_realtime_pooled.with_first_token}); ` +
-    `from 3 s after the flood started: fast alone ${['p50_ms', 'p90_ms', 'p99_ms', 'max_ms'].map((k) => p.fast_alone_realtime_pooled_steady[k]).join('/')} ` +
-    `(${p.fast_alone_realtime_pooled_steady.with_first_token}), mixed ${['p50_ms', 'p90_ms', 'p99_ms', 'max_ms'].map((k) => p.hetero_mixed_realtime_pooled_steady[k]).join('/')} ` +
-    `(${p.hetero_mixed_realtime_pooled_steady.with_first_token}): ${steadyRatio.toFixed(2)}x alone`);
+  // A TTFT summary as printed: p50/p90/p99/max (requests with a first token).
+  const q = (t) => `${[t.p50_ms, t.p90_ms, t.p99_ms, t.max_ms].join('/')} (${t.with_first_token})`;
+  log(`realtime TTFT p50/p90/p99/max ms (requests): alone ${q(p.realtime_alone.ttft)}; fast alone under the flood, pooled ${q(p.fast_alone_realtime_pooled)}; ` +
+    `mixed, pooled ${q(p.hetero_mixed_realtime_pooled)}; from 3 s after the flood started: fast alone ${q(p.fast_alone_realtime_pooled_steady)}, ` +
+    `mixed ${q(p.hetero_mixed_realtime_pooled_steady)}: ${steadyRatio.toFixed(2)}x alone`);
   log(`bars: realtime TTFT p99 (mixed phases pooled) ${ttftRatio.toFixed(2)}x its value alone (<= 1.5: ${result.bars.realtime_ttft_ok}); total ${f(mixedS.median)} tok/s ` +
     `vs fast alone + 80% slow alone ${f(need)} (${result.bars.throughput_ok}, ${(100 * result.bars.throughput_margin).toFixed(1)}%); against the separate unpinned fast launch ` +
     `${f(result.bars.against_separate_fast.fast_plus_80pct_slow_tok_s)} (${result.bars.against_separate_fast.throughput_ok}); against one fast replica with FIFO: TTFT p99 ` +
