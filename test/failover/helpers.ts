@@ -55,11 +55,12 @@ export async function faultFree(reqs: GenerateRequest[], quantize: 'none' | 'int
 export interface Received { tokenIds: number[]; arrivals: number[] }
 
 /** One stream; fails on a repeated or missing index, records each token's arrival time. */
-export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received, opts: CallOptions = {}): Promise<void> {
+export async function follow(client: NodespeedClient, r: GenerateRequest, out: Received, opts: CallOptions = {}, onTokens?: () => void): Promise<void> {
   for await (const m of client.generate(requestMsg(r), opts)) {
     if (m.index !== out.tokenIds.length) throw new Error(`stream gap/repeat: message index ${m.index}, ${out.tokenIds.length} tokens received`);
     out.tokenIds.push(...m.tokenIds);
     for (const _ of m.tokenIds) out.arrivals.push(Date.now());
+    onTokens?.();
   }
 }
 
@@ -67,13 +68,16 @@ export interface Streams {
   got: Received[];
   all: Promise<void[]>;
   received(): number;
+  /** Called after each message of any stream (one at a time). */
+  onTokens: (() => void) | null;
 }
 
 export function startStreams(client: NodespeedClient, reqs: GenerateRequest[]): Streams {
   const got: Received[] = reqs.map(() => ({ tokenIds: [], arrivals: [] }));
-  const all = Promise.all(reqs.map((r, i) => follow(client, r, got[i]!)));
-  all.catch(() => {});
-  return { got, all, received: () => got.reduce((n, g) => n + g.tokenIds.length, 0) };
+  const s: Streams = { got, all: Promise.resolve([]), received: () => got.reduce((n, g) => n + g.tokenIds.length, 0), onTokens: null };
+  s.all = Promise.all(reqs.map((r, i) => follow(client, r, got[i]!, {}, () => s.onTokens?.())));
+  s.all.catch(() => {});
+  return s;
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -89,6 +93,24 @@ export async function until(what: string, ok: () => boolean | Promise<boolean>, 
 
 export async function status(cluster: LaunchedCluster): Promise<Status> {
   return await cluster.client.clusterStatus() as Status;
+}
+
+/**
+ * Sends `signal` to `pid` from inside the stream handler the moment `fraction` of all tokens are in:
+ * a test process starved between two polls would otherwise see the streams only after they ended.
+ * Returns the time and each stream's token count at that moment.
+ */
+export function signalMidStream(s: Streams, pid: number, signal: NodeJS.Signals, fraction = 1 / 4): Promise<{ at: number; counts: number[] }> {
+  return new Promise((resolve, reject) => {
+    s.onTokens = () => {
+      if (s.received() < STREAMS * TOKENS * fraction) return;
+      s.onTokens = null;
+      const at = Date.now();
+      process.kill(pid, signal);
+      resolve({ at, counts: s.got.map((g) => g.tokenIds.length) });
+    };
+    s.all.then(() => reject(new Error(`every stream ended before ${fraction} of the tokens arrived`)), reject);
+  });
 }
 
 /** Waits until `fraction` of all tokens have been delivered (mid-stream) and returns the time. */

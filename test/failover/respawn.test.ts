@@ -9,7 +9,7 @@ import type { GenerateResult } from '../../src/engine/index.js';
 import type { ClusterStatusMsg } from '../../src/client/index.js';
 import type { FailoverStatusMsg } from '../../src/coordinator/failover.js';
 import { PY_TINY, launch, workerProcesses } from '../serving/helpers.js';
-import { STREAMS, TOKENS, expectFaultFree, faultFree, midStream, requests, startStreams } from './helpers.js';
+import { STREAMS, TOKENS, expectFaultFree, faultFree, midStream, requests, signalMidStream, startStreams } from './helpers.js';
 
 let local: GenerateResult[];
 
@@ -37,9 +37,7 @@ describe('failover by respawn (py-tiny, 2 CPU workers per replica)', () => {
         // Mid-stream: a quarter of all tokens delivered, none of the streams finished.
         const streams = startStreams(cluster.client, requests());
         const { got } = streams;
-        const killedAt = await midStream(streams);
-        const atKill = got.map((g) => g.tokenIds.length);
-        process.kill(pid, victim.signal);
+        const { at: killedAt, counts: atKill } = await signalMidStream(streams, pid, victim.signal);
         await streams.all;
         expect(atKill.some((n) => n === TOKENS), 'every stream was still running at the kill').toBe(false);
         expectFaultFree(got, local);

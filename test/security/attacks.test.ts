@@ -259,28 +259,36 @@ describe('poison-request quarantine', () => {
       '--request-timeout', '60']);
     try {
       const tokens: number[] = [];
+      // Each loss is a SIGKILL sent from inside the stream loop once 8 more tokens are in: a test
+      // process starved between two polls would otherwise find the short request already done.
+      let victim = (await c.client.clusterStatus()).workers[0]!.pid;
+      let killAt = 8;
+      let losses = 0;
       const req = (async () => {
-        for await (const m of c.client.generate({ prompt: 'import os\n\n', maxTokens: 2000, ignoreEos: true }, { timeoutMs: 120_000 })) tokens.push(...m.tokenIds);
+        for await (const m of c.client.generate({ prompt: 'import os\n\n', maxTokens: 2000, ignoreEos: true }, { timeoutMs: 120_000 })) {
+          tokens.push(...m.tokenIds);
+          if (victim && tokens.length >= killAt) {
+            process.kill(victim, 'SIGKILL');
+            victim = 0;
+            losses++;
+          }
+        }
       })().then(() => null, (e: Error) => e);
       // Ended early (a loss the test did not cause, on a loaded machine): fail here, not wait for tokens forever.
       let ended: Error | null | undefined;
       void req.then((e) => (ended = e));
-      // Lose the replica twice while the request is in flight (each time once it streams again).
-      for (let loss = 1; loss <= 2; loss++) {
-        const have = tokens.length;
-        while (tokens.length < have + 8) {
-          expect(ended, `the request ended before loss ${loss} (${tokens.length} tokens): ${ended?.message}; ${c.stderr().slice(-2000)}`).toBeUndefined();
+      const wait = async (what: string, ok: () => boolean | Promise<boolean>) => {
+        while (!(await ok())) {
+          expect(ended, `the request ended ${what} (${tokens.length} tokens): ${ended?.message}; ${c.stderr().slice(-2000)}`).toBeUndefined();
           await new Promise((r) => setTimeout(r, 20));
         }
-        const pid = (await c.client.clusterStatus()).workers[0]!.pid;
-        process.kill(pid, 'SIGKILL');
-        if (loss === 1) {
-          while ((await c.client.clusterStatus()).failover!.recoveries < 1) {
-            expect(ended, `the request ended while its replica re-formed: ${ended?.message}`).toBeUndefined();
-            await new Promise((r) => setTimeout(r, 100));
-          }
-        }
-      }
+      };
+      await wait('before loss 1', () => losses === 1);
+      await wait('while its replica re-formed', async () => (await c.client.clusterStatus()).failover!.recoveries >= 1);
+      // The second loss: the re-formed replica's worker, once the replayed request streams again.
+      killAt = tokens.length + 8;
+      victim = (await c.client.clusterStatus()).workers[0]!.pid;
+      await wait('before loss 2', () => losses === 2);
       const err = await req;
       expect(err).toBeInstanceOf(Error);
       expect((err as { code?: number }).code).toBe(grpc.status.INTERNAL);
