@@ -56,8 +56,9 @@ describe('driveAhead on a CPU engine (tp 1)', () => {
   it('a full batch (4 seats): an exclusive-prefill request arriving as a batch stream samples its last token takes the seat of one that is not ending, at once; every stream, the preempted one resumed by recompute, keeps its tokens', async () => {
     // batch-0 ends at 4 tokens; the urgent request arrives once batch-0 has 3, i.e. while the step
     // sampling batch-0's last token is in flight: its seat is coming, and the urgent request does not wait for it.
-    // It arrives as the driver next waits (a microtask): with setImmediate, a step done by then could complete
-    // first on a busy machine, freeing the seat before the request came (the test then saw no preemption).
+    // It arrives inside the report (before the driver plans the step after): arriving any later, even as
+    // a microtask, a starved test process could find that step already started on the engine's thread,
+    // too late to withdraw, and the seat freed by the time the request is planned (no preemption).
     const reqs = [{ ...batch(0), maxTokens: 4 }, batch(1), batch(2), batch(3)];
     const urgent: DriverReq = { ...URGENT, exclusive: true };
     const want = await generateAll(engine, tok, [...reqs, urgent].map((r) => ({ promptIds: r.promptIds, maxTokens: r.maxTokens,
@@ -66,7 +67,7 @@ describe('driveAhead on a CPU engine (tp 1)', () => {
     const { got, replica, preempted } = await serve(engine, tok, reqs, reqs.length + 1, (so, r) => {
       if (!urgentSent && (so.get('batch-0')?.length ?? 0) === 3) {
         urgentSent = true;
-        queueMicrotask(() => expect(r.submit(submitOf(urgent))).toBeNull());
+        expect(r.submit(submitOf(urgent))).toBeNull();
       }
     }, 4);
     for (const [i, x] of [...reqs, urgent].entries()) expect([x.id, got.get(x.id)]).toEqual([x.id, want[i]!.tokenIds]);
