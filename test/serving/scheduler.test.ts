@@ -353,3 +353,67 @@ describe('scheduler: exclusive prefill', () => {
     expect(t.exclusiveCount).toBe(0);
   });
 });
+
+describe('scheduler: prefill hold', () => {
+  function submitHeld(s: Scheduler, id: string, holdSteps: number, classRank = 2, promptIds = tok.encode(`def ${id}():\n`)): number[] {
+    const err = s.submit({ epoch: '1', requestId: id, promptIds, generatedIds: [], priority: classRank * 100, classRank, exclusivePrefill: false,
+      prefillHoldSteps: holdSteps, params: samplingToWire(validateSampling({ maxTokens: 20, seed: 1 })) } as Submit);
+    expect(err).toBeNull();
+    return promptIds;
+  }
+  const prompts = (p: PlannedStep) => p.seqs.filter((x) => x.tokens.length > 1).map((x) => Array.from(x.tokens));
+  /** Plans, applies and settles one step (the sampled tokens arbitrary), returning it. */
+  const step = (s: Scheduler): PlannedStep => {
+    const p = s.next(1)!;
+    s.settle(s.apply(p, new Int32Array(p.nSample).fill(400)));
+    return p;
+  };
+
+  it('an idle replica starts a held request at once; beside a decoding batch the head waits its hold, then the ones that came meanwhile join with it', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 8);
+    const a = submitHeld(s, 'a', 3);
+    expect(prompts(step(s))).toEqual([a]);                      // nothing ran: no wait
+    const b = submitHeld(s, 'b', 3);
+    expect(prompts(step(s))).toEqual([]);                       // b fits, waits (1 of 3 steps)
+    const c = submitHeld(s, 'c', 3);
+    expect(prompts(step(s))).toEqual([]);
+    expect(prompts(step(s))).toEqual([]);
+    const p = step(s);                                          // 3 steps waited: b, and c behind it
+    expect([p.seqs.length, prompts(p)]).toEqual([3, [b, c]]);
+    // The next joiner's wait starts when it fits.
+    submitHeld(s, 'd', 3);
+    expect(prompts(step(s))).toEqual([]);
+  });
+
+  it('waiting prompts that fill the step budget beside the decodes join at once; none wait without a hold', () => {
+    const s = new Scheduler(64, 16, tok, 32, 16, 512, {}, 8);
+    const ten = (k: number) => Array.from({ length: 10 }, (_, i) => 5 + k * 10 + i);
+    submitHeld(s, 'a', 8, 2, ten(0));
+    step(s);                                                    // nothing ran: a starts at once
+    submitHeld(s, 'b', 8, 2, ten(1));
+    submitHeld(s, 'c', 8, 2, ten(2));                           // 1 decode + 20 prompt tokens < 32: both wait
+    expect(prompts(step(s))).toEqual([]);
+    submitHeld(s, 'd', 8, 2, ten(3));                           // 1 + 30 < 32 still
+    expect(prompts(step(s))).toEqual([]);
+    submitHeld(s, 'e', 8, 2, ten(4));                           // 1 + 40 >= 32: all four join (the budget cuts e's chunk to 1 token)
+    const p = step(s);
+    expect(p.seqs.map((x) => Array.from(x.tokens))).toEqual([[400], ten(1), ten(2), ten(3), [ten(4)[0]]]);
+    const t = new Scheduler(64, 16, tok, 256, 16, 512, {}, 8);
+    submitHeld(t, 'x', 0);
+    step(t);
+    const y = submitHeld(t, 'y', 0);
+    expect(prompts(step(t))).toEqual([y]);
+  });
+
+  it('a request that holds does not count as an urgent one waiting (the step planned ahead stands); one without a hold does', () => {
+    const s = new Scheduler(64, 16, tok, 256, 16, 512, {}, 8);
+    submitHeld(s, 'batch', 0, 2);
+    const p1 = step(s);
+    expect(prompts(p1).length).toBe(1);
+    const p2 = s.next(1)!;                                      // batch decodes
+    submitHeld(s, 'held', 4, 1);
+    expect(s.urgentWaiting(p2)).toBe(false);
+    submitHeld(s, 'now', 0, 1);
+    expect(s.urgentWaiting(p2)).toBe(true);
+  });
+});
