@@ -66,7 +66,6 @@ const { values: a } = parseArgs({
     'batch-tokens': { type: 'string' },
     'batch-stream-ms': { type: 'string', default: '0' },
     'rt-exclusive': { type: 'boolean', default: false },
-    'batch-hold-steps': { type: 'string', default: '0' },
     'alone-s': { type: 'string' },
     'mixed-s': { type: 'string' },
     out: { type: 'string' },
@@ -126,8 +125,7 @@ const o = {
   repeats: Number(a.repeats ?? d.repeats),
   fastMaxSeqs: Number(a['fast-max-seqs'] ?? d.fastMaxSeqs), fastMaxBatchTokens: Number(a['fast-max-batch-tokens'] ?? d.fastMaxBatchTokens),
   slowMaxSeqs: Number(a['slow-max-seqs'] ?? d.slowMaxSeqs), slowPrecision: a['slow-precision'] ?? d.slowPrecision,
-  batchStreamMs: Number(a['batch-stream-ms']), rtExclusive: a['rt-exclusive'], batchHoldSteps: Number(a['batch-hold-steps']),
-  launchNodeArgs: a['launch-node-args'],
+  batchStreamMs: Number(a['batch-stream-ms']), rtExclusive: a['rt-exclusive'], launchNodeArgs: a['launch-node-args'],
 };
 // The realtime stream alone runs as long as the mixed phases together: its p99 and theirs (pooled)
 // then come from as many requests each (at 4/s, 300 over 3 x 25 s: the p99 is the 3rd slowest, where
@@ -135,8 +133,6 @@ const o = {
 o.aloneS = Number(a['alone-s'] ?? o.repeats * o.mixedS);
 if (!Number.isInteger(o.batchStreamMs) || o.batchStreamMs < 0 || o.batchStreamMs > 10000)
   throw new Error(`bench/hetero: --batch-stream-ms must be an integer from 0 to 10000 (got ${JSON.stringify(a['batch-stream-ms'])})`);
-if (!Number.isInteger(o.batchHoldSteps) || o.batchHoldSteps < 0 || o.batchHoldSteps > 64)
-  throw new Error(`bench/hetero: --batch-hold-steps must be an integer from 0 to 64 (got ${JSON.stringify(a['batch-hold-steps'])})`);
 // The deployment files live in a temp folder and resolve their paths there: the model's goes in absolute.
 a.model = resolve(a.model);
 const config = JSON.parse(readFileSync(join(a.model, 'config.json'), 'utf8'));
@@ -157,8 +153,7 @@ const slowGroup = `  - name: slow
     max_seqs: ${o.slowMaxSeqs}
 `;
 // The batch floods' classes, with --batch-stream-ms: their streams written once per interval at most.
-// With --batch-hold-steps: they join a decoding batch several to a step (prefill_hold_steps).
-const paced = (o.batchStreamMs > 0 ? `, stream_interval_ms: ${o.batchStreamMs}` : '') + (o.batchHoldSteps > 0 ? `, prefill_hold_steps: ${o.batchHoldSteps}` : '');
+const paced = o.batchStreamMs > 0 ? `, stream_interval_ms: ${o.batchStreamMs}` : '';
 // With --rt-exclusive: a realtime prompt's first chunk rides a step without the less urgent classes' work.
 const exclusive = o.rtExclusive ? ', exclusive_prefill: true' : '';
 const deployments = {

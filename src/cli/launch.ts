@@ -424,7 +424,7 @@ async function dryRun(f: LaunchFlags, raw: Record<string, unknown>, given: Given
   }
   if (plan.classes || !single)
     out.push(`classes: ${[...(plan.classes ?? [])].sort((a, b) => a.priority - b.priority).map((c) =>
-      `${c.name} (priority ${c.priority}${c.ttftP99Ms ? `, TTFT p99 <= ${c.ttftP99Ms} ms` : ''}${c.streamIntervalMs ? `, a stream message per ${c.streamIntervalMs} ms` : ''}${c.exclusivePrefill ? ', exclusive prefill' : ''}${c.prefillHoldSteps ? `, prefill hold ${c.prefillHoldSteps} steps` : ''}) -> ${c.groups.join(', ')}`).join('; ') ||
+      `${c.name} (priority ${c.priority}${c.ttftP99Ms ? `, TTFT p99 <= ${c.ttftP99Ms} ms` : ''}${c.streamIntervalMs ? `, a stream message per ${c.streamIntervalMs} ms` : ''}${c.exclusivePrefill ? ', exclusive prefill' : ''}) -> ${c.groups.join(', ')}`).join('; ') ||
       `realtime, standard, batch -> ${layout.groups.map((g) => g.name).join(', ')}`}`);
   process.stdout.write(out.join('\n') + '\n');
   if (problems.length) {

@@ -1,8 +1,7 @@
 // Request classes: each has a name, the integer priority its name stands for, the replica groups it
 // may use in order of preference, and optionally a TTFT target (p99, ms) the router holds it to
 // (router.ts), a stream interval (how often its clients' streams may write) and exclusive prefill
-// (its requests' first prompt chunks ride steps without less urgent work: worker/scheduler.ts) and
-// a prefill hold (its requests join a decoding batch together rather than one a step). A
+// (its requests' first prompt chunks ride steps without less urgent work: worker/scheduler.ts). A
 // request names its class or gives an integer (protocol/priority.ts): an integer p falls in the
 // class with the largest priority <= p (below every class: the most urgent one), so the classes
 // split the integers into ranges and an integer orders requests within its class. Without a
@@ -32,11 +31,6 @@ export interface ClassSpec {
    * batch's step. Bounded per replica (worker/scheduler.ts). Absent: false.
    */
   exclusivePrefill?: boolean;
-  /**
-   * A request of it that could join a batch already decoding waits up to this many steps for others
-   * to join with it, so their prompts share one step (worker/scheduler.ts). Absent or 0: none.
-   */
-  prefillHoldSteps?: number;
 }
 
 export interface RequestClass extends ClassSpec {

@@ -140,7 +140,7 @@ export class Router {
     driver.send({
       submit: { epoch: driver.epoch, requestId: rec.id, promptIds: rec.promptIds, params: samplingToWire(rec.params), generatedIds: rec.tokens,
         priority: rec.sched.priority, classRank: rec.sched.cls.rank, exclusivePrefill: rec.sched.cls.exclusivePrefill ?? false,
-        streamIntervalMs: rec.sched.cls.streamIntervalMs ?? 0, prefillHoldSteps: rec.sched.cls.prefillHoldSteps ?? 0 },
+        streamIntervalMs: rec.sched.cls.streamIntervalMs ?? 0 },
     });
     if (rec.traced) this.trace?.event(rec.id, 'routed', { replica: route.replica.id, group: route.group, backlog: driver.backlog });
     return route;

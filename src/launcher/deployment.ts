@@ -23,7 +23,7 @@
 //   classes:
 //     realtime: { groups: [gpu], ttft_p99_ms: 300, exclusive_prefill: true }   # optional: a first prompt chunk's step leaves less urgent classes out
 //     standard: { groups: [gpu, cpu] }
-//     batch: { groups: [cpu, gpu], stream_interval_ms: 50, prefill_hold_steps: 4 }   # optional: a stream message per 50 ms at most; joins a decoding batch with others
+//     batch: { groups: [cpu, gpu], stream_interval_ms: 50 }   # optional: a stream message per 50 ms at most
 //   spares: 0
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -98,12 +98,10 @@ export class DeploymentError extends Error {
 const TOP_KEYS = ['model', 'hostfile', 'groups', 'classes', 'spares'];
 const GROUP_KEYS = ['name', 'device', 'tp', 'pp', 'replicas', 'precision', 'kv_cache_dtype', 'threads', 'cpus', 'hosts', 'slots', 'kv_blocks',
   'max_batch_tokens', 'max_seqs'];
-const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'stream_interval_ms', 'exclusive_prefill', 'prefill_hold_steps', 'priority'];
+const CLASS_KEYS = ['groups', 'ttft_p99_ms', 'stream_interval_ms', 'exclusive_prefill', 'priority'];
 
 /** The longest stream interval a class may have: a client still hears from its stream every 10 s. */
 export const MAX_STREAM_INTERVAL_MS = 10_000;
-/** The longest prefill hold a class may have: a few steps gather the joiners of a busy replica; more only delays them. */
-export const MAX_PREFILL_HOLD_STEPS = 64;
 
 /** Levenshtein distance, to suggest the key a typo meant. */
 function distance(a: string, b: string): number {
@@ -124,8 +122,7 @@ function unknownKey(key: string, known: string[]): string {
   const near = known.filter((k) => distance(k, key) <= 2).sort((a, b) => distance(a, key) - distance(b, key))[0];
   // gpus is one letter from cpus, and means the layout.
   const alias: Record<string, string> = { count: 'replicas', dtype: 'precision', quantize: 'precision', kv_cache: 'kv_cache_dtype', host: 'hosts',
-    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus', stream_interval: 'stream_interval_ms', exclusive: 'exclusive_prefill',
-    prefill_hold: 'prefill_hold_steps' };
+    ttft_ms: 'ttft_p99_ms', gpus: 'tp or replicas', cores: 'cpus', stream_interval: 'stream_interval_ms', exclusive: 'exclusive_prefill' };
   const hint = alias[key] ?? near;
   return hint ? `unknown key (did you mean ${hint}?)` : `unknown key; the keys here are ${known.join(', ')}`;
 }
@@ -281,9 +278,6 @@ function classes(r: Reader, node: Node | null, groups: DeploymentGroup[]): Class
     if (interval) spec.streamIntervalMs = r.int(interval, `${path}.stream_interval_ms`, 0, false, MAX_STREAM_INTERVAL_MS) as number;
     const excl = m.get('exclusive_prefill');
     if (excl) spec.exclusivePrefill = r.boolean(excl, `${path}.exclusive_prefill`);
-    const hold = m.get('prefill_hold_steps');
-    if (hold) spec.prefillHoldSteps = r.int(hold, `${path}.prefill_hold_steps`, 0, false, MAX_PREFILL_HOLD_STEPS) as number;
-    if (spec.prefillHoldSteps && spec.exclusivePrefill) r.fail(`${path}.prefill_hold_steps`, hold!, 'a class with exclusive_prefill starts its requests at once; it cannot also hold them');
     const pr = m.get('priority');
     if (pr) {
       const v = isScalar(pr.value) ? pr.value.value : undefined;

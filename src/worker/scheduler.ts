@@ -37,15 +37,6 @@
 // update that ends it) and before a preemption notice at once. A cancel drops what is held; a lost
 // replica loses it as it loses the steps in flight (the replay recomputes from what the client got).
 // The coordinator then handles one update an interval for such a stream instead of one a token.
-//
-// Prefill hold (a class's prefill_hold_steps, sent with each Submit): a step that carries a prefill
-// chunk costs the whole batch more than a decode step does, and most of that is the same for one
-// short prompt as for ten (on a GPU the decode steps replay a captured graph, the others do not). Under
-// a flood, seats free one at a time and a queued request joining at each one puts a prompt in nearly
-// every step; such a class's queue head, once it fits, waits up to its hold for others to join with
-// it, unless the replica has nothing running (it starts at once) or the waiting prompts already fill a
-// step's token budget. The first of the waiters to be admitted takes the rest of the queue with it, as
-// far as they fit (TGI's max_waiting_tokens, SGLang's num_continuous_decode_steps).
 import { KvGroups } from '../engine/block-allocator.js';
 import type { BlockAllocator, KvGroupsOptions, SeqTables } from '../engine/block-allocator.js';
 import type { TokenizerLike } from '../engine/generate.js';
@@ -81,8 +72,6 @@ interface Seq {
   classRank: number;
   /** Its class has exclusive prefill and its first prompt chunk has not been planned yet. */
   exclusive: boolean;
-  /** Its class's prefill hold: the steps it may wait, once it fits, for others to join a decoding batch with it. */
-  holdSteps: number;
   order: number;
   /** The prompt and every token produced so far (replayed ones included): what a resume recomputes. */
   prompt: number[];
@@ -192,8 +181,6 @@ export class Scheduler {
   /** Steps that left less urgent classes out, since start. */
   exclusiveCount = 0;
   private arrivals = 0;
-  /** The step count when the queue's head first fitted and its prefill hold began; -1: none began. */
-  private holdFrom = -1;
   /** `preempted` updates for the coordinator, sent with the next settle(). */
   private notices: TokenUpdate[] = [];
   private readonly trace = requestTrace('worker');
@@ -243,7 +230,7 @@ export class Scheduler {
       for (const t of sub.generatedIds) stop.push(t);
     }
     const seq: Seq = { id: sub.requestId, status: QUEUED, params, priority: sub.priority ?? 0, classRank: sub.classRank ?? 0,
-      exclusive: sub.exclusivePrefill ?? false, holdSteps: sub.prefillHoldSteps ?? 0, order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds],
+      exclusive: sub.exclusivePrefill ?? false, order: this.arrivals++, prompt: [...sub.promptIds], out: [...sub.generatedIds],
       step: stepSampling(params, sub.promptIds.length), stop, budget, pos: 0, feed: [...sub.promptIds, ...sub.generatedIds], inFlight: 0,
       intervalMs: sub.streamIntervalMs ?? 0, reportedAt: -Infinity };
     this.byId.set(seq.id, seq);
@@ -299,48 +286,19 @@ export class Scheduler {
     return this.running.length < this.maxSeqs && this.alloc.canAllocate(seq.id, seq.budget, this.longest(seq));
   }
 
-  /**
-   * Admits the queue's head while it fits, preempting less urgent classes for it when that makes
-   * room; a head whose class holds its prefill may wait first, and takes the ones behind it along.
-   */
+  /** Admits the queue's head while it fits, preempting less urgent classes for it when that makes room. */
   private admit(): void {
-    let joining = false;
     while (this.waiting.length) {
       const seq = this.waiting[0]!;
       // A preempted sequence still in a planned step holds its blocks until that step completes.
       if (seq.inFlight > 0) return;
-      if (this.fits(seq)) {
-        if (!joining && this.holds(seq)) return;
-      } else if (!(this.preemptFor(seq) && this.fits(seq))) {
-        return;
-      }
-      joining = true;
-      this.holdFrom = -1;
+      if (!this.fits(seq) && !(this.preemptFor(seq) && this.fits(seq))) return;
       this.waiting.shift();
       seq.tables = this.alloc.allocate(seq.id, seq.budget, this.longest(seq));
       seq.status = transition(seq.status, RUNNING);
       this.running.push(seq);
       if (seq.traced) this.trace?.event(seq.id, 'admitted', { waiting: this.waiting.length, running: this.running.length, preemptions: this.preemptions });
     }
-  }
-
-  /**
-   * Whether `head`, which fits, waits (its prefill hold) for others to join the decoding batch with
-   * it: not when nothing runs, once it has waited its hold's steps, nor when the waiting prompts
-   * that have seats already fill a step's token budget beside the running decodes.
-   */
-  private holds(head: Seq): boolean {
-    if (head.holdSteps === 0 || this.running.length === 0) return false;
-    if (this.holdFrom < 0) this.holdFrom = this.steps;
-    if (this.steps - this.holdFrom >= head.holdSteps) return false;
-    let seats = this.maxSeqs - this.running.length;
-    let tokens = this.running.length;
-    for (const s of this.waiting) {
-      if (seats-- <= 0) break;
-      tokens += this.longest(s);
-      if (tokens >= this.maxBatchTokens) return false;
-    }
-    return true;
   }
 
   /** A traced sequence's first event of this kind. */
@@ -556,8 +514,7 @@ export class Scheduler {
   urgentWaiting(step: PlannedStep): boolean {
     if (this.waiting.length === 0) return false;  // the common case, asked after every step
     const worst = this.leastUrgent(step);
-    // One whose class holds its prefill would be held again by the new plan: it does not count.
-    return this.waiting.some((s) => s.classRank < worst && s.inFlight === 0 && s.status === QUEUED && s.holdSteps === 0);
+    return this.waiting.some((s) => s.classRank < worst && s.inFlight === 0 && s.status === QUEUED);
   }
 
   /** The class rank of the step's least urgent member (a larger rank is less urgent). */

@@ -67,10 +67,10 @@ describe('router', () => {
     expect(sent[0]).toEqual([{ submit: { epoch: '1', requestId: a.rec.id, promptIds: [1, 2, 3], generatedIds: [],
       params: { temperature: 0, topK: 0, topP: 1, minP: 0, seed: '18446744073709551615', maxTokens: 8, stop: ['\n\n'], ignoreEos: false,
         repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, stopTokenIds: [], logitBias: [], logprobs: -1 }, priority: 0, classRank: 1,
-      exclusivePrefill: false, streamIntervalMs: 0, prefillHoldSteps: 0 } }]);
-    // A class with exclusive prefill, a stream interval or a prefill hold (deployment file) tells the driver with each of its requests.
-    const exclusive = new ClassTable(defaultClasses(['default']).map((c) => (c.name === 'realtime' ? { ...c, exclusivePrefill: true, streamIntervalMs: 40 }
-      : c.name === 'batch' ? { ...c, prefillHoldSteps: 6 } : c)), ['default']);
+      exclusivePrefill: false, streamIntervalMs: 0 } }]);
+    // A class with exclusive prefill or a stream interval (deployment file) tells the driver with each of its requests.
+    const exclusive = new ClassTable(defaultClasses(['default']).map((c) => (c.name === 'realtime' ? { ...c, exclusivePrefill: true, streamIntervalMs: 40 } : c)),
+      ['default']);
     const rt = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ maxTokens: 8 }), { update: () => {}, fail: () => {} },
       { ...exclusive.resolve({ className: 'realtime' }), exact: false });
     store.add(rt);
@@ -78,12 +78,6 @@ describe('router', () => {
     const msg = (sent.flat() as { submit?: { requestId: string; classRank: number; exclusivePrefill: boolean; streamIntervalMs: number } }[])
       .find((m) => m.submit?.requestId === rt.id);
     expect([msg?.submit?.classRank, msg?.submit?.exclusivePrefill, msg?.submit?.streamIntervalMs]).toEqual([0, true, 40]);
-    const bt = new RequestRecord(store.newId(), [1, 2, 3], validateSampling({ maxTokens: 8 }), { update: () => {}, fail: () => {} },
-      { ...exclusive.resolve({ className: 'batch' }), exact: false });
-    store.add(bt);
-    router.submit(bt);
-    const bmsg = (sent.flat() as { submit?: { requestId: string; classRank: number; prefillHoldSteps: number } }[]).find((m) => m.submit?.requestId === bt.id);
-    expect([bmsg?.submit?.classRank, bmsg?.submit?.prefillHoldSteps]).toEqual([2, 6]);
   });
 
   it('a replay after a failover: the re-sent prefix is dropped, the client sees each token once and in order', () => {

@@ -72,10 +72,6 @@ describe('deployment file', () => {
     // It reaches the class table the router submits from.
     expect(new ClassTable(excl('true').classes!, ['gpu', 'cpu']).get('realtime')!.exclusivePrefill).toBe(true);
     expect(d.classes!.some((c) => 'exclusivePrefill' in c)).toBe(false);  // absent: false
-    const hold = parseDeployment(EXAMPLE.replace('stream_interval_ms: 50', 'stream_interval_ms: 50, prefill_hold_steps: 4'), 'deploy.yaml', '/etc');
-    expect(hold.classes![2]).toEqual({ name: 'batch', priority: 100, groups: ['cpu', 'gpu'], streamIntervalMs: 50, prefillHoldSteps: 4 });
-    expect(new ClassTable(hold.classes!, ['gpu', 'cpu']).get('batch')!.prefillHoldSteps).toBe(4);
-    expect(d.classes!.some((c) => 'prefillHoldSteps' in c)).toBe(false);  // absent: none
     const classes = new ClassTable(d.classes!, d.groups.map((g) => g.name));
     expect([-5, 0, 99, 100, 7000, -1000].map((p) => classes.forValue(p).name)).toEqual(['realtime', 'standard', 'standard', 'batch', 'batch', 'realtime']);
     expect(d.lineOf('groups[1].threads')).toBe(14);
@@ -129,12 +125,6 @@ describe('deployment file', () => {
       'deploy.yaml:5: classes.realtime.exclusive_prefill: must be true or false (got a collection)'],
     ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime: { groups: [gpu], exclusive: true }\n',
       'deploy.yaml:5: classes.realtime.exclusive: unknown key (did you mean exclusive_prefill?)'],
-    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch: { groups: [gpu], prefill_hold_steps: 65 }\n',
-      'deploy.yaml:5: classes.batch.prefill_hold_steps: must be an integer from 0 to 64 (got 65)'],
-    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  batch:\n    groups: [gpu]\n    prefill_hold: 4\n',
-      'deploy.yaml:7: classes.batch.prefill_hold: unknown key (did you mean prefill_hold_steps?)'],
-    ['model: m\ngroups:\n  - name: gpu\nclasses:\n  realtime:\n    groups: [gpu]\n    exclusive_prefill: true\n    prefill_hold_steps: 2\n',
-      'deploy.yaml:8: classes.realtime.prefill_hold_steps: a class with exclusive_prefill starts its requests at once; it cannot also hold them'],
     ['model: m\ngroups:\n  - name: gpu\nspares: -1\n', 'deploy.yaml:4: spares: must be an integer >= 0 (got -1)'],
     ['model: m\nmodel: n\ngroups:\n  - name: gpu\n', 'deploy.yaml:2: not valid YAML: Map keys must be unique'],
     ['', 'deploy.yaml: is empty'],
@@ -214,14 +204,14 @@ describe('nodespeed launch --config --dry-run', () => {
 
   it('prints every group\'s placement and memory per rank; a one-group file takes the group flags; a bad key names its line', () => {
     const mixed = run(`model: ${PY_TINY}\nhostfile: ./hostfile\ngroups:\n  - name: fast\n    device: cpu\n    tp: 2\n    hosts: [n2]\n` +
-      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast], stream_interval_ms: 200, prefill_hold_steps: 4 }\n  realtime: { groups: [fast], ttft_p99_ms: 250, exclusive_prefill: true }\n',
+      '  - name: slow\n    device: cpu\n    replicas: auto\n    precision: f32\n    threads: 1\nclasses:\n  batch: { groups: [slow, fast], stream_interval_ms: 200 }\n  realtime: { groups: [fast], ttft_p99_ms: 250, exclusive_prefill: true }\n',
       [], 'n1 slots=2 device=cpu\nn2 slots=2 device=cpu\n');
     expect(mixed.status, mixed.stderr).toBe(0);
     expect(mixed.stdout).toContain('group fast (cpu bf16/f32/f32): 1 replica(s) x pp 1 x tp 2');
     expect(mixed.stdout).toContain('replica 0 [fast]: stage 0 layers 0-5: rank 0 (tp 0) @n2, rank 1 (tp 1) @n2');
     expect(mixed.stdout).toContain('group slow (cpu f32/f32/f32, 1 thread): 2 replica(s) x pp 1 x tp 1');
     expect(mixed.stdout.match(/^ {2}rank \d @n\d replica \d .* total \d+\.\d+ GiB$/gm)).toHaveLength(4);
-    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms, exclusive prefill) -> fast; batch (priority 100, a stream message per 200 ms, prefill hold 4 steps) -> slow, fast');
+    expect(mixed.stdout).toContain('classes: realtime (priority -100, TTFT p99 <= 250 ms, exclusive prefill) -> fast; batch (priority 100, a stream message per 200 ms) -> slow, fast');
     const one = `model: ${PY_TINY}\ngroups:\n  - name: only\n    device: cpu\n    replicas: 1\n`;
     const flags = run(one, ['--tp', '2', '--replicas', '2']);
     expect(flags.status, flags.stderr).toBe(0);

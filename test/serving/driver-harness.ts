@@ -16,8 +16,6 @@ export interface DriverReq {
   promptIds: number[];
   classRank: number;
   exclusive?: boolean;
-  /** Its class's prefill hold (steps). */
-  holdSteps?: number;
   maxTokens: number;
   temperature: number;
   seed: number;
@@ -25,7 +23,7 @@ export interface DriverReq {
 
 export function submitOf(r: DriverReq): Submit {
   return { epoch: '1', requestId: r.id, promptIds: r.promptIds, generatedIds: [], priority: r.classRank * 100, classRank: r.classRank,
-    exclusivePrefill: r.exclusive === true, prefillHoldSteps: r.holdSteps ?? 0,
+    exclusivePrefill: r.exclusive === true,
     params: samplingToWire(validateSampling({ maxTokens: r.maxTokens, temperature: r.temperature, seed: r.seed, ignoreEos: true })) } as Submit;
 }
 

@@ -28,11 +28,6 @@ export interface SubmitIn {
    * (its first and its last at once), as the client gets them (worker/scheduler.ts).
    */
   'streamIntervalMs'?: (number);
-  /**
-   * Its class's prefill hold (steps, 0: none): when it could join a batch that is decoding, it may
-   * wait up to this many steps for other requests to join with it (worker/scheduler.ts).
-   */
-  'prefillHoldSteps'?: (number);
 }
 
 export interface Submit {
@@ -60,9 +55,4 @@ export interface Submit {
    * (its first and its last at once), as the client gets them (worker/scheduler.ts).
    */
   'streamIntervalMs': (number);
-  /**
-   * Its class's prefill hold (steps, 0: none): when it could join a batch that is decoding, it may
-   * wait up to this many steps for other requests to join with it (worker/scheduler.ts).
-   */
-  'prefillHoldSteps': (number);
 }
