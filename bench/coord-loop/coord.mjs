@@ -14,6 +14,9 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const o = JSON.parse(process.argv[2]);
 // --dist: another build of the coordinator (an A/B against a build kept aside).
 const dist = (p) => join(o.dist ?? join(root, 'dist'), p);
+// The launch's process applies NODESPEED_HEAP_GROWING_PERCENT before it starts the coordinator; so does this one.
+const heap = await import(dist('settings/heap.js')).catch(() => null);  // a --dist build from before the setting has none
+heap?.applyHeapGrowth();
 const { Coordinator } = await import(dist('coordinator/server.js'));
 const { planLayout } = await import(dist('coordinator/layout.js'));
 const { loadModelConfig } = await import(dist('model/config.js'));

@@ -99,6 +99,7 @@ function topology() {
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
 const { firstUses, readTrace, steps, timeline } = await import('./timeline.mjs');
+const { forwardedEnv } = await import(join(root, 'dist', 'settings', 'index.js'));
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
 
 const topo = topology();
@@ -361,6 +362,8 @@ const result = {
   machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m_at_start: loadavg()[0], gpu: gpuName,
     physical_cores: new Set(topo.map((t) => t.core)).size, topology: topo.map((t) => `${t.cpu}:${t.core}`).join(' ') },
   command: `node bench/hetero/run.mjs ${process.argv.slice(2).join(' ')}`.trim(),
+  // The registry's worker settings set for this run (the launch and its ranks get them), e.g. NODESPEED_HEAP_GROWING_PERCENT=0.
+  env: forwardedEnv(),
   settings: o, deployments, phases: {}, order: [],
 };
 const rest = pinned ? o.restCpus : undefined;

@@ -43,6 +43,7 @@ import { addQuantizeOptions } from './quantize-flags.js';
 import type { KvCacheDtypeChoice } from '../model/precision.js';
 import type { QuantizeChoice } from '../model/quantization.js';
 import { MAX_LOGPROBS } from '../protocol/sampling.js';
+import { applyHeapGrowth } from '../settings/heap.js';
 
 export interface LaunchFlags {
   model?: string;
@@ -531,6 +532,7 @@ export function register(program: Command): void {
     const onTerm = () => interrupted('SIGTERM');
     process.once('SIGINT', onInt);
     process.once('SIGTERM', onTerm);
+    applyHeapGrowth();  // this process runs the coordinator
     const cluster = await startFromFlags(o, o, undefined, given);
     // The serving handlers go on before the starting ones come off and before the ready line: a
     // signal in between (a script that stops the launch as soon as it reads the line) would

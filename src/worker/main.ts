@@ -26,6 +26,7 @@ import { ControlClient } from './control-client.js';
 import { formWorkerGroup } from './groups.js';
 import { WorkerHealth } from './health.js';
 import { Replica } from './replica.js';
+import { applyHeapGrowth } from '../settings/heap.js';
 import { settings } from '../settings/index.js';
 
 function required(name: string, v: string | undefined = process.env[name]): string {
@@ -305,6 +306,7 @@ class Worker {
 const REFORM_WAIT_MS = 120_000;
 
 async function main(): Promise<void> {
+  applyHeapGrowth();
   const { jobToken, coordinator, heartbeatMs, stepTimeoutMs, host } = settings();
   const token = required('NODESPEED_JOB_TOKEN', jobToken);
   const secrets = takeJobSecrets();
