@@ -1,13 +1,15 @@
 // The V8 heap growth of the long-running processes: the coordinator's (launch) and every worker's.
-// Their live heaps are small (20-50 MB) but the request traffic promotes several MB a second into
-// the old generation (each request's state outlives the scavenges), and V8 sizes the next full
+// Their live heaps are small (20-50 MB) but request traffic promotes several MB a second into the
+// old generation (each request's state outlives the scavenges), and V8 sizes the next full
 // collection's limit at 1.1-4x the live size: under a 64k tokens/s flood the coordinator ran a
-// mark-compact every ~2 s, a 3-10 ms pause plus incremental steps of up to 8 ms on its event loop,
-// which a realtime request's time to first token meets at its tail. Growing to (1 + N/100) x the
-// live size makes them that much rarer for memory the host has (bench/coord-loop: every ~2 s at
-// V8's factor, every ~7 s at 500). `--heap-growing-percent` is read at each collection, so setting
-// it at start-up of the process is enough (the heap-size flags, read once when V8 starts, are not
-// allowed in NODE_OPTIONS and would need a re-exec of the launch).
+// mark-compact every 2-4 s, a 4-11 ms pause plus incremental marking steps on its event loop,
+// which a realtime request's time to first token met at its tail (bench/hetero: p99 2.4x its
+// value without the flood; 1.05-1.33x with the default here). At (1 + N/100) x the live size they
+// come every ~15-50 s instead, each longer (the heap is larger: 7-14 ms on a 2-core VM, 32-62 ms
+// on a busy GPU host) and with scavenges about twice as frequent: fewer requests meet a pause,
+// which is what a p99 target counts (docs/LAUNCHER.md). `--heap-growing-percent` is read at each
+// collection, so setting it at start-up of the process is enough (the heap-size flags, read once
+// when V8 starts, are not allowed in NODE_OPTIONS and would need a re-exec of the launch).
 import { setFlagsFromString } from 'node:v8';
 
 import { settings } from './index.js';
