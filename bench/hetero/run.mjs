@@ -72,6 +72,9 @@ const { values: a } = parseArgs({
     trace: { type: 'boolean', default: false },
     // Node flags of each launch's own process (the coordinator's), e.g. --launch-node-args=--max-semi-space-size=8.
     'launch-node-args': { type: 'string', default: '' },
+    // NODESPEED_HEAP_GROWING_PERCENT of the launches (their coordinator and workers); the flag, else the
+    // environment's, else the device's default below.
+    'heap-growing-percent': { type: 'string' },
   },
 });
 const gpu = a.device === 'cuda';
@@ -80,7 +83,7 @@ const gpu = a.device === 'cuda';
 // prefill within a phase and their tokens count (at 256 tokens they spent every phase prefilling).
 const d = gpu
   ? { slowReplicas: 2, ttft: 300, rtRate: 4, rtPrompt: 128, rtTokens: 64, conc: 512, bPrompt: 32, bTokens: 128, mixed: 25, repeats: 3,
-    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16, slowPrecision: 'int8', slowShare: 3 / 8 }
+    fastMaxSeqs: 128, fastMaxBatchTokens: 512, slowMaxSeqs: 16, slowPrecision: 'int8', slowShare: 3 / 8, heapGrowingPercent: '1000' }
   : { slowReplicas: 1, ttft: 2000, rtRate: 2, rtPrompt: 32, rtTokens: 16, conc: 24, bPrompt: 64, bTokens: 48, mixed: 12, repeats: 2,
     fastMaxSeqs: 32, fastMaxBatchTokens: 128, slowMaxSeqs: 8, slowPrecision: 'auto', slowShare: 1 / 2 };
 
@@ -99,8 +102,16 @@ function topology() {
 // The launcher's core-list syntax (0-3,8), one parser and printer for the bench and the deployment file.
 const { formatCoreList: range, parseCoreList } = await import(join(root, 'dist', 'launcher', 'cores.js'));
 const { firstUses, readTrace, steps, timeline } = await import('./timeline.mjs');
-const { forwardedEnv } = await import(join(root, 'dist', 'settings', 'index.js'));
+const { forwardedEnv, settingsEnv } = await import(join(root, 'dist', 'settings', 'index.js'));
 const parseList = (spec) => parseCoreList(spec, 'bench/hetero: core list');
+// The GPU deployment is a latency-critical one: its coordinator and workers collect their old
+// generation at 11x its live size, not at V8's own factor, the server's default (docs/LAUNCHER.md
+// "The processes' V8 heaps"). Set in this process's environment, which the launches inherit and the JSON's `env` records.
+const heapGrowingPercent = a['heap-growing-percent'] ?? process.env.NODESPEED_HEAP_GROWING_PERCENT ?? d.heapGrowingPercent;
+if (heapGrowingPercent !== undefined) {
+  settingsEnv({ heapGrowingPercent });  // a bad value: the registry's message
+  process.env.NODESPEED_HEAP_GROWING_PERCENT = heapGrowingPercent;
+}
 
 const topo = topology();
 // The slow group's default cores: every hardware thread of the last slowShare of the physical

@@ -29,6 +29,7 @@ import { parseArgs } from 'node:util';
 import { setMaxListeners } from 'node:events';
 
 import { launch } from '../failover/load.mjs';
+const { forwardedEnv } = await import(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'settings', 'index.js'));
 import { rng } from '../lib/rng.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -209,6 +210,8 @@ const verdict = {
 const result = {
   bench: 'soak', date: new Date().toISOString(), commit, model: a.model, launch_args: launchArgs.join(' '),
   machine: { host: hostname(), cpus: cpus().length, cpu_model: cpus()[0]?.model, mem_gib: +(totalmem() / 2 ** 30).toFixed(1), loadavg_1m: loadavg()[0] },
+  // The registry's worker settings set for this run (the launch and its ranks get them), e.g. NODESPEED_HEAP_GROWING_PERCENT.
+  env: forwardedEnv(),
   params: { minutes, min_streams: minStreams, max_streams: maxStreams, cancel_rate: cancelRate, max_tokens: maxTokens, seed: Number(a.seed), gc_every_s: gcEvery },
   diagnostic: gcEvery > 0,
   totals: { requests: stats.requests, completed: stats.completed, cancelled: stats.cancelled, errors: stats.errors.length, tokens: stats.tokens,

@@ -94,7 +94,7 @@ export const REGISTRY = {
   ncclPath: text('NODESPEED_NCCL', 'path', 'libnccl.so file to load instead of searching LD_LIBRARY_PATH, CUDA_HOME and Python wheels', worker),
   cublasPath: text('NODESPEED_CUBLAS', 'path', 'libcublas.so file to load instead of searching', worker),
   cublasLtPath: text('NODESPEED_CUBLASLT', 'path', 'libcublasLt.so file to load instead of searching', worker),
-  heapGrowingPercent: integer('NODESPEED_HEAP_GROWING_PERCENT', 1000, 'V8 heap growth of the coordinator\'s and every worker\'s process: after a full collection the old generation may grow to (1 + N/100) x its live size before the next one (0: V8\'s own factor, 1.1-4x)',
+  heapGrowingPercent: integer('NODESPEED_HEAP_GROWING_PERCENT', 0, 'V8 heap growth of the coordinator\'s and every worker\'s process: after a full collection the old generation may grow to (1 + N/100) x its live size before the next one (0: V8\'s own factor, 1.1-4x; 1000: rarer full collections for a p99 target, larger heaps: docs/LAUNCHER.md)',
     { ...worker, min: 0, max: 10_000 }),
   computeNice: integer('NODESPEED_COMPUTE_NICE', 2, 'nice increment of the CPU backend\'s compute threads, so the event loop keeps a core (0: none)',
     { ...workerDebug, min: 0, max: 19 }),
