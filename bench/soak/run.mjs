@@ -29,10 +29,10 @@ import { parseArgs } from 'node:util';
 import { setMaxListeners } from 'node:events';
 
 import { launch } from '../failover/load.mjs';
-const { forwardedEnv } = await import(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'settings', 'index.js'));
 import { rng } from '../lib/rng.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const { forwardedEnv } = await import(join(root, 'dist', 'settings', 'index.js'));
 // The code under test is the checkout as the run starts (edits made while it runs do not count).
 let commit = process.env.NODESPEED_COMMIT ?? 'unknown';
 try {

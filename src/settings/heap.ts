@@ -16,12 +16,8 @@ import { setFlagsFromString } from 'node:v8';
 
 import { settings } from './index.js';
 
-/** V8's flag as this process last set it (its own default: 0, V8's factor). */
-let applied = 0;
-
-/** Applies NODESPEED_HEAP_GROWING_PERCENT (or `percent`) to this process. */
-export function applyHeapGrowth(percent = settings().heapGrowingPercent): void {
-  if (percent === applied) return;
-  setFlagsFromString(`--heap-growing-percent=${percent}`);
-  applied = percent;
+/** Applies NODESPEED_HEAP_GROWING_PERCENT to this process (0, the default, leaves V8's own factor). */
+export function applyHeapGrowth(): void {
+  const percent = settings().heapGrowingPercent;
+  if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
 }
