@@ -65,8 +65,9 @@ function tryJoin(address: string, credentials: grpc.ChannelCredentials, options:
 describe('attacks on a tp-2 cluster with default limits', () => {
   let c: LaunchedCluster;
   beforeAll(async () => {
+    // --trace-gc: the big-prompt test sets aside refusals that a major garbage collection landed in.
     c = await launch(PY_TINY, ['--num_cpu_workers', '2', '--tp', '2', '--heartbeat-interval', '0.5', '--heartbeat-timeout', '2', '--kv-blocks', '64'],
-      { nodeArgs: ['--import', STALL], env: { STALL_MS: '4000' } });
+      { nodeArgs: ['--trace-gc', '--import', STALL], env: { STALL_MS: '4000' } });
   }, 90_000);
   afterAll(async () => {
     expect(await c?.stop()).toBe(0);
@@ -119,28 +120,45 @@ describe('attacks on a tp-2 cluster with default limits', () => {
         return (cpuMs(pid) - c0) / (performance.now() - t0);
       };
       const [bareIdle, coordIdle] = await Promise.all([idleRate(bare.pid!), idleRate(c.proc.pid!)]);
+      // A major GC of the coordinator's heap (~21 MB live) costs it 40-50 ms of CPU (marking threads included);
+      // the 4 MB of buffers each big prompt leaves behind trigger one now and then ("external memory
+      // pressure"), in whichever refusal comes next. The bare server's heap is a few MB. So a refusal
+      // whose window the coordinator's --trace-gc shows a Mark-Compact in is listed but not judged.
+      let gcLog = '';
+      const onStdout = (d: Buffer) => { gcLog += d.toString(); };
+      c.proc.stdout!.on('data', onStdout);
       const cost = async (pid: number, client: NodespeedClient, prompt: string) => {
+        gcLog = '';
         const cpu0 = cpuMs(pid);
         const t0 = performance.now();
         const e = await grpcError(client.complete({ prompt, maxTokens: 8 }));
         await new Promise((r) => setTimeout(r, 50));
         const idle = (pid === bare.pid ? bareIdle : coordIdle) * (performance.now() - t0);
-        return { cpu: Math.round(cpuMs(pid) - cpu0 - idle), e };
+        return { cpu: Math.round(cpuMs(pid) - cpu0 - idle), e, majorGc: pid === c.proc.pid && gcLog.includes('Mark-Compact') };
       };
       await cost(bare.pid!, bareClient, mid);  // warm
       const rows: string[] = [];
-      for (const prompt of [big, mid, big, mid]) {
-        const ref = await cost(bare.pid!, bareClient, prompt);
-        const got = await cost(c.proc.pid!, c.client, prompt);
-        expect(got.e.code).toBe(grpc.status.INVALID_ARGUMENT);
-        expect(got.e.details).toMatch(prompt === big ? /^request: 400\d{4} bytes, more than 2097152 \(--max-request-bytes\)$/
-          : /^prompt: is at least 768001 bytes, more than the \d+ bytes the model's context can hold .*; it was not tokenized$/);
-        rows.push(`${(Buffer.byteLength(prompt) / 1e6).toFixed(1)} MB: ${got.cpu} ms CPU (bare receive ${ref.cpu} ms)`);
+      const extra: Record<string, number[]> = { big: [], mid: [] };
+      // Three judged refusals of each size (at most eight tries each), interleaved.
+      for (let round = 0; round < 8 && (extra.big!.length < 3 || extra.mid!.length < 3); round++) {
+        for (const [size, prompt] of [['big', big], ['mid', mid]] as const) {
+          if (extra[size]!.length >= 3) continue;
+          const ref = await cost(bare.pid!, bareClient, prompt);
+          const got = await cost(c.proc.pid!, c.client, prompt);
+          expect(got.e.code).toBe(grpc.status.INVALID_ARGUMENT);
+          expect(got.e.details).toMatch(prompt === big ? /^request: 400\d{4} bytes, more than 2097152 \(--max-request-bytes\)$/
+            : /^prompt: is at least 768001 bytes, more than the \d+ bytes the model's context can hold .*; it was not tokenized$/);
+          rows.push(`${(Buffer.byteLength(prompt) / 1e6).toFixed(1)} MB: ${got.cpu} ms CPU (bare receive ${ref.cpu} ms)${got.majorGc ? ' with a major GC' : ''}`);
+          if (!got.majorGc) extra[size]!.push(got.cpu - ref.cpu);
+        }
       }
+      c.proc.stdout!.off('data', onStdout);
       console.log(`prompts refused: ${rows.join('; ')} (idle: coordinator ${(coordIdle * 1000).toFixed(0)}, bare ${(bareIdle * 1000).toFixed(0)} ms CPU/s)`);
-      // Per prompt, beyond what receiving the bytes costs grpc-js (10 ms ticks: the median of two).
-      const extra = rows.map((r) => { const m = /: (-?\d+) ms CPU \(bare receive (-?\d+) ms\)/.exec(r)!; return Number(m[1]) - Number(m[2]); });
-      for (const pair of [[extra[0]!, extra[2]!], [extra[1]!, extra[3]!]]) expect(Math.min(...pair)).toBeLessThan(50);
+      // Per prompt, beyond what receiving the bytes costs grpc-js: the median of three (10 ms ticks).
+      for (const size of ['big', 'mid']) {
+        expect(extra[size]).toHaveLength(3);
+        expect([...extra[size]!].sort((a, b) => a - b)[1]).toBeLessThan(50);
+      }
       bareClient.close();
       const st = await c.client.clusterStatus();
       const lastBeat = Math.max(...st.workers.map((w) => w.lastHeartbeatMsAgo));
