@@ -25,6 +25,8 @@
 #               of $AB_PRECISIONS (default bf16; e.g. bf16,int8,fp8) with the logits digest of its warm-up
 #               (equal digests: the same logits bit for bit); AB_B64=0 leaves the batch-64 step out
 #   gemmalgos   cublasGemmEx vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs (nvcc)
+#   chain       the 7B's 128 batch-1 layer GEMVs as launches, as one launch, as a read, and persistent
+#               (bench/gpu/decode-chain.cu; $CHAIN_BIN: a binary built elsewhere, else nvcc here)
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
 #               on $MOE_MODEL (default /tmp/qwen15-moe-a2.7b: model init --arch qwen2_moe --preset a2.7b)
@@ -41,7 +43,7 @@ OUT=${OUT:-/tmp/nodespeed-ab}; LOGS=$OUT/logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on shared hosts
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
-[ $# -gt 0 ] || { sed -n '7,37p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,39p' "$0"; exit 2; }
 node -e "const i = require('./build/Release/nodespeed.node').info().cuda; console.log(JSON.stringify(i)); process.exit(i.available ? 0 : 1)" || exit 1
 status=0
 run() { local name=$1; shift; echo "== $name"; "$@" 2>&1 | tee "$LOGS/$name.log" | tail -c 2500; local rc=${PIPESTATUS[0]}; echo "== $name rc=$rc"
@@ -111,6 +113,11 @@ for s in "$@"; do
         echo "== b64 $name"; NODESPEED_ADDON=$(realpath "$file") node bench/decode/batch-step.mjs "$MODEL" 64 512 2048 64 2>&1 | tail -1 | tee -a "$OUT/abaddon.log"; done; done ;;
     gemmalgos)
       run gemm-algos sh -c 'nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a bench/gpu/gemm-algos.cu -lcublasLt -lcublas -o /tmp/gemm-algos && /tmp/gemm-algos > "$0"' "$OUT/gemm-algos.json" ;;
+    chain) bin=${CHAIN_BIN:-}
+      if [ -z "$bin" ]; then bin=/tmp/decode-chain
+        nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
+          native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o $bin || { status=1; continue; }; fi
+      run decode-chain sh -c '"$1" > "$0"; rc=$?; cat "$0"; exit $rc' "$OUT/decode-chain.json" "$bin" ;;
     noise) make_model
       node -e "
         const ids = [1]; let x = 12345; const V = require('$MODEL/config.json').vocab_size;
