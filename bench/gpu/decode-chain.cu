@@ -10,6 +10,7 @@
 //               rows' first chunks into L2 (so the weight stream does not stop at a product's end)
 //   perProduct  the persistent kernel launched once a product (graph, no PDL): the same code with
 //               launch boundaries instead of barriers
+//   persistentNoPull  persistent without pulling the next rows into L2 (what the pull is worth)
 // (kernels - one) / 128 is what a boundary costs a GEMV in the engine's form; kernels - persistent
 // what a persistent decode of these products would gain. The persistent form's first product is
 // checked against the engine's GEMV (max |diff| / max |y|). One JSON line.
@@ -121,7 +122,7 @@ __device__ __forceinline__ void prefetch_rows(const Phase& q, int g, int warp, i
   }
 }
 
-template <DType W>
+template <DType W, bool kPull>
 __global__ void __launch_bounds__(kWarps * 32, 8) chain_kernel(const Phase* __restrict__ phases, int nph, unsigned* bar) {
   constexpr int kEl = W == DType::F8E4M3 ? 16 : 8;
   __shared__ float red[kWarps];
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(kWarps * 32, 8) chain_kernel(const Phase* __re
   for (int p = 0; p < nph; ++p) {
     const Phase P = phases[p];
     const int rpb = kWarps / P.ks, groups = (P.N + rpb - 1) / rpb, C = P.K / kEl, stride = 32 * P.ks, part = warp % P.ks;
-    if (p == 0) prefetch_rows<W>(P, blockIdx.x, warp, lane);
+    if (kPull && p == 0) prefetch_rows<W>(P, blockIdx.x, warp, lane);
     for (int g = blockIdx.x; g < groups; g += gridDim.x) {
       const int n = g * rpb + warp / P.ks;
       float acc = 0.f;
@@ -146,8 +147,12 @@ __global__ void __launch_bounds__(kWarps * 32, 8) chain_kernel(const Phase* __re
         for (; i < C; i += stride) fma_chunk<W>(__ldg(w + i), P.x, i, acc);
       }
       // The block's next rows: this product's next group, else the next product's first.
-      if (g + (int)gridDim.x < groups) prefetch_rows<W>(P, g + gridDim.x, warp, lane);
-      else if (p + 1 < nph) prefetch_rows<W>(phases[p + 1], blockIdx.x, warp, lane);
+      if (!kPull) {
+      } else if (g + (int)gridDim.x < groups) {
+        prefetch_rows<W>(P, g + gridDim.x, warp, lane);
+      } else if (p + 1 < nph) {
+        prefetch_rows<W>(phases[p + 1], blockIdx.x, warp, lane);
+      }
       acc = warp_sum(acc);
       if (P.ks > 1) {
         if (lane == 0) red[warp] = acc;
@@ -256,15 +261,17 @@ int main() {
     });
     const float read_us = timed([&] { read_kernel<<<sms * 8, 256, 0, s>>>(reinterpret_cast<const uint4*>(w), total / 16, bar + 2); });
 
-    auto* kernel = fp8 ? chain_kernel<DType::F8E4M3> : chain_kernel<DType::BF16>;
+    auto* kernel = fp8 ? chain_kernel<DType::F8E4M3, true> : chain_kernel<DType::BF16, true>;
+    auto* kernel_nopull = fp8 ? chain_kernel<DType::F8E4M3, false> : chain_kernel<DType::BF16, false>;
     int per_sm = 0;
     NS_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, 0));
     const int grid = per_sm * sms;
-    auto persistent = [&](int nph) {
+    auto persistent = [&](int nph, bool pull) {
       void* args[] = {&dph, &nph, &bar};
-      NS_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(grid), dim3(kWarps * 32), args, 0, s));
+      NS_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(pull ? kernel : kernel_nopull), dim3(grid), dim3(kWarps * 32), args, 0, s));
     };
-    const float persistent_us = timed([&] { persistent(kPhases); });
+    const float persistent_us = timed([&] { persistent(kPhases, true); });
+    const float nopull_us = timed([&] { persistent(kPhases, false); });
     // The same kernel launched once a product (no barrier then): the boundary alone, same code.
     NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     for (int p = 0; p < kPhases; ++p) kernel<<<grid, kWarps * 32, 0, s>>>(dph + p, 1, bar);
@@ -279,7 +286,7 @@ int main() {
     engine_gemv(ph[0]);
     NS_CUDA(cudaMemcpyAsync(a.data(), ph[0].y, a.size() * 2, cudaMemcpyDeviceToHost, s));
     NS_CUDA(cudaMemsetAsync(ph[0].y, 0, a.size() * 2, s));
-    persistent(1);
+    persistent(1, true);
     NS_CUDA(cudaMemcpyAsync(b.data(), ph[0].y, b.size() * 2, cudaMemcpyDeviceToHost, s));
     NS_CUDA(cudaStreamSynchronize(s));
     auto f = [](uint16_t v) { uint32_t u = static_cast<uint32_t>(v) << 16; float x; memcpy(&x, &u, 4); return x; };
@@ -294,10 +301,10 @@ int main() {
     const double gb = total / 1e9;
     char line[768];
     snprintf(line, sizeof line,
-             "%s{\"weights\":\"%s\",\"GB\":%.3f,\"kernelsUs\":%.1f,\"oneUs\":%.1f,\"readUs\":%.1f,\"persistentUs\":%.1f,\"perProductUs\":%.1f,"
+             "%s{\"weights\":\"%s\",\"GB\":%.3f,\"kernelsUs\":%.1f,\"oneUs\":%.1f,\"readUs\":%.1f,\"persistentUs\":%.1f,\"perProductUs\":%.1f,\"persistentNoPullUs\":%.1f,"
              "\"kernelsTBs\":%.2f,\"oneTBs\":%.2f,\"readTBs\":%.2f,\"persistentTBs\":%.2f,\"boundaryUsPerGemv\":%.2f,"
              "\"persistentGrid\":%d,\"firstProductRelDiff\":%.2e}",
-             fp8 ? "," : "", fp8 ? "fp8" : "bf16", gb, kernels_us, one_us, read_us, persistent_us, per_product_us, gb * 1e3 / kernels_us,
+             fp8 ? "," : "", fp8 ? "fp8" : "bf16", gb, kernels_us, one_us, read_us, persistent_us, per_product_us, nopull_us, gb * 1e3 / kernels_us,
              gb * 1e3 / one_us, gb * 1e3 / read_us, gb * 1e3 / persistent_us, (kernels_us - one_us) / kPhases, grid, rel);
     out += line;
     for (cudaGraphExec_t e : {exec, exec2}) NS_CUDA(cudaGraphExecDestroy(e));
