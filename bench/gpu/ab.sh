@@ -120,7 +120,7 @@ for s in "$@"; do
       if [ -z "$bin" ]; then bin=/tmp/decode-chain
         nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
           native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o $bin || { status=1; continue; }; fi
-      run decode-chain sh -c '"$1" > "$0"; rc=$?; cat "$0"; exit $rc' "$OUT/decode-chain.json" "$bin" ;;
+      run decode-chain sh -c 'timeout 300 "$1" > "$0"; rc=$?; cat "$0"; exit $rc' "$OUT/decode-chain.json" "$bin" ;;
     noise) make_model
       node -e "
         const ids = [1]; let x = 12345; const V = require('$MODEL/config.json').vocab_size;

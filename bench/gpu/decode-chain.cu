@@ -11,6 +11,7 @@
 //   perProduct  the persistent kernel launched once a product (graph, no PDL): the same code with
 //               launch boundaries instead of barriers
 //   persistentNoPull  persistent without pulling the next rows into L2 (what the pull is worth)
+//   perLayer    the persistent kernel launched once a layer (its 4 products, 3 barriers): 32 launches
 // (kernels - one) / 128 is what a boundary costs a GEMV in the engine's form; kernels - persistent
 // what a persistent decode of these products would gain. The persistent form's first product is
 // checked against the engine's GEMV (max |diff| / max |y|). One JSON line.
@@ -91,18 +92,24 @@ __device__ __forceinline__ void fma_chunk(const uint4& wv, const __nv_bfloat16* 
   }
 }
 
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 // Every block of the (co-resident) grid arrives; the last one opens the next generation.
-__device__ __forceinline__ void grid_barrier(unsigned* count, volatile unsigned* gen) {
+__device__ __forceinline__ void grid_barrier(unsigned* count, unsigned* gen) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    const unsigned g = *gen;
+    const unsigned g = load_acquire(gen);
     __threadfence();
     if (atomicAdd(count, 1u) == gridDim.x - 1) {
       atomicExch(count, 0u);
       __threadfence();
-      atomicAdd(const_cast<unsigned*>(gen), 1u);
+      atomicAdd(gen, 1u);
     } else {
-      while (*gen == g) __nanosleep(64);
+      while (load_acquire(gen) == g) __nanosleep(64);
     }
     __threadfence();
   }
@@ -278,6 +285,15 @@ int main() {
     NS_CUDA(cudaStreamEndCapture(s, &graph2));
     NS_CUDA(cudaGraphInstantiate(&exec2, graph2, 0));
     const float per_product_us = timed([&] { NS_CUDA(cudaGraphLaunch(exec2, s)); });
+    // Once a layer (4 products, 3 barriers): the grid fits the GPU and the launch before it has ended,
+    // so every block is resident without the cooperative launch.
+    cudaGraph_t graph3;
+    cudaGraphExec_t exec3;
+    NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int l = 0; l < kLayers; ++l) kernel<<<grid, kWarps * 32, 0, s>>>(dph + 4 * l, 4, bar);
+    NS_CUDA(cudaStreamEndCapture(s, &graph3));
+    NS_CUDA(cudaGraphInstantiate(&exec3, graph3, 0));
+    const float per_layer_us = timed([&] { NS_CUDA(cudaGraphLaunch(exec3, s)); });
 
     // The persistent form's first product against the engine's GEMV, from a fresh input row (the
     // chain's values drift to zero or overflow over 128 products; the timing does not depend on them).
@@ -301,14 +317,14 @@ int main() {
     const double gb = total / 1e9;
     char line[768];
     snprintf(line, sizeof line,
-             "%s{\"weights\":\"%s\",\"GB\":%.3f,\"kernelsUs\":%.1f,\"oneUs\":%.1f,\"readUs\":%.1f,\"persistentUs\":%.1f,\"perProductUs\":%.1f,\"persistentNoPullUs\":%.1f,"
+             "%s{\"weights\":\"%s\",\"GB\":%.3f,\"kernelsUs\":%.1f,\"oneUs\":%.1f,\"readUs\":%.1f,\"persistentUs\":%.1f,\"perProductUs\":%.1f,\"persistentNoPullUs\":%.1f,\"perLayerUs\":%.1f,"
              "\"kernelsTBs\":%.2f,\"oneTBs\":%.2f,\"readTBs\":%.2f,\"persistentTBs\":%.2f,\"boundaryUsPerGemv\":%.2f,"
              "\"persistentGrid\":%d,\"firstProductRelDiff\":%.2e}",
-             fp8 ? "," : "", fp8 ? "fp8" : "bf16", gb, kernels_us, one_us, read_us, persistent_us, per_product_us, nopull_us, gb * 1e3 / kernels_us,
+             fp8 ? "," : "", fp8 ? "fp8" : "bf16", gb, kernels_us, one_us, read_us, persistent_us, per_product_us, nopull_us, per_layer_us, gb * 1e3 / kernels_us,
              gb * 1e3 / one_us, gb * 1e3 / read_us, gb * 1e3 / persistent_us, (kernels_us - one_us) / kPhases, grid, rel);
     out += line;
-    for (cudaGraphExec_t e : {exec, exec2}) NS_CUDA(cudaGraphExecDestroy(e));
-    for (cudaGraph_t g : {graph, graph2}) NS_CUDA(cudaGraphDestroy(g));
+    for (cudaGraphExec_t e : {exec, exec2, exec3}) NS_CUDA(cudaGraphExecDestroy(e));
+    for (cudaGraph_t g : {graph, graph2, graph3}) NS_CUDA(cudaGraphDestroy(g));
     for (void* p : {static_cast<void*>(w), static_cast<void*>(ws), static_cast<void*>(ybig), static_cast<void*>(dph)}) NS_CUDA(cudaFree(p));
   }
   NS_CUDA(cudaGetLastError());
