@@ -153,12 +153,11 @@ __global__ void __launch_bounds__(kWarps * 32, 8) chain_kernel(const Phase* __re
         }
         for (; i < C; i += stride) fma_chunk<W>(__ldg(w + i), P.x, i, acc);
       }
-      // The block's next rows: this product's next group, else the next product's first.
-      if (!kPull) {
-      } else if (g + (int)gridDim.x < groups) {
-        prefetch_rows<W>(P, g + gridDim.x, warp, lane);
-      } else if (p + 1 < nph) {
-        prefetch_rows<W>(phases[p + 1], blockIdx.x, warp, lane);
+      // The block's next rows: this product's next group, else the next product's first. (A block
+      // without rows in a product, 32 of 1056 in o_proj/down, pulls nothing: the check spilled.)
+      if (kPull) {
+        if (g + (int)gridDim.x < groups) prefetch_rows<W>(P, g + gridDim.x, warp, lane);
+        else if (p + 1 < nph) prefetch_rows<W>(phases[p + 1], blockIdx.x, warp, lane);
       }
       acc = warp_sum(acc);
       if (P.ks > 1) {
