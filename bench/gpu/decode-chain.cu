@@ -1,5 +1,5 @@
 // What a launch boundary costs the batch-1 decode GEMVs. The 7B shape's 128 layer products (32 x q|k|v,
-// o, gate|up, down; one row) as a chain, each reading the output of the one before it, timed four ways
+// o, gate|up, down; one row) as a chain, each reading the output of the one before it, timed seven ways
 // on one GPU at bf16 and at E4M3 weights:
 //   kernels     the engine's decode GEMVs (gemv.cu, quant_gemm.cu), one launch a product, replayed as a
 //               CUDA graph with programmatic dependent launch (as the engine's decode step runs them)
@@ -14,7 +14,8 @@
 //   perLayer    the persistent kernel launched once a layer (its 4 products, 3 barriers): 32 launches
 // (kernels - one) / 128 is what a boundary costs a GEMV in the engine's form; kernels - persistent
 // what a persistent decode of these products would gain. The persistent form's first product is
-// checked against the engine's GEMV (max |diff| / max |y|). One JSON line.
+// checked against the engine's GEMV (max |diff| / max |y|). One JSON line on stdout (each figure also on
+// stderr as it is measured).
 // usage (repo root, GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
 //     native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/decode-chain && /tmp/decode-chain
@@ -238,7 +239,8 @@ int main() {
       if (!fp8) gemv(DType::BF16, p.w, p.x, 1, p.N, p.K, p.y, GemvOut::Act, s);
       else gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{p.w, p.ws, p.x, 1, p.N, p.K, p.y}, GemvOut::Act, s);
     };
-    auto timed = [&](auto&& body) {
+    // Each figure also goes to stderr as it is measured: a run cut short still leaves the ones before.
+    auto timed = [&](const char* name, auto&& body) {
       std::vector<float> t;
       for (int i = 0; i < 12; ++i) {
         NS_CUDA(cudaEventRecord(e0, s));
@@ -249,7 +251,9 @@ int main() {
         NS_CUDA(cudaEventElapsedTime(&ms, e0, e1));
         if (i >= 2) t.push_back(ms * 1e3f);
       }
-      return median(t);
+      const float us = median(t);
+      fprintf(stderr, "decode-chain %s %s: %.1f us\n", fp8 ? "fp8" : "bf16", name, us);
+      return us;
     };
 
     // kernels: the chain captured once, replayed.
@@ -259,13 +263,13 @@ int main() {
     for (const Phase& p : ph) engine_gemv(p);
     NS_CUDA(cudaStreamEndCapture(s, &graph));
     NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    const float kernels_us = timed([&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+    const float kernels_us = timed("kernels", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
 
-    const float one_us = timed([&] {
+    const float one_us = timed("one", [&] {
       if (!fp8) gemv(DType::BF16, w, buf[1], 1, big_n, 4096, ybig, GemvOut::Act, s);
       else gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{w, ws, buf[1], 1, big_n, 4096, ybig}, GemvOut::Act, s);
     });
-    const float read_us = timed([&] { read_kernel<<<sms * 8, 256, 0, s>>>(reinterpret_cast<const uint4*>(w), total / 16, bar + 2); });
+    const float read_us = timed("read", [&] { read_kernel<<<sms * 8, 256, 0, s>>>(reinterpret_cast<const uint4*>(w), total / 16, bar + 2); });
 
     auto* kernel = fp8 ? chain_kernel<DType::F8E4M3, true> : chain_kernel<DType::BF16, true>;
     auto* kernel_nopull = fp8 ? chain_kernel<DType::F8E4M3, false> : chain_kernel<DType::BF16, false>;
@@ -276,14 +280,14 @@ int main() {
       void* args[] = {&dph, &nph, &bar};
       NS_CUDA(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(pull ? kernel : kernel_nopull), dim3(grid), dim3(kWarps * 32), args, 0, s));
     };
-    const float persistent_us = timed([&] { persistent(kPhases, true); });
-    const float nopull_us = timed([&] { persistent(kPhases, false); });
+    const float persistent_us = timed("persistent", [&] { persistent(kPhases, true); });
+    const float nopull_us = timed("persistentNoPull", [&] { persistent(kPhases, false); });
     // The same kernel launched once a product (no barrier then): the boundary alone, same code.
     NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     for (int p = 0; p < kPhases; ++p) kernel<<<grid, kWarps * 32, 0, s>>>(dph + p, 1, bar);
     NS_CUDA(cudaStreamEndCapture(s, &graph2));
     NS_CUDA(cudaGraphInstantiate(&exec2, graph2, 0));
-    const float per_product_us = timed([&] { NS_CUDA(cudaGraphLaunch(exec2, s)); });
+    const float per_product_us = timed("perProduct", [&] { NS_CUDA(cudaGraphLaunch(exec2, s)); });
     // Once a layer (4 products, 3 barriers): the grid fits the GPU and the launch before it has ended,
     // so every block is resident without the cooperative launch.
     cudaGraph_t graph3;
@@ -292,7 +296,7 @@ int main() {
     for (int l = 0; l < kLayers; ++l) kernel<<<grid, kWarps * 32, 0, s>>>(dph + 4 * l, 4, bar);
     NS_CUDA(cudaStreamEndCapture(s, &graph3));
     NS_CUDA(cudaGraphInstantiate(&exec3, graph3, 0));
-    const float per_layer_us = timed([&] { NS_CUDA(cudaGraphLaunch(exec3, s)); });
+    const float per_layer_us = timed("perLayer", [&] { NS_CUDA(cudaGraphLaunch(exec3, s)); });
 
     // The persistent form's first product against the engine's GEMV, from a fresh input row (the
     // chain's values drift to zero or overflow over 128 products; the timing does not depend on them).
