@@ -25,7 +25,7 @@
 #               of $AB_PRECISIONS (default bf16; e.g. bf16,int8,fp8) with the logits digest of its warm-up
 #               (equal digests: the same logits bit for bit); AB_B64=0 leaves the batch-64 step out
 #   gemmalgos   cublasGemmEx vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs (nvcc)
-#   chain       the 7B's 128 batch-1 layer GEMVs as launches, as one launch, as a read, and persistent
+#   chain       the 7B's 128 batch-1 layer GEMVs as the engine's launches, as one launch, and as a read
 #               (bench/gpu/decode-chain.cu; $CHAIN_BIN: a binary built elsewhere, else nvcc here)
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,
@@ -120,7 +120,7 @@ for s in "$@"; do
       if [ -z "$bin" ]; then bin=/tmp/decode-chain
         nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
           native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o $bin || { status=1; continue; }; fi
-      run decode-chain sh -c 'timeout 300 "$1" > "$0"; rc=$?; cat "$0"; exit $rc' "$OUT/decode-chain.json" "$bin" ;;
+      run decode-chain sh -c 'timeout 120 "$1" > "$0"; rc=$?; cat "$0"; exit $rc' "$OUT/decode-chain.json" "$bin" ;;
     noise) make_model
       node -e "
         const ids = [1]; let x = 12345; const V = require('$MODEL/config.json').vocab_size;
