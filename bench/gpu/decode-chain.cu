@@ -6,19 +6,27 @@
 //   one      the same bytes as one GEMV launch (the chain's weights, one buffer, as rows of 4096):
 //            each precision's streaming rate without the boundaries
 //   read     the same bytes read by a plain streaming kernel (the read roofline)
-// (kernels - one) / 128 is what a boundary costs a GEMV. One JSON line on stdout (each figure also
+//   loads    the engine's GEMV launches with their arithmetic replaced by XOR (same grid, prefetch,
+//            PDL wait, loads in flight, reduction and store): what the chain would take if
+//            unpacking and multiplying the weights cost nothing; "loads one": the same as one launch
+// (kernels - one) / 128 is what a boundary costs a GEMV; kernels - loads bounds what fewer
+// instructions a weight (another unpacking, the tensor cores) could take off the chain. One JSON line on stdout (each figure also
 // on stderr as it is measured). docs/ENGINE.md ("Tried and removed") has the persistent forms this
 // benchmark also timed, and why they went.
 // usage (repo root, GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
 //     native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/decode-chain && /tmp/decode-chain
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/cuda_common.h"
+#include "cuda/gemv_common.h"
 #include "cuda/kernels.h"
+#include "cuda/mma.h"
 
 namespace ns::cuda {
 bool pdl_enabled() { return true; }
@@ -60,6 +68,127 @@ __global__ void read_kernel(const uint4* __restrict__ p, size_t n16, unsigned* s
   }
   for (; i < n16; i += st) { const uint4 v = __ldg(p + i); a ^= v.x ^ v.y ^ v.z ^ v.w; }
   if (a == 0x9e3779b9u) atomicAdd(sink, 1u);  // keeps the loads
+}
+
+// gemv.cu / quant_gemm.cu's decode GEMV (8 warps a block, KS warps a row, 4 prefetched chunks, 4 loads
+// in flight a lane) with each 16-byte weight chunk and its input bytes XORed instead of multiplied.
+template <int EB, int KS>
+__global__ void __launch_bounds__(256) loads_kernel(const uint8_t* __restrict__ W, const __nv_bfloat16* __restrict__ x, int N, int K,
+                                                     __nv_bfloat16* __restrict__ y) {
+  constexpr int kStride = 32 * KS, kXChunks = 2 / EB;  // input uint4s a weight chunk meets
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * (8 / KS) + warp / KS, part = warp % KS;
+  const int KC = K * EB / 16;
+  const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K * EB);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  if (n < N)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = part * 32 + lane + j * kStride;
+      if (i < KC) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
+    }
+  grid_dependency_wait();
+  grid_dependents_launch();
+  uint32_t a = 0;
+  auto fold = [&](const uint4& v, int i) {
+    a ^= v.x ^ v.y ^ v.z ^ v.w;
+#pragma unroll
+    for (int c = 0; c < kXChunks; ++c) { const uint4 u = __ldg(xv + kXChunks * i + c); a ^= u.x ^ u.y ^ u.z ^ u.w; }
+  };
+  if (n < N) {
+    int i = part * 32 + lane;
+    for (; i + 3 * kStride < KC; i += 4 * kStride) {
+      const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
+      fold(w0, i); fold(w1, i + kStride); fold(w2, i + 2 * kStride); fold(w3, i + 3 * kStride);
+    }
+    for (; i < KC; i += kStride) fold(__ldg(w + i), i);
+  }
+  float acc[1] = {__uint_as_float((a & 0x807fffffu) | 0x3c000000u)};  // a finite value that depends on every byte
+  if (!gemv_reduce<8, 1, KS>(acc, warp, lane, part, n, N)) return;
+  gemv_store<__nv_bfloat16, 1, GemvOut::Act>(acc, n, N, y, false);
+}
+
+template <int EB>
+void launch_loads(const uint8_t* W, const __nv_bfloat16* x, int N, int K, __nv_bfloat16* y, cudaStream_t s) {
+  if (N >= 12288) launch("loads", loads_kernel<EB, 1>, dim3(ceil_div(N, 8)), dim3(256), s, W, x, N, K, y);
+  else launch("loads", loads_kernel<EB, 2>, dim3(ceil_div(N, 4)), dim3(256), s, W, x, N, K, y);
+}
+
+// The E4M3 decode GEMV on the tensor cores (probe): a block of 8 warps takes 16 weight rows (A of
+// mma.m16n8k16), the warps split K in 64-column groups; the input row is column 0 of B. Columns are
+// permuted within a group as quant_mma.cu does: lane (g, t) loads 16 bytes of rows g and g + 8 at
+// columns 16 t .. 16 t + 15, k-step j takes their columns 16 t + 4 j + {0..3}. TH: __half (weights
+// E4M3 -> f16 by one cvt a pair, the input row rounded to f16) or __nv_bfloat16 (weights widened
+// E4M3 -> f16 -> f32 -> bf16, the input row as it is).
+template <typename TH>
+__device__ __forceinline__ uint32_t mma_widen(uint32_t w2) {
+  const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w2), __NV_E4M3));
+  if constexpr (std::is_same_v<TH, __half>) return *reinterpret_cast<const uint32_t*>(&h);
+  const float2 f = __half22float2(h);
+  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+template <typename TH>
+__device__ __forceinline__ uint32_t mma_input(uint32_t bf2) {
+  if constexpr (std::is_same_v<TH, __nv_bfloat16>) return bf2;
+  const __half2 h = __floats2half2_rn(__uint_as_float(bf2 << 16), __uint_as_float(bf2 & 0xffff0000u));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// The E4M3 GEMV with its products on the tensor cores (probe), in the engine's layout (a warp a row,
+// KS warps a row, each lane 16 weights a load, 4 loads in flight). A warp's load covers 512 columns of
+// its row; they are taken as 8 segments of 64 (lanes 4 s .. 4 s + 3) and mma.m16n8k16 multiplies the
+// segments' inputs (A rows 0..7) by their weights (B columns 0..7): the diagonal D[s][s] is segment
+// s's dot product, the rest is discarded. Lane (g, t) holds A row g and B column g at fragment
+// positions {2t, 2t+1, 2t+8, 2t+9}, which k-step j maps to its own columns 16 t + 4 j + {0..3}, so
+// each lane feeds its own input and weights. TH: __half (weights E4M3 -> f16, one cvt a pair; the
+// input rounded to f16) or __nv_bfloat16 (weights E4M3 -> f16 -> f32 -> bf16; the input as it is).
+template <typename TH, int KS>
+__global__ void __launch_bounds__(256) diag_gemv_kernel(const uint8_t* __restrict__ W, const float* __restrict__ ws,
+                                                         const __nv_bfloat16* __restrict__ x, int N, int K, __nv_bfloat16* __restrict__ y) {
+  constexpr int kStride = 32 * KS;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int n = blockIdx.x * (8 / KS) + warp / KS, part = warp % KS;
+  const int KC = K / 16;
+  const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  if (n < N)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int i = part * 32 + lane + j * kStride;
+      if (i < KC) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
+    }
+  grid_dependency_wait();
+  grid_dependents_launch();
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  auto step = [&](const uint4& v, int i) {
+    const uint4 xa = __ldg(xv + 2 * i), xb = __ldg(xv + 2 * i + 1);
+    const uint32_t Wd[4] = {v.x, v.y, v.z, v.w}, X[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t a[4] = {mma_input<TH>(X[2 * j]), 0u, mma_input<TH>(X[2 * j + 1]), 0u};
+      mma16816(c, a, mma_widen<TH>(Wd[j] & 0xffffu), mma_widen<TH>(Wd[j] >> 16), static_cast<TH*>(nullptr));
+    }
+  };
+  if (n < N) {
+    int i = part * 32 + lane;
+    // Loop bounds are the warp's (mma.sync is warp-wide): a lane past the row's end joins with zeros.
+    for (; i - lane + 3 * kStride + 32 <= KC; i += 4 * kStride) {
+      const uint4 w0 = __ldg(w + i), w1 = __ldg(w + i + kStride), w2 = __ldg(w + i + 2 * kStride), w3 = __ldg(w + i + 3 * kStride);
+      step(w0, i); step(w1, i + kStride); step(w2, i + 2 * kStride); step(w3, i + 3 * kStride);
+    }
+    for (; i - lane < KC; i += kStride) step(i < KC ? __ldg(w + i) : uint4{0, 0, 0, 0}, i < KC ? i : 0);
+  }
+  float acc[1] = {t == (g >> 1) ? c[g & 1] : 0.f};
+  if (!gemv_reduce<8, 1, KS>(acc, warp, lane, part, n, N)) return;
+  acc[0] *= ws[n];
+  gemv_store<__nv_bfloat16, 1, GemvOut::Act>(acc, n, N, y, false);
+}
+
+template <typename TH>
+void launch_diag_gemv(const uint8_t* W, const float* ws, const __nv_bfloat16* x, int N, int K, __nv_bfloat16* y, cudaStream_t s) {
+  if (N >= 12288) launch("diag_gemv", diag_gemv_kernel<TH, 1>, dim3(ceil_div(N, 8)), dim3(256), s, W, ws, x, N, K, y);
+  else launch("diag_gemv", diag_gemv_kernel<TH, 2>, dim3(ceil_div(N, 4)), dim3(256), s, W, ws, x, N, K, y);
 }
 
 float median(std::vector<float> v) {
@@ -146,20 +275,77 @@ int main() {
     NS_CUDA(cudaStreamEndCapture(s, &graph));
     NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
     const float kernels_us = timed("kernels", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+    NS_CUDA(cudaGraphExecDestroy(exec));
+    NS_CUDA(cudaGraphDestroy(graph));
+
+    // loads: the same chain, arithmetic-free.
+    NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int p = 0; p < kPhases; ++p) {
+      const Phase& q = ph[p];
+      if (!fp8) launch_loads<2>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
+      else launch_loads<1>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
+    }
+    NS_CUDA(cudaStreamEndCapture(s, &graph));
+    NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    const float loads_us = timed("loads", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+    const float loads_one_us = timed("loads one", [&] {
+      if (!fp8) launch_loads<2>(w, buf[1], big_n, 4096, ybig, s);
+      else launch_loads<1>(w, buf[1], big_n, 4096, ybig, s);
+    });
 
     const float one_us = timed("one", [&] {
       if (!fp8) gemv(DType::BF16, w, buf[1], 1, big_n, 4096, ybig, GemvOut::Act, s);
       else gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{w, ws, buf[1], 1, big_n, 4096, ybig}, GemvOut::Act, s);
     });
+    float diag_us[2] = {0, 0}, diag_one_us[2] = {0, 0}, diag_diff[2] = {0, 0};
+    if (fp8) {
+      // Phase 0 (q|k|v) by the engine and by each probe: max |difference| over max |engine|.
+      std::vector<__nv_bfloat16> ref(ph[0].N), got(ph[0].N);
+      __nv_bfloat16* yy = nullptr;
+      NS_CUDA(cudaMalloc(&yy, (size_t)ph[0].N * 2));
+      gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{ph[0].w, ph[0].ws, buf[1], 1, ph[0].N, ph[0].K, yy}, GemvOut::Act, s);
+      NS_CUDA(cudaMemcpyAsync(ref.data(), yy, ref.size() * 2, cudaMemcpyDeviceToHost, s));
+      NS_CUDA(cudaStreamSynchronize(s));
+      for (int v = 0; v < 2; ++v) {
+        auto one_diag = [&](int p, const __nv_bfloat16* x, __nv_bfloat16* y) {
+          if (v == 0) launch_diag_gemv<__half>(ph[p].w, ph[p].ws, x, ph[p].N, ph[p].K, y, s);
+          else launch_diag_gemv<__nv_bfloat16>(ph[p].w, ph[p].ws, x, ph[p].N, ph[p].K, y, s);
+        };
+        one_diag(0, buf[1], yy);
+        NS_CUDA(cudaMemcpyAsync(got.data(), yy, got.size() * 2, cudaMemcpyDeviceToHost, s));
+        NS_CUDA(cudaStreamSynchronize(s));
+        float mx = 0, md = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+          const float a = __bfloat162float(ref[i]), b = __bfloat162float(got[i]);
+          mx = std::max(mx, std::fabs(a)); md = std::max(md, std::fabs(a - b));
+        }
+        diag_diff[v] = md / std::max(mx, 1e-30f);
+        NS_CUDA(cudaGraphExecDestroy(exec));
+        NS_CUDA(cudaGraphDestroy(graph));
+        NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        for (int p = 0; p < kPhases; ++p) one_diag(p, buf[(p + 1) & 1], buf[p & 1]);
+        NS_CUDA(cudaStreamEndCapture(s, &graph));
+        NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        diag_us[v] = timed(v == 0 ? "diag f16" : "diag bf16", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+        diag_one_us[v] = timed(v == 0 ? "diag f16 one" : "diag bf16 one", [&] {
+          if (v == 0) launch_diag_gemv<__half>(w, ws, buf[1], big_n, 4096, ybig, s);
+          else launch_diag_gemv<__nv_bfloat16>(w, ws, buf[1], big_n, 4096, ybig, s);
+        });
+        fprintf(stderr, "decode-chain fp8 diag %s: max diff / max |y| %.2e\n", v == 0 ? "f16" : "bf16", diag_diff[v]);
+      }
+      NS_CUDA(cudaFree(yy));
+    }
     const float read_us = timed("read", [&] { read_kernel<<<sms * 8, 256, 0, s>>>(reinterpret_cast<const uint4*>(w), total / 16, sink); });
 
     const double gb = total / 1e9;
     char line[512];
     snprintf(line, sizeof line,
              "%s{\"weights\":\"%s\",\"GB\":%.3f,\"kernelsUs\":%.1f,\"oneUs\":%.1f,\"readUs\":%.1f,\"kernelsTBs\":%.2f,\"oneTBs\":%.2f,"
-             "\"readTBs\":%.2f,\"boundaryUsPerGemv\":%.2f}",
+             "\"readTBs\":%.2f,\"boundaryUsPerGemv\":%.2f,\"loadsUs\":%.1f,\"loadsOneUs\":%.1f,\"loadsBoundaryUsPerGemv\":%.2f,\"diagF16Us\":%.1f,\"diagF16OneUs\":%.1f,\"diagF16Diff\":%.2e,"
+             "\"diagBf16Us\":%.1f,\"diagBf16OneUs\":%.1f,\"diagBf16Diff\":%.2e}",
              fp8 ? "," : "", fp8 ? "fp8" : "bf16", gb, kernels_us, one_us, read_us, gb * 1e3 / kernels_us, gb * 1e3 / one_us,
-             gb * 1e3 / read_us, (kernels_us - one_us) / kPhases);
+             gb * 1e3 / read_us, (kernels_us - one_us) / kPhases, loads_us, loads_one_us, (loads_us - loads_one_us) / kPhases, diag_us[0], diag_one_us[0],
+             diag_diff[0], diag_us[1], diag_one_us[1], diag_diff[1]);
     out += line;
     NS_CUDA(cudaGraphExecDestroy(exec));
     NS_CUDA(cudaGraphDestroy(graph));
