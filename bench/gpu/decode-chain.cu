@@ -9,10 +9,13 @@
 //   loads    the engine's GEMV launches with their arithmetic replaced by XOR (same grid, prefetch,
 //            PDL wait, loads in flight, reduction and store): what the chain would take if
 //            unpacking and multiplying the weights cost nothing; "loads one": the same as one launch
+//   diag     (E4M3 only) the engine's GEMV layout with the products on the tensor cores (the mma
+//            diagonal below), weights widened to bf16 (exact) or to f16 with the input rounded to
+//            f16; its largest difference from the engine's output over the largest output
 // (kernels - one) / 128 is what a boundary costs a GEMV; kernels - loads bounds what fewer
-// instructions a weight (another unpacking, the tensor cores) could take off the chain. One JSON line on stdout (each figure also
-// on stderr as it is measured). docs/ENGINE.md ("Tried and removed") has the persistent forms this
-// benchmark also timed, and why they went.
+// instructions a weight could take off the chain. One JSON line on stdout (each figure also on
+// stderr as it is measured). docs/ENGINE.md ("Tried and removed") has the persistent forms and the
+// 16-row tensor-core tiles this benchmark also timed, and why they went.
 // usage (repo root, GPU host):
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -Inative/src bench/gpu/decode-chain.cu \
 //     native/src/cuda/{quant_gemm,gemv,kernels_basic}.cu native/src/common/{dl,quant,settings}.cc -ldl -o /tmp/decode-chain && /tmp/decode-chain
@@ -114,12 +117,8 @@ void launch_loads(const uint8_t* W, const __nv_bfloat16* x, int N, int K, __nv_b
   else launch("loads", loads_kernel<EB, 2>, dim3(ceil_div(N, 4)), dim3(256), s, W, x, N, K, y);
 }
 
-// The E4M3 decode GEMV on the tensor cores (probe): a block of 8 warps takes 16 weight rows (A of
-// mma.m16n8k16), the warps split K in 64-column groups; the input row is column 0 of B. Columns are
-// permuted within a group as quant_mma.cu does: lane (g, t) loads 16 bytes of rows g and g + 8 at
-// columns 16 t .. 16 t + 15, k-step j takes their columns 16 t + 4 j + {0..3}. TH: __half (weights
-// E4M3 -> f16 by one cvt a pair, the input row rounded to f16) or __nv_bfloat16 (weights widened
-// E4M3 -> f16 -> f32 -> bf16, the input row as it is).
+// Two E4M3 weights to the mma input type TH: __half (one cvt, exact) or __nv_bfloat16 (through f32,
+// exact); a pair of bf16 inputs to TH (__half: rounded).
 template <typename TH>
 __device__ __forceinline__ uint32_t mma_widen(uint32_t w2) {
   const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w2), __NV_E4M3));
