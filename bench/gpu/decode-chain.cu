@@ -73,6 +73,18 @@ __global__ void read_kernel(const uint4* __restrict__ p, size_t n16, unsigned* s
   if (a == 0x9e3779b9u) atomicAdd(sink, 1u);  // keeps the loads
 }
 
+// The engine's GEMV start: the lane's first 4 chunks of its row pulled into L2, the wait for the
+// previous kernel, the early launch of the next.
+template <int kStride>
+__device__ __forceinline__ void gemv_start(const uint4* w, bool row, int i0, int KC) {
+  if (row)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (i0 + j * kStride < KC) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i0 + j * kStride));
+  grid_dependency_wait();
+  grid_dependents_launch();
+}
+
 // gemv.cu / quant_gemm.cu's decode GEMV (8 warps a block, KS warps a row, 4 prefetched chunks, 4 loads
 // in flight a lane) with each 16-byte weight chunk and its input bytes XORed instead of multiplied.
 template <int EB, int KS>
@@ -84,14 +96,7 @@ __global__ void __launch_bounds__(256) loads_kernel(const uint8_t* __restrict__ 
   const int KC = K * EB / 16;
   const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K * EB);
   const uint4* xv = reinterpret_cast<const uint4*>(x);
-  if (n < N)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int i = part * 32 + lane + j * kStride;
-      if (i < KC) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
-    }
-  grid_dependency_wait();
-  grid_dependents_launch();
+  gemv_start<kStride>(w, n < N, part * 32 + lane, KC);
   uint32_t a = 0;
   auto fold = [&](const uint4& v, int i) {
     a ^= v.x ^ v.y ^ v.z ^ v.w;
@@ -151,14 +156,7 @@ __global__ void __launch_bounds__(256) diag_gemv_kernel(const uint8_t* __restric
   const int KC = K / 16;
   const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)n * K);
   const uint4* xv = reinterpret_cast<const uint4*>(x);
-  if (n < N)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int i = part * 32 + lane + j * kStride;
-      if (i < KC) asm volatile("prefetch.global.L2 [%0];" ::"l"(w + i));
-    }
-  grid_dependency_wait();
-  grid_dependents_launch();
+  gemv_start<kStride>(w, n < N, part * 32 + lane, KC);
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   auto step = [&](const uint4& v, int i) {
     const uint4 xa = __ldg(xv + 2 * i), xb = __ldg(xv + 2 * i + 1);
