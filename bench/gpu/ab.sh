@@ -25,7 +25,8 @@
 #               of $AB_PRECISIONS (default bf16; e.g. bf16,int8,fp8) with the logits digest of its warm-up
 #               (equal digests: the same logits bit for bit); AB_B64=0 leaves the batch-64 step out
 #   gemmalgos   cublasGemmEx vs every cuBLASLt heuristic algorithm for the 7B's decode GEMMs (nvcc)
-#   chain       the 7B's 128 batch-1 layer GEMVs as the engine's launches, as one launch, and as a read
+#   chain       the 7B's 128 batch-1 layer GEMVs as the engine's launches, as one launch, as a read, arithmetic-free
+#               (loads), and on the tensor cores (diag, E4M3)
 #               (bench/gpu/decode-chain.cu; $CHAIN_BIN: a binary built elsewhere, else nvcc here)
 #   noise       where HF's own bf16 noise comes from (bench/decode/hf_noise.py) beside ours
 #   moe         mixture-of-experts decode (bench/moe/run.mjs): batch 1 vs its roofline, batch 32 vs HF eager,

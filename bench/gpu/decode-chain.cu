@@ -264,27 +264,26 @@ int main() {
       return us;
     };
 
-    // kernels: the chain captured once, replayed.
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int p = 0; p < kPhases; ++p) engine_gemv(p);
-    NS_CUDA(cudaStreamEndCapture(s, &graph));
-    NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    const float kernels_us = timed("kernels", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
-    NS_CUDA(cudaGraphExecDestroy(exec));
-    NS_CUDA(cudaGraphDestroy(graph));
-
-    // loads: the same chain, arithmetic-free.
-    NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int p = 0; p < kPhases; ++p) {
+    // A chain (phase(p) launches product p: input buf[(p + 1) & 1], output buf[p & 1]) captured
+    // once as a graph, replayed.
+    auto timed_chain = [&](const char* name, auto&& phase) {
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+      for (int p = 0; p < kPhases; ++p) phase(p);
+      NS_CUDA(cudaStreamEndCapture(s, &graph));
+      NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      const float us = timed(name, [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+      NS_CUDA(cudaGraphExecDestroy(exec));
+      NS_CUDA(cudaGraphDestroy(graph));
+      return us;
+    };
+    const float kernels_us = timed_chain("kernels", engine_gemv);
+    const float loads_us = timed_chain("loads", [&](int p) {
       const Phase& q = ph[p];
       if (!fp8) launch_loads<2>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
       else launch_loads<1>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
-    }
-    NS_CUDA(cudaStreamEndCapture(s, &graph));
-    NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-    const float loads_us = timed("loads", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+    });
     const float loads_one_us = timed("loads one", [&] {
       if (!fp8) launch_loads<2>(w, buf[1], big_n, 4096, ybig, s);
       else launch_loads<1>(w, buf[1], big_n, 4096, ybig, s);
@@ -317,13 +316,7 @@ int main() {
           mx = std::max(mx, std::fabs(a)); md = std::max(md, std::fabs(a - b));
         }
         diag_diff[v] = md / std::max(mx, 1e-30f);
-        NS_CUDA(cudaGraphExecDestroy(exec));
-        NS_CUDA(cudaGraphDestroy(graph));
-        NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-        for (int p = 0; p < kPhases; ++p) one_diag(p, buf[(p + 1) & 1], buf[p & 1]);
-        NS_CUDA(cudaStreamEndCapture(s, &graph));
-        NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        diag_us[v] = timed(v == 0 ? "diag f16" : "diag bf16", [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
+        diag_us[v] = timed_chain(v == 0 ? "diag f16" : "diag bf16", [&](int p) { one_diag(p, buf[(p + 1) & 1], buf[p & 1]); });
         diag_one_us[v] = timed(v == 0 ? "diag f16 one" : "diag bf16 one", [&] {
           if (v == 0) launch_diag_gemv<__half>(w, ws, buf[1], big_n, 4096, ybig, s);
           else launch_diag_gemv<__nv_bfloat16>(w, ws, buf[1], big_n, 4096, ybig, s);
@@ -344,8 +337,6 @@ int main() {
              gb * 1e3 / read_us, (kernels_us - one_us) / kPhases, loads_us, loads_one_us, (loads_us - loads_one_us) / kPhases, diag_us[0], diag_one_us[0],
              diag_diff[0], diag_us[1], diag_one_us[1], diag_diff[1]);
     out += line;
-    NS_CUDA(cudaGraphExecDestroy(exec));
-    NS_CUDA(cudaGraphDestroy(graph));
     for (void* p : {static_cast<void*>(w), static_cast<void*>(ws), static_cast<void*>(ybig)}) NS_CUDA(cudaFree(p));
   }
   NS_CUDA(cudaGetLastError());
