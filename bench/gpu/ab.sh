@@ -44,7 +44,7 @@ OUT=${OUT:-/tmp/nodespeed-ab}; LOGS=$OUT/logs; mkdir -p "$OUT" "$LOGS"
 export RESULTS_DIR=${RESULTS_DIR:-$OUT}
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on shared hosts
 MODEL=${NODESPEED_TEST_MODEL_7B:-/tmp/llama-7b-shape}
-[ $# -gt 0 ] || { sed -n '7,39p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '7,40p' "$0"; exit 2; }
 # Every step but the nvcc-only ones needs the built addon with CUDA (and Node).
 for s in "$@"; do case $s in chain|gemmalgos) ;; *)
   node -e "const i = require('./build/Release/nodespeed.node').info().cuda; console.log(JSON.stringify(i)); process.exit(i.available ? 0 : 1)" || exit 1
