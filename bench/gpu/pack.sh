@@ -4,7 +4,7 @@
 #   .gpu/base/node.xz      this machine's Node, stripped (needs only glibc)
 #   .gpu/base/nm.tar.xz    the production node_modules (~3 MB: what the CLI, bench/ and test/gpu/*.mjs load)
 #   .gpu/nm-test.tar.xz    the rest the test/gpu vitest suites need (vitest, vite, esbuild, rollup and
-#                          their dependencies, node_modules/.bin; ~6.5 MB): carry it only for those;
+#                          their dependencies, node_modules/.bin; ~7 MB): carry it only for those;
 #                          never the build-only packages (typescript, @types, node-gyp) nor openai
 #                          (only the HTTP API tests use it)
 #   .gpu/base/prelude.sh   sourced at the tree root there: Node on PATH, node_modules (with
@@ -16,7 +16,7 @@
 # On the host:  . .gpu/base/prelude.sh                 # this tree + .gpu/ov-main.tar.xz
 #               OV=.gpu/ov-NAME.tar.xz . .gpu/base/prelude.sh   # this tree with NAME's overlay over it
 # The tree and what is carried must stay under the device's 64 MiB (counted in disk blocks): the base
-# is ~25 MB, nm-test ~6.5 MB, an overlay ~2.1 MB.
+# is ~25 MB, nm-test ~7 MB, an overlay ~2.1 MB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
