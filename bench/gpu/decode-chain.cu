@@ -239,14 +239,20 @@ int main() {
         off += (size_t)m.N * m.K * elt;
       }
 
-    // The engine's GEMV of phase p: bf16 rows in buf[(p + 1) & 1], out to buf[p & 1].
-    auto engine_gemv = [&](int p) {
-      const Phase& q = ph[p];
-      const __nv_bfloat16* x = buf[(p + 1) & 1];
-      __nv_bfloat16* y = buf[p & 1];
+    const Phase all{w, ws, big_n, 4096};  // the chain's bytes as one product
+
+    // The forms, each one product: q's weights times the bf16 row x, into y.
+    auto engine_gemv = [&](const Phase& q, const __nv_bfloat16* x, __nv_bfloat16* y) {
       if (!fp8) gemv(DType::BF16, q.w, x, 1, q.N, q.K, y, GemvOut::Act, s);
       else gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{q.w, q.ws, x, 1, q.N, q.K, y}, GemvOut::Act, s);
     };
+    auto loads_gemv = [&](const Phase& q, const __nv_bfloat16* x, __nv_bfloat16* y) {
+      if (!fp8) launch_loads<2>(q.w, x, q.N, q.K, y, s);
+      else launch_loads<1>(q.w, x, q.N, q.K, y, s);
+    };
+    auto diag_f16 = [&](const Phase& q, const __nv_bfloat16* x, __nv_bfloat16* y) { launch_diag_gemv<__half>(q.w, q.ws, x, q.N, q.K, y, s); };
+    auto diag_bf16 = [&](const Phase& q, const __nv_bfloat16* x, __nv_bfloat16* y) { launch_diag_gemv<__nv_bfloat16>(q.w, q.ws, x, q.N, q.K, y, s); };
+
     // Each figure also goes to stderr as it is measured: a run cut short still leaves the ones before.
     auto timed = [&](const char* name, auto&& body) {
       std::vector<float> t;
@@ -263,14 +269,13 @@ int main() {
       fprintf(stderr, "decode-chain %s %s: %.1f us\n", fp8 ? "fp8" : "bf16", name, us);
       return us;
     };
-
-    // A chain (phase(p) launches product p: input buf[(p + 1) & 1], output buf[p & 1]) captured
-    // once as a graph, replayed.
-    auto timed_chain = [&](const char* name, auto&& phase) {
+    // A form over the chain (product p: input buf[(p + 1) & 1], output buf[p & 1]) captured once as a
+    // graph, replayed.
+    auto timed_chain = [&](const char* name, auto&& form) {
       cudaGraph_t graph;
       cudaGraphExec_t exec;
       NS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-      for (int p = 0; p < kPhases; ++p) phase(p);
+      for (int p = 0; p < kPhases; ++p) form(ph[p], buf[(p + 1) & 1], buf[p & 1]);
       NS_CUDA(cudaStreamEndCapture(s, &graph));
       NS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
       const float us = timed(name, [&] { NS_CUDA(cudaGraphLaunch(exec, s)); });
@@ -278,51 +283,39 @@ int main() {
       NS_CUDA(cudaGraphDestroy(graph));
       return us;
     };
-    const float kernels_us = timed_chain("kernels", engine_gemv);
-    const float loads_us = timed_chain("loads", [&](int p) {
-      const Phase& q = ph[p];
-      if (!fp8) launch_loads<2>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
-      else launch_loads<1>(q.w, buf[(p + 1) & 1], q.N, q.K, buf[p & 1], s);
-    });
-    const float loads_one_us = timed("loads one", [&] {
-      if (!fp8) launch_loads<2>(w, buf[1], big_n, 4096, ybig, s);
-      else launch_loads<1>(w, buf[1], big_n, 4096, ybig, s);
-    });
+    // A form over the chain's bytes as one launch.
+    auto timed_one = [&](const char* name, auto&& form) { return timed(name, [&] { form(all, buf[1], ybig); }); };
 
-    const float one_us = timed("one", [&] {
-      if (!fp8) gemv(DType::BF16, w, buf[1], 1, big_n, 4096, ybig, GemvOut::Act, s);
-      else gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{w, ws, buf[1], 1, big_n, 4096, ybig}, GemvOut::Act, s);
-    });
+    const float kernels_us = timed_chain("kernels", engine_gemv);
+    const float loads_us = timed_chain("loads", loads_gemv);
+    const float loads_one_us = timed_one("loads one", loads_gemv);
+    const float one_us = timed_one("one", engine_gemv);
     float diag_us[2] = {0, 0}, diag_one_us[2] = {0, 0}, diag_diff[2] = {0, 0};
     if (fp8) {
       // Phase 0 (q|k|v) by the engine and by each probe: max |difference| over max |engine|.
       std::vector<__nv_bfloat16> ref(ph[0].N), got(ph[0].N);
       __nv_bfloat16* yy = nullptr;
       NS_CUDA(cudaMalloc(&yy, (size_t)ph[0].N * 2));
-      gemv_quant(DType::BF16, DType::F8E4M3, QuantGemv{ph[0].w, ph[0].ws, buf[1], 1, ph[0].N, ph[0].K, yy}, GemvOut::Act, s);
-      NS_CUDA(cudaMemcpyAsync(ref.data(), yy, ref.size() * 2, cudaMemcpyDeviceToHost, s));
-      NS_CUDA(cudaStreamSynchronize(s));
-      for (int v = 0; v < 2; ++v) {
-        auto one_diag = [&](int p, const __nv_bfloat16* x, __nv_bfloat16* y) {
-          if (v == 0) launch_diag_gemv<__half>(ph[p].w, ph[p].ws, x, ph[p].N, ph[p].K, y, s);
-          else launch_diag_gemv<__nv_bfloat16>(ph[p].w, ph[p].ws, x, ph[p].N, ph[p].K, y, s);
-        };
-        one_diag(0, buf[1], yy);
-        NS_CUDA(cudaMemcpyAsync(got.data(), yy, got.size() * 2, cudaMemcpyDeviceToHost, s));
+      auto phase0 = [&](auto&& form, std::vector<__nv_bfloat16>& host) {
+        form(ph[0], buf[1], yy);
+        NS_CUDA(cudaMemcpyAsync(host.data(), yy, host.size() * 2, cudaMemcpyDeviceToHost, s));
         NS_CUDA(cudaStreamSynchronize(s));
+      };
+      phase0(engine_gemv, ref);
+      auto probe = [&](int v, const char* name, auto&& form) {
+        phase0(form, got);
         float mx = 0, md = 0;
         for (size_t i = 0; i < ref.size(); ++i) {
           const float a = __bfloat162float(ref[i]), b = __bfloat162float(got[i]);
           mx = std::max(mx, std::fabs(a)); md = std::max(md, std::fabs(a - b));
         }
         diag_diff[v] = md / std::max(mx, 1e-30f);
-        diag_us[v] = timed_chain(v == 0 ? "diag f16" : "diag bf16", [&](int p) { one_diag(p, buf[(p + 1) & 1], buf[p & 1]); });
-        diag_one_us[v] = timed(v == 0 ? "diag f16 one" : "diag bf16 one", [&] {
-          if (v == 0) launch_diag_gemv<__half>(w, ws, buf[1], big_n, 4096, ybig, s);
-          else launch_diag_gemv<__nv_bfloat16>(w, ws, buf[1], big_n, 4096, ybig, s);
-        });
-        fprintf(stderr, "decode-chain fp8 diag %s: max diff / max |y| %.2e\n", v == 0 ? "f16" : "bf16", diag_diff[v]);
-      }
+        diag_us[v] = timed_chain(name, form);
+        diag_one_us[v] = timed_one((std::string(name) + " one").c_str(), form);
+        fprintf(stderr, "decode-chain fp8 %s: max diff / max |y| %.2e\n", name, diag_diff[v]);
+      };
+      probe(0, "diag f16", diag_f16);
+      probe(1, "diag bf16", diag_bf16);
       NS_CUDA(cudaFree(yy));
     }
     const float read_us = timed("read", [&] { read_kernel<<<sms * 8, 256, 0, s>>>(reinterpret_cast<const uint4*>(w), total / 16, sink); });
